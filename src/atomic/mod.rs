@@ -1,0 +1,350 @@
+//! Crash-safe file replacement.
+//!
+//! # How it works
+//!
+//! ```text
+//! open(dir/.name.<random>.jobsafe-tmp, O_CREAT|O_EXCL, mode)   temp file beside the target
+//! fchmod(mode)                                                  exact mode, whatever the umask
+//! write(...)                                                    the new content
+//! fsync(temp)                                                   content durable      [Full]
+//! rename(temp, dir/name)        or link(temp, name) + unlink    atomic switch (no-clobber)
+//! fsync(dir)                                                    switch durable       [Full]
+//! ```
+//!
+//! Readers see the old content or the new, never a mix; a crash at any point leaves
+//! the old content or the new (and possibly a temp file, which [`sweep`] removes).
+
+mod sweep;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::vfs::{StdVfs, Vfs, VfsFile};
+
+/// Suffix of every temp file the writer creates; [`AtomicWriter::sweep`] removes
+/// only files with it.
+pub const TEMP_SUFFIX: &str = ".jobsafe-tmp";
+
+/// Default permission bits of written files: owner read and write only.
+pub const DEFAULT_MODE: u32 = 0o600;
+
+/// What a completed write survives. There is no default: every caller says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a process crash and a power loss: the file is fsynced before the
+    /// rename and its directory after. Two fsyncs per write.
+    Full,
+    /// **Survives a process crash only.** No fsync at all: readers still see the old
+    /// content or the new, never a mix, but after a power loss or kernel crash the
+    /// file may hold the old content, the new, or be empty. For caches, tests and
+    /// benchmarks that measure everything but the disk.
+    AtomicOnly,
+}
+
+/// Writes files so that readers and crashes see the old content or the new, never
+/// a mix.
+///
+/// Defaults: [`Durability::Full`], mode `0o600` ([`DEFAULT_MODE`]), replace an
+/// existing target. The writer is cheap to clone and holds no open files.
+///
+/// ```
+/// use jobsafe::{AtomicWriter, Durability};
+/// use std::io::Write;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("transcript.json");
+///
+/// // One call for the common case...
+/// jobsafe::write_atomic(&path, b"{\"v\":1}")?;
+///
+/// // ...or stream into a pending file and commit it explicitly.
+/// let writer = AtomicWriter::new().mode(0o644);
+/// let mut pending = writer.begin(&path)?;
+/// pending.write_all(b"{\"v\":2}")?;
+/// pending.commit()?;
+/// assert_eq!(std::fs::read(&path)?, b"{\"v\":2}");
+///
+/// // No-clobber: create only if absent.
+/// let err = writer.clone().no_clobber(true).write(&path, b"x").unwrap_err();
+/// assert!(err.is_already_exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct AtomicWriter<V: Vfs = StdVfs> {
+    vfs: V,
+    mode: u32,
+    durability: Durability,
+    no_clobber: bool,
+}
+
+impl AtomicWriter<StdVfs> {
+    /// A writer on the operating system's filesystem with the defaults.
+    pub fn new() -> Self {
+        AtomicWriter::with_vfs(StdVfs)
+    }
+}
+
+impl Default for AtomicWriter<StdVfs> {
+    fn default() -> Self {
+        AtomicWriter::new()
+    }
+}
+
+impl<V: Vfs> AtomicWriter<V> {
+    /// A writer doing its I/O through `vfs`, with the defaults.
+    pub fn with_vfs(vfs: V) -> Self {
+        AtomicWriter {
+            vfs,
+            mode: DEFAULT_MODE,
+            durability: Durability::Full,
+            no_clobber: false,
+        }
+    }
+
+    /// Permission bits of written files, set exactly (the umask does not apply and
+    /// nothing is inherited from an existing target or a symlink). Default: `0o600`.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// What a committed write survives. Default: [`Durability::Full`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Create only: a commit fails with [`Error::AlreadyExists`] if the target
+    /// exists, atomically (no check-then-write race). Default: `false` (replace).
+    pub fn no_clobber(mut self, no_clobber: bool) -> Self {
+        self.no_clobber = no_clobber;
+        self
+    }
+
+    /// The I/O layer.
+    pub fn vfs(&self) -> &V {
+        &self.vfs
+    }
+
+    /// The configured durability.
+    pub fn durability_level(&self) -> Durability {
+        self.durability
+    }
+
+    /// Starts a write to `target`: creates the temp file beside it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the temp file if it cannot be created (for instance the
+    /// directory does not exist).
+    pub fn begin(&self, target: impl AsRef<Path>) -> Result<PendingFile<'_, V>> {
+        let target = target.as_ref().to_path_buf();
+        let name = target
+            .file_name()
+            .ok_or_else(|| {
+                Error::io(
+                    "atomic write needs a file name, not",
+                    &target,
+                    io::Error::from(io::ErrorKind::InvalidInput),
+                )
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let dir = parent_dir(&target);
+        // Random names let concurrent writers of one target proceed without
+        // coordination; the last rename wins, as with any overwrite.
+        loop {
+            let temp = dir.join(temp_name(&name));
+            match self.vfs.create_new(&temp, self.mode) {
+                Ok(file) => {
+                    return Ok(PendingFile {
+                        writer: self,
+                        target,
+                        temp,
+                        file: Some(file),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("create temp file", temp, e)),
+            }
+        }
+    }
+
+    /// Writes `bytes` to `target` atomically: [`begin`](Self::begin), write,
+    /// [`commit`](PendingFile::commit).
+    ///
+    /// # Errors
+    /// As [`begin`](Self::begin) and [`commit`](PendingFile::commit).
+    pub fn write(&self, target: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+        let mut pending = self.begin(target)?;
+        pending.write_bytes(bytes)?;
+        pending.commit()
+    }
+}
+
+/// Writes `bytes` to `path` with [`Durability::Full`] and mode `0o600`.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// jobsafe::write_atomic(dir.path().join("state.json"), b"{}")?;
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`AtomicWriter::write`].
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    AtomicWriter::new().write(path, bytes)
+}
+
+/// A write in progress: a temp file beside the target.
+///
+/// Finish it with [`commit`](Self::commit) or [`discard`](Self::discard). Dropping it
+/// uncommitted removes the temp file, best-effort, ignoring errors (a leftover is
+/// harmless and [`AtomicWriter::sweep`] removes it later); call `discard` to see them.
+#[derive(Debug)]
+pub struct PendingFile<'w, V: Vfs = StdVfs> {
+    writer: &'w AtomicWriter<V>,
+    target: PathBuf,
+    temp: PathBuf,
+    /// `None` once committed or discarded.
+    file: Option<V::File>,
+}
+
+impl<V: Vfs> PendingFile<'_, V> {
+    /// The file this write will replace or create.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The temp file being written.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Appends bytes to the new content.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the temp file.
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let file = self.file_mut()?;
+        file.write_all(bytes).at("write temp file", &self.temp)
+    }
+
+    /// Makes the new content the target's, durably for [`Durability::Full`].
+    ///
+    /// On any error the temp file is removed and the target is untouched, except for
+    /// [`Error::NotDurable`]: the rename happened, readers see the new content, but
+    /// the directory fsync failed so it may not survive a power loss.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the step and path; [`Error::AlreadyExists`] in no-clobber
+    /// mode; [`Error::NotDurable`].
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().ok_or_else(finished)?;
+        let full = self.writer.durability == Durability::Full;
+        let vfs = &self.writer.vfs;
+        let result = (|| {
+            if full {
+                file.sync_all().at("fsync temp file", &self.temp)?;
+            }
+            drop(file);
+            if self.writer.no_clobber {
+                match vfs.hard_link(&self.temp, &self.target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(Error::AlreadyExists {
+                            path: self.target.clone(),
+                        });
+                    }
+                    Err(e) => return Err(Error::io("link temp file to", &self.target, e)),
+                }
+                vfs.remove_file(&self.temp)
+                    .at("remove linked temp file", &self.temp)?;
+            } else {
+                vfs.rename(&self.temp, &self.target)
+                    .at("rename temp file over", &self.target)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = vfs.remove_file(&self.temp);
+            return Err(e);
+        }
+        if full {
+            let dir = parent_dir(&self.target);
+            vfs.sync_dir(&dir).map_err(|source| Error::NotDurable {
+                path: self.target.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Abandons the write and removes the temp file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the temp file cannot be removed.
+    pub fn discard(mut self) -> Result<()> {
+        drop(self.file.take());
+        self.writer
+            .vfs
+            .remove_file(&self.temp)
+            .at("remove temp file", &self.temp)
+    }
+
+    fn file_mut(&mut self) -> Result<&mut V::File> {
+        self.file.as_mut().ok_or_else(finished)
+    }
+}
+
+fn finished() -> Error {
+    Error::InvalidArgument("pending file already committed or discarded".to_owned())
+}
+
+impl<V: Vfs> Write for PendingFile<'_, V> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("pending file already finished"))?;
+        file.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<V: Vfs> Drop for PendingFile<'_, V> {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = self.writer.vfs.remove_file(&self.temp);
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `.{name}.{16 hex}.jobsafe-tmp`, with `name` shortened so the whole stays within
+/// the 255-byte name limit of common filesystems.
+fn temp_name(name: &str) -> String {
+    const MAX_NAME_PART: usize = 200;
+    let mut cut = name.len().min(MAX_NAME_PART);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}.{:016x}{TEMP_SUFFIX}", &name[..cut], fastrand::u64(..))
+}
+
+pub(crate) fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+#[cfg(test)]
+mod tests;

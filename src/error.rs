@@ -1,0 +1,252 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::key::Key;
+use crate::store::Version;
+
+/// Convenience alias used by every fallible function in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in jobsafe.
+///
+/// Each variant's `Display` says what failed and where (a key or a path). When a
+/// variant wraps a lower-level error, that error is returned from
+/// [`source()`](std::error::Error::source) and is *not* repeated in the message, so a
+/// reporter that walks the chain prints every cause once.
+///
+/// Use the classifiers ([`is_conflict`](Error::is_conflict),
+/// [`is_transient`](Error::is_transient), ...) rather than matching on variants when
+/// all you need is a decision: the enum is `#[non_exhaustive]` and grows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key segment, or a whole key, was rejected.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The offending input, as given (lossily shortened if very long).
+        key: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A precondition (`Expect::Absent` or `Expect::Version`) did not hold.
+    ///
+    /// Nothing was changed. `current` is the version the key has now (`None` if it
+    /// is absent), so a caller can re-read and retry.
+    #[error("conflict on {key}: expected {expected}, found {}", fmt_current(.current))]
+    Conflict {
+        /// The key whose precondition failed.
+        key: Key,
+        /// What the caller expected, in words.
+        expected: String,
+        /// The current version, `None` if the key is absent.
+        current: Option<Version>,
+    },
+
+    /// Stored bytes could not be decoded. The bytes are left where they are (or were
+    /// moved aside to `quarantined`): a corrupt record is never treated as absent.
+    #[error("corrupt record at {key}{}: {reason}", fmt_location(.path))]
+    Corrupt {
+        /// The key whose record is unreadable.
+        key: Key,
+        /// The file holding it, where the backend has one.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A file the store owns is damaged in a way that is not tied to one key
+    /// (a batch journal, a counter file, a store marker).
+    #[error("corrupt store file {}: {reason}", path.display())]
+    CorruptFile {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An I/O operation failed. `step` names the operation (for example
+    /// `"fsync temp file"`), `path` the file or directory it was applied to.
+    #[error("{step} {}", path.display())]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The rename of an atomic write succeeded but the directory fsync that makes it
+    /// durable failed: the new content is visible to readers but is *not known to
+    /// survive a power loss*. The writer is poisoned.
+    #[error("{} was replaced but the directory fsync failed: the new content is visible but not known to be durable", path.display())]
+    NotDurable {
+        /// The target file whose directory could not be synced.
+        path: PathBuf,
+        /// The operating system's error from the directory fsync.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A create-only write found its target already there. Nothing was changed.
+    #[error("{} already exists", path.display())]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+
+    /// An earlier fsync failed, so the store refuses further writes: what reached the
+    /// disk is unknown and guessing could lose data. Reopen the store to recover.
+    #[error("store at {} is poisoned by an earlier failed fsync; reopen it to continue", path.display())]
+    Poisoned {
+        /// The store's root.
+        path: PathBuf,
+    },
+
+    /// A value could not be encoded to or decoded from its record format.
+    #[error("cannot {action} record for {key}")]
+    Codec {
+        /// `"encode"` or `"decode"`.
+        action: &'static str,
+        /// The key the record belongs to.
+        key: Key,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A record was written by a newer schema than this build understands.
+    #[error("record at {key} has schema version {found}, newer than supported {supported}")]
+    UnsupportedSchema {
+        /// The key whose record it is.
+        key: Key,
+        /// The version in the record.
+        found: u32,
+        /// The newest version this build can read.
+        supported: u32,
+    },
+
+    /// A write carried a fencing token older than one already seen for the same
+    /// resource: its writer has lost the lease that token came with.
+    #[error("stale fencing token for {resource}: presented {presented}, newest seen {newest}")]
+    StaleToken {
+        /// What was being written (a key or path, in words).
+        resource: String,
+        /// The writer's token.
+        presented: crate::FencingToken,
+        /// The newest token the resource has accepted.
+        newest: crate::FencingToken,
+    },
+
+    /// An argument was out of range (an empty batch, a zero page size, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+fn fmt_current(current: &Option<Version>) -> String {
+    match current {
+        Some(v) => format!("version {}", v.get()),
+        None => "no record".to_owned(),
+    }
+}
+
+fn fmt_location(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!(" ({})", p.display()),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// A failed compare-and-set precondition: re-read and decide again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// Undecodable stored data (a record or a store file).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::CorruptFile { .. })
+    }
+
+    /// A write was rejected because its fencing token is stale.
+    pub fn is_stale_token(&self) -> bool {
+        matches!(self, Error::StaleToken { .. })
+    }
+
+    /// A no-clobber write found its target already there.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::AlreadyExists { .. })
+    }
+
+    /// The store refuses writes after a failed fsync.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, Error::Poisoned { .. } | Error::NotDurable { .. })
+    }
+
+    /// Worth retrying later without changing the request: conflicts and I/O errors
+    /// the operating system reports as temporary (interrupted, would block, timed
+    /// out, out of space). Corruption, poisoning and invalid input are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Conflict { .. } => true,
+            Error::Io { source, .. } => is_transient_io(source),
+            _ => false,
+        }
+    }
+
+    /// The version found by a failed precondition, if this is a conflict.
+    pub fn conflict_current(&self) -> Option<Option<Version>> {
+        match self {
+            Error::Conflict { current, .. } => Some(*current),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(step: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            step,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid_key(key: impl fmt::Display, reason: impl Into<String>) -> Self {
+        let mut key = key.to_string();
+        if key.len() > 200 {
+            let mut cut = 200;
+            while !key.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            key.truncate(cut);
+            key.push('…');
+        }
+        Error::InvalidKey {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn is_transient_io(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        Interrupted | WouldBlock | TimedOut | StorageFull | ResourceBusy
+    )
+}
+
+/// Adds the step and path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn at(self, step: &'static str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, step: &'static str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| Error::io(step, path, e))
+    }
+}

@@ -1,0 +1,253 @@
+//! The [`Store`] contract every component stands on, and its building blocks.
+
+mod batch;
+pub(crate) mod mem;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use batch::{Applied, Batch, Op};
+
+use crate::error::{Error, Result};
+use crate::key::{Key, Prefix};
+
+/// A record's version: strictly increasing per key while the key exists, and never
+/// reused for a key that was deleted and created again.
+///
+/// Versions are opaque beyond that order: they are not counts of writes, and two
+/// keys' versions are not comparable.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(u64);
+
+impl Version {
+    /// A version from its raw value (for backends and for tests).
+    pub const fn new(raw: u64) -> Self {
+        Version(raw)
+    }
+
+    /// The raw value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// A stored value and its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The bytes stored.
+    pub value: Vec<u8>,
+    /// The version they were stored at.
+    pub version: Version,
+}
+
+/// The precondition of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (or nothing).
+    Any,
+    /// The key must not exist: insert-if-absent.
+    Absent,
+    /// The key must exist at exactly this version: compare-and-set.
+    Version(Version),
+}
+
+impl Expect {
+    /// Checks the precondition against the key's current version (`None`: absent).
+    ///
+    /// Backends call this under their per-key serialization, so that the check and
+    /// the write it guards are one atomic step.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] with `current` if the precondition fails.
+    pub fn check(self, key: &Key, current: Option<Version>) -> Result<()> {
+        let holds = match self {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current == Some(v),
+        };
+        if holds {
+            return Ok(());
+        }
+        Err(Error::Conflict {
+            key: key.clone(),
+            expected: self.to_string(),
+            current,
+        })
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Any => f.write_str("anything"),
+            Expect::Absent => f.write_str("no record"),
+            Expect::Version(v) => write!(f, "version {}", v.get()),
+        }
+    }
+}
+
+/// One page of [`Store::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Keys in key order.
+    pub keys: Vec<Key>,
+    /// Pass this as `after` to get the next page; `None` when the listing is done.
+    pub next: Option<Key>,
+}
+
+/// Where [`Store::quarantine`] moved a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The key the record was stored under.
+    pub key: Key,
+    /// Where its bytes are now, in the backend's terms (a path for file backends).
+    pub location: String,
+}
+
+/// A key-value store of small records with versioned compare-and-set.
+///
+/// Every jobsafe component gets its correctness from this contract, and every
+/// backend must pass the [`conformance`](crate::conformance) suite. An
+/// implementation must guarantee, for every method:
+///
+/// - **Preconditions.** A write whose [`Expect`] does not hold changes nothing and
+///   returns [`Error::Conflict`] carrying the current version; it is never a silent
+///   overwrite.
+/// - **Versions.** While a key exists its versions strictly increase, and a version
+///   is never reused for a key that was deleted and created again, so a
+///   compare-and-set can never succeed against a different incarnation (no ABA).
+/// - **Linearizability per key**, across threads and processes (and machines, for
+///   shared backends): of two concurrent `put(.., Expect::Absent)` on one key exactly
+///   one succeeds.
+/// - **Durability.** When a write returns `Ok` it survives a process crash and, for
+///   durable backends, a power loss. Backends with a relaxed mode say so loudly.
+/// - **Corruption.** A record that cannot be decoded is [`Error::Corrupt`] from
+///   every operation on its key; it is never treated as absent, overwritten or
+///   dropped, until [`quarantine`](Store::quarantine) moves it aside.
+/// - **Poisoning.** After an fsync failure a durable backend refuses further writes
+///   with [`Error::Poisoned`] instead of guessing what reached the disk.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The record at `key`, or `None` if there is none.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the stored record cannot be decoded; I/O errors.
+    fn get(&self, key: &Key) -> Result<Option<Entry>>;
+
+    /// Stores `value` at `key` if `expect` holds, returning the new version.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if `expect` does not hold; [`Error::Corrupt`] if the
+    /// current record is undecodable; [`Error::Poisoned`]; I/O errors.
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version>;
+
+    /// Deletes the record at `key` if `expect` holds. Returns whether a record was
+    /// deleted (`false`: there was none, which `Expect::Any` and `Expect::Absent`
+    /// accept).
+    ///
+    /// # Errors
+    /// As [`Store::put`].
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool>;
+
+    /// Up to `limit` keys that start with `prefix` (whole segments; the prefix itself
+    /// included if it is a key), in key order, strictly after `after` if given.
+    ///
+    /// Pages reflect the store at the time each page is read: a key written between
+    /// two pages appears if it sorts after the cursor.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `limit` is 0; I/O errors.
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage>;
+
+    /// Applies several puts and deletes, each with its own precondition, all or
+    /// nothing: if any precondition fails nothing changes and the error names that
+    /// key. Atomic for concurrent readers (no reader sees part of a batch) and
+    /// across crashes (after a crash either the whole batch is there or none of it).
+    ///
+    /// Returns one [`Applied`] per operation, in order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty batch or a key named twice; otherwise
+    /// as [`Store::put`].
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>>;
+
+    /// Moves the record at `key` aside, whatever its content, so that the key becomes
+    /// absent while its bytes stay available for inspection. For an undecodable
+    /// record this is the one way to make progress; a component that finds a record
+    /// it cannot parse uses it to take over without destroying evidence.
+    ///
+    /// Returns where the bytes went, or `None` if there was no record. The key's
+    /// future versions still never reuse the old ones.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`]; I/O errors.
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>>;
+
+    /// Every key under `prefix`, reading page by page.
+    ///
+    /// # Errors
+    /// As [`Store::list`].
+    fn list_all(&self, prefix: &Prefix) -> Result<Vec<Key>> {
+        const PAGE: usize = 1024;
+        let mut keys = Vec::new();
+        let mut after: Option<Key> = None;
+        loop {
+            let page = self.list(prefix, after.as_ref(), PAGE)?;
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+}
+
+macro_rules! forward_store {
+    ($($ty:ty),*) => {$(
+        impl<S: Store + ?Sized> Store for $ty {
+            fn get(&self, key: &Key) -> Result<Option<Entry>> {
+                (**self).get(key)
+            }
+            fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+                (**self).put(key, value, expect)
+            }
+            fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+                (**self).delete(key, expect)
+            }
+            fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+                (**self).list(prefix, after, limit)
+            }
+            fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+                (**self).apply(batch)
+            }
+            fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+                (**self).quarantine(key)
+            }
+        }
+    )*};
+}
+
+forward_store!(Arc<S>, &S, Box<S>);
+
+pub(crate) fn check_limit(limit: usize) -> Result<()> {
+    if limit == 0 {
+        return Err(Error::InvalidArgument(
+            "list limit must be at least 1".to_owned(),
+        ));
+    }
+    Ok(())
+}

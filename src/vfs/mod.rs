@@ -1,0 +1,151 @@
+//! The I/O layer: every filesystem operation of [`AtomicWriter`](crate::AtomicWriter)
+//! and [`DirStore`](crate::DirStore) goes through a [`Vfs`].
+//!
+//! Production code uses [`StdVfs`], which calls the operating system directly; the
+//! store and writer types are generic over the layer with `StdVfs` as the default,
+//! so the indirection compiles away. Tests put another implementation in its place
+//! to count operations ([`Counting`]), fail the Nth one, or record the trace of a
+//! workload and build the states a power loss could leave.
+//!
+//! The layer speaks `std::io::Error`; callers add the step and the path.
+
+mod counting;
+mod std_vfs;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+pub use counting::{Counting, OpCounts};
+pub use std_vfs::StdVfs;
+
+/// The filesystem operations jobsafe performs.
+///
+/// Implementations must behave like the POSIX calls named on each method, including
+/// their atomicity: `rename` replaces its target atomically, `create_new` and
+/// `hard_link` fail with [`io::ErrorKind::AlreadyExists`] rather than replace.
+pub trait Vfs: Send + Sync + fmt::Debug + 'static {
+    /// An open file.
+    type File: VfsFile;
+
+    /// Creates a file that must not exist yet (`O_CREAT | O_EXCL`, which also
+    /// refuses to follow a symlink), opened for reading and writing, with exactly
+    /// the permission bits `mode` whatever the umask.
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Self::File>;
+
+    /// Opens an existing file for reading.
+    fn open_read(&self, path: &Path) -> io::Result<Self::File>;
+
+    /// Opens a file for reading and writing, creating it with `mode` if absent.
+    fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<Self::File>;
+
+    /// Atomically renames `from` to `to`, replacing `to` if it exists (`rename(2)`).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// Creates `to` as another name of `from`, failing if `to` exists (`link(2)`).
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// Removes a file (`unlink(2)`).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Creates one directory (`mkdir(2)`).
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// Removes an empty directory (`rmdir(2)`).
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// The names in a directory, without `.` and `..`, in no particular order.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
+
+    /// Flushes a directory's entries to stable storage (`fsync` on the directory).
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// The kind, length and modification time of a path, without following a
+    /// final symlink (`lstat(2)`).
+    fn metadata(&self, path: &Path) -> io::Result<FileInfo>;
+
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut file = self.open_read(path)?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Creates a directory and its missing parents, fsyncing each parent whose
+    /// entries changed, so the new directories survive a power loss.
+    fn create_dir_all_durable(&self, path: &Path) -> io::Result<()> {
+        match self.metadata(path) {
+            Ok(info) if info.kind == FileKind::Dir => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a directory",
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            self.create_dir_all_durable(parent)?;
+        }
+        match self.create_dir(path) {
+            Ok(()) => {}
+            // Another thread or process made it between our check and our mkdir.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.sync_dir(parent.unwrap_or(Path::new(".")))
+    }
+}
+
+/// An open file of a [`Vfs`].
+pub trait VfsFile: Send + Sync + fmt::Debug {
+    /// Writes the whole buffer at the current position.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+
+    /// Reads from the current position to the end.
+    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+
+    /// Flushes data and metadata to stable storage (`fsync`).
+    fn sync_all(&self) -> io::Result<()>;
+
+    /// Flushes data, and metadata only as needed to read it back (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// Takes an exclusive advisory lock, waiting for it (`flock(LOCK_EX)`). Locks
+    /// taken through different opens of one file exclude each other, within one
+    /// process as across processes.
+    fn lock(&self) -> io::Result<()>;
+
+    /// Takes a shared advisory lock, waiting for it (`flock(LOCK_SH)`).
+    fn lock_shared(&self) -> io::Result<()>;
+
+    /// Releases the lock. Closing the file releases it too.
+    fn unlock(&self) -> io::Result<()>;
+}
+
+/// What [`Vfs::metadata`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// File, directory or other.
+    pub kind: FileKind,
+    /// Length in bytes.
+    pub len: u64,
+    /// Last modification time.
+    pub modified: SystemTime,
+}
+
+/// The kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symlink (not followed) or anything else.
+    Other,
+}
