@@ -1,1 +1,2 @@
-fn main(){}
+//! Placeholder until the store benchmark lands.
+fn main() {}

@@ -73,7 +73,8 @@ impl Clock for SystemClock {
 /// let clock = ManualClock::new(1_000);
 /// let sleeper = {
 ///     let clock = clock.clone();
-///     std::thread::spawn(move || clock.sleep(Duration::from_secs(60)))
+///     // An absolute deadline: the sleep ends at 61 s whenever the thread starts.
+///     std::thread::spawn(move || clock.sleep_until(61_000))
 /// };
 /// clock.advance(Duration::from_secs(60)); // wakes the sleeper
 /// sleeper.join().unwrap();

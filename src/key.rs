@@ -244,7 +244,16 @@ mod tests {
 
     #[test]
     fn accepts_hostile_segments_as_they_are() {
-        for s in ["..", ".", "a/b", "a\\b", "lic:abc123", ".hidden", "CON", "Ä"] {
+        for s in [
+            "..",
+            ".",
+            "a/b",
+            "a\\b",
+            "lic:abc123",
+            ".hidden",
+            "CON",
+            "Ä",
+        ] {
             let key = Key::new(["x", s]).unwrap();
             assert_eq!(key.name(), s);
         }

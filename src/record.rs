@@ -129,12 +129,20 @@ mod tests {
 
     #[test]
     fn round_trip_writes_schema() {
-        let bytes = encode(&key(), &Lease { holder: "w1".into() }).unwrap();
+        let bytes = encode(
+            &key(),
+            &Lease {
+                holder: "w1".into(),
+            },
+        )
+        .unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains(r#""schema":2"#), "{text}");
         assert_eq!(
             decode::<Lease>(&key(), &bytes).unwrap(),
-            Lease { holder: "w1".into() }
+            Lease {
+                holder: "w1".into()
+            }
         );
     }
 
@@ -166,7 +174,10 @@ mod tests {
             br#"{"schema":1}"#,
         ] {
             let err = decode::<Lease>(&key(), bytes).unwrap_err();
-            assert!(matches!(&err, Error::Corrupt { key: k, .. } if *k == key()), "{err}");
+            assert!(
+                matches!(&err, Error::Corrupt { key: k, .. } if *k == key()),
+                "{err}"
+            );
             assert!(err.to_string().contains("leases/a"), "{err}");
         }
     }

@@ -187,7 +187,7 @@ impl<V: Vfs> AtomicWriter<V> {
 /// ```
 /// let dir = tempfile::tempdir()?;
 /// jobsafe::write_atomic(dir.path().join("state.json"), b"{}")?;
-/// # Ok::<(), jobsafe::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Errors

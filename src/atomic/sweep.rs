@@ -26,7 +26,7 @@ impl<V: Vfs> AtomicWriter<V> {
     /// std::mem::forget(writer.begin(dir.path().join("a"))?); // a "crashed" writer
     /// let removed = writer.sweep(dir.path(), Duration::ZERO, &SystemClock)?;
     /// assert_eq!(removed.len(), 1);
-    /// # Ok::<(), jobsafe::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors

@@ -1,6 +1,7 @@
 //! The [`Store`] contract every component stands on, and its building blocks.
 
 mod batch;
+pub(crate) mod dir;
 pub(crate) mod mem;
 
 use std::fmt;

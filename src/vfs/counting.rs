@@ -22,7 +22,7 @@ use super::{FileInfo, Vfs, VfsFile};
 /// assert_eq!(counts.file_syncs, 1);
 /// assert_eq!(counts.dir_syncs, 1);
 /// assert_eq!(counts.renames, 1);
-/// # Ok::<(), jobsafe::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Counting<V> {

@@ -1,0 +1,210 @@
+//! Where everything of a [`DirStore`](super::DirStore) lives under its root.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
+use super::stripes;
+use crate::atomic::{AtomicWriter, is_temp_name};
+use crate::error::{Error, IoContext, Result};
+use crate::key::Key;
+use crate::vfs::{FileKind, Vfs};
+
+const MARKER: &str = "jobsafe-dirstore";
+const MARKER_CONTENT: &str = "jobsafe-dirstore 1\n";
+const DATA: &str = "data";
+const STRIPES: &str = "stripes";
+const JOURNAL: &str = "journal";
+const QUARANTINE: &str = "quarantine";
+
+#[derive(Debug)]
+pub(super) struct Layout {
+    pub(super) root: PathBuf,
+    pub(super) data: PathBuf,
+    pub(super) stripes: PathBuf,
+    pub(super) journal: PathBuf,
+    pub(super) quarantine: PathBuf,
+}
+
+impl Layout {
+    /// Opens (and with `create`, creates) the layout at `root`. Creation is
+    /// idempotent and safe to race: every step tolerates another process having done
+    /// it, and the marker is written last.
+    pub(super) fn open<V: Vfs>(
+        writer: &AtomicWriter<V>,
+        root: &Path,
+        create: bool,
+    ) -> Result<Self> {
+        let vfs = writer.vfs();
+        let layout = Layout {
+            root: root.to_path_buf(),
+            data: root.join(DATA),
+            stripes: root.join(STRIPES),
+            journal: root.join(JOURNAL),
+            quarantine: root.join(QUARANTINE),
+        };
+        let marker = root.join(MARKER);
+        match vfs.read(&marker) {
+            Ok(bytes) if bytes == MARKER_CONTENT.as_bytes() => {}
+            Ok(_) => {
+                return Err(Error::CorruptFile {
+                    path: marker,
+                    reason: format!("expected {MARKER_CONTENT:?}: not a store of this format"),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                layout.check_empty_or_ours(vfs)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::io("open store (no marker file)", marker, e));
+            }
+            Err(e) => return Err(Error::io("read store marker", marker, e)),
+        }
+        // Always ensure the pieces: cheap, and repairs a creation cut short.
+        for dir in [
+            &layout.data,
+            &layout.stripes,
+            &layout.journal,
+            &layout.quarantine,
+        ] {
+            vfs.create_dir_all_durable(dir)
+                .at("create directory", dir)?;
+        }
+        for stripe in 0..stripes::STRIPES {
+            let path = stripes::lock_path(&layout.stripes, stripe);
+            vfs.open_or_create(&path, 0o600)
+                .at("create stripe lock", &path)?;
+        }
+        vfs.sync_dir(&layout.stripes)
+            .at("fsync directory", &layout.stripes)?;
+        if !vfs
+            .metadata(&marker)
+            .is_ok_and(|m| m.kind == FileKind::File)
+        {
+            writer.write(&marker, MARKER_CONTENT.as_bytes())?;
+        }
+        Ok(layout)
+    }
+
+    /// Refuses to turn a directory holding anything else into a store.
+    fn check_empty_or_ours<V: Vfs>(&self, vfs: &V) -> Result<()> {
+        let names = match vfs.read_dir(&self.root) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read store directory", &self.root, e)),
+        };
+        let ours = [DATA, STRIPES, JOURNAL, QUARANTINE];
+        for name in names {
+            let name = name.to_string_lossy();
+            if !ours.contains(&name.as_ref()) && !is_temp_name(&name) {
+                return Err(Error::CorruptFile {
+                    path: self.root.clone(),
+                    reason: format!(
+                        "not a jobsafe store (no {MARKER} file) and not empty (holds {name:?})"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `data/<s0>.d/<s1>.d/.../<sn>.r`
+    pub(super) fn record_path(&self, key: &Key) -> PathBuf {
+        let segments = key.segments();
+        let mut path = self.dir_path(&segments[..segments.len() - 1]);
+        path.push(format!("{}{RECORD_SUFFIX}", naming::encode(key.name())));
+        path
+    }
+
+    /// The directory holding the keys that extend `segments`.
+    pub(super) fn dir_path(&self, segments: &[String]) -> PathBuf {
+        let mut path = self.data.clone();
+        for s in segments {
+            path.push(format!("{}{DIR_SUFFIX}", naming::encode(s)));
+        }
+        path
+    }
+
+    /// Creates the directories on the way to `key`'s record, durably, and returns
+    /// the record's path.
+    pub(super) fn ensure_parent<V: Vfs>(
+        &self,
+        writer: &AtomicWriter<V>,
+        key: &Key,
+    ) -> Result<PathBuf> {
+        let vfs = writer.vfs();
+        let segments = key.segments();
+        let parents = &segments[..segments.len() - 1];
+        let target_dir = self.dir_path(parents);
+        if !vfs
+            .metadata(&target_dir)
+            .is_ok_and(|m| m.kind == FileKind::Dir)
+        {
+            let mut dir = self.data.clone();
+            for segment in parents {
+                let parent = dir.clone();
+                let stem = naming::encode(segment);
+                dir.push(format!("{stem}{DIR_SUFFIX}"));
+                if vfs.metadata(&dir).is_ok_and(|m| m.kind == FileKind::Dir) {
+                    continue;
+                }
+                if naming::is_hashed(&stem) {
+                    create_hashed_dir(writer, &parent, &dir, segment)?;
+                } else {
+                    match vfs.create_dir(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(Error::io("create directory", dir, e)),
+                    }
+                }
+                if writer.durability_level() == crate::Durability::Full {
+                    vfs.sync_dir(&parent).at("fsync directory", &parent)?;
+                }
+            }
+        }
+        Ok(self.record_path(key))
+    }
+
+    /// Where a record file moved aside goes: unique, and named after the original.
+    pub(super) fn quarantine_path(&self, record: &Path) -> PathBuf {
+        let name = record
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.quarantine
+            .join(format!("{}-{name}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+/// A directory whose name is hashed carries its segment in a `.segment` file. It is
+/// built under a temp name and renamed into place, so it never exists without it.
+fn create_hashed_dir<V: Vfs>(
+    writer: &AtomicWriter<V>,
+    parent: &Path,
+    dir: &Path,
+    segment: &str,
+) -> Result<()> {
+    let vfs = writer.vfs();
+    let temp = parent.join(format!(
+        ".dir-{}{}",
+        uuid::Uuid::new_v4().simple(),
+        crate::atomic::TEMP_SUFFIX
+    ));
+    vfs.create_dir(&temp).at("create directory", &temp)?;
+    writer.write(temp.join(SEGMENT_FILE), segment.as_bytes())?;
+    match vfs.rename(&temp, dir) {
+        Ok(()) => Ok(()),
+        // Another writer created it first (rename onto a non-empty directory fails).
+        Err(_) if vfs.metadata(dir).is_ok_and(|m| m.kind == FileKind::Dir) => {
+            let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
+            let _ = vfs.remove_dir(&temp);
+            Ok(())
+        }
+        Err(e) => Err(Error::io("rename directory into place", dir, e)),
+    }
+}
+
+/// The directory holding `path` (which always has one inside a store).
+pub(super) fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}

@@ -1,0 +1,168 @@
+//! Ordered, paged listing of a [`DirStore`](super::DirStore)'s keys.
+//!
+//! Directory entries come in no order, and encoded names do not sort like their
+//! segments, so each directory's entries are decoded and sorted by segment. A key
+//! sorts before every key that extends it, so a directory's record comes before its
+//! subdirectory. Subtrees that lie wholly before the cursor are skipped unread.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::layout::Layout;
+use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
+use super::record_file;
+use crate::error::{Error, IoContext, Result};
+use crate::key::{Key, Prefix};
+use crate::store::ListPage;
+use crate::vfs::{FileKind, Vfs};
+
+pub(super) fn list<V: Vfs>(
+    vfs: &V,
+    layout: &Layout,
+    prefix: &Prefix,
+    after: Option<&Key>,
+    limit: usize,
+) -> Result<ListPage> {
+    let want = limit.saturating_add(1);
+    let after = after.map(Key::segments);
+    let mut keys = Vec::new();
+    let p = prefix.segments();
+    if !p.is_empty() && after.is_none_or(|a| p > a) {
+        let key = Key::new(p.iter().cloned())?;
+        if is_file(vfs, &layout.record_path(&key)) {
+            keys.push(key);
+        }
+    }
+    let mut walker = Walker {
+        vfs,
+        after,
+        want,
+        keys,
+    };
+    walker.walk(&layout.dir_path(p), &mut p.to_vec())?;
+    let mut keys = walker.keys;
+    let next = if keys.len() > limit {
+        keys.truncate(limit);
+        keys.last().cloned()
+    } else {
+        None
+    };
+    Ok(ListPage { keys, next })
+}
+
+struct Walker<'a, V> {
+    vfs: &'a V,
+    after: Option<&'a [String]>,
+    want: usize,
+    keys: Vec<Key>,
+}
+
+#[derive(Default)]
+struct Slot {
+    record: bool,
+    dir: Option<PathBuf>,
+}
+
+impl<V: Vfs> Walker<'_, V> {
+    fn walk(&mut self, dir: &Path, path: &mut Vec<String>) -> Result<()> {
+        let names = match self.vfs.read_dir(dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read directory", dir, e)),
+        };
+        let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
+        for name in names {
+            let Some(name) = name.to_str() else { continue };
+            // Temp files, `.segment`, and anything else hidden are not keys.
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(stem) = name.strip_suffix(RECORD_SUFFIX) {
+                let file = dir.join(name);
+                if let Some(segment) = self.record_segment(stem, &file)? {
+                    slots.entry(segment).or_default().record = true;
+                }
+            } else if let Some(stem) = name.strip_suffix(DIR_SUFFIX) {
+                let sub = dir.join(name);
+                if let Some(segment) = self.dir_segment(stem, &sub)? {
+                    slots.entry(segment).or_default().dir = Some(sub);
+                }
+            }
+        }
+        for (segment, slot) in slots {
+            if self.keys.len() >= self.want {
+                return Ok(());
+            }
+            path.push(segment);
+            let (emit, descend) = match self.after {
+                None => (true, true),
+                Some(after) => {
+                    let here = path.as_slice();
+                    (here > after, here > after || after.starts_with(here))
+                }
+            };
+            if emit && slot.record {
+                self.keys.push(Key::new(path.iter().cloned())?);
+            }
+            if descend && let Some(sub) = slot.dir {
+                self.walk(&sub, path)?;
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+
+    fn record_segment(&self, stem: &str, file: &Path) -> Result<Option<String>> {
+        if !naming::is_hashed(stem) {
+            return Ok(naming::decode(stem));
+        }
+        // The name is a hash: the record's header holds its key.
+        let bytes = self.vfs.read(file).at("read record", file)?;
+        match record_file::decode(&bytes) {
+            Ok(record) => Ok(Some(record.key.name().to_owned())),
+            Err(reason) => Err(Error::CorruptFile {
+                path: file.to_path_buf(),
+                reason: format!("cannot list a record with a shortened name: {reason}"),
+            }),
+        }
+    }
+
+    fn dir_segment(&self, stem: &str, dir: &Path) -> Result<Option<String>> {
+        if !naming::is_hashed(stem) {
+            return Ok(naming::decode(stem));
+        }
+        let file = dir.join(SEGMENT_FILE);
+        let bytes = self.vfs.read(&file).at("read segment file", &file)?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| Error::CorruptFile {
+                path: file,
+                reason: "segment file is not UTF-8".to_owned(),
+            })
+    }
+}
+
+fn is_file<V: Vfs>(vfs: &V, path: &Path) -> bool {
+    vfs.metadata(path).is_ok_and(|m| m.kind == FileKind::File)
+}
+
+/// Every directory of the store that may hold temp files.
+pub(super) fn all_dirs<V: Vfs>(vfs: &V, layout: &Layout) -> Result<Vec<PathBuf>> {
+    let mut dirs = vec![
+        layout.root.clone(),
+        layout.stripes.clone(),
+        layout.journal.clone(),
+        layout.quarantine.clone(),
+    ];
+    let mut pending = vec![layout.data.clone()];
+    while let Some(dir) = pending.pop() {
+        for name in vfs.read_dir(&dir).at("read directory", &dir)? {
+            if name.to_string_lossy().ends_with(DIR_SUFFIX) {
+                pending.push(dir.join(name));
+            }
+        }
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}

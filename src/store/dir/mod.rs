@@ -1,0 +1,555 @@
+//! The embedded default store: one file per key under a directory.
+
+mod journal;
+mod layout;
+mod list;
+mod naming;
+mod record_file;
+mod stripes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use self::journal::Change;
+use self::layout::Layout;
+use self::record_file::RecordFile;
+use self::stripes::StripeGuard;
+use crate::atomic::{AtomicWriter, Durability};
+use crate::error::{Error, IoContext, Result};
+use crate::key::{Key, Prefix};
+use crate::store::{
+    Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
+};
+use crate::vfs::{StdVfs, Vfs};
+
+/// A [`Store`] keeping one file per key under a directory: simple, inspectable, and
+/// safe across threads, processes and crashes.
+///
+/// Use it as the embedded default: records are files you can `cat`, back up and
+/// diff. Each write costs about three disk flushes (file, rename, directory); when
+/// throughput matters more than inspectability, use a journal-backed store.
+///
+/// # Design
+///
+/// ```text
+/// root/
+///   jobsafe-dirstore        format marker
+///   data/<seg>.d/<seg>.r    one record file per key; segments encoded to safe names
+///   stripes/NN.lock|.floor  64 lock stripes and their version floors
+///   journal/*.batch         redo journals of batches in flight
+///   quarantine/             records moved aside by `quarantine`
+/// ```
+///
+/// - Every write replaces its record file through the [`AtomicWriter`] (temp file,
+///   fsync, rename, directory fsync), so a record is always the old one or the new.
+/// - Each key hashes to one of 64 lock stripes; reads take the stripe shared and
+///   writes exclusive, with `flock` through a fresh open each time, so threads and
+///   processes serialize alike and a crashed process holds nothing.
+/// - [`apply`](Store::apply) locks all its stripes, writes a redo journal durably,
+///   applies, then removes the journal. Whoever next locks a stripe of a journal
+///   left by a crash completes it, and [`open`](DirStore::open) completes them all.
+/// - Key segments are encoded to file names that are never `.`/`..`, never hidden,
+///   free of `/`, `\` and NUL, distinct on case-insensitive filesystems, and
+///   shortened with a SHA-256 when long.
+///
+/// # Guarantees
+///
+/// The whole [`Store`] contract, with [`Durability::Full`] (the default): a write
+/// that returned `Ok` survives a power loss. A record file that does not decode
+/// (bad checksum, truncated, edited by hand) is [`Error::Corrupt`] naming the file.
+/// After a failed fsync the store is poisoned: writes return [`Error::Poisoned`]
+/// until it is reopened.
+///
+/// # Limitations
+///
+/// - Directories emptied by deletes are left in place.
+/// - A key updated more than 2³² times in one incarnation could, after a delete,
+///   be re-created at a version it had before.
+/// - `list` walks directories: cost grows with the number of keys under the prefix.
+///
+/// ```
+/// use jobsafe::{DirStore, Expect, Key, Prefix, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DirStore::open(dir.path())?;
+/// let key = Key::new(["jobs", "lic:abc", "../escape"])?;
+/// let v = store.put(&key, br#"{"status":"queued"}"#, Expect::Absent)?;
+/// assert_eq!(store.get(&key)?.unwrap().version, v);
+/// assert!(store.path_of(&key).starts_with(dir.path()));
+/// assert_eq!(store.list_all(&Prefix::new(["jobs"])?)?, vec![key]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct DirStore<V: Vfs = StdVfs> {
+    inner: Arc<Inner<V>>,
+}
+
+impl<V: Vfs> Clone for DirStore<V> {
+    fn clone(&self) -> Self {
+        DirStore {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<V: Vfs> {
+    layout: Layout,
+    writer: AtomicWriter<V>,
+    poisoned: AtomicBool,
+}
+
+/// Options for opening a [`DirStore`].
+///
+/// ```
+/// use jobsafe::{DirStore, Durability};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DirStore::builder(dir.path())
+///     .durability(Durability::Full)
+///     .create(true)
+///     .open()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct DirStoreBuilder<V: Vfs = StdVfs> {
+    root: PathBuf,
+    vfs: V,
+    durability: Durability,
+    create: bool,
+}
+
+impl DirStore<StdVfs> {
+    /// Opens the store at `root`, creating the directory and the store if missing.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the path that could not be created or read;
+    /// [`Error::CorruptFile`] if `root` is a non-empty directory that is not a
+    /// store, or holds a damaged store file.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        DirStore::builder(root).open()
+    }
+
+    /// Options for opening the store at `root`.
+    pub fn builder(root: impl AsRef<Path>) -> DirStoreBuilder<StdVfs> {
+        DirStoreBuilder {
+            root: root.as_ref().to_path_buf(),
+            vfs: StdVfs,
+            durability: Durability::Full,
+            create: true,
+        }
+    }
+}
+
+impl<V: Vfs> DirStoreBuilder<V> {
+    /// Does all I/O through `vfs` (to count, fail or trace operations in tests).
+    /// Default: [`StdVfs`].
+    pub fn vfs<W: Vfs>(self, vfs: W) -> DirStoreBuilder<W> {
+        DirStoreBuilder {
+            root: self.root,
+            vfs,
+            durability: self.durability,
+            create: self.create,
+        }
+    }
+
+    /// What a write survives once it returns. Default: [`Durability::Full`].
+    /// **[`Durability::AtomicOnly`] loses acknowledged writes on power loss**: for
+    /// tests and benchmarks only.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Whether to create the directory and the store if missing. Default: `true`.
+    /// With `false`, a missing store is an [`Error::Io`] of kind `NotFound`.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Opens the store, completing any batch a crashed process left half done.
+    ///
+    /// # Errors
+    /// As [`DirStore::open`].
+    pub fn open(self) -> Result<DirStore<V>> {
+        let writer = AtomicWriter::with_vfs(self.vfs).durability(self.durability);
+        let layout = Layout::open(&writer, &self.root, self.create)?;
+        let store = DirStore {
+            inner: Arc::new(Inner {
+                layout,
+                writer,
+                poisoned: AtomicBool::new(false),
+            }),
+        };
+        store.recover_all()?;
+        Ok(store)
+    }
+}
+
+impl<V: Vfs> DirStore<V> {
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// The file that holds (or would hold) `key`'s record.
+    pub fn path_of(&self, key: &Key) -> PathBuf {
+        self.inner.layout.record_path(key)
+    }
+
+    /// Whether an earlier fsync failure poisoned this handle (and its clones).
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Removes temp files at least `min_age` old left in the store by crashed
+    /// writers, returning how many were removed. See [`AtomicWriter::sweep`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the directory or file.
+    pub fn sweep_temp_files(
+        &self,
+        min_age: std::time::Duration,
+        clock: &dyn crate::Clock,
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for dir in list::all_dirs(self.inner.writer.vfs(), &self.inner.layout)? {
+            removed += self.inner.writer.sweep(&dir, min_age, clock)?.len();
+        }
+        Ok(removed)
+    }
+
+    fn writer(&self) -> &AtomicWriter<V> {
+        &self.inner.writer
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.is_poisoned() {
+            return Err(Error::Poisoned {
+                path: self.root().to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Poisons the store if `result` failed in a flush, whose outcome on disk is
+    /// unknown.
+    fn watch<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            let failed_flush = match e {
+                Error::NotDurable { .. } => true,
+                Error::Io { step, .. } => step.starts_with("fsync"),
+                _ => false,
+            };
+            if failed_flush {
+                self.inner.poisoned.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    /// Runs `f` holding `stripes`, after completing any journal a dead process left
+    /// on them.
+    fn with_stripes<T>(
+        &self,
+        stripes: &[usize],
+        exclusive: bool,
+        mut f: impl FnMut(&StripeGuard<V::File>) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            let guard = stripes::lock(
+                self.writer().vfs(),
+                &self.layout().stripes,
+                stripes.iter().copied(),
+                exclusive,
+            )?;
+            let orphans = self.journals_concerning(&guard.stripes)?;
+            if orphans.is_empty() {
+                return f(&guard);
+            }
+            // Their owners are dead: a live owner would hold our stripes. Release
+            // ours so that recovery takes the journal's stripes in order.
+            drop(guard);
+            for name in orphans {
+                self.recover(&name)?;
+            }
+        }
+    }
+
+    fn journals_concerning(&self, held: &[usize]) -> Result<Vec<String>> {
+        let dir = &self.layout().journal;
+        let names = self
+            .writer()
+            .vfs()
+            .read_dir(dir)
+            .at("read journal directory", dir)?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| journal::concerns(n, held))
+            .collect())
+    }
+
+    fn recover_all(&self) -> Result<()> {
+        for name in self.journals_concerning(&(0..stripes::STRIPES).collect::<Vec<_>>())? {
+            self.recover(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the journal `name` if it still exists.
+    fn recover(&self, name: &str) -> Result<()> {
+        let Some(stripes) = journal::stripes_of(name) else {
+            return Ok(());
+        };
+        let _guard = stripes::lock(self.writer().vfs(), &self.layout().stripes, stripes, true)?;
+        let path = self.layout().journal.join(name);
+        let bytes = match self.writer().vfs().read(&path) {
+            Ok(bytes) => bytes,
+            // Completed by its owner or another recoverer meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read journal", path, e)),
+        };
+        self.check_writable()?;
+        let changes = journal::decode(&path, &bytes)?;
+        self.watch(self.apply_changes(&changes))?;
+        self.watch(self.remove_journal(&path))
+    }
+
+    fn apply_changes(&self, changes: &[Change]) -> Result<()> {
+        for change in changes {
+            match change {
+                Change::Put { key, file } => self.write_record_file(key, file)?,
+                Change::Delete { key } => {
+                    self.remove_record_file(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_journal(&self, path: &Path) -> Result<()> {
+        let vfs = self.writer().vfs();
+        vfs.remove_file(path).at("remove journal", path)?;
+        self.sync_dir(&self.layout().journal)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        if self.writer().durability_level() == Durability::Full {
+            self.writer()
+                .vfs()
+                .sync_dir(dir)
+                .at("fsync directory", dir)?;
+        }
+        Ok(())
+    }
+
+    fn read_record(&self, key: &Key) -> Result<Option<RecordFile>> {
+        let path = self.path_of(key);
+        let bytes = match self.writer().vfs().read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(Error::io("read record", path, e)),
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            key: key.clone(),
+            path: Some(path.clone()),
+            reason,
+        };
+        let record = record_file::decode(&bytes).map_err(corrupt)?;
+        if record.key != *key {
+            return Err(corrupt(format!("file holds the record of {}", record.key)));
+        }
+        Ok(Some(record))
+    }
+
+    fn write_record_file(&self, key: &Key, bytes: &[u8]) -> Result<()> {
+        let path = self.layout().ensure_parent(self.writer(), key)?;
+        self.writer().write(path, bytes)
+    }
+
+    /// Removes a record file; `false` if there was none.
+    fn remove_record_file(&self, key: &Key) -> Result<bool> {
+        let path = self.path_of(key);
+        match self.writer().vfs().remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => return Ok(false),
+            Err(e) => return Err(Error::io("remove record", path, e)),
+        }
+        self.sync_dir(layout::parent(&path))?;
+        Ok(true)
+    }
+
+    fn stripe(&self, key: &Key) -> usize {
+        naming::stripe_of(key.segments(), stripes::STRIPES)
+    }
+
+    fn next_version(&self, key: &Key, current: Option<&RecordFile>) -> Result<Version> {
+        match current {
+            Some(record) => Ok(Version::new(record.version.get() + 1)),
+            None => stripes::first_version(
+                self.writer().vfs(),
+                &self.layout().stripes,
+                self.stripe(key),
+            ),
+        }
+    }
+}
+
+impl<V: Vfs> Store for DirStore<V> {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.with_stripes(&[self.stripe(key)], false, |_| {
+            Ok(self.read_record(key)?.map(|r| Entry {
+                value: r.value,
+                version: r.version,
+            }))
+        })
+    }
+
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.check_writable()?;
+        self.with_stripes(&[self.stripe(key)], true, |_| {
+            let current = self.read_record(key)?;
+            expect.check(key, current.as_ref().map(|r| r.version))?;
+            let version = self.next_version(key, current.as_ref())?;
+            let bytes = record_file::encode(key, version, value);
+            self.watch(self.write_record_file(key, &bytes))?;
+            Ok(version)
+        })
+    }
+
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.check_writable()?;
+        let stripe = self.stripe(key);
+        self.with_stripes(&[stripe], true, |_| {
+            let Some(current) = self.read_record(key)? else {
+                expect.check(key, None)?;
+                return Ok(false);
+            };
+            expect.check(key, Some(current.version))?;
+            let stripes_dir = &self.layout().stripes;
+            self.watch(stripes::raise_floor(
+                self.writer(),
+                stripes_dir,
+                stripe,
+                Some(current.version),
+            ))?;
+            self.watch(self.remove_record_file(key))
+        })
+    }
+
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        check_limit(limit)?;
+        // All stripes shared: no write is in flight while the tree is walked, so a
+        // page never shows part of a batch.
+        let all: Vec<usize> = (0..stripes::STRIPES).collect();
+        self.with_stripes(&all, false, |_| {
+            list::list(self.writer().vfs(), self.layout(), prefix, after, limit)
+        })
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        batch.validate()?;
+        self.check_writable()?;
+        let stripes: Vec<usize> = batch.ops().iter().map(|op| self.stripe(op.key())).collect();
+        self.with_stripes(&stripes, true, |guard| {
+            let mut changes = Vec::with_capacity(batch.len());
+            let mut applied = Vec::with_capacity(batch.len());
+            let mut floors = Vec::new();
+            for op in batch.ops() {
+                let current = self.read_record(op.key())?;
+                op.expect()
+                    .check(op.key(), current.as_ref().map(|r| r.version))?;
+                match op {
+                    Op::Put { key, value, .. } => {
+                        let version = self.next_version(key, current.as_ref())?;
+                        let file = record_file::encode(key, version, value);
+                        changes.push(Change::Put {
+                            key: key.clone(),
+                            file,
+                        });
+                        applied.push(Applied::Put(version));
+                    }
+                    Op::Delete { key, .. } => {
+                        if let Some(current) = &current {
+                            floors.push((self.stripe(key), current.version));
+                            changes.push(Change::Delete { key: key.clone() });
+                        }
+                        applied.push(Applied::Deleted(current.is_some()));
+                    }
+                }
+            }
+            // Floors first: a delete must never be durable before the floor that
+            // keeps its versions from coming back.
+            for (stripe, version) in floors {
+                self.watch(stripes::raise_floor(
+                    self.writer(),
+                    &self.layout().stripes,
+                    stripe,
+                    Some(version),
+                ))?;
+            }
+            let journal_path = self.layout().journal.join(journal::name(&guard.stripes));
+            self.watch(
+                self.writer()
+                    .write(&journal_path, &journal::encode(&changes)),
+            )?;
+            // From here the batch is committed: if applying fails, the journal stays
+            // and whoever next takes these stripes completes it.
+            self.watch(self.apply_changes(&changes))?;
+            self.watch(self.remove_journal(&journal_path))?;
+            Ok(applied)
+        })
+    }
+
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.check_writable()?;
+        let stripe = self.stripe(key);
+        self.with_stripes(&[stripe], true, |_| {
+            let path = self.path_of(key);
+            let vfs = self.writer().vfs();
+            let bytes = match vfs.read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(Error::io("read record", path, e)),
+            };
+            let version = record_file::decode(&bytes)
+                .ok()
+                .map(|r| r.version)
+                .or_else(|| record_file::salvage_version(&bytes));
+            self.watch(stripes::raise_floor(
+                self.writer(),
+                &self.layout().stripes,
+                stripe,
+                version,
+            ))?;
+            let target = self.layout().quarantine_path(&path);
+            vfs.rename(&path, &target)
+                .at("move record to quarantine", &target)?;
+            self.watch(self.sync_dir(&self.layout().quarantine))?;
+            self.watch(self.sync_dir(layout::parent(&path)))?;
+            Ok(Some(Quarantined {
+                key: key.clone(),
+                location: target.display().to_string(),
+            }))
+        })
+    }
+}
+
+/// A missing file, or a missing or non-directory parent on the way to it.
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,132 @@
+//! The bytes of one record file.
+//!
+//! ```text
+//! jobsafe-record 1 <version> <value length> <crc32 hex> <key as JSON>\n
+//! <value bytes>
+//! ```
+//!
+//! The header is one line of text so that `head -1` shows what a file holds; the
+//! key is stored so that a shortened (hashed) name can be listed and so that a file
+//! copied or renamed by hand is caught. The CRC covers the version, the key and the
+//! value, so any edit to the file is reported as corruption rather than read.
+
+use crate::key::Key;
+use crate::store::Version;
+
+const MAGIC: &str = "jobsafe-record";
+const FORMAT: u32 = 1;
+
+/// A record as stored in a file.
+pub(super) struct RecordFile {
+    pub(super) key: Key,
+    pub(super) version: Version,
+    pub(super) value: Vec<u8>,
+}
+
+pub(super) fn encode(key: &Key, version: Version, value: &[u8]) -> Vec<u8> {
+    // A key always serializes: it is a list of strings.
+    let key_json = serde_json::to_string(key).unwrap_or_default();
+    let crc = checksum(version, &key_json, value);
+    let mut out = format!(
+        "{MAGIC} {FORMAT} {} {} {crc:08x} {key_json}\n",
+        version.get(),
+        value.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(value);
+    out
+}
+
+/// Decodes a record file; the error says what is wrong.
+pub(super) fn decode(bytes: &[u8]) -> Result<RecordFile, String> {
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line (file empty or truncated)")?;
+    let header =
+        std::str::from_utf8(&bytes[..newline]).map_err(|_| "header is not UTF-8".to_owned())?;
+    let value = &bytes[newline + 1..];
+    let mut fields = header.splitn(6, ' ');
+    let mut next = |what: &str| {
+        fields
+            .next()
+            .ok_or_else(|| format!("header has no {what} field"))
+    };
+    if next("magic")? != MAGIC {
+        return Err("not a jobsafe record file".to_owned());
+    }
+    let format = next("format")?;
+    if format != FORMAT.to_string() {
+        return Err(format!("unknown record format {format:?}"));
+    }
+    let version: u64 = next("version")?
+        .parse()
+        .map_err(|_| "bad version field".to_owned())?;
+    let len: usize = next("length")?
+        .parse()
+        .map_err(|_| "bad length field".to_owned())?;
+    let crc = u32::from_str_radix(next("checksum")?, 16).map_err(|_| "bad checksum field")?;
+    let key_json = next("key")?;
+    if value.len() != len {
+        return Err(format!(
+            "value is {} bytes, header says {len} (truncated or appended to)",
+            value.len()
+        ));
+    }
+    let version = Version::new(version);
+    if checksum(version, key_json, value) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    let key: Key = serde_json::from_str(key_json).map_err(|e| format!("bad key field: {e}"))?;
+    Ok(RecordFile {
+        key,
+        version,
+        value: value.to_vec(),
+    })
+}
+
+/// The version from a header that may be damaged elsewhere, for when a corrupt
+/// record is moved aside and its versions must still never be reused.
+pub(super) fn salvage_version(bytes: &[u8]) -> Option<Version> {
+    let line = bytes.split(|&b| b == b'\n').next()?;
+    let mut fields = std::str::from_utf8(line).ok()?.split(' ');
+    (fields.next()? == MAGIC).then_some(())?;
+    fields.next()?;
+    fields.next()?.parse().ok().map(Version::new)
+}
+
+fn checksum(version: Version, key_json: &str, value: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&version.get().to_le_bytes());
+    hasher.update(key_json.as_bytes());
+    hasher.update(value);
+    hasher.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_single_byte_flip_is_caught() {
+        let key = Key::new(["a", "b c"]).unwrap();
+        let bytes = encode(&key, Version::new(7), b"{\"x\":1}");
+        let rec = decode(&bytes).unwrap();
+        assert_eq!(
+            (rec.key, rec.version.get(), rec.value),
+            (key, 7, b"{\"x\":1}".to_vec())
+        );
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(decode(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+        for cut in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..cut]).is_err(),
+                "truncation at {cut} went unnoticed"
+            );
+        }
+        assert_eq!(salvage_version(&bytes), Some(Version::new(7)));
+    }
+}

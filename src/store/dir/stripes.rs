@@ -1,0 +1,120 @@
+//! Lock stripes: the per-key serialization of [`DirStore`](super::DirStore), and
+//! the version floors that keep versions from being reused.
+//!
+//! Every key hashes to one of [`STRIPES`] stripes. A stripe is a lock file
+//! (`stripes/NN.lock`) taken with `flock` through a fresh open for every
+//! acquisition: locks through different opens exclude each other within one process
+//! as across processes, so threads and processes are serialized the same way, and a
+//! dead process's locks vanish with it. Several stripes are always taken in
+//! ascending order, so acquisitions cannot deadlock.
+//!
+//! A stripe also has a floor (`stripes/NN.floor`): an epoch strictly above the epoch
+//! of every record of the stripe that was ever deleted or moved aside. A new key gets
+//! version `(floor + 1) << 32`; an update adds one. So a re-created key's first
+//! version is above every version its earlier incarnations had (no ABA), as long as
+//! no incarnation is updated 2³² times. The floor changes only under the stripe's
+//! exclusive lock and durably before the delete it accounts for.
+
+use std::path::{Path, PathBuf};
+
+use crate::atomic::AtomicWriter;
+use crate::error::{Error, IoContext, Result};
+use crate::store::Version;
+use crate::vfs::{Vfs, VfsFile};
+
+/// Number of stripes. Fixed: it is part of the on-disk format.
+pub(super) const STRIPES: usize = 64;
+
+const EPOCH_SHIFT: u32 = 32;
+
+pub(super) fn lock_path(dir: &Path, stripe: usize) -> PathBuf {
+    dir.join(format!("{stripe:02}.lock"))
+}
+
+fn floor_path(dir: &Path, stripe: usize) -> PathBuf {
+    dir.join(format!("{stripe:02}.floor"))
+}
+
+/// Held stripe locks, released when dropped (closing the files releases them).
+#[derive(Debug)]
+pub(super) struct StripeGuard<F> {
+    /// Sorted stripe numbers.
+    pub(super) stripes: Vec<usize>,
+    _files: Vec<F>,
+}
+
+/// Locks `stripes` (any order, duplicates allowed) in ascending order.
+pub(super) fn lock<V: Vfs>(
+    vfs: &V,
+    dir: &Path,
+    stripes: impl IntoIterator<Item = usize>,
+    exclusive: bool,
+) -> Result<StripeGuard<V::File>> {
+    let mut stripes: Vec<usize> = stripes.into_iter().collect();
+    stripes.sort_unstable();
+    stripes.dedup();
+    let mut files = Vec::with_capacity(stripes.len());
+    for &stripe in &stripes {
+        let path = lock_path(dir, stripe);
+        let file = vfs.open_read(&path).at("open stripe lock", &path)?;
+        if exclusive {
+            file.lock().at("lock stripe", &path)?;
+        } else {
+            file.lock_shared().at("lock stripe (shared)", &path)?;
+        }
+        files.push(file);
+    }
+    Ok(StripeGuard {
+        stripes,
+        _files: files,
+    })
+}
+
+/// The version of a key created now in `stripe`.
+pub(super) fn first_version<V: Vfs>(vfs: &V, dir: &Path, stripe: usize) -> Result<Version> {
+    let floor = read_floor(vfs, dir, stripe)?;
+    Ok(Version::new((floor + 1) << EPOCH_SHIFT))
+}
+
+/// Raises the floor of `stripe` above the epoch of `deleted` (or, when the deleted
+/// record's version could not be read, above every epoch a record of this stripe
+/// can have), durably. Call with the stripe locked exclusively, before the delete.
+pub(super) fn raise_floor<V: Vfs>(
+    writer: &AtomicWriter<V>,
+    dir: &Path,
+    stripe: usize,
+    deleted: Option<Version>,
+) -> Result<()> {
+    let floor = read_floor(writer.vfs(), dir, stripe)?;
+    let needed = match deleted {
+        Some(v) => v.get() >> EPOCH_SHIFT,
+        // Records are created at epoch floor + 1 at most; updates stay within their
+        // epoch short of 2³² updates.
+        None => floor + 1,
+    };
+    if needed <= floor {
+        return Ok(());
+    }
+    if needed >= u64::MAX >> EPOCH_SHIFT {
+        return Err(Error::CorruptFile {
+            path: floor_path(dir, stripe),
+            reason: "version space exhausted".to_owned(),
+        });
+    }
+    writer.write(floor_path(dir, stripe), needed.to_string().as_bytes())
+}
+
+fn read_floor<V: Vfs>(vfs: &V, dir: &Path, stripe: usize) -> Result<u64> {
+    let path = floor_path(dir, stripe);
+    match vfs.read(&path) {
+        Ok(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| Error::CorruptFile {
+                path,
+                reason: "version floor is not a number".to_owned(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io("read version floor", path, e)),
+    }
+}

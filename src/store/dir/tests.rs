@@ -1,0 +1,469 @@
+//! DirStore's own tests: file naming, on-disk format, recovery. The contract itself
+//! is checked by the conformance suite in `tests/`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::*;
+use crate::vfs::VfsFile;
+
+fn open(dir: &Path) -> DirStore {
+    DirStore::open(dir).unwrap()
+}
+
+fn key(segments: &[&str]) -> Key {
+    Key::new(segments.iter().copied()).unwrap()
+}
+
+/// Every file and directory name under `dir`, recursively.
+fn names_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        out.push(entry.file_name().to_string_lossy().into_owned());
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(names_under(&entry.path()));
+        }
+    }
+    out
+}
+
+fn put_get_list(store: &DirStore, k: &Key) {
+    let v = store.put(k, k.name().as_bytes(), Expect::Absent).unwrap();
+    let entry = store.get(k).unwrap().unwrap();
+    assert_eq!(
+        (entry.value.as_slice(), entry.version),
+        (k.name().as_bytes(), v)
+    );
+    assert!(store.list_all(&Prefix::all()).unwrap().contains(k));
+    assert!(store.path_of(k).starts_with(store.root().join("data")));
+}
+
+#[test]
+fn dot_dot_stays_inside_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s"));
+    for k in [
+        key(&[".."]),
+        key(&["..", ".."]),
+        key(&[".", "x"]),
+        key(&["a", "..", "b"]),
+    ] {
+        put_get_list(&store, &k);
+    }
+    // Nothing was written beside the store.
+    assert_eq!(
+        names_under(dir.path()).iter().filter(|n| *n == "s").count(),
+        1
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn slashes_and_backslashes_are_one_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let slash = key(&["a/b"]);
+    let nested = key(&["a", "b"]);
+    let backslash = key(&["a\\b"]);
+    for k in [&slash, &nested, &backslash] {
+        put_get_list(&store, k);
+    }
+    assert_eq!(
+        store.list_all(&Prefix::new(["a"]).unwrap()).unwrap(),
+        vec![nested]
+    );
+    for name in names_under(&store.root().join("data")) {
+        assert!(!name.contains('\\'), "{name}");
+    }
+}
+
+#[test]
+fn nul_is_rejected_by_key() {
+    assert!(Key::new(["a\0b"]).is_err());
+}
+
+#[test]
+fn leading_dots_never_make_hidden_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for k in [key(&[".hidden"]), key(&[".git", "config"]), key(&["."])] {
+        put_get_list(&store, &k);
+    }
+    for name in names_under(&store.root().join("data")) {
+        assert!(!name.starts_with('.'), "{name}");
+    }
+}
+
+#[test]
+fn case_only_differences_are_distinct_files_even_ignoring_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let keys = [key(&["ab"]), key(&["Ab"]), key(&["aB"]), key(&["AB"])];
+    for k in &keys {
+        put_get_list(&store, k);
+    }
+    let lowered: BTreeSet<String> = names_under(&store.root().join("data"))
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    assert_eq!(lowered.len(), 4, "{lowered:?}");
+    for k in &keys {
+        assert_eq!(store.get(k).unwrap().unwrap().value, k.name().as_bytes());
+    }
+}
+
+#[test]
+fn very_long_segments_are_shortened_listed_and_distinct() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let long_a = "a".repeat(1024);
+    let mut long_b = long_a.clone();
+    long_b.replace_range(1023.., "b");
+    let wide = "日".repeat(341);
+    let keys = [
+        key(&[&long_a]),
+        key(&[&long_b]),
+        key(&[&long_a, &wide]),
+        key(&[&wide, &long_b, "x"]),
+    ];
+    for k in &keys {
+        put_get_list(&store, k);
+    }
+    for name in names_under(&store.root().join("data")) {
+        assert!(name.len() <= 255, "{}", name.len());
+    }
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    assert_eq!(store.list_all(&Prefix::all()).unwrap(), sorted);
+    assert_eq!(
+        store
+            .list_all(&Prefix::new([long_a.as_str()]).unwrap())
+            .unwrap(),
+        vec![keys[0].clone(), keys[2].clone()]
+    );
+}
+
+#[test]
+fn record_files_are_readable_text_with_key_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["jobs", "lic:abc"]);
+    let v = store
+        .put(&k, br#"{"status":"queued"}"#, Expect::Absent)
+        .unwrap();
+    let text = std::fs::read_to_string(store.path_of(&k)).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.starts_with(&format!("jobsafe-record 1 {} ", v.get())),
+        "{header}"
+    );
+    assert!(header.ends_with(r#"["jobs","lic:abc"]"#), "{header}");
+    assert!(text.ends_with(r#"{"status":"queued"}"#));
+}
+
+#[test]
+fn edited_truncated_or_moved_files_are_corrupt_never_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (key(&["a"]), key(&["b"]));
+    store.put(&a, b"alpha", Expect::Absent).unwrap();
+    store.put(&b, b"beta", Expect::Absent).unwrap();
+    let path = store.path_of(&a);
+    let good = std::fs::read(&path).unwrap();
+
+    let damaged: [Vec<u8>; 3] = [
+        good[..good.len() - 1].to_vec(),
+        [&good[..], b"x"].concat(),
+        std::fs::read(store.path_of(&b)).unwrap(),
+    ];
+    for bytes in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        for err in [
+            store.get(&a).unwrap_err(),
+            store.put(&a, b"x", Expect::Absent).unwrap_err(),
+            store.put(&a, b"x", Expect::Any).unwrap_err(),
+            store.delete(&a, Expect::Any).unwrap_err(),
+            store
+                .apply(&Batch::new().put(&a, b"x", Expect::Any))
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, Error::Corrupt { key, .. } if *key == a),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
+        }
+        // The bad bytes are still there, untouched.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+}
+
+#[test]
+fn quarantine_keeps_bytes_and_never_reuses_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["locks", "vault"]);
+    let mut v = store.put(&k, b"0", Expect::Absent).unwrap();
+    for i in 1..5 {
+        v = store
+            .put(&k, i.to_string().as_bytes(), Expect::Version(v))
+            .unwrap();
+    }
+    // Damage the header beyond repair: the version cannot be read back.
+    std::fs::write(store.path_of(&k), b"garbage").unwrap();
+    let moved = store.quarantine(&k).unwrap().unwrap();
+    assert_eq!(std::fs::read(&moved.location).unwrap(), b"garbage");
+    assert!(store.get(&k).unwrap().is_none());
+    let fresh = store.put(&k, b"new", Expect::Absent).unwrap();
+    assert!(fresh > v, "{fresh:?} must be above {v:?}");
+    assert!(
+        store
+            .put(&k, b"stale", Expect::Version(v))
+            .unwrap_err()
+            .is_conflict()
+    );
+}
+
+#[test]
+fn recreated_key_outranks_every_old_version_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(&["ledger", "job"]);
+    let old = {
+        let store = open(dir.path());
+        let v = store.put(&k, b"1", Expect::Absent).unwrap();
+        let v = store.put(&k, b"2", Expect::Version(v)).unwrap();
+        assert!(store.delete(&k, Expect::Version(v)).unwrap());
+        v
+    };
+    let store = open(dir.path());
+    let new = store.put(&k, b"again", Expect::Absent).unwrap();
+    assert!(new > old);
+}
+
+#[test]
+fn journal_left_by_a_crash_is_completed_on_open_and_by_the_next_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (key(&["acct", "a"]), key(&["acct", "b"]));
+    let store = open(dir.path());
+    store.put(&a, b"10", Expect::Absent).unwrap();
+    store.put(&b, b"0", Expect::Absent).unwrap();
+    let va = store.get(&a).unwrap().unwrap().version;
+
+    // What a process killed right after writing its journal leaves behind.
+    let changes = vec![
+        Change::Put {
+            key: a.clone(),
+            file: record_file::encode(&a, Version::new(va.get() + 1), b"9"),
+        },
+        Change::Delete { key: b.clone() },
+    ];
+    let stripes: Vec<usize> = [&a, &b].iter().map(|k| store.stripe(k)).collect();
+    let mut sorted = stripes.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let journal = store.layout().journal.join(journal::name(&sorted));
+    std::fs::write(&journal, journal::encode(&changes)).unwrap();
+
+    // The next reader of either key completes it before answering.
+    assert_eq!(store.get(&b).unwrap(), None);
+    assert_eq!(store.get(&a).unwrap().unwrap().value, b"9");
+    assert!(!journal.exists());
+
+    // And so does the next open.
+    std::fs::write(&journal, journal::encode(&changes)).unwrap();
+    drop(store);
+    let reopened = open(dir.path());
+    assert!(!journal.exists());
+    assert_eq!(reopened.get(&a).unwrap().unwrap().value, b"9");
+}
+
+#[test]
+fn corrupt_journal_stops_writes_to_its_stripes_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["x"]);
+    store.put(&k, b"1", Expect::Absent).unwrap();
+    let journal = store
+        .layout()
+        .journal
+        .join(journal::name(&[store.stripe(&k)]));
+    std::fs::write(&journal, b"jobsafe-journal 1\nP 9999\n").unwrap();
+    let err = store.put(&k, b"2", Expect::Any).unwrap_err();
+    assert!(
+        matches!(&err, Error::CorruptFile { path, .. } if *path == journal),
+        "{err}"
+    );
+    assert!(
+        journal.exists(),
+        "a corrupt journal must be kept for inspection"
+    );
+}
+
+#[test]
+fn refuses_a_foreign_non_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let err = DirStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+}
+
+#[test]
+fn open_without_create_names_the_missing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let err = DirStore::builder(&missing)
+        .create(false)
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    );
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+/// A Vfs whose file fsyncs fail once armed.
+#[derive(Debug, Clone, Default)]
+struct FailingSync {
+    armed: std::sync::Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct FailingFile {
+    inner: std::fs::File,
+    armed: std::sync::Arc<AtomicBool>,
+}
+
+impl VfsFile for FailingFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        VfsFile::write_all(&mut self.inner, buf)
+    }
+    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        VfsFile::read_to_end(&mut self.inner, buf)
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        if self.armed.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        VfsFile::sync_all(&self.inner)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+    fn lock(&self) -> std::io::Result<()> {
+        VfsFile::lock(&self.inner)
+    }
+    fn lock_shared(&self) -> std::io::Result<()> {
+        VfsFile::lock_shared(&self.inner)
+    }
+    fn unlock(&self) -> std::io::Result<()> {
+        VfsFile::unlock(&self.inner)
+    }
+}
+
+impl Vfs for FailingSync {
+    type File = FailingFile;
+    fn create_new(&self, path: &Path, mode: u32) -> std::io::Result<FailingFile> {
+        let inner = StdVfs.create_new(path, mode)?;
+        Ok(FailingFile {
+            inner,
+            armed: self.armed.clone(),
+        })
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<FailingFile> {
+        let inner = StdVfs.open_read(path)?;
+        Ok(FailingFile {
+            inner,
+            armed: self.armed.clone(),
+        })
+    }
+    fn open_or_create(&self, path: &Path, mode: u32) -> std::io::Result<FailingFile> {
+        let inner = StdVfs.open_or_create(path, mode)?;
+        Ok(FailingFile {
+            inner,
+            armed: self.armed.clone(),
+        })
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.rename(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        StdVfs.read_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.sync_dir(path)
+    }
+    fn metadata(&self, path: &Path) -> std::io::Result<crate::vfs::FileInfo> {
+        StdVfs.metadata(path)
+    }
+}
+
+#[test]
+fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = FailingSync::default();
+    let store = DirStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .open()
+        .unwrap();
+    let k = key(&["k"]);
+    let v = store.put(&k, b"kept", Expect::Absent).unwrap();
+
+    vfs.armed.store(true, Ordering::SeqCst);
+    let err = store.put(&k, b"lost?", Expect::Any).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { step, .. } if step.contains("fsync")),
+        "{err}"
+    );
+    assert!(store.is_poisoned());
+    vfs.armed.store(false, Ordering::SeqCst);
+    for err in [
+        store.put(&k, b"x", Expect::Any).unwrap_err(),
+        store.delete(&k, Expect::Any).unwrap_err(),
+        store
+            .apply(&Batch::new().put(&k, b"x", Expect::Any))
+            .unwrap_err(),
+        store.quarantine(&k).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    }
+    assert_eq!(store.get(&k).unwrap().unwrap().version, v);
+
+    let reopened = DirStore::open(dir.path()).unwrap();
+    assert!(!reopened.is_poisoned());
+    assert!(reopened.put(&k, b"after", Expect::Version(v)).is_ok());
+}
+
+#[test]
+fn a_put_costs_one_file_sync_and_one_directory_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = crate::vfs::Counting::new(StdVfs);
+    let store = DirStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .open()
+        .unwrap();
+    let k = key(&["jobs", "1"]);
+    store.put(&k, b"x", Expect::Absent).unwrap();
+    let before = vfs.counts();
+    store.put(&k, b"y", Expect::Any).unwrap();
+    let after = vfs.counts();
+    assert_eq!(after.file_syncs - before.file_syncs, 1);
+    assert_eq!(after.dir_syncs - before.dir_syncs, 1);
+    assert_eq!(after.renames - before.renames, 1);
+}
