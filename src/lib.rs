@@ -86,3 +86,8 @@ pub use key::{Key, MAX_SEGMENT_LEN, MAX_SEGMENTS, Prefix};
 pub use store::dir::{DirStore, DirStoreBuilder};
 pub use store::mem::MemStore;
 pub use store::{Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version};
+
+/// The README's examples, compiled and run as doctests so that it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

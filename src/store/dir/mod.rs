@@ -64,8 +64,9 @@ use crate::vfs::{StdVfs, Vfs};
 /// # Limitations
 ///
 /// - Directories emptied by deletes are left in place.
-/// - A key updated more than 2³² times in one incarnation could, after a delete,
-///   be re-created at a version it had before.
+/// - A record whose version cannot be read when it is moved aside is assumed to
+///   have been updated fewer than 2³² times; beyond that its key could, once
+///   re-created, repeat a version it had before.
 /// - `list` walks directories: cost grows with the number of keys under the prefix.
 ///
 /// ```

@@ -8,12 +8,13 @@
 //! dead process's locks vanish with it. Several stripes are always taken in
 //! ascending order, so acquisitions cannot deadlock.
 //!
-//! A stripe also has a floor (`stripes/NN.floor`): an epoch strictly above the epoch
-//! of every record of the stripe that was ever deleted or moved aside. A new key gets
-//! version `(floor + 1) << 32`; an update adds one. So a re-created key's first
-//! version is above every version its earlier incarnations had (no ABA), as long as
-//! no incarnation is updated 2³² times. The floor changes only under the stripe's
-//! exclusive lock and durably before the delete it accounts for.
+//! A stripe also has a floor (`stripes/NN.floor`): a number at least as large as
+//! every version any deleted or moved-aside record of the stripe ever had. A new key
+//! gets version `floor + 1`; an update adds one. So a re-created key's first version
+//! is above every version its earlier incarnations had (no ABA). When a record is
+//! moved aside with a version that cannot be read, the floor jumps by 2³², which
+//! covers any record updated fewer than 2³² times. The floor changes only under the
+//! stripe's exclusive lock and durably before the delete it accounts for.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,8 @@ use crate::vfs::{Vfs, VfsFile};
 /// Number of stripes. Fixed: it is part of the on-disk format.
 pub(super) const STRIPES: usize = 64;
 
-const EPOCH_SHIFT: u32 = 32;
+/// How far the floor jumps past a record whose version is unreadable.
+const UNKNOWN_VERSION_MARGIN: u64 = 1 << 32;
 
 pub(super) fn lock_path(dir: &Path, stripe: usize) -> PathBuf {
     dir.join(format!("{stripe:02}.lock"))
@@ -73,12 +75,11 @@ pub(super) fn lock<V: Vfs>(
 /// The version of a key created now in `stripe`.
 pub(super) fn first_version<V: Vfs>(vfs: &V, dir: &Path, stripe: usize) -> Result<Version> {
     let floor = read_floor(vfs, dir, stripe)?;
-    Ok(Version::new((floor + 1) << EPOCH_SHIFT))
+    Ok(Version::new(floor + 1))
 }
 
-/// Raises the floor of `stripe` above the epoch of `deleted` (or, when the deleted
-/// record's version could not be read, above every epoch a record of this stripe
-/// can have), durably. Call with the stripe locked exclusively, before the delete.
+/// Raises the floor of `stripe` to `deleted` (or, when the deleted record's version
+/// could not be read, past any version it can have had), durably. Call with the stripe locked exclusively, before the delete.
 pub(super) fn raise_floor<V: Vfs>(
     writer: &AtomicWriter<V>,
     dir: &Path,
@@ -87,19 +88,19 @@ pub(super) fn raise_floor<V: Vfs>(
 ) -> Result<()> {
     let floor = read_floor(writer.vfs(), dir, stripe)?;
     let needed = match deleted {
-        Some(v) => v.get() >> EPOCH_SHIFT,
-        // Records are created at epoch floor + 1 at most; updates stay within their
-        // epoch short of 2³² updates.
-        None => floor + 1,
+        Some(v) => Some(v.get()),
+        // The record was created at floor + 1 at most, and updated fewer than 2³²
+        // times.
+        None => floor.checked_add(UNKNOWN_VERSION_MARGIN + 1),
     };
-    if needed <= floor {
-        return Ok(());
-    }
-    if needed >= u64::MAX >> EPOCH_SHIFT {
+    let Some(needed) = needed.filter(|n| *n < u64::MAX / 2) else {
         return Err(Error::CorruptFile {
             path: floor_path(dir, stripe),
             reason: "version space exhausted".to_owned(),
         });
+    };
+    if needed <= floor {
+        return Ok(());
     }
     writer.write(floor_path(dir, stripe), needed.to_string().as_bytes())
 }
