@@ -188,12 +188,12 @@ impl Error {
         matches!(self, Error::Poisoned { .. } | Error::NotDurable { .. })
     }
 
-    /// Worth retrying later without changing the request: conflicts and I/O errors
-    /// the operating system reports as temporary (interrupted, would block, timed
-    /// out, out of space). Corruption, poisoning and invalid input are not.
+    /// Worth retrying later without changing the request: I/O errors the operating
+    /// system reports as temporary (interrupted, would block, timed out, busy, out
+    /// of space). A conflict is not: the same compare-and-set would fail again, so
+    /// re-read and decide anew. Corruption, poisoning and invalid input are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Conflict { .. } => true,
             Error::Io { source, .. } => is_transient_io(source),
             _ => false,
         }
@@ -248,5 +248,61 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, step: &'static str, path: &std::path::Path) -> Result<T> {
         self.map_err(|e| Error::io(step, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn io_errors_name_step_and_path_and_chain_the_cause_once() {
+        let err = Error::io(
+            "fsync temp file",
+            "/data/.a.jobsafe-tmp",
+            io::Error::from_raw_os_error(5),
+        );
+        let shown = err.to_string();
+        assert_eq!(shown, "fsync temp file /data/.a.jobsafe-tmp");
+        let cause = err.source().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("Input/output error"), "{cause}");
+        assert!(!shown.contains(&cause));
+    }
+
+    #[test]
+    fn classifiers() {
+        let key = Key::new(["k"]).unwrap();
+        let conflict = Error::Conflict {
+            key: key.clone(),
+            expected: "no record".into(),
+            current: Some(Version::new(3)),
+        };
+        assert!(conflict.is_conflict() && !conflict.is_transient());
+        assert_eq!(conflict.conflict_current(), Some(Some(Version::new(3))));
+        assert_eq!(
+            conflict.to_string(),
+            "conflict on k: expected no record, found version 3"
+        );
+        let full = Error::io("write", "/x", io::Error::from(io::ErrorKind::StorageFull));
+        assert!(full.is_transient());
+        let denied = Error::io(
+            "write",
+            "/x",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(!denied.is_transient());
+        let corrupt = Error::Corrupt {
+            key,
+            path: None,
+            reason: "bad".into(),
+        };
+        assert!(corrupt.is_corrupt() && !corrupt.is_transient());
+    }
+
+    #[test]
+    fn long_invalid_keys_are_shortened_on_a_char_boundary() {
+        let err = Error::invalid_key("é".repeat(300), "too long");
+        assert!(matches!(&err, Error::InvalidKey { key, .. } if key.len() <= 204));
     }
 }
