@@ -63,7 +63,9 @@ use crate::vfs::{StdVfs, Vfs};
 ///
 /// # Limitations
 ///
-/// - Directories emptied by deletes are left in place.
+/// - A directory whose name was shortened with a hash (its segment encodes to more
+///   than 150 bytes) stays when its last key is deleted; other emptied directories
+///   are removed.
 /// - A record whose version cannot be read when it is moved aside is assumed to
 ///   have been updated fewer than 2³² times; beyond that its key could, once
 ///   re-created, repeat a version it had before.
@@ -245,7 +247,10 @@ impl<V: Vfs> DirStore<V> {
         if let Err(e) = &result {
             let failed_flush = match e {
                 Error::NotDurable { .. } => true,
-                Error::Io { step, .. } => step.starts_with("fsync"),
+                // A flush that could not even open its target lost nothing.
+                Error::Io { step, source, .. } => {
+                    step.starts_with("fsync") && source.kind() != std::io::ErrorKind::NotFound
+                }
                 _ => false,
             };
             if failed_flush {
@@ -341,14 +346,22 @@ impl<V: Vfs> DirStore<V> {
         self.sync_dir(&self.layout().journal)
     }
 
+    /// Makes `dir`'s entries durable. If a concurrent delete pruned `dir` (it was
+    /// empty then), syncing the nearest ancestor that still exists makes that removal,
+    /// and so the removal of everything that was in it, durable instead.
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        if self.writer().durability_level() == Durability::Full {
-            self.writer()
-                .vfs()
-                .sync_dir(dir)
-                .at("fsync directory", dir)?;
+        if self.writer().durability_level() != Durability::Full {
+            return Ok(());
         }
-        Ok(())
+        let mut dir = dir;
+        loop {
+            match self.writer().vfs().sync_dir(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != self.root() => {
+                    dir = layout::parent(dir);
+                }
+                result => return result.at("fsync directory", dir),
+            }
+        }
     }
 
     fn read_record(&self, key: &Key) -> Result<Option<RecordFile>> {
@@ -371,8 +384,25 @@ impl<V: Vfs> DirStore<V> {
     }
 
     fn write_record_file(&self, key: &Key, bytes: &[u8]) -> Result<()> {
-        let path = self.layout().ensure_parent(self.writer(), key)?;
-        self.writer().write(path, bytes)
+        // A delete of another key may remove the (then empty) directory between our
+        // creating it and our temp file landing in it; create it again and retry.
+        let mut attempts = 0;
+        loop {
+            let result = self
+                .layout()
+                .ensure_parent(self.writer(), key)
+                .and_then(|path| self.writer().write(path, bytes));
+            match result {
+                Err(Error::Io { step, source, .. })
+                    if matches!(step, "create temp file" | "create directory")
+                        && source.kind() == std::io::ErrorKind::NotFound
+                        && attempts < 8 =>
+                {
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Removes a record file; `false` if there was none.
@@ -383,8 +413,25 @@ impl<V: Vfs> DirStore<V> {
             Err(e) if is_absent(&e) => return Ok(false),
             Err(e) => return Err(Error::io("remove record", path, e)),
         }
-        self.sync_dir(layout::parent(&path))?;
+        let parent = layout::parent(&path);
+        self.sync_dir(parent)?;
+        self.prune_empty_dirs(parent);
         Ok(true)
+    }
+
+    /// Removes `dir` and its ancestors below `data/` while they are empty, so that
+    /// deleted keys leave no directories behind. Best-effort: `rmdir` refuses a
+    /// directory that is not empty, which is the only check needed, and a directory
+    /// that comes back after a crash is harmless.
+    fn prune_empty_dirs(&self, mut dir: &Path) {
+        let data = &self.layout().data;
+        let vfs = self.writer().vfs();
+        while dir != data && dir.starts_with(data) {
+            if vfs.remove_dir(dir).is_err() {
+                return;
+            }
+            dir = layout::parent(dir);
+        }
     }
 
     fn stripe(&self, key: &Key) -> usize {

@@ -467,3 +467,25 @@ fn a_put_costs_one_file_sync_and_one_directory_sync() {
     assert_eq!(after.dir_syncs - before.dir_syncs, 1);
     assert_eq!(after.renames - before.renames, 1);
 }
+
+#[test]
+fn deletes_leave_no_empty_directories_and_racing_writers_recreate_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let data = store.root().join("data");
+    // Writers and deleters of different keys in one directory, racing.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..50 {
+                    let k = key(&["jobs", "shared", &format!("{t}-{i}")]);
+                    store.put(&k, b"x", Expect::Absent).unwrap();
+                    assert!(store.delete(&k, Expect::Any).unwrap());
+                }
+            });
+        }
+    });
+    assert!(store.list_all(&Prefix::all()).unwrap().is_empty());
+    assert_eq!(names_under(&data), Vec::<String>::new());
+}
