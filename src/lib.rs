@@ -71,6 +71,7 @@
 
 mod atomic;
 mod clock;
+pub mod conformance;
 mod error;
 mod fencing;
 mod key;

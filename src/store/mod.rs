@@ -123,7 +123,7 @@ pub struct Quarantined {
 /// A key-value store of small records with versioned compare-and-set.
 ///
 /// Every jobsafe component gets its correctness from this contract, and every
-/// backend must pass the conformance suite. An
+/// backend must pass the [`conformance`](crate::conformance) suite. An
 /// implementation must guarantee, for every method:
 ///
 /// - **Preconditions.** A write whose [`Expect`] does not hold changes nothing and
