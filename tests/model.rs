@@ -91,7 +91,7 @@ impl Model {
             }
             Precondition::Stale => {
                 let old = self.history.get(key).into_iter().flatten().copied();
-                let stale = old.filter(|v| Some(*v) != current).last();
+                let stale = old.filter(|v| Some(*v) != current).next_back();
                 Expect::Version(stale.unwrap_or(Version::new(u64::MAX)))
             }
         }
@@ -134,19 +134,19 @@ impl Model {
 /// Opens backends of one kind, and reopens them where the kind keeps data.
 trait Backend {
     type Store: Store;
-    fn open(&mut self) -> Self::Store;
-    fn reopen(&mut self, store: Self::Store) -> Self::Store;
+    fn open(&mut self) -> Result<Self::Store, TestCaseError>;
+    fn reopen(&mut self, store: Self::Store) -> Result<Self::Store, TestCaseError>;
 }
 
 struct Mem;
 
 impl Backend for Mem {
     type Store = MemStore;
-    fn open(&mut self) -> MemStore {
-        MemStore::new()
+    fn open(&mut self) -> Result<MemStore, TestCaseError> {
+        Ok(MemStore::new())
     }
-    fn reopen(&mut self, store: MemStore) -> MemStore {
-        store
+    fn reopen(&mut self, store: MemStore) -> Result<MemStore, TestCaseError> {
+        Ok(store)
     }
 }
 
@@ -155,28 +155,28 @@ struct Dir(Option<tempfile::TempDir>);
 
 impl Backend for Dir {
     type Store = DirStore;
-    fn open(&mut self) -> DirStore {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    fn open(&mut self) -> Result<DirStore, TestCaseError> {
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(format!("temp dir: {e}")))?;
         let root = dir.path().join("store");
         self.0 = Some(dir);
         open_dir(&root)
     }
-    fn reopen(&mut self, store: DirStore) -> DirStore {
+    fn reopen(&mut self, store: DirStore) -> Result<DirStore, TestCaseError> {
         let root = store.root().to_path_buf();
         drop(store);
         open_dir(&root)
     }
 }
 
-fn open_dir(root: &std::path::Path) -> DirStore {
+fn open_dir(root: &std::path::Path) -> Result<DirStore, TestCaseError> {
     DirStore::builder(root)
         .durability(Durability::AtomicOnly)
         .open()
-        .unwrap_or_else(|e| panic!("open {}: {e}", root.display()))
+        .map_err(fail)
 }
 
 fn run<B: Backend>(backend: &mut B, actions: Vec<Action>) -> Result<(), TestCaseError> {
-    let mut store = backend.open();
+    let mut store = backend.open()?;
     let mut model = Model::default();
     for action in actions {
         match action {
@@ -215,7 +215,7 @@ fn run<B: Backend>(backend: &mut B, actions: Vec<Action>) -> Result<(), TestCase
                 let moved = store.quarantine(&key).map_err(fail)?;
                 prop_assert_eq!(moved.is_some(), model.records.remove(&key).is_some());
             }
-            Action::Reopen => store = backend.reopen(store),
+            Action::Reopen => store = backend.reopen(store)?,
         }
     }
     let listed = store.list_all(&Prefix::all()).map_err(fail)?;
