@@ -90,8 +90,8 @@ impl Model {
                 current.map_or(Expect::Version(Version::new(1)), Expect::Version)
             }
             Precondition::Stale => {
-                let old = self.history.get(key).into_iter().flatten().copied();
-                let stale = old.filter(|v| Some(*v) != current).next_back();
+                let old = self.history.get(key).map(Vec::as_slice).unwrap_or_default();
+                let stale = old.iter().copied().rfind(|v| Some(*v) != current);
                 Expect::Version(stale.unwrap_or(Version::new(u64::MAX)))
             }
         }
