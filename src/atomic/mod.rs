@@ -345,6 +345,3 @@ fn temp_name(name: &str) -> String {
 pub(crate) fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
 }
-
-#[cfg(test)]
-mod tests;
