@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jobsafe::vfs::{Counting, StdVfs, Vfs};
 use jobsafe::{
-    AtomicWriter, DEFAULT_MODE, Durability, Error, ManualClock, PendingFile, TEMP_SUFFIX,
-    write_atomic,
+    AtomicWriter, DEFAULT_MODE, Durability, Error, ManualClock, PendingFile, SystemClock,
+    TEMP_SUFFIX, write_atomic,
 };
 use tempfile::tempdir;
 
@@ -590,6 +590,27 @@ fn a_failed_directory_fsync_after_a_no_clobber_link_is_not_durable() -> TestResu
     assert!(matches!(&err, Error::NotDurable { .. }), "{err:?}");
     assert_eq!(fs::read(&target)?, b"new");
     assert_eq!(temp_files_in(dir.path())?, Vec::<PathBuf>::new());
+    Ok(())
+}
+
+#[test]
+fn a_no_clobber_commit_succeeds_once_linked_even_if_the_temp_file_cannot_be_removed() -> TestResult
+{
+    let dir = tempdir()?;
+    let target = dir.path().join("once.json");
+    let vfs = FailingVfs::failing(Op::RemoveFile);
+
+    AtomicWriter::with_vfs(vfs.clone())
+        .no_clobber(true)
+        .write(&target, b"new")?;
+
+    assert_eq!(vfs.injected(), 1);
+    assert_eq!(fs::read(&target)?, b"new");
+    // The leftover temp file is a second name of the target's file: a sweep removes
+    // that name and leaves the target whole.
+    let removed = AtomicWriter::new().sweep(dir.path(), Duration::ZERO, &SystemClock)?;
+    assert_eq!(removed.len(), 1);
+    assert_eq!(fs::read(&target)?, b"new");
     Ok(())
 }
 

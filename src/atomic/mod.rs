@@ -236,6 +236,10 @@ impl<V: Vfs> PendingFile<'_, V> {
     /// [`Error::NotDurable`]: the rename happened, readers see the new content, but
     /// the directory fsync failed so it may not survive a power loss.
     ///
+    /// In no-clobber mode the commit has happened once the temp file is linked to
+    /// the target; if the temp name cannot be removed after that, the commit still
+    /// succeeds and leaves it for [`AtomicWriter::sweep`].
+    ///
     /// # Errors
     /// [`Error::Io`] naming the step and path; [`Error::AlreadyExists`] in no-clobber
     /// mode; [`Error::NotDurable`].
@@ -258,8 +262,10 @@ impl<V: Vfs> PendingFile<'_, V> {
                     }
                     Err(e) => return Err(Error::io("link temp file to", &self.target, e)),
                 }
-                vfs.remove_file(&self.temp)
-                    .at("remove linked temp file", &self.temp)?;
+                // The target is in place, so the commit has happened: a temp name
+                // that cannot be removed is only a second name of the new file,
+                // harmless, and `sweep` removes it.
+                let _ = vfs.remove_file(&self.temp);
             } else {
                 vfs.rename(&self.temp, &self.target)
                     .at("rename temp file over", &self.target)?;
