@@ -554,6 +554,33 @@ fn a_failed_directory_fsync_after_the_rename_is_not_durable_with_the_new_content
 }
 
 #[test]
+fn a_not_durable_error_says_the_content_is_visible_but_not_durable_and_names_the_directory()
+-> TestResult {
+    let dir = tempdir()?;
+    let target = dir.path().join("report.json");
+    let writer = AtomicWriter::with_vfs(FailingVfs::failing(Op::SyncDir));
+
+    let err = failing_replace(&writer, &target)?;
+
+    assert!(
+        matches!(&err, Error::NotDurable { path, dir: synced, .. }
+            if path == &target && synced == dir.path()),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("visible but not known to be durable"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("directory {}", shown(dir.path()))),
+        "{message}"
+    );
+    assert!(!message.contains("poison"), "{message}");
+    Ok(())
+}
+
+#[test]
 fn a_failed_no_clobber_link_is_an_io_error_and_creates_nothing() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("once.json");

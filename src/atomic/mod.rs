@@ -280,6 +280,7 @@ impl<V: Vfs> PendingFile<'_, V> {
             let dir = parent_dir(&self.target);
             vfs.sync_dir(&dir).map_err(|source| Error::NotDurable {
                 path: self.target.clone(),
+                dir,
                 source,
             })?;
         }
