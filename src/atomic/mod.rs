@@ -29,7 +29,8 @@ pub const TEMP_SUFFIX: &str = ".jobsafe-tmp";
 /// Default permission bits of written files: owner read and write only.
 pub const DEFAULT_MODE: u32 = 0o600;
 
-/// What a completed write survives. There is no default: every caller says.
+/// What a completed write survives. [`AtomicWriter`] and [`DirStore`](crate::DirStore)
+/// default to [`Full`](Durability::Full).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Survives a process crash and a power loss: the file is fsynced before the
