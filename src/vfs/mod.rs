@@ -32,7 +32,8 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
 
     /// Creates a file that must not exist yet (`O_CREAT | O_EXCL`, which also
     /// refuses to follow a symlink), opened for reading and writing, with exactly
-    /// the permission bits `mode` whatever the umask.
+    /// the permission bits `mode` whatever the umask. On error no file is left at
+    /// `path`: callers have no handle to clean it up with.
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Self::File>;
 
     /// Opens an existing file for reading.

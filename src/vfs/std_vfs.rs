@@ -17,15 +17,10 @@ impl Vfs for StdVfs {
     type File = File;
 
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<File> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)?;
         // The umask may have cleared bits of `mode`: set them exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        Ok(file)
+        create_new_then(path, mode, |file| {
+            file.set_permissions(fs::Permissions::from_mode(mode))
+        })
     }
 
     fn open_read(&self, path: &Path) -> io::Result<File> {
@@ -89,6 +84,27 @@ impl Vfs for StdVfs {
     }
 }
 
+/// Creates `path` exclusively and runs `init` on the new file. If `init` fails the
+/// file is removed again (best-effort): a failed create leaves nothing behind.
+fn create_new_then(
+    path: &Path,
+    mode: u32,
+    init: impl FnOnce(&File) -> io::Result<()>,
+) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    if let Err(e) = init(&file) {
+        drop(file);
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
 impl VfsFile for File {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         Write::write_all(self, buf)
@@ -116,5 +132,24 @@ impl VfsFile for File {
 
     fn unlock(&self) -> io::Result<()> {
         File::unlock(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_whose_mode_cannot_be_set_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new");
+
+        let err = create_new_then(&path, 0o600, |_| {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        })
+        .unwrap_err();
+
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound));
     }
 }
