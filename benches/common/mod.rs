@@ -12,11 +12,15 @@
 //! benches that ran in different rounds mean little.
 //!
 //! A contender is a [`Workload`]: it sets up fresh state in a directory of its own,
-//! then times one or more operations with [`time_ops`].
+//! then times one or more operations with [`time_ops`]. [`kv`] adapts any key-value
+//! store (a jobsafe [`Store`](jobsafe::Store), SQLite, a JSON file) to one workload.
 
 pub(crate) mod atomic;
+pub(crate) mod kv;
+pub(crate) mod naive;
 pub(crate) mod raw;
 pub(crate) mod report;
+pub(crate) mod sqlite;
 
 use std::cell::Cell;
 use std::env;
@@ -164,6 +168,8 @@ impl Tally {
 /// the contender so that it can be read around the timed operations.
 #[derive(Clone, Debug)]
 pub(crate) enum Syncs {
+    /// The contender flushes inside code we cannot see into (SQLite).
+    Uncounted,
     /// Counted by jobsafe's I/O layer, as jobsafe itself sees them.
     Vfs(Counting<StdVfs>),
     /// Counted by the bench's own code.
@@ -173,6 +179,7 @@ pub(crate) enum Syncs {
 impl Syncs {
     fn get(&self) -> Option<u64> {
         match self {
+            Syncs::Uncounted => None,
             Syncs::Vfs(vfs) => Some(vfs.counts().syncs()),
             Syncs::Tally(tally) => Some(tally.0.get()),
         }

@@ -8,12 +8,17 @@
 //!   grows, so the flush commits metadata too.
 //! - [`RawOverwrite`]: overwrite a record in preallocated space and `fdatasync`. The
 //!   limit of an update in place: only data is flushed.
+//! - [`RawFiles`]: a file per key, each write a [`replace`]. The limit of a
+//!   file-per-record store such as [`DirStore`](jobsafe::DirStore), run beside the
+//!   stores.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::kv::KvEngine;
 use super::{BenchResult, Sample, Syncs, Tally, Workload, time_ops};
 
 /// Replaces `target` with `bytes` the textbook way: create `temp` exclusively,
@@ -152,5 +157,70 @@ impl Workload for RawOverwrite {
             Ok(())
         })?;
         Ok(vec![sample])
+    }
+}
+
+/// The limit of a file-per-record store, as a [`KvEngine`]: one file per key,
+/// each write a [`replace`] (an insert renames to a new name, an update over the
+/// old file), each read one `fs::read`. No locks, no record header, no checks on
+/// disk: versions are kept in memory, which costs nothing next to a flush.
+///
+/// It runs in the same rounds as the stores, so that their ratio to it is measured
+/// under the same disk conditions (ratios between benches of different rounds are
+/// not: another process's writes can slow one and not the other).
+#[derive(Debug)]
+pub(crate) struct RawFiles {
+    dir: PathBuf,
+    versions: HashMap<String, u64>,
+    tally: Tally,
+}
+
+impl RawFiles {
+    /// An empty set of files in `dir`.
+    pub(crate) fn open(dir: &Path) -> BenchResult<Self> {
+        Ok(RawFiles {
+            dir: dir.to_path_buf(),
+            versions: HashMap::new(),
+            tally: Tally::default(),
+        })
+    }
+
+    fn write(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        let target = self.dir.join(key);
+        let temp = self.dir.join(format!(".{key}.tmp"));
+        replace(&self.dir, &temp, &target, value, &self.tally)
+    }
+}
+
+impl KvEngine for RawFiles {
+    fn insert(&mut self, key: &str, value: &[u8]) -> BenchResult<u64> {
+        if self.versions.contains_key(key) {
+            return Err(format!("raw_files: insert of existing key {key}").into());
+        }
+        self.write(key, value)?;
+        self.versions.insert(key.to_owned(), 1);
+        Ok(1)
+    }
+
+    fn update(&mut self, key: &str, value: &[u8], expected: u64) -> BenchResult<u64> {
+        match self.versions.get(key) {
+            Some(&v) if v == expected => {}
+            _ => return Err(format!("raw_files: {key} is not at version {expected}").into()),
+        }
+        self.write(key, value)?;
+        self.versions.insert(key.to_owned(), expected + 1);
+        Ok(expected + 1)
+    }
+
+    fn get(&mut self, key: &str) -> BenchResult<Option<Vec<u8>>> {
+        match fs::read(self.dir.join(key)) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn syncs(&self) -> Syncs {
+        Syncs::Tally(self.tally.clone())
     }
 }

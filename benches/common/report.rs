@@ -46,6 +46,14 @@ impl Measurement {
         self.ops as f64 / self.secs
     }
 
+    fn subject(&self) -> &str {
+        self.bench.split_once('/').map_or(&self.bench, |(s, _)| s)
+    }
+
+    fn operation(&self) -> &str {
+        self.bench.split_once('/').map_or("", |(_, op)| op)
+    }
+
     /// `{"bench":..,"ops":..,"secs":..,"ops_per_sec":..,"fsyncs_per_op":..}`, with
     /// `fsyncs_per_op` null where the subject's flushes are not counted.
     pub(crate) fn json(&self) -> String {
@@ -82,6 +90,40 @@ pub(crate) fn measurements(all: &[Measurement]) -> Table {
                 .map_or_else(|| "-".to_owned(), |f| format!("{f:.2}")),
             format!("{:.0}%", m.deviation * 100.0),
         ]);
+    }
+    table
+}
+
+/// Operations per second with one row per operation and one column per subject,
+/// the fastest of each row in bold.
+pub(crate) fn comparison(all: &[Measurement]) -> Table {
+    let mut subjects: Vec<&str> = Vec::new();
+    let mut operations: Vec<&str> = Vec::new();
+    for m in all {
+        if !subjects.contains(&m.subject()) {
+            subjects.push(m.subject());
+        }
+        if !operations.contains(&m.operation()) {
+            operations.push(m.operation());
+        }
+    }
+    let mut table = Table::new(std::iter::once("ops/s").chain(subjects.iter().copied()));
+    for op in operations {
+        let cells: Vec<Option<f64>> = subjects
+            .iter()
+            .map(|s| {
+                all.iter()
+                    .find(|m| m.subject() == *s && m.operation() == op)
+                    .map(Measurement::ops_per_sec)
+            })
+            .collect();
+        let best = cells.iter().flatten().copied().fold(f64::NAN, f64::max);
+        let row = cells.iter().map(|cell| match cell {
+            Some(v) if *v == best => format!("**{v:.0}**"),
+            Some(v) => format!("{v:.0}"),
+            None => "-".to_owned(),
+        });
+        table.row(std::iter::once(op.to_owned()).chain(row));
     }
     table
 }
