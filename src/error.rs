@@ -153,6 +153,21 @@ pub enum Error {
         newest: crate::FencingToken,
     },
 
+    /// A lock was still held by someone else when a bounded wait for it ended.
+    #[error(
+        "lock {key} is still held by {holder} until {expires_ms} ms; gave up after waiting {waited_ms} ms"
+    )]
+    LockTimeout {
+        /// The lock's key.
+        key: Key,
+        /// The holder, in words: its job id and actor.
+        holder: String,
+        /// When the holder's lease expires, in the lock's clock's milliseconds.
+        expires_ms: u64,
+        /// How long the caller waited, by the lock's clock.
+        waited_ms: u64,
+    },
+
     /// An argument was out of range (an empty batch, a zero page size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -186,6 +201,11 @@ impl Error {
     /// A write was rejected because its fencing token is stale.
     pub fn is_stale_token(&self) -> bool {
         matches!(self, Error::StaleToken { .. })
+    }
+
+    /// A bounded wait for a lock ended with the lock still held by another job.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, Error::LockTimeout { .. })
     }
 
     /// A no-clobber write found its target already there.

@@ -75,6 +75,7 @@ pub mod conformance;
 mod error;
 mod fencing;
 mod key;
+mod lock;
 pub mod record;
 mod store;
 pub mod vfs;
@@ -84,6 +85,10 @@ pub use clock::{Clock, FileClock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, Result};
 pub use fencing::FencingToken;
 pub use key::{Key, MAX_SEGMENT_LEN, MAX_SEGMENTS, Prefix};
+pub use lock::{
+    Acquire, JobLock, KeepAlive, KeepAliveEvent, LockGuard, LockHandle, LockList, LockRecord,
+    LockRequest, LostLease, Metadata, Release, Renewal,
+};
 pub use store::dir::{DirStore, DirStoreBuilder};
 pub use store::mem::MemStore;
 pub use store::{Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version};

@@ -1,0 +1,443 @@
+//! [`JobLock`]: lease locks over any [`Store`], with fencing tokens.
+
+mod guard;
+mod keep_alive;
+mod record;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use guard::{Acquire, LockGuard, LockHandle, LostLease, Release, Renewal};
+pub use keep_alive::{KeepAlive, KeepAliveEvent};
+pub use record::{LockRecord, LockRequest, Metadata};
+
+use self::record::StoredLock;
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::key::{Key, Prefix};
+use crate::record as codec;
+use crate::store::{Expect, Quarantined, Store, Version};
+
+/// Longest wait between two attempts of [`JobLock::acquire_within`].
+const MAX_BACKOFF_MS: u64 = 1_000;
+/// First wait between two attempts of [`JobLock::acquire_within`].
+const FIRST_BACKOFF_MS: u64 = 20;
+
+/// Lease locks with fencing tokens, over any [`Store`].
+///
+/// A lock is one record per key. [`acquire`](JobLock::acquire) is a single
+/// compare-and-set: the caller either becomes the holder or gets the current
+/// holder's record back, in the same call; two callers can never both win. A lease
+/// that has expired is taken over by the next acquire, so a holder that crashed
+/// blocks nobody for longer than its lease. A guard releases the lock when dropped;
+/// the lease is the backstop when even that cannot run.
+///
+/// Every successful acquire returns a [`FencingToken`](crate::FencingToken) that is
+/// greater than every token issued before for that key, across takeovers, releases,
+/// re-acquires and [`purge`](JobLock::purge), for the life of the store: the token
+/// is the store version of the acquiring write, and store versions are never
+/// reused. Pass it with every write the lock protects, and have the protected
+/// resource refuse tokens older than the newest it has seen
+/// ([`FencingToken::check_not_older_than`](crate::FencingToken::check_not_older_than)):
+/// a holder that stalled past its lease then cannot overwrite its successor's work.
+///
+/// Time comes from the injected [`Clock`](crate::Clock). A lease ends exactly at
+/// its expiry time, plus the [`skew_margin`](JobLock::skew_margin) when holders on
+/// other machines read other clocks. A clock that jumps forward ends leases early
+/// (fencing keeps that safe); one that jumps back makes them last longer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use jobsafe::{Acquire, JobLock, Key, LockRequest, ManualClock, MemStore};
+///
+/// let clock = ManualClock::new(0);
+/// let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
+/// let vault = Key::new(["index", "lic:abc", "vault-1"])?;
+/// let ttl = Duration::from_secs(16 * 60);
+///
+/// let Acquire::Acquired(guard) = locks.acquire(&vault, ttl, &LockRequest::new().actor("alice"))? else {
+///     unreachable!("nobody else holds it");
+/// };
+/// // A double click: the second request learns who holds the lock (HTTP 409).
+/// let Acquire::Held(holder) = locks.acquire(&vault, ttl, &LockRequest::new())? else {
+///     unreachable!("the lock is held");
+/// };
+/// assert_eq!(holder.job_id, guard.job_id());
+///
+/// // The holder crashes without releasing; at expiry the next acquire takes over,
+/// // with a greater fencing token.
+/// let stale_token = guard.token();
+/// let _ = guard.into_handle();
+/// clock.advance(ttl);
+/// let Acquire::Acquired(next) = locks.acquire(&vault, ttl, &LockRequest::new())? else {
+///     unreachable!("the lease has expired");
+/// };
+/// assert!(next.token() > stale_token);
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+pub struct JobLock<S> {
+    store: Arc<S>,
+    clock: SharedClock,
+    namespace: Arc<Prefix>,
+    skew_ms: u64,
+}
+
+impl<S> Clone for JobLock<S> {
+    fn clone(&self) -> Self {
+        JobLock {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            namespace: Arc::clone(&self.namespace),
+            skew_ms: self.skew_ms,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for JobLock<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLock")
+            .field("namespace", &self.namespace)
+            .field("skew_ms", &self.skew_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> JobLock<S> {
+    /// Locks kept in `store` under the key prefix `locks`, timed by `clock`.
+    pub fn new(store: S, clock: SharedClock) -> Self {
+        JobLock {
+            store: Arc::new(store),
+            clock,
+            namespace: Arc::new(Prefix::new(["locks"]).unwrap_or_default()),
+            skew_ms: 0,
+        }
+    }
+
+    /// Keeps the lock records under `namespace` instead of `locks`, so that several
+    /// lock families (or other components) share one store without colliding. The
+    /// namespace plus a lock key must fit in [`MAX_SEGMENTS`](crate::MAX_SEGMENTS).
+    pub fn namespace(mut self, namespace: Prefix) -> Self {
+        self.namespace = Arc::new(namespace);
+        self
+    }
+
+    /// Takes a lease over only `margin` after its expiry, for stores shared by
+    /// machines whose clocks may disagree by up to `margin`. Zero by default.
+    pub fn skew_margin(mut self, margin: Duration) -> Self {
+        self.skew_ms = millis(margin);
+        self
+    }
+
+    /// The store the records live in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The clock that decides expiry.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Tries once to acquire the lock at `key` for `ttl`.
+    ///
+    /// Returns [`Acquire::Acquired`] with a guard if the lock was free, expired, or
+    /// its lease had ended, and [`Acquire::Held`] with the holder's record if
+    /// someone holds it. A lost race is decided anew: the result is always the
+    /// state after one successful compare-and-set.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero `ttl`; [`Error::InvalidKey`] if the
+    /// namespaced key has too many segments; [`Error::Corrupt`] naming the key if
+    /// the lock record cannot be read (it is never counted as "no lock": see
+    /// [`quarantine`](JobLock::quarantine)); [`Error::UnsupportedSchema`]; store
+    /// errors.
+    pub fn acquire(&self, key: &Key, ttl: Duration, request: &LockRequest) -> Result<Acquire<S>> {
+        let ttl_ms = positive_ms(ttl, "lock ttl")?;
+        let stored_key = self.stored_key(key)?;
+        loop {
+            let now = self.clock.now_ms();
+            let expect = match self.read(&stored_key)? {
+                None => Expect::Absent,
+                Some((stored, version)) => {
+                    let holder = stored.into_record(key.clone(), version);
+                    if !self.is_taken_over_at(&holder, now) {
+                        return Ok(Acquire::Held(holder));
+                    }
+                    Expect::Version(version)
+                }
+            };
+            let stored = StoredLock {
+                job_id: uuid::Uuid::now_v7().to_string(),
+                token: None,
+                actor: request.actor_name().map(str::to_owned),
+                metadata: request.metadata().clone(),
+                started_ms: now,
+                renewed_ms: now,
+                expires_ms: now.saturating_add(ttl_ms),
+                extra: codec::Extra::new(),
+            };
+            let bytes = codec::encode(&stored_key, &stored)?;
+            match self.store.put(&stored_key, &bytes, expect) {
+                Ok(version) => {
+                    let record = stored.into_record(key.clone(), version);
+                    return Ok(Acquire::Acquired(LockGuard::new(self.clone(), record)));
+                }
+                // Someone else wrote the record between our read and our write:
+                // decide again on what is there now.
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Acquires the lock at `key`, waiting up to `wait` (by the lock's clock) for
+    /// the holder to release it or for its lease to end. Between attempts it
+    /// sleeps on the clock with jittered, growing backoff, never past the holder's
+    /// expiry or the deadline.
+    ///
+    /// # Errors
+    /// [`Error::LockTimeout`] naming the holder if the lock is still held at the
+    /// deadline; otherwise as [`acquire`](JobLock::acquire).
+    pub fn acquire_within(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        request: &LockRequest,
+        wait: Duration,
+    ) -> Result<LockGuard<S>> {
+        let started = self.clock.now_ms();
+        let deadline = started.saturating_add(millis(wait));
+        let mut backoff = FIRST_BACKOFF_MS;
+        loop {
+            let holder = match self.acquire(key, ttl, request)? {
+                Acquire::Acquired(guard) => return Ok(guard),
+                Acquire::Held(holder) => holder,
+            };
+            let now = self.clock.now_ms();
+            if now >= deadline {
+                return Err(Error::LockTimeout {
+                    key: key.clone(),
+                    holder: holder.holder(),
+                    expires_ms: holder.expires_ms,
+                    waited_ms: now - started,
+                });
+            }
+            let pause = fastrand::u64(backoff / 2..=backoff);
+            let takeover = holder.expires_ms.saturating_add(self.skew_ms);
+            self.clock
+                .sleep_until(now.saturating_add(pause).min(takeover).min(deadline));
+            backoff = (backoff * 2).min(MAX_BACKOFF_MS);
+        }
+    }
+
+    /// Extends the lease of `holder` to `ttl` from now, if it still holds the lock
+    /// (same job id and fencing token). A lease that has ended but was not taken
+    /// over is still the holder's and is renewed.
+    ///
+    /// # Errors
+    /// As [`acquire`](JobLock::acquire). Losing the lock is not an error but
+    /// [`Renewal::Lost`].
+    pub fn renew(&self, holder: &LockHandle, ttl: Duration) -> Result<Renewal> {
+        let ttl_ms = positive_ms(ttl, "lock ttl")?;
+        let stored_key = self.stored_key(&holder.key)?;
+        loop {
+            let Some((mut stored, version)) = self.read(&stored_key)? else {
+                return Ok(Renewal::Lost(LostLease::Gone));
+            };
+            let token = stored.token.unwrap_or(token_of(version));
+            if stored.job_id != holder.job_id || token != holder.token {
+                let current = stored.into_record(holder.key.clone(), version);
+                return Ok(Renewal::Lost(LostLease::TakenOver(current)));
+            }
+            let now = self.clock.now_ms();
+            stored.token = Some(token);
+            stored.renewed_ms = now;
+            stored.expires_ms = now.saturating_add(ttl_ms);
+            let bytes = codec::encode(&stored_key, &stored)?;
+            match self
+                .store
+                .put(&stored_key, &bytes, Expect::Version(version))
+            {
+                Ok(version) => {
+                    let record = stored.into_record(holder.key.clone(), version);
+                    return Ok(Renewal::Renewed(record));
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Releases the lock if `holder` still holds it; never removes another job's
+    /// lock.
+    ///
+    /// # Errors
+    /// As [`acquire`](JobLock::acquire).
+    pub fn release(&self, holder: &LockHandle) -> Result<Release> {
+        let stored_key = self.stored_key(&holder.key)?;
+        loop {
+            let Some((stored, version)) = self.read(&stored_key)? else {
+                return Ok(Release::AlreadyGone);
+            };
+            let token = stored.token.unwrap_or(token_of(version));
+            if stored.job_id != holder.job_id || token != holder.token {
+                let current = stored.into_record(holder.key.clone(), version);
+                return Ok(Release::OwnedByAnother(current));
+            }
+            match self.store.delete(&stored_key, Expect::Version(version)) {
+                Ok(_) => return Ok(Release::Released),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes the lock at `key` whoever holds it, for operators, and returns the
+    /// record removed (`None` if there was none). Fencing tokens stay monotonic:
+    /// the next acquire still gets a greater one.
+    ///
+    /// # Errors
+    /// As [`acquire`](JobLock::acquire); a malformed record is an error here too,
+    /// use [`quarantine`](JobLock::quarantine) for it.
+    pub fn force_release(&self, key: &Key) -> Result<Option<LockRecord>> {
+        let stored_key = self.stored_key(key)?;
+        loop {
+            let Some((stored, version)) = self.read(&stored_key)? else {
+                return Ok(None);
+            };
+            match self.store.delete(&stored_key, Expect::Version(version)) {
+                Ok(_) => return Ok(Some(stored.into_record(key.clone(), version))),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves the record at `key` aside, whatever it holds, keeping its bytes for
+    /// inspection, so that the lock can be acquired again. This is the way past a
+    /// malformed lock record, which [`acquire`](JobLock::acquire) reports instead
+    /// of treating as "no lock". Returns where the bytes went.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.store.quarantine(&self.stored_key(key)?)
+    }
+
+    /// The lock at `key`, without changing anything (an expired lease is reported
+    /// as it is; check [`LockRecord::is_expired_at`]).
+    ///
+    /// # Errors
+    /// As [`acquire`](JobLock::acquire).
+    pub fn peek(&self, key: &Key) -> Result<Option<LockRecord>> {
+        let stored_key = self.stored_key(key)?;
+        Ok(self
+            .read(&stored_key)?
+            .map(|(stored, version)| stored.into_record(key.clone(), version)))
+    }
+
+    /// Every lock under `prefix` (of lock keys, without the namespace), in key
+    /// order, without changing anything. Records that cannot be read are listed
+    /// apart with their errors rather than failing the listing or being skipped.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if the namespaced prefix is too long; store errors.
+    pub fn list(&self, prefix: &Prefix) -> Result<LockList> {
+        let mut segments = self.namespace.segments().to_vec();
+        segments.extend(prefix.segments().iter().cloned());
+        let stored_prefix = Prefix::new(segments)?;
+        let mut list = LockList::default();
+        for stored_key in self.store.list_all(&stored_prefix)? {
+            let key = self.lock_key_of(&stored_key)?;
+            match self.read(&stored_key) {
+                Ok(Some((stored, version))) => list.locks.push(stored.into_record(key, version)),
+                Ok(None) => {} // released since the listing
+                Err(e) => list.unreadable.push((key, e)),
+            }
+        }
+        Ok(list)
+    }
+
+    /// Removes the locks under `prefix` whose lease ended at least `expired_for`
+    /// ago, returning them. Fencing tokens stay monotonic. Unreadable records are
+    /// left in place and reported.
+    ///
+    /// # Errors
+    /// As [`list`](JobLock::list).
+    pub fn purge(&self, prefix: &Prefix, expired_for: Duration) -> Result<LockList> {
+        let listed = self.list(prefix)?;
+        let now = self.clock.now_ms();
+        let mut purged = LockList {
+            locks: Vec::new(),
+            unreadable: listed.unreadable,
+        };
+        for lock in listed.locks {
+            let ended = lock.expires_ms.saturating_add(self.skew_ms);
+            if now < ended.saturating_add(millis(expired_for)) {
+                continue;
+            }
+            let stored_key = self.stored_key(&lock.key)?;
+            match self
+                .store
+                .delete(&stored_key, Expect::Version(lock.version))
+            {
+                Ok(_) => purged.locks.push(lock),
+                // Renewed or taken over since the listing: not ours to purge.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(purged)
+    }
+
+    fn is_taken_over_at(&self, holder: &LockRecord, now: u64) -> bool {
+        now >= holder.expires_ms.saturating_add(self.skew_ms)
+    }
+
+    fn stored_key(&self, key: &Key) -> Result<Key> {
+        let segments = self.namespace.segments().iter().chain(key.segments());
+        Key::new(segments.cloned())
+    }
+
+    fn lock_key_of(&self, stored_key: &Key) -> Result<Key> {
+        let below = stored_key.segments().get(self.namespace.segments().len()..);
+        Key::new(below.unwrap_or_default().iter().cloned())
+    }
+
+    fn read(&self, stored_key: &Key) -> Result<Option<(StoredLock, Version)>> {
+        match self.store.get(stored_key)? {
+            None => Ok(None),
+            Some(entry) => {
+                let stored: StoredLock = codec::decode(stored_key, &entry.value)?;
+                Ok(Some((stored, entry.version)))
+            }
+        }
+    }
+}
+
+/// Locks found by [`JobLock::list`] or removed by [`JobLock::purge`].
+#[derive(Debug, Default)]
+pub struct LockList {
+    /// The locks, in key order.
+    pub locks: Vec<LockRecord>,
+    /// Keys whose records could not be read, with the error for each.
+    pub unreadable: Vec<(Key, Error)>,
+}
+
+fn token_of(version: Version) -> crate::FencingToken {
+    crate::FencingToken::new(version.get())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn positive_ms(d: Duration, what: &str) -> Result<u64> {
+    match millis(d) {
+        0 => Err(Error::InvalidArgument(format!(
+            "{what} must be at least 1 ms, got {d:?}"
+        ))),
+        ms => Ok(ms),
+    }
+}

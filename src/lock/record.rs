@@ -1,0 +1,145 @@
+//! What a lock record holds, on disk and in memory.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fencing::FencingToken;
+use crate::key::Key;
+use crate::record::{Extra, Record};
+use crate::store::Version;
+
+/// Free-form facts about a lock's job, for people and dashboards: chunks to embed,
+/// estimated seconds, the reason for the run. Stored with the lock, never
+/// interpreted by it.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// Who asks for a lock, and what they mean to do with it.
+///
+/// ```
+/// use jobsafe::LockRequest;
+///
+/// let request = LockRequest::new()
+///     .actor("user:alice")
+///     .meta("chunks_to_embed", 1200)
+///     .meta("reason", "vault re-index");
+/// assert_eq!(request.metadata()["chunks_to_embed"], 1200);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LockRequest {
+    actor: Option<String>,
+    metadata: Metadata,
+}
+
+impl LockRequest {
+    /// A request with no actor and no metadata.
+    pub fn new() -> Self {
+        LockRequest::default()
+    }
+
+    /// Names who asks (a user, a service, an operator).
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Adds one metadata field.
+    pub fn meta(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(name.into(), value.into());
+        self
+    }
+
+    /// Replaces all metadata.
+    pub fn metadata_map(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The actor, if named.
+    pub fn actor_name(&self) -> Option<&str> {
+        self.actor.as_deref()
+    }
+
+    /// The metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+}
+
+/// A lock as it stands in the store: who holds it, with which fencing token, and
+/// until when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockRecord {
+    /// The lock's key (as given to [`JobLock`](crate::JobLock), without its
+    /// namespace).
+    pub key: Key,
+    /// The holder's job id, unique per successful acquire.
+    pub job_id: String,
+    /// The holder's fencing token.
+    pub token: FencingToken,
+    /// Who acquired it, if named.
+    pub actor: Option<String>,
+    /// Facts about the job.
+    pub metadata: Metadata,
+    /// When it was acquired, in the lock clock's milliseconds.
+    pub started_ms: u64,
+    /// When it was last acquired or renewed.
+    pub renewed_ms: u64,
+    /// When the lease ends: from then on the next acquire takes the lock over.
+    pub expires_ms: u64,
+    /// The store version of the record (changes with every renewal).
+    pub version: Version,
+}
+
+impl LockRecord {
+    /// Whether the lease has ended at `now_ms` (it ends exactly at
+    /// [`expires_ms`](LockRecord::expires_ms)).
+    pub fn is_expired_at(&self, now_ms: u64) -> bool {
+        now_ms >= self.expires_ms
+    }
+
+    /// The holder in words, for messages: job id and actor.
+    pub fn holder(&self) -> String {
+        match &self.actor {
+            Some(actor) => format!("job {} ({actor})", self.job_id),
+            None => format!("job {}", self.job_id),
+        }
+    }
+}
+
+/// The stored form. The fencing token is the store version of the acquiring
+/// write, which that write cannot contain; it is recorded from the first renewal
+/// on, and until then read from the entry's version.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredLock {
+    pub(super) job_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) token: Option<FencingToken>,
+    #[serde(default)]
+    pub(super) actor: Option<String>,
+    #[serde(default)]
+    pub(super) metadata: Metadata,
+    pub(super) started_ms: u64,
+    pub(super) renewed_ms: u64,
+    pub(super) expires_ms: u64,
+    #[serde(flatten)]
+    pub(super) extra: Extra,
+}
+
+impl Record for StoredLock {
+    const SCHEMA: u32 = 1;
+}
+
+impl StoredLock {
+    pub(super) fn into_record(self, key: Key, version: Version) -> LockRecord {
+        LockRecord {
+            key,
+            token: self.token.unwrap_or(FencingToken::new(version.get())),
+            job_id: self.job_id,
+            actor: self.actor,
+            metadata: self.metadata,
+            started_ms: self.started_ms,
+            renewed_ms: self.renewed_ms,
+            expires_ms: self.expires_ms,
+            version,
+        }
+    }
+}
