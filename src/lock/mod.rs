@@ -215,13 +215,17 @@ impl<S: Store> JobLock<S> {
                 Acquire::Held(holder) => holder,
             };
             let now = self.clock.now_ms();
-            if now >= deadline {
+            if now >= deadline && !self.is_taken_over_at(&holder, now) {
                 return Err(Error::LockTimeout {
                     key: key.clone(),
                     holder: holder.holder(),
                     expires_ms: holder.expires_ms,
                     waited_ms: now - started,
                 });
+            }
+            if now >= deadline {
+                // The lease ended while we looked: one more attempt decides.
+                continue;
             }
             let pause = fastrand::u64(backoff / 2..=backoff);
             let takeover = holder.expires_ms.saturating_add(self.skew_ms);

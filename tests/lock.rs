@@ -1,0 +1,576 @@
+//! Every outcome of `JobLock`, driven by a `ManualClock`: nothing here sleeps to
+//! wait for a lease.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsafe::{
+    Acquire, DirStore, Error, FencingToken, JobLock, KeepAliveEvent, Key, LockGuard, LockRecord,
+    LockRequest, LostLease, ManualClock, MemStore, Prefix, Release, Renewal, Store,
+};
+use tempfile::TempDir;
+
+const TTL: Duration = Duration::from_secs(60);
+const START_MS: u64 = 1_700_000_000_000;
+
+type Locks = JobLock<Box<dyn Store>>;
+
+/// A lock over each backend, with the clock that drives it. The temp dir keeps the
+/// `DirStore` alive.
+fn backends() -> Vec<(&'static str, Locks, ManualClock, Option<TempDir>)> {
+    let mem_clock = ManualClock::new(START_MS);
+    let dir_clock = ManualClock::new(START_MS);
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path().join("store")).unwrap();
+    vec![
+        (
+            "mem",
+            JobLock::new(
+                Box::new(MemStore::new()) as Box<dyn Store>,
+                Arc::new(mem_clock.clone()),
+            ),
+            mem_clock,
+            None,
+        ),
+        (
+            "dir",
+            JobLock::new(
+                Box::new(store) as Box<dyn Store>,
+                Arc::new(dir_clock.clone()),
+            ),
+            dir_clock,
+            Some(dir),
+        ),
+    ]
+}
+
+fn key(name: &str) -> Key {
+    Key::new(["vault", name]).unwrap()
+}
+
+fn acquired<S: Store>(outcome: Acquire<S>) -> LockGuard<S> {
+    match outcome {
+        Acquire::Acquired(guard) => guard,
+        Acquire::Held(holder) => panic!("expected to acquire, but {} holds it", holder.holder()),
+    }
+}
+
+fn held<S: Store>(outcome: Acquire<S>) -> LockRecord {
+    match outcome {
+        Acquire::Held(holder) => holder,
+        Acquire::Acquired(guard) => panic!("expected a holder, but acquired {:?}", guard.record()),
+    }
+}
+
+#[test]
+fn acquire_of_a_free_lock_records_the_holder() {
+    for (name, locks, _clock, _dir) in backends() {
+        let request = LockRequest::new()
+            .actor("user:alice")
+            .meta("chunks_to_embed", 1200)
+            .meta("reason", "re-index");
+        let guard = acquired(locks.acquire(&key("a"), TTL, &request).unwrap());
+        let record = guard.record();
+        assert_eq!(record.key, key("a"), "{name}");
+        assert_eq!(record.actor.as_deref(), Some("user:alice"));
+        assert_eq!(record.metadata["chunks_to_embed"], 1200);
+        assert_eq!((record.started_ms, record.renewed_ms), (START_MS, START_MS));
+        assert_eq!(record.expires_ms, START_MS + 60_000);
+        assert!(guard.token() > FencingToken::new(0));
+        assert_eq!(
+            locks.peek(&key("a")).unwrap().as_ref(),
+            Some(record),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_second_acquire_gets_the_holder_back_in_the_same_call() {
+    for (name, locks, _clock, _dir) in backends() {
+        let request = LockRequest::new()
+            .actor("user:alice")
+            .meta("estimated_seconds", 600);
+        let guard = acquired(locks.acquire(&key("a"), TTL, &request).unwrap());
+        let holder = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert_eq!(&holder, guard.record(), "{name}");
+        assert_eq!(holder.metadata["estimated_seconds"], 600);
+        // Another key is another lock.
+        acquired(locks.acquire(&key("b"), TTL, &LockRequest::new()).unwrap());
+    }
+}
+
+#[test]
+fn an_ended_lease_is_taken_over_exactly_at_expiry_with_a_greater_token() {
+    for (name, locks, clock, _dir) in backends() {
+        let first = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let first = (first.token(), first.into_handle()); // crashed: never released
+        clock.advance(TTL - Duration::from_millis(1));
+        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        clock.advance(Duration::from_millis(1));
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert!(
+            next.token() > first.0,
+            "{name}: {} after {}",
+            next.token(),
+            first.0
+        );
+        assert_ne!(next.job_id(), first.1.job_id);
+    }
+}
+
+#[test]
+fn a_skew_margin_delays_takeover_by_the_margin() {
+    let clock = ManualClock::new(START_MS);
+    let locks =
+        JobLock::new(MemStore::new(), Arc::new(clock.clone())).skew_margin(Duration::from_secs(5));
+    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert_eq!(guard.remaining(), TTL - Duration::from_secs(5));
+    let _ = guard.into_handle();
+    clock.advance(TTL + Duration::from_millis(4_999));
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    clock.advance(Duration::from_millis(1));
+    acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+}
+
+#[test]
+fn fencing_tokens_grow_across_release_takeover_force_release_and_purge() {
+    for (name, locks, clock, _dir) in backends() {
+        let mut tokens = Vec::new();
+        let take =
+            |locks: &Locks| acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+
+        let guard = take(&locks);
+        tokens.push(guard.token());
+        assert_eq!(guard.release().unwrap(), Release::Released);
+
+        let guard = take(&locks);
+        tokens.push(guard.token());
+        let _ = guard.into_handle();
+        clock.advance(TTL);
+        let guard = take(&locks); // takeover
+        tokens.push(guard.token());
+        let _ = guard.into_handle();
+        locks.force_release(&key("a")).unwrap().unwrap();
+
+        let mut guard = take(&locks);
+        tokens.push(guard.token());
+        // Renewals keep the token.
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(guard.renew(TTL).unwrap(), Renewal::Renewed(_)));
+        assert_eq!(guard.token(), tokens[3]);
+        let _ = guard.into_handle();
+        clock.advance(TTL * 3);
+        let purged = locks.purge(&Prefix::all(), TTL).unwrap();
+        assert_eq!(purged.locks.len(), 1, "{name}");
+
+        tokens.push(take(&locks).token());
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{name}: {tokens:?}");
+    }
+}
+
+#[test]
+fn renew_extends_only_while_the_caller_holds_the_lock() {
+    for (name, locks, clock, _dir) in backends() {
+        let mut guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        clock.advance(Duration::from_secs(30));
+        let Renewal::Renewed(record) = guard.renew(TTL).unwrap() else {
+            panic!("{name}: the holder could not renew");
+        };
+        assert_eq!(record.renewed_ms, START_MS + 30_000);
+        assert_eq!(record.expires_ms, START_MS + 90_000);
+        assert_eq!(guard.record(), &record);
+
+        // Ended but not taken over: still ours.
+        clock.advance(TTL);
+        assert!(
+            matches!(guard.renew(TTL).unwrap(), Renewal::Renewed(_)),
+            "{name}"
+        );
+
+        // Taken over: lost, with the new holder.
+        let stale = guard.handle();
+        let _ = guard.into_handle();
+        clock.advance(TTL);
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        match locks.renew(&stale, TTL).unwrap() {
+            Renewal::Lost(LostLease::TakenOver(current)) => assert_eq!(&current, next.record()),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(next.release().unwrap(), Release::Released);
+        assert_eq!(
+            locks.renew(&stale, TTL).unwrap(),
+            Renewal::Lost(LostLease::Gone)
+        );
+    }
+}
+
+#[test]
+fn release_removes_only_the_callers_lock() {
+    for (name, locks, clock, _dir) in backends() {
+        let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let stale = guard.into_handle();
+        clock.advance(TTL);
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        match locks.release(&stale).unwrap() {
+            Release::OwnedByAnother(current) => assert_eq!(&current, next.record(), "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(locks.peek(&key("a")).unwrap().as_ref(), Some(next.record()));
+        let handle = next.handle();
+        assert_eq!(next.release().unwrap(), Release::Released);
+        assert_eq!(locks.release(&handle).unwrap(), Release::AlreadyGone);
+        assert_eq!(locks.peek(&key("a")).unwrap(), None);
+    }
+}
+
+#[test]
+fn force_release_returns_what_it_removed() {
+    for (name, locks, _clock, _dir) in backends() {
+        assert_eq!(locks.force_release(&key("a")).unwrap(), None, "{name}");
+        let guard = acquired(
+            locks
+                .acquire(&key("a"), TTL, &LockRequest::new().actor("bob"))
+                .unwrap(),
+        );
+        let removed = locks.force_release(&key("a")).unwrap().unwrap();
+        assert_eq!(&removed, guard.record());
+        // The old holder learns it is gone, and its drop does not disturb anyone.
+        assert_eq!(guard.release().unwrap(), Release::AlreadyGone);
+    }
+}
+
+#[test]
+fn dropping_a_guard_releases_and_into_handle_keeps_the_lock() {
+    for (name, locks, _clock, _dir) in backends() {
+        drop(acquired(
+            locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap(),
+        ));
+        assert_eq!(locks.peek(&key("a")).unwrap(), None, "{name}");
+
+        let handle =
+            acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        // The handle travels (to a background job, say) and releases from there.
+        let json = serde_json::to_string(&handle).unwrap();
+        let handle = serde_json::from_str(&json).unwrap();
+        assert_eq!(locks.release(&handle).unwrap(), Release::Released);
+    }
+}
+
+#[test]
+fn a_handle_releases_from_another_process_view_of_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let root = dir.path().join("store");
+    let here = JobLock::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    let there = JobLock::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    let handle = acquired(here.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    held(there.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert_eq!(there.release(&handle).unwrap(), Release::Released);
+    acquired(here.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+}
+
+#[test]
+fn acquire_within_waits_for_the_lease_to_end() {
+    for (name, locks, clock, _dir) in backends() {
+        let holder =
+            acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+        let waiter = {
+            let locks = locks.clone();
+            std::thread::spawn(move || {
+                locks
+                    .acquire_within(&key("a"), TTL, &LockRequest::new(), TTL * 2)
+                    .map(|guard| guard.token())
+            })
+        };
+        // Move time until the waiter has its lock, whenever it started waiting:
+        // its deadline is two leases after it started, the lease ends after one.
+        while !waiter.is_finished() {
+            clock.advance(Duration::from_millis(500));
+            std::thread::yield_now();
+        }
+        let token = waiter.join().unwrap().unwrap();
+        assert!(token > holder.token, "{name}");
+    }
+}
+
+#[test]
+fn acquire_within_times_out_naming_the_holder() {
+    for (name, locks, clock, _dir) in backends() {
+        let long = Duration::from_secs(24 * 3600);
+        let holder = acquired(
+            locks
+                .acquire(&key("a"), long, &LockRequest::new().actor("carol"))
+                .unwrap(),
+        );
+        let waiter = {
+            let locks = locks.clone();
+            std::thread::spawn(move || {
+                locks.acquire_within(&key("a"), TTL, &LockRequest::new(), Duration::from_secs(10))
+            })
+        };
+        while !waiter.is_finished() {
+            clock.advance(Duration::from_millis(500));
+            std::thread::yield_now();
+        }
+        let err = waiter.join().unwrap().unwrap_err();
+        assert!(err.is_lock_timeout(), "{name}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(holder.job_id()) && message.contains("carol"),
+            "{message}"
+        );
+        assert!(message.contains("vault/a"), "{message}");
+    }
+}
+
+#[test]
+fn peek_and_list_change_nothing() {
+    for (name, locks, clock, _dir) in backends() {
+        let a = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+        acquired(locks.acquire(&key("b"), TTL, &LockRequest::new()).unwrap()).into_handle();
+        clock.advance(TTL * 2);
+        let before = locks.list(&Prefix::all()).unwrap();
+        // Expired locks are reported as they are, not removed or taken over.
+        let peeked = locks.peek(&key("a")).unwrap().unwrap();
+        assert!(peeked.is_expired_at(clock_now(&clock)));
+        assert_eq!(peeked.job_id, a.job_id);
+        let after = locks.list(&Prefix::all()).unwrap();
+        assert_eq!(before.locks, after.locks, "{name}");
+        assert_eq!(after.locks.len(), 2);
+        assert_eq!(after.locks[0].key, key("a"));
+        let only_vault_a = locks.list(&Prefix::new(["vault", "a"]).unwrap()).unwrap();
+        assert_eq!(only_vault_a.locks.len(), 1);
+    }
+}
+
+fn clock_now(clock: &ManualClock) -> u64 {
+    use jobsafe::Clock;
+    clock.now_ms()
+}
+
+#[test]
+fn purge_removes_only_long_expired_locks() {
+    for (name, locks, clock, _dir) in backends() {
+        acquired(
+            locks
+                .acquire(&key("old"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
+        clock.advance(TTL * 10);
+        acquired(
+            locks
+                .acquire(&key("recent"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
+        clock.advance(TTL * 2); // "recent" ended one TTL ago
+        acquired(
+            locks
+                .acquire(&key("live"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
+        let purged = locks.purge(&Prefix::all(), TTL * 5).unwrap();
+        let purged: Vec<Key> = purged.locks.into_iter().map(|l| l.key).collect();
+        assert_eq!(purged, [key("old")], "{name}");
+        let left: Vec<Key> = locks
+            .list(&Prefix::all())
+            .unwrap()
+            .locks
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        assert_eq!(left, [key("live"), key("recent")]);
+    }
+}
+
+#[test]
+fn a_malformed_lock_is_reported_and_taken_over_only_by_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path().join("store")).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(store, Arc::new(clock.clone()));
+    let before =
+        acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    let stored_key = Key::new(["locks", "vault", "a"]).unwrap();
+    locks
+        .store()
+        .put(&stored_key, b"{not json", jobsafe::Expect::Any)
+        .unwrap();
+    clock.advance(TTL * 10);
+
+    for err in [
+        locks
+            .acquire(&key("a"), TTL, &LockRequest::new())
+            .map(|_| ())
+            .unwrap_err(),
+        locks.peek(&key("a")).map(|_| ()).unwrap_err(),
+        locks.force_release(&key("a")).map(|_| ()).unwrap_err(),
+    ] {
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("locks/vault/a"), "{err}");
+    }
+    let listed = locks.list(&Prefix::all()).unwrap();
+    assert!(listed.locks.is_empty());
+    assert_eq!(listed.unreadable.len(), 1);
+    assert_eq!(listed.unreadable[0].0, key("a"));
+    let purged = locks.purge(&Prefix::all(), Duration::ZERO).unwrap();
+    assert_eq!(
+        purged.unreadable.len(),
+        1,
+        "purge leaves unreadable records alone"
+    );
+
+    let moved = locks.quarantine(&key("a")).unwrap().unwrap();
+    // The record file (the store's header, then the bad bytes) is kept as it was.
+    let kept = std::fs::read(&moved.location).unwrap();
+    assert!(kept.ends_with(b"{not json"), "bad bytes kept: {kept:?}");
+    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert!(next.token() > before.token);
+}
+
+#[test]
+fn a_record_from_a_newer_schema_is_not_guessed_at() {
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(MemStore::new(), Arc::new(clock));
+    let stored_key = Key::new(["locks", "vault", "a"]).unwrap();
+    let newer = br#"{"schema":99,"job_id":"x","started_ms":0,"renewed_ms":0,"expires_ms":0}"#;
+    locks
+        .store()
+        .put(&stored_key, newer, jobsafe::Expect::Absent)
+        .unwrap();
+    let err = locks
+        .acquire(&key("a"), TTL, &LockRequest::new())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnsupportedSchema { found: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let locks = JobLock::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let err = locks
+        .acquire(&key("a"), Duration::ZERO, &LockRequest::new())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let deepest = Key::new((0..jobsafe::MAX_SEGMENTS).map(|i| i.to_string())).unwrap();
+    let err = locks
+        .acquire(&deepest, TTL, &LockRequest::new())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let err = guard.keep_alive(TTL, TTL).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn a_clock_that_jumps_back_makes_leases_last_longer_never_shorter() {
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
+    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    clock.set(START_MS - 3_600_000);
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    clock.set(START_MS + TTL.as_millis() as u64);
+    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert!(next.token() > guard.token);
+}
+
+#[test]
+fn keep_alive_renews_on_schedule_and_reports_a_lost_lease() {
+    for (name, locks, clock, _dir) in backends() {
+        let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+        for round in 1..=3u64 {
+            clock.advance(Duration::from_secs(20));
+            match keep_alive.next_event() {
+                Some(KeepAliveEvent::Renewed(record)) => {
+                    assert_eq!(record.renewed_ms, START_MS + round * 20_000, "{name}");
+                    assert_eq!(record.token, guard.token());
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // An operator frees the lock and someone else takes it.
+        locks.force_release(&key("a")).unwrap();
+        let thief = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        clock.advance(Duration::from_secs(20));
+        match keep_alive.next_event() {
+            Some(KeepAliveEvent::Lost(LostLease::TakenOver(current))) => {
+                assert_eq!(&current, thief.record(), "{name}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(keep_alive.next_event().is_none(), "a lost keep-alive stops");
+        let _ = guard.into_handle();
+    }
+}
+
+#[test]
+fn a_stopped_keep_alive_renews_no_more() {
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
+    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+    keep_alive.stop();
+    clock.advance(Duration::from_secs(40));
+    // Whatever the thread was doing, the record was not renewed after stop.
+    let record = locks.peek(&key("a")).unwrap().unwrap();
+    assert_eq!(record.renewed_ms, START_MS);
+}
+
+#[test]
+fn of_many_threads_acquiring_at_once_exactly_one_wins() {
+    for (name, locks, _clock, _dir) in backends() {
+        let barrier = std::sync::Barrier::new(8);
+        let winners: usize = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        match locks
+                            .acquire(&key("race"), TTL, &LockRequest::new())
+                            .unwrap()
+                        {
+                            Acquire::Acquired(guard) => {
+                                let _ = guard.into_handle();
+                                1
+                            }
+                            Acquire::Held(_) => 0,
+                        }
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).sum()
+        });
+        assert_eq!(winners, 1, "{name}");
+    }
+}
+
+#[test]
+fn a_protected_resource_rejects_a_stale_holders_token() {
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
+    let stalled =
+        acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    clock.advance(TTL);
+    let successor = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    // The resource remembers the newest token it accepted.
+    let mut newest = FencingToken::new(0);
+    let mut write = |token: FencingToken| -> jobsafe::Result<()> {
+        token.check_not_older_than(newest, "index/vault-a")?;
+        newest = token;
+        Ok(())
+    };
+    write(successor.token()).unwrap();
+    let err = write(stalled.token).unwrap_err();
+    assert!(err.is_stale_token(), "{err}");
+}
