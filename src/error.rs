@@ -168,6 +168,18 @@ pub enum Error {
         waited_ms: u64,
     },
 
+    /// A job id was reserved again with a different request fingerprint: not a
+    /// retry but another request reusing the id. Nothing was changed.
+    #[error("{key} is reserved for a request with fingerprint {:?}, not {requested:?}", stored.fingerprint.as_deref().unwrap_or_default())]
+    FingerprintMismatch {
+        /// The reservation's key.
+        key: Key,
+        /// The fingerprint of the refused request.
+        requested: String,
+        /// The reservation as stored.
+        stored: Box<crate::ledger::Reservation>,
+    },
+
     /// An argument was out of range (an empty batch, a zero page size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -75,6 +75,7 @@ pub mod conformance;
 mod error;
 mod fencing;
 mod key;
+mod ledger;
 mod lock;
 pub mod record;
 mod store;
@@ -85,10 +86,14 @@ pub use clock::{Clock, FileClock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, Result};
 pub use fencing::FencingToken;
 pub use key::{Key, MAX_SEGMENT_LEN, MAX_SEGMENTS, Prefix};
+pub use ledger::{
+    ChargeRequest, DEFAULT_TTL, JobLedger, LedgerList, Reservation, ReservationState, Reserve,
+};
 pub use lock::{
     Acquire, JobLock, KeepAlive, KeepAliveEvent, LockGuard, LockHandle, LockList, LockRecord,
-    LockRequest, LostLease, Metadata, Release, Renewal,
+    LockRequest, LostLease, Release, Renewal,
 };
+pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};
 pub use store::mem::MemStore;
 pub use store::{Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version};

@@ -26,6 +26,10 @@ use crate::key::Key;
 /// newer version does not drop them.
 pub type Extra = serde_json::Map<String, serde_json::Value>;
 
+/// Free-form facts stored with a lock or a reservation for people and dashboards
+/// (chunks to embed, estimated seconds, a reason), never interpreted by jobsafe.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
 /// A type stored as a versioned JSON record.
 ///
 /// ```

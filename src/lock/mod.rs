@@ -9,7 +9,7 @@ use std::time::Duration;
 
 pub use guard::{Acquire, LockGuard, LockHandle, LostLease, Release, Renewal};
 pub use keep_alive::{KeepAlive, KeepAliveEvent};
-pub use record::{LockRecord, LockRequest, Metadata};
+pub use record::{LockRecord, LockRequest};
 
 use self::record::StoredLock;
 use crate::clock::SharedClock;

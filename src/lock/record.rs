@@ -4,13 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fencing::FencingToken;
 use crate::key::Key;
-use crate::record::{Extra, Record};
+use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
-
-/// Free-form facts about a lock's job, for people and dashboards: chunks to embed,
-/// estimated seconds, the reason for the run. Stored with the lock, never
-/// interpreted by it.
-pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// Who asks for a lock, and what they mean to do with it.
 ///

@@ -1,0 +1,613 @@
+//! [`JobLedger`]: idempotent charges per job id, with exactly-once side effects.
+
+mod reservation;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use reservation::{ChargeRequest, Reservation, ReservationState};
+
+use self::reservation::StoredReservation;
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::key::{Key, Prefix};
+use crate::record as codec;
+use crate::store::{Applied, Batch, Expect, Op, Store, Version};
+
+/// How long a reservation makes retries free, unless set otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// How often a write is retried after losing a compare-and-set race before the
+/// conflict is returned. Every lost race means another writer succeeded, so this
+/// is only reached when a caller's own operations can never apply (an
+/// `Expect::Absent` on a key that exists, say).
+const MAX_ATTEMPTS: usize = 64;
+
+/// The outcome of a reserve.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reserve {
+    /// The job id was new: this call reserved it, and its side effects (if any)
+    /// were applied with it. Charge now (or, with
+    /// [`reserve_with`](JobLedger::reserve_with), already charged).
+    New(Reservation),
+    /// The job id is already reserved: a retry, free.
+    Existing(Reservation),
+}
+
+/// Reservations found by [`JobLedger::list`] or [`JobLedger::pending`].
+#[derive(Debug, Default)]
+pub struct LedgerList {
+    /// The reservations, in key order (account, then job id).
+    pub reservations: Vec<Reservation>,
+    /// Records that could not be read, with the error for each. They are never
+    /// dropped or overwritten by the ledger.
+    pub unreadable: Vec<(Key, Error)>,
+}
+
+/// An idempotency ledger: one reservation per (account, job id), so that a job
+/// is charged once however often it is retried.
+///
+/// [`reserve`](JobLedger::reserve) is a single insert-if-absent: of two
+/// concurrent first calls exactly one gets [`Reserve::New`]. A reservation keeps
+/// what a refund needs ([`ChargeRequest`]), so that a refund works after a
+/// restart without the caller's context; [`refund`](JobLedger::refund) returns it
+/// to exactly one caller, after which the job id counts as new. After the TTL
+/// (one hour by default) the same job id is new again.
+///
+/// # Side effects exactly once
+///
+/// The ledger only records; the charge itself is the caller's. Two patterns make
+/// it happen exactly once whatever instant the process dies at:
+///
+/// - **The balance lives in the same store.** Pass the balance change to
+///   [`reserve_with`](JobLedger::reserve_with) and
+///   [`refund_with`](JobLedger::refund_with): it is applied in the same
+///   [`Store::apply`] batch as the reservation, so both happen or neither does.
+/// - **The side effect is external** (a payment API).
+///   [`reserve_pending`](JobLedger::reserve_pending) records the reservation as
+///   [`ChargePending`](ReservationState::ChargePending) before the call; after it
+///   succeeds, [`confirm_charge`](JobLedger::confirm_charge). Refunds go
+///   [`begin_refund`](JobLedger::begin_refund) → external call →
+///   [`complete_refund`](JobLedger::complete_refund). After a crash,
+///   [`pending`](JobLedger::pending) lists every side effect that was started and
+///   not confirmed; a side effect that failed stays there too. Retrying it with
+///   the reservation's [`id`](Reservation::id) as the external API's idempotency
+///   key makes it exactly once; without such a key it is at least once, and never
+///   lost.
+///
+/// ```
+/// use std::sync::Arc;
+/// use jobsafe::{ChargeRequest, Expect, JobLedger, Key, ManualClock, MemStore, Reserve, Store};
+///
+/// let store = Arc::new(MemStore::new());
+/// let ledger = JobLedger::new(Arc::clone(&store), Arc::new(ManualClock::new(0)));
+/// let balance = Key::new(["credits", "lic:abc"])?;
+/// store.put(&balance, b"10", Expect::Absent)?;
+///
+/// // Charge one credit with the reservation, in one batch.
+/// let charge = |_: &jobsafe::Reservation| -> jobsafe::Result<Vec<jobsafe::Op>> {
+///     let entry = store.get(&balance)?.expect("opened above");
+///     let left: u64 = String::from_utf8_lossy(&entry.value).parse().unwrap_or(0);
+///     Ok(vec![jobsafe::Op::Put {
+///         key: balance.clone(),
+///         value: (left - 1).to_string().into_bytes(),
+///         expect: Expect::Version(entry.version),
+///     }])
+/// };
+/// let request = ChargeRequest::new().tier("pro");
+/// assert!(matches!(ledger.reserve_with("lic:abc", "job-1", &request, charge)?, Reserve::New(_)));
+/// // The client retries: free.
+/// assert!(matches!(ledger.reserve_with("lic:abc", "job-1", &request, charge)?, Reserve::Existing(_)));
+/// assert_eq!(store.get(&balance)?.unwrap().value, b"9");
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+pub struct JobLedger<S> {
+    store: Arc<S>,
+    clock: SharedClock,
+    namespace: Arc<Prefix>,
+    ttl_ms: u64,
+}
+
+impl<S> Clone for JobLedger<S> {
+    fn clone(&self) -> Self {
+        JobLedger {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            namespace: Arc::clone(&self.namespace),
+            ttl_ms: self.ttl_ms,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for JobLedger<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLedger")
+            .field("namespace", &self.namespace)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is at a ledger key, as far as a reserve is concerned.
+enum Found {
+    /// A live reservation: the request is a retry.
+    Live(Box<Reservation>),
+    /// Nothing live: insert with this precondition.
+    Vacant(Expect),
+}
+
+impl<S: Store> JobLedger<S> {
+    /// A ledger kept in `store` under the key prefix `ledger`, with the default
+    /// TTL of one hour, timed by `clock`.
+    pub fn new(store: S, clock: SharedClock) -> Self {
+        JobLedger {
+            store: Arc::new(store),
+            clock,
+            namespace: Arc::new(Prefix::new(["ledger"]).unwrap_or_default()),
+            ttl_ms: millis(DEFAULT_TTL),
+        }
+    }
+
+    /// How long a reservation makes retries free. A zero TTL makes every
+    /// reserve new: use it only to turn deduplication off.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl_ms = millis(ttl);
+        self
+    }
+
+    /// Keeps the reservations under `namespace` instead of `ledger`.
+    pub fn namespace(mut self, namespace: Prefix) -> Self {
+        self.namespace = Arc::new(namespace);
+        self
+    }
+
+    /// The store the reservations live in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store key of the reservation of (`account`, `job_id`), for callers
+    /// that put it in batches of their own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if either is empty, contains NUL or is too long.
+    pub fn key(&self, account: &str, job_id: &str) -> Result<Key> {
+        let segments = self.namespace.segments().iter().map(String::as_str);
+        Key::new(segments.chain([account, job_id]))
+    }
+
+    /// Reserves (`account`, `job_id`) if it is new: [`Reserve::New`] means the
+    /// caller charges, [`Reserve::Existing`] that this is a free retry.
+    ///
+    /// # Errors
+    /// [`Error::FingerprintMismatch`] carrying the stored reservation if the
+    /// request's fingerprint differs from a live reservation's;
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`] naming the key if the stored
+    /// reservation cannot be read (never taken for "no reservation"); store
+    /// errors.
+    pub fn reserve(&self, account: &str, job_id: &str, request: &ChargeRequest) -> Result<Reserve> {
+        self.insert(account, job_id, request, ReservationState::Charged, |_| {
+            Ok::<_, Error>(Vec::new())
+        })
+    }
+
+    /// Reserves (`account`, `job_id`) if it is new and, in the same atomic batch,
+    /// applies the operations `effect` returns (debiting a balance kept in the same
+    /// store, say): both happen or neither does, across crashes too.
+    ///
+    /// `effect` is called with the reservation about to be stored, once per
+    /// attempt: a lost race on the balance or the reservation runs it again, so
+    /// it must read what it changes afresh and guard it with `Expect::Version`.
+    /// An error from `effect` aborts the reserve with nothing written (an
+    /// insufficient balance, say).
+    ///
+    /// # Errors
+    /// As [`reserve`](JobLedger::reserve), `effect`'s errors, and the conflict
+    /// if `effect`'s operations still conflict after many attempts.
+    pub fn reserve_with<E: From<Error>>(
+        &self,
+        account: &str,
+        job_id: &str,
+        request: &ChargeRequest,
+        effect: impl FnMut(&Reservation) -> Result<Vec<Op>, E>,
+    ) -> Result<Reserve, E> {
+        self.insert(account, job_id, request, ReservationState::Charged, effect)
+    }
+
+    /// Reserves (`account`, `job_id`) for an external charge: a new reservation is
+    /// [`ChargePending`](ReservationState::ChargePending) and listed by
+    /// [`pending`](JobLedger::pending) until
+    /// [`confirm_charge`](JobLedger::confirm_charge) or
+    /// [`cancel_charge`](JobLedger::cancel_charge).
+    ///
+    /// # Errors
+    /// As [`reserve`](JobLedger::reserve).
+    pub fn reserve_pending(
+        &self,
+        account: &str,
+        job_id: &str,
+        request: &ChargeRequest,
+    ) -> Result<Reserve> {
+        self.insert(
+            account,
+            job_id,
+            request,
+            ReservationState::ChargePending,
+            |_| Ok::<_, Error>(Vec::new()),
+        )
+    }
+
+    /// Marks the external charge of `reservation` done. Returns the reservation
+    /// as now stored, or `None` if it is no longer there (cancelled or refunded).
+    /// Confirming twice is harmless.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]; store errors.
+    pub fn confirm_charge(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
+        let moved = self.transition(reservation, |state| match state {
+            ReservationState::ChargePending => Transition::To(ReservationState::Charged),
+            _ => Transition::Keep,
+        })?;
+        Ok(match moved {
+            Moved::Now(now) => Some(*now),
+            Moved::Removed | Moved::Gone => None,
+        })
+    }
+
+    /// Removes a reservation whose external charge failed for good, so that the
+    /// job id is new again. Returns whether it was removed: `false` if it is gone,
+    /// was replaced, or its charge is no longer pending.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]; store errors.
+    pub fn cancel_charge(&self, reservation: &Reservation) -> Result<bool> {
+        let moved = self.transition(reservation, |state| match state {
+            ReservationState::ChargePending => Transition::Remove,
+            _ => Transition::Keep,
+        })?;
+        Ok(matches!(moved, Moved::Removed))
+    }
+
+    /// Refunds (`account`, `job_id`): removes its charged reservation and returns
+    /// it, to exactly one caller however many refund at once; afterwards the job
+    /// id counts as new. `None` if there is nothing to refund (never reserved,
+    /// already refunded, purged, or a refund in flight). Works after the TTL has
+    /// passed, as long as the reservation was neither purged nor replaced by a new
+    /// reserve.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the charge is still pending (confirm or
+    /// cancel it first); [`Error::Corrupt`]; store errors.
+    pub fn refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        self.refund_with(account, job_id, |_| Ok::<_, Error>(Vec::new()))
+    }
+
+    /// Refunds (`account`, `job_id`) and, in the same atomic batch, applies the
+    /// operations `effect` returns (crediting the balance back, say). `effect` is
+    /// called once per attempt, like in [`reserve_with`](JobLedger::reserve_with).
+    ///
+    /// # Errors
+    /// As [`refund`](JobLedger::refund), and `effect`'s errors.
+    pub fn refund_with<E: From<Error>>(
+        &self,
+        account: &str,
+        job_id: &str,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<Op>, E>,
+    ) -> Result<Option<Reservation>, E> {
+        let key = self.key(account, job_id)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some((stored, version)) = self.read(&key)? else {
+                return Ok(None);
+            };
+            let reservation = stored.to_reservation(account, job_id, version);
+            match stored.state {
+                ReservationState::Charged => {}
+                ReservationState::RefundPending => return Ok(None),
+                ReservationState::ChargePending => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot refund {key}: its charge is still pending; confirm or cancel it first"
+                    ))
+                    .into());
+                }
+            }
+            let mut batch = Batch::new().delete(&key, Expect::Version(version));
+            for op in effect(&reservation)? {
+                batch.push(op);
+            }
+            match self.store.apply(&batch) {
+                Ok(_) => return Ok(Some(reservation)),
+                Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Starts an external refund of (`account`, `job_id`): marks its charged
+    /// reservation [`RefundPending`](ReservationState::RefundPending) and returns
+    /// it to exactly one caller. Call the external refund with the reservation's
+    /// id as idempotency key, then [`complete_refund`](JobLedger::complete_refund).
+    /// `None` if there is nothing to refund or a refund is already in flight (see
+    /// [`pending`](JobLedger::pending)).
+    ///
+    /// # Errors
+    /// As [`refund`](JobLedger::refund).
+    pub fn begin_refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        let key = self.key(account, job_id)?;
+        loop {
+            let Some((mut stored, version)) = self.read(&key)? else {
+                return Ok(None);
+            };
+            match stored.state {
+                ReservationState::Charged => {}
+                ReservationState::RefundPending => return Ok(None),
+                ReservationState::ChargePending => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot refund {key}: its charge is still pending; confirm or cancel it first"
+                    )));
+                }
+            }
+            stored.state = ReservationState::RefundPending;
+            let bytes = codec::encode(&key, &stored)?;
+            match self.store.put(&key, &bytes, Expect::Version(version)) {
+                Ok(version) => return Ok(Some(stored.to_reservation(account, job_id, version))),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Finishes an external refund started by
+    /// [`begin_refund`](JobLedger::begin_refund): removes the reservation, so that
+    /// the job id counts as new. Returns whether it was removed (`false`: already
+    /// completed, or not this reservation's refund).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]; store errors.
+    pub fn complete_refund(&self, reservation: &Reservation) -> Result<bool> {
+        let moved = self.transition(reservation, |state| match state {
+            ReservationState::RefundPending => Transition::Remove,
+            _ => Transition::Keep,
+        })?;
+        Ok(matches!(moved, Moved::Removed))
+    }
+
+    /// The reservation of (`account`, `job_id`) as stored, expired or not
+    /// (see [`Reservation::is_expired_at`]). Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    pub fn lookup(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        let key = self.key(account, job_id)?;
+        Ok(self
+            .read(&key)?
+            .map(|(stored, version)| stored.to_reservation(account, job_id, version)))
+    }
+
+    /// Every reservation (of `account`, if given), for administration. Changes
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; store errors. Unreadable records are listed apart.
+    pub fn list(&self, account: Option<&str>) -> Result<LedgerList> {
+        let mut segments = self.namespace.segments().to_vec();
+        segments.extend(account.map(str::to_owned));
+        let prefix = Prefix::new(segments)?;
+        let depth = self.namespace.segments().len();
+        let mut list = LedgerList::default();
+        for key in self.store.list_all(&prefix)? {
+            let [account, job_id] = key.segments().get(depth..).unwrap_or_default() else {
+                list.unreadable.push((
+                    key.clone(),
+                    Error::Corrupt {
+                        key,
+                        path: None,
+                        reason: "not a ledger key (account, job id)".to_owned(),
+                    },
+                ));
+                continue;
+            };
+            match self.read(&key) {
+                Ok(Some((stored, version))) => list
+                    .reservations
+                    .push(stored.to_reservation(account, job_id, version)),
+                Ok(None) => {} // refunded since the listing
+                Err(e) => list.unreadable.push((key, e)),
+            }
+        }
+        Ok(list)
+    }
+
+    /// The reservations whose charge or refund was started and not confirmed:
+    /// after a restart, retry each (with the reservation's id as idempotency key)
+    /// and confirm or complete it.
+    ///
+    /// # Errors
+    /// As [`list`](JobLedger::list).
+    pub fn pending(&self) -> Result<LedgerList> {
+        let mut list = self.list(None)?;
+        list.reservations.retain(|r| r.state.is_pending());
+        Ok(list)
+    }
+
+    /// Removes the reservations that expired at least `retain` ago and have no
+    /// side effect pending, returning how many. A purged reservation can no
+    /// longer be refunded: keep `retain` longer than any refund may come late.
+    ///
+    /// # Errors
+    /// As [`list`](JobLedger::list).
+    pub fn purge_expired(&self, retain: Duration) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let retain_ms = millis(retain);
+        let mut purged = 0;
+        for reservation in self.list(None)?.reservations {
+            if reservation.state.is_pending()
+                || now < reservation.expires_ms.saturating_add(retain_ms)
+            {
+                continue;
+            }
+            let key = self.key(&reservation.account, &reservation.job_id)?;
+            match self
+                .store
+                .delete(&key, Expect::Version(reservation.version))
+            {
+                Ok(_) => purged += 1,
+                // Refunded, re-reserved or changed since the listing.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(purged)
+    }
+
+    fn insert<E: From<Error>>(
+        &self,
+        account: &str,
+        job_id: &str,
+        request: &ChargeRequest,
+        state: ReservationState,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<Op>, E>,
+    ) -> Result<Reserve, E> {
+        let key = self.key(account, job_id)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = self.clock.now_ms();
+            let expect = match self.find(&key, account, job_id, request, now)? {
+                Found::Live(existing) => return Ok(Reserve::Existing(*existing)),
+                Found::Vacant(expect) => expect,
+            };
+            let stored = StoredReservation::new(request, now, self.ttl_ms, state);
+            let bytes = codec::encode(&key, &stored)?;
+            let mut reservation = stored.to_reservation(account, job_id, Version::new(0));
+            let ops = effect(&reservation)?;
+            let written = if ops.is_empty() {
+                self.store.put(&key, &bytes, expect)
+            } else {
+                let mut batch = Batch::new().put(&key, bytes, expect);
+                for op in ops {
+                    batch.push(op);
+                }
+                self.store
+                    .apply(&batch)
+                    .map(|applied| match applied.first() {
+                        Some(Applied::Put(version)) => *version,
+                        _ => Version::new(0),
+                    })
+            };
+            match written {
+                Ok(version) => {
+                    reservation.version = version;
+                    return Ok(Reserve::New(reservation));
+                }
+                // Lost a race (on the reservation or the caller's keys): decide
+                // again on what is there now.
+                Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn find(
+        &self,
+        key: &Key,
+        account: &str,
+        job_id: &str,
+        request: &ChargeRequest,
+        now: u64,
+    ) -> Result<Found> {
+        let Some((stored, version)) = self.read(key)? else {
+            return Ok(Found::Vacant(Expect::Absent));
+        };
+        let existing = stored.to_reservation(account, job_id, version);
+        if existing.is_expired_at(now) {
+            return Ok(Found::Vacant(Expect::Version(version)));
+        }
+        if let (Some(stored_fp), Some(requested)) = (&existing.fingerprint, &request.fingerprint)
+            && stored_fp != requested
+        {
+            return Err(Error::FingerprintMismatch {
+                key: key.clone(),
+                requested: requested.clone(),
+                stored: Box::new(existing),
+            });
+        }
+        Ok(Found::Live(Box::new(existing)))
+    }
+
+    /// Moves `reservation` (if it is still the stored one, by id) as `decide`
+    /// says, retrying lost races.
+    fn transition(
+        &self,
+        reservation: &Reservation,
+        decide: impl Fn(ReservationState) -> Transition,
+    ) -> Result<Moved> {
+        let (account, job_id) = (&reservation.account, &reservation.job_id);
+        let key = self.key(account, job_id)?;
+        loop {
+            let Some((mut stored, version)) = self.read(&key)? else {
+                return Ok(Moved::Gone);
+            };
+            if stored.id != reservation.id {
+                return Ok(Moved::Gone); // replaced by a later reservation
+            }
+            let written = match decide(stored.state) {
+                Transition::Keep => {
+                    return Ok(Moved::Now(Box::new(
+                        stored.to_reservation(account, job_id, version),
+                    )));
+                }
+                Transition::Remove => self
+                    .store
+                    .delete(&key, Expect::Version(version))
+                    .map(|_| Moved::Removed),
+                Transition::To(state) => {
+                    stored.state = state;
+                    let bytes = codec::encode(&key, &stored)?;
+                    self.store
+                        .put(&key, &bytes, Expect::Version(version))
+                        .map(|version| {
+                            Moved::Now(Box::new(stored.to_reservation(account, job_id, version)))
+                        })
+                }
+            };
+            match written {
+                Ok(moved) => return Ok(moved),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read(&self, key: &Key) -> Result<Option<(StoredReservation, Version)>> {
+        match self.store.get(key)? {
+            None => Ok(None),
+            Some(entry) => {
+                let stored: StoredReservation = codec::decode(key, &entry.value)?;
+                Ok(Some((stored, entry.version)))
+            }
+        }
+    }
+}
+
+/// What [`JobLedger::transition`] does with a reservation in a given state.
+enum Transition {
+    Keep,
+    Remove,
+    To(ReservationState),
+}
+
+/// Where [`JobLedger::transition`] left a reservation.
+enum Moved {
+    /// It is not (or no longer) the stored reservation.
+    Gone,
+    /// This call removed it.
+    Removed,
+    /// It is stored as this.
+    Now(Box<Reservation>),
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
