@@ -1,0 +1,518 @@
+//! `JobLedger`: reservations, retries, TTL, refunds, fingerprints, restarts and
+//! both side-effect patterns, on `MemStore` and `DirStore` with a `ManualClock`.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use jobsafe::{
+    ChargeRequest, DirStore, Error, Expect, JobLedger, Key, ManualClock, MemStore, Op, Reservation,
+    ReservationState, Reserve, Store,
+};
+use tempfile::TempDir;
+
+const START_MS: u64 = 1_700_000_000_000;
+const HOUR: Duration = Duration::from_secs(3600);
+const ACCOUNT: &str = "lic:abc123";
+
+type Ledger = JobLedger<Arc<dyn Store>>;
+
+/// A ledger over each backend, with its clock and its store (for balances).
+fn backends() -> Vec<(&'static str, Ledger, ManualClock, Option<TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
+    let mem_store: Arc<dyn Store> = Arc::new(MemStore::new());
+    [("mem", mem_store, None), ("dir", dir_store, Some(dir))]
+        .into_iter()
+        .map(|(name, store, dir)| {
+            let clock = ManualClock::new(START_MS);
+            (
+                name,
+                JobLedger::new(store, Arc::new(clock.clone())),
+                clock,
+                dir,
+            )
+        })
+        .collect()
+}
+
+fn new(outcome: Reserve) -> Reservation {
+    match outcome {
+        Reserve::New(r) => r,
+        Reserve::Existing(r) => panic!("expected a new reservation, found {r:?}"),
+    }
+}
+
+fn existing(outcome: Reserve) -> Reservation {
+    match outcome {
+        Reserve::Existing(r) => r,
+        Reserve::New(r) => panic!("expected a retry, but reserved anew: {r:?}"),
+    }
+}
+
+fn request() -> ChargeRequest {
+    ChargeRequest::new()
+        .backend("deepgram")
+        .tier("pro")
+        .install_id("inst-7")
+        .license_fingerprint("abc123")
+        .meta("minutes", 42)
+}
+
+#[test]
+fn a_first_reserve_is_new_and_retries_are_free() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let first = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_eq!(
+            (first.account.as_str(), first.job_id.as_str()),
+            (ACCOUNT, "job-1")
+        );
+        assert_eq!(first.state, ReservationState::Charged);
+        assert_eq!(first.expires_ms, START_MS + 3_600_000, "{name}");
+        let retry = existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_eq!(retry, first, "{name}");
+        // Another account or job id is another reservation.
+        new(ledger.reserve("inst:x", "job-1", &request()).unwrap());
+        new(ledger.reserve(ACCOUNT, "job-2", &request()).unwrap());
+    }
+}
+
+#[test]
+fn of_concurrent_first_calls_exactly_one_is_new() {
+    for (name, ledger, _clock, _dir) in backends() {
+        for job in 0..5 {
+            let job_id = format!("job-{job}");
+            let barrier = Barrier::new(8);
+            let news: usize = std::thread::scope(|scope| {
+                let calls: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            let outcome = ledger.reserve(ACCOUNT, &job_id, &request()).unwrap();
+                            usize::from(matches!(outcome, Reserve::New(_)))
+                        })
+                    })
+                    .collect();
+                calls.into_iter().map(|c| c.join().unwrap()).sum()
+            });
+            assert_eq!(news, 1, "{name} {job_id}");
+        }
+    }
+}
+
+#[test]
+fn after_the_ttl_the_same_job_id_is_new_again() {
+    for (name, ledger, clock, _dir) in backends() {
+        let first = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        clock.advance(HOUR - Duration::from_millis(1));
+        existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        clock.advance(Duration::from_millis(1));
+        let second = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_ne!(second.id, first.id, "{name}");
+        assert!(second.version > first.version);
+    }
+}
+
+#[test]
+fn a_custom_ttl_is_honoured() {
+    let clock = ManualClock::new(START_MS);
+    let ledger =
+        JobLedger::new(MemStore::new(), Arc::new(clock.clone())).ttl(Duration::from_secs(60));
+    new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+    clock.advance(Duration::from_secs(60));
+    new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+}
+
+#[test]
+fn a_refund_goes_to_exactly_one_caller_and_the_job_id_is_new_again() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let reserved = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        let refunded = ledger.refund(ACCOUNT, "job-1").unwrap();
+        assert_eq!(refunded.as_ref(), Some(&reserved), "{name}");
+        assert_eq!(
+            ledger.refund(ACCOUNT, "job-1").unwrap(),
+            None,
+            "{name}: refunded twice"
+        );
+        assert_eq!(ledger.refund(ACCOUNT, "never").unwrap(), None);
+        new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+    }
+}
+
+#[test]
+fn of_concurrent_refunds_exactly_one_gets_the_reservation() {
+    for (name, ledger, _clock, _dir) in backends() {
+        for job in 0..5 {
+            let job_id = format!("job-{job}");
+            new(ledger.reserve(ACCOUNT, &job_id, &request()).unwrap());
+            let barrier = Barrier::new(8);
+            let refunds: usize = std::thread::scope(|scope| {
+                let calls: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            usize::from(ledger.refund(ACCOUNT, &job_id).unwrap().is_some())
+                        })
+                    })
+                    .collect();
+                calls.into_iter().map(|c| c.join().unwrap()).sum()
+            });
+            assert_eq!(refunds, 1, "{name} {job_id}");
+        }
+    }
+}
+
+#[test]
+fn a_refund_still_works_after_the_ttl() {
+    for (name, ledger, clock, _dir) in backends() {
+        let reserved = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        clock.advance(HOUR * 5);
+        assert_eq!(
+            ledger.refund(ACCOUNT, "job-1").unwrap(),
+            Some(reserved),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_different_fingerprint_is_an_error_carrying_the_reservation() {
+    for (name, ledger, clock, _dir) in backends() {
+        let stored = new(ledger
+            .reserve(ACCOUNT, "job-1", &request().fingerprint("sha:aaa"))
+            .unwrap());
+        // The same request again is a retry; one without a fingerprint too.
+        existing(
+            ledger
+                .reserve(ACCOUNT, "job-1", &request().fingerprint("sha:aaa"))
+                .unwrap(),
+        );
+        existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        let err = ledger
+            .reserve(ACCOUNT, "job-1", &request().fingerprint("sha:bbb"))
+            .unwrap_err();
+        match &err {
+            Error::FingerprintMismatch {
+                stored: found,
+                requested,
+                ..
+            } => {
+                assert_eq!(**found, stored, "{name}");
+                assert_eq!(requested, "sha:bbb");
+            }
+            other => panic!("{name}: {other}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains("sha:aaa") && message.contains("sha:bbb") && message.contains("job-1"),
+            "{message}"
+        );
+        // Once expired, the job id is free for any request.
+        clock.advance(HOUR);
+        new(ledger
+            .reserve(ACCOUNT, "job-1", &request().fingerprint("sha:bbb"))
+            .unwrap());
+    }
+}
+
+#[test]
+fn a_restarted_ledger_sees_everything_and_refunds_without_the_callers_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let clock = ManualClock::new(START_MS);
+    let reserved = {
+        let ledger = JobLedger::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+        new(ledger
+            .reserve(ACCOUNT, "job-1", &request().fingerprint("sha:aaa"))
+            .unwrap())
+    }; // the process ends here
+    let ledger = JobLedger::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+    let refunded = ledger.refund(ACCOUNT, "job-1").unwrap().unwrap();
+    assert_eq!(refunded, reserved);
+    assert_eq!(refunded.backend.as_deref(), Some("deepgram"));
+    assert_eq!(refunded.tier.as_deref(), Some("pro"));
+    assert_eq!(refunded.install_id.as_deref(), Some("inst-7"));
+    assert_eq!(refunded.license_fingerprint.as_deref(), Some("abc123"));
+    assert_eq!(refunded.metadata["minutes"], 42);
+}
+
+#[test]
+fn lookup_and_list_change_nothing() {
+    for (name, ledger, clock, _dir) in backends() {
+        let a = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        new(ledger.reserve(ACCOUNT, "job-2", &request()).unwrap());
+        new(ledger.reserve("inst:other", "job-1", &request()).unwrap());
+        clock.advance(HOUR * 2);
+        assert_eq!(
+            ledger.lookup(ACCOUNT, "job-1").unwrap(),
+            Some(a.clone()),
+            "{name}"
+        );
+        assert!(a.is_expired_at(START_MS + 2 * 3_600_000));
+        assert_eq!(ledger.lookup(ACCOUNT, "nope").unwrap(), None);
+        let all = ledger.list(None).unwrap();
+        assert_eq!(all.reservations.len(), 3, "{name}");
+        let mine = ledger.list(Some(ACCOUNT)).unwrap();
+        let jobs: Vec<&str> = mine
+            .reservations
+            .iter()
+            .map(|r| r.job_id.as_str())
+            .collect();
+        assert_eq!(jobs, ["job-1", "job-2"]);
+        assert_eq!(ledger.list(None).unwrap().reservations, all.reservations);
+    }
+}
+
+#[test]
+fn purge_removes_only_long_expired_settled_reservations() {
+    for (name, ledger, clock, _dir) in backends() {
+        new(ledger.reserve(ACCOUNT, "old", &request()).unwrap());
+        let pending = new(ledger
+            .reserve_pending(ACCOUNT, "old-pending", &request())
+            .unwrap());
+        new(ledger
+            .reserve(ACCOUNT, "old-refunding", &request())
+            .unwrap());
+        ledger
+            .begin_refund(ACCOUNT, "old-refunding")
+            .unwrap()
+            .unwrap();
+        clock.advance(HOUR * 30);
+        new(ledger.reserve(ACCOUNT, "recent", &request()).unwrap());
+        clock.advance(HOUR * 2);
+        assert_eq!(ledger.purge_expired(HOUR * 24).unwrap(), 1, "{name}");
+        let left: Vec<String> = ledger
+            .list(None)
+            .unwrap()
+            .reservations
+            .into_iter()
+            .map(|r| r.job_id)
+            .collect();
+        assert_eq!(left, ["old-pending", "old-refunding", "recent"], "{name}");
+        // A pending charge never expires: its job id is not new.
+        existing(ledger.reserve(ACCOUNT, "old-pending", &request()).unwrap());
+        assert_eq!(
+            ledger.lookup(ACCOUNT, "old-pending").unwrap().unwrap().id,
+            pending.id
+        );
+    }
+}
+
+/// The balance of `account`, kept in the same store as the ledger.
+fn balance_key() -> Key {
+    Key::new(["credits", ACCOUNT]).unwrap()
+}
+
+fn balance(store: &dyn Store) -> i64 {
+    let entry = store.get(&balance_key()).unwrap().unwrap();
+    String::from_utf8(entry.value).unwrap().parse().unwrap()
+}
+
+/// An operation adding `delta` to the balance, guarded by its current version.
+fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<Op>> {
+    let entry = store
+        .get(&balance_key())?
+        .ok_or_else(|| Error::InvalidArgument("no balance".into()))?;
+    let now: i64 = String::from_utf8_lossy(&entry.value).parse().unwrap_or(0);
+    if now + delta < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "insufficient credits: {now}"
+        )));
+    }
+    Ok(vec![Op::Put {
+        key: balance_key(),
+        value: (now + delta).to_string().into_bytes(),
+        expect: Expect::Version(entry.version),
+    }])
+}
+
+#[test]
+fn a_balance_in_the_same_store_is_charged_and_refunded_exactly_once() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let store = ledger.store().as_ref();
+        store.put(&balance_key(), b"3", Expect::Absent).unwrap();
+        let charge = |_: &Reservation| add_to_balance(store, -1);
+
+        // Concurrent duplicates of one request: charged once.
+        std::thread::scope(|scope| {
+            for _ in 0..6 {
+                scope.spawn(|| {
+                    ledger
+                        .reserve_with(ACCOUNT, "job-1", &request(), charge)
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(balance(store), 2, "{name}");
+
+        // Concurrent refunds: credited once.
+        std::thread::scope(|scope| {
+            for _ in 0..6 {
+                scope.spawn(|| {
+                    ledger
+                        .refund_with(ACCOUNT, "job-1", |_| add_to_balance(store, 1))
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(balance(store), 3, "{name}");
+
+        // An effect that refuses (insufficient credits) writes nothing at all.
+        store.put(&balance_key(), b"0", Expect::Any).unwrap();
+        let err = ledger
+            .reserve_with(ACCOUNT, "job-2", &request(), charge)
+            .unwrap_err();
+        assert!(err.to_string().contains("insufficient"), "{err}");
+        assert_eq!(ledger.lookup(ACCOUNT, "job-2").unwrap(), None, "{name}");
+        assert_eq!(balance(store), 0);
+    }
+}
+
+#[test]
+fn an_external_charge_stays_pending_until_confirmed_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let clock = ManualClock::new(START_MS);
+    let open = || JobLedger::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+
+    let ledger = open();
+    let charging = new(ledger
+        .reserve_pending(ACCOUNT, "job-1", &request())
+        .unwrap());
+    assert_eq!(charging.state, ReservationState::ChargePending);
+    // A retry while the charge is in flight is not charged again.
+    existing(
+        ledger
+            .reserve_pending(ACCOUNT, "job-1", &request())
+            .unwrap(),
+    );
+    // The external call fails (or the process dies): nothing is confirmed.
+    drop(ledger);
+
+    let ledger = open();
+    let pending = ledger.pending().unwrap().reservations;
+    assert_eq!(
+        pending,
+        std::slice::from_ref(&charging),
+        "a failed side effect stays listed"
+    );
+    // A refund of an unconfirmed charge is refused rather than guessed.
+    let err = ledger.refund(ACCOUNT, "job-1").unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    // Recovery retries the charge with the reservation id as idempotency key, then
+    // confirms it.
+    let confirmed = ledger.confirm_charge(&pending[0]).unwrap().unwrap();
+    assert_eq!(confirmed.state, ReservationState::Charged);
+    assert_eq!(
+        ledger.confirm_charge(&pending[0]).unwrap().unwrap().state,
+        ReservationState::Charged
+    );
+    assert!(ledger.pending().unwrap().reservations.is_empty());
+}
+
+#[test]
+fn a_charge_that_failed_for_good_is_cancelled_and_the_job_id_is_new() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let charging = new(ledger
+            .reserve_pending(ACCOUNT, "job-1", &request())
+            .unwrap());
+        assert!(ledger.cancel_charge(&charging).unwrap(), "{name}");
+        assert!(!ledger.cancel_charge(&charging).unwrap());
+        let again = new(ledger
+            .reserve_pending(ACCOUNT, "job-1", &request())
+            .unwrap());
+        // A cancel of the old reservation cannot touch the new one.
+        assert!(!ledger.cancel_charge(&charging).unwrap());
+        assert!(ledger.confirm_charge(&charging).unwrap().is_none());
+        assert_eq!(
+            ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap().id,
+            again.id
+        );
+    }
+}
+
+#[test]
+fn an_external_refund_starts_once_and_is_listed_until_completed() {
+    for (name, ledger, _clock, _dir) in backends() {
+        new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        let barrier = Barrier::new(6);
+        let started: Vec<Reservation> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..6)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        ledger.begin_refund(ACCOUNT, "job-1").unwrap()
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .filter_map(|c| c.join().unwrap())
+                .collect()
+        });
+        assert_eq!(
+            started.len(),
+            1,
+            "{name}: the refund started more than once"
+        );
+        let refunding = &started[0];
+        assert_eq!(refunding.state, ReservationState::RefundPending);
+        // In flight: listed, not refundable again, not new.
+        assert_eq!(
+            ledger.pending().unwrap().reservations,
+            std::slice::from_ref(refunding)
+        );
+        assert_eq!(ledger.refund(ACCOUNT, "job-1").unwrap(), None);
+        existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert!(ledger.complete_refund(refunding).unwrap(), "{name}");
+        assert!(!ledger.complete_refund(refunding).unwrap());
+        assert!(ledger.pending().unwrap().reservations.is_empty());
+        new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+    }
+}
+
+#[test]
+fn an_unreadable_reservation_is_reported_never_taken_for_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::open(dir.path().join("store")).unwrap();
+    let ledger = JobLedger::new(store, Arc::new(ManualClock::new(START_MS)));
+    let key = ledger.key(ACCOUNT, "job-1").unwrap();
+    ledger
+        .store()
+        .put(&key, b"garbage", Expect::Absent)
+        .unwrap();
+    for err in [
+        ledger
+            .reserve(ACCOUNT, "job-1", &request())
+            .map(|_| ())
+            .unwrap_err(),
+        ledger.refund(ACCOUNT, "job-1").map(|_| ()).unwrap_err(),
+        ledger.lookup(ACCOUNT, "job-1").map(|_| ()).unwrap_err(),
+    ] {
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("ledger/lic:abc123/job-1"), "{err}");
+    }
+    let list = ledger.list(None).unwrap();
+    assert_eq!(list.unreadable.len(), 1);
+    assert_eq!(ledger.purge_expired(Duration::ZERO).unwrap(), 0);
+    assert_eq!(
+        ledger.store().get(&key).unwrap().unwrap().value,
+        b"garbage",
+        "left as it was"
+    );
+}
+
+#[test]
+fn bad_account_or_job_ids_are_clear_errors() {
+    let ledger = JobLedger::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+    for (account, job) in [("", "job"), (ACCOUNT, ""), (ACCOUNT, "nul\0byte")] {
+        let err = ledger
+            .reserve(account, job, &request())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    }
+    // Hostile but valid ids are just ids.
+    new(ledger.reserve("../../etc", "a/b", &request()).unwrap());
+}
