@@ -1,0 +1,196 @@
+//! Processes reserve overlapping job ids against one balance, some are killed
+//! with SIGKILL mid-flight, and afterwards every job id is charged exactly once
+//! net of refunds, with the balance consistent.
+//!
+//! Each worker walks every job id in its own order: `reserve_with` debits the
+//! balance and counts a charge for the job in the same batch; every fifth job
+//! "fails" and is refunded with `refund_with` (credit back, count down), after
+//! which it is new again and may be charged again by anyone. A batch applied in
+//! part, a double charge or a lost refund shows as a job whose charge count is
+//! not 0 or 1, a count that disagrees with the reservation, or a balance that
+//! disagrees with the counts.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::child::{self, Child};
+use jobsafe::{
+    ChargeRequest, DirStore, Error, Expect, JobLedger, Key, ManualClock, Op, Reserve, Store,
+};
+
+const TEST: &str = "killed_workers_leave_every_job_charged_once_net";
+const ACCOUNT: &str = "lic:abc123";
+const JOBS: usize = 40;
+const WORKERS: usize = 4;
+const KILLS: usize = 3;
+const INITIAL: i64 = 1_000_000;
+
+fn job(i: usize) -> String {
+    format!("job-{i:02}")
+}
+
+fn fails(i: usize) -> bool {
+    i.is_multiple_of(5)
+}
+
+fn balance_key() -> Key {
+    Key::new(["credits", ACCOUNT]).unwrap()
+}
+
+fn charges_key(job_id: &str) -> Key {
+    Key::new(["charges", job_id]).unwrap()
+}
+
+fn read_number(store: &dyn Store, key: &Key) -> jobsafe::Result<(i64, Option<jobsafe::Version>)> {
+    Ok(match store.get(key)? {
+        Some(entry) => (
+            String::from_utf8_lossy(&entry.value)
+                .parse()
+                .unwrap_or(i64::MIN),
+            Some(entry.version),
+        ),
+        None => (0, None),
+    })
+}
+
+/// Operations adding `delta` to the balance and to the job's charge count.
+fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<Op>> {
+    let mut ops = Vec::new();
+    for (key, sign) in [(balance_key(), -1), (charges_key(job_id), 1)] {
+        let (value, version) = read_number(store, &key)?;
+        ops.push(Op::Put {
+            key,
+            value: (value + sign * delta).to_string().into_bytes(),
+            expect: version.map_or(Expect::Absent, Expect::Version),
+        });
+    }
+    Ok(ops)
+}
+
+#[test]
+fn killed_workers_leave_every_job_charged_once_net() {
+    if child::role().as_deref() == Some("ledger-worker") {
+        return work_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    DirStore::open(&root)
+        .unwrap()
+        .put(
+            &balance_key(),
+            INITIAL.to_string().as_bytes(),
+            Expect::Absent,
+        )
+        .unwrap();
+    let spawn = |seed: usize| {
+        let mut vars = child::store_vars(&root);
+        vars.insert("JOBSAFE_TEST_SEED", seed.to_string());
+        Child::spawn(TEST, "ledger-worker", &vars)
+    };
+
+    let mut reports = Vec::new();
+    let mut workers: Vec<Child> = (0..WORKERS).map(spawn).collect();
+    for kill in 0..KILLS {
+        // Kill a worker mid-flight, after it did a few things.
+        let mut victim = workers.remove(0);
+        for _ in 0..3 + kill {
+            if let Some(report) = victim.next_report() {
+                reports.push(report);
+            }
+        }
+        reports.extend(victim.kill());
+        workers.push(spawn(WORKERS + kill));
+    }
+    for worker in workers {
+        reports.extend(worker.finish());
+    }
+
+    // Acknowledged charges and refunds per job. Reports of different workers are
+    // not in time order, so only counts are compared: a job that never fails is
+    // acknowledged as charged at most once, and no job is acknowledged as charged
+    // more often than refunded plus one.
+    let mut acked: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for report in &reports {
+        let (what, job_id) = report.split_once(' ').unwrap();
+        let (charged, refunded) = acked.entry(job_id.to_owned()).or_default();
+        match what {
+            "charged" => *charged += 1,
+            "refunded" => *refunded += 1,
+            _ => panic!("unexpected report {report:?}"),
+        }
+    }
+    for (i, (charged, refunded)) in
+        (0..JOBS).map(|i| (i, acked.get(&job(i)).copied().unwrap_or_default()))
+    {
+        let net = charged - refunded;
+        assert!(
+            (0..=1).contains(&net),
+            "{}: charged {charged}, refunded {refunded}",
+            job(i)
+        );
+        if !fails(i) {
+            assert!(charged <= 1, "{} was charged {charged} times", job(i));
+        }
+    }
+
+    let store = DirStore::open(&root).unwrap();
+    let clock = ManualClock::new(0);
+    let ledger = JobLedger::new(&store, Arc::new(clock));
+    let mut total = 0;
+    for i in 0..JOBS {
+        let job_id = job(i);
+        let (charges, _) = read_number(&store, &charges_key(&job_id)).unwrap();
+        let reserved = ledger.lookup(ACCOUNT, &job_id).unwrap().is_some();
+        assert_eq!(
+            charges,
+            i64::from(reserved),
+            "{job_id}: {charges} charges net, reserved: {reserved}"
+        );
+        if !fails(i) {
+            assert!(reserved, "{job_id} never fails, yet it is not charged");
+        }
+        total += charges;
+    }
+    let (balance, _) = read_number(&store, &balance_key()).unwrap();
+    assert_eq!(
+        balance,
+        INITIAL - total,
+        "the balance disagrees with the charges"
+    );
+    println!(
+        "ledger_multiprocess: workers={} kills={KILLS} reports={} jobs_charged={total} balance={balance}",
+        WORKERS + KILLS,
+        reports.len()
+    );
+}
+
+/// Child: tries every job in its own order, refunding the ones that "fail".
+fn work_in_child() {
+    let seed: u64 = child::var("JOBSAFE_TEST_SEED").parse().unwrap();
+    let store = DirStore::open(child::store_root()).unwrap();
+    let ledger = JobLedger::new(&store, Arc::new(ManualClock::new(0)));
+    let mut order: Vec<usize> = (0..JOBS).collect();
+    fastrand::Rng::with_seed(seed).shuffle(&mut order);
+    for i in order {
+        let job_id = job(i);
+        let outcome = ledger
+            .reserve_with(ACCOUNT, &job_id, &ChargeRequest::new(), |_| {
+                book(&store, &job_id, 1)
+            })
+            .unwrap();
+        if let Reserve::New(_) = outcome {
+            child::report(&format!("charged {job_id}"));
+            if fails(i) {
+                let refunded = ledger
+                    .refund_with(ACCOUNT, &job_id, |_| book(&store, &job_id, -1))
+                    .unwrap_or_else(|e: Error| panic!("refund {job_id}: {e}"));
+                if refunded.is_some() {
+                    child::report(&format!("refunded {job_id}"));
+                }
+            }
+        }
+    }
+}
