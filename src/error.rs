@@ -180,6 +180,36 @@ pub enum Error {
         stored: Box<crate::ledger::Reservation>,
     },
 
+    /// No job has this id.
+    #[error("no job {id}")]
+    JobNotFound {
+        /// The job id asked for.
+        id: String,
+    },
+
+    /// A job cannot make this transition from its current status (complete twice,
+    /// start a cancelled job, ...). Nothing was changed.
+    #[error("job {id} is {status}: cannot {action}")]
+    InvalidTransition {
+        /// The job.
+        id: String,
+        /// Its status now.
+        status: crate::JobStatus,
+        /// What was attempted.
+        action: &'static str,
+    },
+
+    /// A worker tried to change a job it no longer owns: an older attempt, or an
+    /// older fencing token than the job has seen. Nothing was changed; the worker
+    /// should stop.
+    #[error("stale worker for job {id}: {reason}")]
+    StaleWorker {
+        /// The job.
+        id: String,
+        /// Why the worker is stale, in words.
+        reason: String,
+    },
+
     /// An argument was out of range (an empty batch, a zero page size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -218,6 +248,16 @@ impl Error {
     /// A bounded wait for a lock ended with the lock still held by another job.
     pub fn is_lock_timeout(&self) -> bool {
         matches!(self, Error::LockTimeout { .. })
+    }
+
+    /// A worker acted on a job it no longer owns (older attempt or fencing token).
+    pub fn is_stale_worker(&self) -> bool {
+        matches!(self, Error::StaleWorker { .. })
+    }
+
+    /// A job transition that its current status does not allow.
+    pub fn is_invalid_transition(&self) -> bool {
+        matches!(self, Error::InvalidTransition { .. })
     }
 
     /// A no-clobber write found its target already there.

@@ -74,6 +74,7 @@ mod clock;
 pub mod conformance;
 mod error;
 mod fencing;
+mod jobs;
 mod key;
 mod ledger;
 mod lock;
@@ -85,6 +86,12 @@ pub use atomic::{AtomicWriter, DEFAULT_MODE, Durability, PendingFile, TEMP_SUFFI
 pub use clock::{Clock, FileClock, ManualClock, SharedClock, SystemClock};
 pub use error::{Error, Result};
 pub use fencing::FencingToken;
+pub use jobs::{
+    ClientError, ClientJob, DEFAULT_CLIENT_MESSAGE, DEFAULT_MAX_EVENTS, DEFAULT_SUBSCRIBER_BUFFER,
+    Event, EventPage, EventWindow, Failure, Follower, Job, JobError, JobFilter, JobList, JobState,
+    JobStatus, MAX_ERROR_LEN, MAX_PROGRESS_LEN, NewJob, PurgeCounts, Recovery, Subscription,
+    Worker,
+};
 pub use key::{Key, MAX_SEGMENT_LEN, MAX_SEGMENTS, Prefix};
 pub use ledger::{
     ChargeRequest, DEFAULT_TTL, JobLedger, LedgerList, Reservation, ReservationState, Reserve,

@@ -1,0 +1,159 @@
+//! A job's event log in the store: one record per event, written in the same
+//! batch as the job record that counts them.
+//!
+//! Events live at `<namespace>/event/<job id>/<seq>`, the sequence number
+//! zero-padded to 20 digits so that key order is sequence order. The job record's
+//! [`EventWindow`] says which sequence numbers exist: `first_seq..next_seq`. An
+//! append writes the event and the record (compare-and-set on its version) in one
+//! batch, so sequence numbers are dense, every stored event is counted, and of
+//! two concurrent appends the second retries with the next number. Past the
+//! bound, the same batch deletes the oldest events.
+
+use serde_json::Value;
+
+use super::{Event, EventWindow, Job, JobState};
+use crate::error::Result;
+use crate::key::{Key, Prefix};
+use crate::record as codec;
+use crate::store::{Applied, Batch, Expect, Store, Version};
+
+/// Events read by [`JobState::events_since`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPage {
+    /// The events after the requested sequence number, in order.
+    pub events: Vec<Event>,
+    /// How many events after the requested sequence number were dropped by the
+    /// bound before they could be read (the first returned event's sequence number
+    /// is that much higher than asked).
+    pub dropped: u64,
+    /// The sequence number the job's next event will get.
+    pub next_seq: u64,
+}
+
+/// An event to append: its type and data.
+pub(super) type NewEvent = (String, Value);
+
+impl<S: Store> JobState<S> {
+    /// The events of job `id` with a sequence number greater than `after` (0 for
+    /// all), as stored now: the replay a reconnecting client asks for with its
+    /// last seen id (SSE `Last-Event-ID`).
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`](crate::Error::JobNotFound); [`Error::Corrupt`]
+    /// naming an unreadable event; store errors.
+    pub fn events_since(&self, id: &str, after: u64) -> Result<EventPage> {
+        let (job, _) = self.read_required(id)?;
+        let window = job.events;
+        let from = after.saturating_add(1).max(window.first_seq);
+        let mut events = Vec::new();
+        let prefix = self.events_prefix(id)?;
+        let mut cursor = Some(self.event_key(id, from.saturating_sub(1))?);
+        'pages: loop {
+            let page = self.store.list(&prefix, cursor.as_ref(), 256)?;
+            for key in &page.keys {
+                let Some(entry) = self.store.get(key)? else {
+                    continue; // dropped by the bound since the listing
+                };
+                let event: Event = codec::decode(key, &entry.value)?;
+                if event.seq >= window.next_seq {
+                    break 'pages; // appended after the record was read
+                }
+                events.push(event);
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let first_read = events.first().map_or(window.next_seq, |e| e.seq);
+        Ok(EventPage {
+            dropped: first_read
+                .saturating_sub(after.saturating_add(1))
+                .min(window.dropped),
+            events,
+            next_seq: window.next_seq,
+        })
+    }
+
+    /// Writes `job` (read at `version`) with `new_events` appended, in one batch.
+    /// Returns the job as stored and the events written (those the bound dropped
+    /// at once are not written, but still counted).
+    pub(super) fn commit(
+        &self,
+        mut job: Job,
+        version: Version,
+        new_events: Vec<NewEvent>,
+    ) -> Result<(Job, Vec<Event>)> {
+        let now = job.updated_ms;
+        let window = job.events;
+        let mut written = Vec::new();
+        let mut next_seq = window.next_seq;
+        for (kind, data) in new_events {
+            written.push(Event {
+                seq: next_seq,
+                kind,
+                data,
+                time_ms: now,
+            });
+            next_seq += 1;
+        }
+        let first_seq = window
+            .first_seq
+            .max(next_seq.saturating_sub(self.max_events));
+        let mut batch = Batch::new();
+        for seq in window.first_seq..first_seq.min(window.next_seq) {
+            batch = batch.delete(&self.event_key(&job.id, seq)?, Expect::Any);
+        }
+        written.retain(|event| event.seq >= first_seq);
+        for event in &written {
+            let key = self.event_key(&job.id, event.seq)?;
+            batch = batch.put(&key, codec::encode(&key, event)?, Expect::Absent);
+        }
+        job.events = EventWindow {
+            first_seq,
+            next_seq,
+            dropped: window.dropped + (first_seq - window.first_seq),
+        };
+        let record_key = self.record_key(&job.id)?;
+        batch = batch.put(
+            &record_key,
+            codec::encode(&record_key, &job)?,
+            Expect::Version(version),
+        );
+        let applied = if batch.len() == 1 {
+            let bytes = codec::encode(&record_key, &job)?;
+            vec![Applied::Put(self.store.put(
+                &record_key,
+                &bytes,
+                Expect::Version(version),
+            )?)]
+        } else {
+            self.store.apply(&batch)?
+        };
+        if let Some(Applied::Put(version)) = applied.last() {
+            job.version = *version;
+        }
+        self.hub.publish(&job.id, &written);
+        Ok((job, written))
+    }
+
+    /// Deletes `job` (read at `version`) and all its events in one batch.
+    pub(super) fn remove_with_events(&self, job: &Job, version: Version) -> Result<()> {
+        let mut batch = Batch::new().delete(&self.record_key(&job.id)?, Expect::Version(version));
+        for key in self.store.list_all(&self.events_prefix(&job.id)?)? {
+            batch = batch.delete(&key, Expect::Any);
+        }
+        self.store.apply(&batch).map(|_| ())
+    }
+
+    fn events_prefix(&self, id: &str) -> Result<Prefix> {
+        let mut segments = self.namespace.segments().to_vec();
+        segments.extend(["event".to_owned(), id.to_owned()]);
+        Prefix::new(segments)
+    }
+
+    fn event_key(&self, id: &str, seq: u64) -> Result<Key> {
+        let segments = self.namespace.segments().iter().cloned();
+        Key::new(segments.chain(["event".to_owned(), id.to_owned(), format!("{seq:020}")]))
+    }
+}

@@ -1,0 +1,325 @@
+//! Live event delivery: in this process through a hub of bounded channels, in
+//! another process by watching the store.
+//!
+//! Both deliver a job's events once each, in sequence order, from a chosen
+//! sequence number on, with no gap and no duplicate between the replay and the
+//! live part. The store is the truth: live delivery is only a shortcut, and
+//! whenever it cannot be trusted (a subscriber's buffer overflowed, or an event
+//! arrived ahead of one not yet seen) the subscriber reads the missing events
+//! from the store. That works because an event is published only after its batch
+//! is durable, and an event can only be committed after every event before it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::{Event, JobState};
+use crate::error::Result;
+use crate::store::Store;
+
+/// The live subscribers of every job of one [`JobState`] (and its clones).
+#[derive(Debug, Default)]
+pub(super) struct Hub {
+    subscribers: Mutex<HashMap<String, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    sender: SyncSender<Event>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Hub {
+    /// Hands `events` of `job_id` to its subscribers without ever blocking: a
+    /// full buffer marks the subscriber to catch up from the store, a dropped
+    /// subscriber is forgotten.
+    pub(super) fn publish(&self, job_id: &str, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut all = self.subscribers.lock();
+        let Some(subscribers) = all.get_mut(job_id) else {
+            return;
+        };
+        subscribers.retain(|subscriber| {
+            for event in events {
+                match subscriber.sender.try_send(event.clone()) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        subscriber.overflowed.store(true, Ordering::Release);
+                        return true;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            }
+            true
+        });
+        if subscribers.is_empty() {
+            all.remove(job_id);
+        }
+    }
+
+    fn add(&self, job_id: &str, buffer: usize) -> (u64, Receiver<Event>, Arc<AtomicBool>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::sync_channel(buffer);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        self.subscribers
+            .lock()
+            .entry(job_id.to_owned())
+            .or_default()
+            .push(Subscriber {
+                id,
+                sender,
+                overflowed: Arc::clone(&overflowed),
+            });
+        (id, receiver, overflowed)
+    }
+
+    fn remove(&self, job_id: &str, id: u64) {
+        let mut all = self.subscribers.lock();
+        if let Some(subscribers) = all.get_mut(job_id) {
+            subscribers.retain(|s| s.id != id);
+            if subscribers.is_empty() {
+                all.remove(job_id);
+            }
+        }
+    }
+}
+
+/// Events in order from a sequence number on, without gaps or duplicates: the
+/// part both [`Subscription`] and [`Follower`] share.
+#[derive(Debug)]
+struct Cursor {
+    job_id: String,
+    /// The sequence number of the next event to deliver.
+    next_seq: u64,
+    /// Events read or received ahead of `next_seq`.
+    ahead: BTreeMap<u64, Event>,
+    finished: bool,
+}
+
+impl Cursor {
+    fn new(job_id: &str, after: u64) -> Self {
+        Cursor {
+            job_id: job_id.to_owned(),
+            next_seq: after.saturating_add(1),
+            ahead: BTreeMap::new(),
+            finished: false,
+        }
+    }
+
+    /// Keeps `event` if it is not delivered yet.
+    fn offer(&mut self, event: Event) {
+        if event.seq >= self.next_seq {
+            self.ahead.insert(event.seq, event);
+        }
+    }
+
+    /// The next event in order, if it is at hand.
+    fn take(&mut self) -> Option<Event> {
+        if self.finished {
+            return None;
+        }
+        let event = self.ahead.remove(&self.next_seq)?;
+        self.next_seq += 1;
+        if event.is_terminal() {
+            self.finished = true;
+            self.ahead.clear();
+        }
+        Some(event)
+    }
+
+    /// Whether an event ahead of the next one is waiting: the next one is
+    /// committed, and the store has it.
+    fn has_gap(&self) -> bool {
+        !self.finished && !self.ahead.is_empty() && !self.ahead.contains_key(&self.next_seq)
+    }
+
+    /// Reads what the store has from `next_seq` on. Events the bound dropped are
+    /// skipped: the sequence numbers jump, visibly.
+    fn catch_up<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
+        let page = jobs.events_since(&self.job_id, self.next_seq - 1)?;
+        if page.dropped > 0 {
+            self.next_seq += page.dropped;
+        }
+        for event in page.events {
+            self.offer(event);
+        }
+        Ok(())
+    }
+}
+
+/// A live stream of one job's events in this process, from
+/// [`JobState::subscribe`]: first the stored events after the chosen sequence
+/// number, then live ones, each once and in order, ending after the job's
+/// terminal event. Dropping it unsubscribes.
+///
+/// Writers never wait for subscribers: each has a bounded buffer, and one that
+/// falls behind catches up from the store. A subscriber that panics only drops
+/// its own subscription.
+#[derive(Debug)]
+pub struct Subscription<S: Store> {
+    jobs: JobState<S>,
+    id: u64,
+    receiver: Receiver<Event>,
+    overflowed: Arc<AtomicBool>,
+    cursor: Cursor,
+    replayed: bool,
+}
+
+impl<S: Store> Subscription<S> {
+    /// The next event, waiting for it if need be; `None` after the terminal event.
+    ///
+    /// # Errors
+    /// Store errors while catching up (the subscription stays usable).
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.step()? {
+                return Ok(Some(event));
+            }
+            if self.cursor.finished {
+                return Ok(None);
+            }
+            match self.receiver.recv() {
+                Ok(event) => self.cursor.offer(event),
+                // Unreachable while the hub lives; end the stream rather than spin.
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// The next event if one is at hand, without waiting.
+    ///
+    /// # Errors
+    /// As [`next_event`](Subscription::next_event).
+    pub fn try_next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.step()? {
+                return Ok(Some(event));
+            }
+            match self.receiver.try_recv() {
+                Ok(event) => self.cursor.offer(event),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether the terminal event was delivered.
+    pub fn is_finished(&self) -> bool {
+        self.cursor.finished
+    }
+
+    /// Delivers what is at hand, catching up from the store first when the live
+    /// feed cannot be trusted.
+    fn step(&mut self) -> Result<Option<Event>> {
+        let overflowed = self.overflowed.swap(false, Ordering::AcqRel);
+        if !self.replayed || overflowed || self.cursor.has_gap() {
+            self.cursor.catch_up(&self.jobs)?;
+            self.replayed = true;
+        }
+        Ok(self.cursor.take())
+    }
+}
+
+impl<S: Store> Drop for Subscription<S> {
+    fn drop(&mut self) {
+        self.jobs.hub.remove(&self.cursor.job_id, self.id);
+    }
+}
+
+/// A job's event stream read by watching the store, for another process (an
+/// operator tool, say): the same events, once each and in order, as a
+/// [`Subscription`] gets. From [`JobState::follow`].
+#[derive(Debug)]
+pub struct Follower<S: Store> {
+    jobs: JobState<S>,
+    cursor: Cursor,
+    poll_every: Duration,
+}
+
+impl<S: Store> Follower<S> {
+    /// The events stored since the last call, without waiting.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
+    pub fn poll(&mut self) -> Result<Vec<Event>> {
+        self.cursor.catch_up(&self.jobs)?;
+        let mut events = Vec::new();
+        while let Some(event) = self.cursor.take() {
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// The next event, reading the store every `poll_every` of the job state's
+    /// clock until there is one; `None` after the terminal event.
+    ///
+    /// # Errors
+    /// As [`poll`](Follower::poll).
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.cursor.take() {
+                return Ok(Some(event));
+            }
+            if self.cursor.finished {
+                return Ok(None);
+            }
+            self.cursor.catch_up(&self.jobs)?;
+            if self.cursor.ahead.is_empty() {
+                self.jobs.clock.sleep(self.poll_every);
+            }
+        }
+    }
+
+    /// Whether the terminal event was delivered.
+    pub fn is_finished(&self) -> bool {
+        self.cursor.finished
+    }
+}
+
+impl<S: Store> JobState<S> {
+    /// Subscribes to job `id`'s events after sequence number `after` (0: from the
+    /// start): the stored ones first, then live ones as they are appended in this
+    /// process.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
+    pub fn subscribe(&self, id: &str, after: u64) -> Result<Subscription<S>> {
+        // Register before reading the store, so that nothing appended in between
+        // is missed; duplicates are dropped by sequence number.
+        let (sub_id, receiver, overflowed) = self.hub.add(id, self.subscriber_buffer);
+        let mut subscription = Subscription {
+            jobs: self.clone(),
+            id: sub_id,
+            receiver,
+            overflowed,
+            cursor: Cursor::new(id, after),
+            replayed: false,
+        };
+        subscription.cursor.catch_up(self)?;
+        subscription.replayed = true;
+        Ok(subscription)
+    }
+
+    /// Follows job `id`'s events after sequence number `after` by reading the
+    /// store every `poll_every`: the same stream as
+    /// [`subscribe`](JobState::subscribe), for another process.
+    ///
+    /// # Errors
+    /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
+    pub fn follow(&self, id: &str, after: u64, poll_every: Duration) -> Result<Follower<S>> {
+        let mut follower = Follower {
+            jobs: self.clone(),
+            cursor: Cursor::new(id, after),
+            poll_every,
+        };
+        follower.cursor.catch_up(self)?;
+        Ok(follower)
+    }
+}

@@ -1,0 +1,155 @@
+//! Recovery of jobs whose worker died, and retention.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Job, JobError, JobFilter, JobState, JobStatus};
+use crate::error::Result;
+use crate::store::Store;
+
+/// What [`JobState::recover`] does with a job whose worker is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Put it back in the queue (event `requeued`); the next start is a new
+    /// attempt, and the dead worker's attempt is stale.
+    Requeue,
+    /// Fail it for good (event `error`), for work that must not run twice.
+    Fail,
+}
+
+/// How many jobs [`JobState::purge`] removed, per status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    /// Complete jobs removed.
+    pub complete: usize,
+    /// Failed jobs removed.
+    pub failed: usize,
+    /// Cancelled jobs removed.
+    pub cancelled: usize,
+    /// Queued jobs never picked up, removed.
+    pub queued: usize,
+}
+
+impl PurgeCounts {
+    /// All jobs removed.
+    pub fn total(&self) -> usize {
+        self.complete + self.failed + self.cancelled + self.queued
+    }
+}
+
+impl<S: Store> JobState<S> {
+    /// Finds running jobs whose worker showed no sign of life (start, progress,
+    /// event or heartbeat) for `stale_after`, and requeues or fails them as
+    /// `action` says. Returns the jobs as recovered.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn recover(&self, stale_after: Duration, action: Recovery) -> Result<Vec<Job>> {
+        let now = self.clock.now_ms();
+        let stale_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
+        self.recover_where(action, |job| {
+            let alive = job
+                .heartbeat_ms
+                .or(job.started_ms)
+                .unwrap_or(job.updated_ms);
+            now >= alive.saturating_add(stale_ms)
+        })
+    }
+
+    /// Recovers the running jobs for which `abandoned` says their worker is gone
+    /// (its [`JobLock`](crate::JobLock) lease expired, say), as `action` says.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn recover_where(
+        &self,
+        action: Recovery,
+        abandoned: impl Fn(&Job) -> bool,
+    ) -> Result<Vec<Job>> {
+        let running = JobFilter {
+            status: Some(JobStatus::Running),
+            ..JobFilter::default()
+        };
+        let mut recovered = Vec::new();
+        for job in self.list(&running)?.jobs {
+            if !abandoned(&job) {
+                continue;
+            }
+            let attempt = job.attempt;
+            let outcome = self.update(&job.id, |job, now| {
+                // Changed since the listing (finished, or taken over): leave it.
+                if job.status != JobStatus::Running || job.attempt != attempt {
+                    return Err(crate::Error::InvalidTransition {
+                        id: job.id.clone(),
+                        status: job.status,
+                        action: "recover",
+                    });
+                }
+                let lost = JobError::new("the job was interrupted")
+                    .internal(format!("worker of attempt {attempt} stopped responding"))
+                    .code("interrupted");
+                job.error = Some(lost.clone());
+                Ok(match action {
+                    Recovery::Requeue => {
+                        job.status = JobStatus::Queued;
+                        vec![("requeued".to_owned(), json!({ "reason": "worker lost" }))]
+                    }
+                    Recovery::Fail => {
+                        job.status = JobStatus::Failed;
+                        job.completed_ms = Some(now);
+                        let client =
+                            json!({ "error": lost.client_message(), "code": lost.error_code() });
+                        vec![("error".to_owned(), client)]
+                    }
+                })
+            });
+            match outcome {
+                Ok((job, _)) => recovered.push(job),
+                Err(e) if e.is_invalid_transition() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Removes, with their events, complete, failed and cancelled jobs finished
+    /// at least `finished_for` ago, and queued jobs created at least
+    /// `queued_for` ago that were never started. Running jobs are never purged.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {
+        let now = self.clock.now_ms();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut counts = PurgeCounts::default();
+        for job in self.list(&JobFilter::default())?.jobs {
+            let due = match job.status {
+                JobStatus::Running => false,
+                JobStatus::Queued => {
+                    job.attempt == 0 && now >= job.created_ms.saturating_add(ms(queued_for))
+                }
+                _ => {
+                    let finished = job.completed_ms.unwrap_or(job.updated_ms);
+                    now >= finished.saturating_add(ms(finished_for))
+                }
+            };
+            if !due {
+                continue;
+            }
+            match self.remove_with_events(&job, job.version) {
+                Ok(()) => {}
+                Err(e) if e.is_conflict() => continue, // changed since the listing
+                Err(e) => return Err(e),
+            }
+            let count = match job.status {
+                JobStatus::Complete => &mut counts.complete,
+                JobStatus::Failed => &mut counts.failed,
+                JobStatus::Cancelled => &mut counts.cancelled,
+                JobStatus::Queued | JobStatus::Running => &mut counts.queued,
+            };
+            *count += 1;
+        }
+        Ok(counts)
+    }
+}

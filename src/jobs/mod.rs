@@ -1,0 +1,361 @@
+//! [`JobState`]: durable job records with validated transitions and replayable
+//! event streams.
+
+mod events;
+mod live;
+mod maintenance;
+mod record;
+mod transitions;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use events::EventPage;
+pub use live::{Follower, Subscription};
+pub use maintenance::{PurgeCounts, Recovery};
+pub use record::{
+    ClientError, ClientJob, DEFAULT_CLIENT_MESSAGE, Event, EventWindow, Job, JobError, JobStatus,
+    MAX_ERROR_LEN, MAX_PROGRESS_LEN,
+};
+pub use transitions::Failure;
+
+use self::live::Hub;
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::fencing::FencingToken;
+use crate::key::{Key, Prefix};
+use crate::record::{self as codec, Extra, Metadata};
+use crate::store::{Expect, Store, Version};
+
+/// Events kept per job unless set otherwise; older ones are dropped.
+pub const DEFAULT_MAX_EVENTS: u64 = 1000;
+/// Live events buffered per subscriber unless set otherwise; past it the
+/// subscriber catches up from the store.
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
+
+/// Durable job records: what a request handler creates and returns the id of at
+/// once, what a worker moves through its stages, and what clients poll or stream.
+///
+/// Every change is one compare-and-set transition, checked against the job's
+/// status: complete and cancelled are final; a transient failure puts the job
+/// back in the queue with a retry time; a permanent failure is final until
+/// [`retry`](JobState::retry). A worker acts through the [`Worker`] that
+/// [`start`](JobState::start) gave it, and a worker whose attempt was superseded,
+/// or whose fencing token is older than the job has seen, is refused
+/// ([`Error::StaleWorker`]) instead of overwriting newer state.
+///
+/// Each job has a durable, bounded log of [`Event`]s with sequence numbers. The
+/// terminal events (`done` with the result exactly as given, `error` with the
+/// client message, `cancelled`) are written by the transitions themselves, in
+/// the same atomic batch as the status: no crash leaves one without the other.
+/// [`subscribe`](JobState::subscribe) replays from a sequence number and then
+/// follows live in this process; [`follow`](JobState::follow) does the same from
+/// another process by watching the store.
+///
+/// ```
+/// use std::sync::Arc;
+/// use jobsafe::{JobState, JobStatus, ManualClock, MemStore, NewJob};
+///
+/// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+/// let job = jobs.create(NewJob::new("transcribe").owner("inst-7"))?;
+/// // The request returns job.id at once; a worker picks it up.
+/// let worker = jobs.start(&job.id, None)?;
+/// jobs.set_stage(&worker, "download")?;
+/// jobs.progress(&worker, "42%")?;
+/// jobs.complete(&worker, serde_json::json!({"title": "Episode 12"}))?;
+///
+/// let done = jobs.get(&job.id)?.expect("still there");
+/// assert_eq!(done.status, JobStatus::Complete);
+/// let events = jobs.events_since(&job.id, 0)?.events;
+/// assert_eq!(events.last().map(|e| e.kind.as_str()), Some("done"));
+/// // The done event carries the result exactly as given.
+/// assert_eq!(events.last().unwrap().data["title"], "Episode 12");
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+pub struct JobState<S> {
+    store: Arc<S>,
+    clock: SharedClock,
+    namespace: Arc<Prefix>,
+    max_events: u64,
+    subscriber_buffer: usize,
+    hub: Arc<Hub>,
+}
+
+impl<S> Clone for JobState<S> {
+    fn clone(&self) -> Self {
+        JobState {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            namespace: Arc::clone(&self.namespace),
+            max_events: self.max_events,
+            subscriber_buffer: self.subscriber_buffer,
+            hub: Arc::clone(&self.hub),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for JobState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobState")
+            .field("namespace", &self.namespace)
+            .field("max_events", &self.max_events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`JobState::create`] needs to know.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewJob {
+    id: Option<String>,
+    kind: String,
+    owner: Option<String>,
+    metadata: Metadata,
+}
+
+impl NewJob {
+    /// A job of `kind`, with a fresh id.
+    pub fn new(kind: impl Into<String>) -> Self {
+        NewJob {
+            kind: kind.into(),
+            ..NewJob::default()
+        }
+    }
+
+    /// Uses `id` instead of a fresh one (a client-chosen id, say); creating a job
+    /// whose id exists is a conflict.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Whose job it is.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Adds a metadata field (for operators; not in the client view).
+    pub fn meta(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// A worker's claim on one attempt of a job, from [`JobState::start`]. Pass it
+/// to every change the worker makes. Serializable, to hand to another thread or
+/// process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// The job.
+    pub job_id: String,
+    /// The attempt this worker runs.
+    pub attempt: u32,
+    /// The fencing token it started with, if any.
+    pub token: Option<FencingToken>,
+}
+
+/// Which jobs [`JobState::list`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Only jobs of this owner.
+    pub owner: Option<String>,
+}
+
+impl JobFilter {
+    fn matches(&self, job: &Job) -> bool {
+        self.status.is_none_or(|s| s == job.status)
+            && self.kind.as_ref().is_none_or(|k| *k == job.kind)
+            && self
+                .owner
+                .as_ref()
+                .is_none_or(|o| job.owner.as_ref() == Some(o))
+    }
+}
+
+/// Jobs found by [`JobState::list`].
+#[derive(Debug, Default)]
+pub struct JobList {
+    /// The jobs, in id order.
+    pub jobs: Vec<Job>,
+    /// Records that could not be read, with the error for each.
+    pub unreadable: Vec<(Key, Error)>,
+}
+
+impl<S: Store> JobState<S> {
+    /// Jobs kept in `store` under the key prefix `jobs`, timed by `clock`.
+    pub fn new(store: S, clock: SharedClock) -> Self {
+        JobState {
+            store: Arc::new(store),
+            clock,
+            namespace: Arc::new(Prefix::new(["jobs"]).unwrap_or_default()),
+            max_events: DEFAULT_MAX_EVENTS,
+            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+            hub: Arc::new(Hub::default()),
+        }
+    }
+
+    /// Keeps jobs under `namespace` instead of `jobs`.
+    pub fn namespace(mut self, namespace: Prefix) -> Self {
+        self.namespace = Arc::new(namespace);
+        self
+    }
+
+    /// Keeps at most `max_events` events per job (at least 1); older ones are
+    /// dropped as new ones come, and counted in [`EventWindow::dropped`].
+    pub fn max_events(mut self, max_events: u64) -> Self {
+        self.max_events = max_events.max(1);
+        self
+    }
+
+    /// Buffers at most `events` live events per subscriber (at least 1); a
+    /// subscriber that falls further behind catches up from the store.
+    pub fn subscriber_buffer(mut self, events: usize) -> Self {
+        self.subscriber_buffer = events.max(1);
+        self
+    }
+
+    /// The store the jobs live in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Creates a queued job.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if a job with the chosen id exists;
+    /// [`Error::InvalidKey`] for an empty id or kind; store errors.
+    pub fn create(&self, new: NewJob) -> Result<Job> {
+        if new.kind.is_empty() {
+            return Err(Error::InvalidArgument("a job needs a kind".to_owned()));
+        }
+        let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let key = self.record_key(&id)?;
+        let now = self.clock.now_ms();
+        let mut job = Job {
+            id,
+            kind: new.kind,
+            owner: new.owner,
+            status: JobStatus::Queued,
+            stage: None,
+            stages_done: Vec::new(),
+            attempt: 0,
+            progress: None,
+            result: None,
+            error: None,
+            metadata: new.metadata,
+            created_ms: now,
+            started_ms: None,
+            updated_ms: now,
+            completed_ms: None,
+            retry_at_ms: None,
+            heartbeat_ms: None,
+            fencing: None,
+            events: EventWindow {
+                first_seq: 1,
+                next_seq: 1,
+                dropped: 0,
+            },
+            extra: Extra::new(),
+            version: Version::new(0),
+        };
+        job.version = self
+            .store
+            .put(&key, &codec::encode(&key, &job)?, Expect::Absent)?;
+        Ok(job)
+    }
+
+    /// The job `id`, or `None` if there is none.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the key if its record cannot be read; store errors.
+    pub fn get(&self, id: &str) -> Result<Option<Job>> {
+        Ok(self.read(id)?.map(|(job, _)| job))
+    }
+
+    /// What a client may see of job `id` ([`Job::client_view`]).
+    ///
+    /// # Errors
+    /// As [`get`](JobState::get).
+    pub fn client_view(&self, id: &str) -> Result<Option<ClientJob>> {
+        Ok(self.get(id)?.map(|job| job.client_view()))
+    }
+
+    /// The jobs that pass `filter`, in id order (for administration: this reads
+    /// every record).
+    ///
+    /// # Errors
+    /// Store errors; unreadable records are listed apart.
+    pub fn list(&self, filter: &JobFilter) -> Result<JobList> {
+        let mut list = JobList::default();
+        for key in self.store.list_all(&self.records_prefix()?)? {
+            let Some(id) = key.segments().last() else {
+                continue;
+            };
+            match self.read(id) {
+                Ok(Some((job, _))) if filter.matches(&job) => list.jobs.push(job),
+                Ok(_) => {}
+                Err(e) => list.unreadable.push((key, e)),
+            }
+        }
+        Ok(list)
+    }
+
+    /// Deletes a job that is not running, with its events. Returns whether there
+    /// was one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] for a running job (cancel it first); store
+    /// errors.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        loop {
+            let Some((job, version)) = self.read(id)? else {
+                return Ok(false);
+            };
+            if job.status == JobStatus::Running {
+                return Err(Error::InvalidTransition {
+                    id: id.to_owned(),
+                    status: job.status,
+                    action: "delete a running job (cancel it first)",
+                });
+            }
+            match self.remove_with_events(&job, version) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn records_prefix(&self) -> Result<Prefix> {
+        let mut segments = self.namespace.segments().to_vec();
+        segments.push("job".to_owned());
+        Prefix::new(segments)
+    }
+
+    fn record_key(&self, id: &str) -> Result<Key> {
+        let segments = self.namespace.segments().iter().map(String::as_str);
+        Key::new(segments.chain(["job", id]))
+    }
+
+    fn read(&self, id: &str) -> Result<Option<(Job, Version)>> {
+        let key = self.record_key(id)?;
+        match self.store.get(&key)? {
+            None => Ok(None),
+            Some(entry) => {
+                let mut job: Job = codec::decode(&key, &entry.value)?;
+                job.version = entry.version;
+                Ok(Some((job, entry.version)))
+            }
+        }
+    }
+
+    fn read_required(&self, id: &str) -> Result<(Job, Version)> {
+        self.read(id)?
+            .ok_or_else(|| Error::JobNotFound { id: id.to_owned() })
+    }
+}

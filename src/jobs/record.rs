@@ -1,0 +1,320 @@
+//! A job as stored, as shown to clients, and its events.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fencing::FencingToken;
+use crate::record::{Extra, Metadata, Record};
+use crate::store::Version;
+
+/// Longest progress message kept, in bytes; longer ones are cut at a character
+/// boundary.
+pub const MAX_PROGRESS_LEN: usize = 200;
+/// Longest error message (client or internal) kept, in bytes.
+pub const MAX_ERROR_LEN: usize = 2000;
+/// What a client is told when a job failed and the caller gave no client message:
+/// a fixed sentence, never derived from the internal message, so that nothing an
+/// operator needs to see (hosts, paths, upstream errors) can leak.
+pub const DEFAULT_CLIENT_MESSAGE: &str = "the job failed";
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting to be started (again, after a transient failure or a retry).
+    Queued,
+    /// A worker is on it.
+    Running,
+    /// Done, with a result. Final.
+    Complete,
+    /// Failed for good; [`JobState::retry`](crate::JobState::retry) starts a new
+    /// attempt.
+    Failed,
+    /// Cancelled. Final.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether nothing but a manual retry can move the job again (complete,
+    /// failed and cancelled).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Complete | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// The status as a word (`"queued"`, `"running"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Complete => "complete",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error with two faces: what a client may see, and what an operator needs.
+///
+/// ```
+/// use jobsafe::{JobError, DEFAULT_CLIENT_MESSAGE};
+///
+/// let shown = JobError::new("the transcription service is busy, try again later")
+///     .internal("upstream 503 from asr-3.internal:8443 after 30 s")
+///     .code("upstream_busy");
+/// assert!(!shown.client_message().contains("asr-3"));
+///
+/// // Without a client message, clients get a fixed sentence, never the internal one.
+/// let hidden = JobError::internal_only("panic in decoder: index out of bounds");
+/// assert_eq!(hidden.client_message(), DEFAULT_CLIENT_MESSAGE);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    client: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    internal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+}
+
+impl JobError {
+    /// An error whose message is safe to show clients.
+    pub fn new(client_message: impl Into<String>) -> Self {
+        JobError {
+            client: bounded(client_message.into(), MAX_ERROR_LEN),
+            internal: None,
+            code: None,
+        }
+    }
+
+    /// An error known only internally: clients see [`DEFAULT_CLIENT_MESSAGE`].
+    pub fn internal_only(internal_message: impl Into<String>) -> Self {
+        JobError::new(DEFAULT_CLIENT_MESSAGE).internal(internal_message)
+    }
+
+    /// Adds the message for operators (never shown in the client view).
+    pub fn internal(mut self, internal_message: impl Into<String>) -> Self {
+        self.internal = Some(bounded(internal_message.into(), MAX_ERROR_LEN));
+        self
+    }
+
+    /// Adds a machine-readable code, shown to clients.
+    pub fn code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// What a client may see.
+    pub fn client_message(&self) -> &str {
+        &self.client
+    }
+
+    /// What an operator sees: the internal message, or the client one if there is
+    /// none.
+    pub fn internal_message(&self) -> &str {
+        self.internal.as_deref().unwrap_or(&self.client)
+    }
+
+    /// The code, if any.
+    pub fn error_code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+}
+
+/// What a job's events look like from the record: the sequence numbers stored,
+/// and how many the bound has dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventWindow {
+    /// Sequence number of the oldest stored event (the next one if none).
+    pub first_seq: u64,
+    /// Sequence number the next event gets. Sequence numbers start at 1.
+    pub next_seq: u64,
+    /// Events dropped, oldest first, to keep within the bound.
+    pub dropped: u64,
+}
+
+/// A durable job record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job's id.
+    pub id: String,
+    /// What kind of work it is (`"transcribe"`, say).
+    pub kind: String,
+    /// Who it belongs to (an install id, a user), if given.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// The stage it is in, if the worker set one.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// Stages it finished, in order.
+    #[serde(default)]
+    pub stages_done: Vec<String>,
+    /// Attempts started so far (0 until the first start).
+    pub attempt: u32,
+    /// The last progress message, at most [`MAX_PROGRESS_LEN`] bytes.
+    #[serde(default)]
+    pub progress: Option<String>,
+    /// The result, exactly as given to `complete`.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    /// The last error (of a failed attempt, or the final one).
+    #[serde(default)]
+    pub error: Option<JobError>,
+    /// Free-form facts, for operators (not in the client view).
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// When it was created, in the clock's milliseconds.
+    pub created_ms: u64,
+    /// When its current attempt started.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// When it last changed.
+    pub updated_ms: u64,
+    /// When it finished.
+    #[serde(default)]
+    pub completed_ms: Option<u64>,
+    /// Not to be started before this time (after a transient failure).
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
+    /// The last sign of life from its worker.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+    /// The newest fencing token a worker of this job presented.
+    #[serde(default)]
+    pub fencing: Option<FencingToken>,
+    /// Its event log.
+    #[serde(default)]
+    pub events: EventWindow,
+    /// Fields written by a newer version, kept on rewrite.
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+    /// The store version of the record.
+    #[serde(skip, default = "zero_version")]
+    pub version: Version,
+}
+
+fn zero_version() -> Version {
+    Version::new(0)
+}
+
+impl Record for Job {
+    const SCHEMA: u32 = 1;
+}
+
+impl Job {
+    /// The view of this job a client may see: no internal error message, no
+    /// metadata, no fencing or heartbeat details.
+    pub fn client_view(&self) -> ClientJob {
+        ClientJob {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            status: self.status,
+            stage: self.stage.clone(),
+            stages_done: self.stages_done.clone(),
+            attempt: self.attempt,
+            progress: self.progress.clone(),
+            result: self.result.clone(),
+            error: self.error.as_ref().map(|e| ClientError {
+                message: e.client.clone(),
+                code: e.code.clone(),
+            }),
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            completed_ms: self.completed_ms,
+            retry_at_ms: self.retry_at_ms,
+        }
+    }
+}
+
+/// What an HTTP handler serializes for a client: [`Job::client_view`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientJob {
+    /// The job's id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// Its current stage.
+    pub stage: Option<String>,
+    /// Stages it finished.
+    pub stages_done: Vec<String>,
+    /// Attempts started.
+    pub attempt: u32,
+    /// The last progress message.
+    pub progress: Option<String>,
+    /// The result, exactly as given.
+    pub result: Option<serde_json::Value>,
+    /// The client face of the last error.
+    pub error: Option<ClientError>,
+    /// When it was created.
+    pub created_ms: u64,
+    /// When it last changed.
+    pub updated_ms: u64,
+    /// When it finished.
+    pub completed_ms: Option<u64>,
+    /// When it will be retried after a transient failure.
+    pub retry_at_ms: Option<u64>,
+}
+
+/// The client face of a [`JobError`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientError {
+    /// The client-safe message.
+    pub message: String,
+    /// The machine-readable code, if any.
+    pub code: Option<String>,
+}
+
+/// One event of a job's log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its sequence number: 1 for a job's first event, one more for each next
+    /// (a gap means the bound dropped events, see [`EventWindow::dropped`]).
+    pub seq: u64,
+    /// What happened (`"progress"`, `"stage"`, `"done"`, `"error"`, or the
+    /// caller's own types).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its data, exactly as given.
+    pub data: serde_json::Value,
+    /// When it was appended, in the clock's milliseconds.
+    pub time_ms: u64,
+}
+
+impl Record for Event {
+    const SCHEMA: u32 = 1;
+}
+
+impl Event {
+    /// Whether this event ends the job's stream (`done`, `error`, `cancelled`).
+    pub fn is_terminal(&self) -> bool {
+        TERMINAL_EVENTS.contains(&self.kind.as_str())
+    }
+}
+
+/// The events that end a stream; emitted only by the transitions themselves.
+pub(crate) const TERMINAL_EVENTS: [&str; 3] = ["done", "error", "cancelled"];
+
+/// Cuts `text` to at most `max` bytes at a character boundary.
+pub(crate) fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

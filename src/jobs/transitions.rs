@@ -1,0 +1,303 @@
+//! The status machine: every change is one compare-and-set of the job record,
+//! checked against its status and, for a worker, against its attempt and token.
+//!
+//! ```text
+//!            start              complete
+//!  queued ──────────► running ──────────► complete (final)
+//!    ▲  ▲               │  │   fail(permanent)
+//!    │  └───────────────┘  └────────────► failed ──retry──► queued
+//!    │  fail(transient):                  │
+//!    │  back with a retry time            │
+//!    └────────────────────────────────────┘
+//!  cancel: queued, running or failed ──► cancelled (final)
+//! ```
+
+use serde_json::{Value, json};
+
+use super::events::NewEvent;
+use super::record::{MAX_PROGRESS_LEN, bounded};
+use super::{Event, Job, JobError, JobState, JobStatus, Worker};
+use crate::error::{Error, Result};
+use crate::fencing::FencingToken;
+use crate::store::Store;
+
+/// How an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again: the job goes back to the queue, not to be started
+    /// before `retry_at_ms` (by the job state's clock).
+    Transient {
+        /// When the job may start again.
+        retry_at_ms: u64,
+    },
+    /// Not worth trying again: the job is failed until a manual
+    /// [`retry`](JobState::retry).
+    Permanent,
+}
+
+impl<S: Store> JobState<S> {
+    /// Starts a new attempt of a queued job (whose retry time, if any, has come),
+    /// and returns the worker's claim on it.
+    ///
+    /// With a fencing `token` (from a [`JobLock`](crate::JobLock) lease on the
+    /// job, say) a running job can also be taken over, by a token greater than any
+    /// the job has seen: the previous worker is then stale and every change it
+    /// tries is refused. The job records the newest token it has seen.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] if the job is not queued (or not due yet), or
+    /// is running and `token` does not exceed its newest; [`Error::StaleWorker`]
+    /// if `token` is older than one the job has seen; [`Error::JobNotFound`].
+    pub fn start(&self, id: &str, token: Option<FencingToken>) -> Result<Worker> {
+        let (job, _) = self.update(id, |job, now| {
+            if let (Some(seen), Some(presented)) = (job.fencing, token)
+                && presented < seen
+            {
+                return Err(Error::StaleWorker {
+                    id: job.id.clone(),
+                    reason: format!("fencing token {presented} is older than {seen}"),
+                });
+            }
+            let takeover = job.status == JobStatus::Running
+                && token.is_some_and(|t| job.fencing.is_none_or(|seen| t > seen));
+            let due = job.retry_at_ms.is_none_or(|at| now >= at);
+            let startable = job.status == JobStatus::Queued && due;
+            if !(startable || takeover) {
+                return Err(invalid(job, "start"));
+            }
+            job.status = JobStatus::Running;
+            job.attempt += 1;
+            job.started_ms = Some(now);
+            job.heartbeat_ms = Some(now);
+            job.retry_at_ms = None;
+            if token.is_some() {
+                job.fencing = token;
+            }
+            Ok(vec![event("started", json!({ "attempt": job.attempt }))])
+        })?;
+        Ok(Worker {
+            job_id: job.id,
+            attempt: job.attempt,
+            token,
+        })
+    }
+
+    /// Moves the job to `stage`, recording the stage it leaves as done, and
+    /// appends a `stage` event.
+    ///
+    /// # Errors
+    /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running.
+    pub fn set_stage(&self, worker: &Worker, stage: &str) -> Result<Job> {
+        self.update_as(worker, "set a stage", |job, _| {
+            if let Some(done) = job.stage.replace(stage.to_owned()) {
+                job.stages_done.push(done);
+            }
+            Ok(vec![event("stage", json!({ "stage": stage }))])
+        })
+    }
+
+    /// Records a progress message (cut to [`MAX_PROGRESS_LEN`] bytes) and appends
+    /// a `progress` event.
+    ///
+    /// # Errors
+    /// As [`set_stage`](JobState::set_stage).
+    pub fn progress(&self, worker: &Worker, message: &str) -> Result<Job> {
+        let message = bounded(message.to_owned(), MAX_PROGRESS_LEN);
+        self.update_as(worker, "report progress", |job, now| {
+            job.progress = Some(message.clone());
+            job.heartbeat_ms = Some(now);
+            Ok(vec![event("progress", json!({ "message": message }))])
+        })
+    }
+
+    /// Records that the worker is alive, for [`recover`](JobState::recover).
+    ///
+    /// # Errors
+    /// As [`set_stage`](JobState::set_stage).
+    pub fn heartbeat(&self, worker: &Worker) -> Result<Job> {
+        self.update_as(worker, "heartbeat", |job, now| {
+            job.heartbeat_ms = Some(now);
+            Ok(Vec::new())
+        })
+    }
+
+    /// Appends an event of the worker's own type. The terminal types (`done`,
+    /// `error`, `cancelled`) are reserved for the transitions that end a job.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a reserved or empty type; as
+    /// [`set_stage`](JobState::set_stage).
+    pub fn append_event(&self, worker: &Worker, kind: &str, data: Value) -> Result<Event> {
+        if kind.is_empty() || super::record::TERMINAL_EVENTS.contains(&kind) {
+            return Err(Error::InvalidArgument(format!(
+                "event type {kind:?} is empty or reserved for the end of a job"
+            )));
+        }
+        let (_, written) = self.update(&worker.job_id, |job, now| {
+            check_worker(job, worker, "append an event")?;
+            job.heartbeat_ms = Some(now);
+            Ok(vec![event(kind, data.clone())])
+        })?;
+        // The newest event is always kept, whatever the bound.
+        written
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidArgument(format!("event {kind:?} was not kept")))
+    }
+
+    /// Completes the job with `result`, stored and sent in the `done` event
+    /// exactly as given, in one atomic batch. Final.
+    ///
+    /// # Errors
+    /// As [`set_stage`](JobState::set_stage); completing twice is an
+    /// [`Error::InvalidTransition`].
+    pub fn complete(&self, worker: &Worker, result: Value) -> Result<Job> {
+        self.update_as(worker, "complete", |job, now| {
+            job.status = JobStatus::Complete;
+            if let Some(done) = job.stage.take() {
+                job.stages_done.push(done);
+            }
+            job.result = Some(result.clone());
+            job.completed_ms = Some(now);
+            Ok(vec![event("done", result.clone())])
+        })
+    }
+
+    /// Fails the current attempt. A [`Failure::Transient`] failure puts the job
+    /// back in the queue until its retry time (event `retry`); a
+    /// [`Failure::Permanent`] one fails it (event `error` with the client message
+    /// and code only), in one atomic batch with the status.
+    ///
+    /// # Errors
+    /// As [`set_stage`](JobState::set_stage).
+    pub fn fail(&self, worker: &Worker, error: JobError, failure: Failure) -> Result<Job> {
+        self.update_as(worker, "fail", |job, now| {
+            let client = json!({ "error": error.client_message(), "code": error.error_code() });
+            job.error = Some(error.clone());
+            Ok(match failure {
+                Failure::Transient { retry_at_ms } => {
+                    job.status = JobStatus::Queued;
+                    job.retry_at_ms = Some(retry_at_ms);
+                    vec![event(
+                        "retry",
+                        json!({ "error": client, "retry_at_ms": retry_at_ms }),
+                    )]
+                }
+                Failure::Permanent => {
+                    job.status = JobStatus::Failed;
+                    job.completed_ms = Some(now);
+                    vec![event("error", client)]
+                }
+            })
+        })
+    }
+
+    /// Cancels a queued, running or failed job (event `cancelled`). Final; a
+    /// running worker's next change is refused.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] for a complete or cancelled job;
+    /// [`Error::JobNotFound`].
+    pub fn cancel(&self, id: &str) -> Result<Job> {
+        self.update(id, |job, now| {
+            if matches!(job.status, JobStatus::Complete | JobStatus::Cancelled) {
+                return Err(invalid(job, "cancel"));
+            }
+            job.status = JobStatus::Cancelled;
+            job.completed_ms = Some(now);
+            Ok(vec![event("cancelled", json!({}))])
+        })
+        .map(|(job, _)| job)
+    }
+
+    /// Puts a failed job back in the queue for a new attempt (event `requeued`).
+    /// Its last error stays on the record until the next attempt ends.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTransition`] unless failed; [`Error::JobNotFound`].
+    pub fn retry(&self, id: &str) -> Result<Job> {
+        self.update(id, |job, _| {
+            if job.status != JobStatus::Failed {
+                return Err(invalid(job, "retry"));
+            }
+            job.status = JobStatus::Queued;
+            job.completed_ms = None;
+            job.retry_at_ms = None;
+            Ok(vec![event("requeued", json!({ "reason": "manual retry" }))])
+        })
+        .map(|(job, _)| job)
+    }
+
+    /// A change by `worker`: refused unless it still runs the job's current
+    /// attempt with a token not older than the job's newest.
+    fn update_as(
+        &self,
+        worker: &Worker,
+        action: &'static str,
+        mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
+    ) -> Result<Job> {
+        self.update(&worker.job_id, |job, now| {
+            check_worker(job, worker, action)?;
+            change(job, now)
+        })
+        .map(|(job, _)| job)
+    }
+
+    /// Reads the job, applies `change` (which validates and returns the events to
+    /// append), and writes it back by compare-and-set, retrying lost races.
+    pub(super) fn update(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
+    ) -> Result<(Job, Vec<Event>)> {
+        loop {
+            let (mut job, version) = self.read_required(id)?;
+            let now = self.clock.now_ms();
+            let events = change(&mut job, now)?;
+            job.updated_ms = now;
+            match self.commit(job, version, events) {
+                Err(e) if e.is_conflict() => continue,
+                result => return result,
+            }
+        }
+    }
+}
+
+fn check_worker(job: &Job, worker: &Worker, action: &'static str) -> Result<()> {
+    let stale = |reason: String| {
+        Err(Error::StaleWorker {
+            id: job.id.clone(),
+            reason,
+        })
+    };
+    if worker.attempt != job.attempt {
+        return stale(format!(
+            "attempt {} was superseded by attempt {}",
+            worker.attempt, job.attempt
+        ));
+    }
+    if let Some(seen) = job.fencing
+        && worker.token.is_none_or(|t| t < seen)
+    {
+        return stale(format!(
+            "its fencing token {:?} is older than {seen}",
+            worker.token.map(|t| t.get())
+        ));
+    }
+    if job.status != JobStatus::Running {
+        return Err(invalid(job, action));
+    }
+    Ok(())
+}
+
+fn invalid(job: &Job, action: &'static str) -> Error {
+    Error::InvalidTransition {
+        id: job.id.clone(),
+        status: job.status,
+        action,
+    }
+}
+
+fn event(kind: &str, data: Value) -> NewEvent {
+    (kind.to_owned(), data)
+}
