@@ -1,0 +1,659 @@
+//! `JobState`: every transition (valid and invalid), the client view, events
+//! (bound, replay, live under concurrent appends, slow and panicking
+//! subscribers, following the store), restart, recovery and purge, with a
+//! `ManualClock`.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsafe::{
+    Acquire, DEFAULT_CLIENT_MESSAGE, DirStore, Error, Event, Failure, JobError, JobFilter, JobLock,
+    JobState, JobStatus, Key, LockRequest, MAX_PROGRESS_LEN, ManualClock, MemStore, NewJob,
+    Recovery, Store,
+};
+use serde_json::json;
+use tempfile::TempDir;
+
+const START_MS: u64 = 1_700_000_000_000;
+type Jobs = JobState<Arc<dyn Store>>;
+
+fn backends() -> Vec<(&'static str, Jobs, ManualClock, Option<TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
+    let mem_store: Arc<dyn Store> = Arc::new(MemStore::new());
+    [("mem", mem_store, None), ("dir", dir_store, Some(dir))]
+        .into_iter()
+        .map(|(name, store, dir)| {
+            let clock = ManualClock::new(START_MS);
+            (
+                name,
+                JobState::new(store, Arc::new(clock.clone())),
+                clock,
+                dir,
+            )
+        })
+        .collect()
+}
+
+fn kinds(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+#[test]
+fn a_job_runs_through_its_stages_to_completion() {
+    for (name, jobs, clock, _dir) in backends() {
+        let job = jobs
+            .create(
+                NewJob::new("summarize")
+                    .owner("inst-7")
+                    .meta("url", "https://x"),
+            )
+            .unwrap();
+        assert_eq!((job.status, job.attempt), (JobStatus::Queued, 0));
+        clock.advance(Duration::from_secs(1));
+        let worker = jobs.start(&job.id, None).unwrap();
+        assert_eq!(worker.attempt, 1);
+        jobs.set_stage(&worker, "transcribe").unwrap();
+        jobs.progress(&worker, "half way").unwrap();
+        jobs.set_stage(&worker, "analyze").unwrap();
+        // The result is kept and sent exactly as given, even with a "result" field.
+        let result = json!({ "result": { "title": "Episode 12" }, "credit_charged": true });
+        let done = jobs.complete(&worker, result.clone()).unwrap();
+        assert_eq!(done.status, JobStatus::Complete, "{name}");
+        assert_eq!(done.stages_done, ["transcribe", "analyze"]);
+        assert_eq!(done.result.as_ref(), Some(&result));
+        assert_eq!(done.completed_ms, Some(START_MS + 1000));
+        assert_eq!(done.progress.as_deref(), Some("half way"));
+        let events = jobs.events_since(&job.id, 0).unwrap().events;
+        assert_eq!(
+            kinds(&events),
+            ["started", "stage", "progress", "stage", "done"],
+            "{name}"
+        );
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            events[4].data, result,
+            "{name}: the done event must not rewrap the result"
+        );
+        assert_eq!(jobs.get(&job.id).unwrap().unwrap(), done);
+    }
+}
+
+#[test]
+fn invalid_transitions_are_typed_errors_that_change_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        assert!(
+            jobs.retry(&job.id).unwrap_err().is_invalid_transition(),
+            "{name}"
+        );
+        let worker = jobs.start(&job.id, None).unwrap();
+        assert!(
+            jobs.start(&job.id, None)
+                .unwrap_err()
+                .is_invalid_transition()
+        );
+        jobs.complete(&worker, json!(1)).unwrap();
+        let before = jobs.get(&job.id).unwrap().unwrap();
+        for err in [
+            jobs.complete(&worker, json!(2)).map(|_| ()).unwrap_err(),
+            jobs.fail(&worker, JobError::new("x"), Failure::Permanent)
+                .map(|_| ())
+                .unwrap_err(),
+            jobs.set_stage(&worker, "late").map(|_| ()).unwrap_err(),
+            jobs.start(&job.id, None).map(|_| ()).unwrap_err(),
+            jobs.cancel(&job.id).map(|_| ()).unwrap_err(),
+            jobs.retry(&job.id).map(|_| ()).unwrap_err(),
+        ] {
+            assert!(err.is_invalid_transition(), "{name}: {err}");
+            assert!(err.to_string().contains("complete"), "{err}");
+        }
+        assert_eq!(jobs.get(&job.id).unwrap().unwrap(), before, "{name}");
+        let err = jobs.start("no-such-job", None).unwrap_err();
+        assert!(matches!(err, Error::JobNotFound { .. }), "{err}");
+    }
+}
+
+#[test]
+fn a_transient_failure_requeues_with_a_retry_time() {
+    for (name, jobs, clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let first = jobs.start(&job.id, None).unwrap();
+        let retry_at = START_MS + 30_000;
+        let failed = jobs
+            .fail(
+                &first,
+                JobError::new("busy, retrying"),
+                Failure::Transient {
+                    retry_at_ms: retry_at,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            failed.status,
+            JobStatus::Queued,
+            "{name}: a transient failure is not terminal"
+        );
+        assert_eq!(failed.retry_at_ms, Some(retry_at));
+        clock.advance(Duration::from_millis(29_999));
+        assert!(
+            jobs.start(&job.id, None)
+                .unwrap_err()
+                .is_invalid_transition(),
+            "{name}: not due"
+        );
+        clock.advance(Duration::from_millis(1));
+        let second = jobs.start(&job.id, None).unwrap();
+        assert_eq!(second.attempt, 2);
+        // The first attempt's worker is stale now.
+        let err = jobs.complete(&first, json!("late")).unwrap_err();
+        assert!(err.is_stale_worker(), "{name}: {err}");
+        jobs.complete(&second, json!("ok")).unwrap();
+        let events = jobs.events_since(&job.id, 0).unwrap().events;
+        assert_eq!(kinds(&events), ["started", "retry", "started", "done"]);
+    }
+}
+
+#[test]
+fn a_permanent_failure_is_final_until_a_manual_retry() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let first = jobs.start(&job.id, None).unwrap();
+        let error = JobError::new("the file could not be decoded")
+            .internal("ffmpeg exit 1 at /srv/tmp/a.m4a")
+            .code("bad_media");
+        let failed = jobs
+            .fail(&first, error.clone(), Failure::Permanent)
+            .unwrap();
+        assert_eq!(failed.status, JobStatus::Failed, "{name}");
+        assert!(
+            jobs.start(&job.id, None)
+                .unwrap_err()
+                .is_invalid_transition()
+        );
+        let requeued = jobs.retry(&job.id).unwrap();
+        assert_eq!(requeued.status, JobStatus::Queued);
+        assert_eq!(
+            requeued.error.as_ref(),
+            Some(&error),
+            "the last error stays visible"
+        );
+        let second = jobs.start(&job.id, None).unwrap();
+        assert_eq!(second.attempt, 2);
+        jobs.complete(&second, json!({})).unwrap();
+        let events = jobs.events_since(&job.id, 0).unwrap().events;
+        assert_eq!(
+            kinds(&events),
+            ["started", "error", "requeued", "started", "done"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn cancel_is_final_and_stops_the_worker() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let queued = jobs.create(NewJob::new("k")).unwrap();
+        assert_eq!(
+            jobs.cancel(&queued.id).unwrap().status,
+            JobStatus::Cancelled,
+            "{name}"
+        );
+        let running = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&running.id, None).unwrap();
+        jobs.cancel(&running.id).unwrap();
+        let err = jobs.progress(&worker, "still going").unwrap_err();
+        assert!(err.is_invalid_transition(), "{name}: {err}");
+        assert!(
+            jobs.cancel(&running.id)
+                .unwrap_err()
+                .is_invalid_transition()
+        );
+        let events = jobs.events_since(&running.id, 0).unwrap().events;
+        assert_eq!(kinds(&events), ["started", "cancelled"]);
+        assert!(events[1].is_terminal());
+    }
+}
+
+#[test]
+fn a_paused_stale_worker_cannot_overwrite_the_job_after_a_takeover() {
+    let clock = ManualClock::new(START_MS);
+    let store = Arc::new(MemStore::new());
+    let locks = JobLock::new(Arc::clone(&store), Arc::new(clock.clone()));
+    let jobs = JobState::new(Arc::clone(&store), Arc::new(clock.clone()));
+    let job = jobs.create(NewJob::new("reindex")).unwrap();
+    let ttl = Duration::from_secs(60);
+    let lock_key = Key::new(["job", &job.id]).unwrap();
+
+    let Acquire::Acquired(lease_a) = locks.acquire(&lock_key, ttl, &LockRequest::new()).unwrap()
+    else {
+        panic!("free")
+    };
+    let worker_a = jobs.start(&job.id, Some(lease_a.token())).unwrap();
+    jobs.set_stage(&worker_a, "embed").unwrap();
+    let _ = lease_a.into_handle(); // A pauses (GC, swap, a stopped VM) past its lease
+
+    clock.advance(ttl);
+    let Acquire::Acquired(lease_b) = locks.acquire(&lock_key, ttl, &LockRequest::new()).unwrap()
+    else {
+        panic!("expired")
+    };
+    assert!(lease_b.token() > worker_a.token.unwrap());
+    let worker_b = jobs.start(&job.id, Some(lease_b.token())).unwrap();
+    assert_eq!(worker_b.attempt, 2);
+
+    // A wakes up and carries on: every change is refused.
+    for err in [
+        jobs.progress(&worker_a, "99%").map(|_| ()).unwrap_err(),
+        jobs.complete(&worker_a, json!("stale result"))
+            .map(|_| ())
+            .unwrap_err(),
+        jobs.fail(&worker_a, JobError::new("x"), Failure::Permanent)
+            .map(|_| ())
+            .unwrap_err(),
+    ] {
+        assert!(err.is_stale_worker(), "{err}");
+    }
+    // An older token cannot take the job back either.
+    assert!(
+        jobs.start(&job.id, worker_a.token)
+            .unwrap_err()
+            .is_stale_worker()
+    );
+    let done = jobs.complete(&worker_b, json!("fresh result")).unwrap();
+    assert_eq!(done.result, Some(json!("fresh result")));
+    assert_eq!(done.fencing, Some(lease_b.token()));
+}
+
+#[test]
+fn the_client_view_never_shows_the_internal_message() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let secret = "connect to 10.1.2.3:5432 failed for user relay_admin";
+        let job = jobs
+            .create(NewJob::new("k").meta("internal_note", "do not show"))
+            .unwrap();
+        let worker = jobs.start(&job.id, None).unwrap();
+        jobs.fail(
+            &worker,
+            JobError::new("the database is unavailable").internal(secret),
+            Failure::Permanent,
+        )
+        .unwrap();
+        let view = serde_json::to_string(&jobs.client_view(&job.id).unwrap().unwrap()).unwrap();
+        assert!(
+            !view.contains("10.1.2.3") && !view.contains("do not show"),
+            "{name}: {view}"
+        );
+        assert!(view.contains("the database is unavailable"));
+        let events = serde_json::to_string(&jobs.events_since(&job.id, 0).unwrap().events).unwrap();
+        assert!(!events.contains("10.1.2.3"), "{name}: {events}");
+        // Operators still see it.
+        let record = jobs.get(&job.id).unwrap().unwrap();
+        assert_eq!(record.error.unwrap().internal_message(), secret);
+
+        // Without a client message, clients get the fixed default.
+        let other = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&other.id, None).unwrap();
+        jobs.fail(&worker, JobError::internal_only(secret), Failure::Permanent)
+            .unwrap();
+        let view = jobs.client_view(&other.id).unwrap().unwrap();
+        assert_eq!(view.error.unwrap().message, DEFAULT_CLIENT_MESSAGE);
+    }
+}
+
+#[test]
+fn progress_messages_are_bounded() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    let long = "é".repeat(MAX_PROGRESS_LEN);
+    let kept = jobs.progress(&worker, &long).unwrap().progress.unwrap();
+    assert!(kept.len() <= MAX_PROGRESS_LEN && long.starts_with(&kept) && !kept.is_empty());
+}
+
+#[test]
+fn the_event_log_is_bounded_and_says_what_it_dropped() {
+    for (name, _, clock, dir) in backends() {
+        let store: Arc<dyn Store> = match &dir {
+            Some(dir) => Arc::new(DirStore::open(dir.path().join("bounded")).unwrap()),
+            None => Arc::new(MemStore::new()),
+        };
+        let jobs = JobState::new(Arc::clone(&store), Arc::new(clock)).max_events(5);
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&job.id, None).unwrap(); // event 1
+        for i in 0..11 {
+            jobs.append_event(&worker, "window", json!({ "i": i }))
+                .unwrap(); // 2..=12
+        }
+        let record = jobs.get(&job.id).unwrap().unwrap();
+        assert_eq!(
+            (
+                record.events.first_seq,
+                record.events.next_seq,
+                record.events.dropped
+            ),
+            (8, 13, 7),
+            "{name}"
+        );
+        let page = jobs.events_since(&job.id, 0).unwrap();
+        assert_eq!(
+            page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [8, 9, 10, 11, 12]
+        );
+        assert_eq!(page.dropped, 7, "{name}: the drop is visible");
+        let page = jobs.events_since(&job.id, 9).unwrap();
+        assert_eq!((page.events.len(), page.dropped), (3, 0));
+        // Exactly the kept events are stored.
+        let stored = store
+            .list_all(&jobsafe::Prefix::new(["jobs", "event"]).unwrap())
+            .unwrap();
+        assert_eq!(stored.len(), 5, "{name}");
+    }
+}
+
+#[test]
+fn reserved_event_types_are_refused() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    for kind in ["done", "error", "cancelled", ""] {
+        let err = jobs.append_event(&worker, kind, json!({})).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{kind:?}: {err}");
+    }
+}
+
+#[test]
+fn a_late_subscriber_replays_then_follows_live_under_concurrent_appends() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&job.id, None).unwrap();
+        for i in 0..5 {
+            jobs.append_event(&worker, "early", json!(i)).unwrap();
+        }
+        let mut subscription = jobs.subscribe(&job.id, 0).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..3 {
+                let (jobs, worker) = (&jobs, &worker);
+                scope.spawn(move || {
+                    for i in 0..20 {
+                        jobs.append_event(worker, "window", json!({ "t": t, "i": i }))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        jobs.complete(&worker, json!("end")).unwrap();
+        let mut seen = Vec::new();
+        while let Some(event) = subscription.next_event().unwrap() {
+            seen.push(event);
+        }
+        let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=67).collect::<Vec<_>>(),
+            "{name}: every event once, in order"
+        );
+        assert_eq!(seen, jobs.events_since(&job.id, 0).unwrap().events);
+        assert!(subscription.is_finished());
+    }
+}
+
+#[test]
+fn a_subscriber_from_a_sequence_number_gets_only_what_follows() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    for i in 0..4 {
+        jobs.append_event(&worker, "e", json!(i)).unwrap();
+    }
+    let mut subscription = jobs.subscribe(&job.id, 3).unwrap();
+    jobs.append_event(&worker, "e", json!(4)).unwrap();
+    // Stored 4 and 5 ("started" was 1), then live 6.
+    let seqs: Vec<u64> = (0..3)
+        .map(|_| subscription.next_event().unwrap().unwrap().seq)
+        .collect();
+    assert_eq!(seqs, [4, 5, 6]);
+    assert!(subscription.try_next_event().unwrap().is_none());
+}
+
+#[test]
+fn a_slow_subscriber_catches_up_from_the_store_without_blocking_writers() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0))).subscriber_buffer(2);
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    let mut slow = jobs.subscribe(&job.id, 0).unwrap();
+    // The writer never waits for the subscriber, whose buffer holds 2.
+    for i in 0..50 {
+        jobs.append_event(&worker, "e", json!(i)).unwrap();
+    }
+    jobs.complete(&worker, json!(null)).unwrap();
+    let mut seqs = Vec::new();
+    while let Some(event) = slow.next_event().unwrap() {
+        seqs.push(event.seq);
+    }
+    assert_eq!(seqs, (1..=52).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_panicking_subscriber_does_not_affect_the_others() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    let mut healthy = jobs.subscribe(&job.id, 0).unwrap();
+    let doomed = jobs.subscribe(&job.id, 0).unwrap();
+    let crashed = std::thread::spawn(move || {
+        let _subscription = doomed;
+        panic!("a subscriber's handler panics");
+    })
+    .join();
+    assert!(crashed.is_err());
+    jobs.append_event(&worker, "e", json!(1)).unwrap();
+    jobs.complete(&worker, json!(2)).unwrap();
+    let mut kinds_seen = Vec::new();
+    while let Some(event) = healthy.next_event().unwrap() {
+        kinds_seen.push(event.kind);
+    }
+    assert_eq!(kinds_seen, ["started", "e", "done"]);
+}
+
+#[test]
+fn follow_reads_the_same_stream_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let clock = ManualClock::new(START_MS);
+    let writer = JobState::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    // Another process: its own store handle and job state, no shared hub.
+    let reader = JobState::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    let job = writer.create(NewJob::new("k")).unwrap();
+    let worker = writer.start(&job.id, None).unwrap();
+    let mut follower = reader
+        .follow(&job.id, 0, Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(kinds(&follower.poll().unwrap()), ["started"]);
+    assert!(follower.poll().unwrap().is_empty());
+    writer.progress(&worker, "1/2").unwrap();
+    writer.progress(&worker, "2/2").unwrap();
+    assert_eq!(kinds(&follower.poll().unwrap()), ["progress", "progress"]);
+    writer.complete(&worker, json!({"ok": true})).unwrap();
+    let last = follower.next_event().unwrap().unwrap();
+    assert_eq!(last.kind, "done");
+    assert!(follower.is_finished());
+    assert!(follower.next_event().unwrap().is_none());
+}
+
+#[test]
+fn a_restarted_process_sees_jobs_and_events_and_recovers_abandoned_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let clock = ManualClock::new(START_MS);
+    let (requeue_id, fail_id, events_before) = {
+        let jobs = JobState::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+        let a = jobs.create(NewJob::new("transcribe")).unwrap();
+        let b = jobs.create(NewJob::new("charge")).unwrap();
+        let wa = jobs.start(&a.id, None).unwrap();
+        jobs.progress(&wa, "10%").unwrap();
+        jobs.start(&b.id, None).unwrap();
+        let events = jobs.events_since(&a.id, 0).unwrap().events;
+        (a.id, b.id, events)
+    }; // the process dies here
+    let jobs = JobState::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    assert_eq!(
+        jobs.events_since(&requeue_id, 0).unwrap().events,
+        events_before
+    );
+    assert_eq!(
+        jobs.get(&requeue_id).unwrap().unwrap().status,
+        JobStatus::Running
+    );
+
+    // Not stale yet: nothing recovered.
+    let stale = Duration::from_secs(120);
+    assert!(jobs.recover(stale, Recovery::Requeue).unwrap().is_empty());
+    clock.advance(stale);
+    let recovered = jobs
+        .recover_where(Recovery::Requeue, |job| job.kind == "transcribe")
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    let failed = jobs.recover(stale, Recovery::Fail).unwrap();
+    assert_eq!(
+        failed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [fail_id.as_str()]
+    );
+
+    let requeued = jobs.get(&requeue_id).unwrap().unwrap();
+    assert_eq!(requeued.status, JobStatus::Queued);
+    let again = jobs.start(&requeue_id, None).unwrap();
+    assert_eq!(again.attempt, 2);
+    let failed = jobs.get(&fail_id).unwrap().unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.error.unwrap().error_code(), Some("interrupted"));
+    let events = jobs.events_since(&requeue_id, 0).unwrap().events;
+    assert_eq!(
+        kinds(&events),
+        ["started", "progress", "requeued", "started"]
+    );
+}
+
+#[test]
+fn list_filters_by_status_kind_and_owner() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let a = jobs
+        .create(NewJob::new("transcribe").owner("alice"))
+        .unwrap();
+    jobs.create(NewJob::new("transcribe").owner("bob")).unwrap();
+    jobs.create(NewJob::new("summarize").owner("alice"))
+        .unwrap();
+    jobs.start(&a.id, None).unwrap();
+    let ids = |filter: JobFilter| jobs.list(&filter).unwrap().jobs.len();
+    assert_eq!(ids(JobFilter::default()), 3);
+    assert_eq!(
+        ids(JobFilter {
+            status: Some(JobStatus::Running),
+            ..JobFilter::default()
+        }),
+        1
+    );
+    assert_eq!(
+        ids(JobFilter {
+            kind: Some("transcribe".into()),
+            ..JobFilter::default()
+        }),
+        2
+    );
+    assert_eq!(
+        ids(JobFilter {
+            owner: Some("alice".into()),
+            kind: Some("summarize".into()),
+            ..JobFilter::default()
+        }),
+        1
+    );
+}
+
+#[test]
+fn purge_removes_old_finished_and_never_started_jobs_with_their_events() {
+    for (name, jobs, clock, _dir) in backends() {
+        let day = Duration::from_secs(24 * 3600);
+        let finish = |status: JobStatus| {
+            let job = jobs.create(NewJob::new("k")).unwrap();
+            if status == JobStatus::Queued {
+                return job.id;
+            }
+            let worker = jobs.start(&job.id, None).unwrap();
+            match status {
+                JobStatus::Complete => drop(jobs.complete(&worker, json!(1)).unwrap()),
+                JobStatus::Failed => drop(
+                    jobs.fail(&worker, JobError::new("x"), Failure::Permanent)
+                        .unwrap(),
+                ),
+                JobStatus::Cancelled => drop(jobs.cancel(&job.id).unwrap()),
+                _ => {}
+            }
+            job.id
+        };
+        let old: Vec<String> = [
+            JobStatus::Complete,
+            JobStatus::Complete,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+            JobStatus::Running,
+        ]
+        .into_iter()
+        .map(finish)
+        .collect();
+        let never_started = finish(JobStatus::Queued);
+        clock.advance(day * 2);
+        let recent = finish(JobStatus::Complete);
+        let counts = jobs.purge(day, day * 7).unwrap();
+        assert_eq!(
+            (
+                counts.complete,
+                counts.failed,
+                counts.cancelled,
+                counts.queued
+            ),
+            (2, 1, 1, 0),
+            "{name}"
+        );
+        assert!(
+            jobs.get(&old[4]).unwrap().is_some(),
+            "running jobs are never purged"
+        );
+        assert!(jobs.get(&recent).unwrap().is_some());
+        assert!(jobs.get(&old[0]).unwrap().is_none());
+        assert!(jobs.events_since(&old[0], 0).is_err());
+        clock.advance(day * 6);
+        let counts = jobs.purge(day, day * 7).unwrap();
+        assert_eq!((counts.complete, counts.queued), (1, 1), "{name}");
+        assert!(jobs.get(&never_started).unwrap().is_none());
+    }
+}
+
+#[test]
+fn delete_removes_a_job_and_its_events_but_not_a_running_one() {
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(Arc::clone(&store), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    assert!(jobs.delete(&job.id).unwrap_err().is_invalid_transition());
+    jobs.complete(&worker, json!(1)).unwrap();
+    assert!(jobs.delete(&job.id).unwrap());
+    assert!(!jobs.delete(&job.id).unwrap());
+    assert!(store.list_all(&jobsafe::Prefix::all()).unwrap().is_empty());
+}
+
+#[test]
+fn a_client_chosen_id_is_created_once() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    jobs.create(NewJob::new("k").id("req-42")).unwrap();
+    assert!(
+        jobs.create(NewJob::new("k").id("req-42"))
+            .unwrap_err()
+            .is_conflict()
+    );
+    assert!(jobs.create(NewJob::new("")).is_err());
+}
