@@ -15,7 +15,11 @@
 //! then times one or more operations with [`time_ops`]. [`kv`] adapts any key-value
 //! store (a jobsafe [`Store`](jobsafe::Store), SQLite, a JSON file) to one workload.
 
+// Each bench compiles this harness and uses a part of it.
+#![allow(dead_code)]
+
 pub(crate) mod atomic;
+pub(crate) mod jobs;
 pub(crate) mod kv;
 pub(crate) mod naive;
 pub(crate) mod raw;
