@@ -288,6 +288,11 @@ impl<S: Store> JobState<S> {
     /// start): the stored ones first, then live ones as they are appended in this
     /// process.
     ///
+    /// Live events come from appends made through this `JobState` or its clones:
+    /// give every part of a process the same one. Appends made by another
+    /// instance or process reach it only through the store: use
+    /// [`follow`](JobState::follow) for those.
+    ///
     /// # Errors
     /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
     pub fn subscribe(&self, id: &str, after: u64) -> Result<Subscription<S>> {
