@@ -39,7 +39,7 @@ impl<S: Store> JobState<S> {
     /// last seen id (SSE `Last-Event-ID`).
     ///
     /// # Errors
-    /// [`Error::JobNotFound`](crate::Error::JobNotFound); [`Error::Corrupt`]
+    /// [`Error::JobNotFound`](crate::Error::JobNotFound); [`Error::Corrupt`](crate::Error::Corrupt)
     /// naming an unreadable event; store errors.
     pub fn events_since(&self, id: &str, after: u64) -> Result<EventPage> {
         let (job, _) = self.read_required(id)?;
