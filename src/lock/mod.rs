@@ -441,3 +441,7 @@ fn positive_ms(d: Duration, what: &str) -> Result<u64> {
         ms => Ok(ms),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests;
