@@ -13,12 +13,9 @@
 //!
 //! A contender is a [`Workload`]: it sets up fresh state in a directory of its own,
 //! then times one or more operations with [`time_ops`]. [`kv`] adapts any key-value
-//! store (a jobsafe [`Store`](jobsafe::Store), SQLite, a JSON file) to one workload,
-//! and [`lease`] any lease lock (jobsafe's `JobLock`, a SQLite lease table, a map).
+//! store (a jobsafe [`Store`](jobsafe::Store), SQLite, a JSON file) to one workload.
 
-// Every bench compiles this harness into its own crate and uses only part of it
-// (the store bench has no locks, the lock bench no key-value workloads), so what
-// one bench leaves unused is not dead code.
+// Each bench compiles this harness and uses a part of it.
 #![allow(dead_code)]
 
 pub(crate) mod atomic;
