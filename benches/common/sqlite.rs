@@ -1,11 +1,13 @@
-//! SQLite as a [`KvEngine`]: the embedded database a service would otherwise reach
-//! for, set up as it is usually recommended (WAL) and given its best schema.
+//! SQLite as a [`KvEngine`] and as a [`LeaseEngine`]: the embedded database a
+//! service would otherwise reach for, set up as it is usually recommended (WAL) and
+//! given its best schema.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::kv::KvEngine;
+use super::lease::{self, LeaseEngine};
 use super::{BenchResult, Syncs};
 
 /// SQLite's `synchronous` setting in WAL mode.
@@ -36,20 +38,27 @@ const UPDATE: &str =
     "UPDATE kv SET value = ?1, version = version + 1 WHERE key = ?2 AND version = ?3";
 const GET: &str = "SELECT value FROM kv WHERE key = ?1";
 
+/// Creates the database `path` in WAL mode with `synchronous`, with the tables of
+/// `schema`.
+fn open(path: &Path, synchronous: Synchronous, schema: &str) -> BenchResult<Connection> {
+    let conn = Connection::open(path)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("SQLite refused WAL mode (journal_mode = {mode})").into());
+    }
+    let level = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
 impl SqliteEngine {
     /// Creates the database `kv.sqlite3` in `dir` in WAL mode with `synchronous`.
     pub(crate) fn open(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
-        let conn = Connection::open(dir.join("kv.sqlite3"))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(format!("SQLite refused WAL mode (journal_mode = {mode})").into());
-        }
-        let level = match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", level)?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = open(&dir.join("kv.sqlite3"), synchronous, SCHEMA)?;
         Ok(SqliteEngine { conn })
     }
 }
@@ -89,6 +98,71 @@ impl KvEngine for SqliteEngine {
 
     fn syncs(&self) -> Syncs {
         // SQLite flushes through its own VFS, which jobsafe's layer cannot see.
+        Syncs::Uncounted
+    }
+}
+
+/// A lease table as a service would keep one: a row per held lock, taken by one
+/// upsert that succeeds only where no row is or the row's lease has ended, and
+/// released by a delete that matches the holder. Each statement is its own
+/// autocommit transaction, durable when it returns at `synchronous = FULL`.
+///
+/// The upsert takes a lease over once `expires_at < now`, a millisecond after
+/// [`JobLock`](jobsafe::JobLock) would (at `expires_at`); the bench's leases never
+/// end, so this does not matter here.
+#[derive(Debug)]
+pub(crate) struct SqliteLease {
+    conn: Connection,
+}
+
+const LOCK_SCHEMA: &str = "CREATE TABLE locks (
+    key TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID";
+const LOCK_ACQUIRE: &str = "INSERT INTO locks (key, holder, expires_at) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+    WHERE locks.expires_at < ?4";
+const LOCK_RELEASE: &str = "DELETE FROM locks WHERE key = ?1 AND holder = ?2";
+
+impl SqliteLease {
+    /// Creates the database `locks.sqlite3` in `dir` in WAL mode with `synchronous`.
+    pub(crate) fn open(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
+        let conn = open(&dir.join("locks.sqlite3"), synchronous, LOCK_SCHEMA)?;
+        Ok(SqliteLease { conn })
+    }
+}
+
+impl LeaseEngine for SqliteLease {
+    type Key = String;
+    /// The holder id, unique per acquire as [`JobLock`](jobsafe::JobLock)'s job ids
+    /// are.
+    type Held = String;
+
+    fn key(&mut self, name: &str) -> BenchResult<String> {
+        Ok(name.to_owned())
+    }
+
+    fn acquire(&mut self, key: &String) -> BenchResult<Option<String>> {
+        let holder = uuid::Uuid::now_v7().to_string();
+        let now = i64::try_from(lease::now_ms())?;
+        let expires = now.saturating_add(i64::try_from(lease::TTL.as_millis())?);
+        let changed = self
+            .conn
+            .prepare_cached(LOCK_ACQUIRE)?
+            .execute(params![key, holder, expires, now])?;
+        Ok((changed == 1).then_some(holder))
+    }
+
+    fn release(&mut self, key: &String, holder: String) -> BenchResult<bool> {
+        let deleted = self
+            .conn
+            .prepare_cached(LOCK_RELEASE)?
+            .execute(params![key, holder])?;
+        Ok(deleted == 1)
+    }
+
+    fn syncs(&self) -> Syncs {
         Syncs::Uncounted
     }
 }

@@ -147,7 +147,7 @@ impl<S: Store> LockGuard<S> {
     /// As [`JobLock::release`]; the guard is disarmed either way.
     pub fn release(mut self) -> Result<Release> {
         self.armed = false;
-        self.lock.release(&self.handle())
+        self.lock.release_record(&self.record)
     }
 
     /// Gives up the guard without releasing the lock, for a holder that hands its
@@ -162,7 +162,7 @@ impl<S: Store> Drop for LockGuard<S> {
     fn drop(&mut self) {
         if self.armed {
             // Best effort: if the store cannot be reached the lease ends anyway.
-            let _ = self.lock.release(&self.handle());
+            let _ = self.lock.release_record(&self.record);
         }
     }
 }

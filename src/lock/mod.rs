@@ -279,9 +279,39 @@ impl<S: Store> JobLock<S> {
     /// # Errors
     /// As [`acquire`](JobLock::acquire).
     pub fn release(&self, holder: &LockHandle) -> Result<Release> {
-        let stored_key = self.stored_key(&holder.key)?;
+        self.release_stored(&self.stored_key(&holder.key)?, holder)
+    }
+
+    /// Releases the lock whose holder last wrote `record` (by acquiring or
+    /// renewing it), as [`release`](JobLock::release) does, but first tries a
+    /// delete at `record`'s version without reading the lock. A store never
+    /// reuses a version for a key, so that delete succeeds exactly when the lock
+    /// is still the record the holder wrote, and then there is nothing to decide.
+    /// If the lock changed since (renewed through a handle, taken over, forced
+    /// free) it fails as a conflict, and the lock is read and decided on as by
+    /// `release`.
+    pub(super) fn release_record(&self, record: &LockRecord) -> Result<Release> {
+        let stored_key = self.stored_key(&record.key)?;
+        match self
+            .store
+            .delete(&stored_key, Expect::Version(record.version))
+        {
+            Ok(_) => Ok(Release::Released),
+            Err(e) if e.is_conflict() => {
+                let holder = LockHandle {
+                    key: record.key.clone(),
+                    job_id: record.job_id.clone(),
+                    token: record.token,
+                };
+                self.release_stored(&stored_key, &holder)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn release_stored(&self, stored_key: &Key, holder: &LockHandle) -> Result<Release> {
         loop {
-            let Some((stored, version)) = self.read(&stored_key)? else {
+            let Some((stored, version)) = self.read(stored_key)? else {
                 return Ok(Release::AlreadyGone);
             };
             let token = stored.token.unwrap_or(token_of(version));
@@ -289,7 +319,7 @@ impl<S: Store> JobLock<S> {
                 let current = stored.into_record(holder.key.clone(), version);
                 return Ok(Release::OwnedByAnother(current));
             }
-            match self.store.delete(&stored_key, Expect::Version(version)) {
+            match self.store.delete(stored_key, Expect::Version(version)) {
                 Ok(_) => return Ok(Release::Released),
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e),
@@ -445,3 +475,7 @@ fn positive_ms(d: Duration, what: &str) -> Result<u64> {
         ms => Ok(ms),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests;
