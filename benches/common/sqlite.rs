@@ -39,19 +39,26 @@ const GET: &str = "SELECT value FROM kv WHERE key = ?1";
 impl SqliteEngine {
     /// Creates the database `kv.sqlite3` in `dir` in WAL mode with `synchronous`.
     pub(crate) fn open(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
-        let conn = Connection::open(dir.join("kv.sqlite3"))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(format!("SQLite refused WAL mode (journal_mode = {mode})").into());
-        }
-        let level = match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", level)?;
+        let conn = connect(&dir.join("kv.sqlite3"), synchronous)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteEngine { conn })
     }
+}
+
+/// Opens (creating if missing) the database at `path` in WAL mode with
+/// `synchronous`: the set-up every SQLite contender shares.
+pub(crate) fn connect(path: &Path, synchronous: Synchronous) -> BenchResult<Connection> {
+    let conn = Connection::open(path)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("SQLite refused WAL mode (journal_mode = {mode})").into());
+    }
+    let level = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
+    Ok(conn)
 }
 
 impl KvEngine for SqliteEngine {
