@@ -17,6 +17,10 @@
 
 pub(crate) mod atomic;
 pub(crate) mod kv;
+// Each bench compiles this harness on its own; benches other than `ledger` leave
+// the ledger contenders unused.
+#[allow(dead_code)]
+pub(crate) mod ledger;
 pub(crate) mod naive;
 pub(crate) mod raw;
 pub(crate) mod report;
