@@ -12,7 +12,10 @@
 //!    design of rewriting one JSON file of every reservation per new one (1 thread
 //!    only: it has one writer). Every contender starts each round with 1,000
 //!    reservations; the naive file runs again with 100,000 (few operations: each
-//!    rewrites the whole file).
+//!    rewrites the whole file). The naive file runs last, in rounds of its own:
+//!    its every write frees an inode, which slows the file creations of whatever
+//!    runs after it on ext4 without a journal (see `common::ledger`), so its
+//!    ratios to `DirStore` pair rounds run minutes apart.
 //! 2. Flatness: new reserves (1 thread) into a `DirStore` ledger of 1,000 and of
 //!    100,000 reservations, and into a `MemStore` ledger of 1,000 and of
 //!    1,000,000. Each ledger is loaded once, before the rounds; `DirStore` through
@@ -78,10 +81,11 @@ fn main() -> BenchResult {
         sizes.base,
     );
 
-    let throughput = throughput(&config, &sizes, &mut run)?;
+    let mut throughput = throughput(&config, &sizes, &mut run)?;
     let mut setup = Table::new(["set-up", "reservations", "load secs", "sync secs"]);
     let dir_flat = dir_flatness(&config, &sizes, &mut run, &mut setup)?;
     let mem_flat = mem_flatness(&config, &sizes, &mut run, &mut setup)?;
+    throughput.extend(naive(&config, &sizes, &mut run)?);
 
     let mut all = throughput.clone();
     all.extend(dir_flat.iter().cloned());
@@ -117,12 +121,11 @@ fn main() -> BenchResult {
     Ok(())
 }
 
-/// Every contender on fresh state per round.
+/// Every contender but the naive file on fresh state per round.
 fn throughput(config: &Config, sizes: &Sizes, run: &mut RunDir) -> BenchResult<Vec<Measurement>> {
     let durable = config.ops(DURABLE_OPS);
     let fast = config.ops(FAST_OPS);
     let base = sizes.base;
-    let large = sizes.naive_large;
     interleave(
         config,
         run,
@@ -144,10 +147,25 @@ fn throughput(config: &Config, sizes: &Sizes, run: &mut RunDir) -> BenchResult<V
                 fast,
                 THREADS,
             ),
+        ],
+    )
+}
+
+/// The naive file at both sizes, in rounds of their own after every other
+/// bench: each of its writes frees the inode of the file it replaces, which
+/// would make the file creations of `DirStore` measured after it slower (see
+/// `common::ledger`).
+fn naive(config: &Config, sizes: &Sizes, run: &mut RunDir) -> BenchResult<Vec<Measurement>> {
+    let (small, large) = (sizes.base, sizes.naive_large);
+    interleave(
+        config,
+        run,
+        config.ops(NAIVE_SMALL_OPS),
+        &mut [
             &mut ReserveWorkload::new(
-                format!("naive_json_{}", size_label(base)),
+                format!("naive_json_{}", size_label(small)),
                 NaiveLedger::open,
-                base,
+                small,
                 config.ops(NAIVE_SMALL_OPS),
                 THREADS,
             ),
