@@ -22,6 +22,7 @@ pub(crate) mod atomic;
 pub(crate) mod jobs;
 pub(crate) mod kv;
 pub(crate) mod lease;
+pub(crate) mod ledger;
 pub(crate) mod naive;
 pub(crate) mod raw;
 pub(crate) mod report;

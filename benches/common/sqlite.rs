@@ -38,9 +38,8 @@ const UPDATE: &str =
     "UPDATE kv SET value = ?1, version = version + 1 WHERE key = ?2 AND version = ?3";
 const GET: &str = "SELECT value FROM kv WHERE key = ?1";
 
-/// Creates the database `path` in WAL mode with `synchronous`, with the tables of
-/// `schema`.
-fn open(path: &Path, synchronous: Synchronous, schema: &str) -> BenchResult<Connection> {
+/// Opens (creating) the database `path` in WAL mode with `synchronous`.
+pub(crate) fn connect(path: &Path, synchronous: Synchronous) -> BenchResult<Connection> {
     let conn = Connection::open(path)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -51,6 +50,12 @@ fn open(path: &Path, synchronous: Synchronous, schema: &str) -> BenchResult<Conn
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", level)?;
+    Ok(conn)
+}
+
+/// Creates the database `path` as [`connect`] does, with the tables of `schema`.
+fn open(path: &Path, synchronous: Synchronous, schema: &str) -> BenchResult<Connection> {
+    let conn = connect(path, synchronous)?;
     conn.execute_batch(schema)?;
     Ok(conn)
 }
