@@ -1,6 +1,6 @@
 //! The in-process store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
 use parking_lot::{Mutex, RwLock};
@@ -37,9 +37,13 @@ pub struct MemStore {
     quarantine: Mutex<Vec<(Key, Vec<u8>)>>,
 }
 
+/// The records, indexed twice: a hash map for point operations, whose cost does
+/// not grow with the number of records, and an ordered set of keys for `list`,
+/// touched only when a key appears or disappears.
 #[derive(Debug, Default)]
 struct State {
-    records: BTreeMap<Key, Entry>,
+    records: HashMap<Key, Entry>,
+    order: BTreeSet<Key>,
     last_version: u64,
 }
 
@@ -51,6 +55,26 @@ impl State {
 
     fn current(&self, key: &Key) -> Option<Version> {
         self.records.get(key).map(|e| e.version)
+    }
+
+    fn insert(&mut self, key: &Key, value: Vec<u8>) -> Version {
+        let version = self.next_version();
+        let entry = Entry { value, version };
+        if let Some(existing) = self.records.get_mut(key) {
+            *existing = entry;
+        } else {
+            self.records.insert(key.clone(), entry);
+            self.order.insert(key.clone());
+        }
+        version
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let removed = self.records.remove(key);
+        if removed.is_some() {
+            self.order.remove(key);
+        }
+        removed
     }
 }
 
@@ -74,19 +98,13 @@ impl Store for MemStore {
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
         let mut state = self.state.write();
         expect.check(key, state.current(key))?;
-        let version = state.next_version();
-        let entry = Entry {
-            value: value.to_vec(),
-            version,
-        };
-        state.records.insert(key.clone(), entry);
-        Ok(version)
+        Ok(state.insert(key, value.to_vec()))
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
         let mut state = self.state.write();
         expect.check(key, state.current(key))?;
-        Ok(state.records.remove(key).is_some())
+        Ok(state.remove(key).is_some())
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
@@ -97,9 +115,8 @@ impl Store for MemStore {
             _ => Bound::Included(Key::bound_of(prefix)),
         };
         let mut keys: Vec<Key> = state
-            .records
+            .order
             .range((start, Bound::Unbounded))
-            .map(|(k, _)| k)
             .take_while(|k| k.starts_with(prefix))
             .take(limit + 1)
             .cloned()
@@ -123,16 +140,8 @@ impl Store for MemStore {
             .ops()
             .iter()
             .map(|op| match op {
-                Op::Put { key, value, .. } => {
-                    let version = state.next_version();
-                    let entry = Entry {
-                        value: value.clone(),
-                        version,
-                    };
-                    state.records.insert(key.clone(), entry);
-                    Applied::Put(version)
-                }
-                Op::Delete { key, .. } => Applied::Deleted(state.records.remove(key).is_some()),
+                Op::Put { key, value, .. } => Applied::Put(state.insert(key, value.clone())),
+                Op::Delete { key, .. } => Applied::Deleted(state.remove(key).is_some()),
             })
             .collect();
         Ok(applied)
@@ -140,7 +149,7 @@ impl Store for MemStore {
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
         let mut state = self.state.write();
-        let Some(entry) = state.records.remove(key) else {
+        let Some(entry) = state.remove(key) else {
             return Ok(None);
         };
         let mut moved = self.quarantine.lock();
