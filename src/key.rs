@@ -81,14 +81,6 @@ impl Key {
         self.segments.starts_with(&prefix.segments)
     }
 
-    /// A key with the prefix's segments, for use as a range bound only (it may be
-    /// empty, which no stored key is).
-    pub(crate) fn bound_of(prefix: &Prefix) -> Key {
-        Key {
-            segments: prefix.segments.clone(),
-        }
-    }
-
     /// The prefix made of all of this key's segments.
     pub fn as_prefix(&self) -> Prefix {
         Prefix {

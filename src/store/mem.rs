@@ -1,5 +1,6 @@
 //! The in-process store.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
@@ -39,40 +40,84 @@ pub struct MemStore {
 
 /// The records, indexed twice: a hash map for point operations, whose cost does
 /// not grow with the number of records, and an ordered set of keys for `list`,
-/// touched only when a key appears or disappears.
+/// touched only when a key appears or disappears. Both hold keys [`pack`]ed into
+/// one byte string, so that a comparison reads one allocation, not one per
+/// segment.
 #[derive(Debug, Default)]
 struct State {
-    records: HashMap<Key, Entry>,
-    order: BTreeSet<Key>,
+    records: HashMap<Packed, Entry>,
+    order: BTreeSet<Packed>,
     last_version: u64,
 }
 
-impl State {
-    fn next_version(&mut self) -> Version {
-        self.last_version += 1;
-        Version::new(self.last_version)
-    }
+/// A key as one byte string: see [`pack`].
+type Packed = Box<[u8]>;
 
-    fn current(&self, key: &Key) -> Option<Version> {
-        self.records.get(key).map(|e| e.version)
-    }
-
-    fn insert(&mut self, key: &Key, value: Vec<u8>) -> Version {
-        let version = self.next_version();
-        let entry = Entry { value, version };
-        if let Some(existing) = self.records.get_mut(key) {
-            *existing = entry;
-        } else {
-            self.records.insert(key.clone(), entry);
-            self.order.insert(key.clone());
+/// Joins the segments with NUL, which no segment contains and which sorts below
+/// every other byte: byte order of packed keys is key order, and a packed prefix
+/// followed by NUL (or nothing) starts exactly the keys under that prefix.
+fn pack<S: AsRef<str>>(segments: &[S]) -> Packed {
+    let mut bytes = Vec::with_capacity(segments.iter().map(|s| s.as_ref().len() + 1).sum());
+    for (i, segment) in segments.iter().enumerate() {
+        if i > 0 {
+            bytes.push(0);
         }
-        version
+        bytes.extend_from_slice(segment.as_ref().as_bytes());
+    }
+    bytes.into_boxed_slice()
+}
+
+fn unpack(bytes: &[u8]) -> Result<Key> {
+    let segments = bytes
+        .split(|&b| b == 0)
+        .map(|segment| String::from_utf8_lossy(segment).into_owned());
+    Key::new(segments)
+}
+
+/// Whether the packed `key` is under the packed `prefix` (whole segments).
+fn is_under(key: &[u8], prefix: &[u8]) -> bool {
+    prefix.is_empty()
+        || key
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.first().is_none_or(|&b| b == 0))
+}
+
+impl State {
+    fn current(&self, key: &Key) -> Option<Version> {
+        self.records.get(&pack(key.segments())).map(|e| e.version)
+    }
+
+    fn get(&self, key: &Key) -> Option<&Entry> {
+        self.records.get(&pack(key.segments()))
+    }
+
+    /// Stores `value` at `key` if `expect` holds: one hash probe, and one ordered
+    /// insert if the key is new.
+    fn put(&mut self, key: &Key, value: Vec<u8>, expect: Expect) -> Result<Version> {
+        match self.records.entry(pack(key.segments())) {
+            Slot::Occupied(mut slot) => {
+                expect.check(key, Some(slot.get().version))?;
+                self.last_version += 1;
+                let version = Version::new(self.last_version);
+                slot.insert(Entry { value, version });
+                Ok(version)
+            }
+            Slot::Vacant(slot) => {
+                expect.check(key, None)?;
+                self.last_version += 1;
+                let version = Version::new(self.last_version);
+                self.order.insert(slot.key().clone());
+                slot.insert(Entry { value, version });
+                Ok(version)
+            }
+        }
     }
 
     fn remove(&mut self, key: &Key) -> Option<Entry> {
-        let removed = self.records.remove(key);
+        let packed = pack(key.segments());
+        let removed = self.records.remove(&packed);
         if removed.is_some() {
-            self.order.remove(key);
+            self.order.remove(&packed);
         }
         removed
     }
@@ -92,13 +137,11 @@ impl MemStore {
 
 impl Store for MemStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self.state.read().records.get(key).cloned())
+        Ok(self.state.read().get(key).cloned())
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        let mut state = self.state.write();
-        expect.check(key, state.current(key))?;
-        Ok(state.insert(key, value.to_vec()))
+        self.state.write().put(key, value.to_vec(), expect)
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
@@ -110,17 +153,18 @@ impl Store for MemStore {
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
         check_limit(limit)?;
         let state = self.state.read();
-        let start = match after {
-            Some(after) if *after >= Key::bound_of(prefix) => Bound::Excluded(after.clone()),
-            _ => Bound::Included(Key::bound_of(prefix)),
+        let prefix = pack(prefix.segments());
+        let start = match after.map(|after| pack(after.segments())) {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix.clone()),
         };
-        let mut keys: Vec<Key> = state
-            .order
-            .range((start, Bound::Unbounded))
-            .take_while(|k| k.starts_with(prefix))
-            .take(limit + 1)
-            .cloned()
-            .collect();
+        let mut keys = Vec::new();
+        for packed in state.order.range((start, Bound::Unbounded)) {
+            if !is_under(packed, &prefix) || keys.len() > limit {
+                break;
+            }
+            keys.push(unpack(packed)?);
+        }
         let next = if keys.len() > limit {
             keys.truncate(limit);
             keys.last().cloned()
@@ -136,15 +180,17 @@ impl Store for MemStore {
         for op in batch.ops() {
             op.expect().check(op.key(), state.current(op.key()))?;
         }
-        let applied = batch
+        // Every precondition held under this lock: the writes cannot fail.
+        batch
             .ops()
             .iter()
             .map(|op| match op {
-                Op::Put { key, value, .. } => Applied::Put(state.insert(key, value.clone())),
-                Op::Delete { key, .. } => Applied::Deleted(state.remove(key).is_some()),
+                Op::Put { key, value, .. } => {
+                    state.put(key, value.clone(), Expect::Any).map(Applied::Put)
+                }
+                Op::Delete { key, .. } => Ok(Applied::Deleted(state.remove(key).is_some())),
             })
-            .collect();
-        Ok(applied)
+            .collect()
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
