@@ -657,3 +657,116 @@ fn a_client_chosen_id_is_created_once() {
     );
     assert!(jobs.create(NewJob::new("")).is_err());
 }
+
+#[test]
+fn a_stream_goes_on_past_an_error_when_the_job_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let jobs = JobState::new(
+        DirStore::open(&root).unwrap(),
+        Arc::new(ManualClock::new(0)),
+    );
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let first = jobs.start(&job.id, None).unwrap();
+    jobs.fail(&first, JobError::new("bad input"), Failure::Permanent)
+        .unwrap();
+    jobs.retry(&job.id).unwrap();
+    let second = jobs.start(&job.id, None).unwrap();
+    jobs.complete(&second, json!("ok")).unwrap();
+    let expected = ["started", "error", "requeued", "started", "done"];
+
+    let mut subscription = jobs.subscribe(&job.id, 0).unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = subscription.next_event().unwrap() {
+        seen.push(event.kind);
+    }
+    assert_eq!(seen, expected);
+
+    let other = JobState::new(
+        DirStore::open(&root).unwrap(),
+        Arc::new(ManualClock::new(0)),
+    );
+    let mut follower = other.follow(&job.id, 0, Duration::from_millis(10)).unwrap();
+    assert_eq!(kinds(&follower.poll().unwrap()), expected);
+    assert!(follower.is_finished());
+}
+
+#[test]
+fn a_job_fenced_by_a_token_cannot_be_started_without_one() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs
+        .start(&job.id, Some(jobsafe::FencingToken::new(7)))
+        .unwrap();
+    jobs.fail(
+        &worker,
+        JobError::new("busy"),
+        Failure::Transient {
+            retry_at_ms: START_MS,
+        },
+    )
+    .unwrap();
+    let err = jobs.start(&job.id, None).unwrap_err();
+    assert!(err.is_stale_worker(), "{err}");
+    assert_eq!(
+        jobs.get(&job.id).unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+}
+
+#[test]
+fn an_event_left_beyond_the_record_is_reported_not_retried_forever() {
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(Arc::clone(&store), Arc::new(ManualClock::new(0)));
+    // Damage from outside: an event where the job's next event will go.
+    let orphan = Key::new(["jobs", "event", "x", &format!("{:020}", 1)]).unwrap();
+    store.put(&orphan, b"{}", jobsafe::Expect::Absent).unwrap();
+    jobs.create(NewJob::new("k").id("x")).unwrap();
+    let err = jobs.start("x", None).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert!(err.to_string().contains("jobs/event/x"), "{err}");
+}
+
+#[test]
+fn subscribers_of_one_namespace_never_see_another_namespaces_jobs() {
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(0));
+    let main = JobState::new(Arc::clone(&store), clock.clone());
+    let other = main
+        .clone()
+        .namespace(jobsafe::Prefix::new(["other"]).unwrap());
+    main.create(NewJob::new("k").id("same")).unwrap();
+    other.create(NewJob::new("k").id("same")).unwrap();
+    let mut subscription = main.subscribe("same", 0).unwrap();
+    let worker = other.start("same", None).unwrap();
+    other.complete(&worker, json!(1)).unwrap();
+    assert_eq!(subscription.try_next_event().unwrap(), None);
+    assert!(!subscription.is_finished());
+}
+
+#[test]
+fn a_subscriber_of_a_deleted_job_is_told_instead_of_waiting_forever() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let mut subscription = jobs.subscribe(&job.id, 0).unwrap();
+    assert!(jobs.delete(&job.id).unwrap());
+    let err = subscription.next_event().unwrap_err();
+    assert!(matches!(err, Error::JobNotFound { .. }), "{err}");
+}
+
+#[test]
+fn stages_count_as_signs_of_life_for_recovery() {
+    let clock = ManualClock::new(START_MS);
+    let jobs = JobState::new(MemStore::new(), Arc::new(clock.clone()));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    for stage in ["a", "b", "c", "d"] {
+        clock.advance(Duration::from_secs(50));
+        jobs.set_stage(&worker, stage).unwrap();
+        assert!(
+            jobs.recover(Duration::from_secs(60), Recovery::Requeue)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -39,14 +39,21 @@ fn backends() -> Vec<(&'static str, Ledger, ManualClock, Option<TempDir>)> {
 fn new(outcome: Reserve) -> Reservation {
     match outcome {
         Reserve::New(r) => r,
-        Reserve::Existing(r) => panic!("expected a new reservation, found {r:?}"),
+        other => panic!("expected a new reservation, found {other:?}"),
     }
 }
 
 fn existing(outcome: Reserve) -> Reservation {
     match outcome {
         Reserve::Existing(r) => r,
-        Reserve::New(r) => panic!("expected a retry, but reserved anew: {r:?}"),
+        other => panic!("expected a free retry, found {other:?}"),
+    }
+}
+
+fn in_flight(outcome: Reserve) -> Reservation {
+    match outcome {
+        Reserve::InFlight(r) => r,
+        other => panic!("expected a reservation with a side effect in flight, found {other:?}"),
     }
 }
 
@@ -291,7 +298,7 @@ fn purge_removes_only_long_expired_settled_reservations() {
             .collect();
         assert_eq!(left, ["old-pending", "old-refunding", "recent"], "{name}");
         // A pending charge never expires: its job id is not new.
-        existing(ledger.reserve(ACCOUNT, "old-pending", &request()).unwrap());
+        in_flight(ledger.reserve(ACCOUNT, "old-pending", &request()).unwrap());
         assert_eq!(
             ledger.lookup(ACCOUNT, "old-pending").unwrap().unwrap().id,
             pending.id
@@ -381,8 +388,8 @@ fn an_external_charge_stays_pending_until_confirmed_even_across_a_restart() {
         .reserve_pending(ACCOUNT, "job-1", &request())
         .unwrap());
     assert_eq!(charging.state, ReservationState::ChargePending);
-    // A retry while the charge is in flight is not charged again.
-    existing(
+    // A retry while the charge is in flight is neither charged again nor free.
+    in_flight(
         ledger
             .reserve_pending(ACCOUNT, "job-1", &request())
             .unwrap(),
@@ -458,13 +465,13 @@ fn an_external_refund_starts_once_and_is_listed_until_completed() {
         );
         let refunding = &started[0];
         assert_eq!(refunding.state, ReservationState::RefundPending);
-        // In flight: listed, not refundable again, not new.
+        // In flight: listed, not refundable again, neither new nor a free retry.
         assert_eq!(
             ledger.pending().unwrap().reservations,
             std::slice::from_ref(refunding)
         );
         assert_eq!(ledger.refund(ACCOUNT, "job-1").unwrap(), None);
-        existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        in_flight(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
         assert!(ledger.complete_refund(refunding).unwrap(), "{name}");
         assert!(!ledger.complete_refund(refunding).unwrap());
         assert!(ledger.pending().unwrap().reservations.is_empty());

@@ -574,3 +574,26 @@ fn a_protected_resource_rejects_a_stale_holders_token() {
     let err = write(stalled.token).unwrap_err();
     assert!(err.is_stale_token(), "{err}");
 }
+
+#[test]
+fn a_record_at_the_namespace_itself_is_listed_apart() {
+    let locks = JobLock::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+    acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    let namespace = Key::new(["locks"]).unwrap();
+    locks
+        .store()
+        .put(&namespace, b"stray", jobsafe::Expect::Absent)
+        .unwrap();
+    let listed = locks.list(&Prefix::all()).unwrap();
+    assert_eq!(listed.locks.len(), 1);
+    assert_eq!(listed.unreadable.len(), 1);
+    assert_eq!(listed.unreadable[0].0, namespace);
+    assert_eq!(
+        locks
+            .purge(&Prefix::all(), Duration::ZERO)
+            .unwrap()
+            .unreadable
+            .len(),
+        1
+    );
+}

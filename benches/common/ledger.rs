@@ -230,12 +230,11 @@ impl<S: Store> StoreLedger<S> {
 }
 
 fn reserve_in<S: Store>(ledger: &JobLedger<S>, job: &Job) -> BenchResult<Outcome> {
-    Ok(
-        match ledger.reserve(&job.account, &job.job_id, &request())? {
-            Reserve::New(_) => Outcome::New,
-            Reserve::Existing(_) => Outcome::Existing,
-        },
-    )
+    match ledger.reserve(&job.account, &job.job_id, &request())? {
+        Reserve::New(_) => Ok(Outcome::New),
+        Reserve::Existing(_) => Ok(Outcome::Existing),
+        Reserve::InFlight(r) => Err(format!("{}: a side effect is pending", r.job_id).into()),
+    }
 }
 
 impl<S: Store> Reserver for StoreLedger<S> {

@@ -285,7 +285,13 @@ pub fn list_pages_cover_every_key_once<H: Harness>(h: &mut H) -> Verdict {
             );
             seen.extend(page.keys);
             match page.next {
-                Some(next) => after = Some(next),
+                Some(next) => {
+                    ensure!(
+                        after.as_ref().is_none_or(|before| next > *before),
+                        "paging with limit {limit} returned a cursor {next:?} that does not advance past {after:?}"
+                    );
+                    after = Some(next);
+                }
                 None => break,
             }
         }

@@ -86,6 +86,7 @@ impl<S: Store> JobState<S> {
     ) -> Result<(Job, Vec<Event>)> {
         let now = job.updated_ms;
         let window = job.events;
+        let record_key = self.record_key(&job.id)?;
         let mut written = Vec::new();
         let mut next_seq = window.next_seq;
         for (kind, data) in new_events {
@@ -95,7 +96,13 @@ impl<S: Store> JobState<S> {
                 data,
                 time_ms: now,
             });
-            next_seq += 1;
+            next_seq = next_seq
+                .checked_add(1)
+                .ok_or_else(|| crate::Error::Corrupt {
+                    key: record_key.clone(),
+                    path: None,
+                    reason: "event sequence numbers exhausted".to_owned(),
+                })?;
         }
         let first_seq = window
             .first_seq
@@ -112,9 +119,8 @@ impl<S: Store> JobState<S> {
         job.events = EventWindow {
             first_seq,
             next_seq,
-            dropped: window.dropped + (first_seq - window.first_seq),
+            dropped: window.dropped.saturating_add(first_seq - window.first_seq),
         };
-        let record_key = self.record_key(&job.id)?;
         batch = batch.put(
             &record_key,
             codec::encode(&record_key, &job)?,

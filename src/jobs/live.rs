@@ -81,6 +81,12 @@ impl Hub {
         (id, receiver, overflowed)
     }
 
+    /// Forgets every subscriber of a deleted job: their channels disconnect, and
+    /// each finds out from the store that the job is gone.
+    pub(super) fn close(&self, job_id: &str) {
+        self.subscribers.lock().remove(job_id);
+    }
+
     fn remove(&self, job_id: &str, id: u64) {
         let mut all = self.subscribers.lock();
         if let Some(subscribers) = all.get_mut(job_id) {
@@ -101,6 +107,11 @@ struct Cursor {
     next_seq: u64,
     /// Events read or received ahead of `next_seq`.
     ahead: BTreeMap<u64, Event>,
+    /// The sequence number of the last event delivered, if it was terminal: the
+    /// stream ends there unless the job moved on (a manual retry after `error`).
+    terminal: Option<u64>,
+    /// The job's next sequence number as of the last read of the store.
+    known_next_seq: u64,
     finished: bool,
 }
 
@@ -110,6 +121,8 @@ impl Cursor {
             job_id: job_id.to_owned(),
             next_seq: after.saturating_add(1),
             ahead: BTreeMap::new(),
+            terminal: None,
+            known_next_seq: 0,
             finished: false,
         }
     }
@@ -128,11 +141,24 @@ impl Cursor {
         }
         let event = self.ahead.remove(&self.next_seq)?;
         self.next_seq += 1;
-        if event.is_terminal() {
-            self.finished = true;
-            self.ahead.clear();
-        }
+        self.terminal = event.is_terminal().then_some(event.seq);
+        self.settle(self.known_next_seq);
         Some(event)
+    }
+
+    /// Whether the last delivered event was terminal and nothing is known to
+    /// follow it: only the store can say whether the stream ended.
+    fn needs_settling(&self) -> bool {
+        !self.finished && self.terminal.is_some() && self.ahead.is_empty()
+    }
+
+    /// Ends the stream if the terminal event delivered last is the job's last
+    /// event. A job moved on after `error` (a manual retry writes `requeued` in
+    /// the same batch as its status) has later events, and the stream goes on.
+    fn settle(&mut self, next_seq: u64) {
+        if self.terminal.is_some_and(|seq| seq + 1 >= next_seq) && self.ahead.is_empty() {
+            self.finished = true;
+        }
     }
 
     /// Whether an event ahead of the next one is waiting: the next one is
@@ -151,6 +177,8 @@ impl Cursor {
         for event in page.events {
             self.offer(event);
         }
+        self.known_next_seq = page.next_seq;
+        self.settle(page.next_seq);
         Ok(())
     }
 }
@@ -188,8 +216,13 @@ impl<S: Store> Subscription<S> {
             }
             match self.receiver.recv() {
                 Ok(event) => self.cursor.offer(event),
-                // Unreachable while the hub lives; end the stream rather than spin.
-                Err(_) => return Ok(None),
+                // The job was deleted or purged: the store says so.
+                Err(_) => {
+                    self.cursor.catch_up(&self.jobs)?;
+                    if self.cursor.ahead.is_empty() {
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
@@ -219,7 +252,8 @@ impl<S: Store> Subscription<S> {
     /// feed cannot be trusted.
     fn step(&mut self) -> Result<Option<Event>> {
         let overflowed = self.overflowed.swap(false, Ordering::AcqRel);
-        if !self.replayed || overflowed || self.cursor.has_gap() {
+        let stale = overflowed || self.cursor.has_gap() || self.cursor.needs_settling();
+        if !self.replayed || stale {
             self.cursor.catch_up(&self.jobs)?;
             self.replayed = true;
         }
@@ -271,7 +305,7 @@ impl<S: Store> Follower<S> {
                 return Ok(None);
             }
             self.cursor.catch_up(&self.jobs)?;
-            if self.cursor.ahead.is_empty() {
+            if self.cursor.ahead.is_empty() && !self.cursor.finished {
                 self.jobs.clock.sleep(self.poll_every);
             }
         }

@@ -138,7 +138,7 @@ impl<S: Store> JobState<S> {
                 continue;
             }
             match self.remove_with_events(&job, job.version) {
-                Ok(()) => {}
+                Ok(()) => self.hub.close(&job.id),
                 Err(e) if e.is_conflict() => continue, // changed since the listing
                 Err(e) => return Err(e),
             }

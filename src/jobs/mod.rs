@@ -155,6 +155,25 @@ pub struct Worker {
     pub token: Option<FencingToken>,
 }
 
+/// Most events a record may claim to hold: a window wider than this is damage, not
+/// history, and is reported rather than walked.
+const MAX_EVENT_SPAN: u64 = 1 << 24;
+
+fn check_window(key: &Key, window: EventWindow) -> Result<()> {
+    let span = window.next_seq.checked_sub(window.first_seq);
+    if window.first_seq == 0 || span.is_none_or(|span| span > MAX_EVENT_SPAN) {
+        return Err(Error::Corrupt {
+            key: key.clone(),
+            path: None,
+            reason: format!(
+                "event window {}..{} is not a valid range of sequence numbers",
+                window.first_seq, window.next_seq
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Which jobs [`JobState::list`] returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
@@ -202,6 +221,8 @@ impl<S: Store> JobState<S> {
     /// Keeps jobs under `namespace` instead of `jobs`.
     pub fn namespace(mut self, namespace: Prefix) -> Self {
         self.namespace = Arc::new(namespace);
+        // Subscribers are per namespace: job ids may repeat across namespaces.
+        self.hub = Arc::new(Hub::default());
         self
     }
 
@@ -228,7 +249,8 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// [`Error::Conflict`] if a job with the chosen id exists;
-    /// [`Error::InvalidKey`] for an empty id or kind; store errors.
+    /// [`Error::InvalidArgument`] for an empty kind; [`Error::InvalidKey`] for an
+    /// invalid id (empty, NUL, too long); store errors.
     pub fn create(&self, new: NewJob) -> Result<Job> {
         if new.kind.is_empty() {
             return Err(Error::InvalidArgument("a job needs a kind".to_owned()));
@@ -324,7 +346,10 @@ impl<S: Store> JobState<S> {
                 });
             }
             match self.remove_with_events(&job, version) {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    self.hub.close(id);
+                    return Ok(true);
+                }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e),
             }
@@ -349,6 +374,7 @@ impl<S: Store> JobState<S> {
             Some(entry) => {
                 let mut job: Job = codec::decode(&key, &entry.value)?;
                 job.version = entry.version;
+                check_window(&key, job.events)?;
                 Ok(Some((job, entry.version)))
             }
         }

@@ -50,12 +50,13 @@ impl<S: Store> JobState<S> {
     /// if `token` is older than one the job has seen; [`Error::JobNotFound`].
     pub fn start(&self, id: &str, token: Option<FencingToken>) -> Result<Worker> {
         let (job, _) = self.update(id, |job, now| {
-            if let (Some(seen), Some(presented)) = (job.fencing, token)
-                && presented < seen
+            if let Some(seen) = job.fencing
+                && token.is_none_or(|presented| presented < seen)
             {
+                let presented = token.map_or("no token".to_owned(), |t| format!("token {t}"));
                 return Err(Error::StaleWorker {
                     id: job.id.clone(),
-                    reason: format!("fencing token {presented} is older than {seen}"),
+                    reason: format!("{presented} is older than the job's fencing token {seen}"),
                 });
             }
             let takeover = job.status == JobStatus::Running
@@ -88,7 +89,8 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running.
     pub fn set_stage(&self, worker: &Worker, stage: &str) -> Result<Job> {
-        self.update_as(worker, "set a stage", |job, _| {
+        self.update_as(worker, "set a stage", |job, now| {
+            job.heartbeat_ms = Some(now);
             if let Some(done) = job.stage.replace(stage.to_owned()) {
                 job.stages_done.push(done);
             }
@@ -250,13 +252,33 @@ impl<S: Store> JobState<S> {
         id: &str,
         mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
     ) -> Result<(Job, Vec<Event>)> {
+        let record_key = self.record_key(id)?;
         loop {
             let (mut job, version) = self.read_required(id)?;
             let now = self.clock.now_ms();
             let events = change(&mut job, now)?;
             job.updated_ms = now;
             match self.commit(job, version, events) {
-                Err(e) if e.is_conflict() => continue,
+                // The record changed under us: decide again on what is there now.
+                Err(Error::Conflict { key, .. }) if key == record_key => continue,
+                // An event key was taken. If the record moved on meanwhile, another
+                // writer appended first: decide again. If it did not, an event sits
+                // where the record says the next one goes, and retrying would
+                // never succeed.
+                Err(Error::Conflict { key, .. }) => {
+                    let (_, now_at) = self.read_required(id)?;
+                    if now_at != version {
+                        continue;
+                    }
+                    return Err(Error::Corrupt {
+                        key,
+                        path: None,
+                        reason: format!(
+                            "an event of job {id} exists beyond the sequence numbers its record counts; \
+                             the store was changed outside jobsafe"
+                        ),
+                    });
+                }
                 result => return result,
             }
         }

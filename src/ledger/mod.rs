@@ -30,8 +30,12 @@ pub enum Reserve {
     /// were applied with it. Charge now (or, with
     /// [`reserve_with`](JobLedger::reserve_with), already charged).
     New(Reservation),
-    /// The job id is already reserved: a retry, free.
+    /// The job id is already reserved and charged: a retry, free.
     Existing(Reservation),
+    /// The job id is reserved, but its charge is not confirmed yet or a refund of
+    /// it is under way ([`Reservation::state`]): neither charge again nor treat
+    /// the request as paid; ask the client to retry later.
+    InFlight(Reservation),
 }
 
 /// Reservations found by [`JobLedger::list`] or [`JobLedger::pending`].
@@ -177,7 +181,8 @@ impl<S: Store> JobLedger<S> {
     }
 
     /// Reserves (`account`, `job_id`) if it is new: [`Reserve::New`] means the
-    /// caller charges, [`Reserve::Existing`] that this is a free retry.
+    /// caller charges, [`Reserve::Existing`] that this is a free retry, and
+    /// [`Reserve::InFlight`] that a side effect of the reservation is pending.
     ///
     /// # Errors
     /// [`Error::FingerprintMismatch`] carrying the stored reservation if the
@@ -475,6 +480,9 @@ impl<S: Store> JobLedger<S> {
             attempt += 1;
             let now = self.clock.now_ms();
             let expect = match self.find(&key, account, job_id, request, now)? {
+                Found::Live(existing) if existing.state.is_pending() => {
+                    return Ok(Reserve::InFlight(*existing));
+                }
                 Found::Live(existing) => return Ok(Reserve::Existing(*existing)),
                 Found::Vacant(expect) => expect,
             };

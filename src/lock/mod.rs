@@ -383,7 +383,14 @@ impl<S: Store> JobLock<S> {
         let stored_prefix = Prefix::new(segments)?;
         let mut list = LockList::default();
         for stored_key in self.store.list_all(&stored_prefix)? {
-            let key = self.lock_key_of(&stored_key)?;
+            // A record at the namespace itself is not a lock: list it apart.
+            let key = match self.lock_key_of(&stored_key) {
+                Ok(key) => key,
+                Err(e) => {
+                    list.unreadable.push((stored_key, e));
+                    continue;
+                }
+            };
             match self.read(&stored_key) {
                 Ok(Some((stored, version))) => list.locks.push(stored.into_record(key, version)),
                 Ok(None) => {} // released since the listing
