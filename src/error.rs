@@ -210,6 +210,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A batch was committed (its journal is durable) but applying it failed
+    /// midway. It is not lost: whoever next touches its keys, or the next open,
+    /// completes it. Do not apply it again.
+    #[error("batch committed in {} but not yet applied; the next operation on its keys completes it", journal.display())]
+    BatchPending {
+        /// The journal holding the committed batch.
+        journal: PathBuf,
+        /// Why applying it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// An argument was out of range (an empty batch, a zero page size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -123,7 +123,7 @@ pub(super) fn decode(path: &Path, bytes: &[u8]) -> Result<Vec<Change>> {
             let len: usize = len
                 .parse()
                 .map_err(|_| corrupt(format!("bad length in {line:?}")))?;
-            if rest.len() < len + 1 || rest[len] != b'\n' {
+            if len >= rest.len() || rest[len] != b'\n' {
                 return Err(corrupt("journal put is truncated".to_owned()));
             }
             let file = rest[..len].to_vec();

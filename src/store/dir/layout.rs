@@ -93,7 +93,8 @@ impl Layout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("read store directory", &self.root, e)),
         };
-        let ours = [DATA, STRIPES, JOURNAL, QUARANTINE];
+        // The marker too: another opener racing this one may have just written it.
+        let ours = [MARKER, DATA, STRIPES, JOURNAL, QUARANTINE];
         for name in names {
             let name = name.to_string_lossy();
             if !ours.contains(&name.as_ref()) && !is_temp_name(&name) {

@@ -157,7 +157,13 @@ pub(super) fn all_dirs<V: Vfs>(vfs: &V, layout: &Layout) -> Result<Vec<PathBuf>>
     ];
     let mut pending = vec![layout.data.clone()];
     while let Some(dir) = pending.pop() {
-        for name in vfs.read_dir(&dir).at("read directory", &dir)? {
+        let names = match vfs.read_dir(&dir) {
+            Ok(names) => names,
+            // Pruned by a concurrent delete: nothing left in it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read directory", dir, e)),
+        };
+        for name in names {
             if name.to_string_lossy().ends_with(DIR_SUFFIX) {
                 pending.push(dir.join(name));
             }

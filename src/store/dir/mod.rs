@@ -219,7 +219,12 @@ impl<V: Vfs> DirStore<V> {
     ) -> Result<usize> {
         let mut removed = 0;
         for dir in list::all_dirs(self.inner.writer.vfs(), &self.inner.layout)? {
-            removed += self.inner.writer.sweep(&dir, min_age, clock)?.len();
+            match self.inner.writer.sweep(&dir, min_age, clock) {
+                Ok(swept) => removed += swept.len(),
+                // Pruned by a concurrent delete since it was listed: nothing in it.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(removed)
     }
@@ -440,7 +445,13 @@ impl<V: Vfs> DirStore<V> {
 
     fn next_version(&self, key: &Key, current: Option<&RecordFile>) -> Result<Version> {
         match current {
-            Some(record) => Ok(Version::new(record.version.get() + 1)),
+            Some(record) => match record.version.get().checked_add(1) {
+                Some(next) if next < u64::MAX / 2 => Ok(Version::new(next)),
+                _ => Err(Error::CorruptFile {
+                    path: self.path_of(key),
+                    reason: format!("version {} leaves no room to grow", record.version),
+                }),
+            },
             None => stripes::first_version(
                 self.writer().vfs(),
                 &self.layout().stripes,
@@ -549,9 +560,15 @@ impl<V: Vfs> Store for DirStore<V> {
                     .write(&journal_path, &journal::encode(&changes)),
             )?;
             // From here the batch is committed: if applying fails, the journal stays
-            // and whoever next takes these stripes completes it.
-            self.watch(self.apply_changes(&changes))?;
-            self.watch(self.remove_journal(&journal_path))?;
+            // and whoever next takes these stripes completes it. The caller must
+            // learn that, or a retry would apply the batch twice.
+            let completed = self
+                .watch(self.apply_changes(&changes))
+                .and_then(|()| self.watch(self.remove_journal(&journal_path)));
+            completed.map_err(|e| Error::BatchPending {
+                journal: journal_path.clone(),
+                source: Box::new(e),
+            })?;
             Ok(applied)
         })
     }
@@ -567,10 +584,10 @@ impl<V: Vfs> Store for DirStore<V> {
                 Err(e) if is_absent(&e) => return Ok(None),
                 Err(e) => return Err(Error::io("read record", path, e)),
             };
-            let version = record_file::decode(&bytes)
-                .ok()
-                .map(|r| r.version)
-                .or_else(|| record_file::salvage_version(&bytes));
+            // The version of a record that fails its checksum cannot be trusted
+            // (the damage may be in the version itself): count it as unknown, and
+            // the floor jumps past any version the key can have reached.
+            let version = record_file::decode(&bytes).ok().map(|r| r.version);
             self.watch(stripes::raise_floor(
                 self.writer(),
                 &self.layout().stripes,

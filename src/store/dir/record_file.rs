@@ -85,16 +85,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<RecordFile, String> {
     })
 }
 
-/// The version from a header that may be damaged elsewhere, for when a corrupt
-/// record is moved aside and its versions must still never be reused.
-pub(super) fn salvage_version(bytes: &[u8]) -> Option<Version> {
-    let line = bytes.split(|&b| b == b'\n').next()?;
-    let mut fields = std::str::from_utf8(line).ok()?.split(' ');
-    (fields.next()? == MAGIC).then_some(())?;
-    fields.next()?;
-    fields.next()?.parse().ok().map(Version::new)
-}
-
 fn checksum(version: Version, key_json: &str, value: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&version.get().to_le_bytes());
@@ -127,6 +117,5 @@ mod tests {
                 "truncation at {cut} went unnoticed"
             );
         }
-        assert_eq!(salvage_version(&bytes), Some(Version::new(7)));
     }
 }

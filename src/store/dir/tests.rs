@@ -489,3 +489,65 @@ fn deletes_leave_no_empty_directories_and_racing_writers_recreate_them() {
     assert!(store.list_all(&Prefix::all()).unwrap().is_empty());
     assert_eq!(names_under(&data), Vec::<String>::new());
 }
+
+#[test]
+fn a_record_whose_damaged_header_shows_a_lower_version_cannot_bring_old_versions_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["jobs", "1"]);
+    let mut v = store.put(&k, b"0", Expect::Absent).unwrap();
+    for i in 1..31 {
+        v = store
+            .put(&k, i.to_string().as_bytes(), Expect::Version(v))
+            .unwrap();
+    }
+    // A flipped bit turns the version in the header into a smaller number.
+    let path = store.path_of(&k);
+    let text = std::fs::read(&path).unwrap();
+    let damaged = String::from_utf8_lossy(&text).replacen(&format!(" {} ", v.get()), " 1 ", 1);
+    assert_ne!(
+        damaged.as_bytes(),
+        text.as_slice(),
+        "the version is in the header"
+    );
+    std::fs::write(&path, damaged).unwrap();
+    store.quarantine(&k).unwrap().unwrap();
+    let reborn = store.put(&k, b"new", Expect::Absent).unwrap();
+    assert!(
+        reborn > v,
+        "re-created at {reborn}, not above the damaged record's {v}"
+    );
+}
+
+#[test]
+fn a_version_with_no_room_left_is_reported_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["k"]);
+    store.put(&k, b"x", Expect::Absent).unwrap();
+    let crafted = record_file::encode(&k, Version::new(u64::MAX), b"x");
+    std::fs::write(store.path_of(&k), crafted).unwrap();
+    let err = store.put(&k, b"y", Expect::Any).unwrap_err();
+    assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+}
+
+#[test]
+fn a_journal_with_an_absurd_length_is_corrupt_not_a_panic() {
+    let path = Path::new("journal/00");
+    for bytes in [&b"P 18446744073709551615\n"[..], b"P 5\nab\n"] {
+        assert!(journal::decode(path, bytes).is_err());
+    }
+}
+
+#[test]
+fn openers_racing_to_create_a_store_all_succeed() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| DirStore::open(&root).unwrap());
+            }
+        });
+    }
+}
