@@ -27,8 +27,10 @@ use crate::vfs::{StdVfs, Vfs};
 /// safe across threads, processes and crashes.
 ///
 /// Use it as the embedded default: records are files you can `cat`, back up and
-/// diff. Each write costs about three disk flushes (file, rename, directory); when
-/// throughput matters more than inspectability, use a journal-backed store.
+/// diff. A put costs two disk flushes (the new file, then its directory after the
+/// rename), a delete up to three (the stripe's version floor, then the directory),
+/// a batch two for its journal plus two per record; when throughput matters more
+/// than inspectability, use a journal-backed store.
 ///
 /// # Design
 ///
