@@ -9,7 +9,13 @@
 //! - Use a [`Store`] to keep small records with versioned compare-and-set. Pick
 //!   [`DirStore`] (one inspectable file per key, the embedded default) or
 //!   [`MemStore`] (tests, or services that need no durability), or implement the
-//!   trait for your own backend and check it with the conformance suite.
+//!   trait for your own backend and check it with the [`conformance`] suite.
+//! - Use a [`JobLock`] so that one job runs once at a time: a lease that a crashed
+//!   holder cannot keep past its expiry, with a fencing token per holder.
+//! - Use a [`JobLedger`] so that a job id is charged once however often it is
+//!   retried, with refunds that happen exactly once.
+//! - Use [`JobState`] for job records that survive restarts: validated transitions,
+//!   errors with a client face, and event streams clients can replay.
 //! - Use [`AtomicWriter`] (or [`write_atomic`]) to write files that a crash or a
 //!   concurrent reader never sees half written.
 //! - Use a [`Clock`] everywhere time matters; tests drive [`ManualClock`].
