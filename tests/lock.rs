@@ -597,3 +597,91 @@ fn a_record_at_the_namespace_itself_is_listed_apart() {
         1
     );
 }
+
+/// A store whose writes fail while `down` is set, as an unreachable one's would.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: MemStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> jobsafe::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io {
+                step: "write record",
+                path: "flaky".into(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store for Flaky {
+    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
+        self.inner.get(key)
+    }
+    fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        expect: jobsafe::Expect,
+    ) -> jobsafe::Result<jobsafe::Version> {
+        self.check()?;
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
+        self.check()?;
+        self.inner.delete(key, expect)
+    }
+    fn list(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> jobsafe::Result<jobsafe::ListPage> {
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::Applied>> {
+        self.check()?;
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Quarantined>> {
+        self.inner.quarantine(key)
+    }
+}
+
+#[test]
+fn keep_alive_reports_failed_renewals_then_expiry() {
+    let clock = ManualClock::new(START_MS);
+    let store = Arc::new(Flaky::default());
+    let locks = JobLock::new(Arc::clone(&store), Arc::new(clock.clone()));
+    let guard = acquired(
+        locks
+            .acquire(&key("a"), Duration::from_secs(30), &LockRequest::new())
+            .unwrap(),
+    );
+    let keep_alive = guard
+        .keep_alive(Duration::from_secs(30), Duration::from_secs(10))
+        .unwrap();
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(10));
+        match keep_alive.next_event() {
+            Some(KeepAliveEvent::Failed(err)) => assert!(err.is_transient(), "{err}"),
+            other => panic!("expected a failed renewal, got {other:?}"),
+        }
+    }
+    // The lease ends with renewals still failing: the holder must stop.
+    clock.advance(Duration::from_secs(10));
+    assert!(matches!(
+        keep_alive.next_event(),
+        Some(KeepAliveEvent::Expired)
+    ));
+    assert!(
+        keep_alive.next_event().is_none(),
+        "an expired keep-alive stops"
+    );
+    let _ = guard.into_handle();
+}

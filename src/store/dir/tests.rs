@@ -326,16 +326,18 @@ fn open_without_create_names_the_missing_store() {
     assert!(err.to_string().contains("nope"), "{err}");
 }
 
-/// A Vfs whose file fsyncs fail once armed.
+/// A Vfs whose file fsyncs fail once armed, after letting `passes` more through.
 #[derive(Debug, Clone, Default)]
 struct FailingSync {
     armed: std::sync::Arc<AtomicBool>,
+    passes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug)]
 struct FailingFile {
     inner: std::fs::File,
     armed: std::sync::Arc<AtomicBool>,
+    passes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl VfsFile for FailingFile {
@@ -346,7 +348,12 @@ impl VfsFile for FailingFile {
         VfsFile::read_to_end(&mut self.inner, buf)
     }
     fn sync_all(&self) -> std::io::Result<()> {
-        if self.armed.load(Ordering::SeqCst) {
+        let passes = || {
+            self.passes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        };
+        if self.armed.load(Ordering::SeqCst) && !passes() {
             return Err(std::io::Error::from_raw_os_error(5));
         }
         VfsFile::sync_all(&self.inner)
@@ -372,6 +379,7 @@ impl Vfs for FailingSync {
         Ok(FailingFile {
             inner,
             armed: self.armed.clone(),
+            passes: self.passes.clone(),
         })
     }
     fn open_read(&self, path: &Path) -> std::io::Result<FailingFile> {
@@ -379,6 +387,7 @@ impl Vfs for FailingSync {
         Ok(FailingFile {
             inner,
             armed: self.armed.clone(),
+            passes: self.passes.clone(),
         })
     }
     fn open_or_create(&self, path: &Path, mode: u32) -> std::io::Result<FailingFile> {
@@ -386,6 +395,7 @@ impl Vfs for FailingSync {
         Ok(FailingFile {
             inner,
             armed: self.armed.clone(),
+            passes: self.passes.clone(),
         })
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -448,6 +458,34 @@ fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
     let reopened = DirStore::open(dir.path()).unwrap();
     assert!(!reopened.is_poisoned());
     assert!(reopened.put(&k, b"after", Expect::Version(v)).is_ok());
+}
+
+#[test]
+fn a_batch_that_fails_after_its_journal_is_durable_is_pending_and_completed_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = FailingSync::default();
+    let store = DirStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .open()
+        .unwrap();
+    let (a, b) = (key(&["a"]), key(&["b"]));
+    // The journal's fsync passes; the first record's fails.
+    vfs.passes.store(1, Ordering::SeqCst);
+    vfs.armed.store(true, Ordering::SeqCst);
+    let batch = Batch::new()
+        .put(&a, b"1", Expect::Absent)
+        .put(&b, b"2", Expect::Absent);
+    let err = store.apply(&batch).unwrap_err();
+    assert!(matches!(err, Error::BatchPending { .. }), "{err}");
+    assert!(err.to_string().contains("journal"), "{err}");
+    assert!(store.is_poisoned());
+    drop(store);
+
+    // Not lost, and not to be applied again: the next open completes it.
+    let reopened = DirStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.get(&a).unwrap().unwrap().value, b"1");
+    assert_eq!(reopened.get(&b).unwrap().unwrap().value, b"2");
+    assert!(reopened.apply(&batch).unwrap_err().is_conflict());
 }
 
 #[test]
