@@ -307,15 +307,8 @@ impl<S: Store> JobLedger<S> {
                 return Ok(None);
             };
             let reservation = stored.to_reservation(account, job_id, version);
-            match stored.state {
-                ReservationState::Charged => {}
-                ReservationState::RefundPending => return Ok(None),
-                ReservationState::ChargePending => {
-                    return Err(Error::InvalidArgument(format!(
-                        "cannot refund {key}: its charge is still pending; confirm or cancel it first"
-                    ))
-                    .into());
-                }
+            if !refundable(&key, stored.state)? {
+                return Ok(None);
             }
             let mut batch = Batch::new().delete(&key, Expect::Version(version));
             for op in effect(&reservation)? {
@@ -344,14 +337,8 @@ impl<S: Store> JobLedger<S> {
             let Some((mut stored, version)) = self.read(&key)? else {
                 return Ok(None);
             };
-            match stored.state {
-                ReservationState::Charged => {}
-                ReservationState::RefundPending => return Ok(None),
-                ReservationState::ChargePending => {
-                    return Err(Error::InvalidArgument(format!(
-                        "cannot refund {key}: its charge is still pending; confirm or cancel it first"
-                    )));
-                }
+            if !refundable(&key, stored.state)? {
+                return Ok(None);
             }
             stored.state = ReservationState::RefundPending;
             let bytes = codec::encode(&key, &stored)?;
@@ -614,6 +601,19 @@ enum Moved {
     Removed,
     /// It is stored as this.
     Now(Box<Reservation>),
+}
+
+/// Whether a reservation in `state` can be refunded now: yes if charged, no if a
+/// refund is already under way; an unconfirmed charge is an error, since nobody
+/// knows yet whether it happened.
+fn refundable(key: &Key, state: ReservationState) -> Result<bool> {
+    match state {
+        ReservationState::Charged => Ok(true),
+        ReservationState::RefundPending => Ok(false),
+        ReservationState::ChargePending => Err(Error::InvalidArgument(format!(
+            "cannot refund {key}: its charge is still pending; confirm or cancel it first"
+        ))),
+    }
 }
 
 fn millis(d: Duration) -> u64 {

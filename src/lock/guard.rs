@@ -64,6 +64,17 @@ pub struct LockHandle {
     pub token: FencingToken,
 }
 
+impl LockRecord {
+    /// The handle of this record's holder: what renews or releases its lock.
+    pub fn handle(&self) -> LockHandle {
+        LockHandle {
+            key: self.key.clone(),
+            job_id: self.job_id.clone(),
+            token: self.token,
+        }
+    }
+}
+
 /// A held lock. Dropping it releases the lock, best effort (the lease is the
 /// backstop); [`release`](LockGuard::release) reports the outcome instead.
 #[derive(Debug)]
@@ -99,11 +110,7 @@ impl<S: Store> LockGuard<S> {
 
     /// Who this holder is, to renew or release from elsewhere.
     pub fn handle(&self) -> LockHandle {
-        LockHandle {
-            key: self.record.key.clone(),
-            job_id: self.record.job_id.clone(),
-            token: self.record.token,
-        }
+        self.record.handle()
     }
 
     /// How long the lease has left by the lock's clock, minus the skew margin:

@@ -76,11 +76,7 @@ impl KeepAlive {
         let (sender, events) = mpsc::channel();
         let renewer = Renewer {
             lock,
-            handle: LockHandle {
-                key: record.key.clone(),
-                job_id: record.job_id.clone(),
-                token: record.token,
-            },
+            handle: record.handle(),
             ttl,
             every_ms,
             expires_ms: record.expires_ms,

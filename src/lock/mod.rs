@@ -249,13 +249,12 @@ impl<S: Store> JobLock<S> {
             let Some((mut stored, version)) = self.read(&stored_key)? else {
                 return Ok(Renewal::Lost(LostLease::Gone));
             };
-            let token = stored.token.unwrap_or(token_of(version));
-            if stored.job_id != holder.job_id || token != holder.token {
+            if !stored.is_held_by(holder, version) {
                 let current = stored.into_record(holder.key.clone(), version);
                 return Ok(Renewal::Lost(LostLease::TakenOver(current)));
             }
             let now = self.clock.now_ms();
-            stored.token = Some(token);
+            stored.token = Some(stored.token_at(version));
             stored.renewed_ms = now;
             stored.expires_ms = now.saturating_add(ttl_ms);
             let bytes = codec::encode(&stored_key, &stored)?;
@@ -297,14 +296,7 @@ impl<S: Store> JobLock<S> {
             .delete(&stored_key, Expect::Version(record.version))
         {
             Ok(_) => Ok(Release::Released),
-            Err(e) if e.is_conflict() => {
-                let holder = LockHandle {
-                    key: record.key.clone(),
-                    job_id: record.job_id.clone(),
-                    token: record.token,
-                };
-                self.release_stored(&stored_key, &holder)
-            }
+            Err(e) if e.is_conflict() => self.release_stored(&stored_key, &record.handle()),
             Err(e) => Err(e),
         }
     }
@@ -314,8 +306,7 @@ impl<S: Store> JobLock<S> {
             let Some((stored, version)) = self.read(stored_key)? else {
                 return Ok(Release::AlreadyGone);
             };
-            let token = stored.token.unwrap_or(token_of(version));
-            if stored.job_id != holder.job_id || token != holder.token {
+            if !stored.is_held_by(holder, version) {
                 let current = stored.into_record(holder.key.clone(), version);
                 return Ok(Release::OwnedByAnother(current));
             }
@@ -464,10 +455,6 @@ pub struct LockList {
     pub locks: Vec<LockRecord>,
     /// Keys whose records could not be read, with the error for each.
     pub unreadable: Vec<(Key, Error)>,
-}
-
-fn token_of(version: Version) -> crate::FencingToken {
-    crate::FencingToken::new(version.get())
 }
 
 fn millis(d: Duration) -> u64 {

@@ -124,10 +124,20 @@ impl Record for StoredLock {
 }
 
 impl StoredLock {
+    /// The fencing token of this record stored at `version`.
+    pub(super) fn token_at(&self, version: Version) -> FencingToken {
+        self.token.unwrap_or(FencingToken::new(version.get()))
+    }
+
+    /// Whether `holder` is the holder of this record stored at `version`.
+    pub(super) fn is_held_by(&self, holder: &super::LockHandle, version: Version) -> bool {
+        self.job_id == holder.job_id && self.token_at(version) == holder.token
+    }
+
     pub(super) fn into_record(self, key: Key, version: Version) -> LockRecord {
         LockRecord {
             key,
-            token: self.token.unwrap_or(FencingToken::new(version.get())),
+            token: self.token_at(version),
             job_id: self.job_id,
             actor: self.actor,
             metadata: self.metadata,
