@@ -4,6 +4,8 @@
 //! `ManualClock`.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +21,7 @@ const START_MS: u64 = 1_700_000_000_000;
 type Jobs = JobState<Arc<dyn Store>>;
 
 fn backends() -> Vec<(&'static str, Jobs, ManualClock, Option<TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let dir_store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
-    let mem_store: Arc<dyn Store> = Arc::new(MemStore::new());
-    [("mem", mem_store, None), ("dir", dir_store, Some(dir))]
+    common::backends::both()
         .into_iter()
         .map(|(name, store, dir)| {
             let clock = ManualClock::new(START_MS);

@@ -2,6 +2,8 @@
 //! both side-effect patterns, on `MemStore` and `DirStore` with a `ManualClock`.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -19,10 +21,7 @@ type Ledger = JobLedger<Arc<dyn Store>>;
 
 /// A ledger over each backend, with its clock and its store (for balances).
 fn backends() -> Vec<(&'static str, Ledger, ManualClock, Option<TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let dir_store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
-    let mem_store: Arc<dyn Store> = Arc::new(MemStore::new());
-    [("mem", mem_store, None), ("dir", dir_store, Some(dir))]
+    common::backends::both()
         .into_iter()
         .map(|(name, store, dir)| {
             let clock = ManualClock::new(START_MS);
