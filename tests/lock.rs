@@ -520,11 +520,18 @@ fn a_stopped_keep_alive_renews_no_more() {
     let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
     let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
     let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+    clock.advance(Duration::from_secs(20));
+    assert!(matches!(
+        keep_alive.next_event(),
+        Some(KeepAliveEvent::Renewed(_))
+    ));
     keep_alive.stop();
-    clock.advance(Duration::from_secs(40));
-    // Whatever the thread was doing, the record was not renewed after stop.
+    clock.advance(Duration::from_secs(20));
+    // The thread wakes for its next renewal, finds it stopped and ends: its
+    // channel closes without another event.
+    assert!(keep_alive.next_event().is_none(), "renewed after stop");
     let record = locks.peek(&key("a")).unwrap().unwrap();
-    assert_eq!(record.renewed_ms, START_MS);
+    assert_eq!(record.renewed_ms, START_MS + 20_000);
 }
 
 #[test]

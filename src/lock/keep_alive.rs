@@ -102,15 +102,18 @@ impl KeepAlive {
         self.events.try_iter().collect()
     }
 
-    /// Stops renewing. No renewal starts after this returns.
-    pub fn stop(self) {
-        // Drop does it.
+    /// Stops renewing (dropping the keep-alive does too). No renewal starts after
+    /// this returns; the thread ends at its next wake-up, after which
+    /// [`next_event`](KeepAlive::next_event) returns `None`.
+    pub fn stop(&self) {
+        // Taken while a renewal is in progress: waits for it to finish.
+        *self.stopped.lock() = true;
     }
 }
 
 impl Drop for KeepAlive {
     fn drop(&mut self) {
-        *self.stopped.lock() = true;
+        self.stop();
     }
 }
 
