@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use jobsafe::{
-    Applied, Batch, DirStore, Durability, Entry, Expect, Key, MemStore, Op, Prefix, Store, Version,
+    Applied, Batch, DirStore, Durability, Entry, Expect, Key, LogStore, MemStore, Op, Prefix,
+    Store, Version,
 };
 use proptest::prelude::*;
 
@@ -175,6 +176,33 @@ fn open_dir(root: &std::path::Path) -> Result<DirStore, TestCaseError> {
         .map_err(fail)
 }
 
+/// LogStores without fsyncs, compacting after every few frames so that the
+/// model also checks reads and writes across compactions.
+struct Log(Option<tempfile::TempDir>);
+
+impl Backend for Log {
+    type Store = LogStore;
+    fn open(&mut self) -> Result<LogStore, TestCaseError> {
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(format!("temp dir: {e}")))?;
+        let root = dir.path().join("store");
+        self.0 = Some(dir);
+        open_log(&root)
+    }
+    fn reopen(&mut self, store: LogStore) -> Result<LogStore, TestCaseError> {
+        let root = store.root().to_path_buf();
+        drop(store);
+        open_log(&root)
+    }
+}
+
+fn open_log(root: &std::path::Path) -> Result<LogStore, TestCaseError> {
+    LogStore::builder(root)
+        .durability(Durability::AtomicOnly)
+        .compact_when(2048, 0.0)
+        .open()
+        .map_err(fail)
+}
+
 fn run<B: Backend>(backend: &mut B, actions: Vec<Action>) -> Result<(), TestCaseError> {
     let mut store = backend.open()?;
     let mut model = Model::default();
@@ -325,5 +353,13 @@ proptest! {
     #[test]
     fn dir_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
         run(&mut Dir(None), actions)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(64))]
+    #[test]
+    fn log_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
+        run(&mut Log(None), actions)?;
     }
 }

@@ -2,7 +2,9 @@
 
 mod batch;
 pub(crate) mod dir;
+pub(crate) mod log;
 pub(crate) mod mem;
+pub(crate) mod packed;
 
 use std::fmt;
 use std::sync::Arc;

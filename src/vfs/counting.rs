@@ -176,6 +176,19 @@ impl<F: VfsFile> VfsFile for CountingFile<F> {
         self.inner.read_to_end(buf)
     }
 
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.write_all_at(buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         self.counters.file_syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.sync_all()
@@ -192,6 +205,10 @@ impl<F: VfsFile> VfsFile for CountingFile<F> {
 
     fn lock_shared(&self) -> io::Result<()> {
         self.inner.lock_shared()
+    }
+
+    fn try_lock(&self) -> io::Result<bool> {
+        self.inner.try_lock()
     }
 
     fn unlock(&self) -> io::Result<()> {

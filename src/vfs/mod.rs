@@ -111,6 +111,17 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Reads from the current position to the end.
     fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
 
+    /// Reads up to `buf.len()` bytes at `offset` without moving the position
+    /// (`pread`); fewer only at the end of the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Writes the whole buffer at `offset` without moving the position
+    /// (`pwrite`), extending the file if needed.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// The file's length in bytes (`fstat`).
+    fn size(&self) -> io::Result<u64>;
+
     /// Flushes data and metadata to stable storage (`fsync`).
     fn sync_all(&self) -> io::Result<()>;
 
@@ -125,6 +136,10 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Takes a shared advisory lock, waiting for it (`flock(LOCK_SH)`).
     fn lock_shared(&self) -> io::Result<()>;
 
+    /// Takes an exclusive advisory lock if nobody holds one, without waiting;
+    /// `false` if it is held elsewhere.
+    fn try_lock(&self) -> io::Result<bool>;
+
     /// Releases the lock. Closing the file releases it too.
     fn unlock(&self) -> io::Result<()>;
 }
@@ -138,6 +153,8 @@ pub struct FileInfo {
     pub len: u64,
     /// Last modification time.
     pub modified: SystemTime,
+    /// The inode number: a path whose inode changed was replaced.
+    pub inode: u64,
 }
 
 /// The kind of a directory entry.

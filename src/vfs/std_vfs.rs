@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::{FileInfo, FileKind, Vfs, VfsFile};
@@ -80,6 +80,7 @@ impl Vfs for StdVfs {
             kind,
             len: meta.len(),
             modified: meta.modified()?,
+            inode: meta.ino(),
         })
     }
 }
@@ -114,6 +115,28 @@ impl VfsFile for File {
         Read::read_to_end(self, buf)
     }
 
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let at = offset + filled as u64;
+            match FileExt::read_at(self, &mut buf[filled..], at) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         File::sync_all(self)
     }
@@ -128,6 +151,14 @@ impl VfsFile for File {
 
     fn lock_shared(&self) -> io::Result<()> {
         File::lock_shared(self)
+    }
+
+    fn try_lock(&self) -> io::Result<bool> {
+        match File::try_lock(self) {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 
     fn unlock(&self) -> io::Result<()> {

@@ -161,6 +161,22 @@ impl VfsFile for FailingFile {
         VfsFile::read_to_end(&mut self.inner, buf)
     }
 
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        VfsFile::read_at(&self.inner, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        VfsFile::write_all_at(&self.inner, buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        VfsFile::size(&self.inner)
+    }
+
+    fn try_lock(&self) -> io::Result<bool> {
+        VfsFile::try_lock(&self.inner)
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         self.vfs.check(Op::SyncFile)?;
         VfsFile::sync_all(&self.inner)

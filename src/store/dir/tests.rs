@@ -347,6 +347,18 @@ impl VfsFile for FailingFile {
     fn read_to_end(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
         VfsFile::read_to_end(&mut self.inner, buf)
     }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        VfsFile::read_at(&self.inner, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        VfsFile::write_all_at(&self.inner, buf, offset)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        VfsFile::size(&self.inner)
+    }
+    fn try_lock(&self) -> std::io::Result<bool> {
+        VfsFile::try_lock(&self.inner)
+    }
     fn sync_all(&self) -> std::io::Result<()> {
         let passes = || {
             self.passes

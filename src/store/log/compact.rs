@@ -1,0 +1,395 @@
+//! Compaction: a new journal holding only the live records replaces the old one,
+//! without stopping writers for longer than it takes to copy the frames they
+//! appended while it was written.
+//!
+//! 1. Under the journal's locks, note where the journal ends (`mark`).
+//! 2. Without them, replay the journal up to `mark` into a fresh index and write
+//!    its records to a new file, `journal.new-*`, and flush it. Writers go on
+//!    appending to the old journal meanwhile.
+//! 3. Under the exclusive lock, append to the new file the frames written after
+//!    `mark`, flush it, rename it over `journal`, flush the directory. Other
+//!    processes see the journal's inode change and reload.
+//!
+//! A crash before the rename leaves the old journal as it was and a
+//! `journal.new-*` file, which the next open removes; a crash after it leaves the
+//! new journal, which holds everything the old one did.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::frame::{FILE_HEADER_LEN, FileHeader, FrameBuilder, LogOp, decode_payload};
+use super::index::Index;
+use super::journal::{self, Journal, PREALLOCATE};
+use super::{Access, COMPACT_LOCK, FIRST_SEQ, Flock, NEW_JOURNAL_PREFIX, Probe, Shared};
+use crate::atomic::AtomicWriter;
+use crate::error::{Error, IoContext, Result};
+use crate::vfs::{Vfs, VfsFile};
+
+/// Snapshot frames are cut at about this many payload bytes.
+const SNAPSHOT_FRAME: usize = 1 << 20;
+
+/// What a compaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Compaction {
+    /// Live records written to the new journal.
+    pub records: usize,
+    /// Bytes of frames in the journal before.
+    pub bytes_before: u64,
+    /// Bytes of frames in the new journal.
+    pub bytes_after: u64,
+    /// The new journal's generation.
+    pub generation: u64,
+}
+
+/// Whether to wait for a compaction another thread or process is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Wait, then compact.
+    Yes,
+    /// Give up at once.
+    No,
+}
+
+/// Creates a new journal file, named so that an abandoned one is recognized.
+pub(super) fn new_journal_file<V: Vfs>(vfs: &V, root: &Path) -> Result<(PathBuf, V::File)> {
+    let path = root.join(format!(
+        "{NEW_JOURNAL_PREFIX}{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let file = vfs
+        .create_new(&path, 0o600)
+        .at("create new journal", &path)?;
+    Ok((path, file))
+}
+
+/// Renames a complete journal file into place, durably.
+pub(super) fn install<V: Vfs>(vfs: &V, from: &Path, to: &Path, sync: bool) -> Result<()> {
+    vfs.rename(from, to)
+        .at("rename new journal into place", to)?;
+    if sync {
+        let dir = to.parent().unwrap_or(Path::new("."));
+        vfs.sync_dir(dir).at("fsync store directory", dir)?;
+    }
+    Ok(())
+}
+
+/// Removes the `journal.new-*` files of compactions that crashed, unless a
+/// compaction is running now.
+pub(super) fn sweep_abandoned<V: Vfs>(writer: &AtomicWriter<V>, root: &Path) -> Result<()> {
+    let vfs = writer.vfs();
+    let lock_path = root.join(COMPACT_LOCK);
+    let lock = vfs
+        .open_or_create(&lock_path, 0o600)
+        .at("open compaction lock", &lock_path)?;
+    if !lock.try_lock().at("lock compaction", &lock_path)? {
+        return Ok(());
+    }
+    let _held = Flock { file: &lock };
+    for name in vfs.read_dir(root).at("list store directory", root)? {
+        if name.to_string_lossy().starts_with(NEW_JOURNAL_PREFIX) {
+            let path = root.join(&name);
+            vfs.remove_file(&path)
+                .at("remove abandoned journal", &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts a background compaction if the policy asks for one and none runs.
+pub(super) fn maybe_start<V: Vfs>(shared: &Arc<Shared<V>>) {
+    let policy = shared.policy;
+    if !policy.enabled || shared.compacting.load(Ordering::Relaxed) {
+        return;
+    }
+    let written = shared.probe.lock().at;
+    if written < policy.min_bytes {
+        return;
+    }
+    let live = shared.index.read().live_bytes;
+    let dead = 1.0 - (live as f64 / written as f64);
+    if dead <= policy.dead_ratio || shared.compacting.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let background = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("jobsafe-compact".to_owned())
+        .spawn(move || {
+            let outcome = run(&background, Wait::No);
+            *background.last_compaction_error.lock() = outcome.err().map(|e| e.to_string());
+            background.compacting.store(false, Ordering::SeqCst);
+        });
+    if let Err(e) = spawned {
+        *shared.last_compaction_error.lock() = Some(format!("cannot start compaction: {e}"));
+        shared.compacting.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Compacts the journal (see the module docs).
+pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> {
+    if shared.poisoned.load(Ordering::SeqCst) {
+        return Err(shared.poisoned_error());
+    }
+    let vfs = shared.writer.vfs();
+    let root = &shared.root;
+    let lock_path = root.join(COMPACT_LOCK);
+    let lock = vfs
+        .open_or_create(&lock_path, 0o600)
+        .at("open compaction lock", &lock_path)?;
+    match wait {
+        Wait::Yes => lock.lock().at("lock compaction", &lock_path)?,
+        Wait::No => {
+            if !lock.try_lock().at("lock compaction", &lock_path)? {
+                return Err(Error::Io {
+                    step: "lock compaction",
+                    path: lock_path,
+                    source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+                });
+            }
+        }
+    }
+    let _held = Flock { file: &lock };
+
+    // 1. Where the journal ends now.
+    let (old, mark) = {
+        let mut journal = shared.journal.lock();
+        let _flock = Flock::shared(&shared.lock_file, &shared.lock_path())?;
+        shared.catch_up(&mut journal, Access::Shared)?;
+        (Mark::of(&journal), journal.end)
+    };
+
+    // 2. The live records up to `mark`, in a new file.
+    let snapshot = replay(&old, mark, &shared.journal_path)?;
+    let (new_path, new_file) = new_journal_file(vfs, root)?;
+    let mut new = NewJournal {
+        file: new_file,
+        path: new_path,
+        header: FileHeader {
+            journal_id: fastrand::u64(..),
+            generation: old.header.generation + 1,
+        },
+        end: FILE_HEADER_LEN,
+        next_seq: FIRST_SEQ,
+    };
+    let written = new.write_snapshot(&snapshot, shared.sync);
+    let records = snapshot.len();
+    drop(snapshot);
+    if let Err(e) = written {
+        new.abandon(vfs);
+        return Err(e);
+    }
+
+    // 3. The frames appended meanwhile, then the switch.
+    let mut journal = shared.journal.lock();
+    let _flock = Flock::exclusive(&shared.lock_file, &shared.lock_path())?;
+    let switched = (|| {
+        shared.catch_up(&mut journal, Access::Exclusive)?;
+        if journal.inode != old.inode {
+            return Err(Error::Io {
+                step: "compact journal",
+                path: shared.journal_path.clone(),
+                source: std::io::Error::other("another process compacted the journal first"),
+            });
+        }
+        if shared.poisoned.load(Ordering::SeqCst) {
+            return Err(shared.poisoned_error());
+        }
+        new.copy_tail(&journal, mark, &old)?;
+        new.finish(shared.sync)?;
+        install(vfs, &new.path, &shared.journal_path, false)?;
+        if shared.sync {
+            let synced = vfs.sync_dir(&shared.root);
+            if let Err(e) = synced {
+                // The new journal may or may not be the one a restart finds.
+                shared.poisoned.store(true, Ordering::SeqCst);
+                return Err(Error::io("fsync store directory", &shared.root, e));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = switched {
+        new.abandon(vfs);
+        return Err(e);
+    }
+    let bytes_before = journal.end;
+    let inode = vfs
+        .metadata(&shared.journal_path)
+        .at("stat journal", &shared.journal_path)?
+        .inode;
+    let NewJournal {
+        file,
+        header,
+        end,
+        next_seq,
+        ..
+    } = new;
+    *journal = Journal {
+        file: Arc::new(file),
+        header,
+        inode,
+        end,
+        next_seq,
+        allocated: end + PREALLOCATE,
+    };
+    *shared.probe.lock() = Probe {
+        inode,
+        at: end,
+        file: journal.file.clone(),
+    };
+    shared.compactions.fetch_add(1, Ordering::Relaxed);
+    Ok(Compaction {
+        records,
+        bytes_before,
+        bytes_after: end,
+        generation: header.generation,
+    })
+}
+
+/// The journal a compaction started from.
+struct Mark<F> {
+    file: Arc<F>,
+    header: FileHeader,
+    inode: u64,
+    next_seq: u64,
+}
+
+impl<F> Mark<F> {
+    fn of(journal: &Journal<F>) -> Self {
+        Mark {
+            file: journal.file.clone(),
+            header: journal.header,
+            inode: journal.inode,
+            next_seq: journal.next_seq,
+        }
+    }
+}
+
+/// The state of the journal up to `mark`, read afresh from the file.
+fn replay<F: VfsFile>(old: &Mark<F>, mark: u64, path: &Path) -> Result<Index> {
+    let mut index = Index::default();
+    let scanned = journal::scan(
+        &*old.file,
+        &old.header,
+        FILE_HEADER_LEN,
+        mark,
+        FIRST_SEQ,
+        |payload| {
+            for op in decode_payload(payload)?.into_iter().flatten() {
+                index.apply(op);
+            }
+            Ok(())
+        },
+    )
+    .at("read journal", path)?;
+    match scanned {
+        Ok(end) if end.end == mark => Ok(index),
+        Ok(end) => Err(Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "journal read back for compaction ends at byte {} instead of {mark}",
+                end.end
+            ),
+        }),
+        Err((_, offset, reason)) => Err(Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!("frame at byte {offset} does not decode: {reason}"),
+        }),
+    }
+}
+
+/// The new journal being written.
+struct NewJournal<F> {
+    file: F,
+    path: PathBuf,
+    header: FileHeader,
+    end: u64,
+    next_seq: u64,
+}
+
+impl<F: VfsFile> NewJournal<F> {
+    fn write_frame(&mut self, frame: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(frame, self.end)
+            .at("write new journal", &self.path)?;
+        self.end += frame.len() as u64;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// The header, the version floor and every live record.
+    fn write_snapshot(&mut self, snapshot: &Index, sync: bool) -> Result<()> {
+        self.file
+            .write_all_at(&self.header.encode(), 0)
+            .at("write new journal", &self.path)?;
+        let mut frame = FrameBuilder::new();
+        frame.push(&LogOp::Floor(crate::Version::new(snapshot.last_version)));
+        for (key, entry) in snapshot.iter() {
+            if frame.payload_len() >= SNAPSHOT_FRAME {
+                let full = std::mem::replace(&mut frame, FrameBuilder::new());
+                let bytes = full.finish(self.header.journal_id, self.next_seq);
+                self.write_frame(&bytes)?;
+            }
+            frame.put(key, entry.version, &entry.value);
+        }
+        let bytes = frame.finish(self.header.journal_id, self.next_seq);
+        self.write_frame(&bytes)?;
+        if sync {
+            self.file
+                .sync_data()
+                .at("fdatasync new journal", &self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the frames the old journal got after `mark`, renumbered.
+    fn copy_tail<G: VfsFile>(
+        &mut self,
+        journal: &Journal<G>,
+        mark: u64,
+        old: &Mark<G>,
+    ) -> Result<()> {
+        let mut payloads = Vec::new();
+        let scanned = journal::scan(
+            &*journal.file,
+            &journal.header,
+            mark,
+            journal.end,
+            old.next_seq,
+            |payload| {
+                payloads.push(payload.to_vec());
+                Ok(())
+            },
+        )
+        .at("read journal", &self.path)?;
+        if !matches!(scanned, Ok(ref end) if end.end == journal.end) {
+            return Err(Error::CorruptFile {
+                path: self.path.clone(),
+                reason: format!("journal frames after byte {mark} did not read back whole"),
+            });
+        }
+        for payload in payloads {
+            let frame = FrameBuilder::reframe(&payload, self.header.journal_id, self.next_seq);
+            self.write_frame(&frame)?;
+        }
+        Ok(())
+    }
+
+    /// Preallocates space for appends and flushes everything.
+    fn finish(&mut self, sync: bool) -> Result<()> {
+        let zeros = vec![0u8; PREALLOCATE as usize];
+        self.file
+            .write_all_at(&zeros, self.end)
+            .at("preallocate new journal", &self.path)?;
+        if sync {
+            self.file.sync_all().at("fsync new journal", &self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the file of a compaction that gave up.
+    fn abandon<V: Vfs>(&self, vfs: &V) {
+        // Left behind, the next open removes it.
+        let _ = vfs.remove_file(&self.path);
+    }
+}

@@ -1,0 +1,180 @@
+//! Group commit: writers that arrive while a flush is under way share the next
+//! one, and a writer that arrives alone goes ahead at once.
+//!
+//! Every writer queues its request. If no writer is leading, it leads: it takes
+//! every queued request (its own among them), commits them together, hands each
+//! its result, and passes the lead to the oldest request queued meanwhile. Nobody
+//! waits for company: a lone writer's group is just its own request, and the
+//! group grows only with the writers that queued while the previous flush ran.
+
+use std::collections::HashMap;
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug)]
+pub(crate) struct GroupCommit<Req, Res> {
+    queue: Mutex<Queue<Req, Res>>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct Queue<Req, Res> {
+    pending: Vec<(u64, Req)>,
+    done: HashMap<u64, Res>,
+    next_ticket: u64,
+    /// Whether a writer is leading a group now.
+    leading: bool,
+    /// The queued request whose writer leads next.
+    handoff: Option<u64>,
+}
+
+impl<Req, Res> Default for GroupCommit<Req, Res> {
+    fn default() -> Self {
+        GroupCommit {
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                done: HashMap::new(),
+                next_ticket: 0,
+                leading: false,
+                handoff: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl<Req, Res> GroupCommit<Req, Res> {
+    /// Queues `request` and returns its result, committing a group with
+    /// `commit` if this writer leads one. `commit` gets the requests in queue
+    /// order and must return one result per request, in the same order;
+    /// `abandoned` is the result of a request whose group's `commit` panicked.
+    pub(crate) fn submit(
+        &self,
+        request: Req,
+        commit: impl Fn(Vec<Req>) -> Vec<Res>,
+        abandoned: impl Fn() -> Res,
+    ) -> Res {
+        let mut queue = self.queue.lock();
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push((ticket, request));
+        if queue.leading {
+            loop {
+                if let Some(result) = queue.done.remove(&ticket) {
+                    return result;
+                }
+                if queue.handoff == Some(ticket) {
+                    queue.handoff = None;
+                    break;
+                }
+                self.changed.wait(&mut queue);
+            }
+        }
+        queue.leading = true;
+        let group = std::mem::take(&mut queue.pending);
+        drop(queue);
+
+        let tickets: Vec<u64> = group.iter().map(|(ticket, _)| *ticket).collect();
+        let mut lead = Lead {
+            commit: self,
+            tickets,
+            abandoned: &abandoned,
+            results: None,
+        };
+        let results = commit(group.into_iter().map(|(_, request)| request).collect());
+        lead.results = Some(results);
+        drop(lead);
+
+        let mut queue = self.queue.lock();
+        queue.done.remove(&ticket).unwrap_or_else(&abandoned)
+    }
+}
+
+/// Hands out a group's results and passes the lead on, also when `commit`
+/// panicked: no follower waits forever.
+struct Lead<'a, Req, Res, A: Fn() -> Res> {
+    commit: &'a GroupCommit<Req, Res>,
+    tickets: Vec<u64>,
+    abandoned: &'a A,
+    results: Option<Vec<Res>>,
+}
+
+impl<Req, Res, A: Fn() -> Res> Drop for Lead<'_, Req, Res, A> {
+    fn drop(&mut self) {
+        let mut queue = self.commit.queue.lock();
+        let mut results = self.results.take().unwrap_or_default().into_iter();
+        for &ticket in &self.tickets {
+            let result = results.next().unwrap_or_else(self.abandoned);
+            queue.done.insert(ticket, result);
+        }
+        match queue.pending.first() {
+            Some(&(next, _)) => queue.handoff = Some(next),
+            None => queue.leading = false,
+        }
+        self.commit.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn a_lone_writer_commits_its_own_group() {
+        let group = GroupCommit::<u32, u32>::default();
+        assert_eq!(
+            group.submit(3, |reqs| reqs.iter().map(|r| r * 2).collect(), || 0),
+            6
+        );
+        assert_eq!(
+            group.submit(4, |reqs| reqs.iter().map(|r| r * 2).collect(), || 0),
+            8
+        );
+    }
+
+    #[test]
+    fn concurrent_writers_each_get_their_own_result_and_share_commits() {
+        let group = Arc::new(GroupCommit::<u64, u64>::default());
+        let commits = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let group = group.clone();
+                let commits = commits.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let request = t * 1000 + i;
+                        let result = group.submit(
+                            request,
+                            |reqs| {
+                                commits.fetch_add(1, Ordering::Relaxed);
+                                reqs.iter().map(|r| r + 1).collect()
+                            },
+                            || u64::MAX,
+                        );
+                        assert_eq!(result, request + 1);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(commits.load(Ordering::Relaxed) <= 1600);
+    }
+
+    #[test]
+    fn a_panicking_commit_abandons_its_group_and_passes_the_lead() {
+        let group = GroupCommit::<u32, Option<u32>>::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            group.submit(1, |_| panic!("commit failed"), || None)
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            group.submit(2, |reqs| reqs.into_iter().map(Some).collect(), || None),
+            Some(2)
+        );
+    }
+}

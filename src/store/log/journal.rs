@@ -1,0 +1,317 @@
+//! The journal file: reading frames in order, appending into preallocated space,
+//! and telling a torn tail from damage in the middle.
+
+use std::io;
+use std::sync::Arc;
+
+use super::frame::{
+    self, FILE_HEADER_LEN, FRAME_HEADER_LEN, FileHeader, HeaderRead, check_payload, claimed_seq,
+};
+use crate::vfs::VfsFile;
+
+/// Journal space is zero-filled ahead of the writes in steps of this size, so an
+/// append overwrites space the file already has and its `fdatasync` flushes data
+/// only, not a new file size.
+pub(crate) const PREALLOCATE: u64 = 4 << 20;
+
+/// How reads of the journal are buffered.
+const READ_WINDOW: usize = 256 << 10;
+
+/// The open journal as the process that writes it sees it.
+#[derive(Debug)]
+pub(crate) struct Journal<F> {
+    /// Read-write; shared with readers, which probe it for frames of other
+    /// processes.
+    pub file: Arc<F>,
+    pub header: FileHeader,
+    /// Inode of the file when it was opened: if the path names another inode,
+    /// a compaction replaced it.
+    pub inode: u64,
+    /// Where the next frame goes: just after the last valid frame.
+    pub end: u64,
+    /// The sequence number of the next frame.
+    pub next_seq: u64,
+    /// Bytes of the file that exist (zero-filled beyond `end`).
+    pub allocated: u64,
+}
+
+/// An append that failed: at which step, and whether it leaves the store unsure
+/// of what reached the disk (a failed flush), so that it must stop writing.
+#[derive(Debug)]
+pub(crate) struct AppendError {
+    pub step: &'static str,
+    pub source: io::Error,
+    pub poisons: bool,
+}
+
+/// Why reading frames stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Zeros: nothing more was written.
+    End,
+    /// Something that is not the expected frame: a torn write, or damage.
+    Bad { offset: u64, reason: String },
+}
+
+/// Where reading frames stopped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScanEnd {
+    pub end: u64,
+    pub next_seq: u64,
+    pub stop: Stop,
+}
+
+impl<F: VfsFile> Journal<F> {
+    /// Reads the frames after `self.end` in order, calling `each` with every
+    /// valid payload, and moves `end` and `next_seq` past them.
+    ///
+    /// An `Err` from `each` (a payload that passed its checksum but does not
+    /// decode) stops reading and is returned with the frame's offset.
+    pub(crate) fn read_new(
+        &mut self,
+        each: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> io::Result<Result<Stop, (u64, String)>> {
+        let scanned = scan(
+            &*self.file,
+            &self.header,
+            self.end,
+            u64::MAX,
+            self.next_seq,
+            each,
+        )?;
+        match scanned {
+            Ok(end) => {
+                self.end = end.end;
+                self.next_seq = end.next_seq;
+                Ok(Ok(end.stop))
+            }
+            Err((scan_end, offset, reason)) => {
+                self.end = scan_end.end;
+                self.next_seq = scan_end.next_seq;
+                Ok(Err((offset, reason)))
+            }
+        }
+    }
+
+    /// Writes `frame` at the end, in preallocated space, and flushes it if `sync`.
+    ///
+    /// On error `end` does not move: the next append overwrites whatever part of
+    /// the frame reached the file.
+    pub(crate) fn append(&mut self, frame: &[u8], sync: bool) -> Result<(), AppendError> {
+        let new_end = self.end + frame.len() as u64;
+        if new_end > self.allocated {
+            self.preallocate(new_end, sync)?;
+        }
+        let failed = |step, poisons| {
+            move |source| AppendError {
+                step,
+                source,
+                poisons,
+            }
+        };
+        self.file
+            .write_all_at(frame, self.end)
+            .map_err(failed("write journal frame", false))?;
+        if sync {
+            self.file
+                .sync_data()
+                .map_err(failed("fdatasync journal", true))?;
+        }
+        self.end = new_end;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Zero-fills the file up to a whole step past `needed` and flushes the new
+    /// length, so that the appends into it flush data only.
+    pub(crate) fn preallocate(&mut self, needed: u64, sync: bool) -> Result<(), AppendError> {
+        let target = needed.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
+        write_zeros(&*self.file, self.allocated, target).map_err(|source| AppendError {
+            step: "preallocate journal space",
+            source,
+            poisons: false,
+        })?;
+        if sync {
+            // A failed flush poisons, as every failed flush does: after one,
+            // what the kernel kept of the file is unknown.
+            self.file.sync_all().map_err(|source| AppendError {
+                step: "fsync preallocated journal space",
+                source,
+                poisons: true,
+            })?;
+        }
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Zeros everything from `end` to the end of the file: what a writer that
+    /// died (or failed) mid-write left there, so that no leftover byte can be read
+    /// after the frames written next.
+    pub(crate) fn clear_tail(&mut self, sync: bool) -> io::Result<()> {
+        let len = self.file.size()?.max(self.allocated);
+        write_zeros(&*self.file, self.end, len)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.allocated = len;
+        Ok(())
+    }
+
+    /// Looks past a bad frame at `self.end` for an intact frame that was written
+    /// after it. There is none after a torn write, since a frame is written only
+    /// once the one before it is durable; there is one if the bad frame was
+    /// damaged after it was written. Returns the later frame's offset.
+    pub(crate) fn later_intact_frame(&self) -> io::Result<Option<u64>> {
+        later_intact_frame(&*self.file, &self.header, self.end + 1, self.next_seq)
+    }
+}
+
+/// Writes zeros over `[from, to)`.
+fn write_zeros<F: VfsFile + ?Sized>(file: &F, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = CHUNK.min(to - at) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads a file through a window, so that many small frames cost few reads.
+struct Window<'f, F: ?Sized> {
+    file: &'f F,
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl<'f, F: VfsFile + ?Sized> Window<'f, F> {
+    fn new(file: &'f F) -> Self {
+        Window {
+            file,
+            start: 0,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Up to `len` bytes at `offset`: fewer only at the end of the file.
+    fn read(&mut self, offset: u64, len: usize) -> io::Result<&[u8]> {
+        let have =
+            offset >= self.start && offset + len as u64 <= self.start + self.bytes.len() as u64;
+        if !have {
+            self.bytes.resize(len.max(READ_WINDOW), 0);
+            let n = self.file.read_at(&mut self.bytes, offset)?;
+            self.bytes.truncate(n);
+            self.start = offset;
+        }
+        let from = (offset - self.start) as usize;
+        let to = (from + len).min(self.bytes.len());
+        Ok(&self.bytes[from.min(to)..to])
+    }
+}
+
+/// Reads frames from `from` on, expecting sequence numbers from `first_seq`, and
+/// stops at `until` (or at the end of the frames).
+///
+/// `Ok(Ok(end))` says where and why reading stopped. `Ok(Err((end, offset,
+/// reason)))`: the valid frame at `offset` did not decode (`each` failed).
+#[allow(clippy::type_complexity)]
+pub(crate) fn scan<F: VfsFile + ?Sized>(
+    file: &F,
+    header: &FileHeader,
+    from: u64,
+    until: u64,
+    first_seq: u64,
+    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+) -> io::Result<Result<ScanEnd, (ScanEnd, u64, String)>> {
+    let mut window = Window::new(file);
+    let mut at = from.max(FILE_HEADER_LEN);
+    let mut seq = first_seq;
+    let stop = |at, seq, stop| ScanEnd {
+        end: at,
+        next_seq: seq,
+        stop,
+    };
+    loop {
+        if at >= until {
+            return Ok(Ok(stop(at, seq, Stop::End)));
+        }
+        let bytes = window.read(at, FRAME_HEADER_LEN)?;
+        if bytes.is_empty() {
+            return Ok(Ok(stop(at, seq, Stop::End)));
+        }
+        let Ok(header_bytes) = <[u8; FRAME_HEADER_LEN]>::try_from(bytes) else {
+            return Ok(Ok(stop(
+                at,
+                seq,
+                bad(at, "file ends inside a frame header"),
+            )));
+        };
+        let payload_len = match frame::read_header(&header_bytes, header.journal_id, seq) {
+            HeaderRead::End => return Ok(Ok(stop(at, seq, Stop::End))),
+            HeaderRead::Bad(reason) => return Ok(Ok(stop(at, seq, bad(at, reason)))),
+            HeaderRead::Frame { payload_len, .. } => payload_len,
+        };
+        let payload_at = at + FRAME_HEADER_LEN as u64;
+        let payload = window.read(payload_at, payload_len)?;
+        if payload.len() < payload_len {
+            return Ok(Ok(stop(at, seq, bad(at, "file ends inside a frame"))));
+        }
+        if !check_payload(&header_bytes, payload) {
+            return Ok(Ok(stop(at, seq, bad(at, "frame checksum mismatch"))));
+        }
+        if let Err(reason) = each(payload) {
+            return Ok(Err((stop(at, seq, Stop::End), at, reason)));
+        }
+        at = payload_at + payload_len as u64;
+        seq += 1;
+    }
+}
+
+fn bad(offset: u64, reason: &str) -> Stop {
+    Stop::Bad {
+        offset,
+        reason: reason.to_owned(),
+    }
+}
+
+/// The offset of an intact frame of this journal with a sequence number of at
+/// least `min_seq`, searching every byte offset from `from` on.
+fn later_intact_frame<F: VfsFile + ?Sized>(
+    file: &F,
+    header: &FileHeader,
+    from: u64,
+    min_seq: u64,
+) -> io::Result<Option<u64>> {
+    const MAGIC: &[u8; 4] = b"JSFR";
+    let len = file.size()?;
+    let mut window = Window::new(file);
+    let mut at = from;
+    while at + FRAME_HEADER_LEN as u64 <= len {
+        let chunk = window.read(at, READ_WINDOW)?.to_vec();
+        let Some(hit) = chunk.windows(MAGIC.len()).position(|w| w == MAGIC) else {
+            // Keep the last bytes: a magic may straddle two windows.
+            at += (chunk.len().saturating_sub(MAGIC.len() - 1)).max(1) as u64;
+            continue;
+        };
+        let candidate = at + hit as u64;
+        if let Ok(header_bytes) =
+            <[u8; FRAME_HEADER_LEN]>::try_from(window.read(candidate, FRAME_HEADER_LEN)?)
+        {
+            let seq = claimed_seq(&header_bytes);
+            if seq >= min_seq
+                && let HeaderRead::Frame { payload_len, .. } =
+                    frame::read_header(&header_bytes, header.journal_id, seq)
+            {
+                let payload_at = candidate + FRAME_HEADER_LEN as u64;
+                let payload = window.read(payload_at, payload_len)?;
+                if payload.len() == payload_len && check_payload(&header_bytes, payload) {
+                    return Ok(Some(candidate));
+                }
+            }
+        }
+        at = candidate + 1;
+    }
+    Ok(None)
+}

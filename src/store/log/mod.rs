@@ -1,0 +1,855 @@
+//! The fast embedded store: an append-only journal with an in-memory index and
+//! group commit.
+
+mod compact;
+mod frame;
+mod group;
+mod index;
+mod journal;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+pub use self::compact::Compaction;
+use self::frame::{FileHeader, FrameBuilder, LogOp, decode_payload};
+use self::group::GroupCommit;
+use self::index::Index;
+use self::journal::{Journal, PREALLOCATE, Stop};
+use crate::atomic::{AtomicWriter, Durability};
+use crate::error::{Error, IoContext, Result};
+use crate::key::{Key, Prefix};
+use crate::store::packed::{Packed, pack};
+use crate::store::{
+    Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
+};
+use crate::vfs::{StdVfs, Vfs, VfsFile};
+
+const MARKER: &str = "jobsafe-logstore";
+const MARKER_CONTENT: &[u8] = b"jobsafe LogStore, journal format 1\n";
+const JOURNAL: &str = "journal";
+const LOCK: &str = "lock";
+const COMPACT_LOCK: &str = "compact.lock";
+/// Journal files being written (new stores, compactions) start with this.
+const NEW_JOURNAL_PREFIX: &str = "journal.new-";
+const QUARANTINE: &str = "quarantine";
+/// Sequence number of a journal's first frame.
+const FIRST_SEQ: u64 = 1;
+
+/// A [`Store`] backed by an append-only journal with an in-memory index: the fast
+/// embedded store.
+///
+/// Every write appends one checksummed frame to the journal and returns once an
+/// `fdatasync` made it durable: about one flush per write, into space the file
+/// already has, so no flush waits for a file's length or a directory.
+/// Concurrent writers share flushes (**group commit**): while one flush runs,
+/// the writers that arrive queue, and the next flush carries all of them; a
+/// lone writer never waits for company. Reads are served from memory.
+///
+/// # Design
+///
+/// ```text
+/// root/
+///   jobsafe-logstore   format marker
+///   journal            file header, frames, then zeros (preallocated space)
+///   lock               flock: writers exclusive, readers catching up shared
+///   compact.lock       flock: one compaction at a time
+///   quarantine/        records moved aside by `quarantine`
+/// ```
+///
+/// - **Crashes.** A frame is written only after the one before it is durable,
+///   and its checksum covers its length, journal id and sequence number. Opening
+///   reads frames until the zeros; a frame that does not check (a write torn by
+///   a crash, never acknowledged) ends the journal, and the next writer zeros
+///   it. A damaged frame *followed by an intact one* cannot be a torn write: it
+///   is reported as [`Error::CorruptFile`] naming the offset, and nothing after
+///   it is dropped or overwritten.
+/// - **Processes.** Writers take the `lock` file exclusively, read what other
+///   processes appended since they last looked, decide every precondition, then
+///   append: compare-and-set holds across processes. Readers check (without
+///   locking) whether anything was appended or the journal was replaced, and
+///   catch up under a shared lock if so.
+/// - **Compaction** writes the live records to a new journal beside the old one
+///   while writers go on, then, under the lock, copies the frames appended
+///   meanwhile and renames it into place. Other processes see that the journal's
+///   inode changed and reload it; none reads a replaced journal. It runs in the
+///   background when the journal holds mostly dead records
+///   ([`LogStoreBuilder::compact_when`]), or on [`compact`](LogStore::compact).
+///
+/// # Guarantees
+///
+/// The whole [`Store`] contract with [`Durability::Full`] (the default): a write
+/// that returned `Ok` survives a power loss. After a failed flush the store is
+/// poisoned: writes return [`Error::Poisoned`] until it is reopened.
+///
+/// # Limitations
+///
+/// - Every live record is held in memory (keys and values), as the price of
+///   reads that never touch the disk; reopening reads the whole journal.
+/// - Corruption is found per frame, not per record: a damaged frame in the
+///   middle makes writes fail with [`Error::CorruptFile`] until an operator
+///   restores the file. Records in the frames before it stay readable.
+///
+/// ```
+/// use jobsafe::{Expect, Key, LogStore, Prefix, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = LogStore::open(dir.path())?;
+/// let key = Key::new(["jobs", "lic:abc", "1"])?;
+/// let v = store.put(&key, br#"{"status":"queued"}"#, Expect::Absent)?;
+/// drop(store);
+///
+/// let store = LogStore::open(dir.path())?;
+/// assert_eq!(store.get(&key)?.unwrap().version, v);
+/// assert_eq!(store.list_all(&Prefix::new(["jobs"])?)?, vec![key]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct LogStore<V: Vfs = StdVfs> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V: Vfs> Clone for LogStore<V> {
+    fn clone(&self) -> Self {
+        LogStore {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared<V: Vfs> {
+    root: PathBuf,
+    journal_path: PathBuf,
+    writer: AtomicWriter<V>,
+    sync: bool,
+    /// The `lock` file, flocked by writers (exclusive) and by readers catching up
+    /// (shared).
+    lock_file: V::File,
+    journal: Mutex<Journal<V::File>>,
+    index: RwLock<Index>,
+    probe: Mutex<Probe<V::File>>,
+    group: GroupCommit<Vec<Op>, Result<Vec<Applied>>>,
+    poisoned: AtomicBool,
+    policy: CompactPolicy,
+    compacting: AtomicBool,
+    compactions: AtomicU64,
+    last_compaction_error: Mutex<Option<String>>,
+}
+
+/// What a reader checks to know whether its index is current: the journal's
+/// inode, and the offset where the next frame would start.
+#[derive(Debug)]
+struct Probe<F> {
+    inode: u64,
+    at: u64,
+    file: Arc<F>,
+}
+
+/// When to compact in the background.
+#[derive(Clone, Copy, Debug)]
+struct CompactPolicy {
+    enabled: bool,
+    min_bytes: u64,
+    dead_ratio: f64,
+}
+
+/// Options for opening a [`LogStore`].
+///
+/// ```
+/// use jobsafe::{Durability, LogStore};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = LogStore::builder(dir.path())
+///     .durability(Durability::Full)
+///     .compact_when(64 << 20, 0.5)
+///     .open()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct LogStoreBuilder<V: Vfs = StdVfs> {
+    root: PathBuf,
+    vfs: V,
+    durability: Durability,
+    create: bool,
+    policy: CompactPolicy,
+}
+
+impl LogStore<StdVfs> {
+    /// Opens the store at `root`, creating the directory and the store if missing.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the path that could not be created or read;
+    /// [`Error::CorruptFile`] if `root` is a non-empty directory that is not a
+    /// `LogStore`, or if its journal is damaged before its last frame.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        LogStore::builder(root).open()
+    }
+
+    /// Options for opening the store at `root`.
+    pub fn builder(root: impl AsRef<Path>) -> LogStoreBuilder<StdVfs> {
+        LogStoreBuilder {
+            root: root.as_ref().to_path_buf(),
+            vfs: StdVfs,
+            durability: Durability::Full,
+            create: true,
+            policy: CompactPolicy {
+                enabled: true,
+                min_bytes: 64 << 20,
+                dead_ratio: 0.5,
+            },
+        }
+    }
+}
+
+impl<V: Vfs> LogStoreBuilder<V> {
+    /// Does all I/O through `vfs`. Default: [`StdVfs`].
+    pub fn vfs<W: Vfs>(self, vfs: W) -> LogStoreBuilder<W> {
+        LogStoreBuilder {
+            root: self.root,
+            vfs,
+            durability: self.durability,
+            create: self.create,
+            policy: self.policy,
+        }
+    }
+
+    /// What a write survives once it returns. Default: [`Durability::Full`].
+    /// **[`Durability::AtomicOnly`] skips every flush and loses acknowledged
+    /// writes on power loss**: for tests and benchmark set-up only.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Whether to create the directory and the store if missing. Default: `true`.
+    /// With `false`, a missing store is an [`Error::Io`] of kind `NotFound`.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Compacts in the background once the journal is at least `min_bytes` long
+    /// and more than `dead_ratio` of it is dead (overwritten or deleted records).
+    /// Default: 64 MiB and 0.5, so the journal stays within about twice the live
+    /// data, plus `min_bytes`.
+    pub fn compact_when(mut self, min_bytes: u64, dead_ratio: f64) -> Self {
+        self.policy = CompactPolicy {
+            enabled: true,
+            min_bytes,
+            dead_ratio: dead_ratio.clamp(0.0, 1.0),
+        };
+        self
+    }
+
+    /// Never compacts in the background; [`LogStore::compact`] still does.
+    pub fn no_background_compaction(mut self) -> Self {
+        self.policy.enabled = false;
+        self
+    }
+
+    /// Opens the store, reading the whole journal into memory.
+    ///
+    /// # Errors
+    /// As [`LogStore::open`].
+    pub fn open(self) -> Result<LogStore<V>> {
+        let writer = AtomicWriter::with_vfs(self.vfs).durability(self.durability);
+        let root = self.root;
+        prepare_root(&writer, &root, self.create)?;
+        let vfs = writer.vfs();
+        let lock_path = root.join(LOCK);
+        let lock_file = vfs
+            .open_or_create(&lock_path, 0o600)
+            .at("open lock file", &lock_path)?;
+        let journal_path = root.join(JOURNAL);
+        let sync = self.durability == Durability::Full;
+
+        let flock = Flock::exclusive(&lock_file, &lock_path)?;
+        if vfs
+            .metadata(&journal_path)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            create_journal(&writer, &root, sync)?;
+        }
+        compact::sweep_abandoned(&writer, &root)?;
+        let (mut journal, index) = load(vfs, &journal_path)?;
+        settle_tail(&mut journal, &journal_path, sync, Access::Exclusive)?;
+        let probe = Probe {
+            inode: journal.inode,
+            at: journal.end,
+            file: journal.file.clone(),
+        };
+        drop(flock);
+
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                root,
+                journal_path,
+                writer,
+                sync,
+                lock_file,
+                journal: Mutex::new(journal),
+                index: RwLock::new(index),
+                probe: Mutex::new(probe),
+                group: GroupCommit::default(),
+                poisoned: AtomicBool::new(false),
+                policy: self.policy,
+                compacting: AtomicBool::new(false),
+                compactions: AtomicU64::new(0),
+                last_compaction_error: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Sizes and counters of a [`LogStore`], as this process sees them.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct LogStats {
+    /// Live records.
+    pub records: usize,
+    /// Bytes the live records take in a freshly compacted journal (estimated).
+    pub live_bytes: u64,
+    /// Bytes of journal written (frames), dead ones included.
+    pub journal_bytes: u64,
+    /// Bytes the journal file takes, preallocated space included.
+    pub allocated_bytes: u64,
+    /// Compactions the journal went through, by any process.
+    pub generation: u64,
+    /// Compactions this handle ran.
+    pub compactions: u64,
+    /// Why the last background compaction failed, if it did.
+    pub last_compaction_error: Option<String>,
+}
+
+impl<V: Vfs> LogStore<V> {
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Sizes and counters, after reading what other processes appended.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn stats(&self) -> Result<LogStats> {
+        let index = self.shared.fresh_index()?;
+        let journal = self.shared.journal.lock();
+        Ok(LogStats {
+            records: index.len(),
+            live_bytes: index.live_bytes,
+            journal_bytes: journal.end,
+            allocated_bytes: journal.allocated,
+            generation: journal.header.generation,
+            compactions: self.shared.compactions.load(Ordering::Relaxed),
+            last_compaction_error: self.shared.last_compaction_error.lock().clone(),
+        })
+    }
+
+    /// Rewrites the journal with only the live records, now, and returns what it
+    /// did; writers go on while the new journal is written.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file; [`Error::Poisoned`]; [`Error::CorruptFile`]
+    /// if the journal is damaged.
+    pub fn compact(&self) -> Result<Compaction> {
+        compact::run(&self.shared, compact::Wait::Yes)
+    }
+}
+
+/// Checks that `root` is a `LogStore` (or makes it one).
+fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> Result<()> {
+    let vfs = writer.vfs();
+    if create {
+        vfs.create_dir_all_durable(root)
+            .at("create store directory", root)?;
+    }
+    let marker = root.join(MARKER);
+    match vfs.read(&marker) {
+        Ok(content) if content == MARKER_CONTENT => Ok(()),
+        Ok(_) => Err(Error::CorruptFile {
+            path: marker,
+            reason: "unknown LogStore format (written by a newer jobsafe?)".to_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A temp file is another process creating the marker right now.
+            let entries = vfs.read_dir(root).at("list store directory", root)?;
+            let foreign = entries.iter().any(|name| {
+                let name = name.to_string_lossy();
+                name != LOCK && !name.ends_with(crate::atomic::TEMP_SUFFIX)
+            });
+            if foreign {
+                return Err(Error::CorruptFile {
+                    path: root.to_path_buf(),
+                    reason: format!("not empty and not a LogStore (no {MARKER} file)"),
+                });
+            }
+            // Two processes creating the store at once write the same bytes.
+            writer.write(&marker, MARKER_CONTENT)
+        }
+        Err(e) => Err(Error::io("read format marker", &marker, e)),
+    }
+}
+
+/// Writes an empty journal and renames it into place.
+fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> Result<()> {
+    let header = FileHeader {
+        journal_id: fastrand::u64(..),
+        generation: 0,
+    };
+    let mut frame = FrameBuilder::new();
+    frame.floor(Version::new(0));
+    let first = frame.finish(header.journal_id, FIRST_SEQ);
+    let (path, file) = compact::new_journal_file(writer.vfs(), root)?;
+    let write = || -> std::io::Result<()> {
+        file.write_all_at(&header.encode(), 0)?;
+        file.write_all_at(&first, frame::FILE_HEADER_LEN)?;
+        let end = frame::FILE_HEADER_LEN + first.len() as u64;
+        file.write_all_at(&vec![0; PREALLOCATE as usize], end)?;
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(())
+    };
+    write().at("write new journal", &path)?;
+    compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
+}
+
+/// Opens the journal at `path` and reads it whole into a fresh index.
+fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index)> {
+    let file = vfs.open_or_create(path, 0o600).at("open journal", path)?;
+    let inode = vfs.metadata(path).at("stat journal", path)?.inode;
+    let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
+    let n = file.read_at(&mut head, 0).at("read journal header", path)?;
+    let header = FileHeader::decode(&head[..n]).map_err(|reason| Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let allocated = file.size().at("stat journal", path)?;
+    let mut journal = Journal {
+        file: Arc::new(file),
+        header,
+        inode,
+        end: frame::FILE_HEADER_LEN,
+        next_seq: FIRST_SEQ,
+        allocated,
+    };
+    let mut index = Index::default();
+    read_into(&mut journal, &mut index, path)?;
+    Ok((journal, index))
+}
+
+/// Reads the frames appended after `journal.end` into `index`; returns why it
+/// stopped.
+fn read_into<F: VfsFile>(journal: &mut Journal<F>, index: &mut Index, path: &Path) -> Result<Stop> {
+    let read = journal
+        .read_new(|payload| {
+            for op in decode_payload(payload)?.into_iter().flatten() {
+                index.apply(op);
+            }
+            Ok(())
+        })
+        .at("read journal", path)?;
+    read.map_err(|(offset, reason)| Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!("frame at byte {offset} passed its checksum but does not decode: {reason}"),
+    })
+}
+
+/// Whether a caller may repair the journal's tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Under the shared lock: a bad frame is left for a writer.
+    Shared,
+    /// Under the exclusive lock: a torn tail is zeroed, damage is an error.
+    Exclusive,
+}
+
+/// What to do when reading stopped at a frame that does not check.
+fn settle_tail<F: VfsFile>(
+    journal: &mut Journal<F>,
+    path: &Path,
+    sync: bool,
+    access: Access,
+) -> Result<()> {
+    let Stop::Bad { offset, reason } = peek_stop(journal, path)? else {
+        return Ok(());
+    };
+    if access == Access::Shared {
+        return Ok(());
+    }
+    if let Some(later) = journal.later_intact_frame().at("scan journal", path)? {
+        return Err(Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "frame at byte {offset} is damaged ({reason}) but the frame at byte {later}, \
+                 written after it, is intact: the journal is damaged in the middle"
+            ),
+        });
+    }
+    // A write torn by a crash, or failed: it was never acknowledged.
+    journal.clear_tail(sync).at("clear torn journal tail", path)
+}
+
+/// Why reading stops at `journal.end`, without reading further.
+fn peek_stop<F: VfsFile>(journal: &mut Journal<F>, path: &Path) -> Result<Stop> {
+    let scanned = journal::scan(
+        &*journal.file,
+        &journal.header,
+        journal.end,
+        u64::MAX,
+        journal.next_seq,
+        |_| Err(String::new()),
+    )
+    .at("read journal", path)?;
+    Ok(match scanned {
+        Ok(end) => end.stop,
+        // A valid frame is there: not a stop at all.
+        Err(_) => Stop::End,
+    })
+}
+
+/// An flock held until dropped.
+struct Flock<'a, F: VfsFile> {
+    file: &'a F,
+}
+
+impl<'a, F: VfsFile> Flock<'a, F> {
+    fn exclusive(file: &'a F, path: &Path) -> Result<Self> {
+        file.lock().at("lock store", path)?;
+        Ok(Flock { file })
+    }
+
+    fn shared(file: &'a F, path: &Path) -> Result<Self> {
+        file.lock_shared().at("lock store (shared)", path)?;
+        Ok(Flock { file })
+    }
+}
+
+impl<F: VfsFile> Drop for Flock<'_, F> {
+    fn drop(&mut self) {
+        // Closing the file would release it too; an unlock that fails leaves the
+        // lock to the next unlock or to the close.
+        let _ = self.file.unlock();
+    }
+}
+
+impl<V: Vfs> Shared<V> {
+    fn lock_path(&self) -> PathBuf {
+        self.root.join(LOCK)
+    }
+
+    /// The index, after catching up with other processes if they wrote.
+    fn fresh_index(&self) -> Result<RwLockReadGuard<'_, Index>> {
+        if !self.is_current()? {
+            let mut journal = self.journal.lock();
+            let _flock = Flock::shared(&self.lock_file, &self.lock_path())?;
+            self.catch_up(&mut journal, Access::Shared)?;
+        }
+        Ok(self.index.read())
+    }
+
+    /// Whether no other process appended a frame or replaced the journal since
+    /// this one last looked: the journal path still names the same inode, and
+    /// the place of the next frame holds no frame start.
+    fn is_current(&self) -> Result<bool> {
+        let (inode, at, file) = {
+            let probe = self.probe.lock();
+            (probe.inode, probe.at, probe.file.clone())
+        };
+        let vfs = self.writer.vfs();
+        let now = vfs
+            .metadata(&self.journal_path)
+            .at("stat journal", &self.journal_path)?;
+        if now.inode != inode {
+            return Ok(false);
+        }
+        let mut magic = [0u8; 4];
+        let n = file
+            .read_at(&mut magic, at)
+            .at("read journal", &self.journal_path)?;
+        Ok(magic[..n].iter().all(|&b| b == 0))
+    }
+
+    /// Reads what other processes appended, reloading the journal if another
+    /// process replaced it. Callers hold the journal mutex and the lock file.
+    fn catch_up(&self, journal: &mut Journal<V::File>, access: Access) -> Result<()> {
+        let vfs = self.writer.vfs();
+        let path = &self.journal_path;
+        let inode = vfs.metadata(path).at("stat journal", path)?.inode;
+        if inode != journal.inode {
+            let (fresh, index) = load(vfs, path)?;
+            *journal = fresh;
+            *self.index.write() = index;
+        } else {
+            let mut index = self.index.write();
+            read_into(journal, &mut index, path)?;
+        }
+        settle_tail(journal, path, self.sync, access)?;
+        *self.probe.lock() = Probe {
+            inode: journal.inode,
+            at: journal.end,
+            file: journal.file.clone(),
+        };
+        Ok(())
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
+        self.group.submit(
+            ops,
+            |group| self.commit_group(group),
+            || {
+                Err(Error::Io {
+                    step: "commit group",
+                    path: self.journal_path.clone(),
+                    source: std::io::Error::other("the writer leading this commit panicked"),
+                })
+            },
+        )
+    }
+
+    /// Commits a group of requests with one append and one flush: each request
+    /// is decided against the index and the requests before it in the group.
+    fn commit_group(&self, group: Vec<Vec<Op>>) -> Vec<Result<Vec<Applied>>> {
+        let requests = group.len();
+        if self.poisoned.load(Ordering::SeqCst) {
+            return (0..requests).map(|_| Err(self.poisoned_error())).collect();
+        }
+        let mut journal = self.journal.lock();
+        let prepared = Flock::exclusive(&self.lock_file, &self.lock_path()).and_then(|flock| {
+            self.catch_up(&mut journal, Access::Exclusive)
+                .map(|()| flock)
+        });
+        let _flock = match prepared {
+            Ok(flock) => flock,
+            Err(e) => return replicate(e, requests, &self.journal_path),
+        };
+
+        let (mut results, changes, frame) =
+            self.decide(group, journal.header.journal_id, journal.next_seq);
+        let Some(frame) = frame else {
+            return results;
+        };
+        self.probe.lock().at = journal.end + frame.len() as u64;
+        if let Err(failure) = journal.append(&frame, self.sync) {
+            self.probe.lock().at = journal.end;
+            if failure.poisons {
+                self.poisoned.store(true, Ordering::SeqCst);
+            }
+            let error = Error::io(failure.step, &self.journal_path, failure.source);
+            let mut errors = replicate::<()>(error, requests, &self.journal_path).into_iter();
+            for result in &mut results {
+                let error = errors.next();
+                if result.is_ok()
+                    && let Some(Err(error)) = error
+                {
+                    *result = Err(error);
+                }
+            }
+            return results;
+        }
+        let mut index = self.index.write();
+        for op in changes {
+            index.apply(op);
+        }
+        drop(index);
+        self.probe.lock().at = journal.end;
+        results
+    }
+
+    /// Decides each request of a group in order; returns their results, the
+    /// changes to apply once durable, and the frame to append (none if nothing
+    /// changes).
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        group: Vec<Vec<Op>>,
+        journal_id: u64,
+        seq: u64,
+    ) -> (Vec<Result<Vec<Applied>>>, Vec<LogOp>, Option<Vec<u8>>) {
+        let index = self.index.read();
+        // What the group's earlier requests made of each key they touched.
+        let mut overlay: HashMap<Packed, Option<Version>> = HashMap::new();
+        let mut last_version = index.last_version;
+        let mut frame = FrameBuilder::new();
+        let mut changes = Vec::new();
+        let mut results = Vec::with_capacity(group.len());
+        for ops in group {
+            let keys: Vec<Packed> = ops.iter().map(|op| pack(op.key().segments())).collect();
+            let current = |key: &Packed, overlay: &HashMap<Packed, Option<Version>>| {
+                overlay
+                    .get(key)
+                    .copied()
+                    .unwrap_or_else(|| index.current(key))
+            };
+            let check = ops
+                .iter()
+                .zip(&keys)
+                .try_for_each(|(op, key)| op.expect().check(op.key(), current(key, &overlay)));
+            if let Err(conflict) = check {
+                results.push(Err(conflict));
+                continue;
+            }
+            frame.begin();
+            let mut applied = Vec::with_capacity(ops.len());
+            for (op, key) in ops.into_iter().zip(keys) {
+                match op {
+                    Op::Put { value, .. } => {
+                        last_version += 1;
+                        let version = Version::new(last_version);
+                        frame.put(&key, version, &value);
+                        overlay.insert(key.clone(), Some(version));
+                        changes.push(LogOp::Put {
+                            key,
+                            version,
+                            value,
+                        });
+                        applied.push(Applied::Put(version));
+                    }
+                    Op::Delete { .. } => {
+                        let existed = current(&key, &overlay).is_some();
+                        if existed {
+                            frame.delete(&key);
+                            changes.push(LogOp::Delete { key: key.clone() });
+                        }
+                        overlay.insert(key, None);
+                        applied.push(Applied::Deleted(existed));
+                    }
+                }
+            }
+            results.push(Ok(applied));
+        }
+        let frame = (!changes.is_empty()).then(|| frame.finish(journal_id, seq));
+        (results, changes, frame)
+    }
+
+    fn poisoned_error(&self) -> Error {
+        Error::Poisoned {
+            path: self.root.clone(),
+        }
+    }
+}
+
+/// One error for each of `n` requests of a group that failed together.
+fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
+    let mut results = Vec::with_capacity(n);
+    for _ in 1..n {
+        results.push(Err(match &error {
+            Error::Poisoned { path } => Error::Poisoned { path: path.clone() },
+            Error::CorruptFile { path, reason } => Error::CorruptFile {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::Io { step, path, source } => Error::Io {
+                step,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            other => Error::Io {
+                step: "commit group",
+                path: path.to_path_buf(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }));
+    }
+    if n > 0 {
+        results.push(Err(error));
+    }
+    results
+}
+
+impl<V: Vfs> LogStore<V> {
+    /// Commits `ops` as one transaction, then starts a background compaction if
+    /// the journal has grown mostly dead.
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
+        let applied = self.shared.commit(ops)?;
+        compact::maybe_start(&self.shared);
+        Ok(applied)
+    }
+}
+
+impl<V: Vfs> Store for LogStore<V> {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let index = self.shared.fresh_index()?;
+        Ok(index.get(&pack(key.segments())).cloned())
+    }
+
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        let op = Op::Put {
+            key: key.clone(),
+            value: value.to_vec(),
+            expect,
+        };
+        match self.commit(vec![op])?.first() {
+            Some(Applied::Put(version)) => Ok(*version),
+            _ => Err(unexpected(&self.shared.journal_path)),
+        }
+    }
+
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        let op = Op::Delete {
+            key: key.clone(),
+            expect,
+        };
+        match self.commit(vec![op])?.first() {
+            Some(Applied::Deleted(existed)) => Ok(*existed),
+            _ => Err(unexpected(&self.shared.journal_path)),
+        }
+    }
+
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        check_limit(limit)?;
+        self.shared.fresh_index()?.list(prefix, after, limit)
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        batch.validate()?;
+        self.commit(batch.ops().to_vec())
+    }
+
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        let dir = self.shared.root.join(QUARANTINE);
+        loop {
+            let Some(entry) = self.get(key)? else {
+                return Ok(None);
+            };
+            let vfs = self.shared.writer.vfs();
+            vfs.create_dir_all_durable(&dir)
+                .at("create quarantine directory", &dir)?;
+            let name = format!(
+                "v{}-{}.record",
+                entry.version.get(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let path = dir.join(name);
+            self.shared.writer.write(&path, &entry.value)?;
+            match self.delete(key, Expect::Version(entry.version)) {
+                Ok(_) => {
+                    return Ok(Some(Quarantined {
+                        key: key.clone(),
+                        location: path.display().to_string(),
+                    }));
+                }
+                Err(e) if e.is_conflict() => {
+                    // Changed meanwhile: move aside what is there now instead.
+                    let _ = vfs.remove_file(&path);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn unexpected(path: &Path) -> Error {
+    Error::Io {
+        step: "commit",
+        path: path.to_path_buf(),
+        source: std::io::Error::other("a single-op commit returned no result for its op"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
