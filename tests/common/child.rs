@@ -163,6 +163,13 @@ impl Child {
         self.reports.iter().collect()
     }
 
+    /// Closes the child's input, waits for it to exit however it does (a child
+    /// that crashes on purpose, say) and returns how, with its reports.
+    pub fn wait(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.wait_status();
+        (status, self.reports.iter().collect())
+    }
+
     /// Closes the child's input, waits for it to exit and returns its remaining
     /// reports; fails with its stderr if it did not exit successfully.
     pub fn finish(mut self) -> Vec<String> {

@@ -1,13 +1,13 @@
 //! The fast embedded store: an append-only journal with an in-memory index and
 //! group commit.
 
+mod commit;
 mod compact;
 mod frame;
 mod group;
 mod index;
 mod journal;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 pub use self::compact::Compaction;
-use self::frame::{FileHeader, FrameBuilder, LogOp, decode_payload};
+use self::frame::{FileHeader, FrameBuilder, decode_payload};
 use self::group::GroupCommit;
 use self::index::Index;
 use self::journal::{Journal, PREALLOCATE, Stop};
 use crate::atomic::{AtomicWriter, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
-use crate::store::packed::{Packed, pack};
+use crate::store::packed::pack;
 use crate::store::{
     Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
 };
@@ -83,7 +83,9 @@ const FIRST_SEQ: u64 = 1;
 ///
 /// The whole [`Store`] contract with [`Durability::Full`] (the default): a write
 /// that returned `Ok` survives a power loss. After a failed flush the store is
-/// poisoned: writes return [`Error::Poisoned`] until it is reopened.
+/// poisoned: writes return [`Error::Poisoned`] until it is reopened. The write
+/// whose flush failed may or may not have reached the disk: reads, and a
+/// restart, may or may not find it.
 ///
 /// # Limitations
 ///
@@ -596,169 +598,6 @@ impl<V: Vfs> Shared<V> {
         };
         Ok(())
     }
-
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
-        self.group.submit(
-            ops,
-            |group| self.commit_group(group),
-            || {
-                Err(Error::Io {
-                    step: "commit group",
-                    path: self.journal_path.clone(),
-                    source: std::io::Error::other("the writer leading this commit panicked"),
-                })
-            },
-        )
-    }
-
-    /// Commits a group of requests with one append and one flush: each request
-    /// is decided against the index and the requests before it in the group.
-    fn commit_group(&self, group: Vec<Vec<Op>>) -> Vec<Result<Vec<Applied>>> {
-        let requests = group.len();
-        if self.poisoned.load(Ordering::SeqCst) {
-            return (0..requests).map(|_| Err(self.poisoned_error())).collect();
-        }
-        let mut journal = self.journal.lock();
-        let prepared = Flock::exclusive(&self.lock_file, &self.lock_path()).and_then(|flock| {
-            self.catch_up(&mut journal, Access::Exclusive)
-                .map(|()| flock)
-        });
-        let _flock = match prepared {
-            Ok(flock) => flock,
-            Err(e) => return replicate(e, requests, &self.journal_path),
-        };
-
-        let (mut results, changes, frame) =
-            self.decide(group, journal.header.journal_id, journal.next_seq);
-        let Some(frame) = frame else {
-            return results;
-        };
-        self.probe.lock().at = journal.end + frame.len() as u64;
-        if let Err(failure) = journal.append(&frame, self.sync) {
-            self.probe.lock().at = journal.end;
-            if failure.poisons {
-                self.poisoned.store(true, Ordering::SeqCst);
-            }
-            let error = Error::io(failure.step, &self.journal_path, failure.source);
-            let mut errors = replicate::<()>(error, requests, &self.journal_path).into_iter();
-            for result in &mut results {
-                let error = errors.next();
-                if result.is_ok()
-                    && let Some(Err(error)) = error
-                {
-                    *result = Err(error);
-                }
-            }
-            return results;
-        }
-        let mut index = self.index.write();
-        for op in changes {
-            index.apply(op);
-        }
-        drop(index);
-        self.probe.lock().at = journal.end;
-        results
-    }
-
-    /// Decides each request of a group in order; returns their results, the
-    /// changes to apply once durable, and the frame to append (none if nothing
-    /// changes).
-    #[allow(clippy::type_complexity)]
-    fn decide(
-        &self,
-        group: Vec<Vec<Op>>,
-        journal_id: u64,
-        seq: u64,
-    ) -> (Vec<Result<Vec<Applied>>>, Vec<LogOp>, Option<Vec<u8>>) {
-        let index = self.index.read();
-        // What the group's earlier requests made of each key they touched.
-        let mut overlay: HashMap<Packed, Option<Version>> = HashMap::new();
-        let mut last_version = index.last_version;
-        let mut frame = FrameBuilder::new();
-        let mut changes = Vec::new();
-        let mut results = Vec::with_capacity(group.len());
-        for ops in group {
-            let keys: Vec<Packed> = ops.iter().map(|op| pack(op.key().segments())).collect();
-            let current = |key: &Packed, overlay: &HashMap<Packed, Option<Version>>| {
-                overlay
-                    .get(key)
-                    .copied()
-                    .unwrap_or_else(|| index.current(key))
-            };
-            let check = ops
-                .iter()
-                .zip(&keys)
-                .try_for_each(|(op, key)| op.expect().check(op.key(), current(key, &overlay)));
-            if let Err(conflict) = check {
-                results.push(Err(conflict));
-                continue;
-            }
-            frame.begin();
-            let mut applied = Vec::with_capacity(ops.len());
-            for (op, key) in ops.into_iter().zip(keys) {
-                match op {
-                    Op::Put { value, .. } => {
-                        last_version += 1;
-                        let version = Version::new(last_version);
-                        frame.put(&key, version, &value);
-                        overlay.insert(key.clone(), Some(version));
-                        changes.push(LogOp::Put {
-                            key,
-                            version,
-                            value,
-                        });
-                        applied.push(Applied::Put(version));
-                    }
-                    Op::Delete { .. } => {
-                        let existed = current(&key, &overlay).is_some();
-                        if existed {
-                            frame.delete(&key);
-                            changes.push(LogOp::Delete { key: key.clone() });
-                        }
-                        overlay.insert(key, None);
-                        applied.push(Applied::Deleted(existed));
-                    }
-                }
-            }
-            results.push(Ok(applied));
-        }
-        let frame = (!changes.is_empty()).then(|| frame.finish(journal_id, seq));
-        (results, changes, frame)
-    }
-
-    fn poisoned_error(&self) -> Error {
-        Error::Poisoned {
-            path: self.root.clone(),
-        }
-    }
-}
-
-/// One error for each of `n` requests of a group that failed together.
-fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
-    let mut results = Vec::with_capacity(n);
-    for _ in 1..n {
-        results.push(Err(match &error {
-            Error::Poisoned { path } => Error::Poisoned { path: path.clone() },
-            Error::CorruptFile { path, reason } => Error::CorruptFile {
-                path: path.clone(),
-                reason: reason.clone(),
-            },
-            Error::Io { step, path, source } => Error::Io {
-                step,
-                path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            other => Error::Io {
-                step: "commit group",
-                path: path.to_path_buf(),
-                source: std::io::Error::other(other.to_string()),
-            },
-        }));
-    }
-    if n > 0 {
-        results.push(Err(error));
-    }
-    results
 }
 
 impl<V: Vfs> LogStore<V> {
@@ -850,6 +689,3 @@ fn unexpected(path: &Path) -> Error {
         source: std::io::Error::other("a single-op commit returned no result for its op"),
     }
 }
-
-#[cfg(test)]
-mod tests;

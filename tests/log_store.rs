@@ -1,0 +1,570 @@
+//! `LogStore`'s journal: torn and damaged frames, compaction (crashing at each of
+//! its steps), failed flushes, and processes appending and compacting at once.
+//! The Store contract itself is checked by `tests/conformance.rs` and
+//! `tests/model.rs`.
+// Test code, children included: a step that fails fails the test.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use common::child::{self, Child};
+use jobsafe::vfs::{FileInfo, StdVfs, Vfs, VfsFile};
+use jobsafe::{Error, Expect, Key, LogStore, Prefix, Store};
+
+fn key(name: &str) -> Key {
+    Key::new(["k", name]).unwrap()
+}
+
+/// Every record under `k/`, by key name.
+fn contents(store: &impl Store) -> BTreeMap<String, Vec<u8>> {
+    store
+        .list_all(&Prefix::new(["k"]).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|key| {
+            let value = store.get(&key).unwrap().unwrap().value;
+            (key.segments()[1].clone(), value)
+        })
+        .collect()
+}
+
+fn journal_of(root: &Path) -> PathBuf {
+    root.join("journal")
+}
+
+/// Copies a store directory (its files; the quarantine is not used here).
+fn copy_store(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A store with `k/0`..`k/4`, one frame each, and where the last frame starts
+/// and ends.
+fn five_frames(root: &Path) -> (u64, u64) {
+    let store = LogStore::open(root).unwrap();
+    for i in 0..4 {
+        store
+            .put(
+                &key(&i.to_string()),
+                format!("value {i}").as_bytes(),
+                Expect::Absent,
+            )
+            .unwrap();
+    }
+    let start = store.stats().unwrap().journal_bytes;
+    store.put(&key("4"), b"value 4", Expect::Absent).unwrap();
+    let end = store.stats().unwrap().journal_bytes;
+    (start, end)
+}
+
+#[test]
+fn a_torn_last_frame_is_dropped_at_every_byte_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("original");
+    let (start, end) = five_frames(&original);
+    let journal = fs::read(journal_of(&original)).unwrap();
+
+    // What a crash mid-write leaves: the frame's first bytes, then either the
+    // zeros that were there or garbage.
+    for filler in [0u8, 0xA5] {
+        for written in 0..(end - start) {
+            let root = dir.path().join(format!("torn-{filler}-{written}"));
+            copy_store(&original, &root);
+            let mut torn = journal.clone();
+            for byte in &mut torn[(start + written) as usize..end as usize] {
+                *byte = filler;
+            }
+            fs::write(journal_of(&root), &torn).unwrap();
+
+            let store = LogStore::open(&root)
+                .unwrap_or_else(|e| panic!("open with {written} bytes of the last frame: {e}"));
+            let seen = contents(&store);
+            assert_eq!(seen.len(), 4, "with {written} bytes of the last frame");
+            assert!(!seen.contains_key("4"));
+            // The tail was cleared: a new frame goes where the torn one was, and
+            // nothing of the torn one is read after it.
+            store.put(&key("5"), b"after", Expect::Absent).unwrap();
+            drop(store);
+            let store = LogStore::open(&root).unwrap();
+            let seen = contents(&store);
+            assert_eq!(seen.keys().collect::<Vec<_>>(), ["0", "1", "2", "3", "5"]);
+            fs::remove_dir_all(&root).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_damaged_frame_before_an_intact_one_is_reported_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let (last_start, _) = five_frames(&root);
+    let path = journal_of(&root);
+    let mut bytes = fs::read(&path).unwrap();
+    // A byte in the payload of the frame before the last one.
+    let damaged_at = last_start as usize - 3;
+    bytes[damaged_at] ^= 0x40;
+    fs::write(&path, &bytes).unwrap();
+
+    let err = LogStore::open(&root).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("journal"), "{message}");
+    let Error::CorruptFile {
+        path: reported,
+        reason,
+    } = &err
+    else {
+        panic!("expected CorruptFile, got {err:?}");
+    };
+    assert_eq!(reported, &path);
+    assert!(reason.contains("damaged in the middle"), "{reason}");
+    assert!(reason.contains(&format!("byte {last_start}")), "{reason}");
+    // Nothing was cut off or rewritten.
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn compaction_keeps_every_record_and_never_reuses_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = LogStore::builder(&root)
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    let mut highest = 0;
+    for round in 0..20 {
+        for i in 0..50 {
+            let v = store
+                .put(
+                    &key(&i.to_string()),
+                    format!("{round}").as_bytes(),
+                    Expect::Any,
+                )
+                .unwrap();
+            highest = highest.max(v.get());
+        }
+    }
+    for i in 40..50 {
+        store.delete(&key(&i.to_string()), Expect::Any).unwrap();
+    }
+    let before = contents(&store);
+    let stats = store.stats().unwrap();
+
+    let compaction = store.compact().unwrap();
+    assert_eq!(compaction.records, 40);
+    assert_eq!(compaction.generation, stats.generation + 1);
+    assert!(
+        compaction.bytes_after * 5 < compaction.bytes_before,
+        "{compaction:?}"
+    );
+    assert_eq!(contents(&store), before);
+
+    drop(store);
+    let store = LogStore::open(&root).unwrap();
+    assert_eq!(contents(&store), before);
+    // The deleted keys' versions are gone from the journal, not forgotten.
+    let v = store.put(&key("49"), b"again", Expect::Absent).unwrap();
+    assert!(v.get() > highest);
+}
+
+#[test]
+fn another_handle_sees_writes_and_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let a = LogStore::open(&root).unwrap();
+    let b = LogStore::open(&root).unwrap();
+
+    let v1 = a.put(&key("x"), b"1", Expect::Absent).unwrap();
+    assert_eq!(b.get(&key("x")).unwrap().unwrap().version, v1);
+    // B's compare-and-set is decided against A's write.
+    let err = b.put(&key("x"), b"2", Expect::Absent).unwrap_err();
+    assert_eq!(err.conflict_current(), Some(Some(v1)));
+
+    a.compact().unwrap();
+    let v2 = b.put(&key("x"), b"2", Expect::Version(v1)).unwrap();
+    assert_eq!(a.get(&key("x")).unwrap().unwrap().value, b"2");
+    b.compact().unwrap();
+    a.put(&key("y"), b"3", Expect::Absent).unwrap();
+    assert_eq!(
+        contents(&b),
+        BTreeMap::from([
+            ("x".to_owned(), b"2".to_vec()),
+            ("y".to_owned(), b"3".to_vec())
+        ])
+    );
+    assert_eq!(a.stats().unwrap().generation, 2);
+    assert!(a.get(&key("x")).unwrap().unwrap().version == v2);
+}
+
+#[test]
+fn a_directory_that_is_not_a_log_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let err = LogStore::open(dir.path()).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    assert_eq!(fs::read(dir.path().join("notes.txt")).unwrap(), b"mine");
+
+    let missing = dir.path().join("missing");
+    let err = LogStore::builder(&missing)
+        .create(false)
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
+        "{err}"
+    );
+}
+
+/// A [`Vfs`] over [`StdVfs`] that, once armed, counts operations down and at
+/// zero either aborts the process (a crash at exactly that step) or fails every
+/// flush from then on.
+#[derive(Clone, Debug, Default)]
+struct StepVfs {
+    crash_armed: Arc<AtomicBool>,
+    countdown: Arc<AtomicI64>,
+    failing_syncs: Arc<AtomicBool>,
+}
+
+impl StepVfs {
+    /// From now on, aborts the process at the `steps`th step (0: the next).
+    fn crash_after(&self, steps: i64) {
+        self.countdown.store(steps, Ordering::SeqCst);
+        self.crash_armed.store(true, Ordering::SeqCst);
+    }
+
+    fn step(&self) -> io::Result<()> {
+        if self.crash_armed.load(Ordering::SeqCst)
+            && self.countdown.fetch_sub(1, Ordering::SeqCst) == 0
+        {
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.step()?;
+        if self.failing_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct StepFile {
+    inner: fs::File,
+    vfs: StepVfs,
+}
+
+impl Vfs for StepVfs {
+    type File = StepFile;
+
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<StepFile> {
+        self.step()?;
+        let inner = StdVfs.create_new(path, mode)?;
+        Ok(StepFile {
+            inner,
+            vfs: self.clone(),
+        })
+    }
+    fn open_read(&self, path: &Path) -> io::Result<StepFile> {
+        let inner = StdVfs.open_read(path)?;
+        Ok(StepFile {
+            inner,
+            vfs: self.clone(),
+        })
+    }
+    fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<StepFile> {
+        let inner = StdVfs.open_or_create(path, mode)?;
+        Ok(StepFile {
+            inner,
+            vfs: self.clone(),
+        })
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step()?;
+        StdVfs.rename(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step()?;
+        StdVfs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.step()?;
+        StdVfs.remove_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.step()?;
+        StdVfs.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.step()?;
+        StdVfs.remove_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        StdVfs.read_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.sync()?;
+        StdVfs.sync_dir(path)
+    }
+    fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
+        StdVfs.metadata(path)
+    }
+}
+
+impl VfsFile for StepFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.vfs.step()?;
+        VfsFile::write_all(&mut self.inner, buf)
+    }
+    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        VfsFile::read_to_end(&mut self.inner, buf)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        VfsFile::read_at(&self.inner, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.vfs.step()?;
+        VfsFile::write_all_at(&self.inner, buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        VfsFile::size(&self.inner)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.vfs.sync()?;
+        VfsFile::sync_all(&self.inner)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.vfs.sync()?;
+        VfsFile::sync_data(&self.inner)
+    }
+    fn lock(&self) -> io::Result<()> {
+        VfsFile::lock(&self.inner)
+    }
+    fn lock_shared(&self) -> io::Result<()> {
+        VfsFile::lock_shared(&self.inner)
+    }
+    fn try_lock(&self) -> io::Result<bool> {
+        VfsFile::try_lock(&self.inner)
+    }
+    fn unlock(&self) -> io::Result<()> {
+        VfsFile::unlock(&self.inner)
+    }
+}
+
+/// Records overwritten and deleted, so that compaction has dead frames to drop.
+fn churned_store(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let store = LogStore::builder(root)
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    for round in 0..5 {
+        for i in 0..30 {
+            store
+                .put(
+                    &key(&i.to_string()),
+                    format!("{i} in round {round}").as_bytes(),
+                    Expect::Any,
+                )
+                .unwrap();
+        }
+    }
+    for i in 0..10 {
+        store.delete(&key(&i.to_string()), Expect::Any).unwrap();
+    }
+    contents(&store)
+}
+
+#[test]
+fn a_crash_at_any_step_of_compaction_loses_nothing() {
+    if child::role().as_deref() == Some("compactor") {
+        let steps: i64 = child::var("JOBSAFE_TEST_STEPS").parse().unwrap();
+        let vfs = StepVfs::default();
+        let store = LogStore::builder(child::store_root())
+            .vfs(vfs.clone())
+            .no_background_compaction()
+            .open()
+            .unwrap();
+        // Armed only now: the countdown runs through the compaction alone.
+        vfs.crash_after(steps);
+        store.compact().unwrap();
+        child::report("compacted");
+        return;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = dir.path().join("prepared");
+    let expected = churned_store(&prepared);
+    let mut crashes = 0;
+    for steps in 0.. {
+        assert!(steps < 200, "compaction never completed");
+        let root = dir.path().join(format!("crash-{steps}"));
+        copy_store(&prepared, &root);
+        let mut vars = child::store_vars(&root);
+        vars.insert("JOBSAFE_TEST_STEPS", steps.to_string());
+        let child = Child::spawn(
+            "a_crash_at_any_step_of_compaction_loses_nothing",
+            "compactor",
+            &vars,
+        );
+        let (status, reports) = child.wait();
+        let compacted = reports.iter().any(|r| r == "compacted");
+        assert!(
+            compacted || status.code().is_none(),
+            "child failed with {status}"
+        );
+
+        let store = LogStore::open(&root)
+            .unwrap_or_else(|e| panic!("reopen after a crash at step {steps}: {e}"));
+        assert_eq!(contents(&store), expected, "after a crash at step {steps}");
+        store.put(&key("new"), b"works", Expect::Absent).unwrap();
+        let leftovers: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("journal."))
+            .collect();
+        assert!(leftovers.is_empty(), "after step {steps}: {leftovers:?}");
+        fs::remove_dir_all(&root).unwrap();
+        if compacted {
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(
+        crashes >= 4,
+        "only {crashes} steps: the countdown did not reach compaction"
+    );
+}
+
+#[test]
+fn a_failed_flush_poisons_until_reopened_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let vfs = StepVfs::default();
+    let store = LogStore::builder(&root).vfs(vfs.clone()).open().unwrap();
+    let acknowledged = store.put(&key("kept"), b"1", Expect::Absent).unwrap();
+
+    vfs.failing_syncs.store(true, Ordering::SeqCst);
+    let err = store.put(&key("unsure"), b"2", Expect::Absent).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { step, .. } if step.contains("fdatasync")),
+        "{err}"
+    );
+    vfs.failing_syncs.store(false, Ordering::SeqCst);
+    let err = store.put(&key("later"), b"3", Expect::Absent).unwrap_err();
+    assert!(err.is_poisoned(), "{err}");
+    // Reads go on. Whether the write whose flush failed is there is unknown,
+    // to the store as to its caller: reads may see it, as a restart may.
+    assert_eq!(
+        store.get(&key("kept")).unwrap().unwrap().version,
+        acknowledged
+    );
+    let unsure = store.get(&key("unsure")).unwrap().map(|e| e.value);
+    assert!(unsure.is_none() || unsure.as_deref() == Some(b"2".as_slice()));
+
+    drop(store);
+    let store = LogStore::open(&root).unwrap();
+    assert_eq!(
+        store.get(&key("kept")).unwrap().unwrap().version,
+        acknowledged
+    );
+    store.put(&key("later"), b"3", Expect::Absent).unwrap();
+}
+
+const APPENDERS: usize = 3;
+const INCREMENTS: u64 = 60;
+
+#[test]
+fn processes_appending_and_compacting_at_once_lose_no_update() {
+    match child::role().as_deref() {
+        Some("appender") => {
+            let who = child::var("JOBSAFE_TEST_WHO");
+            let store = LogStore::open(child::store_root()).unwrap();
+            child::report("ready");
+            child::receive();
+            let counter = key("counter");
+            let mut done = 0;
+            while done < INCREMENTS {
+                let entry = store.get(&counter).unwrap().unwrap();
+                let n: u64 = String::from_utf8(entry.value).unwrap().parse().unwrap();
+                match store.put(
+                    &counter,
+                    (n + 1).to_string().as_bytes(),
+                    Expect::Version(entry.version),
+                ) {
+                    Ok(_) => {
+                        store
+                            .put(&key(&format!("{who}-{done}")), b"mine", Expect::Absent)
+                            .unwrap();
+                        done += 1;
+                    }
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            return;
+        }
+        Some("compactor") => {
+            let store = LogStore::open(child::store_root()).unwrap();
+            child::report("ready");
+            child::receive();
+            for _ in 0..15 {
+                store.compact().unwrap();
+            }
+            return;
+        }
+        _ => {}
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    LogStore::open(&root)
+        .unwrap()
+        .put(&key("counter"), b"0", Expect::Absent)
+        .unwrap();
+    let test = "processes_appending_and_compacting_at_once_lose_no_update";
+    let mut children: Vec<Child> = (0..APPENDERS)
+        .map(|who| {
+            let mut vars = child::store_vars(&root);
+            vars.insert("JOBSAFE_TEST_WHO", who.to_string());
+            Child::spawn(test, "appender", &vars)
+        })
+        .collect();
+    children.push(Child::spawn(test, "compactor", &child::store_vars(&root)));
+    for child in &mut children {
+        assert_eq!(child.expect_report(), "ready");
+    }
+    for child in &mut children {
+        child.send("go");
+    }
+    for child in children {
+        child.finish();
+    }
+
+    let store = LogStore::open(&root).unwrap();
+    let seen = contents(&store);
+    assert_eq!(
+        seen["counter"],
+        (APPENDERS as u64 * INCREMENTS).to_string().as_bytes()
+    );
+    assert_eq!(seen.len(), 1 + APPENDERS * INCREMENTS as usize);
+    assert!(store.stats().unwrap().generation >= 15);
+}
