@@ -130,6 +130,7 @@ fn throughput(config: &Config, sizes: &Sizes, run: &mut RunDir) -> BenchResult<V
         durable,
         &mut [
             &mut ReserveWorkload::new("dirstore", StoreLedger::dir, base, durable, THREADS),
+            &mut ReserveWorkload::new("logstore", StoreLedger::log, base, durable, THREADS),
             &mut ReserveWorkload::new("memstore", StoreLedger::mem, base, fast, THREADS),
             &mut ReserveWorkload::new(
                 "sqlite_full",
@@ -238,17 +239,16 @@ fn mem_flatness(
 /// The ratios to judge by, each between benches of the same rounds.
 fn ratios(sizes: &Sizes) -> Vec<Ratio> {
     let mut ratios = Vec::new();
-    for other in ["sqlite_full", "sqlite_normal"] {
-        for op in [
-            "reserve_new_t1",
-            "reserve_dup_t1",
-            "reserve_new_t4",
-            "reserve_dup_t4",
-        ] {
-            ratios.push(Ratio::new(
-                format!("dirstore/{op}"),
-                format!("{other}/{op}"),
-            ));
+    for store in ["dirstore", "logstore"] {
+        for other in ["sqlite_full", "sqlite_normal"] {
+            for op in [
+                "reserve_new_t1",
+                "reserve_dup_t1",
+                "reserve_new_t4",
+                "reserve_dup_t4",
+            ] {
+                ratios.push(Ratio::new(format!("{store}/{op}"), format!("{other}/{op}")));
+            }
         }
     }
     for size in [sizes.base, sizes.naive_large] {
@@ -259,7 +259,13 @@ fn ratios(sizes: &Sizes) -> Vec<Ratio> {
             ));
         }
     }
-    for subject in ["dirstore", "memstore", "sqlite_full", "sqlite_normal"] {
+    for subject in [
+        "dirstore",
+        "logstore",
+        "memstore",
+        "sqlite_full",
+        "sqlite_normal",
+    ] {
         ratios.push(Ratio::new(
             format!("{subject}/reserve_new_t{THREADS}"),
             format!("{subject}/reserve_new_t1"),

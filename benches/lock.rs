@@ -27,7 +27,7 @@
 mod common;
 
 use jobsafe::vfs::{Counting, StdVfs};
-use jobsafe::{DirStore, MemStore};
+use jobsafe::{DirStore, LogStore, MemStore};
 
 use self::common::lease::{JobLockEngine, LOCK_KEYS, LeaseWorkload, RawMapLease};
 use self::common::report::{self, Measurement, Ratio};
@@ -83,6 +83,11 @@ fn durable(config: &Config, run: &mut RunDir) -> BenchResult<Vec<Measurement>> {
                 let store = DirStore::builder(dir).vfs(vfs.clone()).open()?;
                 Ok(JobLockEngine::new(store, Syncs::Vfs(vfs)))
             }),
+            &mut LeaseWorkload::new("logstore", |dir| {
+                let vfs = Counting::new(StdVfs);
+                let store = LogStore::builder(dir).vfs(vfs.clone()).open()?;
+                Ok(JobLockEngine::new(store, Syncs::Vfs(vfs)))
+            }),
             &mut LeaseWorkload::new("sqlite_full", |dir| {
                 SqliteLease::open(dir, Synchronous::Full)
             }),
@@ -114,6 +119,7 @@ fn ratios() -> Vec<Ratio> {
     vec![
         // A cycle at most 1.5 times as long as SQLite's.
         Ratio::new("dirstore/cycle", "sqlite_full/cycle").at_least(1.0 / 1.5),
+        Ratio::new("logstore/cycle", "sqlite_full/cycle").at_least(1.0 / 1.5),
         Ratio::new("memstore/cycle", "raw_map/cycle").at_least(0.5),
     ]
 }

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jobsafe::vfs::{Counting, StdVfs};
 use jobsafe::{
-    ChargeRequest, DirStore, Durability, Expect, JobLedger, MemStore, Reserve, Store, SystemClock,
+    ChargeRequest, DirStore, Durability, Expect, JobLedger, LogStore, MemStore, Reserve, Store,
+    SystemClock,
 };
 use rusqlite::{Connection, params};
 
@@ -185,6 +186,26 @@ fn request() -> ChargeRequest {
 
 fn ledger<S: Store>(store: S) -> JobLedger<S> {
     JobLedger::new(store, Arc::new(SystemClock))
+}
+
+impl StoreLedger<LogStore<Counting<StdVfs>>> {
+    /// A `LogStore` ledger in `dir` with [`Durability::Full`] (the default), its
+    /// flushes counted; loads go through a second handle with
+    /// [`Durability::AtomicOnly`], which the first reads like another process's
+    /// appends.
+    pub(crate) fn log(dir: &Path) -> BenchResult<Self> {
+        let vfs = Counting::new(StdVfs);
+        let store = LogStore::builder(dir).vfs(vfs.clone()).open()?;
+        let bulk = LogStore::builder(dir)
+            .vfs(Counting::new(StdVfs))
+            .durability(Durability::AtomicOnly)
+            .open()?;
+        Ok(StoreLedger {
+            ledger: ledger(store),
+            bulk: Some(ledger(bulk)),
+            syncs: Syncs::Vfs(vfs),
+        })
+    }
 }
 
 impl StoreLedger<DirStore<Counting<StdVfs>>> {
