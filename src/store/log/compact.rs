@@ -171,8 +171,11 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         },
         end: FILE_HEADER_LEN,
         next_seq: FIRST_SEQ,
+        allocated: 0,
     };
-    let written = new.write_snapshot(&snapshot, shared.sync);
+    let written = new
+        .write_snapshot(&snapshot)
+        .and_then(|()| new.preallocate(shared.sync));
     let records = snapshot.len();
     drop(snapshot);
     if let Err(e) = written {
@@ -196,7 +199,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
             return Err(shared.poisoned_error());
         }
         new.copy_tail(&journal, mark, &old)?;
-        new.finish(shared.sync)?;
+        new.flush_tail(shared.sync)?;
         install(vfs, &new.path, &shared.journal_path, false)?;
         if shared.sync {
             let synced = vfs.sync_dir(&shared.root);
@@ -222,6 +225,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         header,
         end,
         next_seq,
+        allocated,
         ..
     } = new;
     *journal = Journal {
@@ -230,7 +234,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         inode,
         end,
         next_seq,
-        allocated: end + PREALLOCATE,
+        allocated,
     };
     *shared.probe.lock() = Probe {
         inode,
@@ -305,6 +309,7 @@ struct NewJournal<F> {
     header: FileHeader,
     end: u64,
     next_seq: u64,
+    allocated: u64,
 }
 
 impl<F: VfsFile> NewJournal<F> {
@@ -318,7 +323,7 @@ impl<F: VfsFile> NewJournal<F> {
     }
 
     /// The header, the version floor and every live record.
-    fn write_snapshot(&mut self, snapshot: &Index, sync: bool) -> Result<()> {
+    fn write_snapshot(&mut self, snapshot: &Index) -> Result<()> {
         self.file
             .write_all_at(&self.header.encode(), 0)
             .at("write new journal", &self.path)?;
@@ -333,13 +338,7 @@ impl<F: VfsFile> NewJournal<F> {
             frame.put(key, entry.version, &entry.value);
         }
         let bytes = frame.finish(self.header.journal_id, self.next_seq);
-        self.write_frame(&bytes)?;
-        if sync {
-            self.file
-                .sync_data()
-                .at("fdatasync new journal", &self.path)?;
-        }
-        Ok(())
+        self.write_frame(&bytes)
     }
 
     /// Copies the frames the old journal got after `mark`, renumbered.
@@ -375,12 +374,24 @@ impl<F: VfsFile> NewJournal<F> {
         Ok(())
     }
 
-    /// Preallocates space for appends and flushes everything.
-    fn finish(&mut self, sync: bool) -> Result<()> {
+    /// Zero-fills space for appends after the snapshot and flushes it all,
+    /// before the switch, so that the writers it stalls wait for neither.
+    fn preallocate(&mut self, sync: bool) -> Result<()> {
         let zeros = vec![0u8; PREALLOCATE as usize];
         self.file
             .write_all_at(&zeros, self.end)
             .at("preallocate new journal", &self.path)?;
+        self.allocated = self.end + PREALLOCATE;
+        if sync {
+            self.file.sync_all().at("fsync new journal", &self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the frames copied after the snapshot (and the file's length, if
+    /// they outgrew the preallocated space).
+    fn flush_tail(&mut self, sync: bool) -> Result<()> {
+        self.allocated = self.allocated.max(self.end);
         if sync {
             self.file.sync_all().at("fsync new journal", &self.path)?;
         }

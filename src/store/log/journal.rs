@@ -14,7 +14,10 @@ use crate::vfs::VfsFile;
 /// only, not a new file size.
 pub(crate) const PREALLOCATE: u64 = 4 << 20;
 
-/// How reads of the journal are buffered.
+/// How reads of the journal are buffered: the first read of a scan is small,
+/// since catching up usually finds one frame or none, and each further read is
+/// twice as large, up to the maximum, for a scan of the whole journal.
+const FIRST_READ: usize = 4 << 10;
 const READ_WINDOW: usize = 256 << 10;
 
 /// The open journal as the process that writes it sees it.
@@ -184,6 +187,7 @@ struct Window<'f, F: ?Sized> {
     file: &'f F,
     start: u64,
     bytes: Vec<u8>,
+    next_read: usize,
 }
 
 impl<'f, F: VfsFile + ?Sized> Window<'f, F> {
@@ -192,6 +196,7 @@ impl<'f, F: VfsFile + ?Sized> Window<'f, F> {
             file,
             start: 0,
             bytes: Vec::new(),
+            next_read: FIRST_READ,
         }
     }
 
@@ -200,7 +205,8 @@ impl<'f, F: VfsFile + ?Sized> Window<'f, F> {
         let have =
             offset >= self.start && offset + len as u64 <= self.start + self.bytes.len() as u64;
         if !have {
-            self.bytes.resize(len.max(READ_WINDOW), 0);
+            self.bytes.resize(len.max(self.next_read), 0);
+            self.next_read = (self.next_read * 2).min(READ_WINDOW);
             let n = self.file.read_at(&mut self.bytes, offset)?;
             self.bytes.truncate(n);
             self.start = offset;

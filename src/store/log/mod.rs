@@ -604,9 +604,28 @@ impl<V: Vfs> LogStore<V> {
     /// Commits `ops` as one transaction, then starts a background compaction if
     /// the journal has grown mostly dead.
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
+        self.fail_fast(&ops)?;
         let applied = self.shared.commit(ops)?;
         compact::maybe_start(&self.shared);
         Ok(applied)
+    }
+}
+
+impl<V: Vfs> LogStore<V> {
+    /// Returns the conflict of a precondition that already fails, without
+    /// queueing for a commit and its lock: an insert of a key that exists (a
+    /// duplicate request) costs a read. The index is fresh when checked, so the
+    /// conflict is as true as one found under the lock; a precondition that holds
+    /// now is checked again under the lock.
+    fn fail_fast(&self, ops: &[Op]) -> Result<()> {
+        if ops.iter().all(|op| op.expect() == Expect::Any) {
+            return Ok(());
+        }
+        let index = self.shared.fresh_index()?;
+        ops.iter().try_for_each(|op| {
+            op.expect()
+                .check(op.key(), index.current(&pack(op.key().segments())))
+        })
     }
 }
 
