@@ -108,7 +108,7 @@ pub use lock::{
 };
 pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};
-pub use store::log::{Compaction, LogStats, LogStore, LogStoreBuilder};
+pub use store::log::{Compaction, LogStats, LogStore, LogStoreBuilder, MAX_TRANSACTION_BYTES};
 pub use store::mem::MemStore;
 pub use store::{Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version};
 

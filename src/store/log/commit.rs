@@ -28,8 +28,8 @@ impl<V: Vfs> Shared<V> {
         )
     }
 
-    /// Commits a group of requests with one append and one flush: each request
-    /// is decided against the index and the requests before it in the group.
+    /// Commits a group of requests, usually with one append and one flush: each
+    /// request is decided against the index and the requests before it.
     fn commit_group(&self, group: Vec<Vec<Op>>) -> Vec<Result<Vec<Applied>>> {
         let requests = group.len();
         if self.poisoned.load(Ordering::SeqCst) {
@@ -45,56 +45,53 @@ impl<V: Vfs> Shared<V> {
             Err(e) => return replicate(e, requests, &self.journal_path),
         };
 
-        let (mut results, changes, frame) =
-            self.decide(group, journal.header.journal_id, journal.next_seq);
-        let Some(frame) = frame else {
-            return results;
-        };
-        self.probe.lock().at = journal.end + frame.len() as u64;
-        if let Err(failure) = journal.append(&frame, self.sync) {
-            self.probe.lock().at = journal.end;
-            if failure.poisons {
-                self.poisoned.store(true, Ordering::SeqCst);
-            }
-            let error = Error::io(failure.step, &self.journal_path, failure.source);
-            let mut errors = replicate::<()>(error, requests, &self.journal_path).into_iter();
-            for result in &mut results {
-                let error = errors.next();
-                if result.is_ok()
-                    && let Some(Err(error)) = error
-                {
-                    *result = Err(error);
+        let (mut results, parts) = self.decide(group);
+        let mut parts = parts.into_iter();
+        while let Some(FramePart {
+            frame,
+            requests: in_frame,
+            changes,
+        }) = parts.next()
+        {
+            let frame = frame.finish(journal.header.journal_id, journal.next_seq);
+            self.probe.lock().at = journal.end + frame.len() as u64;
+            if let Err(failure) = journal.append(&frame, self.sync) {
+                self.probe.lock().at = journal.end;
+                if failure.poisons {
+                    self.poisoned.store(true, Ordering::SeqCst);
                 }
+                let error = Error::io(failure.step, &self.journal_path, failure.source);
+                let failed: Vec<usize> = in_frame
+                    .into_iter()
+                    .chain(parts.flat_map(|part| part.requests))
+                    .collect();
+                let errors = replicate::<Vec<Applied>>(error, failed.len(), &self.journal_path);
+                for (request, error) in failed.into_iter().zip(errors) {
+                    results[request] = error;
+                }
+                return results;
             }
-            return results;
+            let mut index = self.index.write();
+            for op in changes {
+                index.apply(op);
+            }
+            drop(index);
+            self.probe.lock().at = journal.end;
         }
-        let mut index = self.index.write();
-        for op in changes {
-            index.apply(op);
-        }
-        drop(index);
-        self.probe.lock().at = journal.end;
         results
     }
 
-    /// Decides each request of a group in order; returns their results, the
-    /// changes to apply once durable, and the frame to append (none if nothing
-    /// changes).
-    #[allow(clippy::type_complexity)]
-    fn decide(
-        &self,
-        group: Vec<Vec<Op>>,
-        journal_id: u64,
-        seq: u64,
-    ) -> (Vec<Result<Vec<Applied>>>, Vec<LogOp>, Option<Vec<u8>>) {
+    /// Decides each request of a group in order; returns their results (to be
+    /// replaced by an error if their frame cannot be written) and the frames to
+    /// append, none if nothing changes.
+    fn decide(&self, group: Vec<Vec<Op>>) -> (Vec<Result<Vec<Applied>>>, Vec<FramePart>) {
         let index = self.index.read();
         // What the group's earlier requests made of each key they touched.
         let mut overlay: HashMap<Packed, Option<Version>> = HashMap::new();
         let mut last_version = index.last_version;
-        let mut frame = FrameBuilder::new();
-        let mut changes = Vec::new();
+        let mut parts: Vec<FramePart> = Vec::new();
         let mut results = Vec::with_capacity(group.len());
-        for ops in group {
+        for (request, ops) in group.into_iter().enumerate() {
             let keys: Vec<Packed> = ops.iter().map(|op| pack(op.key().segments())).collect();
             let current = |key: &Packed, overlay: &HashMap<Packed, Option<Version>>| {
                 overlay
@@ -110,16 +107,26 @@ impl<V: Vfs> Shared<V> {
                 results.push(Err(conflict));
                 continue;
             }
-            frame.begin();
+            let part = match parts.last_mut() {
+                Some(part) if part.frame.payload_len() < FRAME_TARGET => part,
+                _ => {
+                    parts.push(FramePart::default());
+                    parts
+                        .last_mut()
+                        .unwrap_or_else(|| unreachable!("just pushed"))
+                }
+            };
+            part.requests.push(request);
+            part.frame.begin();
             let mut applied = Vec::with_capacity(ops.len());
             for (op, key) in ops.into_iter().zip(keys) {
                 match op {
                     Op::Put { value, .. } => {
                         last_version += 1;
                         let version = Version::new(last_version);
-                        frame.put(&key, version, &value);
+                        part.frame.put(&key, version, &value);
                         overlay.insert(key.clone(), Some(version));
-                        changes.push(LogOp::Put {
+                        part.changes.push(LogOp::Put {
                             key,
                             version,
                             value,
@@ -129,8 +136,8 @@ impl<V: Vfs> Shared<V> {
                     Op::Delete { .. } => {
                         let existed = current(&key, &overlay).is_some();
                         if existed {
-                            frame.delete(&key);
-                            changes.push(LogOp::Delete { key: key.clone() });
+                            part.frame.delete(&key);
+                            part.changes.push(LogOp::Delete { key: key.clone() });
                         }
                         overlay.insert(key, None);
                         applied.push(Applied::Deleted(existed));
@@ -139,13 +146,36 @@ impl<V: Vfs> Shared<V> {
             }
             results.push(Ok(applied));
         }
-        let frame = (!changes.is_empty()).then(|| frame.finish(journal_id, seq));
-        (results, changes, frame)
+        // A frame of deletes of absent keys changes nothing: no need to write it.
+        parts.retain(|part| !part.changes.is_empty());
+        (results, parts)
     }
 
     pub(super) fn poisoned_error(&self) -> Error {
         Error::Poisoned {
             path: self.root.clone(),
+        }
+    }
+}
+
+/// Frames of a group are cut at about this many payload bytes. A frame is
+/// flushed before the next is written (see the journal format), so a group
+/// larger than this costs more than one flush; no single request is split.
+const FRAME_TARGET: usize = 64 << 20;
+
+/// The requests of a group that go into one frame, and what they change.
+struct FramePart {
+    frame: FrameBuilder,
+    requests: Vec<usize>,
+    changes: Vec<LogOp>,
+}
+
+impl Default for FramePart {
+    fn default() -> Self {
+        FramePart {
+            frame: FrameBuilder::new(),
+            requests: Vec::new(),
+            changes: Vec::new(),
         }
     }
 }

@@ -45,12 +45,12 @@ impl Index {
                 value,
             } => {
                 self.last_version = self.last_version.max(version.get());
-                self.live_bytes += record_cost(&key, &value);
+                let cost = record_cost(&key, &value);
+                let key_len = key.len();
                 if let Some(old) = self.records.insert(key, Entry { value, version }) {
-                    self.live_bytes -= old.value.len() as u64;
-                    // The key's cost was counted twice: once is enough.
-                    self.live_bytes -= RECORD_OVERHEAD;
+                    self.live_bytes -= record_cost_of(key_len, old.value.len());
                 }
+                self.live_bytes += cost;
             }
             LogOp::Delete { key } => {
                 if let Some(old) = self.records.remove(&key) {
@@ -96,5 +96,9 @@ impl Index {
 }
 
 fn record_cost(key: &[u8], value: &[u8]) -> u64 {
-    (key.len() + value.len()) as u64 + RECORD_OVERHEAD
+    record_cost_of(key.len(), value.len())
+}
+
+fn record_cost_of(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len) as u64 + RECORD_OVERHEAD
 }

@@ -604,6 +604,7 @@ impl<V: Vfs> LogStore<V> {
     /// Commits `ops` as one transaction, then starts a background compaction if
     /// the journal has grown mostly dead.
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
+        check_size(&ops)?;
         self.fail_fast(&ops)?;
         let applied = self.shared.commit(ops)?;
         compact::maybe_start(&self.shared);
@@ -665,6 +666,8 @@ impl<V: Vfs> Store for LogStore<V> {
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
+        // Checked before the copy a commit takes.
+        check_size(batch.ops())?;
         self.commit(batch.ops().to_vec())
     }
 
@@ -699,6 +702,33 @@ impl<V: Vfs> Store for LogStore<V> {
             }
         }
     }
+}
+
+/// The most a transaction may take in the journal: far below what a frame may
+/// declare, so that every acknowledged transaction is read back.
+pub const MAX_TRANSACTION_BYTES: usize = 256 << 20;
+
+/// Refuses a transaction too large for one frame, before anything is written.
+fn check_size(ops: &[Op]) -> Result<()> {
+    let bytes: usize = ops
+        .iter()
+        .map(|op| {
+            let key: usize = op.key().segments().iter().map(|s| s.len() + 1).sum();
+            let value = match op {
+                Op::Put { value, .. } => value.len(),
+                Op::Delete { .. } => 0,
+            };
+            // Tag, version and two lengths.
+            17 + key + value
+        })
+        .sum();
+    if bytes > MAX_TRANSACTION_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a LogStore transaction takes at most {MAX_TRANSACTION_BYTES} bytes; this one \
+             takes {bytes}"
+        )));
+    }
+    Ok(())
 }
 
 fn unexpected(path: &Path) -> Error {
