@@ -1,11 +1,14 @@
 //! The in-process store.
 
-use std::collections::hash_map::Entry as Slot;
-use std::collections::{BTreeSet, HashMap};
+mod packed;
+mod state;
+
 use std::ops::Bound;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
+use self::packed::{is_under, pack, unpack};
+use self::state::State;
 use crate::error::Result;
 use crate::key::{Key, Prefix};
 use crate::store::{
@@ -18,6 +21,23 @@ use crate::store::{
 /// All operations take one lock, so each is atomic and linearizable within the
 /// process. Versions come from one counter for the whole store, so they are never
 /// reused, even for a key deleted and created again.
+///
+/// # Costs
+///
+/// Records live in a hash map, and `get`, `put` and `delete` touch nothing else
+/// but a short backlog: their cost does not grow with the number of records.
+/// The key order `list` needs is kept in an ordered set brought up to date
+/// lazily: keys created since it was last brought up to date wait in the
+/// backlog in no order (a key deleted before then simply leaves it), and so do
+/// ordered keys deleted since. The next `list`, or the write that fills the
+/// backlog to 65,536 keys, orders them under the write lock: it sorts the new
+/// keys and inserts them into the set (`O(log n)` each, in `n` records), and
+/// removes the deleted ones. So a key that lasts until a listing costs one
+/// ordered insert and one ordered removal, as in an eagerly ordered store, but
+/// paid by the listing, in key order; a key created and deleted between two
+/// listings costs none. The price comes in bursts: a `list` after many
+/// creations (or the write that fills the backlog) waits for up to 65,536 keys
+/// to be ordered, some milliseconds.
 ///
 /// ```
 /// use jobsafe::{Expect, Key, MemStore, Store};
@@ -36,91 +56,6 @@ use crate::store::{
 pub struct MemStore {
     state: RwLock<State>,
     quarantine: Mutex<Vec<(Key, Vec<u8>)>>,
-}
-
-/// The records, indexed twice: a hash map for point operations, whose cost does
-/// not grow with the number of records, and an ordered set of keys for `list`,
-/// touched only when a key appears or disappears. Both hold keys [`pack`]ed into
-/// one byte string, so that a comparison reads one allocation, not one per
-/// segment.
-#[derive(Debug, Default)]
-struct State {
-    records: HashMap<Packed, Entry>,
-    order: BTreeSet<Packed>,
-    last_version: u64,
-}
-
-/// A key as one byte string: see [`pack`].
-type Packed = Box<[u8]>;
-
-/// Joins the segments with NUL, which no segment contains and which sorts below
-/// every other byte: byte order of packed keys is key order, and a packed prefix
-/// followed by NUL (or nothing) starts exactly the keys under that prefix.
-fn pack<S: AsRef<str>>(segments: &[S]) -> Packed {
-    let mut bytes = Vec::with_capacity(segments.iter().map(|s| s.as_ref().len() + 1).sum());
-    for (i, segment) in segments.iter().enumerate() {
-        if i > 0 {
-            bytes.push(0);
-        }
-        bytes.extend_from_slice(segment.as_ref().as_bytes());
-    }
-    bytes.into_boxed_slice()
-}
-
-fn unpack(bytes: &[u8]) -> Result<Key> {
-    let segments = bytes
-        .split(|&b| b == 0)
-        .map(|segment| String::from_utf8_lossy(segment).into_owned());
-    Key::new(segments)
-}
-
-/// Whether the packed `key` is under the packed `prefix` (whole segments).
-fn is_under(key: &[u8], prefix: &[u8]) -> bool {
-    prefix.is_empty()
-        || key
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.first().is_none_or(|&b| b == 0))
-}
-
-impl State {
-    fn current(&self, key: &Key) -> Option<Version> {
-        self.records.get(&pack(key.segments())).map(|e| e.version)
-    }
-
-    fn get(&self, key: &Key) -> Option<&Entry> {
-        self.records.get(&pack(key.segments()))
-    }
-
-    /// Stores `value` at `key` if `expect` holds: one hash probe, and one ordered
-    /// insert if the key is new.
-    fn put(&mut self, key: &Key, value: Vec<u8>, expect: Expect) -> Result<Version> {
-        match self.records.entry(pack(key.segments())) {
-            Slot::Occupied(mut slot) => {
-                expect.check(key, Some(slot.get().version))?;
-                self.last_version += 1;
-                let version = Version::new(self.last_version);
-                slot.insert(Entry { value, version });
-                Ok(version)
-            }
-            Slot::Vacant(slot) => {
-                expect.check(key, None)?;
-                self.last_version += 1;
-                let version = Version::new(self.last_version);
-                self.order.insert(slot.key().clone());
-                slot.insert(Entry { value, version });
-                Ok(version)
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &Key) -> Option<Entry> {
-        let packed = pack(key.segments());
-        let removed = self.records.remove(&packed);
-        if removed.is_some() {
-            self.order.remove(&packed);
-        }
-        removed
-    }
 }
 
 impl MemStore {
@@ -152,14 +87,22 @@ impl Store for MemStore {
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
         check_limit(limit)?;
-        let state = self.state.read();
+        let mut state = self.state.read();
+        if !state.is_settled() {
+            drop(state);
+            let mut settling = self.state.write();
+            settling.settle();
+            // Downgrading lets no writer in: the page is read from the settled state.
+            state = RwLockWriteGuard::downgrade(settling);
+        }
         let prefix = pack(prefix.segments());
-        let start = match after.map(|after| pack(after.segments())) {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix.clone()),
+        let after = after.map(|after| pack(after.segments()));
+        let start = match &after {
+            Some(after) if *after >= prefix => Bound::Excluded(after.as_slice()),
+            _ => Bound::Included(prefix.as_slice()),
         };
         let mut keys = Vec::new();
-        for packed in state.order.range((start, Bound::Unbounded)) {
+        for packed in state.ordered_from(start) {
             if !is_under(packed, &prefix) || keys.len() > limit {
                 break;
             }
