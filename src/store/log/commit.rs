@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::frame::{FrameBuilder, LogOp};
-use super::{Access, Flock, Shared};
+use super::{Access, Flock, Packed, Shared};
 use crate::error::{Error, Result};
-use crate::store::packed::{Packed, pack};
+use crate::store::packed::pack;
 use crate::store::{Applied, Op, Version};
 use crate::vfs::Vfs;
 
@@ -92,7 +92,10 @@ impl<V: Vfs> Shared<V> {
         let mut parts: Vec<FramePart> = Vec::new();
         let mut results = Vec::with_capacity(group.len());
         for (request, ops) in group.into_iter().enumerate() {
-            let keys: Vec<Packed> = ops.iter().map(|op| pack(op.key().segments())).collect();
+            let keys: Vec<Packed> = ops
+                .iter()
+                .map(|op| pack(op.key().segments()).into_boxed_slice())
+                .collect();
             let current = |key: &Packed, overlay: &HashMap<Packed, Option<Version>>| {
                 overlay
                     .get(key)

@@ -22,8 +22,8 @@
 //! One frame is one group commit: every transaction in it became durable with
 //! one `fdatasync`, and the next frame was written only after that returned.
 
+use super::Packed;
 use crate::store::Version;
-use crate::store::packed::Packed;
 
 /// The journal file's magic and format version.
 pub(crate) const FILE_MAGIC: [u8; 8] = *b"JSLOG\0\0\x01";

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use super::Packed;
 use super::frame::LogOp;
 use crate::error::Result;
 use crate::key::Prefix;
-use crate::store::packed::{Packed, is_under, pack, unpack};
+use crate::store::packed::{is_under, pack, unpack};
 use crate::store::{Entry, ListPage, Version};
 
 /// Bytes of index and journal space a record costs beyond its key and value:
@@ -73,8 +74,8 @@ impl Index {
         after: Option<&crate::Key>,
         limit: usize,
     ) -> Result<ListPage> {
-        let prefix = pack(prefix.segments());
-        let start = match after.map(|after| pack(after.segments())) {
+        let prefix: Packed = pack(prefix.segments()).into();
+        let start = match after.map(|after| Packed::from(pack(after.segments()))) {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix.clone()),
         };

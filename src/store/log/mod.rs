@@ -23,6 +23,9 @@ use crate::atomic::{AtomicWriter, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::packed::pack;
+
+/// A key as the index and the journal hold it: [packed](crate::store::packed).
+type Packed = Box<[u8]>;
 use crate::store::{
     Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
 };

@@ -1,16 +1,15 @@
 //! The in-process store.
 
-mod packed;
 mod state;
 
 use std::ops::Bound;
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use self::packed::{is_under, pack, unpack};
 use self::state::State;
 use crate::error::Result;
 use crate::key::{Key, Prefix};
+use crate::store::packed::{is_under, pack, unpack};
 use crate::store::{
     Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
 };

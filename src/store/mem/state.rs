@@ -4,10 +4,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::mem;
 use std::ops::Bound;
 
-use super::packed::{Packed, pack};
 use crate::error::Result;
 use crate::key::Key;
+use crate::store::packed::pack;
 use crate::store::{Entry, Expect, Version};
+
+/// A stored key as one byte string (see [`pack`]), shared by the hash map and
+/// the ordered index: indexing a key twice costs a reference count, not a copy.
+pub(super) type Packed = std::sync::Arc<[u8]>;
 
 /// Most keys waiting to be ordered (created, or deleted after they were ordered)
 /// before a write orders them itself. Bounds the work one write or one `list`
@@ -191,7 +195,7 @@ mod tests {
     fn listed(state: &State) -> Vec<String> {
         state
             .ordered_from(Bound::Unbounded)
-            .map(|k| super::super::packed::unpack(k).unwrap().name().to_owned())
+            .map(|k| crate::store::packed::unpack(k).unwrap().name().to_owned())
             .collect()
     }
 
