@@ -1,7 +1,7 @@
 //! Batches survive SIGKILL whole or not at all.
 //!
-//! A child process applies multi-key batches to a `DirStore` and reports each one
-//! it got `Ok` for; the parent kills it with SIGKILL at a varying point after a
+//! A child process applies multi-key batches to a `DirStore` or a `LogStore` (one
+//! test each) and reports each one it got `Ok` for; the parent kills it with SIGKILL at a varying point after a
 //! few acknowledgements, so the kill lands while a batch is in flight, then
 //! reopens the store (which completes or discards an interrupted batch) and
 //! checks every batch ever written.
@@ -12,7 +12,11 @@
 //! group of fewer than four records, a missing or doubled token, or a counter
 //! that disagrees with the groups.
 //!
-//! `JOBSAFE_CRASH_ITERATIONS` sets the number of kills (200 by default);
+//! The `LogStore` children compact in the background after every few dozen
+//! batches, so kills also land in compactions.
+//!
+//! `JOBSAFE_CRASH_ITERATIONS` sets the number of kills per backend (200 by
+//! default);
 //! `JOBSAFE_CRASH_SEED` replays a run's kill points.
 // Test code, children included: a step that fails fails the test.
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -20,12 +24,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use common::child::{self, Child};
-use jobsafe::{Applied, Batch, DirStore, Entry, Expect, Key, Prefix, Store, Version};
+use jobsafe::{Applied, Batch, DirStore, Entry, Expect, Key, LogStore, Prefix, Store, Version};
 
-const TEST: &str = "killed_batch_writers_leave_whole_batches";
 const KEYS_PER_BATCH: usize = 4;
 /// Batch ids of one child start at its iteration times this.
 const IDS_PER_CHILD: u64 = 1_000_000;
@@ -42,17 +46,35 @@ fn record_key(id: u64, i: usize) -> Key {
     Key::new(["b", &id.to_string(), &i.to_string()]).unwrap()
 }
 
+/// The store under test, by name.
+fn open(backend: &str, root: &Path) -> jobsafe::Result<Box<dyn Store>> {
+    Ok(match backend {
+        "dir" => Box::new(DirStore::open(root)?),
+        "log" => Box::new(LogStore::builder(root).compact_when(32 << 10, 0.05).open()?),
+        other => panic!("no backend {other}"),
+    })
+}
+
 #[test]
 fn killed_batch_writers_leave_whole_batches() {
+    crash_loop("killed_batch_writers_leave_whole_batches", "dir");
+}
+
+#[test]
+fn killed_log_store_writers_leave_whole_batches() {
+    crash_loop("killed_log_store_writers_leave_whole_batches", "log");
+}
+
+fn crash_loop(test: &str, backend: &str) {
     if child::role().as_deref() == Some("batch-writer") {
-        return write_batches_in_child();
+        return write_batches_in_child(backend);
     }
     let iterations: u64 = env_or("JOBSAFE_CRASH_ITERATIONS", 200);
     let seed: u64 = env_or("JOBSAFE_CRASH_SEED", fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    DirStore::open(&root).unwrap();
+    open(backend, &root).unwrap();
 
     let mut acknowledged = BTreeSet::new();
     let mut checks = Checks::default();
@@ -62,25 +84,37 @@ fn killed_batch_writers_leave_whole_batches() {
             "JOBSAFE_TEST_FIRST_BATCH",
             (iteration * IDS_PER_CHILD).to_string(),
         );
-        let mut writer = Child::spawn(TEST, "batch-writer", &vars);
+        let mut writer = Child::spawn(test, "batch-writer", &vars);
 
         let wait_for = rng.usize(1..=3);
         let mut reports: Vec<String> = (0..wait_for).map(|_| writer.expect_report()).collect();
-        // Vary where in the next batch the kill lands.
-        std::thread::sleep(Duration::from_micros(rng.u64(0..3_000)));
+        // Vary where in the next batch the kill lands; now and then late enough
+        // for a background compaction to finish.
+        let late = if rng.u8(0..4) == 0 { 30_000 } else { 3_000 };
+        std::thread::sleep(Duration::from_micros(rng.u64(0..late)));
         reports.extend(writer.kill());
         for report in reports {
             let id = report.strip_prefix("ack ").unwrap().parse::<u64>().unwrap();
             acknowledged.insert(id);
         }
 
-        let store = DirStore::open(&root)
+        let store = open(backend, &root)
             .unwrap_or_else(|e| panic!("reopen after kill {iteration} (seed {seed}): {e}"));
-        checks.run(&store, &acknowledged, iteration);
+        checks.run(&*store, &acknowledged, iteration);
     }
 
+    // How many compactions the kills met (printed, not asserted: whether a
+    // child's background compaction finished before its kill varies).
+    let compactions = match backend {
+        "log" => format!(
+            " compactions={}",
+            LogStore::open(&root).unwrap().stats().unwrap().generation
+        ),
+        _ => String::new(),
+    };
     println!(
-        "crash_batches: kills={iterations} acknowledged_batches_checked={} violations={} seed={seed}",
+        "crash_batches: store={backend} kills={iterations} acknowledged_batches_checked={} \
+         violations={}{compactions} seed={seed}",
         checks.acknowledged_checked,
         checks.violations.len()
     );
@@ -101,7 +135,7 @@ struct Checks {
 
 impl Checks {
     /// Checks the whole store after kill number `iteration`.
-    fn run(&mut self, store: &DirStore, acknowledged: &BTreeSet<u64>, iteration: u64) {
+    fn run(&mut self, store: &dyn Store, acknowledged: &BTreeSet<u64>, iteration: u64) {
         let mut groups: BTreeMap<u64, usize> = BTreeMap::new();
         for key in store.list_all(&Prefix::new(["b"]).unwrap()).unwrap() {
             *groups
@@ -150,7 +184,7 @@ impl Checks {
     }
 }
 
-fn read_sum(store: &DirStore) -> Option<(u64, Version)> {
+fn read_sum(store: &dyn Store) -> Option<(u64, Version)> {
     store
         .get(&sum_key())
         .unwrap()
@@ -163,8 +197,8 @@ fn read_sum(store: &DirStore) -> Option<(u64, Version)> {
 }
 
 /// Child: applies batches until killed, reporting `ack <id>` after each `Ok`.
-fn write_batches_in_child() {
-    let store = DirStore::open(child::store_root()).unwrap();
+fn write_batches_in_child(backend: &str) {
+    let store = open(backend, &child::store_root()).unwrap();
     let first: u64 = child::var("JOBSAFE_TEST_FIRST_BATCH").parse().unwrap();
     let (mut sum, mut sum_version) = read_sum(&store).map_or((0, None), |(n, v)| (n, Some(v)));
     let tokens = store.list_all(&Prefix::new(["tok"]).unwrap()).unwrap();

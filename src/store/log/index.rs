@@ -11,9 +11,9 @@ use crate::key::Prefix;
 use crate::store::packed::{is_under, pack, unpack};
 use crate::store::{Entry, ListPage, Version};
 
-/// Bytes of index and journal space a record costs beyond its key and value:
-/// the journal's op header, the map's node share and the entry.
-const RECORD_OVERHEAD: u64 = 48;
+/// Bytes a record takes in a compacted journal beyond its key and value: the
+/// op's tag, version and two lengths.
+const RECORD_OVERHEAD: u64 = 17;
 
 #[derive(Debug, Default)]
 pub(crate) struct Index {
