@@ -50,7 +50,11 @@ fn record_key(id: u64, i: usize) -> Key {
 fn open(backend: &str, root: &Path) -> jobsafe::Result<Box<dyn Store>> {
     Ok(match backend {
         "dir" => Box::new(DirStore::open(root)?),
-        "log" => Box::new(LogStore::builder(root).compact_when(32 << 10, 0.05).open()?),
+        "log" => Box::new(
+            LogStore::builder(root)
+                .compact_when(32 << 10, 0.05)
+                .open()?,
+        ),
         other => panic!("no backend {other}"),
     })
 }

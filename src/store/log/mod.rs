@@ -7,6 +7,7 @@ mod frame;
 mod group;
 mod index;
 mod journal;
+mod replay;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 pub use self::compact::Compaction;
-use self::frame::{FileHeader, FrameBuilder, decode_payload};
+use self::frame::{FileHeader, FrameBuilder};
 use self::group::GroupCommit;
 use self::index::Index;
-use self::journal::{Journal, PREALLOCATE, Stop};
+use self::journal::{Journal, PREALLOCATE};
+use self::replay::{Access, load, read_into, settle_tail};
 use crate::atomic::{AtomicWriter, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
@@ -421,100 +423,6 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
     };
     write().at("write new journal", &path)?;
     compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
-}
-
-/// Opens the journal at `path` and reads it whole into a fresh index.
-fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index)> {
-    let file = vfs.open_or_create(path, 0o600).at("open journal", path)?;
-    let inode = vfs.metadata(path).at("stat journal", path)?.inode;
-    let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
-    let n = file.read_at(&mut head, 0).at("read journal header", path)?;
-    let header = FileHeader::decode(&head[..n]).map_err(|reason| Error::CorruptFile {
-        path: path.to_path_buf(),
-        reason,
-    })?;
-    let allocated = file.size().at("stat journal", path)?;
-    let mut journal = Journal {
-        file: Arc::new(file),
-        header,
-        inode,
-        end: frame::FILE_HEADER_LEN,
-        next_seq: FIRST_SEQ,
-        allocated,
-    };
-    let mut index = Index::default();
-    read_into(&mut journal, &mut index, path)?;
-    Ok((journal, index))
-}
-
-/// Reads the frames appended after `journal.end` into `index`; returns why it
-/// stopped.
-fn read_into<F: VfsFile>(journal: &mut Journal<F>, index: &mut Index, path: &Path) -> Result<Stop> {
-    let read = journal
-        .read_new(|payload| {
-            for op in decode_payload(payload)?.into_iter().flatten() {
-                index.apply(op);
-            }
-            Ok(())
-        })
-        .at("read journal", path)?;
-    read.map_err(|(offset, reason)| Error::CorruptFile {
-        path: path.to_path_buf(),
-        reason: format!("frame at byte {offset} passed its checksum but does not decode: {reason}"),
-    })
-}
-
-/// Whether a caller may repair the journal's tail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Access {
-    /// Under the shared lock: a bad frame is left for a writer.
-    Shared,
-    /// Under the exclusive lock: a torn tail is zeroed, damage is an error.
-    Exclusive,
-}
-
-/// What to do when reading stopped at a frame that does not check.
-fn settle_tail<F: VfsFile>(
-    journal: &mut Journal<F>,
-    path: &Path,
-    sync: bool,
-    access: Access,
-) -> Result<()> {
-    let Stop::Bad { offset, reason } = peek_stop(journal, path)? else {
-        return Ok(());
-    };
-    if access == Access::Shared {
-        return Ok(());
-    }
-    if let Some(later) = journal.later_intact_frame().at("scan journal", path)? {
-        return Err(Error::CorruptFile {
-            path: path.to_path_buf(),
-            reason: format!(
-                "frame at byte {offset} is damaged ({reason}) but the frame at byte {later}, \
-                 written after it, is intact: the journal is damaged in the middle"
-            ),
-        });
-    }
-    // A write torn by a crash, or failed: it was never acknowledged.
-    journal.clear_tail(sync).at("clear torn journal tail", path)
-}
-
-/// Why reading stops at `journal.end`, without reading further.
-fn peek_stop<F: VfsFile>(journal: &mut Journal<F>, path: &Path) -> Result<Stop> {
-    let scanned = journal::scan(
-        &*journal.file,
-        &journal.header,
-        journal.end,
-        u64::MAX,
-        journal.next_seq,
-        |_| Err(String::new()),
-    )
-    .at("read journal", path)?;
-    Ok(match scanned {
-        Ok(end) => end.stop,
-        // A valid frame is there: not a stop at all.
-        Err(_) => Stop::End,
-    })
 }
 
 /// An flock held until dropped.
