@@ -623,9 +623,8 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             id: self.id().to_owned(),
             reason,
         };
-        if let Some(reason) = self.lease.lost() {
-            return Err(stale(reason));
-        }
+        // The store first: a successor's newer token is the authoritative
+        // refusal. Then the lease: it may have ended with nobody taking over yet.
         let Some(job) = self.pipeline.inner.jobs.get(self.id())? else {
             return Err(stale("the job was removed".to_owned()));
         };
@@ -633,6 +632,9 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             ours.check_not_older_than(seen, &path.display().to_string())?;
         }
         if let Some(reason) = self.ownership(&job) {
+            return Err(stale(reason));
+        }
+        if let Some(reason) = self.lease.lost() {
             return Err(stale(reason));
         }
         Ok(())
