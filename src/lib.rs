@@ -84,6 +84,7 @@ mod jobs;
 mod key;
 mod ledger;
 mod lock;
+mod pipeline;
 pub mod record;
 mod store;
 pub mod vfs;
@@ -105,6 +106,11 @@ pub use ledger::{
 pub use lock::{
     Acquire, JobLock, KeepAlive, KeepAliveEvent, LockGuard, LockHandle, LockList, LockRecord,
     LockRequest, LostLease, Release, Renewal,
+};
+pub use pipeline::{
+    Artifact, Checkpoint, DEFAULT_LEASE, Deletion, ErrorClass, MAX_ARTIFACT_NAME, PassReport,
+    Pipeline, PipelineBuilder, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome, RunReport,
+    SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
 };
 pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};

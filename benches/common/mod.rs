@@ -24,6 +24,7 @@ pub(crate) mod kv;
 pub(crate) mod lease;
 pub(crate) mod ledger;
 pub(crate) mod naive;
+pub(crate) mod pipeline;
 pub(crate) mod raw;
 pub(crate) mod report;
 pub(crate) mod sqlite;

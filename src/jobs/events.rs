@@ -15,7 +15,7 @@ use super::{Event, EventWindow, Job, JobState};
 use crate::error::Result;
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::store::{Applied, Batch, Expect, Store, Version};
+use crate::store::{Applied, Batch, Expect, Op, Store, Version};
 
 /// Events read by [`JobState::events_since`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -83,6 +83,7 @@ impl<S: Store> JobState<S> {
         mut job: Job,
         version: Version,
         new_events: Vec<NewEvent>,
+        extra: &[Op],
     ) -> Result<(Job, Vec<Event>)> {
         let now = job.updated_ms;
         let window = job.events;
@@ -121,6 +122,9 @@ impl<S: Store> JobState<S> {
             next_seq,
             dropped: window.dropped.saturating_add(first_seq - window.first_seq),
         };
+        for op in extra {
+            batch.push(op.clone());
+        }
         batch = batch.put(
             &record_key,
             codec::encode(&record_key, &job)?,

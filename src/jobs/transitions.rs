@@ -19,7 +19,7 @@ use super::record::{MAX_PROGRESS_LEN, bounded};
 use super::{Event, Job, JobError, JobState, JobStatus, Worker};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
-use crate::store::Store;
+use crate::store::{Op, Store};
 
 /// How an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +89,25 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running.
     pub fn set_stage(&self, worker: &Worker, stage: &str) -> Result<Job> {
-        self.update_as(worker, "set a stage", |job, now| {
+        self.set_stage_with(worker, stage, false, &[])
+    }
+
+    /// [`set_stage`](JobState::set_stage), with `extra` store operations in the
+    /// same atomic batch. With `restart`, the stages of earlier attempts are
+    /// forgotten first: the record then shows what this attempt traversed.
+    pub(crate) fn set_stage_with(
+        &self,
+        worker: &Worker,
+        stage: &str,
+        restart: bool,
+        extra: &[Op],
+    ) -> Result<Job> {
+        self.update_as(worker, "set a stage", extra, |job, now| {
             job.heartbeat_ms = Some(now);
+            if restart {
+                job.stage = None;
+                job.stages_done.clear();
+            }
             if let Some(done) = job.stage.replace(stage.to_owned()) {
                 job.stages_done.push(done);
             }
@@ -105,7 +122,7 @@ impl<S: Store> JobState<S> {
     /// As [`set_stage`](JobState::set_stage).
     pub fn progress(&self, worker: &Worker, message: &str) -> Result<Job> {
         let message = bounded(message.to_owned(), MAX_PROGRESS_LEN);
-        self.update_as(worker, "report progress", |job, now| {
+        self.update_as(worker, "report progress", &[], |job, now| {
             job.progress = Some(message.clone());
             job.heartbeat_ms = Some(now);
             Ok(vec![event("progress", json!({ "message": message }))])
@@ -117,7 +134,7 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// As [`set_stage`](JobState::set_stage).
     pub fn heartbeat(&self, worker: &Worker) -> Result<Job> {
-        self.update_as(worker, "heartbeat", |job, now| {
+        self.update_as(worker, "heartbeat", &[], |job, now| {
             job.heartbeat_ms = Some(now);
             Ok(Vec::new())
         })
@@ -130,12 +147,24 @@ impl<S: Store> JobState<S> {
     /// [`Error::InvalidArgument`] for a reserved or empty type; as
     /// [`set_stage`](JobState::set_stage).
     pub fn append_event(&self, worker: &Worker, kind: &str, data: Value) -> Result<Event> {
+        self.append_event_with(worker, kind, data, &[])
+    }
+
+    /// [`append_event`](JobState::append_event), with `extra` store operations in
+    /// the same atomic batch: they happen only if the worker still owns the job.
+    pub(crate) fn append_event_with(
+        &self,
+        worker: &Worker,
+        kind: &str,
+        data: Value,
+        extra: &[Op],
+    ) -> Result<Event> {
         if kind.is_empty() || super::record::TERMINAL_EVENTS.contains(&kind) {
             return Err(Error::InvalidArgument(format!(
                 "event type {kind:?} is empty or reserved for the end of a job"
             )));
         }
-        let (_, written) = self.update(&worker.job_id, |job, now| {
+        let (_, written) = self.update_with(&worker.job_id, extra, |job, now| {
             check_worker(job, worker, "append an event")?;
             job.heartbeat_ms = Some(now);
             Ok(vec![event(kind, data.clone())])
@@ -154,7 +183,18 @@ impl<S: Store> JobState<S> {
     /// As [`set_stage`](JobState::set_stage); completing twice is an
     /// [`Error::InvalidTransition`].
     pub fn complete(&self, worker: &Worker, result: Value) -> Result<Job> {
-        self.update_as(worker, "complete", |job, now| {
+        self.complete_with(worker, result, &[])
+    }
+
+    /// [`complete`](JobState::complete), with `extra` store operations in the
+    /// same atomic batch.
+    pub(crate) fn complete_with(
+        &self,
+        worker: &Worker,
+        result: Value,
+        extra: &[Op],
+    ) -> Result<Job> {
+        self.update_as(worker, "complete", extra, |job, now| {
             job.status = JobStatus::Complete;
             if let Some(done) = job.stage.take() {
                 job.stages_done.push(done);
@@ -173,7 +213,19 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// As [`set_stage`](JobState::set_stage).
     pub fn fail(&self, worker: &Worker, error: JobError, failure: Failure) -> Result<Job> {
-        self.update_as(worker, "fail", |job, now| {
+        self.fail_with(worker, error, failure, &[])
+    }
+
+    /// [`fail`](JobState::fail), with `extra` store operations in the same
+    /// atomic batch.
+    pub(crate) fn fail_with(
+        &self,
+        worker: &Worker,
+        error: JobError,
+        failure: Failure,
+        extra: &[Op],
+    ) -> Result<Job> {
+        self.update_as(worker, "fail", extra, |job, now| {
             let client = json!({ "error": error.client_message(), "code": error.error_code() });
             job.error = Some(error.clone());
             Ok(match failure {
@@ -236,9 +288,10 @@ impl<S: Store> JobState<S> {
         &self,
         worker: &Worker,
         action: &'static str,
+        extra: &[Op],
         mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
     ) -> Result<Job> {
-        self.update(&worker.job_id, |job, now| {
+        self.update_with(&worker.job_id, extra, |job, now| {
             check_worker(job, worker, action)?;
             change(job, now)
         })
@@ -250,6 +303,17 @@ impl<S: Store> JobState<S> {
     pub(super) fn update(
         &self,
         id: &str,
+        change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
+    ) -> Result<(Job, Vec<Event>)> {
+        self.update_with(id, &[], change)
+    }
+
+    /// As [`update`](JobState::update), with `extra` store operations (on keys
+    /// outside the job's, with `Expect::Any`) in the same atomic batch.
+    fn update_with(
+        &self,
+        id: &str,
+        extra: &[Op],
         mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
     ) -> Result<(Job, Vec<Event>)> {
         let record_key = self.record_key(id)?;
@@ -258,7 +322,7 @@ impl<S: Store> JobState<S> {
             let now = self.clock.now_ms();
             let events = change(&mut job, now)?;
             job.updated_ms = now;
-            match self.commit(job, version, events) {
+            match self.commit(job, version, events, extra) {
                 // The record changed under us: decide again on what is there now.
                 Err(Error::Conflict { key, .. }) if key == record_key => continue,
                 // An event key was taken. If the record moved on meanwhile, another

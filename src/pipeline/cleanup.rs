@@ -1,0 +1,333 @@
+//! Deleting jobs with their artifacts, and purging what is old.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{Pipeline, paths};
+use crate::error::{Error, Result};
+use crate::jobs::{JobFilter, JobStatus, PurgeCounts};
+use crate::key::Prefix;
+use crate::store::{Batch, Expect, Store};
+use crate::vfs::{FileKind, Vfs};
+
+/// The outcome of [`Pipeline::delete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The job's directory, checkpoints and record are gone.
+    Removed,
+    /// The job was cancelled and marked for deletion, but a runner holds its
+    /// subject: the runner removes it at its next stage boundary, or the next
+    /// [`Pipeline::run_pass`] does.
+    Pending,
+    /// There was no such job (leftovers of an interrupted deletion, if any,
+    /// were removed).
+    NotFound,
+}
+
+/// What [`Pipeline::purge`] removes, by age on the pipeline's clock.
+///
+/// Defaults: finished jobs (complete, failed, cancelled) 7 days after they
+/// finished; queued jobs never started after 30 days; locks 1 hour after their
+/// lease ended; ledger reservations 1 day after they expired; temp files 1 hour
+/// old (by file time, compared with the clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PurgePolicy {
+    /// Age after finishing at which a job, its artifacts and checkpoints go.
+    pub finished_for: Duration,
+    /// Age after creation at which a never-started queued job goes.
+    pub queued_for: Duration,
+    /// Time after a lease ended at which its lock record goes.
+    pub locks_expired_for: Duration,
+    /// Time after expiry at which a ledger reservation goes.
+    pub reservations_expired_for: Duration,
+    /// Age at which a temp file left by a crashed writer goes.
+    pub temp_files_older_than: Duration,
+}
+
+impl Default for PurgePolicy {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        PurgePolicy {
+            finished_for: 7 * DAY,
+            queued_for: 30 * DAY,
+            locks_expired_for: Duration::from_secs(3600),
+            reservations_expired_for: DAY,
+            temp_files_older_than: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What [`Pipeline::purge`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Job records removed, with their events, checkpoints and directories.
+    pub jobs: PurgeCounts,
+    /// Job directories removed (of purged jobs, and orphans of interrupted
+    /// deletions).
+    pub artifact_dirs: usize,
+    /// Checkpoint records removed.
+    pub checkpoints: usize,
+    /// Expired ledger reservations removed.
+    pub reservations: usize,
+    /// Lock records whose lease had ended, removed.
+    pub locks: usize,
+    /// Temp files of crashed writers removed.
+    pub temp_files: usize,
+}
+
+impl PurgeReport {
+    /// Everything removed, summed.
+    pub fn total(&self) -> usize {
+        self.jobs.total()
+            + self.artifact_dirs
+            + self.checkpoints
+            + self.reservations
+            + self.locks
+            + self.temp_files
+    }
+}
+
+impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
+    /// Deletes job `id` with its directory, checkpoints and record; artifacts
+    /// in the subject's shared directory stay (other jobs may use them).
+    ///
+    /// The job is first marked for deletion and cancelled, so that a runner
+    /// stops at its next stage boundary. If no runner holds the subject, the
+    /// job is removed at once; otherwise the runner (or the next pass) removes
+    /// it.
+    ///
+    /// # Errors
+    /// Store and I/O errors.
+    pub fn delete(&self, id: &str) -> Result<Deletion> {
+        let inner = &self.inner;
+        let Some(job) = inner.jobs.get(id)? else {
+            self.remove_job(id)?;
+            return Ok(Deletion::NotFound);
+        };
+        inner
+            .store
+            .put(&self.deleting_key(id)?, b"{\"schema\":1}", Expect::Any)?;
+        if !matches!(job.status, JobStatus::Complete | JobStatus::Cancelled) {
+            match inner.jobs.cancel(id) {
+                Ok(_) => {}
+                Err(e) if e.is_invalid_transition() => {} // completed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        match self.acquire(Self::subject_of(&job), id)? {
+            Ok(lease) => {
+                let removed = self.remove_job(id);
+                lease.release();
+                removed?;
+                Ok(Deletion::Removed)
+            }
+            Err(_) => Ok(Deletion::Pending),
+        }
+    }
+
+    /// Removes everything of job `id`: directory first, then checkpoints and
+    /// pipeline records, then the job record, and the deletion mark last, so
+    /// that an interrupted removal is finished by the next one. The job must not
+    /// be running; the caller holds its subject.
+    pub(crate) fn remove_job(&self, id: &str) -> Result<usize> {
+        let inner = &self.inner;
+        let dirs = remove_dir_all(&self.job_dir(id))?;
+        let mut batch = Batch::new();
+        let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
+        for key in &checkpoints {
+            batch = batch.delete(key, Expect::Any);
+        }
+        batch = batch.delete(&self.run_state_key(id)?, Expect::Any);
+        inner.store.apply(&batch)?;
+        inner.jobs.delete(id)?;
+        inner.store.delete(&self.deleting_key(id)?, Expect::Any)?;
+        Ok(dirs + checkpoints.len())
+    }
+
+    /// Completes the deletions marked by [`delete`](Pipeline::delete) whose
+    /// subject was busy, returning how many.
+    pub(crate) fn finish_deletions(&self) -> Result<usize> {
+        let mut done = 0;
+        for key in self.inner.store.list_all(&self.prefix(&["deleting"])?)? {
+            let Some(id) = key.segments().last() else {
+                continue;
+            };
+            let subject = match self.inner.jobs.get(id)? {
+                Some(job) => Self::subject_of(&job).to_owned(),
+                None => id.clone(),
+            };
+            if let Ok(lease) = self.acquire(&subject, id)? {
+                let outcome = match self.inner.jobs.get(id)? {
+                    Some(job) if job.status == JobStatus::Running => {
+                        match self.inner.jobs.cancel(id) {
+                            Ok(_) => self.remove_job(id),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    _ => self.remove_job(id),
+                };
+                lease.release();
+                outcome?;
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Purges, by the configured [`PurgePolicy`]: finished and abandoned queued
+    /// jobs with their checkpoints and directories, orphaned directories and
+    /// checkpoints, expired ledger reservations (if a ledger was given), ended
+    /// lock leases, and old temp files. Returns the counts.
+    ///
+    /// Safe while runners work: running jobs are never purged, and a job is
+    /// removed only under its subject's lock.
+    ///
+    /// # Errors
+    /// Store and I/O errors.
+    pub fn purge(&self) -> Result<PurgeReport> {
+        let inner = &self.inner;
+        let policy = inner.purge;
+        let now = inner.clock.now_ms();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut report = PurgeReport::default();
+        let mut kept = BTreeSet::new();
+        for job in inner.jobs.list(&JobFilter::default())?.jobs {
+            let due = match job.status {
+                JobStatus::Running => false,
+                JobStatus::Queued => {
+                    job.attempt == 0 && now >= job.created_ms.saturating_add(ms(policy.queued_for))
+                }
+                _ => {
+                    let finished = job.completed_ms.unwrap_or(job.updated_ms);
+                    now >= finished.saturating_add(ms(policy.finished_for))
+                }
+            };
+            if !due {
+                kept.insert(paths::dir_name(&job.id));
+                continue;
+            }
+            let Ok(lease) = self.acquire(Self::subject_of(&job), &job.id)? else {
+                kept.insert(paths::dir_name(&job.id));
+                continue; // its subject is busy: next time
+            };
+            let removed = self.purge_job(&job.id, job.version, &mut report);
+            lease.release();
+            if removed? {
+                let count = match job.status {
+                    JobStatus::Complete => &mut report.jobs.complete,
+                    JobStatus::Failed => &mut report.jobs.failed,
+                    JobStatus::Cancelled => &mut report.jobs.cancelled,
+                    JobStatus::Queued | JobStatus::Running => &mut report.jobs.queued,
+                };
+                *count += 1;
+            } else {
+                kept.insert(paths::dir_name(&job.id));
+            }
+        }
+        self.purge_orphans(&kept, &mut report)?;
+        if let Some(ledger) = &inner.ledger {
+            report.reservations = ledger(policy.reservations_expired_for)?;
+        }
+        report.locks = inner
+            .locks
+            .purge(&Prefix::all(), policy.locks_expired_for)?
+            .locks
+            .len();
+        for top in [paths::JOBS_DIR, paths::SUBJECTS_DIR] {
+            let top = inner.root.join(top);
+            for name in list_dir(inner.writer.vfs(), &top)? {
+                report.temp_files += self.sweep(&top.join(name), policy.temp_files_older_than)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes one finished job if its record is still at `version`.
+    fn purge_job(
+        &self,
+        id: &str,
+        version: crate::store::Version,
+        report: &mut PurgeReport,
+    ) -> Result<bool> {
+        let inner = &self.inner;
+        match inner.jobs.get(id)? {
+            Some(job) if job.version == version => {}
+            _ => return Ok(false), // changed since the listing (a manual retry, say)
+        }
+        report.artifact_dirs += remove_dir_all(&self.job_dir(id))?;
+        let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
+        report.checkpoints += checkpoints.len();
+        let mut batch = Batch::new().delete(&self.run_state_key(id)?, Expect::Any);
+        for key in &checkpoints {
+            batch = batch.delete(key, Expect::Any);
+        }
+        inner.store.apply(&batch)?;
+        inner.jobs.delete(id)
+    }
+
+    /// Directories and checkpoints of jobs that no longer exist (a deletion
+    /// interrupted by a crash). A directory younger than the temp-file age is
+    /// left: its job may have been created since the listing.
+    fn purge_orphans(&self, kept: &BTreeSet<String>, report: &mut PurgeReport) -> Result<()> {
+        let inner = &self.inner;
+        let jobs_dir = inner.root.join(paths::JOBS_DIR);
+        let vfs = inner.writer.vfs();
+        let now = UNIX_EPOCH + Duration::from_millis(inner.clock.now_ms());
+        for name in list_dir(vfs, &jobs_dir)? {
+            if kept.contains(&name) {
+                continue;
+            }
+            let dir = jobs_dir.join(&name);
+            let info = match vfs.metadata(&dir) {
+                Ok(info) => info,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat job directory", dir, e)),
+            };
+            let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
+            if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
+                report.artifact_dirs += remove_dir_all(&dir)?;
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for key in inner.store.list_all(&self.prefix(&["checkpoint"])?)? {
+            let Some(id) = key.segments().get(inner.namespace.segments().len() + 1) else {
+                continue;
+            };
+            if !seen.insert(id.clone()) || inner.jobs.get(id)?.is_some() {
+                continue;
+            }
+            let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
+            let mut batch = Batch::new();
+            for key in &checkpoints {
+                batch = batch.delete(key, Expect::Any);
+            }
+            if !batch.is_empty() {
+                inner.store.apply(&batch)?;
+                report.checkpoints += checkpoints.len();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The names in `dir` (none if it does not exist).
+fn list_dir<V: Vfs>(vfs: &V, dir: &std::path::Path) -> Result<Vec<String>> {
+    match vfs.read_dir(dir) {
+        Ok(names) => Ok(names
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("read directory", dir, e)),
+    }
+}
+
+/// Removes `dir` and everything in it; returns 1 if it existed.
+fn remove_dir_all(dir: &std::path::Path) -> Result<usize> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(1),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io("remove job directory", dir, e)),
+    }
+}

@@ -1,0 +1,539 @@
+//! [`Pipeline`]: named stages run against a [`JobState`] job, with checkpoints,
+//! classified retries, one runner per subject, cancellation, deletion and purge.
+
+mod checkpoint;
+mod cleanup;
+mod error;
+mod lease;
+mod pass;
+mod paths;
+mod retry;
+mod run;
+mod stage;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::{Artifact, Checkpoint};
+pub use cleanup::{Deletion, PurgePolicy, PurgeReport};
+pub use error::{ErrorClass, StageError, classify_io};
+pub use pass::PassReport;
+pub use paths::MAX_ARTIFACT_NAME;
+pub use retry::RetryPolicy;
+pub use run::{RunOutcome, RunReport, StageAction, StageNotice};
+pub use stage::StageContext;
+
+use crate::atomic::AtomicWriter;
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::jobs::{Job, JobState, NewJob};
+use crate::key::{Key, Prefix};
+use crate::ledger::JobLedger;
+use crate::lock::JobLock;
+use crate::record::{self as codec, Extra, Record};
+use crate::store::{Expect, Store};
+use crate::vfs::{StdVfs, Vfs};
+
+/// The metadata field of a job that names its subject.
+pub const SUBJECT_FIELD: &str = "subject";
+/// How long a runner's lease on a subject lasts unless set otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+type StageFn = dyn Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync;
+type Observer = dyn Fn(&StageNotice<'_>) + Send + Sync;
+type LedgerPurge = dyn Fn(Duration) -> Result<usize> + Send + Sync;
+
+struct Stage {
+    name: String,
+    run: Box<StageFn>,
+}
+
+/// Resumable staged jobs: named stages run in order against a job of
+/// [`JobState`], each finished stage recorded in a [`Checkpoint`] of every
+/// artifact it wrote.
+///
+/// - **Stage boundaries.** The job record is written at every boundary
+///   ([`JobState::set_stage`]), also for a stage that is skipped, so it shows
+///   what the run traversed.
+/// - **Idempotent re-runs.** A stage whose checkpoint is recorded and whose
+///   artifacts all verify (present, same length and SHA-256, after the same
+///   earlier artifacts) is skipped, and its files are not touched: their mtimes
+///   stay. A missing or altered artifact makes the stage run again.
+/// - **Artifacts.** Stages write through [`StageContext::write`] (the job's own
+///   directory) and [`StageContext::write_shared`] (the subject's directory,
+///   shared by its jobs), which go through an [`AtomicWriter`]: a crash leaves
+///   the old file or the new, never a mix. Each write is fenced: it commits only
+///   if the runner still owns the job (attempt and fencing token) and its lease.
+///   The checkpoint is stored in one atomic batch with a compare-and-set of the
+///   job record that checks the same, so a runner that lost the job cannot
+///   record anything.
+/// - **Retries.** A stage returns a [`StageError`], transient or permanent.
+///   Transient errors put the job back in the queue with a backoff from the
+///   [`RetryPolicy`], stored in the job record ([`Job::retry_at_ms`]) so that it
+///   survives restarts; permanent errors (and panics) fail the job with a
+///   client-safe and an internal message. [`retry`](Pipeline::retry) resumes a
+///   failed job at the stage that failed: the finished ones verify and skip.
+/// - **One runner per subject.** A run holds a [`JobLock`] lease on the job's
+///   subject (a session, say), renewed by a keep-alive; a second runner finds it
+///   held and reports [`RunOutcome::Busy`] without touching anything. A run that
+///   loses its lease stops before its next write.
+/// - **Cancellation and deletion** are checked between stages; the stage that
+///   did not finish has its artifacts removed. Cancel keeps finished artifacts;
+///   [`delete`](Pipeline::delete) removes the job's directory, checkpoints and
+///   record.
+/// - **Nothing left behind.** Every exit (success, failure, cancel, delete,
+///   panic in a stage, lost lease) removes its temp files and releases the
+///   lock. After a crash, the next run of a job sweeps the temp files of its
+///   directories, and takes the job over once the dead runner's lease ends.
+/// - **Scheduling.** [`run_pass`](Pipeline::run_pass) runs the due jobs (queued,
+///   or failed transiently and due again, or abandoned by a dead runner), as a
+///   cron-driven invocation would; passes of overlapping processes are safe. It
+///   also [`purge`](Pipeline::purge)s on a schedule.
+///
+/// # Layout
+///
+/// Records live in the store under the namespace (default `pipeline`): jobs
+/// under `pipeline/jobs`, subject locks under `pipeline/locks`, checkpoints
+/// under `pipeline/checkpoint/<job>/<stage>`. Files live under the artifact
+/// root: `jobs/<job>/` and `subjects/<subject>/`, with ids that are not plain
+/// lower-case names replaced by a hash.
+///
+/// # Limitations
+///
+/// An artifact write checks ownership just before its atomic rename; a runner
+/// that stalls exactly between that check and the rename can still replace that
+/// one file after losing the job. It cannot record a checkpoint, and the file
+/// no longer matches the successor's checkpoint, so the next run redoes that
+/// stage: the damage is detected, not prevented. Filesystems offer no
+/// compare-and-set that would close the gap.
+///
+/// ```
+/// use std::sync::Arc;
+/// use jobsafe::{ManualClock, MemStore, NewJob, Pipeline, RunOutcome, StageError};
+///
+/// let dir = tempfile::tempdir()?;
+/// let pipeline = Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(0)), dir.path())
+///     .stage("transcribe", |ctx| {
+///         ctx.write("transcript.txt", b"hello world")?;
+///         Ok(())
+///     })
+///     .stage("draft", |ctx| {
+///         let transcript = ctx.read("transcript.txt")?;
+///         if transcript.is_empty() {
+///             return Err(StageError::permanent("the recording is silent"));
+///         }
+///         ctx.write("draft.md", &transcript.to_ascii_uppercase())?;
+///         Ok(())
+///     })
+///     .build()?;
+///
+/// let job = pipeline.enqueue("session-1", NewJob::new("episode"))?;
+/// let report = pipeline.run_job(&job.id)?;
+/// assert!(matches!(report.outcome, RunOutcome::Completed));
+/// assert_eq!(std::fs::read(pipeline.job_dir(&job.id).join("draft.md"))?, b"HELLO WORLD");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Pipeline<S, V: Vfs = StdVfs> {
+    inner: Arc<Inner<S, V>>,
+}
+
+struct Inner<S, V: Vfs> {
+    jobs: JobState<Arc<S>>,
+    locks: JobLock<Arc<S>>,
+    store: Arc<S>,
+    clock: SharedClock,
+    namespace: Prefix,
+    root: PathBuf,
+    writer: AtomicWriter<V>,
+    stages: Vec<Stage>,
+    lease: Duration,
+    renew_every: Option<Duration>,
+    retry: RetryPolicy,
+    purge: PurgePolicy,
+    purge_every: Option<Duration>,
+    ledger: Option<Box<LedgerPurge>>,
+    observer: Option<Box<Observer>>,
+    actor: String,
+}
+
+impl<S, V: Vfs> Clone for Pipeline<S, V> {
+    fn clone(&self) -> Self {
+        Pipeline {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S, V: Vfs> std::fmt::Debug for Pipeline<S, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stages: Vec<&str> = self.inner.stages.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("Pipeline")
+            .field("namespace", &self.inner.namespace)
+            .field("root", &self.inner.root)
+            .field("stages", &stages)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Pipeline`]; from [`Pipeline::builder`].
+///
+/// Defaults: namespace `pipeline`; a lease of 60 s ([`DEFAULT_LEASE`]) renewed
+/// every third of it; [`RetryPolicy::default`]; [`PurgePolicy::default`], with
+/// no scheduled purge; no ledger; an [`AtomicWriter`] with
+/// [`Durability::Full`](crate::Durability::Full) and mode `0o600`; actor name
+/// `pipeline-runner`.
+pub struct PipelineBuilder<S, V: Vfs = StdVfs> {
+    store: S,
+    clock: SharedClock,
+    root: PathBuf,
+    namespace: Prefix,
+    writer: AtomicWriter<V>,
+    stages: Vec<Stage>,
+    lease: Duration,
+    renew_every: Option<Option<Duration>>,
+    retry: RetryPolicy,
+    purge: PurgePolicy,
+    purge_every: Option<Duration>,
+    ledger: Option<Box<LedgerPurge>>,
+    observer: Option<Box<Observer>>,
+    actor: String,
+}
+
+impl<S: Store + 'static> Pipeline<S> {
+    /// Starts building a pipeline keeping records in `store`, timed by `clock`,
+    /// with artifacts under the directory `artifact_root` (created when needed).
+    pub fn builder(
+        store: S,
+        clock: SharedClock,
+        artifact_root: impl AsRef<Path>,
+    ) -> PipelineBuilder<S> {
+        PipelineBuilder {
+            store,
+            clock,
+            root: artifact_root.as_ref().to_path_buf(),
+            namespace: Prefix::new(["pipeline"]).unwrap_or_default(),
+            writer: AtomicWriter::new(),
+            stages: Vec::new(),
+            lease: DEFAULT_LEASE,
+            renew_every: None,
+            retry: RetryPolicy::default(),
+            purge: PurgePolicy::default(),
+            purge_every: None,
+            ledger: None,
+            observer: None,
+            actor: "pipeline-runner".to_owned(),
+        }
+    }
+}
+
+impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
+    /// Adds a stage named `name`, run after the stages added before it.
+    pub fn stage(
+        mut self,
+        name: impl Into<String>,
+        run: impl Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync + 'static,
+    ) -> Self {
+        self.stages.push(Stage {
+            name: name.into(),
+            run: Box::new(run),
+        });
+        self
+    }
+
+    /// Keeps the pipeline's records under `namespace` instead of `pipeline`.
+    pub fn namespace(mut self, namespace: Prefix) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// How long a runner's lease on a subject lasts. Default: 60 s.
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = ttl;
+        self
+    }
+
+    /// Renews the lease every `every` from a background thread while a job
+    /// runs, or never with `None` (then every stage must finish well within the
+    /// lease). Default: a third of the lease.
+    pub fn renew_every(mut self, every: Option<Duration>) -> Self {
+        self.renew_every = Some(every);
+        self
+    }
+
+    /// How transient failures are retried. Default: [`RetryPolicy::default`].
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// What [`Pipeline::purge`] removes. Default: [`PurgePolicy::default`].
+    pub fn purge_policy(mut self, policy: PurgePolicy) -> Self {
+        self.purge = policy;
+        self
+    }
+
+    /// Purges at most once per `every` from [`Pipeline::run_pass`], across all
+    /// processes sharing the store. Default: never (call
+    /// [`Pipeline::purge`] yourself).
+    pub fn purge_every(mut self, every: Duration) -> Self {
+        self.purge_every = Some(every);
+        self
+    }
+
+    /// Purges the expired reservations of `ledger` with the pipeline's purge.
+    pub fn ledger<L: Store + 'static>(mut self, ledger: JobLedger<L>) -> Self {
+        self.ledger = Some(Box::new(move |retain| ledger.purge_expired(retain)));
+        self
+    }
+
+    /// Calls `observer` as each stage starts, is skipped, finishes or fails (for
+    /// logs and progress displays; it must not block).
+    pub fn on_stage(mut self, observer: impl Fn(&StageNotice<'_>) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    /// The actor named in the lock records of this pipeline's runners (a host
+    /// and process id, say). Default: `pipeline-runner`.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
+    }
+
+    /// Writes artifacts with `writer` (its durability, mode and I/O layer) instead
+    /// of a default [`AtomicWriter`]. Its no-clobber setting is ignored: a stage
+    /// that runs again replaces its artifacts.
+    pub fn writer<W: Vfs>(self, writer: AtomicWriter<W>) -> PipelineBuilder<S, W> {
+        PipelineBuilder {
+            store: self.store,
+            clock: self.clock,
+            root: self.root,
+            namespace: self.namespace,
+            writer: writer.no_clobber(false),
+            stages: self.stages,
+            lease: self.lease,
+            renew_every: self.renew_every,
+            retry: self.retry,
+            purge: self.purge,
+            purge_every: self.purge_every,
+            ledger: self.ledger,
+            observer: self.observer,
+            actor: self.actor,
+        }
+    }
+
+    /// Builds the pipeline.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] without stages, for an empty or repeated stage
+    /// name, a lease under 3 ms, or a renewal period not shorter than the lease;
+    /// [`Error::InvalidKey`] if the namespace is too long.
+    pub fn build(self) -> Result<Pipeline<S, V>> {
+        if self.stages.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a pipeline needs at least one stage".to_owned(),
+            ));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.name.is_empty() || self.stages[..i].iter().any(|s| s.name == stage.name) {
+                return Err(Error::InvalidArgument(format!(
+                    "stage name {:?} is empty or used twice",
+                    stage.name
+                )));
+            }
+            Key::new([stage.name.as_str()])?;
+        }
+        if self.lease < Duration::from_millis(3) {
+            return Err(Error::InvalidArgument(format!(
+                "the lease must be at least 3 ms, got {:?}",
+                self.lease
+            )));
+        }
+        let renew_every = self.renew_every.unwrap_or(Some(self.lease / 3));
+        if renew_every.is_some_and(|every| every.is_zero() || every >= self.lease) {
+            return Err(Error::InvalidArgument(format!(
+                "the renewal period {renew_every:?} must be shorter than the lease {:?}",
+                self.lease
+            )));
+        }
+        let store = Arc::new(self.store);
+        let sub = |name: &str| {
+            let mut segments = self.namespace.segments().to_vec();
+            segments.push(name.to_owned());
+            Prefix::new(segments)
+        };
+        let jobs =
+            JobState::new(Arc::clone(&store), Arc::clone(&self.clock)).namespace(sub("jobs")?);
+        let locks =
+            JobLock::new(Arc::clone(&store), Arc::clone(&self.clock)).namespace(sub("locks")?);
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                jobs,
+                locks,
+                store,
+                clock: self.clock,
+                namespace: self.namespace,
+                root: self.root,
+                writer: self.writer,
+                stages: self.stages,
+                lease: self.lease,
+                renew_every,
+                retry: self.retry,
+                purge: self.purge,
+                purge_every: self.purge_every,
+                ledger: self.ledger,
+                observer: self.observer,
+                actor: self.actor,
+            }),
+        })
+    }
+}
+
+/// A job's pipeline state besides its record: consecutive transient failures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RunState {
+    transient_failures: u32,
+    #[serde(default)]
+    failed_stage: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+impl Record for RunState {
+    const SCHEMA: u32 = 1;
+}
+
+impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
+    /// The job records. Create jobs with [`enqueue`](Pipeline::enqueue), which
+    /// records the subject; read them, subscribe to their events or cancel them
+    /// here.
+    pub fn jobs(&self) -> &JobState<Arc<S>> {
+        &self.inner.jobs
+    }
+
+    /// The subject locks.
+    pub fn locks(&self) -> &JobLock<Arc<S>> {
+        &self.inner.locks
+    }
+
+    /// The stage names, in order.
+    pub fn stage_names(&self) -> Vec<&str> {
+        self.inner.stages.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The artifact root.
+    pub fn artifact_root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The directory of job `id`'s own artifacts.
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        paths::job_dir(&self.inner.root, id)
+    }
+
+    /// The directory of the artifacts shared by `subject`'s jobs.
+    pub fn subject_dir(&self, subject: &str) -> PathBuf {
+        paths::subject_dir(&self.inner.root, subject)
+    }
+
+    /// Creates a queued job for `subject`: jobs of one subject never run at the
+    /// same time. The subject is kept in the job's metadata as
+    /// [`SUBJECT_FIELD`].
+    ///
+    /// # Errors
+    /// As [`JobState::create`]; [`Error::InvalidKey`] for a subject that is not
+    /// a valid key segment.
+    pub fn enqueue(&self, subject: &str, new: NewJob) -> Result<Job> {
+        Key::new([subject])?;
+        self.inner.jobs.create(new.meta(SUBJECT_FIELD, subject))
+    }
+
+    /// The subject of `job`: its [`SUBJECT_FIELD`] metadata, or its id for a job
+    /// created without one.
+    pub fn subject_of(job: &Job) -> &str {
+        match job.metadata.get(SUBJECT_FIELD).and_then(|s| s.as_str()) {
+            Some(subject) if !subject.is_empty() => subject,
+            _ => &job.id,
+        }
+    }
+
+    /// The checkpoint of `stage` of job `id`, if recorded.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the key if it cannot be read; store errors.
+    pub fn checkpoint(&self, id: &str, stage: &str) -> Result<Option<Checkpoint>> {
+        let key = self.checkpoint_key(id, stage)?;
+        match self.inner.store.get(&key)? {
+            None => Ok(None),
+            Some(entry) => codec::decode(&key, &entry.value).map(Some),
+        }
+    }
+
+    /// Puts a failed job back in the queue; its next run resumes at the stage
+    /// that failed (finished stages verify and are skipped), with a fresh count
+    /// of transient failures.
+    ///
+    /// # Errors
+    /// As [`JobState::retry`].
+    pub fn retry(&self, id: &str) -> Result<Job> {
+        let job = self.inner.jobs.retry(id)?;
+        self.inner
+            .store
+            .delete(&self.run_state_key(id)?, Expect::Any)?;
+        Ok(job)
+    }
+
+    /// Cancels job `id` ([`JobState::cancel`]). A running job stops at its next
+    /// stage boundary and removes the artifacts of the stage it was in; finished
+    /// stages keep theirs.
+    ///
+    /// # Errors
+    /// As [`JobState::cancel`].
+    pub fn cancel(&self, id: &str) -> Result<Job> {
+        self.inner.jobs.cancel(id)
+    }
+
+    fn key(&self, parts: &[&str]) -> Result<Key> {
+        let segments = self.inner.namespace.segments().iter().map(String::as_str);
+        Key::new(segments.chain(parts.iter().copied()))
+    }
+
+    fn prefix(&self, parts: &[&str]) -> Result<Prefix> {
+        let mut segments = self.inner.namespace.segments().to_vec();
+        segments.extend(parts.iter().map(|p| (*p).to_owned()));
+        Prefix::new(segments)
+    }
+
+    fn checkpoint_key(&self, id: &str, stage: &str) -> Result<Key> {
+        self.key(&["checkpoint", id, stage])
+    }
+
+    fn run_state_key(&self, id: &str) -> Result<Key> {
+        self.key(&["run", id])
+    }
+
+    fn deleting_key(&self, id: &str) -> Result<Key> {
+        self.key(&["deleting", id])
+    }
+
+    fn subject_lock_key(subject: &str) -> Result<Key> {
+        Key::new([subject])
+    }
+
+    fn read_run_state(&self, id: &str) -> Result<RunState> {
+        let key = self.run_state_key(id)?;
+        match self.inner.store.get(&key)? {
+            None => Ok(RunState::default()),
+            Some(entry) => codec::decode(&key, &entry.value),
+        }
+    }
+
+    fn notify(&self, notice: &StageNotice<'_>) {
+        if let Some(observer) = &self.inner.observer {
+            observer(notice);
+        }
+    }
+}

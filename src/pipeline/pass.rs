@@ -1,0 +1,114 @@
+//! A runner pass: what a scheduled invocation does — finish pending deletions,
+//! purge when it is time, and run every due job.
+
+use serde::{Deserialize, Serialize};
+
+use super::Pipeline;
+use super::cleanup::PurgeReport;
+use super::run::{RunOutcome, RunReport};
+use crate::error::Result;
+use crate::jobs::{JobFilter, JobStatus};
+use crate::record::{self as codec, Extra, Record};
+use crate::store::{Expect, Store};
+use crate::vfs::Vfs;
+
+/// What one [`Pipeline::run_pass`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassReport {
+    /// One report per job considered, in job id order (creation order for
+    /// generated ids). Jobs of a busy subject report [`RunOutcome::Busy`].
+    pub runs: Vec<RunReport>,
+    /// Deletions completed that had waited for a busy subject.
+    pub deletions: usize,
+    /// What the scheduled purge removed, if it ran in this pass.
+    pub purged: Option<PurgeReport>,
+}
+
+impl PassReport {
+    /// How many runs ended with `outcome`'s variant.
+    pub fn count(&self, matches: impl Fn(&RunOutcome) -> bool) -> usize {
+        self.runs.iter().filter(|r| matches(&r.outcome)).count()
+    }
+}
+
+/// When the scheduled purge last ran, shared by every process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct PurgeSchedule {
+    last_ms: u64,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+impl Record for PurgeSchedule {
+    const SCHEMA: u32 = 1;
+}
+
+impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
+    /// One pass of the runner: completes deletions that waited for a busy
+    /// subject, purges if the [`purge_every`](super::PipelineBuilder::purge_every)
+    /// period has passed since the last purge by any process, then runs every
+    /// due job: queued ones past their retry time, and running ones whose
+    /// runner's lease has ended (taken over). Passes in overlapping processes
+    /// are safe: each job runs under its subject's lock, and the purge is
+    /// claimed by one compare-and-set.
+    ///
+    /// This reads every job record; it suits thousands of jobs, not millions.
+    ///
+    /// # Errors
+    /// Store and I/O errors (a pass stops at the first).
+    pub fn run_pass(&self) -> Result<PassReport> {
+        let mut report = PassReport {
+            deletions: self.finish_deletions()?,
+            ..PassReport::default()
+        };
+        if self.claim_purge()? {
+            report.purged = Some(self.purge()?);
+        }
+        let now = self.inner.clock.now_ms();
+        for job in self.inner.jobs.list(&JobFilter::default())?.jobs {
+            let due = match job.status {
+                JobStatus::Queued => job.retry_at_ms.is_none_or(|at| now >= at),
+                JobStatus::Running => true,
+                _ => false,
+            };
+            if due {
+                report.runs.push(self.run_job(&job.id)?);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether this pass is the one to purge now: a compare-and-set on the
+    /// schedule record, so that of overlapping passes one wins.
+    fn claim_purge(&self) -> Result<bool> {
+        let Some(every) = self.inner.purge_every else {
+            return Ok(false);
+        };
+        let key = self.key(&["purge"])?;
+        let now = self.inner.clock.now_ms();
+        let (last, expect) = match self.inner.store.get(&key)? {
+            None => (None, Expect::Absent),
+            Some(entry) => {
+                let schedule: PurgeSchedule = codec::decode(&key, &entry.value)?;
+                (Some(schedule.last_ms), Expect::Version(entry.version))
+            }
+        };
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        if last.is_some_and(|last| now < last.saturating_add(every_ms)) {
+            return Ok(false);
+        }
+        let schedule = PurgeSchedule {
+            last_ms: now,
+            extra: Extra::new(),
+        };
+        match self
+            .inner
+            .store
+            .put(&key, &codec::encode(&key, &schedule)?, expect)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_conflict() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

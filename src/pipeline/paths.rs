@@ -1,0 +1,94 @@
+//! Where a pipeline keeps artifacts on disk: one directory per job and one per
+//! subject under the artifact root, named so that any job id or subject is safe.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Directory under the artifact root holding one directory per job.
+pub(crate) const JOBS_DIR: &str = "jobs";
+/// Directory under the artifact root holding one directory per subject.
+pub(crate) const SUBJECTS_DIR: &str = "subjects";
+/// Longest artifact name, in bytes.
+pub const MAX_ARTIFACT_NAME: usize = 200;
+
+/// A directory name for a job id or subject: kept as it is when it is short and
+/// made only of `a-z`, `0-9`, `-` and `_` (UUIDs, say); otherwise `~` and 32 hex
+/// digits of its SHA-256. `~` never appears in a plain name, so the two kinds
+/// cannot collide, and no name can traverse, hide or differ from another by case
+/// alone.
+pub(crate) fn dir_name(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'));
+    if plain {
+        return id.to_owned();
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut name = String::with_capacity(33);
+    name.push('~');
+    for byte in &digest[..16] {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
+}
+
+/// The directory of job `id` under `root`.
+pub(crate) fn job_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(JOBS_DIR).join(dir_name(id))
+}
+
+/// The directory of `subject` under `root`.
+pub(crate) fn subject_dir(root: &Path, subject: &str) -> PathBuf {
+    root.join(SUBJECTS_DIR).join(dir_name(subject))
+}
+
+/// Checks that an artifact name is one plain file name: not empty, no `/` or NUL,
+/// not starting with a dot (the names of temp files and `.`/`..`), at most
+/// [`MAX_ARTIFACT_NAME`] bytes.
+pub(crate) fn check_artifact_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "is empty"
+    } else if name.len() > MAX_ARTIFACT_NAME {
+        "is longer than 200 bytes"
+    } else if name.starts_with('.') {
+        "starts with a dot"
+    } else if name.contains(['/', '\\', '\0']) {
+        "contains a path separator or NUL"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidArgument(format!(
+        "artifact name {name:?} {reason}: it must be one plain file name"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_or_hashed() {
+        assert_eq!(dir_name("0192-abc_d"), "0192-abc_d");
+        for hostile in ["..", ".", "a/b", "A", "", "x y", &"a".repeat(101)] {
+            let name = dir_name(hostile);
+            assert!(
+                name.starts_with('~') && name.len() == 33,
+                "{hostile:?} -> {name}"
+            );
+        }
+        assert_ne!(dir_name("A"), dir_name("a"));
+    }
+
+    #[test]
+    fn artifact_names_are_one_plain_file_name() {
+        assert!(check_artifact_name("draft.md").is_ok());
+        for bad in ["", ".x", "..", "a/b", "a\0", &"a".repeat(201)] {
+            assert!(check_artifact_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! One run of one job: lease the subject, start an attempt, go through the
+//! stages (skip, run, record, fail), and stop cleanly on every way out.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::checkpoint::{Artifact, Checkpoint, Verdict, chain_digest};
+use super::error::{ErrorClass, StageError};
+use super::lease::Lease;
+use super::stage::{StageContext, StageIo};
+use super::{Pipeline, RunState, Stage, paths};
+use crate::error::{Error, IoContext, Result};
+use crate::jobs::{Failure, Job, JobError, JobStatus, Worker};
+use crate::lock::{Acquire, LockRecord, LockRequest};
+use crate::record::{self as codec, Extra};
+use crate::store::{Expect, Op, Store};
+use crate::vfs::Vfs;
+
+/// What happened to one stage in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StageAction {
+    /// About to run (in a [`StageNotice`] only).
+    Started,
+    /// Its checkpoint verified: not run, its files untouched.
+    Skipped,
+    /// It ran and its checkpoint was recorded.
+    Ran,
+    /// It returned an error or panicked.
+    Failed,
+    /// It was interrupted (cancel, delete, lost lease) before its checkpoint.
+    Interrupted,
+}
+
+/// What a [`Pipeline`] observer is told about a stage.
+#[derive(Clone, Copy, Debug)]
+pub struct StageNotice<'a> {
+    /// The job.
+    pub job_id: &'a str,
+    /// Its subject.
+    pub subject: &'a str,
+    /// The stage.
+    pub stage: &'a str,
+    /// What happened.
+    pub action: StageAction,
+    /// Why, when there is more to say: why a checkpoint did not verify, or the
+    /// internal message of a failure.
+    pub detail: Option<&'a str>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum RunOutcome {
+    /// Every stage ran or was skipped; the job is complete.
+    Completed,
+    /// A stage failed transiently; the job is queued again until `retry_at_ms`.
+    RetryScheduled {
+        /// The stage that failed.
+        stage: String,
+        /// When the job is due again.
+        retry_at_ms: u64,
+        /// Consecutive transient failures so far.
+        failures: u32,
+        /// The error, as stored on the job.
+        error: JobError,
+    },
+    /// A stage failed permanently (or panicked, or failed transiently too
+    /// often); the job is failed until [`Pipeline::retry`].
+    Failed {
+        /// The stage that failed.
+        stage: String,
+        /// The error, as stored on the job.
+        error: JobError,
+    },
+    /// The job was cancelled; the run stopped at a stage boundary.
+    Cancelled {
+        /// The stage that was interrupted, if one was under way.
+        stage: Option<String>,
+    },
+    /// The job was deleted: its directory, checkpoints and record are gone.
+    Deleted,
+    /// The runner lost its lease or the job (taken over after a pause, say) and
+    /// stopped without writing anything more.
+    LostLease {
+        /// The stage that was under way, if any.
+        stage: Option<String>,
+        /// What was found.
+        reason: String,
+    },
+    /// Another runner holds the subject: nothing was done.
+    Busy {
+        /// Its lock record.
+        holder: Box<LockRecord>,
+    },
+    /// The job is not due: finished, or waiting for its retry time.
+    NotDue {
+        /// Its status.
+        status: JobStatus,
+        /// When it is due again, if queued for a retry.
+        retry_at_ms: Option<u64>,
+    },
+    /// There is no such job.
+    NotFound,
+}
+
+/// The report of one [`Pipeline::run_job`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunReport {
+    /// The job.
+    pub job_id: String,
+    /// Its subject, if the job was found.
+    pub subject: Option<String>,
+    /// Each stage reached, with what happened to it, in order.
+    pub stages: Vec<(String, StageAction)>,
+    /// How the run ended.
+    pub outcome: RunOutcome,
+}
+
+impl RunReport {
+    /// The stages that ran (not skipped) in this run.
+    pub fn ran(&self) -> Vec<&str> {
+        self.with(StageAction::Ran)
+    }
+
+    /// The stages skipped in this run.
+    pub fn skipped(&self) -> Vec<&str> {
+        self.with(StageAction::Skipped)
+    }
+
+    fn with(&self, action: StageAction) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter(|(_, a)| *a == action)
+            .map(|(s, _)| s.as_str())
+            .collect()
+    }
+}
+
+/// Why a run stops before its end.
+pub(crate) enum Stop {
+    Lost(String),
+    Cancelled,
+    Deleted,
+}
+
+impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
+    /// Runs job `id` if it is due: queued (and past its retry time), or running
+    /// with a runner whose lease has ended. Holds the subject's lock for the
+    /// whole run; if another runner holds it, returns [`RunOutcome::Busy`]
+    /// having changed nothing.
+    ///
+    /// Stage outcomes are not errors: they are in the report. An `Err` means
+    /// the store or the disk failed; the lock is released and the job, left
+    /// running, is taken over by the next run once the lease ends.
+    ///
+    /// # Errors
+    /// Store and I/O errors; [`Error::Corrupt`] for unreadable records.
+    pub fn run_job(&self, id: &str) -> Result<RunReport> {
+        let mut report = RunReport {
+            job_id: id.to_owned(),
+            subject: None,
+            stages: Vec::new(),
+            outcome: RunOutcome::NotFound,
+        };
+        let Some(job) = self.inner.jobs.get(id)? else {
+            return Ok(report);
+        };
+        let subject = Self::subject_of(&job).to_owned();
+        report.subject = Some(subject.clone());
+        if let Some(outcome) = self.not_due(&job) {
+            report.outcome = outcome;
+            return Ok(report);
+        }
+        let lease = match self.acquire(&subject, id)? {
+            Ok(lease) => lease,
+            Err(holder) => {
+                report.outcome = RunOutcome::Busy {
+                    holder: Box::new(holder),
+                };
+                return Ok(report);
+            }
+        };
+        let outcome = self.run_leased(id, &subject, &lease, &mut report);
+        lease.release();
+        report.outcome = outcome?;
+        Ok(report)
+    }
+
+    fn not_due(&self, job: &Job) -> Option<RunOutcome> {
+        let now = self.inner.clock.now_ms();
+        let due = match job.status {
+            JobStatus::Queued => job.retry_at_ms.is_none_or(|at| now >= at),
+            JobStatus::Running => true,
+            _ => false,
+        };
+        (!due).then_some(RunOutcome::NotDue {
+            status: job.status,
+            retry_at_ms: job.retry_at_ms,
+        })
+    }
+
+    /// The subject's lease, or its holder's record if someone holds it.
+    pub(crate) fn acquire(
+        &self,
+        subject: &str,
+        id: &str,
+    ) -> Result<std::result::Result<Lease<std::sync::Arc<S>>, LockRecord>> {
+        let request = LockRequest::new()
+            .actor(self.inner.actor.clone())
+            .meta("job", id);
+        let key = Self::subject_lock_key(subject)?;
+        let guard = match self.inner.locks.acquire(&key, self.inner.lease, &request)? {
+            Acquire::Acquired(guard) => guard,
+            Acquire::Held(holder) => return Ok(Err(holder)),
+        };
+        let keep_alive = match self.inner.renew_every {
+            Some(every) => Some(guard.keep_alive(self.inner.lease, every)?),
+            None => None,
+        };
+        Ok(Ok(Lease::new(
+            guard,
+            keep_alive,
+            std::sync::Arc::clone(&self.inner.clock),
+        )))
+    }
+
+    fn run_leased(
+        &self,
+        id: &str,
+        subject: &str,
+        lease: &Lease<std::sync::Arc<S>>,
+        report: &mut RunReport,
+    ) -> Result<RunOutcome> {
+        // Decided again under the lock: another runner may have finished it.
+        let Some(job) = self.inner.jobs.get(id)? else {
+            return Ok(RunOutcome::NotFound);
+        };
+        if self.inner.store.get(&self.deleting_key(id)?)?.is_some() {
+            if job.status == JobStatus::Running {
+                // Its runner is gone (we hold the subject): cancel to delete.
+                match self.inner.jobs.cancel(id) {
+                    Ok(_) => {}
+                    Err(e) if e.is_invalid_transition() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.remove_job(id)?;
+            return Ok(RunOutcome::Deleted);
+        }
+        if let Some(outcome) = self.not_due(&job) {
+            return Ok(outcome);
+        }
+        let worker = match self.inner.jobs.start(id, Some(lease.token())) {
+            Ok(worker) => worker,
+            Err(e) if e.is_invalid_transition() => {
+                let job = self.inner.jobs.get(id)?;
+                return Ok(job.map_or(RunOutcome::NotFound, |job| RunOutcome::NotDue {
+                    status: job.status,
+                    retry_at_ms: job.retry_at_ms,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        let job_rel = PathBuf::from(paths::JOBS_DIR).join(paths::dir_name(id));
+        let subject_rel = PathBuf::from(paths::SUBJECTS_DIR).join(paths::dir_name(subject));
+        // Temp files of a runner that crashed here; we hold the subject, so no
+        // live runner writes in these directories.
+        for rel in [&job_rel, &subject_rel] {
+            self.sweep(&self.inner.root.join(rel), Duration::ZERO)?;
+        }
+        let run = RunCtx {
+            pipeline: self,
+            worker: &worker,
+            lease,
+            subject,
+            job_rel,
+            subject_rel,
+        };
+        run.stages(report)
+    }
+
+    /// Removes temp files at least `min_age` old from `dir`; a missing directory
+    /// has none.
+    pub(crate) fn sweep(&self, dir: &Path, min_age: Duration) -> Result<usize> {
+        match self.inner.writer.sweep(dir, min_age, &*self.inner.clock) {
+            Ok(removed) => Ok(removed.len()),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A run in progress: the pipeline, the worker's claim and the lease.
+struct RunCtx<'r, S: Store + 'static, V: Vfs> {
+    pipeline: &'r Pipeline<S, V>,
+    worker: &'r Worker,
+    lease: &'r Lease<std::sync::Arc<S>>,
+    subject: &'r str,
+    job_rel: PathBuf,
+    subject_rel: PathBuf,
+}
+
+impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
+    fn id(&self) -> &str {
+        &self.worker.job_id
+    }
+
+    fn notice(&self, stage: &str, action: StageAction, detail: Option<&str>) {
+        self.pipeline.notify(&super::StageNotice {
+            job_id: self.id(),
+            subject: self.subject,
+            stage,
+            action,
+            detail,
+        });
+    }
+
+    fn stages(&self, report: &mut RunReport) -> Result<RunOutcome> {
+        let inner = &self.pipeline.inner;
+        let mut previous_chain = String::new();
+        for (i, stage) in inner.stages.iter().enumerate() {
+            if let Some(stop) = self.check_between()? {
+                return self.stop(stop, None, &[]);
+            }
+            let entered = inner
+                .jobs
+                .set_stage_with(self.worker, &stage.name, i == 0, &[]);
+            if let Err(e) = entered {
+                return self.refused(e, None, &[]);
+            }
+            let stale = match self.pipeline.checkpoint(self.id(), &stage.name)? {
+                None => None,
+                Some(checkpoint) => {
+                    match checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain)? {
+                        Verdict::Valid => {
+                            let skipped = inner.jobs.append_event_with(
+                                self.worker,
+                                "stage_skipped",
+                                json!({ "stage": stage.name, "reason": "checkpoint verified" }),
+                                &[],
+                            );
+                            if let Err(e) = skipped {
+                                return self.refused(e, None, &[]);
+                            }
+                            report
+                                .stages
+                                .push((stage.name.clone(), StageAction::Skipped));
+                            self.notice(&stage.name, StageAction::Skipped, None);
+                            previous_chain = checkpoint.chain;
+                            continue;
+                        }
+                        Verdict::Stale(reason) => Some(reason),
+                    }
+                }
+            };
+            self.notice(&stage.name, StageAction::Started, stale.as_deref());
+            match self.run_stage(stage, &previous_chain, report)? {
+                Ok(chain) => previous_chain = chain,
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+        if let Some(stop) = self.check_between()? {
+            return self.stop(stop, None, &[]);
+        }
+        let result = json!({ "stages": inner.stages.iter().map(|s| &s.name).collect::<Vec<_>>() });
+        let clear = Op::Delete {
+            key: self.pipeline.run_state_key(self.id())?,
+            expect: Expect::Any,
+        };
+        match inner.jobs.complete_with(self.worker, result, &[clear]) {
+            Ok(_) => Ok(RunOutcome::Completed),
+            Err(e) => self.refused(e, None, &[]),
+        }
+    }
+
+    /// Runs one stage; `Ok(Ok(chain))` when its checkpoint is recorded,
+    /// `Ok(Err(outcome))` when the run ends here.
+    fn run_stage(
+        &self,
+        stage: &Stage,
+        previous_chain: &str,
+        report: &mut RunReport,
+    ) -> Result<std::result::Result<String, RunOutcome>> {
+        let inner = &self.pipeline.inner;
+        let Some(job) = inner.jobs.get(self.id())? else {
+            return self.stop(Stop::Deleted, Some(&stage.name), &[]).map(Err);
+        };
+        let mut ctx = StageContext {
+            io: self,
+            job: &job,
+            subject: self.subject,
+            stage: &stage.name,
+            job_rel: self.job_rel.clone(),
+            subject_rel: self.subject_rel.clone(),
+            token: self.lease.token(),
+            written: Vec::new(),
+            stop: None,
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| (stage.run)(&mut ctx)));
+        let written = std::mem::take(&mut ctx.written);
+        if let Some(reason) = ctx.stop.take() {
+            report
+                .stages
+                .push((stage.name.clone(), StageAction::Interrupted));
+            self.notice(&stage.name, StageAction::Interrupted, Some(&reason));
+            return self
+                .stop(Stop::Lost(reason), Some(&stage.name), &written)
+                .map(Err);
+        }
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text payload".to_owned());
+                Some(StageError::new(
+                    ErrorClass::Permanent,
+                    JobError::internal_only(format!("panicked: {what}")).code("panic"),
+                ))
+            }
+        };
+        if let Some(error) = error {
+            report
+                .stages
+                .push((stage.name.clone(), StageAction::Failed));
+            self.notice(
+                &stage.name,
+                StageAction::Failed,
+                Some(error.job_error().internal_message()),
+            );
+            return self.fail(&stage.name, &written, error).map(Err);
+        }
+        let chain = chain_digest(previous_chain, &stage.name, &written);
+        let key = self.pipeline.checkpoint_key(self.id(), &stage.name)?;
+        let checkpoint = Checkpoint {
+            job_id: self.id().to_owned(),
+            stage: stage.name.clone(),
+            attempt: self.worker.attempt,
+            token: self.worker.token,
+            recorded_ms: inner.clock.now_ms(),
+            artifacts: written.clone(),
+            chain: chain.clone(),
+            extra: Extra::new(),
+        };
+        let record = Op::Put {
+            value: codec::encode(&key, &checkpoint)?,
+            key,
+            expect: Expect::Any,
+        };
+        let done = inner.jobs.append_event_with(
+            self.worker,
+            "stage_done",
+            json!({ "stage": stage.name, "artifacts": written.len() }),
+            &[record],
+        );
+        if let Err(e) = done {
+            report
+                .stages
+                .push((stage.name.clone(), StageAction::Interrupted));
+            return self.refused(e, Some(&stage.name), &written).map(Err);
+        }
+        report.stages.push((stage.name.clone(), StageAction::Ran));
+        self.notice(&stage.name, StageAction::Ran, None);
+        Ok(Ok(chain))
+    }
+
+    /// Ends the attempt for a stage error: back to the queue with a backoff, or
+    /// failed.
+    fn fail(&self, stage: &str, partial: &[Artifact], error: StageError) -> Result<RunOutcome> {
+        let inner = &self.pipeline.inner;
+        self.remove_artifacts(partial)?;
+        let state = self.pipeline.read_run_state(self.id())?;
+        let failures = state.transient_failures.saturating_add(1);
+        let transient = error.is_transient() && failures < inner.retry.failures_allowed();
+        let requested = error.requested_delay();
+        let exhausted = error.is_transient() && !transient;
+        let original = error.into_job_error();
+        let mut internal = format!("stage {stage}: {}", original.internal_message());
+        if exhausted {
+            internal.push_str(&format!(" (gave up after {failures} transient failures)"));
+        }
+        let mut job_error = JobError::new(original.client_message()).internal(internal);
+        if let Some(code) = original.error_code() {
+            job_error = job_error.code(code);
+        }
+        let (failure, next) = if transient {
+            let delay = inner.retry.delay_with(failures, requested);
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            let retry_at_ms = inner.clock.now_ms().saturating_add(delay_ms);
+            (Failure::Transient { retry_at_ms }, failures)
+        } else {
+            (Failure::Permanent, 0)
+        };
+        let key = self.pipeline.run_state_key(self.id())?;
+        let state = RunState {
+            transient_failures: next,
+            failed_stage: Some(stage.to_owned()),
+            extra: state.extra,
+        };
+        let record = Op::Put {
+            value: codec::encode(&key, &state)?,
+            key,
+            expect: Expect::Any,
+        };
+        if let Err(e) = inner
+            .jobs
+            .fail_with(self.worker, job_error.clone(), failure, &[record])
+        {
+            return self.refused(e, Some(stage), &[]);
+        }
+        Ok(match failure {
+            Failure::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
+                stage: stage.to_owned(),
+                retry_at_ms,
+                failures,
+                error: job_error,
+            },
+            Failure::Permanent => RunOutcome::Failed {
+                stage: stage.to_owned(),
+                error: job_error,
+            },
+        })
+    }
+
+    /// Whether the run must stop at this boundary: lease lost, job taken over,
+    /// cancelled or deleted.
+    fn check_between(&self) -> Result<Option<Stop>> {
+        if let Some(reason) = self.lease.lost() {
+            return Ok(Some(Stop::Lost(reason)));
+        }
+        let Some(job) = self.pipeline.inner.jobs.get(self.id())? else {
+            return Ok(Some(Stop::Deleted));
+        };
+        if let Some(reason) = self.ownership(&job) {
+            return Ok(Some(Stop::Lost(reason)));
+        }
+        Ok(match job.status {
+            JobStatus::Running => None,
+            JobStatus::Cancelled => {
+                let deleting = self.pipeline.deleting_key(self.id())?;
+                if self.pipeline.inner.store.get(&deleting)?.is_some() {
+                    Some(Stop::Deleted)
+                } else {
+                    Some(Stop::Cancelled)
+                }
+            }
+            other => Some(Stop::Lost(format!("the job is {other}, no longer running"))),
+        })
+    }
+
+    /// Why this runner no longer owns `job`, if it does not.
+    fn ownership(&self, job: &Job) -> Option<String> {
+        if job.attempt != self.worker.attempt {
+            return Some(format!(
+                "attempt {} was superseded by attempt {}",
+                self.worker.attempt, job.attempt
+            ));
+        }
+        match (job.fencing, self.worker.token) {
+            (Some(seen), Some(ours)) if ours < seen => Some(format!(
+                "its fencing token {ours} is older than the job's {seen}"
+            )),
+            _ => None,
+        }
+    }
+
+    /// A job transition was refused: find out why and stop accordingly.
+    fn refused(
+        &self,
+        error: Error,
+        stage: Option<&str>,
+        partial: &[Artifact],
+    ) -> Result<RunOutcome> {
+        if !(error.is_stale_worker() || error.is_invalid_transition()) {
+            return Err(error);
+        }
+        let stop = self
+            .check_between()?
+            .unwrap_or_else(|| Stop::Lost(error.to_string()));
+        self.stop(stop, stage, partial)
+    }
+
+    fn stop(&self, stop: Stop, stage: Option<&str>, partial: &[Artifact]) -> Result<RunOutcome> {
+        let stage = stage.map(str::to_owned);
+        match stop {
+            // Not ours any more: leave every file to the runner that has the job.
+            Stop::Lost(reason) => Ok(RunOutcome::LostLease { stage, reason }),
+            Stop::Cancelled => {
+                self.remove_artifacts(partial)?;
+                Ok(RunOutcome::Cancelled { stage })
+            }
+            Stop::Deleted => {
+                self.remove_artifacts(partial)?;
+                self.pipeline.remove_job(self.id())?;
+                Ok(RunOutcome::Deleted)
+            }
+        }
+    }
+
+    fn remove_artifacts(&self, artifacts: &[Artifact]) -> Result<()> {
+        let vfs = self.pipeline.inner.writer.vfs();
+        for artifact in artifacts {
+            let path = self.pipeline.inner.root.join(&artifact.path);
+            match vfs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove partial artifact", path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, just before a write commits, that this runner still owns the job.
+    fn fence(&self, path: &Path) -> Result<()> {
+        let stale = |reason: String| Error::StaleWorker {
+            id: self.id().to_owned(),
+            reason,
+        };
+        // The store first: a successor's newer token is the authoritative
+        // refusal. Then the lease: it may have ended with nobody taking over yet.
+        let Some(job) = self.pipeline.inner.jobs.get(self.id())? else {
+            return Err(stale("the job was removed".to_owned()));
+        };
+        if let (Some(seen), Some(ours)) = (job.fencing, self.worker.token) {
+            ours.check_not_older_than(seen, &path.display().to_string())?;
+        }
+        if let Some(reason) = self.ownership(&job) {
+            return Err(stale(reason));
+        }
+        if let Some(reason) = self.lease.lost() {
+            return Err(stale(reason));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
+    fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact> {
+        let inner = &self.pipeline.inner;
+        let target = inner.root.join(&rel);
+        if let Some(dir) = target.parent() {
+            inner
+                .writer
+                .vfs()
+                .create_dir_all_durable(dir)
+                .at("create artifact directory", dir)?;
+        }
+        let mut pending = inner.writer.begin(&target)?;
+        pending.write_bytes(bytes)?;
+        // On refusal the pending file is dropped, which removes its temp file.
+        self.fence(&target)?;
+        pending.commit()?;
+        Ok(Artifact::of(rel, bytes))
+    }
+
+    fn read(&self, rel: &Path) -> Result<Vec<u8>> {
+        let path = self.pipeline.inner.root.join(rel);
+        self.pipeline
+            .inner
+            .writer
+            .vfs()
+            .read(&path)
+            .at("read artifact", &path)
+    }
+
+    fn progress(&self, message: &str) -> Result<()> {
+        self.pipeline
+            .inner
+            .jobs
+            .progress(self.worker, message)
+            .map(|_| ())
+    }
+
+    fn root(&self) -> &Path {
+        &self.pipeline.inner.root
+    }
+}

@@ -1,0 +1,180 @@
+//! What a stage sees: its job, its directories, and fenced artifact writes.
+
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::Artifact;
+use super::paths::check_artifact_name;
+use crate::error::Result;
+use crate::fencing::FencingToken;
+use crate::jobs::Job;
+
+/// The runner's side of a stage's I/O.
+pub(crate) trait StageIo {
+    /// Writes `bytes` to `root/rel` atomically, if the runner still owns the
+    /// job; returns the artifact written.
+    fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact>;
+    /// Reads `root/rel`.
+    fn read(&self, rel: &Path) -> Result<Vec<u8>>;
+    /// Records a progress message on the job.
+    fn progress(&self, message: &str) -> Result<()>;
+    /// The artifact root.
+    fn root(&self) -> &Path;
+}
+
+/// What a running stage works with: its job, its directories, and writes that
+/// go through the pipeline's [`AtomicWriter`](crate::AtomicWriter) and commit
+/// only while the runner still owns the job.
+///
+/// Every artifact written is recorded in the stage's [`Checkpoint`](crate::Checkpoint)
+/// when the stage returns `Ok`. If the stage does not finish (error, panic,
+/// cancellation), the artifacts it wrote are removed.
+///
+/// A write refused because the runner lost the job ([`Error::StaleToken`](crate::Error::StaleToken)
+/// or [`Error::StaleWorker`](crate::Error::StaleWorker)) stops the run whatever
+/// the stage returns afterwards: return the error with `?`.
+pub struct StageContext<'a> {
+    pub(crate) io: &'a dyn StageIo,
+    pub(crate) job: &'a Job,
+    pub(crate) subject: &'a str,
+    pub(crate) stage: &'a str,
+    pub(crate) job_rel: PathBuf,
+    pub(crate) subject_rel: PathBuf,
+    pub(crate) token: FencingToken,
+    pub(crate) written: Vec<Artifact>,
+    pub(crate) stop: Option<String>,
+}
+
+impl std::fmt::Debug for StageContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageContext")
+            .field("job", &self.job.id)
+            .field("subject", &self.subject)
+            .field("stage", &self.stage)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StageContext<'_> {
+    /// The job, as of the start of this stage.
+    pub fn job(&self) -> &Job {
+        self.job
+    }
+
+    /// The job's id.
+    pub fn job_id(&self) -> &str {
+        &self.job.id
+    }
+
+    /// The job's subject.
+    pub fn subject(&self) -> &str {
+        self.subject
+    }
+
+    /// This stage's name.
+    pub fn stage(&self) -> &str {
+        self.stage
+    }
+
+    /// The attempt running it (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.job.attempt
+    }
+
+    /// The runner's fencing token, for writes the stage makes elsewhere (pass it
+    /// to a service that checks tokens).
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The directory of this job's own artifacts (it may not exist until the
+    /// first write).
+    pub fn job_dir(&self) -> PathBuf {
+        self.io.root().join(&self.job_rel)
+    }
+
+    /// The directory of artifacts shared by the subject's jobs.
+    pub fn subject_dir(&self) -> PathBuf {
+        self.io.root().join(&self.subject_rel)
+    }
+
+    /// Writes the artifact `name` in the job's directory atomically, and returns
+    /// its path.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless `name` is
+    /// one plain file name (not empty, no `/`, not starting with a dot, at most
+    /// [`MAX_ARTIFACT_NAME`](crate::MAX_ARTIFACT_NAME) bytes);
+    /// [`Error::StaleToken`](crate::Error::StaleToken) or
+    /// [`Error::StaleWorker`](crate::Error::StaleWorker) if the runner lost the
+    /// job (nothing is written); I/O errors naming the path.
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let rel = self.job_rel.clone();
+        self.write_at(rel, name, bytes)
+    }
+
+    /// Writes the artifact `name` in the subject's shared directory atomically
+    /// (a session's transcript, say), and returns its path.
+    ///
+    /// # Errors
+    /// As [`write`](StageContext::write).
+    pub fn write_shared(&mut self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let rel = self.subject_rel.clone();
+        self.write_at(rel, name, bytes)
+    }
+
+    /// Reads the artifact `name` of the job's directory (one an earlier stage
+    /// wrote, say).
+    ///
+    /// # Errors
+    /// As [`write`](StageContext::write), for the name and for reading.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        check_artifact_name(name)?;
+        self.io.read(&self.job_rel.join(name))
+    }
+
+    /// Reads the artifact `name` of the subject's directory.
+    ///
+    /// # Errors
+    /// As [`read`](StageContext::read).
+    pub fn read_shared(&self, name: &str) -> Result<Vec<u8>> {
+        check_artifact_name(name)?;
+        self.io.read(&self.subject_rel.join(name))
+    }
+
+    /// Records a progress message on the job (and a `progress` event).
+    ///
+    /// # Errors
+    /// As [`JobState::progress`](crate::JobState::progress); a refusal because
+    /// the runner lost the job stops the run.
+    pub fn progress(&mut self, message: &str) -> Result<()> {
+        let result = self.io.progress(message);
+        self.note_refusal(result)
+    }
+
+    /// The artifacts written so far by this run of the stage.
+    pub fn artifacts(&self) -> &[Artifact] {
+        &self.written
+    }
+
+    fn write_at(&mut self, dir: PathBuf, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        check_artifact_name(name)?;
+        let rel = dir.join(name);
+        let written = self.io.write(rel.clone(), bytes);
+        let artifact = self.note_refusal(written)?;
+        // A file written twice counts once, with its last content.
+        self.written.retain(|a| a.path != artifact.path);
+        self.written.push(artifact);
+        Ok(self.io.root().join(rel))
+    }
+
+    fn note_refusal<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && (e.is_stale_token() || e.is_stale_worker())
+            && self.stop.is_none()
+        {
+            self.stop = Some(e.to_string());
+        }
+        result
+    }
+}

@@ -1,0 +1,1149 @@
+//! `Pipeline`: the acceptance checks of the transcribe → draft → export plan,
+//! phase by phase, on both backends where the backend matters, with a
+//! `ManualClock`: nothing here sleeps to wait for time to pass.
+//!
+//! Phase 1 (crash-safe artifacts, idempotent skip), phase 2 (retries and error
+//! classes), phase 3 (one runner per subject, deletion mid-run), and the rule
+//! that runs through all three: no temp file and no held lock after any exit.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jobsafe::{
+    Acquire, ChargeRequest, DEFAULT_CLIENT_MESSAGE, Deletion, DirStore, ErrorClass, JobLedger,
+    JobStatus, Key, LockRequest, ManualClock, NewJob, Pipeline, PipelineBuilder, Prefix,
+    PurgePolicy, RetryPolicy, RunOutcome, StageAction, StageContext, StageError, Store,
+    TEMP_SUFFIX, classify_io,
+};
+use tempfile::TempDir;
+
+const START_MS: u64 = 1_700_000_000_000;
+const LEASE: Duration = Duration::from_secs(60);
+const STAGES: [&str; 3] = ["transcribe", "draft", "export"];
+
+type Pipe = Pipeline<Arc<dyn Store>>;
+
+/// What a stage does on its next run, beyond its normal work.
+enum Act {
+    Transient,
+    Permanent,
+    Panic,
+    /// Writes a partial artifact, tells the test, waits for its go, then
+    /// writes `STALE` over its output.
+    Pause(Sender<()>, Receiver<()>),
+}
+
+/// The stages' script and the log of every stage run.
+#[derive(Default)]
+struct Script {
+    runs: Mutex<Vec<(String, String)>>,
+    plan: Mutex<HashMap<&'static str, VecDeque<Act>>>,
+}
+
+impl Script {
+    fn then(&self, stage: &'static str, act: Act) {
+        self.plan
+            .lock()
+            .unwrap()
+            .entry(stage)
+            .or_default()
+            .push_back(act);
+    }
+
+    fn runs_of(&self, job: &str) -> Vec<String> {
+        let runs = self.runs.lock().unwrap();
+        runs.iter()
+            .filter(|(j, _)| j == job)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Makes `stage` pause on its next run; returns (entered, go).
+    fn pause(&self, stage: &'static str) -> (Receiver<()>, Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel();
+        self.then(stage, Act::Pause(entered_tx, go_rx));
+        (entered_rx, go_tx)
+    }
+}
+
+fn output_name(stage: &str) -> String {
+    format!("{stage}.txt")
+}
+
+/// The three stages: each reads the previous one's output and writes its own;
+/// transcribe also writes the session's shared transcript.
+fn stage_body(
+    script: Arc<Script>,
+    stage: &'static str,
+) -> impl Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync + 'static {
+    move |ctx| {
+        script
+            .runs
+            .lock()
+            .unwrap()
+            .push((ctx.job_id().to_owned(), stage.to_owned()));
+        let act = script
+            .plan
+            .lock()
+            .unwrap()
+            .get_mut(stage)
+            .and_then(VecDeque::pop_front);
+        let input = match STAGES.iter().position(|s| *s == stage) {
+            Some(0) | None => format!("audio of {}", ctx.subject()),
+            Some(i) => String::from_utf8(ctx.read(&output_name(STAGES[i - 1]))?).unwrap(),
+        };
+        let output = format!("{stage}({input})");
+        if let Some(Act::Pause(entered, go)) = act {
+            ctx.write(&format!("{stage}.part"), b"partial")?;
+            entered.send(()).unwrap();
+            go.recv().unwrap();
+            ctx.write(&output_name(stage), b"STALE")?;
+            return Ok(());
+        }
+        ctx.write(&output_name(stage), output.as_bytes())?;
+        if stage == "transcribe" {
+            ctx.write_shared("transcript.txt", output.as_bytes())?;
+        }
+        match act {
+            Some(Act::Transient) => {
+                Err(StageError::transient("the service is busy")
+                    .internal("upstream 503 from asr-3"))
+            }
+            Some(Act::Permanent) => Err(StageError::permanent("the audio cannot be read")
+                .internal("decoder: invalid header at byte 0")
+                .code("bad_input")),
+            Some(Act::Panic) => panic!("decoder crashed"),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Harness {
+    pipeline: Pipe,
+    store: Arc<dyn Store>,
+    clock: ManualClock,
+    script: Arc<Script>,
+    root: PathBuf,
+    _dir: Option<TempDir>,
+    _root_dir: TempDir,
+}
+
+fn builder(
+    store: Arc<dyn Store>,
+    clock: &ManualClock,
+    root: &Path,
+    script: &Arc<Script>,
+) -> PipelineBuilder<Arc<dyn Store>> {
+    let mut builder = Pipeline::builder(store, Arc::new(clock.clone()), root)
+        .lease(LEASE)
+        .retry_policy(
+            RetryPolicy::default()
+                .first_delay(Duration::from_secs(10))
+                .max_failures(3),
+        );
+    for stage in STAGES {
+        builder = builder.stage(stage, stage_body(Arc::clone(script), stage));
+    }
+    builder
+}
+
+fn harness_on(
+    store: Arc<dyn Store>,
+    dir: Option<TempDir>,
+    start_ms: u64,
+    configure: impl Fn(PipelineBuilder<Arc<dyn Store>>) -> PipelineBuilder<Arc<dyn Store>>,
+) -> Harness {
+    let clock = ManualClock::new(start_ms);
+    let script = Arc::new(Script::default());
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = root_dir.path().join("artifacts");
+    let pipeline = configure(builder(Arc::clone(&store), &clock, &root, &script))
+        .build()
+        .unwrap();
+    Harness {
+        pipeline,
+        store,
+        clock,
+        script,
+        root,
+        _dir: dir,
+        _root_dir: root_dir,
+    }
+}
+
+/// One harness per backend.
+fn harnesses() -> Vec<(&'static str, Harness)> {
+    common::backends::both()
+        .into_iter()
+        .map(|(name, store, dir)| (name, harness_on(store, dir, START_MS, |b| b)))
+        .collect()
+}
+
+fn mem_harness() -> Harness {
+    harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| b)
+}
+
+/// Every temp file under `dir`, recursively.
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(temp_files(&path));
+        } else if path.to_string_lossy().ends_with(TEMP_SUFFIX) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// No temp file under the artifact root and no lock record at all.
+fn assert_clean(h: &Harness, when: &str) {
+    assert_eq!(
+        temp_files(&h.root),
+        Vec::<PathBuf>::new(),
+        "temp files {when}"
+    );
+    let locks = h.pipeline.locks().list(&Prefix::all()).unwrap();
+    assert!(
+        locks.locks.is_empty() && locks.unreadable.is_empty(),
+        "locks held {when}: {:?}",
+        locks.locks
+    );
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+fn enqueue(h: &Harness, subject: &str) -> String {
+    h.pipeline
+        .enqueue(subject, NewJob::new("episode"))
+        .unwrap()
+        .id
+}
+
+fn job_file(h: &Harness, id: &str, stage: &str) -> PathBuf {
+    h.pipeline.job_dir(id).join(output_name(stage))
+}
+
+fn event_kinds(h: &Harness, id: &str) -> Vec<String> {
+    let events = h.pipeline.jobs().events_since(id, 0).unwrap().events;
+    events.into_iter().map(|e| e.kind).collect()
+}
+
+// ---------------------------------------------------------------- phase 1
+
+#[test]
+fn a_run_writes_every_stage_and_leaves_no_temp_file_or_lock() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        let report = h.pipeline.run_job(&id).unwrap();
+        assert_eq!(report.outcome, RunOutcome::Completed, "{name}");
+        assert_eq!(report.ran(), STAGES);
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Complete);
+        assert_eq!(job.stages_done, STAGES);
+        assert_eq!(
+            std::fs::read_to_string(job_file(&h, &id, "export")).unwrap(),
+            "export(draft(transcribe(audio of session-1)))"
+        );
+        let shared = h.pipeline.subject_dir("session-1").join("transcript.txt");
+        assert_eq!(
+            std::fs::read_to_string(shared).unwrap(),
+            "transcribe(audio of session-1)"
+        );
+        for stage in STAGES {
+            let checkpoint = h.pipeline.checkpoint(&id, stage).unwrap().unwrap();
+            assert_eq!(checkpoint.attempt, 1);
+            assert!(checkpoint.token.is_some());
+        }
+        let transcribe = h.pipeline.checkpoint(&id, "transcribe").unwrap().unwrap();
+        assert_eq!(transcribe.artifacts.len(), 2, "job and session transcript");
+        // The record passed through every stage boundary.
+        let kinds = event_kinds(&h, &id);
+        assert_eq!(kinds.iter().filter(|k| *k == "stage").count(), 3);
+        assert_eq!(kinds.iter().filter(|k| *k == "stage_done").count(), 3);
+        assert_eq!(kinds.last().map(String::as_str), Some("done"));
+        assert_clean(&h, "after success");
+    }
+}
+
+#[test]
+fn a_rerun_after_success_changes_nothing_and_skipped_stages_keep_their_mtimes() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        // The last stage fails transiently once: the re-run goes through the
+        // stages that finished, which verify and are skipped.
+        h.script.then("export", Act::Transient);
+        let first = h.pipeline.run_job(&id).unwrap();
+        assert!(
+            matches!(first.outcome, RunOutcome::RetryScheduled { .. }),
+            "{name}"
+        );
+        let transcript = job_file(&h, &id, "transcribe");
+        let shared = h.pipeline.subject_dir("session-1").join("transcript.txt");
+        let draft = job_file(&h, &id, "draft");
+        let before: Vec<SystemTime> = [&transcript, &shared, &draft].map(|p| mtime(p)).into();
+
+        h.clock.advance(Duration::from_secs(3600));
+        let second = h.pipeline.run_pass().unwrap();
+        assert_eq!(second.runs.len(), 1);
+        let rerun = &second.runs[0];
+        assert_eq!(rerun.outcome, RunOutcome::Completed);
+        assert_eq!(rerun.skipped(), ["transcribe", "draft"]);
+        assert_eq!(rerun.ran(), ["export"]);
+        let after: Vec<SystemTime> = [&transcript, &shared, &draft].map(|p| mtime(p)).into();
+        assert_eq!(before, after, "skipped stages rewrote nothing");
+        assert_eq!(
+            h.script.runs_of(&id),
+            ["transcribe", "draft", "export", "export"]
+        );
+
+        // The record shows the whole traversal of the last attempt, and the
+        // skips are logged.
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!(
+            (job.status, job.stages_done.clone()),
+            (JobStatus::Complete, STAGES.map(String::from).to_vec())
+        );
+        let kinds = event_kinds(&h, &id);
+        assert_eq!(kinds.iter().filter(|k| *k == "stage_skipped").count(), 2);
+
+        // A scheduler triggering again: the complete job is not due, nothing
+        // is touched.
+        let export_mtime = mtime(&job_file(&h, &id, "export"));
+        let again = h.pipeline.run_job(&id).unwrap();
+        assert!(matches!(
+            again.outcome,
+            RunOutcome::NotDue {
+                status: JobStatus::Complete,
+                ..
+            }
+        ));
+        assert!(h.pipeline.run_pass().unwrap().runs.is_empty());
+        assert_eq!(mtime(&job_file(&h, &id, "export")), export_mtime);
+        assert_eq!(h.script.runs_of(&id).len(), 4);
+        assert_clean(&h, "after the re-run");
+    }
+}
+
+#[test]
+fn a_missing_or_altered_artifact_makes_its_stage_run_again() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    h.script.then("export", Act::Permanent);
+    assert!(matches!(
+        h.pipeline.run_job(&id).unwrap().outcome,
+        RunOutcome::Failed { .. }
+    ));
+
+    // The shared transcript disappears: transcribe runs again; its output is
+    // the same, so draft still verifies (its inputs did not change).
+    std::fs::remove_file(h.pipeline.subject_dir("session-1").join("transcript.txt")).unwrap();
+    h.pipeline.retry(&id).unwrap();
+    let report = h.pipeline.run_job(&id).unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    assert_eq!(report.ran(), ["transcribe", "export"]);
+    assert_eq!(report.skipped(), ["draft"]);
+
+    // Altered content with the same length is caught by the digest.
+    let job2 = enqueue(&h, "session-2");
+    h.script.then("export", Act::Permanent);
+    h.pipeline.run_job(&job2).unwrap();
+    let draft = job_file(&h, &job2, "draft");
+    let mut bytes = std::fs::read(&draft).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&draft, &bytes).unwrap();
+    h.pipeline.retry(&job2).unwrap();
+    let report = h.pipeline.run_job(&job2).unwrap();
+    assert_eq!(report.skipped(), ["transcribe"]);
+    assert_eq!(report.ran(), ["draft", "export"]);
+    assert_eq!(
+        std::fs::read_to_string(&draft).unwrap(),
+        "draft(transcribe(audio of session-2))"
+    );
+}
+
+#[test]
+fn a_stage_whose_input_was_remade_differently_runs_again() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    h.script.then("export", Act::Permanent);
+    h.pipeline.run_job(&id).unwrap();
+    // The transcript is lost, and its stage will now produce something else.
+    std::fs::remove_file(job_file(&h, &id, "transcribe")).unwrap();
+    let (entered, _keep) = mpsc::channel();
+    let (go, wait) = mpsc::channel();
+    go.send(()).unwrap();
+    h.script.then("transcribe", Act::Pause(entered, wait));
+    h.pipeline.retry(&id).unwrap();
+    let report = h.pipeline.run_job(&id).unwrap();
+    // transcribe wrote new content ("STALE"): draft's checkpoint no longer
+    // chains to it, so draft runs again although its own file verifies.
+    assert_eq!(report.ran(), ["transcribe", "draft", "export"]);
+}
+
+#[test]
+fn a_failed_run_records_the_error_with_a_client_face_and_an_internal_one() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        h.script.then("draft", Act::Permanent);
+        let report = h.pipeline.run_job(&id).unwrap();
+        let RunOutcome::Failed { stage, error } = &report.outcome else {
+            panic!("{name}: {:?}", report.outcome);
+        };
+        assert_eq!(stage, "draft");
+        assert_eq!(error.client_message(), "the audio cannot be read");
+        assert_eq!(error.error_code(), Some("bad_input"));
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(job.stage.as_deref(), Some("draft"));
+        let stored = job.error.unwrap();
+        assert_eq!(
+            stored.internal_message(),
+            "stage draft: decoder: invalid header at byte 0"
+        );
+        let client = serde_json::to_string(&h.pipeline.jobs().client_view(&id).unwrap()).unwrap();
+        assert!(client.contains("the audio cannot be read") && !client.contains("decoder"));
+        // The draft written before the error is removed with the failed stage.
+        assert!(!job_file(&h, &id, "draft").exists());
+        assert!(job_file(&h, &id, "transcribe").exists());
+        assert_clean(&h, "after a permanent failure");
+    }
+}
+
+// ---------------------------------------------------------------- phase 2
+
+#[test]
+fn a_transient_failure_is_retried_on_the_next_pass_after_its_backoff() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        h.script.then("draft", Act::Transient);
+        let pass = h.pipeline.run_pass().unwrap();
+        let RunOutcome::RetryScheduled {
+            stage,
+            retry_at_ms,
+            failures,
+            error,
+        } = &pass.runs[0].outcome
+        else {
+            panic!("{name}: {:?}", pass.runs[0].outcome);
+        };
+        assert_eq!((stage.as_str(), *failures), ("draft", 1));
+        // First delay 10 s, jittered between half and all of it.
+        assert!(
+            (START_MS + 5_000..=START_MS + 10_000).contains(retry_at_ms),
+            "{retry_at_ms}"
+        );
+        assert_eq!(error.client_message(), "the service is busy");
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!(
+            (job.status, job.retry_at_ms),
+            (JobStatus::Queued, Some(*retry_at_ms))
+        );
+        assert_clean(&h, "after a transient failure");
+
+        // Not due yet: the next pass leaves it alone.
+        h.clock.set(retry_at_ms - 1);
+        assert!(h.pipeline.run_pass().unwrap().runs.is_empty());
+        h.clock.set(*retry_at_ms);
+        let pass = h.pipeline.run_pass().unwrap();
+        assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+        assert_eq!(pass.runs[0].skipped(), ["transcribe"]);
+        assert_eq!(
+            h.script.runs_of(&id),
+            ["transcribe", "draft", "draft", "export"]
+        );
+        assert!(event_kinds(&h, &id).contains(&"retry".to_owned()));
+        assert_clean(&h, "after the retry");
+    }
+}
+
+#[test]
+fn the_retry_time_and_failure_count_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("artifacts");
+    let open = |clock: &ManualClock, script: &Arc<Script>| {
+        let store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
+        builder(store, clock, &root, script).build().unwrap()
+    };
+    let clock = ManualClock::new(START_MS);
+    let script = Arc::new(Script::default());
+    let id = {
+        let pipeline = open(&clock, &script);
+        let id = pipeline.enqueue("s", NewJob::new("episode")).unwrap().id;
+        script.then("draft", Act::Transient);
+        pipeline.run_job(&id).unwrap();
+        id
+    };
+    // A new process: same store, new pipeline.
+    let pipeline = open(&clock, &script);
+    let job = pipeline.jobs().get(&id).unwrap().unwrap();
+    let retry_at = job.retry_at_ms.unwrap();
+    assert!(matches!(
+        pipeline.run_job(&id).unwrap().outcome,
+        RunOutcome::NotDue { status: JobStatus::Queued, retry_at_ms: Some(at) } if at == retry_at
+    ));
+    clock.set(retry_at);
+    script.then("draft", Act::Transient);
+    let RunOutcome::RetryScheduled {
+        failures,
+        retry_at_ms,
+        ..
+    } = pipeline.run_job(&id).unwrap().outcome
+    else {
+        panic!("expected a second transient failure");
+    };
+    // The count went on from the first process: the backoff doubled.
+    assert_eq!(failures, 2);
+    assert!((retry_at + 10_000..=retry_at + 20_000).contains(&retry_at_ms));
+}
+
+#[test]
+fn transient_failures_past_the_policy_fail_the_job() {
+    let h = mem_harness();
+    let id = enqueue(&h, "s");
+    for _ in 0..3 {
+        h.script.then("transcribe", Act::Transient);
+    }
+    for expected in 1..=2 {
+        let RunOutcome::RetryScheduled {
+            failures,
+            retry_at_ms,
+            ..
+        } = h.pipeline.run_job(&id).unwrap().outcome
+        else {
+            panic!("expected a retry");
+        };
+        assert_eq!(failures, expected);
+        h.clock.set(retry_at_ms);
+    }
+    let RunOutcome::Failed { error, .. } = h.pipeline.run_job(&id).unwrap().outcome else {
+        panic!("expected the third failure to be final");
+    };
+    assert!(
+        error
+            .internal_message()
+            .ends_with("(gave up after 3 transient failures)")
+    );
+    assert_eq!(
+        h.pipeline.jobs().get(&id).unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+}
+
+#[test]
+fn a_permanent_failure_fails_and_a_manual_retry_resumes_at_the_failed_stage() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        h.script.then("draft", Act::Permanent);
+        assert!(
+            matches!(
+                h.pipeline.run_job(&id).unwrap().outcome,
+                RunOutcome::Failed { .. }
+            ),
+            "{name}"
+        );
+        // Not retried by passes, however late.
+        h.clock.advance(Duration::from_secs(86_400));
+        assert!(h.pipeline.run_pass().unwrap().runs.is_empty());
+        let transcript_mtime = mtime(&job_file(&h, &id, "transcribe"));
+
+        let requeued = h.pipeline.retry(&id).unwrap();
+        assert_eq!(requeued.status, JobStatus::Queued);
+        let pass = h.pipeline.run_pass().unwrap();
+        let report = &pass.runs[0];
+        assert_eq!(report.outcome, RunOutcome::Completed);
+        assert_eq!(report.skipped(), ["transcribe"]);
+        assert_eq!(report.ran(), ["draft", "export"]);
+        assert_eq!(mtime(&job_file(&h, &id, "transcribe")), transcript_mtime);
+        assert_eq!(h.pipeline.jobs().get(&id).unwrap().unwrap().attempt, 2);
+        assert_clean(&h, "after the manual retry");
+    }
+}
+
+#[test]
+fn a_panic_inside_a_stage_fails_the_job_and_leaves_nothing_behind() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        h.script.then("export", Act::Panic);
+        let RunOutcome::Failed { stage, error } = h.pipeline.run_job(&id).unwrap().outcome else {
+            panic!("{name}: expected a failure");
+        };
+        assert_eq!(stage, "export");
+        assert_eq!(error.client_message(), DEFAULT_CLIENT_MESSAGE);
+        assert_eq!(
+            error.internal_message(),
+            "stage export: panicked: decoder crashed"
+        );
+        assert_eq!(error.error_code(), Some("panic"));
+        assert!(
+            !job_file(&h, &id, "export").exists(),
+            "partial export removed"
+        );
+        assert_clean(&h, "after a panic");
+        // The subject is free for the next job.
+        let next = enqueue(&h, "session-1");
+        assert_eq!(
+            h.pipeline.run_job(&next).unwrap().outcome,
+            RunOutcome::Completed
+        );
+    }
+}
+
+#[test]
+fn io_errors_are_classified_by_kind() {
+    use std::io::ErrorKind::*;
+    for kind in [TimedOut, Interrupted, ConnectionReset, StorageFull, Other] {
+        assert_eq!(classify_io(kind), ErrorClass::Transient, "{kind:?}");
+    }
+    for kind in [
+        NotFound,
+        PermissionDenied,
+        InvalidData,
+        InvalidInput,
+        Unsupported,
+    ] {
+        assert_eq!(classify_io(kind), ErrorClass::Permanent, "{kind:?}");
+    }
+    let timed_out: StageError = std::io::Error::from(TimedOut).into();
+    assert!(timed_out.is_transient());
+    assert_eq!(
+        timed_out.job_error().client_message(),
+        DEFAULT_CLIENT_MESSAGE
+    );
+    let corrupt: StageError = jobsafe::Error::InvalidArgument("x".into()).into();
+    assert_eq!(corrupt.class(), ErrorClass::Permanent);
+}
+
+// ---------------------------------------------------------------- phase 3
+
+#[test]
+fn two_runners_started_together_on_one_subject_only_one_processes_it() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        let other = enqueue(&h, "session-1");
+        let (entered, go) = h.script.pause("draft");
+        let first = {
+            let pipeline = h.pipeline.clone();
+            let id = id.clone();
+            std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+        };
+        entered.recv().unwrap();
+        // A second runner (another process's pass, say) finds the subject held
+        // and does nothing, for this job and for the subject's other job.
+        let second = h.pipeline.run_pass().unwrap();
+        assert_eq!(second.runs.len(), 2, "{name}");
+        for report in &second.runs {
+            let RunOutcome::Busy { holder } = &report.outcome else {
+                panic!("{name}: expected busy, got {:?}", report.outcome);
+            };
+            assert_eq!(holder.metadata["job"], id.as_str());
+            assert!(report.stages.is_empty());
+        }
+        go.send(()).unwrap();
+        let report = first.join().unwrap();
+        assert_eq!(report.outcome, RunOutcome::Completed);
+        assert_eq!(h.script.runs_of(&id), STAGES);
+        assert!(h.script.runs_of(&other).is_empty());
+        assert_clean(&h, "after the overlap");
+    }
+}
+
+#[test]
+fn overlapping_passes_run_each_stage_of_each_job_once() {
+    for (name, h) in harnesses() {
+        let ids: Vec<String> = (0..6)
+            .map(|i| enqueue(&h, &format!("session-{}", i % 3)))
+            .collect();
+        let barrier = Arc::new(Barrier::new(3));
+        let passes: Vec<_> = (0..3)
+            .map(|_| {
+                let pipeline = h.pipeline.clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    pipeline.run_pass().unwrap()
+                })
+            })
+            .collect();
+        let reports: Vec<_> = passes.into_iter().map(|p| p.join().unwrap()).collect();
+        // Busy subjects are picked up by a later pass.
+        let mut last = h.pipeline.run_pass().unwrap();
+        while !last.runs.is_empty() {
+            last = h.pipeline.run_pass().unwrap();
+        }
+        for id in &ids {
+            assert_eq!(h.script.runs_of(id), STAGES, "{name}: job {id}");
+            assert_eq!(
+                h.pipeline.jobs().get(id).unwrap().unwrap().status,
+                JobStatus::Complete
+            );
+        }
+        let completed: usize = reports
+            .iter()
+            .map(|r| r.count(|o| *o == RunOutcome::Completed))
+            .sum();
+        assert!(completed >= 1);
+        assert_clean(&h, "after overlapping passes");
+    }
+}
+
+#[test]
+fn delete_mid_pipeline_aborts_cleanly_with_no_orphan_artifacts() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        let (entered, go) = h.script.pause("draft");
+        let runner = {
+            let pipeline = h.pipeline.clone();
+            let id = id.clone();
+            std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+        };
+        entered.recv().unwrap();
+        // The runner holds the subject: the deletion is marked and the job
+        // cancelled; the runner finishes it at its next boundary.
+        assert_eq!(h.pipeline.delete(&id).unwrap(), Deletion::Pending, "{name}");
+        go.send(()).unwrap();
+        let report = runner.join().unwrap();
+        assert_eq!(report.outcome, RunOutcome::Deleted);
+        assert!(h.pipeline.jobs().get(&id).unwrap().is_none());
+        assert!(!h.pipeline.job_dir(&id).exists(), "job directory removed");
+        assert!(h.pipeline.checkpoint(&id, "transcribe").unwrap().is_none());
+        let leftovers = h
+            .store
+            .list_all(&Prefix::new(["pipeline"]).unwrap())
+            .unwrap();
+        assert!(
+            leftovers.iter().all(|k| !k.segments().contains(&id)),
+            "{name}: records left: {leftovers:?}"
+        );
+        assert_eq!(h.script.runs_of(&id), ["transcribe", "draft"]);
+        assert_clean(&h, "after a deletion mid-run");
+
+        // Deleting an idle job removes it at once.
+        let idle = enqueue(&h, "session-2");
+        h.script.then("export", Act::Permanent);
+        h.pipeline.run_job(&idle).unwrap();
+        assert_eq!(h.pipeline.delete(&idle).unwrap(), Deletion::Removed);
+        assert!(!h.pipeline.job_dir(&idle).exists());
+        assert_eq!(h.pipeline.delete(&idle).unwrap(), Deletion::NotFound);
+        assert_clean(&h, "after deleting an idle job");
+    }
+}
+
+#[test]
+fn a_deletion_that_waited_for_a_busy_subject_is_finished_by_the_next_pass() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    let Acquire::Acquired(guard) = h
+        .pipeline
+        .locks()
+        .acquire(
+            &Key::new(["session-1"]).unwrap(),
+            LEASE,
+            &LockRequest::new(),
+        )
+        .unwrap()
+    else {
+        panic!("free")
+    };
+    assert_eq!(h.pipeline.delete(&id).unwrap(), Deletion::Pending);
+    assert_eq!(h.pipeline.run_pass().unwrap().deletions, 0, "still busy");
+    guard.release().unwrap();
+    let pass = h.pipeline.run_pass().unwrap();
+    assert_eq!(pass.deletions, 1);
+    assert!(pass.runs.is_empty());
+    assert!(h.pipeline.jobs().get(&id).unwrap().is_none());
+    assert!(h.script.runs_of(&id).is_empty());
+}
+
+#[test]
+fn cancel_between_stages_keeps_finished_artifacts_and_removes_the_unfinished_stages() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        let (entered, go) = h.script.pause("draft");
+        let runner = {
+            let pipeline = h.pipeline.clone();
+            let id = id.clone();
+            std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+        };
+        entered.recv().unwrap();
+        h.pipeline.cancel(&id).unwrap();
+        go.send(()).unwrap();
+        let report = runner.join().unwrap();
+        assert_eq!(
+            report.outcome,
+            RunOutcome::Cancelled {
+                stage: Some("draft".to_owned())
+            },
+            "{name}"
+        );
+        assert!(
+            job_file(&h, &id, "transcribe").exists(),
+            "finished stage kept"
+        );
+        assert!(h.pipeline.checkpoint(&id, "transcribe").unwrap().is_some());
+        assert!(
+            !job_file(&h, &id, "draft").exists(),
+            "unfinished stage removed"
+        );
+        assert!(!h.pipeline.job_dir(&id).join("draft.part").exists());
+        assert!(h.pipeline.checkpoint(&id, "draft").unwrap().is_none());
+        assert_eq!(
+            h.pipeline.jobs().get(&id).unwrap().unwrap().status,
+            JobStatus::Cancelled
+        );
+        assert_clean(&h, "after a cancel");
+    }
+}
+
+#[test]
+fn a_paused_runner_is_fenced_out_after_a_lock_takeover() {
+    for (name, h) in harnesses() {
+        // The paused runner renews nothing: its whole process is stopped.
+        let paused = builder(Arc::clone(&h.store), &h.clock, &h.root, &h.script)
+            .renew_every(None)
+            .build()
+            .unwrap();
+        let id = enqueue(&h, "session-1");
+        let (entered, go) = h.script.pause("transcribe");
+        let stale = {
+            let id = id.clone();
+            std::thread::spawn(move || paused.run_job(&id).unwrap())
+        };
+        entered.recv().unwrap();
+        let stale_token = h
+            .pipeline
+            .jobs()
+            .get(&id)
+            .unwrap()
+            .unwrap()
+            .fencing
+            .unwrap();
+
+        // Its lease ends; another runner takes the subject over and finishes.
+        h.clock.advance(LEASE);
+        let successor = h.pipeline.run_job(&id).unwrap();
+        assert_eq!(successor.outcome, RunOutcome::Completed, "{name}");
+        let checkpoint = h.pipeline.checkpoint(&id, "transcribe").unwrap().unwrap();
+        assert!(checkpoint.token.unwrap() > stale_token);
+        assert_eq!(checkpoint.attempt, 2);
+
+        // The paused runner wakes and tries to overwrite the transcript.
+        go.send(()).unwrap();
+        let report = stale.join().unwrap();
+        let RunOutcome::LostLease { stage, reason } = &report.outcome else {
+            panic!("{name}: {:?}", report.outcome);
+        };
+        assert_eq!(stage.as_deref(), Some("transcribe"));
+        assert!(reason.contains("stale fencing token"), "{reason}");
+        assert_eq!(
+            std::fs::read_to_string(job_file(&h, &id, "transcribe")).unwrap(),
+            "transcribe(audio of session-1)",
+            "the stale write was refused"
+        );
+        assert_eq!(
+            h.pipeline.checkpoint(&id, "transcribe").unwrap().unwrap(),
+            checkpoint
+        );
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
+        assert_clean(&h, "after the stale runner stopped");
+    }
+}
+
+#[test]
+fn losing_the_lease_stops_the_run_before_its_next_write() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    let (entered, go) = h.script.pause("draft");
+    let runner = {
+        let pipeline = h.pipeline.clone();
+        let id = id.clone();
+        std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+    };
+    entered.recv().unwrap();
+    // An operator frees the subject and someone else takes it; the runner's
+    // lease then ends without a renewal it could make.
+    let subject = Key::new(["session-1"]).unwrap();
+    h.pipeline.locks().force_release(&subject).unwrap().unwrap();
+    let Acquire::Acquired(other) = h
+        .pipeline
+        .locks()
+        .acquire(&subject, LEASE * 10, &LockRequest::new())
+        .unwrap()
+    else {
+        panic!("free");
+    };
+    h.clock.advance(LEASE);
+    go.send(()).unwrap();
+    let report = runner.join().unwrap();
+    assert!(
+        matches!(&report.outcome, RunOutcome::LostLease { stage: Some(s), .. } if s == "draft")
+    );
+    assert!(
+        !job_file(&h, &id, "draft").exists(),
+        "the next write did not happen"
+    );
+    assert!(h.pipeline.checkpoint(&id, "draft").unwrap().is_none());
+    // The job is left running for whoever holds the subject now.
+    assert_eq!(
+        h.pipeline.jobs().get(&id).unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    assert_eq!(temp_files(&h.root), Vec::<PathBuf>::new());
+    let holder = h.pipeline.locks().peek(&subject).unwrap().unwrap();
+    assert_eq!(
+        holder.job_id,
+        other.job_id(),
+        "the new holder's lock is untouched"
+    );
+    other.release().unwrap();
+    // Once free, the next pass takes the job over and finishes it.
+    let pass = h.pipeline.run_pass().unwrap();
+    assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+    assert_eq!(pass.runs[0].skipped(), ["transcribe"]);
+    assert_clean(&h, "after the takeover");
+}
+
+#[test]
+fn a_job_left_running_by_a_dead_runner_is_taken_over_when_its_lease_ends() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    // A runner that died after starting: its lock and running job stay.
+    let Acquire::Acquired(guard) = h
+        .pipeline
+        .locks()
+        .acquire(
+            &Key::new(["session-1"]).unwrap(),
+            LEASE,
+            &LockRequest::new(),
+        )
+        .unwrap()
+    else {
+        panic!("free")
+    };
+    h.pipeline.jobs().start(&id, Some(guard.token())).unwrap();
+    let _ = guard.into_handle();
+    assert!(matches!(
+        h.pipeline.run_job(&id).unwrap().outcome,
+        RunOutcome::Busy { .. }
+    ));
+    h.clock.advance(LEASE);
+    let pass = h.pipeline.run_pass().unwrap();
+    assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+    assert_eq!(h.pipeline.jobs().get(&id).unwrap().unwrap().attempt, 2);
+    assert_clean(&h, "after the takeover");
+}
+
+// ---------------------------------------------------------------- purge
+
+fn real_now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
+    // Temp files are aged by their file times: this clock starts at the real time.
+    let store: Arc<dyn Store> = Arc::new(jobsafe::MemStore::new());
+    let h = harness_on(Arc::clone(&store), None, real_now_ms(), |b| b);
+    let ledger =
+        JobLedger::new(Arc::clone(&store), Arc::new(h.clock.clone())).ttl(Duration::from_secs(60));
+    let h = Harness {
+        pipeline: builder(Arc::clone(&store), &h.clock, &h.root, &h.script)
+            .ledger(ledger.clone())
+            .purge_policy(PurgePolicy::default())
+            .build()
+            .unwrap(),
+        ..h
+    };
+    let done = enqueue(&h, "s1");
+    h.pipeline.run_job(&done).unwrap();
+    let failed = enqueue(&h, "s2");
+    h.script.then("draft", Act::Permanent);
+    h.pipeline.run_job(&failed).unwrap();
+    let fresh = enqueue(&h, "s3"); // queued, recent: kept
+    ledger
+        .reserve("lic:1", "job-1", &ChargeRequest::new())
+        .unwrap();
+    let Acquire::Acquired(stale) = h
+        .pipeline
+        .locks()
+        .acquire(
+            &Key::new(["crashed-session"]).unwrap(),
+            LEASE,
+            &LockRequest::new(),
+        )
+        .unwrap()
+    else {
+        panic!("free")
+    };
+    let _ = stale.into_handle();
+    // A temp file left by a crashed writer in a subject directory.
+    let crashed = h
+        .pipeline
+        .subject_dir("s1")
+        .join(format!(".x.0{TEMP_SUFFIX}"));
+    std::fs::write(&crashed, b"partial").unwrap();
+
+    // Nothing is old yet.
+    assert_eq!(h.pipeline.purge().unwrap().total(), 0);
+
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(
+        (report.jobs.complete, report.jobs.failed, report.jobs.queued),
+        (1, 1, 0)
+    );
+    assert_eq!(report.artifact_dirs, 2);
+    assert_eq!(
+        report.checkpoints,
+        3 + 1,
+        "three of the complete job, one of the failed"
+    );
+    assert_eq!(report.reservations, 1);
+    assert_eq!(report.locks, 1);
+    assert_eq!(report.temp_files, 1);
+    assert!(!crashed.exists());
+    assert!(h.pipeline.jobs().get(&done).unwrap().is_none());
+    assert!(!h.pipeline.job_dir(&done).exists() && !h.pipeline.job_dir(&failed).exists());
+    assert!(h.pipeline.jobs().get(&fresh).unwrap().is_some());
+    assert_eq!(
+        h.pipeline.purge().unwrap().total(),
+        0,
+        "a second purge finds nothing"
+    );
+}
+
+#[test]
+fn a_runner_pass_purges_on_its_schedule_and_reports_it() {
+    let h = harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| {
+        b.purge_every(Duration::from_secs(3600))
+            .purge_policy(PurgePolicy {
+                finished_for: Duration::from_secs(60),
+                ..PurgePolicy::default()
+            })
+    });
+    let id = enqueue(&h, "s");
+    let first = h.pipeline.run_pass().unwrap();
+    assert_eq!(
+        first.purged.map(|p| p.total()),
+        Some(0),
+        "the first pass purges"
+    );
+    assert_eq!(first.runs[0].outcome, RunOutcome::Completed);
+    h.clock.advance(Duration::from_secs(120));
+    assert_eq!(h.pipeline.run_pass().unwrap().purged, None, "not yet due");
+    h.clock.advance(Duration::from_secs(3600));
+    let report = h.pipeline.run_pass().unwrap().purged.unwrap();
+    assert_eq!(report.jobs.complete, 1);
+    assert_eq!(report.artifact_dirs, 1);
+    assert!(h.pipeline.jobs().get(&id).unwrap().is_none());
+    // Overlapping passes: exactly one of them purges.
+    h.clock.advance(Duration::from_secs(3600));
+    let passes: Vec<_> = (0..4)
+        .map(|_| {
+            let pipeline = h.pipeline.clone();
+            std::thread::spawn(move || pipeline.run_pass().unwrap().purged.is_some())
+        })
+        .collect();
+    let purged = passes
+        .into_iter()
+        .map(|p| p.join().unwrap())
+        .filter(|p| *p)
+        .count();
+    assert_eq!(purged, 1);
+}
+
+#[test]
+fn invalid_pipelines_and_artifact_names_are_refused() {
+    let clock = Arc::new(ManualClock::new(0));
+    let dir = tempfile::tempdir().unwrap();
+    let none = Pipeline::builder(jobsafe::MemStore::new(), clock.clone(), dir.path()).build();
+    assert!(matches!(none, Err(jobsafe::Error::InvalidArgument(_))));
+    let twice = Pipeline::builder(jobsafe::MemStore::new(), clock.clone(), dir.path())
+        .stage("a", |_| Ok(()))
+        .stage("a", |_| Ok(()))
+        .build();
+    assert!(matches!(twice, Err(jobsafe::Error::InvalidArgument(_))));
+    let pipeline = Pipeline::builder(jobsafe::MemStore::new(), clock, dir.path())
+        .stage("escape", |ctx| {
+            let refused = ctx.write("../outside", b"x").unwrap_err();
+            assert!(matches!(refused, jobsafe::Error::InvalidArgument(_)));
+            assert!(ctx.write(".hidden", b"x").is_err());
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let job = pipeline.enqueue("../../etc", NewJob::new("x")).unwrap();
+    assert_eq!(
+        pipeline.run_job(&job.id).unwrap().outcome,
+        RunOutcome::Completed
+    );
+    assert!(pipeline.subject_dir("../../etc").starts_with(dir.path()));
+    assert!(
+        !pipeline
+            .subject_dir("../../etc")
+            .to_string_lossy()
+            .contains("..")
+    );
+}
+
+#[test]
+fn stage_actions_are_reported_to_the_observer() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let h = {
+        let seen = Arc::clone(&seen);
+        harness_on(
+            Arc::new(jobsafe::MemStore::new()),
+            None,
+            START_MS,
+            move |b| {
+                let seen = Arc::clone(&seen);
+                b.on_stage(move |notice| {
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("{}:{:?}", notice.stage, notice.action));
+                })
+            },
+        )
+    };
+    let id = enqueue(&h, "s");
+    h.script.then("draft", Act::Permanent);
+    h.pipeline.run_job(&id).unwrap();
+    h.pipeline.retry(&id).unwrap();
+    h.pipeline.run_job(&id).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "transcribe:Started",
+            "transcribe:Ran",
+            "draft:Started",
+            "draft:Failed",
+            "transcribe:Skipped",
+            "draft:Started",
+            "draft:Ran",
+            "export:Started",
+            "export:Ran",
+        ]
+    );
+    let _ = StageAction::Interrupted;
+}

@@ -1,0 +1,391 @@
+//! Pipelines survive SIGKILL at any point: a child process runs passes over
+//! queued jobs on a `DirStore` while the parent kills it at varying moments,
+//! mostly while a stage is writing; each kill is followed by a new child.
+//!
+//! Each stage reports `run <job> <stage>` before it writes anything, and the
+//! observer reports `done <job> <stage>` once its checkpoint is recorded. After
+//! every kill the parent also reads the checkpoints in the store. A stage that
+//! is known complete (by a report or by its stored checkpoint) and later reports
+//! `run` again is a violation: a completed stage must never run again. At the
+//! end every job must be complete with the expected outputs, no temp file left
+//! under the artifact root, and no live lock.
+//!
+//! `JOBSAFE_CRASH_ITERATIONS` sets the number of kills (200 by default);
+//! `JOBSAFE_CRASH_SEED` replays a run's kill points.
+// Test code, children included: a step that fails fails the test.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::child::{self, Child};
+use jobsafe::{
+    DirStore, JobStatus, ManualClock, NewJob, Pipeline, Prefix, PurgePolicy, StageAction,
+    StageContext, StageError, TEMP_SUFFIX,
+};
+
+const TEST: &str = "killed_pipeline_runners_resume_without_rerunning_finished_stages";
+const START_MS: u64 = 1_700_000_000_000;
+const LEASE: Duration = Duration::from_secs(60);
+const SUBJECTS: usize = 4;
+const FIRST_JOBS: usize = 8;
+const MORE_JOBS: usize = 4;
+
+type Pipe = Pipeline<DirStore>;
+
+fn pipeline(dir: &Path, now_ms: u64, in_child: bool) -> Pipe {
+    let store = DirStore::open(dir.join("store")).unwrap();
+    let mut builder = Pipeline::builder(
+        store,
+        Arc::new(ManualClock::new(now_ms)),
+        dir.join("artifacts"),
+    )
+    .lease(LEASE)
+    .purge_policy(PurgePolicy {
+        locks_expired_for: Duration::ZERO,
+        ..PurgePolicy::default()
+    });
+    if in_child {
+        builder = builder.on_stage(|notice| {
+            if notice.action == StageAction::Ran {
+                child::report(&format!("done {} {}", notice.job_id, notice.stage));
+            }
+        });
+    }
+    builder
+        .stage("transcribe", |ctx| {
+            started(ctx);
+            let text = expected(ctx.job_id(), "transcribe");
+            ctx.write("transcript.txt", text.as_bytes())?;
+            ctx.write_shared(&format!("{}.txt", ctx.job_id()), text.as_bytes())?;
+            Ok(())
+        })
+        .stage("draft", |ctx| {
+            started(ctx);
+            let transcript = ctx.read("transcript.txt")?;
+            let text = expected(ctx.job_id(), "draft");
+            if !text.contains(std::str::from_utf8(&transcript).unwrap()) {
+                return Err(StageError::permanent(
+                    "the transcript is not what was written",
+                ));
+            }
+            ctx.write("notes.txt", b"notes")?;
+            ctx.write("draft.txt", text.as_bytes())?;
+            Ok(())
+        })
+        .stage("export", |ctx| {
+            started(ctx);
+            let draft = ctx.read("draft.txt")?;
+            let text = expected(ctx.job_id(), "export");
+            if !text.contains(std::str::from_utf8(&draft).unwrap()) {
+                return Err(StageError::permanent("the draft is not what was written"));
+            }
+            ctx.write("export.txt", text.as_bytes())?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+}
+
+fn started(ctx: &StageContext<'_>) {
+    if child::role().is_some() {
+        child::report(&format!("run {} {}", ctx.job_id(), ctx.stage()));
+    }
+}
+
+/// What each stage's main output holds: a function of the job and of the
+/// previous stage's output, padded so that writes take a moment.
+fn expected(job: &str, stage: &str) -> String {
+    let base = format!("{job}:{}\n", "x".repeat(2048));
+    match stage {
+        "transcribe" => format!("T[{base}]"),
+        "draft" => format!("D[{}]", expected(job, "transcribe")),
+        _ => format!("E[{}]", expected(job, "draft")),
+    }
+}
+
+fn enqueue(pipeline: &Pipe, first: usize, count: usize) -> Vec<String> {
+    (first..first + count)
+        .map(|n| {
+            let id = format!("job-{n:04}");
+            pipeline
+                .enqueue(
+                    &format!("session-{}", n % SUBJECTS),
+                    NewJob::new("episode").id(&id),
+                )
+                .unwrap();
+            id
+        })
+        .collect()
+}
+
+/// Each child's clock starts past every lease an earlier child held.
+fn child_now(iteration: u64) -> u64 {
+    START_MS + iteration * 2 * LEASE.as_millis() as u64
+}
+
+#[test]
+fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
+    if child::role().as_deref() == Some("pipeline-runner") {
+        return run_in_child();
+    }
+    let started_at = Instant::now();
+    let kills: u64 = env_or("JOBSAFE_CRASH_ITERATIONS", 200);
+    let seed: u64 = env_or("JOBSAFE_CRASH_SEED", fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut jobs = enqueue(&pipeline(dir.path(), START_MS, false), 0, FIRST_JOBS);
+    let mut next_job = FIRST_JOBS;
+    let mut verified = 0usize;
+
+    let mut completed: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut violations = Vec::new();
+    let mut stage_runs = 0usize;
+    let mut interrupted = 0usize;
+    let mut iteration = 0;
+    let mut killed = 0;
+    while killed < kills {
+        iteration += 1;
+        let mut vars = child::store_vars(dir.path());
+        vars.insert("JOBSAFE_TEST_NOW", child_now(iteration).to_string());
+        let mut runner = Child::spawn(TEST, "pipeline-runner", &vars);
+        let wait_for = rng.usize(1..=4);
+        let mut reports = Vec::new();
+        let mut idle = false;
+        for _ in 0..wait_for {
+            match runner.next_report() {
+                Some(line) if line == "idle" => {
+                    idle = true;
+                    break;
+                }
+                Some(line) => reports.push(line),
+                None => break,
+            }
+        }
+        if idle {
+            reports.extend(runner.finish());
+        } else {
+            // Vary where in the stage's writes the kill lands.
+            std::thread::sleep(Duration::from_micros(rng.u64(0..1_500)));
+            reports.extend(runner.kill());
+            killed += 1;
+        }
+        check_reports(
+            &reports,
+            &mut completed,
+            &mut violations,
+            iteration,
+            &mut stage_runs,
+        );
+        // Past the lease of the child just killed, before the next child starts.
+        let pipeline = pipeline(
+            dir.path(),
+            child_now(iteration) + LEASE.as_millis() as u64,
+            false,
+        );
+        for job in &jobs {
+            for stage in pipeline.stage_names() {
+                let key = (job.clone(), stage.to_owned());
+                if !completed.contains(&key) && pipeline.checkpoint(job, stage).unwrap().is_some() {
+                    completed.insert((job.clone(), stage.to_owned()));
+                }
+            }
+        }
+        if !idle {
+            interrupted += 1;
+        }
+        let done = |job: &String| {
+            pipeline
+                .stage_names()
+                .iter()
+                .all(|s| completed.contains(&(job.clone(), (*s).to_owned())))
+                && status(&pipeline, job) == JobStatus::Complete
+        };
+        if idle || jobs.iter().all(done) {
+            // Every job is complete: check them, remove them (so that passes
+            // stay short) and give the next children more work.
+            for job in jobs.drain(..) {
+                verify_job(&pipeline, &job, &mut violations);
+                verified += 1;
+                assert_eq!(pipeline.delete(&job).unwrap(), jobsafe::Deletion::Removed);
+            }
+            jobs = enqueue(&pipeline, next_job, MORE_JOBS);
+            next_job += MORE_JOBS;
+        }
+    }
+
+    // A last runner that is not killed finishes everything.
+    iteration += 1;
+    let mut vars = child::store_vars(dir.path());
+    vars.insert("JOBSAFE_TEST_NOW", child_now(iteration).to_string());
+    let mut last = Child::spawn(TEST, "pipeline-runner", &vars);
+    let mut reports = Vec::new();
+    while let Some(line) = last.next_report() {
+        if line == "idle" {
+            break;
+        }
+        reports.push(line);
+    }
+    reports.extend(last.finish());
+    check_reports(
+        &reports,
+        &mut completed,
+        &mut violations,
+        iteration,
+        &mut stage_runs,
+    );
+
+    let now = child_now(iteration);
+    let pipeline = pipeline(dir.path(), now, false);
+    for job in &jobs {
+        verify_job(&pipeline, job, &mut violations);
+        verified += 1;
+    }
+    let temps = temp_files(&dir.path().join("artifacts"));
+    if !temps.is_empty() {
+        violations.push(format!("temp files left: {temps:?}"));
+    }
+    let live: Vec<_> = pipeline
+        .locks()
+        .list(&Prefix::all())
+        .unwrap()
+        .locks
+        .into_iter()
+        .filter(|lock| !lock.is_expired_at(now))
+        .collect();
+    if !live.is_empty() {
+        violations.push(format!("locks still held: {live:?}"));
+    }
+    // Leases of killed runners that completed their job just before dying are
+    // past their end: purge clears them.
+    pipeline.purge().unwrap();
+    let left = pipeline.locks().list(&Prefix::all()).unwrap();
+    if !left.locks.is_empty() {
+        violations.push(format!("locks left after purge: {:?}", left.locks));
+    }
+
+    println!(
+        "pipeline_crash: kills={killed} jobs={verified} stage_runs={stage_runs} interrupted_runs={interrupted} violations={} seed={seed} secs={:.1}",
+        violations.len(),
+        started_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        violations.is_empty(),
+        "violations (seed {seed}):\n{}",
+        violations.join("\n")
+    );
+}
+
+/// A finished job: complete, with the expected outputs, and no temp file.
+fn verify_job(pipeline: &Pipe, job: &str, violations: &mut Vec<String>) {
+    let record = pipeline.jobs().get(job).unwrap().unwrap();
+    if record.status != JobStatus::Complete {
+        violations.push(format!(
+            "{job} ended {} ({:?})",
+            record.status, record.error
+        ));
+        return;
+    }
+    let export = std::fs::read_to_string(pipeline.job_dir(job).join("export.txt")).unwrap();
+    if export != expected(job, "export") {
+        violations.push(format!("{job}: wrong export"));
+    }
+    let n: usize = job[4..].parse().unwrap();
+    let shared = pipeline.subject_dir(&format!("session-{}", n % SUBJECTS));
+    if std::fs::read_to_string(shared.join(format!("{job}.txt"))).unwrap()
+        != expected(job, "transcribe")
+    {
+        violations.push(format!("{job}: wrong shared transcript"));
+    }
+    let temps = temp_files(&pipeline.job_dir(job));
+    if !temps.is_empty() {
+        violations.push(format!("{job}: temp files left: {temps:?}"));
+    }
+}
+
+fn status(pipeline: &Pipe, job: &str) -> JobStatus {
+    pipeline.jobs().get(job).unwrap().unwrap().status
+}
+
+/// Checks one child's reports in order against what was known complete.
+fn check_reports(
+    reports: &[String],
+    completed: &mut BTreeSet<(String, String)>,
+    violations: &mut Vec<String>,
+    iteration: u64,
+    stage_runs: &mut usize,
+) {
+    for report in reports {
+        let mut parts = report.split(' ');
+        let (Some(what), Some(job), Some(stage)) = (parts.next(), parts.next(), parts.next())
+        else {
+            violations.push(format!("child {iteration}: unexpected report {report:?}"));
+            continue;
+        };
+        let key = (job.to_owned(), stage.to_owned());
+        match what {
+            "run" => {
+                *stage_runs += 1;
+                if completed.contains(&key) {
+                    violations.push(format!(
+                        "child {iteration}: completed stage {job}/{stage} ran again"
+                    ));
+                }
+            }
+            "done" => {
+                completed.insert(key);
+            }
+            _ => violations.push(format!("child {iteration}: unexpected report {report:?}")),
+        }
+    }
+}
+
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(temp_files(&path));
+        } else if path.to_string_lossy().ends_with(TEMP_SUFFIX) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Child: runs passes until no job is due, then reports `idle`.
+fn run_in_child() {
+    let now: u64 = child::var("JOBSAFE_TEST_NOW").parse().unwrap();
+    let pipeline = pipeline(&child::store_root(), now, true);
+    loop {
+        let pass = pipeline.run_pass().unwrap();
+        for run in &pass.runs {
+            assert!(
+                matches!(run.outcome, jobsafe::RunOutcome::Completed),
+                "{}: {:?}",
+                run.job_id,
+                run.outcome
+            );
+        }
+        if pass.runs.is_empty() {
+            child::report("idle");
+            return;
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid number")),
+        Err(_) => default,
+    }
+}
