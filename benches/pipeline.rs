@@ -2,7 +2,8 @@
 //! (so only the pipeline's own work is measured: lease, start, a record write
 //! at each stage boundary, a checkpoint per stage, complete, release), next to
 //! one `AtomicWriter` write of a small artifact in the same round, on
-//! `DirStore` (full durability) and `MemStore` (artifacts on disk either way).
+//! `DirStore` and `LogStore` (full durability) and `MemStore` (artifacts on disk
+//! either way).
 //! Flushes are counted through jobsafe's I/O layer, per stage.
 //!
 //! `cargo bench --bench pipeline`; `JOBSAFE_BENCH_SMOKE=1` for a seconds-long check.
@@ -10,7 +11,7 @@
 mod common;
 
 use jobsafe::vfs::{Counting, StdVfs};
-use jobsafe::{DirStore, MemStore};
+use jobsafe::{DirStore, LogStore, MemStore};
 
 use self::common::pipeline::PipelineWorkload;
 use self::common::report::{self, Ratio};
@@ -35,12 +36,17 @@ fn main() -> BenchResult {
                 let store = DirStore::builder(dir).vfs(vfs.clone()).open()?;
                 Ok((store, Syncs::Vfs(vfs)))
             }),
+            &mut PipelineWorkload::new("logstore", |dir, vfs: Counting<StdVfs>| {
+                let store = LogStore::builder(dir).vfs(vfs.clone()).open()?;
+                Ok((store, Syncs::Vfs(vfs)))
+            }),
             &mut PipelineWorkload::new("memstore", |_, _| Ok((MemStore::new(), Syncs::Uncounted))),
         ],
     )?;
     println!("## Measurements\n\n{}", report::measurements(&all));
     let ratios = vec![
         Ratio::new("dirstore/stage_empty", "dirstore/atomic_write"),
+        Ratio::new("logstore/stage_empty", "logstore/atomic_write"),
         Ratio::new("memstore/stage_empty", "memstore/atomic_write"),
     ];
     println!("## Ratios\n\n{}", report::ratios(&ratios, &all)?);
