@@ -104,7 +104,7 @@ pub(super) fn maybe_start<V: Vfs>(shared: &Arc<Shared<V>>) {
         return;
     }
     let written = shared.probe.lock().at;
-    if written < policy.min_bytes {
+    if written < policy.min_bytes || written < shared.compact_retry_at.load(Ordering::Relaxed) {
         return;
     }
     let live = shared.index.read().live_bytes;
@@ -117,7 +117,19 @@ pub(super) fn maybe_start<V: Vfs>(shared: &Arc<Shared<V>>) {
         .name("jobsafe-compact".to_owned())
         .spawn(move || {
             let outcome = run(&background, Wait::No);
-            *background.last_compaction_error.lock() = outcome.err().map(|e| e.to_string());
+            let busy = matches!(&outcome, Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock);
+            if outcome.is_err() {
+                // Not again before the journal grew some more: no thread per
+                // commit while another process compacts or the disk is full.
+                let step = (policy.min_bytes / 4).max(1 << 20);
+                background
+                    .compact_retry_at
+                    .store(written.saturating_add(step), Ordering::Relaxed);
+            }
+            if !busy {
+                *background.last_compaction_error.lock() = outcome.err().map(|e| e.to_string());
+            }
             background.compacting.store(false, Ordering::SeqCst);
         });
     if let Err(e) = spawned {

@@ -96,9 +96,13 @@ const FIRST_SEQ: u64 = 1;
 ///
 /// - Every live record is held in memory (keys and values), as the price of
 ///   reads that never touch the disk; reopening reads the whole journal.
-/// - Corruption is found per frame, not per record: a damaged frame in the
-///   middle makes writes fail with [`Error::CorruptFile`] until an operator
-///   restores the file. Records in the frames before it stay readable.
+/// - Corruption is found per frame, not per record. A damaged frame followed by
+///   intact ones makes [`open`](LogStore::open) (and, in a process that has the
+///   store open, every write) fail with [`Error::CorruptFile`] naming the byte
+///   offset, and nothing is truncated: the operator keeps a copy of the journal
+///   and restores it, or cuts it at that offset to keep the frames before it.
+/// - Compaction rebuilds the live records from the journal beside the index: it
+///   needs as much memory again as the live data while it runs.
 ///
 /// ```
 /// use jobsafe::{Expect, Key, LogStore, Prefix, Store};
@@ -143,6 +147,9 @@ struct Shared<V: Vfs> {
     poisoned: AtomicBool,
     policy: CompactPolicy,
     compacting: AtomicBool,
+    /// Journal bytes below which no background compaction is tried again, after
+    /// one that did not run (another process was compacting) or failed.
+    compact_retry_at: AtomicU64,
     compactions: AtomicU64,
     last_compaction_error: Mutex<Option<String>>,
 }
@@ -305,6 +312,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
                 poisoned: AtomicBool::new(false),
                 policy: self.policy,
                 compacting: AtomicBool::new(false),
+                compact_retry_at: AtomicU64::new(0),
                 compactions: AtomicU64::new(0),
                 last_compaction_error: Mutex::new(None),
             }),
@@ -343,11 +351,16 @@ impl<V: Vfs> LogStore<V> {
     /// # Errors
     /// As [`Store::get`].
     pub fn stats(&self) -> Result<LogStats> {
-        let index = self.shared.fresh_index()?;
+        // Lock order: journal, lock file, index. Read the index first and let
+        // go of it before taking the journal.
+        let (records, live_bytes) = {
+            let index = self.shared.fresh_index()?;
+            (index.len(), index.live_bytes)
+        };
         let journal = self.shared.journal.lock();
         Ok(LogStats {
-            records: index.len(),
-            live_bytes: index.live_bytes,
+            records,
+            live_bytes,
             journal_bytes: journal.end,
             allocated_bytes: journal.allocated,
             generation: journal.header.generation,
@@ -381,6 +394,11 @@ fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> 
             path: marker,
             reason: "unknown LogStore format (written by a newer jobsafe?)".to_owned(),
         }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Err(Error::io(
+            "open store (creating it was not asked for)",
+            &marker,
+            e,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // A temp file is another process creating the marker right now.
             let entries = vfs.read_dir(root).at("list store directory", root)?;
