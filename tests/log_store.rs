@@ -615,3 +615,26 @@ fn stats_while_writers_commit_does_not_deadlock() {
     });
     assert_eq!(store.stats().unwrap().records, 4_000);
 }
+
+#[test]
+fn a_handle_growing_the_journal_keeps_what_another_handle_wrote_there() {
+    // A grows the journal past its first preallocated space and writes there;
+    // B, whose idea of the file's length is older, must not zero it.
+    let dir = tempfile::tempdir().unwrap();
+    let a = LogStore::open(dir.path()).unwrap();
+    let b = LogStore::open(dir.path()).unwrap();
+    let value = vec![7u8; 1 << 20];
+    for i in 0..6 {
+        a.put(&key(&format!("a{i}")), &value, Expect::Absent)
+            .unwrap();
+    }
+    for i in 0..6 {
+        b.put(&key(&format!("b{i}")), &value, Expect::Absent)
+            .unwrap();
+    }
+    drop((a, b));
+    let store = LogStore::open(dir.path()).unwrap();
+    let seen = contents(&store);
+    assert_eq!(seen.len(), 12);
+    assert!(seen.values().all(|v| v == &value));
+}

@@ -129,11 +129,15 @@ impl<F: VfsFile> Journal<F> {
     /// length, so that the appends into it flush data only.
     pub(crate) fn preallocate(&mut self, needed: u64, sync: bool) -> Result<(), AppendError> {
         let target = needed.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
-        write_zeros(&*self.file, self.allocated, target).map_err(|source| AppendError {
+        let failed = |source| AppendError {
             step: "preallocate journal space",
             source,
             poisons: false,
-        })?;
+        };
+        // Zeros go only past the file's real end: another process may have
+        // grown it and written frames there since this one last preallocated.
+        let from = self.file.size().map_err(failed)?.max(self.end);
+        write_zeros(&*self.file, from, target).map_err(failed)?;
         if sync {
             // A failed flush poisons, as every failed flush does: after one,
             // what the kernel kept of the file is unknown.
