@@ -48,17 +48,24 @@ impl<S: Store> Workload for JobsWorkload<S> {
         })?;
 
         let lifecycle = time_ops(format!("{}/lifecycle", self.name), ops, &syncs, |i| {
-            let job = jobs.create(NewJob::new("summarize"))?;
-            let worker = jobs.start(&job.id, None)?;
-            for stage in ["download", "transcribe", "analyze"] {
-                jobs.set_stage(&worker, stage)?;
-            }
-            let done = jobs.complete(&worker, json!({ "n": i }))?;
-            if done.stages_done.len() != 3 {
-                return Err(format!("job {i} finished with stages {:?}", done.stages_done).into());
-            }
-            Ok(())
+            lifecycle(&jobs, i as u64)
         })?;
         Ok(vec![append, lifecycle])
     }
+}
+
+/// Takes a new job through create → start → three stages → complete (six
+/// durable writes), checking that it finished with its three stages; `n` goes
+/// into its result.
+pub(crate) fn lifecycle<S: Store>(jobs: &JobState<S>, n: u64) -> BenchResult {
+    let job = jobs.create(NewJob::new("summarize"))?;
+    let worker = jobs.start(&job.id, None)?;
+    for stage in ["download", "transcribe", "analyze"] {
+        jobs.set_stage(&worker, stage)?;
+    }
+    let done = jobs.complete(&worker, json!({ "n": n }))?;
+    if done.stages_done.len() != 3 {
+        return Err(format!("job {n} finished with stages {:?}", done.stages_done).into());
+    }
+    Ok(())
 }

@@ -133,8 +133,25 @@ fn expect_value(name: &str, key: &str, read: Option<&[u8]>, expected: &[u8]) -> 
     }
 }
 
+/// The stages of a job lifecycle after its creation, as [`JobState`] takes a job
+/// through them in `common::jobs`: start, three stages, complete.
+///
+/// [`JobState`]: jobsafe::JobState
+const LIFECYCLE: [char; 5] = ['s', 'd', 't', 'a', 'c'];
+
+/// A job's lifecycle as a service without jobsafe would write it: its record
+/// inserted under `key`, then replaced by compare-and-set at each of the five
+/// transitions of [`LIFECYCLE`]. Six durable writes, as through `JobState`.
+pub(crate) fn lifecycle<E: KvEngine + ?Sized>(engine: &mut E, key: &str) -> BenchResult {
+    let mut version = engine.insert(key, &value('q'))?;
+    for tag in LIFECYCLE {
+        version = engine.update(key, &value(tag), version)?;
+    }
+    Ok(())
+}
+
 /// A [`VALUE_LEN`]-byte JSON document, as job records are, unique by `tag`.
-fn value(tag: char) -> Vec<u8> {
+pub(crate) fn value(tag: char) -> Vec<u8> {
     let head = format!(r#"{{"status":"running","tag":"{tag}","pad":""#);
     let tail = r#""}"#;
     let pad = VALUE_LEN - head.len() - tail.len();

@@ -25,7 +25,6 @@
 //! its 100,000-file ledger, is removed when it ends.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,7 +39,7 @@ use rusqlite::{Connection, params};
 use super::kv::KvEngine;
 use super::naive::NaiveJson;
 use super::sqlite::{self, Synchronous};
-use super::{BenchResult, Config, Sample, Syncs, Tally, Workload, time_ops};
+use super::{BenchResult, Config, Sample, Syncs, Tally, Workload, sync_all, time_ops};
 
 /// Accounts the reservations are spread over.
 pub(crate) const ACCOUNTS: usize = 100;
@@ -124,7 +123,7 @@ pub(crate) enum Outcome {
 
 /// Fails unless a reserve had the outcome the bench set up: a contender that
 /// reserves twice or forgets reservations has no throughput worth reporting.
-fn check(name: &str, job: &Job, got: Outcome, expected: Outcome) -> Result<(), String> {
+pub(crate) fn check(name: &str, job: &Job, got: Outcome, expected: Outcome) -> Result<(), String> {
     if got == expected {
         Ok(())
     } else {
@@ -316,19 +315,6 @@ impl<S: Store + Send + Sync + 'static> LedgerEngine for StoreLedger<S> {
     fn syncs(&self) -> Syncs {
         self.syncs.clone()
     }
-}
-
-/// Flushes every dirty page of the system with `sync`, returning the seconds it
-/// took, so that what a relaxed load left unwritten does not land in the timed
-/// flushes: a journaling filesystem (ext4 by default) commits every pending
-/// change with the next fsync, and writeback would compete with them.
-fn sync_all() -> BenchResult<f64> {
-    let start = Instant::now();
-    let status = Command::new("sync").status()?;
-    if !status.success() {
-        return Err(format!("sync failed: {status}").into());
-    }
-    Ok(start.elapsed().as_secs_f64())
 }
 
 // --- SQLite ---------------------------------------------------------------------

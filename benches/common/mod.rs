@@ -21,6 +21,7 @@
 pub(crate) mod atomic;
 pub(crate) mod jobs;
 pub(crate) mod kv;
+pub(crate) mod latency;
 pub(crate) mod lease;
 pub(crate) mod ledger;
 pub(crate) mod naive;
@@ -29,13 +30,14 @@ pub(crate) mod raw;
 pub(crate) mod report;
 pub(crate) mod sqlite;
 
-use std::cell::Cell;
 use std::env;
 use std::error::Error;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use jobsafe::vfs::{Counting, StdVfs};
@@ -89,6 +91,11 @@ impl Config {
 
     pub(crate) fn rounds(&self) -> usize {
         self.rounds
+    }
+
+    /// Whether this is a smoke run, which only checks that every path runs.
+    pub(crate) fn smoke(&self) -> bool {
+        self.smoke
     }
 }
 
@@ -161,13 +168,18 @@ impl Drop for RunDir {
     }
 }
 
-/// A count of flushes kept by code that flushes by hand; clones share it.
+/// A count of flushes kept by code that flushes by hand; clones share it, also
+/// across threads.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Tally(Rc<Cell<u64>>);
+pub(crate) struct Tally(Arc<AtomicU64>);
 
 impl Tally {
     pub(crate) fn add(&self, n: u64) {
-        self.0.set(self.0.get() + n);
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -184,13 +196,29 @@ pub(crate) enum Syncs {
 }
 
 impl Syncs {
-    fn get(&self) -> Option<u64> {
+    /// Flushes so far, if counted.
+    pub(crate) fn get(&self) -> Option<u64> {
         match self {
             Syncs::Uncounted => None,
             Syncs::Vfs(vfs) => Some(vfs.counts().syncs()),
-            Syncs::Tally(tally) => Some(tally.0.get()),
+            Syncs::Tally(tally) => Some(tally.get()),
         }
     }
+}
+
+/// Flushes every dirty page of the system with `sync`, returning the seconds it
+/// took, so that what a relaxed load left unwritten does not land in the timed
+/// flushes: a journaling filesystem (ext4 by default) commits every pending
+/// change with the next fsync, and writeback would compete with them.
+pub(crate) fn sync_all() -> BenchResult<f64> {
+    let start = Instant::now();
+    let status = Command::new("sync")
+        .status()
+        .map_err(|e| format!("cannot run sync: {e}"))?;
+    if !status.success() {
+        return Err(format!("sync failed: {status}").into());
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// One timed run of `ops` operations of one kind.

@@ -3,6 +3,7 @@
 //! given its best schema.
 
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -38,9 +39,14 @@ const UPDATE: &str =
     "UPDATE kv SET value = ?1, version = version + 1 WHERE key = ?2 AND version = ?3";
 const GET: &str = "SELECT value FROM kv WHERE key = ?1";
 
-/// Opens (creating) the database `path` in WAL mode with `synchronous`.
+/// How long a connection waits for another's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens (creating) the database `path` in WAL mode with `synchronous`. A
+/// connection waits up to 30 s for another connection's write lock.
 pub(crate) fn connect(path: &Path, synchronous: Synchronous) -> BenchResult<Connection> {
     let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(format!("SQLite refused WAL mode (journal_mode = {mode})").into());
@@ -65,6 +71,27 @@ impl SqliteEngine {
     pub(crate) fn open(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
         let conn = open(&dir.join("kv.sqlite3"), synchronous, SCHEMA)?;
         Ok(SqliteEngine { conn })
+    }
+
+    /// Another connection to the database [`open`](Self::open) created in `dir`,
+    /// for another thread.
+    pub(crate) fn connect(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
+        let conn = connect(&dir.join("kv.sqlite3"), synchronous)?;
+        Ok(SqliteEngine { conn })
+    }
+
+    /// Inserts `records` (key, value) in one transaction: how a bench fills the
+    /// table before timing.
+    pub(crate) fn load<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> BenchResult {
+        let tx = self.conn.transaction()?;
+        for (key, value) in records {
+            tx.prepare_cached(INSERT)?.execute(params![key, value])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -134,6 +161,13 @@ impl SqliteLease {
     /// Creates the database `locks.sqlite3` in `dir` in WAL mode with `synchronous`.
     pub(crate) fn open(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
         let conn = open(&dir.join("locks.sqlite3"), synchronous, LOCK_SCHEMA)?;
+        Ok(SqliteLease { conn })
+    }
+
+    /// Another connection to the database [`open`](Self::open) created in `dir`,
+    /// for another thread.
+    pub(crate) fn connect(dir: &Path, synchronous: Synchronous) -> BenchResult<Self> {
+        let conn = connect(&dir.join("locks.sqlite3"), synchronous)?;
         Ok(SqliteLease { conn })
     }
 }

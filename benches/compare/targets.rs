@@ -1,0 +1,145 @@
+//! The targets, as ratios of figures from this run, each reported
+//! met, MISSED, or not measured (when the options left out what it needs).
+
+use std::fmt::Write as _;
+
+use crate::common::report::Table;
+use crate::compare::cell::{Bench, Impl};
+use crate::compare::run::Row;
+
+/// One target: a ratio and the bound it must meet.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) name: String,
+    /// The ratio measured, if both sides were.
+    pub(crate) value: Option<f64>,
+    pub(crate) bound: Bound,
+}
+
+/// Which side of its bound a ratio must be on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Target {
+    pub(crate) fn new(name: impl Into<String>, value: Option<f64>, bound: Bound) -> Self {
+        Target {
+            name: name.into(),
+            value,
+            bound,
+        }
+    }
+
+    fn verdict(&self) -> &'static str {
+        match (self.value, self.bound) {
+            (None, _) => "not measured",
+            (Some(v), Bound::AtLeast(b)) if v >= b => "met",
+            (Some(v), Bound::AtMost(b)) if v <= b => "met",
+            _ => "MISSED",
+        }
+    }
+
+    pub(crate) fn json(&self) -> String {
+        let (op, bound) = match self.bound {
+            Bound::AtLeast(b) => (">=", b),
+            Bound::AtMost(b) => ("<=", b),
+        };
+        serde_json::json!({
+            "target": self.name,
+            "value": self.value,
+            "bound": format!("{op} {bound}"),
+            "verdict": self.verdict(),
+        })
+        .to_string()
+    }
+}
+
+/// The targets as a markdown table.
+pub(crate) fn markdown(targets: &[Target]) -> Table {
+    let mut table = Table::new(["target", "measured", "bound", "verdict"]);
+    for target in targets {
+        let mut bound = String::new();
+        let _ = match target.bound {
+            Bound::AtLeast(b) => write!(bound, ">= {b}x"),
+            Bound::AtMost(b) => write!(bound, "<= {b}x"),
+        };
+        table.row([
+            target.name.clone(),
+            target
+                .value
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x")),
+            bound,
+            target.verdict().to_owned(),
+        ]);
+    }
+    table
+}
+
+fn ops(rows: &[Row], bench: Bench, imp: Impl, threads: usize) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.bench == bench && r.imp == imp && r.threads == threads)
+        .map(Row::ops_per_s)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).map(|(a, b)| a / b)
+}
+
+/// The throughput targets of the main table.
+pub(crate) fn of_table(rows: &[Row]) -> Vec<Target> {
+    let log = |bench, threads| ops(rows, bench, Impl::LogStore, threads);
+    let sqlite_best = rows
+        .iter()
+        .filter(|r| r.bench == Bench::ReserveNew && r.imp == Impl::SqliteFull)
+        .max_by(|a, b| a.ops_per_s().total_cmp(&b.ops_per_s()));
+    let mut targets = vec![
+        Target::new(
+            "reserve_new: logstore t1 / sqlite_full t1",
+            ratio(
+                log(Bench::ReserveNew, 1),
+                ops(rows, Bench::ReserveNew, Impl::SqliteFull, 1),
+            ),
+            Bound::AtLeast(1.0),
+        ),
+        Target::new(
+            format!(
+                "reserve_new: logstore t16 / sqlite_full best (t{})",
+                sqlite_best.map_or(0, |r| r.threads)
+            ),
+            ratio(log(Bench::ReserveNew, 16), sqlite_best.map(Row::ops_per_s)),
+            Bound::AtLeast(4.0),
+        ),
+        Target::new(
+            "put: logstore t1 / raw_overwrite t1",
+            ratio(
+                log(Bench::Put, 1),
+                ops(rows, Bench::Put, Impl::RawOverwrite, 1),
+            ),
+            Bound::AtLeast(0.8),
+        ),
+        Target::new(
+            "put: logstore t16 / raw_group t16",
+            ratio(
+                log(Bench::Put, 16),
+                ops(rows, Bench::Put, Impl::RawGroup, 16),
+            ),
+            Bound::AtLeast(0.8),
+        ),
+    ];
+    let mut threads: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    for t in threads {
+        targets.push(Target::new(
+            format!("reserve_dup: logstore t{t} / sqlite_full t{t}"),
+            ratio(
+                log(Bench::ReserveDup, t),
+                ops(rows, Bench::ReserveDup, Impl::SqliteFull, t),
+            ),
+            Bound::AtLeast(5.0),
+        ));
+    }
+    targets
+}
