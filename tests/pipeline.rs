@@ -843,11 +843,17 @@ fn a_paused_runner_is_fenced_out_after_a_lock_takeover() {
         // The paused runner wakes and tries to overwrite the transcript.
         go.send(()).unwrap();
         let report = stale.join().unwrap();
-        let RunOutcome::LostLease { stage, reason } = &report.outcome else {
+        // Its write was refused, and the run says why: a newer attempt owns
+        // the job.
+        let RunOutcome::Superseded { stage, reason } = &report.outcome else {
             panic!("{name}: {:?}", report.outcome);
         };
         assert_eq!(stage.as_deref(), Some("transcribe"));
-        assert!(reason.contains("stale fencing token"), "{reason}");
+        assert!(reason.contains("superseded by attempt 2"), "{reason}");
+        assert_eq!(
+            report.stages,
+            [("transcribe".to_owned(), StageAction::Interrupted)]
+        );
         assert_eq!(
             std::fs::read_to_string(job_file(&h, &id, "transcribe")).unwrap(),
             "transcribe(audio of session-1)",
@@ -1130,9 +1136,8 @@ fn stage_actions_are_reported_to_the_observer() {
     h.pipeline.run_job(&id).unwrap();
     h.pipeline.retry(&id).unwrap();
     h.pipeline.run_job(&id).unwrap();
-    let seen = seen.lock().unwrap().clone();
     assert_eq!(
-        seen,
+        seen.lock().unwrap().clone(),
         [
             "transcribe:Started",
             "transcribe:Ran",
@@ -1145,5 +1150,67 @@ fn stage_actions_are_reported_to_the_observer() {
             "export:Ran",
         ]
     );
-    let _ = StageAction::Interrupted;
+
+    // A stage under way when its job is cancelled is reported interrupted,
+    // with the reason, in the notices as in the run's report.
+    seen.lock().unwrap().clear();
+    let cancelled = enqueue(&h, "s2");
+    let (entered, go) = h.script.pause("draft");
+    let runner = {
+        let pipeline = h.pipeline.clone();
+        let id = cancelled.clone();
+        std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+    };
+    entered.recv().unwrap();
+    h.pipeline.cancel(&cancelled).unwrap();
+    go.send(()).unwrap();
+    let report = runner.join().unwrap();
+    assert_eq!(
+        report.stages.last(),
+        Some(&("draft".to_owned(), StageAction::Interrupted))
+    );
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [
+            "transcribe:Started",
+            "transcribe:Ran",
+            "draft:Started",
+            "draft:Interrupted",
+        ]
+    );
+}
+
+#[test]
+fn a_runner_whose_job_was_recovered_meanwhile_stops_and_says_so() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    let (entered, go) = h.script.pause("draft");
+    let runner = {
+        let pipeline = h.pipeline.clone();
+        let id = id.clone();
+        std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+    };
+    entered.recv().unwrap();
+    // An operator's recovery fails the job under the live runner.
+    let recovered = h
+        .pipeline
+        .jobs()
+        .recover(Duration::ZERO, jobsafe::Recovery::Fail)
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    go.send(()).unwrap();
+    let report = runner.join().unwrap();
+    assert_eq!(
+        report.outcome,
+        RunOutcome::NotRunning {
+            stage: Some("draft".to_owned()),
+            status: JobStatus::Failed
+        }
+    );
+    assert!(h.pipeline.checkpoint(&id, "draft").unwrap().is_none());
+    assert_eq!(
+        h.pipeline.jobs().get(&id).unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+    assert_clean(&h, "after the run stopped");
 }

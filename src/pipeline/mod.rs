@@ -3,8 +3,11 @@
 
 mod checkpoint;
 mod cleanup;
+mod commit;
 mod error;
+mod failure;
 mod lease;
+mod outcome;
 mod pass;
 mod paths;
 mod retry;
@@ -15,15 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use checkpoint::{Artifact, Checkpoint};
 pub use cleanup::{Deletion, PurgePolicy, PurgeReport};
 pub use error::{ErrorClass, StageError, classify_io};
+pub use outcome::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use pass::PassReport;
 pub use paths::MAX_ARTIFACT_NAME;
 pub use retry::RetryPolicy;
-pub use run::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use stage::StageContext;
 
 use crate::atomic::AtomicWriter;
@@ -33,7 +34,7 @@ use crate::jobs::{Job, JobState, NewJob};
 use crate::key::{Key, Prefix};
 use crate::ledger::JobLedger;
 use crate::lock::JobLock;
-use crate::record::{self as codec, Extra, Record};
+use crate::record as codec;
 use crate::store::{Expect, Store};
 use crate::vfs::{StdVfs, Vfs};
 
@@ -79,7 +80,11 @@ struct Stage {
 /// - **One runner per subject.** A run holds a [`JobLock`] lease on the job's
 ///   subject (a session, say), renewed by a keep-alive; a second runner finds it
 ///   held and reports [`RunOutcome::Busy`] without touching anything. A run that
-///   loses its lease stops before its next write.
+///   loses its lease stops before its next write and leaves every file alone;
+///   its report says what it found: [`RunOutcome::Superseded`] (another runner
+///   took the job over), [`RunOutcome::LostLease`] (the lease ended, nobody
+///   took over yet) or [`RunOutcome::NotRunning`] (the job was requeued or
+///   failed by another hand, such as [`JobState::recover`]).
 /// - **Cancellation and deletion** are checked between stages; the stage that
 ///   did not finish has its artifacts removed. Cancel keeps finished artifacts;
 ///   [`delete`](Pipeline::delete) removes the job's directory, checkpoints and
@@ -392,20 +397,6 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     }
 }
 
-/// A job's pipeline state besides its record: consecutive transient failures.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct RunState {
-    transient_failures: u32,
-    #[serde(default)]
-    failed_stage: Option<String>,
-    #[serde(flatten)]
-    extra: Extra,
-}
-
-impl Record for RunState {
-    const SCHEMA: u32 = 1;
-}
-
 impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// The job records. Create jobs with [`enqueue`](Pipeline::enqueue), which
     /// records the subject; read them, subscribe to their events or cancel them
@@ -521,14 +512,6 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     fn subject_lock_key(subject: &str) -> Result<Key> {
         Key::new([subject])
-    }
-
-    fn read_run_state(&self, id: &str) -> Result<RunState> {
-        let key = self.run_state_key(id)?;
-        match self.inner.store.get(&key)? {
-            None => Ok(RunState::default()),
-            Some(entry) => codec::decode(&key, &entry.value),
-        }
     }
 
     fn notify(&self, notice: &StageNotice<'_>) {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Pipeline;
 use super::cleanup::PurgeReport;
-use super::run::{RunOutcome, RunReport};
+use super::outcome::{RunOutcome, RunReport};
 use crate::error::Result;
 use crate::jobs::{JobFilter, JobStatus};
 use crate::record::{self as codec, Extra, Record};
