@@ -37,6 +37,9 @@ enum Act {
     /// Writes a partial artifact, tells the test, waits for its go, then
     /// writes `STALE` over its output.
     Pause(Sender<()>, Receiver<()>),
+    /// Does its normal writes, tells the test, waits for its go, then ends as
+    /// the inner act says, without writing anything more.
+    PauseThen(Sender<()>, Receiver<()>, Box<Act>),
 }
 
 /// The stages' script and the log of every stage run.
@@ -100,6 +103,10 @@ fn stage_body(
             Some(i) => String::from_utf8(ctx.read(&output_name(STAGES[i - 1]))?).unwrap(),
         };
         let output = format!("{stage}({input})");
+        let (act, pause) = match act {
+            Some(Act::PauseThen(entered, go, then)) => (Some(*then), Some((entered, go))),
+            other => (other, None),
+        };
         if let Some(Act::Pause(entered, go)) = act {
             ctx.write(&format!("{stage}.part"), b"partial")?;
             entered.send(()).unwrap();
@@ -110,6 +117,10 @@ fn stage_body(
         ctx.write(&output_name(stage), output.as_bytes())?;
         if stage == "transcribe" {
             ctx.write_shared("transcript.txt", output.as_bytes())?;
+        }
+        if let Some((entered, go)) = pause {
+            entered.send(()).unwrap();
+            go.recv().unwrap();
         }
         match act {
             Some(Act::Transient) => {
@@ -866,6 +877,57 @@ fn a_paused_runner_is_fenced_out_after_a_lock_takeover() {
         let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
         assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
         assert_clean(&h, "after the stale runner stopped");
+    }
+}
+
+#[test]
+fn a_runner_that_lost_the_job_leaves_its_successors_files_when_its_stage_fails() {
+    for (name, h) in harnesses() {
+        for (how, then) in [("transient", Act::Transient), ("panic", Act::Panic)] {
+            // Paused in `draft` after writing draft.txt, renewing nothing.
+            let paused = builder(Arc::clone(&h.store), &h.clock, &h.root, &h.script)
+                .renew_every(None)
+                .build()
+                .unwrap();
+            let id = enqueue(&h, "session-1");
+            let (entered_tx, entered) = mpsc::channel();
+            let (go, go_rx) = mpsc::channel();
+            h.script
+                .then("draft", Act::PauseThen(entered_tx, go_rx, Box::new(then)));
+            let stale = {
+                let id = id.clone();
+                std::thread::spawn(move || paused.run_job(&id).unwrap())
+            };
+            entered.recv().unwrap();
+
+            // Its lease ends; a successor takes over, writes draft.txt again
+            // and completes the job.
+            h.clock.advance(LEASE);
+            let successor = h.pipeline.run_job(&id).unwrap();
+            assert_eq!(successor.outcome, RunOutcome::Completed, "{name} {how}");
+
+            // The paused runner wakes and its stage fails: it must not remove
+            // the draft, which is now the successor's.
+            go.send(()).unwrap();
+            let report = stale.join().unwrap();
+            assert!(
+                matches!(
+                    &report.outcome,
+                    RunOutcome::Superseded { stage: Some(s), .. } if s == "draft"
+                ),
+                "{name} {how}: {:?}",
+                report.outcome
+            );
+            assert_eq!(
+                std::fs::read_to_string(job_file(&h, &id, "draft")).unwrap(),
+                "draft(transcribe(audio of session-1))",
+                "{name} {how}: the successor's draft is kept"
+            );
+            let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+            assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
+            assert!(job.error.is_none(), "{name} {how}: no failure recorded");
+            assert_clean(&h, "after the stale runner's failure");
+        }
     }
 }
 

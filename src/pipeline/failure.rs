@@ -39,7 +39,11 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
 impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     /// Ends the attempt for a stage error: back to the queue with a backoff, or
-    /// failed.
+    /// failed. The stage's `partial` artifacts are removed only once the
+    /// failure is recorded (a compare-and-set that checks this runner still
+    /// owns the job) and while the lease is live: a runner that lost the job
+    /// leaves the files alone, since a successor may have written the same
+    /// names.
     pub(super) fn fail(
         &self,
         stage: &str,
@@ -47,7 +51,6 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         error: StageError,
     ) -> Result<RunOutcome> {
         let inner = &self.pipeline.inner;
-        self.remove_artifacts(partial)?;
         let state = self.pipeline.read_run_state(self.id())?;
         let failures = state.transient_failures.saturating_add(1);
         let transient = error.is_transient() && failures < inner.retry.failures_allowed();
@@ -84,7 +87,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             .jobs
             .fail_with(self.worker, job_error.clone(), failure, &[record])
         {
-            return self.refused(e, Some(stage), &[]);
+            // Cancelled or deleted meanwhile: `refused` removes the partial
+            // files; taken over or lease lost: it leaves them.
+            return self.refused(e, Some(stage), partial);
+        }
+        if self.lease.lost().is_none() {
+            self.remove_artifacts(partial)?;
         }
         Ok(match failure {
             Failure::Transient { retry_at_ms } => RunOutcome::RetryScheduled {

@@ -113,7 +113,12 @@ struct Stage {
 /// one file after losing the job. It cannot record a checkpoint, and the file
 /// no longer matches the successor's checkpoint, so the next run redoes that
 /// stage: the damage is detected, not prevented. Filesystems offer no
-/// compare-and-set that would close the gap.
+/// compare-and-set that would close the gap. The same holds for the partial
+/// files of a failed stage: they are removed only after the failure is
+/// recorded (fenced) and while the lease is live, so a runner that lost the job
+/// leaves them alone, but one that stalls between that check and the removal
+/// could remove a successor's file of the same name, which its checkpoint then
+/// reports as missing.
 ///
 /// ```
 /// use std::sync::Arc;
