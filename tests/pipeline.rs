@@ -932,6 +932,46 @@ fn a_runner_that_lost_the_job_leaves_its_successors_files_when_its_stage_fails()
 }
 
 #[test]
+fn a_stale_runner_does_not_recreate_the_directory_of_a_deleted_job() {
+    for (name, h) in harnesses() {
+        let paused = builder(Arc::clone(&h.store), &h.clock, &h.root, &h.script)
+            .renew_every(None)
+            .build()
+            .unwrap();
+        let id = enqueue(&h, "session-1");
+        let (entered, go) = h.script.pause("draft");
+        let stale = {
+            let id = id.clone();
+            std::thread::spawn(move || paused.run_job(&id).unwrap())
+        };
+        entered.recv().unwrap();
+        // Its lease ends, and the job is deleted at once (the subject is free).
+        h.clock.advance(LEASE);
+        assert_eq!(h.pipeline.delete(&id).unwrap(), Deletion::Removed, "{name}");
+        assert!(!h.pipeline.job_dir(&id).exists());
+
+        // The paused runner wakes and tries its next write: refused before
+        // anything, its directory included, is created.
+        go.send(()).unwrap();
+        let report = stale.join().unwrap();
+        assert!(
+            matches!(
+                &report.outcome,
+                RunOutcome::LostLease { stage: Some(s), .. } if s == "draft"
+            ),
+            "{name}: {:?}",
+            report.outcome
+        );
+        assert!(
+            !h.pipeline.job_dir(&id).exists(),
+            "{name}: the deleted job's directory was recreated"
+        );
+        assert!(h.pipeline.jobs().get(&id).unwrap().is_none());
+        assert_clean(&h, "after the stale runner stopped");
+    }
+}
+
+#[test]
 fn losing_the_lease_stops_the_run_before_its_next_write() {
     let h = mem_harness();
     let id = enqueue(&h, "session-1");

@@ -67,7 +67,9 @@ struct Stage {
 ///   directory) and [`StageContext::write_shared`] (the subject's directory,
 ///   shared by its jobs), which go through an [`AtomicWriter`]: a crash leaves
 ///   the old file or the new, never a mix. Each write is fenced: it commits only
-///   if the runner still owns the job (attempt and fencing token) and its lease.
+///   if the runner still owns the job (attempt and fencing token) and its lease,
+///   checked before the write creates a directory or a temp file and again
+///   just before its rename.
 ///   The checkpoint is stored in one atomic batch with a compare-and-set of the
 ///   job record that checks the same, so a runner that lost the job cannot
 ///   record anything.

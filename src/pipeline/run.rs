@@ -411,7 +411,8 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         Ok(())
     }
 
-    /// Checks, just before a write commits, that this runner still owns the job.
+    /// Checks that this runner still owns the job and its lease: before a write
+    /// creates anything, and again just before it commits.
     fn fence(&self, path: &Path) -> Result<()> {
         let stale = |reason: String| Error::StaleWorker {
             id: self.id().to_owned(),
@@ -439,6 +440,9 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
     fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact> {
         let inner = &self.pipeline.inner;
         let target = inner.root.join(&rel);
+        // Before anything touches the disk: a stale runner must not recreate
+        // the directory of a job deleted after it lost the lease.
+        self.fence(&target)?;
         if let Some(dir) = target.parent() {
             inner
                 .writer
@@ -448,7 +452,9 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         }
         let mut pending = inner.writer.begin(&target)?;
         pending.write_bytes(bytes)?;
-        // On refusal the pending file is dropped, which removes its temp file.
+        // Again just before the rename: the job may have been taken over while
+        // the bytes were written. On refusal the pending file is dropped, which
+        // removes its temp file.
         self.fence(&target)?;
         pending.commit()?;
         Ok(Artifact::of(rel, bytes))
