@@ -638,6 +638,136 @@ fn io_errors_are_classified_by_kind() {
     assert_eq!(corrupt.class(), ErrorClass::Permanent);
 }
 
+#[test]
+fn an_unreadable_checkpoint_is_moved_aside_and_its_stage_runs_again() {
+    let mem = Arc::new(jobsafe::MemStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let dir_store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
+    let garbage: &[u8] = b"{\"schema\":1,\"stage\":";
+    for (name, store) in [
+        ("mem", Arc::clone(&mem) as Arc<dyn Store>),
+        ("dir", dir_store),
+    ] {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let h = {
+            let notices = Arc::clone(&notices);
+            harness_on(store, None, START_MS, move |b| {
+                let notices = Arc::clone(&notices);
+                b.on_stage(move |n| {
+                    let detail = n.detail.unwrap_or_default().to_owned();
+                    notices
+                        .lock()
+                        .unwrap()
+                        .push((n.stage.to_owned(), n.action, detail));
+                })
+            })
+        };
+        let id = enqueue(&h, "session-1");
+        h.script.then("export", Act::Permanent);
+        h.pipeline.run_job(&id).unwrap();
+        let later = enqueue(&h, "session-2");
+        let key = Key::new(["pipeline", "checkpoint", id.as_str(), "draft"]).unwrap();
+        h.store.put(&key, garbage, jobsafe::Expect::Any).unwrap();
+        assert!(
+            h.pipeline
+                .checkpoint(&id, "draft")
+                .unwrap_err()
+                .is_corrupt()
+        );
+        h.pipeline.retry(&id).unwrap();
+
+        // One pass runs both jobs: the damaged checkpoint counts as stale.
+        let pass = h.pipeline.run_pass().unwrap();
+        assert!(pass.errors.is_empty(), "{name}: {:?}", pass.errors);
+        assert_eq!(pass.runs.len(), 2, "{name}");
+        let run = pass.runs.iter().find(|r| r.job_id == id).unwrap();
+        assert_eq!(run.outcome, RunOutcome::Completed, "{name}");
+        assert_eq!(run.skipped(), ["transcribe"]);
+        assert_eq!(run.ran(), ["draft", "export"]);
+        let other = pass.runs.iter().find(|r| r.job_id == later).unwrap();
+        assert_eq!(other.outcome, RunOutcome::Completed, "{name}");
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
+        assert!(h.pipeline.checkpoint(&id, "draft").unwrap().is_some());
+
+        // The notice says what was wrong and where the bytes went; they are
+        // kept there.
+        let notices = notices.lock().unwrap().clone();
+        let (_, _, detail) = notices
+            .iter()
+            .find(|(stage, action, detail)| {
+                stage == "draft" && *action == StageAction::Started && !detail.is_empty()
+            })
+            .unwrap();
+        assert!(detail.contains("corrupt record"), "{name}: {detail}");
+        let location = detail.split("moved to ").nth(1).unwrap();
+        if name == "mem" {
+            assert_eq!(mem.quarantined(), [(key.clone(), garbage.to_vec())]);
+        } else {
+            let kept = std::fs::read(location).unwrap();
+            assert!(kept.ends_with(garbage), "{name}: {location}");
+        }
+        assert_clean(&h, "after the stage ran again");
+    }
+}
+
+#[test]
+fn an_unreadable_failure_count_is_moved_aside_and_counting_starts_again() {
+    let mem = Arc::new(jobsafe::MemStore::new());
+    let h = harness_on(Arc::clone(&mem) as Arc<dyn Store>, None, START_MS, |b| b);
+    let id = enqueue(&h, "session-1");
+    h.script.then("draft", Act::Transient);
+    h.script.then("draft", Act::Transient);
+    let RunOutcome::RetryScheduled { retry_at_ms, .. } = h.pipeline.run_job(&id).unwrap().outcome
+    else {
+        panic!("expected a retry");
+    };
+    let key = Key::new(["pipeline", "run", id.as_str()]).unwrap();
+    h.store
+        .put(&key, b"not json", jobsafe::Expect::Any)
+        .unwrap();
+    h.clock.set(retry_at_ms);
+    let RunOutcome::RetryScheduled {
+        failures, error, ..
+    } = h.pipeline.run_job(&id).unwrap().outcome
+    else {
+        panic!("expected a retry");
+    };
+    assert_eq!(failures, 1, "the lost count starts again");
+    assert!(
+        error.internal_message().contains("unreadable"),
+        "{}",
+        error.internal_message()
+    );
+    assert_eq!(mem.quarantined(), [(key, b"not json".to_vec())]);
+    assert_clean(&h, "after the failure");
+}
+
+#[test]
+fn a_pass_reports_a_jobs_error_and_still_runs_the_other_jobs() {
+    let h = mem_harness();
+    let broken = enqueue(&h, "session-1");
+    h.script.then("export", Act::Permanent);
+    h.pipeline.run_job(&broken).unwrap();
+    // A disk problem the run cannot get past: an artifact replaced by a
+    // directory, which cannot be read to verify it.
+    let transcript = job_file(&h, &broken, "transcribe");
+    std::fs::remove_file(&transcript).unwrap();
+    std::fs::create_dir(&transcript).unwrap();
+    h.pipeline.retry(&broken).unwrap();
+    let fine = enqueue(&h, "session-2");
+
+    let pass = h.pipeline.run_pass().unwrap();
+    assert_eq!(pass.errors.len(), 1, "{:?}", pass.errors);
+    let (job, error) = &pass.errors[0];
+    assert_eq!(job, &broken);
+    assert!(error.to_string().contains("read artifact"), "{error}");
+    assert_eq!(pass.runs.len(), 1);
+    assert_eq!(pass.runs[0].job_id, fine);
+    assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+    assert_clean(&h, "after the pass");
+}
+
 // ---------------------------------------------------------------- phase 3
 
 #[test]

@@ -146,33 +146,41 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 
     /// Completes the deletions marked by [`delete`](Pipeline::delete) whose
-    /// subject was busy, returning how many.
-    pub(crate) fn finish_deletions(&self) -> Result<usize> {
+    /// subject was busy, returning how many; the error of one deletion goes to
+    /// `errors` (by job id) and the others go on.
+    pub(crate) fn finish_deletions(&self, errors: &mut Vec<(String, Error)>) -> Result<usize> {
         let mut done = 0;
         for key in self.inner.store.list_all(&self.prefix(&["deleting"])?)? {
             let Some(id) = key.segments().last() else {
                 continue;
             };
-            let subject = match self.inner.jobs.get(id)? {
-                Some(job) => Self::subject_of(&job).to_owned(),
-                None => id.clone(),
-            };
-            if let Ok(lease) = self.acquire(&subject, id)? {
-                let outcome = match self.inner.jobs.get(id)? {
-                    Some(job) if job.status == JobStatus::Running => {
-                        match self.inner.jobs.cancel(id) {
-                            Ok(_) => self.remove_job(id),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    _ => self.remove_job(id),
-                };
-                lease.release();
-                outcome?;
-                done += 1;
+            match self.finish_deletion(id) {
+                Ok(true) => done += 1,
+                Ok(false) => {}
+                Err(e) => errors.push((id.clone(), e)),
             }
         }
         Ok(done)
+    }
+
+    /// Completes the deletion of job `id` if its subject is free.
+    fn finish_deletion(&self, id: &str) -> Result<bool> {
+        let subject = match self.inner.jobs.get(id)? {
+            Some(job) => Self::subject_of(&job).to_owned(),
+            None => id.to_owned(),
+        };
+        let Ok(lease) = self.acquire(&subject, id)? else {
+            return Ok(false);
+        };
+        let outcome = match self.inner.jobs.get(id) {
+            Ok(Some(job)) if job.status == JobStatus::Running => {
+                self.inner.jobs.cancel(id).and_then(|_| self.remove_job(id))
+            }
+            Ok(_) => self.remove_job(id),
+            Err(e) => Err(e),
+        };
+        lease.release();
+        outcome.map(|_| true)
     }
 
     /// Purges, by the configured [`PurgePolicy`]: finished and abandoned queued

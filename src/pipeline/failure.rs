@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Pipeline;
 use super::checkpoint::Artifact;
 use super::error::StageError;
 use super::outcome::RunOutcome;
@@ -27,16 +26,6 @@ impl Record for RunState {
     const SCHEMA: u32 = 1;
 }
 
-impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
-    pub(super) fn read_run_state(&self, id: &str) -> Result<RunState> {
-        let key = self.run_state_key(id)?;
-        match self.inner.store.get(&key)? {
-            None => Ok(RunState::default()),
-            Some(entry) => codec::decode(&key, &entry.value),
-        }
-    }
-}
-
 impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     /// Ends the attempt for a stage error: back to the queue with a backoff, or
     /// failed. The stage's `partial` artifacts are removed only once the
@@ -51,7 +40,11 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         error: StageError,
     ) -> Result<RunOutcome> {
         let inner = &self.pipeline.inner;
-        let state = self.pipeline.read_run_state(self.id())?;
+        let key = self.pipeline.run_state_key(self.id())?;
+        let (state, unreadable) = match self.pipeline.read_or_quarantine::<RunState>(&key)? {
+            Ok(state) => (state.unwrap_or_default(), None),
+            Err(unreadable) => (RunState::default(), Some(unreadable)),
+        };
         let failures = state.transient_failures.saturating_add(1);
         let transient = error.is_transient() && failures < inner.retry.failures_allowed();
         let requested = error.requested_delay();
@@ -60,6 +53,11 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         let mut internal = format!("stage {stage}: {}", original.internal_message());
         if exhausted {
             internal.push_str(&format!(" (gave up after {failures} transient failures)"));
+        }
+        if let Some(unreadable) = unreadable {
+            internal.push_str(&format!(
+                " (the count of earlier transient failures was unreadable and starts again: {unreadable})"
+            ));
         }
         let mut job_error = JobError::new(original.client_message()).internal(internal);
         if let Some(code) = original.error_code() {
@@ -73,7 +71,6 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         } else {
             (Failure::Permanent, 0)
         };
-        let key = self.pipeline.run_state_key(self.id())?;
         let state = RunState {
             transient_failures: next,
             extra: state.extra,

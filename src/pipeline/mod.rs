@@ -62,7 +62,12 @@ struct Stage {
 /// - **Idempotent re-runs.** A stage whose checkpoint is recorded and whose
 ///   artifacts all verify (present, same length and SHA-256, after the same
 ///   earlier artifacts) is skipped, and its files are not touched: their mtimes
-///   stay. A missing or altered artifact makes the stage run again.
+///   stay. A missing or altered artifact makes the stage run again, and so does
+///   a checkpoint record that cannot be decoded: the store moves it aside
+///   ([`Store::quarantine`], which keeps its bytes) and the observer's
+///   [`StageNotice`] says why and where it went. An undecodable count of
+///   transient failures is moved aside the same way and counting starts again
+///   (the job's internal error message says so).
 /// - **Artifacts.** Stages write through [`StageContext::write`] (the job's own
 ///   directory) and [`StageContext::write_shared`] (the subject's directory,
 ///   shared by its jobs), which go through an [`AtomicWriter`]: a crash leaves
@@ -519,6 +524,33 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     fn subject_lock_key(subject: &str) -> Result<Key> {
         Key::new([subject])
+    }
+
+    /// The record at `key`, `Ok(None)` if absent, or, if it cannot be decoded,
+    /// `Err` saying why and where the store moved its bytes: an unreadable
+    /// checkpoint or failure count must not stop every run of its job, and
+    /// its bytes are kept for a look. A record of a newer schema is an error,
+    /// left in place for the deploy that wrote it.
+    fn read_or_quarantine<R: codec::Record>(
+        &self,
+        key: &Key,
+    ) -> Result<std::result::Result<Option<R>, String>> {
+        let read = match self.inner.store.get(key) {
+            Ok(None) => return Ok(Ok(None)),
+            Ok(Some(entry)) => codec::decode(key, &entry.value),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(record) => Ok(Ok(Some(record))),
+            Err(e @ Error::Corrupt { .. }) => {
+                let moved = match self.inner.store.quarantine(key)? {
+                    Some(moved) => format!("moved to {}", moved.location),
+                    None => "it was gone already".to_owned(),
+                };
+                Ok(Err(format!("{e}; {moved}")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn notify(&self, notice: &StageNotice<'_>) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::checkpoint::{Artifact, Verdict};
+use super::checkpoint::{Artifact, Checkpoint, Verdict};
 use super::error::StageError;
 use super::lease::Lease;
 use super::outcome::{RunOutcome, RunReport, StageAction, Stop};
@@ -30,7 +30,8 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// running, is taken over by the next run once the lease ends.
     ///
     /// # Errors
-    /// Store and I/O errors; [`Error::Corrupt`] for unreadable records.
+    /// Store and I/O errors; [`Error::Corrupt`] for an unreadable job record;
+    /// [`Error::UnsupportedSchema`] for a record written by a newer version.
     pub fn run_job(&self, id: &str) -> Result<RunReport> {
         let mut report = RunReport {
             job_id: id.to_owned(),
@@ -204,9 +205,11 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             if let Err(e) = entered {
                 return self.refused(e, None, &[]);
             }
-            let stale = match self.pipeline.checkpoint(self.id(), &stage.name)? {
-                None => None,
-                Some(checkpoint) => {
+            let key = self.pipeline.checkpoint_key(self.id(), &stage.name)?;
+            let stale = match self.pipeline.read_or_quarantine::<Checkpoint>(&key)? {
+                Ok(None) => None,
+                Err(unreadable) => Some(format!("its checkpoint was unreadable: {unreadable}")),
+                Ok(Some(checkpoint)) => {
                     match checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain)? {
                         Verdict::Valid => {
                             let skipped = inner.jobs.append_event_with(
