@@ -233,6 +233,90 @@ fn assert_clean(h: &Harness, when: &str) {
     );
 }
 
+/// Where a [`Hooked`] store runs its hook.
+enum Trigger {
+    /// Before the first write (put, delete or batch) that touches the key.
+    Write(Key),
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// A `MemStore` that runs a hook once, just before the operation its trigger
+/// names: a test's way to put another actor exactly between two steps.
+#[derive(Default)]
+struct Hooked {
+    inner: jobsafe::MemStore,
+    hook: Mutex<Option<(Trigger, Hook)>>,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked").finish_non_exhaustive()
+    }
+}
+
+impl Hooked {
+    fn arm(&self, trigger: Trigger, hook: impl FnOnce() + Send + 'static) {
+        *self.hook.lock().unwrap() = Some((trigger, Box::new(hook)));
+    }
+
+    fn fire_if(&self, matches: impl Fn(&Trigger) -> bool) {
+        let hook = {
+            let mut armed = self.hook.lock().unwrap();
+            match armed.take() {
+                Some((trigger, hook)) if matches(&trigger) => Some(hook),
+                other => {
+                    *armed = other;
+                    None
+                }
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    fn fire_on_write(&self, key: &Key) {
+        self.fire_if(|Trigger::Write(k)| k == key);
+    }
+}
+
+impl Store for Hooked {
+    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
+        self.inner.get(key)
+    }
+    fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        expect: jobsafe::Expect,
+    ) -> jobsafe::Result<jobsafe::Version> {
+        self.fire_on_write(key);
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
+        self.fire_on_write(key);
+        self.inner.delete(key, expect)
+    }
+    fn list(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> jobsafe::Result<jobsafe::ListPage> {
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::Applied>> {
+        for op in batch.ops() {
+            self.fire_on_write(op.key());
+        }
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Quarantined>> {
+        self.inner.quarantine(key)
+    }
+}
+
 fn mtime(path: &Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
 }
@@ -581,6 +665,72 @@ fn a_permanent_failure_fails_and_a_manual_retry_resumes_at_the_failed_stage() {
         assert_eq!(mtime(&job_file(&h, &id, "transcribe")), transcript_mtime);
         assert_eq!(h.pipeline.jobs().get(&id).unwrap().unwrap().attempt, 2);
         assert_clean(&h, "after the manual retry");
+    }
+}
+
+#[test]
+fn a_manual_retry_never_wipes_the_failure_count_of_a_run_that_followed_it() {
+    let store = Arc::new(Hooked::default());
+    let h = harness_on(Arc::clone(&store) as Arc<dyn Store>, None, START_MS, |b| b);
+    let id = enqueue(&h, "session-1");
+    h.script.then("draft", Act::Permanent);
+    assert!(matches!(
+        h.pipeline.run_job(&id).unwrap().outcome,
+        RunOutcome::Failed { .. }
+    ));
+    h.script.then("draft", Act::Transient);
+    h.script.then("draft", Act::Transient);
+
+    // A runner (another process's pass) runs the job at the moment the retry
+    // writes the failure count: after the job is requeued, if those are two
+    // writes.
+    let hooked = Arc::new(Mutex::new(None));
+    {
+        let pipeline = h.pipeline.clone();
+        let hooked = Arc::clone(&hooked);
+        let id = id.clone();
+        let run_state = Key::new(["pipeline", "run", id.as_str()]).unwrap();
+        store.arm(Trigger::Write(run_state), move || {
+            *hooked.lock().unwrap() = Some(pipeline.run_job(&id).unwrap().outcome);
+        });
+    }
+    h.pipeline.retry(&id).unwrap();
+    let mut transient = 0;
+    match hooked.lock().unwrap().take().unwrap() {
+        RunOutcome::RetryScheduled {
+            failures,
+            retry_at_ms,
+            ..
+        } => {
+            transient += 1;
+            assert_eq!(failures, 1);
+            h.clock.set(retry_at_ms);
+        }
+        other => assert!(
+            matches!(
+                other,
+                RunOutcome::NotDue {
+                    status: JobStatus::Failed,
+                    ..
+                }
+            ),
+            "{other:?}"
+        ),
+    }
+    // Every transient failure since the retry is counted, whatever the
+    // interleaving was.
+    while transient < 2 {
+        let RunOutcome::RetryScheduled {
+            failures,
+            retry_at_ms,
+            ..
+        } = h.pipeline.run_job(&id).unwrap().outcome
+        else {
+            panic!("expected a transient failure");
+        };
+        transient += 1;
+        assert_eq!(failures, transient, "the count since the retry");
+        h.clock.set(retry_at_ms);
     }
 }
 

@@ -35,7 +35,7 @@ use crate::key::{Key, Prefix};
 use crate::ledger::JobLedger;
 use crate::lock::JobLock;
 use crate::record as codec;
-use crate::store::{Expect, Store};
+use crate::store::{Expect, Op, Store};
 use crate::vfs::{StdVfs, Vfs};
 
 /// The metadata field of a job that names its subject.
@@ -477,16 +477,18 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     /// Puts a failed job back in the queue; its next run resumes at the stage
     /// that failed (finished stages verify and are skipped), with a fresh count
-    /// of transient failures.
+    /// of transient failures. The requeue and the reset of the count are one
+    /// atomic write, so a runner that picks the job up at once keeps the count
+    /// of its own failures.
     ///
     /// # Errors
     /// As [`JobState::retry`].
     pub fn retry(&self, id: &str) -> Result<Job> {
-        let job = self.inner.jobs.retry(id)?;
-        self.inner
-            .store
-            .delete(&self.run_state_key(id)?, Expect::Any)?;
-        Ok(job)
+        let reset = Op::Delete {
+            key: self.run_state_key(id)?,
+            expect: Expect::Any,
+        };
+        self.inner.jobs.retry_with(id, &[reset])
     }
 
     /// Cancels job `id` ([`JobState::cancel`]). A running job stops at its next
