@@ -237,6 +237,8 @@ fn assert_clean(h: &Harness, when: &str) {
 enum Trigger {
     /// Before the first write (put, delete or batch) that touches the key.
     Write(Key),
+    /// Before the first listing of exactly this prefix.
+    List(Prefix),
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -277,7 +279,7 @@ impl Hooked {
     }
 
     fn fire_on_write(&self, key: &Key) {
-        self.fire_if(|Trigger::Write(k)| k == key);
+        self.fire_if(|t| matches!(t, Trigger::Write(k) if k == key));
     }
 }
 
@@ -304,6 +306,7 @@ impl Store for Hooked {
         after: Option<&Key>,
         limit: usize,
     ) -> jobsafe::Result<jobsafe::ListPage> {
+        self.fire_if(|t| matches!(t, Trigger::List(p) if p == prefix));
         self.inner.list(prefix, after, limit)
     }
     fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::Applied>> {
@@ -1418,6 +1421,44 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
         0,
         "a second purge finds nothing"
     );
+}
+
+#[test]
+fn purge_leaves_a_job_retried_while_it_was_being_purged() {
+    let store = Arc::new(Hooked::default());
+    let h = harness_on(Arc::clone(&store) as Arc<dyn Store>, None, START_MS, |b| b);
+    let id = enqueue(&h, "session-1");
+    h.script.then("draft", Act::Permanent);
+    h.pipeline.run_job(&id).unwrap();
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+
+    // An operator retries the job while the purge is removing it (a manual
+    // retry needs no subject lock): after the purge read the job, before it
+    // removed anything.
+    let retried = Arc::new(Mutex::new(None));
+    {
+        let pipeline = h.pipeline.clone();
+        let retried = Arc::clone(&retried);
+        let id = id.clone();
+        let checkpoints = Prefix::new(["pipeline", "checkpoint", id.as_str()]).unwrap();
+        store.arm(Trigger::List(checkpoints), move || {
+            *retried.lock().unwrap() = Some(pipeline.retry(&id).unwrap().status);
+        });
+    }
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(retried.lock().unwrap().take(), Some(JobStatus::Queued));
+    assert_eq!(report.jobs.total(), 0, "{report:?}");
+    assert_eq!((report.checkpoints, report.artifact_dirs), (0, 0));
+
+    // The retry stands: the job, its checkpoint and its files are there, and
+    // its next run resumes where it failed.
+    let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert!(h.pipeline.checkpoint(&id, "transcribe").unwrap().is_some());
+    assert!(job_file(&h, &id, "transcribe").exists());
+    let run = h.pipeline.run_job(&id).unwrap();
+    assert_eq!(run.outcome, RunOutcome::Completed);
+    assert_eq!(run.skipped(), ["transcribe"]);
 }
 
 #[test]

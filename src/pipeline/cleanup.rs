@@ -8,7 +8,7 @@ use super::{Pipeline, paths};
 use crate::error::{Error, Result};
 use crate::jobs::{JobFilter, JobStatus, PurgeCounts};
 use crate::key::Prefix;
-use crate::store::{Batch, Expect, Store};
+use crate::store::{Batch, Expect, Op, Store};
 use crate::vfs::{FileKind, Vfs};
 
 /// The outcome of [`Pipeline::delete`].
@@ -189,7 +189,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// lock leases, and old temp files. Returns the counts.
     ///
     /// Safe while runners work: running jobs are never purged, and a job is
-    /// removed only under its subject's lock.
+    /// removed only under its subject's lock and only if its record has not
+    /// changed since the purge read it (a manual retry meanwhile wins): its
+    /// record, events and checkpoints go in one batch that checks that, and its
+    /// directory after.
     ///
     /// # Errors
     /// Store and I/O errors.
@@ -251,7 +254,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         Ok(report)
     }
 
-    /// Removes one finished job if its record is still at `version`.
+    /// Removes one finished job if its record is still at `version`: the record,
+    /// its events, checkpoints and failure count in one batch that checks the
+    /// version (a manual retry since the listing wins), then its directory.
+    /// A crash between the two leaves an orphan directory for a later purge.
     fn purge_job(
         &self,
         id: &str,
@@ -259,19 +265,23 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         report: &mut PurgeReport,
     ) -> Result<bool> {
         let inner = &self.inner;
-        match inner.jobs.get(id)? {
-            Some(job) if job.version == version => {}
-            _ => return Ok(false), // changed since the listing (a manual retry, say)
-        }
-        report.artifact_dirs += remove_dir_all(&self.job_dir(id))?;
         let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
-        report.checkpoints += checkpoints.len();
-        let mut batch = Batch::new().delete(&self.run_state_key(id)?, Expect::Any);
+        let mut extra = vec![Op::Delete {
+            key: self.run_state_key(id)?,
+            expect: Expect::Any,
+        }];
         for key in &checkpoints {
-            batch = batch.delete(key, Expect::Any);
+            extra.push(Op::Delete {
+                key: key.clone(),
+                expect: Expect::Any,
+            });
         }
-        inner.store.apply(&batch)?;
-        inner.jobs.delete(id)
+        if !inner.jobs.delete_at_with(id, version, &extra)? {
+            return Ok(false); // changed since the listing (a manual retry, say)
+        }
+        report.checkpoints += checkpoints.len();
+        report.artifact_dirs += remove_dir_all(&self.job_dir(id))?;
+        Ok(true)
     }
 
     /// Directories and checkpoints of jobs that no longer exist (a deletion
