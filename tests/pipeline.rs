@@ -1462,6 +1462,47 @@ fn purge_leaves_a_job_retried_while_it_was_being_purged() {
 }
 
 #[test]
+fn purge_keeps_the_files_of_a_job_whose_record_cannot_be_read() {
+    // Orphan directories are aged by their file times: a clock at the real time.
+    let h = harness_on(
+        Arc::new(jobsafe::MemStore::new()),
+        None,
+        real_now_ms(),
+        |b| b,
+    );
+    let damaged = enqueue(&h, "session-1");
+    h.pipeline.run_job(&damaged).unwrap();
+    let old = enqueue(&h, "session-2");
+    h.pipeline.run_job(&old).unwrap();
+    let key = Key::new(["pipeline", "jobs", "job", damaged.as_str()]).unwrap();
+    h.store
+        .put(&key, b"not json", jobsafe::Expect::Any)
+        .unwrap();
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+
+    for round in ["first", "second"] {
+        let report = h.pipeline.purge().unwrap();
+        assert_eq!(
+            report.unreadable_jobs,
+            std::slice::from_ref(&key),
+            "{round} purge"
+        );
+        assert!(
+            h.pipeline.job_dir(&damaged).join("export.txt").exists(),
+            "{round} purge: the unreadable job's files are kept"
+        );
+        for stage in STAGES {
+            assert!(h.pipeline.checkpoint(&damaged, stage).unwrap().is_some());
+        }
+        if round == "first" {
+            // The readable old job is purged as usual.
+            assert_eq!(report.jobs.complete, 1);
+            assert!(!h.pipeline.job_dir(&old).exists());
+        }
+    }
+}
+
+#[test]
 fn a_runner_pass_purges_on_its_schedule_and_reports_it() {
     let h = harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| {
         b.purge_every(Duration::from_secs(3600))

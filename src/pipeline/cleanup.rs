@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::{Pipeline, paths};
 use crate::error::{Error, Result};
 use crate::jobs::{JobFilter, JobStatus, PurgeCounts};
-use crate::key::Prefix;
+use crate::key::{Key, Prefix};
 use crate::store::{Batch, Expect, Op, Store};
 use crate::vfs::{FileKind, Vfs};
 
@@ -58,8 +58,8 @@ impl Default for PurgePolicy {
     }
 }
 
-/// What [`Pipeline::purge`] removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What [`Pipeline::purge`] removed, and the job records it could not read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgeReport {
     /// Job records removed, with their events, checkpoints and directories.
     pub jobs: PurgeCounts,
@@ -74,6 +74,11 @@ pub struct PurgeReport {
     pub locks: usize,
     /// Temp files of crashed writers removed.
     pub temp_files: usize,
+    /// Job records that could not be read: their jobs, directories and
+    /// checkpoints were kept (move a record aside with
+    /// [`Store::quarantine`] after a look). Not counted in
+    /// [`total`](PurgeReport::total).
+    pub unreadable_jobs: Vec<Key>,
 }
 
 impl PurgeReport {
@@ -188,6 +193,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// checkpoints, expired ledger reservations (if a ledger was given), ended
     /// lock leases, and old temp files. Returns the counts.
     ///
+    /// A job record that cannot be read fails nothing: the job's directory and
+    /// checkpoints are kept, and its key is in
+    /// [`PurgeReport::unreadable_jobs`].
+    ///
     /// Safe while runners work: running jobs are never purged, and a job is
     /// removed only under its subject's lock and only if its record has not
     /// changed since the purge read it (a manual retry meanwhile wins): its
@@ -203,7 +212,15 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut report = PurgeReport::default();
         let mut kept = BTreeSet::new();
-        for job in inner.jobs.list(&JobFilter::default())?.jobs {
+        let list = inner.jobs.list(&JobFilter::default())?;
+        for (key, _) in list.unreadable {
+            // Its status and age are unknown: keep everything it may own.
+            if let Some(id) = key.segments().last() {
+                kept.insert(paths::dir_name(id));
+            }
+            report.unreadable_jobs.push(key);
+        }
+        for job in list.jobs {
             let due = match job.status {
                 JobStatus::Running => false,
                 JobStatus::Queued => {
@@ -224,7 +241,15 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let removed = self.purge_job(&job.id, job.version, &mut report);
             lease.release();
-            if removed? {
+            let removed = match removed {
+                // Damaged since the listing: kept, and reported.
+                Err(Error::Corrupt { key, .. }) if key.segments().last() == Some(&job.id) => {
+                    report.unreadable_jobs.push(key);
+                    false
+                }
+                other => other?,
+            };
+            if removed {
                 let count = match job.status {
                     JobStatus::Complete => &mut report.jobs.complete,
                     JobStatus::Failed => &mut report.jobs.failed,
@@ -312,8 +337,15 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             let Some(id) = key.segments().get(inner.namespace.segments().len() + 1) else {
                 continue;
             };
-            if !seen.insert(id.clone()) || inner.jobs.get(id)?.is_some() {
+            if !seen.insert(id.clone()) {
                 continue;
+            }
+            match inner.jobs.get(id) {
+                Ok(None) => {}
+                // Its job exists, or may: an unreadable record keeps them.
+                Ok(Some(_)) => continue,
+                Err(e) if e.is_corrupt() => continue,
+                Err(e) => return Err(e),
             }
             let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
             let mut batch = Batch::new();
