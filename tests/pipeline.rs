@@ -1387,10 +1387,12 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
         panic!("free")
     };
     let _ = stale.into_handle();
-    // A temp file left by a crashed writer in a subject directory.
+    // A temp file left by a crashed writer in the directory of a subject that
+    // still has a job.
+    std::fs::create_dir_all(h.pipeline.subject_dir("s3")).unwrap();
     let crashed = h
         .pipeline
-        .subject_dir("s1")
+        .subject_dir("s3")
         .join(format!(".x.0{TEMP_SUFFIX}"));
     std::fs::write(&crashed, b"partial").unwrap();
 
@@ -1404,6 +1406,9 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
         (1, 1, 0)
     );
     assert_eq!(report.artifact_dirs, 2);
+    assert_eq!(report.subject_dirs, 2, "s1 and s2 have no job left");
+    assert!(!h.pipeline.subject_dir("s1").exists());
+    assert!(h.pipeline.subject_dir("s3").exists());
     assert_eq!(
         report.checkpoints,
         3 + 1,
@@ -1500,6 +1505,94 @@ fn purge_keeps_the_files_of_a_job_whose_record_cannot_be_read() {
             assert!(!h.pipeline.job_dir(&old).exists());
         }
     }
+}
+
+#[test]
+fn purge_removes_a_subjects_shared_files_once_no_job_of_it_remains() {
+    let h = mem_harness();
+    let first = enqueue(&h, "session-1");
+    h.pipeline.run_job(&first).unwrap();
+    let second = enqueue(&h, "session-1");
+    // A subject that is not a plain name: its directory name is a hash.
+    let hashed = enqueue(&h, "Session B");
+    h.pipeline.run_job(&hashed).unwrap();
+    let shared = |subject: &str| h.pipeline.subject_dir(subject).join("transcript.txt");
+    assert!(shared("session-1").exists() && shared("Session B").exists());
+
+    // The old jobs go; session-1 still has a queued job, Session B none.
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(report.jobs.complete, 2);
+    assert_eq!(report.subject_dirs, 1);
+    assert!(!h.pipeline.subject_dir("Session B").exists());
+    assert!(shared("session-1").exists(), "its queued job may use it");
+
+    // session-1's last job runs, ages and goes: so does its directory.
+    h.pipeline.run_job(&second).unwrap();
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!((report.jobs.complete, report.subject_dirs), (1, 1));
+    assert!(!h.pipeline.subject_dir("session-1").exists());
+
+    // A deleted job leaves its subject's files (other jobs may share them);
+    // the next purge removes them, but not while a runner holds the subject.
+    let deleted = enqueue(&h, "session-3");
+    h.pipeline.run_job(&deleted).unwrap();
+    assert_eq!(h.pipeline.delete(&deleted).unwrap(), Deletion::Removed);
+    assert!(shared("session-3").exists());
+    let Acquire::Acquired(guard) = h
+        .pipeline
+        .locks()
+        .acquire(
+            &Key::new(["session-3"]).unwrap(),
+            LEASE,
+            &LockRequest::new(),
+        )
+        .unwrap()
+    else {
+        panic!("free")
+    };
+    assert_eq!(h.pipeline.purge().unwrap().subject_dirs, 0);
+    assert!(
+        shared("session-3").exists(),
+        "kept while the subject is held"
+    );
+    guard.release().unwrap();
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!((report.subject_dirs, report.total()), (1, 1));
+    assert!(!h.pipeline.subject_dir("session-3").exists());
+    assert_clean(&h, "after the purges");
+}
+
+#[test]
+fn job_directories_are_removed_through_the_vfs_and_the_removal_is_flushed() {
+    let vfs = jobsafe::vfs::Counting::new(jobsafe::vfs::StdVfs);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        dir.path(),
+    )
+    .writer(jobsafe::AtomicWriter::with_vfs(vfs.clone()))
+    .stage("write", |ctx| {
+        ctx.write("a.txt", b"a")?;
+        ctx.write("b.txt", b"b")?;
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("x")).unwrap();
+    pipeline.run_job(&job.id).unwrap();
+    let before = vfs.counts();
+    assert_eq!(pipeline.delete(&job.id).unwrap(), Deletion::Removed);
+    let after = vfs.counts();
+    assert!(!pipeline.job_dir(&job.id).exists());
+    assert_eq!(
+        after.removes - before.removes,
+        3,
+        "two files and the directory"
+    );
+    assert!(after.dir_syncs > before.dir_syncs, "the parent was flushed");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Deleting jobs with their artifacts, and purging what is old.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Pipeline, paths};
@@ -68,6 +69,9 @@ pub struct PurgeReport {
     pub artifact_dirs: usize,
     /// Checkpoint records removed.
     pub checkpoints: usize,
+    /// Subject directories (shared artifacts) removed once no job of their
+    /// subject remained.
+    pub subject_dirs: usize,
     /// Expired ledger reservations removed.
     pub reservations: usize,
     /// Lock records whose lease had ended, removed.
@@ -87,6 +91,7 @@ impl PurgeReport {
         self.jobs.total()
             + self.artifact_dirs
             + self.checkpoints
+            + self.subject_dirs
             + self.reservations
             + self.locks
             + self.temp_files
@@ -137,7 +142,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// be running; the caller holds its subject.
     pub(crate) fn remove_job(&self, id: &str) -> Result<usize> {
         let inner = &self.inner;
-        let dirs = remove_dir_all(&self.job_dir(id))?;
+        let dirs = remove_dir_all(inner.writer.vfs(), &self.job_dir(id))?;
         let mut batch = Batch::new();
         let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
         for key in &checkpoints {
@@ -190,8 +195,17 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     /// Purges, by the configured [`PurgePolicy`]: finished and abandoned queued
     /// jobs with their checkpoints and directories, orphaned directories and
-    /// checkpoints, expired ledger reservations (if a ledger was given), ended
-    /// lock leases, and old temp files. Returns the counts.
+    /// checkpoints, the shared directories of subjects no job refers to any
+    /// more (under the subject's lock), expired ledger reservations (if a
+    /// ledger was given), ended lock leases, and old temp files. Returns the
+    /// counts. Directories are removed through the pipeline's
+    /// [`Vfs`], their parent fsynced.
+    ///
+    /// Subject directories are found by name: a subject whose name is not a
+    /// plain lower-case name (its directory name is a hash) has its directory
+    /// removed by the purge that removes its last job, or by none if that purge
+    /// could not (its subject was busy, say). Each removal reads every job
+    /// record again under the subject's lock.
     ///
     /// A job record that cannot be read fails nothing: the job's directory and
     /// checkpoints are kept, and its key is in
@@ -212,6 +226,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut report = PurgeReport::default();
         let mut kept = BTreeSet::new();
+        let mut purged_subjects = BTreeSet::new();
         let list = inner.jobs.list(&JobFilter::default())?;
         for (key, _) in list.unreadable {
             // Its status and age are unknown: keep everything it may own.
@@ -250,6 +265,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                 other => other?,
             };
             if removed {
+                purged_subjects.insert(Self::subject_of(&job).to_owned());
                 let count = match job.status {
                     JobStatus::Complete => &mut report.jobs.complete,
                     JobStatus::Failed => &mut report.jobs.failed,
@@ -262,6 +278,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             }
         }
         self.purge_orphans(&kept, &mut report)?;
+        self.purge_subject_dirs(&purged_subjects, &mut report)?;
         if let Some(ledger) = &inner.ledger {
             report.reservations = ledger(policy.reservations_expired_for)?;
         }
@@ -305,7 +322,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             return Ok(false); // changed since the listing (a manual retry, say)
         }
         report.checkpoints += checkpoints.len();
-        report.artifact_dirs += remove_dir_all(&self.job_dir(id))?;
+        report.artifact_dirs += remove_dir_all(inner.writer.vfs(), &self.job_dir(id))?;
         Ok(true)
     }
 
@@ -329,7 +346,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
-                report.artifact_dirs += remove_dir_all(&dir)?;
+                report.artifact_dirs += remove_dir_all(vfs, &dir)?;
             }
         }
         let mut seen = BTreeSet::new();
@@ -361,8 +378,78 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 }
 
+impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
+    /// Removes the shared directories of subjects that no job refers to any
+    /// more, each under its subject's lock after checking again under it (a job
+    /// may have been created and run since the first look). Candidates are the
+    /// directories with plain names (a plain name is its subject) and those of
+    /// the subjects whose jobs were just purged; a hashed directory of an
+    /// unknown subject stays. Skipped while a job record is unreadable: its
+    /// subject is unknown.
+    fn purge_subject_dirs(
+        &self,
+        purged_subjects: &BTreeSet<String>,
+        report: &mut PurgeReport,
+    ) -> Result<()> {
+        if !report.unreadable_jobs.is_empty() {
+            return Ok(());
+        }
+        let vfs = self.inner.writer.vfs();
+        let top = self.inner.root.join(paths::SUBJECTS_DIR);
+        let names: BTreeSet<String> = list_dir(vfs, &top)?.into_iter().collect();
+        let mut candidates = BTreeMap::new();
+        for name in names.iter().filter(|n| !n.starts_with('~')) {
+            candidates.insert(name.clone(), name.clone());
+        }
+        for subject in purged_subjects {
+            let name = paths::dir_name(subject);
+            if names.contains(&name) {
+                candidates.insert(name, subject.clone());
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let Some(in_use) = self.subjects_in_use()? else {
+            return Ok(());
+        };
+        for (name, subject) in candidates {
+            if in_use.contains(&subject) {
+                continue;
+            }
+            let Ok(lease) = self.acquire(&subject, "(purge)")? else {
+                continue; // a runner holds it: next time
+            };
+            let removed = match self.subjects_in_use() {
+                Ok(Some(in_use)) if !in_use.contains(&subject) => {
+                    remove_dir_all(vfs, &top.join(&name))
+                }
+                Ok(_) => Ok(0),
+                Err(e) => Err(e),
+            };
+            lease.release();
+            report.subject_dirs += removed?;
+        }
+        Ok(())
+    }
+
+    /// The subjects of every job, or `None` if a job record cannot be read.
+    fn subjects_in_use(&self) -> Result<Option<BTreeSet<String>>> {
+        let list = self.inner.jobs.list(&JobFilter::default())?;
+        if !list.unreadable.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            list.jobs
+                .iter()
+                .map(|job| Self::subject_of(job).to_owned())
+                .collect(),
+        ))
+    }
+}
+
 /// The names in `dir` (none if it does not exist).
-fn list_dir<V: Vfs>(vfs: &V, dir: &std::path::Path) -> Result<Vec<String>> {
+fn list_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<Vec<String>> {
     match vfs.read_dir(dir) {
         Ok(names) => Ok(names
             .into_iter()
@@ -373,11 +460,49 @@ fn list_dir<V: Vfs>(vfs: &V, dir: &std::path::Path) -> Result<Vec<String>> {
     }
 }
 
-/// Removes `dir` and everything in it; returns 1 if it existed.
-fn remove_dir_all(dir: &std::path::Path) -> Result<usize> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(1),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Error::io("remove job directory", dir, e)),
+/// Removes `dir` and everything in it through `vfs` (a symlink inside is
+/// removed, not followed), then fsyncs its parent so that the removal survives
+/// a power loss; returns 1 if it existed.
+fn remove_dir_all<V: Vfs>(vfs: &V, dir: &Path) -> Result<usize> {
+    if !remove_tree(vfs, dir)? {
+        return Ok(0);
+    }
+    if let Some(parent) = dir.parent() {
+        vfs.sync_dir(parent)
+            .map_err(|e| Error::io("fsync directory", parent, e))?;
+    }
+    Ok(1)
+}
+
+/// Removes the tree at `dir`, depth first; `false` if it was not there.
+/// Entries that vanish meanwhile (another purge) are not errors.
+fn remove_tree<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let names = match vfs.read_dir(dir) {
+        Ok(names) => names,
+        Err(e) if gone(&e) => return Ok(false),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    for name in names {
+        let path = dir.join(name);
+        let info = match vfs.metadata(&path) {
+            Ok(info) => info,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(Error::io("stat", path, e)),
+        };
+        if info.kind == FileKind::Dir {
+            remove_tree(vfs, &path)?;
+        } else {
+            match vfs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(Error::io("remove file", path, e)),
+            }
+        }
+    }
+    match vfs.remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if gone(&e) => Ok(true),
+        Err(e) => Err(Error::io("remove directory", dir, e)),
     }
 }
