@@ -37,6 +37,9 @@ enum Act {
     /// Writes a partial artifact, tells the test, waits for its go, then
     /// writes `STALE` over its output.
     Pause(Sender<()>, Receiver<()>),
+    /// Does its normal writes, tells the test, waits for its go, then ends as
+    /// the inner act says, without writing anything more.
+    PauseThen(Sender<()>, Receiver<()>, Box<Act>),
 }
 
 /// The stages' script and the log of every stage run.
@@ -100,6 +103,10 @@ fn stage_body(
             Some(i) => String::from_utf8(ctx.read(&output_name(STAGES[i - 1]))?).unwrap(),
         };
         let output = format!("{stage}({input})");
+        let (act, pause) = match act {
+            Some(Act::PauseThen(entered, go, then)) => (Some(*then), Some((entered, go))),
+            other => (other, None),
+        };
         if let Some(Act::Pause(entered, go)) = act {
             ctx.write(&format!("{stage}.part"), b"partial")?;
             entered.send(()).unwrap();
@@ -110,6 +117,10 @@ fn stage_body(
         ctx.write(&output_name(stage), output.as_bytes())?;
         if stage == "transcribe" {
             ctx.write_shared("transcript.txt", output.as_bytes())?;
+        }
+        if let Some((entered, go)) = pause {
+            entered.send(()).unwrap();
+            go.recv().unwrap();
         }
         match act {
             Some(Act::Transient) => {
@@ -222,8 +233,99 @@ fn assert_clean(h: &Harness, when: &str) {
     );
 }
 
-fn mtime(path: &Path) -> SystemTime {
-    std::fs::metadata(path).unwrap().modified().unwrap()
+/// Where a [`Hooked`] store runs its hook.
+enum Trigger {
+    /// Before the first write (put, delete or batch) that touches the key.
+    Write(Key),
+    /// Before the first listing of exactly this prefix.
+    List(Prefix),
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// A `MemStore` that runs a hook once, just before the operation its trigger
+/// names: a test's way to put another actor exactly between two steps.
+#[derive(Default)]
+struct Hooked {
+    inner: jobsafe::MemStore,
+    hook: Mutex<Option<(Trigger, Hook)>>,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked").finish_non_exhaustive()
+    }
+}
+
+impl Hooked {
+    fn arm(&self, trigger: Trigger, hook: impl FnOnce() + Send + 'static) {
+        *self.hook.lock().unwrap() = Some((trigger, Box::new(hook)));
+    }
+
+    fn fire_if(&self, matches: impl Fn(&Trigger) -> bool) {
+        let hook = {
+            let mut armed = self.hook.lock().unwrap();
+            match armed.take() {
+                Some((trigger, hook)) if matches(&trigger) => Some(hook),
+                other => {
+                    *armed = other;
+                    None
+                }
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    fn fire_on_write(&self, key: &Key) {
+        self.fire_if(|t| matches!(t, Trigger::Write(k) if k == key));
+    }
+}
+
+impl Store for Hooked {
+    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
+        self.inner.get(key)
+    }
+    fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        expect: jobsafe::Expect,
+    ) -> jobsafe::Result<jobsafe::Version> {
+        self.fire_on_write(key);
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
+        self.fire_on_write(key);
+        self.inner.delete(key, expect)
+    }
+    fn list(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> jobsafe::Result<jobsafe::ListPage> {
+        self.fire_if(|t| matches!(t, Trigger::List(p) if p == prefix));
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::Applied>> {
+        for op in batch.ops() {
+            self.fire_on_write(op.key());
+        }
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Quarantined>> {
+        self.inner.quarantine(key)
+    }
+}
+
+/// A file's mtime and inode number: a file rewritten in place changes the
+/// first, one replaced by a rename the second (whatever its mtime).
+fn mtime(path: &Path) -> (SystemTime, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.modified().unwrap(), meta.ino())
 }
 
 fn enqueue(h: &Harness, subject: &str) -> String {
@@ -294,7 +396,7 @@ fn a_rerun_after_success_changes_nothing_and_skipped_stages_keep_their_mtimes() 
         let transcript = job_file(&h, &id, "transcribe");
         let shared = h.pipeline.subject_dir("session-1").join("transcript.txt");
         let draft = job_file(&h, &id, "draft");
-        let before: Vec<SystemTime> = [&transcript, &shared, &draft].map(|p| mtime(p)).into();
+        let before: Vec<_> = [&transcript, &shared, &draft].map(|p| mtime(p)).into();
 
         h.clock.advance(Duration::from_secs(3600));
         let second = h.pipeline.run_pass().unwrap();
@@ -303,7 +405,7 @@ fn a_rerun_after_success_changes_nothing_and_skipped_stages_keep_their_mtimes() 
         assert_eq!(rerun.outcome, RunOutcome::Completed);
         assert_eq!(rerun.skipped(), ["transcribe", "draft"]);
         assert_eq!(rerun.ran(), ["export"]);
-        let after: Vec<SystemTime> = [&transcript, &shared, &draft].map(|p| mtime(p)).into();
+        let after: Vec<_> = [&transcript, &shared, &draft].map(|p| mtime(p)).into();
         assert_eq!(before, after, "skipped stages rewrote nothing");
         assert_eq!(
             h.script.runs_of(&id),
@@ -574,6 +676,72 @@ fn a_permanent_failure_fails_and_a_manual_retry_resumes_at_the_failed_stage() {
 }
 
 #[test]
+fn a_manual_retry_never_wipes_the_failure_count_of_a_run_that_followed_it() {
+    let store = Arc::new(Hooked::default());
+    let h = harness_on(Arc::clone(&store) as Arc<dyn Store>, None, START_MS, |b| b);
+    let id = enqueue(&h, "session-1");
+    h.script.then("draft", Act::Permanent);
+    assert!(matches!(
+        h.pipeline.run_job(&id).unwrap().outcome,
+        RunOutcome::Failed { .. }
+    ));
+    h.script.then("draft", Act::Transient);
+    h.script.then("draft", Act::Transient);
+
+    // A runner (another process's pass) runs the job at the moment the retry
+    // writes the failure count: after the job is requeued, if those are two
+    // writes.
+    let hooked = Arc::new(Mutex::new(None));
+    {
+        let pipeline = h.pipeline.clone();
+        let hooked = Arc::clone(&hooked);
+        let id = id.clone();
+        let run_state = Key::new(["pipeline", "run", id.as_str()]).unwrap();
+        store.arm(Trigger::Write(run_state), move || {
+            *hooked.lock().unwrap() = Some(pipeline.run_job(&id).unwrap().outcome);
+        });
+    }
+    h.pipeline.retry(&id).unwrap();
+    let mut transient = 0;
+    match hooked.lock().unwrap().take().unwrap() {
+        RunOutcome::RetryScheduled {
+            failures,
+            retry_at_ms,
+            ..
+        } => {
+            transient += 1;
+            assert_eq!(failures, 1);
+            h.clock.set(retry_at_ms);
+        }
+        other => assert!(
+            matches!(
+                other,
+                RunOutcome::NotDue {
+                    status: JobStatus::Failed,
+                    ..
+                }
+            ),
+            "{other:?}"
+        ),
+    }
+    // Every transient failure since the retry is counted, whatever the
+    // interleaving was.
+    while transient < 2 {
+        let RunOutcome::RetryScheduled {
+            failures,
+            retry_at_ms,
+            ..
+        } = h.pipeline.run_job(&id).unwrap().outcome
+        else {
+            panic!("expected a transient failure");
+        };
+        transient += 1;
+        assert_eq!(failures, transient, "the count since the retry");
+        h.clock.set(retry_at_ms);
+    }
+}
+
+#[test]
 fn a_panic_inside_a_stage_fails_the_job_and_leaves_nothing_behind() {
     for (name, h) in harnesses() {
         let id = enqueue(&h, "session-1");
@@ -627,6 +795,136 @@ fn io_errors_are_classified_by_kind() {
     assert_eq!(corrupt.class(), ErrorClass::Permanent);
 }
 
+#[test]
+fn an_unreadable_checkpoint_is_moved_aside_and_its_stage_runs_again() {
+    let mem = Arc::new(jobsafe::MemStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let dir_store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
+    let garbage: &[u8] = b"{\"schema\":1,\"stage\":";
+    for (name, store) in [
+        ("mem", Arc::clone(&mem) as Arc<dyn Store>),
+        ("dir", dir_store),
+    ] {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let h = {
+            let notices = Arc::clone(&notices);
+            harness_on(store, None, START_MS, move |b| {
+                let notices = Arc::clone(&notices);
+                b.on_stage(move |n| {
+                    let detail = n.detail.unwrap_or_default().to_owned();
+                    notices
+                        .lock()
+                        .unwrap()
+                        .push((n.stage.to_owned(), n.action, detail));
+                })
+            })
+        };
+        let id = enqueue(&h, "session-1");
+        h.script.then("export", Act::Permanent);
+        h.pipeline.run_job(&id).unwrap();
+        let later = enqueue(&h, "session-2");
+        let key = Key::new(["pipeline", "checkpoint", id.as_str(), "draft"]).unwrap();
+        h.store.put(&key, garbage, jobsafe::Expect::Any).unwrap();
+        assert!(
+            h.pipeline
+                .checkpoint(&id, "draft")
+                .unwrap_err()
+                .is_corrupt()
+        );
+        h.pipeline.retry(&id).unwrap();
+
+        // One pass runs both jobs: the damaged checkpoint counts as stale.
+        let pass = h.pipeline.run_pass().unwrap();
+        assert!(pass.errors.is_empty(), "{name}: {:?}", pass.errors);
+        assert_eq!(pass.runs.len(), 2, "{name}");
+        let run = pass.runs.iter().find(|r| r.job_id == id).unwrap();
+        assert_eq!(run.outcome, RunOutcome::Completed, "{name}");
+        assert_eq!(run.skipped(), ["transcribe"]);
+        assert_eq!(run.ran(), ["draft", "export"]);
+        let other = pass.runs.iter().find(|r| r.job_id == later).unwrap();
+        assert_eq!(other.outcome, RunOutcome::Completed, "{name}");
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
+        assert!(h.pipeline.checkpoint(&id, "draft").unwrap().is_some());
+
+        // The notice says what was wrong and where the bytes went; they are
+        // kept there.
+        let notices = notices.lock().unwrap().clone();
+        let (_, _, detail) = notices
+            .iter()
+            .find(|(stage, action, detail)| {
+                stage == "draft" && *action == StageAction::Started && !detail.is_empty()
+            })
+            .unwrap();
+        assert!(detail.contains("corrupt record"), "{name}: {detail}");
+        let location = detail.split("moved to ").nth(1).unwrap();
+        if name == "mem" {
+            assert_eq!(mem.quarantined(), [(key.clone(), garbage.to_vec())]);
+        } else {
+            let kept = std::fs::read(location).unwrap();
+            assert!(kept.ends_with(garbage), "{name}: {location}");
+        }
+        assert_clean(&h, "after the stage ran again");
+    }
+}
+
+#[test]
+fn an_unreadable_failure_count_is_moved_aside_and_counting_starts_again() {
+    let mem = Arc::new(jobsafe::MemStore::new());
+    let h = harness_on(Arc::clone(&mem) as Arc<dyn Store>, None, START_MS, |b| b);
+    let id = enqueue(&h, "session-1");
+    h.script.then("draft", Act::Transient);
+    h.script.then("draft", Act::Transient);
+    let RunOutcome::RetryScheduled { retry_at_ms, .. } = h.pipeline.run_job(&id).unwrap().outcome
+    else {
+        panic!("expected a retry");
+    };
+    let key = Key::new(["pipeline", "run", id.as_str()]).unwrap();
+    h.store
+        .put(&key, b"not json", jobsafe::Expect::Any)
+        .unwrap();
+    h.clock.set(retry_at_ms);
+    let RunOutcome::RetryScheduled {
+        failures, error, ..
+    } = h.pipeline.run_job(&id).unwrap().outcome
+    else {
+        panic!("expected a retry");
+    };
+    assert_eq!(failures, 1, "the lost count starts again");
+    assert!(
+        error.internal_message().contains("unreadable"),
+        "{}",
+        error.internal_message()
+    );
+    assert_eq!(mem.quarantined(), [(key, b"not json".to_vec())]);
+    assert_clean(&h, "after the failure");
+}
+
+#[test]
+fn a_pass_reports_a_jobs_error_and_still_runs_the_other_jobs() {
+    let h = mem_harness();
+    let broken = enqueue(&h, "session-1");
+    h.script.then("export", Act::Permanent);
+    h.pipeline.run_job(&broken).unwrap();
+    // A disk problem the run cannot get past: an artifact replaced by a
+    // directory, which cannot be read to verify it.
+    let transcript = job_file(&h, &broken, "transcribe");
+    std::fs::remove_file(&transcript).unwrap();
+    std::fs::create_dir(&transcript).unwrap();
+    h.pipeline.retry(&broken).unwrap();
+    let fine = enqueue(&h, "session-2");
+
+    let pass = h.pipeline.run_pass().unwrap();
+    assert_eq!(pass.errors.len(), 1, "{:?}", pass.errors);
+    let (job, error) = &pass.errors[0];
+    assert_eq!(job, &broken);
+    assert!(error.to_string().contains("read artifact"), "{error}");
+    assert_eq!(pass.runs.len(), 1);
+    assert_eq!(pass.runs[0].job_id, fine);
+    assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+    assert_clean(&h, "after the pass");
+}
+
 // ---------------------------------------------------------------- phase 3
 
 #[test]
@@ -678,11 +976,14 @@ fn overlapping_passes_run_each_stage_of_each_job_once() {
                 })
             })
             .collect();
-        let reports: Vec<_> = passes.into_iter().map(|p| p.join().unwrap()).collect();
+        let mut reports: Vec<_> = passes.into_iter().map(|p| p.join().unwrap()).collect();
         // Busy subjects are picked up by a later pass.
-        let mut last = h.pipeline.run_pass().unwrap();
-        while !last.runs.is_empty() {
-            last = h.pipeline.run_pass().unwrap();
+        loop {
+            let pass = h.pipeline.run_pass().unwrap();
+            if pass.runs.is_empty() {
+                break;
+            }
+            reports.push(pass);
         }
         for id in &ids {
             assert_eq!(h.script.runs_of(id), STAGES, "{name}: job {id}");
@@ -691,11 +992,32 @@ fn overlapping_passes_run_each_stage_of_each_job_once() {
                 JobStatus::Complete
             );
         }
-        let completed: usize = reports
-            .iter()
-            .map(|r| r.count(|o| *o == RunOutcome::Completed))
-            .sum();
-        assert!(completed >= 1);
+        // Each job was completed by exactly one run of one pass; every other
+        // run found its subject busy or the job already done.
+        let runs: Vec<_> = reports.iter().flat_map(|r| &r.runs).collect();
+        for id in &ids {
+            let completions = runs
+                .iter()
+                .filter(|r| r.job_id == *id && r.outcome == RunOutcome::Completed)
+                .count();
+            assert_eq!(completions, 1, "{name}: job {id}");
+        }
+        for run in &runs {
+            assert!(
+                matches!(
+                    run.outcome,
+                    RunOutcome::Completed
+                        | RunOutcome::Busy { .. }
+                        | RunOutcome::NotDue {
+                            status: JobStatus::Complete,
+                            ..
+                        }
+                ),
+                "{name}: {:?}",
+                run.outcome
+            );
+        }
+        assert!(reports.iter().all(|r| r.errors.is_empty()));
         assert_clean(&h, "after overlapping passes");
     }
 }
@@ -843,11 +1165,17 @@ fn a_paused_runner_is_fenced_out_after_a_lock_takeover() {
         // The paused runner wakes and tries to overwrite the transcript.
         go.send(()).unwrap();
         let report = stale.join().unwrap();
-        let RunOutcome::LostLease { stage, reason } = &report.outcome else {
+        // Its write was refused, and the run says why: a newer attempt owns
+        // the job.
+        let RunOutcome::Superseded { stage, reason } = &report.outcome else {
             panic!("{name}: {:?}", report.outcome);
         };
         assert_eq!(stage.as_deref(), Some("transcribe"));
-        assert!(reason.contains("stale fencing token"), "{reason}");
+        assert!(reason.contains("superseded by attempt 2"), "{reason}");
+        assert_eq!(
+            report.stages,
+            [("transcribe".to_owned(), StageAction::Interrupted)]
+        );
         assert_eq!(
             std::fs::read_to_string(job_file(&h, &id, "transcribe")).unwrap(),
             "transcribe(audio of session-1)",
@@ -859,6 +1187,97 @@ fn a_paused_runner_is_fenced_out_after_a_lock_takeover() {
         );
         let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
         assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
+        assert_clean(&h, "after the stale runner stopped");
+    }
+}
+
+#[test]
+fn a_runner_that_lost_the_job_leaves_its_successors_files_when_its_stage_fails() {
+    for (name, h) in harnesses() {
+        for (how, then) in [("transient", Act::Transient), ("panic", Act::Panic)] {
+            // Paused in `draft` after writing draft.txt, renewing nothing.
+            let paused = builder(Arc::clone(&h.store), &h.clock, &h.root, &h.script)
+                .renew_every(None)
+                .build()
+                .unwrap();
+            let id = enqueue(&h, "session-1");
+            let (entered_tx, entered) = mpsc::channel();
+            let (go, go_rx) = mpsc::channel();
+            h.script
+                .then("draft", Act::PauseThen(entered_tx, go_rx, Box::new(then)));
+            let stale = {
+                let id = id.clone();
+                std::thread::spawn(move || paused.run_job(&id).unwrap())
+            };
+            entered.recv().unwrap();
+
+            // Its lease ends; a successor takes over, writes draft.txt again
+            // and completes the job.
+            h.clock.advance(LEASE);
+            let successor = h.pipeline.run_job(&id).unwrap();
+            assert_eq!(successor.outcome, RunOutcome::Completed, "{name} {how}");
+
+            // The paused runner wakes and its stage fails: it must not remove
+            // the draft, which is now the successor's.
+            go.send(()).unwrap();
+            let report = stale.join().unwrap();
+            assert!(
+                matches!(
+                    &report.outcome,
+                    RunOutcome::Superseded { stage: Some(s), .. } if s == "draft"
+                ),
+                "{name} {how}: {:?}",
+                report.outcome
+            );
+            assert_eq!(
+                std::fs::read_to_string(job_file(&h, &id, "draft")).unwrap(),
+                "draft(transcribe(audio of session-1))",
+                "{name} {how}: the successor's draft is kept"
+            );
+            let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+            assert_eq!((job.status, job.attempt), (JobStatus::Complete, 2));
+            assert!(job.error.is_none(), "{name} {how}: no failure recorded");
+            assert_clean(&h, "after the stale runner's failure");
+        }
+    }
+}
+
+#[test]
+fn a_stale_runner_does_not_recreate_the_directory_of_a_deleted_job() {
+    for (name, h) in harnesses() {
+        let paused = builder(Arc::clone(&h.store), &h.clock, &h.root, &h.script)
+            .renew_every(None)
+            .build()
+            .unwrap();
+        let id = enqueue(&h, "session-1");
+        let (entered, go) = h.script.pause("draft");
+        let stale = {
+            let id = id.clone();
+            std::thread::spawn(move || paused.run_job(&id).unwrap())
+        };
+        entered.recv().unwrap();
+        // Its lease ends, and the job is deleted at once (the subject is free).
+        h.clock.advance(LEASE);
+        assert_eq!(h.pipeline.delete(&id).unwrap(), Deletion::Removed, "{name}");
+        assert!(!h.pipeline.job_dir(&id).exists());
+
+        // The paused runner wakes and tries its next write: refused before
+        // anything, its directory included, is created.
+        go.send(()).unwrap();
+        let report = stale.join().unwrap();
+        assert!(
+            matches!(
+                &report.outcome,
+                RunOutcome::LostLease { stage: Some(s), .. } if s == "draft"
+            ),
+            "{name}: {:?}",
+            report.outcome
+        );
+        assert!(
+            !h.pipeline.job_dir(&id).exists(),
+            "{name}: the deleted job's directory was recreated"
+        );
+        assert!(h.pipeline.jobs().get(&id).unwrap().is_none());
         assert_clean(&h, "after the stale runner stopped");
     }
 }
@@ -996,10 +1415,12 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
         panic!("free")
     };
     let _ = stale.into_handle();
-    // A temp file left by a crashed writer in a subject directory.
+    // A temp file left by a crashed writer in the directory of a subject that
+    // still has a job.
+    std::fs::create_dir_all(h.pipeline.subject_dir("s3")).unwrap();
     let crashed = h
         .pipeline
-        .subject_dir("s1")
+        .subject_dir("s3")
         .join(format!(".x.0{TEMP_SUFFIX}"));
     std::fs::write(&crashed, b"partial").unwrap();
 
@@ -1013,6 +1434,9 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
         (1, 1, 0)
     );
     assert_eq!(report.artifact_dirs, 2);
+    assert_eq!(report.subject_dirs, 2, "s1 and s2 have no job left");
+    assert!(!h.pipeline.subject_dir("s1").exists());
+    assert!(h.pipeline.subject_dir("s3").exists());
     assert_eq!(
         report.checkpoints,
         3 + 1,
@@ -1030,6 +1454,173 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
         0,
         "a second purge finds nothing"
     );
+}
+
+#[test]
+fn purge_leaves_a_job_retried_while_it_was_being_purged() {
+    let store = Arc::new(Hooked::default());
+    let h = harness_on(Arc::clone(&store) as Arc<dyn Store>, None, START_MS, |b| b);
+    let id = enqueue(&h, "session-1");
+    h.script.then("draft", Act::Permanent);
+    h.pipeline.run_job(&id).unwrap();
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+
+    // An operator retries the job while the purge is removing it (a manual
+    // retry needs no subject lock): after the purge read the job, before it
+    // removed anything.
+    let retried = Arc::new(Mutex::new(None));
+    {
+        let pipeline = h.pipeline.clone();
+        let retried = Arc::clone(&retried);
+        let id = id.clone();
+        let checkpoints = Prefix::new(["pipeline", "checkpoint", id.as_str()]).unwrap();
+        store.arm(Trigger::List(checkpoints), move || {
+            *retried.lock().unwrap() = Some(pipeline.retry(&id).unwrap().status);
+        });
+    }
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(retried.lock().unwrap().take(), Some(JobStatus::Queued));
+    assert_eq!(report.jobs.total(), 0, "{report:?}");
+    assert_eq!((report.checkpoints, report.artifact_dirs), (0, 0));
+
+    // The retry stands: the job, its checkpoint and its files are there, and
+    // its next run resumes where it failed.
+    let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert!(h.pipeline.checkpoint(&id, "transcribe").unwrap().is_some());
+    assert!(job_file(&h, &id, "transcribe").exists());
+    let run = h.pipeline.run_job(&id).unwrap();
+    assert_eq!(run.outcome, RunOutcome::Completed);
+    assert_eq!(run.skipped(), ["transcribe"]);
+}
+
+#[test]
+fn purge_keeps_the_files_of_a_job_whose_record_cannot_be_read() {
+    // Orphan directories are aged by their file times: a clock at the real time.
+    let h = harness_on(
+        Arc::new(jobsafe::MemStore::new()),
+        None,
+        real_now_ms(),
+        |b| b,
+    );
+    let damaged = enqueue(&h, "session-1");
+    h.pipeline.run_job(&damaged).unwrap();
+    let old = enqueue(&h, "session-2");
+    h.pipeline.run_job(&old).unwrap();
+    let key = Key::new(["pipeline", "jobs", "job", damaged.as_str()]).unwrap();
+    h.store
+        .put(&key, b"not json", jobsafe::Expect::Any)
+        .unwrap();
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+
+    for round in ["first", "second"] {
+        let report = h.pipeline.purge().unwrap();
+        assert_eq!(
+            report.unreadable_jobs,
+            std::slice::from_ref(&key),
+            "{round} purge"
+        );
+        assert!(
+            h.pipeline.job_dir(&damaged).join("export.txt").exists(),
+            "{round} purge: the unreadable job's files are kept"
+        );
+        for stage in STAGES {
+            assert!(h.pipeline.checkpoint(&damaged, stage).unwrap().is_some());
+        }
+        if round == "first" {
+            // The readable old job is purged as usual.
+            assert_eq!(report.jobs.complete, 1);
+            assert!(!h.pipeline.job_dir(&old).exists());
+        }
+    }
+}
+
+#[test]
+fn purge_removes_a_subjects_shared_files_once_no_job_of_it_remains() {
+    let h = mem_harness();
+    let first = enqueue(&h, "session-1");
+    h.pipeline.run_job(&first).unwrap();
+    let second = enqueue(&h, "session-1");
+    // A subject that is not a plain name: its directory name is a hash.
+    let hashed = enqueue(&h, "Session B");
+    h.pipeline.run_job(&hashed).unwrap();
+    let shared = |subject: &str| h.pipeline.subject_dir(subject).join("transcript.txt");
+    assert!(shared("session-1").exists() && shared("Session B").exists());
+
+    // The old jobs go; session-1 still has a queued job, Session B none.
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(report.jobs.complete, 2);
+    assert_eq!(report.subject_dirs, 1);
+    assert!(!h.pipeline.subject_dir("Session B").exists());
+    assert!(shared("session-1").exists(), "its queued job may use it");
+
+    // session-1's last job runs, ages and goes: so does its directory.
+    h.pipeline.run_job(&second).unwrap();
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!((report.jobs.complete, report.subject_dirs), (1, 1));
+    assert!(!h.pipeline.subject_dir("session-1").exists());
+
+    // A deleted job leaves its subject's files (other jobs may share them);
+    // the next purge removes them, but not while a runner holds the subject.
+    let deleted = enqueue(&h, "session-3");
+    h.pipeline.run_job(&deleted).unwrap();
+    assert_eq!(h.pipeline.delete(&deleted).unwrap(), Deletion::Removed);
+    assert!(shared("session-3").exists());
+    let Acquire::Acquired(guard) = h
+        .pipeline
+        .locks()
+        .acquire(
+            &Key::new(["session-3"]).unwrap(),
+            LEASE,
+            &LockRequest::new(),
+        )
+        .unwrap()
+    else {
+        panic!("free")
+    };
+    assert_eq!(h.pipeline.purge().unwrap().subject_dirs, 0);
+    assert!(
+        shared("session-3").exists(),
+        "kept while the subject is held"
+    );
+    guard.release().unwrap();
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!((report.subject_dirs, report.total()), (1, 1));
+    assert!(!h.pipeline.subject_dir("session-3").exists());
+    assert_clean(&h, "after the purges");
+}
+
+#[test]
+fn job_directories_are_removed_through_the_vfs_and_the_removal_is_flushed() {
+    let vfs = jobsafe::vfs::Counting::new(jobsafe::vfs::StdVfs);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        dir.path(),
+    )
+    .writer(jobsafe::AtomicWriter::with_vfs(vfs.clone()))
+    .stage("write", |ctx| {
+        ctx.write("a.txt", b"a")?;
+        ctx.write("b.txt", b"b")?;
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("x")).unwrap();
+    pipeline.run_job(&job.id).unwrap();
+    let before = vfs.counts();
+    assert_eq!(pipeline.delete(&job.id).unwrap(), Deletion::Removed);
+    let after = vfs.counts();
+    assert!(!pipeline.job_dir(&job.id).exists());
+    assert_eq!(
+        after.removes - before.removes,
+        3,
+        "two files and the directory"
+    );
+    assert!(after.dir_syncs > before.dir_syncs, "the parent was flushed");
 }
 
 #[test]
@@ -1130,9 +1721,8 @@ fn stage_actions_are_reported_to_the_observer() {
     h.pipeline.run_job(&id).unwrap();
     h.pipeline.retry(&id).unwrap();
     h.pipeline.run_job(&id).unwrap();
-    let seen = seen.lock().unwrap().clone();
     assert_eq!(
-        seen,
+        seen.lock().unwrap().clone(),
         [
             "transcribe:Started",
             "transcribe:Ran",
@@ -1145,5 +1735,67 @@ fn stage_actions_are_reported_to_the_observer() {
             "export:Ran",
         ]
     );
-    let _ = StageAction::Interrupted;
+
+    // A stage under way when its job is cancelled is reported interrupted,
+    // with the reason, in the notices as in the run's report.
+    seen.lock().unwrap().clear();
+    let cancelled = enqueue(&h, "s2");
+    let (entered, go) = h.script.pause("draft");
+    let runner = {
+        let pipeline = h.pipeline.clone();
+        let id = cancelled.clone();
+        std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+    };
+    entered.recv().unwrap();
+    h.pipeline.cancel(&cancelled).unwrap();
+    go.send(()).unwrap();
+    let report = runner.join().unwrap();
+    assert_eq!(
+        report.stages.last(),
+        Some(&("draft".to_owned(), StageAction::Interrupted))
+    );
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [
+            "transcribe:Started",
+            "transcribe:Ran",
+            "draft:Started",
+            "draft:Interrupted",
+        ]
+    );
+}
+
+#[test]
+fn a_runner_whose_job_was_recovered_meanwhile_stops_and_says_so() {
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    let (entered, go) = h.script.pause("draft");
+    let runner = {
+        let pipeline = h.pipeline.clone();
+        let id = id.clone();
+        std::thread::spawn(move || pipeline.run_job(&id).unwrap())
+    };
+    entered.recv().unwrap();
+    // An operator's recovery fails the job under the live runner.
+    let recovered = h
+        .pipeline
+        .jobs()
+        .recover(Duration::ZERO, jobsafe::Recovery::Fail)
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    go.send(()).unwrap();
+    let report = runner.join().unwrap();
+    assert_eq!(
+        report.outcome,
+        RunOutcome::NotRunning {
+            stage: Some("draft".to_owned()),
+            status: JobStatus::Failed
+        }
+    );
+    assert!(h.pipeline.checkpoint(&id, "draft").unwrap().is_none());
+    assert_eq!(
+        h.pipeline.jobs().get(&id).unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+    assert_clean(&h, "after the run stopped");
 }

@@ -1,6 +1,7 @@
 //! Pipelines survive SIGKILL at any point: a child process runs passes over
-//! queued jobs on a `DirStore` while the parent kills it at varying moments,
-//! mostly while a stage is writing; each kill is followed by a new child.
+//! queued jobs on a `DirStore`, and in a second test on a `LogStore`, while the
+//! parent kills it at varying moments, mostly while a stage is writing; each
+//! kill is followed by a new child.
 //!
 //! Each stage reports `run <job> <stage>` before it writes anything, and the
 //! observer reports `done <job> <stage>` once its checkpoint is recorded. After
@@ -10,8 +11,12 @@
 //! end every job must be complete with the expected outputs, no temp file left
 //! under the artifact root, and no live lock.
 //!
-//! `JOBSAFE_CRASH_ITERATIONS` sets the number of kills (200 by default);
-//! `JOBSAFE_CRASH_SEED` replays a run's kill points.
+//! A kill counts as mid-stage when the child's last `run` report has no `done`
+//! after it and that stage's checkpoint is not in the store: the kill landed
+//! between the stage's start and its checkpoint, while it wrote.
+//!
+//! `JOBSAFE_CRASH_ITERATIONS` sets the number of kills per store (200 by
+//! default); `JOBSAFE_CRASH_SEED` replays a run's kill points.
 // Test code, children included: a step that fails fails the test.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -24,21 +29,57 @@ use std::time::{Duration, Instant};
 
 use common::child::{self, Child};
 use jobsafe::{
-    DirStore, JobStatus, ManualClock, NewJob, Pipeline, Prefix, PurgePolicy, StageAction,
-    StageContext, StageError, TEMP_SUFFIX,
+    DirStore, JobStatus, LogStore, ManualClock, NewJob, Pipeline, Prefix, PurgePolicy, StageAction,
+    StageContext, StageError, Store, TEMP_SUFFIX,
 };
 
-const TEST: &str = "killed_pipeline_runners_resume_without_rerunning_finished_stages";
+/// The child's role, and the variable that names its store's backend.
+const ROLE: &str = "pipeline-runner";
+const BACKEND_VAR: &str = "JOBSAFE_TEST_BACKEND";
 const START_MS: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(60);
 const SUBJECTS: usize = 4;
 const FIRST_JOBS: usize = 8;
 const MORE_JOBS: usize = 4;
 
-type Pipe = Pipeline<DirStore>;
+type Pipe = Pipeline<Arc<dyn Store>>;
 
-fn pipeline(dir: &Path, now_ms: u64, in_child: bool) -> Pipe {
-    let store = DirStore::open(dir.join("store")).unwrap();
+/// The two embedded backends, by the name the summary line prints.
+#[derive(Clone, Copy)]
+enum Backend {
+    Dir,
+    Log,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Dir => "dir",
+            Backend::Log => "log",
+        }
+    }
+
+    fn test(self) -> &'static str {
+        match self {
+            Backend::Dir => {
+                "killed_pipeline_runners_on_a_dir_store_resume_without_rerunning_finished_stages"
+            }
+            Backend::Log => {
+                "killed_pipeline_runners_on_a_log_store_resume_without_rerunning_finished_stages"
+            }
+        }
+    }
+
+    fn open(self, dir: &Path) -> Arc<dyn Store> {
+        match self {
+            Backend::Dir => Arc::new(DirStore::open(dir).unwrap()),
+            Backend::Log => Arc::new(LogStore::open(dir).unwrap()),
+        }
+    }
+}
+
+fn pipeline(backend: Backend, dir: &Path, now_ms: u64, in_child: bool) -> Pipe {
+    let store = backend.open(&dir.join("store"));
     let mut builder = Pipeline::builder(
         store,
         Arc::new(ManualClock::new(now_ms)),
@@ -129,16 +170,29 @@ fn child_now(iteration: u64) -> u64 {
 }
 
 #[test]
-fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
-    if child::role().as_deref() == Some("pipeline-runner") {
-        return run_in_child();
+fn killed_pipeline_runners_on_a_dir_store_resume_without_rerunning_finished_stages() {
+    kill_runners(Backend::Dir);
+}
+
+#[test]
+fn killed_pipeline_runners_on_a_log_store_resume_without_rerunning_finished_stages() {
+    kill_runners(Backend::Log);
+}
+
+fn kill_runners(backend: Backend) {
+    if child::role().as_deref() == Some(ROLE) {
+        return run_in_child(backend);
     }
     let started_at = Instant::now();
     let kills: u64 = env_or("JOBSAFE_CRASH_ITERATIONS", 200);
     let seed: u64 = env_or("JOBSAFE_CRASH_SEED", fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut jobs = enqueue(&pipeline(dir.path(), START_MS, false), 0, FIRST_JOBS);
+    let mut jobs = enqueue(
+        &pipeline(backend, dir.path(), START_MS, false),
+        0,
+        FIRST_JOBS,
+    );
     let mut next_job = FIRST_JOBS;
     let mut verified = 0usize;
 
@@ -146,13 +200,15 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
     let mut violations = Vec::new();
     let mut stage_runs = 0usize;
     let mut interrupted = 0usize;
+    let mut mid_stage = 0usize;
     let mut iteration = 0;
     let mut killed = 0;
     while killed < kills {
         iteration += 1;
         let mut vars = child::store_vars(dir.path());
         vars.insert("JOBSAFE_TEST_NOW", child_now(iteration).to_string());
-        let mut runner = Child::spawn(TEST, "pipeline-runner", &vars);
+        vars.insert(BACKEND_VAR, backend.name().to_owned());
+        let mut runner = Child::spawn(backend.test(), ROLE, &vars);
         let wait_for = rng.usize(1..=4);
         let mut reports = Vec::new();
         let mut idle = false;
@@ -171,8 +227,14 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
         } else {
             // Vary where in the stage's writes the kill lands.
             std::thread::sleep(Duration::from_micros(rng.u64(0..1_500)));
-            reports.extend(runner.kill());
-            killed += 1;
+            let tail = runner.kill();
+            // A child that ran out of work just before the kill reached it
+            // was not killed at work: it does not count.
+            idle = tail.iter().any(|line| line == "idle");
+            reports.extend(tail);
+            if !idle {
+                killed += 1;
+            }
         }
         check_reports(
             &reports,
@@ -183,10 +245,17 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
         );
         // Past the lease of the child just killed, before the next child starts.
         let pipeline = pipeline(
+            backend,
             dir.path(),
             child_now(iteration) + LEASE.as_millis() as u64,
             false,
         );
+        if !idle
+            && let Some((job, stage)) = unfinished_stage(&reports)
+            && pipeline.checkpoint(&job, &stage).unwrap().is_none()
+        {
+            mid_stage += 1;
+        }
         for job in &jobs {
             for stage in pipeline.stage_names() {
                 let key = (job.clone(), stage.to_owned());
@@ -222,7 +291,8 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
     iteration += 1;
     let mut vars = child::store_vars(dir.path());
     vars.insert("JOBSAFE_TEST_NOW", child_now(iteration).to_string());
-    let mut last = Child::spawn(TEST, "pipeline-runner", &vars);
+    vars.insert(BACKEND_VAR, backend.name().to_owned());
+    let mut last = Child::spawn(backend.test(), ROLE, &vars);
     let mut reports = Vec::new();
     while let Some(line) = last.next_report() {
         if line == "idle" {
@@ -240,7 +310,7 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
     );
 
     let now = child_now(iteration);
-    let pipeline = pipeline(dir.path(), now, false);
+    let pipeline = pipeline(backend, dir.path(), now, false);
     for job in &jobs {
         verify_job(&pipeline, job, &mut violations);
         verified += 1;
@@ -269,7 +339,8 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
     }
 
     println!(
-        "pipeline_crash: kills={killed} jobs={verified} stage_runs={stage_runs} interrupted_runs={interrupted} violations={} seed={seed} secs={:.1}",
+        "pipeline_crash: store={} kills={killed} mid_stage_kills={mid_stage} jobs={verified} stage_runs={stage_runs} interrupted_runs={interrupted} violations={} seed={seed} secs={:.1}",
+        backend.name(),
         violations.len(),
         started_at.elapsed().as_secs_f64()
     );
@@ -311,6 +382,18 @@ fn status(pipeline: &Pipe, job: &str) -> JobStatus {
     pipeline.jobs().get(job).unwrap().unwrap().status
 }
 
+/// The stage a child reported `run` for last, if no `done` followed it.
+fn unfinished_stage(reports: &[String]) -> Option<(String, String)> {
+    let last_run = reports.iter().rposition(|r| r.starts_with("run "))?;
+    let mut parts = reports[last_run].split(' ').skip(1);
+    let (job, stage) = (parts.next()?, parts.next()?);
+    let done = format!("done {job} {stage}");
+    if reports[last_run..].contains(&done) {
+        return None;
+    }
+    Some((job.to_owned(), stage.to_owned()))
+}
+
 /// Checks one child's reports in order against what was known complete.
 fn check_reports(
     reports: &[String],
@@ -320,6 +403,9 @@ fn check_reports(
     stage_runs: &mut usize,
 ) {
     for report in reports {
+        if report == "idle" {
+            continue; // reported just before a kill
+        }
         let mut parts = report.split(' ');
         let (Some(what), Some(job), Some(stage)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -361,11 +447,13 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Child: runs passes until no job is due, then reports `idle`.
-fn run_in_child() {
+fn run_in_child(backend: Backend) {
+    assert_eq!(child::var(BACKEND_VAR), backend.name());
     let now: u64 = child::var("JOBSAFE_TEST_NOW").parse().unwrap();
-    let pipeline = pipeline(&child::store_root(), now, true);
+    let pipeline = pipeline(backend, &child::store_root(), now, true);
     loop {
         let pass = pipeline.run_pass().unwrap();
+        assert!(pass.errors.is_empty(), "{:?}", pass.errors);
         for run in &pass.runs {
             assert!(
                 matches!(run.outcome, jobsafe::RunOutcome::Completed),

@@ -147,11 +147,20 @@ impl<S: Store> JobState<S> {
         Ok((job, written))
     }
 
-    /// Deletes `job` (read at `version`) and all its events in one batch.
-    pub(super) fn remove_with_events(&self, job: &Job, version: Version) -> Result<()> {
+    /// Deletes `job` (read at `version`) and all its events in one batch, with
+    /// `extra` operations (on keys outside the job's).
+    pub(super) fn remove_with_events(
+        &self,
+        job: &Job,
+        version: Version,
+        extra: &[Op],
+    ) -> Result<()> {
         let mut batch = Batch::new().delete(&self.record_key(&job.id)?, Expect::Version(version));
         for key in self.store.list_all(&self.events_prefix(&job.id)?)? {
             batch = batch.delete(&key, Expect::Any);
+        }
+        for op in extra {
+            batch.push(op.clone());
         }
         self.store.apply(&batch).map(|_| ())
     }

@@ -137,7 +137,7 @@ impl<S: Store> JobState<S> {
             if !due {
                 continue;
             }
-            match self.remove_with_events(&job, job.version) {
+            match self.remove_with_events(&job, job.version, &[]) {
                 Ok(()) => self.hub.close(&job.id),
                 Err(e) if e.is_conflict() => continue, // changed since the listing
                 Err(e) => return Err(e),

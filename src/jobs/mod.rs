@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
 use crate::record::{self as codec, Extra, Metadata};
-use crate::store::{Expect, Store, Version};
+use crate::store::{Expect, Op, Store, Version};
 
 /// Events kept per job unless set otherwise; older ones are dropped.
 pub const DEFAULT_MAX_EVENTS: u64 = 1000;
@@ -345,7 +345,7 @@ impl<S: Store> JobState<S> {
                     action: "delete a running job (cancel it first)",
                 });
             }
-            match self.remove_with_events(&job, version) {
+            match self.remove_with_events(&job, version, &[]) {
                 Ok(()) => {
                     self.hub.close(id);
                     return Ok(true);
@@ -353,6 +353,27 @@ impl<S: Store> JobState<S> {
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Deletes job `id` with its events, and `extra` store operations (on keys
+    /// outside the job's) in the same atomic batch, only if its record is still
+    /// at `version` and not running. Returns whether it did.
+    pub(crate) fn delete_at_with(&self, id: &str, version: Version, extra: &[Op]) -> Result<bool> {
+        let Some((job, current)) = self.read(id)? else {
+            return Ok(false);
+        };
+        if current != version || job.status == JobStatus::Running {
+            return Ok(false);
+        }
+        match self.remove_with_events(&job, version, extra) {
+            Ok(()) => {
+                self.hub.close(id);
+                Ok(true)
+            }
+            // The record changed since it was read.
+            Err(e) if e.is_conflict() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

@@ -270,7 +270,13 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// [`Error::InvalidTransition`] unless failed; [`Error::JobNotFound`].
     pub fn retry(&self, id: &str) -> Result<Job> {
-        self.update(id, |job, _| {
+        self.retry_with(id, &[])
+    }
+
+    /// [`retry`](JobState::retry), with `extra` store operations in the same
+    /// atomic batch: they happen only if the job was failed and is requeued.
+    pub(crate) fn retry_with(&self, id: &str, extra: &[Op]) -> Result<Job> {
+        self.update_with(id, extra, |job, _| {
             if job.status != JobStatus::Failed {
                 return Err(invalid(job, "retry"));
             }

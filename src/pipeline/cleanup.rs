@@ -1,14 +1,15 @@
 //! Deleting jobs with their artifacts, and purging what is old.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Pipeline, paths};
 use crate::error::{Error, Result};
 use crate::jobs::{JobFilter, JobStatus, PurgeCounts};
-use crate::key::Prefix;
-use crate::store::{Batch, Expect, Store};
+use crate::key::{Key, Prefix};
+use crate::store::{Batch, Expect, Op, Store};
 use crate::vfs::{FileKind, Vfs};
 
 /// The outcome of [`Pipeline::delete`].
@@ -58,8 +59,8 @@ impl Default for PurgePolicy {
     }
 }
 
-/// What [`Pipeline::purge`] removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What [`Pipeline::purge`] removed, and the job records it could not read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PurgeReport {
     /// Job records removed, with their events, checkpoints and directories.
     pub jobs: PurgeCounts,
@@ -68,12 +69,20 @@ pub struct PurgeReport {
     pub artifact_dirs: usize,
     /// Checkpoint records removed.
     pub checkpoints: usize,
+    /// Subject directories (shared artifacts) removed once no job of their
+    /// subject remained.
+    pub subject_dirs: usize,
     /// Expired ledger reservations removed.
     pub reservations: usize,
     /// Lock records whose lease had ended, removed.
     pub locks: usize,
     /// Temp files of crashed writers removed.
     pub temp_files: usize,
+    /// Job records that could not be read: their jobs, directories and
+    /// checkpoints were kept (move a record aside with
+    /// [`Store::quarantine`] after a look). Not counted in
+    /// [`total`](PurgeReport::total).
+    pub unreadable_jobs: Vec<Key>,
 }
 
 impl PurgeReport {
@@ -82,6 +91,7 @@ impl PurgeReport {
         self.jobs.total()
             + self.artifact_dirs
             + self.checkpoints
+            + self.subject_dirs
             + self.reservations
             + self.locks
             + self.temp_files
@@ -132,7 +142,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// be running; the caller holds its subject.
     pub(crate) fn remove_job(&self, id: &str) -> Result<usize> {
         let inner = &self.inner;
-        let dirs = remove_dir_all(&self.job_dir(id))?;
+        let dirs = remove_dir_all(inner.writer.vfs(), &self.job_dir(id))?;
         let mut batch = Batch::new();
         let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
         for key in &checkpoints {
@@ -146,42 +156,66 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 
     /// Completes the deletions marked by [`delete`](Pipeline::delete) whose
-    /// subject was busy, returning how many.
-    pub(crate) fn finish_deletions(&self) -> Result<usize> {
+    /// subject was busy, returning how many; the error of one deletion goes to
+    /// `errors` (by job id) and the others go on.
+    pub(crate) fn finish_deletions(&self, errors: &mut Vec<(String, Error)>) -> Result<usize> {
         let mut done = 0;
         for key in self.inner.store.list_all(&self.prefix(&["deleting"])?)? {
             let Some(id) = key.segments().last() else {
                 continue;
             };
-            let subject = match self.inner.jobs.get(id)? {
-                Some(job) => Self::subject_of(&job).to_owned(),
-                None => id.clone(),
-            };
-            if let Ok(lease) = self.acquire(&subject, id)? {
-                let outcome = match self.inner.jobs.get(id)? {
-                    Some(job) if job.status == JobStatus::Running => {
-                        match self.inner.jobs.cancel(id) {
-                            Ok(_) => self.remove_job(id),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    _ => self.remove_job(id),
-                };
-                lease.release();
-                outcome?;
-                done += 1;
+            match self.finish_deletion(id) {
+                Ok(true) => done += 1,
+                Ok(false) => {}
+                Err(e) => errors.push((id.clone(), e)),
             }
         }
         Ok(done)
     }
 
+    /// Completes the deletion of job `id` if its subject is free.
+    fn finish_deletion(&self, id: &str) -> Result<bool> {
+        let subject = match self.inner.jobs.get(id)? {
+            Some(job) => Self::subject_of(&job).to_owned(),
+            None => id.to_owned(),
+        };
+        let Ok(lease) = self.acquire(&subject, id)? else {
+            return Ok(false);
+        };
+        let outcome = match self.inner.jobs.get(id) {
+            Ok(Some(job)) if job.status == JobStatus::Running => {
+                self.inner.jobs.cancel(id).and_then(|_| self.remove_job(id))
+            }
+            Ok(_) => self.remove_job(id),
+            Err(e) => Err(e),
+        };
+        lease.release();
+        outcome.map(|_| true)
+    }
+
     /// Purges, by the configured [`PurgePolicy`]: finished and abandoned queued
     /// jobs with their checkpoints and directories, orphaned directories and
-    /// checkpoints, expired ledger reservations (if a ledger was given), ended
-    /// lock leases, and old temp files. Returns the counts.
+    /// checkpoints, the shared directories of subjects no job refers to any
+    /// more (under the subject's lock), expired ledger reservations (if a
+    /// ledger was given), ended lock leases, and old temp files. Returns the
+    /// counts. Directories are removed through the pipeline's
+    /// [`Vfs`], their parent fsynced.
+    ///
+    /// Subject directories are found by name: a subject whose name is not a
+    /// plain lower-case name (its directory name is a hash) has its directory
+    /// removed by the purge that removes its last job, or by none if that purge
+    /// could not (its subject was busy, say). Each removal reads every job
+    /// record again under the subject's lock.
+    ///
+    /// A job record that cannot be read fails nothing: the job's directory and
+    /// checkpoints are kept, and its key is in
+    /// [`PurgeReport::unreadable_jobs`].
     ///
     /// Safe while runners work: running jobs are never purged, and a job is
-    /// removed only under its subject's lock.
+    /// removed only under its subject's lock and only if its record has not
+    /// changed since the purge read it (a manual retry meanwhile wins): its
+    /// record, events and checkpoints go in one batch that checks that, and its
+    /// directory after.
     ///
     /// # Errors
     /// Store and I/O errors.
@@ -192,7 +226,16 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut report = PurgeReport::default();
         let mut kept = BTreeSet::new();
-        for job in inner.jobs.list(&JobFilter::default())?.jobs {
+        let mut purged_subjects = BTreeSet::new();
+        let list = inner.jobs.list(&JobFilter::default())?;
+        for (key, _) in list.unreadable {
+            // Its status and age are unknown: keep everything it may own.
+            if let Some(id) = key.segments().last() {
+                kept.insert(paths::dir_name(id));
+            }
+            report.unreadable_jobs.push(key);
+        }
+        for job in list.jobs {
             let due = match job.status {
                 JobStatus::Running => false,
                 JobStatus::Queued => {
@@ -213,7 +256,16 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let removed = self.purge_job(&job.id, job.version, &mut report);
             lease.release();
-            if removed? {
+            let removed = match removed {
+                // Damaged since the listing: kept, and reported.
+                Err(Error::Corrupt { key, .. }) if key.segments().last() == Some(&job.id) => {
+                    report.unreadable_jobs.push(key);
+                    false
+                }
+                other => other?,
+            };
+            if removed {
+                purged_subjects.insert(Self::subject_of(&job).to_owned());
                 let count = match job.status {
                     JobStatus::Complete => &mut report.jobs.complete,
                     JobStatus::Failed => &mut report.jobs.failed,
@@ -226,6 +278,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             }
         }
         self.purge_orphans(&kept, &mut report)?;
+        self.purge_subject_dirs(&purged_subjects, &mut report)?;
         if let Some(ledger) = &inner.ledger {
             report.reservations = ledger(policy.reservations_expired_for)?;
         }
@@ -243,7 +296,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         Ok(report)
     }
 
-    /// Removes one finished job if its record is still at `version`.
+    /// Removes one finished job if its record is still at `version`: the record,
+    /// its events, checkpoints and failure count in one batch that checks the
+    /// version (a manual retry since the listing wins), then its directory.
+    /// A crash between the two leaves an orphan directory for a later purge.
     fn purge_job(
         &self,
         id: &str,
@@ -251,19 +307,23 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         report: &mut PurgeReport,
     ) -> Result<bool> {
         let inner = &self.inner;
-        match inner.jobs.get(id)? {
-            Some(job) if job.version == version => {}
-            _ => return Ok(false), // changed since the listing (a manual retry, say)
-        }
-        report.artifact_dirs += remove_dir_all(&self.job_dir(id))?;
         let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
-        report.checkpoints += checkpoints.len();
-        let mut batch = Batch::new().delete(&self.run_state_key(id)?, Expect::Any);
+        let mut extra = vec![Op::Delete {
+            key: self.run_state_key(id)?,
+            expect: Expect::Any,
+        }];
         for key in &checkpoints {
-            batch = batch.delete(key, Expect::Any);
+            extra.push(Op::Delete {
+                key: key.clone(),
+                expect: Expect::Any,
+            });
         }
-        inner.store.apply(&batch)?;
-        inner.jobs.delete(id)
+        if !inner.jobs.delete_at_with(id, version, &extra)? {
+            return Ok(false); // changed since the listing (a manual retry, say)
+        }
+        report.checkpoints += checkpoints.len();
+        report.artifact_dirs += remove_dir_all(inner.writer.vfs(), &self.job_dir(id))?;
+        Ok(true)
     }
 
     /// Directories and checkpoints of jobs that no longer exist (a deletion
@@ -286,7 +346,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
-                report.artifact_dirs += remove_dir_all(&dir)?;
+                report.artifact_dirs += remove_dir_all(vfs, &dir)?;
             }
         }
         let mut seen = BTreeSet::new();
@@ -294,8 +354,15 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             let Some(id) = key.segments().get(inner.namespace.segments().len() + 1) else {
                 continue;
             };
-            if !seen.insert(id.clone()) || inner.jobs.get(id)?.is_some() {
+            if !seen.insert(id.clone()) {
                 continue;
+            }
+            match inner.jobs.get(id) {
+                Ok(None) => {}
+                // Its job exists, or may: an unreadable record keeps them.
+                Ok(Some(_)) => continue,
+                Err(e) if e.is_corrupt() => continue,
+                Err(e) => return Err(e),
             }
             let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
             let mut batch = Batch::new();
@@ -311,8 +378,78 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 }
 
+impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
+    /// Removes the shared directories of subjects that no job refers to any
+    /// more, each under its subject's lock after checking again under it (a job
+    /// may have been created and run since the first look). Candidates are the
+    /// directories with plain names (a plain name is its subject) and those of
+    /// the subjects whose jobs were just purged; a hashed directory of an
+    /// unknown subject stays. Skipped while a job record is unreadable: its
+    /// subject is unknown.
+    fn purge_subject_dirs(
+        &self,
+        purged_subjects: &BTreeSet<String>,
+        report: &mut PurgeReport,
+    ) -> Result<()> {
+        if !report.unreadable_jobs.is_empty() {
+            return Ok(());
+        }
+        let vfs = self.inner.writer.vfs();
+        let top = self.inner.root.join(paths::SUBJECTS_DIR);
+        let names: BTreeSet<String> = list_dir(vfs, &top)?.into_iter().collect();
+        let mut candidates = BTreeMap::new();
+        for name in names.iter().filter(|n| !n.starts_with('~')) {
+            candidates.insert(name.clone(), name.clone());
+        }
+        for subject in purged_subjects {
+            let name = paths::dir_name(subject);
+            if names.contains(&name) {
+                candidates.insert(name, subject.clone());
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let Some(in_use) = self.subjects_in_use()? else {
+            return Ok(());
+        };
+        for (name, subject) in candidates {
+            if in_use.contains(&subject) {
+                continue;
+            }
+            let Ok(lease) = self.acquire(&subject, "(purge)")? else {
+                continue; // a runner holds it: next time
+            };
+            let removed = match self.subjects_in_use() {
+                Ok(Some(in_use)) if !in_use.contains(&subject) => {
+                    remove_dir_all(vfs, &top.join(&name))
+                }
+                Ok(_) => Ok(0),
+                Err(e) => Err(e),
+            };
+            lease.release();
+            report.subject_dirs += removed?;
+        }
+        Ok(())
+    }
+
+    /// The subjects of every job, or `None` if a job record cannot be read.
+    fn subjects_in_use(&self) -> Result<Option<BTreeSet<String>>> {
+        let list = self.inner.jobs.list(&JobFilter::default())?;
+        if !list.unreadable.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            list.jobs
+                .iter()
+                .map(|job| Self::subject_of(job).to_owned())
+                .collect(),
+        ))
+    }
+}
+
 /// The names in `dir` (none if it does not exist).
-fn list_dir<V: Vfs>(vfs: &V, dir: &std::path::Path) -> Result<Vec<String>> {
+fn list_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<Vec<String>> {
     match vfs.read_dir(dir) {
         Ok(names) => Ok(names
             .into_iter()
@@ -323,11 +460,49 @@ fn list_dir<V: Vfs>(vfs: &V, dir: &std::path::Path) -> Result<Vec<String>> {
     }
 }
 
-/// Removes `dir` and everything in it; returns 1 if it existed.
-fn remove_dir_all(dir: &std::path::Path) -> Result<usize> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(1),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Error::io("remove job directory", dir, e)),
+/// Removes `dir` and everything in it through `vfs` (a symlink inside is
+/// removed, not followed), then fsyncs its parent so that the removal survives
+/// a power loss; returns 1 if it existed.
+fn remove_dir_all<V: Vfs>(vfs: &V, dir: &Path) -> Result<usize> {
+    if !remove_tree(vfs, dir)? {
+        return Ok(0);
+    }
+    if let Some(parent) = dir.parent() {
+        vfs.sync_dir(parent)
+            .map_err(|e| Error::io("fsync directory", parent, e))?;
+    }
+    Ok(1)
+}
+
+/// Removes the tree at `dir`, depth first; `false` if it was not there.
+/// Entries that vanish meanwhile (another purge) are not errors.
+fn remove_tree<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let names = match vfs.read_dir(dir) {
+        Ok(names) => names,
+        Err(e) if gone(&e) => return Ok(false),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    for name in names {
+        let path = dir.join(name);
+        let info = match vfs.metadata(&path) {
+            Ok(info) => info,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(Error::io("stat", path, e)),
+        };
+        if info.kind == FileKind::Dir {
+            remove_tree(vfs, &path)?;
+        } else {
+            match vfs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(Error::io("remove file", path, e)),
+            }
+        }
+    }
+    match vfs.remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if gone(&e) => Ok(true),
+        Err(e) => Err(Error::io("remove directory", dir, e)),
     }
 }

@@ -1,5 +1,6 @@
 //! How a stage says what went wrong: transient (retry later) or permanent (fail).
 
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::time::Duration;
@@ -108,6 +109,27 @@ impl StageError {
 
     pub(crate) fn into_job_error(self) -> JobError {
         self.error
+    }
+
+    /// The error a stage's panic becomes: permanent (a bug is not fixed by
+    /// waiting), code `panic`, with the panic's message for operators only.
+    pub(crate) fn from_panic(payload: &(dyn Any + Send)) -> Self {
+        StageError::new(
+            ErrorClass::Permanent,
+            JobError::internal_only(format!("panicked: {}", panic_message(payload))).code("panic"),
+        )
+    }
+}
+
+/// The text a panic was raised with: `panic!` gives a `&str` or a `String`;
+/// `panic_any` can give anything else.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text
+    } else {
+        "a non-text payload"
     }
 }
 

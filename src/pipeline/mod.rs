@@ -3,8 +3,11 @@
 
 mod checkpoint;
 mod cleanup;
+mod commit;
 mod error;
+mod failure;
 mod lease;
+mod outcome;
 mod pass;
 mod paths;
 mod retry;
@@ -15,15 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use checkpoint::{Artifact, Checkpoint};
 pub use cleanup::{Deletion, PurgePolicy, PurgeReport};
 pub use error::{ErrorClass, StageError, classify_io};
+pub use outcome::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use pass::PassReport;
 pub use paths::MAX_ARTIFACT_NAME;
 pub use retry::RetryPolicy;
-pub use run::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use stage::StageContext;
 
 use crate::atomic::AtomicWriter;
@@ -33,8 +34,8 @@ use crate::jobs::{Job, JobState, NewJob};
 use crate::key::{Key, Prefix};
 use crate::ledger::JobLedger;
 use crate::lock::JobLock;
-use crate::record::{self as codec, Extra, Record};
-use crate::store::{Expect, Store};
+use crate::record as codec;
+use crate::store::{Expect, Op, Store};
 use crate::vfs::{StdVfs, Vfs};
 
 /// The metadata field of a job that names its subject.
@@ -61,12 +62,19 @@ struct Stage {
 /// - **Idempotent re-runs.** A stage whose checkpoint is recorded and whose
 ///   artifacts all verify (present, same length and SHA-256, after the same
 ///   earlier artifacts) is skipped, and its files are not touched: their mtimes
-///   stay. A missing or altered artifact makes the stage run again.
+///   stay. A missing or altered artifact makes the stage run again, and so does
+///   a checkpoint record that cannot be decoded: the store moves it aside
+///   ([`Store::quarantine`], which keeps its bytes) and the observer's
+///   [`StageNotice`] says why and where it went. An undecodable count of
+///   transient failures is moved aside the same way and counting starts again
+///   (the job's internal error message says so).
 /// - **Artifacts.** Stages write through [`StageContext::write`] (the job's own
 ///   directory) and [`StageContext::write_shared`] (the subject's directory,
 ///   shared by its jobs), which go through an [`AtomicWriter`]: a crash leaves
 ///   the old file or the new, never a mix. Each write is fenced: it commits only
-///   if the runner still owns the job (attempt and fencing token) and its lease.
+///   if the runner still owns the job (attempt and fencing token) and its lease,
+///   checked before the write creates a directory or a temp file and again
+///   just before its rename.
 ///   The checkpoint is stored in one atomic batch with a compare-and-set of the
 ///   job record that checks the same, so a runner that lost the job cannot
 ///   record anything.
@@ -79,7 +87,11 @@ struct Stage {
 /// - **One runner per subject.** A run holds a [`JobLock`] lease on the job's
 ///   subject (a session, say), renewed by a keep-alive; a second runner finds it
 ///   held and reports [`RunOutcome::Busy`] without touching anything. A run that
-///   loses its lease stops before its next write.
+///   loses its lease stops before its next write and leaves every file alone;
+///   its report says what it found: [`RunOutcome::Superseded`] (another runner
+///   took the job over), [`RunOutcome::LostLease`] (the lease ended, nobody
+///   took over yet) or [`RunOutcome::NotRunning`] (the job was requeued or
+///   failed by another hand, such as [`JobState::recover`]).
 /// - **Cancellation and deletion** are checked between stages; the stage that
 ///   did not finish has its artifacts removed. Cancel keeps finished artifacts;
 ///   [`delete`](Pipeline::delete) removes the job's directory, checkpoints and
@@ -108,7 +120,12 @@ struct Stage {
 /// one file after losing the job. It cannot record a checkpoint, and the file
 /// no longer matches the successor's checkpoint, so the next run redoes that
 /// stage: the damage is detected, not prevented. Filesystems offer no
-/// compare-and-set that would close the gap.
+/// compare-and-set that would close the gap. The same holds for the partial
+/// files of a failed stage: they are removed only after the failure is
+/// recorded (fenced) and while the lease is live, so a runner that lost the job
+/// leaves them alone, but one that stalls between that check and the removal
+/// could remove a successor's file of the same name, which its checkpoint then
+/// reports as missing.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -392,20 +409,6 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     }
 }
 
-/// A job's pipeline state besides its record: consecutive transient failures.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct RunState {
-    transient_failures: u32,
-    #[serde(default)]
-    failed_stage: Option<String>,
-    #[serde(flatten)]
-    extra: Extra,
-}
-
-impl Record for RunState {
-    const SCHEMA: u32 = 1;
-}
-
 impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// The job records. Create jobs with [`enqueue`](Pipeline::enqueue), which
     /// records the subject; read them, subscribe to their events or cancel them
@@ -474,16 +477,18 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     /// Puts a failed job back in the queue; its next run resumes at the stage
     /// that failed (finished stages verify and are skipped), with a fresh count
-    /// of transient failures.
+    /// of transient failures. The requeue and the reset of the count are one
+    /// atomic write, so a runner that picks the job up at once keeps the count
+    /// of its own failures.
     ///
     /// # Errors
     /// As [`JobState::retry`].
     pub fn retry(&self, id: &str) -> Result<Job> {
-        let job = self.inner.jobs.retry(id)?;
-        self.inner
-            .store
-            .delete(&self.run_state_key(id)?, Expect::Any)?;
-        Ok(job)
+        let reset = Op::Delete {
+            key: self.run_state_key(id)?,
+            expect: Expect::Any,
+        };
+        self.inner.jobs.retry_with(id, &[reset])
     }
 
     /// Cancels job `id` ([`JobState::cancel`]). A running job stops at its next
@@ -523,11 +528,30 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         Key::new([subject])
     }
 
-    fn read_run_state(&self, id: &str) -> Result<RunState> {
-        let key = self.run_state_key(id)?;
-        match self.inner.store.get(&key)? {
-            None => Ok(RunState::default()),
-            Some(entry) => codec::decode(&key, &entry.value),
+    /// The record at `key`, `Ok(None)` if absent, or, if it cannot be decoded,
+    /// `Err` saying why and where the store moved its bytes: an unreadable
+    /// checkpoint or failure count must not stop every run of its job, and
+    /// its bytes are kept for a look. A record of a newer schema is an error,
+    /// left in place for the deploy that wrote it.
+    fn read_or_quarantine<R: codec::Record>(
+        &self,
+        key: &Key,
+    ) -> Result<std::result::Result<Option<R>, String>> {
+        let read = match self.inner.store.get(key) {
+            Ok(None) => return Ok(Ok(None)),
+            Ok(Some(entry)) => codec::decode(key, &entry.value),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(record) => Ok(Ok(Some(record))),
+            Err(e @ Error::Corrupt { .. }) => {
+                let moved = match self.inner.store.quarantine(key)? {
+                    Some(moved) => format!("moved to {}", moved.location),
+                    None => "it was gone already".to_owned(),
+                };
+                Ok(Err(format!("{e}; {moved}")))
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -5,19 +5,27 @@ use serde::{Deserialize, Serialize};
 
 use super::Pipeline;
 use super::cleanup::PurgeReport;
-use super::run::{RunOutcome, RunReport};
-use crate::error::Result;
+use super::outcome::{RunOutcome, RunReport};
+use crate::error::{Error, Result};
 use crate::jobs::{JobFilter, JobStatus};
+use crate::key::Key;
 use crate::record::{self as codec, Extra, Record};
 use crate::store::{Expect, Store};
 use crate::vfs::Vfs;
 
 /// What one [`Pipeline::run_pass`] did.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct PassReport {
-    /// One report per job considered, in job id order (creation order for
-    /// generated ids). Jobs of a busy subject report [`RunOutcome::Busy`].
+    /// One report per job run, in job id order (creation order for generated
+    /// ids). Jobs of a busy subject report [`RunOutcome::Busy`].
     pub runs: Vec<RunReport>,
+    /// Jobs whose run or pending deletion ended with an error (a store or disk
+    /// failure), by job id. The pass went on with the other jobs; a job left
+    /// running is taken over by a later pass.
+    pub errors: Vec<(String, Error)>,
+    /// Job records that could not be read, so could not be run (move one aside
+    /// with [`Store::quarantine`] after a look).
+    pub unreadable: Vec<(Key, Error)>,
     /// Deletions completed that had waited for a busy subject.
     pub deletions: usize,
     /// What the scheduled purge removed, if it ran in this pass.
@@ -52,27 +60,35 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// are safe: each job runs under its subject's lock, and the purge is
     /// claimed by one compare-and-set.
     ///
+    /// An error in one job's run (or pending deletion) does not stop the pass:
+    /// it is in [`PassReport::errors`] and the other jobs run. Unreadable job
+    /// records are in [`PassReport::unreadable`].
+    ///
     /// This reads every job record; it suits thousands of jobs, not millions.
     ///
     /// # Errors
-    /// Store and I/O errors (a pass stops at the first).
+    /// Store and I/O errors that concern no one job: listing the jobs, the
+    /// purge schedule, the purge.
     pub fn run_pass(&self) -> Result<PassReport> {
-        let mut report = PassReport {
-            deletions: self.finish_deletions()?,
-            ..PassReport::default()
-        };
+        let mut report = PassReport::default();
+        report.deletions = self.finish_deletions(&mut report.errors)?;
         if self.claim_purge()? {
             report.purged = Some(self.purge()?);
         }
         let now = self.inner.clock.now_ms();
-        for job in self.inner.jobs.list(&JobFilter::default())?.jobs {
+        let list = self.inner.jobs.list(&JobFilter::default())?;
+        report.unreadable = list.unreadable;
+        for job in list.jobs {
             let due = match job.status {
                 JobStatus::Queued => job.retry_at_ms.is_none_or(|at| now >= at),
                 JobStatus::Running => true,
                 _ => false,
             };
             if due {
-                report.runs.push(self.run_job(&job.id)?);
+                match self.run_job(&job.id) {
+                    Ok(run) => report.runs.push(run),
+                    Err(e) => report.errors.push((job.id, e)),
+                }
             }
         }
         Ok(report)

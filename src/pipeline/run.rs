@@ -7,145 +7,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::checkpoint::{Artifact, Checkpoint, Verdict, chain_digest};
-use super::error::{ErrorClass, StageError};
+use super::checkpoint::{Artifact, Checkpoint, Verdict};
+use super::error::StageError;
 use super::lease::Lease;
+use super::outcome::{RunOutcome, RunReport, StageAction, Stop};
 use super::stage::{StageContext, StageIo};
-use super::{Pipeline, RunState, Stage, paths};
+use super::{Pipeline, Stage, paths};
 use crate::error::{Error, IoContext, Result};
-use crate::jobs::{Failure, Job, JobError, JobStatus, Worker};
+use crate::jobs::{Job, JobStatus, Worker};
 use crate::lock::{Acquire, LockRecord, LockRequest};
-use crate::record::{self as codec, Extra};
 use crate::store::{Expect, Op, Store};
 use crate::vfs::Vfs;
-
-/// What happened to one stage in a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StageAction {
-    /// About to run (in a [`StageNotice`] only).
-    Started,
-    /// Its checkpoint verified: not run, its files untouched.
-    Skipped,
-    /// It ran and its checkpoint was recorded.
-    Ran,
-    /// It returned an error or panicked.
-    Failed,
-    /// It was interrupted (cancel, delete, lost lease) before its checkpoint.
-    Interrupted,
-}
-
-/// What a [`Pipeline`] observer is told about a stage.
-#[derive(Clone, Copy, Debug)]
-pub struct StageNotice<'a> {
-    /// The job.
-    pub job_id: &'a str,
-    /// Its subject.
-    pub subject: &'a str,
-    /// The stage.
-    pub stage: &'a str,
-    /// What happened.
-    pub action: StageAction,
-    /// Why, when there is more to say: why a checkpoint did not verify, or the
-    /// internal message of a failure.
-    pub detail: Option<&'a str>,
-}
-
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum RunOutcome {
-    /// Every stage ran or was skipped; the job is complete.
-    Completed,
-    /// A stage failed transiently; the job is queued again until `retry_at_ms`.
-    RetryScheduled {
-        /// The stage that failed.
-        stage: String,
-        /// When the job is due again.
-        retry_at_ms: u64,
-        /// Consecutive transient failures so far.
-        failures: u32,
-        /// The error, as stored on the job.
-        error: JobError,
-    },
-    /// A stage failed permanently (or panicked, or failed transiently too
-    /// often); the job is failed until [`Pipeline::retry`].
-    Failed {
-        /// The stage that failed.
-        stage: String,
-        /// The error, as stored on the job.
-        error: JobError,
-    },
-    /// The job was cancelled; the run stopped at a stage boundary.
-    Cancelled {
-        /// The stage that was interrupted, if one was under way.
-        stage: Option<String>,
-    },
-    /// The job was deleted: its directory, checkpoints and record are gone.
-    Deleted,
-    /// The runner lost its lease or the job (taken over after a pause, say) and
-    /// stopped without writing anything more.
-    LostLease {
-        /// The stage that was under way, if any.
-        stage: Option<String>,
-        /// What was found.
-        reason: String,
-    },
-    /// Another runner holds the subject: nothing was done.
-    Busy {
-        /// Its lock record.
-        holder: Box<LockRecord>,
-    },
-    /// The job is not due: finished, or waiting for its retry time.
-    NotDue {
-        /// Its status.
-        status: JobStatus,
-        /// When it is due again, if queued for a retry.
-        retry_at_ms: Option<u64>,
-    },
-    /// There is no such job.
-    NotFound,
-}
-
-/// The report of one [`Pipeline::run_job`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunReport {
-    /// The job.
-    pub job_id: String,
-    /// Its subject, if the job was found.
-    pub subject: Option<String>,
-    /// Each stage reached, with what happened to it, in order.
-    pub stages: Vec<(String, StageAction)>,
-    /// How the run ended.
-    pub outcome: RunOutcome,
-}
-
-impl RunReport {
-    /// The stages that ran (not skipped) in this run.
-    pub fn ran(&self) -> Vec<&str> {
-        self.with(StageAction::Ran)
-    }
-
-    /// The stages skipped in this run.
-    pub fn skipped(&self) -> Vec<&str> {
-        self.with(StageAction::Skipped)
-    }
-
-    fn with(&self, action: StageAction) -> Vec<&str> {
-        self.stages
-            .iter()
-            .filter(|(_, a)| *a == action)
-            .map(|(s, _)| s.as_str())
-            .collect()
-    }
-}
-
-/// Why a run stops before its end.
-pub(crate) enum Stop {
-    Lost(String),
-    Cancelled,
-    Deleted,
-}
 
 impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// Runs job `id` if it is due: queued (and past its retry time), or running
@@ -158,7 +30,8 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// running, is taken over by the next run once the lease ends.
     ///
     /// # Errors
-    /// Store and I/O errors; [`Error::Corrupt`] for unreadable records.
+    /// Store and I/O errors; [`Error::Corrupt`] for an unreadable job record;
+    /// [`Error::UnsupportedSchema`] for a record written by a newer version.
     pub fn run_job(&self, id: &str) -> Result<RunReport> {
         let mut report = RunReport {
             job_id: id.to_owned(),
@@ -295,21 +168,21 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 }
 
 /// A run in progress: the pipeline, the worker's claim and the lease.
-struct RunCtx<'r, S: Store + 'static, V: Vfs> {
-    pipeline: &'r Pipeline<S, V>,
-    worker: &'r Worker,
-    lease: &'r Lease<std::sync::Arc<S>>,
-    subject: &'r str,
-    job_rel: PathBuf,
-    subject_rel: PathBuf,
+pub(super) struct RunCtx<'r, S: Store + 'static, V: Vfs> {
+    pub(super) pipeline: &'r Pipeline<S, V>,
+    pub(super) worker: &'r Worker,
+    pub(super) lease: &'r Lease<std::sync::Arc<S>>,
+    pub(super) subject: &'r str,
+    pub(super) job_rel: PathBuf,
+    pub(super) subject_rel: PathBuf,
 }
 
 impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
-    fn id(&self) -> &str {
+    pub(super) fn id(&self) -> &str {
         &self.worker.job_id
     }
 
-    fn notice(&self, stage: &str, action: StageAction, detail: Option<&str>) {
+    pub(super) fn notice(&self, stage: &str, action: StageAction, detail: Option<&str>) {
         self.pipeline.notify(&super::StageNotice {
             job_id: self.id(),
             subject: self.subject,
@@ -332,9 +205,11 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             if let Err(e) = entered {
                 return self.refused(e, None, &[]);
             }
-            let stale = match self.pipeline.checkpoint(self.id(), &stage.name)? {
-                None => None,
-                Some(checkpoint) => {
+            let key = self.pipeline.checkpoint_key(self.id(), &stage.name)?;
+            let stale = match self.pipeline.read_or_quarantine::<Checkpoint>(&key)? {
+                Ok(None) => None,
+                Err(unreadable) => Some(format!("its checkpoint was unreadable: {unreadable}")),
+                Ok(Some(checkpoint)) => {
                     match checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain)? {
                         Verdict::Valid => {
                             let skipped = inner.jobs.append_event_with(
@@ -403,28 +278,16 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         let result = catch_unwind(AssertUnwindSafe(|| (stage.run)(&mut ctx)));
         let written = std::mem::take(&mut ctx.written);
         if let Some(reason) = ctx.stop.take() {
-            report
-                .stages
-                .push((stage.name.clone(), StageAction::Interrupted));
-            self.notice(&stage.name, StageAction::Interrupted, Some(&reason));
-            return self
-                .stop(Stop::Lost(reason), Some(&stage.name), &written)
-                .map(Err);
+            // A write or progress report was refused as stale: whatever the
+            // stage returned, find out what happened and stop.
+            self.interrupted(&stage.name, &reason, report);
+            let stop = self.check_between()?.unwrap_or(Stop::Superseded(reason));
+            return self.stop(stop, Some(&stage.name), &written).map(Err);
         }
         let error = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-text payload".to_owned());
-                Some(StageError::new(
-                    ErrorClass::Permanent,
-                    JobError::internal_only(format!("panicked: {what}")).code("panic"),
-                ))
-            }
+            Err(panic) => Some(StageError::from_panic(&*panic)),
         };
         if let Some(error) = error {
             report
@@ -437,110 +300,42 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             );
             return self.fail(&stage.name, &written, error).map(Err);
         }
-        let chain = chain_digest(previous_chain, &stage.name, &written);
-        let key = self.pipeline.checkpoint_key(self.id(), &stage.name)?;
-        let checkpoint = Checkpoint {
-            job_id: self.id().to_owned(),
-            stage: stage.name.clone(),
-            attempt: self.worker.attempt,
-            token: self.worker.token,
-            recorded_ms: inner.clock.now_ms(),
-            artifacts: written.clone(),
-            chain: chain.clone(),
-            extra: Extra::new(),
-        };
-        let record = Op::Put {
-            value: codec::encode(&key, &checkpoint)?,
-            key,
-            expect: Expect::Any,
-        };
-        let done = inner.jobs.append_event_with(
-            self.worker,
-            "stage_done",
-            json!({ "stage": stage.name, "artifacts": written.len() }),
-            &[record],
-        );
-        if let Err(e) = done {
-            report
-                .stages
-                .push((stage.name.clone(), StageAction::Interrupted));
-            return self.refused(e, Some(&stage.name), &written).map(Err);
+        match self.record_checkpoint(&stage.name, previous_chain, &written) {
+            Ok(chain) => {
+                report.stages.push((stage.name.clone(), StageAction::Ran));
+                self.notice(&stage.name, StageAction::Ran, None);
+                Ok(Ok(chain))
+            }
+            Err(e) if e.is_stale_worker() || e.is_invalid_transition() => {
+                self.interrupted(&stage.name, &e.to_string(), report);
+                self.refused(e, Some(&stage.name), &written).map(Err)
+            }
+            Err(e) => Err(e),
         }
-        report.stages.push((stage.name.clone(), StageAction::Ran));
-        self.notice(&stage.name, StageAction::Ran, None);
-        Ok(Ok(chain))
     }
 
-    /// Ends the attempt for a stage error: back to the queue with a backoff, or
-    /// failed.
-    fn fail(&self, stage: &str, partial: &[Artifact], error: StageError) -> Result<RunOutcome> {
-        let inner = &self.pipeline.inner;
-        self.remove_artifacts(partial)?;
-        let state = self.pipeline.read_run_state(self.id())?;
-        let failures = state.transient_failures.saturating_add(1);
-        let transient = error.is_transient() && failures < inner.retry.failures_allowed();
-        let requested = error.requested_delay();
-        let exhausted = error.is_transient() && !transient;
-        let original = error.into_job_error();
-        let mut internal = format!("stage {stage}: {}", original.internal_message());
-        if exhausted {
-            internal.push_str(&format!(" (gave up after {failures} transient failures)"));
-        }
-        let mut job_error = JobError::new(original.client_message()).internal(internal);
-        if let Some(code) = original.error_code() {
-            job_error = job_error.code(code);
-        }
-        let (failure, next) = if transient {
-            let delay = inner.retry.delay_with(failures, requested);
-            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            let retry_at_ms = inner.clock.now_ms().saturating_add(delay_ms);
-            (Failure::Transient { retry_at_ms }, failures)
-        } else {
-            (Failure::Permanent, 0)
-        };
-        let key = self.pipeline.run_state_key(self.id())?;
-        let state = RunState {
-            transient_failures: next,
-            failed_stage: Some(stage.to_owned()),
-            extra: state.extra,
-        };
-        let record = Op::Put {
-            value: codec::encode(&key, &state)?,
-            key,
-            expect: Expect::Any,
-        };
-        if let Err(e) = inner
-            .jobs
-            .fail_with(self.worker, job_error.clone(), failure, &[record])
-        {
-            return self.refused(e, Some(stage), &[]);
-        }
-        Ok(match failure {
-            Failure::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
-                stage: stage.to_owned(),
-                retry_at_ms,
-                failures,
-                error: job_error,
-            },
-            Failure::Permanent => RunOutcome::Failed {
-                stage: stage.to_owned(),
-                error: job_error,
-            },
-        })
+    fn interrupted(&self, stage: &str, reason: &str, report: &mut RunReport) {
+        report
+            .stages
+            .push((stage.to_owned(), StageAction::Interrupted));
+        self.notice(stage, StageAction::Interrupted, Some(reason));
     }
 
-    /// Whether the run must stop at this boundary: lease lost, job taken over,
-    /// cancelled or deleted.
-    fn check_between(&self) -> Result<Option<Stop>> {
+    /// Whether the run must stop at this boundary: job taken over, lease lost,
+    /// cancelled, deleted or otherwise no longer running. A runner that no
+    /// longer owns the job or its lease is told so first: it must not touch
+    /// any file.
+    pub(super) fn check_between(&self) -> Result<Option<Stop>> {
+        let job = self.pipeline.inner.jobs.get(self.id())?;
+        if let Some(reason) = job.as_ref().and_then(|job| self.ownership(job)) {
+            return Ok(Some(Stop::Superseded(reason)));
+        }
         if let Some(reason) = self.lease.lost() {
-            return Ok(Some(Stop::Lost(reason)));
+            return Ok(Some(Stop::LeaseLost(reason)));
         }
-        let Some(job) = self.pipeline.inner.jobs.get(self.id())? else {
+        let Some(job) = job else {
             return Ok(Some(Stop::Deleted));
         };
-        if let Some(reason) = self.ownership(&job) {
-            return Ok(Some(Stop::Lost(reason)));
-        }
         Ok(match job.status {
             JobStatus::Running => None,
             JobStatus::Cancelled => {
@@ -551,7 +346,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                     Some(Stop::Cancelled)
                 }
             }
-            other => Some(Stop::Lost(format!("the job is {other}, no longer running"))),
+            other => Some(Stop::NotRunning(other)),
         })
     }
 
@@ -572,7 +367,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     }
 
     /// A job transition was refused: find out why and stop accordingly.
-    fn refused(
+    pub(super) fn refused(
         &self,
         error: Error,
         stage: Option<&str>,
@@ -583,15 +378,17 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         }
         let stop = self
             .check_between()?
-            .unwrap_or_else(|| Stop::Lost(error.to_string()));
+            .unwrap_or_else(|| Stop::Superseded(error.to_string()));
         self.stop(stop, stage, partial)
     }
 
     fn stop(&self, stop: Stop, stage: Option<&str>, partial: &[Artifact]) -> Result<RunOutcome> {
         let stage = stage.map(str::to_owned);
         match stop {
-            // Not ours any more: leave every file to the runner that has the job.
-            Stop::Lost(reason) => Ok(RunOutcome::LostLease { stage, reason }),
+            // Not ours any more: leave every file to whoever has the job now.
+            Stop::Superseded(reason) => Ok(RunOutcome::Superseded { stage, reason }),
+            Stop::LeaseLost(reason) => Ok(RunOutcome::LostLease { stage, reason }),
+            Stop::NotRunning(status) => Ok(RunOutcome::NotRunning { stage, status }),
             Stop::Cancelled => {
                 self.remove_artifacts(partial)?;
                 Ok(RunOutcome::Cancelled { stage })
@@ -604,7 +401,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         }
     }
 
-    fn remove_artifacts(&self, artifacts: &[Artifact]) -> Result<()> {
+    pub(super) fn remove_artifacts(&self, artifacts: &[Artifact]) -> Result<()> {
         let vfs = self.pipeline.inner.writer.vfs();
         for artifact in artifacts {
             let path = self.pipeline.inner.root.join(&artifact.path);
@@ -617,7 +414,8 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         Ok(())
     }
 
-    /// Checks, just before a write commits, that this runner still owns the job.
+    /// Checks that this runner still owns the job and its lease: before a write
+    /// creates anything, and again just before it commits.
     fn fence(&self, path: &Path) -> Result<()> {
         let stale = |reason: String| Error::StaleWorker {
             id: self.id().to_owned(),
@@ -645,6 +443,9 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
     fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact> {
         let inner = &self.pipeline.inner;
         let target = inner.root.join(&rel);
+        // Before anything touches the disk: a stale runner must not recreate
+        // the directory of a job deleted after it lost the lease.
+        self.fence(&target)?;
         if let Some(dir) = target.parent() {
             inner
                 .writer
@@ -654,7 +455,9 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         }
         let mut pending = inner.writer.begin(&target)?;
         pending.write_bytes(bytes)?;
-        // On refusal the pending file is dropped, which removes its temp file.
+        // Again just before the rename: the job may have been taken over while
+        // the bytes were written. On refusal the pending file is dropped, which
+        // removes its temp file.
         self.fence(&target)?;
         pending.commit()?;
         Ok(Artifact::of(rel, bytes))

@@ -107,7 +107,8 @@ impl StageContext<'_> {
     /// [`MAX_ARTIFACT_NAME`](crate::MAX_ARTIFACT_NAME) bytes);
     /// [`Error::StaleToken`](crate::Error::StaleToken) or
     /// [`Error::StaleWorker`](crate::Error::StaleWorker) if the runner lost the
-    /// job (nothing is written); I/O errors naming the path.
+    /// job (nothing is written, no directory created); I/O errors naming the
+    /// path.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let rel = self.job_rel.clone();
         self.write_at(rel, name, bytes)

@@ -1,0 +1,107 @@
+//! The end of a stage that returned an error or panicked: back to the queue
+//! with a backoff, or failed, with the count of consecutive transient failures
+//! kept beside the job.
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::Artifact;
+use super::error::StageError;
+use super::outcome::RunOutcome;
+use super::run::RunCtx;
+use crate::error::Result;
+use crate::jobs::{Failure, JobError};
+use crate::record::{self as codec, Extra, Record};
+use crate::store::{Expect, Op, Store};
+use crate::vfs::Vfs;
+
+/// A job's pipeline state besides its record: consecutive transient failures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct RunState {
+    pub(super) transient_failures: u32,
+    #[serde(flatten)]
+    pub(super) extra: Extra,
+}
+
+impl Record for RunState {
+    const SCHEMA: u32 = 1;
+}
+
+impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
+    /// Ends the attempt for a stage error: back to the queue with a backoff, or
+    /// failed. The stage's `partial` artifacts are removed only once the
+    /// failure is recorded (a compare-and-set that checks this runner still
+    /// owns the job) and while the lease is live: a runner that lost the job
+    /// leaves the files alone, since a successor may have written the same
+    /// names.
+    pub(super) fn fail(
+        &self,
+        stage: &str,
+        partial: &[Artifact],
+        error: StageError,
+    ) -> Result<RunOutcome> {
+        let inner = &self.pipeline.inner;
+        let key = self.pipeline.run_state_key(self.id())?;
+        let (state, unreadable) = match self.pipeline.read_or_quarantine::<RunState>(&key)? {
+            Ok(state) => (state.unwrap_or_default(), None),
+            Err(unreadable) => (RunState::default(), Some(unreadable)),
+        };
+        let failures = state.transient_failures.saturating_add(1);
+        let transient = error.is_transient() && failures < inner.retry.failures_allowed();
+        let requested = error.requested_delay();
+        let exhausted = error.is_transient() && !transient;
+        let original = error.into_job_error();
+        let mut internal = format!("stage {stage}: {}", original.internal_message());
+        if exhausted {
+            internal.push_str(&format!(" (gave up after {failures} transient failures)"));
+        }
+        if let Some(unreadable) = unreadable {
+            internal.push_str(&format!(
+                " (the count of earlier transient failures was unreadable and starts again: {unreadable})"
+            ));
+        }
+        let mut job_error = JobError::new(original.client_message()).internal(internal);
+        if let Some(code) = original.error_code() {
+            job_error = job_error.code(code);
+        }
+        let (failure, next) = if transient {
+            let delay = inner.retry.delay_with(failures, requested);
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            let retry_at_ms = inner.clock.now_ms().saturating_add(delay_ms);
+            (Failure::Transient { retry_at_ms }, failures)
+        } else {
+            (Failure::Permanent, 0)
+        };
+        let state = RunState {
+            transient_failures: next,
+            extra: state.extra,
+        };
+        let record = Op::Put {
+            value: codec::encode(&key, &state)?,
+            key,
+            expect: Expect::Any,
+        };
+        if let Err(e) = inner
+            .jobs
+            .fail_with(self.worker, job_error.clone(), failure, &[record])
+        {
+            // Cancelled or deleted meanwhile: `refused` removes the partial
+            // files; taken over or lease lost: it leaves them.
+            return self.refused(e, Some(stage), partial);
+        }
+        if self.lease.lost().is_none() {
+            self.remove_artifacts(partial)?;
+        }
+        Ok(match failure {
+            Failure::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
+                stage: stage.to_owned(),
+                retry_at_ms,
+                failures,
+                error: job_error,
+            },
+            Failure::Permanent => RunOutcome::Failed {
+                stage: stage.to_owned(),
+                error: job_error,
+            },
+        })
+    }
+}
