@@ -124,30 +124,46 @@ fn throughput(config: &Config, sizes: &Sizes, run: &mut RunDir) -> BenchResult<V
     let durable = config.ops(DURABLE_OPS);
     let fast = config.ops(FAST_OPS);
     let base = sizes.base;
-    interleave(
-        config,
-        run,
+    let mut dir = ReserveWorkload::new("dirstore", StoreLedger::dir, base, durable, THREADS);
+    let mut log = ReserveWorkload::new("logstore", StoreLedger::log, base, durable, THREADS);
+    let mut mem = ReserveWorkload::new("memstore", StoreLedger::mem, base, fast, THREADS);
+    let mut sqlite_full = ReserveWorkload::new(
+        "sqlite_full",
+        |dir| SqliteLedger::open(dir, Synchronous::Full),
+        base,
         durable,
-        &mut [
-            &mut ReserveWorkload::new("dirstore", StoreLedger::dir, base, durable, THREADS),
-            &mut ReserveWorkload::new("logstore", StoreLedger::log, base, durable, THREADS),
-            &mut ReserveWorkload::new("memstore", StoreLedger::mem, base, fast, THREADS),
-            &mut ReserveWorkload::new(
-                "sqlite_full",
-                |dir| SqliteLedger::open(dir, Synchronous::Full),
-                base,
-                durable,
-                THREADS,
-            ),
-            &mut ReserveWorkload::new(
-                "sqlite_normal",
-                |dir| SqliteLedger::open(dir, Synchronous::Normal),
-                base,
-                fast,
-                THREADS,
-            ),
-        ],
-    )
+        THREADS,
+    );
+    let mut sqlite_normal = ReserveWorkload::new(
+        "sqlite_normal",
+        |dir| SqliteLedger::open(dir, Synchronous::Normal),
+        base,
+        fast,
+        THREADS,
+    );
+    let mut workloads: Vec<&mut dyn Workload> = vec![
+        &mut dir,
+        &mut log,
+        &mut mem,
+        &mut sqlite_full,
+        &mut sqlite_normal,
+    ];
+    #[cfg(feature = "postgres")]
+    let mut pg = ReserveWorkload::new("pgstore", StoreLedger::pg, base, durable, THREADS);
+    #[cfg(feature = "postgres")]
+    let pg_server = common::pg::url().is_some();
+    #[cfg(feature = "postgres")]
+    if pg_server {
+        workloads.push(&mut pg);
+    }
+    #[cfg(not(feature = "postgres"))]
+    println!("PgStore rows skipped: built without the feature `postgres`\n");
+    let measured = interleave(config, run, durable, &mut workloads);
+    #[cfg(feature = "postgres")]
+    if pg_server {
+        common::pg::drop_schemas()?;
+    }
+    measured
 }
 
 /// The naive file at both sizes, in rounds of their own after every other

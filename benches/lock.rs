@@ -32,7 +32,7 @@ use jobsafe::{DirStore, LogStore, MemStore};
 use self::common::lease::{JobLockEngine, LOCK_KEYS, LeaseWorkload, RawMapLease};
 use self::common::report::{self, Measurement, Ratio};
 use self::common::sqlite::{SqliteLease, Synchronous};
-use self::common::{BenchResult, Config, RunDir, Syncs, Tally, interleave};
+use self::common::{BenchResult, Config, RunDir, Syncs, Tally, Workload, interleave};
 
 /// Cycles per round of a full run. A durable cycle makes about five flushes
 /// through `DirStore` and two through SQLite, so with 11 rounds a run makes about
@@ -73,26 +73,40 @@ fn main() -> BenchResult {
 
 /// `JobLock` on `DirStore` and SQLite's lease table, in alternating rounds.
 fn durable(config: &Config, run: &mut RunDir) -> BenchResult<Vec<Measurement>> {
-    interleave(
-        config,
-        run,
-        config.ops(DURABLE_OPS),
-        &mut [
-            &mut LeaseWorkload::new("dirstore", |dir| {
-                let vfs = Counting::new(StdVfs);
-                let store = DirStore::builder(dir).vfs(vfs.clone()).open()?;
-                Ok(JobLockEngine::new(store, Syncs::Vfs(vfs)))
-            }),
-            &mut LeaseWorkload::new("logstore", |dir| {
-                let vfs = Counting::new(StdVfs);
-                let store = LogStore::builder(dir).vfs(vfs.clone()).open()?;
-                Ok(JobLockEngine::new(store, Syncs::Vfs(vfs)))
-            }),
-            &mut LeaseWorkload::new("sqlite_full", |dir| {
-                SqliteLease::open(dir, Synchronous::Full)
-            }),
-        ],
-    )
+    let mut dir = LeaseWorkload::new("dirstore", |dir| {
+        let vfs = Counting::new(StdVfs);
+        let store = DirStore::builder(dir).vfs(vfs.clone()).open()?;
+        Ok(JobLockEngine::new(store, Syncs::Vfs(vfs)))
+    });
+    let mut log = LeaseWorkload::new("logstore", |dir| {
+        let vfs = Counting::new(StdVfs);
+        let store = LogStore::builder(dir).vfs(vfs.clone()).open()?;
+        Ok(JobLockEngine::new(store, Syncs::Vfs(vfs)))
+    });
+    let mut sqlite = LeaseWorkload::new("sqlite_full", |dir| {
+        SqliteLease::open(dir, Synchronous::Full)
+    });
+    let mut workloads: Vec<&mut dyn Workload> = vec![&mut dir, &mut log, &mut sqlite];
+    // The server's flushes happen in another process: not counted.
+    #[cfg(feature = "postgres")]
+    let mut pg = LeaseWorkload::new("pgstore", |_| {
+        let store = common::pg::store(jobsafe::Durability::Full)?;
+        Ok(JobLockEngine::new(store, Syncs::Uncounted))
+    });
+    #[cfg(feature = "postgres")]
+    let pg_server = common::pg::url().is_some();
+    #[cfg(feature = "postgres")]
+    if pg_server {
+        workloads.push(&mut pg);
+    }
+    #[cfg(not(feature = "postgres"))]
+    println!("PgStore rows skipped: built without the feature `postgres`\n");
+    let measured = interleave(config, run, config.ops(DURABLE_OPS), &mut workloads);
+    #[cfg(feature = "postgres")]
+    if pg_server {
+        common::pg::drop_schemas()?;
+    }
+    measured
 }
 
 /// `JobLock` on `MemStore` and the bare map, in alternating rounds.

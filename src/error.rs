@@ -225,6 +225,40 @@ pub enum Error {
     /// An argument was out of range (an empty batch, a zero page size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A database server could not be reached, or refused or failed a request.
+    ///
+    /// `server` names it as `host:port/database`, never with a password.
+    /// `transient` says whether the same request may succeed later as it is: the
+    /// server was unreachable, restarting, out of connections, or the connection
+    /// dropped. A *write* that failed transiently may still have been committed
+    /// (the answer was lost, not necessarily the change): re-read before
+    /// repeating an [`Expect::Any`](crate::Expect::Any) write; a repeated
+    /// compare-and-set reports a conflict if the first one landed.
+    #[error("{step}: database server {server}")]
+    Database {
+        /// What was being done (`"connect"`, `"put"`, `"migrate schema"`, ...).
+        step: &'static str,
+        /// The server, as `host:port/database`.
+        server: String,
+        /// Whether retrying later, unchanged, may succeed.
+        transient: bool,
+        /// The client library's error, with the server's message if it sent one.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// A row of a database table cannot be decoded and no key names it (its key
+    /// column itself is damaged). The row is left where it is.
+    #[error("corrupt row in table {table} on database server {server}: {reason}")]
+    CorruptRow {
+        /// The server, as `host:port/database`.
+        server: String,
+        /// The table, as `schema.table`.
+        table: String,
+        /// What is wrong with the row.
+        reason: String,
+    },
 }
 
 fn fmt_current(current: &Option<Version>) -> String {
@@ -249,7 +283,10 @@ impl Error {
 
     /// Undecodable stored data (a record or a store file).
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, Error::Corrupt { .. } | Error::CorruptFile { .. })
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::CorruptFile { .. } | Error::CorruptRow { .. }
+        )
     }
 
     /// A write was rejected because its fencing token is stale.
@@ -284,11 +321,14 @@ impl Error {
 
     /// Worth retrying later without changing the request: I/O errors the operating
     /// system reports as temporary (interrupted, would block, timed out, busy, out
-    /// of space). A conflict is not: the same compare-and-set would fail again, so
-    /// re-read and decide anew. Corruption, poisoning and invalid input are not.
+    /// of space), and a database server that could not be reached or dropped the
+    /// connection ([`Error::Database`] with `transient`). A conflict is not: the
+    /// same compare-and-set would fail again, so re-read and decide anew.
+    /// Corruption, poisoning and invalid input are not.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Io { source, .. } => is_transient_io(source),
+            Error::Database { transient, .. } => *transient,
             _ => false,
         }
     }

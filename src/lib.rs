@@ -8,8 +8,10 @@
 //!
 //! - Use a [`Store`] to keep small records with versioned compare-and-set. Pick
 //!   [`DirStore`] (one inspectable file per key, the embedded default) or
-//!   [`MemStore`] (tests, or services that need no durability), or implement the
-//!   trait for your own backend and check it with the [`conformance`] suite.
+//!   [`MemStore`] (tests, or services that need no durability), `PgStore` (feature
+//!   `postgres`: one store shared by many machines through PostgreSQL), or
+//!   implement the trait for your own backend and check it with the
+//!   [`conformance`] suite.
 //! - Use a [`JobLock`] so that one job runs once at a time: a lease that a crashed
 //!   holder cannot keep past its expiry, with a fencing token per holder.
 //! - Use a [`JobLedger`] so that a job id is charged once however often it is
@@ -74,6 +76,13 @@
 //!   them.
 //! - [`Durability::AtomicOnly`] gives up power-loss safety for speed; it exists for
 //!   caches, tests and benchmarks.
+//!
+//! # Cargo features
+//!
+//! - `postgres` (off by default): `PgStore`, a [`Store`] in a PostgreSQL table for
+//!   services on several machines, and `PgClock`, which reads the server's clock
+//!   so that leases and TTLs do not depend on the machines' clocks. Brings in the
+//!   `postgres` client and the `r2d2` connection pool.
 
 mod atomic;
 mod clock;
@@ -116,6 +125,8 @@ pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};
 pub use store::log::{Compaction, LogStats, LogStore, LogStoreBuilder, MAX_TRANSACTION_BYTES};
 pub use store::mem::MemStore;
+#[cfg(feature = "postgres")]
+pub use store::pg::{PgClock, PgStore, PgStoreBuilder};
 pub use store::{Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version};
 
 /// The README's examples, compiled and run as doctests so that it cannot drift.

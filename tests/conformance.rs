@@ -1,6 +1,8 @@
 //! The conformance suite against this crate's backends: one test per clause and
 //! backend, so a failure names both.
 
+mod common;
+
 use std::fs;
 
 use jobsafe::conformance::{self, Harness};
@@ -87,6 +89,45 @@ impl Harness for Log {
     }
 }
 
+/// Fresh `PgStore`s, each in a schema of its own on the server named by
+/// `JOBSAFE_PG_URL`, dropped with the harness. A record is damaged by changing
+/// its value behind the store's back, leaving its checksum as it was.
+#[cfg(feature = "postgres")]
+#[derive(Default)]
+struct Pg {
+    schemas: common::pg::Schemas,
+}
+
+#[cfg(feature = "postgres")]
+impl Harness for Pg {
+    type Store = jobsafe::PgStore;
+
+    fn fresh(&mut self) -> jobsafe::Result<jobsafe::PgStore> {
+        Ok(self.schemas.store())
+    }
+
+    fn reopen(&mut self, store: jobsafe::PgStore) -> jobsafe::Result<Option<jobsafe::PgStore>> {
+        let schema = common::pg::schema_of(&store);
+        drop(store);
+        jobsafe::PgStore::builder(&common::pg::url())
+            .schema(&schema)
+            .open()
+            .map(Some)
+    }
+
+    fn corrupt(&mut self, store: &jobsafe::PgStore, key: &Key) -> jobsafe::Result<bool> {
+        let damaged = common::pg::client().execute(
+            &format!(
+                "UPDATE {} SET value = 'damaged'::bytea WHERE key = $1",
+                store.table()
+            ),
+            &[&common::pg::packed(key)],
+        );
+        // A failure here fails the clause, which reports it.
+        Ok(damaged.is_ok_and(|rows| rows == 1))
+    }
+}
+
 macro_rules! clause_tests {
     ($($clause:ident),* $(,)?) => {
         mod mem {
@@ -122,6 +163,19 @@ macro_rules! clause_tests {
                     }
                     Ok(skipped) => panic!("LogStore must run this clause; {skipped:?}"),
                     Err(violation) => panic!("LogStore broke {}: {violation}", stringify!($clause)),
+                }
+            })*
+        }
+
+        #[cfg(feature = "postgres")]
+        mod pg {
+            $(#[test]
+            fn $clause() {
+                let verdict = jobsafe::conformance::$clause(&mut super::Pg::default());
+                match verdict {
+                    Ok(jobsafe::conformance::Outcome::Passed) => {}
+                    Ok(skipped) => panic!("PgStore must run every clause; {skipped:?}"),
+                    Err(violation) => panic!("PgStore broke {}: {violation}", stringify!($clause)),
                 }
             })*
         }

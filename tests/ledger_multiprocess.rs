@@ -16,12 +16,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use common::backends::SharedStore;
 use common::child::{self, Child};
-use jobsafe::{
-    ChargeRequest, DirStore, Error, Expect, JobLedger, Key, ManualClock, Op, Reserve, Store,
-};
+use jobsafe::{ChargeRequest, Error, Expect, JobLedger, Key, ManualClock, Op, Reserve, Store};
 
 const TEST: &str = "killed_workers_leave_every_job_charged_once_net";
+#[cfg(feature = "postgres")]
+const TEST_PG: &str = "killed_workers_leave_every_job_charged_once_net_on_pg";
 const ACCOUNT: &str = "lic:abc123";
 const JOBS: usize = 40;
 const WORKERS: usize = 4;
@@ -76,9 +77,23 @@ fn killed_workers_leave_every_job_charged_once_net() {
         return work_in_child();
     }
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    DirStore::open(&root)
-        .unwrap()
+    run(TEST, SharedStore::Dir(dir.path().join("store")));
+}
+
+/// The same, with the ledger and the balance in PostgreSQL.
+#[cfg(feature = "postgres")]
+#[test]
+fn killed_workers_leave_every_job_charged_once_net_on_pg() {
+    if child::role().as_deref() == Some("ledger-worker") {
+        return work_in_child();
+    }
+    let mut schemas = common::pg::Schemas::default();
+    run(TEST_PG, SharedStore::Pg(schemas.fresh()));
+}
+
+fn run(test: &str, shared: SharedStore) {
+    shared
+        .open()
         .put(
             &balance_key(),
             INITIAL.to_string().as_bytes(),
@@ -86,9 +101,9 @@ fn killed_workers_leave_every_job_charged_once_net() {
         )
         .unwrap();
     let spawn = |seed: usize| {
-        let mut vars = child::store_vars(&root);
+        let mut vars = shared.vars();
         vars.insert("JOBSAFE_TEST_SEED", seed.to_string());
-        Child::spawn(TEST, "ledger-worker", &vars)
+        Child::spawn(test, "ledger-worker", &vars)
     };
 
     let mut reports = Vec::new();
@@ -136,13 +151,13 @@ fn killed_workers_leave_every_job_charged_once_net() {
         }
     }
 
-    let store = DirStore::open(&root).unwrap();
+    let store = shared.open();
     let clock = ManualClock::new(0);
     let ledger = JobLedger::new(&store, Arc::new(clock));
     let mut total = 0;
     for i in 0..JOBS {
         let job_id = job(i);
-        let (charges, _) = read_number(&store, &charges_key(&job_id)).unwrap();
+        let (charges, _) = read_number(&*store, &charges_key(&job_id)).unwrap();
         let reserved = ledger.lookup(ACCOUNT, &job_id).unwrap().is_some();
         assert_eq!(
             charges,
@@ -154,14 +169,15 @@ fn killed_workers_leave_every_job_charged_once_net() {
         }
         total += charges;
     }
-    let (balance, _) = read_number(&store, &balance_key()).unwrap();
+    let (balance, _) = read_number(&*store, &balance_key()).unwrap();
     assert_eq!(
         balance,
         INITIAL - total,
         "the balance disagrees with the charges"
     );
     println!(
-        "ledger_multiprocess: workers={} kills={KILLS} reports={} jobs_charged={total} balance={balance}",
+        "ledger_multiprocess: store={} workers={} kills={KILLS} reports={} jobs_charged={total} balance={balance}",
+        shared.kind(),
         WORKERS + KILLS,
         reports.len()
     );
@@ -170,7 +186,7 @@ fn killed_workers_leave_every_job_charged_once_net() {
 /// Child: tries every job in its own order, refunding the ones that "fail".
 fn work_in_child() {
     let seed: u64 = child::var("JOBSAFE_TEST_SEED").parse().unwrap();
-    let store = DirStore::open(child::store_root()).unwrap();
+    let store = SharedStore::from_env().open();
     let ledger = JobLedger::new(&store, Arc::new(ManualClock::new(0)));
     let mut order: Vec<usize> = (0..JOBS).collect();
     fastrand::Rng::with_seed(seed).shuffle(&mut order);
@@ -178,14 +194,14 @@ fn work_in_child() {
         let job_id = job(i);
         let outcome = ledger
             .reserve_with(ACCOUNT, &job_id, &ChargeRequest::new(), |_| {
-                book(&store, &job_id, 1)
+                book(&*store, &job_id, 1)
             })
             .unwrap();
         if let Reserve::New(_) = outcome {
             child::report(&format!("charged {job_id}"));
             if fails(i) {
                 let refunded = ledger
-                    .refund_with(ACCOUNT, &job_id, |_| book(&store, &job_id, -1))
+                    .refund_with(ACCOUNT, &job_id, |_| book(&*store, &job_id, -1))
                     .unwrap_or_else(|e: Error| panic!("refund {job_id}: {e}"));
                 if refunded.is_some() {
                     child::report(&format!("refunded {job_id}"));

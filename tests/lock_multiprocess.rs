@@ -20,10 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::backends::SharedStore;
 use common::child::{self, Child};
-use jobsafe::{Acquire, Clock, DirStore, FencingToken, FileClock, JobLock, Key, LockRequest};
+use jobsafe::{Acquire, Clock, FencingToken, FileClock, JobLock, Key, LockRequest};
 
 const TEST: &str = "killed_holders_are_taken_over_at_expiry_and_never_overlap";
+#[cfg(feature = "postgres")]
+const TEST_PG: &str = "killed_holders_are_taken_over_at_expiry_and_never_overlap_on_pg";
 const WORKERS: usize = 3;
 const KILLS: usize = 6;
 /// Cycles a worker completes (competing with the others) before it is killed.
@@ -37,15 +40,17 @@ fn lock_key() -> Key {
 
 /// Where the shared pieces of one run live.
 struct Paths {
-    store: PathBuf,
+    test: &'static str,
+    store: SharedStore,
     clock: PathBuf,
     resource: PathBuf,
 }
 
 impl Paths {
-    fn in_dir(dir: &Path) -> Self {
+    fn in_dir(test: &'static str, store: SharedStore, dir: &Path) -> Self {
         Paths {
-            store: dir.join("store"),
+            test,
+            store,
             clock: dir.join("clock"),
             resource: dir.join("resource.log"),
         }
@@ -53,18 +58,19 @@ impl Paths {
 
     fn from_env() -> Self {
         Paths {
-            store: child::var("JOBSAFE_TEST_STORE").into(),
+            test: "",
+            store: SharedStore::from_env(),
             clock: child::var("JOBSAFE_TEST_CLOCK").into(),
             resource: child::var("JOBSAFE_TEST_RESOURCE").into(),
         }
     }
 
     fn spawn_worker(&self, id: usize) -> Child {
-        let mut vars = child::store_vars(&self.store);
+        let mut vars = self.store.vars();
         vars.insert("JOBSAFE_TEST_CLOCK", self.clock.display().to_string());
         vars.insert("JOBSAFE_TEST_RESOURCE", self.resource.display().to_string());
         vars.insert("JOBSAFE_TEST_WORKER", id.to_string());
-        let mut worker = Child::spawn(TEST, "lock-worker", &vars);
+        let mut worker = Child::spawn(self.test, "lock-worker", &vars);
         assert_eq!(worker.expect_report(), "ready");
         worker
     }
@@ -76,12 +82,32 @@ fn killed_holders_are_taken_over_at_expiry_and_never_overlap() {
         return work_in_child();
     }
     let dir = tempfile::tempdir().unwrap();
-    let paths = Paths::in_dir(dir.path());
+    run(Paths::in_dir(
+        TEST,
+        SharedStore::Dir(dir.path().join("store")),
+        dir.path(),
+    ));
+}
+
+/// The same, with the lock in PostgreSQL.
+#[cfg(feature = "postgres")]
+#[test]
+fn killed_holders_are_taken_over_at_expiry_and_never_overlap_on_pg() {
+    if child::role().as_deref() == Some("lock-worker") {
+        return work_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut schemas = common::pg::Schemas::default();
+    run(Paths::in_dir(
+        TEST_PG,
+        SharedStore::Pg(schemas.fresh()),
+        dir.path(),
+    ));
+}
+
+fn run(paths: Paths) {
     let clock = FileClock::create(&paths.clock, START_MS).unwrap();
-    let locks = JobLock::new(
-        DirStore::open(&paths.store).unwrap(),
-        Arc::new(clock.clone()),
-    );
+    let locks = JobLock::new(paths.store.open(), Arc::new(clock.clone()));
     File::create(&paths.resource).unwrap();
 
     let mut workers: Vec<Child> = (0..WORKERS).map(|id| paths.spawn_worker(id)).collect();
@@ -152,7 +178,8 @@ fn killed_holders_are_taken_over_at_expiry_and_never_overlap() {
     let log = std::fs::read_to_string(&paths.resource).unwrap();
     let audit = audit(&log);
     println!(
-        "lock_multiprocess: workers={WORKERS} kills={KILLS} cycles={cycles} accepted={} overlaps={} lower_tokens={} rejected={}",
+        "lock_multiprocess: store={} workers={WORKERS} kills={KILLS} cycles={cycles} accepted={} overlaps={} lower_tokens={} rejected={}",
+        paths.store.kind(),
         audit.accepted,
         audit.overlaps.len(),
         audit.lower_tokens.len(),
@@ -178,10 +205,7 @@ fn work_in_child() {
     let paths = Paths::from_env();
     let worker = child::var("JOBSAFE_TEST_WORKER");
     let clock = FileClock::open(&paths.clock);
-    let locks = JobLock::new(
-        DirStore::open(&paths.store).unwrap(),
-        Arc::new(clock.clone()),
-    );
+    let locks = JobLock::new(paths.store.open(), Arc::new(clock.clone()));
     let request = LockRequest::new().actor(format!("worker {worker}"));
     let hold_next = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,6 +5,9 @@
 //! checks their order: newer than any the key had before, deletes included.
 //! `PROPTEST_CASES` raises the number of sequences (the defaults keep CI quick).
 
+#[cfg(feature = "postgres")]
+mod common;
+
 use std::collections::BTreeMap;
 
 use jobsafe::{
@@ -203,6 +206,29 @@ fn open_log(root: &std::path::Path) -> Result<LogStore, TestCaseError> {
         .map_err(fail)
 }
 
+/// PgStores without the flush on commit, each in a schema of its own; a reopen
+/// connects again to the same tables.
+#[cfg(feature = "postgres")]
+#[derive(Default)]
+struct Pg(common::pg::Schemas);
+
+#[cfg(feature = "postgres")]
+impl Backend for Pg {
+    type Store = jobsafe::PgStore;
+    fn open(&mut self) -> Result<jobsafe::PgStore, TestCaseError> {
+        Ok(self.0.fast_store())
+    }
+    fn reopen(&mut self, store: jobsafe::PgStore) -> Result<jobsafe::PgStore, TestCaseError> {
+        let schema = common::pg::schema_of(&store);
+        drop(store);
+        jobsafe::PgStore::builder(&common::pg::url())
+            .schema(&schema)
+            .durability(Durability::AtomicOnly)
+            .open()
+            .map_err(fail)
+    }
+}
+
 fn run<B: Backend>(backend: &mut B, actions: Vec<Action>) -> Result<(), TestCaseError> {
     let mut store = backend.open()?;
     let mut model = Model::default();
@@ -361,5 +387,14 @@ proptest! {
     #[test]
     fn log_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
         run(&mut Log(None), actions)?;
+    }
+}
+
+#[cfg(feature = "postgres")]
+proptest! {
+    #![proptest_config(cases(64))]
+    #[test]
+    fn pg_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
+        run(&mut Pg::default(), actions)?;
     }
 }

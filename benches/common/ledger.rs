@@ -226,6 +226,22 @@ impl StoreLedger<DirStore<Counting<StdVfs>>> {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl StoreLedger<jobsafe::PgStore> {
+    /// A `PgStore` ledger in a new schema with [`Durability::Full`] (a flush of
+    /// the server's WAL per commit, which the bench cannot count); loads go
+    /// through a second handle with [`Durability::AtomicOnly`].
+    pub(crate) fn pg(_dir: &Path) -> BenchResult<Self> {
+        let store = super::pg::store(Durability::Full)?;
+        let bulk = super::pg::again(&store, Durability::AtomicOnly)?;
+        Ok(StoreLedger {
+            ledger: ledger(store),
+            bulk: Some(ledger(bulk)),
+            syncs: Syncs::Uncounted,
+        })
+    }
+}
+
 impl StoreLedger<MemStore> {
     /// A `MemStore` ledger. It never flushes: its count is zero.
     pub(crate) fn mem(_dir: &Path) -> BenchResult<Self> {

@@ -25,6 +25,8 @@ pub(crate) mod latency;
 pub(crate) mod lease;
 pub(crate) mod ledger;
 pub(crate) mod naive;
+#[cfg(feature = "postgres")]
+pub(crate) mod pg;
 pub(crate) mod pipeline;
 pub(crate) mod raw;
 pub(crate) mod report;

@@ -5,6 +5,8 @@ pub(crate) mod dir;
 pub(crate) mod log;
 pub(crate) mod mem;
 pub(crate) mod packed;
+#[cfg(feature = "postgres")]
+pub(crate) mod pg;
 
 use std::fmt;
 use std::sync::Arc;

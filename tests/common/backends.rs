@@ -16,3 +16,59 @@ pub fn both() -> Vec<(&'static str, Arc<dyn Store>, Option<TempDir>)> {
         ("dir", Arc::new(dir_store), Some(dir)),
     ]
 }
+
+/// Where the processes of a multi-process test find the store they share: a
+/// `DirStore`'s directory, or a schema on the Postgres server of
+/// `JOBSAFE_PG_URL` (which children inherit).
+#[derive(Clone, Debug)]
+pub enum SharedStore {
+    Dir(std::path::PathBuf),
+    #[cfg(feature = "postgres")]
+    Pg(String),
+}
+
+impl SharedStore {
+    /// Opens the store, in this process.
+    pub fn open(&self) -> Arc<dyn Store> {
+        match self {
+            SharedStore::Dir(root) => {
+                Arc::new(DirStore::open(root).unwrap_or_else(|e| panic!("open a DirStore: {e}")))
+            }
+            #[cfg(feature = "postgres")]
+            SharedStore::Pg(schema) => Arc::new(super::pg::open(schema)),
+        }
+    }
+
+    /// The backend's name, for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SharedStore::Dir(_) => "dir",
+            #[cfg(feature = "postgres")]
+            SharedStore::Pg(_) => "pg",
+        }
+    }
+
+    /// The variables that tell a child where the store is.
+    pub fn vars(&self) -> std::collections::HashMap<&'static str, String> {
+        let place = match self {
+            SharedStore::Dir(root) => root.display().to_string(),
+            #[cfg(feature = "postgres")]
+            SharedStore::Pg(schema) => schema.clone(),
+        };
+        std::collections::HashMap::from([
+            ("JOBSAFE_TEST_BACKEND", self.kind().to_owned()),
+            ("JOBSAFE_TEST_STORE", place),
+        ])
+    }
+
+    /// In a child: the store the parent passed with [`SharedStore::vars`].
+    pub fn from_env() -> Self {
+        let place = super::child::var("JOBSAFE_TEST_STORE");
+        match super::child::var("JOBSAFE_TEST_BACKEND").as_str() {
+            "dir" => SharedStore::Dir(place.into()),
+            #[cfg(feature = "postgres")]
+            "pg" => SharedStore::Pg(place),
+            other => panic!("unknown backend {other:?}"),
+        }
+    }
+}

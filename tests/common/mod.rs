@@ -6,6 +6,8 @@
 
 pub mod backends;
 pub mod child;
+#[cfg(feature = "postgres")]
+pub mod pg;
 
 use std::ffi::OsString;
 use std::fs::{self, File};

@@ -1,0 +1,230 @@
+//! What only `PgStore` has: errors that name the server, migrations run by many
+//! processes at once, the server's clock, and rows damaged behind the store's
+//! back. The contract itself is checked by the conformance suite, the model test
+//! and the multi-process tests, which run against PostgreSQL too; a server
+//! restart by `tests/pg_restart.rs`, alone in its binary so that it disturbs no
+//! other test.
+#![cfg(feature = "postgres")]
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::pg::{self, Schemas};
+use jobsafe::{Clock, Error, Expect, Key, PgClock, PgStore, Prefix, Store};
+
+#[test]
+fn an_unreachable_server_is_a_transient_error_that_names_it() {
+    // Nothing listens on port 1 of loopback.
+    let err = PgStore::builder("postgres://jobsafe:hunter2@127.0.0.1:1/jobsafe")
+        .connect_timeout(Duration::from_secs(2))
+        .open()
+        .unwrap_err();
+    assert!(matches!(err, Error::Database { .. }), "{err:?}");
+    assert!(err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(chain.contains("127.0.0.1:1/jobsafe"), "{chain}");
+    assert!(!chain.contains("hunter2"), "{chain}");
+}
+
+#[test]
+fn a_refused_login_is_not_transient_and_hides_the_password() {
+    let url = pg::url();
+    // The same server, with a password that cannot be right.
+    let config: postgres::Config = url.parse().unwrap();
+    let user = config.get_user().unwrap_or("postgres");
+    let host = match &config.get_hosts()[0] {
+        postgres::config::Host::Tcp(h) => h.clone(),
+        postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    let wrong =
+        format!("host={host} port={port} user={user} dbname={db} password=not-the-password-0451");
+    let err = PgStore::open(&wrong).unwrap_err();
+    assert!(matches!(err, Error::Database { .. }), "{err:?}");
+    assert!(!err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(chain.contains(&format!("{host}:{port}")), "{chain}");
+    assert!(!chain.contains("0451"), "{chain}");
+}
+
+#[test]
+fn stores_opened_at_once_migrate_the_tables_once() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let barrier = Arc::new(Barrier::new(8));
+    let opened: Vec<_> = (0..8)
+        .map(|_| {
+            let (schema, barrier) = (schema.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                PgStore::builder(&pg::url()).schema(&schema).open()
+            })
+        })
+        .collect();
+    let stores: Vec<PgStore> = opened
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    let key = Key::new(["k"]).unwrap();
+    stores[0].put(&key, b"one table", Expect::Absent).unwrap();
+    for store in &stores {
+        assert_eq!(store.get(&key).unwrap().unwrap().value, b"one table");
+    }
+    let applied: i64 = pg::client()
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".jobsafe_schema WHERE store_table = 'jobsafe_records'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1, "each migration is recorded once");
+}
+
+#[test]
+fn tables_migrated_by_a_newer_jobsafe_are_refused() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let schema = pg::schema_of(&store);
+    pg::client()
+        .execute(
+            &format!("INSERT INTO \"{schema}\".jobsafe_schema (store_table, version) VALUES ('jobsafe_records', 99)"),
+            &[],
+        )
+        .unwrap();
+    let err = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .open()
+        .unwrap_err();
+    assert!(!err.is_transient());
+    assert!(
+        error_chain(&err).contains("newer than this build"),
+        "{}",
+        error_chain(&err)
+    );
+}
+
+#[test]
+fn tables_are_named_by_the_builder_and_independent() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let a = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .table("relay_a")
+        .open()
+        .unwrap();
+    let b = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .table("relay_b")
+        .open()
+        .unwrap();
+    let key = Key::new(["same", "key"]).unwrap();
+    a.put(&key, b"a", Expect::Absent).unwrap();
+    assert!(b.get(&key).unwrap().is_none());
+    assert_eq!(a.table(), format!("{schema}.relay_a"));
+    let bad = PgStore::builder(&pg::url())
+        .table("Robert'); DROP TABLE x;--")
+        .open();
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+}
+
+#[test]
+fn the_server_clock_is_read_without_a_round_trip_per_reading() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let clock = PgClock::new(&store)
+        .unwrap()
+        .resync_every(Duration::from_millis(20));
+    let server_ms = |client: &mut postgres::Client| -> u64 {
+        let ms: i64 = client
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        ms as u64
+    };
+    let mut client = pg::client();
+    let mut last = 0;
+    for _ in 0..50 {
+        let before = server_ms(&mut client);
+        let reading = clock.now_ms();
+        let after = server_ms(&mut client);
+        // Within the round trips around it, with room for a loaded machine.
+        assert!(
+            reading + 50 >= before && reading <= after + 50,
+            "{before} <= {reading} <= {after}"
+        );
+        assert!(reading >= last, "went back from {last} to {reading}");
+        last = reading;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A clock whose server went away goes on from its last sample.
+    drop(client);
+    clock.sleep_until(last + 5);
+    assert!(clock.now_ms() >= last + 5);
+}
+
+#[test]
+fn a_damaged_key_column_is_a_corrupt_row_never_skipped() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let good = Key::new(["jobs", "1"]).unwrap();
+    store.put(&good, b"fine", Expect::Absent).unwrap();
+    // A row with a key that is not UTF-8, as a hand edit could leave.
+    pg::client()
+        .execute(
+            &format!(
+                "INSERT INTO {} (id, key, version, value, sum)
+                 VALUES ('\\x01'::bytea, 'jobs'::bytea || '\\x00ff'::bytea, 1, ''::bytea, ''::bytea)",
+                store.table()
+            ),
+            &[],
+        )
+        .unwrap();
+    let err = store.list_all(&Prefix::new(["jobs"]).unwrap()).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert!(matches!(err, Error::CorruptRow { .. }), "{err:?}");
+    assert!(err.to_string().contains(&store.table()), "{err}");
+    // The healthy record is still served on its own.
+    assert_eq!(store.get(&good).unwrap().unwrap().value, b"fine");
+}
+
+#[test]
+fn quarantine_moves_the_row_to_a_table_it_names() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let key = Key::new(["jobs", "7"]).unwrap();
+    let v = store.put(&key, b"evidence", Expect::Absent).unwrap();
+    let moved = store.quarantine(&key).unwrap().unwrap();
+    assert!(
+        moved
+            .location
+            .contains(&format!("{}_quarantine", store.table())),
+        "{}",
+        moved.location
+    );
+    let row = pg::client()
+        .query_one(
+            &format!("SELECT version, value FROM {}_quarantine", store.table()),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0) as u64, v.get());
+    assert_eq!(row.get::<_, Vec<u8>>(1), b"evidence");
+}
+
+fn error_chain(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
