@@ -289,8 +289,8 @@ impl<V: Vfs> LogStoreBuilder<V> {
             create_journal(&writer, &root, sync)?;
         }
         compact::sweep_abandoned(&writer, &root)?;
-        let (mut journal, index) = load(vfs, &journal_path)?;
-        settle_tail(&mut journal, &journal_path, sync, Access::Exclusive)?;
+        let (mut journal, index, stop) = load(vfs, &journal_path)?;
+        settle_tail(&mut journal, stop, &journal_path, sync, Access::Exclusive)?;
         let probe = Probe {
             inode: journal.inode,
             at: journal.end,
@@ -511,15 +511,16 @@ impl<V: Vfs> Shared<V> {
         let vfs = self.writer.vfs();
         let path = &self.journal_path;
         let inode = vfs.metadata(path).at("stat journal", path)?.inode;
-        if inode != journal.inode {
-            let (fresh, index) = load(vfs, path)?;
+        let stop = if inode != journal.inode {
+            let (fresh, index, stop) = load(vfs, path)?;
             *journal = fresh;
             *self.index.write() = index;
+            stop
         } else {
             let mut index = self.index.write();
-            read_into(journal, &mut index, path)?;
-        }
-        settle_tail(journal, path, self.sync, access)?;
+            read_into(journal, &mut index, path)?
+        };
+        settle_tail(journal, stop, path, self.sync, access)?;
         *self.probe.lock() = Probe {
             inode: journal.inode,
             at: journal.end,

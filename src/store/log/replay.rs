@@ -7,12 +7,13 @@ use std::sync::Arc;
 use super::FIRST_SEQ;
 use super::frame::{self, FileHeader, decode_payload};
 use super::index::Index;
-use super::journal::{self, Journal, Stop};
+use super::journal::{Journal, Stop};
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{Vfs, VfsFile};
 
-/// Opens the journal at `path` and reads it whole into a fresh index.
-pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index)> {
+/// Opens the journal at `path` and reads it whole into a fresh index; returns
+/// why reading stopped too.
+pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index, Stop)> {
     let file = vfs.open_or_create(path, 0o600).at("open journal", path)?;
     let inode = vfs.metadata(path).at("stat journal", path)?.inode;
     let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
@@ -31,8 +32,8 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, In
         allocated,
     };
     let mut index = Index::default();
-    read_into(&mut journal, &mut index, path)?;
-    Ok((journal, index))
+    let stop = read_into(&mut journal, &mut index, path)?;
+    Ok((journal, index, stop))
 }
 
 /// Reads the frames appended after `journal.end` into `index`; returns why it
@@ -65,14 +66,16 @@ pub(super) enum Access {
     Exclusive,
 }
 
-/// What to do when reading stopped at a frame that does not check.
+/// What to do when reading stopped (`stop`, at `journal.end`) at a frame that
+/// does not check.
 pub(super) fn settle_tail<F: VfsFile>(
     journal: &mut Journal<F>,
+    stop: Stop,
     path: &Path,
     sync: bool,
     access: Access,
 ) -> Result<()> {
-    let Stop::Bad { offset, reason } = peek_stop(journal, path)? else {
+    let Stop::Bad { offset, reason } = stop else {
         return Ok(());
     };
     if access == Access::Shared {
@@ -89,22 +92,4 @@ pub(super) fn settle_tail<F: VfsFile>(
     }
     // A write torn by a crash, or failed: it was never acknowledged.
     journal.clear_tail(sync).at("clear torn journal tail", path)
-}
-
-/// Why reading stops at `journal.end`, without reading further.
-fn peek_stop<F: VfsFile>(journal: &mut Journal<F>, path: &Path) -> Result<Stop> {
-    let scanned = journal::scan(
-        &*journal.file,
-        &journal.header,
-        journal.end,
-        u64::MAX,
-        journal.next_seq,
-        |_| Err(String::new()),
-    )
-    .at("read journal", path)?;
-    Ok(match scanned {
-        Ok(end) => end.stop,
-        // A valid frame is there: not a stop at all.
-        Err(_) => Stop::End,
-    })
 }
