@@ -19,7 +19,7 @@ pub use self::compact::Compaction;
 use self::frame::{FileHeader, FrameBuilder};
 use self::group::GroupCommit;
 use self::index::Index;
-use self::journal::{Journal, PREALLOCATE};
+use self::journal::{Journal, PREALLOCATE, Stop};
 use self::replay::{Access, load, read_into, settle_tail};
 use crate::atomic::{AtomicWriter, Durability};
 use crate::error::{Error, IoContext, Result};
@@ -443,6 +443,15 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
     compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
 }
 
+/// Whether anything was written where a frame header would be at `at`:
+/// unwritten journal space is zeros, and a frame's header never is, so this
+/// also catches the remains of a torn write whose first bytes did not land.
+fn frame_starts_at<F: VfsFile + ?Sized>(file: &F, at: u64, path: &Path) -> Result<bool> {
+    let mut header = [0u8; frame::FRAME_HEADER_LEN];
+    let n = file.read_at(&mut header, at).at("read journal", path)?;
+    Ok(header[..n].iter().any(|&b| b != 0))
+}
+
 /// An flock held until dropped.
 struct Flock<'a, F: VfsFile> {
     file: &'a F,
@@ -498,11 +507,7 @@ impl<V: Vfs> Shared<V> {
         if now.inode != inode {
             return Ok(false);
         }
-        let mut magic = [0u8; 4];
-        let n = file
-            .read_at(&mut magic, at)
-            .at("read journal", &self.journal_path)?;
-        Ok(magic[..n].iter().all(|&b| b == 0))
+        Ok(!frame_starts_at(&*file, at, &self.journal_path)?)
     }
 
     /// Reads what other processes appended, reloading the journal if another
@@ -516,9 +521,12 @@ impl<V: Vfs> Shared<V> {
             *journal = fresh;
             *self.index.write() = index;
             stop
-        } else {
+        } else if frame_starts_at(&*journal.file, journal.end, path)? {
             let mut index = self.index.write();
             read_into(journal, &mut index, path)?
+        } else {
+            // Nothing was appended: readers keep the index meanwhile.
+            Stop::End
         };
         settle_tail(journal, stop, path, self.sync, access)?;
         *self.probe.lock() = Probe {
