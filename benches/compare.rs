@@ -24,6 +24,13 @@
 //!      `raw_replace` (temp file + fsync + rename + directory fsync), each a
 //!      file per thread, and `raw_group` (the threads append to one file, one
 //!      leader `fdatasync`s each batch: the limit of group commit).
+//!      Built with the feature `postgres` and a server named by
+//!      `JOBSAFE_PG_URL` (`bash .ci/postgres.sh cargo bench --features postgres
+//!      --bench compare` starts one on loopback), `pgstore` adds jobsafe's
+//!      ledger and locks over `PgStore` (`Durability::Full`, a schema per cell,
+//!      one connection pool shared by the threads) for `reserve_new`,
+//!      `reserve_dup` and `lock_cycle`; its flushes happen in the server and
+//!      show as `n/a`.
 //!    - Each cell starts fresh with 1,000 records (reservations, or keys for
 //!      put, get and lifecycle) loaded untimed, then runs its threads for the
 //!      cell time and records every operation's latency. It reports ops/s,
@@ -60,7 +67,7 @@
 //! |---|---|---|
 //! | `JOBSAFE_COMPARE_SECTIONS` | `--sections` | `table,flat,reopen,compaction` |
 //! | `JOBSAFE_COMPARE_BENCHES` | `--benches` | `reserve_new,reserve_dup,lock_cycle,lifecycle,put,get` |
-//! | `JOBSAFE_COMPARE_IMPLS` | `--impls` | all ten |
+//! | `JOBSAFE_COMPARE_IMPLS` | `--impls` | all ten, and `pgstore` where it can run |
 //! | `JOBSAFE_COMPARE_THREADS` | `--threads` | `1,4,16` |
 //! | `JOBSAFE_COMPARE_SECS` | `--secs` | `1.0` seconds per cell |
 //! | `JOBSAFE_COMPARE_PRELOAD` | `--preload` | `1000` records per cell |
@@ -196,6 +203,10 @@ fn main() -> BenchResult {
         println!("{}", goal.json());
     }
     run_dir.remove()?;
+    #[cfg(feature = "postgres")]
+    if options.impls.contains(&compare::cell::Impl::PgStore) {
+        common::pg::drop_schemas()?;
+    }
     eprintln!("compare: {:.0} s in all", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -66,7 +66,16 @@ impl Options {
             smoke,
             sections: Section::ALL.to_vec(),
             benches: Bench::ALL.to_vec(),
-            impls: Impl::ALL.to_vec(),
+            impls: Impl::ALL
+                .into_iter()
+                .filter(|imp| match imp.unavailable() {
+                    None => true,
+                    Some(why) => {
+                        println!("{imp} left out: {why}");
+                        false
+                    }
+                })
+                .collect(),
             threads: vec![1, 4, 16],
             length: Length {
                 time: Duration::from_secs_f64(if smoke { 0.005 } else { 1.0 }),
@@ -110,7 +119,12 @@ impl Options {
         match name {
             "sections" => self.sections = list(name, value, &Section::ALL, |s| s.name())?,
             "benches" => self.benches = list(name, value, &Bench::ALL, |b| b.name())?,
-            "impls" => self.impls = list(name, value, &Impl::ALL, |i| i.name())?,
+            "impls" => {
+                self.impls = list(name, value, &Impl::ALL, |i| i.name())?;
+                if let Some(why) = self.impls.iter().find_map(|i| i.unavailable()) {
+                    return Err(why.into());
+                }
+            }
             "threads" => {
                 self.threads = value
                     .split(',')

@@ -10,6 +10,8 @@
 
 mod jobsafe;
 mod others;
+#[cfg(feature = "postgres")]
+mod pg;
 mod workers;
 
 use std::fmt;
@@ -93,10 +95,13 @@ pub(crate) enum Impl {
     RawReplace,
     /// Threads append to one file; one leader `fdatasync`s each batch.
     RawGroup,
+    /// jobsafe's ledger and locks over `PgStore` at `Durability::Full`, on the
+    /// server `JOBSAFE_PG_URL` names (built with the feature `postgres`).
+    PgStore,
 }
 
 impl Impl {
-    pub(crate) const ALL: [Impl; 10] = [
+    pub(crate) const ALL: [Impl; 11] = [
         Impl::MemStore,
         Impl::DirStore,
         Impl::LogStore,
@@ -107,6 +112,7 @@ impl Impl {
         Impl::RawOverwrite,
         Impl::RawReplace,
         Impl::RawGroup,
+        Impl::PgStore,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -121,6 +127,7 @@ impl Impl {
             Impl::RawOverwrite => "raw_overwrite",
             Impl::RawReplace => "raw_replace",
             Impl::RawGroup => "raw_group",
+            Impl::PgStore => "pgstore",
         }
     }
 
@@ -144,8 +151,31 @@ impl Impl {
             _ if self.is_raw() => bench == Bench::Put,
             // One JSON file holds records, not leases.
             Impl::NaiveJson => bench != Bench::LockCycle,
+            // The server's columns: the operations services share between machines.
+            Impl::PgStore => matches!(
+                bench,
+                Bench::ReserveNew | Bench::ReserveDup | Bench::LockCycle
+            ),
             _ => true,
         }
+    }
+}
+
+impl Impl {
+    /// Why `self` cannot run in this build or environment, if it cannot: the
+    /// default run leaves it out and names it; asking for it is an error.
+    pub(crate) fn unavailable(self) -> Option<String> {
+        if self != Impl::PgStore {
+            return None;
+        }
+        if !cfg!(feature = "postgres") {
+            return Some("pgstore needs the feature `postgres`".to_owned());
+        }
+        std::env::var_os("JOBSAFE_PG_URL").is_none().then(|| {
+            "pgstore needs a server: JOBSAFE_PG_URL names none (`bash .ci/postgres.sh \
+             cargo bench --features postgres --bench compare` starts one on loopback)"
+                .to_owned()
+        })
     }
 }
 
@@ -183,6 +213,8 @@ pub(crate) fn prepare(imp: Impl, setup: Setup, dir: &Path) -> BenchResult<Option
     }
     let cell = match imp {
         Impl::MemStore | Impl::DirStore | Impl::LogStore => jobsafe::prepare(imp, setup, dir)?,
+        #[cfg(feature = "postgres")]
+        Impl::PgStore => pg::prepare(setup, dir)?,
         _ => others::prepare(imp, setup, dir)?,
     };
     Ok(Some(cell))
