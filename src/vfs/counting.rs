@@ -157,6 +157,10 @@ impl<V: Vfs> Vfs for Counting<V> {
     fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
         self.inner.metadata(path)
     }
+
+    fn inode(&self, path: &Path) -> io::Result<u64> {
+        self.inner.inode(path)
+    }
 }
 
 /// A file opened through [`Counting`].

@@ -67,6 +67,36 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// final symlink (`lstat(2)`).
     fn metadata(&self, path: &Path) -> io::Result<FileInfo>;
 
+    /// The inode number of `path`, without following a final symlink: what
+    /// [`metadata`](Vfs::metadata) reports as [`FileInfo::inode`], asking for
+    /// nothing else.
+    ///
+    /// Made for polling a file that is being written (has it been replaced?).
+    /// On Linux, a `stat` that asks for a file's timestamps makes the next
+    /// write to the file take a fine-grained timestamp and dirty its inode
+    /// (multigrain timestamps), so a poll by `stat` between appends makes each
+    /// `fdatasync` after them flush the inode too. [`StdVfs`] asks Linux for the
+    /// inode number alone.
+    ///
+    /// ```
+    /// use jobsafe::vfs::{StdVfs, Vfs};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("journal");
+    /// std::fs::write(&path, b"first")?;
+    /// let first = StdVfs.inode(&path)?;
+    /// assert_eq!(first, StdVfs.metadata(&path)?.inode);
+    ///
+    /// // Replaced by a rename: another inode.
+    /// std::fs::write(dir.path().join("journal.new"), b"second")?;
+    /// std::fs::rename(dir.path().join("journal.new"), &path)?;
+    /// assert_ne!(StdVfs.inode(&path)?, first);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    fn inode(&self, path: &Path) -> io::Result<u64> {
+        self.metadata(path).map(|info| info.inode)
+    }
+
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut file = self.open_read(path)?;
@@ -119,7 +149,8 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// (`pwrite`), extending the file if needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 
-    /// The file's length in bytes (`fstat`).
+    /// The file's length in bytes (`fstat`). Like [`Vfs::inode`], it asks for
+    /// no timestamp where the system allows.
     fn size(&self) -> io::Result<u64>;
 
     /// Flushes data and metadata to stable storage (`fsync`).

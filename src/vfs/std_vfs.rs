@@ -83,6 +83,39 @@ impl Vfs for StdVfs {
             inode: meta.ino(),
         })
     }
+
+    fn inode(&self, path: &Path) -> io::Result<u64> {
+        #[cfg(target_os = "linux")]
+        if let Some(stat) = statx_only(rustix::fs::CWD, path, rustix::fs::StatxFlags::INO)? {
+            return Ok(stat.stx_ino);
+        }
+        Ok(fs::symlink_metadata(path)?.ino())
+    }
+}
+
+/// `statx` of `path` (relative to `dirfd`; empty for `dirfd` itself) asking for
+/// `mask` alone; `None` where the kernel or filesystem cannot answer that way
+/// (no `statx` before Linux 4.11, or a field it does not report), so that the
+/// caller falls back to a plain `stat`.
+#[cfg(target_os = "linux")]
+fn statx_only<Fd: std::os::fd::AsFd>(
+    dirfd: Fd,
+    path: &Path,
+    mask: rustix::fs::StatxFlags,
+) -> io::Result<Option<rustix::fs::Statx>> {
+    use rustix::fs::AtFlags;
+    let flags = if path.as_os_str().is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    match rustix::fs::statx(dirfd, path, flags, mask) {
+        Ok(stat) if rustix::fs::StatxFlags::from_bits_retain(stat.stx_mask).contains(mask) => {
+            Ok(Some(stat))
+        }
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => Ok(None),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 /// Creates `path` exclusively and runs `init` on the new file. If `init` fails the
@@ -134,6 +167,10 @@ impl VfsFile for File {
     }
 
     fn size(&self) -> io::Result<u64> {
+        #[cfg(target_os = "linux")]
+        if let Some(stat) = statx_only(self, Path::new(""), rustix::fs::StatxFlags::SIZE)? {
+            return Ok(stat.stx_size);
+        }
         Ok(self.metadata()?.len())
     }
 
@@ -182,5 +219,36 @@ mod tests {
 
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(fs::symlink_metadata(&path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn inode_reports_what_metadata_does_and_not_found_for_a_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        fs::write(&path, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+
+        assert_eq!(
+            StdVfs.inode(&path).unwrap(),
+            StdVfs.metadata(&path).unwrap().inode
+        );
+        // Like `metadata`, the link itself, not its target.
+        assert_eq!(
+            StdVfs.inode(&link).unwrap(),
+            StdVfs.metadata(&link).unwrap().inode
+        );
+        assert_ne!(StdVfs.inode(&link).unwrap(), StdVfs.inode(&path).unwrap());
+        let missing = StdVfs.inode(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn size_follows_writes_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StdVfs.create_new(&dir.path().join("f"), 0o600).unwrap();
+        assert_eq!(VfsFile::size(&file).unwrap(), 0);
+        VfsFile::write_all_at(&file, b"abc", 4093).unwrap();
+        assert_eq!(VfsFile::size(&file).unwrap(), 4096);
     }
 }

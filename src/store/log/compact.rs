@@ -229,9 +229,8 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
     }
     let bytes_before = journal.end;
     let inode = vfs
-        .metadata(&shared.journal_path)
-        .at("stat journal", &shared.journal_path)?
-        .inode;
+        .inode(&shared.journal_path)
+        .at("stat journal", &shared.journal_path)?;
     let NewJournal {
         file,
         header,

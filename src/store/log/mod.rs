@@ -502,9 +502,9 @@ impl<V: Vfs> Shared<V> {
         };
         let vfs = self.writer.vfs();
         let now = vfs
-            .metadata(&self.journal_path)
+            .inode(&self.journal_path)
             .at("stat journal", &self.journal_path)?;
-        if now.inode != inode {
+        if now != inode {
             return Ok(false);
         }
         Ok(!frame_starts_at(&*file, at, &self.journal_path)?)
@@ -515,7 +515,7 @@ impl<V: Vfs> Shared<V> {
     fn catch_up(&self, journal: &mut Journal<V::File>, access: Access) -> Result<()> {
         let vfs = self.writer.vfs();
         let path = &self.journal_path;
-        let inode = vfs.metadata(path).at("stat journal", path)?.inode;
+        let inode = vfs.inode(path).at("stat journal", path)?;
         let stop = if inode != journal.inode {
             let (fresh, index, stop) = load(vfs, path)?;
             *journal = fresh;

@@ -15,7 +15,7 @@ use crate::vfs::{Vfs, VfsFile};
 /// why reading stopped too.
 pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index, Stop)> {
     let file = vfs.open_or_create(path, 0o600).at("open journal", path)?;
-    let inode = vfs.metadata(path).at("stat journal", path)?.inode;
+    let inode = vfs.inode(path).at("stat journal", path)?;
     let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
     let n = file.read_at(&mut head, 0).at("read journal header", path)?;
     let header = FileHeader::decode(&head[..n]).map_err(|reason| Error::CorruptFile {
