@@ -71,6 +71,7 @@
 //! | `JOBSAFE_COMPARE_THREADS` | `--threads` | `1,4,16` |
 //! | `JOBSAFE_COMPARE_SECS` | `--secs` | `1.0` seconds per cell |
 //! | `JOBSAFE_COMPARE_PRELOAD` | `--preload` | `1000` records per cell |
+//! | `JOBSAFE_COMPARE_ROUNDS` | `--rounds` | `1`: rounds of each table cell, the implementations taking turns (forwards, then backwards); a row sums its rounds |
 //! | `JOBSAFE_COMPARE_SMALL` | `--small` | `1000`: the small flatness ledger |
 //! | `JOBSAFE_COMPARE_RECORDS` | `--records` | `1000000`: the large size of `flat`, `reopen`, `compaction` |
 //!
@@ -101,14 +102,15 @@ fn main() -> BenchResult {
     let mut run_dir = RunDir::create("compare")?;
     let target_dir = target_dir()?;
     println!(
-        "# jobsafe comparison\n\n{}{:.2} s per cell, {} records preloaded per cell, \
-         run directory {}\n",
+        "# jobsafe comparison\n\n{}{:.2} s per cell and round, {} round(s), {} records \
+         preloaded per cell, run directory {}\n",
         if options.smoke {
             "Smoke run, figures mean nothing; "
         } else {
             ""
         },
         options.length.time.as_secs_f64(),
+        options.rounds,
         options.preload,
         run_dir.path().display()
     );

@@ -51,6 +51,10 @@ pub(crate) struct Options {
     pub(crate) length: Length,
     /// Records in each main-table cell before timing.
     pub(crate) preload: usize,
+    /// Times each main-table cell runs, the implementations of a bench taking
+    /// turns in alternating order, so that a disk that slows down or speeds up
+    /// during the run weighs on all of them alike.
+    pub(crate) rounds: usize,
     /// The small size of the flatness section.
     pub(crate) small: usize,
     /// The large size of the flatness, reopen and compaction sections.
@@ -82,6 +86,7 @@ impl Options {
                 min_ops: if smoke { 2 } else { 1 },
             },
             preload: if smoke { 20 } else { 1_000 },
+            rounds: 1,
             small: if smoke { 100 } else { 1_000 },
             records: if smoke { 2_000 } else { 1_000_000 },
         };
@@ -138,6 +143,7 @@ impl Options {
                 _ => return Err(format!("secs must be a positive number, not {value:?}").into()),
             },
             "preload" => self.preload = positive(name, value)?,
+            "rounds" => self.rounds = positive(name, value)?,
             "small" => self.small = positive(name, value)?,
             "records" => self.records = positive(name, value)?,
             _ => {
@@ -156,8 +162,8 @@ impl Options {
 
 /// Option names, as arguments (`--threads 1,4`) and in variables
 /// (`JOBSAFE_COMPARE_THREADS=1,4`).
-const NAMES: [&str; 8] = [
-    "sections", "benches", "impls", "threads", "secs", "preload", "small", "records",
+const NAMES: [&str; 9] = [
+    "sections", "benches", "impls", "threads", "secs", "preload", "rounds", "small", "records",
 ];
 
 fn positive(name: &str, value: &str) -> BenchResult<usize> {

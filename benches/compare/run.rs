@@ -38,6 +38,14 @@ impl Row {
         self.latency.quantile_us(0.99)
     }
 
+    /// Adds another round of the same cell.
+    pub(crate) fn add(&mut self, round: &Row) {
+        self.ops += round.ops;
+        self.secs += round.secs;
+        self.latency.merge(&round.latency);
+        self.syncs = self.syncs.zip(round.syncs).map(|(a, b)| a + b);
+    }
+
     pub(crate) fn fsyncs_per_op(&self) -> Option<f64> {
         self.syncs.map(|s| s as f64 / self.ops as f64)
     }

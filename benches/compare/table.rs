@@ -9,32 +9,48 @@ use crate::compare::cell::{self, Impl, Setup};
 use crate::compare::options::Options;
 use crate::compare::run::{self, Row};
 
-/// Measures every cell of the table.
+/// Measures every cell of the table: `options.rounds` times, the
+/// implementations of a bench in turn, forwards then backwards, each round's
+/// cell set up fresh; a row sums its rounds (operations, time, latencies and
+/// flushes).
 pub(crate) fn measure(options: &Options, run_dir: &mut RunDir) -> BenchResult<Vec<Row>> {
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for &threads in &options.threads {
         for &bench in &options.benches {
-            for &imp in &options.impls {
-                let setup = Setup {
-                    bench,
-                    threads,
-                    preload: options.preload,
-                };
-                let dir = run_dir.fresh(&format!("{imp}-{bench}-t{threads}"))?;
-                let Some(cell) = cell::prepare(imp, setup, &dir)
-                    .map_err(|e| format!("setting up {imp} {bench} at {threads} threads: {e}"))?
-                else {
-                    continue;
-                };
-                let row = run::run(bench, imp, cell, options.length)?;
-                eprintln!(
-                    "{bench:>11} {imp:>13} t{threads:<2} {:>10.0} ops/s ({} ops)",
-                    row.ops_per_s(),
-                    row.ops
-                );
-                row.check_durable()?;
-                rows.push(row);
+            let first = rows.len();
+            for round in 0..options.rounds {
+                let mut order = options.impls.clone();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for imp in order {
+                    let setup = Setup {
+                        bench,
+                        threads,
+                        preload: options.preload,
+                    };
+                    let dir = run_dir.fresh(&format!("{imp}-{bench}-t{threads}-r{round}"))?;
+                    let Some(cell) = cell::prepare(imp, setup, &dir).map_err(|e| {
+                        format!("setting up {imp} {bench} at {threads} threads: {e}")
+                    })?
+                    else {
+                        continue;
+                    };
+                    let row = run::run(bench, imp, cell, options.length)?;
+                    eprintln!(
+                        "{bench:>11} {imp:>13} t{threads:<2} {:>10.0} ops/s ({} ops)",
+                        row.ops_per_s(),
+                        row.ops
+                    );
+                    row.check_durable()?;
+                    match rows[first..].iter_mut().find(|r| r.imp == imp) {
+                        Some(sum) => sum.add(&row),
+                        None => rows.push(row),
+                    }
+                }
             }
+            // Columns in the order asked for, whichever round ran first.
+            rows[first..].sort_by_key(|r| options.impls.iter().position(|i| *i == r.imp));
         }
     }
     Ok(rows)
