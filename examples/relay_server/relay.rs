@@ -309,8 +309,8 @@ impl Relay {
 
     /// The jobs left unfinished (queued, or running when the last process
     /// died), after settling every finished one. This process is the store's
-    /// only user (the state directory is locked), so every subject lock a
-    /// running job's runner held belongs to a dead process: it is freed, and
+    /// only user (the state directory is locked), so every subject lock an
+    /// unfinished job's runner held belongs to a dead process: it is freed, and
     /// the job resumes at once instead of a lease later.
     pub(crate) fn recover(&self) -> Result<Vec<String>, RelayError> {
         let mut unfinished = Vec::new();
@@ -319,15 +319,15 @@ impl Relay {
             eprintln!("relay: job record {key} cannot be read, left alone: {e}");
         }
         for job in all.jobs {
-            match job.status {
-                JobStatus::Queued => unfinished.push(job.id),
-                JobStatus::Running => {
-                    let subject = Pipeline::<Shared>::subject_of(&job);
-                    self.pipeline.locks().force_release(&Key::new([subject])?)?;
-                    unfinished.push(job.id);
-                }
-                _ => self.settle(&job)?,
+            if job.status.is_finished() {
+                self.settle(&job)?;
+                continue;
             }
+            // A runner that died between taking the lock and starting the job,
+            // or after requeueing it, left the lock on a queued job too.
+            let subject = Pipeline::<Shared>::subject_of(&job);
+            self.pipeline.locks().force_release(&Key::new([subject])?)?;
+            unfinished.push(job.id);
         }
         Ok(unfinished)
     }
