@@ -99,6 +99,8 @@ fn duplicate_requests_charge_once() -> Res {
     let id = ids.into_iter().next().unwrap();
     let job = relay.wait_for_job(&id, |job| job["status"] == "complete")?;
     assert_eq!(job["stages_done"], serde_json::json!(STAGES));
+    let summary = serde_json::json!({ "title": "AN EPISODE ABOUT DURABLE", "words": 6 });
+    assert_eq!(job["result"], summary);
     println!("relay_server: 11 requests for 2 idempotency keys charged 2 credits; 5 keys spent 5");
     Ok(())
 }
@@ -179,8 +181,9 @@ fn a_job_survives_its_server_being_killed_and_restarted() -> Res {
         ];
         let headers = [("Idempotency-Key", "restart-1"), ("X-Account", "lic:r")];
 
+        let body = r#"{"input":"welcome to the show about crash safety"}"#;
         let first = Relay::start(&state, &options, false)?;
-        let (_, answer) = first.post("/jobs", &headers, "{}")?;
+        let (_, answer) = first.post("/jobs", &headers, body)?;
         let id = job_id(&answer);
         open_gate(&gates, &id, "fetch");
         first.wait_for_job(&id, |job| {
@@ -196,6 +199,9 @@ fn a_job_survives_its_server_being_killed_and_restarted() -> Res {
         let job = second.wait_for_job(&id, |job| job["status"] == "complete")?;
         assert_eq!(job["stages_done"], serde_json::json!(STAGES));
         assert_eq!(job["attempt"], 2, "resumed as a second attempt: {job}");
+        // Computed from the artifacts of both processes' stages.
+        let summary = serde_json::json!({ "title": "WELCOME TO THE SHOW", "words": 7 });
+        assert_eq!(job["result"], summary);
 
         // The stage finished before the kill was not run again.
         let events = second.events(&id, None)?.rest()?;
@@ -205,11 +211,16 @@ fn a_job_survives_its_server_being_killed_and_restarted() -> Res {
             .map(|e| &e.data["stage"])
             .collect();
         assert_eq!(skipped, ["fetch"], "{events:?}");
-        assert_eq!(events.iter().filter(|e| e.kind == "done").count(), 1);
+        let done: Vec<&SseEvent> = events.iter().filter(|e| e.kind == "done").collect();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            done[0].data, summary,
+            "the done event carries the result itself"
+        );
 
         // The charge survived the restart: once, and a retry is still free.
         assert_eq!(second.credits("lic:r")?, 9);
-        let (status, again) = second.post("/jobs", &headers, "{}")?;
+        let (status, again) = second.post("/jobs", &headers, body)?;
         assert_eq!((status, job_id(&again)), (202, id.clone()));
         assert_eq!(again["charged"], false);
         assert_eq!(second.credits("lic:r")?, 9);

@@ -116,6 +116,7 @@ async fn create_job(
     let text = |field: &str| parsed.get(field).and_then(Value::as_str).map(str::to_owned);
     let kind = text("kind").unwrap_or_else(|| "summarize".to_owned());
     let fail_at = text("fail_at");
+    let input = text("input");
     let account = account_of(&headers);
     let key = header_text(&headers, "idempotency-key")
         .or_else(|| header_text(&headers, "x-job-id"))
@@ -128,6 +129,7 @@ async fn create_job(
             kind: &kind,
             body: &body,
             fail_at: fail_at.as_deref(),
+            input: input.as_deref(),
         })
     })
     .await?;

@@ -11,7 +11,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /jobs` (headers `Idempotency-Key` or `X-Job-Id`, `X-Account`; JSON body `{"kind", "fail_at"}`, both optional) | 202 `{"job_id", "charged"}`; 402 without credits; 422 for a key reused with another body |
+//! | `POST /jobs` (headers `Idempotency-Key` or `X-Job-Id`, `X-Account`; JSON body `{"kind", "input", "fail_at"}`, all optional) | 202 `{"job_id", "charged"}`; 402 without credits; 422 for a key reused with another body |
 //! | `GET /jobs/{id}` | 200 with the client view of the job; 404 |
 //! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error` |
 //! | `GET /accounts/{account}` | 200 `{"account", "credits"}` |

@@ -27,6 +27,8 @@ pub(crate) mod meta {
     pub(crate) const CHARGE_KEY: &str = "charge_key";
     /// The stage the simulated work fails at, if asked to.
     pub(crate) const FAIL_AT: &str = "fail_at";
+    /// The text the simulated work summarizes.
+    pub(crate) const INPUT: &str = "input";
     /// The index lock the job holds and releases when it ends.
     pub(crate) const INDEX_LOCK: &str = "index_lock";
     /// The job a reservation or a lock belongs to.
@@ -102,6 +104,8 @@ pub(crate) struct JobRequest<'a> {
     pub(crate) body: &'a [u8],
     /// The stage the simulated work should fail at, if any.
     pub(crate) fail_at: Option<&'a str>,
+    /// The text to summarize, if given.
+    pub(crate) input: Option<&'a str>,
 }
 
 /// The relay: jobs, credits and locks over one store.
@@ -179,6 +183,9 @@ impl Relay {
             .meta(meta::CHARGE_KEY, key);
         if let Some(stage) = request.fail_at {
             new = new.meta(meta::FAIL_AT, stage);
+        }
+        if let Some(input) = request.input {
+            new = new.meta(meta::INPUT, input);
         }
         let enqueue = match self.pipeline.enqueue(&job_id, new) {
             Ok(_) => true,

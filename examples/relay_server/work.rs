@@ -1,9 +1,10 @@
 //! The jobs' work, simulated, and the threads that run it.
 //!
-//! A job goes through three stages. Each waits as the pace says, then writes an
-//! artifact through the pipeline (fenced, atomic) and reports progress; the
-//! pipeline records a checkpoint per stage, so a job resumed after a crash
-//! skips the stages it finished. A job can be asked to fail at a stage, to show
+//! A job goes through three stages: fetch its input, transcribe it, summarize
+//! it. Each waits as the pace says, then writes an artifact through the
+//! pipeline (fenced, atomic) and reports progress; the pipeline records a
+//! checkpoint per stage, so a job resumed after a crash skips the stages it
+//! finished. The job's result is the summary. A job can be asked to fail at a stage, to show
 //! what a client sees of a failure: the client message, never the internal one.
 
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobsafe::{Clock, Pipeline, RunOutcome, StageError, SystemClock};
+use jobsafe::{Clock, Pipeline, RunOutcome, StageContext, StageError, SystemClock};
 use serde_json::json;
 
 use crate::relay::{Relay, Shared, meta};
@@ -71,13 +72,54 @@ pub(crate) fn pipeline(
                         .code("upstream_failed"),
                 );
             }
-            let artifact = json!({ "job": ctx.job_id(), "stage": stage });
-            ctx.write(&format!("{stage}.json"), artifact.to_string().as_bytes())?;
+            work(stage, ctx)?;
             ctx.progress(&format!("{stage} done"))?;
             Ok(())
         });
     }
-    builder.build()
+    // The result clients get (and the `done` event carries): the summary the
+    // last stage wrote, also when a resumed run skipped every stage.
+    builder
+        .result(|ctx| {
+            let summary = ctx.read(SUMMARY)?;
+            serde_json::from_slice(&summary).map_err(|e| {
+                StageError::permanent(jobsafe::DEFAULT_CLIENT_MESSAGE).internal(format!(
+                    "{SUMMARY} of job {} is not JSON: {e}",
+                    ctx.job_id()
+                ))
+            })
+        })
+        .build()
+}
+
+/// The artifact the last stage writes and the result is read from.
+const SUMMARY: &str = "summary.json";
+
+/// What stage `stage` does: fetch the input, transcribe it, summarize it, each
+/// from the artifact of the stage before.
+fn work(stage: &str, ctx: &mut StageContext<'_>) -> Result<(), StageError> {
+    match stage {
+        "fetch" => {
+            let input = ctx.job().metadata.get(meta::INPUT).and_then(|v| v.as_str());
+            let input = input
+                .unwrap_or("an episode about durable background jobs")
+                .to_owned();
+            ctx.write("source.txt", input.as_bytes())?;
+        }
+        "process" => {
+            let source = ctx.read("source.txt")?;
+            let transcript = String::from_utf8_lossy(&source).to_uppercase();
+            ctx.write("transcript.txt", transcript.as_bytes())?;
+        }
+        _ => {
+            let transcript = String::from_utf8_lossy(&ctx.read("transcript.txt")?).into_owned();
+            let words: Vec<&str> = transcript.split_whitespace().collect();
+            let title = words.iter().take(4).copied().collect::<Vec<_>>().join(" ");
+            let summary = json!({ "title": title, "words": words.len() });
+            ctx.write(SUMMARY, summary.to_string().as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 /// Starts `count` worker threads that run the jobs whose ids are sent on the
