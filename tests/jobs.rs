@@ -769,3 +769,32 @@ fn stages_count_as_signs_of_life_for_recovery() {
         );
     }
 }
+
+#[test]
+fn a_subscriber_that_saw_the_terminal_event_is_told_the_stream_ended() {
+    // An SSE client reconnects with Last-Event-ID = the `done` event's id: it
+    // must get nothing more and an end, not a stream that waits forever.
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    jobs.append_event(&worker, "e", json!(1)).unwrap();
+    let done = jobs.complete(&worker, json!("ok")).unwrap();
+    let last = done.events.next_seq - 1;
+
+    let mut subscription = jobs.subscribe(&job.id, last).unwrap();
+    assert!(subscription.is_finished());
+    assert!(subscription.next_event().unwrap().is_none());
+    let mut follower = jobs
+        .follow(&job.id, last, Duration::from_millis(10))
+        .unwrap();
+    assert!(follower.poll().unwrap().is_empty());
+    assert!(follower.is_finished());
+    assert!(follower.next_event().unwrap().is_none());
+
+    // Past a non-terminal event the stream is not over.
+    let open = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&open.id, None).unwrap();
+    jobs.append_event(&worker, "e", json!(1)).unwrap();
+    let subscription = jobs.subscribe(&open.id, 2).unwrap();
+    assert!(!subscription.is_finished());
+}

@@ -1799,3 +1799,62 @@ fn a_runner_whose_job_was_recovered_meanwhile_stops_and_says_so() {
     );
     assert_clean(&h, "after the run stopped");
 }
+
+#[test]
+fn a_result_computed_from_the_artifacts_is_the_jobs_result_and_its_done_event() {
+    for (name, store, dir) in common::backends::both() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let h = harness_on(store, dir, START_MS, move |builder| {
+            let calls = Arc::clone(&counted);
+            builder.result(move |ctx| {
+                // The first computation hits a busy service.
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return Err(StageError::transient("the summary service is busy")
+                        .internal("summary upstream answered 503"));
+                }
+                let export =
+                    String::from_utf8_lossy(&ctx.read(&output_name("export"))?).into_owned();
+                Ok(serde_json::json!({ "export": export, "stage": ctx.stage() }))
+            })
+        });
+        let id = enqueue(&h, "session-1");
+
+        let first = h.pipeline.run_job(&id).unwrap();
+        let RunOutcome::RetryScheduled {
+            stage, retry_at_ms, ..
+        } = &first.outcome
+        else {
+            panic!("{name}: {:?}", first.outcome);
+        };
+        assert_eq!(
+            stage, "export",
+            "{name}: a failed result fails the last stage"
+        );
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!((job.status, job.result), (JobStatus::Queued, None));
+
+        // The retry skips every verified stage and computes the result again.
+        h.clock.set(*retry_at_ms);
+        let second = h.pipeline.run_job(&id).unwrap();
+        assert_eq!(second.outcome, RunOutcome::Completed, "{name}");
+        assert_eq!(second.skipped(), STAGES, "{name}");
+        assert_eq!(h.script.runs_of(&id), STAGES, "{name}: each stage ran once");
+        let expected = serde_json::json!({
+            "export": "export(draft(transcribe(audio of session-1)))",
+            "stage": "export",
+        });
+        let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+        assert_eq!(job.result.as_ref(), Some(&expected), "{name}");
+        // The done event carries the result itself, not wrapped in anything.
+        let events = h.pipeline.jobs().events_since(&id, 0).unwrap().events;
+        let done = events.last().unwrap();
+        assert_eq!(
+            (done.kind.as_str(), &done.data),
+            ("done", &expected),
+            "{name}"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_clean(&h, "after a result computed on a retry");
+    }
+}

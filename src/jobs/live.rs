@@ -181,6 +181,31 @@ impl Cursor {
         self.settle(page.next_seq);
         Ok(())
     }
+
+    /// Learns whether the event a stream resumes after (the client's last seen
+    /// one) was terminal, when nothing follows it: a client that reconnects
+    /// after `done` must be told the stream ended, not wait for an event that
+    /// will never come. A job moved on after `error` has later events and goes
+    /// on.
+    fn resume<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
+        let after = self.next_seq - 1;
+        if after == 0 || !self.ahead.is_empty() || self.terminal.is_some() {
+            return Ok(());
+        }
+        let page = jobs.events_since(&self.job_id, after - 1)?;
+        // An event the bound dropped is not known to be terminal: the stream
+        // stays open, as for any other.
+        if page
+            .events
+            .first()
+            .is_some_and(|event| event.seq == after && event.is_terminal())
+        {
+            self.terminal = Some(after);
+            self.known_next_seq = page.next_seq;
+            self.settle(page.next_seq);
+        }
+        Ok(())
+    }
 }
 
 /// A live stream of one job's events in this process, from
@@ -320,7 +345,8 @@ impl<S: Store> Follower<S> {
 impl<S: Store> JobState<S> {
     /// Subscribes to job `id`'s events after sequence number `after` (0: from the
     /// start): the stored ones first, then live ones as they are appended in this
-    /// process.
+    /// process. Resuming after the job's terminal event (a client that saw
+    /// `done` and reconnects) gives a stream that is already finished.
     ///
     /// Live events come from appends made through this `JobState` or its clones:
     /// give every part of a process the same one. Appends made by another
@@ -342,6 +368,7 @@ impl<S: Store> JobState<S> {
             replayed: false,
         };
         subscription.cursor.catch_up(self)?;
+        subscription.cursor.resume(self)?;
         subscription.replayed = true;
         Ok(subscription)
     }
@@ -359,6 +386,7 @@ impl<S: Store> JobState<S> {
             poll_every,
         };
         follower.cursor.catch_up(self)?;
+        follower.cursor.resume(self)?;
         Ok(follower)
     }
 }

@@ -44,6 +44,7 @@ pub const SUBJECT_FIELD: &str = "subject";
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 type StageFn = dyn Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync;
+type ResultFn = dyn Fn(&StageContext<'_>) -> Result<serde_json::Value, StageError> + Send + Sync;
 type Observer = dyn Fn(&StageNotice<'_>) + Send + Sync;
 type LedgerPurge = dyn Fn(Duration) -> Result<usize> + Send + Sync;
 
@@ -166,6 +167,7 @@ struct Inner<S, V: Vfs> {
     root: PathBuf,
     writer: AtomicWriter<V>,
     stages: Vec<Stage>,
+    result: Option<Box<ResultFn>>,
     lease: Duration,
     renew_every: Option<Duration>,
     retry: RetryPolicy,
@@ -197,8 +199,9 @@ impl<S, V: Vfs> std::fmt::Debug for Pipeline<S, V> {
 
 /// Builds a [`Pipeline`]; from [`Pipeline::builder`].
 ///
-/// Defaults: namespace `pipeline`; a lease of 60 s ([`DEFAULT_LEASE`]) renewed
-/// every third of it; [`RetryPolicy::default`]; [`PurgePolicy::default`], with
+/// Defaults: namespace `pipeline`; a job's result `{"stages": [names]}` (see
+/// [`result`](PipelineBuilder::result)); a lease of 60 s ([`DEFAULT_LEASE`])
+/// renewed every third of it; [`RetryPolicy::default`]; [`PurgePolicy::default`], with
 /// no scheduled purge; no ledger; an [`AtomicWriter`] with
 /// [`Durability::Full`](crate::Durability::Full) and mode `0o600`; actor name
 /// `pipeline-runner`.
@@ -209,6 +212,7 @@ pub struct PipelineBuilder<S, V: Vfs = StdVfs> {
     namespace: Prefix,
     writer: AtomicWriter<V>,
     stages: Vec<Stage>,
+    result: Option<Box<ResultFn>>,
     lease: Duration,
     renew_every: Option<Option<Duration>>,
     retry: RetryPolicy,
@@ -234,6 +238,7 @@ impl<S: Store + 'static> Pipeline<S> {
             namespace: Prefix::new(["pipeline"]).unwrap_or_default(),
             writer: AtomicWriter::new(),
             stages: Vec::new(),
+            result: None,
             lease: DEFAULT_LEASE,
             renew_every: None,
             retry: RetryPolicy::default(),
@@ -257,6 +262,48 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
             name: name.into(),
             run: Box::new(run),
         });
+        self
+    }
+
+    /// Computes a job's result from its artifacts once every stage ran or was
+    /// skipped: the value is stored as the job's result and sent as the data of
+    /// its `done` event, exactly as returned. Default: `{"stages": [names]}`.
+    ///
+    /// It gets the context of the last stage, read-only: it reads artifacts
+    /// (which verified, if their stages were skipped on a resumed run) and
+    /// cannot write. An error or a panic fails the last stage as a stage
+    /// error would: a transient one is retried, and the retry skips every
+    /// verified stage and computes the result again.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::{ManualClock, MemStore, NewJob, Pipeline};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let pipeline = Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(0)), dir.path())
+    ///     .stage("transcribe", |ctx| {
+    ///         ctx.write("transcript.txt", b"hello world")?;
+    ///         Ok(())
+    ///     })
+    ///     .result(|ctx| {
+    ///         let transcript = String::from_utf8_lossy(&ctx.read("transcript.txt")?).into_owned();
+    ///         Ok(serde_json::json!({ "words": transcript.split_whitespace().count() }))
+    ///     })
+    ///     .build()?;
+    /// let job = pipeline.enqueue("session-1", NewJob::new("episode"))?;
+    /// pipeline.run_job(&job.id)?;
+    /// let done = pipeline.jobs().get(&job.id)?.expect("still there");
+    /// assert_eq!(done.result, Some(serde_json::json!({ "words": 2 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn result(
+        mut self,
+        make: impl Fn(&StageContext<'_>) -> Result<serde_json::Value, StageError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.result = Some(Box::new(make));
         self
     }
 
@@ -331,6 +378,7 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
             namespace: self.namespace,
             writer: writer.no_clobber(false),
             stages: self.stages,
+            result: self.result,
             lease: self.lease,
             renew_every: self.renew_every,
             retry: self.retry,
@@ -396,6 +444,7 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                 root: self.root,
                 writer: self.writer,
                 stages: self.stages,
+                result: self.result,
                 lease: self.lease,
                 renew_every,
                 retry: self.retry,

@@ -241,7 +241,10 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         if let Some(stop) = self.check_between()? {
             return self.stop(stop, None, &[]);
         }
-        let result = json!({ "stages": inner.stages.iter().map(|s| &s.name).collect::<Vec<_>>() });
+        let result = match self.result()? {
+            Ok(result) => result,
+            Err(outcome) => return Ok(outcome),
+        };
         let clear = Op::Delete {
             key: self.pipeline.run_state_key(self.id())?,
             expect: Expect::Any,
@@ -250,6 +253,43 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             Ok(_) => Ok(RunOutcome::Completed),
             Err(e) => self.refused(e, None, &[]),
         }
+    }
+
+    /// The job's result: `Ok(Ok(value))` to complete with, or `Ok(Err(outcome))`
+    /// when computing it failed and the run ends here (as a failure of the last
+    /// stage).
+    fn result(&self) -> Result<std::result::Result<serde_json::Value, RunOutcome>> {
+        let inner = &self.pipeline.inner;
+        let Some(make) = &inner.result else {
+            let names: Vec<&String> = inner.stages.iter().map(|s| &s.name).collect();
+            return Ok(Ok(json!({ "stages": names })));
+        };
+        let Some(job) = inner.jobs.get(self.id())? else {
+            return self.stop(Stop::Deleted, None, &[]).map(Err);
+        };
+        let last = inner.stages.last().map_or("", |s| s.name.as_str());
+        let ctx = StageContext {
+            io: self,
+            job: &job,
+            subject: self.subject,
+            stage: last,
+            job_rel: self.job_rel.clone(),
+            subject_rel: self.subject_rel.clone(),
+            token: self.lease.token(),
+            written: Vec::new(),
+            stop: None,
+        };
+        let error = match catch_unwind(AssertUnwindSafe(|| make(&ctx))) {
+            Ok(Ok(value)) => return Ok(Ok(value)),
+            Ok(Err(e)) => e,
+            Err(panic) => StageError::from_panic(&*panic),
+        };
+        self.notice(
+            last,
+            StageAction::Failed,
+            Some(error.job_error().internal_message()),
+        );
+        self.fail(last, &[], error).map(Err)
     }
 
     /// Runs one stage; `Ok(Ok(chain))` when its checkpoint is recorded,

@@ -1,0 +1,408 @@
+//! The relay's state and what its requests do, as blocking calls on the store:
+//! the HTTP layer runs each of them on the runtime's blocking pool.
+//!
+//! One store holds everything: the jobs and their checkpoints (a [`Pipeline`]),
+//! the credit reservations ([`JobLedger`]) with each account's balance, changed
+//! in the same atomic batch as the reservation or refund it pays for, and the
+//! index locks ([`JobLock`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsafe::{
+    Acquire, ChargeRequest, ClientJob, Error, Expect, Job, JobLedger, JobLock, JobStatus, Key,
+    LockHandle, LockRecord, LockRequest, NewJob, Op, Pipeline, Reservation, Reserve, Store,
+    Subscription,
+};
+use sha2::{Digest, Sha256};
+
+/// What the relay keeps everything in.
+pub(crate) type Shared = Arc<dyn Store>;
+
+/// Job metadata fields the relay writes (operators see them; clients do not).
+pub(crate) mod meta {
+    /// The account charged.
+    pub(crate) const ACCOUNT: &str = "account";
+    /// The idempotency key the job was charged under.
+    pub(crate) const CHARGE_KEY: &str = "charge_key";
+    /// The stage the simulated work fails at, if asked to.
+    pub(crate) const FAIL_AT: &str = "fail_at";
+    /// The text the simulated work summarizes.
+    pub(crate) const INPUT: &str = "input";
+    /// The index lock the job holds and releases when it ends.
+    pub(crate) const INDEX_LOCK: &str = "index_lock";
+    /// The job a reservation or a lock belongs to.
+    pub(crate) const JOB: &str = "job";
+}
+
+/// Why a request could not be served. Only [`RelayError::client_message`] ever
+/// reaches a client.
+#[derive(Debug)]
+pub(crate) enum RelayError {
+    /// The account has no credits left.
+    NoCredits,
+    /// The idempotency key was used before for a different request.
+    KeyReused,
+    /// The request names something invalid (an empty account, say).
+    BadRequest(String),
+    /// A reservation belongs to another job than the one being refunded.
+    OtherJob,
+    /// The store or the disk failed: details for the log only.
+    Internal(Error),
+}
+
+impl From<Error> for RelayError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::FingerprintMismatch { .. } => RelayError::KeyReused,
+            Error::InvalidKey { .. } | Error::InvalidArgument(_) => {
+                RelayError::BadRequest(e.to_string())
+            }
+            e => RelayError::Internal(e),
+        }
+    }
+}
+
+/// A new or deduplicated job.
+#[derive(Debug)]
+pub(crate) struct Created {
+    /// The job's id.
+    pub(crate) job_id: String,
+    /// Whether this request charged a credit (`false`: a retry of a charged one).
+    pub(crate) charged: bool,
+    /// Whether the caller must hand the job to a worker (it was created now).
+    pub(crate) enqueue: bool,
+}
+
+/// The outcome of `POST /index`.
+#[derive(Debug)]
+pub(crate) enum IndexStart {
+    /// The lock was free: an index job started.
+    Started {
+        /// The index job.
+        job_id: String,
+        /// The lock's fencing token.
+        token: u64,
+        /// When the lock's lease ends if the job never releases it.
+        expires_ms: u64,
+    },
+    /// Another index job holds the lock.
+    Held(Box<LockRecord>),
+}
+
+/// A request to create a job.
+#[derive(Debug)]
+pub(crate) struct JobRequest<'a> {
+    /// The account charged.
+    pub(crate) account: &'a str,
+    /// The client's idempotency key, if it sent one.
+    pub(crate) key: Option<&'a str>,
+    /// What kind of job.
+    pub(crate) kind: &'a str,
+    /// The request body, fingerprinted so that a key reused for another request
+    /// is refused.
+    pub(crate) body: &'a [u8],
+    /// The stage the simulated work should fail at, if any.
+    pub(crate) fail_at: Option<&'a str>,
+    /// The text to summarize, if given.
+    pub(crate) input: Option<&'a str>,
+}
+
+/// The relay: jobs, credits and locks over one store.
+#[derive(Clone)]
+pub(crate) struct Relay {
+    store: Shared,
+    pipeline: Pipeline<Shared>,
+    ledger: JobLedger<Shared>,
+    locks: JobLock<Shared>,
+    credits: u64,
+    index_ttl: Duration,
+}
+
+impl Relay {
+    /// The relay over `store`, whose jobs `pipeline` runs; each account starts
+    /// with `credits`.
+    pub(crate) fn new(
+        store: Shared,
+        pipeline: Pipeline<Shared>,
+        credits: u64,
+        index_ttl: Duration,
+    ) -> Self {
+        let clock = Arc::new(jobsafe::SystemClock);
+        Relay {
+            ledger: JobLedger::new(Arc::clone(&store), clock.clone()),
+            locks: JobLock::new(Arc::clone(&store), clock),
+            store,
+            pipeline,
+            credits,
+            index_ttl,
+        }
+    }
+
+    /// The pipeline that runs the jobs.
+    pub(crate) fn pipeline(&self) -> &Pipeline<Shared> {
+        &self.pipeline
+    }
+
+    /// Creates a job, or finds the one created for the same idempotency key,
+    /// charging the account one credit only the first time.
+    ///
+    /// The job id is chosen before the reservation and stored in it, and the
+    /// job is created after: a crash in between leaves a reservation whose job
+    /// does not exist yet, and the client's retry (or a concurrent duplicate)
+    /// creates it under the same id. Of two creators one wins; the other finds
+    /// the job there.
+    pub(crate) fn create_job(&self, request: &JobRequest<'_>) -> Result<Created, RelayError> {
+        let fresh = uuid::Uuid::now_v7().to_string();
+        let key = request.key.unwrap_or(&fresh);
+        let charge = ChargeRequest::new()
+            .backend(request.kind)
+            .fingerprint(format!("sha256:{:x}", Sha256::digest(request.body)))
+            .meta(meta::JOB, fresh.as_str());
+        let outcome = self
+            .ledger
+            .reserve_with(request.account, key, &charge, |_| {
+                self.debit(request.account)
+            })?;
+        let (reservation, charged) = match outcome {
+            Reserve::New(r) => (r, true),
+            Reserve::Existing(r) | Reserve::InFlight(r) => (r, false),
+        };
+        let job_id = job_of(&reservation)?;
+        if self.pipeline.jobs().get(&job_id)?.is_some() {
+            return Ok(Created {
+                job_id,
+                charged,
+                enqueue: false,
+            });
+        }
+        let mut new = NewJob::new(request.kind)
+            .id(job_id.as_str())
+            .owner(request.account)
+            .meta(meta::ACCOUNT, request.account)
+            .meta(meta::CHARGE_KEY, key);
+        if let Some(stage) = request.fail_at {
+            new = new.meta(meta::FAIL_AT, stage);
+        }
+        if let Some(input) = request.input {
+            new = new.meta(meta::INPUT, input);
+        }
+        let enqueue = match self.pipeline.enqueue(&job_id, new) {
+            Ok(_) => true,
+            Err(e) if e.is_conflict() => false, // a duplicate created it first
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Created {
+            job_id,
+            charged,
+            enqueue,
+        })
+    }
+
+    /// What a client may see of job `id`.
+    pub(crate) fn client_view(&self, id: &str) -> Result<Option<ClientJob>, RelayError> {
+        Ok(self.pipeline.jobs().client_view(id)?)
+    }
+
+    /// Job `id`'s events after sequence number `after`, then live ones, ending
+    /// after its terminal event; `None` if there is no such job. A sequence
+    /// number beyond the job's last event counts as its last.
+    pub(crate) fn subscribe(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<Option<Subscription<Arc<Shared>>>, RelayError> {
+        let jobs = self.pipeline.jobs();
+        let Some(job) = jobs.get(id)? else {
+            return Ok(None);
+        };
+        let last = job.events.next_seq.saturating_sub(1);
+        match jobs.subscribe(id, after.min(last)) {
+            Ok(subscription) => Ok(Some(subscription)),
+            Err(Error::JobNotFound { .. }) => Ok(None), // purged meanwhile
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The credits `account` has left.
+    pub(crate) fn balance(&self, account: &str) -> Result<u64, RelayError> {
+        let key = balance_key(account)?;
+        Ok(self.read_balance(&key)?.0)
+    }
+
+    /// Starts an index job on `resource` of `account`, unless one holds its
+    /// lock: then the holder's record comes back (the 409 case), from the same
+    /// compare-and-set that would have taken the lock.
+    pub(crate) fn start_index(
+        &self,
+        account: &str,
+        resource: &str,
+        actor: &str,
+    ) -> Result<IndexStart, RelayError> {
+        let key = Key::new(["index", account, resource])?;
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let request = LockRequest::new()
+            .actor(actor)
+            .meta(meta::JOB, job_id.as_str());
+        let guard = match self.locks.acquire(&key, self.index_ttl, &request)? {
+            Acquire::Held(holder) => return Ok(IndexStart::Held(Box::new(holder))),
+            Acquire::Acquired(guard) => guard,
+        };
+        let token = guard.token().get();
+        let expires_ms = guard.record().expires_ms;
+        // From here the job owns the lock and releases it when it ends; if the
+        // process dies before the job exists, the lease frees it.
+        let handle = guard.into_handle();
+        let new = NewJob::new("index")
+            .id(job_id.as_str())
+            .owner(account)
+            .meta(meta::ACCOUNT, account)
+            .meta(
+                meta::INDEX_LOCK,
+                serde_json::to_value(&handle)
+                    .map_err(|e| RelayError::BadRequest(format!("lock handle: {e}")))?,
+            );
+        if let Err(e) = self.pipeline.enqueue(&job_id, new) {
+            let _ = self.locks.release(&handle);
+            return Err(e.into());
+        }
+        Ok(IndexStart::Started {
+            job_id,
+            token,
+            expires_ms,
+        })
+    }
+
+    /// What a job's end requires: a failed job's credit goes back to its
+    /// account, and an index job's lock is released. Both are idempotent, so
+    /// this runs after every run and again at startup for every finished job,
+    /// in case the process died in between.
+    pub(crate) fn settle(&self, job: &Job) -> Result<(), RelayError> {
+        if !job.status.is_finished() {
+            return Ok(());
+        }
+        if let Some(handle) = job.metadata.get(meta::INDEX_LOCK) {
+            // Release only our own lock: never another job's.
+            if let Ok(handle) = serde_json::from_value::<LockHandle>(handle.clone()) {
+                self.locks.release(&handle)?;
+            }
+        }
+        if job.status == JobStatus::Failed {
+            self.refund(job)?;
+        }
+        Ok(())
+    }
+
+    /// Gives back the credit of failed job `job`, once: the reservation's
+    /// removal and the balance change are one batch, and a reservation that
+    /// now belongs to another job (the key was reused after an earlier refund)
+    /// is left alone.
+    fn refund(&self, job: &Job) -> Result<(), RelayError> {
+        let text = |field| job.metadata.get(field).and_then(|v| v.as_str());
+        let (Some(account), Some(key)) = (text(meta::ACCOUNT), text(meta::CHARGE_KEY)) else {
+            return Ok(());
+        };
+        let refunded = self.ledger.refund_with(account, key, |reservation| {
+            if job_of(reservation)? != job.id {
+                return Err(RelayError::OtherJob);
+            }
+            self.credit(account)
+        });
+        match refunded {
+            Ok(_) | Err(RelayError::OtherJob) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The jobs left unfinished (queued, or running when the last process
+    /// died), after settling every finished one. This process is the store's
+    /// only user (the state directory is locked), so every subject lock an
+    /// unfinished job's runner held belongs to a dead process: it is freed, and
+    /// the job resumes at once instead of a lease later.
+    pub(crate) fn recover(&self) -> Result<Vec<String>, RelayError> {
+        let mut unfinished = Vec::new();
+        let all = self.pipeline.jobs().list(&Default::default())?;
+        for (key, e) in &all.unreadable {
+            eprintln!("relay: job record {key} cannot be read, left alone: {e}");
+        }
+        for job in all.jobs {
+            if job.status.is_finished() {
+                self.settle(&job)?;
+                continue;
+            }
+            // A runner that died between taking the lock and starting the job,
+            // or after requeueing it, left the lock on a queued job too.
+            let subject = Pipeline::<Shared>::subject_of(&job);
+            self.pipeline.locks().force_release(&Key::new([subject])?)?;
+            unfinished.push(job.id);
+        }
+        Ok(unfinished)
+    }
+
+    fn debit(&self, account: &str) -> Result<Vec<Op>, RelayError> {
+        let key = balance_key(account)?;
+        let (left, expect) = self.read_balance(&key)?;
+        let left = left.checked_sub(1).ok_or(RelayError::NoCredits)?;
+        Ok(vec![put_balance(key, left, expect)])
+    }
+
+    fn credit(&self, account: &str) -> Result<Vec<Op>, RelayError> {
+        let key = balance_key(account)?;
+        let (left, expect) = self.read_balance(&key)?;
+        Ok(vec![put_balance(key, left.saturating_add(1), expect)])
+    }
+
+    /// The balance at `key` (the starting grant while absent), and the
+    /// precondition that guards a change of it.
+    fn read_balance(&self, key: &Key) -> Result<(u64, Expect), RelayError> {
+        match self.store.get(key)? {
+            None => Ok((self.credits, Expect::Absent)),
+            Some(entry) => {
+                let left = std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(|| {
+                        RelayError::Internal(Error::InvalidArgument(format!(
+                            "the balance at {key} is not a number"
+                        )))
+                    })?;
+                Ok((left, Expect::Version(entry.version)))
+            }
+        }
+    }
+}
+
+impl RelayError {
+    /// The HTTP status and the message a client may see.
+    pub(crate) fn client_message(&self) -> (u16, &str) {
+        match self {
+            RelayError::NoCredits => (402, "no credits left"),
+            RelayError::KeyReused => (422, "this idempotency key was used for a different request"),
+            RelayError::BadRequest(why) => (400, why),
+            RelayError::OtherJob | RelayError::Internal(_) => (500, "internal error"),
+        }
+    }
+}
+
+fn balance_key(account: &str) -> Result<Key, Error> {
+    Key::new(["credits", account])
+}
+
+fn put_balance(key: Key, left: u64, expect: Expect) -> Op {
+    Op::Put {
+        key,
+        value: left.to_string().into_bytes(),
+        expect,
+    }
+}
+
+/// The job a reservation paid for.
+fn job_of(reservation: &Reservation) -> Result<String, RelayError> {
+    match reservation.metadata.get(meta::JOB).and_then(|v| v.as_str()) {
+        Some(id) => Ok(id.to_owned()),
+        None => Err(RelayError::Internal(Error::InvalidArgument(format!(
+            "reservation {} of {} names no job",
+            reservation.job_id, reservation.account
+        )))),
+    }
+}
