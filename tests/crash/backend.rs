@@ -1,0 +1,49 @@
+//! The two embedded stores every part runs on.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use jobsafe::{DirStore, LogStore, Store};
+
+/// A durable embedded store, by the name the summary lines print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Dir,
+    Log,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Dir, Backend::Log];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Dir => "dir",
+            Backend::Log => "log",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Opens (creating if needed) the store at `root`. A `LogStore` compacts in
+    /// the background after a few dozen KiB, so that kills also land in
+    /// compactions.
+    pub fn open(self, root: &Path) -> jobsafe::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Backend::Dir => Arc::new(DirStore::open(root)?),
+            Backend::Log => Arc::new(
+                LogStore::builder(root)
+                    .compact_when(32 << 10, 0.05)
+                    .open()?,
+            ),
+        })
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,83 @@
+//! The crash suite: every part of the crate, killed with SIGKILL while it
+//! writes, again and again, with its invariants checked after every kill.
+//!
+//! Parts (each on a `DirStore` and on a `LogStore`; see the modules of
+//! `tests/crash/` for what each checks):
+//! - `store`: multi-key batches stay whole, and every acknowledged one stays;
+//! - `lock`: `JobLock` holders killed mid-acquire, mid-renewal or mid-release;
+//!   their locks are taken over at expiry with greater fencing tokens;
+//! - `ledger`: `JobLedger` charges and refunds with the balance in the same
+//!   batch; every acknowledged charge there exactly once, no refund lost;
+//! - `events`: job events appended by a killed worker; every acknowledged one
+//!   present once, in order, with no gap;
+//! - `pipeline`: pipeline runners killed mid-stage; no finished stage runs
+//!   again and every job completes.
+//!
+//! Each part prints a line `crash_suite/<part>: iterations=... kills=...
+//! kills_mid_write=... acknowledged_checked=... violations=...` and, once all
+//! five have run, a total line `crash_suite: parts=5 ...`.
+//!
+//! `JOBSAFE_CRASH_KILLS` sets the kills per part and backend (10 by default,
+//! CI runs 200); `JOBSAFE_CRASH_SEED` replays a run's kill points.
+// Test code, children included: a step that fails fails the test.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+mod crash;
+
+use crash::part::{self, Kind};
+use crash::summary::{self, budget};
+use crash::{kill_loop, pipelines};
+
+fn model_part(test: &str, kind: Kind) {
+    if part::serve_child() {
+        return;
+    }
+    summary::report(kind.name(), kill_loop::run(test, kind, budget()));
+}
+
+#[test]
+fn killed_store_writers_leave_whole_batches_and_every_acknowledged_one() {
+    model_part(
+        "killed_store_writers_leave_whole_batches_and_every_acknowledged_one",
+        Kind::Store,
+    );
+}
+
+#[test]
+fn killed_lock_holders_are_taken_over_at_expiry_with_greater_tokens() {
+    model_part(
+        "killed_lock_holders_are_taken_over_at_expiry_with_greater_tokens",
+        Kind::Lock,
+    );
+}
+
+#[test]
+fn killed_ledger_writers_charge_each_job_once_and_lose_no_refund() {
+    model_part(
+        "killed_ledger_writers_charge_each_job_once_and_lose_no_refund",
+        Kind::Ledger,
+    );
+}
+
+#[test]
+fn killed_event_writers_leave_every_acknowledged_event_once_in_order() {
+    model_part(
+        "killed_event_writers_leave_every_acknowledged_event_once_in_order",
+        Kind::Events,
+    );
+}
+
+#[test]
+fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
+    if part::serve_child() {
+        return;
+    }
+    summary::report(
+        "pipeline",
+        pipelines::run(
+            "killed_pipeline_runners_resume_without_rerunning_finished_stages",
+            budget(),
+        ),
+    );
+}
