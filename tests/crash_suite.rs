@@ -81,3 +81,68 @@ fn killed_pipeline_runners_resume_without_rerunning_finished_stages() {
         ),
     );
 }
+
+/// Each part's checks, fed acknowledgements of writes that never happened,
+/// find them missing: the suite can see a lost write.
+#[test]
+fn the_checks_catch_acknowledged_writes_that_are_missing() {
+    use crash::backend::Backend;
+    use crash::part::{PartId, Tally};
+
+    let lies = [
+        (Kind::Store, "ack 5", "acknowledged batch 5 is missing"),
+        (
+            Kind::Lock,
+            "acquired lock-1 7 1700000030000",
+            "acknowledged holder with token 7 is gone",
+        ),
+        (
+            Kind::Ledger,
+            "charged job-03",
+            "job-03: acknowledged charge is missing",
+        ),
+        (
+            Kind::Events,
+            "event 2 c1-0",
+            "acknowledged event c1-0 at 2 is None",
+        ),
+    ];
+    for backend in Backend::ALL {
+        for (kind, lie, caught) in lies {
+            let dir = tempfile::tempdir().unwrap();
+            let part = PartId { kind, backend };
+            let mut model = part::model(part, dir.path());
+            let mut tally = Tally::default();
+            model.absorb(lie, &mut tally);
+            model.check(1, &mut tally);
+            assert!(
+                tally.violations.iter().any(|v| v.contains(caught)),
+                "{part}: {lie:?} was not caught: {:?}",
+                tally.violations
+            );
+        }
+    }
+}
+
+/// The lock part's fencing check: a token that does not go up is caught as
+/// soon as it is acknowledged.
+#[test]
+fn the_lock_check_catches_a_token_that_does_not_go_up() {
+    use crash::backend::Backend;
+    use crash::part::{PartId, Tally};
+
+    let dir = tempfile::tempdir().unwrap();
+    let part = PartId {
+        kind: Kind::Lock,
+        backend: Backend::Dir,
+    };
+    let mut model = part::model(part, dir.path());
+    let mut tally = Tally::default();
+    model.absorb("acquired lock-0 9 1700000030000", &mut tally);
+    model.absorb("released lock-0 9", &mut tally);
+    model.absorb("acquired lock-0 9 1700000030001", &mut tally);
+    assert_eq!(
+        tally.violations,
+        ["lock-0: token 9 acquired after token 9 was issued"]
+    );
+}

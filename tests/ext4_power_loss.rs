@@ -32,7 +32,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::child::Child;
-use crash::part::{self, PartId, ROLE, Tally};
+use crash::backend::UNSYNCED_VAR;
+use crash::part::{self, Model, PartId, ROLE, Tally};
 use crash::summary::env_or;
 
 const TEST: &str = "acknowledged_writes_survive_ext4_power_loss";
@@ -48,7 +49,11 @@ fn acknowledged_writes_survive_ext4_power_loss() {
         Ok(fs) => fs,
         Err(reason) => {
             let line = format!("SKIPPED: ext4_power_loss: {reason}");
-            println!("\n{}\n{line}\n{}\n", "!".repeat(line.len()), "!".repeat(line.len()));
+            println!(
+                "\n{}\n{line}\n{}\n",
+                "!".repeat(line.len()),
+                "!".repeat(line.len())
+            );
             eprintln!("{line}");
             assert!(
                 !required,
@@ -62,80 +67,37 @@ fn acknowledged_writes_survive_ext4_power_loss() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
 
-    let parts = PartId::all();
-    let root = fs.mount_point.clone();
-    let mut models: Vec<_> = parts.iter().map(|p| part::model(*p, &root)).collect();
-    let mut tallies: Vec<Tally> = parts.iter().map(|_| Tally::default()).collect();
-    let mut in_flight = 0u64;
-    let mut errors_after_shutdown = 0u64;
-    let mut done = 0;
+    let mut run = Run::new(fs.mount_point.join("suite"), false);
     for iteration in 1..=iterations {
-        let vars = part::child_vars(&parts, &root, iteration, rng.u64(..));
-        let mut worker = Child::spawn(TEST, ROLE, &vars);
-        let mut last_was_intent = vec![false; parts.len()];
-        let mut absorb = |line: String, shut_down: bool, tallies: &mut Vec<Tally>| {
-            let Some((part, report)) = part::route(&line) else {
-                tallies[0].violate(iteration, format!("unexpected report {line:?}"));
-                return;
-            };
-            let index = parts.iter().position(|p| *p == part).unwrap();
-            last_was_intent[index] = part::is_intent(report);
-            match part::failure(report) {
-                // After the shutdown every write fails: that is the point.
-                Some(_) if shut_down => errors_after_shutdown += 1,
-                Some(error) => tallies[index].violate(iteration, format!("{part} failed: {error}")),
-                None => models[index].absorb(report, &mut tallies[index]),
-            }
-        };
-        // Until every part has acknowledged a write (or failed), and a few
-        // more, so that the power goes while all of them write.
-        let mut heard = vec![false; parts.len()];
-        let mut more = rng.usize(0..=8);
-        while more > 0 || heard.contains(&false) {
-            let Some(line) = worker.next_report() else {
-                break;
-            };
-            if let Some((part, report)) = part::route(&line)
-                && !part::is_intent(report)
-            {
-                let index = parts.iter().position(|p| *p == part).unwrap();
-                if std::mem::replace(&mut heard[index], true) {
-                    more = more.saturating_sub(1);
-                }
-            }
-            absorb(line, false, &mut tallies);
+        run.power_loss(&mut fs, iteration, &mut rng);
+    }
+    // The control: the same workloads on stores that never fsync must lose
+    // acknowledged writes, or this test could not see a loss at all.
+    let mut control = Run::new(fs.mount_point.join("control"), true);
+    for iteration in 1..=CONTROL_ITERATIONS {
+        control.power_loss(&mut fs, iteration, &mut rng);
+        if !control.violations().is_empty() {
+            break;
         }
-        let late = if rng.u8(0..4) == 0 { 50_000 } else { 5_000 };
-        std::thread::sleep(Duration::from_micros(rng.u64(0..late)));
-        fs.shut_down().unwrap_or_else(|e| panic!("iteration {iteration}: {e}"));
-        for line in worker.kill() {
-            absorb(line, true, &mut tallies);
-        }
-        in_flight += last_was_intent.iter().filter(|b| **b).count() as u64;
-        fs.remount()
-            .unwrap_or_else(|e| panic!("iteration {iteration} (seed {seed}): recovery: {e}"));
-        for (model, tally) in models.iter_mut().zip(&mut tallies) {
-            model.check(iteration, tally);
-        }
-        done = iteration;
     }
 
-    let acknowledged: u64 = tallies.iter().map(|t| t.acknowledged).sum();
-    let violations: Vec<String> = parts
+    let violations = run.violations();
+    let per_part: Vec<String> = run
+        .parts
         .iter()
-        .zip(&tallies)
-        .flat_map(|(part, tally)| tally.violations.iter().map(move |v| format!("{part}: {v}")))
-        .collect();
-    let per_part: Vec<String> = parts
-        .iter()
-        .zip(&tallies)
+        .zip(&run.tallies)
         .map(|(part, tally)| format!("{part}={}", tally.acknowledged))
         .collect();
-    drop(models);
     println!(
-        "ext4_power_loss: iterations={done} acknowledged_checked={acknowledged} violations={} writes_in_flight_at_shutdown={in_flight} errors_after_shutdown={errors_after_shutdown} acknowledged_by_part={} seed={seed} secs={:.1}",
+        "ext4_power_loss: iterations={} acknowledged_checked={} violations={} writes_in_flight_at_shutdown={} errors_after_shutdown={} acknowledged_by_part={} control_iterations={} control_violations={} seed={seed} secs={:.1}",
+        run.iterations,
+        run.acknowledged(),
         violations.len(),
+        run.in_flight,
+        run.errors_after_shutdown,
         per_part.join(","),
+        control.iterations,
+        control.violations().len(),
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -143,8 +105,123 @@ fn acknowledged_writes_survive_ext4_power_loss() {
         "violations (seed {seed}):\n{}",
         violations.join("\n")
     );
-    for (part, tally) in parts.iter().zip(&tallies) {
+    for (part, tally) in run.parts.iter().zip(&run.tallies) {
         assert!(tally.acknowledged > 0, "{part}: no write was acknowledged");
+    }
+    assert!(
+        !control.violations().is_empty(),
+        "stores that never fsync lost no acknowledged write in {} power losses (seed {seed}): \
+         the test cannot tell a durable store from one that is not",
+        control.iterations
+    );
+}
+
+/// Power losses at most this many times for the control, which stops at its
+/// first violation.
+const CONTROL_ITERATIONS: u64 = 10;
+
+/// Every part's model and figures, over the power losses of one run.
+struct Run {
+    root: PathBuf,
+    /// Whether the children's stores skip fsync (the control).
+    unsynced: bool,
+    parts: Vec<PartId>,
+    models: Vec<Box<dyn Model>>,
+    tallies: Vec<Tally>,
+    iterations: u64,
+    in_flight: u64,
+    errors_after_shutdown: u64,
+}
+
+impl Run {
+    fn new(root: PathBuf, unsynced: bool) -> Run {
+        std::fs::create_dir_all(&root).unwrap();
+        let parts = PartId::all();
+        Run {
+            models: parts.iter().map(|p| part::model(*p, &root)).collect(),
+            tallies: parts.iter().map(|_| Tally::default()).collect(),
+            root,
+            unsynced,
+            parts,
+            iterations: 0,
+            in_flight: 0,
+            errors_after_shutdown: 0,
+        }
+    }
+
+    /// One child, one power loss, one recovery, and every part's checks.
+    fn power_loss(&mut self, fs: &mut Ext4, iteration: u64, rng: &mut fastrand::Rng) {
+        let mut vars = part::child_vars(&self.parts, &self.root, iteration, rng.u64(..));
+        if self.unsynced {
+            vars.insert(UNSYNCED_VAR, "1".to_owned());
+        }
+        let mut worker = Child::spawn(TEST, ROLE, &vars);
+        self.iterations += 1;
+        let mut last_was_intent = vec![false; self.parts.len()];
+        // Until every part has acknowledged a write (or failed), and a few
+        // more, so that the power goes while all of them write.
+        let mut heard = vec![false; self.parts.len()];
+        let mut more = rng.usize(0..=8);
+        while more > 0 || heard.contains(&false) {
+            let Some(line) = worker.next_report() else {
+                break;
+            };
+            if let Some(index) = self.absorb(&line, iteration, false, &mut last_was_intent)
+                && !last_was_intent[index]
+                && std::mem::replace(&mut heard[index], true)
+            {
+                more = more.saturating_sub(1);
+            }
+        }
+        let late = if rng.u8(0..4) == 0 { 50_000 } else { 5_000 };
+        std::thread::sleep(Duration::from_micros(rng.u64(0..late)));
+        fs.shut_down()
+            .unwrap_or_else(|e| panic!("iteration {iteration}: {e}"));
+        for line in worker.kill() {
+            self.absorb(&line, iteration, true, &mut last_was_intent);
+        }
+        self.in_flight += last_was_intent.iter().filter(|b| **b).count() as u64;
+        fs.remount()
+            .unwrap_or_else(|e| panic!("iteration {iteration}: recovery: {e}"));
+        for (model, tally) in self.models.iter_mut().zip(&mut self.tallies) {
+            model.check(iteration, tally);
+        }
+    }
+
+    /// Hands one reported line to its part's model; returns the part's index.
+    fn absorb(
+        &mut self,
+        line: &str,
+        iteration: u64,
+        shut_down: bool,
+        last_was_intent: &mut [bool],
+    ) -> Option<usize> {
+        let Some((part, report)) = part::route(line) else {
+            self.tallies[0].violate(iteration, format!("unexpected report {line:?}"));
+            return None;
+        };
+        let index = self.parts.iter().position(|p| *p == part)?;
+        last_was_intent[index] = part::is_intent(report);
+        let tally = &mut self.tallies[index];
+        match part::failure(report) {
+            // After the shutdown every write fails: that is the point.
+            Some(_) if shut_down => self.errors_after_shutdown += 1,
+            Some(error) => tally.violate(iteration, format!("{part} failed: {error}")),
+            None => self.models[index].absorb(report, tally),
+        }
+        Some(index)
+    }
+
+    fn acknowledged(&self) -> u64 {
+        self.tallies.iter().map(|t| t.acknowledged).sum()
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .zip(&self.tallies)
+            .flat_map(|(part, tally)| tally.violations.iter().map(move |v| format!("{part}: {v}")))
+            .collect()
     }
 }
 
@@ -217,11 +294,7 @@ impl Ext4 {
 
     /// Cuts the filesystem off: the ext4 shutdown ioctl, with no log flush.
     fn shut_down(&self) -> Result<(), String> {
-        run(
-            "xfs_io",
-            &["-x", "-c", "shutdown", text(&self.mount_point)],
-        )
-        .map(drop)
+        run("xfs_io", &["-x", "-c", "shutdown", text(&self.mount_point)]).map(drop)
     }
 
     /// Unmounts and mounts again: the journal replays what was committed.

@@ -4,7 +4,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use jobsafe::{DirStore, LogStore, Store};
+use jobsafe::{DirStore, Durability, LogStore, Store};
+
+/// Set to `1` in a child's environment, makes its stores skip every fsync
+/// ([`Durability::AtomicOnly`]): the control that shows the power-loss test
+/// catches a store that acknowledges writes before they are on disk.
+pub const UNSYNCED_VAR: &str = "JOBSAFE_CRASH_UNSYNCED";
 
 /// A durable embedded store, by the name the summary lines print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,10 +36,15 @@ impl Backend {
     /// the background after a few dozen KiB, so that kills also land in
     /// compactions.
     pub fn open(self, root: &Path) -> jobsafe::Result<Arc<dyn Store>> {
+        let durability = match std::env::var(UNSYNCED_VAR).as_deref() {
+            Ok("1") => Durability::AtomicOnly,
+            _ => Durability::Full,
+        };
         Ok(match self {
-            Backend::Dir => Arc::new(DirStore::open(root)?),
+            Backend::Dir => Arc::new(DirStore::builder(root).durability(durability).open()?),
             Backend::Log => Arc::new(
                 LogStore::builder(root)
+                    .durability(durability)
                     .compact_when(32 << 10, 0.05)
                     .open()?,
             ),

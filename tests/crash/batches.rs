@@ -154,8 +154,7 @@ fn read_sum(store: &dyn Store) -> jobsafe::Result<Option<(u64, Version)>> {
 pub fn work(backend: Backend, root: &std::path::Path, ctx: &ChildContext) -> Outcome {
     let store = backend.open(root)?;
     let first = ctx.iteration * IDS_PER_CHILD;
-    let (mut sum, mut sum_version) =
-        read_sum(&*store)?.map_or((0, None), |(n, v)| (n, Some(v)));
+    let (mut sum, mut sum_version) = read_sum(&*store)?.map_or((0, None), |(n, v)| (n, Some(v)));
     let tokens = store.list_all(&Prefix::new(["tok"]).unwrap())?;
     if tokens.len() > 1 {
         return Err(format!("found tokens {tokens:?}").into());

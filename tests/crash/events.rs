@@ -195,7 +195,10 @@ impl Model for Events {
         if let Some(Some(job)) = tally.ok(iteration, "read the job", jobs.get(JOB))
             && job.status != JobStatus::Queued
         {
-            tally.violate(iteration, format!("after recovery the job is {}", job.status));
+            tally.violate(
+                iteration,
+                format!("after recovery the job is {}", job.status),
+            );
         }
     }
 
@@ -220,7 +223,8 @@ pub fn work(backend: Backend, root: &Path, ctx: &ChildContext) -> Outcome {
         let seq = if n % 4 == 3 {
             jobs.progress(&worker, &id)?.events.next_seq - 1
         } else {
-            jobs.append_event(&worker, "chunk", json!({ "id": id }))?.seq
+            jobs.append_event(&worker, "chunk", json!({ "id": id }))?
+                .seq
         };
         ctx.report(&format!("event {seq} {id}"));
     }

@@ -65,7 +65,11 @@ pub fn run(test: &str, kind: Kind, budget: Budget) -> Figures {
         figures.extra.push(if extra.is_empty() {
             format!("{backend}:acknowledged={}", tally.acknowledged)
         } else {
-            format!("{backend}:acknowledged={},{}", tally.acknowledged, extra.replace(' ', ","))
+            format!(
+                "{backend}:acknowledged={},{}",
+                tally.acknowledged,
+                extra.replace(' ', ",")
+            )
         });
         figures.acknowledged_checked += tally.acknowledged;
         figures

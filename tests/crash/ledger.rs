@@ -83,7 +83,11 @@ impl Ledger {
     pub fn new(backend: Backend, root: PathBuf) -> Self {
         let store = backend.open(&root).unwrap();
         store
-            .put(&balance_key(), INITIAL.to_string().as_bytes(), Expect::Absent)
+            .put(
+                &balance_key(),
+                INITIAL.to_string().as_bytes(),
+                Expect::Absent,
+            )
             .unwrap();
         Ledger {
             backend,
@@ -128,9 +132,9 @@ impl Model for Ledger {
             tally.acknowledged += 1;
         }
         if wrong {
-            tally
-                .violations
-                .push(format!("{job_id}: `{what}` contradicts the acknowledgements"));
+            tally.violations.push(format!(
+                "{job_id}: `{what}` contradicts the acknowledgements"
+            ));
         }
     }
 
@@ -195,9 +199,11 @@ impl Model for Ledger {
             }
             *charged = reserved;
         }
-        if let Some((balance, _)) =
-            tally.ok(iteration, "read the balance", read_number(&*store, &balance_key()))
-            && balance != INITIAL - charges_total
+        if let Some((balance, _)) = tally.ok(
+            iteration,
+            "read the balance",
+            read_number(&*store, &balance_key()),
+        ) && balance != INITIAL - charges_total
         {
             tally.violate(
                 iteration,

@@ -60,8 +60,13 @@ fn lock_key(n: u64) -> Key {
 enum Acked {
     /// Nothing acknowledged by the current child.
     Unknown,
-    Held { token: u64, expires_ms: u64 },
-    Released { token: u64 },
+    Held {
+        token: u64,
+        expires_ms: u64,
+    },
+    Released {
+        token: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -152,7 +157,9 @@ impl Model for Locks {
                 self.state(key).acked = Some(Acked::Released { token });
                 tally.acknowledged += 1;
             }
-            _ => tally.violations.push(format!("unexpected report {report:?}")),
+            _ => tally
+                .violations
+                .push(format!("unexpected report {report:?}")),
         }
     }
 

@@ -305,9 +305,11 @@ fn kill_runners(test: &str, backend: Backend, budget: Budget, figures: &mut Figu
     figures.extra.push(format!(
         "{backend}:acknowledged={acknowledged},jobs={verified},stage_runs={stage_runs},interrupted_runs={interrupted}"
     ));
-    figures
-        .violations
-        .extend(violations.into_iter().map(|v| format!("pipeline/{backend}: {v}")));
+    figures.violations.extend(
+        violations
+            .into_iter()
+            .map(|v| format!("pipeline/{backend}: {v}")),
+    );
 }
 
 /// A finished job: complete, with the expected outputs, and no temp file.
