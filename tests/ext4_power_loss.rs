@@ -158,19 +158,23 @@ impl Run {
         let mut worker = Child::spawn(TEST, ROLE, &vars);
         self.iterations += 1;
         let mut last_was_intent = vec![false; self.parts.len()];
-        // Until every part has acknowledged a write (or failed), and a few
-        // more, so that the power goes while all of them write.
-        let mut heard = vec![false; self.parts.len()];
-        let mut more = rng.usize(0..=8);
-        while more > 0 || heard.contains(&false) {
+        // Until every part has acknowledged one to three writes (or failed),
+        // so that the power goes while all of them write.
+        let mut awaited: Vec<usize> = self.parts.iter().map(|_| rng.usize(1..=3)).collect();
+        while awaited.iter().any(|n| *n > 0) {
             let Some(line) = worker.next_report() else {
                 break;
             };
+            let failed = part::route(&line).is_some_and(|(_, r)| part::failure(r).is_some());
             if let Some(index) = self.absorb(&line, iteration, false, &mut last_was_intent)
                 && !last_was_intent[index]
-                && std::mem::replace(&mut heard[index], true)
             {
-                more = more.saturating_sub(1);
+                // A failed part acknowledges nothing more: stop waiting for it.
+                awaited[index] = if failed {
+                    0
+                } else {
+                    awaited[index].saturating_sub(1)
+                };
             }
         }
         let late = if rng.u8(0..4) == 0 { 50_000 } else { 5_000 };
