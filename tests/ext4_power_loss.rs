@@ -67,13 +67,13 @@ fn acknowledged_writes_survive_ext4_power_loss() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
 
-    let mut run = Run::new(fs.mount_point.join("suite"), false);
+    let mut run = Run::new(fs.mount_point.join("suite"), false, seed);
     for iteration in 1..=iterations {
         run.power_loss(&mut fs, iteration, &mut rng);
     }
     // The control: the same workloads on stores that never fsync must lose
     // acknowledged writes, or this test could not see a loss at all.
-    let mut control = Run::new(fs.mount_point.join("control"), true);
+    let mut control = Run::new(fs.mount_point.join("control"), true, seed);
     for iteration in 1..=CONTROL_ITERATIONS {
         control.power_loss(&mut fs, iteration, &mut rng);
         if !control.violations().is_empty() {
@@ -125,6 +125,8 @@ struct Run {
     root: PathBuf,
     /// Whether the children's stores skip fsync (the control).
     unsynced: bool,
+    /// The run's seed, for the messages of a failure that ends it.
+    seed: u64,
     parts: Vec<PartId>,
     models: Vec<Box<dyn Model>>,
     tallies: Vec<Tally>,
@@ -134,7 +136,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(root: PathBuf, unsynced: bool) -> Run {
+    fn new(root: PathBuf, unsynced: bool, seed: u64) -> Run {
         std::fs::create_dir_all(&root).unwrap();
         let parts = PartId::all();
         Run {
@@ -142,6 +144,7 @@ impl Run {
             tallies: parts.iter().map(|_| Tally::default()).collect(),
             root,
             unsynced,
+            seed,
             parts,
             iterations: 0,
             in_flight: 0,
@@ -180,13 +183,14 @@ impl Run {
         let late = if rng.u8(0..4) == 0 { 50_000 } else { 5_000 };
         std::thread::sleep(Duration::from_micros(rng.u64(0..late)));
         fs.shut_down()
-            .unwrap_or_else(|e| panic!("iteration {iteration}: {e}"));
+            .unwrap_or_else(|e| panic!("iteration {iteration} (seed {}): {e}", self.seed));
         for line in worker.kill() {
             self.absorb(&line, iteration, true, &mut last_was_intent);
         }
         self.in_flight += last_was_intent.iter().filter(|b| **b).count() as u64;
-        fs.remount()
-            .unwrap_or_else(|e| panic!("iteration {iteration}: recovery: {e}"));
+        fs.remount().unwrap_or_else(|e| {
+            panic!("iteration {iteration} (seed {}): recovery: {e}", self.seed)
+        });
         for (model, tally) in self.models.iter_mut().zip(&mut self.tallies) {
             model.check(iteration, tally);
         }

@@ -36,19 +36,26 @@ impl Backend {
     /// the background after a few dozen KiB, so that kills also land in
     /// compactions.
     pub fn open(self, root: &Path) -> jobsafe::Result<Arc<dyn Store>> {
-        let durability = match std::env::var(UNSYNCED_VAR).as_deref() {
-            Ok("1") => Durability::AtomicOnly,
-            _ => Durability::Full,
-        };
         Ok(match self {
-            Backend::Dir => Arc::new(DirStore::builder(root).durability(durability).open()?),
-            Backend::Log => Arc::new(
-                LogStore::builder(root)
-                    .durability(durability)
-                    .compact_when(32 << 10, 0.05)
-                    .open()?,
-            ),
+            Backend::Dir => Arc::new(DirStore::builder(root).durability(durability()).open()?),
+            Backend::Log => Arc::new(open_log(root)?),
         })
+    }
+}
+
+/// Opens the `LogStore` at `root` as [`Backend::open`] does, for a caller that
+/// compacts it.
+pub fn open_log(root: &Path) -> jobsafe::Result<LogStore> {
+    LogStore::builder(root)
+        .durability(durability())
+        .compact_when(32 << 10, 0.05)
+        .open()
+}
+
+fn durability() -> Durability {
+    match std::env::var(UNSYNCED_VAR).as_deref() {
+        Ok("1") => Durability::AtomicOnly,
+        _ => Durability::Full,
     }
 }
 

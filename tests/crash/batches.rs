@@ -8,15 +8,17 @@
 //! a missing or doubled token, or a counter that disagrees with the groups; a
 //! lost acknowledged batch shows as a missing group.
 //!
-//! The `LogStore` compacts in the background after every few dozen batches, so
-//! stops also land in compactions.
+//! The `LogStore` compacts in the background after every few dozen batches, and
+//! its child also compacts it now and then itself (reporting `begin compact`
+//! first), so stops also land in compactions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use jobsafe::{Applied, Batch, Entry, Expect, Key, LogStore, Prefix, Store, Version};
 
-use super::backend::Backend;
+use super::backend::{self, Backend};
 use super::part::{ChildContext, Model, Outcome, Tally};
 
 const KEYS_PER_BATCH: usize = 4;
@@ -40,6 +42,10 @@ pub struct Batches {
     backend: Backend,
     root: PathBuf,
     acknowledged: BTreeSet<u64>,
+    /// Whether the last report announced a compaction, and how many stops
+    /// landed in one.
+    compacting: bool,
+    mid_compaction: u64,
 }
 
 impl Batches {
@@ -49,12 +55,15 @@ impl Batches {
             backend,
             root,
             acknowledged: BTreeSet::new(),
+            compacting: false,
+            mid_compaction: 0,
         }
     }
 }
 
 impl Model for Batches {
     fn absorb(&mut self, report: &str, tally: &mut Tally) {
+        self.compacting = report == "begin compact";
         if let Some(id) = report.strip_prefix("ack ") {
             self.acknowledged.insert(id.parse().unwrap());
             tally.acknowledged += 1;
@@ -64,6 +73,9 @@ impl Model for Batches {
     /// Checks the whole store: every group whole, one token, the counter right,
     /// every acknowledged batch present.
     fn check(&mut self, iteration: u64, tally: &mut Tally) {
+        if std::mem::take(&mut self.compacting) {
+            self.mid_compaction += 1;
+        }
         let Some(store) = tally.ok(iteration, "reopen", self.backend.open(&self.root)) else {
             return;
         };
@@ -132,7 +144,12 @@ impl Model for Batches {
                 .and_then(|store| store.stats())
                 .map_or_else(
                     |e| format!("compactions=unknown ({e})"),
-                    |stats| format!("compactions={}", stats.generation),
+                    |stats| {
+                        format!(
+                            "compactions={} mid_compaction={}",
+                            stats.generation, self.mid_compaction
+                        )
+                    },
                 ),
             Backend::Dir => String::new(),
         }
@@ -152,7 +169,15 @@ fn read_sum(store: &dyn Store) -> jobsafe::Result<Option<(u64, Version)>> {
 /// Child: applies batches until stopped, reporting `begin <id>` before each and
 /// `ack <id>` after each `Ok`.
 pub fn work(backend: Backend, root: &std::path::Path, ctx: &ChildContext) -> Outcome {
-    let store = backend.open(root)?;
+    let log = match backend {
+        Backend::Log => Some(Arc::new(backend::open_log(root)?)),
+        Backend::Dir => None,
+    };
+    let store: Arc<dyn Store> = match &log {
+        Some(log) => log.clone(),
+        None => backend.open(root)?,
+    };
+    let mut rng = fastrand::Rng::with_seed(ctx.seed);
     let first = ctx.iteration * IDS_PER_CHILD;
     let (mut sum, mut sum_version) = read_sum(&*store)?.map_or((0, None), |(n, v)| (n, Some(v)));
     let tokens = store.list_all(&Prefix::new(["tok"]).unwrap())?;
@@ -194,6 +219,13 @@ pub fn work(backend: Backend, root: &std::path::Path, ctx: &ChildContext) -> Out
         sum_version = Some(versions[0]);
         token = Some((token_key(id), versions[1]));
         ctx.report(&format!("ack {id}"));
+        if let Some(log) = &log
+            && rng.u8(0..8) == 0
+        {
+            ctx.report("begin compact");
+            log.compact()?;
+            ctx.report("compacted");
+        }
     }
     Ok(())
 }
