@@ -6,8 +6,9 @@
 //! - `store`: multi-key batches stay whole, and every acknowledged one stays;
 //! - `lock`: `JobLock` holders killed mid-acquire, mid-renewal or mid-release;
 //!   their locks are taken over at expiry with greater fencing tokens;
-//! - `ledger`: `JobLedger` charges and refunds with the balance in the same
-//!   batch; every acknowledged charge there exactly once, no refund lost;
+//! - `ledger`: `JobLedger` charges and refunds, with the balance in the same
+//!   batch or external (pending, then confirmed); every acknowledged charge
+//!   there exactly once, no refund lost, every pending side effect listed;
 //! - `events`: job events appended by a killed worker; every acknowledged one
 //!   present once, in order, with no gap;
 //! - `pipeline`: pipeline runners killed mid-stage; no finished stage runs
@@ -100,6 +101,11 @@ fn the_checks_catch_acknowledged_writes_that_are_missing() {
             Kind::Ledger,
             "charged job-03",
             "job-03: acknowledged charge is missing",
+        ),
+        (
+            Kind::Ledger,
+            "pending job-04",
+            "lic:external/job-04: Some(ChargePending) acknowledged, None stored",
         ),
         (
             Kind::Events,
