@@ -13,7 +13,9 @@
 //! nothing reaches the disk, as if the power went. It kills the child, unmounts,
 //! mounts again (the journal replays), reopens every store and runs the parts'
 //! checks: every acknowledged write present, no torn record, recovery works, no
-//! lock held forever.
+//! lock held forever. Every other iteration runs with `data=writeback`, where
+//! ext4 keeps no order between file data and metadata, so that only the
+//! stores' own fsyncs make their writes durable.
 //!
 //! Without root, a loop device, `mkfs.ext4` or `xfs_io`, the test prints a loud
 //! `SKIPPED: <reason>` and passes, unless `JOBSAFE_REQUIRE_EXT4=1` makes that a
@@ -89,10 +91,11 @@ fn acknowledged_writes_survive_ext4_power_loss() {
         .map(|(part, tally)| format!("{part}={}", tally.acknowledged))
         .collect();
     println!(
-        "ext4_power_loss: iterations={} acknowledged_checked={} violations={} writes_in_flight_at_shutdown={} errors_after_shutdown={} acknowledged_by_part={} control_iterations={} control_violations={} seed={seed} secs={:.1}",
+        "ext4_power_loss: iterations={} acknowledged_checked={} violations={} writeback_iterations={} writes_in_flight_at_shutdown={} errors_after_shutdown={} acknowledged_by_part={} control_iterations={} control_violations={} seed={seed} secs={:.1}",
         run.iterations,
         run.acknowledged(),
         violations.len(),
+        run.writeback,
         run.in_flight,
         run.errors_after_shutdown,
         per_part.join(","),
@@ -131,6 +134,8 @@ struct Run {
     models: Vec<Box<dyn Model>>,
     tallies: Vec<Tally>,
     iterations: u64,
+    /// Iterations whose workload ran with `data=writeback`.
+    writeback: u64,
     in_flight: u64,
     errors_after_shutdown: u64,
 }
@@ -147,6 +152,7 @@ impl Run {
             seed,
             parts,
             iterations: 0,
+            writeback: 0,
             in_flight: 0,
             errors_after_shutdown: 0,
         }
@@ -160,6 +166,7 @@ impl Run {
         }
         let mut worker = Child::spawn(TEST, ROLE, &vars);
         self.iterations += 1;
+        self.writeback += u64::from(fs.data == DataMode::Writeback);
         let mut last_was_intent = vec![false; self.parts.len()];
         // Until every part has acknowledged one to three writes (or failed),
         // so that the power goes while all of them write.
@@ -188,7 +195,14 @@ impl Run {
             self.absorb(&line, iteration, true, &mut last_was_intent);
         }
         self.in_flight += last_was_intent.iter().filter(|b| **b).count() as u64;
-        fs.remount().unwrap_or_else(|e| {
+        // Every other power loss in writeback mode, where ext4 orders nothing
+        // between data and metadata: only fsync makes a write durable there.
+        let data = if iteration.is_multiple_of(2) {
+            DataMode::Writeback
+        } else {
+            DataMode::Ordered
+        };
+        fs.remount(data).unwrap_or_else(|e| {
             panic!("iteration {iteration} (seed {}): recovery: {e}", self.seed)
         });
         for (model, tally) in self.models.iter_mut().zip(&mut self.tallies) {
@@ -233,6 +247,25 @@ impl Run {
     }
 }
 
+/// How ext4 journals file data (the `data=` mount option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataMode {
+    /// The default: data is written before the metadata that points to it.
+    Ordered,
+    /// Data and metadata in no particular order: a renamed file that was not
+    /// fsynced may hold old blocks after a crash.
+    Writeback,
+}
+
+impl DataMode {
+    fn name(self) -> &'static str {
+        match self {
+            DataMode::Ordered => "ordered",
+            DataMode::Writeback => "writeback",
+        }
+    }
+}
+
 /// A small ext4 filesystem in an image file on a loop device, mounted in a
 /// temporary directory. Dropping it unmounts it and detaches the device,
 /// whatever state the test left it in.
@@ -240,6 +273,8 @@ struct Ext4 {
     mount_point: PathBuf,
     device: Option<String>,
     mounted: bool,
+    /// The mode the filesystem is mounted in now.
+    data: DataMode,
     // Last: removed after the filesystem is unmounted.
     _dir: tempfile::TempDir,
 }
@@ -275,15 +310,16 @@ impl Ext4 {
             mount_point,
             device: None,
             mounted: false,
+            data: DataMode::Ordered,
             _dir: dir,
         };
         let device = run("losetup", &["--find", "--show", image])?;
         fs.device = Some(device.trim().to_owned());
-        fs.mount_device()?;
+        fs.mount_device(DataMode::Ordered)?;
         // The whole cycle once, so that a kernel without the ioctl is a reason to
         // skip rather than a failure in the middle of the test.
         fs.shut_down()?;
-        fs.remount()?;
+        fs.remount(DataMode::Ordered)?;
         Ok(fs)
     }
 
@@ -291,12 +327,21 @@ impl Ext4 {
         self.device.as_deref().unwrap_or_default()
     }
 
-    fn mount_device(&mut self) -> Result<(), String> {
+    fn mount_device(&mut self, data: DataMode) -> Result<(), String> {
+        let options = format!("data={}", data.name());
         run(
             "mount",
-            &["-t", "ext4", self.device(), text(&self.mount_point)],
+            &[
+                "-t",
+                "ext4",
+                "-o",
+                &options,
+                self.device(),
+                text(&self.mount_point),
+            ],
         )?;
         self.mounted = true;
+        self.data = data;
         Ok(())
     }
 
@@ -305,11 +350,12 @@ impl Ext4 {
         run("xfs_io", &["-x", "-c", "shutdown", text(&self.mount_point)]).map(drop)
     }
 
-    /// Unmounts and mounts again: the journal replays what was committed.
-    fn remount(&mut self) -> Result<(), String> {
+    /// Unmounts and mounts again, in `data` mode: the journal replays what was
+    /// committed.
+    fn remount(&mut self, data: DataMode) -> Result<(), String> {
         run("umount", &[text(&self.mount_point)])?;
         self.mounted = false;
-        self.mount_device()
+        self.mount_device(data)
     }
 }
 
