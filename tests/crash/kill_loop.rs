@@ -45,7 +45,7 @@ pub fn run(test: &str, kind: Kind, budget: Budget) -> Figures {
                 let Some(line) = worker.next_report() else {
                     break;
                 };
-                if !line.contains(" begin ") {
+                if !part::route(&line).is_some_and(|(_, report)| part::is_intent(report)) {
                     acknowledged += 1;
                 }
                 absorb(line, &mut tally);

@@ -225,14 +225,15 @@ fn work_in_child() {
                 }));
                 match outcome {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => ctx.report(&format!("failed {e}")),
+                    // One line: the parent reads reports line by line.
+                    Ok(Err(e)) => ctx.report(&format!("failed {}", one_line(&e.to_string()))),
                     Err(panic) => {
                         let message = panic
                             .downcast_ref::<String>()
                             .cloned()
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                             .unwrap_or_default();
-                        ctx.report(&format!("failed panic: {message}"));
+                        ctx.report(&format!("failed panic: {}", one_line(&message)));
                     }
                 }
             })
@@ -241,6 +242,10 @@ fn work_in_child() {
     for thread in threads {
         let _ = thread.join();
     }
+}
+
+fn one_line(text: &str) -> String {
+    text.replace('\n', " | ")
 }
 
 fn work(part: PartId, dir: &Path, ctx: &ChildContext) -> Outcome {
