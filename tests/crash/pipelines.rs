@@ -1,5 +1,5 @@
 //! Pipelines survive SIGKILL at any point: a child process runs passes over
-//! queued jobs on a `DirStore`, and in a second test on a `LogStore`, while the
+//! queued jobs on a `DirStore`, and then on a `LogStore`, while the
 //! parent kills it at varying moments, mostly while a stage is writing; each
 //! kill is followed by a new child.
 //!
@@ -13,28 +13,25 @@
 //!
 //! A kill counts as mid-stage when the child's last `run` report has no `done`
 //! after it and that stage's checkpoint is not in the store: the kill landed
-//! between the stage's start and its checkpoint, while it wrote.
-//!
-//! `JOBSAFE_CRASH_ITERATIONS` sets the number of kills per store (200 by
-//! default); `JOBSAFE_CRASH_SEED` replays a run's kill points.
-// Test code, children included: a step that fails fails the test.
-#![allow(clippy::unwrap_used, clippy::panic)]
-
-mod common;
+//! between the stage's start and its checkpoint, while it wrote. The `done`
+//! reports are the acknowledged writes the summary counts.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::child::{self, Child};
+use crate::common::child::{self, Child};
 use jobsafe::{
-    DirStore, JobStatus, LogStore, ManualClock, NewJob, Pipeline, Prefix, PurgePolicy, StageAction,
-    StageContext, StageError, Store, TEMP_SUFFIX,
+    JobStatus, ManualClock, NewJob, Pipeline, Prefix, PurgePolicy, StageAction, StageContext,
+    StageError, Store, TEMP_SUFFIX,
 };
 
+use super::backend::Backend;
+use super::summary::{Budget, Figures};
+
 /// The child's role, and the variable that names its store's backend.
-const ROLE: &str = "pipeline-runner";
+pub const ROLE: &str = "pipeline-runner";
 const BACKEND_VAR: &str = "JOBSAFE_TEST_BACKEND";
 const START_MS: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(60);
@@ -44,42 +41,8 @@ const MORE_JOBS: usize = 4;
 
 type Pipe = Pipeline<Arc<dyn Store>>;
 
-/// The two embedded backends, by the name the summary line prints.
-#[derive(Clone, Copy)]
-enum Backend {
-    Dir,
-    Log,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Dir => "dir",
-            Backend::Log => "log",
-        }
-    }
-
-    fn test(self) -> &'static str {
-        match self {
-            Backend::Dir => {
-                "killed_pipeline_runners_on_a_dir_store_resume_without_rerunning_finished_stages"
-            }
-            Backend::Log => {
-                "killed_pipeline_runners_on_a_log_store_resume_without_rerunning_finished_stages"
-            }
-        }
-    }
-
-    fn open(self, dir: &Path) -> Arc<dyn Store> {
-        match self {
-            Backend::Dir => Arc::new(DirStore::open(dir).unwrap()),
-            Backend::Log => Arc::new(LogStore::open(dir).unwrap()),
-        }
-    }
-}
-
 fn pipeline(backend: Backend, dir: &Path, now_ms: u64, in_child: bool) -> Pipe {
-    let store = backend.open(&dir.join("store"));
+    let store = backend.open(&dir.join("store")).unwrap();
     let mut builder = Pipeline::builder(
         store,
         Arc::new(ManualClock::new(now_ms)),
@@ -169,24 +132,20 @@ fn child_now(iteration: u64) -> u64 {
     START_MS + iteration * 2 * LEASE.as_millis() as u64
 }
 
-#[test]
-fn killed_pipeline_runners_on_a_dir_store_resume_without_rerunning_finished_stages() {
-    kill_runners(Backend::Dir);
-}
-
-#[test]
-fn killed_pipeline_runners_on_a_log_store_resume_without_rerunning_finished_stages() {
-    kill_runners(Backend::Log);
-}
-
-fn kill_runners(backend: Backend) {
-    if child::role().as_deref() == Some(ROLE) {
-        return run_in_child(backend);
+/// Runs the pipeline part on every backend, from the test `test` (whose
+/// function must serve children first, see
+/// [`serve_child`](super::part::serve_child)).
+pub fn run(test: &str, budget: Budget) -> Figures {
+    let mut figures = Figures::default();
+    for backend in Backend::ALL {
+        kill_runners(test, backend, budget, &mut figures);
     }
-    let started_at = Instant::now();
-    let kills: u64 = env_or("JOBSAFE_CRASH_ITERATIONS", 200);
-    let seed: u64 = env_or("JOBSAFE_CRASH_SEED", fastrand::u64(..));
-    let mut rng = fastrand::Rng::with_seed(seed);
+    figures
+}
+
+fn kill_runners(test: &str, backend: Backend, budget: Budget, figures: &mut Figures) {
+    let kills = budget.kills;
+    let mut rng = fastrand::Rng::with_seed(budget.seed ^ backend as u64);
     let dir = tempfile::tempdir().unwrap();
     let mut jobs = enqueue(
         &pipeline(backend, dir.path(), START_MS, false),
@@ -203,12 +162,13 @@ fn kill_runners(backend: Backend) {
     let mut mid_stage = 0usize;
     let mut iteration = 0;
     let mut killed = 0;
+    let mut acknowledged = 0;
     while killed < kills {
         iteration += 1;
         let mut vars = child::store_vars(dir.path());
         vars.insert("JOBSAFE_TEST_NOW", child_now(iteration).to_string());
         vars.insert(BACKEND_VAR, backend.name().to_owned());
-        let mut runner = Child::spawn(backend.test(), ROLE, &vars);
+        let mut runner = Child::spawn(test, ROLE, &vars);
         let wait_for = rng.usize(1..=4);
         let mut reports = Vec::new();
         let mut idle = false;
@@ -236,7 +196,7 @@ fn kill_runners(backend: Backend) {
                 killed += 1;
             }
         }
-        check_reports(
+        acknowledged += check_reports(
             &reports,
             &mut completed,
             &mut violations,
@@ -292,7 +252,7 @@ fn kill_runners(backend: Backend) {
     let mut vars = child::store_vars(dir.path());
     vars.insert("JOBSAFE_TEST_NOW", child_now(iteration).to_string());
     vars.insert(BACKEND_VAR, backend.name().to_owned());
-    let mut last = Child::spawn(backend.test(), ROLE, &vars);
+    let mut last = Child::spawn(test, ROLE, &vars);
     let mut reports = Vec::new();
     while let Some(line) = last.next_report() {
         if line == "idle" {
@@ -301,7 +261,7 @@ fn kill_runners(backend: Backend) {
         reports.push(line);
     }
     reports.extend(last.finish());
-    check_reports(
+    acknowledged += check_reports(
         &reports,
         &mut completed,
         &mut violations,
@@ -338,16 +298,17 @@ fn kill_runners(backend: Backend) {
         violations.push(format!("locks left after purge: {:?}", left.locks));
     }
 
-    println!(
-        "pipeline_crash: store={} kills={killed} mid_stage_kills={mid_stage} jobs={verified} stage_runs={stage_runs} interrupted_runs={interrupted} violations={} seed={seed} secs={:.1}",
-        backend.name(),
-        violations.len(),
-        started_at.elapsed().as_secs_f64()
-    );
-    assert!(
-        violations.is_empty(),
-        "violations (seed {seed}):\n{}",
-        violations.join("\n")
+    figures.iterations += iteration;
+    figures.kills += killed;
+    figures.kills_mid_write += mid_stage as u64;
+    figures.acknowledged_checked += acknowledged;
+    figures.extra.push(format!(
+        "{backend}:acknowledged={acknowledged},jobs={verified},stage_runs={stage_runs},interrupted_runs={interrupted}"
+    ));
+    figures.violations.extend(
+        violations
+            .into_iter()
+            .map(|v| format!("pipeline/{backend}: {v}")),
     );
 }
 
@@ -394,14 +355,16 @@ fn unfinished_stage(reports: &[String]) -> Option<(String, String)> {
     Some((job.to_owned(), stage.to_owned()))
 }
 
-/// Checks one child's reports in order against what was known complete.
+/// Checks one child's reports in order against what was known complete;
+/// returns how many checkpoints they acknowledged.
 fn check_reports(
     reports: &[String],
     completed: &mut BTreeSet<(String, String)>,
     violations: &mut Vec<String>,
     iteration: u64,
     stage_runs: &mut usize,
-) {
+) -> u64 {
+    let mut acknowledged = 0;
     for report in reports {
         if report == "idle" {
             continue; // reported just before a kill
@@ -423,11 +386,13 @@ fn check_reports(
                 }
             }
             "done" => {
+                acknowledged += 1;
                 completed.insert(key);
             }
             _ => violations.push(format!("child {iteration}: unexpected report {report:?}")),
         }
     }
+    acknowledged
 }
 
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
@@ -447,8 +412,8 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Child: runs passes until no job is due, then reports `idle`.
-fn run_in_child(backend: Backend) {
-    assert_eq!(child::var(BACKEND_VAR), backend.name());
+pub fn run_in_child() {
+    let backend = Backend::parse(&child::var(BACKEND_VAR)).unwrap();
     let now: u64 = child::var("JOBSAFE_TEST_NOW").parse().unwrap();
     let pipeline = pipeline(backend, &child::store_root(), now, true);
     loop {
@@ -466,14 +431,5 @@ fn run_in_child(backend: Backend) {
             child::report("idle");
             return;
         }
-    }
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid number")),
-        Err(_) => default,
     }
 }
