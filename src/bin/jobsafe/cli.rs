@@ -72,6 +72,12 @@ enum Command {
     /// Idempotency ledger reservations (JobLedger): list, show, refund.
     Ledger(ledger::Args),
     /// Remove temp files left in a directory by crashed atomic writers.
+    ///
+    /// Lists the temp files (`.NAME.RANDOM.jobsafe-tmp`) that atomic writes left
+    /// in DIR when their process died, at least --older-than old by modification
+    /// time, then removes them after asking (unless --yes). A write in progress
+    /// keeps its temp file young, so sweeping beside running writers is safe
+    /// with an age of minutes. Other files are never touched. Needs no store.
     #[command(after_help = EXIT_CODES_HELP)]
     Sweep(sweep::Args),
 }

@@ -12,12 +12,6 @@ use crate::exit::{Code, Failure, Outcome};
 use crate::output::{self, parse_duration, print_json};
 
 /// Options of `jobsafe sweep`.
-///
-/// Lists the temp files (`.NAME.RANDOM.jobsafe-tmp`) that atomic writes left in
-/// DIR when their process died, at least --older-than old by modification time,
-/// then removes them after asking (unless --yes). A write in progress keeps its
-/// temp file young, so sweeping beside running writers is safe with an age of
-/// minutes. Other files are never touched. Needs no store.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The directory to sweep.
