@@ -118,8 +118,8 @@ pub use lock::{
 };
 pub use pipeline::{
     Artifact, Checkpoint, DEFAULT_LEASE, Deletion, ErrorClass, MAX_ARTIFACT_NAME, PassReport,
-    Pipeline, PipelineBuilder, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome, RunReport,
-    SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
+    Pipeline, PipelineBuilder, PipelineRecords, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome,
+    RunReport, SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
 };
 pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};
