@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use jobsafe::{
     Acquire, AtomicWriter, ChargeRequest, Clock, DirStore, Failure, JobError, JobLedger, JobLock,
-    JobState, JobStatus, Key, LockRequest, LogStore, ManualClock, NewJob, Prefix, ReservationState,
-    Store, SystemClock,
+    JobState, JobStatus, Key, LockRequest, LogStore, ManualClock, NewJob, Pipeline,
+    PipelineRecords, Prefix, ReservationState, StageError, Store, SystemClock,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -416,6 +416,65 @@ fn locks_of_another_namespace_are_found_with_namespace() {
         .json_lines();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["key"], "session-1");
+}
+
+#[test]
+fn a_pipelines_jobs_and_locks_are_found_with_pipeline_and_retried_its_way() {
+    let fx = Fixture::empty(Backend::Log);
+    let artifacts = tempfile::tempdir().unwrap();
+    let clock = fx.clock();
+    let pipeline = Pipeline::builder(fx.store(), clock.clone(), artifacts.path())
+        .stage("export", |_| {
+            Err(StageError::permanent("the volume is full"))
+        })
+        .build()
+        .unwrap();
+    let job = pipeline
+        .enqueue("session-1", NewJob::new("episode"))
+        .unwrap();
+    pipeline.run_job(&job.id).unwrap();
+    // The pipeline's own state beside the job: its count of transient failures.
+    let run_state = Key::new(["pipeline", "run", job.id.as_str()]).unwrap();
+    assert!(fx.store().get(&run_state).unwrap().is_some());
+    let Acquire::Acquired(runner) = pipeline
+        .locks()
+        .acquire(
+            &key("session-2"),
+            Duration::from_secs(3600),
+            &LockRequest::new(),
+        )
+        .unwrap()
+    else {
+        panic!("the subject is free");
+    };
+    let _ = runner.into_handle();
+    drop(pipeline);
+
+    assert_eq!(fx.run(&["--json", "jobs", "list"]).expect(OK).stdout, "");
+    let listed = fx
+        .run(&["--json", "jobs", "--pipeline", "list", "--state", "failed"])
+        .expect(OK)
+        .json_lines();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], job.id.as_str());
+    assert_eq!(listed[0]["metadata"]["subject"], "session-1");
+    let locks = fx
+        .run(&["--json", "locks", "list", "--pipeline=pipeline"])
+        .expect(OK)
+        .json_lines();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0]["key"], "session-2");
+
+    fx.run(&["jobs", "retry", &job.id, "--pipeline"]).expect(OK);
+    let records =
+        PipelineRecords::new(fx.store(), clock, Prefix::new(["pipeline"]).unwrap()).unwrap();
+    let job = records.jobs().get(&job.id).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    // Retried as Pipeline::retry does: the count went in the same write.
+    assert!(fx.store().get(&run_state).unwrap().is_none());
+
+    fx.run(&["jobs", "--pipeline", "--namespace", "jobs", "list"])
+        .expect(USAGE);
 }
 
 // ---------------------------------------------------------------------------------

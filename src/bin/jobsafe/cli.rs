@@ -25,9 +25,9 @@ library, so it is safe to run beside the service: every change is a
 compare-and-set that loses to, and never overwrites, a concurrent change.
 
 Each record family lives under a key namespace the service chose; the tool uses the
-library's defaults (locks, jobs, ledger) unless --namespace says otherwise. A
-Pipeline keeps its jobs under pipeline/jobs and its subject locks under
-pipeline/locks. Keys are written as the tool prints them: segments joined by '/',
+library's defaults (locks, jobs, ledger) unless --namespace says otherwise.
+--pipeline selects a Pipeline's jobs or subject locks instead (under pipeline/jobs
+and pipeline/locks, or --pipeline=PREFIX for another namespace). Keys are written as the tool prints them: segments joined by '/',
 with %2F for a '/' inside a segment and %25 for a '%'.
 
 Destructive commands (locks release, jobs cancel, jobs purge, ledger refund, sweep)

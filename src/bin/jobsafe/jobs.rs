@@ -2,10 +2,11 @@
 
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
-use jobsafe::{Event, Job, JobFilter, JobState, JobStatus, Store};
+use jobsafe::{Event, Job, JobFilter, JobState, JobStatus, PipelineRecords, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -22,6 +23,20 @@ pub(crate) struct Args {
     /// Pipeline's jobs.
     #[arg(long, global = true, default_value = "jobs", value_name = "PREFIX")]
     namespace: String,
+
+    /// The jobs of a Pipeline whose namespace is PREFIX (`pipeline` if no value
+    /// is given), under PREFIX/jobs; with it, `retry` also resets the
+    /// pipeline's count of transient failures, as Pipeline::retry does.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PREFIX",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "pipeline",
+        conflicts_with = "namespace"
+    )]
+    pipeline: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -129,11 +144,23 @@ enum Command {
     },
 }
 
+/// Where the jobs are: plain [`JobState`] records, or a Pipeline's.
+type Jobs = JobState<Arc<Arc<dyn Store>>>;
+
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
     let opened = ctx.open()?;
-    let jobs =
-        JobState::new(opened.store, ctx.clock.clone()).namespace(namespace(&args.namespace)?);
     let store = opened.name.as_str();
+    let (jobs, pipeline): (Jobs, _) = match &args.pipeline {
+        Some(prefix) => {
+            let records = PipelineRecords::new(opened.store, ctx.clock.clone(), namespace(prefix)?)
+                .map_err(|e| Failure::library(format!("pipeline {prefix}"), &e))?;
+            (records.jobs().clone(), Some(records))
+        }
+        None => {
+            let jobs = JobState::new(Arc::new(opened.store), ctx.clock.clone());
+            (jobs.namespace(namespace(&args.namespace)?), None)
+        }
+    };
     match args.command {
         Command::List { state, kind, owner } => {
             let filter = JobFilter {
@@ -145,7 +172,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
         }
         Command::Show { id } => show(ctx, &jobs, store, &id),
         Command::Events { id, after } => events(ctx, &jobs, store, &id, after),
-        Command::Retry { id } => retry(ctx, &jobs, store, &id),
+        Command::Retry { id } => retry(ctx, &jobs, pipeline.as_ref(), store, &id),
         Command::Cancel { id } => cancel(ctx, &jobs, store, &id),
         Command::Purge {
             older_than,
@@ -236,10 +263,19 @@ fn events<S: Store>(ctx: &Ctx, jobs: &JobState<S>, store: &str, id: &str, after:
     Ok(Code::Ok)
 }
 
-fn retry<S: Store>(ctx: &Ctx, jobs: &JobState<S>, store: &str, id: &str) -> Outcome {
-    let job = jobs
-        .retry(id)
-        .map_err(|e| Failure::library(format!("retry job {id} in store {store}"), &e))?;
+fn retry(
+    ctx: &Ctx,
+    jobs: &Jobs,
+    pipeline: Option<&PipelineRecords<Arc<dyn Store>>>,
+    store: &str,
+    id: &str,
+) -> Outcome {
+    let retried = match pipeline {
+        Some(records) => records.retry(id),
+        None => jobs.retry(id),
+    };
+    let job =
+        retried.map_err(|e| Failure::library(format!("retry job {id} in store {store}"), &e))?;
     if ctx.json {
         print_json(&job_json(&job));
     } else {

@@ -1,7 +1,9 @@
 //! `jobsafe locks`: lease locks kept by [`JobLock`].
 
+use std::sync::Arc;
+
 use clap::Subcommand;
-use jobsafe::{JobLock, Key, LockRecord, Store};
+use jobsafe::{JobLock, Key, LockRecord, PipelineRecords, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -17,6 +19,19 @@ pub(crate) struct Args {
     /// Pipeline's subject locks.
     #[arg(long, global = true, default_value = "locks", value_name = "PREFIX")]
     namespace: String,
+
+    /// The subject locks of a Pipeline whose namespace is PREFIX (`pipeline`
+    /// if no value is given), under PREFIX/locks.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PREFIX",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "pipeline",
+        conflicts_with = "namespace"
+    )]
+    pipeline: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -53,9 +68,15 @@ enum Command {
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
     let opened = ctx.open()?;
-    let locks =
-        JobLock::new(opened.store, ctx.clock.clone()).namespace(namespace(&args.namespace)?);
     let store = &opened.name;
+    let locks = match &args.pipeline {
+        Some(prefix) => PipelineRecords::new(opened.store, ctx.clock.clone(), namespace(prefix)?)
+            .map_err(|e| Failure::library(format!("pipeline {prefix}"), &e))?
+            .locks()
+            .clone(),
+        None => JobLock::new(Arc::new(opened.store), ctx.clock.clone())
+            .namespace(namespace(&args.namespace)?),
+    };
     match args.command {
         Command::List { prefix } => list(ctx, &locks, store, prefix.as_deref()),
         Command::Show { name } => show(ctx, &locks, store, &name),
