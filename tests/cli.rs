@@ -1151,3 +1151,69 @@ fn every_command_explains_itself_in_help() {
     }
     run(&["jobs", "frobnicate"]).expect(USAGE);
 }
+
+// ---------------------------------------------------------------------------------
+// PgStore (with the feature on, against the server of JOBSAFE_PG_URL)
+// ---------------------------------------------------------------------------------
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_stores_work_by_url_with_their_schema() {
+    let mut schemas = common::pg::Schemas::default();
+    let schema = schemas.fresh();
+    let store: Arc<dyn Store> = Arc::new(common::pg::open(&schema));
+    let now = SystemClock.now_ms();
+    let clock = Arc::new(ManualClock::new(now));
+    let locks = JobLock::new(Arc::clone(&store), clock.clone());
+    let Acquire::Acquired(held) = locks
+        .acquire(
+            &key("index/vault-1"),
+            Duration::from_secs(3600),
+            &LockRequest::new().actor("alice"),
+        )
+        .unwrap()
+    else {
+        panic!("the lock is free");
+    };
+    let holder = held.into_handle();
+    let ledger = JobLedger::new(Arc::clone(&store), clock.clone());
+    ledger
+        .reserve("lic:abc", "job-1", &ChargeRequest::new())
+        .unwrap();
+    let url = common::pg::url();
+    let pg = |args: &[&str]| {
+        let mut all = vec!["--store", url.as_str(), "--pg-schema", schema.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+
+    let listed = pg(&["--json", "locks", "list"]).expect(OK).json_lines();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["job_id"], holder.job_id.as_str());
+    pg(&["locks", "release", "index/vault-1", "--yes"]).expect(OK);
+    assert_eq!(locks.peek(&key("index/vault-1")).unwrap(), None);
+    pg(&["ledger", "refund", "lic:abc/job-1", "--yes"]).expect(OK);
+    assert_eq!(ledger.lookup("lic:abc", "job-1").unwrap(), None);
+    // Another table of the same schema is another (empty) store.
+    let other = pg(&["--pg-table", "other_records", "--json", "ledger", "list"]).expect(OK);
+    assert_eq!(other.stdout, "");
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn an_unreachable_postgres_server_is_named_without_its_password() {
+    // Port 1 on loopback: nothing listens there.
+    let failed = run(&[
+        "--store",
+        "postgres://app:s3cret@127.0.0.1:1/jobs?connect_timeout=2",
+        "jobs",
+        "list",
+    ])
+    .expect(ERROR);
+    assert!(
+        failed.stderr.contains("127.0.0.1:1/jobs"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!failed.stderr.contains("s3cret"), "{}", failed.stderr);
+}

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use jobsafe::{Prefix, SharedClock, SystemClock};
 
 use crate::exit::{EXIT_CODES_HELP, Failure, Outcome};
-use crate::store_url::{Opened, StoreUrl};
+use crate::store_url::{Opened, PgNames, StoreUrl};
 use crate::{jobs, ledger, locks, sweep};
 
 const ABOUT: &str = "Inspect and repair the locks, jobs and ledger reservations in a jobsafe store";
@@ -20,7 +20,8 @@ The store is named by --store or the JOBSAFE_STORE variable:
   dir:PATH        a DirStore directory (dir://PATH is the same)
   log:PATH        a LogStore directory (log://PATH is the same)
   postgres://...  a PgStore (needs the tool built with --features cli,postgres)
-The tool never creates a store. It reads and changes records through the jobsafe
+The tool never creates a DirStore or LogStore; a PgStore's tables are created or
+migrated on open, as by the service (--pg-schema and --pg-table name them). It reads and changes records through the jobsafe
 library, so it is safe to run beside the service: every change is a
 compare-and-set that loses to, and never overwrites, a concurrent change.
 
@@ -59,6 +60,19 @@ pub(crate) struct Cli {
     #[arg(long, short = 'y', global = true)]
     yes: bool,
 
+    /// For a postgres:// store: the schema of its tables (PgStoreBuilder::schema).
+    #[arg(long, global = true, default_value = "public", value_name = "NAME")]
+    pg_schema: String,
+
+    /// For a postgres:// store: its records table (PgStoreBuilder::table).
+    #[arg(
+        long,
+        global = true,
+        default_value = "jobsafe_records",
+        value_name = "NAME"
+    )]
+    pg_table: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +99,7 @@ enum Command {
 /// What every command gets: the global options, and the store on demand.
 pub(crate) struct Ctx {
     store: Option<String>,
+    pg: PgNames,
     pub(crate) json: bool,
     pub(crate) yes: bool,
     pub(crate) clock: SharedClock,
@@ -98,7 +113,7 @@ impl Ctx {
                 "no store given: pass --store URL or set JOBSAFE_STORE (dir:PATH, log:PATH or postgres://...)",
             ));
         };
-        StoreUrl::parse(url)?.open()
+        StoreUrl::parse(url)?.open(&self.pg)
     }
 
     /// The time now, by the tool's clock.
@@ -116,6 +131,10 @@ pub(crate) fn namespace(text: &str) -> Result<Prefix, Failure> {
 pub(crate) fn run(cli: Cli) -> Outcome {
     let ctx = Ctx {
         store: cli.store,
+        pg: PgNames {
+            schema: cli.pg_schema,
+            table: cli.pg_table,
+        },
         json: cli.json,
         yes: cli.yes,
         clock: Arc::new(SystemClock),

@@ -8,8 +8,10 @@
 //! `dir://PATH` and `log://PATH` are accepted too and mean the same as without
 //! the slashes, so `dir:///var/lib/app/state` is the absolute path
 //! `/var/lib/app/state` and `dir://state` the relative path `state`. The tool
-//! never creates a store: a missing directory is an error naming it, so that a
-//! typo cannot leave an empty store behind.
+//! never creates a DirStore or LogStore: a missing directory is an error naming
+//! it, so that a typo cannot leave an empty store behind. A PgStore's tables
+//! are created or migrated on open, as `PgStore::open` does in the service;
+//! `--pg-schema` and `--pg-table` say where they are.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,6 +27,13 @@ pub(crate) enum StoreUrl {
     Dir(PathBuf),
     Log(PathBuf),
     Postgres(String),
+}
+
+/// Where a PgStore's tables are.
+#[derive(Clone, Debug)]
+pub(crate) struct PgNames {
+    pub(crate) schema: String,
+    pub(crate) table: String,
 }
 
 /// An open store, with the name errors and headings use.
@@ -63,8 +72,8 @@ impl StoreUrl {
         }
     }
 
-    /// Opens the store, never creating one.
-    pub(crate) fn open(&self) -> Result<Opened, Failure> {
+    /// Opens the store, never creating a DirStore or LogStore.
+    pub(crate) fn open(&self, pg: &PgNames) -> Result<Opened, Failure> {
         let name = self.to_string();
         let missing_dir = |path: &PathBuf| {
             if path.is_dir() {
@@ -99,21 +108,24 @@ impl StoreUrl {
                         .map_err(|e| Failure::library(format!("open store {name}"), &e))?,
                 )
             }
-            StoreUrl::Postgres(url) => open_postgres(url, &name)?,
+            StoreUrl::Postgres(url) => open_postgres(url, pg, &name)?,
         };
         Ok(Opened { store, name })
     }
 }
 
 #[cfg(feature = "postgres")]
-fn open_postgres(url: &str, name: &str) -> Result<Arc<dyn Store>, Failure> {
-    let store = jobsafe::PgStore::open(url)
+fn open_postgres(url: &str, pg: &PgNames, name: &str) -> Result<Arc<dyn Store>, Failure> {
+    let store = jobsafe::PgStore::builder(url)
+        .schema(&pg.schema)
+        .table(&pg.table)
+        .open()
         .map_err(|e| Failure::library(format!("open store {name}"), &e))?;
     Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "postgres"))]
-fn open_postgres(_url: &str, name: &str) -> Result<Arc<dyn Store>, Failure> {
+fn open_postgres(_url: &str, _pg: &PgNames, name: &str) -> Result<Arc<dyn Store>, Failure> {
     Err(Failure::usage(format!(
         "store {name}: this jobsafe was built without PostgreSQL support; \
          build it with `--features cli,postgres`"
