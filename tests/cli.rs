@@ -1108,6 +1108,24 @@ fn an_unreadable_record_is_reported_and_fails_the_listing() {
 }
 
 #[test]
+fn a_reader_that_goes_away_does_not_fail_the_command() {
+    let fx = prepare(Backend::Dir);
+    let url = fx.url();
+    // `jobsafe jobs show ID | head -0`: the pipe's reader is gone before (or
+    // while) the tool writes.
+    let mut child = command(&["--store", &url, "jobs", "show", "job-failed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(OK), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn every_command_explains_itself_in_help() {
     let top = run(&["--help"]).expect(OK);
     for text in [

@@ -19,8 +19,7 @@ use crate::output::{self, Table, parse_duration, print_fields, print_json, print
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXIT_CODES_HELP)]
 pub(crate) struct Args {
-    /// The key prefix the jobs live under (JobState::namespace); `pipeline/jobs` for a
-    /// Pipeline's jobs.
+    /// The key prefix the jobs live under (JobState::namespace).
     #[arg(long, global = true, default_value = "jobs", value_name = "PREFIX")]
     namespace: String,
 
@@ -117,7 +116,9 @@ enum Command {
     /// Removes complete, failed and cancelled jobs that finished at least
     /// --older-than ago and, with --queued-older-than, queued jobs never
     /// started that were created that long ago. Running jobs are never purged.
-    /// Lists what it would remove and asks first unless --yes.
+    /// Lists what it would remove and asks first unless --yes. With --pipeline,
+    /// the jobs' checkpoints and artifact directories are left to the service's
+    /// Pipeline::purge, which removes those of jobs that no longer exist.
     Purge {
         /// Age after finishing at which a job goes.
         #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
@@ -131,7 +132,8 @@ enum Command {
     /// Prints the job's events as they are stored (from the first, or after
     /// --after) and keeps a one-line status on stderr, rewritten in place. Ends
     /// when the job ends: exit code 0 if it completed, 5 if it failed, 6 if it
-    /// was cancelled, 3 if it was deleted. Changes nothing.
+    /// was cancelled, 3 if it was deleted. With --json: the events as JSON
+    /// lines, then the job record as the last line. Changes nothing.
     Watch {
         /// The job id.
         id: String,
@@ -279,7 +281,7 @@ fn retry(
     if ctx.json {
         print_json(&job_json(&job));
     } else {
-        println!("job {id} is queued again for attempt {}", job.attempt + 1);
+        out!("job {id} is queued again for attempt {}", job.attempt + 1);
     }
     Ok(Code::Ok)
 }
@@ -308,7 +310,7 @@ fn cancel<S: Store>(ctx: &Ctx, jobs: &JobState<S>, store: &str, id: &str) -> Out
     if ctx.json {
         print_json(&job_json(&job));
     } else {
-        println!("job {id} is cancelled");
+        out!("job {id} is cancelled");
     }
     Ok(Code::Ok)
 }
@@ -347,7 +349,7 @@ fn purge<S: Store>(
         if ctx.json {
             print_json(&json!({ "purged": purge_counts_json(&Default::default()) }));
         } else {
-            println!("nothing to purge");
+            out!("nothing to purge");
         }
         return Ok(Code::Ok);
     }
@@ -364,7 +366,7 @@ fn purge<S: Store>(
     if ctx.json {
         print_json(&json!({ "purged": purge_counts_json(&counts) }));
     } else {
-        println!(
+        out!(
             "purged {} jobs: {} complete, {} failed, {} cancelled, {} queued",
             counts.total(),
             counts.complete,

@@ -154,7 +154,7 @@ fn refund<S: Store>(ctx: &Ctx, ledger: &JobLedger<S>, store: &str, key: &str) ->
     if ctx.json {
         print_json(&json!({ "refunded": reservation_json(&refunded, now) }));
     } else {
-        println!(
+        out!(
             "refunded reservation {account}/{job_id} (id {}); the job id counts as new",
             refunded.id
         );

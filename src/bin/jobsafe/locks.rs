@@ -15,8 +15,7 @@ use crate::output::{self, Table, print_fields, print_json, print_json_line};
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXIT_CODES_HELP)]
 pub(crate) struct Args {
-    /// The key prefix the locks live under (JobLock::namespace); `pipeline/locks` for a
-    /// Pipeline's subject locks.
+    /// The key prefix the locks live under (JobLock::namespace).
     #[arg(long, global = true, default_value = "locks", value_name = "PREFIX")]
     namespace: String,
 
@@ -161,7 +160,7 @@ fn release<S: Store>(ctx: &Ctx, locks: &JobLock<S>, store: &str, name: &str) -> 
     if ctx.json {
         print_json(&json!({ "released": lock_json(&removed, now) }));
     } else {
-        println!(
+        out!(
             "released lock {key}: removed holder {}, token {}",
             removed.holder(),
             removed.token.get()

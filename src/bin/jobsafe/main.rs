@@ -7,13 +7,16 @@
 //! stores). `jobsafe --help` and `jobsafe COMMAND --help` say what each command
 //! reads and what it changes.
 
+// First: its `out!` macro is used by the modules after it.
+#[macro_use]
+mod output;
+
 mod cli;
 mod confirm;
 mod exit;
 mod jobs;
 mod ledger;
 mod locks;
-mod output;
 mod store_url;
 mod sweep;
 

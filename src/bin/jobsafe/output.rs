@@ -6,10 +6,26 @@
 //! empty list), so that scripts can stream them. Times are milliseconds since
 //! the Unix epoch in JSON, and UTC in tables.
 
+use std::fmt;
 use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// Prints a line on stdout, like `println!`, but a reader that went away
+/// (`jobsafe jobs list | head`) ends nothing: the tool's work is done or not
+/// regardless of who reads its report.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+pub(crate) fn write_line(args: fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_fmt(args);
+    let _ = stdout.write_all(b"\n");
+}
 
 /// Columns of text, padded to the widest cell; the last column is not padded.
 pub(crate) struct Table {
@@ -32,7 +48,7 @@ impl Table {
     /// Prints the table, or `empty` if it has no rows.
     pub(crate) fn print(&self, empty: &str) {
         if self.rows.is_empty() {
-            println!("{empty}");
+            out!("{empty}");
             return;
         }
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
@@ -66,13 +82,13 @@ pub(crate) fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(n, _)| n.len()).max().unwrap_or(0) + 1;
     for (name, value) in fields {
         let label = format!("{name}:");
-        println!("{label:<width$} {value}");
+        out!("{label:<width$} {value}");
     }
 }
 
 /// Prints one JSON document.
 pub(crate) fn print_json(value: &Value) {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );
@@ -80,7 +96,7 @@ pub(crate) fn print_json(value: &Value) {
 
 /// Prints one JSON line.
 pub(crate) fn print_json_line(value: &Value) {
-    println!("{value}");
+    out!("{value}");
 }
 
 /// A time in milliseconds since the Unix epoch, in UTC: `2026-11-26 00:48:47Z`.

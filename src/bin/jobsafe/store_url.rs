@@ -31,6 +31,8 @@ pub(crate) enum StoreUrl {
 
 /// Where a PgStore's tables are.
 #[derive(Clone, Debug)]
+// Read only when PgStore is built in.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) struct PgNames {
     pub(crate) schema: String,
     pub(crate) table: String,

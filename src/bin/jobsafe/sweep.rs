@@ -48,18 +48,18 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
             let listed: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
             print_json(&json!({ "stale": listed, "removed": [] }));
         } else if stale.is_empty() {
-            println!("no temp files at least {age} old in {}", args.dir.display());
+            out!("no temp files at least {age} old in {}", args.dir.display());
         } else {
             for path in &stale {
-                println!("{}", path.display());
+                out!("{}", path.display());
             }
-            println!("{} temp files would be removed (dry run)", stale.len());
+            out!("{} temp files would be removed (dry run)", stale.len());
         }
         return Ok(Code::Ok);
     }
     if !ctx.json {
         for path in &stale {
-            println!("{}", path.display());
+            out!("{}", path.display());
         }
     }
     confirm(
@@ -81,7 +81,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
         let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
         print_json(&json!({ "removed": removed }));
     } else {
-        println!("removed {} temp files", removed.len());
+        out!("removed {} temp files", removed.len());
     }
     Ok(Code::Ok)
 }

@@ -39,7 +39,7 @@ pub(super) fn watch<S: Store>(
             if ctx.json {
                 print_json_line(&event_json(event));
             } else {
-                println!("{}", event_row(event).join("  "));
+                out!("{}", event_row(event).join("  "));
             }
             last_kind = Some(event.kind.clone());
         }
@@ -70,7 +70,7 @@ fn finish(ctx: &Ctx, job: &Job, terminal: Option<&str>) -> Code {
             (Some(error), Code::JobFailed) => format!(": {}", error.internal_message()),
             _ => String::new(),
         };
-        println!("job {} {ended}{detail}", job.id);
+        out!("job {} {ended}{detail}", job.id);
     }
     code
 }
