@@ -390,6 +390,72 @@ fn locks_release_needs_confirmation_then_removes_the_holder_it_reports() {
     }
 }
 
+/// Runs the tool with a terminal on its stdin, through util-linux `script`
+/// (Debian's essential `bsdutils`), typing `answer` into it.
+fn run_on_terminal(fx: &Fixture, args: &[&str], answer: &str) -> Run {
+    let mut line = vec![
+        env!("CARGO_BIN_EXE_jobsafe").to_owned(),
+        "--store".to_owned(),
+        fx.url(),
+    ];
+    line.extend(args.iter().map(|a| (*a).to_owned()));
+    // Each word quoted for the shell `script` runs the command with.
+    let quoted: Vec<String> = line
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let mut child = Command::new("script")
+        .args([
+            "--quiet",
+            "--return",
+            "--command",
+            &quoted.join(" "),
+            "/dev/null",
+        ])
+        .env_remove("JOBSAFE_STORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run util-linux script (package bsdutils): {e}"));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), answer.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        // On a terminal, stdout and stderr are one stream.
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn on_a_terminal_the_tool_asks_and_only_yes_goes_ahead() {
+    let fx = prepare(Backend::Dir);
+    let name = "index/lic:abc/vault-1";
+    let holder = fx.locks().peek(&key(name)).unwrap().unwrap();
+    for answer in ["n\n", "\n", "maybe\n"] {
+        let declined =
+            run_on_terminal(&fx, &["locks", "release", name], answer).expect(NOT_CONFIRMED);
+        assert!(
+            declined.stdout.contains(&format!(
+                "Force-release lock {name}, held by job {}",
+                holder.job_id
+            )),
+            "{}",
+            declined.stdout
+        );
+        assert!(declined.stdout.contains("[y/N]"), "{}", declined.stdout);
+        assert_eq!(fx.locks().peek(&key(name)).unwrap(), Some(holder.clone()));
+    }
+    let accepted = run_on_terminal(&fx, &["locks", "release", name], "y\n").expect(OK);
+    assert!(
+        accepted.stdout.contains("released lock"),
+        "{}",
+        accepted.stdout
+    );
+    assert_eq!(fx.locks().peek(&key(name)).unwrap(), None);
+}
+
 #[test]
 fn locks_of_another_namespace_are_found_with_namespace() {
     let fx = Fixture::empty(Backend::Dir);
