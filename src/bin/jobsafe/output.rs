@@ -41,8 +41,10 @@ impl Table {
         }
     }
 
+    /// Adds a row. Control characters (a newline in a progress message, say)
+    /// become spaces, so that one record stays one line.
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(one_line).collect());
     }
 
     /// Prints the table, or `empty` if it has no rows.
@@ -82,7 +84,18 @@ pub(crate) fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(n, _)| n.len()).max().unwrap_or(0) + 1;
     for (name, value) in fields {
         let label = format!("{name}:");
-        out!("{label:<width$} {value}");
+        out!("{label:<width$} {}", one_line(value.clone()));
+    }
+}
+
+/// `text` with control characters replaced by spaces.
+fn one_line(text: String) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    } else {
+        text
     }
 }
 
@@ -231,5 +244,12 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(2 * 86_400 + 3 * 3600)), "2d3h");
         assert_eq!(relative(10_000, 4_000), "in 6s");
         assert_eq!(relative(4_000, 64_000), "1m ago");
+    }
+
+    #[test]
+    fn a_cell_stays_on_one_line() {
+        let mut table = Table::new(&["A", "B"]);
+        table.row(vec!["x\ny".to_owned(), "tab\there\r".to_owned()]);
+        assert_eq!(table.rows[0], ["x y", "tab here "]);
     }
 }
