@@ -122,10 +122,15 @@ impl Ctx {
     }
 }
 
-/// Parses a `--namespace` value.
+/// Parses a `--namespace` or `--pipeline` value.
 pub(crate) fn namespace(text: &str) -> Result<Prefix, Failure> {
+    prefix("namespace", text)
+}
+
+/// Parses key segments as the tool prints them; `what` names them in errors.
+pub(crate) fn prefix(what: &str, text: &str) -> Result<Prefix, Failure> {
     text.parse::<Prefix>()
-        .map_err(|e| Failure::usage(format!("invalid namespace {text:?}: {e}")))
+        .map_err(|e| Failure::usage(format!("invalid {what} {text:?}: {e}")))
 }
 
 pub(crate) fn run(cli: Cli) -> Outcome {

@@ -84,7 +84,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
 }
 
 fn list<S: Store>(ctx: &Ctx, locks: &JobLock<S>, store: &str, prefix: Option<&str>) -> Outcome {
-    let prefix = crate::cli::namespace(prefix.unwrap_or(""))?;
+    let prefix = crate::cli::prefix("lock prefix", prefix.unwrap_or(""))?;
     let listed = locks
         .list(&prefix)
         .map_err(|e| Failure::library(format!("list locks in store {store}"), &e))?;

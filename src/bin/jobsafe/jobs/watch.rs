@@ -10,6 +10,9 @@ use crate::cli::Ctx;
 use crate::exit::{Code, Failure, Outcome};
 use crate::output::{self, print_json_line};
 
+/// The shortest pause between two reads of the store.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Follows job `id` from the event after `after` until its terminal event, and
 /// ends with the exit code of how the job ended. The stream, not a snapshot of
 /// the record, decides: a job retried after `error` goes on.
@@ -27,6 +30,8 @@ pub(super) fn watch<S: Store>(
         }
         e => Failure::library(format!("follow job {id} in store {store}"), e),
     };
+    // Never a busy loop, whatever --interval says.
+    let interval = interval.max(MIN_INTERVAL);
     let mut follower = jobs.follow(id, after, interval).map_err(|e| gone(&e))?;
     let mut status_line = StatusLine::default();
     let mut last_kind = None;
