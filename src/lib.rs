@@ -83,6 +83,10 @@
 //!   services on several machines, and `PgClock`, which reads the server's clock
 //!   so that leases and TTLs do not depend on the machines' clocks. Brings in the
 //!   `postgres` client and the `r2d2` connection pool.
+//! - `cli` (off by default): the `jobsafe` operator tool, which lists and
+//!   repairs the locks, jobs and ledger reservations of a `dir:`, `log:` or
+//!   (with `postgres`) `postgres://` store through the API above; see
+//!   `jobsafe --help`. Brings in `clap`. The library itself does not change.
 
 mod atomic;
 mod clock;
