@@ -1018,6 +1018,65 @@ fn ledger_refund_needs_confirmation_then_makes_the_job_id_new() {
     }
 }
 
+#[test]
+fn ledger_settle_records_what_happened_to_a_side_effect_in_flight() {
+    for backend in BACKENDS {
+        let fx = prepare(backend);
+        let ledger = fx.ledger();
+        let state = |job: &str| ledger.lookup("lic:abc", job).unwrap().map(|r| r.state);
+
+        // lic:abc/job-2 waits for its external charge.
+        let wrong = fx
+            .run(&["ledger", "settle", "lic:abc/job-2", "refunded", "--yes"])
+            .expect(ERROR);
+        assert!(
+            wrong
+                .stderr
+                .contains("is charge_pending, not refund_pending"),
+            "{}",
+            wrong.stderr
+        );
+        fx.run(&["ledger", "settle", "lic:abc/job-2", "charged"])
+            .expect(NOT_CONFIRMED);
+        assert_eq!(state("job-2"), Some(ReservationState::ChargePending));
+        fx.run(&["ledger", "settle", "lic:abc/job-2", "charged", "--yes"])
+            .expect(OK);
+        assert_eq!(state("job-2"), Some(ReservationState::Charged));
+        fx.run(&["ledger", "settle", "lic:abc/job-2", "uncharged", "--yes"])
+            .expect(ERROR);
+        assert_eq!(state("job-2"), Some(ReservationState::Charged));
+
+        ledger
+            .reserve_pending("lic:abc", "job-3", &ChargeRequest::new())
+            .unwrap();
+        fx.run(&["ledger", "settle", "lic:abc/job-3", "uncharged", "--yes"])
+            .expect(OK);
+        assert_eq!(state("job-3"), None);
+
+        ledger
+            .reserve("lic:abc", "job-4", &ChargeRequest::new())
+            .unwrap();
+        let begun = ledger.begin_refund("lic:abc", "job-4").unwrap().unwrap();
+        // A refund in flight is not refunded twice.
+        fx.run(&["ledger", "refund", "lic:abc/job-4", "--yes"])
+            .expect(ERROR);
+        let doc = fx
+            .run(&[
+                "--json",
+                "ledger",
+                "settle",
+                "lic:abc/job-4",
+                "refunded",
+                "--yes",
+            ])
+            .expect(OK)
+            .json();
+        assert_eq!(doc["settled"], "refunded");
+        assert_eq!(doc["reservation"]["id"], begun.id.as_str());
+        assert_eq!(state("job-4"), None);
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Sweep
 // ---------------------------------------------------------------------------------
@@ -1224,6 +1283,10 @@ fn every_command_explains_itself_in_help() {
             "exit code 0 if it completed",
         ),
         (vec!["ledger", "refund", "--help"], "counts as new"),
+        (
+            vec!["ledger", "settle", "--help"],
+            "JobLedger::complete_refund",
+        ),
         (vec!["sweep", "--help"], "Needs no store"),
     ] {
         let help = run(&command).expect(OK);

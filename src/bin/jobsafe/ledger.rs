@@ -1,7 +1,7 @@
 //! `jobsafe ledger`: idempotency reservations kept by [`JobLedger`].
 
 use clap::Subcommand;
-use jobsafe::{JobLedger, Reservation, Store};
+use jobsafe::{JobLedger, Reservation, ReservationState, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -54,6 +54,37 @@ enum Command {
         /// ACCOUNT/JOB_ID, as `ledger list` prints it (split at the first '/').
         key: String,
     },
+    /// Settle a side effect left in flight, after checking the external system.
+    ///
+    /// A service that charges or refunds through an external system records
+    /// `charge_pending` or `refund_pending` first and settles it after the call
+    /// (JobLedger::reserve_pending, begin_refund). If it died in between and
+    /// cannot settle it itself, check the external system with the
+    /// reservation's id, then record what happened (OUTCOME below).
+    ///
+    /// Changes only a reservation in the matching pending state. Asks first
+    /// unless --yes.
+    Settle {
+        /// ACCOUNT/JOB_ID, as `ledger list` prints it (split at the first '/').
+        key: String,
+        /// What the external system says happened.
+        #[arg(value_enum)]
+        outcome: Settled,
+    },
+}
+
+/// What happened to a side effect in flight, as `ledger settle` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Settled {
+    /// The external charge happened: charge_pending becomes charged
+    /// (JobLedger::confirm_charge).
+    Charged,
+    /// The external charge did not happen and will not: the charge_pending
+    /// reservation goes, and the job id counts as new (JobLedger::cancel_charge).
+    Uncharged,
+    /// The external refund happened: the refund_pending reservation goes, and
+    /// the job id counts as new (JobLedger::complete_refund).
+    Refunded,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
@@ -67,6 +98,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
         }
         Command::Show { key } => show(ctx, &ledger, store, &key),
         Command::Refund { key } => refund(ctx, &ledger, store, &key),
+        Command::Settle { key, outcome } => settle(ctx, &ledger, store, &key, outcome),
     }
 }
 
@@ -162,6 +194,85 @@ fn refund<S: Store>(ctx: &Ctx, ledger: &JobLedger<S>, store: &str, key: &str) ->
     Ok(Code::Ok)
 }
 
+fn settle<S: Store>(
+    ctx: &Ctx,
+    ledger: &JobLedger<S>,
+    store: &str,
+    key: &str,
+    outcome: Settled,
+) -> Outcome {
+    let (account, job_id) = split_key(key)?;
+    let reservation = lookup(ledger, store, account, job_id)?;
+    let now = ctx.now_ms();
+    if !ctx.json {
+        print_reservation(&reservation, now);
+    }
+    let (pending, question) = match outcome {
+        Settled::Charged => (
+            ReservationState::ChargePending,
+            "Record that its external charge happened?",
+        ),
+        Settled::Uncharged => (
+            ReservationState::ChargePending,
+            "Record that its external charge did not happen, and remove it?",
+        ),
+        Settled::Refunded => (
+            ReservationState::RefundPending,
+            "Record that its external refund happened, and remove it?",
+        ),
+    };
+    if reservation.state != pending {
+        return Err(Failure::new(
+            Code::Error,
+            format!(
+                "reservation {account}/{job_id} in store {store} is {}, not {}: nothing to settle; nothing was changed",
+                state(&reservation),
+                state_name(pending)
+            ),
+        ));
+    }
+    confirm(
+        ctx.yes,
+        &format!("Reservation {account}/{job_id}: {question}"),
+    )?;
+    let failed = |e: jobsafe::Error| {
+        Failure::library(
+            format!("settle reservation {account}/{job_id} in store {store}"),
+            &e,
+        )
+    };
+    let settled = match outcome {
+        Settled::Charged => ledger
+            .confirm_charge(&reservation)
+            .map_err(failed)?
+            .is_some_and(|now| now.state == ReservationState::Charged),
+        Settled::Uncharged => ledger.cancel_charge(&reservation).map_err(failed)?,
+        Settled::Refunded => ledger.complete_refund(&reservation).map_err(failed)?,
+    };
+    if !settled {
+        return Err(Failure::new(
+            Code::Error,
+            format!(
+                "reservation {account}/{job_id} in store {store} changed meanwhile; nothing was settled"
+            ),
+        ));
+    }
+    let word = match outcome {
+        Settled::Charged => "charged",
+        Settled::Uncharged => "uncharged",
+        Settled::Refunded => "refunded",
+    };
+    if ctx.json {
+        print_json(&json!({ "settled": word, "reservation": reservation_json(&reservation, now) }));
+    } else {
+        out!(
+            "settled reservation {account}/{job_id} (id {}) as {word}",
+            reservation.id
+        );
+    }
+    Ok(Code::Ok)
+}
+
 /// `ACCOUNT/JOB_ID`, split at the first `/`: account keys rarely hold one, job
 /// ids sometimes do.
 fn split_key(key: &str) -> Result<(&str, &str), Failure> {
@@ -197,10 +308,14 @@ fn lookup<S: Store>(
 }
 
 fn state(reservation: &Reservation) -> &'static str {
-    match reservation.state {
-        jobsafe::ReservationState::Charged => "charged",
-        jobsafe::ReservationState::ChargePending => "charge_pending",
-        jobsafe::ReservationState::RefundPending => "refund_pending",
+    state_name(reservation.state)
+}
+
+fn state_name(state: ReservationState) -> &'static str {
+    match state {
+        ReservationState::Charged => "charged",
+        ReservationState::ChargePending => "charge_pending",
+        ReservationState::RefundPending => "refund_pending",
     }
 }
 
