@@ -13,27 +13,30 @@ const ABOUT: &str = "Inspect and repair the locks, jobs and ledger reservations 
 
 const LONG_ABOUT: &str = "\
 Inspect and repair the locks, jobs and ledger reservations that a service keeps in a
-jobsafe store: release a stuck lock, retry or cancel a job, refund a reservation, purge
-old jobs, sweep temp files left by crashed writers, follow a job live.
+jobsafe store: release a stuck lock, retry or cancel a job, refund a reservation,
+settle a charge left in flight, purge old jobs, sweep temp files left by crashed
+writers, follow a job live.
 
 The store is named by --store or the JOBSAFE_STORE variable:
   dir:PATH        a DirStore directory (dir://PATH is the same)
   log:PATH        a LogStore directory (log://PATH is the same)
   postgres://...  a PgStore (needs the tool built with --features cli,postgres)
-The tool never creates a DirStore or LogStore; a PgStore's tables are created or
-migrated on open, as by the service (--pg-schema and --pg-table name them). It reads and changes records through the jobsafe
-library, so it is safe to run beside the service: every change is a
-compare-and-set that loses to, and never overwrites, a concurrent change.
+The tool never creates a DirStore or LogStore. A PgStore's tables are created or
+migrated on open, as the service does (--pg-schema and --pg-table name them). The
+tool reads and changes records through the jobsafe library, so it is safe to run
+beside the service: every change is a compare-and-set against the record as just
+read, so no concurrent change is overwritten unseen.
 
 Each record family lives under a key namespace the service chose; the tool uses the
 library's defaults (locks, jobs, ledger) unless --namespace says otherwise.
 --pipeline selects a Pipeline's jobs or subject locks instead (under pipeline/jobs
-and pipeline/locks, or --pipeline=PREFIX for another namespace). Keys are written as the tool prints them: segments joined by '/',
-with %2F for a '/' inside a segment and %25 for a '%'.
+and pipeline/locks, or --pipeline=PREFIX for another namespace). Keys are written
+as the tool prints them: segments joined by '/', with %2F for a '/' inside a
+segment and %25 for a '%'.
 
-Destructive commands (locks release, jobs cancel, jobs purge, ledger refund, sweep)
-show what they would change and ask first; --yes skips the question, and without
---yes they refuse when standard input is not a terminal.
+Destructive commands (locks release, jobs cancel, jobs purge, ledger refund,
+ledger settle, sweep) show what they would change and ask first; --yes skips the
+question, and without --yes they refuse when standard input is not a terminal.
 
 --json prints one JSON document for a single record, and JSON lines (one object per
 line) for lists and for the events of jobs events and jobs watch.";
