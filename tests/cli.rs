@@ -393,6 +393,19 @@ fn locks_release_needs_confirmation_then_removes_the_holder_it_reports() {
 /// Runs the tool with a terminal on its stdin, through util-linux `script`
 /// (Debian's essential `bsdutils`), typing `answer` into it.
 fn run_on_terminal(fx: &Fixture, args: &[&str], answer: &str) -> Run {
+    let mut child = spawn_on_terminal(fx, args);
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), answer.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        // On a terminal, stdout and stderr are one stream.
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Starts the tool on a terminal, with its input and output piped.
+fn spawn_on_terminal(fx: &Fixture, args: &[&str]) -> std::process::Child {
     let mut line = vec![
         env!("CARGO_BIN_EXE_jobsafe").to_owned(),
         "--store".to_owned(),
@@ -404,7 +417,7 @@ fn run_on_terminal(fx: &Fixture, args: &[&str], answer: &str) -> Run {
         .iter()
         .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
         .collect();
-    let mut child = Command::new("script")
+    Command::new("script")
         .args([
             "--quiet",
             "--return",
@@ -417,15 +430,7 @@ fn run_on_terminal(fx: &Fixture, args: &[&str], answer: &str) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("run util-linux script (package bsdutils): {e}"));
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), answer.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        // On a terminal, stdout and stderr are one stream.
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        .unwrap_or_else(|e| panic!("run util-linux script (package bsdutils): {e}"))
 }
 
 #[test]
@@ -454,6 +459,65 @@ fn on_a_terminal_the_tool_asks_and_only_yes_goes_ahead() {
         accepted.stdout
     );
     assert_eq!(fx.locks().peek(&key(name)).unwrap(), None);
+}
+
+#[test]
+fn a_lock_taken_over_while_the_operator_decides_is_left_alone() {
+    let fx = prepare(Backend::Dir);
+    let name = "index/lic:abc/vault-1";
+    let shown = fx.locks().peek(&key(name)).unwrap().unwrap();
+    let mut child = spawn_on_terminal(&fx, &["locks", "release", name]);
+
+    // Wait for the question: the tool has shown the holder and waits for an
+    // answer.
+    let mut stdout = child.stdout.take().unwrap();
+    let (send, chunks) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || send.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("[y/N]") {
+        let chunk = chunks
+            .recv_timeout(WAIT_BOUND)
+            .unwrap_or_else(|e| panic!("no question ({e}): {}", String::from_utf8_lossy(&seen)));
+        seen.extend(chunk);
+    }
+    // Meanwhile the holder's lock is released and carol takes it.
+    fx.locks().force_release(&key(name)).unwrap();
+    let Acquire::Acquired(carol) = fx
+        .locks()
+        .acquire(
+            &key(name),
+            Duration::from_secs(3600),
+            &LockRequest::new().actor("carol"),
+        )
+        .unwrap()
+    else {
+        panic!("the lock is free");
+    };
+    let carol = carol.into_handle();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"y\n").unwrap();
+    let status = child.wait().unwrap();
+    while let Ok(chunk) = chunks.recv_timeout(WAIT_BOUND) {
+        seen.extend(chunk);
+    }
+    let text = String::from_utf8_lossy(&seen);
+
+    assert_eq!(status.code(), Some(ERROR), "{text}");
+    assert!(
+        text.contains(&format!(
+            "now held by job {} (carol), not by job {}",
+            carol.job_id, shown.job_id
+        )),
+        "{text}"
+    );
+    let now = fx.locks().peek(&key(name)).unwrap().unwrap();
+    assert_eq!(now.job_id, carol.job_id, "carol's lock was left alone");
 }
 
 #[test]

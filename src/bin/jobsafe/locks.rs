@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use jobsafe::{JobLock, Key, LockRecord, PipelineRecords, Store};
+use jobsafe::{JobLock, Key, LockRecord, PipelineRecords, Release, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -53,9 +53,12 @@ enum Command {
         /// The lock key, as `locks list` prints it (without the namespace).
         name: String,
     },
-    /// Force-release a lock, whoever holds it (JobLock::force_release).
+    /// Force-release a lock, whoever holds it.
     ///
-    /// Deletes the lock record, so the next acquire succeeds at once. The holder
+    /// Shows the holder and asks (unless --yes), then deletes the lock record if
+    /// that holder still has it (JobLock::release with the holder's handle: a
+    /// lock taken over meanwhile is left alone, with exit code 1). The next
+    /// acquire then succeeds at once. The holder
     /// is not told: it learns at its next renewal, and its fencing token is
     /// older than the next holder's, so fenced writes of a holder that is still
     /// alive are refused. Prints the holder it removed. Asks first unless --yes.
@@ -149,13 +152,29 @@ fn release<S: Store>(ctx: &Ctx, locks: &JobLock<S>, store: &str, name: &str) -> 
         ctx.yes,
         &format!("Force-release lock {key}, held by {}?", lock.holder()),
     )?;
-    let removed = locks
-        .force_release(&key)
+    // Only the holder shown and confirmed is removed: a lock taken over
+    // meanwhile belongs to someone the operator has not seen.
+    let released = locks
+        .release(&lock.handle())
         .map_err(|e| Failure::library(format!("release lock {key} in store {store}"), &e))?;
-    let Some(removed) = removed else {
-        return Err(Failure::not_found(format!(
-            "lock {key} in store {store} was released by someone else meanwhile"
-        )));
+    let removed = match released {
+        Release::Released => lock,
+        Release::OwnedByAnother(now_held) => {
+            return Err(Failure::new(
+                Code::Error,
+                format!(
+                    "lock {key} in store {store} is now held by {}, not by {}; nothing was \
+                     changed (run the command again to release the new holder)",
+                    now_held.holder(),
+                    lock.holder()
+                ),
+            ));
+        }
+        Release::AlreadyGone => {
+            return Err(Failure::not_found(format!(
+                "lock {key} in store {store} was released by someone else meanwhile"
+            )));
+        }
     };
     if ctx.json {
         print_json(&json!({ "released": lock_json(&removed, now) }));
