@@ -461,15 +461,10 @@ fn on_a_terminal_the_tool_asks_and_only_yes_goes_ahead() {
     assert_eq!(fx.locks().peek(&key(name)).unwrap(), None);
 }
 
-#[test]
-fn a_lock_taken_over_while_the_operator_decides_is_left_alone() {
-    let fx = prepare(Backend::Dir);
-    let name = "index/lic:abc/vault-1";
-    let shown = fx.locks().peek(&key(name)).unwrap().unwrap();
-    let mut child = spawn_on_terminal(&fx, &["locks", "release", name]);
-
-    // Wait for the question: the tool has shown the holder and waits for an
-    // answer.
+/// Runs the tool on a terminal, waits for its question, runs `meanwhile`, then
+/// answers yes. Returns the exit code and all the tool printed.
+fn answer_yes_after(fx: &Fixture, args: &[&str], meanwhile: impl FnOnce()) -> (i32, String) {
+    let mut child = spawn_on_terminal(fx, args);
     let mut stdout = child.stdout.take().unwrap();
     let (send, chunks) = mpsc::channel();
     std::thread::spawn(move || {
@@ -480,6 +475,7 @@ fn a_lock_taken_over_while_the_operator_decides_is_left_alone() {
             }
         }
     });
+    // The question has no newline: wait for its end.
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("[y/N]") {
         let chunk = chunks
@@ -487,28 +483,41 @@ fn a_lock_taken_over_while_the_operator_decides_is_left_alone() {
             .unwrap_or_else(|e| panic!("no question ({e}): {}", String::from_utf8_lossy(&seen)));
         seen.extend(chunk);
     }
-    // Meanwhile the holder's lock is released and carol takes it.
-    fx.locks().force_release(&key(name)).unwrap();
-    let Acquire::Acquired(carol) = fx
-        .locks()
-        .acquire(
-            &key(name),
-            Duration::from_secs(3600),
-            &LockRequest::new().actor("carol"),
-        )
-        .unwrap()
-    else {
-        panic!("the lock is free");
-    };
-    let carol = carol.into_handle();
+    meanwhile();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"y\n").unwrap();
     let status = child.wait().unwrap();
+    // The reader ends when the terminal closes.
     while let Ok(chunk) = chunks.recv_timeout(WAIT_BOUND) {
         seen.extend(chunk);
     }
-    let text = String::from_utf8_lossy(&seen);
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&seen).into_owned(),
+    )
+}
 
-    assert_eq!(status.code(), Some(ERROR), "{text}");
+#[test]
+fn a_lock_taken_over_while_the_operator_decides_is_left_alone() {
+    let fx = prepare(Backend::Dir);
+    let name = "index/lic:abc/vault-1";
+    let shown = fx.locks().peek(&key(name)).unwrap().unwrap();
+    let mut carol = None;
+    let (code, text) = answer_yes_after(&fx, &["locks", "release", name], || {
+        // The holder's lock is released and carol takes it.
+        fx.locks().force_release(&key(name)).unwrap();
+        let request = LockRequest::new().actor("carol");
+        let Acquire::Acquired(guard) = fx
+            .locks()
+            .acquire(&key(name), Duration::from_secs(3600), &request)
+            .unwrap()
+        else {
+            panic!("the lock is free");
+        };
+        carol = Some(guard.into_handle());
+    });
+    let carol = carol.unwrap();
+
+    assert_eq!(code, ERROR, "{text}");
     assert!(
         text.contains(&format!(
             "now held by job {} (carol), not by job {}",
@@ -518,6 +527,32 @@ fn a_lock_taken_over_while_the_operator_decides_is_left_alone() {
     );
     let now = fx.locks().peek(&key(name)).unwrap().unwrap();
     assert_eq!(now.job_id, carol.job_id, "carol's lock was left alone");
+}
+
+#[test]
+fn a_reservation_made_anew_while_the_operator_decides_is_not_refunded() {
+    let fx = prepare(Backend::Log);
+    let shown = fx.ledger().lookup("lic:abc", "job-1").unwrap().unwrap();
+    let mut made = None;
+    let (code, text) = answer_yes_after(&fx, &["ledger", "refund", "lic:abc/job-1"], || {
+        // The service refunds it itself, and a retry of the job reserves anew.
+        let ledger = fx.ledger();
+        ledger.refund("lic:abc", "job-1").unwrap().unwrap();
+        let again = ledger
+            .reserve("lic:abc", "job-1", &ChargeRequest::new())
+            .unwrap();
+        let jobsafe::Reserve::New(again) = again else {
+            panic!("the job id was refunded");
+        };
+        made = Some(again);
+    });
+    let made = made.unwrap();
+
+    assert_eq!(code, ERROR, "{text}");
+    assert!(text.contains(&format!("(id {})", shown.id)), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+    let kept = fx.ledger().lookup("lic:abc", "job-1").unwrap().unwrap();
+    assert_eq!(kept.id, made.id, "the new reservation stays");
 }
 
 #[test]

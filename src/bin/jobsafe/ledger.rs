@@ -43,7 +43,7 @@ enum Command {
         /// ACCOUNT/JOB_ID, as `ledger list` prints it (split at the first '/').
         key: String,
     },
-    /// Refund a charged reservation (JobLedger::refund).
+    /// Refund a charged reservation (JobLedger::refund_reservation).
     ///
     /// Removes the reservation, so that the job id counts as new and the next
     /// request with it is charged again. It changes nothing else: if the service
@@ -172,17 +172,25 @@ fn refund<S: Store>(ctx: &Ctx, ledger: &JobLedger<S>, store: &str, key: &str) ->
             "Refund reservation {account}/{job_id}, so that the job id is charged again next time?"
         ),
     )?;
-    let refunded = ledger.refund(account, job_id).map_err(|e| {
+    // Only the reservation shown and confirmed is refunded, never one made
+    // since (the job id reserved anew).
+    let refunded = ledger.refund_reservation(&reservation).map_err(|e| {
         Failure::library(
             format!("refund reservation {account}/{job_id} in store {store}"),
             &e,
         )
     })?;
-    let Some(refunded) = refunded else {
-        return Err(Failure::not_found(format!(
-            "reservation {account}/{job_id} in store {store} was refunded or removed by someone else meanwhile"
-        )));
-    };
+    if !refunded {
+        return Err(Failure::new(
+            Code::Error,
+            format!(
+                "reservation {account}/{job_id} (id {}) in store {store} was refunded, replaced or \
+                 changed by someone else meanwhile; nothing was changed",
+                reservation.id
+            ),
+        ));
+    }
+    let refunded = reservation;
     if ctx.json {
         print_json(&json!({ "refunded": reservation_json(&refunded, now) }));
     } else {
