@@ -116,9 +116,11 @@ enum Command {
     /// Removes complete, failed and cancelled jobs that finished at least
     /// --older-than ago and, with --queued-older-than, queued jobs never
     /// started that were created that long ago. Running jobs are never purged.
-    /// Lists what it would remove and asks first unless --yes. With --pipeline,
-    /// the jobs' checkpoints and artifact directories are left to the service's
-    /// Pipeline::purge, which removes those of jobs that no longer exist.
+    /// Lists what it would remove and asks first unless --yes; the purge then
+    /// decides again on the records as they are, and prints what it removed.
+    /// With --pipeline, the jobs' checkpoints, failure counts and artifact
+    /// directories stay: the service's Pipeline::purge removes the checkpoints
+    /// and directories of jobs that no longer exist.
     Purge {
         /// Age after finishing at which a job goes.
         #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
