@@ -1260,6 +1260,55 @@ fn a_missing_store_directory_is_an_error_naming_it_and_nothing_is_created() {
     }
 }
 
+/// Every path under `root`, sorted.
+fn tree(root: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths
+}
+
+#[test]
+fn a_store_of_another_kind_or_none_is_an_error_and_nothing_is_written() {
+    let dir_store = prepare(Backend::Dir);
+    let log_store = prepare(Backend::Log);
+    let empty = tempfile::tempdir().unwrap();
+    for (scheme, root) in [
+        ("log", dir_store.root.as_path()),
+        ("dir", log_store.root.as_path()),
+        ("dir", empty.path()),
+        ("log", empty.path()),
+    ] {
+        let before = tree(root);
+        let url = format!("{scheme}:{}", root.display());
+        let failed = run(&[
+            "--store",
+            &url,
+            "--yes",
+            "jobs",
+            "purge",
+            "--older-than",
+            "0s",
+        ])
+        .expect(ERROR);
+        assert!(
+            failed.stderr.contains(&format!("open store {url}")),
+            "{}",
+            failed.stderr
+        );
+        assert_eq!(tree(root), before, "{url}");
+    }
+}
+
 #[test]
 fn a_malformed_store_url_is_a_usage_error_naming_it() {
     for url in ["state", "s3://bucket/x", "dir:", "log://"] {
