@@ -719,6 +719,70 @@ fn a_retry_through_pipeline_records_resumes_with_a_fresh_failure_count() {
 }
 
 #[test]
+fn a_purge_through_pipeline_records_takes_checkpoints_and_failure_counts_along() {
+    for (name, h) in harnesses() {
+        let done = enqueue(&h, "session-1");
+        assert_eq!(
+            h.pipeline.run_job(&done).unwrap().outcome,
+            RunOutcome::Completed
+        );
+        let failed = enqueue(&h, "session-2");
+        h.script.then("draft", Act::Permanent);
+        h.pipeline.run_job(&failed).unwrap();
+        let fresh = enqueue(&h, "session-3");
+        let prefix =
+            |parts: &[&str]| Prefix::new(["pipeline"].iter().chain(parts).copied()).unwrap();
+        let run_state = |id: &str| Key::new(["pipeline", "run", id]).unwrap();
+        assert_eq!(
+            h.store
+                .list_all(&prefix(&["checkpoint", &done]))
+                .unwrap()
+                .len(),
+            3,
+            "{name}"
+        );
+        assert!(
+            h.store.get(&run_state(&failed)).unwrap().is_some(),
+            "{name}"
+        );
+
+        h.clock.advance(Duration::from_secs(8 * 86_400));
+        let records = PipelineRecords::new(
+            Arc::clone(&h.store),
+            Arc::new(h.clock.clone()),
+            Prefix::new(["pipeline"]).unwrap(),
+        )
+        .unwrap();
+        let week = Duration::from_secs(7 * 86_400);
+        let counts = records.purge(week, week * 5).unwrap();
+
+        assert_eq!(
+            (counts.complete, counts.failed, counts.total()),
+            (1, 1, 2),
+            "{name}"
+        );
+        for id in [&done, &failed] {
+            assert_eq!(records.jobs().get(id).unwrap(), None, "{name}");
+            for parts in [
+                &["checkpoint", id.as_str()][..],
+                &["jobs", "event", id.as_str()][..],
+            ] {
+                assert_eq!(
+                    h.store.list_all(&prefix(parts)).unwrap(),
+                    Vec::<Key>::new(),
+                    "{name} {parts:?}"
+                );
+            }
+            assert_eq!(h.store.get(&run_state(id)).unwrap(), None, "{name}");
+        }
+        assert!(records.jobs().get(&fresh).unwrap().is_some(), "{name}");
+        // The tool knows no artifact root: the job directories stay for the
+        // service's purge.
+        assert!(h.pipeline.job_dir(&done).is_dir(), "{name}");
+    }
+}
+
+#[test]
 fn a_plain_job_state_retry_of_a_pipeline_job_keeps_the_old_failure_count() {
     // Why PipelineRecords::retry exists: the job records alone do not hold the
     // pipeline's count, and a retry that leaves it lets the next hiccup end

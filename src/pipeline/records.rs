@@ -1,10 +1,11 @@
 //! A pipeline's records without its stages, for tools outside the service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::error::Result;
-use crate::jobs::{Job, JobState};
+use crate::jobs::{Job, JobFilter, JobState, PurgeCounts};
 use crate::key::{Key, Prefix};
 use crate::lock::JobLock;
 use crate::store::{Expect, Op, Store};
@@ -47,6 +48,7 @@ use crate::store::{Expect, Op, Store};
 pub struct PipelineRecords<S> {
     jobs: JobState<Arc<S>>,
     locks: JobLock<Arc<S>>,
+    clock: SharedClock,
     namespace: Prefix,
 }
 
@@ -55,6 +57,7 @@ impl<S> Clone for PipelineRecords<S> {
         PipelineRecords {
             jobs: self.jobs.clone(),
             locks: self.locks.clone(),
+            clock: Arc::clone(&self.clock),
             namespace: self.namespace.clone(),
         }
     }
@@ -79,10 +82,12 @@ impl<S: Store> PipelineRecords<S> {
         let store = Arc::new(store);
         let jobs = JobState::new(Arc::clone(&store), Arc::clone(&clock))
             .namespace(sub_namespace(&namespace, "jobs")?);
-        let locks = JobLock::new(store, clock).namespace(sub_namespace(&namespace, "locks")?);
+        let locks =
+            JobLock::new(store, Arc::clone(&clock)).namespace(sub_namespace(&namespace, "locks")?);
         Ok(PipelineRecords {
             jobs,
             locks,
+            clock,
             namespace,
         })
     }
@@ -109,6 +114,44 @@ impl<S: Store> PipelineRecords<S> {
     /// As [`JobState::retry`].
     pub fn retry(&self, id: &str) -> Result<Job> {
         retry(&self.jobs, &self.namespace, id)
+    }
+
+    /// Removes the jobs that [`JobState::purge`] would remove
+    /// ([`Job::is_due_for_purge`]), each with its events, checkpoints and
+    /// count of transient failures in one atomic batch that checks the job is
+    /// unchanged since it was listed (a retry meanwhile wins). Returns how many
+    /// went, by status.
+    ///
+    /// Artifact directories stay: this type knows no artifact root. The
+    /// service's [`Pipeline::purge`](super::Pipeline::purge) removes the
+    /// directories of jobs that no longer exist. Unreadable job records are
+    /// left, with everything they may own.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {
+        let now = self.clock.now_ms();
+        let mut counts = PurgeCounts::default();
+        for job in self.jobs.list(&JobFilter::default())?.jobs {
+            if !job.is_due_for_purge(now, finished_for, queued_for) {
+                continue;
+            }
+            let mut checkpoints = self.namespace.segments().to_vec();
+            checkpoints.extend(["checkpoint".to_owned(), job.id.clone()]);
+            let checkpoints = self.jobs.store().list_all(&Prefix::new(checkpoints)?)?;
+            let mut extra = vec![Op::Delete {
+                key: run_state_key(&self.namespace, &job.id)?,
+                expect: Expect::Any,
+            }];
+            extra.extend(checkpoints.into_iter().map(|key| Op::Delete {
+                key,
+                expect: Expect::Any,
+            }));
+            if self.jobs.delete_at_with(&job.id, job.version, &extra)? {
+                counts.add(job.status);
+            }
+        }
+        Ok(counts)
     }
 }
 
