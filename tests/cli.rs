@@ -584,11 +584,15 @@ fn locks_of_another_namespace_are_found_with_namespace() {
 }
 
 #[test]
-fn a_pipelines_jobs_and_locks_are_found_with_pipeline_and_retried_its_way() {
+fn a_pipelines_jobs_and_locks_are_found_with_pipeline_and_changed_its_way() {
     let fx = Fixture::empty(Backend::Log);
     let artifacts = tempfile::tempdir().unwrap();
     let clock = fx.clock();
     let pipeline = Pipeline::builder(fx.store(), clock.clone(), artifacts.path())
+        .stage("transcribe", |ctx| {
+            ctx.write("transcript.txt", b"hello")?;
+            Ok(())
+        })
         .stage("export", |_| {
             Err(StageError::permanent("the volume is full"))
         })
@@ -637,6 +641,30 @@ fn a_pipelines_jobs_and_locks_are_found_with_pipeline_and_retried_its_way() {
     assert_eq!(job.status, JobStatus::Queued);
     // Retried as Pipeline::retry does: the count went in the same write.
     assert!(fx.store().get(&run_state).unwrap().is_none());
+
+    // Cancelled and purged: its checkpoint goes with it.
+    let checkpoints = Prefix::new(["pipeline", "checkpoint", job.id.as_str()]).unwrap();
+    assert_eq!(fx.store().list_all(&checkpoints).unwrap().len(), 1);
+    fx.run(&["jobs", "--pipeline", "cancel", &job.id, "--yes"])
+        .expect(OK);
+    let doc = fx
+        .run(&[
+            "--json",
+            "jobs",
+            "--pipeline",
+            "purge",
+            "--older-than",
+            "0s",
+            "--yes",
+        ])
+        .expect(OK)
+        .json();
+    assert_eq!(doc["purged"]["cancelled"], 1);
+    assert_eq!(records.jobs().get(&job.id).unwrap(), None);
+    assert_eq!(
+        fx.store().list_all(&checkpoints).unwrap(),
+        Vec::<Key>::new()
+    );
 
     fx.run(&["jobs", "--pipeline", "--namespace", "jobs", "list"])
         .expect(USAGE);

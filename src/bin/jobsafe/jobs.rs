@@ -118,9 +118,10 @@ enum Command {
     /// started that were created that long ago. Running jobs are never purged.
     /// Lists what it would remove and asks first unless --yes; the purge then
     /// decides again on the records as they are, and prints what it removed.
-    /// With --pipeline, the jobs' checkpoints, failure counts and artifact
-    /// directories stay: the service's Pipeline::purge removes the checkpoints
-    /// and directories of jobs that no longer exist.
+    /// With --pipeline, each job's checkpoints and count of transient failures
+    /// go with it (PipelineRecords::purge); its artifact directory stays, for
+    /// the service's Pipeline::purge, which removes those of jobs that no
+    /// longer exist.
     Purge {
         /// Age after finishing at which a job goes.
         #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
@@ -181,7 +182,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
         Command::Purge {
             older_than,
             queued_older_than,
-        } => purge(ctx, &jobs, store, older_than, queued_older_than),
+        } => purge(
+            ctx,
+            &jobs,
+            pipeline.as_ref(),
+            store,
+            older_than,
+            queued_older_than,
+        ),
         Command::Watch {
             id,
             after,
@@ -317,35 +325,25 @@ fn cancel<S: Store>(ctx: &Ctx, jobs: &JobState<S>, store: &str, id: &str) -> Out
     Ok(Code::Ok)
 }
 
-fn purge<S: Store>(
+fn purge(
     ctx: &Ctx,
-    jobs: &JobState<S>,
+    jobs: &Jobs,
+    pipeline: Option<&PipelineRecords<Arc<dyn Store>>>,
     store: &str,
     older_than: Duration,
     queued_older_than: Option<Duration>,
 ) -> Outcome {
     let now = ctx.now_ms();
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let queued_for = queued_older_than.unwrap_or(Duration::MAX);
     let listed = jobs
         .list(&JobFilter::default())
         .map_err(|e| Failure::library(format!("list jobs in store {store}"), &e))?;
-    // The same rule as JobState::purge, to show what it is about to remove; the
-    // purge itself decides again on what is stored then.
+    // The purge's own rule, to show what it is about to remove; the purge
+    // itself decides again on what is stored then.
     let due: Vec<Job> = listed
         .jobs
         .into_iter()
-        .filter(|job| match job.status {
-            JobStatus::Running => false,
-            JobStatus::Queued => queued_older_than.is_some_and(|age| {
-                job.attempt == 0 && now >= job.created_ms.saturating_add(ms(age))
-            }),
-            _ => {
-                now >= job
-                    .completed_ms
-                    .unwrap_or(job.updated_ms)
-                    .saturating_add(ms(older_than))
-            }
-        })
+        .filter(|job| job.is_due_for_purge(now, older_than, queued_for))
         .collect();
     if due.is_empty() {
         if ctx.json {
@@ -362,9 +360,12 @@ fn purge<S: Store>(
         ctx.yes,
         &format!("Delete these {} jobs and their events?", due.len()),
     )?;
-    let counts = jobs
-        .purge(older_than, queued_older_than.unwrap_or(Duration::MAX))
-        .map_err(|e| Failure::library(format!("purge jobs in store {store}"), &e))?;
+    let counts = match pipeline {
+        Some(records) => records.purge(older_than, queued_for),
+        None => jobs.purge(older_than, queued_for),
+    };
+    let counts =
+        counts.map_err(|e| Failure::library(format!("purge jobs in store {store}"), &e))?;
     if ctx.json {
         print_json(&json!({ "purged": purge_counts_json(&counts) }));
     } else {
