@@ -1,6 +1,7 @@
 //! Validated hierarchical keys.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -223,6 +224,78 @@ impl fmt::Display for Prefix {
     }
 }
 
+/// Parses the form [`Display`](fmt::Display) prints: segments joined by `/`, with
+/// `%2F` standing for a `/` inside a segment and `%25` for a `%` (any other `%`
+/// stands for itself). For keys typed by people: an operator tool, a config file.
+///
+/// ```
+/// use jobsafe::Key;
+///
+/// let key: Key = "locks/lic:abc123/vault%2F..%2Fx".parse()?;
+/// assert_eq!(key, Key::new(["locks", "lic:abc123", "vault/../x"])?);
+/// assert_eq!(key.to_string().parse::<Key>()?, key);
+/// assert!("jobs//42".parse::<Key>().is_err());
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+impl FromStr for Key {
+    type Err = Error;
+
+    /// # Errors
+    /// As [`Key::new`]; an empty string or an empty segment (`a//b`) is invalid.
+    fn from_str(text: &str) -> Result<Self> {
+        Key::new(parse_segments(text))
+    }
+}
+
+/// Parses the form [`Display`](fmt::Display) prints, as for [`Key`]; the empty
+/// string is [`Prefix::all`].
+///
+/// ```
+/// use jobsafe::Prefix;
+///
+/// assert_eq!("pipeline/locks".parse::<Prefix>()?, Prefix::new(["pipeline", "locks"])?);
+/// assert_eq!("".parse::<Prefix>()?, Prefix::all());
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+impl FromStr for Prefix {
+    type Err = Error;
+
+    /// # Errors
+    /// As [`Prefix::new`]; an empty segment (`a//b`) is invalid.
+    fn from_str(text: &str) -> Result<Self> {
+        if text.is_empty() {
+            return Ok(Prefix::all());
+        }
+        Prefix::new(parse_segments(text))
+    }
+}
+
+/// Splits displayed segments at `/` and undoes their escapes.
+fn parse_segments(text: &str) -> Vec<String> {
+    text.split('/')
+        .map(|segment| {
+            let mut out = String::with_capacity(segment.len());
+            let mut rest = segment;
+            while let Some(at) = rest.find('%') {
+                out.push_str(&rest[..at]);
+                let escape = rest.get(at..at + 3).unwrap_or_default();
+                if escape.eq_ignore_ascii_case("%2F") {
+                    out.push('/');
+                    rest = &rest[at + 3..];
+                } else if escape == "%25" {
+                    out.push('%');
+                    rest = &rest[at + 3..];
+                } else {
+                    out.push('%');
+                    rest = &rest[at + 1..];
+                }
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let segments = Vec::<String>::deserialize(deserializer)?;
@@ -276,6 +349,33 @@ mod tests {
         assert!(k(&["a", "b"]) < k(&["a", "b", "c"]));
         assert!(k(&["a", "b", "c"]) < k(&["a", "c"]));
         assert!(k(&["a", "b", "z"]) < k(&["a", "ba"]));
+    }
+
+    #[test]
+    fn parsing_the_display_form_gives_the_key_back() {
+        for segments in [
+            vec!["a"],
+            vec!["locks", "lic:abc123", "vault/../x"],
+            vec!["100%", "%2F", "a%b/c", "%25"],
+            vec!["..", ".", "Ä", "a\\b"],
+        ] {
+            let key = Key::new(segments.iter().copied()).unwrap();
+            assert_eq!(key.to_string().parse::<Key>().unwrap(), key, "{key}");
+            assert_eq!(
+                key.to_string().parse::<Prefix>().unwrap(),
+                key.as_prefix(),
+                "{key}"
+            );
+        }
+        // A `%` that starts no escape stands for itself.
+        assert_eq!("a%zz/%".parse::<Key>().unwrap().segments(), ["a%zz", "%"]);
+        assert_eq!("a%2fb".parse::<Key>().unwrap().segments(), ["a/b"]);
+        for bad in ["", "a//b", "/a", "a/"] {
+            let err = bad.parse::<Key>().unwrap_err();
+            assert!(matches!(err, Error::InvalidKey { .. }), "{bad:?}: {err}");
+        }
+        assert_eq!("".parse::<Prefix>().unwrap(), Prefix::all());
+        assert!("a//b".parse::<Prefix>().is_err());
     }
 
     #[test]

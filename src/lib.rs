@@ -83,6 +83,10 @@
 //!   services on several machines, and `PgClock`, which reads the server's clock
 //!   so that leases and TTLs do not depend on the machines' clocks. Brings in the
 //!   `postgres` client and the `r2d2` connection pool.
+//! - `cli` (off by default): the `jobsafe` operator tool, which lists and
+//!   repairs the locks, jobs and ledger reservations of a `dir:`, `log:` or
+//!   (with `postgres`) `postgres://` store through the API above; see
+//!   `jobsafe --help`. Brings in `clap`. The library itself does not change.
 
 mod atomic;
 mod clock;
@@ -118,8 +122,8 @@ pub use lock::{
 };
 pub use pipeline::{
     Artifact, Checkpoint, DEFAULT_LEASE, Deletion, ErrorClass, MAX_ARTIFACT_NAME, PassReport,
-    Pipeline, PipelineBuilder, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome, RunReport,
-    SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
+    Pipeline, PipelineBuilder, PipelineRecords, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome,
+    RunReport, SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
 };
 pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};

@@ -364,6 +364,29 @@ fn sweep_keeps_temp_files_younger_than_min_age() -> TestResult {
 }
 
 #[test]
+fn stale_temp_files_lists_what_sweep_removes_and_removes_nothing() -> TestResult {
+    let dir = tempdir()?;
+    let writer = AtomicWriter::new();
+    let old = leftover_temp_file(&writer, &dir.path().join("a"), t0())?;
+    let young = leftover_temp_file(&writer, &dir.path().join("b"), t0() + 50 * MINUTE)?;
+    fs::write(dir.path().join("c"), b"not a temp file")?;
+    set_modified(&dir.path().join("c"), t0())?;
+    let clock = clock_at(t0() + 60 * MINUTE);
+
+    let listed = writer.stale_temp_files(dir.path(), 30 * MINUTE, &clock)?;
+
+    assert_eq!(listed, std::slice::from_ref(&old));
+    let mut present = temp_files_in(dir.path())?;
+    present.sort();
+    let mut expected = vec![old, young.clone()];
+    expected.sort();
+    assert_eq!(present, expected, "listing removed a file");
+    assert_eq!(writer.sweep(dir.path(), 30 * MINUTE, &clock)?, listed);
+    assert_eq!(temp_files_in(dir.path())?, [young]);
+    Ok(())
+}
+
+#[test]
 fn sweep_keeps_files_that_are_not_temp_files() -> TestResult {
     let dir = tempdir()?;
     let keep = |name: &str| -> std::io::Result<PathBuf> {

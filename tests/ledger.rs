@@ -182,6 +182,37 @@ fn a_refund_still_works_after_the_ttl() {
 }
 
 #[test]
+fn a_refund_of_a_reservation_as_read_never_refunds_a_later_one() {
+    for (name, ledger, clock, _dir) in backends() {
+        let first = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert!(ledger.refund_reservation(&first).unwrap(), "{name}");
+        assert_eq!(ledger.lookup(ACCOUNT, "job-1").unwrap(), None, "{name}");
+        assert!(!ledger.refund_reservation(&first).unwrap(), "{name}: twice");
+
+        // The job id is reserved again, and later expires and is reserved once
+        // more: a refund decided on an older reading leaves the new one.
+        let second = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        clock.advance(HOUR * 2);
+        let third = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_ne!(second.id, third.id);
+        assert!(!ledger.refund_reservation(&second).unwrap(), "{name}");
+        assert_eq!(
+            ledger.lookup(ACCOUNT, "job-1").unwrap(),
+            Some(third),
+            "{name}"
+        );
+
+        // A side effect in flight is not refunded.
+        let pending = new(ledger
+            .reserve_pending(ACCOUNT, "job-2", &request())
+            .unwrap());
+        assert!(!ledger.refund_reservation(&pending).unwrap(), "{name}");
+        let kept = ledger.lookup(ACCOUNT, "job-2").unwrap().unwrap();
+        assert_eq!(kept.state, ReservationState::ChargePending, "{name}");
+    }
+}
+
+#[test]
 fn a_different_fingerprint_is_an_error_carrying_the_reservation() {
     for (name, ledger, clock, _dir) in backends() {
         let stored = new(ledger

@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jobsafe::{
     Acquire, ChargeRequest, DEFAULT_CLIENT_MESSAGE, Deletion, DirStore, ErrorClass, JobLedger,
-    JobStatus, Key, LockRequest, ManualClock, NewJob, Pipeline, PipelineBuilder, Prefix,
-    PurgePolicy, RetryPolicy, RunOutcome, StageAction, StageContext, StageError, Store,
-    TEMP_SUFFIX, classify_io,
+    JobStatus, Key, LockRequest, ManualClock, NewJob, Pipeline, PipelineBuilder, PipelineRecords,
+    Prefix, PurgePolicy, Recovery, RetryPolicy, RunOutcome, StageAction, StageContext, StageError,
+    Store, TEMP_SUFFIX, classify_io,
 };
 use tempfile::TempDir;
 
@@ -643,6 +643,157 @@ fn transient_failures_past_the_policy_fail_the_job() {
         h.pipeline.jobs().get(&id).unwrap().unwrap().status,
         JobStatus::Failed
     );
+}
+
+/// Gives `id` (of subject `session-1`) two transient failures (one short of the harness's limit of 3),
+/// then a runner that starts it and dies, and a recovery that fails the job
+/// for good: a failed job whose pipeline still counts two failures.
+fn fail_with_two_transient_failures_counted(h: &Harness, id: &str) {
+    for _ in 0..2 {
+        h.script.then("draft", Act::Transient);
+        let RunOutcome::RetryScheduled { retry_at_ms, .. } =
+            h.pipeline.run_job(id).unwrap().outcome
+        else {
+            panic!("expected a retry");
+        };
+        h.clock.set(retry_at_ms);
+    }
+    // The runner takes the subject's lease and starts the job, then dies.
+    let subject = Key::new(["session-1"]).unwrap();
+    let Acquire::Acquired(runner) = h
+        .pipeline
+        .locks()
+        .acquire(&subject, LEASE, &LockRequest::new())
+        .unwrap()
+    else {
+        panic!("the subject is free");
+    };
+    h.pipeline.jobs().start(id, Some(runner.token())).unwrap();
+    let _ = runner.into_handle();
+    h.clock.advance(LEASE);
+    let recovered = h
+        .pipeline
+        .jobs()
+        .recover_where(Recovery::Fail, |job| job.id == id)
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].status, JobStatus::Failed);
+}
+
+#[test]
+fn a_retry_through_pipeline_records_resumes_with_a_fresh_failure_count() {
+    for (name, h) in harnesses() {
+        let id = enqueue(&h, "session-1");
+        fail_with_two_transient_failures_counted(&h, &id);
+
+        // An operator's tool: the same store and namespace, no stage code.
+        let records = PipelineRecords::new(
+            Arc::clone(&h.store),
+            Arc::new(h.clock.clone()),
+            Prefix::new(["pipeline"]).unwrap(),
+        )
+        .unwrap();
+        let listed = records.jobs().list(&Default::default()).unwrap().jobs;
+        assert_eq!(listed.len(), 1, "{name}");
+        assert_eq!(listed[0].status, JobStatus::Failed, "{name}");
+        assert_eq!(records.retry(&id).unwrap().status, JobStatus::Queued);
+
+        // The next transient failure is the first of a new count: retried, not
+        // final.
+        h.script.then("draft", Act::Transient);
+        let outcome = h.pipeline.run_job(&id).unwrap().outcome;
+        let RunOutcome::RetryScheduled {
+            failures: 1,
+            retry_at_ms,
+            ..
+        } = outcome
+        else {
+            panic!("{name}: expected the first failure of a new count, got {outcome:?}");
+        };
+        // ...and the job resumes at the stage that failed.
+        h.clock.set(retry_at_ms);
+        let report = h.pipeline.run_job(&id).unwrap();
+        assert_eq!(report.outcome, RunOutcome::Completed, "{name}");
+        assert_eq!(report.skipped(), ["transcribe"], "{name}");
+    }
+}
+
+#[test]
+fn a_purge_through_pipeline_records_takes_checkpoints_and_failure_counts_along() {
+    for (name, h) in harnesses() {
+        let done = enqueue(&h, "session-1");
+        assert_eq!(
+            h.pipeline.run_job(&done).unwrap().outcome,
+            RunOutcome::Completed
+        );
+        let failed = enqueue(&h, "session-2");
+        h.script.then("draft", Act::Permanent);
+        h.pipeline.run_job(&failed).unwrap();
+        let fresh = enqueue(&h, "session-3");
+        let prefix =
+            |parts: &[&str]| Prefix::new(["pipeline"].iter().chain(parts).copied()).unwrap();
+        let run_state = |id: &str| Key::new(["pipeline", "run", id]).unwrap();
+        assert_eq!(
+            h.store
+                .list_all(&prefix(&["checkpoint", &done]))
+                .unwrap()
+                .len(),
+            3,
+            "{name}"
+        );
+        assert!(
+            h.store.get(&run_state(&failed)).unwrap().is_some(),
+            "{name}"
+        );
+
+        h.clock.advance(Duration::from_secs(8 * 86_400));
+        let records = PipelineRecords::new(
+            Arc::clone(&h.store),
+            Arc::new(h.clock.clone()),
+            Prefix::new(["pipeline"]).unwrap(),
+        )
+        .unwrap();
+        let week = Duration::from_secs(7 * 86_400);
+        let counts = records.purge(week, week * 5).unwrap();
+
+        assert_eq!(
+            (counts.complete, counts.failed, counts.total()),
+            (1, 1, 2),
+            "{name}"
+        );
+        for id in [&done, &failed] {
+            assert_eq!(records.jobs().get(id).unwrap(), None, "{name}");
+            for parts in [
+                &["checkpoint", id.as_str()][..],
+                &["jobs", "event", id.as_str()][..],
+            ] {
+                assert_eq!(
+                    h.store.list_all(&prefix(parts)).unwrap(),
+                    Vec::<Key>::new(),
+                    "{name} {parts:?}"
+                );
+            }
+            assert_eq!(h.store.get(&run_state(id)).unwrap(), None, "{name}");
+        }
+        assert!(records.jobs().get(&fresh).unwrap().is_some(), "{name}");
+        // The tool knows no artifact root: the job directories stay for the
+        // service's purge.
+        assert!(h.pipeline.job_dir(&done).is_dir(), "{name}");
+    }
+}
+
+#[test]
+fn a_plain_job_state_retry_of_a_pipeline_job_keeps_the_old_failure_count() {
+    // Why PipelineRecords::retry exists: the job records alone do not hold the
+    // pipeline's count, and a retry that leaves it lets the next hiccup end
+    // the job.
+    let h = mem_harness();
+    let id = enqueue(&h, "session-1");
+    fail_with_two_transient_failures_counted(&h, &id);
+    h.pipeline.jobs().retry(&id).unwrap();
+    h.script.then("draft", Act::Transient);
+    let outcome = h.pipeline.run_job(&id).unwrap().outcome;
+    assert!(matches!(outcome, RunOutcome::Failed { .. }), "{outcome:?}");
 }
 
 #[test]

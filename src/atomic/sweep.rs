@@ -33,9 +33,46 @@ impl<V: Vfs> AtomicWriter<V> {
     /// [`Error::Io`](crate::Error::Io) naming the directory or file that could not be
     /// read or removed.
     pub fn sweep(&self, dir: &Path, min_age: Duration, clock: &dyn Clock) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for path in self.stale_temp_files(dir, min_age, clock)? {
+            match self.vfs().remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(crate::Error::io("remove temp file", path, e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The temp files that [`sweep`](AtomicWriter::sweep) would remove from `dir`
+    /// now, in name order, without removing anything: for a dry run, or to ask
+    /// an operator first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use jobsafe::{AtomicWriter, SystemClock};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let writer = AtomicWriter::new();
+    /// std::mem::forget(writer.begin(dir.path().join("a"))?); // a "crashed" writer
+    /// let stale = writer.stale_temp_files(dir.path(), Duration::ZERO, &SystemClock)?;
+    /// assert_eq!(stale.len(), 1);
+    /// assert!(stale[0].exists(), "listing removes nothing");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`](crate::Error::Io) naming the directory or file that could not be
+    /// read.
+    pub fn stale_temp_files(
+        &self,
+        dir: &Path,
+        min_age: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Vec<PathBuf>> {
         let vfs = self.vfs();
         let now = UNIX_EPOCH + Duration::from_millis(clock.now_ms());
-        let mut removed = Vec::new();
+        let mut stale = Vec::new();
         for name in vfs.read_dir(dir).at("read directory", dir)? {
             let Some(name) = name.to_str().filter(|n| is_temp_name(n)) else {
                 continue;
@@ -50,12 +87,9 @@ impl<V: Vfs> AtomicWriter<V> {
             if info.kind != FileKind::File || age < min_age {
                 continue;
             }
-            match vfs.remove_file(&path) {
-                Ok(()) => removed.push(path),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(crate::Error::io("remove temp file", path, e)),
-            }
+            stale.push(path);
         }
-        Ok(removed)
+        stale.sort();
+        Ok(stale)
     }
 }

@@ -38,6 +38,58 @@ impl PurgeCounts {
     }
 }
 
+impl Job {
+    /// Whether a purge at `now_ms` removes this job: complete, failed and
+    /// cancelled jobs that finished at least `finished_for` earlier, and queued
+    /// jobs never started that were created at least `queued_for` earlier.
+    /// Running jobs never are. The rule of [`JobState::purge`], for tools that
+    /// show what a purge would remove before asking.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use jobsafe::{JobState, ManualClock, MemStore, NewJob};
+    ///
+    /// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    /// let job = jobs.create(NewJob::new("export"))?;
+    /// let day = Duration::from_secs(86_400);
+    /// assert!(!job.is_due_for_purge(0, day, day));
+    /// assert!(job.is_due_for_purge(86_400_000, day * 7, day));
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn is_due_for_purge(
+        &self,
+        now_ms: u64,
+        finished_for: Duration,
+        queued_for: Duration,
+    ) -> bool {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match self.status {
+            JobStatus::Running => false,
+            JobStatus::Queued => {
+                self.attempt == 0 && now_ms >= self.created_ms.saturating_add(ms(queued_for))
+            }
+            JobStatus::Complete | JobStatus::Failed | JobStatus::Cancelled => {
+                let finished = self.completed_ms.unwrap_or(self.updated_ms);
+                now_ms >= finished.saturating_add(ms(finished_for))
+            }
+        }
+    }
+}
+
+impl PurgeCounts {
+    /// Counts one more removed job of `status`.
+    pub(crate) fn add(&mut self, status: JobStatus) {
+        let count = match status {
+            JobStatus::Complete => &mut self.complete,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Cancelled => &mut self.cancelled,
+            JobStatus::Queued | JobStatus::Running => &mut self.queued,
+        };
+        *count += 1;
+    }
+}
+
 impl<S: Store> JobState<S> {
     /// Finds running jobs whose worker showed no sign of life (start, progress,
     /// event or heartbeat) for `stale_after`, and requeues or fails them as
@@ -121,20 +173,9 @@ impl<S: Store> JobState<S> {
     /// Store errors.
     pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {
         let now = self.clock.now_ms();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut counts = PurgeCounts::default();
         for job in self.list(&JobFilter::default())?.jobs {
-            let due = match job.status {
-                JobStatus::Running => false,
-                JobStatus::Queued => {
-                    job.attempt == 0 && now >= job.created_ms.saturating_add(ms(queued_for))
-                }
-                _ => {
-                    let finished = job.completed_ms.unwrap_or(job.updated_ms);
-                    now >= finished.saturating_add(ms(finished_for))
-                }
-            };
-            if !due {
+            if !job.is_due_for_purge(now, finished_for, queued_for) {
                 continue;
             }
             match self.remove_with_events(&job, job.version, &[]) {
@@ -142,13 +183,7 @@ impl<S: Store> JobState<S> {
                 Err(e) if e.is_conflict() => continue, // changed since the listing
                 Err(e) => return Err(e),
             }
-            let count = match job.status {
-                JobStatus::Complete => &mut counts.complete,
-                JobStatus::Failed => &mut counts.failed,
-                JobStatus::Cancelled => &mut counts.cancelled,
-                JobStatus::Queued | JobStatus::Running => &mut counts.queued,
-            };
-            *count += 1;
+            counts.add(job.status);
         }
         Ok(counts)
     }

@@ -322,6 +322,36 @@ impl<S: Store> JobLedger<S> {
         }
     }
 
+    /// Refunds `reservation` if it is still the stored one (same
+    /// [`id`](Reservation::id)) and charged, as [`refund`](JobLedger::refund)
+    /// does, but never a reservation made since `reservation` was read (a new
+    /// reserve of the job id after the old one expired and was refunded, say):
+    /// for callers that decide on what they were shown, such as an operator
+    /// confirming a refund. Returns whether this call removed it; `false` if it
+    /// is gone, was replaced, or has a side effect in flight.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::{ChargeRequest, JobLedger, ManualClock, MemStore};
+    ///
+    /// let ledger = JobLedger::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    /// ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?;
+    /// let shown = ledger.lookup("lic:abc", "job-1")?.expect("just reserved");
+    /// assert!(ledger.refund_reservation(&shown)?);
+    /// assert!(!ledger.refund_reservation(&shown)?, "refunded once");
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    pub fn refund_reservation(&self, reservation: &Reservation) -> Result<bool> {
+        let moved = self.transition(reservation, |state| match state {
+            ReservationState::Charged => Transition::Remove,
+            _ => Transition::Keep,
+        })?;
+        Ok(matches!(moved, Moved::Removed))
+    }
+
     /// Starts an external refund of (`account`, `job_id`): marks its charged
     /// reservation [`RefundPending`](ReservationState::RefundPending) and returns
     /// it to exactly one caller. Call the external refund with the reservation's

@@ -223,7 +223,6 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let inner = &self.inner;
         let policy = inner.purge;
         let now = inner.clock.now_ms();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut report = PurgeReport::default();
         let mut kept = BTreeSet::new();
         let mut purged_subjects = BTreeSet::new();
@@ -236,17 +235,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             report.unreadable_jobs.push(key);
         }
         for job in list.jobs {
-            let due = match job.status {
-                JobStatus::Running => false,
-                JobStatus::Queued => {
-                    job.attempt == 0 && now >= job.created_ms.saturating_add(ms(policy.queued_for))
-                }
-                _ => {
-                    let finished = job.completed_ms.unwrap_or(job.updated_ms);
-                    now >= finished.saturating_add(ms(policy.finished_for))
-                }
-            };
-            if !due {
+            if !job.is_due_for_purge(now, policy.finished_for, policy.queued_for) {
                 kept.insert(paths::dir_name(&job.id));
                 continue;
             }
@@ -266,13 +255,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             if removed {
                 purged_subjects.insert(Self::subject_of(&job).to_owned());
-                let count = match job.status {
-                    JobStatus::Complete => &mut report.jobs.complete,
-                    JobStatus::Failed => &mut report.jobs.failed,
-                    JobStatus::Cancelled => &mut report.jobs.cancelled,
-                    JobStatus::Queued | JobStatus::Running => &mut report.jobs.queued,
-                };
-                *count += 1;
+                report.jobs.add(job.status);
             } else {
                 kept.insert(paths::dir_name(&job.id));
             }

@@ -10,6 +10,7 @@ mod lease;
 mod outcome;
 mod pass;
 mod paths;
+mod records;
 mod retry;
 mod run;
 mod stage;
@@ -24,6 +25,7 @@ pub use error::{ErrorClass, StageError, classify_io};
 pub use outcome::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use pass::PassReport;
 pub use paths::MAX_ARTIFACT_NAME;
+pub use records::PipelineRecords;
 pub use retry::RetryPolicy;
 pub use stage::StageContext;
 
@@ -35,7 +37,7 @@ use crate::key::{Key, Prefix};
 use crate::ledger::JobLedger;
 use crate::lock::JobLock;
 use crate::record as codec;
-use crate::store::{Expect, Op, Store};
+use crate::store::Store;
 use crate::vfs::{StdVfs, Vfs};
 
 /// The metadata field of a job that names its subject.
@@ -425,11 +427,7 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
             )));
         }
         let store = Arc::new(self.store);
-        let sub = |name: &str| {
-            let mut segments = self.namespace.segments().to_vec();
-            segments.push(name.to_owned());
-            Prefix::new(segments)
-        };
+        let sub = |kind: &str| records::sub_namespace(&self.namespace, kind);
         let jobs =
             JobState::new(Arc::clone(&store), Arc::clone(&self.clock)).namespace(sub("jobs")?);
         let locks =
@@ -533,11 +531,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// # Errors
     /// As [`JobState::retry`].
     pub fn retry(&self, id: &str) -> Result<Job> {
-        let reset = Op::Delete {
-            key: self.run_state_key(id)?,
-            expect: Expect::Any,
-        };
-        self.inner.jobs.retry_with(id, &[reset])
+        records::retry(&self.inner.jobs, &self.inner.namespace, id)
     }
 
     /// Cancels job `id` ([`JobState::cancel`]). A running job stops at its next
@@ -566,7 +560,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 
     fn run_state_key(&self, id: &str) -> Result<Key> {
-        self.key(&["run", id])
+        records::run_state_key(&self.inner.namespace, id)
     }
 
     fn deleting_key(&self, id: &str) -> Result<Key> {
