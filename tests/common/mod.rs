@@ -8,6 +8,7 @@ pub mod backends;
 pub mod child;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod power_loss;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
