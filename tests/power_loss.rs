@@ -897,3 +897,72 @@ fn every_flush_site_has_teeth() {
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+// ---------------------------------------------------------------------------
+// The model itself.
+
+/// What `/d/a` holds in each state at crash point `point`.
+fn states_of_a(vfs: &SimVfs, point: usize) -> BTreeSet<Option<Vec<u8>>> {
+    let mut seen = BTreeSet::new();
+    let mut rng = fastrand::Rng::with_seed(0);
+    let budget = Budget { per_point: 10_000 };
+    crash::for_each_state(&vfs.trace(), budget, &mut rng, |state| {
+        if state.point == point {
+            seen.insert(SimVfs::boot(state.image).contents(Path::new("/d/a")));
+        }
+        ControlFlow::Continue(())
+    });
+    seen
+}
+
+#[test]
+fn the_model_keeps_what_was_flushed_and_renames_atomically() {
+    let vfs = SimVfs::recording();
+    vfs.create_dir(Path::new("/d")).unwrap();
+    vfs.sync_dir(Path::new("/")).unwrap();
+    let mut a = vfs.create_new(Path::new("/d/a"), 0o600).unwrap();
+    a.write_all(b"old").unwrap();
+    let unflushed = vfs.position();
+    a.sync_all().unwrap();
+    vfs.sync_dir(Path::new("/d")).unwrap();
+    let flushed = vfs.position();
+    let mut b = vfs.create_new(Path::new("/d/b"), 0o600).unwrap();
+    b.write_all(b"new").unwrap();
+    b.sync_all().unwrap();
+    vfs.rename(Path::new("/d/b"), Path::new("/d/a")).unwrap();
+    let renamed = vfs.position();
+
+    let some = |b: &[u8]| Some(b.to_vec());
+    // Neither the name nor the bytes were flushed: any of them may be lost.
+    assert_eq!(
+        states_of_a(&vfs, unflushed),
+        BTreeSet::from([None, some(b""), some(b"o"), some(b"old")])
+    );
+    assert_eq!(states_of_a(&vfs, flushed), BTreeSet::from([some(b"old")]));
+    // The rename is not flushed: old or new, never neither.
+    assert_eq!(
+        states_of_a(&vfs, renamed),
+        BTreeSet::from([some(b"old"), some(b"new")])
+    );
+}
+
+#[test]
+fn the_model_tears_unflushed_writes_at_sectors() {
+    let vfs = SimVfs::recording();
+    vfs.create_dir(Path::new("/d")).unwrap();
+    vfs.sync_dir(Path::new("/")).unwrap();
+    let a = vfs.create_new(Path::new("/d/a"), 0o600).unwrap();
+    vfs.sync_dir(Path::new("/d")).unwrap();
+    a.write_all_at(&[7; 1200], 100).unwrap();
+    let lengths: BTreeSet<usize> = states_of_a(&vfs, vfs.position())
+        .into_iter()
+        .map(|c| c.unwrap().len())
+        .collect();
+    // Lost, kept, cut at the first or last sector boundary inside the write.
+    assert_eq!(lengths, BTreeSet::from([0, 512, 1024, 1300]));
+    let states = states_of_a(&vfs, vfs.position());
+    // Only the later sectors landed: zeros before them.
+    let mut later = vec![0; 1024];
+    later.extend_from_slice(&[7; 276]);
+    assert!(states.contains(&Some(later)), "{states:?}");
+}

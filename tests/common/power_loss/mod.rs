@@ -25,6 +25,13 @@
 //! This is stricter than any one real filesystem (ext4 keeps directory changes
 //! in order, for instance): a program correct under it is correct under each.
 //!
+//! # Why here, not in `jobsafe::vfs`
+//!
+//! It is a test instrument: published, its model, trace format and sampling
+//! would become API to keep stable, for users who cannot point it at anything
+//! but the crate's own types. The public `Vfs` trait is all it needs, and the
+//! flush methods' `#[track_caller]` is all the crate pays for it.
+//!
 //! # Pieces
 //!
 //! - [`SimVfs`](fs::SimVfs): the filesystem, recording a trace of [`Event`](fs::Event)s, telling
