@@ -18,6 +18,12 @@
 //!   above every version acknowledged or found (none reused), so no lock is
 //!   held forever; after closing, no lock and no file remain open.
 //!
+//! `recovery_survives_a_second_power_loss` does the same to what runs after the
+//! reboot: it takes crash states whose recovery changes anything (completing a
+//! batch, clearing a torn journal tail, sweeping temp files), records that
+//! recovery, and checks the states of a power loss in the middle of it against
+//! what the first crash point allows.
+//!
 //! `every_flush_site_has_teeth` then disables the flushes of one source line at
 //! a time and requires a violation, so that the simulation cannot pass with a
 //! flush missing.
@@ -36,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::power_loss::crash::{self, Budget, Totals};
-use common::power_loss::fs::{SimVfs, Site};
+use common::power_loss::fs::{Event, Image, SimVfs, Site};
 use common::power_loss::sites;
 use jobsafe::vfs::{Vfs, VfsFile};
 use jobsafe::{
@@ -147,6 +153,11 @@ struct Expected {
 }
 
 impl History {
+    /// Whether any operation was acknowledged before crash point `point`.
+    fn any_acked(&self, point: usize) -> bool {
+        self.steps.first().is_some_and(|s| s.ack <= point)
+    }
+
     fn at(&self, point: usize) -> Expected {
         let mut keys: BTreeMap<String, Allowed> = BTreeMap::new();
         let mut batches = Vec::new();
@@ -251,6 +262,9 @@ struct Workload {
     /// Opens whatever the workload used on a booted crash state and checks it;
     /// returns how many acknowledged writes it checked.
     check: fn(&SimVfs, &Expected) -> Result<usize, String>,
+    /// What runs first after a reboot: the recovery a second power loss may
+    /// interrupt.
+    recover: fn(&SimVfs) -> Result<(), String>,
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -258,21 +272,25 @@ const WORKLOADS: &[Workload] = &[
         name: "atomic_writer",
         run: atomic_writer_run,
         check: atomic_writer_check,
+        recover: atomic_writer_recover,
     },
     Workload {
         name: "dir_store",
         run: dir_store_run,
         check: dir_store_check,
+        recover: dir_store_recover,
     },
     Workload {
         name: "log_store",
         run: log_store_run,
         check: log_store_check,
+        recover: log_store_recover,
     },
     Workload {
         name: "log_store_growth",
         run: log_store_growth_run,
         check: log_store_check,
+        recover: log_store_recover,
     },
 ];
 
@@ -337,6 +355,18 @@ fn atomic_writer_run(vfs: &SimVfs, rec: &Recorder) {
             },
         )],
     );
+}
+
+fn atomic_writer_recover(vfs: &SimVfs) -> Result<(), String> {
+    let writer = AtomicWriter::with_vfs(vfs.clone());
+    for dir in [FILES, FILES_SUB] {
+        if vfs.read_dir(Path::new(dir)).is_ok() {
+            writer
+                .sweep(Path::new(dir), Duration::ZERO, &ManualClock::new(0))
+                .map_err(|e| format!("sweep {dir}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn atomic_writer_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
@@ -532,6 +562,11 @@ fn dir_store_run(vfs: &SimVfs, rec: &Recorder) {
     store_ops(&store, rec);
 }
 
+fn dir_store_recover(vfs: &SimVfs) -> Result<(), String> {
+    let store = DirStore::builder(DIR_ROOT).vfs(vfs.clone()).open();
+    store.map(drop).map_err(|e| format!("reopen: {e}"))
+}
+
 fn dir_store_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
     let store = DirStore::builder(DIR_ROOT)
         .vfs(vfs.clone())
@@ -631,6 +666,10 @@ fn log_store_growth_run(vfs: &SimVfs, rec: &Recorder) {
     put("g/1", b"small after");
 }
 
+fn log_store_recover(vfs: &SimVfs) -> Result<(), String> {
+    open_log(vfs).map(drop).map_err(|e| format!("reopen: {e}"))
+}
+
 fn log_store_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
     let store = open_log(vfs).map_err(|e| format!("reopen: {e}"))?;
     let abandoned: Vec<_> = vfs
@@ -697,7 +736,7 @@ fn simulate(
     let mut rng = fastrand::Rng::with_seed(seed() ^ name_hash);
     let mut acked_checked = 0;
     let mut violations = Vec::new();
-    let totals = crash::for_each_state(&trace, budget, &mut rng, |state| {
+    let totals = crash::for_each_state(&Image::empty(), &trace, budget, &mut rng, |state| {
         let expected = history.at(state.point);
         let booted = SimVfs::boot(state.image);
         match (workload.check)(&booted, &expected) {
@@ -754,6 +793,152 @@ fn run_workload(name: &str) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Whether `workload`'s recovery, run on a filesystem booted from `image`,
+/// changes anything; returns its trace if so.
+fn recovery_trace(workload: &Workload, image: &Image) -> Option<Vec<Event>> {
+    let rebooted = SimVfs::boot_recording(image.clone());
+    // A recovery that fails is the first-level simulation's to report.
+    (workload.recover)(&rebooted).ok()?;
+    let trace = rebooted.trace();
+    trace
+        .iter()
+        .any(|e| matches!(e, Event::Write { .. } | Event::Dir(_)))
+        .then_some(trace)
+}
+
+/// Like [`simulate`], but crashes again during the recovery of crash states
+/// whose recovery changes anything (at most `recoveries` of them, spread over
+/// the run; only after the first acknowledgement, since a recovery before it
+/// creates the store again, which the first crash covers), and checks the states of that second crash against what the
+/// first crash point allows.
+fn simulate_second_crash(
+    workload: &Workload,
+    first_budget: Budget,
+    second_budget: Budget,
+    recoveries: usize,
+) -> (Outcome, usize) {
+    let vfs = SimVfs::recording();
+    let rec = Recorder::new(&vfs);
+    (workload.run)(&vfs, &rec);
+    let trace = vfs.trace();
+    let history = rec.history.lock().clone();
+    let name_hash = workload
+        .name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+    let first_seed = seed() ^ name_hash;
+    // First pass: how many states have a recovery to interrupt.
+    let mut candidates = 0usize;
+    let mut rng = fastrand::Rng::with_seed(first_seed);
+    crash::for_each_state(&Image::empty(), &trace, first_budget, &mut rng, |first| {
+        let candidate =
+            history.any_acked(first.point) && recovery_trace(workload, &first.image).is_some();
+        candidates += usize::from(candidate);
+        ControlFlow::Continue(())
+    });
+    let stride = candidates.div_ceil(recoveries.max(1)).max(1);
+    let mut second_rng = fastrand::Rng::with_seed(first_seed.rotate_left(17));
+    let offset = second_rng.usize(0..stride);
+    // Second pass, on the same states (same seed): every `stride`-th one.
+    let mut rng = fastrand::Rng::with_seed(first_seed);
+    let mut index = 0;
+    let mut done = 0;
+    let mut totals = Totals::default();
+    let mut acked_checked = 0;
+    let mut violations = Vec::new();
+    crash::for_each_state(&Image::empty(), &trace, first_budget, &mut rng, |first| {
+        if !history.any_acked(first.point) {
+            return ControlFlow::Continue(());
+        }
+        let Some(recovery) = recovery_trace(workload, &first.image) else {
+            return ControlFlow::Continue(());
+        };
+        index += 1;
+        if (index - 1) % stride != offset {
+            return ControlFlow::Continue(());
+        }
+        done += 1;
+        let expected = history.at(first.point);
+        let counted = crash::for_each_state(
+            &first.image,
+            &recovery,
+            second_budget,
+            &mut second_rng,
+            |second| {
+                match (workload.check)(&SimVfs::boot(second.image), &expected) {
+                    Ok(n) => acked_checked += n,
+                    Err(why) => violations.push(format!(
+                        "crash after event {} of {}, then after event {} of {} of its \
+                         recovery: {why}\n    first unflushed: {}\n    then unflushed: {}",
+                        first.point,
+                        trace.len(),
+                        second.point,
+                        recovery.len(),
+                        first.choices,
+                        second.choices
+                    )),
+                }
+                ControlFlow::Continue(())
+            },
+        );
+        totals.crash_points += counted.crash_points;
+        totals.states += counted.states;
+        totals.exhaustive_points += counted.exhaustive_points;
+        ControlFlow::Continue(())
+    });
+    let outcome = Outcome {
+        totals,
+        acked_checked,
+        violations,
+    };
+    (outcome, done)
+}
+
+#[test]
+fn recovery_survives_a_second_power_loss() {
+    let per_point = budget().per_point;
+    let first = Budget {
+        per_point: (per_point / 8).max(2),
+    };
+    let second = Budget {
+        per_point: (per_point / 4).max(2),
+    };
+    for workload in WORKLOADS {
+        let (outcome, recoveries) = simulate_second_crash(workload, first, second, per_point);
+        let t = outcome.totals;
+        println!(
+            "power_loss workload={}_recovery recoveries={recoveries} crash_points={} states={} \
+             exhaustive_points={} acknowledged_checked={} violations={} seed={}",
+            workload.name,
+            t.crash_points,
+            t.states,
+            t.exhaustive_points,
+            outcome.acked_checked,
+            outcome.violations.len(),
+            seed()
+        );
+        assert!(
+            recoveries > 0,
+            "{}: no recovery was interrupted",
+            workload.name
+        );
+        assert!(
+            outcome.violations.is_empty(),
+            "{}: {} violations (JOBSAFE_POWER_LOSS_SEED={} replays), first ones:\n{}",
+            workload.name,
+            outcome.violations.len(),
+            seed(),
+            outcome
+                .violations
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 #[test]
@@ -906,7 +1091,7 @@ fn states_of_a(vfs: &SimVfs, point: usize) -> BTreeSet<Option<Vec<u8>>> {
     let mut seen = BTreeSet::new();
     let mut rng = fastrand::Rng::with_seed(0);
     let budget = Budget { per_point: 10_000 };
-    crash::for_each_state(&vfs.trace(), budget, &mut rng, |state| {
+    crash::for_each_state(&Image::empty(), &vfs.trace(), budget, &mut rng, |state| {
         if state.point == point {
             seen.insert(SimVfs::boot(state.image).contents(Path::new("/d/a")));
         }

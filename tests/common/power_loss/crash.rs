@@ -284,16 +284,20 @@ fn describe(tracker: &Tracker, fates: &[Fate], kept: &[bool]) -> String {
     out
 }
 
-/// Calls `each` with every crash state of `trace` the budget allows, crash
-/// point by crash point, until it breaks; returns the counts.
+/// Calls `each` with every crash state of `trace`, recorded on a filesystem
+/// booted from `base`, that the budget allows, crash point by crash point,
+/// until it breaks; returns the counts.
 pub fn for_each_state(
+    base: &Image,
     trace: &[Event],
     budget: Budget,
     rng: &mut fastrand::Rng,
     mut each: impl FnMut(CrashState) -> ControlFlow<()>,
 ) -> Totals {
-    let mut tracker = Tracker::default();
-    tracker.durable.insert(ROOT, Node::empty(Kind::Dir));
+    let mut tracker = Tracker {
+        durable: base.nodes.clone(),
+        ..Tracker::default()
+    };
     let mut totals = Totals::default();
     for point in 0..=trace.len() {
         if point > 0 {

@@ -264,6 +264,12 @@ impl SimVfs {
         Self::with(image, false)
     }
 
+    /// A filesystem booted from `image` that records a trace: for crashes
+    /// during what runs after a reboot.
+    pub fn boot_recording(image: Image) -> Self {
+        Self::with(image, true)
+    }
+
     fn with(image: Image, record: bool) -> Self {
         let next_ino = image.nodes.keys().max().copied().unwrap_or(ROOT) + 1;
         SimVfs {

@@ -40,7 +40,9 @@
 //! - [`crash::for_each_state`]: from a trace, every crash point (after each
 //!   event) and, at each, every combination of the unflushed changes the model
 //!   allows when there are few, or a seeded random sample of them (always with
-//!   "everything lost" and "everything kept").
+//!   "everything lost" and "everything kept"). A trace recorded on a booted
+//!   crash state ([`SimVfs::boot_recording`](fs::SimVfs::boot_recording))
+//!   gives the states of a second power loss, during recovery.
 //! - [`sites`]: the flush calls in the crate's source, to check that the
 //!   workloads reach every one.
 
