@@ -465,6 +465,8 @@ fn store_ops<S: Store>(store: &S, rec: &Recorder) {
     let long = format!("long/{}/k", "s".repeat(200));
     put(&long, b"under a hashed directory", Expect::Absent);
     delete("c/1", Expect::Any);
+    // Into the directory the delete just emptied (DirStore removes it).
+    put("c/2", b"c2 after c1 went", Expect::Absent);
 
     let start = rec.start();
     let moved = store.quarantine(&key("a/2")).unwrap().unwrap();
