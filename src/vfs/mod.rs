@@ -61,6 +61,12 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
 
     /// Flushes a directory's entries to stable storage (`fsync` on the directory).
+    ///
+    /// Like the file flushes, marked `#[track_caller]`: an implementation can tell
+    /// the flush sites of the crate apart by
+    /// [`Location::caller`](std::panic::Location::caller), which is how the
+    /// power-loss tests check that every flush is needed.
+    #[track_caller]
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
 
     /// The kind, length and modification time of a path, without following a
@@ -153,10 +159,14 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// no timestamp where the system allows.
     fn size(&self) -> io::Result<u64>;
 
-    /// Flushes data and metadata to stable storage (`fsync`).
+    /// Flushes data and metadata to stable storage (`fsync`). `#[track_caller]`,
+    /// as [`Vfs::sync_dir`].
+    #[track_caller]
     fn sync_all(&self) -> io::Result<()>;
 
     /// Flushes data, and metadata only as needed to read it back (`fdatasync`).
+    /// `#[track_caller]`, as [`Vfs::sync_dir`].
+    #[track_caller]
     fn sync_data(&self) -> io::Result<()>;
 
     /// Takes an exclusive advisory lock, waiting for it (`flock(LOCK_EX)`). Locks

@@ -8,6 +8,7 @@ pub mod backends;
 pub mod child;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod power_loss;
 pub mod relay;
 
 use std::ffi::OsString;

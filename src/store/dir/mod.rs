@@ -356,6 +356,8 @@ impl<V: Vfs> DirStore<V> {
     /// Makes `dir`'s entries durable. If a concurrent delete pruned `dir` (it was
     /// empty then), syncing the nearest ancestor that still exists makes that removal,
     /// and so the removal of everything that was in it, durable instead.
+    /// `#[track_caller]`: the flush site a test layer sees is the caller's.
+    #[track_caller]
     fn sync_dir(&self, dir: &Path) -> Result<()> {
         if self.writer().durability_level() != Durability::Full {
             return Ok(());
