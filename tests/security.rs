@@ -13,6 +13,7 @@ mod common;
 
 use std::env;
 use std::fs;
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -143,5 +144,238 @@ fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> Test
     }
     // Stripes alone are 64 locks; the point is that the walk saw the store.
     assert!(checked > 64, "only {checked} paths checked");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Keys cannot name a path outside the store
+// ---------------------------------------------------------------------------------
+
+/// Segments that would climb out of a naive store or name an absolute path.
+const ESCAPING_SEGMENTS: [&str; 8] = [
+    "..",
+    "../../outside",
+    "/",
+    "/etc/passwd",
+    "a/../../b",
+    "..\\..\\outside",
+    "lic:abc123",
+    ".",
+];
+
+#[test]
+fn no_key_names_a_path_outside_a_dirstore() -> TestResult {
+    let dir = tempdir()?;
+    let root = dir.path().join("store");
+    let store = DirStore::open(&root)?;
+    for (i, segment) in ESCAPING_SEGMENTS.iter().enumerate() {
+        for key in [
+            Key::new([*segment])?,
+            Key::new([*segment, *segment])?,
+            Key::new(["jobs", segment, "x"])?,
+        ] {
+            let path = store.path_of(&key);
+            // Lexically inside, with no component that climbs or restarts.
+            assert!(
+                path.starts_with(&root),
+                "{key:?} maps to {}",
+                path.display()
+            );
+            let below = path.strip_prefix(&root)?;
+            assert!(
+                below
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                "{key:?} maps to {}",
+                path.display()
+            );
+            store.put(&key, format!("{i}").as_bytes(), Expect::Any)?;
+            assert_eq!(store.get(&key)?.unwrap().value, format!("{i}").as_bytes());
+        }
+    }
+    // Nothing appeared beside the store.
+    let beside: Vec<_> = fs::read_dir(dir.path())?.collect();
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Symlinks planted inside a store are not followed for writes
+// ---------------------------------------------------------------------------------
+
+/// A store directory, and a directory outside it that planted symlinks point to.
+struct Planted {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+}
+
+impl Planted {
+    fn new() -> Self {
+        let dir = tempdir().unwrap();
+        let root = dir.path().join("store");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        Planted {
+            _dir: dir,
+            root,
+            outside,
+        }
+    }
+
+    /// The names in the outside directory, recursively, with their contents.
+    fn outside_contents(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut found: Vec<_> = walk(&self.outside)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_subdirectory_is_not_followed_by_a_put() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let first = Key::new(["jobs", "a"])?;
+    store.put(&first, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&first).parent().unwrap().to_path_buf();
+    store.delete(&first, Expect::Any)?;
+    assert!(!jobs_dir.exists(), "an emptied directory is pruned");
+    symlink(&p.outside, &jobs_dir)?;
+
+    let err = store
+        .put(&Key::new(["jobs", "b"])?, b"2", Expect::Absent)
+        .unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(
+        err.to_string().contains(&*jobs_dir.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(p.outside_contents(), vec![]);
+    // The symlink itself is left for an operator to look at.
+    assert!(fs::symlink_metadata(&jobs_dir)?.file_type().is_symlink());
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_an_outer_dirstore_subdirectory_is_not_followed_into_a_real_one()
+-> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let deep = Key::new(["jobs", "lic:abc", "1"])?;
+    store.put(&deep, b"1", Expect::Absent)?;
+    let inner_dir = store.path_of(&deep).parent().unwrap().to_path_buf();
+    let outer_dir = inner_dir.parent().unwrap().to_path_buf();
+    // Outside holds a directory of the same name as the store's inner one, so
+    // that a check of the record's own directory alone would pass.
+    let moved = p.outside.join(inner_dir.file_name().unwrap());
+    fs::rename(&inner_dir, &moved)?;
+    fs::remove_dir(&outer_dir)?;
+    symlink(&p.outside, &outer_dir)?;
+    let before = p.outside_contents();
+
+    let put = store.put(&Key::new(["jobs", "lic:abc", "2"])?, b"2", Expect::Any);
+    let delete = store.delete(&deep, Expect::Any);
+    let quarantine = store.quarantine(&deep);
+
+    for (what, failed) in [
+        ("put", put.err()),
+        ("delete", delete.err()),
+        ("quarantine", quarantine.err()),
+    ] {
+        let err = failed.unwrap_or_else(|| panic!("{what} went through the symlink"));
+        assert!(err.is_corrupt(), "{what}: {err}");
+    }
+    assert_eq!(p.outside_contents(), before, "files outside changed");
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_a_record_path_is_replaced_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let record = store.path_of(&key);
+
+    // Pointing at a file outside: the record reads as corrupt and nothing is written.
+    let victim = p.outside.join("victim");
+    fs::write(&victim, b"precious")?;
+    fs::remove_file(&record)?;
+    symlink(&victim, &record)?;
+    let err = store.put(&key, b"2", Expect::Any).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert_eq!(fs::read(&victim)?, b"precious");
+
+    // Dangling: the record is absent; a put replaces the link with a regular file
+    // and creates nothing where it pointed.
+    let nowhere = p.outside.join("nowhere");
+    fs::remove_file(&record)?;
+    symlink(&nowhere, &record)?;
+    assert_eq!(store.get(&key)?, None);
+    store.put(&key, b"3", Expect::Absent)?;
+    assert!(fs::symlink_metadata(&record)?.file_type().is_file());
+    assert!(!nowhere.exists());
+    assert_eq!(store.get(&key)?.unwrap().value, b"3");
+    assert_eq!(fs::read(&victim)?, b"precious");
+    Ok(())
+}
+
+#[test]
+fn a_record_path_replaced_by_a_directory_is_an_error_naming_it() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let record = store.path_of(&key);
+    fs::remove_file(&record)?;
+    fs::create_dir(&record)?;
+    fs::write(record.join("inside"), b"x")?;
+
+    for err in [
+        store.get(&key).unwrap_err(),
+        store.put(&key, b"2", Expect::Any).unwrap_err(),
+        store.delete(&key, Expect::Any).unwrap_err(),
+    ] {
+        assert!(
+            err.to_string().contains(&*record.to_string_lossy()),
+            "{err}"
+        );
+    }
+    assert_eq!(fs::read(record.join("inside"))?, b"x");
+    Ok(())
+}
+
+#[test]
+fn sweeping_a_dirstore_does_not_follow_a_planted_directory_symlink() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    // A name the sweep would take for an old temp file, in the outside directory.
+    let bait = p
+        .outside
+        .join(format!(".x.0000000000000000{}", jobsafe::TEMP_SUFFIX));
+    fs::write(&bait, b"not yours")?;
+    let data = store
+        .path_of(&key)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    symlink(&p.outside, data.join("planted.d"))?;
+
+    let far_future = jobsafe::ManualClock::new(u64::MAX / 4);
+    store.sweep_temp_files(std::time::Duration::ZERO, &far_future)?;
+
+    assert_eq!(fs::read(&bait)?, b"not yours");
     Ok(())
 }

@@ -164,8 +164,13 @@ pub(super) fn all_dirs<V: Vfs>(vfs: &V, layout: &Layout) -> Result<Vec<PathBuf>>
             Err(e) => return Err(Error::io("read directory", dir, e)),
         };
         for name in names {
-            if name.to_string_lossy().ends_with(DIR_SUFFIX) {
-                pending.push(dir.join(name));
+            let sub = dir.join(name);
+            // Only real directories: a symlink planted in the store could lead the
+            // sweep to remove files elsewhere.
+            if sub.to_string_lossy().ends_with(DIR_SUFFIX)
+                && vfs.metadata(&sub).is_ok_and(|m| m.kind == FileKind::Dir)
+            {
+                pending.push(sub);
             }
         }
         dirs.push(dir);
