@@ -16,8 +16,9 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
-use jobsafe::vfs::DIR_MODE;
+use jobsafe::vfs::{DIR_MODE, FileInfo, StdVfs, Vfs};
 use jobsafe::{
     AtomicWriter, Batch, DEFAULT_MODE, DirStore, Expect, Key, LogStore, Store, write_atomic,
 };
@@ -377,5 +378,185 @@ fn sweeping_a_dirstore_does_not_follow_a_planted_directory_symlink() -> TestResu
     store.sweep_temp_files(std::time::Duration::ZERO, &far_future)?;
 
     assert_eq!(fs::read(&bait)?, b"not yours");
+    Ok(())
+}
+
+/// A LogStore at `root` with one record, closed again.
+fn log_store_with_a_record(root: &Path) -> TestResult {
+    let store = LogStore::open(root)?;
+    store.put(&Key::new(["jobs", "a"])?, b"1", Expect::Absent)?;
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_the_logstore_journal_is_not_written_through() -> TestResult {
+    let p = Planted::new();
+    log_store_with_a_record(&p.root)?;
+    // A valid journal outside (a copy of the store's own), the journal a symlink to it.
+    let journal = p.root.join("journal");
+    let outside_journal = p.outside.join("journal");
+    fs::copy(&journal, &outside_journal)?;
+    fs::remove_file(&journal)?;
+    symlink(&outside_journal, &journal)?;
+    let before = p.outside_contents();
+
+    let err = LogStore::open(&p.root).unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(
+        err.to_string().contains(&*journal.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(p.outside_contents(), before);
+    Ok(())
+}
+
+#[test]
+fn dangling_symlinks_planted_at_logstore_lock_files_create_nothing_outside() -> TestResult {
+    for name in ["lock", "compact.lock"] {
+        let p = Planted::new();
+        log_store_with_a_record(&p.root)?;
+        let lock = p.root.join(name);
+        fs::remove_file(&lock)?;
+        let target = p.outside.join("created-through-the-link");
+        symlink(&target, &lock)?;
+
+        let err = LogStore::open(&p.root).unwrap_err();
+
+        assert!(err.is_corrupt(), "{name}: {err}");
+        assert!(!target.exists(), "{name}: a file was created outside");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_the_logstore_quarantine_directory_is_not_followed() -> TestResult {
+    let p = Planted::new();
+    let store = LogStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    symlink(&p.outside, p.root.join("quarantine"))?;
+
+    assert!(store.quarantine(&key).is_err());
+
+    assert_eq!(p.outside_contents(), vec![]);
+    assert_eq!(store.get(&key)?.unwrap().value, b"1", "the record stays");
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_stripe_lock_creates_nothing_outside() -> TestResult {
+    let p = Planted::new();
+    drop(DirStore::open(&p.root)?);
+    let lock = p.root.join("stripes").join("00.lock");
+    fs::remove_file(&lock)?;
+    let target = p.outside.join("created-through-the-link");
+    symlink(&target, &lock)?;
+
+    let err = DirStore::open(&p.root).unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(!target.exists());
+    Ok(())
+}
+
+/// A [`Vfs`] on the real filesystem that, the first time it is asked to create a
+/// temp file, plants a symlink at exactly that path first: the attacker who guessed
+/// the random name.
+#[derive(Clone, Debug)]
+struct PlantingVfs {
+    victim: PathBuf,
+    planted: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+impl Vfs for PlantingVfs {
+    type File = fs::File;
+
+    fn create_new(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
+        let is_temp = path.to_string_lossy().ends_with(jobsafe::TEMP_SUFFIX);
+        let mut planted = self.planted.lock().unwrap();
+        if is_temp && planted.is_empty() {
+            symlink(&self.victim, path)?;
+            planted.push(path.to_path_buf());
+        }
+        drop(planted);
+        StdVfs.create_new(path, mode)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<fs::File> {
+        StdVfs.open_read(path)
+    }
+    fn open_or_create(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
+        StdVfs.open_or_create(path, mode)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.rename(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        StdVfs.read_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.sync_dir(path)
+    }
+    fn metadata(&self, path: &Path) -> std::io::Result<FileInfo> {
+        StdVfs.metadata(path)
+    }
+}
+
+impl PlantingVfs {
+    fn new(victim: PathBuf) -> Self {
+        PlantingVfs {
+            victim,
+            planted: Arc::default(),
+        }
+    }
+
+    fn planted(&self) -> Vec<PathBuf> {
+        self.planted.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_temp_file_path_is_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let victim = p.outside.join("victim");
+    fs::write(&victim, b"precious")?;
+    let victim_mode = mode_of(&victim)?;
+    fs::create_dir(&p.root)?;
+
+    // The writer alone, and a DirStore writing its records through it.
+    let vfs = PlantingVfs::new(victim.clone());
+    let target = p.root.join("file");
+    AtomicWriter::with_vfs(vfs.clone()).write(&target, b"new")?;
+    assert_eq!(fs::read(&target)?, b"new");
+    assert_eq!(vfs.planted().len(), 1, "no temp file was created");
+
+    let vfs = PlantingVfs::new(victim.clone());
+    let store = DirStore::builder(p.root.join("dirstore"))
+        .vfs(vfs.clone())
+        .open()?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"record", Expect::Absent)?;
+    assert_eq!(store.get(&key)?.unwrap().value, b"record");
+    assert_eq!(vfs.planted().len(), 1, "no temp file was created");
+
+    // O_EXCL refused the planted names; the writer took fresh ones.
+    assert_eq!(fs::read(&victim)?, b"precious");
+    assert_eq!(
+        mode_of(&victim)?,
+        victim_mode,
+        "the writer's fchmod reached it"
+    );
     Ok(())
 }

@@ -72,8 +72,7 @@ impl Layout {
         }
         for stripe in 0..stripes::STRIPES {
             let path = stripes::lock_path(&layout.stripes, stripe);
-            vfs.open_or_create(&path, 0o600)
-                .at("create stripe lock", &path)?;
+            crate::store::open_own_file(vfs, &path, 0o600, "create stripe lock")?;
         }
         vfs.sync_dir(&layout.stripes)
             .at("fsync directory", &layout.stripes)?;
