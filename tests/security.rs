@@ -17,10 +17,12 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jobsafe::vfs::{DIR_MODE, FileInfo, StdVfs, Vfs};
 use jobsafe::{
-    AtomicWriter, Batch, DEFAULT_MODE, DirStore, Expect, Key, LogStore, Store, write_atomic,
+    AtomicWriter, Batch, DEFAULT_MODE, DirStore, Expect, Key, LogStore, MemStore, Store,
+    write_atomic,
 };
 use tempfile::tempdir;
 
@@ -558,5 +560,118 @@ fn a_symlink_planted_at_a_temp_file_path_is_never_written_through() -> TestResul
         victim_mode,
         "the writer's fchmod reached it"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Internal error messages never reach a client
+// ---------------------------------------------------------------------------------
+
+/// Text every internal failure below carries, and that no client may see.
+const SECRET: &str = "/srv/secret/asr-3.internal";
+
+/// Everything a client of job `id` can be shown: its client view and its events
+/// (what an SSE stream replays), as JSON.
+fn client_facing<S: Store>(jobs: &jobsafe::JobState<S>, id: &str) -> String {
+    let view = jobs.client_view(id).unwrap().unwrap();
+    let events = jobs.events_since(id, 0).unwrap().events;
+    format!(
+        "{}\n{}",
+        serde_json::to_string(&view).unwrap(),
+        serde_json::to_string(&events).unwrap()
+    )
+}
+
+#[test]
+fn internal_failures_of_pipeline_stages_never_reach_the_client_face() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock, dir.path())
+        .stage("work", |ctx| {
+            let mode = ctx.job().metadata["mode"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            match mode.as_str() {
+                // `?` on an I/O error whose text names a path.
+                "io" => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{SECRET}: permission denied"),
+                ))?,
+                // The same, transient: the job is requeued with a retry time.
+                "io-transient" => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{SECRET}: timed out"),
+                ))?,
+                // `?` on a jobsafe error naming the job's own directory.
+                "crate" => {
+                    ctx.read("never-written.txt")?;
+                }
+                // A bug.
+                "panic" => panic!("index out of bounds in {SECRET}"),
+                other => panic!("unknown mode {other}"),
+            }
+            Ok(())
+        })
+        .build()?;
+
+    for mode in ["io", "io-transient", "crate", "panic"] {
+        let job = pipeline.enqueue("s", jobsafe::NewJob::new("k").meta("mode", mode))?;
+        let report = pipeline.run_job(&job.id)?;
+        let error = match &report.outcome {
+            jobsafe::RunOutcome::Failed { error, .. }
+            | jobsafe::RunOutcome::RetryScheduled { error, .. } => error.clone(),
+            other => panic!("{mode}: {other:?}"),
+        };
+        // The operator's face has the details (so the check below means something)...
+        let internal = error.internal_message().to_owned();
+        let detail = if mode == "crate" {
+            dir.path().to_string_lossy().into_owned()
+        } else {
+            SECRET.to_owned()
+        };
+        assert!(internal.contains(&detail), "{mode}: {internal}");
+        // ...the client's face has none of them.
+        assert_eq!(
+            error.client_message(),
+            jobsafe::DEFAULT_CLIENT_MESSAGE,
+            "{mode}"
+        );
+        let shown = client_facing(pipeline.jobs(), &job.id);
+        assert!(
+            shown.contains(jobsafe::DEFAULT_CLIENT_MESSAGE),
+            "{mode}: {shown}"
+        );
+        for hidden in [
+            SECRET,
+            &*dir.path().to_string_lossy(),
+            "permission",
+            "panicked",
+        ] {
+            assert!(
+                !shown.contains(hidden),
+                "{mode}: {hidden:?} shown in {shown}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_worker_lost_by_recovery_shows_clients_no_internal_detail() -> TestResult {
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    let jobs = jobsafe::JobState::new(MemStore::new(), clock.clone());
+    let job = jobs.create(jobsafe::NewJob::new("k"))?;
+    let worker = jobs.start(&job.id, None)?;
+    jobs.progress(&worker, "step 1")?;
+    clock.advance(Duration::from_secs(3600));
+
+    jobs.recover(Duration::from_secs(60), jobsafe::Recovery::Fail)?;
+
+    let record = jobs.get(&job.id)?.unwrap();
+    assert_eq!(record.status, jobsafe::JobStatus::Failed);
+    let internal = record.error.unwrap().internal_message().to_owned();
+    let shown = client_facing(&jobs, &job.id);
+    assert!(!shown.contains(&internal), "{internal:?} shown in {shown}");
     Ok(())
 }
