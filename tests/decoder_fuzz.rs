@@ -446,6 +446,24 @@ fn open_log(root: &Path) -> jobsafe::Result<LogStore> {
         .open()
 }
 
+#[test]
+fn every_bit_flip_of_a_logstore_file_header_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let good = log_store_template(&root);
+    for at in 0..32 {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at] ^= 1 << bit;
+            fs::write(root.join("journal"), &bad).unwrap();
+            match open_log(&root) {
+                Err(e) => assert!(e.is_corrupt(), "{e}"),
+                Ok(_) => panic!("flip of bit {bit} of header byte {at} went unnoticed"),
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(fs_config())]
 
