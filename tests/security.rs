@@ -675,3 +675,107 @@ fn a_worker_lost_by_recovery_shows_clients_no_internal_detail() -> TestResult {
     assert!(!shown.contains(&internal), "{internal:?} shown in {shown}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// Symlinks planted in a pipeline's artifact directories
+// ---------------------------------------------------------------------------------
+
+type Pipe = jobsafe::Pipeline<MemStore>;
+
+/// A one-stage pipeline writing `out.txt` into the job's directory and
+/// `shared.txt` into the subject's, with artifacts under `root`.
+fn pipeline_at(root: &Path) -> Pipe {
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    jobsafe::Pipeline::builder(MemStore::new(), clock, root)
+        .stage("work", |ctx| {
+            ctx.write("out.txt", b"artifact")?;
+            ctx.write_shared("shared.txt", b"shared")?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+}
+
+/// The run did not complete: it failed the job, or returned an error naming
+/// `link` or the directory it is in.
+fn assert_refused_naming(ran: jobsafe::Result<jobsafe::RunReport>, link: &Path) {
+    match ran {
+        Ok(report) => assert!(
+            !matches!(report.outcome, jobsafe::RunOutcome::Completed),
+            "{:?}",
+            report.outcome
+        ),
+        Err(e) => {
+            assert!(e.is_corrupt(), "{e}");
+            // The link itself, or the `jobs/` directory it is in.
+            let named = link
+                .ancestors()
+                .take(2)
+                .any(|dir| e.to_string().contains(&*dir.to_string_lossy()));
+            assert!(named, "{e}");
+        }
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_job_directory_is_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    fs::create_dir_all(pipeline.job_dir(&job.id).parent().unwrap())?;
+    symlink(&p.outside, pipeline.job_dir(&job.id))?;
+
+    let ran = pipeline.run_job(&job.id);
+
+    assert_refused_naming(ran, &pipeline.job_dir(&job.id));
+    assert_eq!(p.outside_contents(), vec![]);
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_above_a_job_directory_is_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    let job_dir = pipeline.job_dir(&job.id);
+    // `jobs/` is a symlink to a directory that has one of the job's name.
+    fs::create_dir(&p.root)?;
+    symlink(&p.outside, job_dir.parent().unwrap())?;
+    fs::create_dir(p.outside.join(job_dir.file_name().unwrap()))?;
+
+    let ran = pipeline.run_job(&job.id);
+
+    assert_refused_naming(ran, &pipeline.job_dir(&job.id));
+    assert_eq!(p.outside_contents(), vec![]);
+    Ok(())
+}
+
+#[test]
+fn deleting_a_job_whose_directory_is_a_planted_symlink_removes_nothing_outside() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+    let job_dir = pipeline.job_dir(&job.id);
+    // Files outside, under the names the job wrote, and a symlink to them.
+    fs::write(p.outside.join("out.txt"), b"precious")?;
+    fs::write(p.outside.join("other"), b"precious")?;
+    fs::remove_file(job_dir.join("out.txt"))?;
+    fs::remove_dir(&job_dir)?;
+    symlink(&p.outside, &job_dir)?;
+    let before = p.outside_contents();
+
+    let deleted = pipeline.delete(&job.id);
+
+    assert_eq!(p.outside_contents(), before);
+    // The job is gone, its directory entry with it (the link, not what it named),
+    // or the deletion was refused with an error naming the link.
+    match deleted {
+        Ok(deletion) => {
+            assert_eq!(deletion, jobsafe::Deletion::Removed);
+            assert!(fs::symlink_metadata(&job_dir).is_err());
+        }
+        Err(e) => assert!(e.to_string().contains(&*job_dir.to_string_lossy()), "{e}"),
+    }
+    Ok(())
+}
