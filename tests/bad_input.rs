@@ -900,3 +900,176 @@ fn is_root() -> bool {
     let probe = tempfile::NamedTempFile::new().unwrap();
     probe.as_file().metadata().unwrap().uid() == 0
 }
+
+/// What the stage of [`pipeline_with_clock_jumps`] does on its next run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Jump {
+    None,
+    /// Writes one artifact, moves the clock forward by hours, writes another.
+    ForwardMidStage,
+    /// Moves the clock back by hours, then has a second runner try the same
+    /// subject.
+    BackMidStage,
+}
+
+struct JumpingPipeline {
+    _dir: tempfile::TempDir,
+    pipeline: jobsafe::Pipeline<MemStore>,
+    clock: Arc<ManualClock>,
+    next: Arc<std::sync::Mutex<Jump>>,
+    /// What the second runner got, in `BackMidStage`.
+    rival: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+fn pipeline_with_clock_jumps() -> JumpingPipeline {
+    let dir = tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let next = Arc::new(std::sync::Mutex::new(Jump::None));
+    let rival = Arc::new(std::sync::Mutex::new(None));
+    let me: Arc<std::sync::OnceLock<jobsafe::Pipeline<MemStore>>> = Arc::default();
+    let (stage_clock, stage_next, stage_rival, stage_me) =
+        (clock.clone(), next.clone(), rival.clone(), me.clone());
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock.clone(), dir.path())
+        .lease(Duration::from_secs(60))
+        // No keep-alive thread: the test alone moves time and renews nothing.
+        .renew_every(None)
+        .stage("work", move |ctx| {
+            let jump = std::mem::replace(&mut *stage_next.lock().unwrap(), Jump::None);
+            ctx.write("first.txt", b"1")?;
+            match jump {
+                Jump::None => {}
+                Jump::ForwardMidStage => stage_clock.advance(3 * HOUR),
+                Jump::BackMidStage => {
+                    stage_clock.set(START_MS - 3 * 3_600_000);
+                    let other = stage_me.get().unwrap();
+                    let job = other.enqueue("s", NewJob::new("rival"))?;
+                    let outcome = other.run_job(&job.id).map(|r| format!("{:?}", r.outcome));
+                    *stage_rival.lock().unwrap() = Some(format!("{outcome:?}"));
+                }
+            }
+            ctx.write("second.txt", b"2")?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    me.set(pipeline.clone()).ok();
+    JumpingPipeline {
+        _dir: dir,
+        pipeline,
+        clock,
+        next,
+        rival,
+    }
+}
+
+#[test]
+fn a_clock_jumping_forward_mid_stage_stops_the_runner_before_its_next_write() -> TestResult {
+    let t = pipeline_with_clock_jumps();
+    let job = t.pipeline.enqueue("s", NewJob::new("k"))?;
+    *t.next.lock().unwrap() = Jump::ForwardMidStage;
+
+    let report = t.pipeline.run_job(&job.id)?;
+
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::LostLease { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let job_dir = t.pipeline.job_dir(&job.id);
+    assert!(job_dir.join("first.txt").exists());
+    assert!(
+        !job_dir.join("second.txt").exists(),
+        "written after the lease ended"
+    );
+    assert_ne!(
+        t.pipeline.jobs().get(&job.id)?.unwrap().status,
+        JobStatus::Complete
+    );
+
+    // Back by hours, to before the lost lease ended: nothing un-loses it, and
+    // the job is finished by a fresh run later.
+    t.clock.set(START_MS);
+    t.clock.advance(3 * HOUR);
+    let report = t.pipeline.run_job(&job.id)?;
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    assert!(job_dir.join("second.txt").exists());
+    Ok(())
+}
+
+#[test]
+fn a_clock_jumping_back_mid_stage_hands_the_subject_to_no_second_runner() -> TestResult {
+    let t = pipeline_with_clock_jumps();
+    let job = t.pipeline.enqueue("s", NewJob::new("k"))?;
+    *t.next.lock().unwrap() = Jump::BackMidStage;
+
+    let report = t.pipeline.run_job(&job.id)?;
+
+    // The runner's lease did not end when time went back: it finished its work,
+    // and the rival found the subject busy.
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    let rival = t.rival.lock().unwrap().clone().unwrap();
+    assert!(rival.contains("Busy"), "the second runner got {rival}");
+    Ok(())
+}
+
+#[test]
+fn extreme_times_and_durations_saturate_instead_of_overflowing() -> TestResult {
+    let late = u64::MAX - 5;
+    let clock = Arc::new(ManualClock::new(late));
+    let store = Arc::new(MemStore::new());
+
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let Acquire::Acquired(guard) =
+        locks.acquire(&Key::new(["l"])?, Duration::MAX, &LockRequest::new())?
+    else {
+        panic!("free lock held");
+    };
+    assert_eq!(guard.record().expires_ms, u64::MAX);
+    assert_eq!(guard.remaining(), Duration::from_millis(5));
+
+    let ledger = JobLedger::new(store.clone(), clock.clone()).ttl(Duration::MAX);
+    let Reserve::New(reservation) = ledger.reserve("a", "j", &ChargeRequest::new())? else {
+        panic!("new job id not new");
+    };
+    assert_eq!(reservation.expires_ms, u64::MAX);
+    assert_eq!(ledger.purge_expired(Duration::MAX)?, 0);
+
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k"))?;
+    let worker = jobs.start(&job.id, None)?;
+    jobs.fail(
+        &worker,
+        JobError::new("busy"),
+        Failure::Transient {
+            retry_at_ms: u64::MAX,
+        },
+    )?;
+    assert!(jobs.recover(Duration::MAX, Recovery::Requeue)?.is_empty());
+    assert_eq!(jobs.purge(Duration::MAX, Duration::MAX)?.total(), 0);
+
+    let unbounded = jobsafe::RetryPolicy::default()
+        .first_delay(Duration::MAX)
+        .max_delay(Duration::MAX);
+    for policy in [jobsafe::RetryPolicy::default(), unbounded] {
+        for failures in [0, 1, 63, 64, 65, u32::MAX] {
+            assert!(policy.delay_for(failures) <= policy.ceiling_for(failures));
+        }
+    }
+
+    // A sweep whose clock is before every file time, or at the end of time.
+    let dir = tempdir()?;
+    jobsafe::AtomicWriter::new().write(dir.path().join("f"), b"x")?;
+    for now in [0, u64::MAX] {
+        jobsafe::AtomicWriter::new().sweep(dir.path(), Duration::MAX, &ManualClock::new(now))?;
+    }
+    guard.release()?;
+    Ok(())
+}

@@ -83,6 +83,11 @@ fn create_everything(dir: &Path) -> TestResult {
     AtomicWriter::new()
         .no_clobber(true)
         .write(dir.join("writer").join("new"), b"n")?;
+    // A pipeline's artifact directories and files, from a root it creates.
+    let pipeline = pipeline_at(&dir.join("artifacts"));
+    let job = pipeline.enqueue("session-1", jobsafe::NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+
     // A plain create under the same umask, to prove the umask was in force.
     fs::write(dir.join("control"), b"c")?;
     Ok(())
@@ -118,7 +123,7 @@ fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> Test
     );
 
     let mut checked = 0;
-    for root in ["dirstore", "logstore", "writer"] {
+    for root in ["dirstore", "logstore", "writer", "artifacts"] {
         let root = dir.path().join(root);
         let mut paths = walk(&root);
         if root.ends_with("writer") {
@@ -127,6 +132,8 @@ fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> Test
         } else {
             paths.push(root.clone());
         }
+        let files = paths.iter().filter(|p| p.is_file()).count();
+        assert!(files >= 2, "{} holds {files} files", root.display());
         for path in paths {
             let meta = fs::symlink_metadata(&path)?;
             let (kind, want) = if meta.is_dir() {
