@@ -786,3 +786,24 @@ fn deleting_a_job_whose_directory_is_a_planted_symlink_removes_nothing_outside()
     }
     Ok(())
 }
+
+#[test]
+fn symlinks_planted_at_a_dirstores_own_directories_are_refused_at_open() -> TestResult {
+    for name in ["data", "stripes", "journal", "quarantine"] {
+        let p = Planted::new();
+        drop(DirStore::open(&p.root)?);
+        let planted = p.root.join(name);
+        fs::rename(&planted, p.outside.join(name))?;
+        symlink(p.outside.join(name), &planted)?;
+        let before = p.outside_contents();
+
+        let err = DirStore::open(&p.root).unwrap_err();
+
+        assert!(
+            err.to_string().contains(&*planted.to_string_lossy()),
+            "{name}: {err}"
+        );
+        assert_eq!(p.outside_contents(), before, "{name}");
+    }
+    Ok(())
+}
