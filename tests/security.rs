@@ -807,3 +807,26 @@ fn symlinks_planted_at_a_dirstores_own_directories_are_refused_at_open() -> Test
     }
     Ok(())
 }
+
+#[test]
+fn a_symlink_planted_in_a_dirstore_is_reported_by_list_never_walked() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    symlink(&jobs_dir, jobs_dir.join("loop.d"))?;
+
+    // A loop, which a walk that followed it would take for keys ever deeper.
+    for prefix in [
+        jobsafe::Prefix::all(),
+        jobsafe::Prefix::new(["jobs", "loop"])?,
+    ] {
+        let err = store.list_all(&prefix).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("loop.d"), "{err}");
+    }
+    let swept = store.sweep_temp_files(Duration::ZERO, &jobsafe::ManualClock::new(0));
+    assert!(swept.is_ok(), "{swept:?}");
+    Ok(())
+}

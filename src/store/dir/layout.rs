@@ -171,14 +171,21 @@ impl Layout {
     /// outside the store through a planted symlink.
     pub(super) fn check_parents<V: Vfs>(&self, vfs: &V, key: &Key) -> Result<()> {
         let segments = key.segments();
+        self.check_dirs(vfs, &segments[..segments.len() - 1])
+            .map(|_| ())
+    }
+
+    /// Whether the directory of the keys extending `segments` exists, checking
+    /// every directory on the way as [`is_store_dir`] does.
+    pub(super) fn check_dirs<V: Vfs>(&self, vfs: &V, segments: &[String]) -> Result<bool> {
         let mut dir = self.data.clone();
-        for segment in &segments[..segments.len() - 1] {
+        for segment in segments {
             dir.push(format!("{}{DIR_SUFFIX}", naming::encode(segment)));
             if !is_store_dir(vfs, &dir)? {
-                return Ok(());
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Where a record file moved aside goes: unique, and named after the original.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::layout::Layout;
+use super::layout::{Layout, is_store_dir};
 use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::record_file;
 use crate::error::{Error, IoContext, Result};
@@ -40,7 +40,9 @@ pub(super) fn list<V: Vfs>(
         want,
         keys,
     };
-    walker.walk(&layout.dir_path(p), &mut p.to_vec())?;
+    if layout.check_dirs(vfs, p)? {
+        walker.walk(&layout.dir_path(p), &mut p.to_vec())?;
+    }
     let mut keys = walker.keys;
     let next = if keys.len() > limit {
         keys.truncate(limit);
@@ -85,6 +87,11 @@ impl<V: Vfs> Walker<'_, V> {
                 }
             } else if let Some(stem) = name.strip_suffix(DIR_SUFFIX) {
                 let sub = dir.join(name);
+                // A symlink here is reported, never walked: what it names is
+                // not the store's.
+                if !is_store_dir(self.vfs, &sub)? {
+                    continue;
+                }
                 if let Some(segment) = self.dir_segment(stem, &sub)? {
                     slots.entry(segment).or_default().dir = Some(sub);
                 }

@@ -64,7 +64,8 @@ use crate::vfs::{StdVfs, Vfs};
 /// until it is reopened. Directories are created with mode `0o700` and files
 /// with `0o600`, whatever the umask. A symlink (or a file) found where a
 /// directory of the store belongs is [`Error::CorruptFile`] naming it: puts,
-/// deletes, quarantines and sweeps never follow it out of the store.
+/// deletes, quarantines and listings never follow it out of the store (a sweep
+/// skips it).
 ///
 /// # Limitations
 ///
