@@ -101,10 +101,15 @@ fn arbitrary_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn fs_config() -> ProptestConfig {
-    // Each case creates files: fewer cases than the in-memory decoders get.
+    // Each case creates a store on disk: fewer cases than the in-memory decoders
+    // get, unless PROPTEST_CASES asks for a longer run.
+    let config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        return config;
+    }
     ProptestConfig {
         cases: 64,
-        ..ProptestConfig::default()
+        ..config
     }
 }
 
