@@ -1073,3 +1073,52 @@ fn extreme_times_and_durations_saturate_instead_of_overflowing() -> TestResult {
     guard.release()?;
     Ok(())
 }
+
+#[test]
+fn a_checkpoint_with_unknown_fields_still_lets_its_stage_be_skipped() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fail_second = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (r1, r2, f2) = (runs.clone(), runs.clone(), fail_second.clone());
+    let pipeline = jobsafe::Pipeline::builder(store.clone(), clock, dir.path())
+        .stage("first", move |ctx| {
+            r1.lock().unwrap().push("first");
+            ctx.write("first.txt", b"1")?;
+            Ok(())
+        })
+        .stage("second", move |_| {
+            r2.lock().unwrap().push("second");
+            if f2.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(jobsafe::StageError::permanent("no"));
+            }
+            Ok(())
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+    let checkpoint = Key::new(["pipeline", "checkpoint", job.id.as_str(), "first"])?;
+    add_future_fields(&*store, &checkpoint, None);
+    // And one inside its first artifact.
+    let mut record = raw(&*store, &checkpoint);
+    record["artifacts"][0]["nested_later"] = json!(1);
+    store.put(&checkpoint, &serde_json::to_vec(&record)?, Expect::Any)?;
+
+    fail_second.store(false, std::sync::atomic::Ordering::SeqCst);
+    pipeline.retry(&job.id)?;
+    let report = pipeline.run_job(&job.id)?;
+
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.skipped(), ["first"]);
+    assert_eq!(*runs.lock().unwrap(), ["first", "second", "second"]);
+    // Skipped, so not rewritten: the newer version's fields are all still there.
+    let after = raw(&*store, &checkpoint);
+    assert_eq!(after["added_later"], json!({"by": "v2", "list": [1, 2]}));
+    assert_eq!(after["artifacts"][0]["nested_later"], json!(1));
+    Ok(())
+}
