@@ -1122,3 +1122,30 @@ fn a_checkpoint_with_unknown_fields_still_lets_its_stage_be_skipped() -> TestRes
     assert_eq!(after["artifacts"][0]["nested_later"], json!(1));
     Ok(())
 }
+
+#[test]
+fn a_shortened_directory_whose_segment_file_is_damaged_is_reported_by_list() -> TestResult {
+    let dir = tempdir()?;
+    let store = DirStore::open(dir.path().join("store"))?;
+    let long = "L".repeat(400);
+    let key = Key::new([long.as_str(), "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let segment_file = store.path_of(&key).parent().unwrap().join(".segment");
+    assert_eq!(fs::read(&segment_file)?, long.as_bytes());
+
+    for bytes in [
+        &b""[..],
+        b"\0",
+        b"\xff",
+        b"another segment",
+        &long.as_bytes()[1..],
+    ] {
+        fs::write(&segment_file, bytes)?;
+        let err = store.list_all(&Prefix::all()).unwrap_err();
+        assert!(err.is_corrupt(), "{bytes:?}: {err}");
+        assert!(err.to_string().contains(".segment"), "{err}");
+        // The record itself is found by its key, which does not need the file.
+        assert_eq!(store.get(&key)?.unwrap().value, b"1");
+    }
+    Ok(())
+}

@@ -126,13 +126,19 @@ impl<V: Vfs> Walker<'_, V> {
         }
         // The name is a hash: the record's header holds its key.
         let bytes = self.vfs.read(file).at("read record", file)?;
-        match record_file::decode(&bytes) {
-            Ok(record) => Ok(Some(record.key.name().to_owned())),
-            Err(reason) => Err(Error::CorruptFile {
-                path: file.to_path_buf(),
-                reason: format!("cannot list a record with a shortened name: {reason}"),
-            }),
+        let corrupt = |reason: String| Error::CorruptFile {
+            path: file.to_path_buf(),
+            reason: format!("cannot list a record with a shortened name: {reason}"),
+        };
+        let record = record_file::decode(&bytes).map_err(corrupt)?;
+        let segment = record.key.name().to_owned();
+        if naming::encode(&segment) != stem {
+            return Err(corrupt(format!(
+                "it holds the record of {}, whose name is not this one",
+                record.key
+            )));
         }
+        Ok(Some(segment))
     }
 
     fn dir_segment(&self, stem: &str, dir: &Path) -> Result<Option<String>> {
@@ -141,12 +147,15 @@ impl<V: Vfs> Walker<'_, V> {
         }
         let file = dir.join(SEGMENT_FILE);
         let bytes = self.vfs.read(&file).at("read segment file", &file)?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| Error::CorruptFile {
+        // The segment must be the one the directory's (hashed) name stands for:
+        // anything else would list keys that are not where their name leads.
+        match String::from_utf8(bytes) {
+            Ok(segment) if naming::encode(&segment) == stem => Ok(Some(segment)),
+            _ => Err(Error::CorruptFile {
                 path: file,
-                reason: "segment file is not UTF-8".to_owned(),
-            })
+                reason: "segment file does not hold the segment of its directory's name".to_owned(),
+            }),
+        }
     }
 }
 
