@@ -853,6 +853,10 @@ fn unwritable_store_checks(dir: &Path) -> TestResult {
             "{err}"
         );
     }
+
+    // Writable again, so that the temp dir can be removed.
+    set_mode(&locked, 0o700);
+    set_mode(&dir.join("dir").join("stripes"), 0o700);
     Ok(())
 }
 
