@@ -830,3 +830,40 @@ fn a_symlink_planted_in_a_dirstore_is_reported_by_list_never_walked() -> TestRes
     assert!(swept.is_ok(), "{swept:?}");
     Ok(())
 }
+
+#[test]
+fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_followed() -> TestResult
+{
+    // Each directory, and the operation that writes into it.
+    type Write = fn(&DirStore, &Key) -> jobsafe::Result<()>;
+    let cases: [(&str, Write); 3] = [
+        ("quarantine", |s, k| s.quarantine(k).map(|_| ())),
+        ("journal", |s, k| {
+            s.apply(&Batch::new().put(k, b"2", Expect::Any)).map(|_| ())
+        }),
+        ("stripes", |s, k| s.delete(k, Expect::Any).map(|_| ())),
+    ];
+    for (name, write) in cases {
+        let p = Planted::new();
+        let store = DirStore::open(&p.root)?;
+        let key = Key::new(["jobs", "a"])?;
+        store.put(&key, b"1", Expect::Absent)?;
+        let planted = p.root.join(name);
+        // The stripe locks must stay reachable for the operation to get as far
+        // as its write: the outside copy keeps them.
+        fs::rename(&planted, p.outside.join(name))?;
+        symlink(p.outside.join(name), &planted)?;
+        let before = p.outside_contents();
+
+        let err = write(&store, &key).unwrap_err();
+
+        assert!(err.is_corrupt(), "{name}: {err}");
+        assert!(
+            err.to_string().contains(&*planted.to_string_lossy()),
+            "{name}: {err}"
+        );
+        assert_eq!(p.outside_contents(), before, "{name}");
+        assert_eq!(store.get(&key)?.unwrap().value, b"1", "{name}");
+    }
+    Ok(())
+}
