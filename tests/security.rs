@@ -836,7 +836,8 @@ fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_foll
 {
     // Each directory, and the operation that writes into it.
     type Write = fn(&DirStore, &Key) -> jobsafe::Result<()>;
-    let cases: [(&str, Write); 3] = [
+    let cases: [(&str, Write); 4] = [
+        ("data", |s, k| s.put(k, b"2", Expect::Any).map(|_| ())),
         ("quarantine", |s, k| s.quarantine(k).map(|_| ())),
         ("journal", |s, k| {
             s.apply(&Batch::new().put(k, b"2", Expect::Any)).map(|_| ())

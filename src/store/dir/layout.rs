@@ -138,6 +138,7 @@ impl Layout {
     ) -> Result<PathBuf> {
         let vfs = writer.vfs();
         let segments = key.segments();
+        is_store_dir(vfs, &self.data)?;
         let mut dir = self.data.clone();
         for segment in &segments[..segments.len() - 1] {
             let parent = dir.clone();
@@ -178,6 +179,9 @@ impl Layout {
     /// Whether the directory of the keys extending `segments` exists, checking
     /// every directory on the way as [`is_store_dir`] does.
     pub(super) fn check_dirs<V: Vfs>(&self, vfs: &V, segments: &[String]) -> Result<bool> {
+        if !is_store_dir(vfs, &self.data)? {
+            return Ok(false);
+        }
         let mut dir = self.data.clone();
         for segment in segments {
             dir.push(format!("{}{DIR_SUFFIX}", naming::encode(segment)));
