@@ -1153,3 +1153,48 @@ fn a_shortened_directory_whose_segment_file_is_damaged_is_reported_by_list() -> 
     }
     Ok(())
 }
+
+#[test]
+fn a_checkpoint_of_a_newer_schema_is_never_moved_aside_or_rewritten() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let should_fail = fail.clone();
+    let pipeline = jobsafe::Pipeline::builder(store.clone(), clock, dir.path())
+        .stage("first", |ctx| {
+            ctx.write("first.txt", b"1")?;
+            Ok(())
+        })
+        .stage("second", move |_| {
+            if should_fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(jobsafe::StageError::permanent("no"));
+            }
+            Ok(())
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+    let checkpoint = Key::new(["pipeline", "checkpoint", job.id.as_str(), "first"])?;
+    let mut newer = raw(&*store, &checkpoint);
+    newer["schema"] = json!(2);
+    let newer = serde_json::to_vec(&newer)?;
+    store.put(&checkpoint, &newer, Expect::Any)?;
+
+    // A rolling deploy: this (older) version meets the newer record.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    pipeline.retry(&job.id)?;
+    let ran = pipeline.run_job(&job.id);
+
+    assert!(
+        matches!(&ran, Err(Error::UnsupportedSchema { found: 2, .. })),
+        "{:?}",
+        ran.map(|r| r.outcome)
+    );
+    assert_eq!(store.get(&checkpoint)?.unwrap().value, newer);
+    assert!(store.list_all(&Prefix::all())?.contains(&checkpoint));
+    // The run let go of its subject on the way out.
+    let locks = store.list_all(&Prefix::new(["pipeline", "locks"])?)?;
+    assert!(locks.is_empty(), "{locks:?}");
+    Ok(())
+}
