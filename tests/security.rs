@@ -868,3 +868,38 @@ fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_foll
     }
     Ok(())
 }
+
+#[test]
+fn no_job_id_or_subject_names_a_path_outside_the_artifact_root() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    for (i, hostile) in ESCAPING_SEGMENTS.iter().enumerate() {
+        let id = format!("{hostile}{i}");
+        let job = pipeline.enqueue(hostile, jobsafe::NewJob::new("k").id(id.as_str()))?;
+        assert_eq!(job.id, id);
+        let report = pipeline.run_job(&job.id)?;
+        assert!(
+            matches!(report.outcome, jobsafe::RunOutcome::Completed),
+            "{hostile:?}: {:?}",
+            report.outcome
+        );
+        for dir in [pipeline.job_dir(&job.id), pipeline.subject_dir(hostile)] {
+            let below = dir.strip_prefix(&p.root)?;
+            assert!(
+                below
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                "{hostile:?} maps to {}",
+                dir.display()
+            );
+            assert!(dir.is_dir(), "{}", dir.display());
+        }
+    }
+    // Everything written is below the root: nothing beside it, nothing outside.
+    assert_eq!(p.outside_contents(), vec![]);
+    let beside: Vec<_> = fs::read_dir(p.root.parent().unwrap())?
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside.len(), 2, "{beside:?}");
+    Ok(())
+}
