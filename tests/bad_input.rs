@@ -364,18 +364,18 @@ fn a_store_marker_of_another_format_is_refused_not_reinitialized() -> TestResult
 }
 
 #[test]
-fn a_logstore_journal_replaced_by_a_directory_is_an_error_naming_it() -> TestResult {
-    let dir = tempdir()?;
-    let root = dir.path().join("store");
-    drop(LogStore::open(&root)?);
-    let journal = root.join("journal");
-    fs::remove_file(&journal)?;
-    fs::create_dir(&journal)?;
-    let err = LogStore::open(&root).unwrap_err();
-    assert!(
-        err.to_string().contains(&*journal.to_string_lossy()),
-        "{err}"
-    );
+fn logstore_files_replaced_by_directories_are_errors_naming_them() -> TestResult {
+    for name in ["journal", "lock", "compact.lock"] {
+        let dir = tempdir()?;
+        let root = dir.path().join("store");
+        drop(LogStore::open(&root)?);
+        let file = root.join(name);
+        fs::remove_file(&file)?;
+        fs::create_dir(&file)?;
+        let err = LogStore::open(&root).unwrap_err();
+        assert!(err.is_corrupt(), "{name}: {err}");
+        assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
+    }
     Ok(())
 }
 
