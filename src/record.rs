@@ -15,6 +15,19 @@
 //! - any change an older reader would misread bumps the version, and a reader that
 //!   finds a version newer than it supports reports [`Error::UnsupportedSchema`]
 //!   instead of guessing.
+//!
+//! What jobsafe's own records keep on a read-modify-write by this version:
+//! - unknown fields at the top level of a job record, a lock record (renewal), a
+//!   reservation (confirm, cancel, refund start) and a pipeline's run state are
+//!   kept;
+//! - a record written afresh drops them: a lock taken over by a new holder, a
+//!   checkpoint recorded again, a reservation made again after it expired;
+//! - objects nested inside a record that jobsafe defines (a job's error and event
+//!   window, a checkpoint's artifacts) keep only the fields this version knows: a
+//!   newer version adds its fields at the top level;
+//! - values that are the caller's (a job's result and metadata, lock and
+//!   reservation metadata, event data, and every value of a
+//!   [`Store`](crate::Store)) are stored exactly as given, whatever they hold.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -142,7 +142,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// be running; the caller holds its subject.
     pub(crate) fn remove_job(&self, id: &str) -> Result<usize> {
         let inner = &self.inner;
-        let dirs = remove_dir_all(inner.writer.vfs(), &self.job_dir(id))?;
+        let dirs = remove_dir_all(inner.writer.vfs(), &inner.root, &self.job_dir(id))?;
         let mut batch = Batch::new();
         let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
         for key in &checkpoints {
@@ -305,7 +305,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             return Ok(false); // changed since the listing (a manual retry, say)
         }
         report.checkpoints += checkpoints.len();
-        report.artifact_dirs += remove_dir_all(inner.writer.vfs(), &self.job_dir(id))?;
+        report.artifact_dirs += remove_dir_all(inner.writer.vfs(), &inner.root, &self.job_dir(id))?;
         Ok(true)
     }
 
@@ -329,7 +329,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
-                report.artifact_dirs += remove_dir_all(vfs, &dir)?;
+                report.artifact_dirs += remove_dir_all(vfs, &inner.root, &dir)?;
             }
         }
         let mut seen = BTreeSet::new();
@@ -405,7 +405,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let removed = match self.subjects_in_use() {
                 Ok(Some(in_use)) if !in_use.contains(&subject) => {
-                    remove_dir_all(vfs, &top.join(&name))
+                    remove_dir_all(vfs, &self.inner.root, &top.join(&name))
                 }
                 Ok(_) => Ok(0),
                 Err(e) => Err(e),
@@ -443,12 +443,29 @@ fn list_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<Vec<String>> {
     }
 }
 
-/// Removes `dir` and everything in it through `vfs` (a symlink inside is
-/// removed, not followed), then fsyncs its parent so that the removal survives
-/// a power loss; returns 1 if it existed.
-fn remove_dir_all<V: Vfs>(vfs: &V, dir: &Path) -> Result<usize> {
-    if !remove_tree(vfs, dir)? {
+/// Removes `dir` (below `root`) and everything in it through `vfs`, then fsyncs
+/// its parent so that the removal survives a power loss; returns 1 if it existed.
+///
+/// No symlink is followed: one inside is removed, and one at `dir` itself is
+/// removed as the entry it is, while what it names is left alone. A symlink on
+/// the way from `root` to `dir` is an error naming it.
+fn remove_dir_all<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<usize> {
+    if !paths::real_dir(vfs, root, paths::parent(dir))? {
         return Ok(0);
+    }
+    match vfs.metadata(dir) {
+        Ok(info) if info.kind == FileKind::Dir => {
+            if !remove_tree(vfs, dir)? {
+                return Ok(0);
+            }
+        }
+        Ok(_) => match vfs.remove_file(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("remove file", dir, e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("stat", dir, e)),
     }
     if let Some(parent) = dir.parent() {
         vfs.sync_dir(parent)

@@ -115,6 +115,10 @@ struct Stage {
 /// under `pipeline/checkpoint/<job>/<stage>`. Files live under the artifact
 /// root: `jobs/<job>/` and `subjects/<subject>/`, with ids that are not plain
 /// lower-case names replaced by a hash.
+/// Directories are created with mode `0o700`. A symlink (or a file) found
+/// below the artifact root where a directory belongs is
+/// [`Error::CorruptFile`](crate::Error::CorruptFile) naming it: writes, sweeps
+/// and removals never follow it out (the root itself may be a symlink).
 ///
 /// # Limitations
 ///

@@ -1,11 +1,13 @@
 //! Where a pipeline keeps artifacts on disk: one directory per job and one per
 //! subject under the artifact root, named so that any job id or subject is safe.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::vfs::{FileKind, Vfs};
 
 /// Directory under the artifact root holding one directory per job.
 pub(crate) const JOBS_DIR: &str = "jobs";
@@ -45,6 +47,83 @@ pub(crate) fn job_dir(root: &Path, id: &str) -> PathBuf {
 /// The directory of `subject` under `root`.
 pub(crate) fn subject_dir(root: &Path, subject: &str) -> PathBuf {
     root.join(SUBJECTS_DIR).join(dir_name(subject))
+}
+
+/// Whether `dir` (below `root`) is a directory, checking every directory from
+/// `root` down with `lstat`: `false` if one is absent. A symlink or a file where
+/// a directory belongs is [`Error::CorruptFile`] naming it, so that no write or
+/// removal follows a link planted below the artifact root out of it. The root
+/// itself is the caller's choice and may be a symlink.
+pub(crate) fn real_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<bool> {
+    let mut at = root.to_path_buf();
+    for part in below(root, dir)?.components() {
+        at.push(part);
+        match vfs.metadata(&at) {
+            Ok(info) if info.kind == FileKind::Dir => {}
+            Ok(_) => return Err(not_a_directory(&at)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("inspect artifact directory", &at, e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Creates `dir` (below `root`) and the directories on its way, durably, with
+/// the checks of [`real_dir`]; creates `root` too if it is missing.
+pub(crate) fn ensure_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<()> {
+    if vfs
+        .metadata(root)
+        .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+    {
+        vfs.create_dir_all_durable(root)
+            .at("create artifact directory", root)?;
+    }
+    let mut at = root.to_path_buf();
+    for part in below(root, dir)?.components() {
+        let parent = at.clone();
+        at.push(part);
+        match vfs.metadata(&at) {
+            Ok(info) if info.kind == FileKind::Dir => continue,
+            Ok(_) => return Err(not_a_directory(&at)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("inspect artifact directory", &at, e)),
+        }
+        match vfs.create_dir(&at) {
+            Ok(()) => vfs.sync_dir(&parent).at("fsync directory", &parent)?,
+            // Made by another writer meanwhile: check what it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if !real_dir(vfs, root, &at)? {
+                    return Err(Error::io("create artifact directory", &at, e));
+                }
+            }
+            Err(e) => return Err(Error::io("create artifact directory", &at, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The directory holding `path` (empty if none).
+pub(crate) fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
+}
+
+fn below<'a>(root: &Path, dir: &'a Path) -> Result<&'a Path> {
+    dir.strip_prefix(root).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{} is not below the artifact root {}",
+            dir.display(),
+            root.display()
+        ))
+    })
+}
+
+fn not_a_directory(path: &Path) -> Error {
+    Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: "expected an artifact directory, found a symlink or another kind of file; it \
+                 is not followed"
+            .to_owned(),
+    }
 }
 
 /// Checks that an artifact name is one plain file name: not empty, no `/` or NUL,

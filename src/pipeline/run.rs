@@ -157,8 +157,11 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 
     /// Removes temp files at least `min_age` old from `dir`; a missing directory
-    /// has none.
+    /// has none, and a symlink planted on the way is an error, not followed.
     pub(crate) fn sweep(&self, dir: &Path, min_age: Duration) -> Result<usize> {
+        if !paths::real_dir(self.inner.writer.vfs(), &self.inner.root, dir)? {
+            return Ok(0);
+        }
         match self.inner.writer.sweep(dir, min_age, &*self.inner.clock) {
             Ok(removed) => Ok(removed.len()),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(0),
@@ -443,8 +446,13 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
 
     pub(super) fn remove_artifacts(&self, artifacts: &[Artifact]) -> Result<()> {
         let vfs = self.pipeline.inner.writer.vfs();
+        let root = &self.pipeline.inner.root;
         for artifact in artifacts {
-            let path = self.pipeline.inner.root.join(&artifact.path);
+            let path = root.join(&artifact.path);
+            // Never through a symlink planted on the way.
+            if !super::paths::real_dir(vfs, root, super::paths::parent(&path))? {
+                continue;
+            }
             match vfs.remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -487,11 +495,7 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         // the directory of a job deleted after it lost the lease.
         self.fence(&target)?;
         if let Some(dir) = target.parent() {
-            inner
-                .writer
-                .vfs()
-                .create_dir_all_durable(dir)
-                .at("create artifact directory", dir)?;
+            super::paths::ensure_dir(inner.writer.vfs(), &inner.root, dir)?;
         }
         let mut pending = inner.writer.begin(&target)?;
         pending.write_bytes(bytes)?;

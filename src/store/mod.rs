@@ -256,3 +256,29 @@ pub(crate) fn check_limit(limit: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Opens (creating it with `mode` if absent) a file the store owns, such as a lock
+/// file, refusing to follow a symlink planted at its path: opening with `O_CREAT`
+/// would create, and writing would change, whatever the link names.
+pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
+    vfs: &V,
+    path: &std::path::Path,
+    mode: u32,
+    step: &'static str,
+) -> Result<V::File> {
+    match vfs.metadata(path) {
+        Ok(info) if info.kind != crate::vfs::FileKind::File => {
+            return Err(Error::CorruptFile {
+                path: path.to_path_buf(),
+                reason: "expected a file of the store, found a symlink or a directory; it is \
+                         not followed"
+                    .to_owned(),
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(step, path, e)),
+    }
+    vfs.open_or_create(path, mode)
+        .map_err(|e| Error::io(step, path, e))
+}

@@ -21,6 +21,10 @@ use std::time::SystemTime;
 pub use counting::{Counting, OpCounts};
 pub use std_vfs::StdVfs;
 
+/// Permission bits of every directory jobsafe creates: owner read, write and
+/// search only.
+pub const DIR_MODE: u32 = 0o700;
+
 /// The filesystem operations jobsafe performs.
 ///
 /// Implementations must behave like the POSIX calls named on each method, including
@@ -51,7 +55,9 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// Removes a file (`unlink(2)`).
     fn remove_file(&self, path: &Path) -> io::Result<()>;
 
-    /// Creates one directory (`mkdir(2)`).
+    /// Creates one directory (`mkdir(2)`) with exactly the permission bits
+    /// [`DIR_MODE`] (owner only), whatever the umask: the records and artifacts
+    /// inside are nobody else's business, not even their names.
     fn create_dir(&self, path: &Path) -> io::Result<()>;
 
     /// Removes an empty directory (`rmdir(2)`).

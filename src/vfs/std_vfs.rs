@@ -3,10 +3,10 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::{FileInfo, FileKind, Vfs, VfsFile};
+use super::{DIR_MODE, FileInfo, FileKind, Vfs, VfsFile};
 
 /// [`Vfs`] that calls the operating system directly. Zero-sized: using it costs
 /// nothing over calling `std::fs` by hand.
@@ -50,7 +50,14 @@ impl Vfs for StdVfs {
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        fs::DirBuilder::new().mode(DIR_MODE).create(path)?;
+        // The umask may have cleared bits of the mode: set them exactly. A
+        // directory whose mode cannot be set is removed again, as a file is.
+        if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)) {
+            let _ = fs::remove_dir(path);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {

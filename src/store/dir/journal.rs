@@ -99,13 +99,11 @@ pub(super) fn decode(path: &Path, bytes: &[u8]) -> Result<Vec<Change>> {
         })
         .ok_or_else(|| corrupt("journal has no end line".to_owned()))?;
     let (content, end) = body;
-    let crc = std::str::from_utf8(end)
-        .ok()
-        .and_then(|l| l.strip_prefix("end "))
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| corrupt("journal end line is malformed".to_owned()))?;
-    if crc32fast::hash(content) != crc {
-        return Err(corrupt("journal checksum mismatch".to_owned()));
+    // Compared as text: upper-case hex would read as the same checksum.
+    if end != format!("end {:08x}", crc32fast::hash(content)).as_bytes() {
+        return Err(corrupt(
+            "journal end line is malformed or its checksum does not match".to_owned(),
+        ));
     }
     let mut rest = content
         .strip_prefix(MAGIC.as_bytes())

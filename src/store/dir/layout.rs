@@ -72,8 +72,7 @@ impl Layout {
         }
         for stripe in 0..stripes::STRIPES {
             let path = stripes::lock_path(&layout.stripes, stripe);
-            vfs.open_or_create(&path, 0o600)
-                .at("create stripe lock", &path)?;
+            crate::store::open_own_file(vfs, &path, 0o600, "create stripe lock")?;
         }
         vfs.sync_dir(&layout.stripes)
             .at("fsync directory", &layout.stripes)?;
@@ -128,6 +127,10 @@ impl Layout {
 
     /// Creates the directories on the way to `key`'s record, durably, and returns
     /// the record's path.
+    ///
+    /// Every directory on the way is checked with `lstat`: a symlink (or a file)
+    /// planted where a directory of the store belongs is refused, never followed,
+    /// so that no write lands outside the store.
     pub(super) fn ensure_parent<V: Vfs>(
         &self,
         writer: &AtomicWriter<V>,
@@ -135,35 +138,58 @@ impl Layout {
     ) -> Result<PathBuf> {
         let vfs = writer.vfs();
         let segments = key.segments();
-        let parents = &segments[..segments.len() - 1];
-        let target_dir = self.dir_path(parents);
-        if !vfs
-            .metadata(&target_dir)
-            .is_ok_and(|m| m.kind == FileKind::Dir)
-        {
-            let mut dir = self.data.clone();
-            for segment in parents {
-                let parent = dir.clone();
-                let stem = naming::encode(segment);
-                dir.push(format!("{stem}{DIR_SUFFIX}"));
-                if vfs.metadata(&dir).is_ok_and(|m| m.kind == FileKind::Dir) {
-                    continue;
-                }
-                if naming::is_hashed(&stem) {
-                    create_hashed_dir(writer, &parent, &dir, segment)?;
-                } else {
-                    match vfs.create_dir(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(Error::io("create directory", dir, e)),
+        is_store_dir(vfs, &self.data)?;
+        let mut dir = self.data.clone();
+        for segment in &segments[..segments.len() - 1] {
+            let parent = dir.clone();
+            let stem = naming::encode(segment);
+            dir.push(format!("{stem}{DIR_SUFFIX}"));
+            if is_store_dir(vfs, &dir)? {
+                continue;
+            }
+            if naming::is_hashed(&stem) {
+                create_hashed_dir(writer, &parent, &dir, segment)?;
+            } else {
+                match vfs.create_dir(&dir) {
+                    Ok(()) => {}
+                    // Made by another writer meanwhile, unless it is not a directory.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        is_store_dir(vfs, &dir)?;
+                        continue;
                     }
+                    Err(e) => return Err(Error::io("create directory", dir, e)),
                 }
-                if writer.durability_level() == crate::Durability::Full {
-                    vfs.sync_dir(&parent).at("fsync directory", &parent)?;
-                }
+            }
+            if writer.durability_level() == crate::Durability::Full {
+                vfs.sync_dir(&parent).at("fsync directory", &parent)?;
             }
         }
         Ok(self.record_path(key))
+    }
+
+    /// Checks that the directories on the way to `key`'s record are real
+    /// directories (or absent), so that removing or moving the record cannot reach
+    /// outside the store through a planted symlink.
+    pub(super) fn check_parents<V: Vfs>(&self, vfs: &V, key: &Key) -> Result<()> {
+        let segments = key.segments();
+        self.check_dirs(vfs, &segments[..segments.len() - 1])
+            .map(|_| ())
+    }
+
+    /// Whether the directory of the keys extending `segments` exists, checking
+    /// every directory on the way as [`is_store_dir`] does.
+    pub(super) fn check_dirs<V: Vfs>(&self, vfs: &V, segments: &[String]) -> Result<bool> {
+        if !is_store_dir(vfs, &self.data)? {
+            return Ok(false);
+        }
+        let mut dir = self.data.clone();
+        for segment in segments {
+            dir.push(format!("{}{DIR_SUFFIX}", naming::encode(segment)));
+            if !is_store_dir(vfs, &dir)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Where a record file moved aside goes: unique, and named after the original.
@@ -174,6 +200,22 @@ impl Layout {
             .unwrap_or_default();
         self.quarantine
             .join(format!("{}-{name}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+/// Whether `dir` is a directory (`false` if absent). Anything else there (a
+/// symlink, a file) is an error naming it: the store never follows it.
+pub(super) fn is_store_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
+    match vfs.metadata(dir) {
+        Ok(info) if info.kind == FileKind::Dir => Ok(true),
+        Ok(_) => Err(Error::CorruptFile {
+            path: dir.to_path_buf(),
+            reason: "expected a directory of the store, found a symlink or another kind of \
+                     file; it is not followed"
+                .to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("inspect directory", dir, e)),
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::layout::Layout;
+use super::layout::{Layout, is_store_dir};
 use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::record_file;
 use crate::error::{Error, IoContext, Result};
@@ -40,7 +40,9 @@ pub(super) fn list<V: Vfs>(
         want,
         keys,
     };
-    walker.walk(&layout.dir_path(p), &mut p.to_vec())?;
+    if layout.check_dirs(vfs, p)? {
+        walker.walk(&layout.dir_path(p), &mut p.to_vec())?;
+    }
     let mut keys = walker.keys;
     let next = if keys.len() > limit {
         keys.truncate(limit);
@@ -85,6 +87,11 @@ impl<V: Vfs> Walker<'_, V> {
                 }
             } else if let Some(stem) = name.strip_suffix(DIR_SUFFIX) {
                 let sub = dir.join(name);
+                // A symlink here is reported, never walked: what it names is
+                // not the store's.
+                if !is_store_dir(self.vfs, &sub)? {
+                    continue;
+                }
                 if let Some(segment) = self.dir_segment(stem, &sub)? {
                     slots.entry(segment).or_default().dir = Some(sub);
                 }
@@ -119,13 +126,19 @@ impl<V: Vfs> Walker<'_, V> {
         }
         // The name is a hash: the record's header holds its key.
         let bytes = self.vfs.read(file).at("read record", file)?;
-        match record_file::decode(&bytes) {
-            Ok(record) => Ok(Some(record.key.name().to_owned())),
-            Err(reason) => Err(Error::CorruptFile {
-                path: file.to_path_buf(),
-                reason: format!("cannot list a record with a shortened name: {reason}"),
-            }),
+        let corrupt = |reason: String| Error::CorruptFile {
+            path: file.to_path_buf(),
+            reason: format!("cannot list a record with a shortened name: {reason}"),
+        };
+        let record = record_file::decode(&bytes).map_err(corrupt)?;
+        let segment = record.key.name().to_owned();
+        if naming::encode(&segment) != stem {
+            return Err(corrupt(format!(
+                "it holds the record of {}, whose name is not this one",
+                record.key
+            )));
         }
+        Ok(Some(segment))
     }
 
     fn dir_segment(&self, stem: &str, dir: &Path) -> Result<Option<String>> {
@@ -134,12 +147,15 @@ impl<V: Vfs> Walker<'_, V> {
         }
         let file = dir.join(SEGMENT_FILE);
         let bytes = self.vfs.read(&file).at("read segment file", &file)?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| Error::CorruptFile {
+        // The segment must be the one the directory's (hashed) name stands for:
+        // anything else would list keys that are not where their name leads.
+        match String::from_utf8(bytes) {
+            Ok(segment) if naming::encode(&segment) == stem => Ok(Some(segment)),
+            _ => Err(Error::CorruptFile {
                 path: file,
-                reason: "segment file is not UTF-8".to_owned(),
-            })
+                reason: "segment file does not hold the segment of its directory's name".to_owned(),
+            }),
+        }
     }
 }
 
@@ -164,8 +180,13 @@ pub(super) fn all_dirs<V: Vfs>(vfs: &V, layout: &Layout) -> Result<Vec<PathBuf>>
             Err(e) => return Err(Error::io("read directory", dir, e)),
         };
         for name in names {
-            if name.to_string_lossy().ends_with(DIR_SUFFIX) {
-                pending.push(dir.join(name));
+            let sub = dir.join(name);
+            // Only real directories: a symlink planted in the store could lead the
+            // sweep to remove files elsewhere.
+            if sub.to_string_lossy().ends_with(DIR_SUFFIX)
+                && vfs.metadata(&sub).is_ok_and(|m| m.kind == FileKind::Dir)
+            {
+                pending.push(sub);
             }
         }
         dirs.push(dir);

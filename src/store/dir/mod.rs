@@ -61,10 +61,18 @@ use crate::vfs::{StdVfs, Vfs};
 /// that returned `Ok` survives a power loss. A record file that does not decode
 /// (bad checksum, truncated, edited by hand) is [`Error::Corrupt`] naming the file.
 /// After a failed fsync the store is poisoned: writes return [`Error::Poisoned`]
-/// until it is reopened.
+/// until it is reopened. Directories are created with mode `0o700` and files
+/// with `0o600`, whatever the umask. A symlink (or a file) found where a
+/// directory of the store belongs is [`Error::CorruptFile`] naming it: puts,
+/// deletes, quarantines and listings never follow it out of the store (a sweep
+/// skips it).
 ///
 /// # Limitations
 ///
+/// - The symlink check inspects each directory on a record's way (`lstat`) before
+///   writing into it; someone who can write to the store's directories and swaps
+///   a directory for a symlink between that check and the write is not stopped.
+///   Keep the store's root owned by the service's user.
 /// - A directory whose name was shortened with a hash (its segment encodes to more
 ///   than 150 bytes) stays when its last key is deleted; other emptied directories
 ///   are removed.
@@ -416,6 +424,7 @@ impl<V: Vfs> DirStore<V> {
 
     /// Removes a record file; `false` if there was none.
     fn remove_record_file(&self, key: &Key) -> Result<bool> {
+        self.layout().check_parents(self.writer().vfs(), key)?;
         let path = self.path_of(key);
         match self.writer().vfs().remove_file(&path) {
             Ok(()) => {}
@@ -558,6 +567,9 @@ impl<V: Vfs> Store for DirStore<V> {
                     Some(version),
                 ))?;
             }
+            // Checked at every batch, not only at open: the journal must not land
+            // in a symlink planted since.
+            layout::is_store_dir(self.writer().vfs(), &self.layout().journal)?;
             let journal_path = self.layout().journal.join(journal::name(&guard.stripes));
             self.watch(
                 self.writer()
@@ -583,6 +595,7 @@ impl<V: Vfs> Store for DirStore<V> {
         self.with_stripes(&[stripe], true, |_| {
             let path = self.path_of(key);
             let vfs = self.writer().vfs();
+            self.layout().check_parents(vfs, key)?;
             let bytes = match vfs.read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) if is_absent(&e) => return Ok(None),
@@ -598,6 +611,7 @@ impl<V: Vfs> Store for DirStore<V> {
                 stripe,
                 version,
             ))?;
+            layout::is_store_dir(vfs, &self.layout().quarantine)?;
             let target = self.layout().quarantine_path(&path);
             vfs.rename(&path, &target)
                 .at("move record to quarantine", &target)?;

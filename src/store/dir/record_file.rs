@@ -73,6 +73,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<RecordFile, String> {
             value.len()
         ));
     }
+    // The checksum covers the numbers, not how they are written: only the one
+    // spelling `encode` writes is accepted ("+7", "07" or upper-case hex read as
+    // the same numbers, but are damage all the same).
+    if header != format!("{MAGIC} {FORMAT} {version} {len} {crc:08x} {key_json}") {
+        return Err("header fields are not in their canonical form".to_owned());
+    }
     let version = Version::new(version);
     if checksum(version, key_json, value) != crc {
         return Err("checksum mismatch".to_owned());

@@ -102,6 +102,9 @@ pub(super) fn raise_floor<V: Vfs>(
     if needed <= floor {
         return Ok(());
     }
+    // Checked at every write, not only at open: the floor must not land in a
+    // symlink planted since.
+    super::layout::is_store_dir(writer.vfs(), dir)?;
     writer.write(floor_path(dir, stripe), needed.to_string().as_bytes())
 }
 

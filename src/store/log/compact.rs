@@ -24,6 +24,7 @@ use super::journal::{self, Journal, PREALLOCATE};
 use super::{Access, COMPACT_LOCK, FIRST_SEQ, Flock, NEW_JOURNAL_PREFIX, Probe, Shared};
 use crate::atomic::AtomicWriter;
 use crate::error::{Error, IoContext, Result};
+use crate::store::open_own_file;
 use crate::vfs::{Vfs, VfsFile};
 
 /// Snapshot frames are cut at about this many payload bytes.
@@ -80,9 +81,7 @@ pub(super) fn install<V: Vfs>(vfs: &V, from: &Path, to: &Path, sync: bool) -> Re
 pub(super) fn sweep_abandoned<V: Vfs>(writer: &AtomicWriter<V>, root: &Path) -> Result<()> {
     let vfs = writer.vfs();
     let lock_path = root.join(COMPACT_LOCK);
-    let lock = vfs
-        .open_or_create(&lock_path, 0o600)
-        .at("open compaction lock", &lock_path)?;
+    let lock = open_own_file(vfs, &lock_path, 0o600, "open compaction lock")?;
     if !lock.try_lock().at("lock compaction", &lock_path)? {
         return Ok(());
     }
@@ -146,9 +145,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
     let vfs = shared.writer.vfs();
     let root = &shared.root;
     let lock_path = root.join(COMPACT_LOCK);
-    let lock = vfs
-        .open_or_create(&lock_path, 0o600)
-        .at("open compaction lock", &lock_path)?;
+    let lock = open_own_file(vfs, &lock_path, 0o600, "open compaction lock")?;
     match wait {
         Wait::Yes => lock.lock().at("lock compaction", &lock_path)?,
         Wait::No => {

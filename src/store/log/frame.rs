@@ -75,6 +75,10 @@ impl FileHeader {
         if crc32fast::hash(&bytes[..24]) != u32_at(bytes, 24) {
             return Err("file header checksum mismatch".to_owned());
         }
+        // Not covered by the checksum, so checked here: written as zeros.
+        if bytes[28..FILE_HEADER_LEN as usize] != [0; 4] {
+            return Err("file header's reserved bytes are not zero".to_owned());
+        }
         Ok(FileHeader {
             journal_id: u64_at(bytes, 8),
             generation: u64_at(bytes, 16),

@@ -91,6 +91,9 @@ const FIRST_SEQ: u64 = 1;
 /// poisoned: writes return [`Error::Poisoned`] until it is reopened. The write
 /// whose flush failed may or may not have reached the disk: reads, and a
 /// restart, may or may not find it.
+/// Files are created with mode `0o600` and directories with `0o700`, whatever
+/// the umask; a symlink planted at the journal, a lock file or the quarantine
+/// directory is [`Error::CorruptFile`] naming it, never followed.
 ///
 /// # Limitations
 ///
@@ -275,9 +278,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
         prepare_root(&writer, &root, self.create)?;
         let vfs = writer.vfs();
         let lock_path = root.join(LOCK);
-        let lock_file = vfs
-            .open_or_create(&lock_path, 0o600)
-            .at("open lock file", &lock_path)?;
+        let lock_file = crate::store::open_own_file(vfs, &lock_path, 0o600, "open lock file")?;
         let journal_path = root.join(JOURNAL);
         let sync = self.durability == Durability::Full;
 

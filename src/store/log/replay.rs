@@ -14,7 +14,7 @@ use crate::vfs::{Vfs, VfsFile};
 /// Opens the journal at `path` and reads it whole into a fresh index; returns
 /// why reading stopped too.
 pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index, Stop)> {
-    let file = vfs.open_or_create(path, 0o600).at("open journal", path)?;
+    let file = crate::store::open_own_file(vfs, path, 0o600, "open journal")?;
     let inode = vfs.inode(path).at("stat journal", path)?;
     let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
     let n = file.read_at(&mut head, 0).at("read journal header", path)?;

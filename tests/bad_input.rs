@@ -1,0 +1,1200 @@
+//! Bad input, one test per case: malformed keys, awkward but valid keys, foreign
+//! file names in a store directory, truncated and garbage records, records written
+//! by a newer version, a store the process may not write, and a clock that jumps.
+//!
+//! Through the public API only. Nothing here may panic inside jobsafe: every
+//! case ends in a value or an error that says what and where.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsafe::{
+    Acquire, ChargeRequest, DirStore, Error, Expect, Failure, JobError, JobLedger, JobLock,
+    JobState, JobStatus, Key, LockRequest, LogStore, MAX_SEGMENT_LEN, MAX_SEGMENTS, ManualClock,
+    MemStore, NewJob, Prefix, Recovery, Release, Renewal, Reserve, Store,
+};
+use serde_json::{Value, json};
+use tempfile::tempdir;
+
+use common::TestResult;
+
+const START_MS: u64 = 1_700_000_000_000;
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn invalid_key_reason(result: jobsafe::Result<Key>) -> String {
+    match result {
+        Err(Error::InvalidKey { reason, .. }) => reason,
+        other => panic!("expected InvalidKey, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Malformed keys are rejected, with the reason
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_key_without_segments_is_rejected() {
+    let reason = invalid_key_reason(Key::new(Vec::<String>::new()));
+    assert!(reason.contains("at least one segment"), "{reason}");
+}
+
+#[test]
+fn an_empty_segment_is_rejected_wherever_it_stands() {
+    for (segments, at) in [
+        (vec![""], 0),
+        (vec!["", "a"], 0),
+        (vec!["a", ""], 1),
+        (vec!["a", "", "b"], 1),
+    ] {
+        let reason = invalid_key_reason(Key::new(segments.clone()));
+        assert!(
+            reason.contains(&format!("segment {at} is empty")),
+            "{segments:?}: {reason}"
+        );
+    }
+    assert!(Prefix::new(["jobs", ""]).is_err());
+    let parent = Key::new(["jobs"]).unwrap();
+    assert!(parent.child("").is_err());
+}
+
+#[test]
+fn a_nul_anywhere_in_a_segment_is_rejected() {
+    for segment in ["\0", "\0a", "a\0", "a\0b", "lic:abc\0../x"] {
+        let reason = invalid_key_reason(Key::new(["jobs", segment]));
+        assert!(reason.contains("contains NUL"), "{segment:?}: {reason}");
+    }
+    assert!(Prefix::new(["a\0"]).is_err());
+}
+
+#[test]
+fn a_segment_one_byte_over_the_limit_is_rejected_in_bytes_not_characters() {
+    assert!(Key::new(["a".repeat(MAX_SEGMENT_LEN)]).is_ok());
+    let reason = invalid_key_reason(Key::new(["a".repeat(MAX_SEGMENT_LEN + 1)]));
+    assert!(reason.contains("at most 1024"), "{reason}");
+    // 342 three-byte characters: 342 characters, 1026 bytes.
+    let wide = "日".repeat(342);
+    assert!(wide.chars().count() < MAX_SEGMENT_LEN);
+    assert!(Key::new([wide]).is_err());
+    // The error shows a shortened key, not 1 KiB of it.
+    let err = Key::new(["x".repeat(MAX_SEGMENT_LEN + 1)]).unwrap_err();
+    assert!(err.to_string().len() < 400, "{err}");
+}
+
+#[test]
+fn too_many_segments_are_rejected_by_new_child_and_prefix() {
+    let most = vec!["s"; MAX_SEGMENTS];
+    let key = Key::new(most.clone()).unwrap();
+    assert!(key.child("one-more").is_err());
+    let reason = invalid_key_reason(Key::new(vec!["s"; MAX_SEGMENTS + 1]));
+    assert!(
+        reason.contains(&format!("at most {MAX_SEGMENTS}")),
+        "{reason}"
+    );
+    assert!(Prefix::new(vec!["s"; MAX_SEGMENTS + 1]).is_err());
+}
+
+#[test]
+fn malformed_keys_in_json_are_rejected_when_deserialized() {
+    for json in [
+        "[]",
+        r#"[""]"#,
+        r#"["a\u0000b"]"#,
+        r#""jobs/a""#,
+        "[1,2]",
+        "null",
+        "{}",
+    ] {
+        assert!(
+            serde_json::from_str::<Key>(json).is_err(),
+            "{json} was accepted"
+        );
+    }
+    let long = format!(r#"["{}"]"#, "x".repeat(MAX_SEGMENT_LEN + 1));
+    assert!(serde_json::from_str::<Key>(&long).is_err());
+}
+
+#[test]
+fn components_build_keys_from_user_input_and_reject_what_keys_reject() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let ledger = JobLedger::new(store.clone(), clock.clone());
+    for bad in ["", "a\0b"] {
+        assert!(matches!(
+            jobs.create(NewJob::new("k").id(bad)),
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(jobs.get(bad), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            ledger.reserve(bad, "job", &ChargeRequest::new()),
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            ledger.reserve("lic:abc", bad, &ChargeRequest::new()),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+    // Nothing was written by the refused calls.
+    assert!(store.list_all(&Prefix::all())?.is_empty());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Awkward but valid keys are encoded and stay inside the store
+// ---------------------------------------------------------------------------------
+
+/// Valid segments that look like paths, escapes or our own file names.
+const AWKWARD: [&str; 14] = [
+    "..",
+    ".",
+    "/",
+    "/etc/passwd",
+    "C:\\Windows",
+    "a/../b",
+    "lic:abc123",
+    "lic:",
+    "%2F",
+    "x.r",
+    "x.d",
+    ".segment",
+    "~",
+    " ",
+];
+
+fn awkward_keys() -> Vec<Key> {
+    let mut keys = Vec::new();
+    for s in AWKWARD {
+        keys.push(Key::new([s]).unwrap());
+        keys.push(Key::new(["jobs", s, "1"]).unwrap());
+        keys.push(Key::new([s, s]).unwrap());
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[test]
+fn awkward_keys_round_trip_through_every_store_and_a_reopen() -> TestResult {
+    let dir = tempdir()?;
+    let keys = awkward_keys();
+    let value = |k: &Key| k.to_string().into_bytes();
+    {
+        let mem = MemStore::new();
+        let dirs = DirStore::open(dir.path().join("dir"))?;
+        let log = LogStore::open(dir.path().join("log"))?;
+        let stores: [&dyn Store; 3] = [&mem, &dirs, &log];
+        for store in stores {
+            for key in &keys {
+                store.put(key, &value(key), Expect::Absent)?;
+            }
+            assert_eq!(store.list_all(&Prefix::all())?, keys);
+        }
+    }
+    let dirs = DirStore::open(dir.path().join("dir"))?;
+    let log = LogStore::open(dir.path().join("log"))?;
+    let stores: [&dyn Store; 2] = [&dirs, &log];
+    for store in stores {
+        assert_eq!(store.list_all(&Prefix::all())?, keys);
+        for key in &keys {
+            assert_eq!(store.get(key)?.unwrap().value, value(key), "{key:?}");
+        }
+    }
+    // Only the two stores' directories exist beside each other.
+    assert_eq!(fs::read_dir(dir.path())?.count(), 2);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Files in a store directory whose names do not decode
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn foreign_file_names_in_a_dirstore_are_not_keys_and_break_nothing() -> TestResult {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = tempdir()?;
+    let store = DirStore::open(dir.path().join("store"))?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    let data = jobs_dir.parent().unwrap().to_path_buf();
+    // Names the encoder never produces: upper case, bad or non-canonical escapes,
+    // dots, no suffix, another suffix, and bytes that are not UTF-8.
+    let foreign = [
+        "README",
+        "A.r",
+        "%41.r",
+        "%2e.r",
+        "%zz.r",
+        "%4.r",
+        "^A.r",
+        "a.b.r",
+        ".r",
+        "x.tmp",
+        "notes.txt",
+    ];
+    for dir in [&data, &jobs_dir] {
+        for name in foreign {
+            fs::write(dir.join(name), b"not a record")?;
+        }
+        fs::write(dir.join(OsStr::from_bytes(b"\xff\xfe.r")), b"x")?;
+        fs::create_dir(dir.join("UPPER.d"))?;
+        fs::create_dir(dir.join("%zz.d"))?;
+    }
+
+    assert_eq!(store.list_all(&Prefix::all())?, vec![key.clone()]);
+    assert_eq!(store.list_all(&Prefix::new(["jobs"])?)?, vec![key.clone()]);
+    assert_eq!(store.get(&key)?.unwrap().value, b"1");
+    store.put(&Key::new(["jobs", "b"])?, b"2", Expect::Absent)?;
+    store.delete(&key, Expect::Any)?;
+    assert_eq!(
+        store.list_all(&Prefix::all())?,
+        vec![Key::new(["jobs", "b"])?]
+    );
+    // The foreign files are left alone.
+    assert_eq!(fs::read(jobs_dir.join("README"))?, b"not a record");
+    drop(store);
+    DirStore::open(dir.path().join("store"))?;
+    Ok(())
+}
+
+#[test]
+fn a_foreign_file_with_a_shortened_name_is_reported_by_list_naming_it() -> TestResult {
+    let dir = tempdir()?;
+    let store = DirStore::open(dir.path().join("store"))?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    // `~` marks a name shortened with a hash: the key is read from the file, which
+    // here holds none. Listing cannot say which key it is, and says so.
+    let planted = jobs_dir.join("x~0123.r");
+    fs::write(&planted, b"garbage")?;
+
+    let err = store.list_all(&Prefix::all()).unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(err.to_string().contains("x~0123.r"), "{err}");
+    assert_eq!(store.get(&key)?.unwrap().value, b"1", "reads go on");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Truncated and garbage records
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_truncated_or_garbage_dirstore_record_is_corrupt_and_never_overwritten() -> TestResult {
+    let dir = tempdir()?;
+    let store = DirStore::open(dir.path().join("store"))?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, br#"{"status":"queued"}"#, Expect::Absent)?;
+    let path = store.path_of(&key);
+    let good = fs::read(&path)?;
+    let mut garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        b"\n".to_vec(),
+        vec![0; 64],
+        vec![0xff; 64],
+        b"jobsafe-record 2 1 0 00000000 [\"jobs\",\"a\"]\n".to_vec(),
+        b"jobsafe-record 1 99999999999999999999999 1 0 []\n{".to_vec(),
+        b"jobsafe-record 1 1 18446744073709551615 00000000 [\"jobs\",\"a\"]\nx".to_vec(),
+    ];
+    for cut in [1, good.len() / 2, good.len() - 1] {
+        garbage.push(good[..cut].to_vec());
+    }
+    for bytes in garbage {
+        fs::write(&path, &bytes)?;
+        let err = store.get(&key).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { key: k, path: Some(p), .. } if *k == key && *p == path),
+            "{bytes:?}: {err}"
+        );
+        let put = store.put(&key, b"new", Expect::Any).unwrap_err();
+        assert!(put.is_corrupt(), "{put}");
+        assert!(store.delete(&key, Expect::Any).unwrap_err().is_corrupt());
+        assert_eq!(fs::read(&path)?, bytes, "the damaged file was changed");
+    }
+    // Moved aside, its bytes kept; the key is free again.
+    let moved = store.quarantine(&key)?.unwrap();
+    assert_eq!(fs::read(&moved.location)?, good[..good.len() - 1]);
+    assert!(store.get(&key)?.is_none());
+    Ok(())
+}
+
+#[test]
+fn a_logstore_journal_that_is_garbage_or_shorter_than_its_header_is_refused() -> TestResult {
+    let dir = tempdir()?;
+    let root = dir.path().join("store");
+    drop(LogStore::open(&root)?);
+    let journal = root.join("journal");
+    for bytes in [
+        vec![],
+        vec![0; 10],
+        vec![0; 64],
+        vec![0xA5; 4096],
+        b"JSLOG\0\0\x02".repeat(8),
+    ] {
+        fs::write(&journal, &bytes)?;
+        let err = LogStore::open(&root).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("journal"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_store_marker_of_another_format_is_refused_not_reinitialized() -> TestResult {
+    let dir = tempdir()?;
+    let (dir_root, log_root) = (dir.path().join("dir"), dir.path().join("log"));
+    drop(DirStore::open(&dir_root)?);
+    drop(LogStore::open(&log_root)?);
+    fs::write(dir_root.join("jobsafe-dirstore"), b"jobsafe-dirstore 9\n")?;
+    fs::write(log_root.join("jobsafe-logstore"), b"garbage")?;
+    assert!(DirStore::open(&dir_root).unwrap_err().is_corrupt());
+    assert!(LogStore::open(&log_root).unwrap_err().is_corrupt());
+    assert_eq!(fs::read(log_root.join("jobsafe-logstore"))?, b"garbage");
+    Ok(())
+}
+
+#[test]
+fn logstore_files_replaced_by_directories_are_errors_naming_them() -> TestResult {
+    for name in ["journal", "lock", "compact.lock"] {
+        let dir = tempdir()?;
+        let root = dir.path().join("store");
+        drop(LogStore::open(&root)?);
+        let file = root.join(name);
+        fs::remove_file(&file)?;
+        fs::create_dir(&file)?;
+        let err = LogStore::open(&root).unwrap_err();
+        assert!(err.is_corrupt(), "{name}: {err}");
+        assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
+    }
+    Ok(())
+}
+
+/// Garbage values that are not records: not JSON, not an object, no schema, wrong
+/// field types.
+fn garbage_values() -> Vec<Vec<u8>> {
+    vec![
+        vec![],
+        b"\xff\xfe".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"{}".to_vec(),
+        br#"{"schema":"1"}"#.to_vec(),
+        br#"{"schema":1}"#.to_vec(),
+        br#"{"schema":1,"job_id":7,"started_ms":-1}"#.to_vec(),
+        br#"{"schema":18446744073709551616}"#.to_vec(),
+    ]
+}
+
+#[test]
+fn a_garbage_lock_record_is_corrupt_and_never_counted_as_free() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let key = Key::new(["vault", "lic:abc"])?;
+    let stored = Key::new(["locks", "vault", "lic:abc"])?;
+    for bytes in garbage_values() {
+        store.put(&stored, &bytes, Expect::Any)?;
+        let err = match locks.acquire(&key, HOUR, &LockRequest::new()) {
+            Err(err) => err,
+            Ok(_) => panic!("{bytes:?}: a garbage lock record was taken over"),
+        };
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("locks/vault/lic:abc"), "{err}");
+        assert!(locks.peek(&key).unwrap_err().is_corrupt());
+        assert_eq!(store.get(&stored)?.unwrap().value, bytes);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_garbage_reservation_is_corrupt_and_never_charged_as_new() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let ledger = JobLedger::new(store.clone(), clock.clone());
+    let key = ledger.key("lic:abc", "job-1")?;
+    for bytes in garbage_values() {
+        store.put(&key, &bytes, Expect::Any)?;
+        match ledger.reserve("lic:abc", "job-1", &ChargeRequest::new()) {
+            Err(err) => assert!(err.is_corrupt(), "{err}"),
+            Ok(outcome) => panic!("{bytes:?}: reserved over garbage: {outcome:?}"),
+        }
+        assert!(ledger.refund("lic:abc", "job-1").unwrap_err().is_corrupt());
+        assert_eq!(store.get(&key)?.unwrap().value, bytes);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_garbage_job_record_is_corrupt_for_reads_and_transitions() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k"))?;
+    let key = Key::new(["jobs", "job", job.id.as_str()])?;
+    let mut bad = garbage_values();
+    // Well-formed JSON whose event window is impossible.
+    let mut window: Value = serde_json::from_slice(&store.get(&key)?.unwrap().value)?;
+    window["events"] = json!({"first_seq": 9, "next_seq": 2, "dropped": 0});
+    bad.push(serde_json::to_vec(&window)?);
+    for bytes in bad {
+        store.put(&key, &bytes, Expect::Any)?;
+        assert!(jobs.get(&job.id).unwrap_err().is_corrupt(), "{bytes:?}");
+        assert!(jobs.client_view(&job.id).unwrap_err().is_corrupt());
+        assert!(jobs.start(&job.id, None).unwrap_err().is_corrupt());
+        assert!(jobs.cancel(&job.id).unwrap_err().is_corrupt());
+        assert_eq!(store.get(&key)?.unwrap().value, bytes);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_garbage_event_is_corrupt_when_replayed_naming_its_key() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k"))?;
+    let worker = jobs.start(&job.id, None)?;
+    jobs.progress(&worker, "half")?;
+    let events = store.list_all(&Prefix::new(["jobs", "event", job.id.as_str()])?)?;
+    assert!(!events.is_empty());
+    store.put(&events[0], b"{\"schema\":1,\"seq\":\"one\"}", Expect::Any)?;
+    let err = jobs.events_since(&job.id, 0).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert!(err.to_string().contains(&events[0].to_string()), "{err}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Records of a newer version
+// ---------------------------------------------------------------------------------
+
+/// Reads the raw JSON of `key`.
+fn raw(store: &dyn Store, key: &Key) -> Value {
+    serde_json::from_slice(&store.get(key).unwrap().unwrap().value).unwrap()
+}
+
+/// Adds fields a newer version might write: one at the top and one nested in an
+/// object the crate defines, and writes the record back.
+fn add_future_fields(store: &dyn Store, key: &Key, nested_in: Option<&str>) {
+    let mut record = raw(store, key);
+    record["added_later"] = json!({"by": "v2", "list": [1, 2]});
+    if let Some(field) = nested_in {
+        record[field]["nested_later"] = json!(true);
+    }
+    store
+        .put(key, &serde_json::to_vec(&record).unwrap(), Expect::Any)
+        .unwrap();
+}
+
+#[test]
+fn a_job_record_keeps_unknown_fields_through_every_transition() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k").meta("mine", json!({"x": 1})))?;
+    let key = Key::new(["jobs", "job", job.id.as_str()])?;
+    add_future_fields(&*store, &key, None);
+
+    // Read by this version: the fields are ignored...
+    assert_eq!(jobs.get(&job.id)?.unwrap().status, JobStatus::Queued);
+    // ...and every read-modify-write keeps them.
+    let worker = jobs.start(&job.id, None)?;
+    jobs.set_stage(&worker, "one")?;
+    jobs.progress(&worker, "half")?;
+    jobs.heartbeat(&worker)?;
+    jobs.fail(
+        &worker,
+        JobError::new("busy"),
+        Failure::Transient {
+            retry_at_ms: START_MS,
+        },
+    )?;
+    let worker = jobs.start(&job.id, None)?;
+    jobs.complete(&worker, json!({"user": {"future": "kept"}}))?;
+
+    let record = raw(&*store, &key);
+    assert_eq!(record["added_later"], json!({"by": "v2", "list": [1, 2]}));
+    assert_eq!(record["status"], json!("complete"));
+    // User values are stored exactly as given.
+    assert_eq!(record["metadata"]["mine"], json!({"x": 1}));
+    assert_eq!(record["result"], json!({"user": {"future": "kept"}}));
+    Ok(())
+}
+
+#[test]
+fn unknown_fields_nested_in_a_job_records_own_objects_are_dropped_on_rewrite() -> TestResult {
+    // What the crate guarantees, pinned: unknown fields are kept at the top level
+    // of every record it rewrites; inside its own nested objects (the error, the
+    // event window, a checkpoint's artifacts) they are ignored on read and not
+    // written back. A newer version must add such fields at the top level.
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k"))?;
+    let key = Key::new(["jobs", "job", job.id.as_str()])?;
+    add_future_fields(&*store, &key, Some("events"));
+    assert_eq!(raw(&*store, &key)["events"]["nested_later"], json!(true));
+
+    let worker = jobs.start(&job.id, None)?;
+    jobs.progress(&worker, "half")?;
+
+    let record = raw(&*store, &key);
+    assert!(record.get("added_later").is_some(), "{record}");
+    assert!(record["events"].get("nested_later").is_none(), "{record}");
+    Ok(())
+}
+
+#[test]
+fn a_lock_record_keeps_unknown_fields_on_renewal_and_drops_them_on_takeover() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let key = Key::new(["vault"])?;
+    let stored = Key::new(["locks", "vault"])?;
+    let Acquire::Acquired(mut guard) = locks.acquire(&key, HOUR, &LockRequest::new())? else {
+        panic!("a free lock was held");
+    };
+    // Renewed once, the record carries its fencing token itself (before that it
+    // is the store version of the acquiring write, which the edit below changes).
+    assert!(matches!(guard.renew(HOUR)?, Renewal::Renewed(_)));
+    add_future_fields(&*store, &stored, None);
+    assert!(matches!(guard.renew(HOUR)?, Renewal::Renewed(_)));
+    assert!(raw(&*store, &stored).get("added_later").is_some());
+
+    // A new holder writes a record of its own: the old holder's fields go with it.
+    clock.advance(HOUR * 2);
+    let Acquire::Acquired(next) = locks.acquire(&key, HOUR, &LockRequest::new())? else {
+        panic!("an expired lock was not taken over");
+    };
+    assert!(raw(&*store, &stored).get("added_later").is_none());
+    next.into_handle();
+    Ok(())
+}
+
+#[test]
+fn a_reservation_keeps_unknown_fields_when_its_charge_is_confirmed() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let ledger = JobLedger::new(store.clone(), clock.clone());
+    let Reserve::New(reservation) =
+        ledger.reserve_pending("lic:abc", "job-1", &ChargeRequest::new())?
+    else {
+        panic!("a new job id was not new");
+    };
+    let key = ledger.key("lic:abc", "job-1")?;
+    add_future_fields(&*store, &key, None);
+    let reservation = ledger.lookup("lic:abc", "job-1")?.unwrap_or(reservation);
+    ledger.confirm_charge(&reservation)?;
+    let record = raw(&*store, &key);
+    assert_eq!(record["state"], json!("charged"));
+    assert!(record.get("added_later").is_some(), "{record}");
+    Ok(())
+}
+
+#[test]
+fn a_record_of_a_newer_schema_is_refused_and_left_untouched() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k"))?;
+    let job_key = Key::new(["jobs", "job", job.id.as_str()])?;
+    let lock_key = Key::new(["locks", "vault"])?;
+    let mut newer = raw(&*store, &job_key);
+    newer["schema"] = json!(2);
+    let newer = serde_json::to_vec(&newer)?;
+    store.put(&job_key, &newer, Expect::Any)?;
+    let lock = br#"{"schema":7,"job_id":"j","started_ms":0,"renewed_ms":0,"expires_ms":0}"#;
+    store.put(&lock_key, lock, Expect::Any)?;
+
+    let newer_schema = |e: &Error| {
+        matches!(
+            e,
+            Error::UnsupportedSchema {
+                found: _,
+                supported: 1,
+                ..
+            }
+        )
+    };
+    assert!(newer_schema(&jobs.get(&job.id).unwrap_err()));
+    assert!(newer_schema(&jobs.start(&job.id, None).unwrap_err()));
+    let acquired = locks.acquire(&Key::new(["vault"])?, HOUR, &LockRequest::new());
+    let Err(err) = acquired else {
+        panic!("a lock record of a newer schema was taken over");
+    };
+    assert!(newer_schema(&err));
+
+    assert_eq!(store.get(&job_key)?.unwrap().value, newer);
+    assert_eq!(store.get(&lock_key)?.unwrap().value, lock);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// A clock that jumps backwards or forwards
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_clock_jumping_back_never_hands_a_lock_to_two_holders() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let locks = JobLock::new(Arc::new(MemStore::new()), clock.clone());
+    let key = Key::new(["vault"])?;
+    let lease = Duration::from_secs(60);
+    let Acquire::Acquired(mut first) = locks.acquire(&key, lease, &LockRequest::new())? else {
+        panic!("free lock held");
+    };
+
+    // Back by hours: the lease has not ended, and the remaining time saturates
+    // instead of underflowing.
+    clock.set(START_MS - 3 * 3_600_000);
+    assert!(matches!(
+        locks.acquire(&key, lease, &LockRequest::new())?,
+        Acquire::Held(_)
+    ));
+    assert!(first.remaining() >= lease);
+    assert!(matches!(first.renew(lease)?, Renewal::Renewed(_)));
+
+    // Forward by hours: the lease has ended, a second job takes over, and the
+    // first finds it lost.
+    clock.set(START_MS + 3 * 3_600_000);
+    assert_eq!(first.remaining(), Duration::ZERO);
+    let Acquire::Acquired(second) = locks.acquire(&key, lease, &LockRequest::new())? else {
+        panic!("expired lock not taken over");
+    };
+    assert!(second.token() > first.token());
+    assert!(matches!(first.renew(lease)?, Renewal::Lost(_)));
+
+    // Back again, to before the takeover: still the second's lock, and the
+    // first can neither renew nor release it.
+    clock.set(START_MS);
+    assert!(matches!(first.renew(lease)?, Renewal::Lost(_)));
+    assert!(matches!(first.release()?, Release::OwnedByAnother(_)));
+    let held = locks.peek(&key)?.unwrap();
+    assert_eq!(held.token, second.token());
+    assert!(matches!(
+        locks.acquire(&key, lease, &LockRequest::new())?,
+        Acquire::Held(_)
+    ));
+    second.release()?;
+    Ok(())
+}
+
+#[test]
+fn a_clock_jumping_back_never_expires_a_reservation_early() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let ledger = JobLedger::new(Arc::new(MemStore::new()), clock.clone()).ttl(HOUR);
+    assert!(matches!(
+        ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?,
+        Reserve::New(_)
+    ));
+
+    // Back by hours: the reservation is as live as ever, and nothing is purged.
+    clock.set(START_MS - 5 * 3_600_000);
+    assert!(matches!(
+        ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?,
+        Reserve::Existing(_)
+    ));
+    assert_eq!(ledger.purge_expired(Duration::ZERO)?, 0);
+
+    // Forward past the TTL: the job id is new again.
+    clock.set(START_MS + 5 * 3_600_000);
+    assert!(matches!(
+        ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?,
+        Reserve::New(_)
+    ));
+    // A retention too long to add to any time saturates instead of overflowing.
+    clock.set(START_MS + 7 * 3_600_000);
+    assert_eq!(ledger.purge_expired(Duration::MAX)?, 0);
+    assert_eq!(ledger.purge_expired(Duration::ZERO)?, 1);
+    Ok(())
+}
+
+#[test]
+fn a_clock_jumping_back_neither_recovers_nor_purges_jobs_early() -> TestResult {
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let jobs = JobState::new(Arc::new(MemStore::new()), clock.clone());
+    let running = jobs.create(NewJob::new("k"))?;
+    let worker = jobs.start(&running.id, None)?;
+    let done = jobs.create(NewJob::new("k"))?;
+    let w = jobs.start(&done.id, None)?;
+    jobs.complete(&w, json!(null))?;
+
+    // Back by hours: heartbeats and completions lie in the future.
+    clock.set(START_MS - 6 * 3_600_000);
+    assert!(
+        jobs.recover(Duration::ZERO + Duration::from_millis(1), Recovery::Requeue)?
+            .is_empty()
+    );
+    assert_eq!(jobs.purge(Duration::from_millis(1), HOUR)?.total(), 0);
+    jobs.heartbeat(&worker)?;
+
+    // Forward by hours: the running job is stale, the finished one old.
+    clock.set(START_MS + 6 * 3_600_000);
+    assert_eq!(jobs.recover(HOUR, Recovery::Requeue)?.len(), 1);
+    assert_eq!(jobs.purge(HOUR, Duration::MAX)?.complete, 1);
+    // Durations too long to add to any time saturate.
+    assert_eq!(jobs.purge(Duration::MAX, Duration::MAX)?.total(), 0);
+    Ok(())
+}
+
+#[test]
+fn a_clock_jumping_back_does_not_start_a_retry_early_in_a_pipeline() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let should_fail = fail.clone();
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock.clone(), dir.path())
+        .retry_policy(
+            jobsafe::RetryPolicy::default()
+                .first_delay(HOUR)
+                .max_delay(HOUR),
+        )
+        .stage("work", move |_| {
+            if should_fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(jobsafe::StageError::transient("busy"));
+            }
+            Ok(())
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", NewJob::new("k"))?;
+    let report = pipeline.run_job(&job.id)?;
+    let jobsafe::RunOutcome::RetryScheduled { retry_at_ms, .. } = report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    assert!(retry_at_ms > START_MS);
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // Back by hours: not due.
+    clock.set(START_MS - 4 * 3_600_000);
+    pipeline.run_pass()?;
+    assert_eq!(
+        pipeline.jobs().get(&job.id)?.unwrap().status,
+        JobStatus::Queued
+    );
+
+    // Forward past the backoff: due, and it completes.
+    clock.set(retry_at_ms + 4 * 3_600_000);
+    pipeline.run_pass()?;
+    assert_eq!(
+        pipeline.jobs().get(&job.id)?.unwrap().status,
+        JobStatus::Complete
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// A store directory this process may not write
+// ---------------------------------------------------------------------------------
+
+/// Set in the unprivileged child of [`a_store_the_process_may_not_write_fails_cleanly`].
+const UNPRIVILEGED_CHILD: &str = "JOBSAFE_TEST_UNPRIVILEGED_DIR";
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The checks, run by a user that file permissions apply to.
+fn unwritable_store_checks(dir: &Path) -> TestResult {
+    let store = DirStore::open(dir.join("dir"))?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+
+    // The directory holding the record turns read-only under the open store.
+    set_mode(&jobs_dir, 0o500);
+    let err = store.put(&key, b"2", Expect::Any).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&*jobs_dir.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(store.get(&key)?.unwrap().value, b"1", "reads go on");
+    assert!(!store.is_poisoned(), "nothing unknown reached the disk");
+    set_mode(&jobs_dir, 0o700);
+    store.put(&key, b"3", Expect::Any)?;
+    drop(store);
+
+    // A store whose files may not be opened for writing cannot be opened, and
+    // says where.
+    let log_root = dir.join("log");
+    drop(LogStore::open(&log_root)?);
+    set_mode(&log_root.join("journal"), 0o400);
+    let err = LogStore::open(&log_root).unwrap_err();
+    assert!(err.to_string().contains("journal"), "{err}");
+    set_mode(&dir.join("dir").join("stripes"), 0o500);
+    set_mode(&dir.join("dir").join("stripes").join("00.lock"), 0o400);
+    let err = DirStore::open(dir.join("dir")).unwrap_err();
+    assert!(err.to_string().contains("stripes"), "{err}");
+
+    // A parent directory that may not be written: the store cannot be created.
+    let locked = dir.join("locked");
+    fs::create_dir(&locked)?;
+    set_mode(&locked, 0o500);
+    for err in [
+        DirStore::open(locked.join("s")).unwrap_err(),
+        LogStore::open(locked.join("s")).unwrap_err(),
+    ] {
+        assert!(
+            err.to_string().contains(&*locked.to_string_lossy()),
+            "{err}"
+        );
+    }
+
+    // Writable again, so that the temp dir can be removed.
+    set_mode(&locked, 0o700);
+    set_mode(&dir.join("dir").join("stripes"), 0o700);
+    Ok(())
+}
+
+#[test]
+fn a_store_the_process_may_not_write_fails_cleanly() -> TestResult {
+    if let Some(dir) = std::env::var_os(UNPRIVILEGED_CHILD) {
+        return unwritable_store_checks(Path::new(&dir));
+    }
+    let dir = tempdir()?;
+    // Permissions do not bind root: run the checks as an unprivileged user then.
+    if !is_root() {
+        return unwritable_store_checks(dir.path());
+    }
+    set_mode(dir.path(), 0o777);
+    let work = dir.path().join("work");
+    fs::create_dir(&work)?;
+    set_mode(&work, 0o777);
+    // A copy of this test binary that the unprivileged user may run.
+    let exe = dir.path().join("bad_input-test");
+    fs::copy(std::env::current_exe()?, &exe)?;
+    set_mode(&exe, 0o755);
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["--exact", "a_store_the_process_may_not_write_fails_cleanly"])
+        .env(UNPRIVILEGED_CHILD, &work)
+        .output()
+        .expect("running as root, this test needs setpriv (util-linux) to drop privileges");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "unprivileged child failed:\n{text}"
+    );
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // A file this process creates is owned by its effective user id.
+    let probe = tempfile::NamedTempFile::new().unwrap();
+    probe.as_file().metadata().unwrap().uid() == 0
+}
+
+/// What the stage of [`pipeline_with_clock_jumps`] does on its next run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Jump {
+    None,
+    /// Writes one artifact, moves the clock forward by hours, writes another.
+    ForwardMidStage,
+    /// Moves the clock back by hours, then has a second runner try the same
+    /// subject.
+    BackMidStage,
+}
+
+struct JumpingPipeline {
+    _dir: tempfile::TempDir,
+    pipeline: jobsafe::Pipeline<MemStore>,
+    clock: Arc<ManualClock>,
+    next: Arc<std::sync::Mutex<Jump>>,
+    /// What the second runner got, in `BackMidStage`.
+    rival: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+fn pipeline_with_clock_jumps() -> JumpingPipeline {
+    let dir = tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let next = Arc::new(std::sync::Mutex::new(Jump::None));
+    let rival = Arc::new(std::sync::Mutex::new(None));
+    let me: Arc<std::sync::OnceLock<jobsafe::Pipeline<MemStore>>> = Arc::default();
+    let (stage_clock, stage_next, stage_rival, stage_me) =
+        (clock.clone(), next.clone(), rival.clone(), me.clone());
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock.clone(), dir.path())
+        .lease(Duration::from_secs(60))
+        // No keep-alive thread: the test alone moves time and renews nothing.
+        .renew_every(None)
+        .stage("work", move |ctx| {
+            let jump = std::mem::replace(&mut *stage_next.lock().unwrap(), Jump::None);
+            ctx.write("first.txt", b"1")?;
+            match jump {
+                Jump::None => {}
+                Jump::ForwardMidStage => stage_clock.advance(3 * HOUR),
+                Jump::BackMidStage => {
+                    stage_clock.set(START_MS - 3 * 3_600_000);
+                    let other = stage_me.get().unwrap();
+                    let job = other.enqueue("s", NewJob::new("rival"))?;
+                    let outcome = other.run_job(&job.id).map(|r| format!("{:?}", r.outcome));
+                    *stage_rival.lock().unwrap() = Some(format!("{outcome:?}"));
+                }
+            }
+            ctx.write("second.txt", b"2")?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    me.set(pipeline.clone()).ok();
+    JumpingPipeline {
+        _dir: dir,
+        pipeline,
+        clock,
+        next,
+        rival,
+    }
+}
+
+#[test]
+fn a_clock_jumping_forward_mid_stage_stops_the_runner_before_its_next_write() -> TestResult {
+    let t = pipeline_with_clock_jumps();
+    let job = t.pipeline.enqueue("s", NewJob::new("k"))?;
+    *t.next.lock().unwrap() = Jump::ForwardMidStage;
+
+    let report = t.pipeline.run_job(&job.id)?;
+
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::LostLease { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let job_dir = t.pipeline.job_dir(&job.id);
+    assert!(job_dir.join("first.txt").exists());
+    assert!(
+        !job_dir.join("second.txt").exists(),
+        "written after the lease ended"
+    );
+    assert_ne!(
+        t.pipeline.jobs().get(&job.id)?.unwrap().status,
+        JobStatus::Complete
+    );
+
+    // Back by hours, to before the lost lease ended: nothing un-loses it, and
+    // the job is finished by a fresh run later.
+    t.clock.set(START_MS);
+    t.clock.advance(3 * HOUR);
+    let report = t.pipeline.run_job(&job.id)?;
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    assert!(job_dir.join("second.txt").exists());
+    Ok(())
+}
+
+#[test]
+fn a_clock_jumping_back_mid_stage_hands_the_subject_to_no_second_runner() -> TestResult {
+    let t = pipeline_with_clock_jumps();
+    let job = t.pipeline.enqueue("s", NewJob::new("k"))?;
+    *t.next.lock().unwrap() = Jump::BackMidStage;
+
+    let report = t.pipeline.run_job(&job.id)?;
+
+    // The runner's lease did not end when time went back: it finished its work,
+    // and the rival found the subject busy.
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    let rival = t.rival.lock().unwrap().clone().unwrap();
+    assert!(rival.contains("Busy"), "the second runner got {rival}");
+    Ok(())
+}
+
+#[test]
+fn extreme_times_and_durations_saturate_instead_of_overflowing() -> TestResult {
+    let late = u64::MAX - 5;
+    let clock = Arc::new(ManualClock::new(late));
+    let store = Arc::new(MemStore::new());
+
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let Acquire::Acquired(guard) =
+        locks.acquire(&Key::new(["l"])?, Duration::MAX, &LockRequest::new())?
+    else {
+        panic!("free lock held");
+    };
+    assert_eq!(guard.record().expires_ms, u64::MAX);
+    assert_eq!(guard.remaining(), Duration::from_millis(5));
+
+    let ledger = JobLedger::new(store.clone(), clock.clone()).ttl(Duration::MAX);
+    let Reserve::New(reservation) = ledger.reserve("a", "j", &ChargeRequest::new())? else {
+        panic!("new job id not new");
+    };
+    assert_eq!(reservation.expires_ms, u64::MAX);
+    assert_eq!(ledger.purge_expired(Duration::MAX)?, 0);
+
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs.create(NewJob::new("k"))?;
+    let worker = jobs.start(&job.id, None)?;
+    jobs.fail(
+        &worker,
+        JobError::new("busy"),
+        Failure::Transient {
+            retry_at_ms: u64::MAX,
+        },
+    )?;
+    assert!(jobs.recover(Duration::MAX, Recovery::Requeue)?.is_empty());
+    assert_eq!(jobs.purge(Duration::MAX, Duration::MAX)?.total(), 0);
+
+    let unbounded = jobsafe::RetryPolicy::default()
+        .first_delay(Duration::MAX)
+        .max_delay(Duration::MAX);
+    for policy in [jobsafe::RetryPolicy::default(), unbounded] {
+        for failures in [0, 1, 63, 64, 65, u32::MAX] {
+            assert!(policy.delay_for(failures) <= policy.ceiling_for(failures));
+        }
+    }
+
+    // A sweep whose clock is before every file time, or at the end of time.
+    let dir = tempdir()?;
+    jobsafe::AtomicWriter::new().write(dir.path().join("f"), b"x")?;
+    for now in [0, u64::MAX] {
+        jobsafe::AtomicWriter::new().sweep(dir.path(), Duration::MAX, &ManualClock::new(now))?;
+    }
+    guard.release()?;
+    Ok(())
+}
+
+#[test]
+fn a_checkpoint_with_unknown_fields_still_lets_its_stage_be_skipped() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fail_second = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (r1, r2, f2) = (runs.clone(), runs.clone(), fail_second.clone());
+    let pipeline = jobsafe::Pipeline::builder(store.clone(), clock, dir.path())
+        .stage("first", move |ctx| {
+            r1.lock().unwrap().push("first");
+            ctx.write("first.txt", b"1")?;
+            Ok(())
+        })
+        .stage("second", move |_| {
+            r2.lock().unwrap().push("second");
+            if f2.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(jobsafe::StageError::permanent("no"));
+            }
+            Ok(())
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+    let checkpoint = Key::new(["pipeline", "checkpoint", job.id.as_str(), "first"])?;
+    add_future_fields(&*store, &checkpoint, None);
+    // And one inside its first artifact.
+    let mut record = raw(&*store, &checkpoint);
+    record["artifacts"][0]["nested_later"] = json!(1);
+    store.put(&checkpoint, &serde_json::to_vec(&record)?, Expect::Any)?;
+
+    fail_second.store(false, std::sync::atomic::Ordering::SeqCst);
+    pipeline.retry(&job.id)?;
+    let report = pipeline.run_job(&job.id)?;
+
+    assert!(
+        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(report.skipped(), ["first"]);
+    assert_eq!(*runs.lock().unwrap(), ["first", "second", "second"]);
+    // Skipped, so not rewritten: the newer version's fields are all still there.
+    let after = raw(&*store, &checkpoint);
+    assert_eq!(after["added_later"], json!({"by": "v2", "list": [1, 2]}));
+    assert_eq!(after["artifacts"][0]["nested_later"], json!(1));
+    Ok(())
+}
+
+#[test]
+fn a_shortened_directory_whose_segment_file_is_damaged_is_reported_by_list() -> TestResult {
+    let dir = tempdir()?;
+    let store = DirStore::open(dir.path().join("store"))?;
+    let long = "L".repeat(400);
+    let key = Key::new([long.as_str(), "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let segment_file = store.path_of(&key).parent().unwrap().join(".segment");
+    assert_eq!(fs::read(&segment_file)?, long.as_bytes());
+
+    for bytes in [
+        &b""[..],
+        b"\0",
+        b"\xff",
+        b"another segment",
+        &long.as_bytes()[1..],
+    ] {
+        fs::write(&segment_file, bytes)?;
+        let err = store.list_all(&Prefix::all()).unwrap_err();
+        assert!(err.is_corrupt(), "{bytes:?}: {err}");
+        assert!(err.to_string().contains(".segment"), "{err}");
+        // The record itself is found by its key, which does not need the file.
+        assert_eq!(store.get(&key)?.unwrap().value, b"1");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_checkpoint_of_a_newer_schema_is_never_moved_aside_or_rewritten() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Arc::new(MemStore::new());
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let should_fail = fail.clone();
+    let pipeline = jobsafe::Pipeline::builder(store.clone(), clock, dir.path())
+        .stage("first", |ctx| {
+            ctx.write("first.txt", b"1")?;
+            Ok(())
+        })
+        .stage("second", move |_| {
+            if should_fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(jobsafe::StageError::permanent("no"));
+            }
+            Ok(())
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+    let checkpoint = Key::new(["pipeline", "checkpoint", job.id.as_str(), "first"])?;
+    let mut newer = raw(&*store, &checkpoint);
+    newer["schema"] = json!(2);
+    let newer = serde_json::to_vec(&newer)?;
+    store.put(&checkpoint, &newer, Expect::Any)?;
+
+    // A rolling deploy: this (older) version meets the newer record.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    pipeline.retry(&job.id)?;
+    let ran = pipeline.run_job(&job.id);
+
+    assert!(
+        matches!(&ran, Err(Error::UnsupportedSchema { found: 2, .. })),
+        "{:?}",
+        ran.map(|r| r.outcome)
+    );
+    assert_eq!(store.get(&checkpoint)?.unwrap().value, newer);
+    assert!(store.list_all(&Prefix::all())?.contains(&checkpoint));
+    // The run let go of its subject on the way out.
+    let locks = store.list_all(&Prefix::new(["pipeline", "locks"])?)?;
+    assert!(locks.is_empty(), "{locks:?}");
+    Ok(())
+}

@@ -1,0 +1,820 @@
+//! Byte-level fuzzing of every decoder, on stable Rust with proptest: arbitrary
+//! bytes, and mutations (bit flips, byte changes, truncations, splices) of valid
+//! encodings.
+//!
+//! No input may panic. A mutated encoding is rejected with an error, or decodes
+//! to something that round-trips; for a checksummed format (DirStore record files
+//! and batch journals, LogStore journals) any change is rejected, except that a
+//! LogStore journal may lose its last frames, as after a torn write.
+//!
+//! The decoders are reached through the public API: bytes are put where a store
+//! or a component reads them (a record file, a journal, a store value).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsafe::record::{self, Extra, Record};
+use jobsafe::{
+    ChargeRequest, Checkpoint, DirStore, Durability, Error, Expect, Job, JobLedger, JobLock,
+    JobState, Key, LockRequest, LogStore, ManualClock, MemStore, NewJob, Prefix, Store,
+};
+use proptest::prelude::*;
+use serde_json::json;
+
+const START_MS: u64 = 1_700_000_000_000;
+
+// ---------------------------------------------------------------------------------
+// Mutations
+// ---------------------------------------------------------------------------------
+
+/// One change to a valid encoding. Positions are taken modulo the length.
+#[derive(Clone, Debug)]
+enum Mutation {
+    FlipBit {
+        at: usize,
+        bit: u8,
+    },
+    SetByte {
+        at: usize,
+        byte: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    /// Replaces `len` bytes at `at` with `with` (inserting when `len` is 0).
+    Splice {
+        at: usize,
+        len: usize,
+        with: Vec<u8>,
+    },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::SetByte { at, byte }),
+        1 => any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+        2 => (any::<usize>(), 0usize..8, proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(at, len, with)| Mutation::Splice { at, len, with }),
+    ]
+}
+
+fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+    proptest::collection::vec(mutation(), 1..4)
+}
+
+fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for m in mutations {
+        let len = out.len().max(1);
+        match m {
+            Mutation::FlipBit { at, bit } => {
+                if let Some(b) = out.get_mut(at % len) {
+                    *b ^= 1 << bit;
+                }
+            }
+            Mutation::SetByte { at, byte } => {
+                if let Some(b) = out.get_mut(at % len) {
+                    *b = *byte;
+                }
+            }
+            Mutation::Truncate { at } => out.truncate(at % len),
+            Mutation::Splice { at, len: n, with } => {
+                let at = (at % (out.len() + 1)).min(out.len());
+                let end = (at + n).min(out.len());
+                out.splice(at..end, with.iter().copied());
+            }
+        }
+    }
+    out
+}
+
+fn arbitrary_bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..512)
+}
+
+fn fs_config() -> ProptestConfig {
+    // Each case creates a store on disk: fewer cases than the in-memory decoders
+    // get, unless PROPTEST_CASES asks for a longer run.
+    let config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        return config;
+    }
+    ProptestConfig {
+        cases: 64,
+        ..config
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The record codec and keys
+// ---------------------------------------------------------------------------------
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Sample {
+    name: String,
+    count: u64,
+    tags: Vec<String>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+impl Record for Sample {
+    const SCHEMA: u32 = 2;
+}
+
+fn sample_key() -> Key {
+    Key::new(["samples", "lic:abc"]).unwrap()
+}
+
+fn sample_bytes() -> Vec<u8> {
+    let sample = Sample {
+        name: "é\"x".into(),
+        count: 7,
+        tags: vec!["a".into(), "b".into()],
+        note: None,
+        extra: Extra::new(),
+    };
+    record::encode(&sample_key(), &sample).unwrap()
+}
+
+/// Decodes `bytes`; if they decode, re-encoding and decoding again gives the same.
+fn codec_round_trips(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let key = sample_key();
+    match record::decode::<Sample>(&key, bytes) {
+        Ok(sample) => {
+            let again = record::encode(&key, &sample).unwrap();
+            let back: Sample = record::decode(&key, &again).unwrap();
+            prop_assert_eq!(back, sample);
+        }
+        Err(e) => prop_assert!(
+            matches!(&e, Error::Corrupt { key: k, .. } | Error::UnsupportedSchema { key: k, .. } if *k == key),
+            "{}",
+            e
+        ),
+    }
+    Ok(())
+}
+
+/// Valid JSON keys, to mutate.
+fn key_json() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec("[a-z.:/%\\\\~ \u{e9}]{1,12}", 1..5)
+        .prop_map(|segments| serde_json::to_vec(&Key::new(segments).unwrap()).unwrap())
+}
+
+proptest! {
+    #[test]
+    fn the_record_codec_survives_arbitrary_bytes(bytes in arbitrary_bytes()) {
+        codec_round_trips(&bytes)?;
+    }
+
+    #[test]
+    fn the_record_codec_rejects_or_round_trips_mutated_records(m in mutations()) {
+        codec_round_trips(&mutate(&sample_bytes(), &m))?;
+    }
+
+    #[test]
+    fn keys_from_mutated_json_are_rejected_or_valid_and_round_trip(
+        json in key_json(),
+        m in mutations(),
+    ) {
+        let bytes = mutate(&json, &m);
+        if let Ok(key) = serde_json::from_slice::<Key>(&bytes) {
+            // Every accepted key satisfies Key::new's rules.
+            let rebuilt = Key::new(key.segments().iter().cloned()).unwrap();
+            prop_assert_eq!(&rebuilt, &key);
+            let again: Key = serde_json::from_slice(&serde_json::to_vec(&key).unwrap()).unwrap();
+            prop_assert_eq!(again, key);
+        }
+    }
+
+    #[test]
+    fn keys_from_arbitrary_strings_never_panic(segments in proptest::collection::vec(".{0,40}", 0..20)) {
+        if let Ok(key) = Key::new(segments.clone()) {
+            prop_assert_eq!(key.segments(), &segments[..]);
+            prop_assert!(!key.to_string().is_empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// DirStore record files, names, batch journals and floors
+// ---------------------------------------------------------------------------------
+
+/// A DirStore (no fsyncs: the files are the point, not their durability) holding
+/// one record; returns the store, the key and the record file's bytes.
+fn dir_store_with_a_record(root: &Path) -> (DirStore, Key, Vec<u8>) {
+    let store = DirStore::builder(root)
+        .durability(Durability::AtomicOnly)
+        .open()
+        .unwrap();
+    let key = Key::new(["jobs", "lic:abc", "1"]).unwrap();
+    store
+        .put(&key, br#"{"schema":1,"status":"queued"}"#, Expect::Absent)
+        .unwrap();
+    let bytes = fs::read(store.path_of(&key)).unwrap();
+    (store, key, bytes)
+}
+
+#[test]
+fn every_bit_flip_of_a_dirstore_record_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key, good) = dir_store_with_a_record(dir.path());
+    let path = store.path_of(&key);
+    for at in 0..good.len() {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at] ^= 1 << bit;
+            fs::write(&path, &bad).unwrap();
+            match store.get(&key) {
+                Err(e) => assert!(e.is_corrupt(), "{e}"),
+                Ok(entry) => panic!(
+                    "flip of bit {bit} of byte {at} ({:?}) read as {entry:?}",
+                    char::from(good[at])
+                ),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(fs_config())]
+
+    #[test]
+    fn mutated_dirstore_record_files_are_rejected(m in mutations()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key, good) = dir_store_with_a_record(dir.path());
+        let bad = mutate(&good, &m);
+        fs::write(store.path_of(&key), &bad).unwrap();
+        match store.get(&key) {
+            Ok(entry) => prop_assert_eq!(&bad, &good, "changed file read as {:?}", entry),
+            Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
+        }
+        // Listing reads names, not contents: it still lists the key.
+        prop_assert_eq!(store.list_all(&Prefix::all()).unwrap(), vec![key]);
+    }
+
+    #[test]
+    fn arbitrary_dirstore_record_files_never_panic(bytes in arbitrary_bytes()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key, _) = dir_store_with_a_record(dir.path());
+        fs::write(store.path_of(&key), &bytes).unwrap();
+        if let Err(e) = store.get(&key) {
+            prop_assert!(e.is_corrupt(), "{}", e);
+        }
+        if let Err(e) = store.put(&key, b"x", Expect::Any) {
+            prop_assert!(e.is_corrupt(), "{}", e);
+        }
+    }
+
+    #[test]
+    fn arbitrary_file_names_in_a_dirstore_never_panic(
+        names in proptest::collection::vec("[a-zA-Z0-9%^~._ -]{1,24}", 1..8),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key, good) = dir_store_with_a_record(dir.path());
+        let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+        for name in &names {
+            let _ = fs::write(jobs_dir.join(name), &good);
+        }
+        // Each listed key is ours, or one a planted name decodes to; reading it
+        // gives a value or a Corrupt error (the planted file holds another key).
+        if let Ok(keys) = store.list_all(&Prefix::all()) {
+            prop_assert!(keys.contains(&key));
+            for listed in keys {
+                if let Err(e) = store.get(&listed) {
+                    prop_assert!(e.is_corrupt(), "{}", e);
+                }
+            }
+        }
+    }
+}
+
+/// A valid DirStore batch journal deleting `key`, as `apply` writes one.
+fn journal_deleting(key: &Key) -> Vec<u8> {
+    let mut body = b"jobsafe-journal 1\n".to_vec();
+    body.extend_from_slice(format!("D {}\n", serde_json::to_string(key).unwrap()).as_bytes());
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(format!("end {crc:08x}\n").as_bytes());
+    body
+}
+
+/// Plants `bytes` as a batch journal covering every stripe and reopens the store.
+fn reopen_with_journal(root: &Path, bytes: &[u8]) -> jobsafe::Result<DirStore> {
+    let path = root
+        .join("journal")
+        .join("ffffffffffffffff-00000000000000000000000000000000.batch");
+    fs::write(&path, bytes).unwrap();
+    DirStore::builder(root)
+        .durability(Durability::AtomicOnly)
+        .open()
+}
+
+#[test]
+fn a_planted_valid_journal_is_replayed_and_every_bit_flip_of_one_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key, _) = dir_store_with_a_record(dir.path());
+    drop(store);
+    let good = journal_deleting(&key);
+    for at in 0..good.len() {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at] ^= 1 << bit;
+            match reopen_with_journal(dir.path(), &bad) {
+                Err(e) => assert!(e.is_corrupt(), "{e}"),
+                Ok(_) => panic!("flip of bit {bit} of byte {at} was replayed"),
+            }
+        }
+    }
+    // The intact journal is replayed: the delete happens.
+    let store = reopen_with_journal(dir.path(), &good).unwrap();
+    assert_eq!(store.get(&key).unwrap(), None);
+}
+
+proptest! {
+    #![proptest_config(fs_config())]
+
+    #[test]
+    fn mutated_or_arbitrary_dirstore_journals_are_rejected(
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key, _) = dir_store_with_a_record(dir.path());
+        drop(store);
+        let good = journal_deleting(&key);
+        let bad = if use_arbitrary { arbitrary } else { mutate(&good, &m) };
+        match reopen_with_journal(dir.path(), &bad) {
+            Ok(store) => {
+                prop_assert_eq!(&bad, &good);
+                prop_assert_eq!(store.get(&key).unwrap(), None);
+            }
+            Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
+        }
+    }
+
+    #[test]
+    fn arbitrary_version_floors_never_panic(bytes in arbitrary_bytes()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, _) = dir_store_with_a_record(dir.path());
+        for stripe in 0..64 {
+            fs::write(dir.path().join("stripes").join(format!("{stripe:02}.floor")), &bytes)
+                .unwrap();
+        }
+        let fresh = Key::new(["fresh"]).unwrap();
+        match store.put(&fresh, b"1", Expect::Absent) {
+            // A floor that reads as a number gives a version above it.
+            Ok(version) => prop_assert!(version.get() >= 1),
+            Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// LogStore journals
+// ---------------------------------------------------------------------------------
+
+/// The writes of the LogStore journal under test, in order.
+fn log_writes() -> Vec<(Key, Option<Vec<u8>>)> {
+    let k = |s: &str| Key::new(["k", s]).unwrap();
+    vec![
+        (k("a"), Some(b"1".to_vec())),
+        (k("b"), Some(b"two".to_vec())),
+        (k("a"), Some(b"three".to_vec())),
+        (k("b"), None),
+        (k("c"), Some(vec![0; 40])),
+    ]
+}
+
+/// The contents after each prefix of [`log_writes`] (the empty prefix first).
+fn log_states() -> Vec<BTreeMap<Key, Vec<u8>>> {
+    let mut states = vec![BTreeMap::new()];
+    let mut state = BTreeMap::new();
+    for (key, value) in log_writes() {
+        match value {
+            Some(v) => state.insert(key, v),
+            None => state.remove(&key),
+        };
+        states.push(state.clone());
+    }
+    states
+}
+
+fn contents(store: &LogStore) -> BTreeMap<Key, Vec<u8>> {
+    store
+        .list_all(&Prefix::all())
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            let value = store.get(&k).unwrap().unwrap().value;
+            (k, value)
+        })
+        .collect()
+}
+
+/// A LogStore directory holding [`log_writes`]; returns the journal's bytes up to
+/// the end of its frames (the zeros of preallocated space cut off).
+fn log_store_template(root: &Path) -> Vec<u8> {
+    let store = LogStore::builder(root)
+        .durability(Durability::AtomicOnly)
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    for (key, value) in log_writes() {
+        match value {
+            Some(v) => store.put(&key, &v, Expect::Any).map(|_| ()),
+            None => store.delete(&key, Expect::Any).map(|_| ()),
+        }
+        .unwrap();
+    }
+    let end = store.stats().unwrap().journal_bytes as usize;
+    drop(store);
+    let mut journal = fs::read(root.join("journal")).unwrap();
+    journal.truncate(end);
+    journal
+}
+
+fn open_log(root: &Path) -> jobsafe::Result<LogStore> {
+    LogStore::builder(root)
+        .durability(Durability::AtomicOnly)
+        .no_background_compaction()
+        .open()
+}
+
+#[test]
+fn every_bit_flip_of_a_logstore_file_header_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let good = log_store_template(&root);
+    for at in 0..32 {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at] ^= 1 << bit;
+            fs::write(root.join("journal"), &bad).unwrap();
+            match open_log(&root) {
+                Err(e) => assert!(e.is_corrupt(), "{e}"),
+                Ok(_) => panic!("flip of bit {bit} of header byte {at} went unnoticed"),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(fs_config())]
+
+    #[test]
+    fn mutated_logstore_journals_are_rejected_or_lose_only_their_last_frames(m in mutations()) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let good = log_store_template(&root);
+        let bad = mutate(&good, &m);
+        fs::write(root.join("journal"), &bad).unwrap();
+        match open_log(&root) {
+            Ok(store) => {
+                let found = contents(&store);
+                prop_assert!(
+                    log_states().contains(&found),
+                    "the journal opened with contents no prefix of its writes had: {:?}",
+                    found
+                );
+                // What opened can be written to, and reads back after a reopen.
+                let key = Key::new(["k", "after"]).unwrap();
+                store.put(&key, b"after", Expect::Any).unwrap();
+                drop(store);
+                let again = open_log(&root).unwrap();
+                let mut expected = found;
+                expected.insert(key, b"after".to_vec());
+                prop_assert_eq!(contents(&again), expected);
+            }
+            Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_a_logstore_file_header_never_panic(tail in arbitrary_bytes()) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let good = log_store_template(&root);
+        let mut bad = good[..32].to_vec();
+        bad.extend_from_slice(&tail);
+        fs::write(root.join("journal"), &bad).unwrap();
+        match open_log(&root) {
+            // Garbage is not a frame of this journal: at most an empty store.
+            Ok(store) => prop_assert!(contents(&store).is_empty()),
+            Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The components' records: jobs, events, locks, reservations, checkpoints
+// ---------------------------------------------------------------------------------
+
+/// A job with a stage, progress and an event or two, in a MemStore; returns its
+/// record's key and bytes, and one of its events' key and bytes.
+struct Fixture {
+    store: Arc<MemStore>,
+    clock: Arc<ManualClock>,
+    job_id: String,
+    job_key: Key,
+    event_key: Key,
+}
+
+fn fixture() -> Fixture {
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let jobs = JobState::new(store.clone(), clock.clone());
+    let job = jobs
+        .create(
+            NewJob::new("transcribe")
+                .owner("inst-7")
+                .meta("m", json!([1, {"x": null}])),
+        )
+        .unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    jobs.set_stage(&worker, "draft").unwrap();
+    jobs.progress(&worker, "half way").unwrap();
+    let job_key = Key::new(["jobs", "job", job.id.as_str()]).unwrap();
+    let event_key = store
+        .list_all(&Prefix::new(["jobs", "event", job.id.as_str()]).unwrap())
+        .unwrap()
+        .pop()
+        .unwrap();
+    Fixture {
+        store,
+        clock,
+        job_id: job.id,
+        job_key,
+        event_key,
+    }
+}
+
+/// An error from reading a component's record must be about that record.
+fn is_record_error(e: &Error) -> bool {
+    e.is_corrupt() || matches!(e, Error::UnsupportedSchema { .. })
+}
+
+fn check_job_bytes(f: &Fixture, bytes: &[u8]) -> Result<(), TestCaseError> {
+    f.store.put(&f.job_key, bytes, Expect::Any).unwrap();
+    let jobs = JobState::new(f.store.clone(), f.clock.clone());
+    match jobs.get(&f.job_id) {
+        Ok(Some(job)) => {
+            // The public type round-trips through its own serde form.
+            let json = serde_json::to_value(&job).unwrap();
+            let back: Job = serde_json::from_value(json).unwrap();
+            prop_assert_eq!(&back.id, &job.id);
+            prop_assert_eq!(back.status, job.status);
+            prop_assert_eq!(back.events, job.events);
+            prop_assert_eq!(&back.client_view(), &job.client_view());
+        }
+        Ok(None) => prop_assert!(false, "a present record read as absent"),
+        Err(e) => prop_assert!(is_record_error(&e), "{}", e),
+    }
+    // Transitions on whatever was read: a value or an error, never a panic.
+    let _ = jobs.events_since(&f.job_id, 0);
+    let _ = jobs.cancel(&f.job_id);
+    Ok(())
+}
+
+fn check_event_bytes(f: &Fixture, bytes: &[u8]) -> Result<(), TestCaseError> {
+    f.store.put(&f.event_key, bytes, Expect::Any).unwrap();
+    let jobs = JobState::new(f.store.clone(), f.clock.clone());
+    match jobs.events_since(&f.job_id, 0) {
+        Ok(page) => {
+            for event in page.events {
+                let json = serde_json::to_value(&event).unwrap();
+                prop_assert_eq!(
+                    serde_json::from_value::<jobsafe::Event>(json).unwrap(),
+                    event
+                );
+            }
+        }
+        Err(e) => prop_assert!(is_record_error(&e), "{}", e),
+    }
+    Ok(())
+}
+
+/// A lock record as `JobLock` writes it, after a renewal (token recorded).
+fn lock_bytes(store: &Arc<MemStore>, clock: &Arc<ManualClock>) -> Vec<u8> {
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let request = LockRequest::new().actor("user:alice").meta("chunks", 12);
+    let key = Key::new(["vault", "lic:abc"]).unwrap();
+    let jobsafe::Acquire::Acquired(mut guard) = locks
+        .acquire(&key, Duration::from_secs(60), &request)
+        .unwrap()
+    else {
+        panic!("free lock held");
+    };
+    guard.renew(Duration::from_secs(60)).unwrap();
+    guard.into_handle();
+    store
+        .get(&Key::new(["locks", "vault", "lic:abc"]).unwrap())
+        .unwrap()
+        .unwrap()
+        .value
+}
+
+fn check_lock_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let locks = JobLock::new(store.clone(), clock.clone());
+    let key = Key::new(["vault", "lic:abc"]).unwrap();
+    store
+        .put(
+            &Key::new(["locks", "vault", "lic:abc"]).unwrap(),
+            bytes,
+            Expect::Any,
+        )
+        .unwrap();
+    match locks.peek(&key) {
+        Ok(Some(record)) => {
+            // Whatever it says, an acquire decides by it: held until it expires.
+            let acquired = locks.acquire(&key, Duration::from_secs(1), &LockRequest::new());
+            match acquired {
+                Ok(jobsafe::Acquire::Held(holder)) => {
+                    prop_assert!(!record.is_expired_at(START_MS));
+                    prop_assert_eq!(holder, record);
+                }
+                Ok(jobsafe::Acquire::Acquired(guard)) => {
+                    prop_assert!(record.is_expired_at(START_MS));
+                    guard.into_handle();
+                }
+                Err(e) => prop_assert!(false, "a readable lock failed to decide: {}", e),
+            }
+        }
+        Ok(None) => prop_assert!(false, "a present record read as absent"),
+        Err(e) => {
+            prop_assert!(is_record_error(&e), "{}", e);
+            // Never counted as free.
+            prop_assert!(
+                locks
+                    .acquire(&key, Duration::from_secs(1), &LockRequest::new())
+                    .is_err()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn reservation_bytes(store: &Arc<MemStore>, clock: &Arc<ManualClock>) -> Vec<u8> {
+    let ledger = JobLedger::new(store.clone(), clock.clone());
+    let request = ChargeRequest::new()
+        .backend("deepgram")
+        .tier("pro")
+        .fingerprint("sha256:9f")
+        .meta("minutes", 42);
+    ledger.reserve("lic:abc", "job-1", &request).unwrap();
+    store
+        .get(&ledger.key("lic:abc", "job-1").unwrap())
+        .unwrap()
+        .unwrap()
+        .value
+}
+
+fn check_reservation_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let ledger = JobLedger::new(store.clone(), clock.clone());
+    store
+        .put(&ledger.key("lic:abc", "job-1").unwrap(), bytes, Expect::Any)
+        .unwrap();
+    match ledger.lookup("lic:abc", "job-1") {
+        Ok(Some(found)) => {
+            prop_assert_eq!(
+                ledger.lookup("lic:abc", "job-1").unwrap(),
+                Some(found.clone())
+            );
+            // A reserve on a readable reservation is never New while it is live.
+            if let Ok(jobsafe::Reserve::New(_)) = ledger.reserve(
+                "lic:abc",
+                "job-1",
+                &ChargeRequest::new().fingerprint("sha256:9f"),
+            ) {
+                prop_assert!(found.is_expired_at(START_MS));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            prop_assert!(is_record_error(&e), "{}", e);
+            prop_assert!(
+                ledger
+                    .reserve("lic:abc", "job-1", &ChargeRequest::new())
+                    .is_err()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint as a pipeline records it (made once: it runs a pipeline).
+fn checkpoint_bytes() -> (Key, Vec<u8>) {
+    static MADE: std::sync::OnceLock<(Key, Vec<u8>)> = std::sync::OnceLock::new();
+    MADE.get_or_init(make_checkpoint).clone()
+}
+
+fn make_checkpoint() -> (Key, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemStore::new());
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let pipeline = jobsafe::Pipeline::builder(store.clone(), clock, dir.path())
+        .stage("transcribe", |ctx| {
+            ctx.write("transcript.txt", b"hello")?;
+            ctx.write_shared("audio.wav", b"RIFF")?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    pipeline.run_job(&job.id).unwrap();
+    let key = Key::new(["pipeline", "checkpoint", job.id.as_str(), "transcribe"]).unwrap();
+    let bytes = store.get(&key).unwrap().unwrap().value;
+    (key, bytes)
+}
+
+fn check_checkpoint_bytes(key: &Key, bytes: &[u8]) -> Result<(), TestCaseError> {
+    match record::decode::<Checkpoint>(key, bytes) {
+        Ok(checkpoint) => {
+            let again = record::encode(key, &checkpoint).unwrap();
+            prop_assert_eq!(
+                record::decode::<Checkpoint>(key, &again).unwrap(),
+                checkpoint
+            );
+        }
+        Err(e) => prop_assert!(is_record_error(&e), "{}", e),
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn job_records_mutated_or_arbitrary_never_panic(
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let f = fixture();
+        let good = f.store.get(&f.job_key).unwrap().unwrap().value;
+        let bytes = if use_arbitrary { arbitrary } else { mutate(&good, &m) };
+        check_job_bytes(&f, &bytes)?;
+    }
+
+    #[test]
+    fn events_mutated_or_arbitrary_never_panic(
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let f = fixture();
+        let good = f.store.get(&f.event_key).unwrap().unwrap().value;
+        let bytes = if use_arbitrary { arbitrary } else { mutate(&good, &m) };
+        check_event_bytes(&f, &bytes)?;
+    }
+
+    #[test]
+    fn lock_records_mutated_or_arbitrary_never_panic(
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let good = lock_bytes(&Arc::new(MemStore::new()), &Arc::new(ManualClock::new(START_MS)));
+        let bytes = if use_arbitrary { arbitrary } else { mutate(&good, &m) };
+        check_lock_bytes(&bytes)?;
+    }
+
+    #[test]
+    fn reservations_mutated_or_arbitrary_never_panic(
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let good =
+            reservation_bytes(&Arc::new(MemStore::new()), &Arc::new(ManualClock::new(START_MS)));
+        let bytes = if use_arbitrary { arbitrary } else { mutate(&good, &m) };
+        check_reservation_bytes(&bytes)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(fs_config())]
+
+    #[test]
+    fn checkpoints_mutated_or_arbitrary_never_panic(
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let (key, good) = checkpoint_bytes();
+        let bytes = if use_arbitrary { arbitrary } else { mutate(&good, &m) };
+        check_checkpoint_bytes(&key, &bytes)?;
+    }
+}

@@ -1,0 +1,905 @@
+//! Security properties of the stores, the atomic writer and the job records: the
+//! modes of everything they create, keys that cannot name a path outside the
+//! store, symlinks planted inside a store that writes do not follow, and internal
+//! error messages that never reach a client.
+//!
+//! The symlink tests matter most when run as root, where permission checks do not
+//! stop a write through a planted link: they check where bytes landed, not whether
+//! a write was refused by the operating system.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::env;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobsafe::vfs::{DIR_MODE, FileInfo, StdVfs, Vfs};
+use jobsafe::{
+    AtomicWriter, Batch, DEFAULT_MODE, DirStore, Expect, Key, LogStore, MemStore, Store,
+    write_atomic,
+};
+use tempfile::tempdir;
+
+use common::{TestResult, mode_of};
+
+// ---------------------------------------------------------------------------------
+// Modes
+// ---------------------------------------------------------------------------------
+
+/// Set in the child process of
+/// [`everything_the_stores_create_is_owner_only_under_a_permissive_umask`]: where to
+/// create the stores.
+const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_SECURITY_UMASK_DIR";
+
+/// Every file and directory under `root` (not `root` itself), symlinks not followed.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// What the child does under the permissive umask: everything that creates files
+/// or directories in each store and the writer.
+fn create_everything(dir: &Path) -> TestResult {
+    let long = "L".repeat(400); // encodes to a hashed directory with a `.segment` file
+    let keys = [
+        Key::new(["jobs", "lic:abc123", "1"])?,
+        Key::new(["jobs", long.as_str(), "2"])?,
+        Key::new(["deep", "a", "b", "c", "d"])?,
+    ];
+
+    let dir_store = DirStore::open(dir.join("dirstore"))?;
+    let log_store = LogStore::open(dir.join("logstore"))?;
+    let stores: [&dyn Store; 2] = [&dir_store, &log_store];
+    for store in stores {
+        for key in &keys {
+            store.put(key, b"{}", Expect::Absent)?;
+        }
+        let batch = Batch::new()
+            .put(&Key::new(["batch", "x"])?, b"1", Expect::Absent)
+            .delete(&keys[2], Expect::Any);
+        store.apply(&batch)?;
+        store.quarantine(&keys[0])?;
+    }
+    log_store.compact()?;
+
+    fs::create_dir(dir.join("writer"))?;
+    write_atomic(dir.join("writer").join("file"), b"w")?;
+    AtomicWriter::new()
+        .no_clobber(true)
+        .write(dir.join("writer").join("new"), b"n")?;
+    // A pipeline's artifact directories and files, from a root it creates.
+    let pipeline = pipeline_at(&dir.join("artifacts"));
+    let job = pipeline.enqueue("session-1", jobsafe::NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+
+    // A plain create under the same umask, to prove the umask was in force.
+    fs::write(dir.join("control"), b"c")?;
+    Ok(())
+}
+
+#[test]
+fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> TestResult {
+    if let Some(dir) = env::var_os(UMASK_CHILD_DIR) {
+        return create_everything(Path::new(&dir));
+    }
+    // The umask belongs to the whole process: change it only in a child that runs
+    // this one test.
+    let dir = tempdir()?;
+    let child = Command::new("sh")
+        .args(["-c", r#"umask 000 && exec "$@""#, "sh"])
+        .arg(env::current_exe()?)
+        .args([
+            "--exact",
+            "everything_the_stores_create_is_owner_only_under_a_permissive_umask",
+        ])
+        .env(UMASK_CHILD_DIR, dir.path())
+        .output()?;
+    assert!(
+        child.status.success(),
+        "child failed:\n{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert_eq!(
+        mode_of(&dir.path().join("control"))? & 0o077,
+        0o066,
+        "the child did not run under umask 000"
+    );
+
+    let mut checked = 0;
+    for root in ["dirstore", "logstore", "writer", "artifacts"] {
+        let root = dir.path().join(root);
+        let mut paths = walk(&root);
+        if root.ends_with("writer") {
+            // Created by the test, not by jobsafe: only its files count.
+            paths.retain(|p| p.is_file());
+        } else {
+            paths.push(root.clone());
+        }
+        let files = paths.iter().filter(|p| p.is_file()).count();
+        assert!(files >= 2, "{} holds {files} files", root.display());
+        for path in paths {
+            let meta = fs::symlink_metadata(&path)?;
+            let (kind, want) = if meta.is_dir() {
+                ("directory", DIR_MODE)
+            } else {
+                ("file", DEFAULT_MODE)
+            };
+            assert!(!meta.file_type().is_symlink(), "{}", path.display());
+            assert_eq!(
+                mode_of(&path)?,
+                want,
+                "{kind} {} has mode {:o}",
+                path.display(),
+                mode_of(&path)?
+            );
+            checked += 1;
+        }
+    }
+    // Stripes alone are 64 locks; the point is that the walk saw the store.
+    assert!(checked > 64, "only {checked} paths checked");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Keys cannot name a path outside the store
+// ---------------------------------------------------------------------------------
+
+/// Segments that would climb out of a naive store or name an absolute path.
+const ESCAPING_SEGMENTS: [&str; 8] = [
+    "..",
+    "../../outside",
+    "/",
+    "/etc/passwd",
+    "a/../../b",
+    "..\\..\\outside",
+    "lic:abc123",
+    ".",
+];
+
+#[test]
+fn no_key_names_a_path_outside_a_dirstore() -> TestResult {
+    let dir = tempdir()?;
+    let root = dir.path().join("store");
+    let store = DirStore::open(&root)?;
+    for (i, segment) in ESCAPING_SEGMENTS.iter().enumerate() {
+        for key in [
+            Key::new([*segment])?,
+            Key::new([*segment, *segment])?,
+            Key::new(["jobs", segment, "x"])?,
+        ] {
+            let path = store.path_of(&key);
+            // Lexically inside, with no component that climbs or restarts.
+            assert!(
+                path.starts_with(&root),
+                "{key:?} maps to {}",
+                path.display()
+            );
+            let below = path.strip_prefix(&root)?;
+            assert!(
+                below
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                "{key:?} maps to {}",
+                path.display()
+            );
+            store.put(&key, format!("{i}").as_bytes(), Expect::Any)?;
+            assert_eq!(store.get(&key)?.unwrap().value, format!("{i}").as_bytes());
+        }
+    }
+    // Nothing appeared beside the store.
+    let beside: Vec<_> = fs::read_dir(dir.path())?.collect();
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Symlinks planted inside a store are not followed for writes
+// ---------------------------------------------------------------------------------
+
+/// A store directory, and a directory outside it that planted symlinks point to.
+struct Planted {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+}
+
+impl Planted {
+    fn new() -> Self {
+        let dir = tempdir().unwrap();
+        let root = dir.path().join("store");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        Planted {
+            _dir: dir,
+            root,
+            outside,
+        }
+    }
+
+    /// The names in the outside directory, recursively, with their contents.
+    fn outside_contents(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut found: Vec<_> = walk(&self.outside)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_subdirectory_is_not_followed_by_a_put() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let first = Key::new(["jobs", "a"])?;
+    store.put(&first, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&first).parent().unwrap().to_path_buf();
+    store.delete(&first, Expect::Any)?;
+    assert!(!jobs_dir.exists(), "an emptied directory is pruned");
+    symlink(&p.outside, &jobs_dir)?;
+
+    let err = store
+        .put(&Key::new(["jobs", "b"])?, b"2", Expect::Absent)
+        .unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(
+        err.to_string().contains(&*jobs_dir.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(p.outside_contents(), vec![]);
+    // The symlink itself is left for an operator to look at.
+    assert!(fs::symlink_metadata(&jobs_dir)?.file_type().is_symlink());
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_an_outer_dirstore_subdirectory_is_not_followed_into_a_real_one()
+-> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let deep = Key::new(["jobs", "lic:abc", "1"])?;
+    store.put(&deep, b"1", Expect::Absent)?;
+    let inner_dir = store.path_of(&deep).parent().unwrap().to_path_buf();
+    let outer_dir = inner_dir.parent().unwrap().to_path_buf();
+    // Outside holds a directory of the same name as the store's inner one, so
+    // that a check of the record's own directory alone would pass.
+    let moved = p.outside.join(inner_dir.file_name().unwrap());
+    fs::rename(&inner_dir, &moved)?;
+    fs::remove_dir(&outer_dir)?;
+    symlink(&p.outside, &outer_dir)?;
+    let before = p.outside_contents();
+
+    let put = store.put(&Key::new(["jobs", "lic:abc", "2"])?, b"2", Expect::Any);
+    let delete = store.delete(&deep, Expect::Any);
+    let quarantine = store.quarantine(&deep);
+
+    for (what, failed) in [
+        ("put", put.err()),
+        ("delete", delete.err()),
+        ("quarantine", quarantine.err()),
+    ] {
+        let err = failed.unwrap_or_else(|| panic!("{what} went through the symlink"));
+        assert!(err.is_corrupt(), "{what}: {err}");
+    }
+    assert_eq!(p.outside_contents(), before, "files outside changed");
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_a_record_path_is_replaced_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let record = store.path_of(&key);
+
+    // Pointing at a file outside: the record reads as corrupt and nothing is written.
+    let victim = p.outside.join("victim");
+    fs::write(&victim, b"precious")?;
+    fs::remove_file(&record)?;
+    symlink(&victim, &record)?;
+    let err = store.put(&key, b"2", Expect::Any).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert_eq!(fs::read(&victim)?, b"precious");
+
+    // Dangling: the record is absent; a put replaces the link with a regular file
+    // and creates nothing where it pointed.
+    let nowhere = p.outside.join("nowhere");
+    fs::remove_file(&record)?;
+    symlink(&nowhere, &record)?;
+    assert_eq!(store.get(&key)?, None);
+    store.put(&key, b"3", Expect::Absent)?;
+    assert!(fs::symlink_metadata(&record)?.file_type().is_file());
+    assert!(!nowhere.exists());
+    assert_eq!(store.get(&key)?.unwrap().value, b"3");
+    assert_eq!(fs::read(&victim)?, b"precious");
+    Ok(())
+}
+
+#[test]
+fn a_record_path_replaced_by_a_directory_is_an_error_naming_it() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let record = store.path_of(&key);
+    fs::remove_file(&record)?;
+    fs::create_dir(&record)?;
+    fs::write(record.join("inside"), b"x")?;
+
+    for err in [
+        store.get(&key).unwrap_err(),
+        store.put(&key, b"2", Expect::Any).unwrap_err(),
+        store.delete(&key, Expect::Any).unwrap_err(),
+    ] {
+        assert!(
+            err.to_string().contains(&*record.to_string_lossy()),
+            "{err}"
+        );
+    }
+    assert_eq!(fs::read(record.join("inside"))?, b"x");
+    Ok(())
+}
+
+#[test]
+fn sweeping_a_dirstore_does_not_follow_a_planted_directory_symlink() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    // A name the sweep would take for an old temp file, in the outside directory.
+    let bait = p
+        .outside
+        .join(format!(".x.0000000000000000{}", jobsafe::TEMP_SUFFIX));
+    fs::write(&bait, b"not yours")?;
+    let data = store
+        .path_of(&key)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    symlink(&p.outside, data.join("planted.d"))?;
+
+    let far_future = jobsafe::ManualClock::new(u64::MAX / 4);
+    store.sweep_temp_files(std::time::Duration::ZERO, &far_future)?;
+
+    assert_eq!(fs::read(&bait)?, b"not yours");
+    Ok(())
+}
+
+/// A LogStore at `root` with one record, closed again.
+fn log_store_with_a_record(root: &Path) -> TestResult {
+    let store = LogStore::open(root)?;
+    store.put(&Key::new(["jobs", "a"])?, b"1", Expect::Absent)?;
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_the_logstore_journal_is_not_written_through() -> TestResult {
+    let p = Planted::new();
+    log_store_with_a_record(&p.root)?;
+    // A valid journal outside (a copy of the store's own), the journal a symlink to it.
+    let journal = p.root.join("journal");
+    let outside_journal = p.outside.join("journal");
+    fs::copy(&journal, &outside_journal)?;
+    fs::remove_file(&journal)?;
+    symlink(&outside_journal, &journal)?;
+    let before = p.outside_contents();
+
+    let err = LogStore::open(&p.root).unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(
+        err.to_string().contains(&*journal.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(p.outside_contents(), before);
+    Ok(())
+}
+
+#[test]
+fn dangling_symlinks_planted_at_logstore_lock_files_create_nothing_outside() -> TestResult {
+    for name in ["lock", "compact.lock"] {
+        let p = Planted::new();
+        log_store_with_a_record(&p.root)?;
+        let lock = p.root.join(name);
+        fs::remove_file(&lock)?;
+        let target = p.outside.join("created-through-the-link");
+        symlink(&target, &lock)?;
+
+        let err = LogStore::open(&p.root).unwrap_err();
+
+        assert!(err.is_corrupt(), "{name}: {err}");
+        assert!(!target.exists(), "{name}: a file was created outside");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_the_logstore_quarantine_directory_is_not_followed() -> TestResult {
+    let p = Planted::new();
+    let store = LogStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    symlink(&p.outside, p.root.join("quarantine"))?;
+
+    assert!(store.quarantine(&key).is_err());
+
+    assert_eq!(p.outside_contents(), vec![]);
+    assert_eq!(store.get(&key)?.unwrap().value, b"1", "the record stays");
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_stripe_lock_creates_nothing_outside() -> TestResult {
+    let p = Planted::new();
+    drop(DirStore::open(&p.root)?);
+    let lock = p.root.join("stripes").join("00.lock");
+    fs::remove_file(&lock)?;
+    let target = p.outside.join("created-through-the-link");
+    symlink(&target, &lock)?;
+
+    let err = DirStore::open(&p.root).unwrap_err();
+
+    assert!(err.is_corrupt(), "{err}");
+    assert!(!target.exists());
+    Ok(())
+}
+
+/// A [`Vfs`] on the real filesystem that, the first time it is asked to create a
+/// temp file, plants a symlink at exactly that path first: the attacker who guessed
+/// the random name.
+#[derive(Clone, Debug)]
+struct PlantingVfs {
+    victim: PathBuf,
+    planted: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+impl Vfs for PlantingVfs {
+    type File = fs::File;
+
+    fn create_new(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
+        let is_temp = path.to_string_lossy().ends_with(jobsafe::TEMP_SUFFIX);
+        let mut planted = self.planted.lock().unwrap();
+        if is_temp && planted.is_empty() {
+            symlink(&self.victim, path)?;
+            planted.push(path.to_path_buf());
+        }
+        drop(planted);
+        StdVfs.create_new(path, mode)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<fs::File> {
+        StdVfs.open_read(path)
+    }
+    fn open_or_create(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
+        StdVfs.open_or_create(path, mode)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.rename(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.create_dir(path)
+    }
+    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        StdVfs.read_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.sync_dir(path)
+    }
+    fn metadata(&self, path: &Path) -> std::io::Result<FileInfo> {
+        StdVfs.metadata(path)
+    }
+}
+
+impl PlantingVfs {
+    fn new(victim: PathBuf) -> Self {
+        PlantingVfs {
+            victim,
+            planted: Arc::default(),
+        }
+    }
+
+    fn planted(&self) -> Vec<PathBuf> {
+        self.planted.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_temp_file_path_is_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let victim = p.outside.join("victim");
+    fs::write(&victim, b"precious")?;
+    let victim_mode = mode_of(&victim)?;
+    fs::create_dir(&p.root)?;
+
+    // The writer alone, and a DirStore writing its records through it.
+    let vfs = PlantingVfs::new(victim.clone());
+    let target = p.root.join("file");
+    AtomicWriter::with_vfs(vfs.clone()).write(&target, b"new")?;
+    assert_eq!(fs::read(&target)?, b"new");
+    assert_eq!(vfs.planted().len(), 1, "no temp file was created");
+
+    let vfs = PlantingVfs::new(victim.clone());
+    let store = DirStore::builder(p.root.join("dirstore"))
+        .vfs(vfs.clone())
+        .open()?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"record", Expect::Absent)?;
+    assert_eq!(store.get(&key)?.unwrap().value, b"record");
+    assert_eq!(vfs.planted().len(), 1, "no temp file was created");
+
+    // O_EXCL refused the planted names; the writer took fresh ones.
+    assert_eq!(fs::read(&victim)?, b"precious");
+    assert_eq!(
+        mode_of(&victim)?,
+        victim_mode,
+        "the writer's fchmod reached it"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Internal error messages never reach a client
+// ---------------------------------------------------------------------------------
+
+/// Text every internal failure below carries, and that no client may see.
+const SECRET: &str = "/srv/secret/asr-3.internal";
+
+/// Everything a client of job `id` can be shown: its client view and its events
+/// (what an SSE stream replays), as JSON.
+fn client_facing<S: Store>(jobs: &jobsafe::JobState<S>, id: &str) -> String {
+    let view = jobs.client_view(id).unwrap().unwrap();
+    let events = jobs.events_since(id, 0).unwrap().events;
+    format!(
+        "{}\n{}",
+        serde_json::to_string(&view).unwrap(),
+        serde_json::to_string(&events).unwrap()
+    )
+}
+
+#[test]
+fn internal_failures_of_pipeline_stages_never_reach_the_client_face() -> TestResult {
+    let dir = tempdir()?;
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock, dir.path())
+        .stage("work", |ctx| {
+            let mode = ctx.job().metadata["mode"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            match mode.as_str() {
+                // `?` on an I/O error whose text names a path.
+                "io" => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{SECRET}: permission denied"),
+                ))?,
+                // The same, transient: the job is requeued with a retry time.
+                "io-transient" => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{SECRET}: timed out"),
+                ))?,
+                // `?` on a jobsafe error naming the job's own directory.
+                "crate" => {
+                    ctx.read("never-written.txt")?;
+                }
+                // A bug.
+                "panic" => panic!("index out of bounds in {SECRET}"),
+                other => panic!("unknown mode {other}"),
+            }
+            Ok(())
+        })
+        .build()?;
+
+    for mode in ["io", "io-transient", "crate", "panic"] {
+        let job = pipeline.enqueue("s", jobsafe::NewJob::new("k").meta("mode", mode))?;
+        let report = pipeline.run_job(&job.id)?;
+        let error = match &report.outcome {
+            jobsafe::RunOutcome::Failed { error, .. }
+            | jobsafe::RunOutcome::RetryScheduled { error, .. } => error.clone(),
+            other => panic!("{mode}: {other:?}"),
+        };
+        // The operator's face has the details (so the check below means something)...
+        let internal = error.internal_message().to_owned();
+        let detail = if mode == "crate" {
+            dir.path().to_string_lossy().into_owned()
+        } else {
+            SECRET.to_owned()
+        };
+        assert!(internal.contains(&detail), "{mode}: {internal}");
+        // ...the client's face has none of them.
+        assert_eq!(
+            error.client_message(),
+            jobsafe::DEFAULT_CLIENT_MESSAGE,
+            "{mode}"
+        );
+        let shown = client_facing(pipeline.jobs(), &job.id);
+        assert!(
+            shown.contains(jobsafe::DEFAULT_CLIENT_MESSAGE),
+            "{mode}: {shown}"
+        );
+        for hidden in [
+            SECRET,
+            &*dir.path().to_string_lossy(),
+            "permission",
+            "panicked",
+        ] {
+            assert!(
+                !shown.contains(hidden),
+                "{mode}: {hidden:?} shown in {shown}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_worker_lost_by_recovery_shows_clients_no_internal_detail() -> TestResult {
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    let jobs = jobsafe::JobState::new(MemStore::new(), clock.clone());
+    let job = jobs.create(jobsafe::NewJob::new("k"))?;
+    let worker = jobs.start(&job.id, None)?;
+    jobs.progress(&worker, "step 1")?;
+    clock.advance(Duration::from_secs(3600));
+
+    jobs.recover(Duration::from_secs(60), jobsafe::Recovery::Fail)?;
+
+    let record = jobs.get(&job.id)?.unwrap();
+    assert_eq!(record.status, jobsafe::JobStatus::Failed);
+    let internal = record.error.unwrap().internal_message().to_owned();
+    let shown = client_facing(&jobs, &job.id);
+    assert!(!shown.contains(&internal), "{internal:?} shown in {shown}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Symlinks planted in a pipeline's artifact directories
+// ---------------------------------------------------------------------------------
+
+type Pipe = jobsafe::Pipeline<MemStore>;
+
+/// A one-stage pipeline writing `out.txt` into the job's directory and
+/// `shared.txt` into the subject's, with artifacts under `root`.
+fn pipeline_at(root: &Path) -> Pipe {
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    jobsafe::Pipeline::builder(MemStore::new(), clock, root)
+        .stage("work", |ctx| {
+            ctx.write("out.txt", b"artifact")?;
+            ctx.write_shared("shared.txt", b"shared")?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+}
+
+/// The run did not complete: it failed the job, or returned an error naming
+/// `link` or the directory it is in.
+fn assert_refused_naming(ran: jobsafe::Result<jobsafe::RunReport>, link: &Path) {
+    match ran {
+        Ok(report) => assert!(
+            !matches!(report.outcome, jobsafe::RunOutcome::Completed),
+            "{:?}",
+            report.outcome
+        ),
+        Err(e) => {
+            assert!(e.is_corrupt(), "{e}");
+            // The link itself, or the `jobs/` directory it is in.
+            let named = link
+                .ancestors()
+                .take(2)
+                .any(|dir| e.to_string().contains(&*dir.to_string_lossy()));
+            assert!(named, "{e}");
+        }
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_job_directory_is_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    fs::create_dir_all(pipeline.job_dir(&job.id).parent().unwrap())?;
+    symlink(&p.outside, pipeline.job_dir(&job.id))?;
+
+    let ran = pipeline.run_job(&job.id);
+
+    assert_refused_naming(ran, &pipeline.job_dir(&job.id));
+    assert_eq!(p.outside_contents(), vec![]);
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_above_a_job_directory_is_never_written_through() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    let job_dir = pipeline.job_dir(&job.id);
+    // `jobs/` is a symlink to a directory that has one of the job's name.
+    fs::create_dir(&p.root)?;
+    symlink(&p.outside, job_dir.parent().unwrap())?;
+    fs::create_dir(p.outside.join(job_dir.file_name().unwrap()))?;
+
+    let ran = pipeline.run_job(&job.id);
+
+    assert_refused_naming(ran, &pipeline.job_dir(&job.id));
+    assert_eq!(p.outside_contents(), vec![]);
+    Ok(())
+}
+
+#[test]
+fn deleting_a_job_whose_directory_is_a_planted_symlink_removes_nothing_outside() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    pipeline.run_job(&job.id)?;
+    let job_dir = pipeline.job_dir(&job.id);
+    // Files outside, under the names the job wrote, and a symlink to them.
+    fs::write(p.outside.join("out.txt"), b"precious")?;
+    fs::write(p.outside.join("other"), b"precious")?;
+    fs::remove_file(job_dir.join("out.txt"))?;
+    fs::remove_dir(&job_dir)?;
+    symlink(&p.outside, &job_dir)?;
+    let before = p.outside_contents();
+
+    let deleted = pipeline.delete(&job.id);
+
+    assert_eq!(p.outside_contents(), before);
+    // The job is gone, its directory entry with it (the link, not what it named),
+    // or the deletion was refused with an error naming the link.
+    match deleted {
+        Ok(deletion) => {
+            assert_eq!(deletion, jobsafe::Deletion::Removed);
+            assert!(fs::symlink_metadata(&job_dir).is_err());
+        }
+        Err(e) => assert!(e.to_string().contains(&*job_dir.to_string_lossy()), "{e}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn symlinks_planted_at_a_dirstores_own_directories_are_refused_at_open() -> TestResult {
+    for name in ["data", "stripes", "journal", "quarantine"] {
+        let p = Planted::new();
+        drop(DirStore::open(&p.root)?);
+        let planted = p.root.join(name);
+        fs::rename(&planted, p.outside.join(name))?;
+        symlink(p.outside.join(name), &planted)?;
+        let before = p.outside_contents();
+
+        let err = DirStore::open(&p.root).unwrap_err();
+
+        assert!(
+            err.to_string().contains(&*planted.to_string_lossy()),
+            "{name}: {err}"
+        );
+        assert_eq!(p.outside_contents(), before, "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_symlink_planted_in_a_dirstore_is_reported_by_list_never_walked() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    symlink(&jobs_dir, jobs_dir.join("loop.d"))?;
+
+    // A loop, which a walk that followed it would take for keys ever deeper.
+    for prefix in [
+        jobsafe::Prefix::all(),
+        jobsafe::Prefix::new(["jobs", "loop"])?,
+    ] {
+        let err = store.list_all(&prefix).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("loop.d"), "{err}");
+    }
+    let swept = store.sweep_temp_files(Duration::ZERO, &jobsafe::ManualClock::new(0));
+    assert!(swept.is_ok(), "{swept:?}");
+    Ok(())
+}
+
+#[test]
+fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_followed() -> TestResult
+{
+    // Each directory, and the operation that writes into it.
+    type Write = fn(&DirStore, &Key) -> jobsafe::Result<()>;
+    let cases: [(&str, Write); 4] = [
+        ("data", |s, k| s.put(k, b"2", Expect::Any).map(|_| ())),
+        ("quarantine", |s, k| s.quarantine(k).map(|_| ())),
+        ("journal", |s, k| {
+            s.apply(&Batch::new().put(k, b"2", Expect::Any)).map(|_| ())
+        }),
+        ("stripes", |s, k| s.delete(k, Expect::Any).map(|_| ())),
+    ];
+    for (name, write) in cases {
+        let p = Planted::new();
+        let store = DirStore::open(&p.root)?;
+        let key = Key::new(["jobs", "a"])?;
+        store.put(&key, b"1", Expect::Absent)?;
+        let planted = p.root.join(name);
+        // The stripe locks must stay reachable for the operation to get as far
+        // as its write: the outside copy keeps them.
+        fs::rename(&planted, p.outside.join(name))?;
+        symlink(p.outside.join(name), &planted)?;
+        let before = p.outside_contents();
+
+        let err = write(&store, &key).unwrap_err();
+
+        assert!(err.is_corrupt(), "{name}: {err}");
+        assert!(
+            err.to_string().contains(&*planted.to_string_lossy()),
+            "{name}: {err}"
+        );
+        assert_eq!(p.outside_contents(), before, "{name}");
+        assert_eq!(store.get(&key)?.unwrap().value, b"1", "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn no_job_id_or_subject_names_a_path_outside_the_artifact_root() -> TestResult {
+    let p = Planted::new();
+    let pipeline = pipeline_at(&p.root);
+    for (i, hostile) in ESCAPING_SEGMENTS.iter().enumerate() {
+        let id = format!("{hostile}{i}");
+        let job = pipeline.enqueue(hostile, jobsafe::NewJob::new("k").id(id.as_str()))?;
+        assert_eq!(job.id, id);
+        let report = pipeline.run_job(&job.id)?;
+        assert!(
+            matches!(report.outcome, jobsafe::RunOutcome::Completed),
+            "{hostile:?}: {:?}",
+            report.outcome
+        );
+        for dir in [pipeline.job_dir(&job.id), pipeline.subject_dir(hostile)] {
+            let below = dir.strip_prefix(&p.root)?;
+            assert!(
+                below
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                "{hostile:?} maps to {}",
+                dir.display()
+            );
+            assert!(dir.is_dir(), "{}", dir.display());
+        }
+    }
+    // Everything written is below the root: nothing beside it, nothing outside.
+    assert_eq!(p.outside_contents(), vec![]);
+    let beside: Vec<_> = fs::read_dir(p.root.parent().unwrap())?
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside.len(), 2, "{beside:?}");
+    Ok(())
+}
