@@ -346,6 +346,12 @@ impl<V: Vfs> LogStore<V> {
         &self.shared.root
     }
 
+    /// Whether an earlier failed flush poisoned this handle (and its clones):
+    /// writes then return [`Error::Poisoned`] until the store is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
     /// Sizes and counters, after reading what other processes appended.
     ///
     /// # Errors
