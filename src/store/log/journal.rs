@@ -154,11 +154,28 @@ impl<F: VfsFile> Journal<F> {
     /// Zeros everything from `end` to the end of the file: what a writer that
     /// died (or failed) mid-write left there, so that no leftover byte can be read
     /// after the frames written next.
-    pub(crate) fn clear_tail(&mut self, sync: bool) -> io::Result<()> {
-        let len = self.file.size()?.max(self.allocated);
-        write_zeros(&*self.file, self.end, len)?;
+    ///
+    /// A failed flush of the zeros poisons: what the disk then holds past `end`
+    /// is unknown, as after any failed flush.
+    pub(crate) fn clear_tail(&mut self, sync: bool) -> Result<(), AppendError> {
+        let failed = |step, poisons| {
+            move |source| AppendError {
+                step,
+                source,
+                poisons,
+            }
+        };
+        let len = self
+            .file
+            .size()
+            .map_err(failed("clear torn journal tail", false))?
+            .max(self.allocated);
+        write_zeros(&*self.file, self.end, len)
+            .map_err(failed("clear torn journal tail", false))?;
         if sync {
-            self.file.sync_data()?;
+            self.file
+                .sync_data()
+                .map_err(failed("fdatasync cleared journal tail", true))?;
         }
         self.allocated = len;
         Ok(())

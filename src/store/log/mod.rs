@@ -290,7 +290,16 @@ impl<V: Vfs> LogStoreBuilder<V> {
         }
         compact::sweep_abandoned(&writer, &root)?;
         let (mut journal, index, stop) = load(vfs, &journal_path)?;
-        settle_tail(&mut journal, stop, &journal_path, sync, Access::Exclusive)?;
+        // A failed flush here fails the open: no handle is left to poison.
+        let unused = AtomicBool::new(false);
+        settle_tail(
+            &mut journal,
+            stop,
+            &journal_path,
+            sync,
+            Access::Exclusive,
+            &unused,
+        )?;
         let probe = Probe {
             inode: journal.inode,
             at: journal.end,
@@ -534,7 +543,7 @@ impl<V: Vfs> Shared<V> {
             // Nothing was appended: readers keep the index meanwhile.
             Stop::End
         };
-        settle_tail(journal, stop, path, self.sync, access)?;
+        settle_tail(journal, stop, path, self.sync, access, &self.poisoned)?;
         *self.probe.lock() = Probe {
             inode: journal.inode,
             at: journal.end,

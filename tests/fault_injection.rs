@@ -1,0 +1,737 @@
+//! Fault injection on the I/O layer: a fixed workload runs on a store whose
+//! [`Faulty`] layer fails the Nth operation, for every N up to the workload's
+//! operation count, with EIO, ENOSPC and EACCES, once or from N on.
+//!
+//! Each case checks that a failing call returns an error (not a panic, not `Ok`
+//! with lost data) that names the failed path and carries the OS error; that the
+//! store's answers stay those of one sequence of all-or-nothing operations, where
+//! a failed operation may or may not have happened; that a failed flush poisons
+//! the handle (every later write is refused); and that the store reopened on a
+//! healthy [`StdVfs`] holds every acknowledged write, each key its old or its new
+//! value, no temp file listed as a record.
+//!
+//! The checks keep the set of states the store may be in (usually one, two after
+//! a failed operation), and narrow it with every answer the store gives: an
+//! answer no state explains is a violation.
+//!
+//! One summary line per store: `faults store=... cases=... errors_reported=...
+//! poisoned=... acknowledged_checked=... violations=0`. `JOBSAFE_FAULTS_TORN=0`
+//! turns off the torn writes ENOSPC cases use.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::error::Error as _;
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jobsafe::vfs::{Fault, Faulty, Injected, InjectedError, OpKind, StdVfs};
+use jobsafe::{Batch, DirStore, Error, Expect, Key, LogStore, Prefix, Store, TEMP_SUFFIX};
+
+/// What a store holds: key to value.
+type Model = BTreeMap<Key, Vec<u8>>;
+
+/// The states a store may be in, given its answers so far.
+#[derive(Clone, Debug)]
+struct States(Vec<Model>);
+
+impl States {
+    fn one(model: Model) -> Self {
+        States(vec![model])
+    }
+
+    /// Keeps the states `keep` accepts, mapped through it; `false` if none is left
+    /// (the answer is explained by no state).
+    fn narrow(&mut self, mut keep: impl FnMut(&Model) -> Option<Model>) -> bool {
+        let mut next: Vec<Model> = self.0.iter().filter_map(&mut keep).collect();
+        next.dedup();
+        if next.is_empty() {
+            return false;
+        }
+        self.0 = next;
+        true
+    }
+
+    /// A failed operation may or may not have happened.
+    fn maybe(&mut self, op: impl Fn(&Model) -> Option<Model>) {
+        let mut more: Vec<Model> = self.0.iter().filter_map(op).collect();
+        self.0.append(&mut more);
+        self.0.sort();
+        self.0.dedup();
+    }
+
+    /// Keys whose value every state agrees on (present or absent).
+    fn certain_keys(&self, universe: &[Key]) -> usize {
+        universe
+            .iter()
+            .filter(|k| self.0.iter().all(|m| m.get(*k) == self.0[0].get(*k)))
+            .count()
+    }
+}
+
+/// One step of the store workload.
+#[derive(Clone, Debug)]
+enum Step {
+    Put(Key, &'static [u8], Expect),
+    Delete(Key),
+    Batch(Vec<(Key, Option<&'static [u8]>, Expect)>),
+    Get(Key),
+    List,
+    Compact,
+}
+
+impl Step {
+    /// The state after this step, or `None` if a precondition fails.
+    fn apply(&self, model: &Model) -> Option<Model> {
+        let mut next = model.clone();
+        match self {
+            Step::Put(key, value, expect) => {
+                if *expect == Expect::Absent && model.contains_key(key) {
+                    return None;
+                }
+                next.insert(key.clone(), value.to_vec());
+            }
+            Step::Delete(key) => {
+                next.remove(key);
+            }
+            Step::Batch(ops) => {
+                for (key, value, expect) in ops {
+                    if *expect == Expect::Absent && model.contains_key(key) {
+                        return None;
+                    }
+                    match value {
+                        Some(v) => next.insert(key.clone(), v.to_vec()),
+                        None => next.remove(key),
+                    };
+                }
+            }
+            Step::Get(_) | Step::List | Step::Compact => {}
+        }
+        Some(next)
+    }
+
+    fn mutates(&self) -> bool {
+        matches!(self, Step::Put(..) | Step::Delete(_) | Step::Batch(_))
+    }
+}
+
+fn key(segments: &[&str]) -> Key {
+    Key::new(segments.iter().copied()).unwrap()
+}
+
+fn universe() -> Vec<Key> {
+    vec![
+        key(&["jobs", "k0"]),
+        key(&["jobs", "k1"]),
+        key(&["jobs", "k2"]),
+        key(&["jobs", "k3"]),
+        key(&["jobs", "k4"]),
+        key(&["deep", "x", "y"]),
+    ]
+}
+
+fn initial() -> Model {
+    let u = universe();
+    Model::from([
+        (u[0].clone(), b"old0".to_vec()),
+        (u[1].clone(), b"old1".to_vec()),
+    ])
+}
+
+/// Overwrites, creates, deletes, a batch, nested directories made and pruned,
+/// a re-created key, reads and (for `LogStore`) a compaction.
+fn workload() -> Vec<Step> {
+    let u = universe();
+    vec![
+        Step::Put(u[0].clone(), b"new0", Expect::Any),
+        Step::Put(u[2].clone(), b"new2", Expect::Absent),
+        Step::Get(u[0].clone()),
+        Step::Delete(u[1].clone()),
+        Step::Batch(vec![
+            (u[3].clone(), Some(b"b3"), Expect::Absent),
+            (u[0].clone(), Some(b"b0"), Expect::Any),
+            (u[2].clone(), None, Expect::Any),
+        ]),
+        Step::Get(u[3].clone()),
+        Step::Put(u[5].clone(), b"deep", Expect::Absent),
+        Step::Delete(u[5].clone()),
+        Step::Put(u[1].clone(), b"again1", Expect::Absent),
+        Step::List,
+        Step::Compact,
+        Step::Put(u[4].clone(), b"last", Expect::Any),
+        Step::Get(u[4].clone()),
+    ]
+}
+
+/// The backends under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Dir,
+    Log,
+}
+
+/// A store opened on a [`Faulty`] layer, with what the trait does not offer.
+struct Handle {
+    store: Arc<dyn Store>,
+    poisoned: Box<dyn Fn() -> bool>,
+    compact: Box<dyn Fn() -> jobsafe::Result<()>>,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Dir => "dir",
+            Backend::Log => "log",
+        }
+    }
+
+    fn open_faulty(self, root: &Path, vfs: &Faulty) -> jobsafe::Result<Handle> {
+        Ok(match self {
+            Backend::Dir => {
+                let store = DirStore::builder(root).vfs(vfs.clone()).open()?;
+                let probe = store.clone();
+                Handle {
+                    store: Arc::new(store),
+                    poisoned: Box::new(move || probe.is_poisoned()),
+                    compact: Box::new(|| Ok(())),
+                }
+            }
+            Backend::Log => {
+                let store = LogStore::builder(root)
+                    .vfs(vfs.clone())
+                    .no_background_compaction()
+                    .open()?;
+                let probe = store.clone();
+                let compactor = store.clone();
+                Handle {
+                    store: Arc::new(store),
+                    poisoned: Box::new(move || probe.is_poisoned()),
+                    compact: Box::new(move || compactor.compact().map(|_| ())),
+                }
+            }
+        })
+    }
+
+    fn open_std(self, root: &Path) -> jobsafe::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Backend::Dir => Arc::new(DirStore::open(root)?),
+            Backend::Log => Arc::new(
+                LogStore::builder(root)
+                    .vfs(StdVfs)
+                    .no_background_compaction()
+                    .open()?,
+            ),
+        })
+    }
+}
+
+/// A temp directory for one case, in memory where the system has a tmpfs at
+/// `/dev/shm`: the faults are injected above the filesystem, so its real
+/// flushes only cost time.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Copies a directory tree (files, directories; nothing else is in a store).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Temp files anywhere under `dir`.
+fn temp_files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(temp_files_under(&path));
+        } else if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// How a case arms its fault.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    n: u64,
+    from_n_on: bool,
+    error: InjectedError,
+}
+
+impl Plan {
+    fn fault(self) -> Fault {
+        let fault = if self.from_n_on {
+            Fault::from_nth(self.n)
+        } else {
+            Fault::nth(self.n)
+        };
+        let torn = self.error == InjectedError::Enospc
+            && std::env::var("JOBSAFE_FAULTS_TORN").as_deref() != Ok("0");
+        fault.error(self.error).torn_writes(torn)
+    }
+
+    fn label(self) -> String {
+        let mode = if self.from_n_on { "from" } else { "once" };
+        format!("{:?} {mode} n={}", self.error, self.n)
+    }
+}
+
+/// What the cases of one store found.
+#[derive(Debug, Default)]
+struct Tally {
+    cases: u64,
+    errors_reported: u64,
+    poisoned: u64,
+    acknowledged_checked: u64,
+    absorbed: u64,
+    temps_left: u64,
+    violations: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, case: Tally) {
+        self.cases += case.cases;
+        self.errors_reported += case.errors_reported;
+        self.poisoned += case.poisoned;
+        self.acknowledged_checked += case.acknowledged_checked;
+        self.absorbed += case.absorbed;
+        self.temps_left += case.temps_left;
+        self.violations.extend(case.violations);
+    }
+
+    fn report(&self, store: &str) {
+        println!(
+            "faults store={store} cases={} errors_reported={} poisoned={} acknowledged_checked={} \
+             absorbed={} temps_left={} violations={}",
+            self.cases,
+            self.errors_reported,
+            self.poisoned,
+            self.acknowledged_checked,
+            self.absorbed,
+            self.temps_left,
+            self.violations.len()
+        );
+        for v in self.violations.iter().take(30) {
+            println!("  violation: {v}");
+        }
+        assert!(
+            self.violations.is_empty(),
+            "{} violations in store={store}",
+            self.violations.len()
+        );
+        assert!(self.errors_reported > 0, "no fault ever reached a caller");
+    }
+}
+
+/// The name a file [`Faulty`] reports under the name it was opened with has
+/// now: a `LogStore` compaction writes `journal.new-*` and renames it to
+/// `journal`, and the open file keeps being used under the new name.
+fn current_name(path: &Path) -> PathBuf {
+    match path.file_name().map(|n| n.to_string_lossy()) {
+        Some(name) if name.starts_with("journal.new-") => path.with_file_name("journal"),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Whether `err` names one of the paths of `injected` (or, when the store
+/// refuses a write, its root), and carries the injected OS error in its chain.
+fn check_error(err: &Error, injected: &[Injected], root: &Path) -> Result<(), String> {
+    // What a reporter prints: the error and each cause once.
+    let mut shown = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        shown.push_str(": ");
+        shown.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if let Error::Poisoned { path } = err {
+        return if path == root {
+            Ok(())
+        } else {
+            Err(format!("poisoned error names {path:?}, not the root"))
+        };
+    }
+    let Some(last) = injected.last() else {
+        return Err(format!("error without an injected fault: {shown}"));
+    };
+    let named = injected.iter().any(|i| {
+        shown.contains(&*current_name(&i.path).to_string_lossy())
+            || i.path
+                .parent()
+                .is_some_and(|p| shown.contains(&format!("{} ", p.display())))
+    });
+    if !named {
+        return Err(format!(
+            "error {shown:?} names none of the failed paths {:?}",
+            injected.iter().map(|i| &i.path).collect::<Vec<_>>()
+        ));
+    }
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            let same = match last.error.raw_os_error() {
+                Some(errno) => {
+                    io.raw_os_error() == Some(errno) || io.kind() == last.error.to_io_error().kind()
+                }
+                None => io.kind() == last.error.to_io_error().kind(),
+            };
+            if same {
+                return Ok(());
+            }
+        }
+        source = cause.source();
+    }
+    Err(format!(
+        "error {shown:?} does not carry the injected {:?}",
+        last.error
+    ))
+}
+
+/// Runs the workload once with `plan` armed (or unarmed), checks it, and returns
+/// the tally and the number of operations the workload made.
+fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, u64) {
+    let dir = scratch_dir();
+    let root = dir.path().join("store");
+    copy_tree(template, &root);
+    let label = plan.map_or("unarmed".to_owned(), Plan::label);
+    let mut tally = Tally {
+        cases: 1,
+        ..Tally::default()
+    };
+    let violation = |what: String| format!("{} {label}: {what}", backend.name());
+    let mut violations = Vec::new();
+
+    let vfs = Faulty::new(StdVfs);
+    let handle = backend.open_faulty(&root, &vfs).unwrap();
+    let start = vfs.ops();
+    if let Some(plan) = plan {
+        vfs.arm(plan.fault());
+    }
+    let mut states = States::one(initial());
+    let mut any_error = false;
+    let mut seen_injected = 0;
+    for (i, step) in workload().into_iter().enumerate() {
+        if backend == Backend::Dir && matches!(step, Step::Compact) {
+            continue;
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| run_step(&handle, &step)));
+        let injected = vfs.injected();
+        let new_faults = &injected[seen_injected..];
+        seen_injected = injected.len();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                violations.push(violation(format!("step {i} {step:?} panicked")));
+                break;
+            }
+        };
+        let sync_failed = new_faults.iter().any(|f| OpKind::SYNCS.contains(&f.kind));
+        match outcome {
+            Answer::Done(observed) => {
+                if sync_failed {
+                    violations.push(violation(format!(
+                        "step {i} {step:?}: a failed flush was swallowed ({new_faults:?})"
+                    )));
+                }
+                if !new_faults.is_empty() {
+                    tally.absorbed += 1;
+                }
+                let explained = states.narrow(|m| {
+                    let next = step.apply(m)?;
+                    observed.fits(&step, m).then_some(next)
+                });
+                if !explained {
+                    violations.push(violation(format!(
+                        "step {i} {step:?} answered {observed:?}, which no state explains: {:?}",
+                        states.0
+                    )));
+                }
+            }
+            Answer::Conflict => {
+                if !states.narrow(|m| step.apply(m).is_none().then(|| m.clone())) {
+                    violations.push(violation(format!(
+                        "step {i} {step:?} conflicted in no state: {:?}",
+                        states.0
+                    )));
+                }
+            }
+            Answer::Failed(err) => {
+                any_error = true;
+                if let Err(what) = check_error(&err, new_faults, &root) {
+                    violations.push(violation(format!("step {i} {step:?}: {what}")));
+                }
+                let refused = matches!(err, Error::Poisoned { .. });
+                if !refused && step.mutates() {
+                    states.maybe(|m| step.apply(m));
+                }
+                // A compaction whose flush of its new journal fails abandons that
+                // file: the journal in use is untouched, so nothing is poisoned.
+                let exempt = matches!(step, Step::Compact)
+                    && new_faults.iter().all(|f| f.kind != OpKind::DirSync);
+                if sync_failed && !exempt && !(handle.poisoned)() {
+                    violations.push(violation(format!(
+                        "step {i} {step:?}: a failed flush did not poison the store ({err})"
+                    )));
+                }
+            }
+        }
+    }
+    let ops = vfs.ops() - start;
+    vfs.disarm();
+    if any_error {
+        tally.errors_reported += 1;
+    }
+
+    // The view of the handle that saw the faults.
+    let poisoned = (handle.poisoned)();
+    for k in universe() {
+        match handle.store.get(&k) {
+            Ok(value) => {
+                if !states
+                    .narrow(|m| (m.get(&k) == value.as_ref().map(|e| &e.value)).then(|| m.clone()))
+                {
+                    violations.push(violation(format!("after the faults {k} reads {value:?}")));
+                }
+            }
+            Err(e) if poisoned && e.is_poisoned() => {}
+            Err(e) => violations.push(violation(format!("after the faults {k} fails: {e}"))),
+        }
+    }
+    if poisoned {
+        tally.poisoned += 1;
+        let refused = handle
+            .store
+            .put(&key(&["jobs", "after"]), b"x", Expect::Any);
+        if !refused.as_ref().is_err_and(Error::is_poisoned) {
+            violations.push(violation(format!(
+                "a poisoned store took a write: {refused:?}"
+            )));
+        }
+    }
+    drop(handle);
+
+    // Reopened on a healthy layer: every acknowledged write, nothing torn.
+    let certain = states.certain_keys(&universe());
+    match backend.open_std(&root) {
+        Ok(store) => {
+            let mut found = Model::new();
+            for k in universe() {
+                match store.get(&k) {
+                    Ok(Some(entry)) => {
+                        found.insert(k, entry.value);
+                    }
+                    Ok(None) => {}
+                    Err(e) => violations.push(violation(format!("reopened, {k} fails: {e}"))),
+                }
+            }
+            let listed: Vec<Key> = ["jobs", "deep"]
+                .iter()
+                .flat_map(|p| store.list_all(&Prefix::new([*p]).unwrap()).unwrap())
+                .collect();
+            let keys: Vec<Key> = found.keys().cloned().collect();
+            let mut sorted = listed.clone();
+            sorted.sort();
+            if sorted != keys {
+                violations.push(violation(format!(
+                    "reopened, list shows {listed:?}, reads {keys:?}"
+                )));
+            }
+            if states.0.contains(&found) {
+                tally.acknowledged_checked += certain as u64;
+            } else {
+                violations.push(violation(format!(
+                    "reopened, the store holds {found:?}, none of {:?}",
+                    states.0
+                )));
+            }
+        }
+        Err(e) => violations.push(violation(format!("reopening failed: {e}"))),
+    }
+    // A temp file stays only where removing it failed too.
+    let injected = vfs.injected();
+    for temp in temp_files_under(&root) {
+        let removal_failed = injected
+            .iter()
+            .any(|i| i.kind == OpKind::Remove && i.path == temp);
+        if !removal_failed {
+            violations.push(violation(format!("temp file {temp:?} left behind")));
+        }
+        tally.temps_left += 1;
+    }
+    tally.violations = violations;
+    (tally, ops)
+}
+
+/// What a step answered, beyond success.
+#[derive(Debug)]
+enum Observed {
+    Nothing,
+    Value(Option<Vec<u8>>),
+    Existed(bool),
+    Keys(Vec<Key>),
+}
+
+impl Observed {
+    /// Whether the answer is what the step gives in state `m`.
+    fn fits(&self, step: &Step, m: &Model) -> bool {
+        match (self, step) {
+            (Observed::Value(v), Step::Get(k)) => m.get(k) == v.as_ref(),
+            (Observed::Existed(e), Step::Delete(k)) => m.contains_key(k) == *e,
+            (Observed::Keys(keys), Step::List) => keys
+                .iter()
+                .eq(m.keys().filter(|k| k.segments()[0] == "jobs")),
+            _ => true,
+        }
+    }
+}
+
+enum Answer {
+    Done(Observed),
+    Conflict,
+    Failed(Error),
+}
+
+fn run_step(handle: &Handle, step: &Step) -> Answer {
+    let store = &handle.store;
+    let result = match step {
+        Step::Put(k, v, expect) => store.put(k, v, *expect).map(|_| Observed::Nothing),
+        Step::Delete(k) => store.delete(k, Expect::Any).map(Observed::Existed),
+        Step::Batch(ops) => {
+            let batch = ops.iter().fold(Batch::new(), |b, (k, v, e)| match v {
+                Some(v) => b.put(k, *v, *e),
+                None => b.delete(k, *e),
+            });
+            store.apply(&batch).map(|_| Observed::Nothing)
+        }
+        Step::Get(k) => store.get(k).map(|e| Observed::Value(e.map(|e| e.value))),
+        Step::List => store
+            .list_all(&Prefix::new(["jobs"]).unwrap())
+            .map(Observed::Keys),
+        Step::Compact => (handle.compact)().map(|()| Observed::Nothing),
+    };
+    match result {
+        Ok(observed) => Answer::Done(observed),
+        Err(e) if e.is_conflict() => Answer::Conflict,
+        Err(e) => Answer::Failed(e),
+    }
+}
+
+/// A store holding [`initial`], made once and copied for each case.
+fn template(backend: Backend) -> tempfile::TempDir {
+    let dir = scratch_dir();
+    let store = backend.open_std(&dir.path().join("store")).unwrap();
+    for (k, v) in initial() {
+        store.put(&k, &v, Expect::Absent).unwrap();
+    }
+    dir
+}
+
+fn every_case(backend: Backend) {
+    let template = template(backend);
+    let root = template.path().join("store");
+    let (clean, ops) = run_case(backend, &root, None);
+    assert!(
+        clean.violations.is_empty() && clean.errors_reported == 0,
+        "the workload fails without faults: {:?}",
+        clean.violations
+    );
+    let mut tally = Tally::default();
+    for error in InjectedError::ERRNOS {
+        for from_n_on in [false, true] {
+            for n in 1..=ops {
+                let (case, _) = run_case(
+                    backend,
+                    &root,
+                    Some(Plan {
+                        n,
+                        from_n_on,
+                        error,
+                    }),
+                );
+                tally.add(case);
+            }
+        }
+    }
+    println!("faults store={} workload_ops={ops}", backend.name());
+    tally.report(backend.name());
+}
+
+#[test]
+fn dir_store_under_every_fault() {
+    every_case(Backend::Dir);
+}
+
+#[test]
+fn log_store_under_every_fault() {
+    every_case(Backend::Log);
+}
+
+/// Regression: the flush that makes the zeroing of a torn frame durable is a
+/// flush like any other. It used to fail without poisoning the store, which then
+/// went on appending over a tail whose state on disk was unknown.
+#[test]
+fn log_store_a_failed_flush_of_a_cleared_torn_tail_poisons() {
+    let dir = scratch_dir();
+    let vfs = Faulty::new(StdVfs);
+    let store = LogStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    let k = key(&["jobs", "k"]);
+    store.put(&k, b"kept", Expect::Absent).unwrap();
+
+    // Half a frame reaches the file, then the disk is full.
+    vfs.arm(
+        Fault::nth(1)
+            .only([OpKind::Write])
+            .error(InjectedError::Enospc)
+            .torn_writes(true),
+    );
+    let full = store.put(&k, b"lost", Expect::Any).unwrap_err();
+    assert!(full.to_string().contains("journal"), "{full}");
+    assert!(
+        !store.is_poisoned(),
+        "a failed write alone loses nothing acknowledged"
+    );
+
+    // The next writer zeros the torn frame; the flush of the zeros fails.
+    vfs.arm(Fault::nth(1).only(OpKind::SYNCS));
+    let err = store.put(&k, b"next", Expect::Any).unwrap_err();
+    assert_eq!(
+        vfs.injected().last().map(|i| i.kind),
+        Some(OpKind::FileSync)
+    );
+    assert!(store.is_poisoned(), "a failed flush must poison: {err}");
+    vfs.disarm();
+    assert!(
+        store
+            .put(&k, b"after", Expect::Any)
+            .unwrap_err()
+            .is_poisoned()
+    );
+    drop(store);
+
+    let reopened = LogStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.get(&k).unwrap().unwrap().value, b"kept");
+}
