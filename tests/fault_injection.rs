@@ -27,9 +27,14 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobsafe::vfs::{Fault, Faulty, Injected, InjectedError, OpKind, StdVfs};
-use jobsafe::{Batch, DirStore, Error, Expect, Key, LogStore, Prefix, Store, TEMP_SUFFIX};
+use jobsafe::{
+    AtomicWriter, Batch, ChargeRequest, DirStore, Error, Expect, JobLedger, JobLock, JobState,
+    JobStatus, Key, LockRequest, LogStore, ManualClock, NewJob, Prefix, ReservationState, Reserve,
+    Store, TEMP_SUFFIX,
+};
 
 /// What a store holds: key to value.
 type Model = BTreeMap<Key, Vec<u8>>;
@@ -734,4 +739,458 @@ fn log_store_a_failed_flush_of_a_cleared_torn_tail_poisons() {
 
     let reopened = LogStore::open(dir.path()).unwrap();
     assert_eq!(reopened.get(&k).unwrap().unwrap().value, b"kept");
+}
+
+/// One step of the `AtomicWriter` workload, on files named by one-segment keys.
+#[derive(Clone, Copy, Debug)]
+enum FileStep {
+    Write(&'static str, &'static [u8]),
+    Create(&'static str, &'static [u8]),
+    Streamed(&'static str, [&'static [u8]; 2]),
+    Discarded(&'static str, &'static [u8]),
+}
+
+impl FileStep {
+    fn apply(&self, model: &Model) -> Option<Model> {
+        let mut next = model.clone();
+        match *self {
+            FileStep::Write(name, bytes) => {
+                next.insert(key(&[name]), bytes.to_vec());
+            }
+            FileStep::Create(name, bytes) => {
+                if model.contains_key(&key(&[name])) {
+                    return None;
+                }
+                next.insert(key(&[name]), bytes.to_vec());
+            }
+            FileStep::Streamed(name, [a, b]) => {
+                next.insert(key(&[name]), [a, b].concat());
+            }
+            FileStep::Discarded(..) => {}
+        }
+        Some(next)
+    }
+
+    fn run(&self, writer: &AtomicWriter<Faulty>, dir: &Path) -> jobsafe::Result<()> {
+        match *self {
+            FileStep::Write(name, bytes) => writer.write(dir.join(name), bytes),
+            FileStep::Create(name, bytes) => {
+                writer.clone().no_clobber(true).write(dir.join(name), bytes)
+            }
+            FileStep::Streamed(name, parts) => {
+                let mut pending = writer.begin(dir.join(name))?;
+                for part in parts {
+                    pending.write_bytes(part)?;
+                }
+                pending.commit()
+            }
+            FileStep::Discarded(name, bytes) => {
+                let mut pending = writer.begin(dir.join(name))?;
+                pending.write_bytes(bytes)?;
+                pending.discard()
+            }
+        }
+    }
+}
+
+/// The files (not temp files) in `dir`, as a model.
+fn files_in(dir: &Path) -> Model {
+    let mut files = Model::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(TEMP_SUFFIX) {
+            files.insert(key(&[&name]), fs::read(entry.path()).unwrap());
+        }
+    }
+    files
+}
+
+/// Runs the `AtomicWriter` workload once with `plan` armed.
+fn writer_case(plan: Option<Plan>) -> (Tally, u64) {
+    let dir = scratch_dir();
+    let root = dir.path();
+    fs::write(root.join("a"), b"a0").unwrap();
+    let label = plan.map_or("unarmed".to_owned(), Plan::label);
+    let violation = |what: String| format!("atomic {label}: {what}");
+    let mut violations = Vec::new();
+    let mut tally = Tally {
+        cases: 1,
+        ..Tally::default()
+    };
+    let vfs = Faulty::new(StdVfs);
+    let writer = AtomicWriter::with_vfs(vfs.clone());
+    let steps = [
+        FileStep::Write("a", b"a1"),
+        FileStep::Create("b", b"b1"),
+        FileStep::Create("b", b"b-again"),
+        FileStep::Streamed("c", [b"c-first,", b"c-second"]),
+        FileStep::Discarded("d", b"never"),
+        FileStep::Write("a", b"a2-longer"),
+    ];
+    let mut states = States::one(files_in(root));
+    if let Some(plan) = plan {
+        vfs.arm(plan.fault());
+    }
+    let mut seen_injected = 0;
+    let mut any_error = false;
+    for (i, step) in steps.iter().enumerate() {
+        let outcome = catch_unwind(AssertUnwindSafe(|| step.run(&writer, root)));
+        let injected = vfs.injected();
+        let new_faults = &injected[seen_injected..];
+        seen_injected = injected.len();
+        let sync_failed = new_faults.iter().any(|f| OpKind::SYNCS.contains(&f.kind));
+        let Ok(outcome) = outcome else {
+            violations.push(violation(format!("step {i} {step:?} panicked")));
+            break;
+        };
+        let explained = match outcome {
+            Ok(()) => {
+                if sync_failed {
+                    violations.push(violation(format!(
+                        "step {i} {step:?}: a failed flush was swallowed"
+                    )));
+                }
+                tally.absorbed += u64::from(!new_faults.is_empty());
+                states.narrow(|m| step.apply(m))
+            }
+            // Whatever failed on the way (say, removing the temp file after the
+            // refused link), the answer must be the target's true state.
+            Err(Error::AlreadyExists { .. }) => {
+                states.narrow(|m| step.apply(m).is_none().then(|| m.clone()))
+            }
+            // The rename happened: readers see the new content, not yet durable.
+            Err(e @ Error::NotDurable { .. }) => {
+                any_error = true;
+                if let Err(what) = check_error(&e, new_faults, root) {
+                    violations.push(violation(format!("step {i} {step:?}: {what}")));
+                }
+                states.narrow(|m| step.apply(m))
+            }
+            Err(e) => {
+                any_error = true;
+                if let Err(what) = check_error(&e, new_faults, root) {
+                    violations.push(violation(format!("step {i} {step:?}: {what}")));
+                }
+                states.maybe(|m| step.apply(m));
+                true
+            }
+        };
+        if !explained {
+            violations.push(violation(format!(
+                "step {i} {step:?}: its answer fits no state of {:?}",
+                states.0
+            )));
+        }
+    }
+    let ops = vfs.ops();
+    vfs.disarm();
+    tally.errors_reported += u64::from(any_error);
+
+    let found = files_in(root);
+    if states.0.contains(&found) {
+        let names: Vec<Key> = ["a", "b", "c", "d"].iter().map(|n| key(&[n])).collect();
+        tally.acknowledged_checked += states.certain_keys(&names) as u64;
+    } else {
+        violations.push(violation(format!(
+            "the directory holds {found:?}, none of {:?}",
+            states.0
+        )));
+    }
+    let injected = vfs.injected();
+    for temp in temp_files_under(root) {
+        if !injected
+            .iter()
+            .any(|i| i.kind == OpKind::Remove && i.path == temp)
+        {
+            violations.push(violation(format!("temp file {temp:?} left behind")));
+        }
+        tally.temps_left += 1;
+    }
+    tally.violations = violations;
+    (tally, ops)
+}
+
+#[test]
+fn atomic_writer_under_every_fault() {
+    let (clean, ops) = writer_case(None);
+    assert!(
+        clean.violations.is_empty() && clean.errors_reported == 0,
+        "the workload fails without faults: {:?}",
+        clean.violations
+    );
+    let mut tally = Tally::default();
+    for error in InjectedError::ERRNOS {
+        for from_n_on in [false, true] {
+            for n in 1..=ops {
+                tally.add(
+                    writer_case(Some(Plan {
+                        n,
+                        from_n_on,
+                        error,
+                    }))
+                    .0,
+                );
+            }
+        }
+    }
+    println!("faults store=atomic workload_ops={ops} (stateless: nothing to poison)");
+    tally.report("atomic");
+}
+
+/// What the workload above the store got acknowledged.
+#[derive(Debug, Default)]
+struct Acked {
+    acquired: Option<jobsafe::FencingToken>,
+    released: bool,
+    reserved: bool,
+    confirmed: bool,
+    created: bool,
+    started: bool,
+    completed: bool,
+}
+
+const ACCOUNT: &str = "lic:abc";
+const JOB: &str = "job-1";
+
+/// Runs a lock, ledger and job-record workload on `backend` with `plan` armed.
+fn layers_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, u64) {
+    let dir = scratch_dir();
+    let root = dir.path().join("store");
+    copy_tree(template, &root);
+    let label = plan.map_or("unarmed".to_owned(), Plan::label);
+    let violation = |what: String| format!("{}+layers {label}: {what}", backend.name());
+    let mut violations = Vec::new();
+    let mut tally = Tally {
+        cases: 1,
+        ..Tally::default()
+    };
+    let clock = ManualClock::new(1_700_000_000_000);
+    let vfs = Faulty::new(StdVfs);
+    let handle = backend.open_faulty(&root, &vfs).unwrap();
+    let lock = JobLock::new(handle.store.clone(), Arc::new(clock.clone()));
+    let ledger = JobLedger::new(handle.store.clone(), Arc::new(clock.clone()));
+    let jobs = JobState::new(handle.store.clone(), Arc::new(clock.clone()));
+    let lock_key = key(&["index", "vault-1"]);
+    let start = vfs.ops();
+    if let Some(plan) = plan {
+        vfs.arm(plan.fault());
+    }
+
+    let mut acked = Acked::default();
+    let mut errors: Vec<(&str, Error, Vec<Injected>)> = Vec::new();
+    let mut seen = 0;
+    let mut step = |name: &'static str, result: jobsafe::Result<()>, errors: &mut Vec<_>| {
+        let injected = vfs.injected();
+        let new_faults = injected[seen..].to_vec();
+        seen = injected.len();
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push((name, e, new_faults));
+                false
+            }
+        }
+    };
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        let request = LockRequest::new().actor("worker");
+        let guard = match lock.acquire(&lock_key, Duration::from_secs(60), &request) {
+            Ok(jobsafe::Acquire::Acquired(guard)) => {
+                acked.acquired = Some(guard.token());
+                step("acquire", Ok(()), &mut errors);
+                Some(guard.into_handle())
+            }
+            Ok(held) => {
+                step("acquire", Err(unexpected(format!("{held:?}"))), &mut errors);
+                None
+            }
+            Err(e) => {
+                step("acquire", Err(e), &mut errors);
+                None
+            }
+        };
+        let reservation = match ledger.reserve_pending(ACCOUNT, JOB, &ChargeRequest::new()) {
+            Ok(Reserve::New(r)) => {
+                acked.reserved = step("reserve", Ok(()), &mut errors);
+                Some(r)
+            }
+            Ok(other) => {
+                step(
+                    "reserve",
+                    Err(unexpected(format!("{other:?}"))),
+                    &mut errors,
+                );
+                None
+            }
+            Err(e) => {
+                step("reserve", Err(e), &mut errors);
+                None
+            }
+        };
+        if let Some(r) = &reservation {
+            let confirmed = ledger.confirm_charge(r).map(|_| ());
+            acked.confirmed = step("confirm", confirmed, &mut errors);
+        }
+        let created = jobs.create(NewJob::new("index").id(JOB)).map(|_| ());
+        acked.created = step("create", created, &mut errors);
+        if acked.created {
+            match jobs.start(JOB, acked.acquired) {
+                Ok(worker) => {
+                    acked.started = step("start", Ok(()), &mut errors);
+                    let done = jobs
+                        .complete(&worker, serde_json::json!({"ok": true}))
+                        .map(|_| ());
+                    acked.completed = step("complete", done, &mut errors);
+                }
+                Err(e) => {
+                    step("start", Err(e), &mut errors);
+                }
+            }
+        }
+        if let Some(holder) = guard {
+            let released = lock.release(&holder).map(|_| ());
+            acked.released = step("release", released, &mut errors);
+        }
+    }));
+    let ops = vfs.ops() - start;
+    vfs.disarm();
+    if ran.is_err() {
+        violations.push(violation("the workload panicked".to_owned()));
+    }
+    tally.errors_reported += u64::from(!errors.is_empty());
+    for (name, err, faults) in &errors {
+        if let Err(what) = check_error(err, faults, &root) {
+            violations.push(violation(format!("{name}: {what}")));
+        }
+        let sync_failed = faults.iter().any(|f| OpKind::SYNCS.contains(&f.kind));
+        if sync_failed && !(handle.poisoned)() {
+            violations.push(violation(format!(
+                "{name}: a failed flush did not poison the store"
+            )));
+        }
+    }
+    tally.poisoned += u64::from((handle.poisoned)());
+    drop((lock, ledger, jobs, handle));
+
+    // Reopened on a healthy layer: what was acknowledged is there and decodes.
+    let store = backend.open_std(&root).unwrap();
+    let clock: jobsafe::SharedClock = Arc::new(clock);
+    let lock = JobLock::new(store.clone(), clock.clone());
+    let ledger = JobLedger::new(store.clone(), clock.clone());
+    let jobs = JobState::new(store, clock);
+    let mut checked = 0;
+    match lock.peek(&lock_key) {
+        Ok(record) => {
+            let token = record.as_ref().map(|r| r.token);
+            let fits = match (acked.acquired, acked.released) {
+                (Some(_), true) => token.is_none(),
+                (Some(t), false) => token.is_none_or(|found| found == t),
+                (None, _) => true,
+            };
+            if acked.acquired.is_some() && !acked.released && token.is_none() {
+                // A release that failed may still have happened.
+                let release_failed = errors.iter().any(|(n, ..)| *n == "release");
+                if !release_failed {
+                    violations.push(violation("an acquired lock is gone".to_owned()));
+                }
+            }
+            if !fits {
+                violations.push(violation(format!("lock reads {record:?} after {acked:?}")));
+            }
+            checked += 1;
+        }
+        Err(e) => violations.push(violation(format!("lock record fails: {e}"))),
+    }
+    match ledger.lookup(ACCOUNT, JOB) {
+        Ok(found) => {
+            let state = found.as_ref().map(|r| r.state);
+            let fits = if acked.confirmed {
+                state == Some(ReservationState::Charged)
+            } else if acked.reserved {
+                matches!(
+                    state,
+                    Some(ReservationState::ChargePending | ReservationState::Charged)
+                )
+            } else {
+                true
+            };
+            if !fits {
+                violations.push(violation(format!(
+                    "reservation reads {state:?} after {acked:?}"
+                )));
+            }
+            checked += 1;
+        }
+        Err(e) => violations.push(violation(format!("reservation fails: {e}"))),
+    }
+    match jobs.get(JOB) {
+        Ok(found) => {
+            let status = found.as_ref().map(|j| j.status);
+            let fits = if acked.completed {
+                status == Some(JobStatus::Complete)
+            } else if acked.started {
+                matches!(status, Some(JobStatus::Running | JobStatus::Complete))
+            } else if acked.created {
+                status.is_some()
+            } else {
+                true
+            };
+            if !fits {
+                violations.push(violation(format!("job reads {status:?} after {acked:?}")));
+            }
+            checked += 1;
+        }
+        Err(e) => violations.push(violation(format!("job record fails: {e}"))),
+    }
+    tally.acknowledged_checked += checked;
+    tally.violations = violations;
+    (tally, ops)
+}
+
+fn unexpected(what: String) -> Error {
+    Error::InvalidArgument(format!("unexpected answer without faults: {what}"))
+}
+
+fn layers_every_case(backend: Backend) {
+    let template = scratch_dir();
+    let root = template.path().join("store");
+    drop(backend.open_std(&root).unwrap());
+    let (clean, ops) = layers_case(backend, &root, None);
+    assert!(
+        clean.violations.is_empty() && clean.errors_reported == 0,
+        "the workload fails without faults: {:?}",
+        clean.violations
+    );
+    let mut tally = Tally::default();
+    for error in InjectedError::ERRNOS {
+        for from_n_on in [false, true] {
+            for n in 1..=ops {
+                tally.add(
+                    layers_case(
+                        backend,
+                        &root,
+                        Some(Plan {
+                            n,
+                            from_n_on,
+                            error,
+                        }),
+                    )
+                    .0,
+                );
+            }
+        }
+    }
+    let store = format!("{}+lock+ledger+jobs", backend.name());
+    println!("faults store={store} workload_ops={ops}");
+    tally.report(&store);
+}
+
+#[test]
+fn lock_ledger_and_jobs_on_a_faulty_dir_store() {
+    layers_every_case(Backend::Dir);
+}
+
+#[test]
+fn lock_ledger_and_jobs_on_a_faulty_log_store() {
+    layers_every_case(Backend::Log);
 }
