@@ -208,7 +208,8 @@ pub struct Injected {
 /// `fsync` does: readers may see it, a power loss may drop it.
 ///
 /// Clones share their counters and their fault, so a test can open a store on a
-/// clone, then arm the fault.
+/// clone, then arm the fault. An operation on an open file is reported under the
+/// path the file was opened with, even if it was renamed since.
 ///
 /// ```
 /// use jobsafe::vfs::{Fault, Faulty, InjectedError, OpKind, StdVfs};

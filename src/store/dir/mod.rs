@@ -61,10 +61,18 @@ use crate::vfs::{StdVfs, Vfs};
 /// that returned `Ok` survives a power loss. A record file that does not decode
 /// (bad checksum, truncated, edited by hand) is [`Error::Corrupt`] naming the file.
 /// After a failed fsync the store is poisoned: writes return [`Error::Poisoned`]
-/// until it is reopened.
+/// until it is reopened. A full disk (`ENOSPC`) or a read-only filesystem fails
+/// the write with [`Error::Io`] naming the file, leaves the old record whole and
+/// does not poison: the store takes writes again once space is freed.
 ///
 /// # Limitations
 ///
+/// - A delete first rewrites its stripe's version floor, a small file: on a disk
+///   with no space left at all it fails with `ENOSPC` like a put. Free space
+///   outside the store to delete records.
+/// - Opening needs write access (stripe lock files are created and opened for
+///   writing): on a read-only filesystem [`open`](DirStore::open) fails naming
+///   the first lock file; a store already open goes on reading.
 /// - A directory whose name was shortened with a hash (its segment encodes to more
 ///   than 150 bytes) stays when its last key is deleted; other emptied directories
 ///   are removed.

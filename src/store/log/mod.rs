@@ -92,6 +92,12 @@ const FIRST_SEQ: u64 = 1;
 /// whose flush failed may or may not have reached the disk: reads, and a
 /// restart, may or may not find it.
 ///
+/// A full disk fails the write that needs more journal space with an
+/// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
+/// byte of space it could reserve; it does not poison, and writes go on once
+/// space is freed. A compaction needs room for a second journal: on a full disk
+/// it fails and removes what it wrote.
+///
 /// # Limitations
 ///
 /// - Every live record is held in memory (keys and values), as the price of
