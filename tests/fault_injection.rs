@@ -1194,3 +1194,32 @@ fn lock_ledger_and_jobs_on_a_faulty_dir_store() {
 fn lock_ledger_and_jobs_on_a_faulty_log_store() {
     layers_every_case(Backend::Log);
 }
+
+/// Regression: a poisoned `LogStore` refused the delete of a quarantine only
+/// after writing the record's copy, which stayed in `quarantine/` beside the
+/// live record. A poisoned store now refuses before writing anything.
+#[test]
+fn a_poisoned_log_store_quarantines_nothing() {
+    let dir = scratch_dir();
+    let vfs = Faulty::new(StdVfs);
+    let store = LogStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    let k = key(&["jobs", "k"]);
+    store.put(&k, b"kept", Expect::Absent).unwrap();
+    vfs.arm(Fault::nth(1).only(OpKind::SYNCS));
+    assert!(store.put(&k, b"maybe", Expect::Any).is_err());
+    vfs.disarm();
+    assert!(store.is_poisoned());
+
+    let err = store.quarantine(&k).unwrap_err();
+    assert!(err.is_poisoned(), "{err}");
+    let quarantine = dir.path().join("quarantine");
+    let copies = fs::read_dir(&quarantine).map_or(0, |d| d.count());
+    assert_eq!(
+        copies, 0,
+        "a refused quarantine left copies in {quarantine:?}"
+    );
+}

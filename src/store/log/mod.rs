@@ -631,6 +631,10 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        // The delete below would be refused: write no copy beside a live record.
+        if self.is_poisoned() {
+            return Err(self.shared.poisoned_error());
+        }
         let dir = self.shared.root.join(QUARANTINE);
         loop {
             let Some(entry) = self.get(key)? else {
