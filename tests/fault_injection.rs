@@ -14,9 +14,14 @@
 //! a failed operation), and narrow it with every answer the store gives: an
 //! answer no state explains is a violation.
 //!
-//! One summary line per store: `faults store=... cases=... errors_reported=...
-//! poisoned=... acknowledged_checked=... violations=0`. `JOBSAFE_FAULTS_TORN=0`
-//! turns off the torn writes ENOSPC cases use.
+//! A second pass fails two operations in one run: every write (cut short, as
+//! by a full disk), then every flush after it, so that the repair of what the
+//! first fault left is checked like a first write. `JOBSAFE_FAULTS_DOUBLE=1`
+//! runs every pair of operations instead (minutes).
+//!
+//! One summary line per store and pass: `faults store=... cases=...
+//! errors_reported=... poisoned=... acknowledged_checked=... violations=0`.
+//! `JOBSAFE_FAULTS_TORN=0` turns off the torn writes ENOSPC cases use.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -281,24 +286,65 @@ struct Plan {
     n: u64,
     from_n_on: bool,
     error: InjectedError,
+    /// Only operations of these kinds count and fail (default: all).
+    only: Option<&'static [OpKind]>,
+    /// A second fault, armed once the first has fired: the `m`th operation of
+    /// the kinds given after it fails once.
+    then: Option<(u64, &'static [OpKind], InjectedError)>,
 }
 
 impl Plan {
+    fn new(n: u64, from_n_on: bool, error: InjectedError) -> Self {
+        Plan {
+            n,
+            from_n_on,
+            error,
+            only: None,
+            then: None,
+        }
+    }
+
     fn fault(self) -> Fault {
         let fault = if self.from_n_on {
             Fault::from_nth(self.n)
         } else {
             Fault::nth(self.n)
         };
-        let torn = self.error == InjectedError::Enospc
-            && std::env::var("JOBSAFE_FAULTS_TORN").as_deref() != Ok("0");
-        fault.error(self.error).torn_writes(torn)
+        let fault = match self.only {
+            Some(kinds) => fault.only(kinds.iter().copied()),
+            None => fault,
+        };
+        fault.error(self.error).torn_writes(torn(self.error))
+    }
+
+    /// Arms the plan on `vfs`.
+    fn arm(self, vfs: &Faulty) {
+        vfs.arm(self.fault());
+        if let Some((m, kinds, error)) = self.then {
+            let next = Fault::nth(m)
+                .only(kinds.iter().copied())
+                .error(error)
+                .torn_writes(torn(error));
+            vfs.queue(next);
+        }
     }
 
     fn label(self) -> String {
         let mode = if self.from_n_on { "from" } else { "once" };
-        format!("{:?} {mode} n={}", self.error, self.n)
+        let mut label = format!("{:?} {mode} n={}", self.error, self.n);
+        if let Some(kinds) = self.only {
+            label.push_str(&format!(" of {kinds:?}"));
+        }
+        if let Some((m, kinds, error)) = self.then {
+            label.push_str(&format!(", then {error:?} m={m} of {kinds:?}"));
+        }
+        label
     }
+}
+
+/// Whether failed writes of `error` are torn: a full disk cuts a write short.
+fn torn(error: InjectedError) -> bool {
+    error == InjectedError::Enospc && std::env::var("JOBSAFE_FAULTS_TORN").as_deref() != Ok("0")
 }
 
 /// What the cases of one store found.
@@ -414,7 +460,33 @@ fn check_error(err: &Error, injected: &[Injected], root: &Path) -> Result<(), St
 
 /// Runs the workload once with `plan` armed (or unarmed), checks it, and returns
 /// the tally and the number of operations the workload made.
-fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, u64) {
+/// How many operations a workload made: all, writes, flushes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    ops: u64,
+    writes: u64,
+    syncs: u64,
+}
+
+impl Counts {
+    fn of(vfs: &Faulty) -> Self {
+        Counts {
+            ops: vfs.ops(),
+            writes: vfs.ops_of(OpKind::Write),
+            syncs: vfs.ops_of(OpKind::FileSync) + vfs.ops_of(OpKind::DirSync),
+        }
+    }
+
+    fn since(self, start: Counts) -> Self {
+        Counts {
+            ops: self.ops - start.ops,
+            writes: self.writes - start.writes,
+            syncs: self.syncs - start.syncs,
+        }
+    }
+}
+
+fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, Counts) {
     let dir = scratch_dir();
     let root = dir.path().join("store");
     copy_tree(template, &root);
@@ -428,9 +500,9 @@ fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, u6
 
     let vfs = Faulty::new(StdVfs);
     let handle = backend.open_faulty(&root, &vfs).unwrap();
-    let start = vfs.ops();
+    let start = Counts::of(&vfs);
     if let Some(plan) = plan {
-        vfs.arm(plan.fault());
+        plan.arm(&vfs);
     }
     let mut states = States::one(initial());
     let mut any_error = false;
@@ -501,7 +573,7 @@ fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, u6
             }
         }
     }
-    let ops = vfs.ops() - start;
+    let ops = Counts::of(&vfs).since(start);
     vfs.disarm();
     if any_error {
         tally.errors_reported += 1;
@@ -654,7 +726,7 @@ fn template(backend: Backend) -> tempfile::TempDir {
 fn every_case(backend: Backend) {
     let template = template(backend);
     let root = template.path().join("store");
-    let (clean, ops) = run_case(backend, &root, None);
+    let (clean, counts) = run_case(backend, &root, None);
     assert!(
         clean.violations.is_empty() && clean.errors_reported == 0,
         "the workload fails without faults: {:?}",
@@ -663,22 +735,86 @@ fn every_case(backend: Backend) {
     let mut tally = Tally::default();
     for error in InjectedError::ERRNOS {
         for from_n_on in [false, true] {
-            for n in 1..=ops {
-                let (case, _) = run_case(
-                    backend,
-                    &root,
-                    Some(Plan {
-                        n,
-                        from_n_on,
-                        error,
-                    }),
-                );
-                tally.add(case);
+            for n in 1..=counts.ops {
+                tally.add(run_case(backend, &root, Some(Plan::new(n, from_n_on, error))).0);
             }
         }
     }
-    println!("faults store={} workload_ops={ops}", backend.name());
+    println!(
+        "faults store={} workload_ops={} writes={} syncs={}",
+        backend.name(),
+        counts.ops,
+        counts.writes,
+        counts.syncs
+    );
     tally.report(backend.name());
+}
+
+/// Two faults in one run: a write cut short by a full disk, then a failed
+/// flush, for every write and every flush after it: the repair of what the
+/// first fault left must be as safe as a first write.
+fn write_then_flush(backend: Backend) {
+    let template = template(backend);
+    let root = template.path().join("store");
+    let (_, counts) = run_case(backend, &root, None);
+    let mut tally = Tally::default();
+    for n in 1..=counts.writes {
+        for m in 1..=counts.syncs {
+            let plan = Plan {
+                only: Some(&[OpKind::Write]),
+                then: Some((m, &OpKind::SYNCS, InjectedError::Eio)),
+                ..Plan::new(n, false, InjectedError::Enospc)
+            };
+            tally.add(run_case(backend, &root, Some(plan)).0);
+        }
+    }
+    tally.report(&format!("{}-write-then-flush", backend.name()));
+}
+
+/// `JOBSAFE_FAULTS_DOUBLE=1`: two faults in one run, any operation then any
+/// operation after it, ENOSPC (torn) then EIO. Quadratic in the workload: minutes.
+fn any_two_faults(backend: Backend) {
+    if std::env::var("JOBSAFE_FAULTS_DOUBLE").as_deref() != Ok("1") {
+        println!(
+            "faults store={}-double: not run (set JOBSAFE_FAULTS_DOUBLE=1)",
+            backend.name()
+        );
+        return;
+    }
+    let template = template(backend);
+    let root = template.path().join("store");
+    let (_, counts) = run_case(backend, &root, None);
+    let mut tally = Tally::default();
+    for n in 1..=counts.ops {
+        for m in 1..=counts.ops - n {
+            let plan = Plan {
+                then: Some((m, &OpKind::ALL, InjectedError::Eio)),
+                ..Plan::new(n, false, InjectedError::Enospc)
+            };
+            tally.add(run_case(backend, &root, Some(plan)).0);
+        }
+    }
+    tally.report(&format!("{}-double", backend.name()));
+}
+
+#[test]
+fn dir_store_write_then_flush() {
+    write_then_flush(Backend::Dir);
+}
+
+#[test]
+fn log_store_write_then_flush() {
+    write_then_flush(Backend::Log);
+}
+
+#[test]
+fn dir_store_any_two_faults() {
+    any_two_faults(Backend::Dir);
+}
+
+#[test]
+fn log_store_any_two_faults() {
+    any_two_faults(Backend::Log);
 }
 
 #[test]
@@ -830,7 +966,7 @@ fn writer_case(plan: Option<Plan>) -> (Tally, u64) {
     ];
     let mut states = States::one(files_in(root));
     if let Some(plan) = plan {
-        vfs.arm(plan.fault());
+        plan.arm(&vfs);
     }
     let mut seen_injected = 0;
     let mut any_error = false;
@@ -923,14 +1059,7 @@ fn atomic_writer_under_every_fault() {
     for error in InjectedError::ERRNOS {
         for from_n_on in [false, true] {
             for n in 1..=ops {
-                tally.add(
-                    writer_case(Some(Plan {
-                        n,
-                        from_n_on,
-                        error,
-                    }))
-                    .0,
-                );
+                tally.add(writer_case(Some(Plan::new(n, from_n_on, error))).0);
             }
         }
     }
@@ -974,7 +1103,7 @@ fn layers_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally,
     let lock_key = key(&["index", "vault-1"]);
     let start = vfs.ops();
     if let Some(plan) = plan {
-        vfs.arm(plan.fault());
+        plan.arm(&vfs);
     }
 
     let mut acked = Acked::default();
@@ -1165,18 +1294,7 @@ fn layers_every_case(backend: Backend) {
     for error in InjectedError::ERRNOS {
         for from_n_on in [false, true] {
             for n in 1..=ops {
-                tally.add(
-                    layers_case(
-                        backend,
-                        &root,
-                        Some(Plan {
-                            n,
-                            from_n_on,
-                            error,
-                        }),
-                    )
-                    .0,
-                );
+                tally.add(layers_case(backend, &root, Some(Plan::new(n, from_n_on, error))).0);
             }
         }
     }

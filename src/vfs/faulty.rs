@@ -250,6 +250,8 @@ struct Armed {
     fault: Fault,
     /// Matching operations seen since arming.
     seen: u64,
+    /// Armed in place of `fault` once it has failed an operation.
+    next: Option<Fault>,
 }
 
 impl<V: Vfs> Faulty<V> {
@@ -263,7 +265,34 @@ impl<V: Vfs> Faulty<V> {
 
     /// Arms `fault`, replacing any armed before; its count starts now.
     pub fn arm(&self, fault: Fault) {
-        *self.state.armed.lock() = Some(Armed { fault, seen: 0 });
+        *self.state.armed.lock() = Some(Armed {
+            fault,
+            seen: 0,
+            next: None,
+        });
+    }
+
+    /// Arms `next` in place of the armed fault as soon as that one has failed
+    /// an operation (ending it, even if it would fail more), so that a test can
+    /// fail one operation and then another, say a write and then the flush of
+    /// the repair that follows. `next` counts from the operation after. Does
+    /// nothing if no fault is armed.
+    ///
+    /// ```
+    /// use jobsafe::vfs::{Fault, Faulty, OpKind, StdVfs, Vfs};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let vfs = Faulty::new(StdVfs);
+    /// vfs.arm(Fault::nth(1).only([OpKind::Stat]));
+    /// vfs.queue(Fault::nth(2).only([OpKind::Stat]));
+    /// let failed: Vec<bool> = (0..4).map(|_| vfs.metadata(dir.path()).is_err()).collect();
+    /// assert_eq!(failed, [true, false, true, false]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn queue(&self, next: Fault) {
+        if let Some(armed) = self.state.armed.lock().as_mut() {
+            armed.next = Some(next);
+        }
     }
 
     /// Disarms: from now on every operation passes through. What was injected
@@ -317,12 +346,17 @@ impl State {
         if !fails {
             return None;
         }
+        let fault = armed.fault;
         self.injected.lock().push(Injected {
             kind,
             path: path.to_path_buf(),
-            error: armed.fault.error,
+            error: fault.error,
         });
-        Some(armed.fault)
+        if let Some(next) = armed.next.take() {
+            armed.fault = next;
+            armed.seen = 0;
+        }
+        Some(fault)
     }
 
     fn pass(&self, kind: OpKind, path: &Path) -> io::Result<()> {
