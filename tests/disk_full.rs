@@ -408,3 +408,37 @@ fn a_store_on_a_filesystem_remounted_read_only() {
         shown(&open_log)
     );
 }
+
+/// Regression: creating a `LogStore` on a disk without room for its first
+/// journal (4 MiB of preallocated space) failed with ENOSPC but left the
+/// cut-short `journal.new-*` file taking the disk's last free bytes until the
+/// next open swept it.
+#[test]
+fn log_store_created_on_a_disk_too_small_for_its_journal() {
+    let Some(mount) = mount_or_skip(
+        "log_store_created_on_a_disk_too_small_for_its_journal",
+        "2m",
+    ) else {
+        return;
+    };
+    let root = mount.path.join("store");
+    let free_before = mount.free_bytes();
+    let err = LogStore::open(&root).unwrap_err();
+    assert_os_error(&err, ENOSPC, &root);
+    let names: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("journal"))
+        .collect();
+    assert_eq!(
+        names,
+        Vec::<String>::new(),
+        "a failed creation left a journal"
+    );
+    let free_after = mount.free_bytes();
+    assert!(
+        free_before - free_after < 64 << 10,
+        "the failed creation keeps {} bytes",
+        free_before - free_after
+    );
+}

@@ -61,7 +61,8 @@ use crate::vfs::{StdVfs, Vfs};
 /// that returned `Ok` survives a power loss. A record file that does not decode
 /// (bad checksum, truncated, edited by hand) is [`Error::Corrupt`] naming the file.
 /// After a failed fsync the store is poisoned: writes return [`Error::Poisoned`]
-/// until it is reopened. A full disk (`ENOSPC`) or a read-only filesystem fails
+/// until it is reopened. Reads go on, except those of keys whose batch is still
+/// pending (completing it would be a write): they return `Poisoned` too. A full disk (`ENOSPC`) or a read-only filesystem fails
 /// the write with [`Error::Io`] naming the file, leaves the old record whole and
 /// does not poison: the store takes writes again once space is freed.
 ///

@@ -96,7 +96,10 @@ const FIRST_SEQ: u64 = 1;
 /// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
 /// byte of space it could reserve; it does not poison, and writes go on once
 /// space is freed. A compaction needs room for a second journal: on a full disk
-/// it fails and removes what it wrote.
+/// it fails and removes what it wrote. A compaction whose flush of that second
+/// journal fails removes it too and does not poison: the journal in use was not
+/// touched. Once the new journal is renamed into place, a failed flush of the
+/// directory poisons.
 ///
 /// # Limitations
 ///
@@ -460,7 +463,13 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
         }
         Ok(())
     };
-    write().at("write new journal", &path)?;
+    if let Err(e) = write() {
+        // Cut short (a full disk, say): give its space back now rather than at
+        // the next open's sweep.
+        drop(file);
+        let _ = writer.vfs().remove_file(&path);
+        return Err(Error::io("write new journal", &path, e));
+    }
     compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
 }
 
