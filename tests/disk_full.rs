@@ -21,7 +21,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use jobsafe::{AtomicWriter, DirStore, Error, Expect, Key, LogStore, Prefix, Store, TEMP_SUFFIX};
+use jobsafe::{AtomicWriter, DirStore, Error, Expect, Key, LogStore, Prefix, Store};
 
 const ENOSPC: i32 = 28;
 const EROFS: i32 = 30;
@@ -123,14 +123,7 @@ fn mount_or_skip(test: &str, size: &str) -> Option<Mount> {
 
 /// The error and its causes, as a reporter prints them.
 fn shown(err: &Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+    common::error_chain(err)
 }
 
 /// The OS error number in `err`'s chain, if any.
@@ -199,20 +192,6 @@ fn assert_holds_from(store: &dyn Store, first: usize, count: usize, len: usize, 
     }
 }
 
-/// Temp files anywhere under `dir`.
-fn temp_files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            found.extend(temp_files_under(&entry.path()));
-        } else if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
-            found.push(entry.path());
-        }
-    }
-    found
-}
-
 /// A file of `bytes` bytes that the test deletes to free space.
 fn filler(mount: &Mount, bytes: usize) -> PathBuf {
     let path = mount.path.join("filler");
@@ -263,7 +242,10 @@ fn dir_store_on_a_full_disk() {
     assert!(shown(&delete).contains(".floor"), "{}", shown(&delete));
     let deleted = 0;
     assert_holds_from(&store, deleted, acked, LEN, "full, in the process");
-    assert_eq!(temp_files_under(&root), Vec::<PathBuf>::new());
+    assert_eq!(
+        common::temp_files_under(&root).unwrap(),
+        Vec::<PathBuf>::new()
+    );
     drop(store);
 
     let reopened = DirStore::open(&root).unwrap();

@@ -14,6 +14,13 @@
 //! a failed operation), and narrow it with every answer the store gives: an
 //! answer no state explains is a violation.
 //!
+//! The workloads: `AtomicWriter` writes (replace, create-only, streamed,
+//! discarded); `DirStore` and `LogStore` puts, deletes, a batch, nested keys,
+//! reads, a listing and a compaction; `JobLock`, `JobLedger` and `JobState` on
+//! each store (acquire, reserve and confirm, create, start and complete,
+//! release); and opening a store that has work left for the open (a pending
+//! batch, a torn journal tail).
+//!
 //! A second pass fails two operations in one run: every write (cut short, as
 //! by a full disk), then every flush after it, so that the repair of what the
 //! first fault left is checked like a first write. `JOBSAFE_FAULTS_DOUBLE=1`
@@ -265,21 +272,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Temp files anywhere under `dir`.
-fn temp_files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
-            found.extend(temp_files_under(&path));
-        } else if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
-            found.push(path);
-        }
-    }
-    found
-}
-
 /// How a case arms its fault.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
@@ -407,14 +399,7 @@ fn current_name(path: &Path) -> PathBuf {
 /// Whether `err` names one of the paths of `injected` (or, when the store
 /// refuses a write, its root), and carries the injected OS error in its chain.
 fn check_error(err: &Error, injected: &[Injected], root: &Path) -> Result<(), String> {
-    // What a reporter prints: the error and each cause once.
-    let mut shown = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        shown.push_str(": ");
-        shown.push_str(&c.to_string());
-        cause = c.source();
-    }
+    let shown = common::error_chain(err);
     if let Error::Poisoned { path } = err {
         return if path == root {
             Ok(())
@@ -646,7 +631,7 @@ fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, Co
     }
     // A temp file stays only where removing it failed too.
     let injected = vfs.injected();
-    for temp in temp_files_under(&root) {
+    for temp in common::temp_files_under(&root).unwrap() {
         let removal_failed = injected
             .iter()
             .any(|i| i.kind == OpKind::Remove && i.path == temp);
@@ -1034,7 +1019,7 @@ fn writer_case(plan: Option<Plan>) -> (Tally, u64) {
         )));
     }
     let injected = vfs.injected();
-    for temp in temp_files_under(root) {
+    for temp in common::temp_files_under(root).unwrap() {
         if !injected
             .iter()
             .any(|i| i.kind == OpKind::Remove && i.path == temp)
