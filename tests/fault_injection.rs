@@ -1457,3 +1457,111 @@ fn dir_store_opened_under_every_fault() {
 fn log_store_opened_under_every_fault() {
     open_under_every_fault(Backend::Log);
 }
+
+/// Writers on several threads when a flush fails: with `LogStore` the whole
+/// group that shared the flush fails. Every write acknowledged before or beside
+/// the failure is there after a reopen; every failed one is absent or whole;
+/// every error names the store and is the injected EIO or `Poisoned`.
+fn concurrent_writers_and_a_failed_flush(backend: Backend) {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 10;
+    // Flushes that happen whatever the threads' timing: a DirStore put makes
+    // at least two, a LogStore group of at most THREADS requests one.
+    let flushes: &[u64] = match backend {
+        Backend::Dir => &[1, 5, 20, 60],
+        Backend::Log => &[1, 2, 5, 9],
+    };
+    let mut tally = Tally::default();
+    for &nth_flush in flushes {
+        let dir = scratch_dir();
+        let root = dir.path().join("store");
+        let vfs = Faulty::new(StdVfs);
+        let handle = backend.open_faulty(&root, &vfs).unwrap();
+        vfs.arm(Fault::nth(nth_flush).only(OpKind::SYNCS));
+        let store = handle.store.clone();
+        let outcomes: Vec<(Key, Vec<u8>, Result<(), String>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let store = store.clone();
+                    let root = root.clone();
+                    scope.spawn(move || {
+                        (0..PER_THREAD)
+                            .map(|i| {
+                                let k = key(&["jobs", &format!("t{t}"), &format!("{i}")]);
+                                let v = format!("value {t}/{i}").into_bytes();
+                                let result = store.put(&k, &v, Expect::Absent);
+                                let result = result.map(|_| ()).map_err(|e| {
+                                    let chain = common::error_chain(&e);
+                                    let expected =
+                                        e.is_poisoned() || chain.contains("Input/output error");
+                                    if chain.contains(&*root.to_string_lossy()) && expected {
+                                        String::new()
+                                    } else {
+                                        format!("unexpected error {chain}")
+                                    }
+                                });
+                                (k, v, result)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let label = format!("{} threads, flush {nth_flush} fails", backend.name());
+        let mut case = Tally {
+            cases: 1,
+            ..Tally::default()
+        };
+        let injected = vfs.injected().len();
+        if injected != 1 {
+            case.violations
+                .push(format!("{label}: {injected} faults injected, expected 1"));
+        }
+        if !(handle.poisoned)() {
+            case.violations
+                .push(format!("{label}: a failed flush did not poison"));
+        }
+        case.poisoned += 1;
+        drop(handle);
+        drop(store);
+        let reopened = backend.open_std(&root).unwrap();
+        for (k, v, result) in &outcomes {
+            let found = reopened.get(k).unwrap().map(|e| e.value);
+            match result {
+                Ok(()) => {
+                    case.acknowledged_checked += 1;
+                    if found.as_ref() != Some(v) {
+                        case.violations
+                            .push(format!("{label}: acknowledged {k} reads {found:?}"));
+                    }
+                }
+                Err(what) => {
+                    case.errors_reported += 1;
+                    if !what.is_empty() {
+                        case.violations.push(format!("{label}: {k}: {what}"));
+                    }
+                    if found.as_ref().is_some_and(|f| f != v) {
+                        case.violations
+                            .push(format!("{label}: failed {k} reads {found:?}"));
+                    }
+                }
+            }
+        }
+        tally.add(case);
+    }
+    tally.report(&format!("{}-threads", backend.name()));
+}
+
+#[test]
+fn dir_store_threads_and_a_failed_flush() {
+    concurrent_writers_and_a_failed_flush(Backend::Dir);
+}
+
+#[test]
+fn log_store_threads_and_a_failed_flush() {
+    concurrent_writers_and_a_failed_flush(Backend::Log);
+}
