@@ -147,6 +147,9 @@ fn universe() -> Vec<Key> {
         key(&["jobs", "k3"]),
         key(&["jobs", "k4"]),
         key(&["deep", "x", "y"]),
+        // A segment too long for a file name: DirStore hashes it and builds its
+        // directory under a temp name.
+        key(&["deep", &"long-".repeat(40), "leaf"]),
     ]
 }
 
@@ -175,6 +178,7 @@ fn workload() -> Vec<Step> {
         Step::Get(u[3].clone()),
         Step::Put(u[5].clone(), b"deep", Expect::Absent),
         Step::Delete(u[5].clone()),
+        Step::Put(u[6].clone(), b"long", Expect::Absent),
         Step::Put(u[1].clone(), b"again1", Expect::Absent),
         Step::List,
         Step::Compact,
@@ -629,12 +633,13 @@ fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, Co
         }
         Err(e) => violations.push(violation(format!("reopening failed: {e}"))),
     }
-    // A temp file stays only where removing it failed too.
+    // A temp file or directory stays only where removing it (or, for a
+    // directory, what is in it) failed too.
     let injected = vfs.injected();
     for temp in common::temp_files_under(&root).unwrap() {
         let removal_failed = injected
             .iter()
-            .any(|i| i.kind == OpKind::Remove && i.path == temp);
+            .any(|i| matches!(i.kind, OpKind::Remove | OpKind::Rmdir) && i.path.starts_with(&temp));
         if !removal_failed {
             violations.push(violation(format!("temp file {temp:?} left behind")));
         }
@@ -1580,4 +1585,34 @@ fn dir_store_threads_and_a_failed_flush() {
 #[test]
 fn log_store_threads_and_a_failed_flush() {
     concurrent_writers_and_a_failed_flush(Backend::Log);
+}
+
+/// Regression: a key segment too long for a file name gets a hashed directory,
+/// built under a temp name. When writing its `.segment` file failed, the temp
+/// directory stayed for good (sweeps remove temp files, not directories).
+#[test]
+fn a_failed_hashed_directory_leaves_no_temp_directory() {
+    let dir = scratch_dir();
+    let vfs = Faulty::new(StdVfs);
+    let store = DirStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .open()
+        .unwrap();
+    let long = key(&["deep", &"long-".repeat(40), "leaf"]);
+    // The first file created is the temp file of the `.segment` file.
+    vfs.arm(
+        Fault::nth(1)
+            .only([OpKind::Create])
+            .error(InjectedError::Enospc),
+    );
+    let err = store.put(&long, b"v", Expect::Absent).unwrap_err();
+    assert!(common::error_chain(&err).contains("No space left"), "{err}");
+    assert_eq!(
+        common::temp_files_under(dir.path()).unwrap(),
+        Vec::<PathBuf>::new()
+    );
+    vfs.disarm();
+    assert!(!store.is_poisoned());
+    store.put(&long, b"v", Expect::Absent).unwrap();
+    assert_eq!(store.get(&long).unwrap().unwrap().value, b"v");
 }

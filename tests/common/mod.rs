@@ -35,15 +35,17 @@ pub(crate) fn temp_files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(temps)
 }
 
-/// The temp files anywhere under `dir`, subdirectories included.
+/// The temp files and directories (names ending in [`TEMP_SUFFIX`]) anywhere
+/// under `dir`.
 pub(crate) fn temp_files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut temps = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+            temps.push(entry.path());
+        }
         if entry.file_type()?.is_dir() {
             temps.extend(temp_files_under(&entry.path())?);
-        } else if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
-            temps.push(entry.path());
         }
     }
     Ok(temps)

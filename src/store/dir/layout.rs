@@ -192,16 +192,26 @@ fn create_hashed_dir<V: Vfs>(
         crate::atomic::TEMP_SUFFIX
     ));
     vfs.create_dir(&temp).at("create directory", &temp)?;
-    writer.write(temp.join(SEGMENT_FILE), segment.as_bytes())?;
+    // Removes the temp directory, best-effort: nothing sweeps directories.
+    let discard = || {
+        let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
+        let _ = vfs.remove_dir(&temp);
+    };
+    if let Err(e) = writer.write(temp.join(SEGMENT_FILE), segment.as_bytes()) {
+        discard();
+        return Err(e);
+    }
     match vfs.rename(&temp, dir) {
         Ok(()) => Ok(()),
         // Another writer created it first (rename onto a non-empty directory fails).
         Err(_) if vfs.metadata(dir).is_ok_and(|m| m.kind == FileKind::Dir) => {
-            let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
-            let _ = vfs.remove_dir(&temp);
+            discard();
             Ok(())
         }
-        Err(e) => Err(Error::io("rename directory into place", dir, e)),
+        Err(e) => {
+            discard();
+            Err(Error::io("rename directory into place", dir, e))
+        }
     }
 }
 
