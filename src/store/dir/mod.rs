@@ -219,7 +219,9 @@ impl<V: Vfs> DirStore<V> {
     }
 
     /// Removes temp files at least `min_age` old left in the store by crashed
-    /// writers, returning how many were removed. See [`AtomicWriter::sweep`].
+    /// writers, and the temp directories of long key segments whose creation a
+    /// crash cut short, returning how many were removed. See
+    /// [`AtomicWriter::sweep`].
     ///
     /// # Errors
     /// [`Error::Io`] naming the directory or file.
@@ -229,9 +231,13 @@ impl<V: Vfs> DirStore<V> {
         clock: &dyn crate::Clock,
     ) -> Result<usize> {
         let mut removed = 0;
-        for dir in list::all_dirs(self.inner.writer.vfs(), &self.inner.layout)? {
-            match self.inner.writer.sweep(&dir, min_age, clock) {
-                Ok(swept) => removed += swept.len(),
+        let writer = &self.inner.writer;
+        for dir in list::all_dirs(writer.vfs(), &self.inner.layout)? {
+            let swept = writer.sweep(&dir, min_age, clock).and_then(|files| {
+                layout::sweep_temp_dirs(writer, &dir, min_age, clock).map(|dirs| files.len() + dirs)
+            });
+            match swept {
+                Ok(count) => removed += count,
                 // Pruned by a concurrent delete since it was listed: nothing in it.
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
