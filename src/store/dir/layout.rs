@@ -197,7 +197,7 @@ fn create_hashed_dir<V: Vfs>(
         crate::atomic::TEMP_SUFFIX
     ));
     vfs.create_dir(&temp).at("create directory", &temp)?;
-    // Removes the temp directory, best-effort: nothing sweeps directories.
+    // Best-effort: a leftover is harmless, and a later sweep removes it.
     let discard = || {
         let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
         let _ = vfs.remove_dir(&temp);

@@ -62,9 +62,11 @@ use crate::vfs::{StdVfs, Vfs};
 /// (bad checksum, truncated, edited by hand) is [`Error::Corrupt`] naming the file.
 /// After a failed fsync the store is poisoned: writes return [`Error::Poisoned`]
 /// until it is reopened. Reads go on, except those of keys whose batch is still
-/// pending (completing it would be a write): they return `Poisoned` too. A full disk (`ENOSPC`) or a read-only filesystem fails
-/// the write with [`Error::Io`] naming the file, leaves the old record whole and
-/// does not poison: the store takes writes again once space is freed.
+/// pending (completing it would be a write): they return `Poisoned` too.
+///
+/// A full disk (`ENOSPC`) or a read-only filesystem fails the write with
+/// [`Error::Io`] naming the file, leaves the old record whole and does not
+/// poison: the store takes writes again once space is freed.
 ///
 /// # Limitations
 ///
