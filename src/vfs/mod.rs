@@ -10,6 +10,7 @@
 //! The layer speaks `std::io::Error`; callers add the step and the path.
 
 mod counting;
+mod faulty;
 mod std_vfs;
 
 use std::ffi::OsString;
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 pub use counting::{Counting, OpCounts};
+pub use faulty::{Fault, Faulty, FaultyFile, Injected, InjectedError, OpKind};
 pub use std_vfs::StdVfs;
 
 /// Permission bits of every directory jobsafe creates: owner read, write and

@@ -37,6 +37,35 @@ pub(crate) fn temp_files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(temps)
 }
 
+/// The temp files and directories (names ending in [`TEMP_SUFFIX`]) anywhere
+/// under `dir`.
+pub(crate) fn temp_files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut temps = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+            temps.push(entry.path());
+        }
+        if entry.file_type()?.is_dir() {
+            temps.extend(temp_files_under(&entry.path())?);
+        }
+    }
+    Ok(temps)
+}
+
+/// An error and its causes, each once, as a reporter that walks the chain
+/// prints them.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// The permission bits of `path` itself (a symlink is not followed).
 pub(crate) fn mode_of(path: &Path) -> io::Result<u32> {
     Ok(fs::symlink_metadata(path)?.permissions().mode() & 0o7777)

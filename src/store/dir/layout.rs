@@ -2,10 +2,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::stripes;
 use crate::atomic::{AtomicWriter, is_temp_name};
+use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
 use crate::vfs::{FileKind, Vfs};
@@ -219,6 +221,9 @@ pub(super) fn is_store_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
     }
 }
 
+/// How the temp name of a hashed directory being built starts.
+const TEMP_DIR_PREFIX: &str = ".dir-";
+
 /// A directory whose name is hashed carries its segment in a `.segment` file. It is
 /// built under a temp name and renamed into place, so it never exists without it.
 fn create_hashed_dir<V: Vfs>(
@@ -229,22 +234,79 @@ fn create_hashed_dir<V: Vfs>(
 ) -> Result<()> {
     let vfs = writer.vfs();
     let temp = parent.join(format!(
-        ".dir-{}{}",
+        "{TEMP_DIR_PREFIX}{}{}",
         uuid::Uuid::new_v4().simple(),
         crate::atomic::TEMP_SUFFIX
     ));
     vfs.create_dir(&temp).at("create directory", &temp)?;
-    writer.write(temp.join(SEGMENT_FILE), segment.as_bytes())?;
+    // Best-effort: a leftover is harmless, and a later sweep removes it.
+    let discard = || {
+        let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
+        let _ = vfs.remove_dir(&temp);
+    };
+    if let Err(e) = writer.write(temp.join(SEGMENT_FILE), segment.as_bytes()) {
+        discard();
+        return Err(e);
+    }
     match vfs.rename(&temp, dir) {
         Ok(()) => Ok(()),
         // Another writer created it first (rename onto a non-empty directory fails).
         Err(_) if vfs.metadata(dir).is_ok_and(|m| m.kind == FileKind::Dir) => {
-            let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
-            let _ = vfs.remove_dir(&temp);
+            discard();
             Ok(())
         }
-        Err(e) => Err(Error::io("rename directory into place", dir, e)),
+        Err(e) => {
+            discard();
+            Err(Error::io("rename directory into place", dir, e))
+        }
     }
+}
+
+/// Removes from `dir` the temp directories of [`create_hashed_dir`] at least
+/// `min_age` old by `clock`, with what is in them, and returns how many: a crash
+/// between their creation and their rename leaves them, and a writer still
+/// building one is far younger than any sensible `min_age`.
+pub(super) fn sweep_temp_dirs<V: Vfs>(
+    writer: &AtomicWriter<V>,
+    dir: &Path,
+    min_age: Duration,
+    clock: &dyn Clock,
+) -> Result<usize> {
+    let vfs = writer.vfs();
+    let now = UNIX_EPOCH + Duration::from_millis(clock.now_ms());
+    let mut removed = 0;
+    for name in vfs.read_dir(dir).at("read directory", dir)? {
+        let Some(name) = name
+            .to_str()
+            .filter(|n| n.starts_with(TEMP_DIR_PREFIX) && is_temp_name(n))
+        else {
+            continue;
+        };
+        let path = dir.join(name);
+        let info = match vfs.metadata(&path) {
+            Ok(info) => info,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat temp directory", path, e)),
+        };
+        let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
+        if info.kind != FileKind::Dir || age < min_age {
+            continue;
+        }
+        // The temp file of an unfinished `.segment` write, then the file itself.
+        writer.sweep(&path, Duration::ZERO, clock)?;
+        let segment = path.join(SEGMENT_FILE);
+        match vfs.remove_file(&segment) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove segment file", segment, e)),
+        }
+        match vfs.remove_dir(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove temp directory", path, e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// The directory holding `path` (which always has one inside a store).

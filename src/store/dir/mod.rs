@@ -61,11 +61,16 @@ use crate::vfs::{StdVfs, Vfs};
 /// that returned `Ok` survives a power loss. A record file that does not decode
 /// (bad checksum, truncated, edited by hand) is [`Error::Corrupt`] naming the file.
 /// After a failed fsync the store is poisoned: writes return [`Error::Poisoned`]
-/// until it is reopened. Directories are created with mode `0o700` and files
-/// with `0o600`, whatever the umask. A symlink (or a file) found where a
-/// directory of the store belongs is [`Error::CorruptFile`] naming it: puts,
-/// deletes, quarantines and listings never follow it out of the store (a sweep
-/// skips it).
+/// until it is reopened. Reads go on, except those of keys whose batch is still
+/// pending (completing it would be a write): they return `Poisoned` too.
+/// Directories are created with mode `0o700` and files with `0o600`, whatever
+/// the umask. A symlink (or a file) found where a directory of the store belongs
+/// is [`Error::CorruptFile`] naming it: puts, deletes, quarantines and listings
+/// never follow it out of the store (a sweep skips it).
+///
+/// A full disk (`ENOSPC`) or a read-only filesystem fails the write with
+/// [`Error::Io`] naming the file, leaves the old record whole and does not
+/// poison: the store takes writes again once space is freed.
 ///
 /// # Limitations
 ///
@@ -73,6 +78,12 @@ use crate::vfs::{StdVfs, Vfs};
 ///   writing into it; someone who can write to the store's directories and swaps
 ///   a directory for a symlink between that check and the write is not stopped.
 ///   Keep the store's root owned by the service's user.
+/// - A delete first rewrites its stripe's version floor, a small file: on a disk
+///   with no space left at all it fails with `ENOSPC` like a put. Free space
+///   outside the store to delete records.
+/// - Opening needs write access (stripe lock files are created and opened for
+///   writing): on a read-only filesystem [`open`](DirStore::open) fails naming
+///   the first lock file; a store already open goes on reading.
 /// - A directory whose name was shortened with a hash (its segment encodes to more
 ///   than 150 bytes) stays when its last key is deleted; other emptied directories
 ///   are removed.
@@ -218,7 +229,9 @@ impl<V: Vfs> DirStore<V> {
     }
 
     /// Removes temp files at least `min_age` old left in the store by crashed
-    /// writers, returning how many were removed. See [`AtomicWriter::sweep`].
+    /// writers, and the temp directories of long key segments whose creation a
+    /// crash cut short, returning how many were removed. See
+    /// [`AtomicWriter::sweep`].
     ///
     /// # Errors
     /// [`Error::Io`] naming the directory or file.
@@ -228,9 +241,13 @@ impl<V: Vfs> DirStore<V> {
         clock: &dyn crate::Clock,
     ) -> Result<usize> {
         let mut removed = 0;
-        for dir in list::all_dirs(self.inner.writer.vfs(), &self.inner.layout)? {
-            match self.inner.writer.sweep(&dir, min_age, clock) {
-                Ok(swept) => removed += swept.len(),
+        let writer = &self.inner.writer;
+        for dir in list::all_dirs(writer.vfs(), &self.inner.layout)? {
+            let swept = writer.sweep(&dir, min_age, clock).and_then(|files| {
+                layout::sweep_temp_dirs(writer, &dir, min_age, clock).map(|dirs| files.len() + dirs)
+            });
+            match swept {
+                Ok(count) => removed += count,
                 // Pruned by a concurrent delete since it was listed: nothing in it.
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),

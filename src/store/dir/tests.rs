@@ -601,3 +601,35 @@ fn openers_racing_to_create_a_store_all_succeed() {
         });
     }
 }
+
+#[test]
+fn a_sweep_removes_the_temp_directory_a_crash_left_for_a_long_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let long = key(&["deep", &"long-".repeat(40), "leaf"]);
+    store.put(&long, b"kept", Expect::Absent).unwrap();
+    // What a crash between building a hashed directory and renaming it leaves.
+    let parent = store.root().join("data").join("deep.d");
+    let leftover = parent.join(format!(".dir-0123abcd{}", crate::atomic::TEMP_SUFFIX));
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join(naming::SEGMENT_FILE), "long").unwrap();
+    std::fs::write(
+        leftover.join(format!("..segment.00ff{}", crate::atomic::TEMP_SUFFIX)),
+        "lo",
+    )
+    .unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let now_ms = crate::Clock::now_ms(&crate::SystemClock);
+
+    let young = crate::ManualClock::new(now_ms + hour.as_millis() as u64);
+    assert_eq!(store.sweep_temp_files(2 * hour, &young).unwrap(), 0);
+    assert!(
+        leftover.is_dir(),
+        "a directory younger than min_age is kept"
+    );
+
+    let old = crate::ManualClock::new(now_ms + 3 * hour.as_millis() as u64);
+    assert_eq!(store.sweep_temp_files(2 * hour, &old).unwrap(), 1);
+    assert!(!leftover.exists());
+    assert_eq!(store.get(&long).unwrap().unwrap().value, b"kept");
+}

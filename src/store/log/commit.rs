@@ -196,7 +196,12 @@ fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
             Error::Io { step, path, source } => Error::Io {
                 step,
                 path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
+                // The same OS error number, so that callers who match on it
+                // (ENOSPC, EIO) see it whichever request of the group they made.
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
             },
             other => Error::Io {
                 step: "commit group",
@@ -209,4 +214,34 @@ fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
         results.push(Err(error));
     }
     results
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// Regression: the other requests of a group that failed together got an
+    /// error of the same kind but without the OS error number.
+    #[test]
+    fn every_request_of_a_failed_group_gets_the_os_error_number() {
+        let path = Path::new("/store/journal");
+        let error = Error::io(
+            "fdatasync journal",
+            path,
+            std::io::Error::from_raw_os_error(28),
+        );
+        let results = replicate::<()>(error, 3, path);
+        assert_eq!(results.len(), 3);
+        for result in results {
+            let err = result.unwrap_err();
+            assert_eq!(err.to_string(), "fdatasync journal /store/journal");
+            let io = err
+                .source()
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .unwrap();
+            assert_eq!(io.raw_os_error(), Some(28));
+        }
+    }
 }

@@ -137,7 +137,18 @@ impl<F: VfsFile> Journal<F> {
         // Zeros go only past the file's real end: another process may have
         // grown it and written frames there since this one last preallocated.
         let from = self.file.size().map_err(failed)?.max(self.end);
-        write_zeros(&*self.file, from, target).map_err(failed)?;
+        let mut reached = target;
+        if let Err(source) = write_zeros(&*self.file, from, target) {
+            // A full disk cuts the zeros short. What did land is zero-filled
+            // space like any other (the exclusive lock keeps other writers out):
+            // if the frame fits in it, use it rather than refuse writes while
+            // the file has room, and the disk may have none for a whole step.
+            let grown = self.file.size().unwrap_or(0);
+            if source.kind() != io::ErrorKind::StorageFull || grown < needed {
+                return Err(failed(source));
+            }
+            reached = grown;
+        }
         if sync {
             // A failed flush poisons, as every failed flush does: after one,
             // what the kernel kept of the file is unknown.
@@ -147,18 +158,35 @@ impl<F: VfsFile> Journal<F> {
                 poisons: true,
             })?;
         }
-        self.allocated = target;
+        self.allocated = reached;
         Ok(())
     }
 
     /// Zeros everything from `end` to the end of the file: what a writer that
     /// died (or failed) mid-write left there, so that no leftover byte can be read
     /// after the frames written next.
-    pub(crate) fn clear_tail(&mut self, sync: bool) -> io::Result<()> {
-        let len = self.file.size()?.max(self.allocated);
-        write_zeros(&*self.file, self.end, len)?;
+    ///
+    /// A failed flush of the zeros poisons: what the disk then holds past `end`
+    /// is unknown, as after any failed flush.
+    pub(crate) fn clear_tail(&mut self, sync: bool) -> Result<(), AppendError> {
+        let failed = |step, poisons| {
+            move |source| AppendError {
+                step,
+                source,
+                poisons,
+            }
+        };
+        let len = self
+            .file
+            .size()
+            .map_err(failed("clear torn journal tail", false))?
+            .max(self.allocated);
+        write_zeros(&*self.file, self.end, len)
+            .map_err(failed("clear torn journal tail", false))?;
         if sync {
-            self.file.sync_data()?;
+            self.file
+                .sync_data()
+                .map_err(failed("fdatasync cleared journal tail", true))?;
         }
         self.allocated = len;
         Ok(())

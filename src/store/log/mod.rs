@@ -95,6 +95,15 @@ const FIRST_SEQ: u64 = 1;
 /// the umask; a symlink planted at the journal, a lock file or the quarantine
 /// directory is [`Error::CorruptFile`] naming it, never followed.
 ///
+/// A full disk fails the write that needs more journal space with an
+/// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
+/// byte of space it could reserve; it does not poison, and writes go on once
+/// space is freed. A compaction needs room for a second journal: on a full disk
+/// it fails and removes what it wrote. A compaction whose flush of that second
+/// journal fails removes it too and does not poison: the journal in use was not
+/// touched. Once the new journal is renamed into place, a failed flush of the
+/// directory poisons.
+///
 /// # Limitations
 ///
 /// - Every live record is held in memory (keys and values), as the price of
@@ -291,7 +300,16 @@ impl<V: Vfs> LogStoreBuilder<V> {
         }
         compact::sweep_abandoned(&writer, &root)?;
         let (mut journal, index, stop) = load(vfs, &journal_path)?;
-        settle_tail(&mut journal, stop, &journal_path, sync, Access::Exclusive)?;
+        // A failed flush here fails the open: no handle is left to poison.
+        let unused = AtomicBool::new(false);
+        settle_tail(
+            &mut journal,
+            stop,
+            &journal_path,
+            sync,
+            Access::Exclusive,
+            &unused,
+        )?;
         let probe = Probe {
             inode: journal.inode,
             at: journal.end,
@@ -345,6 +363,12 @@ impl<V: Vfs> LogStore<V> {
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.shared.root
+    }
+
+    /// Whether an earlier failed flush poisoned this handle (and its clones):
+    /// writes then return [`Error::Poisoned`] until the store is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::SeqCst)
     }
 
     /// Sizes and counters, after reading what other processes appended.
@@ -440,7 +464,13 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
         }
         Ok(())
     };
-    write().at("write new journal", &path)?;
+    if let Err(e) = write() {
+        // Cut short (a full disk, say): give its space back now rather than at
+        // the next open's sweep.
+        drop(file);
+        let _ = writer.vfs().remove_file(&path);
+        return Err(Error::io("write new journal", &path, e));
+    }
     compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
 }
 
@@ -529,7 +559,7 @@ impl<V: Vfs> Shared<V> {
             // Nothing was appended: readers keep the index meanwhile.
             Stop::End
         };
-        settle_tail(journal, stop, path, self.sync, access)?;
+        settle_tail(journal, stop, path, self.sync, access, &self.poisoned)?;
         *self.probe.lock() = Probe {
             inode: journal.inode,
             at: journal.end,
@@ -611,6 +641,10 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        // The delete below would be refused: write no copy beside a live record.
+        if self.is_poisoned() {
+            return Err(self.shared.poisoned_error());
+        }
         let dir = self.shared.root.join(QUARANTINE);
         loop {
             let Some(entry) = self.get(key)? else {

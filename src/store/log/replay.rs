@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::FIRST_SEQ;
 use super::frame::{self, FileHeader, decode_payload};
@@ -67,13 +68,14 @@ pub(super) enum Access {
 }
 
 /// What to do when reading stopped (`stop`, at `journal.end`) at a frame that
-/// does not check.
+/// does not check. A failed flush of the repair sets `poisoned`.
 pub(super) fn settle_tail<F: VfsFile>(
     journal: &mut Journal<F>,
     stop: Stop,
     path: &Path,
     sync: bool,
     access: Access,
+    poisoned: &AtomicBool,
 ) -> Result<()> {
     let Stop::Bad { offset, reason } = stop else {
         return Ok(());
@@ -91,5 +93,10 @@ pub(super) fn settle_tail<F: VfsFile>(
         });
     }
     // A write torn by a crash, or failed: it was never acknowledged.
-    journal.clear_tail(sync).at("clear torn journal tail", path)
+    journal.clear_tail(sync).map_err(|failure| {
+        if failure.poisons {
+            poisoned.store(true, Ordering::SeqCst);
+        }
+        Error::io(failure.step, path, failure.source)
+    })
 }
