@@ -971,13 +971,6 @@ fn log_store_survives_crashes_while_growing_its_journal() {
 /// them is checked to find nothing, so that this list stays true.
 const REDUNDANT: &[(&str, &str, &str, &str)] = &[
     (
-        "src/store/dir/layout.rs",
-        "for stripe in 0..stripes::STRIPES",
-        ".sync_dir(",
-        "every open creates missing stripe lock files again, and the version floors \
-         beside them are written by the atomic writer, which flushes the directory",
-    ),
-    (
         "src/store/log/journal.rs",
         "pub(crate) fn preallocate(",
         ".sync_all()",

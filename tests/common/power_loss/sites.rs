@@ -11,12 +11,13 @@ use super::fs::Site;
 /// The source directories of the parts under test, relative to the crate
 /// root: the atomic writer, the two file-backed stores, and the default
 /// methods of the I/O layer (`create_dir_all_durable`). The I/O layer's
-/// implementations (`std_vfs.rs`, `counting.rs`) only forward flushes.
+/// implementations (`std_vfs.rs`, `counting.rs`, `faulty.rs`) only forward
+/// flushes.
 const SCANNED: &[(&str, &[&str])] = &[
     ("src/atomic", &[]),
     ("src/store/dir", &["tests.rs"]),
     ("src/store/log", &[]),
-    ("src/vfs", &["std_vfs.rs", "counting.rs"]),
+    ("src/vfs", &["std_vfs.rs", "counting.rs", "faulty.rs"]),
 ];
 
 const CALLS: &[&str] = &[".sync_all(", ".sync_data(", ".sync_dir("];
