@@ -419,7 +419,8 @@ impl<V: Vfs> DirStore<V> {
 
     fn write_record_file(&self, key: &Key, bytes: &[u8]) -> Result<()> {
         // A delete of another key may remove the (then empty) directory between our
-        // creating it and our temp file landing in it; create it again and retry.
+        // creating it and our temp file landing in it, or before we flush its
+        // parent; create it again and retry.
         let mut attempts = 0;
         loop {
             let result = self
@@ -428,8 +429,10 @@ impl<V: Vfs> DirStore<V> {
                 .and_then(|path| self.writer().write(path, bytes));
             match result {
                 Err(Error::Io { step, source, .. })
-                    if matches!(step, "create temp file" | "create directory")
-                        && source.kind() == std::io::ErrorKind::NotFound
+                    if matches!(
+                        step,
+                        "create temp file" | "create directory" | "fsync directory"
+                    ) && source.kind() == std::io::ErrorKind::NotFound
                         && attempts < 8 =>
                 {
                     attempts += 1;

@@ -633,3 +633,27 @@ fn a_sweep_removes_the_temp_directory_a_crash_left_for_a_long_segment() {
     assert!(!leftover.exists());
     assert_eq!(store.get(&long).unwrap().unwrap().value, b"kept");
 }
+
+#[test]
+fn a_put_whose_new_directory_was_pruned_before_its_parent_flush_creates_it_again() {
+    use crate::vfs::{Fault, Faulty, InjectedError, OpKind};
+    // A racing delete of the last key of a directory prunes it (and its empty
+    // parents) between this put's `mkdir` and the flush of the parent: the flush
+    // finds nothing. Injected here, it must not fail the put.
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Faulty::new(StdVfs);
+    let store = DirStore::builder(dir.path())
+        .vfs(vfs.clone())
+        .open()
+        .unwrap();
+    vfs.arm(
+        Fault::nth(1)
+            .only([OpKind::DirSync])
+            .error(InjectedError::Kind(std::io::ErrorKind::NotFound)),
+    );
+    let k = key(&["jobs", "new-dir", "1"]);
+    let v = store.put(&k, b"x", Expect::Absent).unwrap();
+    assert_eq!(vfs.injected().len(), 1, "the fault was not reached");
+    assert!(!store.is_poisoned());
+    assert_eq!(store.get(&k).unwrap().unwrap().version, v);
+}
