@@ -446,7 +446,8 @@ fn a_symlink_planted_at_the_logstore_quarantine_directory_is_not_followed() -> T
     store.put(&key, b"1", Expect::Absent)?;
     symlink(&p.outside, p.root.join("quarantine"))?;
 
-    assert!(store.quarantine(&key).is_err());
+    let err = store.quarantine(&key).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
 
     assert_eq!(p.outside_contents(), vec![]);
     assert_eq!(store.get(&key)?.unwrap().value, b"1", "the record stays");

@@ -102,8 +102,8 @@ impl Vfs for StdVfs {
 
 /// `statx` of `path` (relative to `dirfd`; empty for `dirfd` itself) asking for
 /// `mask` alone; `None` where the kernel or filesystem cannot answer that way
-/// (no `statx` before Linux 4.11, or a field it does not report), so that the
-/// caller falls back to a plain `stat`.
+/// (no `statx` before Linux 4.11 or under a filter that refuses it, or a field
+/// it does not report), so that the caller falls back to a plain `stat`.
 #[cfg(target_os = "linux")]
 fn statx_only<Fd: std::os::fd::AsFd>(
     dirfd: Fd,
@@ -120,7 +120,12 @@ fn statx_only<Fd: std::os::fd::AsFd>(
         Ok(stat) if rustix::fs::StatxFlags::from_bits_retain(stat.stx_mask).contains(mask) => {
             Ok(Some(stat))
         }
-        Ok(_) | Err(rustix::io::Errno::NOSYS) => Ok(None),
+        // Older container seccomp filters refuse `statx` with EPERM (std falls
+        // back to `stat` then too); EINVAL, a kernel that rejects the request.
+        Ok(_)
+        | Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+            Ok(None)
+        }
         Err(errno) => Err(errno.into()),
     }
 }

@@ -293,6 +293,22 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
         if info.kind != FileKind::Dir || age < min_age {
             continue;
         }
+        // Claimed first under a name no writer knows: a writer stalled past
+        // `min_age` that renames it into place meanwhile must find it whole, or
+        // not at all (then its rename fails and its put retries), never with
+        // its `.segment` file removed.
+        let path = {
+            let claimed = dir.join(format!(
+                "{TEMP_DIR_PREFIX}{}{}",
+                uuid::Uuid::new_v4().simple(),
+                crate::atomic::TEMP_SUFFIX
+            ));
+            match vfs.rename(&path, &claimed) {
+                Ok(()) => claimed,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("claim temp directory", path, e)),
+            }
+        };
         // The temp file of an unfinished `.segment` write, then the file itself.
         writer.sweep(&path, Duration::ZERO, clock)?;
         let segment = path.join(SEGMENT_FILE);

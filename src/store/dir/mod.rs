@@ -420,7 +420,8 @@ impl<V: Vfs> DirStore<V> {
     fn write_record_file(&self, key: &Key, bytes: &[u8]) -> Result<()> {
         // A delete of another key may remove the (then empty) directory between our
         // creating it and our temp file landing in it, or before we flush its
-        // parent; create it again and retry.
+        // parent, and a sweep may claim a hashed directory we were still
+        // building; create it again and retry.
         let mut attempts = 0;
         loop {
             let result = self
@@ -431,7 +432,10 @@ impl<V: Vfs> DirStore<V> {
                 Err(Error::Io { step, source, .. })
                     if matches!(
                         step,
-                        "create temp file" | "create directory" | "fsync directory"
+                        "create temp file"
+                            | "create directory"
+                            | "fsync directory"
+                            | "rename directory into place"
                     ) && source.kind() == std::io::ErrorKind::NotFound
                         && attempts < 8 =>
                 {

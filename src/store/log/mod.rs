@@ -31,7 +31,7 @@ type Packed = Box<[u8]>;
 use crate::store::{
     Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
 };
-use crate::vfs::{StdVfs, Vfs, VfsFile};
+use crate::vfs::{FileKind, StdVfs, Vfs, VfsFile};
 
 const MARKER: &str = "jobsafe-logstore";
 const MARKER_CONTENT: &[u8] = b"jobsafe LogStore, journal format 1\n";
@@ -93,7 +93,10 @@ const FIRST_SEQ: u64 = 1;
 /// restart, may or may not find it.
 /// Files are created with mode `0o600` and directories with `0o700`, whatever
 /// the umask; a symlink planted at the journal, a lock file or the quarantine
-/// directory is [`Error::CorruptFile`] naming it, never followed.
+/// directory is [`Error::CorruptFile`] naming it, never followed. The check is
+/// an `lstat` before the open: someone who can write to the store's directory
+/// and swaps a file for a symlink between the two is not stopped, so keep the
+/// store's directory owned by the service's user.
 ///
 /// A full disk fails the write that needs more journal space with an
 /// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
@@ -658,6 +661,19 @@ impl<V: Vfs> Store for LogStore<V> {
                 return Ok(None);
             };
             let vfs = self.shared.writer.vfs();
+            // Anything but a directory there (a planted symlink) is reported,
+            // never written through.
+            if vfs
+                .metadata(&dir)
+                .is_ok_and(|info| info.kind != FileKind::Dir)
+            {
+                return Err(Error::CorruptFile {
+                    path: dir,
+                    reason: "expected the store's quarantine directory, found a symlink or \
+                             another kind of file; it is not followed"
+                        .to_owned(),
+                });
+            }
             vfs.create_dir_all_durable(&dir)
                 .at("create quarantine directory", &dir)?;
             let name = format!(
