@@ -279,6 +279,17 @@ pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(step, path, e)),
     }
-    vfs.open_or_create(path, mode)
-        .map_err(|e| Error::io(step, path, e))
+    vfs.open_or_create(path, mode).map_err(|e| {
+        // A symlink planted since the check above fails the open (`O_NOFOLLOW`
+        // where the system has it): report it as the check would have.
+        match vfs.metadata(path) {
+            Ok(info) if info.kind != crate::vfs::FileKind::File => Error::CorruptFile {
+                path: path.to_path_buf(),
+                reason: "expected a file of the store, found a symlink or a directory; it \
+                         is not followed"
+                    .to_owned(),
+            },
+            _ => Error::io(step, path, e),
+        }
+    })
 }

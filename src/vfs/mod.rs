@@ -46,6 +46,8 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     fn open_read(&self, path: &Path) -> io::Result<Self::File>;
 
     /// Opens a file for reading and writing, creating it with `mode` if absent.
+    /// A symlink at `path` should fail the open rather than be followed
+    /// (`O_NOFOLLOW`; [`StdVfs`] does so on Linux).
     fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<Self::File>;
 
     /// Atomically renames `from` to `to`, replacing `to` if it exists (`rename(2)`).

@@ -28,13 +28,17 @@ impl Vfs for StdVfs {
     }
 
     fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<File> {
-        OpenOptions::new()
+        let mut options = OpenOptions::new();
+        options
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(mode)
-            .open(path)
+            .mode(mode);
+        // A symlink at `path` fails the open (ELOOP) instead of being followed.
+        #[cfg(target_os = "linux")]
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        options.open(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -262,5 +266,17 @@ mod tests {
         assert_eq!(VfsFile::size(&file).unwrap(), 0);
         VfsFile::write_all_at(&file, b"abc", 4093).unwrap();
         assert_eq!(VfsFile::size(&file).unwrap(), 4096);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn open_or_create_does_not_follow_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("outside");
+        let link = dir.path().join("lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        assert!(StdVfs.open_or_create(&link, 0o600).is_err());
+        assert!(!target.exists(), "the open created the link's target");
     }
 }

@@ -93,10 +93,11 @@ const FIRST_SEQ: u64 = 1;
 /// restart, may or may not find it.
 /// Files are created with mode `0o600` and directories with `0o700`, whatever
 /// the umask; a symlink planted at the journal, a lock file or the quarantine
-/// directory is [`Error::CorruptFile`] naming it, never followed. The check is
-/// an `lstat` before the open: someone who can write to the store's directory
-/// and swaps a file for a symlink between the two is not stopped, so keep the
-/// store's directory owned by the service's user.
+/// directory is [`Error::CorruptFile`] naming it, never followed. Files are
+/// checked with `lstat` and, on Linux, opened with `O_NOFOLLOW`, so a symlink
+/// swapped in between fails the open too; the quarantine directory is only
+/// checked before it is written into, so keep the store's directory owned by
+/// the service's user.
 ///
 /// A full disk fails the write that needs more journal space with an
 /// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
