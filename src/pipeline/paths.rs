@@ -118,12 +118,7 @@ fn below<'a>(root: &Path, dir: &'a Path) -> Result<&'a Path> {
 }
 
 fn not_a_directory(path: &Path) -> Error {
-    Error::CorruptFile {
-        path: path.to_path_buf(),
-        reason: "expected an artifact directory, found a symlink or another kind of file; it \
-                 is not followed"
-            .to_owned(),
-    }
+    crate::store::not_followed(path, "an artifact directory")
 }
 
 /// Checks that an artifact name is one plain file name: not empty, no `/` or NUL,

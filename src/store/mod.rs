@@ -257,6 +257,28 @@ pub(crate) fn check_limit(limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// The error for something other than what a store expects at `path`, such as a
+/// symlink planted there: reported, naming it, and never followed.
+pub(crate) fn not_followed(path: &std::path::Path, expected: &str) -> Error {
+    Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "expected {expected}, found a symlink or another kind of file; it is not followed"
+        ),
+    }
+}
+
+/// Whether `dir` is a directory (`false` if absent). Anything else there (a
+/// symlink, a file) is [`not_followed`]: a store never writes through it.
+pub(crate) fn is_own_dir<V: crate::vfs::Vfs>(vfs: &V, dir: &std::path::Path) -> Result<bool> {
+    match vfs.metadata(dir) {
+        Ok(info) if info.kind == crate::vfs::FileKind::Dir => Ok(true),
+        Ok(_) => Err(not_followed(dir, "a directory of the store")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("inspect directory", dir, e)),
+    }
+}
+
 /// Opens (creating it with `mode` if absent) a file the store owns, such as a lock
 /// file, refusing to follow a symlink planted at its path: opening with `O_CREAT`
 /// would create, and writing would change, whatever the link names.
@@ -266,14 +288,13 @@ pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
     mode: u32,
     step: &'static str,
 ) -> Result<V::File> {
+    let is_other = |vfs: &V| {
+        vfs.metadata(path)
+            .is_ok_and(|info| info.kind != crate::vfs::FileKind::File)
+    };
     match vfs.metadata(path) {
         Ok(info) if info.kind != crate::vfs::FileKind::File => {
-            return Err(Error::CorruptFile {
-                path: path.to_path_buf(),
-                reason: "expected a file of the store, found a symlink or a directory; it is \
-                         not followed"
-                    .to_owned(),
-            });
+            return Err(not_followed(path, "a file of the store"));
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -282,14 +303,10 @@ pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
     vfs.open_or_create(path, mode).map_err(|e| {
         // A symlink planted since the check above fails the open (`O_NOFOLLOW`
         // where the system has it): report it as the check would have.
-        match vfs.metadata(path) {
-            Ok(info) if info.kind != crate::vfs::FileKind::File => Error::CorruptFile {
-                path: path.to_path_buf(),
-                reason: "expected a file of the store, found a symlink or a directory; it \
-                         is not followed"
-                    .to_owned(),
-            },
-            _ => Error::io(step, path, e),
+        if is_other(vfs) {
+            not_followed(path, "a file of the store")
+        } else {
+            Error::io(step, path, e)
         }
     })
 }

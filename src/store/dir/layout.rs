@@ -10,6 +10,7 @@ use crate::atomic::{AtomicWriter, is_temp_name};
 use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
+use crate::store::is_own_dir;
 use crate::vfs::{FileKind, Vfs};
 
 const MARKER: &str = "jobsafe-dirstore";
@@ -141,13 +142,13 @@ impl Layout {
     ) -> Result<PathBuf> {
         let vfs = writer.vfs();
         let segments = key.segments();
-        is_store_dir(vfs, &self.data)?;
+        is_own_dir(vfs, &self.data)?;
         let mut dir = self.data.clone();
         for segment in &segments[..segments.len() - 1] {
             let parent = dir.clone();
             let stem = naming::encode(segment);
             dir.push(format!("{stem}{DIR_SUFFIX}"));
-            if is_store_dir(vfs, &dir)? {
+            if is_own_dir(vfs, &dir)? {
                 continue;
             }
             if naming::is_hashed(&stem) {
@@ -157,7 +158,7 @@ impl Layout {
                     Ok(()) => {}
                     // Made by another writer meanwhile, unless it is not a directory.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        is_store_dir(vfs, &dir)?;
+                        is_own_dir(vfs, &dir)?;
                         continue;
                     }
                     Err(e) => return Err(Error::io("create directory", dir, e)),
@@ -180,15 +181,15 @@ impl Layout {
     }
 
     /// Whether the directory of the keys extending `segments` exists, checking
-    /// every directory on the way as [`is_store_dir`] does.
+    /// every directory on the way as [`is_own_dir`] does.
     pub(super) fn check_dirs<V: Vfs>(&self, vfs: &V, segments: &[String]) -> Result<bool> {
-        if !is_store_dir(vfs, &self.data)? {
+        if !is_own_dir(vfs, &self.data)? {
             return Ok(false);
         }
         let mut dir = self.data.clone();
         for segment in segments {
             dir.push(format!("{}{DIR_SUFFIX}", naming::encode(segment)));
-            if !is_store_dir(vfs, &dir)? {
+            if !is_own_dir(vfs, &dir)? {
                 return Ok(false);
             }
         }
@@ -203,22 +204,6 @@ impl Layout {
             .unwrap_or_default();
         self.quarantine
             .join(format!("{}-{name}", uuid::Uuid::now_v7().simple()))
-    }
-}
-
-/// Whether `dir` is a directory (`false` if absent). Anything else there (a
-/// symlink, a file) is an error naming it: the store never follows it.
-pub(super) fn is_store_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
-    match vfs.metadata(dir) {
-        Ok(info) if info.kind == FileKind::Dir => Ok(true),
-        Ok(_) => Err(Error::CorruptFile {
-            path: dir.to_path_buf(),
-            reason: "expected a directory of the store, found a symlink or another kind of \
-                     file; it is not followed"
-                .to_owned(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("inspect directory", dir, e)),
     }
 }
 

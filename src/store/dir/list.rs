@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::layout::{Layout, is_store_dir};
+use super::layout::Layout;
 use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::record_file;
 use crate::error::{Error, IoContext, Result};
@@ -89,7 +89,7 @@ impl<V: Vfs> Walker<'_, V> {
                 let sub = dir.join(name);
                 // A symlink here is reported, never walked: what it names is
                 // not the store's.
-                if !is_store_dir(self.vfs, &sub)? {
+                if !crate::store::is_own_dir(self.vfs, &sub)? {
                     continue;
                 }
                 if let Some(segment) = self.dir_segment(stem, &sub)? {

@@ -593,7 +593,7 @@ impl<V: Vfs> Store for DirStore<V> {
             }
             // Checked at every batch, not only at open: the journal must not land
             // in a symlink planted since.
-            layout::is_store_dir(self.writer().vfs(), &self.layout().journal)?;
+            crate::store::is_own_dir(self.writer().vfs(), &self.layout().journal)?;
             let journal_path = self.layout().journal.join(journal::name(&guard.stripes));
             self.watch(
                 self.writer()
@@ -635,7 +635,7 @@ impl<V: Vfs> Store for DirStore<V> {
                 stripe,
                 version,
             ))?;
-            layout::is_store_dir(vfs, &self.layout().quarantine)?;
+            crate::store::is_own_dir(vfs, &self.layout().quarantine)?;
             let target = self.layout().quarantine_path(&path);
             vfs.rename(&path, &target)
                 .at("move record to quarantine", &target)?;

@@ -104,7 +104,7 @@ pub(super) fn raise_floor<V: Vfs>(
     }
     // Checked at every write, not only at open: the floor must not land in a
     // symlink planted since.
-    super::layout::is_store_dir(writer.vfs(), dir)?;
+    crate::store::is_own_dir(writer.vfs(), dir)?;
     writer.write(floor_path(dir, stripe), needed.to_string().as_bytes())
 }
 

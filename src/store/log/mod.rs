@@ -31,7 +31,7 @@ type Packed = Box<[u8]>;
 use crate::store::{
     Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
 };
-use crate::vfs::{FileKind, StdVfs, Vfs, VfsFile};
+use crate::vfs::{StdVfs, Vfs, VfsFile};
 
 const MARKER: &str = "jobsafe-logstore";
 const MARKER_CONTENT: &[u8] = b"jobsafe LogStore, journal format 1\n";
@@ -664,17 +664,7 @@ impl<V: Vfs> Store for LogStore<V> {
             let vfs = self.shared.writer.vfs();
             // Anything but a directory there (a planted symlink) is reported,
             // never written through.
-            if vfs
-                .metadata(&dir)
-                .is_ok_and(|info| info.kind != FileKind::Dir)
-            {
-                return Err(Error::CorruptFile {
-                    path: dir,
-                    reason: "expected the store's quarantine directory, found a symlink or \
-                             another kind of file; it is not followed"
-                        .to_owned(),
-                });
-            }
+            crate::store::is_own_dir(vfs, &dir)?;
             vfs.create_dir_all_durable(&dir)
                 .at("create quarantine directory", &dir)?;
             let name = format!(
