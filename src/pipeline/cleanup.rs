@@ -9,7 +9,7 @@ use super::{Pipeline, paths};
 use crate::error::{Error, Result};
 use crate::jobs::{JobFilter, JobStatus, PurgeCounts};
 use crate::key::{Key, Prefix};
-use crate::store::{Batch, Expect, Op, Store};
+use crate::store::{Batch, Expect, Store};
 use crate::vfs::{FileKind, Vfs};
 
 /// The outcome of [`Pipeline::delete`].
@@ -290,21 +290,12 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         report: &mut PurgeReport,
     ) -> Result<bool> {
         let inner = &self.inner;
-        let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
-        let mut extra = vec![Op::Delete {
-            key: self.run_state_key(id)?,
-            expect: Expect::Any,
-        }];
-        for key in &checkpoints {
-            extra.push(Op::Delete {
-                key: key.clone(),
-                expect: Expect::Any,
-            });
-        }
-        if !inner.jobs.delete_at_with(id, version, &extra)? {
+        let Some(checkpoints) =
+            super::records::delete_job_records(&inner.jobs, &inner.namespace, id, version)?
+        else {
             return Ok(false); // changed since the listing (a manual retry, say)
-        }
-        report.checkpoints += checkpoints.len();
+        };
+        report.checkpoints += checkpoints;
         report.artifact_dirs += remove_dir_all(inner.writer.vfs(), &inner.root, &self.job_dir(id))?;
         Ok(true)
     }

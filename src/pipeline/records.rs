@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::jobs::{Job, JobFilter, JobState, PurgeCounts};
 use crate::key::{Key, Prefix};
 use crate::lock::JobLock;
-use crate::store::{Expect, Op, Store};
+use crate::store::{Expect, Op, Store, Version};
 
 /// The records of a [`Pipeline`](super::Pipeline) without its stages: its
 /// jobs, its subject locks, and the changes that must keep the pipeline's own
@@ -136,18 +136,7 @@ impl<S: Store> PipelineRecords<S> {
             if !job.is_due_for_purge(now, finished_for, queued_for) {
                 continue;
             }
-            let mut checkpoints = self.namespace.segments().to_vec();
-            checkpoints.extend(["checkpoint".to_owned(), job.id.clone()]);
-            let checkpoints = self.jobs.store().list_all(&Prefix::new(checkpoints)?)?;
-            let mut extra = vec![Op::Delete {
-                key: run_state_key(&self.namespace, &job.id)?,
-                expect: Expect::Any,
-            }];
-            extra.extend(checkpoints.into_iter().map(|key| Op::Delete {
-                key,
-                expect: Expect::Any,
-            }));
-            if self.jobs.delete_at_with(&job.id, job.version, &extra)? {
+            if delete_job_records(&self.jobs, &self.namespace, &job.id, job.version)?.is_some() {
                 counts.add(job.status);
             }
         }
@@ -163,6 +152,30 @@ pub(super) fn sub_namespace(namespace: &Prefix, kind: &str) -> Result<Prefix> {
 }
 
 /// The key of job `id`'s count of consecutive transient failures.
+/// Deletes job `id` with its events, run state and checkpoints in one batch that
+/// expects the job at `version` (a retry since it was read wins). The number of
+/// checkpoints deleted, or `None` if the job changed or went meanwhile.
+pub(super) fn delete_job_records<S: Store>(
+    jobs: &JobState<S>,
+    namespace: &Prefix,
+    id: &str,
+    version: Version,
+) -> Result<Option<usize>> {
+    let mut segments = namespace.segments().to_vec();
+    segments.extend(["checkpoint".to_owned(), id.to_owned()]);
+    let checkpoints = jobs.store().list_all(&Prefix::new(segments)?)?;
+    let count = checkpoints.len();
+    let mut extra = vec![Op::Delete {
+        key: run_state_key(namespace, id)?,
+        expect: Expect::Any,
+    }];
+    extra.extend(checkpoints.into_iter().map(|key| Op::Delete {
+        key,
+        expect: Expect::Any,
+    }));
+    Ok(jobs.delete_at_with(id, version, &extra)?.then_some(count))
+}
+
 pub(super) fn run_state_key(namespace: &Prefix, id: &str) -> Result<Key> {
     let segments = namespace.segments().iter().map(String::as_str);
     Key::new(segments.chain(["run", id]))
