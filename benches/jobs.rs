@@ -8,7 +8,8 @@
 
 mod common;
 
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 use jobsafe::{DirStore, MemStore};
 
 use self::common::jobs::JobsWorkload;

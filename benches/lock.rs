@@ -26,7 +26,8 @@
 
 mod common;
 
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 use jobsafe::{DirStore, LogStore, MemStore};
 
 use self::common::lease::{JobLockEngine, LOCK_KEYS, LeaseWorkload, RawMapLease};

@@ -10,7 +10,8 @@
 
 mod common;
 
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 use jobsafe::{DirStore, LogStore, MemStore};
 
 use self::common::pipeline::PipelineWorkload;

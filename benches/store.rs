@@ -27,7 +27,8 @@
 mod common;
 
 use jobsafe::DirStore;
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 
 use self::common::atomic::AtomicReplace;
 use self::common::kv::{KvWorkload, StoreEngine, VALUE_LEN};

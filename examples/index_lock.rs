@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{
-    Acquire, Clock, DirStore, FileClock, JobLock, Key, LockRecord, LockRequest, SystemClock,
-};
+use jobsafe::lock::{Acquire, LockRecord, LockRequest};
+use jobsafe::testing::FileClock;
+use jobsafe::{Clock, DirStore, JobLock, Key, SystemClock};
 
 /// Just past a 15-minute background-function limit, as the service had it.
 const TTL: Duration = Duration::from_secs(16 * 60);

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use jobsafe::{DirStore, JobState, NewJob, SystemClock};
+use jobsafe::jobs::NewJob;
+use jobsafe::{DirStore, JobState, SystemClock};
 use serde_json::json;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

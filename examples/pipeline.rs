@@ -21,10 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{
-    Clock, DirStore, JobStatus, NewJob, Pipeline, RetryPolicy, RunOutcome, StageAction,
-    StageContext, StageError, SystemClock,
-};
+use jobsafe::jobs::{JobStatus, NewJob};
+use jobsafe::pipeline::{RetryPolicy, RunOutcome, StageAction, StageContext, StageError};
+use jobsafe::{Clock, DirStore, Pipeline, SystemClock};
 
 /// The recordings: (job id, session, content). The empty one fails for good.
 const INPUTS: [(&str, &str, &str); 3] = [

@@ -16,9 +16,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use jobsafe::{
-    ChargeRequest, DirStore, Error, Expect, JobLedger, Key, Op, Reserve, Store, SystemClock,
-};
+use jobsafe::ledger::{ChargeRequest, Reserve};
+use jobsafe::store::BatchOp;
+use jobsafe::{DirStore, Error, Expect, JobLedger, Key, Store, SystemClock};
 
 const ACCOUNT: &str = "lic:abc123";
 
@@ -57,7 +57,7 @@ impl Relay {
     }
 
     /// The balance change `delta` as an operation guarded by the balance's version.
-    fn add(&self, delta: i64) -> jobsafe::Result<Vec<Op>> {
+    fn add(&self, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
         let key = balance_key()?;
         let entry = self.store.get(&key)?;
         let now = entry.as_ref().map_or(0, |e| {
@@ -68,7 +68,7 @@ impl Relay {
                 "{ACCOUNT} has no credits left"
             )));
         }
-        Ok(vec![Op::Put {
+        Ok(vec![BatchOp::Put {
             key,
             value: (now + delta).to_string().into_bytes(),
             expect: entry.map_or(Expect::Absent, |e| Expect::Version(e.version)),

@@ -194,7 +194,7 @@ pub enum Error {
         /// The job.
         id: String,
         /// Its status now.
-        status: crate::JobStatus,
+        status: crate::jobs::JobStatus,
         /// What was attempted.
         action: &'static str,
     },

@@ -7,17 +7,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Longest accepted segment, in bytes of UTF-8.
-pub const MAX_SEGMENT_LEN: usize = 1024;
-
-/// Most segments a key may have. Stores map segments to directory levels or
-/// prefixes; a bound keeps paths and index entries bounded.
-pub const MAX_SEGMENTS: usize = 16;
+const MAX_SEGMENT_LEN: usize = Key::MAX_SEGMENT_LEN;
+const MAX_SEGMENTS: usize = Key::MAX_SEGMENTS;
 
 /// A record's name: a non-empty list of segments, compared segment by segment.
 ///
 /// A segment is any non-empty UTF-8 string without NUL, at most
-/// [`MAX_SEGMENT_LEN`] bytes. User ids such as `lic:abc123`, UUIDs, and even `..`,
+/// [`Key::MAX_SEGMENT_LEN`] bytes. User ids such as `lic:abc123`, UUIDs, and even `..`,
 /// `a/b` or `CON` are accepted as they are: making them safe on disk is each store's
 /// job, never the caller's.
 ///
@@ -40,11 +36,18 @@ pub struct Key {
 }
 
 impl Key {
+    /// Longest accepted segment, in bytes of UTF-8.
+    pub const MAX_SEGMENT_LEN: usize = 1024;
+
+    /// Most segments a key may have. Stores map segments to directory levels or
+    /// prefixes; a bound keeps paths and index entries bounded.
+    pub const MAX_SEGMENTS: usize = 16;
+
     /// Builds a key from its segments, validating each one.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`] if there are no segments, more than [`MAX_SEGMENTS`], or a
-    /// segment is empty, contains NUL or is longer than [`MAX_SEGMENT_LEN`] bytes.
+    /// [`Error::InvalidKey`] if there are no segments, more than [`Key::MAX_SEGMENTS`], or a
+    /// segment is empty, contains NUL or is longer than [`Key::MAX_SEGMENT_LEN`] bytes.
     pub fn new<I, S>(segments: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
@@ -134,6 +137,22 @@ impl Prefix {
     /// The segments, outermost first.
     pub fn segments(&self) -> &[String] {
         &self.segments
+    }
+
+    /// Checks that keys `depth` segments longer than this prefix are allowed, for
+    /// a component that keeps its records `depth` segments below its namespace.
+    pub(crate) fn check_room(&self, depth: usize, component: &str) -> Result<()> {
+        if self.segments.len() + depth <= MAX_SEGMENTS {
+            return Ok(());
+        }
+        Err(Error::invalid_key(
+            DisplaySegments(&self.segments).to_string(),
+            format!(
+                "a {component} namespace of {} segments leaves no room for its keys, \
+                 which are {depth} segments longer (at most {MAX_SEGMENTS} in all)",
+                self.segments.len()
+            ),
+        ))
     }
 }
 

@@ -6,45 +6,64 @@
 //! behind. It is a library, not a server: your process links it and composes its
 //! parts.
 //!
-//! - Use a [`Store`] to keep small records with versioned compare-and-set. Pick
-//!   [`DirStore`] (one inspectable file per key, the embedded default) or
-//!   [`MemStore`] (tests, or services that need no durability), `PgStore` (feature
-//!   `postgres`: one store shared by many machines through PostgreSQL), or
-//!   implement the trait for your own backend and check it with the
-//!   [`conformance`] suite.
-//! - Use a [`JobLock`] so that one job runs once at a time: a lease that a crashed
-//!   holder cannot keep past its expiry, with a fencing token per holder.
-//! - Use a [`JobLedger`] so that a job id is charged once however often it is
-//!   retried, with refunds that happen exactly once.
-//! - Use [`JobState`] for job records that survive restarts: validated transitions,
-//!   errors with a client face, and event streams clients can replay.
-//! - Use [`AtomicWriter`] (or [`write_atomic`]) to write files that a crash or a
+//! # Which part to pick
+//!
+//! - **A store** keeps small records with versioned compare-and-set; every other
+//!   part keeps its records in one. Pick it by where your processes run
+//!   ([`store`] compares them):
+//!   - [`LogStore`], **the default**: one machine, any number of processes. One
+//!     journal; a write costs one `fdatasync`, shared by concurrent writers. Every
+//!     live record is held in memory.
+//!   - [`DirStore`]: one machine, when you want to read and repair records with a
+//!     shell, or hold more records than fit in memory. One file per key; two
+//!     flushes per write.
+//!   - `PgStore` (feature `postgres`): several machines sharing jobs, locks and
+//!     charges through PostgreSQL.
+//!   - [`MemStore`]: tests, and services that need no durability.
+//!   - Your own: implement [`Store`] and check it with the [`conformance`] suite.
+//! - [`JobState`] ([`jobs`]): job records that survive restarts, validated
+//!   transitions, errors with a client face, and event streams clients can replay.
+//! - [`Pipeline`] ([`pipeline`]): staged jobs whose finished stages are never
+//!   redone and whose artifacts are never half written, with retries, one runner
+//!   per subject, cancellation and purge. It drives the parts below for you.
+//! - [`JobLock`] ([`lock`]): one job at a time per resource, as a lease that a
+//!   crashed holder cannot keep, with a [`FencingToken`] per holder.
+//! - [`JobLedger`] ([`ledger`]): charge a job id once however often it is retried,
+//!   and refund it exactly once.
+//! - [`AtomicWriter`] and [`write_atomic`] ([`atomic`]): files that a crash or a
 //!   concurrent reader never sees half written.
-//! - Use a [`Clock`] everywhere time matters; tests drive [`ManualClock`].
-//! - Check [`FencingToken`]s wherever a lease holder writes, so that a holder whose
-//!   lease has passed on cannot overwrite newer work.
+//! - A [`Clock`] everywhere time matters: [`SystemClock`] in services,
+//!   [`ManualClock`] in tests.
 //!
 //! # Example
 //!
 //! ```
-//! use jobsafe::{Batch, DirStore, Expect, Key, Store};
+//! use std::sync::Arc;
+//! use jobsafe::jobs::{JobStatus, NewJob};
+//! use jobsafe::ledger::{ChargeRequest, Reserve};
+//! use jobsafe::{JobLedger, JobState, LogStore, SystemClock};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let store = DirStore::open(dir.path().join("state"))?;
+//! let store = Arc::new(LogStore::open(dir.path().join("state"))?);
+//! let clock = Arc::new(SystemClock);
+//! let ledger = JobLedger::new(Arc::clone(&store), clock.clone());
+//! let jobs = JobState::new(store, clock);
 //!
-//! // Insert-if-absent: of two concurrent first calls, exactly one wins.
-//! let job = Key::new(["ledger", "lic:abc123", "job-42"])?;
-//! let v = store.put(&job, br#"{"charged":true}"#, Expect::Absent)?;
-//! assert!(store.put(&job, b"{}", Expect::Absent).unwrap_err().is_conflict());
+//! // A request: charge once per job id, however often the client retries.
+//! let Reserve::New(_) = ledger.reserve("lic:abc123", "job-42", &ChargeRequest::new())? else {
+//!     unreachable!("the first reserve of a job id is new");
+//! };
+//! let job = jobs.create(NewJob::new("transcribe").id("job-42"))?;
+//! assert!(matches!(
+//!     ledger.reserve("lic:abc123", "job-42", &ChargeRequest::new())?,
+//!     Reserve::Existing(_)
+//! ));
 //!
-//! // Several keys change together or not at all, even if the process dies midway.
-//! let balance = Key::new(["credits", "lic:abc123"])?;
-//! store.apply(
-//!     &Batch::new()
-//!         .put(&balance, b"99", Expect::Absent)
-//!         .delete(&job, Expect::Version(v)),
-//! )?;
-//! assert!(store.get(&job)?.is_none());
+//! // A worker: claim the job, work, complete it; clients see every step.
+//! let claim = jobs.start(&job.id, None)?;
+//! jobs.progress(&claim, "halfway")?;
+//! jobs.complete(&claim, serde_json::json!({"words": 1200}))?;
+//! assert_eq!(jobs.get(&job.id)?.map(|j| j.status), Some(JobStatus::Complete));
 //!
 //! // Artifacts are replaced atomically and durably.
 //! jobsafe::write_atomic(dir.path().join("transcript.json"), br#"{"text":"..."}"#)?;
@@ -60,6 +79,10 @@
 //! [`vfs`] layer, which compiles away in production and lets tests count, fail or
 //! trace operations. Records are versioned JSON ([`record`]).
 //!
+//! Each part lives in its own module ([`store`], [`jobs`], [`pipeline`],
+//! [`lock`], [`ledger`], [`atomic`]) with everything it returns and takes; the
+//! crate root holds what almost every user touches.
+//!
 //! # Guarantees
 //!
 //! - A write that returned `Ok` from a durable store survives a process crash and a
@@ -67,7 +90,7 @@
 //! - Writes are linearizable per key across threads and processes.
 //! - A record that cannot be decoded is an [`Error::Corrupt`] naming the key and
 //!   file: never treated as absent, never overwritten, never dropped.
-//! - After a failed fsync, a store refuses further writes ([`Error::Poisoned`]).
+//! - After a failed flush, a store refuses further writes ([`Error::Poisoned`]).
 //! - Library code does not panic on input or disk content.
 //!
 //! # Limitations
@@ -76,62 +99,70 @@
 //!   them.
 //! - [`Durability::AtomicOnly`] gives up power-loss safety for speed; it exists for
 //!   caches, tests and benchmarks.
+//! - The parts block the calling thread on I/O and waits. In an async service,
+//!   call them from a blocking thread (`tokio::task::spawn_blocking`); see
+//!   [Async](#async).
+//!
+//! # Async
+//!
+//! Each part's logic is written once; its async face will sit beside the
+//! blocking one under these names, so that adding it breaks nothing:
+//!
+//! - Traits carry both faces. An awaitable method is named after its blocking
+//!   twin with the suffix `_async` and has a provided default:
+//!   [`Clock::sleep_until_async`] (which [`ManualClock::advance`] wakes) and
+//!   [`Clock::sleep_async`] exist now; `Store::get_async` and its siblings
+//!   follow the same rule.
+//! - Each part gets an async handle type named with the prefix `Async`
+//!   (`AsyncJobState`, `AsyncJobLock`, `AsyncJobLedger`, `AsyncPipeline`,
+//!   `AsyncAtomicWriter`) in the part's own module, made from the blocking one
+//!   and sharing its state, whose methods keep the blocking names and are
+//!   `async fn`s.
 //!
 //! # Cargo features
 //!
 //! - `postgres` (off by default): `PgStore`, a [`Store`] in a PostgreSQL table for
 //!   services on several machines, and `PgClock`, which reads the server's clock
-//!   so that leases and TTLs do not depend on the machines' clocks. Brings in the
-//!   `postgres` client and the `r2d2` connection pool.
+//!   so that leases and TTLs do not depend on the machines' clocks (both in
+//!   [`store`]). Brings in the `postgres` client and the `r2d2` connection pool.
+//! - `testing` (off by default): [`testing`], test support for multi-process and
+//!   fault-injection tests (a clock in a file, I/O layers that count or fail
+//!   operations). [`ManualClock`] needs no feature.
 //! - `cli` (off by default): the `jobsafe` operator tool, which lists and
-//!   repairs the locks, jobs and ledger reservations of a `dir:`, `log:` or
+//!   repairs the locks, jobs and ledger reservations of a `log:`, `dir:` or
 //!   (with `postgres`) `postgres://` store through the API above; see
 //!   `jobsafe --help`. Brings in `clap`. The library itself does not change.
 
-mod atomic;
+pub mod atomic;
 mod clock;
 pub mod conformance;
+mod durability;
 mod error;
 mod fencing;
-mod jobs;
+pub mod jobs;
 mod key;
-mod ledger;
-mod lock;
-mod pipeline;
+pub mod ledger;
+pub mod lock;
+pub mod pipeline;
 pub mod record;
-mod store;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vfs;
 
-pub use atomic::{AtomicWriter, DEFAULT_MODE, Durability, PendingFile, TEMP_SUFFIX, write_atomic};
-pub use clock::{Clock, FileClock, ManualClock, SharedClock, SystemClock};
+pub use atomic::{AtomicWriter, write_atomic};
+pub use clock::{Clock, ClockSleep, ManualClock, SharedClock, SystemClock};
+pub use durability::Durability;
 pub use error::{Error, Result};
 pub use fencing::FencingToken;
-pub use jobs::{
-    ClientError, ClientJob, DEFAULT_CLIENT_MESSAGE, DEFAULT_MAX_EVENTS, DEFAULT_SUBSCRIBER_BUFFER,
-    Event, EventPage, EventWindow, Failure, Follower, Job, JobError, JobFilter, JobList, JobState,
-    JobStatus, MAX_ERROR_LEN, MAX_PROGRESS_LEN, NewJob, PurgeCounts, Recovery, Subscription,
-    Worker,
-};
-pub use key::{Key, MAX_SEGMENT_LEN, MAX_SEGMENTS, Prefix};
-pub use ledger::{
-    ChargeRequest, DEFAULT_TTL, JobLedger, LedgerList, Reservation, ReservationState, Reserve,
-};
-pub use lock::{
-    Acquire, JobLock, KeepAlive, KeepAliveEvent, LockGuard, LockHandle, LockList, LockRecord,
-    LockRequest, LostLease, Release, Renewal,
-};
-pub use pipeline::{
-    Artifact, Checkpoint, DEFAULT_LEASE, Deletion, ErrorClass, MAX_ARTIFACT_NAME, PassReport,
-    Pipeline, PipelineBuilder, PipelineRecords, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome,
-    RunReport, SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
-};
-pub use record::Metadata;
-pub use store::dir::{DirStore, DirStoreBuilder};
-pub use store::log::{Compaction, LogStats, LogStore, LogStoreBuilder, MAX_TRANSACTION_BYTES};
-pub use store::mem::MemStore;
+pub use jobs::JobState;
+pub use key::{Key, Prefix};
+pub use ledger::JobLedger;
+pub use lock::JobLock;
+pub use pipeline::Pipeline;
 #[cfg(feature = "postgres")]
-pub use store::pg::{PgClock, PgStore, PgStoreBuilder};
-pub use store::{Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version};
+pub use store::PgStore;
+pub use store::{Batch, DirStore, Entry, Expect, LogStore, MemStore, Store, Version};
 
 /// The README's examples, compiled and run as doctests so that it cannot drift.
 #[cfg(doctest)]

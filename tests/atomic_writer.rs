@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobsafe::vfs::{Counting, StdVfs, Vfs};
-use jobsafe::{
-    AtomicWriter, DEFAULT_MODE, Durability, Error, ManualClock, PendingFile, SystemClock,
-    TEMP_SUFFIX, write_atomic,
-};
+use jobsafe::atomic::PendingFile;
+use jobsafe::testing::Counting;
+use jobsafe::vfs::{StdVfs, Vfs};
+use jobsafe::{AtomicWriter, Durability, Error, ManualClock, SystemClock, write_atomic};
 use tempfile::tempdir;
 
 use common::{FailingVfs, Op, TestResult, mode_of, set_mode, temp_files_in};
@@ -53,9 +52,13 @@ fn temp_file_lives_beside_the_target_with_the_temp_suffix_and_the_final_mode() -
 
     let temp = pending.temp_path();
     assert_eq!(temp.parent(), Some(dir.path()));
-    assert!(file_name(temp).ends_with(TEMP_SUFFIX), "{}", temp.display());
+    assert!(
+        file_name(temp).ends_with(AtomicWriter::TEMP_SUFFIX),
+        "{}",
+        temp.display()
+    );
     assert_eq!(temp_files_in(dir.path())?, [temp]);
-    assert_eq!(mode_of(temp)?, DEFAULT_MODE);
+    assert_eq!(mode_of(temp)?, AtomicWriter::DEFAULT_MODE);
     assert_eq!(pending.target(), target);
     Ok(())
 }
@@ -67,8 +70,9 @@ fn no_temp_file_remains_after_commit() -> TestResult {
     writer.write(dir.path().join("created"), b"1")?;
     writer.write(dir.path().join("created"), b"2")?;
     writer
-        .clone()
+        .to_builder()
         .no_clobber(true)
+        .build()?
         .write(dir.path().join("created-once"), b"3")?;
     write_atomic(dir.path().join("one-call"), b"4")?;
 
@@ -140,18 +144,18 @@ fn default_mode_is_0600_whatever_the_mode_of_the_replaced_target() -> TestResult
     set_mode(&target, 0o666)?;
 
     write_atomic(&target, b"new")?;
-    assert_eq!(DEFAULT_MODE, 0o600);
-    assert_eq!(mode_of(&target)?, DEFAULT_MODE);
+    assert_eq!(AtomicWriter::DEFAULT_MODE, 0o600);
+    assert_eq!(mode_of(&target)?, AtomicWriter::DEFAULT_MODE);
 
     AtomicWriter::new().write(&target, b"newer")?;
-    assert_eq!(mode_of(&target)?, DEFAULT_MODE);
+    assert_eq!(mode_of(&target)?, AtomicWriter::DEFAULT_MODE);
     Ok(())
 }
 
 #[test]
 fn explicit_mode_is_applied_exactly() -> TestResult {
     let dir = tempdir()?;
-    let writer = AtomicWriter::new().mode(0o640);
+    let writer = AtomicWriter::builder().mode(0o640).build()?;
 
     let created = dir.path().join("created");
     writer.write(&created, b"new")?;
@@ -175,8 +179,9 @@ fn modes_are_exact_whatever_the_umask() -> TestResult {
         let dir = PathBuf::from(dir);
         File::create(dir.join("control"))?;
         write_atomic(dir.join("default"), b"d")?;
-        AtomicWriter::new()
+        AtomicWriter::builder()
             .mode(0o640)
+            .build()?
             .write(dir.join("explicit"), b"e")?;
         return Ok(());
     }
@@ -197,7 +202,10 @@ fn modes_are_exact_whatever_the_umask() -> TestResult {
     );
     // A plain create in the child got no permission bits at all: the umask was in force.
     assert_eq!(mode_of(&dir.path().join("control"))?, 0);
-    assert_eq!(mode_of(&dir.path().join("default"))?, DEFAULT_MODE);
+    assert_eq!(
+        mode_of(&dir.path().join("default"))?,
+        AtomicWriter::DEFAULT_MODE
+    );
     assert_eq!(mode_of(&dir.path().join("explicit"))?, 0o640);
     Ok(())
 }
@@ -230,7 +238,7 @@ fn mode_is_not_inherited_from_the_file_a_symlinked_target_points_to() -> TestRes
 
     write_atomic(&link, b"new")?;
 
-    assert_eq!(mode_of(&link)?, DEFAULT_MODE);
+    assert_eq!(mode_of(&link)?, AtomicWriter::DEFAULT_MODE);
     assert_eq!(mode_of(&pointee)?, 0o644);
     Ok(())
 }
@@ -247,7 +255,7 @@ fn no_clobber_commit_fails_with_already_exists_and_leaves_the_existing_file_unto
     fs::write(&target, "first")?;
     set_mode(&target, 0o644)?;
 
-    let writer = AtomicWriter::new().no_clobber(true);
+    let writer = AtomicWriter::builder().no_clobber(true).build()?;
     let err = writer.write(&target, b"second").unwrap_err();
 
     assert!(err.is_already_exists(), "{err}");
@@ -263,12 +271,13 @@ fn no_clobber_commit_creates_an_absent_target() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("once.json");
 
-    AtomicWriter::new()
+    AtomicWriter::builder()
         .no_clobber(true)
+        .build()?
         .write(&target, b"first")?;
 
     assert_eq!(fs::read(&target)?, b"first");
-    assert_eq!(mode_of(&target)?, DEFAULT_MODE);
+    assert_eq!(mode_of(&target)?, AtomicWriter::DEFAULT_MODE);
     assert_eq!(temp_files_in(dir.path())?, Vec::<PathBuf>::new());
     Ok(())
 }
@@ -280,8 +289,9 @@ fn no_clobber_counts_a_dangling_symlink_as_existing_and_does_not_follow_it() -> 
     let link = dir.path().join("link");
     symlink(&nowhere, &link)?;
 
-    let err = AtomicWriter::new()
+    let err = AtomicWriter::builder()
         .no_clobber(true)
+        .build()?
         .write(&link, b"x")
         .unwrap_err();
 
@@ -399,9 +409,9 @@ fn sweep_keeps_files_that_are_not_temp_files() -> TestResult {
         keep("report.json")?,
         keep(".hidden")?,
         // The writer's temp names start with a dot; this one is someone else's.
-        keep(&format!("notes{TEMP_SUFFIX}"))?,
+        keep(&format!("notes{}", AtomicWriter::TEMP_SUFFIX))?,
     ];
-    let temp_named_dir = dir.path().join(format!(".d{TEMP_SUFFIX}"));
+    let temp_named_dir = dir.path().join(format!(".d{}", AtomicWriter::TEMP_SUFFIX));
     fs::create_dir(&temp_named_dir)?;
     let clock = clock_at(t0() + 24 * 60 * MINUTE);
 
@@ -554,7 +564,7 @@ fn a_failed_temp_file_creation_names_the_temp_file() -> TestResult {
         matches!(&err, Error::Io { step, .. } if step.contains("create")),
         "{err:?}"
     );
-    assert!(err.to_string().contains(TEMP_SUFFIX), "{err}");
+    assert!(err.to_string().contains(AtomicWriter::TEMP_SUFFIX), "{err}");
     assert_eq!(fs::read(&target)?, b"old");
     Ok(())
 }
@@ -609,8 +619,10 @@ fn a_failed_no_clobber_link_is_an_io_error_and_creates_nothing() -> TestResult {
     let target = dir.path().join("once.json");
     let vfs = FailingVfs::failing(Op::HardLink);
 
-    let err = AtomicWriter::with_vfs(vfs.clone())
+    let err = AtomicWriter::builder()
+        .vfs(vfs.clone())
         .no_clobber(true)
+        .build()?
         .write(&target, b"new")
         .unwrap_err();
 
@@ -631,8 +643,10 @@ fn a_failed_directory_fsync_after_a_no_clobber_link_is_not_durable() -> TestResu
     let target = dir.path().join("once.json");
     let vfs = FailingVfs::failing(Op::SyncDir);
 
-    let err = AtomicWriter::with_vfs(vfs.clone())
+    let err = AtomicWriter::builder()
+        .vfs(vfs.clone())
         .no_clobber(true)
+        .build()?
         .write(&target, b"new")
         .unwrap_err();
 
@@ -650,8 +664,10 @@ fn a_no_clobber_commit_succeeds_once_linked_even_if_the_temp_file_cannot_be_remo
     let target = dir.path().join("once.json");
     let vfs = FailingVfs::failing(Op::RemoveFile);
 
-    AtomicWriter::with_vfs(vfs.clone())
+    AtomicWriter::builder()
+        .vfs(vfs.clone())
         .no_clobber(true)
+        .build()?
         .write(&target, b"new")?;
 
     assert_eq!(vfs.injected(), 1);
@@ -673,8 +689,9 @@ fn three_writes<V: Vfs + Clone>(writer: &AtomicWriter<V>, dir: &Path) -> jobsafe
     writer.write(dir.join("replaced"), b"1")?;
     writer.write(dir.join("replaced"), b"2")?;
     writer
-        .clone()
+        .to_builder()
         .no_clobber(true)
+        .build()?
         .write(dir.join("created"), b"3")
 }
 
@@ -682,7 +699,10 @@ fn three_writes<V: Vfs + Clone>(writer: &AtomicWriter<V>, dir: &Path) -> jobsafe
 fn atomic_only_durability_does_no_fsync() -> TestResult {
     let dir = tempdir()?;
     let vfs = Counting::new(StdVfs);
-    let writer = AtomicWriter::with_vfs(vfs.clone()).durability(Durability::AtomicOnly);
+    let writer = AtomicWriter::builder()
+        .vfs(vfs.clone())
+        .durability(Durability::AtomicOnly)
+        .build()?;
 
     three_writes(&writer, dir.path())?;
 
@@ -694,7 +714,10 @@ fn atomic_only_durability_does_no_fsync() -> TestResult {
 fn full_durability_does_one_file_and_one_directory_fsync_per_write() -> TestResult {
     let dir = tempdir()?;
     let vfs = Counting::new(StdVfs);
-    let writer = AtomicWriter::with_vfs(vfs.clone()).durability(Durability::Full);
+    let writer = AtomicWriter::builder()
+        .vfs(vfs.clone())
+        .durability(Durability::Full)
+        .build()?;
 
     three_writes(&writer, dir.path())?;
 
@@ -748,7 +771,9 @@ fn replace_concurrently(writer: &AtomicWriter, target: &Path, contents: &[Vec<u8
 fn concurrent_writers_leave_exactly_one_whole_content_and_no_temp_files() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("shared.bin");
-    let writer = AtomicWriter::new().durability(Durability::AtomicOnly);
+    let writer = AtomicWriter::builder()
+        .durability(Durability::AtomicOnly)
+        .build()?;
     let contents: Vec<_> = (0..WRITERS).map(content_of).collect();
 
     replace_concurrently(&writer, &target, &contents)?;
@@ -762,7 +787,9 @@ fn concurrent_writers_leave_exactly_one_whole_content_and_no_temp_files() -> Tes
 fn readers_see_whole_contents_never_a_mix_while_writers_replace() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("shared.bin");
-    let writer = AtomicWriter::new().durability(Durability::AtomicOnly);
+    let writer = AtomicWriter::builder()
+        .durability(Durability::AtomicOnly)
+        .build()?;
     let contents: Vec<_> = (0..WRITERS).map(content_of).collect();
     writer.write(&target, &contents[0])?;
     let writing = AtomicBool::new(true);

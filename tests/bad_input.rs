@@ -14,10 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jobsafe::jobs::{FailureKind, JobError, JobStatus, NewJob, RecoveryAction};
+use jobsafe::ledger::{ChargeRequest, Reserve};
+use jobsafe::lock::{Acquire, LockRequest, Release, Renewal};
 use jobsafe::{
-    Acquire, ChargeRequest, DirStore, Error, Expect, Failure, JobError, JobLedger, JobLock,
-    JobState, JobStatus, Key, LockRequest, LogStore, MAX_SEGMENT_LEN, MAX_SEGMENTS, ManualClock,
-    MemStore, NewJob, Prefix, Recovery, Release, Renewal, Reserve, Store,
+    DirStore, Error, Expect, JobLedger, JobLock, JobState, Key, LogStore, ManualClock, MemStore,
+    Prefix, Store,
 };
 use serde_json::{Value, json};
 use tempfile::tempdir;
@@ -74,29 +76,29 @@ fn a_nul_anywhere_in_a_segment_is_rejected() {
 
 #[test]
 fn a_segment_one_byte_over_the_limit_is_rejected_in_bytes_not_characters() {
-    assert!(Key::new(["a".repeat(MAX_SEGMENT_LEN)]).is_ok());
-    let reason = invalid_key_reason(Key::new(["a".repeat(MAX_SEGMENT_LEN + 1)]));
+    assert!(Key::new(["a".repeat(Key::MAX_SEGMENT_LEN)]).is_ok());
+    let reason = invalid_key_reason(Key::new(["a".repeat(Key::MAX_SEGMENT_LEN + 1)]));
     assert!(reason.contains("at most 1024"), "{reason}");
     // 342 three-byte characters: 342 characters, 1026 bytes.
     let wide = "日".repeat(342);
-    assert!(wide.chars().count() < MAX_SEGMENT_LEN);
+    assert!(wide.chars().count() < Key::MAX_SEGMENT_LEN);
     assert!(Key::new([wide]).is_err());
     // The error shows a shortened key, not 1 KiB of it.
-    let err = Key::new(["x".repeat(MAX_SEGMENT_LEN + 1)]).unwrap_err();
+    let err = Key::new(["x".repeat(Key::MAX_SEGMENT_LEN + 1)]).unwrap_err();
     assert!(err.to_string().len() < 400, "{err}");
 }
 
 #[test]
 fn too_many_segments_are_rejected_by_new_child_and_prefix() {
-    let most = vec!["s"; MAX_SEGMENTS];
+    let most = vec!["s"; Key::MAX_SEGMENTS];
     let key = Key::new(most.clone()).unwrap();
     assert!(key.child("one-more").is_err());
-    let reason = invalid_key_reason(Key::new(vec!["s"; MAX_SEGMENTS + 1]));
+    let reason = invalid_key_reason(Key::new(vec!["s"; Key::MAX_SEGMENTS + 1]));
     assert!(
-        reason.contains(&format!("at most {MAX_SEGMENTS}")),
+        reason.contains(&format!("at most {}", Key::MAX_SEGMENTS)),
         "{reason}"
     );
-    assert!(Prefix::new(vec!["s"; MAX_SEGMENTS + 1]).is_err());
+    assert!(Prefix::new(vec!["s"; Key::MAX_SEGMENTS + 1]).is_err());
 }
 
 #[test]
@@ -115,7 +117,7 @@ fn malformed_keys_in_json_are_rejected_when_deserialized() {
             "{json} was accepted"
         );
     }
-    let long = format!(r#"["{}"]"#, "x".repeat(MAX_SEGMENT_LEN + 1));
+    let long = format!(r#"["{}"]"#, "x".repeat(Key::MAX_SEGMENT_LEN + 1));
     assert!(serde_json::from_str::<Key>(&long).is_err());
 }
 
@@ -515,7 +517,7 @@ fn a_job_record_keeps_unknown_fields_through_every_transition() -> TestResult {
     jobs.fail(
         &worker,
         JobError::new("busy"),
-        Failure::Transient {
+        FailureKind::Transient {
             retry_at_ms: START_MS,
         },
     )?;
@@ -692,7 +694,9 @@ fn a_clock_jumping_back_never_hands_a_lock_to_two_holders() -> TestResult {
 #[test]
 fn a_clock_jumping_back_never_expires_a_reservation_early() -> TestResult {
     let clock = Arc::new(ManualClock::new(START_MS));
-    let ledger = JobLedger::new(Arc::new(MemStore::new()), clock.clone()).ttl(HOUR);
+    let ledger = JobLedger::builder(Arc::new(MemStore::new()), clock.clone())
+        .ttl(HOUR)
+        .build()?;
     assert!(matches!(
         ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?,
         Reserve::New(_)
@@ -732,15 +736,18 @@ fn a_clock_jumping_back_neither_recovers_nor_purges_jobs_early() -> TestResult {
     // Back by hours: heartbeats and completions lie in the future.
     clock.set(START_MS - 6 * 3_600_000);
     assert!(
-        jobs.recover(Duration::ZERO + Duration::from_millis(1), Recovery::Requeue)?
-            .is_empty()
+        jobs.recover(
+            Duration::ZERO + Duration::from_millis(1),
+            RecoveryAction::Requeue
+        )?
+        .is_empty()
     );
     assert_eq!(jobs.purge(Duration::from_millis(1), HOUR)?.total(), 0);
     jobs.heartbeat(&worker)?;
 
     // Forward by hours: the running job is stale, the finished one old.
     clock.set(START_MS + 6 * 3_600_000);
-    assert_eq!(jobs.recover(HOUR, Recovery::Requeue)?.len(), 1);
+    assert_eq!(jobs.recover(HOUR, RecoveryAction::Requeue)?.len(), 1);
     assert_eq!(jobs.purge(HOUR, Duration::MAX)?.complete, 1);
     // Durations too long to add to any time saturate.
     assert_eq!(jobs.purge(Duration::MAX, Duration::MAX)?.total(), 0);
@@ -755,20 +762,20 @@ fn a_clock_jumping_back_does_not_start_a_retry_early_in_a_pipeline() -> TestResu
     let should_fail = fail.clone();
     let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock.clone(), dir.path())
         .retry_policy(
-            jobsafe::RetryPolicy::default()
+            jobsafe::pipeline::RetryPolicy::default()
                 .first_delay(HOUR)
                 .max_delay(HOUR),
         )
         .stage("work", move |_| {
             if should_fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(jobsafe::StageError::transient("busy"));
+                return Err(jobsafe::pipeline::StageError::transient("busy"));
             }
             Ok(())
         })
         .build()?;
     let job = pipeline.enqueue("s", NewJob::new("k"))?;
     let report = pipeline.run_job(&job.id)?;
-    let jobsafe::RunOutcome::RetryScheduled { retry_at_ms, .. } = report.outcome else {
+    let jobsafe::pipeline::RunOutcome::RetryScheduled { retry_at_ms, .. } = report.outcome else {
         panic!("{:?}", report.outcome);
     };
     assert!(retry_at_ms > START_MS);
@@ -975,7 +982,10 @@ fn a_clock_jumping_forward_mid_stage_stops_the_runner_before_its_next_write() ->
     let report = t.pipeline.run_job(&job.id)?;
 
     assert!(
-        matches!(report.outcome, jobsafe::RunOutcome::LostLease { .. }),
+        matches!(
+            report.outcome,
+            jobsafe::pipeline::RunOutcome::LostLease { .. }
+        ),
         "{:?}",
         report.outcome
     );
@@ -996,7 +1006,7 @@ fn a_clock_jumping_forward_mid_stage_stops_the_runner_before_its_next_write() ->
     t.clock.advance(3 * HOUR);
     let report = t.pipeline.run_job(&job.id)?;
     assert!(
-        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        matches!(report.outcome, jobsafe::pipeline::RunOutcome::Completed),
         "{:?}",
         report.outcome
     );
@@ -1015,7 +1025,7 @@ fn a_clock_jumping_back_mid_stage_hands_the_subject_to_no_second_runner() -> Tes
     // The runner's lease did not end when time went back: it finished its work,
     // and the rival found the subject busy.
     assert!(
-        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        matches!(report.outcome, jobsafe::pipeline::RunOutcome::Completed),
         "{:?}",
         report.outcome
     );
@@ -1039,7 +1049,9 @@ fn extreme_times_and_durations_saturate_instead_of_overflowing() -> TestResult {
     assert_eq!(guard.record().expires_ms, u64::MAX);
     assert_eq!(guard.remaining(), Duration::from_millis(5));
 
-    let ledger = JobLedger::new(store.clone(), clock.clone()).ttl(Duration::MAX);
+    let ledger = JobLedger::builder(store.clone(), clock.clone())
+        .ttl(Duration::MAX)
+        .build()?;
     let Reserve::New(reservation) = ledger.reserve("a", "j", &ChargeRequest::new())? else {
         panic!("new job id not new");
     };
@@ -1052,17 +1064,20 @@ fn extreme_times_and_durations_saturate_instead_of_overflowing() -> TestResult {
     jobs.fail(
         &worker,
         JobError::new("busy"),
-        Failure::Transient {
+        FailureKind::Transient {
             retry_at_ms: u64::MAX,
         },
     )?;
-    assert!(jobs.recover(Duration::MAX, Recovery::Requeue)?.is_empty());
+    assert!(
+        jobs.recover(Duration::MAX, RecoveryAction::Requeue)?
+            .is_empty()
+    );
     assert_eq!(jobs.purge(Duration::MAX, Duration::MAX)?.total(), 0);
 
-    let unbounded = jobsafe::RetryPolicy::default()
+    let unbounded = jobsafe::pipeline::RetryPolicy::default()
         .first_delay(Duration::MAX)
         .max_delay(Duration::MAX);
-    for policy in [jobsafe::RetryPolicy::default(), unbounded] {
+    for policy in [jobsafe::pipeline::RetryPolicy::default(), unbounded] {
         for failures in [0, 1, 63, 64, 65, u32::MAX] {
             assert!(policy.delay_for(failures) <= policy.ceiling_for(failures));
         }
@@ -1095,7 +1110,7 @@ fn a_checkpoint_with_unknown_fields_still_lets_its_stage_be_skipped() -> TestRes
         .stage("second", move |_| {
             r2.lock().unwrap().push("second");
             if f2.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(jobsafe::StageError::permanent("no"));
+                return Err(jobsafe::pipeline::StageError::permanent("no"));
             }
             Ok(())
         })
@@ -1114,7 +1129,7 @@ fn a_checkpoint_with_unknown_fields_still_lets_its_stage_be_skipped() -> TestRes
     let report = pipeline.run_job(&job.id)?;
 
     assert!(
-        matches!(report.outcome, jobsafe::RunOutcome::Completed),
+        matches!(report.outcome, jobsafe::pipeline::RunOutcome::Completed),
         "{:?}",
         report.outcome
     );
@@ -1168,7 +1183,7 @@ fn a_checkpoint_of_a_newer_schema_is_never_moved_aside_or_rewritten() -> TestRes
         })
         .stage("second", move |_| {
             if should_fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(jobsafe::StageError::permanent("no"));
+                return Err(jobsafe::pipeline::StageError::permanent("no"));
             }
             Ok(())
         })

@@ -19,10 +19,13 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
+use jobsafe::jobs::{FailureKind, JobError, JobStatus, NewJob};
+use jobsafe::ledger::{ChargeRequest, ReservationState};
+use jobsafe::lock::{Acquire, LockRequest};
+use jobsafe::pipeline::{PipelineRecords, StageError};
 use jobsafe::{
-    Acquire, AtomicWriter, ChargeRequest, Clock, DirStore, Failure, JobError, JobLedger, JobLock,
-    JobState, JobStatus, Key, LockRequest, LogStore, ManualClock, NewJob, Pipeline,
-    PipelineRecords, Prefix, ReservationState, StageError, Store, SystemClock,
+    AtomicWriter, Clock, DirStore, JobLedger, JobLock, JobState, Key, LogStore, ManualClock,
+    Pipeline, Prefix, Store, SystemClock,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -140,7 +143,7 @@ fn prepare(backend: Backend) -> Fixture {
     let error = JobError::new("the export failed")
         .internal("disk full on export volume")
         .code("disk_full");
-    jobs.fail(&worker, error, Failure::Permanent).unwrap();
+    jobs.fail(&worker, error, FailureKind::Permanent).unwrap();
 
     let cancelled = jobs
         .create(NewJob::new("export").id("job-cancelled"))
@@ -541,7 +544,7 @@ fn a_reservation_made_anew_while_the_operator_decides_is_not_refunded() {
         let again = ledger
             .reserve("lic:abc", "job-1", &ChargeRequest::new())
             .unwrap();
-        let jobsafe::Reserve::New(again) = again else {
+        let jobsafe::ledger::Reserve::New(again) = again else {
             panic!("the job id was refunded");
         };
         made = Some(again);
@@ -558,9 +561,10 @@ fn a_reservation_made_anew_while_the_operator_decides_is_not_refunded() {
 #[test]
 fn locks_of_another_namespace_are_found_with_namespace() {
     let fx = Fixture::empty(Backend::Dir);
-    let pipeline_locks = fx
-        .locks()
-        .namespace(Prefix::new(["pipeline", "locks"]).unwrap());
+    let pipeline_locks = JobLock::builder(fx.store(), fx.clock())
+        .namespace(Prefix::new(["pipeline", "locks"]).unwrap())
+        .build()
+        .unwrap();
     let Acquire::Acquired(guard) = pipeline_locks
         .acquire(
             &key("session-1"),
@@ -1126,7 +1130,7 @@ fn ledger_refund_needs_confirmation_then_makes_the_job_id_new() {
             .ledger()
             .reserve("lic:abc", "job-1", &ChargeRequest::new())
             .unwrap();
-        assert!(matches!(again, jobsafe::Reserve::New(_)));
+        assert!(matches!(again, jobsafe::ledger::Reserve::New(_)));
 
         // A charge still pending is the service's to finish.
         let pending = fx

@@ -5,10 +5,8 @@
 use std::collections::BTreeMap;
 
 use jobsafe::conformance::{self, Harness};
-use jobsafe::{
-    Applied, Batch, Entry, Error, Expect, Key, ListPage, Op, Prefix, Quarantined, Result, Store,
-    Version,
-};
+use jobsafe::store::{Applied, BatchOp, ListPage, Quarantined};
+use jobsafe::{Batch, Entry, Error, Expect, Key, Prefix, Result, Store, Version};
 use parking_lot::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,22 +67,18 @@ impl Toy {
         }
     }
 
-    fn write(&self, state: &mut State, op: &Op) -> Applied {
+    fn write(&self, state: &mut State, op: &BatchOp) -> Applied {
         match op {
-            Op::Put { key, value, .. } => {
+            BatchOp::Put { key, value, .. } => {
                 let last = state.last.entry(key.clone()).or_insert(0);
                 *last += 1;
                 let version = Version::new(*last);
-                state.records.insert(
-                    key.clone(),
-                    Entry {
-                        value: value.clone(),
-                        version,
-                    },
-                );
+                state
+                    .records
+                    .insert(key.clone(), Entry::new(value.clone(), version));
                 Applied::Put(version)
             }
-            Op::Delete { key, .. } => {
+            BatchOp::Delete { key, .. } => {
                 let existed = state.records.remove(key).is_some();
                 if self.flaw == Flaw::ReusesVersionsAfterDelete {
                     state.last.remove(key);
@@ -143,7 +137,7 @@ impl Store for Toy {
         } else {
             None
         };
-        Ok(ListPage { keys, next })
+        Ok(ListPage::new(keys, next))
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
@@ -166,15 +160,12 @@ impl Store for Toy {
         let mut state = self.state.lock();
         let moved = self.write(
             &mut state,
-            &Op::Delete {
+            &BatchOp::Delete {
                 key: key.clone(),
                 expect: Expect::Any,
             },
         );
-        Ok((moved == Applied::Deleted(true)).then(|| Quarantined {
-            key: key.clone(),
-            location: "nowhere".to_owned(),
-        }))
+        Ok((moved == Applied::Deleted(true)).then(|| Quarantined::new(key.clone(), "nowhere")))
     }
 }
 

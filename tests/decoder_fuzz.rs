@@ -20,10 +20,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jobsafe::jobs::{Job, NewJob};
+use jobsafe::ledger::ChargeRequest;
+use jobsafe::lock::LockRequest;
+use jobsafe::pipeline::Checkpoint;
 use jobsafe::record::{self, Extra, Record};
 use jobsafe::{
-    ChargeRequest, Checkpoint, DirStore, Durability, Error, Expect, Job, JobLedger, JobLock,
-    JobState, Key, LockRequest, LogStore, ManualClock, MemStore, NewJob, Prefix, Store,
+    DirStore, Durability, Error, Expect, JobLedger, JobLock, JobState, Key, LogStore, ManualClock,
+    MemStore, Prefix, Store,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -594,7 +598,7 @@ fn check_event_bytes(f: &Fixture, bytes: &[u8]) -> Result<(), TestCaseError> {
             for event in page.events {
                 let json = serde_json::to_value(&event).unwrap();
                 prop_assert_eq!(
-                    serde_json::from_value::<jobsafe::Event>(json).unwrap(),
+                    serde_json::from_value::<jobsafe::jobs::Event>(json).unwrap(),
                     event
                 );
             }
@@ -609,7 +613,7 @@ fn lock_bytes(store: &Arc<MemStore>, clock: &Arc<ManualClock>) -> Vec<u8> {
     let locks = JobLock::new(store.clone(), clock.clone());
     let request = LockRequest::new().actor("user:alice").meta("chunks", 12);
     let key = Key::new(["vault", "lic:abc"]).unwrap();
-    let jobsafe::Acquire::Acquired(mut guard) = locks
+    let jobsafe::lock::Acquire::Acquired(mut guard) = locks
         .acquire(&key, Duration::from_secs(60), &request)
         .unwrap()
     else {
@@ -641,11 +645,11 @@ fn check_lock_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
             // Whatever it says, an acquire decides by it: held until it expires.
             let acquired = locks.acquire(&key, Duration::from_secs(1), &LockRequest::new());
             match acquired {
-                Ok(jobsafe::Acquire::Held(holder)) => {
+                Ok(jobsafe::lock::Acquire::Held(holder)) => {
                     prop_assert!(!record.is_expired_at(START_MS));
                     prop_assert_eq!(holder, record);
                 }
-                Ok(jobsafe::Acquire::Acquired(guard)) => {
+                Ok(jobsafe::lock::Acquire::Acquired(guard)) => {
                     prop_assert!(record.is_expired_at(START_MS));
                     guard.into_handle();
                 }
@@ -695,7 +699,7 @@ fn check_reservation_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
                 Some(found.clone())
             );
             // A reserve on a readable reservation is never New while it is live.
-            if let Ok(jobsafe::Reserve::New(_)) = ledger.reserve(
+            if let Ok(jobsafe::ledger::Reserve::New(_)) = ledger.reserve(
                 "lic:abc",
                 "job-1",
                 &ChargeRequest::new().fingerprint("sha256:9f"),

@@ -41,11 +41,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::vfs::{Fault, Faulty, Injected, InjectedError, OpKind, StdVfs};
+use jobsafe::jobs::{JobStatus, NewJob};
+use jobsafe::ledger::{ChargeRequest, ReservationState, Reserve};
+use jobsafe::lock::LockRequest;
+use jobsafe::testing::{Fault, Faulty, Injected, InjectedError, OpKind};
+use jobsafe::vfs::StdVfs;
 use jobsafe::{
-    AtomicWriter, Batch, ChargeRequest, DirStore, Error, Expect, JobLedger, JobLock, JobState,
-    JobStatus, Key, LockRequest, LogStore, ManualClock, NewJob, Prefix, ReservationState, Reserve,
-    Store, TEMP_SUFFIX,
+    AtomicWriter, Batch, DirStore, Error, Expect, JobLedger, JobLock, JobState, Key, LogStore,
+    ManualClock, Prefix, Store,
 };
 
 /// What a store holds: key to value.
@@ -900,9 +903,11 @@ impl FileStep {
     fn run(&self, writer: &AtomicWriter<Faulty>, dir: &Path) -> jobsafe::Result<()> {
         match *self {
             FileStep::Write(name, bytes) => writer.write(dir.join(name), bytes),
-            FileStep::Create(name, bytes) => {
-                writer.clone().no_clobber(true).write(dir.join(name), bytes)
-            }
+            FileStep::Create(name, bytes) => writer
+                .to_builder()
+                .no_clobber(true)
+                .build()?
+                .write(dir.join(name), bytes),
             FileStep::Streamed(name, parts) => {
                 let mut pending = writer.begin(dir.join(name))?;
                 for part in parts {
@@ -925,7 +930,7 @@ fn files_in(dir: &Path) -> Model {
     for entry in fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(TEMP_SUFFIX) {
+        if !name.ends_with(AtomicWriter::TEMP_SUFFIX) {
             files.insert(key(&[&name]), fs::read(entry.path()).unwrap());
         }
     }
@@ -1114,7 +1119,7 @@ fn layers_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally,
     let ran = catch_unwind(AssertUnwindSafe(|| {
         let request = LockRequest::new().actor("worker");
         let guard = match lock.acquire(&lock_key, Duration::from_secs(60), &request) {
-            Ok(jobsafe::Acquire::Acquired(guard)) => {
+            Ok(jobsafe::lock::Acquire::Acquired(guard)) => {
                 acked.acquired = Some(guard.token());
                 step("acquire", Ok(()), &mut errors);
                 Some(guard.into_handle())

@@ -9,11 +9,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{
-    Acquire, DEFAULT_CLIENT_MESSAGE, DirStore, Error, Event, Failure, JobError, JobFilter, JobLock,
-    JobState, JobStatus, Key, LockRequest, MAX_PROGRESS_LEN, ManualClock, MemStore, NewJob,
-    Recovery, Store,
+use jobsafe::jobs::{
+    Event, FailureKind, Job, JobError, JobFilter, JobStatus, NewJob, RecoveryAction,
 };
+use jobsafe::lock::{Acquire, LockRequest};
+use jobsafe::{DirStore, Error, JobLock, JobState, Key, ManualClock, MemStore, Store};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -100,7 +100,7 @@ fn invalid_transitions_are_typed_errors_that_change_nothing() {
         let before = jobs.get(&job.id).unwrap().unwrap();
         for err in [
             jobs.complete(&worker, json!(2)).map(|_| ()).unwrap_err(),
-            jobs.fail(&worker, JobError::new("x"), Failure::Permanent)
+            jobs.fail(&worker, JobError::new("x"), FailureKind::Permanent)
                 .map(|_| ())
                 .unwrap_err(),
             jobs.set_stage(&worker, "late").map(|_| ()).unwrap_err(),
@@ -127,7 +127,7 @@ fn a_transient_failure_requeues_with_a_retry_time() {
             .fail(
                 &first,
                 JobError::new("busy, retrying"),
-                Failure::Transient {
+                FailureKind::Transient {
                     retry_at_ms: retry_at,
                 },
             )
@@ -166,7 +166,7 @@ fn a_permanent_failure_is_final_until_a_manual_retry() {
             .internal("ffmpeg exit 1 at /srv/tmp/a.m4a")
             .code("bad_media");
         let failed = jobs
-            .fail(&first, error.clone(), Failure::Permanent)
+            .fail(&first, error.clone(), FailureKind::Permanent)
             .unwrap();
         assert_eq!(failed.status, JobStatus::Failed, "{name}");
         assert!(
@@ -251,7 +251,7 @@ fn a_paused_stale_worker_cannot_overwrite_the_job_after_a_takeover() {
         jobs.complete(&worker_a, json!("stale result"))
             .map(|_| ())
             .unwrap_err(),
-        jobs.fail(&worker_a, JobError::new("x"), Failure::Permanent)
+        jobs.fail(&worker_a, JobError::new("x"), FailureKind::Permanent)
             .map(|_| ())
             .unwrap_err(),
     ] {
@@ -279,7 +279,7 @@ fn the_client_view_never_shows_the_internal_message() {
         jobs.fail(
             &worker,
             JobError::new("the database is unavailable").internal(secret),
-            Failure::Permanent,
+            FailureKind::Permanent,
         )
         .unwrap();
         let view = serde_json::to_string(&jobs.client_view(&job.id).unwrap().unwrap()).unwrap();
@@ -297,10 +297,17 @@ fn the_client_view_never_shows_the_internal_message() {
         // Without a client message, clients get the fixed default.
         let other = jobs.create(NewJob::new("k")).unwrap();
         let worker = jobs.start(&other.id, None).unwrap();
-        jobs.fail(&worker, JobError::internal_only(secret), Failure::Permanent)
-            .unwrap();
+        jobs.fail(
+            &worker,
+            JobError::internal_only(secret),
+            FailureKind::Permanent,
+        )
+        .unwrap();
         let view = jobs.client_view(&other.id).unwrap().unwrap();
-        assert_eq!(view.error.unwrap().message, DEFAULT_CLIENT_MESSAGE);
+        assert_eq!(
+            view.error.unwrap().message,
+            JobError::DEFAULT_CLIENT_MESSAGE
+        );
     }
 }
 
@@ -309,9 +316,9 @@ fn progress_messages_are_bounded() {
     let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
     let job = jobs.create(NewJob::new("k")).unwrap();
     let worker = jobs.start(&job.id, None).unwrap();
-    let long = "é".repeat(MAX_PROGRESS_LEN);
+    let long = "é".repeat(Job::MAX_PROGRESS_LEN);
     let kept = jobs.progress(&worker, &long).unwrap().progress.unwrap();
-    assert!(kept.len() <= MAX_PROGRESS_LEN && long.starts_with(&kept) && !kept.is_empty());
+    assert!(kept.len() <= Job::MAX_PROGRESS_LEN && long.starts_with(&kept) && !kept.is_empty());
 }
 
 #[test]
@@ -321,7 +328,10 @@ fn the_event_log_is_bounded_and_says_what_it_dropped() {
             Some(dir) => Arc::new(DirStore::open(dir.path().join("bounded")).unwrap()),
             None => Arc::new(MemStore::new()),
         };
-        let jobs = JobState::new(Arc::clone(&store), Arc::new(clock)).max_events(5);
+        let jobs = JobState::builder(Arc::clone(&store), Arc::new(clock))
+            .max_events(5)
+            .build()
+            .unwrap();
         let job = jobs.create(NewJob::new("k")).unwrap();
         let worker = jobs.start(&job.id, None).unwrap(); // event 1
         for i in 0..11 {
@@ -421,7 +431,10 @@ fn a_subscriber_from_a_sequence_number_gets_only_what_follows() {
 
 #[test]
 fn a_slow_subscriber_catches_up_from_the_store_without_blocking_writers() {
-    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0))).subscriber_buffer(2);
+    let jobs = JobState::builder(MemStore::new(), Arc::new(ManualClock::new(0)))
+        .subscriber_buffer(2)
+        .build()
+        .unwrap();
     let job = jobs.create(NewJob::new("k")).unwrap();
     let worker = jobs.start(&job.id, None).unwrap();
     let mut slow = jobs.subscribe(&job.id, 0).unwrap();
@@ -511,13 +524,17 @@ fn a_restarted_process_sees_jobs_and_events_and_recovers_abandoned_ones() {
 
     // Not stale yet: nothing recovered.
     let stale = Duration::from_secs(120);
-    assert!(jobs.recover(stale, Recovery::Requeue).unwrap().is_empty());
+    assert!(
+        jobs.recover(stale, RecoveryAction::Requeue)
+            .unwrap()
+            .is_empty()
+    );
     clock.advance(stale);
     let recovered = jobs
-        .recover_where(Recovery::Requeue, |job| job.kind == "transcribe")
+        .recover_where(RecoveryAction::Requeue, |job| job.kind == "transcribe")
         .unwrap();
     assert_eq!(recovered.len(), 1);
-    let failed = jobs.recover(stale, Recovery::Fail).unwrap();
+    let failed = jobs.recover(stale, RecoveryAction::Fail).unwrap();
     assert_eq!(
         failed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
         [fail_id.as_str()]
@@ -549,28 +566,9 @@ fn list_filters_by_status_kind_and_owner() {
     jobs.start(&a.id, None).unwrap();
     let ids = |filter: JobFilter| jobs.list(&filter).unwrap().jobs.len();
     assert_eq!(ids(JobFilter::default()), 3);
-    assert_eq!(
-        ids(JobFilter {
-            status: Some(JobStatus::Running),
-            ..JobFilter::default()
-        }),
-        1
-    );
-    assert_eq!(
-        ids(JobFilter {
-            kind: Some("transcribe".into()),
-            ..JobFilter::default()
-        }),
-        2
-    );
-    assert_eq!(
-        ids(JobFilter {
-            owner: Some("alice".into()),
-            kind: Some("summarize".into()),
-            ..JobFilter::default()
-        }),
-        1
-    );
+    assert_eq!(ids(JobFilter::new().status(JobStatus::Running)), 1);
+    assert_eq!(ids(JobFilter::new().kind("transcribe")), 2);
+    assert_eq!(ids(JobFilter::new().owner("alice").kind("summarize")), 1);
 }
 
 #[test]
@@ -586,7 +584,7 @@ fn purge_removes_old_finished_and_never_started_jobs_with_their_events() {
             match status {
                 JobStatus::Complete => drop(jobs.complete(&worker, json!(1)).unwrap()),
                 JobStatus::Failed => drop(
-                    jobs.fail(&worker, JobError::new("x"), Failure::Permanent)
+                    jobs.fail(&worker, JobError::new("x"), FailureKind::Permanent)
                         .unwrap(),
                 ),
                 JobStatus::Cancelled => drop(jobs.cancel(&job.id).unwrap()),
@@ -667,7 +665,7 @@ fn a_stream_goes_on_past_an_error_when_the_job_is_retried() {
     );
     let job = jobs.create(NewJob::new("k")).unwrap();
     let first = jobs.start(&job.id, None).unwrap();
-    jobs.fail(&first, JobError::new("bad input"), Failure::Permanent)
+    jobs.fail(&first, JobError::new("bad input"), FailureKind::Permanent)
         .unwrap();
     jobs.retry(&job.id).unwrap();
     let second = jobs.start(&job.id, None).unwrap();
@@ -700,7 +698,7 @@ fn a_job_fenced_by_a_token_cannot_be_started_without_one() {
     jobs.fail(
         &worker,
         JobError::new("busy"),
-        Failure::Transient {
+        FailureKind::Transient {
             retry_at_ms: START_MS,
         },
     )
@@ -731,9 +729,10 @@ fn subscribers_of_one_namespace_never_see_another_namespaces_jobs() {
     let store = Arc::new(MemStore::new());
     let clock = Arc::new(ManualClock::new(0));
     let main = JobState::new(Arc::clone(&store), clock.clone());
-    let other = main
-        .clone()
-        .namespace(jobsafe::Prefix::new(["other"]).unwrap());
+    let other = JobState::builder(store, clock)
+        .namespace(jobsafe::Prefix::new(["other"]).unwrap())
+        .build()
+        .unwrap();
     main.create(NewJob::new("k").id("same")).unwrap();
     other.create(NewJob::new("k").id("same")).unwrap();
     let mut subscription = main.subscribe("same", 0).unwrap();
@@ -763,7 +762,7 @@ fn stages_count_as_signs_of_life_for_recovery() {
         clock.advance(Duration::from_secs(50));
         jobs.set_stage(&worker, stage).unwrap();
         assert!(
-            jobs.recover(Duration::from_secs(60), Recovery::Requeue)
+            jobs.recover(Duration::from_secs(60), RecoveryAction::Requeue)
                 .unwrap()
                 .is_empty()
         );

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::child::{self, Child};
-use jobsafe::{DirStore, JobState, JobStatus, ManualClock, NewJob, Recovery};
+use jobsafe::jobs::{JobStatus, NewJob, RecoveryAction};
+use jobsafe::{DirStore, JobState, ManualClock};
 use serde_json::json;
 
 const TEST: &str = "a_killed_workers_job_is_recovered_intact";
@@ -63,7 +64,7 @@ fn a_killed_workers_job_is_recovered_intact() {
 
     clock.advance(Duration::from_secs(300));
     let recovered = jobs
-        .recover(Duration::from_secs(120), Recovery::Requeue)
+        .recover(Duration::from_secs(120), RecoveryAction::Requeue)
         .unwrap();
     assert_eq!(recovered.len(), 1);
     let worker = jobs.start(&job_id, None).unwrap();

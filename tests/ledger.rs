@@ -7,10 +7,9 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use jobsafe::{
-    ChargeRequest, DirStore, Error, Expect, JobLedger, Key, ManualClock, MemStore, Op, Reservation,
-    ReservationState, Reserve, Store,
-};
+use jobsafe::ledger::{ChargeRequest, Reservation, ReservationState, Reserve};
+use jobsafe::store::BatchOp;
+use jobsafe::{DirStore, Error, Expect, JobLedger, Key, ManualClock, MemStore, Store};
 use tempfile::TempDir;
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -122,8 +121,10 @@ fn after_the_ttl_the_same_job_id_is_new_again() {
 #[test]
 fn a_custom_ttl_is_honoured() {
     let clock = ManualClock::new(START_MS);
-    let ledger =
-        JobLedger::new(MemStore::new(), Arc::new(clock.clone())).ttl(Duration::from_secs(60));
+    let ledger = JobLedger::builder(MemStore::new(), Arc::new(clock.clone()))
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
     new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
     clock.advance(Duration::from_secs(60));
     new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
@@ -347,7 +348,7 @@ fn balance(store: &dyn Store) -> i64 {
 }
 
 /// An operation adding `delta` to the balance, guarded by its current version.
-fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<Op>> {
+fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
     let entry = store
         .get(&balance_key())?
         .ok_or_else(|| Error::InvalidArgument("no balance".into()))?;
@@ -357,7 +358,7 @@ fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<Op>> {
             "insufficient credits: {now}"
         )));
     }
-    Ok(vec![Op::Put {
+    Ok(vec![BatchOp::Put {
         key: balance_key(),
         value: (now + delta).to_string().into_bytes(),
         expect: Expect::Version(entry.version),

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use common::backends::SharedStore;
 use common::child::{self, Child};
-use jobsafe::{ChargeRequest, Error, Expect, JobLedger, Key, ManualClock, Op, Reserve, Store};
+use jobsafe::ledger::{ChargeRequest, Reserve};
+use jobsafe::store::BatchOp;
+use jobsafe::{Error, Expect, JobLedger, Key, ManualClock, Store};
 
 const TEST: &str = "killed_workers_leave_every_job_charged_once_net";
 #[cfg(feature = "postgres")]
@@ -58,11 +60,11 @@ fn read_number(store: &dyn Store, key: &Key) -> jobsafe::Result<(i64, Option<job
 }
 
 /// Operations adding `delta` to the balance and to the job's charge count.
-fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<Op>> {
+fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
     let mut ops = Vec::new();
     for (key, sign) in [(balance_key(), -1), (charges_key(job_id), 1)] {
         let (value, version) = read_number(store, &key)?;
-        ops.push(Op::Put {
+        ops.push(BatchOp::Put {
             key,
             value: (value + sign * delta).to_string().into_bytes(),
             expect: version.map_or(Expect::Absent, Expect::Version),

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{
-    Acquire, DirStore, Error, FencingToken, JobLock, KeepAliveEvent, Key, LockGuard, LockRecord,
-    LockRequest, LostLease, ManualClock, MemStore, Prefix, Release, Renewal, Store,
+use jobsafe::lock::{
+    Acquire, KeepAliveEvent, LockGuard, LockRecord, LockRequest, LostLease, Release, Renewal,
 };
+use jobsafe::{DirStore, Error, FencingToken, JobLock, Key, ManualClock, MemStore, Prefix, Store};
 use tempfile::TempDir;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -123,8 +123,10 @@ fn an_ended_lease_is_taken_over_exactly_at_expiry_with_a_greater_token() {
 #[test]
 fn a_skew_margin_delays_takeover_by_the_margin() {
     let clock = ManualClock::new(START_MS);
-    let locks =
-        JobLock::new(MemStore::new(), Arc::new(clock.clone())).skew_margin(Duration::from_secs(5));
+    let locks = JobLock::builder(MemStore::new(), Arc::new(clock.clone()))
+        .skew_margin(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
     assert_eq!(guard.remaining(), TTL - Duration::from_secs(5));
     let _ = guard.into_handle();
@@ -461,7 +463,7 @@ fn bad_arguments_are_clear_errors() {
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
-    let deepest = Key::new((0..jobsafe::MAX_SEGMENTS).map(|i| i.to_string())).unwrap();
+    let deepest = Key::new((0..jobsafe::Key::MAX_SEGMENTS).map(|i| i.to_string())).unwrap();
     let err = locks
         .acquire(&deepest, TTL, &LockRequest::new())
         .map(|_| ())
@@ -647,14 +649,14 @@ impl Store for Flaky {
         prefix: &Prefix,
         after: Option<&Key>,
         limit: usize,
-    ) -> jobsafe::Result<jobsafe::ListPage> {
+    ) -> jobsafe::Result<jobsafe::store::ListPage> {
         self.inner.list(prefix, after, limit)
     }
-    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::Applied>> {
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
         self.check()?;
         self.inner.apply(batch)
     }
-    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Quarantined>> {
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
         self.inner.quarantine(key)
     }
 }

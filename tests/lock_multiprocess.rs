@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use common::backends::SharedStore;
 use common::child::{self, Child};
-use jobsafe::{Acquire, Clock, FencingToken, FileClock, JobLock, Key, LockRequest};
+use jobsafe::lock::{Acquire, LockRequest};
+use jobsafe::testing::FileClock;
+use jobsafe::{Clock, FencingToken, JobLock, Key};
 
 const TEST: &str = "killed_holders_are_taken_over_at_expiry_and_never_overlap";
 #[cfg(feature = "postgres")]

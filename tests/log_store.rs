@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use common::child::{self, Child};
 use jobsafe::vfs::{FileInfo, StdVfs, Vfs, VfsFile};
-use jobsafe::{Batch, Error, Expect, Key, LogStore, MAX_TRANSACTION_BYTES, Prefix, Store};
+use jobsafe::{Batch, Error, Expect, Key, LogStore, Prefix, Store};
 
 fn key(name: &str) -> Key {
     Key::new(["k", name]).unwrap()
@@ -575,7 +575,7 @@ fn a_transaction_too_large_for_a_frame_is_refused_before_anything_is_written() {
     let store = LogStore::open(dir.path()).unwrap();
     let before = store.stats().unwrap().journal_bytes;
     // Zeroed by the allocator and never touched: it costs no memory.
-    let huge = vec![0u8; MAX_TRANSACTION_BYTES + 1];
+    let huge = vec![0u8; LogStore::MAX_TRANSACTION_BYTES + 1];
     let batch = Batch::new().put(&key("big"), huge, Expect::Any);
     let err = store.apply(&batch).unwrap_err();
     assert!(

@@ -10,9 +10,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use jobsafe::store::{Applied, BatchOp};
 use jobsafe::{
-    Applied, Batch, DirStore, Durability, Entry, Expect, Key, LogStore, MemStore, Op, Prefix,
-    Store, Version,
+    Batch, DirStore, Durability, Entry, Expect, Key, LogStore, MemStore, Prefix, Store, Version,
 };
 use proptest::prelude::*;
 
@@ -118,7 +118,7 @@ impl Model {
             prop_assert!(version > *last, "{key} written at {version} after {last}");
         }
         history.push(version);
-        self.records.insert(key.clone(), Entry { value, version });
+        self.records.insert(key.clone(), Entry::new(value, version));
         Ok(())
     }
 
@@ -291,8 +291,8 @@ fn apply(
         }
         let expect = model.expect(&key, &precondition);
         batch.push(match value {
-            Some(value) => Op::Put { key, value, expect },
-            None => Op::Delete { key, expect },
+            Some(value) => BatchOp::Put { key, value, expect },
+            None => BatchOp::Delete { key, expect },
         });
     }
     let result = store.apply(&batch);
@@ -314,10 +314,10 @@ fn apply(
     prop_assert_eq!(applied.len(), batch.len());
     for (op, applied) in batch.ops().iter().zip(applied) {
         match (op, applied) {
-            (Op::Put { key, value, .. }, Applied::Put(version)) => {
+            (BatchOp::Put { key, value, .. }, Applied::Put(version)) => {
                 model.stored(key, value.clone(), version)?;
             }
-            (Op::Delete { key, .. }, Applied::Deleted(deleted)) => {
+            (BatchOp::Delete { key, .. }, Applied::Deleted(deleted)) => {
                 prop_assert_eq!(
                     deleted,
                     model.records.remove(key).is_some(),

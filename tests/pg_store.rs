@@ -13,7 +13,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::pg::{self, Schemas};
-use jobsafe::{Clock, Error, Expect, Key, PgClock, PgStore, Prefix, Store};
+use jobsafe::store::PgClock;
+use jobsafe::{Clock, Error, Expect, Key, PgStore, Prefix, Store};
 
 #[test]
 fn an_unreachable_server_is_a_transient_error_that_names_it() {

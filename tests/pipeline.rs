@@ -15,12 +15,14 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobsafe::{
-    Acquire, ChargeRequest, DEFAULT_CLIENT_MESSAGE, Deletion, DirStore, ErrorClass, JobLedger,
-    JobStatus, Key, LockRequest, ManualClock, NewJob, Pipeline, PipelineBuilder, PipelineRecords,
-    Prefix, PurgePolicy, Recovery, RetryPolicy, RunOutcome, StageAction, StageContext, StageError,
-    Store, TEMP_SUFFIX, classify_io,
+use jobsafe::jobs::{JobError, JobStatus, NewJob, RecoveryAction};
+use jobsafe::ledger::ChargeRequest;
+use jobsafe::lock::{Acquire, LockRequest};
+use jobsafe::pipeline::{
+    Deletion, ErrorClass, PipelineBuilder, PipelineRecords, PurgePolicy, RetryPolicy, RunOutcome,
+    StageAction, StageContext, StageError, classify_io,
 };
+use jobsafe::{AtomicWriter, DirStore, JobLedger, Key, ManualClock, Pipeline, Prefix, Store};
 use tempfile::TempDir;
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -211,7 +213,7 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             found.extend(temp_files(&path));
-        } else if path.to_string_lossy().ends_with(TEMP_SUFFIX) {
+        } else if path.to_string_lossy().ends_with(AtomicWriter::TEMP_SUFFIX) {
             found.push(path);
         }
     }
@@ -305,17 +307,17 @@ impl Store for Hooked {
         prefix: &Prefix,
         after: Option<&Key>,
         limit: usize,
-    ) -> jobsafe::Result<jobsafe::ListPage> {
+    ) -> jobsafe::Result<jobsafe::store::ListPage> {
         self.fire_if(|t| matches!(t, Trigger::List(p) if p == prefix));
         self.inner.list(prefix, after, limit)
     }
-    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::Applied>> {
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
         for op in batch.ops() {
             self.fire_on_write(op.key());
         }
         self.inner.apply(batch)
     }
-    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Quarantined>> {
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
         self.inner.quarantine(key)
     }
 }
@@ -674,7 +676,7 @@ fn fail_with_two_transient_failures_counted(h: &Harness, id: &str) {
     let recovered = h
         .pipeline
         .jobs()
-        .recover_where(Recovery::Fail, |job| job.id == id)
+        .recover_where(RecoveryAction::Fail, |job| job.id == id)
         .unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].status, JobStatus::Failed);
@@ -901,7 +903,7 @@ fn a_panic_inside_a_stage_fails_the_job_and_leaves_nothing_behind() {
             panic!("{name}: expected a failure");
         };
         assert_eq!(stage, "export");
-        assert_eq!(error.client_message(), DEFAULT_CLIENT_MESSAGE);
+        assert_eq!(error.client_message(), JobError::DEFAULT_CLIENT_MESSAGE);
         assert_eq!(
             error.internal_message(),
             "stage export: panicked: decoder crashed"
@@ -940,7 +942,7 @@ fn io_errors_are_classified_by_kind() {
     assert!(timed_out.is_transient());
     assert_eq!(
         timed_out.job_error().client_message(),
-        DEFAULT_CLIENT_MESSAGE
+        JobError::DEFAULT_CLIENT_MESSAGE
     );
     let corrupt: StageError = jobsafe::Error::InvalidArgument("x".into()).into();
     assert_eq!(corrupt.class(), ErrorClass::Permanent);
@@ -1534,8 +1536,10 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
     // Temp files are aged by their file times: this clock starts at the real time.
     let store: Arc<dyn Store> = Arc::new(jobsafe::MemStore::new());
     let h = harness_on(Arc::clone(&store), None, real_now_ms(), |b| b);
-    let ledger =
-        JobLedger::new(Arc::clone(&store), Arc::new(h.clock.clone())).ttl(Duration::from_secs(60));
+    let ledger = JobLedger::builder(Arc::clone(&store), Arc::new(h.clock.clone()))
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let h = Harness {
         pipeline: builder(Arc::clone(&store), &h.clock, &h.root, &h.script)
             .ledger(ledger.clone())
@@ -1572,7 +1576,7 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
     let crashed = h
         .pipeline
         .subject_dir("s3")
-        .join(format!(".x.0{TEMP_SUFFIX}"));
+        .join(format!(".x.0{}", AtomicWriter::TEMP_SUFFIX));
     std::fs::write(&crashed, b"partial").unwrap();
 
     // Nothing is old yet.
@@ -1745,7 +1749,7 @@ fn purge_removes_a_subjects_shared_files_once_no_job_of_it_remains() {
 
 #[test]
 fn job_directories_are_removed_through_the_vfs_and_the_removal_is_flushed() {
-    let vfs = jobsafe::vfs::Counting::new(jobsafe::vfs::StdVfs);
+    let vfs = jobsafe::testing::Counting::new(jobsafe::vfs::StdVfs);
     let dir = tempfile::tempdir().unwrap();
     let pipeline = Pipeline::builder(
         jobsafe::MemStore::new(),
@@ -1778,10 +1782,7 @@ fn job_directories_are_removed_through_the_vfs_and_the_removal_is_flushed() {
 fn a_runner_pass_purges_on_its_schedule_and_reports_it() {
     let h = harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| {
         b.purge_every(Duration::from_secs(3600))
-            .purge_policy(PurgePolicy {
-                finished_for: Duration::from_secs(60),
-                ..PurgePolicy::default()
-            })
+            .purge_policy(PurgePolicy::default().finished_for(Duration::from_secs(60)))
     });
     let id = enqueue(&h, "s");
     let first = h.pipeline.run_pass().unwrap();
@@ -1931,7 +1932,7 @@ fn a_runner_whose_job_was_recovered_meanwhile_stops_and_says_so() {
     let recovered = h
         .pipeline
         .jobs()
-        .recover(Duration::ZERO, jobsafe::Recovery::Fail)
+        .recover(Duration::ZERO, jobsafe::jobs::RecoveryAction::Fail)
         .unwrap();
     assert_eq!(recovered.len(), 1);
     go.send(()).unwrap();

@@ -45,9 +45,7 @@ use common::power_loss::crash::{self, Budget, Totals};
 use common::power_loss::fs::{Event, Image, SimVfs, Site};
 use common::power_loss::sites;
 use jobsafe::vfs::{Vfs, VfsFile};
-use jobsafe::{
-    AtomicWriter, Batch, DirStore, Expect, Key, LogStore, ManualClock, Prefix, Store, TEMP_SUFFIX,
-};
+use jobsafe::{AtomicWriter, Batch, DirStore, Expect, Key, LogStore, ManualClock, Prefix, Store};
 use parking_lot::Mutex;
 
 // ---------------------------------------------------------------------------
@@ -325,7 +323,7 @@ fn atomic_writer_run(vfs: &SimVfs, rec: &Recorder) {
             )],
         );
     }
-    let once = writer.clone().no_clobber(true);
+    let once = writer.to_builder().no_clobber(true).build().unwrap();
     let start = rec.start();
     once.write(file_path("sub/once"), b"created once").unwrap();
     rec.ack(
@@ -395,7 +393,7 @@ fn atomic_writer_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, Strin
             .read_dir(Path::new(dir))
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|n| n.to_string_lossy().ends_with(TEMP_SUFFIX))
+            .filter(|n| n.to_string_lossy().ends_with(AtomicWriter::TEMP_SUFFIX))
             .collect();
         if !left.is_empty() {
             return Err(format!(
@@ -447,7 +445,7 @@ fn store_ops<S: Store>(store: &S, rec: &Recorder) {
     let start = rec.start();
     let applied = store.apply(&batch).unwrap();
     let version = |i: usize| match applied[i] {
-        jobsafe::Applied::Put(v) => v,
+        jobsafe::store::Applied::Put(v) => v,
         ref other => panic!("batch op {i}: {other:?}"),
     };
     rec.ack(
@@ -486,7 +484,7 @@ fn store_ops<S: Store>(store: &S, rec: &Recorder) {
         .delete(&key("a/1"), Expect::Any);
     let start = rec.start();
     let applied = store.apply(&batch).unwrap();
-    let jobsafe::Applied::Put(d1) = applied[0] else {
+    let jobsafe::store::Applied::Put(d1) = applied[0] else {
         panic!("batch op 0: {:?}", applied[0]);
     };
     rec.ack(

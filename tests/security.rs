@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use jobsafe::vfs::{DIR_MODE, FileInfo, StdVfs, Vfs};
 use jobsafe::{
-    AtomicWriter, Batch, DEFAULT_MODE, DirStore, Expect, Key, LogStore, MemStore, Store,
-    write_atomic,
+    AtomicWriter, Batch, DirStore, Expect, Key, LogStore, MemStore, Store, write_atomic,
 };
 use tempfile::tempdir;
 
@@ -80,12 +79,13 @@ fn create_everything(dir: &Path) -> TestResult {
 
     fs::create_dir(dir.join("writer"))?;
     write_atomic(dir.join("writer").join("file"), b"w")?;
-    AtomicWriter::new()
+    AtomicWriter::builder()
         .no_clobber(true)
+        .build()?
         .write(dir.join("writer").join("new"), b"n")?;
     // A pipeline's artifact directories and files, from a root it creates.
     let pipeline = pipeline_at(&dir.join("artifacts"));
-    let job = pipeline.enqueue("session-1", jobsafe::NewJob::new("k"))?;
+    let job = pipeline.enqueue("session-1", jobsafe::jobs::NewJob::new("k"))?;
     pipeline.run_job(&job.id)?;
 
     // A plain create under the same umask, to prove the umask was in force.
@@ -139,7 +139,7 @@ fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> Test
             let (kind, want) = if meta.is_dir() {
                 ("directory", DIR_MODE)
             } else {
-                ("file", DEFAULT_MODE)
+                ("file", AtomicWriter::DEFAULT_MODE)
             };
             assert!(!meta.file_type().is_symlink(), "{}", path.display());
             assert_eq!(
@@ -370,9 +370,10 @@ fn sweeping_a_dirstore_does_not_follow_a_planted_directory_symlink() -> TestResu
     let key = Key::new(["jobs", "a"])?;
     store.put(&key, b"1", Expect::Absent)?;
     // A name the sweep would take for an old temp file, in the outside directory.
-    let bait = p
-        .outside
-        .join(format!(".x.0000000000000000{}", jobsafe::TEMP_SUFFIX));
+    let bait = p.outside.join(format!(
+        ".x.0000000000000000{}",
+        jobsafe::AtomicWriter::TEMP_SUFFIX
+    ));
     fs::write(&bait, b"not yours")?;
     let data = store
         .path_of(&key)
@@ -483,7 +484,9 @@ impl Vfs for PlantingVfs {
     type File = fs::File;
 
     fn create_new(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
-        let is_temp = path.to_string_lossy().ends_with(jobsafe::TEMP_SUFFIX);
+        let is_temp = path
+            .to_string_lossy()
+            .ends_with(jobsafe::AtomicWriter::TEMP_SUFFIX);
         let mut planted = self.planted.lock().unwrap();
         if is_temp && planted.is_empty() {
             symlink(&self.victim, path)?;
@@ -624,11 +627,11 @@ fn internal_failures_of_pipeline_stages_never_reach_the_client_face() -> TestRes
         .build()?;
 
     for mode in ["io", "io-transient", "crate", "panic"] {
-        let job = pipeline.enqueue("s", jobsafe::NewJob::new("k").meta("mode", mode))?;
+        let job = pipeline.enqueue("s", jobsafe::jobs::NewJob::new("k").meta("mode", mode))?;
         let report = pipeline.run_job(&job.id)?;
         let error = match &report.outcome {
-            jobsafe::RunOutcome::Failed { error, .. }
-            | jobsafe::RunOutcome::RetryScheduled { error, .. } => error.clone(),
+            jobsafe::pipeline::RunOutcome::Failed { error, .. }
+            | jobsafe::pipeline::RunOutcome::RetryScheduled { error, .. } => error.clone(),
             other => panic!("{mode}: {other:?}"),
         };
         // The operator's face has the details (so the check below means something)...
@@ -642,12 +645,12 @@ fn internal_failures_of_pipeline_stages_never_reach_the_client_face() -> TestRes
         // ...the client's face has none of them.
         assert_eq!(
             error.client_message(),
-            jobsafe::DEFAULT_CLIENT_MESSAGE,
+            jobsafe::jobs::JobError::DEFAULT_CLIENT_MESSAGE,
             "{mode}"
         );
         let shown = client_facing(pipeline.jobs(), &job.id);
         assert!(
-            shown.contains(jobsafe::DEFAULT_CLIENT_MESSAGE),
+            shown.contains(jobsafe::jobs::JobError::DEFAULT_CLIENT_MESSAGE),
             "{mode}: {shown}"
         );
         for hidden in [
@@ -669,15 +672,15 @@ fn internal_failures_of_pipeline_stages_never_reach_the_client_face() -> TestRes
 fn a_worker_lost_by_recovery_shows_clients_no_internal_detail() -> TestResult {
     let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
     let jobs = jobsafe::JobState::new(MemStore::new(), clock.clone());
-    let job = jobs.create(jobsafe::NewJob::new("k"))?;
+    let job = jobs.create(jobsafe::jobs::NewJob::new("k"))?;
     let worker = jobs.start(&job.id, None)?;
     jobs.progress(&worker, "step 1")?;
     clock.advance(Duration::from_secs(3600));
 
-    jobs.recover(Duration::from_secs(60), jobsafe::Recovery::Fail)?;
+    jobs.recover(Duration::from_secs(60), jobsafe::jobs::RecoveryAction::Fail)?;
 
     let record = jobs.get(&job.id)?.unwrap();
-    assert_eq!(record.status, jobsafe::JobStatus::Failed);
+    assert_eq!(record.status, jobsafe::jobs::JobStatus::Failed);
     let internal = record.error.unwrap().internal_message().to_owned();
     let shown = client_facing(&jobs, &job.id);
     assert!(!shown.contains(&internal), "{internal:?} shown in {shown}");
@@ -706,10 +709,10 @@ fn pipeline_at(root: &Path) -> Pipe {
 
 /// The run did not complete: it failed the job, or returned an error naming
 /// `link` or the directory it is in.
-fn assert_refused_naming(ran: jobsafe::Result<jobsafe::RunReport>, link: &Path) {
+fn assert_refused_naming(ran: jobsafe::Result<jobsafe::pipeline::RunReport>, link: &Path) {
     match ran {
         Ok(report) => assert!(
-            !matches!(report.outcome, jobsafe::RunOutcome::Completed),
+            !matches!(report.outcome, jobsafe::pipeline::RunOutcome::Completed),
             "{:?}",
             report.outcome
         ),
@@ -729,7 +732,7 @@ fn assert_refused_naming(ran: jobsafe::Result<jobsafe::RunReport>, link: &Path) 
 fn a_symlink_planted_at_a_job_directory_is_never_written_through() -> TestResult {
     let p = Planted::new();
     let pipeline = pipeline_at(&p.root);
-    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    let job = pipeline.enqueue("s", jobsafe::jobs::NewJob::new("k"))?;
     fs::create_dir_all(pipeline.job_dir(&job.id).parent().unwrap())?;
     symlink(&p.outside, pipeline.job_dir(&job.id))?;
 
@@ -744,7 +747,7 @@ fn a_symlink_planted_at_a_job_directory_is_never_written_through() -> TestResult
 fn a_symlink_planted_above_a_job_directory_is_never_written_through() -> TestResult {
     let p = Planted::new();
     let pipeline = pipeline_at(&p.root);
-    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    let job = pipeline.enqueue("s", jobsafe::jobs::NewJob::new("k"))?;
     let job_dir = pipeline.job_dir(&job.id);
     // `jobs/` is a symlink to a directory that has one of the job's name.
     fs::create_dir(&p.root)?;
@@ -762,7 +765,7 @@ fn a_symlink_planted_above_a_job_directory_is_never_written_through() -> TestRes
 fn deleting_a_job_whose_directory_is_a_planted_symlink_removes_nothing_outside() -> TestResult {
     let p = Planted::new();
     let pipeline = pipeline_at(&p.root);
-    let job = pipeline.enqueue("s", jobsafe::NewJob::new("k"))?;
+    let job = pipeline.enqueue("s", jobsafe::jobs::NewJob::new("k"))?;
     pipeline.run_job(&job.id)?;
     let job_dir = pipeline.job_dir(&job.id);
     // Files outside, under the names the job wrote, and a symlink to them.
@@ -780,7 +783,7 @@ fn deleting_a_job_whose_directory_is_a_planted_symlink_removes_nothing_outside()
     // or the deletion was refused with an error naming the link.
     match deleted {
         Ok(deletion) => {
-            assert_eq!(deletion, jobsafe::Deletion::Removed);
+            assert_eq!(deletion, jobsafe::pipeline::Deletion::Removed);
             assert!(fs::symlink_metadata(&job_dir).is_err());
         }
         Err(e) => assert!(e.to_string().contains(&*job_dir.to_string_lossy()), "{e}"),
@@ -876,11 +879,11 @@ fn no_job_id_or_subject_names_a_path_outside_the_artifact_root() -> TestResult {
     let pipeline = pipeline_at(&p.root);
     for (i, hostile) in ESCAPING_SEGMENTS.iter().enumerate() {
         let id = format!("{hostile}{i}");
-        let job = pipeline.enqueue(hostile, jobsafe::NewJob::new("k").id(id.as_str()))?;
+        let job = pipeline.enqueue(hostile, jobsafe::jobs::NewJob::new("k").id(id.as_str()))?;
         assert_eq!(job.id, id);
         let report = pipeline.run_job(&job.id)?;
         assert!(
-            matches!(report.outcome, jobsafe::RunOutcome::Completed),
+            matches!(report.outcome, jobsafe::pipeline::RunOutcome::Completed),
             "{hostile:?}: {:?}",
             report.outcome
         );

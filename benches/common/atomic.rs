@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 use jobsafe::{AtomicWriter, Durability};
 
 use super::{BenchResult, Sample, Syncs, Workload, time_ops};
@@ -31,7 +32,10 @@ impl Workload for AtomicReplace {
 
     fn round(&mut self, dir: &Path, ops: usize) -> BenchResult<Vec<Sample>> {
         let vfs = Counting::new(StdVfs);
-        let writer = AtomicWriter::with_vfs(vfs.clone()).durability(Durability::Full);
+        let writer = AtomicWriter::builder()
+            .vfs(vfs.clone())
+            .durability(Durability::Full)
+            .build()?;
         let target = dir.join("state.bin");
         let bytes = vec![b'w'; self.size];
         // Every timed write replaces an existing file, as in steady state.

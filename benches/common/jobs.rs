@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use jobsafe::{JobState, NewJob, Store, SystemClock};
+use jobsafe::jobs::NewJob;
+use jobsafe::{JobState, Store, SystemClock};
 use serde_json::json;
 
 use super::{BenchResult, Sample, Syncs, Workload, time_ops};

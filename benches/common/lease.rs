@@ -26,7 +26,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobsafe::{Acquire, JobLock, Key, LockGuard, LockRequest, Release, Store, SystemClock};
+use jobsafe::lock::{Acquire, LockGuard, LockRequest, Release};
+use jobsafe::{JobLock, Key, Store, SystemClock};
 
 use super::{BenchResult, Sample, Syncs, Tally, Workload, time_ops};
 

@@ -29,11 +29,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jobsafe::vfs::{Counting, StdVfs};
-use jobsafe::{
-    ChargeRequest, DirStore, Durability, Expect, JobLedger, LogStore, MemStore, Reserve, Store,
-    SystemClock,
-};
+use jobsafe::ledger::{ChargeRequest, Reserve};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
+use jobsafe::{DirStore, Durability, Expect, JobLedger, LogStore, MemStore, Store, SystemClock};
 use rusqlite::{Connection, params};
 
 use super::kv::KvEngine;
@@ -48,7 +47,7 @@ const BACKEND: &str = "batch";
 const TIER: &str = "pro";
 /// The reservations' time to live, as [`JobLedger`]'s default: none expires
 /// during a run.
-const TTL: Duration = jobsafe::DEFAULT_TTL;
+const TTL: Duration = jobsafe::JobLedger::DEFAULT_TTL;
 
 /// The ledger sizes of a run.
 #[derive(Clone, Copy, Debug)]

@@ -42,7 +42,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 
 use self::report::Measurement;
 

@@ -10,8 +10,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use jobsafe::vfs::{Counting, StdVfs};
-use jobsafe::{AtomicWriter, NewJob, Pipeline, RunOutcome, Store, SystemClock};
+use jobsafe::jobs::NewJob;
+use jobsafe::pipeline::RunOutcome;
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
+use jobsafe::{AtomicWriter, Pipeline, Store, SystemClock};
 
 use super::{BenchResult, Sample, Syncs, Workload, time_ops};
 

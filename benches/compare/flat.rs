@@ -5,7 +5,8 @@
 //! rounds; each size reports its median round.
 
 use jobsafe::LogStore;
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 
 use crate::common::ledger::{self, ACCOUNTS, Job, LedgerEngine, Outcome, StoreLedger, size_label};
 use crate::common::{BenchResult, RunDir};

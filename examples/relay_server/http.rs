@@ -211,7 +211,7 @@ async fn job_events(
     });
     let stream = futures_util::stream::poll_fn(move |cx| {
         received.poll_recv(cx).map(|event| {
-            event.map(|event: jobsafe::Event| {
+            event.map(|event: jobsafe::jobs::Event| {
                 Ok::<_, Infallible>(
                     SseEvent::default()
                         .id(event.seq.to_string())

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{
-    Acquire, ChargeRequest, ClientJob, Error, Expect, Job, JobLedger, JobLock, JobStatus, Key,
-    LockHandle, LockRecord, LockRequest, NewJob, Op, Pipeline, Reservation, Reserve, Store,
-    Subscription,
-};
+use jobsafe::jobs::{ClientJob, Job, JobStatus, NewJob, Subscription};
+use jobsafe::ledger::{ChargeRequest, Reservation, Reserve};
+use jobsafe::lock::{Acquire, LockHandle, LockRecord, LockRequest};
+use jobsafe::store::BatchOp;
+use jobsafe::{Error, Expect, JobLedger, JobLock, Key, Pipeline, Store};
 use sha2::{Digest, Sha256};
 
 /// What the relay keeps everything in.
@@ -339,14 +339,14 @@ impl Relay {
         Ok(unfinished)
     }
 
-    fn debit(&self, account: &str) -> Result<Vec<Op>, RelayError> {
+    fn debit(&self, account: &str) -> Result<Vec<BatchOp>, RelayError> {
         let key = balance_key(account)?;
         let (left, expect) = self.read_balance(&key)?;
         let left = left.checked_sub(1).ok_or(RelayError::NoCredits)?;
         Ok(vec![put_balance(key, left, expect)])
     }
 
-    fn credit(&self, account: &str) -> Result<Vec<Op>, RelayError> {
+    fn credit(&self, account: &str) -> Result<Vec<BatchOp>, RelayError> {
         let key = balance_key(account)?;
         let (left, expect) = self.read_balance(&key)?;
         Ok(vec![put_balance(key, left.saturating_add(1), expect)])
@@ -388,8 +388,8 @@ fn balance_key(account: &str) -> Result<Key, Error> {
     Key::new(["credits", account])
 }
 
-fn put_balance(key: Key, left: u64, expect: Expect) -> Op {
-    Op::Put {
+fn put_balance(key: Key, left: u64, expect: Expect) -> BatchOp {
+    BatchOp::Put {
         key,
         value: left.to_string().into_bytes(),
         expect,

@@ -12,7 +12,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobsafe::{Clock, Pipeline, RunOutcome, StageContext, StageError, SystemClock};
+use jobsafe::pipeline::{RunOutcome, StageContext, StageError};
+use jobsafe::{Clock, Pipeline, SystemClock};
 use serde_json::json;
 
 use crate::relay::{Relay, Shared, meta};
@@ -83,10 +84,9 @@ pub(crate) fn pipeline(
         .result(|ctx| {
             let summary = ctx.read(SUMMARY)?;
             serde_json::from_slice(&summary).map_err(|e| {
-                StageError::permanent(jobsafe::DEFAULT_CLIENT_MESSAGE).internal(format!(
-                    "{SUMMARY} of job {} is not JSON: {e}",
-                    ctx.job_id()
-                ))
+                StageError::permanent(jobsafe::jobs::JobError::DEFAULT_CLIENT_MESSAGE).internal(
+                    format!("{SUMMARY} of job {} is not JSON: {e}", ctx.job_id()),
+                )
             })
         })
         .build()

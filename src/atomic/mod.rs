@@ -1,4 +1,5 @@
-//! Crash-safe file replacement.
+//! Crash-safe files: use an [`AtomicWriter`] (or [`write_atomic`]) to write a
+//! file that readers and crashes see old or new, never half written.
 //!
 //! # How it works
 //!
@@ -12,62 +13,60 @@
 //! ```
 //!
 //! Readers see the old content or the new, never a mix; a crash at any point leaves
-//! the old content or the new (and possibly a temp file, which [`sweep`] removes).
+//! the old content or the new (and possibly a temp file, which [`AtomicWriter::sweep`] removes).
 
 mod sweep;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::durability::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{StdVfs, Vfs, VfsFile};
 
-/// Suffix of every temp file the writer creates; [`AtomicWriter::sweep`] removes
-/// only files with it.
-pub const TEMP_SUFFIX: &str = ".jobsafe-tmp";
-
-/// Default permission bits of written files: owner read and write only.
-pub const DEFAULT_MODE: u32 = 0o600;
-
-/// What a completed write survives. [`AtomicWriter`] and [`DirStore`](crate::DirStore)
-/// default to [`Full`](Durability::Full).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Survives a process crash and a power loss: the file is fsynced before the
-    /// rename and its directory after. Two fsyncs per write.
-    Full,
-    /// **Survives a process crash only.** No fsync at all: readers still see the old
-    /// content or the new, never a mix, but after a power loss or kernel crash the
-    /// file may hold the old content, the new, or be empty. For caches, tests and
-    /// benchmarks that measure everything but the disk.
-    AtomicOnly,
-}
+/// Suffix of every temp file the writer creates: see [`AtomicWriter::TEMP_SUFFIX`].
+pub(crate) const TEMP_SUFFIX: &str = ".jobsafe-tmp";
 
 /// Writes files so that readers and crashes see the old content or the new, never
 /// a mix.
 ///
-/// Defaults: [`Durability::Full`], mode `0o600` ([`DEFAULT_MODE`]), replace an
-/// existing target. The writer is cheap to clone and holds no open files.
+/// Defaults: [`Durability::Full`], mode `0o600` ([`AtomicWriter::DEFAULT_MODE`]),
+/// replace an existing target; [`AtomicWriter::builder`] changes them. The writer
+/// is cheap to clone and holds no open files.
+///
+/// # A new directory
+///
+/// A committed write is durable only as far as its directory's own entry is:
+/// writing into a directory that was just created (by you, by `mkdir -p`, by
+/// `std::fs::create_dir_all`) survives a power loss only once that directory's
+/// creation is flushed into its parent. Create such directories with
+/// [`Vfs::create_dir_all_durable`]
+/// (`StdVfs.create_dir_all_durable(path)`), which flushes every directory it
+/// creates into its parent, before the first write into them.
 ///
 /// ```
 /// use jobsafe::{AtomicWriter, Durability};
+/// use jobsafe::vfs::{StdVfs, Vfs};
 /// use std::io::Write;
 ///
 /// let dir = tempfile::tempdir()?;
-/// let path = dir.path().join("transcript.json");
+/// let out = dir.path().join("exports");
+/// StdVfs.create_dir_all_durable(&out)?; // the directory survives a power loss too
+/// let path = out.join("transcript.json");
 ///
 /// // One call for the common case...
 /// jobsafe::write_atomic(&path, b"{\"v\":1}")?;
 ///
 /// // ...or stream into a pending file and commit it explicitly.
-/// let writer = AtomicWriter::new().mode(0o644);
+/// let writer = AtomicWriter::builder().mode(0o644).build()?;
 /// let mut pending = writer.begin(&path)?;
 /// pending.write_all(b"{\"v\":2}")?;
 /// pending.commit()?;
 /// assert_eq!(std::fs::read(&path)?, b"{\"v\":2}");
 ///
 /// // No-clobber: create only if absent.
-/// let err = writer.clone().no_clobber(true).write(&path, b"x").unwrap_err();
+/// let create_only = AtomicWriter::builder().no_clobber(true).build()?;
+/// let err = create_only.write(&path, b"x").unwrap_err();
 /// assert!(err.is_already_exists());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -80,9 +79,26 @@ pub struct AtomicWriter<V: Vfs = StdVfs> {
 }
 
 impl AtomicWriter<StdVfs> {
+    /// Suffix of every temp file the writer creates; [`AtomicWriter::sweep`]
+    /// removes only files with it.
+    pub const TEMP_SUFFIX: &'static str = TEMP_SUFFIX;
+
+    /// Default permission bits of written files: owner read and write only.
+    pub const DEFAULT_MODE: u32 = 0o600;
+
     /// A writer on the operating system's filesystem with the defaults.
     pub fn new() -> Self {
-        AtomicWriter::with_vfs(StdVfs)
+        AtomicWriter::builder().defaults()
+    }
+
+    /// Options for a writer, starting from the defaults.
+    pub fn builder() -> AtomicWriterBuilder<StdVfs> {
+        AtomicWriterBuilder {
+            vfs: StdVfs,
+            mode: AtomicWriter::DEFAULT_MODE,
+            durability: Durability::Full,
+            no_clobber: false,
+        }
     }
 }
 
@@ -92,19 +108,42 @@ impl Default for AtomicWriter<StdVfs> {
     }
 }
 
-impl<V: Vfs> AtomicWriter<V> {
-    /// A writer doing its I/O through `vfs`, with the defaults.
-    pub fn with_vfs(vfs: V) -> Self {
-        AtomicWriter {
+/// Options for an [`AtomicWriter`], from [`AtomicWriter::builder`].
+///
+/// ```
+/// use jobsafe::{AtomicWriter, Durability};
+///
+/// let writer = AtomicWriter::builder()
+///     .mode(0o640)
+///     .durability(Durability::Full)
+///     .no_clobber(true)
+///     .build()?;
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct AtomicWriterBuilder<V: Vfs = StdVfs> {
+    vfs: V,
+    mode: u32,
+    durability: Durability,
+    no_clobber: bool,
+}
+
+impl<V: Vfs> AtomicWriterBuilder<V> {
+    /// Does all I/O through `vfs` (to count, fail or trace operations in tests).
+    /// Default: [`StdVfs`].
+    pub fn vfs<W: Vfs>(self, vfs: W) -> AtomicWriterBuilder<W> {
+        AtomicWriterBuilder {
             vfs,
-            mode: DEFAULT_MODE,
-            durability: Durability::Full,
-            no_clobber: false,
+            mode: self.mode,
+            durability: self.durability,
+            no_clobber: self.no_clobber,
         }
     }
 
     /// Permission bits of written files, set exactly (the umask does not apply and
-    /// nothing is inherited from an existing target or a symlink). Default: `0o600`.
+    /// nothing is inherited from an existing target or a symlink). Default:
+    /// `0o600`.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -119,6 +158,73 @@ impl<V: Vfs> AtomicWriter<V> {
     /// Create only: a commit fails with [`Error::AlreadyExists`] if the target
     /// exists, atomically (no check-then-write race). Default: `false` (replace).
     pub fn no_clobber(mut self, no_clobber: bool) -> Self {
+        self.no_clobber = no_clobber;
+        self
+    }
+
+    /// The writer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a mode with bits beyond `0o7777`.
+    pub fn build(self) -> Result<AtomicWriter<V>> {
+        if self.mode & !0o7777 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "file mode {:#o} has bits beyond the permission bits 0o7777",
+                self.mode
+            )));
+        }
+        Ok(self.defaults())
+    }
+
+    /// The writer, for settings known to be valid.
+    fn defaults(self) -> AtomicWriter<V> {
+        AtomicWriter {
+            vfs: self.vfs,
+            mode: self.mode,
+            durability: self.durability,
+            no_clobber: self.no_clobber,
+        }
+    }
+}
+
+impl<V: Vfs> AtomicWriter<V> {
+    /// A writer doing its I/O through `vfs`, with the defaults.
+    pub fn with_vfs(vfs: V) -> Self {
+        AtomicWriter::builder().vfs(vfs).defaults()
+    }
+
+    /// Options starting from this writer's, to make a variant of it (a
+    /// no-clobber writer on the same I/O layer, say).
+    ///
+    /// ```
+    /// use jobsafe::AtomicWriter;
+    ///
+    /// let writer = AtomicWriter::builder().mode(0o640).build()?;
+    /// let create_only = writer.to_builder().no_clobber(true).build()?;
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn to_builder(&self) -> AtomicWriterBuilder<V>
+    where
+        V: Clone,
+    {
+        AtomicWriterBuilder {
+            vfs: self.vfs.clone(),
+            mode: self.mode,
+            durability: self.durability,
+            no_clobber: self.no_clobber,
+        }
+    }
+
+    /// This writer with durability `durability` (for the stores, whose
+    /// builders take it).
+    pub(crate) fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// This writer replacing or creating only (for the pipeline, whose artifact
+    /// writes replace).
+    pub(crate) fn with_no_clobber(mut self, no_clobber: bool) -> Self {
         self.no_clobber = no_clobber;
         self
     }
@@ -184,6 +290,11 @@ impl<V: Vfs> AtomicWriter<V> {
 }
 
 /// Writes `bytes` to `path` with [`Durability::Full`] and mode `0o600`.
+///
+/// The write survives a power loss once this returns, provided the directory
+/// holding `path` does: a directory created just before needs
+/// [`Vfs::create_dir_all_durable`]
+/// (see [`AtomicWriter`]'s "A new directory").
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;

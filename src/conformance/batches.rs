@@ -7,7 +7,7 @@ use super::support::{
 };
 use super::{Harness, Outcome, Verdict, Violation};
 use crate::key::Key;
-use crate::store::{Applied, Batch, Expect, Op, Store};
+use crate::store::{Applied, Batch, BatchOp, Expect, Store};
 
 /// A batch applies every put and delete, each with its own precondition, and
 /// returns one result per operation in order.
@@ -51,22 +51,22 @@ pub fn batch_conflict_changes_nothing<H: Harness>(h: &mut H) -> Verdict {
     let vb = store.put(&b, b"b0", Expect::Absent).during("put b")?;
     let vc = store.put(&c, b"c0", Expect::Absent).during("put c")?;
     let good = [
-        Op::Put {
+        BatchOp::Put {
             key: a.clone(),
             value: b"a1".to_vec(),
             expect: Expect::Version(va),
         },
-        Op::Delete {
+        BatchOp::Delete {
             key: b.clone(),
             expect: Expect::Version(vb),
         },
-        Op::Put {
+        BatchOp::Put {
             key: fresh.clone(),
             value: b"n".to_vec(),
             expect: Expect::Absent,
         },
     ];
-    let conflicting = Op::Put {
+    let conflicting = BatchOp::Put {
         key: c.clone(),
         value: b"c1".to_vec(),
         expect: Expect::Absent,
@@ -96,7 +96,7 @@ pub fn batch_conflict_changes_nothing<H: Harness>(h: &mut H) -> Verdict {
     Ok(Outcome::Passed)
 }
 
-fn batch_of(ops: Vec<Op>) -> Batch {
+fn batch_of(ops: Vec<BatchOp>) -> Batch {
     let mut batch = Batch::new();
     for op in ops {
         batch.push(op);

@@ -7,7 +7,10 @@ use super::support::{
     During, ensure, expect_absent, expect_entry, expect_invalid_argument, expect_value, key,
 };
 use super::{Harness, Outcome, Verdict};
-use crate::key::{Key, MAX_SEGMENT_LEN, MAX_SEGMENTS, Prefix};
+use crate::key::{Key, Prefix};
+
+const MAX_SEGMENT_LEN: usize = Key::MAX_SEGMENT_LEN;
+const MAX_SEGMENTS: usize = Key::MAX_SEGMENTS;
 use crate::store::{Expect, Store};
 
 /// Segments that break naive encodings: path syntax, reserved and hidden names,
@@ -169,8 +172,8 @@ pub fn key_that_prefixes_another_is_independent<H: Harness>(h: &mut H) -> Verdic
     Ok(Outcome::Passed)
 }
 
-/// The largest key the type allows ([`MAX_SEGMENTS`] segments of
-/// [`MAX_SEGMENT_LEN`] bytes) is stored, read, listed and deleted like any other.
+/// The largest key the type allows ([`Key::MAX_SEGMENTS`] segments of
+/// [`Key::MAX_SEGMENT_LEN`] bytes) is stored, read, listed and deleted like any other.
 pub fn largest_key_is_stored<H: Harness>(h: &mut H) -> Verdict {
     let store = h.fresh().during("open a fresh store")?;
     let segments: Vec<String> = (0..MAX_SEGMENTS)

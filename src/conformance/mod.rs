@@ -106,6 +106,7 @@ pub trait Harness {
 
 /// What a clause found when the backend did not break it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The backend keeps the clause.
     Passed,
@@ -118,6 +119,7 @@ pub enum Outcome {
 /// demands.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
+#[non_exhaustive]
 pub struct Violation {
     detail: String,
 }
@@ -198,6 +200,7 @@ pub fn run_all<H: Harness>(harness: &mut H) -> Report {
 
 /// The verdicts of [`run_all`], one per clause.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Report {
     verdicts: Vec<(&'static str, Verdict)>,
 }

@@ -27,7 +27,7 @@ pub fn writes_survive_reopen<H: Harness>(h: &mut H) -> Verdict {
                 .put(&d, b"d".to_vec(), Expect::Absent),
         )
         .during("apply a batch")?;
-    let Some(crate::Applied::Put(vd)) = applied.get(1).copied() else {
+    let Some(crate::store::Applied::Put(vd)) = applied.get(1).copied() else {
         return Err(Violation::new(format!("the batch returned {applied:?}")));
     };
 

@@ -15,10 +15,11 @@ use super::{Event, EventWindow, Job, JobState};
 use crate::error::Result;
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::store::{Applied, Batch, Expect, Op, Store, Version};
+use crate::store::{Applied, Batch, BatchOp, Expect, Store, Version};
 
 /// Events read by [`JobState::events_since`].
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct EventPage {
     /// The events after the requested sequence number, in order.
     pub events: Vec<Event>,
@@ -83,7 +84,7 @@ impl<S: Store> JobState<S> {
         mut job: Job,
         version: Version,
         new_events: Vec<NewEvent>,
-        extra: &[Op],
+        extra: &[BatchOp],
     ) -> Result<(Job, Vec<Event>)> {
         let now = job.updated_ms;
         let window = job.events;
@@ -153,7 +154,7 @@ impl<S: Store> JobState<S> {
         &self,
         job: &Job,
         version: Version,
-        extra: &[Op],
+        extra: &[BatchOp],
     ) -> Result<()> {
         let mut batch = Batch::new().delete(&self.record_key(&job.id)?, Expect::Version(version));
         for key in self.store.list_all(&self.events_prefix(&job.id)?)? {

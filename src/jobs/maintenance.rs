@@ -10,7 +10,8 @@ use crate::store::Store;
 
 /// What [`JobState::recover`] does with a job whose worker is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recovery {
+#[non_exhaustive]
+pub enum RecoveryAction {
     /// Put it back in the queue (event `requeued`); the next start is a new
     /// attempt, and the dead worker's attempt is stale.
     Requeue,
@@ -20,6 +21,7 @@ pub enum Recovery {
 
 /// How many jobs [`JobState::purge`] removed, per status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PurgeCounts {
     /// Complete jobs removed.
     pub complete: usize,
@@ -48,7 +50,8 @@ impl Job {
     /// ```
     /// use std::sync::Arc;
     /// use std::time::Duration;
-    /// use jobsafe::{JobState, ManualClock, MemStore, NewJob};
+    /// use jobsafe::{JobState, ManualClock, MemStore};
+    /// use jobsafe::jobs::NewJob;
     ///
     /// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
     /// let job = jobs.create(NewJob::new("export"))?;
@@ -97,7 +100,7 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// Store errors.
-    pub fn recover(&self, stale_after: Duration, action: Recovery) -> Result<Vec<Job>> {
+    pub fn recover(&self, stale_after: Duration, action: RecoveryAction) -> Result<Vec<Job>> {
         let now = self.clock.now_ms();
         let stale_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
         self.recover_where(action, |job| {
@@ -116,7 +119,7 @@ impl<S: Store> JobState<S> {
     /// Store errors.
     pub fn recover_where(
         &self,
-        action: Recovery,
+        action: RecoveryAction,
         abandoned: impl Fn(&Job) -> bool,
     ) -> Result<Vec<Job>> {
         let running = JobFilter {
@@ -143,11 +146,11 @@ impl<S: Store> JobState<S> {
                     .code("interrupted");
                 job.error = Some(lost.clone());
                 Ok(match action {
-                    Recovery::Requeue => {
+                    RecoveryAction::Requeue => {
                         job.status = JobStatus::Queued;
                         vec![("requeued".to_owned(), json!({ "reason": "worker lost" }))]
                     }
-                    Recovery::Fail => {
+                    RecoveryAction::Fail => {
                         job.status = JobStatus::Failed;
                         job.completed_ms = Some(now);
                         let client =

@@ -1,5 +1,17 @@
-//! [`JobState`]: durable job records with validated transitions and replayable
-//! event streams.
+//! Durable job records: use [`JobState`] when a request starts work that must
+//! survive a restart, report its progress, and end exactly once.
+//!
+//! A request handler [`create`](JobState::create)s a job and returns its id at
+//! once; a worker [`start`](JobState::start)s it, which gives the worker a
+//! [`Claim`] on that attempt, and passes the claim to every change it makes.
+//! Clients read the [`ClientJob`] view (never the internal error message) or
+//! stream the job's [`Event`]s with [`subscribe`](JobState::subscribe) (in this
+//! process) or [`follow`](JobState::follow) (from another), resuming from a
+//! sequence number. [`recover`](JobState::recover) requeues or fails jobs whose
+//! worker died; [`purge`](JobState::purge) removes old ones.
+//!
+//! For staged work with artifacts and retries, [`Pipeline`](crate::Pipeline)
+//! drives a `JobState` for you.
 
 mod events;
 mod live;
@@ -13,12 +25,24 @@ use serde::{Deserialize, Serialize};
 
 pub use events::EventPage;
 pub use live::{Follower, Subscription};
-pub use maintenance::{PurgeCounts, Recovery};
-pub use record::{
-    ClientError, ClientJob, DEFAULT_CLIENT_MESSAGE, Event, EventWindow, Job, JobError, JobStatus,
-    MAX_ERROR_LEN, MAX_PROGRESS_LEN,
-};
-pub use transitions::Failure;
+pub use maintenance::{PurgeCounts, RecoveryAction};
+pub use record::{ClientError, ClientJob, Event, EventWindow, Job, JobError, JobStatus};
+pub use transitions::FailureKind;
+
+/// The old name of [`Claim`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `Claim`: a claim on one attempt of a job"
+)]
+pub type Worker = Claim;
+
+/// The old name of [`FailureKind`].
+#[deprecated(since = "0.2.0", note = "renamed to `FailureKind`")]
+pub type Failure = FailureKind;
+
+/// The old name of [`RecoveryAction`].
+#[deprecated(since = "0.2.0", note = "renamed to `RecoveryAction`")]
+pub type Recovery = RecoveryAction;
 
 use self::live::Hub;
 use crate::clock::SharedClock;
@@ -26,13 +50,7 @@ use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
 use crate::record::{self as codec, Extra, Metadata};
-use crate::store::{Expect, Op, Store, Version};
-
-/// Events kept per job unless set otherwise; older ones are dropped.
-pub const DEFAULT_MAX_EVENTS: u64 = 1000;
-/// Live events buffered per subscriber unless set otherwise; past it the
-/// subscriber catches up from the store.
-pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
+use crate::store::{BatchOp, Expect, Store, Version};
 
 /// Durable job records: what a request handler creates and returns the id of at
 /// once, what a worker moves through its stages, and what clients poll or stream.
@@ -40,7 +58,7 @@ pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 /// Every change is one compare-and-set transition, checked against the job's
 /// status: complete and cancelled are final; a transient failure puts the job
 /// back in the queue with a retry time; a permanent failure is final until
-/// [`retry`](JobState::retry). A worker acts through the [`Worker`] that
+/// [`retry`](JobState::retry). A worker acts through the [`Claim`] that
 /// [`start`](JobState::start) gave it, and a worker whose attempt was superseded,
 /// or whose fencing token is older than the job has seen, is refused
 /// ([`Error::StaleWorker`]) instead of overwriting newer state.
@@ -55,7 +73,8 @@ pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use jobsafe::{JobState, JobStatus, ManualClock, MemStore, NewJob};
+/// use jobsafe::{JobState, ManualClock, MemStore};
+/// use jobsafe::jobs::{JobStatus, NewJob};
 ///
 /// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
 /// let job = jobs.create(NewJob::new("transcribe").owner("inst-7"))?;
@@ -143,16 +162,34 @@ impl NewJob {
 }
 
 /// A worker's claim on one attempt of a job, from [`JobState::start`]. Pass it
-/// to every change the worker makes. Serializable, to hand to another thread or
-/// process.
+/// to every change the worker makes: a claim whose attempt was superseded, or
+/// whose fencing token is older than the job has seen, is refused with
+/// [`Error::StaleWorker`]. Serializable, to hand to another thread or process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Worker {
+#[non_exhaustive]
+pub struct Claim {
     /// The job.
     pub job_id: String,
-    /// The attempt this worker runs.
+    /// The attempt this claim is for.
     pub attempt: u32,
     /// The fencing token it started with, if any.
     pub token: Option<FencingToken>,
+}
+
+impl Claim {
+    /// A claim on `attempt` of job `job_id`, for a worker that kept these
+    /// numbers itself (a serialized claim can also be deserialized).
+    pub fn new(job_id: impl Into<String>, attempt: u32, token: Option<FencingToken>) -> Self {
+        Claim {
+            job_id: job_id.into(),
+            attempt,
+            token,
+        }
+    }
+}
+
+fn default_namespace() -> Prefix {
+    Prefix::new(["jobs"]).unwrap_or_default()
 }
 
 /// Most events a record may claim to hold: a window wider than this is damage, not
@@ -174,8 +211,16 @@ fn check_window(key: &Key, window: EventWindow) -> Result<()> {
     Ok(())
 }
 
-/// Which jobs [`JobState::list`] returns.
+/// Which jobs [`JobState::list`] returns: every job by default.
+///
+/// ```
+/// use jobsafe::jobs::{JobFilter, JobStatus};
+///
+/// let failed_exports = JobFilter::new().status(JobStatus::Failed).kind("export");
+/// assert_eq!(failed_exports.owner, None);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JobFilter {
     /// Only jobs with this status.
     pub status: Option<JobStatus>,
@@ -186,6 +231,29 @@ pub struct JobFilter {
 }
 
 impl JobFilter {
+    /// Every job.
+    pub fn new() -> Self {
+        JobFilter::default()
+    }
+
+    /// Only jobs with `status`.
+    pub fn status(mut self, status: JobStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only jobs of `kind`.
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Only jobs of `owner`.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
     fn matches(&self, job: &Job) -> bool {
         self.status.is_none_or(|s| s == job.status)
             && self.kind.as_ref().is_none_or(|k| *k == job.kind)
@@ -198,6 +266,7 @@ impl JobFilter {
 
 /// Jobs found by [`JobState::list`].
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct JobList {
     /// The jobs, in id order.
     pub jobs: Vec<Job>,
@@ -205,39 +274,115 @@ pub struct JobList {
     pub unreadable: Vec<(Key, Error)>,
 }
 
+impl JobState<()> {
+    /// Events kept per job unless [`JobStateBuilder::max_events`] says otherwise;
+    /// older ones are dropped.
+    pub const DEFAULT_MAX_EVENTS: u64 = 1000;
+
+    /// Live events buffered per subscriber unless
+    /// [`JobStateBuilder::subscriber_buffer`] says otherwise; past it the
+    /// subscriber catches up from the store.
+    pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
+}
+
+/// Options for a [`JobState`], from [`JobState::builder`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use jobsafe::{JobState, Key, ManualClock, MemStore, Prefix};
+///
+/// let jobs = JobState::builder(MemStore::new(), Arc::new(ManualClock::default()))
+///     .namespace(Prefix::new(["relay", "jobs"])?)
+///     .max_events(100)
+///     .build()?;
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct JobStateBuilder<S> {
+    store: S,
+    clock: SharedClock,
+    namespace: Prefix,
+    max_events: u64,
+    subscriber_buffer: usize,
+}
+
+impl<S: Store> JobStateBuilder<S> {
+    /// Keeps jobs under `namespace`. Default: `jobs`.
+    pub fn namespace(mut self, namespace: Prefix) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// Keeps at most `max_events` events per job; older ones are dropped as new
+    /// ones come, and counted in [`EventWindow::dropped`]. Default:
+    /// [`JobState::DEFAULT_MAX_EVENTS`].
+    pub fn max_events(mut self, max_events: u64) -> Self {
+        self.max_events = max_events;
+        self
+    }
+
+    /// Buffers at most `events` live events per subscriber; a subscriber that
+    /// falls further behind catches up from the store. Default:
+    /// [`JobState::DEFAULT_SUBSCRIBER_BUFFER`].
+    pub fn subscriber_buffer(mut self, events: usize) -> Self {
+        self.subscriber_buffer = events;
+        self
+    }
+
+    /// The job records' manager.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `max_events` or `subscriber_buffer` is 0;
+    /// [`Error::InvalidKey`] if the namespace leaves no room for a job's keys.
+    pub fn build(self) -> Result<JobState<S>> {
+        if self.max_events == 0 {
+            return Err(Error::InvalidArgument(
+                "max_events must be at least 1: a job keeps at least its last event".to_owned(),
+            ));
+        }
+        if self.subscriber_buffer == 0 {
+            return Err(Error::InvalidArgument(
+                "subscriber_buffer must be at least 1".to_owned(),
+            ));
+        }
+        // The deepest key of a job: namespace/event/<id>/<seq>.
+        self.namespace.check_room(3, "JobState")?;
+        Ok(JobState {
+            store: Arc::new(self.store),
+            clock: self.clock,
+            namespace: Arc::new(self.namespace),
+            max_events: self.max_events,
+            subscriber_buffer: self.subscriber_buffer,
+            // Subscribers are per namespace: job ids may repeat across namespaces.
+            hub: Arc::new(Hub::default()),
+        })
+    }
+}
+
 impl<S: Store> JobState<S> {
-    /// Jobs kept in `store` under the key prefix `jobs`, timed by `clock`.
+    /// Jobs kept in `store` under the key prefix `jobs`, timed by `clock`, with
+    /// the defaults of [`JobState::builder`].
     pub fn new(store: S, clock: SharedClock) -> Self {
         JobState {
             store: Arc::new(store),
             clock,
-            namespace: Arc::new(Prefix::new(["jobs"]).unwrap_or_default()),
-            max_events: DEFAULT_MAX_EVENTS,
-            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+            namespace: Arc::new(default_namespace()),
+            max_events: JobState::DEFAULT_MAX_EVENTS,
+            subscriber_buffer: JobState::DEFAULT_SUBSCRIBER_BUFFER,
             hub: Arc::new(Hub::default()),
         }
     }
 
-    /// Keeps jobs under `namespace` instead of `jobs`.
-    pub fn namespace(mut self, namespace: Prefix) -> Self {
-        self.namespace = Arc::new(namespace);
-        // Subscribers are per namespace: job ids may repeat across namespaces.
-        self.hub = Arc::new(Hub::default());
-        self
-    }
-
-    /// Keeps at most `max_events` events per job (at least 1); older ones are
-    /// dropped as new ones come, and counted in [`EventWindow::dropped`].
-    pub fn max_events(mut self, max_events: u64) -> Self {
-        self.max_events = max_events.max(1);
-        self
-    }
-
-    /// Buffers at most `events` live events per subscriber (at least 1); a
-    /// subscriber that falls further behind catches up from the store.
-    pub fn subscriber_buffer(mut self, events: usize) -> Self {
-        self.subscriber_buffer = events.max(1);
-        self
+    /// Options for jobs kept in `store`, timed by `clock`.
+    pub fn builder(store: S, clock: SharedClock) -> JobStateBuilder<S> {
+        JobStateBuilder {
+            store,
+            clock,
+            namespace: default_namespace(),
+            max_events: JobState::DEFAULT_MAX_EVENTS,
+            subscriber_buffer: JobState::DEFAULT_SUBSCRIBER_BUFFER,
+        }
     }
 
     /// The store the jobs live in.
@@ -359,7 +504,12 @@ impl<S: Store> JobState<S> {
     /// Deletes job `id` with its events, and `extra` store operations (on keys
     /// outside the job's) in the same atomic batch, only if its record is still
     /// at `version` and not running. Returns whether it did.
-    pub(crate) fn delete_at_with(&self, id: &str, version: Version, extra: &[Op]) -> Result<bool> {
+    pub(crate) fn delete_at_with(
+        &self,
+        id: &str,
+        version: Version,
+        extra: &[BatchOp],
+    ) -> Result<bool> {
         let Some((job, current)) = self.read(id)? else {
             return Ok(false);
         };

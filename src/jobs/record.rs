@@ -8,19 +8,13 @@ use crate::fencing::FencingToken;
 use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
 
-/// Longest progress message kept, in bytes; longer ones are cut at a character
-/// boundary.
-pub const MAX_PROGRESS_LEN: usize = 200;
-/// Longest error message (client or internal) kept, in bytes.
-pub const MAX_ERROR_LEN: usize = 2000;
-/// What a client is told when a job failed and the caller gave no client message:
-/// a fixed sentence, never derived from the internal message, so that nothing an
-/// operator needs to see (hosts, paths, upstream errors) can leak.
-pub const DEFAULT_CLIENT_MESSAGE: &str = "the job failed";
+pub(crate) const MAX_PROGRESS_LEN: usize = Job::MAX_PROGRESS_LEN;
+const MAX_ERROR_LEN: usize = JobError::MAX_LEN;
 
 /// Where a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum JobStatus {
     /// Waiting to be started (again, after a transient failure or a retry).
     Queued,
@@ -66,7 +60,7 @@ impl fmt::Display for JobStatus {
 /// An error with two faces: what a client may see, and what an operator needs.
 ///
 /// ```
-/// use jobsafe::{JobError, DEFAULT_CLIENT_MESSAGE};
+/// use jobsafe::jobs::JobError;
 ///
 /// let shown = JobError::new("the transcription service is busy, try again later")
 ///     .internal("upstream 503 from asr-3.internal:8443 after 30 s")
@@ -75,7 +69,7 @@ impl fmt::Display for JobStatus {
 ///
 /// // Without a client message, clients get a fixed sentence, never the internal one.
 /// let hidden = JobError::internal_only("panic in decoder: index out of bounds");
-/// assert_eq!(hidden.client_message(), DEFAULT_CLIENT_MESSAGE);
+/// assert_eq!(hidden.client_message(), JobError::DEFAULT_CLIENT_MESSAGE);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobError {
@@ -87,6 +81,16 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// Longest message (client or internal) kept, in bytes; longer ones are cut
+    /// at a character boundary.
+    pub const MAX_LEN: usize = 2000;
+
+    /// What a client is told when a job failed and the caller gave no client
+    /// message: a fixed sentence, never derived from the internal message, so
+    /// that nothing an operator needs to see (hosts, paths, upstream errors) can
+    /// leak.
+    pub const DEFAULT_CLIENT_MESSAGE: &'static str = "the job failed";
+
     /// An error whose message is safe to show clients.
     pub fn new(client_message: impl Into<String>) -> Self {
         JobError {
@@ -96,9 +100,10 @@ impl JobError {
         }
     }
 
-    /// An error known only internally: clients see [`DEFAULT_CLIENT_MESSAGE`].
+    /// An error known only internally: clients see
+    /// [`JobError::DEFAULT_CLIENT_MESSAGE`].
     pub fn internal_only(internal_message: impl Into<String>) -> Self {
-        JobError::new(DEFAULT_CLIENT_MESSAGE).internal(internal_message)
+        JobError::new(JobError::DEFAULT_CLIENT_MESSAGE).internal(internal_message)
     }
 
     /// Adds the message for operators (never shown in the client view).
@@ -133,6 +138,7 @@ impl JobError {
 /// What a job's events look like from the record: the sequence numbers stored,
 /// and how many the bound has dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct EventWindow {
     /// Sequence number of the oldest stored event (the next one if none).
     pub first_seq: u64,
@@ -144,6 +150,7 @@ pub struct EventWindow {
 
 /// A durable job record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Job {
     /// The job's id.
     pub id: String,
@@ -162,7 +169,7 @@ pub struct Job {
     pub stages_done: Vec<String>,
     /// Attempts started so far (0 until the first start).
     pub attempt: u32,
-    /// The last progress message, at most [`MAX_PROGRESS_LEN`] bytes.
+    /// The last progress message, at most [`Job::MAX_PROGRESS_LEN`] bytes.
     #[serde(default)]
     pub progress: Option<String>,
     /// The result, exactly as given to `complete`.
@@ -213,6 +220,10 @@ impl Record for Job {
 }
 
 impl Job {
+    /// Longest progress message kept, in bytes; longer ones are cut at a
+    /// character boundary.
+    pub const MAX_PROGRESS_LEN: usize = 200;
+
     /// The view of this job a client may see: no internal error message, no
     /// metadata, no fencing or heartbeat details.
     pub fn client_view(&self) -> ClientJob {
@@ -239,6 +250,7 @@ impl Job {
 
 /// What an HTTP handler serializes for a client: [`Job::client_view`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ClientJob {
     /// The job's id.
     pub id: String,
@@ -270,6 +282,7 @@ pub struct ClientJob {
 
 /// The client face of a [`JobError`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ClientError {
     /// The client-safe message.
     pub message: String,
@@ -279,6 +292,7 @@ pub struct ClientError {
 
 /// One event of a job's log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Event {
     /// Its sequence number: 1 for a job's first event, one more for each next
     /// (a gap means the bound dropped events, see [`EventWindow::dropped`]).

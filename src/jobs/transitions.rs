@@ -16,14 +16,15 @@ use serde_json::{Value, json};
 
 use super::events::NewEvent;
 use super::record::{MAX_PROGRESS_LEN, bounded};
-use super::{Event, Job, JobError, JobState, JobStatus, Worker};
+use super::{Claim, Event, Job, JobError, JobState, JobStatus};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
-use crate::store::{Op, Store};
+use crate::store::{BatchOp, Store};
 
 /// How an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+#[non_exhaustive]
+pub enum FailureKind {
     /// Worth trying again: the job goes back to the queue, not to be started
     /// before `retry_at_ms` (by the job state's clock).
     Transient {
@@ -48,7 +49,7 @@ impl<S: Store> JobState<S> {
     /// [`Error::InvalidTransition`] if the job is not queued (or not due yet), or
     /// is running and `token` does not exceed its newest; [`Error::StaleWorker`]
     /// if `token` is older than one the job has seen; [`Error::JobNotFound`].
-    pub fn start(&self, id: &str, token: Option<FencingToken>) -> Result<Worker> {
+    pub fn start(&self, id: &str, token: Option<FencingToken>) -> Result<Claim> {
         let (job, _) = self.update(id, |job, now| {
             if let Some(seen) = job.fencing
                 && token.is_none_or(|presented| presented < seen)
@@ -76,7 +77,7 @@ impl<S: Store> JobState<S> {
             }
             Ok(vec![event("started", json!({ "attempt": job.attempt }))])
         })?;
-        Ok(Worker {
+        Ok(Claim {
             job_id: job.id,
             attempt: job.attempt,
             token,
@@ -88,7 +89,7 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running.
-    pub fn set_stage(&self, worker: &Worker, stage: &str) -> Result<Job> {
+    pub fn set_stage(&self, worker: &Claim, stage: &str) -> Result<Job> {
         self.set_stage_with(worker, stage, false, &[])
     }
 
@@ -97,10 +98,10 @@ impl<S: Store> JobState<S> {
     /// forgotten first: the record then shows what this attempt traversed.
     pub(crate) fn set_stage_with(
         &self,
-        worker: &Worker,
+        worker: &Claim,
         stage: &str,
         restart: bool,
-        extra: &[Op],
+        extra: &[BatchOp],
     ) -> Result<Job> {
         self.update_as(worker, "set a stage", extra, |job, now| {
             job.heartbeat_ms = Some(now);
@@ -115,12 +116,12 @@ impl<S: Store> JobState<S> {
         })
     }
 
-    /// Records a progress message (cut to [`MAX_PROGRESS_LEN`] bytes) and appends
+    /// Records a progress message (cut to [`Job::MAX_PROGRESS_LEN`] bytes) and appends
     /// a `progress` event.
     ///
     /// # Errors
     /// As [`set_stage`](JobState::set_stage).
-    pub fn progress(&self, worker: &Worker, message: &str) -> Result<Job> {
+    pub fn progress(&self, worker: &Claim, message: &str) -> Result<Job> {
         let message = bounded(message.to_owned(), MAX_PROGRESS_LEN);
         self.update_as(worker, "report progress", &[], |job, now| {
             job.progress = Some(message.clone());
@@ -133,7 +134,7 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// As [`set_stage`](JobState::set_stage).
-    pub fn heartbeat(&self, worker: &Worker) -> Result<Job> {
+    pub fn heartbeat(&self, worker: &Claim) -> Result<Job> {
         self.update_as(worker, "heartbeat", &[], |job, now| {
             job.heartbeat_ms = Some(now);
             Ok(Vec::new())
@@ -146,7 +147,7 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// [`Error::InvalidArgument`] for a reserved or empty type; as
     /// [`set_stage`](JobState::set_stage).
-    pub fn append_event(&self, worker: &Worker, kind: &str, data: Value) -> Result<Event> {
+    pub fn append_event(&self, worker: &Claim, kind: &str, data: Value) -> Result<Event> {
         self.append_event_with(worker, kind, data, &[])
     }
 
@@ -154,10 +155,10 @@ impl<S: Store> JobState<S> {
     /// the same atomic batch: they happen only if the worker still owns the job.
     pub(crate) fn append_event_with(
         &self,
-        worker: &Worker,
+        worker: &Claim,
         kind: &str,
         data: Value,
-        extra: &[Op],
+        extra: &[BatchOp],
     ) -> Result<Event> {
         if kind.is_empty() || super::record::TERMINAL_EVENTS.contains(&kind) {
             return Err(Error::InvalidArgument(format!(
@@ -182,7 +183,7 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// As [`set_stage`](JobState::set_stage); completing twice is an
     /// [`Error::InvalidTransition`].
-    pub fn complete(&self, worker: &Worker, result: Value) -> Result<Job> {
+    pub fn complete(&self, worker: &Claim, result: Value) -> Result<Job> {
         self.complete_with(worker, result, &[])
     }
 
@@ -190,9 +191,9 @@ impl<S: Store> JobState<S> {
     /// same atomic batch.
     pub(crate) fn complete_with(
         &self,
-        worker: &Worker,
+        worker: &Claim,
         result: Value,
-        extra: &[Op],
+        extra: &[BatchOp],
     ) -> Result<Job> {
         self.update_as(worker, "complete", extra, |job, now| {
             job.status = JobStatus::Complete;
@@ -205,14 +206,14 @@ impl<S: Store> JobState<S> {
         })
     }
 
-    /// Fails the current attempt. A [`Failure::Transient`] failure puts the job
+    /// Fails the current attempt. A [`FailureKind::Transient`] failure puts the job
     /// back in the queue until its retry time (event `retry`); a
-    /// [`Failure::Permanent`] one fails it (event `error` with the client message
+    /// [`FailureKind::Permanent`] one fails it (event `error` with the client message
     /// and code only), in one atomic batch with the status.
     ///
     /// # Errors
     /// As [`set_stage`](JobState::set_stage).
-    pub fn fail(&self, worker: &Worker, error: JobError, failure: Failure) -> Result<Job> {
+    pub fn fail(&self, worker: &Claim, error: JobError, failure: FailureKind) -> Result<Job> {
         self.fail_with(worker, error, failure, &[])
     }
 
@@ -220,16 +221,16 @@ impl<S: Store> JobState<S> {
     /// atomic batch.
     pub(crate) fn fail_with(
         &self,
-        worker: &Worker,
+        worker: &Claim,
         error: JobError,
-        failure: Failure,
-        extra: &[Op],
+        failure: FailureKind,
+        extra: &[BatchOp],
     ) -> Result<Job> {
         self.update_as(worker, "fail", extra, |job, now| {
             let client = json!({ "error": error.client_message(), "code": error.error_code() });
             job.error = Some(error.clone());
             Ok(match failure {
-                Failure::Transient { retry_at_ms } => {
+                FailureKind::Transient { retry_at_ms } => {
                     job.status = JobStatus::Queued;
                     job.retry_at_ms = Some(retry_at_ms);
                     vec![event(
@@ -237,7 +238,7 @@ impl<S: Store> JobState<S> {
                         json!({ "error": client, "retry_at_ms": retry_at_ms }),
                     )]
                 }
-                Failure::Permanent => {
+                FailureKind::Permanent => {
                     job.status = JobStatus::Failed;
                     job.completed_ms = Some(now);
                     vec![event("error", client)]
@@ -275,7 +276,7 @@ impl<S: Store> JobState<S> {
 
     /// [`retry`](JobState::retry), with `extra` store operations in the same
     /// atomic batch: they happen only if the job was failed and is requeued.
-    pub(crate) fn retry_with(&self, id: &str, extra: &[Op]) -> Result<Job> {
+    pub(crate) fn retry_with(&self, id: &str, extra: &[BatchOp]) -> Result<Job> {
         self.update_with(id, extra, |job, _| {
             if job.status != JobStatus::Failed {
                 return Err(invalid(job, "retry"));
@@ -292,9 +293,9 @@ impl<S: Store> JobState<S> {
     /// attempt with a token not older than the job's newest.
     fn update_as(
         &self,
-        worker: &Worker,
+        worker: &Claim,
         action: &'static str,
-        extra: &[Op],
+        extra: &[BatchOp],
         mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
     ) -> Result<Job> {
         self.update_with(&worker.job_id, extra, |job, now| {
@@ -319,7 +320,7 @@ impl<S: Store> JobState<S> {
     fn update_with(
         &self,
         id: &str,
-        extra: &[Op],
+        extra: &[BatchOp],
         mut change: impl FnMut(&mut Job, u64) -> Result<Vec<NewEvent>>,
     ) -> Result<(Job, Vec<Event>)> {
         let record_key = self.record_key(id)?;
@@ -355,7 +356,7 @@ impl<S: Store> JobState<S> {
     }
 }
 
-fn check_worker(job: &Job, worker: &Worker, action: &'static str) -> Result<()> {
+fn check_worker(job: &Job, worker: &Claim, action: &'static str) -> Result<()> {
     let stale = |reason: String| {
         Err(Error::StaleWorker {
             id: job.id.clone(),

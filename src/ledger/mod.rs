@@ -1,4 +1,15 @@
-//! [`JobLedger`]: idempotent charges per job id, with exactly-once side effects.
+//! Idempotent charges: use a [`JobLedger`] so that a job id is charged once
+//! however often a client retries it, and refunded exactly once when it fails.
+//!
+//! [`reserve`](JobLedger::reserve) is one insert-if-absent per (account, job
+//! id): the first call gets [`Reserve::New`] and charges, retries get
+//! [`Reserve::Existing`] for free until the reservation's time to live passes.
+//! A balance kept in the same store changes in the same atomic batch
+//! ([`reserve_with`](JobLedger::reserve_with),
+//! [`refund_with`](JobLedger::refund_with)); an external payment API is made
+//! exactly-once with pending states ([`reserve_pending`](JobLedger::reserve_pending),
+//! [`begin_refund`](JobLedger::begin_refund)) and the list of what is
+//! [`pending`](JobLedger::pending) after a restart.
 
 mod reservation;
 
@@ -8,14 +19,11 @@ use std::time::Duration;
 pub use reservation::{ChargeRequest, Reservation, ReservationState};
 
 use self::reservation::StoredReservation;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::store::{Applied, Batch, Expect, Op, Store, Version};
-
-/// How long a reservation makes retries free, unless set otherwise.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+use crate::store::{Applied, Batch, BatchOp, Expect, Store, Version};
 
 /// How often a write is retried after losing a compare-and-set race before the
 /// conflict is returned. Every lost race means another writer succeeded, so this
@@ -40,6 +48,7 @@ pub enum Reserve {
 
 /// Reservations found by [`JobLedger::list`] or [`JobLedger::pending`].
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct LedgerList {
     /// The reservations, in key order (account, then job id).
     pub reservations: Vec<Reservation>,
@@ -81,7 +90,9 @@ pub struct LedgerList {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use jobsafe::{ChargeRequest, Expect, JobLedger, Key, ManualClock, MemStore, Reserve, Store};
+/// use jobsafe::ledger::{ChargeRequest, Reservation, Reserve};
+/// use jobsafe::store::BatchOp;
+/// use jobsafe::{Expect, JobLedger, Key, ManualClock, MemStore, Store};
 ///
 /// let store = Arc::new(MemStore::new());
 /// let ledger = JobLedger::new(Arc::clone(&store), Arc::new(ManualClock::new(0)));
@@ -89,10 +100,10 @@ pub struct LedgerList {
 /// store.put(&balance, b"10", Expect::Absent)?;
 ///
 /// // Charge one credit with the reservation, in one batch.
-/// let charge = |_: &jobsafe::Reservation| -> jobsafe::Result<Vec<jobsafe::Op>> {
+/// let charge = |_: &Reservation| -> jobsafe::Result<Vec<BatchOp>> {
 ///     let entry = store.get(&balance)?.expect("opened above");
 ///     let left: u64 = String::from_utf8_lossy(&entry.value).parse().unwrap_or(0);
-///     Ok(vec![jobsafe::Op::Put {
+///     Ok(vec![BatchOp::Put {
 ///         key: balance.clone(),
 ///         value: (left - 1).to_string().into_bytes(),
 ///         expect: Expect::Version(entry.version),
@@ -132,6 +143,10 @@ impl<S> std::fmt::Debug for JobLedger<S> {
     }
 }
 
+fn default_namespace() -> Prefix {
+    Prefix::new(["ledger"]).unwrap_or_default()
+}
+
 /// What is at a ledger key, as far as a reserve is concerned.
 enum Found {
     /// A live reservation: the request is a retry.
@@ -140,29 +155,86 @@ enum Found {
     Vacant(Expect),
 }
 
+impl JobLedger<()> {
+    /// How long a reservation makes retries free unless
+    /// [`JobLedgerBuilder::ttl`] says otherwise: one hour.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+}
+
+/// Options for a [`JobLedger`], from [`JobLedger::builder`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use jobsafe::{JobLedger, ManualClock, MemStore, Prefix};
+///
+/// let ledger = JobLedger::builder(MemStore::new(), Arc::new(ManualClock::default()))
+///     .namespace(Prefix::new(["relay", "charges"])?)
+///     .ttl(Duration::from_secs(24 * 3600))
+///     .build()?;
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct JobLedgerBuilder<S> {
+    store: S,
+    clock: SharedClock,
+    namespace: Prefix,
+    ttl: Duration,
+}
+
+impl<S: Store> JobLedgerBuilder<S> {
+    /// How long a reservation makes retries free. A zero TTL makes every
+    /// reserve new: use it only to turn deduplication off. Default:
+    /// [`JobLedger::DEFAULT_TTL`].
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Keeps the reservations under `namespace`. Default: `ledger`.
+    pub fn namespace(mut self, namespace: Prefix) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// The ledger.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if the namespace leaves no room for a reservation's
+    /// key (account and job id).
+    pub fn build(self) -> Result<JobLedger<S>> {
+        self.namespace.check_room(2, "JobLedger")?;
+        Ok(JobLedger {
+            store: Arc::new(self.store),
+            clock: self.clock,
+            namespace: Arc::new(self.namespace),
+            ttl_ms: millis(self.ttl),
+        })
+    }
+}
+
 impl<S: Store> JobLedger<S> {
     /// A ledger kept in `store` under the key prefix `ledger`, with the default
-    /// TTL of one hour, timed by `clock`.
+    /// TTL of one hour, timed by `clock`: the defaults of
+    /// [`JobLedger::builder`].
     pub fn new(store: S, clock: SharedClock) -> Self {
         JobLedger {
             store: Arc::new(store),
             clock,
-            namespace: Arc::new(Prefix::new(["ledger"]).unwrap_or_default()),
-            ttl_ms: millis(DEFAULT_TTL),
+            namespace: Arc::new(default_namespace()),
+            ttl_ms: millis(JobLedger::DEFAULT_TTL),
         }
     }
 
-    /// How long a reservation makes retries free. A zero TTL makes every
-    /// reserve new: use it only to turn deduplication off.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl_ms = millis(ttl);
-        self
-    }
-
-    /// Keeps the reservations under `namespace` instead of `ledger`.
-    pub fn namespace(mut self, namespace: Prefix) -> Self {
-        self.namespace = Arc::new(namespace);
-        self
+    /// Options for a ledger kept in `store`, timed by `clock`.
+    pub fn builder(store: S, clock: SharedClock) -> JobLedgerBuilder<S> {
+        JobLedgerBuilder {
+            store,
+            clock,
+            namespace: default_namespace(),
+            ttl: JobLedger::DEFAULT_TTL,
+        }
     }
 
     /// The store the reservations live in.
@@ -214,7 +286,7 @@ impl<S: Store> JobLedger<S> {
         account: &str,
         job_id: &str,
         request: &ChargeRequest,
-        effect: impl FnMut(&Reservation) -> Result<Vec<Op>, E>,
+        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Reserve, E> {
         self.insert(account, job_id, request, ReservationState::Charged, effect)
     }
@@ -297,7 +369,7 @@ impl<S: Store> JobLedger<S> {
         &self,
         account: &str,
         job_id: &str,
-        mut effect: impl FnMut(&Reservation) -> Result<Vec<Op>, E>,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Option<Reservation>, E> {
         let key = self.key(account, job_id)?;
         let mut attempt = 0;
@@ -332,7 +404,8 @@ impl<S: Store> JobLedger<S> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use jobsafe::{ChargeRequest, JobLedger, ManualClock, MemStore};
+    /// use jobsafe::{JobLedger, ManualClock, MemStore};
+    /// use jobsafe::ledger::ChargeRequest;
     ///
     /// let ledger = JobLedger::new(MemStore::new(), Arc::new(ManualClock::new(0)));
     /// ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?;
@@ -489,7 +562,7 @@ impl<S: Store> JobLedger<S> {
         job_id: &str,
         request: &ChargeRequest,
         state: ReservationState,
-        mut effect: impl FnMut(&Reservation) -> Result<Vec<Op>, E>,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Reserve, E> {
         let key = self.key(account, job_id)?;
         let mut attempt = 0;
@@ -644,8 +717,4 @@ fn refundable(key: &Key, state: ReservationState) -> Result<bool> {
             "cannot refund {key}: its charge is still pending; confirm or cancel it first"
         ))),
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -10,7 +10,7 @@ use crate::store::Version;
 /// request fingerprint.
 ///
 /// ```
-/// use jobsafe::ChargeRequest;
+/// use jobsafe::ledger::ChargeRequest;
 ///
 /// let request = ChargeRequest::new()
 ///     .backend("deepgram")
@@ -85,6 +85,7 @@ impl ChargeRequest {
 /// Where a reservation's side effects stand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ReservationState {
     /// Charged: the charge happened (in the same batch, or confirmed).
     Charged,
@@ -109,6 +110,7 @@ impl ReservationState {
 
 /// One reservation: a job id charged to an account.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Reservation {
     /// The account charged (a credit key such as `lic:abc123`).
     pub account: String,

@@ -32,6 +32,7 @@ pub enum Renewal {
 
 /// How a holder lost its lock.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum LostLease {
     /// Another job holds it now (it took over after the lease ended, or an
     /// operator forced it free and someone acquired it).

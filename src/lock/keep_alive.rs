@@ -13,6 +13,7 @@ use crate::store::Store;
 
 /// What a [`KeepAlive`] did.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum KeepAliveEvent {
     /// The lease was renewed.
     Renewed(LockRecord),
@@ -37,7 +38,8 @@ pub enum KeepAliveEvent {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use jobsafe::{Acquire, JobLock, KeepAliveEvent, Key, LockRequest, ManualClock, MemStore};
+/// use jobsafe::{JobLock, Key, ManualClock, MemStore};
+/// use jobsafe::lock::{Acquire, KeepAliveEvent, LockRequest};
 ///
 /// let clock = ManualClock::new(0);
 /// let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));

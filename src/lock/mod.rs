@@ -1,4 +1,13 @@
-//! [`JobLock`]: lease locks over any [`Store`], with fencing tokens.
+//! Lease locks: use a [`JobLock`] so that one job runs at a time per resource
+//! (one re-index per vault, one runner per session), even across processes and
+//! crashes.
+//!
+//! [`acquire`](JobLock::acquire) is one compare-and-set: the caller gets a
+//! [`LockGuard`] or the current holder's [`LockRecord`] (the HTTP 409 case). A
+//! holder that crashes blocks nobody past its lease; every acquire carries a
+//! [`FencingToken`](crate::FencingToken) that strictly increases, which the
+//! resources the lock protects use to refuse a holder whose lease has passed
+//! on. [`KeepAlive`] renews a lease in the background.
 
 mod guard;
 mod keep_alive;
@@ -12,7 +21,7 @@ pub use keep_alive::{KeepAlive, KeepAliveEvent};
 pub use record::{LockRecord, LockRequest};
 
 use self::record::StoredLock;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
@@ -42,14 +51,15 @@ const FIRST_BACKOFF_MS: u64 = 20;
 /// a holder that stalled past its lease then cannot overwrite its successor's work.
 ///
 /// Time comes from the injected [`Clock`](crate::Clock). A lease ends exactly at
-/// its expiry time, plus the [`skew_margin`](JobLock::skew_margin) when holders on
+/// its expiry time, plus the [`skew_margin`](JobLockBuilder::skew_margin) when holders on
 /// other machines read other clocks. A clock that jumps forward ends leases early
 /// (fencing keeps that safe); one that jumps back makes them last longer.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use jobsafe::{Acquire, JobLock, Key, LockRequest, ManualClock, MemStore};
+/// use jobsafe::{JobLock, Key, ManualClock, MemStore};
+/// use jobsafe::lock::{Acquire, LockRequest};
 ///
 /// let clock = ManualClock::new(0);
 /// let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
@@ -103,30 +113,81 @@ impl<S> std::fmt::Debug for JobLock<S> {
     }
 }
 
-impl<S: Store> JobLock<S> {
-    /// Locks kept in `store` under the key prefix `locks`, timed by `clock`.
-    pub fn new(store: S, clock: SharedClock) -> Self {
-        JobLock {
-            store: Arc::new(store),
-            clock,
-            namespace: Arc::new(Prefix::new(["locks"]).unwrap_or_default()),
-            skew_ms: 0,
-        }
-    }
+/// Options for a [`JobLock`], from [`JobLock::builder`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use jobsafe::{JobLock, ManualClock, MemStore, Prefix};
+///
+/// let locks = JobLock::builder(MemStore::new(), Arc::new(ManualClock::default()))
+///     .namespace(Prefix::new(["relay", "locks"])?)
+///     .skew_margin(Duration::from_secs(2))
+///     .build()?;
+/// # Ok::<(), jobsafe::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct JobLockBuilder<S> {
+    store: S,
+    clock: SharedClock,
+    namespace: Prefix,
+    skew_margin: Duration,
+}
 
-    /// Keeps the lock records under `namespace` instead of `locks`, so that several
-    /// lock families (or other components) share one store without colliding. The
-    /// namespace plus a lock key must fit in [`MAX_SEGMENTS`](crate::MAX_SEGMENTS).
+impl<S: Store> JobLockBuilder<S> {
+    /// Keeps the lock records under `namespace`, so that several lock families
+    /// (or other components) share one store without colliding. The namespace
+    /// plus a lock key must fit in [`Key::MAX_SEGMENTS`]. Default: `locks`.
     pub fn namespace(mut self, namespace: Prefix) -> Self {
-        self.namespace = Arc::new(namespace);
+        self.namespace = namespace;
         self
     }
 
     /// Takes a lease over only `margin` after its expiry, for stores shared by
-    /// machines whose clocks may disagree by up to `margin`. Zero by default.
+    /// machines whose clocks may disagree by up to `margin`; a holder counts its
+    /// lease as ending `margin` early. Every lease must then be longer than the
+    /// margin. Default: zero.
     pub fn skew_margin(mut self, margin: Duration) -> Self {
-        self.skew_ms = millis(margin);
+        self.skew_margin = margin;
         self
+    }
+
+    /// The lock manager.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] if the namespace leaves no room for a lock key.
+    pub fn build(self) -> Result<JobLock<S>> {
+        self.namespace.check_room(1, "JobLock")?;
+        Ok(JobLock {
+            store: Arc::new(self.store),
+            clock: self.clock,
+            namespace: Arc::new(self.namespace),
+            skew_ms: millis(self.skew_margin),
+        })
+    }
+}
+
+impl<S: Store> JobLock<S> {
+    /// Locks kept in `store` under the key prefix `locks`, timed by `clock`: the
+    /// defaults of [`JobLock::builder`].
+    pub fn new(store: S, clock: SharedClock) -> Self {
+        JobLock {
+            store: Arc::new(store),
+            clock,
+            namespace: Arc::new(default_namespace()),
+            skew_ms: 0,
+        }
+    }
+
+    /// Options for locks kept in `store`, timed by `clock`.
+    pub fn builder(store: S, clock: SharedClock) -> JobLockBuilder<S> {
+        JobLockBuilder {
+            store,
+            clock,
+            namespace: default_namespace(),
+            skew_margin: Duration::ZERO,
+        }
     }
 
     /// The store the records live in.
@@ -147,13 +208,15 @@ impl<S: Store> JobLock<S> {
     /// state after one successful compare-and-set.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a zero `ttl`; [`Error::InvalidKey`] if the
+    /// [`Error::InvalidArgument`] naming both values if `ttl` is not longer than
+    /// the [skew margin](JobLockBuilder::skew_margin) (zero by default, so a zero
+    /// `ttl`); [`Error::InvalidKey`] if the
     /// namespaced key has too many segments; [`Error::Corrupt`] naming the key if
     /// the lock record cannot be read (it is never counted as "no lock": see
     /// [`quarantine`](JobLock::quarantine)); [`Error::UnsupportedSchema`]; store
     /// errors.
     pub fn acquire(&self, key: &Key, ttl: Duration, request: &LockRequest) -> Result<Acquire<S>> {
-        let ttl_ms = positive_ms(ttl, "lock ttl")?;
+        let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(key)?;
         loop {
             let now = self.clock.now_ms();
@@ -243,7 +306,7 @@ impl<S: Store> JobLock<S> {
     /// As [`acquire`](JobLock::acquire). Losing the lock is not an error but
     /// [`Renewal::Lost`].
     pub fn renew(&self, holder: &LockHandle, ttl: Duration) -> Result<Renewal> {
-        let ttl_ms = positive_ms(ttl, "lock ttl")?;
+        let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(&holder.key)?;
         loop {
             let Some((mut stored, version)) = self.read(&stored_key)? else {
@@ -437,6 +500,21 @@ impl<S: Store> JobLock<S> {
         Key::new(below.unwrap_or_default().iter().cloned())
     }
 
+    /// A lease's length in milliseconds. It must be longer than the skew margin:
+    /// a holder counts its lease as ending that much early, so a shorter one would
+    /// be over before it began.
+    fn lease_ms(&self, ttl: Duration) -> Result<u64> {
+        let ttl_ms = positive_ms(ttl, "lock ttl")?;
+        if ttl_ms <= self.skew_ms {
+            return Err(Error::InvalidArgument(format!(
+                "lock ttl {ttl:?} must be longer than the skew margin {:?}: a holder \
+                 counts its lease as ending that much early, so it would never hold it",
+                Duration::from_millis(self.skew_ms)
+            )));
+        }
+        Ok(ttl_ms)
+    }
+
     fn read(&self, stored_key: &Key) -> Result<Option<(StoredLock, Version)>> {
         match self.store.get(stored_key)? {
             None => Ok(None),
@@ -450,6 +528,7 @@ impl<S: Store> JobLock<S> {
 
 /// Locks found by [`JobLock::list`] or removed by [`JobLock::purge`].
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct LockList {
     /// The locks, in key order.
     pub locks: Vec<LockRecord>,
@@ -457,8 +536,8 @@ pub struct LockList {
     pub unreadable: Vec<(Key, Error)>,
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+fn default_namespace() -> Prefix {
+    Prefix::new(["locks"]).unwrap_or_default()
 }
 
 fn positive_ms(d: Duration, what: &str) -> Result<u64> {

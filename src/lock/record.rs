@@ -10,7 +10,7 @@ use crate::store::Version;
 /// Who asks for a lock, and what they mean to do with it.
 ///
 /// ```
-/// use jobsafe::LockRequest;
+/// use jobsafe::lock::LockRequest;
 ///
 /// let request = LockRequest::new()
 ///     .actor("user:alice")
@@ -62,6 +62,7 @@ impl LockRequest {
 /// A lock as it stands in the store: who holds it, with which fencing token, and
 /// until when.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct LockRecord {
     /// The lock's key (as given to [`JobLock`](crate::JobLock), without its
     /// namespace).

@@ -19,6 +19,7 @@ use crate::vfs::Vfs;
 /// 256-bit collision-resistant digest means "verifies" is "has the same bytes",
 /// even for content crafted to collide with a 64-bit hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Artifact {
     /// Where it is, relative to the pipeline's artifact root
     /// (`jobs/<job>/<name>` or `subjects/<subject>/<name>`).
@@ -30,6 +31,9 @@ pub struct Artifact {
 }
 
 impl Artifact {
+    /// Longest artifact name, in bytes.
+    pub const MAX_NAME_LEN: usize = 200;
+
     pub(crate) fn of(path: PathBuf, bytes: &[u8]) -> Self {
         Artifact {
             path,
@@ -43,6 +47,7 @@ impl Artifact {
 /// the same atomic batch as the job record's change, so only the runner that
 /// owns the job can record one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Checkpoint {
     /// The job.
     pub job_id: String,

@@ -14,6 +14,7 @@ use crate::vfs::{FileKind, Vfs};
 
 /// The outcome of [`Pipeline::delete`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Deletion {
     /// The job's directory, checkpoints and record are gone.
     Removed,
@@ -33,6 +34,7 @@ pub enum Deletion {
 /// lease ended; ledger reservations 1 day after they expired; temp files 1 hour
 /// old (by file time, compared with the clock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PurgePolicy {
     /// Age after finishing at which a job, its artifacts and checkpoints go.
     pub finished_for: Duration,
@@ -44,6 +46,38 @@ pub struct PurgePolicy {
     pub reservations_expired_for: Duration,
     /// Age at which a temp file left by a crashed writer goes.
     pub temp_files_older_than: Duration,
+}
+
+impl PurgePolicy {
+    /// Age after finishing at which a job, its artifacts and checkpoints go.
+    pub fn finished_for(mut self, age: Duration) -> Self {
+        self.finished_for = age;
+        self
+    }
+
+    /// Age after creation at which a never-started queued job goes.
+    pub fn queued_for(mut self, age: Duration) -> Self {
+        self.queued_for = age;
+        self
+    }
+
+    /// Time after a lease ended at which its lock record goes.
+    pub fn locks_expired_for(mut self, age: Duration) -> Self {
+        self.locks_expired_for = age;
+        self
+    }
+
+    /// Time after expiry at which a ledger reservation goes.
+    pub fn reservations_expired_for(mut self, age: Duration) -> Self {
+        self.reservations_expired_for = age;
+        self
+    }
+
+    /// Age at which a temp file left by a crashed writer goes.
+    pub fn temp_files_older_than(mut self, age: Duration) -> Self {
+        self.temp_files_older_than = age;
+        self
+    }
 }
 
 impl Default for PurgePolicy {
@@ -61,6 +95,7 @@ impl Default for PurgePolicy {
 
 /// What [`Pipeline::purge`] removed, and the job records it could not read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PurgeReport {
     /// Job records removed, with their events, checkpoints and directories.
     pub jobs: PurgeCounts,

@@ -8,7 +8,7 @@ use super::checkpoint::{Artifact, Checkpoint, chain_digest};
 use super::run::RunCtx;
 use crate::error::Result;
 use crate::record::{self as codec, Extra};
-use crate::store::{Expect, Op, Store};
+use crate::store::{BatchOp, Expect, Store};
 use crate::vfs::Vfs;
 
 impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
@@ -38,7 +38,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             chain: chain.clone(),
             extra: Extra::new(),
         };
-        let record = Op::Put {
+        let record = BatchOp::Put {
             value: codec::encode(&key, &checkpoint)?,
             key,
             expect: Expect::Any,

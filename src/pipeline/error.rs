@@ -9,6 +9,7 @@ use crate::jobs::JobError;
 
 /// Whether a stage error is worth retrying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// Worth retrying later without changing anything (a timeout, an upstream
     /// 5xx, a full disk): the job goes back to the queue with a backoff.
@@ -25,11 +26,11 @@ pub enum ErrorClass {
 /// or [`permanent`](StageError::permanent); `?` on an [`io::Error`] or a
 /// [`crate::Error`] classifies it by [`classify_io`] or
 /// [`Error::is_transient`](crate::Error::is_transient), with the error's text as
-/// the internal message and [`DEFAULT_CLIENT_MESSAGE`](crate::DEFAULT_CLIENT_MESSAGE)
+/// the internal message and [`JobError::DEFAULT_CLIENT_MESSAGE`]
 /// for clients (an I/O error names paths, which clients must not see).
 ///
 /// ```
-/// use jobsafe::{ErrorClass, StageError};
+/// use jobsafe::pipeline::{ErrorClass, StageError};
 ///
 /// let busy = StageError::transient("the transcription service is busy")
 ///     .internal("asr upstream answered 503")
@@ -38,7 +39,7 @@ pub enum ErrorClass {
 ///
 /// let unreadable: StageError = std::io::Error::from(std::io::ErrorKind::InvalidData).into();
 /// assert_eq!(unreadable.class(), ErrorClass::Permanent);
-/// assert_eq!(unreadable.job_error().client_message(), jobsafe::DEFAULT_CLIENT_MESSAGE);
+/// assert_eq!(unreadable.job_error().client_message(), jobsafe::jobs::JobError::DEFAULT_CLIENT_MESSAGE);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageError {
@@ -81,7 +82,7 @@ impl StageError {
 
     /// For a transient error: retry no sooner than `delay` from now (an
     /// upstream's `Retry-After`), instead of the policy's backoff if that is
-    /// shorter. Still capped by [`RetryPolicy::max_delay`](crate::RetryPolicy::max_delay).
+    /// shorter. Still capped by [`RetryPolicy::max_delay`](super::RetryPolicy::max_delay).
     pub fn retry_after(mut self, delay: Duration) -> Self {
         self.retry_after = Some(delay);
         self
@@ -156,7 +157,7 @@ impl std::error::Error for StageError {}
 /// known kinds. Kinds the standard library does not categorize (`Other` and
 /// those it adds later) count as transient: a blip misread as permanent loses
 /// the job, while a permanent error misread as transient only costs the
-/// bounded retries of the [`RetryPolicy`](crate::RetryPolicy).
+/// bounded retries of the [`RetryPolicy`](super::RetryPolicy).
 pub fn classify_io(kind: io::ErrorKind) -> ErrorClass {
     use io::ErrorKind::*;
     match kind {

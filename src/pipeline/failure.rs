@@ -9,9 +9,9 @@ use super::error::StageError;
 use super::outcome::RunOutcome;
 use super::run::RunCtx;
 use crate::error::Result;
-use crate::jobs::{Failure, JobError};
+use crate::jobs::{FailureKind, JobError};
 use crate::record::{self as codec, Extra, Record};
-use crate::store::{Expect, Op, Store};
+use crate::store::{BatchOp, Expect, Store};
 use crate::vfs::Vfs;
 
 /// A job's pipeline state besides its record: consecutive transient failures.
@@ -67,15 +67,15 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             let delay = inner.retry.delay_with(failures, requested);
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             let retry_at_ms = inner.clock.now_ms().saturating_add(delay_ms);
-            (Failure::Transient { retry_at_ms }, failures)
+            (FailureKind::Transient { retry_at_ms }, failures)
         } else {
-            (Failure::Permanent, 0)
+            (FailureKind::Permanent, 0)
         };
         let state = RunState {
             transient_failures: next,
             extra: state.extra,
         };
-        let record = Op::Put {
+        let record = BatchOp::Put {
             value: codec::encode(&key, &state)?,
             key,
             expect: Expect::Any,
@@ -92,13 +92,13 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             self.remove_artifacts(partial)?;
         }
         Ok(match failure {
-            Failure::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
+            FailureKind::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
                 stage: stage.to_owned(),
                 retry_at_ms,
                 failures,
                 error: job_error,
             },
-            Failure::Permanent => RunOutcome::Failed {
+            FailureKind::Permanent => RunOutcome::Failed {
                 stage: stage.to_owned(),
                 error: job_error,
             },

@@ -1,5 +1,16 @@
-//! [`Pipeline`]: named stages run against a [`JobState`] job, with checkpoints,
-//! classified retries, one runner per subject, cancellation, deletion and purge.
+//! Resumable staged jobs: use a [`Pipeline`] when a job is several steps that
+//! write files (transcribe, draft, export) and a crash, a retry or a second
+//! scheduler must neither redo finished steps nor leave half-written output.
+//!
+//! Each stage writes its artifacts through the pipeline's atomic writer; its
+//! checkpoint records every artifact's digest in the same batch as the job's
+//! record, so a re-run skips a stage whose outputs verify. A stage returns a
+//! [`StageError`], transient (retried with stored exponential backoff) or
+//! permanent (the job fails with a client message and an internal one). One
+//! runner at a time works on a subject, under a [`JobLock`]
+//! lease with keep-alive. The pipeline is the one part that knows the others:
+//! it drives a [`JobState`], a `JobLock` and, if given, a
+//! [`JobLedger`].
 
 mod checkpoint;
 mod cleanup;
@@ -24,7 +35,6 @@ pub use cleanup::{Deletion, PurgePolicy, PurgeReport};
 pub use error::{ErrorClass, StageError, classify_io};
 pub use outcome::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use pass::PassReport;
-pub use paths::MAX_ARTIFACT_NAME;
 pub use records::PipelineRecords;
 pub use retry::RetryPolicy;
 pub use stage::StageContext;
@@ -40,10 +50,16 @@ use crate::record as codec;
 use crate::store::Store;
 use crate::vfs::{StdVfs, Vfs};
 
-/// The metadata field of a job that names its subject.
-pub const SUBJECT_FIELD: &str = "subject";
-/// How long a runner's lease on a subject lasts unless set otherwise.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+const SUBJECT_FIELD: &str = Pipeline::SUBJECT_FIELD;
+
+impl Pipeline<()> {
+    /// The metadata field of a job that names its subject.
+    pub const SUBJECT_FIELD: &'static str = "subject";
+
+    /// How long a runner's lease on a subject lasts unless
+    /// [`PipelineBuilder::lease`] says otherwise.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+}
 
 type StageFn = dyn Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync;
 type ResultFn = dyn Fn(&StageContext<'_>) -> Result<serde_json::Value, StageError> + Send + Sync;
@@ -117,7 +133,7 @@ struct Stage {
 /// lower-case names replaced by a hash.
 /// Directories are created with mode `0o700`. A symlink (or a file) found
 /// below the artifact root where a directory belongs is
-/// [`Error::CorruptFile`](crate::Error::CorruptFile) naming it: writes, sweeps
+/// [`Error::CorruptFile`] naming it: writes, sweeps
 /// and removals never follow it out (the root itself may be a symlink).
 ///
 /// # Limitations
@@ -136,7 +152,9 @@ struct Stage {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use jobsafe::{ManualClock, MemStore, NewJob, Pipeline, RunOutcome, StageError};
+/// use jobsafe::{ManualClock, MemStore, Pipeline};
+/// use jobsafe::jobs::NewJob;
+/// use jobsafe::pipeline::{RunOutcome, StageError};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let pipeline = Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(0)), dir.path())
@@ -206,7 +224,7 @@ impl<S, V: Vfs> std::fmt::Debug for Pipeline<S, V> {
 /// Builds a [`Pipeline`]; from [`Pipeline::builder`].
 ///
 /// Defaults: namespace `pipeline`; a job's result `{"stages": [names]}` (see
-/// [`result`](PipelineBuilder::result)); a lease of 60 s ([`DEFAULT_LEASE`])
+/// [`result`](PipelineBuilder::result)); a lease of 60 s ([`Pipeline::DEFAULT_LEASE`])
 /// renewed every third of it; [`RetryPolicy::default`]; [`PurgePolicy::default`], with
 /// no scheduled purge; no ledger; an [`AtomicWriter`] with
 /// [`Durability::Full`](crate::Durability::Full) and mode `0o600`; actor name
@@ -220,6 +238,7 @@ pub struct PipelineBuilder<S, V: Vfs = StdVfs> {
     stages: Vec<Stage>,
     result: Option<Box<ResultFn>>,
     lease: Duration,
+    skew_margin: Duration,
     renew_every: Option<Option<Duration>>,
     retry: RetryPolicy,
     purge: PurgePolicy,
@@ -245,7 +264,8 @@ impl<S: Store + 'static> Pipeline<S> {
             writer: AtomicWriter::new(),
             stages: Vec::new(),
             result: None,
-            lease: DEFAULT_LEASE,
+            lease: Pipeline::DEFAULT_LEASE,
+            skew_margin: Duration::ZERO,
             renew_every: None,
             retry: RetryPolicy::default(),
             purge: PurgePolicy::default(),
@@ -283,7 +303,8 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use jobsafe::{ManualClock, MemStore, NewJob, Pipeline};
+    /// use jobsafe::{ManualClock, MemStore, Pipeline};
+    /// use jobsafe::jobs::NewJob;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let pipeline = Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(0)), dir.path())
@@ -319,9 +340,20 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
         self
     }
 
-    /// How long a runner's lease on a subject lasts. Default: 60 s.
+    /// How long a runner's lease on a subject lasts. Default: 60 s
+    /// ([`Pipeline::DEFAULT_LEASE`]).
     pub fn lease(mut self, ttl: Duration) -> Self {
         self.lease = ttl;
+        self
+    }
+
+    /// The clock skew tolerated between the machines sharing the store: a lease
+    /// is taken over only `margin` after it ended, and a runner counts its own
+    /// lease as ending `margin` early (see
+    /// [`JobLockBuilder::skew_margin`](crate::lock::JobLockBuilder::skew_margin)).
+    /// Default: zero, for stores on one machine.
+    pub fn skew_margin(mut self, margin: Duration) -> Self {
+        self.skew_margin = margin;
         self
     }
 
@@ -382,10 +414,11 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
             clock: self.clock,
             root: self.root,
             namespace: self.namespace,
-            writer: writer.no_clobber(false),
+            writer: writer.with_no_clobber(false),
             stages: self.stages,
             result: self.result,
             lease: self.lease,
+            skew_margin: self.skew_margin,
             renew_every: self.renew_every,
             retry: self.retry,
             purge: self.purge,
@@ -400,8 +433,9 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] without stages, for an empty or repeated stage
-    /// name, a lease under 3 ms, or a renewal period not shorter than the lease;
-    /// [`Error::InvalidKey`] if the namespace is too long.
+    /// name, a lease under 3 ms or not longer than the skew margin, or a renewal
+    /// period not shorter than the lease less the skew margin; [`Error::InvalidKey`]
+    /// if the namespace is too long.
     pub fn build(self) -> Result<Pipeline<S, V>> {
         if self.stages.is_empty() {
             return Err(Error::InvalidArgument(
@@ -423,19 +457,32 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                 self.lease
             )));
         }
-        let renew_every = self.renew_every.unwrap_or(Some(self.lease / 3));
-        if renew_every.is_some_and(|every| every.is_zero() || every >= self.lease) {
+        if self.lease <= self.skew_margin {
             return Err(Error::InvalidArgument(format!(
-                "the renewal period {renew_every:?} must be shorter than the lease {:?}",
-                self.lease
+                "the lease {:?} must be longer than the skew margin {:?}: a runner \
+                 counts its lease as ending that much early, so it would never hold it",
+                self.lease, self.skew_margin
+            )));
+        }
+        // A runner holds its lease until `lease - skew_margin` by its own count.
+        let held = self.lease - self.skew_margin;
+        let renew_every = self.renew_every.unwrap_or(Some(held / 3));
+        if renew_every.is_some_and(|every| every.is_zero() || every >= held) {
+            return Err(Error::InvalidArgument(format!(
+                "the renewal period {renew_every:?} must be shorter than the lease {:?} \
+                 less the skew margin {:?}",
+                self.lease, self.skew_margin
             )));
         }
         let store = Arc::new(self.store);
         let sub = |kind: &str| records::sub_namespace(&self.namespace, kind);
-        let jobs =
-            JobState::new(Arc::clone(&store), Arc::clone(&self.clock)).namespace(sub("jobs")?);
-        let locks =
-            JobLock::new(Arc::clone(&store), Arc::clone(&self.clock)).namespace(sub("locks")?);
+        let jobs = JobState::builder(Arc::clone(&store), Arc::clone(&self.clock))
+            .namespace(sub("jobs")?)
+            .build()?;
+        let locks = JobLock::builder(Arc::clone(&store), Arc::clone(&self.clock))
+            .namespace(sub("locks")?)
+            .skew_margin(self.skew_margin)
+            .build()?;
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 jobs,
@@ -495,7 +542,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     /// Creates a queued job for `subject`: jobs of one subject never run at the
     /// same time. The subject is kept in the job's metadata as
-    /// [`SUBJECT_FIELD`].
+    /// [`Pipeline::SUBJECT_FIELD`].
     ///
     /// # Errors
     /// As [`JobState::create`]; [`Error::InvalidKey`] for a subject that is not
@@ -505,7 +552,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         self.inner.jobs.create(new.meta(SUBJECT_FIELD, subject))
     }
 
-    /// The subject of `job`: its [`SUBJECT_FIELD`] metadata, or its id for a job
+    /// The subject of `job`: its [`Pipeline::SUBJECT_FIELD`] metadata, or its id for a job
     /// created without one.
     pub fn subject_of(job: &Job) -> &str {
         match job.metadata.get(SUBJECT_FIELD).and_then(|s| s.as_str()) {

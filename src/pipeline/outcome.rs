@@ -22,6 +22,7 @@ pub enum StageAction {
 
 /// What a [`Pipeline`](crate::Pipeline) observer is told about a stage.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct StageNotice<'a> {
     /// The job.
     pub job_id: &'a str,
@@ -113,6 +114,7 @@ pub enum RunOutcome {
 
 /// The report of one [`Pipeline::run_job`](crate::Pipeline::run_job).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RunReport {
     /// The job.
     pub job_id: String,

@@ -15,6 +15,7 @@ use crate::vfs::Vfs;
 
 /// What one [`Pipeline::run_pass`] did.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct PassReport {
     /// One report per job run, in job id order (creation order for generated
     /// ids). Jobs of a busy subject report [`RunOutcome::Busy`].

@@ -14,7 +14,7 @@ pub(crate) const JOBS_DIR: &str = "jobs";
 /// Directory under the artifact root holding one directory per subject.
 pub(crate) const SUBJECTS_DIR: &str = "subjects";
 /// Longest artifact name, in bytes.
-pub const MAX_ARTIFACT_NAME: usize = 200;
+pub(crate) const MAX_ARTIFACT_NAME: usize = super::Artifact::MAX_NAME_LEN;
 
 /// A directory name for a job id or subject: kept as it is when it is short and
 /// made only of `a-z`, `0-9`, `-` and `_` (UUIDs, say); otherwise `~` and 32 hex
@@ -123,7 +123,7 @@ fn not_a_directory(path: &Path) -> Error {
 
 /// Checks that an artifact name is one plain file name: not empty, no `/` or NUL,
 /// not starting with a dot (the names of temp files and `.`/`..`), at most
-/// [`MAX_ARTIFACT_NAME`] bytes.
+/// [`Artifact::MAX_NAME_LEN`](super::Artifact::MAX_NAME_LEN) bytes.
 pub(crate) fn check_artifact_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "is empty"

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::jobs::{Job, JobFilter, JobState, PurgeCounts};
 use crate::key::{Key, Prefix};
 use crate::lock::JobLock;
-use crate::store::{Expect, Op, Store, Version};
+use crate::store::{BatchOp, Expect, Store, Version};
 
 /// The records of a [`Pipeline`](super::Pipeline) without its stages: its
 /// jobs, its subject locks, and the changes that must keep the pipeline's own
@@ -26,7 +26,9 @@ use crate::store::{Expect, Op, Store, Version};
 ///
 /// ```
 /// use std::sync::Arc;
-/// use jobsafe::{ManualClock, MemStore, NewJob, Pipeline, PipelineRecords, Prefix, StageError};
+/// use jobsafe::{ManualClock, MemStore, Pipeline, Prefix};
+/// use jobsafe::jobs::NewJob;
+/// use jobsafe::pipeline::{PipelineRecords, StageError};
 ///
 /// let store = Arc::new(MemStore::new());
 /// let clock = Arc::new(ManualClock::new(0));
@@ -40,9 +42,9 @@ use crate::store::{Expect, Op, Store, Version};
 ///
 /// // An operator's tool, with the same store and no stage code.
 /// let records = PipelineRecords::new(store, clock, Prefix::new(["pipeline"])?)?;
-/// assert_eq!(records.jobs().get(&job.id)?.map(|j| j.status), Some(jobsafe::JobStatus::Failed));
+/// assert_eq!(records.jobs().get(&job.id)?.map(|j| j.status), Some(jobsafe::jobs::JobStatus::Failed));
 /// let requeued = records.retry(&job.id)?;
-/// assert_eq!(requeued.status, jobsafe::JobStatus::Queued);
+/// assert_eq!(requeued.status, jobsafe::jobs::JobStatus::Queued);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PipelineRecords<S> {
@@ -80,10 +82,12 @@ impl<S: Store> PipelineRecords<S> {
     /// long.
     pub fn new(store: S, clock: SharedClock, namespace: Prefix) -> Result<Self> {
         let store = Arc::new(store);
-        let jobs = JobState::new(Arc::clone(&store), Arc::clone(&clock))
-            .namespace(sub_namespace(&namespace, "jobs")?);
-        let locks =
-            JobLock::new(store, Arc::clone(&clock)).namespace(sub_namespace(&namespace, "locks")?);
+        let jobs = JobState::builder(Arc::clone(&store), Arc::clone(&clock))
+            .namespace(sub_namespace(&namespace, "jobs")?)
+            .build()?;
+        let locks = JobLock::builder(store, Arc::clone(&clock))
+            .namespace(sub_namespace(&namespace, "locks")?)
+            .build()?;
         Ok(PipelineRecords {
             jobs,
             locks,
@@ -165,11 +169,11 @@ pub(super) fn delete_job_records<S: Store>(
     segments.extend(["checkpoint".to_owned(), id.to_owned()]);
     let checkpoints = jobs.store().list_all(&Prefix::new(segments)?)?;
     let count = checkpoints.len();
-    let mut extra = vec![Op::Delete {
+    let mut extra = vec![BatchOp::Delete {
         key: run_state_key(namespace, id)?,
         expect: Expect::Any,
     }];
-    extra.extend(checkpoints.into_iter().map(|key| Op::Delete {
+    extra.extend(checkpoints.into_iter().map(|key| BatchOp::Delete {
         key,
         expect: Expect::Any,
     }));
@@ -183,7 +187,7 @@ pub(super) fn run_state_key(namespace: &Prefix, id: &str) -> Result<Key> {
 
 /// Requeues failed job `id` and resets its failure count in one write.
 pub(super) fn retry<S: Store>(jobs: &JobState<S>, namespace: &Prefix, id: &str) -> Result<Job> {
-    let reset = Op::Delete {
+    let reset = BatchOp::Delete {
         key: run_state_key(namespace, id)?,
         expect: Expect::Any,
     };

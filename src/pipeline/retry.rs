@@ -15,7 +15,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use jobsafe::RetryPolicy;
+/// use jobsafe::pipeline::RetryPolicy;
 ///
 /// let policy = RetryPolicy::default().first_delay(Duration::from_secs(10));
 /// let third = policy.delay_for(3);

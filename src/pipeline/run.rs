@@ -14,9 +14,9 @@ use super::outcome::{RunOutcome, RunReport, StageAction, Stop};
 use super::stage::{StageContext, StageIo};
 use super::{Pipeline, Stage, paths};
 use crate::error::{Error, IoContext, Result};
-use crate::jobs::{Job, JobStatus, Worker};
+use crate::jobs::{Claim, Job, JobStatus};
 use crate::lock::{Acquire, LockRecord, LockRequest};
-use crate::store::{Expect, Op, Store};
+use crate::store::{BatchOp, Expect, Store};
 use crate::vfs::Vfs;
 
 impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
@@ -173,7 +173,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 /// A run in progress: the pipeline, the worker's claim and the lease.
 pub(super) struct RunCtx<'r, S: Store + 'static, V: Vfs> {
     pub(super) pipeline: &'r Pipeline<S, V>,
-    pub(super) worker: &'r Worker,
+    pub(super) worker: &'r Claim,
     pub(super) lease: &'r Lease<std::sync::Arc<S>>,
     pub(super) subject: &'r str,
     pub(super) job_rel: PathBuf,
@@ -248,7 +248,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             Ok(result) => result,
             Err(outcome) => return Ok(outcome),
         };
-        let clear = Op::Delete {
+        let clear = BatchOp::Delete {
             key: self.pipeline.run_state_key(self.id())?,
             expect: Expect::Any,
         };

@@ -25,7 +25,7 @@ pub(crate) trait StageIo {
 /// go through the pipeline's [`AtomicWriter`](crate::AtomicWriter) and commit
 /// only while the runner still owns the job.
 ///
-/// Every artifact written is recorded in the stage's [`Checkpoint`](crate::Checkpoint)
+/// Every artifact written is recorded in the stage's [`Checkpoint`](super::Checkpoint)
 /// when the stage returns `Ok`. If the stage does not finish (error, panic,
 /// cancellation), the artifacts it wrote are removed.
 ///
@@ -104,7 +104,7 @@ impl StageContext<'_> {
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless `name` is
     /// one plain file name (not empty, no `/`, not starting with a dot, at most
-    /// [`MAX_ARTIFACT_NAME`](crate::MAX_ARTIFACT_NAME) bytes);
+    /// [`Artifact::MAX_NAME_LEN`](super::Artifact::MAX_NAME_LEN) bytes);
     /// [`Error::StaleToken`](crate::Error::StaleToken) or
     /// [`Error::StaleWorker`](crate::Error::StaleWorker) if the runner lost the
     /// job (nothing is written, no directory created); I/O errors naming the

@@ -8,7 +8,7 @@ use crate::store::{Expect, Version};
 
 /// One operation of a [`Batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+pub enum BatchOp {
     /// Store `value` at `key` if `expect` holds.
     Put {
         /// Where.
@@ -27,18 +27,18 @@ pub enum Op {
     },
 }
 
-impl Op {
+impl BatchOp {
     /// The key this operation writes.
     pub fn key(&self) -> &Key {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            BatchOp::Put { key, .. } | BatchOp::Delete { key, .. } => key,
         }
     }
 
     /// This operation's precondition.
     pub fn expect(&self) -> Expect {
         match self {
-            Op::Put { expect, .. } | Op::Delete { expect, .. } => *expect,
+            BatchOp::Put { expect, .. } | BatchOp::Delete { expect, .. } => *expect,
         }
     }
 }
@@ -55,7 +55,8 @@ pub enum Applied {
 /// Puts and deletes applied all or nothing by [`Store::apply`](crate::Store::apply).
 ///
 /// ```
-/// use jobsafe::{Applied, Batch, Expect, Key, MemStore, Store};
+/// use jobsafe::{Batch, Expect, Key, MemStore, Store};
+/// use jobsafe::store::Applied;
 ///
 /// let store = MemStore::new();
 /// let balance = Key::new(["credits", "lic:abc"])?;
@@ -76,7 +77,7 @@ pub enum Applied {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    ops: Vec<Op>,
+    ops: Vec<BatchOp>,
 }
 
 impl Batch {
@@ -87,7 +88,7 @@ impl Batch {
 
     /// Adds a put.
     pub fn put(mut self, key: &Key, value: impl Into<Vec<u8>>, expect: Expect) -> Self {
-        self.ops.push(Op::Put {
+        self.ops.push(BatchOp::Put {
             key: key.clone(),
             value: value.into(),
             expect,
@@ -97,7 +98,7 @@ impl Batch {
 
     /// Adds a delete.
     pub fn delete(mut self, key: &Key, expect: Expect) -> Self {
-        self.ops.push(Op::Delete {
+        self.ops.push(BatchOp::Delete {
             key: key.clone(),
             expect,
         });
@@ -105,12 +106,12 @@ impl Batch {
     }
 
     /// Adds an operation.
-    pub fn push(&mut self, op: Op) {
+    pub fn push(&mut self, op: BatchOp) {
         self.ops.push(op);
     }
 
     /// The operations in order.
-    pub fn ops(&self) -> &[Op] {
+    pub fn ops(&self) -> &[BatchOp] {
         &self.ops
     }
 

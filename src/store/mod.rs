@@ -1,4 +1,16 @@
-//! The [`Store`] contract every component stands on, and its building blocks.
+//! The [`Store`] contract every part stands on, and its backends: use a store
+//! to keep small records with versioned compare-and-set, and pick the backend by
+//! where your processes run.
+//!
+//! | backend | pick it when | cost of a durable write | memory |
+//! |---|---|---|---|
+//! | [`LogStore`] | one machine, any number of processes: **the default** | one `fdatasync`, shared by concurrent writers (group commit) | every live record in memory |
+//! | [`DirStore`] | one machine, and you want to inspect or repair records with a shell, or hold more records than fit in memory | two flushes (file, directory) per write | none per record |
+//! | `PgStore` (feature `postgres`) | several machines share jobs, locks and charges | one round trip and PostgreSQL's commit | the server's |
+//! | [`MemStore`] | tests, or a service that needs no durability | none: nothing survives the process | every record |
+//!
+//! Every backend passes the same [`conformance`](crate::conformance) suite; a
+//! backend of your own implements [`Store`] and runs it too.
 
 mod batch;
 pub(crate) mod dir;
@@ -7,13 +19,24 @@ pub(crate) mod mem;
 pub(crate) mod packed;
 #[cfg(feature = "postgres")]
 pub(crate) mod pg;
+mod scan;
 
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use batch::{Applied, Batch, Op};
+pub use batch::{Applied, Batch, BatchOp};
+pub use dir::{DirStore, DirStoreBuilder};
+pub use log::{Compaction, LogStats, LogStore, LogStoreBuilder};
+pub use mem::MemStore;
+#[cfg(feature = "postgres")]
+pub use pg::{PgClock, PgStore, PgStoreBuilder};
+pub use scan::Scan;
+
+/// The old name of [`BatchOp`].
+#[deprecated(since = "0.2.0", note = "renamed to `BatchOp`")]
+pub type Op = BatchOp;
 
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
@@ -53,11 +76,19 @@ impl fmt::Display for Version {
 
 /// A stored value and its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// The bytes stored.
     pub value: Vec<u8>,
     /// The version they were stored at.
     pub version: Version,
+}
+
+impl Entry {
+    /// `value` stored at `version` (for backends).
+    pub fn new(value: Vec<u8>, version: Version) -> Self {
+        Entry { value, version }
+    }
 }
 
 /// The precondition of a write.
@@ -108,6 +139,7 @@ impl fmt::Display for Expect {
 
 /// One page of [`Store::list`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListPage {
     /// Keys in key order.
     pub keys: Vec<Key>,
@@ -115,13 +147,32 @@ pub struct ListPage {
     pub next: Option<Key>,
 }
 
+impl ListPage {
+    /// A page of `keys`, continued after `next` if the listing goes on (for
+    /// backends).
+    pub fn new(keys: Vec<Key>, next: Option<Key>) -> Self {
+        ListPage { keys, next }
+    }
+}
+
 /// Where [`Store::quarantine`] moved a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Quarantined {
     /// The key the record was stored under.
     pub key: Key,
     /// Where its bytes are now, in the backend's terms (a path for file backends).
     pub location: String,
+}
+
+impl Quarantined {
+    /// The record of `key`, moved to `location` (for backends).
+    pub fn new(key: Key, location: impl Into<String>) -> Self {
+        Quarantined {
+            key,
+            location: location.into(),
+        }
+    }
 }
 
 /// A key-value store of small records with versioned compare-and-set.
@@ -202,6 +253,35 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// [`Error::Poisoned`]; I/O errors.
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>>;
 
+    /// Every key under `prefix` in key order, in pages of up to `page_size`
+    /// keys, read as one pass: for purges, exports and listings of many keys.
+    ///
+    /// Unlike a loop of [`list`](Store::list) calls, which each find their place
+    /// again, a backend may read its index or directories once for the whole
+    /// scan. What a scan guarantees is what a loop of `list` calls guarantees: a
+    /// key present for the whole scan is returned exactly once; a key written or
+    /// deleted during the scan may be returned or not. The default
+    /// implementation is that loop.
+    ///
+    /// ```
+    /// use jobsafe::{Expect, Key, MemStore, Prefix, Store};
+    ///
+    /// let store = MemStore::new();
+    /// for i in 0..5 {
+    ///     store.put(&Key::new(["jobs", &format!("{i}")])?, b"{}", Expect::Absent)?;
+    /// }
+    /// let pages: Vec<Vec<Key>> = store.scan(&Prefix::new(["jobs"])?, 2).collect::<Result<_, _>>()?;
+    /// assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Each page is a `Result`: as [`Store::list`]. A `page_size` of 0 yields one
+    /// [`Error::InvalidArgument`].
+    fn scan(&self, prefix: &Prefix, page_size: usize) -> Scan<'_> {
+        Scan::by_pages(self, prefix.clone(), page_size)
+    }
+
     /// Every key under `prefix`, reading page by page.
     ///
     /// # Errors
@@ -241,6 +321,9 @@ macro_rules! forward_store {
             }
             fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
                 (**self).quarantine(key)
+            }
+            fn scan(&self, prefix: &Prefix, page_size: usize) -> Scan<'_> {
+                (**self).scan(prefix, page_size)
             }
         }
     )*};

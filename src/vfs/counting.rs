@@ -12,7 +12,8 @@ use super::{FileInfo, Vfs, VfsFile};
 /// metadata update. Clones share their counters.
 ///
 /// ```
-/// use jobsafe::vfs::{Counting, StdVfs};
+/// use jobsafe::testing::Counting;
+/// use jobsafe::vfs::StdVfs;
 /// use jobsafe::AtomicWriter;
 ///
 /// let dir = tempfile::tempdir()?;
@@ -42,6 +43,7 @@ struct Counters {
 
 /// A snapshot of [`Counting`]'s counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OpCounts {
     /// `fsync`/`fdatasync` calls on files.
     pub file_syncs: u64,

@@ -189,6 +189,7 @@ impl Fault {
 
 /// One operation [`Faulty`] failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Injected {
     /// What kind of operation it was.
     pub kind: OpKind,
@@ -212,7 +213,8 @@ pub struct Injected {
 /// path the file was opened with, even if it was renamed since.
 ///
 /// ```
-/// use jobsafe::vfs::{Fault, Faulty, InjectedError, OpKind, StdVfs};
+/// use jobsafe::testing::{Fault, Faulty, InjectedError, OpKind};
+/// use jobsafe::vfs::StdVfs;
 /// use jobsafe::{DirStore, Expect, Key, Store};
 ///
 /// let dir = tempfile::tempdir()?;
@@ -279,7 +281,8 @@ impl<V: Vfs> Faulty<V> {
     /// nothing if no fault is armed.
     ///
     /// ```
-    /// use jobsafe::vfs::{Fault, Faulty, OpKind, StdVfs, Vfs};
+    /// use jobsafe::testing::{Fault, Faulty, OpKind};
+    /// use jobsafe::vfs::{StdVfs, Vfs};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let vfs = Faulty::new(StdVfs);

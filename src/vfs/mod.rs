@@ -4,13 +4,16 @@
 //! Production code uses [`StdVfs`], which calls the operating system directly; the
 //! store and writer types are generic over the layer with `StdVfs` as the default,
 //! so the indirection compiles away. Tests put another implementation in its place
-//! to count operations ([`Counting`]), fail the Nth one, or record the trace of a
+//! to count operations (`testing::Counting`), fail the Nth one
+//! (`testing::Faulty`; both with the feature `testing`), or record the trace of a
 //! workload and build the states a power loss could leave.
 //!
 //! The layer speaks `std::io::Error`; callers add the step and the path.
 
-mod counting;
-mod faulty;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod counting;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod faulty;
 mod std_vfs;
 
 use std::ffi::OsString;
@@ -19,8 +22,6 @@ use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
-pub use counting::{Counting, OpCounts};
-pub use faulty::{Fault, Faulty, FaultyFile, Injected, InjectedError, OpKind};
 pub use std_vfs::StdVfs;
 
 /// Permission bits of every directory jobsafe creates: owner read, write and
@@ -197,6 +198,7 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
 
 /// What [`Vfs::metadata`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FileInfo {
     /// File, directory or other.
     pub kind: FileKind,
@@ -208,8 +210,21 @@ pub struct FileInfo {
     pub inode: u64,
 }
 
+impl FileInfo {
+    /// What a [`Vfs::metadata`] found (for implementations of [`Vfs`]).
+    pub fn new(kind: FileKind, len: u64, modified: SystemTime, inode: u64) -> Self {
+        FileInfo {
+            kind,
+            len,
+            modified,
+            inode,
+        }
+    }
+}
+
 /// The kind of a directory entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FileKind {
     /// A regular file.
     File,

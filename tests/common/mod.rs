@@ -19,31 +19,39 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use jobsafe::TEMP_SUFFIX;
+use jobsafe::AtomicWriter;
 use jobsafe::vfs::{FileInfo, StdVfs, Vfs, VfsFile};
 
 /// What a test returns: `?` works on any error, and a failure prints it.
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The temp files (names ending in [`TEMP_SUFFIX`]) in `dir`.
+/// The temp files (names ending in [`AtomicWriter::TEMP_SUFFIX`]) in `dir`.
 pub(crate) fn temp_files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut temps = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(AtomicWriter::TEMP_SUFFIX)
+        {
             temps.push(entry.path());
         }
     }
     Ok(temps)
 }
 
-/// The temp files and directories (names ending in [`TEMP_SUFFIX`]) anywhere
+/// The temp files and directories (names ending in [`AtomicWriter::TEMP_SUFFIX`]) anywhere
 /// under `dir`.
 pub(crate) fn temp_files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut temps = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX) {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(AtomicWriter::TEMP_SUFFIX)
+        {
             temps.push(entry.path());
         }
         if entry.file_type()?.is_dir() {

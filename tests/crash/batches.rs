@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use jobsafe::{Applied, Batch, Entry, Expect, Key, LogStore, Prefix, Store, Version};
+use jobsafe::store::Applied;
+use jobsafe::{Batch, Entry, Expect, Key, LogStore, Prefix, Store, Version};
 
 use super::backend::{self, Backend};
 use super::part::{ChildContext, Model, Outcome, Tally};
@@ -157,7 +158,7 @@ impl Model for Batches {
 }
 
 fn read_sum(store: &dyn Store) -> jobsafe::Result<Option<(u64, Version)>> {
-    Ok(store.get(&sum_key())?.map(|Entry { value, version }| {
+    Ok(store.get(&sum_key())?.map(|Entry { value, version, .. }| {
         let n = std::str::from_utf8(&value)
             .ok()
             .and_then(|text| text.parse().ok())

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{JobState, JobStatus, ManualClock, NewJob, Recovery, Store};
+use jobsafe::jobs::{JobStatus, NewJob, RecoveryAction};
+use jobsafe::{JobState, ManualClock, Store};
 use serde_json::json;
 
 use super::backend::Backend;
@@ -36,11 +37,14 @@ fn child_start(iteration: u64) -> u64 {
 }
 
 fn jobs(store: Arc<dyn Store>, now_ms: u64) -> JobState<Arc<dyn Store>> {
-    JobState::new(store, Arc::new(ManualClock::new(now_ms))).max_events(MAX_EVENTS)
+    JobState::builder(store, Arc::new(ManualClock::new(now_ms)))
+        .max_events(MAX_EVENTS)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The identity an event carries, whichever way it was appended.
-fn identity(event: &jobsafe::Event) -> Option<&str> {
+fn identity(event: &jobsafe::jobs::Event) -> Option<&str> {
     match event.kind.as_str() {
         "chunk" => event.data["id"].as_str(),
         "progress" => event.data["message"].as_str(),
@@ -190,7 +194,7 @@ impl Model for Events {
         tally.ok(
             iteration,
             "recover",
-            jobs.recover(Duration::from_secs(60), Recovery::Requeue),
+            jobs.recover(Duration::from_secs(60), RecoveryAction::Requeue),
         );
         if let Some(Some(job)) = tally.ok(iteration, "read the job", jobs.get(JOB))
             && job.status != JobStatus::Queued

@@ -27,10 +27,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use jobsafe::{
-    ChargeRequest, Expect, JobLedger, Key, ManualClock, Op, Reservation, ReservationState, Reserve,
-    Store, Version,
-};
+use jobsafe::ledger::{ChargeRequest, Reservation, ReservationState, Reserve};
+use jobsafe::store::BatchOp;
+use jobsafe::{Expect, JobLedger, Key, ManualClock, Store, Version};
 
 use super::backend::Backend;
 use super::part::{ChildContext, Model, Outcome, Tally};
@@ -69,11 +68,11 @@ fn read_number(store: &dyn Store, key: &Key) -> jobsafe::Result<(i64, Option<Ver
 
 /// Operations adding `delta` to the job's charge count and taking it from the
 /// balance, each guarded by the version read.
-fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<Op>> {
+fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
     let mut ops = Vec::new();
     for (key, sign) in [(balance_key(), -1), (charges_key(job_id), 1)] {
         let (value, version) = read_number(store, &key)?;
-        ops.push(Op::Put {
+        ops.push(BatchOp::Put {
             key,
             value: (value + sign * delta).to_string().into_bytes(),
             expect: version.map_or(Expect::Absent, Expect::Version),
@@ -212,7 +211,7 @@ impl Ledger {
                 "complete a refund",
                 ledger.complete_refund(reservation),
             ),
-            ReservationState::Charged => Some(false),
+            _ => Some(false),
         };
         match finished {
             Some(true) => {

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::{Acquire, Clock, JobLock, Key, LockRequest, ManualClock, Release, Renewal};
+use jobsafe::lock::{Acquire, LockRequest, Release, Renewal};
+use jobsafe::{Clock, JobLock, Key, ManualClock};
 
 use super::backend::Backend;
 use super::part::{ChildContext, Model, Outcome, Tally};

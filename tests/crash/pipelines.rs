@@ -22,10 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::child::{self, Child};
-use jobsafe::{
-    JobStatus, ManualClock, NewJob, Pipeline, Prefix, PurgePolicy, StageAction, StageContext,
-    StageError, Store, TEMP_SUFFIX,
-};
+use jobsafe::jobs::{JobStatus, NewJob};
+use jobsafe::pipeline::{PurgePolicy, StageAction, StageContext, StageError};
+use jobsafe::{AtomicWriter, ManualClock, Pipeline, Prefix, Store};
 
 use super::backend::Backend;
 use super::summary::{Budget, Figures};
@@ -49,10 +48,7 @@ fn pipeline(backend: Backend, dir: &Path, now_ms: u64, in_child: bool) -> Pipe {
         dir.join("artifacts"),
     )
     .lease(LEASE)
-    .purge_policy(PurgePolicy {
-        locks_expired_for: Duration::ZERO,
-        ..PurgePolicy::default()
-    });
+    .purge_policy(PurgePolicy::default().locks_expired_for(Duration::ZERO));
     if in_child {
         builder = builder.on_stage(|notice| {
             if notice.action == StageAction::Ran {
@@ -240,7 +236,10 @@ fn kill_runners(test: &str, backend: Backend, budget: Budget, figures: &mut Figu
             for job in jobs.drain(..) {
                 verify_job(&pipeline, &job, &mut violations);
                 verified += 1;
-                assert_eq!(pipeline.delete(&job).unwrap(), jobsafe::Deletion::Removed);
+                assert_eq!(
+                    pipeline.delete(&job).unwrap(),
+                    jobsafe::pipeline::Deletion::Removed
+                );
             }
             jobs = enqueue(&pipeline, next_job, MORE_JOBS);
             next_job += MORE_JOBS;
@@ -404,7 +403,7 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             found.extend(temp_files(&path));
-        } else if path.to_string_lossy().ends_with(TEMP_SUFFIX) {
+        } else if path.to_string_lossy().ends_with(AtomicWriter::TEMP_SUFFIX) {
             found.push(path);
         }
     }
@@ -421,7 +420,7 @@ pub fn run_in_child() {
         assert!(pass.errors.is_empty(), "{:?}", pass.errors);
         for run in &pass.runs {
             assert!(
-                matches!(run.outcome, jobsafe::RunOutcome::Completed),
+                matches!(run.outcome, jobsafe::pipeline::RunOutcome::Completed),
                 "{}: {:?}",
                 run.job_id,
                 run.outcome

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use jobsafe::vfs::{Counting, StdVfs};
+use jobsafe::testing::Counting;
+use jobsafe::vfs::StdVfs;
 use jobsafe::{
     DirStore, Durability, Expect, JobState, Key, LogStore, MemStore, Store, SystemClock,
 };

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
-use jobsafe::{Event, Job, JobFilter, JobState, JobStatus, PipelineRecords, Store};
+use jobsafe::jobs::{Event, Job, JobFilter, JobStatus};
+use jobsafe::pipeline::PipelineRecords;
+use jobsafe::{JobState, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -162,17 +164,19 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
             (records.jobs().clone(), Some(records))
         }
         None => {
-            let jobs = JobState::new(Arc::new(opened.store), ctx.clock.clone());
-            (jobs.namespace(namespace(&args.namespace)?), None)
+            let jobs = JobState::builder(Arc::new(opened.store), ctx.clock.clone())
+                .namespace(namespace(&args.namespace)?)
+                .build()
+                .map_err(|e| Failure::library("open the job records", &e))?;
+            (jobs, None)
         }
     };
     match args.command {
         Command::List { state, kind, owner } => {
-            let filter = JobFilter {
-                status: state.map(JobStatus::from),
-                kind,
-                owner,
-            };
+            let mut filter = JobFilter::new();
+            filter.status = state.map(JobStatus::from);
+            filter.kind = kind;
+            filter.owner = owner;
             list(ctx, &jobs, store, &filter)
         }
         Command::Show { id } => show(ctx, &jobs, store, &id),
@@ -381,7 +385,7 @@ fn purge(
     Ok(Code::Ok)
 }
 
-fn purge_counts_json(counts: &jobsafe::PurgeCounts) -> Value {
+fn purge_counts_json(counts: &jobsafe::jobs::PurgeCounts) -> Value {
     json!({
         "total": counts.total(),
         "complete": counts.complete,

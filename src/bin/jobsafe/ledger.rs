@@ -1,7 +1,8 @@
 //! `jobsafe ledger`: idempotency reservations kept by [`JobLedger`].
 
 use clap::Subcommand;
-use jobsafe::{JobLedger, Reservation, ReservationState, Store};
+use jobsafe::ledger::{Reservation, ReservationState};
+use jobsafe::{JobLedger, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -89,8 +90,10 @@ enum Settled {
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
     let opened = ctx.open()?;
-    let ledger =
-        JobLedger::new(opened.store, ctx.clock.clone()).namespace(namespace(&args.namespace)?);
+    let ledger = JobLedger::builder(opened.store, ctx.clock.clone())
+        .namespace(namespace(&args.namespace)?)
+        .build()
+        .map_err(|e| Failure::library("open the ledger", &e))?;
     let store = opened.name.as_str();
     match args.command {
         Command::List { account, pending } => {
@@ -324,6 +327,7 @@ fn state_name(state: ReservationState) -> &'static str {
         ReservationState::Charged => "charged",
         ReservationState::ChargePending => "charge_pending",
         ReservationState::RefundPending => "refund_pending",
+        _ => "unknown",
     }
 }
 

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use jobsafe::{JobLock, Key, LockRecord, PipelineRecords, Release, Store};
+use jobsafe::lock::{LockRecord, Release};
+use jobsafe::pipeline::PipelineRecords;
+use jobsafe::{JobLock, Key, Store};
 use serde_json::{Value, json};
 
 use crate::cli::{Ctx, namespace};
@@ -76,8 +78,10 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
             .map_err(|e| Failure::library(format!("pipeline {prefix}"), &e))?
             .locks()
             .clone(),
-        None => JobLock::new(Arc::new(opened.store), ctx.clock.clone())
-            .namespace(namespace(&args.namespace)?),
+        None => JobLock::builder(Arc::new(opened.store), ctx.clock.clone())
+            .namespace(namespace(&args.namespace)?)
+            .build()
+            .map_err(|e| Failure::library("open the locks", &e))?,
     };
     match args.command {
         Command::List { prefix } => list(ctx, &locks, store, prefix.as_deref()),

@@ -15,11 +15,12 @@ use self::journal::Change;
 use self::layout::Layout;
 use self::record_file::RecordFile;
 use self::stripes::StripeGuard;
-use crate::atomic::{AtomicWriter, Durability};
+use crate::atomic::AtomicWriter;
+use crate::durability::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{
-    Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
+    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
 use crate::vfs::{StdVfs, Vfs};
 
@@ -198,7 +199,7 @@ impl<V: Vfs> DirStoreBuilder<V> {
     /// # Errors
     /// As [`DirStore::open`].
     pub fn open(self) -> Result<DirStore<V>> {
-        let writer = AtomicWriter::with_vfs(self.vfs).durability(self.durability);
+        let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
         let layout = Layout::open(&writer, &self.root, self.create)?;
         let store = DirStore {
             inner: Arc::new(Inner {
@@ -563,7 +564,7 @@ impl<V: Vfs> Store for DirStore<V> {
                 op.expect()
                     .check(op.key(), current.as_ref().map(|r| r.version))?;
                 match op {
-                    Op::Put { key, value, .. } => {
+                    BatchOp::Put { key, value, .. } => {
                         let version = self.next_version(key, current.as_ref())?;
                         let file = record_file::encode(key, version, value);
                         changes.push(Change::Put {
@@ -572,7 +573,7 @@ impl<V: Vfs> Store for DirStore<V> {
                         });
                         applied.push(Applied::Put(version));
                     }
-                    Op::Delete { key, .. } => {
+                    BatchOp::Delete { key, .. } => {
                         if let Some(current) = &current {
                             floors.push((self.stripe(key), current.version));
                             changes.push(Change::Delete { key: key.clone() });

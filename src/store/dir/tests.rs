@@ -503,7 +503,7 @@ fn a_batch_that_fails_after_its_journal_is_durable_is_pending_and_completed_on_r
 #[test]
 fn a_put_costs_one_file_sync_and_one_directory_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let vfs = crate::vfs::Counting::new(StdVfs);
+    let vfs = crate::testing::Counting::new(StdVfs);
     let store = DirStore::builder(dir.path())
         .vfs(vfs.clone())
         .open()
@@ -636,7 +636,7 @@ fn a_sweep_removes_the_temp_directory_a_crash_left_for_a_long_segment() {
 
 #[test]
 fn a_put_whose_new_directory_was_pruned_before_its_parent_flush_creates_it_again() {
-    use crate::vfs::{Fault, Faulty, InjectedError, OpKind};
+    use crate::testing::{Fault, Faulty, InjectedError, OpKind};
     // A racing delete of the last key of a directory prunes it (and its empty
     // parents) between this put's `mkdir` and the flush of the parent: the flush
     // finds nothing. Injected here, it must not fail the put.

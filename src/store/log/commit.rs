@@ -9,12 +9,12 @@ use super::frame::{FrameBuilder, LogOp};
 use super::{Access, Flock, Packed, Shared};
 use crate::error::{Error, Result};
 use crate::store::packed::pack;
-use crate::store::{Applied, Op, Version};
+use crate::store::{Applied, BatchOp, Version};
 use crate::vfs::Vfs;
 
 impl<V: Vfs> Shared<V> {
     /// Commits `ops` as one transaction, in the next group.
-    pub(super) fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
+    pub(super) fn commit(&self, ops: Vec<BatchOp>) -> Result<Vec<Applied>> {
         self.group.submit(
             ops,
             |group| self.commit_group(group),
@@ -30,7 +30,7 @@ impl<V: Vfs> Shared<V> {
 
     /// Commits a group of requests, usually with one append and one flush: each
     /// request is decided against the index and the requests before it.
-    fn commit_group(&self, group: Vec<Vec<Op>>) -> Vec<Result<Vec<Applied>>> {
+    fn commit_group(&self, group: Vec<Vec<BatchOp>>) -> Vec<Result<Vec<Applied>>> {
         let requests = group.len();
         if self.poisoned.load(Ordering::SeqCst) {
             return (0..requests).map(|_| Err(self.poisoned_error())).collect();
@@ -84,7 +84,7 @@ impl<V: Vfs> Shared<V> {
     /// Decides each request of a group in order; returns their results (to be
     /// replaced by an error if their frame cannot be written) and the frames to
     /// append, none if nothing changes.
-    fn decide(&self, group: Vec<Vec<Op>>) -> (Vec<Result<Vec<Applied>>>, Vec<FramePart>) {
+    fn decide(&self, group: Vec<Vec<BatchOp>>) -> (Vec<Result<Vec<Applied>>>, Vec<FramePart>) {
         let index = self.index.read();
         // What the group's earlier requests made of each key they touched.
         let mut overlay: HashMap<Packed, Option<Version>> = HashMap::new();
@@ -124,7 +124,7 @@ impl<V: Vfs> Shared<V> {
             let mut applied = Vec::with_capacity(ops.len());
             for (op, key) in ops.into_iter().zip(keys) {
                 match op {
-                    Op::Put { value, .. } => {
+                    BatchOp::Put { value, .. } => {
                         last_version += 1;
                         let version = Version::new(last_version);
                         part.frame.put(&key, version, &value);
@@ -136,7 +136,7 @@ impl<V: Vfs> Shared<V> {
                         });
                         applied.push(Applied::Put(version));
                     }
-                    Op::Delete { .. } => {
+                    BatchOp::Delete { .. } => {
                         let existed = current(&key, &overlay).is_some();
                         if existed {
                             part.frame.delete(&key);

@@ -21,7 +21,8 @@ use self::group::GroupCommit;
 use self::index::Index;
 use self::journal::{Journal, PREALLOCATE, Stop};
 use self::replay::{Access, load, read_into, settle_tail};
-use crate::atomic::{AtomicWriter, Durability};
+use crate::atomic::AtomicWriter;
+use crate::durability::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::packed::pack;
@@ -29,7 +30,7 @@ use crate::store::packed::pack;
 /// A key as the index and the journal hold it: [packed](crate::store::packed).
 type Packed = Box<[u8]>;
 use crate::store::{
-    Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
+    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
 use crate::vfs::{StdVfs, Vfs, VfsFile};
 
@@ -159,7 +160,7 @@ struct Shared<V: Vfs> {
     journal: Mutex<Journal<V::File>>,
     index: RwLock<Index>,
     probe: Mutex<Probe<V::File>>,
-    group: GroupCommit<Vec<Op>, Result<Vec<Applied>>>,
+    group: GroupCommit<Vec<BatchOp>, Result<Vec<Applied>>>,
     poisoned: AtomicBool,
     policy: CompactPolicy,
     compacting: AtomicBool,
@@ -209,6 +210,12 @@ pub struct LogStoreBuilder<V: Vfs = StdVfs> {
 }
 
 impl LogStore<StdVfs> {
+    /// The most a transaction (a put, a delete or a whole batch) may take in the
+    /// journal: far below what a frame may declare, so that every acknowledged
+    /// transaction is read back. Larger ones are refused with
+    /// [`Error::InvalidArgument`] before anything is written.
+    pub const MAX_TRANSACTION_BYTES: usize = 256 << 20;
+
     /// Opens the store at `root`, creating the directory and the store if missing.
     ///
     /// # Errors
@@ -286,7 +293,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
     /// # Errors
     /// As [`LogStore::open`].
     pub fn open(self) -> Result<LogStore<V>> {
-        let writer = AtomicWriter::with_vfs(self.vfs).durability(self.durability);
+        let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
         let root = self.root;
         prepare_root(&writer, &root, self.create)?;
         let vfs = writer.vfs();
@@ -576,7 +583,7 @@ impl<V: Vfs> Shared<V> {
 impl<V: Vfs> LogStore<V> {
     /// Commits `ops` as one transaction, then starts a background compaction if
     /// the journal has grown mostly dead.
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<Applied>> {
+    fn commit(&self, ops: Vec<BatchOp>) -> Result<Vec<Applied>> {
         check_size(&ops)?;
         self.fail_fast(&ops)?;
         let applied = self.shared.commit(ops)?;
@@ -593,7 +600,7 @@ impl<V: Vfs> LogStore<V> {
     /// that hold in the index as it is go to the commit without a look at the
     /// journal (which would cost a `stat` and a read per request): the commit
     /// checks them again under the lock anyway.
-    fn fail_fast(&self, ops: &[Op]) -> Result<()> {
+    fn fail_fast(&self, ops: &[BatchOp]) -> Result<()> {
         if ops.iter().all(|op| op.expect() == Expect::Any) {
             return Ok(());
         }
@@ -617,7 +624,7 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        let op = Op::Put {
+        let op = BatchOp::Put {
             key: key.clone(),
             value: value.to_vec(),
             expect,
@@ -629,7 +636,7 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        let op = Op::Delete {
+        let op = BatchOp::Delete {
             key: key.clone(),
             expect,
         };
@@ -691,19 +698,17 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 }
 
-/// The most a transaction may take in the journal: far below what a frame may
-/// declare, so that every acknowledged transaction is read back.
-pub const MAX_TRANSACTION_BYTES: usize = 256 << 20;
+const MAX_TRANSACTION_BYTES: usize = LogStore::MAX_TRANSACTION_BYTES;
 
 /// Refuses a transaction too large for one frame, before anything is written.
-fn check_size(ops: &[Op]) -> Result<()> {
+fn check_size(ops: &[BatchOp]) -> Result<()> {
     let bytes: usize = ops
         .iter()
         .map(|op| {
             let key: usize = op.key().segments().iter().map(|s| s.len() + 1).sum();
             let value = match op {
-                Op::Put { value, .. } => value.len(),
-                Op::Delete { .. } => 0,
+                BatchOp::Put { value, .. } => value.len(),
+                BatchOp::Delete { .. } => 0,
             };
             // Tag, version and two lengths.
             17 + key + value

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::key::{Key, Prefix};
 use crate::store::packed::{is_under, pack, unpack};
 use crate::store::{
-    Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
+    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
 
 /// A [`Store`] in process memory: for tests, and for services that need no
@@ -127,10 +127,10 @@ impl Store for MemStore {
             .ops()
             .iter()
             .map(|op| match op {
-                Op::Put { key, value, .. } => {
+                BatchOp::Put { key, value, .. } => {
                     state.put(key, value.clone(), Expect::Any).map(Applied::Put)
                 }
-                Op::Delete { key, .. } => Ok(Applied::Deleted(state.remove(key).is_some())),
+                BatchOp::Delete { key, .. } => Ok(Applied::Deleted(state.remove(key).is_some())),
             })
             .collect()
     }

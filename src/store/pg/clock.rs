@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use jobsafe::{Clock, JobLedger, PgClock, PgStore};
+/// use jobsafe::{Clock, JobLedger, PgStore};
+/// use jobsafe::store::PgClock;
 ///
 /// let store = PgStore::open("postgres://jobsafe:secret@db.internal/jobsafe")?;
 /// let clock = Arc::new(PgClock::new(&store)?);

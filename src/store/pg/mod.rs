@@ -16,12 +16,12 @@ use postgres::GenericClient;
 pub use self::clock::PgClock;
 use self::conn::{Conn, Manager, Statements, db_error, server_name};
 use self::sql::{Names, Sql, checksum, row_id};
-use crate::atomic::Durability;
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::store::packed::pack;
 use crate::store::{
-    Applied, Batch, Entry, Expect, ListPage, Op, Quarantined, Store, Version, check_limit,
+    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
 
 /// How often a write retries when the record changed between its attempt and the
@@ -96,7 +96,9 @@ const RETRIES: usize = 16;
 ///   by a sort after the index scan: correct, but slower to list.
 ///
 /// ```no_run
-/// use jobsafe::{Expect, JobLock, Key, LockRequest, PgClock, PgStore, Store};
+/// use jobsafe::{Expect, JobLock, Key, PgStore, Store};
+/// use jobsafe::lock::LockRequest;
+/// use jobsafe::store::PgClock;
 /// use std::{sync::Arc, time::Duration};
 ///
 /// let store = PgStore::builder("postgres://jobsafe:secret@db.internal/jobsafe")
@@ -611,10 +613,10 @@ impl Store for PgStore {
             let mut applied = vec![Applied::Deleted(false); ops.len()];
             for (_, i) in &order {
                 applied[*i] = match &ops[*i] {
-                    Op::Put { key, value, expect } => {
+                    BatchOp::Put { key, value, expect } => {
                         Applied::Put(put_op(&mut tx, st, ctx, key, value, *expect)?)
                     }
-                    Op::Delete { key, expect } => {
+                    BatchOp::Delete { key, expect } => {
                         Applied::Deleted(delete_op(&mut tx, st, ctx, key, *expect)?)
                     }
                 };

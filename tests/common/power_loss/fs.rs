@@ -662,14 +662,9 @@ impl Vfs for SimVfs {
             Some(Node::File(data)) => (FileKind::File, data.len()),
             _ => (FileKind::Dir, 0),
         };
-        Ok(FileInfo {
-            kind,
-            len,
-            // No clock: every file is as old as can be, so a sweep takes every
-            // temp file it is allowed to.
-            modified: UNIX_EPOCH,
-            inode: ino,
-        })
+        // No clock: every file is as old as can be, so a sweep takes every
+        // temp file it is allowed to.
+        Ok(FileInfo::new(kind, len, UNIX_EPOCH, ino))
     }
 }
 

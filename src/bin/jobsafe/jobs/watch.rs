@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use jobsafe::{Error, Job, JobState, Store};
+use jobsafe::jobs::Job;
+use jobsafe::{Error, JobState, Store};
 
 use super::{event_json, event_row, job_json};
 use crate::cli::Ctx;

@@ -1,0 +1,22 @@
+//! What a completed write survives: one setting shared by every durable part.
+
+/// What a completed write survives.
+///
+/// Every durable part takes it: [`AtomicWriter`](crate::AtomicWriter),
+/// [`DirStore`](crate::DirStore), [`LogStore`](crate::LogStore) and `PgStore`.
+/// All default to [`Full`](Durability::Full).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Survives a process crash and a power loss. Files are flushed before they
+    /// are renamed into place and their directories after; journals are flushed
+    /// before a write returns; PostgreSQL commits synchronously.
+    #[default]
+    Full,
+    /// **Survives a process crash only.** No flush at all: readers still see the
+    /// old content or the new, never a mix, but after a power loss or kernel crash
+    /// a write that returned may be lost, and a file may hold the old content, the
+    /// new, or be empty. For caches, tests and benchmarks that measure everything
+    /// but the disk.
+    AtomicOnly,
+}
