@@ -84,6 +84,8 @@ const FIRST_SEQ: u64 = 1;
 ///   background when the journal holds mostly dead records
 ///   ([`LogStoreBuilder::compact_when`]), or on [`compact`](LogStore::compact).
 ///
+/// The on-disk format is described in `docs/format.md` in the repository.
+///
 /// # Guarantees
 ///
 /// The whole [`Store`] contract with [`Durability::Full`] (the default): a write
