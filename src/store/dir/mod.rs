@@ -56,6 +56,8 @@ use crate::vfs::{StdVfs, Vfs};
 ///   free of `/`, `\` and NUL, distinct on case-insensitive filesystems, and
 ///   shortened with a SHA-256 when long.
 ///
+/// The on-disk format is described in `docs/format.md` in the repository.
+///
 /// # Guarantees
 ///
 /// The whole [`Store`] contract, with [`Durability::Full`] (the default): a write

@@ -85,6 +85,8 @@ const FIRST_SEQ: u64 = 1;
 ///   background when the journal holds mostly dead records
 ///   ([`LogStoreBuilder::compact_when`]), or on [`compact`](LogStore::compact).
 ///
+/// The on-disk format is described in `docs/format.md` in the repository.
+///
 /// # Guarantees
 ///
 /// The whole [`Store`] contract with [`Durability::Full`] (the default): a write
@@ -154,6 +156,49 @@ struct Shared<V: Vfs> {
     journal_path: PathBuf,
     writer: AtomicWriter<V>,
     sync: bool,
+    // Lock order. A thread takes these locks only in this order, and never
+    // waits for one while it holds one that comes later:
+    //
+    // 1. The lead of a group of `group` (group.rs). It is not a mutex, but the
+    //    other writers of the group wait for the leader, and the leader takes
+    //    3, 4 and 5 in `commit_group`. So a thread that holds 3, 4 or 5 must
+    //    never commit: it would wait for a leader that waits for it. The
+    //    queue mutex inside `group` is held only to queue a request, hand out
+    //    results and pass the lead, never together with any other lock.
+    // 2. The flock on `compact.lock`, held for a whole compaction
+    //    (`compact::run`), which takes 3 and 4 twice under it. It is taken
+    //    through a fresh open every time, so it excludes the threads of this
+    //    process from each other too. 1 and 2 are never held together.
+    // 3. `journal`.
+    // 4. The flock on `lock_file` (`Flock`), shared or exclusive. It is taken
+    //    only while `journal` is held, and released before `journal` is. The
+    //    flock belongs to the one open file description that every thread of
+    //    this process shares, so it does not exclude them from each other: a
+    //    second `flock` through it would convert the lock held (turn a
+    //    writer's exclusive lock into a shared one, say), and an unlock would
+    //    release it for everyone. Holding `journal` makes one thread at a time
+    //    the holder of the flock. (`LogStoreBuilder::open` takes the flock
+    //    before `Shared` exists, when no other thread can use it.)
+    // 5. Leaves, never two of them at once: `index`, `probe`,
+    //    `last_compaction_error`.
+    //    - `index` is read without any other lock (`get`, `list`, `fail_fast`,
+    //      `compact::maybe_start`), so that reads do not wait for a writer's
+    //      flush (`commit_group` takes it only after the flush); hence a
+    //      thread that holds `index` must never wait for `journal` or the
+    //      flock. `catch_up` and `commit_group` take it under 3 and 4.
+    //    - `probe` is taken alone (`is_current`, `compact::maybe_start`) or
+    //      last under 3 and 4 (`catch_up`, `commit_group`, `compact::run`).
+    //    - `last_compaction_error` is taken alone (the background compaction
+    //      thread) or under 3 (`stats`).
+    //
+    // One place takes two of them the other way round: while `open` holds the
+    // flock on `lock_file` exclusively, `compact::sweep_abandoned` takes the
+    // flock on `compact.lock`. It only tries (`try_lock`) and never waits, so
+    // it cannot deadlock with a compaction in another process that holds
+    // `compact.lock` and waits for `lock`.
+    //
+    // `poisoned`, `compacting`, `compact_retry_at` and `compactions` are
+    // atomics, not locks: they are read and written under any of the above.
     /// The `lock` file, flocked by writers (exclusive) and by readers catching up
     /// (shared).
     lock_file: V::File,
