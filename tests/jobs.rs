@@ -797,3 +797,68 @@ fn a_subscriber_that_saw_the_terminal_event_is_told_the_stream_ended() {
     let subscription = jobs.subscribe(&open.id, 2).unwrap();
     assert!(!subscription.is_finished());
 }
+
+#[test]
+fn completing_a_job_clears_the_error_of_an_earlier_attempt() {
+    for (name, jobs, clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("export")).unwrap();
+        let first = jobs.start(&job.id, None).unwrap();
+        let busy = JobError::new("busy, retrying").internal("upstream 503");
+        let retry_at_ms = START_MS + 1_000;
+        let queued = jobs
+            .fail(&first, busy, FailureKind::Transient { retry_at_ms })
+            .unwrap();
+        assert!(queued.error.is_some(), "{name}: a queued job shows why");
+        clock.set(retry_at_ms);
+        let second = jobs.start(&job.id, None).unwrap();
+        let done = jobs.complete(&second, json!({"ok": true})).unwrap();
+        assert_eq!(done.error, None, "{name}: complete with an old error");
+        let stored = jobs.get(&job.id).unwrap().unwrap();
+        assert_eq!(stored.error, None, "{name}");
+        assert_eq!(stored.client_view().error, None, "{name}");
+        // The history keeps it: the `retry` event carries the client message.
+        let events = jobs.events_since(&job.id, 0).unwrap().events;
+        let retry = events.iter().find(|e| e.kind == "retry").unwrap();
+        assert_eq!(retry.data["error"]["error"], "busy, retrying", "{name}");
+    }
+}
+
+#[test]
+fn transitions_return_the_sequence_number_of_the_event_they_appended() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("export")).unwrap();
+        assert_eq!(job.last_event_seq(), None, "{name}");
+        let claim = jobs.start(&job.id, None).unwrap();
+        let events = |jobs: &Jobs| jobs.events_since(&job.id, 0).unwrap().events;
+        let seq_of = |seq: u64| events(&jobs).into_iter().find(|e| e.seq == seq).unwrap();
+        assert_eq!(seq_of(claim.started_seq.unwrap()).kind, "started", "{name}");
+
+        // Writers racing on one job each learn their own event's number.
+        let appended: Vec<(String, u64)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|writer| {
+                    let (jobs, claim) = (jobs.clone(), claim.clone());
+                    scope.spawn(move || {
+                        (0..5)
+                            .map(|i| {
+                                let message = format!("writer {writer} step {i}");
+                                let job = jobs.progress(&claim, &message).unwrap();
+                                (message, job.last_event_seq().unwrap())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        for (message, seq) in &appended {
+            assert_eq!(seq_of(*seq).data["message"], *message, "{name}: event {seq}");
+        }
+        let staged = jobs.set_stage(&claim, "draft").unwrap();
+        assert_eq!(seq_of(staged.last_event_seq().unwrap()).kind, "stage", "{name}");
+        let cancelled = jobs.cancel(&job.id).unwrap();
+        let last = cancelled.last_event_seq().unwrap();
+        assert_eq!(seq_of(last).kind, "cancelled", "{name}");
+        assert_eq!(last, events(&jobs).last().unwrap().seq, "{name}");
+    }
+}

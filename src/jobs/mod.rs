@@ -174,6 +174,11 @@ pub struct Claim {
     pub attempt: u32,
     /// The fencing token it started with, if any.
     pub token: Option<FencingToken>,
+    /// The sequence number of the `started` event that began this attempt: the
+    /// attempt's events are those from it on. `None` if unknown (a claim made
+    /// with [`Claim::new`], or serialized by jobsafe 0.1).
+    #[serde(default)]
+    pub started_seq: Option<u64>,
 }
 
 impl Claim {
@@ -184,6 +189,7 @@ impl Claim {
             job_id: job_id.into(),
             attempt,
             token,
+            started_seq: None,
         }
     }
 }

@@ -224,6 +224,29 @@ impl Job {
     /// character boundary.
     pub const MAX_PROGRESS_LEN: usize = 200;
 
+    /// The sequence number of the newest event in the job's log, or `None` if it
+    /// has none yet. On the job a transition returns, this is the number of the
+    /// event that transition appended (the record and the event are written in
+    /// one batch), so a writer knows its own event's number under concurrency.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::jobs::NewJob;
+    /// use jobsafe::{JobState, ManualClock, MemStore};
+    ///
+    /// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::default()));
+    /// let job = jobs.create(NewJob::new("export"))?;
+    /// assert_eq!(job.last_event_seq(), None);
+    /// let claim = jobs.start(&job.id, None)?;
+    /// assert_eq!(claim.started_seq, Some(1));
+    /// let after = jobs.progress(&claim, "halfway")?;
+    /// assert_eq!(after.last_event_seq(), Some(2));
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn last_event_seq(&self) -> Option<u64> {
+        self.events.next_seq.checked_sub(1).filter(|&seq| seq >= 1)
+    }
+
     /// The view of this job a client may see: no internal error message, no
     /// metadata, no fencing or heartbeat details.
     pub fn client_view(&self) -> ClientJob {

@@ -11,6 +11,10 @@
 //!    └────────────────────────────────────┘
 //!  cancel: queued, running or failed ──► cancelled (final)
 //! ```
+//!
+//! Every transition that appends an event returns the job as it wrote it, in
+//! the same batch as the event: its [`Job::last_event_seq`] is the sequence
+//! number of that event, whatever other writers append afterwards.
 
 use serde_json::{Value, json};
 
@@ -38,7 +42,9 @@ pub enum FailureKind {
 
 impl<S: Store> JobState<S> {
     /// Starts a new attempt of a queued job (whose retry time, if any, has come),
-    /// and returns the worker's claim on it.
+    /// and returns the worker's claim on it. The claim's
+    /// [`started_seq`](Claim::started_seq) is the sequence number of the
+    /// `started` event this call appended.
     ///
     /// With a fencing `token` (from a [`JobLock`](crate::JobLock) lease on the
     /// job, say) a running job can also be taken over, by a token greater than any
@@ -50,7 +56,7 @@ impl<S: Store> JobState<S> {
     /// is running and `token` does not exceed its newest; [`Error::StaleWorker`]
     /// if `token` is older than one the job has seen; [`Error::JobNotFound`].
     pub fn start(&self, id: &str, token: Option<FencingToken>) -> Result<Claim> {
-        let (job, _) = self.update(id, |job, now| {
+        let (job, written) = self.update(id, |job, now| {
             if let Some(seen) = job.fencing
                 && token.is_none_or(|presented| presented < seen)
             {
@@ -81,11 +87,13 @@ impl<S: Store> JobState<S> {
             job_id: job.id,
             attempt: job.attempt,
             token,
+            started_seq: written.first().map(|e| e.seq),
         })
     }
 
     /// Moves the job to `stage`, recording the stage it leaves as done, and
-    /// appends a `stage` event.
+    /// appends a `stage` event. Returns the job as written: its
+    /// [`last_event_seq`](Job::last_event_seq) is that event's number.
     ///
     /// # Errors
     /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running.
@@ -116,8 +124,9 @@ impl<S: Store> JobState<S> {
         })
     }
 
-    /// Records a progress message (cut to [`Job::MAX_PROGRESS_LEN`] bytes) and appends
-    /// a `progress` event.
+    /// Records a progress message (cut to [`Job::MAX_PROGRESS_LEN`] bytes) and
+    /// appends a `progress` event. Returns the job as written: its
+    /// [`last_event_seq`](Job::last_event_seq) is that event's number.
     ///
     /// # Errors
     /// As [`set_stage`](JobState::set_stage).
@@ -178,7 +187,8 @@ impl<S: Store> JobState<S> {
     }
 
     /// Completes the job with `result`, stored and sent in the `done` event
-    /// exactly as given, in one atomic batch. Final.
+    /// exactly as given, in one atomic batch. Final. The error of an earlier
+    /// failed attempt is cleared from the record; the event log keeps it.
     ///
     /// # Errors
     /// As [`set_stage`](JobState::set_stage); completing twice is an
@@ -201,6 +211,9 @@ impl<S: Store> JobState<S> {
                 job.stages_done.push(done);
             }
             job.result = Some(result.clone());
+            // An earlier attempt's error is history (its `retry` or `error` event
+            // keeps it), not the state of a complete job.
+            job.error = None;
             job.completed_ms = Some(now);
             Ok(vec![event("done", result.clone())])
         })
@@ -248,7 +261,8 @@ impl<S: Store> JobState<S> {
     }
 
     /// Cancels a queued, running or failed job (event `cancelled`). Final; a
-    /// running worker's next change is refused.
+    /// running worker's next change is refused. Returns the job as written: its
+    /// [`last_event_seq`](Job::last_event_seq) is the `cancelled` event's number.
     ///
     /// # Errors
     /// [`Error::InvalidTransition`] for a complete or cancelled job;
@@ -266,7 +280,8 @@ impl<S: Store> JobState<S> {
     }
 
     /// Puts a failed job back in the queue for a new attempt (event `requeued`).
-    /// Its last error stays on the record until the next attempt ends.
+    /// Its last error stays on the record until the next attempt fails (and is
+    /// replaced) or completes (and is cleared).
     ///
     /// # Errors
     /// [`Error::InvalidTransition`] unless failed; [`Error::JobNotFound`].
