@@ -849,13 +849,24 @@ fn transitions_return_the_sequence_number_of_the_event_they_appended() {
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
         });
         for (message, seq) in &appended {
-            assert_eq!(seq_of(*seq).data["message"], *message, "{name}: event {seq}");
+            assert_eq!(
+                seq_of(*seq).data["message"],
+                *message,
+                "{name}: event {seq}"
+            );
         }
         let staged = jobs.set_stage(&claim, "draft").unwrap();
-        assert_eq!(seq_of(staged.last_event_seq().unwrap()).kind, "stage", "{name}");
+        assert_eq!(
+            seq_of(staged.last_event_seq().unwrap()).kind,
+            "stage",
+            "{name}"
+        );
         let cancelled = jobs.cancel(&job.id).unwrap();
         let last = cancelled.last_event_seq().unwrap();
         assert_eq!(seq_of(last).kind, "cancelled", "{name}");

@@ -554,3 +554,109 @@ fn bad_account_or_job_ids_are_clear_errors() {
     // Hostile but valid ids are just ids.
     new(ledger.reserve("../../etc", "a/b", &request()).unwrap());
 }
+
+#[test]
+fn a_refund_by_job_id_never_refunds_a_reservation_made_during_the_call() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let store = ledger.store().as_ref();
+        store.put(&balance_key(), b"10", Expect::Absent).unwrap();
+        let first = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        let mut effects = 0;
+        // While this refund decides, another caller refunds the reservation and
+        // the client reserves the job id again: the new charge must stand.
+        let refunded = ledger
+            .refund_with(ACCOUNT, "job-1", |_| {
+                effects += 1;
+                if effects == 1 {
+                    assert!(ledger.refund(ACCOUNT, "job-1").unwrap().is_some());
+                    new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+                }
+                add_to_balance(store, 1)
+            })
+            .unwrap();
+        assert_eq!(refunded, None, "{name}: refunded a later reservation");
+        let kept = ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap();
+        assert_ne!(kept.id, first.id, "{name}");
+        assert_eq!(kept.state, ReservationState::Charged, "{name}");
+        assert_eq!(balance(store), 10, "{name}: a credit without a refund");
+    }
+}
+
+#[test]
+fn a_refund_of_the_reservation_shown_credits_the_balance_once_and_never_a_later_one() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let store = ledger.store().as_ref();
+        store.put(&balance_key(), b"5", Expect::Absent).unwrap();
+        let shown = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        let credit = |_: &Reservation| add_to_balance(store, 1);
+
+        let refunded = ledger.refund_reservation_with(&shown, credit).unwrap();
+        assert_eq!(refunded.map(|r| r.id), Some(shown.id.clone()), "{name}");
+        assert_eq!(balance(store), 6, "{name}");
+        assert_eq!(
+            ledger.refund_reservation_with(&shown, credit).unwrap(),
+            None
+        );
+        assert_eq!(balance(store), 6, "{name}: credited twice");
+
+        // The job id is reserved again; the old reservation shown is not it.
+        let later = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_eq!(
+            ledger.refund_reservation_with(&shown, credit).unwrap(),
+            None
+        );
+        assert!(!ledger.refund_reservation(&shown).unwrap(), "{name}");
+        assert_eq!(ledger.begin_refund_of(&shown).unwrap(), None, "{name}");
+        let stored = ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap();
+        assert_eq!(
+            (stored.id, stored.state),
+            (later.id.clone(), ReservationState::Charged)
+        );
+        assert_eq!(balance(store), 6, "{name}");
+
+        // The later one, shown, is the one refunded.
+        let refunding = ledger.begin_refund_of(&later).unwrap().unwrap();
+        assert_eq!(refunding.state, ReservationState::RefundPending, "{name}");
+        assert_eq!(
+            ledger.begin_refund_of(&later).unwrap(),
+            None,
+            "{name}: began twice"
+        );
+        assert!(ledger.complete_refund(&refunding).unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn an_abandoned_refund_is_charged_again_and_no_longer_pending() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let charged = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_eq!(
+            ledger.abandon_refund(&charged).unwrap(),
+            None,
+            "{name}: not refunding"
+        );
+        let refunding = ledger.begin_refund(ACCOUNT, "job-1").unwrap().unwrap();
+        in_flight(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+
+        let back = ledger.abandon_refund(&refunding).unwrap().unwrap();
+        assert_eq!(back.state, ReservationState::Charged, "{name}");
+        assert_eq!(back.id, charged.id, "{name}");
+        assert!(ledger.pending().unwrap().reservations.is_empty(), "{name}");
+        assert_eq!(
+            ledger.abandon_refund(&refunding).unwrap(),
+            None,
+            "{name}: twice"
+        );
+        // A free retry again, and refundable later.
+        existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert!(
+            !ledger.complete_refund(&refunding).unwrap(),
+            "{name}: abandoned"
+        );
+        assert_eq!(
+            ledger.refund(ACCOUNT, "job-1").unwrap().map(|r| r.id),
+            Some(charged.id),
+            "{name}"
+        );
+    }
+}

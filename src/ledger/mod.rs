@@ -326,8 +326,8 @@ impl<S: Store> JobLedger<S> {
             _ => Transition::Keep,
         })?;
         Ok(match moved {
-            Moved::Now(now) => Some(*now),
-            Moved::Removed | Moved::Gone => None,
+            Moved::Changed(now) | Moved::Unchanged(now) => Some(*now),
+            Moved::Removed(_) | Moved::Gone => None,
         })
     }
 
@@ -342,7 +342,7 @@ impl<S: Store> JobLedger<S> {
             ReservationState::ChargePending => Transition::Remove,
             _ => Transition::Keep,
         })?;
-        Ok(matches!(moved, Moved::Removed))
+        Ok(matches!(moved, Moved::Removed(_)))
     }
 
     /// Refunds (`account`, `job_id`): removes its charged reservation and returns
@@ -351,6 +351,12 @@ impl<S: Store> JobLedger<S> {
     /// already refunded, purged, or a refund in flight). Works after the TTL has
     /// passed, as long as the reservation was neither purged nor replaced by a new
     /// reserve.
+    ///
+    /// It refunds the reservation stored when the call begins, never one made
+    /// during the call (if that one is refunded meanwhile and the job id
+    /// reserved again, this returns `None`). To refund a reservation you were
+    /// shown earlier, and never a later one, use
+    /// [`refund_reservation`](JobLedger::refund_reservation).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the charge is still pending (confirm or
@@ -362,6 +368,8 @@ impl<S: Store> JobLedger<S> {
     /// Refunds (`account`, `job_id`) and, in the same atomic batch, applies the
     /// operations `effect` returns (crediting the balance back, say). `effect` is
     /// called once per attempt, like in [`reserve_with`](JobLedger::reserve_with).
+    /// Like [`refund`](JobLedger::refund), it refunds only the reservation stored
+    /// when the call begins.
     ///
     /// # Errors
     /// As [`refund`](JobLedger::refund), and `effect`'s errors.
@@ -369,29 +377,12 @@ impl<S: Store> JobLedger<S> {
         &self,
         account: &str,
         job_id: &str,
-        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Option<Reservation>, E> {
-        let key = self.key(account, job_id)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let Some((stored, version)) = self.read(&key)? else {
-                return Ok(None);
-            };
-            let reservation = stored.to_reservation(account, job_id, version);
-            if !refundable(&key, stored.state)? {
-                return Ok(None);
-            }
-            let mut batch = Batch::new().delete(&key, Expect::Version(version));
-            for op in effect(&reservation)? {
-                batch.push(op);
-            }
-            match self.store.apply(&batch) {
-                Ok(_) => return Ok(Some(reservation)),
-                Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let Some(current) = self.refundable_now(account, job_id)? else {
+            return Ok(None);
+        };
+        self.refund_reservation_with(&current, effect)
     }
 
     /// Refunds `reservation` if it is still the stored one (same
@@ -418,45 +409,79 @@ impl<S: Store> JobLedger<S> {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
     pub fn refund_reservation(&self, reservation: &Reservation) -> Result<bool> {
-        let moved = self.transition(reservation, |state| match state {
-            ReservationState::Charged => Transition::Remove,
-            _ => Transition::Keep,
-        })?;
-        Ok(matches!(moved, Moved::Removed))
+        self.refund_reservation_with(reservation, |_| Ok::<_, Error>(Vec::new()))
+            .map(|refunded| refunded.is_some())
+    }
+
+    /// Refunds `reservation`, as [`refund_reservation`](JobLedger::refund_reservation)
+    /// does, and in the same atomic batch applies the operations `effect` returns
+    /// (crediting the balance back, say). Returns the reservation removed, or
+    /// `None` if it is gone, was replaced, or has a side effect in flight (then
+    /// `effect`'s operations are not applied either).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors; `effect`'s errors.
+    pub fn refund_reservation_with<E: From<Error>>(
+        &self,
+        reservation: &Reservation,
+        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+    ) -> Result<Option<Reservation>, E> {
+        let moved = self.transition_with(
+            reservation,
+            |state| match state {
+                ReservationState::Charged => Transition::Remove,
+                _ => Transition::Keep,
+            },
+            effect,
+        )?;
+        Ok(match moved {
+            Moved::Removed(removed) => Some(*removed),
+            Moved::Changed(_) | Moved::Unchanged(_) | Moved::Gone => None,
+        })
     }
 
     /// Starts an external refund of (`account`, `job_id`): marks its charged
     /// reservation [`RefundPending`](ReservationState::RefundPending) and returns
     /// it to exactly one caller. Call the external refund with the reservation's
-    /// id as idempotency key, then [`complete_refund`](JobLedger::complete_refund).
+    /// id as idempotency key, then [`complete_refund`](JobLedger::complete_refund)
+    /// (or [`abandon_refund`](JobLedger::abandon_refund) if it will not happen).
     /// `None` if there is nothing to refund or a refund is already in flight (see
-    /// [`pending`](JobLedger::pending)).
+    /// [`pending`](JobLedger::pending)). Like [`refund`](JobLedger::refund), it
+    /// acts only on the reservation stored when the call begins.
     ///
     /// # Errors
     /// As [`refund`](JobLedger::refund).
     pub fn begin_refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
-        let key = self.key(account, job_id)?;
-        loop {
-            let Some((mut stored, version)) = self.read(&key)? else {
-                return Ok(None);
-            };
-            if !refundable(&key, stored.state)? {
-                return Ok(None);
-            }
-            stored.state = ReservationState::RefundPending;
-            let bytes = codec::encode(&key, &stored)?;
-            match self.store.put(&key, &bytes, Expect::Version(version)) {
-                Ok(version) => return Ok(Some(stored.to_reservation(account, job_id, version))),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let Some(current) = self.refundable_now(account, job_id)? else {
+            return Ok(None);
+        };
+        self.begin_refund_of(&current)
+    }
+
+    /// Starts an external refund of `reservation`, as
+    /// [`begin_refund`](JobLedger::begin_refund) does, if it is still the stored
+    /// one (same [`id`](Reservation::id)) and charged: never of a reservation made
+    /// since it was read. Returns it marked
+    /// [`RefundPending`](ReservationState::RefundPending), or `None` if it is
+    /// gone, was replaced, or has a side effect in flight.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    pub fn begin_refund_of(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
+        let moved = self.transition(reservation, |state| match state {
+            ReservationState::Charged => Transition::To(ReservationState::RefundPending),
+            _ => Transition::Keep,
+        })?;
+        Ok(match moved {
+            Moved::Changed(now) => Some(*now),
+            Moved::Unchanged(_) | Moved::Removed(_) | Moved::Gone => None,
+        })
     }
 
     /// Finishes an external refund started by
     /// [`begin_refund`](JobLedger::begin_refund): removes the reservation, so that
     /// the job id counts as new. Returns whether it was removed (`false`: already
-    /// completed, or not this reservation's refund).
+    /// completed, abandoned, or not this reservation's refund).
     ///
     /// # Errors
     /// [`Error::Corrupt`]; store errors.
@@ -465,7 +490,59 @@ impl<S: Store> JobLedger<S> {
             ReservationState::RefundPending => Transition::Remove,
             _ => Transition::Keep,
         })?;
-        Ok(matches!(moved, Moved::Removed))
+        Ok(matches!(moved, Moved::Removed(_)))
+    }
+
+    /// Gives up an external refund started by
+    /// [`begin_refund`](JobLedger::begin_refund) that will not happen (the
+    /// payment provider refused it, an operator decided against it): moves the
+    /// reservation back to [`Charged`](ReservationState::Charged), so that it
+    /// leaves [`pending`](JobLedger::pending), retries of the job id are free
+    /// again, and it can be refunded later. Returns it as charged, or `None` if it
+    /// is gone, was replaced, or has no refund in flight.
+    ///
+    /// Call it only once the external refund is known not to have happened: a
+    /// refund that did happen must be completed instead.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::ledger::{ChargeRequest, ReservationState};
+    /// use jobsafe::{JobLedger, ManualClock, MemStore};
+    ///
+    /// let ledger = JobLedger::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    /// ledger.reserve("lic:abc", "job-1", &ChargeRequest::new())?;
+    /// let refunding = ledger.begin_refund("lic:abc", "job-1")?.expect("charged");
+    /// // ... the payment provider refuses the refund for good ...
+    /// let charged = ledger.abandon_refund(&refunding)?.expect("still pending");
+    /// assert_eq!(charged.state, ReservationState::Charged);
+    /// assert!(ledger.pending()?.reservations.is_empty());
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    pub fn abandon_refund(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
+        let moved = self.transition(reservation, |state| match state {
+            ReservationState::RefundPending => Transition::To(ReservationState::Charged),
+            _ => Transition::Keep,
+        })?;
+        Ok(match moved {
+            Moved::Changed(now) => Some(*now),
+            Moved::Unchanged(_) | Moved::Removed(_) | Moved::Gone => None,
+        })
+    }
+
+    /// The reservation of (`account`, `job_id`) if it can be refunded now: `None`
+    /// if there is none or its refund is under way.
+    fn refundable_now(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        let key = self.key(account, job_id)?;
+        let Some((stored, version)) = self.read(&key)? else {
+            return Ok(None);
+        };
+        if !refundable(&key, stored.state)? {
+            return Ok(None);
+        }
+        Ok(Some(stored.to_reservation(account, job_id, version)))
     }
 
     /// The reservation of (`account`, `job_id`) as stored, expired or not
@@ -641,39 +718,69 @@ impl<S: Store> JobLedger<S> {
         reservation: &Reservation,
         decide: impl Fn(ReservationState) -> Transition,
     ) -> Result<Moved> {
+        self.transition_with(reservation, decide, |_| Ok::<_, Error>(Vec::new()))
+    }
+
+    /// [`transition`](JobLedger::transition), applying the operations `effect`
+    /// returns in the same batch whenever the reservation changes. A conflict on
+    /// the caller's keys is retried like a lost race, at most `MAX_ATTEMPTS`
+    /// times in all.
+    fn transition_with<E: From<Error>>(
+        &self,
+        reservation: &Reservation,
+        decide: impl Fn(ReservationState) -> Transition,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+    ) -> Result<Moved, E> {
         let (account, job_id) = (&reservation.account, &reservation.job_id);
         let key = self.key(account, job_id)?;
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let Some((mut stored, version)) = self.read(&key)? else {
                 return Ok(Moved::Gone);
             };
             if stored.id != reservation.id {
                 return Ok(Moved::Gone); // replaced by a later reservation
             }
-            let written = match decide(stored.state) {
-                Transition::Keep => {
-                    return Ok(Moved::Now(Box::new(
-                        stored.to_reservation(account, job_id, version),
-                    )));
-                }
-                Transition::Remove => self
-                    .store
-                    .delete(&key, Expect::Version(version))
-                    .map(|_| Moved::Removed),
-                Transition::To(state) => {
+            let current = stored.to_reservation(account, job_id, version);
+            let new_state = match decide(stored.state) {
+                Transition::Keep => return Ok(Moved::Unchanged(Box::new(current))),
+                Transition::Remove => None,
+                Transition::To(state) => Some(state),
+            };
+            let ops = effect(&current)?;
+            let expect = Expect::Version(version);
+            let written = match new_state {
+                Some(state) => {
                     stored.state = state;
                     let bytes = codec::encode(&key, &stored)?;
-                    self.store
-                        .put(&key, &bytes, Expect::Version(version))
-                        .map(|version| {
-                            Moved::Now(Box::new(stored.to_reservation(account, job_id, version)))
-                        })
+                    if ops.is_empty() {
+                        self.store.put(&key, &bytes, expect).map(Some)
+                    } else {
+                        let batch = with_ops(Batch::new().put(&key, bytes, expect), ops);
+                        self.store
+                            .apply(&batch)
+                            .map(|applied| match applied.first() {
+                                Some(Applied::Put(version)) => Some(*version),
+                                _ => Some(Version::new(0)),
+                            })
+                    }
+                }
+                None if ops.is_empty() => self.store.delete(&key, expect).map(|_| None),
+                None => {
+                    let batch = with_ops(Batch::new().delete(&key, expect), ops);
+                    self.store.apply(&batch).map(|_| None)
                 }
             };
             match written {
-                Ok(moved) => return Ok(moved),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e),
+                Ok(Some(version)) => {
+                    return Ok(Moved::Changed(Box::new(
+                        stored.to_reservation(account, job_id, version),
+                    )));
+                }
+                Ok(None) => return Ok(Moved::Removed(Box::new(current))),
+                Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -700,10 +807,20 @@ enum Transition {
 enum Moved {
     /// It is not (or no longer) the stored reservation.
     Gone,
-    /// This call removed it.
-    Removed,
-    /// It is stored as this.
-    Now(Box<Reservation>),
+    /// This call removed it (as it was).
+    Removed(Box<Reservation>),
+    /// This call changed it to this.
+    Changed(Box<Reservation>),
+    /// It is stored as this, unchanged.
+    Unchanged(Box<Reservation>),
+}
+
+/// `batch` followed by the caller's `ops`.
+fn with_ops(mut batch: Batch, ops: Vec<BatchOp>) -> Batch {
+    for op in ops {
+        batch.push(op);
+    }
+    batch
 }
 
 /// Whether a reservation in `state` can be refunded now: yes if charged, no if a
