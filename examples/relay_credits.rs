@@ -77,7 +77,9 @@ impl Relay {
 
     /// Charges `job` once: the reservation and the debit in one batch.
     fn charge(&self, job: &str) -> jobsafe::Result<Reserve> {
-        let request = ChargeRequest::new().backend("transcribe").tier("pro");
+        let request = ChargeRequest::new()
+            .meta("backend", "transcribe")
+            .meta("tier", "pro");
         self.ledger
             .reserve_with(ACCOUNT, job, &request, |_| self.add(-1))
     }

@@ -191,7 +191,9 @@ fn prepare(backend: Backend) -> Fixture {
     let _ = held.into_handle();
 
     let ledger = JobLedger::new(Arc::clone(&store), clock.clone());
-    let charge = ChargeRequest::new().tier("pro").backend("deepgram");
+    let charge = ChargeRequest::new()
+        .meta("tier", "pro")
+        .meta("backend", "deepgram");
     ledger.reserve("lic:abc", "job-1", &charge).unwrap();
     ledger
         .reserve_pending("lic:abc", "job-2", &ChargeRequest::new())
@@ -1068,7 +1070,7 @@ fn ledger_list_and_show_print_reservations() {
         let rows = rows(&table.stdout);
         assert_eq!(
             rows[0],
-            ["ACCOUNT", "JOB", "STATE", "TIER", "CHARGED", "EXPIRES"]
+            ["ACCOUNT", "JOB", "STATE", "ID", "CHARGED", "EXPIRES"]
         );
         let listed: Vec<[&str; 3]> = rows[1..]
             .iter()
@@ -1101,8 +1103,8 @@ fn ledger_list_and_show_print_reservations() {
             .expect(OK)
             .json();
         assert_eq!(doc["id"], stored.id.as_str());
-        assert_eq!(doc["tier"], "pro");
-        assert_eq!(doc["backend"], "deepgram");
+        assert_eq!(doc["metadata"]["tier"], "pro");
+        assert_eq!(doc["metadata"]["backend"], "deepgram");
         assert_eq!(doc["expires_ms"], stored.expires_ms);
 
         fx.run(&["ledger", "show", "lic:abc/job-404"])

@@ -673,8 +673,8 @@ fn check_lock_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
 fn reservation_bytes(store: &Arc<MemStore>, clock: &Arc<ManualClock>) -> Vec<u8> {
     let ledger = JobLedger::new(store.clone(), clock.clone());
     let request = ChargeRequest::new()
-        .backend("deepgram")
-        .tier("pro")
+        .meta("backend", "deepgram")
+        .meta("tier", "pro")
         .fingerprint("sha256:9f")
         .meta("minutes", 42);
     ledger.reserve("lic:abc", "job-1", &request).unwrap();

@@ -57,10 +57,10 @@ fn in_flight(outcome: Reserve) -> Reservation {
 
 fn request() -> ChargeRequest {
     ChargeRequest::new()
-        .backend("deepgram")
-        .tier("pro")
-        .install_id("inst-7")
-        .license_fingerprint("abc123")
+        .meta("backend", "deepgram")
+        .meta("tier", "pro")
+        .meta("install_id", "inst-7")
+        .meta("license_fingerprint", "abc123")
         .meta("minutes", 42)
 }
 
@@ -268,10 +268,10 @@ fn a_restarted_ledger_sees_everything_and_refunds_without_the_callers_context() 
     existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
     let refunded = ledger.refund(ACCOUNT, "job-1").unwrap().unwrap();
     assert_eq!(refunded, reserved);
-    assert_eq!(refunded.backend.as_deref(), Some("deepgram"));
-    assert_eq!(refunded.tier.as_deref(), Some("pro"));
-    assert_eq!(refunded.install_id.as_deref(), Some("inst-7"));
-    assert_eq!(refunded.license_fingerprint.as_deref(), Some("abc123"));
+    assert_eq!(refunded.metadata["backend"], "deepgram");
+    assert_eq!(refunded.metadata["tier"], "pro");
+    assert_eq!(refunded.metadata["install_id"], "inst-7");
+    assert_eq!(refunded.metadata["license_fingerprint"], "abc123");
     assert_eq!(refunded.metadata["minutes"], 42);
 }
 
@@ -658,5 +658,54 @@ fn an_abandoned_refund_is_charged_again_and_no_longer_pending() {
             Some(charged.id),
             "{name}"
         );
+    }
+}
+
+#[test]
+fn a_reservation_written_by_0_1_shows_its_service_fields_in_the_metadata() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let store = ledger.store().as_ref();
+        let key = ledger.key(ACCOUNT, "job-1").unwrap();
+        // Exactly what jobsafe 0.1 wrote for a reserve with every field set.
+        let written_by_0_1 = serde_json::json!({
+            "schema": 1,
+            "id": "0190f2c1-7a4e-7cc3-9d1e-000000000001",
+            "backend": "deepgram",
+            "tier": "pro",
+            "install_id": "inst-7",
+            "license_fingerprint": "abc123",
+            "fingerprint": "sha256:9f",
+            "metadata": { "minutes": 42, "tier": "set by the caller" },
+            "charged_ms": START_MS,
+            "expires_ms": START_MS + 3_600_000,
+            "state": "charged",
+        });
+        store
+            .put(&key, written_by_0_1.to_string().as_bytes(), Expect::Absent)
+            .unwrap();
+
+        let read = ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap();
+        assert_eq!(read.metadata["backend"], "deepgram", "{name}");
+        assert_eq!(read.metadata["install_id"], "inst-7", "{name}");
+        assert_eq!(read.metadata["license_fingerprint"], "abc123", "{name}");
+        assert_eq!(read.metadata["minutes"], 42, "{name}");
+        // A metadata field of the same name wins over the old field.
+        assert_eq!(read.metadata["tier"], "set by the caller", "{name}");
+        assert_eq!(read.fingerprint.as_deref(), Some("sha256:9f"), "{name}");
+        assert_eq!(read.state, ReservationState::Charged, "{name}");
+        existing(
+            ledger
+                .reserve(ACCOUNT, "job-1", &ChargeRequest::new())
+                .unwrap(),
+        );
+
+        // Rewritten (a refund begins), the fields live on in the metadata.
+        ledger.begin_refund(ACCOUNT, "job-1").unwrap().unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&store.get(&key).unwrap().unwrap().value).unwrap();
+        assert_eq!(raw["metadata"]["backend"], "deepgram", "{name}: {raw}");
+        assert_eq!(raw.get("backend"), None, "{name}: {raw}");
+        let again = ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap();
+        assert_eq!(again.metadata, read.metadata, "{name}");
     }
 }

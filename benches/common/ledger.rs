@@ -179,7 +179,9 @@ pub(crate) struct StoreLedger<S> {
 
 /// The request every jobsafe reserve passes.
 fn request() -> ChargeRequest {
-    ChargeRequest::new().backend(BACKEND).tier(TIER)
+    ChargeRequest::new()
+        .meta("backend", BACKEND)
+        .meta("tier", TIER)
 }
 
 fn ledger<S: Store>(store: S) -> JobLedger<S> {

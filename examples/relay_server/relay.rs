@@ -23,6 +23,8 @@ pub(crate) type Shared = Arc<dyn Store>;
 pub(crate) mod meta {
     /// The account charged.
     pub(crate) const ACCOUNT: &str = "account";
+    /// The kind of work charged for.
+    pub(crate) const BACKEND: &str = "backend";
     /// The idempotency key the job was charged under.
     pub(crate) const CHARGE_KEY: &str = "charge_key";
     /// The stage the simulated work fails at, if asked to.
@@ -156,7 +158,7 @@ impl Relay {
         let fresh = uuid::Uuid::now_v7().to_string();
         let key = request.key.unwrap_or(&fresh);
         let charge = ChargeRequest::new()
-            .backend(request.kind)
+            .meta(meta::BACKEND, request.kind)
             .fingerprint(format!("sha256:{:x}", Sha256::digest(request.body)))
             .meta(meta::JOB, fresh.as_str());
         let outcome = self

@@ -109,7 +109,7 @@ pub struct LedgerList {
 ///         expect: Expect::Version(entry.version),
 ///     }])
 /// };
-/// let request = ChargeRequest::new().tier("pro");
+/// let request = ChargeRequest::new().meta("tier", "pro");
 /// assert!(matches!(ledger.reserve_with("lic:abc", "job-1", &request, charge)?, Reserve::New(_)));
 /// // The client retries: free.
 /// assert!(matches!(ledger.reserve_with("lic:abc", "job-1", &request, charge)?, Reserve::Existing(_)));
@@ -790,7 +790,7 @@ impl<S: Store> JobLedger<S> {
             None => Ok(None),
             Some(entry) => {
                 let stored: StoredReservation = codec::decode(key, &entry.value)?;
-                Ok(Some((stored, entry.version)))
+                Ok(Some((stored.lift_legacy_fields(), entry.version)))
             }
         }
     }

@@ -5,28 +5,26 @@ use serde::{Deserialize, Serialize};
 use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
 
-/// What a caller tells the ledger about a charge: everything a refund will need
-/// later without the caller's context (after a restart, say), and an optional
-/// request fingerprint.
+/// What a caller tells the ledger about a charge: the caller's own metadata,
+/// kept with the reservation so that a refund after a restart knows what to
+/// refund without the caller's context, and an optional request fingerprint.
+///
+/// The metadata is the caller's: which backend ran the job, the tier charged,
+/// the install or license it was charged to, the number of minutes. The ledger
+/// stores it as given and returns it with the reservation.
 ///
 /// ```
 /// use jobsafe::ledger::ChargeRequest;
 ///
 /// let request = ChargeRequest::new()
-///     .backend("deepgram")
-///     .tier("pro")
-///     .install_id("inst-7")
-///     .license_fingerprint("abc123")
-///     .fingerprint("sha256:9f2c...")
-///     .meta("minutes", 42);
+///     .meta("backend", "deepgram")
+///     .meta("tier", "pro")
+///     .meta("minutes", 42)
+///     .fingerprint("sha256:9f2c...");
 /// assert_eq!(request.metadata()["minutes"], 42);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChargeRequest {
-    pub(super) backend: Option<String>,
-    pub(super) tier: Option<String>,
-    pub(super) install_id: Option<String>,
-    pub(super) license_fingerprint: Option<String>,
     pub(super) fingerprint: Option<String>,
     pub(super) metadata: Metadata,
 }
@@ -35,30 +33,6 @@ impl ChargeRequest {
     /// A request with nothing recorded.
     pub fn new() -> Self {
         ChargeRequest::default()
-    }
-
-    /// The backend that does the job (to route a refund).
-    pub fn backend(mut self, backend: impl Into<String>) -> Self {
-        self.backend = Some(backend.into());
-        self
-    }
-
-    /// The pricing tier charged.
-    pub fn tier(mut self, tier: impl Into<String>) -> Self {
-        self.tier = Some(tier.into());
-        self
-    }
-
-    /// The installation that asked.
-    pub fn install_id(mut self, install_id: impl Into<String>) -> Self {
-        self.install_id = Some(install_id.into());
-        self
-    }
-
-    /// The license the charge goes to.
-    pub fn license_fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
-        self.license_fingerprint = Some(fingerprint.into());
-        self
     }
 
     /// A digest of the request: a later reserve of the same job id with a
@@ -70,9 +44,15 @@ impl ChargeRequest {
         self
     }
 
-    /// Adds one free-form metadata field.
+    /// Adds one metadata field.
     pub fn meta(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.metadata.insert(name.into(), value.into());
+        self
+    }
+
+    /// Replaces all metadata.
+    pub fn metadata_map(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
         self
     }
 
@@ -80,7 +60,38 @@ impl ChargeRequest {
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
+
+    /// Records the backend that does the job, as the metadata field `backend`.
+    #[deprecated(since = "0.2.0", note = "use `.meta(\"backend\", backend)`")]
+    pub fn backend(self, backend: impl Into<String>) -> Self {
+        self.meta(LEGACY_FIELDS[0], backend.into())
+    }
+
+    /// Records the tier charged, as the metadata field `tier`.
+    #[deprecated(since = "0.2.0", note = "use `.meta(\"tier\", tier)`")]
+    pub fn tier(self, tier: impl Into<String>) -> Self {
+        self.meta(LEGACY_FIELDS[1], tier.into())
+    }
+
+    /// Records the installation that asked, as the metadata field `install_id`.
+    #[deprecated(since = "0.2.0", note = "use `.meta(\"install_id\", install_id)`")]
+    pub fn install_id(self, install_id: impl Into<String>) -> Self {
+        self.meta(LEGACY_FIELDS[2], install_id.into())
+    }
+
+    /// Records the license charged, as the metadata field `license_fingerprint`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `.meta(\"license_fingerprint\", fingerprint)`"
+    )]
+    pub fn license_fingerprint(self, fingerprint: impl Into<String>) -> Self {
+        self.meta(LEGACY_FIELDS[3], fingerprint.into())
+    }
 }
+
+/// Fields that reservations written by jobsafe 0.1 kept beside the metadata;
+/// they are read into the metadata under these names.
+const LEGACY_FIELDS: [&str; 4] = ["backend", "tier", "install_id", "license_fingerprint"];
 
 /// Where a reservation's side effects stand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,17 +131,11 @@ pub struct Reservation {
     /// external charge or refund, so that retrying after a crash cannot apply it
     /// twice.
     pub id: String,
-    /// Backend, as requested.
-    pub backend: Option<String>,
-    /// Tier, as requested.
-    pub tier: Option<String>,
-    /// Install id, as requested.
-    pub install_id: Option<String>,
-    /// License fingerprint, as requested.
-    pub license_fingerprint: Option<String>,
     /// Request fingerprint, as requested.
     pub fingerprint: Option<String>,
-    /// Free-form metadata, as requested.
+    /// The caller's metadata, as requested. A reservation written by jobsafe 0.1
+    /// shows its `backend`, `tier`, `install_id` and `license_fingerprint` here
+    /// under those names (a metadata field of the same name wins).
     pub metadata: Metadata,
     /// When it was reserved, in the ledger clock's milliseconds.
     pub charged_ms: u64,
@@ -152,17 +157,14 @@ impl Reservation {
 }
 
 /// The stored form.
+///
+/// Jobsafe 0.1 stored `backend`, `tier`, `install_id` and `license_fingerprint`
+/// as fields of their own. They are not fields here: they land in `extra` as
+/// unknown fields do, and [`StoredReservation::lift_legacy_fields`] moves them
+/// into the metadata, so a rewrite keeps them there.
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) struct StoredReservation {
     pub(super) id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) backend: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) tier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) install_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) license_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
@@ -187,10 +189,6 @@ impl StoredReservation {
     ) -> Self {
         StoredReservation {
             id: uuid::Uuid::now_v7().to_string(),
-            backend: request.backend.clone(),
-            tier: request.tier.clone(),
-            install_id: request.install_id.clone(),
-            license_fingerprint: request.license_fingerprint.clone(),
             fingerprint: request.fingerprint.clone(),
             metadata: request.metadata.clone(),
             charged_ms: now_ms,
@@ -198,6 +196,21 @@ impl StoredReservation {
             state,
             extra: Extra::new(),
         }
+    }
+
+    /// Moves the fields jobsafe 0.1 kept beside the metadata into it, under
+    /// their names; a metadata field of the same name wins (and the old field is
+    /// dropped). Done on every read, so that what is rewritten has them in the
+    /// metadata.
+    pub(super) fn lift_legacy_fields(mut self) -> Self {
+        for name in LEGACY_FIELDS {
+            if let Some(value) = self.extra.remove(name)
+                && !value.is_null()
+            {
+                self.metadata.entry(name).or_insert(value);
+            }
+        }
+        self
     }
 
     pub(super) fn to_reservation(
@@ -210,10 +223,6 @@ impl StoredReservation {
             account: account.to_owned(),
             job_id: job_id.to_owned(),
             id: self.id.clone(),
-            backend: self.backend.clone(),
-            tier: self.tier.clone(),
-            install_id: self.install_id.clone(),
-            license_fingerprint: self.license_fingerprint.clone(),
             fingerprint: self.fingerprint.clone(),
             metadata: self.metadata.clone(),
             charged_ms: self.charged_ms,

@@ -124,13 +124,13 @@ fn list<S: Store>(
             print_json_line(&reservation_json(reservation, now));
         }
     } else {
-        let mut table = Table::new(&["ACCOUNT", "JOB", "STATE", "TIER", "CHARGED", "EXPIRES"]);
+        let mut table = Table::new(&["ACCOUNT", "JOB", "STATE", "ID", "CHARGED", "EXPIRES"]);
         for r in &listed.reservations {
             table.row(vec![
                 r.account.clone(),
                 r.job_id.clone(),
                 state(r).to_owned(),
-                output::or_dash(r.tier.as_deref()),
+                r.id.clone(),
                 output::time(r.charged_ms),
                 output::relative(r.expires_ms, now),
             ]);
@@ -337,10 +337,6 @@ fn print_reservation(r: &Reservation, now: u64) {
         ("job", r.job_id.clone()),
         ("id", r.id.clone()),
         ("state", state(r).to_owned()),
-        ("backend", output::or_dash(r.backend.as_deref())),
-        ("tier", output::or_dash(r.tier.as_deref())),
-        ("install", output::or_dash(r.install_id.as_deref())),
-        ("license", output::or_dash(r.license_fingerprint.as_deref())),
         ("fingerprint", output::or_dash(r.fingerprint.as_deref())),
         ("charged", output::time(r.charged_ms)),
         (
@@ -361,10 +357,6 @@ fn reservation_json(r: &Reservation, now: u64) -> Value {
         "job_id": r.job_id,
         "id": r.id,
         "state": state(r),
-        "backend": r.backend,
-        "tier": r.tier,
-        "install_id": r.install_id,
-        "license_fingerprint": r.license_fingerprint,
         "fingerprint": r.fingerprint,
         "metadata": r.metadata,
         "charged_ms": r.charged_ms,
