@@ -2010,3 +2010,55 @@ fn a_result_computed_from_the_artifacts_is_the_jobs_result_and_its_done_event() 
         assert_clean(&h, "after a result computed on a retry");
     }
 }
+
+#[test]
+fn a_purge_keeps_every_job_a_live_reservation_names() {
+    let store: Arc<dyn Store> = Arc::new(jobsafe::MemStore::new());
+    let h = harness_on(Arc::clone(&store), None, START_MS, |b| b);
+    let ttl = Duration::from_secs(30 * 86_400);
+    let ledger = JobLedger::builder(Arc::clone(&store), Arc::new(h.clock.clone()))
+        .ttl(ttl)
+        .build()
+        .unwrap();
+    let h = Harness {
+        pipeline: builder(Arc::clone(&store), &h.clock, &h.root, &h.script)
+            .ledger(ledger.clone())
+            .build()
+            .unwrap(),
+        ..h
+    };
+    // Paid for under the client's idempotency key, naming the job in metadata;
+    // paid for under the job's own id; and not paid for at all.
+    let by_field = enqueue(&h, "s1");
+    let request = ChargeRequest::new().meta(Pipeline::RESERVATION_JOB_FIELD, by_field.as_str());
+    ledger
+        .reserve("lic:1", "idempotency-key-7", &request)
+        .unwrap();
+    let by_id = enqueue(&h, "s2");
+    ledger
+        .reserve("lic:1", &by_id, &ChargeRequest::new())
+        .unwrap();
+    let unpaid = enqueue(&h, "s3");
+    for id in [&by_field, &by_id, &unpaid] {
+        h.pipeline.run_job(id).unwrap();
+    }
+
+    // Finished for longer than the purge policy's 7 days, reservations live.
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(report.jobs.complete, 1, "{report:?}");
+    assert_eq!(report.kept_for_reservations, 2, "{report:?}");
+    assert!(h.pipeline.jobs().get(&unpaid).unwrap().is_none());
+    for paid in [&by_field, &by_id] {
+        let job = h.pipeline.jobs().get(paid).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Complete);
+        assert!(h.pipeline.job_dir(paid).exists(), "its artifacts stay too");
+    }
+
+    // Once the reservations expire, a retry would be charged anew: the jobs go.
+    h.clock.advance(ttl);
+    let report = h.pipeline.purge().unwrap();
+    assert_eq!(report.jobs.complete, 2, "{report:?}");
+    assert_eq!(report.kept_for_reservations, 0);
+    assert!(h.pipeline.jobs().get(&by_field).unwrap().is_none());
+}

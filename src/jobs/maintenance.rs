@@ -172,6 +172,13 @@ impl<S: Store> JobState<S> {
     /// at least `finished_for` ago, and queued jobs created at least
     /// `queued_for` ago that were never started. Running jobs are never purged.
     ///
+    /// This purge knows nothing of ledger reservations: if a client may retry a
+    /// paid request whose reservation names a job (and your service creates the
+    /// job again when it finds none), keep `finished_for` longer than the
+    /// ledger's TTL, or use [`Pipeline::purge`](crate::Pipeline::purge) with
+    /// [`PipelineBuilder::ledger`](crate::pipeline::PipelineBuilder::ledger),
+    /// which keeps every job a live reservation names.
+    ///
     /// # Errors
     /// Store errors.
     pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {

@@ -237,6 +237,11 @@ impl<S: Store> JobLedger<S> {
         }
     }
 
+    /// The clock that decides expiry.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// The store the reservations live in.
     pub fn store(&self) -> &S {
         &self.store

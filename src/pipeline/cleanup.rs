@@ -113,6 +113,11 @@ pub struct PurgeReport {
     pub locks: usize,
     /// Temp files of crashed writers removed.
     pub temp_files: usize,
+    /// Jobs due for purge but kept because a live reservation of the
+    /// pipeline's ledger names them (see
+    /// [`PipelineBuilder::ledger`](super::PipelineBuilder::ledger)). Not
+    /// counted in [`total`](PurgeReport::total).
+    pub kept_for_reservations: usize,
     /// Job records that could not be read: their jobs, directories and
     /// checkpoints were kept (move a record aside with
     /// [`Store::quarantine`] after a look). Not counted in
@@ -229,7 +234,9 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     }
 
     /// Purges, by the configured [`PurgePolicy`]: finished and abandoned queued
-    /// jobs with their checkpoints and directories, orphaned directories and
+    /// jobs with their checkpoints and directories (except jobs a live
+    /// reservation of the pipeline's [ledger](super::PipelineBuilder::ledger)
+    /// names), orphaned directories and
     /// checkpoints, the shared directories of subjects no job refers to any
     /// more (under the subject's lock), expired ledger reservations (if a
     /// ledger was given), ended lock leases, and old temp files. Returns the
@@ -261,6 +268,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let mut report = PurgeReport::default();
         let mut kept = BTreeSet::new();
         let mut purged_subjects = BTreeSet::new();
+        let paid_for = match &inner.ledger {
+            Some(ledger) => ledger.live_jobs()?,
+            None => BTreeSet::new(),
+        };
         let list = inner.jobs.list(&JobFilter::default())?;
         for (key, _) in list.unreadable {
             // Its status and age are unknown: keep everything it may own.
@@ -271,6 +282,11 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         }
         for job in list.jobs {
             if !job.is_due_for_purge(now, policy.finished_for, policy.queued_for) {
+                kept.insert(paths::dir_name(&job.id));
+                continue;
+            }
+            if paid_for.contains(&job.id) {
+                report.kept_for_reservations += 1;
                 kept.insert(paths::dir_name(&job.id));
                 continue;
             }
@@ -298,7 +314,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         self.purge_orphans(&kept, &mut report)?;
         self.purge_subject_dirs(&purged_subjects, &mut report)?;
         if let Some(ledger) = &inner.ledger {
-            report.reservations = ledger(policy.reservations_expired_for)?;
+            report.reservations = ledger.purge_expired(policy.reservations_expired_for)?;
         }
         report.locks = inner
             .locks

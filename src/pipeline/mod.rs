@@ -59,12 +59,47 @@ impl Pipeline<()> {
     /// How long a runner's lease on a subject lasts unless
     /// [`PipelineBuilder::lease`] says otherwise.
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+    /// The metadata field of a ledger reservation that names the pipeline job
+    /// it paid for, when the reservation's own job id is another (a client's
+    /// idempotency key, say): see [`PipelineBuilder::ledger`].
+    pub const RESERVATION_JOB_FIELD: &'static str = "job";
 }
 
 type StageFn = dyn Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync;
 type ResultFn = dyn Fn(&StageContext<'_>) -> Result<serde_json::Value, StageError> + Send + Sync;
 type Observer = dyn Fn(&StageNotice<'_>) + Send + Sync;
-type LedgerPurge = dyn Fn(Duration) -> Result<usize> + Send + Sync;
+/// What the pipeline does with the ledger it was given: purge its expired
+/// reservations, and learn which jobs its live reservations paid for.
+trait LedgerLink: Send + Sync {
+    fn purge_expired(&self, retain: Duration) -> Result<usize>;
+
+    /// The ids of the jobs named by a reservation that is not expired: its job
+    /// id, and the [`Pipeline::RESERVATION_JOB_FIELD`] of its metadata.
+    fn live_jobs(&self) -> Result<std::collections::BTreeSet<String>>;
+}
+
+impl<L: Store> LedgerLink for JobLedger<L> {
+    fn purge_expired(&self, retain: Duration) -> Result<usize> {
+        JobLedger::purge_expired(self, retain)
+    }
+
+    fn live_jobs(&self) -> Result<std::collections::BTreeSet<String>> {
+        let now = self.clock().now_ms();
+        let mut named = std::collections::BTreeSet::new();
+        for reservation in self.list(None)?.reservations {
+            if reservation.is_expired_at(now) {
+                continue;
+            }
+            let field = reservation.metadata.get(Pipeline::RESERVATION_JOB_FIELD);
+            if let Some(job) = field.and_then(|v| v.as_str()) {
+                named.insert(job.to_owned());
+            }
+            named.insert(reservation.job_id);
+        }
+        Ok(named)
+    }
+}
 
 struct Stage {
     name: String,
@@ -197,7 +232,7 @@ struct Inner<S, V: Vfs> {
     retry: RetryPolicy,
     purge: PurgePolicy,
     purge_every: Option<Duration>,
-    ledger: Option<Box<LedgerPurge>>,
+    ledger: Option<Box<dyn LedgerLink>>,
     observer: Option<Box<Observer>>,
     actor: String,
 }
@@ -243,7 +278,7 @@ pub struct PipelineBuilder<S, V: Vfs = StdVfs> {
     retry: RetryPolicy,
     purge: PurgePolicy,
     purge_every: Option<Duration>,
-    ledger: Option<Box<LedgerPurge>>,
+    ledger: Option<Box<dyn LedgerLink>>,
     observer: Option<Box<Observer>>,
     actor: String,
 }
@@ -385,9 +420,14 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
         self
     }
 
-    /// Purges the expired reservations of `ledger` with the pipeline's purge.
+    /// The ledger that charges for this pipeline's jobs. The pipeline's purge
+    /// then removes its expired reservations, and keeps every job that a live
+    /// reservation names (by its job id, or by its metadata field
+    /// [`Pipeline::RESERVATION_JOB_FIELD`]): a client retrying with that
+    /// reservation's key finds the job it paid for, instead of a purged one
+    /// created again and run for free.
     pub fn ledger<L: Store + 'static>(mut self, ledger: JobLedger<L>) -> Self {
-        self.ledger = Some(Box::new(move |retain| ledger.purge_expired(retain)));
+        self.ledger = Some(Box::new(ledger));
         self
     }
 
