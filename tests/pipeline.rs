@@ -19,8 +19,8 @@ use jobsafe::jobs::{JobError, JobStatus, NewJob, RecoveryAction};
 use jobsafe::ledger::ChargeRequest;
 use jobsafe::lock::{Acquire, LockRequest};
 use jobsafe::pipeline::{
-    Deletion, ErrorClass, PipelineBuilder, PipelineRecords, PurgePolicy, RetryPolicy, RunOutcome,
-    StageAction, StageContext, StageError, classify_io,
+    Checkpoint, Deletion, ErrorClass, PipelineBuilder, PipelineRecords, PurgePolicy, RetryPolicy,
+    RunOutcome, StageAction, StageContext, StageError, classify_io,
 };
 use jobsafe::{AtomicWriter, DirStore, JobLedger, Key, ManualClock, Pipeline, Prefix, Store};
 use tempfile::TempDir;
@@ -2061,4 +2061,58 @@ fn a_purge_keeps_every_job_a_live_reservation_names() {
     assert_eq!(report.jobs.complete, 2, "{report:?}");
     assert_eq!(report.kept_for_reservations, 0);
     assert!(h.pipeline.jobs().get(&by_field).unwrap().is_none());
+}
+
+#[test]
+fn a_stage_notice_carries_the_checkpoint_of_a_stage_that_ran_or_was_skipped() {
+    type Seen = Vec<(String, StageAction, Option<Checkpoint>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let h = {
+        let seen = Arc::clone(&seen);
+        harness_on(
+            Arc::new(jobsafe::MemStore::new()),
+            None,
+            START_MS,
+            move |b| {
+                let seen = Arc::clone(&seen);
+                b.on_stage(move |notice| {
+                    seen.lock().unwrap().push((
+                        notice.stage.to_owned(),
+                        notice.action,
+                        notice.checkpoint.cloned(),
+                    ))
+                })
+            },
+        )
+    };
+    let id = enqueue(&h, "s");
+    h.script.then("draft", Act::Permanent);
+    h.pipeline.run_job(&id).unwrap();
+    h.pipeline.retry(&id).unwrap();
+    h.pipeline.run_job(&id).unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    for (stage, action, checkpoint) in &seen {
+        match action {
+            StageAction::Ran | StageAction::Skipped => {
+                let checkpoint = checkpoint.as_ref().unwrap();
+                let stored = h.pipeline.checkpoint(&id, stage).unwrap().unwrap();
+                assert_eq!(checkpoint, &stored, "{stage} {action:?}");
+                assert!(!checkpoint.artifacts.is_empty(), "{stage}");
+                let own = output_name(stage);
+                let artifact = checkpoint.artifacts.iter().find(|a| a.path.ends_with(&own));
+                assert!(
+                    artifact.is_some_and(|a| a.sha256.len() == 64 && a.len > 0),
+                    "{stage}: {checkpoint:?}"
+                );
+            }
+            _ => assert_eq!(checkpoint, &None, "{stage} {action:?}"),
+        }
+    }
+    let skipped: Vec<&str> = seen
+        .iter()
+        .filter(|(_, action, _)| *action == StageAction::Skipped)
+        .map(|(stage, _, _)| stage.as_str())
+        .collect();
+    assert_eq!(skipped, ["transcribe"]);
 }

@@ -24,7 +24,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         stage: &str,
         previous_chain: &str,
         written: &[Artifact],
-    ) -> Result<String> {
+    ) -> Result<Checkpoint> {
         let inner = &self.pipeline.inner;
         let chain = chain_digest(previous_chain, stage, written);
         let key = self.pipeline.checkpoint_key(self.id(), stage)?;
@@ -35,7 +35,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             token: self.worker.token,
             recorded_ms: inner.clock.now_ms(),
             artifacts: written.to_vec(),
-            chain: chain.clone(),
+            chain,
             extra: Extra::new(),
         };
         let record = BatchOp::Put {
@@ -49,6 +49,6 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             json!({ "stage": stage, "artifacts": written.len() }),
             &[record],
         )?;
-        Ok(chain)
+        Ok(checkpoint)
     }
 }

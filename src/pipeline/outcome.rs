@@ -4,6 +4,8 @@
 use crate::jobs::{JobError, JobStatus};
 use crate::lock::LockRecord;
 
+use super::Checkpoint;
+
 /// What happened to one stage in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -35,6 +37,10 @@ pub struct StageNotice<'a> {
     /// Why, when there is more to say: why a checkpoint did not verify, or the
     /// internal message of a failure.
     pub detail: Option<&'a str>,
+    /// The stage's checkpoint, with every artifact it wrote and their digests:
+    /// as recorded, for [`StageAction::Ran`]; as verified, for
+    /// [`StageAction::Skipped`]. `None` for the other actions.
+    pub checkpoint: Option<&'a Checkpoint>,
 }
 
 /// How a run ended.

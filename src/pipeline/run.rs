@@ -186,12 +186,23 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     }
 
     pub(super) fn notice(&self, stage: &str, action: StageAction, detail: Option<&str>) {
+        self.notice_with(stage, action, detail, None);
+    }
+
+    fn notice_with(
+        &self,
+        stage: &str,
+        action: StageAction,
+        detail: Option<&str>,
+        checkpoint: Option<&Checkpoint>,
+    ) {
         self.pipeline.notify(&super::StageNotice {
             job_id: self.id(),
             subject: self.subject,
             stage,
             action,
             detail,
+            checkpoint,
         });
     }
 
@@ -227,7 +238,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                             report
                                 .stages
                                 .push((stage.name.clone(), StageAction::Skipped));
-                            self.notice(&stage.name, StageAction::Skipped, None);
+                            self.notice_with(
+                                &stage.name,
+                                StageAction::Skipped,
+                                None,
+                                Some(&checkpoint),
+                            );
                             previous_chain = checkpoint.chain;
                             continue;
                         }
@@ -344,10 +360,10 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             return self.fail(&stage.name, &written, error).map(Err);
         }
         match self.record_checkpoint(&stage.name, previous_chain, &written) {
-            Ok(chain) => {
+            Ok(checkpoint) => {
                 report.stages.push((stage.name.clone(), StageAction::Ran));
-                self.notice(&stage.name, StageAction::Ran, None);
-                Ok(Ok(chain))
+                self.notice_with(&stage.name, StageAction::Ran, None, Some(&checkpoint));
+                Ok(Ok(checkpoint.chain))
             }
             Err(e) if e.is_stale_worker() || e.is_invalid_transition() => {
                 self.interrupted(&stage.name, &e.to_string(), report);
