@@ -2116,3 +2116,25 @@ fn a_stage_notice_carries_the_checkpoint_of_a_stage_that_ran_or_was_skipped() {
         .collect();
     assert_eq!(skipped, ["transcribe"]);
 }
+
+#[test]
+fn a_purge_sweeps_the_temp_files_dead_writers_left_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(DirStore::open(dir.path().join("store")).unwrap());
+    // Temp files are aged by their file times: this clock starts at the real time.
+    let h = harness_on(Arc::clone(&store), None, real_now_ms(), |b| b);
+    let id = enqueue(&h, "s");
+    h.pipeline.run_job(&id).unwrap();
+    // A writer killed mid-put left its temp file beside the job's record.
+    let crashed = dir
+        .path()
+        .join("store")
+        .join(format!(".crashed.0{}", AtomicWriter::TEMP_SUFFIX));
+    std::fs::write(&crashed, b"partial").unwrap();
+
+    assert_eq!(h.pipeline.purge().unwrap().temp_files, 0, "too young");
+    h.clock
+        .advance(PurgePolicy::default().temp_files_older_than * 2);
+    assert_eq!(h.pipeline.purge().unwrap().temp_files, 1);
+    assert!(!crashed.exists());
+}

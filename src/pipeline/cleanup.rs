@@ -111,7 +111,8 @@ pub struct PurgeReport {
     pub reservations: usize,
     /// Lock records whose lease had ended, removed.
     pub locks: usize,
-    /// Temp files of crashed writers removed.
+    /// Temp files of crashed writers removed, in the artifact directories and
+    /// in the store (see [`Store::sweep_temp_files`]).
     pub temp_files: usize,
     /// Jobs due for purge but kept because a live reservation of the
     /// pipeline's ledger names them (see
@@ -327,6 +328,9 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                 report.temp_files += self.sweep(&top.join(name), policy.temp_files_older_than)?;
             }
         }
+        report.temp_files += inner
+            .store
+            .sweep_temp_files(policy.temp_files_older_than, &*inner.clock)?;
         Ok(report)
     }
 

@@ -23,6 +23,7 @@ mod scan;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,7 @@ pub use scan::Scan;
 #[deprecated(since = "0.2.0", note = "renamed to `BatchOp`")]
 pub type Op = BatchOp;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 
@@ -253,6 +255,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// [`Error::Poisoned`]; I/O errors.
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>>;
 
+    /// Removes what writers that died left behind (temp files, for backends that
+    /// write them) at least `min_age` old by `clock`, and returns how many it
+    /// removed. A maintenance call, for a purge on a schedule; the default
+    /// implementation has nothing to sweep.
+    ///
+    /// # Errors
+    /// I/O errors naming the file or directory.
+    fn sweep_temp_files(&self, min_age: Duration, clock: &dyn Clock) -> Result<usize> {
+        let _ = (min_age, clock);
+        Ok(0)
+    }
+
     /// Every key under `prefix` in key order, in pages of up to `page_size`
     /// keys, read as one pass: for purges, exports and listings of many keys.
     ///
@@ -324,6 +338,9 @@ macro_rules! forward_store {
             }
             fn scan(&self, prefix: &Prefix, page_size: usize) -> Scan<'_> {
                 (**self).scan(prefix, page_size)
+            }
+            fn sweep_temp_files(&self, min_age: Duration, clock: &dyn Clock) -> Result<usize> {
+                (**self).sweep_temp_files(min_age, clock)
             }
         }
     )*};

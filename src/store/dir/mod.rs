@@ -10,12 +10,14 @@ mod stripes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use self::journal::Change;
 use self::layout::Layout;
 use self::record_file::RecordFile;
 use self::stripes::StripeGuard;
 use crate::atomic::AtomicWriter;
+use crate::clock::{Clock, SystemClock};
 use crate::durability::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
@@ -145,6 +147,7 @@ pub struct DirStoreBuilder<V: Vfs = StdVfs> {
     vfs: V,
     durability: Durability,
     create: bool,
+    sweep_at_open: Option<Duration>,
 }
 
 impl DirStore<StdVfs> {
@@ -165,8 +168,15 @@ impl DirStore<StdVfs> {
             vfs: StdVfs,
             durability: Durability::Full,
             create: true,
+            sweep_at_open: Some(DirStore::SWEEP_AT_OPEN),
         }
     }
+
+    /// How old a temp file must be for [`DirStore::open`] to take it for a dead
+    /// writer's and remove it: one hour. A write holds its temp file for the
+    /// time of one write; a writer paused for longer than this finds its temp
+    /// file gone and its write fails, nothing else.
+    pub const SWEEP_AT_OPEN: Duration = Duration::from_secs(3600);
 }
 
 impl<V: Vfs> DirStoreBuilder<V> {
@@ -178,6 +188,7 @@ impl<V: Vfs> DirStoreBuilder<V> {
             vfs,
             durability: self.durability,
             create: self.create,
+            sweep_at_open: self.sweep_at_open,
         }
     }
 
@@ -196,7 +207,21 @@ impl<V: Vfs> DirStoreBuilder<V> {
         self
     }
 
-    /// Opens the store, completing any batch a crashed process left half done.
+    /// Which temp files opening the store removes: those at least `min_age` old
+    /// (by their modification time and the system clock), or none with `None`.
+    /// Sweeping reads every directory of the store once, which takes about as
+    /// long as listing every key; turn it off for a store so large that this
+    /// matters, and sweep with [`DirStore::sweep_temp_files`] (or
+    /// [`Pipeline::purge`](crate::Pipeline::purge)) on a schedule instead.
+    /// Default: `Some(`[`DirStore::SWEEP_AT_OPEN`]`)`.
+    pub fn sweep_at_open(mut self, min_age: Option<Duration>) -> Self {
+        self.sweep_at_open = min_age;
+        self
+    }
+
+    /// Opens the store, completing any batch a crashed process left half done
+    /// and removing the temp files of writers that died (see
+    /// [`sweep_at_open`](DirStoreBuilder::sweep_at_open)).
     ///
     /// # Errors
     /// As [`DirStore::open`].
@@ -211,6 +236,11 @@ impl<V: Vfs> DirStoreBuilder<V> {
             }),
         };
         store.recover_all()?;
+        if let Some(min_age) = self.sweep_at_open {
+            // Hygiene, not correctness: a temp file that cannot be removed now
+            // (a read-only mount, say) is left for a later sweep, which reports it.
+            let _ = store.sweep_temp_files(min_age, &SystemClock);
+        }
         Ok(store)
     }
 }
@@ -238,11 +268,7 @@ impl<V: Vfs> DirStore<V> {
     ///
     /// # Errors
     /// [`Error::Io`] naming the directory or file.
-    pub fn sweep_temp_files(
-        &self,
-        min_age: std::time::Duration,
-        clock: &dyn crate::Clock,
-    ) -> Result<usize> {
+    pub fn sweep_temp_files(&self, min_age: Duration, clock: &dyn Clock) -> Result<usize> {
         let mut removed = 0;
         let writer = &self.inner.writer;
         for dir in list::all_dirs(writer.vfs(), &self.inner.layout)? {
@@ -614,6 +640,10 @@ impl<V: Vfs> Store for DirStore<V> {
             })?;
             Ok(applied)
         })
+    }
+
+    fn sweep_temp_files(&self, min_age: Duration, clock: &dyn Clock) -> Result<usize> {
+        DirStore::sweep_temp_files(self, min_age, clock)
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {

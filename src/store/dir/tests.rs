@@ -657,3 +657,44 @@ fn a_put_whose_new_directory_was_pruned_before_its_parent_flush_creates_it_again
     assert!(!store.is_poisoned());
     assert_eq!(store.get(&k).unwrap().unwrap().version, v);
 }
+
+#[test]
+fn opening_a_store_sweeps_the_temp_files_of_dead_writers_and_keeps_young_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["jobs", "job-1"]);
+    store.put(&k, b"kept", Expect::Absent).unwrap();
+    let record_dir = store.path_of(&k).parent().unwrap().to_path_buf();
+    drop(store);
+    // Temp files of killed writers: one from two hours ago, one from now (a
+    // writer of another process may still be on it).
+    let plant = |name: &str, age: std::time::Duration| {
+        let path = record_dir.join(format!(".{name}.0123{}", crate::atomic::TEMP_SUFFIX));
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        path
+    };
+    let dead = plant("dead", 2 * DirStore::SWEEP_AT_OPEN);
+    let young = plant("young", std::time::Duration::ZERO);
+
+    let store = open(dir.path());
+    assert!(
+        !dead.exists(),
+        "a dead writer's temp file outlived the open"
+    );
+    assert!(
+        young.exists(),
+        "a young temp file was taken for a dead writer's"
+    );
+    assert_eq!(store.get(&k).unwrap().unwrap().value, b"kept");
+    drop(store);
+
+    // Turned off, an open leaves them.
+    let dead = plant("dead-again", 2 * DirStore::SWEEP_AT_OPEN);
+    DirStore::builder(dir.path())
+        .sweep_at_open(None)
+        .open()
+        .unwrap();
+    assert!(dead.exists());
+}
