@@ -8,9 +8,11 @@
 //! writes again. The read-only tests remount the filesystem read-only under a
 //! store.
 //!
-//! Mounting needs root. Without it, or when `mount` fails, each test prints a
-//! `SKIPPED: ...` line and passes, unless `JOBSAFE_REQUIRE_MOUNTS=1`, which
-//! makes it fail instead (CI sets it). Every mount is unmounted by a guard, on
+//! Mounting needs root, so a plain `cargo test` lists these tests as ignored,
+//! with that reason; run them with `cargo test --test disk_full -- --ignored`
+//! (`.ci/run` does). Run so but without root, or when `mount` fails, each test
+//! prints a `SKIPPED: ...` line and passes, unless `JOBSAFE_REQUIRE_MOUNTS=1`,
+//! which makes it fail instead (CI sets it). Every mount is unmounted by a guard, on
 //! success, failure and panic alike.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -200,6 +202,7 @@ fn filler(mount: &Mount, bytes: usize) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root to mount a tmpfs: run with --ignored (.ci/run does)"]
 fn dir_store_on_a_full_disk() {
     let Some(mount) = mount_or_skip("dir_store_on_a_full_disk", "2m") else {
         return;
@@ -263,6 +266,7 @@ fn dir_store_on_a_full_disk() {
 }
 
 #[test]
+#[ignore = "needs root to mount a tmpfs: run with --ignored (.ci/run does)"]
 fn log_store_on_a_full_disk() {
     // The journal starts with 4 MiB of preallocated space and grows in 4 MiB
     // steps: the disk fills up in the middle of a step.
@@ -329,6 +333,7 @@ fn log_store_on_a_full_disk() {
 }
 
 #[test]
+#[ignore = "needs root to mount a tmpfs: run with --ignored (.ci/run does)"]
 fn a_store_on_a_filesystem_remounted_read_only() {
     let Some(mount) = mount_or_skip("a_store_on_a_filesystem_remounted_read_only", "8m") else {
         return;
@@ -396,6 +401,7 @@ fn a_store_on_a_filesystem_remounted_read_only() {
 /// cut-short `journal.new-*` file taking the disk's last free bytes until the
 /// next open swept it.
 #[test]
+#[ignore = "needs root to mount a tmpfs: run with --ignored (.ci/run does)"]
 fn log_store_created_on_a_disk_too_small_for_its_journal() {
     let Some(mount) = mount_or_skip(
         "log_store_created_on_a_disk_too_small_for_its_journal",

@@ -17,9 +17,12 @@
 //! ext4 keeps no order between file data and metadata, so that only the
 //! stores' own fsyncs make their writes durable.
 //!
-//! Without root, a loop device, `mkfs.ext4` or `xfs_io`, the test prints a loud
-//! `SKIPPED: <reason>` and passes, unless `JOBSAFE_REQUIRE_EXT4=1` makes that a
-//! failure (CI sets it wherever loop devices work). `JOBSAFE_EXT4_ITERATIONS`
+//! It needs root, a loop device, `mkfs.ext4` and `xfs_io`, so a plain `cargo
+//! test` lists it as ignored, with that reason; run it with `cargo test --test
+//! ext4_power_loss -- --ignored` (`.ci/run` does). Run so but without them, the
+//! test prints a loud `SKIPPED: <reason>` and passes, unless
+//! `JOBSAFE_REQUIRE_EXT4=1` makes that a failure (CI sets it wherever loop
+//! devices work). `JOBSAFE_EXT4_ITERATIONS`
 //! sets the number of power losses (5 by default; CI runs 40);
 //! `JOBSAFE_CRASH_SEED` replays a run.
 #![cfg(target_os = "linux")]
@@ -42,6 +45,7 @@ const TEST: &str = "acknowledged_writes_survive_ext4_power_loss";
 const IMAGE_BYTES: u64 = 192 << 20;
 
 #[test]
+#[ignore = "needs root, a loop device, mkfs.ext4 and xfs_io: run with --ignored (.ci/run does)"]
 fn acknowledged_writes_survive_ext4_power_loss() {
     if part::serve_child() {
         return;

@@ -76,6 +76,9 @@ impl Child {
             .args([
                 test,
                 "--exact",
+                // A test that needs root is ignored unless asked for; its
+                // children run whenever it does.
+                "--include-ignored",
                 "--nocapture",
                 "--test-threads=1",
                 "--quiet",
