@@ -1,5 +1,5 @@
 //! A transcribe → draft → export pipeline over a few recordings, on the
-//! embedded default store ([`DirStore`]).
+//! embedded default store ([`LogStore`]).
 //!
 //! Each stage prints as it runs or is skipped. Interrupt it (Ctrl-C, or
 //! SIGKILL) and run it again: it resumes where it stopped, skipping every stage
@@ -12,8 +12,9 @@
 //! cargo run --example pipeline [WORK_DIR]
 //! ```
 //!
-//! `WORK_DIR` defaults to `jobsafe-pipeline-demo` in the system temp directory
-//! and is kept, so that a second run finds the first one's work.
+//! Without `WORK_DIR`, each run works in a new directory under the system temp
+//! directory and prints it; pass that directory to resume (a directory that
+//! holds an earlier run's state is resumed, and the run says so).
 //! `JOBSAFE_DEMO_STAGE_MS` sets how long each stage works (default 200), to
 //! leave time for an interruption.
 
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use jobsafe::jobs::{JobStatus, NewJob};
 use jobsafe::pipeline::{RetryPolicy, RunOutcome, StageAction, StageContext, StageError};
-use jobsafe::{Clock, DirStore, Pipeline, SystemClock};
+use jobsafe::{Clock, LogStore, Pipeline, SystemClock};
 
 /// The recordings: (job id, session, content). The empty one fails for good.
 const INPUTS: [(&str, &str, &str); 3] = [
@@ -44,14 +45,23 @@ const INPUTS: [(&str, &str, &str); 3] = [
 const BUSY_ONCE: &str = "episode-2";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let work = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("jobsafe-pipeline-demo"));
+    let (work, chosen) = match std::env::args().nth(1) {
+        Some(dir) => (PathBuf::from(dir), true),
+        None => (fresh_work_dir()?, false),
+    };
     let stage_ms: u64 = match std::env::var("JOBSAFE_DEMO_STAGE_MS") {
         Ok(ms) => ms.parse()?,
         Err(_) => 200,
     };
+    let store_dir = work.join("store");
+    if store_dir.exists() {
+        println!(
+            "resuming the work in {}: jobs already settled stay settled",
+            work.display()
+        );
+    } else {
+        println!("work directory: {}", work.display());
+    }
     let inputs = work.join("inputs");
     std::fs::create_dir_all(&inputs)?;
     for (id, _, content) in INPUTS {
@@ -60,13 +70,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             jobsafe::write_atomic(&path, content.as_bytes())?;
         }
     }
-    println!("work directory: {}", work.display());
-
     let clock = Arc::new(SystemClock);
     let pause = Duration::from_millis(stage_ms);
     let transcribe_inputs = inputs.clone();
     let pipeline = Pipeline::builder(
-        DirStore::open(work.join("store"))?,
+        LogStore::open(&store_dir)?,
         clock.clone(),
         work.join("artifacts"),
     )
@@ -232,5 +240,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "all jobs settled: {complete} complete, {failed} failed; exports in {}",
         pipeline.artifact_root().join("jobs").display()
     );
+    if !chosen {
+        println!(
+            "run `cargo run --example pipeline -- {}` to run it again over this state",
+            work.display()
+        );
+    }
     Ok(())
+}
+
+/// A new directory under the system temp directory, named by time and process
+/// so that runs (and users) never share one by accident.
+fn fresh_work_dir() -> std::io::Result<PathBuf> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let dir = std::env::temp_dir().join(format!(
+        "jobsafe-pipeline-{started}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
 }

@@ -310,3 +310,22 @@ fn a_failed_job_shows_clients_no_internal_error_and_refunds_its_credit() -> Res 
     println!("relay_server: failed job shows only its client message; its credit was refunded");
     Ok(())
 }
+
+#[test]
+fn the_relay_explains_its_options_on_help_and_names_an_unknown_one() -> Res {
+    let relay = common::relay::relay_binary(false)?;
+    for flag in ["--help", "-h"] {
+        let out = std::process::Command::new(&relay).arg(flag).output()?;
+        assert!(out.status.success(), "{flag}: {out:?}");
+        let usage = String::from_utf8(out.stdout)?;
+        assert!(usage.starts_with("usage: relay_server"), "{usage}");
+        for option in ["--store", "--backend", "--listen", "--gate", "--lease-ms"] {
+            assert!(usage.contains(option), "{flag} does not mention {option}");
+        }
+    }
+    let out = std::process::Command::new(&relay).arg("--bogus").output()?;
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("unknown option --bogus"), "{error}");
+    Ok(())
+}

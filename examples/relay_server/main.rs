@@ -41,6 +41,33 @@ use jobsafe::{DirStore, LogStore};
 use crate::relay::{Relay, Shared};
 use crate::work::Pace;
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: relay_server [--store DIR] [--backend log|dir] [--listen ADDR] [--workers N]
+                    [--stage-ms N | --gate DIR] [--credits N] [--index-ttl-ms N]
+                    [--lease-ms N]
+
+An HTTP relay running background jobs with jobsafe: POST /jobs, GET /jobs/{id},
+GET /jobs/{id}/events (SSE), GET /accounts/{account}, POST /index.
+
+  --store DIR         state directory (default: jobsafe-relay in the temp directory)
+  --backend log|dir   LogStore (default) or DirStore
+  --listen ADDR       address to listen on (default 127.0.0.1:8080; port 0 picks one)
+  --workers N         job runner threads (default 4)
+  --stage-ms N        how long each of a job's three stages works (default 500)
+  --gate DIR          stages wait for a file in DIR instead of sleeping
+  --credits N         each account's starting credits (default 100)
+  --index-ttl-ms N    the index lock's lease (default 16 minutes)
+  --lease-ms N        a job runner's lease (default 30 s)
+  -h, --help          print this and exit
+";
+
+/// What the command line asks for.
+enum Command {
+    Run(Options),
+    Help,
+}
+
 /// The command line, parsed.
 struct Options {
     state: PathBuf,
@@ -54,7 +81,7 @@ struct Options {
 }
 
 impl Options {
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
         let mut options = Options {
             state: std::env::temp_dir().join("jobsafe-relay"),
             backend: "log".to_owned(),
@@ -66,7 +93,15 @@ impl Options {
             lease: Duration::from_secs(30),
         };
         while let Some(flag) = args.next() {
-            let value = args.next().ok_or(format!("{flag} needs a value"))?;
+            if flag == "--help" || flag == "-h" {
+                return Ok(Command::Help);
+            }
+            if !USAGE.contains(&format!("  {flag} ")) {
+                return Err(format!("unknown option {flag} (see --help)"));
+            }
+            let value = args
+                .next()
+                .ok_or(format!("{flag} needs a value (see --help)"))?;
             let number = || {
                 value
                     .parse::<u64>()
@@ -82,15 +117,24 @@ impl Options {
                 "--credits" => options.credits = number()?,
                 "--index-ttl-ms" => options.index_ttl = Duration::from_millis(number()?),
                 "--lease-ms" => options.lease = Duration::from_millis(number()?),
-                _ => return Err(format!("unknown option {flag} {value}")),
+                "--backend" => {
+                    return Err(format!("--backend {value}: expected log or dir"));
+                }
+                _ => return Err(format!("unknown option {flag} (see --help)")),
             }
         }
-        Ok(options)
+        Ok(Command::Run(options))
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = Options::parse(std::env::args().skip(1))?;
+    let options = match Options::parse(std::env::args().skip(1))? {
+        Command::Run(options) => options,
+        Command::Help => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+    };
     std::fs::create_dir_all(&options.state)?;
     // One relay process per state directory: startup recovery frees the locks
     // of runners that died, which is right only if none of them is alive. The
