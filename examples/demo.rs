@@ -1,25 +1,35 @@
-//! A small credit-charging job runner on the embedded default store.
+//! A small credit-charging job runner on the embedded default store
+//! ([`LogStore`]).
 //!
-//! Each job id is charged one credit exactly once, however often it is submitted:
-//! the reservation and the balance change in one atomic batch, so a crash can never
-//! charge without recording or record without charging. Each job writes its result
-//! file atomically. Run it twice: the second run finds the jobs already charged and
+//! Each job id is charged one credit exactly once, however often it is
+//! submitted: [`JobLedger::reserve_with`] writes the reservation and the balance
+//! change in one atomic batch, so a crash can never charge without recording or
+//! record without charging. Each job writes its result file atomically. Run it
+//! twice on one directory: the second run finds the jobs already charged and
 //! their artifacts in place, and charges nothing.
 //!
 //! ```text
-//! cargo run --example demo [STORE_DIR]
+//! cargo run --example demo [WORK_DIR]
 //! ```
+//!
+//! Without `WORK_DIR`, the run works in a new directory under the system temp
+//! directory and prints it. The operator tool reads what it wrote:
+//! `cargo run --features cli --bin jobsafe -- --store log:WORK_DIR/store ledger list`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use jobsafe::{AtomicWriter, Batch, DirStore, Expect, Key, Prefix, Store};
+use jobsafe::ledger::{ChargeRequest, Reserve};
+use jobsafe::store::BatchOp;
+use jobsafe::{AtomicWriter, Expect, JobLedger, Key, LogStore, Prefix, Store, SystemClock};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("jobsafe-demo"));
-    let store = DirStore::open(root.join("store"))?;
+    let root = match std::env::args().nth(1) {
+        Some(dir) => PathBuf::from(dir),
+        None => fresh_work_dir()?,
+    };
+    let store = Arc::new(LogStore::open(root.join("store"))?);
+    let ledger = JobLedger::new(Arc::clone(&store), Arc::new(SystemClock));
     let artifacts = root.join("artifacts");
     std::fs::create_dir_all(&artifacts)?;
     println!("store: {}", store.root().display());
@@ -33,9 +43,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The same job submitted three times (a client retrying), and a second job.
     for job_id in ["job-1", "job-1", "job-2", "job-1"] {
-        match charge_once(&store, &balance_key, account, job_id)? {
-            Some(left) => println!("{job_id}: charged 1 credit, {left} left"),
-            None => println!("{job_id}: already charged, retry is free"),
+        let request = ChargeRequest::new().meta("credits", 1);
+        let charge = |_: &_| debit(&store, &balance_key);
+        match ledger.reserve_with(account, job_id, &request, charge)? {
+            Reserve::New(_) => println!(
+                "{job_id}: charged 1 credit, {} left",
+                balance(&store, &balance_key)?
+            ),
+            Reserve::Existing(_) => println!("{job_id}: already charged, retry is free"),
+            Reserve::InFlight(_) => println!("{job_id}: its charge is in flight, try later"),
         }
         let artifact = artifacts.join(format!("{job_id}.json"));
         if artifact.exists() {
@@ -59,38 +75,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Charges one credit for `job_id` unless it was charged before. Returns the new
-/// balance, or `None` for a repeat. Retries on a concurrent change of the balance.
-fn charge_once(
-    store: &DirStore,
-    balance_key: &Key,
-    account: &str,
-    job_id: &str,
-) -> jobsafe::Result<Option<u64>> {
-    let reservation = Key::new(["ledger", account, job_id])?;
-    loop {
-        if store.get(&reservation)?.is_some() {
-            return Ok(None);
-        }
-        let balance = store
-            .get(balance_key)?
-            .ok_or_else(|| jobsafe::Error::InvalidArgument(format!("no account {account}")))?;
-        let credits: u64 = String::from_utf8_lossy(&balance.value)
-            .parse()
-            .map_err(|_| jobsafe::Error::InvalidArgument("balance is not a number".into()))?;
-        let left = credits.saturating_sub(1);
-        let batch = Batch::new()
-            .put(&reservation, br#"{"charged":1}"#.to_vec(), Expect::Absent)
-            .put(
-                balance_key,
-                left.to_string().into_bytes(),
-                Expect::Version(balance.version),
-            );
-        match store.apply(&batch) {
-            Ok(_) => return Ok(Some(left)),
-            // Someone else charged this job or moved the balance: look again.
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e),
-        }
+/// The balance now.
+fn balance(store: &LogStore, balance_key: &Key) -> jobsafe::Result<u64> {
+    let entry = store
+        .get(balance_key)?
+        .ok_or_else(|| jobsafe::Error::InvalidArgument(format!("no balance at {balance_key}")))?;
+    String::from_utf8_lossy(&entry.value)
+        .parse()
+        .map_err(|_| jobsafe::Error::InvalidArgument(format!("{balance_key} is not a number")))
+}
+
+/// The balance change to apply with a new reservation: one credit less, if
+/// the balance is still the one read (the ledger retries if it moved).
+fn debit(store: &LogStore, balance_key: &Key) -> jobsafe::Result<Vec<BatchOp>> {
+    let entry = store
+        .get(balance_key)?
+        .ok_or_else(|| jobsafe::Error::InvalidArgument(format!("no balance at {balance_key}")))?;
+    let credits = balance(store, balance_key)?;
+    if credits == 0 {
+        return Err(jobsafe::Error::InvalidArgument("no credits left".into()));
     }
+    Ok(vec![BatchOp::Put {
+        key: balance_key.clone(),
+        value: (credits - 1).to_string().into_bytes(),
+        expect: Expect::Version(entry.version),
+    }])
+}
+
+/// A new directory under the system temp directory, named by time and process.
+fn fresh_work_dir() -> std::io::Result<PathBuf> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let dir = std::env::temp_dir().join(format!("jobsafe-demo-{started}-{}", std::process::id()));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
 }

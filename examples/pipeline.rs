@@ -255,10 +255,8 @@ fn fresh_work_dir() -> std::io::Result<PathBuf> {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let dir = std::env::temp_dir().join(format!(
-        "jobsafe-pipeline-{started}-{}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("jobsafe-pipeline-{started}-{}", std::process::id()));
     std::fs::create_dir(&dir)?;
     Ok(dir)
 }

@@ -1546,3 +1546,50 @@ fn an_unreachable_postgres_server_is_named_without_its_password() {
     );
     assert!(!failed.stderr.contains("s3cret"), "{}", failed.stderr);
 }
+
+#[test]
+fn the_demo_examples_records_are_read_as_reservations_not_damage() {
+    let demo = common::relay::example_binary("demo", false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(&demo).arg(dir.path()).output().unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let store = format!("log:{}", dir.path().join("store").display());
+    let listed = run(&["--store", &store, "--json", "ledger", "list"]).expect(OK);
+    let reservations = listed.json_lines();
+    let jobs: Vec<&str> = reservations
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["job-1", "job-2"]);
+    assert!(
+        !listed.stderr.contains("unreadable") && !listed.stderr.contains("orrupt"),
+        "{}",
+        listed.stderr
+    );
+}
+
+#[test]
+fn jobs_list_without_pipeline_on_a_pipeline_store_says_where_the_jobs_are() {
+    let fx = Fixture::empty(Backend::Log);
+    let artifacts = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(fx.store(), fx.clock(), artifacts.path())
+        .namespace(Prefix::new(["relay"]).unwrap())
+        .stage("only", |_| Ok(()))
+        .build()
+        .unwrap();
+    pipeline.enqueue("s", NewJob::new("episode")).unwrap();
+    drop(pipeline);
+
+    let plain = fx.run(&["jobs", "list"]).expect(OK);
+    assert!(plain.stdout.contains("no jobs"), "{}", plain.stdout);
+    assert!(
+        plain.stderr.contains("jobsafe jobs list --pipeline=relay"),
+        "{}",
+        plain.stderr
+    );
+    let found = fx
+        .run(&["--json", "jobs", "list", "--pipeline=relay"])
+        .expect(OK);
+    assert_eq!(found.json_lines().len(), 1);
+    assert!(!found.stderr.contains("hint"), "{}", found.stderr);
+}

@@ -47,30 +47,39 @@ pub fn relay_binary(release: bool) -> Res<PathBuf> {
     static DEBUG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     static RELEASE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let cell = if release { &RELEASE } else { &DEBUG };
-    cell.get_or_init(|| build(release).map_err(|e| e.to_string()))
+    cell.get_or_init(|| example_binary("relay_server", release).map_err(|e| e.to_string()))
         .clone()
         .map_err(Into::into)
 }
 
-fn build(release: bool) -> Res<PathBuf> {
+/// Builds the example `name` (with this binary's features, so that the library
+/// is not built twice) and returns the path of its executable.
+pub fn example_binary(name: &str, release: bool) -> Res<PathBuf> {
     let mut cargo = Command::new(env!("CARGO"));
     cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
         "build",
         "--example",
-        "relay_server",
+        name,
         "--message-format=json",
     ]);
     if release {
         cargo.arg("--release");
     }
-    if cfg!(feature = "postgres") {
-        // The same features as this binary: the library is not built twice.
-        cargo.args(["--features", "postgres"]);
+    // The same features as this binary: the library is not built twice.
+    let features: Vec<&str> = [
+        ("postgres", cfg!(feature = "postgres")),
+        ("cli", cfg!(feature = "cli")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    if !features.is_empty() {
+        cargo.args(["--features", &features.join(",")]);
     }
     let output = cargo.stderr(Stdio::piped()).output()?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --example relay_server failed:\n{}",
+            "cargo build --example {name} failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         )
         .into());
@@ -80,13 +89,13 @@ fn build(release: bool) -> Res<PathBuf> {
             continue;
         };
         if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "relay_server"
+            && message["target"]["name"] == name
             && let Some(path) = message["executable"].as_str()
         {
             return Ok(PathBuf::from(path));
         }
     }
-    Err("cargo built relay_server but reported no executable".into())
+    Err(format!("cargo built {name} but reported no executable").into())
 }
 
 /// A running relay server.

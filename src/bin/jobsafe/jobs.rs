@@ -177,7 +177,11 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
             filter.status = state.map(JobStatus::from);
             filter.kind = kind;
             filter.owner = owner;
-            list(ctx, &jobs, store, &filter)
+            let listed = list(ctx, &jobs, store, &filter);
+            if args.pipeline.is_none() && listed_nothing(&jobs, &filter) {
+                hint_pipelines(&jobs, &args.namespace);
+            }
+            listed
         }
         Command::Show { id } => show(ctx, &jobs, store, &id),
         Command::Events { id, after } => events(ctx, &jobs, store, &id, after),
@@ -208,6 +212,48 @@ fn list<S: Store>(ctx: &Ctx, jobs: &JobState<S>, store: &str, filter: &JobFilter
         .map_err(|e| Failure::library(format!("list jobs in store {store}"), &e))?;
     print_jobs(ctx, &listed.jobs, "no jobs");
     report_unreadable(&listed.unreadable)
+}
+
+/// Whether an unfiltered listing finds no job at all (errors count as not
+/// empty: they were reported).
+fn listed_nothing<S: Store>(jobs: &JobState<S>, filter: &JobFilter) -> bool {
+    *filter == JobFilter::new()
+        && jobs
+            .list(filter)
+            .is_ok_and(|l| l.jobs.is_empty() && l.unreadable.is_empty())
+}
+
+/// Most keys `hint_pipelines` reads: a hint must not cost a scan of a huge store.
+const HINT_SCAN_KEYS: usize = 10_000;
+
+/// Tells, on stderr, where a pipeline's jobs are when the plain job namespace
+/// is empty: a Pipeline keeps its jobs at `<pipeline>/jobs/job/<id>`, and
+/// `jobs list` without `--pipeline` looks only at `<namespace>/job/<id>`.
+fn hint_pipelines<S: Store>(jobs: &JobState<S>, namespace: &str) {
+    let mut pipelines = std::collections::BTreeSet::new();
+    let mut seen = 0;
+    for page in jobs.store().scan(&jobsafe::Prefix::all(), 1024) {
+        let Ok(keys) = page else { break };
+        for key in &keys {
+            if let [pipeline @ .., jobs_segment, job, _id] = key.segments()
+                && jobs_segment == "jobs"
+                && job == "job"
+                && !pipeline.is_empty()
+            {
+                pipelines.insert(pipeline.join("/"));
+            }
+        }
+        seen += keys.len();
+        if seen >= HINT_SCAN_KEYS {
+            break;
+        }
+    }
+    for pipeline in pipelines {
+        eprintln!(
+            "hint: no jobs under namespace {namespace}, but a pipeline keeps jobs under \
+             {pipeline}: try `jobsafe jobs list --pipeline={pipeline}`"
+        );
+    }
 }
 
 fn print_jobs(ctx: &Ctx, jobs: &[Job], empty: &str) {
