@@ -98,6 +98,7 @@ mod key;
 mod ledger;
 mod lock;
 mod pipeline;
+mod process;
 pub mod record;
 mod store;
 pub mod vfs;
@@ -125,6 +126,7 @@ pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineRecords, PurgePolicy, PurgeReport, RetryPolicy, RunOutcome,
     RunReport, SUBJECT_FIELD, StageAction, StageContext, StageError, StageNotice, classify_io,
 };
+pub use process::{ProcessIdentity, ProcessLiveness};
 pub use record::Metadata;
 pub use store::dir::{DirStore, DirStoreBuilder};
 pub use store::log::{Compaction, LogStats, LogStore, LogStoreBuilder, MAX_TRANSACTION_BYTES};
