@@ -144,6 +144,7 @@ mod key;
 pub mod ledger;
 pub mod lock;
 pub mod pipeline;
+mod process;
 pub mod record;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]

@@ -1,12 +1,18 @@
 //! Every outcome of `JobLock`, driven by a `ManualClock`: nothing here sleeps to
-//! wait for a lease.
+//! wait for a lease. Holders that die are child processes (this binary run
+//! again), killed and reaped before the test decides.
 #![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::backends::SharedStore;
+use common::child::{self, Child};
 use jobsafe::lock::{
-    Acquire, KeepAliveEvent, LockGuard, LockRecord, LockRequest, LostLease, Release, Renewal,
+    Acquire, KeepAliveEvent, LockGuard, LockHandle, LockRecord, LockRequest, LostLease,
+    ProcessIdentity, ProcessLiveness, Release, Renewal,
 };
 use jobsafe::{DirStore, Error, FencingToken, JobLock, Key, ManualClock, MemStore, Prefix, Store};
 use tempfile::TempDir;
@@ -693,4 +699,426 @@ fn keep_alive_reports_failed_renewals_then_expiry() {
         "an expired keep-alive stops"
     );
     let _ = guard.into_handle();
+}
+
+// Dead holders: on a machine-local store, a lock whose holder process has
+// provably exited is taken over at once; in every other case, at expiry.
+
+/// Child: acquires the lock `JOBSAFE_TEST_KEY` in the store the parent names
+/// (its clock at `START_MS`, like the parent's), reports `holding <handle>`,
+/// and keeps it until the parent closes its input or kills it.
+fn hold_in_child() {
+    let store = SharedStore::from_env();
+    let locks = JobLock::new(store.open(), Arc::new(ManualClock::new(START_MS)));
+    let guard = acquired(
+        locks
+            .acquire(
+                &key(&child::var("JOBSAFE_TEST_KEY")),
+                TTL,
+                &LockRequest::new(),
+            )
+            .unwrap(),
+    );
+    child::report(&format!(
+        "holding {}",
+        serde_json::to_string(&guard.handle()).unwrap()
+    ));
+    while child::receive().is_some() {}
+    // Exits without releasing, as a holder that crashed would.
+    let _ = guard.into_handle();
+}
+
+/// Starts a child of `test` (which must begin by running [`hold_in_child`] in
+/// the child) that holds the lock `name` in `store`, and returns it with its
+/// handle. `wrapper` runs it under another program, such as `unshare`.
+fn spawn_holder(
+    wrapper: &[&str],
+    test: &str,
+    store: &SharedStore,
+    name: &str,
+) -> (Child, LockHandle) {
+    let mut vars = store.vars();
+    vars.insert("JOBSAFE_TEST_KEY", name.to_owned());
+    let mut holder = Child::spawn_under(wrapper, test, "holder", &vars);
+    let report = holder.expect_report();
+    let Some(handle) = report.strip_prefix("holding ") else {
+        panic!("unexpected report {report:?}");
+    };
+    let handle = serde_json::from_str(handle).unwrap();
+    (holder, handle)
+}
+
+/// A lock over the store in `store`'s directory, timed by a fresh `ManualClock`
+/// at `START_MS`.
+fn locks_on(store: &SharedStore) -> (JobLock<Arc<dyn Store>>, ManualClock) {
+    let clock = ManualClock::new(START_MS);
+    (JobLock::new(store.open(), Arc::new(clock.clone())), clock)
+}
+
+#[test]
+fn a_dead_holders_lock_is_taken_over_at_once_with_a_greater_token() {
+    const TEST: &str = "a_dead_holders_lock_is_taken_over_at_once_with_a_greater_token";
+    if child::role().is_some() {
+        return hold_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for store in [
+        SharedStore::Dir(dir.path().join("dir")),
+        SharedStore::Log(dir.path().join("log")),
+    ] {
+        let name = store.kind();
+        let (locks, clock) = locks_on(&store);
+        let (holder, handle) = spawn_holder(&[], TEST, &store, "a");
+        holder.kill();
+
+        // Looking changes nothing: the record is reported as it is.
+        let record = locks.peek(&key("a")).unwrap().unwrap();
+        assert_eq!(record.handle(), handle, "{name}");
+        assert!(!record.is_expired_at(clock_now(&clock)), "{name}");
+        assert_eq!(record.holder_liveness(), ProcessLiveness::Dead, "{name}");
+        assert_eq!(locks.peek(&key("a")).unwrap().as_ref(), Some(&record));
+
+        // Long before its lease ends, the next acquire takes it over.
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert!(next.token() > handle.token, "{name}");
+        assert_eq!(clock_now(&clock), START_MS, "{name}: no time passed");
+        assert_eq!(next.record().process, ProcessIdentity::current(), "{name}");
+        assert!(matches!(
+            locks.renew(&handle, TTL).unwrap(),
+            Renewal::Lost(LostLease::TakenOver(_))
+        ));
+    }
+}
+
+#[test]
+fn acquire_within_takes_a_dead_holders_lock_without_waiting() {
+    const TEST: &str = "acquire_within_takes_a_dead_holders_lock_without_waiting";
+    if child::role().is_some() {
+        return hold_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SharedStore::Dir(dir.path().join("store"));
+    let (locks, clock) = locks_on(&store);
+    let (holder, handle) = spawn_holder(&[], TEST, &store, "a");
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    holder.kill();
+    // No wait at all: a lease would time it out at once.
+    let next = locks
+        .acquire_within(&key("a"), TTL, &LockRequest::new(), Duration::ZERO)
+        .unwrap();
+    assert!(next.token() > handle.token);
+    assert_eq!(clock_now(&clock), START_MS);
+}
+
+#[test]
+fn a_live_holders_lock_is_not_taken_over_before_expiry() {
+    const TEST: &str = "a_live_holders_lock_is_not_taken_over_before_expiry";
+    if child::role().is_some() {
+        return hold_in_child();
+    }
+    // Held by this very process.
+    for (name, locks, clock, _dir) in backends() {
+        let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert_eq!(guard.record().process, ProcessIdentity::current(), "{name}");
+        assert_eq!(guard.record().holder_liveness(), ProcessLiveness::Alive);
+        let handle = guard.into_handle();
+        clock.advance(TTL - Duration::from_millis(1));
+        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        clock.advance(Duration::from_millis(1));
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert!(next.token() > handle.token, "{name}");
+    }
+
+    // Held by another process that runs.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SharedStore::Dir(dir.path().join("store"));
+    let (locks, clock) = locks_on(&store);
+    let (holder, handle) = spawn_holder(&[], TEST, &store, "a");
+    let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert_eq!(record.handle(), handle);
+    assert_eq!(record.holder_liveness(), ProcessLiveness::Alive);
+    clock.advance(TTL - Duration::from_millis(1));
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    clock.advance(Duration::from_millis(1));
+    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert!(next.token() > handle.token);
+    holder.finish();
+}
+
+#[test]
+fn a_holder_in_another_pid_namespace_keeps_its_lease_until_expiry() {
+    const TEST: &str = "a_holder_in_another_pid_namespace_keeps_its_lease_until_expiry";
+    if child::role().is_some() {
+        return hold_in_child();
+    }
+    // A PID namespace of its own, with its own /proc: the child names itself
+    // there (as pid 1), and its id means nothing here.
+    let unshare = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+    let works = std::process::Command::new(unshare[0])
+        .args(&unshare[1..])
+        .arg("true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !works {
+        println!(
+            "SKIPPED: {TEST}: `unshare --pid --fork --mount-proc` is not available here \
+             (a_holder_recorded_in_another_pid_namespace_keeps_its_lease_until_expiry \
+             checks the rule on a written record)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SharedStore::Dir(dir.path().join("store"));
+    let (locks, clock) = locks_on(&store);
+    let (holder, handle) = spawn_holder(&unshare, TEST, &store, "a");
+    let record = locks.peek(&key("a")).unwrap().unwrap();
+    let Some(process) = &record.process else {
+        panic!("the child in its own PID namespace did not record its process");
+    };
+    let ours = ProcessIdentity::current().unwrap();
+    assert_ne!(process.pid_ns, ours.pid_ns);
+    assert_eq!(process.boot_id, ours.boot_id);
+    // Whether it runs or has exited, its lease stands until its expiry.
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    holder.finish();
+    assert_eq!(record.holder_liveness(), ProcessLiveness::Unknown);
+    clock.advance(TTL - Duration::from_millis(1));
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    clock.advance(Duration::from_millis(1));
+    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert!(next.token() > handle.token);
+}
+
+/// Writes a lock at `key("a")` straight into the store, as a holder with
+/// `process` (or, for `None`, as a version that recorded no process) would
+/// have: job `planted`, leased from `START_MS` for `TTL`. Returns its token.
+fn plant_lock(locks: &Locks, process: Option<serde_json::Value>) -> FencingToken {
+    let mut record = serde_json::json!({
+        "schema": 1,
+        "job_id": "planted",
+        "actor": null,
+        "metadata": {},
+        "started_ms": START_MS,
+        "renewed_ms": START_MS,
+        "expires_ms": START_MS + TTL.as_millis() as u64,
+    });
+    if let Some(process) = process {
+        record["process"] = process;
+    }
+    let stored_key = Key::new(["locks", "vault", "a"]).unwrap();
+    let bytes = serde_json::to_vec(&record).unwrap();
+    let version = locks
+        .store()
+        .put(&stored_key, &bytes, jobsafe::Expect::Absent)
+        .unwrap();
+    FencingToken::new(version.get())
+}
+
+/// This process as a lock acquired at `START_MS` records it, with the fields in
+/// `changes` replaced.
+fn this_process_with(changes: serde_json::Value) -> serde_json::Value {
+    let mut process = serde_json::to_value(ProcessIdentity::current().unwrap()).unwrap();
+    process["renewed_ms"] = START_MS.into();
+    for (field, value) in changes.as_object().unwrap() {
+        process[field] = value.clone();
+    }
+    process
+}
+
+/// An earlier start than this process's: a process that had our id before us.
+fn earlier_start() -> u64 {
+    ProcessIdentity::current().unwrap().start_ticks - 1
+}
+
+/// Checks on each backend that the lock planted with `process` is held until
+/// exactly its expiry, then taken over with a greater token.
+fn check_held_until_expiry(process: &serde_json::Value, why: &str) {
+    for (name, locks, clock, _dir) in backends() {
+        let planted = plant_lock(&locks, Some(process.clone()));
+        let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert_eq!(record.job_id, "planted", "{name}: {why}");
+        assert_eq!(
+            record.holder_liveness(),
+            ProcessLiveness::Unknown,
+            "{name}: {why}"
+        );
+        clock.advance(TTL - Duration::from_millis(1));
+        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        clock.advance(Duration::from_millis(1));
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert!(next.token() > planted, "{name}: {why}");
+    }
+}
+
+#[test]
+fn a_holder_recorded_in_another_pid_namespace_keeps_its_lease_until_expiry() {
+    // Our id with an earlier start would be a dead holder here; in another PID
+    // namespace it names another process.
+    let ours = ProcessIdentity::current().unwrap();
+    check_held_until_expiry(
+        &this_process_with(serde_json::json!({
+            "pid_ns": ours.pid_ns + 1,
+            "start_ticks": earlier_start(),
+        })),
+        "another PID namespace",
+    );
+}
+
+#[test]
+fn a_holder_from_another_boot_keeps_its_lease_until_expiry() {
+    // Most likely dead with its boot, but another machine that reaches the same
+    // directory looks the same: not a proof.
+    check_held_until_expiry(
+        &this_process_with(serde_json::json!({
+            "boot_id": "00000000-0000-4000-8000-000000000000",
+            "start_ticks": earlier_start(),
+        })),
+        "another boot",
+    );
+}
+
+#[test]
+fn a_reused_pid_is_a_dead_holder() {
+    for (name, locks, clock, _dir) in backends() {
+        // Our own id, with a start before ours: the process that had it exited.
+        let planted = plant_lock(
+            &locks,
+            Some(this_process_with(
+                serde_json::json!({ "start_ticks": earlier_start() }),
+            )),
+        );
+        let record = locks.peek(&key("a")).unwrap().unwrap();
+        assert_eq!(record.holder_liveness(), ProcessLiveness::Dead, "{name}");
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert!(next.token() > planted, "{name}");
+        assert_eq!(clock_now(&clock), START_MS);
+    }
+}
+
+#[test]
+fn a_holder_process_older_than_the_last_renewal_keeps_its_lease_until_expiry() {
+    // A dead process acquired the lock, and a version that does not record
+    // processes renewed it since (keeping the field as it was): whoever renewed
+    // is not known.
+    check_held_until_expiry(
+        &this_process_with(serde_json::json!({
+            "start_ticks": earlier_start(),
+            "renewed_ms": START_MS - 1_000,
+        })),
+        "renewed since by an unknown process",
+    );
+}
+
+#[test]
+fn a_record_without_a_holder_process_keeps_its_lease_until_expiry() {
+    // As written before locks recorded their process.
+    for (name, locks, clock, _dir) in backends() {
+        let planted = plant_lock(&locks, None);
+        let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert_eq!(record.process, None, "{name}");
+        assert_eq!(record.token, planted);
+        clock.advance(TTL - Duration::from_millis(1));
+        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        clock.advance(Duration::from_millis(1));
+        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        assert!(next.token() > planted, "{name}");
+    }
+}
+
+/// A store that forwards everything to `S` but keeps the default
+/// `is_machine_local` (`false`), as a store shared by machines does.
+#[derive(Debug)]
+struct NotMachineLocal<S>(S);
+
+impl<S: Store> Store for NotMachineLocal<S> {
+    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
+        self.0.get(key)
+    }
+    fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        expect: jobsafe::Expect,
+    ) -> jobsafe::Result<jobsafe::Version> {
+        self.0.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
+        self.0.delete(key, expect)
+    }
+    fn list(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> jobsafe::Result<jobsafe::store::ListPage> {
+        self.0.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
+        self.0.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
+        self.0.quarantine(key)
+    }
+}
+
+#[test]
+fn a_store_not_declared_machine_local_keeps_the_lease_of_a_dead_holder() {
+    const TEST: &str = "a_store_not_declared_machine_local_keeps_the_lease_of_a_dead_holder";
+    if child::role().is_some() {
+        return hold_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SharedStore::Dir(dir.path().join("store"));
+    let (holder, handle) = spawn_holder(&[], TEST, &store, "a");
+    holder.kill();
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(NotMachineLocal(store.open()), Arc::new(clock.clone()));
+    let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    // Dead as far as this machine can tell, and still its lease stands.
+    assert_eq!(record.holder_liveness(), ProcessLiveness::Dead);
+    clock.advance(TTL - Duration::from_millis(1));
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    clock.advance(Duration::from_millis(1));
+    let mut next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert!(next.token() > handle.token);
+    // Nor does such a store record processes.
+    assert_eq!(next.record().process, None);
+    let Renewal::Renewed(renewed) = next.renew(TTL).unwrap() else {
+        panic!("the holder could not renew");
+    };
+    assert_eq!(renewed.process, None);
+}
+
+#[test]
+fn a_handed_off_lock_belongs_to_the_process_that_renewed_it() {
+    const TEST: &str = "a_handed_off_lock_belongs_to_the_process_that_renewed_it";
+    if child::role().is_some() {
+        return hold_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SharedStore::Dir(dir.path().join("store"));
+    let (locks, clock) = locks_on(&store);
+
+    // Renewed here before the acquirer died: ours, whatever became of it.
+    let (acquirer, handle) = spawn_holder(&[], TEST, &store, "a");
+    clock.advance(Duration::from_secs(1));
+    let Renewal::Renewed(renewed) = locks.renew(&handle, TTL).unwrap() else {
+        panic!("the receiver could not renew");
+    };
+    assert_eq!(renewed.process, ProcessIdentity::current());
+    acquirer.kill();
+    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    assert_eq!(locks.release(&handle).unwrap(), Release::Released);
+
+    // The acquirer died before the receiver renewed: the lock went with it, and
+    // the receiver learns so instead of working on.
+    let (acquirer, handle) = spawn_holder(&[], TEST, &store, "b");
+    acquirer.kill();
+    let next = acquired(locks.acquire(&key("b"), TTL, &LockRequest::new()).unwrap());
+    match locks.renew(&handle, TTL).unwrap() {
+        Renewal::Lost(LostLease::TakenOver(current)) => assert_eq!(&current, next.record()),
+        other => panic!("{other:?}"),
+    }
 }

@@ -5,10 +5,13 @@
 //! lower than the newest it accepted. Every worker reads the same file-backed test
 //! clock, which only the parent moves: a lease ends when the test says so, never
 //! because a machine was slow. The parent tells one worker at a time to keep its
-//! next lock and kills it, checks that the lock stays held until the dead holder's
-//! expiry and is taken over from then on, and replaces the worker. At the end the
-//! resource's log must show no two live leases overlapping and no accepted token
-//! going down.
+//! next lock and kills it, and replaces the worker. On a store local to the
+//! machine it checks that the dead holder's lock is taken over at once (its
+//! process is gone), and logs the death in the resource before any successor can
+//! enter it; on a shared store, that the lock stays held until the dead holder's
+//! expiry and is taken over from then on. At the end the resource's log must show
+//! no two live holders overlapping (a holder is live until it leaves, dies or its
+//! lease ends) and no accepted token going down.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -26,9 +29,9 @@ use jobsafe::lock::{Acquire, LockRequest};
 use jobsafe::testing::FileClock;
 use jobsafe::{Clock, FencingToken, JobLock, Key};
 
-const TEST: &str = "killed_holders_are_taken_over_at_expiry_and_never_overlap";
+const TEST: &str = "killed_holders_are_taken_over_at_once_on_a_local_store_and_never_overlap";
 #[cfg(feature = "postgres")]
-const TEST_PG: &str = "killed_holders_are_taken_over_at_expiry_and_never_overlap_on_pg";
+const TEST_PG: &str = "killed_holders_are_taken_over_at_expiry_on_pg_and_never_overlap";
 const WORKERS: usize = 3;
 const KILLS: usize = 6;
 /// Cycles a worker completes (competing with the others) before it is killed.
@@ -79,7 +82,7 @@ impl Paths {
 }
 
 #[test]
-fn killed_holders_are_taken_over_at_expiry_and_never_overlap() {
+fn killed_holders_are_taken_over_at_once_on_a_local_store_and_never_overlap() {
     if child::role().as_deref() == Some("lock-worker") {
         return work_in_child();
     }
@@ -91,10 +94,11 @@ fn killed_holders_are_taken_over_at_expiry_and_never_overlap() {
     ));
 }
 
-/// The same, with the lock in PostgreSQL.
+/// The same, with the lock in PostgreSQL: a store shared by machines, where a
+/// dead holder's lease stands until its expiry.
 #[cfg(feature = "postgres")]
 #[test]
-fn killed_holders_are_taken_over_at_expiry_and_never_overlap_on_pg() {
+fn killed_holders_are_taken_over_at_expiry_on_pg_and_never_overlap() {
     if child::role().as_deref() == Some("lock-worker") {
         return work_in_child();
     }
@@ -133,6 +137,35 @@ fn run(paths: Paths) {
         };
         let replacement = paths.spawn_worker(WORKERS + kill);
         let dead = std::mem::replace(&mut workers[victim], replacement);
+        if locks.store().is_machine_local() {
+            // The death is logged before any successor enters: they wait for the
+            // resource while the parent holds it.
+            cycles += with_resource(&paths.resource, |log, _| {
+                let reports = dead.kill();
+                writeln!(log, "died {}", token.get()).unwrap();
+                reports
+            })
+            .iter()
+            .filter(|r| r.starts_with("cycle "))
+            .count();
+            // The dead holder's lock is taken over at once, by us or a worker.
+            let successor = match locks
+                .acquire(&lock_key(), TTL, &LockRequest::new())
+                .unwrap()
+            {
+                Acquire::Acquired(guard) => {
+                    let token = guard.token();
+                    guard.release().unwrap();
+                    token
+                }
+                Acquire::Held(current) => current.token,
+            };
+            assert!(
+                successor > token,
+                "kill {kill}: the dead holder's lock (token {token}) was not taken over at once"
+            );
+            continue;
+        }
         cycles += dead
             .kill()
             .iter()
@@ -306,8 +339,9 @@ struct Audit {
     lower_tokens: Vec<String>,
 }
 
-/// Replays the resource's log: an entry while another holder's lease is live is
-/// an overlap; an accepted token not above the one before went down.
+/// Replays the resource's log: an entry while another holder's lease is live (it
+/// has not left or died) is an overlap; an accepted token not above the one
+/// before went down.
 fn audit(log: &str) -> Audit {
     let mut audit = Audit::default();
     let mut open: Option<(u64, u64)> = None; // (token, expires_ms) of the current holder
@@ -334,7 +368,7 @@ fn audit(log: &str) -> Audit {
                 last = token;
                 open = Some((token, expires));
             }
-            (Some("exit"), &[token]) => {
+            (Some("exit" | "died"), &[token]) => {
                 if open.is_some_and(|(holder, _)| holder == token) {
                     open = None;
                 }
@@ -353,6 +387,8 @@ fn the_audit_catches_overlaps_and_lower_tokens() {
         clean.overlaps.is_empty() && clean.lower_tokens.is_empty(),
         "{clean:?}"
     );
+    let died = audit("enter 3 100 130\ndied 3\nenter 5 110 140\n");
+    assert!(died.overlaps.is_empty(), "{died:?}");
     let bad = audit("enter 3 100 130\nenter 5 110 140\nexit 5\nenter 4 200 230\nreject 2\n");
     assert_eq!(bad.overlaps.len(), 1, "{bad:?}");
     assert_eq!(bad.lower_tokens.len(), 1, "{bad:?}");

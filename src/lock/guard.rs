@@ -55,6 +55,12 @@ pub enum Release {
 /// What identifies a holder: the lock, its job id and its fencing token.
 /// Serializable, so a request handler can hand a lock to a background worker
 /// that renews and releases it ([`LockGuard::into_handle`]).
+///
+/// A worker in another process must [renew](JobLock::renew) the lock before the
+/// process that acquired it exits: on a machine-local store the lock belongs to
+/// the process that last acquired or renewed it, and can be taken over as soon as
+/// that process has exited (see "Dead holders" in [`JobLock`]). A worker that
+/// renews too late is told so ([`Renewal::Lost`]) and must not start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHandle {
     /// The lock's key.
@@ -160,6 +166,12 @@ impl<S: Store> LockGuard<S> {
 
     /// Gives up the guard without releasing the lock, for a holder that hands its
     /// lock on (to a background job, say) or means to keep it until the lease ends.
+    ///
+    /// The lock stays this process's until another process renews it: hand the
+    /// handle to a process of its own, and let this one exit only after the
+    /// receiver's first renewal (see [`LockHandle`]). Kept by a process that
+    /// crashes, it ends with the process on a machine-local store, not with the
+    /// lease.
     pub fn into_handle(mut self) -> LockHandle {
         self.armed = false;
         self.handle()

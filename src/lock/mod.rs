@@ -20,7 +20,9 @@ pub use guard::{Acquire, LockGuard, LockHandle, LostLease, Release, Renewal};
 pub use keep_alive::{KeepAlive, KeepAliveEvent};
 pub use record::{LockRecord, LockRequest};
 
-use self::record::StoredLock;
+pub use crate::process::{ProcessIdentity, ProcessLiveness};
+
+use self::record::{StoredLock, StoredProcess};
 use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
@@ -54,6 +56,52 @@ const FIRST_BACKOFF_MS: u64 = 20;
 /// its expiry time, plus the [`skew_margin`](JobLockBuilder::skew_margin) when holders on
 /// other machines read other clocks. A clock that jumps forward ends leases early
 /// (fencing keeps that safe); one that jumps back makes them last longer.
+///
+/// # Dead holders
+///
+/// On a store local to one machine ([`Store::is_machine_local`]: `DirStore`,
+/// `LogStore`, `MemStore`), every acquire and renewal records the process that
+/// made it in [`LockRecord::process`] (its id, start time, boot id, and PID and
+/// time namespaces, from Linux's `/proc`). An acquire that finds a lease still
+/// running takes it over at once, as if it had expired, when that process has
+/// provably exited ([`ProcessLiveness::Dead`](crate::ProcessLiveness::Dead)): it
+/// ran under the current boot of this kernel, in the acquirer's PID and time
+/// namespaces, and no process with its id and its start time exists any more
+/// (the id is free, or was given to a later process). So a runner restarted
+/// after a crash does not wait out the lease of the one that died. The fencing
+/// token grows as at any takeover. [`acquire_within`](JobLock::acquire_within)
+/// notices a holder's death at its next attempt.
+///
+/// In every other case the lease rules, and the lock is taken over at its expiry:
+/// - the holder runs, or has exited but was not yet reaped by its parent (a
+///   zombie, which cannot be told from a leader whose threads still run);
+/// - the record comes from another boot. Its holder is most likely gone with
+///   that boot, but a boot id cannot tell an earlier boot of this machine from
+///   another machine that reaches the same directory (a network filesystem a
+///   store was wrongly opened on): taking that as proof would give the lock to
+///   two machines at once. After a reboot, what is left of the lease is waited
+///   out;
+/// - the holder ran in another PID namespace (another container), where its id
+///   names another process, or in another time namespace, where start times
+///   are shifted;
+/// - `/proc` is missing or unreadable, belongs to another PID namespace than
+///   the acquirer's, or hides other users' processes (`hidepid`, systemd's
+///   `ProtectProc=`), which makes a live process look absent;
+/// - the system is not Linux;
+/// - the record names no process: written before this rule existed, by a
+///   process that could not name itself, or renewed since by a version that
+///   does not record processes (and kept the old one's name unchanged);
+/// - the store is not machine-local (`PgStore`, and any store that keeps the
+///   default): nothing is recorded there, and no record is looked at.
+///
+/// Only the process that last acquired or renewed counts: a lock handed to
+/// another process ([`LockGuard::into_handle`]) must be renewed by the receiver
+/// before the acquirer exits. If the acquirer exits first, the lock may be taken
+/// over at once, and the receiver's renewal reports it as
+/// [`Renewal::Lost`]: it never works on under a lock that another holds.
+/// [`peek`](JobLock::peek) and [`list`](JobLock::list) report records as they
+/// are; [`LockRecord::holder_liveness`] tells whether the holder still runs.
+/// [`purge`](JobLock::purge) goes by expiry alone.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -202,10 +250,11 @@ impl<S: Store> JobLock<S> {
 
     /// Tries once to acquire the lock at `key` for `ttl`.
     ///
-    /// Returns [`Acquire::Acquired`] with a guard if the lock was free, expired, or
-    /// its lease had ended, and [`Acquire::Held`] with the holder's record if
-    /// someone holds it. A lost race is decided anew: the result is always the
-    /// state after one successful compare-and-set.
+    /// Returns [`Acquire::Acquired`] with a guard if the lock was free, its lease
+    /// had ended, or its holder's process has provably exited (see "Dead holders"
+    /// above), and [`Acquire::Held`] with the holder's record if someone holds
+    /// it. A lost race is decided anew: the result is always the state after one
+    /// successful compare-and-set.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming both values if `ttl` is not longer than
@@ -238,6 +287,7 @@ impl<S: Store> JobLock<S> {
                 started_ms: now,
                 renewed_ms: now,
                 expires_ms: now.saturating_add(ttl_ms),
+                process: StoredProcess::of(self.this_process(), now),
                 extra: codec::Extra::new(),
             };
             let bytes = codec::encode(&stored_key, &stored)?;
@@ -302,6 +352,10 @@ impl<S: Store> JobLock<S> {
     /// (same job id and fencing token). A lease that has ended but was not taken
     /// over is still the holder's and is renewed.
     ///
+    /// The calling process becomes the lock's [`process`](LockRecord::process):
+    /// from then on the lock outlives the process that acquired it, and ends
+    /// early only if this one dies (see "Dead holders" above).
+    ///
     /// # Errors
     /// As [`acquire`](JobLock::acquire). Losing the lock is not an error but
     /// [`Renewal::Lost`].
@@ -320,6 +374,7 @@ impl<S: Store> JobLock<S> {
             stored.token = Some(stored.token_at(version));
             stored.renewed_ms = now;
             stored.expires_ms = now.saturating_add(ttl_ms);
+            stored.process = StoredProcess::of(self.this_process(), now);
             let bytes = codec::encode(&stored_key, &stored)?;
             match self
                 .store
@@ -486,8 +541,21 @@ impl<S: Store> JobLock<S> {
         Ok(purged)
     }
 
+    /// Whether an acquire at `now` takes the lock from `holder`: its lease has
+    /// ended, or its process has provably exited on a store where process ids
+    /// mean something.
     fn is_taken_over_at(&self, holder: &LockRecord, now: u64) -> bool {
         now >= holder.expires_ms.saturating_add(self.skew_ms)
+            || (self.store.is_machine_local() && holder.holder_liveness() == ProcessLiveness::Dead)
+    }
+
+    /// The process to record as the holder: this one, on a machine-local store.
+    fn this_process(&self) -> Option<ProcessIdentity> {
+        if self.store.is_machine_local() {
+            ProcessIdentity::current()
+        } else {
+            None
+        }
     }
 
     fn stored_key(&self, key: &Key) -> Result<Key> {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fencing::FencingToken;
 use crate::key::Key;
+use crate::process::{ProcessIdentity, ProcessLiveness};
 use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
 
@@ -81,6 +82,14 @@ pub struct LockRecord {
     pub renewed_ms: u64,
     /// When the lease ends: from then on the next acquire takes the lock over.
     pub expires_ms: u64,
+    /// The process that acquired the lock or, since, last renewed it, on a store
+    /// local to one machine ([`Store::is_machine_local`](crate::Store::is_machine_local)).
+    /// `None` on other stores, where `/proc` cannot name it reliably, in records
+    /// written before processes were recorded, and once a version that does not
+    /// record them renewed the lock. On such a store, once this process has
+    /// provably exited the lock is taken over at once: see "Dead holders" in
+    /// [`JobLock`](crate::JobLock).
+    pub process: Option<ProcessIdentity>,
     /// The store version of the record (changes with every renewal).
     pub version: Version,
 }
@@ -90,6 +99,18 @@ impl LockRecord {
     /// [`expires_ms`](LockRecord::expires_ms)).
     pub fn is_expired_at(&self, now_ms: u64) -> bool {
         now_ms >= self.expires_ms
+    }
+
+    /// Whether the holder's [`process`](LockRecord::process) still runs, as far as
+    /// this process can tell from `/proc` ([`ProcessLiveness::Unknown`] for a
+    /// record without one). Reads `/proc`, changes nothing.
+    /// [`JobLock::acquire`](crate::JobLock::acquire) takes a live lease over at
+    /// once when this is [`ProcessLiveness::Dead`] and the store is local to this
+    /// machine; on a store that is not, it is for information only.
+    pub fn holder_liveness(&self) -> ProcessLiveness {
+        self.process
+            .as_ref()
+            .map_or(ProcessLiveness::Unknown, ProcessIdentity::liveness)
     }
 
     /// The holder in words, for messages: job id and actor.
@@ -116,6 +137,10 @@ pub(super) struct StoredLock {
     pub(super) started_ms: u64,
     pub(super) renewed_ms: u64,
     pub(super) expires_ms: u64,
+    /// Absent in records of stores that are not machine-local and in records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) process: Option<StoredProcess>,
     #[serde(flatten)]
     pub(super) extra: Extra,
 }
@@ -144,8 +169,34 @@ impl StoredLock {
             metadata: self.metadata,
             started_ms: self.started_ms,
             renewed_ms: self.renewed_ms,
+            process: self
+                .process
+                .filter(|process| process.renewed_ms == self.renewed_ms)
+                .map(|process| process.identity),
             expires_ms: self.expires_ms,
             version,
         }
+    }
+}
+
+/// The process that last acquired or renewed a lock, as stored, with the
+/// renewal it made. A version that does not know this field keeps it unchanged
+/// when it renews (unknown fields are kept), so the process it names is the
+/// holder only while its `renewed_ms` is the record's: the process that renewed
+/// since is not known.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredProcess {
+    #[serde(flatten)]
+    identity: ProcessIdentity,
+    renewed_ms: u64,
+}
+
+impl StoredProcess {
+    /// `process`, recorded by an acquire or renewal at `renewed_ms`.
+    pub(super) fn of(process: Option<ProcessIdentity>, renewed_ms: u64) -> Option<Self> {
+        process.map(|identity| StoredProcess {
+            identity,
+            renewed_ms,
+        })
     }
 }

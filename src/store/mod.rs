@@ -296,6 +296,21 @@ pub trait Store: Send + Sync + fmt::Debug {
         Scan::by_pages(self, prefix.clone(), page_size)
     }
 
+    /// Whether this store is local to one machine: every process that can reach
+    /// it while this one runs, runs on this machine under the same kernel (the
+    /// same boot), so that a process id recorded in it by a live process names a
+    /// process this one can see. Records left from before a reboot may still be
+    /// there.
+    ///
+    /// Returning `true` lets [`JobLock`](crate::JobLock) take a lock over before
+    /// its lease ends when the process that holds it has provably exited (see its
+    /// "Dead holders"). A store that cannot promise this, because other machines
+    /// or other kernels (virtual machines, a network filesystem) may write to it,
+    /// must keep the default, `false`: leases then end only by time.
+    fn is_machine_local(&self) -> bool {
+        false
+    }
+
     /// Every key under `prefix`, reading page by page.
     ///
     /// # Errors
@@ -341,6 +356,9 @@ macro_rules! forward_store {
             }
             fn sweep_temp_files(&self, min_age: Duration, clock: &dyn Clock) -> Result<usize> {
                 (**self).sweep_temp_files(min_age, clock)
+            }
+            fn is_machine_local(&self) -> bool {
+                (**self).is_machine_local()
             }
         }
     )*};

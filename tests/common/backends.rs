@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use jobsafe::{DirStore, MemStore, Store};
+use jobsafe::{DirStore, LogStore, MemStore, Store};
 use tempfile::TempDir;
 
 /// A `MemStore` and a fresh `DirStore`, each with its name; the temp dir keeps the
@@ -18,11 +18,12 @@ pub fn both() -> Vec<(&'static str, Arc<dyn Store>, Option<TempDir>)> {
 }
 
 /// Where the processes of a multi-process test find the store they share: a
-/// `DirStore`'s directory, or a schema on the Postgres server of
-/// `JOBSAFE_PG_URL` (which children inherit).
+/// `DirStore`'s or a `LogStore`'s directory, or a schema on the Postgres server
+/// of `JOBSAFE_PG_URL` (which children inherit).
 #[derive(Clone, Debug)]
 pub enum SharedStore {
     Dir(std::path::PathBuf),
+    Log(std::path::PathBuf),
     #[cfg(feature = "postgres")]
     Pg(String),
 }
@@ -34,6 +35,9 @@ impl SharedStore {
             SharedStore::Dir(root) => {
                 Arc::new(DirStore::open(root).unwrap_or_else(|e| panic!("open a DirStore: {e}")))
             }
+            SharedStore::Log(root) => {
+                Arc::new(LogStore::open(root).unwrap_or_else(|e| panic!("open a LogStore: {e}")))
+            }
             #[cfg(feature = "postgres")]
             SharedStore::Pg(schema) => Arc::new(super::pg::open(schema)),
         }
@@ -43,6 +47,7 @@ impl SharedStore {
     pub fn kind(&self) -> &'static str {
         match self {
             SharedStore::Dir(_) => "dir",
+            SharedStore::Log(_) => "log",
             #[cfg(feature = "postgres")]
             SharedStore::Pg(_) => "pg",
         }
@@ -51,7 +56,7 @@ impl SharedStore {
     /// The variables that tell a child where the store is.
     pub fn vars(&self) -> std::collections::HashMap<&'static str, String> {
         let place = match self {
-            SharedStore::Dir(root) => root.display().to_string(),
+            SharedStore::Dir(root) | SharedStore::Log(root) => root.display().to_string(),
             #[cfg(feature = "postgres")]
             SharedStore::Pg(schema) => schema.clone(),
         };
@@ -66,6 +71,7 @@ impl SharedStore {
         let place = super::child::var("JOBSAFE_TEST_STORE");
         match super::child::var("JOBSAFE_TEST_BACKEND").as_str() {
             "dir" => SharedStore::Dir(place.into()),
+            "log" => SharedStore::Log(place.into()),
             #[cfg(feature = "postgres")]
             "pg" => SharedStore::Pg(place),
             other => panic!("unknown backend {other:?}"),

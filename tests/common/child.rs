@@ -71,8 +71,27 @@ impl Child {
     /// test runner names it, e.g. `children_race_cas_increments`), with `role` and
     /// the given variables in its environment.
     pub fn spawn(test: &str, role: &str, vars: &HashMap<&str, String>) -> Child {
+        Child::spawn_under(&[], test, role, vars)
+    }
+
+    /// As [`Child::spawn`], through `wrapper`: a program and its arguments that
+    /// runs the command line that follows them (`unshare --pid --fork`, say).
+    pub fn spawn_under(
+        wrapper: &[&str],
+        test: &str,
+        role: &str,
+        vars: &HashMap<&str, String>,
+    ) -> Child {
         let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
-        let mut process = Command::new(&exe)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&exe);
+                command
+            }
+            None => Command::new(&exe),
+        };
+        let mut process = command
             .args([
                 test,
                 "--exact",

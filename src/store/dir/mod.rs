@@ -680,6 +680,13 @@ impl<V: Vfs> Store for DirStore<V> {
             }))
         })
     }
+
+    /// `true`: the directory is taken to be on a filesystem of this machine. A
+    /// directory on a network filesystem that several machines mount breaks this
+    /// promise; use a store shared by design (PostgreSQL) across machines.
+    fn is_machine_local(&self) -> bool {
+        true
+    }
 }
 
 /// A missing file, or a missing or non-directory parent on the way to it.

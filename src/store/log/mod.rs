@@ -741,6 +741,13 @@ impl<V: Vfs> Store for LogStore<V> {
             }
         }
     }
+
+    /// `true`: the journal is taken to be on a filesystem of this machine. A
+    /// directory on a network filesystem that several machines mount breaks this
+    /// promise.
+    fn is_machine_local(&self) -> bool {
+        true
+    }
 }
 
 const MAX_TRANSACTION_BYTES: usize = LogStore::MAX_TRANSACTION_BYTES;

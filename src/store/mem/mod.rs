@@ -147,4 +147,9 @@ impl Store for MemStore {
             location: format!("memory quarantine #{}", moved.len() - 1),
         }))
     }
+
+    /// `true`: only this process reaches it.
+    fn is_machine_local(&self) -> bool {
+        true
+    }
 }
