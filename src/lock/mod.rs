@@ -64,7 +64,7 @@ const FIRST_BACKOFF_MS: u64 = 20;
 /// made it in [`LockRecord::process`] (its id, start time, boot id, and PID and
 /// time namespaces, from Linux's `/proc`). An acquire that finds a lease still
 /// running takes it over at once, as if it had expired, when that process has
-/// provably exited ([`ProcessLiveness::Dead`](crate::ProcessLiveness::Dead)): it
+/// provably exited ([`ProcessLiveness::Dead`]): it
 /// ran under the current boot of this kernel, in the acquirer's PID and time
 /// namespaces, and no process with its id and its start time exists any more
 /// (the id is free, or was given to a later process). So a runner restarted
