@@ -840,3 +840,11 @@ fn file_name(path: &Path) -> String {
 fn shown(path: &Path) -> String {
     path.display().to_string()
 }
+
+#[test]
+fn a_mode_beyond_the_permission_bits_is_refused_at_build() {
+    let err = AtomicWriter::builder().mode(0o10_644).build().unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("0o10644"), "{err}");
+    assert!(AtomicWriter::builder().mode(0o7777).build().is_ok());
+}

@@ -873,3 +873,23 @@ fn transitions_return_the_sequence_number_of_the_event_they_appended() {
         assert_eq!(last, events(&jobs).last().unwrap().seq, "{name}");
     }
 }
+
+#[test]
+fn a_job_state_builder_refuses_a_zero_bound_and_a_namespace_without_room() {
+    let build = |events: u64, buffer: usize, namespace: jobsafe::Prefix| {
+        JobState::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)))
+            .max_events(events)
+            .subscriber_buffer(buffer)
+            .namespace(namespace)
+            .build()
+    };
+    let plain = jobsafe::Prefix::new(["jobs"]).unwrap();
+    let err = build(0, 8, plain.clone()).unwrap_err();
+    assert!(err.to_string().contains("max_events"), "{err}");
+    let err = build(8, 0, plain.clone()).unwrap_err();
+    assert!(err.to_string().contains("subscriber_buffer"), "{err}");
+    let deep = jobsafe::Prefix::new((0..Key::MAX_SEGMENTS - 2).map(|i| i.to_string())).unwrap();
+    let err = build(8, 8, deep).unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    assert!(build(1, 1, plain).is_ok());
+}

@@ -1122,3 +1122,51 @@ fn a_handed_off_lock_belongs_to_the_process_that_renewed_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_lease_not_longer_than_the_skew_margin_is_refused_naming_both() {
+    let clock = ManualClock::new(START_MS);
+    let margin = Duration::from_secs(5);
+    let locks = JobLock::builder(MemStore::new(), Arc::new(clock.clone()))
+        .skew_margin(margin)
+        .build()
+        .unwrap();
+    for ttl in [Duration::ZERO, Duration::from_secs(1), margin] {
+        let err = match locks.acquire(&key("a"), ttl, &LockRequest::new()) {
+            Err(e) => e,
+            Ok(_) => panic!("a lease of {ttl:?} under a margin of {margin:?} was accepted"),
+        };
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{ttl:?}")) && text.contains("5s"),
+            "{text}"
+        );
+    }
+    // Just above the margin: held, with the time above it left.
+    let guard = acquired(
+        locks
+            .acquire(
+                &key("a"),
+                margin + Duration::from_millis(1),
+                &LockRequest::new(),
+            )
+            .unwrap(),
+    );
+    assert_eq!(guard.remaining(), Duration::from_millis(1));
+    let handle = guard.into_handle();
+    let err = locks.renew(&handle, margin).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("skew margin"), "{err}");
+}
+
+#[test]
+fn a_lock_namespace_too_deep_for_any_key_is_refused_at_build() {
+    let deepest = Prefix::new((0..Key::MAX_SEGMENTS).map(|i| i.to_string())).unwrap();
+    let err = JobLock::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)))
+        .namespace(deepest)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    assert!(err.to_string().contains("JobLock"), "{err}");
+}

@@ -2138,3 +2138,43 @@ fn a_purge_sweeps_the_temp_files_dead_writers_left_in_the_store() {
     assert_eq!(h.pipeline.purge().unwrap().temp_files, 1);
     assert!(!crashed.exists());
 }
+
+#[test]
+fn a_lease_not_longer_than_the_skew_margin_fails_the_build_naming_both() {
+    let root = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let build_renewing = |lease: Duration, margin: Duration, every: Option<Duration>| {
+        let builder = Pipeline::builder(
+            jobsafe::MemStore::new(),
+            Arc::new(clock.clone()),
+            root.path(),
+        )
+        .stage("only", |_| Ok(()))
+        .lease(lease)
+        .skew_margin(margin);
+        match every {
+            Some(every) => builder.renew_every(Some(every)).build(),
+            None => builder.build(),
+        }
+    };
+    let build = |lease, margin| build_renewing(lease, margin, None);
+    let margin = Duration::from_secs(10);
+    for lease in [Duration::from_secs(5), margin] {
+        let err = build(lease, margin).unwrap_err();
+        assert!(matches!(err, jobsafe::Error::InvalidArgument(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{lease:?}")) && text.contains("10s"),
+            "{text}"
+        );
+    }
+    // The renewal period must fit in the part of the lease a runner counts on.
+    let lease = Duration::from_secs(12);
+    let err = build_renewing(lease, margin, Some(Duration::from_secs(3))).unwrap_err();
+    assert!(err.to_string().contains("renewal period"), "{err}");
+    assert!(build_renewing(lease, margin, Some(Duration::from_secs(1))).is_ok());
+    assert!(
+        build(lease, margin).is_ok(),
+        "the default renews within what is held"
+    );
+}

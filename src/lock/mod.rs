@@ -572,7 +572,10 @@ impl<S: Store> JobLock<S> {
     /// a holder counts its lease as ending that much early, so a shorter one would
     /// be over before it began.
     fn lease_ms(&self, ttl: Duration) -> Result<u64> {
-        let ttl_ms = positive_ms(ttl, "lock ttl")?;
+        let ttl_ms = millis(ttl);
+        if self.skew_ms == 0 {
+            return positive_ms(ttl, "lock ttl");
+        }
         if ttl_ms <= self.skew_ms {
             return Err(Error::InvalidArgument(format!(
                 "lock ttl {ttl:?} must be longer than the skew margin {:?}: a holder \
