@@ -18,8 +18,8 @@ settle a charge left in flight, purge old jobs, sweep temp files left by crashed
 writers, follow a job live.
 
 The store is named by --store or the JOBSAFE_STORE variable:
+  log:PATH        a LogStore directory, jobsafe's default store (log://PATH is the same)
   dir:PATH        a DirStore directory (dir://PATH is the same)
-  log:PATH        a LogStore directory (log://PATH is the same)
   postgres://...  a PgStore (needs the tool built with --features cli,postgres)
 The tool never creates a DirStore or LogStore. A PgStore's tables are created or
 migrated on open, as the service does (--pg-schema and --pg-table name them). The
@@ -45,7 +45,7 @@ line) for lists and for the events of jobs events and jobs watch.";
 #[derive(Parser, Debug)]
 #[command(name = "jobsafe", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXIT_CODES_HELP)]
 pub(crate) struct Cli {
-    /// The store: dir:PATH, log:PATH or postgres://... [default: $JOBSAFE_STORE]
+    /// The store: log:PATH, dir:PATH or postgres://... [default: $JOBSAFE_STORE]
     #[arg(
         long,
         global = true,
@@ -113,7 +113,7 @@ impl Ctx {
     pub(crate) fn open(&self) -> Result<Opened, Failure> {
         let Some(url) = &self.store else {
             return Err(Failure::usage(
-                "no store given: pass --store URL or set JOBSAFE_STORE (dir:PATH, log:PATH or postgres://...)",
+                "no store given: pass --store URL or set JOBSAFE_STORE (log:PATH, dir:PATH or postgres://...)",
             ));
         };
         StoreUrl::parse(url)?.open(&self.pg)

@@ -1,7 +1,8 @@
 //! Which store to open: `--store URL` or `JOBSAFE_STORE`.
 //!
+//! - `log:PATH`: a [`LogStore`] (journal; jobsafe's default store) in the
+//!   directory `PATH`.
 //! - `dir:PATH`: a [`DirStore`] (one file per key) in the directory `PATH`.
-//! - `log:PATH`: a [`LogStore`] (journal) in the directory `PATH`.
 //! - `postgres://...` or `postgresql://...`: a `PgStore` (needs the tool built
 //!   with `--features cli,postgres`).
 //!
@@ -48,7 +49,7 @@ impl StoreUrl {
     pub(crate) fn parse(text: &str) -> Result<StoreUrl, Failure> {
         let malformed = |why: &str| {
             Failure::usage(format!(
-                "malformed store URL {text:?}: {why}; expected dir:PATH, log:PATH or postgres://..."
+                "malformed store URL {text:?}: {why}; expected log:PATH, dir:PATH or postgres://..."
             ))
         };
         let path = |rest: &str| -> Result<PathBuf, Failure> {

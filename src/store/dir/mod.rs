@@ -1,4 +1,4 @@
-//! The embedded default store: one file per key under a directory.
+//! The inspectable embedded store: one file per key under a directory.
 
 mod journal;
 mod layout;
@@ -29,11 +29,16 @@ use crate::vfs::{StdVfs, Vfs};
 /// A [`Store`] keeping one file per key under a directory: simple, inspectable, and
 /// safe across threads, processes and crashes.
 ///
-/// Use it as the embedded default: records are files you can `cat`, back up and
-/// diff. A put costs two disk flushes (the new file, then its directory after the
-/// rename), a delete up to three (the stripe's version floor, then the directory),
-/// a batch two for its journal plus two per record; when throughput matters more
-/// than inspectability, use a journal-backed store.
+/// Pick it over [`LogStore`](crate::LogStore), the default embedded store, when
+/// you want to read and repair records with a shell (records are files you can
+/// `cat`, back up and diff), or hold more records than fit in memory: it keeps no
+/// record in memory and its open does not read them all. The price is speed: a
+/// put costs two disk flushes (the new file, then its directory after the
+/// rename) where `LogStore` costs one shared by concurrent writers, a delete up
+/// to three (the stripe's version floor, then the directory), a batch three for
+/// its journal plus two per record. In one comparison run a job's life (create,
+/// start, complete, with its events) cost 38 flushes here against 6 on
+/// `LogStore`.
 ///
 /// # Design
 ///

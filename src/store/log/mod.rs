@@ -45,8 +45,13 @@ const QUARANTINE: &str = "quarantine";
 /// Sequence number of a journal's first frame.
 const FIRST_SEQ: u64 = 1;
 
-/// A [`Store`] backed by an append-only journal with an in-memory index: the fast
-/// embedded store.
+/// A [`Store`] backed by an append-only journal with an in-memory index: the
+/// default embedded store, for one machine and any number of processes.
+///
+/// Pick [`DirStore`](crate::DirStore) instead to read and repair records with a
+/// shell, or to hold more records than fit in memory: a `LogStore` keeps every
+/// live record (key and value) in memory and reads its whole journal when it
+/// opens.
 ///
 /// Every write appends one checksummed frame to the journal and returns once an
 /// `fdatasync` made it durable: about one flush per write, into space the file
