@@ -3,10 +3,13 @@
 //! The first process takes the lock and starts a long re-index; a double click
 //! starts a second one, which is refused with the holder's record (an HTTP
 //! server would answer 409 with it). The first process is then killed with
-//! SIGKILL, without releasing: the lock stays held until its lease ends, and from
-//! that moment the next acquire takes it over with a greater fencing token. So
-//! that the example does not wait out a 16-minute lease, both processes read a
-//! file-backed clock that the example moves forward.
+//! SIGKILL, without releasing: the store is local to this machine and the
+//! holder's process is provably gone, so the next acquire takes the lock over
+//! at once, with a greater fencing token. A second holder then hangs (SIGSTOP):
+//! alive, it keeps its lock until its lease ends, and from that moment the next
+//! acquire takes it over. So that the example does not wait out a 16-minute
+//! lease, every process reads a file-backed clock that the example moves
+//! forward.
 //!
 //! ```text
 //! cargo run --example index_lock [NEW_STATE_DIR]
@@ -14,7 +17,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,18 +82,7 @@ fn contend(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     println!("state in {}", dir.display());
 
     println!("1. process A starts a re-index of vault-1");
-    let mut holder = Command::new(std::env::current_exe()?)
-        .arg("--hold")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
-    let first_token = line
-        .trim()
-        .strip_prefix("acquired ")
-        .ok_or_else(|| format!("process A did not get the lock: {line:?}"))?
-        .to_owned();
+    let (mut holder, first_token) = start_holder(dir)?;
     println!(
         "   process A (pid {}) holds the lock, fencing token #{first_token}",
         holder.id()
@@ -109,28 +101,81 @@ fn contend(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     println!("3. process A is killed with SIGKILL mid re-index (it never releases)");
     holder.kill()?;
     holder.wait()?;
+    let second_token = match locks.acquire(&vault()?, TTL, &double_click)? {
+        Acquire::Acquired(guard) => {
+            let token = guard.token().get();
+            println!(
+                "   taken over at once, its holder provably dead: fencing token #{token} (was #{first_token})"
+            );
+            guard.release()?;
+            token
+        }
+        Acquire::Held(record) => {
+            return Err(format!("a dead holder kept its lock: {}", record.holder()).into());
+        }
+    };
+
+    println!("4. process B starts a re-index and hangs (SIGSTOP): alive, but stuck");
+    let (mut hung, token) = start_holder(dir)?;
+    signal(&hung, "STOP")?;
+    println!(
+        "   process B (pid {}) holds fencing token #{token}",
+        hung.id()
+    );
     let Acquire::Held(record) = locks.acquire(&vault()?, TTL, &double_click)? else {
-        return Err("the dead holder's lock was free before its lease ended".into());
+        return Err("a live holder's lock was free before its lease ended".into());
     };
     println!(
-        "   the lock is still held: {}",
+        "   a live holder keeps its lock: {}",
         describe(&record, clock.now_ms())
     );
 
-    println!("4. time passes to the end of the lease (the example moves its clock)");
+    println!("5. time passes to the end of the lease (the example moves its clock)");
     clock.set(record.expires_ms)?;
-    match locks.acquire(&vault()?, TTL, &LockRequest::new().actor("user:alice"))? {
+    let outcome = locks.acquire(&vault()?, TTL, &LockRequest::new().actor("user:alice"))?;
+    hung.kill()?;
+    hung.wait()?;
+    match outcome {
         Acquire::Acquired(guard) => {
             println!(
-                "   taken over at expiry: fencing token #{} (was #{first_token}); a late write from A would be refused",
+                "   taken over at expiry: fencing token #{} (after #{second_token} and #{token}); a late write from B would be refused",
                 guard.token().get()
             );
             guard.release()?;
-            println!("5. the new re-index finished and released the lock");
+            println!("6. the new re-index finished and released the lock");
         }
         Acquire::Held(record) => {
             return Err(format!("not taken over at expiry: {}", record.holder()).into());
         }
+    }
+    Ok(())
+}
+
+/// Starts a holder process; returns it with the fencing token it got.
+fn start_holder(dir: &Path) -> Result<(Child, String), Box<dyn std::error::Error>> {
+    let mut holder = Command::new(std::env::current_exe()?)
+        .arg("--hold")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let token = line
+        .trim()
+        .strip_prefix("acquired ")
+        .ok_or_else(|| format!("the holder did not get the lock: {line:?}"))?
+        .to_owned();
+    Ok((holder, token))
+}
+
+/// Sends `SIG<name>` to `process` with kill(1).
+fn signal(process: &Child, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(process.id().to_string())
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill -{name} {} failed", process.id()).into());
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use jobsafe::jobs::NewJob;
-use jobsafe::{DirStore, JobState, SystemClock};
+use jobsafe::{JobState, LogStore, SystemClock};
 use serde_json::json;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let root = dir.join("store");
-    let jobs = JobState::new(DirStore::open(&root)?, Arc::new(SystemClock));
+    let jobs = JobState::new(LogStore::open(&root)?, Arc::new(SystemClock));
     let job = jobs.create(NewJob::new("summarize").owner("inst-7"))?;
     println!(
         "created job {} (queued); the request returns its id at once",
@@ -73,7 +73,7 @@ fn run(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     drop(jobs);
 
     println!("reopening the store, as after a restart:");
-    let reopened = JobState::new(DirStore::open(&root)?, Arc::new(SystemClock));
+    let reopened = JobState::new(LogStore::open(&root)?, Arc::new(SystemClock));
     let job = reopened.get(&job.id)?.ok_or("the job is gone")?;
     println!(
         "  job {} is {}, stages {:?}, result {}",

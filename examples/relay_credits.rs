@@ -1,6 +1,6 @@
 //! A relay that charges one credit per job id, as two processes over one store.
 //!
-//! The balance and the ledger live in the same `DirStore`, and every charge and
+//! The balance and the ledger live in the same `LogStore`, and every charge and
 //! refund changes both in one atomic batch. Process A charges a job and is
 //! killed with SIGKILL before the job finishes; process B (the restart) finds the
 //! unfinished job in the ledger and refunds it. Then retries within the TTL are
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use jobsafe::ledger::{ChargeRequest, Reserve};
 use jobsafe::store::BatchOp;
-use jobsafe::{DirStore, Error, Expect, JobLedger, Key, Store, SystemClock};
+use jobsafe::{Error, Expect, JobLedger, Key, LogStore, Store, SystemClock};
 
 const ACCOUNT: &str = "lic:abc123";
 
@@ -38,13 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 struct Relay {
-    store: Arc<DirStore>,
-    ledger: JobLedger<Arc<DirStore>>,
+    store: Arc<LogStore>,
+    ledger: JobLedger<Arc<LogStore>>,
 }
 
 impl Relay {
     fn open(dir: &Path) -> jobsafe::Result<Self> {
-        let store = Arc::new(DirStore::open(dir.join("store"))?);
+        let store = Arc::new(LogStore::open(dir.join("store"))?);
         let ledger = JobLedger::new(Arc::clone(&store), Arc::new(SystemClock));
         Ok(Relay { store, ledger })
     }
