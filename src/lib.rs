@@ -133,6 +133,8 @@
 //!   (with `postgres`) `postgres://` store through the API above; see
 //!   `jobsafe --help`. Brings in `clap`. The library itself does not change.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod atomic;
 mod clock;
 pub mod conformance;

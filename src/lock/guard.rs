@@ -62,6 +62,7 @@ pub enum Release {
 /// that process has exited (see "Dead holders" in [`JobLock`]). A worker that
 /// renews too late is told so ([`Renewal::Lost`]) and must not start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LockHandle {
     /// The lock's key.
     pub key: Key,

@@ -136,7 +136,8 @@ impl fmt::Debug for PgStore {
     }
 }
 
-/// Options for opening a [`PgStore`].
+/// Options for opening a [`PgStore`]. Available with the cargo feature
+/// `postgres`.
 ///
 /// ```no_run
 /// use std::time::Duration;
