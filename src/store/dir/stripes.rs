@@ -75,7 +75,15 @@ pub(super) fn lock<V: Vfs>(
 /// The version of a key created now in `stripe`.
 pub(super) fn first_version<V: Vfs>(vfs: &V, dir: &Path, stripe: usize) -> Result<Version> {
     let floor = read_floor(vfs, dir, stripe)?;
-    Ok(Version::new(floor + 1))
+    // A floor this high was written by nothing but damage: versions stay far
+    // below it (see `raise_floor`).
+    match floor.checked_add(1).filter(|v| *v < u64::MAX / 2) {
+        Some(version) => Ok(Version::new(version)),
+        None => Err(Error::CorruptFile {
+            path: floor_path(dir, stripe),
+            reason: format!("version floor {floor} leaves no version to create a key at"),
+        }),
+    }
 }
 
 /// Raises the floor of `stripe` to `deleted` (or, when the deleted record's version

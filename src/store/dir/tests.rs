@@ -698,3 +698,26 @@ fn opening_a_store_sweeps_the_temp_files_of_dead_writers_and_keeps_young_ones() 
         .unwrap();
     assert!(dead.exists());
 }
+
+#[test]
+fn a_version_floor_at_the_end_of_the_version_space_is_reported_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let k = key(&["jobs", "job-1"]);
+    let stripe = naming::stripe_of(k.segments(), stripes::STRIPES);
+    let floor = store
+        .root()
+        .join("stripes")
+        .join(format!("{stripe:02}.floor"));
+    for damaged in [u64::MAX, u64::MAX - 1, u64::MAX / 2] {
+        std::fs::write(&floor, damaged.to_string()).unwrap();
+        let err = store.put(&k, b"v", Expect::Absent).unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptFile { path, .. } if *path == floor),
+            "{damaged}: {err}"
+        );
+        assert!(store.get(&k).unwrap().is_none());
+    }
+    std::fs::write(&floor, "7").unwrap();
+    assert_eq!(store.put(&k, b"v", Expect::Absent).unwrap().get(), 8);
+}

@@ -110,6 +110,19 @@ impl<V: Vfs> Shared<V> {
                 results.push(Err(conflict));
                 continue;
             }
+            let puts = ops
+                .iter()
+                .filter(|op| matches!(op, BatchOp::Put { .. }))
+                .count();
+            if last_version.checked_add(puts as u64).is_none() {
+                // Only a damaged journal (a frame claiming a version near the
+                // end of the space) gets here: refuse rather than wrap.
+                results.push(Err(Error::CorruptFile {
+                    path: self.journal_path.clone(),
+                    reason: format!("version space exhausted at version {last_version}"),
+                }));
+                continue;
+            }
             let part = match parts.last_mut() {
                 Some(part) if part.frame.payload_len() < FRAME_TARGET => part,
                 _ => {
@@ -243,5 +256,24 @@ mod tests {
                 .unwrap();
             assert_eq!(io.raw_os_error(), Some(28));
         }
+    }
+
+    /// A journal whose versions reached the end of the space (only damage can
+    /// do that) refuses new versions instead of wrapping or panicking.
+    #[test]
+    fn a_version_at_the_end_of_the_space_is_reported_not_wrapped() {
+        use crate::store::{Expect, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::LogStore::open(dir.path()).unwrap();
+        let key = crate::Key::new(["k"]).unwrap();
+        store.shared.index.write().last_version = u64::MAX - 1;
+        assert_eq!(
+            store.put(&key, b"last", Expect::Any).unwrap().get(),
+            u64::MAX
+        );
+        let err = store.put(&key, b"past it", Expect::Any).unwrap_err();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+        assert!(err.to_string().contains("version space exhausted"), "{err}");
+        assert_eq!(store.get(&key).unwrap().unwrap().value, b"last");
     }
 }
