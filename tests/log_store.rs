@@ -8,15 +8,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::child::{self, Child};
-use jobsafe::vfs::{FileInfo, StdVfs, Vfs, VfsFile};
+use jobsafe::testing::{Fault, Faulty, OpKind};
+use jobsafe::vfs::StdVfs;
 use jobsafe::{Batch, Error, Expect, Key, LogStore, Prefix, Store};
 
 fn key(name: &str) -> Key {
@@ -232,142 +231,18 @@ fn a_directory_that_is_not_a_log_store_is_refused() {
     );
 }
 
-/// A [`Vfs`] over [`StdVfs`] that, once armed, counts operations down and at
-/// zero either aborts the process (a crash at exactly that step) or fails every
-/// flush from then on.
-#[derive(Clone, Debug, Default)]
-struct StepVfs {
-    crash_armed: Arc<AtomicBool>,
-    countdown: Arc<AtomicI64>,
-    failing_syncs: Arc<AtomicBool>,
-}
-
-impl StepVfs {
-    /// From now on, aborts the process at the `steps`th step (0: the next).
-    fn crash_after(&self, steps: i64) {
-        self.countdown.store(steps, Ordering::SeqCst);
-        self.crash_armed.store(true, Ordering::SeqCst);
-    }
-
-    fn step(&self) -> io::Result<()> {
-        if self.crash_armed.load(Ordering::SeqCst)
-            && self.countdown.fetch_sub(1, Ordering::SeqCst) == 0
-        {
+/// From now on, aborts the process at the `step`th step through `vfs` (0: the
+/// next), a step being a change to the filesystem or a flush: a crash at
+/// exactly that step.
+fn crash_at_step(vfs: &Faulty, step: u64) {
+    let taken = AtomicU64::new(0);
+    vfs.on_op(move |op| {
+        let is_step = OpKind::MUTATIONS.contains(&op.kind) || OpKind::SYNCS.contains(&op.kind);
+        if is_step && taken.fetch_add(1, Ordering::SeqCst) == step {
             std::process::abort();
         }
-        Ok(())
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        self.step()?;
-        if self.failing_syncs.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct StepFile {
-    inner: fs::File,
-    vfs: StepVfs,
-}
-
-impl Vfs for StepVfs {
-    type File = StepFile;
-
-    fn create_new(&self, path: &Path, mode: u32) -> io::Result<StepFile> {
-        self.step()?;
-        let inner = StdVfs.create_new(path, mode)?;
-        Ok(StepFile {
-            inner,
-            vfs: self.clone(),
-        })
-    }
-    fn open_read(&self, path: &Path) -> io::Result<StepFile> {
-        let inner = StdVfs.open_read(path)?;
-        Ok(StepFile {
-            inner,
-            vfs: self.clone(),
-        })
-    }
-    fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<StepFile> {
-        let inner = StdVfs.open_or_create(path, mode)?;
-        Ok(StepFile {
-            inner,
-            vfs: self.clone(),
-        })
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.rename(from, to)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.hard_link(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.remove_file(path)
-    }
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.remove_dir(path)
-    }
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        StdVfs.read_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.sync()?;
-        StdVfs.sync_dir(path)
-    }
-    fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
-        StdVfs.metadata(path)
-    }
-}
-
-impl VfsFile for StepFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.vfs.step()?;
-        VfsFile::write_all(&mut self.inner, buf)
-    }
-    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        VfsFile::read_to_end(&mut self.inner, buf)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        VfsFile::read_at(&self.inner, buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.vfs.step()?;
-        VfsFile::write_all_at(&self.inner, buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        VfsFile::size(&self.inner)
-    }
-    fn sync_all(&self) -> io::Result<()> {
-        self.vfs.sync()?;
-        VfsFile::sync_all(&self.inner)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.vfs.sync()?;
-        VfsFile::sync_data(&self.inner)
-    }
-    fn lock(&self) -> io::Result<()> {
-        VfsFile::lock(&self.inner)
-    }
-    fn lock_shared(&self) -> io::Result<()> {
-        VfsFile::lock_shared(&self.inner)
-    }
-    fn try_lock(&self) -> io::Result<bool> {
-        VfsFile::try_lock(&self.inner)
-    }
-    fn unlock(&self) -> io::Result<()> {
-        VfsFile::unlock(&self.inner)
-    }
+        None
+    });
 }
 
 /// Records overwritten and deleted, so that compaction has dead frames to drop.
@@ -396,15 +271,15 @@ fn churned_store(root: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn a_crash_at_any_step_of_compaction_loses_nothing() {
     if child::role().as_deref() == Some("compactor") {
-        let steps: i64 = child::var("JOBSAFE_TEST_STEPS").parse().unwrap();
-        let vfs = StepVfs::default();
+        let steps: u64 = child::var("JOBSAFE_TEST_STEPS").parse().unwrap();
+        let vfs = Faulty::new(StdVfs);
         let store = LogStore::builder(child::store_root())
             .vfs(vfs.clone())
             .no_background_compaction()
             .open()
             .unwrap();
         // Armed only now: the countdown runs through the compaction alone.
-        vfs.crash_after(steps);
+        crash_at_step(&vfs, steps);
         store.compact().unwrap();
         child::report("compacted");
         return;
@@ -458,17 +333,18 @@ fn a_crash_at_any_step_of_compaction_loses_nothing() {
 fn a_failed_flush_poisons_until_reopened_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let vfs = StepVfs::default();
+    let vfs = Faulty::new(StdVfs);
     let store = LogStore::builder(&root).vfs(vfs.clone()).open().unwrap();
     let acknowledged = store.put(&key("kept"), b"1", Expect::Absent).unwrap();
 
-    vfs.failing_syncs.store(true, Ordering::SeqCst);
+    vfs.arm(Fault::from_nth(1).only(OpKind::SYNCS));
     let err = store.put(&key("unsure"), b"2", Expect::Absent).unwrap_err();
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("fdatasync")),
         "{err}"
     );
-    vfs.failing_syncs.store(false, Ordering::SeqCst);
+    assert!(!vfs.injected().is_empty());
+    vfs.disarm();
     let err = store.put(&key("later"), b"3", Expect::Absent).unwrap_err();
     assert!(err.is_poisoned(), "{err}");
     // Reads go on. Whether the write whose flush failed is there is unknown,
