@@ -2,9 +2,13 @@
 //! wait for a lease.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod common;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::hooked_store::{HookedStore, StoreOp};
 use jobsafe::lock::{
     Acquire, KeepAliveEvent, LockGuard, LockRecord, LockRequest, LostLease, Release, Renewal,
 };
@@ -607,64 +611,23 @@ fn a_record_at_the_namespace_itself_is_listed_apart() {
     );
 }
 
-/// A store whose writes fail while `down` is set, as an unreachable one's would.
-#[derive(Debug, Default)]
-struct Flaky {
-    inner: MemStore,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Flaky {
-    fn check(&self) -> jobsafe::Result<()> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::Io {
-                step: "write record",
-                path: "flaky".into(),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Store for Flaky {
-    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
-        self.inner.get(key)
-    }
-    fn put(
-        &self,
-        key: &Key,
-        value: &[u8],
-        expect: jobsafe::Expect,
-    ) -> jobsafe::Result<jobsafe::Version> {
-        self.check()?;
-        self.inner.put(key, value, expect)
-    }
-    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
-        self.check()?;
-        self.inner.delete(key, expect)
-    }
-    fn list(
-        &self,
-        prefix: &Prefix,
-        after: Option<&Key>,
-        limit: usize,
-    ) -> jobsafe::Result<jobsafe::store::ListPage> {
-        self.inner.list(prefix, after, limit)
-    }
-    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
-        self.check()?;
-        self.inner.apply(batch)
-    }
-    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
-        self.inner.quarantine(key)
-    }
-}
-
 #[test]
 fn keep_alive_reports_failed_renewals_then_expiry() {
     let clock = ManualClock::new(START_MS);
-    let store = Arc::new(Flaky::default());
+    // Writes fail while `down` is set, as an unreachable store's would.
+    let store = Arc::new(HookedStore::default());
+    let down = Arc::new(AtomicBool::new(false));
+    store.on_op({
+        let down = Arc::clone(&down);
+        move |op| match op {
+            StoreOp::Write(_) if down.load(Ordering::SeqCst) => Err(Error::Io {
+                step: "write record",
+                path: "flaky".into(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            }),
+            _ => Ok(()),
+        }
+    });
     let locks = JobLock::new(Arc::clone(&store), Arc::new(clock.clone()));
     let guard = acquired(
         locks
@@ -674,7 +637,7 @@ fn keep_alive_reports_failed_renewals_then_expiry() {
     let keep_alive = guard
         .keep_alive(Duration::from_secs(30), Duration::from_secs(10))
         .unwrap();
-    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    down.store(true, Ordering::SeqCst);
     for _ in 0..2 {
         clock.advance(Duration::from_secs(10));
         match keep_alive.next_event() {

@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod child;
+pub mod hooked_store;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod power_loss;
