@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::env;
 use std::fs::{self, File};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -169,14 +167,9 @@ fn explicit_mode_is_applied_exactly() -> TestResult {
     Ok(())
 }
 
-/// Set in the child process of [`modes_are_exact_whatever_the_umask`]: the directory
-/// to write in.
-const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_UMASK_CHILD_DIR";
-
 #[test]
 fn modes_are_exact_whatever_the_umask() -> TestResult {
-    if let Some(dir) = env::var_os(UMASK_CHILD_DIR) {
-        let dir = PathBuf::from(dir);
+    if let Some(dir) = common::umask_child_dir() {
         File::create(dir.join("control"))?;
         write_atomic(dir.join("default"), b"d")?;
         AtomicWriter::builder()
@@ -185,21 +178,8 @@ fn modes_are_exact_whatever_the_umask() -> TestResult {
             .write(dir.join("explicit"), b"e")?;
         return Ok(());
     }
-    // The umask belongs to the whole process: change it only in a child that runs
-    // this one test, never here, where other tests create files in parallel.
     let dir = tempdir()?;
-    let child = Command::new("sh")
-        .args(["-c", r#"umask 777 && exec "$@""#, "sh"])
-        .arg(env::current_exe()?)
-        .args(["--exact", "modes_are_exact_whatever_the_umask"])
-        .env(UMASK_CHILD_DIR, dir.path())
-        .output()?;
-    assert!(
-        child.status.success(),
-        "child failed:\n{}{}",
-        String::from_utf8_lossy(&child.stdout),
-        String::from_utf8_lossy(&child.stderr)
-    );
+    common::run_under_umask("777", "modes_are_exact_whatever_the_umask", dir.path())?;
     // A plain create in the child got no permission bits at all: the umask was in force.
     assert_eq!(mode_of(&dir.path().join("control"))?, 0);
     assert_eq!(

@@ -204,27 +204,10 @@ fn mem_harness() -> Harness {
     harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| b)
 }
 
-/// Every temp file under `dir`, recursively.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(temp_files(&path));
-        } else if path.to_string_lossy().ends_with(AtomicWriter::TEMP_SUFFIX) {
-            found.push(path);
-        }
-    }
-    found
-}
-
 /// No temp file under the artifact root and no lock record at all.
 fn assert_clean(h: &Harness, when: &str) {
     assert_eq!(
-        temp_files(&h.root),
+        common::temp_files_under(&h.root).unwrap(),
         Vec::<PathBuf>::new(),
         "temp files {when}"
     );
@@ -1390,7 +1373,10 @@ fn losing_the_lease_stops_the_run_before_its_next_write() {
         h.pipeline.jobs().get(&id).unwrap().unwrap().status,
         JobStatus::Running
     );
-    assert_eq!(temp_files(&h.root), Vec::<PathBuf>::new());
+    assert_eq!(
+        common::temp_files_under(&h.root).unwrap(),
+        Vec::<PathBuf>::new()
+    );
     let holder = h.pipeline.locks().peek(&subject).unwrap().unwrap();
     assert_eq!(
         holder.job_id,

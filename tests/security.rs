@@ -11,11 +11,9 @@
 
 mod common;
 
-use std::env;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,11 +29,6 @@ use common::{TestResult, mode_of};
 // ---------------------------------------------------------------------------------
 // Modes
 // ---------------------------------------------------------------------------------
-
-/// Set in the child process of
-/// [`everything_the_stores_create_is_owner_only_under_a_permissive_umask`]: where to
-/// create the stores.
-const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_SECURITY_UMASK_DIR";
 
 /// Every file and directory under `root` (not `root` itself), symlinks not followed.
 fn walk(root: &Path) -> Vec<PathBuf> {
@@ -96,27 +89,15 @@ fn create_everything(dir: &Path) -> TestResult {
 
 #[test]
 fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> TestResult {
-    if let Some(dir) = env::var_os(UMASK_CHILD_DIR) {
-        return create_everything(Path::new(&dir));
+    if let Some(dir) = common::umask_child_dir() {
+        return create_everything(&dir);
     }
-    // The umask belongs to the whole process: change it only in a child that runs
-    // this one test.
     let dir = tempdir()?;
-    let child = Command::new("sh")
-        .args(["-c", r#"umask 000 && exec "$@""#, "sh"])
-        .arg(env::current_exe()?)
-        .args([
-            "--exact",
-            "everything_the_stores_create_is_owner_only_under_a_permissive_umask",
-        ])
-        .env(UMASK_CHILD_DIR, dir.path())
-        .output()?;
-    assert!(
-        child.status.success(),
-        "child failed:\n{}{}",
-        String::from_utf8_lossy(&child.stdout),
-        String::from_utf8_lossy(&child.stderr)
-    );
+    common::run_under_umask(
+        "000",
+        "everything_the_stores_create_is_owner_only_under_a_permissive_umask",
+        dir.path(),
+    )?;
     assert_eq!(
         mode_of(&dir.path().join("control"))? & 0o077,
         0o066,

@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod child;
+pub mod credits;
 pub mod hooked_store;
 #[cfg(feature = "postgres")]
 pub mod pg;
@@ -17,7 +18,10 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use jobsafe::AtomicWriter;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use jobsafe::{AtomicWriter, Key, Prefix, Store};
 
 /// What a test returns: `?` works on any error, and a failure prints it.
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -39,10 +43,15 @@ pub(crate) fn temp_files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// The temp files and directories (names ending in [`AtomicWriter::TEMP_SUFFIX`]) anywhere
-/// under `dir`.
+/// under `dir`; none if `dir` does not exist.
 pub(crate) fn temp_files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut temps = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(temps),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let entry = entry?;
         if entry
             .file_name()
@@ -79,4 +88,84 @@ pub(crate) fn mode_of(path: &Path) -> io::Result<u32> {
 /// Sets the permission bits of `path`.
 pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// The key a string names, segments joined by `/` as [`Key`] displays them
+/// (`"jobs/lic:abc/1"`).
+pub(crate) fn key(text: &str) -> Key {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not a key: {e}"))
+}
+
+/// Every record under `prefix`, by key.
+pub(crate) fn contents(store: &impl Store, prefix: &Prefix) -> BTreeMap<Key, Vec<u8>> {
+    let keys = store
+        .list_all(prefix)
+        .unwrap_or_else(|e| panic!("list {prefix}: {e}"));
+    keys.into_iter()
+        .map(|key| {
+            let entry = store.get(&key).unwrap_or_else(|e| panic!("get {key}: {e}"));
+            let entry = entry.unwrap_or_else(|| panic!("{key} was listed but is gone"));
+            (key, entry.value)
+        })
+        .collect()
+}
+
+/// Copies a directory tree (files and directories; nothing else is in a store).
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries = fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+/// Whether this process runs as root, for whom permission checks pass.
+pub(crate) fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // A file this process creates is owned by its effective user id.
+    let probe = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("temp file: {e}"));
+    let meta = probe
+        .as_file()
+        .metadata()
+        .unwrap_or_else(|e| panic!("stat a temp file: {e}"));
+    meta.uid() == 0
+}
+
+/// Set in a child started by [`run_under_umask`]: the directory it works in.
+const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_UMASK_CHILD_DIR";
+
+/// In a child started by [`run_under_umask`], the directory it was given;
+/// `None` in the parent.
+pub(crate) fn umask_child_dir() -> Option<PathBuf> {
+    std::env::var_os(UMASK_CHILD_DIR).map(PathBuf::from)
+}
+
+/// Runs the test `test` of this binary again, alone, in a child process under
+/// `umask` (octal digits), with [`umask_child_dir`] returning `dir` there; fails
+/// unless the child passes. The umask belongs to the whole process: change it
+/// only in a child that runs one test, never here, where other tests create
+/// files in parallel.
+pub(crate) fn run_under_umask(umask: &str, test: &str, dir: &Path) -> io::Result<()> {
+    let child = Command::new("sh")
+        .args(["-c", &format!(r#"umask {umask} && exec "$@""#), "sh"])
+        .arg(std::env::current_exe()?)
+        .args(["--exact", test])
+        .env(UMASK_CHILD_DIR, dir)
+        .output()?;
+    assert!(
+        child.status.success(),
+        "child failed:\n{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    Ok(())
 }
