@@ -14,4 +14,4 @@
 
 pub use crate::clock::file::FileClock;
 pub use crate::vfs::counting::{Counting, CountingFile, OpCounts};
-pub use crate::vfs::faulty::{Fault, Faulty, FaultyFile, Injected, InjectedError, OpKind};
+pub use crate::vfs::faulty::{Fault, Faulty, FaultyFile, Injected, InjectedError, OpEvent, OpKind};

@@ -5,22 +5,20 @@
 
 mod common;
 
-use std::env;
 use std::fs::{self, File};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jobsafe::atomic::PendingFile;
-use jobsafe::testing::Counting;
+use jobsafe::testing::{Counting, Fault, Faulty, OpKind};
 use jobsafe::vfs::{StdVfs, Vfs};
 use jobsafe::{AtomicWriter, Durability, Error, ManualClock, SystemClock, write_atomic};
 use tempfile::tempdir;
 
-use common::{FailingVfs, Op, TestResult, mode_of, set_mode, temp_files_in};
+use common::{TestResult, mode_of, set_mode, temp_files_in};
 
 // ---------------------------------------------------------------------------------
 // Atomic replace
@@ -169,14 +167,9 @@ fn explicit_mode_is_applied_exactly() -> TestResult {
     Ok(())
 }
 
-/// Set in the child process of [`modes_are_exact_whatever_the_umask`]: the directory
-/// to write in.
-const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_UMASK_CHILD_DIR";
-
 #[test]
 fn modes_are_exact_whatever_the_umask() -> TestResult {
-    if let Some(dir) = env::var_os(UMASK_CHILD_DIR) {
-        let dir = PathBuf::from(dir);
+    if let Some(dir) = common::umask_child_dir() {
         File::create(dir.join("control"))?;
         write_atomic(dir.join("default"), b"d")?;
         AtomicWriter::builder()
@@ -185,21 +178,8 @@ fn modes_are_exact_whatever_the_umask() -> TestResult {
             .write(dir.join("explicit"), b"e")?;
         return Ok(());
     }
-    // The umask belongs to the whole process: change it only in a child that runs
-    // this one test, never here, where other tests create files in parallel.
     let dir = tempdir()?;
-    let child = Command::new("sh")
-        .args(["-c", r#"umask 777 && exec "$@""#, "sh"])
-        .arg(env::current_exe()?)
-        .args(["--exact", "modes_are_exact_whatever_the_umask"])
-        .env(UMASK_CHILD_DIR, dir.path())
-        .output()?;
-    assert!(
-        child.status.success(),
-        "child failed:\n{}{}",
-        String::from_utf8_lossy(&child.stdout),
-        String::from_utf8_lossy(&child.stderr)
-    );
+    common::run_under_umask("777", "modes_are_exact_whatever_the_umask", dir.path())?;
     // A plain create in the child got no permission bits at all: the umask was in force.
     assert_eq!(mode_of(&dir.path().join("control"))?, 0);
     assert_eq!(
@@ -502,6 +482,13 @@ fn sweeping_a_missing_directory_is_an_io_error_naming_it() -> TestResult {
 // ---------------------------------------------------------------------------------
 
 /// Writes `old` to `target` directly, then `new` through `writer`, which fails.
+/// A [`Vfs`] on the real filesystem in which every operation of `kind` fails.
+fn failing(kind: OpKind) -> Faulty {
+    let vfs = Faulty::new(StdVfs);
+    vfs.arm(Fault::from_nth(1).only([kind]));
+    vfs
+}
+
 fn failing_replace<V: Vfs>(writer: &AtomicWriter<V>, target: &Path) -> std::io::Result<Error> {
     fs::write(target, "old")?;
     match writer.write(target, b"new") {
@@ -514,12 +501,12 @@ fn failing_replace<V: Vfs>(writer: &AtomicWriter<V>, target: &Path) -> std::io::
 fn a_failed_file_fsync_keeps_the_old_content_and_leaves_no_temp_file() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("report.json");
-    let vfs = FailingVfs::failing(Op::SyncFile);
+    let vfs = failing(OpKind::FileSync);
     let writer = AtomicWriter::with_vfs(vfs.clone());
 
     let err = failing_replace(&writer, &target)?;
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("fsync")),
         "{err:?}"
@@ -535,12 +522,12 @@ fn a_failed_file_fsync_keeps_the_old_content_and_leaves_no_temp_file() -> TestRe
 fn a_failed_rename_keeps_the_old_content_and_leaves_no_temp_file() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("report.json");
-    let vfs = FailingVfs::failing(Op::Rename);
+    let vfs = failing(OpKind::Rename);
     let writer = AtomicWriter::with_vfs(vfs.clone());
 
     let err = failing_replace(&writer, &target)?;
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("rename")),
         "{err:?}"
@@ -554,12 +541,12 @@ fn a_failed_rename_keeps_the_old_content_and_leaves_no_temp_file() -> TestResult
 fn a_failed_temp_file_creation_names_the_temp_file() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("report.json");
-    let vfs = FailingVfs::failing(Op::CreateNew);
+    let vfs = failing(OpKind::Create);
     let writer = AtomicWriter::with_vfs(vfs.clone());
 
     let err = failing_replace(&writer, &target)?;
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("create")),
         "{err:?}"
@@ -574,12 +561,12 @@ fn a_failed_directory_fsync_after_the_rename_is_not_durable_with_the_new_content
 -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("report.json");
-    let vfs = FailingVfs::failing(Op::SyncDir);
+    let vfs = failing(OpKind::DirSync);
     let writer = AtomicWriter::with_vfs(vfs.clone());
 
     let err = failing_replace(&writer, &target)?;
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert!(matches!(&err, Error::NotDurable { .. }), "{err:?}");
     assert_eq!(fs::read(&target)?, b"new");
     assert_eq!(temp_files_in(dir.path())?, Vec::<PathBuf>::new());
@@ -591,7 +578,7 @@ fn a_not_durable_error_says_the_content_is_visible_but_not_durable_and_names_the
 -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("report.json");
-    let writer = AtomicWriter::with_vfs(FailingVfs::failing(Op::SyncDir));
+    let writer = AtomicWriter::with_vfs(failing(OpKind::DirSync));
 
     let err = failing_replace(&writer, &target)?;
 
@@ -617,7 +604,7 @@ fn a_not_durable_error_says_the_content_is_visible_but_not_durable_and_names_the
 fn a_failed_no_clobber_link_is_an_io_error_and_creates_nothing() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("once.json");
-    let vfs = FailingVfs::failing(Op::HardLink);
+    let vfs = failing(OpKind::Link);
 
     let err = AtomicWriter::builder()
         .vfs(vfs.clone())
@@ -626,7 +613,7 @@ fn a_failed_no_clobber_link_is_an_io_error_and_creates_nothing() -> TestResult {
         .write(&target, b"new")
         .unwrap_err();
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("link")),
         "{err:?}"
@@ -641,7 +628,7 @@ fn a_failed_no_clobber_link_is_an_io_error_and_creates_nothing() -> TestResult {
 fn a_failed_directory_fsync_after_a_no_clobber_link_is_not_durable() -> TestResult {
     let dir = tempdir()?;
     let target = dir.path().join("once.json");
-    let vfs = FailingVfs::failing(Op::SyncDir);
+    let vfs = failing(OpKind::DirSync);
 
     let err = AtomicWriter::builder()
         .vfs(vfs.clone())
@@ -650,7 +637,7 @@ fn a_failed_directory_fsync_after_a_no_clobber_link_is_not_durable() -> TestResu
         .write(&target, b"new")
         .unwrap_err();
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert!(matches!(&err, Error::NotDurable { .. }), "{err:?}");
     assert_eq!(fs::read(&target)?, b"new");
     assert_eq!(temp_files_in(dir.path())?, Vec::<PathBuf>::new());
@@ -662,7 +649,7 @@ fn a_no_clobber_commit_succeeds_once_linked_even_if_the_temp_file_cannot_be_remo
 {
     let dir = tempdir()?;
     let target = dir.path().join("once.json");
-    let vfs = FailingVfs::failing(Op::RemoveFile);
+    let vfs = failing(OpKind::Remove);
 
     AtomicWriter::builder()
         .vfs(vfs.clone())
@@ -670,7 +657,7 @@ fn a_no_clobber_commit_succeeds_once_linked_even_if_the_temp_file_cannot_be_remo
         .build()?
         .write(&target, b"new")?;
 
-    assert_eq!(vfs.injected(), 1);
+    assert_eq!(vfs.injected().len(), 1);
     assert_eq!(fs::read(&target)?, b"new");
     // The leftover temp file is a second name of the target's file: a sweep removes
     // that name and leaves the target whole.

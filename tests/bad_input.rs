@@ -874,7 +874,7 @@ fn a_store_the_process_may_not_write_fails_cleanly() -> TestResult {
     }
     let dir = tempdir()?;
     // Permissions do not bind root: run the checks as an unprivileged user then.
-    if !is_root() {
+    if !common::is_root() {
         return unwritable_store_checks(dir.path());
     }
     set_mode(dir.path(), 0o777);
@@ -903,13 +903,6 @@ fn a_store_the_process_may_not_write_fails_cleanly() -> TestResult {
     );
     assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
     Ok(())
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // A file this process creates is owned by its effective user id.
-    let probe = tempfile::NamedTempFile::new().unwrap();
-    probe.as_file().metadata().unwrap().uid() == 0
 }
 
 /// What the stage of [`pipeline_with_clock_jumps`] does on its next run.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
+use common::key;
 use jobsafe::jobs::{FailureKind, JobError, JobStatus, NewJob};
 use jobsafe::ledger::{ChargeRequest, ReservationState};
 use jobsafe::lock::{Acquire, LockRequest};
@@ -200,10 +201,6 @@ fn prepare(backend: Backend) -> Fixture {
         .unwrap();
     ledger.reserve("lic:xyz", "job-9", &charge).unwrap();
     fixture
-}
-
-fn key(text: &str) -> Key {
-    text.parse().unwrap()
 }
 
 /// What one run of the tool printed, and how it ended.

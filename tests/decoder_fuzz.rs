@@ -414,18 +414,6 @@ fn log_states() -> Vec<BTreeMap<Key, Vec<u8>>> {
     states
 }
 
-fn contents(store: &LogStore) -> BTreeMap<Key, Vec<u8>> {
-    store
-        .list_all(&Prefix::all())
-        .unwrap()
-        .into_iter()
-        .map(|k| {
-            let value = store.get(&k).unwrap().unwrap().value;
-            (k, value)
-        })
-        .collect()
-}
-
 /// A LogStore directory holding [`log_writes`]; returns the journal's bytes up to
 /// the end of its frames (the zeros of preallocated space cut off).
 fn log_store_template(root: &Path) -> Vec<u8> {
@@ -485,7 +473,7 @@ proptest! {
         fs::write(root.join("journal"), &bad).unwrap();
         match open_log(&root) {
             Ok(store) => {
-                let found = contents(&store);
+                let found = common::contents(&store, &Prefix::all());
                 prop_assert!(
                     log_states().contains(&found),
                     "the journal opened with contents no prefix of its writes had: {:?}",
@@ -498,7 +486,7 @@ proptest! {
                 let again = open_log(&root).unwrap();
                 let mut expected = found;
                 expected.insert(key, b"after".to_vec());
-                prop_assert_eq!(contents(&again), expected);
+                prop_assert_eq!(common::contents(&again, &Prefix::all()), expected);
             }
             Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
         }
@@ -514,7 +502,7 @@ proptest! {
         fs::write(root.join("journal"), &bad).unwrap();
         match open_log(&root) {
             // Garbage is not a frame of this journal: at most an empty store.
-            Ok(store) => prop_assert!(contents(&store).is_empty()),
+            Ok(store) => prop_assert!(common::contents(&store, &Prefix::all()).is_empty()),
             Err(e) => prop_assert!(e.is_corrupt(), "{}", e),
         }
     }
@@ -642,15 +630,18 @@ fn check_lock_bytes(bytes: &[u8]) -> Result<(), TestCaseError> {
         .unwrap();
     match locks.peek(&key) {
         Ok(Some(record)) => {
-            // Whatever it says, an acquire decides by it: held until it expires.
+            // Whatever it says, an acquire decides by it: held until it expires,
+            // unless the process it names (the damage may have changed it) has
+            // provably exited.
+            let dead = record.holder_liveness() == jobsafe::lock::ProcessLiveness::Dead;
             let acquired = locks.acquire(&key, Duration::from_secs(1), &LockRequest::new());
             match acquired {
                 Ok(jobsafe::lock::Acquire::Held(holder)) => {
-                    prop_assert!(!record.is_expired_at(START_MS));
+                    prop_assert!(!record.is_expired_at(START_MS) && !dead);
                     prop_assert_eq!(holder, record);
                 }
                 Ok(jobsafe::lock::Acquire::Acquired(guard)) => {
-                    prop_assert!(record.is_expired_at(START_MS));
+                    prop_assert!(record.is_expired_at(START_MS) || dead);
                     guard.into_handle();
                 }
                 Err(e) => prop_assert!(false, "a readable lock failed to decide: {}", e),

@@ -38,7 +38,7 @@ impl Mount {
     /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or says why it
     /// cannot.
     fn tmpfs(size: &str) -> Result<Mount, String> {
-        if !is_root() {
+        if !common::is_root() {
             return Err("not running as root".to_owned());
         }
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
@@ -97,16 +97,6 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    })
-}
-
 /// A mount, or `None` after a loud skip; fails the test instead of skipping
 /// when `JOBSAFE_REQUIRE_MOUNTS=1`.
 fn mount_or_skip(test: &str, size: &str) -> Option<Mount> {
@@ -123,11 +113,6 @@ fn mount_or_skip(test: &str, size: &str) -> Option<Mount> {
     }
 }
 
-/// The error and its causes, as a reporter prints them.
-fn shown(err: &Error) -> String {
-    common::error_chain(err)
-}
-
 /// The OS error number in `err`'s chain, if any.
 fn errno(err: &Error) -> Option<i32> {
     let mut cause = err.source();
@@ -142,7 +127,7 @@ fn errno(err: &Error) -> Option<i32> {
 
 /// Asserts that `err` is the OS error `expected` and names a path under `root`.
 fn assert_os_error(err: &Error, expected: i32, root: &Path) {
-    let text = shown(err);
+    let text = common::error_chain(err);
     assert_eq!(errno(err), Some(expected), "{text}");
     assert!(
         text.contains(&*root.to_string_lossy()),
@@ -242,7 +227,11 @@ fn dir_store_on_a_full_disk() {
     // documented limitation), and the record stays whole.
     let delete = store.delete(&record_key(0), Expect::Any).unwrap_err();
     assert_os_error(&delete, ENOSPC, &root);
-    assert!(shown(&delete).contains(".floor"), "{}", shown(&delete));
+    assert!(
+        common::error_chain(&delete).contains(".floor"),
+        "{}",
+        common::error_chain(&delete)
+    );
     assert_holds(&store, acked, LEN, "full, in the process");
     assert_eq!(
         common::temp_files_under(&root).unwrap(),
@@ -260,7 +249,7 @@ fn dir_store_on_a_full_disk() {
     assert_holds_from(&reopened, 1, acked + 2, LEN, "after freeing space");
     println!(
         "disk_full store=dir acknowledged={acked} first_error={:?} free_after={}",
-        shown(&err),
+        common::error_chain(&err),
         mount.free_bytes()
     );
 }
@@ -319,7 +308,10 @@ fn log_store_on_a_full_disk() {
         let i = acked + more;
         match store.put(&record_key(i), &value(i, LEN), Expect::Absent) {
             Ok(_) => more += 1,
-            Err(e) => panic!("after freeing space, record {i}: {}", shown(&e)),
+            Err(e) => panic!(
+                "after freeing space, record {i}: {}",
+                common::error_chain(&e)
+            ),
         }
     }
     assert_holds(&store, acked + more, LEN, "after freeing space");
@@ -327,7 +319,7 @@ fn log_store_on_a_full_disk() {
     assert_holds(&open(), acked + more, LEN, "after freeing space, reopened");
     println!(
         "disk_full store=log acknowledged={acked} then={more} first_error={:?} unused_at_enospc={}",
-        shown(&err),
+        common::error_chain(&err),
         file - written
     );
 }
@@ -390,9 +382,9 @@ fn a_store_on_a_filesystem_remounted_read_only() {
     );
     println!(
         "disk_full read_only: put {:?}; open dir {:?}; open log {:?}",
-        shown(&err),
-        shown(&open_dir),
-        shown(&open_log)
+        common::error_chain(&err),
+        common::error_chain(&open_dir),
+        common::error_chain(&open_log)
     );
 }
 

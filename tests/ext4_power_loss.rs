@@ -287,7 +287,7 @@ impl Ext4 {
     /// Makes, attaches and mounts the filesystem, and checks that it can be
     /// shut down and recovered; the error says what this machine lacks.
     fn mount() -> Result<Ext4, String> {
-        if effective_uid()? != 0 {
+        if !common::is_root() {
             return Err("not root (mounting a loop device needs root)".to_owned());
         }
         for (tool, probe) in [
@@ -390,19 +390,6 @@ fn run(tool: &str, args: &[&str]) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// This process's effective user id, from `/proc` (the crate forbids the
-/// `unsafe` a `geteuid` call needs).
-fn effective_uid() -> Result<u32, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("read /proc/self/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| "no effective uid in /proc/self/status".to_owned())
 }
 
 /// A path of the test's temporary directory, as an argument.

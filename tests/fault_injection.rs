@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::key;
 use jobsafe::jobs::{JobStatus, NewJob};
 use jobsafe::ledger::{ChargeRequest, ReservationState, Reserve};
 use jobsafe::lock::LockRequest;
@@ -138,21 +139,17 @@ impl Step {
     }
 }
 
-fn key(segments: &[&str]) -> Key {
-    Key::new(segments.iter().copied()).unwrap()
-}
-
 fn universe() -> Vec<Key> {
     vec![
-        key(&["jobs", "k0"]),
-        key(&["jobs", "k1"]),
-        key(&["jobs", "k2"]),
-        key(&["jobs", "k3"]),
-        key(&["jobs", "k4"]),
-        key(&["deep", "x", "y"]),
+        key("jobs/k0"),
+        key("jobs/k1"),
+        key("jobs/k2"),
+        key("jobs/k3"),
+        key("jobs/k4"),
+        key("deep/x/y"),
         // A segment too long for a file name: DirStore hashes it and builds its
         // directory under a temp name.
-        key(&["deep", &"long-".repeat(40), "leaf"]),
+        key(&format!("deep/{}/leaf", "long-".repeat(40))),
     ]
 }
 
@@ -263,20 +260,6 @@ fn scratch_dir() -> tempfile::TempDir {
         return dir;
     }
     tempfile::tempdir().unwrap()
-}
-
-/// Copies a directory tree (files, directories; nothing else is in a store).
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// How a case arms its fault.
@@ -481,7 +464,7 @@ impl Counts {
 fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, Counts) {
     let dir = scratch_dir();
     let root = dir.path().join("store");
-    copy_tree(template, &root);
+    common::copy_tree(template, &root);
     let label = plan.map_or("unarmed".to_owned(), Plan::label);
     let mut tally = Tally {
         cases: 1,
@@ -588,9 +571,7 @@ fn run_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, Co
     }
     if poisoned {
         tally.poisoned += 1;
-        let refused = handle
-            .store
-            .put(&key(&["jobs", "after"]), b"x", Expect::Any);
+        let refused = handle.store.put(&key("jobs/after"), b"x", Expect::Any);
         if !refused.as_ref().is_err_and(Error::is_poisoned) {
             violations.push(violation(format!(
                 "a poisoned store took a write: {refused:?}"
@@ -832,7 +813,7 @@ fn log_store_a_failed_flush_of_a_cleared_torn_tail_poisons() {
         .no_background_compaction()
         .open()
         .unwrap();
-    let k = key(&["jobs", "k"]);
+    let k = key("jobs/k");
     store.put(&k, b"kept", Expect::Absent).unwrap();
 
     // Half a frame reaches the file, then the disk is full.
@@ -884,16 +865,16 @@ impl FileStep {
         let mut next = model.clone();
         match *self {
             FileStep::Write(name, bytes) => {
-                next.insert(key(&[name]), bytes.to_vec());
+                next.insert(key(name), bytes.to_vec());
             }
             FileStep::Create(name, bytes) => {
-                if model.contains_key(&key(&[name])) {
+                if model.contains_key(&key(name)) {
                     return None;
                 }
-                next.insert(key(&[name]), bytes.to_vec());
+                next.insert(key(name), bytes.to_vec());
             }
             FileStep::Streamed(name, [a, b]) => {
-                next.insert(key(&[name]), [a, b].concat());
+                next.insert(key(name), [a, b].concat());
             }
             FileStep::Discarded(..) => {}
         }
@@ -931,7 +912,7 @@ fn files_in(dir: &Path) -> Model {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.ends_with(AtomicWriter::TEMP_SUFFIX) {
-            files.insert(key(&[&name]), fs::read(entry.path()).unwrap());
+            files.insert(key(&name), fs::read(entry.path()).unwrap());
         }
     }
     files
@@ -1020,7 +1001,7 @@ fn writer_case(plan: Option<Plan>) -> (Tally, u64) {
 
     let found = files_in(root);
     if states.0.contains(&found) {
-        let names: Vec<Key> = ["a", "b", "c", "d"].iter().map(|n| key(&[n])).collect();
+        let names: Vec<Key> = ["a", "b", "c", "d"].iter().map(|n| key(n)).collect();
         tally.acknowledged_checked += states.certain_keys(&names) as u64;
     } else {
         violations.push(violation(format!(
@@ -1081,7 +1062,7 @@ const JOB: &str = "job-1";
 fn layers_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally, u64) {
     let dir = scratch_dir();
     let root = dir.path().join("store");
-    copy_tree(template, &root);
+    common::copy_tree(template, &root);
     let label = plan.map_or("unarmed".to_owned(), Plan::label);
     let violation = |what: String| format!("{}+layers {label}: {what}", backend.name());
     let mut violations = Vec::new();
@@ -1095,7 +1076,7 @@ fn layers_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally,
     let lock = JobLock::new(handle.store.clone(), Arc::new(clock.clone()));
     let ledger = JobLedger::new(handle.store.clone(), Arc::new(clock.clone()));
     let jobs = JobState::new(handle.store.clone(), Arc::new(clock.clone()));
-    let lock_key = key(&["index", "vault-1"]);
+    let lock_key = key("index/vault-1");
     let start = vfs.ops();
     if let Some(plan) = plan {
         plan.arm(&vfs);
@@ -1320,7 +1301,7 @@ fn a_poisoned_log_store_quarantines_nothing() {
         .no_background_compaction()
         .open()
         .unwrap();
-    let k = key(&["jobs", "k"]);
+    let k = key("jobs/k");
     store.put(&k, b"kept", Expect::Absent).unwrap();
     vfs.arm(Fault::nth(1).only(OpKind::SYNCS));
     assert!(store.put(&k, b"maybe", Expect::Any).is_err());
@@ -1390,7 +1371,7 @@ fn open_under_every_fault(backend: Backend) {
     let open_ops = {
         let dir = scratch_dir();
         let root = dir.path().join("store");
-        copy_tree(&template_root, &root);
+        common::copy_tree(&template_root, &root);
         let vfs = Faulty::new(StdVfs);
         drop(backend.open_faulty(&root, &vfs).unwrap());
         vfs.ops()
@@ -1420,7 +1401,7 @@ fn open_under_every_fault(backend: Backend) {
             let label = format!("{} open {}", backend.name(), plan.label());
             let dir = scratch_dir();
             let root = dir.path().join("store");
-            copy_tree(&template_root, &root);
+            common::copy_tree(&template_root, &root);
             let vfs = Faulty::new(StdVfs);
             plan.arm(&vfs);
             let mut case = Tally {
@@ -1513,7 +1494,7 @@ fn concurrent_writers_and_a_failed_flush(backend: Backend) {
                     scope.spawn(move || {
                         (0..PER_THREAD)
                             .map(|i| {
-                                let k = key(&["jobs", &format!("t{t}"), &format!("{i}")]);
+                                let k = key(&format!("jobs/t{t}/{i}"));
                                 let v = format!("value {t}/{i}").into_bytes();
                                 let result = store.put(&k, &v, Expect::Absent);
                                 let result = result.map(|_| ()).map_err(|e| {
@@ -1603,7 +1584,7 @@ fn a_failed_hashed_directory_leaves_no_temp_directory() {
         .vfs(vfs.clone())
         .open()
         .unwrap();
-    let long = key(&["deep", &"long-".repeat(40), "leaf"]);
+    let long = key(&format!("deep/{}/leaf", "long-".repeat(40)));
     // The first file created is the temp file of the `.segment` file.
     vfs.arm(
         Fault::nth(1)

@@ -21,18 +21,7 @@ const START_MS: u64 = 1_700_000_000_000;
 type Jobs = JobState<Arc<dyn Store>>;
 
 fn backends() -> Vec<(&'static str, Jobs, ManualClock, Option<TempDir>)> {
-    common::backends::both()
-        .into_iter()
-        .map(|(name, store, dir)| {
-            let clock = ManualClock::new(START_MS);
-            (
-                name,
-                JobState::new(store, Arc::new(clock.clone())),
-                clock,
-                dir,
-            )
-        })
-        .collect()
+    common::backends::each_with_clock(START_MS, JobState::new)
 }
 
 fn kinds(events: &[Event]) -> Vec<&str> {

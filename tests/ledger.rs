@@ -7,9 +7,10 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::credits::balance_key;
 use jobsafe::ledger::{ChargeRequest, Reservation, ReservationState, Reserve};
 use jobsafe::store::BatchOp;
-use jobsafe::{DirStore, Error, Expect, JobLedger, Key, ManualClock, MemStore, Store};
+use jobsafe::{DirStore, Error, Expect, JobLedger, ManualClock, MemStore, Store};
 use tempfile::TempDir;
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -20,18 +21,7 @@ type Ledger = JobLedger<Arc<dyn Store>>;
 
 /// A ledger over each backend, with its clock and its store (for balances).
 fn backends() -> Vec<(&'static str, Ledger, ManualClock, Option<TempDir>)> {
-    common::backends::both()
-        .into_iter()
-        .map(|(name, store, dir)| {
-            let clock = ManualClock::new(START_MS);
-            (
-                name,
-                JobLedger::new(store, Arc::new(clock.clone())),
-                clock,
-                dir,
-            )
-        })
-        .collect()
+    common::backends::each_with_clock(START_MS, JobLedger::new)
 }
 
 fn new(outcome: Reserve) -> Reservation {
@@ -337,20 +327,15 @@ fn purge_removes_only_long_expired_settled_reservations() {
     }
 }
 
-/// The balance of `account`, kept in the same store as the ledger.
-fn balance_key() -> Key {
-    Key::new(["credits", ACCOUNT]).unwrap()
-}
-
 fn balance(store: &dyn Store) -> i64 {
-    let entry = store.get(&balance_key()).unwrap().unwrap();
+    let entry = store.get(&balance_key(ACCOUNT)).unwrap().unwrap();
     String::from_utf8(entry.value).unwrap().parse().unwrap()
 }
 
 /// An operation adding `delta` to the balance, guarded by its current version.
 fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
     let entry = store
-        .get(&balance_key())?
+        .get(&balance_key(ACCOUNT))?
         .ok_or_else(|| Error::InvalidArgument("no balance".into()))?;
     let now: i64 = String::from_utf8_lossy(&entry.value).parse().unwrap_or(0);
     if now + delta < 0 {
@@ -359,7 +344,7 @@ fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<BatchOp>
         )));
     }
     Ok(vec![BatchOp::Put {
-        key: balance_key(),
+        key: balance_key(ACCOUNT),
         value: (now + delta).to_string().into_bytes(),
         expect: Expect::Version(entry.version),
     }])
@@ -369,7 +354,9 @@ fn add_to_balance(store: &dyn Store, delta: i64) -> jobsafe::Result<Vec<BatchOp>
 fn a_balance_in_the_same_store_is_charged_and_refunded_exactly_once() {
     for (name, ledger, _clock, _dir) in backends() {
         let store = ledger.store().as_ref();
-        store.put(&balance_key(), b"3", Expect::Absent).unwrap();
+        store
+            .put(&balance_key(ACCOUNT), b"3", Expect::Absent)
+            .unwrap();
         let charge = |_: &Reservation| add_to_balance(store, -1);
 
         // Concurrent duplicates of one request: charged once.
@@ -397,7 +384,7 @@ fn a_balance_in_the_same_store_is_charged_and_refunded_exactly_once() {
         assert_eq!(balance(store), 3, "{name}");
 
         // An effect that refuses (insufficient credits) writes nothing at all.
-        store.put(&balance_key(), b"0", Expect::Any).unwrap();
+        store.put(&balance_key(ACCOUNT), b"0", Expect::Any).unwrap();
         let err = ledger
             .reserve_with(ACCOUNT, "job-2", &request(), charge)
             .unwrap_err();
@@ -559,7 +546,9 @@ fn bad_account_or_job_ids_are_clear_errors() {
 fn a_refund_by_job_id_never_refunds_a_reservation_made_during_the_call() {
     for (name, ledger, _clock, _dir) in backends() {
         let store = ledger.store().as_ref();
-        store.put(&balance_key(), b"10", Expect::Absent).unwrap();
+        store
+            .put(&balance_key(ACCOUNT), b"10", Expect::Absent)
+            .unwrap();
         let first = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
         let mut effects = 0;
         // While this refund decides, another caller refunds the reservation and
@@ -586,7 +575,9 @@ fn a_refund_by_job_id_never_refunds_a_reservation_made_during_the_call() {
 fn a_refund_of_the_reservation_shown_credits_the_balance_once_and_never_a_later_one() {
     for (name, ledger, _clock, _dir) in backends() {
         let store = ledger.store().as_ref();
-        store.put(&balance_key(), b"5", Expect::Absent).unwrap();
+        store
+            .put(&balance_key(ACCOUNT), b"5", Expect::Absent)
+            .unwrap();
         let shown = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
         let credit = |_: &Reservation| add_to_balance(store, 1);
 

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use common::backends::SharedStore;
 use common::child::{self, Child};
+use common::credits::{balance_key, book, charges_key, job, read_number};
 use jobsafe::ledger::{ChargeRequest, Reserve};
-use jobsafe::store::BatchOp;
-use jobsafe::{Error, Expect, JobLedger, Key, ManualClock, Store};
+use jobsafe::{Error, Expect, JobLedger, ManualClock, Store};
 
 const TEST: &str = "killed_workers_leave_every_job_charged_once_net";
 #[cfg(feature = "postgres")]
@@ -31,46 +31,8 @@ const WORKERS: usize = 4;
 const KILLS: usize = 3;
 const INITIAL: i64 = 1_000_000;
 
-fn job(i: usize) -> String {
-    format!("job-{i:02}")
-}
-
 fn fails(i: usize) -> bool {
     i.is_multiple_of(5)
-}
-
-fn balance_key() -> Key {
-    Key::new(["credits", ACCOUNT]).unwrap()
-}
-
-fn charges_key(job_id: &str) -> Key {
-    Key::new(["charges", job_id]).unwrap()
-}
-
-fn read_number(store: &dyn Store, key: &Key) -> jobsafe::Result<(i64, Option<jobsafe::Version>)> {
-    Ok(match store.get(key)? {
-        Some(entry) => (
-            String::from_utf8_lossy(&entry.value)
-                .parse()
-                .unwrap_or(i64::MIN),
-            Some(entry.version),
-        ),
-        None => (0, None),
-    })
-}
-
-/// Operations adding `delta` to the balance and to the job's charge count.
-fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
-    let mut ops = Vec::new();
-    for (key, sign) in [(balance_key(), -1), (charges_key(job_id), 1)] {
-        let (value, version) = read_number(store, &key)?;
-        ops.push(BatchOp::Put {
-            key,
-            value: (value + sign * delta).to_string().into_bytes(),
-            expect: version.map_or(Expect::Absent, Expect::Version),
-        });
-    }
-    Ok(ops)
 }
 
 #[test]
@@ -97,7 +59,7 @@ fn run(test: &str, shared: SharedStore) {
     shared
         .open()
         .put(
-            &balance_key(),
+            &balance_key(ACCOUNT),
             INITIAL.to_string().as_bytes(),
             Expect::Absent,
         )
@@ -171,7 +133,7 @@ fn run(test: &str, shared: SharedStore) {
         }
         total += charges;
     }
-    let (balance, _) = read_number(&*store, &balance_key()).unwrap();
+    let (balance, _) = read_number(&*store, &balance_key(ACCOUNT)).unwrap();
     assert_eq!(
         balance,
         INITIAL - total,
@@ -196,14 +158,14 @@ fn work_in_child() {
         let job_id = job(i);
         let outcome = ledger
             .reserve_with(ACCOUNT, &job_id, &ChargeRequest::new(), |_| {
-                book(&*store, &job_id, 1)
+                book(&*store, ACCOUNT, &job_id, 1)
             })
             .unwrap();
         if let Reserve::New(_) = outcome {
             child::report(&format!("charged {job_id}"));
             if fails(i) {
                 let refunded = ledger
-                    .refund_with(ACCOUNT, &job_id, |_| book(&*store, &job_id, -1))
+                    .refund_with(ACCOUNT, &job_id, |_| book(&*store, ACCOUNT, &job_id, -1))
                     .unwrap_or_else(|e: Error| panic!("refund {job_id}: {e}"));
                 if refunded.is_some() {
                     child::report(&format!("refunded {job_id}"));

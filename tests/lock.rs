@@ -6,10 +6,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::backends::SharedStore;
 use common::child::{self, Child};
+use common::hooked_store::{HookedStore, StoreOp};
 use jobsafe::lock::{
     Acquire, KeepAliveEvent, LockGuard, LockHandle, LockRecord, LockRequest, LostLease,
     ProcessIdentity, ProcessLiveness, Release, Renewal,
@@ -20,39 +22,17 @@ use tempfile::TempDir;
 const TTL: Duration = Duration::from_secs(60);
 const START_MS: u64 = 1_700_000_000_000;
 
-type Locks = JobLock<Box<dyn Store>>;
+type Locks = JobLock<Arc<dyn Store>>;
 
 /// A lock over each backend, with the clock that drives it. The temp dir keeps the
 /// `DirStore` alive.
 fn backends() -> Vec<(&'static str, Locks, ManualClock, Option<TempDir>)> {
-    let mem_clock = ManualClock::new(START_MS);
-    let dir_clock = ManualClock::new(START_MS);
-    let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::open(dir.path().join("store")).unwrap();
-    vec![
-        (
-            "mem",
-            JobLock::new(
-                Box::new(MemStore::new()) as Box<dyn Store>,
-                Arc::new(mem_clock.clone()),
-            ),
-            mem_clock,
-            None,
-        ),
-        (
-            "dir",
-            JobLock::new(
-                Box::new(store) as Box<dyn Store>,
-                Arc::new(dir_clock.clone()),
-            ),
-            dir_clock,
-            Some(dir),
-        ),
-    ]
+    common::backends::each_with_clock(START_MS, JobLock::new)
 }
 
-fn key(name: &str) -> Key {
-    Key::new(["vault", name]).unwrap()
+/// The key of the lock on the vault item `name`.
+fn vault(name: &str) -> Key {
+    common::key(&format!("vault/{name}"))
 }
 
 fn acquired<S: Store>(outcome: Acquire<S>) -> LockGuard<S> {
@@ -76,16 +56,16 @@ fn acquire_of_a_free_lock_records_the_holder() {
             .actor("user:alice")
             .meta("chunks_to_embed", 1200)
             .meta("reason", "re-index");
-        let guard = acquired(locks.acquire(&key("a"), TTL, &request).unwrap());
+        let guard = acquired(locks.acquire(&vault("a"), TTL, &request).unwrap());
         let record = guard.record();
-        assert_eq!(record.key, key("a"), "{name}");
+        assert_eq!(record.key, vault("a"), "{name}");
         assert_eq!(record.actor.as_deref(), Some("user:alice"));
         assert_eq!(record.metadata["chunks_to_embed"], 1200);
         assert_eq!((record.started_ms, record.renewed_ms), (START_MS, START_MS));
         assert_eq!(record.expires_ms, START_MS + 60_000);
         assert!(guard.token() > FencingToken::new(0));
         assert_eq!(
-            locks.peek(&key("a")).unwrap().as_ref(),
+            locks.peek(&vault("a")).unwrap().as_ref(),
             Some(record),
             "{name}"
         );
@@ -98,24 +78,44 @@ fn a_second_acquire_gets_the_holder_back_in_the_same_call() {
         let request = LockRequest::new()
             .actor("user:alice")
             .meta("estimated_seconds", 600);
-        let guard = acquired(locks.acquire(&key("a"), TTL, &request).unwrap());
-        let holder = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let guard = acquired(locks.acquire(&vault("a"), TTL, &request).unwrap());
+        let holder = held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert_eq!(&holder, guard.record(), "{name}");
         assert_eq!(holder.metadata["estimated_seconds"], 600);
         // Another key is another lock.
-        acquired(locks.acquire(&key("b"), TTL, &LockRequest::new()).unwrap());
+        acquired(
+            locks
+                .acquire(&vault("b"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
     }
 }
 
 #[test]
 fn an_ended_lease_is_taken_over_exactly_at_expiry_with_a_greater_token() {
     for (name, locks, clock, _dir) in backends() {
-        let first = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let first = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         let first = (first.token(), first.into_handle()); // crashed: never released
         clock.advance(TTL - Duration::from_millis(1));
-        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         clock.advance(Duration::from_millis(1));
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert!(
             next.token() > first.0,
             "{name}: {} after {}",
@@ -133,21 +133,38 @@ fn a_skew_margin_delays_takeover_by_the_margin() {
         .skew_margin(Duration::from_secs(5))
         .build()
         .unwrap();
-    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert_eq!(guard.remaining(), TTL - Duration::from_secs(5));
     let _ = guard.into_handle();
     clock.advance(TTL + Duration::from_millis(4_999));
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     clock.advance(Duration::from_millis(1));
-    acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
 }
 
 #[test]
 fn fencing_tokens_grow_across_release_takeover_force_release_and_purge() {
     for (name, locks, clock, _dir) in backends() {
         let mut tokens = Vec::new();
-        let take =
-            |locks: &Locks| acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let take = |locks: &Locks| {
+            acquired(
+                locks
+                    .acquire(&vault("a"), TTL, &LockRequest::new())
+                    .unwrap(),
+            )
+        };
 
         let guard = take(&locks);
         tokens.push(guard.token());
@@ -160,7 +177,7 @@ fn fencing_tokens_grow_across_release_takeover_force_release_and_purge() {
         let guard = take(&locks); // takeover
         tokens.push(guard.token());
         let _ = guard.into_handle();
-        locks.force_release(&key("a")).unwrap().unwrap();
+        locks.force_release(&vault("a")).unwrap().unwrap();
 
         let mut guard = take(&locks);
         tokens.push(guard.token());
@@ -181,7 +198,11 @@ fn fencing_tokens_grow_across_release_takeover_force_release_and_purge() {
 #[test]
 fn renew_extends_only_while_the_caller_holds_the_lock() {
     for (name, locks, clock, _dir) in backends() {
-        let mut guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let mut guard = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         clock.advance(Duration::from_secs(30));
         let Renewal::Renewed(record) = guard.renew(TTL).unwrap() else {
             panic!("{name}: the holder could not renew");
@@ -201,7 +222,11 @@ fn renew_extends_only_while_the_caller_holds_the_lock() {
         let stale = guard.handle();
         let _ = guard.into_handle();
         clock.advance(TTL);
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         match locks.renew(&stale, TTL).unwrap() {
             Renewal::Lost(LostLease::TakenOver(current)) => assert_eq!(&current, next.record()),
             other => panic!("{name}: {other:?}"),
@@ -217,32 +242,43 @@ fn renew_extends_only_while_the_caller_holds_the_lock() {
 #[test]
 fn release_removes_only_the_callers_lock() {
     for (name, locks, clock, _dir) in backends() {
-        let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let guard = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         let stale = guard.into_handle();
         clock.advance(TTL);
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         match locks.release(&stale).unwrap() {
             Release::OwnedByAnother(current) => assert_eq!(&current, next.record(), "{name}"),
             other => panic!("{name}: {other:?}"),
         }
-        assert_eq!(locks.peek(&key("a")).unwrap().as_ref(), Some(next.record()));
+        assert_eq!(
+            locks.peek(&vault("a")).unwrap().as_ref(),
+            Some(next.record())
+        );
         let handle = next.handle();
         assert_eq!(next.release().unwrap(), Release::Released);
         assert_eq!(locks.release(&handle).unwrap(), Release::AlreadyGone);
-        assert_eq!(locks.peek(&key("a")).unwrap(), None);
+        assert_eq!(locks.peek(&vault("a")).unwrap(), None);
     }
 }
 
 #[test]
 fn force_release_returns_what_it_removed() {
     for (name, locks, _clock, _dir) in backends() {
-        assert_eq!(locks.force_release(&key("a")).unwrap(), None, "{name}");
+        assert_eq!(locks.force_release(&vault("a")).unwrap(), None, "{name}");
         let guard = acquired(
             locks
-                .acquire(&key("a"), TTL, &LockRequest::new().actor("bob"))
+                .acquire(&vault("a"), TTL, &LockRequest::new().actor("bob"))
                 .unwrap(),
         );
-        let removed = locks.force_release(&key("a")).unwrap().unwrap();
+        let removed = locks.force_release(&vault("a")).unwrap().unwrap();
         assert_eq!(&removed, guard.record());
         // The old holder learns it is gone, and its drop does not disturb anyone.
         assert_eq!(guard.release().unwrap(), Release::AlreadyGone);
@@ -253,13 +289,23 @@ fn force_release_returns_what_it_removed() {
 fn dropping_a_guard_releases_and_into_handle_keeps_the_lock() {
     for (name, locks, _clock, _dir) in backends() {
         drop(acquired(
-            locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap(),
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
         ));
-        assert_eq!(locks.peek(&key("a")).unwrap(), None, "{name}");
+        assert_eq!(locks.peek(&vault("a")).unwrap(), None, "{name}");
 
-        let handle =
-            acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
-        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let handle = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
+        held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         // The handle travels (to a background job, say) and releases from there.
         let json = serde_json::to_string(&handle).unwrap();
         let handle = serde_json::from_str(&json).unwrap();
@@ -274,22 +320,31 @@ fn a_handle_releases_from_another_process_view_of_the_same_store() {
     let root = dir.path().join("store");
     let here = JobLock::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
     let there = JobLock::new(DirStore::open(&root).unwrap(), Arc::new(clock.clone()));
-    let handle = acquired(here.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
-    held(there.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let handle =
+        acquired(here.acquire(&vault("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    held(
+        there
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert_eq!(there.release(&handle).unwrap(), Release::Released);
-    acquired(here.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    acquired(here.acquire(&vault("a"), TTL, &LockRequest::new()).unwrap());
 }
 
 #[test]
 fn acquire_within_waits_for_the_lease_to_end() {
     for (name, locks, clock, _dir) in backends() {
-        let holder =
-            acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+        let holder = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
         let waiter = {
             let locks = locks.clone();
             std::thread::spawn(move || {
                 locks
-                    .acquire_within(&key("a"), TTL, &LockRequest::new(), TTL * 2)
+                    .acquire_within(&vault("a"), TTL, &LockRequest::new(), TTL * 2)
                     .map(|guard| guard.token())
             })
         };
@@ -310,13 +365,18 @@ fn acquire_within_times_out_naming_the_holder() {
         let long = Duration::from_secs(24 * 3600);
         let holder = acquired(
             locks
-                .acquire(&key("a"), long, &LockRequest::new().actor("carol"))
+                .acquire(&vault("a"), long, &LockRequest::new().actor("carol"))
                 .unwrap(),
         );
         let waiter = {
             let locks = locks.clone();
             std::thread::spawn(move || {
-                locks.acquire_within(&key("a"), TTL, &LockRequest::new(), Duration::from_secs(10))
+                locks.acquire_within(
+                    &vault("a"),
+                    TTL,
+                    &LockRequest::new(),
+                    Duration::from_secs(10),
+                )
             })
         };
         while !waiter.is_finished() {
@@ -337,18 +397,28 @@ fn acquire_within_times_out_naming_the_holder() {
 #[test]
 fn peek_and_list_change_nothing() {
     for (name, locks, clock, _dir) in backends() {
-        let a = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
-        acquired(locks.acquire(&key("b"), TTL, &LockRequest::new()).unwrap()).into_handle();
+        let a = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
+        acquired(
+            locks
+                .acquire(&vault("b"), TTL, &LockRequest::new())
+                .unwrap(),
+        )
+        .into_handle();
         clock.advance(TTL * 2);
         let before = locks.list(&Prefix::all()).unwrap();
         // Expired locks are reported as they are, not removed or taken over.
-        let peeked = locks.peek(&key("a")).unwrap().unwrap();
+        let peeked = locks.peek(&vault("a")).unwrap().unwrap();
         assert!(peeked.is_expired_at(clock_now(&clock)));
         assert_eq!(peeked.job_id, a.job_id);
         let after = locks.list(&Prefix::all()).unwrap();
         assert_eq!(before.locks, after.locks, "{name}");
         assert_eq!(after.locks.len(), 2);
-        assert_eq!(after.locks[0].key, key("a"));
+        assert_eq!(after.locks[0].key, vault("a"));
         let only_vault_a = locks.list(&Prefix::new(["vault", "a"]).unwrap()).unwrap();
         assert_eq!(only_vault_a.locks.len(), 1);
     }
@@ -364,27 +434,27 @@ fn purge_removes_only_long_expired_locks() {
     for (name, locks, clock, _dir) in backends() {
         acquired(
             locks
-                .acquire(&key("old"), TTL, &LockRequest::new())
+                .acquire(&vault("old"), TTL, &LockRequest::new())
                 .unwrap(),
         )
         .into_handle();
         clock.advance(TTL * 10);
         acquired(
             locks
-                .acquire(&key("recent"), TTL, &LockRequest::new())
+                .acquire(&vault("recent"), TTL, &LockRequest::new())
                 .unwrap(),
         )
         .into_handle();
         clock.advance(TTL * 2); // "recent" ended one TTL ago
         acquired(
             locks
-                .acquire(&key("live"), TTL, &LockRequest::new())
+                .acquire(&vault("live"), TTL, &LockRequest::new())
                 .unwrap(),
         )
         .into_handle();
         let purged = locks.purge(&Prefix::all(), TTL * 5).unwrap();
         let purged: Vec<Key> = purged.locks.into_iter().map(|l| l.key).collect();
-        assert_eq!(purged, [key("old")], "{name}");
+        assert_eq!(purged, [vault("old")], "{name}");
         let left: Vec<Key> = locks
             .list(&Prefix::all())
             .unwrap()
@@ -392,7 +462,7 @@ fn purge_removes_only_long_expired_locks() {
             .into_iter()
             .map(|l| l.key)
             .collect();
-        assert_eq!(left, [key("live"), key("recent")]);
+        assert_eq!(left, [vault("live"), vault("recent")]);
     }
 }
 
@@ -402,8 +472,12 @@ fn a_malformed_lock_is_reported_and_taken_over_only_by_quarantine() {
     let store = DirStore::open(dir.path().join("store")).unwrap();
     let clock = ManualClock::new(START_MS);
     let locks = JobLock::new(store, Arc::new(clock.clone()));
-    let before =
-        acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    let before = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    )
+    .into_handle();
     let stored_key = Key::new(["locks", "vault", "a"]).unwrap();
     locks
         .store()
@@ -413,11 +487,11 @@ fn a_malformed_lock_is_reported_and_taken_over_only_by_quarantine() {
 
     for err in [
         locks
-            .acquire(&key("a"), TTL, &LockRequest::new())
+            .acquire(&vault("a"), TTL, &LockRequest::new())
             .map(|_| ())
             .unwrap_err(),
-        locks.peek(&key("a")).map(|_| ()).unwrap_err(),
-        locks.force_release(&key("a")).map(|_| ()).unwrap_err(),
+        locks.peek(&vault("a")).map(|_| ()).unwrap_err(),
+        locks.force_release(&vault("a")).map(|_| ()).unwrap_err(),
     ] {
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("locks/vault/a"), "{err}");
@@ -425,7 +499,7 @@ fn a_malformed_lock_is_reported_and_taken_over_only_by_quarantine() {
     let listed = locks.list(&Prefix::all()).unwrap();
     assert!(listed.locks.is_empty());
     assert_eq!(listed.unreadable.len(), 1);
-    assert_eq!(listed.unreadable[0].0, key("a"));
+    assert_eq!(listed.unreadable[0].0, vault("a"));
     let purged = locks.purge(&Prefix::all(), Duration::ZERO).unwrap();
     assert_eq!(
         purged.unreadable.len(),
@@ -433,11 +507,15 @@ fn a_malformed_lock_is_reported_and_taken_over_only_by_quarantine() {
         "purge leaves unreadable records alone"
     );
 
-    let moved = locks.quarantine(&key("a")).unwrap().unwrap();
+    let moved = locks.quarantine(&vault("a")).unwrap().unwrap();
     // The record file (the store's header, then the bad bytes) is kept as it was.
     let kept = std::fs::read(&moved.location).unwrap();
     assert!(kept.ends_with(b"{not json"), "bad bytes kept: {kept:?}");
-    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let next = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert!(next.token() > before.token);
 }
 
@@ -452,7 +530,7 @@ fn a_record_from_a_newer_schema_is_not_guessed_at() {
         .put(&stored_key, newer, jobsafe::Expect::Absent)
         .unwrap();
     let err = locks
-        .acquire(&key("a"), TTL, &LockRequest::new())
+        .acquire(&vault("a"), TTL, &LockRequest::new())
         .map(|_| ())
         .unwrap_err();
     assert!(
@@ -465,7 +543,7 @@ fn a_record_from_a_newer_schema_is_not_guessed_at() {
 fn bad_arguments_are_clear_errors() {
     let locks = JobLock::new(MemStore::new(), Arc::new(ManualClock::new(0)));
     let err = locks
-        .acquire(&key("a"), Duration::ZERO, &LockRequest::new())
+        .acquire(&vault("a"), Duration::ZERO, &LockRequest::new())
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
@@ -475,7 +553,11 @@ fn bad_arguments_are_clear_errors() {
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
-    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     let err = guard.keep_alive(TTL, TTL).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
 }
@@ -484,18 +566,35 @@ fn bad_arguments_are_clear_errors() {
 fn a_clock_that_jumps_back_makes_leases_last_longer_never_shorter() {
     let clock = ManualClock::new(START_MS);
     let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
-    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    )
+    .into_handle();
     clock.set(START_MS - 3_600_000);
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     clock.set(START_MS + TTL.as_millis() as u64);
-    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let next = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert!(next.token() > guard.token);
 }
 
 #[test]
 fn keep_alive_renews_on_schedule_and_reports_a_lost_lease() {
     for (name, locks, clock, _dir) in backends() {
-        let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let guard = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
         for round in 1..=3u64 {
             clock.advance(Duration::from_secs(20));
@@ -508,8 +607,12 @@ fn keep_alive_renews_on_schedule_and_reports_a_lost_lease() {
             }
         }
         // An operator frees the lock and someone else takes it.
-        locks.force_release(&key("a")).unwrap();
-        let thief = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        locks.force_release(&vault("a")).unwrap();
+        let thief = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         clock.advance(Duration::from_secs(20));
         match keep_alive.next_event() {
             Some(KeepAliveEvent::Lost(LostLease::TakenOver(current))) => {
@@ -526,7 +629,11 @@ fn keep_alive_renews_on_schedule_and_reports_a_lost_lease() {
 fn a_stopped_keep_alive_renews_no_more() {
     let clock = ManualClock::new(START_MS);
     let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
-    let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
     clock.advance(Duration::from_secs(20));
     assert!(matches!(
@@ -538,7 +645,7 @@ fn a_stopped_keep_alive_renews_no_more() {
     // The thread wakes for its next renewal, finds it stopped and ends: its
     // channel closes without another event.
     assert!(keep_alive.next_event().is_none(), "renewed after stop");
-    let record = locks.peek(&key("a")).unwrap().unwrap();
+    let record = locks.peek(&vault("a")).unwrap().unwrap();
     assert_eq!(record.renewed_ms, START_MS + 20_000);
 }
 
@@ -552,7 +659,7 @@ fn of_many_threads_acquiring_at_once_exactly_one_wins() {
                     scope.spawn(|| {
                         barrier.wait();
                         match locks
-                            .acquire(&key("race"), TTL, &LockRequest::new())
+                            .acquire(&vault("race"), TTL, &LockRequest::new())
                             .unwrap()
                         {
                             Acquire::Acquired(guard) => {
@@ -574,10 +681,18 @@ fn of_many_threads_acquiring_at_once_exactly_one_wins() {
 fn a_protected_resource_rejects_a_stale_holders_token() {
     let clock = ManualClock::new(START_MS);
     let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
-    let stalled =
-        acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    let stalled = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    )
+    .into_handle();
     clock.advance(TTL);
-    let successor = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let successor = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     // The resource remembers the newest token it accepted.
     let mut newest = FencingToken::new(0);
     let mut write = |token: FencingToken| -> jobsafe::Result<()> {
@@ -593,7 +708,12 @@ fn a_protected_resource_rejects_a_stale_holders_token() {
 #[test]
 fn a_record_at_the_namespace_itself_is_listed_apart() {
     let locks = JobLock::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
-    acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap()).into_handle();
+    acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    )
+    .into_handle();
     let namespace = Key::new(["locks"]).unwrap();
     locks
         .store()
@@ -613,74 +733,33 @@ fn a_record_at_the_namespace_itself_is_listed_apart() {
     );
 }
 
-/// A store whose writes fail while `down` is set, as an unreachable one's would.
-#[derive(Debug, Default)]
-struct Flaky {
-    inner: MemStore,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Flaky {
-    fn check(&self) -> jobsafe::Result<()> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::Io {
-                step: "write record",
-                path: "flaky".into(),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Store for Flaky {
-    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
-        self.inner.get(key)
-    }
-    fn put(
-        &self,
-        key: &Key,
-        value: &[u8],
-        expect: jobsafe::Expect,
-    ) -> jobsafe::Result<jobsafe::Version> {
-        self.check()?;
-        self.inner.put(key, value, expect)
-    }
-    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
-        self.check()?;
-        self.inner.delete(key, expect)
-    }
-    fn list(
-        &self,
-        prefix: &Prefix,
-        after: Option<&Key>,
-        limit: usize,
-    ) -> jobsafe::Result<jobsafe::store::ListPage> {
-        self.inner.list(prefix, after, limit)
-    }
-    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
-        self.check()?;
-        self.inner.apply(batch)
-    }
-    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
-        self.inner.quarantine(key)
-    }
-}
-
 #[test]
 fn keep_alive_reports_failed_renewals_then_expiry() {
     let clock = ManualClock::new(START_MS);
-    let store = Arc::new(Flaky::default());
+    // Writes fail while `down` is set, as an unreachable store's would.
+    let store = Arc::new(HookedStore::default());
+    let down = Arc::new(AtomicBool::new(false));
+    store.on_op({
+        let down = Arc::clone(&down);
+        move |op| match op {
+            StoreOp::Write(_) if down.load(Ordering::SeqCst) => Err(Error::Io {
+                step: "write record",
+                path: "flaky".into(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            }),
+            _ => Ok(()),
+        }
+    });
     let locks = JobLock::new(Arc::clone(&store), Arc::new(clock.clone()));
     let guard = acquired(
         locks
-            .acquire(&key("a"), Duration::from_secs(30), &LockRequest::new())
+            .acquire(&vault("a"), Duration::from_secs(30), &LockRequest::new())
             .unwrap(),
     );
     let keep_alive = guard
         .keep_alive(Duration::from_secs(30), Duration::from_secs(10))
         .unwrap();
-    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    down.store(true, Ordering::SeqCst);
     for _ in 0..2 {
         clock.advance(Duration::from_secs(10));
         match keep_alive.next_event() {
@@ -713,7 +792,7 @@ fn hold_in_child() {
     let guard = acquired(
         locks
             .acquire(
-                &key(&child::var("JOBSAFE_TEST_KEY")),
+                &vault(&child::var("JOBSAFE_TEST_KEY")),
                 TTL,
                 &LockRequest::new(),
             )
@@ -772,14 +851,18 @@ fn a_dead_holders_lock_is_taken_over_at_once_with_a_greater_token() {
         holder.kill();
 
         // Looking changes nothing: the record is reported as it is.
-        let record = locks.peek(&key("a")).unwrap().unwrap();
+        let record = locks.peek(&vault("a")).unwrap().unwrap();
         assert_eq!(record.handle(), handle, "{name}");
         assert!(!record.is_expired_at(clock_now(&clock)), "{name}");
         assert_eq!(record.holder_liveness(), ProcessLiveness::Dead, "{name}");
-        assert_eq!(locks.peek(&key("a")).unwrap().as_ref(), Some(&record));
+        assert_eq!(locks.peek(&vault("a")).unwrap().as_ref(), Some(&record));
 
         // Long before its lease ends, the next acquire takes it over.
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert!(next.token() > handle.token, "{name}");
         assert_eq!(clock_now(&clock), START_MS, "{name}: no time passed");
         assert_eq!(next.record().process, ProcessIdentity::current(), "{name}");
@@ -800,11 +883,15 @@ fn acquire_within_takes_a_dead_holders_lock_without_waiting() {
     let store = SharedStore::Dir(dir.path().join("store"));
     let (locks, clock) = locks_on(&store);
     let (holder, handle) = spawn_holder(&[], TEST, &store, "a");
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     holder.kill();
     // No wait at all: a lease would time it out at once.
     let next = locks
-        .acquire_within(&key("a"), TTL, &LockRequest::new(), Duration::ZERO)
+        .acquire_within(&vault("a"), TTL, &LockRequest::new(), Duration::ZERO)
         .unwrap();
     assert!(next.token() > handle.token);
     assert_eq!(clock_now(&clock), START_MS);
@@ -818,14 +905,26 @@ fn a_live_holders_lock_is_not_taken_over_before_expiry() {
     }
     // Held by this very process.
     for (name, locks, clock, _dir) in backends() {
-        let guard = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let guard = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert_eq!(guard.record().process, ProcessIdentity::current(), "{name}");
         assert_eq!(guard.record().holder_liveness(), ProcessLiveness::Alive);
         let handle = guard.into_handle();
         clock.advance(TTL - Duration::from_millis(1));
-        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         clock.advance(Duration::from_millis(1));
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert!(next.token() > handle.token, "{name}");
     }
 
@@ -834,13 +933,25 @@ fn a_live_holders_lock_is_not_taken_over_before_expiry() {
     let store = SharedStore::Dir(dir.path().join("store"));
     let (locks, clock) = locks_on(&store);
     let (holder, handle) = spawn_holder(&[], TEST, &store, "a");
-    let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let record = held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert_eq!(record.handle(), handle);
     assert_eq!(record.holder_liveness(), ProcessLiveness::Alive);
     clock.advance(TTL - Duration::from_millis(1));
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     clock.advance(Duration::from_millis(1));
-    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let next = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert!(next.token() > handle.token);
     holder.finish();
 }
@@ -873,7 +984,7 @@ fn a_holder_in_another_pid_namespace_keeps_its_lease_until_expiry() {
     let store = SharedStore::Dir(dir.path().join("store"));
     let (locks, clock) = locks_on(&store);
     let (holder, handle) = spawn_holder(&unshare, TEST, &store, "a");
-    let record = locks.peek(&key("a")).unwrap().unwrap();
+    let record = locks.peek(&vault("a")).unwrap().unwrap();
     let Some(process) = &record.process else {
         panic!("the child in its own PID namespace did not record its process");
     };
@@ -881,17 +992,29 @@ fn a_holder_in_another_pid_namespace_keeps_its_lease_until_expiry() {
     assert_ne!(process.pid_ns, ours.pid_ns);
     assert_eq!(process.boot_id, ours.boot_id);
     // Whether it runs or has exited, its lease stands until its expiry.
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     holder.finish();
     assert_eq!(record.holder_liveness(), ProcessLiveness::Unknown);
     clock.advance(TTL - Duration::from_millis(1));
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     clock.advance(Duration::from_millis(1));
-    let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let next = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert!(next.token() > handle.token);
 }
 
-/// Writes a lock at `key("a")` straight into the store, as a holder with
+/// Writes a lock at `vault("a")` straight into the store, as a holder with
 /// `process` (or, for `None`, as a version that recorded no process) would
 /// have: job `planted`, leased from `START_MS` for `TTL`. Returns its token.
 fn plant_lock(locks: &Locks, process: Option<serde_json::Value>) -> FencingToken {
@@ -937,7 +1060,11 @@ fn earlier_start() -> u64 {
 fn check_held_until_expiry(process: &serde_json::Value, why: &str) {
     for (name, locks, clock, _dir) in backends() {
         let planted = plant_lock(&locks, Some(process.clone()));
-        let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let record = held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert_eq!(record.job_id, "planted", "{name}: {why}");
         assert_eq!(
             record.holder_liveness(),
@@ -945,9 +1072,17 @@ fn check_held_until_expiry(process: &serde_json::Value, why: &str) {
             "{name}: {why}"
         );
         clock.advance(TTL - Duration::from_millis(1));
-        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         clock.advance(Duration::from_millis(1));
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert!(next.token() > planted, "{name}: {why}");
     }
 }
@@ -989,9 +1124,13 @@ fn a_reused_pid_is_a_dead_holder() {
                 serde_json::json!({ "start_ticks": earlier_start() }),
             )),
         );
-        let record = locks.peek(&key("a")).unwrap().unwrap();
+        let record = locks.peek(&vault("a")).unwrap().unwrap();
         assert_eq!(record.holder_liveness(), ProcessLiveness::Dead, "{name}");
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert!(next.token() > planted, "{name}");
         assert_eq!(clock_now(&clock), START_MS);
     }
@@ -1016,13 +1155,25 @@ fn a_record_without_a_holder_process_keeps_its_lease_until_expiry() {
     // As written before locks recorded their process.
     for (name, locks, clock, _dir) in backends() {
         let planted = plant_lock(&locks, None);
-        let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let record = held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert_eq!(record.process, None, "{name}");
         assert_eq!(record.token, planted);
         clock.advance(TTL - Duration::from_millis(1));
-        held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        held(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         clock.advance(Duration::from_millis(1));
-        let next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+        let next = acquired(
+            locks
+                .acquire(&vault("a"), TTL, &LockRequest::new())
+                .unwrap(),
+        );
         assert!(next.token() > planted, "{name}");
     }
 }
@@ -1075,13 +1226,25 @@ fn a_store_not_declared_machine_local_keeps_the_lease_of_a_dead_holder() {
     holder.kill();
     let clock = ManualClock::new(START_MS);
     let locks = JobLock::new(NotMachineLocal(store.open()), Arc::new(clock.clone()));
-    let record = held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let record = held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     // Dead as far as this machine can tell, and still its lease stands.
     assert_eq!(record.holder_liveness(), ProcessLiveness::Dead);
     clock.advance(TTL - Duration::from_millis(1));
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     clock.advance(Duration::from_millis(1));
-    let mut next = acquired(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    let mut next = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert!(next.token() > handle.token);
     // Nor does such a store record processes.
     assert_eq!(next.record().process, None);
@@ -1109,14 +1272,22 @@ fn a_handed_off_lock_belongs_to_the_process_that_renewed_it() {
     };
     assert_eq!(renewed.process, ProcessIdentity::current());
     acquirer.kill();
-    held(locks.acquire(&key("a"), TTL, &LockRequest::new()).unwrap());
+    held(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     assert_eq!(locks.release(&handle).unwrap(), Release::Released);
 
     // The acquirer died before the receiver renewed: the lock went with it, and
     // the receiver learns so instead of working on.
     let (acquirer, handle) = spawn_holder(&[], TEST, &store, "b");
     acquirer.kill();
-    let next = acquired(locks.acquire(&key("b"), TTL, &LockRequest::new()).unwrap());
+    let next = acquired(
+        locks
+            .acquire(&vault("b"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
     match locks.renew(&handle, TTL).unwrap() {
         Renewal::Lost(LostLease::TakenOver(current)) => assert_eq!(&current, next.record()),
         other => panic!("{other:?}"),
@@ -1132,7 +1303,7 @@ fn a_lease_not_longer_than_the_skew_margin_is_refused_naming_both() {
         .build()
         .unwrap();
     for ttl in [Duration::ZERO, Duration::from_secs(1), margin] {
-        let err = match locks.acquire(&key("a"), ttl, &LockRequest::new()) {
+        let err = match locks.acquire(&vault("a"), ttl, &LockRequest::new()) {
             Err(e) => e,
             Ok(_) => panic!("a lease of {ttl:?} under a margin of {margin:?} was accepted"),
         };
@@ -1147,7 +1318,7 @@ fn a_lease_not_longer_than_the_skew_margin_is_refused_naming_both() {
     let guard = acquired(
         locks
             .acquire(
-                &key("a"),
+                &vault("a"),
                 margin + Duration::from_millis(1),
                 &LockRequest::new(),
             )

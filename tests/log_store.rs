@@ -8,47 +8,27 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::child::{self, Child};
-use jobsafe::vfs::{FileInfo, StdVfs, Vfs, VfsFile};
-use jobsafe::{Batch, Error, Expect, Key, LogStore, Prefix, Store};
-
-fn key(name: &str) -> Key {
-    Key::new(["k", name]).unwrap()
-}
+use common::key;
+use jobsafe::testing::{Fault, Faulty, OpKind};
+use jobsafe::vfs::StdVfs;
+use jobsafe::{Batch, Error, Expect, LogStore, Prefix, Store};
 
 /// Every record under `k/`, by key name.
 fn contents(store: &impl Store) -> BTreeMap<String, Vec<u8>> {
-    store
-        .list_all(&Prefix::new(["k"]).unwrap())
-        .unwrap()
+    common::contents(store, &Prefix::new(["k"]).unwrap())
         .into_iter()
-        .map(|key| {
-            let value = store.get(&key).unwrap().unwrap().value;
-            (key.segments()[1].clone(), value)
-        })
+        .map(|(key, value)| (key.segments()[1].clone(), value))
         .collect()
 }
 
 fn journal_of(root: &Path) -> PathBuf {
     root.join("journal")
-}
-
-/// Copies a store directory (its files; the quarantine is not used here).
-fn copy_store(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// A store with `k/0`..`k/4`, one frame each, and where the last frame starts
@@ -58,14 +38,14 @@ fn five_frames(root: &Path) -> (u64, u64) {
     for i in 0..4 {
         store
             .put(
-                &key(&i.to_string()),
+                &key(&format!("k/{i}")),
                 format!("value {i}").as_bytes(),
                 Expect::Absent,
             )
             .unwrap();
     }
     let start = store.stats().unwrap().journal_bytes;
-    store.put(&key("4"), b"value 4", Expect::Absent).unwrap();
+    store.put(&key("k/4"), b"value 4", Expect::Absent).unwrap();
     let end = store.stats().unwrap().journal_bytes;
     (start, end)
 }
@@ -82,7 +62,7 @@ fn a_torn_last_frame_is_dropped_at_every_byte_offset() {
     for filler in [0u8, 0xA5] {
         for written in 0..(end - start) {
             let root = dir.path().join(format!("torn-{filler}-{written}"));
-            copy_store(&original, &root);
+            common::copy_tree(&original, &root);
             let mut torn = journal.clone();
             for byte in &mut torn[(start + written) as usize..end as usize] {
                 *byte = filler;
@@ -96,7 +76,7 @@ fn a_torn_last_frame_is_dropped_at_every_byte_offset() {
             assert!(!seen.contains_key("4"));
             // The tail was cleared: a new frame goes where the torn one was, and
             // nothing of the torn one is read after it.
-            store.put(&key("5"), b"after", Expect::Absent).unwrap();
+            store.put(&key("k/5"), b"after", Expect::Absent).unwrap();
             drop(store);
             let store = LogStore::open(&root).unwrap();
             let seen = contents(&store);
@@ -149,7 +129,7 @@ fn compaction_keeps_every_record_and_never_reuses_a_version() {
         for i in 0..50 {
             let v = store
                 .put(
-                    &key(&i.to_string()),
+                    &key(&format!("k/{i}")),
                     format!("{round}").as_bytes(),
                     Expect::Any,
                 )
@@ -158,7 +138,7 @@ fn compaction_keeps_every_record_and_never_reuses_a_version() {
         }
     }
     for i in 40..50 {
-        store.delete(&key(&i.to_string()), Expect::Any).unwrap();
+        store.delete(&key(&format!("k/{i}")), Expect::Any).unwrap();
     }
     let before = contents(&store);
     let stats = store.stats().unwrap();
@@ -176,7 +156,7 @@ fn compaction_keeps_every_record_and_never_reuses_a_version() {
     let store = LogStore::open(&root).unwrap();
     assert_eq!(contents(&store), before);
     // The deleted keys' versions are gone from the journal, not forgotten.
-    let v = store.put(&key("49"), b"again", Expect::Absent).unwrap();
+    let v = store.put(&key("k/49"), b"again", Expect::Absent).unwrap();
     assert!(v.get() > highest);
 }
 
@@ -187,17 +167,17 @@ fn another_handle_sees_writes_and_compactions() {
     let a = LogStore::open(&root).unwrap();
     let b = LogStore::open(&root).unwrap();
 
-    let v1 = a.put(&key("x"), b"1", Expect::Absent).unwrap();
-    assert_eq!(b.get(&key("x")).unwrap().unwrap().version, v1);
+    let v1 = a.put(&key("k/x"), b"1", Expect::Absent).unwrap();
+    assert_eq!(b.get(&key("k/x")).unwrap().unwrap().version, v1);
     // B's compare-and-set is decided against A's write.
-    let err = b.put(&key("x"), b"2", Expect::Absent).unwrap_err();
+    let err = b.put(&key("k/x"), b"2", Expect::Absent).unwrap_err();
     assert_eq!(err.conflict_current(), Some(Some(v1)));
 
     a.compact().unwrap();
-    let v2 = b.put(&key("x"), b"2", Expect::Version(v1)).unwrap();
-    assert_eq!(a.get(&key("x")).unwrap().unwrap().value, b"2");
+    let v2 = b.put(&key("k/x"), b"2", Expect::Version(v1)).unwrap();
+    assert_eq!(a.get(&key("k/x")).unwrap().unwrap().value, b"2");
     b.compact().unwrap();
-    a.put(&key("y"), b"3", Expect::Absent).unwrap();
+    a.put(&key("k/y"), b"3", Expect::Absent).unwrap();
     assert_eq!(
         contents(&b),
         BTreeMap::from([
@@ -206,7 +186,7 @@ fn another_handle_sees_writes_and_compactions() {
         ])
     );
     assert_eq!(a.stats().unwrap().generation, 2);
-    assert!(a.get(&key("x")).unwrap().unwrap().version == v2);
+    assert!(a.get(&key("k/x")).unwrap().unwrap().version == v2);
 }
 
 #[test]
@@ -232,142 +212,18 @@ fn a_directory_that_is_not_a_log_store_is_refused() {
     );
 }
 
-/// A [`Vfs`] over [`StdVfs`] that, once armed, counts operations down and at
-/// zero either aborts the process (a crash at exactly that step) or fails every
-/// flush from then on.
-#[derive(Clone, Debug, Default)]
-struct StepVfs {
-    crash_armed: Arc<AtomicBool>,
-    countdown: Arc<AtomicI64>,
-    failing_syncs: Arc<AtomicBool>,
-}
-
-impl StepVfs {
-    /// From now on, aborts the process at the `steps`th step (0: the next).
-    fn crash_after(&self, steps: i64) {
-        self.countdown.store(steps, Ordering::SeqCst);
-        self.crash_armed.store(true, Ordering::SeqCst);
-    }
-
-    fn step(&self) -> io::Result<()> {
-        if self.crash_armed.load(Ordering::SeqCst)
-            && self.countdown.fetch_sub(1, Ordering::SeqCst) == 0
-        {
+/// From now on, aborts the process at the `step`th step through `vfs` (0: the
+/// next), a step being a change to the filesystem or a flush: a crash at
+/// exactly that step.
+fn crash_at_step(vfs: &Faulty, step: u64) {
+    let taken = AtomicU64::new(0);
+    vfs.on_op(move |op| {
+        let is_step = OpKind::MUTATIONS.contains(&op.kind) || OpKind::SYNCS.contains(&op.kind);
+        if is_step && taken.fetch_add(1, Ordering::SeqCst) == step {
             std::process::abort();
         }
-        Ok(())
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        self.step()?;
-        if self.failing_syncs.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct StepFile {
-    inner: fs::File,
-    vfs: StepVfs,
-}
-
-impl Vfs for StepVfs {
-    type File = StepFile;
-
-    fn create_new(&self, path: &Path, mode: u32) -> io::Result<StepFile> {
-        self.step()?;
-        let inner = StdVfs.create_new(path, mode)?;
-        Ok(StepFile {
-            inner,
-            vfs: self.clone(),
-        })
-    }
-    fn open_read(&self, path: &Path) -> io::Result<StepFile> {
-        let inner = StdVfs.open_read(path)?;
-        Ok(StepFile {
-            inner,
-            vfs: self.clone(),
-        })
-    }
-    fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<StepFile> {
-        let inner = StdVfs.open_or_create(path, mode)?;
-        Ok(StepFile {
-            inner,
-            vfs: self.clone(),
-        })
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.rename(from, to)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.hard_link(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.remove_file(path)
-    }
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.step()?;
-        StdVfs.remove_dir(path)
-    }
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        StdVfs.read_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.sync()?;
-        StdVfs.sync_dir(path)
-    }
-    fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
-        StdVfs.metadata(path)
-    }
-}
-
-impl VfsFile for StepFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.vfs.step()?;
-        VfsFile::write_all(&mut self.inner, buf)
-    }
-    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        VfsFile::read_to_end(&mut self.inner, buf)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        VfsFile::read_at(&self.inner, buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.vfs.step()?;
-        VfsFile::write_all_at(&self.inner, buf, offset)
-    }
-    fn size(&self) -> io::Result<u64> {
-        VfsFile::size(&self.inner)
-    }
-    fn sync_all(&self) -> io::Result<()> {
-        self.vfs.sync()?;
-        VfsFile::sync_all(&self.inner)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.vfs.sync()?;
-        VfsFile::sync_data(&self.inner)
-    }
-    fn lock(&self) -> io::Result<()> {
-        VfsFile::lock(&self.inner)
-    }
-    fn lock_shared(&self) -> io::Result<()> {
-        VfsFile::lock_shared(&self.inner)
-    }
-    fn try_lock(&self) -> io::Result<bool> {
-        VfsFile::try_lock(&self.inner)
-    }
-    fn unlock(&self) -> io::Result<()> {
-        VfsFile::unlock(&self.inner)
-    }
+        None
+    });
 }
 
 /// Records overwritten and deleted, so that compaction has dead frames to drop.
@@ -380,7 +236,7 @@ fn churned_store(root: &Path) -> BTreeMap<String, Vec<u8>> {
         for i in 0..30 {
             store
                 .put(
-                    &key(&i.to_string()),
+                    &key(&format!("k/{i}")),
                     format!("{i} in round {round}").as_bytes(),
                     Expect::Any,
                 )
@@ -388,7 +244,7 @@ fn churned_store(root: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     for i in 0..10 {
-        store.delete(&key(&i.to_string()), Expect::Any).unwrap();
+        store.delete(&key(&format!("k/{i}")), Expect::Any).unwrap();
     }
     contents(&store)
 }
@@ -396,15 +252,15 @@ fn churned_store(root: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn a_crash_at_any_step_of_compaction_loses_nothing() {
     if child::role().as_deref() == Some("compactor") {
-        let steps: i64 = child::var("JOBSAFE_TEST_STEPS").parse().unwrap();
-        let vfs = StepVfs::default();
+        let steps: u64 = child::var("JOBSAFE_TEST_STEPS").parse().unwrap();
+        let vfs = Faulty::new(StdVfs);
         let store = LogStore::builder(child::store_root())
             .vfs(vfs.clone())
             .no_background_compaction()
             .open()
             .unwrap();
         // Armed only now: the countdown runs through the compaction alone.
-        vfs.crash_after(steps);
+        crash_at_step(&vfs, steps);
         store.compact().unwrap();
         child::report("compacted");
         return;
@@ -417,7 +273,7 @@ fn a_crash_at_any_step_of_compaction_loses_nothing() {
     for steps in 0.. {
         assert!(steps < 200, "compaction never completed");
         let root = dir.path().join(format!("crash-{steps}"));
-        copy_store(&prepared, &root);
+        common::copy_tree(&prepared, &root);
         let mut vars = child::store_vars(&root);
         vars.insert("JOBSAFE_TEST_STEPS", steps.to_string());
         let child = Child::spawn(
@@ -435,7 +291,7 @@ fn a_crash_at_any_step_of_compaction_loses_nothing() {
         let store = LogStore::open(&root)
             .unwrap_or_else(|e| panic!("reopen after a crash at step {steps}: {e}"));
         assert_eq!(contents(&store), expected, "after a crash at step {steps}");
-        store.put(&key("new"), b"works", Expect::Absent).unwrap();
+        store.put(&key("k/new"), b"works", Expect::Absent).unwrap();
         let leftovers: Vec<String> = fs::read_dir(&root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -458,35 +314,40 @@ fn a_crash_at_any_step_of_compaction_loses_nothing() {
 fn a_failed_flush_poisons_until_reopened_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let vfs = StepVfs::default();
+    let vfs = Faulty::new(StdVfs);
     let store = LogStore::builder(&root).vfs(vfs.clone()).open().unwrap();
-    let acknowledged = store.put(&key("kept"), b"1", Expect::Absent).unwrap();
+    let acknowledged = store.put(&key("k/kept"), b"1", Expect::Absent).unwrap();
 
-    vfs.failing_syncs.store(true, Ordering::SeqCst);
-    let err = store.put(&key("unsure"), b"2", Expect::Absent).unwrap_err();
+    vfs.arm(Fault::from_nth(1).only(OpKind::SYNCS));
+    let err = store
+        .put(&key("k/unsure"), b"2", Expect::Absent)
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("fdatasync")),
         "{err}"
     );
-    vfs.failing_syncs.store(false, Ordering::SeqCst);
-    let err = store.put(&key("later"), b"3", Expect::Absent).unwrap_err();
+    assert!(!vfs.injected().is_empty());
+    vfs.disarm();
+    let err = store
+        .put(&key("k/later"), b"3", Expect::Absent)
+        .unwrap_err();
     assert!(err.is_poisoned(), "{err}");
     // Reads go on. Whether the write whose flush failed is there is unknown,
     // to the store as to its caller: reads may see it, as a restart may.
     assert_eq!(
-        store.get(&key("kept")).unwrap().unwrap().version,
+        store.get(&key("k/kept")).unwrap().unwrap().version,
         acknowledged
     );
-    let unsure = store.get(&key("unsure")).unwrap().map(|e| e.value);
+    let unsure = store.get(&key("k/unsure")).unwrap().map(|e| e.value);
     assert!(unsure.is_none() || unsure.as_deref() == Some(b"2".as_slice()));
 
     drop(store);
     let store = LogStore::open(&root).unwrap();
     assert_eq!(
-        store.get(&key("kept")).unwrap().unwrap().version,
+        store.get(&key("k/kept")).unwrap().unwrap().version,
         acknowledged
     );
-    store.put(&key("later"), b"3", Expect::Absent).unwrap();
+    store.put(&key("k/later"), b"3", Expect::Absent).unwrap();
 }
 
 const APPENDERS: usize = 3;
@@ -498,9 +359,8 @@ fn processes_appending_and_compacting_at_once_lose_no_update() {
         Some("appender") => {
             let who = child::var("JOBSAFE_TEST_WHO");
             let store = LogStore::open(child::store_root()).unwrap();
-            child::report("ready");
-            child::receive();
-            let counter = key("counter");
+            child::ready_then_wait();
+            let counter = key("k/counter");
             let mut done = 0;
             while done < INCREMENTS {
                 let entry = store.get(&counter).unwrap().unwrap();
@@ -512,7 +372,7 @@ fn processes_appending_and_compacting_at_once_lose_no_update() {
                 ) {
                     Ok(_) => {
                         store
-                            .put(&key(&format!("{who}-{done}")), b"mine", Expect::Absent)
+                            .put(&key(&format!("k/{who}-{done}")), b"mine", Expect::Absent)
                             .unwrap();
                         done += 1;
                     }
@@ -524,8 +384,7 @@ fn processes_appending_and_compacting_at_once_lose_no_update() {
         }
         Some("compactor") => {
             let store = LogStore::open(child::store_root()).unwrap();
-            child::report("ready");
-            child::receive();
+            child::ready_then_wait();
             for _ in 0..15 {
                 store.compact().unwrap();
             }
@@ -538,7 +397,7 @@ fn processes_appending_and_compacting_at_once_lose_no_update() {
     let root = dir.path().join("store");
     LogStore::open(&root)
         .unwrap()
-        .put(&key("counter"), b"0", Expect::Absent)
+        .put(&key("k/counter"), b"0", Expect::Absent)
         .unwrap();
     let test = "processes_appending_and_compacting_at_once_lose_no_update";
     let mut children: Vec<Child> = (0..APPENDERS)
@@ -549,12 +408,7 @@ fn processes_appending_and_compacting_at_once_lose_no_update() {
         })
         .collect();
     children.push(Child::spawn(test, "compactor", &child::store_vars(&root)));
-    for child in &mut children {
-        assert_eq!(child.expect_report(), "ready");
-    }
-    for child in &mut children {
-        child.send("go");
-    }
+    child::start_together(&mut children);
     for child in children {
         child.finish();
     }
@@ -576,14 +430,14 @@ fn a_transaction_too_large_for_a_frame_is_refused_before_anything_is_written() {
     let before = store.stats().unwrap().journal_bytes;
     // Zeroed by the allocator and never touched: it costs no memory.
     let huge = vec![0u8; LogStore::MAX_TRANSACTION_BYTES + 1];
-    let batch = Batch::new().put(&key("big"), huge, Expect::Any);
+    let batch = Batch::new().put(&key("k/big"), huge, Expect::Any);
     let err = store.apply(&batch).unwrap_err();
     assert!(
         matches!(&err, Error::InvalidArgument(message) if message.contains("at most")),
         "{err}"
     );
     assert_eq!(store.stats().unwrap().journal_bytes, before);
-    assert_eq!(store.get(&key("big")).unwrap(), None);
+    assert_eq!(store.get(&key("k/big")).unwrap(), None);
 }
 
 #[test]
@@ -601,7 +455,7 @@ fn stats_while_writers_commit_does_not_deadlock() {
             scope.spawn(move || {
                 for i in 0..2_000 {
                     store
-                        .put(&key(&format!("{writer}-{i}")), b"x", Expect::Any)
+                        .put(&key(&format!("k/{writer}-{i}")), b"x", Expect::Any)
                         .unwrap();
                 }
             });
@@ -625,11 +479,11 @@ fn a_handle_growing_the_journal_keeps_what_another_handle_wrote_there() {
     let b = LogStore::open(dir.path()).unwrap();
     let value = vec![7u8; 1 << 20];
     for i in 0..6 {
-        a.put(&key(&format!("a{i}")), &value, Expect::Absent)
+        a.put(&key(&format!("k/a{i}")), &value, Expect::Absent)
             .unwrap();
     }
     for i in 0..6 {
-        b.put(&key(&format!("b{i}")), &value, Expect::Absent)
+        b.put(&key(&format!("k/b{i}")), &value, Expect::Absent)
             .unwrap();
     }
     drop((a, b));

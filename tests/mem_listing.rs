@@ -12,7 +12,7 @@ use jobsafe::{Batch, Expect, Key, MemStore, Prefix, Store};
 
 use self::common::TestResult;
 
-fn key(group: usize, n: usize) -> Key {
+fn group_key(group: usize, n: usize) -> Key {
     Key::new([format!("g{group}"), format!("{n:04}")]).unwrap_or_else(|e| unreachable!("{e}"))
 }
 
@@ -52,7 +52,7 @@ fn listings_match_a_model_through_churn() -> TestResult {
     // between two listings. After the first listings, more creations and
     // deletions than the backlog holds (65,536) come before the next one.
     for step in 0..400_000_usize {
-        let k = key(rng.usize(0..3), rng.usize(0..400));
+        let k = group_key(rng.usize(0..3), rng.usize(0..400));
         if rng.bool() {
             let created = store.put(&k, b"v", Expect::Absent).is_ok();
             assert_eq!(created, model.insert(k));
@@ -73,24 +73,27 @@ fn listings_match_a_model_through_churn() -> TestResult {
 fn paging_sees_writes_made_between_pages() -> TestResult {
     let store = MemStore::new();
     for n in (0..100).step_by(2) {
-        store.put(&key(0, n), b"v", Expect::Absent)?;
+        store.put(&group_key(0, n), b"v", Expect::Absent)?;
     }
     let prefix = Prefix::new(["g0"])?;
     let first = store.list(&prefix, None, 10)?;
     let cursor = first
         .next
         .ok_or("a first page of ten out of fifty keys is not the last")?;
-    assert_eq!(cursor, key(0, 18));
+    assert_eq!(cursor, group_key(0, 18));
     // Before the cursor: never listed. After it: listed, or gone.
-    store.put(&key(0, 1), b"v", Expect::Absent)?;
-    store.put(&key(0, 19), b"v", Expect::Absent)?;
-    store.delete(&key(0, 20), Expect::Any)?;
-    store.delete(&key(0, 22), Expect::Any)?;
-    store.put(&key(0, 22), b"v", Expect::Absent)?;
+    store.put(&group_key(0, 1), b"v", Expect::Absent)?;
+    store.put(&group_key(0, 19), b"v", Expect::Absent)?;
+    store.delete(&group_key(0, 20), Expect::Any)?;
+    store.delete(&group_key(0, 22), Expect::Any)?;
+    store.put(&group_key(0, 22), b"v", Expect::Absent)?;
     let second = store.list(&prefix, Some(&cursor), 3)?;
-    assert_eq!(second.keys, [key(0, 19), key(0, 22), key(0, 24)]);
+    assert_eq!(
+        second.keys,
+        [group_key(0, 19), group_key(0, 22), group_key(0, 24)]
+    );
     let all = store.list_all(&prefix)?;
-    assert!(all.contains(&key(0, 1)) && !all.contains(&key(0, 20)));
+    assert!(all.contains(&group_key(0, 1)) && !all.contains(&group_key(0, 20)));
     Ok(())
 }
 
@@ -105,12 +108,12 @@ fn a_lister_never_sees_half_a_batch() -> TestResult {
             // Each batch creates a pair of keys and deletes the previous pair.
             for n in 0..BATCHES {
                 let mut batch = Batch::new()
-                    .put(&key(0, 2 * n), b"a".to_vec(), Expect::Absent)
-                    .put(&key(0, 2 * n + 1), b"b".to_vec(), Expect::Absent);
+                    .put(&group_key(0, 2 * n), b"a".to_vec(), Expect::Absent)
+                    .put(&group_key(0, 2 * n + 1), b"b".to_vec(), Expect::Absent);
                 if n > 0 {
                     batch = batch
-                        .delete(&key(0, 2 * n - 2), Expect::Any)
-                        .delete(&key(0, 2 * n - 1), Expect::Any);
+                        .delete(&group_key(0, 2 * n - 2), Expect::Any)
+                        .delete(&group_key(0, 2 * n - 1), Expect::Any);
                 }
                 store.apply(&batch)?;
             }
@@ -124,7 +127,7 @@ fn a_lister_never_sees_half_a_batch() -> TestResult {
             assert!(keys.is_empty() || keys.len() == 2, "{keys:?}");
             if let [a, b] = keys.as_slice() {
                 let n: usize = a.name().parse()?;
-                assert!(n.is_multiple_of(2) && *b == key(0, n + 1), "{keys:?}");
+                assert!(n.is_multiple_of(2) && *b == group_key(0, n + 1), "{keys:?}");
             }
         }
         assert!(listings > 0);

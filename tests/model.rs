@@ -40,17 +40,17 @@ enum Action {
     Reopen,
 }
 
-fn key() -> impl Strategy<Value = Key> {
+fn arb_key() -> impl Strategy<Value = Key> {
     prop::collection::vec(prop::sample::select(SEGMENTS.to_vec()), 1..=3)
         .prop_map(|segments| Key::new(segments).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
-fn prefix() -> impl Strategy<Value = Prefix> {
+fn arb_prefix() -> impl Strategy<Value = Prefix> {
     prop::collection::vec(prop::sample::select(SEGMENTS.to_vec()), 0..=2)
         .prop_map(|segments| Prefix::new(segments).unwrap_or_else(|e| unreachable!("{e}")))
 }
 
-fn precondition() -> impl Strategy<Value = Precondition> {
+fn arb_precondition() -> impl Strategy<Value = Precondition> {
     prop_oneof![
         1 => Just(Precondition::Any),
         1 => Just(Precondition::Absent),
@@ -59,20 +59,20 @@ fn precondition() -> impl Strategy<Value = Precondition> {
     ]
 }
 
-fn value() -> impl Strategy<Value = Vec<u8>> {
+fn arb_value() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..48)
 }
 
-fn action() -> impl Strategy<Value = Action> {
+fn arb_action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        3 => key().prop_map(Action::Get),
-        5 => (key(), value(), precondition()).prop_map(|(k, v, p)| Action::Put(k, v, p)),
-        2 => (key(), precondition()).prop_map(|(k, p)| Action::Delete(k, p)),
-        2 => prop::collection::vec((key(), prop::option::of(value()), precondition()), 1..5)
+        3 => arb_key().prop_map(Action::Get),
+        5 => (arb_key(), arb_value(), arb_precondition()).prop_map(|(k, v, p)| Action::Put(k, v, p)),
+        2 => (arb_key(), arb_precondition()).prop_map(|(k, p)| Action::Delete(k, p)),
+        2 => prop::collection::vec((arb_key(), prop::option::of(arb_value()), arb_precondition()), 1..5)
             .prop_map(Action::Apply),
-        2 => (prefix(), prop::option::of(key()), 1usize..5)
+        2 => (arb_prefix(), prop::option::of(arb_key()), 1usize..5)
             .prop_map(|(p, after, limit)| Action::List(p, after, limit)),
-        1 => key().prop_map(Action::Quarantine),
+        1 => arb_key().prop_map(Action::Quarantine),
         1 => Just(Action::Reopen),
     ]
 }
@@ -369,7 +369,7 @@ fn cases(default: u32) -> ProptestConfig {
 proptest! {
     #![proptest_config(cases(256))]
     #[test]
-    fn mem_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
+    fn mem_store_agrees_with_the_model(actions in prop::collection::vec(arb_action(), 1..60)) {
         run(&mut Mem, actions)?;
     }
 }
@@ -377,7 +377,7 @@ proptest! {
 proptest! {
     #![proptest_config(cases(64))]
     #[test]
-    fn dir_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
+    fn dir_store_agrees_with_the_model(actions in prop::collection::vec(arb_action(), 1..60)) {
         run(&mut Dir(None), actions)?;
     }
 }
@@ -385,7 +385,7 @@ proptest! {
 proptest! {
     #![proptest_config(cases(64))]
     #[test]
-    fn log_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
+    fn log_store_agrees_with_the_model(actions in prop::collection::vec(arb_action(), 1..60)) {
         run(&mut Log(None), actions)?;
     }
 }
@@ -394,7 +394,7 @@ proptest! {
 proptest! {
     #![proptest_config(cases(64))]
     #[test]
-    fn pg_store_agrees_with_the_model(actions in prop::collection::vec(action(), 1..60)) {
+    fn pg_store_agrees_with_the_model(actions in prop::collection::vec(arb_action(), 1..60)) {
         run(&mut Pg::default(), actions)?;
     }
 }

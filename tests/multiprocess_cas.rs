@@ -28,12 +28,7 @@ fn run_children(test: &str, role: &str, root: &std::path::Path) -> Vec<Vec<Strin
     let mut children: Vec<Child> = (0..CHILDREN)
         .map(|_| Child::spawn(test, role, &vars))
         .collect();
-    for child in &mut children {
-        assert_eq!(child.expect_report(), "ready");
-    }
-    for child in &mut children {
-        child.send("go");
-    }
+    child::start_together(&mut children);
     children.into_iter().map(Child::finish).collect()
 }
 
@@ -90,8 +85,7 @@ fn children_race_cas_increments_without_losing_one() {
 /// Child: `INCREMENTS` successful read-CAS-retry increments of the counter.
 fn increment_in_child() {
     let store = DirStore::open(child::store_root()).unwrap();
-    child::report("ready");
-    assert_eq!(child::receive().as_deref(), Some("go"));
+    child::ready_then_wait();
     for _ in 0..INCREMENTS {
         loop {
             let entry = store.get(&counter()).unwrap().unwrap();
@@ -158,8 +152,7 @@ fn children_race_put_absent_with_one_winner_per_key() {
 fn insert_in_child() {
     let store = DirStore::open(child::store_root()).unwrap();
     let me = std::process::id().to_string();
-    child::report("ready");
-    assert_eq!(child::receive().as_deref(), Some("go"));
+    child::ready_then_wait();
     for i in 0..RACE_KEYS {
         match store.put(&race_key(i), me.as_bytes(), Expect::Absent) {
             Ok(_) => child::report(&format!("won {i} as {me}")),

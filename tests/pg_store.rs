@@ -12,6 +12,7 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::error_chain;
 use common::pg::{self, Schemas};
 use jobsafe::store::PgClock;
 use jobsafe::{Clock, Error, Expect, Key, PgStore, Prefix, Store};
@@ -217,15 +218,4 @@ fn quarantine_moves_the_row_to_a_table_it_names() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0) as u64, v.get());
     assert_eq!(row.get::<_, Vec<u8>>(1), b"evidence");
-}
-
-fn error_chain(err: &Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

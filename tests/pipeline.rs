@@ -15,6 +15,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::hooked_store::{HookedStore, StoreOp};
 use jobsafe::jobs::{JobError, JobStatus, NewJob, RecoveryAction};
 use jobsafe::ledger::ChargeRequest;
 use jobsafe::lock::{Acquire, LockRequest};
@@ -203,27 +204,10 @@ fn mem_harness() -> Harness {
     harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| b)
 }
 
-/// Every temp file under `dir`, recursively.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(temp_files(&path));
-        } else if path.to_string_lossy().ends_with(AtomicWriter::TEMP_SUFFIX) {
-            found.push(path);
-        }
-    }
-    found
-}
-
 /// No temp file under the artifact root and no lock record at all.
 fn assert_clean(h: &Harness, when: &str) {
     assert_eq!(
-        temp_files(&h.root),
+        common::temp_files_under(&h.root).unwrap(),
         Vec::<PathBuf>::new(),
         "temp files {when}"
     );
@@ -233,93 +217,6 @@ fn assert_clean(h: &Harness, when: &str) {
         "locks held {when}: {:?}",
         locks.locks
     );
-}
-
-/// Where a [`Hooked`] store runs its hook.
-enum Trigger {
-    /// Before the first write (put, delete or batch) that touches the key.
-    Write(Key),
-    /// Before the first listing of exactly this prefix.
-    List(Prefix),
-}
-
-type Hook = Box<dyn FnOnce() + Send>;
-
-/// A `MemStore` that runs a hook once, just before the operation its trigger
-/// names: a test's way to put another actor exactly between two steps.
-#[derive(Default)]
-struct Hooked {
-    inner: jobsafe::MemStore,
-    hook: Mutex<Option<(Trigger, Hook)>>,
-}
-
-impl std::fmt::Debug for Hooked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooked").finish_non_exhaustive()
-    }
-}
-
-impl Hooked {
-    fn arm(&self, trigger: Trigger, hook: impl FnOnce() + Send + 'static) {
-        *self.hook.lock().unwrap() = Some((trigger, Box::new(hook)));
-    }
-
-    fn fire_if(&self, matches: impl Fn(&Trigger) -> bool) {
-        let hook = {
-            let mut armed = self.hook.lock().unwrap();
-            match armed.take() {
-                Some((trigger, hook)) if matches(&trigger) => Some(hook),
-                other => {
-                    *armed = other;
-                    None
-                }
-            }
-        };
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-
-    fn fire_on_write(&self, key: &Key) {
-        self.fire_if(|t| matches!(t, Trigger::Write(k) if k == key));
-    }
-}
-
-impl Store for Hooked {
-    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
-        self.inner.get(key)
-    }
-    fn put(
-        &self,
-        key: &Key,
-        value: &[u8],
-        expect: jobsafe::Expect,
-    ) -> jobsafe::Result<jobsafe::Version> {
-        self.fire_on_write(key);
-        self.inner.put(key, value, expect)
-    }
-    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
-        self.fire_on_write(key);
-        self.inner.delete(key, expect)
-    }
-    fn list(
-        &self,
-        prefix: &Prefix,
-        after: Option<&Key>,
-        limit: usize,
-    ) -> jobsafe::Result<jobsafe::store::ListPage> {
-        self.fire_if(|t| matches!(t, Trigger::List(p) if p == prefix));
-        self.inner.list(prefix, after, limit)
-    }
-    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
-        for op in batch.ops() {
-            self.fire_on_write(op.key());
-        }
-        self.inner.apply(batch)
-    }
-    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
-        self.inner.quarantine(key)
-    }
 }
 
 /// A file's mtime and inode number: a file rewritten in place changes the
@@ -830,7 +727,7 @@ fn a_permanent_failure_fails_and_a_manual_retry_resumes_at_the_failed_stage() {
 
 #[test]
 fn a_manual_retry_never_wipes_the_failure_count_of_a_run_that_followed_it() {
-    let store = Arc::new(Hooked::default());
+    let store = Arc::new(HookedStore::default());
     let h = harness_on(Arc::clone(&store) as Arc<dyn Store>, None, START_MS, |b| b);
     let id = enqueue(&h, "session-1");
     h.script.then("draft", Act::Permanent);
@@ -850,7 +747,9 @@ fn a_manual_retry_never_wipes_the_failure_count_of_a_run_that_followed_it() {
         let hooked = Arc::clone(&hooked);
         let id = id.clone();
         let run_state = Key::new(["pipeline", "run", id.as_str()]).unwrap();
-        store.arm(Trigger::Write(run_state), move || {
+        let is_run_state =
+            move |op: &StoreOp<'_>| matches!(op, StoreOp::Write(k) if **k == run_state);
+        store.once(is_run_state, move || {
             *hooked.lock().unwrap() = Some(pipeline.run_job(&id).unwrap().outcome);
         });
     }
@@ -1474,7 +1373,10 @@ fn losing_the_lease_stops_the_run_before_its_next_write() {
         h.pipeline.jobs().get(&id).unwrap().unwrap().status,
         JobStatus::Running
     );
-    assert_eq!(temp_files(&h.root), Vec::<PathBuf>::new());
+    assert_eq!(
+        common::temp_files_under(&h.root).unwrap(),
+        Vec::<PathBuf>::new()
+    );
     let holder = h.pipeline.locks().peek(&subject).unwrap().unwrap();
     assert_eq!(
         holder.job_id,
@@ -1613,7 +1515,7 @@ fn purge_removes_old_jobs_artifacts_reservations_and_stale_locks_with_counts() {
 
 #[test]
 fn purge_leaves_a_job_retried_while_it_was_being_purged() {
-    let store = Arc::new(Hooked::default());
+    let store = Arc::new(HookedStore::default());
     let h = harness_on(Arc::clone(&store) as Arc<dyn Store>, None, START_MS, |b| b);
     let id = enqueue(&h, "session-1");
     h.script.then("draft", Act::Permanent);
@@ -1629,7 +1531,9 @@ fn purge_leaves_a_job_retried_while_it_was_being_purged() {
         let retried = Arc::clone(&retried);
         let id = id.clone();
         let checkpoints = Prefix::new(["pipeline", "checkpoint", id.as_str()]).unwrap();
-        store.arm(Trigger::List(checkpoints), move || {
+        let lists_checkpoints =
+            move |op: &StoreOp<'_>| matches!(op, StoreOp::List(p) if **p == checkpoints);
+        store.once(lists_checkpoints, move || {
             *retried.lock().unwrap() = Some(pipeline.retry(&id).unwrap().status);
         });
     }

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::key;
 use common::power_loss::crash::{self, Budget, Totals};
 use common::power_loss::fs::{Event, Image, SimVfs, Site};
 use common::power_loss::sites;
@@ -245,10 +246,6 @@ fn check_batches(
         }
     }
     Ok(())
-}
-
-fn key(name: &str) -> Key {
-    Key::new(name.split('/')).unwrap()
 }
 
 // ---------------------------------------------------------------------------

@@ -11,15 +11,14 @@
 
 mod common;
 
-use std::env;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobsafe::vfs::{DIR_MODE, FileInfo, StdVfs, Vfs};
+use jobsafe::testing::{Faulty, OpKind};
+use jobsafe::vfs::{DIR_MODE, StdVfs};
 use jobsafe::{
     AtomicWriter, Batch, DirStore, Expect, Key, LogStore, MemStore, Store, write_atomic,
 };
@@ -30,11 +29,6 @@ use common::{TestResult, mode_of};
 // ---------------------------------------------------------------------------------
 // Modes
 // ---------------------------------------------------------------------------------
-
-/// Set in the child process of
-/// [`everything_the_stores_create_is_owner_only_under_a_permissive_umask`]: where to
-/// create the stores.
-const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_SECURITY_UMASK_DIR";
 
 /// Every file and directory under `root` (not `root` itself), symlinks not followed.
 fn walk(root: &Path) -> Vec<PathBuf> {
@@ -95,27 +89,15 @@ fn create_everything(dir: &Path) -> TestResult {
 
 #[test]
 fn everything_the_stores_create_is_owner_only_under_a_permissive_umask() -> TestResult {
-    if let Some(dir) = env::var_os(UMASK_CHILD_DIR) {
-        return create_everything(Path::new(&dir));
+    if let Some(dir) = common::umask_child_dir() {
+        return create_everything(&dir);
     }
-    // The umask belongs to the whole process: change it only in a child that runs
-    // this one test.
     let dir = tempdir()?;
-    let child = Command::new("sh")
-        .args(["-c", r#"umask 000 && exec "$@""#, "sh"])
-        .arg(env::current_exe()?)
-        .args([
-            "--exact",
-            "everything_the_stores_create_is_owner_only_under_a_permissive_umask",
-        ])
-        .env(UMASK_CHILD_DIR, dir.path())
-        .output()?;
-    assert!(
-        child.status.success(),
-        "child failed:\n{}{}",
-        String::from_utf8_lossy(&child.stdout),
-        String::from_utf8_lossy(&child.stderr)
-    );
+    common::run_under_umask(
+        "000",
+        "everything_the_stores_create_is_owner_only_under_a_permissive_umask",
+        dir.path(),
+    )?;
     assert_eq!(
         mode_of(&dir.path().join("control"))? & 0o077,
         0o066,
@@ -471,73 +453,28 @@ fn a_symlink_planted_at_a_dirstore_stripe_lock_creates_nothing_outside() -> Test
     Ok(())
 }
 
-/// A [`Vfs`] on the real filesystem that, the first time it is asked to create a
-/// temp file, plants a symlink at exactly that path first: the attacker who guessed
-/// the random name.
-#[derive(Clone, Debug)]
-struct PlantingVfs {
-    victim: PathBuf,
-    planted: Arc<Mutex<Vec<PathBuf>>>,
-}
-
-impl Vfs for PlantingVfs {
-    type File = fs::File;
-
-    fn create_new(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
-        let is_temp = path
-            .to_string_lossy()
-            .ends_with(jobsafe::AtomicWriter::TEMP_SUFFIX);
-        let mut planted = self.planted.lock().unwrap();
-        if is_temp && planted.is_empty() {
-            symlink(&self.victim, path)?;
-            planted.push(path.to_path_buf());
+/// A [`Faulty`] layer on the real filesystem that, the first time it is asked to create a
+/// temp file, plants a symlink to `victim` at exactly that path first: the
+/// attacker who guessed the random name. Returns where it planted.
+fn planting(victim: PathBuf) -> (Faulty, Arc<Mutex<Vec<PathBuf>>>) {
+    let vfs = Faulty::new(StdVfs);
+    let planted = Arc::new(Mutex::new(Vec::new()));
+    vfs.on_op({
+        let planted = planted.clone();
+        move |op| {
+            let is_temp = op
+                .path
+                .to_string_lossy()
+                .ends_with(AtomicWriter::TEMP_SUFFIX);
+            let mut planted = planted.lock().unwrap();
+            if op.kind == OpKind::Create && is_temp && planted.is_empty() {
+                symlink(&victim, op.path).unwrap();
+                planted.push(op.path.to_path_buf());
+            }
+            None
         }
-        drop(planted);
-        StdVfs.create_new(path, mode)
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<fs::File> {
-        StdVfs.open_read(path)
-    }
-    fn open_or_create(&self, path: &Path, mode: u32) -> std::io::Result<fs::File> {
-        StdVfs.open_or_create(path, mode)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdVfs.rename(from, to)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdVfs.hard_link(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.remove_file(path)
-    }
-    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.remove_dir(path)
-    }
-    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-        StdVfs.read_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.sync_dir(path)
-    }
-    fn metadata(&self, path: &Path) -> std::io::Result<FileInfo> {
-        StdVfs.metadata(path)
-    }
-}
-
-impl PlantingVfs {
-    fn new(victim: PathBuf) -> Self {
-        PlantingVfs {
-            victim,
-            planted: Arc::default(),
-        }
-    }
-
-    fn planted(&self) -> Vec<PathBuf> {
-        self.planted.lock().unwrap().clone()
-    }
+    });
+    (vfs, planted)
 }
 
 #[test]
@@ -549,20 +486,18 @@ fn a_symlink_planted_at_a_temp_file_path_is_never_written_through() -> TestResul
     fs::create_dir(&p.root)?;
 
     // The writer alone, and a DirStore writing its records through it.
-    let vfs = PlantingVfs::new(victim.clone());
+    let (vfs, planted) = planting(victim.clone());
     let target = p.root.join("file");
-    AtomicWriter::with_vfs(vfs.clone()).write(&target, b"new")?;
+    AtomicWriter::with_vfs(vfs).write(&target, b"new")?;
     assert_eq!(fs::read(&target)?, b"new");
-    assert_eq!(vfs.planted().len(), 1, "no temp file was created");
+    assert_eq!(planted.lock().unwrap().len(), 1, "no temp file was created");
 
-    let vfs = PlantingVfs::new(victim.clone());
-    let store = DirStore::builder(p.root.join("dirstore"))
-        .vfs(vfs.clone())
-        .open()?;
+    let (vfs, planted) = planting(victim.clone());
+    let store = DirStore::builder(p.root.join("dirstore")).vfs(vfs).open()?;
     let key = Key::new(["jobs", "a"])?;
     store.put(&key, b"record", Expect::Absent)?;
     assert_eq!(store.get(&key)?.unwrap().value, b"record");
-    assert_eq!(vfs.planted().len(), 1, "no temp file was created");
+    assert_eq!(planted.lock().unwrap().len(), 1, "no temp file was created");
 
     // O_EXCL refused the planted names; the writer took fresh ones.
     assert_eq!(fs::read(&victim)?, b"precious");

@@ -3,7 +3,9 @@
 //!
 //! Implement [`Harness`] to tell the suite how to make a fresh, empty store (and,
 //! if the backend can, how to reopen one and how to damage a record), then call
-//! [`run_all`] or the clause functions one by one, for example one `#[test]` each.
+//! [`run_all`], the clause functions one by one, or
+//! [`conformance_suite!`](crate::conformance_suite), which makes one `#[test]`
+//! per clause.
 //! A clause never panics: it returns [`Outcome::Passed`], [`Outcome::Skipped`]
 //! when the harness lacks a capability it needs, or a [`Violation`] that says what
 //! the backend did and what the contract demands.
@@ -39,6 +41,7 @@ mod concurrency;
 mod keys;
 mod restart;
 mod single_key;
+mod suite;
 mod support;
 
 use std::fmt;
@@ -63,6 +66,9 @@ pub use single_key::{
     put_any_creates_and_overwrites, put_version_is_compare_and_set, values_round_trip_exactly,
     versions_are_never_reused, versions_strictly_increase,
 };
+
+#[doc(hidden)]
+pub use suite::__expect_kept;
 
 use crate::key::Key;
 use crate::store::Store;
@@ -155,7 +161,7 @@ impl<H> fmt::Debug for Clause<H> {
 }
 
 macro_rules! clause_list {
-    ($($name:ident),* $(,)?) => {
+    ([] $($name:ident),* $(,)?) => {
         /// Every clause of the suite, in the order [`run_all`] runs them.
         pub fn clauses<H: Harness>() -> Vec<Clause<H>> {
             vec![$(Clause { name: stringify!($name), run: $name::<H> }),*]
@@ -163,31 +169,7 @@ macro_rules! clause_list {
     };
 }
 
-clause_list![
-    get_of_absent_key_is_none,
-    put_absent_inserts_only_once,
-    put_any_creates_and_overwrites,
-    put_version_is_compare_and_set,
-    delete_follows_its_precondition,
-    versions_strictly_increase,
-    versions_are_never_reused,
-    values_round_trip_exactly,
-    hostile_segments_are_distinct_keys,
-    key_that_prefixes_another_is_independent,
-    largest_key_is_stored,
-    list_is_ordered_and_matches_whole_segments,
-    list_pages_cover_every_key_once,
-    list_sees_writes_between_pages,
-    batch_applies_every_operation_in_order,
-    batch_conflict_changes_nothing,
-    batch_rejects_empty_and_duplicate_keys,
-    batch_is_atomic_for_concurrent_readers,
-    concurrent_put_absent_has_exactly_one_winner,
-    concurrent_cas_increments_lose_no_update,
-    writes_survive_reopen,
-    corrupt_record_is_reported_never_absent,
-    quarantine_moves_records_aside,
-];
+crate::__conformance_clauses!(clause_list, []);
 
 /// Runs every clause and collects the verdicts.
 pub fn run_all<H: Harness>(harness: &mut H) -> Report {

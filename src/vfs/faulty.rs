@@ -1,12 +1,13 @@
 //! A [`Vfs`] wrapper that fails chosen operations, for fault-injection tests.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::{FileInfo, StdVfs, Vfs, VfsFile};
 
@@ -200,6 +201,32 @@ pub struct Injected {
     pub error: InjectedError,
 }
 
+/// One operation, as a [`Faulty::on_op`] hook sees it: before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpEvent<'a> {
+    /// What kind of operation it is.
+    pub kind: OpKind,
+    /// The file or directory it applies to: for a rename or a link, the
+    /// target; for an operation on an open file, the path the file was opened
+    /// with.
+    pub path: &'a Path,
+    /// For a rename or a link, the source; otherwise `None`.
+    pub from: Option<&'a Path>,
+}
+
+/// What [`Faulty::on_op`] runs before each operation.
+type HookFn = dyn Fn(&OpEvent<'_>) -> Option<InjectedError> + Send + Sync;
+
+#[derive(Clone)]
+struct Hook(Arc<HookFn>);
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hook(..)")
+    }
+}
+
 /// Wraps a [`Vfs`], counts every operation made through it and its files, and,
 /// once [armed](Faulty::arm), fails the operations a [`Fault`] picks.
 ///
@@ -208,9 +235,15 @@ pub struct Injected {
 /// leaves what was written before it in the page cache, as a real failed
 /// `fsync` does: readers may see it, a power loss may drop it.
 ///
-/// Clones share their counters and their fault, so a test can open a store on a
-/// clone, then arm the fault. An operation on an open file is reported under the
-/// path the file was opened with, even if it was renamed since.
+/// Clones share their counters, their fault and their [hook](Faulty::on_op), so
+/// a test can open a store on a clone, then arm the fault. An operation on an
+/// open file is reported under the path the file was opened with, even if it
+/// was renamed since.
+///
+/// A [`Fault`] picks operations by number and kind. For anything else (fail
+/// the operations on one path, crash the process at a step, plant a file just
+/// before the operation that would find it), [`on_op`](Faulty::on_op) runs a
+/// function of your own before each operation.
 ///
 /// ```
 /// use jobsafe::testing::{Fault, Faulty, InjectedError, OpKind};
@@ -245,6 +278,7 @@ struct State {
     per_kind: [AtomicU64; OpKind::ALL.len()],
     armed: Mutex<Option<Armed>>,
     injected: Mutex<Vec<Injected>>,
+    hook: RwLock<Option<Hook>>,
 }
 
 #[derive(Debug)]
@@ -299,9 +333,80 @@ impl<V: Vfs> Faulty<V> {
     }
 
     /// Disarms: from now on every operation passes through. What was injected
-    /// stays in [`injected`](Self::injected).
+    /// stays in [`injected`](Self::injected). The [hook](Self::on_op) stays.
     pub fn disarm(&self) {
         *self.state.armed.lock() = None;
+    }
+
+    /// Runs `hook` before every operation made through this layer, its clones
+    /// and their files (replacing any hook set before). A hook that returns an
+    /// error fails the operation with it, as an armed [`Fault`] would: nothing
+    /// is done and the failure is listed in [`injected`](Self::injected).
+    /// `None` lets the operation go on, to the armed fault and then to the
+    /// inner [`Vfs`].
+    ///
+    /// The hook runs on the thread that makes the operation, after the
+    /// operation is counted and before the armed fault sees it (an operation
+    /// the hook fails is not counted towards the fault), and holds none of this
+    /// layer's locks: it may do I/O of its own (through the inner `Vfs` or
+    /// `std::fs`; through this layer it would see its own operations), call
+    /// [`arm`](Self::arm), or end the process, which is how a test crashes at
+    /// an exact step. A hook that cannot do its job should panic, which fails
+    /// the test; operations of other threads run it concurrently.
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// use jobsafe::testing::{Faulty, InjectedError, OpKind};
+    /// use jobsafe::vfs::{StdVfs, Vfs};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let vfs = Faulty::new(StdVfs);
+    ///
+    /// // Another process creates `taken` just before we do.
+    /// let taken = dir.path().join("taken");
+    /// vfs.on_op({
+    ///     let taken = taken.clone();
+    ///     move |op| {
+    ///         if op.kind == OpKind::Create && op.path == taken {
+    ///             std::fs::write(&taken, b"theirs").expect("plant a file");
+    ///         }
+    ///         None
+    ///     }
+    /// });
+    /// assert_eq!(vfs.create_new(&taken, 0o600).unwrap_err().kind(), ErrorKind::AlreadyExists);
+    /// assert_eq!(std::fs::read(&taken)?, b"theirs");
+    ///
+    /// // The second flush fails; so does every rename.
+    /// let flushes = Arc::new(AtomicU64::new(0));
+    /// vfs.on_op(move |op| match op.kind {
+    ///     OpKind::FileSync | OpKind::DirSync if flushes.fetch_add(1, Ordering::SeqCst) == 1 => {
+    ///         Some(InjectedError::Eio)
+    ///     }
+    ///     OpKind::Rename => Some(InjectedError::Enospc),
+    ///     _ => None,
+    /// });
+    /// let failed: Vec<bool> = (0..3).map(|_| vfs.sync_dir(dir.path()).is_err()).collect();
+    /// assert_eq!(failed, [false, true, false]);
+    /// assert!(vfs.rename(&taken, &dir.path().join("moved")).is_err());
+    /// assert_eq!(vfs.injected().len(), 2);
+    ///
+    /// vfs.remove_hook();
+    /// vfs.rename(&taken, &dir.path().join("moved"))?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn on_op<F>(&self, hook: F)
+    where
+        F: Fn(&OpEvent<'_>) -> Option<InjectedError> + Send + Sync + 'static,
+    {
+        *self.state.hook.write() = Some(Hook(Arc::new(hook)));
+    }
+
+    /// Removes the [hook](Self::on_op): operations no longer run it.
+    pub fn remove_hook(&self) {
+        *self.state.hook.write() = None;
     }
 
     /// The operations made so far, of every kind.
@@ -333,11 +438,28 @@ impl<V: Vfs> Faulty<V> {
     }
 }
 
+/// How an operation fails.
+#[derive(Clone, Copy)]
+struct Failure {
+    error: InjectedError,
+    /// A failed write first writes half of its buffer.
+    torn: bool,
+}
+
 impl State {
-    /// Counts an operation; returns the fault to inject if it fails.
-    fn check(&self, kind: OpKind, path: &Path) -> Option<Fault> {
+    /// Counts an operation, runs the hook, then consults the armed fault;
+    /// returns how the operation fails, if it does.
+    fn check(&self, kind: OpKind, path: &Path, from: Option<&Path>) -> Option<Failure> {
         self.ops.fetch_add(1, Ordering::SeqCst);
         self.per_kind[kind as usize].fetch_add(1, Ordering::SeqCst);
+        // Cloned out so that the hook runs with no lock held.
+        let hook = self.hook.read().clone();
+        if let Some(Hook(hook)) = hook
+            && let Some(error) = hook(&OpEvent { kind, path, from })
+        {
+            self.record(kind, path, error);
+            return Some(Failure { error, torn: false });
+        }
         let mut armed = self.armed.lock();
         let armed = armed.as_mut()?;
         if !armed.fault.matches(kind) {
@@ -350,21 +472,32 @@ impl State {
             return None;
         }
         let fault = armed.fault;
-        self.injected.lock().push(Injected {
-            kind,
-            path: path.to_path_buf(),
-            error: fault.error,
-        });
+        self.record(kind, path, fault.error);
         if let Some(next) = armed.next.take() {
             armed.fault = next;
             armed.seen = 0;
         }
-        Some(fault)
+        Some(Failure {
+            error: fault.error,
+            torn: fault.torn_writes,
+        })
+    }
+
+    fn record(&self, kind: OpKind, path: &Path, error: InjectedError) {
+        self.injected.lock().push(Injected {
+            kind,
+            path: path.to_path_buf(),
+            error,
+        });
     }
 
     fn pass(&self, kind: OpKind, path: &Path) -> io::Result<()> {
-        match self.check(kind, path) {
-            Some(fault) => Err(fault.error.to_io_error()),
+        self.pass_from(kind, path, None)
+    }
+
+    fn pass_from(&self, kind: OpKind, path: &Path, from: Option<&Path>) -> io::Result<()> {
+        match self.check(kind, path, from) {
+            Some(failure) => Err(failure.error.to_io_error()),
             None => Ok(()),
         }
     }
@@ -392,12 +525,12 @@ impl<V: Vfs> Vfs for Faulty<V> {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.state.pass(OpKind::Rename, to)?;
+        self.state.pass_from(OpKind::Rename, to, Some(from))?;
         self.inner.rename(from, to)
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.state.pass(OpKind::Link, to)?;
+        self.state.pass_from(OpKind::Link, to, Some(from))?;
         self.inner.hard_link(from, to)
     }
 
@@ -448,13 +581,13 @@ impl<F: VfsFile> FaultyFile<F> {
 
 impl<F: VfsFile> VfsFile for FaultyFile<F> {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self.state.check(OpKind::Write, &self.path) {
+        match self.state.check(OpKind::Write, &self.path, None) {
             None => self.inner.write_all(buf),
-            Some(fault) => {
-                if fault.torn_writes {
+            Some(failure) => {
+                if failure.torn {
                     self.inner.write_all(&buf[..buf.len() / 2])?;
                 }
-                Err(fault.error.to_io_error())
+                Err(failure.error.to_io_error())
             }
         }
     }
@@ -470,13 +603,13 @@ impl<F: VfsFile> VfsFile for FaultyFile<F> {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        match self.state.check(OpKind::Write, &self.path) {
+        match self.state.check(OpKind::Write, &self.path, None) {
             None => self.inner.write_all_at(buf, offset),
-            Some(fault) => {
-                if fault.torn_writes {
+            Some(failure) => {
+                if failure.torn {
                     self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;
                 }
-                Err(fault.error.to_io_error())
+                Err(failure.error.to_io_error())
             }
         }
     }
@@ -574,5 +707,92 @@ mod tests {
         assert!(file.write_all_at(b"abcdef", 0).is_err());
         vfs.disarm();
         assert_eq!(vfs.read(&path).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_hook_sees_each_operation_and_fails_the_ones_it_picks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"x").unwrap();
+        let vfs = Faulty::new(StdVfs);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        vfs.on_op({
+            let seen = seen.clone();
+            move |op: &OpEvent<'_>| {
+                seen.lock().push((
+                    op.kind,
+                    op.path.to_path_buf(),
+                    op.from.map(Path::to_path_buf),
+                ));
+                (op.kind == OpKind::Rename).then_some(InjectedError::Enospc)
+            }
+        });
+        // Armed for the first rename: the hook fails it first, so the fault
+        // counts only the rename after.
+        vfs.arm(Fault::nth(1).only([OpKind::Rename, OpKind::Link]));
+        let err = vfs.rename(&a, &b).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28));
+        assert!(a.exists() && !b.exists(), "a failed rename does nothing");
+        let err = vfs.hard_link(&a, &b).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(5), "the armed fault");
+        vfs.metadata(&a).unwrap();
+        assert_eq!(
+            *seen.lock(),
+            [
+                (OpKind::Rename, b.clone(), Some(a.clone())),
+                (OpKind::Link, b.clone(), Some(a.clone())),
+                (OpKind::Stat, a.clone(), None),
+            ]
+        );
+        let injected: Vec<_> = vfs
+            .injected()
+            .into_iter()
+            .map(|i| (i.kind, i.error))
+            .collect();
+        assert_eq!(
+            injected,
+            [
+                (OpKind::Rename, InjectedError::Enospc),
+                (OpKind::Link, InjectedError::Eio)
+            ]
+        );
+        assert_eq!(vfs.ops(), 3);
+
+        vfs.remove_hook();
+        vfs.rename(&a, &b).unwrap();
+        assert_eq!(seen.lock().len(), 3);
+    }
+
+    #[test]
+    fn a_hook_holds_no_lock_and_may_do_io_and_arm_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Faulty::new(StdVfs);
+        let planted = dir.path().join("planted");
+        vfs.on_op({
+            let (vfs, planted) = (vfs.clone(), planted.clone());
+            move |op: &OpEvent<'_>| {
+                if op.kind == OpKind::Create && op.path == planted {
+                    // I/O of its own, and the layer's own state.
+                    StdVfs.create_dir(&planted).unwrap();
+                    vfs.arm(Fault::nth(1).only([OpKind::FileSync]));
+                    assert!(vfs.injected().is_empty());
+                }
+                None
+            }
+        });
+        let err = vfs.create_new(&planted, 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(planted.is_dir());
+        let file = vfs.create_new(&dir.path().join("f"), 0o600).unwrap();
+        assert_eq!(file.sync_all().unwrap_err().raw_os_error(), Some(5));
+        // The hook holds a clone of the layer: removing it ends the cycle.
+        vfs.remove_hook();
+    }
+
+    #[test]
+    fn faulty_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Faulty>();
+        check::<FaultyFile<std::fs::File>>();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use jobsafe::{DirStore, LogStore, MemStore, Store};
+use jobsafe::{DirStore, LogStore, ManualClock, MemStore, SharedClock, Store};
 use tempfile::TempDir;
 
 /// A `MemStore` and a fresh `DirStore`, each with its name; the temp dir keeps the
@@ -15,6 +15,22 @@ pub fn both() -> Vec<(&'static str, Arc<dyn Store>, Option<TempDir>)> {
         ("mem", Arc::new(MemStore::new()), None),
         ("dir", Arc::new(dir_store), Some(dir)),
     ]
+}
+
+/// What `make` builds over each store of [`both`] with a `ManualClock` of its
+/// own starting at `start_ms` (a lock, a ledger, job records), with the store's
+/// name, the clock, and the temp dir that keeps a `DirStore` alive.
+pub fn each_with_clock<T>(
+    start_ms: u64,
+    make: impl Fn(Arc<dyn Store>, SharedClock) -> T,
+) -> Vec<(&'static str, T, ManualClock, Option<TempDir>)> {
+    both()
+        .into_iter()
+        .map(|(name, store, dir)| {
+            let clock = ManualClock::new(start_ms);
+            (name, make(store, Arc::new(clock.clone())), clock, dir)
+        })
+        .collect()
 }
 
 /// Where the processes of a multi-process test find the store they share: a

@@ -57,6 +57,25 @@ pub fn receive() -> Option<String> {
     }
 }
 
+/// In a child: tells the parent it is ready, then waits for the parent to let
+/// it go (see [`start_together`]).
+pub fn ready_then_wait() {
+    report("ready");
+    let go = receive();
+    assert_eq!(go.as_deref(), Some("go"), "the parent did not say go");
+}
+
+/// In the parent: waits until every child has said it is ready (with
+/// [`ready_then_wait`]), then lets them all go at once, so that they race.
+pub fn start_together(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        assert_eq!(child.expect_report(), "ready");
+    }
+    for child in children.iter_mut() {
+        child.send("go");
+    }
+}
+
 /// A running child: its input, its reports, and everything it printed to stderr.
 pub struct Child {
     name: String,

@@ -6,21 +6,22 @@
 
 pub mod backends;
 pub mod child;
+pub mod credits;
+pub mod hooked_store;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod power_loss;
 pub mod relay;
 
-use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use jobsafe::AtomicWriter;
-use jobsafe::vfs::{FileInfo, StdVfs, Vfs, VfsFile};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use jobsafe::{AtomicWriter, Key, Prefix, Store};
 
 /// What a test returns: `?` works on any error, and a failure prints it.
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -42,10 +43,15 @@ pub(crate) fn temp_files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// The temp files and directories (names ending in [`AtomicWriter::TEMP_SUFFIX`]) anywhere
-/// under `dir`.
+/// under `dir`; none if `dir` does not exist.
 pub(crate) fn temp_files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut temps = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(temps),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let entry = entry?;
         if entry
             .file_name()
@@ -84,159 +90,82 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
-/// A filesystem operation that [`FailingVfs`] can fail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    CreateNew,
-    SyncFile,
-    Rename,
-    HardLink,
-    RemoveFile,
-    SyncDir,
+/// The key a string names, segments joined by `/` as [`Key`] displays them
+/// (`"jobs/lic:abc/1"`).
+pub(crate) fn key(text: &str) -> Key {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not a key: {e}"))
 }
 
-/// A [`Vfs`] on the real filesystem ([`StdVfs`]) in which every call of one chosen
-/// operation fails. It counts the failures it injected, so that a test can check
-/// that the fault it is about actually happened.
-#[derive(Clone, Debug)]
-pub(crate) struct FailingVfs {
-    failing: Op,
-    injected: Arc<AtomicUsize>,
+/// Every record under `prefix`, by key.
+pub(crate) fn contents(store: &impl Store, prefix: &Prefix) -> BTreeMap<Key, Vec<u8>> {
+    let keys = store
+        .list_all(prefix)
+        .unwrap_or_else(|e| panic!("list {prefix}: {e}"));
+    keys.into_iter()
+        .map(|key| {
+            let entry = store.get(&key).unwrap_or_else(|e| panic!("get {key}: {e}"));
+            let entry = entry.unwrap_or_else(|| panic!("{key} was listed but is gone"));
+            (key, entry.value)
+        })
+        .collect()
 }
 
-impl FailingVfs {
-    pub(crate) fn failing(op: Op) -> Self {
-        FailingVfs {
-            failing: op,
-            injected: Arc::default(),
-        }
-    }
-
-    /// How many failures were injected so far.
-    pub(crate) fn injected(&self) -> usize {
-        self.injected.load(Ordering::SeqCst)
-    }
-
-    fn check(&self, op: Op) -> io::Result<()> {
-        if op != self.failing {
-            return Ok(());
-        }
-        self.injected.fetch_add(1, Ordering::SeqCst);
-        Err(io::Error::other(format!("injected {op:?} failure")))
-    }
-
-    fn wrap(&self, file: File) -> FailingFile {
-        FailingFile {
-            inner: file,
-            vfs: self.clone(),
+/// Copies a directory tree (files and directories; nothing else is in a store).
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries = fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
         }
     }
 }
 
-impl Vfs for FailingVfs {
-    type File = FailingFile;
-
-    fn create_new(&self, path: &Path, mode: u32) -> io::Result<FailingFile> {
-        self.check(Op::CreateNew)?;
-        StdVfs.create_new(path, mode).map(|f| self.wrap(f))
-    }
-
-    fn open_read(&self, path: &Path) -> io::Result<FailingFile> {
-        StdVfs.open_read(path).map(|f| self.wrap(f))
-    }
-
-    fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<FailingFile> {
-        StdVfs.open_or_create(path, mode).map(|f| self.wrap(f))
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(Op::Rename)?;
-        StdVfs.rename(from, to)
-    }
-
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(Op::HardLink)?;
-        StdVfs.hard_link(from, to)
-    }
-
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::RemoveFile)?;
-        StdVfs.remove_file(path)
-    }
-
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        StdVfs.create_dir(path)
-    }
-
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        StdVfs.remove_dir(path)
-    }
-
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
-        StdVfs.read_dir(path)
-    }
-
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::SyncDir)?;
-        StdVfs.sync_dir(path)
-    }
-
-    fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
-        StdVfs.metadata(path)
-    }
+/// Whether this process runs as root, for whom permission checks pass.
+pub(crate) fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // A file this process creates is owned by its effective user id.
+    let probe = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("temp file: {e}"));
+    let meta = probe
+        .as_file()
+        .metadata()
+        .unwrap_or_else(|e| panic!("stat a temp file: {e}"));
+    meta.uid() == 0
 }
 
-/// A file opened through [`FailingVfs`]; its fsyncs fail when [`Op::SyncFile`] does.
-#[derive(Debug)]
-pub(crate) struct FailingFile {
-    inner: File,
-    vfs: FailingVfs,
+/// Set in a child started by [`run_under_umask`]: the directory it works in.
+const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_UMASK_CHILD_DIR";
+
+/// In a child started by [`run_under_umask`], the directory it was given;
+/// `None` in the parent.
+pub(crate) fn umask_child_dir() -> Option<PathBuf> {
+    std::env::var_os(UMASK_CHILD_DIR).map(PathBuf::from)
 }
 
-impl VfsFile for FailingFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        VfsFile::write_all(&mut self.inner, buf)
-    }
-
-    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        VfsFile::read_to_end(&mut self.inner, buf)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        VfsFile::read_at(&self.inner, buf, offset)
-    }
-
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        VfsFile::write_all_at(&self.inner, buf, offset)
-    }
-
-    fn size(&self) -> io::Result<u64> {
-        VfsFile::size(&self.inner)
-    }
-
-    fn try_lock(&self) -> io::Result<bool> {
-        VfsFile::try_lock(&self.inner)
-    }
-
-    fn sync_all(&self) -> io::Result<()> {
-        self.vfs.check(Op::SyncFile)?;
-        VfsFile::sync_all(&self.inner)
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        self.vfs.check(Op::SyncFile)?;
-        VfsFile::sync_data(&self.inner)
-    }
-
-    fn lock(&self) -> io::Result<()> {
-        VfsFile::lock(&self.inner)
-    }
-
-    fn lock_shared(&self) -> io::Result<()> {
-        VfsFile::lock_shared(&self.inner)
-    }
-
-    fn unlock(&self) -> io::Result<()> {
-        VfsFile::unlock(&self.inner)
-    }
+/// Runs the test `test` of this binary again, alone, in a child process under
+/// `umask` (octal digits), with [`umask_child_dir`] returning `dir` there; fails
+/// unless the child passes. The umask belongs to the whole process: change it
+/// only in a child that runs one test, never here, where other tests create
+/// files in parallel.
+pub(crate) fn run_under_umask(umask: &str, test: &str, dir: &Path) -> io::Result<()> {
+    let child = Command::new("sh")
+        .args(["-c", &format!(r#"umask {umask} && exec "$@""#), "sh"])
+        .arg(std::env::current_exe()?)
+        .args(["--exact", test])
+        .env(UMASK_CHILD_DIR, dir)
+        .output()?;
+    assert!(
+        child.status.success(),
+        "child failed:\n{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    Ok(())
 }

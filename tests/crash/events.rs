@@ -25,16 +25,11 @@ use jobsafe::{JobState, ManualClock, Store};
 use serde_json::json;
 
 use super::backend::Backend;
-use super::part::{ChildContext, Model, Outcome, Tally};
+use super::part::{ChildContext, Model, Outcome, START_MS, Tally, child_start};
 
 const JOB: &str = "crash-events";
 const MAX_EVENTS: u64 = 256;
-const START_MS: u64 = 1_700_000_000_000;
 const STEP_MS: u64 = 3_600_000;
-
-fn child_start(iteration: u64) -> u64 {
-    START_MS + iteration * STEP_MS
-}
 
 fn jobs(store: Arc<dyn Store>, now_ms: u64) -> JobState<Arc<dyn Store>> {
     JobState::builder(store, Arc::new(ManualClock::new(now_ms)))
@@ -119,7 +114,7 @@ impl Model for Events {
         let Some(store) = tally.ok(iteration, "reopen", self.backend.open(&self.root)) else {
             return;
         };
-        let jobs = jobs(store, child_start(iteration) + STEP_MS / 2);
+        let jobs = jobs(store, child_start(iteration, STEP_MS) + STEP_MS / 2);
         let Some(Some(job)) = tally.ok(iteration, "read the job", jobs.get(JOB)) else {
             tally.violate(iteration, "the job is gone");
             return;
@@ -217,7 +212,7 @@ impl Model for Events {
 /// Child: starts the job, then appends events to it until stopped, reporting
 /// `begin` before each write and `event <seq> <identity>` after it.
 pub fn work(backend: Backend, root: &Path, ctx: &ChildContext) -> Outcome {
-    let jobs = jobs(backend.open(root)?, child_start(ctx.iteration));
+    let jobs = jobs(backend.open(root)?, child_start(ctx.iteration, STEP_MS));
     ctx.report("begin start");
     let worker = jobs.start(JOB, None)?;
     ctx.report(&format!("started {}", worker.attempt));

@@ -28,58 +28,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use jobsafe::ledger::{ChargeRequest, Reservation, ReservationState, Reserve};
-use jobsafe::store::BatchOp;
-use jobsafe::{Expect, JobLedger, Key, ManualClock, Store, Version};
+use jobsafe::{Expect, JobLedger, ManualClock, Store};
 
 use super::backend::Backend;
-use super::part::{ChildContext, Model, Outcome, Tally};
+use super::part::{ChildContext, Model, Outcome, START_MS, Tally};
+use crate::common::credits::{balance_key, book, charges_key, job, read_number};
 
 const ACCOUNT: &str = "lic:crash";
 /// The account whose side effects are external.
 const EXTERNAL: &str = "lic:external";
 const JOBS: u64 = 12;
 const INITIAL: i64 = 1_000_000;
-const START_MS: u64 = 1_700_000_000_000;
-
-fn job(n: u64) -> String {
-    format!("job-{n:02}")
-}
-
-fn balance_key() -> Key {
-    Key::new(["credits", ACCOUNT]).unwrap()
-}
-
-fn charges_key(job_id: &str) -> Key {
-    Key::new(["charges", job_id]).unwrap()
-}
-
-fn read_number(store: &dyn Store, key: &Key) -> jobsafe::Result<(i64, Option<Version>)> {
-    Ok(match store.get(key)? {
-        Some(entry) => (
-            std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .unwrap_or(i64::MIN),
-            Some(entry.version),
-        ),
-        None => (0, None),
-    })
-}
-
-/// Operations adding `delta` to the job's charge count and taking it from the
-/// balance, each guarded by the version read.
-fn book(store: &dyn Store, job_id: &str, delta: i64) -> jobsafe::Result<Vec<BatchOp>> {
-    let mut ops = Vec::new();
-    for (key, sign) in [(balance_key(), -1), (charges_key(job_id), 1)] {
-        let (value, version) = read_number(store, &key)?;
-        ops.push(BatchOp::Put {
-            key,
-            value: (value + sign * delta).to_string().into_bytes(),
-            expect: version.map_or(Expect::Absent, Expect::Version),
-        });
-    }
-    Ok(ops)
-}
 
 /// The state an external-side-effect step leaves a reservation in, from the
 /// state before it.
@@ -115,7 +74,7 @@ impl Ledger {
         let store = backend.open(&root).unwrap();
         store
             .put(
-                &balance_key(),
+                &balance_key(ACCOUNT),
                 INITIAL.to_string().as_bytes(),
                 Expect::Absent,
             )
@@ -375,7 +334,7 @@ impl Model for Ledger {
         if let Some((balance, _)) = tally.ok(
             iteration,
             "read the balance",
-            read_number(&*store, &balance_key()),
+            read_number(&*store, &balance_key(ACCOUNT)),
         ) && balance != INITIAL - charges_total
         {
             tally.violate(
@@ -417,7 +376,8 @@ pub fn work(backend: Backend, root: &Path, ctx: &ChildContext) -> Outcome {
             external(&ledger, &job_id, rng.u8(0..3) == 0, ctx)?;
         } else if rng.u8(0..3) == 0 {
             ctx.report(&format!("begin refund {job_id}"));
-            let refunded = ledger.refund_with(ACCOUNT, &job_id, |_| book(&*store, &job_id, -1))?;
+            let refunded =
+                ledger.refund_with(ACCOUNT, &job_id, |_| book(&*store, ACCOUNT, &job_id, -1))?;
             let what = if refunded.is_some() {
                 "refunded"
             } else {
@@ -427,7 +387,7 @@ pub fn work(backend: Backend, root: &Path, ctx: &ChildContext) -> Outcome {
         } else {
             ctx.report(&format!("begin charge {job_id}"));
             let what = match ledger.reserve_with(ACCOUNT, &job_id, &ChargeRequest::new(), |_| {
-                book(&*store, &job_id, 1)
+                book(&*store, ACCOUNT, &job_id, 1)
             })? {
                 Reserve::New(_) => "charged",
                 Reserve::Existing(_) => "existing",

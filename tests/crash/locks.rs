@@ -29,11 +29,10 @@ use jobsafe::lock::{Acquire, LockRequest, Release, Renewal};
 use jobsafe::{Clock, JobLock, Key, ManualClock};
 
 use super::backend::Backend;
-use super::part::{ChildContext, Model, Outcome, Tally};
+use super::part::{ChildContext, Model, Outcome, Tally, child_start};
 
 const KEYS: u64 = 3;
 const TTL: Duration = Duration::from_secs(30);
-const START_MS: u64 = 1_700_000_000_000;
 /// Between two children's clocks: past every lease of the earlier one and of the
 /// parent's check.
 const STEP_MS: u64 = 4 * ttl_ms();
@@ -42,14 +41,10 @@ const fn ttl_ms() -> u64 {
     TTL.as_secs() * 1000
 }
 
-fn child_start(iteration: u64) -> u64 {
-    START_MS + iteration * STEP_MS
-}
-
 /// When the parent checks after child `iteration`: every lease the child wrote
 /// has ended.
 fn check_time(iteration: u64) -> u64 {
-    child_start(iteration) + 2 * ttl_ms()
+    child_start(iteration, STEP_MS) + 2 * ttl_ms()
 }
 
 fn lock_key(n: u64) -> Key {
@@ -309,7 +304,7 @@ impl Model for Locks {
 /// Child: acquires each lock in turn, renews it up to twice and releases it,
 /// reporting every step before and after.
 pub fn work(backend: Backend, root: &Path, ctx: &ChildContext) -> Outcome {
-    let start = child_start(ctx.iteration);
+    let start = child_start(ctx.iteration, STEP_MS);
     let clock = ManualClock::new(start);
     let locks = JobLock::new(backend.open(root)?, Arc::new(clock.clone()));
     let request = LockRequest::new().actor(format!("child {}", ctx.iteration));

@@ -11,6 +11,16 @@ use super::{batches, events, ledger, locks, pipelines};
 
 /// The role of a child that runs part workloads.
 pub const ROLE: &str = "crash-worker";
+
+/// Where the parts' manual clocks start.
+pub const START_MS: u64 = 1_700_000_000_000;
+
+/// When the clock of the child of `iteration` starts: `step_ms` after the
+/// previous child's, which a part picks long enough for whatever that child
+/// left timed (leases, TTLs) to have ended.
+pub fn child_start(iteration: u64, step_ms: u64) -> u64 {
+    START_MS + iteration * step_ms
+}
 const PARTS_VAR: &str = "JOBSAFE_CRASH_PARTS";
 const ROOT_VAR: &str = "JOBSAFE_CRASH_ROOT";
 const ITERATION_VAR: &str = "JOBSAFE_CRASH_ITERATION";

@@ -17,22 +17,22 @@
 //! reports are the acknowledged writes the summary counts.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::child::{self, Child};
 use jobsafe::jobs::{JobStatus, NewJob};
 use jobsafe::pipeline::{PurgePolicy, StageAction, StageContext, StageError};
-use jobsafe::{AtomicWriter, ManualClock, Pipeline, Prefix, Store};
+use jobsafe::{ManualClock, Pipeline, Prefix, Store};
 
 use super::backend::Backend;
+use super::part::{START_MS, child_start};
 use super::summary::{Budget, Figures};
 
 /// The child's role, and the variable that names its store's backend.
 pub const ROLE: &str = "pipeline-runner";
 const BACKEND_VAR: &str = "JOBSAFE_TEST_BACKEND";
-const START_MS: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(60);
 const SUBJECTS: usize = 4;
 const FIRST_JOBS: usize = 8;
@@ -125,7 +125,7 @@ fn enqueue(pipeline: &Pipe, first: usize, count: usize) -> Vec<String> {
 
 /// Each child's clock starts past every lease an earlier child held.
 fn child_now(iteration: u64) -> u64 {
-    START_MS + iteration * 2 * LEASE.as_millis() as u64
+    child_start(iteration, 2 * LEASE.as_millis() as u64)
 }
 
 /// Runs the pipeline part on every backend, from the test `test` (whose
@@ -274,7 +274,7 @@ fn kill_runners(test: &str, backend: Backend, budget: Budget, figures: &mut Figu
         verify_job(&pipeline, job, &mut violations);
         verified += 1;
     }
-    let temps = temp_files(&dir.path().join("artifacts"));
+    let temps = crate::common::temp_files_under(&dir.path().join("artifacts")).unwrap();
     if !temps.is_empty() {
         violations.push(format!("temp files left: {temps:?}"));
     }
@@ -332,7 +332,7 @@ fn verify_job(pipeline: &Pipe, job: &str, violations: &mut Vec<String>) {
     {
         violations.push(format!("{job}: wrong shared transcript"));
     }
-    let temps = temp_files(&pipeline.job_dir(job));
+    let temps = crate::common::temp_files_under(&pipeline.job_dir(job)).unwrap();
     if !temps.is_empty() {
         violations.push(format!("{job}: temp files left: {temps:?}"));
     }
@@ -392,22 +392,6 @@ fn check_reports(
         }
     }
     acknowledged
-}
-
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(temp_files(&path));
-        } else if path.to_string_lossy().ends_with(AtomicWriter::TEMP_SUFFIX) {
-            found.push(path);
-        }
-    }
-    found
 }
 
 /// Child: runs passes until no job is due, then reports `idle`.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::*;
-use crate::vfs::VfsFile;
+use crate::testing::{Fault, Faulty, InjectedError, OpKind};
 
 fn open(dir: &Path) -> DirStore {
     DirStore::open(dir).unwrap()
@@ -326,120 +326,10 @@ fn open_without_create_names_the_missing_store() {
     assert!(err.to_string().contains("nope"), "{err}");
 }
 
-/// A Vfs whose file fsyncs fail once armed, after letting `passes` more through.
-#[derive(Debug, Clone, Default)]
-struct FailingSync {
-    armed: std::sync::Arc<AtomicBool>,
-    passes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[derive(Debug)]
-struct FailingFile {
-    inner: std::fs::File,
-    armed: std::sync::Arc<AtomicBool>,
-    passes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl VfsFile for FailingFile {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        VfsFile::write_all(&mut self.inner, buf)
-    }
-    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        VfsFile::read_to_end(&mut self.inner, buf)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        VfsFile::read_at(&self.inner, buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        VfsFile::write_all_at(&self.inner, buf, offset)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        VfsFile::size(&self.inner)
-    }
-    fn try_lock(&self) -> std::io::Result<bool> {
-        VfsFile::try_lock(&self.inner)
-    }
-    fn sync_all(&self) -> std::io::Result<()> {
-        let passes = || {
-            self.passes
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        };
-        if self.armed.load(Ordering::SeqCst) && !passes() {
-            return Err(std::io::Error::from_raw_os_error(5));
-        }
-        VfsFile::sync_all(&self.inner)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.sync_all()
-    }
-    fn lock(&self) -> std::io::Result<()> {
-        VfsFile::lock(&self.inner)
-    }
-    fn lock_shared(&self) -> std::io::Result<()> {
-        VfsFile::lock_shared(&self.inner)
-    }
-    fn unlock(&self) -> std::io::Result<()> {
-        VfsFile::unlock(&self.inner)
-    }
-}
-
-impl Vfs for FailingSync {
-    type File = FailingFile;
-    fn create_new(&self, path: &Path, mode: u32) -> std::io::Result<FailingFile> {
-        let inner = StdVfs.create_new(path, mode)?;
-        Ok(FailingFile {
-            inner,
-            armed: self.armed.clone(),
-            passes: self.passes.clone(),
-        })
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<FailingFile> {
-        let inner = StdVfs.open_read(path)?;
-        Ok(FailingFile {
-            inner,
-            armed: self.armed.clone(),
-            passes: self.passes.clone(),
-        })
-    }
-    fn open_or_create(&self, path: &Path, mode: u32) -> std::io::Result<FailingFile> {
-        let inner = StdVfs.open_or_create(path, mode)?;
-        Ok(FailingFile {
-            inner,
-            armed: self.armed.clone(),
-            passes: self.passes.clone(),
-        })
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdVfs.rename(from, to)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdVfs.hard_link(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.remove_file(path)
-    }
-    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.create_dir(path)
-    }
-    fn remove_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.remove_dir(path)
-    }
-    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-        StdVfs.read_dir(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.sync_dir(path)
-    }
-    fn metadata(&self, path: &Path) -> std::io::Result<crate::vfs::FileInfo> {
-        StdVfs.metadata(path)
-    }
-}
-
 #[test]
 fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let vfs = FailingSync::default();
+    let vfs = Faulty::new(StdVfs);
     let store = DirStore::builder(dir.path())
         .vfs(vfs.clone())
         .open()
@@ -447,14 +337,14 @@ fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
     let k = key(&["k"]);
     let v = store.put(&k, b"kept", Expect::Absent).unwrap();
 
-    vfs.armed.store(true, Ordering::SeqCst);
+    vfs.arm(Fault::from_nth(1).only([OpKind::FileSync]));
     let err = store.put(&k, b"lost?", Expect::Any).unwrap_err();
     assert!(
         matches!(&err, Error::Io { step, .. } if step.contains("fsync")),
         "{err}"
     );
     assert!(store.is_poisoned());
-    vfs.armed.store(false, Ordering::SeqCst);
+    vfs.disarm();
     for err in [
         store.put(&k, b"x", Expect::Any).unwrap_err(),
         store.delete(&k, Expect::Any).unwrap_err(),
@@ -475,15 +365,14 @@ fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
 #[test]
 fn a_batch_that_fails_after_its_journal_is_durable_is_pending_and_completed_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let vfs = FailingSync::default();
+    let vfs = Faulty::new(StdVfs);
     let store = DirStore::builder(dir.path())
         .vfs(vfs.clone())
         .open()
         .unwrap();
     let (a, b) = (key(&["a"]), key(&["b"]));
-    // The journal's fsync passes; the first record's fails.
-    vfs.passes.store(1, Ordering::SeqCst);
-    vfs.armed.store(true, Ordering::SeqCst);
+    // The journal's fsync passes; the first record's fails, and every one after.
+    vfs.arm(Fault::from_nth(2).only([OpKind::FileSync]));
     let batch = Batch::new()
         .put(&a, b"1", Expect::Absent)
         .put(&b, b"2", Expect::Absent);
@@ -636,7 +525,6 @@ fn a_sweep_removes_the_temp_directory_a_crash_left_for_a_long_segment() {
 
 #[test]
 fn a_put_whose_new_directory_was_pruned_before_its_parent_flush_creates_it_again() {
-    use crate::testing::{Fault, Faulty, InjectedError, OpKind};
     // A racing delete of the last key of a directory prunes it (and its empty
     // parents) between this put's `mkdir` and the flush of the parent: the flush
     // finds nothing. Injected here, it must not fail the put.

@@ -1,0 +1,360 @@
+//! A backend written outside the crate, against the public API alone: a
+//! [`Store`] over an in-process record server. It keeps the whole contract, so
+//! it passes every clause of the conformance suite (reopen and corruption
+//! included) and carries the crate's parts; and each flaw planted in it is
+//! reported by the clause about it: a suite that passed every backend would
+//! prove nothing.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobsafe::conformance::{self, Harness};
+use jobsafe::lock::{Acquire, LockRequest, Release};
+use jobsafe::store::{Applied, BatchOp, ListPage, Quarantined};
+use jobsafe::{
+    Batch, Entry, Error, Expect, JobLock, Key, ManualClock, Prefix, Result, Store, Version,
+};
+use parking_lot::RwLock;
+
+/// A deliberate break of the contract, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flaw {
+    None,
+    /// `put(Absent)` overwrites like `put(Any)`.
+    IgnoresAbsent,
+    /// A delete hands its record's version out again (ABA).
+    ReusesVersionsAfterDelete,
+    /// A batch applies the operations before the one that fails.
+    BatchStopsAtConflict,
+    /// `list` matches the prefix as a string, not as whole segments.
+    ListMatchesPartialSegments,
+    /// `list` ignores `after` past the first page.
+    ListRestartsPages,
+    /// A failed precondition reports no current version.
+    ConflictHidesCurrent,
+}
+
+/// What a record server keeps: encoded records, as a remote key-value service
+/// would, so that their bytes can be damaged.
+#[derive(Debug, Default)]
+struct Records {
+    /// Each record as [`encode`] wrote it.
+    live: BTreeMap<Key, Vec<u8>>,
+    /// The last version handed out, to any key: a version is never used twice,
+    /// whatever is deleted or quarantined.
+    last_version: u64,
+    /// Records moved aside, bytes as they were.
+    quarantine: Vec<(Key, Vec<u8>)>,
+}
+
+/// A client of a record server. Clients of one server share its records; one
+/// lock over them makes every batch atomic for concurrent readers.
+#[derive(Debug)]
+struct Toy {
+    server: Arc<RwLock<Records>>,
+    flaw: Flaw,
+}
+
+/// A record's bytes: its version, its value, and a checksum of both.
+fn encode(version: Version, value: &[u8]) -> Vec<u8> {
+    let mut bytes = version.get().to_be_bytes().to_vec();
+    bytes.extend_from_slice(value);
+    let sum = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&sum.to_be_bytes());
+    bytes
+}
+
+fn decode(key: &Key, bytes: &[u8]) -> Result<Entry> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        key: key.clone(),
+        path: None,
+        reason: reason.to_owned(),
+    };
+    if bytes.len() < 12 {
+        return Err(corrupt("shorter than a version and a checksum"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_be_bytes() != sum {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let (version, value) = body.split_at(8);
+    let version = u64::from_be_bytes(version.try_into().unwrap());
+    Ok(Entry::new(value.to_vec(), Version::new(version)))
+}
+
+impl Toy {
+    /// A client of a new, empty server.
+    fn new(flaw: Flaw) -> Self {
+        Toy {
+            server: Arc::default(),
+            flaw,
+        }
+    }
+
+    /// Another client of the same server, as a restarted process would open.
+    fn reconnect(&self) -> Self {
+        Toy {
+            server: self.server.clone(),
+            flaw: self.flaw,
+        }
+    }
+
+    /// Flips a bit of the record of `key`, behind the clients' backs; `false`
+    /// if there is none.
+    fn damage(&self, key: &Key) -> bool {
+        match self.server.write().live.get_mut(key) {
+            Some(bytes) => {
+                bytes[8] ^= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The current record of `key`: an undecodable one is an error, never absent.
+    fn current(records: &Records, key: &Key) -> Result<Option<Entry>> {
+        records.live.get(key).map(|b| decode(key, b)).transpose()
+    }
+
+    /// Checks `expect` against the current record of `key`; returns its version.
+    fn check(&self, records: &Records, key: &Key, expect: Expect) -> Result<Option<Version>> {
+        let current = Self::current(records, key)?.map(|e| e.version);
+        let expect = match (self.flaw, expect) {
+            (Flaw::IgnoresAbsent, Expect::Absent) => Expect::Any,
+            _ => expect,
+        };
+        match expect.check(key, current) {
+            Err(Error::Conflict { key, expected, .. })
+                if self.flaw == Flaw::ConflictHidesCurrent =>
+            {
+                Err(Error::Conflict {
+                    key,
+                    expected,
+                    current: None,
+                })
+            }
+            other => other.map(|()| current),
+        }
+    }
+
+    fn write(&self, records: &mut Records, op: &BatchOp, current: Option<Version>) -> Applied {
+        match op {
+            BatchOp::Put { key, value, .. } => {
+                records.last_version += 1;
+                let version = Version::new(records.last_version);
+                records.live.insert(key.clone(), encode(version, value));
+                Applied::Put(version)
+            }
+            BatchOp::Delete { key, .. } => {
+                let existed = records.live.remove(key).is_some();
+                if let (Flaw::ReusesVersionsAfterDelete, Some(v)) = (self.flaw, current) {
+                    records.last_version = v.get() - 1;
+                }
+                Applied::Deleted(existed)
+            }
+        }
+    }
+}
+
+impl Store for Toy {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        Self::current(&self.server.read(), key)
+    }
+
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        let applied = self.apply(&Batch::new().put(key, value, expect))?;
+        match applied[..] {
+            [Applied::Put(version)] => Ok(version),
+            _ => unreachable!("a put applies as a put: {applied:?}"),
+        }
+    }
+
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        let applied = self.apply(&Batch::new().delete(key, expect))?;
+        Ok(applied[..] == [Applied::Deleted(true)])
+    }
+
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        if limit == 0 {
+            return Err(Error::InvalidArgument(
+                "list limit must be at least 1".into(),
+            ));
+        }
+        let after = after.filter(|_| self.flaw != Flaw::ListRestartsPages);
+        let matches = |key: &Key| match self.flaw {
+            Flaw::ListMatchesPartialSegments => key
+                .segments()
+                .join("/")
+                .starts_with(&prefix.segments().join("/")),
+            _ => key.starts_with(prefix),
+        };
+        let records = self.server.read();
+        let mut keys: Vec<Key> = records
+            .live
+            .keys()
+            .filter(|k| after.is_none_or(|a| *k > a) && matches(k))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Ok(ListPage::new(keys, next))
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        batch.validate()?;
+        let mut records = self.server.write();
+        if self.flaw == Flaw::BatchStopsAtConflict {
+            return batch
+                .ops()
+                .iter()
+                .map(|op| {
+                    let current = self.check(&records, op.key(), op.expect())?;
+                    Ok(self.write(&mut records, op, current))
+                })
+                .collect();
+        }
+        // Every precondition first: a batch that fails changes nothing.
+        let currents = batch
+            .ops()
+            .iter()
+            .map(|op| self.check(&records, op.key(), op.expect()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(batch
+            .ops()
+            .iter()
+            .zip(currents)
+            .map(|(op, current)| self.write(&mut records, op, current))
+            .collect())
+    }
+
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        let mut records = self.server.write();
+        let Some(bytes) = records.live.remove(key) else {
+            return Ok(None);
+        };
+        records.quarantine.push((key.clone(), bytes));
+        let location = format!("quarantine #{}", records.quarantine.len());
+        Ok(Some(Quarantined::new(key.clone(), location)))
+    }
+}
+
+/// Fresh servers, with a client that has `flaw`.
+struct Toys(Flaw);
+
+impl Harness for Toys {
+    type Store = Toy;
+
+    fn fresh(&mut self) -> Result<Toy> {
+        Ok(Toy::new(self.0))
+    }
+
+    fn reopen(&mut self, store: Toy) -> Result<Option<Toy>> {
+        let reopened = store.reconnect();
+        drop(store);
+        Ok(Some(reopened))
+    }
+
+    fn corrupt(&mut self, store: &Toy, key: &Key) -> Result<bool> {
+        Ok(store.damage(key))
+    }
+}
+
+jobsafe::conformance_suite!(contract, Toys(Flaw::None), may_skip: []);
+
+#[test]
+fn a_job_lock_runs_on_it() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let locks = JobLock::new(Toy::new(Flaw::None), Arc::new(clock.clone()));
+    let key = Key::new(["reindex"]).unwrap();
+    let ttl = Duration::from_secs(60);
+    let request = LockRequest::new().actor("worker-1");
+    let Acquire::Acquired(first) = locks.acquire(&key, ttl, &request).unwrap() else {
+        panic!("a free lock was held");
+    };
+    assert!(matches!(
+        locks.acquire(&key, ttl, &request).unwrap(),
+        Acquire::Held(_)
+    ));
+    let token = first.token();
+    assert!(matches!(first.release().unwrap(), Release::Released));
+    let Acquire::Acquired(second) = locks.acquire(&key, ttl, &request).unwrap() else {
+        panic!("a released lock was held");
+    };
+    assert!(second.token() > token);
+}
+
+/// The clauses a store with `flaw` breaks.
+fn violated(flaw: Flaw) -> Vec<&'static str> {
+    let report = conformance::run_all(&mut Toys(flaw));
+    report.violations().map(|(name, _)| name).collect()
+}
+
+#[test]
+fn put_absent_that_overwrites_is_caught() {
+    let caught = violated(Flaw::IgnoresAbsent);
+    assert!(
+        caught.contains(&"put_absent_inserts_only_once"),
+        "{caught:?}"
+    );
+    assert!(
+        caught.contains(&"concurrent_put_absent_has_exactly_one_winner"),
+        "{caught:?}"
+    );
+}
+
+#[test]
+fn versions_reused_after_delete_are_caught() {
+    let caught = violated(Flaw::ReusesVersionsAfterDelete);
+    assert!(caught.contains(&"versions_are_never_reused"), "{caught:?}");
+}
+
+#[test]
+fn batch_applied_up_to_its_failure_is_caught() {
+    let caught = violated(Flaw::BatchStopsAtConflict);
+    // A batch that stops at a damaged record has applied what came before it.
+    assert_eq!(
+        caught,
+        [
+            "batch_conflict_changes_nothing",
+            "corrupt_record_is_reported_never_absent"
+        ]
+    );
+}
+
+#[test]
+fn prefix_matching_part_of_a_segment_is_caught() {
+    let caught = violated(Flaw::ListMatchesPartialSegments);
+    assert!(
+        caught.contains(&"list_is_ordered_and_matches_whole_segments"),
+        "{caught:?}"
+    );
+}
+
+#[test]
+fn pages_that_ignore_the_cursor_are_caught() {
+    let caught = violated(Flaw::ListRestartsPages);
+    assert!(
+        caught.contains(&"list_pages_cover_every_key_once"),
+        "{caught:?}"
+    );
+}
+
+#[test]
+fn conflicts_without_the_current_version_are_caught() {
+    let caught = violated(Flaw::ConflictHidesCurrent);
+    assert!(
+        caught.contains(&"put_absent_inserts_only_once"),
+        "{caught:?}"
+    );
+    assert!(
+        caught.contains(&"put_version_is_compare_and_set"),
+        "{caught:?}"
+    );
+}
