@@ -2,11 +2,13 @@
 //! HTTP client for it (ureq), for its integration tests and its load bench.
 //!
 //! Cargo gives tests no path to an example's binary, so [`relay_binary`] builds
-//! it with the same cargo that runs the tests (`cargo build --example
-//! relay_server --message-format=json`) and takes the path from cargo's own
-//! report of the artifact: right whatever the target directory, profile or
-//! platform, and a no-op when it is up to date. Cargo holds its build lock only
-//! while compiling, so this works from inside `cargo test` and `cargo bench`.
+//! it with the same cargo that runs the tests (`cargo build -p jobsafe
+//! --example relay_server --message-format=json`) and takes the path from
+//! cargo's own report of the artifact: right whatever the target directory,
+//! profile or platform, and a no-op when it is up to date. Cargo holds its build
+//! lock only while compiling, so this works from inside `cargo test` and from
+//! the load bench's `cargo bench -p jobsafe-bench` (a crate of the same
+//! workspace, whose `postgres` feature turns on the library's).
 //!
 //! Waits are bounded ([`WAIT_BOUND`]) only so that a hung server fails instead
 //! of hanging; no result depends on timing.
@@ -54,8 +56,12 @@ pub fn relay_binary(release: bool) -> Res<PathBuf> {
 
 fn build(release: bool) -> Res<PathBuf> {
     let mut cargo = Command::new(env!("CARGO"));
+    // `-p jobsafe`: the example belongs to the root crate, and the load bench
+    // runs it from the bench crate of the same workspace.
     cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
         "build",
+        "-p",
+        "jobsafe",
         "--example",
         "relay_server",
         "--message-format=json",
@@ -70,7 +76,7 @@ fn build(release: bool) -> Res<PathBuf> {
     let output = cargo.stderr(Stdio::piped()).output()?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --example relay_server failed:\n{}",
+            "cargo build -p jobsafe --example relay_server failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         )
         .into());
