@@ -797,3 +797,15 @@ fn a_subscriber_that_saw_the_terminal_event_is_told_the_stream_ended() {
     let subscription = jobs.subscribe(&open.id, 2).unwrap();
     assert!(!subscription.is_finished());
 }
+
+#[test]
+fn a_fresh_job_id_is_a_time_ordered_uuid() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+    let first = jobs.create(NewJob::new("a")).unwrap();
+    let second = jobs.create(NewJob::new("b")).unwrap();
+    assert_ne!(first.id, second.id);
+    for job in [first, second] {
+        let id = uuid::Uuid::parse_str(&job.id).unwrap();
+        assert_eq!(id.get_version(), Some(uuid::Version::SortRand), "{id}");
+    }
+}
