@@ -138,6 +138,9 @@
 // lists the `std` calls that would bypass it. Off in unit tests, which set up
 // and inspect files with `std::fs`; Cargo.toml says why it is off elsewhere.
 #![cfg_attr(not(test), warn(clippy::disallowed_methods))]
+// A dependency the library does not use is an error in CI (clippy runs with
+// `-D warnings`). Not in unit tests, whose build also sees the dev-dependencies.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod atomic;
 mod clock;
@@ -169,6 +172,11 @@ pub use pipeline::Pipeline;
 #[cfg(feature = "postgres")]
 pub use store::PgStore;
 pub use store::{Batch, DirStore, Entry, Expect, LogStore, MemStore, Store, Version};
+
+// The CLI's argument parser: an optional dependency of the package, since Cargo
+// has no dependencies for one binary alone, and so one the library never uses.
+#[cfg(feature = "cli")]
+use clap as _;
 
 /// The README's examples, compiled and run as doctests so that it cannot drift.
 #[cfg(doctest)]
