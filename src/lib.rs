@@ -134,6 +134,14 @@
 //!   `jobsafe --help`. Brings in `clap`. The library itself does not change.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Every filesystem operation of the library goes through the `vfs` layer, so
+// that the fault-injection and power-loss suites see each one: clippy.toml
+// lists the `std` calls that would bypass it. Off in unit tests, which set up
+// and inspect files with `std::fs`; Cargo.toml says why it is off elsewhere.
+#![cfg_attr(not(test), warn(clippy::disallowed_methods))]
+// A dependency the library does not use is an error in CI (clippy runs with
+// `-D warnings`). Not in unit tests, whose build also sees the dev-dependencies.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod atomic;
 mod clock;
@@ -166,6 +174,11 @@ pub use pipeline::Pipeline;
 #[cfg(feature = "postgres")]
 pub use store::PgStore;
 pub use store::{Batch, DirStore, Entry, Expect, LogStore, MemStore, Store, Version};
+
+// The CLI's argument parser: an optional dependency of the package, since Cargo
+// has no dependencies for one binary alone, and so one the library never uses.
+#[cfg(feature = "cli")]
+use clap as _;
 
 /// The README's examples, compiled and run as doctests so that it cannot drift.
 #[cfg(doctest)]

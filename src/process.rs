@@ -6,6 +6,12 @@
 //! but not with the same start time. Everything here only reads small `/proc`
 //! files with plain, size-bounded reads, answers "cannot tell" whenever something
 //! is missing, unreadable or unexpected, and never panics.
+//!
+//! These reads go to `/proc` with `std::fs`, not through the [`vfs`](crate::vfs)
+//! layer: `/proc` is the kernel's view of its processes, not a file of a store,
+//! and the faults and power losses the layer lets tests inject have no meaning
+//! there.
+#![allow(clippy::disallowed_methods)]
 
 use serde::{Deserialize, Serialize};
 

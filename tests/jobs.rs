@@ -882,3 +882,15 @@ fn a_job_state_builder_refuses_a_zero_bound_and_a_namespace_without_room() {
     assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
     assert!(build(1, 1, plain).is_ok());
 }
+
+#[test]
+fn a_fresh_job_id_is_a_time_ordered_uuid() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+    let first = jobs.create(NewJob::new("a")).unwrap();
+    let second = jobs.create(NewJob::new("b")).unwrap();
+    assert_ne!(first.id, second.id);
+    for job in [first, second] {
+        let id = uuid::Uuid::parse_str(&job.id).unwrap();
+        assert_eq!(id.get_version(), Some(uuid::Version::SortRand), "{id}");
+    }
+}

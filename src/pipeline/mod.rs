@@ -283,6 +283,29 @@ pub struct PipelineBuilder<S, V: Vfs = StdVfs> {
     actor: String,
 }
 
+// By hand: the store, the stage bodies and the callbacks are not `Debug`.
+impl<S, V: Vfs> std::fmt::Debug for PipelineBuilder<S, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stages: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("PipelineBuilder")
+            .field("namespace", &self.namespace)
+            .field("root", &self.root)
+            .field("stages", &stages)
+            .field("writer", &self.writer)
+            .field("lease", &self.lease)
+            .field("skew_margin", &self.skew_margin)
+            .field("renew_every", &self.renew_every)
+            .field("retry", &self.retry)
+            .field("purge", &self.purge)
+            .field("purge_every", &self.purge_every)
+            .field("custom_result", &self.result.is_some())
+            .field("ledger", &self.ledger.is_some())
+            .field("observer", &self.observer.is_some())
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: Store + 'static> Pipeline<S> {
     /// Starts building a pipeline keeping records in `store`, timed by `clock`,
     /// with artifacts under the directory `artifact_root` (created when needed).

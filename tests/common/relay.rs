@@ -2,11 +2,13 @@
 //! HTTP client for it (ureq), for its integration tests and its load bench.
 //!
 //! Cargo gives tests no path to an example's binary, so [`relay_binary`] builds
-//! it with the same cargo that runs the tests (`cargo build --example
-//! relay_server --message-format=json`) and takes the path from cargo's own
-//! report of the artifact: right whatever the target directory, profile or
-//! platform, and a no-op when it is up to date. Cargo holds its build lock only
-//! while compiling, so this works from inside `cargo test` and `cargo bench`.
+//! it with the same cargo that runs the tests (`cargo build -p jobsafe
+//! --example relay_server --message-format=json`) and takes the path from
+//! cargo's own report of the artifact: right whatever the target directory,
+//! profile or platform, and a no-op when it is up to date. Cargo holds its build
+//! lock only while compiling, so this works from inside `cargo test` and from
+//! the load bench's `cargo bench -p jobsafe-bench` (a crate of the same
+//! workspace, whose `postgres` feature turns on the library's).
 //!
 //! Waits are bounded ([`WAIT_BOUND`]) only so that a hung server fails instead
 //! of hanging; no result depends on timing.
@@ -56,8 +58,12 @@ pub fn relay_binary(release: bool) -> Res<PathBuf> {
 /// is not built twice) and returns the path of its executable.
 pub fn example_binary(name: &str, release: bool) -> Res<PathBuf> {
     let mut cargo = Command::new(env!("CARGO"));
+    // `-p jobsafe`: the example belongs to the root crate, and the load bench
+    // runs it from the bench crate of the same workspace.
     cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
         "build",
+        "-p",
+        "jobsafe",
         "--example",
         name,
         "--message-format=json",
@@ -65,7 +71,9 @@ pub fn example_binary(name: &str, release: bool) -> Res<PathBuf> {
     if release {
         cargo.arg("--release");
     }
-    // The same features as this binary: the library is not built twice.
+    // The same features as this binary: the library is not built twice. (The
+    // load bench, a package without a `cli` feature, includes this file too.)
+    #[allow(unexpected_cfgs)]
     let features: Vec<&str> = [
         ("postgres", cfg!(feature = "postgres")),
         ("cli", cfg!(feature = "cli")),
@@ -79,7 +87,8 @@ pub fn example_binary(name: &str, release: bool) -> Res<PathBuf> {
     let output = cargo.stderr(Stdio::piped()).output()?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --example {name} failed:\n{}",
+            "cargo build -p jobsafe --example {name} failed:
+{}",
             String::from_utf8_lossy(&output.stderr)
         )
         .into());

@@ -7,6 +7,10 @@
 //! stores). `jobsafe --help` and `jobsafe COMMAND --help` say what each command
 //! reads and what it changes.
 
+// The tool reads and changes stores only through the library (and its vfs
+// layer), never behind its back: see `disallowed-methods` in clippy.toml.
+#![warn(clippy::disallowed_methods)]
+
 // First: its `out!` macro is used by the modules after it.
 #[macro_use]
 mod output;

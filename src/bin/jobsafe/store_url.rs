@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use jobsafe::vfs::{FileKind, StdVfs, Vfs};
 use jobsafe::{DirStore, LogStore, Store};
 
 use crate::exit::Failure;
@@ -79,7 +80,12 @@ impl StoreUrl {
     pub(crate) fn open(&self, pg: &PgNames) -> Result<Opened, Failure> {
         let name = self.to_string();
         let missing_dir = |path: &PathBuf| {
-            if path.is_dir() {
+            // `path/.`: a symbolic link naming the store's directory is
+            // followed on the way to `.`, which `metadata` alone would not do.
+            if StdVfs
+                .metadata(&path.join("."))
+                .is_ok_and(|info| info.kind == FileKind::Dir)
+            {
                 Ok(())
             } else {
                 Err(Failure::new(

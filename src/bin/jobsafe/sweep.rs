@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jobsafe::AtomicWriter;
+use jobsafe::vfs::{FileKind, StdVfs, Vfs};
 use serde_json::json;
 
 use crate::cli::Ctx;
@@ -91,15 +92,20 @@ fn dirs_below(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
     let mut dirs = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
+        let names = StdVfs.read_dir(&dir).map_err(|e| {
             Failure::new(
                 Code::Error,
                 format!("sweep: read directory {}: {e}", dir.display()),
             )
         })?;
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(entry.path());
+        for name in names {
+            let path = dir.join(name);
+            // `metadata` does not follow a symbolic link: one is never a `Dir`.
+            if StdVfs
+                .metadata(&path)
+                .is_ok_and(|info| info.kind == FileKind::Dir)
+            {
+                pending.push(path);
             }
         }
         dirs.push(dir);

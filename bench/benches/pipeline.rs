@@ -6,7 +6,8 @@
 //! either way).
 //! Flushes are counted through jobsafe's I/O layer, per stage.
 //!
-//! `cargo bench --bench pipeline`; `JOBSAFE_BENCH_SMOKE=1` for a seconds-long check.
+//! `cargo bench -p jobsafe-bench --bench pipeline`; `JOBSAFE_BENCH_SMOKE=1` for a
+//! seconds-long check.
 
 mod common;
 

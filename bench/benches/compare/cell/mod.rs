@@ -173,7 +173,8 @@ impl Impl {
         }
         std::env::var_os("JOBSAFE_PG_URL").is_none().then(|| {
             "pgstore needs a server: JOBSAFE_PG_URL names none (`bash .ci/postgres.sh \
-             cargo bench --features postgres --bench compare` starts one on loopback)"
+             cargo bench -p jobsafe-bench --features postgres --bench compare` starts \
+             one on loopback)"
                 .to_owned()
         })
     }

@@ -1,7 +1,8 @@
 //! What a durable change costs through jobsafe, next to what it cannot cost less
 //! than, and next to the alternatives, all measured in one run on one disk.
 //!
-//! `cargo bench --bench store` measures, in a directory under `target/`:
+//! `cargo bench -p jobsafe-bench --bench store` measures, in a directory under
+//! `target/`:
 //!
 //! 1. The raw limits, with `std::fs` alone: replacing a 4 KiB file (temp file, fsync,
 //!    rename, directory fsync), appending 256 bytes + `fdatasync`, overwriting 256

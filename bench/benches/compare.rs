@@ -3,7 +3,7 @@
 //! same disk (a directory under `target/`): see DESIGN.md, "Performance and
 //! how it is measured".
 //!
-//! `cargo bench --bench compare` runs four sections:
+//! `cargo bench -p jobsafe-bench --bench compare` runs four sections:
 //!
 //! 1. `table`: every bench by every implementation at 1, 4 and 16 threads.
 //!    - Benches: `reserve_new` (a `JobLedger` reserve of a new job id: one
@@ -25,12 +25,12 @@
 //!      file per thread, and `raw_group` (the threads append to one file, one
 //!      leader `fdatasync`s each batch: the limit of group commit).
 //!      Built with the feature `postgres` and a server named by
-//!      `JOBSAFE_PG_URL` (`bash .ci/postgres.sh cargo bench --features postgres
-//!      --bench compare` starts one on loopback), `pgstore` adds jobsafe's
-//!      ledger and locks over `PgStore` (`Durability::Full`, a schema per cell,
-//!      one connection pool shared by the threads) for `reserve_new`,
-//!      `reserve_dup` and `lock_cycle`; its flushes happen in the server and
-//!      show as `n/a`.
+//!      `JOBSAFE_PG_URL` (`bash .ci/postgres.sh cargo bench -p jobsafe-bench
+//!      --features postgres --bench compare` starts one on loopback), `pgstore`
+//!      adds jobsafe's ledger and locks over `PgStore` (`Durability::Full`, a
+//!      schema per cell, one connection pool shared by the threads) for
+//!      `reserve_new`, `reserve_dup` and `lock_cycle`; its flushes happen in the
+//!      server and show as `n/a`.
 //!    - Each cell starts fresh with 1,000 records (reservations, or keys for
 //!      put, get and lifecycle) loaded untimed, then runs its threads for the
 //!      cell time and records every operation's latency. It reports ops/s,
@@ -58,6 +58,8 @@
 //! "p50_us", "p99_us", "fsyncs_per_op", "ops"}`; the flatness rows as
 //! `reserve_new_<size>`) and an SVG chart per bench (throughput against
 //! thread count, a line per implementation) to `target/compare-<bench>.svg`.
+//! `target/` is the workspace's target directory (`CARGO_TARGET_DIR` where
+//! set), not one of the bench crate's own.
 //!
 //! # Options
 //!
@@ -76,7 +78,7 @@
 //! | `JOBSAFE_COMPARE_RECORDS` | `--records` | `1000000`: the large size of `flat`, `reopen`, `compaction` |
 //!
 //! A quick run of the table takes under a minute:
-//! `cargo bench --bench compare -- --sections table --secs 0.2`.
+//! `cargo bench -p jobsafe-bench --bench compare -- --sections table --secs 0.2`.
 //! `JOBSAFE_BENCH_SMOKE=1` runs every path in seconds with tiny counts and
 //! sizes (CI does this); its figures mean nothing.
 

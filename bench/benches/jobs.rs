@@ -4,7 +4,8 @@
 //! layer. A lifecycle is six durable writes (create, start, three stages,
 //! complete), so its flushes per operation are per whole job.
 //!
-//! `cargo bench --bench jobs`; `JOBSAFE_BENCH_SMOKE=1` for a seconds-long check.
+//! `cargo bench -p jobsafe-bench --bench jobs`; `JOBSAFE_BENCH_SMOKE=1` for a
+//! seconds-long check.
 
 mod common;
 

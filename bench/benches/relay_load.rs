@@ -11,13 +11,15 @@
 //! Figures are for one machine and one disk at one time: compare the columns of
 //! one run, not runs.
 //!
-//! `cargo bench --bench relay_load`; `JOBSAFE_BENCH_SMOKE=1` for a
-//! seconds-long check; `JOBSAFE_BENCH_OPS=N` requests per client thread and
-//! operation; `JOBSAFE_BENCH_THREADS=N` client threads (default 8).
+//! `cargo bench -p jobsafe-bench --bench relay_load` (it builds the example with
+//! `cargo build -p jobsafe --example relay_server --release` first, a no-op when
+//! it is up to date); `JOBSAFE_BENCH_SMOKE=1` for a seconds-long check;
+//! `JOBSAFE_BENCH_OPS=N` requests per client thread and operation;
+//! `JOBSAFE_BENCH_THREADS=N` client threads (default 8).
 
 mod common;
 #[allow(dead_code, unreachable_pub)]
-#[path = "../tests/common/relay.rs"]
+#[path = "../../tests/common/relay.rs"]
 mod relay;
 
 use std::sync::Barrier;

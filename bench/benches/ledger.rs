@@ -2,7 +2,8 @@
 //! SQLite and the naive JSON file, and whether that cost stays flat as the ledger
 //! grows, all measured in one run on one disk.
 //!
-//! `cargo bench --bench ledger` measures, in a directory under `target/`:
+//! `cargo bench -p jobsafe-bench --bench ledger` measures, in a directory under
+//! `target/`:
 //!
 //! 1. Throughput: reserves of new job ids and retries of reserved ones, from 1
 //!    and from 4 threads, by `JobLedger<DirStore>` (`Durability::Full`, its

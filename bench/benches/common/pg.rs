@@ -1,7 +1,7 @@
 //! `PgStore` contenders: a server named by `JOBSAFE_PG_URL`, on loopback so that
 //! its figures sit beside the embedded stores' (`bash .ci/postgres.sh cargo bench
-//! --features postgres --bench ledger` starts one). Each round gets a store in a
-//! schema of its own; [`drop_schemas`] removes them all.
+//! -p jobsafe-bench --features postgres --bench ledger` starts one). Each round
+//! gets a store in a schema of its own; [`drop_schemas`] removes them all.
 
 use jobsafe::{Durability, PgStore};
 
@@ -17,7 +17,8 @@ pub(crate) fn url() -> Option<String> {
     if url.is_none() {
         println!(
             "PgStore rows skipped: {URL_VAR} names no server (`bash .ci/postgres.sh cargo \
-             bench --features postgres --bench NAME` starts one on loopback)\n"
+             bench -p jobsafe-bench --features postgres --bench NAME` starts one on \
+             loopback)\n"
         );
     }
     url

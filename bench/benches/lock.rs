@@ -2,9 +2,9 @@
 //! to what the same lease costs in SQLite and in a bare map, all measured in one
 //! run on one disk.
 //!
-//! `cargo bench --bench lock` measures acquire + release cycles per second (see
-//! [`common::lease`] for the cycle, the keys and why), in a directory under
-//! `target/`:
+//! `cargo bench -p jobsafe-bench --bench lock` measures acquire + release cycles
+//! per second (see [`common::lease`] for the cycle, the keys and why), in a
+//! directory under `target/`:
 //!
 //! 1. Durable: `JobLock` on [`DirStore`] at `Durability::Full`, its flushes counted
 //!    through jobsafe's I/O layer, in rounds alternating with SQLite's lease cycle
