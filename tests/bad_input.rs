@@ -1206,3 +1206,151 @@ fn a_checkpoint_of_a_newer_schema_is_never_moved_aside_or_rewritten() -> TestRes
     assert!(locks.is_empty(), "{locks:?}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// Damaged sectors in a LogStore journal
+// ---------------------------------------------------------------------------------
+
+/// Where each frame of a journal starts and ends, read from their headers
+/// (magic, payload length, journal id, sequence, checksum: 28 bytes).
+fn frame_spans(journal: &[u8]) -> Vec<(usize, usize)> {
+    const HEADER: usize = 28;
+    let mut spans = Vec::new();
+    let mut at = 32; // after the file header
+    while journal.len() >= at + HEADER && &journal[at..at + 4] == b"JSFR" {
+        let len = u32::from_le_bytes(journal[at + 4..at + 8].try_into().unwrap()) as usize;
+        spans.push((at, at + HEADER + len));
+        at += HEADER + len;
+    }
+    spans
+}
+
+/// What opening a damaged copy of a store found.
+#[derive(Default)]
+struct SweepCounts {
+    tried: usize,
+    reported: usize,
+    tail: usize,
+    intact: usize,
+    silent: Vec<String>,
+}
+
+#[test]
+fn a_damaged_sector_anywhere_in_a_journal_is_reported_or_is_a_torn_tail() {
+    const FRAMES: usize = 50;
+    const SECTOR: usize = 512;
+    let dir = tempdir().unwrap();
+    let original = dir.path().join("original");
+    let written: Vec<(Key, Vec<u8>)> = {
+        let store = LogStore::open(&original).unwrap();
+        (0..FRAMES)
+            .map(|i| {
+                let key = common::key(&format!("k/{i:02}"));
+                let value = format!("value {i} {}", "x".repeat(i % 7)).into_bytes();
+                store.put(&key, &value, Expect::Absent).unwrap(); // one frame each
+                (key, value)
+            })
+            .collect()
+    };
+    let journal_path = original.join("journal");
+    let full = fs::read(&journal_path).unwrap();
+    let spans = frame_spans(&full);
+    assert!(spans.len() >= FRAMES, "{} frames", spans.len());
+    let end = spans.last().unwrap().1;
+    // The preallocated zeros past the frames are cut to a sector, so that each
+    // trial copies kilobytes, not megabytes: a journal may end anywhere.
+    let journal = &full[..end + SECTOR];
+
+    let mut counts = SweepCounts::default();
+    let mut rng = fastrand::Rng::with_seed(0x5EC7_0125);
+    let trial = dir.path().join("trial");
+    common::copy_tree(&original, &trial);
+    // Every byte offset and every sector boundary; plain `cargo test` tries every
+    // `JOBSAFE_DAMAGE_SWEEP_STRIDE`-th byte offset (7 by default) to stay quick,
+    // and `.ci/run` sets it to 1.
+    let stride: usize = std::env::var("JOBSAFE_DAMAGE_SWEEP_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7)
+        .max(1);
+    let offsets: Vec<usize> = (0..end)
+        .step_by(stride)
+        .chain((0..end).step_by(SECTOR))
+        .collect();
+    for (i, &at) in offsets.iter().enumerate() {
+        for filler in ["zeros", "random"] {
+            let mut damaged = journal.to_vec();
+            damaged.resize(damaged.len().max(at + SECTOR), 0);
+            for byte in &mut damaged[at..at + SECTOR] {
+                *byte = if filler == "zeros" { 0 } else { rng.u8(..) };
+            }
+            if damaged[..journal.len()] == *journal
+                && damaged[journal.len()..].iter().all(|&b| b == 0)
+            {
+                continue; // nothing changed
+            }
+            counts.tried += 1;
+            // The marker and lock file stay; each trial brings its own journal.
+            fs::write(trial.join("journal"), &damaged).unwrap();
+            let what = format!("{SECTOR} bytes of {filler} at byte {at} (trial {i})");
+            // No flush: the trial copies are thrown away, and repairs of a torn
+            // tail would otherwise cost an fsync each.
+            let opened = LogStore::builder(&trial)
+                .durability(jobsafe::Durability::AtomicOnly)
+                .create(false)
+                .open();
+            let store = match opened {
+                Err(e) if e.is_corrupt() => {
+                    counts.reported += 1;
+                    continue;
+                }
+                Err(e) => panic!("{what}: open failed with an error that is not damage: {e}"),
+                Ok(store) => store,
+            };
+            // What the store serves must be what was written; what it lost must
+            // be a tail: no intact frame after the damage.
+            let mut lost = 0;
+            for (key, value) in &written {
+                match store.get(key) {
+                    Ok(Some(entry)) if entry.value == *value => {}
+                    Ok(None) => lost += 1,
+                    Ok(Some(entry)) => counts.silent.push(format!(
+                        "{what}: {key} served {:?}, never written",
+                        String::from_utf8_lossy(&entry.value)
+                    )),
+                    Err(e) if e.is_corrupt() => {}
+                    Err(e) => panic!("{what}: get {key}: {e}"),
+                }
+            }
+            let intact_after = spans.iter().any(|&(start, _)| start >= at + SECTOR);
+            match (lost, intact_after) {
+                (0, _) => counts.intact += 1,
+                (_, false) => counts.tail += 1,
+                (_, true) => counts.silent.push(format!(
+                    "{what}: {lost} acknowledged records lost without an error, though \
+                     intact frames follow the damage"
+                )),
+            }
+        }
+    }
+    println!(
+        "damage_sweep: store=log frames={} journal_bytes={end} stride={stride} tried={} tail={} reported={} \
+         intact={} silent={}",
+        spans.len(),
+        counts.tried,
+        counts.tail,
+        counts.reported,
+        counts.intact,
+        counts.silent.len()
+    );
+    assert!(
+        counts.silent.is_empty(),
+        "{} silent losses, first: {}",
+        counts.silent.len(),
+        counts.silent[0]
+    );
+    assert!(
+        counts.reported > 0 && counts.tail > 0,
+        "the sweep exercised nothing"
+    );
+}

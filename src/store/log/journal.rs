@@ -266,6 +266,10 @@ pub(crate) fn scan<F: VfsFile + ?Sized>(
     let mut window = Window::new(file);
     let mut at = from.max(FILE_HEADER_LEN);
     let mut seq = first_seq;
+    // Writers append under an exclusive lock and readers scan under a shared
+    // one, so the length stays put while this runs. A frame may not claim more
+    // than the file holds: checked before anything is allocated for it.
+    let file_len = file.size()?;
     let stop = |at, seq, stop| ScanEnd {
         end: at,
         next_seq: seq,
@@ -292,6 +296,13 @@ pub(crate) fn scan<F: VfsFile + ?Sized>(
             HeaderRead::Frame { payload_len, .. } => payload_len,
         };
         let payload_at = at + FRAME_HEADER_LEN as u64;
+        if payload_at.saturating_add(payload_len as u64) > file_len {
+            return Ok(Ok(stop(
+                at,
+                seq,
+                bad(at, "frame ends beyond the end of the file"),
+            )));
+        }
         let payload = window.read(payload_at, payload_len)?;
         if payload.len() < payload_len {
             return Ok(Ok(stop(at, seq, bad(at, "file ends inside a frame"))));
@@ -352,4 +363,94 @@ fn later_intact_frame<F: VfsFile + ?Sized>(
         at = candidate + 1;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::log::FIRST_SEQ;
+
+    /// A journal in memory that remembers the largest read asked of it.
+    #[derive(Debug, Default)]
+    struct Recorded {
+        bytes: Vec<u8>,
+        largest_read: AtomicUsize,
+    }
+
+    impl VfsFile for Recorded {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.bytes.extend_from_slice(buf);
+            Ok(())
+        }
+        fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+            buf.extend_from_slice(&self.bytes);
+            Ok(self.bytes.len())
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.largest_read.fetch_max(buf.len(), Ordering::Relaxed);
+            let from = (offset as usize).min(self.bytes.len());
+            let n = buf.len().min(self.bytes.len() - from);
+            buf[..n].copy_from_slice(&self.bytes[from..from + n]);
+            Ok(n)
+        }
+        fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            Err(io::Error::other("read only"))
+        }
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.bytes.len() as u64)
+        }
+        fn sync_all(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn lock(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn lock_shared(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn try_lock(&self) -> io::Result<bool> {
+            Ok(true)
+        }
+        fn unlock(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Regression: a damaged header claiming a payload of a gigabyte made the
+    /// reader allocate a gigabyte before it looked at the file's length.
+    #[test]
+    fn a_frame_claiming_more_than_the_file_holds_is_bad_before_anything_is_allocated() {
+        let header = FileHeader {
+            journal_id: 7,
+            generation: 0,
+        };
+        let mut bytes = header.encode().to_vec();
+        let mut frame = [0u8; FRAME_HEADER_LEN];
+        frame[..4].copy_from_slice(b"JSFR");
+        frame[4..8].copy_from_slice(&((1u32 << 30) - 1).to_le_bytes());
+        frame[8..16].copy_from_slice(&7u64.to_le_bytes());
+        frame[16..24].copy_from_slice(&FIRST_SEQ.to_le_bytes());
+        bytes.extend_from_slice(&frame);
+        bytes.resize(4 << 20, 0);
+        let file = Recorded {
+            bytes,
+            largest_read: AtomicUsize::new(0),
+        };
+        let end = scan(&file, &header, 0, u64::MAX, FIRST_SEQ, |_| Ok(()))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&end.stop, Stop::Bad { offset, reason } if *offset == FILE_HEADER_LEN
+                && reason.contains("beyond the end of the file")),
+            "{:?}",
+            end.stop
+        );
+        assert!(file.largest_read.load(Ordering::Relaxed) <= 4 << 20);
+    }
 }

@@ -34,7 +34,31 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, In
     };
     let mut index = Index::default();
     let stop = read_into(&mut journal, &mut index, path)?;
+    if stop == Stop::End {
+        check_no_frame_after_zeros(&journal, path)?;
+    }
     Ok((journal, index, stop))
+}
+
+/// Reading stopped at zeros, where the journal's preallocated space begins, or
+/// where damage zeroed a frame's header (a bad sector, say). Only the second
+/// leaves an intact frame of this journal after it: that is damage in the
+/// middle, reported, never the silent loss of every frame after it.
+///
+/// Reads the rest of the file once, so it runs when a journal is loaded (open,
+/// or a reload after a compaction), not on every catch-up.
+fn check_no_frame_after_zeros<F: VfsFile>(journal: &Journal<F>, path: &Path) -> Result<()> {
+    match journal.later_intact_frame().at("scan journal", path)? {
+        None => Ok(()),
+        Some(later) => Err(Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the frame at byte {} is zeros, but the frame at byte {later}, written after \
+                 it, is intact: the journal is damaged in the middle",
+                journal.end
+            ),
+        }),
+    }
 }
 
 /// Reads the frames appended after `journal.end` into `index`; returns why it
