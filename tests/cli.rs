@@ -1391,6 +1391,75 @@ fn a_postgres_url_without_the_feature_says_how_to_build_and_hides_the_password()
     assert!(!failed.stderr.contains("s3cret"));
 }
 
+/// A store URL with a password in each form it can take, and how the tool names
+/// it. Every password is made of `Zq` pieces, so that a piece leaking shows.
+/// Nothing listens on port 1 of loopback.
+const PASSWORD_FORMS: &[(&str, &str)] = &[
+    (
+        "postgres://app:Zq1@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgresql://app:Zq1@127.0.0.1:1/jobs",
+        "postgresql://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app@127.0.0.1:1/jobs?password=Zq1",
+        "postgres://app@127.0.0.1:1/jobs?password=***",
+    ),
+    (
+        "postgres://app@127.0.0.1:1/jobs?connect_timeout=2&password=Zq1",
+        "postgres://app@127.0.0.1:1/jobs?connect_timeout=2&password=***",
+    ),
+    (
+        "postgres://app@127.0.0.1:1/jobs?password=Zq1&Zq2&sslmode=disable",
+        "postgres://app@127.0.0.1:1/jobs?password=***",
+    ),
+    (
+        "postgres://app:Zq1/Zq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app:Zq1?Zq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app:Zq1@Zq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app:Zq1%2FZq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "host=127.0.0.1 port=1 user=app password=Zq1",
+        "host=127.0.0.1 port=1 user=app password=***",
+    ),
+];
+
+/// Built without `postgres`, the tool refuses each URL naming it; built with
+/// it, it fails to connect (or to read the URL) naming it. Either way, not a
+/// piece of the password is printed.
+#[test]
+fn a_postgres_password_is_hidden_from_the_error_line_in_every_form() {
+    for (url, shown) in PASSWORD_FORMS {
+        let failed = run(&["--store", url, "jobs", "list"]);
+        assert!(
+            if cfg!(feature = "postgres") {
+                failed.code == ERROR || failed.code == USAGE
+            } else {
+                failed.code == USAGE
+            },
+            "{url}: {}: {}",
+            failed.code,
+            failed.stderr
+        );
+        assert!(failed.stderr.contains(shown), "{url}: {}", failed.stderr);
+        assert!(!failed.stderr.contains("Zq"), "{url}: {}", failed.stderr);
+        assert!(failed.stdout.is_empty(), "{url}: {}", failed.stdout);
+    }
+}
+
 #[test]
 fn an_unreadable_record_is_reported_and_fails_the_listing() {
     let fx = prepare(Backend::Dir);

@@ -44,7 +44,8 @@ line) for lists and for the events of jobs events and jobs watch.
 Text from the store is written by services and their clients: the tool shows it
 with control characters (C0, DEL, C1) and bidirectional controls escaped, as \\u{1b}
 for ESC, so that no record can drive the terminal or reorder a line. --json keeps
-the exact text, with those characters as JSON \\u escapes.";
+the exact text, with those characters as JSON \\u escapes. A PostgreSQL password is
+never printed.";
 
 /// The whole command line.
 #[derive(Parser, Debug)]
