@@ -1391,6 +1391,75 @@ fn a_postgres_url_without_the_feature_says_how_to_build_and_hides_the_password()
     assert!(!failed.stderr.contains("s3cret"));
 }
 
+/// A store URL with a password in each form it can take, and how the tool names
+/// it. Every password is made of `Zq` pieces, so that a piece leaking shows.
+/// Nothing listens on port 1 of loopback.
+const PASSWORD_FORMS: &[(&str, &str)] = &[
+    (
+        "postgres://app:Zq1@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgresql://app:Zq1@127.0.0.1:1/jobs",
+        "postgresql://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app@127.0.0.1:1/jobs?password=Zq1",
+        "postgres://app@127.0.0.1:1/jobs?password=***",
+    ),
+    (
+        "postgres://app@127.0.0.1:1/jobs?connect_timeout=2&password=Zq1",
+        "postgres://app@127.0.0.1:1/jobs?connect_timeout=2&password=***",
+    ),
+    (
+        "postgres://app@127.0.0.1:1/jobs?password=Zq1&Zq2&sslmode=disable",
+        "postgres://app@127.0.0.1:1/jobs?password=***",
+    ),
+    (
+        "postgres://app:Zq1/Zq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app:Zq1?Zq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app:Zq1@Zq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "postgres://app:Zq1%2FZq2@127.0.0.1:1/jobs",
+        "postgres://app:***@127.0.0.1:1/jobs",
+    ),
+    (
+        "host=127.0.0.1 port=1 user=app password=Zq1",
+        "host=127.0.0.1 port=1 user=app password=***",
+    ),
+];
+
+/// Built without `postgres`, the tool refuses each URL naming it; built with
+/// it, it fails to connect (or to read the URL) naming it. Either way, not a
+/// piece of the password is printed.
+#[test]
+fn a_postgres_password_is_hidden_from_the_error_line_in_every_form() {
+    for (url, shown) in PASSWORD_FORMS {
+        let failed = run(&["--store", url, "jobs", "list"]);
+        assert!(
+            if cfg!(feature = "postgres") {
+                failed.code == ERROR || failed.code == USAGE
+            } else {
+                failed.code == USAGE
+            },
+            "{url}: {}: {}",
+            failed.code,
+            failed.stderr
+        );
+        assert!(failed.stderr.contains(shown), "{url}: {}", failed.stderr);
+        assert!(!failed.stderr.contains("Zq"), "{url}: {}", failed.stderr);
+        assert!(failed.stdout.is_empty(), "{url}: {}", failed.stdout);
+    }
+}
+
 #[test]
 fn an_unreadable_record_is_reported_and_fails_the_listing() {
     let fx = prepare(Backend::Dir);
@@ -1439,6 +1508,7 @@ fn every_command_explains_itself_in_help() {
         "JOBSAFE_STORE",
         "Exit codes",
         "--yes",
+        r"escaped, as \u{1b}",
     ] {
         assert!(top.stdout.contains(text), "--help lacks {text:?}");
     }
@@ -1476,6 +1546,369 @@ fn every_command_explains_itself_in_help() {
         );
     }
     run(&["jobs", "frobnicate"]).expect(USAGE);
+}
+
+// ---------------------------------------------------------------------------------
+// Hostile stored text
+// ---------------------------------------------------------------------------------
+
+/// Text a service's client may have put in a record: a screen clear, a CSI in
+/// its 8-bit form (U+009B), a right-to-left override, a carriage return and a
+/// tab.
+const HOSTILE: &str = "x\u{1b}[2J\u{9b}31m\u{202e}gpj.exe\r\ty";
+/// How the tool shows it to people.
+const HOSTILE_SHOWN: &str = r"x\u{1b}[2J\u{9b}31m\u{202e}gpj.exe\u{d}\u{9}y";
+/// The id of a queued job, hostile too.
+const HOSTILE_ID: &str = "job-\u{1b}]0;owned\u{7}\u{2066}q";
+const HOSTILE_ID_SHOWN: &str = r"job-\u{1b}]0;owned\u{7}\u{2066}q";
+
+/// Whether a terminal may obey `c` or reorder a line around it: C0 controls,
+/// DEL, C1 controls (Rust's `is_control`) and the bidirectional controls.
+fn obeyed_by_terminals(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Fails unless `text` holds no character a terminal obeys, but for the line
+/// breaks in `allowed`.
+#[track_caller]
+fn assert_no_raw_controls(what: &str, text: &str, allowed: &[char]) {
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| obeyed_by_terminals(*c) && !allowed.contains(c))
+        .collect();
+    assert!(raw.is_empty(), "{what}: raw {raw:?} in {text:?}");
+}
+
+/// A store where the text of every field the tool shows is [`HOSTILE`]: a
+/// failed job (kind, owner, stage, progress, metadata, an event's type and
+/// data, its error message), a queued one, a held lock (key, actor,
+/// metadata), a charged reservation and a pending one (account, fingerprint,
+/// metadata).
+fn prepare_hostile() -> Fixture {
+    let fx = Fixture::empty(Backend::Log);
+    let store = fx.store();
+    let clock = fx.clock();
+    let jobs = JobState::new(Arc::clone(&store), clock.clone());
+    let job = NewJob::new(HOSTILE)
+        .id("job-hostile")
+        .owner(HOSTILE)
+        .meta("note", HOSTILE);
+    jobs.create(job).unwrap();
+    let worker = jobs.start("job-hostile", None).unwrap();
+    jobs.set_stage(&worker, HOSTILE).unwrap();
+    jobs.progress(&worker, HOSTILE).unwrap();
+    jobs.append_event(&worker, HOSTILE, json!({ "text": HOSTILE }))
+        .unwrap();
+    let error = JobError::new(HOSTILE).internal(HOSTILE);
+    jobs.fail(&worker, error, FailureKind::Permanent).unwrap();
+    jobs.create(NewJob::new(HOSTILE).id(HOSTILE_ID)).unwrap();
+
+    let locks = JobLock::new(Arc::clone(&store), clock.clone());
+    let request = LockRequest::new().actor(HOSTILE).meta("reason", HOSTILE);
+    let Acquire::Acquired(held) = locks
+        .acquire(&hostile_lock(), Duration::from_secs(3600), &request)
+        .unwrap()
+    else {
+        panic!("the lock is free");
+    };
+    let _ = held.into_handle();
+
+    let ledger = JobLedger::new(store, clock);
+    let charge = ChargeRequest::new()
+        .fingerprint(HOSTILE)
+        .meta("tier", HOSTILE);
+    ledger.reserve(HOSTILE, "job-h1", &charge).unwrap();
+    ledger.reserve_pending(HOSTILE, "job-h2", &charge).unwrap();
+    fx
+}
+
+fn hostile_lock() -> Key {
+    Key::new(["index", HOSTILE]).unwrap()
+}
+
+/// Every string in `value`, keys included.
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().flat_map(strings).collect(),
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| std::iter::once(k.clone()).chain(strings(v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn tables_fields_and_error_lines_show_stored_control_and_bidi_characters_escaped() {
+    let fx = prepare_hostile();
+    let lock = hostile_lock().to_string();
+    let charged = format!("{HOSTILE}/job-h1");
+    for args in [
+        vec!["jobs", "list"],
+        vec!["jobs", "show", "job-hostile"],
+        vec!["jobs", "events", "job-hostile"],
+        vec!["locks", "list"],
+        vec!["locks", "show", &lock],
+        vec!["ledger", "list"],
+        vec!["ledger", "show", &charged],
+    ] {
+        let shown = fx.run(&args).expect(OK);
+        assert_no_raw_controls(&format!("{args:?}"), &shown.stdout, &['\n']);
+        assert_no_raw_controls(&format!("{args:?}"), &shown.stderr, &['\n']);
+        assert!(
+            shown.stdout.contains(HOSTILE_SHOWN),
+            "{args:?}: {}",
+            shown.stdout
+        );
+    }
+    // JSON in a field or a cell (metadata, event data) reads as `--json` has it.
+    let show = fx.run(&["jobs", "show", "job-hostile"]).expect(OK);
+    assert!(
+        show.stdout
+            .contains(r#"{"note":"x\u001b[2J\u009b31m\u202egpj.exe\r\ty"}"#),
+        "{}",
+        show.stdout
+    );
+    // Each row still one line: the header and two jobs.
+    let list = fx.run(&["jobs", "list"]).expect(OK);
+    assert_eq!(list.stdout.lines().count(), 3, "{}", list.stdout);
+
+    // An unreadable record is named by its key.
+    fx.store()
+        .put(
+            &Key::new(["locks", "bad", HOSTILE]).unwrap(),
+            b"not json",
+            jobsafe::Expect::Absent,
+        )
+        .unwrap();
+    let listed = fx.run(&["locks", "list"]).expect(ERROR);
+    assert_no_raw_controls("unreadable", &listed.stderr, &['\n']);
+    assert!(
+        listed
+            .stderr
+            .contains(&format!("unreadable record bad/{HOSTILE_SHOWN}")),
+        "{}",
+        listed.stderr
+    );
+}
+
+#[test]
+fn questions_and_result_lines_show_stored_text_escaped() {
+    let fx = prepare_hostile();
+    let lock = hostile_lock().to_string();
+    let charged = format!("{HOSTILE}/job-h1");
+    let pending = format!("{HOSTILE}/job-h2");
+    let changes = [
+        vec!["jobs", "cancel", HOSTILE_ID],
+        vec!["locks", "release", &lock],
+        vec!["ledger", "refund", &charged],
+        vec!["ledger", "settle", &pending, "charged"],
+    ];
+    // Without a terminal the question is part of the refusal.
+    for args in &changes {
+        let refused = fx.run(args).expect(NOT_CONFIRMED);
+        assert_no_raw_controls(&format!("{args:?}"), &refused.stdout, &['\n']);
+        assert_no_raw_controls(&format!("{args:?}"), &refused.stderr, &['\n']);
+        assert!(
+            refused.stderr.contains(HOSTILE_SHOWN) || refused.stderr.contains(HOSTILE_ID_SHOWN),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+    // On a terminal, typed into through `script`: what it shows is the terminal
+    // stream itself, whose line ends are `\r\n`.
+    for args in &changes {
+        let declined = run_on_terminal(&fx, args, "n\n").expect(NOT_CONFIRMED);
+        assert_no_raw_controls(&format!("{args:?}"), &declined.stdout, &['\r', '\n']);
+        let question = declined
+            .stdout
+            .lines()
+            .find(|line| line.contains("[y/N]"))
+            .unwrap_or_else(|| panic!("{args:?}: no question in {:?}", declined.stdout));
+        assert!(
+            question.contains(HOSTILE_SHOWN) || question.contains(HOSTILE_ID_SHOWN),
+            "{args:?}: {question:?}"
+        );
+    }
+    let cancelled = fx.run(&["jobs", "cancel", HOSTILE_ID, "--yes"]).expect(OK);
+    assert_eq!(
+        cancelled.stdout,
+        format!("job {HOSTILE_ID_SHOWN} is cancelled\n")
+    );
+    let holder = fx.locks().peek(&hostile_lock()).unwrap().unwrap();
+    let released = fx.run(&["locks", "release", &lock, "--yes"]).expect(OK);
+    assert!(
+        released.stdout.contains(&format!(
+            "released lock index/{HOSTILE_SHOWN}: removed holder job {} ({HOSTILE_SHOWN})",
+            holder.job_id
+        )),
+        "{}",
+        released.stdout
+    );
+    let settled = fx
+        .run(&["ledger", "settle", &pending, "charged", "--yes"])
+        .expect(OK);
+    let refunded = fx.run(&["ledger", "refund", &charged, "--yes"]).expect(OK);
+    for (what, run) in [
+        ("released", &released),
+        ("settled", &settled),
+        ("refunded", &refunded),
+    ] {
+        assert_no_raw_controls(what, &run.stdout, &['\n']);
+        assert!(
+            run.stdout
+                .contains(&format!("reservation {HOSTILE_SHOWN}/job-h"))
+                || what == "released",
+            "{what}: {}",
+            run.stdout
+        );
+    }
+    // Cancelling again: the refusal quotes the id.
+    let again = fx
+        .run(&["jobs", "cancel", HOSTILE_ID, "--yes"])
+        .expect(ERROR);
+    assert_no_raw_controls("cancel again", &again.stderr, &['\n']);
+    assert!(again.stderr.contains(HOSTILE_ID_SHOWN), "{}", again.stderr);
+}
+
+#[test]
+fn json_escapes_c1_and_bidi_characters_and_reads_back_as_stored() {
+    let fx = prepare_hostile();
+    let lock = hostile_lock().to_string();
+    let charged = format!("{HOSTILE}/job-h1");
+    let documents = [
+        vec!["--json", "jobs", "show", "job-hostile"],
+        vec!["--json", "locks", "show", &lock],
+        vec!["--json", "ledger", "show", &charged],
+    ];
+    let lines = [
+        vec!["--json", "jobs", "list"],
+        vec!["--json", "jobs", "events", "job-hostile"],
+        vec!["--json", "locks", "list"],
+        vec!["--json", "ledger", "list"],
+    ];
+    for (args, one_document) in documents
+        .iter()
+        .map(|a| (a, true))
+        .chain(lines.iter().map(|a| (a, false)))
+    {
+        let printed = fx.run(args).expect(OK);
+        // serde_json escapes C0 controls; the tool escapes the rest. Only the
+        // layout's own line breaks are left.
+        assert_no_raw_controls(&format!("{args:?}"), &printed.stdout, &['\n']);
+        assert!(
+            printed.stdout.contains(r"\u009b") && printed.stdout.contains(r"\u202e"),
+            "{args:?}: {}",
+            printed.stdout
+        );
+        let values = if one_document {
+            vec![printed.json()]
+        } else {
+            printed.json_lines()
+        };
+        let found: Vec<String> = values.iter().flat_map(strings).collect();
+        assert!(found.iter().any(|s| s == HOSTILE), "{args:?}: {found:?}");
+    }
+    let job = fx
+        .run(&["--json", "jobs", "show", "job-hostile"])
+        .expect(OK)
+        .json();
+    for field in ["kind", "owner", "stage", "progress"] {
+        assert_eq!(job[field], HOSTILE, "{field}");
+    }
+    assert_eq!(job["metadata"]["note"], HOSTILE);
+    let events = fx
+        .run(&["--json", "jobs", "events", "job-hostile"])
+        .expect(OK)
+        .json_lines();
+    let own = events.iter().find(|e| e["type"] == HOSTILE).unwrap();
+    assert_eq!(own["data"]["text"], HOSTILE);
+    let listed = fx.run(&["--json", "jobs", "list"]).expect(OK).json_lines();
+    assert!(listed.iter().any(|j| j["id"] == HOSTILE_ID), "{listed:?}");
+}
+
+#[test]
+fn jobs_watch_shows_stored_text_escaped_in_its_lines_and_status_line() {
+    let fx = prepare_hostile();
+    let jobs = fx.jobs();
+    jobs.create(NewJob::new(HOSTILE).id("job-live")).unwrap();
+    let worker = jobs.start("job-live", None).unwrap();
+    jobs.progress(&worker, HOSTILE).unwrap();
+    let (child, lines) = spawn_watch(&fx, "job-live", &[]);
+    // Replayed while the job runs, so the status line is drawn after it.
+    let mut seen = read_until(&lines, "progress");
+    jobs.append_event(&worker, HOSTILE, json!({ "text": HOSTILE }))
+        .unwrap();
+    seen.extend(read_until(&lines, HOSTILE_SHOWN));
+    let error = JobError::new(HOSTILE).internal(HOSTILE);
+    jobs.fail(&worker, error, FailureKind::Permanent).unwrap();
+    seen.extend(read_until(&lines, "job job-live failed"));
+    let (code, stderr) = finish(child);
+    assert_eq!(code, JOB_FAILED, "{stderr}");
+    for line in &seen {
+        assert_no_raw_controls("watch line", line, &[]);
+    }
+    assert!(
+        seen.last()
+            .unwrap()
+            .ends_with(&format!("failed: {HOSTILE_SHOWN}")),
+        "{seen:?}"
+    );
+    // The status line is rewritten with `\r`: the stored `\r` is not.
+    assert_no_raw_controls("status line", &stderr, &['\r', '\n']);
+    assert!(
+        stderr.contains(&format!(
+            "\rjob job-live · running · attempt 1 · {HOSTILE_SHOWN}"
+        )),
+        "{stderr:?}"
+    );
+
+    let (child, lines) = spawn_watch(&fx, "job-hostile", &["--json"]);
+    let seen = read_until(&lines, "\"status\"");
+    assert_eq!(finish(child).0, JOB_FAILED);
+    for line in &seen {
+        assert_no_raw_controls("watch --json line", line, &[]);
+    }
+    let record: Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    assert_eq!(record["kind"], HOSTILE);
+    assert_eq!(record["progress"], HOSTILE);
+}
+
+#[test]
+fn hints_and_swept_paths_show_stored_names_escaped() {
+    // A pipeline namespace named by a key someone wrote.
+    let fx = Fixture::empty(Backend::Log);
+    fx.store()
+        .put(
+            &Key::new([HOSTILE, "jobs", "job", "j1"]).unwrap(),
+            b"{}",
+            jobsafe::Expect::Absent,
+        )
+        .unwrap();
+    let listed = fx.run(&["jobs", "list"]).expect(OK);
+    assert_no_raw_controls("hint", &listed.stderr, &['\n']);
+    assert!(
+        listed
+            .stderr
+            .contains(&format!("--pipeline={HOSTILE_SHOWN}")),
+        "{}",
+        listed.stderr
+    );
+
+    // A file name, from whoever may write in the swept directory.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = leftover(dir.path(), &format!("{HOSTILE}.json"), 2 * HOUR);
+    let top = dir.path().to_str().unwrap();
+    let dry = run(&["sweep", top, "--dry-run"]).expect(OK);
+    assert_no_raw_controls("sweep", &dry.stdout, &['\n']);
+    assert!(dry.stdout.contains(HOSTILE_SHOWN), "{}", dry.stdout);
+    let doc = run(&["--json", "sweep", top, "--dry-run"])
+        .expect(OK)
+        .json();
+    assert_eq!(doc["stale"], json!([stale.to_str().unwrap()]));
 }
 
 // ---------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ ledger settle, sweep) show what they would change and ask first; --yes skips the
 question, and without --yes they refuse when standard input is not a terminal.
 
 --json prints one JSON document for a single record, and JSON lines (one object per
-line) for lists and for the events of jobs events and jobs watch.";
+line) for lists and for the events of jobs events and jobs watch.
+
+Text from the store is written by services and their clients: the tool shows it
+with control characters (C0, DEL, C1) and bidirectional controls escaped, as \\u{1b}
+for ESC, so that no record can drive the terminal or reorder a line. --json keeps
+the exact text, with those characters as JSON \\u escapes. A PostgreSQL password is
+never printed.";
 
 /// The whole command line.
 #[derive(Parser, Debug)]

@@ -22,6 +22,8 @@ pub(crate) fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
             ),
         ));
     }
+    // The question quotes stored text (a job's kind, a lock's holder).
+    let question = crate::safe_text::for_terminal(question);
     let mut err = std::io::stderr().lock();
     // A prompt that cannot be shown is still answered below; nothing to report.
     let _ = write!(err, "{question} [y/N] ");

@@ -59,12 +59,20 @@ impl Failure {
 
     /// A failure of the library, with what was being done and where: the
     /// error's own message and its sources follow.
+    ///
+    /// A database error is shown without the library's name of the server:
+    /// `context` names the store already, by its URL without a password, and
+    /// the library's name is parsed from the same URL by the client's rules,
+    /// which take the end of a password holding an unencoded `@` for a host.
     pub(crate) fn library(context: impl fmt::Display, error: &jobsafe::Error) -> Self {
         let code = match error {
             jobsafe::Error::JobNotFound { .. } => Code::NotFound,
             _ => Code::Error,
         };
-        let mut message = format!("{context}: {error}");
+        let mut message = match error {
+            jobsafe::Error::Database { step, .. } => format!("{context}: {step}"),
+            _ => format!("{context}: {error}"),
+        };
         let mut source = std::error::Error::source(error);
         while let Some(cause) = source {
             message.push_str(&format!(": {cause}"));

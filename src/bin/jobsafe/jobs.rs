@@ -249,7 +249,7 @@ fn hint_pipelines<S: Store>(jobs: &JobState<S>, namespace: &str) {
         }
     }
     for pipeline in pipelines {
-        eprintln!(
+        err!(
             "hint: no jobs under namespace {namespace}, but a pipeline keeps jobs under \
              {pipeline}: try `jobsafe jobs list --pipeline={pipeline}`"
         );
@@ -306,7 +306,7 @@ fn events<S: Store>(ctx: &Ctx, jobs: &JobState<S>, store: &str, id: &str, after:
         .events_since(id, after)
         .map_err(|e| Failure::library(format!("read events of job {id} in store {store}"), &e))?;
     if page.dropped > 0 {
-        eprintln!(
+        err!(
             "jobsafe: {} earlier events of job {id} were dropped by the event bound",
             page.dropped
         );
@@ -481,9 +481,12 @@ fn print_job(job: &Job, now: u64) {
         fields.push(("error code", output::or_dash(error.error_code())));
     }
     if let Some(result) = &job.result {
-        fields.push(("result", result.to_string()));
+        fields.push(("result", output::json_text(result)));
     }
-    fields.push(("metadata", Value::Object(job.metadata.clone()).to_string()));
+    fields.push((
+        "metadata",
+        output::json_text(&Value::Object(job.metadata.clone())),
+    ));
     print_fields(&fields);
 }
 
@@ -505,6 +508,6 @@ fn event_row(event: &Event) -> Vec<String> {
         event.seq.to_string(),
         output::time(event.time_ms),
         event.kind.clone(),
-        event.data.to_string(),
+        output::json_text(&event.data),
     ]
 }

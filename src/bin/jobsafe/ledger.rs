@@ -347,7 +347,10 @@ fn print_reservation(r: &Reservation, now: u64) {
                 output::relative(r.expires_ms, now)
             ),
         ),
-        ("metadata", Value::Object(r.metadata.clone()).to_string()),
+        (
+            "metadata",
+            output::json_text(&Value::Object(r.metadata.clone())),
+        ),
     ]);
 }
 

@@ -124,7 +124,7 @@ fn list<S: Store>(ctx: &Ctx, locks: &JobLock<S>, store: &str, prefix: Option<&st
 /// Prints unreadable records to stderr: exit code 1 if there are any.
 pub(crate) fn report_unreadable(unreadable: &[(Key, jobsafe::Error)]) -> Outcome {
     for (key, error) in unreadable {
-        eprintln!("jobsafe: unreadable record {key}: {error}");
+        err!("jobsafe: unreadable record {key}: {error}");
     }
     Ok(if unreadable.is_empty() {
         Code::Ok
@@ -229,7 +229,10 @@ fn print_lock(lock: &LockRecord, now: u64) {
                 output::relative(lock.expires_ms, now)
             ),
         ),
-        ("metadata", Value::Object(lock.metadata.clone()).to_string()),
+        (
+            "metadata",
+            output::json_text(&Value::Object(lock.metadata.clone())),
+        ),
     ]);
 }
 

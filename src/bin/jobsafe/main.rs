@@ -10,8 +10,11 @@
 // The tool reads and changes stores only through the library (and its vfs
 // layer), never behind its back: see `disallowed-methods` in clippy.toml.
 #![warn(clippy::disallowed_methods)]
+// Lines go out through `out!` and `err!` (output.rs), which escape stored text
+// for the terminal (safe_text.rs), never through `println!` or `eprintln!`.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
-// First: its `out!` macro is used by the modules after it.
+// First: its `out!` and `err!` macros are used by the modules after it.
 #[macro_use]
 mod output;
 
@@ -21,6 +24,7 @@ mod exit;
 mod jobs;
 mod ledger;
 mod locks;
+mod safe_text;
 mod store_url;
 mod sweep;
 
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(code) => code.into(),
         Err(failure) => {
-            eprintln!("jobsafe: {failure}");
+            err!("jobsafe: {failure}");
             failure.code().into()
         }
     }

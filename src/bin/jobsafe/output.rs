@@ -5,6 +5,10 @@
 //! command that lists prints JSON lines, one object per line (nothing for an
 //! empty list), so that scripts can stream them. Times are milliseconds since
 //! the Unix epoch in JSON, and UTC in tables.
+//!
+//! Every line goes out through this module, escaped as `safe_text` says:
+//! `out!` and `err!` for lines for people, [`print_json`] and
+//! [`print_json_line`] for JSON.
 
 use std::fmt;
 use std::io::Write;
@@ -12,7 +16,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Prints a line on stdout, like `println!`, but a reader that went away
+use crate::safe_text;
+
+/// Prints a line for people on stdout, like `println!`, with stored text made
+/// safe for a terminal (`safe_text::for_terminal`). A reader that went away
 /// (`jobsafe jobs list | head`) ends nothing: the tool's work is done or not
 /// regardless of who reads its report.
 macro_rules! out {
@@ -21,10 +28,36 @@ macro_rules! out {
     };
 }
 
+/// Prints a line for people on stderr, like `eprintln!`, with stored text made
+/// safe for a terminal.
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::output::write_err_line(format_args!($($arg)*))
+    };
+}
+
 pub(crate) fn write_line(args: fmt::Arguments<'_>) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_fmt(args);
-    let _ = stdout.write_all(b"\n");
+    write_raw_line(&mut std::io::stdout().lock(), &line_for_people(args));
+}
+
+pub(crate) fn write_err_line(args: fmt::Arguments<'_>) {
+    write_raw_line(&mut std::io::stderr().lock(), &line_for_people(args));
+}
+
+/// `args` formatted, with stored text made safe for a terminal.
+fn line_for_people(args: fmt::Arguments<'_>) -> String {
+    let text = args.to_string();
+    match safe_text::for_terminal(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
+}
+
+/// Writes `line` as it is, and a newline. Output cut short (a closed pipe) is
+/// not the tool's failure.
+fn write_raw_line(out: &mut impl Write, line: &str) {
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.write_all(b"\n");
 }
 
 /// Columns of text, padded to the widest cell; the last column is not padded.
@@ -41,10 +74,16 @@ impl Table {
         }
     }
 
-    /// Adds a row. Control characters (a newline in a progress message, say)
-    /// become spaces, so that one record stays one line.
+    /// Adds a row. Cells are escaped as `safe_text::for_terminal` says (a
+    /// newline in a progress message shows as `\u{a}`, so that one record
+    /// stays one line), before their widths are measured.
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells.into_iter().map(one_line).collect());
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|cell| safe_text::for_terminal(&cell).into_owned())
+                .collect(),
+        );
     }
 
     /// Prints the table, or `empty` if it has no rows.
@@ -62,6 +101,7 @@ impl Table {
             }
         }
         let mut out = std::io::stdout().lock();
+        // Headers are the tool's own; cells were escaped by `row`.
         let header: Vec<String> = self.headers.iter().map(|h| (*h).to_owned()).collect();
         for row in std::iter::once(&header).chain(&self.rows) {
             let mut line = String::new();
@@ -73,43 +113,41 @@ impl Table {
                     line.push_str(&format!("{cell:<pad$}  "));
                 }
             }
-            // Output cut short (a closed pipe) is not the tool's failure.
-            let _ = writeln!(out, "{}", line.trim_end());
+            write_raw_line(&mut out, line.trim_end());
         }
     }
 }
 
-/// Prints `fields` as aligned `name: value` lines.
+/// Prints `fields` as aligned `name: value` lines, one line each whatever the
+/// value holds (`out!` escapes it).
 pub(crate) fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(n, _)| n.len()).max().unwrap_or(0) + 1;
     for (name, value) in fields {
         let label = format!("{name}:");
-        out!("{label:<width$} {}", one_line(value.clone()));
+        out!("{label:<width$} {value}");
     }
 }
 
-/// `text` with control characters replaced by spaces.
-fn one_line(text: String) -> String {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect()
-    } else {
-        text
+/// `value` as one line of JSON, for a table cell or a field (metadata, event
+/// data, a result): escaped as `--json` escapes it, so that it reads as the
+/// JSON a script would get, and `out!` finds nothing left to escape.
+pub(crate) fn json_text(value: &Value) -> String {
+    let text = value.to_string();
+    match safe_text::for_json(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
     }
 }
 
 /// Prints one JSON document.
 pub(crate) fn print_json(value: &Value) {
-    out!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    write_raw_line(&mut std::io::stdout().lock(), &safe_text::for_json(&text));
 }
 
 /// Prints one JSON line.
 pub(crate) fn print_json_line(value: &Value) {
-    out!("{value}");
+    write_raw_line(&mut std::io::stdout().lock(), &json_text(value));
 }
 
 /// A time in milliseconds since the Unix epoch, in UTC: `2026-11-26 00:48:47Z`.
@@ -247,9 +285,21 @@ mod tests {
     }
 
     #[test]
-    fn a_cell_stays_on_one_line() {
+    fn a_cell_stays_on_one_line_and_shows_its_control_characters() {
         let mut table = Table::new(&["A", "B"]);
-        table.row(vec!["x\ny".to_owned(), "tab\there\r".to_owned()]);
-        assert_eq!(table.rows[0], ["x y", "tab here "]);
+        table.row(vec!["x\ny".to_owned(), "tab\there\r\u{1b}[2J".to_owned()]);
+        assert_eq!(table.rows[0], [r"x\u{a}y", r"tab\u{9}here\u{d}\u{1b}[2J"]);
+    }
+
+    #[test]
+    fn lines_for_people_are_escaped_and_json_cells_read_as_json() {
+        let kind = "k\u{1b}]0;owned\u{7}\u{9b}\u{202e}";
+        assert_eq!(
+            line_for_people(format_args!("job {kind} failed")),
+            r"job k\u{1b}]0;owned\u{7}\u{9b}\u{202e} failed"
+        );
+        let cell = json_text(&serde_json::json!({ "note": kind }));
+        assert_eq!(cell, r#"{"note":"k\u001b]0;owned\u0007\u009b\u202e"}"#);
+        assert_eq!(line_for_people(format_args!("{cell}")), cell);
     }
 }

@@ -97,12 +97,17 @@ fn describe(job: &Job, now: u64) -> String {
 /// One line on stderr, rewritten in place with `\r`.
 #[derive(Default)]
 struct StatusLine {
+    /// The text on the terminal now, escaped.
     shown: String,
 }
 
 impl StatusLine {
+    /// Shows `text` in place of the line shown. It quotes stored text (a
+    /// progress message): escaped, a `\r` or ESC in it cannot move the cursor,
+    /// and the width cleared next time is the width drawn.
     fn show(&mut self, text: &str) {
-        if text == self.shown {
+        let text = crate::safe_text::for_terminal(text);
+        if *text == self.shown {
             return;
         }
         let width = self.shown.chars().count();
@@ -110,7 +115,7 @@ impl StatusLine {
         // A status line that cannot be drawn is no reason to stop watching.
         let _ = write!(err, "\r{text:<width$}");
         let _ = err.flush();
-        self.shown = text.to_owned();
+        self.shown = text.into_owned();
     }
 
     fn clear(&mut self) {
