@@ -958,11 +958,13 @@ fn a_pass_reports_a_jobs_error_and_still_runs_the_other_jobs() {
     let broken = enqueue(&h, "session-1");
     h.script.then("export", Act::Permanent);
     h.pipeline.run_job(&broken).unwrap();
-    // A disk problem the run cannot get past: an artifact replaced by a
-    // directory, which cannot be read to verify it.
-    let transcript = job_file(&h, &broken, "transcribe");
-    std::fs::remove_file(&transcript).unwrap();
-    std::fs::create_dir(&transcript).unwrap();
+    // A disk problem the run cannot get past: the job's directory replaced by
+    // a symlink, which is never followed. (An artifact replaced by something
+    // else only makes its stage run again.)
+    let job_dir = h.pipeline.job_dir(&broken);
+    let elsewhere = h.root.join("elsewhere");
+    std::fs::rename(&job_dir, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &job_dir).unwrap();
     h.pipeline.retry(&broken).unwrap();
     let fine = enqueue(&h, "session-2");
 
@@ -970,7 +972,11 @@ fn a_pass_reports_a_jobs_error_and_still_runs_the_other_jobs() {
     assert_eq!(pass.errors.len(), 1, "{:?}", pass.errors);
     let (job, error) = &pass.errors[0];
     assert_eq!(job, &broken);
-    assert!(error.to_string().contains("read artifact"), "{error}");
+    assert!(error.is_corrupt(), "{error}");
+    assert!(
+        error.to_string().contains(&*job_dir.to_string_lossy()),
+        "{error}"
+    );
     assert_eq!(pass.runs.len(), 1);
     assert_eq!(pass.runs[0].job_id, fine);
     assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
