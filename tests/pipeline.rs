@@ -2479,3 +2479,38 @@ fn a_disk_that_keeps_replacing_an_artifact_fails_the_job_after_the_retry_policy(
     assert_outside_text_never_got_in(h, &id, Some(&planted), "after the job failed");
     assert_clean(h, "after the job failed");
 }
+
+#[test]
+fn a_shared_file_another_job_of_the_subject_wrote_is_read_as_it_is() {
+    let root = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        root.path(),
+    )
+    .stage("work", |ctx| {
+        if ctx.job().metadata.contains_key("first") {
+            ctx.write_shared("notes.txt", b"from the first job")?;
+        } else {
+            // No stage of this job wrote it: nothing to check it against.
+            let notes = ctx.read_shared("notes.txt")?;
+            ctx.write("copy.txt", &notes)?;
+        }
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let first = pipeline
+        .enqueue("session-1", NewJob::new("k").meta("first", true))
+        .unwrap();
+    let second = pipeline.enqueue("session-1", NewJob::new("k")).unwrap();
+
+    for id in [&first.id, &second.id] {
+        let report = pipeline.run_job(id).unwrap();
+        assert_eq!(report.outcome, RunOutcome::Completed);
+    }
+    assert_eq!(
+        std::fs::read(pipeline.job_dir(&second.id).join("copy.txt")).unwrap(),
+        b"from the first job"
+    );
+}
