@@ -958,11 +958,13 @@ fn a_pass_reports_a_jobs_error_and_still_runs_the_other_jobs() {
     let broken = enqueue(&h, "session-1");
     h.script.then("export", Act::Permanent);
     h.pipeline.run_job(&broken).unwrap();
-    // A disk problem the run cannot get past: an artifact replaced by a
-    // directory, which cannot be read to verify it.
-    let transcript = job_file(&h, &broken, "transcribe");
-    std::fs::remove_file(&transcript).unwrap();
-    std::fs::create_dir(&transcript).unwrap();
+    // A disk problem the run cannot get past: the job's directory replaced by
+    // a symlink, which is never followed. (An artifact replaced by something
+    // else only makes its stage run again.)
+    let job_dir = h.pipeline.job_dir(&broken);
+    let elsewhere = h.root.join("elsewhere");
+    std::fs::rename(&job_dir, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &job_dir).unwrap();
     h.pipeline.retry(&broken).unwrap();
     let fine = enqueue(&h, "session-2");
 
@@ -970,7 +972,11 @@ fn a_pass_reports_a_jobs_error_and_still_runs_the_other_jobs() {
     assert_eq!(pass.errors.len(), 1, "{:?}", pass.errors);
     let (job, error) = &pass.errors[0];
     assert_eq!(job, &broken);
-    assert!(error.to_string().contains("read artifact"), "{error}");
+    assert!(error.is_corrupt(), "{error}");
+    assert!(
+        error.to_string().contains(&*job_dir.to_string_lossy()),
+        "{error}"
+    );
     assert_eq!(pass.runs.len(), 1);
     assert_eq!(pass.runs[0].job_id, fine);
     assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
@@ -2080,5 +2086,431 @@ fn a_lease_not_longer_than_the_skew_margin_fails_the_build_naming_both() {
     assert!(
         build(lease, margin).is_ok(),
         "the default renews within what is held"
+    );
+}
+
+// ------------------------------------------- artifacts read back, verified
+
+/// Text that only an outside hand puts on the disk: no artifact, result or
+/// event may ever contain it.
+const OUTSIDE: &str = "OUTSIDE-TEXT";
+
+/// How an artifact is replaced between stages.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tamper {
+    /// By a symlink to a file outside the artifact root holding [`OUTSIDE`].
+    LinkOutside,
+    /// By a file of the same length and other content.
+    OtherContent,
+    /// Cut to half its length, in place.
+    Truncated,
+    /// By a FIFO, which blocks a reader that opens it without care.
+    Fifo,
+}
+
+impl Tamper {
+    const ALL: [Tamper; 4] = [
+        Tamper::LinkOutside,
+        Tamper::OtherContent,
+        Tamper::Truncated,
+        Tamper::Fifo,
+    ];
+
+    /// Replaces the file at `path`; `outside` is a file outside the artifact
+    /// root.
+    fn apply(self, path: &Path, outside: &Path) {
+        let len = std::fs::metadata(path).unwrap().len();
+        match self {
+            Tamper::LinkOutside => {
+                std::fs::remove_file(path).unwrap();
+                std::os::unix::fs::symlink(outside, path).unwrap();
+            }
+            Tamper::OtherContent => {
+                let other = format!("{OUTSIDE} ").repeat(len as usize);
+                std::fs::write(path, &other.as_bytes()[..len as usize]).unwrap();
+            }
+            Tamper::Truncated => {
+                let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                file.set_len(len / 2).unwrap();
+            }
+            Tamper::Fifo => {
+                std::fs::remove_file(path).unwrap();
+                common::make_fifo(path).unwrap();
+            }
+        }
+    }
+
+    /// What the error of a read of the replaced file says about it.
+    fn described(self) -> &'static str {
+        match self {
+            Tamper::LinkOutside | Tamper::Fifo => "not a regular file",
+            Tamper::OtherContent => "SHA-256",
+            Tamper::Truncated => "bytes long",
+        }
+    }
+}
+
+/// A harness whose job result reads the last stage's output and the shared
+/// transcript, and whose observer replaces the file put in `victim` as `tamper`
+/// says, each time (or only the first time) the stage `after` has run.
+struct Tampering {
+    h: Harness,
+    victim: Arc<Mutex<Option<PathBuf>>>,
+    _outside: TempDir,
+}
+
+fn tampering(tamper: Tamper, after: &'static str, every_time: bool) -> Tampering {
+    let outside_dir = tempfile::tempdir().unwrap();
+    let outside = outside_dir.path().join("elsewhere.txt");
+    std::fs::write(&outside, OUTSIDE).unwrap();
+    let victim: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+    let h = harness_on(Arc::new(jobsafe::MemStore::new()), None, START_MS, |b| {
+        let victim = Arc::clone(&victim);
+        let outside = outside.clone();
+        b.on_stage(move |notice| {
+            if notice.stage == after && notice.action == StageAction::Ran {
+                let mut victim = victim.lock().unwrap();
+                let path = if every_time {
+                    victim.clone()
+                } else {
+                    victim.take()
+                };
+                if let Some(path) = path {
+                    tamper.apply(&path, &outside);
+                }
+            }
+        })
+        .result(|ctx| {
+            let export = String::from_utf8(ctx.read("export.txt")?).unwrap();
+            let transcript = String::from_utf8(ctx.read_shared("transcript.txt")?).unwrap();
+            Ok(serde_json::json!({ "export": export, "transcript": transcript }))
+        })
+    });
+    Tampering {
+        h,
+        victim,
+        _outside: outside_dir,
+    }
+}
+
+/// Runs job `id`, failing the test if the run blocks (on a FIFO, say).
+fn run_unblocked(h: &Harness, id: &str, what: &str) -> jobsafe::pipeline::RunReport {
+    let pipeline = h.pipeline.clone();
+    let id = id.to_owned();
+    common::unblocked(what, move || pipeline.run_job(&id).unwrap())
+}
+
+/// [`OUTSIDE`] is in no file under the artifact root but `planted` (the file
+/// the outside hand wrote, if it is still there), in no event of job `id` and
+/// not in its result.
+fn assert_outside_text_never_got_in(h: &Harness, id: &str, planted: Option<&Path>, when: &str) {
+    fn files(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                files(&entry.path(), found);
+            } else if kind.is_file() {
+                found.push(entry.path());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(&h.root, &mut found);
+    for file in found.into_iter().filter(|f| Some(f.as_path()) != planted) {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+        assert!(
+            !text.contains(OUTSIDE),
+            "{when}: {}: {text}",
+            file.display()
+        );
+    }
+    let job = h.pipeline.jobs().get(id).unwrap().unwrap();
+    let result = serde_json::to_string(&job.result).unwrap();
+    assert!(!result.contains(OUTSIDE), "{when}: result {result}");
+    for event in h.pipeline.jobs().events_since(id, 0).unwrap().events {
+        let data = event.data.to_string();
+        assert!(
+            !data.contains(OUTSIDE),
+            "{when}: event {}: {data}",
+            event.kind
+        );
+    }
+}
+
+#[test]
+fn an_artifact_replaced_between_stages_is_never_read_and_the_stage_that_made_it_runs_again() {
+    // (file replaced, where, after which stage, the stage whose read fails,
+    // what the next run runs again): an input of the next stage; a shared file
+    // the job's result reads, whose stage makes it again byte for byte so the
+    // stages after it verify; the last output, which the result reads.
+    let cases: [(&str, bool, &str, &str, &[&str]); 3] = [
+        (
+            "transcribe.txt",
+            false,
+            "transcribe",
+            "draft",
+            &["transcribe", "draft", "export"],
+        ),
+        (
+            "transcript.txt",
+            true,
+            "transcribe",
+            "export",
+            &["transcribe"],
+        ),
+        ("export.txt", false, "export", "export", &["export"]),
+    ];
+    for tamper in Tamper::ALL {
+        for (file, shared, after, reader, rerun) in cases {
+            let case = format!("{tamper:?} {file}");
+            let t = tampering(tamper, after, false);
+            let h = &t.h;
+            let id = enqueue(h, "session-1");
+            let victim = if shared {
+                h.pipeline.subject_dir("session-1").join(file)
+            } else {
+                h.pipeline.job_dir(&id).join(file)
+            };
+            *t.victim.lock().unwrap() = Some(victim.clone());
+
+            let first = run_unblocked(h, &id, &format!("{case}: the run that reads it"));
+            let RunOutcome::RetryScheduled { stage, error, .. } = &first.outcome else {
+                panic!("{case}: {:?}", first.outcome);
+            };
+            assert_eq!(stage, reader, "{case}");
+            assert_eq!(
+                error.error_code(),
+                Some(StageError::ARTIFACT_MISMATCH),
+                "{case}"
+            );
+            let internal = error.internal_message();
+            assert!(
+                internal.contains(file) && internal.contains(tamper.described()),
+                "{case}: {internal}"
+            );
+            assert!(!error.client_message().contains(file), "{case}");
+            assert!(
+                h.pipeline.checkpoint(&id, reader).unwrap().is_none() || reader == "export",
+                "{case}: the reading stage recorded nothing"
+            );
+            assert_outside_text_never_got_in(h, &id, Some(&victim), &format!("{case}, first run"));
+
+            h.clock.advance(Duration::from_secs(3600));
+            let second = run_unblocked(h, &id, &format!("{case}: the run after it"));
+            assert_eq!(second.outcome, RunOutcome::Completed, "{case}");
+            assert_eq!(second.ran(), rerun, "{case}");
+            assert_eq!(
+                std::fs::read_to_string(job_file(h, &id, "export")).unwrap(),
+                "export(draft(transcribe(audio of session-1)))",
+                "{case}"
+            );
+            let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+            assert_eq!(
+                job.result,
+                Some(serde_json::json!({
+                    "export": "export(draft(transcribe(audio of session-1)))",
+                    "transcript": "transcribe(audio of session-1)",
+                })),
+                "{case}"
+            );
+            assert_outside_text_never_got_in(h, &id, None, &format!("{case}, after completion"));
+            assert_clean(h, &case);
+        }
+    }
+}
+
+#[test]
+fn a_stage_that_carries_on_after_a_refused_read_fails_transiently_and_records_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("elsewhere.txt");
+    std::fs::write(&outside, OUTSIDE).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let artifacts = root.path().join("artifacts");
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(clock.clone()),
+        &artifacts,
+    )
+    .stage("make", |ctx| {
+        ctx.write("input.txt", b"made")?;
+        Ok(())
+    })
+    .stage("use", |ctx| {
+        // Swallows the error and goes on with something else.
+        let input = ctx
+            .read("input.txt")
+            .unwrap_or_else(|_| b"fallback".to_vec());
+        let mut output = b"used ".to_vec();
+        output.extend(input);
+        ctx.write("output.txt", &output)?;
+        Ok(())
+    })
+    .on_stage({
+        // The observer has no pipeline at hand: it finds the job's directory
+        // by the documented layout (a plain id is kept as it is).
+        let jobs = artifacts.join("jobs");
+        let outside = outside.clone();
+        move |notice| {
+            let made = notice.stage == "make" && notice.action == StageAction::Ran;
+            if made && !replaced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let path = jobs.join(notice.job_id).join("input.txt");
+                Tamper::LinkOutside.apply(&path, &outside);
+            }
+        }
+    })
+    .build()
+    .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("k").id("job-1")).unwrap();
+    assert_eq!(pipeline.job_dir(&job.id), artifacts.join("jobs/job-1"));
+
+    let first = pipeline.run_job(&job.id).unwrap();
+
+    let RunOutcome::RetryScheduled { stage, error, .. } = &first.outcome else {
+        panic!("{:?}", first.outcome);
+    };
+    assert_eq!(stage, "use");
+    assert_eq!(error.error_code(), Some(StageError::ARTIFACT_MISMATCH));
+    assert!(
+        error.internal_message().contains("input.txt"),
+        "{}",
+        error.internal_message()
+    );
+    // What it wrote without its input is gone, and nothing was recorded.
+    assert!(!pipeline.job_dir(&job.id).join("output.txt").exists());
+    assert!(pipeline.checkpoint(&job.id, "use").unwrap().is_none());
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), OUTSIDE);
+
+    clock.advance(Duration::from_secs(3600));
+    let second = pipeline.run_job(&job.id).unwrap();
+    assert_eq!(second.outcome, RunOutcome::Completed);
+    assert_eq!(second.ran(), ["make", "use"]);
+    assert_eq!(
+        std::fs::read_to_string(pipeline.job_dir(&job.id).join("output.txt")).unwrap(),
+        "used made"
+    );
+}
+
+#[test]
+fn a_file_a_stage_wrote_is_checked_when_the_same_stage_reads_it_back() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("elsewhere.txt");
+    std::fs::write(&outside, OUTSIDE).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(clock.clone()),
+        root.path().join("artifacts"),
+    )
+    .stage("work", move |ctx| {
+        let scratch = ctx.write("scratch.txt", b"mine")?;
+        // Another hand replaces it while the stage works, the first time.
+        if !replaced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::fs::remove_file(&scratch).unwrap();
+            std::os::unix::fs::symlink(&outside, &scratch).unwrap();
+        }
+        let back = ctx.read("scratch.txt")?;
+        ctx.write("out.txt", &back)?;
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("k")).unwrap();
+
+    let first = pipeline.run_job(&job.id).unwrap();
+
+    let RunOutcome::RetryScheduled { stage, error, .. } = &first.outcome else {
+        panic!("{:?}", first.outcome);
+    };
+    assert_eq!(stage, "work");
+    assert_eq!(error.error_code(), Some(StageError::ARTIFACT_MISMATCH));
+    // Its partial files are removed: the link, not what it names.
+    let dir = pipeline.job_dir(&job.id);
+    assert!(std::fs::symlink_metadata(dir.join("scratch.txt")).is_err());
+    assert!(!dir.join("out.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("elsewhere.txt")).unwrap(),
+        OUTSIDE
+    );
+
+    clock.advance(Duration::from_secs(3600));
+    let second = pipeline.run_job(&job.id).unwrap();
+    assert_eq!(second.outcome, RunOutcome::Completed);
+    assert_eq!(std::fs::read(dir.join("out.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn a_disk_that_keeps_replacing_an_artifact_fails_the_job_after_the_retry_policy() {
+    let t = tampering(Tamper::OtherContent, "transcribe", true);
+    let h = &t.h;
+    let id = enqueue(h, "session-1");
+    *t.victim.lock().unwrap() = Some(job_file(h, &id, "transcribe"));
+
+    // Each run ends (none goes back and loops); the policy allows 3 failures.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let report = h.pipeline.run_job(&id).unwrap();
+        assert_eq!(report.ran(), ["transcribe"]);
+        outcomes.push(report.outcome);
+        h.clock.advance(Duration::from_secs(3600));
+    }
+
+    assert!(
+        outcomes[..2]
+            .iter()
+            .all(|o| matches!(o, RunOutcome::RetryScheduled { stage, .. } if stage == "draft")),
+        "{outcomes:?}"
+    );
+    let RunOutcome::Failed { stage, error } = &outcomes[2] else {
+        panic!("{outcomes:?}");
+    };
+    assert_eq!(stage, "draft");
+    assert_eq!(error.error_code(), Some(StageError::ARTIFACT_MISMATCH));
+    assert!(
+        error.internal_message().contains("transcribe.txt")
+            && error.internal_message().contains("gave up after 3"),
+        "{}",
+        error.internal_message()
+    );
+    assert_eq!(h.script.runs_of(&id), ["transcribe", "draft"].repeat(3));
+    let planted = job_file(h, &id, "transcribe");
+    assert_outside_text_never_got_in(h, &id, Some(&planted), "after the job failed");
+    assert_clean(h, "after the job failed");
+}
+
+#[test]
+fn a_shared_file_another_job_of_the_subject_wrote_is_read_as_it_is() {
+    let root = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        root.path(),
+    )
+    .stage("work", |ctx| {
+        if ctx.job().metadata.contains_key("first") {
+            ctx.write_shared("notes.txt", b"from the first job")?;
+        } else {
+            // No stage of this job wrote it: nothing to check it against.
+            let notes = ctx.read_shared("notes.txt")?;
+            ctx.write("copy.txt", &notes)?;
+        }
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let first = pipeline
+        .enqueue("session-1", NewJob::new("k").meta("first", true))
+        .unwrap();
+    let second = pipeline.enqueue("session-1", NewJob::new("k")).unwrap();
+
+    for id in [&first.id, &second.id] {
+        let report = pipeline.run_job(id).unwrap();
+        assert_eq!(report.outcome, RunOutcome::Completed);
+    }
+    assert_eq!(
+        std::fs::read(pipeline.job_dir(&second.id).join("copy.txt")).unwrap(),
+        b"from the first job"
     );
 }

@@ -842,3 +842,67 @@ fn no_job_id_or_subject_names_a_path_outside_the_artifact_root() -> TestResult {
     assert_eq!(beside.len(), 2, "{beside:?}");
     Ok(())
 }
+
+/// What each read of a stage returned: the bytes, or whether the error was
+/// [`jobsafe::Error::is_corrupt`] and its text.
+type Reads = Arc<Mutex<Vec<(&'static str, Result<Vec<u8>, (bool, String)>)>>>;
+
+#[test]
+fn a_link_or_fifo_planted_where_no_stage_wrote_is_never_read_through() -> TestResult {
+    let p = Planted::new();
+    fs::write(p.outside.join("secret"), b"outside secret")?;
+    let reads: Reads = Arc::default();
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock, &p.root)
+        .stage("work", {
+            let reads = Arc::clone(&reads);
+            move |ctx| {
+                let names = ["link", "fifo", "absent"];
+                for (name, shared) in names.iter().flat_map(|n| [(*n, false), (*n, true)]) {
+                    let read = if shared {
+                        ctx.read_shared(name)
+                    } else {
+                        ctx.read(name)
+                    };
+                    let read = read.map_err(|e| (e.is_corrupt(), e.to_string()));
+                    reads.lock().unwrap().push((name, read));
+                }
+                ctx.write("out.txt", b"done")?;
+                Ok(())
+            }
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", jobsafe::jobs::NewJob::new("k"))?;
+    for dir in [pipeline.job_dir(&job.id), pipeline.subject_dir("s")] {
+        fs::create_dir_all(&dir)?;
+        symlink(p.outside.join("secret"), dir.join("link"))?;
+        common::make_fifo(&dir.join("fifo"))?;
+    }
+    let before = p.outside_contents();
+
+    let run = pipeline.clone();
+    let id = job.id.clone();
+    let report = common::unblocked("a run reading a FIFO", move || run.run_job(&id))?;
+
+    assert!(
+        matches!(report.outcome, jobsafe::pipeline::RunOutcome::Completed),
+        "{:?}",
+        report.outcome
+    );
+    let reads = reads.lock().unwrap();
+    assert_eq!(reads.len(), 6);
+    for (name, read) in reads.iter() {
+        match (*name, read) {
+            ("link" | "fifo", Err((true, text))) => {
+                assert!(
+                    text.contains(name) && text.contains("not followed"),
+                    "{text}"
+                );
+            }
+            ("absent", Err((false, text))) => assert!(text.contains("absent"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(p.outside_contents(), before);
+    Ok(())
+}

@@ -1,13 +1,13 @@
 //! Stage checkpoints: what a finished stage wrote, so that a re-run can skip it
 //! only when every artifact is still exactly what was written.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use super::inputs::read_recorded;
+use crate::error::Result;
 use crate::fencing::FencingToken;
 use crate::record::{Extra, Record};
 use crate::vfs::Vfs;
@@ -82,7 +82,8 @@ pub(crate) enum Verdict {
 }
 
 impl Checkpoint {
-    /// Checks every artifact under `root` and the chain from the previous stage.
+    /// Checks every artifact under `root`, read as a stage would read it (see
+    /// [`read_recorded`]), and the chain from the previous stage.
     pub(crate) fn verify<V: Vfs>(
         &self,
         vfs: &V,
@@ -96,21 +97,9 @@ impl Checkpoint {
             ));
         }
         for artifact in &self.artifacts {
-            let path = root.join(&artifact.path);
-            let bytes = match vfs.read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Ok(Verdict::Stale(format!(
-                        "{} is missing",
-                        artifact.path.display()
-                    )));
-                }
-                Err(e) => return Err(Error::io("read artifact", path, e)),
-            };
-            if bytes.len() as u64 != artifact.len || hex(&Sha256::digest(&bytes)) != artifact.sha256
-            {
+            if let Err(mismatch) = read_recorded(vfs, root, artifact, false)? {
                 return Ok(Verdict::Stale(format!(
-                    "{} was altered",
+                    "{}: {mismatch}",
                     artifact.path.display()
                 )));
             }
@@ -137,7 +126,7 @@ pub(crate) fn chain_digest(previous: &str, stage: &str, artifacts: &[Artifact]) 
     hex(&hasher.finalize())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
         out.push_str(&format!("{byte:02x}"));

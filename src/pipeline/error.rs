@@ -49,6 +49,11 @@ pub struct StageError {
 }
 
 impl StageError {
+    /// The code of the failure a stage ends with when an artifact it read
+    /// did not match what its stage wrote (see
+    /// [`StageContext::read`](super::StageContext::read)).
+    pub const ARTIFACT_MISMATCH: &'static str = "artifact_mismatch";
+
     /// A transient error whose message is safe to show clients.
     pub fn transient(client_message: impl Into<String>) -> Self {
         StageError::new(ErrorClass::Transient, JobError::new(client_message))
@@ -110,6 +115,16 @@ impl StageError {
 
     pub(crate) fn into_job_error(self) -> JobError {
         self.error
+    }
+
+    /// The failure of a stage that read an artifact that did not match its
+    /// record: transient, since the stage that wrote it runs again on the next
+    /// run; `internal` names the file and what differs.
+    pub(crate) fn artifact_mismatch(internal: String) -> Self {
+        StageError::new(
+            ErrorClass::Transient,
+            JobError::internal_only(internal).code(Self::ARTIFACT_MISMATCH),
+        )
     }
 
     /// The error a stage's panic becomes: permanent (a bug is not fixed by

@@ -4,7 +4,9 @@
 //!
 //! Each stage writes its artifacts through the pipeline's atomic writer; its
 //! checkpoint records every artifact's digest in the same batch as the job's
-//! record, so a re-run skips a stage whose outputs verify. A stage returns a
+//! record, so a re-run skips a stage whose outputs verify, and a later stage
+//! reads them back only if they still verify: one that does not makes the
+//! stage that wrote it run again. A stage returns a
 //! [`StageError`], transient (retried with stored exponential backoff) or
 //! permanent (the job fails with a client message and an internal one). One
 //! runner at a time works on a subject, under a [`JobLock`]
@@ -17,6 +19,7 @@ mod cleanup;
 mod commit;
 mod error;
 mod failure;
+mod inputs;
 mod lease;
 mod outcome;
 mod pass;
@@ -114,9 +117,10 @@ struct Stage {
 ///   ([`JobState::set_stage`]), also for a stage that is skipped, so it shows
 ///   what the run traversed.
 /// - **Idempotent re-runs.** A stage whose checkpoint is recorded and whose
-///   artifacts all verify (present, same length and SHA-256, after the same
-///   earlier artifacts) is skipped, and its files are not touched: their mtimes
-///   stay. A missing or altered artifact makes the stage run again, and so does
+///   artifacts all verify (present, regular files not reached through a
+///   symlink, same length and SHA-256, after the same earlier artifacts) is
+///   skipped, and its files are not touched: their mtimes stay. A missing,
+///   altered or replaced artifact makes the stage run again, and so does
 ///   a checkpoint record that cannot be decoded: the store moves it aside
 ///   ([`Store::quarantine`], which keeps its bytes) and the observer's
 ///   [`StageNotice`] says why and where it went. An undecodable count of
@@ -132,6 +136,25 @@ struct Stage {
 ///   The checkpoint is stored in one atomic batch with a compare-and-set of the
 ///   job record that checks the same, so a runner that lost the job cannot
 ///   record anything.
+/// - **Verified inputs.** A stage reads with [`StageContext::read`] and
+///   [`StageContext::read_shared`], and a job's [`result`](PipelineBuilder::result)
+///   reads the same way. A file that a stage of the run wrote (an earlier one,
+///   skipped or run, or the reading stage itself) is checked as it is read
+///   against what was written: opened without following a symlink and without
+///   blocking on a FIFO or a device, a regular file, read no further than its
+///   recorded length and one byte, with the recorded SHA-256. A file that does
+///   not match (replaced, truncated, rewritten, a link, a FIFO) is never handed
+///   to the stage: the read is an error naming the file and what differs, and
+///   the stage ends, whatever it returns, as a transient failure with code
+///   [`StageError::ARTIFACT_MISMATCH`]. The run stops there rather than go back:
+///   a file that changes again and again would make it loop. On the next run
+///   the stage that wrote the file no longer verifies, so it runs again, and
+///   the stages after it follow. Each mismatch counts as a transient failure,
+///   so a disk that keeps damaging files fails the job after
+///   [`RetryPolicy::max_failures`], with the mismatch in its internal message.
+///   A file no stage of the run wrote (a shared file of another job of the
+///   subject, say) is read with the same care for links, FIFOs and devices,
+///   as long as it was when opened, but has no digest to be checked against.
 /// - **Retries.** A stage returns a [`StageError`], transient or permanent.
 ///   Transient errors put the job back in the queue with a backoff from the
 ///   [`RetryPolicy`], stored in the job record ([`Job::retry_at_ms`]) so that it
@@ -353,11 +376,13 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     /// skipped: the value is stored as the job's result and sent as the data of
     /// its `done` event, exactly as returned. Default: `{"stages": [names]}`.
     ///
-    /// It gets the context of the last stage, read-only: it reads artifacts
-    /// (which verified, if their stages were skipped on a resumed run) and
-    /// cannot write. An error or a panic fails the last stage as a stage
-    /// error would: a transient one is retried, and the retry skips every
-    /// verified stage and computes the result again.
+    /// It gets the context of the last stage, read-only: it reads artifacts,
+    /// each checked against what its stage wrote as a stage's reads are (see
+    /// [`StageContext::read`]), and cannot write. An error or a panic fails the
+    /// last stage as a stage error would: a transient one is retried, and the
+    /// retry skips every verified stage and computes the result again. A read
+    /// that does not match fails it transiently whatever it returns, and the
+    /// retry runs the stage that wrote the file again.
     ///
     /// ```
     /// use std::sync::Arc;

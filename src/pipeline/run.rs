@@ -1,6 +1,7 @@
 //! One run of one job: lease the subject, start an attempt, go through the
 //! stages (skip, run, record, fail), and stop cleanly on every way out.
 
+use std::cell::OnceCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,11 +10,12 @@ use serde_json::json;
 
 use super::checkpoint::{Artifact, Checkpoint, Verdict};
 use super::error::StageError;
+use super::inputs::{Mismatch, Recorded, read_recorded, read_unrecorded};
 use super::lease::Lease;
 use super::outcome::{RunOutcome, RunReport, StageAction, Stop};
 use super::stage::{StageContext, StageIo};
 use super::{Pipeline, Stage, paths};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::jobs::{Claim, Job, JobStatus};
 use crate::lock::{Acquire, LockRecord, LockRequest};
 use crate::store::{BatchOp, Expect, Store};
@@ -209,6 +211,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     fn stages(&self, report: &mut RunReport) -> Result<RunOutcome> {
         let inner = &self.pipeline.inner;
         let mut previous_chain = String::new();
+        let mut recorded = Recorded::default();
         for (i, stage) in inner.stages.iter().enumerate() {
             if let Some(stop) = self.check_between()? {
                 return self.stop(stop, None, &[]);
@@ -244,6 +247,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                                 None,
                                 Some(&checkpoint),
                             );
+                            recorded.add(&stage.name, &checkpoint.artifacts);
                             previous_chain = checkpoint.chain;
                             continue;
                         }
@@ -252,15 +256,18 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                 }
             };
             self.notice(&stage.name, StageAction::Started, stale.as_deref());
-            match self.run_stage(stage, &previous_chain, report)? {
-                Ok(chain) => previous_chain = chain,
+            match self.run_stage(stage, &previous_chain, &recorded, report)? {
+                Ok(checkpoint) => {
+                    recorded.add(&stage.name, &checkpoint.artifacts);
+                    previous_chain = checkpoint.chain;
+                }
                 Err(outcome) => return Ok(outcome),
             }
         }
         if let Some(stop) = self.check_between()? {
             return self.stop(stop, None, &[]);
         }
-        let result = match self.result()? {
+        let result = match self.result(&recorded)? {
             Ok(result) => result,
             Err(outcome) => return Ok(outcome),
         };
@@ -276,8 +283,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
 
     /// The job's result: `Ok(Ok(value))` to complete with, or `Ok(Err(outcome))`
     /// when computing it failed and the run ends here (as a failure of the last
-    /// stage).
-    fn result(&self) -> Result<std::result::Result<serde_json::Value, RunOutcome>> {
+    /// stage). It reads the artifacts every stage `recorded`, checked as a
+    /// stage's reads are.
+    fn result(
+        &self,
+        recorded: &Recorded,
+    ) -> Result<std::result::Result<serde_json::Value, RunOutcome>> {
         let inner = &self.pipeline.inner;
         let Some(make) = &inner.result else {
             let names: Vec<&String> = inner.stages.iter().map(|s| &s.name).collect();
@@ -287,7 +298,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             return self.stop(Stop::Deleted, None, &[]).map(Err);
         };
         let last = inner.stages.last().map_or("", |s| s.name.as_str());
-        let ctx = StageContext {
+        let mut ctx = StageContext {
             io: self,
             job: &job,
             subject: self.subject,
@@ -296,12 +307,17 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             subject_rel: self.subject_rel.clone(),
             token: self.lease.token(),
             written: Vec::new(),
+            recorded,
             stop: None,
+            mismatch: OnceCell::new(),
         };
-        let error = match catch_unwind(AssertUnwindSafe(|| make(&ctx))) {
-            Ok(Ok(value)) => return Ok(Ok(value)),
-            Ok(Err(e)) => e,
-            Err(panic) => StageError::from_panic(&*panic),
+        let made = catch_unwind(AssertUnwindSafe(|| make(&ctx)));
+        let error = match (ctx.mismatch.take(), made) {
+            // Whatever it made of the refused read, it did not have its input.
+            (Some(mismatch), _) => StageError::artifact_mismatch(mismatch),
+            (None, Ok(Ok(value))) => return Ok(Ok(value)),
+            (None, Ok(Err(e))) => e,
+            (None, Err(panic)) => StageError::from_panic(&*panic),
         };
         self.notice(
             last,
@@ -311,14 +327,16 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         self.fail(last, &[], error).map(Err)
     }
 
-    /// Runs one stage; `Ok(Ok(chain))` when its checkpoint is recorded,
-    /// `Ok(Err(outcome))` when the run ends here.
+    /// Runs one stage, whose reads are checked against what the earlier
+    /// stages `recorded`; `Ok(Ok(checkpoint))` when its checkpoint is
+    /// recorded, `Ok(Err(outcome))` when the run ends here.
     fn run_stage(
         &self,
         stage: &Stage,
         previous_chain: &str,
+        recorded: &Recorded,
         report: &mut RunReport,
-    ) -> Result<std::result::Result<String, RunOutcome>> {
+    ) -> Result<std::result::Result<Checkpoint, RunOutcome>> {
         let inner = &self.pipeline.inner;
         let Some(job) = inner.jobs.get(self.id())? else {
             return self.stop(Stop::Deleted, Some(&stage.name), &[]).map(Err);
@@ -332,7 +350,9 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             subject_rel: self.subject_rel.clone(),
             token: self.lease.token(),
             written: Vec::new(),
+            recorded,
             stop: None,
+            mismatch: OnceCell::new(),
         };
         let result = catch_unwind(AssertUnwindSafe(|| (stage.run)(&mut ctx)));
         let written = std::mem::take(&mut ctx.written);
@@ -343,10 +363,13 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             let stop = self.check_between()?.unwrap_or(Stop::Superseded(reason));
             return self.stop(stop, Some(&stage.name), &written).map(Err);
         }
-        let error = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(panic) => Some(StageError::from_panic(&*panic)),
+        let error = match (ctx.mismatch.take(), result) {
+            // Whatever it made of the refused read, it did not have its input:
+            // nothing it did is recorded.
+            (Some(mismatch), _) => Some(StageError::artifact_mismatch(mismatch)),
+            (None, Ok(Ok(()))) => None,
+            (None, Ok(Err(e))) => Some(e),
+            (None, Err(panic)) => Some(StageError::from_panic(&*panic)),
         };
         if let Some(error) = error {
             report
@@ -363,7 +386,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             Ok(checkpoint) => {
                 report.stages.push((stage.name.clone(), StageAction::Ran));
                 self.notice_with(&stage.name, StageAction::Ran, None, Some(&checkpoint));
-                Ok(Ok(checkpoint.chain))
+                Ok(Ok(checkpoint))
             }
             Err(e) if e.is_stale_worker() || e.is_invalid_transition() => {
                 self.interrupted(&stage.name, &e.to_string(), report);
@@ -523,14 +546,14 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         Ok(Artifact::of(rel, bytes))
     }
 
-    fn read(&self, rel: &Path) -> Result<Vec<u8>> {
-        let path = self.pipeline.inner.root.join(rel);
-        self.pipeline
-            .inner
-            .writer
-            .vfs()
-            .read(&path)
-            .at("read artifact", &path)
+    fn read_recorded(&self, recorded: &Artifact) -> Result<std::result::Result<Vec<u8>, Mismatch>> {
+        let inner = &self.pipeline.inner;
+        read_recorded(inner.writer.vfs(), &inner.root, recorded, true)
+    }
+
+    fn read_unrecorded(&self, rel: &Path) -> Result<Vec<u8>> {
+        let inner = &self.pipeline.inner;
+        read_unrecorded(inner.writer.vfs(), &inner.root, rel)
     }
 
     fn progress(&self, message: &str) -> Result<()> {

@@ -1,10 +1,12 @@
 //! What a stage sees: its job, its directories, and fenced artifact writes.
 
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::Artifact;
+use super::inputs::{Mismatch, Recorded};
 use super::paths::check_artifact_name;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::jobs::Job;
 
@@ -13,8 +15,12 @@ pub(crate) trait StageIo {
     /// Writes `bytes` to `root/rel` atomically, if the runner still owns the
     /// job; returns the artifact written.
     fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact>;
-    /// Reads `root/rel`.
-    fn read(&self, rel: &Path) -> Result<Vec<u8>>;
+    /// Reads the artifact `recorded` names if it is still what was recorded
+    /// (see [`read_recorded`](super::inputs::read_recorded)).
+    fn read_recorded(&self, recorded: &Artifact) -> Result<std::result::Result<Vec<u8>, Mismatch>>;
+    /// Reads `root/rel`, which no stage of the run recorded (see
+    /// [`read_unrecorded`](super::inputs::read_unrecorded)).
+    fn read_unrecorded(&self, rel: &Path) -> Result<Vec<u8>>;
     /// Records a progress message on the job.
     fn progress(&self, message: &str) -> Result<()>;
     /// The artifact root.
@@ -41,7 +47,13 @@ pub struct StageContext<'a> {
     pub(crate) subject_rel: PathBuf,
     pub(crate) token: FencingToken,
     pub(crate) written: Vec<Artifact>,
+    /// What the earlier stages of the run recorded: reads are checked against it.
+    pub(crate) recorded: &'a Recorded,
     pub(crate) stop: Option<String>,
+    /// The first read of a recorded artifact that did not verify, as the
+    /// internal message of the stage's failure. Set through `&self`: reads
+    /// take `&self`, and so does a job's result.
+    pub(crate) mismatch: OnceCell<String>,
 }
 
 impl std::fmt::Debug for StageContext<'_> {
@@ -127,20 +139,41 @@ impl StageContext<'_> {
     /// Reads the artifact `name` of the job's directory (one an earlier stage
     /// wrote, say).
     ///
+    /// An artifact that this stage or an earlier stage of the run wrote is read
+    /// only if it is still exactly what was written: a regular file, not
+    /// reached through a symlink, of the recorded length and SHA-256, read
+    /// without blocking and no further than that length (and one byte to see
+    /// that it ends there). If it is not, its bytes are not returned and the
+    /// stage cannot finish: whatever it returns, it ends as a transient failure
+    /// (code [`StageError::ARTIFACT_MISMATCH`](super::StageError::ARTIFACT_MISMATCH))
+    /// whose internal message names the file and what differs, and on the next
+    /// run the stage that wrote the file no longer verifies and runs again.
+    ///
+    /// A file no stage of the run wrote (another job's, say) is read with the
+    /// same care for links, FIFOs and devices, as long as it was when opened,
+    /// but there is no digest to check it against.
+    ///
     /// # Errors
-    /// As [`write`](StageContext::write), for the name and for reading.
+    /// As [`write`](StageContext::write), for the name;
+    /// [`Error::CorruptFile`](crate::Error::CorruptFile) naming the file for
+    /// one that does not match what was written, for a symlink or another kind
+    /// of file where a file no stage wrote was expected, and for a symlink or
+    /// a file where a directory on its way belongs; I/O errors naming the path
+    /// (`NotFound` for a missing file no stage of the run wrote).
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
         check_artifact_name(name)?;
-        self.io.read(&self.job_rel.join(name))
+        self.read_at(self.job_rel.join(name))
     }
 
-    /// Reads the artifact `name` of the subject's directory.
+    /// Reads the artifact `name` of the subject's directory, as
+    /// [`read`](StageContext::read) reads the job's: a shared file that a stage
+    /// of this job's run wrote is checked against its record.
     ///
     /// # Errors
     /// As [`read`](StageContext::read).
     pub fn read_shared(&self, name: &str) -> Result<Vec<u8>> {
         check_artifact_name(name)?;
-        self.io.read(&self.subject_rel.join(name))
+        self.read_at(self.subject_rel.join(name))
     }
 
     /// Records a progress message on the job (and a `progress` event).
@@ -156,6 +189,34 @@ impl StageContext<'_> {
     /// The artifacts written so far by this run of the stage.
     pub fn artifacts(&self) -> &[Artifact] {
         &self.written
+    }
+
+    fn read_at(&self, rel: PathBuf) -> Result<Vec<u8>> {
+        // This stage's own write of the path is the latest.
+        let recorded = match self.written.iter().find(|a| a.path == rel) {
+            Some(own) => Some((self.stage, own)),
+            None => self.recorded.get(&rel),
+        };
+        let Some((maker, artifact)) = recorded else {
+            return self.io.read_unrecorded(&rel);
+        };
+        match self.io.read_recorded(artifact)? {
+            Ok(bytes) => Ok(bytes),
+            Err(mismatch) => {
+                let _ = self.mismatch.set(format!(
+                    "artifact {} does not match what stage {maker:?} wrote: {mismatch}; \
+                     that stage runs again",
+                    rel.display()
+                ));
+                Err(Error::CorruptFile {
+                    path: self.io.root().join(rel),
+                    reason: format!(
+                        "the artifact does not match what stage {maker:?} wrote: {mismatch}; \
+                         it was not read, and that stage runs again on the job's next run"
+                    ),
+                })
+            }
+        }
     }
 
     fn write_at(&mut self, dir: PathBuf, name: &str, bytes: &[u8]) -> Result<PathBuf> {

@@ -114,6 +114,14 @@ impl<V: Vfs> Vfs for Counting<V> {
         })
     }
 
+    fn open_regular_file(&self, path: &Path) -> io::Result<Self::File> {
+        let file = self.inner.open_regular_file(path)?;
+        Ok(CountingFile {
+            inner: file,
+            counters: self.counters.clone(),
+        })
+    }
+
     fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<Self::File> {
         let file = self.inner.open_or_create(path, mode)?;
         Ok(CountingFile {

@@ -15,7 +15,8 @@ use super::{FileInfo, StdVfs, Vfs, VfsFile};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum OpKind {
-    /// Opening an existing file ([`Vfs::open_read`], [`Vfs::open_or_create`]).
+    /// Opening an existing file ([`Vfs::open_read`], [`Vfs::open_regular_file`],
+    /// [`Vfs::open_or_create`]).
     Open,
     /// Creating a new file exclusively ([`Vfs::create_new`]).
     Create,
@@ -515,6 +516,12 @@ impl<V: Vfs> Vfs for Faulty<V> {
     fn open_read(&self, path: &Path) -> io::Result<Self::File> {
         self.state.pass(OpKind::Open, path)?;
         let file = self.inner.open_read(path)?;
+        Ok(self.wrap(file, path))
+    }
+
+    fn open_regular_file(&self, path: &Path) -> io::Result<Self::File> {
+        self.state.pass(OpKind::Open, path)?;
+        let file = self.inner.open_regular_file(path)?;
         Ok(self.wrap(file, path))
     }
 

@@ -46,6 +46,50 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// Opens an existing file for reading.
     fn open_read(&self, path: &Path) -> io::Result<Self::File>;
 
+    /// Opens an existing regular file for reading without following a final
+    /// symlink and without blocking: how jobsafe reads a file it wrote itself,
+    /// so that a link, a FIFO or a device found in its place is refused, never
+    /// followed, waited on or read without end.
+    ///
+    /// A missing file fails with [`io::ErrorKind::NotFound`]; anything but a
+    /// regular file (a symlink, a FIFO, a socket, a device, a directory) with
+    /// [`io::ErrorKind::InvalidData`]. Callers bound what they then read by what
+    /// they expect, not by what the file claims.
+    ///
+    /// [`StdVfs`] on Linux opens with `O_NOFOLLOW | O_NONBLOCK | O_NOCTTY` and
+    /// checks the type of the file it opened, so nothing can be swapped in
+    /// between the check and the open: a FIFO or a device is opened, without
+    /// blocking, only to be refused. The status flag `O_NONBLOCK` stays on the
+    /// handle; it changes nothing for a regular file. On other systems it
+    /// checks `path` before the open as well as the opened file after it: a
+    /// FIFO swapped in between the two can block the open. The default checks `path` with
+    /// [`metadata`](Vfs::metadata), then calls [`open_read`](Vfs::open_read):
+    /// a file swapped between the two is not caught, which suits layers that
+    /// simulate a filesystem. A layer that wraps another should forward this
+    /// method.
+    ///
+    /// ```
+    /// use jobsafe::vfs::{StdVfs, Vfs};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let file = dir.path().join("artifact");
+    /// std::fs::write(&file, b"mine")?;
+    /// std::fs::write(dir.path().join("outside"), b"not mine")?;
+    /// let link = dir.path().join("link");
+    /// std::os::unix::fs::symlink(dir.path().join("outside"), &link)?;
+    ///
+    /// assert!(StdVfs.open_regular_file(&file).is_ok());
+    /// let refused = StdVfs.open_regular_file(&link).unwrap_err();
+    /// assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    fn open_regular_file(&self, path: &Path) -> io::Result<Self::File> {
+        match self.metadata(path)?.kind {
+            FileKind::File => self.open_read(path),
+            FileKind::Dir | FileKind::Other => Err(not_a_regular_file()),
+        }
+    }
+
     /// Opens a file for reading and writing, creating it with `mode` if absent.
     /// A symlink at `path` should fail the open rather than be followed
     /// (`O_NOFOLLOW`; [`StdVfs`] does so on Linux).
@@ -148,6 +192,15 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
         }
         self.sync_dir(parent.unwrap_or(Path::new(".")))
     }
+}
+
+/// The error of [`Vfs::open_regular_file`] for anything but a regular file.
+pub(crate) fn not_a_regular_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "not a regular file (a symlink, a FIFO, a socket, a device or a directory): \
+         not followed, not read",
+    )
 }
 
 /// An open file of a [`Vfs`].

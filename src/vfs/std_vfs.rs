@@ -30,6 +30,37 @@ impl Vfs for StdVfs {
         File::open(path)
     }
 
+    fn open_regular_file(&self, path: &Path) -> io::Result<File> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::OFlags;
+            let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+            options.custom_flags(flags.bits() as i32);
+        }
+        // Elsewhere, without those flags at hand, a check before the open; a
+        // link or FIFO swapped in after it is caught after the open (by then a
+        // FIFO has blocked it).
+        #[cfg(not(target_os = "linux"))]
+        if !fs::symlink_metadata(path)?.is_file() {
+            return Err(super::not_a_regular_file());
+        }
+        let file = match options.open(path) {
+            Ok(file) => file,
+            // A final symlink fails with ELOOP, which has other causes too:
+            // say which it is.
+            Err(e) => {
+                let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                return Err(if link { super::not_a_regular_file() } else { e });
+            }
+        };
+        if !is_regular_file(&file)? {
+            return Err(super::not_a_regular_file());
+        }
+        Ok(file)
+    }
+
     fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<File> {
         let mut options = OpenOptions::new();
         options
@@ -135,6 +166,17 @@ fn statx_only<Fd: std::os::fd::AsFd>(
         }
         Err(errno) => Err(errno.into()),
     }
+}
+
+/// Whether an open file is a regular file (`fstat`), asking for its type alone
+/// where the system allows, as [`VfsFile::size`] does.
+fn is_regular_file(file: &File) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    if let Some(stat) = statx_only(file, Path::new(""), rustix::fs::StatxFlags::TYPE)? {
+        let mode = rustix::fs::RawMode::from(stat.stx_mode);
+        return Ok(rustix::fs::FileType::from_raw_mode(mode) == rustix::fs::FileType::RegularFile);
+    }
+    Ok(file.metadata()?.file_type().is_file())
 }
 
 /// Creates `path` exclusively and runs `init` on the new file. If `init` fails the
@@ -269,6 +311,47 @@ mod tests {
         assert_eq!(VfsFile::size(&file).unwrap(), 0);
         VfsFile::write_all_at(&file, b"abc", 4093).unwrap();
         assert_eq!(VfsFile::size(&file).unwrap(), 4096);
+    }
+
+    #[test]
+    fn open_regular_file_refuses_links_fifos_devices_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"mine").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+
+        let mut read = Vec::new();
+        VfsFile::read_to_end(&mut StdVfs.open_regular_file(&file).unwrap(), &mut read).unwrap();
+        assert_eq!(read, b"mine");
+        let others = [&link, &dangling, &fifo, dir.path(), Path::new("/dev/null")];
+        let others: Vec<_> = others.iter().map(|p| p.to_path_buf()).collect();
+        let count = others.len();
+        // Nobody writes to the FIFO: a blocking open would never return, so the
+        // opens run in a thread that the test stops waiting for.
+        let (done, opened) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for other in others {
+                let kind = StdVfs
+                    .open_regular_file(&other)
+                    .map(|_| ())
+                    .map_err(|e| e.kind());
+                done.send((other, kind)).unwrap();
+            }
+        });
+        for _ in 0..count {
+            let (other, kind) = opened
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("an open blocked");
+            assert_eq!(kind, Err(io::ErrorKind::InvalidData), "{}", other.display());
+        }
+        let missing = StdVfs.open_regular_file(&dir.path().join("missing"));
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 
     #[cfg(target_os = "linux")]

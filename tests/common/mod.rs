@@ -140,6 +140,46 @@ pub(crate) fn is_root() -> bool {
     meta.uid() == 0
 }
 
+/// Makes a FIFO at `path` (`mkfifo`). Opening it to read blocks until a writer
+/// opens it, and no test opens one: a read that does not refuse it never returns.
+pub(crate) fn make_fifo(path: &Path) -> io::Result<()> {
+    let status = Command::new("mkfifo").arg(path).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "mkfifo {}: {status}",
+            path.display()
+        )))
+    }
+}
+
+/// Runs `f` on a thread of its own and returns what it returns, failing the
+/// test if it has not finished within [`child::WAIT_BOUND`]: for code that
+/// blocks forever when what it tests is broken (a read that waits on a FIFO,
+/// say). A guard, not a measurement: the bound is far beyond what the call
+/// takes, and a panic in `f` is the test's panic.
+pub(crate) fn unblocked<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        // The test may have stopped waiting: nobody to tell then.
+        let _ = done.send(f());
+    });
+    match result.recv_timeout(child::WAIT_BOUND) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{what}: ended without a result"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: still blocked after {:?}", child::WAIT_BOUND)
+        }
+    }
+}
+
 /// Set in a child started by [`run_under_umask`]: the directory it works in.
 const UMASK_CHILD_DIR: &str = "JOBSAFE_TEST_UMASK_CHILD_DIR";
 
