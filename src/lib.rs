@@ -152,6 +152,7 @@ mod fencing;
 pub mod jobs;
 mod key;
 pub mod ledger;
+mod limits;
 pub mod lock;
 pub mod pipeline;
 mod process;
