@@ -228,7 +228,8 @@ pub enum Error {
 
     /// Something to be stored is larger than its limit: a store value over
     /// [`Entry::MAX_VALUE_LEN`](crate::Entry::MAX_VALUE_LEN), or a field of a
-    /// record over its bound. Nothing was
+    /// record over its bound (such as
+    /// [`Job::MAX_KIND_LEN`](crate::jobs::Job::MAX_KIND_LEN)). Nothing was
     /// written: limits are checked before any I/O. Not transient: the same
     /// request fails again.
     #[error("{what}{} is {size} bytes, over the limit of {limit} bytes", fmt_key(.key))]

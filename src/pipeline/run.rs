@@ -299,7 +299,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             stop: None,
         };
         let error = match catch_unwind(AssertUnwindSafe(|| make(&ctx))) {
-            Ok(Ok(value)) => return Ok(Ok(value)),
+            // A result over the bound would be refused by every run again: it
+            // fails the job for good, as an error of the result's making.
+            Ok(Ok(value)) => match inner.jobs.check_result(self.id(), &value) {
+                Ok(()) => return Ok(Ok(value)),
+                Err(too_large) => StageError::from(too_large),
+            },
             Ok(Err(e)) => e,
             Err(panic) => StageError::from_panic(&*panic),
         };
