@@ -226,6 +226,25 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// Something to be stored is larger than its limit: a store value over
+    /// [`Entry::MAX_VALUE_LEN`](crate::Entry::MAX_VALUE_LEN), or a field of a
+    /// record over its bound (such as
+    /// [`Job::MAX_KIND_LEN`](crate::jobs::Job::MAX_KIND_LEN)). Nothing was
+    /// written: limits are checked before any I/O. Not transient: the same
+    /// request fails again.
+    #[error("{what}{} is {size} bytes, over the limit of {limit} bytes", fmt_key(.key))]
+    TooLarge {
+        /// What is too large: `"value"` for a store value, otherwise the field
+        /// (`"job kind"`, `"event data"`, `"lock metadata"`, ...).
+        what: &'static str,
+        /// The key it was to be stored at, where there is one.
+        key: Option<Key>,
+        /// Its size in bytes (for structured fields, of their JSON encoding).
+        size: usize,
+        /// The most bytes allowed.
+        limit: usize,
+    },
+
     /// A database server could not be reached, or refused or failed a request.
     ///
     /// `server` names it as `host:port/database`, never with a password.
@@ -265,6 +284,13 @@ fn fmt_current(current: &Option<Version>) -> String {
     match current {
         Some(v) => format!("version {}", v.get()),
         None => "no record".to_owned(),
+    }
+}
+
+fn fmt_key(key: &Option<Key>) -> String {
+    match key {
+        Some(key) => format!(" for {key}"),
+        None => String::new(),
     }
 }
 
@@ -314,6 +340,11 @@ impl Error {
         matches!(self, Error::AlreadyExists { .. })
     }
 
+    /// Something to be stored was over its size limit; nothing was written.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Error::TooLarge { .. })
+    }
+
     /// The store refuses writes after a failed fsync.
     pub fn is_poisoned(&self) -> bool {
         matches!(self, Error::Poisoned { .. } | Error::NotDurable { .. })
@@ -324,7 +355,8 @@ impl Error {
     /// of space), and a database server that could not be reached or dropped the
     /// connection ([`Error::Database`] with `transient`). A conflict is not: the
     /// same compare-and-set would fail again, so re-read and decide anew.
-    /// Corruption, poisoning and invalid input are not.
+    /// Corruption, poisoning and invalid input (a value over its size limit
+    /// included) are not.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Io { source, .. } => is_transient_io(source),
@@ -346,6 +378,21 @@ impl Error {
             step,
             path: path.into(),
             source,
+        }
+    }
+
+    /// `what` (at `key`, if any) is `size` bytes, over `limit`.
+    pub(crate) fn too_large(
+        what: &'static str,
+        key: Option<&Key>,
+        size: usize,
+        limit: usize,
+    ) -> Self {
+        Error::TooLarge {
+            what,
+            key: key.cloned(),
+            size,
+            limit,
         }
     }
 
@@ -432,6 +479,12 @@ mod tests {
             reason: "bad".into(),
         };
         assert!(corrupt.is_corrupt() && !corrupt.is_transient());
+        let batch = Error::too_large("LogStore transaction", None, 300, 256);
+        assert!(batch.is_too_large() && !batch.is_transient());
+        assert_eq!(
+            batch.to_string(),
+            "LogStore transaction is 300 bytes, over the limit of 256 bytes"
+        );
     }
 
     #[test]

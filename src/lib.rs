@@ -91,6 +91,11 @@
 //! - A record that cannot be decoded is an [`Error::Corrupt`] naming the key and
 //!   file: never treated as absent, never overwritten, never dropped.
 //! - After a failed flush, a store refuses further writes ([`Error::Poisoned`]).
+//! - Sizes are bounded: a store value by [`Entry::MAX_VALUE_LEN`] (16 MiB), and
+//!   each field a client fills by a constant on its type
+//!   ([`Job::MAX_KIND_LEN`](jobs::Job::MAX_KIND_LEN),
+//!   [`Event::MAX_DATA_LEN`](jobs::Event::MAX_DATA_LEN), ...). Anything larger
+//!   is refused with [`Error::TooLarge`] before anything is written.
 //! - Library code does not panic on input or disk content.
 //!
 //! # Limitations
@@ -152,6 +157,7 @@ mod fencing;
 pub mod jobs;
 mod key;
 pub mod ledger;
+mod limits;
 pub mod lock;
 pub mod pipeline;
 mod process;

@@ -27,7 +27,9 @@
 //!   newer version adds its fields at the top level;
 //! - values that are the caller's (a job's result and metadata, lock and
 //!   reservation metadata, event data, and every value of a
-//!   [`Store`](crate::Store)) are stored exactly as given, whatever they hold.
+//!   [`Store`](crate::Store)) are stored exactly as given, whatever they hold,
+//!   within the bound on each one's size (a constant on its type, such as
+//!   [`Job::MAX_RESULT_LEN`](crate::jobs::Job::MAX_RESULT_LEN)).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

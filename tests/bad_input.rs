@@ -17,9 +17,11 @@ use std::time::Duration;
 use jobsafe::jobs::{FailureKind, JobError, JobStatus, NewJob, RecoveryAction};
 use jobsafe::ledger::{ChargeRequest, Reserve};
 use jobsafe::lock::{Acquire, LockRequest, Release, Renewal};
+use jobsafe::testing::Faulty;
+use jobsafe::vfs::StdVfs;
 use jobsafe::{
-    DirStore, Error, Expect, JobLedger, JobLock, JobState, Key, LogStore, ManualClock, MemStore,
-    Prefix, Store,
+    Batch, DirStore, Entry, Error, Expect, JobLedger, JobLock, JobState, Key, LogStore,
+    ManualClock, MemStore, Prefix, Store,
 };
 use serde_json::{Value, json};
 use tempfile::tempdir;
@@ -209,6 +211,44 @@ fn awkward_keys_round_trip_through_every_store_and_a_reopen() -> TestResult {
     }
     // Only the two stores' directories exist beside each other.
     assert_eq!(fs::read_dir(dir.path())?.count(), 2);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Values over the store's limit
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_value_over_the_limit_is_refused_before_any_io_by_the_file_stores() -> TestResult {
+    let dir = tempdir()?;
+    let vfs = Faulty::new(StdVfs);
+    let dirs = DirStore::builder(dir.path().join("dir"))
+        .vfs(vfs.clone())
+        .open()?;
+    let log = LogStore::builder(dir.path().join("log"))
+        .vfs(vfs.clone())
+        .open()?;
+    let stores: [(&str, &dyn Store); 2] = [("dir", &dirs), ("log", &log)];
+    let (small, big) = (common::key("k/small"), common::key("k/big"));
+    // Zeroed by the allocator and never read: it costs no memory.
+    let over = vec![0u8; Entry::MAX_VALUE_LEN + 1];
+    for (name, store) in stores {
+        store.put(&small, b"v", Expect::Absent)?;
+        let before = common::limits::snapshot(store);
+        let ops = vfs.ops();
+        let put = store.put(&big, &over, Expect::Any);
+        let batch = Batch::new().put(&small, b"w".to_vec(), Expect::Any).put(
+            &big,
+            over.clone(),
+            Expect::Absent,
+        );
+        let applied = store.apply(&batch);
+        assert_eq!(vfs.ops(), ops, "{name}: a refused value cost I/O");
+        let limit = Entry::MAX_VALUE_LEN;
+        common::limits::assert_too_large(put, "value", limit + 1, limit);
+        common::limits::assert_too_large(applied, "value", limit + 1, limit);
+        assert_eq!(common::limits::snapshot(store), before, "{name}");
+    }
     Ok(())
 }
 

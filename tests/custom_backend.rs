@@ -34,6 +34,8 @@ enum Flaw {
     ListRestartsPages,
     /// A failed precondition reports no current version.
     ConflictHidesCurrent,
+    /// Values of any size are stored: `apply` skips `Batch::validate`.
+    IgnoresValueLimit,
 }
 
 /// What a record server keeps: encoded records, as a remote key-value service
@@ -208,7 +210,9 @@ impl Store for Toy {
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        batch.validate()?;
+        if self.flaw != Flaw::IgnoresValueLimit {
+            batch.validate()?;
+        }
         let mut records = self.server.write();
         if self.flaw == Flaw::BatchStopsAtConflict {
             return batch
@@ -355,6 +359,15 @@ fn conflicts_without_the_current_version_are_caught() {
     );
     assert!(
         caught.contains(&"put_version_is_compare_and_set"),
+        "{caught:?}"
+    );
+}
+
+#[test]
+fn values_over_the_limit_that_are_stored_are_caught() {
+    let caught = violated(Flaw::IgnoresValueLimit);
+    assert!(
+        caught.contains(&"value_over_the_limit_is_refused_and_changes_nothing"),
         "{caught:?}"
     );
 }

@@ -17,6 +17,8 @@ use jobsafe::{DirStore, Error, JobLock, JobState, Key, ManualClock, MemStore, St
 use serde_json::json;
 use tempfile::TempDir;
 
+use common::limits::{assert_too_large, json_of_len, metadata_of_len, snapshot, text_of_len};
+
 const START_MS: u64 = 1_700_000_000_000;
 type Jobs = JobState<Arc<dyn Store>>;
 
@@ -892,5 +894,138 @@ fn a_fresh_job_id_is_a_time_ordered_uuid() {
     for job in [first, second] {
         let id = uuid::Uuid::parse_str(&job.id).unwrap();
         assert_eq!(id.get_version(), Some(uuid::Version::SortRand), "{id}");
+    }
+}
+
+#[test]
+fn a_job_kind_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let kind = text_of_len(Job::MAX_KIND_LEN);
+        let job = jobs.create(NewJob::new(kind.clone())).unwrap();
+        assert_eq!(jobs.get(&job.id).unwrap().unwrap().kind, kind, "{name}");
+        let before = snapshot(jobs.store());
+        let over = Job::MAX_KIND_LEN + 1;
+        let refused = jobs.create(NewJob::new(text_of_len(over)).id("over"));
+        assert_too_large(refused, "job kind", over, Job::MAX_KIND_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
+    }
+}
+
+#[test]
+fn a_job_owner_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let owner = text_of_len(Job::MAX_OWNER_LEN);
+        let job = jobs.create(NewJob::new("k").owner(owner.clone())).unwrap();
+        assert_eq!(
+            jobs.get(&job.id).unwrap().unwrap().owner,
+            Some(owner),
+            "{name}"
+        );
+        let before = snapshot(jobs.store());
+        let over = Job::MAX_OWNER_LEN + 1;
+        let refused = jobs.create(NewJob::new("k").id("over").owner(text_of_len(over)));
+        assert_too_large(refused, "job owner", over, Job::MAX_OWNER_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
+    }
+}
+
+#[test]
+fn job_metadata_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        // `NewJob::meta` adds fields one by one: one field whose encoding,
+        // braces included, is exactly the limit.
+        let at_limit = metadata_of_len(Job::MAX_METADATA_LEN);
+        let (field, value) = at_limit.iter().next().unwrap();
+        let job = jobs
+            .create(NewJob::new("k").meta(field.clone(), value.clone()))
+            .unwrap();
+        assert_eq!(
+            jobs.get(&job.id).unwrap().unwrap().metadata,
+            at_limit,
+            "{name}"
+        );
+        let before = snapshot(jobs.store());
+        let over = Job::MAX_METADATA_LEN + 1;
+        let too_big = metadata_of_len(over);
+        let (field, value) = too_big.iter().next().unwrap();
+        let refused = jobs.create(
+            NewJob::new("k")
+                .id("over")
+                .meta(field.clone(), value.clone()),
+        );
+        assert_too_large(refused, "job metadata", over, Job::MAX_METADATA_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
+    }
+}
+
+#[test]
+fn a_job_result_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let over = Job::MAX_RESULT_LEN + 1;
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&job.id, None).unwrap();
+        let before = snapshot(jobs.store());
+        let refused = jobs.complete(&worker, json_of_len(over));
+        assert_too_large(refused, "job result", over, Job::MAX_RESULT_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
+
+        // The job still runs, and completes with a result at the limit, kept
+        // in the record and in the `done` event.
+        let result = json_of_len(Job::MAX_RESULT_LEN);
+        jobs.complete(&worker, result.clone()).unwrap();
+        let done = jobs.get(&job.id).unwrap().unwrap();
+        assert_eq!(done.status, JobStatus::Complete, "{name}");
+        assert_eq!(done.result.as_ref(), Some(&result), "{name}");
+        let events = jobs.events_since(&job.id, 0).unwrap().events;
+        assert_eq!(events.last().map(|e| &e.data), Some(&result), "{name}");
+    }
+}
+
+#[test]
+fn an_event_kind_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&job.id, None).unwrap();
+        let kind = text_of_len(Event::MAX_KIND_LEN);
+        let event = jobs.append_event(&worker, &kind, json!({})).unwrap();
+        assert_eq!(event.kind, kind, "{name}");
+        let before = snapshot(jobs.store());
+        let over = Event::MAX_KIND_LEN + 1;
+        let refused = jobs.append_event(&worker, &text_of_len(over), json!({}));
+        assert_too_large(refused, "event kind", over, Event::MAX_KIND_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
+    }
+}
+
+#[test]
+fn event_data_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&job.id, None).unwrap();
+        let data = json_of_len(Event::MAX_DATA_LEN);
+        let event = jobs.append_event(&worker, "chunk", data.clone()).unwrap();
+        let replayed = jobs.events_since(&job.id, event.seq - 1).unwrap().events;
+        assert_eq!(replayed.first().map(|e| &e.data), Some(&data), "{name}");
+        let before = snapshot(jobs.store());
+        let over = Event::MAX_DATA_LEN + 1;
+        let refused = jobs.append_event(&worker, "chunk", json_of_len(over));
+        assert_too_large(refused, "event data", over, Event::MAX_DATA_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
+    }
+}
+
+#[test]
+fn a_stage_name_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, jobs, _clock, _dir) in backends() {
+        let job = jobs.create(NewJob::new("k")).unwrap();
+        let worker = jobs.start(&job.id, None).unwrap();
+        let stage = text_of_len(Job::MAX_STAGE_LEN);
+        let staged = jobs.set_stage(&worker, &stage).unwrap();
+        assert_eq!(staged.stage.as_deref(), Some(stage.as_str()), "{name}");
+        let before = snapshot(jobs.store());
+        let over = Job::MAX_STAGE_LEN + 1;
+        let refused = jobs.set_stage(&worker, &text_of_len(over));
+        assert_too_large(refused, "job stage", over, Job::MAX_STAGE_LEN);
+        assert_eq!(snapshot(jobs.store()), before, "{name}");
     }
 }

@@ -13,6 +13,8 @@ use jobsafe::store::BatchOp;
 use jobsafe::{DirStore, Error, Expect, JobLedger, ManualClock, MemStore, Store};
 use tempfile::TempDir;
 
+use common::limits::{assert_too_large, metadata_of_len, snapshot, text_of_len};
+
 const START_MS: u64 = 1_700_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 const ACCOUNT: &str = "lic:abc123";
@@ -698,5 +700,72 @@ fn a_reservation_written_by_0_1_shows_its_service_fields_in_the_metadata() {
         assert_eq!(raw.get("backend"), None, "{name}: {raw}");
         let again = ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap();
         assert_eq!(again.metadata, read.metadata, "{name}");
+    }
+}
+
+#[test]
+fn a_fingerprint_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let fingerprint = text_of_len(ChargeRequest::MAX_FINGERPRINT_LEN);
+        let request = ChargeRequest::new().fingerprint(fingerprint.clone());
+        let first = new(ledger.reserve(ACCOUNT, "job-1", &request).unwrap());
+        assert_eq!(
+            first.fingerprint.as_deref(),
+            Some(fingerprint.as_str()),
+            "{name}"
+        );
+        let before = snapshot(ledger.store());
+        let over = ChargeRequest::MAX_FINGERPRINT_LEN + 1;
+        let request = ChargeRequest::new().fingerprint(text_of_len(over));
+        let limit = ChargeRequest::MAX_FINGERPRINT_LEN;
+        assert_too_large(
+            ledger.reserve(ACCOUNT, "job-2", &request),
+            "reservation fingerprint",
+            over,
+            limit,
+        );
+        assert_too_large(
+            ledger.reserve_pending(ACCOUNT, "job-2", &request),
+            "reservation fingerprint",
+            over,
+            limit,
+        );
+        assert_eq!(snapshot(ledger.store()), before, "{name}");
+    }
+}
+
+#[test]
+fn reservation_metadata_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, ledger, _clock, _dir) in backends() {
+        let metadata = metadata_of_len(ChargeRequest::MAX_METADATA_LEN);
+        let request = ChargeRequest::new().metadata_map(metadata.clone());
+        new(ledger.reserve(ACCOUNT, "job-1", &request).unwrap());
+        let stored = ledger.lookup(ACCOUNT, "job-1").unwrap().unwrap();
+        assert_eq!(stored.metadata, metadata, "{name}");
+        let before = snapshot(ledger.store());
+        let over = ChargeRequest::MAX_METADATA_LEN + 1;
+        let request = ChargeRequest::new().metadata_map(metadata_of_len(over));
+        let limit = ChargeRequest::MAX_METADATA_LEN;
+        assert_too_large(
+            ledger.reserve(ACCOUNT, "job-2", &request),
+            "reservation metadata",
+            over,
+            limit,
+        );
+        // With a balance change in the same batch: neither is written.
+        let debit = |_: &Reservation| -> jobsafe::Result<Vec<BatchOp>> {
+            Ok(vec![BatchOp::Put {
+                key: balance_key(ACCOUNT),
+                value: b"9".to_vec(),
+                expect: Expect::Any,
+            }])
+        };
+        assert_too_large(
+            ledger.reserve_with(ACCOUNT, "job-2", &request, debit),
+            "reservation metadata",
+            over,
+            limit,
+        );
+        assert_eq!(snapshot(ledger.store()), before, "{name}");
     }
 }

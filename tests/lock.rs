@@ -19,6 +19,8 @@ use jobsafe::lock::{
 use jobsafe::{DirStore, Error, FencingToken, JobLock, Key, ManualClock, MemStore, Prefix, Store};
 use tempfile::TempDir;
 
+use common::limits::{assert_too_large, metadata_of_len, snapshot, text_of_len};
+
 const TTL: Duration = Duration::from_secs(60);
 const START_MS: u64 = 1_700_000_000_000;
 
@@ -1340,4 +1342,44 @@ fn a_lock_namespace_too_deep_for_any_key_is_refused_at_build() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
     assert!(err.to_string().contains("JobLock"), "{err}");
+}
+
+#[test]
+fn a_lock_actor_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, locks, _clock, _dir) in backends() {
+        let actor = text_of_len(LockRequest::MAX_ACTOR_LEN);
+        let request = LockRequest::new().actor(actor.clone());
+        let guard = acquired(locks.acquire(&vault("a"), TTL, &request).unwrap());
+        let stored = locks.peek(&vault("a")).unwrap().unwrap();
+        assert_eq!(stored.actor.as_deref(), Some(actor.as_str()), "{name}");
+        let before = snapshot(locks.store());
+        let over = LockRequest::MAX_ACTOR_LEN + 1;
+        let request = LockRequest::new().actor(text_of_len(over));
+        for key in [vault("a"), vault("b")] {
+            let refused = locks.acquire(&key, TTL, &request);
+            assert_too_large(refused, "lock actor", over, LockRequest::MAX_ACTOR_LEN);
+        }
+        assert_eq!(snapshot(locks.store()), before, "{name}");
+        drop(guard);
+    }
+}
+
+#[test]
+fn lock_metadata_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
+    for (name, locks, _clock, _dir) in backends() {
+        let metadata = metadata_of_len(LockRequest::MAX_METADATA_LEN);
+        let request = LockRequest::new().metadata_map(metadata.clone());
+        let guard = acquired(locks.acquire(&vault("a"), TTL, &request).unwrap());
+        assert_eq!(guard.record().metadata, metadata, "{name}");
+        let before = snapshot(locks.store());
+        let over = LockRequest::MAX_METADATA_LEN + 1;
+        let request = LockRequest::new().metadata_map(metadata_of_len(over));
+        for key in [vault("a"), vault("b")] {
+            let refused = locks.acquire(&key, TTL, &request);
+            let limit = LockRequest::MAX_METADATA_LEN;
+            assert_too_large(refused, "lock metadata", over, limit);
+        }
+        assert_eq!(snapshot(locks.store()), before, "{name}");
+        drop(guard);
+    }
 }

@@ -17,7 +17,7 @@ use common::child::{self, Child};
 use common::key;
 use jobsafe::testing::{Fault, Faulty, OpKind};
 use jobsafe::vfs::StdVfs;
-use jobsafe::{Batch, Error, Expect, LogStore, Prefix, Store};
+use jobsafe::{Batch, Entry, Error, Expect, LogStore, Prefix, Store};
 
 /// Every record under `k/`, by key name.
 fn contents(store: &impl Store) -> BTreeMap<String, Vec<u8>> {
@@ -428,16 +428,28 @@ fn a_transaction_too_large_for_a_frame_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
     let before = store.stats().unwrap().journal_bytes;
-    // Zeroed by the allocator and never touched: it costs no memory.
-    let huge = vec![0u8; LogStore::MAX_TRANSACTION_BYTES + 1];
-    let batch = Batch::new().put(&key("k/big"), huge, Expect::Any);
+    // Each value is within the store's limit; together they are over the
+    // transaction's. Zeroed by the allocator and never touched: they cost no
+    // memory.
+    let values = LogStore::MAX_TRANSACTION_BYTES / Entry::MAX_VALUE_LEN;
+    let mut batch = Batch::new();
+    for i in 0..values {
+        let value = vec![0u8; Entry::MAX_VALUE_LEN];
+        batch = batch.put(&key(&format!("k/big-{i}")), value, Expect::Any);
+    }
     let err = store.apply(&batch).unwrap_err();
     assert!(
-        matches!(&err, Error::InvalidArgument(message) if message.contains("at most")),
+        matches!(
+            &err,
+            Error::TooLarge { key: None, size, limit, .. }
+                if *size > LogStore::MAX_TRANSACTION_BYTES
+                    && *limit == LogStore::MAX_TRANSACTION_BYTES
+        ),
         "{err}"
     );
+    assert!(!err.is_transient());
     assert_eq!(store.stats().unwrap().journal_bytes, before);
-    assert_eq!(store.get(&key("k/big")).unwrap(), None);
+    assert_eq!(store.get(&key("k/big-0")).unwrap(), None);
 }
 
 #[test]

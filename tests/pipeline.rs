@@ -16,7 +16,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::hooked_store::{HookedStore, StoreOp};
-use jobsafe::jobs::{JobError, JobStatus, NewJob, RecoveryAction};
+use common::limits::{json_of_len, text_of_len};
+use jobsafe::jobs::{Job, JobError, JobStatus, NewJob, RecoveryAction};
 use jobsafe::ledger::ChargeRequest;
 use jobsafe::lock::{Acquire, LockRequest};
 use jobsafe::pipeline::{
@@ -2513,4 +2514,57 @@ fn a_shared_file_another_job_of_the_subject_wrote_is_read_as_it_is() {
         std::fs::read(pipeline.job_dir(&second.id).join("copy.txt")).unwrap(),
         b"from the first job"
     );
+}
+
+#[test]
+fn a_result_over_its_limit_fails_the_job_for_good_naming_the_limit() {
+    let over = Job::MAX_RESULT_LEN + 1;
+    let h = harness_on(
+        Arc::new(jobsafe::MemStore::new()),
+        None,
+        START_MS,
+        |builder| builder.result(move |_| Ok(json_of_len(over))),
+    );
+    let id = enqueue(&h, "session-1");
+    let report = h.pipeline.run_job(&id).unwrap();
+    let RunOutcome::Failed { stage, error } = &report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    assert_eq!(
+        stage, "export",
+        "a result that cannot be stored fails the last stage"
+    );
+    let internal = error.internal_message();
+    for part in [
+        "job result",
+        &over.to_string(),
+        &Job::MAX_RESULT_LEN.to_string(),
+    ] {
+        assert!(internal.contains(part), "{internal:?} does not say {part}");
+    }
+    let job = h.pipeline.jobs().get(&id).unwrap().unwrap();
+    assert_eq!((job.status, job.result), (JobStatus::Failed, None));
+    assert_clean(&h, "after a result over its limit");
+}
+
+#[test]
+fn a_runner_actor_over_the_lock_actor_limit_is_refused_when_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let script = Arc::new(Script::default());
+    let store: Arc<dyn Store> = Arc::new(jobsafe::MemStore::new());
+    let over = LockRequest::MAX_ACTOR_LEN + 1;
+    let built = builder(store, &clock, dir.path(), &script)
+        .actor(text_of_len(over))
+        .build();
+    common::limits::assert_too_large(built, "pipeline actor", over, LockRequest::MAX_ACTOR_LEN);
+    let at_limit = builder(
+        Arc::new(jobsafe::MemStore::new()),
+        &clock,
+        dir.path(),
+        &script,
+    )
+    .actor(text_of_len(LockRequest::MAX_ACTOR_LEN))
+    .build();
+    assert!(at_limit.is_ok());
 }

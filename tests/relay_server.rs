@@ -14,6 +14,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 
+use jobsafe::jobs::Job;
 use serde_json::Value;
 
 use self::common::relay::{Relay, Res, SseEvent, wait_until};
@@ -83,6 +84,15 @@ fn duplicate_requests_charge_once() -> Res {
         r#"{"kind":"other"}"#,
     )?;
     assert_eq!(status, 422);
+
+    // A kind no job can have is refused before anything is charged.
+    let too_long = "k".repeat(Job::MAX_KIND_LEN + 1);
+    for (key, kind) in [("k-empty", ""), ("k-long", too_long.as_str())] {
+        let body = serde_json::json!({ "kind": kind }).to_string();
+        let (status, _) = relay.post("/jobs", &[account, ("Idempotency-Key", key)], &body)?;
+        assert_eq!(status, 400, "kind of {} bytes", kind.len());
+    }
+    assert_eq!(relay.credits("lic:dup")?, 3);
 
     // Spend the rest; the next new job is refused, a retry is still free.
     for key in ["k-3", "k-4", "k-5"] {

@@ -57,7 +57,7 @@ impl From<Error> for RelayError {
     fn from(e: Error) -> Self {
         match e {
             Error::FingerprintMismatch { .. } => RelayError::KeyReused,
-            Error::InvalidKey { .. } | Error::InvalidArgument(_) => {
+            Error::InvalidKey { .. } | Error::InvalidArgument(_) | Error::TooLarge { .. } => {
                 RelayError::BadRequest(e.to_string())
             }
             e => RelayError::Internal(e),
@@ -155,6 +155,14 @@ impl Relay {
     /// creates it under the same id. Of two creators one wins; the other finds
     /// the job there.
     pub(crate) fn create_job(&self, request: &JobRequest<'_>) -> Result<Created, RelayError> {
+        // Refused before the charge: a job that cannot be created must not
+        // cost a credit.
+        if request.kind.is_empty() || request.kind.len() > Job::MAX_KIND_LEN {
+            return Err(RelayError::BadRequest(format!(
+                "a job kind is 1 to {} bytes long",
+                Job::MAX_KIND_LEN
+            )));
+        }
         let fresh = uuid::Uuid::now_v7().to_string();
         let key = request.key.unwrap_or(&fresh);
         let charge = ChargeRequest::new()

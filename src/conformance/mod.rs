@@ -39,6 +39,7 @@
 mod batches;
 mod concurrency;
 mod keys;
+mod limits;
 mod restart;
 mod single_key;
 mod suite;
@@ -58,6 +59,7 @@ pub use keys::{
     largest_key_is_stored, list_is_ordered_and_matches_whole_segments,
     list_pages_cover_every_key_once, list_sees_writes_between_pages,
 };
+pub use limits::{largest_value_is_stored, value_over_the_limit_is_refused_and_changes_nothing};
 pub use restart::{
     corrupt_record_is_reported_never_absent, quarantine_moves_records_aside, writes_survive_reopen,
 };

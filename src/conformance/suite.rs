@@ -27,6 +27,8 @@ macro_rules! __conformance_clauses {
             hostile_segments_are_distinct_keys,
             key_that_prefixes_another_is_independent,
             largest_key_is_stored,
+            largest_value_is_stored,
+            value_over_the_limit_is_refused_and_changes_nothing,
             list_is_ordered_and_matches_whole_segments,
             list_pages_cover_every_key_once,
             list_sees_writes_between_pages,

@@ -49,6 +49,7 @@ use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
+use crate::limits;
 use crate::record::{self as codec, Extra, Metadata};
 use crate::store::{BatchOp, Expect, Store, Version};
 
@@ -401,13 +402,19 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// [`Error::Conflict`] if a job with the chosen id exists;
     /// [`Error::InvalidArgument`] for an empty kind; [`Error::InvalidKey`] for an
-    /// invalid id (empty, NUL, too long); store errors.
+    /// invalid id (empty, NUL, too long); [`Error::TooLarge`] naming the field
+    /// for a kind, owner or metadata over [`Job::MAX_KIND_LEN`],
+    /// [`Job::MAX_OWNER_LEN`] or [`Job::MAX_METADATA_LEN`], with nothing
+    /// written; store errors.
     pub fn create(&self, new: NewJob) -> Result<Job> {
         if new.kind.is_empty() {
             return Err(Error::InvalidArgument("a job needs a kind".to_owned()));
         }
         let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let key = self.record_key(&id)?;
+        limits::check_text("job kind", &key, Some(&new.kind), Job::MAX_KIND_LEN)?;
+        limits::check_text("job owner", &key, new.owner.as_deref(), Job::MAX_OWNER_LEN)?;
+        limits::check_json("job metadata", &key, &new.metadata, Job::MAX_METADATA_LEN)?;
         let now = self.clock.now_ms();
         let mut job = Job {
             id,

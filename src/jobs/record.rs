@@ -224,6 +224,38 @@ impl Job {
     /// character boundary.
     pub const MAX_PROGRESS_LEN: usize = 200;
 
+    /// Longest [`kind`](Job::kind), in bytes: 256. A kind names a type of work
+    /// (`"transcribe"`), is shown to clients and matched by filters; 256 bytes
+    /// leave room for namespaced names and none for a payload. A longer one is
+    /// refused by [`JobState::create`](crate::JobState::create) with
+    /// [`Error::TooLarge`](crate::Error::TooLarge).
+    pub const MAX_KIND_LEN: usize = 256;
+
+    /// Longest [`owner`](Job::owner), in bytes: 256, room for a user, install
+    /// or license id with a prefix. A longer one is refused by
+    /// [`JobState::create`](crate::JobState::create).
+    pub const MAX_OWNER_LEN: usize = 256;
+
+    /// Longest [`metadata`](Job::metadata), in bytes of its JSON encoding:
+    /// 64 KiB. The record carrying it is rewritten by every transition, so its
+    /// size is paid on each; facts for operators fit in far less. Larger
+    /// metadata is refused by [`JobState::create`](crate::JobState::create).
+    pub const MAX_METADATA_LEN: usize = 64 << 10;
+
+    /// Longest [`result`](Job::result), in bytes of its JSON encoding: 1 MiB.
+    /// A result is stored twice (in the record and in the `done` event) and
+    /// sent to every client that polls or streams the job: large outputs
+    /// belong in files (artifacts), with their path in the result. A larger
+    /// one is refused by [`JobState::complete`](crate::JobState::complete);
+    /// the job stays running.
+    pub const MAX_RESULT_LEN: usize = 1 << 20;
+
+    /// Longest [`stage`](Job::stage) name, in bytes: 1 KiB, as long as a key
+    /// segment, so that every stage name a
+    /// [`Pipeline`](crate::Pipeline) accepts fits. A longer one is refused by
+    /// [`JobState::set_stage`](crate::JobState::set_stage).
+    pub const MAX_STAGE_LEN: usize = crate::Key::MAX_SEGMENT_LEN;
+
     /// The sequence number of the newest event in the job's log, or `None` if it
     /// has none yet. On the job a transition returns, this is the number of the
     /// event that transition appended (the record and the event are written in
@@ -335,6 +367,23 @@ impl Record for Event {
 }
 
 impl Event {
+    /// Longest [`kind`](Event::kind) of an event appended with
+    /// [`JobState::append_event`](crate::JobState::append_event), in bytes:
+    /// 128. It is a type name, sent with every event (an SSE `event:` line);
+    /// the transitions' own are a few bytes. A longer one is refused with
+    /// [`Error::TooLarge`](crate::Error::TooLarge).
+    pub const MAX_KIND_LEN: usize = 128;
+
+    /// Longest [`data`](Event::data) of an event appended with
+    /// [`JobState::append_event`](crate::JobState::append_event), in bytes of
+    /// its JSON encoding: 64 KiB. A job keeps up to
+    /// [`JobState::DEFAULT_MAX_EVENTS`](crate::JobState::DEFAULT_MAX_EVENTS)
+    /// events and replays them to each reconnecting client, so an event is a
+    /// notice, not a payload. Larger data is refused with
+    /// [`Error::TooLarge`](crate::Error::TooLarge). The `done` event carries
+    /// the job's result, bounded by [`Job::MAX_RESULT_LEN`] instead.
+    pub const MAX_DATA_LEN: usize = 64 << 10;
+
     /// Whether this event ends the job's stream (`done`, `error`, `cancelled`).
     pub fn is_terminal(&self) -> bool {
         TERMINAL_EVENTS.contains(&self.kind.as_str())

@@ -23,6 +23,7 @@ use super::record::{MAX_PROGRESS_LEN, bounded};
 use super::{Claim, Event, Job, JobError, JobState, JobStatus};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
+use crate::limits;
 use crate::store::{BatchOp, Store};
 
 /// How an attempt failed.
@@ -96,7 +97,9 @@ impl<S: Store> JobState<S> {
     /// [`last_event_seq`](Job::last_event_seq) is that event's number.
     ///
     /// # Errors
-    /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running.
+    /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running;
+    /// [`Error::TooLarge`] for a stage name over [`Job::MAX_STAGE_LEN`], with
+    /// nothing written.
     pub fn set_stage(&self, worker: &Claim, stage: &str) -> Result<Job> {
         self.set_stage_with(worker, stage, false, &[])
     }
@@ -111,6 +114,8 @@ impl<S: Store> JobState<S> {
         restart: bool,
         extra: &[BatchOp],
     ) -> Result<Job> {
+        let key = self.record_key(&worker.job_id)?;
+        limits::check_text("job stage", &key, Some(stage), Job::MAX_STAGE_LEN)?;
         self.update_as(worker, "set a stage", extra, |job, now| {
             job.heartbeat_ms = Some(now);
             if restart {
@@ -154,8 +159,10 @@ impl<S: Store> JobState<S> {
     /// `error`, `cancelled`) are reserved for the transitions that end a job.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a reserved or empty type; as
-    /// [`set_stage`](JobState::set_stage).
+    /// [`Error::InvalidArgument`] for a reserved or empty type;
+    /// [`Error::TooLarge`] naming the field for a type over
+    /// [`Event::MAX_KIND_LEN`] or data over [`Event::MAX_DATA_LEN`], with
+    /// nothing written; as [`set_stage`](JobState::set_stage).
     pub fn append_event(&self, worker: &Claim, kind: &str, data: Value) -> Result<Event> {
         self.append_event_with(worker, kind, data, &[])
     }
@@ -174,6 +181,9 @@ impl<S: Store> JobState<S> {
                 "event type {kind:?} is empty or reserved for the end of a job"
             )));
         }
+        let key = self.record_key(&worker.job_id)?;
+        limits::check_text("event kind", &key, Some(kind), Event::MAX_KIND_LEN)?;
+        limits::check_json("event data", &key, &data, Event::MAX_DATA_LEN)?;
         let (_, written) = self.update_with(&worker.job_id, extra, |job, now| {
             check_worker(job, worker, "append an event")?;
             job.heartbeat_ms = Some(now);
@@ -192,7 +202,9 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// As [`set_stage`](JobState::set_stage); completing twice is an
-    /// [`Error::InvalidTransition`].
+    /// [`Error::InvalidTransition`]; [`Error::TooLarge`] for a result over
+    /// [`Job::MAX_RESULT_LEN`], with nothing written (the job stays running:
+    /// complete it with a smaller result, or fail it).
     pub fn complete(&self, worker: &Claim, result: Value) -> Result<Job> {
         self.complete_with(worker, result, &[])
     }
@@ -205,6 +217,7 @@ impl<S: Store> JobState<S> {
         result: Value,
         extra: &[BatchOp],
     ) -> Result<Job> {
+        self.check_result(&worker.job_id, &result)?;
         self.update_as(worker, "complete", extra, |job, now| {
             job.status = JobStatus::Complete;
             if let Some(done) = job.stage.take() {
@@ -302,6 +315,13 @@ impl<S: Store> JobState<S> {
             Ok(vec![event("requeued", json!({ "reason": "manual retry" }))])
         })
         .map(|(job, _)| job)
+    }
+
+    /// Refuses a result of job `id` over [`Job::MAX_RESULT_LEN`], before
+    /// anything is written.
+    pub(crate) fn check_result(&self, id: &str, result: &Value) -> Result<()> {
+        let key = self.record_key(id)?;
+        limits::check_json("job result", &key, result, Job::MAX_RESULT_LEN)
     }
 
     /// A change by `worker`: refused unless it still runs the job's current

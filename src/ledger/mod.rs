@@ -264,7 +264,10 @@ impl<S: Store> JobLedger<S> {
     /// # Errors
     /// [`Error::FingerprintMismatch`] carrying the stored reservation if the
     /// request's fingerprint differs from a live reservation's;
-    /// [`Error::InvalidKey`]; [`Error::Corrupt`] naming the key if the stored
+    /// [`Error::InvalidKey`]; [`Error::TooLarge`] naming the field for a
+    /// fingerprint or metadata over [`ChargeRequest::MAX_FINGERPRINT_LEN`] or
+    /// [`ChargeRequest::MAX_METADATA_LEN`], with nothing written or read;
+    /// [`Error::Corrupt`] naming the key if the stored
     /// reservation cannot be read (never taken for "no reservation"); store
     /// errors.
     pub fn reserve(&self, account: &str, job_id: &str, request: &ChargeRequest) -> Result<Reserve> {
@@ -647,6 +650,7 @@ impl<S: Store> JobLedger<S> {
         mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Reserve, E> {
         let key = self.key(account, job_id)?;
+        request.check(&key)?;
         let mut attempt = 0;
         loop {
             attempt += 1;

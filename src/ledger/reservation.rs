@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::key::Key;
+use crate::limits;
 use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
 
@@ -30,6 +32,20 @@ pub struct ChargeRequest {
 }
 
 impl ChargeRequest {
+    /// Longest [`fingerprint`](ChargeRequest::fingerprint), in bytes: 256,
+    /// room for any common digest in hex or base64 with an algorithm prefix
+    /// (`sha512:` and 128 hex digits is 135). A longer one is refused by
+    /// [`JobLedger::reserve`](crate::JobLedger::reserve) and its siblings with
+    /// [`Error::TooLarge`](crate::Error::TooLarge).
+    pub const MAX_FINGERPRINT_LEN: usize = 256;
+
+    /// Longest [`metadata`](ChargeRequest::metadata), in bytes of its JSON
+    /// encoding: 64 KiB. It is what a refund needs to know (a backend, a tier,
+    /// a count), rewritten with every change of the reservation. Larger
+    /// metadata is refused by [`JobLedger::reserve`](crate::JobLedger::reserve)
+    /// and its siblings.
+    pub const MAX_METADATA_LEN: usize = 64 << 10;
+
     /// A request with nothing recorded.
     pub fn new() -> Self {
         ChargeRequest::default()
@@ -59,6 +75,16 @@ impl ChargeRequest {
     /// The metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Refuses a request whose fields are over their bounds, for the
+    /// reservation at `key`.
+    pub(super) fn check(&self, key: &Key) -> crate::Result<()> {
+        let fingerprint = self.fingerprint.as_deref();
+        let limit = ChargeRequest::MAX_FINGERPRINT_LEN;
+        limits::check_text("reservation fingerprint", key, fingerprint, limit)?;
+        let limit = ChargeRequest::MAX_METADATA_LEN;
+        limits::check_json("reservation metadata", key, &self.metadata, limit)
     }
 
     /// Records the backend that does the job, as the metadata field `backend`.

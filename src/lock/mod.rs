@@ -260,13 +260,17 @@ impl<S: Store> JobLock<S> {
     /// [`Error::InvalidArgument`] naming both values if `ttl` is not longer than
     /// the [skew margin](JobLockBuilder::skew_margin) (zero by default, so a zero
     /// `ttl`); [`Error::InvalidKey`] if the
-    /// namespaced key has too many segments; [`Error::Corrupt`] naming the key if
+    /// namespaced key has too many segments; [`Error::TooLarge`] naming the
+    /// field for an actor or metadata over [`LockRequest::MAX_ACTOR_LEN`] or
+    /// [`LockRequest::MAX_METADATA_LEN`], with nothing written or read;
+    /// [`Error::Corrupt`] naming the key if
     /// the lock record cannot be read (it is never counted as "no lock": see
     /// [`quarantine`](JobLock::quarantine)); [`Error::UnsupportedSchema`]; store
     /// errors.
     pub fn acquire(&self, key: &Key, ttl: Duration, request: &LockRequest) -> Result<Acquire<S>> {
         let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(key)?;
+        request.check(&stored_key)?;
         loop {
             let now = self.clock.now_ms();
             let expect = match self.read(&stored_key)? {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fencing::FencingToken;
 use crate::key::Key;
+use crate::limits;
 use crate::process::{ProcessIdentity, ProcessLiveness};
 use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
@@ -26,6 +27,18 @@ pub struct LockRequest {
 }
 
 impl LockRequest {
+    /// Longest [`actor`](LockRequest::actor), in bytes: 256, room for a user,
+    /// service or host name. A longer one is refused by
+    /// [`JobLock::acquire`](crate::JobLock::acquire) with
+    /// [`Error::TooLarge`](crate::Error::TooLarge).
+    pub const MAX_ACTOR_LEN: usize = 256;
+
+    /// Longest [`metadata`](LockRequest::metadata), in bytes of its JSON
+    /// encoding: 64 KiB. It is rewritten by every renewal and returned to every
+    /// caller that finds the lock held; what to tell them fits in far less.
+    /// Larger metadata is refused by [`JobLock::acquire`](crate::JobLock::acquire).
+    pub const MAX_METADATA_LEN: usize = 64 << 10;
+
     /// A request with no actor and no metadata.
     pub fn new() -> Self {
         LockRequest::default()
@@ -57,6 +70,19 @@ impl LockRequest {
     /// The metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Refuses a request whose fields are over their bounds, for the lock
+    /// record at `key`.
+    pub(super) fn check(&self, key: &Key) -> crate::Result<()> {
+        let actor = self.actor.as_deref();
+        limits::check_text("lock actor", key, actor, LockRequest::MAX_ACTOR_LEN)?;
+        limits::check_json(
+            "lock metadata",
+            key,
+            &self.metadata,
+            LockRequest::MAX_METADATA_LEN,
+        )
     }
 }
 

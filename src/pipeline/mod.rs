@@ -487,7 +487,9 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     }
 
     /// The actor named in the lock records of this pipeline's runners (a host
-    /// and process id, say). Default: `pipeline-runner`.
+    /// and process id, say), at most
+    /// [`LockRequest::MAX_ACTOR_LEN`](crate::lock::LockRequest::MAX_ACTOR_LEN)
+    /// bytes. Default: `pipeline-runner`.
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = actor.into();
         self
@@ -523,7 +525,8 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     /// [`Error::InvalidArgument`] without stages, for an empty or repeated stage
     /// name, a lease under 3 ms or not longer than the skew margin, or a renewal
     /// period not shorter than the lease less the skew margin; [`Error::InvalidKey`]
-    /// if the namespace is too long.
+    /// if the namespace is too long; [`Error::TooLarge`] for an
+    /// [`actor`](PipelineBuilder::actor) longer than its bound.
     pub fn build(self) -> Result<Pipeline<S, V>> {
         if self.stages.is_empty() {
             return Err(Error::InvalidArgument(
@@ -561,6 +564,12 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                  less the skew margin {:?}",
                 self.lease, self.skew_margin
             )));
+        }
+        // Checked here rather than refused by every run's lock.
+        let actor_limit = crate::lock::LockRequest::MAX_ACTOR_LEN;
+        if self.actor.len() > actor_limit {
+            let size = self.actor.len();
+            return Err(Error::too_large("pipeline actor", None, size, actor_limit));
         }
         let store = Arc::new(self.store);
         let sub = |kind: &str| records::sub_namespace(&self.namespace, kind);

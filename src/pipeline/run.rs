@@ -315,7 +315,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         let error = match (ctx.mismatch.take(), made) {
             // Whatever it made of the refused read, it did not have its input.
             (Some(mismatch), _) => StageError::artifact_mismatch(mismatch),
-            (None, Ok(Ok(value))) => return Ok(Ok(value)),
+            // A result over the bound would be refused by every run again: it
+            // fails the job for good, as an error of the result's making.
+            (None, Ok(Ok(value))) => match inner.jobs.check_result(self.id(), &value) {
+                Ok(()) => return Ok(Ok(value)),
+                Err(too_large) => StageError::from(too_large),
+            },
             (None, Ok(Err(e))) => e,
             (None, Err(panic)) => StageError::from_panic(&*panic),
         };

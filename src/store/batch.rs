@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::store::{Expect, Version};
+use crate::store::{Entry, Expect, Version};
 
 /// One operation of a [`Batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,12 +125,14 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    /// Checks what every backend requires of a batch: at least one operation and no
-    /// key named twice (the outcome of two writes to one key in one atomic step
-    /// would depend on their order, which is a bug waiting to happen).
+    /// Checks what every backend requires of a batch, before any I/O: at least
+    /// one operation, no key named twice (the outcome of two writes to one key
+    /// in one atomic step would depend on their order, which is a bug waiting
+    /// to happen), and no value longer than [`Entry::MAX_VALUE_LEN`].
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming the problem.
+    /// [`Error::InvalidArgument`] naming the problem; [`Error::TooLarge`]
+    /// naming the first put whose value is over the limit.
     pub fn validate(&self) -> Result<()> {
         if self.ops.is_empty() {
             return Err(Error::InvalidArgument("empty batch".to_owned()));
@@ -142,6 +144,9 @@ impl Batch {
                     "batch names key {} twice",
                     op.key()
                 )));
+            }
+            if let BatchOp::Put { key, value, .. } = op {
+                Entry::check_value(key, value)?;
             }
         }
         Ok(())

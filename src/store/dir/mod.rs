@@ -543,6 +543,7 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        Entry::check_value(key, value)?;
         self.check_writable()?;
         self.with_stripes(&[self.stripe(key)], true, |_| {
             let current = self.read_record(key)?;

@@ -261,10 +261,14 @@ pub struct LogStoreBuilder<V: Vfs = StdVfs> {
 
 impl LogStore<StdVfs> {
     /// The most a transaction (a put, a delete or a whole batch) may take in the
-    /// journal: far below what a frame may declare, so that every acknowledged
-    /// transaction is read back. Larger ones are refused with
-    /// [`Error::InvalidArgument`] before anything is written.
-    pub const MAX_TRANSACTION_BYTES: usize = 256 << 20;
+    /// journal: 256 MiB, 16 times [`Entry::MAX_VALUE_LEN`], so that a batch of
+    /// up to 15 values of the largest size, with their keys, always fits.
+    /// Far below what a frame may declare, so that every acknowledged
+    /// transaction is read back. A larger batch is refused with
+    /// [`Error::TooLarge`] (with no key: it is the batch's size) before
+    /// anything is written. This bound is `LogStore`'s own: the [`Store`]
+    /// contract bounds each value, not a batch.
+    pub const MAX_TRANSACTION_BYTES: usize = 16 * Entry::MAX_VALUE_LEN;
 
     /// Opens the store at `root`, creating the directory and the store if missing.
     ///
@@ -674,6 +678,8 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        // Before the copy below.
+        Entry::check_value(key, value)?;
         let op = BatchOp::Put {
             key: key.clone(),
             value: value.to_vec(),
@@ -772,10 +778,12 @@ fn check_size(ops: &[BatchOp]) -> Result<()> {
         })
         .sum();
     if bytes > MAX_TRANSACTION_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "a LogStore transaction takes at most {MAX_TRANSACTION_BYTES} bytes; this one \
-             takes {bytes}"
-        )));
+        return Err(Error::too_large(
+            "LogStore transaction",
+            None,
+            bytes,
+            MAX_TRANSACTION_BYTES,
+        ));
     }
     Ok(())
 }

@@ -75,6 +75,7 @@ impl Store for MemStore {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        Entry::check_value(key, value)?;
         self.state.write().put(key, value.to_vec(), expect)
     }
 

@@ -57,24 +57,34 @@ pub(crate) fn db_error(step: &'static str, server: &str, e: postgres::Error) -> 
 /// deadlock by cancelling this request.
 fn is_transient(e: &postgres::Error) -> bool {
     match e.code() {
-        Some(code) => {
-            let class = code.code().get(..2).unwrap_or_default();
-            // 08: connection exception; 53: insufficient resources (too many
-            // connections, out of memory or disk); 57P: operator intervention
-            // (shutdown, crash, not yet accepting connections).
-            matches!(class, "08" | "53")
-                || code.code().starts_with("57P")
-                || [
-                    SqlState::T_R_SERIALIZATION_FAILURE,
-                    SqlState::T_R_DEADLOCK_DETECTED,
-                    SqlState::LOCK_NOT_AVAILABLE,
-                    SqlState::QUERY_CANCELED,
-                ]
-                .contains(code)
-        }
+        Some(code) => is_transient_code(code),
         // No answer from the server: the connection could not be made or was lost.
         None => e.is_closed() || source_is_io(e),
     }
+}
+
+/// Whether an error the server answered with may go away by itself.
+fn is_transient_code(code: &SqlState) -> bool {
+    // A request the server cannot read as sent fails the same way again: a
+    // protocol violation (08P01, such as a message longer than it accepts)
+    // and a program limit (class 54: a value or a statement too large) are
+    // the request's fault, whatever their class says about the connection.
+    if *code == SqlState::PROTOCOL_VIOLATION {
+        return false;
+    }
+    let class = code.code().get(..2).unwrap_or_default();
+    // 08: connection exception; 53: insufficient resources (too many
+    // connections, out of memory or disk); 57P: operator intervention
+    // (shutdown, crash, not yet accepting connections).
+    matches!(class, "08" | "53")
+        || code.code().starts_with("57P")
+        || [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+        ]
+        .contains(code)
 }
 
 fn source_is_io(e: &postgres::Error) -> bool {
@@ -189,5 +199,30 @@ impl r2d2::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
         conn.client.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_too_large_for_the_server_are_not_transient() {
+        for code in [
+            SqlState::PROTOCOL_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            SqlState::STATEMENT_TOO_COMPLEX,
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+        ] {
+            assert!(!is_transient_code(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ] {
+            assert!(is_transient_code(&code), "{code:?}");
+        }
     }
 }

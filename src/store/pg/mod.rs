@@ -546,6 +546,9 @@ impl Store for PgStore {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        // Checked here, not left to the server: a value it cannot take (over
+        // 1 GB) makes it drop the connection, which looks transient.
+        Entry::check_value(key, value)?;
         self.with_conn(|conn, ctx| {
             put_op(&mut conn.client, &conn.statements, ctx, key, value, expect)
         })
