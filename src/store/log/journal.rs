@@ -325,6 +325,12 @@ fn bad(offset: u64, reason: &str) -> Stop {
     }
 }
 
+/// Whether `bytes` (at most a read window long) are all zeros.
+fn is_zeros(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; READ_WINDOW] = [0; READ_WINDOW];
+    ZEROS.get(..bytes.len()) == Some(bytes)
+}
+
 /// The offset of an intact frame of this journal with a sequence number of at
 /// least `min_seq`, searching every byte offset from `from` on.
 fn later_intact_frame<F: VfsFile + ?Sized>(
@@ -338,7 +344,17 @@ fn later_intact_frame<F: VfsFile + ?Sized>(
     let mut window = Window::new(file);
     let mut at = from;
     while at + FRAME_HEADER_LEN as u64 <= len {
-        let chunk = window.read(at, READ_WINDOW)?.to_vec();
+        let chunk = window.read(at, READ_WINDOW)?;
+        // Most of what follows the last frame is preallocated zeros: skip them
+        // at the speed of a memory compare.
+        if chunk.is_empty() {
+            break;
+        }
+        if is_zeros(chunk) {
+            at += chunk.len() as u64;
+            continue;
+        }
+        let chunk = chunk.to_vec();
         let Some(hit) = chunk.windows(MAGIC.len()).position(|w| w == MAGIC) else {
             // Keep the last bytes: a magic may straddle two windows.
             at += (chunk.len().saturating_sub(MAGIC.len() - 1)).max(1) as u64;
