@@ -25,7 +25,15 @@ pub(crate) fn server_name(config: &postgres::Config) -> String {
                 .copied()
                 .unwrap_or(5432);
             match host {
-                postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                // No host name holds an `@`: the client split a password with
+                // an unencoded `@` at its first one, so what comes before the
+                // last is the end of the password.
+                postgres::config::Host::Tcp(name) => {
+                    let name = name
+                        .rsplit_once('@')
+                        .map_or(name.as_str(), |(_, host)| host);
+                    format!("{name}:{port}")
+                }
                 postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
             }
         })

@@ -152,7 +152,7 @@ impl fmt::Debug for PgStore {
 ///     .open()?;
 /// # Ok::<(), jobsafe::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PgStoreBuilder {
     url: String,
     schema: String,
@@ -160,6 +160,24 @@ pub struct PgStoreBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     durability: Durability,
+}
+
+impl fmt::Debug for PgStoreBuilder {
+    /// Names the server as errors do, never the URL: it may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let server = self.url.parse::<postgres::Config>().map_or_else(
+            |_| "(a URL that does not parse)".to_owned(),
+            |c| conn::server_name(&c),
+        );
+        f.debug_struct("PgStoreBuilder")
+            .field("server", &server)
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("durability", &self.durability)
+            .finish()
+    }
 }
 
 impl PgStore {
@@ -250,9 +268,12 @@ impl PgStoreBuilder {
     pub fn open(self) -> Result<PgStore> {
         check_name("schema", &self.schema)?;
         check_name("table", &self.table)?;
-        let mut config: postgres::Config = self.url.parse().map_err(|e: postgres::Error| {
-            // The URL is not repeated: it may hold a password.
-            Error::InvalidArgument(format!("database URL does not parse: {e}"))
+        let mut config: postgres::Config = self.url.parse().map_err(|_: postgres::Error| {
+            // Neither the URL nor the parser's message (which quotes the part
+            // it could not read) is repeated: either may hold a password.
+            Error::InvalidArgument(
+                "the database URL does not parse as a PostgreSQL connection string".to_owned(),
+            )
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(self.connect_timeout);
@@ -650,5 +671,40 @@ impl Store for PgStore {
                 ),
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::*;
+
+    #[test]
+    fn neither_a_builder_nor_a_server_name_shows_a_password() {
+        for url in [
+            "postgres://app:Zq1secret@db.internal:5432/jobs",
+            "postgres://app:Zq1@Zq2secret@db.internal/jobs",
+            "postgresql://app@db.internal/jobs?password=Zq1secret",
+            "host=db.internal user=app password=Zq1secret dbname=jobs",
+        ] {
+            let shown = format!("{:?}", PgStore::builder(url));
+            assert!(
+                !shown.contains("Zq1") && !shown.contains("Zq2"),
+                "{url}: {shown}"
+            );
+            assert!(shown.contains("db.internal"), "{url}: {shown}");
+            if let Ok(config) = url.parse::<postgres::Config>() {
+                let name = server_name(&config);
+                assert!(!name.contains("Zq"), "{url}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_not_quoted() {
+        let err = PgStore::builder("postgres://app:Zq1secret@db/jobs?bogus=Zq2secret")
+            .open()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("Zq"), "{text}");
     }
 }
