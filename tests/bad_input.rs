@@ -1305,30 +1305,13 @@ fn a_damaged_sector_anywhere_in_a_journal_is_reported_or_is_a_torn_tail() {
     let mut rng = fastrand::Rng::with_seed(0x5EC7_0125);
     let trial = dir.path().join("trial");
     common::copy_tree(&original, &trial);
-    // Every byte offset and every sector boundary; plain `cargo test` tries every
-    // `JOBSAFE_DAMAGE_SWEEP_STRIDE`-th byte offset (7 by default) to stay quick,
-    // and `.ci/run` sets it to 1.
-    let stride: usize = std::env::var("JOBSAFE_DAMAGE_SWEEP_STRIDE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7)
-        .max(1);
-    let offsets: Vec<usize> = (0..end)
-        .step_by(stride)
-        .chain((0..end).step_by(SECTOR))
-        .collect();
+    let (stride, offsets) = sweep_offsets(end, SECTOR);
     for (i, &at) in offsets.iter().enumerate() {
         for filler in ["zeros", "random"] {
-            let mut damaged = journal.to_vec();
-            damaged.resize(damaged.len().max(at + SECTOR), 0);
-            for byte in &mut damaged[at..at + SECTOR] {
-                *byte = if filler == "zeros" { 0 } else { rng.u8(..) };
-            }
-            if damaged[..journal.len()] == *journal
-                && damaged[journal.len()..].iter().all(|&b| b == 0)
-            {
+            let random = (filler == "random").then_some(&mut rng);
+            let Some(damaged) = damaged(journal, at, SECTOR, random) else {
                 continue; // nothing changed
-            }
+            };
             counts.tried += 1;
             // The marker and lock file stay; each trial brings its own journal.
             fs::write(trial.join("journal"), &damaged).unwrap();
@@ -1393,4 +1376,185 @@ fn a_damaged_sector_anywhere_in_a_journal_is_reported_or_is_a_torn_tail() {
         counts.reported > 0 && counts.tail > 0,
         "the sweep exercised nothing"
     );
+}
+
+/// The byte offsets a damage sweep tries in a file of `len` bytes: every
+/// `JOBSAFE_DAMAGE_SWEEP_STRIDE`-th one (7 by default, 1 in `.ci/run`) and
+/// every sector boundary.
+fn sweep_offsets(len: usize, sector: usize) -> (usize, Vec<usize>) {
+    let stride: usize = std::env::var("JOBSAFE_DAMAGE_SWEEP_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7)
+        .max(1);
+    let offsets = (0..len)
+        .step_by(stride)
+        .chain((0..len).step_by(sector))
+        .collect();
+    (stride, offsets)
+}
+
+/// `original` with `sector` bytes of zeros or random bytes at `at` (growing it
+/// if they reach past its end); `None` if that changes nothing.
+fn damaged(
+    original: &[u8],
+    at: usize,
+    sector: usize,
+    random: Option<&mut fastrand::Rng>,
+) -> Option<Vec<u8>> {
+    let mut bytes = original.to_vec();
+    bytes.resize(bytes.len().max(at + sector), 0);
+    match random {
+        Some(rng) => bytes[at..at + sector]
+            .iter_mut()
+            .for_each(|b| *b = rng.u8(..)),
+        None => bytes[at..at + sector].iter_mut().for_each(|b| *b = 0),
+    }
+    (bytes != original).then_some(bytes)
+}
+
+#[test]
+fn a_damaged_sector_anywhere_in_a_dir_store_record_is_reported_never_served() {
+    const SECTOR: usize = 512;
+    let dir = tempdir().unwrap();
+    let store = DirStore::open(dir.path()).unwrap();
+    let key = common::key("jobs/job-1");
+    let value = br#"{"status":"running","stage":"draft"}"#.to_vec();
+    store.put(&key, b"first", Expect::Absent).unwrap();
+    let version = store.put(&key, &value, Expect::Any).unwrap();
+    let path = store.path_of(&key);
+    let original = fs::read(&path).unwrap();
+
+    let (stride, offsets) = sweep_offsets(original.len(), SECTOR);
+    let mut rng = fastrand::Rng::with_seed(0xD15C_0125);
+    let (mut tried, mut reported, mut intact) = (0, 0, 0);
+    let mut silent = Vec::new();
+    for &at in &offsets {
+        for random in [false, true] {
+            let Some(bytes) = damaged(&original, at, SECTOR, random.then_some(&mut rng)) else {
+                continue;
+            };
+            tried += 1;
+            fs::write(&path, &bytes).unwrap();
+            let what = format!(
+                "{SECTOR} {} bytes at byte {at}",
+                if random { "random" } else { "zero" }
+            );
+            match store.get(&key) {
+                Err(e) if e.is_corrupt() => reported += 1,
+                Err(e) => panic!("{what}: an error that is not damage: {e}"),
+                Ok(Some(entry)) if entry.value == value && entry.version == version => intact += 1,
+                Ok(found) => silent.push(format!("{what}: served {found:?}")),
+            }
+            // Never silently absent from a listing either.
+            let listed = store.list_all(&Prefix::new(["jobs"]).unwrap());
+            if listed.as_ref().is_ok_and(|keys| !keys.contains(&key)) {
+                silent.push(format!("{what}: missing from the listing"));
+            }
+        }
+    }
+    fs::write(&path, &original).unwrap();
+    assert_eq!(store.get(&key).unwrap().unwrap().value, value);
+    println!(
+        "damage_sweep: store=dir file=record bytes={} stride={stride} tried={tried} \
+         reported={reported} intact={intact} silent={}",
+        original.len(),
+        silent.len()
+    );
+    assert!(
+        silent.is_empty(),
+        "{} silent, first: {}",
+        silent.len(),
+        silent[0]
+    );
+    assert!(reported > 0);
+}
+
+#[test]
+fn a_damaged_sector_anywhere_in_a_pending_dir_store_batch_is_reported_never_half_applied() {
+    use jobsafe::testing::{Fault, Faulty, OpKind};
+    const SECTOR: usize = 512;
+    let dir = tempdir().unwrap();
+    let original = dir.path().join("original");
+    let (a, b) = (
+        common::key("credits/lic:1"),
+        common::key("ledger/lic:1/job-1"),
+    );
+    {
+        // The journal's flush passes and the first record's fails: the batch
+        // is pending, its journal left for the next open to complete.
+        let vfs = Faulty::new(jobsafe::vfs::StdVfs);
+        let store = DirStore::builder(&original)
+            .vfs(vfs.clone())
+            .open()
+            .unwrap();
+        vfs.arm(Fault::from_nth(2).only([OpKind::FileSync]));
+        let batch = jobsafe::Batch::new().put(&a, b"9", Expect::Absent).put(
+            &b,
+            br#"{"charged":1}"#,
+            Expect::Absent,
+        );
+        let err = store.apply(&batch).unwrap_err();
+        assert!(matches!(err, Error::BatchPending { .. }), "{err}");
+    }
+    let journals: Vec<_> = fs::read_dir(original.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "batch"))
+        .collect();
+    let [journal] = journals.as_slice() else {
+        panic!("expected one pending journal, found {journals:?}")
+    };
+    let name = journal.file_name().unwrap().to_owned();
+    let journal_bytes = fs::read(journal).unwrap();
+
+    let (stride, offsets) = sweep_offsets(journal_bytes.len(), SECTOR);
+    let mut rng = fastrand::Rng::with_seed(0xBA7C_0125);
+    let (mut tried, mut reported, mut completed) = (0, 0, 0);
+    let mut silent = Vec::new();
+    for &at in &offsets {
+        for random in [false, true] {
+            let Some(bytes) = damaged(&journal_bytes, at, SECTOR, random.then_some(&mut rng))
+            else {
+                continue;
+            };
+            tried += 1;
+            let trial = dir.path().join(format!("trial-{tried}"));
+            common::copy_tree(&original, &trial);
+            fs::write(trial.join("journal").join(&name), &bytes).unwrap();
+            let what = format!(
+                "{SECTOR} {} bytes at byte {at}",
+                if random { "random" } else { "zero" }
+            );
+            match DirStore::open(&trial) {
+                Err(e) if e.is_corrupt() => reported += 1,
+                Err(e) => panic!("{what}: open failed with an error that is not damage: {e}"),
+                Ok(store) => {
+                    let (got_a, got_b) = (store.get(&a), store.get(&b));
+                    match (got_a, got_b) {
+                        (Ok(Some(x)), Ok(Some(y)))
+                            if x.value == b"9" && y.value == br#"{"charged":1}"# =>
+                        {
+                            completed += 1;
+                        }
+                        other => silent.push(format!("{what}: the batch became {other:?}")),
+                    }
+                }
+            }
+            fs::remove_dir_all(&trial).unwrap();
+        }
+    }
+    println!(
+        "damage_sweep: store=dir file=batch_journal bytes={} stride={stride} tried={tried} \
+         reported={reported} completed={completed} silent={}",
+        journal_bytes.len(),
+        silent.len()
+    );
+    assert!(
+        silent.is_empty(),
+        "{} silent, first: {}",
+        silent.len(),
+        silent[0]
+    );
+    assert!(reported > 0);
 }
