@@ -252,6 +252,37 @@ fn a_value_over_the_limit_is_refused_before_any_io_by_the_file_stores() -> TestR
     Ok(())
 }
 
+#[test]
+fn a_dirstore_batch_over_its_bound_is_refused_before_any_io() -> TestResult {
+    let dir = tempdir()?;
+    let vfs = Faulty::new(StdVfs);
+    let store = DirStore::builder(dir.path()).vfs(vfs.clone()).open()?;
+    // Each value is within the store's limit; together they are over the
+    // batch's. Zeroed by the allocator and never touched: they cost no memory.
+    let values = DirStore::MAX_BATCH_BYTES / Entry::MAX_VALUE_LEN;
+    let mut batch = Batch::new();
+    for i in 0..values {
+        let value = vec![0u8; Entry::MAX_VALUE_LEN];
+        batch = batch.put(&common::key(&format!("k/big-{i}")), value, Expect::Any);
+    }
+    let ops = vfs.ops();
+
+    let err = store.apply(&batch).unwrap_err();
+
+    assert!(
+        matches!(
+            &err,
+            Error::TooLarge { what: "DirStore batch", key: None, size, limit }
+                if *size > DirStore::MAX_BATCH_BYTES && *limit == DirStore::MAX_BATCH_BYTES
+        ),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(vfs.ops(), ops, "a refused batch cost I/O");
+    assert_eq!(store.get(&common::key("k/big-0"))?, None);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------
 // Files in a store directory whose names do not decode
 // ---------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ impl Quarantined {
 ///   any I/O, by `put` and by `apply`, where it refuses the whole batch.
 ///   [`Entry::check_value`] and [`Batch::validate`] make these checks. A
 ///   backend may also bound a whole batch, and documents it
-///   ([`LogStore::MAX_TRANSACTION_BYTES`]).
+///   ([`LogStore::MAX_TRANSACTION_BYTES`], [`DirStore::MAX_BATCH_BYTES`]).
 pub trait Store: Send + Sync + fmt::Debug {
     /// The record at `key`, or `None` if there is none.
     ///

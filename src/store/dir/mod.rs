@@ -182,7 +182,18 @@ impl DirStore<StdVfs> {
     /// time of one write; a writer paused for longer than this finds its temp
     /// file gone and its write fails, nothing else.
     pub const SWEEP_AT_OPEN: Duration = Duration::from_secs(3600);
+
+    /// The longest batch journal a batch may take (the record files of its
+    /// puts, at the longest version, and the keys of its deletes): 256 MiB, 16
+    /// times [`Entry::MAX_VALUE_LEN`], so that a batch of up to 15 values of
+    /// the largest size, with their keys, always fits. A larger batch is
+    /// refused with [`Error::TooLarge`] (with no key: it is the batch's size)
+    /// before anything is written. This bound is `DirStore`'s own: the
+    /// [`Store`] contract bounds each value, not a batch.
+    pub const MAX_BATCH_BYTES: usize = 16 * Entry::MAX_VALUE_LEN;
 }
+
+const MAX_BATCH_BYTES: usize = DirStore::MAX_BATCH_BYTES;
 
 impl<V: Vfs> DirStoreBuilder<V> {
     /// Does all I/O through `vfs` (to count, fail or trace operations in tests).
@@ -587,6 +598,15 @@ impl<V: Vfs> Store for DirStore<V> {
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
+        let journal_len = journal::max_len(batch);
+        if journal_len > MAX_BATCH_BYTES {
+            return Err(Error::too_large(
+                "DirStore batch",
+                None,
+                journal_len,
+                MAX_BATCH_BYTES,
+            ));
+        }
         self.check_writable()?;
         let stripes: Vec<usize> = batch.ops().iter().map(|op| self.stripe(op.key())).collect();
         self.with_stripes(&stripes, true, |guard| {
