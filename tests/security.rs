@@ -290,7 +290,7 @@ fn a_symlink_planted_at_an_outer_dirstore_subdirectory_is_not_followed_into_a_re
 }
 
 #[test]
-fn a_symlink_planted_at_a_record_path_is_replaced_never_written_through() -> TestResult {
+fn a_symlink_planted_at_a_record_path_is_moved_aside_never_written_through() -> TestResult {
     let p = Planted::new();
     let store = DirStore::open(&p.root)?;
     let key = Key::new(["jobs", "a"])?;
@@ -306,11 +306,16 @@ fn a_symlink_planted_at_a_record_path_is_replaced_never_written_through() -> Tes
     assert!(err.is_corrupt(), "{err}");
     assert_eq!(fs::read(&victim)?, b"precious");
 
-    // Dangling: the record is absent; a put replaces the link with a regular file
-    // and creates nothing where it pointed.
+    // Dangling: a link all the same, and as corrupt; quarantine moves the link
+    // itself aside, and a put then writes a regular file and creates nothing
+    // where it pointed.
     let nowhere = p.outside.join("nowhere");
     fs::remove_file(&record)?;
     symlink(&nowhere, &record)?;
+    assert!(store.get(&key).unwrap_err().is_corrupt());
+    assert!(store.put(&key, b"3", Expect::Any).unwrap_err().is_corrupt());
+    let moved = store.quarantine(&key)?.unwrap();
+    assert_eq!(fs::read_link(&moved.location)?, nowhere);
     assert_eq!(store.get(&key)?, None);
     store.put(&key, b"3", Expect::Absent)?;
     assert!(fs::symlink_metadata(&record)?.file_type().is_file());
@@ -803,7 +808,16 @@ fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_foll
             "{name}: {err}"
         );
         assert_eq!(p.outside_contents(), before, "{name}");
-        assert_eq!(store.get(&key)?.unwrap().value, b"1", "{name}");
+        if name == "data" {
+            // Reads do not follow it either.
+            let err = store.get(&key).unwrap_err();
+            assert!(
+                err.to_string().contains(&*planted.to_string_lossy()),
+                "{err}"
+            );
+        } else {
+            assert_eq!(store.get(&key)?.unwrap().value, b"1", "{name}");
+        }
     }
     Ok(())
 }

@@ -32,6 +32,11 @@ const MAGIC: &str = "jobsafe-journal 1\n";
 const SUFFIX: &str = ".batch";
 const END_LINE_LEN: usize = "end 00000000\n".len();
 
+/// The longest journal the format allows, and so the most a read of one
+/// takes: [`DirStore::MAX_BATCH_BYTES`](super::DirStore::MAX_BATCH_BYTES),
+/// which `apply` checks with [`max_len`] before anything is written.
+pub(super) const MAX_LEN: usize = super::MAX_BATCH_BYTES;
+
 /// How long the journal of `batch` is at most, whatever the versions its puts
 /// get and whichever of its deletes find a record.
 pub(super) fn max_len(batch: &Batch) -> usize {
@@ -223,7 +228,7 @@ mod tests {
             let value = vec![0u8; crate::Entry::MAX_VALUE_LEN];
             batch = batch.put(&Key::new(segments).unwrap(), value, crate::Expect::Any);
         }
-        assert!(max_len(&batch) <= super::super::MAX_BATCH_BYTES);
+        assert!(max_len(&batch) <= MAX_LEN);
     }
 
     #[test]

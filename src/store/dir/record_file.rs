@@ -11,7 +11,7 @@
 //! value, so any edit to the file is reported as corruption rather than read.
 
 use crate::key::Key;
-use crate::store::Version;
+use crate::store::{Entry, Version};
 
 const MAGIC: &str = "jobsafe-record";
 const FORMAT: u32 = 1;
@@ -24,6 +24,10 @@ const MAX_KEY_JSON_LEN: usize =
 /// The longest header line, newline included: magic and format, the version
 /// and the length at the 20 digits of a `u64`, the checksum, the longest key.
 const MAX_HEADER_LEN: usize = MAGIC.len() + 3 + 20 + 1 + 20 + 1 + 8 + 1 + MAX_KEY_JSON_LEN + 1;
+
+/// The longest record file the format allows (about 16.1 MiB): the longest
+/// header and a value of [`Entry::MAX_VALUE_LEN`]. Reads go no further.
+pub(super) const MAX_LEN: usize = MAX_HEADER_LEN + Entry::MAX_VALUE_LEN;
 
 /// How long the record file of a value of `value_len` bytes at `key` is at
 /// most, whatever its version.
@@ -120,18 +124,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_longest_record_fits_its_bound() {
+    fn the_longest_record_fits_the_read_bound() {
         // Control characters take the longest escapes.
         let segment = "\u{1}".repeat(Key::MAX_SEGMENT_LEN);
         let key = Key::new(vec![segment.as_str(); Key::MAX_SEGMENTS]).unwrap();
         assert_eq!(serde_json::to_string(&key).unwrap().len(), MAX_KEY_JSON_LEN);
-        let value = vec![b'x'; 100];
+        let value = vec![b'x'; Entry::MAX_VALUE_LEN];
         let bytes = encode(&key, Version::new(u64::MAX), &value);
+        assert!(bytes.len() <= MAX_LEN, "{} > {MAX_LEN}", bytes.len());
         assert!(bytes.len() <= max_encoded_len(&key, value.len()));
-        assert!(
-            max_encoded_len(&key, value.len()) - bytes.len() < 64,
-            "the bound is tight"
-        );
+        assert!(MAX_LEN - bytes.len() < 64, "the bound is tight");
     }
 
     #[test]
