@@ -920,3 +920,115 @@ fn a_link_or_fifo_planted_where_no_stage_wrote_is_never_read_through() -> TestRe
     assert_eq!(p.outside_contents(), before);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// A store's directory given as a symlink
+// ---------------------------------------------------------------------------------
+
+/// A `DirStore` or a `LogStore` opened at `path`, and the directory it works in.
+fn open_store(backend: &str, path: &Path) -> jobsafe::Result<(Box<dyn Store>, PathBuf)> {
+    Ok(match backend {
+        "dir" => {
+            let store = DirStore::open(path)?;
+            let root = store.root().to_path_buf();
+            (Box::new(store), root)
+        }
+        _ => {
+            let store = LogStore::open(path)?;
+            let root = store.root().to_path_buf();
+            (Box::new(store), root)
+        }
+    })
+}
+
+#[test]
+fn a_store_directory_given_as_a_symlink_is_resolved_once_at_open() -> TestResult {
+    for backend in ["dir", "log"] {
+        let p = Planted::new();
+        let real = p.root.with_file_name("real");
+        fs::create_dir(&real)?;
+        symlink(&real, &p.root)?;
+        let key = Key::new(["jobs", "a"])?;
+
+        let (store, root) = open_store(backend, &p.root)?;
+        assert_eq!(root, real.canonicalize()?, "{backend}");
+        store.put(&key, b"1", Expect::Absent)?;
+        // Pointed elsewhere while the store is open: the store stays where it
+        // was opened, and nothing reaches the link's new target.
+        fs::remove_file(&p.root)?;
+        symlink(&p.outside, &p.root)?;
+        store.put(&key, b"2", Expect::Any)?;
+        assert_eq!(store.get(&key)?.unwrap().value, b"2", "{backend}");
+        assert_eq!(fs::read_dir(&p.outside)?.count(), 0, "{backend}");
+        drop(store);
+
+        // Through the link again, once it names the store again.
+        fs::remove_file(&p.root)?;
+        symlink(&real, &p.root)?;
+        let (store, _) = open_store(backend, &p.root)?;
+        assert_eq!(store.get(&key)?.unwrap().value, b"2", "{backend}");
+        // Only the root may be a link: below it nothing is followed.
+        let below = if backend == "dir" {
+            "data"
+        } else {
+            "quarantine"
+        };
+        if backend == "dir" {
+            fs::rename(real.join(below), p.outside.join(below))?;
+        }
+        symlink(p.outside.join(below), real.join(below))?;
+        let err = match backend {
+            "dir" => store.put(&key, b"3", Expect::Any).unwrap_err(),
+            _ => store.quarantine(&key).unwrap_err(),
+        };
+        assert!(err.is_corrupt(), "{backend}: {err}");
+        assert!(err.to_string().contains(below), "{backend}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_store_directory_given_as_a_dangling_symlink_or_a_link_to_a_file_is_refused_saying_so()
+-> TestResult {
+    for backend in ["dir", "log"] {
+        let p = Planted::new();
+        let nowhere = p.outside.join("nowhere");
+        symlink(&nowhere, &p.root)?;
+
+        let err = open_store(backend, &p.root).err().unwrap();
+
+        assert!(
+            matches!(&err, jobsafe::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound),
+            "{backend}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("symlink") && text.contains("does not exist"),
+            "{text}"
+        );
+        assert!(text.contains(&*p.root.to_string_lossy()), "{text}");
+        assert!(!nowhere.exists(), "{backend}: created through the link");
+
+        let file = p.outside.join("file");
+        fs::write(&file, b"not a store")?;
+        fs::remove_file(&p.root)?;
+        symlink(&file, &p.root)?;
+
+        let err = open_store(backend, &p.root).err().unwrap();
+
+        assert!(
+            matches!(&err, jobsafe::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotADirectory),
+            "{backend}: {err:?}"
+        );
+        let text = common::error_chain(&err);
+        assert!(
+            text.contains("neither a directory nor a symlink to one"),
+            "{text}"
+        );
+        assert!(text.contains(&*p.root.to_string_lossy()), "{text}");
+        assert_eq!(fs::read(&file)?, b"not a store");
+    }
+    Ok(())
+}

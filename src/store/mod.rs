@@ -564,3 +564,54 @@ pub(crate) fn read_own_bytes<F: crate::vfs::VfsFile>(
         buf.resize(want.max(buf.len().saturating_mul(2)).min(cap), 0);
     }
 }
+
+/// The directory a store opened at `root` works in: `root` itself, or, if
+/// `root` is a symlink, what it names, resolved now and used from then on
+/// (re-pointing the link later moves nothing). Nothing below the root is ever
+/// followed; only the root may be a link, as the caller's choice.
+///
+/// # Errors
+/// [`Error::Io`] naming `root` if it is a symlink whose target does not
+/// exist (kind `NotFound`), or if it is, or names, something that is not a
+/// directory (kind `NotADirectory`).
+pub(crate) fn resolve_root<V: crate::vfs::Vfs>(
+    vfs: &V,
+    root: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    use crate::vfs::FileKind;
+    use std::io::{Error as IoError, ErrorKind};
+    // `link/` would name the directory, not the link: without the slash.
+    let root: std::path::PathBuf = root.components().collect();
+    let root = root.as_path();
+    let not_a_dir =
+        |step: &'static str| Error::io(step, root, IoError::from(ErrorKind::NotADirectory));
+    match vfs.metadata(root) {
+        Ok(info) if info.kind == FileKind::Dir => return Ok(root.to_path_buf()),
+        Ok(info) if info.kind == FileKind::File => {
+            return Err(not_a_dir("open store at a path that is not a directory:"));
+        }
+        Ok(_) => {}
+        // Created by the open, or reported by it.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(root.to_path_buf()),
+        Err(e) => return Err(Error::io("inspect store directory", root, e)),
+    }
+    // A symlink (or a FIFO, a socket, a device: resolved to itself).
+    let resolved = match vfs.canonicalize(root) {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::io(
+                "open store at a symlink whose target does not exist:",
+                root,
+                e,
+            ));
+        }
+        Err(e) => return Err(Error::io("resolve the store path", root, e)),
+    };
+    match vfs.metadata(&resolved) {
+        Ok(info) if info.kind == FileKind::Dir => Ok(resolved),
+        Ok(_) => Err(not_a_dir(
+            "open store at a path that is neither a directory nor a symlink to one:",
+        )),
+        Err(e) => Err(Error::io("inspect store directory", &resolved, e)),
+    }
+}

@@ -92,6 +92,13 @@ use crate::vfs::{StdVfs, Vfs};
 /// is free again), [`Error::CorruptFile`] for the others. Reads never move
 /// anything aside themselves.
 ///
+/// The store's directory itself may be given as a symlink: it is resolved
+/// once, when the store is opened, and the store works in the directory it
+/// named then ([`root`](DirStore::root)); re-pointing the link later moves
+/// nothing. A link whose target does not exist, or names something other than
+/// a directory, fails the open with an [`Error::Io`] that says so. Nothing
+/// below the root is ever followed.
+///
 /// A full disk (`ENOSPC`) or a read-only filesystem fails the write with
 /// [`Error::Io`] naming the file, leaves the old record whole and does not
 /// poison: the store takes writes again once space is freed.
@@ -260,7 +267,8 @@ impl<V: Vfs> DirStoreBuilder<V> {
     /// As [`DirStore::open`].
     pub fn open(self) -> Result<DirStore<V>> {
         let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
-        let layout = Layout::open(&writer, &self.root, self.create)?;
+        let root = crate::store::resolve_root(writer.vfs(), &self.root)?;
+        let layout = Layout::open(&writer, &root, self.create)?;
         let store = DirStore {
             inner: Arc::new(Inner {
                 layout,
@@ -279,7 +287,8 @@ impl<V: Vfs> DirStoreBuilder<V> {
 }
 
 impl<V: Vfs> DirStore<V> {
-    /// The store's directory.
+    /// The store's directory: the one it was opened at, or, if that was a
+    /// symlink, the directory the link named when the store was opened.
     pub fn root(&self) -> &Path {
         &self.inner.layout.root
     }

@@ -114,6 +114,13 @@ const FIRST_SEQ: u64 = 1;
 /// checked before it is written into, so keep the store's directory owned by
 /// the service's user.
 ///
+/// The store's directory itself may be given as a symlink: it is resolved
+/// once, when the store is opened, and the store works in the directory it
+/// named then ([`root`](LogStore::root)); re-pointing the link later moves
+/// nothing. A link whose target does not exist, or names something other than
+/// a directory, fails the open with an [`Error::Io`] that says so. Nothing
+/// below the root is ever followed.
+///
 /// A full disk fails the write that needs more journal space with an
 /// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
 /// byte of space it could reserve; it does not poison, and writes go on once
@@ -355,7 +362,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
     /// As [`LogStore::open`].
     pub fn open(self) -> Result<LogStore<V>> {
         let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
-        let root = self.root;
+        let root = crate::store::resolve_root(writer.vfs(), &self.root)?;
         prepare_root(&writer, &root, self.create)?;
         let vfs = writer.vfs();
         let lock_path = root.join(LOCK);
@@ -432,7 +439,8 @@ pub struct LogStats {
 }
 
 impl<V: Vfs> LogStore<V> {
-    /// The store's directory.
+    /// The store's directory: the one it was opened at, or, if that was a
+    /// symlink, the directory the link named when the store was opened.
     pub fn root(&self) -> &Path {
         &self.shared.root
     }
