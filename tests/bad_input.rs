@@ -1,6 +1,7 @@
 //! Bad input, one test per case: malformed keys, awkward but valid keys, foreign
 //! file names in a store directory, truncated and garbage records, records written
-//! by a newer version, a store the process may not write, and a clock that jumps.
+//! by a newer version, a store the process may not write, a clock that jumps, and
+//! FIFOs, devices and huge files where a store reads its own files.
 //!
 //! Through the public API only. Nothing here may panic inside jobsafe: every
 //! case ends in a value or an error that says what and where.
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 use tempfile::tempdir;
 
 use common::TestResult;
+use common::hostile::{self, NOT_LINKS};
 
 const START_MS: u64 = 1_700_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
@@ -1424,4 +1426,43 @@ fn a_damaged_sector_anywhere_in_a_journal_is_reported_or_is_a_torn_tail() {
         counts.reported > 0 && counts.tail > 0,
         "the sweep exercised nothing"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// FIFOs, devices and huge files where a store reads its own files
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_fifo_device_or_huge_file_as_a_dirstore_record_is_corrupt_at_once_and_quarantined() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_record(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_in_a_dirstore_listing_fails_the_listing_at_once() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_listing(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_as_a_dirstore_batch_journal_is_reported_never_replayed() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_journal(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_as_a_dirstore_floor_marker_or_lock_is_reported_at_once() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_small_files(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_among_a_logstores_files_fails_its_open_at_once() {
+    for kind in NOT_LINKS {
+        hostile::log_store_files(kind);
+    }
 }

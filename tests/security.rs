@@ -1,7 +1,8 @@
 //! Security properties of the stores, the atomic writer and the job records: the
 //! modes of everything they create, keys that cannot name a path outside the
-//! store, symlinks planted inside a store that writes do not follow, and internal
-//! error messages that never reach a client.
+//! store, symlinks planted inside a store that neither reads nor writes follow,
+//! a store's directory given as a symlink, and internal error messages that
+//! never reach a client.
 //!
 //! The symlink tests matter most when run as root, where permission checks do not
 //! stop a write through a planted link: they check where bytes landed, not whether
@@ -24,6 +25,7 @@ use jobsafe::{
 };
 use tempfile::tempdir;
 
+use common::hostile::{self, LINKS};
 use common::{TestResult, mode_of};
 
 // ---------------------------------------------------------------------------------
@@ -1030,5 +1032,76 @@ fn a_store_directory_given_as_a_dangling_symlink_or_a_link_to_a_file_is_refused_
         assert!(text.contains(&*p.root.to_string_lossy()), "{text}");
         assert_eq!(fs::read(&file)?, b"not a store");
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Symlinks planted where a store reads its own files
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_record_is_never_read_and_is_quarantined() {
+    for kind in LINKS {
+        hostile::dir_store_record(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_in_a_dirstore_listing_is_never_read() {
+    for kind in LINKS {
+        hostile::dir_store_listing(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_as_a_dirstore_batch_journal_is_never_replayed() {
+    for kind in LINKS {
+        hostile::dir_store_journal(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_floor_marker_or_lock_is_never_followed() {
+    for kind in LINKS {
+        hostile::dir_store_small_files(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_among_a_logstores_files_is_never_followed() {
+    for kind in LINKS {
+        hostile::log_store_files(kind);
+    }
+}
+
+#[test]
+fn a_record_reached_through_a_planted_directory_symlink_is_never_read() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"mine", Expect::Absent)?;
+    // The record's directory moved outside, a link in its place: the record
+    // there is valid, for this very key.
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    fs::rename(&jobs_dir, p.outside.join("jobs.d"))?;
+    symlink(p.outside.join("jobs.d"), &jobs_dir)?;
+
+    let outside_record = p.outside.join("jobs.d").join("a.r");
+    let before = fs::read(&outside_record)?;
+
+    for (what, err) in [
+        ("get", store.get(&key).err()),
+        ("put", store.put(&key, b"new", Expect::Any).err()),
+        ("delete", store.delete(&key, Expect::Any).err()),
+        ("quarantine", store.quarantine(&key).err()),
+    ] {
+        let err = err.unwrap_or_else(|| panic!("{what} went through the link"));
+        assert!(err.is_corrupt(), "{what}: {err}");
+        assert!(
+            err.to_string().contains(&*jobs_dir.to_string_lossy()),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(fs::read(&outside_record)?, before);
     Ok(())
 }
