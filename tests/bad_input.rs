@@ -1,6 +1,7 @@
 //! Bad input, one test per case: malformed keys, awkward but valid keys, foreign
 //! file names in a store directory, truncated and garbage records, records written
-//! by a newer version, a store the process may not write, and a clock that jumps.
+//! by a newer version, a store the process may not write, a clock that jumps, and
+//! FIFOs, devices and huge files where a store reads its own files.
 //!
 //! Through the public API only. Nothing here may panic inside jobsafe: every
 //! case ends in a value or an error that says what and where.
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 use tempfile::tempdir;
 
 use common::TestResult;
+use common::hostile::{self, NOT_LINKS};
 
 const START_MS: u64 = 1_700_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
@@ -249,6 +251,37 @@ fn a_value_over_the_limit_is_refused_before_any_io_by_the_file_stores() -> TestR
         common::limits::assert_too_large(applied, "value", limit + 1, limit);
         assert_eq!(common::limits::snapshot(store), before, "{name}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_dirstore_batch_over_its_bound_is_refused_before_any_io() -> TestResult {
+    let dir = tempdir()?;
+    let vfs = Faulty::new(StdVfs);
+    let store = DirStore::builder(dir.path()).vfs(vfs.clone()).open()?;
+    // Each value is within the store's limit; together they are over the
+    // batch's. Zeroed by the allocator and never touched: they cost no memory.
+    let values = DirStore::MAX_BATCH_BYTES / Entry::MAX_VALUE_LEN;
+    let mut batch = Batch::new();
+    for i in 0..values {
+        let value = vec![0u8; Entry::MAX_VALUE_LEN];
+        batch = batch.put(&common::key(&format!("k/big-{i}")), value, Expect::Any);
+    }
+    let ops = vfs.ops();
+
+    let err = store.apply(&batch).unwrap_err();
+
+    assert!(
+        matches!(
+            &err,
+            Error::TooLarge { what: "DirStore batch", key: None, size, limit }
+                if *size > DirStore::MAX_BATCH_BYTES && *limit == DirStore::MAX_BATCH_BYTES
+        ),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(vfs.ops(), ops, "a refused batch cost I/O");
+    assert_eq!(store.get(&common::key("k/big-0"))?, None);
     Ok(())
 }
 
@@ -1557,4 +1590,43 @@ fn a_damaged_sector_anywhere_in_a_pending_dir_store_batch_is_reported_never_half
         silent[0]
     );
     assert!(reported > 0);
+}
+
+// ---------------------------------------------------------------------------------
+// FIFOs, devices and huge files where a store reads its own files
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_fifo_device_or_huge_file_as_a_dirstore_record_is_corrupt_at_once_and_quarantined() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_record(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_in_a_dirstore_listing_fails_the_listing_at_once() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_listing(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_as_a_dirstore_batch_journal_is_reported_never_replayed() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_journal(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_as_a_dirstore_floor_marker_or_lock_is_reported_at_once() {
+    for kind in NOT_LINKS {
+        hostile::dir_store_small_files(kind);
+    }
+}
+
+#[test]
+fn a_fifo_device_or_huge_file_among_a_logstores_files_fails_its_open_at_once() {
+    for kind in NOT_LINKS {
+        hostile::log_store_files(kind);
+    }
 }

@@ -1,7 +1,8 @@
 //! Security properties of the stores, the atomic writer and the job records: the
 //! modes of everything they create, keys that cannot name a path outside the
-//! store, symlinks planted inside a store that writes do not follow, and internal
-//! error messages that never reach a client.
+//! store, symlinks planted inside a store that neither reads nor writes follow,
+//! a store's directory given as a symlink, and internal error messages that
+//! never reach a client.
 //!
 //! The symlink tests matter most when run as root, where permission checks do not
 //! stop a write through a planted link: they check where bytes landed, not whether
@@ -24,6 +25,7 @@ use jobsafe::{
 };
 use tempfile::tempdir;
 
+use common::hostile::{self, LINKS};
 use common::{TestResult, mode_of};
 
 // ---------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ fn a_symlink_planted_at_an_outer_dirstore_subdirectory_is_not_followed_into_a_re
 }
 
 #[test]
-fn a_symlink_planted_at_a_record_path_is_replaced_never_written_through() -> TestResult {
+fn a_symlink_planted_at_a_record_path_is_moved_aside_never_written_through() -> TestResult {
     let p = Planted::new();
     let store = DirStore::open(&p.root)?;
     let key = Key::new(["jobs", "a"])?;
@@ -306,11 +308,16 @@ fn a_symlink_planted_at_a_record_path_is_replaced_never_written_through() -> Tes
     assert!(err.is_corrupt(), "{err}");
     assert_eq!(fs::read(&victim)?, b"precious");
 
-    // Dangling: the record is absent; a put replaces the link with a regular file
-    // and creates nothing where it pointed.
+    // Dangling: a link all the same, and as corrupt; quarantine moves the link
+    // itself aside, and a put then writes a regular file and creates nothing
+    // where it pointed.
     let nowhere = p.outside.join("nowhere");
     fs::remove_file(&record)?;
     symlink(&nowhere, &record)?;
+    assert!(store.get(&key).unwrap_err().is_corrupt());
+    assert!(store.put(&key, b"3", Expect::Any).unwrap_err().is_corrupt());
+    let moved = store.quarantine(&key)?.unwrap();
+    assert_eq!(fs::read_link(&moved.location)?, nowhere);
     assert_eq!(store.get(&key)?, None);
     store.put(&key, b"3", Expect::Absent)?;
     assert!(fs::symlink_metadata(&record)?.file_type().is_file());
@@ -803,7 +810,16 @@ fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_foll
             "{name}: {err}"
         );
         assert_eq!(p.outside_contents(), before, "{name}");
-        assert_eq!(store.get(&key)?.unwrap().value, b"1", "{name}");
+        if name == "data" {
+            // Reads do not follow it either.
+            let err = store.get(&key).unwrap_err();
+            assert!(
+                err.to_string().contains(&*planted.to_string_lossy()),
+                "{err}"
+            );
+        } else {
+            assert_eq!(store.get(&key)?.unwrap().value, b"1", "{name}");
+        }
     }
     Ok(())
 }
@@ -904,5 +920,188 @@ fn a_link_or_fifo_planted_where_no_stage_wrote_is_never_read_through() -> TestRe
         }
     }
     assert_eq!(p.outside_contents(), before);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// A store's directory given as a symlink
+// ---------------------------------------------------------------------------------
+
+/// A `DirStore` or a `LogStore` opened at `path`, and the directory it works in.
+fn open_store(backend: &str, path: &Path) -> jobsafe::Result<(Box<dyn Store>, PathBuf)> {
+    Ok(match backend {
+        "dir" => {
+            let store = DirStore::open(path)?;
+            let root = store.root().to_path_buf();
+            (Box::new(store), root)
+        }
+        _ => {
+            let store = LogStore::open(path)?;
+            let root = store.root().to_path_buf();
+            (Box::new(store), root)
+        }
+    })
+}
+
+#[test]
+fn a_store_directory_given_as_a_symlink_is_resolved_once_at_open() -> TestResult {
+    for backend in ["dir", "log"] {
+        let p = Planted::new();
+        let real = p.root.with_file_name("real");
+        fs::create_dir(&real)?;
+        symlink(&real, &p.root)?;
+        let key = Key::new(["jobs", "a"])?;
+
+        let (store, root) = open_store(backend, &p.root)?;
+        assert_eq!(root, real.canonicalize()?, "{backend}");
+        store.put(&key, b"1", Expect::Absent)?;
+        // Pointed elsewhere while the store is open: the store stays where it
+        // was opened, and nothing reaches the link's new target.
+        fs::remove_file(&p.root)?;
+        symlink(&p.outside, &p.root)?;
+        store.put(&key, b"2", Expect::Any)?;
+        assert_eq!(store.get(&key)?.unwrap().value, b"2", "{backend}");
+        assert_eq!(fs::read_dir(&p.outside)?.count(), 0, "{backend}");
+        drop(store);
+
+        // Through the link again, once it names the store again.
+        fs::remove_file(&p.root)?;
+        symlink(&real, &p.root)?;
+        let (store, _) = open_store(backend, &p.root)?;
+        assert_eq!(store.get(&key)?.unwrap().value, b"2", "{backend}");
+        // Only the root may be a link: below it nothing is followed.
+        let below = if backend == "dir" {
+            "data"
+        } else {
+            "quarantine"
+        };
+        if backend == "dir" {
+            fs::rename(real.join(below), p.outside.join(below))?;
+        }
+        symlink(p.outside.join(below), real.join(below))?;
+        let err = match backend {
+            "dir" => store.put(&key, b"3", Expect::Any).unwrap_err(),
+            _ => store.quarantine(&key).unwrap_err(),
+        };
+        assert!(err.is_corrupt(), "{backend}: {err}");
+        assert!(err.to_string().contains(below), "{backend}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_store_directory_given_as_a_dangling_symlink_or_a_link_to_a_file_is_refused_saying_so()
+-> TestResult {
+    for backend in ["dir", "log"] {
+        let p = Planted::new();
+        let nowhere = p.outside.join("nowhere");
+        symlink(&nowhere, &p.root)?;
+
+        let err = open_store(backend, &p.root).err().unwrap();
+
+        assert!(
+            matches!(&err, jobsafe::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound),
+            "{backend}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("symlink") && text.contains("does not exist"),
+            "{text}"
+        );
+        assert!(text.contains(&*p.root.to_string_lossy()), "{text}");
+        assert!(!nowhere.exists(), "{backend}: created through the link");
+
+        let file = p.outside.join("file");
+        fs::write(&file, b"not a store")?;
+        fs::remove_file(&p.root)?;
+        symlink(&file, &p.root)?;
+
+        let err = open_store(backend, &p.root).err().unwrap();
+
+        assert!(
+            matches!(&err, jobsafe::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotADirectory),
+            "{backend}: {err:?}"
+        );
+        let text = common::error_chain(&err);
+        assert!(
+            text.contains("neither a directory nor a symlink to one"),
+            "{text}"
+        );
+        assert!(text.contains(&*p.root.to_string_lossy()), "{text}");
+        assert_eq!(fs::read(&file)?, b"not a store");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Symlinks planted where a store reads its own files
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_record_is_never_read_and_is_quarantined() {
+    for kind in LINKS {
+        hostile::dir_store_record(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_in_a_dirstore_listing_is_never_read() {
+    for kind in LINKS {
+        hostile::dir_store_listing(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_as_a_dirstore_batch_journal_is_never_replayed() {
+    for kind in LINKS {
+        hostile::dir_store_journal(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_at_a_dirstore_floor_marker_or_lock_is_never_followed() {
+    for kind in LINKS {
+        hostile::dir_store_small_files(kind);
+    }
+}
+
+#[test]
+fn a_symlink_planted_among_a_logstores_files_is_never_followed() {
+    for kind in LINKS {
+        hostile::log_store_files(kind);
+    }
+}
+
+#[test]
+fn a_record_reached_through_a_planted_directory_symlink_is_never_read() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"mine", Expect::Absent)?;
+    // The record's directory moved outside, a link in its place: the record
+    // there is valid, for this very key.
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    fs::rename(&jobs_dir, p.outside.join("jobs.d"))?;
+    symlink(p.outside.join("jobs.d"), &jobs_dir)?;
+
+    let outside_record = p.outside.join("jobs.d").join("a.r");
+    let before = fs::read(&outside_record)?;
+
+    for (what, err) in [
+        ("get", store.get(&key).err()),
+        ("put", store.put(&key, b"new", Expect::Any).err()),
+        ("delete", store.delete(&key, Expect::Any).err()),
+        ("quarantine", store.quarantine(&key).err()),
+    ] {
+        let err = err.unwrap_or_else(|| panic!("{what} went through the link"));
+        assert!(err.is_corrupt(), "{what}: {err}");
+        assert!(
+            err.to_string().contains(&*jobs_dir.to_string_lossy()),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(fs::read(&outside_record)?, before);
     Ok(())
 }

@@ -232,7 +232,7 @@ impl Quarantined {
 ///   any I/O, by `put` and by `apply`, where it refuses the whole batch.
 ///   [`Entry::check_value`] and [`Batch::validate`] make these checks. A
 ///   backend may also bound a whole batch, and documents it
-///   ([`LogStore::MAX_TRANSACTION_BYTES`]).
+///   ([`LogStore::MAX_TRANSACTION_BYTES`], [`DirStore::MAX_BATCH_BYTES`]).
 pub trait Store: Send + Sync + fmt::Debug {
     /// The record at `key`, or `None` if there is none.
     ///
@@ -435,7 +435,8 @@ pub(crate) fn is_own_dir<V: crate::vfs::Vfs>(vfs: &V, dir: &std::path::Path) -> 
 
 /// Opens (creating it with `mode` if absent) a file the store owns, such as a lock
 /// file, refusing to follow a symlink planted at its path: opening with `O_CREAT`
-/// would create, and writing would change, whatever the link names.
+/// would create, and writing would change, whatever the link names. A FIFO or a
+/// device there is refused too, without waiting on it.
 pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
     vfs: &V,
     path: &std::path::Path,
@@ -455,12 +456,162 @@ pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
         Err(e) => return Err(Error::io(step, path, e)),
     }
     vfs.open_or_create(path, mode).map_err(|e| {
-        // A symlink planted since the check above fails the open (`O_NOFOLLOW`
-        // where the system has it): report it as the check would have.
-        if is_other(vfs) {
+        // A symlink, FIFO or device planted since the check above fails the
+        // open (see `Vfs::open_or_create`): report it as the check would have.
+        if e.kind() == std::io::ErrorKind::InvalidData || is_other(vfs) {
             not_followed(path, "a file of the store")
         } else {
             Error::io(step, path, e)
         }
     })
+}
+
+/// Reads a file the store wrote itself: at most `max_len` bytes, the most its
+/// format allows. `None` if there is no file at `path`.
+///
+/// The file is opened with [`open_own_regular_file`] and read with
+/// [`read_own_bytes`]: a symlink is never followed, a FIFO or a device never
+/// waited on or read, and memory is bounded before it is allocated.
+///
+/// # Errors
+/// [`Error::CorruptFile`] naming `path` for a symlink, a FIFO, a socket, a
+/// device or a directory there, or a file longer than `max_len`; I/O errors
+/// naming `step` and `path`.
+pub(crate) fn read_own_file<V: crate::vfs::Vfs>(
+    vfs: &V,
+    path: &std::path::Path,
+    max_len: usize,
+    step: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    match open_own_regular_file(vfs, path, step)? {
+        Some(file) => read_own_bytes(&file, path, max_len, step).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Opens a file the store wrote itself, to read it, with
+/// [`Vfs::open_regular_file`](crate::vfs::Vfs::open_regular_file). `None` if
+/// there is no file at `path`.
+///
+/// # Errors
+/// [`Error::CorruptFile`] naming `path` for a symlink, a FIFO, a socket, a
+/// device or a directory there; I/O errors naming `step` and `path`.
+pub(crate) fn open_own_regular_file<V: crate::vfs::Vfs>(
+    vfs: &V,
+    path: &std::path::Path,
+    step: &'static str,
+) -> Result<Option<V::File>> {
+    match vfs.open_regular_file(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: "expected a regular file of the store, found a symlink, a FIFO, a socket, \
+                     a device or a directory: not followed, not read"
+                .to_owned(),
+        }),
+        Err(e) => Err(Error::io(step, path, e)),
+    }
+}
+
+/// Reads `file` (opened from `path`) whole, if it is at most `max_len` bytes
+/// long. Memory is bounded before it is allocated: a file longer than its
+/// first read is measured first, and one longer than `max_len` is refused
+/// without reading it on.
+///
+/// # Errors
+/// [`Error::CorruptFile`] naming `path` if the file is longer than `max_len`;
+/// I/O errors naming `step` and `path`.
+pub(crate) fn read_own_bytes<F: crate::vfs::VfsFile>(
+    file: &F,
+    path: &std::path::Path,
+    max_len: usize,
+    step: &'static str,
+) -> Result<Vec<u8>> {
+    use crate::error::IoContext;
+    /// Enough for every file but records and batch journals in one read.
+    const FIRST_READ: usize = 8 << 10;
+
+    let too_long = || Error::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!("longer than the {max_len} bytes its format allows: not read further"),
+    };
+    // One byte more than allowed, to tell a file of the largest length from a
+    // longer one.
+    let cap = max_len.saturating_add(1);
+    let mut buf = vec![0u8; FIRST_READ.min(cap)];
+    let mut filled = 0;
+    loop {
+        let n = file
+            .read_at(&mut buf[filled..], filled as u64)
+            .at(step, path)?;
+        filled += n;
+        if filled < buf.len() {
+            // `read_at` reads less only at the end of the file.
+            buf.truncate(filled);
+            return Ok(buf);
+        }
+        if buf.len() >= cap {
+            return Err(too_long());
+        }
+        // Larger than read so far: its length decides how much room to make
+        // (a file that grows meanwhile is read on, up to `cap`).
+        let size = file.size().at(step, path)?;
+        if size > max_len as u64 {
+            return Err(too_long());
+        }
+        let want = usize::try_from(size).unwrap_or(cap).saturating_add(1);
+        buf.resize(want.max(buf.len().saturating_mul(2)).min(cap), 0);
+    }
+}
+
+/// The directory a store opened at `root` works in: `root` itself, or, if
+/// `root` is a symlink, what it names, resolved now and used from then on
+/// (re-pointing the link later moves nothing). Nothing below the root is ever
+/// followed; only the root may be a link, as the caller's choice.
+///
+/// # Errors
+/// [`Error::Io`] naming `root` if it is a symlink whose target does not
+/// exist (kind `NotFound`), or if it is, or names, something that is not a
+/// directory (kind `NotADirectory`).
+pub(crate) fn resolve_root<V: crate::vfs::Vfs>(
+    vfs: &V,
+    root: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    use crate::vfs::FileKind;
+    use std::io::{Error as IoError, ErrorKind};
+    // `link/` would name the directory, not the link: without the slash.
+    let root: std::path::PathBuf = root.components().collect();
+    let root = root.as_path();
+    let not_a_dir =
+        |step: &'static str| Error::io(step, root, IoError::from(ErrorKind::NotADirectory));
+    match vfs.metadata(root) {
+        Ok(info) if info.kind == FileKind::Dir => return Ok(root.to_path_buf()),
+        Ok(info) if info.kind == FileKind::File => {
+            return Err(not_a_dir("open store at a path that is not a directory:"));
+        }
+        Ok(_) => {}
+        // Created by the open, or reported by it.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(root.to_path_buf()),
+        Err(e) => return Err(Error::io("inspect store directory", root, e)),
+    }
+    // A symlink (or a FIFO, a socket, a device: resolved to itself).
+    let resolved = match vfs.canonicalize(root) {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::io(
+                "open store at a symlink whose target does not exist:",
+                root,
+                e,
+            ));
+        }
+        Err(e) => return Err(Error::io("resolve the store path", root, e)),
+    };
+    match vfs.metadata(&resolved) {
+        Ok(info) if info.kind == FileKind::Dir => Ok(resolved),
+        Ok(_) => Err(not_a_dir(
+            "open store at a path that is neither a directory nor a symlink to one:",
+        )),
+        Err(e) => Err(Error::io("inspect store directory", &resolved, e)),
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -170,6 +170,10 @@ impl<V: Vfs> Vfs for Counting<V> {
 
     fn inode(&self, path: &Path) -> io::Result<u64> {
         self.inner.inode(path)
+    }
+
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        self.inner.canonicalize(path)
     }
 }
 

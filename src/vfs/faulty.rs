@@ -40,7 +40,7 @@ pub enum OpKind {
     Rmdir,
     /// [`Vfs::read_dir`].
     ReadDir,
-    /// [`Vfs::metadata`] and [`VfsFile::size`].
+    /// [`Vfs::metadata`], [`Vfs::canonicalize`] and [`VfsFile::size`].
     Stat,
     /// Taking or releasing an advisory lock.
     Lock,
@@ -569,6 +569,11 @@ impl<V: Vfs> Vfs for Faulty<V> {
     fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
         self.state.pass(OpKind::Stat, path)?;
         self.inner.metadata(path)
+    }
+
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        self.state.pass(OpKind::Stat, path)?;
+        self.inner.canonicalize(path)
     }
 }
 

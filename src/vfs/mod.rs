@@ -19,7 +19,7 @@ mod std_vfs;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use std_vfs::StdVfs;
@@ -91,8 +91,11 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Opens a file for reading and writing, creating it with `mode` if absent.
-    /// A symlink at `path` should fail the open rather than be followed
-    /// (`O_NOFOLLOW`; [`StdVfs`] does so on Linux).
+    /// Anything at `path` but a regular file should fail the open rather than
+    /// be followed or waited on, with [`io::ErrorKind::InvalidData`] as
+    /// [`open_regular_file`](Vfs::open_regular_file) does: [`StdVfs`] on Linux
+    /// opens with `O_NOFOLLOW | O_NONBLOCK | O_NOCTTY` and checks the type of
+    /// the file it opened.
     fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<Self::File>;
 
     /// Atomically renames `from` to `to`, replacing `to` if it exists (`rename(2)`).
@@ -156,6 +159,17 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// ```
     fn inode(&self, path: &Path) -> io::Result<u64> {
         self.metadata(path).map(|info| info.inode)
+    }
+
+    /// `path` with every symlink in it resolved, and made absolute
+    /// (`realpath(3)`); fails if it, or what a link in it names, does not exist.
+    ///
+    /// The default checks that `path` exists ([`metadata`](Vfs::metadata)) and
+    /// returns it unchanged: right for layers that simulate a filesystem
+    /// without symlinks. A layer that wraps another should forward this method.
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        self.metadata(path)?;
+        Ok(path.to_path_buf())
     }
 
     /// Reads a whole file.

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{DIR_MODE, FileInfo, FileKind, Vfs, VfsFile};
 
@@ -69,10 +69,30 @@ impl Vfs for StdVfs {
             .create(true)
             .truncate(false)
             .mode(mode);
-        // A symlink at `path` fails the open (ELOOP) instead of being followed.
+        // A symlink at `path` fails the open (ELOOP) instead of being
+        // followed, and a FIFO or a device is opened without waiting, only to
+        // be refused below.
         #[cfg(target_os = "linux")]
-        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
-        options.open(path)
+        {
+            use rustix::fs::OFlags;
+            let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+            options.custom_flags(flags.bits() as i32);
+        }
+        let file = match options.open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                return Err(if link { super::not_a_regular_file() } else { e });
+            }
+        };
+        if !is_regular_file(&file)? {
+            return Err(super::not_a_regular_file());
+        }
+        Ok(file)
+    }
+
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        fs::canonicalize(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -364,5 +384,31 @@ mod tests {
 
         assert!(StdVfs.open_or_create(&link, 0o600).is_err());
         assert!(!target.exists(), "the open created the link's target");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn open_or_create_refuses_a_fifo_or_a_device_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+
+        // Opened for reading and writing a FIFO does not block on Linux; the
+        // check of the opened file is what refuses it, as it refuses a device.
+        for other in [fifo.as_path(), Path::new("/dev/null"), dir.path()] {
+            let refused = StdVfs.open_or_create(other, 0o600).unwrap_err();
+            assert!(
+                matches!(
+                    refused.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::IsADirectory
+                ),
+                "{}: {refused}",
+                other.display()
+            );
+        }
+        let created = dir.path().join("created");
+        assert!(StdVfs.open_or_create(&created, 0o600).is_ok());
+        assert!(StdVfs.open_or_create(&created, 0o600).is_ok());
     }
 }

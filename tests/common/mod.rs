@@ -8,6 +8,7 @@ pub mod backends;
 pub mod child;
 pub mod credits;
 pub mod hooked_store;
+pub mod hostile;
 pub mod limits;
 #[cfg(feature = "postgres")]
 pub mod pg;

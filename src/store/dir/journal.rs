@@ -26,9 +26,31 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::store::{Batch, BatchOp};
 
 const MAGIC: &str = "jobsafe-journal 1\n";
 const SUFFIX: &str = ".batch";
+const END_LINE_LEN: usize = "end 00000000\n".len();
+
+/// The longest journal the format allows, and so the most a read of one
+/// takes: [`DirStore::MAX_BATCH_BYTES`](super::DirStore::MAX_BATCH_BYTES),
+/// which `apply` checks with [`max_len`] before anything is written.
+pub(super) const MAX_LEN: usize = super::MAX_BATCH_BYTES;
+
+/// How long the journal of `batch` is at most, whatever the versions its puts
+/// get and whichever of its deletes find a record.
+pub(super) fn max_len(batch: &Batch) -> usize {
+    let entries = batch.ops().iter().map(|op| match op {
+        BatchOp::Put { key, value, .. } => {
+            let file = super::record_file::max_encoded_len(key, value.len());
+            "P \n\n".len() + file.to_string().len() + file
+        }
+        BatchOp::Delete { key, .. } => {
+            "D \n".len() + serde_json::to_string(key).map_or(0, |json| json.len())
+        }
+    });
+    entries.fold(MAGIC.len() + END_LINE_LEN, usize::saturating_add)
+}
 
 /// One change recorded in a journal.
 #[derive(Debug, PartialEq, Eq)]
@@ -166,6 +188,47 @@ mod tests {
         let mut bad = bytes.clone();
         bad[20] ^= 1;
         assert!(matches!(decode(path, &bad), Err(Error::CorruptFile { .. })));
+    }
+
+    #[test]
+    fn a_journal_is_never_longer_than_its_batch_allows() {
+        let k1 = Key::new(["a", "1"]).unwrap();
+        let k2 = Key::new(["a", "two \"quoted\""]).unwrap();
+        let batch = Batch::new()
+            .put(&k1, b"value".to_vec(), crate::Expect::Any)
+            .delete(&k2, crate::Expect::Any);
+        let changes = vec![
+            Change::Put {
+                key: k1.clone(),
+                file: super::super::record_file::encode(
+                    &k1,
+                    Version::new(u64::MAX / 2 - 1),
+                    b"value",
+                ),
+            },
+            Change::Delete { key: k2 },
+        ];
+        let written = encode(&changes).len();
+        assert!(
+            written <= max_len(&batch),
+            "{written} > {}",
+            max_len(&batch)
+        );
+        assert!(max_len(&batch) - written < 64, "the bound is tight");
+    }
+
+    #[test]
+    fn fifteen_values_of_the_largest_size_at_the_longest_keys_fit_a_batch() {
+        let segment = "\u{1}".repeat(Key::MAX_SEGMENT_LEN);
+        let mut batch = Batch::new();
+        for i in 0..15 {
+            let mut segments = vec![segment.clone(); Key::MAX_SEGMENTS];
+            segments[0] = format!("{i}");
+            // Zeroed by the allocator and never touched: they cost no memory.
+            let value = vec![0u8; crate::Entry::MAX_VALUE_LEN];
+            batch = batch.put(&Key::new(segments).unwrap(), value, crate::Expect::Any);
+        }
+        assert!(max_len(&batch) <= MAX_LEN);
     }
 
     #[test]

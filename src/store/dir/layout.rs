@@ -10,11 +10,14 @@ use crate::atomic::{AtomicWriter, is_temp_name};
 use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
-use crate::store::is_own_dir;
+use crate::store::{is_own_dir, read_own_file};
 use crate::vfs::{FileKind, Vfs};
 
 const MARKER: &str = "jobsafe-dirstore";
 const MARKER_CONTENT: &str = "jobsafe-dirstore 1\n";
+/// The most a marker is read of: any marker of another format that long is
+/// refused all the same.
+const MAX_MARKER_LEN: usize = 256;
 const DATA: &str = "data";
 const STRIPES: &str = "stripes";
 const JOURNAL: &str = "journal";
@@ -47,21 +50,19 @@ impl Layout {
             quarantine: root.join(QUARANTINE),
         };
         let marker = root.join(MARKER);
-        match vfs.read(&marker) {
-            Ok(bytes) if bytes == MARKER_CONTENT.as_bytes() => {}
-            Ok(_) => {
+        match read_own_file(vfs, &marker, MAX_MARKER_LEN, "read store marker")? {
+            Some(bytes) if bytes == MARKER_CONTENT.as_bytes() => {}
+            Some(_) => {
                 return Err(Error::CorruptFile {
                     path: marker,
                     reason: format!("expected {MARKER_CONTENT:?}: not a store of this format"),
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                layout.check_empty_or_ours(vfs)?;
+            None if create => layout.check_empty_or_ours(vfs)?,
+            None => {
+                let missing = io::Error::from(io::ErrorKind::NotFound);
+                return Err(Error::io("open store (no marker file)", marker, missing));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::io("open store (no marker file)", marker, e));
-            }
-            Err(e) => return Err(Error::io("read store marker", marker, e)),
         }
         // Always ensure the pieces: cheap, and repairs a creation cut short.
         for dir in [

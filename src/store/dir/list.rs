@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use super::layout::Layout;
 use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::record_file;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
-use crate::store::ListPage;
+use crate::store::{ListPage, read_own_file};
 use crate::vfs::{FileKind, Vfs};
 
 pub(super) fn list<V: Vfs>(
@@ -125,7 +125,11 @@ impl<V: Vfs> Walker<'_, V> {
             return Ok(naming::decode(stem));
         }
         // The name is a hash: the record's header holds its key.
-        let bytes = self.vfs.read(file).at("read record", file)?;
+        let Some(bytes) = read_own_file(self.vfs, file, record_file::MAX_LEN, "read record")?
+        else {
+            // Gone since the directory was read.
+            return Ok(None);
+        };
         let corrupt = |reason: String| Error::CorruptFile {
             path: file.to_path_buf(),
             reason: format!("cannot list a record with a shortened name: {reason}"),
@@ -146,7 +150,13 @@ impl<V: Vfs> Walker<'_, V> {
             return Ok(naming::decode(stem));
         }
         let file = dir.join(SEGMENT_FILE);
-        let bytes = self.vfs.read(&file).at("read segment file", &file)?;
+        let Some(bytes) =
+            read_own_file(self.vfs, &file, Key::MAX_SEGMENT_LEN, "read segment file")?
+        else {
+            // A shortened directory is never made without its segment file.
+            let missing = io::Error::from(io::ErrorKind::NotFound);
+            return Err(Error::io("read segment file", file, missing));
+        };
         // The segment must be the one the directory's (hashed) name stands for:
         // anything else would list keys that are not where their name leads.
         match String::from_utf8(bytes) {

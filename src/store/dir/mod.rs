@@ -23,6 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{
     Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
+    open_own_regular_file, read_own_bytes, read_own_file,
 };
 use crate::vfs::{StdVfs, Vfs};
 
@@ -75,8 +76,28 @@ use crate::vfs::{StdVfs, Vfs};
 /// pending (completing it would be a write): they return `Poisoned` too.
 /// Directories are created with mode `0o700` and files with `0o600`, whatever
 /// the umask. A symlink (or a file) found where a directory of the store belongs
-/// is [`Error::CorruptFile`] naming it: puts, deletes, quarantines and listings
-/// never follow it out of the store (a sweep skips it).
+/// is [`Error::CorruptFile`] naming it: reads, puts, deletes, quarantines and
+/// listings never follow it out of the store (a sweep skips it).
+///
+/// Reads are as careful as writes. The store reads only regular files of its
+/// own, opened without following a symlink and without waiting
+/// (`O_NOFOLLOW | O_NONBLOCK` on Linux), and never more of one than its format
+/// allows: a record file at most its header and [`Entry::MAX_VALUE_LEN`]
+/// (about 16.1 MiB), a batch journal [`DirStore::MAX_BATCH_BYTES`], a version
+/// floor or the marker 256 bytes, a long segment's `.segment` file 1 KiB. A
+/// symlink, a FIFO, a socket, a device, a directory or a longer file in the
+/// place of one is an error naming it, at once: [`Error::Corrupt`] for a
+/// record (from every operation on its key; [`quarantine`](Store::quarantine)
+/// moves whatever is there aside unread, as it moves other damage, and the key
+/// is free again), [`Error::CorruptFile`] for the others. Reads never move
+/// anything aside themselves.
+///
+/// The store's directory itself may be given as a symlink: it is resolved
+/// once, when the store is opened, and the store works in the directory it
+/// named then ([`root`](DirStore::root)); re-pointing the link later moves
+/// nothing. A link whose target does not exist, or names something other than
+/// a directory, fails the open with an [`Error::Io`] that says so. Nothing
+/// below the root is ever followed.
 ///
 /// A full disk (`ENOSPC`) or a read-only filesystem fails the write with
 /// [`Error::Io`] naming the file, leaves the old record whole and does not
@@ -85,9 +106,10 @@ use crate::vfs::{StdVfs, Vfs};
 /// # Limitations
 ///
 /// - The symlink check inspects each directory on a record's way (`lstat`) before
-///   writing into it; someone who can write to the store's directories and swaps
-///   a directory for a symlink between that check and the write is not stopped.
-///   Keep the store's root owned by the service's user.
+///   writing into it or reading from it; someone who can write to the store's
+///   directories and swaps a directory for a symlink between that check and the
+///   write or read is not stopped. Keep the store's root owned by the service's
+///   user.
 /// - A delete first rewrites its stripe's version floor, a small file: on a disk
 ///   with no space left at all it fails with `ENOSPC` like a put. Free space
 ///   outside the store to delete records.
@@ -182,7 +204,20 @@ impl DirStore<StdVfs> {
     /// time of one write; a writer paused for longer than this finds its temp
     /// file gone and its write fails, nothing else.
     pub const SWEEP_AT_OPEN: Duration = Duration::from_secs(3600);
+
+    /// The longest batch journal a batch may take (the record files of its
+    /// puts, at the longest version, and the keys of its deletes): 256 MiB, 16
+    /// times [`Entry::MAX_VALUE_LEN`], so that a batch of up to 15 values of
+    /// the largest size, with their keys, always fits. A larger batch is
+    /// refused with [`Error::TooLarge`] (with no key: it is the batch's size)
+    /// before anything is written. Reading a journal back goes no further, so
+    /// no file in the journal's place makes a read allocate more. This bound
+    /// is `DirStore`'s own: the [`Store`] contract bounds each value, not a
+    /// batch.
+    pub const MAX_BATCH_BYTES: usize = 16 * Entry::MAX_VALUE_LEN;
 }
+
+const MAX_BATCH_BYTES: usize = DirStore::MAX_BATCH_BYTES;
 
 impl<V: Vfs> DirStoreBuilder<V> {
     /// Does all I/O through `vfs` (to count, fail or trace operations in tests).
@@ -232,7 +267,8 @@ impl<V: Vfs> DirStoreBuilder<V> {
     /// As [`DirStore::open`].
     pub fn open(self) -> Result<DirStore<V>> {
         let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
-        let layout = Layout::open(&writer, &self.root, self.create)?;
+        let root = crate::store::resolve_root(writer.vfs(), &self.root)?;
+        let layout = Layout::open(&writer, &root, self.create)?;
         let store = DirStore {
             inner: Arc::new(Inner {
                 layout,
@@ -251,7 +287,8 @@ impl<V: Vfs> DirStoreBuilder<V> {
 }
 
 impl<V: Vfs> DirStore<V> {
-    /// The store's directory.
+    /// The store's directory: the one it was opened at, or, if that was a
+    /// symlink, the directory the link named when the store was opened.
     pub fn root(&self) -> &Path {
         &self.inner.layout.root
     }
@@ -382,11 +419,13 @@ impl<V: Vfs> DirStore<V> {
         };
         let _guard = stripes::lock(self.writer().vfs(), &self.layout().stripes, stripes, true)?;
         let path = self.layout().journal.join(name);
-        let bytes = match self.writer().vfs().read(&path) {
-            Ok(bytes) => bytes,
+        let vfs = self.writer().vfs();
+        // A link, a FIFO or a device in a journal's place, or a file longer
+        // than a batch can write, is not read: it stays, reported, as an
+        // undecodable journal does.
+        let Some(bytes) = read_own_file(vfs, &path, journal::MAX_LEN, "read journal")? else {
             // Completed by its owner or another recoverer meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("read journal", path, e)),
+            return Ok(());
         };
         self.check_writable()?;
         let changes = journal::decode(&path, &bytes)?;
@@ -432,18 +471,42 @@ impl<V: Vfs> DirStore<V> {
         }
     }
 
+    /// The record of `key`, read only from a regular file reached through real
+    /// directories: a symlink on the way or in its place, a FIFO, a device, or
+    /// a file longer than a record can be, is [`Error::Corrupt`] naming the
+    /// file (or [`Error::CorruptFile`] naming the directory), never followed
+    /// or read.
     fn read_record(&self, key: &Key) -> Result<Option<RecordFile>> {
+        let vfs = self.writer().vfs();
         let path = self.path_of(key);
-        let bytes = match self.writer().vfs().read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if is_absent(&e) => return Ok(None),
-            Err(e) => return Err(Error::io("read record", path, e)),
-        };
         let corrupt = |reason: String| Error::Corrupt {
             key: key.clone(),
             path: Some(path.clone()),
             reason,
         };
+        let file = match open_own_regular_file(vfs, &path, "read record") {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(None),
+            Err(Error::CorruptFile { reason, .. }) => return Err(corrupt(reason)),
+            Err(Error::Io { source, .. }) if is_absent(&source) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Opened, not read yet: checked only now, so that a key without a
+        // record costs no more. A record reached through a symlink planted on
+        // its way is never read.
+        let segments = key.segments();
+        if !self
+            .layout()
+            .check_dirs(vfs, &segments[..segments.len() - 1])?
+        {
+            return Ok(None);
+        }
+        let bytes = read_own_bytes(&file, &path, record_file::MAX_LEN, "read record").map_err(
+            |e| match e {
+                Error::CorruptFile { reason, .. } => corrupt(reason),
+                e => e,
+            },
+        )?;
         let record = record_file::decode(&bytes).map_err(corrupt)?;
         if record.key != *key {
             return Err(corrupt(format!("file holds the record of {}", record.key)));
@@ -587,6 +650,15 @@ impl<V: Vfs> Store for DirStore<V> {
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
+        let journal_len = journal::max_len(batch);
+        if journal_len > MAX_BATCH_BYTES {
+            return Err(Error::too_large(
+                "DirStore batch",
+                None,
+                journal_len,
+                MAX_BATCH_BYTES,
+            ));
+        }
         self.check_writable()?;
         let stripes: Vec<usize> = batch.ops().iter().map(|op| self.stripe(op.key())).collect();
         self.with_stripes(&stripes, true, |guard| {
@@ -659,15 +731,19 @@ impl<V: Vfs> Store for DirStore<V> {
             let path = self.path_of(key);
             let vfs = self.writer().vfs();
             self.layout().check_parents(vfs, key)?;
-            let bytes = match vfs.read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) if is_absent(&e) => return Ok(None),
-                Err(e) => return Err(Error::io("read record", path, e)),
-            };
             // The version of a record that fails its checksum cannot be trusted
             // (the damage may be in the version itself): count it as unknown, and
-            // the floor jumps past any version the key can have reached.
-            let version = record_file::decode(&bytes).ok().map(|r| r.version);
+            // the floor jumps past any version the key can have reached. So is
+            // the version of what is not a record file at all (a symlink, a
+            // FIFO, a device, a directory, a file longer than a record can
+            // be): it is moved aside as it is, never followed or read.
+            let version = match read_own_file(vfs, &path, record_file::MAX_LEN, "read record") {
+                Ok(Some(bytes)) => record_file::decode(&bytes).ok().map(|r| r.version),
+                Ok(None) => return Ok(None),
+                Err(Error::CorruptFile { .. }) => None,
+                Err(Error::Io { source, .. }) if is_absent(&source) => return Ok(None),
+                Err(e) => return Err(e),
+            };
             self.watch(stripes::raise_floor(
                 self.writer(),
                 &self.layout().stripes,

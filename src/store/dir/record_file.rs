@@ -11,10 +11,30 @@
 //! value, so any edit to the file is reported as corruption rather than read.
 
 use crate::key::Key;
-use crate::store::Version;
+use crate::store::{Entry, Version};
 
 const MAGIC: &str = "jobsafe-record";
 const FORMAT: u32 = 1;
+
+/// The longest key as JSON: every byte of every segment escaped as `\u00XX`,
+/// each segment quoted, commas between them, brackets around.
+const MAX_KEY_JSON_LEN: usize =
+    2 + Key::MAX_SEGMENTS * (2 + 6 * Key::MAX_SEGMENT_LEN) + (Key::MAX_SEGMENTS - 1);
+
+/// The longest header line, newline included: magic and format, the version
+/// and the length at the 20 digits of a `u64`, the checksum, the longest key.
+const MAX_HEADER_LEN: usize = MAGIC.len() + 3 + 20 + 1 + 20 + 1 + 8 + 1 + MAX_KEY_JSON_LEN + 1;
+
+/// The longest record file the format allows (about 16.1 MiB): the longest
+/// header and a value of [`Entry::MAX_VALUE_LEN`]. Reads go no further.
+pub(super) const MAX_LEN: usize = MAX_HEADER_LEN + Entry::MAX_VALUE_LEN;
+
+/// How long the record file of a value of `value_len` bytes at `key` is at
+/// most, whatever its version.
+pub(super) fn max_encoded_len(key: &Key, value_len: usize) -> usize {
+    let key_json = serde_json::to_string(key).map_or(MAX_KEY_JSON_LEN, |json| json.len());
+    MAX_HEADER_LEN - MAX_KEY_JSON_LEN + key_json + value_len
+}
 
 /// A record as stored in a file.
 pub(super) struct RecordFile {
@@ -102,6 +122,19 @@ fn checksum(version: Version, key_json: &str, value: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_record_fits_the_read_bound() {
+        // Control characters take the longest escapes.
+        let segment = "\u{1}".repeat(Key::MAX_SEGMENT_LEN);
+        let key = Key::new(vec![segment.as_str(); Key::MAX_SEGMENTS]).unwrap();
+        assert_eq!(serde_json::to_string(&key).unwrap().len(), MAX_KEY_JSON_LEN);
+        let value = vec![b'x'; Entry::MAX_VALUE_LEN];
+        let bytes = encode(&key, Version::new(u64::MAX), &value);
+        assert!(bytes.len() <= MAX_LEN, "{} > {MAX_LEN}", bytes.len());
+        assert!(bytes.len() <= max_encoded_len(&key, value.len()));
+        assert!(MAX_LEN - bytes.len() < 64, "the bound is tight");
+    }
 
     #[test]
     fn round_trip_and_every_single_byte_flip_is_caught() {

@@ -58,7 +58,14 @@ pub(super) fn lock<V: Vfs>(
     let mut files = Vec::with_capacity(stripes.len());
     for &stripe in &stripes {
         let path = lock_path(dir, stripe);
-        let file = vfs.open_read(&path).at("open stripe lock", &path)?;
+        // Never through a link, never waiting on a FIFO planted in its place.
+        let file = match vfs.open_regular_file(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(crate::store::not_followed(&path, "a stripe lock file"));
+            }
+            Err(e) => return Err(Error::io("open stripe lock", path, e)),
+        };
         if exclusive {
             file.lock().at("lock stripe", &path)?;
         } else {
@@ -116,17 +123,21 @@ pub(super) fn raise_floor<V: Vfs>(
     writer.write(floor_path(dir, stripe), needed.to_string().as_bytes())
 }
 
+/// The most a floor file may hold: a `u64` is 20 digits, and whitespace
+/// around it is tolerated.
+const MAX_FLOOR_LEN: usize = 256;
+
 fn read_floor<V: Vfs>(vfs: &V, dir: &Path, stripe: usize) -> Result<u64> {
     let path = floor_path(dir, stripe);
-    match vfs.read(&path) {
-        Ok(bytes) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| Error::CorruptFile {
-                path,
-                reason: "version floor is not a number".to_owned(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Error::io("read version floor", path, e)),
-    }
+    let Some(bytes) = crate::store::read_own_file(vfs, &path, MAX_FLOOR_LEN, "read version floor")?
+    else {
+        return Ok(0);
+    };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| Error::CorruptFile {
+            path,
+            reason: "version floor is not a number".to_owned(),
+        })
 }

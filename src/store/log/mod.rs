@@ -31,11 +31,15 @@ use crate::store::packed::pack;
 type Packed = Box<[u8]>;
 use crate::store::{
     Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
+    read_own_file,
 };
 use crate::vfs::{StdVfs, Vfs, VfsFile};
 
 const MARKER: &str = "jobsafe-logstore";
 const MARKER_CONTENT: &[u8] = b"jobsafe LogStore, journal format 1\n";
+/// The most a marker is read of: any marker of another format that long is
+/// refused all the same.
+const MAX_MARKER_LEN: usize = 256;
 const JOURNAL: &str = "journal";
 const LOCK: &str = "lock";
 const COMPACT_LOCK: &str = "compact.lock";
@@ -100,12 +104,22 @@ const FIRST_SEQ: u64 = 1;
 /// whose flush failed may or may not have reached the disk: reads, and a
 /// restart, may or may not find it.
 /// Files are created with mode `0o600` and directories with `0o700`, whatever
-/// the umask; a symlink planted at the journal, a lock file or the quarantine
-/// directory is [`Error::CorruptFile`] naming it, never followed. Files are
-/// checked with `lstat` and, on Linux, opened with `O_NOFOLLOW`, so a symlink
+/// the umask; a symlink, a FIFO, a socket or a device planted at the journal,
+/// the marker, a lock file or the quarantine directory is
+/// [`Error::CorruptFile`] naming it, never followed, waited on or read, and
+/// no more than 256 bytes of the marker are read. Files are
+/// checked with `lstat` and, on Linux, opened with
+/// `O_NOFOLLOW | O_NONBLOCK` and checked again once open, so a link or a FIFO
 /// swapped in between fails the open too; the quarantine directory is only
 /// checked before it is written into, so keep the store's directory owned by
 /// the service's user.
+///
+/// The store's directory itself may be given as a symlink: it is resolved
+/// once, when the store is opened, and the store works in the directory it
+/// named then ([`root`](LogStore::root)); re-pointing the link later moves
+/// nothing. A link whose target does not exist, or names something other than
+/// a directory, fails the open with an [`Error::Io`] that says so. Nothing
+/// below the root is ever followed.
 ///
 /// A full disk fails the write that needs more journal space with an
 /// [`Error::Io`] (`ENOSPC`) naming the journal, after the journal has used every
@@ -348,7 +362,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
     /// As [`LogStore::open`].
     pub fn open(self) -> Result<LogStore<V>> {
         let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
-        let root = self.root;
+        let root = crate::store::resolve_root(writer.vfs(), &self.root)?;
         prepare_root(&writer, &root, self.create)?;
         let vfs = writer.vfs();
         let lock_path = root.join(LOCK);
@@ -425,7 +439,8 @@ pub struct LogStats {
 }
 
 impl<V: Vfs> LogStore<V> {
-    /// The store's directory.
+    /// The store's directory: the one it was opened at, or, if that was a
+    /// symlink, the directory the link named when the store was opened.
     pub fn root(&self) -> &Path {
         &self.shared.root
     }
@@ -478,18 +493,20 @@ fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> 
             .at("create store directory", root)?;
     }
     let marker = root.join(MARKER);
-    match vfs.read(&marker) {
-        Ok(content) if content == MARKER_CONTENT => Ok(()),
-        Ok(_) => Err(Error::CorruptFile {
+    // A link, a FIFO or a device at the marker is refused, never followed or
+    // waited on.
+    match read_own_file(vfs, &marker, MAX_MARKER_LEN, "read format marker")? {
+        Some(content) if content == MARKER_CONTENT => Ok(()),
+        Some(_) => Err(Error::CorruptFile {
             path: marker,
             reason: "unknown LogStore format (written by a newer jobsafe?)".to_owned(),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Err(Error::io(
+        None if !create => Err(Error::io(
             "open store (creating it was not asked for)",
             &marker,
-            e,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             // A temp file is another process creating the marker right now.
             let entries = vfs.read_dir(root).at("list store directory", root)?;
             let foreign = entries.iter().any(|name| {
@@ -505,7 +522,6 @@ fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> 
             // Two processes creating the store at once write the same bytes.
             writer.write(&marker, MARKER_CONTENT)
         }
-        Err(e) => Err(Error::io("read format marker", &marker, e)),
     }
 }
 
