@@ -411,6 +411,16 @@ pub(crate) fn check_limit(limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// The error of a [`Store::scan`] asked for pages of no key.
+pub(crate) fn check_page_size(page_size: usize) -> Result<()> {
+    if page_size == 0 {
+        return Err(Error::InvalidArgument(
+            "scan page size must be at least 1".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// The error for something other than what a store expects at `path`, such as a
 /// symlink planted there: reported, naming it, and never followed.
 pub(crate) fn not_followed(path: &std::path::Path, expected: &str) -> Error {
