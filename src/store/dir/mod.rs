@@ -82,12 +82,12 @@ use crate::vfs::{StdVfs, Vfs};
 ///
 /// [`scan`](Store::scan) walks the tree under its prefix once, in key order,
 /// reading each directory when a page first needs it and keeping its entries,
-/// sorted, until the walk leaves it: it holds one page and the entries left of
-/// the directories on its path (a key has at most 16 segments). A page that
-/// reads a directory holds every stripe shared while it does, as `list` does,
-/// so writers wait for that read, never for the whole scan, and the caller
-/// may write between pages. A key created in a directory after the scan read
-/// it is missed, one deleted after is still returned.
+/// sorted, until the walk leaves it: it holds one page and, for each directory
+/// on its path (at most 16 deep), the entries it has not reached yet. A page
+/// that reads a directory holds every stripe shared while it does, as `list`
+/// does, so writers wait for that read, never for the whole scan, and the
+/// caller may write between pages. A key created in a directory after the
+/// scan read it is missed, one deleted after is still returned.
 ///
 /// A full disk (`ENOSPC`) or a read-only filesystem fails the write with
 /// [`Error::Io`] naming the file, leaves the old record whole and does not
@@ -609,8 +609,8 @@ impl<V: Vfs> Store for DirStore<V> {
         list::list(self.writer().vfs(), self.layout(), prefix, after, limit)
     }
 
-    /// Reads each directory under `prefix` once, as the pages reach it. See
-    /// "Scans" in [`DirStore`]'s docs.
+    /// Reads each directory under `prefix` once, when a page first needs it
+    /// (see [`DirStore`]).
     fn scan(&self, prefix: &Prefix, page_size: usize) -> Scan<'_> {
         scan::scan(self, prefix, page_size)
     }
