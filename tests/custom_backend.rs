@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jobsafe::conformance::{self, Harness};
 use jobsafe::lock::{Acquire, LockRequest, Release};
-use jobsafe::store::{Applied, BatchOp, ListPage, Quarantined};
+use jobsafe::store::{Applied, BatchOp, ListPage, Quarantined, Scan};
 use jobsafe::{
     Batch, Entry, Error, Expect, JobLock, Key, ManualClock, Prefix, Result, Store, Version,
 };
@@ -36,6 +36,10 @@ enum Flaw {
     ConflictHidesCurrent,
     /// Values of any size are stored: `apply` skips `Batch::validate`.
     IgnoresValueLimit,
+    /// `scan` starts each page at the last key but one of the page before.
+    ScanOverlapsPages,
+    /// `scan` skips the keys written since it started, updates included.
+    ScanSkipsUpdated,
 }
 
 /// What a record server keeps: encoded records, as a remote key-value service
@@ -238,6 +242,47 @@ impl Store for Toy {
             .collect())
     }
 
+    fn scan(&self, prefix: &Prefix, page_size: usize) -> Scan<'_> {
+        let flaw = self.flaw;
+        if !matches!(flaw, Flaw::ScanOverlapsPages | Flaw::ScanSkipsUpdated) {
+            return Scan::by_pages(self, prefix.clone(), page_size);
+        }
+        let prefix = prefix.clone();
+        let started = self.server.read().last_version;
+        let mut after: Option<Key> = None;
+        let mut done = false;
+        Scan::new(std::iter::from_fn(move || {
+            while !done {
+                let page = match self.list(&prefix, after.as_ref(), page_size) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                };
+                done = page.next.is_none();
+                after = match (flaw, &page.keys[..]) {
+                    (Flaw::ScanOverlapsPages, [.., again, _]) => Some(again.clone()),
+                    _ => page.next,
+                };
+                let records = self.server.read();
+                let keys: Vec<Key> = page
+                    .keys
+                    .into_iter()
+                    .filter(|k| {
+                        flaw != Flaw::ScanSkipsUpdated
+                            || Self::current(&records, k)
+                                .is_ok_and(|e| e.is_some_and(|e| e.version.get() <= started))
+                    })
+                    .collect();
+                if !keys.is_empty() {
+                    return Some(Ok(keys));
+                }
+            }
+            None
+        }))
+    }
+
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
         let mut records = self.server.write();
         let Some(bytes) = records.live.remove(key) else {
@@ -347,6 +392,24 @@ fn pages_that_ignore_the_cursor_are_caught() {
     assert!(
         caught.contains(&"list_pages_cover_every_key_once"),
         "{caught:?}"
+    );
+}
+
+#[test]
+fn scans_that_return_a_key_twice_are_caught() {
+    let caught = violated(Flaw::ScanOverlapsPages);
+    assert!(
+        caught.contains(&"scan_returns_every_key_once_in_order"),
+        "{caught:?}"
+    );
+}
+
+#[test]
+fn scans_that_miss_a_key_updated_during_them_are_caught() {
+    let caught = violated(Flaw::ScanSkipsUpdated);
+    assert_eq!(
+        caught,
+        ["scan_returns_a_key_written_during_it_at_most_once"]
     );
 }
 

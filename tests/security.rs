@@ -778,6 +778,32 @@ fn a_symlink_planted_in_a_dirstore_is_reported_by_list_never_walked() -> TestRes
 }
 
 #[test]
+fn a_directory_swapped_for_a_symlink_during_a_scan_is_reported_never_walked() -> TestResult {
+    let p = Planted::new();
+    let store = DirStore::open(&p.root)?;
+    let (first, later) = (Key::new(["a", "1"])?, Key::new(["b", "1"])?);
+    store.put(&first, b"1", Expect::Absent)?;
+    store.put(&later, b"1", Expect::Absent)?;
+    // Outside: a directory that decodes as keys of the store.
+    fs::write(p.outside.join("stolen.r"), b"not the store's")?;
+    let mut scan = store.scan(&jobsafe::Prefix::all(), 1);
+    assert_eq!(scan.next().transpose()?, Some(vec![first]));
+
+    // `data/` was read with `b.d` a directory; it is a symlink when the scan
+    // goes in.
+    let b_dir = store.path_of(&later).parent().unwrap().to_path_buf();
+    fs::remove_file(store.path_of(&later))?;
+    fs::remove_dir(&b_dir)?;
+    symlink(&p.outside, &b_dir)?;
+
+    let err = scan.next().unwrap().unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert!(err.to_string().contains(&*b_dir.to_string_lossy()), "{err}");
+    assert!(scan.next().is_none());
+    Ok(())
+}
+
+#[test]
 fn symlinks_planted_at_a_dirstores_own_directories_while_it_is_open_are_not_followed() -> TestResult
 {
     // Each directory, and the operation that writes into it.

@@ -15,7 +15,7 @@ use crate::store::{Expect, Store};
 
 /// Segments that break naive encodings: path syntax, reserved and hidden names,
 /// case and Unicode-normalisation twins, escape lookalikes, very long names.
-fn hostile_segments() -> Vec<String> {
+pub(super) fn hostile_segments() -> Vec<String> {
     let mut segments: Vec<String> = [
         "..",
         ".",

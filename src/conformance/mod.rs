@@ -41,6 +41,7 @@ mod concurrency;
 mod keys;
 mod limits;
 mod restart;
+mod scan;
 mod single_key;
 mod suite;
 mod support;
@@ -62,6 +63,9 @@ pub use keys::{
 pub use limits::{largest_value_is_stored, value_over_the_limit_is_refused_and_changes_nothing};
 pub use restart::{
     corrupt_record_is_reported_never_absent, quarantine_moves_records_aside, writes_survive_reopen,
+};
+pub use scan::{
+    scan_returns_a_key_written_during_it_at_most_once, scan_returns_every_key_once_in_order,
 };
 pub use single_key::{
     delete_follows_its_precondition, get_of_absent_key_is_none, put_absent_inserts_only_once,

@@ -32,6 +32,8 @@ macro_rules! __conformance_clauses {
             list_is_ordered_and_matches_whole_segments,
             list_pages_cover_every_key_once,
             list_sees_writes_between_pages,
+            scan_returns_every_key_once_in_order,
+            scan_returns_a_key_written_during_it_at_most_once,
             batch_applies_every_operation_in_order,
             batch_conflict_changes_nothing,
             batch_rejects_empty_and_duplicate_keys,

@@ -184,17 +184,21 @@ impl<S: Store> JobState<S> {
     pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {
         let now = self.clock.now_ms();
         let mut counts = PurgeCounts::default();
-        for job in self.list(&JobFilter::default())?.jobs {
+        // Deleting as the scan goes: no list of every job is held.
+        self.for_each_job(|read| {
+            // An unreadable record is left, with its events.
+            let Ok(job) = read else { return Ok(()) };
             if !job.is_due_for_purge(now, finished_for, queued_for) {
-                continue;
+                return Ok(());
             }
             match self.remove_with_events(&job, job.version, &[]) {
                 Ok(()) => self.hub.close(&job.id),
-                Err(e) if e.is_conflict() => continue, // changed since the listing
+                Err(e) if e.is_conflict() => return Ok(()), // changed since it was read
                 Err(e) => return Err(e),
             }
             counts.add(job.status);
-        }
+            Ok(())
+        })?;
         Ok(counts)
     }
 }

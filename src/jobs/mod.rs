@@ -51,7 +51,7 @@ use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
 use crate::limits;
 use crate::record::{self as codec, Extra, Metadata};
-use crate::store::{BatchOp, Expect, Store, Version};
+use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
 
 /// Durable job records: what a request handler creates and returns the id of at
 /// once, what a worker moves through its stages, and what clients poll or stream.
@@ -472,17 +472,39 @@ impl<S: Store> JobState<S> {
     /// Store errors; unreadable records are listed apart.
     pub fn list(&self, filter: &JobFilter) -> Result<JobList> {
         let mut list = JobList::default();
-        for key in self.store.list_all(&self.records_prefix()?)? {
-            let Some(id) = key.segments().last() else {
-                continue;
-            };
-            match self.read(id) {
-                Ok(Some((job, _))) if filter.matches(&job) => list.jobs.push(job),
+        self.for_each_job(|read| {
+            match read {
+                Ok(job) if filter.matches(&job) => list.jobs.push(job),
                 Ok(_) => {}
-                Err(e) => list.unreadable.push((key, e)),
+                Err(unreadable) => list.unreadable.push(unreadable),
+            }
+            Ok(())
+        })?;
+        Ok(list)
+    }
+
+    /// Calls `f` with each job in id order, read as one [`scan`](Store::scan)
+    /// of the records reaches it, or with the key and error of a record that
+    /// cannot be read; a record deleted since the scan saw its key is skipped.
+    /// Holds one page of keys, not the jobs: `f` may change or delete the job
+    /// it is given. Stops at the first error of `f` or of the scan.
+    pub(crate) fn for_each_job(
+        &self,
+        mut f: impl FnMut(std::result::Result<Job, (Key, Error)>) -> Result<()>,
+    ) -> Result<()> {
+        for page in self.store.scan(&self.records_prefix()?, SCAN_PAGE) {
+            for key in page? {
+                let Some(id) = key.segments().last() else {
+                    continue;
+                };
+                match self.read(id) {
+                    Ok(Some((job, _))) => f(Ok(job))?,
+                    Ok(None) => {}
+                    Err(e) => f(Err((key, e)))?,
+                }
             }
         }
-        Ok(list)
+        Ok(())
     }
 
     /// Deletes a job that is not running, with its events. Returns whether there

@@ -23,7 +23,7 @@ use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::store::{Applied, Batch, BatchOp, Expect, Store, Version};
+use crate::store::{Applied, Batch, BatchOp, Expect, SCAN_PAGE, Store, Version};
 
 /// How often a write is retried after losing a compare-and-set race before the
 /// conflict is returned. Every lost race means another writer succeeded, so this
@@ -571,32 +571,55 @@ impl<S: Store> JobLedger<S> {
     /// # Errors
     /// [`Error::InvalidKey`]; store errors. Unreadable records are listed apart.
     pub fn list(&self, account: Option<&str>) -> Result<LedgerList> {
+        let mut list = LedgerList::default();
+        self.for_each_reservation(account, |read| {
+            match read {
+                Ok(reservation) => list.reservations.push(reservation),
+                Err(unreadable) => list.unreadable.push(unreadable),
+            }
+            Ok(())
+        })?;
+        Ok(list)
+    }
+
+    /// Calls `f` with each reservation (of `account`, if given) in key order,
+    /// read as one [`scan`](Store::scan) reaches it, or with the key and error
+    /// of a record that cannot be read; one refunded since the scan saw its key
+    /// is skipped. Holds one page of keys: `f` may change or delete the
+    /// reservation it is given. Stops at the first error of `f` or of the scan.
+    pub(crate) fn for_each_reservation(
+        &self,
+        account: Option<&str>,
+        mut f: impl FnMut(std::result::Result<Reservation, (Key, Error)>) -> Result<()>,
+    ) -> Result<()> {
         let mut segments = self.namespace.segments().to_vec();
         segments.extend(account.map(str::to_owned));
         let prefix = Prefix::new(segments)?;
         let depth = self.namespace.segments().len();
-        let mut list = LedgerList::default();
-        for key in self.store.list_all(&prefix)? {
-            let [account, job_id] = key.segments().get(depth..).unwrap_or_default() else {
-                list.unreadable.push((
-                    key.clone(),
-                    Error::Corrupt {
-                        key,
-                        path: None,
-                        reason: "not a ledger key (account, job id)".to_owned(),
-                    },
-                ));
-                continue;
-            };
-            match self.read(&key) {
-                Ok(Some((stored, version))) => list
-                    .reservations
-                    .push(stored.to_reservation(account, job_id, version)),
-                Ok(None) => {} // refunded since the listing
-                Err(e) => list.unreadable.push((key, e)),
+        for page in self.store.scan(&prefix, SCAN_PAGE) {
+            for key in page? {
+                let [account, job_id] = key.segments().get(depth..).unwrap_or_default() else {
+                    let reason = "not a ledger key (account, job id)".to_owned();
+                    f(Err((
+                        key.clone(),
+                        Error::Corrupt {
+                            key,
+                            path: None,
+                            reason,
+                        },
+                    )))?;
+                    continue;
+                };
+                match self.read(&key) {
+                    Ok(Some((stored, version))) => {
+                        f(Ok(stored.to_reservation(account, job_id, version)))?;
+                    }
+                    Ok(None) => {} // refunded since the scan saw it
+                    Err(e) => f(Err((key, e)))?,
+                }
             }
         }
-        Ok(list)
+        Ok(())
     }
 
     /// The reservations whose charge or refund was started and not confirmed:
@@ -621,11 +644,13 @@ impl<S: Store> JobLedger<S> {
         let now = self.clock.now_ms();
         let retain_ms = millis(retain);
         let mut purged = 0;
-        for reservation in self.list(None)?.reservations {
+        // Deleting as the scan goes: no list of every reservation is held.
+        self.for_each_reservation(None, |read| {
+            let Ok(reservation) = read else { return Ok(()) };
             if reservation.state.is_pending()
                 || now < reservation.expires_ms.saturating_add(retain_ms)
             {
-                continue;
+                return Ok(());
             }
             let key = self.key(&reservation.account, &reservation.job_id)?;
             match self
@@ -633,11 +658,12 @@ impl<S: Store> JobLedger<S> {
                 .delete(&key, Expect::Version(reservation.version))
             {
                 Ok(_) => purged += 1,
-                // Refunded, re-reserved or changed since the listing.
+                // Refunded, re-reserved or changed since it was read.
                 Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(e),
             }
-        }
+            Ok(())
+        })?;
         Ok(purged)
     }
 

@@ -27,7 +27,7 @@ use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::store::{Expect, Quarantined, Store, Version};
+use crate::store::{Expect, Quarantined, SCAN_PAGE, Store, Version};
 
 /// Longest wait between two attempts of [`JobLock::acquire_within`].
 const MAX_BACKOFF_MS: u64 = 1_000;
@@ -491,25 +491,14 @@ impl<S: Store> JobLock<S> {
     /// # Errors
     /// [`Error::InvalidKey`] if the namespaced prefix is too long; store errors.
     pub fn list(&self, prefix: &Prefix) -> Result<LockList> {
-        let mut segments = self.namespace.segments().to_vec();
-        segments.extend(prefix.segments().iter().cloned());
-        let stored_prefix = Prefix::new(segments)?;
         let mut list = LockList::default();
-        for stored_key in self.store.list_all(&stored_prefix)? {
-            // A record at the namespace itself is not a lock: list it apart.
-            let key = match self.lock_key_of(&stored_key) {
-                Ok(key) => key,
-                Err(e) => {
-                    list.unreadable.push((stored_key, e));
-                    continue;
-                }
-            };
-            match self.read(&stored_key) {
-                Ok(Some((stored, version))) => list.locks.push(stored.into_record(key, version)),
-                Ok(None) => {} // released since the listing
-                Err(e) => list.unreadable.push((key, e)),
+        self.for_each_lock(prefix, |read| {
+            match read {
+                Ok(lock) => list.locks.push(lock),
+                Err(unreadable) => list.unreadable.push(unreadable),
             }
-        }
+            Ok(())
+        })?;
         Ok(list)
     }
 
@@ -520,16 +509,20 @@ impl<S: Store> JobLock<S> {
     /// # Errors
     /// As [`list`](JobLock::list).
     pub fn purge(&self, prefix: &Prefix, expired_for: Duration) -> Result<LockList> {
-        let listed = self.list(prefix)?;
         let now = self.clock.now_ms();
-        let mut purged = LockList {
-            locks: Vec::new(),
-            unreadable: listed.unreadable,
-        };
-        for lock in listed.locks {
+        let mut purged = LockList::default();
+        // Deleting as the scan goes: no list of every lock is held.
+        self.for_each_lock(prefix, |read| {
+            let lock = match read {
+                Ok(lock) => lock,
+                Err(unreadable) => {
+                    purged.unreadable.push(unreadable);
+                    return Ok(());
+                }
+            };
             let ended = lock.expires_ms.saturating_add(self.skew_ms);
             if now < ended.saturating_add(millis(expired_for)) {
-                continue;
+                return Ok(());
             }
             let stored_key = self.stored_key(&lock.key)?;
             match self
@@ -537,12 +530,46 @@ impl<S: Store> JobLock<S> {
                 .delete(&stored_key, Expect::Version(lock.version))
             {
                 Ok(_) => purged.locks.push(lock),
-                // Renewed or taken over since the listing: not ours to purge.
+                // Renewed or taken over since it was read: not ours to purge.
                 Err(e) if e.is_conflict() => {}
                 Err(e) => return Err(e),
             }
-        }
+            Ok(())
+        })?;
         Ok(purged)
+    }
+
+    /// Calls `f` with each lock under `prefix` in key order, read as one
+    /// [`scan`](Store::scan) reaches it, or with the key and error of a record
+    /// that cannot be read; one released since the scan saw its key is skipped.
+    /// Holds one page of keys: `f` may change or delete the lock it is given.
+    /// Stops at the first error of `f` or of the scan.
+    fn for_each_lock(
+        &self,
+        prefix: &Prefix,
+        mut f: impl FnMut(std::result::Result<LockRecord, (Key, Error)>) -> Result<()>,
+    ) -> Result<()> {
+        let mut segments = self.namespace.segments().to_vec();
+        segments.extend(prefix.segments().iter().cloned());
+        let stored_prefix = Prefix::new(segments)?;
+        for page in self.store.scan(&stored_prefix, SCAN_PAGE) {
+            for stored_key in page? {
+                // A record at the namespace itself is not a lock: listed apart.
+                let key = match self.lock_key_of(&stored_key) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        f(Err((stored_key, e)))?;
+                        continue;
+                    }
+                };
+                match self.read(&stored_key) {
+                    Ok(Some((stored, version))) => f(Ok(stored.into_record(key, version)))?,
+                    Ok(None) => {} // released since the scan saw it
+                    Err(e) => f(Err((key, e)))?,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether an acquire at `now` takes the lock from `holder`: its lease has

@@ -7,9 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Pipeline, paths};
 use crate::error::{Error, Result};
-use crate::jobs::{JobFilter, JobStatus, PurgeCounts};
+use crate::jobs::{JobStatus, PurgeCounts};
 use crate::key::{Key, Prefix};
-use crate::store::{Batch, Expect, Store};
+use crate::store::{Batch, Expect, SCAN_PAGE, Store};
 use crate::vfs::{FileKind, Vfs};
 
 /// The outcome of [`Pipeline::delete`].
@@ -201,14 +201,20 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// `errors` (by job id) and the others go on.
     pub(crate) fn finish_deletions(&self, errors: &mut Vec<(String, Error)>) -> Result<usize> {
         let mut done = 0;
-        for key in self.inner.store.list_all(&self.prefix(&["deleting"])?)? {
-            let Some(id) = key.segments().last() else {
-                continue;
-            };
-            match self.finish_deletion(id) {
-                Ok(true) => done += 1,
-                Ok(false) => {}
-                Err(e) => errors.push((id.clone(), e)),
+        for page in self
+            .inner
+            .store
+            .scan(&self.prefix(&["deleting"])?, SCAN_PAGE)
+        {
+            for key in page? {
+                let Some(id) = key.segments().last() else {
+                    continue;
+                };
+                match self.finish_deletion(id) {
+                    Ok(true) => done += 1,
+                    Ok(false) => {}
+                    Err(e) => errors.push((id.clone(), e)),
+                }
             }
         }
         Ok(done)
@@ -273,32 +279,36 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             Some(ledger) => ledger.live_jobs()?,
             None => BTreeSet::new(),
         };
-        let list = inner.jobs.list(&JobFilter::default())?;
-        for (key, _) in list.unreadable {
-            // Its status and age are unknown: keep everything it may own.
-            if let Some(id) = key.segments().last() {
-                kept.insert(paths::dir_name(id));
-            }
-            report.unreadable_jobs.push(key);
-        }
-        for job in list.jobs {
+        // Removing as the scan goes: no list of every job is held.
+        inner.jobs.for_each_job(|read| {
+            let job = match read {
+                Ok(job) => job,
+                Err((key, _)) => {
+                    // Its status and age are unknown: keep everything it may own.
+                    if let Some(id) = key.segments().last() {
+                        kept.insert(paths::dir_name(id));
+                    }
+                    report.unreadable_jobs.push(key);
+                    return Ok(());
+                }
+            };
             if !job.is_due_for_purge(now, policy.finished_for, policy.queued_for) {
                 kept.insert(paths::dir_name(&job.id));
-                continue;
+                return Ok(());
             }
             if paid_for.contains(&job.id) {
                 report.kept_for_reservations += 1;
                 kept.insert(paths::dir_name(&job.id));
-                continue;
+                return Ok(());
             }
             let Ok(lease) = self.acquire(Self::subject_of(&job), &job.id)? else {
                 kept.insert(paths::dir_name(&job.id));
-                continue; // its subject is busy: next time
+                return Ok(()); // its subject is busy: next time
             };
             let removed = self.purge_job(&job.id, job.version, &mut report);
             lease.release();
             let removed = match removed {
-                // Damaged since the listing: kept, and reported.
+                // Damaged since it was read: kept, and reported.
                 Err(Error::Corrupt { key, .. }) if key.segments().last() == Some(&job.id) => {
                     report.unreadable_jobs.push(key);
                     false
@@ -311,7 +321,8 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             } else {
                 kept.insert(paths::dir_name(&job.id));
             }
-        }
+            Ok(())
+        })?;
         self.purge_orphans(&kept, &mut report)?;
         self.purge_subject_dirs(&purged_subjects, &mut report)?;
         if let Some(ledger) = &inner.ledger {
@@ -378,29 +389,34 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                 report.artifact_dirs += remove_dir_all(vfs, &inner.root, &dir)?;
             }
         }
-        let mut seen = BTreeSet::new();
-        for key in inner.store.list_all(&self.prefix(&["checkpoint"])?)? {
-            let Some(id) = key.segments().get(inner.namespace.segments().len() + 1) else {
-                continue;
-            };
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            match inner.jobs.get(id) {
-                Ok(None) => {}
-                // Its job exists, or may: an unreadable record keeps them.
-                Ok(Some(_)) => continue,
-                Err(e) if e.is_corrupt() => continue,
-                Err(e) => return Err(e),
-            }
-            let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
-            let mut batch = Batch::new();
-            for key in &checkpoints {
-                batch = batch.delete(key, Expect::Any);
-            }
-            if !batch.is_empty() {
-                inner.store.apply(&batch)?;
-                report.checkpoints += checkpoints.len();
+        // A job's checkpoints are next to each other in key order: the last
+        // job id seen is all that needs remembering.
+        let mut last: Option<String> = None;
+        for page in inner.store.scan(&self.prefix(&["checkpoint"])?, SCAN_PAGE) {
+            for key in page? {
+                let Some(id) = key.segments().get(inner.namespace.segments().len() + 1) else {
+                    continue;
+                };
+                if last.as_ref() == Some(id) {
+                    continue;
+                }
+                last = Some(id.clone());
+                match inner.jobs.get(id) {
+                    Ok(None) => {}
+                    // Its job exists, or may: an unreadable record keeps them.
+                    Ok(Some(_)) => continue,
+                    Err(e) if e.is_corrupt() => continue,
+                    Err(e) => return Err(e),
+                }
+                let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
+                let mut batch = Batch::new();
+                for key in &checkpoints {
+                    batch = batch.delete(key, Expect::Any);
+                }
+                if !batch.is_empty() {
+                    inner.store.apply(&batch)?;
+                    report.checkpoints += checkpoints.len();
+                }
             }
         }
         Ok(())
@@ -464,16 +480,18 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
 
     /// The subjects of every job, or `None` if a job record cannot be read.
     fn subjects_in_use(&self) -> Result<Option<BTreeSet<String>>> {
-        let list = self.inner.jobs.list(&JobFilter::default())?;
-        if !list.unreadable.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            list.jobs
-                .iter()
-                .map(|job| Self::subject_of(job).to_owned())
-                .collect(),
-        ))
+        let mut subjects = BTreeSet::new();
+        let mut all_read = true;
+        self.inner.jobs.for_each_job(|read| {
+            match read {
+                Ok(job) => {
+                    subjects.insert(Self::subject_of(&job).to_owned());
+                }
+                Err(_) => all_read = false,
+            }
+            Ok(())
+        })?;
+        Ok(all_read.then_some(subjects))
     }
 }
 

@@ -90,16 +90,19 @@ impl<L: Store> LedgerLink for JobLedger<L> {
     fn live_jobs(&self) -> Result<std::collections::BTreeSet<String>> {
         let now = self.clock().now_ms();
         let mut named = std::collections::BTreeSet::new();
-        for reservation in self.list(None)?.reservations {
+        self.for_each_reservation(None, |read| {
+            // An unreadable reservation's job is unknown: it keeps none.
+            let Ok(reservation) = read else { return Ok(()) };
             if reservation.is_expired_at(now) {
-                continue;
+                return Ok(());
             }
             let field = reservation.metadata.get(Pipeline::RESERVATION_JOB_FIELD);
             if let Some(job) = field.and_then(|v| v.as_str()) {
                 named.insert(job.to_owned());
             }
             named.insert(reservation.job_id);
-        }
+            Ok(())
+        })?;
         Ok(named)
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 use crate::error::Result;
-use crate::jobs::{Job, JobFilter, JobState, PurgeCounts};
+use crate::jobs::{Job, JobState, PurgeCounts};
 use crate::key::{Key, Prefix};
 use crate::lock::JobLock;
 use crate::store::{BatchOp, Expect, Store, Version};
@@ -136,14 +136,15 @@ impl<S: Store> PipelineRecords<S> {
     pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {
         let now = self.clock.now_ms();
         let mut counts = PurgeCounts::default();
-        for job in self.jobs.list(&JobFilter::default())?.jobs {
-            if !job.is_due_for_purge(now, finished_for, queued_for) {
-                continue;
-            }
-            if delete_job_records(&self.jobs, &self.namespace, &job.id, job.version)?.is_some() {
+        self.jobs.for_each_job(|read| {
+            let Ok(job) = read else { return Ok(()) };
+            if job.is_due_for_purge(now, finished_for, queued_for)
+                && delete_job_records(&self.jobs, &self.namespace, &job.id, job.version)?.is_some()
+            {
                 counts.add(job.status);
             }
-        }
+            Ok(())
+        })?;
         Ok(counts)
     }
 }

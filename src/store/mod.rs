@@ -347,24 +347,25 @@ pub trait Store: Send + Sync + fmt::Debug {
         false
     }
 
-    /// Every key under `prefix`, reading page by page.
+    /// Every key under `prefix`, in key order, read with one
+    /// [`scan`](Store::scan) in pages of 1024 keys. To go through many keys
+    /// without holding them all, iterate a scan instead.
     ///
     /// # Errors
     /// As [`Store::list`].
     fn list_all(&self, prefix: &Prefix) -> Result<Vec<Key>> {
-        const PAGE: usize = 1024;
         let mut keys = Vec::new();
-        let mut after: Option<Key> = None;
-        loop {
-            let page = self.list(prefix, after.as_ref(), PAGE)?;
-            keys.extend(page.keys);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(keys),
-            }
+        for page in self.scan(prefix, SCAN_PAGE) {
+            keys.extend(page?);
         }
+        Ok(keys)
     }
 }
+
+/// The page size of jobsafe's own scans ([`Store::list_all`], the managers'
+/// listings and purges): a page costs little more than its keys, and is small
+/// to hold.
+pub(crate) const SCAN_PAGE: usize = 1024;
 
 macro_rules! forward_store {
     ($($ty:ty),*) => {$(
@@ -406,6 +407,16 @@ pub(crate) fn check_limit(limit: usize) -> Result<()> {
     if limit == 0 {
         return Err(Error::InvalidArgument(
             "list limit must be at least 1".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The error of a [`Store::scan`] asked for pages of no key.
+pub(crate) fn check_page_size(page_size: usize) -> Result<()> {
+    if page_size == 0 {
+        return Err(Error::InvalidArgument(
+            "scan page size must be at least 1".to_owned(),
         ));
     }
     Ok(())

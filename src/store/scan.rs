@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::key::{Key, Prefix};
-use crate::store::Store;
+use crate::store::{Store, check_page_size};
 
 /// The pages of keys of [`Store::scan`], in key order.
 ///
@@ -32,6 +32,10 @@ impl<'a> Scan<'a> {
         Scan::new(std::iter::from_fn(move || {
             if done {
                 return None;
+            }
+            if let Err(e) = check_page_size(page_size) {
+                done = true;
+                return Some(Err(e));
             }
             match store.list(&prefix, after.as_ref(), page_size) {
                 Ok(page) => {

@@ -92,6 +92,16 @@ impl Config {
         }
     }
 
+    /// Like [`ops`](Config::ops), for a workload whose smoke run needs more
+    /// than [`SMOKE_OPS`]: `smoke` of them in smoke mode.
+    pub(crate) fn ops_or_smoke(&self, full: usize, smoke: usize) -> usize {
+        match (self.ops, self.smoke) {
+            (Some(ops), _) => ops,
+            (None, true) => smoke,
+            (None, false) => full,
+        }
+    }
+
     pub(crate) fn rounds(&self) -> usize {
         self.rounds
     }

@@ -60,44 +60,21 @@ struct Walker<'a, V> {
     keys: Vec<Key>,
 }
 
-#[derive(Default)]
-struct Slot {
-    record: bool,
-    dir: Option<PathBuf>,
+/// The keys one directory holds, by segment: a record (`<seg>.r`), a directory
+/// of longer keys (`<seg>.d`), or both.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    pub(super) record: bool,
+    pub(super) dir: Option<PathBuf>,
 }
+
+/// One directory's entries, decoded, in key order: a `BTreeMap` by segment,
+/// since names on disk neither come in order nor sort like their segments.
+pub(super) type Entries = BTreeMap<String, Slot>;
 
 impl<V: Vfs> Walker<'_, V> {
     fn walk(&mut self, dir: &Path, path: &mut Vec<String>) -> Result<()> {
-        let names = match self.vfs.read_dir(dir) {
-            Ok(names) => names,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("read directory", dir, e)),
-        };
-        let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
-        for name in names {
-            let Some(name) = name.to_str() else { continue };
-            // Temp files, `.segment`, and anything else hidden are not keys.
-            if name.starts_with('.') {
-                continue;
-            }
-            if let Some(stem) = name.strip_suffix(RECORD_SUFFIX) {
-                let file = dir.join(name);
-                if let Some(segment) = self.record_segment(stem, &file)? {
-                    slots.entry(segment).or_default().record = true;
-                }
-            } else if let Some(stem) = name.strip_suffix(DIR_SUFFIX) {
-                let sub = dir.join(name);
-                // A symlink here is reported, never walked: what it names is
-                // not the store's.
-                if !crate::store::is_own_dir(self.vfs, &sub)? {
-                    continue;
-                }
-                if let Some(segment) = self.dir_segment(stem, &sub)? {
-                    slots.entry(segment).or_default().dir = Some(sub);
-                }
-            }
-        }
-        for (segment, slot) in slots {
+        for (segment, slot) in read_entries(self.vfs, dir)? {
             if self.keys.len() >= self.want {
                 return Ok(());
             }
@@ -119,57 +96,91 @@ impl<V: Vfs> Walker<'_, V> {
         }
         Ok(())
     }
+}
 
-    fn record_segment(&self, stem: &str, file: &Path) -> Result<Option<String>> {
-        if !naming::is_hashed(stem) {
-            return Ok(naming::decode(stem));
+/// Reads `dir` once and decodes its entries into key order (none if it is
+/// gone: a delete pruned it). Call with the stripes held, at least shared: a
+/// write renaming a record into `dir` during the read could make it skip the
+/// record's name on some filesystems.
+pub(super) fn read_entries<V: Vfs>(vfs: &V, dir: &Path) -> Result<Entries> {
+    let names = match vfs.read_dir(dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entries::new()),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    let mut slots = Entries::new();
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        // Temp files, `.segment`, and anything else hidden are not keys.
+        if name.starts_with('.') {
+            continue;
         }
-        // The name is a hash: the record's header holds its key.
-        let Some(bytes) = read_own_file(self.vfs, file, record_file::MAX_LEN, "read record")?
-        else {
-            // Gone since the directory was read.
-            return Ok(None);
-        };
-        let corrupt = |reason: String| Error::CorruptFile {
-            path: file.to_path_buf(),
-            reason: format!("cannot list a record with a shortened name: {reason}"),
-        };
-        let record = record_file::decode(&bytes).map_err(corrupt)?;
-        let segment = record.key.name().to_owned();
-        if naming::encode(&segment) != stem {
-            return Err(corrupt(format!(
-                "it holds the record of {}, whose name is not this one",
-                record.key
-            )));
+        if let Some(stem) = name.strip_suffix(RECORD_SUFFIX) {
+            let file = dir.join(name);
+            if let Some(segment) = record_segment(vfs, stem, &file)? {
+                slots.entry(segment).or_default().record = true;
+            }
+        } else if let Some(stem) = name.strip_suffix(DIR_SUFFIX) {
+            let sub = dir.join(name);
+            // A symlink here is reported, never walked: what it names is
+            // not the store's.
+            if !crate::store::is_own_dir(vfs, &sub)? {
+                continue;
+            }
+            if let Some(segment) = dir_segment(vfs, stem, &sub)? {
+                slots.entry(segment).or_default().dir = Some(sub);
+            }
         }
-        Ok(Some(segment))
     }
+    Ok(slots)
+}
 
-    fn dir_segment(&self, stem: &str, dir: &Path) -> Result<Option<String>> {
-        if !naming::is_hashed(stem) {
-            return Ok(naming::decode(stem));
-        }
-        let file = dir.join(SEGMENT_FILE);
-        let Some(bytes) =
-            read_own_file(self.vfs, &file, Key::MAX_SEGMENT_LEN, "read segment file")?
-        else {
-            // A shortened directory is never made without its segment file.
-            let missing = io::Error::from(io::ErrorKind::NotFound);
-            return Err(Error::io("read segment file", file, missing));
-        };
-        // The segment must be the one the directory's (hashed) name stands for:
-        // anything else would list keys that are not where their name leads.
-        match String::from_utf8(bytes) {
-            Ok(segment) if naming::encode(&segment) == stem => Ok(Some(segment)),
-            _ => Err(Error::CorruptFile {
-                path: file,
-                reason: "segment file does not hold the segment of its directory's name".to_owned(),
-            }),
-        }
+fn record_segment<V: Vfs>(vfs: &V, stem: &str, file: &Path) -> Result<Option<String>> {
+    if !naming::is_hashed(stem) {
+        return Ok(naming::decode(stem));
+    }
+    // The name is a hash: the record's header holds its key.
+    let Some(bytes) = read_own_file(vfs, file, record_file::MAX_LEN, "read record")? else {
+        // Gone since the directory was read.
+        return Ok(None);
+    };
+    let corrupt = |reason: String| Error::CorruptFile {
+        path: file.to_path_buf(),
+        reason: format!("cannot list a record with a shortened name: {reason}"),
+    };
+    let record = record_file::decode(&bytes).map_err(corrupt)?;
+    let segment = record.key.name().to_owned();
+    if naming::encode(&segment) != stem {
+        return Err(corrupt(format!(
+            "it holds the record of {}, whose name is not this one",
+            record.key
+        )));
+    }
+    Ok(Some(segment))
+}
+
+fn dir_segment<V: Vfs>(vfs: &V, stem: &str, dir: &Path) -> Result<Option<String>> {
+    if !naming::is_hashed(stem) {
+        return Ok(naming::decode(stem));
+    }
+    let file = dir.join(SEGMENT_FILE);
+    let Some(bytes) = read_own_file(vfs, &file, Key::MAX_SEGMENT_LEN, "read segment file")? else {
+        // A shortened directory is never made without its segment file.
+        let missing = io::Error::from(io::ErrorKind::NotFound);
+        return Err(Error::io("read segment file", file, missing));
+    };
+    // The segment must be the one the directory's (hashed) name stands for:
+    // anything else would list keys that are not where their name leads.
+    match String::from_utf8(bytes) {
+        Ok(segment) if naming::encode(&segment) == stem => Ok(Some(segment)),
+        _ => Err(Error::CorruptFile {
+            path: file,
+            reason: "segment file does not hold the segment of its directory's name".to_owned(),
+        }),
     }
 }
 
-fn is_file<V: Vfs>(vfs: &V, path: &Path) -> bool {
+pub(super) fn is_file<V: Vfs>(vfs: &V, path: &Path) -> bool {
     vfs.metadata(path).is_ok_and(|m| m.kind == FileKind::File)
 }
 

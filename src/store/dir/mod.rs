@@ -5,6 +5,7 @@ mod layout;
 mod list;
 mod naming;
 mod record_file;
+mod scan;
 mod stripes;
 
 use std::path::{Path, PathBuf};
@@ -22,8 +23,8 @@ use crate::durability::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{
-    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
-    open_own_regular_file, read_own_bytes, read_own_file,
+    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Scan, Store, Version,
+    check_limit, open_own_regular_file, read_own_bytes, read_own_file,
 };
 use crate::vfs::{StdVfs, Vfs};
 
@@ -99,6 +100,15 @@ use crate::vfs::{StdVfs, Vfs};
 /// a directory, fails the open with an [`Error::Io`] that says so. Nothing
 /// below the root is ever followed.
 ///
+/// [`scan`](Store::scan) walks the tree under its prefix once, in key order,
+/// reading each directory when a page first needs it and keeping its entries,
+/// sorted, until the walk leaves it: it holds one page and, for each directory
+/// on its path (at most 16 deep), the entries it has not reached yet. A page
+/// that reads a directory holds every stripe shared while it does, as `list`
+/// does, so writers wait for that read, never for the whole scan, and the
+/// caller may write between pages. A key created in a directory after the
+/// scan read it is missed, one deleted after is still returned.
+///
 /// A full disk (`ENOSPC`) or a read-only filesystem fails the write with
 /// [`Error::Io`] naming the file, leaves the old record whole and does not
 /// poison: the store takes writes again once space is freed.
@@ -122,7 +132,10 @@ use crate::vfs::{StdVfs, Vfs};
 /// - A record whose version cannot be read when it is moved aside is assumed to
 ///   have been updated fewer than 2³² times; beyond that its key could, once
 ///   re-created, repeat a version it had before.
-/// - `list` walks directories: cost grows with the number of keys under the prefix.
+/// - A [`list`](Store::list) page walks again the directories between the
+///   prefix and its cursor, reading and sorting each whole: paging through the
+///   n keys of one directory costs n / page reads of n names. Read many keys
+///   with [`scan`](Store::scan), which reads each directory once.
 ///
 /// ```
 /// use jobsafe::{DirStore, Expect, Key, Prefix, Store};
@@ -369,8 +382,13 @@ impl<V: Vfs> DirStore<V> {
         &self,
         stripes: &[usize],
         exclusive: bool,
-        mut f: impl FnMut(&StripeGuard<V::File>) -> Result<T>,
+        f: impl FnOnce(&StripeGuard<V::File>) -> Result<T>,
     ) -> Result<T> {
+        f(&self.lock_stripes(stripes, exclusive)?)
+    }
+
+    /// Takes `stripes`, after completing any journal a dead process left on them.
+    fn lock_stripes(&self, stripes: &[usize], exclusive: bool) -> Result<StripeGuard<V::File>> {
         loop {
             let guard = stripes::lock(
                 self.writer().vfs(),
@@ -380,7 +398,7 @@ impl<V: Vfs> DirStore<V> {
             )?;
             let orphans = self.journals_concerning(&guard.stripes)?;
             if orphans.is_empty() {
-                return f(&guard);
+                return Ok(guard);
             }
             // Their owners are dead: a live owner would hold our stripes. Release
             // ours so that recovery takes the journal's stripes in order.
@@ -389,6 +407,12 @@ impl<V: Vfs> DirStore<V> {
                 self.recover(&name)?;
             }
         }
+    }
+
+    /// Every stripe, shared: no write is in flight while the guard is held.
+    fn lock_all_shared(&self) -> Result<StripeGuard<V::File>> {
+        let all: Vec<usize> = (0..stripes::STRIPES).collect();
+        self.lock_stripes(&all, false)
     }
 
     fn journals_concerning(&self, held: &[usize]) -> Result<Vec<String>> {
@@ -641,11 +665,16 @@ impl<V: Vfs> Store for DirStore<V> {
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
         check_limit(limit)?;
         // All stripes shared: no write is in flight while the tree is walked, so a
-        // page never shows part of a batch.
-        let all: Vec<usize> = (0..stripes::STRIPES).collect();
-        self.with_stripes(&all, false, |_| {
-            list::list(self.writer().vfs(), self.layout(), prefix, after, limit)
-        })
+        // page never shows part of a batch, and no rename in a directory being
+        // read can hide a record's name from the read.
+        let _all = self.lock_all_shared()?;
+        list::list(self.writer().vfs(), self.layout(), prefix, after, limit)
+    }
+
+    /// Reads each directory under `prefix` once, when a page first needs it
+    /// (see [`DirStore`]).
+    fn scan(&self, prefix: &Prefix, page_size: usize) -> Scan<'_> {
+        scan::scan(self, prefix, page_size)
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
