@@ -270,9 +270,11 @@ impl Store for Toy {
                     .keys
                     .into_iter()
                     .filter(|k| {
+                        // Only keys written since the scan began are skipped;
+                        // a damaged one is still listed.
                         flaw != Flaw::ScanSkipsUpdated
-                            || Self::current(&records, k)
-                                .is_ok_and(|e| e.is_some_and(|e| e.version.get() <= started))
+                            || !Self::current(&records, k)
+                                .is_ok_and(|e| e.is_some_and(|e| e.version.get() > started))
                     })
                     .collect();
                 if !keys.is_empty() {
