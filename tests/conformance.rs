@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::sync::Arc;
 
 use jobsafe::conformance::{self, Harness};
 use jobsafe::{DirStore, Key, LogStore, MemStore};
@@ -14,10 +15,15 @@ use tempfile::TempDir;
 struct Mem;
 
 impl Harness for Mem {
-    type Store = MemStore;
+    type Store = Arc<MemStore>;
 
-    fn fresh(&mut self) -> jobsafe::Result<MemStore> {
-        Ok(MemStore::new())
+    fn fresh(&mut self) -> jobsafe::Result<Arc<MemStore>> {
+        Ok(Arc::new(MemStore::new()))
+    }
+
+    /// Another handle on an in-process store is another reference to it.
+    fn open_another(&mut self, store: &Arc<MemStore>) -> jobsafe::Result<Option<Arc<MemStore>>> {
+        Ok(Some(Arc::clone(store)))
     }
 }
 
@@ -46,6 +52,10 @@ impl Harness for Dir {
         let root = store.root().to_path_buf();
         drop(store);
         DirStore::open(root).map(Some)
+    }
+
+    fn open_another(&mut self, store: &DirStore) -> jobsafe::Result<Option<DirStore>> {
+        DirStore::open(store.root()).map(Some)
     }
 
     fn corrupt(&mut self, store: &DirStore, key: &Key) -> jobsafe::Result<bool> {
@@ -87,6 +97,10 @@ impl Harness for Log {
         drop(store);
         LogStore::open(root).map(Some)
     }
+
+    fn open_another(&mut self, store: &LogStore) -> jobsafe::Result<Option<LogStore>> {
+        LogStore::open(store.root()).map(Some)
+    }
 }
 
 /// Fresh `PgStore`s, each in a schema of its own on the server named by
@@ -111,6 +125,17 @@ impl Harness for Pg {
         drop(store);
         jobsafe::PgStore::builder(&common::pg::url())
             .schema(&schema)
+            .open()
+            .map(Some)
+    }
+
+    fn open_another(
+        &mut self,
+        store: &jobsafe::PgStore,
+    ) -> jobsafe::Result<Option<jobsafe::PgStore>> {
+        // Another pool, as another process or machine would have.
+        jobsafe::PgStore::builder(&common::pg::url())
+            .schema(&common::pg::schema_of(store))
             .open()
             .map(Some)
     }

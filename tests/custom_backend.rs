@@ -16,7 +16,7 @@ use jobsafe::store::{Applied, BatchOp, ListPage, Quarantined, Scan};
 use jobsafe::{
     Batch, Entry, Error, Expect, JobLock, Key, ManualClock, Prefix, Result, Store, Version,
 };
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 /// A deliberate break of the contract, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,14 @@ enum Flaw {
     ScanOverlapsPages,
     /// `scan` skips the keys written since it started, updates included.
     ScanSkipsUpdated,
+    /// A large put draws its version, then waits for the key while other puts
+    /// go on, as a database that draws from a sequence before it locks the row
+    /// (the write of a large value takes long enough for small ones to pass).
+    DrawsVersionBeforeLocking,
 }
+
+/// Values this long take the slow path of `Flaw::DrawsVersionBeforeLocking`.
+const SLOW_VALUE: usize = 64 << 10;
 
 /// What a record server keeps: encoded records, as a remote key-value service
 /// would, so that their bytes can be damaged.
@@ -60,6 +67,9 @@ struct Records {
 #[derive(Debug)]
 struct Toy {
     server: Arc<RwLock<Records>>,
+    /// The highest version a completed put wrote, for a slow put to wait for
+    /// one that drew after it.
+    puts_done: Arc<(Mutex<u64>, Condvar)>,
     flaw: Flaw,
 }
 
@@ -95,6 +105,7 @@ impl Toy {
     fn new(flaw: Flaw) -> Self {
         Toy {
             server: Arc::default(),
+            puts_done: Arc::default(),
             flaw,
         }
     }
@@ -103,8 +114,43 @@ impl Toy {
     fn reconnect(&self) -> Self {
         Toy {
             server: self.server.clone(),
+            puts_done: self.puts_done.clone(),
             flaw: self.flaw,
         }
+    }
+
+    /// Records a completed put of `version` and wakes a slow put waiting.
+    fn put_done(&self, version: Version) {
+        let (done, changed) = &*self.puts_done;
+        let mut done = done.lock();
+        *done = (*done).max(version.get());
+        changed.notify_all();
+    }
+
+    /// `Flaw::DrawsVersionBeforeLocking`: draws the version, waits until a put
+    /// that drew after it completed (or a while), then writes with the version
+    /// drawn, over the later one.
+    fn put_drawn_early(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        Entry::check_value(key, value)?;
+        let version = {
+            let mut records = self.server.write();
+            records.last_version += 1;
+            Version::new(records.last_version)
+        };
+        {
+            let (done, changed) = &*self.puts_done;
+            let mut done = done.lock();
+            // Only so that a put nobody follows returns at all: the clause that
+            // catches the flaw always has another put coming.
+            let deadline = std::time::Instant::now() + Duration::from_millis(200);
+            while *done <= version.get() && !changed.wait_until(&mut done, deadline).timed_out() {}
+        }
+        let mut records = self.server.write();
+        self.check(&records, key, expect)?;
+        records.live.insert(key.clone(), encode(version, value));
+        drop(records);
+        self.put_done(version);
+        Ok(version)
     }
 
     /// Flips a bit of the record of `key`, behind the clients' backs; `false`
@@ -170,9 +216,15 @@ impl Store for Toy {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        if self.flaw == Flaw::DrawsVersionBeforeLocking && value.len() >= SLOW_VALUE {
+            return self.put_drawn_early(key, value, expect);
+        }
         let applied = self.apply(&Batch::new().put(key, value, expect))?;
         match applied[..] {
-            [Applied::Put(version)] => Ok(version),
+            [Applied::Put(version)] => {
+                self.put_done(version);
+                Ok(version)
+            }
             _ => unreachable!("a put applies as a put: {applied:?}"),
         }
     }
@@ -315,6 +367,10 @@ impl Harness for Toys {
     fn corrupt(&mut self, store: &Toy, key: &Key) -> Result<bool> {
         Ok(store.damage(key))
     }
+
+    fn open_another(&mut self, store: &Toy) -> Result<Option<Toy>> {
+        Ok(Some(store.reconnect()))
+    }
 }
 
 jobsafe::conformance_suite!(contract, Toys(Flaw::None), may_skip: []);
@@ -435,4 +491,10 @@ fn values_over_the_limit_that_are_stored_are_caught() {
         caught.contains(&"value_over_the_limit_is_refused_and_changes_nothing"),
         "{caught:?}"
     );
+}
+
+#[test]
+fn versions_drawn_before_the_key_is_locked_are_caught() {
+    let caught = violated(Flaw::DrawsVersionBeforeLocking);
+    assert_eq!(caught, ["versions_follow_real_time_across_handles"]);
 }

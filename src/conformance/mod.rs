@@ -40,6 +40,7 @@ mod batches;
 mod concurrency;
 mod keys;
 mod limits;
+mod ordering;
 mod restart;
 mod scan;
 mod single_key;
@@ -61,6 +62,7 @@ pub use keys::{
     list_pages_cover_every_key_once, list_sees_writes_between_pages,
 };
 pub use limits::{largest_value_is_stored, value_over_the_limit_is_refused_and_changes_nothing};
+pub use ordering::versions_follow_real_time_across_handles;
 pub use restart::{
     corrupt_record_is_reported_never_absent, quarantine_moves_records_aside, writes_survive_reopen,
 };
@@ -113,6 +115,20 @@ pub trait Harness {
     fn corrupt(&mut self, store: &Self::Store, key: &Key) -> crate::Result<bool> {
         let _ = (store, key);
         Ok(false)
+    }
+
+    /// Another handle on the same data as `store`, opened as another process
+    /// (or machine) would open it: a second open of the same directory, a
+    /// second connection pool to the same table. Returns `None` if the backend
+    /// cannot be opened twice (the default); the clause about real-time order
+    /// across handles is then skipped. A backend shared by processes should
+    /// implement it.
+    ///
+    /// # Errors
+    /// Whatever stops the second handle from opening.
+    fn open_another(&mut self, store: &Self::Store) -> crate::Result<Option<Self::Store>> {
+        let _ = store;
+        Ok(None)
     }
 }
 

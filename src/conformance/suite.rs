@@ -40,6 +40,7 @@ macro_rules! __conformance_clauses {
             batch_is_atomic_for_concurrent_readers,
             concurrent_put_absent_has_exactly_one_winner,
             concurrent_cas_increments_lose_no_update,
+            versions_follow_real_time_across_handles,
             writes_survive_reopen,
             corrupt_record_is_reported_never_absent,
             quarantine_moves_records_aside,

@@ -15,7 +15,7 @@ use postgres::GenericClient;
 
 pub use self::clock::PgClock;
 use self::conn::{Conn, Manager, Statements, db_error, server_name};
-use self::sql::{Names, Sql, checksum, row_id};
+use self::sql::{Names, Sql, checksum, key_lock, row_id};
 use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
@@ -374,17 +374,21 @@ impl Ctx<'_> {
     }
 }
 
-/// A key's row: its id and its packed key.
+/// A key's row: its id, its packed key and the advisory lock its writers take
+/// before they draw a version.
 struct Row {
     id: Vec<u8>,
     packed: Vec<u8>,
+    lock: i64,
 }
 
 impl Row {
     fn of(key: &Key) -> Self {
         let packed = pack(key.segments());
+        let id = row_id(&packed);
         Row {
-            id: row_id(&packed),
+            lock: key_lock(&id),
+            id,
             packed,
         }
     }
@@ -482,9 +486,11 @@ fn put_op(
     let row = Row::of(key);
     for _ in 0..RETRIES {
         let rows = match expect {
-            Expect::Any => c.query(&st.upsert, &[&row.id, &row.packed, &value]),
-            Expect::Absent => c.query(&st.insert, &[&row.id, &row.packed, &value]),
-            Expect::Version(v) => c.query(&st.update, &[&row.id, &value, &db_version(v)]),
+            Expect::Any => c.query(&st.upsert, &[&row.id, &row.packed, &value, &row.lock]),
+            Expect::Absent => c.query(&st.insert, &[&row.id, &row.packed, &value, &row.lock]),
+            Expect::Version(v) => {
+                c.query(&st.update, &[&row.id, &value, &db_version(v), &row.lock])
+            }
         }
         .map_err(ctx.db("put"))?;
         if let Some(version) = written(&rows, ctx, key)? {

@@ -5,6 +5,16 @@
 //! lock under `READ COMMITTED`: a concurrent writer's change is seen before the
 //! condition is evaluated again. Every write also refuses to touch a row whose
 //! checksum does not match, so a damaged record is never overwritten.
+//!
+//! A write draws its version from the sequence only once it holds the key's
+//! advisory lock (`pg_advisory_xact_lock`, held to the end of its transaction):
+//! every writer of a key takes it before drawing, so versions are drawn in the
+//! order the writes commit, and a write that starts after another ended draws a
+//! higher number, re-creation after a delete included. Drawn before the lock, a
+//! slow write (a large value) could commit a lower version after a quicker one
+//! had committed a higher one. The lock is taken in a subquery that the
+//! planner cannot flatten (it calls volatile functions), so the sequence is
+//! read after the lock is held.
 
 use sha2::{Digest, Sha256};
 
@@ -38,6 +48,17 @@ pub(crate) fn checksum(version: i64, key: &[u8], value: &[u8]) -> Vec<u8> {
 /// so that it can be the primary key (a B-tree entry cannot hold a 16 KiB key).
 pub(crate) fn row_id(packed: &[u8]) -> Vec<u8> {
     Sha256::digest(packed).to_vec()
+}
+
+/// The advisory lock id of a row id: its first eight bytes. Ids are SHA-256
+/// digests, so locks of different keys collide only by chance (and of
+/// different stores in one database too), which costs waiting, never order.
+pub(crate) fn key_lock(id: &[u8]) -> i64 {
+    let mut first = [0u8; 8];
+    for (to, from) in first.iter_mut().zip(id) {
+        *to = *from;
+    }
+    i64::from_be_bytes(first)
 }
 
 /// Names of one store's objects, quoted.
@@ -109,11 +130,13 @@ impl Names {
 pub(crate) struct Sql {
     /// `$1` id → key, version, value, sum.
     pub(crate) get: String,
-    /// `$1` id, `$2` key, `$3` value → version, if the key was absent.
+    /// `$1` id, `$2` key, `$3` value, `$4` key lock → version, if the key was
+    /// absent.
     pub(crate) insert: String,
     /// As `insert`, overwriting a healthy row.
     pub(crate) upsert: String,
-    /// `$1` id, `$2` value, `$3` expected version → version, if it matched.
+    /// `$1` id, `$2` value, `$3` expected version, `$4` key lock → version, if
+    /// it matched.
     pub(crate) update: String,
     /// `$1` id → version, if a healthy row was deleted.
     pub(crate) delete_any: String,
@@ -137,11 +160,19 @@ impl Sql {
     pub(crate) fn new(names: &Names) -> Self {
         let (t, q, s) = (names.records(), names.quarantine(), names.versions());
         let healthy = format!("t.sum = {}", sum("t."));
+        // The key's version, drawn once its lock (`$4`) is held.
+        let drawn = |lock: &str| {
+            format!(
+                "(SELECT nextval('{s}') AS v
+                  FROM (SELECT pg_advisory_xact_lock({lock}::bigint)) AS locked) AS n"
+            )
+        };
         let new_row = format!(
             "INSERT INTO {t} AS t (id, key, version, value, sum)
              SELECT $1::bytea, $2::bytea, n.v, $3::bytea,
                     sha256(int8send(n.v) || int4send(length($2::bytea)) || $2::bytea || $3::bytea)
-             FROM (SELECT nextval('{s}') AS v) AS n"
+             FROM {}",
+            drawn("$4")
         );
         let prefix = |x: &str| format!("substring({x} FROM 1 FOR {ORDER_PREFIX})");
         let (k, lo, after, hi) = (
@@ -162,9 +193,10 @@ impl Sql {
             update: format!(
                 "UPDATE {t} AS t SET version = n.v, value = $2::bytea,
                      sum = sha256(int8send(n.v) || int4send(length(t.key)) || t.key || $2::bytea)
-                 FROM (SELECT nextval('{s}') AS v) AS n
+                 FROM {}
                  WHERE t.id = $1 AND t.version = $3 AND {healthy}
-                 RETURNING t.version"
+                 RETURNING t.version",
+                drawn("$4")
             ),
             delete_any: format!(
                 "DELETE FROM {t} AS t WHERE t.id = $1 AND {healthy} RETURNING t.version"
