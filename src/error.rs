@@ -1,8 +1,13 @@
 //! The crate's one error type.
 
+pub(crate) mod io_step;
+pub(crate) mod steps;
+
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+
+pub(crate) use io_step::IoStep;
 
 use crate::key::Key;
 use crate::store::Version;
@@ -68,12 +73,18 @@ pub enum Error {
         reason: String,
     },
 
-    /// An I/O operation failed. `step` names the operation (for example
-    /// `"fsync temp file"`), `path` the file or directory it was applied to.
+    /// An I/O operation failed. `step` says what it was doing: its
+    /// [`action`](crate::vfs::IoStep::action), such as
+    /// [`IoAction::Flush`](crate::vfs::IoAction::Flush), and its words, such
+    /// as `"fsync temp file"`. `path` names the file or directory it was
+    /// applied to.
+    ///
+    /// Decide on `step.action()` or `step.is_flush()`, never on the words of
+    /// the message, which may change.
     #[error("{step} {}", path.display())]
     Io {
         /// What was being done.
-        step: &'static str,
+        step: IoStep,
         /// Where.
         path: PathBuf,
         /// The operating system's error.
@@ -373,7 +384,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(step: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(step: IoStep, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             step,
             path: path.into(),
@@ -423,11 +434,11 @@ fn is_transient_io(e: &io::Error) -> bool {
 
 /// Adds the step and path to an `io::Result`.
 pub(crate) trait IoContext<T> {
-    fn at(self, step: &'static str, path: &std::path::Path) -> Result<T>;
+    fn at(self, step: IoStep, path: &std::path::Path) -> Result<T>;
 }
 
 impl<T> IoContext<T> for io::Result<T> {
-    fn at(self, step: &'static str, path: &std::path::Path) -> Result<T> {
+    fn at(self, step: IoStep, path: &std::path::Path) -> Result<T> {
         self.map_err(|e| Error::io(step, path, e))
     }
 }
@@ -440,7 +451,7 @@ mod tests {
     #[test]
     fn io_errors_name_step_and_path_and_chain_the_cause_once() {
         let err = Error::io(
-            "fsync temp file",
+            steps::FSYNC_TEMP_FILE,
             "/data/.a.jobsafe-tmp",
             io::Error::from_raw_os_error(5),
         );
@@ -465,14 +476,9 @@ mod tests {
             conflict.to_string(),
             "conflict on k: expected no record, found version 3"
         );
-        let full = Error::io("write", "/x", io::Error::from(io::ErrorKind::StorageFull));
-        assert!(full.is_transient());
-        let denied = Error::io(
-            "write",
-            "/x",
-            io::Error::from(io::ErrorKind::PermissionDenied),
-        );
-        assert!(!denied.is_transient());
+        let write = |source| Error::io(steps::WRITE_TEMP_FILE, "/x", source);
+        assert!(write(io::Error::from(io::ErrorKind::StorageFull)).is_transient());
+        assert!(!write(io::Error::from(io::ErrorKind::PermissionDenied)).is_transient());
         let corrupt = Error::Corrupt {
             key,
             path: None,

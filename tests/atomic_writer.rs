@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jobsafe::atomic::PendingFile;
 use jobsafe::testing::{Counting, Fault, Faulty, OpKind};
-use jobsafe::vfs::{StdVfs, Vfs};
+use jobsafe::vfs::{IoAction, StdVfs, Vfs};
 use jobsafe::{AtomicWriter, Durability, Error, ManualClock, SystemClock, write_atomic};
 use tempfile::tempdir;
 
@@ -418,7 +418,7 @@ fn a_missing_parent_directory_is_an_io_error_naming_the_path_and_step() -> TestR
 
     assert!(
         matches!(&err, Error::Io { step, source, .. }
-            if step.contains("create") && source.kind() == std::io::ErrorKind::NotFound),
+            if step.action() == IoAction::Create && source.kind() == std::io::ErrorKind::NotFound),
         "{err:?}"
     );
     let shown_err = err.to_string();
@@ -450,7 +450,7 @@ fn a_failed_rename_names_the_target_and_keeps_it() -> TestResult {
     let err = write_atomic(&target, b"x").unwrap_err();
 
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("rename")),
+        matches!(&err, Error::Io { step, .. } if step.action() == IoAction::Rename),
         "{err:?}"
     );
     assert!(err.to_string().contains("rename"), "{err}");
@@ -470,7 +470,7 @@ fn sweeping_a_missing_directory_is_an_io_error_naming_it() -> TestResult {
         .unwrap_err();
 
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("read")),
+        matches!(&err, Error::Io { step, .. } if step.action() == IoAction::List),
         "{err:?}"
     );
     assert!(err.to_string().contains(&shown(&missing)), "{err}");
@@ -508,7 +508,7 @@ fn a_failed_file_fsync_keeps_the_old_content_and_leaves_no_temp_file() -> TestRe
 
     assert_eq!(vfs.injected().len(), 1);
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("fsync")),
+        matches!(&err, Error::Io { step, .. } if step.is_flush()),
         "{err:?}"
     );
     assert!(err.to_string().contains("fsync"), "{err}");
@@ -529,7 +529,7 @@ fn a_failed_rename_keeps_the_old_content_and_leaves_no_temp_file() -> TestResult
 
     assert_eq!(vfs.injected().len(), 1);
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("rename")),
+        matches!(&err, Error::Io { step, .. } if step.action() == IoAction::Rename),
         "{err:?}"
     );
     assert_eq!(fs::read(&target)?, b"old");
@@ -548,7 +548,7 @@ fn a_failed_temp_file_creation_names_the_temp_file() -> TestResult {
 
     assert_eq!(vfs.injected().len(), 1);
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("create")),
+        matches!(&err, Error::Io { step, .. } if step.action() == IoAction::Create),
         "{err:?}"
     );
     assert!(err.to_string().contains(AtomicWriter::TEMP_SUFFIX), "{err}");
@@ -615,7 +615,7 @@ fn a_failed_no_clobber_link_is_an_io_error_and_creates_nothing() -> TestResult {
 
     assert_eq!(vfs.injected().len(), 1);
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("link")),
+        matches!(&err, Error::Io { step, .. } if step.action() == IoAction::Rename),
         "{err:?}"
     );
     assert!(!err.is_already_exists());

@@ -7,6 +7,7 @@ use std::fs;
 use std::sync::Arc;
 
 use jobsafe::conformance::{self, Harness};
+use jobsafe::vfs::{IoAction, IoStep};
 use jobsafe::{DirStore, Key, LogStore, MemStore};
 use tempfile::TempDir;
 
@@ -39,7 +40,7 @@ impl Harness for Dir {
 
     fn fresh(&mut self) -> jobsafe::Result<DirStore> {
         let dir = tempfile::tempdir().map_err(|source| jobsafe::Error::Io {
-            step: "create temp dir",
+            step: IoStep::new(IoAction::Create, "create temp dir"),
             path: std::env::temp_dir(),
             source,
         })?;
@@ -61,7 +62,7 @@ impl Harness for Dir {
     fn corrupt(&mut self, store: &DirStore, key: &Key) -> jobsafe::Result<bool> {
         let path = store.path_of(key);
         fs::write(&path, b"\x00\x01 not a record").map_err(|source| jobsafe::Error::Io {
-            step: "damage record",
+            step: IoStep::new(IoAction::Write, "damage record"),
             path: path.clone(),
             source,
         })?;
@@ -83,7 +84,7 @@ impl Harness for Log {
 
     fn fresh(&mut self) -> jobsafe::Result<LogStore> {
         let dir = tempfile::tempdir().map_err(|source| jobsafe::Error::Io {
-            step: "create temp dir",
+            step: IoStep::new(IoAction::Create, "create temp dir"),
             path: std::env::temp_dir(),
             source,
         })?;

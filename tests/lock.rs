@@ -16,6 +16,7 @@ use jobsafe::lock::{
     Acquire, KeepAliveEvent, LockGuard, LockHandle, LockRecord, LockRequest, LostLease,
     ProcessIdentity, ProcessLiveness, Release, Renewal,
 };
+use jobsafe::vfs::{IoAction, IoStep};
 use jobsafe::{DirStore, Error, FencingToken, JobLock, Key, ManualClock, MemStore, Prefix, Store};
 use tempfile::TempDir;
 
@@ -745,7 +746,7 @@ fn keep_alive_reports_failed_renewals_then_expiry() {
         let down = Arc::clone(&down);
         move |op| match op {
             StoreOp::Write(_) if down.load(Ordering::SeqCst) => Err(Error::Io {
-                step: "write record",
+                step: IoStep::new(IoAction::Write, "write record"),
                 path: "flaky".into(),
                 source: std::io::Error::from(std::io::ErrorKind::TimedOut),
             }),

@@ -21,6 +21,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::durability::Durability;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{StdVfs, Vfs, VfsFile};
 
@@ -250,7 +251,7 @@ impl<V: Vfs> AtomicWriter<V> {
             .file_name()
             .ok_or_else(|| {
                 Error::io(
-                    "atomic write needs a file name, not",
+                    steps::TARGET_WITHOUT_FILE_NAME,
                     &target,
                     io::Error::from(io::ErrorKind::InvalidInput),
                 )
@@ -272,7 +273,7 @@ impl<V: Vfs> AtomicWriter<V> {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io("create temp file", temp, e)),
+                Err(e) => return Err(Error::io(steps::CREATE_TEMP_FILE, temp, e)),
             }
         }
     }
@@ -339,7 +340,7 @@ impl<V: Vfs> PendingFile<'_, V> {
     /// [`Error::Io`] naming the temp file.
     pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let file = self.file_mut()?;
-        file.write_all(bytes).at("write temp file", &self.temp)
+        file.write_all(bytes).at(steps::WRITE_TEMP_FILE, &self.temp)
     }
 
     /// Makes the new content the target's, durably for [`Durability::Full`].
@@ -361,7 +362,7 @@ impl<V: Vfs> PendingFile<'_, V> {
         let vfs = &self.writer.vfs;
         let result = (|| {
             if full {
-                file.sync_all().at("fsync temp file", &self.temp)?;
+                file.sync_all().at(steps::FSYNC_TEMP_FILE, &self.temp)?;
             }
             drop(file);
             if self.writer.no_clobber {
@@ -372,7 +373,7 @@ impl<V: Vfs> PendingFile<'_, V> {
                             path: self.target.clone(),
                         });
                     }
-                    Err(e) => return Err(Error::io("link temp file to", &self.target, e)),
+                    Err(e) => return Err(Error::io(steps::LINK_TEMP_FILE, &self.target, e)),
                 }
                 // The target is in place, so the commit has happened: a temp name
                 // that cannot be removed is only a second name of the new file,
@@ -380,7 +381,7 @@ impl<V: Vfs> PendingFile<'_, V> {
                 let _ = vfs.remove_file(&self.temp);
             } else {
                 vfs.rename(&self.temp, &self.target)
-                    .at("rename temp file over", &self.target)?;
+                    .at(steps::RENAME_TEMP_FILE, &self.target)?;
             }
             Ok(())
         })();
@@ -408,7 +409,7 @@ impl<V: Vfs> PendingFile<'_, V> {
         self.writer
             .vfs
             .remove_file(&self.temp)
-            .at("remove temp file", &self.temp)
+            .at(steps::REMOVE_TEMP_FILE, &self.temp)
     }
 
     fn file_mut(&mut self) -> Result<&mut V::File> {

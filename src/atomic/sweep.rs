@@ -5,6 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::{AtomicWriter, is_temp_name};
 use crate::clock::Clock;
+use crate::error::steps;
 use crate::error::{IoContext, Result};
 use crate::vfs::{FileKind, Vfs};
 
@@ -38,7 +39,7 @@ impl<V: Vfs> AtomicWriter<V> {
             match self.vfs().remove_file(&path) {
                 Ok(()) => removed.push(path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(crate::Error::io("remove temp file", path, e)),
+                Err(e) => return Err(crate::Error::io(steps::REMOVE_TEMP_FILE, path, e)),
             }
         }
         Ok(removed)
@@ -73,7 +74,7 @@ impl<V: Vfs> AtomicWriter<V> {
         let vfs = self.vfs();
         let now = UNIX_EPOCH + Duration::from_millis(clock.now_ms());
         let mut stale = Vec::new();
-        for name in vfs.read_dir(dir).at("read directory", dir)? {
+        for name in vfs.read_dir(dir).at(steps::READ_DIRECTORY, dir)? {
             let Some(name) = name.to_str().filter(|n| is_temp_name(n)) else {
                 continue;
             };
@@ -81,7 +82,7 @@ impl<V: Vfs> AtomicWriter<V> {
             let info = match vfs.metadata(&path) {
                 Ok(info) => info,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(crate::Error::io("stat temp file", path, e)),
+                Err(e) => return Err(crate::Error::io(steps::STAT_TEMP_FILE, path, e)),
             };
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind != FileKind::File || age < min_age {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{Clock, ClockSleep, timer};
 use crate::atomic::AtomicWriter;
 use crate::durability::Durability;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{StdVfs, Vfs};
 
@@ -61,7 +62,9 @@ impl FileClock {
     /// [`Error::Io`] if the file cannot be read, [`Error::CorruptFile`] if it does
     /// not hold a number.
     pub fn try_now_ms(&self) -> Result<u64> {
-        let bytes = StdVfs.read(&self.path).at("read clock file", &self.path)?;
+        let bytes = StdVfs
+            .read(&self.path)
+            .at(steps::READ_CLOCK_FILE, &self.path)?;
         let text = String::from_utf8_lossy(&bytes);
         text.trim().parse().map_err(|_| Error::CorruptFile {
             path: self.path.clone(),

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 
 use super::guard::{LockHandle, LostLease, Renewal};
 use super::{JobLock, LockRecord, positive_ms};
+use crate::error::steps;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -89,7 +90,7 @@ impl KeepAlive {
         std::thread::Builder::new()
             .name("jobsafe-keep-alive".to_owned())
             .spawn(move || renewer.run())
-            .map_err(|e| Error::io("start keep-alive thread", "", e))?;
+            .map_err(|e| Error::io(steps::START_KEEP_ALIVE_THREAD, "", e))?;
         Ok(KeepAlive { stopped, events })
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Pipeline, paths};
+use crate::error::steps;
 use crate::error::{Error, Result};
 use crate::jobs::{JobStatus, PurgeCounts};
 use crate::key::{Key, Prefix};
@@ -382,7 +383,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             let info = match vfs.metadata(&dir) {
                 Ok(info) => info,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("stat job directory", dir, e)),
+                Err(e) => return Err(Error::io(steps::STAT_JOB_DIRECTORY, dir, e)),
             };
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
@@ -503,7 +504,7 @@ fn list_dir<V: Vfs>(vfs: &V, dir: &Path) -> Result<Vec<String>> {
             .filter_map(|n| n.into_string().ok())
             .collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io("read directory", dir, e)),
+        Err(e) => Err(Error::io(steps::READ_DIRECTORY, dir, e)),
     }
 }
 
@@ -526,14 +527,14 @@ fn remove_dir_all<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<usize> {
         Ok(_) => match vfs.remove_file(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("remove file", dir, e)),
+            Err(e) => return Err(Error::io(steps::REMOVE_FILE, dir, e)),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::io("stat", dir, e)),
+        Err(e) => return Err(Error::io(steps::STAT, dir, e)),
     }
     if let Some(parent) = dir.parent() {
         vfs.sync_dir(parent)
-            .map_err(|e| Error::io("fsync directory", parent, e))?;
+            .map_err(|e| Error::io(steps::FSYNC_DIRECTORY, parent, e))?;
     }
     Ok(1)
 }
@@ -545,14 +546,14 @@ fn remove_tree<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
     let names = match vfs.read_dir(dir) {
         Ok(names) => names,
         Err(e) if gone(&e) => return Ok(false),
-        Err(e) => return Err(Error::io("read directory", dir, e)),
+        Err(e) => return Err(Error::io(steps::READ_DIRECTORY, dir, e)),
     };
     for name in names {
         let path = dir.join(name);
         let info = match vfs.metadata(&path) {
             Ok(info) => info,
             Err(e) if gone(&e) => continue,
-            Err(e) => return Err(Error::io("stat", path, e)),
+            Err(e) => return Err(Error::io(steps::STAT, path, e)),
         };
         if info.kind == FileKind::Dir {
             remove_tree(vfs, &path)?;
@@ -560,13 +561,13 @@ fn remove_tree<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
             match vfs.remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if gone(&e) => {}
-                Err(e) => return Err(Error::io("remove file", path, e)),
+                Err(e) => return Err(Error::io(steps::REMOVE_FILE, path, e)),
             }
         }
     }
     match vfs.remove_dir(dir) {
         Ok(()) => Ok(true),
         Err(e) if gone(&e) => Ok(true),
-        Err(e) => Err(Error::io("remove directory", dir, e)),
+        Err(e) => Err(Error::io(steps::REMOVE_DIRECTORY, dir, e)),
     }
 }

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::checkpoint::{Artifact, hex};
 use super::paths;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{Vfs, VfsFile};
 
@@ -115,7 +116,7 @@ pub(crate) fn read_recorded<V: Vfs>(
         Opened::Missing => return Ok(Err(Mismatch::Missing)),
         Opened::NotRegular => return Ok(Err(Mismatch::NotRegular)),
     };
-    let found = file.size().at("inspect artifact", &path)?;
+    let found = file.size().at(steps::INSPECT_ARTIFACT, &path)?;
     if found != artifact.len {
         return Ok(Err(Mismatch::Length {
             found,
@@ -133,7 +134,7 @@ pub(crate) fn read_recorded<V: Vfs>(
             bytes.extend_from_slice(chunk);
         }
     })
-    .at("read artifact", &path)?;
+    .at(steps::READ_ARTIFACT, &path)?;
     if read != artifact.len {
         return Ok(Err(Mismatch::Changed));
     }
@@ -157,13 +158,14 @@ pub(crate) fn read_unrecorded<V: Vfs>(vfs: &V, root: &Path, rel: &Path) -> Resul
         Opened::File(file) => file,
         Opened::Missing => {
             let missing = io::Error::from(io::ErrorKind::NotFound);
-            return Err(Error::io("read artifact", path, missing));
+            return Err(Error::io(steps::READ_ARTIFACT, path, missing));
         }
         Opened::NotRegular => return Err(crate::store::not_followed(&path, "an artifact")),
     };
-    let len = file.size().at("inspect artifact", &path)?;
+    let len = file.size().at(steps::INSPECT_ARTIFACT, &path)?;
     let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    read_at_most(&file, len, |chunk| bytes.extend_from_slice(chunk)).at("read artifact", &path)?;
+    read_at_most(&file, len, |chunk| bytes.extend_from_slice(chunk))
+        .at(steps::READ_ARTIFACT, &path)?;
     Ok(bytes)
 }
 
@@ -185,7 +187,7 @@ fn open<V: Vfs>(vfs: &V, root: &Path, path: &Path) -> Result<Opened<V::File>> {
         Ok(file) => Ok(Opened::File(file)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Opened::Missing),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Opened::NotRegular),
-        Err(e) => Err(Error::io("open artifact", path, e)),
+        Err(e) => Err(Error::io(steps::OPEN_ARTIFACT, path, e)),
     }
 }
 

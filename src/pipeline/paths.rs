@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{FileKind, Vfs};
 
@@ -62,7 +63,7 @@ pub(crate) fn real_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<bool>
             Ok(info) if info.kind == FileKind::Dir => {}
             Ok(_) => return Err(not_a_directory(&at)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("inspect artifact directory", &at, e)),
+            Err(e) => return Err(Error::io(steps::INSPECT_ARTIFACT_DIRECTORY, &at, e)),
         }
     }
     Ok(true)
@@ -76,7 +77,7 @@ pub(crate) fn ensure_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<()>
         .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
     {
         vfs.create_dir_all_durable(root)
-            .at("create artifact directory", root)?;
+            .at(steps::CREATE_ARTIFACT_DIRECTORY, root)?;
     }
     let mut at = root.to_path_buf();
     for part in below(root, dir)?.components() {
@@ -86,17 +87,17 @@ pub(crate) fn ensure_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<()>
             Ok(info) if info.kind == FileKind::Dir => continue,
             Ok(_) => return Err(not_a_directory(&at)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("inspect artifact directory", &at, e)),
+            Err(e) => return Err(Error::io(steps::INSPECT_ARTIFACT_DIRECTORY, &at, e)),
         }
         match vfs.create_dir(&at) {
-            Ok(()) => vfs.sync_dir(&parent).at("fsync directory", &parent)?,
+            Ok(()) => vfs.sync_dir(&parent).at(steps::FSYNC_DIRECTORY, &parent)?,
             // Made by another writer meanwhile: check what it is.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if !real_dir(vfs, root, &at)? {
-                    return Err(Error::io("create artifact directory", &at, e));
+                    return Err(Error::io(steps::CREATE_ARTIFACT_DIRECTORY, &at, e));
                 }
             }
-            Err(e) => return Err(Error::io("create artifact directory", &at, e)),
+            Err(e) => return Err(Error::io(steps::CREATE_ARTIFACT_DIRECTORY, &at, e)),
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ use super::lease::Lease;
 use super::outcome::{RunOutcome, RunReport, StageAction, Stop};
 use super::stage::{StageContext, StageIo};
 use super::{Pipeline, Stage, paths};
+use crate::error::steps;
 use crate::error::{Error, Result};
 use crate::jobs::{Claim, Job, JobStatus};
 use crate::lock::{Acquire, LockRecord, LockRequest};
@@ -500,7 +501,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             match vfs.remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove partial artifact", path, e)),
+                Err(e) => return Err(Error::io(steps::REMOVE_PARTIAL_ARTIFACT, path, e)),
             }
         }
         Ok(())

@@ -41,6 +41,7 @@ pub type Op = BatchOp;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::error::{IoStep, steps};
 use crate::key::{Key, Prefix};
 
 /// A record's version: strictly increasing per key while the key exists, and never
@@ -440,7 +441,7 @@ pub(crate) fn is_own_dir<V: crate::vfs::Vfs>(vfs: &V, dir: &std::path::Path) -> 
         Ok(info) if info.kind == crate::vfs::FileKind::Dir => Ok(true),
         Ok(_) => Err(not_followed(dir, "a directory of the store")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("inspect directory", dir, e)),
+        Err(e) => Err(Error::io(steps::INSPECT_DIRECTORY, dir, e)),
     }
 }
 
@@ -452,7 +453,7 @@ pub(crate) fn open_own_file<V: crate::vfs::Vfs>(
     vfs: &V,
     path: &std::path::Path,
     mode: u32,
-    step: &'static str,
+    step: IoStep,
 ) -> Result<V::File> {
     let is_other = |vfs: &V| {
         vfs.metadata(path)
@@ -492,7 +493,7 @@ pub(crate) fn read_own_file<V: crate::vfs::Vfs>(
     vfs: &V,
     path: &std::path::Path,
     max_len: usize,
-    step: &'static str,
+    step: IoStep,
 ) -> Result<Option<Vec<u8>>> {
     match open_own_regular_file(vfs, path, step)? {
         Some(file) => read_own_bytes(&file, path, max_len, step).map(Some),
@@ -510,7 +511,7 @@ pub(crate) fn read_own_file<V: crate::vfs::Vfs>(
 pub(crate) fn open_own_regular_file<V: crate::vfs::Vfs>(
     vfs: &V,
     path: &std::path::Path,
-    step: &'static str,
+    step: IoStep,
 ) -> Result<Option<V::File>> {
     match vfs.open_regular_file(path) {
         Ok(file) => Ok(Some(file)),
@@ -537,7 +538,7 @@ pub(crate) fn read_own_bytes<F: crate::vfs::VfsFile>(
     file: &F,
     path: &std::path::Path,
     max_len: usize,
-    step: &'static str,
+    step: IoStep,
 ) -> Result<Vec<u8>> {
     use crate::error::IoContext;
     /// Enough for every file but records and batch journals in one read.
@@ -594,35 +595,28 @@ pub(crate) fn resolve_root<V: crate::vfs::Vfs>(
     // `link/` would name the directory, not the link: without the slash.
     let root: std::path::PathBuf = root.components().collect();
     let root = root.as_path();
-    let not_a_dir =
-        |step: &'static str| Error::io(step, root, IoError::from(ErrorKind::NotADirectory));
+    let not_a_dir = |step: IoStep| Error::io(step, root, IoError::from(ErrorKind::NotADirectory));
     match vfs.metadata(root) {
         Ok(info) if info.kind == FileKind::Dir => return Ok(root.to_path_buf()),
         Ok(info) if info.kind == FileKind::File => {
-            return Err(not_a_dir("open store at a path that is not a directory:"));
+            return Err(not_a_dir(steps::STORE_PATH_NOT_A_DIRECTORY));
         }
         Ok(_) => {}
         // Created by the open, or reported by it.
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(root.to_path_buf()),
-        Err(e) => return Err(Error::io("inspect store directory", root, e)),
+        Err(e) => return Err(Error::io(steps::INSPECT_STORE_DIRECTORY, root, e)),
     }
     // A symlink (or a FIFO, a socket, a device: resolved to itself).
     let resolved = match vfs.canonicalize(root) {
         Ok(resolved) => resolved,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::io(
-                "open store at a symlink whose target does not exist:",
-                root,
-                e,
-            ));
+            return Err(Error::io(steps::STORE_LINK_TARGET_MISSING, root, e));
         }
-        Err(e) => return Err(Error::io("resolve the store path", root, e)),
+        Err(e) => return Err(Error::io(steps::RESOLVE_STORE_PATH, root, e)),
     };
     match vfs.metadata(&resolved) {
         Ok(info) if info.kind == FileKind::Dir => Ok(resolved),
-        Ok(_) => Err(not_a_dir(
-            "open store at a path that is neither a directory nor a symlink to one:",
-        )),
-        Err(e) => Err(Error::io("inspect store directory", &resolved, e)),
+        Ok(_) => Err(not_a_dir(steps::STORE_PATH_NEITHER_DIRECTORY_NOR_LINK)),
+        Err(e) => Err(Error::io(steps::INSPECT_STORE_DIRECTORY, &resolved, e)),
     }
 }

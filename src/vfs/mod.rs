@@ -8,7 +8,8 @@
 //! (`testing::Faulty`; both with the feature `testing`), or record the trace of a
 //! workload and build the states a power loss could leave.
 //!
-//! The layer speaks `std::io::Error`; callers add the step and the path.
+//! The layer speaks `std::io::Error`; callers add the step ([`IoStep`]) and the
+//! path.
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod counting;
@@ -22,6 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use crate::error::io_step::{IoAction, IoStep};
 pub use std_vfs::StdVfs;
 
 /// Permission bits of every directory jobsafe creates: owner read, write and

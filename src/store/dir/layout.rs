@@ -8,6 +8,7 @@ use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::stripes;
 use crate::atomic::{AtomicWriter, is_temp_name};
 use crate::clock::Clock;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
 use crate::store::{is_own_dir, read_own_file};
@@ -50,7 +51,7 @@ impl Layout {
             quarantine: root.join(QUARANTINE),
         };
         let marker = root.join(MARKER);
-        match read_own_file(vfs, &marker, MAX_MARKER_LEN, "read store marker")? {
+        match read_own_file(vfs, &marker, MAX_MARKER_LEN, steps::READ_STORE_MARKER)? {
             Some(bytes) if bytes == MARKER_CONTENT.as_bytes() => {}
             Some(_) => {
                 return Err(Error::CorruptFile {
@@ -61,7 +62,7 @@ impl Layout {
             None if create => layout.check_empty_or_ours(vfs)?,
             None => {
                 let missing = io::Error::from(io::ErrorKind::NotFound);
-                return Err(Error::io("open store (no marker file)", marker, missing));
+                return Err(Error::io(steps::OPEN_STORE_WITHOUT_MARKER, marker, missing));
             }
         }
         // Always ensure the pieces: cheap, and repairs a creation cut short.
@@ -72,14 +73,14 @@ impl Layout {
             &layout.quarantine,
         ] {
             vfs.create_dir_all_durable(dir)
-                .at("create directory", dir)?;
+                .at(steps::CREATE_DIRECTORY, dir)?;
         }
         // Not flushed: a lock file lost to a power loss is created again by the
         // next open, and the version floors beside them flush the directory
         // when written (the power-loss simulation finds no state that needs it).
         for stripe in 0..stripes::STRIPES {
             let path = stripes::lock_path(&layout.stripes, stripe);
-            crate::store::open_own_file(vfs, &path, 0o600, "create stripe lock")?;
+            crate::store::open_own_file(vfs, &path, 0o600, steps::CREATE_STRIPE_LOCK)?;
         }
         if !vfs
             .metadata(&marker)
@@ -95,7 +96,7 @@ impl Layout {
         let names = match vfs.read_dir(&self.root) {
             Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("read store directory", &self.root, e)),
+            Err(e) => return Err(Error::io(steps::READ_STORE_DIRECTORY, &self.root, e)),
         };
         // The marker too: another opener racing this one may have just written it.
         let ours = [MARKER, DATA, STRIPES, JOURNAL, QUARANTINE];
@@ -162,11 +163,11 @@ impl Layout {
                         is_own_dir(vfs, &dir)?;
                         continue;
                     }
-                    Err(e) => return Err(Error::io("create directory", dir, e)),
+                    Err(e) => return Err(Error::io(steps::CREATE_DIRECTORY, dir, e)),
                 }
             }
             if writer.durability_level() == crate::Durability::Full {
-                vfs.sync_dir(&parent).at("fsync directory", &parent)?;
+                vfs.sync_dir(&parent).at(steps::FSYNC_DIRECTORY, &parent)?;
             }
         }
         Ok(self.record_path(key))
@@ -225,7 +226,7 @@ fn create_hashed_dir<V: Vfs>(
         uuid::Uuid::new_v4().simple(),
         crate::atomic::TEMP_SUFFIX
     ));
-    vfs.create_dir(&temp).at("create directory", &temp)?;
+    vfs.create_dir(&temp).at(steps::CREATE_DIRECTORY, &temp)?;
     // Best-effort: a leftover is harmless, and a later sweep removes it.
     let discard = || {
         let _ = vfs.remove_file(&temp.join(SEGMENT_FILE));
@@ -244,7 +245,7 @@ fn create_hashed_dir<V: Vfs>(
         }
         Err(e) => {
             discard();
-            Err(Error::io("rename directory into place", dir, e))
+            Err(Error::io(steps::RENAME_DIRECTORY_INTO_PLACE, dir, e))
         }
     }
 }
@@ -262,7 +263,7 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
     let vfs = writer.vfs();
     let now = UNIX_EPOCH + Duration::from_millis(clock.now_ms());
     let mut removed = 0;
-    for name in vfs.read_dir(dir).at("read directory", dir)? {
+    for name in vfs.read_dir(dir).at(steps::READ_DIRECTORY, dir)? {
         let Some(name) = name
             .to_str()
             .filter(|n| n.starts_with(TEMP_DIR_PREFIX) && is_temp_name(n))
@@ -273,7 +274,7 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
         let info = match vfs.metadata(&path) {
             Ok(info) => info,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("stat temp directory", path, e)),
+            Err(e) => return Err(Error::io(steps::STAT_TEMP_DIRECTORY, path, e)),
         };
         let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
         if info.kind != FileKind::Dir || age < min_age {
@@ -292,7 +293,7 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
             match vfs.rename(&path, &claimed) {
                 Ok(()) => claimed,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("claim temp directory", path, e)),
+                Err(e) => return Err(Error::io(steps::CLAIM_TEMP_DIRECTORY, path, e)),
             }
         };
         // The temp file of an unfinished `.segment` write, then the file itself.
@@ -301,12 +302,12 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
         match vfs.remove_file(&segment) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove segment file", segment, e)),
+            Err(e) => return Err(Error::io(steps::REMOVE_SEGMENT_FILE, segment, e)),
         }
         match vfs.remove_dir(&path) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove temp directory", path, e)),
+            Err(e) => return Err(Error::io(steps::REMOVE_TEMP_DIRECTORY, path, e)),
         }
     }
     Ok(removed)

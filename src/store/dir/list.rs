@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::layout::Layout;
 use super::naming::{self, DIR_SUFFIX, RECORD_SUFFIX, SEGMENT_FILE};
 use super::record_file;
+use crate::error::steps;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{ListPage, read_own_file};
@@ -106,7 +107,7 @@ pub(super) fn read_entries<V: Vfs>(vfs: &V, dir: &Path) -> Result<Entries> {
     let names = match vfs.read_dir(dir) {
         Ok(names) => names,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entries::new()),
-        Err(e) => return Err(Error::io("read directory", dir, e)),
+        Err(e) => return Err(Error::io(steps::READ_DIRECTORY, dir, e)),
     };
     let mut slots = Entries::new();
     for name in names {
@@ -140,7 +141,7 @@ fn record_segment<V: Vfs>(vfs: &V, stem: &str, file: &Path) -> Result<Option<Str
         return Ok(naming::decode(stem));
     }
     // The name is a hash: the record's header holds its key.
-    let Some(bytes) = read_own_file(vfs, file, record_file::MAX_LEN, "read record")? else {
+    let Some(bytes) = read_own_file(vfs, file, record_file::MAX_LEN, steps::READ_RECORD)? else {
         // Gone since the directory was read.
         return Ok(None);
     };
@@ -164,10 +165,11 @@ fn dir_segment<V: Vfs>(vfs: &V, stem: &str, dir: &Path) -> Result<Option<String>
         return Ok(naming::decode(stem));
     }
     let file = dir.join(SEGMENT_FILE);
-    let Some(bytes) = read_own_file(vfs, &file, Key::MAX_SEGMENT_LEN, "read segment file")? else {
+    let Some(bytes) = read_own_file(vfs, &file, Key::MAX_SEGMENT_LEN, steps::READ_SEGMENT_FILE)?
+    else {
         // A shortened directory is never made without its segment file.
         let missing = io::Error::from(io::ErrorKind::NotFound);
-        return Err(Error::io("read segment file", file, missing));
+        return Err(Error::io(steps::READ_SEGMENT_FILE, file, missing));
     };
     // The segment must be the one the directory's (hashed) name stands for:
     // anything else would list keys that are not where their name leads.
@@ -198,7 +200,7 @@ pub(super) fn all_dirs<V: Vfs>(vfs: &V, layout: &Layout) -> Result<Vec<PathBuf>>
             Ok(names) => names,
             // Pruned by a concurrent delete: nothing left in it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("read directory", dir, e)),
+            Err(e) => return Err(Error::io(steps::READ_DIRECTORY, dir, e)),
         };
         for name in names {
             let sub = dir.join(name);

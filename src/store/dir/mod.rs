@@ -20,6 +20,7 @@ use self::stripes::StripeGuard;
 use crate::atomic::AtomicWriter;
 use crate::clock::{Clock, SystemClock};
 use crate::durability::Durability;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{
@@ -365,7 +366,7 @@ impl<V: Vfs> DirStore<V> {
                 Error::NotDurable { .. } => true,
                 // A flush that could not even open its target lost nothing.
                 Error::Io { step, source, .. } => {
-                    step.starts_with("fsync") && source.kind() != std::io::ErrorKind::NotFound
+                    step.is_flush() && source.kind() != std::io::ErrorKind::NotFound
                 }
                 _ => false,
             };
@@ -421,7 +422,7 @@ impl<V: Vfs> DirStore<V> {
             .writer()
             .vfs()
             .read_dir(dir)
-            .at("read journal directory", dir)?;
+            .at(steps::READ_JOURNAL_DIRECTORY, dir)?;
         Ok(names
             .into_iter()
             .filter_map(|n| n.into_string().ok())
@@ -447,7 +448,7 @@ impl<V: Vfs> DirStore<V> {
         // A link, a FIFO or a device in a journal's place, or a file longer
         // than a batch can write, is not read: it stays, reported, as an
         // undecodable journal does.
-        let Some(bytes) = read_own_file(vfs, &path, journal::MAX_LEN, "read journal")? else {
+        let Some(bytes) = read_own_file(vfs, &path, journal::MAX_LEN, steps::READ_JOURNAL)? else {
             // Completed by its owner or another recoverer meanwhile.
             return Ok(());
         };
@@ -471,7 +472,7 @@ impl<V: Vfs> DirStore<V> {
 
     fn remove_journal(&self, path: &Path) -> Result<()> {
         let vfs = self.writer().vfs();
-        vfs.remove_file(path).at("remove journal", path)?;
+        vfs.remove_file(path).at(steps::REMOVE_JOURNAL, path)?;
         self.sync_dir(&self.layout().journal)
     }
 
@@ -490,7 +491,7 @@ impl<V: Vfs> DirStore<V> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != self.root() => {
                     dir = layout::parent(dir);
                 }
-                result => return result.at("fsync directory", dir),
+                result => return result.at(steps::FSYNC_DIRECTORY, dir),
             }
         }
     }
@@ -508,7 +509,7 @@ impl<V: Vfs> DirStore<V> {
             path: Some(path.clone()),
             reason,
         };
-        let file = match open_own_regular_file(vfs, &path, "read record") {
+        let file = match open_own_regular_file(vfs, &path, steps::READ_RECORD) {
             Ok(Some(file)) => file,
             Ok(None) => return Ok(None),
             Err(Error::CorruptFile { reason, .. }) => return Err(corrupt(reason)),
@@ -525,12 +526,11 @@ impl<V: Vfs> DirStore<V> {
         {
             return Ok(None);
         }
-        let bytes = read_own_bytes(&file, &path, record_file::MAX_LEN, "read record").map_err(
-            |e| match e {
+        let bytes = read_own_bytes(&file, &path, record_file::MAX_LEN, steps::READ_RECORD)
+            .map_err(|e| match e {
                 Error::CorruptFile { reason, .. } => corrupt(reason),
                 e => e,
-            },
-        )?;
+            })?;
         let record = record_file::decode(&bytes).map_err(corrupt)?;
         if record.key != *key {
             return Err(corrupt(format!("file holds the record of {}", record.key)));
@@ -553,10 +553,10 @@ impl<V: Vfs> DirStore<V> {
                 Err(Error::Io { step, source, .. })
                     if matches!(
                         step,
-                        "create temp file"
-                            | "create directory"
-                            | "fsync directory"
-                            | "rename directory into place"
+                        steps::CREATE_TEMP_FILE
+                            | steps::CREATE_DIRECTORY
+                            | steps::FSYNC_DIRECTORY
+                            | steps::RENAME_DIRECTORY_INTO_PLACE
                     ) && source.kind() == std::io::ErrorKind::NotFound
                         && attempts < 8 =>
                 {
@@ -574,7 +574,7 @@ impl<V: Vfs> DirStore<V> {
         match self.writer().vfs().remove_file(&path) {
             Ok(()) => {}
             Err(e) if is_absent(&e) => return Ok(false),
-            Err(e) => return Err(Error::io("remove record", path, e)),
+            Err(e) => return Err(Error::io(steps::REMOVE_RECORD, path, e)),
         }
         let parent = layout::parent(&path);
         self.sync_dir(parent)?;
@@ -766,7 +766,8 @@ impl<V: Vfs> Store for DirStore<V> {
             // the version of what is not a record file at all (a symlink, a
             // FIFO, a device, a directory, a file longer than a record can
             // be): it is moved aside as it is, never followed or read.
-            let version = match read_own_file(vfs, &path, record_file::MAX_LEN, "read record") {
+            let version = match read_own_file(vfs, &path, record_file::MAX_LEN, steps::READ_RECORD)
+            {
                 Ok(Some(bytes)) => record_file::decode(&bytes).ok().map(|r| r.version),
                 Ok(None) => return Ok(None),
                 Err(Error::CorruptFile { .. }) => None,
@@ -782,7 +783,7 @@ impl<V: Vfs> Store for DirStore<V> {
             crate::store::is_own_dir(vfs, &self.layout().quarantine)?;
             let target = self.layout().quarantine_path(&path);
             vfs.rename(&path, &target)
-                .at("move record to quarantine", &target)?;
+                .at(steps::MOVE_RECORD_TO_QUARANTINE, &target)?;
             self.watch(self.sync_dir(&self.layout().quarantine))?;
             self.watch(self.sync_dir(layout::parent(&path)))?;
             Ok(Some(Quarantined {

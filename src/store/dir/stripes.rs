@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::atomic::AtomicWriter;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::store::Version;
 use crate::vfs::{Vfs, VfsFile};
@@ -64,12 +65,12 @@ pub(super) fn lock<V: Vfs>(
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(crate::store::not_followed(&path, "a stripe lock file"));
             }
-            Err(e) => return Err(Error::io("open stripe lock", path, e)),
+            Err(e) => return Err(Error::io(steps::OPEN_STRIPE_LOCK, path, e)),
         };
         if exclusive {
-            file.lock().at("lock stripe", &path)?;
+            file.lock().at(steps::LOCK_STRIPE, &path)?;
         } else {
-            file.lock_shared().at("lock stripe (shared)", &path)?;
+            file.lock_shared().at(steps::LOCK_STRIPE_SHARED, &path)?;
         }
         files.push(file);
     }
@@ -129,7 +130,8 @@ const MAX_FLOOR_LEN: usize = 256;
 
 fn read_floor<V: Vfs>(vfs: &V, dir: &Path, stripe: usize) -> Result<u64> {
     let path = floor_path(dir, stripe);
-    let Some(bytes) = crate::store::read_own_file(vfs, &path, MAX_FLOOR_LEN, "read version floor")?
+    let Some(bytes) =
+        crate::store::read_own_file(vfs, &path, MAX_FLOOR_LEN, steps::READ_VERSION_FLOOR)?
     else {
         return Ok(0);
     };

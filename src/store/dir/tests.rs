@@ -340,7 +340,7 @@ fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
     vfs.arm(Fault::from_nth(1).only([OpKind::FileSync]));
     let err = store.put(&k, b"lost?", Expect::Any).unwrap_err();
     assert!(
-        matches!(&err, Error::Io { step, .. } if step.contains("fsync")),
+        matches!(&err, Error::Io { step, .. } if step.is_flush()),
         "{err}"
     );
     assert!(store.is_poisoned());
@@ -360,6 +360,42 @@ fn failed_fsync_poisons_writes_but_not_reads_and_reopen_recovers() {
     let reopened = DirStore::open(dir.path()).unwrap();
     assert!(!reopened.is_poisoned());
     assert!(reopened.put(&k, b"after", Expect::Version(v)).is_ok());
+}
+
+/// Poisoning follows the failed step's action, not the words of its message:
+/// a failed flush of a directory poisons as a failed flush of a file does,
+/// and a failed write, which leaves nothing on disk in doubt, does not.
+#[test]
+fn a_failed_flush_of_a_file_or_a_directory_poisons_and_a_failed_write_does_not() {
+    for (op, flush) in [
+        (OpKind::DirSync, true),
+        (OpKind::FileSync, true),
+        (OpKind::Write, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = Faulty::new(StdVfs);
+        let store = DirStore::builder(dir.path())
+            .vfs(vfs.clone())
+            .open()
+            .unwrap();
+        vfs.arm(Fault::nth(1).only([op]));
+        // A key in a new directory: the first directory flush is the one that
+        // makes its entry durable, before the record is written.
+        let err = store
+            .put(&key(&["jobs", "new-dir", "1"]), b"x", Expect::Absent)
+            .unwrap_err();
+        assert_eq!(vfs.injected().len(), 1, "{op:?}: the fault was not reached");
+        let Error::Io { step, .. } = &err else {
+            panic!("{op:?}: expected an I/O error, got {err:?}");
+        };
+        let expected = if flush {
+            crate::vfs::IoAction::Flush
+        } else {
+            crate::vfs::IoAction::Write
+        };
+        assert_eq!(step.action(), expected, "{op:?}: {err}");
+        assert_eq!(store.is_poisoned(), flush, "{op:?}: {err}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::frame::{FrameBuilder, LogOp};
 use super::{Access, Flock, Packed, Shared};
+use crate::error::steps;
 use crate::error::{Error, Result};
 use crate::store::packed::pack;
 use crate::store::{Applied, BatchOp, Version};
@@ -20,7 +21,7 @@ impl<V: Vfs> Shared<V> {
             |group| self.commit_group(group),
             || {
                 Err(Error::Io {
-                    step: "commit group",
+                    step: steps::COMMIT_GROUP,
                     path: self.journal_path.clone(),
                     source: std::io::Error::other("the writer leading this commit panicked"),
                 })
@@ -57,7 +58,7 @@ impl<V: Vfs> Shared<V> {
             self.probe.lock().at = journal.end + frame.len() as u64;
             if let Err(failure) = journal.append(&frame, self.sync) {
                 self.probe.lock().at = journal.end;
-                if failure.poisons {
+                if failure.poisons() {
                     self.poisoned.store(true, Ordering::SeqCst);
                 }
                 let error = Error::io(failure.step, &self.journal_path, failure.source);
@@ -207,7 +208,7 @@ fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
                 reason: reason.clone(),
             },
             Error::Io { step, path, source } => Error::Io {
-                step,
+                step: *step,
                 path: path.clone(),
                 // The same OS error number, so that callers who match on it
                 // (ENOSPC, EIO) see it whichever request of the group they made.
@@ -217,7 +218,7 @@ fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
                 },
             },
             other => Error::Io {
-                step: "commit group",
+                step: steps::COMMIT_GROUP,
                 path: path.to_path_buf(),
                 source: std::io::Error::other(other.to_string()),
             },
@@ -241,7 +242,7 @@ mod tests {
     fn every_request_of_a_failed_group_gets_the_os_error_number() {
         let path = Path::new("/store/journal");
         let error = Error::io(
-            "fdatasync journal",
+            crate::error::steps::FDATASYNC_JOURNAL,
             path,
             std::io::Error::from_raw_os_error(28),
         );

@@ -23,6 +23,7 @@ use super::index::Index;
 use super::journal::{self, Journal, PREALLOCATE};
 use super::{Access, COMPACT_LOCK, FIRST_SEQ, Flock, NEW_JOURNAL_PREFIX, Probe, Shared};
 use crate::atomic::AtomicWriter;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::store::open_own_file;
 use crate::vfs::{Vfs, VfsFile};
@@ -61,17 +62,17 @@ pub(super) fn new_journal_file<V: Vfs>(vfs: &V, root: &Path) -> Result<(PathBuf,
     ));
     let file = vfs
         .create_new(&path, 0o600)
-        .at("create new journal", &path)?;
+        .at(steps::CREATE_NEW_JOURNAL, &path)?;
     Ok((path, file))
 }
 
 /// Renames a complete journal file into place, durably.
 pub(super) fn install<V: Vfs>(vfs: &V, from: &Path, to: &Path, sync: bool) -> Result<()> {
     vfs.rename(from, to)
-        .at("rename new journal into place", to)?;
+        .at(steps::RENAME_NEW_JOURNAL_INTO_PLACE, to)?;
     if sync {
         let dir = to.parent().unwrap_or(Path::new("."));
-        vfs.sync_dir(dir).at("fsync store directory", dir)?;
+        vfs.sync_dir(dir).at(steps::FSYNC_STORE_DIRECTORY, dir)?;
     }
     Ok(())
 }
@@ -81,16 +82,16 @@ pub(super) fn install<V: Vfs>(vfs: &V, from: &Path, to: &Path, sync: bool) -> Re
 pub(super) fn sweep_abandoned<V: Vfs>(writer: &AtomicWriter<V>, root: &Path) -> Result<()> {
     let vfs = writer.vfs();
     let lock_path = root.join(COMPACT_LOCK);
-    let lock = open_own_file(vfs, &lock_path, 0o600, "open compaction lock")?;
-    if !lock.try_lock().at("lock compaction", &lock_path)? {
+    let lock = open_own_file(vfs, &lock_path, 0o600, steps::OPEN_COMPACTION_LOCK)?;
+    if !lock.try_lock().at(steps::LOCK_COMPACTION, &lock_path)? {
         return Ok(());
     }
     let _held = Flock { file: &lock };
-    for name in vfs.read_dir(root).at("list store directory", root)? {
+    for name in vfs.read_dir(root).at(steps::LIST_STORE_DIRECTORY, root)? {
         if name.to_string_lossy().starts_with(NEW_JOURNAL_PREFIX) {
             let path = root.join(&name);
             vfs.remove_file(&path)
-                .at("remove abandoned journal", &path)?;
+                .at(steps::REMOVE_ABANDONED_JOURNAL, &path)?;
         }
     }
     Ok(())
@@ -145,13 +146,13 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
     let vfs = shared.writer.vfs();
     let root = &shared.root;
     let lock_path = root.join(COMPACT_LOCK);
-    let lock = open_own_file(vfs, &lock_path, 0o600, "open compaction lock")?;
+    let lock = open_own_file(vfs, &lock_path, 0o600, steps::OPEN_COMPACTION_LOCK)?;
     match wait {
-        Wait::Yes => lock.lock().at("lock compaction", &lock_path)?,
+        Wait::Yes => lock.lock().at(steps::LOCK_COMPACTION, &lock_path)?,
         Wait::No => {
-            if !lock.try_lock().at("lock compaction", &lock_path)? {
+            if !lock.try_lock().at(steps::LOCK_COMPACTION, &lock_path)? {
                 return Err(Error::Io {
-                    step: "lock compaction",
+                    step: steps::LOCK_COMPACTION,
                     path: lock_path,
                     source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
                 });
@@ -199,7 +200,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         shared.catch_up(&mut journal, Access::Exclusive)?;
         if journal.inode != old.inode {
             return Err(Error::Io {
-                step: "compact journal",
+                step: steps::COMPACT_JOURNAL,
                 path: shared.journal_path.clone(),
                 source: std::io::Error::other("another process compacted the journal first"),
             });
@@ -215,7 +216,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
             if let Err(e) = synced {
                 // The new journal may or may not be the one a restart finds.
                 shared.poisoned.store(true, Ordering::SeqCst);
-                return Err(Error::io("fsync store directory", &shared.root, e));
+                return Err(Error::io(steps::FSYNC_STORE_DIRECTORY, &shared.root, e));
             }
         }
         Ok(())
@@ -227,7 +228,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
     let bytes_before = journal.end;
     let inode = vfs
         .inode(&shared.journal_path)
-        .at("stat journal", &shared.journal_path)?;
+        .at(steps::STAT_JOURNAL, &shared.journal_path)?;
     let NewJournal {
         file,
         header,
@@ -293,7 +294,7 @@ fn replay<F: VfsFile>(old: &Mark<F>, mark: u64, path: &Path) -> Result<Index> {
             Ok(())
         },
     )
-    .at("read journal", path)?;
+    .at(steps::READ_JOURNAL, path)?;
     match scanned {
         Ok(end) if end.end == mark => Ok(index),
         Ok(end) => Err(Error::CorruptFile {
@@ -324,7 +325,7 @@ impl<F: VfsFile> NewJournal<F> {
     fn write_frame(&mut self, frame: &[u8]) -> Result<()> {
         self.file
             .write_all_at(frame, self.end)
-            .at("write new journal", &self.path)?;
+            .at(steps::WRITE_NEW_JOURNAL, &self.path)?;
         self.end += frame.len() as u64;
         self.next_seq += 1;
         Ok(())
@@ -334,7 +335,7 @@ impl<F: VfsFile> NewJournal<F> {
     fn write_snapshot(&mut self, snapshot: &Index) -> Result<()> {
         self.file
             .write_all_at(&self.header.encode(), 0)
-            .at("write new journal", &self.path)?;
+            .at(steps::WRITE_NEW_JOURNAL, &self.path)?;
         let mut frame = FrameBuilder::new();
         frame.push(&LogOp::Floor(crate::Version::new(snapshot.last_version)));
         for (key, entry) in snapshot.iter() {
@@ -368,7 +369,7 @@ impl<F: VfsFile> NewJournal<F> {
                 Ok(())
             },
         )
-        .at("read journal", &self.path)?;
+        .at(steps::READ_JOURNAL, &self.path)?;
         if !matches!(scanned, Ok(ref end) if end.end == journal.end) {
             return Err(Error::CorruptFile {
                 path: self.path.clone(),
@@ -388,10 +389,12 @@ impl<F: VfsFile> NewJournal<F> {
         let zeros = vec![0u8; PREALLOCATE as usize];
         self.file
             .write_all_at(&zeros, self.end)
-            .at("preallocate new journal", &self.path)?;
+            .at(steps::PREALLOCATE_NEW_JOURNAL, &self.path)?;
         self.allocated = self.end + PREALLOCATE;
         if sync {
-            self.file.sync_all().at("fsync new journal", &self.path)?;
+            self.file
+                .sync_all()
+                .at(steps::FSYNC_NEW_JOURNAL, &self.path)?;
         }
         Ok(())
     }
@@ -401,7 +404,9 @@ impl<F: VfsFile> NewJournal<F> {
     fn flush_tail(&mut self, sync: bool) -> Result<()> {
         self.allocated = self.allocated.max(self.end);
         if sync {
-            self.file.sync_all().at("fsync new journal", &self.path)?;
+            self.file
+                .sync_all()
+                .at(steps::FSYNC_NEW_JOURNAL, &self.path)?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::frame::{
     self, FILE_HEADER_LEN, FRAME_HEADER_LEN, FileHeader, HeaderRead, check_payload, claimed_seq,
 };
+use crate::error::{IoStep, steps};
 use crate::vfs::VfsFile;
 
 /// Journal space is zero-filled ahead of the writes in steps of this size, so an
@@ -38,13 +39,19 @@ pub(crate) struct Journal<F> {
     pub allocated: u64,
 }
 
-/// An append that failed: at which step, and whether it leaves the store unsure
-/// of what reached the disk (a failed flush), so that it must stop writing.
+/// An append that failed, and at which step.
 #[derive(Debug)]
 pub(crate) struct AppendError {
-    pub step: &'static str,
+    pub step: IoStep,
     pub source: io::Error,
-    pub poisons: bool,
+}
+
+impl AppendError {
+    /// Whether it leaves the store unsure of what reached the disk (a failed
+    /// flush), so that it must stop writing.
+    pub(crate) fn poisons(&self) -> bool {
+        self.step.is_flush()
+    }
 }
 
 /// Why reading frames stopped.
@@ -105,20 +112,14 @@ impl<F: VfsFile> Journal<F> {
         if new_end > self.allocated {
             self.preallocate(new_end, sync)?;
         }
-        let failed = |step, poisons| {
-            move |source| AppendError {
-                step,
-                source,
-                poisons,
-            }
-        };
+        let failed = |step| move |source| AppendError { step, source };
         self.file
             .write_all_at(frame, self.end)
-            .map_err(failed("write journal frame", false))?;
+            .map_err(failed(steps::WRITE_JOURNAL_FRAME))?;
         if sync {
             self.file
                 .sync_data()
-                .map_err(failed("fdatasync journal", true))?;
+                .map_err(failed(steps::FDATASYNC_JOURNAL))?;
         }
         self.end = new_end;
         self.next_seq += 1;
@@ -130,9 +131,8 @@ impl<F: VfsFile> Journal<F> {
     pub(crate) fn preallocate(&mut self, needed: u64, sync: bool) -> Result<(), AppendError> {
         let target = needed.div_ceil(PREALLOCATE) * PREALLOCATE + PREALLOCATE;
         let failed = |source| AppendError {
-            step: "preallocate journal space",
+            step: steps::PREALLOCATE_JOURNAL_SPACE,
             source,
-            poisons: false,
         };
         // Zeros go only past the file's real end: another process may have
         // grown it and written frames there since this one last preallocated.
@@ -153,9 +153,8 @@ impl<F: VfsFile> Journal<F> {
             // A failed flush poisons, as every failed flush does: after one,
             // what the kernel kept of the file is unknown.
             self.file.sync_all().map_err(|source| AppendError {
-                step: "fsync preallocated journal space",
+                step: steps::FSYNC_PREALLOCATED_JOURNAL_SPACE,
                 source,
-                poisons: true,
             })?;
         }
         self.allocated = reached;
@@ -169,24 +168,17 @@ impl<F: VfsFile> Journal<F> {
     /// A failed flush of the zeros poisons: what the disk then holds past `end`
     /// is unknown, as after any failed flush.
     pub(crate) fn clear_tail(&mut self, sync: bool) -> Result<(), AppendError> {
-        let failed = |step, poisons| {
-            move |source| AppendError {
-                step,
-                source,
-                poisons,
-            }
-        };
+        let failed = |step| move |source| AppendError { step, source };
         let len = self
             .file
             .size()
-            .map_err(failed("clear torn journal tail", false))?
+            .map_err(failed(steps::CLEAR_TORN_JOURNAL_TAIL))?
             .max(self.allocated);
-        write_zeros(&*self.file, self.end, len)
-            .map_err(failed("clear torn journal tail", false))?;
+        write_zeros(&*self.file, self.end, len).map_err(failed(steps::CLEAR_TORN_JOURNAL_TAIL))?;
         if sync {
             self.file
                 .sync_data()
-                .map_err(failed("fdatasync cleared journal tail", true))?;
+                .map_err(failed(steps::FDATASYNC_CLEARED_JOURNAL_TAIL))?;
         }
         self.allocated = len;
         Ok(())

@@ -23,6 +23,7 @@ use self::journal::{Journal, PREALLOCATE, Stop};
 use self::replay::{Access, load, read_into, settle_tail};
 use crate::atomic::AtomicWriter;
 use crate::durability::Durability;
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::packed::pack;
@@ -366,7 +367,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
         prepare_root(&writer, &root, self.create)?;
         let vfs = writer.vfs();
         let lock_path = root.join(LOCK);
-        let lock_file = crate::store::open_own_file(vfs, &lock_path, 0o600, "open lock file")?;
+        let lock_file = crate::store::open_own_file(vfs, &lock_path, 0o600, steps::OPEN_LOCK_FILE)?;
         let journal_path = root.join(JOURNAL);
         let sync = self.durability == Durability::Full;
 
@@ -490,25 +491,25 @@ fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> 
     let vfs = writer.vfs();
     if create {
         vfs.create_dir_all_durable(root)
-            .at("create store directory", root)?;
+            .at(steps::CREATE_STORE_DIRECTORY, root)?;
     }
     let marker = root.join(MARKER);
     // A link, a FIFO or a device at the marker is refused, never followed or
     // waited on.
-    match read_own_file(vfs, &marker, MAX_MARKER_LEN, "read format marker")? {
+    match read_own_file(vfs, &marker, MAX_MARKER_LEN, steps::READ_FORMAT_MARKER)? {
         Some(content) if content == MARKER_CONTENT => Ok(()),
         Some(_) => Err(Error::CorruptFile {
             path: marker,
             reason: "unknown LogStore format (written by a newer jobsafe?)".to_owned(),
         }),
         None if !create => Err(Error::io(
-            "open store (creating it was not asked for)",
+            steps::OPEN_STORE_NOT_CREATED,
             &marker,
             std::io::Error::from(std::io::ErrorKind::NotFound),
         )),
         None => {
             // A temp file is another process creating the marker right now.
-            let entries = vfs.read_dir(root).at("list store directory", root)?;
+            let entries = vfs.read_dir(root).at(steps::LIST_STORE_DIRECTORY, root)?;
             let foreign = entries.iter().any(|name| {
                 let name = name.to_string_lossy();
                 name != LOCK && !name.ends_with(crate::atomic::TEMP_SUFFIX)
@@ -550,7 +551,7 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
         // the next open's sweep.
         drop(file);
         let _ = writer.vfs().remove_file(&path);
-        return Err(Error::io("write new journal", &path, e));
+        return Err(Error::io(steps::WRITE_NEW_JOURNAL, &path, e));
     }
     compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
 }
@@ -560,7 +561,9 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
 /// also catches the remains of a torn write whose first bytes did not land.
 fn frame_starts_at<F: VfsFile + ?Sized>(file: &F, at: u64, path: &Path) -> Result<bool> {
     let mut header = [0u8; frame::FRAME_HEADER_LEN];
-    let n = file.read_at(&mut header, at).at("read journal", path)?;
+    let n = file
+        .read_at(&mut header, at)
+        .at(steps::READ_JOURNAL, path)?;
     Ok(header[..n].iter().any(|&b| b != 0))
 }
 
@@ -571,12 +574,12 @@ struct Flock<'a, F: VfsFile> {
 
 impl<'a, F: VfsFile> Flock<'a, F> {
     fn exclusive(file: &'a F, path: &Path) -> Result<Self> {
-        file.lock().at("lock store", path)?;
+        file.lock().at(steps::LOCK_STORE, path)?;
         Ok(Flock { file })
     }
 
     fn shared(file: &'a F, path: &Path) -> Result<Self> {
-        file.lock_shared().at("lock store (shared)", path)?;
+        file.lock_shared().at(steps::LOCK_STORE_SHARED, path)?;
         Ok(Flock { file })
     }
 }
@@ -615,7 +618,7 @@ impl<V: Vfs> Shared<V> {
         let vfs = self.writer.vfs();
         let now = vfs
             .inode(&self.journal_path)
-            .at("stat journal", &self.journal_path)?;
+            .at(steps::STAT_JOURNAL, &self.journal_path)?;
         if now != inode {
             return Ok(false);
         }
@@ -627,7 +630,7 @@ impl<V: Vfs> Shared<V> {
     fn catch_up(&self, journal: &mut Journal<V::File>, access: Access) -> Result<()> {
         let vfs = self.writer.vfs();
         let path = &self.journal_path;
-        let inode = vfs.inode(path).at("stat journal", path)?;
+        let inode = vfs.inode(path).at(steps::STAT_JOURNAL, path)?;
         let stop = if inode != journal.inode {
             let (fresh, index, stop) = load(vfs, path)?;
             *journal = fresh;
@@ -745,7 +748,7 @@ impl<V: Vfs> Store for LogStore<V> {
             // never written through.
             crate::store::is_own_dir(vfs, &dir)?;
             vfs.create_dir_all_durable(&dir)
-                .at("create quarantine directory", &dir)?;
+                .at(steps::CREATE_QUARANTINE_DIRECTORY, &dir)?;
             let name = format!(
                 "v{}-{}.record",
                 entry.version.get(),
@@ -806,7 +809,7 @@ fn check_size(ops: &[BatchOp]) -> Result<()> {
 
 fn unexpected(path: &Path) -> Error {
     Error::Io {
-        step: "commit",
+        step: steps::COMMIT,
         path: path.to_path_buf(),
         source: std::io::Error::other("a single-op commit returned no result for its op"),
     }

@@ -9,21 +9,24 @@ use super::FIRST_SEQ;
 use super::frame::{self, FileHeader, decode_payload};
 use super::index::Index;
 use super::journal::{Journal, Stop};
+use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{Vfs, VfsFile};
 
 /// Opens the journal at `path` and reads it whole into a fresh index; returns
 /// why reading stopped too.
 pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index, Stop)> {
-    let file = crate::store::open_own_file(vfs, path, 0o600, "open journal")?;
-    let inode = vfs.inode(path).at("stat journal", path)?;
+    let file = crate::store::open_own_file(vfs, path, 0o600, steps::OPEN_JOURNAL)?;
+    let inode = vfs.inode(path).at(steps::STAT_JOURNAL, path)?;
     let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
-    let n = file.read_at(&mut head, 0).at("read journal header", path)?;
+    let n = file
+        .read_at(&mut head, 0)
+        .at(steps::READ_JOURNAL_HEADER, path)?;
     let header = FileHeader::decode(&head[..n]).map_err(|reason| Error::CorruptFile {
         path: path.to_path_buf(),
         reason,
     })?;
-    let allocated = file.size().at("stat journal", path)?;
+    let allocated = file.size().at(steps::STAT_JOURNAL, path)?;
     let mut journal = Journal {
         file: Arc::new(file),
         header,
@@ -48,7 +51,7 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, In
 /// Reads the rest of the file once, so it runs when a journal is loaded (open,
 /// or a reload after a compaction), not on every catch-up.
 fn check_no_frame_after_zeros<F: VfsFile>(journal: &Journal<F>, path: &Path) -> Result<()> {
-    match journal.later_intact_frame().at("scan journal", path)? {
+    match journal.later_intact_frame().at(steps::SCAN_JOURNAL, path)? {
         None => Ok(()),
         Some(later) => Err(Error::CorruptFile {
             path: path.to_path_buf(),
@@ -75,7 +78,7 @@ pub(super) fn read_into<F: VfsFile>(
             }
             Ok(())
         })
-        .at("read journal", path)?;
+        .at(steps::READ_JOURNAL, path)?;
     read.map_err(|(offset, reason)| Error::CorruptFile {
         path: path.to_path_buf(),
         reason: format!("frame at byte {offset} passed its checksum but does not decode: {reason}"),
@@ -107,7 +110,7 @@ pub(super) fn settle_tail<F: VfsFile>(
     if access == Access::Shared {
         return Ok(());
     }
-    if let Some(later) = journal.later_intact_frame().at("scan journal", path)? {
+    if let Some(later) = journal.later_intact_frame().at(steps::SCAN_JOURNAL, path)? {
         return Err(Error::CorruptFile {
             path: path.to_path_buf(),
             reason: format!(
@@ -118,7 +121,7 @@ pub(super) fn settle_tail<F: VfsFile>(
     }
     // A write torn by a crash, or failed: it was never acknowledged.
     journal.clear_tail(sync).map_err(|failure| {
-        if failure.poisons {
+        if failure.poisons() {
             poisoned.store(true, Ordering::SeqCst);
         }
         Error::io(failure.step, path, failure.source)
