@@ -2,6 +2,7 @@
 
 pub(crate) mod io_step;
 pub(crate) mod steps;
+pub(crate) mod transient;
 
 use std::fmt;
 use std::io;
@@ -361,16 +362,42 @@ impl Error {
         matches!(self, Error::Poisoned { .. } | Error::NotDurable { .. })
     }
 
-    /// Worth retrying later without changing the request: I/O errors the operating
-    /// system reports as temporary (interrupted, would block, timed out, busy, out
-    /// of space), and a database server that could not be reached or dropped the
-    /// connection ([`Error::Database`] with `transient`). A conflict is not: the
-    /// same compare-and-set would fail again, so re-read and decide anew.
-    /// Corruption, poisoning and invalid input (a value over its size limit
-    /// included) are not.
+    /// Worth retrying later without changing the request: I/O errors that
+    /// describe a moment rather than the request, and a database server that
+    /// could not be reached or dropped the connection ([`Error::Database`] with
+    /// `transient`). A conflict is not: the same compare-and-set would fail
+    /// again, so re-read and decide anew. Corruption, poisoning and invalid input
+    /// (a value over its size limit included) are not.
+    ///
+    /// An [`Error::Io`] is transient by its OS error, as the pipeline's
+    /// [`classify_io`](crate::pipeline::classify_io) decides it: interrupted,
+    /// would block, timed out, busy, out of space (`ENOSPC`) or quota
+    /// (`EDQUOT`: a quota fills and empties like a disk), out of memory or of
+    /// file descriptors (`EMFILE`, `ENFILE`), and the network kinds (connection
+    /// refused, reset or aborted, not connected, broken pipe, host or network
+    /// unreachable, network down), which a store on a network filesystem can
+    /// meet. An error that does not say what it is (`ErrorKind::Other`, or an
+    /// OS error the standard library leaves uncategorized, such as `EIO`) is
+    /// not transient here: a caller may retry it in a loop without bound,
+    /// while the pipeline, whose retries are bounded, retries it.
+    ///
+    /// ```
+    /// use std::io::{Error as IoError, ErrorKind};
+    /// use jobsafe::Error;
+    /// use jobsafe::vfs::{IoAction, IoStep};
+    ///
+    /// let step = IoStep::new(IoAction::Write, "write export");
+    /// let io = |source| Error::Io { step, path: "/data/export".into(), source };
+    /// assert!(io(IoError::from(ErrorKind::QuotaExceeded)).is_transient());
+    /// assert!(io(IoError::from(ErrorKind::ConnectionReset)).is_transient());
+    /// assert!(!io(IoError::from(ErrorKind::PermissionDenied)).is_transient());
+    /// assert!(!io(IoError::other("unknown")).is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Io { source, .. } => is_transient_io(source),
+            Error::Io { source, .. } => {
+                transient::of_error(source) == transient::Transience::Transient
+            }
             Error::Database { transient, .. } => *transient,
             _ => false,
         }
@@ -424,14 +451,6 @@ impl Error {
     }
 }
 
-fn is_transient_io(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        Interrupted | WouldBlock | TimedOut | StorageFull | ResourceBusy
-    )
-}
-
 /// Adds the step and path to an `io::Result`.
 pub(crate) trait IoContext<T> {
     fn at(self, step: IoStep, path: &std::path::Path) -> Result<T>;
@@ -477,8 +496,17 @@ mod tests {
             "conflict on k: expected no record, found version 3"
         );
         let write = |source| Error::io(steps::WRITE_TEMP_FILE, "/x", source);
-        assert!(write(io::Error::from(io::ErrorKind::StorageFull)).is_transient());
+        for kind in [
+            io::ErrorKind::StorageFull,
+            io::ErrorKind::QuotaExceeded,
+            io::ErrorKind::ConnectionReset,
+        ] {
+            assert!(write(io::Error::from(kind)).is_transient(), "{kind:?}");
+        }
         assert!(!write(io::Error::from(io::ErrorKind::PermissionDenied)).is_transient());
+        // An error that does not say what it is: not for unbounded retries.
+        assert!(!write(io::Error::other("?")).is_transient());
+        assert!(!write(io::Error::from_raw_os_error(5)).is_transient());
         let corrupt = Error::Corrupt {
             key,
             path: None,

@@ -848,6 +848,61 @@ fn io_errors_are_classified_by_kind() {
     assert_eq!(corrupt.class(), ErrorClass::Permanent);
 }
 
+/// One classifier: a store's `Error::is_transient` and a stage's class agree on
+/// every I/O error that says what it is, whether the stage meets it bare or
+/// wrapped in `Error::Io`. An error that does not say is retried by a stage
+/// (its retries are bounded) but is not transient for a caller's own loop.
+#[test]
+fn stores_and_stages_classify_io_errors_alike() {
+    use jobsafe::vfs::{IoAction, IoStep};
+    use std::io::{Error as IoError, ErrorKind::*};
+    let step = IoStep::new(IoAction::Write, "write artifact");
+    let wrapped = |source| jobsafe::Error::Io {
+        step,
+        path: "/data/artifact".into(),
+        source,
+    };
+    for kind in [
+        Interrupted,
+        WouldBlock,
+        TimedOut,
+        ResourceBusy,
+        StorageFull,
+        QuotaExceeded,
+        ConnectionRefused,
+        ConnectionReset,
+        ConnectionAborted,
+        NotConnected,
+        BrokenPipe,
+        OutOfMemory,
+    ] {
+        assert!(wrapped(IoError::from(kind)).is_transient(), "{kind:?}");
+        assert_eq!(classify_io(kind), ErrorClass::Transient, "{kind:?}");
+        let bare: StageError = IoError::from(kind).into();
+        let inside: StageError = wrapped(IoError::from(kind)).into();
+        assert!(bare.is_transient() && inside.is_transient(), "{kind:?}");
+    }
+    for kind in [
+        NotFound,
+        PermissionDenied,
+        InvalidData,
+        AlreadyExists,
+        ReadOnlyFilesystem,
+    ] {
+        assert!(!wrapped(IoError::from(kind)).is_transient(), "{kind:?}");
+        assert_eq!(classify_io(kind), ErrorClass::Permanent, "{kind:?}");
+        let bare: StageError = IoError::from(kind).into();
+        let inside: StageError = wrapped(IoError::from(kind)).into();
+        assert!(!bare.is_transient() && !inside.is_transient(), "{kind:?}");
+    }
+    // EIO says nothing about whether it lasts.
+    let eio = || IoError::from_raw_os_error(5);
+    assert!(!wrapped(eio()).is_transient());
+    let bare: StageError = eio().into();
+    let inside: StageError = wrapped(eio()).into();
+    assert!(bare.is_transient() && inside.is_transient());
+}
+
 #[test]
 fn an_unreadable_checkpoint_is_moved_aside_and_its_stage_runs_again() {
     let mem = Arc::new(jobsafe::MemStore::new());

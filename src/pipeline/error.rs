@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use crate::error::transient::{self, Transience};
 use crate::jobs::JobError;
 
 /// Whether a stage error is worth retrying.
@@ -24,10 +25,11 @@ pub enum ErrorClass {
 ///
 /// Stage code says the class explicitly with [`transient`](StageError::transient)
 /// or [`permanent`](StageError::permanent); `?` on an [`io::Error`] or a
-/// [`crate::Error`] classifies it by [`classify_io`] or
-/// [`Error::is_transient`](crate::Error::is_transient), with the error's text as
-/// the internal message and [`JobError::DEFAULT_CLIENT_MESSAGE`]
-/// for clients (an I/O error names paths, which clients must not see).
+/// [`crate::Error`] classifies it by [`classify_io`] (an I/O error, bare or in
+/// [`crate::Error::Io`]) or [`Error::is_transient`](crate::Error::is_transient)
+/// (any other error), with the error's text as the internal message and
+/// [`JobError::DEFAULT_CLIENT_MESSAGE`] for clients (an I/O error names paths,
+/// which clients must not see).
 ///
 /// ```
 /// use jobsafe::pipeline::{ErrorClass, StageError};
@@ -164,52 +166,49 @@ impl std::error::Error for StageError {}
 /// The default class of an I/O error, by its kind.
 ///
 /// Transient: the kinds that describe a moment rather than the request —
-/// interrupted, would block, timed out, busy, out of space or quota, and the
-/// network kinds (connection refused, reset or aborted, not connected, broken
-/// pipe, host or network unreachable, network down). Permanent: what retrying
-/// cannot change — not found, permission denied, invalid input or data,
-/// unexpected end of file, unsupported, already exists, and the rest of the
-/// known kinds. Kinds the standard library does not categorize (`Other` and
-/// those it adds later) count as transient: a blip misread as permanent loses
-/// the job, while a permanent error misread as transient only costs the
-/// bounded retries of the [`RetryPolicy`](super::RetryPolicy).
+/// interrupted, would block, timed out, busy, out of space or quota, out of
+/// memory, and the network kinds (connection refused, reset or aborted, not
+/// connected, broken pipe, host or network unreachable, network down).
+/// Permanent: what retrying cannot change — not found, permission denied,
+/// invalid input or data, unexpected end of file, unsupported, already
+/// exists, and the rest of the known kinds. Kinds the standard library does
+/// not categorize (`Other`, and those it adds later or leaves uncategorized,
+/// such as `EIO`'s) count as transient: a blip misread as permanent loses the
+/// job, while a permanent error misread as transient only costs the bounded
+/// retries of the [`RetryPolicy`](super::RetryPolicy).
+///
+/// The stores decide by the same table:
+/// [`Error::is_transient`](crate::Error::is_transient) is true for exactly the
+/// transient kinds above, so a stage's `?` gives an [`io::Error`] and a
+/// [`crate::Error::Io`] holding it the same class. It differs only on the
+/// kinds that do not say: not transient there, where retries may be unbounded.
+///
+/// ```
+/// use std::io::ErrorKind;
+/// use jobsafe::pipeline::{ErrorClass, classify_io};
+///
+/// assert_eq!(classify_io(ErrorKind::QuotaExceeded), ErrorClass::Transient);
+/// assert_eq!(classify_io(ErrorKind::ConnectionReset), ErrorClass::Transient);
+/// assert_eq!(classify_io(ErrorKind::PermissionDenied), ErrorClass::Permanent);
+/// assert_eq!(classify_io(ErrorKind::Other), ErrorClass::Transient);
+/// ```
 pub fn classify_io(kind: io::ErrorKind) -> ErrorClass {
-    use io::ErrorKind::*;
-    match kind {
-        Interrupted | WouldBlock | TimedOut | ResourceBusy | StorageFull | QuotaExceeded
-        | ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
-        | HostUnreachable | NetworkUnreachable | NetworkDown | OutOfMemory => ErrorClass::Transient,
-        NotFound
-        | PermissionDenied
-        | InvalidInput
-        | InvalidData
-        | UnexpectedEof
-        | Unsupported
-        | AlreadyExists
-        | AddrInUse
-        | AddrNotAvailable
-        | NotADirectory
-        | IsADirectory
-        | DirectoryNotEmpty
-        | ReadOnlyFilesystem
-        | StaleNetworkFileHandle
-        | FileTooLarge
-        | InvalidFilename
-        | TooManyLinks
-        | CrossesDevices
-        | Deadlock
-        | ArgumentListTooLong
-        | WriteZero
-        | NotSeekable
-        | ExecutableFileBusy => ErrorClass::Permanent,
-        _ => ErrorClass::Transient,
+    stage_class(transient::of_kind(kind))
+}
+
+/// A stage's class for an I/O error of `transience`: one that does not say
+/// is retried, within the retry policy's bound.
+fn stage_class(transience: Transience) -> ErrorClass {
+    match transience {
+        Transience::Permanent => ErrorClass::Permanent,
+        Transience::Transient | Transience::Unknown => ErrorClass::Transient,
     }
 }
 
 impl From<io::Error> for StageError {
     fn from(e: io::Error) -> Self {
         StageError::new(
-            classify_io(e.kind()),
+            stage_class(transient::of_error(&e)),
             JobError::internal_only(format!("I/O error: {e}")).code("io"),
         )
     }
@@ -217,10 +216,12 @@ impl From<io::Error> for StageError {
 
 impl From<crate::Error> for StageError {
     fn from(e: crate::Error) -> Self {
-        let class = if e.is_transient() {
-            ErrorClass::Transient
-        } else {
-            ErrorClass::Permanent
+        let class = match &e {
+            // As a bare `io::Error` would be: an error that does not say is
+            // retried here, within the retry policy's bound.
+            crate::Error::Io { source, .. } => stage_class(transient::of_error(source)),
+            e if e.is_transient() => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
         };
         StageError::new(class, JobError::internal_only(error_chain(&e)))
     }
