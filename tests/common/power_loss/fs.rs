@@ -226,15 +226,18 @@ struct Fs {
     sites: BTreeMap<Site, u64>,
     disabled: Option<Site>,
     skipped: u64,
+    /// The trace's length when the first flush of `disabled` was skipped.
+    first_skipped_at: Option<usize>,
 }
 
-type Hook = Box<dyn FnOnce() + Send>;
+type Hook = Box<dyn FnOnce() -> io::Result<()> + Send>;
+type NameFilter = Box<dyn Fn(&str) -> bool + Send>;
 
 struct Shared {
     fs: Mutex<Fs>,
-    /// Run once, right after a file whose name starts with the prefix is
-    /// created: lets a test act as another process at that moment.
-    on_create: Mutex<Option<(String, Hook)>>,
+    /// Run once, right after a name the filter accepts appears: lets a test
+    /// act as another process at that moment.
+    on_create: Mutex<Option<(NameFilter, Hook)>>,
 }
 
 /// The in-memory filesystem (see the [module docs](super)). Clones share it.
@@ -285,6 +288,7 @@ impl SimVfs {
                     sites: BTreeMap::new(),
                     disabled: None,
                     skipped: 0,
+                    first_skipped_at: None,
                 }),
                 on_create: Mutex::new(None),
             }),
@@ -301,10 +305,24 @@ impl SimVfs {
         self.shared.fs.lock().skipped
     }
 
-    /// Runs `hook` once, right after the next file whose name starts with
-    /// `prefix` is created.
-    pub fn on_create(&self, prefix: &str, hook: impl FnOnce() + Send + 'static) {
-        *self.shared.on_create.lock() = Some((prefix.to_owned(), Box::new(hook)));
+    /// How many events the trace held when the first flush of the disabled
+    /// site was skipped (`None` if none was): a crash at or before that point
+    /// leaves a state the skip had no part in.
+    pub fn first_skipped_at(&self) -> Option<usize> {
+        self.shared.fs.lock().first_skipped_at
+    }
+
+    /// Runs `hook` once, right after the next name that `names` accepts
+    /// appears: a file or a directory created, or a rename to it. The
+    /// operation has happened; if the hook fails, the operation returns its
+    /// error, so that a test can stop its caller there, as a process killed
+    /// right after that operation (its error paths run, but nothing else).
+    pub fn on_create(
+        &self,
+        names: impl Fn(&str) -> bool + Send + 'static,
+        hook: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) {
+        *self.shared.on_create.lock() = Some((Box::new(names), Box::new(hook)));
     }
 
     /// Events recorded so far: a crash "after position `p`" keeps the first `p`.
@@ -381,11 +399,13 @@ impl SimVfs {
             }
         };
         let file = self.open(ino, true);
-        self.run_hook(path);
+        self.run_hook(path)?;
         Ok(file)
     }
 
-    fn run_hook(&self, path: &Path) {
+    /// Runs the hook of [`on_create`](Self::on_create) if `path`'s name is
+    /// the one it waits for. Called with no lock held.
+    fn run_hook(&self, path: &Path) -> io::Result<()> {
         let name = path
             .file_name()
             .map(OsStr::to_string_lossy)
@@ -393,12 +413,13 @@ impl SimVfs {
         let hook = {
             let mut slot = self.shared.on_create.lock();
             match slot.as_ref() {
-                Some((prefix, _)) if name.starts_with(prefix.as_str()) => slot.take(),
+                Some((names, _)) if names(&name) => slot.take(),
                 _ => None,
             }
         };
-        if let Some((_, hook)) = hook {
-            hook();
+        match hook {
+            Some((_, hook)) => hook(),
+            None => Ok(()),
         }
     }
 
@@ -409,6 +430,9 @@ impl SimVfs {
         *fs.sites.entry(site).or_default() += 1;
         if fs.disabled == Some(site) {
             fs.skipped += 1;
+            if fs.first_skipped_at.is_none() {
+                fs.first_skipped_at = Some(fs.trace.len());
+            }
             return;
         }
         fs.log(event(site));
@@ -515,30 +539,9 @@ impl Fs {
     }
 }
 
-impl Vfs for SimVfs {
-    type File = SimFile;
-
-    fn create_new(&self, path: &Path, _mode: u32) -> io::Result<SimFile> {
-        self.create(path, true)
-    }
-
-    fn open_read(&self, path: &Path) -> io::Result<SimFile> {
-        let ino = {
-            let fs = self.shared.fs.lock();
-            let ino = fs.lookup(path)?;
-            if fs.kind(ino) == Kind::Dir {
-                return Err(err(io::ErrorKind::IsADirectory, path));
-            }
-            ino
-        };
-        Ok(self.open(ino, false))
-    }
-
-    fn open_or_create(&self, path: &Path, _mode: u32) -> io::Result<SimFile> {
-        self.create(path, false)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+impl SimVfs {
+    /// The operations that make a name appear, before the hook runs.
+    fn rename_locked(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut fs = self.shared.fs.lock();
         let (from_dir, from_name) = fs.parent_of(from)?;
         let (to_dir, to_name) = fs.parent_of(to)?;
@@ -572,7 +575,7 @@ impl Vfs for SimVfs {
         Ok(())
     }
 
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+    fn hard_link_locked(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut fs = self.shared.fs.lock();
         let ino = fs.lookup(from)?;
         if fs.kind(ino) == Kind::Dir {
@@ -591,6 +594,56 @@ impl Vfs for SimVfs {
         Ok(())
     }
 
+    fn create_dir_locked(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.shared.fs.lock();
+        let (dir, name) = fs.parent_of(path)?;
+        if fs.entry(dir, &name).is_some() {
+            return Err(exists(path));
+        }
+        let ino = fs.new_node(Kind::Dir);
+        fs.set_entry(dir, &name, Some(ino));
+        fs.log(Event::Dir(DirEffect::one(
+            dir,
+            name,
+            Some((ino, Kind::Dir)),
+        )));
+        Ok(())
+    }
+}
+
+impl Vfs for SimVfs {
+    type File = SimFile;
+
+    fn create_new(&self, path: &Path, _mode: u32) -> io::Result<SimFile> {
+        self.create(path, true)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<SimFile> {
+        let ino = {
+            let fs = self.shared.fs.lock();
+            let ino = fs.lookup(path)?;
+            if fs.kind(ino) == Kind::Dir {
+                return Err(err(io::ErrorKind::IsADirectory, path));
+            }
+            ino
+        };
+        Ok(self.open(ino, false))
+    }
+
+    fn open_or_create(&self, path: &Path, _mode: u32) -> io::Result<SimFile> {
+        self.create(path, false)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename_locked(from, to)?;
+        self.run_hook(to)
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.hard_link_locked(from, to)?;
+        self.run_hook(to)
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut fs = self.shared.fs.lock();
         let (dir, name) = fs.parent_of(path)?;
@@ -606,19 +659,8 @@ impl Vfs for SimVfs {
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        let mut fs = self.shared.fs.lock();
-        let (dir, name) = fs.parent_of(path)?;
-        if fs.entry(dir, &name).is_some() {
-            return Err(exists(path));
-        }
-        let ino = fs.new_node(Kind::Dir);
-        fs.set_entry(dir, &name, Some(ino));
-        fs.log(Event::Dir(DirEffect::one(
-            dir,
-            name,
-            Some((ino, Kind::Dir)),
-        )));
-        Ok(())
+        self.create_dir_locked(path)?;
+        self.run_hook(path)
     }
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
