@@ -212,6 +212,89 @@ fn a_directory_that_is_not_a_log_store_is_refused() {
     );
 }
 
+/// Processes, and threads in each, that open the same new store at once.
+const CREATORS: usize = 4;
+const CREATOR_THREADS: usize = 3;
+/// Fresh stores, each opened by all of them at once.
+const FRESH_STORES: usize = 40;
+
+/// In a creator child: for each `go <n>` from the parent, opens the store
+/// `<n>` under the parent's directory from every thread at once, and reports
+/// `done <n>` with each failure.
+fn create_in_child() {
+    let base = child::store_root();
+    child::report("ready");
+    while let Some(line) = child::receive() {
+        let n = line.strip_prefix("go ").unwrap();
+        let root = base.join(n);
+        let start = std::sync::Barrier::new(CREATOR_THREADS);
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..CREATOR_THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        LogStore::open(&root).err().map(|e| e.to_string())
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .filter_map(|t| t.join().unwrap())
+                .collect()
+        });
+        child::report(&format!("done {n} {failures:?}"));
+    }
+}
+
+#[test]
+fn processes_and_threads_creating_one_store_at_once_all_open_it() {
+    if child::role().as_deref() == Some("creator") {
+        return create_in_child();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let test = "processes_and_threads_creating_one_store_at_once_all_open_it";
+    let mut children: Vec<Child> = (0..CREATORS)
+        .map(|_| Child::spawn(test, "creator", &child::store_vars(dir.path())))
+        .collect();
+    for child in &mut children {
+        assert_eq!(child.expect_report(), "ready");
+    }
+    let mut failures = Vec::new();
+    for n in 0..FRESH_STORES {
+        // Each round waits for the last: every store is new to all of them.
+        for child in &mut children {
+            child.send(&format!("go {n}"));
+        }
+        for child in &mut children {
+            let report = child.expect_report();
+            if report != format!("done {n} []") {
+                failures.push(report);
+            }
+        }
+    }
+    for child in children {
+        child.finish();
+    }
+    assert!(
+        failures.is_empty(),
+        "opens of a new store failed: {failures:#?}"
+    );
+    // Each is one store, made once: it opens without being created again,
+    // and holds nothing but its own files.
+    for n in 0..FRESH_STORES {
+        let root = dir.path().join(n.to_string());
+        let store = LogStore::builder(&root).create(false).open().unwrap();
+        store.put(&key("k/1"), b"after", Expect::Absent).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "compact.lock")
+            .collect();
+        names.sort();
+        assert_eq!(names, ["jobsafe-logstore", "journal", "lock"], "{n}");
+    }
+}
+
 /// From now on, aborts the process at the `step`th step through `vfs` (0: the
 /// next), a step being a change to the filesystem or a flush: a crash at
 /// exactly that step.

@@ -434,6 +434,21 @@ pub(crate) fn not_followed(path: &std::path::Path, expected: &str) -> Error {
     }
 }
 
+/// `names` for a message: the first few, and how many more.
+pub(crate) fn name_some(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
 /// Whether `dir` is a directory (`false` if absent). Anything else there (a
 /// symlink, a file) is [`not_followed`]: a store never writes through it.
 pub(crate) fn is_own_dir<V: crate::vfs::Vfs>(vfs: &V, dir: &std::path::Path) -> Result<bool> {

@@ -508,22 +508,40 @@ fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> 
             std::io::Error::from(std::io::ErrorKind::NotFound),
         )),
         None => {
-            // A temp file is another process creating the marker right now.
-            let entries = vfs.read_dir(root).at(steps::LIST_STORE_DIRECTORY, root)?;
-            let foreign = entries.iter().any(|name| {
-                let name = name.to_string_lossy();
-                name != LOCK && !name.ends_with(crate::atomic::TEMP_SUFFIX)
-            });
-            if foreign {
-                return Err(Error::CorruptFile {
-                    path: root.to_path_buf(),
-                    reason: format!("not empty and not a LogStore (no {MARKER} file)"),
-                });
-            }
+            // Listed after the marker was read as absent: another process may
+            // have created the store meanwhile, and its files are the store's.
+            check_only_ours(vfs, root)?;
             // Two processes creating the store at once write the same bytes.
             writer.write(&marker, MARKER_CONTENT)
         }
     }
+}
+
+/// Refuses to make a store of a directory that holds anything but what a
+/// creation of this store, running now in another process or cut short by a
+/// crash, or the store itself can have put there.
+fn check_only_ours<V: Vfs>(vfs: &V, root: &Path) -> Result<()> {
+    let names = vfs.read_dir(root).at(steps::LIST_STORE_DIRECTORY, root)?;
+    let foreign: Vec<String> = names
+        .iter()
+        .map(|name| name.to_string_lossy())
+        .filter(|name| {
+            ![MARKER, LOCK, COMPACT_LOCK, JOURNAL, QUARANTINE].contains(&name.as_ref())
+                && !name.starts_with(NEW_JOURNAL_PREFIX)
+                && !crate::atomic::is_temp_name(name)
+        })
+        .map(|name| format!("{name:?}"))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Error::CorruptFile {
+        path: root.to_path_buf(),
+        reason: format!(
+            "not a LogStore (no {MARKER} file) and not empty: holds {}",
+            crate::store::name_some(&foreign)
+        ),
+    })
 }
 
 /// Writes an empty journal and renames it into place.
