@@ -13,10 +13,14 @@ pub enum Durability {
     /// before a write returns; PostgreSQL commits synchronously.
     #[default]
     Full,
-    /// **Survives a process crash only.** No flush at all: readers still see the
-    /// old content or the new, never a mix, but after a power loss or kernel crash
-    /// a write that returned may be lost, and a file may hold the old content, the
-    /// new, or be empty. For caches, tests and benchmarks that measure everything
-    /// but the disk.
+    /// **Survives a process crash only.** No flush of what is written: readers
+    /// still see the old content or the new, never a mix, but after a power loss
+    /// or kernel crash a write that returned may be lost, and a file may hold the
+    /// old content, the new, or be empty. For caches, tests and benchmarks that
+    /// measure everything but the disk.
+    ///
+    /// Creating a store is flushed all the same (its format marker, its first
+    /// journal, its directories: once, and rare): a power loss may lose writes,
+    /// never the store, which opens again.
     AtomicOnly,
 }

@@ -18,6 +18,9 @@
 //!   above every version acknowledged or found (none reused), so no lock is
 //!   held forever; after closing, no lock and no file remain open.
 //!
+//! A store whose creation returned must open without being created again,
+//! with relaxed durability too.
+//!
 //! `recovery_survives_a_second_power_loss` does the same to what runs after the
 //! reboot: it takes crash states whose recovery changes anything (completing a
 //! batch, clearing a torn journal tail, sweeping temp files), records that
@@ -46,7 +49,9 @@ use common::power_loss::crash::{self, Budget, Totals};
 use common::power_loss::fs::{Event, Image, SimVfs, Site};
 use common::power_loss::sites;
 use jobsafe::vfs::{Vfs, VfsFile};
-use jobsafe::{AtomicWriter, Batch, DirStore, Expect, Key, LogStore, ManualClock, Prefix, Store};
+use jobsafe::{
+    AtomicWriter, Batch, DirStore, Durability, Expect, Key, LogStore, ManualClock, Prefix, Store,
+};
 use parking_lot::Mutex;
 
 // ---------------------------------------------------------------------------
@@ -149,6 +154,9 @@ struct Expected {
     keys: BTreeMap<String, Allowed>,
     /// Multi-key operations running at the crash: whole or not at all.
     batches: Vec<Vec<(String, Effect)>>,
+    /// Whether an operation was acknowledged: the store had been created and
+    /// opened, so it must open without being created again.
+    created: bool,
 }
 
 impl History {
@@ -182,7 +190,11 @@ impl History {
                 }
             }
         }
-        Expected { keys, batches }
+        Expected {
+            keys,
+            batches,
+            created: self.any_acked(point),
+        }
     }
 }
 
@@ -258,34 +270,45 @@ struct Workload {
     /// returns how many acknowledged writes it checked.
     check: fn(&SimVfs, &Expected) -> Result<usize, String>,
     /// What runs first after a reboot: the recovery a second power loss may
-    /// interrupt.
-    recover: fn(&SimVfs) -> Result<(), String>,
+    /// interrupt. `None` where it adds nothing to the other workloads': no
+    /// batch, no compaction, a recovery that only completes a creation (whose
+    /// every crash state the first power loss covers) or sweeps temp files.
+    recover: Option<Recover>,
 }
+
+/// A workload's recovery after a reboot (see [`Workload::recover`]).
+type Recover = fn(&SimVfs) -> Result<(), String>;
 
 const WORKLOADS: &[Workload] = &[
     Workload {
         name: "atomic_writer",
         run: atomic_writer_run,
         check: atomic_writer_check,
-        recover: atomic_writer_recover,
+        recover: Some(atomic_writer_recover),
     },
     Workload {
         name: "dir_store",
         run: dir_store_run,
         check: dir_store_check,
-        recover: dir_store_recover,
+        recover: Some(dir_store_recover),
     },
     Workload {
         name: "log_store",
         run: log_store_run,
         check: log_store_check,
-        recover: log_store_recover,
+        recover: Some(log_store_recover),
     },
     Workload {
         name: "log_store_growth",
         run: log_store_growth_run,
         check: log_store_check,
-        recover: log_store_recover,
+        recover: Some(log_store_recover),
+    },
+    Workload {
+        name: "relaxed_creation",
+        run: relaxed_creation_run,
+        check: relaxed_creation_check,
+        recover: None,
     },
 ];
 
@@ -565,12 +588,19 @@ fn dir_store_recover(vfs: &SimVfs) -> Result<(), String> {
 }
 
 fn dir_store_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
-    let store = DirStore::builder(DIR_ROOT)
+    check_dir_store_at(vfs, DIR_ROOT, expected)
+}
+
+/// Reopens the `DirStore` at `root` (without creating it once its creation
+/// had returned), checks it against `expected` and closes it.
+fn check_dir_store_at(vfs: &SimVfs, root: &str, expected: &Expected) -> Result<usize, String> {
+    let store = DirStore::builder(root)
         .vfs(vfs.clone())
+        .create(!expected.created)
         .open()
         .map_err(|e| format!("reopen: {e}"))?;
     let journals: Vec<_> = vfs
-        .read_dir(&Path::new(DIR_ROOT).join("journal"))
+        .read_dir(&Path::new(root).join("journal"))
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|n| n.to_string_lossy().ends_with(".batch"))
@@ -587,8 +617,13 @@ fn dir_store_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
 const LOG_ROOT: &str = "/data/log_store";
 
 fn open_log(vfs: &SimVfs) -> jobsafe::Result<LogStore<SimVfs>> {
-    LogStore::builder(LOG_ROOT)
+    open_log_at(vfs, LOG_ROOT, true)
+}
+
+fn open_log_at(vfs: &SimVfs, root: &str, create: bool) -> jobsafe::Result<LogStore<SimVfs>> {
+    LogStore::builder(root)
         .vfs(vfs.clone())
+        .create(create)
         .no_background_compaction()
         .open()
 }
@@ -672,9 +707,15 @@ fn log_store_recover(vfs: &SimVfs) -> Result<(), String> {
 }
 
 fn log_store_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
-    let store = open_log(vfs).map_err(|e| format!("reopen: {e}"))?;
+    check_log_store_at(vfs, LOG_ROOT, expected)
+}
+
+/// Reopens the `LogStore` at `root` (without creating it once its creation
+/// had returned), checks it against `expected` and closes it.
+fn check_log_store_at(vfs: &SimVfs, root: &str, expected: &Expected) -> Result<usize, String> {
+    let store = open_log_at(vfs, root, !expected.created).map_err(|e| format!("reopen: {e}"))?;
     let abandoned: Vec<_> = vfs
-        .read_dir(Path::new(LOG_ROOT))
+        .read_dir(Path::new(root))
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|n| n.to_string_lossy().starts_with("journal.new-"))
@@ -688,6 +729,81 @@ fn log_store_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
     drop(store);
     check_closed(vfs)?;
     Ok(checked)
+}
+
+// ---------------------------------------------------------------------------
+// Creation: a store whose creation returned always opens, whatever its
+// durability.
+
+const RELAXED_LOG_ROOT: &str = "/data/relaxed_log";
+const RELAXED_DIR_ROOT: &str = "/data/relaxed_dir";
+/// Pseudo-keys whose acknowledgement records that a store's creation returned.
+const LOG_CREATED: &str = "(log store created)";
+const DIR_CREATED: &str = "(dir store created)";
+
+fn open_relaxed_log(vfs: &SimVfs, create: bool) -> jobsafe::Result<LogStore<SimVfs>> {
+    LogStore::builder(RELAXED_LOG_ROOT)
+        .vfs(vfs.clone())
+        .durability(Durability::AtomicOnly)
+        .create(create)
+        .no_background_compaction()
+        .open()
+}
+
+fn open_relaxed_dir(vfs: &SimVfs, create: bool) -> jobsafe::Result<DirStore<SimVfs>> {
+    DirStore::builder(RELAXED_DIR_ROOT)
+        .vfs(vfs.clone())
+        .durability(Durability::AtomicOnly)
+        .create(create)
+        .open()
+}
+
+/// Both stores created with `Durability::AtomicOnly`, then written once: a
+/// power loss may lose those writes, never the stores.
+fn relaxed_creation_run(vfs: &SimVfs, rec: &Recorder) {
+    let start = rec.start();
+    let log = open_relaxed_log(vfs, true).unwrap();
+    rec.ack(start, vec![(LOG_CREATED, Effect::Absent)]);
+    let start = rec.start();
+    let dir = open_relaxed_dir(vfs, true).unwrap();
+    rec.ack(start, vec![(DIR_CREATED, Effect::Absent)]);
+    log.put(&key("r/1"), b"relaxed", Expect::Absent).unwrap();
+    dir.put(&key("r/1"), b"relaxed", Expect::Absent).unwrap();
+}
+
+/// Each store opens (without being created again once its creation returned)
+/// and takes a write; the relaxed write is there whole or not at all
+/// (`LogStore`; a `DirStore` record written relaxed may come back empty,
+/// which reads as damage of that key alone). Counts the stores whose
+/// creation had returned as what was checked.
+fn relaxed_creation_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
+    let created = |name: &str| expected.keys.get(name).is_some_and(|a| a.ever_acked);
+    let after = key("after/1");
+    let log = open_relaxed_log(vfs, !created(LOG_CREATED))
+        .map_err(|e| format!("reopen log store: {e}"))?;
+    match log.get(&key("r/1")) {
+        Ok(None) => {}
+        Ok(Some(entry)) if entry.value == b"relaxed" => {}
+        other => return Err(format!("log store r/1 after the crash: {other:?}")),
+    }
+    let dir = open_relaxed_dir(vfs, !created(DIR_CREATED))
+        .map_err(|e| format!("reopen dir store: {e}"))?;
+    for (name, store) in [("log", &log as &dyn Store), ("dir", &dir)] {
+        store
+            .put(&after, b"after the crash", Expect::Any)
+            .map_err(|e| format!("{name} store: put after the crash: {e}"))?;
+        let back = store
+            .get(&after)
+            .map_err(|e| format!("{name} store: {e}"))?;
+        if back.map(|e| e.value).as_deref() != Some(b"after the crash".as_slice()) {
+            return Err(format!(
+                "{name} store: a write after the crash does not read back"
+            ));
+        }
+    }
+    drop((log, dir));
+    check_closed(vfs)?;
+    Ok(usize::from(created(LOG_CREATED)) + usize::from(created(DIR_CREATED)))
 }
 
 // ---------------------------------------------------------------------------
@@ -811,7 +927,7 @@ fn run_workload(name: &str) {
 fn recovery_trace(workload: &Workload, image: &Image) -> Option<Vec<Event>> {
     let rebooted = SimVfs::boot_recording(image.clone());
     // A recovery that fails is the first-level simulation's to report.
-    (workload.recover)(&rebooted).ok()?;
+    (workload.recover?)(&rebooted).ok()?;
     let trace = rebooted.trace();
     trace
         .iter()
@@ -916,7 +1032,7 @@ fn recovery_survives_a_second_power_loss() {
     let second = Budget {
         per_point: (per_point / 4).max(2),
     };
-    for workload in WORKLOADS {
+    for workload in WORKLOADS.iter().filter(|w| w.recover.is_some()) {
         let (outcome, recoveries) = simulate_second_crash(workload, first, second, per_point);
         let t = outcome.totals;
         println!(
@@ -970,6 +1086,11 @@ fn log_store_survives_every_crash_state() {
 #[test]
 fn log_store_survives_crashes_while_growing_its_journal() {
     run_workload("log_store_growth");
+}
+
+#[test]
+fn stores_created_with_relaxed_durability_open_after_every_crash_state() {
+    run_workload("relaxed_creation");
 }
 
 // ---------------------------------------------------------------------------

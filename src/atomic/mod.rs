@@ -267,6 +267,7 @@ impl<V: Vfs> AtomicWriter<V> {
                 Ok(file) => {
                     return Ok(PendingFile {
                         writer: self,
+                        durability: self.durability,
                         target,
                         temp,
                         file: Some(file),
@@ -285,6 +286,16 @@ impl<V: Vfs> AtomicWriter<V> {
     /// As [`begin`](Self::begin) and [`commit`](PendingFile::commit).
     pub fn write(&self, target: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         let mut pending = self.begin(target)?;
+        pending.write_bytes(bytes)?;
+        pending.commit()
+    }
+
+    /// As [`write`](Self::write), with [`Durability::Full`] whatever this
+    /// writer's durability: for the files without which a store cannot open
+    /// (its format marker), written once, when it is created.
+    pub(crate) fn write_durably(&self, target: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+        let mut pending = self.begin(target)?;
+        pending.durability = Durability::Full;
         pending.write_bytes(bytes)?;
         pending.commit()
     }
@@ -317,6 +328,8 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 #[derive(Debug)]
 pub struct PendingFile<'w, V: Vfs = StdVfs> {
     writer: &'w AtomicWriter<V>,
+    /// The writer's, unless the write must be durable whatever it is.
+    durability: Durability,
     target: PathBuf,
     temp: PathBuf,
     /// `None` once committed or discarded.
@@ -358,7 +371,7 @@ impl<V: Vfs> PendingFile<'_, V> {
     /// mode; [`Error::NotDurable`].
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().ok_or_else(finished)?;
-        let full = self.writer.durability == Durability::Full;
+        let full = self.durability == Durability::Full;
         let vfs = &self.writer.vfs;
         let result = (|| {
             if full {

@@ -434,6 +434,19 @@ pub(crate) fn not_followed(path: &std::path::Path, expected: &str) -> Error {
     }
 }
 
+/// Whether `content`, found where a format marker `expected` belongs, is what a
+/// write of the marker cut short by a crash can leave: no longer than it, and
+/// each byte either the marker's or zero (a part that did not land). Empty
+/// included; the whole marker is not torn.
+pub(crate) fn is_torn(content: &[u8], expected: &[u8]) -> bool {
+    content.len() <= expected.len()
+        && content != expected
+        && content
+            .iter()
+            .zip(expected)
+            .all(|(&found, &written)| found == written || found == 0)
+}
+
 /// `names` for a message: the first few, and how many more.
 pub(crate) fn name_some(names: &[String]) -> String {
     const SHOWN: usize = 5;

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
-use crate::store::{is_own_dir, read_own_file};
+use crate::store::{is_own_dir, is_torn, read_own_file};
 use crate::vfs::{FileKind, Vfs};
 
 const MARKER: &str = "jobsafe-dirstore";
@@ -34,9 +34,14 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    /// Opens (and with `create`, creates) the layout at `root`. Creation is
-    /// idempotent and safe to race: every step tolerates another process having done
-    /// it, and the marker is written last.
+    /// Opens (and with `create`, creates) the layout at `root`.
+    ///
+    /// Creation is idempotent and safe to race: every step tolerates another
+    /// process having done it, and the marker is written last. It is flushed
+    /// whatever the durability (creation is rare): a relaxed store may lose
+    /// writes, never the ability to open. A marker that holds only part of its
+    /// bytes (an older release in the relaxed mode could leave one after a
+    /// power loss) is a creation cut short, completed like a missing one.
     pub(super) fn open<V: Vfs>(
         writer: &AtomicWriter<V>,
         root: &Path,
@@ -51,19 +56,39 @@ impl Layout {
             quarantine: root.join(QUARANTINE),
         };
         let marker = root.join(MARKER);
-        match read_own_file(vfs, &marker, MAX_MARKER_LEN, steps::READ_STORE_MARKER)? {
-            Some(bytes) if bytes == MARKER_CONTENT.as_bytes() => {}
+        let found = read_own_file(vfs, &marker, MAX_MARKER_LEN, steps::READ_STORE_MARKER)?;
+        let creating = match found {
+            Some(bytes) if bytes == MARKER_CONTENT.as_bytes() => false,
+            Some(bytes) if is_torn(&bytes, MARKER_CONTENT.as_bytes()) => {
+                if !create {
+                    return Err(Error::CorruptFile {
+                        path: marker,
+                        reason: format!(
+                            "holds {} of the {} bytes of a store marker: a creation cut \
+                             short; open with creation allowed to complete it",
+                            bytes.len(),
+                            MARKER_CONTENT.len()
+                        ),
+                    });
+                }
+                true
+            }
             Some(_) => {
                 return Err(Error::CorruptFile {
                     path: marker,
                     reason: format!("expected {MARKER_CONTENT:?}: not a store of this format"),
                 });
             }
-            None if create => layout.check_empty_or_ours(vfs)?,
+            None if create => true,
             None => {
                 let missing = io::Error::from(io::ErrorKind::NotFound);
                 return Err(Error::io(steps::OPEN_STORE_WITHOUT_MARKER, marker, missing));
             }
+        };
+        if creating {
+            vfs.create_dir_all_durable(root)
+                .at(steps::CREATE_STORE_DIRECTORY, root)?;
+            layout.check_empty_or_ours(vfs)?;
         }
         // Always ensure the pieces: cheap, and repairs a creation cut short.
         for dir in [
@@ -82,36 +107,35 @@ impl Layout {
             let path = stripes::lock_path(&layout.stripes, stripe);
             crate::store::open_own_file(vfs, &path, 0o600, steps::CREATE_STRIPE_LOCK)?;
         }
-        if !vfs
-            .metadata(&marker)
-            .is_ok_and(|m| m.kind == FileKind::File)
-        {
-            writer.write(&marker, MARKER_CONTENT.as_bytes())?;
+        if creating {
+            writer.write_durably(&marker, MARKER_CONTENT.as_bytes())?;
         }
         Ok(layout)
     }
 
     /// Refuses to turn a directory holding anything else into a store.
     fn check_empty_or_ours<V: Vfs>(&self, vfs: &V) -> Result<()> {
-        let names = match vfs.read_dir(&self.root) {
-            Ok(names) => names,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(steps::READ_STORE_DIRECTORY, &self.root, e)),
-        };
+        let names = vfs
+            .read_dir(&self.root)
+            .at(steps::READ_STORE_DIRECTORY, &self.root)?;
         // The marker too: another opener racing this one may have just written it.
         let ours = [MARKER, DATA, STRIPES, JOURNAL, QUARANTINE];
-        for name in names {
-            let name = name.to_string_lossy();
-            if !ours.contains(&name.as_ref()) && !is_temp_name(&name) {
-                return Err(Error::CorruptFile {
-                    path: self.root.clone(),
-                    reason: format!(
-                        "not a jobsafe store (no {MARKER} file) and not empty (holds {name:?})"
-                    ),
-                });
-            }
+        let foreign: Vec<String> = names
+            .iter()
+            .map(|name| name.to_string_lossy())
+            .filter(|name| !ours.contains(&name.as_ref()) && !is_temp_name(name))
+            .map(|name| format!("{name:?}"))
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(Error::CorruptFile {
+            path: self.root.clone(),
+            reason: format!(
+                "not a jobsafe store (no complete {MARKER} file) and not empty: holds {}",
+                crate::store::name_some(&foreign)
+            ),
+        })
     }
 
     /// `data/<s0>.d/<s1>.d/.../<sn>.r`

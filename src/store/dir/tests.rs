@@ -7,6 +7,9 @@ use std::path::Path;
 use super::*;
 use crate::testing::{Fault, Faulty, InjectedError, OpKind};
 
+/// The marker a store writes at its root.
+const MARKER_FOR_TESTS: &str = "jobsafe-dirstore 1\n";
+
 fn open(dir: &Path) -> DirStore {
     DirStore::open(dir).unwrap()
 }
@@ -441,6 +444,58 @@ fn a_put_costs_one_file_sync_and_one_directory_sync() {
     assert_eq!(after.file_syncs - before.file_syncs, 1);
     assert_eq!(after.dir_syncs - before.dir_syncs, 1);
     assert_eq!(after.renames - before.renames, 1);
+}
+
+#[test]
+fn a_torn_marker_is_a_creation_cut_short_completed_when_creation_is_allowed() {
+    let full = MARKER_FOR_TESTS.as_bytes();
+    let torn: [Vec<u8>; 4] = [
+        Vec::new(),
+        vec![0; full.len()],
+        full[..7].to_vec(),
+        [&full[..5], &[0; 6][..], &full[11..]].concat(),
+    ];
+    for content in torn {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key(&["jobs", "1"]);
+        open(dir.path()).put(&k, b"kept", Expect::Absent).unwrap();
+        let marker = dir.path().join("jobsafe-dirstore");
+        std::fs::write(&marker, &content).unwrap();
+
+        let err = DirStore::builder(dir.path())
+            .create(false)
+            .open()
+            .unwrap_err();
+        assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+        assert!(err.to_string().contains("creation cut short"), "{err}");
+        assert!(err.to_string().contains("jobsafe-dirstore"), "{err}");
+
+        let store = open(dir.path());
+        assert_eq!(std::fs::read(&marker).unwrap(), full);
+        assert_eq!(store.get(&k).unwrap().unwrap().value, b"kept");
+    }
+}
+
+#[test]
+fn a_torn_marker_beside_files_not_of_a_store_is_reported_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jobsafe-dirstore"), b"").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let err = DirStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::CorruptFile { .. }), "{err}");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("jobsafe-dirstore")).unwrap(),
+        b""
+    );
+    // Anything else at the marker is another format, never overwritten.
+    std::fs::write(dir.path().join("jobsafe-dirstore"), b"jobsafe-dirstore 2\n").unwrap();
+    std::fs::remove_file(dir.path().join("notes.txt")).unwrap();
+    let err = DirStore::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("not a store of this format"),
+        "{err}"
+    );
 }
 
 #[test]

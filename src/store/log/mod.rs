@@ -32,7 +32,7 @@ use crate::store::packed::pack;
 type Packed = Box<[u8]>;
 use crate::store::{
     Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
-    read_own_file,
+    is_torn, read_own_file,
 };
 use crate::vfs::{StdVfs, Vfs, VfsFile};
 
@@ -376,7 +376,9 @@ impl<V: Vfs> LogStoreBuilder<V> {
             .metadata(&journal_path)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         {
-            create_journal(&writer, &root, sync)?;
+            // A creation cut short between the marker and the journal.
+            check_creation_only(vfs, &root, &journal_path)?;
+            create_journal(&writer, &root)?;
         }
         compact::sweep_abandoned(&writer, &root)?;
         let (mut journal, index, stop) = load(vfs, &journal_path)?;
@@ -486,35 +488,57 @@ impl<V: Vfs> LogStore<V> {
     }
 }
 
-/// Checks that `root` is a `LogStore` (or makes it one).
+/// Checks that `root` is a `LogStore`, or makes it one (the format marker)
+/// if `create` allows.
+///
+/// Creating is idempotent and safe to race with other processes creating the
+/// same store: each writes the same marker, and a creation cut short (a
+/// crash, or an older release in the relaxed mode that left a marker with
+/// only part of its bytes after a power loss) is completed, provided that the
+/// root holds nothing but what a creation or the store makes. The marker is
+/// flushed whatever the durability: a relaxed store may lose writes, never the
+/// ability to open.
 fn prepare_root<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, create: bool) -> Result<()> {
     let vfs = writer.vfs();
-    if create {
-        vfs.create_dir_all_durable(root)
-            .at(steps::CREATE_STORE_DIRECTORY, root)?;
-    }
     let marker = root.join(MARKER);
     // A link, a FIFO or a device at the marker is refused, never followed or
     // waited on.
     match read_own_file(vfs, &marker, MAX_MARKER_LEN, steps::READ_FORMAT_MARKER)? {
-        Some(content) if content == MARKER_CONTENT => Ok(()),
-        Some(_) => Err(Error::CorruptFile {
-            path: marker,
-            reason: "unknown LogStore format (written by a newer jobsafe?)".to_owned(),
-        }),
-        None if !create => Err(Error::io(
-            steps::OPEN_STORE_NOT_CREATED,
-            &marker,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        )),
-        None => {
-            // Listed after the marker was read as absent: another process may
-            // have created the store meanwhile, and its files are the store's.
-            check_only_ours(vfs, root)?;
-            // Two processes creating the store at once write the same bytes.
-            writer.write(&marker, MARKER_CONTENT)
+        Some(content) if content == MARKER_CONTENT => return Ok(()),
+        Some(content) if is_torn(&content, MARKER_CONTENT) && !create => {
+            return Err(Error::CorruptFile {
+                path: marker,
+                reason: format!(
+                    "holds {} of the {} bytes of a LogStore marker: a creation cut short; \
+                     open with creation allowed to complete it",
+                    content.len(),
+                    MARKER_CONTENT.len()
+                ),
+            });
         }
+        Some(content) if is_torn(&content, MARKER_CONTENT) => {}
+        Some(_) => {
+            return Err(Error::CorruptFile {
+                path: marker,
+                reason: "unknown LogStore format (written by a newer jobsafe?)".to_owned(),
+            });
+        }
+        None if !create => {
+            return Err(Error::io(
+                steps::OPEN_STORE_NOT_CREATED,
+                &marker,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        None => {}
     }
+    vfs.create_dir_all_durable(root)
+        .at(steps::CREATE_STORE_DIRECTORY, root)?;
+    // Listed after the marker was read: another process may have created the
+    // store meanwhile, and its files are the store's.
+    check_only_ours(vfs, root)?;
+    // Two processes creating the store at once write the same bytes.
+    writer.write_durably(&marker, MARKER_CONTENT)
 }
 
 /// Refuses to make a store of a directory that holds anything but what a
@@ -538,14 +562,46 @@ fn check_only_ours<V: Vfs>(vfs: &V, root: &Path) -> Result<()> {
     Err(Error::CorruptFile {
         path: root.to_path_buf(),
         reason: format!(
-            "not a LogStore (no {MARKER} file) and not empty: holds {}",
+            "not a LogStore (no complete {MARKER} file) and not empty: holds {}",
             crate::store::name_some(&foreign)
         ),
     })
 }
 
-/// Writes an empty journal and renames it into place.
-fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> Result<()> {
+/// Refuses to make a new journal for a store whose journal is missing unless
+/// the directory holds only what a creation leaves (the marker, the lock
+/// files, temp files and new journals not renamed into place yet): anything
+/// else there means that the store was used, and a new empty journal would
+/// hide the loss of its records.
+fn check_creation_only<V: Vfs>(vfs: &V, root: &Path, journal: &Path) -> Result<()> {
+    let names = vfs.read_dir(root).at(steps::LIST_STORE_DIRECTORY, root)?;
+    let other: Vec<String> = names
+        .iter()
+        .map(|name| name.to_string_lossy())
+        .filter(|name| {
+            ![MARKER, LOCK, COMPACT_LOCK].contains(&name.as_ref())
+                && !name.starts_with(NEW_JOURNAL_PREFIX)
+                && !crate::atomic::is_temp_name(name)
+        })
+        .map(|name| format!("{name:?}"))
+        .collect();
+    if other.is_empty() {
+        return Ok(());
+    }
+    Err(Error::CorruptFile {
+        path: journal.to_path_buf(),
+        reason: format!(
+            "missing, in a store directory that holds more than a creation leaves ({}): \
+             not made again, which would hide the loss of the store's records",
+            crate::store::name_some(&other)
+        ),
+    })
+}
+
+/// Writes an empty journal and renames it into place, flushed whatever the
+/// durability: creation is rare, and a journal renamed into place before its
+/// bytes reach the disk leaves a store that cannot open after a power loss.
+fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path) -> Result<()> {
     let header = FileHeader {
         journal_id: fastrand::u64(..),
         generation: 0,
@@ -559,10 +615,7 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
         file.write_all_at(&first, frame::FILE_HEADER_LEN)?;
         let end = frame::FILE_HEADER_LEN + first.len() as u64;
         file.write_all_at(&vec![0; PREALLOCATE as usize], end)?;
-        if sync {
-            file.sync_all()?;
-        }
-        Ok(())
+        file.sync_all()
     };
     if let Err(e) = write() {
         // Cut short (a full disk, say): give its space back now rather than at
@@ -571,7 +624,7 @@ fn create_journal<V: Vfs>(writer: &AtomicWriter<V>, root: &Path, sync: bool) -> 
         let _ = writer.vfs().remove_file(&path);
         return Err(Error::io(steps::WRITE_NEW_JOURNAL, &path, e));
     }
-    compact::install(writer.vfs(), &path, &root.join(JOURNAL), sync)
+    compact::install(writer.vfs(), &path, &root.join(JOURNAL), true)
 }
 
 /// Whether anything was written where a frame header would be at `at`:
