@@ -9,8 +9,10 @@
 #[non_exhaustive]
 pub enum Durability {
     /// Survives a process crash and a power loss. Files are flushed before they
-    /// are renamed into place and their directories after; journals are flushed
-    /// before a write returns; PostgreSQL commits synchronously.
+    /// are renamed into place and their directories after, and so is every
+    /// directory on their way that the writer does not know to be durable,
+    /// whoever created it; journals are flushed before a write returns;
+    /// PostgreSQL commits synchronously.
     #[default]
     Full,
     /// **Survives a process crash only.** No flush of what is written: readers

@@ -1714,6 +1714,41 @@ fn purge_removes_a_subjects_shared_files_once_no_job_of_it_remains() {
 }
 
 #[test]
+fn artifact_directories_found_made_are_flushed_into_their_parents_once() {
+    let vfs = jobsafe::testing::Counting::new(jobsafe::vfs::StdVfs);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("artifacts");
+    // Made by another runner, which may not have flushed them yet.
+    std::fs::create_dir_all(root.join("jobs")).unwrap();
+    let flushes = Arc::new(Mutex::new(Vec::new()));
+    let (counted, seen) = (vfs.clone(), flushes.clone());
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        &root,
+    )
+    .writer(jobsafe::AtomicWriter::with_vfs(vfs.clone()))
+    .stage("write", move |ctx| {
+        for name in ["a.txt", "b.txt", "c.txt"] {
+            let before = counted.counts().dir_syncs;
+            ctx.write(name, b"a")?;
+            seen.lock()
+                .unwrap()
+                .push(counted.counts().dir_syncs - before);
+        }
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("x")).unwrap();
+    pipeline.run_job(&job.id).unwrap();
+    // The first write: the parents of the root and of `jobs/`, found made;
+    // `jobs/`, for the job's directory it makes; the artifact's own. Then
+    // only the artifact's own, with an `lstat` per directory on the way.
+    assert_eq!(*flushes.lock().unwrap(), [1 + 1 + 1 + 1, 1, 1]);
+}
+
+#[test]
 fn job_directories_are_removed_through_the_vfs_and_the_removal_is_flushed() {
     let vfs = jobsafe::testing::Counting::new(jobsafe::vfs::StdVfs);
     let dir = tempfile::tempdir().unwrap();

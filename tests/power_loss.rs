@@ -18,8 +18,12 @@
 //!   above every version acknowledged or found (none reused), so no lock is
 //!   held forever; after closing, no lock and no file remain open.
 //!
-//! A store whose creation returned must open without being created again,
-//! with relaxed durability too.
+//! Some workloads run several handles at once, as several processes would,
+//! each writing where another has just created something and not flushed it
+//! yet, or died before it did (a test hook acts at that moment): what each
+//! acknowledged must survive, whoever made the directories on its way. A
+//! store whose creation returned must open without being created again, with
+//! relaxed durability too.
 //!
 //! `recovery_survives_a_second_power_loss` does the same to what runs after the
 //! reboot: it takes crash states whose recovery changes anything (completing a
@@ -279,12 +283,27 @@ struct Workload {
 /// A workload's recovery after a reboot (see [`Workload::recover`]).
 type Recover = fn(&SimVfs) -> Result<(), String>;
 
+/// The multi-writer workloads come before the single-writer ones: the
+/// teeth check tries the workloads that reach a flush site in this order, and
+/// the flushes made for other writers show their need only there.
 const WORKLOADS: &[Workload] = &[
     Workload {
         name: "atomic_writer",
         run: atomic_writer_run,
         check: atomic_writer_check,
         recover: Some(atomic_writer_recover),
+    },
+    Workload {
+        name: "dir_store_two_writers",
+        run: dir_store_two_writers_run,
+        check: dir_store_two_writers_check,
+        recover: None,
+    },
+    Workload {
+        name: "log_store_two_writers",
+        run: log_store_two_writers_run,
+        check: log_store_two_writers_check,
+        recover: Some(log_store_two_writers_recover),
     },
     Workload {
         name: "dir_store",
@@ -732,6 +751,116 @@ fn check_log_store_at(vfs: &SimVfs, root: &str, expected: &Expected) -> Result<u
 }
 
 // ---------------------------------------------------------------------------
+// Several writers: each makes durable the way to what it writes, whoever made
+// the directories on it.
+
+/// A put whose acknowledgement the crash states must keep.
+fn put_acked<S: Store>(store: &S, rec: &Recorder, name: &str, value: &[u8]) {
+    let start = rec.start();
+    let v = store.put(&key(name), value, Expect::Any).unwrap();
+    rec.ack(start, vec![(name, Effect::value(value, v))]);
+}
+
+/// A handle opened inside a hook, for the workload to use afterwards.
+type Slot<T> = Arc<Mutex<Option<T>>>;
+
+const TWO_DIR_NAME: &str = "two_writers_dir";
+const TWO_DIR_ROOT: &str = "/data/two_writers_dir";
+
+fn open_two_dir(vfs: &SimVfs) -> DirStore<SimVfs> {
+    DirStore::builder(TWO_DIR_ROOT)
+        .vfs(vfs.clone())
+        .open()
+        .unwrap()
+}
+
+/// Three handles, as three processes would, each writing into directories
+/// another made and had not flushed yet: B opens the store the moment A's
+/// `mkdir` made its root; C opens it the moment B's marker appears, before B
+/// flushed it, and writes at once; then B writes into a directory of keys
+/// that A has just made. Whatever A and B had flushed, what B and C
+/// acknowledged must survive, and the store must open without being created
+/// again.
+fn dir_store_two_writers_run(vfs: &SimVfs, rec: &Recorder) {
+    let b_slot: Slot<DirStore<SimVfs>> = Arc::default();
+    let (vfs_b, rec_b, slot) = (vfs.clone(), rec.clone(), b_slot.clone());
+    vfs.on_create(
+        |name| name == TWO_DIR_NAME,
+        move || {
+            let (vfs_c, rec_c) = (vfs_b.clone(), rec_b.clone());
+            vfs_b.on_create(
+                |name| name == "jobsafe-dirstore",
+                move || {
+                    let c = open_two_dir(&vfs_c);
+                    put_acked(&c, &rec_c, "c/1", b"c1: the marker was not flushed yet");
+                    Ok(())
+                },
+            );
+            let b = open_two_dir(&vfs_b);
+            put_acked(&b, &rec_b, "b/1", b"b1: the root was not flushed yet");
+            *slot.lock() = Some(b);
+            Ok(())
+        },
+    );
+    let a = open_two_dir(vfs);
+    let b = b_slot.lock().take().unwrap();
+    let (b_in_hook, rec_b) = (b.clone(), rec.clone());
+    vfs.on_create(
+        |name| name == "shared.d",
+        move || {
+            put_acked(&b_in_hook, &rec_b, "shared/b", b"b: a made the directory");
+            Ok(())
+        },
+    );
+    put_acked(&a, rec, "shared/a", b"a made the directory");
+    put_acked(&b, rec, "shared/b", b"b again");
+    put_acked(&a, rec, "b/2", b"a: b made the directory");
+}
+
+fn dir_store_two_writers_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
+    check_dir_store_at(vfs, TWO_DIR_ROOT, expected)
+}
+
+const TWO_LOG_ROOT: &str = "/data/two_writers_log";
+
+/// The next rename to `journal` takes effect, then its caller stops: a
+/// process killed between renaming a new journal into place and flushing the
+/// directory.
+fn kill_after_journal_rename(vfs: &SimVfs) {
+    vfs.on_create(
+        |name| name == "journal",
+        || Err(std::io::Error::other("killed right after the rename")),
+    );
+}
+
+/// A creator that dies after renaming its first journal into place, and a
+/// compaction that dies after renaming its new journal into place: neither
+/// flushed the directory, and the handles that go on write into the journal
+/// they left. Their acknowledged writes must survive.
+fn log_store_two_writers_run(vfs: &SimVfs, rec: &Recorder) {
+    kill_after_journal_rename(vfs);
+    assert!(open_log_at(vfs, TWO_LOG_ROOT, true).is_err());
+    let b = open_log_at(vfs, TWO_LOG_ROOT, true).unwrap();
+    put_acked(&b, rec, "b/1", b"b1 into a dead creator's journal");
+    let a = open_log_at(vfs, TWO_LOG_ROOT, true).unwrap();
+    put_acked(&a, rec, "a/1", b"a1");
+    kill_after_journal_rename(vfs);
+    assert!(a.compact().is_err());
+    put_acked(&b, rec, "b/2", b"b2 into a dead compaction's journal");
+    put_acked(&a, rec, "a/2", b"a2 after its own compaction died");
+}
+
+fn log_store_two_writers_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
+    check_log_store_at(vfs, TWO_LOG_ROOT, expected)
+}
+
+fn log_store_two_writers_recover(vfs: &SimVfs) -> Result<(), String> {
+    open_log_at(vfs, TWO_LOG_ROOT, true)
+        .map(drop)
+        .map_err(|e| format!("reopen: {e}"))
+}
+
+// ---------------------------------------------------------------------------
 // Creation: a store whose creation returned always opens, whatever its
 // durability.
 
@@ -1086,6 +1215,16 @@ fn log_store_survives_every_crash_state() {
 #[test]
 fn log_store_survives_crashes_while_growing_its_journal() {
     run_workload("log_store_growth");
+}
+
+#[test]
+fn dir_store_keeps_writes_into_directories_another_writer_made_and_had_not_flushed() {
+    run_workload("dir_store_two_writers");
+}
+
+#[test]
+fn log_store_keeps_writes_into_a_journal_a_killed_process_renamed_into_place() {
+    run_workload("log_store_two_writers");
 }
 
 #[test]

@@ -261,6 +261,8 @@ struct Inner<S, V: Vfs> {
     ledger: Option<Box<dyn LedgerLink>>,
     observer: Option<Box<Observer>>,
     actor: String,
+    /// Artifact directories this handle knows to be durable.
+    known: crate::vfs::KnownDurable,
 }
 
 impl<S, V: Vfs> Clone for Pipeline<S, V> {
@@ -602,6 +604,7 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                 ledger: self.ledger,
                 observer: self.observer,
                 actor: self.actor,
+                known: crate::vfs::KnownDurable::default(),
             }),
         })
     }

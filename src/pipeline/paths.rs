@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
-use crate::vfs::{FileKind, Vfs};
+use crate::vfs::{FileKind, KnownDurable, Vfs};
 
 /// Directory under the artifact root holding one directory per job.
 pub(crate) const JOBS_DIR: &str = "jobs";
@@ -69,9 +69,16 @@ pub(crate) fn real_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<bool>
     Ok(true)
 }
 
-/// Creates `dir` (below `root`) and the directories on its way, durably, with
-/// the checks of [`real_dir`]; creates `root` too if it is missing.
-pub(crate) fn ensure_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<()> {
+/// Creates `dir` (below `root`) and the directories on its way, with the
+/// checks of [`real_dir`]; creates `root` too if it is missing. Each directory
+/// it creates is flushed into its parent and remembered in `known`; the ones it
+/// finds are left to [`make_way_durable`].
+pub(crate) fn ensure_dir<V: Vfs>(
+    vfs: &V,
+    root: &Path,
+    known: &KnownDurable,
+    dir: &Path,
+) -> Result<()> {
     if vfs
         .metadata(root)
         .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
@@ -90,7 +97,14 @@ pub(crate) fn ensure_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<()>
             Err(e) => return Err(Error::io(steps::INSPECT_ARTIFACT_DIRECTORY, &at, e)),
         }
         match vfs.create_dir(&at) {
-            Ok(()) => vfs.sync_dir(&parent).at(steps::FSYNC_DIRECTORY, &parent)?,
+            Ok(()) => {
+                // Read before the flush, which then covers the entry read.
+                let inode = vfs.metadata(&at).ok().map(|info| info.inode);
+                vfs.sync_dir(&parent).at(steps::FSYNC_DIRECTORY, &parent)?;
+                if let Some(inode) = inode {
+                    known.insert(&at, inode);
+                }
+            }
             // Made by another writer meanwhile: check what it is.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if !real_dir(vfs, root, &at)? {
@@ -99,6 +113,52 @@ pub(crate) fn ensure_dir<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<()>
             }
             Err(e) => return Err(Error::io(steps::CREATE_ARTIFACT_DIRECTORY, &at, e)),
         }
+    }
+    Ok(())
+}
+
+/// Makes `root`, and every directory from it down to `dir`, durable in its
+/// parent: flushes the parent of each one that `known` does not hold, which is
+/// one another writer (another runner, before or after a takeover) created and
+/// may not have flushed yet, or died before it did. The rule, and why it is
+/// needed, is [`KnownDurable`]'s. A `root` that is a symlink is the caller's
+/// choice, and left alone.
+///
+/// Call it once the write's temp file is in `dir`: then no directory on the way
+/// is empty, none can be removed by a purge that checks first, and the ones
+/// made durable are the ones the artifact lands in.
+pub(crate) fn make_way_durable<V: Vfs>(
+    vfs: &V,
+    root: &Path,
+    known: &KnownDurable,
+    dir: &Path,
+) -> Result<()> {
+    let mut chain = vec![root.to_path_buf()];
+    let mut at = root.to_path_buf();
+    for part in below(root, dir)?.components() {
+        at.push(part);
+        chain.push(at.clone());
+    }
+    for dir in &chain {
+        let info = vfs
+            .metadata(dir)
+            .map_err(|e| Error::io(steps::INSPECT_ARTIFACT_DIRECTORY, dir, e))?;
+        if info.kind != FileKind::Dir {
+            if dir == root {
+                continue;
+            }
+            return Err(not_a_directory(dir));
+        }
+        if known.contains(dir, info.inode) {
+            continue;
+        }
+        let parent = match dir.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => continue,
+        };
+        vfs.sync_dir(parent).at(steps::FSYNC_DIRECTORY, parent)?;
+        known.insert(dir, info.inode);
     }
     Ok(())
 }

@@ -539,10 +539,16 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         // Before anything touches the disk: a stale runner must not recreate
         // the directory of a job deleted after it lost the lease.
         self.fence(&target)?;
+        let vfs = inner.writer.vfs();
         if let Some(dir) = target.parent() {
-            super::paths::ensure_dir(inner.writer.vfs(), &inner.root, dir)?;
+            super::paths::ensure_dir(vfs, &inner.root, &inner.known, dir)?;
         }
         let mut pending = inner.writer.begin(&target)?;
+        if let Some(dir) = target.parent()
+            && inner.writer.durability_level() == crate::Durability::Full
+        {
+            super::paths::make_way_durable(vfs, &inner.root, &inner.known, dir)?;
+        }
         pending.write_bytes(bytes)?;
         // Again just before the rename: the job may have been taken over while
         // the bytes were written. On refusal the pending file is dropped, which

@@ -15,6 +15,7 @@
 pub(crate) mod counting;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod faulty;
+mod known_durable;
 mod std_vfs;
 
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use crate::error::io_step::{IoAction, IoStep};
+pub(crate) use known_durable::KnownDurable;
 pub use std_vfs::StdVfs;
 
 /// Permission bits of every directory jobsafe creates: owner read, write and
@@ -182,32 +184,89 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
         Ok(buf)
     }
 
-    /// Creates a directory and its missing parents, fsyncing each parent whose
-    /// entries changed, so the new directories survive a power loss.
+    /// Creates a directory and its missing parents, and makes it durable: once
+    /// this returns, `path` and every directory the call created survive a power
+    /// loss.
+    ///
+    /// A directory exists for everyone the moment its `mkdir` returns, but its
+    /// entry survives a power loss only once its parent is flushed, and strict
+    /// POSIX promises nothing before (ext4 happens to keep directory changes in
+    /// order; other filesystems need not). So a directory that exists is not
+    /// known to be durable: its creator may not have flushed its parent yet, or
+    /// may have died before it did. This is why:
+    ///
+    /// - each directory created is flushed into its parent before anything is
+    ///   created in it, and so is one that a concurrent caller created first
+    ///   (the `mkdir` that lost the race);
+    /// - the parent of the first directory found existing on the way (`path`
+    ///   itself, if it exists) is flushed too, once.
+    ///
+    /// Nothing above that is flushed: whoever created that directory through
+    /// this method had flushed every directory it created on the way before
+    /// creating the next, so only the last one's entry can still be pending.
+    /// Directories that existed before any such call are the caller's.
+    ///
+    /// Cost: one directory flush per directory created, plus one. A call on a
+    /// directory that exists costs one flush of its parent.
     fn create_dir_all_durable(&self, path: &Path) -> io::Result<()> {
-        match self.metadata(path) {
-            Ok(info) if info.kind == FileKind::Dir => return Ok(()),
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "exists and is not a directory",
-                ));
+        // The missing directories, deepest first, up to the first that exists.
+        let mut missing = Vec::new();
+        let mut at = path;
+        let found = loop {
+            match self.metadata(at) {
+                Ok(info) if info.kind == FileKind::Dir => break Some(at),
+                Ok(_) => return Err(not_a_directory(at)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            missing.push(at);
+            match parent_dir(at) {
+                Some(parent) if parent != at => at = parent,
+                // Nothing exists up to the top: the first `mkdir` says why.
+                _ => break None,
+            }
+        };
+        // Found existing: its creator may not have flushed it yet.
+        if let Some(parent) = found.and_then(parent_dir) {
+            self.sync_dir(parent)?;
         }
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        if let Some(parent) = parent {
-            self.create_dir_all_durable(parent)?;
+        for dir in missing.into_iter().rev() {
+            match self.create_dir(dir) {
+                Ok(()) => {}
+                // Made by another caller between our look and our `mkdir`: not
+                // known to be durable either.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if self.metadata(dir)?.kind != FileKind::Dir {
+                        return Err(not_a_directory(dir));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if let Some(parent) = parent_dir(dir) {
+                self.sync_dir(parent)?;
+            }
         }
-        match self.create_dir(path) {
-            Ok(()) => {}
-            // Another thread or process made it between our check and our mkdir.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        self.sync_dir(parent.unwrap_or(Path::new(".")))
+        Ok(())
     }
+}
+
+fn not_a_directory(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("{} exists and is not a directory", path.display()),
+    )
+}
+
+/// The directory holding `path`, `.` for a relative path of one component;
+/// `None` for a root.
+fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    })
 }
 
 /// The error of [`Vfs::open_regular_file`] for anything but a regular file.

@@ -12,7 +12,7 @@ use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::key::Key;
 use crate::store::{is_own_dir, is_torn, read_own_file};
-use crate::vfs::{FileKind, Vfs};
+use crate::vfs::{FileKind, KnownDurable, Vfs};
 
 const MARKER: &str = "jobsafe-dirstore";
 const MARKER_CONTENT: &str = "jobsafe-dirstore 1\n";
@@ -42,6 +42,13 @@ impl Layout {
     /// writes, never the ability to open. A marker that holds only part of its
     /// bytes (an older release in the relaxed mode could leave one after a
     /// power loss) is a creation cut short, completed like a missing one.
+    ///
+    /// A creator flushes the root's entry and the four directories before it
+    /// writes the marker, so a marker found means they were made durable,
+    /// unless their creator is still running, or died before its flush, and
+    /// the marker's own entry may still be pending. One flush of the root at
+    /// every open, whatever the durability, covers all of them, whoever made
+    /// them: a store that opened opens again after a power loss.
     pub(super) fn open<V: Vfs>(
         writer: &AtomicWriter<V>,
         root: &Path,
@@ -97,8 +104,17 @@ impl Layout {
             &layout.journal,
             &layout.quarantine,
         ] {
-            vfs.create_dir_all_durable(dir)
-                .at(steps::CREATE_DIRECTORY, dir)?;
+            if is_own_dir(vfs, dir)? {
+                continue;
+            }
+            match vfs.create_dir(dir) {
+                Ok(()) => {}
+                // Another opener made it meanwhile, unless it is not a directory.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    is_own_dir(vfs, dir)?;
+                }
+                Err(e) => return Err(Error::io(steps::CREATE_DIRECTORY, dir, e)),
+            }
         }
         // Not flushed: a lock file lost to a power loss is created again by the
         // next open, and the version floors beside them flush the directory
@@ -107,6 +123,7 @@ impl Layout {
             let path = stripes::lock_path(&layout.stripes, stripe);
             crate::store::open_own_file(vfs, &path, 0o600, steps::CREATE_STRIPE_LOCK)?;
         }
+        vfs.sync_dir(root).at(steps::FSYNC_STORE_DIRECTORY, root)?;
         if creating {
             writer.write_durably(&marker, MARKER_CONTENT.as_bytes())?;
         }
@@ -155,8 +172,11 @@ impl Layout {
         path
     }
 
-    /// Creates the directories on the way to `key`'s record, durably, and returns
-    /// the record's path.
+    /// Creates the directories on the way to `key`'s record and returns the
+    /// record's path. Each directory it creates is flushed into its parent
+    /// (with [`Durability::Full`](crate::Durability::Full)) and remembered in
+    /// `known`; the ones it finds are left to
+    /// [`make_way_durable`](Layout::make_way_durable).
     ///
     /// Every directory on the way is checked with `lstat`: a symlink (or a file)
     /// planted where a directory of the store belongs is refused, never followed,
@@ -164,6 +184,7 @@ impl Layout {
     pub(super) fn ensure_parent<V: Vfs>(
         &self,
         writer: &AtomicWriter<V>,
+        known: &KnownDurable,
         key: &Key,
     ) -> Result<PathBuf> {
         let vfs = writer.vfs();
@@ -191,10 +212,59 @@ impl Layout {
                 }
             }
             if writer.durability_level() == crate::Durability::Full {
+                // Read before the flush, which then covers the entry read. Gone
+                // already (pruned by a delete): the write that follows fails and
+                // is retried.
+                let inode = dir_inode(vfs, &dir)?;
                 vfs.sync_dir(&parent).at(steps::FSYNC_DIRECTORY, &parent)?;
+                if let Some(inode) = inode {
+                    known.insert(&dir, inode);
+                }
             }
         }
         Ok(self.record_path(key))
+    }
+
+    /// Makes every directory on the way to `key`'s record durable in its
+    /// parent: flushes the parent of each one this handle does not know to be
+    /// durable, which is one that another writer created (see
+    /// [`KnownDurable`] for the rule and why it is needed).
+    ///
+    /// Call it once the write's temp file is in the record's directory: then no
+    /// directory on the way is empty, none can be pruned, and the ones checked
+    /// are the ones the record lands in. `data/` and the root are made durable
+    /// at open.
+    pub(super) fn make_way_durable<V: Vfs>(
+        &self,
+        writer: &AtomicWriter<V>,
+        known: &KnownDurable,
+        key: &Key,
+    ) -> Result<()> {
+        if writer.durability_level() != crate::Durability::Full {
+            return Ok(());
+        }
+        let vfs = writer.vfs();
+        let segments = key.segments();
+        let mut dir = self.data.clone();
+        for segment in &segments[..segments.len() - 1] {
+            let parent = dir.clone();
+            dir.push(format!("{}{DIR_SUFFIX}", naming::encode(segment)));
+            let inode = dir_inode(vfs, &dir)?.ok_or_else(|| {
+                Error::io(
+                    steps::CREATE_DIRECTORY,
+                    &dir,
+                    io::Error::from(io::ErrorKind::NotFound),
+                )
+            })?;
+            if known.contains(&dir, inode) {
+                continue;
+            }
+            // Found made by another writer, which may not have flushed it yet,
+            // or died before it did.
+            vfs.sync_dir(&parent).at(steps::FSYNC_DIRECTORY, &parent)?;
+            known.insert(&dir, inode);
+        }
+        Ok(())
     }
 
     /// Checks that the directories on the way to `key`'s record are real
@@ -335,6 +405,17 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
         }
     }
     Ok(removed)
+}
+
+/// The inode of the directory `dir`, `None` if it is absent; anything but a
+/// directory there is refused as [`is_own_dir`] does.
+fn dir_inode<V: Vfs>(vfs: &V, dir: &Path) -> Result<Option<u64>> {
+    match vfs.metadata(dir) {
+        Ok(info) if info.kind == FileKind::Dir => Ok(Some(info.inode)),
+        Ok(_) => Err(crate::store::not_followed(dir, "a directory of the store")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(steps::INSPECT_DIRECTORY, dir, e)),
+    }
 }
 
 /// The directory holding `path` (which always has one inside a store).

@@ -27,7 +27,7 @@ use crate::store::{
     Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Scan, Store, Version,
     check_limit, open_own_regular_file, read_own_bytes, read_own_file,
 };
-use crate::vfs::{StdVfs, Vfs};
+use crate::vfs::{KnownDurable, StdVfs, Vfs};
 
 /// A [`Store`] keeping one file per key under a directory: simple, inspectable, and
 /// safe across threads, processes and crashes.
@@ -168,6 +168,8 @@ struct Inner<V: Vfs> {
     layout: Layout,
     writer: AtomicWriter<V>,
     poisoned: AtomicBool,
+    /// Directories under `data/` this handle knows to be durable.
+    known: KnownDurable,
 }
 
 /// Options for opening a [`DirStore`].
@@ -288,6 +290,7 @@ impl<V: Vfs> DirStoreBuilder<V> {
                 layout,
                 writer,
                 poisoned: AtomicBool::new(false),
+                known: KnownDurable::default(),
             }),
         };
         store.recover_all()?;
@@ -545,10 +548,19 @@ impl<V: Vfs> DirStore<V> {
         // building; create it again and retry.
         let mut attempts = 0;
         loop {
+            let known = &self.inner.known;
             let result = self
                 .layout()
-                .ensure_parent(self.writer(), key)
-                .and_then(|path| self.writer().write(path, bytes));
+                .ensure_parent(self.writer(), known, key)
+                .and_then(|path| {
+                    let mut pending = self.writer().begin(path)?;
+                    // From here the temp file keeps every directory on the
+                    // way from being pruned: the ones made durable are the
+                    // ones the record lands in.
+                    self.layout().make_way_durable(self.writer(), known, key)?;
+                    pending.write_bytes(bytes)?;
+                    pending.commit()
+                });
             match result {
                 Err(Error::Io { step, source, .. })
                     if matches!(
@@ -593,6 +605,7 @@ impl<V: Vfs> DirStore<V> {
             if vfs.remove_dir(dir).is_err() {
                 return;
             }
+            self.inner.known.forget(dir);
             dir = layout::parent(dir);
         }
     }

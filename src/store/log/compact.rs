@@ -250,6 +250,9 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         at: end,
         file: journal.file.clone(),
     };
+    if shared.sync {
+        shared.named.store(inode, Ordering::SeqCst);
+    }
     shared.compactions.fetch_add(1, Ordering::Relaxed);
     Ok(Compaction {
         records,

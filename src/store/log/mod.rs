@@ -227,6 +227,13 @@ struct Shared<V: Vfs> {
     probe: Mutex<Probe<V::File>>,
     group: GroupCommit<Vec<BatchOp>, Result<Vec<Applied>>>,
     poisoned: AtomicBool,
+    /// With `sync`: the inode of the journal whose name this handle knows to
+    /// be durable (it created or flushed it), 0 if none. The loaded journal is
+    /// held open, so its inode number cannot name another file meanwhile.
+    named: AtomicU64,
+    /// With `sync`: whether this handle made the entry of `quarantine/`
+    /// durable (it is never removed).
+    quarantine_named: AtomicBool,
     policy: CompactPolicy,
     compacting: AtomicBool,
     /// Journal bytes below which no background compaction is tried again, after
@@ -379,6 +386,13 @@ impl<V: Vfs> LogStoreBuilder<V> {
             // A creation cut short between the marker and the journal.
             check_creation_only(vfs, &root, &journal_path)?;
             create_journal(&writer, &root)?;
+        } else if sync {
+            // The journal, and the marker, may be another process's that died
+            // between its rename and its flush of the directory (a live one
+            // flushes before it lets go of the lock): this handle's writes
+            // must not go into a journal whose name a power loss can undo.
+            vfs.sync_dir(&root)
+                .at(steps::FSYNC_STORE_DIRECTORY, &root)?;
         }
         compact::sweep_abandoned(&writer, &root)?;
         let (mut journal, index, stop) = load(vfs, &journal_path)?;
@@ -397,6 +411,8 @@ impl<V: Vfs> LogStoreBuilder<V> {
             at: journal.end,
             file: journal.file.clone(),
         };
+        // Created or flushed above, under the lock no compaction renames without.
+        let named = if sync { journal.inode } else { 0 };
         drop(flock);
 
         Ok(LogStore {
@@ -411,6 +427,8 @@ impl<V: Vfs> LogStoreBuilder<V> {
                 probe: Mutex::new(probe),
                 group: GroupCommit::default(),
                 poisoned: AtomicBool::new(false),
+                named: AtomicU64::new(named),
+                quarantine_named: AtomicBool::new(false),
                 policy: self.policy,
                 compacting: AtomicBool::new(false),
                 compact_retry_at: AtomicU64::new(0),
@@ -668,6 +686,30 @@ impl<V: Vfs> Shared<V> {
         self.root.join(LOCK)
     }
 
+    /// Makes `dir` (`quarantine/`) exist, and with `sync` makes its entry
+    /// durable once per handle: whoever created it (this handle, or another
+    /// process that may not have flushed the root yet, or died before it did),
+    /// a record moved into it must not vanish with it. Anything but a
+    /// directory there (a planted symlink) is reported, never written through.
+    fn ensure_quarantine_dir(&self, dir: &Path) -> Result<()> {
+        let vfs = self.writer.vfs();
+        if !crate::store::is_own_dir(vfs, dir)? {
+            match vfs.create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    crate::store::is_own_dir(vfs, dir)?;
+                }
+                Err(e) => return Err(Error::io(steps::CREATE_QUARANTINE_DIRECTORY, dir, e)),
+            }
+        }
+        if self.sync && !self.quarantine_named.load(Ordering::SeqCst) {
+            vfs.sync_dir(&self.root)
+                .at(steps::FSYNC_STORE_DIRECTORY, &self.root)?;
+            self.quarantine_named.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     /// The index, after catching up with other processes if they wrote.
     fn fresh_index(&self) -> Result<RwLockReadGuard<'_, Index>> {
         if !self.is_current()? {
@@ -714,6 +756,19 @@ impl<V: Vfs> Shared<V> {
             // Nothing was appended: readers keep the index meanwhile.
             Stop::End
         };
+        if access == Access::Exclusive
+            && self.sync
+            && self.named.load(Ordering::SeqCst) != journal.inode
+        {
+            // Another process's compaction renamed this journal into place,
+            // and may have died before it flushed the directory: make the name
+            // durable before this writer's frames go into the file it names.
+            if let Err(e) = vfs.sync_dir(&self.root) {
+                self.poisoned.store(true, Ordering::SeqCst);
+                return Err(Error::io(steps::FSYNC_STORE_DIRECTORY, &self.root, e));
+            }
+            self.named.store(journal.inode, Ordering::SeqCst);
+        }
         settle_tail(journal, stop, path, self.sync, access, &self.poisoned)?;
         *self.probe.lock() = Probe {
             inode: journal.inode,
@@ -815,11 +870,7 @@ impl<V: Vfs> Store for LogStore<V> {
                 return Ok(None);
             };
             let vfs = self.shared.writer.vfs();
-            // Anything but a directory there (a planted symlink) is reported,
-            // never written through.
-            crate::store::is_own_dir(vfs, &dir)?;
-            vfs.create_dir_all_durable(&dir)
-                .at(steps::CREATE_QUARANTINE_DIRECTORY, &dir)?;
+            self.shared.ensure_quarantine_dir(&dir)?;
             let name = format!(
                 "v{}-{}.record",
                 entry.version.get(),
