@@ -32,6 +32,8 @@ pub(crate) const CREATE_TEMP_FILE: IoStep = step(IoAction::Create, "create temp 
 
 // Reading files.
 pub(crate) const READ_ARTIFACT: IoStep = step(IoAction::Read, "read artifact");
+// Only `FileClock` reads one, behind the feature `testing`.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) const READ_CLOCK_FILE: IoStep = step(IoAction::Read, "read clock file");
 pub(crate) const READ_FORMAT_MARKER: IoStep = step(IoAction::Read, "read format marker");
 pub(crate) const READ_JOURNAL: IoStep = step(IoAction::Read, "read journal");
