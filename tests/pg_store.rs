@@ -35,11 +35,11 @@ fn an_unreachable_server_is_a_transient_error_that_names_it() {
 fn a_refused_login_is_not_transient_and_hides_the_password() {
     let url = pg::url();
     // The same server, with a password that cannot be right.
-    let config: postgres::Config = url.parse().unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
     let user = config.get_user().unwrap_or("postgres");
     let host = match &config.get_hosts()[0] {
-        postgres::config::Host::Tcp(h) => h.clone(),
-        postgres::config::Host::Unix(p) => p.display().to_string(),
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or(user);
@@ -140,7 +140,7 @@ fn the_server_clock_is_read_without_a_round_trip_per_reading() {
     let clock = PgClock::new(&store)
         .unwrap()
         .resync_every(Duration::from_millis(20));
-    let server_ms = |client: &mut postgres::Client| -> u64 {
+    let server_ms = |client: &mut pg::Client| -> u64 {
         let ms: i64 = client
             .query_one(
                 "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
@@ -218,4 +218,49 @@ fn quarantine_moves_the_row_to_a_table_it_names() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0) as u64, v.get());
     assert_eq!(row.get::<_, Vec<u8>>(1), b"evidence");
+}
+
+/// Everything a service does with a store, from inside its tokio runtime:
+/// open, write, read, a batch, a listing, the server's clock, and the last
+/// handle dropped there.
+async fn used_inside_a_runtime() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let key = Key::new(["jobs", "in-runtime"]).unwrap();
+    let v = store.put(&key, b"one", Expect::Absent).unwrap();
+    assert_eq!(store.get(&key).unwrap().unwrap().version, v);
+    let batch = jobsafe::Batch::new()
+        .put(&key, b"two".to_vec(), Expect::Version(v))
+        .put(
+            &Key::new(["jobs", "other"]).unwrap(),
+            b"x".to_vec(),
+            Expect::Absent,
+        );
+    store.apply(&batch).unwrap();
+    assert_eq!(
+        store
+            .list_all(&Prefix::new(["jobs"]).unwrap())
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(PgClock::new(&store).unwrap().now_ms() > 0);
+    // From a task too: on a worker thread of a multi-thread runtime, on the
+    // runtime's only thread otherwise.
+    let task_store = store.clone();
+    let found = tokio::spawn(async move { task_store.get(&key).unwrap().unwrap().value })
+        .await
+        .unwrap();
+    assert_eq!(found, b"two");
+    drop(store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_works_inside_a_multi_thread_runtime() {
+    used_inside_a_runtime().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_store_works_inside_a_current_thread_runtime() {
+    used_inside_a_runtime().await;
 }

@@ -1,18 +1,16 @@
-//! Connections: the pool, the statements each connection prepares once, and how
-//! the client library's errors become jobsafe's.
+//! One connection: made, its statements prepared once, and closed so that the
+//! server stops working for it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement};
-use r2d2_postgres::PostgresConnectionManager;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::sql::Sql;
-use crate::error::Error;
 
 /// The server as errors name it: `host:port/database`, never a password.
-pub(crate) fn server_name(config: &postgres::Config) -> String {
+pub(crate) fn server_name(config: &Config) -> String {
     let ports = config.get_ports();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -28,13 +26,13 @@ pub(crate) fn server_name(config: &postgres::Config) -> String {
                 // No host name holds an `@`: the client split a password with
                 // an unencoded `@` at its first one, so what comes before the
                 // last is the end of the password.
-                postgres::config::Host::Tcp(name) => {
+                tokio_postgres::config::Host::Tcp(name) => {
                     let name = name
                         .rsplit_once('@')
                         .map_or(name.as_str(), |(_, host)| host);
                     format!("{name}:{port}")
                 }
-                postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
             }
         })
         .collect();
@@ -50,68 +48,84 @@ pub(crate) fn server_name(config: &postgres::Config) -> String {
     format!("{hosts}/{database}")
 }
 
-/// A client error as an [`Error::Database`], classified.
-pub(crate) fn db_error(step: &'static str, server: &str, e: postgres::Error) -> Error {
-    Error::Database {
-        step,
-        server: server.to_owned(),
-        transient: is_transient(&e),
-        source: Box::new(e),
-    }
+/// A bare connection: the client and the task that moves its bytes, spawned on
+/// `runtime` (whatever runtime the caller is on).
+pub(crate) async fn connect(
+    config: &Config,
+    runtime: &Handle,
+) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    // The task ends when the client is dropped (after telling the server) or the
+    // connection fails; the client sees the failure on its next request.
+    let io = runtime.spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, io))
 }
 
-/// Whether the same request may succeed later: the connection failed or dropped,
-/// or the server was shutting down, starting, out of resources, or broke a
-/// deadlock by cancelling this request.
-fn is_transient(e: &postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => is_transient_code(code),
-        // No answer from the server: the connection could not be made or was lost.
-        None => e.is_closed() || source_is_io(e),
-    }
-}
-
-/// Whether an error the server answered with may go away by itself.
-fn is_transient_code(code: &SqlState) -> bool {
-    // A request the server cannot read as sent fails the same way again: a
-    // protocol violation (08P01, such as a message longer than it accepts)
-    // and a program limit (class 54: a value or a statement too large) are
-    // the request's fault, whatever their class says about the connection.
-    if *code == SqlState::PROTOCOL_VIOLATION {
-        return false;
-    }
-    let class = code.code().get(..2).unwrap_or_default();
-    // 08: connection exception; 53: insufficient resources (too many
-    // connections, out of memory or disk); 57P: operator intervention
-    // (shutdown, crash, not yet accepting connections).
-    matches!(class, "08" | "53")
-        || code.code().starts_with("57P")
-        || [
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::T_R_DEADLOCK_DETECTED,
-            SqlState::LOCK_NOT_AVAILABLE,
-            SqlState::QUERY_CANCELED,
-        ]
-        .contains(code)
-}
-
-fn source_is_io(e: &postgres::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// A pooled connection with its prepared statements.
+/// A store's connection with its prepared statements.
+///
+/// While it serves a request it is `busy`; a busy connection that is dropped was
+/// abandoned midway (its caller gave up, or its future was dropped), so its
+/// session may still be running a statement or sit in an open transaction
+/// holding row locks. Dropping it then asks the server to cancel the statement
+/// and closes the socket at once, instead of leaving the session to finish
+/// work nobody waits for; a connection dropped while idle is closed politely.
 pub(crate) struct Conn {
     pub(crate) client: Client,
     pub(crate) statements: Statements,
+    io: JoinHandle<()>,
+    runtime: Handle,
+    pub(crate) busy: bool,
     /// The pool's generation when this connection was last known to work.
-    generation: u64,
+    pub(crate) generation: u64,
+    /// When it was last put back in the pool.
+    pub(crate) idle_since: Instant,
+}
+
+impl Conn {
+    /// Prepares the store's statements on a connection made by [`connect`].
+    pub(crate) async fn prepare(
+        client: Client,
+        io: JoinHandle<()>,
+        sql: &Sql,
+        runtime: &Handle,
+        generation: u64,
+    ) -> Result<Conn, tokio_postgres::Error> {
+        let statements = match Statements::prepare(&client, sql).await {
+            Ok(statements) => statements,
+            Err(e) => {
+                io.abort();
+                return Err(e);
+            }
+        };
+        Ok(Conn {
+            client,
+            statements,
+            io,
+            runtime: runtime.clone(),
+            busy: false,
+            generation,
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.busy {
+            return;
+        }
+        // Abandoned midway: cancel whatever the session is running (on a
+        // connection of its own, which the server answers at once) and close
+        // ours without waiting for it. Best effort: what the cancel cannot
+        // reach, the server's own timeouts end.
+        let cancel = self.client.cancel_token();
+        self.runtime.spawn(async move {
+            let _ = cancel.cancel_query(NoTls).await;
+        });
+        self.io.abort();
+    }
 }
 
 /// The statements a store runs on single keys, prepared once per connection so
@@ -129,108 +143,16 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    fn prepare(client: &mut Client, sql: &Sql) -> Result<Self, postgres::Error> {
+    async fn prepare(client: &Client, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
         Ok(Statements {
-            get: client.prepare(&sql.get)?,
-            insert: client.prepare(&sql.insert)?,
-            upsert: client.prepare(&sql.upsert)?,
-            update: client.prepare(&sql.update)?,
-            delete_any: client.prepare(&sql.delete_any)?,
-            delete_version: client.prepare(&sql.delete_version)?,
-            quarantine: client.prepare(&sql.quarantine)?,
-            now_ms: client.prepare(super::sql::NOW_MS)?,
+            get: client.prepare(&sql.get).await?,
+            insert: client.prepare(&sql.insert).await?,
+            upsert: client.prepare(&sql.upsert).await?,
+            update: client.prepare(&sql.update).await?,
+            delete_any: client.prepare(&sql.delete_any).await?,
+            delete_version: client.prepare(&sql.delete_version).await?,
+            quarantine: client.prepare(&sql.quarantine).await?,
+            now_ms: client.prepare(super::sql::NOW_MS).await?,
         })
-    }
-}
-
-/// Makes pooled connections: connects, sets the session up, prepares the
-/// statements.
-///
-/// Checking a connection out costs no round trip. When a request finds its
-/// connection dead (a server restart closes every connection at once), the
-/// pool's generation goes up, and each connection made before is pinged once on
-/// its next check-out, and replaced if dead: so the call after the one that
-/// failed gets a working connection instead of another dead one.
-pub(crate) struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
-    sql: Arc<Sql>,
-    setup: &'static str,
-    generation: Arc<AtomicU64>,
-}
-
-impl Manager {
-    pub(crate) fn new(
-        config: postgres::Config,
-        sql: Arc<Sql>,
-        setup: &'static str,
-        generation: Arc<AtomicU64>,
-    ) -> Self {
-        Manager {
-            inner: PostgresConnectionManager::new(config, NoTls),
-            sql,
-            setup,
-            generation,
-        }
-    }
-}
-
-impl std::fmt::Debug for Manager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").finish_non_exhaustive()
-    }
-}
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = postgres::Error;
-
-    fn connect(&self) -> Result<Conn, postgres::Error> {
-        let generation = self.generation.load(Ordering::SeqCst);
-        let mut client = self.inner.connect()?;
-        client.batch_execute(self.setup)?;
-        let statements = Statements::prepare(&mut client, &self.sql)?;
-        Ok(Conn {
-            client,
-            statements,
-            generation,
-        })
-    }
-
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        let now = self.generation.load(Ordering::SeqCst);
-        if conn.generation != now {
-            conn.client.simple_query("")?;
-            conn.generation = now;
-        }
-        Ok(())
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_closed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_too_large_for_the_server_are_not_transient() {
-        for code in [
-            SqlState::PROTOCOL_VIOLATION,
-            SqlState::PROGRAM_LIMIT_EXCEEDED,
-            SqlState::STATEMENT_TOO_COMPLEX,
-            SqlState::STRING_DATA_RIGHT_TRUNCATION,
-        ] {
-            assert!(!is_transient_code(&code), "{code:?}");
-        }
-        for code in [
-            SqlState::CONNECTION_FAILURE,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::T_R_DEADLOCK_DETECTED,
-        ] {
-            assert!(is_transient_code(&code), "{code:?}");
-        }
     }
 }

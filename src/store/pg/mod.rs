@@ -1,32 +1,37 @@
 //! The shared store: records in a PostgreSQL table, for services that run on
 //! several machines.
+//!
+//! The work is asynchronous underneath ([`ops`] on one connection, [`Shared`]'s
+//! methods for a whole call); the [`Store`] API runs it on the crate's own
+//! runtime ([`runtime`]) and blocks the calling thread until it is done.
 
 mod clock;
 mod conn;
+mod failure;
+mod ops;
+mod pool;
+mod runtime;
 mod schema;
 mod sql;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postgres::GenericClient;
+use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
-use self::conn::{Conn, Manager, Statements, db_error, server_name};
-use self::sql::{Names, Sql, checksum, key_lock, row_id};
+use self::conn::{Conn, server_name};
+use self::failure::db_error;
+use self::ops::Ctx;
+use self::pool::Pool;
+use self::sql::{Names, Sql};
 use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
-use crate::store::packed::pack;
 use crate::store::{
-    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
+    Applied, Batch, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
-
-/// How often a write retries when the record changed between its attempt and the
-/// read that explains why the attempt wrote nothing.
-const RETRIES: usize = 16;
 
 /// A [`Store`] in a PostgreSQL table: one ledger, one set of locks and one set of
 /// jobs shared by many processes on many machines.
@@ -69,13 +74,23 @@ const RETRIES: usize = 16;
 ///   touches a row whose checksum does not match: a row edited outside jobsafe
 ///   or damaged is [`Error::Corrupt`], never overwritten, until
 ///   [`quarantine`](Store::quarantine) moves it to the quarantine table.
-/// - **Connections** come from a pool ([`r2d2`](https://docs.rs/r2d2)); checking
-///   one out costs no round trip. When the server restarts, the call that finds
-///   its connection dead fails with a transient [`Error::Database`], and the
-///   pool replaces dead connections on the calls after it.
+/// - **Connections** come from a pool of the store's own; checking one out costs
+///   no round trip. When the server restarts, the call that finds its connection
+///   dead fails with a transient [`Error::Database`], and the pool replaces dead
+///   connections on the calls after it.
+/// - **Threads.** The client is asynchronous ([`tokio-postgres`]); its
+///   connections run on a small runtime that jobsafe starts for the process (two
+///   threads, shared by every `PgStore`). Each call of the [`Store`] API sends
+///   its work there and blocks the calling thread until the answer arrives, as a
+///   file read does. So it may be called from any thread, a thread of your own
+///   tokio runtime included, where it never panics; but it blocks that thread for
+///   the call, so in async code prefer `tokio::task::spawn_blocking` (or a
+///   runtime with threads to spare) for store calls, as for `std::fs`.
 /// - **Migrations** are versioned in `jobsafe_schema` and run on open, in one
 ///   transaction under an advisory lock: idempotent, and safe when many
 ///   processes start at once.
+///
+/// [`tokio-postgres`]: https://docs.rs/tokio-postgres
 ///
 /// # Guarantees
 ///
@@ -118,13 +133,15 @@ pub struct PgStore {
     shared: Arc<Shared>,
 }
 
+/// What every handle of one store shares; its methods are the asynchronous
+/// core of each call (check a connection out, run the operation, put the
+/// connection back).
 struct Shared {
-    pool: r2d2::Pool<Manager>,
+    pool: Pool,
     sql: Arc<Sql>,
     server: String,
     names: Names,
-    /// Goes up whenever a request finds its connection dead; see [`Manager`].
-    generation: Arc<AtomicU64>,
+    runtime: Handle,
 }
 
 impl fmt::Debug for PgStore {
@@ -165,7 +182,7 @@ pub struct PgStoreBuilder {
 impl fmt::Debug for PgStoreBuilder {
     /// Names the server as errors do, never the URL: it may hold a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let server = self.url.parse::<postgres::Config>().map_or_else(
+        let server = self.url.parse::<tokio_postgres::Config>().map_or_else(
             |_| "(a URL that does not parse)".to_owned(),
             |c| conn::server_name(&c),
         );
@@ -268,58 +285,70 @@ impl PgStoreBuilder {
     pub fn open(self) -> Result<PgStore> {
         check_name("schema", &self.schema)?;
         check_name("table", &self.table)?;
-        let mut config: postgres::Config = self.url.parse().map_err(|_: postgres::Error| {
-            // Neither the URL nor the parser's message (which quotes the part
-            // it could not read) is repeated: either may hold a password.
-            Error::InvalidArgument(
-                "the database URL does not parse as a PostgreSQL connection string".to_owned(),
-            )
-        })?;
+        let mut config: tokio_postgres::Config =
+            self.url.parse().map_err(|_: tokio_postgres::Error| {
+                // Neither the URL nor the parser's message (which quotes the part
+                // it could not read) is repeated: either may hold a password.
+                Error::InvalidArgument(
+                    "the database URL does not parse as a PostgreSQL connection string".to_owned(),
+                )
+            })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(self.connect_timeout);
         }
         if config.get_application_name().is_none() {
             config.application_name("jobsafe");
         }
+        let setting = match self.durability {
+            Durability::Full => "on",
+            Durability::AtomicOnly => "off",
+        };
+        // Set at login, before any statement runs: no round trip of their own.
+        let options = format!(
+            "{} -c synchronous_commit={setting} \
+             -c default_transaction_isolation=read\\ committed",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim_start());
         let server = server_name(&config);
         let names = Names {
             schema: self.schema,
             table: self.table,
         };
-
-        let mut client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| db_error("connect", &server, e))?;
-        schema::migrate(&mut client, &names, &server)?;
-        drop(client);
-
-        let setup = match self.durability {
-            Durability::Full => {
-                "SET synchronous_commit = on; \
-                 SET default_transaction_isolation = 'read committed'"
-            }
-            Durability::AtomicOnly => {
-                "SET synchronous_commit = off; \
-                 SET default_transaction_isolation = 'read committed'"
-            }
-        };
-        let generation = Arc::new(AtomicU64::new(0));
+        let runtime = runtime::handle(&server)?;
         let sql = Arc::new(Sql::new(&names));
-        let manager = Manager::new(config, sql.clone(), setup, generation.clone());
-        let pool = r2d2::Pool::builder()
-            .max_size(self.pool_size)
-            .min_idle(Some(0))
-            .test_on_check_out(true)
-            .connection_timeout(self.connect_timeout)
-            .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build_unchecked(manager);
+
+        // The first connection migrates the tables, then joins the pool.
+        let first = {
+            let (config, sql, server, names) =
+                (config.clone(), sql.clone(), server.clone(), names.clone());
+            let rt = runtime.clone();
+            runtime::block_on(&runtime, &server.clone(), async move {
+                let db = |e| db_error("connect", &server, e);
+                let (mut client, io) = conn::connect(&config, &rt).await.map_err(db)?;
+                if let Err(e) = schema::migrate(&mut client, &names, &server).await {
+                    io.abort();
+                    return Err(e);
+                }
+                Conn::prepare(client, io, &sql, &rt, 0).await.map_err(db)
+            })?
+        };
+        let pool = Pool::new(
+            config,
+            sql.clone(),
+            server.clone(),
+            runtime.clone(),
+            usize::try_from(self.pool_size).unwrap_or(usize::MAX),
+            self.connect_timeout,
+            Some(first),
+        );
         Ok(PgStore {
             shared: Arc::new(Shared {
                 pool,
                 sql,
                 server,
                 names,
-                generation,
+                runtime,
             }),
         })
     }
@@ -342,341 +371,114 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     )))
 }
 
-/// What an operation needs to name the server and table in its errors.
-struct Ctx<'a> {
-    server: &'a str,
-    names: &'a Names,
-}
-
-impl Ctx<'_> {
-    fn db(&self, step: &'static str) -> impl Fn(postgres::Error) -> Error + '_ {
-        move |e| db_error(step, self.server, e)
-    }
-
-    fn corrupt(&self, key: &Key, reason: &str) -> Error {
-        Error::Corrupt {
-            key: key.clone(),
-            path: None,
-            reason: format!(
-                "{reason} (row in table {} on database server {})",
-                self.names.shown(),
-                self.server
-            ),
+impl Shared {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            server: &self.server,
+            names: &self.names,
         }
     }
 
-    fn corrupt_row(&self, reason: String) -> Error {
-        Error::CorruptRow {
-            server: self.server.to_owned(),
-            table: self.names.shown(),
-            reason,
-        }
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let conn = self.pool.get().await?;
+        let result = ops::get(&conn, &self.ctx(), key).await;
+        conn.release();
+        result
     }
-}
 
-/// A key's row: its id, its packed key and the advisory lock its writers take
-/// before they draw a version.
-struct Row {
-    id: Vec<u8>,
-    packed: Vec<u8>,
-    lock: i64,
-}
-
-impl Row {
-    fn of(key: &Key) -> Self {
-        let packed = pack(key.segments());
-        let id = row_id(&packed);
-        Row {
-            lock: key_lock(&id),
-            id,
-            packed,
-        }
+    async fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        let conn = self.pool.get().await?;
+        let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
+        conn.release();
+        result
     }
-}
 
-/// A version as the database holds it; one that no row can have maps to -1, which
-/// matches nothing.
-fn db_version(v: Version) -> i64 {
-    i64::try_from(v.get()).unwrap_or(-1)
+    async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        let conn = self.pool.get().await?;
+        let result = ops::delete(&conn, &self.ctx(), key, expect).await;
+        conn.release();
+        result
+    }
+
+    async fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        let conn = self.pool.get().await?;
+        let result = ops::list(&conn, &self.sql, &self.ctx(), prefix, after, limit).await;
+        conn.release();
+        result
+    }
+
+    async fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        let mut conn = self.pool.get().await?;
+        let result = ops::apply(&mut conn, &self.ctx(), batch).await;
+        conn.release();
+        result
+    }
+
+    async fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        let conn = self.pool.get().await?;
+        let result = ops::quarantine(&conn, &self.ctx(), key).await;
+        conn.release();
+        result
+    }
+
+    /// The server's clock, and the moment of this machine's monotonic clock it
+    /// is taken as of: the middle of the round trip.
+    async fn server_time(&self) -> Result<(u64, Instant)> {
+        let conn = self.pool.get().await?;
+        let before = Instant::now();
+        let result = ops::now_ms(&conn, &self.ctx()).await;
+        let after = Instant::now();
+        conn.release();
+        Ok((result?, before + (after - before) / 2))
+    }
 }
 
 impl PgStore {
-    /// Runs `f` on a pooled connection. If the connection turns out dead, every
-    /// other pooled connection is checked before its next use.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, &Ctx<'_>) -> Result<T>) -> Result<T> {
+    /// Runs a call's work on the client's runtime and waits for it here.
+    fn call<T, F>(&self, work: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
         let shared = &self.shared;
-        let mut conn = shared.pool.get().map_err(|e| Error::Database {
-            step: "connect",
-            server: shared.server.clone(),
-            transient: true,
-            source: Box::new(e),
-        })?;
-        let ctx = Ctx {
-            server: &shared.server,
-            names: &shared.names,
-        };
-        let result = f(&mut conn, &ctx);
-        if result.is_err() && conn.client.is_closed() {
-            shared.generation.fetch_add(1, Ordering::SeqCst);
-        }
-        result
-    }
-}
-
-/// The key's record, its checksum checked.
-fn read(
-    c: &mut impl GenericClient,
-    st: &Statements,
-    ctx: &Ctx<'_>,
-    key: &Key,
-    row: &Row,
-) -> Result<Option<Entry>> {
-    let rows = c.query(&st.get, &[&row.id]).map_err(ctx.db("get"))?;
-    let Some(found) = rows.first() else {
-        return Ok(None);
-    };
-    let columns = (|| {
-        Ok::<_, postgres::Error>((
-            found.try_get::<_, Vec<u8>>(0)?,
-            found.try_get::<_, i64>(1)?,
-            found.try_get::<_, Vec<u8>>(2)?,
-            found.try_get::<_, Vec<u8>>(3)?,
-        ))
-    })();
-    let (stored_key, version, value, sum) =
-        columns.map_err(|e| ctx.corrupt(key, &format!("columns do not decode: {e}")))?;
-    if stored_key != row.packed {
-        return Err(ctx.corrupt(key, "the row's key column holds another key"));
-    }
-    if sum != checksum(version, &stored_key, &value) {
-        return Err(ctx.corrupt(
-            key,
-            "checksum does not match the row (edited outside jobsafe, or damaged)",
-        ));
-    }
-    let version = u64::try_from(version)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| ctx.corrupt(key, &format!("version {version} is not positive")))?;
-    Ok(Some(Entry {
-        value,
-        version: Version::new(version),
-    }))
-}
-
-/// The version a write returned.
-fn written(rows: &[postgres::Row], ctx: &Ctx<'_>, key: &Key) -> Result<Option<Version>> {
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    let version: i64 = row.try_get(0).map_err(ctx.db("put"))?;
-    u64::try_from(version)
-        .map(|v| Some(Version::new(v)))
-        .map_err(|_| ctx.corrupt(key, &format!("version {version} is not positive")))
-}
-
-fn put_op(
-    c: &mut impl GenericClient,
-    st: &Statements,
-    ctx: &Ctx<'_>,
-    key: &Key,
-    value: &[u8],
-    expect: Expect,
-) -> Result<Version> {
-    let row = Row::of(key);
-    for _ in 0..RETRIES {
-        let rows = match expect {
-            Expect::Any => c.query(&st.upsert, &[&row.id, &row.packed, &value, &row.lock]),
-            Expect::Absent => c.query(&st.insert, &[&row.id, &row.packed, &value, &row.lock]),
-            Expect::Version(v) => {
-                c.query(&st.update, &[&row.id, &value, &db_version(v), &row.lock])
-            }
-        }
-        .map_err(ctx.db("put"))?;
-        if let Some(version) = written(&rows, ctx, key)? {
-            return Ok(version);
-        }
-        // Nothing written: the row is damaged (the read says so), or the
-        // precondition failed, or the row changed since; then try again.
-        let current = read(c, st, ctx, key, &row)?.map(|e| e.version);
-        expect.check(key, current)?;
-    }
-    Err(contended("put", ctx, key))
-}
-
-fn delete_op(
-    c: &mut impl GenericClient,
-    st: &Statements,
-    ctx: &Ctx<'_>,
-    key: &Key,
-    expect: Expect,
-) -> Result<bool> {
-    let row = Row::of(key);
-    for _ in 0..RETRIES {
-        let rows = match expect {
-            Expect::Absent => {
-                let current = read(c, st, ctx, key, &row)?.map(|e| e.version);
-                expect.check(key, current)?;
-                return Ok(false);
-            }
-            Expect::Any => c.query(&st.delete_any, &[&row.id]),
-            Expect::Version(v) => c.query(&st.delete_version, &[&row.id, &db_version(v)]),
-        }
-        .map_err(ctx.db("delete"))?;
-        if !rows.is_empty() {
-            return Ok(true);
-        }
-        match read(c, st, ctx, key, &row)?.map(|e| e.version) {
-            None if expect == Expect::Any => return Ok(false),
-            current => expect.check(key, current)?,
-        }
-    }
-    Err(contended("delete", ctx, key))
-}
-
-fn contended(step: &'static str, ctx: &Ctx<'_>, key: &Key) -> Error {
-    Error::Database {
-        step,
-        server: ctx.server.to_owned(),
-        transient: true,
-        source: format!("{key} changed under each of {RETRIES} attempts").into(),
-    }
-}
-
-/// A key read back from its packed form; anything that is not a valid key is a
-/// damaged row (never a lossy guess that would name another key).
-fn unpack_strict(bytes: &[u8]) -> std::result::Result<Key, String> {
-    let segments = bytes
-        .split(|&b| b == 0)
-        .map(|s| String::from_utf8(s.to_vec()))
-        .collect::<std::result::Result<Vec<String>, _>>()
-        .map_err(|_| format!("key column {} is not UTF-8", show_bytes(bytes)))?;
-    Key::new(segments).map_err(|e| format!("key column {} is not a key: {e}", show_bytes(bytes)))
-}
-
-fn show_bytes(bytes: &[u8]) -> String {
-    let shown: String = String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
-        .escape_debug()
-        .collect();
-    if bytes.len() > 64 {
-        format!("\"{shown}…\" ({} bytes)", bytes.len())
-    } else {
-        format!("\"{shown}\"")
+        runtime::block_on(&shared.runtime, &shared.server, work(shared.clone()))
     }
 }
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.with_conn(|conn, ctx| {
-            read(&mut conn.client, &conn.statements, ctx, key, &Row::of(key))
-        })
+        let key = key.clone();
+        self.call(|s| async move { s.get(&key).await })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
         // Checked here, not left to the server: a value it cannot take (over
         // 1 GB) makes it drop the connection, which looks transient.
         Entry::check_value(key, value)?;
-        self.with_conn(|conn, ctx| {
-            put_op(&mut conn.client, &conn.statements, ctx, key, value, expect)
-        })
+        let (key, value) = (key.clone(), value.to_vec());
+        self.call(|s| async move { s.put(&key, &value, expect).await })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        self.with_conn(|conn, ctx| delete_op(&mut conn.client, &conn.statements, ctx, key, expect))
+        let key = key.clone();
+        self.call(|s| async move { s.delete(&key, expect).await })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
         check_limit(limit)?;
-        let lowest = pack(prefix.segments());
-        let after = after.map(|k| pack(k.segments())).unwrap_or_default();
-        // One more than asked, to know whether another page follows.
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let sql = &self.shared.sql;
-        self.with_conn(|conn, ctx| {
-            let (bytea, int8) = (postgres::types::Type::BYTEA, postgres::types::Type::INT8);
-            let rows = if lowest.is_empty() {
-                conn.client
-                    .query_typed(&sql.list_all, &[(&after, bytea), (&fetch, int8)])
-            } else {
-                // Keys under the prefix are the prefix itself and the prefix
-                // followed by NUL: everything below the prefix followed by 0x01.
-                let mut bound = lowest.clone();
-                bound.push(1);
-                conn.client.query_typed(
-                    &sql.list_range,
-                    &[
-                        (&lowest, bytea.clone()),
-                        (&after, bytea.clone()),
-                        (&bound, bytea),
-                        (&fetch, int8),
-                    ],
-                )
-            }
-            .map_err(ctx.db("list"))?;
-            let mut keys = Vec::with_capacity(rows.len().min(limit));
-            for row in rows.iter().take(limit) {
-                let bytes: Vec<u8> = row.try_get(0).map_err(ctx.db("list"))?;
-                keys.push(unpack_strict(&bytes).map_err(|reason| ctx.corrupt_row(reason))?);
-            }
-            let next = if rows.len() > limit {
-                keys.last().cloned()
-            } else {
-                None
-            };
-            Ok(ListPage { keys, next })
-        })
+        let (prefix, after) = (prefix.clone(), after.cloned());
+        self.call(|s| async move { s.list(&prefix, after.as_ref(), limit).await })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
-        let ops = batch.ops();
-        // Rows are locked in key order, so that two batches never wait for each
-        // other in a cycle.
-        let mut order: Vec<(Vec<u8>, usize)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| (pack(op.key().segments()), i))
-            .collect();
-        order.sort();
-        self.with_conn(|conn, ctx| {
-            let st = &conn.statements;
-            let mut tx = conn.client.transaction().map_err(ctx.db("begin batch"))?;
-            let mut applied = vec![Applied::Deleted(false); ops.len()];
-            for (_, i) in &order {
-                applied[*i] = match &ops[*i] {
-                    BatchOp::Put { key, value, expect } => {
-                        Applied::Put(put_op(&mut tx, st, ctx, key, value, *expect)?)
-                    }
-                    BatchOp::Delete { key, expect } => {
-                        Applied::Deleted(delete_op(&mut tx, st, ctx, key, *expect)?)
-                    }
-                };
-            }
-            tx.commit().map_err(ctx.db("commit batch"))?;
-            Ok(applied)
-        })
+        let batch = batch.clone();
+        self.call(|s| async move { s.apply(&batch).await })
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        let row = Row::of(key);
-        self.with_conn(|conn, ctx| {
-            let rows = conn
-                .client
-                .query(&conn.statements.quarantine, &[&row.id])
-                .map_err(ctx.db("quarantine"))?;
-            let Some(moved) = rows.first() else {
-                return Ok(None);
-            };
-            let id: i64 = moved.try_get(0).map_err(ctx.db("quarantine"))?;
-            Ok(Some(Quarantined {
-                key: key.clone(),
-                location: format!(
-                    "row id {id} of table {}_quarantine on database server {}",
-                    ctx.names.shown(),
-                    ctx.server
-                ),
-            }))
-        })
+        let key = key.clone();
+        self.call(|s| async move { s.quarantine(&key).await })
     }
 }
 
@@ -698,7 +500,7 @@ mod password_tests {
                 "{url}: {shown}"
             );
             assert!(shown.contains("db.internal"), "{url}: {shown}");
-            if let Ok(config) = url.parse::<postgres::Config>() {
+            if let Ok(config) = url.parse::<tokio_postgres::Config>() {
                 let name = server_name(&config);
                 assert!(!name.contains("Zq"), "{url}: {name}");
             }

@@ -6,9 +6,9 @@
 //! processes starting at once apply each migration exactly once, and a process
 //! that dies midway leaves nothing half done.
 
-use postgres::Client;
+use tokio_postgres::Client;
 
-use super::conn::db_error;
+use super::failure::db_error;
 use super::sql::Names;
 use crate::error::{Error, Result};
 
@@ -16,14 +16,15 @@ use crate::error::{Error, Result};
 const MIGRATION_LOCK: i64 = 0x6a6f_6273_6166_6501;
 
 /// Brings the store's tables to the current schema version; returns that version.
-pub(crate) fn migrate(client: &mut Client, names: &Names, server: &str) -> Result<i32> {
+pub(crate) async fn migrate(client: &mut Client, names: &Names, server: &str) -> Result<i32> {
     let step = "migrate schema";
     let db = |e| db_error(step, server, e);
     let migrations = names.migrations_sql();
     let latest = i32::try_from(migrations.len()).unwrap_or(i32::MAX);
 
-    let mut tx = client.transaction().map_err(db)?;
+    let tx = client.transaction().await.map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
         .map_err(db)?;
     // CREATE SCHEMA IF NOT EXISTS needs the right to create schemas even when the
     // schema exists: ask first, so that a role without it can use a prepared one.
@@ -32,10 +33,12 @@ pub(crate) fn migrate(client: &mut Client, names: &Names, server: &str) -> Resul
             "SELECT 1 FROM pg_namespace WHERE nspname = $1",
             &[&names.schema],
         )
+        .await
         .map_err(db)?
         .is_some();
     if !exists {
         tx.batch_execute(&format!("CREATE SCHEMA \"{}\"", names.schema))
+            .await
             .map_err(db)?;
     }
     let table = names.migrations();
@@ -47,12 +50,14 @@ pub(crate) fn migrate(client: &mut Client, names: &Names, server: &str) -> Resul
              PRIMARY KEY (store_table, version)
          )"
     ))
+    .await
     .map_err(db)?;
     let current: i32 = tx
         .query_one(
             &format!("SELECT coalesce(max(version), 0) FROM {table} WHERE store_table = $1"),
             &[&names.table],
         )
+        .await
         .and_then(|row| row.try_get(0))
         .map_err(db)?;
     if current > latest {
@@ -72,13 +77,14 @@ pub(crate) fn migrate(client: &mut Client, names: &Names, server: &str) -> Resul
         .zip(&migrations)
         .skip(usize::try_from(current).unwrap_or(0))
     {
-        tx.batch_execute(sql).map_err(db)?;
+        tx.batch_execute(sql).await.map_err(db)?;
         tx.execute(
             &format!("INSERT INTO {table} (store_table, version) VALUES ($1, $2)"),
             &[&names.table, &version],
         )
+        .await
         .map_err(db)?;
     }
-    tx.commit().map_err(db)?;
+    tx.commit().await.map_err(db)?;
     Ok(latest)
 }

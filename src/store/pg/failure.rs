@@ -1,0 +1,87 @@
+//! How the client library's errors become jobsafe's: an [`Error::Database`]
+//! naming the step and the server, classified transient or not.
+
+use tokio_postgres::error::SqlState;
+
+use crate::error::Error;
+
+/// A client error as an [`Error::Database`], classified.
+pub(crate) fn db_error(step: &'static str, server: &str, e: tokio_postgres::Error) -> Error {
+    Error::Database {
+        step,
+        server: server.to_owned(),
+        transient: is_transient(&e),
+        source: Box::new(e),
+    }
+}
+
+/// Whether the same request may succeed later: the connection failed or dropped,
+/// or the server was shutting down, starting, out of resources, or broke a
+/// deadlock by cancelling this request.
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => is_transient_code(code),
+        // No answer from the server: the connection could not be made or was lost.
+        None => e.is_closed() || source_is_io(e),
+    }
+}
+
+/// Whether an error the server answered with may go away by itself.
+fn is_transient_code(code: &SqlState) -> bool {
+    // A request the server cannot read as sent fails the same way again: a
+    // protocol violation (08P01, such as a message longer than it accepts)
+    // and a program limit (class 54: a value or a statement too large) are
+    // the request's fault, whatever their class says about the connection.
+    if *code == SqlState::PROTOCOL_VIOLATION {
+        return false;
+    }
+    let class = code.code().get(..2).unwrap_or_default();
+    // 08: connection exception; 53: insufficient resources (too many
+    // connections, out of memory or disk); 57P: operator intervention
+    // (shutdown, crash, not yet accepting connections).
+    matches!(class, "08" | "53")
+        || code.code().starts_with("57P")
+        || [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+        ]
+        .contains(code)
+}
+
+fn source_is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_too_large_for_the_server_are_not_transient() {
+        for code in [
+            SqlState::PROTOCOL_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+            SqlState::STATEMENT_TOO_COMPLEX,
+            SqlState::STRING_DATA_RIGHT_TRUNCATION,
+        ] {
+            assert!(!is_transient_code(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ] {
+            assert!(is_transient_code(&code), "{code:?}");
+        }
+    }
+}
