@@ -1,13 +1,16 @@
 //! One connection: made, its statements prepared once, and closed so that the
 //! server stops working for it.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
+use super::failure::{db_error, timed_out};
 use super::sql::Sql;
+use crate::error::Result;
 
 /// The server as errors name it: `host:port/database`, never a password.
 pub(crate) fn server_name(config: &Config) -> String {
@@ -48,62 +51,75 @@ pub(crate) fn server_name(config: &Config) -> String {
     format!("{hosts}/{database}")
 }
 
-/// A bare connection: the client and the task that moves its bytes, spawned on
-/// `runtime` (whatever runtime the caller is on).
-pub(crate) async fn connect(
-    config: &Config,
-    runtime: &Handle,
-) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    // The task ends when the client is dropped (after telling the server) or the
-    // connection fails; the client sees the failure on its next request.
-    let io = runtime.spawn(async move {
-        let _ = connection.await;
-    });
-    Ok((client, io))
+/// What a store needs to make its connections.
+pub(crate) struct Connector {
+    pub(crate) config: Config,
+    pub(crate) sql: Arc<Sql>,
+    pub(crate) server: String,
+    pub(crate) runtime: Handle,
+    /// How long making a connection may take, login and statements included;
+    /// also the bound on a cancel request.
+    pub(crate) within: Duration,
 }
 
-/// A store's connection with its prepared statements.
-///
-/// While it serves a request it is `busy`; a busy connection that is dropped was
-/// abandoned midway (its caller gave up, or its future was dropped), so its
-/// session may still be running a statement or sit in an open transaction
-/// holding row locks. Dropping it then asks the server to cancel the statement
-/// and closes the socket at once, instead of leaving the session to finish
-/// work nobody waits for; a connection dropped while idle is closed politely.
-pub(crate) struct Conn {
-    pub(crate) client: Client,
-    pub(crate) statements: Statements,
-    io: JoinHandle<()>,
-    runtime: Handle,
-    pub(crate) busy: bool,
-    /// The pool's generation when this connection was last known to work.
-    pub(crate) generation: u64,
-    /// When it was last put back in the pool.
-    pub(crate) idle_since: Instant,
-}
-
-impl Conn {
-    /// Prepares the store's statements on a connection made by [`connect`].
-    pub(crate) async fn prepare(
-        client: Client,
-        io: JoinHandle<()>,
-        sql: &Sql,
-        runtime: &Handle,
-        generation: u64,
-    ) -> Result<Conn, tokio_postgres::Error> {
-        let statements = match Statements::prepare(&client, sql).await {
-            Ok(statements) => statements,
-            Err(e) => {
-                io.abort();
-                return Err(e);
+impl Connector {
+    /// A connection without the store's statements, for what runs before the
+    /// tables exist.
+    ///
+    /// # Errors
+    /// The client's error, classified; a transient one if the connection is
+    /// not made within [`within`](Connector::within) (the server or the
+    /// network silent).
+    pub(crate) async fn bare(&self) -> Result<Bare> {
+        let made = tokio::time::timeout(self.within, self.config.connect(NoTls)).await;
+        let (client, connection) = match made {
+            Ok(made) => made.map_err(|e| db_error("connect", &self.server, e))?,
+            Err(_) => {
+                return Err(timed_out(
+                    "connect",
+                    &self.server,
+                    self.within,
+                    "a connection",
+                ));
             }
         };
-        Ok(Conn {
+        // The task ends when the client is dropped (after telling the server) or
+        // the connection fails; the client sees the failure on its next request.
+        let io = self.runtime.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Bare {
             client,
-            statements,
-            io,
-            runtime: runtime.clone(),
+            io: IoTask(Some(io)),
+        })
+    }
+
+    /// A connection with the store's statements, at the pool's `generation`.
+    pub(crate) async fn connect(&self, generation: u64) -> Result<Conn> {
+        let bare = self.bare().await?;
+        self.prepare(bare, generation).await
+    }
+
+    /// Prepares the store's statements on `bare`.
+    pub(crate) async fn prepare(&self, bare: Bare, generation: u64) -> Result<Conn> {
+        let prepared =
+            tokio::time::timeout(self.within, Statements::prepare(&bare.client, &self.sql))
+                .await
+                .map_err(|_| {
+                    timed_out(
+                        "prepare statements",
+                        &self.server,
+                        self.within,
+                        "the answer",
+                    )
+                })?
+                .map_err(|e| db_error("prepare statements", &self.server, e))?;
+        Ok(Conn {
+            client: bare.client,
+            statements: prepared,
+            io: bare.io,
+            runtime: self.runtime.clone(),
+            cancel_within: self.within,
             busy: false,
             generation,
             idle_since: Instant::now(),
@@ -111,20 +127,69 @@ impl Conn {
     }
 }
 
+/// A connection before it has the store's statements. Dropped, it is closed
+/// at once.
+pub(crate) struct Bare {
+    pub(crate) client: Client,
+    io: IoTask,
+}
+
+/// The task that moves a connection's bytes. Dropped, it is aborted, which
+/// closes the socket at once, whatever is in flight; detached, it is left to
+/// end by itself, which it does once its client is dropped and the server has
+/// been told goodbye.
+struct IoTask(Option<JoinHandle<()>>);
+
+impl IoTask {
+    fn detach(&mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for IoTask {
+    fn drop(&mut self) {
+        if let Some(io) = self.0.take() {
+            io.abort();
+        }
+    }
+}
+
+/// A store's connection with its prepared statements.
+///
+/// While it serves a request it is `busy`; a busy connection that is dropped was
+/// abandoned midway (its caller's deadline passed, or its future was dropped),
+/// so its session may still be running a statement or sit in an open
+/// transaction holding row locks, and its socket may have gone silent. Dropping
+/// it then asks the server to cancel the statement (on a connection of its
+/// own) and closes the socket at once, without waiting for an answer that may
+/// never come. A connection dropped while idle is closed politely.
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    pub(crate) statements: Statements,
+    io: IoTask,
+    runtime: Handle,
+    cancel_within: Duration,
+    pub(crate) busy: bool,
+    /// The pool's generation when this connection was last known to work.
+    pub(crate) generation: u64,
+    /// When it was last put back in the pool.
+    pub(crate) idle_since: Instant,
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if !self.busy {
+            self.io.detach();
             return;
         }
-        // Abandoned midway: cancel whatever the session is running (on a
-        // connection of its own, which the server answers at once) and close
-        // ours without waiting for it. Best effort: what the cancel cannot
-        // reach, the server's own timeouts end.
+        // Best effort, bounded: what the cancel cannot reach (the network is
+        // down), the server's own timeouts end.
         let cancel = self.client.cancel_token();
+        let within = self.cancel_within;
         self.runtime.spawn(async move {
-            let _ = cancel.cancel_query(NoTls).await;
+            let _ = tokio::time::timeout(within, cancel.cancel_query(NoTls)).await;
         });
-        self.io.abort();
+        // `io` is aborted as it is dropped.
     }
 }
 
@@ -143,7 +208,10 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    async fn prepare(client: &Client, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
+    async fn prepare(
+        client: &Client,
+        sql: &Sql,
+    ) -> std::result::Result<Self, tokio_postgres::Error> {
         Ok(Statements {
             get: client.prepare(&sql.get).await?,
             insert: client.prepare(&sql.insert).await?,

@@ -1,6 +1,8 @@
 //! How the client library's errors become jobsafe's: an [`Error::Database`]
 //! naming the step and the server, classified transient or not.
 
+use std::time::Duration;
+
 use tokio_postgres::error::SqlState;
 
 use crate::error::Error;
@@ -12,6 +14,32 @@ pub(crate) fn db_error(step: &'static str, server: &str, e: tokio_postgres::Erro
         server: server.to_owned(),
         transient: is_transient(&e),
         source: Box::new(e),
+    }
+}
+
+/// A wait for `what` that did not end within `bound` (transient: the server or
+/// the network may answer again).
+pub(crate) fn timed_out(step: &'static str, server: &str, bound: Duration, what: &str) -> Error {
+    Error::Database {
+        step,
+        server: server.to_owned(),
+        transient: true,
+        source: format!("no {what} within {bound:?}").into(),
+    }
+}
+
+/// A call whose deadline passed: it was abandoned, its statement cancelled and
+/// its connection closed. Transient: a write may or may not have landed.
+pub(crate) fn deadline_passed(step: &'static str, server: &str, deadline: Duration) -> Error {
+    Error::Database {
+        step,
+        server: server.to_owned(),
+        transient: true,
+        source: format!(
+            "no answer within the call deadline of {deadline:?} (call_timeout); the request \
+             was cancelled and its connection closed, and a write may or may not have landed"
+        )
+        .into(),
     }
 }
 

@@ -12,6 +12,7 @@ mod ops;
 mod pool;
 mod runtime;
 mod schema;
+mod session;
 mod sql;
 
 use std::fmt;
@@ -21,10 +22,11 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
-use self::conn::{Conn, server_name};
-use self::failure::db_error;
+use self::conn::{Connector, server_name};
+use self::failure::deadline_passed;
 use self::ops::Ctx;
 use self::pool::Pool;
+use self::session::Limits;
 use self::sql::{Names, Sql};
 use crate::durability::Durability;
 use crate::error::{Error, Result};
@@ -100,11 +102,18 @@ use crate::store::{
 /// server's disk (and to its synchronous standbys, if it has any), whatever the
 /// server's default.
 ///
+/// No call waits without a bound: a silent network, a lock held by another
+/// session and a transaction left open by a client that went silent each end
+/// within a bound set on the builder (see [`PgStoreBuilder`], "Bounded waits"),
+/// with a transient [`Error::Database`] that names it.
+///
 /// # Limitations
 ///
 /// - A write that fails with a transient error (the connection dropped after the
-///   request was sent) may or may not have been committed: the error says the
-///   answer was lost, not the change. Re-read before repeating it.
+///   request was sent, or the call deadline passed) may or may not have been
+///   committed: the error says the answer was lost, not the change. Re-read
+///   before repeating it, or repeat it as a compare-and-set, which reports a
+///   conflict if the first one landed.
 /// - Connections are not encrypted (no TLS): use it on a trusted network or
 ///   through a local tunnel.
 /// - Keys longer than 1024 bytes that share their first 1024 bytes are ordered
@@ -142,6 +151,8 @@ struct Shared {
     server: String,
     names: Names,
     runtime: Handle,
+    /// The bound on each call, from its start to its answer.
+    deadline: Duration,
 }
 
 impl fmt::Debug for PgStore {
@@ -156,6 +167,27 @@ impl fmt::Debug for PgStore {
 /// Options for opening a [`PgStore`]. Available with the cargo feature
 /// `postgres`.
 ///
+/// # Bounded waits
+///
+/// No call waits without a bound, whatever the network or the other sessions
+/// do. Each bound below is a setting with a safe default; none can be turned
+/// off (a zero is taken as the smallest bound, 1 ms or 1 s).
+///
+/// | bound | ends | default |
+/// |---|---|---|
+/// | [`call_timeout`](Self::call_timeout) | a whole call, whatever it waits for: the query is cancelled, the connection closed | 30 s |
+/// | [`connect_timeout`](Self::connect_timeout) | making a connection, or waiting for a pooled one to be free | 10 s |
+/// | [`statement_timeout`](Self::statement_timeout) | a statement, on the server | 20 s |
+/// | [`lock_timeout`](Self::lock_timeout) | a wait for a row another session is writing, on the server | 10 s |
+/// | [`idle_in_transaction_timeout`](Self::idle_in_transaction_timeout) | a batch whose client went silent midway, holding its row locks: the server rolls it back | 10 s |
+/// | [`keepalives`](Self::keepalives), [`tcp_user_timeout`](Self::tcp_user_timeout) | a connection to a machine that vanished without a reset, seen from either end | 10 s + 3 × 5 s; 30 s |
+///
+/// Each ends the call with a transient [`Error::Database`] that says which
+/// bound it was. The server-side settings are sent at login (in the startup
+/// `options`, after any the URL gives, so these win) and checked once at
+/// [`open`](Self::open): a connection pooler between the store and the server
+/// must pass them through.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use jobsafe::{Durability, PgStore};
@@ -165,6 +197,13 @@ impl fmt::Debug for PgStore {
 ///     .table("records")
 ///     .pool_size(16)
 ///     .connect_timeout(Duration::from_secs(5))
+///     // Every wait is bounded; these are the defaults.
+///     .call_timeout(Duration::from_secs(30))
+///     .statement_timeout(Duration::from_secs(20))
+///     .lock_timeout(Duration::from_secs(10))
+///     .idle_in_transaction_timeout(Duration::from_secs(10))
+///     .keepalives(Duration::from_secs(10), Duration::from_secs(5), 3)
+///     .tcp_user_timeout(Duration::from_secs(30))
 ///     .durability(Durability::Full)
 ///     .open()?;
 /// # Ok::<(), jobsafe::Error>(())
@@ -175,7 +214,7 @@ pub struct PgStoreBuilder {
     schema: String,
     table: String,
     pool_size: u32,
-    connect_timeout: Duration,
+    limits: Limits,
     durability: Durability,
 }
 
@@ -191,7 +230,7 @@ impl fmt::Debug for PgStoreBuilder {
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
+            .field("limits", &self.limits)
             .field("durability", &self.durability)
             .finish()
     }
@@ -215,7 +254,7 @@ impl PgStore {
             schema: "public".to_owned(),
             table: "jobsafe_records".to_owned(),
             pool_size: 8,
-            connect_timeout: Duration::from_secs(10),
+            limits: Limits::DEFAULT,
             durability: Durability::Full,
         }
     }
@@ -257,11 +296,82 @@ impl PgStoreBuilder {
         self
     }
 
-    /// How long a call waits for a connection (to be made, or to be free) before
-    /// it fails with a transient [`Error::Database`]. Default: 10 s. Also the
-    /// connection timeout, unless the URL sets `connect_timeout`.
+    /// How long making a connection may take (the TCP connection, the login,
+    /// preparing the store's statements), and how long a call waits for a
+    /// pooled connection to be free; either ends the call with a transient
+    /// [`Error::Database`]. Default: 10 s. A `connect_timeout` in the URL
+    /// bounds each TCP connection attempt within it.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self.limits.connect = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The deadline of each call (`get`, `put`, `apply`, ...), from its start
+    /// to its answer, whatever it waits for: a free connection, a new one, a
+    /// reply, a lock. When it passes, the call's statement is cancelled, its
+    /// connection closed, and the call fails with a transient
+    /// [`Error::Database`] that names the deadline; a write may or may not
+    /// have landed. Default: 30 s.
+    ///
+    /// This is the bound that turns a silent network (a partition, a server
+    /// that stopped answering) into an error for a call that waits for a
+    /// reply: the TCP timeouts below notice it too, but later, and only while
+    /// data is unanswered.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.call = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long one statement may run on the server (`statement_timeout`)
+    /// before the server cancels it; the call then fails with a transient
+    /// error (SQLSTATE 57014). Default: 20 s, under the call deadline, so that
+    /// a slow call usually fails with the server's reason.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.statement = timeout;
+        self
+    }
+
+    /// How long a statement waits for a lock another session holds
+    /// (`lock_timeout`), such as a row a batch on another machine is writing;
+    /// the call then fails with a transient error (SQLSTATE 55P03). Default:
+    /// 10 s.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.lock = timeout;
+        self
+    }
+
+    /// How long the server keeps a transaction open while its client sends
+    /// nothing (`idle_in_transaction_session_timeout`): a batch whose client
+    /// died or went silent midway holds its row locks no longer than this,
+    /// then the server ends its session and rolls it back. A store's batches
+    /// never pause between their statements, so this bound can be short.
+    /// Default: 10 s.
+    pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.idle_in_transaction = timeout;
+        self
+    }
+
+    /// TCP keepalives on every connection, at the store's end and (through the
+    /// session's settings) at the server's: after `idle` without traffic, a
+    /// probe every `interval`, and the connection is given up after `retries`
+    /// probes without an answer. A connection to a machine that vanished
+    /// without a reset is then found dead within about
+    /// `idle + interval × retries` instead of the systems' default of over two
+    /// hours, so that the server frees the session and its connection slot.
+    /// Default: 10 s, 5 s, 3. Ignored on Unix sockets.
+    pub fn keepalives(mut self, idle: Duration, interval: Duration, retries: u32) -> Self {
+        self.limits.keepalive_idle = idle;
+        self.limits.keepalive_interval = interval;
+        self.limits.keepalive_retries = retries.max(1);
+        self
+    }
+
+    /// How long data sent on a connection may stay unacknowledged before the
+    /// connection is given up (`TCP_USER_TIMEOUT`, on Linux; at both ends, as
+    /// [`keepalives`](Self::keepalives)). Default: 30 s. Ignored on Unix
+    /// sockets and where the system lacks it.
+    pub fn tcp_user_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.tcp_user_timeout = timeout;
         self
     }
 
@@ -293,23 +403,11 @@ impl PgStoreBuilder {
                     "the database URL does not parse as a PostgreSQL connection string".to_owned(),
                 )
             })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(self.connect_timeout);
-        }
+        let limits = self.limits;
+        limits.apply(&mut config, self.durability);
         if config.get_application_name().is_none() {
             config.application_name("jobsafe");
         }
-        let setting = match self.durability {
-            Durability::Full => "on",
-            Durability::AtomicOnly => "off",
-        };
-        // Set at login, before any statement runs: no round trip of their own.
-        let options = format!(
-            "{} -c synchronous_commit={setting} \
-             -c default_transaction_isolation=read\\ committed",
-            config.get_options().unwrap_or_default()
-        );
-        config.options(options.trim_start());
         let server = server_name(&config);
         let names = Names {
             schema: self.schema,
@@ -317,29 +415,34 @@ impl PgStoreBuilder {
         };
         let runtime = runtime::handle(&server)?;
         let sql = Arc::new(Sql::new(&names));
-
-        // The first connection migrates the tables, then joins the pool.
-        let first = {
-            let (config, sql, server, names) =
-                (config.clone(), sql.clone(), server.clone(), names.clone());
-            let rt = runtime.clone();
-            runtime::block_on(&runtime, &server.clone(), async move {
-                let db = |e| db_error("connect", &server, e);
-                let (mut client, io) = conn::connect(&config, &rt).await.map_err(db)?;
-                if let Err(e) = schema::migrate(&mut client, &names, &server).await {
-                    io.abort();
-                    return Err(e);
-                }
-                Conn::prepare(client, io, &sql, &rt, 0).await.map_err(db)
-            })?
-        };
-        let pool = Pool::new(
+        let connector = Connector {
             config,
-            sql.clone(),
-            server.clone(),
-            runtime.clone(),
+            sql: sql.clone(),
+            server: server.clone(),
+            runtime: runtime.clone(),
+            within: limits.connect,
+        };
+
+        // The first connection checks its session and migrates the tables,
+        // then joins the pool.
+        let migrating = names.clone();
+        let (connector, first) = runtime::block_on(&runtime, &server, async move {
+            let mut bare = connector.bare().await?;
+            let server = &connector.server;
+            let ready = async {
+                limits.check(&bare.client, server).await?;
+                schema::migrate(&mut bare.client, &migrating, server).await
+            };
+            tokio::time::timeout(limits.call, ready)
+                .await
+                .unwrap_or_else(|_| Err(deadline_passed("migrate schema", server, limits.call)))?;
+            let first = connector.prepare(bare, 0).await?;
+            Ok((connector, first))
+        })?;
+        let pool = Pool::new(
+            connector,
             usize::try_from(self.pool_size).unwrap_or(usize::MAX),
-            self.connect_timeout,
+            limits.connect,
             Some(first),
         );
         Ok(PgStore {
@@ -349,6 +452,7 @@ impl PgStoreBuilder {
                 server,
                 names,
                 runtime,
+                deadline: limits.call,
             }),
         })
     }
@@ -379,57 +483,91 @@ impl Shared {
         }
     }
 
+    /// Runs one call's work within the call deadline. When it passes, the work
+    /// is dropped where it stands: a connection it had checked out is busy, so
+    /// it is closed and its statement cancelled, never put back in the pool.
+    async fn within<T>(
+        &self,
+        step: &'static str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let conn = self.pool.get().await?;
-        let result = ops::get(&conn, &self.ctx(), key).await;
-        conn.release();
-        result
+        self.within("get", async {
+            let conn = self.pool.get().await?;
+            let result = ops::get(&conn, &self.ctx(), key).await;
+            conn.release();
+            result
+        })
+        .await
     }
 
     async fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        let conn = self.pool.get().await?;
-        let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
-        conn.release();
-        result
+        self.within("put", async {
+            let conn = self.pool.get().await?;
+            let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
+            conn.release();
+            result
+        })
+        .await
     }
 
     async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        let conn = self.pool.get().await?;
-        let result = ops::delete(&conn, &self.ctx(), key, expect).await;
-        conn.release();
-        result
+        self.within("delete", async {
+            let conn = self.pool.get().await?;
+            let result = ops::delete(&conn, &self.ctx(), key, expect).await;
+            conn.release();
+            result
+        })
+        .await
     }
 
     async fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        let conn = self.pool.get().await?;
-        let result = ops::list(&conn, &self.sql, &self.ctx(), prefix, after, limit).await;
-        conn.release();
-        result
+        self.within("list", async {
+            let conn = self.pool.get().await?;
+            let result = ops::list(&conn, &self.sql, &self.ctx(), prefix, after, limit).await;
+            conn.release();
+            result
+        })
+        .await
     }
 
     async fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        let mut conn = self.pool.get().await?;
-        let result = ops::apply(&mut conn, &self.ctx(), batch).await;
-        conn.release();
-        result
+        self.within("apply batch", async {
+            let mut conn = self.pool.get().await?;
+            let result = ops::apply(&mut conn, &self.ctx(), batch).await;
+            conn.release();
+            result
+        })
+        .await
     }
 
     async fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        let conn = self.pool.get().await?;
-        let result = ops::quarantine(&conn, &self.ctx(), key).await;
-        conn.release();
-        result
+        self.within("quarantine", async {
+            let conn = self.pool.get().await?;
+            let result = ops::quarantine(&conn, &self.ctx(), key).await;
+            conn.release();
+            result
+        })
+        .await
     }
 
     /// The server's clock, and the moment of this machine's monotonic clock it
     /// is taken as of: the middle of the round trip.
     async fn server_time(&self) -> Result<(u64, Instant)> {
-        let conn = self.pool.get().await?;
-        let before = Instant::now();
-        let result = ops::now_ms(&conn, &self.ctx()).await;
-        let after = Instant::now();
-        conn.release();
-        Ok((result?, before + (after - before) / 2))
+        self.within("read the server clock", async {
+            let conn = self.pool.get().await?;
+            let before = Instant::now();
+            let result = ops::now_ms(&conn, &self.ctx()).await;
+            let after = Instant::now();
+            conn.release();
+            Ok((result?, before + (after - before) / 2))
+        })
+        .await
     }
 }
 

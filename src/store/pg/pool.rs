@@ -16,13 +16,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::Config;
 
-use super::conn::{self, Conn};
-use super::failure::db_error;
-use super::sql::Sql;
+use super::conn::{Conn, Connector};
 use crate::error::{Error, Result};
 
 /// A connection unused this long is closed.
@@ -37,17 +33,14 @@ pub(crate) struct Pool {
 }
 
 struct Inner {
-    config: Config,
-    sql: Arc<Sql>,
-    server: String,
-    runtime: Handle,
+    connector: Connector,
     /// One permit per connection that may be open: held by each connection
     /// checked out, so that at most `size` exist at once.
     slots: Arc<Semaphore>,
     /// Connections not in use, the most recently used last.
     idle: Mutex<Vec<Conn>>,
-    /// How long a check-out waits for a free slot, and then for a new
-    /// connection to be made.
+    /// How long a check-out waits for a free slot (making a connection is
+    /// bounded by the connector).
     wait: Duration,
     generation: AtomicU64,
 }
@@ -62,22 +55,17 @@ pub(crate) struct Pooled {
 }
 
 impl Pool {
-    /// A pool of at most `size` connections to the server `config` names, made
-    /// when first needed; `first`, if given, is its first idle connection.
+    /// A pool of at most `size` connections made by `connector` when first
+    /// needed; `first`, if given, is its first idle connection.
     pub(crate) fn new(
-        config: Config,
-        sql: Arc<Sql>,
-        server: String,
-        runtime: Handle,
+        connector: Connector,
         size: usize,
         wait: Duration,
         first: Option<Conn>,
     ) -> Pool {
+        let runtime = connector.runtime.clone();
         let inner = Arc::new(Inner {
-            config,
-            sql,
-            server,
-            runtime: runtime.clone(),
+            connector,
             slots: Arc::new(Semaphore::new(size)),
             idle: Mutex::new(first.into_iter().collect()),
             wait,
@@ -102,7 +90,7 @@ impl Pool {
             .and_then(|slot| slot.ok())
             .ok_or_else(|| Error::Database {
                 step: "connect",
-                server: inner.server.clone(),
+                server: inner.connector.server.clone(),
                 transient: true,
                 source: format!(
                     "every connection of the pool stayed in use for {:?}",
@@ -120,7 +108,7 @@ impl Pool {
             }
             conn.busy = true;
             if conn.generation != now {
-                if conn.client.simple_query("").await.is_err() {
+                if conn.client.check_connection().await.is_err() {
                     conn.busy = false;
                     continue;
                 }
@@ -132,25 +120,13 @@ impl Pool {
                 pool: inner.clone(),
             });
         }
-        let mut conn = inner.connect(now).await?;
+        let mut conn = inner.connector.connect(now).await?;
         conn.busy = true;
         Ok(Pooled {
             conn,
             _slot: slot,
             pool: inner.clone(),
         })
-    }
-}
-
-impl Inner {
-    async fn connect(&self, generation: u64) -> Result<Conn> {
-        let db = |e| db_error("connect", &self.server, e);
-        let (client, io) = conn::connect(&self.config, &self.runtime)
-            .await
-            .map_err(db)?;
-        Conn::prepare(client, io, &self.sql, &self.runtime, generation)
-            .await
-            .map_err(db)
     }
 }
 
