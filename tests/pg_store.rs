@@ -50,7 +50,32 @@ fn a_refused_login_is_not_transient_and_hides_the_password() {
     assert!(!err.is_transient(), "{err}");
     let chain = error_chain(&err);
     assert!(chain.contains(&format!("{host}:{port}")), "{chain}");
+    // The server's reason, with its SQLSTATE (28P01: invalid password).
+    assert!(chain.contains("28P01"), "{chain}");
+    assert!(chain.contains("password authentication failed"), "{chain}");
     assert!(!chain.contains("0451"), "{chain}");
+    assert!(!format!("{err:?}").contains("0451"), "{err:?}");
+}
+
+#[test]
+fn a_dropped_table_is_a_permanent_error_with_the_servers_reason() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let key = Key::new(["jobs", "1"]).unwrap();
+    store.put(&key, b"one", Expect::Absent).unwrap();
+    pg::client()
+        .batch_execute(&format!("DROP TABLE {}", store.table()))
+        .unwrap();
+    // Retrying would fail the same way for ever: not transient.
+    for err in [
+        store.put(&key, b"two", Expect::Any).unwrap_err(),
+        store.get(&key).unwrap_err(),
+    ] {
+        assert!(!err.is_transient(), "{err}");
+        let chain = error_chain(&err);
+        assert!(chain.contains("42P01"), "{chain}");
+        assert!(chain.contains("does not exist"), "{chain}");
+    }
 }
 
 #[test]
