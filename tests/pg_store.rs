@@ -289,3 +289,107 @@ async fn a_store_works_inside_a_multi_thread_runtime() {
 async fn a_store_works_inside_a_current_thread_runtime() {
     used_inside_a_runtime().await;
 }
+
+/// The advisory lock a store's migration of `schema.table` takes: the first
+/// eight bytes, big-endian, of the SHA-256 of its name.
+fn migration_lock(schema: &str, table: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("jobsafe migrate {schema}.{table}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().unwrap())
+}
+
+/// A session of the test's own holding advisory lock `lock` in an open
+/// transaction, under a name errors can be checked for; and its process id.
+fn hold_lock(lock: i64) -> (pg::Client, i32) {
+    let mut client = pg::client();
+    client
+        .batch_execute("SET application_name = 'jobsafe-test-holder'; BEGIN")
+        .unwrap();
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    (client, pid)
+}
+
+/// Room for a loaded machine in the coarse checks of how long an open took.
+const MARGIN: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_up_to_date_store_opens_at_once_while_its_migration_lock_is_held() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let schema = pg::schema_of(&store);
+    let key = Key::new(["k"]).unwrap();
+    store.put(&key, b"kept", Expect::Absent).unwrap();
+    let (holder, _) = hold_lock(migration_lock(&schema, "jobsafe_records"));
+    let started = std::time::Instant::now();
+    let again = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .migration_lock_timeout(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    assert!(started.elapsed() < MARGIN, "took {:?}", started.elapsed());
+    assert_eq!(again.get(&key).unwrap().unwrap().value, b"kept");
+    drop(holder);
+}
+
+#[test]
+fn a_due_migration_waits_for_its_lock_at_most_the_bound_and_names_the_holder() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let (holder, pid) = hold_lock(migration_lock(&schema, "jobsafe_records"));
+    let bound = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let err = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .migration_lock_timeout(bound)
+        .open()
+        .unwrap_err();
+    assert!(
+        started.elapsed() < bound + MARGIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains(&format!("migrations of table {schema}.jobsafe_records")),
+        "{chain}"
+    );
+    assert!(chain.contains(&format!("server process {pid} ")), "{chain}");
+    assert!(chain.contains("\"jobsafe-test-holder\""), "{chain}");
+
+    // The lock is the table's: another table of the schema migrates meanwhile.
+    PgStore::builder(&pg::url())
+        .schema(&schema)
+        .table("other")
+        .migration_lock_timeout(bound)
+        .open()
+        .unwrap();
+    drop(holder);
+    PgStore::builder(&pg::url()).schema(&schema).open().unwrap();
+}
+
+#[test]
+fn a_store_whose_tables_are_gone_does_not_open() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let schema = pg::schema_of(&store);
+    pg::client()
+        .batch_execute(&format!("DROP TABLE {}_quarantine", store.table()))
+        .unwrap();
+    let err = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .open()
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains(&format!("{}_quarantine does not exist", store.table())),
+        "{chain}"
+    );
+}

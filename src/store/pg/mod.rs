@@ -88,9 +88,13 @@ use crate::store::{
 ///   tokio runtime included, where it never panics; but it blocks that thread for
 ///   the call, so in async code prefer `tokio::task::spawn_blocking` (or a
 ///   runtime with threads to spare) for store calls, as for `std::fs`.
-/// - **Migrations** are versioned in `jobsafe_schema` and run on open, in one
-///   transaction under an advisory lock: idempotent, and safe when many
-///   processes start at once.
+/// - **Migrations** are versioned in `jobsafe_schema` and run on open, only
+///   when one is due: `open` first reads the recorded version and checks that
+///   the tables exist, taking no lock. A due migration runs in one transaction
+///   under an advisory lock of its schema and table (stores of other tables
+///   never wait for it), waited for at most
+///   [`migration_lock_timeout`](PgStoreBuilder::migration_lock_timeout):
+///   idempotent, and safe when many processes start at once.
 ///
 /// [`tokio-postgres`]: https://docs.rs/tokio-postgres
 ///
@@ -180,6 +184,7 @@ impl fmt::Debug for PgStore {
 /// | [`statement_timeout`](Self::statement_timeout) | a statement, on the server | 20 s |
 /// | [`lock_timeout`](Self::lock_timeout) | a wait for a row another session is writing, on the server | 10 s |
 /// | [`idle_in_transaction_timeout`](Self::idle_in_transaction_timeout) | a batch whose client went silent midway, holding its row locks: the server rolls it back | 10 s |
+/// | [`migration_lock_timeout`](Self::migration_lock_timeout) | `open`'s wait for another process migrating the same table; the error names it | 30 s |
 /// | [`keepalives`](Self::keepalives), [`tcp_user_timeout`](Self::tcp_user_timeout) | a connection to a machine that vanished without a reset, seen from either end | 10 s + 3 × 5 s; 30 s |
 ///
 /// Each ends the call with a transient [`Error::Database`] that says which
@@ -351,6 +356,17 @@ impl PgStoreBuilder {
         self
     }
 
+    /// How long `open` waits for another process that is migrating the
+    /// store's table (only when a migration is due: opening an up-to-date
+    /// store takes no lock). When the wait ends, `open` fails with a
+    /// transient [`Error::Database`] that names the process holding the
+    /// migration lock (its server process id, `application_name`, user and
+    /// address). Default: 30 s.
+    pub fn migration_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.migration_lock = timeout;
+        self
+    }
+
     /// TCP keepalives on every connection, at the store's end and (through the
     /// session's settings) at the server's: after `idle` without traffic, a
     /// probe every `interval`, and the connection is given up after `retries`
@@ -385,13 +401,19 @@ impl PgStoreBuilder {
         self
     }
 
-    /// Connects, creates or migrates the tables, and returns the store.
+    /// Connects, creates or migrates the tables if a migration is due, checks
+    /// that they are there and usable, and returns the store.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a URL that does not parse or a bad schema
-    /// or table name; [`Error::Database`] naming the server if it cannot be
-    /// reached (transient), refuses the login, or the migration fails, or if the
-    /// tables were migrated by a newer jobsafe.
+    /// or table name. [`Error::Database`] naming the server, transient if it
+    /// cannot be reached, another process held the migration lock for the
+    /// whole [`migration_lock_timeout`](Self::migration_lock_timeout) (the
+    /// error names it) or a bound passed; not transient if it refuses the
+    /// login, the session does not run with the bounds asked for, the tables
+    /// were migrated by a newer jobsafe, `jobsafe_schema` records a version
+    /// for tables that do not exist, or this login lacks a privilege the store
+    /// needs on them.
     pub fn open(self) -> Result<PgStore> {
         check_name("schema", &self.schema)?;
         check_name("table", &self.table)?;
@@ -431,11 +453,13 @@ impl PgStoreBuilder {
             let server = &connector.server;
             let ready = async {
                 limits.check(&bare.client, server).await?;
-                schema::migrate(&mut bare.client, &migrating, server).await
+                schema::migrate(&mut bare.client, &migrating, server, limits.migration_lock).await
             };
-            tokio::time::timeout(limits.call, ready)
+            // The migration lock's wait, then the migration itself.
+            let bound = limits.call + limits.migration_lock;
+            tokio::time::timeout(bound, ready)
                 .await
-                .unwrap_or_else(|_| Err(deadline_passed("migrate schema", server, limits.call)))?;
+                .unwrap_or_else(|_| Err(deadline_passed("migrate schema", server, bound)))?;
             let first = connector.prepare(bare, 0).await?;
             Ok((connector, first))
         })?;

@@ -33,6 +33,8 @@ pub(crate) struct Limits {
     pub(crate) statement: Duration,
     pub(crate) lock: Duration,
     pub(crate) idle_in_transaction: Duration,
+    /// The wait for another process migrating the store's table.
+    pub(crate) migration_lock: Duration,
     pub(crate) keepalive_idle: Duration,
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_retries: u32,
@@ -50,6 +52,7 @@ impl Limits {
         statement: Duration::from_secs(20),
         lock: Duration::from_secs(10),
         idle_in_transaction: Duration::from_secs(10),
+        migration_lock: Duration::from_secs(30),
         keepalive_idle: Duration::from_secs(10),
         keepalive_interval: Duration::from_secs(5),
         keepalive_retries: 3,
