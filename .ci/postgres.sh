@@ -79,6 +79,7 @@ if [[ $# -gt 0 ]]; then
     exit
 fi
 cargo test --features postgres --test pg_store
+cargo test --features postgres --test pg_waits
 cargo test --features postgres --test pg_restart -- --nocapture
 cargo test --features postgres --test conformance --test model \
     --test lock_multiprocess --test ledger_multiprocess -- pg

@@ -261,8 +261,13 @@ pub enum Error {
     ///
     /// `server` names it as `host:port/database`, never with a password.
     /// `transient` says whether the same request may succeed later as it is: the
-    /// server was unreachable, restarting, out of connections, or the connection
-    /// dropped. A *write* that failed transiently may still have been committed
+    /// server was unreachable, restarting, out of connections, the connection
+    /// dropped, or a wait passed its bound (a deadline, a lock or statement
+    /// timeout, a deadlock or serialization conflict the server broke). A
+    /// missing table or privilege, a refused login or a value over the server's
+    /// limits is not: the same request fails the same way. `source` shows what
+    /// the server said, with its SQLSTATE (`ERROR 42P01: relation ... does not
+    /// exist`). A *write* that failed transiently may still have been committed
     /// (the answer was lost, not necessarily the change): re-read before
     /// repeating an [`Expect::Any`](crate::Expect::Any) write; a repeated
     /// compare-and-set reports a conflict if the first one landed.

@@ -35,11 +35,11 @@ fn an_unreachable_server_is_a_transient_error_that_names_it() {
 fn a_refused_login_is_not_transient_and_hides_the_password() {
     let url = pg::url();
     // The same server, with a password that cannot be right.
-    let config: postgres::Config = url.parse().unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
     let user = config.get_user().unwrap_or("postgres");
     let host = match &config.get_hosts()[0] {
-        postgres::config::Host::Tcp(h) => h.clone(),
-        postgres::config::Host::Unix(p) => p.display().to_string(),
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or(user);
@@ -50,7 +50,32 @@ fn a_refused_login_is_not_transient_and_hides_the_password() {
     assert!(!err.is_transient(), "{err}");
     let chain = error_chain(&err);
     assert!(chain.contains(&format!("{host}:{port}")), "{chain}");
+    // The server's reason, with its SQLSTATE (28P01: invalid password).
+    assert!(chain.contains("28P01"), "{chain}");
+    assert!(chain.contains("password authentication failed"), "{chain}");
     assert!(!chain.contains("0451"), "{chain}");
+    assert!(!format!("{err:?}").contains("0451"), "{err:?}");
+}
+
+#[test]
+fn a_dropped_table_is_a_permanent_error_with_the_servers_reason() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let key = Key::new(["jobs", "1"]).unwrap();
+    store.put(&key, b"one", Expect::Absent).unwrap();
+    pg::client()
+        .batch_execute(&format!("DROP TABLE {}", store.table()))
+        .unwrap();
+    // Retrying would fail the same way for ever: not transient.
+    for err in [
+        store.put(&key, b"two", Expect::Any).unwrap_err(),
+        store.get(&key).unwrap_err(),
+    ] {
+        assert!(!err.is_transient(), "{err}");
+        let chain = error_chain(&err);
+        assert!(chain.contains("42P01"), "{chain}");
+        assert!(chain.contains("does not exist"), "{chain}");
+    }
 }
 
 #[test]
@@ -140,7 +165,7 @@ fn the_server_clock_is_read_without_a_round_trip_per_reading() {
     let clock = PgClock::new(&store)
         .unwrap()
         .resync_every(Duration::from_millis(20));
-    let server_ms = |client: &mut postgres::Client| -> u64 {
+    let server_ms = |client: &mut pg::Client| -> u64 {
         let ms: i64 = client
             .query_one(
                 "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
@@ -218,4 +243,153 @@ fn quarantine_moves_the_row_to_a_table_it_names() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0) as u64, v.get());
     assert_eq!(row.get::<_, Vec<u8>>(1), b"evidence");
+}
+
+/// Everything a service does with a store, from inside its tokio runtime:
+/// open, write, read, a batch, a listing, the server's clock, and the last
+/// handle dropped there.
+async fn used_inside_a_runtime() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let key = Key::new(["jobs", "in-runtime"]).unwrap();
+    let v = store.put(&key, b"one", Expect::Absent).unwrap();
+    assert_eq!(store.get(&key).unwrap().unwrap().version, v);
+    let batch = jobsafe::Batch::new()
+        .put(&key, b"two".to_vec(), Expect::Version(v))
+        .put(
+            &Key::new(["jobs", "other"]).unwrap(),
+            b"x".to_vec(),
+            Expect::Absent,
+        );
+    store.apply(&batch).unwrap();
+    assert_eq!(
+        store
+            .list_all(&Prefix::new(["jobs"]).unwrap())
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(PgClock::new(&store).unwrap().now_ms() > 0);
+    // From a task too: on a worker thread of a multi-thread runtime, on the
+    // runtime's only thread otherwise.
+    let task_store = store.clone();
+    let found = tokio::spawn(async move { task_store.get(&key).unwrap().unwrap().value })
+        .await
+        .unwrap();
+    assert_eq!(found, b"two");
+    drop(store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_works_inside_a_multi_thread_runtime() {
+    used_inside_a_runtime().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_store_works_inside_a_current_thread_runtime() {
+    used_inside_a_runtime().await;
+}
+
+/// The advisory lock a store's migration of `schema.table` takes: the first
+/// eight bytes, big-endian, of the SHA-256 of its name.
+fn migration_lock(schema: &str, table: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("jobsafe migrate {schema}.{table}").as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().unwrap())
+}
+
+/// A session of the test's own holding advisory lock `lock` in an open
+/// transaction, under a name errors can be checked for; and its process id.
+fn hold_lock(lock: i64) -> (pg::Client, i32) {
+    let mut client = pg::client();
+    client
+        .batch_execute("SET application_name = 'jobsafe-test-holder'; BEGIN")
+        .unwrap();
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    (client, pid)
+}
+
+/// Room for a loaded machine in the coarse checks of how long an open took.
+const MARGIN: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_up_to_date_store_opens_at_once_while_its_migration_lock_is_held() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let schema = pg::schema_of(&store);
+    let key = Key::new(["k"]).unwrap();
+    store.put(&key, b"kept", Expect::Absent).unwrap();
+    let (holder, _) = hold_lock(migration_lock(&schema, "jobsafe_records"));
+    let started = std::time::Instant::now();
+    let again = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .migration_lock_timeout(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    assert!(started.elapsed() < MARGIN, "took {:?}", started.elapsed());
+    assert_eq!(again.get(&key).unwrap().unwrap().value, b"kept");
+    drop(holder);
+}
+
+#[test]
+fn a_due_migration_waits_for_its_lock_at_most_the_bound_and_names_the_holder() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let (holder, pid) = hold_lock(migration_lock(&schema, "jobsafe_records"));
+    let bound = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let err = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .migration_lock_timeout(bound)
+        .open()
+        .unwrap_err();
+    assert!(
+        started.elapsed() < bound + MARGIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains(&format!("migrations of table {schema}.jobsafe_records")),
+        "{chain}"
+    );
+    assert!(chain.contains(&format!("server process {pid} ")), "{chain}");
+    assert!(chain.contains("\"jobsafe-test-holder\""), "{chain}");
+
+    // The lock is the table's: another table of the schema migrates meanwhile.
+    PgStore::builder(&pg::url())
+        .schema(&schema)
+        .table("other")
+        .migration_lock_timeout(bound)
+        .open()
+        .unwrap();
+    drop(holder);
+    PgStore::builder(&pg::url()).schema(&schema).open().unwrap();
+}
+
+#[test]
+fn a_store_whose_tables_are_gone_does_not_open() {
+    let mut schemas = Schemas::default();
+    let store = schemas.store();
+    let schema = pg::schema_of(&store);
+    pg::client()
+        .batch_execute(&format!("DROP TABLE {}_quarantine", store.table()))
+        .unwrap();
+    let err = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .open()
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains(&format!("{}_quarantine does not exist", store.table())),
+        "{chain}"
+    );
 }

@@ -13,6 +13,8 @@ pub mod limits;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod power_loss;
+#[cfg(feature = "postgres")]
+pub mod proxy;
 pub mod relay;
 
 use std::fs;

@@ -22,9 +22,99 @@ pub fn url() -> String {
 }
 
 /// A direct connection, for what a test does behind the store's back.
-pub fn client() -> postgres::Client {
-    postgres::Client::connect(&url(), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("connect to {URL_VAR}: {e}"))
+pub fn client() -> Client {
+    Client::connect(&url()).unwrap_or_else(|e| panic!("connect to {URL_VAR}: {e}"))
+}
+
+/// A blocking connection for the tests' own SQL, usable on any thread (a
+/// `#[tokio::test]`'s included): each call runs on a runtime of its own, on a
+/// thread of its own.
+pub struct Client {
+    runtime: Option<tokio::runtime::Runtime>,
+    client: tokio_postgres::Client,
+}
+
+impl Client {
+    /// Connects to `url`.
+    pub fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("start a runtime: {e}"));
+        let client = on_a_thread(|| {
+            runtime.block_on(async {
+                let (client, connection) = url
+                    .parse::<tokio_postgres::Config>()?
+                    .connect(tokio_postgres::NoTls)
+                    .await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+        })?;
+        Ok(Client {
+            runtime: Some(runtime),
+            client,
+        })
+    }
+
+    fn run<T: Send>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut tokio_postgres::Client) -> T + Send,
+    ) -> T {
+        let Some(runtime) = self.runtime.as_ref() else {
+            panic!("the client is being dropped");
+        };
+        let client = &mut self.client;
+        on_a_thread(|| runtime.block_on(work(client)))
+    }
+
+    pub fn batch_execute(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.run(async |c| c.batch_execute(sql).await)
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.run(async |c| c.execute(sql, params).await)
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        self.run(async |c| c.query(sql, params).await)
+    }
+
+    pub fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        self.run(async |c| c.query_one(sql, params).await)
+    }
+}
+
+/// Runs `f` on a thread of its own, outside any runtime the caller is in.
+fn on_a_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A runtime cannot be dropped the ordinary way inside another one.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Schemas made for one test, dropped with it.
@@ -66,7 +156,7 @@ impl Drop for Schemas {
             return;
         }
         // Best effort: a test that failed to connect has nothing to drop.
-        let Ok(mut client) = postgres::Client::connect(&url(), postgres::NoTls) else {
+        let Ok(mut client) = Client::connect(&url()) else {
             return;
         };
         for name in &self.names {

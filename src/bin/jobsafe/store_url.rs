@@ -134,7 +134,7 @@ fn open_postgres(url: &str, pg: &PgNames, name: &str) -> Result<Arc<dyn Store>, 
     // Read here first, as PgStore reads it: the client's message about a URL
     // it cannot read may quote a piece of it (`unknown option` names what
     // precedes an `=`), which may be a piece of the password.
-    if let Err(e) = url.parse::<postgres::Config>() {
+    if let Err(e) = url.parse::<tokio_postgres::Config>() {
         let why = if without_password(url) == url {
             format!(": {e}")
         } else {
@@ -175,7 +175,7 @@ impl fmt::Display for StoreUrl {
 /// it: without its password, wherever the text holds one.
 ///
 /// The rule errs towards hiding too much, because the PostgreSQL client's
-/// parser (`postgres::Config`) reads some passwords differently from what the
+/// parser (`tokio_postgres::Config`) reads some passwords differently from what the
 /// operator meant (an unencoded `@` ends its password early), and because
 /// without the `postgres` feature that parser is not built in:
 ///
@@ -319,9 +319,11 @@ fn percent_decoded(text: &str) -> String {
 /// string it would use.
 #[cfg(feature = "postgres")]
 fn client_sees_no_password(shown: &str) -> bool {
-    shown.parse::<postgres::Config>().map_or(true, |config| {
-        config.get_password().is_none_or(|p| p == b"***")
-    })
+    shown
+        .parse::<tokio_postgres::Config>()
+        .map_or(true, |config| {
+            config.get_password().is_none_or(|p| p == b"***")
+        })
 }
 
 #[cfg(test)]
@@ -434,7 +436,7 @@ mod tests {
     #[test]
     fn what_the_client_reads_as_the_password_is_never_shown() {
         for (given, shown) in FORMS {
-            let Ok(config) = given.parse::<postgres::Config>() else {
+            let Ok(config) = given.parse::<tokio_postgres::Config>() else {
                 continue;
             };
             if let Some(password) = config.get_password() {
@@ -445,7 +447,7 @@ mod tests {
             assert!(client_sees_no_password(shown), "{shown}");
         }
         // The client stops at the first `@`: the rest of the password is its host.
-        let config: postgres::Config = "postgres://app:Zq1@Zq2@db/jobs".parse().unwrap();
+        let config: tokio_postgres::Config = "postgres://app:Zq1@Zq2@db/jobs".parse().unwrap();
         assert_eq!(config.get_password(), Some(&b"Zq1"[..]));
         assert!(!client_sees_no_password("postgres://app:Zq1@db/jobs"));
         assert_eq!(

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::PgStore;
-use super::conn::db_error;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 
@@ -134,27 +133,8 @@ fn resync_loop(clock: &Weak<Inner>) {
 
 /// The server's time, taken as of the middle of the round trip.
 fn sample(store: &PgStore) -> Result<Sample> {
-    store.with_conn(|conn, ctx| {
-        let before = Instant::now();
-        let row = conn
-            .client
-            .query_one(&conn.statements.now_ms, &[])
-            .map_err(|e| db_error("read the server clock", ctx.server, e))?;
-        let after = Instant::now();
-        let server_ms: i64 = row
-            .try_get(0)
-            .map_err(|e| db_error("read the server clock", ctx.server, e))?;
-        let server_ms = u64::try_from(server_ms).map_err(|_| Error::Database {
-            step: "read the server clock",
-            server: ctx.server.to_owned(),
-            transient: false,
-            source: format!("the server's clock reads {server_ms} ms, before 1970").into(),
-        })?;
-        Ok(Sample {
-            server_ms,
-            at: before + (after - before) / 2,
-        })
-    })
+    let (server_ms, at) = store.call(|s| async move { s.server_time().await })?;
+    Ok(Sample { server_ms, at })
 }
 
 impl Clock for PgClock {

@@ -1,18 +1,19 @@
-//! Connections: the pool, the statements each connection prepares once, and how
-//! the client library's errors become jobsafe's.
+//! One connection: made, its statements prepared once, and closed so that the
+//! server stops working for it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement};
-use r2d2_postgres::PostgresConnectionManager;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
+use super::failure::{db_error, timed_out};
 use super::sql::Sql;
-use crate::error::Error;
+use crate::error::Result;
 
 /// The server as errors name it: `host:port/database`, never a password.
-pub(crate) fn server_name(config: &postgres::Config) -> String {
+pub(crate) fn server_name(config: &Config) -> String {
     let ports = config.get_ports();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -28,13 +29,13 @@ pub(crate) fn server_name(config: &postgres::Config) -> String {
                 // No host name holds an `@`: the client split a password with
                 // an unencoded `@` at its first one, so what comes before the
                 // last is the end of the password.
-                postgres::config::Host::Tcp(name) => {
+                tokio_postgres::config::Host::Tcp(name) => {
                     let name = name
                         .rsplit_once('@')
                         .map_or(name.as_str(), |(_, host)| host);
                     format!("{name}:{port}")
                 }
-                postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
             }
         })
         .collect();
@@ -50,68 +51,146 @@ pub(crate) fn server_name(config: &postgres::Config) -> String {
     format!("{hosts}/{database}")
 }
 
-/// A client error as an [`Error::Database`], classified.
-pub(crate) fn db_error(step: &'static str, server: &str, e: postgres::Error) -> Error {
-    Error::Database {
-        step,
-        server: server.to_owned(),
-        transient: is_transient(&e),
-        source: Box::new(e),
+/// What a store needs to make its connections.
+pub(crate) struct Connector {
+    pub(crate) config: Config,
+    pub(crate) sql: Arc<Sql>,
+    pub(crate) server: String,
+    pub(crate) runtime: Handle,
+    /// How long making a connection may take, login and statements included;
+    /// also the bound on a cancel request.
+    pub(crate) within: Duration,
+}
+
+impl Connector {
+    /// A connection without the store's statements, for what runs before the
+    /// tables exist.
+    ///
+    /// # Errors
+    /// The client's error, classified; a transient one if the connection is
+    /// not made within [`within`](Connector::within) (the server or the
+    /// network silent).
+    pub(crate) async fn bare(&self) -> Result<Bare> {
+        let made = tokio::time::timeout(self.within, self.config.connect(NoTls)).await;
+        let (client, connection) = match made {
+            Ok(made) => made.map_err(|e| db_error("connect", &self.server, e))?,
+            Err(_) => {
+                return Err(timed_out(
+                    "connect",
+                    &self.server,
+                    self.within,
+                    "a connection",
+                ));
+            }
+        };
+        // The task ends when the client is dropped (after telling the server) or
+        // the connection fails; the client sees the failure on its next request.
+        let io = self.runtime.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Bare {
+            client,
+            io: IoTask(Some(io)),
+        })
+    }
+
+    /// A connection with the store's statements, at the pool's `generation`.
+    pub(crate) async fn connect(&self, generation: u64) -> Result<Conn> {
+        let bare = self.bare().await?;
+        self.prepare(bare, generation).await
+    }
+
+    /// Prepares the store's statements on `bare`.
+    pub(crate) async fn prepare(&self, bare: Bare, generation: u64) -> Result<Conn> {
+        let prepared =
+            tokio::time::timeout(self.within, Statements::prepare(&bare.client, &self.sql))
+                .await
+                .map_err(|_| {
+                    timed_out(
+                        "prepare statements",
+                        &self.server,
+                        self.within,
+                        "the answer",
+                    )
+                })?
+                .map_err(|e| db_error("prepare statements", &self.server, e))?;
+        Ok(Conn {
+            client: bare.client,
+            statements: prepared,
+            io: bare.io,
+            runtime: self.runtime.clone(),
+            cancel_within: self.within,
+            busy: false,
+            generation,
+            idle_since: Instant::now(),
+        })
     }
 }
 
-/// Whether the same request may succeed later: the connection failed or dropped,
-/// or the server was shutting down, starting, out of resources, or broke a
-/// deadlock by cancelling this request.
-fn is_transient(e: &postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => is_transient_code(code),
-        // No answer from the server: the connection could not be made or was lost.
-        None => e.is_closed() || source_is_io(e),
+/// A connection before it has the store's statements. Dropped, it is closed
+/// at once.
+pub(crate) struct Bare {
+    pub(crate) client: Client,
+    io: IoTask,
+}
+
+/// The task that moves a connection's bytes. Dropped, it is aborted, which
+/// closes the socket at once, whatever is in flight; detached, it is left to
+/// end by itself, which it does once its client is dropped and the server has
+/// been told goodbye.
+struct IoTask(Option<JoinHandle<()>>);
+
+impl IoTask {
+    fn detach(&mut self) {
+        self.0.take();
     }
 }
 
-/// Whether an error the server answered with may go away by itself.
-fn is_transient_code(code: &SqlState) -> bool {
-    // A request the server cannot read as sent fails the same way again: a
-    // protocol violation (08P01, such as a message longer than it accepts)
-    // and a program limit (class 54: a value or a statement too large) are
-    // the request's fault, whatever their class says about the connection.
-    if *code == SqlState::PROTOCOL_VIOLATION {
-        return false;
-    }
-    let class = code.code().get(..2).unwrap_or_default();
-    // 08: connection exception; 53: insufficient resources (too many
-    // connections, out of memory or disk); 57P: operator intervention
-    // (shutdown, crash, not yet accepting connections).
-    matches!(class, "08" | "53")
-        || code.code().starts_with("57P")
-        || [
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::T_R_DEADLOCK_DETECTED,
-            SqlState::LOCK_NOT_AVAILABLE,
-            SqlState::QUERY_CANCELED,
-        ]
-        .contains(code)
-}
-
-fn source_is_io(e: &postgres::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
+impl Drop for IoTask {
+    fn drop(&mut self) {
+        if let Some(io) = self.0.take() {
+            io.abort();
         }
-        source = s.source();
     }
-    false
 }
 
-/// A pooled connection with its prepared statements.
+/// A store's connection with its prepared statements.
+///
+/// While it serves a request it is `busy`; a busy connection that is dropped was
+/// abandoned midway (its caller's deadline passed, or its future was dropped),
+/// so its session may still be running a statement or sit in an open
+/// transaction holding row locks, and its socket may have gone silent. Dropping
+/// it then asks the server to cancel the statement (on a connection of its
+/// own) and closes the socket at once, without waiting for an answer that may
+/// never come. A connection dropped while idle is closed politely.
 pub(crate) struct Conn {
     pub(crate) client: Client,
     pub(crate) statements: Statements,
+    io: IoTask,
+    runtime: Handle,
+    cancel_within: Duration,
+    pub(crate) busy: bool,
     /// The pool's generation when this connection was last known to work.
-    generation: u64,
+    pub(crate) generation: u64,
+    /// When it was last put back in the pool.
+    pub(crate) idle_since: Instant,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.busy {
+            self.io.detach();
+            return;
+        }
+        // Best effort, bounded: what the cancel cannot reach (the network is
+        // down), the server's own timeouts end.
+        let cancel = self.client.cancel_token();
+        let within = self.cancel_within;
+        self.runtime.spawn(async move {
+            let _ = tokio::time::timeout(within, cancel.cancel_query(NoTls)).await;
+        });
+        // `io` is aborted as it is dropped.
+    }
 }
 
 /// The statements a store runs on single keys, prepared once per connection so
@@ -129,108 +208,19 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    fn prepare(client: &mut Client, sql: &Sql) -> Result<Self, postgres::Error> {
+    async fn prepare(
+        client: &Client,
+        sql: &Sql,
+    ) -> std::result::Result<Self, tokio_postgres::Error> {
         Ok(Statements {
-            get: client.prepare(&sql.get)?,
-            insert: client.prepare(&sql.insert)?,
-            upsert: client.prepare(&sql.upsert)?,
-            update: client.prepare(&sql.update)?,
-            delete_any: client.prepare(&sql.delete_any)?,
-            delete_version: client.prepare(&sql.delete_version)?,
-            quarantine: client.prepare(&sql.quarantine)?,
-            now_ms: client.prepare(super::sql::NOW_MS)?,
+            get: client.prepare(&sql.get).await?,
+            insert: client.prepare(&sql.insert).await?,
+            upsert: client.prepare(&sql.upsert).await?,
+            update: client.prepare(&sql.update).await?,
+            delete_any: client.prepare(&sql.delete_any).await?,
+            delete_version: client.prepare(&sql.delete_version).await?,
+            quarantine: client.prepare(&sql.quarantine).await?,
+            now_ms: client.prepare(super::sql::NOW_MS).await?,
         })
-    }
-}
-
-/// Makes pooled connections: connects, sets the session up, prepares the
-/// statements.
-///
-/// Checking a connection out costs no round trip. When a request finds its
-/// connection dead (a server restart closes every connection at once), the
-/// pool's generation goes up, and each connection made before is pinged once on
-/// its next check-out, and replaced if dead: so the call after the one that
-/// failed gets a working connection instead of another dead one.
-pub(crate) struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
-    sql: Arc<Sql>,
-    setup: &'static str,
-    generation: Arc<AtomicU64>,
-}
-
-impl Manager {
-    pub(crate) fn new(
-        config: postgres::Config,
-        sql: Arc<Sql>,
-        setup: &'static str,
-        generation: Arc<AtomicU64>,
-    ) -> Self {
-        Manager {
-            inner: PostgresConnectionManager::new(config, NoTls),
-            sql,
-            setup,
-            generation,
-        }
-    }
-}
-
-impl std::fmt::Debug for Manager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").finish_non_exhaustive()
-    }
-}
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = postgres::Error;
-
-    fn connect(&self) -> Result<Conn, postgres::Error> {
-        let generation = self.generation.load(Ordering::SeqCst);
-        let mut client = self.inner.connect()?;
-        client.batch_execute(self.setup)?;
-        let statements = Statements::prepare(&mut client, &self.sql)?;
-        Ok(Conn {
-            client,
-            statements,
-            generation,
-        })
-    }
-
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        let now = self.generation.load(Ordering::SeqCst);
-        if conn.generation != now {
-            conn.client.simple_query("")?;
-            conn.generation = now;
-        }
-        Ok(())
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_closed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_too_large_for_the_server_are_not_transient() {
-        for code in [
-            SqlState::PROTOCOL_VIOLATION,
-            SqlState::PROGRAM_LIMIT_EXCEEDED,
-            SqlState::STATEMENT_TOO_COMPLEX,
-            SqlState::STRING_DATA_RIGHT_TRUNCATION,
-        ] {
-            assert!(!is_transient_code(&code), "{code:?}");
-        }
-        for code in [
-            SqlState::CONNECTION_FAILURE,
-            SqlState::TOO_MANY_CONNECTIONS,
-            SqlState::ADMIN_SHUTDOWN,
-            SqlState::T_R_DEADLOCK_DETECTED,
-        ] {
-            assert!(is_transient_code(&code), "{code:?}");
-        }
     }
 }

@@ -1,32 +1,39 @@
 //! The shared store: records in a PostgreSQL table, for services that run on
 //! several machines.
+//!
+//! The work is asynchronous underneath ([`ops`] on one connection, [`Shared`]'s
+//! methods for a whole call); the [`Store`] API runs it on the crate's own
+//! runtime ([`runtime`]) and blocks the calling thread until it is done.
 
 mod clock;
 mod conn;
+mod failure;
+mod ops;
+mod pool;
+mod runtime;
 mod schema;
+mod session;
 mod sql;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postgres::GenericClient;
+use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
-use self::conn::{Conn, Manager, Statements, db_error, server_name};
-use self::sql::{Names, Sql, checksum, key_lock, row_id};
+use self::conn::{Connector, server_name};
+use self::failure::deadline_passed;
+use self::ops::Ctx;
+use self::pool::Pool;
+use self::session::Limits;
+use self::sql::{Names, Sql};
 use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
-use crate::store::packed::pack;
 use crate::store::{
-    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
+    Applied, Batch, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
-
-/// How often a write retries when the record changed between its attempt and the
-/// read that explains why the attempt wrote nothing.
-const RETRIES: usize = 16;
 
 /// A [`Store`] in a PostgreSQL table: one ledger, one set of locks and one set of
 /// jobs shared by many processes on many machines.
@@ -69,13 +76,27 @@ const RETRIES: usize = 16;
 ///   touches a row whose checksum does not match: a row edited outside jobsafe
 ///   or damaged is [`Error::Corrupt`], never overwritten, until
 ///   [`quarantine`](Store::quarantine) moves it to the quarantine table.
-/// - **Connections** come from a pool ([`r2d2`](https://docs.rs/r2d2)); checking
-///   one out costs no round trip. When the server restarts, the call that finds
-///   its connection dead fails with a transient [`Error::Database`], and the
-///   pool replaces dead connections on the calls after it.
-/// - **Migrations** are versioned in `jobsafe_schema` and run on open, in one
-///   transaction under an advisory lock: idempotent, and safe when many
-///   processes start at once.
+/// - **Connections** come from a pool of the store's own; checking one out costs
+///   no round trip. When the server restarts, the call that finds its connection
+///   dead fails with a transient [`Error::Database`], and the pool replaces dead
+///   connections on the calls after it.
+/// - **Threads.** The client is asynchronous ([`tokio-postgres`]); its
+///   connections run on a small runtime that jobsafe starts for the process (two
+///   threads, shared by every `PgStore`). Each call of the [`Store`] API sends
+///   its work there and blocks the calling thread until the answer arrives, as a
+///   file read does. So it may be called from any thread, a thread of your own
+///   tokio runtime included, where it never panics; but it blocks that thread for
+///   the call, so in async code prefer `tokio::task::spawn_blocking` (or a
+///   runtime with threads to spare) for store calls, as for `std::fs`.
+/// - **Migrations** are versioned in `jobsafe_schema` and run on open, only
+///   when one is due: `open` first reads the recorded version and checks that
+///   the tables exist, taking no lock. A due migration runs in one transaction
+///   under an advisory lock of its schema and table (stores of other tables
+///   never wait for it), waited for at most
+///   [`migration_lock_timeout`](PgStoreBuilder::migration_lock_timeout):
+///   idempotent, and safe when many processes start at once.
+///
+/// [`tokio-postgres`]: https://docs.rs/tokio-postgres
 ///
 /// # Guarantees
 ///
@@ -85,11 +106,18 @@ const RETRIES: usize = 16;
 /// server's disk (and to its synchronous standbys, if it has any), whatever the
 /// server's default.
 ///
+/// No call waits without a bound: a silent network, a lock held by another
+/// session and a transaction left open by a client that went silent each end
+/// within a bound set on the builder (see [`PgStoreBuilder`], "Bounded waits"),
+/// with a transient [`Error::Database`] that names it.
+///
 /// # Limitations
 ///
 /// - A write that fails with a transient error (the connection dropped after the
-///   request was sent) may or may not have been committed: the error says the
-///   answer was lost, not the change. Re-read before repeating it.
+///   request was sent, or the call deadline passed) may or may not have been
+///   committed: the error says the answer was lost, not the change. Re-read
+///   before repeating it, or repeat it as a compare-and-set, which reports a
+///   conflict if the first one landed.
 /// - Connections are not encrypted (no TLS): use it on a trusted network or
 ///   through a local tunnel.
 /// - Keys longer than 1024 bytes that share their first 1024 bytes are ordered
@@ -118,13 +146,17 @@ pub struct PgStore {
     shared: Arc<Shared>,
 }
 
+/// What every handle of one store shares; its methods are the asynchronous
+/// core of each call (check a connection out, run the operation, put the
+/// connection back).
 struct Shared {
-    pool: r2d2::Pool<Manager>,
+    pool: Pool,
     sql: Arc<Sql>,
     server: String,
     names: Names,
-    /// Goes up whenever a request finds its connection dead; see [`Manager`].
-    generation: Arc<AtomicU64>,
+    runtime: Handle,
+    /// The bound on each call, from its start to its answer.
+    deadline: Duration,
 }
 
 impl fmt::Debug for PgStore {
@@ -139,6 +171,28 @@ impl fmt::Debug for PgStore {
 /// Options for opening a [`PgStore`]. Available with the cargo feature
 /// `postgres`.
 ///
+/// # Bounded waits
+///
+/// No call waits without a bound, whatever the network or the other sessions
+/// do. Each bound below is a setting with a safe default; none can be turned
+/// off (a zero is taken as the smallest bound, 1 ms or 1 s).
+///
+/// | bound | ends | default |
+/// |---|---|---|
+/// | [`call_timeout`](Self::call_timeout) | a whole call, whatever it waits for: the query is cancelled, the connection closed | 30 s |
+/// | [`connect_timeout`](Self::connect_timeout) | making a connection, or waiting for a pooled one to be free | 10 s |
+/// | [`statement_timeout`](Self::statement_timeout) | a statement, on the server | 20 s |
+/// | [`lock_timeout`](Self::lock_timeout) | a wait for a row another session is writing, on the server | 10 s |
+/// | [`idle_in_transaction_timeout`](Self::idle_in_transaction_timeout) | a batch whose client went silent midway, holding its row locks: the server rolls it back | 10 s |
+/// | [`migration_lock_timeout`](Self::migration_lock_timeout) | `open`'s wait for another process migrating the same table; the error names it | 30 s |
+/// | [`keepalives`](Self::keepalives), [`tcp_user_timeout`](Self::tcp_user_timeout) | a connection to a machine that vanished without a reset, seen from either end | 10 s + 3 × 5 s; 30 s |
+///
+/// Each ends the call with a transient [`Error::Database`] that says which
+/// bound it was. The server-side settings are sent at login (in the startup
+/// `options`, after any the URL gives, so these win) and checked once at
+/// [`open`](Self::open): a connection pooler between the store and the server
+/// must pass them through.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use jobsafe::{Durability, PgStore};
@@ -148,6 +202,13 @@ impl fmt::Debug for PgStore {
 ///     .table("records")
 ///     .pool_size(16)
 ///     .connect_timeout(Duration::from_secs(5))
+///     // Every wait is bounded; these are the defaults.
+///     .call_timeout(Duration::from_secs(30))
+///     .statement_timeout(Duration::from_secs(20))
+///     .lock_timeout(Duration::from_secs(10))
+///     .idle_in_transaction_timeout(Duration::from_secs(10))
+///     .keepalives(Duration::from_secs(10), Duration::from_secs(5), 3)
+///     .tcp_user_timeout(Duration::from_secs(30))
 ///     .durability(Durability::Full)
 ///     .open()?;
 /// # Ok::<(), jobsafe::Error>(())
@@ -158,14 +219,14 @@ pub struct PgStoreBuilder {
     schema: String,
     table: String,
     pool_size: u32,
-    connect_timeout: Duration,
+    limits: Limits,
     durability: Durability,
 }
 
 impl fmt::Debug for PgStoreBuilder {
     /// Names the server as errors do, never the URL: it may hold a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let server = self.url.parse::<postgres::Config>().map_or_else(
+        let server = self.url.parse::<tokio_postgres::Config>().map_or_else(
             |_| "(a URL that does not parse)".to_owned(),
             |c| conn::server_name(&c),
         );
@@ -174,7 +235,7 @@ impl fmt::Debug for PgStoreBuilder {
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
+            .field("limits", &self.limits)
             .field("durability", &self.durability)
             .finish()
     }
@@ -198,7 +259,7 @@ impl PgStore {
             schema: "public".to_owned(),
             table: "jobsafe_records".to_owned(),
             pool_size: 8,
-            connect_timeout: Duration::from_secs(10),
+            limits: Limits::DEFAULT,
             durability: Durability::Full,
         }
     }
@@ -240,11 +301,93 @@ impl PgStoreBuilder {
         self
     }
 
-    /// How long a call waits for a connection (to be made, or to be free) before
-    /// it fails with a transient [`Error::Database`]. Default: 10 s. Also the
-    /// connection timeout, unless the URL sets `connect_timeout`.
+    /// How long making a connection may take (the TCP connection, the login,
+    /// preparing the store's statements), and how long a call waits for a
+    /// pooled connection to be free; either ends the call with a transient
+    /// [`Error::Database`]. Default: 10 s. A `connect_timeout` in the URL
+    /// bounds each TCP connection attempt within it.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self.limits.connect = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The deadline of each call (`get`, `put`, `apply`, ...), from its start
+    /// to its answer, whatever it waits for: a free connection, a new one, a
+    /// reply, a lock. When it passes, the call's statement is cancelled, its
+    /// connection closed, and the call fails with a transient
+    /// [`Error::Database`] that names the deadline; a write may or may not
+    /// have landed. Default: 30 s.
+    ///
+    /// This is the bound that turns a silent network (a partition, a server
+    /// that stopped answering) into an error for a call that waits for a
+    /// reply: the TCP timeouts below notice it too, but later, and only while
+    /// data is unanswered.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.call = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long one statement may run on the server (`statement_timeout`)
+    /// before the server cancels it; the call then fails with a transient
+    /// error (SQLSTATE 57014). Default: 20 s, under the call deadline, so that
+    /// a slow call usually fails with the server's reason.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.statement = timeout;
+        self
+    }
+
+    /// How long a statement waits for a lock another session holds
+    /// (`lock_timeout`), such as a row a batch on another machine is writing;
+    /// the call then fails with a transient error (SQLSTATE 55P03). Default:
+    /// 10 s.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.lock = timeout;
+        self
+    }
+
+    /// How long the server keeps a transaction open while its client sends
+    /// nothing (`idle_in_transaction_session_timeout`): a batch whose client
+    /// died or went silent midway holds its row locks no longer than this,
+    /// then the server ends its session and rolls it back. A store's batches
+    /// never pause between their statements, so this bound can be short.
+    /// Default: 10 s.
+    pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.idle_in_transaction = timeout;
+        self
+    }
+
+    /// How long `open` waits for another process that is migrating the
+    /// store's table (only when a migration is due: opening an up-to-date
+    /// store takes no lock). When the wait ends, `open` fails with a
+    /// transient [`Error::Database`] that names the process holding the
+    /// migration lock (its server process id, `application_name`, user and
+    /// address). Default: 30 s.
+    pub fn migration_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.migration_lock = timeout;
+        self
+    }
+
+    /// TCP keepalives on every connection, at the store's end and (through the
+    /// session's settings) at the server's: after `idle` without traffic, a
+    /// probe every `interval`, and the connection is given up after `retries`
+    /// probes without an answer. A connection to a machine that vanished
+    /// without a reset is then found dead within about
+    /// `idle + interval × retries` instead of the systems' default of over two
+    /// hours, so that the server frees the session and its connection slot.
+    /// Default: 10 s, 5 s, 3. Ignored on Unix sockets.
+    pub fn keepalives(mut self, idle: Duration, interval: Duration, retries: u32) -> Self {
+        self.limits.keepalive_idle = idle;
+        self.limits.keepalive_interval = interval;
+        self.limits.keepalive_retries = retries.max(1);
+        self
+    }
+
+    /// How long data sent on a connection may stay unacknowledged before the
+    /// connection is given up (`TCP_USER_TIMEOUT`, on Linux; at both ends, as
+    /// [`keepalives`](Self::keepalives)). Default: 30 s. Ignored on Unix
+    /// sockets and where the system lacks it.
+    pub fn tcp_user_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.tcp_user_timeout = timeout;
         self
     }
 
@@ -258,26 +401,32 @@ impl PgStoreBuilder {
         self
     }
 
-    /// Connects, creates or migrates the tables, and returns the store.
+    /// Connects, creates or migrates the tables if a migration is due, checks
+    /// that they are there and usable, and returns the store.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a URL that does not parse or a bad schema
-    /// or table name; [`Error::Database`] naming the server if it cannot be
-    /// reached (transient), refuses the login, or the migration fails, or if the
-    /// tables were migrated by a newer jobsafe.
+    /// or table name. [`Error::Database`] naming the server, transient if it
+    /// cannot be reached, another process held the migration lock for the
+    /// whole [`migration_lock_timeout`](Self::migration_lock_timeout) (the
+    /// error names it) or a bound passed; not transient if it refuses the
+    /// login, the session does not run with the bounds asked for, the tables
+    /// were migrated by a newer jobsafe, `jobsafe_schema` records a version
+    /// for tables that do not exist, or this login lacks a privilege the store
+    /// needs on them.
     pub fn open(self) -> Result<PgStore> {
         check_name("schema", &self.schema)?;
         check_name("table", &self.table)?;
-        let mut config: postgres::Config = self.url.parse().map_err(|_: postgres::Error| {
-            // Neither the URL nor the parser's message (which quotes the part
-            // it could not read) is repeated: either may hold a password.
-            Error::InvalidArgument(
-                "the database URL does not parse as a PostgreSQL connection string".to_owned(),
-            )
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(self.connect_timeout);
-        }
+        let mut config: tokio_postgres::Config =
+            self.url.parse().map_err(|_: tokio_postgres::Error| {
+                // Neither the URL nor the parser's message (which quotes the part
+                // it could not read) is repeated: either may hold a password.
+                Error::InvalidArgument(
+                    "the database URL does not parse as a PostgreSQL connection string".to_owned(),
+                )
+            })?;
+        let limits = self.limits;
+        limits.apply(&mut config, self.durability);
         if config.get_application_name().is_none() {
             config.application_name("jobsafe");
         }
@@ -286,40 +435,48 @@ impl PgStoreBuilder {
             schema: self.schema,
             table: self.table,
         };
-
-        let mut client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| db_error("connect", &server, e))?;
-        schema::migrate(&mut client, &names, &server)?;
-        drop(client);
-
-        let setup = match self.durability {
-            Durability::Full => {
-                "SET synchronous_commit = on; \
-                 SET default_transaction_isolation = 'read committed'"
-            }
-            Durability::AtomicOnly => {
-                "SET synchronous_commit = off; \
-                 SET default_transaction_isolation = 'read committed'"
-            }
-        };
-        let generation = Arc::new(AtomicU64::new(0));
+        let runtime = runtime::handle(&server)?;
         let sql = Arc::new(Sql::new(&names));
-        let manager = Manager::new(config, sql.clone(), setup, generation.clone());
-        let pool = r2d2::Pool::builder()
-            .max_size(self.pool_size)
-            .min_idle(Some(0))
-            .test_on_check_out(true)
-            .connection_timeout(self.connect_timeout)
-            .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build_unchecked(manager);
+        let connector = Connector {
+            config,
+            sql: sql.clone(),
+            server: server.clone(),
+            runtime: runtime.clone(),
+            within: limits.connect,
+        };
+
+        // The first connection checks its session and migrates the tables,
+        // then joins the pool.
+        let migrating = names.clone();
+        let (connector, first) = runtime::block_on(&runtime, &server, async move {
+            let mut bare = connector.bare().await?;
+            let server = &connector.server;
+            let ready = async {
+                limits.check(&bare.client, server).await?;
+                schema::migrate(&mut bare.client, &migrating, server, limits.migration_lock).await
+            };
+            // The migration lock's wait, then the migration itself.
+            let bound = limits.call + limits.migration_lock;
+            tokio::time::timeout(bound, ready)
+                .await
+                .unwrap_or_else(|_| Err(deadline_passed("migrate schema", server, bound)))?;
+            let first = connector.prepare(bare, 0).await?;
+            Ok((connector, first))
+        })?;
+        let pool = Pool::new(
+            connector,
+            usize::try_from(self.pool_size).unwrap_or(usize::MAX),
+            limits.connect,
+            Some(first),
+        );
         Ok(PgStore {
             shared: Arc::new(Shared {
                 pool,
                 sql,
                 server,
                 names,
-                generation,
+                runtime,
+                deadline: limits.call,
             }),
         })
     }
@@ -342,341 +499,148 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     )))
 }
 
-/// What an operation needs to name the server and table in its errors.
-struct Ctx<'a> {
-    server: &'a str,
-    names: &'a Names,
-}
-
-impl Ctx<'_> {
-    fn db(&self, step: &'static str) -> impl Fn(postgres::Error) -> Error + '_ {
-        move |e| db_error(step, self.server, e)
-    }
-
-    fn corrupt(&self, key: &Key, reason: &str) -> Error {
-        Error::Corrupt {
-            key: key.clone(),
-            path: None,
-            reason: format!(
-                "{reason} (row in table {} on database server {})",
-                self.names.shown(),
-                self.server
-            ),
+impl Shared {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            server: &self.server,
+            names: &self.names,
         }
     }
 
-    fn corrupt_row(&self, reason: String) -> Error {
-        Error::CorruptRow {
-            server: self.server.to_owned(),
-            table: self.names.shown(),
-            reason,
-        }
+    /// Runs one call's work within the call deadline. When it passes, the work
+    /// is dropped where it stands: a connection it had checked out is busy, so
+    /// it is closed and its statement cancelled, never put back in the pool.
+    async fn within<T>(
+        &self,
+        step: &'static str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
     }
-}
 
-/// A key's row: its id, its packed key and the advisory lock its writers take
-/// before they draw a version.
-struct Row {
-    id: Vec<u8>,
-    packed: Vec<u8>,
-    lock: i64,
-}
-
-impl Row {
-    fn of(key: &Key) -> Self {
-        let packed = pack(key.segments());
-        let id = row_id(&packed);
-        Row {
-            lock: key_lock(&id),
-            id,
-            packed,
-        }
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.within("get", async {
+            let conn = self.pool.get().await?;
+            let result = ops::get(&conn, &self.ctx(), key).await;
+            conn.release();
+            result
+        })
+        .await
     }
-}
 
-/// A version as the database holds it; one that no row can have maps to -1, which
-/// matches nothing.
-fn db_version(v: Version) -> i64 {
-    i64::try_from(v.get()).unwrap_or(-1)
+    async fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.within("put", async {
+            let conn = self.pool.get().await?;
+            let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
+            conn.release();
+            result
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.within("delete", async {
+            let conn = self.pool.get().await?;
+            let result = ops::delete(&conn, &self.ctx(), key, expect).await;
+            conn.release();
+            result
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.within("list", async {
+            let conn = self.pool.get().await?;
+            let result = ops::list(&conn, &self.sql, &self.ctx(), prefix, after, limit).await;
+            conn.release();
+            result
+        })
+        .await
+    }
+
+    async fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.within("apply batch", async {
+            let mut conn = self.pool.get().await?;
+            let result = ops::apply(&mut conn, &self.ctx(), batch).await;
+            conn.release();
+            result
+        })
+        .await
+    }
+
+    async fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.within("quarantine", async {
+            let conn = self.pool.get().await?;
+            let result = ops::quarantine(&conn, &self.ctx(), key).await;
+            conn.release();
+            result
+        })
+        .await
+    }
+
+    /// The server's clock, and the moment of this machine's monotonic clock it
+    /// is taken as of: the middle of the round trip.
+    async fn server_time(&self) -> Result<(u64, Instant)> {
+        self.within("read the server clock", async {
+            let conn = self.pool.get().await?;
+            let before = Instant::now();
+            let result = ops::now_ms(&conn, &self.ctx()).await;
+            let after = Instant::now();
+            conn.release();
+            Ok((result?, before + (after - before) / 2))
+        })
+        .await
+    }
 }
 
 impl PgStore {
-    /// Runs `f` on a pooled connection. If the connection turns out dead, every
-    /// other pooled connection is checked before its next use.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, &Ctx<'_>) -> Result<T>) -> Result<T> {
+    /// Runs a call's work on the client's runtime and waits for it here.
+    fn call<T, F>(&self, work: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
         let shared = &self.shared;
-        let mut conn = shared.pool.get().map_err(|e| Error::Database {
-            step: "connect",
-            server: shared.server.clone(),
-            transient: true,
-            source: Box::new(e),
-        })?;
-        let ctx = Ctx {
-            server: &shared.server,
-            names: &shared.names,
-        };
-        let result = f(&mut conn, &ctx);
-        if result.is_err() && conn.client.is_closed() {
-            shared.generation.fetch_add(1, Ordering::SeqCst);
-        }
-        result
-    }
-}
-
-/// The key's record, its checksum checked.
-fn read(
-    c: &mut impl GenericClient,
-    st: &Statements,
-    ctx: &Ctx<'_>,
-    key: &Key,
-    row: &Row,
-) -> Result<Option<Entry>> {
-    let rows = c.query(&st.get, &[&row.id]).map_err(ctx.db("get"))?;
-    let Some(found) = rows.first() else {
-        return Ok(None);
-    };
-    let columns = (|| {
-        Ok::<_, postgres::Error>((
-            found.try_get::<_, Vec<u8>>(0)?,
-            found.try_get::<_, i64>(1)?,
-            found.try_get::<_, Vec<u8>>(2)?,
-            found.try_get::<_, Vec<u8>>(3)?,
-        ))
-    })();
-    let (stored_key, version, value, sum) =
-        columns.map_err(|e| ctx.corrupt(key, &format!("columns do not decode: {e}")))?;
-    if stored_key != row.packed {
-        return Err(ctx.corrupt(key, "the row's key column holds another key"));
-    }
-    if sum != checksum(version, &stored_key, &value) {
-        return Err(ctx.corrupt(
-            key,
-            "checksum does not match the row (edited outside jobsafe, or damaged)",
-        ));
-    }
-    let version = u64::try_from(version)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| ctx.corrupt(key, &format!("version {version} is not positive")))?;
-    Ok(Some(Entry {
-        value,
-        version: Version::new(version),
-    }))
-}
-
-/// The version a write returned.
-fn written(rows: &[postgres::Row], ctx: &Ctx<'_>, key: &Key) -> Result<Option<Version>> {
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    let version: i64 = row.try_get(0).map_err(ctx.db("put"))?;
-    u64::try_from(version)
-        .map(|v| Some(Version::new(v)))
-        .map_err(|_| ctx.corrupt(key, &format!("version {version} is not positive")))
-}
-
-fn put_op(
-    c: &mut impl GenericClient,
-    st: &Statements,
-    ctx: &Ctx<'_>,
-    key: &Key,
-    value: &[u8],
-    expect: Expect,
-) -> Result<Version> {
-    let row = Row::of(key);
-    for _ in 0..RETRIES {
-        let rows = match expect {
-            Expect::Any => c.query(&st.upsert, &[&row.id, &row.packed, &value, &row.lock]),
-            Expect::Absent => c.query(&st.insert, &[&row.id, &row.packed, &value, &row.lock]),
-            Expect::Version(v) => {
-                c.query(&st.update, &[&row.id, &value, &db_version(v), &row.lock])
-            }
-        }
-        .map_err(ctx.db("put"))?;
-        if let Some(version) = written(&rows, ctx, key)? {
-            return Ok(version);
-        }
-        // Nothing written: the row is damaged (the read says so), or the
-        // precondition failed, or the row changed since; then try again.
-        let current = read(c, st, ctx, key, &row)?.map(|e| e.version);
-        expect.check(key, current)?;
-    }
-    Err(contended("put", ctx, key))
-}
-
-fn delete_op(
-    c: &mut impl GenericClient,
-    st: &Statements,
-    ctx: &Ctx<'_>,
-    key: &Key,
-    expect: Expect,
-) -> Result<bool> {
-    let row = Row::of(key);
-    for _ in 0..RETRIES {
-        let rows = match expect {
-            Expect::Absent => {
-                let current = read(c, st, ctx, key, &row)?.map(|e| e.version);
-                expect.check(key, current)?;
-                return Ok(false);
-            }
-            Expect::Any => c.query(&st.delete_any, &[&row.id]),
-            Expect::Version(v) => c.query(&st.delete_version, &[&row.id, &db_version(v)]),
-        }
-        .map_err(ctx.db("delete"))?;
-        if !rows.is_empty() {
-            return Ok(true);
-        }
-        match read(c, st, ctx, key, &row)?.map(|e| e.version) {
-            None if expect == Expect::Any => return Ok(false),
-            current => expect.check(key, current)?,
-        }
-    }
-    Err(contended("delete", ctx, key))
-}
-
-fn contended(step: &'static str, ctx: &Ctx<'_>, key: &Key) -> Error {
-    Error::Database {
-        step,
-        server: ctx.server.to_owned(),
-        transient: true,
-        source: format!("{key} changed under each of {RETRIES} attempts").into(),
-    }
-}
-
-/// A key read back from its packed form; anything that is not a valid key is a
-/// damaged row (never a lossy guess that would name another key).
-fn unpack_strict(bytes: &[u8]) -> std::result::Result<Key, String> {
-    let segments = bytes
-        .split(|&b| b == 0)
-        .map(|s| String::from_utf8(s.to_vec()))
-        .collect::<std::result::Result<Vec<String>, _>>()
-        .map_err(|_| format!("key column {} is not UTF-8", show_bytes(bytes)))?;
-    Key::new(segments).map_err(|e| format!("key column {} is not a key: {e}", show_bytes(bytes)))
-}
-
-fn show_bytes(bytes: &[u8]) -> String {
-    let shown: String = String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
-        .escape_debug()
-        .collect();
-    if bytes.len() > 64 {
-        format!("\"{shown}…\" ({} bytes)", bytes.len())
-    } else {
-        format!("\"{shown}\"")
+        runtime::block_on(&shared.runtime, &shared.server, work(shared.clone()))
     }
 }
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.with_conn(|conn, ctx| {
-            read(&mut conn.client, &conn.statements, ctx, key, &Row::of(key))
-        })
+        let key = key.clone();
+        self.call(|s| async move { s.get(&key).await })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
         // Checked here, not left to the server: a value it cannot take (over
         // 1 GB) makes it drop the connection, which looks transient.
         Entry::check_value(key, value)?;
-        self.with_conn(|conn, ctx| {
-            put_op(&mut conn.client, &conn.statements, ctx, key, value, expect)
-        })
+        let (key, value) = (key.clone(), value.to_vec());
+        self.call(|s| async move { s.put(&key, &value, expect).await })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        self.with_conn(|conn, ctx| delete_op(&mut conn.client, &conn.statements, ctx, key, expect))
+        let key = key.clone();
+        self.call(|s| async move { s.delete(&key, expect).await })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
         check_limit(limit)?;
-        let lowest = pack(prefix.segments());
-        let after = after.map(|k| pack(k.segments())).unwrap_or_default();
-        // One more than asked, to know whether another page follows.
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let sql = &self.shared.sql;
-        self.with_conn(|conn, ctx| {
-            let (bytea, int8) = (postgres::types::Type::BYTEA, postgres::types::Type::INT8);
-            let rows = if lowest.is_empty() {
-                conn.client
-                    .query_typed(&sql.list_all, &[(&after, bytea), (&fetch, int8)])
-            } else {
-                // Keys under the prefix are the prefix itself and the prefix
-                // followed by NUL: everything below the prefix followed by 0x01.
-                let mut bound = lowest.clone();
-                bound.push(1);
-                conn.client.query_typed(
-                    &sql.list_range,
-                    &[
-                        (&lowest, bytea.clone()),
-                        (&after, bytea.clone()),
-                        (&bound, bytea),
-                        (&fetch, int8),
-                    ],
-                )
-            }
-            .map_err(ctx.db("list"))?;
-            let mut keys = Vec::with_capacity(rows.len().min(limit));
-            for row in rows.iter().take(limit) {
-                let bytes: Vec<u8> = row.try_get(0).map_err(ctx.db("list"))?;
-                keys.push(unpack_strict(&bytes).map_err(|reason| ctx.corrupt_row(reason))?);
-            }
-            let next = if rows.len() > limit {
-                keys.last().cloned()
-            } else {
-                None
-            };
-            Ok(ListPage { keys, next })
-        })
+        let (prefix, after) = (prefix.clone(), after.cloned());
+        self.call(|s| async move { s.list(&prefix, after.as_ref(), limit).await })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
-        let ops = batch.ops();
-        // Rows are locked in key order, so that two batches never wait for each
-        // other in a cycle.
-        let mut order: Vec<(Vec<u8>, usize)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| (pack(op.key().segments()), i))
-            .collect();
-        order.sort();
-        self.with_conn(|conn, ctx| {
-            let st = &conn.statements;
-            let mut tx = conn.client.transaction().map_err(ctx.db("begin batch"))?;
-            let mut applied = vec![Applied::Deleted(false); ops.len()];
-            for (_, i) in &order {
-                applied[*i] = match &ops[*i] {
-                    BatchOp::Put { key, value, expect } => {
-                        Applied::Put(put_op(&mut tx, st, ctx, key, value, *expect)?)
-                    }
-                    BatchOp::Delete { key, expect } => {
-                        Applied::Deleted(delete_op(&mut tx, st, ctx, key, *expect)?)
-                    }
-                };
-            }
-            tx.commit().map_err(ctx.db("commit batch"))?;
-            Ok(applied)
-        })
+        let batch = batch.clone();
+        self.call(|s| async move { s.apply(&batch).await })
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        let row = Row::of(key);
-        self.with_conn(|conn, ctx| {
-            let rows = conn
-                .client
-                .query(&conn.statements.quarantine, &[&row.id])
-                .map_err(ctx.db("quarantine"))?;
-            let Some(moved) = rows.first() else {
-                return Ok(None);
-            };
-            let id: i64 = moved.try_get(0).map_err(ctx.db("quarantine"))?;
-            Ok(Some(Quarantined {
-                key: key.clone(),
-                location: format!(
-                    "row id {id} of table {}_quarantine on database server {}",
-                    ctx.names.shown(),
-                    ctx.server
-                ),
-            }))
-        })
+        let key = key.clone();
+        self.call(|s| async move { s.quarantine(&key).await })
     }
 }
 
@@ -698,7 +662,7 @@ mod password_tests {
                 "{url}: {shown}"
             );
             assert!(shown.contains("db.internal"), "{url}: {shown}");
-            if let Ok(config) = url.parse::<postgres::Config>() {
+            if let Ok(config) = url.parse::<tokio_postgres::Config>() {
                 let name = server_name(&config);
                 assert!(!name.contains("Zq"), "{url}: {name}");
             }

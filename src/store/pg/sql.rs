@@ -98,6 +98,20 @@ impl Names {
         format!("{}.{}", self.schema, self.table)
     }
 
+    /// The migrations table, for messages.
+    pub(crate) fn migrations_shown(&self) -> String {
+        format!("{}.jobsafe_schema", self.schema)
+    }
+
+    /// The objects the migrations make, each quoted and as messages show it.
+    pub(crate) fn objects(&self) -> [(String, String); 3] {
+        [
+            (self.records(), self.shown()),
+            (self.versions(), format!("{}_versions", self.shown())),
+            (self.quarantine(), format!("{}_quarantine", self.shown())),
+        ]
+    }
+
     /// The migrations that bring a store's objects from nothing to the current
     /// schema, in order; entry `n` makes schema version `n + 1`.
     pub(crate) fn migrations_sql(&self) -> Vec<String> {
