@@ -763,24 +763,101 @@ fn keep_alive_reports_failed_renewals_then_expiry() {
         .keep_alive(Duration::from_secs(30), Duration::from_secs(10))
         .unwrap();
     down.store(true, Ordering::SeqCst);
-    for _ in 0..2 {
-        clock.advance(Duration::from_secs(10));
+    clock.advance(Duration::from_secs(10));
+    match keep_alive.next_event() {
+        Some(KeepAliveEvent::Failed(err)) => assert!(err.is_transient(), "{err}"),
+        other => panic!("expected a failed renewal, got {other:?}"),
+    }
+    // 20 s left of the lease, no renewal confirmed: within the safety margin
+    // (no skew margin, plus one 10 s period) the holder hears it must stop,
+    // after at most the renewal that failed at that moment too.
+    clock.advance(Duration::from_secs(9));
+    assert!(keep_alive.events().is_empty(), "expired early");
+    clock.advance(Duration::from_secs(1));
+    loop {
         match keep_alive.next_event() {
-            Some(KeepAliveEvent::Failed(err)) => assert!(err.is_transient(), "{err}"),
-            other => panic!("expected a failed renewal, got {other:?}"),
+            Some(KeepAliveEvent::Failed(_)) => {}
+            Some(KeepAliveEvent::Expired) => break,
+            other => panic!("expected expiry, got {other:?}"),
         }
     }
-    // The lease ends with renewals still failing: the holder must stop.
+    // The renewer ends at its next wake-up, without another event.
     clock.advance(Duration::from_secs(10));
-    assert!(matches!(
-        keep_alive.next_event(),
-        Some(KeepAliveEvent::Expired)
-    ));
     assert!(
         keep_alive.next_event().is_none(),
         "an expired keep-alive stops"
     );
     let _ = guard.into_handle();
+}
+
+#[test]
+fn keep_alive_reports_expiry_while_a_renewal_hangs_and_stops_without_waiting_for_it() {
+    let clock = ManualClock::new(START_MS);
+    // Once `hang` is set, a write waits until the test lets it go, as a put
+    // through a connection that went silent would.
+    let store = Arc::new(HookedStore::default());
+    let hang = Arc::new(AtomicBool::new(false));
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    store.on_op({
+        let hang = Arc::clone(&hang);
+        move |op| {
+            if matches!(op, StoreOp::Write(_)) && hang.load(Ordering::SeqCst) {
+                let _ = gate.lock().unwrap().recv();
+            }
+            Ok(())
+        }
+    });
+    let locks = JobLock::builder(Arc::clone(&store), Arc::new(clock.clone()))
+        .skew_margin(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
+    let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+    hang.store(true, Ordering::SeqCst);
+    // The renewal at 20 s hangs. The lease ends at 60 s; the safety margin is
+    // the skew margin (5 s) plus one period (20 s): expired at 35 s.
+    clock.advance(Duration::from_secs(34));
+    assert!(keep_alive.events().is_empty(), "an event before 35 s");
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        keep_alive.next_event(),
+        Some(KeepAliveEvent::Expired)
+    ));
+    // `stop` returns with the renewal still hanging (it used to wait for it).
+    keep_alive.stop();
+    // Once the store answers, the late renewal is not reported.
+    hang.store(false, Ordering::SeqCst);
+    release.send(()).unwrap();
+    clock.advance(Duration::from_secs(20));
+    assert!(
+        keep_alive.next_event().is_none(),
+        "an event after expiry: the keep-alive must have stopped"
+    );
+    let _ = guard.into_handle();
+}
+
+#[test]
+fn keep_alive_refuses_a_period_that_cannot_renew_before_its_safety_margin() {
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::builder(MemStore::new(), Arc::new(clock.clone()))
+        .skew_margin(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
+    // Two periods and the skew margin must be shorter than the ttl (60 s).
+    let err = guard.keep_alive(TTL, Duration::from_secs(25)).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("safety margin"), "{err}");
+    assert!(guard.keep_alive(TTL, Duration::from_secs(24)).is_ok());
 }
 
 // Dead holders: on a machine-local store, a lock whose holder process has

@@ -23,8 +23,10 @@ pub enum KeepAliveEvent {
     Failed(Error),
     /// The lease is lost; the keep-alive has stopped. Stop the protected work.
     Lost(LostLease),
-    /// Renewals kept failing until the lease ended: treat it as lost. The
-    /// keep-alive has stopped.
+    /// Less than the safety margin of the lease is left and no renewal was
+    /// confirmed: treat the lease as lost and stop the protected work. The
+    /// keep-alive has stopped. Reported on time even while a renewal call
+    /// hangs (a store cut off by a silent network, say); see [`KeepAlive`].
     Expired,
 }
 
@@ -33,8 +35,20 @@ pub enum KeepAliveEvent {
 ///
 /// Renewals are scheduled from the last renewal's time on the lock's clock, so a
 /// test that advances a [`ManualClock`](crate::ManualClock) drives them without
-/// sleeping. [`stop`](KeepAlive::stop) (or dropping it) guarantees that no renewal
-/// starts afterwards; the thread ends at its next wake-up.
+/// sleeping.
+///
+/// A watch of its own reports [`KeepAliveEvent::Expired`] once less than the
+/// *safety margin* of the lease is left with no confirmed renewal, whether the
+/// renewals failed or one is still waiting for the store: the margin is the
+/// lock's [skew margin](crate::lock::JobLockBuilder::skew_margin) plus one
+/// renewal period, so the holder hears of it while the lease, as every other
+/// machine counts it, still has a period to run. After `Expired` no other
+/// event comes, even if the hung renewal later succeeds (the guard still
+/// releases the lock when dropped).
+///
+/// [`stop`](KeepAlive::stop) (or dropping it) never waits for a renewal in
+/// progress: no renewal starts after it returns, and the outcome of one that
+/// had started is not reported. The threads end at their next wake-up.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -57,8 +71,44 @@ pub enum KeepAliveEvent {
 /// ```
 #[derive(Debug)]
 pub struct KeepAlive {
-    stopped: Arc<Mutex<bool>>,
+    state: Arc<Mutex<State>>,
     events: Receiver<KeepAliveEvent>,
+}
+
+/// What the renewer, the watch and the holder share. Events are sent with it
+/// locked, so that nothing follows `Lost` or `Expired`.
+#[derive(Debug)]
+struct State {
+    /// Set by [`KeepAlive::stop`]: no renewal starts, no event is sent.
+    stopped: bool,
+    /// `Lost` or `Expired` was sent.
+    done: bool,
+    /// When the last confirmed renewal (or the acquire) ends the lease.
+    expires_ms: u64,
+    /// The only sender of the events: dropped when the keep-alive stops or
+    /// ends, so that `next_event` returns `None` then, whichever thread is
+    /// still asleep.
+    events: Option<Sender<KeepAliveEvent>>,
+}
+
+impl State {
+    fn over(&self) -> bool {
+        self.stopped || self.done
+    }
+
+    /// Sends `event`; after `Lost` or `Expired`, ends the keep-alive.
+    fn send(&mut self, event: KeepAliveEvent) {
+        let last = matches!(event, KeepAliveEvent::Lost(_) | KeepAliveEvent::Expired);
+        let delivered = self
+            .events
+            .as_ref()
+            .is_some_and(|events| events.send(event).is_ok());
+        if last || !delivered {
+            // Nobody listens any more, or nothing follows.
+            self.done = true;
+            self.events = None;
+        }
+    }
 }
 
 impl KeepAlive {
@@ -70,28 +120,52 @@ impl KeepAlive {
     ) -> Result<Self> {
         let ttl_ms = positive_ms(ttl, "keep-alive ttl")?;
         let every_ms = positive_ms(every, "keep-alive period")?;
-        if every_ms >= ttl_ms {
+        let margin_ms = lock.skew_ms.saturating_add(every_ms);
+        // The watch fires `margin` before the lease ends; the first renewal must
+        // come before that, or every lease would be reported expired.
+        if every_ms.saturating_add(margin_ms) >= ttl_ms {
             return Err(Error::InvalidArgument(format!(
-                "keep-alive period {every:?} must be shorter than the ttl {ttl:?}"
+                "keep-alive period {every:?} leaves no renewal before the safety margin \
+                 (the skew margin {skew:?} plus one period) of the ttl {ttl:?}: two periods \
+                 and the skew margin must be shorter than the ttl",
+                skew = Duration::from_millis(lock.skew_ms),
             )));
         }
-        let stopped = Arc::new(Mutex::new(false));
         let (sender, events) = mpsc::channel();
+        let state = Arc::new(Mutex::new(State {
+            stopped: false,
+            done: false,
+            expires_ms: record.expires_ms,
+            events: Some(sender),
+        }));
+        let watch = Watch {
+            clock: Arc::clone(&lock.clock),
+            margin_ms,
+            state: Arc::clone(&state),
+        };
         let renewer = Renewer {
             lock,
             handle: record.handle(),
             ttl,
             every_ms,
-            expires_ms: record.expires_ms,
             next_ms: record.renewed_ms.saturating_add(every_ms),
-            stopped: Arc::clone(&stopped),
-            events: sender,
+            state: Arc::clone(&state),
         };
-        std::thread::Builder::new()
-            .name("jobsafe-keep-alive".to_owned())
-            .spawn(move || renewer.run())
-            .map_err(|e| Error::io(steps::START_KEEP_ALIVE_THREAD, "", e))?;
-        Ok(KeepAlive { stopped, events })
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(run)
+                .map(drop)
+                .map_err(|e| Error::io(steps::START_KEEP_ALIVE_THREAD, "", e))
+        };
+        spawn("jobsafe-keep-alive", Box::new(move || renewer.run()))?;
+        if let Err(e) = spawn("jobsafe-lease-watch", Box::new(move || watch.run())) {
+            let mut state = state.lock();
+            state.stopped = true;
+            state.events = None;
+            return Err(e);
+        }
+        Ok(KeepAlive { state, events })
     }
 
     /// Waits for the next event; `None` once the keep-alive has stopped and every
@@ -105,12 +179,18 @@ impl KeepAlive {
         self.events.try_iter().collect()
     }
 
-    /// Stops renewing (dropping the keep-alive does too). No renewal starts after
-    /// this returns; the thread ends at its next wake-up, after which
-    /// [`next_event`](KeepAlive::next_event) returns `None`.
+    /// Stops renewing (dropping the keep-alive does too), without waiting for a
+    /// renewal in progress. No renewal starts after this returns and no event
+    /// is sent: [`next_event`](KeepAlive::next_event) returns the events sent
+    /// before, then `None`. The threads end at their next wake-up.
+    ///
+    /// Releasing the lock right after is safe: a renewal still in flight
+    /// writes only over the holder's own record (a compare-and-set on its
+    /// version), so it cannot bring a released lock back.
     pub fn stop(&self) {
-        // Taken while a renewal is in progress: waits for it to finish.
-        *self.stopped.lock() = true;
+        let mut state = self.state.lock();
+        state.stopped = true;
+        state.events = None;
     }
 }
 
@@ -125,41 +205,73 @@ struct Renewer<S> {
     handle: LockHandle,
     ttl: Duration,
     every_ms: u64,
-    expires_ms: u64,
     next_ms: u64,
-    stopped: Arc<Mutex<bool>>,
-    events: Sender<KeepAliveEvent>,
+    state: Arc<Mutex<State>>,
 }
 
 impl<S: Store> Renewer<S> {
     fn run(mut self) {
         loop {
             self.lock.clock.sleep_until(self.next_ms);
-            // Renew while holding the flag, so that `stop` waits for a renewal in
-            // progress and none starts after it.
-            let stopped = self.stopped.lock();
-            if *stopped {
+            if self.state.lock().over() {
                 return;
             }
+            // Unlocked while the store works: `stop` and the watch never wait
+            // for a renewal that hangs.
+            let renewal = self.lock.renew(&self.handle, self.ttl);
             let now = self.lock.clock.now_ms();
-            let event = match self.lock.renew(&self.handle, self.ttl) {
+            let mut state = self.state.lock();
+            if state.over() {
+                return;
+            }
+            let event = match renewal {
                 Ok(Renewal::Renewed(record)) => {
-                    self.expires_ms = record.expires_ms;
+                    state.expires_ms = record.expires_ms;
                     self.next_ms = record.renewed_ms.saturating_add(self.every_ms);
                     KeepAliveEvent::Renewed(record)
                 }
                 Ok(Renewal::Lost(lost)) => KeepAliveEvent::Lost(lost),
-                Err(_) if now >= self.expires_ms => KeepAliveEvent::Expired,
                 Err(e) => {
                     self.next_ms = now.saturating_add(self.every_ms);
                     KeepAliveEvent::Failed(e)
                 }
             };
-            let done = matches!(event, KeepAliveEvent::Lost(_) | KeepAliveEvent::Expired);
-            if self.events.send(event).is_err() || done {
+            state.send(event);
+            if state.over() {
                 return;
             }
-            drop(stopped);
+        }
+    }
+}
+
+/// Reports [`KeepAliveEvent::Expired`] when the lease comes within the safety
+/// margin of its end with no confirmed renewal.
+struct Watch {
+    clock: crate::clock::SharedClock,
+    margin_ms: u64,
+    state: Arc<Mutex<State>>,
+}
+
+impl Watch {
+    fn run(self) {
+        loop {
+            let due_ms = {
+                let state = self.state.lock();
+                if state.over() {
+                    return;
+                }
+                state.expires_ms.saturating_sub(self.margin_ms)
+            };
+            self.clock.sleep_until(due_ms);
+            let mut state = self.state.lock();
+            if state.over() {
+                return;
+            }
+            // A renewal confirmed meanwhile moved the end: watch the new one.
+            if self.clock.now_ms() >= state.expires_ms.saturating_sub(self.margin_ms) {
+                state.send(KeepAliveEvent::Expired);
+                return;
+            }
         }
     }
 }

@@ -447,7 +447,10 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
 
     /// Renews the lease every `every` from a background thread while a job
     /// runs, or never with `None` (then every stage must finish well within the
-    /// lease). Default: a third of the lease.
+    /// lease). Default: a third of the lease less the skew margin. A period
+    /// of half of that or more is refused by `build`: the keep-alive reports
+    /// the lease expired a period plus the skew margin before its end (see
+    /// [`KeepAlive`](crate::lock::KeepAlive)), so a renewal must come first.
     pub fn renew_every(mut self, every: Option<Duration>) -> Self {
         self.renew_every = Some(every);
         self
@@ -563,10 +566,13 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
         // A runner holds its lease until `lease - skew_margin` by its own count.
         let held = self.lease - self.skew_margin;
         let renew_every = self.renew_every.unwrap_or(Some(held / 3));
-        if renew_every.is_some_and(|every| every.is_zero() || every >= held) {
+        // Its keep-alive reports the lease expired a period plus the skew
+        // margin before it ends, so a renewal must come before that.
+        if renew_every.is_some_and(|every| every.is_zero() || every.saturating_mul(2) >= held) {
             return Err(Error::InvalidArgument(format!(
-                "the renewal period {renew_every:?} must be shorter than the lease {:?} \
-                 less the skew margin {:?}",
+                "the renewal period {renew_every:?} must be shorter than half of the lease \
+                 {:?} less the skew margin {:?}: the keep-alive reports a lease expired a \
+                 period plus the skew margin before its end",
                 self.lease, self.skew_margin
             )));
         }
