@@ -55,8 +55,9 @@ impl<S: Store> Lease<S> {
                         *state = Err("the subject lock was removed".to_owned());
                     }
                     (Ok(_), KeepAliveEvent::Expired) => {
-                        *state =
-                            Err("renewals of the subject lock failed until it expired".to_owned());
+                        *state = Err("no renewal of the subject lock was confirmed before \
+                                      its safety margin: it may end at any time"
+                            .to_owned());
                     }
                     _ => {}
                 }
