@@ -141,6 +141,7 @@ impl KeepAlive {
         let watch = Watch {
             clock: Arc::clone(&lock.clock),
             margin_ms,
+            every_ms,
             state: Arc::clone(&state),
         };
         let renewer = Renewer {
@@ -249,6 +250,9 @@ impl<S: Store> Renewer<S> {
 struct Watch {
     clock: crate::clock::SharedClock,
     margin_ms: u64,
+    /// The watch wakes at least this often, so that once stopped its thread
+    /// ends within a period, as the renewer's does, not a lease later.
+    every_ms: u64,
     state: Arc<Mutex<State>>,
 }
 
@@ -262,7 +266,8 @@ impl Watch {
                 }
                 state.expires_ms.saturating_sub(self.margin_ms)
             };
-            self.clock.sleep_until(due_ms);
+            let wake_ms = self.clock.now_ms().saturating_add(self.every_ms);
+            self.clock.sleep_until(due_ms.min(wake_ms));
             let mut state = self.state.lock();
             if state.over() {
                 return;
