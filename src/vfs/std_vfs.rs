@@ -31,64 +31,26 @@ impl Vfs for StdVfs {
     }
 
     fn open_regular_file(&self, path: &Path) -> io::Result<File> {
-        let mut options = OpenOptions::new();
-        options.read(true);
-        #[cfg(target_os = "linux")]
-        {
-            use rustix::fs::OFlags;
-            let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-            options.custom_flags(flags.bits() as i32);
-        }
-        // Elsewhere, without those flags at hand, a check before the open; a
-        // link or FIFO swapped in after it is caught after the open (by then a
-        // FIFO has blocked it).
+        // Elsewhere than Linux, without the open flags at hand, a check before
+        // the open; a link or FIFO swapped in after it is caught after the
+        // open (by then a FIFO has blocked it).
         #[cfg(not(target_os = "linux"))]
         if !fs::symlink_metadata(path)?.is_file() {
             return Err(super::not_a_regular_file());
         }
-        let file = match options.open(path) {
-            Ok(file) => file,
-            // A final symlink fails with ELOOP, which has other causes too:
-            // say which it is.
-            Err(e) => {
-                let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-                return Err(if link { super::not_a_regular_file() } else { e });
-            }
-        };
-        if !is_regular_file(&file)? {
-            return Err(super::not_a_regular_file());
-        }
-        Ok(file)
+        open_own_regular(OpenOptions::new().read(true), path)
     }
 
     fn open_or_create(&self, path: &Path, mode: u32) -> io::Result<File> {
-        let mut options = OpenOptions::new();
-        options
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode);
-        // A symlink at `path` fails the open (ELOOP) instead of being
-        // followed, and a FIFO or a device is opened without waiting, only to
-        // be refused below.
-        #[cfg(target_os = "linux")]
-        {
-            use rustix::fs::OFlags;
-            let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-            options.custom_flags(flags.bits() as i32);
-        }
-        let file = match options.open(path) {
-            Ok(file) => file,
-            Err(e) => {
-                let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-                return Err(if link { super::not_a_regular_file() } else { e });
-            }
-        };
-        if !is_regular_file(&file)? {
-            return Err(super::not_a_regular_file());
-        }
-        Ok(file)
+        open_own_regular(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(mode),
+            path,
+        )
     }
 
     fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
@@ -282,6 +244,31 @@ impl VfsFile for File {
     fn unlock(&self) -> io::Result<()> {
         File::unlock(self)
     }
+}
+
+/// Opens `path` with `options`, refusing anything but a regular file: on
+/// Linux a symlink at `path` fails the open (`O_NOFOLLOW`, reported as not a
+/// regular file rather than as ELOOP, which has other causes too), and a FIFO
+/// or a device is opened without waiting (`O_NONBLOCK`, `O_NOCTTY`), only to
+/// be refused once open.
+fn open_own_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::OFlags;
+        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        options.custom_flags(flags.bits() as i32);
+    }
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) => {
+            let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(if link { super::not_a_regular_file() } else { e });
+        }
+    };
+    if !is_regular_file(&file)? {
+        return Err(super::not_a_regular_file());
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
