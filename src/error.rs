@@ -284,6 +284,37 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    /// A manager's write failed in a way that may hide its success (the store
+    /// was unreachable: the commit may have happened and only its reply been
+    /// lost), and re-reading the record to learn which did not succeed before
+    /// the manager's `resolve_within` deadline. The write may or may not have
+    /// taken effect.
+    ///
+    /// Repeat the call with the same [`attempt`](Error::attempt_id) (a
+    /// [`LockRequest::attempt`](crate::lock::LockRequest::attempt), a
+    /// [`ChargeRequest::attempt`](crate::ledger::ChargeRequest::attempt), a
+    /// [`JobState::start_attempt`](crate::JobState::start_attempt), a
+    /// [`NewJob::attempt`](crate::jobs::NewJob::attempt)): it is recognised as
+    /// the same call, and returns what the first one did if it landed.
+    /// Transient: the store may answer later.
+    #[error(
+        "{operation} on {key} may or may not have taken effect (attempt {attempt}): \
+         the write failed and re-reading failed until the deadline ({reread})"
+    )]
+    Ambiguous {
+        /// What was being done (`"acquire lock"`, `"start job"`, `"reserve"`, ...).
+        operation: &'static str,
+        /// The record written.
+        key: Key,
+        /// The id the write carried: repeat the call with it.
+        attempt: crate::AttemptId,
+        /// Why the last re-read failed, in words.
+        reread: String,
+        /// The write's own error.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A row of a database table cannot be decoded and no key names it (its key
     /// column itself is damaged). The row is left where it is.
     #[error("corrupt row in table {table} on database server {server}: {reason}")]
@@ -352,6 +383,22 @@ impl Error {
         matches!(self, Error::InvalidTransition { .. })
     }
 
+    /// A manager could not learn whether its write took effect: see
+    /// [`Error::Ambiguous`]. Repeat the call with the same attempt id
+    /// ([`attempt_id`](Error::attempt_id)).
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Error::Ambiguous { .. })
+    }
+
+    /// The attempt id of a call whose outcome is unknown
+    /// ([`is_ambiguous`](Error::is_ambiguous)); `None` for every other error.
+    pub fn attempt_id(&self) -> Option<&crate::AttemptId> {
+        match self {
+            Error::Ambiguous { attempt, .. } => Some(attempt),
+            _ => None,
+        }
+    }
+
     /// A no-clobber write found its target already there.
     pub fn is_already_exists(&self) -> bool {
         matches!(self, Error::AlreadyExists { .. })
@@ -370,7 +417,8 @@ impl Error {
     /// Worth retrying later without changing the request: I/O errors that
     /// describe a moment rather than the request, and a database server that
     /// could not be reached or dropped the connection ([`Error::Database`] with
-    /// `transient`). A conflict is not: the same compare-and-set would fail
+    /// `transient`), and a manager call whose outcome stayed unknown
+    /// ([`Error::Ambiguous`]: repeat it with the same attempt id). A conflict is not: the same compare-and-set would fail
     /// again, so re-read and decide anew. Corruption, poisoning and invalid input
     /// (a value over its size limit included) are not.
     ///
@@ -404,6 +452,7 @@ impl Error {
                 transient::of_error(source) == transient::Transience::Transient
             }
             Error::Database { transient, .. } => *transient,
+            Error::Ambiguous { .. } => true,
             _ => false,
         }
     }

@@ -151,6 +151,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod atomic;
+mod attempt;
 mod clock;
 pub mod conformance;
 mod durability;
@@ -164,12 +165,14 @@ pub mod lock;
 pub mod pipeline;
 mod process;
 pub mod record;
+mod resolve;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vfs;
 
 pub use atomic::{AtomicWriter, write_atomic};
+pub use attempt::AttemptId;
 pub use clock::{Clock, ClockSleep, ManualClock, SharedClock, SystemClock};
 pub use durability::Durability;
 pub use error::{Error, Result};

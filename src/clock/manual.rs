@@ -48,6 +48,8 @@ struct State {
     /// Futures waiting for a deadline, by id: the deadline and the waker.
     sleepers: HashMap<u64, (u64, Waker)>,
     next_id: u64,
+    /// Whether a sleep moves time to its deadline instead of waiting.
+    auto_advance: bool,
 }
 
 impl ManualClock {
@@ -59,6 +61,7 @@ impl ManualClock {
                     now: start_ms,
                     sleepers: HashMap::new(),
                     next_id: 0,
+                    auto_advance: false,
                 }),
                 moved: Condvar::new(),
             }),
@@ -69,7 +72,7 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         let mut state = self.inner.state.lock();
         state.now = state.now.saturating_add(millis(by));
-        self.wake_due(state);
+        self.inner.wake_due(state);
     }
 
     /// Sets the time, backwards too (to test a clock that jumps), and wakes the
@@ -77,9 +80,29 @@ impl ManualClock {
     pub fn set(&self, now_ms: u64) {
         let mut state = self.inner.state.lock();
         state.now = now_ms;
-        self.wake_due(state);
+        self.inner.wake_due(state);
     }
 
+    /// From now on, a sleep on this clock (blocking or async) moves time
+    /// forward to its deadline at once and returns, instead of waiting for a
+    /// test to advance it: as tokio's paused clock does when every task waits.
+    /// For a test where the code under test sleeps (a backoff, a retry pause)
+    /// and nothing else moves time. Every clone shares the setting.
+    ///
+    /// ```
+    /// use jobsafe::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new(0);
+    /// clock.set_auto_advance(true);
+    /// clock.sleep_until(5_000); // returns at once
+    /// assert_eq!(clock.now_ms(), 5_000);
+    /// ```
+    pub fn set_auto_advance(&self, on: bool) {
+        self.inner.state.lock().auto_advance = on;
+    }
+}
+
+impl Inner {
     fn wake_due(&self, mut state: parking_lot::MutexGuard<'_, State>) {
         let now = state.now;
         let mut due = Vec::new();
@@ -90,7 +113,7 @@ impl ManualClock {
             }
             waiting
         });
-        self.inner.moved.notify_all();
+        self.moved.notify_all();
         drop(state);
         for waker in due {
             waker.wake();
@@ -112,6 +135,11 @@ impl Clock for ManualClock {
 
     fn sleep_until(&self, deadline_ms: u64) {
         let mut state = self.inner.state.lock();
+        if state.auto_advance && state.now < deadline_ms {
+            state.now = deadline_ms;
+            self.inner.wake_due(state);
+            return;
+        }
         while state.now < deadline_ms {
             self.inner.moved.wait(&mut state);
         }
@@ -126,6 +154,14 @@ impl Clock for ManualClock {
             let mut registration = registration;
             poll_fn(|cx| {
                 let mut state = registration.inner.state.lock();
+                if state.auto_advance && state.now < deadline_ms {
+                    state.now = deadline_ms;
+                    if let Some(id) = registration.id.take() {
+                        state.sleepers.remove(&id);
+                    }
+                    registration.inner.wake_due(state);
+                    return Poll::Ready(());
+                }
                 if state.now >= deadline_ms {
                     if let Some(id) = registration.id.take() {
                         state.sleepers.remove(&id);

@@ -23,10 +23,12 @@ pub use record::{LockRecord, LockRequest};
 pub use crate::process::{ProcessIdentity, ProcessLiveness};
 
 use self::record::{StoredLock, StoredProcess};
+use crate::attempt::AttemptId;
 use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
+use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{Expect, Quarantined, SCAN_PAGE, Store, Version};
 
 /// Longest wait between two attempts of [`JobLock::acquire_within`].
@@ -139,6 +141,7 @@ pub struct JobLock<S> {
     clock: SharedClock,
     namespace: Arc<Prefix>,
     skew_ms: u64,
+    resolve_within: Duration,
 }
 
 impl<S> Clone for JobLock<S> {
@@ -148,6 +151,7 @@ impl<S> Clone for JobLock<S> {
             clock: Arc::clone(&self.clock),
             namespace: Arc::clone(&self.namespace),
             skew_ms: self.skew_ms,
+            resolve_within: self.resolve_within,
         }
     }
 }
@@ -157,6 +161,7 @@ impl<S> std::fmt::Debug for JobLock<S> {
         f.debug_struct("JobLock")
             .field("namespace", &self.namespace)
             .field("skew_ms", &self.skew_ms)
+            .field("resolve_within", &self.resolve_within)
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +186,14 @@ pub struct JobLockBuilder<S> {
     clock: SharedClock,
     namespace: Prefix,
     skew_margin: Duration,
+    resolve_within: Duration,
+}
+
+impl JobLock<()> {
+    /// How long a call keeps re-reading a lock whose write failed in a way
+    /// that may hide its success, by default: 10 s. See
+    /// [`JobLockBuilder::resolve_within`].
+    pub const DEFAULT_RESOLVE_WITHIN: Duration = resolve::DEFAULT_RESOLVE_WITHIN;
 }
 
 impl<S: Store> JobLockBuilder<S> {
@@ -201,6 +214,18 @@ impl<S: Store> JobLockBuilder<S> {
         self
     }
 
+    /// Bounds how long an acquire, renewal or release whose write failed in a
+    /// way that may hide its success (see [`Error::is_ambiguous`]) keeps
+    /// re-reading the lock to learn its own write's outcome, counted by the
+    /// lock's clock from the start of the call. A store that stays
+    /// unreachable that long makes the call fail with an
+    /// [ambiguous](Error::is_ambiguous) error. Zero reads back once. Default:
+    /// [`JobLock::DEFAULT_RESOLVE_WITHIN`].
+    pub fn resolve_within(mut self, within: Duration) -> Self {
+        self.resolve_within = within;
+        self
+    }
+
     /// The lock manager.
     ///
     /// # Errors
@@ -212,6 +237,7 @@ impl<S: Store> JobLockBuilder<S> {
             clock: self.clock,
             namespace: Arc::new(self.namespace),
             skew_ms: millis(self.skew_margin),
+            resolve_within: self.resolve_within,
         })
     }
 }
@@ -225,6 +251,7 @@ impl<S: Store> JobLock<S> {
             clock,
             namespace: Arc::new(default_namespace()),
             skew_ms: 0,
+            resolve_within: JobLock::DEFAULT_RESOLVE_WITHIN,
         }
     }
 
@@ -235,6 +262,7 @@ impl<S: Store> JobLock<S> {
             clock,
             namespace: default_namespace(),
             skew_margin: Duration::ZERO,
+            resolve_within: JobLock::DEFAULT_RESOLVE_WITHIN,
         }
     }
 
@@ -256,6 +284,14 @@ impl<S: Store> JobLock<S> {
     /// it. A lost race is decided anew: the result is always the state after one
     /// successful compare-and-set.
     ///
+    /// A write that fails in a way that may hide its success (the store was
+    /// unreachable, and may have committed it) is read back until the
+    /// [`resolve_within`](JobLockBuilder::resolve_within) deadline: if it
+    /// landed, the call returns its guard, so no lock is ever held by a job
+    /// nobody knows. If the lock is held by the request's own
+    /// [attempt](LockRequest::attempt) (a repeated call), that holder's guard
+    /// is returned.
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming both values if `ttl` is not longer than
     /// the [skew margin](JobLockBuilder::skew_margin) (zero by default, so a zero
@@ -265,12 +301,16 @@ impl<S: Store> JobLock<S> {
     /// [`LockRequest::MAX_METADATA_LEN`], with nothing written or read;
     /// [`Error::Corrupt`] naming the key if
     /// the lock record cannot be read (it is never counted as "no lock": see
-    /// [`quarantine`](JobLock::quarantine)); [`Error::UnsupportedSchema`]; store
-    /// errors.
+    /// [`quarantine`](JobLock::quarantine)); [`Error::UnsupportedSchema`];
+    /// [`Error::Ambiguous`] with the attempt id if the store failed the write
+    /// and stayed unreachable until the deadline; store errors: a transient
+    /// one only when the write is known not to have landed.
     pub fn acquire(&self, key: &Key, ttl: Duration, request: &LockRequest) -> Result<Acquire<S>> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(key)?;
         request.check(&stored_key)?;
+        let attempt = request.attempt_id().cloned().unwrap_or_default();
         loop {
             let now = self.clock.now_ms();
             let expect = match self.read(&stored_key)? {
@@ -278,13 +318,17 @@ impl<S: Store> JobLock<S> {
                 Some((stored, version)) => {
                     let holder = stored.into_record(key.clone(), version);
                     if !self.is_taken_over_at(&holder, now) {
+                        if holder.job_id == attempt.as_str() {
+                            // This call, repeated: its acquire had landed.
+                            return Ok(Acquire::Acquired(LockGuard::new(self.clone(), holder)));
+                        }
                         return Ok(Acquire::Held(holder));
                     }
                     Expect::Version(version)
                 }
             };
             let stored = StoredLock {
-                job_id: uuid::Uuid::now_v7().to_string(),
+                job_id: attempt.to_string(),
                 token: None,
                 actor: request.actor_name().map(str::to_owned),
                 metadata: request.metadata().clone(),
@@ -292,6 +336,7 @@ impl<S: Store> JobLock<S> {
                 renewed_ms: now,
                 expires_ms: now.saturating_add(ttl_ms),
                 process: StoredProcess::of(self.this_process(), now),
+                write: Some(attempt.clone()),
                 extra: codec::Extra::new(),
             };
             let bytes = codec::encode(&stored_key, &stored)?;
@@ -303,6 +348,28 @@ impl<S: Store> JobLock<S> {
                 // Someone else wrote the record between our read and our write:
                 // decide again on what is there now.
                 Err(e) if e.is_conflict() => continue,
+                Err(e) if may_have_landed(&e) => {
+                    match deadline.reread(|| self.read(&stored_key)) {
+                        // Ours, whatever happened to the reply: decide on it
+                        // as on any record (it is ours, or its lease is over).
+                        Ok(Some((stored, _))) if stored.job_id == attempt.as_str() => continue,
+                        // Not there, or another's: ours did not land, or was
+                        // taken over already, and the caller holds nothing.
+                        // Deciding and writing again fences the failed write
+                        // off, should it still arrive.
+                        Ok(_) if deadline.may_write_again() => continue,
+                        Ok(_) => return Err(e),
+                        Err(reread) => {
+                            return Err(resolve::ambiguous(
+                                "acquire lock",
+                                &stored_key,
+                                &attempt,
+                                e,
+                                reread,
+                            ));
+                        }
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -360,12 +427,18 @@ impl<S: Store> JobLock<S> {
     /// from then on the lock outlives the process that acquired it, and ends
     /// early only if this one dies (see "Dead holders" above).
     ///
+    /// A write that fails in a way that may hide its success is read back, as
+    /// by [`acquire`](JobLock::acquire): a renewal that landed is
+    /// [`Renewal::Renewed`].
+    ///
     /// # Errors
     /// As [`acquire`](JobLock::acquire). Losing the lock is not an error but
     /// [`Renewal::Lost`].
     pub fn renew(&self, holder: &LockHandle, ttl: Duration) -> Result<Renewal> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(&holder.key)?;
+        let write = AttemptId::new();
         loop {
             let Some((mut stored, version)) = self.read(&stored_key)? else {
                 return Ok(Renewal::Lost(LostLease::Gone));
@@ -379,6 +452,7 @@ impl<S: Store> JobLock<S> {
             stored.renewed_ms = now;
             stored.expires_ms = now.saturating_add(ttl_ms);
             stored.process = StoredProcess::of(self.this_process(), now);
+            stored.write = Some(write.clone());
             let bytes = codec::encode(&stored_key, &stored)?;
             match self
                 .store
@@ -389,6 +463,27 @@ impl<S: Store> JobLock<S> {
                     return Ok(Renewal::Renewed(record));
                 }
                 Err(e) if e.is_conflict() => continue,
+                Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&stored_key)) {
+                    Ok(Some((stored, version))) if stored.was_written_by(&write) => {
+                        let record = stored.into_record(holder.key.clone(), version);
+                        return Ok(Renewal::Renewed(record));
+                    }
+                    // Unchanged: the renewal did not land.
+                    Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => {
+                        return Err(e);
+                    }
+                    // Not landed, or changed by another: decide again.
+                    Ok(_) => continue,
+                    Err(reread) => {
+                        return Err(resolve::ambiguous(
+                            "renew lock",
+                            &stored_key,
+                            &write,
+                            e,
+                            reread,
+                        ));
+                    }
+                },
                 Err(e) => return Err(e),
             }
         }
@@ -400,7 +495,8 @@ impl<S: Store> JobLock<S> {
     /// # Errors
     /// As [`acquire`](JobLock::acquire).
     pub fn release(&self, holder: &LockHandle) -> Result<Release> {
-        self.release_stored(&self.stored_key(&holder.key)?, holder)
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
+        self.release_stored(&self.stored_key(&holder.key)?, holder, &deadline)
     }
 
     /// Releases the lock whose holder last wrote `record` (by acquiring or
@@ -412,18 +508,28 @@ impl<S: Store> JobLock<S> {
     /// free) it fails as a conflict, and the lock is read and decided on as by
     /// `release`.
     pub(super) fn release_record(&self, record: &LockRecord) -> Result<Release> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let stored_key = self.stored_key(&record.key)?;
+        let handle = record.handle();
         match self
             .store
             .delete(&stored_key, Expect::Version(record.version))
         {
             Ok(_) => Ok(Release::Released),
-            Err(e) if e.is_conflict() => self.release_stored(&stored_key, &record.handle()),
+            Err(e) if e.is_conflict() => self.release_stored(&stored_key, &handle, &deadline),
+            Err(e) if may_have_landed(&e) => {
+                self.resolve_release(&stored_key, &handle, record.version, e, &deadline)
+            }
             Err(e) => Err(e),
         }
     }
 
-    fn release_stored(&self, stored_key: &Key, holder: &LockHandle) -> Result<Release> {
+    fn release_stored(
+        &self,
+        stored_key: &Key,
+        holder: &LockHandle,
+        deadline: &Deadline<'_>,
+    ) -> Result<Release> {
         loop {
             let Some((stored, version)) = self.read(stored_key)? else {
                 return Ok(Release::AlreadyGone);
@@ -435,8 +541,37 @@ impl<S: Store> JobLock<S> {
             match self.store.delete(stored_key, Expect::Version(version)) {
                 Ok(_) => return Ok(Release::Released),
                 Err(e) if e.is_conflict() => continue,
+                Err(e) if may_have_landed(&e) => {
+                    return self.resolve_release(stored_key, holder, version, e, deadline);
+                }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The outcome of a release whose delete at `version` failed with `error`,
+    /// which may hide its success: read back until the deadline. A lock gone
+    /// is released; one unchanged was not, and is released again (at most
+    /// twice more); one changed since is decided on as by a new release.
+    fn resolve_release(
+        &self,
+        stored_key: &Key,
+        holder: &LockHandle,
+        version: Version,
+        error: Error,
+        deadline: &Deadline<'_>,
+    ) -> Result<Release> {
+        match deadline.reread(|| self.read(stored_key)) {
+            Ok(None) => Ok(Release::Released),
+            Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => Err(error),
+            Ok(Some(_)) => self.release_stored(stored_key, holder, deadline),
+            Err(reread) => Err(resolve::ambiguous(
+                "release lock",
+                stored_key,
+                &AttemptId::new(),
+                error,
+                reread,
+            )),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::AttemptId;
 use crate::fencing::FencingToken;
 use crate::key::Key;
 use crate::limits;
@@ -24,6 +25,7 @@ use crate::store::Version;
 pub struct LockRequest {
     actor: Option<String>,
     metadata: Metadata,
+    attempt: Option<AttemptId>,
 }
 
 impl LockRequest {
@@ -60,6 +62,41 @@ impl LockRequest {
     pub fn metadata_map(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
+    }
+
+    /// Names this acquire, so that repeating it is recognised as the same
+    /// call: an acquire whose id is the holder's [job id](LockRecord::job_id)
+    /// returns that holder's guard instead of [`Acquire::Held`](super::Acquire::Held).
+    /// Repeat an acquire that failed with an
+    /// [ambiguous](crate::Error::is_ambiguous) error with the id it carries.
+    /// The id becomes the lock's job id, which must be unique per acquire:
+    /// never reuse an id for another acquire. Default: a fresh id per call.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use jobsafe::{AttemptId, JobLock, Key, ManualClock, MemStore};
+    /// use jobsafe::lock::{Acquire, LockRequest};
+    ///
+    /// let locks = JobLock::new(MemStore::new(), Arc::new(ManualClock::default()));
+    /// let key = Key::new(["reindex", "vault-1"])?;
+    /// let request = LockRequest::new().attempt(AttemptId::new());
+    /// let ttl = Duration::from_secs(60);
+    /// let Acquire::Acquired(first) = locks.acquire(&key, ttl, &request)? else { unreachable!() };
+    /// // Its reply was lost, say, and the caller asks again with the same id.
+    /// let Acquire::Acquired(again) = locks.acquire(&key, ttl, &request)? else { unreachable!() };
+    /// assert_eq!(again.token(), first.token());
+    /// # std::mem::forget(first);
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn attempt(mut self, attempt: AttemptId) -> Self {
+        self.attempt = Some(attempt);
+        self
+    }
+
+    /// The attempt id, if one was chosen.
+    pub fn attempt_id(&self) -> Option<&AttemptId> {
+        self.attempt.as_ref()
     }
 
     /// The actor, if named.
@@ -167,6 +204,11 @@ pub(super) struct StoredLock {
     /// written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) process: Option<StoredProcess>,
+    /// The id of the write that stored this record: the acquire's attempt id
+    /// (the job id) or a renewal's own. What a call reads back to learn
+    /// whether its write landed. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) write: Option<AttemptId>,
     #[serde(flatten)]
     pub(super) extra: Extra,
 }
@@ -179,6 +221,11 @@ impl StoredLock {
     /// The fencing token of this record stored at `version`.
     pub(super) fn token_at(&self, version: Version) -> FencingToken {
         self.token.unwrap_or(FencingToken::new(version.get()))
+    }
+
+    /// Whether this record was stored by the write `write`.
+    pub(super) fn was_written_by(&self, write: &AttemptId) -> bool {
+        self.write.as_ref() == Some(write)
     }
 
     /// Whether `holder` is the holder of this record stored at `version`.

@@ -4,6 +4,7 @@
 //! that cannot do its job fails the test that called it, by panicking.
 #![allow(dead_code, unreachable_pub, clippy::panic)]
 
+pub mod ambiguous_store;
 pub mod backends;
 pub mod child;
 pub mod credits;
