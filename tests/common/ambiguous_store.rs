@@ -6,12 +6,16 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use jobsafe::store::{Applied, ListPage, Quarantined};
 use jobsafe::vfs::{IoAction, IoStep};
-use jobsafe::{Batch, Entry, Error, Expect, Key, Prefix, Store, Version};
+use jobsafe::{
+    Batch, DirStore, Entry, Error, Expect, Key, LogStore, ManualClock, MemStore, Prefix,
+    SharedClock, Store, Version,
+};
 
 /// How the next writes fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,4 +179,62 @@ impl Store for AmbiguousStore {
     fn is_machine_local(&self) -> bool {
         self.inner.is_machine_local()
     }
+}
+
+pub const START_MS: u64 = 1_700_000_000_000;
+/// The managers' `resolve_within` in these tests.
+pub const RESOLVE_WITHIN: Duration = Duration::from_secs(5);
+/// Writes failed "for ever": more than any manager tries.
+pub const EVERY_WRITE: usize = 1_000;
+
+/// A store of one backend behind the fault wrapper, with the clock of the
+/// managers over it and whatever keeps the store alive.
+pub struct Bench {
+    pub name: &'static str,
+    pub store: AmbiguousStore,
+    pub clock: ManualClock,
+    _keep: Box<dyn std::any::Any>,
+}
+
+impl Bench {
+    pub fn new(name: &'static str, store: Arc<dyn Store>, keep: Box<dyn std::any::Any>) -> Bench {
+        let clock = ManualClock::new(START_MS);
+        // Re-reads sleep between tries: let those sleeps pass at once.
+        clock.set_auto_advance(true);
+        Bench {
+            name,
+            store: AmbiguousStore::new(store),
+            clock,
+            _keep: keep,
+        }
+    }
+
+    pub fn shared_clock(&self) -> SharedClock {
+        Arc::new(self.clock.clone())
+    }
+}
+
+pub fn on_mem() -> Bench {
+    Bench::new("mem", Arc::new(MemStore::new()), Box::new(()))
+}
+
+pub fn on_dir() -> Bench {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let store =
+        DirStore::open(dir.path().join("store")).unwrap_or_else(|e| panic!("open a DirStore: {e}"));
+    Bench::new("dir", Arc::new(store), Box::new(dir))
+}
+
+pub fn on_log() -> Bench {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let store =
+        LogStore::open(dir.path().join("store")).unwrap_or_else(|e| panic!("open a LogStore: {e}"));
+    Bench::new("log", Arc::new(store), Box::new(dir))
+}
+
+#[cfg(feature = "postgres")]
+pub fn on_pg() -> Bench {
+    let mut schemas = super::pg::Schemas::default();
+    let store = schemas.store();
+    Bench::new("pg", Arc::new(store), Box::new(schemas))
 }

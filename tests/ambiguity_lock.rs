@@ -1,4 +1,4 @@
-//! Every manager write whose store call fails in a way that may hide its
+//! Every write of `JobLock` whose store call fails in a way that may hide its
 //! success, on every backend, in three cases: the write committed and the
 //! call failed (the reply lost: the call must return its own write's
 //! outcome); the call failed and nothing committed (it must not be reported
@@ -13,74 +13,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::ambiguous_store::{AmbiguousStore, Fault};
+use common::ambiguous_store::{Bench, EVERY_WRITE, Fault, RESOLVE_WITHIN, on_dir, on_log, on_mem};
 use jobsafe::lock::{Acquire, LockRequest, Release, Renewal};
-use jobsafe::{DirStore, JobLock, Key, LogStore, ManualClock, MemStore, SharedClock, Store};
+use jobsafe::{JobLock, Key};
 
-const START_MS: u64 = 1_700_000_000_000;
 const TTL: Duration = Duration::from_secs(60);
-/// Writes failed "for ever": more than any manager tries.
-const EVERY_WRITE: usize = 1_000;
-
-/// A store of one backend behind the fault wrapper, with the clock of the
-/// managers over it and whatever keeps the store alive.
-struct Bench {
-    name: &'static str,
-    store: AmbiguousStore,
-    clock: ManualClock,
-    _keep: Box<dyn std::any::Any>,
-}
-
-impl Bench {
-    fn new(name: &'static str, store: Arc<dyn Store>, keep: Box<dyn std::any::Any>) -> Bench {
-        let clock = ManualClock::new(START_MS);
-        // Re-reads sleep between tries: let those sleeps pass at once.
-        clock.set_auto_advance(true);
-        Bench {
-            name,
-            store: AmbiguousStore::new(store),
-            clock,
-            _keep: keep,
-        }
-    }
-
-    fn shared_clock(&self) -> SharedClock {
-        Arc::new(self.clock.clone())
-    }
-
-    fn locks(&self) -> JobLock<AmbiguousStore> {
-        JobLock::builder(self.store.clone(), self.shared_clock())
-            .resolve_within(Duration::from_secs(5))
-            .build()
-            .unwrap()
-    }
-}
-
-fn on_mem() -> Bench {
-    Bench::new("mem", Arc::new(MemStore::new()), Box::new(()))
-}
-
-fn on_dir() -> Bench {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DirStore::open(dir.path().join("store")).unwrap();
-    Bench::new("dir", Arc::new(store), Box::new(dir))
-}
-
-fn on_log() -> Bench {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LogStore::open(dir.path().join("store")).unwrap();
-    Bench::new("log", Arc::new(store), Box::new(dir))
-}
-
-#[cfg(feature = "postgres")]
-fn on_pg() -> Bench {
-    let mut schemas = common::pg::Schemas::default();
-    let store = schemas.store();
-    Bench::new("pg", Arc::new(store), Box::new(schemas))
-}
 
 fn key(name: &str) -> Key {
     Key::new(["ambiguity", name]).unwrap()
@@ -96,7 +35,10 @@ fn lock_in_store(bench: &Bench, name: &str) -> Option<(String, u64)> {
 }
 
 fn lock_cases(bench: &Bench) {
-    let locks = bench.locks();
+    let locks = JobLock::builder(bench.store.clone(), bench.shared_clock())
+        .resolve_within(RESOLVE_WITHIN)
+        .build()
+        .unwrap();
     let name = bench.name;
     let request = LockRequest::new();
 
@@ -238,5 +180,5 @@ fn lock_writes_learn_their_outcome_on_log() {
 #[cfg(feature = "postgres")]
 #[test]
 fn lock_writes_learn_their_outcome_on_pg() {
-    lock_cases(&on_pg());
+    lock_cases(&common::ambiguous_store::on_pg());
 }
