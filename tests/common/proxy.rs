@@ -1,21 +1,75 @@
 //! A TCP proxy on loopback between the stores of a test and their PostgreSQL
-//! server, that can go silent: stop forwarding in both directions without
-//! closing anything, which is what a network partition looks like to both
-//! ends. Each connection is forwarded by two threads; everything stops when the
+//! server, that injects network faults.
+//!
+//! It forwards whole frontend protocol messages, a request at a time (the
+//! messages up to a `Sync` or a simple `Query`), and knows which request
+//! commits a write: it follows the statements each connection prepares (a
+//! `Parse` names a statement and carries its SQL, a `Bind` names the
+//! statement it runs) and whether the connection is inside a transaction
+//! (`BEGIN` ... `COMMIT`, sent as simple queries). A request that writes
+//! outside a transaction, or a `COMMIT`, is a commit point.
+//!
+//! Faults:
+//! - [`silence`](Proxy::silence): stop forwarding, both ways, on every
+//!   connection, without closing anything, which is what a network partition
+//!   looks like to both ends;
+//! - [`arm`](Proxy::arm): one [`Fault`] for the next request it fits, on
+//!   whichever connection sends it first; the other connections keep working;
+//! - [`kill_connection`](Proxy::kill_connection): reset one connection, both
+//!   sides.
+//!
+//! Each connection is forwarded by two threads; everything stops when the
 //! proxy is dropped.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 /// How often a forwarding thread looks up from a quiet socket to see whether
-/// the proxy was dropped.
-const POLL: Duration = Duration::from_millis(50);
+/// the proxy was dropped or the connection is to be reset.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long a lost reply waits for the server to answer the request it
+/// forwarded (the answer comes once the commit is done) before it resets.
+const REPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// A fault for one request of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// A commit point: the request is forwarded, the server's reply (once it
+    /// has committed) is dropped and both sides are reset.
+    LostReply,
+    /// A commit point: the request is not forwarded and both sides are reset.
+    DroppedCommit,
+    /// Any request: part of it is forwarded, then both sides are reset.
+    ResetMidRequest,
+    /// A commit point: the connection stops forwarding, both ways, without
+    /// closing, before the request (`forward: false`) or right after it.
+    /// Once the client gives up and closes, the server side is closed too.
+    Silence { forward: bool },
+}
+
+impl Fault {
+    /// Whether it waits for a request that commits a write.
+    fn wants_commit(self) -> bool {
+        !matches!(self, Fault::ResetMidRequest)
+    }
+}
+
+/// How many faults of each kind were injected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Injected {
+    pub lost_replies: usize,
+    pub dropped_commits: usize,
+    pub resets: usize,
+    pub silences: usize,
+}
 
 /// The proxy; dropping it closes every connection through it.
 pub struct Proxy {
@@ -30,6 +84,26 @@ struct State {
     /// forward before the proxy goes silent; `None`: not armed.
     requests_left: Mutex<Option<usize>>,
     stopped: AtomicBool,
+    /// The fault waiting for a request it fits.
+    armed: Mutex<Option<Fault>>,
+    injected: Mutex<Injected>,
+    /// The connections open now, by the client's port.
+    conns: Mutex<HashMap<u16, Arc<Conn>>>,
+}
+
+/// What the two threads of one connection share.
+struct Conn {
+    client_port: u16,
+    /// Both threads stop and close their sockets at once, with a reset.
+    kill: AtomicBool,
+    /// Nothing more is forwarded either way.
+    silent: AtomicBool,
+    /// Nothing more from the server reaches the client.
+    drop_replies: AtomicBool,
+    /// `ReadyForQuery` messages the server has sent on this connection.
+    ready: AtomicU64,
+    /// Whether a request was forwarded and its answer has not come yet.
+    in_request: AtomicBool,
 }
 
 impl Proxy {
@@ -48,6 +122,9 @@ impl Proxy {
             silent: AtomicBool::new(false),
             requests_left: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            armed: Mutex::new(None),
+            injected: Mutex::new(Injected::default()),
+            conns: Mutex::new(HashMap::new()),
         });
         let accepting = state.clone();
         thread::spawn(move || accept(&listener, &accepting));
@@ -74,6 +151,40 @@ impl Proxy {
             self.silence();
         }
     }
+
+    /// Arms `fault` for the next request it fits, on any connection; replaces
+    /// a fault armed before that has not fired yet.
+    pub fn arm(&self, fault: Fault) {
+        *self.state.armed.lock() = Some(fault);
+    }
+
+    /// Whether the fault armed last is still waiting for its request.
+    pub fn is_armed(&self) -> bool {
+        self.state.armed.lock().is_some()
+    }
+
+    /// The faults injected so far.
+    pub fn injected(&self) -> Injected {
+        *self.state.injected.lock()
+    }
+
+    /// The client ports of the connections open now, each with whether a
+    /// request of it is waiting for the server's answer.
+    pub fn connections(&self) -> Vec<(u16, bool)> {
+        self.state
+            .conns
+            .lock()
+            .values()
+            .map(|c| (c.client_port, c.in_request.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// Resets the connection from `client_port`, both sides, if it is open.
+    pub fn kill_connection(&self, client_port: u16) {
+        if let Some(conn) = self.state.conns.lock().get(&client_port) {
+            conn.kill.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Drop for Proxy {
@@ -85,18 +196,43 @@ impl Drop for Proxy {
 fn accept(listener: &TcpListener, state: &Arc<State>) {
     while !state.stopped.load(Ordering::SeqCst) {
         match listener.accept() {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
                 let Ok(server) = TcpStream::connect(state.upstream) else {
                     continue;
                 };
+                let conn = Arc::new(Conn {
+                    client_port: peer.port(),
+                    kill: AtomicBool::new(false),
+                    silent: AtomicBool::new(false),
+                    drop_replies: AtomicBool::new(false),
+                    ready: AtomicU64::new(0),
+                    in_request: AtomicBool::new(false),
+                });
+                state.conns.lock().insert(peer.port(), conn.clone());
                 let (client_2, server_2) = (prepare(&client), prepare(&server));
                 let (state_up, state_down) = (state.clone(), state.clone());
-                thread::spawn(move || upstream(client, server, &state_up));
-                thread::spawn(move || downstream(server_2, client_2, &state_down));
+                let conn_down = conn.clone();
+                // The connection is forgotten once both threads are done.
+                let open = Arc::new(AtomicUsize::new(2));
+                let open_down = open.clone();
+                thread::spawn(move || {
+                    upstream(client, server, &state_up, &conn);
+                    forget(&state_up, &conn, &open);
+                });
+                thread::spawn(move || {
+                    downstream(server_2, client_2, &state_down, &conn_down);
+                    forget(&state_down, &conn_down, &open_down);
+                });
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(POLL / 5),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(POLL / 4),
             Err(_) => thread::sleep(POLL),
         }
+    }
+}
+
+fn forget(state: &State, conn: &Conn, open: &AtomicUsize) {
+    if open.fetch_sub(1, Ordering::SeqCst) == 1 {
+        state.conns.lock().remove(&conn.client_port);
     }
 }
 
@@ -106,17 +242,24 @@ fn prepare(stream: &TcpStream) -> TcpStream {
     stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_read_timeout(Some(POLL)))
+        .and_then(|()| stream.set_nodelay(true))
         .unwrap_or_else(|e| panic!("a socket's read timeout: {e}"));
     stream
         .try_clone()
         .unwrap_or_else(|e| panic!("clone a socket: {e}"))
 }
 
-/// Reads what is there; `None` when the stream ended or failed, or the proxy
-/// was dropped.
-fn read_some(from: &mut TcpStream, buf: &mut [u8], state: &State) -> Option<usize> {
+/// Makes the socket's close send a reset: the close happens once every
+/// handle of it is dropped.
+fn reset_on_close(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));
+}
+
+/// Reads what is there; `None` when the stream ended or failed, the proxy
+/// was dropped or the connection is to be reset.
+fn read_some(from: &mut TcpStream, buf: &mut [u8], state: &State, conn: &Conn) -> Option<usize> {
     loop {
-        if state.stopped.load(Ordering::SeqCst) {
+        if state.stopped.load(Ordering::SeqCst) || conn.kill.load(Ordering::SeqCst) {
             return None;
         }
         match from.read(buf) {
@@ -129,63 +272,279 @@ fn read_some(from: &mut TcpStream, buf: &mut [u8], state: &State) -> Option<usiz
     }
 }
 
-/// When a side ends: the other is told, unless the proxy is silent (a
-/// partition carries no goodbye); a silent proxy holds its sockets open until
-/// it is dropped.
-fn end(to: &TcpStream, state: &State) {
+/// When a side ends: a connection being reset closes both sides with a reset
+/// (as the threads drop their handles); otherwise the other side is told,
+/// unless the proxy is silent (a partition carries no goodbye): a silent
+/// proxy holds its sockets open until it is dropped.
+fn end(to: &TcpStream, state: &State, conn: &Conn) {
+    if conn.kill.load(Ordering::SeqCst) {
+        reset_on_close(to);
+        return;
+    }
     while state.silent.load(Ordering::SeqCst) && !state.stopped.load(Ordering::SeqCst) {
         thread::sleep(POLL);
     }
-    let _ = to.shutdown(Shutdown::Both);
+    // A side ending ends the other: a silenced connection whose client gave
+    // up is closed at the server too.
+    conn.kill.store(true, Ordering::SeqCst);
+    reset_on_close(to);
 }
 
-/// Server to client: bytes as they come, until silence.
-fn downstream(mut from: TcpStream, mut to: TcpStream, state: &State) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Some(n) = read_some(&mut from, &mut buf, state) {
-        if state.silent.load(Ordering::SeqCst) {
-            continue;
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    end(&to, state);
-}
-
-/// Client to server: whole protocol messages, counted, so that silence can
-/// start right after a given request.
-fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State) {
+/// Server to client: whole messages, each forwarded unless the connection
+/// is silent or its replies are dropped.
+fn downstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
-    // The first message of a connection (startup, or a cancel request) has no
-    // type byte.
-    let mut typed = false;
-    'read: while let Some(n) = read_some(&mut from, &mut buf, state) {
+    'read: while let Some(n) = read_some(&mut from, &mut buf, state, conn) {
         pending.extend_from_slice(&buf[..n]);
-        while let Some(len) = message_len(&pending, typed) {
+        while let Some(len) = message_len(&pending, true) {
             let message: Vec<u8> = pending.drain(..len).collect();
-            if state.silent.load(Ordering::SeqCst) {
+            if message[0] == b'Z' {
+                conn.in_request.store(false, Ordering::SeqCst);
+                conn.ready.fetch_add(1, Ordering::SeqCst);
+            }
+            if state.silent.load(Ordering::SeqCst)
+                || conn.silent.load(Ordering::SeqCst)
+                || conn.drop_replies.load(Ordering::SeqCst)
+            {
                 continue;
             }
             if to.write_all(&message).is_err() {
                 break 'read;
             }
-            let request = typed && matches!(message[0], b'S' | b'Q');
-            typed = true;
-            if request {
-                let mut left = state.requests_left.lock();
-                if let Some(n) = left.as_mut() {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        *left = None;
-                        state.silent.store(true, Ordering::SeqCst);
+        }
+    }
+    end(&to, state, conn);
+}
+
+/// What the upstream thread knows of its connection's session.
+#[derive(Default)]
+struct Session {
+    /// Prepared statements: name to SQL.
+    statements: HashMap<String, String>,
+    in_transaction: bool,
+}
+
+impl Session {
+    /// Whether the request made of `messages` commits a write, and the
+    /// session's state after it.
+    fn commits(&mut self, messages: &[Vec<u8>]) -> bool {
+        let mut commits = false;
+        for message in messages {
+            let body = &message[5..];
+            match message[0] {
+                b'P' => {
+                    let mut fields = c_strings(body);
+                    let name = fields.next().unwrap_or_default();
+                    let sql = fields.next().unwrap_or_default();
+                    self.statements.insert(name, sql);
+                }
+                b'B' => {
+                    let mut fields = c_strings(body);
+                    let _portal = fields.next();
+                    let name = fields.next().unwrap_or_default();
+                    let writes = self.statements.get(&name).is_some_and(|sql| writes(sql));
+                    commits |= writes && !self.in_transaction;
+                }
+                b'C' if body.first() == Some(&b'S') => {
+                    if let Some(name) = c_strings(&body[1..]).next() {
+                        self.statements.remove(&name);
                     }
                 }
+                b'Q' => {
+                    let sql = c_strings(body).next().unwrap_or_default();
+                    let first = first_word(&sql);
+                    match first.as_str() {
+                        "BEGIN" | "START" => self.in_transaction = true,
+                        "COMMIT" | "END" => {
+                            commits |= self.in_transaction;
+                            self.in_transaction = false;
+                        }
+                        "ROLLBACK" | "ABORT" => self.in_transaction = false,
+                        _ => commits |= writes(&sql) && !self.in_transaction,
+                    }
+                }
+                _ => {}
+            }
+        }
+        commits
+    }
+}
+
+/// The NUL-terminated strings at the start of `bytes`.
+fn c_strings(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    bytes
+        .split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+fn first_word(sql: &str) -> String {
+    sql.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(';')
+        .to_ascii_uppercase()
+}
+
+/// Whether a statement changes rows.
+fn writes(sql: &str) -> bool {
+    match first_word(sql).as_str() {
+        "INSERT" | "UPDATE" | "DELETE" => true,
+        "WITH" => {
+            let upper = sql.to_ascii_uppercase();
+            ["INSERT ", "UPDATE ", "DELETE "]
+                .iter()
+                .any(|w| upper.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// Client to server: whole protocol messages, a request at a time, so that
+/// a fault can take a whole request (or cut one), and silence can start
+/// right after a given request.
+fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut request: Vec<Vec<u8>> = Vec::new();
+    let mut session = Session::default();
+    // The first message of a connection (startup, or a cancel request) has no
+    // type byte.
+    let mut typed = false;
+    'read: while let Some(n) = read_some(&mut from, &mut buf, state, conn) {
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(len) = message_len(&pending, typed) {
+            let message: Vec<u8> = pending.drain(..len).collect();
+            if state.silent.load(Ordering::SeqCst) || conn.silent.load(Ordering::SeqCst) {
+                continue;
+            }
+            if !typed {
+                typed = true;
+                if to.write_all(&message).is_err() {
+                    break 'read;
+                }
+                continue;
+            }
+            let kind = message[0];
+            request.push(message);
+            // The client waits for an answer after these (a password, too);
+            // everything before them is sent with them.
+            if !matches!(kind, b'S' | b'Q' | b'H' | b'X' | b'p') {
+                continue;
+            }
+            let messages = std::mem::take(&mut request);
+            let commits = session.commits(&messages);
+            let counted = matches!(kind, b'S' | b'Q');
+            let fault = if counted {
+                take_fault(state, commits)
+            } else {
+                None
+            };
+            match forward(&mut to, &messages, fault, state, conn) {
+                Forwarded::Yes => {}
+                Forwarded::Stop => break 'read,
+            }
+            if counted {
+                count_request(state);
             }
         }
     }
-    end(&to, state);
+    end(&to, state, conn);
+}
+
+/// The armed fault, if it fits a request that does or does not commit.
+fn take_fault(state: &State, commits: bool) -> Option<Fault> {
+    let mut armed = state.armed.lock();
+    let fault = (*armed)?;
+    if fault.wants_commit() && !commits {
+        return None;
+    }
+    *armed = None;
+    let mut injected = state.injected.lock();
+    match fault {
+        Fault::LostReply => injected.lost_replies += 1,
+        Fault::DroppedCommit => injected.dropped_commits += 1,
+        Fault::ResetMidRequest => injected.resets += 1,
+        Fault::Silence { .. } => injected.silences += 1,
+    }
+    Some(fault)
+}
+
+/// Counts a forwarded request against `silence_after_requests`.
+fn count_request(state: &State) {
+    let mut left = state.requests_left.lock();
+    if let Some(n) = left.as_mut() {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            *left = None;
+            state.silent.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+enum Forwarded {
+    Yes,
+    /// The connection is done for.
+    Stop,
+}
+
+/// Sends one request's messages upstream, or does to them what `fault` says.
+fn forward(
+    to: &mut TcpStream,
+    messages: &[Vec<u8>],
+    fault: Option<Fault>,
+    state: &State,
+    conn: &Conn,
+) -> Forwarded {
+    let bytes: Vec<u8> = messages.concat();
+    let send = |to: &mut TcpStream, bytes: &[u8]| {
+        conn.in_request.store(true, Ordering::SeqCst);
+        to.write_all(bytes).is_ok()
+    };
+    match fault {
+        None => {
+            if send(to, &bytes) {
+                Forwarded::Yes
+            } else {
+                Forwarded::Stop
+            }
+        }
+        Some(Fault::LostReply) => {
+            conn.drop_replies.store(true, Ordering::SeqCst);
+            let before = conn.ready.load(Ordering::SeqCst);
+            if send(to, &bytes) {
+                // The server answers once it has committed; the answer goes
+                // nowhere.
+                let waited = Instant::now();
+                while conn.ready.load(Ordering::SeqCst) == before
+                    && waited.elapsed() < REPLY_WAIT
+                    && !state.stopped.load(Ordering::SeqCst)
+                {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            conn.kill.store(true, Ordering::SeqCst);
+            Forwarded::Stop
+        }
+        Some(Fault::DroppedCommit) => {
+            conn.kill.store(true, Ordering::SeqCst);
+            Forwarded::Stop
+        }
+        Some(Fault::ResetMidRequest) => {
+            let cut = (bytes.len() / 2).max(1);
+            let _ = send(to, &bytes[..cut]);
+            conn.kill.store(true, Ordering::SeqCst);
+            Forwarded::Stop
+        }
+        Some(Fault::Silence { forward }) => {
+            if forward {
+                conn.drop_replies.store(true, Ordering::SeqCst);
+                let _ = send(to, &bytes);
+            }
+            conn.silent.store(true, Ordering::SeqCst);
+            Forwarded::Yes
+        }
+    }
 }
 
 /// The length of the first message in `bytes`, if it is all there.
