@@ -54,6 +54,22 @@ const FIRST_BACKOFF_MS: u64 = 20;
 /// ([`FencingToken::check_not_older_than`](crate::FencingToken::check_not_older_than)):
 /// a holder that stalled past its lease then cannot overwrite its successor's work.
 ///
+/// # When the store fails
+///
+/// A store call that fails transiently may still have made its change: on
+/// [`PgStore`](crate::PgStore) a commit whose reply was lost. Every write of a
+/// lock names itself in the record (an acquire by its
+/// [attempt id](LockRequest::attempt), which becomes the job id), and after
+/// such a failure the call reads the lock back until its
+/// [`resolve_within`](JobLockBuilder::resolve_within) deadline: an acquire
+/// that landed returns its guard (no lock is ever held by a job nobody
+/// knows), a renewal that landed is renewed, a release that landed released.
+/// A write that did not land is made again (at most three writes in all),
+/// which also fences it off should it still arrive: every write is a
+/// compare-and-set. A store unreachable until the deadline makes the call
+/// fail with [`Error::Ambiguous`], carrying the attempt id; repeat the
+/// acquire with that id.
+///
 /// Time comes from the injected [`Clock`](crate::Clock). A lease ends exactly at
 /// its expiry time, plus the [`skew_margin`](JobLockBuilder::skew_margin) when holders on
 /// other machines read other clocks. A clock that jumps forward ends leases early

@@ -100,23 +100,29 @@ impl Connector {
         self.prepare(bare, generation).await
     }
 
-    /// Prepares the store's statements on `bare`.
+    /// Prepares the store's statements on `bare`, and learns which server
+    /// session it is.
     pub(crate) async fn prepare(&self, bare: Bare, generation: u64) -> Result<Conn> {
-        let prepared =
-            tokio::time::timeout(self.within, Statements::prepare(&bare.client, &self.sql))
-                .await
-                .map_err(|_| {
-                    timed_out(
-                        "prepare statements",
-                        &self.server,
-                        self.within,
-                        "the answer",
-                    )
-                })?
-                .map_err(|e| db_error("prepare statements", &self.server, e))?;
+        let ready = async {
+            let statements = Statements::prepare(&bare.client, &self.sql).await?;
+            let session = Session::of(&bare.client).await?;
+            Ok::<_, tokio_postgres::Error>((statements, session))
+        };
+        let (prepared, session) = tokio::time::timeout(self.within, ready)
+            .await
+            .map_err(|_| {
+                timed_out(
+                    "prepare statements",
+                    &self.server,
+                    self.within,
+                    "the answer",
+                )
+            })?
+            .map_err(|e| db_error("prepare statements", &self.server, e))?;
         Ok(Conn {
             client: bare.client,
             statements: prepared,
+            session,
             io: bare.io,
             runtime: self.runtime.clone(),
             cancel_within: self.within,
@@ -166,6 +172,8 @@ impl Drop for IoTask {
 pub(crate) struct Conn {
     pub(crate) client: Client,
     pub(crate) statements: Statements,
+    /// The server session behind the connection.
+    pub(crate) session: Session,
     io: IoTask,
     runtime: Handle,
     cancel_within: Duration,
@@ -190,6 +198,30 @@ impl Drop for Conn {
             let _ = tokio::time::timeout(within, cancel.cancel_query(NoTls)).await;
         });
         // `io` is aborted as it is dropped.
+    }
+}
+
+/// A server session: its backend's process id and start time, which name it
+/// on the server even after a process id is reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub(crate) pid: i32,
+    /// `backend_start`, as text, to compare.
+    pub(crate) started: String,
+}
+
+impl Session {
+    async fn of(client: &Client) -> std::result::Result<Session, tokio_postgres::Error> {
+        let row = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(Session {
+            pid: row.try_get(0)?,
+            started: row.try_get(1)?,
+        })
     }
 }
 

@@ -81,6 +81,47 @@ pub(crate) fn timed_out(step: &'static str, server: &str, bound: Duration, what:
     }
 }
 
+/// `error`, of a write whose session could not be ended after it failed
+/// unanswered (see [`fence`](super::fence)): the write may still land, and the
+/// error says so, keeping what it said as its cause.
+pub(crate) fn unfenced(error: Error) -> Error {
+    match error {
+        Error::Database {
+            step,
+            server,
+            transient,
+            source,
+        } => Error::Database {
+            step,
+            server,
+            transient,
+            source: Box::new(Unfenced(source)),
+        },
+        other => other,
+    }
+}
+
+/// The cause of a write that failed unanswered and whose session could not be
+/// ended.
+#[derive(Debug)]
+struct Unfenced(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl fmt::Display for Unfenced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}; its session on the server could not be ended, so the write may still land",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Unfenced {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// A call whose deadline passed: it was abandoned, its statement cancelled and
 /// its connection closed. Transient: a write may or may not have landed.
 pub(crate) fn deadline_passed(step: &'static str, server: &str, deadline: Duration) -> Error {
@@ -89,8 +130,9 @@ pub(crate) fn deadline_passed(step: &'static str, server: &str, deadline: Durati
         server: server.to_owned(),
         transient: true,
         source: format!(
-            "no answer within the call deadline of {deadline:?} (call_timeout); the request \
-             was cancelled and its connection closed, and a write may or may not have landed"
+            "no answer within the call deadline of {deadline:?} (call_timeout; a write is \
+             given three quarters of it); the request was cancelled and its connection \
+             closed, and a write may or may not have landed"
         )
         .into(),
     }

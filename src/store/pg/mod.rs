@@ -8,6 +8,7 @@
 mod clock;
 mod conn;
 mod failure;
+mod fence;
 mod ops;
 mod pool;
 mod runtime;
@@ -23,7 +24,8 @@ use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
 use self::conn::{Connector, server_name};
-use self::failure::deadline_passed;
+use self::failure::{deadline_passed, unfenced};
+use self::fence::InFlight;
 use self::ops::Ctx;
 use self::pool::Pool;
 use self::session::Limits;
@@ -192,6 +194,19 @@ impl fmt::Debug for PgStore {
 /// `options`, after any the URL gives, so these win) and checked once at
 /// [`open`](Self::open): a connection pooler between the store and the server
 /// must pass them through.
+///
+/// # A write that fails
+///
+/// A write whose connection broke or went silent before the server answered
+/// may still be alive on the server (waiting for a row, or its request not yet
+/// read). Before such a failure is returned, the store ends that session on
+/// the server from another connection (`pg_terminate_backend`, PostgreSQL 14
+/// or later): once the caller sees the error, the write has either landed or
+/// never will, so a re-read tells which. A write's call stays within
+/// `call_timeout`: the write gets three quarters of it to be answered, the
+/// rest is kept for ending its session. If the session cannot be ended (the
+/// server unreachable), the error says that the write may still land. A
+/// failure the server reported needs none of this: its transaction is over.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -520,6 +535,43 @@ impl Shared {
             .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
     }
 
+    /// Runs a write's work within its part of the call deadline: three
+    /// quarters, the rest kept for [`fenced`](Shared::fenced).
+    async fn within_write<T>(
+        &self,
+        step: &'static str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.deadline / 4 * 3, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
+    }
+
+    /// `result` of a write that started at `started`, returned once its
+    /// outcome is settled: if the server never answered, the write's session
+    /// is ended first (see [`fence`]), within what is left of the call
+    /// deadline, so that the write cannot land after the caller is told it
+    /// failed.
+    async fn fenced<T>(
+        &self,
+        result: Result<T>,
+        in_flight: InFlight,
+        started: tokio::time::Instant,
+    ) -> Result<T> {
+        let Err(error) = result else {
+            return result;
+        };
+        let Some(session) = in_flight.unanswered() else {
+            return Err(error);
+        };
+        let left = self.deadline.saturating_sub(started.elapsed());
+        if fence::end_session(&self.pool, &session, left).await {
+            Err(error)
+        } else {
+            Err(unfenced(error))
+        }
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         self.within("get", async {
             let conn = self.pool.get().await?;
@@ -531,23 +583,39 @@ impl Shared {
     }
 
     async fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        self.within("put", async {
-            let conn = self.pool.get().await?;
-            let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
-            conn.release();
-            result
-        })
-        .await
+        let in_flight = InFlight::default();
+        let started = tokio::time::Instant::now();
+        let result = self
+            .within_write("put", async {
+                let conn = self.pool.get().await?;
+                in_flight.started(&conn.session);
+                let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
+                if result.is_ok() || !conn.client.is_closed() {
+                    in_flight.answered();
+                }
+                conn.release();
+                result
+            })
+            .await;
+        self.fenced(result, in_flight, started).await
     }
 
     async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        self.within("delete", async {
-            let conn = self.pool.get().await?;
-            let result = ops::delete(&conn, &self.ctx(), key, expect).await;
-            conn.release();
-            result
-        })
-        .await
+        let in_flight = InFlight::default();
+        let started = tokio::time::Instant::now();
+        let result = self
+            .within_write("delete", async {
+                let conn = self.pool.get().await?;
+                in_flight.started(&conn.session);
+                let result = ops::delete(&conn, &self.ctx(), key, expect).await;
+                if result.is_ok() || !conn.client.is_closed() {
+                    in_flight.answered();
+                }
+                conn.release();
+                result
+            })
+            .await;
+        self.fenced(result, in_flight, started).await
     }
 
     async fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
@@ -561,23 +629,39 @@ impl Shared {
     }
 
     async fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        self.within("apply batch", async {
-            let mut conn = self.pool.get().await?;
-            let result = ops::apply(&mut conn, &self.ctx(), batch).await;
-            conn.release();
-            result
-        })
-        .await
+        let in_flight = InFlight::default();
+        let started = tokio::time::Instant::now();
+        let result = self
+            .within_write("apply batch", async {
+                let mut conn = self.pool.get().await?;
+                in_flight.started(&conn.session);
+                let result = ops::apply(&mut conn, &self.ctx(), batch).await;
+                if result.is_ok() || !conn.client.is_closed() {
+                    in_flight.answered();
+                }
+                conn.release();
+                result
+            })
+            .await;
+        self.fenced(result, in_flight, started).await
     }
 
     async fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        self.within("quarantine", async {
-            let conn = self.pool.get().await?;
-            let result = ops::quarantine(&conn, &self.ctx(), key).await;
-            conn.release();
-            result
-        })
-        .await
+        let in_flight = InFlight::default();
+        let started = tokio::time::Instant::now();
+        let result = self
+            .within_write("quarantine", async {
+                let conn = self.pool.get().await?;
+                in_flight.started(&conn.session);
+                let result = ops::quarantine(&conn, &self.ctx(), key).await;
+                if result.is_ok() || !conn.client.is_closed() {
+                    in_flight.answered();
+                }
+                conn.release();
+                result
+            })
+            .await;
+        self.fenced(result, in_flight, started).await
     }
 
     /// The server's clock, and the moment of this machine's monotonic clock it
