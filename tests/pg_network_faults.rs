@@ -1,9 +1,9 @@
 //! Several processes run lock, ledger and job workloads on `PgStore`s through
 //! proxies of the test's own ([`common::proxy`]) that break the network under
 //! them: a commit's reply lost, a commit dropped, a request cut off by a reset,
-//! a connection gone silent; and, with root and `nft`, a connection whose
-//! packets the kernel drops, which only the sockets' keepalives and user
-//! timeout can notice.
+//! a connection gone silent, a commit delivered after its client gave up; and,
+//! with root and `nft`, a connection whose packets the kernel drops, which
+//! only the sockets' keepalives and user timeout can notice.
 //!
 //! Each child process has its own store (its own pool) with a call deadline
 //! of [`D`] and managers whose `resolve_within` bounds the whole call; it
@@ -81,6 +81,10 @@ const LOCK_WAIT: Duration = Duration::from_millis(250);
 /// Longest pause of a worker between two of its cycles: the workloads leave
 /// the machine some room, so that a call's time is the network's doing.
 const PAUSE_MS: u64 = 20;
+
+/// How long after its client gave up a held commit is delivered: past the
+/// end of the client's call, re-read included.
+const LATE_BY: Duration = Duration::from_secs(1);
 
 const DEFAULT_SECS: u64 = 20;
 const CHILDREN: usize = 3;
@@ -454,6 +458,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
         Fault::Silence { forward: false },
         Fault::LostReply,
         Fault::Silence { forward: true },
+        Fault::Delay { after: LATE_BY },
     ];
     let mut next_kind: HashMap<&str, usize> = HashMap::new();
     let mut last_armed: HashMap<&str, Instant> = HashMap::new();
@@ -532,6 +537,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
             sum.dropped_commits += i.dropped_commits;
             sum.resets += i.resets;
             sum.silences += i.silences;
+            sum.delays += i.delays;
             sum
         },
     );
@@ -608,7 +614,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
     }
     let summary = format!(
         "pg_network_faults: seconds={seconds} ops={} lost_replies={} dropped_commits={} resets={} \
-         proxy_silences={} nft_silences={} resolved lock={} start={} reserve={} \
+         proxy_silences={} delayed_commits={} nft_silences={} resolved lock={} start={} reserve={} \
          ambiguous_errors={} transient_errors={} ghost_starts={ghost_starts} violations={} \
          longest_call_ms={} required_resolved={}",
         value("ops"),
@@ -616,6 +622,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
         injected.dropped_commits,
         injected.resets,
         injected.silences,
+        injected.delays,
         if nft_used {
             nft_silences.to_string()
         } else {
@@ -642,6 +649,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
         ("dropped_commits", injected.dropped_commits),
         ("resets", injected.resets),
         ("proxy_silences", injected.silences),
+        ("delayed_commits", injected.delays),
     ] {
         if count < MIN_FAULTS_EACH {
             short.push(format!("{name}={count} < {MIN_FAULTS_EACH}"));

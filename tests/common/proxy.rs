@@ -53,6 +53,12 @@ pub enum Fault {
     /// closing, before the request (`forward: false`) or right after it.
     /// Once the client gives up and closes, the server side is closed too.
     Silence { forward: bool },
+    /// A commit point: the request is held and the connection goes silent;
+    /// once the client has given up and closed, and `after` more has passed,
+    /// the request is delivered to the server all the same, as a network that
+    /// delays a packet does. A client that returned its error before making
+    /// sure the request could not land meets it landed behind its back.
+    Delay { after: Duration },
 }
 
 impl Fault {
@@ -69,6 +75,7 @@ pub struct Injected {
     pub dropped_commits: usize,
     pub resets: usize,
     pub silences: usize,
+    pub delays: usize,
 }
 
 /// The proxy; dropping it closes every connection through it.
@@ -408,6 +415,7 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) 
     let mut pending: Vec<u8> = Vec::new();
     let mut request: Vec<Vec<u8>> = Vec::new();
     let mut session = Session::default();
+    let mut held = None;
     // The first message of a connection (startup, or a cancel request) has no
     // type byte.
     let mut typed = false;
@@ -443,13 +451,37 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) 
             match forward(&mut to, &messages, fault, state, conn) {
                 Forwarded::Yes => {}
                 Forwarded::Stop => break 'read,
+                Forwarded::Held(bytes, after) => held = Some((bytes, after)),
             }
             if counted {
                 count_request(state);
             }
         }
     }
+    if let Some((bytes, after)) = held {
+        deliver_late(&mut to, &bytes, after, state, conn);
+    }
     end(&to, state, conn);
+}
+
+/// Delivers a held request `after` the client is gone, and lets the server
+/// answer it (to nobody).
+fn deliver_late(to: &mut TcpStream, bytes: &[u8], after: Duration, state: &State, conn: &Conn) {
+    let gone = Instant::now();
+    while gone.elapsed() < after && !state.stopped.load(Ordering::SeqCst) {
+        thread::sleep(POLL);
+    }
+    let before = conn.ready.load(Ordering::SeqCst);
+    if to.write_all(bytes).is_ok() {
+        let sent = Instant::now();
+        while conn.ready.load(Ordering::SeqCst) == before
+            && sent.elapsed() < REPLY_WAIT
+            && !state.stopped.load(Ordering::SeqCst)
+        {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    conn.kill.store(true, Ordering::SeqCst);
 }
 
 /// The armed fault, if it fits a request that does or does not commit.
@@ -466,6 +498,7 @@ fn take_fault(state: &State, commits: bool) -> Option<Fault> {
         Fault::DroppedCommit => injected.dropped_commits += 1,
         Fault::ResetMidRequest => injected.resets += 1,
         Fault::Silence { .. } => injected.silences += 1,
+        Fault::Delay { .. } => injected.delays += 1,
     }
     Some(fault)
 }
@@ -486,6 +519,9 @@ enum Forwarded {
     Yes,
     /// The connection is done for.
     Stop,
+    /// Held: these bytes go to the server once the client is gone and the
+    /// delay has passed.
+    Held(Vec<u8>, Duration),
 }
 
 /// Sends one request's messages upstream, or does to them what `fault` says.
@@ -535,6 +571,11 @@ fn forward(
             let _ = send(to, &bytes[..cut]);
             conn.kill.store(true, Ordering::SeqCst);
             Forwarded::Stop
+        }
+        Some(Fault::Delay { after }) => {
+            conn.drop_replies.store(true, Ordering::SeqCst);
+            conn.silent.store(true, Ordering::SeqCst);
+            Forwarded::Held(bytes, after)
         }
         Some(Fault::Silence { forward }) => {
             if forward {
