@@ -13,8 +13,10 @@
 //!
 //! - locks: of two acquires where one ended before the other started, the
 //!   later has the higher fencing token; every holder seen in a lock record
-//!   is an acquire that returned `Acquired` or an ambiguous error (a write
-//!   that landed behind an error would be a holder nobody knows);
+//!   (by an acquire that found the lock held, by a look right after an
+//!   acquire failed and again a little later, and at the end) is an acquire
+//!   that returned `Acquired` or an ambiguous error: a write that landed
+//!   behind an error would be a holder nobody knows;
 //! - ledger: the balance plus the live reservations is the starting balance,
 //!   and no job is charged twice;
 //! - jobs: no event is appended twice, and no start that returned a plain
@@ -561,6 +563,9 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
                 }
                 acquires.push(line);
             }
+            "holder" => {
+                seen_holders.insert(rest.to_owned());
+            }
             "start-failed" => {
                 failed_starts.insert(rest.to_owned());
             }
@@ -929,8 +934,18 @@ fn lock_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
     };
     let mut rng = fastrand::Rng::new();
     let mut n = 0u64;
+    // Keys to look at once more, when: after an acquire failed, right away
+    // and once a commit the network held would have landed.
+    let mut peeks: Vec<(Key, Instant)> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(rng.u64(0..PAUSE_MS)));
+        let now = Instant::now();
+        for (key, _) in peeks.iter().filter(|(_, at)| *at <= now) {
+            if let (Ok(Some(record)), _, _) = stats.call("peek", || locks.peek(key)) {
+                child::report(&format!("holder {}", record.job_id));
+            }
+        }
+        peeks.retain(|(_, at)| *at > now);
         n += 1;
         let key = hot_key(rng.usize(0..HOT_KEYS));
         let attempt: AttemptId = format!("{name}-{n}").parse().unwrap();
@@ -973,6 +988,12 @@ fn lock_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
                 }
                 // Once more with the same attempt: it is recognised if it landed.
                 Err(e) if e.is_ambiguous() && tries < 2 => continue,
+                Err(e) if !e.is_ambiguous() => {
+                    let now = Instant::now();
+                    peeks.push((key.clone(), now));
+                    peeks.push((key.clone(), now + LATE_BY + RESOLVE_WITHIN));
+                    break;
+                }
                 _ => break,
             }
         }

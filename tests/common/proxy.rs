@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 
 /// How often a forwarding thread looks up from a quiet socket to see whether
 /// the proxy was dropped or the connection is to be reset.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(50);
 
 /// How long a lost reply waits for the server to answer the request it
 /// forwarded (the answer comes once the commit is done) before it resets.
