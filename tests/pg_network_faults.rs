@@ -1070,3 +1070,84 @@ fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
     }
     stats
 }
+
+/// A lock acquire whose commit the network holds, and whose store cannot end
+/// the write's session because the fence's own connection is reset, while
+/// a fresh connection for the re-read works: the call must not report a
+/// plain failure, since the held commit may land afterwards.
+///
+/// It fails today: `PgStore` returns the write's error saying that its
+/// session could not be ended and the write may still land, but `JobLock`
+/// cannot tell that error from one whose session was ended; its re-read
+/// finds no record, its deadline has passed so it does not write again, and
+/// it returns the error as a plain transient one. The held commit lands a
+/// moment later: the lock is held, for its whole lease, by an attempt whose
+/// call reported failure. The network fault run does not combine these two
+/// faults on one call until this is fixed.
+#[test]
+#[ignore = "JobLock reports a plain error when the store could not end a failed write's session; see the doc"]
+fn an_acquire_whose_fence_failed_is_not_reported_as_not_landed() {
+    if child::role().is_some() {
+        return;
+    }
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let proxy = Proxy::start(server_addr());
+    let store = PgStore::builder(&through(proxy.addr().port()))
+        .schema(&schema)
+        .pool_size(1)
+        .call_timeout(D)
+        .open()
+        .unwrap();
+    let locks = JobLock::builder(store, clock())
+        .resolve_within(RESOLVE_WITHIN)
+        .build()
+        .unwrap();
+    let key = hot_key(0);
+    // Warm up: the connection is made and its statements prepared.
+    assert!(locks.peek(&key).unwrap().is_none());
+
+    let held_for = Duration::from_secs(3);
+    proxy.arm(Fault::Delay { after: held_for });
+    let attempt: AttemptId = "fence-repro-1".parse().unwrap();
+    let request = LockRequest::new().attempt(attempt.clone());
+    let arming = std::thread::scope(|s| {
+        let proxy = &proxy;
+        let rearm = s.spawn(move || {
+            // Once the commit is held, the next request (the fence's) is cut.
+            while proxy.injected().delays == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            proxy.arm(Fault::ResetMidRequest);
+        });
+        let result = locks.acquire(&key, Duration::from_secs(60), &request);
+        rearm.join().unwrap();
+        result
+    });
+    let outcome = match &arming {
+        Ok(Acquire::Acquired(_)) => "acquired".to_owned(),
+        Ok(Acquire::Held(r)) => format!("held by {}", r.job_id),
+        Err(e) => format!(
+            "error (ambiguous: {}): {}",
+            e.is_ambiguous(),
+            common::error_chain(e)
+        ),
+    };
+    // The held commit is delivered, and lands.
+    std::thread::sleep(held_for + Duration::from_secs(1));
+    let holder = locks.peek(&key).unwrap().map(|r| r.job_id);
+    println!("fence repro: acquire returned {outcome}; holder now {holder:?}");
+    let injected = proxy.injected();
+    assert_eq!(
+        (injected.delays, injected.resets),
+        (1, 1),
+        "the faults did not happen as planned"
+    );
+    if holder.as_deref() == Some(attempt.as_str()) {
+        assert!(
+            matches!(arming, Ok(Acquire::Acquired(_)))
+                || arming.as_ref().is_err_and(Error::is_ambiguous),
+            "the lock is held by {attempt}, whose acquire returned {outcome}"
+        );
+    }
+}
