@@ -131,7 +131,7 @@ pub(crate) fn deadline_passed(step: &'static str, server: &str, deadline: Durati
         transient: true,
         source: format!(
             "no answer within the call deadline of {deadline:?} (call_timeout; a write is \
-             given three quarters of it); the request was cancelled and its connection \
+             given half of it); the request was cancelled and its connection \
              closed, and a write may or may not have landed"
         )
         .into(),

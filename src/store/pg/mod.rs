@@ -203,8 +203,8 @@ impl fmt::Debug for PgStore {
 /// the server from another connection (`pg_terminate_backend`, PostgreSQL 14
 /// or later): once the caller sees the error, the write has either landed or
 /// never will, so a re-read tells which. A write's call stays within
-/// `call_timeout`: the write gets three quarters of it to be answered, the
-/// rest is kept for ending its session. If the session cannot be ended (the
+/// `call_timeout`: the write gets half of it to be answered, the rest is kept
+/// for ending its session. If the session cannot be ended (the
 /// server unreachable), the error says that the write may still land. A
 /// failure the server reported needs none of this: its transaction is over.
 ///
@@ -535,14 +535,14 @@ impl Shared {
             .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
     }
 
-    /// Runs a write's work within its part of the call deadline: three
-    /// quarters, the rest kept for [`fenced`](Shared::fenced).
+    /// Runs a write's work within its part of the call deadline: half of it,
+    /// the rest kept for [`fenced`](Shared::fenced).
     async fn within_write<T>(
         &self,
         step: &'static str,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        tokio::time::timeout(self.deadline / 4 * 3, work)
+        tokio::time::timeout(self.deadline / 2, work)
             .await
             .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
     }
@@ -565,7 +565,7 @@ impl Shared {
             return Err(error);
         };
         let left = self.deadline.saturating_sub(started.elapsed());
-        if fence::end_session(&self.pool, &session, left).await {
+        if fence::end_session(self.pool.connector(), &session, left).await {
             Err(error)
         } else {
             Err(unfenced(error))
