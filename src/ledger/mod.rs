@@ -19,6 +19,7 @@ use std::time::Duration;
 pub use reservation::{ChargeRequest, Reservation, ReservationState};
 
 use self::reservation::StoredReservation;
+use crate::attempt::AttemptId;
 use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
@@ -36,7 +37,11 @@ const MAX_ATTEMPTS: usize = 64;
 pub enum Reserve {
     /// The job id was new: this call reserved it, and its side effects (if any)
     /// were applied with it. Charge now (or, with
-    /// [`reserve_with`](JobLedger::reserve_with), already charged).
+    /// [`reserve_with`](JobLedger::reserve_with), already charged). Also the
+    /// reservation made by the request's own
+    /// [attempt](ChargeRequest::attempt), when the call is repeated: it is
+    /// returned as the first call returned it (in its state as stored now),
+    /// and nothing is charged again.
     New(Reservation),
     /// The job id is already reserved and charged: a retry, free.
     Existing(Reservation),
@@ -149,6 +154,8 @@ fn default_namespace() -> Prefix {
 
 /// What is at a ledger key, as far as a reserve is concerned.
 enum Found {
+    /// The reservation made by this reserve's attempt: the call is repeated.
+    Own(Box<Reservation>),
     /// A live reservation: the request is a retry.
     Live(Box<Reservation>),
     /// Nothing live: insert with this precondition.
@@ -260,6 +267,9 @@ impl<S: Store> JobLedger<S> {
     /// Reserves (`account`, `job_id`) if it is new: [`Reserve::New`] means the
     /// caller charges, [`Reserve::Existing`] that this is a free retry, and
     /// [`Reserve::InFlight`] that a side effect of the reservation is pending.
+    /// A reservation made by the request's own
+    /// [attempt](ChargeRequest::attempt) (the call repeated) is
+    /// [`Reserve::New`], as the first call returned it.
     ///
     /// # Errors
     /// [`Error::FingerprintMismatch`] carrying the stored reservation if the
@@ -677,18 +687,21 @@ impl<S: Store> JobLedger<S> {
     ) -> Result<Reserve, E> {
         let key = self.key(account, job_id)?;
         request.check(&key)?;
+        let attempt_id = request.attempt.clone().unwrap_or_default();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let now = self.clock.now_ms();
-            let expect = match self.find(&key, account, job_id, request, now)? {
+            let expect = match self.find(&key, account, job_id, request, &attempt_id, now)? {
+                // This call, repeated: its reserve had landed.
+                Found::Own(own) => return Ok(Reserve::New(*own)),
                 Found::Live(existing) if existing.state.is_pending() => {
                     return Ok(Reserve::InFlight(*existing));
                 }
                 Found::Live(existing) => return Ok(Reserve::Existing(*existing)),
                 Found::Vacant(expect) => expect,
             };
-            let stored = StoredReservation::new(request, now, self.ttl_ms, state);
+            let stored = StoredReservation::new(request, &attempt_id, now, self.ttl_ms, state);
             let bytes = codec::encode(&key, &stored)?;
             let mut reservation = stored.to_reservation(account, job_id, Version::new(0));
             let ops = effect(&reservation)?;
@@ -725,13 +738,17 @@ impl<S: Store> JobLedger<S> {
         account: &str,
         job_id: &str,
         request: &ChargeRequest,
+        attempt: &AttemptId,
         now: u64,
     ) -> Result<Found> {
         let Some((stored, version)) = self.read(key)? else {
             return Ok(Found::Vacant(Expect::Absent));
         };
+        // The reservation this attempt made stays its own, expired or not:
+        // a repeated call never charges again.
+        let own = stored.was_made_by(attempt);
         let existing = stored.to_reservation(account, job_id, version);
-        if existing.is_expired_at(now) {
+        if !own && existing.is_expired_at(now) {
             return Ok(Found::Vacant(Expect::Version(version)));
         }
         if let (Some(stored_fp), Some(requested)) = (&existing.fingerprint, &request.fingerprint)
@@ -742,6 +759,9 @@ impl<S: Store> JobLedger<S> {
                 requested: requested.clone(),
                 stored: Box::new(existing),
             });
+        }
+        if own {
+            return Ok(Found::Own(Box::new(existing)));
         }
         Ok(Found::Live(Box::new(existing)))
     }
