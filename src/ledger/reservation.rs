@@ -255,6 +255,11 @@ pub(super) struct StoredReservation {
     /// written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) attempt: Option<AttemptId>,
+    /// The id of the write that stored this record: the reserve's attempt id,
+    /// or a later transition's own. What a call reads back to learn whether
+    /// its write landed. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) write: Option<AttemptId>,
     #[serde(flatten)]
     pub(super) extra: Extra,
 }
@@ -280,6 +285,7 @@ impl StoredReservation {
             expires_ms: now_ms.saturating_add(ttl_ms),
             state,
             attempt: Some(attempt.clone()),
+            write: Some(attempt.clone()),
             extra: Extra::new(),
         }
     }
@@ -287,6 +293,11 @@ impl StoredReservation {
     /// Whether this reservation was made by the reserve `attempt`.
     pub(super) fn was_made_by(&self, attempt: &AttemptId) -> bool {
         self.attempt.as_ref() == Some(attempt)
+    }
+
+    /// Whether this record was stored by the write `write`.
+    pub(super) fn was_written_by(&self, write: &AttemptId) -> bool {
+        self.write.as_ref() == Some(write)
     }
 
     /// Moves the fields jobsafe 0.1 kept beside the metadata into it, under
