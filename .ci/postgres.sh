@@ -81,5 +81,5 @@ fi
 cargo test --features postgres --test pg_store
 cargo test --features postgres --test pg_waits
 cargo test --features postgres --test pg_restart -- --nocapture
-cargo test --features postgres --test conformance --test model --test ambiguity_lock \
+cargo test --features postgres --test conformance --test model --test ambiguity_lock --test ambiguity_jobs \
     --test lock_multiprocess --test ledger_multiprocess -- pg
