@@ -165,7 +165,10 @@ impl<S: Store> JobState<S> {
     /// # Errors
     /// [`Error::StaleWorker`]; [`Error::InvalidTransition`] unless running;
     /// [`Error::TooLarge`] for a stage name over [`Job::MAX_STAGE_LEN`], with
-    /// nothing written.
+    /// nothing written; [`Error::Ambiguous`] if the store failed the write
+    /// and its outcome could not be read back by the deadline (see
+    /// [`JobState`](JobState#when-the-store-fails-to-say)); store errors: a
+    /// transient one only when the write is known not to have landed.
     pub fn set_stage(&self, worker: &Claim, stage: &str) -> Result<Job> {
         self.set_stage_with(worker, stage, false, &[])
     }
@@ -352,7 +355,8 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// [`Error::InvalidTransition`] for a complete or cancelled job;
-    /// [`Error::JobNotFound`].
+    /// [`Error::JobNotFound`]; as [`set_stage`](JobState::set_stage) for a
+    /// store that fails.
     pub fn cancel(&self, id: &str) -> Result<Job> {
         self.update(id, "cancel job", |job, now| {
             if matches!(job.status, JobStatus::Complete | JobStatus::Cancelled) {
@@ -370,7 +374,8 @@ impl<S: Store> JobState<S> {
     /// replaced) or completes (and is cleared).
     ///
     /// # Errors
-    /// [`Error::InvalidTransition`] unless failed; [`Error::JobNotFound`].
+    /// [`Error::InvalidTransition`] unless failed; [`Error::JobNotFound`]; as
+    /// [`set_stage`](JobState::set_stage) for a store that fails.
     pub fn retry(&self, id: &str) -> Result<Job> {
         self.retry_with(id, &[])
     }
