@@ -150,6 +150,7 @@ fi
 cargo test --features postgres --test pg_store
 cargo test --features postgres --test pg_waits
 cargo test --features postgres --test pg_restart -- --nocapture
-cargo test --features postgres --test conformance --test model --test ambiguity_lock --test ambiguity_ledger \
+cargo test --features postgres --test conformance --test model \
+    --test ambiguity_lock --test ambiguity_jobs --test ambiguity_ledger \
     --test lock_multiprocess --test ledger_multiprocess -- pg
 cargo test --features postgres-tls --test pg_tls -- --nocapture
