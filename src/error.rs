@@ -287,8 +287,9 @@ pub enum Error {
     /// A manager's write failed in a way that may hide its success (the store
     /// was unreachable: the commit may have happened and only its reply been
     /// lost), and re-reading the record to learn which did not succeed before
-    /// the manager's `resolve_within` deadline. The write may or may not have
-    /// taken effect.
+    /// the manager's `resolve_within` deadline (or found what would tell gone:
+    /// a job whose event log dropped the write's event). The write may or may
+    /// not have taken effect.
     ///
     /// Repeat the call with the same [`attempt`](Error::attempt_id) (a
     /// [`LockRequest::attempt`](crate::lock::LockRequest::attempt), a
@@ -299,7 +300,7 @@ pub enum Error {
     /// Transient: the store may answer later.
     #[error(
         "{operation} on {key} may or may not have taken effect (attempt {attempt}): \
-         the write failed and re-reading failed until the deadline ({reread})"
+         the write failed and re-reading did not tell by the deadline ({reread})"
     )]
     Ambiguous {
         /// What was being done (`"acquire lock"`, `"start job"`, `"reserve"`, ...).
@@ -308,7 +309,7 @@ pub enum Error {
         key: Key,
         /// The id the write carried: repeat the call with it.
         attempt: crate::AttemptId,
-        /// Why the last re-read failed, in words.
+        /// Why the last re-read did not tell, in words.
         reread: String,
         /// The write's own error.
         #[source]

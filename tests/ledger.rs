@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::credits::balance_key;
 use jobsafe::ledger::{ChargeRequest, Reservation, ReservationState, Reserve};
 use jobsafe::store::BatchOp;
-use jobsafe::{DirStore, Error, Expect, JobLedger, ManualClock, MemStore, Store};
+use jobsafe::{AttemptId, DirStore, Error, Expect, JobLedger, ManualClock, MemStore, Store};
 use tempfile::TempDir;
 
 use common::limits::{assert_too_large, metadata_of_len, snapshot, text_of_len};
@@ -107,6 +107,41 @@ fn after_the_ttl_the_same_job_id_is_new_again() {
         let second = new(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
         assert_ne!(second.id, first.id, "{name}");
         assert!(second.version > first.version);
+    }
+}
+
+#[test]
+fn a_reserve_repeated_with_its_attempt_id_is_its_own_new_reservation() {
+    for (name, ledger, clock, _dir) in backends() {
+        let attempt = AttemptId::new();
+        let first_call = request().attempt(attempt.clone());
+        let first = new(ledger.reserve(ACCOUNT, "job-1", &first_call).unwrap());
+        assert_eq!(first.attempt.as_ref(), Some(&attempt), "{name}");
+        // The same call again: its own reservation, as it first returned it.
+        let again = new(ledger.reserve(ACCOUNT, "job-1", &first_call).unwrap());
+        assert_eq!(again, first, "{name}");
+        // Another request for the job id is a free retry.
+        let retry = existing(ledger.reserve(ACCOUNT, "job-1", &request()).unwrap());
+        assert_eq!(retry.attempt.as_ref(), Some(&attempt), "{name}");
+        // Past the TTL the reservation is still the attempt's own: a repeat
+        // never reserves (and charges) again.
+        clock.advance(HOUR);
+        let late = new(ledger.reserve(ACCOUNT, "job-1", &first_call).unwrap());
+        assert_eq!(late.id, first.id, "{name}");
+        // Refunded, there is nothing left of it: a repeat reserves anew.
+        ledger.refund(ACCOUNT, "job-1").unwrap().unwrap();
+        let anew = new(ledger.reserve(ACCOUNT, "job-1", &first_call).unwrap());
+        assert_ne!(anew.id, first.id, "{name}");
+        // An external charge's reservation, repeated, is new, not in flight.
+        let pending = request().attempt(AttemptId::new());
+        let first = new(ledger.reserve_pending(ACCOUNT, "job-2", &pending).unwrap());
+        let again = new(ledger.reserve_pending(ACCOUNT, "job-2", &pending).unwrap());
+        assert_eq!(again, first, "{name}");
+        in_flight(
+            ledger
+                .reserve_pending(ACCOUNT, "job-2", &request())
+                .unwrap(),
+        );
     }
 }
 
@@ -686,6 +721,7 @@ fn a_reservation_written_by_0_1_shows_its_service_fields_in_the_metadata() {
         assert_eq!(read.metadata["tier"], "set by the caller", "{name}");
         assert_eq!(read.fingerprint.as_deref(), Some("sha256:9f"), "{name}");
         assert_eq!(read.state, ReservationState::Charged, "{name}");
+        assert_eq!(read.attempt, None, "{name}");
         existing(
             ledger
                 .reserve(ACCOUNT, "job-1", &ChargeRequest::new())

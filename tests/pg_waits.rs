@@ -237,3 +237,35 @@ fn a_call_past_its_deadline_leaves_no_statement_waiting_on_the_server() {
     holder.batch_execute("COMMIT").unwrap();
     store.put(&key, b"two", Expect::Any).unwrap();
 }
+
+#[test]
+fn a_write_cut_off_unanswered_cannot_land_after_its_error() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let proxy = Proxy::start(server_addr());
+    let store = builder(&through(&proxy), &schema)
+        .call_timeout(Duration::from_secs(2))
+        .open()
+        .unwrap();
+    let key = Key::new(["fenced"]).unwrap();
+    store.put(&key, b"before", Expect::Absent).unwrap();
+
+    // The put's request is held back on its way, as a congested or
+    // partitioned network delays it, while new connections pass: the call
+    // gives up, its cancel finds nothing running, and the request is still
+    // due to arrive.
+    proxy.hold_open_connections();
+    let err = store.put(&key, b"late", Expect::Any).unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let chain = error_chain(&err);
+    assert!(chain.contains("call deadline"), "{chain}");
+    // The store ended the session the request was sent on, through a new
+    // connection, before it answered.
+    assert!(!chain.contains("may still land"), "{chain}");
+
+    // The request arrives now, and the server has answered or closed its
+    // connection: nothing landed.
+    proxy.release_held();
+    let direct = builder(&pg::url(), &schema).open().unwrap();
+    assert_eq!(direct.get(&key).unwrap().unwrap().value, b"before");
+}

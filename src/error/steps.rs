@@ -39,6 +39,9 @@ pub(crate) const READ_FORMAT_MARKER: IoStep = step(IoAction::Read, "read format 
 pub(crate) const READ_JOURNAL: IoStep = step(IoAction::Read, "read journal");
 pub(crate) const READ_JOURNAL_HEADER: IoStep = step(IoAction::Read, "read journal header");
 pub(crate) const READ_RECORD: IoStep = step(IoAction::Read, "read record");
+// Only PgStore's TLS reads one, behind the feature `postgres-tls`.
+#[cfg_attr(not(feature = "postgres-tls"), allow(dead_code))]
+pub(crate) const READ_SSL_ROOT_CERT: IoStep = step(IoAction::Read, "read sslrootcert");
 pub(crate) const READ_SEGMENT_FILE: IoStep = step(IoAction::Read, "read segment file");
 pub(crate) const READ_STORE_MARKER: IoStep = step(IoAction::Read, "read store marker");
 pub(crate) const READ_VERSION_FLOOR: IoStep = step(IoAction::Read, "read version floor");
@@ -137,7 +140,7 @@ pub(crate) const START_KEEP_ALIVE_THREAD: IoStep = step(IoAction::Other, "start 
 
 /// Every step above.
 #[cfg(test)]
-const ALL: [IoStep; 79] = [
+const ALL: [IoStep; 80] = [
     OPEN_ARTIFACT,
     OPEN_COMPACTION_LOCK,
     OPEN_JOURNAL,
@@ -158,6 +161,7 @@ const ALL: [IoStep; 79] = [
     READ_JOURNAL,
     READ_JOURNAL_HEADER,
     READ_RECORD,
+    READ_SSL_ROOT_CERT,
     READ_SEGMENT_FILE,
     READ_STORE_MARKER,
     READ_VERSION_FLOOR,

@@ -11,7 +11,9 @@
 
 use serde_json::Value;
 
+use super::record::StoredEvent;
 use super::{Event, EventWindow, Job, JobState};
+use crate::attempt::AttemptId;
 use crate::error::Result;
 use crate::key::{Key, Prefix};
 use crate::record as codec;
@@ -76,16 +78,19 @@ impl<S: Store> JobState<S> {
         })
     }
 
-    /// Writes `job` (read at `version`) with `new_events` appended, in one batch.
-    /// Returns the job as stored and the events written (those the bound dropped
-    /// at once are not written, but still counted).
+    /// Writes `job` (read at `version`) with `new_events` appended, in one batch,
+    /// the record and each event carrying the write id `write`. Returns the
+    /// events written (those the bound dropped at once are not written, but
+    /// still counted); `job` is left as the batch writes it, with the version
+    /// the store gave it if the store said.
     pub(super) fn commit(
         &self,
-        mut job: Job,
+        job: &mut Job,
         version: Version,
         new_events: Vec<NewEvent>,
         extra: &[BatchOp],
-    ) -> Result<(Job, Vec<Event>)> {
+        write: &AttemptId,
+    ) -> Result<Vec<Event>> {
         let now = job.updated_ms;
         let window = job.events;
         let record_key = self.record_key(&job.id)?;
@@ -116,36 +121,46 @@ impl<S: Store> JobState<S> {
         written.retain(|event| event.seq >= first_seq);
         for event in &written {
             let key = self.event_key(&job.id, event.seq)?;
-            batch = batch.put(&key, codec::encode(&key, event)?, Expect::Absent);
+            let stored = StoredEvent {
+                event: event.clone(),
+                write: Some(write.clone()),
+            };
+            batch = batch.put(&key, codec::encode(&key, &stored)?, Expect::Absent);
         }
         job.events = EventWindow {
             first_seq,
             next_seq,
             dropped: window.dropped.saturating_add(first_seq - window.first_seq),
         };
+        job.write = Some(write.clone());
         for op in extra {
             batch.push(op.clone());
         }
-        batch = batch.put(
-            &record_key,
-            codec::encode(&record_key, &job)?,
-            Expect::Version(version),
-        );
-        let applied = if batch.len() == 1 {
-            let bytes = codec::encode(&record_key, &job)?;
+        let bytes = codec::encode(&record_key, &*job)?;
+        let applied = if batch.is_empty() {
             vec![Applied::Put(self.store.put(
                 &record_key,
                 &bytes,
                 Expect::Version(version),
             )?)]
         } else {
+            batch = batch.put(&record_key, bytes, Expect::Version(version));
             self.store.apply(&batch)?
         };
         if let Some(Applied::Put(version)) = applied.last() {
             job.version = *version;
         }
-        self.hub.publish(&job.id, &written);
-        Ok((job, written))
+        Ok(written)
+    }
+
+    /// The event of job `id` with sequence number `seq` as stored, with the
+    /// id of the write that appended it; `None` if there is none.
+    pub(super) fn read_event(&self, id: &str, seq: u64) -> Result<Option<StoredEvent>> {
+        let key = self.event_key(id, seq)?;
+        match self.store.get(&key)? {
+            None => Ok(None),
+            Some(entry) => codec::decode(&key, &entry.value).map(Some),
+        }
     }
 
     /// Deletes `job` (read at `version`) and all its events in one batch, with

@@ -65,7 +65,11 @@ impl Hub {
         }
     }
 
-    fn add(&self, job_id: &str, buffer: usize) -> (u64, Receiver<Event>, Arc<AtomicBool>) {
+    pub(super) fn add(
+        &self,
+        job_id: &str,
+        buffer: usize,
+    ) -> (u64, Receiver<Event>, Arc<AtomicBool>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::sync_channel(buffer);
         let overflowed = Arc::new(AtomicBool::new(false));

@@ -99,7 +99,7 @@ impl<S: Store> JobState<S> {
     /// `action` says. Returns the jobs as recovered.
     ///
     /// # Errors
-    /// Store errors.
+    /// As [`recover_where`](JobState::recover_where).
     pub fn recover(&self, stale_after: Duration, action: RecoveryAction) -> Result<Vec<Job>> {
         let now = self.clock.now_ms();
         let stale_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
@@ -115,8 +115,14 @@ impl<S: Store> JobState<S> {
     /// Recovers the running jobs for which `abandoned` says their worker is gone
     /// (its [`JobLock`](crate::JobLock) lease expired, say), as `action` says.
     ///
+    /// Each job is recovered by one write, read back as every write of a job
+    /// is when the store fails to say whether it landed (see
+    /// [`JobState`](JobState#when-the-store-fails-to-say)): a job is returned
+    /// only if its write landed.
+    ///
     /// # Errors
-    /// Store errors.
+    /// Store errors, [`Error::Ambiguous`](crate::Error::Ambiguous) included:
+    /// they end the recovery, and the jobs recovered before stay recovered.
     pub fn recover_where(
         &self,
         action: RecoveryAction,
@@ -132,7 +138,7 @@ impl<S: Store> JobState<S> {
                 continue;
             }
             let attempt = job.attempt;
-            let outcome = self.update(&job.id, |job, now| {
+            let outcome = self.update(&job.id, "recover job", |job, now| {
                 // Changed since the listing (finished, or taken over): leave it.
                 if job.status != JobStatus::Running || job.attempt != attempt {
                     return Err(crate::Error::InvalidTransition {
@@ -160,7 +166,7 @@ impl<S: Store> JobState<S> {
                 })
             });
             match outcome {
-                Ok((job, _)) => recovered.push(job),
+                Ok(written) => recovered.push(written.job),
                 Err(e) if e.is_invalid_transition() => {}
                 Err(e) => return Err(e),
             }
@@ -180,7 +186,9 @@ impl<S: Store> JobState<S> {
     /// which keeps every job a live reservation names.
     ///
     /// # Errors
-    /// Store errors.
+    /// Store errors. One ends the purge: the jobs removed before stay
+    /// removed. A delete that failed in a way that may hide its success is not
+    /// read back: that job may be gone too, and is not counted.
     pub fn purge(&self, finished_for: Duration, queued_for: Duration) -> Result<PurgeCounts> {
         let now = self.clock.now_ms();
         let mut counts = PurgeCounts::default();

@@ -17,9 +17,13 @@ mod events;
 mod live;
 mod maintenance;
 mod record;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests;
 mod transitions;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,12 +49,14 @@ pub type Failure = FailureKind;
 pub type Recovery = RecoveryAction;
 
 use self::live::Hub;
+use crate::attempt::AttemptId;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
 use crate::limits;
 use crate::record::{self as codec, Extra, Metadata};
+use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
 
 /// Durable job records: what a request handler creates and returns the id of at
@@ -71,6 +77,43 @@ use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
 /// [`subscribe`](JobState::subscribe) replays from a sequence number and then
 /// follows live in this process; [`follow`](JobState::follow) does the same from
 /// another process by watching the store.
+///
+/// # When the store fails to say
+///
+/// A store call that fails transiently may still have made its change (on
+/// [`PgStore`](crate::PgStore) the commit may have happened and only its
+/// reply been lost). Every write of a job carries a write id, in the record
+/// and in each event it appends, and a write whose store call failed so is
+/// read back until the [`resolve_within`](JobStateBuilder::resolve_within)
+/// deadline:
+///
+/// - landed: the call returns what it wrote. Its events are appended once,
+///   and published once to this process's subscribers. The job it returns is
+///   the job read back: if another writer changed it in between, it is newer
+///   than the write, and its [`last_event_seq`](Job::last_event_seq) is past
+///   the write's event (which [`append_event`](JobState::append_event) and
+///   [`start`](JobState::start) still return).
+/// - not landed: the change is decided again on the job as it is and written
+///   again, three writes in all at most; the new compare-and-set fences the
+///   failed write off, should it still arrive. Then the failure is returned,
+///   transient, and nothing was written.
+/// - unknown: the store stayed unreachable until the deadline (or the job
+///   moved on so far that its log no longer holds the write's event): the
+///   call fails with [`Error::Ambiguous`], and publishes nothing. Subscribers
+///   in this process read such a write's events from the store when they
+///   next catch up.
+///
+/// [`create`](JobState::create) and [`start`](JobState::start) can be
+/// repeated after an ambiguous error: give them an attempt id
+/// ([`NewJob::attempt`], [`start_attempt`](JobState::start_attempt)), and a
+/// repeat with the same id returns what the first call did if it landed.
+/// After an ambiguous error from a worker's change, read the job or its
+/// events before trying the change again. A heartbeat, which appends no
+/// event, is taken as not landed if the job changed since: written again,
+/// it does the same. [`delete`](JobState::delete),
+/// [`purge`](JobState::purge) and the [`Pipeline`](crate::Pipeline)'s
+/// removals do not read back: their failure is returned as it came, and the
+/// job may be gone.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -99,6 +142,7 @@ pub struct JobState<S> {
     namespace: Arc<Prefix>,
     max_events: u64,
     subscriber_buffer: usize,
+    resolve_within: Duration,
     hub: Arc<Hub>,
 }
 
@@ -110,6 +154,7 @@ impl<S> Clone for JobState<S> {
             namespace: Arc::clone(&self.namespace),
             max_events: self.max_events,
             subscriber_buffer: self.subscriber_buffer,
+            resolve_within: self.resolve_within,
             hub: Arc::clone(&self.hub),
         }
     }
@@ -120,6 +165,7 @@ impl<S> std::fmt::Debug for JobState<S> {
         f.debug_struct("JobState")
             .field("namespace", &self.namespace)
             .field("max_events", &self.max_events)
+            .field("resolve_within", &self.resolve_within)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +177,7 @@ pub struct NewJob {
     kind: String,
     owner: Option<String>,
     metadata: Metadata,
+    attempt: Option<AttemptId>,
 }
 
 impl NewJob {
@@ -143,9 +190,43 @@ impl NewJob {
     }
 
     /// Uses `id` instead of a fresh one (a client-chosen id, say); creating a job
-    /// whose id exists is a conflict.
+    /// whose id exists is a conflict, unless this create is the one that
+    /// created it (see [`attempt`](NewJob::attempt)).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
+        self
+    }
+
+    /// Names this create, so that repeating it is recognised as the same
+    /// call: a create that finds the job it would create already made by the
+    /// same attempt id returns that job (as it is now, started or finished
+    /// since, maybe) instead of a conflict. Repeat a create that failed with
+    /// an [ambiguous](crate::Error::is_ambiguous) error with the id it
+    /// carries ([`Error::attempt_id`](crate::Error::attempt_id)).
+    ///
+    /// Without an [`id`](NewJob::id), the job's id is the attempt id, so the
+    /// repeat names the same job. Never reuse an attempt id for another
+    /// create. Default: a fresh id per call (which is then the job's id too,
+    /// unless one was chosen).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::{AttemptId, JobState, ManualClock, MemStore};
+    /// use jobsafe::jobs::NewJob;
+    ///
+    /// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::default()));
+    /// let attempt = AttemptId::new();
+    /// let first = jobs.create(NewJob::new("export").attempt(attempt.clone()))?;
+    /// assert_eq!(first.id, attempt.as_str());
+    /// // Its reply was lost, say, and the caller asks again with the same id.
+    /// let again = jobs.create(NewJob::new("export").attempt(attempt))?;
+    /// assert_eq!(again, first);
+    /// // Another create of that id is a conflict.
+    /// assert!(jobs.create(NewJob::new("export").id(&first.id)).unwrap_err().is_conflict());
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn attempt(mut self, attempt: AttemptId) -> Self {
+        self.attempt = Some(attempt);
         self
     }
 
@@ -290,6 +371,11 @@ impl JobState<()> {
     /// [`JobStateBuilder::subscriber_buffer`] says otherwise; past it the
     /// subscriber catches up from the store.
     pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
+
+    /// How long a call keeps re-reading a job whose write failed in a way
+    /// that may hide its success, by default: 10 s. See
+    /// [`JobStateBuilder::resolve_within`].
+    pub const DEFAULT_RESOLVE_WITHIN: Duration = resolve::DEFAULT_RESOLVE_WITHIN;
 }
 
 /// Options for a [`JobState`], from [`JobState::builder`].
@@ -312,6 +398,7 @@ pub struct JobStateBuilder<S> {
     namespace: Prefix,
     max_events: u64,
     subscriber_buffer: usize,
+    resolve_within: Duration,
 }
 
 impl<S: Store> JobStateBuilder<S> {
@@ -334,6 +421,17 @@ impl<S: Store> JobStateBuilder<S> {
     /// [`JobState::DEFAULT_SUBSCRIBER_BUFFER`].
     pub fn subscriber_buffer(mut self, events: usize) -> Self {
         self.subscriber_buffer = events;
+        self
+    }
+
+    /// Bounds how long a write whose store call failed in a way that may hide
+    /// its success (see [`Error::is_ambiguous`]) keeps re-reading the job to
+    /// learn its own write's outcome, counted by the job state's clock from
+    /// the start of the call. A store that stays unreachable that long makes
+    /// the call fail with an [ambiguous](Error::is_ambiguous) error. Zero
+    /// reads back once. Default: [`JobState::DEFAULT_RESOLVE_WITHIN`].
+    pub fn resolve_within(mut self, within: Duration) -> Self {
+        self.resolve_within = within;
         self
     }
 
@@ -361,6 +459,7 @@ impl<S: Store> JobStateBuilder<S> {
             namespace: Arc::new(self.namespace),
             max_events: self.max_events,
             subscriber_buffer: self.subscriber_buffer,
+            resolve_within: self.resolve_within,
             // Subscribers are per namespace: job ids may repeat across namespaces.
             hub: Arc::new(Hub::default()),
         })
@@ -377,6 +476,7 @@ impl<S: Store> JobState<S> {
             namespace: Arc::new(default_namespace()),
             max_events: JobState::DEFAULT_MAX_EVENTS,
             subscriber_buffer: JobState::DEFAULT_SUBSCRIBER_BUFFER,
+            resolve_within: JobState::DEFAULT_RESOLVE_WITHIN,
             hub: Arc::new(Hub::default()),
         }
     }
@@ -389,6 +489,7 @@ impl<S: Store> JobState<S> {
             namespace: default_namespace(),
             max_events: JobState::DEFAULT_MAX_EVENTS,
             subscriber_buffer: JobState::DEFAULT_SUBSCRIBER_BUFFER,
+            resolve_within: JobState::DEFAULT_RESOLVE_WITHIN,
         }
     }
 
@@ -399,18 +500,31 @@ impl<S: Store> JobState<S> {
 
     /// Creates a queued job.
     ///
+    /// A write that fails in a way that may hide its success (the store was
+    /// unreachable, and may have committed it) is read back until the
+    /// [`resolve_within`](JobStateBuilder::resolve_within) deadline: if it
+    /// landed, the call returns the job it created; if it did not, it is
+    /// written again (at most three writes in all). A job found already
+    /// created by this call's [attempt](NewJob::attempt) id (a repeated call)
+    /// is returned as it is now.
+    ///
     /// # Errors
-    /// [`Error::Conflict`] if a job with the chosen id exists;
-    /// [`Error::InvalidArgument`] for an empty kind; [`Error::InvalidKey`] for an
-    /// invalid id (empty, NUL, too long); [`Error::TooLarge`] naming the field
-    /// for a kind, owner or metadata over [`Job::MAX_KIND_LEN`],
-    /// [`Job::MAX_OWNER_LEN`] or [`Job::MAX_METADATA_LEN`], with nothing
-    /// written; store errors.
+    /// [`Error::Conflict`] if a job with the chosen id exists, created by
+    /// another attempt; [`Error::InvalidArgument`] for an empty kind;
+    /// [`Error::InvalidKey`] for an invalid id (empty, NUL, too long);
+    /// [`Error::TooLarge`] naming the field for a kind, owner or metadata over
+    /// [`Job::MAX_KIND_LEN`], [`Job::MAX_OWNER_LEN`] or
+    /// [`Job::MAX_METADATA_LEN`], with nothing written; [`Error::Ambiguous`]
+    /// with the attempt id if the store failed the write and stayed
+    /// unreachable until the deadline; store errors: a transient one only
+    /// when the write is known not to have landed.
     pub fn create(&self, new: NewJob) -> Result<Job> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         if new.kind.is_empty() {
             return Err(Error::InvalidArgument("a job needs a kind".to_owned()));
         }
-        let id = new.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let attempt = new.attempt.unwrap_or_default();
+        let id = new.id.unwrap_or_else(|| attempt.to_string());
         let key = self.record_key(&id)?;
         limits::check_text("job kind", &key, Some(&new.kind), Job::MAX_KIND_LEN)?;
         limits::check_text("job owner", &key, new.owner.as_deref(), Job::MAX_OWNER_LEN)?;
@@ -440,13 +554,69 @@ impl<S: Store> JobState<S> {
                 next_seq: 1,
                 dropped: 0,
             },
+            write: Some(attempt.clone()),
+            created_by: Some(attempt.clone()),
+            started_by: None,
+            started_seq: None,
             extra: Extra::new(),
             version: Version::new(0),
         };
-        job.version = self
-            .store
-            .put(&key, &codec::encode(&key, &job)?, Expect::Absent)?;
-        Ok(job)
+        let bytes = codec::encode(&key, &job)?;
+        // The last failure that may hide a landed write.
+        let mut unsettled: Option<Error> = None;
+        loop {
+            let conflict = match self.store.put(&key, &bytes, Expect::Absent) {
+                Ok(version) => {
+                    job.version = version;
+                    return Ok(job);
+                }
+                Err(e) if e.is_conflict() => Some(e),
+                Err(e) if may_have_landed(&e) => {
+                    unsettled = Some(e);
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            // Taken, or maybe written: by whom? After a failure, a conflict
+            // may be this call's own earlier write, landed late.
+            let read = match unsettled {
+                None => self.read(&job.id),
+                Some(_) => deadline.reread(|| self.read(&job.id)),
+            };
+            let current = match read {
+                Ok(current) => current,
+                Err(reread) => {
+                    return Err(match unsettled {
+                        Some(error) => {
+                            resolve::ambiguous("create job", &key, &attempt, error, reread)
+                        }
+                        None => reread,
+                    });
+                }
+            };
+            match current {
+                Some((current, _)) if current.created_by.as_ref() == Some(&attempt) => {
+                    return Ok(current);
+                }
+                // Another create's: ours did not land, and no longer can.
+                Some((_, version)) => {
+                    return Err(conflict.unwrap_or_else(|| Error::Conflict {
+                        key: key.clone(),
+                        expected: Expect::Absent.to_string(),
+                        current: Some(version),
+                    }));
+                }
+                // Created and deleted since the conflict: create it again.
+                None if conflict.is_some() => {}
+                // Ours did not land. Writing again fences the failed write
+                // off, should it still arrive.
+                None => {
+                    if let Some(error) = unsettled.take_if(|_| !deadline.may_write_again()) {
+                        return Err(error);
+                    }
+                }
+            }
+        }
     }
 
     /// The job `id`, or `None` if there is none.
@@ -512,7 +682,9 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// [`Error::InvalidTransition`] for a running job (cancel it first); store
-    /// errors.
+    /// errors. A store error that may hide the delete's success (a transient
+    /// one) is returned as it came, not read back: the job may be gone, and
+    /// a repeated delete then returns `false`.
     pub fn delete(&self, id: &str) -> Result<bool> {
         loop {
             let Some((job, version)) = self.read(id)? else {

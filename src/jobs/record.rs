@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::AttemptId;
 use crate::fencing::FencingToken;
 use crate::record::{Extra, Metadata, Record};
 use crate::store::Version;
@@ -203,6 +204,22 @@ pub struct Job {
     /// Its event log.
     #[serde(default)]
     pub events: EventWindow,
+    /// The id of the write that stored this version of the record: what a
+    /// call reads back to learn whether its write landed after the store
+    /// failed to say. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) write: Option<AttemptId>,
+    /// The attempt id of the create that stored the record first, so that a
+    /// repeated create is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) created_by: Option<AttemptId>,
+    /// The attempt id of the start that began the current attempt, so that a
+    /// repeated start is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) started_by: Option<AttemptId>,
+    /// The sequence number of the `started` event of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) started_seq: Option<u64>,
     /// Fields written by a newer version, kept on rewrite.
     #[serde(flatten)]
     pub(crate) extra: Extra,
@@ -388,6 +405,25 @@ impl Event {
     pub fn is_terminal(&self) -> bool {
         TERMINAL_EVENTS.contains(&self.kind.as_str())
     }
+}
+
+/// An event as stored: the event and the id of the write that appended it.
+///
+/// The write id is what tells a call whose store write failed in a way that
+/// may hide its success, and whose job record has moved on since, whether
+/// the event at the sequence number it wrote is its own. It stays out of
+/// [`Event`], which clients see.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredEvent {
+    #[serde(flatten)]
+    pub(crate) event: Event,
+    /// Absent in events written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) write: Option<AttemptId>,
+}
+
+impl Record for StoredEvent {
+    const SCHEMA: u32 = Event::SCHEMA;
 }
 
 /// The events that end a stream; emitted only by the transitions themselves.

@@ -19,10 +19,12 @@ use std::time::Duration;
 pub use reservation::{ChargeRequest, Reservation, ReservationState};
 
 use self::reservation::StoredReservation;
+use crate::attempt::AttemptId;
 use crate::clock::{SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
+use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{Applied, Batch, BatchOp, Expect, SCAN_PAGE, Store, Version};
 
 /// How often a write is retried after losing a compare-and-set race before the
@@ -36,7 +38,11 @@ const MAX_ATTEMPTS: usize = 64;
 pub enum Reserve {
     /// The job id was new: this call reserved it, and its side effects (if any)
     /// were applied with it. Charge now (or, with
-    /// [`reserve_with`](JobLedger::reserve_with), already charged).
+    /// [`reserve_with`](JobLedger::reserve_with), already charged). Also the
+    /// reservation made by the request's own
+    /// [attempt](ChargeRequest::attempt), when the call is repeated: it is
+    /// returned as the first call returned it (in its state as stored now),
+    /// and nothing is charged again.
     New(Reservation),
     /// The job id is already reserved and charged: a retry, free.
     Existing(Reservation),
@@ -116,11 +122,42 @@ pub struct LedgerList {
 /// assert_eq!(store.get(&balance)?.unwrap().value, b"9");
 /// # Ok::<(), jobsafe::Error>(())
 /// ```
+///
+/// # A store failure that may hide success
+///
+/// A store call that fails transiently may still have made its change (on
+/// [`PgStore`](crate::PgStore) the commit may have happened and only its reply
+/// been lost). Every write of the ledger names itself in the record it stores:
+/// a reserve with its [attempt id](ChargeRequest::attempt), kept by the
+/// reservation for good, any later change with an id of its own. After such a
+/// failure the call reads the reservation back until its
+/// [`resolve_within`](JobLedgerBuilder::resolve_within) deadline:
+///
+/// - its own write is there: the call returns that write's outcome (a reserve
+///   whose reply was lost is [`Reserve::New`], never its own
+///   [`Existing`](Reserve::Existing), and its charge ops landed with it);
+/// - the reservation is unchanged: the write did not land, and the call
+///   decides and writes again (at most three writes in all, which fences the
+///   failed one off should it still arrive), then fails with the store's
+///   transient error, nothing changed;
+/// - another caller changed it: the call decides again on what is there;
+/// - the store stays unreachable until the deadline: the call fails with
+///   [`Error::Ambiguous`] carrying the attempt id. Repeat a reserve with that
+///   id ([`ChargeRequest::attempt`]): it returns the reservation if the first
+///   call made it, and reserves (and charges) if it did not.
+///
+/// A refund, a cancelled charge and a completed refund delete the reservation,
+/// which leaves no record to carry a write id: a reservation gone after the
+/// failure counts as removed by this call, one unchanged as not removed. A
+/// concurrent removal of the same reservation in that moment is counted as
+/// this call's too; with [`refund_with`](JobLedger::refund_with) the balance
+/// still changes once, in the batch that landed.
 pub struct JobLedger<S> {
     store: Arc<S>,
     clock: SharedClock,
     namespace: Arc<Prefix>,
     ttl_ms: u64,
+    resolve_within: Duration,
 }
 
 impl<S> Clone for JobLedger<S> {
@@ -130,6 +167,7 @@ impl<S> Clone for JobLedger<S> {
             clock: Arc::clone(&self.clock),
             namespace: Arc::clone(&self.namespace),
             ttl_ms: self.ttl_ms,
+            resolve_within: self.resolve_within,
         }
     }
 }
@@ -139,6 +177,7 @@ impl<S> std::fmt::Debug for JobLedger<S> {
         f.debug_struct("JobLedger")
             .field("namespace", &self.namespace)
             .field("ttl_ms", &self.ttl_ms)
+            .field("resolve_within", &self.resolve_within)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +188,8 @@ fn default_namespace() -> Prefix {
 
 /// What is at a ledger key, as far as a reserve is concerned.
 enum Found {
+    /// The reservation made by this reserve's attempt: the call is repeated.
+    Own(Box<Reservation>),
     /// A live reservation: the request is a retry.
     Live(Box<Reservation>),
     /// Nothing live: insert with this precondition.
@@ -159,6 +200,11 @@ impl JobLedger<()> {
     /// How long a reservation makes retries free unless
     /// [`JobLedgerBuilder::ttl`] says otherwise: one hour.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+    /// How long a call keeps re-reading a reservation whose write failed in a
+    /// way that may hide its success, by default: 10 s. See
+    /// [`JobLedgerBuilder::resolve_within`].
+    pub const DEFAULT_RESOLVE_WITHIN: Duration = resolve::DEFAULT_RESOLVE_WITHIN;
 }
 
 /// Options for a [`JobLedger`], from [`JobLedger::builder`].
@@ -171,6 +217,7 @@ impl JobLedger<()> {
 /// let ledger = JobLedger::builder(MemStore::new(), Arc::new(ManualClock::default()))
 ///     .namespace(Prefix::new(["relay", "charges"])?)
 ///     .ttl(Duration::from_secs(24 * 3600))
+///     .resolve_within(Duration::from_secs(30))
 ///     .build()?;
 /// # Ok::<(), jobsafe::Error>(())
 /// ```
@@ -181,6 +228,7 @@ pub struct JobLedgerBuilder<S> {
     clock: SharedClock,
     namespace: Prefix,
     ttl: Duration,
+    resolve_within: Duration,
 }
 
 impl<S: Store> JobLedgerBuilder<S> {
@@ -198,6 +246,18 @@ impl<S: Store> JobLedgerBuilder<S> {
         self
     }
 
+    /// Bounds how long a write whose store call failed in a way that may hide
+    /// its success (see [`Error::is_ambiguous`]) keeps re-reading the
+    /// reservation to learn its own write's outcome, counted by the ledger's
+    /// clock from the start of the call. A store that stays unreachable that
+    /// long makes the call fail with an [ambiguous](Error::is_ambiguous)
+    /// error. Zero reads back once. Default:
+    /// [`JobLedger::DEFAULT_RESOLVE_WITHIN`].
+    pub fn resolve_within(mut self, within: Duration) -> Self {
+        self.resolve_within = within;
+        self
+    }
+
     /// The ledger.
     ///
     /// # Errors
@@ -210,6 +270,7 @@ impl<S: Store> JobLedgerBuilder<S> {
             clock: self.clock,
             namespace: Arc::new(self.namespace),
             ttl_ms: millis(self.ttl),
+            resolve_within: self.resolve_within,
         })
     }
 }
@@ -224,6 +285,7 @@ impl<S: Store> JobLedger<S> {
             clock,
             namespace: Arc::new(default_namespace()),
             ttl_ms: millis(JobLedger::DEFAULT_TTL),
+            resolve_within: JobLedger::DEFAULT_RESOLVE_WITHIN,
         }
     }
 
@@ -234,6 +296,7 @@ impl<S: Store> JobLedger<S> {
             clock,
             namespace: default_namespace(),
             ttl: JobLedger::DEFAULT_TTL,
+            resolve_within: JobLedger::DEFAULT_RESOLVE_WITHIN,
         }
     }
 
@@ -260,6 +323,16 @@ impl<S: Store> JobLedger<S> {
     /// Reserves (`account`, `job_id`) if it is new: [`Reserve::New`] means the
     /// caller charges, [`Reserve::Existing`] that this is a free retry, and
     /// [`Reserve::InFlight`] that a side effect of the reservation is pending.
+    /// A reservation made by the request's own
+    /// [attempt](ChargeRequest::attempt) (the call repeated) is
+    /// [`Reserve::New`], as the first call returned it.
+    ///
+    /// A write that fails in a way that may hide its success (the store was
+    /// unreachable, and may have committed it) is read back until the
+    /// [`resolve_within`](JobLedgerBuilder::resolve_within) deadline: if it
+    /// landed, the call returns [`Reserve::New`], never `Existing` for its own
+    /// reservation; if it did not, it is written again (see "A store failure
+    /// that may hide success" above).
     ///
     /// # Errors
     /// [`Error::FingerprintMismatch`] carrying the stored reservation if the
@@ -268,8 +341,11 @@ impl<S: Store> JobLedger<S> {
     /// fingerprint or metadata over [`ChargeRequest::MAX_FINGERPRINT_LEN`] or
     /// [`ChargeRequest::MAX_METADATA_LEN`], with nothing written or read;
     /// [`Error::Corrupt`] naming the key if the stored
-    /// reservation cannot be read (never taken for "no reservation"); store
-    /// errors.
+    /// reservation cannot be read (never taken for "no reservation");
+    /// [`Error::Ambiguous`] with the attempt id if the store failed the write
+    /// and stayed unreachable until the deadline (repeat with
+    /// [`ChargeRequest::attempt`]); store errors: a transient one only when
+    /// the write is known not to have landed.
     pub fn reserve(&self, account: &str, job_id: &str, request: &ChargeRequest) -> Result<Reserve> {
         self.insert(account, job_id, request, ReservationState::Charged, |_| {
             Ok::<_, Error>(Vec::new())
@@ -286,9 +362,20 @@ impl<S: Store> JobLedger<S> {
     /// An error from `effect` aborts the reserve with nothing written (an
     /// insufficient balance, say).
     ///
+    /// A batch that fails in a way that may hide its success is read back as
+    /// by [`reserve`](JobLedger::reserve): the reservation and `effect`'s
+    /// operations landed together or not at all, so the reservation being
+    /// there is proof of the charge. A batch that landed is [`Reserve::New`];
+    /// one that did not is decided and written again (calling `effect` again),
+    /// so the balance is never charged twice nor reported charged when it was
+    /// not. After an [ambiguous](Error::is_ambiguous) error, repeat with the
+    /// attempt id: the balance is charged if, and only if, no reservation of
+    /// the attempt exists.
+    ///
     /// # Errors
-    /// As [`reserve`](JobLedger::reserve), `effect`'s errors, and the conflict
-    /// if `effect`'s operations still conflict after many attempts.
+    /// As [`reserve`](JobLedger::reserve) ([`Error::Ambiguous`] included),
+    /// `effect`'s errors, and the conflict if `effect`'s operations still
+    /// conflict after many attempts.
     pub fn reserve_with<E: From<Error>>(
         &self,
         account: &str,
@@ -305,8 +392,12 @@ impl<S: Store> JobLedger<S> {
     /// [`confirm_charge`](JobLedger::confirm_charge) or
     /// [`cancel_charge`](JobLedger::cancel_charge).
     ///
+    /// A write that fails in a way that may hide its success is read back as
+    /// by [`reserve`](JobLedger::reserve): a reservation that landed is
+    /// [`Reserve::New`], so the caller makes the external charge it reserved.
+    ///
     /// # Errors
-    /// As [`reserve`](JobLedger::reserve).
+    /// As [`reserve`](JobLedger::reserve) ([`Error::Ambiguous`] included).
     pub fn reserve_pending(
         &self,
         account: &str,
@@ -326,10 +417,18 @@ impl<S: Store> JobLedger<S> {
     /// as now stored, or `None` if it is no longer there (cancelled or refunded).
     /// Confirming twice is harmless.
     ///
+    /// A write that fails in a way that may hide its success is read back
+    /// until the [`resolve_within`](JobLedgerBuilder::resolve_within)
+    /// deadline: a confirmation that landed returns the reservation as
+    /// confirmed; one that did not is written again. After an
+    /// [ambiguous](Error::is_ambiguous) error, confirm again.
+    ///
     /// # Errors
-    /// [`Error::Corrupt`]; store errors.
+    /// [`Error::Corrupt`]; [`Error::Ambiguous`] if the store failed the write
+    /// and stayed unreachable until the deadline; store errors: a transient
+    /// one only when the write is known not to have landed.
     pub fn confirm_charge(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let moved = self.transition(reservation, |state| match state {
+        let moved = self.transition("confirm charge", reservation, |state| match state {
             ReservationState::ChargePending => Transition::To(ReservationState::Charged),
             _ => Transition::Keep,
         })?;
@@ -343,10 +442,19 @@ impl<S: Store> JobLedger<S> {
     /// job id is new again. Returns whether it was removed: `false` if it is gone,
     /// was replaced, or its charge is no longer pending.
     ///
+    /// A delete that fails in a way that may hide its success is read back
+    /// until the [`resolve_within`](JobLedgerBuilder::resolve_within)
+    /// deadline: the reservation gone counts as cancelled by this call
+    /// (`true`), unchanged as not, and then it is deleted again. After an
+    /// [ambiguous](Error::is_ambiguous) error, [`lookup`](JobLedger::lookup)
+    /// tells: a reservation still pending was not cancelled.
+    ///
     /// # Errors
-    /// [`Error::Corrupt`]; store errors.
+    /// [`Error::Corrupt`]; [`Error::Ambiguous`] if the store failed the delete
+    /// and stayed unreachable until the deadline; store errors: a transient
+    /// one only when the delete is known not to have landed.
     pub fn cancel_charge(&self, reservation: &Reservation) -> Result<bool> {
-        let moved = self.transition(reservation, |state| match state {
+        let moved = self.transition("cancel charge", reservation, |state| match state {
             ReservationState::ChargePending => Transition::Remove,
             _ => Transition::Keep,
         })?;
@@ -366,9 +474,23 @@ impl<S: Store> JobLedger<S> {
     /// shown earlier, and never a later one, use
     /// [`refund_reservation`](JobLedger::refund_reservation).
     ///
+    /// A delete that fails in a way that may hide its success is read back
+    /// until the [`resolve_within`](JobLedgerBuilder::resolve_within)
+    /// deadline: the reservation gone (or replaced by a later one) counts as
+    /// refunded by this call, unchanged as not, and then it is deleted again.
+    /// A concurrent refund of the same reservation in that moment is counted
+    /// as this call's too (see "A store failure that may hide success" above):
+    /// where crediting twice matters, credit in the same batch with
+    /// [`refund_with`](JobLedger::refund_with). After an
+    /// [ambiguous](Error::is_ambiguous) error, [`lookup`](JobLedger::lookup)
+    /// tells: the reservation still there was not refunded.
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the charge is still pending (confirm or
-    /// cancel it first); [`Error::Corrupt`]; store errors.
+    /// cancel it first); [`Error::Corrupt`]; [`Error::Ambiguous`] if the store
+    /// failed the delete and stayed unreachable until the deadline; store
+    /// errors: a transient one only when the delete is known not to have
+    /// landed.
     pub fn refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
         self.refund_with(account, job_id, |_| Ok::<_, Error>(Vec::new()))
     }
@@ -379,18 +501,26 @@ impl<S: Store> JobLedger<S> {
     /// Like [`refund`](JobLedger::refund), it refunds only the reservation stored
     /// when the call begins.
     ///
+    /// A batch that fails in a way that may hide its success is read back as
+    /// by [`refund`](JobLedger::refund). The delete and `effect`'s operations
+    /// land together or not at all, so the balance changes exactly once per
+    /// removed reservation whatever the call reports: a batch that did not
+    /// land is decided and written again (calling `effect` again).
+    ///
     /// # Errors
-    /// As [`refund`](JobLedger::refund), and `effect`'s errors.
+    /// As [`refund`](JobLedger::refund) ([`Error::Ambiguous`] included), and
+    /// `effect`'s errors.
     pub fn refund_with<E: From<Error>>(
         &self,
         account: &str,
         job_id: &str,
         effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Option<Reservation>, E> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let Some(current) = self.refundable_now(account, job_id)? else {
             return Ok(None);
         };
-        self.refund_reservation_with(&current, effect)
+        self.refund_of(&current, effect, &deadline)
     }
 
     /// Refunds `reservation` if it is still the stored one (same
@@ -414,8 +544,14 @@ impl<S: Store> JobLedger<S> {
     /// # Ok::<(), jobsafe::Error>(())
     /// ```
     ///
+    /// A delete that fails in a way that may hide its success is read back as
+    /// by [`refund`](JobLedger::refund).
+    ///
     /// # Errors
-    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; [`Error::Ambiguous`] if the
+    /// store failed the delete and stayed unreachable until the deadline;
+    /// store errors: a transient one only when the delete is known not to
+    /// have landed.
     pub fn refund_reservation(&self, reservation: &Reservation) -> Result<bool> {
         self.refund_reservation_with(reservation, |_| Ok::<_, Error>(Vec::new()))
             .map(|refunded| refunded.is_some())
@@ -427,20 +563,40 @@ impl<S: Store> JobLedger<S> {
     /// `None` if it is gone, was replaced, or has a side effect in flight (then
     /// `effect`'s operations are not applied either).
     ///
+    /// A batch that fails in a way that may hide its success is read back as
+    /// by [`refund_with`](JobLedger::refund_with).
+    ///
     /// # Errors
-    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors; `effect`'s errors.
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; [`Error::Ambiguous`] if the
+    /// store failed the batch and stayed unreachable until the deadline; store
+    /// errors: a transient one only when the batch is known not to have
+    /// landed; `effect`'s errors.
     pub fn refund_reservation_with<E: From<Error>>(
         &self,
         reservation: &Reservation,
         effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Option<Reservation>, E> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
+        self.refund_of(reservation, effect, &deadline)
+    }
+
+    /// Refunds `reservation` if it is still the stored one and charged,
+    /// applying `effect`'s operations in the same batch.
+    fn refund_of<E: From<Error>>(
+        &self,
+        reservation: &Reservation,
+        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+        deadline: &Deadline<'_>,
+    ) -> Result<Option<Reservation>, E> {
         let moved = self.transition_with(
+            "refund",
             reservation,
             |state| match state {
                 ReservationState::Charged => Transition::Remove,
                 _ => Transition::Keep,
             },
             effect,
+            deadline,
         )?;
         Ok(match moved {
             Moved::Removed(removed) => Some(*removed),
@@ -457,13 +613,23 @@ impl<S: Store> JobLedger<S> {
     /// [`pending`](JobLedger::pending)). Like [`refund`](JobLedger::refund), it
     /// acts only on the reservation stored when the call begins.
     ///
+    /// A write that fails in a way that may hide its success is read back
+    /// until the [`resolve_within`](JobLedgerBuilder::resolve_within)
+    /// deadline: a start that landed returns the reservation as
+    /// [`RefundPending`](ReservationState::RefundPending), to this caller
+    /// only; one that did not is written again. After an
+    /// [ambiguous](Error::is_ambiguous) error, a start that landed leaves the
+    /// reservation in [`pending`](JobLedger::pending), where it is found and
+    /// completed (or abandoned) as after a crash.
+    ///
     /// # Errors
-    /// As [`refund`](JobLedger::refund).
+    /// As [`refund`](JobLedger::refund) ([`Error::Ambiguous`] included).
     pub fn begin_refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let Some(current) = self.refundable_now(account, job_id)? else {
             return Ok(None);
         };
-        self.begin_refund_of(&current)
+        self.begin_refund_within(&current, &deadline)
     }
 
     /// Starts an external refund of `reservation`, as
@@ -473,13 +639,32 @@ impl<S: Store> JobLedger<S> {
     /// [`RefundPending`](ReservationState::RefundPending), or `None` if it is
     /// gone, was replaced, or has a side effect in flight.
     ///
+    /// A write that fails in a way that may hide its success is read back as
+    /// by [`begin_refund`](JobLedger::begin_refund).
+    ///
     /// # Errors
-    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; [`Error::Ambiguous`] if the
+    /// store failed the write and stayed unreachable until the deadline; store
+    /// errors: a transient one only when the write is known not to have
+    /// landed.
     pub fn begin_refund_of(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let moved = self.transition(reservation, |state| match state {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
+        self.begin_refund_within(reservation, &deadline)
+    }
+
+    /// Starts an external refund of `reservation`, resolving a write that may
+    /// have landed by `deadline`.
+    fn begin_refund_within(
+        &self,
+        reservation: &Reservation,
+        deadline: &Deadline<'_>,
+    ) -> Result<Option<Reservation>> {
+        let decide = |state| match state {
             ReservationState::Charged => Transition::To(ReservationState::RefundPending),
             _ => Transition::Keep,
-        })?;
+        };
+        let no_ops = |_: &Reservation| Ok::<_, Error>(Vec::new());
+        let moved = self.transition_with("begin refund", reservation, decide, no_ops, deadline)?;
         Ok(match moved {
             Moved::Changed(now) => Some(*now),
             Moved::Unchanged(_) | Moved::Removed(_) | Moved::Gone => None,
@@ -491,10 +676,19 @@ impl<S: Store> JobLedger<S> {
     /// the job id counts as new. Returns whether it was removed (`false`: already
     /// completed, abandoned, or not this reservation's refund).
     ///
+    /// A delete that fails in a way that may hide its success is read back
+    /// until the [`resolve_within`](JobLedgerBuilder::resolve_within)
+    /// deadline: the reservation gone (or replaced by a later one) counts as
+    /// completed by this call (`true`), unchanged as not, and then it is
+    /// deleted again. After an [ambiguous](Error::is_ambiguous) error, complete
+    /// again: `false` then means it is done.
+    ///
     /// # Errors
-    /// [`Error::Corrupt`]; store errors.
+    /// [`Error::Corrupt`]; [`Error::Ambiguous`] if the store failed the delete
+    /// and stayed unreachable until the deadline; store errors: a transient
+    /// one only when the delete is known not to have landed.
     pub fn complete_refund(&self, reservation: &Reservation) -> Result<bool> {
-        let moved = self.transition(reservation, |state| match state {
+        let moved = self.transition("complete refund", reservation, |state| match state {
             ReservationState::RefundPending => Transition::Remove,
             _ => Transition::Keep,
         })?;
@@ -527,10 +721,20 @@ impl<S: Store> JobLedger<S> {
     /// # Ok::<(), jobsafe::Error>(())
     /// ```
     ///
+    /// A write that fails in a way that may hide its success is read back
+    /// until the [`resolve_within`](JobLedgerBuilder::resolve_within)
+    /// deadline: one that landed returns the reservation as charged; one that
+    /// did not is written again. After an [ambiguous](Error::is_ambiguous)
+    /// error, [`lookup`](JobLedger::lookup) tells: a reservation still
+    /// [`RefundPending`](ReservationState::RefundPending) was not moved.
+    ///
     /// # Errors
-    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
+    /// [`Error::InvalidKey`]; [`Error::Corrupt`]; [`Error::Ambiguous`] if the
+    /// store failed the write and stayed unreachable until the deadline; store
+    /// errors: a transient one only when the write is known not to have
+    /// landed.
     pub fn abandon_refund(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let moved = self.transition(reservation, |state| match state {
+        let moved = self.transition("abandon refund", reservation, |state| match state {
             ReservationState::RefundPending => Transition::To(ReservationState::Charged),
             _ => Transition::Keep,
         })?;
@@ -675,30 +879,31 @@ impl<S: Store> JobLedger<S> {
         state: ReservationState,
         mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Reserve, E> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let key = self.key(account, job_id)?;
         request.check(&key)?;
-        let mut attempt = 0;
+        let attempt = request.attempt.clone().unwrap_or_default();
+        let mut tries = 0;
         loop {
-            attempt += 1;
+            tries += 1;
             let now = self.clock.now_ms();
-            let expect = match self.find(&key, account, job_id, request, now)? {
+            let expect = match self.find(&key, account, job_id, request, &attempt, now)? {
+                // This call, repeated: its reserve had landed.
+                Found::Own(own) => return Ok(Reserve::New(*own)),
                 Found::Live(existing) if existing.state.is_pending() => {
                     return Ok(Reserve::InFlight(*existing));
                 }
                 Found::Live(existing) => return Ok(Reserve::Existing(*existing)),
                 Found::Vacant(expect) => expect,
             };
-            let stored = StoredReservation::new(request, now, self.ttl_ms, state);
+            let stored = StoredReservation::new(request, &attempt, now, self.ttl_ms, state);
             let bytes = codec::encode(&key, &stored)?;
             let mut reservation = stored.to_reservation(account, job_id, Version::new(0));
             let ops = effect(&reservation)?;
             let written = if ops.is_empty() {
                 self.store.put(&key, &bytes, expect)
             } else {
-                let mut batch = Batch::new().put(&key, bytes, expect);
-                for op in ops {
-                    batch.push(op);
-                }
+                let batch = with_ops(Batch::new().put(&key, bytes, expect), ops);
                 self.store
                     .apply(&batch)
                     .map(|applied| match applied.first() {
@@ -713,7 +918,29 @@ impl<S: Store> JobLedger<S> {
                 }
                 // Lost a race (on the reservation or the caller's keys): decide
                 // again on what is there now.
-                Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => continue,
+                Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
+                Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&key)) {
+                    // Ours, whatever happened to the reply: the caller's
+                    // operations landed with it, in the same batch.
+                    Ok(Some((stored, version))) if stored.was_made_by(&attempt) => {
+                        let reservation = stored.to_reservation(account, job_id, version);
+                        return Ok(Reserve::New(reservation));
+                    }
+                    // Unchanged: ours did not land, nor did its operations.
+                    // Deciding and writing again fences it off, should it
+                    // still arrive.
+                    Ok(found) if is_unchanged(found.as_ref(), expect) => {
+                        if !deadline.may_write_again() {
+                            return Err(e.into());
+                        }
+                    }
+                    // Changed by another: decide again on what is there.
+                    Ok(_) => {}
+                    Err(reread) => {
+                        let ambiguous = resolve::ambiguous("reserve", &key, &attempt, e, reread);
+                        return Err(ambiguous.into());
+                    }
+                },
                 Err(e) => return Err(e.into()),
             }
         }
@@ -725,13 +952,17 @@ impl<S: Store> JobLedger<S> {
         account: &str,
         job_id: &str,
         request: &ChargeRequest,
+        attempt: &AttemptId,
         now: u64,
     ) -> Result<Found> {
         let Some((stored, version)) = self.read(key)? else {
             return Ok(Found::Vacant(Expect::Absent));
         };
+        // The reservation this attempt made stays its own, expired or not:
+        // a repeated call never charges again.
+        let own = stored.was_made_by(attempt);
         let existing = stored.to_reservation(account, job_id, version);
-        if existing.is_expired_at(now) {
+        if !own && existing.is_expired_at(now) {
             return Ok(Found::Vacant(Expect::Version(version)));
         }
         if let (Some(stored_fp), Some(requested)) = (&existing.fingerprint, &request.fingerprint)
@@ -743,34 +974,52 @@ impl<S: Store> JobLedger<S> {
                 stored: Box::new(existing),
             });
         }
+        if own {
+            return Ok(Found::Own(Box::new(existing)));
+        }
         Ok(Found::Live(Box::new(existing)))
     }
 
     /// Moves `reservation` (if it is still the stored one, by id) as `decide`
-    /// says, retrying lost races.
+    /// says, retrying lost races; `operation` names the call in an ambiguous
+    /// error.
     fn transition(
         &self,
+        operation: &'static str,
         reservation: &Reservation,
         decide: impl Fn(ReservationState) -> Transition,
     ) -> Result<Moved> {
-        self.transition_with(reservation, decide, |_| Ok::<_, Error>(Vec::new()))
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
+        let no_ops = |_: &Reservation| Ok::<_, Error>(Vec::new());
+        self.transition_with(operation, reservation, decide, no_ops, &deadline)
     }
 
     /// [`transition`](JobLedger::transition), applying the operations `effect`
     /// returns in the same batch whenever the reservation changes. A conflict on
     /// the caller's keys is retried like a lost race, at most `MAX_ATTEMPTS`
     /// times in all.
+    ///
+    /// A write that fails in a way that may hide its success is read back
+    /// until `deadline`. A put names itself in the record (`write`), so the
+    /// record tells whether it landed. A delete leaves nothing to name itself
+    /// in: the reservation gone counts as removed by this call, and unchanged
+    /// as not removed; a concurrent removal in that moment counts as this
+    /// call's too (its operations, if any, landed with the other call's
+    /// delete, so the caller's keys changed once).
     fn transition_with<E: From<Error>>(
         &self,
+        operation: &'static str,
         reservation: &Reservation,
         decide: impl Fn(ReservationState) -> Transition,
         mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+        deadline: &Deadline<'_>,
     ) -> Result<Moved, E> {
         let (account, job_id) = (&reservation.account, &reservation.job_id);
         let key = self.key(account, job_id)?;
-        let mut attempt = 0;
+        let write = AttemptId::new();
+        let mut tries = 0;
         loop {
-            attempt += 1;
+            tries += 1;
             let Some((mut stored, version)) = self.read(&key)? else {
                 return Ok(Moved::Gone);
             };
@@ -788,6 +1037,7 @@ impl<S: Store> JobLedger<S> {
             let written = match new_state {
                 Some(state) => {
                     stored.state = state;
+                    stored.write = Some(write.clone());
                     let bytes = codec::encode(&key, &stored)?;
                     if ops.is_empty() {
                         self.store.put(&key, &bytes, expect).map(Some)
@@ -814,7 +1064,38 @@ impl<S: Store> JobLedger<S> {
                     )));
                 }
                 Ok(None) => return Ok(Moved::Removed(Box::new(current))),
-                Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => continue,
+                Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
+                Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&key)) {
+                    // Ours, whatever happened to the reply.
+                    Ok(Some((stored, version)))
+                        if new_state.is_some() && stored.was_written_by(&write) =>
+                    {
+                        let now = stored.to_reservation(account, job_id, version);
+                        return Ok(Moved::Changed(Box::new(now)));
+                    }
+                    // Gone after a delete (or replaced by a later
+                    // reservation, which could be made only once it was
+                    // gone): counted as removed by this call.
+                    Ok(found)
+                        if new_state.is_none()
+                            && found.as_ref().is_none_or(|(s, _)| s.id != reservation.id) =>
+                    {
+                        return Ok(Moved::Removed(Box::new(current)));
+                    }
+                    // Unchanged: ours did not land. Deciding and writing again
+                    // fences it off, should it still arrive.
+                    Ok(found) if is_unchanged(found.as_ref(), expect) => {
+                        if !deadline.may_write_again() {
+                            return Err(e.into());
+                        }
+                    }
+                    // Changed by another: decide again on what is there.
+                    Ok(_) => {}
+                    Err(reread) => {
+                        let ambiguous = resolve::ambiguous(operation, &key, &write, e, reread);
+                        return Err(ambiguous.into());
+                    }
+                },
                 Err(e) => return Err(e.into()),
             }
         }
@@ -848,6 +1129,16 @@ enum Moved {
     Changed(Box<Reservation>),
     /// It is stored as this, unchanged.
     Unchanged(Box<Reservation>),
+}
+
+/// Whether the record read back after a failed write (`found`) is the one the
+/// write expected (`expect`), so that the write did not land.
+fn is_unchanged(found: Option<&(StoredReservation, Version)>, expect: Expect) -> bool {
+    match (found, expect) {
+        (None, Expect::Absent) => true,
+        (Some((_, version)), Expect::Version(expected)) => *version == expected,
+        _ => false,
+    }
 }
 
 /// `batch` followed by the caller's `ops`.

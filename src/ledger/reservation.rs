@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::AttemptId;
 use crate::key::Key;
 use crate::limits;
 use crate::record::{Extra, Metadata, Record};
@@ -29,6 +30,7 @@ use crate::store::Version;
 pub struct ChargeRequest {
     pub(super) fingerprint: Option<String>,
     pub(super) metadata: Metadata,
+    pub(super) attempt: Option<AttemptId>,
 }
 
 impl ChargeRequest {
@@ -75,6 +77,52 @@ impl ChargeRequest {
     /// The metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Names this reserve, so that repeating it is recognised as the same
+    /// call: a reserve that finds the reservation made by this attempt id
+    /// returns it as [`Reserve::New`](super::Reserve::New), as the first call
+    /// did (or would have, had its reply not been lost), instead of
+    /// [`Reserve::Existing`](super::Reserve::Existing). Nothing is charged
+    /// again. Repeat a reserve that failed with an
+    /// [ambiguous](crate::Error::is_ambiguous) error with the id it carries
+    /// ([`Error::attempt_id`](crate::Error::attempt_id)).
+    ///
+    /// The id is stored with the reservation ([`Reservation::attempt`]) and
+    /// names one reserve: never reuse it for another. A repeat that finds no
+    /// reservation of its job id (the first call did not land, or its
+    /// reservation was refunded or purged since) reserves anew, as a first
+    /// call does. Default: a fresh id per call.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::ledger::{ChargeRequest, Reserve};
+    /// use jobsafe::{AttemptId, JobLedger, ManualClock, MemStore};
+    ///
+    /// let ledger = JobLedger::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    /// let request = ChargeRequest::new().attempt(AttemptId::new());
+    /// let Reserve::New(first) = ledger.reserve("lic:abc", "job-1", &request)? else {
+    ///     unreachable!("a new job id")
+    /// };
+    /// // Its reply was lost, say, and the caller asks again with the same id:
+    /// // its own reservation, still to be charged by it, not a free retry.
+    /// let Reserve::New(again) = ledger.reserve("lic:abc", "job-1", &request)? else {
+    ///     unreachable!("the same attempt")
+    /// };
+    /// assert_eq!(again.id, first.id);
+    /// // Another request for the job id is a retry.
+    /// let other = ChargeRequest::new();
+    /// assert!(matches!(ledger.reserve("lic:abc", "job-1", &other)?, Reserve::Existing(_)));
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn attempt(mut self, attempt: AttemptId) -> Self {
+        self.attempt = Some(attempt);
+        self
+    }
+
+    /// The attempt id, if one was chosen.
+    pub fn attempt_id(&self) -> Option<&AttemptId> {
+        self.attempt.as_ref()
     }
 
     /// Refuses a request whose fields are over their bounds, for the
@@ -172,6 +220,10 @@ pub struct Reservation {
     pub state: ReservationState,
     /// The store version of the record.
     pub version: Version,
+    /// The attempt id of the reserve that made it (the request's
+    /// [`attempt`](ChargeRequest::attempt), or a fresh one); `None` for a
+    /// reservation written before attempt ids were stored.
+    pub attempt: Option<AttemptId>,
 }
 
 impl Reservation {
@@ -198,6 +250,16 @@ pub(super) struct StoredReservation {
     pub(super) charged_ms: u64,
     pub(super) expires_ms: u64,
     pub(super) state: ReservationState,
+    /// The attempt id of the reserve that made this reservation, kept by every
+    /// later write: what a repeated reserve recognises. Absent in records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) attempt: Option<AttemptId>,
+    /// The id of the write that stored this record: the reserve's attempt id,
+    /// or a later transition's own. What a call reads back to learn whether
+    /// its write landed. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) write: Option<AttemptId>,
     #[serde(flatten)]
     pub(super) extra: Extra,
 }
@@ -207,8 +269,10 @@ impl Record for StoredReservation {
 }
 
 impl StoredReservation {
+    /// A new reservation, made by the reserve `attempt`.
     pub(super) fn new(
         request: &ChargeRequest,
+        attempt: &AttemptId,
         now_ms: u64,
         ttl_ms: u64,
         state: ReservationState,
@@ -220,8 +284,20 @@ impl StoredReservation {
             charged_ms: now_ms,
             expires_ms: now_ms.saturating_add(ttl_ms),
             state,
+            attempt: Some(attempt.clone()),
+            write: Some(attempt.clone()),
             extra: Extra::new(),
         }
+    }
+
+    /// Whether this reservation was made by the reserve `attempt`.
+    pub(super) fn was_made_by(&self, attempt: &AttemptId) -> bool {
+        self.attempt.as_ref() == Some(attempt)
+    }
+
+    /// Whether this record was stored by the write `write`.
+    pub(super) fn was_written_by(&self, write: &AttemptId) -> bool {
+        self.write.as_ref() == Some(write)
     }
 
     /// Moves the fields jobsafe 0.1 kept beside the metadata into it, under
@@ -255,6 +331,7 @@ impl StoredReservation {
             expires_ms: self.expires_ms,
             state: self.state,
             version,
+            attempt: self.attempt.clone(),
         }
     }
 }

@@ -16,14 +16,17 @@
 //! - [`arm`](Proxy::arm): one [`Fault`] for the next request it fits, on
 //!   whichever connection sends it first; the other connections keep working;
 //! - [`kill_connection`](Proxy::kill_connection): reset one connection, both
-//!   sides.
+//!   sides;
+//! - [`hold_open_connections`](Proxy::hold_open_connections): hold back what
+//!   the clients of the connections open now send, until
+//!   [`release_held`](Proxy::release_held), while new connections pass.
 //!
 //! Each connection is forwarded by two threads; everything stops when the
 //! proxy is dropped.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
@@ -96,11 +99,26 @@ struct State {
     injected: Mutex<Injected>,
     /// The connections open now, by the client's port.
     conns: Mutex<HashMap<u16, Arc<Conn>>>,
+    /// Connections accepted so far; each is numbered in order.
+    accepted: AtomicUsize,
+    /// Connections numbered below this hold back what their clients send.
+    held_below: AtomicUsize,
+    /// Whether held connections may forward again.
+    released: AtomicBool,
+    /// Held connections whose server side has not yet answered or closed
+    /// since their release.
+    unsettled: AtomicUsize,
 }
 
 /// What the two threads of one connection share.
 struct Conn {
     client_port: u16,
+    /// Its place in the order connections were accepted.
+    number: usize,
+    /// Whether it held back something its client sent.
+    held: AtomicBool,
+    /// Whether, held and then released, the server has answered or closed it.
+    settled: AtomicBool,
     /// Both threads stop and close their sockets at once, with a reset.
     kill: AtomicBool,
     /// Nothing more is forwarded either way.
@@ -132,6 +150,10 @@ impl Proxy {
             armed: Mutex::new(None),
             injected: Mutex::new(Injected::default()),
             conns: Mutex::new(HashMap::new()),
+            accepted: AtomicUsize::new(0),
+            held_below: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
+            unsettled: AtomicUsize::new(0),
         });
         let accepting = state.clone();
         thread::spawn(move || accept(&listener, &accepting));
@@ -192,6 +214,26 @@ impl Proxy {
             conn.kill.store(true, Ordering::SeqCst);
         }
     }
+
+    /// Holds back, from now on, what the clients of the connections open now
+    /// send: a network that delays one connection's packets while new
+    /// connections pass. The server hears nothing from them, not even their
+    /// closing, until [`release_held`](Proxy::release_held).
+    pub fn hold_open_connections(&self) {
+        let open = self.state.accepted.load(Ordering::SeqCst);
+        self.state.held_below.store(open, Ordering::SeqCst);
+    }
+
+    /// Delivers what the held connections held back, their clients' closing
+    /// included, and returns once the server answered each or closed it (or
+    /// [`child::WAIT_BOUND`](super::child::WAIT_BOUND) passed: a guard only).
+    pub fn release_held(&self) {
+        self.state.released.store(true, Ordering::SeqCst);
+        let bound = Instant::now() + super::child::WAIT_BOUND;
+        while self.state.unsettled.load(Ordering::SeqCst) > 0 && Instant::now() < bound {
+            thread::sleep(POLL / 5);
+        }
+    }
 }
 
 impl Drop for Proxy {
@@ -209,6 +251,9 @@ fn accept(listener: &TcpListener, state: &Arc<State>) {
                 };
                 let conn = Arc::new(Conn {
                     client_port: peer.port(),
+                    number: state.accepted.fetch_add(1, Ordering::SeqCst),
+                    held: AtomicBool::new(false),
+                    settled: AtomicBool::new(false),
                     kill: AtomicBool::new(false),
                     silent: AtomicBool::new(false),
                     drop_replies: AtomicBool::new(false),
@@ -240,6 +285,33 @@ fn accept(listener: &TcpListener, state: &Arc<State>) {
 fn forget(state: &State, conn: &Conn, open: &AtomicUsize) {
     if open.fetch_sub(1, Ordering::SeqCst) == 1 {
         state.conns.lock().remove(&conn.client_port);
+    }
+}
+
+impl State {
+    /// Whether `conn` holds back what its client sends.
+    fn holds(&self, conn: &Conn) -> bool {
+        conn.number < self.held_below.load(Ordering::SeqCst)
+            && !self.released.load(Ordering::SeqCst)
+    }
+
+    /// `conn` held something back, and counts as unsettled until the server
+    /// answers after the release.
+    fn start_holding(&self, conn: &Conn) {
+        if !conn.held.swap(true, Ordering::SeqCst) {
+            self.unsettled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The server answered `conn`, or closed it: settled, if it held
+    /// something and has been released.
+    fn settle(&self, conn: &Conn) {
+        if conn.held.load(Ordering::SeqCst)
+            && self.released.load(Ordering::SeqCst)
+            && !conn.settled.swap(true, Ordering::SeqCst)
+        {
+            self.unsettled.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -303,6 +375,7 @@ fn downstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     'read: while let Some(n) = read_some(&mut from, &mut buf, state, conn) {
+        state.settle(conn);
         pending.extend_from_slice(&buf[..n]);
         while let Some(len) = message_len(&pending, true) {
             let message: Vec<u8> = pending.drain(..len).collect();
@@ -316,11 +389,21 @@ fn downstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn
             {
                 continue;
             }
-            if to.write_all(&message).is_err() {
+            // A held connection's closed client is no reason to stop
+            // reading: the server's answer is what settles it.
+            if to.write_all(&message).is_err() && !conn.held.load(Ordering::SeqCst) {
                 break 'read;
             }
         }
     }
+    // Ended: once released, that settles a held connection.
+    while conn.held.load(Ordering::SeqCst)
+        && !state.released.load(Ordering::SeqCst)
+        && !state.stopped.load(Ordering::SeqCst)
+    {
+        thread::sleep(POLL);
+    }
+    state.settle(conn);
     end(&to, state, conn);
 }
 
@@ -416,6 +499,8 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) 
     let mut request: Vec<Vec<u8>> = Vec::new();
     let mut session = Session::default();
     let mut held = None;
+    // Whole messages held back while the connection is held.
+    let mut held_back: Vec<u8> = Vec::new();
     // The first message of a connection (startup, or a cancel request) has no
     // type byte.
     let mut typed = false;
@@ -425,6 +510,15 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) 
             let message: Vec<u8> = pending.drain(..len).collect();
             if state.silent.load(Ordering::SeqCst) || conn.silent.load(Ordering::SeqCst) {
                 continue;
+            }
+            if state.holds(conn) {
+                state.start_holding(conn);
+                held_back.extend_from_slice(&message);
+                typed = true;
+                continue;
+            }
+            if !held_back.is_empty() && to.write_all(&std::mem::take(&mut held_back)).is_err() {
+                break 'read;
             }
             if !typed {
                 typed = true;
@@ -457,6 +551,18 @@ fn upstream(mut from: TcpStream, mut to: TcpStream, state: &State, conn: &Conn) 
                 count_request(state);
             }
         }
+    }
+    // A held connection's client is gone: what it sent, and its end, wait
+    // for the release, as delayed packets would.
+    while state.holds(conn) && !state.stopped.load(Ordering::SeqCst) {
+        thread::sleep(POLL);
+    }
+    if conn.held.load(Ordering::SeqCst) {
+        // Delivered late, then the client's end; the server's answer, or its
+        // closing, is read on the other side and settles the connection.
+        let _ = to.write_all(&held_back);
+        let _ = to.shutdown(Shutdown::Write);
+        return;
     }
     if let Some((bytes, after)) = held {
         deliver_late(&mut to, &bytes, after, state, conn);

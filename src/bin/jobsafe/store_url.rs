@@ -131,24 +131,17 @@ impl StoreUrl {
 
 #[cfg(feature = "postgres")]
 fn open_postgres(url: &str, pg: &PgNames, name: &str) -> Result<Arc<dyn Store>, Failure> {
-    // Read here first, as PgStore reads it: the client's message about a URL
-    // it cannot read may quote a piece of it (`unknown option` names what
-    // precedes an `=`), which may be a piece of the password.
-    if let Err(e) = url.parse::<tokio_postgres::Config>() {
-        let why = if without_password(url) == url {
-            format!(": {e}")
-        } else {
-            String::from(" (its message is not shown: it could quote the password)")
-        };
-        return Err(Failure::usage(format!(
-            "store {name}: the PostgreSQL client cannot read this URL{why}"
-        )));
-    }
+    // A URL the library cannot read, or options it refuses (an `sslmode` this
+    // build cannot honour), are the operator's to fix: a usage error. The
+    // library's message never quotes a password.
     let store = jobsafe::PgStore::builder(url)
         .schema(&pg.schema)
         .table(&pg.table)
         .open()
-        .map_err(|e| Failure::library(format!("open store {name}"), &e))?;
+        .map_err(|e| match e {
+            jobsafe::Error::InvalidArgument(why) => Failure::usage(format!("store {name}: {why}")),
+            e => Failure::library(format!("open store {name}"), &e),
+        })?;
     Ok(Arc::new(store))
 }
 

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
 
-use super::failure::{db_error, timed_out};
+use super::failure::{connect_failed, db_error, timed_out};
 use super::sql::Sql;
+use super::transport::{Tls, Transport, handshake_refused};
 use crate::error::Result;
 
 /// The server as errors name it: `host:port/database`, never a password.
@@ -54,6 +55,8 @@ pub(crate) fn server_name(config: &Config) -> String {
 /// What a store needs to make its connections.
 pub(crate) struct Connector {
     pub(crate) config: Config,
+    /// How connections are secured, cancel requests included.
+    pub(crate) transport: Transport,
     pub(crate) sql: Arc<Sql>,
     pub(crate) server: String,
     pub(crate) runtime: Handle,
@@ -71,9 +74,19 @@ impl Connector {
     /// not made within [`within`](Connector::within) (the server or the
     /// network silent).
     pub(crate) async fn bare(&self) -> Result<Bare> {
-        let made = tokio::time::timeout(self.within, self.config.connect(NoTls)).await;
+        let attempts = async {
+            match self.config.connect(self.transport.tls()).await {
+                // `prefer`, as libpq: a handshake refused, then in clear.
+                Err(e) if handshake_refused(&e) => match &self.transport.clear_retry {
+                    Some(clear) => clear.connect(self.transport.tls()).await,
+                    None => Err(e),
+                },
+                made => made,
+            }
+        };
+        let made = tokio::time::timeout(self.within, attempts).await;
         let (client, connection) = match made {
-            Ok(made) => made.map_err(|e| db_error("connect", &self.server, e))?,
+            Ok(made) => made.map_err(|e| connect_failed(&self.server, e, &self.transport.shown))?,
             Err(_) => {
                 return Err(timed_out(
                     "connect",
@@ -124,6 +137,7 @@ impl Connector {
             statements: prepared,
             session,
             io: bare.io,
+            tls: self.transport.tls(),
             runtime: self.runtime.clone(),
             cancel_within: self.within,
             busy: false,
@@ -175,6 +189,8 @@ pub(crate) struct Conn {
     /// The server session behind the connection.
     pub(crate) session: Session,
     io: IoTask,
+    /// The connector its cancel request is made with, as the connection was.
+    tls: Tls,
     runtime: Handle,
     cancel_within: Duration,
     pub(crate) busy: bool,
@@ -191,11 +207,15 @@ impl Drop for Conn {
             return;
         }
         // Best effort, bounded: what the cancel cannot reach (the network is
-        // down), the server's own timeouts end.
+        // down), the server's own timeouts end. It is made with the store's
+        // TLS connector and the connection's own sslmode, which the token
+        // carries: a connection made in clear after `prefer`'s refused
+        // handshake cancels in clear too.
         let cancel = self.client.cancel_token();
         let within = self.cancel_within;
+        let tls = Tls::clone(&self.tls);
         self.runtime.spawn(async move {
-            let _ = tokio::time::timeout(within, cancel.cancel_query(NoTls)).await;
+            let _ = tokio::time::timeout(within, cancel.cancel_query(tls)).await;
         });
         // `io` is aborted as it is dropped.
     }

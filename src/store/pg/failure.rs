@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
+use super::transport::handshake_refused;
 use crate::error::Error;
 
 /// A client error as an [`Error::Database`], classified.
@@ -24,6 +25,53 @@ pub(crate) fn db_error(step: &'static str, server: &str, e: tokio_postgres::Erro
         server: server.to_owned(),
         transient: is_transient(&e),
         source: Box::new(ClientError(e)),
+    }
+}
+
+/// A connection that could not be made, classified as [`db_error`] does. A
+/// TLS handshake refused on its merits (a certificate that does not verify,
+/// a host name it does not hold, no protocol in common) is permanent, and
+/// says why and under which settings (`tls`, such as `sslmode=verify-full,
+/// sslrootcert /etc/ca.pem`).
+pub(crate) fn connect_failed(server: &str, e: tokio_postgres::Error, tls: &str) -> Error {
+    #[cfg(feature = "postgres-tls")]
+    if let Some(why) = super::tls::refusal(&e) {
+        return Error::Database {
+            step: "connect",
+            server: server.to_owned(),
+            transient: false,
+            source: Box::new(TlsRefused {
+                why,
+                settings: tls.to_owned(),
+                source: ClientError(e),
+            }),
+        };
+    }
+    let _ = tls;
+    db_error("connect", server, e)
+}
+
+/// Why a TLS handshake was refused, in words, followed by the client's error
+/// (whose own chain ends with the TLS library's reason).
+#[cfg(feature = "postgres-tls")]
+#[derive(Debug)]
+struct TlsRefused {
+    why: &'static str,
+    settings: String,
+    source: ClientError,
+}
+
+#[cfg(feature = "postgres-tls")]
+impl fmt::Display for TlsRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.why, self.settings)
+    }
+}
+
+#[cfg(feature = "postgres-tls")]
+impl std::error::Error for TlsRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 
@@ -131,7 +179,7 @@ pub(crate) fn deadline_passed(step: &'static str, server: &str, deadline: Durati
         transient: true,
         source: format!(
             "no answer within the call deadline of {deadline:?} (call_timeout; a write is \
-             given three quarters of it); the request was cancelled and its connection \
+             given half of it); the request was cancelled and its connection \
              closed, and a write may or may not have landed"
         )
         .into(),
@@ -144,8 +192,10 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
         Some(code) => is_transient_code(code),
         // No answer from the server: the connection could not be made or was
         // lost. (A login the client itself refuses, such as a password the
-        // server asks for and the URL lacks, is neither.)
-        None => e.is_closed() || source_is_io(e),
+        // server asks for and the URL lacks, is neither; nor is a TLS
+        // handshake refused on its merits, which the TLS library reports
+        // through an I/O error.)
+        None => !handshake_refused(e) && (e.is_closed() || source_is_io(e)),
     }
 }
 

@@ -20,19 +20,25 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::conn::Session;
-use super::pool::Pool;
+use super::conn::{Connector, Session};
 use crate::clock::millis;
 
 /// Ends the session's backend on the server, all within `within` (half of it
-/// for the backend to exit). `true` once the session is known to be over
+/// at most for the backend to exit), on a connection of its own: a bare one,
+/// without the store's statements, so that it costs only the login, and
+/// outside the pool's count, whose slots may all be taken by calls waiting on
+/// the same silent network. `true` once the session is known to be over
 /// (ended now, or gone before); `false` if that could not be learned.
-pub(crate) async fn end_session(pool: &Pool, session: &Session, within: Duration) -> bool {
+pub(crate) async fn end_session(
+    connector: &Connector,
+    session: &Session,
+    within: Duration,
+) -> bool {
     let wait_ms = i64::try_from(millis(within / 2)).unwrap_or(i64::MAX);
     let ended = async {
-        let conn = pool.get().await.ok()?;
+        let bare = connector.bare().await.ok()?;
         // A session whose pid now names another backend (or none) is over.
-        let row = conn
+        let row = bare
             .client
             .query_one(
                 "SELECT COALESCE((SELECT pg_terminate_backend(pid, $3) FROM pg_stat_activity \
@@ -40,7 +46,6 @@ pub(crate) async fn end_session(pool: &Pool, session: &Session, within: Duration
                 &[&session.pid, &session.started, &wait_ms],
             )
             .await;
-        conn.release();
         row.ok()?.try_get::<_, bool>(0).ok()
     };
     tokio::time::timeout(within, ended)

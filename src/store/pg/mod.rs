@@ -15,6 +15,10 @@ mod runtime;
 mod schema;
 mod session;
 mod sql;
+mod ssl_options;
+#[cfg(feature = "postgres-tls")]
+mod tls;
+mod transport;
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,7 +49,8 @@ use crate::store::{
 /// them a [`PgClock`] too, so that every lease, TTL and retention decision reads
 /// the server's clock and the machines' clock skew cannot matter.
 ///
-/// Available with the cargo feature `postgres`.
+/// Available with the cargo feature `postgres`; over TLS with
+/// `postgres-tls` (see "TLS" below).
 ///
 /// # Design
 ///
@@ -120,10 +125,66 @@ use crate::store::{
 ///   committed: the error says the answer was lost, not the change. Re-read
 ///   before repeating it, or repeat it as a compare-and-set, which reports a
 ///   conflict if the first one landed.
-/// - Connections are not encrypted (no TLS): use it on a trusted network or
-///   through a local tunnel.
+/// - Without the feature `postgres-tls` connections are not encrypted: use it
+///   on a trusted network or through a local tunnel (see "TLS" below).
 /// - Keys longer than 1024 bytes that share their first 1024 bytes are ordered
 ///   by a sort after the index scan: correct, but slower to list.
+///
+/// # TLS
+///
+/// With the cargo feature `postgres-tls`, connections use TLS (rustls) as the
+/// URL's `sslmode` and `sslrootcert` ask, with libpq's meanings. Use
+/// `sslmode=verify-full` with `sslrootcert` naming the PEM file of the CA
+/// that issued the server's certificate: only that mode checks that the
+/// server is the one named in the URL.
+///
+/// | `sslmode` | encrypted | the server's certificate |
+/// |---|---|---|
+/// | `disable` | no | - |
+/// | `prefer` (the default) | if the server offers TLS; after a refused handshake the connection is made again in clear, as libpq does | as `require` |
+/// | `require` | yes, or no connection | not checked; with `sslrootcert`, its chain is (libpq's rule), as `verify-ca` |
+/// | `verify-ca` | yes | its chain leads to a root of `sslrootcert`; any host name |
+/// | `verify-full` | yes | as `verify-ca`, and it names the host of the URL (a DNS name, or an IP address for a host given as one) |
+///
+/// - `sslrootcert` is a PEM file of trusted roots, or `system` for the
+///   system's trusted roots (libpq 16: it makes `verify-full` the default and
+///   refuses a weaker mode). `verify-ca` and `verify-full` need it: PgStore
+///   reads no root file it was not named (libpq also looks for
+///   `~/.postgresql/root.crt`), and an unreadable or malformed one fails
+///   [`open`](PgStoreBuilder::open) with an error naming it.
+/// - `sslsni=0` sends no host name in the handshake. `sslmode=allow` and
+///   client certificates (`sslcert`, `sslkey`) are not supported, nor are
+///   revocation lists; `open` refuses them by name. Environment variables
+///   (`PGSSLMODE`, ...) are not read.
+/// - A login by password is bound to the server's certificate
+///   (`SCRAM-SHA-256-PLUS`) when the server offers it; `channel_binding=require`
+///   in the URL refuses a login that is not.
+/// - On Unix sockets TLS is never used, whatever the mode, as in libpq.
+/// - A handshake refused on its merits (an unknown issuer, a host name the
+///   certificate does not hold, no TLS on the server with `require` or
+///   above) is an [`Error::Database`] that is not transient, whose message
+///   says why; cancel requests use the same TLS settings as the connection.
+///
+/// Without the feature, `disable` and `prefer` connect in clear, and any
+/// option that needs TLS (`require`, `verify-ca`, `verify-full`,
+/// `sslrootcert`) is refused at [`open`](PgStoreBuilder::open) with an
+/// [`Error::InvalidArgument`] naming the feature, rather than connecting
+/// less safely than the URL asks.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres-tls")]
+/// # fn main() -> jobsafe::Result<()> {
+/// use jobsafe::PgStore;
+///
+/// let store = PgStore::open(
+///     "postgres://jobsafe:secret@db.internal:5432/jobsafe\
+///      ?sslmode=verify-full&sslrootcert=/etc/jobsafe/db-ca.pem",
+/// )?;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "postgres-tls"))]
+/// # fn main() {}
+/// ```
 ///
 /// ```no_run
 /// use jobsafe::{Expect, JobLock, Key, PgStore, Store};
@@ -203,8 +264,8 @@ impl fmt::Debug for PgStore {
 /// the server from another connection (`pg_terminate_backend`, PostgreSQL 14
 /// or later): once the caller sees the error, the write has either landed or
 /// never will, so a re-read tells which. A write's call stays within
-/// `call_timeout`: the write gets three quarters of it to be answered, the
-/// rest is kept for ending its session. If the session cannot be ended (the
+/// `call_timeout`: the write gets half of it to be answered, the rest is kept
+/// for ending its session. If the session cannot be ended (the
 /// server unreachable), the error says that the write may still land. A
 /// failure the server reported needs none of this: its transaction is over.
 ///
@@ -241,12 +302,14 @@ pub struct PgStoreBuilder {
 impl fmt::Debug for PgStoreBuilder {
     /// Names the server as errors do, never the URL: it may hold a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let server = self.url.parse::<tokio_postgres::Config>().map_or_else(
-            |_| "(a URL that does not parse)".to_owned(),
-            |c| conn::server_name(&c),
-        );
+        let parsed = ssl_options::split(&self.url).ok().and_then(|conn| {
+            let config = conn.rest.parse::<tokio_postgres::Config>().ok()?;
+            Some((conn::server_name(&config), conn.ssl.mode.name()))
+        });
+        let (server, sslmode) = parsed.unwrap_or(("(a URL that does not parse)".to_owned(), "?"));
         f.debug_struct("PgStoreBuilder")
             .field("server", &server)
+            .field("sslmode", &sslmode)
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("pool_size", &self.pool_size)
@@ -260,6 +323,10 @@ impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`
     /// or `host=... user=...`), creates or migrates the store's tables, and
     /// returns the store, with the defaults of [`PgStore::builder`].
+    ///
+    /// The URL's `sslmode` and `sslrootcert` say how the connections are
+    /// secured (see [`PgStore`], "TLS"): in production, with the feature
+    /// `postgres-tls`, `?sslmode=verify-full&sslrootcert=/path/to/ca.pem`.
     ///
     /// # Errors
     /// As [`PgStoreBuilder::open`].
@@ -420,28 +487,40 @@ impl PgStoreBuilder {
     /// that they are there and usable, and returns the store.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a URL that does not parse or a bad schema
-    /// or table name. [`Error::Database`] naming the server, transient if it
+    /// [`Error::InvalidArgument`] for a URL that does not parse, `ssl*`
+    /// options that contradict each other, need TLS in a build without
+    /// `postgres-tls` or name roots that hold no certificate (see
+    /// [`PgStore`], "TLS"), or a bad schema or table name. [`Error::Io`]
+    /// naming the `sslrootcert` file if it cannot be read. [`Error::Database`] naming the server, transient if it
     /// cannot be reached, another process held the migration lock for the
     /// whole [`migration_lock_timeout`](Self::migration_lock_timeout) (the
     /// error names it) or a bound passed; not transient if it refuses the
-    /// login, the session does not run with the bounds asked for, the tables
+    /// login, the TLS handshake is refused (the server's certificate does not
+    /// verify, or the server offers no TLS where the mode requires it), the session does not run with the bounds asked for, the tables
     /// were migrated by a newer jobsafe, `jobsafe_schema` records a version
     /// for tables that do not exist, or this login lacks a privilege the store
     /// needs on them.
     pub fn open(self) -> Result<PgStore> {
         check_name("schema", &self.schema)?;
         check_name("table", &self.table)?;
+        let conn = ssl_options::split(&self.url)?;
         let mut config: tokio_postgres::Config =
-            self.url.parse().map_err(|_: tokio_postgres::Error| {
-                // Neither the URL nor the parser's message (which quotes the part
-                // it could not read) is repeated: either may hold a password.
-                Error::InvalidArgument(
-                    "the database URL does not parse as a PostgreSQL connection string".to_owned(),
-                )
+            conn.rest.parse().map_err(|e: tokio_postgres::Error| {
+                // The URL is never repeated, nor the parser's message (which
+                // quotes the part it could not read) if the text may hold a
+                // password.
+                let why = if conn.may_hold_password {
+                    String::new()
+                } else {
+                    format!(" ({e})")
+                };
+                Error::InvalidArgument(format!(
+                    "the database URL does not parse as a PostgreSQL connection string{why}"
+                ))
             })?;
         let limits = self.limits;
         limits.apply(&mut config, self.durability);
+        let transport = transport::choose(&conn.ssl, &mut config)?;
         if config.get_application_name().is_none() {
             config.application_name("jobsafe");
         }
@@ -454,6 +533,7 @@ impl PgStoreBuilder {
         let sql = Arc::new(Sql::new(&names));
         let connector = Connector {
             config,
+            transport,
             sql: sql.clone(),
             server: server.clone(),
             runtime: runtime.clone(),
@@ -535,14 +615,14 @@ impl Shared {
             .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
     }
 
-    /// Runs a write's work within its part of the call deadline: three
-    /// quarters, the rest kept for [`fenced`](Shared::fenced).
+    /// Runs a write's work within its part of the call deadline: half of it,
+    /// the rest kept for [`fenced`](Shared::fenced).
     async fn within_write<T>(
         &self,
         step: &'static str,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        tokio::time::timeout(self.deadline / 4 * 3, work)
+        tokio::time::timeout(self.deadline / 2, work)
             .await
             .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
     }
@@ -565,7 +645,7 @@ impl Shared {
             return Err(error);
         };
         let left = self.deadline.saturating_sub(started.elapsed());
-        if fence::end_session(&self.pool, &session, left).await {
+        if fence::end_session(self.pool.connector(), &session, left).await {
             Err(error)
         } else {
             Err(unfenced(error))

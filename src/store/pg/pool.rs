@@ -130,6 +130,13 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// What makes the pool's connections, for a connection outside it.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+}
+
 impl Pooled {
     /// Puts the connection back in the pool once its request has finished,
     /// unless it turned out dead: then it is dropped, and every connection made
