@@ -112,12 +112,11 @@ const LEDGER_JOBS: u32 = 3_000;
 const MIN_FAULTS_EACH: usize = 20;
 const MIN_RESOLVED_EACH: usize = 5;
 
-/// Whether the managers resolve an ambiguous write of their own in this
-/// tree: the lock does; the ledger's reserve and the job's start do not yet,
-/// so a reserve or a start whose reply was lost fails with a plain transient
-/// error, and the checks that need their resolution are left out (the
-/// summary says so).
-const LEDGER_RESOLVES: bool = false;
+/// Whether a job's start resolves an ambiguous write of its own in this
+/// tree: not yet (`JobState::start_attempt` is missing), so a start whose
+/// reply was lost fails with a plain transient error while its job runs. The
+/// checks that need the resolution are left out until then, and the summary
+/// says so.
 const JOBS_RESOLVE: bool = false;
 
 // ---------------------------------------------------------------------------
@@ -560,6 +559,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
     let mut seen_holders: BTreeSet<String> = BTreeSet::new();
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut failed_starts: BTreeSet<String> = BTreeSet::new();
+    let mut failed_reserves: BTreeSet<String> = BTreeSet::new();
     for report in &reports {
         let (what, rest) = report.split_once(' ').unwrap_or((report, ""));
         match what {
@@ -578,6 +578,9 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
             }
             "start-failed" => {
                 failed_starts.insert(rest.to_owned());
+            }
+            "reserve-failed" => {
+                failed_reserves.insert(rest.to_owned());
             }
             "violation" => violations.push(rest.to_owned()),
             "stats" => {
@@ -613,19 +616,16 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
     }
 
     // Ledger: money conserved, nobody charged twice.
-    check_ledger(&direct, &mut violations);
+    check_ledger(&direct, &failed_reserves, &mut violations);
     // Jobs: no event twice, no start reported failed that left its job running.
     let ghost_starts = check_jobs(&direct, &failed_starts, &mut violations);
 
     let value = |name: &str| totals.get(name).copied().unwrap_or(0);
     // The resolved outcomes a run must count: of the managers that resolve
     // their own writes in this tree.
-    let mut required = vec!["lock"];
+    let mut required = vec!["lock", "reserve"];
     if JOBS_RESOLVE {
         required.push("start");
-    }
-    if LEDGER_RESOLVES {
-        required.push("reserve");
     }
     let summary = format!(
         "pg_network_faults: seconds={seconds} ops={} lost_replies={} dropped_commits={} resets={} \
@@ -679,12 +679,12 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
             short.push(format!("resolved {name}={count} < {MIN_RESOLVED_EACH}"));
         }
     }
-    if !(JOBS_RESOLVE && LEDGER_RESOLVES) {
+    if !JOBS_RESOLVE {
         println!(
-            "pg_network_faults: job starts and reserves do not resolve their own lost \
-             writes in this tree (JobState::start_attempt and ChargeRequest::attempt are \
-             missing): their resolved counts are not required, and a start that failed \
-             but left its job running is counted in ghost_starts, not as a violation"
+            "pg_network_faults: job starts do not resolve their own lost writes in this \
+             tree (JobState::start_attempt is missing): their resolved count is not \
+             required, and a start that failed but left its job running is counted in \
+             ghost_starts, not as a violation"
         );
     }
     if secs >= 60 {
@@ -760,13 +760,21 @@ fn check_fencing(acquires: &[AcquireLine], violations: &mut Vec<String>) {
     }
 }
 
-fn check_ledger(store: &PgStore, violations: &mut Vec<String>) {
+fn check_ledger(store: &PgStore, failed: &BTreeSet<String>, violations: &mut Vec<String>) {
     let ledger = JobLedger::new(store.clone(), clock());
     let mut charged = 0;
     for i in 0..LEDGER_JOBS {
         let job_id = ledger_job(i);
         let (charges, _) = read_number(store, &charges_key(&job_id)).unwrap();
-        let reserved = ledger.lookup(ACCOUNT, &job_id).unwrap().is_some();
+        let reservation = ledger.lookup(ACCOUNT, &job_id).unwrap();
+        if let Some(attempt) = reservation.as_ref().and_then(|r| r.attempt.as_ref())
+            && failed.contains(attempt.as_str())
+        {
+            violations.push(format!(
+                "{job_id} is reserved by {attempt}, a reserve that returned a plain error"
+            ));
+        }
+        let reserved = reservation.is_some();
         if !(0..=1).contains(&charges) {
             violations.push(format!("{job_id} is charged {charges} times"));
         }
@@ -1012,29 +1020,50 @@ fn lock_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
 }
 
 fn ledger_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
-    let ledger = JobLedger::new(store.clone(), clock());
+    let ledger = JobLedger::builder(store.clone(), clock())
+        .resolve_within(RESOLVE_WITHIN)
+        .build()
+        .unwrap();
     let mut stats = Stats {
         name: name.to_owned(),
         ..Stats::default()
     };
     let mut rng = fastrand::Rng::new();
+    let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(rng.u64(0..PAUSE_MS)));
+        n += 1;
         let job_id = ledger_job(rng.u32(0..LEDGER_JOBS));
-        let (result, _, _) = stats.call("reserve", || {
-            ledger.reserve_with(ACCOUNT, &job_id, &ChargeRequest::new(), |_| {
-                book(&store, ACCOUNT, &job_id, 1)
-            })
-        });
-        if let Ok(Reserve::New(_)) = result {
-            if Recording::resolved_after_failure() {
-                stats.resolved_reserve += 1;
+        let attempt: AttemptId = format!("{name}-{n}").parse().unwrap();
+        let request = ChargeRequest::new().attempt(attempt.clone());
+        for tries in 1..=2 {
+            let (result, _, _) = stats.call("reserve", || {
+                ledger.reserve_with(ACCOUNT, &job_id, &request, |_| {
+                    book(&store, ACCOUNT, &job_id, 1)
+                })
+            });
+            match result {
+                Ok(Reserve::New(_)) => {
+                    if Recording::resolved_after_failure() {
+                        stats.resolved_reserve += 1;
+                    }
+                    if rng.u32(0..5) == 0 {
+                        let _ = stats.call("refund", || {
+                            ledger.refund_with(ACCOUNT, &job_id, |_| {
+                                book(&store, ACCOUNT, &job_id, -1)
+                            })
+                        });
+                    }
+                }
+                // Once more with the same attempt: it is recognised if it
+                // landed.
+                Err(e) if e.is_ambiguous() && tries < 2 => continue,
+                Err(e) if !e.is_ambiguous() => {
+                    child::report(&format!("reserve-failed {attempt}"));
+                }
+                _ => {}
             }
-            if rng.u32(0..5) == 0 {
-                let _ = stats.call("refund", || {
-                    ledger.refund_with(ACCOUNT, &job_id, |_| book(&store, ACCOUNT, &job_id, -1))
-                });
-            }
+            break;
         }
     }
     stats
