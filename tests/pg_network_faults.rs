@@ -19,8 +19,9 @@
 //!   behind an error would be a holder nobody knows;
 //! - ledger: the balance plus the live reservations is the starting balance,
 //!   and no job is charged twice;
-//! - jobs: no event is appended twice, and no start that returned a plain
-//!   error left its job running;
+//! - jobs: no event is appended twice (a worker appends again after a plain
+//!   transient error), no create that returned a plain error made its job,
+//!   and no start that returned a plain error left its job running;
 //! - no manager call took longer than `D` + 1 s.
 //!
 //! It prints one summary line (`pg_network_faults: ...`) and fails unless
@@ -111,13 +112,6 @@ const LEDGER_JOBS: u32 = 3_000;
 /// What the run must reach.
 const MIN_FAULTS_EACH: usize = 20;
 const MIN_RESOLVED_EACH: usize = 5;
-
-/// Whether a job's start resolves an ambiguous write of its own in this
-/// tree: not yet (`JobState::start_attempt` is missing), so a start whose
-/// reply was lost fails with a plain transient error while its job runs. The
-/// checks that need the resolution are left out until then, and the summary
-/// says so.
-const JOBS_RESOLVE: bool = false;
 
 // ---------------------------------------------------------------------------
 // Time shared by processes.
@@ -559,6 +553,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
     let mut seen_holders: BTreeSet<String> = BTreeSet::new();
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut failed_starts: BTreeSet<String> = BTreeSet::new();
+    let mut failed_creates: BTreeSet<String> = BTreeSet::new();
     let mut failed_reserves: BTreeSet<String> = BTreeSet::new();
     for report in &reports {
         let (what, rest) = report.split_once(' ').unwrap_or((report, ""));
@@ -578,6 +573,9 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
             }
             "start-failed" => {
                 failed_starts.insert(rest.to_owned());
+            }
+            "create-failed" => {
+                failed_creates.insert(rest.to_owned());
             }
             "reserve-failed" => {
                 failed_reserves.insert(rest.to_owned());
@@ -618,20 +616,15 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
     // Ledger: money conserved, nobody charged twice.
     check_ledger(&direct, &failed_reserves, &mut violations);
     // Jobs: no event twice, no start reported failed that left its job running.
-    let ghost_starts = check_jobs(&direct, &failed_starts, &mut violations);
+    check_jobs(&direct, &failed_creates, &failed_starts, &mut violations);
 
     let value = |name: &str| totals.get(name).copied().unwrap_or(0);
     // The resolved outcomes a run must count: of the managers that resolve
     // their own writes in this tree.
-    let mut required = vec!["lock", "reserve"];
-    if JOBS_RESOLVE {
-        required.push("start");
-    }
     let summary = format!(
         "pg_network_faults: seconds={seconds} ops={} lost_replies={} dropped_commits={} resets={} \
          proxy_silences={} delayed_commits={} nft_silences={} resolved lock={} start={} reserve={} \
-         ambiguous_errors={} transient_errors={} ghost_starts={ghost_starts} violations={} \
-         longest_call_ms={} required_resolved={}",
+         ambiguous_errors={} transient_errors={} violations={} longest_call_ms={}",
         value("ops"),
         injected.lost_replies,
         injected.dropped_commits,
@@ -650,7 +643,6 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
         value("transient"),
         violations.len(),
         value("longest_call_ms"),
-        required.join(","),
     );
     println!("{summary}");
     for v in violations.iter().take(30) {
@@ -673,19 +665,11 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
     if nft_used && nft_silences < MIN_FAULTS_EACH {
         short.push(format!("nft_silences={nft_silences} < {MIN_FAULTS_EACH}"));
     }
-    for name in &required {
+    for name in ["lock", "start", "reserve"] {
         let count = value(&format!("resolved_{name}"));
         if count < MIN_RESOLVED_EACH as u64 {
             short.push(format!("resolved {name}={count} < {MIN_RESOLVED_EACH}"));
         }
-    }
-    if !JOBS_RESOLVE {
-        println!(
-            "pg_network_faults: job starts do not resolve their own lost writes in this \
-             tree (JobState::start_attempt is missing): their resolved count is not \
-             required, and a start that failed but left its job running is counted in \
-             ghost_starts, not as a violation"
-        );
     }
     if secs >= 60 {
         assert!(short.is_empty(), "too few: {}", short.join(", "));
@@ -793,16 +777,16 @@ fn check_ledger(store: &PgStore, failed: &BTreeSet<String>, violations: &mut Vec
     }
 }
 
-/// Returns how many starts failed with a plain error yet left their job
-/// running (a violation once starts resolve their own writes).
+/// No event twice; no job created by a create, or running under a start,
+/// that returned a plain error.
 fn check_jobs(
     store: &PgStore,
+    failed_creates: &BTreeSet<String>,
     failed_starts: &BTreeSet<String>,
     violations: &mut Vec<String>,
-) -> usize {
+) {
     let jobs = JobState::new(store.clone(), clock());
     let listed = jobs.list(&jobsafe::jobs::JobFilter::new()).unwrap();
-    let mut ghost_starts = 0;
     for job in &listed.jobs {
         let page = jobs.events_since(&job.id, 0).unwrap();
         let mut steps = BTreeSet::new();
@@ -811,19 +795,22 @@ fn check_jobs(
                 violations.push(format!("{}: event {} appended twice", job.id, event.data));
             }
         }
+        if failed_creates.contains(&job.id) {
+            violations.push(format!(
+                "{}: its create returned an error, yet it exists",
+                job.id
+            ));
+        }
+        // Each job is started by one call (and its repetition) only.
         if failed_starts.contains(&job.id) && job.attempt > 0 {
-            ghost_starts += 1;
-            if JOBS_RESOLVE {
-                violations.push(format!(
-                    "{}: its start returned an error, yet it is {} at attempt {}",
-                    job.id,
-                    job.status.as_str(),
-                    job.attempt
-                ));
-            }
+            violations.push(format!(
+                "{}: its start returned an error, yet it is {} at attempt {}",
+                job.id,
+                job.status.as_str(),
+                job.attempt
+            ));
         }
     }
-    ghost_starts
 }
 
 // ---------------------------------------------------------------------------
@@ -1070,7 +1057,10 @@ fn ledger_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
 }
 
 fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
-    let jobs = JobState::new(store, clock());
+    let jobs = JobState::builder(store, clock())
+        .resolve_within(RESOLVE_WITHIN)
+        .build()
+        .unwrap();
     let mut stats = Stats {
         name: name.to_owned(),
         ..Stats::default()
@@ -1081,31 +1071,50 @@ fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
         std::thread::sleep(Duration::from_millis(rng.u64(0..PAUSE_MS)));
         n += 1;
         let id = format!("{name}-{n}");
-        let (created, _, _) = stats.call("create", || jobs.create(NewJob::new("net").id(&id)));
-        if created.is_err() {
+        // Each write once more with the same attempt after an ambiguous
+        // error: it is recognised if it landed.
+        let created: AttemptId = format!("{id}-create").parse().unwrap();
+        let mut made = false;
+        for tries in 1..=2 {
+            let (result, _, _) = stats.call("create", || {
+                jobs.create(NewJob::new("net").id(&id).attempt(created.clone()))
+            });
+            match result {
+                Ok(_) => made = true,
+                Err(e) if e.is_ambiguous() && tries < 2 => continue,
+                Err(e) if !e.is_ambiguous() => child::report(&format!("create-failed {id}")),
+                Err(_) => {}
+            }
+            break;
+        }
+        if !made {
             continue;
         }
-        let (started, _, _) = stats.call("start", || jobs.start(&id, None));
-        let claim = match started {
-            Ok(claim) => {
-                if Recording::resolved_after_failure() {
-                    stats.resolved_start += 1;
+        let started: AttemptId = format!("{id}-start").parse().unwrap();
+        let mut claim = None;
+        for tries in 1..=2 {
+            let (result, _, _) = stats.call("start", || jobs.start_attempt(&id, None, &started));
+            match result {
+                Ok(c) => {
+                    if Recording::resolved_after_failure() {
+                        stats.resolved_start += 1;
+                    }
+                    claim = Some(c);
                 }
-                claim
+                Err(e) if e.is_ambiguous() && tries < 2 => continue,
+                Err(e) if !e.is_ambiguous() => child::report(&format!("start-failed {id}")),
+                Err(_) => {}
             }
-            Err(e) => {
-                if !e.is_ambiguous() {
-                    child::report(&format!("start-failed {id}"));
-                }
-                continue;
-            }
+            break;
+        }
+        let Some(claim) = claim else {
+            continue;
         };
         for step in 0..2 {
-            // Where the jobs resolve their own writes, a plain transient error
-            // says the event was not appended: a worker appends it again, and
-            // an event found twice is a violation.
-            let tries = if JOBS_RESOLVE { 2 } else { 1 };
-            for _ in 0..tries {
+            // A plain transient error says the event was not appended: the
+            // worker appends it again, and an event found twice is a
+            // violation.
+            for _ in 0..2 {
                 let (appended, _, _) = stats.call("append_event", || {
                     jobs.append_event(&claim, "step", serde_json::json!({ "n": step }))
                 });
