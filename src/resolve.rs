@@ -109,6 +109,43 @@ pub(crate) fn ambiguous(
     }
 }
 
+/// The error of a call that gives up on a write read back as not landed:
+/// `error` itself, unless the store said the write may still land (it could
+/// not make sure the write's session was over, see
+/// [`PgStore`](crate::PgStore)): then the outcome is open, and the error is
+/// ambiguous, with the attempt id to repeat the call with.
+pub(crate) fn not_landed(
+    operation: &'static str,
+    key: &Key,
+    attempt: &AttemptId,
+    error: Error,
+) -> Error {
+    if !may_land_later(&error) {
+        return error;
+    }
+    Error::Ambiguous {
+        operation,
+        key: key.clone(),
+        attempt: attempt.clone(),
+        reread: "the write was not there, but the store could not rule out that it lands later"
+            .to_owned(),
+        source: Box::new(error),
+    }
+}
+
+/// Whether the store said that the failed write may still land later.
+fn may_land_later(error: &Error) -> bool {
+    #[cfg(feature = "postgres")]
+    {
+        crate::store::pg::may_land_later(error)
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = error;
+        false
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -1130,16 +1130,14 @@ fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
 /// a fresh connection for the re-read works: the call must not report a
 /// plain failure, since the held commit may land afterwards.
 ///
-/// It fails today: `PgStore` returns the write's error saying that its
-/// session could not be ended and the write may still land, but `JobLock`
-/// cannot tell that error from one whose session was ended; its re-read
-/// finds no record, its deadline has passed so it does not write again, and
-/// it returns the error as a plain transient one. The held commit lands a
-/// moment later: the lock is held, for its whole lease, by an attempt whose
-/// call reported failure. The network fault run does not combine these two
-/// faults on one call until this is fixed.
+/// `PgStore` returns the write's error saying that its session could not be
+/// ended and the write may still land; the lock's re-read finds no record
+/// and its deadline has passed, so it writes no more, and the outcome is
+/// open: the error must be ambiguous. Reported as a plain transient error
+/// (as it once was), the held commit would land a moment later and the
+/// lock be held, for its whole lease, by an attempt whose call reported
+/// failure.
 #[test]
-#[ignore = "JobLock reports a plain error when the store could not end a failed write's session; see the doc"]
 fn an_acquire_whose_fence_failed_is_not_reported_as_not_landed() {
     if child::role().is_some() {
         return;
@@ -1208,11 +1206,10 @@ fn an_acquire_whose_fence_failed_is_not_reported_as_not_landed() {
 
 /// The same as [`an_acquire_whose_fence_failed_is_not_reported_as_not_landed`]
 /// for a reserve: its batch's commit held by the network, the fence's
-/// connection reset. The ledger's re-read finds no reservation and the call
-/// returns a plain error; the commit lands after it, and the job is charged
-/// under an attempt that reported failure.
+/// connection reset. The ledger's re-read finds no reservation; the call
+/// must return an ambiguous error, since the commit may land after it (and
+/// does: the job is then charged under that attempt).
 #[test]
-#[ignore = "JobLedger reports a plain error when the store could not end a failed write's session; see the doc"]
 fn a_reserve_whose_fence_failed_is_not_reported_as_not_landed() {
     if child::role().is_some() {
         return;

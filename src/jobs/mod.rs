@@ -612,7 +612,7 @@ impl<S: Store> JobState<S> {
                 // off, should it still arrive.
                 None => {
                     if let Some(error) = unsettled.take_if(|_| !deadline.may_write_again()) {
-                        return Err(error);
+                        return Err(resolve::not_landed("create job", &key, &attempt, error));
                     }
                 }
             }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::Key;
 use crate::limits;
-use crate::resolve::{Deadline, may_have_landed};
+use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{BatchOp, Store, Version};
 
 /// How an attempt failed.
@@ -486,7 +486,7 @@ impl<S: Store> JobState<S> {
                     }
                     Ok(Outcome::NotLanded(job, version)) => {
                         if std::mem::take(&mut just_failed) && !deadline.may_write_again() {
-                            return Err(error);
+                            return Err(resolve::not_landed(operation, &record_key, write, error));
                         }
                         unsettled = Some(error);
                         (job, version)

@@ -931,7 +931,7 @@ impl<S: Store> JobLedger<S> {
                     // still arrive.
                     Ok(found) if is_unchanged(found.as_ref(), expect) => {
                         if !deadline.may_write_again() {
-                            return Err(e.into());
+                            return Err(resolve::not_landed("reserve", &key, &attempt, e).into());
                         }
                     }
                     // Changed by another: decide again on what is there.
@@ -1086,7 +1086,7 @@ impl<S: Store> JobLedger<S> {
                     // fences it off, should it still arrive.
                     Ok(found) if is_unchanged(found.as_ref(), expect) => {
                         if !deadline.may_write_again() {
-                            return Err(e.into());
+                            return Err(resolve::not_landed(operation, &key, &write, e).into());
                         }
                     }
                     // Changed by another: decide again on what is there.

@@ -374,7 +374,14 @@ impl<S: Store> JobLock<S> {
                         // Deciding and writing again fences the failed write
                         // off, should it still arrive.
                         Ok(_) if deadline.may_write_again() => continue,
-                        Ok(_) => return Err(e),
+                        Ok(_) => {
+                            return Err(resolve::not_landed(
+                                "acquire lock",
+                                &stored_key,
+                                &attempt,
+                                e,
+                            ));
+                        }
                         Err(reread) => {
                             return Err(resolve::ambiguous(
                                 "acquire lock",
@@ -486,7 +493,7 @@ impl<S: Store> JobLock<S> {
                     }
                     // Unchanged: the renewal did not land.
                     Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => {
-                        return Err(e);
+                        return Err(resolve::not_landed("renew lock", &stored_key, &write, e));
                     }
                     // Not landed, or changed by another: decide again.
                     Ok(_) => continue,
@@ -579,7 +586,9 @@ impl<S: Store> JobLock<S> {
     ) -> Result<Release> {
         match deadline.reread(|| self.read(stored_key)) {
             Ok(None) => Ok(Release::Released),
-            Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => Err(error),
+            Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => Err(
+                resolve::not_landed("release lock", stored_key, &AttemptId::new(), error),
+            ),
             Ok(Some(_)) => self.release_stored(stored_key, holder, deadline),
             Err(reread) => Err(resolve::ambiguous(
                 "release lock",

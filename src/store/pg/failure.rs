@@ -149,6 +149,15 @@ pub(crate) fn unfenced(error: Error) -> Error {
     }
 }
 
+/// Whether `error` is that of a write the store could not make sure is over
+/// (see [`unfenced`]): it may still land.
+pub(crate) fn may_land_later(error: &Error) -> bool {
+    match error {
+        Error::Database { source, .. } => source.downcast_ref::<Unfenced>().is_some(),
+        _ => false,
+    }
+}
+
 /// The cause of a write that failed unanswered and whose session could not be
 /// ended.
 #[derive(Debug)]

@@ -28,6 +28,7 @@ use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
 use self::conn::{Connector, server_name};
+pub(crate) use self::failure::may_land_later;
 use self::failure::{deadline_passed, unfenced};
 use self::fence::InFlight;
 use self::ops::Ctx;
