@@ -1073,9 +1073,21 @@ fn layers_case(backend: Backend, template: &Path, plan: Option<Plan>) -> (Tally,
     let clock = ManualClock::new(1_700_000_000_000);
     let vfs = Faulty::new(StdVfs);
     let handle = backend.open_faulty(&root, &vfs).unwrap();
-    let lock = JobLock::new(handle.store.clone(), Arc::new(clock.clone()));
-    let ledger = JobLedger::new(handle.store.clone(), Arc::new(clock.clone()));
-    let jobs = JobState::new(handle.store.clone(), Arc::new(clock.clone()));
+    // A write that fails transiently is read back once, at once: the clock
+    // never moves here, so a longer wait would never end.
+    let once = Duration::ZERO;
+    let lock = JobLock::builder(handle.store.clone(), Arc::new(clock.clone()))
+        .resolve_within(once)
+        .build()
+        .unwrap();
+    let ledger = JobLedger::builder(handle.store.clone(), Arc::new(clock.clone()))
+        .resolve_within(once)
+        .build()
+        .unwrap();
+    let jobs = JobState::builder(handle.store.clone(), Arc::new(clock.clone()))
+        .resolve_within(once)
+        .build()
+        .unwrap();
     let lock_key = key("index/vault-1");
     let start = vfs.ops();
     if let Some(plan) = plan {

@@ -253,6 +253,12 @@ impl<S: Store> JobLedgerBuilder<S> {
     /// long makes the call fail with an [ambiguous](Error::is_ambiguous)
     /// error. Zero reads back once. Default:
     /// [`JobLedger::DEFAULT_RESOLVE_WITHIN`].
+    ///
+    /// The pauses between re-reads are sleeps on the clock: with a
+    /// [`ManualClock`](crate::ManualClock) that nothing advances, a store that
+    /// keeps failing holds the call until the clock moves. In such a test,
+    /// set zero (one re-read, at once) or
+    /// [`ManualClock::set_auto_advance`](crate::ManualClock::set_auto_advance).
     pub fn resolve_within(mut self, within: Duration) -> Self {
         self.resolve_within = within;
         self
