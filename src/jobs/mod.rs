@@ -96,7 +96,9 @@ use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
 /// - not landed: the change is decided again on the job as it is and written
 ///   again, three writes in all at most; the new compare-and-set fences the
 ///   failed write off, should it still arrive. Then the failure is returned,
-///   transient, and nothing was written.
+///   transient, and nothing was written; or, if the store could not rule out
+///   that the failed write lands later (a [`PgStore`](crate::PgStore) that
+///   could not end its session), [`Error::Ambiguous`].
 /// - unknown: the store stayed unreachable until the deadline (or the job
 ///   moved on so far that its log no longer holds the write's event): the
 ///   call fails with [`Error::Ambiguous`], and publishes nothing. Subscribers

@@ -139,7 +139,9 @@ pub struct LedgerList {
 /// - the reservation is unchanged: the write did not land, and the call
 ///   decides and writes again (at most three writes in all, which fences the
 ///   failed one off should it still arrive), then fails with the store's
-///   transient error, nothing changed;
+///   transient error, nothing changed (or with [`Error::Ambiguous`], if the
+///   store could not rule out that the failed write lands later: a
+///   [`PgStore`](crate::PgStore) that could not end its session);
 /// - another caller changed it: the call decides again on what is there;
 /// - the store stays unreachable until the deadline: the call fails with
 ///   [`Error::Ambiguous`] carrying the attempt id. Repeat a reserve with that

@@ -68,7 +68,9 @@ const FIRST_BACKOFF_MS: u64 = 20;
 /// which also fences it off should it still arrive: every write is a
 /// compare-and-set. A store unreachable until the deadline makes the call
 /// fail with [`Error::Ambiguous`], carrying the attempt id; repeat the
-/// acquire with that id.
+/// acquire with that id. So does a write read back as not landed whose store
+/// could not rule out that it lands later (a [`PgStore`](crate::PgStore)
+/// that could not end the failed write's session).
 ///
 /// Time comes from the injected [`Clock`](crate::Clock). A lease ends exactly at
 /// its expiry time, plus the [`skew_margin`](JobLockBuilder::skew_margin) when holders on
