@@ -790,6 +790,26 @@ fn a_subscriber_that_saw_the_terminal_event_is_told_the_stream_ended() {
 }
 
 #[test]
+fn a_subscriber_does_not_end_at_an_error_whose_retry_is_already_waiting() {
+    // A failed job retried at once: `error` then `requeued`. A subscriber
+    // that reads `error` while `requeued` already waits for it must go on:
+    // the job moved on.
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let mut subscription = jobs.subscribe(&job.id, 0).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    assert_eq!(subscription.next_event().unwrap().unwrap().kind, "started");
+    jobs.fail(&worker, JobError::new("x"), FailureKind::Permanent)
+        .unwrap();
+    jobs.retry(&job.id).unwrap();
+
+    assert_eq!(subscription.next_event().unwrap().unwrap().kind, "error");
+    assert!(!subscription.is_finished());
+    assert_eq!(subscription.next_event().unwrap().unwrap().kind, "requeued");
+    assert!(!subscription.is_finished());
+}
+
+#[test]
 fn completing_a_job_clears_the_error_of_an_earlier_attempt() {
     for (name, jobs, clock, _dir) in backends() {
         let job = jobs.create(NewJob::new("export")).unwrap();

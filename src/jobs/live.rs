@@ -279,7 +279,14 @@ impl<S: Store> Subscription<S> {
 
     /// Delivers what is at hand, catching up from the store first when the live
     /// feed cannot be trusted.
+    ///
+    /// Everything the live feed holds is taken first: whether a terminal
+    /// event ends the stream depends on what follows it, and an event that
+    /// follows (`requeued` after `error`) may already be waiting there.
     fn step(&mut self) -> Result<Option<Event>> {
+        while let Ok(event) = self.receiver.try_recv() {
+            self.cursor.offer(event);
+        }
         let overflowed = self.overflowed.swap(false, Ordering::AcqRel);
         let stale = overflowed || self.cursor.has_gap() || self.cursor.needs_settling();
         if !self.replayed || stale {
