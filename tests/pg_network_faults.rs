@@ -6,7 +6,8 @@
 //! only the sockets' keepalives and user timeout can notice.
 //!
 //! Each child process has its own store (its own pool) with a call deadline
-//! of [`D`] and managers whose `resolve_within` bounds the whole call; it
+//! of [`STORE_CALL`] and managers whose `resolve_within` makes [`D`] the bound
+//! of a whole call; it
 //! times every manager call on the machine's monotonic clock, which every
 //! process shares. The parent injects the faults for `JOBSAFE_NET_FAULT_SECS`
 //! seconds (default [`DEFAULT_SECS`]), then checks:
@@ -65,14 +66,21 @@ use jobsafe::{
 
 const TEST: &str = "network_faults_leave_no_ghost_no_double_charge_and_no_late_call";
 
-/// The call deadline of the workloads' stores.
+/// The deadline of a manager call, by construction: its writes start within
+/// [`RESOLVE_WITHIN`], and after the last one comes at most one re-read, each
+/// a store call bounded by [`STORE_CALL`].
 const D: Duration = Duration::from_secs(2);
 /// No manager call may take longer: `D` + 1 s.
 const CALL_BOUND: Duration = Duration::from_secs(D.as_secs() + 1);
+/// The call deadline of the workloads' stores (`call_timeout`).
+const STORE_CALL: Duration = Duration::from_millis(750);
 /// How long a manager call keeps re-reading after a write that may have
-/// landed: short enough that one slow store call and the re-reads after it
-/// fit in [`CALL_BOUND`].
-const RESOLVE_WITHIN: Duration = Duration::from_secs(1);
+/// landed, and writing again after one that did not.
+const RESOLVE_WITHIN: Duration = Duration::from_millis(500);
+const _: () = assert!(
+    RESOLVE_WITHIN.as_millis() + 2 * STORE_CALL.as_millis() <= D.as_millis(),
+    "a manager call's parts must fit in D"
+);
 /// The call deadline of the stores the packet filter silences: far beyond
 /// [`CALL_BOUND`], so that only the sockets' own timeouts end those calls in
 /// time.
@@ -88,8 +96,8 @@ const FILTERED_FOR: Duration = Duration::from_secs(4);
 /// How long a statement of the workloads waits for a row another session
 /// writes. A batch cut off before its commit holds its rows until the server
 /// ends its session; a call that waited for them and then meets a silent
-/// connection takes `D` more, so this wait must stay well within the second
-/// a call has beyond `D`.
+/// connection takes a store call more, so this wait must stay well within
+/// the second a call has beyond `D`.
 const LOCK_WAIT: Duration = Duration::from_millis(250);
 /// Longest pause of a worker between two of its cycles: the workloads leave
 /// the machine some room, so that a call's time is the network's doing.
@@ -227,13 +235,13 @@ fn through(port: u16) -> String {
     )
 }
 
-/// A workload store: call deadline `D`, short session bounds.
+/// A workload store: call deadline [`STORE_CALL`], short session bounds.
 fn workload_store(port: u16, schema: &str) -> PgStore {
     PgStore::builder(&through(port))
         .schema(schema)
         .pool_size(u32::try_from(THREADS + 1).unwrap())
         .durability(Durability::AtomicOnly)
-        .call_timeout(D)
+        .call_timeout(STORE_CALL)
         .connect_timeout(D)
         .statement_timeout(Duration::from_millis(1_500))
         .lock_timeout(LOCK_WAIT)
