@@ -129,9 +129,9 @@
 //! - `postgres` (off by default): `PgStore`, a [`Store`] in a PostgreSQL table for
 //!   services on several machines, and `PgClock`, which reads the server's clock
 //!   so that leases and TTLs do not depend on the machines' clocks (both in
-//!   [`store`]). Brings in the `tokio-postgres` client and `tokio`: `PgStore`
-//!   runs its connections on a runtime of two threads that it starts for the
-//!   process on first use, whatever runtime (if any) the caller is on.
+//!   [`store`]). Brings in the `tokio-postgres` client and `tokio`: each
+//!   `PgStore` call drives its connection on the calling thread (on a runtime
+//!   of the connection's own), whatever runtime (if any) the caller is on.
 //! - `testing` (off by default): [`testing`], test support for multi-process and
 //!   fault-injection tests (a clock in a file, I/O layers that count or fail
 //!   operations). [`ManualClock`] needs no feature.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::PgStore;
+use super::{PgStore, Shared};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 
@@ -133,7 +133,7 @@ fn resync_loop(clock: &Weak<Inner>) {
 
 /// The server's time, taken as of the middle of the round trip.
 fn sample(store: &PgStore) -> Result<Sample> {
-    let (server_ms, at) = store.call(|s| async move { s.server_time().await })?;
+    let (server_ms, at) = store.call(Shared::server_time)?;
     Ok(Sample { server_ms, at })
 }
 

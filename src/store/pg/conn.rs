@@ -1,17 +1,21 @@
-//! One connection: made, its statements prepared once, and closed so that the
-//! server stops working for it.
+//! One connection: made, its statements prepared once, driven by the thread
+//! that holds it, and closed so that the server stops working for it.
 
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Handle;
+use parking_lot::Mutex;
+use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, Statement};
 
 use super::failure::{connect_failed, db_error, timed_out};
 use super::sql::Sql;
 use super::transport::{Tls, Transport, handshake_refused};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The server as errors name it: `host:port/database`, never a password.
 pub(crate) fn server_name(config: &Config) -> String {
@@ -59,21 +63,23 @@ pub(crate) struct Connector {
     pub(crate) transport: Transport,
     pub(crate) sql: Arc<Sql>,
     pub(crate) server: String,
-    pub(crate) runtime: Handle,
+    /// The process's runtime, where what outlives a call runs: cancel
+    /// requests, fences, the pool's reaper.
+    pub(crate) background: Handle,
     /// How long making a connection may take, login and statements included;
     /// also the bound on a cancel request.
     pub(crate) within: Duration,
 }
 
 impl Connector {
-    /// A connection without the store's statements, for what runs before the
-    /// tables exist.
+    /// A new connection and the future that moves its bytes, which nothing
+    /// drives yet: its socket belongs to the runtime this runs on.
     ///
     /// # Errors
     /// The client's error, classified; a transient one if the connection is
     /// not made within [`within`](Connector::within) (the server or the
     /// network silent).
-    pub(crate) async fn bare(&self) -> Result<Bare> {
+    async fn link(&self) -> Result<(Client, Io)> {
         let attempts = async {
             match self.config.connect(self.transport.tls()).await {
                 // `prefer`, as libpq: a handshake refused, then in clear.
@@ -96,34 +102,54 @@ impl Connector {
                 ));
             }
         };
-        // The task ends when the client is dropped (after telling the server) or
-        // the connection fails; the client sees the failure on its next request.
-        let io = self.runtime.spawn(async move {
+        // It ends when the client is dropped (after telling the server) or the
+        // connection fails; the client sees the failure on its next request.
+        let io: Io = Box::pin(async move {
             let _ = connection.await;
         });
+        Ok((client, io))
+    }
+
+    /// A connection without the store's statements, its bytes moved by a task
+    /// of the runtime this runs on: for a short errand (a fence) on the
+    /// process's runtime.
+    pub(crate) async fn bare(&self) -> Result<Bare> {
+        let (client, io) = self.link().await?;
         Ok(Bare {
             client,
-            io: IoTask(Some(io)),
+            _io: IoTask(Some(tokio::spawn(io))),
         })
     }
 
-    /// A connection with the store's statements, at the pool's `generation`.
-    pub(crate) async fn connect(&self, generation: u64) -> Result<Conn> {
-        let bare = self.bare().await?;
-        self.prepare(bare, generation).await
+    /// A connection of the pool's, without the store's statements yet, on a
+    /// runtime of its own and driven by whoever holds it. Blocks this thread
+    /// (which must not be a runtime's) until it is made.
+    pub(crate) fn linked(&self) -> Result<Linked> {
+        let driver = Driver::new(&self.server)?;
+        let (client, io) = driver.run(self.link())?;
+        driver.attach(io);
+        Ok(Linked { client, driver })
     }
 
-    /// Prepares the store's statements on `bare`, and learns which server
-    /// session it is.
-    pub(crate) async fn prepare(&self, bare: Bare, generation: u64) -> Result<Conn> {
+    /// A connection of the pool's with the store's statements, at the pool's
+    /// `generation`. Blocks, as [`linked`](Connector::linked).
+    pub(crate) fn connect(&self, generation: u64) -> Result<Conn> {
+        let linked = self.linked()?;
+        self.prepare(linked, generation)
+    }
+
+    /// Prepares the store's statements on `linked`, and learns which server
+    /// session it is. Blocks, as [`linked`](Connector::linked).
+    pub(crate) fn prepare(&self, linked: Linked, generation: u64) -> Result<Conn> {
+        let Linked { client, driver } = linked;
         let ready = async {
-            let statements = Statements::prepare(&bare.client, &self.sql).await?;
-            let session = Session::of(&bare.client).await?;
+            let statements = Statements::prepare(&client, &self.sql).await?;
+            let session = Session::of(&client).await?;
             Ok::<_, tokio_postgres::Error>((statements, session))
         };
-        let (prepared, session) = tokio::time::timeout(self.within, ready)
-            .await
-            .map_err(|_| {
+        let (statements, session) = driver
+            .run_for(self.within, ready)
+            .ok_or_else(|| {
                 timed_out(
                     "prepare statements",
                     &self.server,
@@ -133,12 +159,11 @@ impl Connector {
             })?
             .map_err(|e| db_error("prepare statements", &self.server, e))?;
         Ok(Conn {
-            client: bare.client,
-            statements: prepared,
+            link: Link { client, statements },
             session,
-            io: bare.io,
+            driver,
             tls: self.transport.tls(),
-            runtime: self.runtime.clone(),
+            background: self.background.clone(),
             cancel_within: self.within,
             busy: false,
             generation,
@@ -147,24 +172,109 @@ impl Connector {
     }
 }
 
-/// A connection before it has the store's statements. Dropped, it is closed
-/// at once.
-pub(crate) struct Bare {
-    pub(crate) client: Client,
-    io: IoTask,
+/// The future that moves a connection's bytes.
+type Io = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A connection's own single-threaded runtime, and the future that moves the
+/// connection's bytes. Nothing drives it while the connection waits in the
+/// pool (the server sends nothing unasked); the thread that holds it drives it
+/// for the length of its request ([`run`](Driver::run)), as the blocking
+/// `postgres` client does. So a request costs no hand-off between threads: the
+/// caller's thread writes the request, waits on the socket and reads the
+/// answer itself.
+pub(crate) struct Driver {
+    /// Always there; taken only as the driver is dropped, to shut the runtime
+    /// down without waiting (a runtime dropped the ordinary way panics if that
+    /// happens inside another runtime).
+    runtime: Option<Runtime>,
+    /// Until the connection ends.
+    io: Mutex<Option<Io>>,
 }
 
-/// The task that moves a connection's bytes. Dropped, it is aborted, which
-/// closes the socket at once, whatever is in flight; detached, it is left to
-/// end by itself, which it does once its client is dropped and the server has
-/// been told goodbye.
-struct IoTask(Option<JoinHandle<()>>);
+impl Driver {
+    fn new(server: &str) -> Result<Driver> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Database {
+                step: "connect",
+                server: server.to_owned(),
+                transient: true,
+                source: format!("cannot start a connection's runtime: {e}").into(),
+            })?;
+        Ok(Driver {
+            runtime: Some(runtime),
+            io: Mutex::new(None),
+        })
+    }
 
-impl IoTask {
-    fn detach(&mut self) {
-        self.0.take();
+    fn attach(&self, io: Io) {
+        *self.io.lock() = Some(io);
+    }
+
+    /// Runs `work` to its end on this thread, moving the connection's bytes
+    /// while it waits. This thread must not be a runtime's (see
+    /// [`off_runtime`](super::runtime::off_runtime)).
+    pub(crate) fn run<F: Future>(&self, work: F) -> F::Output {
+        let mut io = self.io.lock();
+        let mut work = pin!(work);
+        let driven = poll_fn(|cx| {
+            // The request first (it queues its messages), then the connection
+            // (which sends them, or hands an answer to the request and wakes
+            // it, so that the runtime polls again at once).
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if let Some(moving) = io.as_mut()
+                && moving.as_mut().poll(cx).is_ready()
+            {
+                // Ended: the client has seen why, or sees it next.
+                *io = None;
+            }
+            Poll::Pending
+        });
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(driven),
+            None => unreachable!("a driver's runtime is taken only by its drop"),
+        }
+    }
+
+    /// As [`run`](Driver::run), for at most `within`: `None` if the work was
+    /// not done by then (it is dropped where it stands).
+    pub(crate) fn run_for<F: Future>(&self, within: Duration, work: F) -> Option<F::Output> {
+        // The timer is made inside the runtime, which it needs.
+        self.run(async { tokio::time::timeout(within, work).await.ok() })
     }
 }
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The socket closes as its future is dropped.
+        self.io.get_mut().take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A connection of the pool's before it has the store's statements.
+pub(crate) struct Linked {
+    pub(crate) client: Client,
+    pub(crate) driver: Driver,
+}
+
+/// A connection before it has the store's statements, its bytes moved by a
+/// task. Dropped, it is closed at once.
+pub(crate) struct Bare {
+    pub(crate) client: Client,
+    /// Held for its drop.
+    _io: IoTask,
+}
+
+/// The task that moves a bare connection's bytes. Dropped, it is aborted,
+/// which closes the socket at once, whatever is in flight.
+struct IoTask(Option<JoinHandle<()>>);
 
 impl Drop for IoTask {
     fn drop(&mut self) {
@@ -177,21 +287,21 @@ impl Drop for IoTask {
 /// A store's connection with its prepared statements.
 ///
 /// While it serves a request it is `busy`; a busy connection that is dropped was
-/// abandoned midway (its caller's deadline passed, or its future was dropped),
-/// so its session may still be running a statement or sit in an open
-/// transaction holding row locks, and its socket may have gone silent. Dropping
-/// it then asks the server to cancel the statement (on a connection of its
-/// own) and closes the socket at once, without waiting for an answer that may
-/// never come. A connection dropped while idle is closed politely.
+/// abandoned midway (its caller's deadline passed), so its session may still be
+/// running a statement or sit in an open transaction holding row locks, and its
+/// socket may have gone silent. Dropping it then asks the server to cancel the
+/// statement (on a connection of its own) and closes the socket at once,
+/// without waiting for an answer that may never come. A connection dropped
+/// while idle is closed too; the server ends its session on seeing the socket
+/// close.
 pub(crate) struct Conn {
-    pub(crate) client: Client,
-    pub(crate) statements: Statements,
+    pub(crate) link: Link,
     /// The server session behind the connection.
     pub(crate) session: Session,
-    io: IoTask,
+    pub(crate) driver: Driver,
     /// The connector its cancel request is made with, as the connection was.
     tls: Tls,
-    runtime: Handle,
+    background: Handle,
     cancel_within: Duration,
     pub(crate) busy: bool,
     /// The pool's generation when this connection was last known to work.
@@ -203,7 +313,6 @@ pub(crate) struct Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         if !self.busy {
-            self.io.detach();
             return;
         }
         // Best effort, bounded: what the cancel cannot reach (the network is
@@ -211,14 +320,20 @@ impl Drop for Conn {
         // TLS connector and the connection's own sslmode, which the token
         // carries: a connection made in clear after `prefer`'s refused
         // handshake cancels in clear too.
-        let cancel = self.client.cancel_token();
+        let cancel = self.link.client.cancel_token();
         let within = self.cancel_within;
         let tls = Tls::clone(&self.tls);
-        self.runtime.spawn(async move {
+        self.background.spawn(async move {
             let _ = tokio::time::timeout(within, cancel.cancel_query(tls)).await;
         });
-        // `io` is aborted as it is dropped.
+        // The socket closes as `driver` is dropped.
     }
+}
+
+/// What the store's operations use of a connection.
+pub(crate) struct Link {
+    pub(crate) client: Client,
+    pub(crate) statements: Statements,
 }
 
 /// A server session: its backend's process id and start time, which name it

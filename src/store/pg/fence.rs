@@ -18,8 +18,6 @@
 
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use super::conn::{Connector, Session};
 use crate::clock::millis;
 
@@ -53,27 +51,4 @@ pub(crate) async fn end_session(
         .ok()
         .flatten()
         .unwrap_or(false)
-}
-
-/// The session of a write in progress, until the write's outcome is known:
-/// set when the write's connection is checked out, cleared when the server
-/// answered. Still set once the call is over, the write's outcome is open.
-#[derive(Default)]
-pub(crate) struct InFlight(Mutex<Option<Session>>);
-
-impl InFlight {
-    /// The write is about to run in `session`.
-    pub(crate) fn started(&self, session: &Session) {
-        *self.0.lock() = Some(session.clone());
-    }
-
-    /// The server answered: the write landed, or failed and is over.
-    pub(crate) fn answered(&self) {
-        *self.0.lock() = None;
-    }
-
-    /// The session whose write has an open outcome, if any.
-    pub(crate) fn unanswered(self) -> Option<Session> {
-        self.0.into_inner()
-    }
 }

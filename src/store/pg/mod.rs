@@ -1,9 +1,10 @@
 //! The shared store: records in a PostgreSQL table, for services that run on
 //! several machines.
 //!
-//! The work is asynchronous underneath ([`ops`] on one connection, [`Shared`]'s
-//! methods for a whole call); the [`Store`] API runs it on the crate's own
-//! runtime ([`runtime`]) and blocks the calling thread until it is done.
+//! The work is asynchronous underneath ([`ops`] on one connection); [`Shared`]'s
+//! methods make a whole call of it, checking a connection out of the pool and
+//! driving it on the calling thread until the answer arrives (see
+//! [`conn::Driver`]).
 
 mod clock;
 mod conn;
@@ -27,12 +28,11 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
-use self::conn::{Connector, server_name};
+use self::conn::{Conn, Connector, Link, Linked, Session, server_name};
 pub(crate) use self::failure::may_land_later;
 use self::failure::{deadline_passed, unfenced};
-use self::fence::InFlight;
 use self::ops::Ctx;
-use self::pool::Pool;
+use self::pool::{CheckOut, Pool, Pooled};
 use self::session::Limits;
 use self::sql::{Names, Sql};
 use crate::durability::Durability;
@@ -88,14 +88,20 @@ use crate::store::{
 ///   no round trip. When the server restarts, the call that finds its connection
 ///   dead fails with a transient [`Error::Database`], and the pool replaces dead
 ///   connections on the calls after it.
-/// - **Threads.** The client is asynchronous ([`tokio-postgres`]); its
-///   connections run on a small runtime that jobsafe starts for the process (two
-///   threads, shared by every `PgStore`). Each call of the [`Store`] API sends
-///   its work there and blocks the calling thread until the answer arrives, as a
-///   file read does. So it may be called from any thread, a thread of your own
-///   tokio runtime included, where it never panics; but it blocks that thread for
-///   the call, so in async code prefer `tokio::task::spawn_blocking` (or a
-///   runtime with threads to spare) for store calls, as for `std::fs`.
+/// - **Threads.** The client is asynchronous ([`tokio-postgres`]). Each pooled
+///   connection has a single-threaded runtime of its own, which the thread that
+///   holds the connection drives for the length of its call: the calling thread
+///   writes the request, waits on the socket and reads the answer itself, with no
+///   hand-off to another thread (as the blocking `postgres` client does). So a
+///   call blocks the calling thread until its answer arrives, as a file read
+///   does. It may be called from any thread, a thread of your own tokio runtime
+///   included, where it never panics: there, where tokio forbids driving another
+///   runtime, the call runs on a short-lived thread of its own while the
+///   worker thread waits. That costs a thread start per call and blocks the
+///   worker, so in async code prefer `tokio::task::spawn_blocking` for store
+///   calls, as for `std::fs`. One background thread, started on first use for
+///   the process, sends the cancel requests of abandoned calls and ends the
+///   sessions of unanswered writes.
 /// - **Migrations** are versioned in `jobsafe_schema` and run on open, only
 ///   when one is due: `open` first reads the recorded version and checks that
 ///   the tables exist, taking no lock. A due migration runs in one transaction
@@ -218,7 +224,8 @@ struct Shared {
     sql: Arc<Sql>,
     server: String,
     names: Names,
-    runtime: Handle,
+    /// The process's runtime, for fences.
+    background: Handle,
     /// The bound on each call, from its start to its answer.
     deadline: Duration,
 }
@@ -530,34 +537,32 @@ impl PgStoreBuilder {
             schema: self.schema,
             table: self.table,
         };
-        let runtime = runtime::handle(&server)?;
+        let background = runtime::handle(&server)?;
         let sql = Arc::new(Sql::new(&names));
         let connector = Connector {
             config,
             transport,
             sql: sql.clone(),
             server: server.clone(),
-            runtime: runtime.clone(),
+            background: background.clone(),
             within: limits.connect,
         };
 
         // The first connection checks its session and migrates the tables,
         // then joins the pool.
-        let migrating = names.clone();
-        let (connector, first) = runtime::block_on(&runtime, &server, async move {
-            let mut bare = connector.bare().await?;
-            let server = &connector.server;
+        let first = runtime::off_runtime(&server, || {
+            let mut linked = connector.linked()?;
+            let Linked { client, driver } = &mut linked;
             let ready = async {
-                limits.check(&bare.client, server).await?;
-                schema::migrate(&mut bare.client, &migrating, server, limits.migration_lock).await
+                limits.check(client, &server).await?;
+                schema::migrate(client, &names, &server, limits.migration_lock).await
             };
             // The migration lock's wait, then the migration itself.
             let bound = limits.call + limits.migration_lock;
-            tokio::time::timeout(bound, ready)
-                .await
-                .unwrap_or_else(|_| Err(deadline_passed("migrate schema", server, bound)))?;
-            let first = connector.prepare(bare, 0).await?;
-            Ok((connector, first))
+            driver
+                .run_for(bound, ready)
+                .unwrap_or_else(|| Err(deadline_passed("migrate schema", &server, bound)))?;
+            connector.prepare(linked, 0)
         })?;
         let pool = Pool::new(
             connector,
@@ -571,7 +576,7 @@ impl PgStoreBuilder {
                 sql,
                 server,
                 names,
-                runtime,
+                background,
                 deadline: limits.call,
             }),
         })
@@ -603,209 +608,171 @@ impl Shared {
         }
     }
 
-    /// Runs one call's work within the call deadline. When it passes, the work
-    /// is dropped where it stands: a connection it had checked out is busy, so
-    /// it is closed and its statement cancelled, never put back in the pool.
-    async fn within<T>(
-        &self,
-        step: &'static str,
-        work: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
-        tokio::time::timeout(self.deadline, work)
-            .await
-            .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
+    /// A connection for a call that must be answered by `until`.
+    fn check_out(&self, step: &'static str, until: Instant) -> Result<Pooled> {
+        self.pool.get(&CheckOut {
+            step,
+            deadline: self.deadline,
+            until,
+        })
     }
 
-    /// Runs a write's work within its part of the call deadline: half of it,
-    /// the rest kept for [`fenced`](Shared::fenced).
-    async fn within_write<T>(
-        &self,
-        step: &'static str,
-        work: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
-        tokio::time::timeout(self.deadline / 2, work)
-            .await
-            .unwrap_or_else(|_| Err(deadline_passed(step, &self.server, self.deadline)))
+    /// A call that changes nothing: checks a connection out and runs `work`
+    /// on it, on this thread, all within the call deadline. When the deadline
+    /// passes, the work is dropped where it stands: its connection is busy,
+    /// so it is closed and its statement cancelled, never put back in the
+    /// pool.
+    fn read<T>(&self, step: &'static str, work: impl AsyncFnOnce(&Link) -> Result<T>) -> Result<T> {
+        let until = Instant::now() + self.deadline;
+        let conn = self.check_out(step, until)?;
+        let left = until.saturating_duration_since(Instant::now());
+        match conn.driver.run_for(left, work(&conn.link)) {
+            Some(result) => {
+                conn.release();
+                result
+            }
+            None => Err(deadline_passed(step, &self.server, self.deadline)),
+        }
     }
 
-    /// `result` of a write that started at `started`, returned once its
-    /// outcome is settled: if the server never answered, the write's session
-    /// is ended first (see [`fence`]), within what is left of the call
-    /// deadline, so that the write cannot land after the caller is told it
-    /// failed.
-    async fn fenced<T>(
+    /// A write: as [`read`](Shared::read), within half the call deadline,
+    /// and returned once its outcome is settled. If the server never answered
+    /// (the connection ended under it, or the deadline passed), the write's
+    /// session is ended first (see [`fence`]), within what is left of the
+    /// call deadline, so that the write cannot land after the caller is told
+    /// it failed.
+    fn write<T>(
         &self,
-        result: Result<T>,
-        in_flight: InFlight,
-        started: tokio::time::Instant,
+        step: &'static str,
+        work: impl AsyncFnOnce(&mut Link) -> Result<T>,
     ) -> Result<T> {
-        let Err(error) = result else {
-            return result;
+        let started = Instant::now();
+        let answer_by = started + self.deadline / 2;
+        // A connection that cannot be had sent nothing: no fence needed.
+        let mut conn = self.check_out(step, answer_by)?;
+        let session = conn.session.clone();
+        let left = answer_by.saturating_duration_since(Instant::now());
+        let Conn { link, driver, .. } = &mut *conn;
+        let answer = driver.run_for(left, work(link));
+        let error = match answer {
+            Some(result) => {
+                // An error the server sent ended the write's transaction; one
+                // from a connection that ended under the write did not.
+                let answered = !conn.link.client.is_closed();
+                conn.release();
+                match result {
+                    Err(error) if !answered => error,
+                    answered => return answered,
+                }
+            }
+            None => {
+                // Dropped busy: its statement is cancelled, its socket closed.
+                drop(conn);
+                deadline_passed(step, &self.server, self.deadline)
+            }
         };
-        let Some(session) = in_flight.unanswered() else {
-            return Err(error);
-        };
-        let left = self.deadline.saturating_sub(started.elapsed());
-        if fence::end_session(self.pool.connector(), &session, left).await {
+        let left = (started + self.deadline).saturating_duration_since(Instant::now());
+        if self.fence(session, left) {
             Err(error)
         } else {
             Err(unfenced(error))
         }
     }
 
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.within("get", async {
-            let conn = self.pool.get().await?;
-            let result = ops::get(&conn, &self.ctx(), key).await;
-            conn.release();
-            result
+    /// Ends `session` on the server within `within`: `true` once it is known
+    /// to be over. Runs on the process's runtime, off the write's connection,
+    /// which is gone.
+    fn fence(&self, session: Session, within: Duration) -> bool {
+        let pool = self.pool.clone();
+        let ended = runtime::block_on(&self.background, &self.server, async move {
+            Ok(fence::end_session(pool.connector(), &session, within).await)
+        });
+        ended.unwrap_or(false)
+    }
+
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.read("get", async |link| ops::get(link, &self.ctx(), key).await)
+    }
+
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.write("put", async |link| {
+            ops::put(link, &self.ctx(), key, value, expect).await
         })
-        .await
     }
 
-    async fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        let in_flight = InFlight::default();
-        let started = tokio::time::Instant::now();
-        let result = self
-            .within_write("put", async {
-                let conn = self.pool.get().await?;
-                in_flight.started(&conn.session);
-                let result = ops::put(&conn, &self.ctx(), key, value, expect).await;
-                if result.is_ok() || !conn.client.is_closed() {
-                    in_flight.answered();
-                }
-                conn.release();
-                result
-            })
-            .await;
-        self.fenced(result, in_flight, started).await
-    }
-
-    async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        let in_flight = InFlight::default();
-        let started = tokio::time::Instant::now();
-        let result = self
-            .within_write("delete", async {
-                let conn = self.pool.get().await?;
-                in_flight.started(&conn.session);
-                let result = ops::delete(&conn, &self.ctx(), key, expect).await;
-                if result.is_ok() || !conn.client.is_closed() {
-                    in_flight.answered();
-                }
-                conn.release();
-                result
-            })
-            .await;
-        self.fenced(result, in_flight, started).await
-    }
-
-    async fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        self.within("list", async {
-            let conn = self.pool.get().await?;
-            let result = ops::list(&conn, &self.sql, &self.ctx(), prefix, after, limit).await;
-            conn.release();
-            result
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.write("delete", async |link| {
+            ops::delete(link, &self.ctx(), key, expect).await
         })
-        .await
     }
 
-    async fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        let in_flight = InFlight::default();
-        let started = tokio::time::Instant::now();
-        let result = self
-            .within_write("apply batch", async {
-                let mut conn = self.pool.get().await?;
-                in_flight.started(&conn.session);
-                let result = ops::apply(&mut conn, &self.ctx(), batch).await;
-                if result.is_ok() || !conn.client.is_closed() {
-                    in_flight.answered();
-                }
-                conn.release();
-                result
-            })
-            .await;
-        self.fenced(result, in_flight, started).await
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.read("list", async |link| {
+            ops::list(link, &self.sql, &self.ctx(), prefix, after, limit).await
+        })
     }
 
-    async fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        let in_flight = InFlight::default();
-        let started = tokio::time::Instant::now();
-        let result = self
-            .within_write("quarantine", async {
-                let conn = self.pool.get().await?;
-                in_flight.started(&conn.session);
-                let result = ops::quarantine(&conn, &self.ctx(), key).await;
-                if result.is_ok() || !conn.client.is_closed() {
-                    in_flight.answered();
-                }
-                conn.release();
-                result
-            })
-            .await;
-        self.fenced(result, in_flight, started).await
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.write("apply batch", async |link| {
+            ops::apply(link, &self.ctx(), batch).await
+        })
+    }
+
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.write("quarantine", async |link| {
+            ops::quarantine(link, &self.ctx(), key).await
+        })
     }
 
     /// The server's clock, and the moment of this machine's monotonic clock it
     /// is taken as of: the middle of the round trip.
-    async fn server_time(&self) -> Result<(u64, Instant)> {
-        self.within("read the server clock", async {
-            let conn = self.pool.get().await?;
+    fn server_time(&self) -> Result<(u64, Instant)> {
+        self.read("read the server clock", async |link| {
             let before = Instant::now();
-            let result = ops::now_ms(&conn, &self.ctx()).await;
+            let now_ms = ops::now_ms(link, &self.ctx()).await?;
             let after = Instant::now();
-            conn.release();
-            Ok((result?, before + (after - before) / 2))
+            Ok((now_ms, before + (after - before) / 2))
         })
-        .await
     }
 }
 
 impl PgStore {
-    /// Runs a call's work on the client's runtime and waits for it here.
-    fn call<T, F>(&self, work: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T>> + Send + 'static,
-    {
-        let shared = &self.shared;
-        runtime::block_on(&shared.runtime, &shared.server, work(shared.clone()))
+    /// Runs a call on this thread (on another if this one is a runtime's:
+    /// see [`runtime::off_runtime`]).
+    fn call<T: Send>(&self, work: impl FnOnce(&Shared) -> Result<T> + Send) -> Result<T> {
+        let shared = &*self.shared;
+        runtime::off_runtime(&shared.server, || work(shared))
     }
 }
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let key = key.clone();
-        self.call(|s| async move { s.get(&key).await })
+        self.call(|s| s.get(key))
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
         // Checked here, not left to the server: a value it cannot take (over
         // 1 GB) makes it drop the connection, which looks transient.
         Entry::check_value(key, value)?;
-        let (key, value) = (key.clone(), value.to_vec());
-        self.call(|s| async move { s.put(&key, &value, expect).await })
+        self.call(|s| s.put(key, value, expect))
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        let key = key.clone();
-        self.call(|s| async move { s.delete(&key, expect).await })
+        self.call(|s| s.delete(key, expect))
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
         check_limit(limit)?;
-        let (prefix, after) = (prefix.clone(), after.cloned());
-        self.call(|s| async move { s.list(&prefix, after.as_ref(), limit).await })
+        self.call(|s| s.list(prefix, after, limit))
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
-        let batch = batch.clone();
-        self.call(|s| async move { s.apply(&batch).await })
+        self.call(|s| s.apply(batch))
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        let key = key.clone();
-        self.call(|s| async move { s.quarantine(&key).await })
+        self.call(|s| s.quarantine(key))
     }
 }
 

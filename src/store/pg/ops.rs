@@ -5,7 +5,7 @@
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
-use super::conn::{Conn, Statements};
+use super::conn::{Link, Statements};
 use super::failure::db_error;
 use super::sql::{Names, Sql, checksum, key_lock, row_id};
 use crate::error::{Error, Result};
@@ -76,13 +76,13 @@ fn db_version(v: Version) -> i64 {
 }
 
 /// The key's record, its checksum checked.
-pub(crate) async fn get(conn: &Conn, ctx: &Ctx<'_>, key: &Key) -> Result<Option<Entry>> {
+pub(crate) async fn get(conn: &Link, ctx: &Ctx<'_>, key: &Key) -> Result<Option<Entry>> {
     read(&conn.client, &conn.statements, ctx, key, &Row::of(key)).await
 }
 
 /// Writes the key's record if `expect` holds; returns its new version.
 pub(crate) async fn put(
-    conn: &Conn,
+    conn: &Link,
     ctx: &Ctx<'_>,
     key: &Key,
     value: &[u8],
@@ -92,13 +92,13 @@ pub(crate) async fn put(
 }
 
 /// Deletes the key's record if `expect` holds; returns whether there was one.
-pub(crate) async fn delete(conn: &Conn, ctx: &Ctx<'_>, key: &Key, expect: Expect) -> Result<bool> {
+pub(crate) async fn delete(conn: &Link, ctx: &Ctx<'_>, key: &Key, expect: Expect) -> Result<bool> {
     delete_op(&conn.client, &conn.statements, ctx, key, expect).await
 }
 
 /// Up to `limit` keys under `prefix` after `after`, in key order.
 pub(crate) async fn list(
-    conn: &Conn,
+    conn: &Link,
     sql: &Sql,
     ctx: &Ctx<'_>,
     prefix: &Prefix,
@@ -148,7 +148,7 @@ pub(crate) async fn list(
 }
 
 /// Applies the batch in one transaction, all or nothing.
-pub(crate) async fn apply(conn: &mut Conn, ctx: &Ctx<'_>, batch: &Batch) -> Result<Vec<Applied>> {
+pub(crate) async fn apply(conn: &mut Link, ctx: &Ctx<'_>, batch: &Batch) -> Result<Vec<Applied>> {
     let ops = batch.ops();
     // Rows are locked in key order, so that two batches never wait for each
     // other in a cycle.
@@ -158,7 +158,7 @@ pub(crate) async fn apply(conn: &mut Conn, ctx: &Ctx<'_>, batch: &Batch) -> Resu
         .map(|(i, op)| (pack(op.key().segments()), i))
         .collect();
     order.sort();
-    let Conn {
+    let Link {
         client, statements, ..
     } = conn;
     let tx = client.transaction().await.map_err(ctx.db("begin batch"))?;
@@ -179,7 +179,7 @@ pub(crate) async fn apply(conn: &mut Conn, ctx: &Ctx<'_>, batch: &Batch) -> Resu
 
 /// Moves the key's row, whatever it holds, to the quarantine table.
 pub(crate) async fn quarantine(
-    conn: &Conn,
+    conn: &Link,
     ctx: &Ctx<'_>,
     key: &Key,
 ) -> Result<Option<Quarantined>> {
@@ -204,7 +204,7 @@ pub(crate) async fn quarantine(
 }
 
 /// The server's clock in milliseconds since the Unix epoch.
-pub(crate) async fn now_ms(conn: &Conn, ctx: &Ctx<'_>) -> Result<u64> {
+pub(crate) async fn now_ms(conn: &Link, ctx: &Ctx<'_>) -> Result<u64> {
     let step = "read the server clock";
     let row = conn
         .client

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use parking_lot::{Condvar, Mutex};
 
 use super::conn::{Conn, Connector};
+use super::failure::deadline_passed;
 use crate::error::{Error, Result};
 
 /// A connection unused this long is closed.
@@ -34,24 +34,47 @@ pub(crate) struct Pool {
 
 struct Inner {
     connector: Connector,
-    /// One permit per connection that may be open: held by each connection
-    /// checked out, so that at most `size` exist at once.
-    slots: Arc<Semaphore>,
-    /// Connections not in use, the most recently used last.
-    idle: Mutex<Vec<Conn>>,
+    /// The most connections open at once.
+    size: usize,
+    /// How many are open or being made: each connection checked out holds one
+    /// of the `size` slots, each idle one too.
+    slots: Mutex<Slots>,
+    /// Signalled when a slot frees or a connection goes back idle.
+    freed: Condvar,
     /// How long a check-out waits for a free slot (making a connection is
     /// bounded by the connector).
     wait: Duration,
     generation: AtomicU64,
 }
 
+struct Slots {
+    /// Connections checked out, or being made.
+    busy: usize,
+    /// Connections not in use, the most recently used last.
+    idle: Vec<Conn>,
+}
+
 /// A connection checked out of the pool, with its slot.
 pub(crate) struct Pooled {
     conn: Conn,
-    // Dropped after `conn`: the slot frees once the connection is closed or
-    // back in the pool.
-    _slot: OwnedSemaphorePermit,
+    // Dropped after `conn`: the slot frees once the connection is closed.
+    slot: Slot,
+}
+
+/// One of the pool's `size` slots, counted busy until dropped or given back
+/// with an idle connection.
+struct Slot {
     pool: Arc<Inner>,
+    held: bool,
+}
+
+/// What a check-out is for: the call's step, deadline and start, to name in an
+/// error.
+pub(crate) struct CheckOut {
+    pub(crate) step: &'static str,
+    pub(crate) deadline: Duration,
+    /// When the call must be answered by.
+    pub(crate) until: Instant,
 }
 
 impl Pool {
@@ -63,69 +86,111 @@ impl Pool {
         wait: Duration,
         first: Option<Conn>,
     ) -> Pool {
-        let runtime = connector.runtime.clone();
+        let background = connector.background.clone();
         let inner = Arc::new(Inner {
             connector,
-            slots: Arc::new(Semaphore::new(size)),
-            idle: Mutex::new(first.into_iter().collect()),
+            size: size.max(1),
+            slots: Mutex::new(Slots {
+                busy: 0,
+                idle: first.into_iter().collect(),
+            }),
+            freed: Condvar::new(),
             wait,
             generation: AtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&inner);
-        runtime.spawn(reap(weak));
+        background.spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
     }
 
     /// A working connection: an idle one, or a new one if none is idle and a
-    /// slot is free.
+    /// slot is free. Blocks this thread (which must not be a runtime's).
     ///
     /// # Errors
-    /// A transient [`Error::Database`] if no slot frees within the wait; the
-    /// error of making a connection, classified, if one must be made and cannot.
-    pub(crate) async fn get(&self) -> Result<Pooled> {
+    /// A transient [`Error::Database`] if no slot frees within the wait or
+    /// the call's deadline; the error of making a connection, classified, if
+    /// one must be made and cannot.
+    pub(crate) fn get(&self, call: &CheckOut) -> Result<Pooled> {
         let inner = &self.inner;
-        let slot = tokio::time::timeout(inner.wait, inner.slots.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(|slot| slot.ok())
-            .ok_or_else(|| Error::Database {
-                step: "connect",
-                server: inner.connector.server.clone(),
-                transient: true,
-                source: format!(
-                    "every connection of the pool stayed in use for {:?}",
-                    inner.wait
-                )
-                .into(),
-            })?;
         let now = inner.generation.load(Ordering::SeqCst);
         loop {
-            let Some(mut conn) = inner.idle.lock().pop() else {
+            let Some(idle) = self.take_slot(call)? else {
                 break;
             };
-            if conn.client.is_closed() {
+            // `take_slot` counted it busy: from here it is ours, and the slot
+            // frees when the `Pooled` is dropped (a dead one is closed as it
+            // is, idle, without a cancel).
+            let mut pooled = Pooled {
+                conn: idle,
+                slot: Slot {
+                    pool: inner.clone(),
+                    held: true,
+                },
+            };
+            if pooled.link.client.is_closed() {
                 continue;
             }
-            conn.busy = true;
-            if conn.generation != now {
-                if conn.client.check_connection().await.is_err() {
-                    conn.busy = false;
+            if pooled.generation != now {
+                let left = call.until.saturating_duration_since(Instant::now());
+                let conn = &pooled.conn;
+                let alive = conn
+                    .driver
+                    .run_for(left, conn.link.client.check_connection());
+                if !matches!(alive, Some(Ok(()))) {
                     continue;
                 }
-                conn.generation = now;
+                pooled.generation = now;
             }
-            return Ok(Pooled {
-                conn,
-                _slot: slot,
-                pool: inner.clone(),
-            });
+            pooled.busy = true;
+            return Ok(pooled);
         }
-        let mut conn = inner.connector.connect(now).await?;
-        conn.busy = true;
-        Ok(Pooled {
-            conn,
-            _slot: slot,
+        // A free slot is ours, counted busy; it frees if making the
+        // connection fails.
+        let slot = Slot {
             pool: inner.clone(),
+            held: true,
+        };
+        let mut conn = inner.connector.connect(now)?;
+        conn.busy = true;
+        Ok(Pooled { conn, slot })
+    }
+
+    /// Waits for an idle connection (`Some`, taken) or a free slot (`None`,
+    /// taken), counting either as busy.
+    fn take_slot(&self, call: &CheckOut) -> Result<Option<Conn>> {
+        let inner = &self.inner;
+        let waited_from = Instant::now();
+        let until = call.until.min(waited_from + inner.wait);
+        let mut slots = inner.slots.lock();
+        loop {
+            if let Some(conn) = slots.idle.pop() {
+                slots.busy += 1;
+                return Ok(Some(conn));
+            }
+            if slots.busy + slots.idle.len() < inner.size {
+                slots.busy += 1;
+                return Ok(None);
+            }
+            if inner.freed.wait_until(&mut slots, until).timed_out() {
+                break;
+            }
+        }
+        drop(slots);
+        if call.until <= waited_from + inner.wait {
+            return Err(deadline_passed(
+                call.step,
+                &inner.connector.server,
+                call.deadline,
+            ));
+        }
+        Err(Error::Database {
+            step: "connect",
+            server: inner.connector.server.clone(),
+            transient: true,
+            source: format!(
+                "every connection of the pool stayed in use for {:?}",
+                inner.wait
+            )
+            .into(),
         })
     }
 }
@@ -142,18 +207,28 @@ impl Pooled {
     /// unless it turned out dead: then it is dropped, and every connection made
     /// before it is checked on its next use.
     pub(crate) fn release(self) {
-        let Pooled {
-            mut conn,
-            _slot,
-            pool,
-        } = self;
+        let Pooled { mut conn, mut slot } = self;
         conn.busy = false;
-        if conn.client.is_closed() {
-            pool.generation.fetch_add(1, Ordering::SeqCst);
+        if conn.link.client.is_closed() {
+            slot.pool.generation.fetch_add(1, Ordering::SeqCst);
             return;
         }
         conn.idle_since = Instant::now();
-        pool.idle.lock().push(conn);
+        let mut slots = slot.pool.slots.lock();
+        slots.busy -= 1;
+        slots.idle.push(conn);
+        slot.held = false;
+        drop(slots);
+        slot.pool.freed.notify_one();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.held {
+            self.pool.slots.lock().busy -= 1;
+            self.pool.freed.notify_one();
+        }
     }
 }
 
@@ -180,14 +255,18 @@ async fn reap(pool: Weak<Inner>) {
             return;
         };
         let stale: Vec<Conn> = {
-            let mut idle = pool.idle.lock();
-            let (stale, fresh) = std::mem::take(&mut *idle)
+            let mut slots = pool.slots.lock();
+            let (stale, fresh) = std::mem::take(&mut slots.idle)
                 .into_iter()
                 .partition(|c| c.idle_since.elapsed() >= IDLE_FOR);
-            *idle = fresh;
+            slots.idle = fresh;
             stale
         };
-        // Closed outside the lock.
+        // Closed outside the lock; their slots are free now.
+        let closed = stale.len();
         drop(stale);
+        for _ in 0..closed {
+            pool.freed.notify_one();
+        }
     }
 }

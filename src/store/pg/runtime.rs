@@ -1,16 +1,15 @@
-//! The runtime every `PgStore` of the process runs its connections on, and the
-//! bridge from the blocking API to it.
+//! The process's runtime for what outlives a call, and the rule that keeps
+//! the blocking API off runtime threads.
 //!
-//! The client library is asynchronous. A blocking call sends its work to this
-//! runtime and waits for the answer on a plain channel, never with a runtime's
-//! `block_on`: so it works on any thread, a caller's tokio worker thread
-//! included (which it blocks for the call, as `std::fs` would), and never panics
-//! with "Cannot start a runtime from within a runtime".
+//! A call of the blocking API drives its connection on the calling thread (see
+//! [`Driver`](super::conn::Driver)), with no runtime of the process involved.
+//! What must run when no call is there to drive it runs here instead: the
+//! cancel request of an abandoned connection, the fence of a write that went
+//! unanswered, the pool's reaper.
 //!
 //! One runtime for the process, made on first use and never dropped (a runtime
 //! cannot be dropped from inside another one, and the last handle of a store may
-//! well be dropped there). Its two threads only move bytes between sockets and
-//! channels; the callers' threads wait.
+//! well be dropped there). Its one thread only moves bytes.
 
 use std::future::Future;
 use std::sync::mpsc;
@@ -20,23 +19,19 @@ use tokio::runtime::{Builder, Handle, Runtime};
 
 use crate::error::{Error, Result};
 
-/// Threads of the runtime: the work is I/O, and a login's password hashing is
-/// the only thing in it that takes CPU for long.
-const THREADS: usize = 2;
-
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
 /// The process's runtime, started on first use.
 ///
 /// # Errors
-/// [`Error::Database`] (transient) if its threads cannot be started.
+/// [`Error::Database`] (transient) if its thread cannot be started.
 pub(crate) fn handle(server: &str) -> Result<Handle> {
     let mut runtime = RUNTIME.lock();
     if let Some(runtime) = runtime.as_ref() {
         return Ok(runtime.handle().clone());
     }
     let started = Builder::new_multi_thread()
-        .worker_threads(THREADS)
+        .worker_threads(1)
         .thread_name("jobsafe-pg")
         .enable_io()
         .enable_time()
@@ -52,13 +47,13 @@ pub(crate) fn handle(server: &str) -> Result<Handle> {
     Ok(handle)
 }
 
-/// Runs `work` on the runtime and blocks this thread until it is done.
+/// Runs `work` on the runtime and blocks this thread until it is done, on any
+/// thread, a runtime's included.
 ///
-/// Safe on any thread, inside a caller's runtime included. The work cannot
-/// borrow from the caller (it is `'static`): the caller's arguments are copied
-/// in. If the work ends without an answer (it panicked, or the runtime is
-/// shutting down with the process), the call fails with a transient error rather
-/// than panicking in the caller.
+/// The work cannot borrow from the caller (it is `'static`). If it ends
+/// without an answer (it panicked, or the runtime is shutting down with the
+/// process), the call fails with a transient error rather than panicking in
+/// the caller.
 pub(crate) fn block_on<T: Send + 'static>(
     handle: &Handle,
     server: &str,
@@ -77,5 +72,37 @@ pub(crate) fn block_on<T: Send + 'static>(
             transient: true,
             source: "the request ended without an answer".into(),
         })
+    })
+}
+
+/// Runs `call` on this thread, or, on a thread of a runtime (where another
+/// runtime cannot be driven: tokio forbids it, with a panic), on a thread of
+/// its own while this one waits. So the blocking API works on every thread,
+/// and blocks a runtime's thread as `std::fs` would.
+///
+/// # Errors
+/// `call`'s, or a transient [`Error::Database`] if the thread cannot be
+/// started.
+pub(crate) fn off_runtime<T: Send>(
+    server: &str,
+    call: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    if Handle::try_current().is_err() {
+        return call();
+    }
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("jobsafe-pg-call".to_owned())
+            .spawn_scoped(scope, call)
+            .map_err(|e| Error::Database {
+                step: "start a thread for a call made on a runtime's thread",
+                server: server.to_owned(),
+                transient: true,
+                source: Box::new(e),
+            })?;
+        // A panic in the call is a bug of jobsafe's: passed on as it is.
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
