@@ -393,3 +393,46 @@ fn a_store_whose_tables_are_gone_does_not_open() {
         "{chain}"
     );
 }
+
+/// `url` with an `application_name` the test can find its sessions by.
+fn named(url: &str, app: &str) -> String {
+    if !url.contains("://") {
+        format!("{url} application_name={app}")
+    } else if url.contains('?') {
+        format!("{url}&application_name={app}")
+    } else {
+        format!("{url}?application_name={app}")
+    }
+}
+
+#[test]
+fn a_connection_the_server_closed_while_idle_is_never_used() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let app = format!("jobsafe-idle-{schema}");
+    let store = PgStore::builder(&named(&pg::url(), &app))
+        .schema(&schema)
+        .open()
+        .unwrap();
+    let key = Key::new(["idle"]).unwrap();
+    store.put(&key, b"before", Expect::Absent).unwrap();
+
+    // The server ends every session of the store while they sit in its pool,
+    // as an `idle_session_timeout` or an administrator would.
+    let ended: i64 = pg::client()
+        .query_one(
+            // Only the store's sessions: filtered before any is ended.
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+             FROM (SELECT pid FROM pg_stat_activity WHERE application_name = $1 OFFSET 0) s",
+            &[&app],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1, "no session of the store was found to end");
+
+    // Every call after it works: each closed connection is noticed at
+    // check-out and replaced, and none is sent a request.
+    assert_eq!(store.get(&key).unwrap().unwrap().value, b"before");
+    let v = store.put(&key, b"after", Expect::Any).unwrap();
+    assert_eq!(store.get(&key).unwrap().unwrap().version, v);
+}

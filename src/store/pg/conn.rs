@@ -4,7 +4,6 @@
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -12,7 +11,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, Statement};
 
-use super::failure::{connect_failed, db_error, timed_out};
+use super::failure::{connect_failed, db_error, deadline_passed, timed_out};
 use super::sql::Sql;
 use super::transport::{Tls, Transport, handshake_refused};
 use crate::error::{Error, Result};
@@ -102,8 +101,9 @@ impl Connector {
                 ));
             }
         };
-        // It ends when the client is dropped (after telling the server) or the
-        // connection fails; the client sees the failure on its next request.
+        // It ends when the connection fails or the server closes it (the
+        // client then reads as closed), or when its client is dropped while it
+        // is driven.
         let io: Io = Box::pin(async move {
             let _ = connection.await;
         });
@@ -123,40 +123,44 @@ impl Connector {
 
     /// A connection of the pool's, without the store's statements yet, on a
     /// runtime of its own and driven by whoever holds it. Blocks this thread
-    /// (which must not be a runtime's) until it is made.
-    pub(crate) fn linked(&self) -> Result<Linked> {
+    /// (which must not be a runtime's) until it is made, within
+    /// [`within`](Connector::within) and what is left of `call`'s deadline.
+    pub(crate) fn linked(&self, call: Option<&CallBound>) -> Result<Linked> {
         let driver = Driver::new(&self.server)?;
-        let (client, io) = driver.run(self.link())?;
+        let bound = self.bound(call);
+        let (client, io) = match driver.run_for(bound.within, self.link()) {
+            Some(made) => made?,
+            None => return Err(bound.passed("connect", "a connection")),
+        };
         driver.attach(io);
         Ok(Linked { client, driver })
     }
 
     /// A connection of the pool's with the store's statements, at the pool's
     /// `generation`. Blocks, as [`linked`](Connector::linked).
-    pub(crate) fn connect(&self, generation: u64) -> Result<Conn> {
-        let linked = self.linked()?;
-        self.prepare(linked, generation)
+    pub(crate) fn connect(&self, generation: u64, call: &CallBound) -> Result<Conn> {
+        let linked = self.linked(Some(call))?;
+        self.prepare(linked, generation, Some(call))
     }
 
     /// Prepares the store's statements on `linked`, and learns which server
     /// session it is. Blocks, as [`linked`](Connector::linked).
-    pub(crate) fn prepare(&self, linked: Linked, generation: u64) -> Result<Conn> {
+    pub(crate) fn prepare(
+        &self,
+        linked: Linked,
+        generation: u64,
+        call: Option<&CallBound>,
+    ) -> Result<Conn> {
         let Linked { client, driver } = linked;
         let ready = async {
             let statements = Statements::prepare(&client, &self.sql).await?;
             let session = Session::of(&client).await?;
             Ok::<_, tokio_postgres::Error>((statements, session))
         };
+        let bound = self.bound(call);
         let (statements, session) = driver
-            .run_for(self.within, ready)
-            .ok_or_else(|| {
-                timed_out(
-                    "prepare statements",
-                    &self.server,
-                    self.within,
-                    "the answer",
-                )
-            })?
+            .run_for(bound.within, ready)
+            .ok_or_else(|| bound.passed("prepare statements", "the answer"))?
             .map_err(|e| db_error("prepare statements", &self.server, e))?;
         Ok(Conn {
             link: Link { client, statements },
@@ -169,6 +173,58 @@ impl Connector {
             generation,
             idle_since: Instant::now(),
         })
+    }
+}
+
+impl Connector {
+    /// The bound of a step of making a connection: [`within`](Connector::within),
+    /// or what is left of `call`'s deadline if that is nearer.
+    fn bound<'a>(&'a self, call: Option<&'a CallBound>) -> StepBound<'a> {
+        let by_call = call.filter(|call| call.left() < self.within);
+        StepBound {
+            within: by_call.map_or(self.within, CallBound::left),
+            by_call,
+            connector: self,
+        }
+    }
+}
+
+/// The bound of one step of making a connection, and which bound it is.
+struct StepBound<'a> {
+    within: Duration,
+    /// The call whose deadline is the bound, if it is.
+    by_call: Option<&'a CallBound>,
+    connector: &'a Connector,
+}
+
+impl StepBound<'_> {
+    /// The error of a `step` not done within the bound.
+    fn passed(&self, step: &'static str, what: &str) -> Error {
+        let server = &self.connector.server;
+        match self.by_call {
+            Some(call) => call.passed(server),
+            None => timed_out(step, server, self.connector.within, what),
+        }
+    }
+}
+
+/// A call's bound, for the steps within it (a check-out, a new connection):
+/// what is left of its deadline, and what to say when it passes.
+pub(crate) struct CallBound {
+    pub(crate) step: &'static str,
+    /// The deadline as configured, to name in the error.
+    pub(crate) deadline: Duration,
+    /// When the call must be answered by.
+    pub(crate) until: Instant,
+}
+
+impl CallBound {
+    pub(crate) fn left(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn passed(&self, server: &str) -> Error {
+        deadline_passed(self.step, server, self.deadline)
     }
 }
 
@@ -220,24 +276,29 @@ impl Driver {
         let mut io = self.io.lock();
         let mut work = pin!(work);
         let driven = poll_fn(|cx| {
-            // The request first (it queues its messages), then the connection
-            // (which sends them, or hands an answer to the request and wakes
-            // it, so that the runtime polls again at once).
-            if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
+            // The connection first (it hands what arrived to the request, or
+            // ends, closing the client), then the request (which finds its
+            // answer, or queues messages, waking the connection to send them).
             if let Some(moving) = io.as_mut()
                 && moving.as_mut().poll(cx).is_ready()
             {
-                // Ended: the client has seen why, or sees it next.
+                // Ended: the client is closed, and its request has seen why.
                 *io = None;
             }
-            Poll::Pending
+            work.as_mut().poll(cx)
         });
         match &self.runtime {
             Some(runtime) => runtime.block_on(driven),
             None => unreachable!("a driver's runtime is taken only by its drop"),
         }
+    }
+
+    /// Takes in, without waiting, what arrived while the connection sat
+    /// unused: the server closing it (a restart, an idle session ended), so
+    /// that its client reads as closed before a request is sent on it.
+    pub(crate) fn catch_up(&self) {
+        // A yield makes the runtime look at its sockets without waiting.
+        self.run(tokio::task::yield_now());
     }
 
     /// As [`run`](Driver::run), for at most `within`: `None` if the work was

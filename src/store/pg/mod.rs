@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
-use self::conn::{Conn, Connector, Link, Linked, Session, server_name};
+use self::conn::{CallBound, Conn, Connector, Link, Linked, Session, server_name};
 pub(crate) use self::failure::may_land_later;
 use self::failure::{deadline_passed, unfenced};
 use self::ops::Ctx;
-use self::pool::{CheckOut, Pool, Pooled};
+use self::pool::{Pool, Pooled};
 use self::session::Limits;
 use self::sql::{Names, Sql};
 use crate::durability::Durability;
@@ -551,7 +551,7 @@ impl PgStoreBuilder {
         // The first connection checks its session and migrates the tables,
         // then joins the pool.
         let first = runtime::off_runtime(&server, || {
-            let mut linked = connector.linked()?;
+            let mut linked = connector.linked(None)?;
             let Linked { client, driver } = &mut linked;
             let ready = async {
                 limits.check(client, &server).await?;
@@ -562,7 +562,7 @@ impl PgStoreBuilder {
             driver
                 .run_for(bound, ready)
                 .unwrap_or_else(|| Err(deadline_passed("migrate schema", &server, bound)))?;
-            connector.prepare(linked, 0)
+            connector.prepare(linked, 0, None)
         })?;
         let pool = Pool::new(
             connector,
@@ -610,7 +610,7 @@ impl Shared {
 
     /// A connection for a call that must be answered by `until`.
     fn check_out(&self, step: &'static str, until: Instant) -> Result<Pooled> {
-        self.pool.get(&CheckOut {
+        self.pool.get(&CallBound {
             step,
             deadline: self.deadline,
             until,

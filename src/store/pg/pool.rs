@@ -1,7 +1,10 @@
 //! The store's connections: at most `size` open at once, reused while they work.
 //!
-//! Checking a connection out costs no round trip. When a request finds its
-//! connection dead (a server restart closes every connection at once), the
+//! Checking a connection out costs no round trip. A connection the server
+//! closed while it sat in the pool (an idle session ended, a restart) is
+//! noticed then, from what already arrived on its socket, and replaced. When a
+//! request finds its connection dead without a word (a server restart closes
+//! every connection at once, and a request may be sent before the news), the
 //! pool's generation goes up, and each connection made before is pinged once on
 //! its next check-out, and replaced if dead: so the call after the one that
 //! failed gets a working connection instead of another dead one.
@@ -17,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::conn::{Conn, Connector};
-use super::failure::deadline_passed;
+use super::conn::{CallBound, Conn, Connector};
 use crate::error::{Error, Result};
 
 /// A connection unused this long is closed.
@@ -68,15 +70,6 @@ struct Slot {
     held: bool,
 }
 
-/// What a check-out is for: the call's step, deadline and start, to name in an
-/// error.
-pub(crate) struct CheckOut {
-    pub(crate) step: &'static str,
-    pub(crate) deadline: Duration,
-    /// When the call must be answered by.
-    pub(crate) until: Instant,
-}
-
 impl Pool {
     /// A pool of at most `size` connections made by `connector` when first
     /// needed; `first`, if given, is its first idle connection.
@@ -109,7 +102,7 @@ impl Pool {
     /// A transient [`Error::Database`] if no slot frees within the wait or
     /// the call's deadline; the error of making a connection, classified, if
     /// one must be made and cannot.
-    pub(crate) fn get(&self, call: &CheckOut) -> Result<Pooled> {
+    pub(crate) fn get(&self, call: &CallBound) -> Result<Pooled> {
         let inner = &self.inner;
         let now = inner.generation.load(Ordering::SeqCst);
         loop {
@@ -126,15 +119,15 @@ impl Pool {
                     held: true,
                 },
             };
+            pooled.driver.catch_up();
             if pooled.link.client.is_closed() {
                 continue;
             }
             if pooled.generation != now {
-                let left = call.until.saturating_duration_since(Instant::now());
                 let conn = &pooled.conn;
                 let alive = conn
                     .driver
-                    .run_for(left, conn.link.client.check_connection());
+                    .run_for(call.left(), conn.link.client.check_connection());
                 if !matches!(alive, Some(Ok(()))) {
                     continue;
                 }
@@ -149,14 +142,14 @@ impl Pool {
             pool: inner.clone(),
             held: true,
         };
-        let mut conn = inner.connector.connect(now)?;
+        let mut conn = inner.connector.connect(now, call)?;
         conn.busy = true;
         Ok(Pooled { conn, slot })
     }
 
     /// Waits for an idle connection (`Some`, taken) or a free slot (`None`,
     /// taken), counting either as busy.
-    fn take_slot(&self, call: &CheckOut) -> Result<Option<Conn>> {
+    fn take_slot(&self, call: &CallBound) -> Result<Option<Conn>> {
         let inner = &self.inner;
         let waited_from = Instant::now();
         let until = call.until.min(waited_from + inner.wait);
@@ -176,11 +169,7 @@ impl Pool {
         }
         drop(slots);
         if call.until <= waited_from + inner.wait {
-            return Err(deadline_passed(
-                call.step,
-                &inner.connector.server,
-                call.deadline,
-            ));
+            return Err(call.passed(&inner.connector.server));
         }
         Err(Error::Database {
             step: "connect",
