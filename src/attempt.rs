@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 /// recognised as the same call, whichever way the first one went.
 ///
 /// A call given no id makes a fresh one (a UUID v7). An id is at most
-/// [`AttemptId::MAX_LEN`] bytes of printable ASCII without spaces.
+/// [`AttemptId::MAX_LEN`] bytes of printable ASCII without spaces, however it
+/// is made: parsed, or deserialized (serde), which checks it the same way.
 ///
 /// ```
 /// use jobsafe::AttemptId;
@@ -37,7 +38,7 @@ use crate::error::{Error, Result};
 /// # Ok::<(), jobsafe::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct AttemptId(String);
 
 impl AttemptId {
@@ -96,6 +97,12 @@ impl FromStr for AttemptId {
     }
 }
 
+impl From<AttemptId> for String {
+    fn from(id: AttemptId) -> String {
+        id.0
+    }
+}
+
 impl TryFrom<String> for AttemptId {
     type Error = Error;
 
@@ -116,6 +123,19 @@ mod tests {
         assert!("x".repeat(128).parse::<AttemptId>().is_ok());
         assert!("tab\there".parse::<AttemptId>().is_err());
         assert!("é".parse::<AttemptId>().is_err());
+    }
+
+    #[test]
+    fn a_deserialized_id_is_checked_as_a_parsed_one() {
+        let id: AttemptId = serde_json::from_str(r#""order-17:charge""#).unwrap();
+        assert_eq!(id.as_str(), "order-17:charge");
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#""order-17:charge""#);
+        for bad in [r#""""#, r#""two words""#, r#""line\nbreak""#] {
+            let err = serde_json::from_str::<AttemptId>(bad).unwrap_err();
+            assert!(err.to_string().contains("attempt id"), "{bad}: {err}");
+        }
+        let long = format!("\"{}\"", "x".repeat(AttemptId::MAX_LEN + 1));
+        assert!(serde_json::from_str::<AttemptId>(&long).is_err());
     }
 
     #[test]
