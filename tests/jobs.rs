@@ -790,6 +790,42 @@ fn a_subscriber_that_saw_the_terminal_event_is_told_the_stream_ended() {
 }
 
 #[test]
+fn a_resume_point_past_the_last_event_is_taken_as_the_last_event() {
+    // An SSE client reconnects with a Last-Event-ID the job never reached (made
+    // up, or kept from an earlier job of the same id).
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    jobs.append_event(&worker, "e", json!(1)).unwrap();
+
+    // A running job: the stream waits, then goes on with the next event,
+    // which a client past the end must not miss.
+    let mut subscription = jobs.subscribe(&job.id, 1_000).unwrap();
+    let mut follower = jobs
+        .follow(&job.id, 1_000, Duration::from_millis(10))
+        .unwrap();
+    assert!(!subscription.is_finished());
+    assert!(subscription.try_next_event().unwrap().is_none());
+    assert!(follower.poll().unwrap().is_empty());
+    jobs.append_event(&worker, "e", json!(2)).unwrap();
+    let next = subscription.next_event().unwrap().unwrap();
+    assert_eq!(next.data, json!(2));
+    assert_eq!(follower.poll().unwrap(), [next]);
+
+    // A finished job: the stream is over at once, for both.
+    let done = jobs.complete(&worker, json!("ok")).unwrap();
+    let past = done.events.next_seq + 41;
+    let mut subscription = jobs.subscribe(&job.id, past).unwrap();
+    assert!(subscription.is_finished());
+    assert!(subscription.next_event().unwrap().is_none());
+    let mut follower = jobs
+        .follow(&job.id, past, Duration::from_millis(10))
+        .unwrap();
+    assert!(follower.poll().unwrap().is_empty());
+    assert!(follower.next_event().unwrap().is_none());
+}
+
+#[test]
 fn a_subscriber_does_not_end_at_an_error_whose_retry_is_already_waiting() {
     // A failed job retried at once: `error` then `requeued`. A subscriber
     // that reads `error` while `requeued` already waits for it must go on:

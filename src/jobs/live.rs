@@ -191,7 +191,16 @@ impl Cursor {
     /// after `done` must be told the stream ended, not wait for an event that
     /// will never come. A job moved on after `error` has later events and goes
     /// on.
+    ///
+    /// A resume point past the job's last event (an id the client made up, or
+    /// kept from an earlier job of the same id) is taken as the last event:
+    /// the stream goes on from there, and ends at once if that event ends it.
+    /// Called right after a [`catch_up`](Cursor::catch_up), which learned the
+    /// job's next sequence number.
     fn resume<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
+        if self.ahead.is_empty() && self.next_seq > self.known_next_seq {
+            self.next_seq = self.known_next_seq.max(1);
+        }
         let after = self.next_seq - 1;
         if after == 0 || !self.ahead.is_empty() || self.terminal.is_some() {
             return Ok(());
@@ -357,7 +366,9 @@ impl<S: Store> JobState<S> {
     /// Subscribes to job `id`'s events after sequence number `after` (0: from the
     /// start): the stored ones first, then live ones as they are appended in this
     /// process. Resuming after the job's terminal event (a client that saw
-    /// `done` and reconnects) gives a stream that is already finished.
+    /// `done` and reconnects) gives a stream that is already finished. An
+    /// `after` past the job's last event is taken as its last event: the
+    /// stream goes on from there, and is already finished if the job is.
     ///
     /// Live events come from appends made through this `JobState` or its clones:
     /// give every part of a process the same one. Appends made by another
@@ -386,7 +397,8 @@ impl<S: Store> JobState<S> {
 
     /// Follows job `id`'s events after sequence number `after` by reading the
     /// store every `poll_every`: the same stream as
-    /// [`subscribe`](JobState::subscribe), for another process.
+    /// [`subscribe`](JobState::subscribe), for another process, `after` past
+    /// the last event included.
     ///
     /// # Errors
     /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
