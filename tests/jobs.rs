@@ -826,6 +826,65 @@ fn a_resume_point_past_the_last_event_is_taken_as_the_last_event() {
 }
 
 #[test]
+fn bounded_waits_for_the_next_event_end_with_what_they_found() {
+    use jobsafe::Clock;
+    use jobsafe::jobs::NextEvent;
+
+    let clock = ManualClock::new(START_MS);
+    let jobs = JobState::new(MemStore::new(), Arc::new(clock.clone()));
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let last = job.events.next_seq - 1;
+    let mut subscription = jobs.subscribe(&job.id, last).unwrap();
+    let mut follower = jobs.follow(&job.id, last, Duration::from_secs(2)).unwrap();
+
+    // Nothing yet: each wait ends, and the streams go on. The follower's wait
+    // is on the job state's clock: it reads the store every 2 s of it, and
+    // once more at the end of the 5 s.
+    assert_eq!(
+        subscription.next_event_timeout(Duration::ZERO).unwrap(),
+        NextEvent::TimedOut
+    );
+    clock.set_auto_advance(true);
+    assert_eq!(
+        follower.next_event_timeout(Duration::from_secs(5)).unwrap(),
+        NextEvent::TimedOut
+    );
+    assert_eq!(clock.now_ms(), START_MS + 5_000);
+    clock.set_auto_advance(false);
+
+    // An event: each wait returns it, in order, then the end after `done`.
+    let worker = jobs.start(&job.id, None).unwrap();
+    jobs.append_event(&worker, "e", json!(1)).unwrap();
+    jobs.complete(&worker, json!("ok")).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match subscription
+            .next_event_timeout(Duration::from_secs(60))
+            .unwrap()
+        {
+            NextEvent::Event(event) => seen.push(event),
+            NextEvent::Finished => break,
+            other => panic!("the subscription waited with events at hand: {other:?}"),
+        }
+    }
+    assert_eq!(seen.last().map(|e| e.kind.as_str()), Some("done"));
+    for event in &seen {
+        assert_eq!(
+            follower.next_event_timeout(Duration::ZERO).unwrap(),
+            NextEvent::Event(event.clone())
+        );
+    }
+    assert_eq!(
+        follower.next_event_timeout(Duration::ZERO).unwrap(),
+        NextEvent::Finished
+    );
+    assert_eq!(
+        subscription.next_event_timeout(Duration::ZERO).unwrap(),
+        NextEvent::Finished
+    );
+}
+
+#[test]
 fn a_subscriber_does_not_end_at_an_error_whose_retry_is_already_waiting() {
     // A failed job retried at once: `error` then `requeued`. A subscriber
     // that reads `error` while `requeued` already waits for it must go on:

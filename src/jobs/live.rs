@@ -12,12 +12,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::{Event, JobState};
+use crate::clock::millis;
 use crate::error::Result;
 use crate::store::Store;
 
@@ -221,6 +222,19 @@ impl Cursor {
     }
 }
 
+/// What a bounded wait for a job's next event found: from
+/// [`Subscription::next_event_timeout`] and [`Follower::next_event_timeout`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum NextEvent {
+    /// The next event of the stream.
+    Event(Event),
+    /// The stream is over: its terminal event was delivered before.
+    Finished,
+    /// No event came within the wait; the stream goes on.
+    TimedOut,
+}
+
 /// A live stream of one job's events in this process, from
 /// [`JobState::subscribe`]: first the stored events after the chosen sequence
 /// number, then live ones, each once and in order, ending after the job's
@@ -245,20 +259,66 @@ impl<S: Store> Subscription<S> {
     /// # Errors
     /// Store errors while catching up (the subscription stays usable).
     pub fn next_event(&mut self) -> Result<Option<Event>> {
+        match self.wait(None)? {
+            NextEvent::Event(event) => Ok(Some(event)),
+            // A wait without a deadline does not time out.
+            NextEvent::Finished | NextEvent::TimedOut => Ok(None),
+        }
+    }
+
+    /// The next event, waiting at most `timeout` for it: so that a thread
+    /// serving a client (an SSE response, say) can look up between events,
+    /// to send a keep-alive or notice that the client went away. The wait is
+    /// in real time, as the live feed is, not on the job state's clock.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use jobsafe::jobs::{JobState, NewJob, NextEvent};
+    /// use jobsafe::{ManualClock, MemStore};
+    ///
+    /// let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    /// let job = jobs.create(NewJob::new("report"))?;
+    /// let mut events = jobs.subscribe(&job.id, job.events.next_seq - 1)?;
+    /// // Nothing happened yet: the wait ends, the stream goes on.
+    /// assert_eq!(events.next_event_timeout(Duration::ZERO)?, NextEvent::TimedOut);
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`next_event`](Subscription::next_event).
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Result<NextEvent> {
+        // A timeout too long to add is no deadline.
+        self.wait(Instant::now().checked_add(timeout))
+    }
+
+    /// The next event, waiting for it until `deadline` (`None`: for as long
+    /// as it takes).
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<NextEvent> {
         loop {
             if let Some(event) = self.step()? {
-                return Ok(Some(event));
+                return Ok(NextEvent::Event(event));
             }
             if self.cursor.finished {
-                return Ok(None);
+                return Ok(NextEvent::Finished);
             }
-            match self.receiver.recv() {
+            let received = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.receiver.recv_timeout(left)
+                }
+                None => self
+                    .receiver
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
                 Ok(event) => self.cursor.offer(event),
+                Err(RecvTimeoutError::Timeout) => return Ok(NextEvent::TimedOut),
                 // The job was deleted or purged: the store says so.
-                Err(_) => {
+                Err(RecvTimeoutError::Disconnected) => {
                     self.cursor.catch_up(&self.jobs)?;
                     if self.cursor.ahead.is_empty() {
-                        return Ok(None);
+                        return Ok(NextEvent::Finished);
                     }
                 }
             }
@@ -342,17 +402,48 @@ impl<S: Store> Follower<S> {
     /// # Errors
     /// As [`poll`](Follower::poll).
     pub fn next_event(&mut self) -> Result<Option<Event>> {
+        match self.wait(None)? {
+            NextEvent::Event(event) => Ok(Some(event)),
+            // A wait without a deadline does not time out.
+            NextEvent::Finished | NextEvent::TimedOut => Ok(None),
+        }
+    }
+
+    /// The next event, reading the store every `poll_every` for at most
+    /// `timeout` of the job state's clock (the last read at the end of it).
+    ///
+    /// # Errors
+    /// As [`poll`](Follower::poll).
+    pub fn next_event_timeout(&mut self, timeout: Duration) -> Result<NextEvent> {
+        let deadline = self.jobs.clock.now_ms().saturating_add(millis(timeout));
+        self.wait(Some(deadline))
+    }
+
+    /// The next event, reading the store until the clock reads `deadline`
+    /// (`None`: for as long as it takes).
+    fn wait(&mut self, deadline: Option<u64>) -> Result<NextEvent> {
         loop {
             if let Some(event) = self.cursor.take() {
-                return Ok(Some(event));
+                return Ok(NextEvent::Event(event));
             }
             if self.cursor.finished {
-                return Ok(None);
+                return Ok(NextEvent::Finished);
             }
             self.cursor.catch_up(&self.jobs)?;
-            if self.cursor.ahead.is_empty() && !self.cursor.finished {
-                self.jobs.clock.sleep(self.poll_every);
+            if !self.cursor.ahead.is_empty() || self.cursor.finished {
+                continue;
             }
+            let pause = match deadline {
+                None => self.poll_every,
+                Some(deadline) => {
+                    let left = deadline.saturating_sub(self.jobs.clock.now_ms());
+                    if left == 0 {
+                        return Ok(NextEvent::TimedOut);
+                    }
+                    self.poll_every.min(Duration::from_millis(left))
+                }
+            };
+            self.jobs.clock.sleep(pause);
         }
     }
 

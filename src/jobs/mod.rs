@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use events::EventPage;
-pub use live::{Follower, Subscription};
+pub use live::{Follower, NextEvent, Subscription};
 pub use maintenance::{PurgeCounts, RecoveryAction};
 pub use record::{ClientError, ClientJob, Event, EventWindow, Job, JobError, JobStatus};
 pub use transitions::FailureKind;

@@ -85,9 +85,11 @@ use crate::store::{
 ///   or damaged is [`Error::Corrupt`], never overwritten, until
 ///   [`quarantine`](Store::quarantine) moves it to the quarantine table.
 /// - **Connections** come from a pool of the store's own; checking one out costs
-///   no round trip. When the server restarts, the call that finds its connection
-///   dead fails with a transient [`Error::Database`], and the pool replaces dead
-///   connections on the calls after it.
+///   no round trip. A connection the server closed while it sat unused (an
+///   idle session ended, a restart) is noticed at check-out, from what already
+///   arrived on its socket, and replaced. A call whose connection dies under
+///   it fails with a transient [`Error::Database`], and the pool checks the
+///   connections made before it on the calls after it.
 /// - **Threads.** The client is asynchronous ([`tokio-postgres`]). Each pooled
 ///   connection has a single-threaded runtime of its own, which the thread that
 ///   holds the connection drives for the length of its call: the calling thread
