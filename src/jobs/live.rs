@@ -32,8 +32,19 @@ pub(super) struct Hub {
 #[derive(Debug)]
 struct Subscriber {
     id: u64,
-    sender: SyncSender<Event>,
+    sender: SyncSender<Feed>,
+    /// Set when the subscriber must read the store before it trusts its live
+    /// feed again: its buffer was full, or a write's outcome is unknown.
     overflowed: Arc<AtomicBool>,
+}
+
+/// What a subscriber's live feed carries.
+#[derive(Debug)]
+pub(super) enum Feed {
+    Event(Event),
+    /// Read the store: it may hold events that were never handed over (a
+    /// write whose outcome the writer could not learn).
+    CatchUp,
 }
 
 impl Hub {
@@ -50,7 +61,7 @@ impl Hub {
         };
         subscribers.retain(|subscriber| {
             for event in events {
-                match subscriber.sender.try_send(event.clone()) {
+                match subscriber.sender.try_send(Feed::Event(event.clone())) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
                         subscriber.overflowed.store(true, Ordering::Release);
@@ -66,11 +77,33 @@ impl Hub {
         }
     }
 
+    /// Tells `job_id`'s subscribers to read the store: a write of the job
+    /// may have landed with events nobody handed them (its writer could not
+    /// learn its outcome). Without this, a subscriber would wait for a later
+    /// event to notice the gap, and forever if the missing one ended the job.
+    pub(super) fn nudge(&self, job_id: &str) {
+        let mut all = self.subscribers.lock();
+        let Some(subscribers) = all.get_mut(job_id) else {
+            return;
+        };
+        subscribers.retain(|subscriber| {
+            subscriber.overflowed.store(true, Ordering::Release);
+            // A full feed wakes its subscriber anyway, which then sees the flag.
+            !matches!(
+                subscriber.sender.try_send(Feed::CatchUp),
+                Err(TrySendError::Disconnected(_))
+            )
+        });
+        if subscribers.is_empty() {
+            all.remove(job_id);
+        }
+    }
+
     pub(super) fn add(
         &self,
         job_id: &str,
         buffer: usize,
-    ) -> (u64, Receiver<Event>, Arc<AtomicBool>) {
+    ) -> (u64, Receiver<Feed>, Arc<AtomicBool>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::sync_channel(buffer);
         let overflowed = Arc::new(AtomicBool::new(false));
@@ -247,7 +280,7 @@ pub enum NextEvent {
 pub struct Subscription<S: Store> {
     jobs: JobState<S>,
     id: u64,
-    receiver: Receiver<Event>,
+    receiver: Receiver<Feed>,
     overflowed: Arc<AtomicBool>,
     cursor: Cursor,
     replayed: bool,
@@ -312,7 +345,9 @@ impl<S: Store> Subscription<S> {
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok(event) => self.cursor.offer(event),
+                Ok(Feed::Event(event)) => self.cursor.offer(event),
+                // The flag it came with makes the next step read the store.
+                Ok(Feed::CatchUp) => {}
                 Err(RecvTimeoutError::Timeout) => return Ok(NextEvent::TimedOut),
                 // The job was deleted or purged: the store says so.
                 Err(RecvTimeoutError::Disconnected) => {
@@ -335,7 +370,9 @@ impl<S: Store> Subscription<S> {
                 return Ok(Some(event));
             }
             match self.receiver.try_recv() {
-                Ok(event) => self.cursor.offer(event),
+                Ok(Feed::Event(event)) => self.cursor.offer(event),
+                // The flag it came with makes the next step read the store.
+                Ok(Feed::CatchUp) => {}
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(None),
             }
         }
@@ -353,13 +390,21 @@ impl<S: Store> Subscription<S> {
     /// event ends the stream depends on what follows it, and an event that
     /// follows (`requeued` after `error`) may already be waiting there.
     fn step(&mut self) -> Result<Option<Event>> {
-        while let Ok(event) = self.receiver.try_recv() {
-            self.cursor.offer(event);
+        while let Ok(feed) = self.receiver.try_recv() {
+            if let Feed::Event(event) = feed {
+                self.cursor.offer(event);
+            }
         }
         let overflowed = self.overflowed.swap(false, Ordering::AcqRel);
         let stale = overflowed || self.cursor.has_gap() || self.cursor.needs_settling();
         if !self.replayed || stale {
-            self.cursor.catch_up(&self.jobs)?;
+            if let Err(e) = self.cursor.catch_up(&self.jobs) {
+                // Still owed a read of the store: the next call tries again.
+                if overflowed {
+                    self.overflowed.store(true, Ordering::Release);
+                }
+                return Err(e);
+            }
             self.replayed = true;
         }
         Ok(self.cursor.take())

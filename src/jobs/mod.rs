@@ -101,9 +101,10 @@ use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
 ///   could not end its session), [`Error::Ambiguous`].
 /// - unknown: the store stayed unreachable until the deadline (or the job
 ///   moved on so far that its log no longer holds the write's event): the
-///   call fails with [`Error::Ambiguous`], and publishes nothing. Subscribers
-///   in this process read such a write's events from the store when they
-///   next catch up.
+///   call fails with [`Error::Ambiguous`], and hands nothing over itself: it
+///   tells this process's subscribers of the job to read the store, so that
+///   each gets the write's events (if it landed) as soon as the store can be
+///   read, rather than at the job's next event.
 ///
 /// [`create`](JobState::create) and [`start`](JobState::start) can be
 /// repeated after an ambiguous error: give them an attempt id

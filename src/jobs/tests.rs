@@ -8,6 +8,7 @@ use std::sync::mpsc::Receiver;
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::live::Feed;
 use super::*;
 use crate::clock::ManualClock;
 use crate::store::mem::MemStore;
@@ -110,15 +111,21 @@ fn jobs() -> Jobs {
 }
 
 /// A running job, and a receiver of what the hub hands its subscribers.
-fn running(jobs: &Jobs) -> (Claim, Receiver<Event>) {
+fn running(jobs: &Jobs) -> (Claim, Receiver<Feed>) {
     let job = jobs.create(NewJob::new("export")).unwrap();
     let claim = jobs.start(&job.id, None).unwrap();
     let (_, live, _) = jobs.hub.add(&job.id, 64);
     (claim, live)
 }
 
-fn handed(live: &Receiver<Event>) -> Vec<u64> {
-    live.try_iter().map(|event| event.seq).collect()
+/// The events handed over (not the requests to read the store).
+fn handed(live: &Receiver<Feed>) -> Vec<u64> {
+    live.try_iter()
+        .filter_map(|feed| match feed {
+            Feed::Event(event) => Some(event.seq),
+            Feed::CatchUp => None,
+        })
+        .collect()
 }
 
 fn kinds_stored(jobs: &Jobs, id: &str) -> Vec<String> {

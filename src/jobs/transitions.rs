@@ -486,7 +486,12 @@ impl<S: Store> JobState<S> {
                     }
                     Ok(Outcome::NotLanded(job, version)) => {
                         if std::mem::take(&mut just_failed) && !deadline.may_write_again() {
-                            return Err(resolve::not_landed(operation, &record_key, write, error));
+                            let error = resolve::not_landed(operation, &record_key, write, error);
+                            if error.is_ambiguous() {
+                                // It may still land (see `nudge`).
+                                self.hub.nudge(id);
+                            }
+                            return Err(error);
                         }
                         unsettled = Some(error);
                         (job, version)
@@ -494,10 +499,14 @@ impl<S: Store> JobState<S> {
                     // Gone, with its events: whether the write landed before
                     // is beside the point.
                     Ok(Outcome::Gone) => return Err(Error::JobNotFound { id: id.to_owned() }),
+                    // Subscribers are told to read the store: the write may
+                    // have landed, with events nobody handed them.
                     Ok(Outcome::Unknown(reason)) => {
+                        self.hub.nudge(id);
                         return Err(ambiguous(operation, &record_key, write, error, reason));
                     }
                     Err(reread) => {
+                        self.hub.nudge(id);
                         let reason = reread.to_string();
                         return Err(ambiguous(operation, &record_key, write, error, reason));
                     }
