@@ -436,3 +436,43 @@ fn a_connection_the_server_closed_while_idle_is_never_used() {
     let v = store.put(&key, b"after", Expect::Any).unwrap();
     assert_eq!(store.get(&key).unwrap().unwrap().version, v);
 }
+
+#[test]
+fn a_batch_that_fails_leaves_no_transaction_open() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let app = format!("jobsafe-batch-{schema}");
+    let store = PgStore::builder(&named(&pg::url(), &app))
+        .schema(&schema)
+        .open()
+        .unwrap();
+    let fresh = Key::new(["batch", "fresh"]).unwrap();
+    let held = Key::new(["batch", "held"]).unwrap();
+    store.put(&held, b"v1", Expect::Absent).unwrap();
+
+    // The batch writes `fresh` first (key order), then fails on `held`'s
+    // precondition: the transaction had row and key locks when it failed.
+    let batch = jobsafe::Batch::new()
+        .put(&fresh, b"new".to_vec(), Expect::Absent)
+        .put(&held, b"v2".to_vec(), Expect::Absent);
+    assert!(store.apply(&batch).unwrap_err().is_conflict());
+
+    // Its connection went back to the pool with the transaction rolled back,
+    // not open and idle holding those locks until the server's idle timeout.
+    let open: i64 = pg::client()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+            &[&app],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "a session of the store sits in an open transaction");
+    // Another process writes the key the batch touched without waiting.
+    let other = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .lock_timeout(Duration::from_millis(500))
+        .open()
+        .unwrap();
+    other.put(&fresh, b"other", Expect::Absent).unwrap();
+}

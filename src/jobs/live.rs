@@ -65,6 +65,12 @@ impl Hub {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
                         subscriber.overflowed.store(true, Ordering::Release);
+                        // If the subscriber emptied its feed between the full
+                        // send and the flag, it may be waiting on an empty
+                        // feed with the flag unseen: this wakes it. Still
+                        // full, it is not waiting, and sees the flag once it
+                        // has taken what is there.
+                        let _ = subscriber.sender.try_send(Feed::CatchUp);
                         return true;
                     }
                     Err(TrySendError::Disconnected(_)) => return false,
@@ -81,6 +87,8 @@ impl Hub {
     /// may have landed with events nobody handed them (its writer could not
     /// learn its outcome). Without this, a subscriber would wait for a later
     /// event to notice the gap, and forever if the missing one ended the job.
+    /// A write that lands only later (one a `PgStore` could not fence) is not
+    /// covered: subscribers see it at their next catch-up.
     pub(super) fn nudge(&self, job_id: &str) {
         let mut all = self.subscribers.lock();
         let Some(subscribers) = all.get_mut(job_id) else {
@@ -262,7 +270,8 @@ impl Cursor {
 pub enum NextEvent {
     /// The next event of the stream.
     Event(Event),
-    /// The stream is over: its terminal event was delivered before.
+    /// The stream is over: its terminal event was delivered before (or the
+    /// job's live feed was closed and the store holds nothing more of it).
     Finished,
     /// No event came within the wait; the stream goes on.
     TimedOut,
@@ -290,7 +299,10 @@ impl<S: Store> Subscription<S> {
     /// The next event, waiting for it if need be; `None` after the terminal event.
     ///
     /// # Errors
-    /// Store errors while catching up (the subscription stays usable).
+    /// Store errors while catching up: after its buffer overflowed, or when a
+    /// write of the job ended with its outcome unknown, the subscription reads
+    /// the store, which may be down. It stays usable, and still owes itself
+    /// that read: call again to retry.
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         match self.wait(None)? {
             NextEvent::Event(event) => Ok(Some(event)),
@@ -302,7 +314,9 @@ impl<S: Store> Subscription<S> {
     /// The next event, waiting at most `timeout` for it: so that a thread
     /// serving a client (an SSE response, say) can look up between events,
     /// to send a keep-alive or notice that the client went away. The wait is
-    /// in real time, as the live feed is, not on the job state's clock.
+    /// in real time, as the live feed is, not on the job state's clock. It
+    /// bounds the wait for an event; a read of the store it makes to catch up
+    /// is bounded by the store (a `PgStore`'s call deadline, say).
     ///
     /// ```
     /// use std::{sync::Arc, time::Duration};

@@ -104,7 +104,9 @@ use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
 ///   call fails with [`Error::Ambiguous`], and hands nothing over itself: it
 ///   tells this process's subscribers of the job to read the store, so that
 ///   each gets the write's events (if it landed) as soon as the store can be
-///   read, rather than at the job's next event.
+///   read, rather than at the job's next event. A write that lands only after
+///   that (one a [`PgStore`](crate::PgStore) could not fence) reaches them
+///   at their next catch-up.
 ///
 /// [`create`](JobState::create) and [`start`](JobState::start) can be
 /// repeated after an ambiguous error: give them an attempt id

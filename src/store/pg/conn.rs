@@ -218,6 +218,14 @@ pub(crate) struct CallBound {
     pub(crate) until: Instant,
 }
 
+/// `now + within`, or a moment too far away to matter if that does not fit in
+/// an `Instant` (a bound of `Duration::MAX`).
+pub(crate) fn later(now: Instant, within: Duration) -> Instant {
+    now.checked_add(within)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
 impl CallBound {
     pub(crate) fn left(&self) -> Duration {
         self.until.saturating_duration_since(Instant::now())
@@ -279,13 +287,23 @@ impl Driver {
             // The connection first (it hands what arrived to the request, or
             // ends, closing the client), then the request (which finds its
             // answer, or queues messages, waking the connection to send them).
-            if let Some(moving) = io.as_mut()
-                && moving.as_mut().poll(cx).is_ready()
-            {
-                // Ended: the client is closed, and its request has seen why.
-                *io = None;
+            let mut drive = |cx: &mut std::task::Context<'_>| {
+                if let Some(moving) = io.as_mut()
+                    && moving.as_mut().poll(cx).is_ready()
+                {
+                    // Ended: the client is closed, and its request has seen why.
+                    *io = None;
+                }
+            };
+            drive(cx);
+            let done = work.as_mut().poll(cx);
+            if done.is_ready() {
+                // Once more, so that what the request left queued (the close of
+                // a one-off statement) is sent now, not when the connection is
+                // next used.
+                drive(cx);
             }
-            work.as_mut().poll(cx)
+            done
         });
         match &self.runtime {
             Some(runtime) => runtime.block_on(driven),

@@ -162,19 +162,36 @@ pub(crate) async fn apply(conn: &mut Link, ctx: &Ctx<'_>, batch: &Batch) -> Resu
         client, statements, ..
     } = conn;
     let tx = client.transaction().await.map_err(ctx.db("begin batch"))?;
-    let mut applied = vec![Applied::Deleted(false); ops.len()];
-    for (_, i) in &order {
-        applied[*i] = match &ops[*i] {
-            BatchOp::Put { key, value, expect } => {
-                Applied::Put(put_op(&tx, statements, ctx, key, value, *expect).await?)
-            }
-            BatchOp::Delete { key, expect } => {
-                Applied::Deleted(delete_op(&tx, statements, ctx, key, *expect).await?)
-            }
-        };
+    let written = async {
+        let mut applied = vec![Applied::Deleted(false); ops.len()];
+        for (_, i) in &order {
+            applied[*i] = match &ops[*i] {
+                BatchOp::Put { key, value, expect } => {
+                    Applied::Put(put_op(&tx, statements, ctx, key, value, *expect).await?)
+                }
+                BatchOp::Delete { key, expect } => {
+                    Applied::Deleted(delete_op(&tx, statements, ctx, key, *expect).await?)
+                }
+            };
+        }
+        Ok(applied)
     }
-    tx.commit().await.map_err(ctx.db("commit batch"))?;
-    Ok(applied)
+    .await;
+    match written {
+        Ok(applied) => {
+            tx.commit().await.map_err(ctx.db("commit batch"))?;
+            Ok(applied)
+        }
+        Err(e) => {
+            // Rolled back here, answered, before the connection goes back to
+            // the pool: a transaction dropped unfinished only queues its
+            // rollback, and nothing sends it while the connection sits idle,
+            // holding the batch's row and key locks. A rollback that fails
+            // leaves the connection closed, and so out of the pool.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Moves the key's row, whatever it holds, to the quarantine table.

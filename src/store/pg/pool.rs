@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::conn::{CallBound, Conn, Connector};
+use super::conn::{CallBound, Conn, Connector, later};
 use crate::error::{Error, Result};
 
 /// A connection unused this long is closed.
@@ -151,8 +151,8 @@ impl Pool {
     /// taken), counting either as busy.
     fn take_slot(&self, call: &CallBound) -> Result<Option<Conn>> {
         let inner = &self.inner;
-        let waited_from = Instant::now();
-        let until = call.until.min(waited_from + inner.wait);
+        let wait_ends = later(Instant::now(), inner.wait);
+        let until = call.until.min(wait_ends);
         let mut slots = inner.slots.lock();
         loop {
             if let Some(conn) = slots.idle.pop() {
@@ -168,7 +168,7 @@ impl Pool {
             }
         }
         drop(slots);
-        if call.until <= waited_from + inner.wait {
+        if call.until <= wait_ends {
             return Err(call.passed(&inner.connector.server));
         }
         Err(Error::Database {
@@ -200,6 +200,8 @@ impl Pooled {
         conn.busy = false;
         if conn.link.client.is_closed() {
             slot.pool.generation.fetch_add(1, Ordering::SeqCst);
+            // Closed before its slot frees.
+            drop(conn);
             return;
         }
         conn.idle_since = Instant::now();

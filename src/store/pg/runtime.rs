@@ -9,7 +9,8 @@
 //!
 //! One runtime for the process, made on first use and never dropped (a runtime
 //! cannot be dropped from inside another one, and the last handle of a store may
-//! well be dropped there). Its one thread only moves bytes.
+//! well be dropped there). Its one thread moves bytes, and makes the logins of
+//! the fences' connections.
 
 use std::future::Future;
 use std::sync::mpsc;
@@ -48,7 +49,8 @@ pub(crate) fn handle(server: &str) -> Result<Handle> {
 }
 
 /// Runs `work` on the runtime and blocks this thread until it is done, on any
-/// thread, a runtime's included.
+/// thread but the runtime's own (whose only worker would then wait for
+/// itself): a caller's thread, a thread of another runtime included.
 ///
 /// The work cannot borrow from the caller (it is `'static`). If it ends
 /// without an answer (it panicked, or the runtime is shutting down with the
@@ -75,10 +77,15 @@ pub(crate) fn block_on<T: Send + 'static>(
     })
 }
 
-/// Runs `call` on this thread, or, on a thread of a runtime (where another
-/// runtime cannot be driven: tokio forbids it, with a panic), on a thread of
-/// its own while this one waits. So the blocking API works on every thread,
-/// and blocks a runtime's thread as `std::fs` would.
+/// Runs `call` on this thread, or, on a thread where a tokio runtime is
+/// current (where driving another runtime may be forbidden: tokio panics on a
+/// worker thread, or inside `block_on`), on a thread of its own while this one
+/// waits. So the blocking API works on every thread, and blocks a runtime's
+/// thread as `std::fs` would.
+///
+/// A thread of tokio's blocking pool (`spawn_blocking`) has its runtime
+/// current too, and is sent the same way, though it could drive the
+/// connection itself: tokio offers no way to tell it from a worker.
 ///
 /// # Errors
 /// `call`'s, or a transient [`Error::Database`] if the thread cannot be
