@@ -135,6 +135,19 @@
 //! - `testing` (off by default): [`testing`], test support for multi-process and
 //!   fault-injection tests (a clock in a file, I/O layers that count or fail
 //!   operations). [`ManualClock`] needs no feature.
+//! - `tracing` (off by default): spans and events through the [`tracing`
+//!   crate](https://docs.rs/tracing), for operators. Each store call is a
+//!   `debug` span `store` (`backend`, `operation`, `namespace`: the key's first
+//!   segment) ending with a `debug` event that gives its `outcome` (`ok`,
+//!   `conflict`, `transient`, `ambiguous`, `failed`) and `micros`. Events:
+//!   a lock acquired (`debug`); a lease lost, a renewal failed, a lease
+//!   expiring unrenewed (`warn`, from the keep-alive); a reservation made
+//!   (`debug`), or read back after its write failed (`info`); a job written
+//!   (`debug`, with its `operation` and `status`), or read back after its write
+//!   failed (`info`); a stage failed (`warn`, with the `stage`, the count of
+//!   `failures`, `then`: retried at a time, or permanent, and the `error`).
+//!   Targets are module paths (`jobsafe::store::log`, `jobsafe::lock`, ...).
+//!   Without a subscriber that listens, each costs a check of a static flag.
 //! - `cli` (off by default): the `jobsafe` operator tool, which lists and
 //!   repairs the locks, jobs and ledger reservations of a `log:`, `dir:` or
 //!   (with `postgres`) `postgres://` store through the API above; see
@@ -169,6 +182,7 @@ mod resolve;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod trace;
 pub mod vfs;
 
 pub use atomic::{AtomicWriter, write_atomic};

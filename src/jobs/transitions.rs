@@ -28,6 +28,7 @@ use crate::key::Key;
 use crate::limits;
 use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{BatchOp, Store, Version};
+use crate::trace::report;
 
 /// How an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -481,6 +482,14 @@ impl<S: Store> JobState<S> {
                 None => self.read_required(id)?,
                 Some(error) => match deadline.reread(|| self.outcome(id, write, &sent)) {
                     Ok(Outcome::Landed(written)) => {
+                        report!(
+                            info,
+                            job_id = id,
+                            operation,
+                            write = %write,
+                            error = %error,
+                            "job write failed and was read back as landed"
+                        );
                         self.hub.publish(id, &written.events);
                         return Ok(written);
                     }
@@ -488,7 +497,8 @@ impl<S: Store> JobState<S> {
                         if std::mem::take(&mut just_failed) && !deadline.may_write_again() {
                             let error = resolve::not_landed(operation, &record_key, write, error);
                             if error.is_ambiguous() {
-                                // It may still land (see `nudge`).
+                                // It may have landed by now; if it lands
+                                // later, `nudge` cannot tell (see there).
                                 self.hub.nudge(id);
                             }
                             return Err(error);
@@ -542,6 +552,13 @@ impl<S: Store> JobState<S> {
             let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
             match self.commit(&mut job, version, events, extra, write) {
                 Ok(events) => {
+                    report!(
+                        debug,
+                        job_id = id,
+                        operation,
+                        status = ?job.status,
+                        "job written"
+                    );
                     self.hub.publish(id, &events);
                     return Ok(Written {
                         start: Start::of(&job),

@@ -26,6 +26,7 @@ use crate::key::{Key, Prefix};
 use crate::record as codec;
 use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{Applied, Batch, BatchOp, Expect, SCAN_PAGE, Store, Version};
+use crate::trace::report;
 
 /// How often a write is retried after losing a compare-and-set race before the
 /// conflict is returned. Every lost race means another writer succeeded, so this
@@ -922,6 +923,7 @@ impl<S: Store> JobLedger<S> {
             match written {
                 Ok(version) => {
                     reservation.version = version;
+                    report!(debug, %key, attempt = %attempt, "reservation made");
                     return Ok(Reserve::New(reservation));
                 }
                 // Lost a race (on the reservation or the caller's keys): decide
@@ -932,6 +934,13 @@ impl<S: Store> JobLedger<S> {
                     // operations landed with it, in the same batch.
                     Ok(Some((stored, version))) if stored.was_made_by(&attempt) => {
                         let reservation = stored.to_reservation(account, job_id, version);
+                        report!(
+                            info,
+                            %key,
+                            attempt = %attempt,
+                            error = %e,
+                            "reservation made; its write failed and was read back as landed"
+                        );
                         return Ok(Reserve::New(reservation));
                     }
                     // Unchanged: ours did not land, nor did its operations.

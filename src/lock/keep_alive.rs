@@ -11,6 +11,7 @@ use super::{JobLock, LockRecord, positive_ms};
 use crate::error::steps;
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::trace::report;
 
 /// What a [`KeepAlive`] did.
 #[derive(Debug)]
@@ -231,8 +232,24 @@ impl<S: Store> Renewer<S> {
                     self.next_ms = record.renewed_ms.saturating_add(self.every_ms);
                     KeepAliveEvent::Renewed(record)
                 }
-                Ok(Renewal::Lost(lost)) => KeepAliveEvent::Lost(lost),
+                Ok(Renewal::Lost(lost)) => {
+                    report!(
+                        warn,
+                        key = %self.handle.key,
+                        job_id = %self.handle.job_id,
+                        token = self.handle.token.get(),
+                        "lease lost: the lock is no longer this holder's"
+                    );
+                    KeepAliveEvent::Lost(lost)
+                }
                 Err(e) => {
+                    report!(
+                        warn,
+                        key = %self.handle.key,
+                        job_id = %self.handle.job_id,
+                        error = %e,
+                        "lease renewal failed; the keep-alive tries again"
+                    );
                     self.next_ms = now.saturating_add(self.every_ms);
                     KeepAliveEvent::Failed(e)
                 }
@@ -274,6 +291,11 @@ impl Watch {
             }
             // A renewal confirmed meanwhile moved the end: watch the new one.
             if self.clock.now_ms() >= state.expires_ms.saturating_sub(self.margin_ms) {
+                report!(
+                    warn,
+                    expires_ms = state.expires_ms,
+                    "lease expiring with no confirmed renewal: stop the work it guards"
+                );
                 state.send(KeepAliveEvent::Expired);
                 return;
             }

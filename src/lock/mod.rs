@@ -30,6 +30,7 @@ use crate::key::{Key, Prefix};
 use crate::record as codec;
 use crate::resolve::{self, Deadline, may_have_landed};
 use crate::store::{Expect, Quarantined, SCAN_PAGE, Store, Version};
+use crate::trace::report;
 
 /// Longest wait between two attempts of [`JobLock::acquire_within`].
 const MAX_BACKOFF_MS: u64 = 1_000;
@@ -367,6 +368,13 @@ impl<S: Store> JobLock<S> {
             match self.store.put(&stored_key, &bytes, expect) {
                 Ok(version) => {
                     let record = stored.into_record(key.clone(), version);
+                    report!(
+                        debug,
+                        key = %record.key,
+                        job_id = %record.job_id,
+                        token = record.token.get(),
+                        "lock acquired"
+                    );
                     return Ok(Acquire::Acquired(LockGuard::new(self.clone(), record)));
                 }
                 // Someone else wrote the record between our read and our write:

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::jobs::{FailureKind, JobError};
 use crate::record::{self as codec, Extra, Record};
 use crate::store::{BatchOp, Expect, Store};
+use crate::trace::report;
 use crate::vfs::Vfs;
 
 /// A job's pipeline state besides its record: consecutive transient failures.
@@ -91,6 +92,16 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         if self.lease.lost().is_none() {
             self.remove_artifacts(partial)?;
         }
+        // `then` is `Transient { retry_at_ms }` (retried then) or `Permanent`.
+        report!(
+            warn,
+            job_id = self.id(),
+            stage,
+            failures,
+            then = ?failure,
+            error = %job_error.internal_message(),
+            "stage failed"
+        );
         Ok(match failure {
             FailureKind::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
                 stage: stage.to_owned(),

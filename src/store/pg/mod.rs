@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 pub use self::clock::PgClock;
-use self::conn::{CallBound, Conn, Connector, Link, Linked, Session, server_name};
+use self::conn::{CallBound, Conn, Connector, Link, Linked, Session, later, server_name};
 pub(crate) use self::failure::may_land_later;
 use self::failure::{deadline_passed, unfenced};
 use self::ops::Ctx;
@@ -41,6 +41,7 @@ use crate::key::{Key, Prefix};
 use crate::store::{
     Applied, Batch, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
+use crate::trace;
 
 /// A [`Store`] in a PostgreSQL table: one ledger, one set of locks and one set of
 /// jobs shared by many processes on many machines.
@@ -97,13 +98,15 @@ use crate::store::{
 ///   hand-off to another thread (as the blocking `postgres` client does). So a
 ///   call blocks the calling thread until its answer arrives, as a file read
 ///   does. It may be called from any thread, a thread of your own tokio runtime
-///   included, where it never panics: there, where tokio forbids driving another
-///   runtime, the call runs on a short-lived thread of its own while the
-///   worker thread waits. That costs a thread start per call and blocks the
-///   worker, so in async code prefer `tokio::task::spawn_blocking` for store
-///   calls, as for `std::fs`. One background thread, started on first use for
-///   the process, sends the cancel requests of abandoned calls and ends the
-///   sessions of unanswered writes.
+///   included, where it never panics: on a thread where a tokio runtime is
+///   current (a worker, `block_on`, and `spawn_blocking` too, which tokio does
+///   not let a library tell apart), the call runs on a short-lived thread of
+///   its own while that thread waits. That costs a thread start per call. In
+///   async code, call the store from `tokio::task::spawn_blocking` (as for
+///   `std::fs`), so that no worker is blocked; the async face this crate
+///   plans removes the thread start. One background thread, started on first
+///   use for the process, sends the cancel requests of abandoned calls and
+///   ends the sessions of unanswered writes.
 /// - **Migrations** are versioned in `jobsafe_schema` and run on open, only
 ///   when one is due: `open` first reads the recorded version and checks that
 ///   the tables exist, taking no lock. A due migration runs in one transaction
@@ -218,9 +221,9 @@ pub struct PgStore {
     shared: Arc<Shared>,
 }
 
-/// What every handle of one store shares; its methods are the asynchronous
-/// core of each call (check a connection out, run the operation, put the
-/// connection back).
+/// What every handle of one store shares; its methods make each call, on the
+/// calling thread: check a connection out, drive the operation on it, put the
+/// connection back (or fence an unanswered write).
 struct Shared {
     pool: Pool,
     sql: Arc<Sql>,
@@ -625,7 +628,7 @@ impl Shared {
     /// so it is closed and its statement cancelled, never put back in the
     /// pool.
     fn read<T>(&self, step: &'static str, work: impl AsyncFnOnce(&Link) -> Result<T>) -> Result<T> {
-        let until = Instant::now() + self.deadline;
+        let until = later(Instant::now(), self.deadline);
         let conn = self.check_out(step, until)?;
         let left = until.saturating_duration_since(Instant::now());
         match conn.driver.run_for(left, work(&conn.link)) {
@@ -649,7 +652,7 @@ impl Shared {
         work: impl AsyncFnOnce(&mut Link) -> Result<T>,
     ) -> Result<T> {
         let started = Instant::now();
-        let answer_by = started + self.deadline / 2;
+        let answer_by = later(started, self.deadline / 2);
         // A connection that cannot be had sent nothing: no fence needed.
         let mut conn = self.check_out(step, answer_by)?;
         let session = conn.session.clone();
@@ -673,7 +676,7 @@ impl Shared {
                 deadline_passed(step, &self.server, self.deadline)
             }
         };
-        let left = (started + self.deadline).saturating_duration_since(Instant::now());
+        let left = later(started, self.deadline).saturating_duration_since(Instant::now());
         if self.fence(session, left) {
             Err(error)
         } else {
@@ -749,32 +752,75 @@ impl PgStore {
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.call(|s| s.get(key))
+        trace::store_call(
+            "postgres",
+            "get",
+            || trace::namespace_of(key.segments()),
+            || self.call(|s| s.get(key)),
+        )
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        // Checked here, not left to the server: a value it cannot take (over
-        // 1 GB) makes it drop the connection, which looks transient.
-        Entry::check_value(key, value)?;
-        self.call(|s| s.put(key, value, expect))
+        trace::store_call(
+            "postgres",
+            "put",
+            || trace::namespace_of(key.segments()),
+            || {
+                // Checked here, not left to the server: a value it cannot take (over
+                // 1 GB) makes it drop the connection, which looks transient.
+                Entry::check_value(key, value)?;
+                self.call(|s| s.put(key, value, expect))
+            },
+        )
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        self.call(|s| s.delete(key, expect))
+        trace::store_call(
+            "postgres",
+            "delete",
+            || trace::namespace_of(key.segments()),
+            || self.call(|s| s.delete(key, expect)),
+        )
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        check_limit(limit)?;
-        self.call(|s| s.list(prefix, after, limit))
+        trace::store_call(
+            "postgres",
+            "list",
+            || trace::namespace_of(prefix.segments()),
+            || {
+                check_limit(limit)?;
+                self.call(|s| s.list(prefix, after, limit))
+            },
+        )
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        batch.validate()?;
-        self.call(|s| s.apply(batch))
+        trace::store_call(
+            "postgres",
+            "apply",
+            || {
+                trace::namespace_of(
+                    batch
+                        .ops()
+                        .first()
+                        .map_or(&[][..], |op| op.key().segments()),
+                )
+            },
+            || {
+                batch.validate()?;
+                self.call(|s| s.apply(batch))
+            },
+        )
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        self.call(|s| s.quarantine(key))
+        trace::store_call(
+            "postgres",
+            "quarantine",
+            || trace::namespace_of(key.segments()),
+            || self.call(|s| s.quarantine(key)),
+        )
     }
 }
 
