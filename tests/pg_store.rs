@@ -467,7 +467,10 @@ fn a_batch_that_fails_leaves_no_transaction_open() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(open, 0, "a session of the store sits in an open transaction");
+    assert_eq!(
+        open, 0,
+        "a session of the store sits in an open transaction"
+    );
     // Another process writes the key the batch touched without waiting.
     let other = PgStore::builder(&pg::url())
         .schema(&schema)
