@@ -17,7 +17,7 @@ use common::child::{self, Child};
 use common::key;
 use jobsafe::testing::{Fault, Faulty, OpKind};
 use jobsafe::vfs::StdVfs;
-use jobsafe::{Batch, Entry, Error, Expect, LogStore, Prefix, Store};
+use jobsafe::{Batch, Entry, Error, Expect, Key, LogStore, Prefix, Store};
 
 /// Every record under `k/`, by key name.
 fn contents(store: &impl Store) -> BTreeMap<String, Vec<u8>> {
@@ -674,4 +674,32 @@ fn a_handle_growing_the_journal_keeps_what_another_handle_wrote_there() {
     let seen = contents(&store);
     assert_eq!(seen.len(), 12);
     assert!(seen.values().all(|v| v == &value));
+}
+
+#[test]
+fn a_quarantined_record_keeps_its_key_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let key = Key::new(["jobs", "line\nbreak", "a/b"]).unwrap();
+    store.put(&key, b"evidence", Expect::Absent).unwrap();
+
+    let moved = store.quarantine(&key).unwrap().unwrap();
+    assert_eq!(moved.key, key);
+    let record = PathBuf::from(&moved.location);
+    assert_eq!(fs::read(&record).unwrap(), b"evidence");
+    // The key, as it displays (escaped, one line), in the file beside it.
+    let key_file = record.with_extension("key");
+    assert_eq!(
+        fs::read_to_string(&key_file).unwrap(),
+        "jobs/line%0Abreak/a%2Fb\n"
+    );
+    assert_eq!(
+        fs::read_to_string(&key_file)
+            .unwrap()
+            .trim_end()
+            .parse::<Key>()
+            .unwrap(),
+        key
+    );
+    assert!(store.get(&key).unwrap().is_none());
 }

@@ -86,6 +86,10 @@ impl JobError {
     /// at a character boundary.
     pub const MAX_LEN: usize = 2000;
 
+    /// Longest code kept, in bytes; a longer one is cut at a character
+    /// boundary, as messages are.
+    pub const MAX_CODE_LEN: usize = 128;
+
     /// What a client is told when a job failed and the caller gave no client
     /// message: a fixed sentence, never derived from the internal message, so
     /// that nothing an operator needs to see (hosts, paths, upstream errors) can
@@ -113,9 +117,19 @@ impl JobError {
         self
     }
 
-    /// Adds a machine-readable code, shown to clients.
+    /// Adds a machine-readable code, shown to clients: at most
+    /// [`JobError::MAX_CODE_LEN`] bytes are kept.
+    ///
+    /// ```
+    /// use jobsafe::jobs::JobError;
+    ///
+    /// let error = JobError::new("the upstream refused").code("upstream_4xx");
+    /// assert_eq!(error.error_code(), Some("upstream_4xx"));
+    /// let long = JobError::new("x").code("é".repeat(100));
+    /// assert_eq!(long.error_code().map(str::len), Some(JobError::MAX_CODE_LEN));
+    /// ```
     pub fn code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.code = Some(bounded(code.into(), JobError::MAX_CODE_LEN));
         self
     }
 

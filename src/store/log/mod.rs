@@ -74,7 +74,10 @@ const FIRST_SEQ: u64 = 1;
 ///   journal            file header, frames, then zeros (preallocated space)
 ///   lock               flock: writers exclusive, readers catching up shared
 ///   compact.lock       flock: one compaction at a time
-///   quarantine/        records moved aside by `quarantine`
+///   quarantine/        records moved aside by `quarantine`: each value in
+///                      `v<version>-<id>.record`, and its key beside it in
+///                      `v<version>-<id>.key` (the key as `Key` displays it,
+///                      one line)
 /// ```
 ///
 /// - **Crashes.** A frame is written only after the one before it is durable,
@@ -919,12 +922,16 @@ impl<V: Vfs> Store for LogStore<V> {
                     };
                     let vfs = self.shared.writer.vfs();
                     self.shared.ensure_quarantine_dir(&dir)?;
-                    let name = format!(
-                        "v{}-{}.record",
-                        entry.version.get(),
-                        uuid::Uuid::new_v4().simple()
-                    );
-                    let path = dir.join(name);
+                    let stem =
+                        format!("v{}-{}", entry.version.get(), uuid::Uuid::new_v4().simple());
+                    // The key first, so that a value found there always says
+                    // whose it was (a key file alone is what a crash between
+                    // the two can leave).
+                    let key_path = dir.join(format!("{stem}.key"));
+                    self.shared
+                        .writer
+                        .write(&key_path, format!("{key}\n").as_bytes())?;
+                    let path = dir.join(format!("{stem}.record"));
                     self.shared.writer.write(&path, &entry.value)?;
                     match self.delete(key, Expect::Version(entry.version)) {
                         Ok(_) => {
@@ -936,6 +943,7 @@ impl<V: Vfs> Store for LogStore<V> {
                         Err(e) if e.is_conflict() => {
                             // Changed meanwhile: move aside what is there now instead.
                             let _ = vfs.remove_file(&path);
+                            let _ = vfs.remove_file(&key_path);
                         }
                         Err(e) => return Err(e),
                     }
