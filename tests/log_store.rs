@@ -687,19 +687,10 @@ fn a_quarantined_record_keeps_its_key_beside_it() {
     assert_eq!(moved.key, key);
     let record = PathBuf::from(&moved.location);
     assert_eq!(fs::read(&record).unwrap(), b"evidence");
-    // The key, as it displays (escaped, one line), in the file beside it.
-    let key_file = record.with_extension("key");
-    assert_eq!(
-        fs::read_to_string(&key_file).unwrap(),
-        "jobs/line%0Abreak/a%2Fb\n"
-    );
-    assert_eq!(
-        fs::read_to_string(&key_file)
-            .unwrap()
-            .trim_end()
-            .parse::<Key>()
-            .unwrap(),
-        key
-    );
+    // The key beside it: its segments as JSON, on one line.
+    let key_file = fs::read_to_string(record.with_extension("key")).unwrap();
+    assert_eq!(key_file, "[\"jobs\",\"line\\nbreak\",\"a/b\"]\n");
+    let segments: Vec<String> = serde_json::from_str(&key_file).unwrap();
+    assert_eq!(Key::new(segments).unwrap(), key);
     assert!(store.get(&key).unwrap().is_none());
 }

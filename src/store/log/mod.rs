@@ -76,8 +76,8 @@ const FIRST_SEQ: u64 = 1;
 ///   compact.lock       flock: one compaction at a time
 ///   quarantine/        records moved aside by `quarantine`: each value in
 ///                      `v<version>-<id>.record`, and its key beside it in
-///                      `v<version>-<id>.key` (the key as `Key` displays it,
-///                      one line)
+///                      `v<version>-<id>.key` (its segments as a JSON array,
+///                      on one line)
 /// ```
 ///
 /// - **Crashes.** A frame is written only after the one before it is durable,
@@ -820,6 +820,15 @@ impl<V: Vfs> LogStore<V> {
     }
 }
 
+/// What a quarantined record's `.key` file holds: the key's segments as a JSON
+/// array on one line (a segment's line breaks and other control characters
+/// escaped by JSON), so that the file reads back to the exact key.
+fn key_file(key: &Key) -> Vec<u8> {
+    let mut line = serde_json::to_vec(key.segments()).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
 impl<V: Vfs> Store for LogStore<V> {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
         trace::store_call(
@@ -928,9 +937,7 @@ impl<V: Vfs> Store for LogStore<V> {
                     // whose it was (a key file alone is what a crash between
                     // the two can leave).
                     let key_path = dir.join(format!("{stem}.key"));
-                    self.shared
-                        .writer
-                        .write(&key_path, format!("{key}\n").as_bytes())?;
+                    self.shared.writer.write(&key_path, &key_file(key))?;
                     let path = dir.join(format!("{stem}.record"));
                     self.shared.writer.write(&path, &entry.value)?;
                     match self.delete(key, Expect::Version(entry.version)) {
