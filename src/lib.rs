@@ -140,12 +140,15 @@
 //!   `debug` span `store` (`backend`, `operation`, `namespace`: the key's first
 //!   segment) ending with a `debug` event that gives its `outcome` (`ok`,
 //!   `conflict`, `transient`, `ambiguous`, `failed`) and `micros`. Events:
-//!   a lock acquired (`debug`); a lease lost, a renewal failed, a lease
-//!   expiring unrenewed (`warn`, from the keep-alive); a reservation made
-//!   (`debug`), or read back after its write failed (`info`); a job written
-//!   (`debug`, with its `operation` and `status`), or read back after its write
-//!   failed (`info`); a stage failed (`warn`, with the `stage`, the count of
-//!   `failures`, `then`: retried at a time, or permanent, and the `error`).
+//!   a lock acquired or released, a lease renewed (`debug`); a lease lost, a
+//!   renewal failed, a lease expiring unrenewed (`warn`, from the
+//!   keep-alive); a reservation made, moved (confirmed, say) or removed (a
+//!   refund) (`debug`), or made and read back after its write failed
+//!   (`info`); a job written (`debug`, with its `operation` and `status`), or
+//!   read back after its write failed (`info`); a stage done (`debug`, with
+//!   its count of `artifacts`); a stage failed (`warn`, with the `stage`, the
+//!   count of `failures`, `then`: retried at a time, or permanent, and the
+//!   `error`).
 //!   Targets are module paths (`jobsafe::store::log`, `jobsafe::lock`, ...).
 //!   Without a subscriber that listens, each costs a check of a static flag.
 //! - `cli` (off by default): the `jobsafe` operator tool, which lists and

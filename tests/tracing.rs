@@ -1,7 +1,8 @@
 //! What the feature `tracing` reports, seen through a subscriber of the test's
 //! own that keeps every span and event: a span for each store call (backend,
-//! operation, namespace) ending with its outcome, a lock acquired, a lease
-//! lost, a job written, a stage that failed and what happens next.
+//! operation, namespace) ending with its outcome, a lock acquired, renewed,
+//! lost and released, a reservation made and refunded, a job written, a stage
+//! done, a stage that failed and what happens next.
 //!
 //! One subscriber serves every test of this file (a global one, since the
 //! keep-alive reports from its own thread); each test finds its own records
@@ -16,9 +17,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jobsafe::jobs::{JobState, NewJob};
+use jobsafe::ledger::ChargeRequest;
 use jobsafe::lock::{Acquire, KeepAliveEvent, LockRequest};
 use jobsafe::pipeline::{RunOutcome, StageError};
-use jobsafe::{Expect, JobLock, Key, ManualClock, MemStore, Pipeline, Store};
+use jobsafe::{Expect, JobLedger, JobLock, Key, ManualClock, MemStore, Pipeline, Store};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -206,11 +208,22 @@ fn a_lock_acquired_and_a_lease_lost_are_reported() {
         "{acquired:?}"
     );
 
-    // Someone frees the lock and takes it; the keep-alive's next renewal
-    // finds it gone.
+    // A renewal, then someone frees the lock and takes it; the keep-alive's
+    // next renewal finds it gone.
     let keep_alive = guard.keep_alive(ttl, Duration::from_secs(20)).unwrap();
+    clock.advance(Duration::from_secs(20));
+    assert!(matches!(
+        keep_alive.next_event(),
+        Some(KeepAliveEvent::Renewed(_))
+    ));
+    assert!(
+        events_with("key", "vault/traced-lock")
+            .iter()
+            .any(|seen| seen.what == "lease renewed"),
+        "no renewal reported"
+    );
     locks.force_release(&key).unwrap();
-    let Acquire::Acquired(_thief) = locks.acquire(&key, ttl, &LockRequest::new()).unwrap() else {
+    let Acquire::Acquired(thief) = locks.acquire(&key, ttl, &LockRequest::new()).unwrap() else {
         panic!("the lock was freed");
     };
     clock.advance(Duration::from_secs(20));
@@ -229,6 +242,39 @@ fn a_lock_acquired_and_a_lease_lost_are_reported() {
         Some(guard.record().job_id.as_str())
     );
     let _ = guard.into_handle();
+
+    // The new holder releases it.
+    let thief_id = thief.record().job_id.clone();
+    thief.release().unwrap();
+    assert!(
+        events_with("job_id", &thief_id)
+            .iter()
+            .any(|seen| seen.what == "lock released"),
+        "no release reported"
+    );
+}
+
+#[test]
+fn reservations_made_and_refunded_are_reported() {
+    let _ = capture();
+    let ledger = JobLedger::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+    ledger
+        .reserve("lic:traced", "job-1", &ChargeRequest::new())
+        .unwrap();
+    ledger.refund("lic:traced", "job-1").unwrap().unwrap();
+    let seen: Vec<String> = capture()
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|seen| seen.field("key").is_some_and(|k| k.contains("lic:traced")))
+        .map(|seen| seen.what.clone())
+        .collect();
+    assert_eq!(
+        seen,
+        ["reservation made", "reservation removed"],
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -271,4 +317,30 @@ fn job_writes_and_failed_stages_are_reported() {
         failed[0].field("error").unwrap().contains("upstream busy"),
         "{failed:?}"
     );
+
+    // A stage that succeeds is reported done.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(
+        MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        dir.path(),
+    )
+    .stage("fetch", |ctx| {
+        ctx.write("page.html", b"<html>")?;
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let job = pipeline
+        .enqueue("session", NewJob::new("episode").id("traced-done"))
+        .unwrap();
+    let report = pipeline.run_job(&job.id).unwrap();
+    assert!(matches!(report.outcome, RunOutcome::Completed));
+    let done: Vec<Seen> = events_with("job_id", "traced-done")
+        .into_iter()
+        .filter(|seen| seen.what == "stage done")
+        .collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].field("stage"), Some("fetch"));
+    assert_eq!(done[0].field("artifacts"), Some("1"));
 }

@@ -1076,11 +1076,15 @@ impl<S: Store> JobLedger<S> {
             };
             match written {
                 Ok(Some(version)) => {
+                    report!(debug, %key, operation, state = ?stored.state, "reservation moved");
                     return Ok(Moved::Changed(Box::new(
                         stored.to_reservation(account, job_id, version),
                     )));
                 }
-                Ok(None) => return Ok(Moved::Removed(Box::new(current))),
+                Ok(None) => {
+                    report!(debug, %key, operation, "reservation removed");
+                    return Ok(Moved::Removed(Box::new(current)));
+                }
                 Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
                 Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&key)) {
                     // Ours, whatever happened to the reply.

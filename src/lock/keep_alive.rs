@@ -230,6 +230,13 @@ impl<S: Store> Renewer<S> {
                 Ok(Renewal::Renewed(record)) => {
                     state.expires_ms = record.expires_ms;
                     self.next_ms = record.renewed_ms.saturating_add(self.every_ms);
+                    report!(
+                        debug,
+                        key = %record.key,
+                        job_id = %record.job_id,
+                        expires_ms = record.expires_ms,
+                        "lease renewed"
+                    );
                     KeepAliveEvent::Renewed(record)
                 }
                 Ok(Renewal::Lost(lost)) => {

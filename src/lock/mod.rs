@@ -554,7 +554,10 @@ impl<S: Store> JobLock<S> {
             .store
             .delete(&stored_key, Expect::Version(record.version))
         {
-            Ok(_) => Ok(Release::Released),
+            Ok(_) => {
+                report!(debug, key = %record.key, job_id = %record.job_id, "lock released");
+                Ok(Release::Released)
+            }
             Err(e) if e.is_conflict() => self.release_stored(&stored_key, &handle, &deadline),
             Err(e) if may_have_landed(&e) => {
                 self.resolve_release(&stored_key, &handle, record.version, e, &deadline)

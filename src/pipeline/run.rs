@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{Claim, Job, JobStatus};
 use crate::lock::{Acquire, LockRecord, LockRequest};
 use crate::store::{BatchOp, Expect, Store};
+use crate::trace::report;
 use crate::vfs::Vfs;
 
 impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
@@ -259,6 +260,13 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             self.notice(&stage.name, StageAction::Started, stale.as_deref());
             match self.run_stage(stage, &previous_chain, &recorded, report)? {
                 Ok(checkpoint) => {
+                    report!(
+                        debug,
+                        job_id = self.id(),
+                        stage = %stage.name,
+                        artifacts = checkpoint.artifacts.len(),
+                        "stage done"
+                    );
                     recorded.add(&stage.name, &checkpoint.artifacts);
                     previous_chain = checkpoint.chain;
                 }
