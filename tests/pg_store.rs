@@ -479,3 +479,37 @@ fn a_batch_that_fails_leaves_no_transaction_open() {
         .unwrap();
     other.put(&fresh, b"other", Expect::Absent).unwrap();
 }
+
+#[test]
+fn the_longest_bounds_are_taken_as_no_bound_and_never_panic() {
+    let mut schemas = Schemas::default();
+    let schema = schemas.fresh();
+    let store = PgStore::builder(&pg::url())
+        .schema(&schema)
+        .call_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .pool_size(1)
+        .open()
+        .unwrap();
+    let key = Key::new(["bounds", "k"]).unwrap();
+    let v = store.put(&key, b"v", Expect::Absent).unwrap();
+    assert_eq!(store.get(&key).unwrap().unwrap().version, v);
+    // From two threads on a pool of one: the second waits for the first's
+    // connection (a check-out bounded by Duration::MAX).
+    std::thread::scope(|s| {
+        for i in 0..2 {
+            let store = &store;
+            s.spawn(move || {
+                let key = Key::new(["bounds", &format!("t{i}")]).unwrap();
+                store.put(&key, b"v", Expect::Absent).unwrap();
+            });
+        }
+    });
+    assert_eq!(
+        store
+            .list_all(&Prefix::new(["bounds"]).unwrap())
+            .unwrap()
+            .len(),
+        3
+    );
+}

@@ -470,3 +470,19 @@ impl Statements {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_too_long_for_an_instant_is_a_moment_far_away_not_a_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let far = later(now, Duration::MAX);
+        assert!(far >= now + Duration::from_secs(365 * 24 * 3600), "{far:?}");
+    }
+}

@@ -563,7 +563,7 @@ impl PgStoreBuilder {
                 schema::migrate(client, &names, &server, limits.migration_lock).await
             };
             // The migration lock's wait, then the migration itself.
-            let bound = limits.call + limits.migration_lock;
+            let bound = limits.call.saturating_add(limits.migration_lock);
             driver
                 .run_for(bound, ready)
                 .unwrap_or_else(|| Err(deadline_passed("migrate schema", &server, bound)))?;
