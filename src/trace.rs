@@ -8,6 +8,8 @@
 //! so a filter such as `jobsafe=info,jobsafe::store=debug` picks what to see.
 
 use crate::error::Result;
+use crate::key::{Key, Prefix};
+use crate::store::Batch;
 
 /// Emits a `tracing` event at `$level` (`info`, `warn`, ...) with the feature
 /// `tracing`; nothing without it. The arguments are `tracing`'s: fields, then
@@ -21,15 +23,16 @@ macro_rules! report {
 pub(crate) use report;
 
 /// Runs one call of a store's API inside a `debug` span `store` naming the
-/// backend, the operation and the namespace (the key's first segment), and
-/// ends it with a `debug` event that gives the outcome and the duration.
+/// backend, the operation and the namespace of `subject` (a key's, a
+/// prefix's or a batch's first segment), and ends it with a `debug` event
+/// that gives the outcome and the duration.
 ///
-/// `namespace` is only read when a subscriber listens.
+/// The namespace is only worked out when a subscriber listens.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-pub(crate) fn store_call<'k, T>(
+pub(crate) fn store_call<T>(
     backend: &'static str,
     operation: &'static str,
-    namespace: impl FnOnce() -> &'k str,
+    subject: &impl Namespaced,
     call: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     #[cfg(feature = "tracing")]
@@ -43,7 +46,7 @@ pub(crate) fn store_call<'k, T>(
         if span.is_disabled() {
             return call();
         }
-        span.record("namespace", namespace());
+        span.record("namespace", subject.namespace());
         let _entered = span.enter();
         let started = std::time::Instant::now();
         let result = call();
@@ -77,8 +80,35 @@ fn outcome_of(e: &crate::Error) -> &'static str {
     }
 }
 
-/// The first segment of a key or prefix: the namespace of the component that
-/// wrote it, as records are laid out.
-pub(crate) fn namespace_of(segments: &[String]) -> &str {
+/// What a store call is about, named in its span by its namespace: the
+/// first segment, which is the namespace of the component that wrote the
+/// record, as records are laid out.
+pub(crate) trait Namespaced {
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    fn namespace(&self) -> &str;
+}
+
+fn first(segments: &[String]) -> &str {
     segments.first().map_or("", String::as_str)
+}
+
+impl Namespaced for Key {
+    fn namespace(&self) -> &str {
+        first(self.segments())
+    }
+}
+
+impl Namespaced for Prefix {
+    fn namespace(&self) -> &str {
+        first(self.segments())
+    }
+}
+
+/// A batch's first operation's.
+impl Namespaced for Batch {
+    fn namespace(&self) -> &str {
+        self.ops()
+            .first()
+            .map_or("", |op| first(op.key().segments()))
+    }
 }

@@ -635,82 +635,62 @@ impl<V: Vfs> DirStore<V> {
 
 impl<V: Vfs> Store for DirStore<V> {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call(
-            "dir",
-            "get",
-            || trace::namespace_of(key.segments()),
-            || {
-                self.with_stripes(&[self.stripe(key)], false, |_| {
-                    Ok(self.read_record(key)?.map(|r| Entry {
-                        value: r.value,
-                        version: r.version,
-                    }))
-                })
-            },
-        )
+        trace::store_call("dir", "get", key, || {
+            self.with_stripes(&[self.stripe(key)], false, |_| {
+                Ok(self.read_record(key)?.map(|r| Entry {
+                    value: r.value,
+                    version: r.version,
+                }))
+            })
+        })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call(
-            "dir",
-            "put",
-            || trace::namespace_of(key.segments()),
-            || {
-                Entry::check_value(key, value)?;
-                self.check_writable()?;
-                self.with_stripes(&[self.stripe(key)], true, |_| {
-                    let current = self.read_record(key)?;
-                    expect.check(key, current.as_ref().map(|r| r.version))?;
-                    let version = self.next_version(key, current.as_ref())?;
-                    let bytes = record_file::encode(key, version, value);
-                    self.watch(self.write_record_file(key, &bytes))?;
-                    Ok(version)
-                })
-            },
-        )
+        trace::store_call("dir", "put", key, || {
+            Entry::check_value(key, value)?;
+            self.check_writable()?;
+            self.with_stripes(&[self.stripe(key)], true, |_| {
+                let current = self.read_record(key)?;
+                expect.check(key, current.as_ref().map(|r| r.version))?;
+                let version = self.next_version(key, current.as_ref())?;
+                let bytes = record_file::encode(key, version, value);
+                self.watch(self.write_record_file(key, &bytes))?;
+                Ok(version)
+            })
+        })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call(
-            "dir",
-            "delete",
-            || trace::namespace_of(key.segments()),
-            || {
-                self.check_writable()?;
-                let stripe = self.stripe(key);
-                self.with_stripes(&[stripe], true, |_| {
-                    let Some(current) = self.read_record(key)? else {
-                        expect.check(key, None)?;
-                        return Ok(false);
-                    };
-                    expect.check(key, Some(current.version))?;
-                    let stripes_dir = &self.layout().stripes;
-                    self.watch(stripes::raise_floor(
-                        self.writer(),
-                        stripes_dir,
-                        stripe,
-                        Some(current.version),
-                    ))?;
-                    self.watch(self.remove_record_file(key))
-                })
-            },
-        )
+        trace::store_call("dir", "delete", key, || {
+            self.check_writable()?;
+            let stripe = self.stripe(key);
+            self.with_stripes(&[stripe], true, |_| {
+                let Some(current) = self.read_record(key)? else {
+                    expect.check(key, None)?;
+                    return Ok(false);
+                };
+                expect.check(key, Some(current.version))?;
+                let stripes_dir = &self.layout().stripes;
+                self.watch(stripes::raise_floor(
+                    self.writer(),
+                    stripes_dir,
+                    stripe,
+                    Some(current.version),
+                ))?;
+                self.watch(self.remove_record_file(key))
+            })
+        })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call(
-            "dir",
-            "list",
-            || trace::namespace_of(prefix.segments()),
-            || {
-                check_limit(limit)?;
-                // All stripes shared: no write is in flight while the tree is walked, so a
-                // page never shows part of a batch, and no rename in a directory being
-                // read can hide a record's name from the read.
-                let _all = self.lock_all_shared()?;
-                list::list(self.writer().vfs(), self.layout(), prefix, after, limit)
-            },
-        )
+        trace::store_call("dir", "list", prefix, || {
+            check_limit(limit)?;
+            // All stripes shared: no write is in flight while the tree is walked, so a
+            // page never shows part of a batch, and no rename in a directory being
+            // read can hide a record's name from the read.
+            let _all = self.lock_all_shared()?;
+            list::list(self.writer().vfs(), self.layout(), prefix, after, limit)
+        })
     }
 
     /// Reads each directory under `prefix` once, when a page first needs it
@@ -720,90 +700,77 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call(
-            "dir",
-            "apply",
-            || {
-                trace::namespace_of(
-                    batch
-                        .ops()
-                        .first()
-                        .map_or(&[][..], |op| op.key().segments()),
-                )
-            },
-            || {
-                batch.validate()?;
-                let journal_len = journal::max_len(batch);
-                if journal_len > MAX_BATCH_BYTES {
-                    return Err(Error::too_large(
-                        "DirStore batch",
-                        None,
-                        journal_len,
-                        MAX_BATCH_BYTES,
-                    ));
-                }
-                self.check_writable()?;
-                let stripes: Vec<usize> =
-                    batch.ops().iter().map(|op| self.stripe(op.key())).collect();
-                self.with_stripes(&stripes, true, |guard| {
-                    let mut changes = Vec::with_capacity(batch.len());
-                    let mut applied = Vec::with_capacity(batch.len());
-                    let mut floors = Vec::new();
-                    for op in batch.ops() {
-                        let current = self.read_record(op.key())?;
-                        op.expect()
-                            .check(op.key(), current.as_ref().map(|r| r.version))?;
-                        match op {
-                            BatchOp::Put { key, value, .. } => {
-                                let version = self.next_version(key, current.as_ref())?;
-                                let file = record_file::encode(key, version, value);
-                                changes.push(Change::Put {
-                                    key: key.clone(),
-                                    file,
-                                });
-                                applied.push(Applied::Put(version));
+        trace::store_call("dir", "apply", batch, || {
+            batch.validate()?;
+            let journal_len = journal::max_len(batch);
+            if journal_len > MAX_BATCH_BYTES {
+                return Err(Error::too_large(
+                    "DirStore batch",
+                    None,
+                    journal_len,
+                    MAX_BATCH_BYTES,
+                ));
+            }
+            self.check_writable()?;
+            let stripes: Vec<usize> = batch.ops().iter().map(|op| self.stripe(op.key())).collect();
+            self.with_stripes(&stripes, true, |guard| {
+                let mut changes = Vec::with_capacity(batch.len());
+                let mut applied = Vec::with_capacity(batch.len());
+                let mut floors = Vec::new();
+                for op in batch.ops() {
+                    let current = self.read_record(op.key())?;
+                    op.expect()
+                        .check(op.key(), current.as_ref().map(|r| r.version))?;
+                    match op {
+                        BatchOp::Put { key, value, .. } => {
+                            let version = self.next_version(key, current.as_ref())?;
+                            let file = record_file::encode(key, version, value);
+                            changes.push(Change::Put {
+                                key: key.clone(),
+                                file,
+                            });
+                            applied.push(Applied::Put(version));
+                        }
+                        BatchOp::Delete { key, .. } => {
+                            if let Some(current) = &current {
+                                floors.push((self.stripe(key), current.version));
+                                changes.push(Change::Delete { key: key.clone() });
                             }
-                            BatchOp::Delete { key, .. } => {
-                                if let Some(current) = &current {
-                                    floors.push((self.stripe(key), current.version));
-                                    changes.push(Change::Delete { key: key.clone() });
-                                }
-                                applied.push(Applied::Deleted(current.is_some()));
-                            }
+                            applied.push(Applied::Deleted(current.is_some()));
                         }
                     }
-                    // Floors first: a delete must never be durable before the floor that
-                    // keeps its versions from coming back.
-                    for (stripe, version) in floors {
-                        self.watch(stripes::raise_floor(
-                            self.writer(),
-                            &self.layout().stripes,
-                            stripe,
-                            Some(version),
-                        ))?;
-                    }
-                    // Checked at every batch, not only at open: the journal must not land
-                    // in a symlink planted since.
-                    crate::store::is_own_dir(self.writer().vfs(), &self.layout().journal)?;
-                    let journal_path = self.layout().journal.join(journal::name(&guard.stripes));
-                    self.watch(
-                        self.writer()
-                            .write(&journal_path, &journal::encode(&changes)),
-                    )?;
-                    // From here the batch is committed: if applying fails, the journal stays
-                    // and whoever next takes these stripes completes it. The caller must
-                    // learn that, or a retry would apply the batch twice.
-                    let completed = self
-                        .watch(self.apply_changes(&changes))
-                        .and_then(|()| self.watch(self.remove_journal(&journal_path)));
-                    completed.map_err(|e| Error::BatchPending {
-                        journal: journal_path.clone(),
-                        source: Box::new(e),
-                    })?;
-                    Ok(applied)
-                })
-            },
-        )
+                }
+                // Floors first: a delete must never be durable before the floor that
+                // keeps its versions from coming back.
+                for (stripe, version) in floors {
+                    self.watch(stripes::raise_floor(
+                        self.writer(),
+                        &self.layout().stripes,
+                        stripe,
+                        Some(version),
+                    ))?;
+                }
+                // Checked at every batch, not only at open: the journal must not land
+                // in a symlink planted since.
+                crate::store::is_own_dir(self.writer().vfs(), &self.layout().journal)?;
+                let journal_path = self.layout().journal.join(journal::name(&guard.stripes));
+                self.watch(
+                    self.writer()
+                        .write(&journal_path, &journal::encode(&changes)),
+                )?;
+                // From here the batch is committed: if applying fails, the journal stays
+                // and whoever next takes these stripes completes it. The caller must
+                // learn that, or a retry would apply the batch twice.
+                let completed = self
+                    .watch(self.apply_changes(&changes))
+                    .and_then(|()| self.watch(self.remove_journal(&journal_path)));
+                completed.map_err(|e| Error::BatchPending {
+                    journal: journal_path.clone(),
+                    source: Box::new(e),
+                })?;
+                Ok(applied)
+            })
+        })
     }
 
     fn sweep_temp_files(&self, min_age: Duration, clock: &dyn Clock) -> Result<usize> {
@@ -811,50 +778,45 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call(
-            "dir",
-            "quarantine",
-            || trace::namespace_of(key.segments()),
-            || {
-                self.check_writable()?;
-                let stripe = self.stripe(key);
-                self.with_stripes(&[stripe], true, |_| {
-                    let path = self.path_of(key);
-                    let vfs = self.writer().vfs();
-                    self.layout().check_parents(vfs, key)?;
-                    // The version of a record that fails its checksum cannot be trusted
-                    // (the damage may be in the version itself): count it as unknown, and
-                    // the floor jumps past any version the key can have reached. So is
-                    // the version of what is not a record file at all (a symlink, a
-                    // FIFO, a device, a directory, a file longer than a record can
-                    // be): it is moved aside as it is, never followed or read.
-                    let version =
-                        match read_own_file(vfs, &path, record_file::MAX_LEN, steps::READ_RECORD) {
-                            Ok(Some(bytes)) => record_file::decode(&bytes).ok().map(|r| r.version),
-                            Ok(None) => return Ok(None),
-                            Err(Error::CorruptFile { .. }) => None,
-                            Err(Error::Io { source, .. }) if is_absent(&source) => return Ok(None),
-                            Err(e) => return Err(e),
-                        };
-                    self.watch(stripes::raise_floor(
-                        self.writer(),
-                        &self.layout().stripes,
-                        stripe,
-                        version,
-                    ))?;
-                    crate::store::is_own_dir(vfs, &self.layout().quarantine)?;
-                    let target = self.layout().quarantine_path(&path);
-                    vfs.rename(&path, &target)
-                        .at(steps::MOVE_RECORD_TO_QUARANTINE, &target)?;
-                    self.watch(self.sync_dir(&self.layout().quarantine))?;
-                    self.watch(self.sync_dir(layout::parent(&path)))?;
-                    Ok(Some(Quarantined {
-                        key: key.clone(),
-                        location: target.display().to_string(),
-                    }))
-                })
-            },
-        )
+        trace::store_call("dir", "quarantine", key, || {
+            self.check_writable()?;
+            let stripe = self.stripe(key);
+            self.with_stripes(&[stripe], true, |_| {
+                let path = self.path_of(key);
+                let vfs = self.writer().vfs();
+                self.layout().check_parents(vfs, key)?;
+                // The version of a record that fails its checksum cannot be trusted
+                // (the damage may be in the version itself): count it as unknown, and
+                // the floor jumps past any version the key can have reached. So is
+                // the version of what is not a record file at all (a symlink, a
+                // FIFO, a device, a directory, a file longer than a record can
+                // be): it is moved aside as it is, never followed or read.
+                let version =
+                    match read_own_file(vfs, &path, record_file::MAX_LEN, steps::READ_RECORD) {
+                        Ok(Some(bytes)) => record_file::decode(&bytes).ok().map(|r| r.version),
+                        Ok(None) => return Ok(None),
+                        Err(Error::CorruptFile { .. }) => None,
+                        Err(Error::Io { source, .. }) if is_absent(&source) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                self.watch(stripes::raise_floor(
+                    self.writer(),
+                    &self.layout().stripes,
+                    stripe,
+                    version,
+                ))?;
+                crate::store::is_own_dir(vfs, &self.layout().quarantine)?;
+                let target = self.layout().quarantine_path(&path);
+                vfs.rename(&path, &target)
+                    .at(steps::MOVE_RECORD_TO_QUARANTINE, &target)?;
+                self.watch(self.sync_dir(&self.layout().quarantine))?;
+                self.watch(self.sync_dir(layout::parent(&path)))?;
+                Ok(Some(Quarantined {
+                    key: key.clone(),
+                    location: target.display().to_string(),
+                }))
+            })
+        })
     }
 
     /// `true`: the directory is taken to be on a filesystem of this machine. A

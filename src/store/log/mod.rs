@@ -831,132 +831,94 @@ fn key_file(key: &Key) -> Vec<u8> {
 
 impl<V: Vfs> Store for LogStore<V> {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call(
-            "log",
-            "get",
-            || trace::namespace_of(key.segments()),
-            || {
-                let index = self.shared.fresh_index()?;
-                Ok(index.get(&pack(key.segments())).cloned())
-            },
-        )
+        trace::store_call("log", "get", key, || {
+            let index = self.shared.fresh_index()?;
+            Ok(index.get(&pack(key.segments())).cloned())
+        })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call(
-            "log",
-            "put",
-            || trace::namespace_of(key.segments()),
-            || {
-                // Before the copy below.
-                Entry::check_value(key, value)?;
-                let op = BatchOp::Put {
-                    key: key.clone(),
-                    value: value.to_vec(),
-                    expect,
-                };
-                match self.commit(vec![op])?.first() {
-                    Some(Applied::Put(version)) => Ok(*version),
-                    _ => Err(unexpected(&self.shared.journal_path)),
-                }
-            },
-        )
+        trace::store_call("log", "put", key, || {
+            // Before the copy below.
+            Entry::check_value(key, value)?;
+            let op = BatchOp::Put {
+                key: key.clone(),
+                value: value.to_vec(),
+                expect,
+            };
+            match self.commit(vec![op])?.first() {
+                Some(Applied::Put(version)) => Ok(*version),
+                _ => Err(unexpected(&self.shared.journal_path)),
+            }
+        })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call(
-            "log",
-            "delete",
-            || trace::namespace_of(key.segments()),
-            || {
-                let op = BatchOp::Delete {
-                    key: key.clone(),
-                    expect,
-                };
-                match self.commit(vec![op])?.first() {
-                    Some(Applied::Deleted(existed)) => Ok(*existed),
-                    _ => Err(unexpected(&self.shared.journal_path)),
-                }
-            },
-        )
+        trace::store_call("log", "delete", key, || {
+            let op = BatchOp::Delete {
+                key: key.clone(),
+                expect,
+            };
+            match self.commit(vec![op])?.first() {
+                Some(Applied::Deleted(existed)) => Ok(*existed),
+                _ => Err(unexpected(&self.shared.journal_path)),
+            }
+        })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call(
-            "log",
-            "list",
-            || trace::namespace_of(prefix.segments()),
-            || {
-                check_limit(limit)?;
-                self.shared.fresh_index()?.list(prefix, after, limit)
-            },
-        )
+        trace::store_call("log", "list", prefix, || {
+            check_limit(limit)?;
+            self.shared.fresh_index()?.list(prefix, after, limit)
+        })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call(
-            "log",
-            "apply",
-            || {
-                trace::namespace_of(
-                    batch
-                        .ops()
-                        .first()
-                        .map_or(&[][..], |op| op.key().segments()),
-                )
-            },
-            || {
-                batch.validate()?;
-                // Checked before the copy a commit takes.
-                check_size(batch.ops())?;
-                self.commit(batch.ops().to_vec())
-            },
-        )
+        trace::store_call("log", "apply", batch, || {
+            batch.validate()?;
+            // Checked before the copy a commit takes.
+            check_size(batch.ops())?;
+            self.commit(batch.ops().to_vec())
+        })
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call(
-            "log",
-            "quarantine",
-            || trace::namespace_of(key.segments()),
-            || {
-                // The delete below would be refused: write no copy beside a live record.
-                if self.is_poisoned() {
-                    return Err(self.shared.poisoned_error());
-                }
-                let dir = self.shared.root.join(QUARANTINE);
-                loop {
-                    let Some(entry) = self.get(key)? else {
-                        return Ok(None);
-                    };
-                    let vfs = self.shared.writer.vfs();
-                    self.shared.ensure_quarantine_dir(&dir)?;
-                    let stem =
-                        format!("v{}-{}", entry.version.get(), uuid::Uuid::new_v4().simple());
-                    // The key first, so that a value found there always says
-                    // whose it was (a key file alone is what a crash between
-                    // the two can leave).
-                    let key_path = dir.join(format!("{stem}.key"));
-                    self.shared.writer.write(&key_path, &key_file(key))?;
-                    let path = dir.join(format!("{stem}.record"));
-                    self.shared.writer.write(&path, &entry.value)?;
-                    match self.delete(key, Expect::Version(entry.version)) {
-                        Ok(_) => {
-                            return Ok(Some(Quarantined {
-                                key: key.clone(),
-                                location: path.display().to_string(),
-                            }));
-                        }
-                        Err(e) if e.is_conflict() => {
-                            // Changed meanwhile: move aside what is there now instead.
-                            let _ = vfs.remove_file(&path);
-                            let _ = vfs.remove_file(&key_path);
-                        }
-                        Err(e) => return Err(e),
+        trace::store_call("log", "quarantine", key, || {
+            // The delete below would be refused: write no copy beside a live record.
+            if self.is_poisoned() {
+                return Err(self.shared.poisoned_error());
+            }
+            let dir = self.shared.root.join(QUARANTINE);
+            loop {
+                let Some(entry) = self.get(key)? else {
+                    return Ok(None);
+                };
+                let vfs = self.shared.writer.vfs();
+                self.shared.ensure_quarantine_dir(&dir)?;
+                let stem = format!("v{}-{}", entry.version.get(), uuid::Uuid::new_v4().simple());
+                // The key first, so that a value found there always says
+                // whose it was (a key file alone is what a crash between
+                // the two can leave).
+                let key_path = dir.join(format!("{stem}.key"));
+                self.shared.writer.write(&key_path, &key_file(key))?;
+                let path = dir.join(format!("{stem}.record"));
+                self.shared.writer.write(&path, &entry.value)?;
+                match self.delete(key, Expect::Version(entry.version)) {
+                    Ok(_) => {
+                        return Ok(Some(Quarantined {
+                            key: key.clone(),
+                            location: path.display().to_string(),
+                        }));
                     }
+                    Err(e) if e.is_conflict() => {
+                        // Changed meanwhile: move aside what is there now instead.
+                        let _ = vfs.remove_file(&path);
+                        let _ = vfs.remove_file(&key_path);
+                    }
+                    Err(e) => return Err(e),
                 }
-            },
-        )
+            }
+        })
     }
 
     /// `true`: the journal is taken to be on a filesystem of this machine. A

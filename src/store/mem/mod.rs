@@ -72,131 +72,96 @@ impl MemStore {
 
 impl Store for MemStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call(
-            "mem",
-            "get",
-            || trace::namespace_of(key.segments()),
-            || Ok(self.state.read().get(key).cloned()),
-        )
+        trace::store_call("mem", "get", key, || {
+            Ok(self.state.read().get(key).cloned())
+        })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call(
-            "mem",
-            "put",
-            || trace::namespace_of(key.segments()),
-            || {
-                Entry::check_value(key, value)?;
-                self.state.write().put(key, value.to_vec(), expect)
-            },
-        )
+        trace::store_call("mem", "put", key, || {
+            Entry::check_value(key, value)?;
+            self.state.write().put(key, value.to_vec(), expect)
+        })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call(
-            "mem",
-            "delete",
-            || trace::namespace_of(key.segments()),
-            || {
-                let mut state = self.state.write();
-                expect.check(key, state.current(key))?;
-                Ok(state.remove(key).is_some())
-            },
-        )
+        trace::store_call("mem", "delete", key, || {
+            let mut state = self.state.write();
+            expect.check(key, state.current(key))?;
+            Ok(state.remove(key).is_some())
+        })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call(
-            "mem",
-            "list",
-            || trace::namespace_of(prefix.segments()),
-            || {
-                check_limit(limit)?;
-                let mut state = self.state.read();
-                if !state.is_settled() {
-                    drop(state);
-                    let mut settling = self.state.write();
-                    settling.settle();
-                    // Downgrading lets no writer in: the page is read from the settled state.
-                    state = RwLockWriteGuard::downgrade(settling);
+        trace::store_call("mem", "list", prefix, || {
+            check_limit(limit)?;
+            let mut state = self.state.read();
+            if !state.is_settled() {
+                drop(state);
+                let mut settling = self.state.write();
+                settling.settle();
+                // Downgrading lets no writer in: the page is read from the settled state.
+                state = RwLockWriteGuard::downgrade(settling);
+            }
+            let prefix = pack(prefix.segments());
+            let after = after.map(|after| pack(after.segments()));
+            let start = match &after {
+                Some(after) if *after >= prefix => Bound::Excluded(after.as_slice()),
+                _ => Bound::Included(prefix.as_slice()),
+            };
+            let mut keys = Vec::new();
+            for packed in state.ordered_from(start) {
+                if !is_under(packed, &prefix) || keys.len() > limit {
+                    break;
                 }
-                let prefix = pack(prefix.segments());
-                let after = after.map(|after| pack(after.segments()));
-                let start = match &after {
-                    Some(after) if *after >= prefix => Bound::Excluded(after.as_slice()),
-                    _ => Bound::Included(prefix.as_slice()),
-                };
-                let mut keys = Vec::new();
-                for packed in state.ordered_from(start) {
-                    if !is_under(packed, &prefix) || keys.len() > limit {
-                        break;
-                    }
-                    keys.push(unpack(packed)?);
-                }
-                let next = if keys.len() > limit {
-                    keys.truncate(limit);
-                    keys.last().cloned()
-                } else {
-                    None
-                };
-                Ok(ListPage { keys, next })
-            },
-        )
+                keys.push(unpack(packed)?);
+            }
+            let next = if keys.len() > limit {
+                keys.truncate(limit);
+                keys.last().cloned()
+            } else {
+                None
+            };
+            Ok(ListPage { keys, next })
+        })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call(
-            "mem",
-            "apply",
-            || {
-                trace::namespace_of(
-                    batch
-                        .ops()
-                        .first()
-                        .map_or(&[][..], |op| op.key().segments()),
-                )
-            },
-            || {
-                batch.validate()?;
-                let mut state = self.state.write();
-                for op in batch.ops() {
-                    op.expect().check(op.key(), state.current(op.key()))?;
-                }
-                // Every precondition held under this lock: the writes cannot fail.
-                batch
-                    .ops()
-                    .iter()
-                    .map(|op| match op {
-                        BatchOp::Put { key, value, .. } => {
-                            state.put(key, value.clone(), Expect::Any).map(Applied::Put)
-                        }
-                        BatchOp::Delete { key, .. } => {
-                            Ok(Applied::Deleted(state.remove(key).is_some()))
-                        }
-                    })
-                    .collect()
-            },
-        )
+        trace::store_call("mem", "apply", batch, || {
+            batch.validate()?;
+            let mut state = self.state.write();
+            for op in batch.ops() {
+                op.expect().check(op.key(), state.current(op.key()))?;
+            }
+            // Every precondition held under this lock: the writes cannot fail.
+            batch
+                .ops()
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, value, .. } => {
+                        state.put(key, value.clone(), Expect::Any).map(Applied::Put)
+                    }
+                    BatchOp::Delete { key, .. } => {
+                        Ok(Applied::Deleted(state.remove(key).is_some()))
+                    }
+                })
+                .collect()
+        })
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call(
-            "mem",
-            "quarantine",
-            || trace::namespace_of(key.segments()),
-            || {
-                let mut state = self.state.write();
-                let Some(entry) = state.remove(key) else {
-                    return Ok(None);
-                };
-                let mut moved = self.quarantine.lock();
-                moved.push((key.clone(), entry.value));
-                Ok(Some(Quarantined {
-                    key: key.clone(),
-                    location: format!("memory quarantine #{}", moved.len() - 1),
-                }))
-            },
-        )
+        trace::store_call("mem", "quarantine", key, || {
+            let mut state = self.state.write();
+            let Some(entry) = state.remove(key) else {
+                return Ok(None);
+            };
+            let mut moved = self.quarantine.lock();
+            moved.push((key.clone(), entry.value));
+            Ok(Some(Quarantined {
+                key: key.clone(),
+                location: format!("memory quarantine #{}", moved.len() - 1),
+            }))
+        })
     }
 
     /// `true`: only this process reaches it.

@@ -752,75 +752,42 @@ impl PgStore {
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call(
-            "postgres",
-            "get",
-            || trace::namespace_of(key.segments()),
-            || self.call(|s| s.get(key)),
-        )
+        trace::store_call("postgres", "get", key, || self.call(|s| s.get(key)))
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call(
-            "postgres",
-            "put",
-            || trace::namespace_of(key.segments()),
-            || {
-                // Checked here, not left to the server: a value it cannot take (over
-                // 1 GB) makes it drop the connection, which looks transient.
-                Entry::check_value(key, value)?;
-                self.call(|s| s.put(key, value, expect))
-            },
-        )
+        trace::store_call("postgres", "put", key, || {
+            // Checked here, not left to the server: a value it cannot take (over
+            // 1 GB) makes it drop the connection, which looks transient.
+            Entry::check_value(key, value)?;
+            self.call(|s| s.put(key, value, expect))
+        })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call(
-            "postgres",
-            "delete",
-            || trace::namespace_of(key.segments()),
-            || self.call(|s| s.delete(key, expect)),
-        )
+        trace::store_call("postgres", "delete", key, || {
+            self.call(|s| s.delete(key, expect))
+        })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call(
-            "postgres",
-            "list",
-            || trace::namespace_of(prefix.segments()),
-            || {
-                check_limit(limit)?;
-                self.call(|s| s.list(prefix, after, limit))
-            },
-        )
+        trace::store_call("postgres", "list", prefix, || {
+            check_limit(limit)?;
+            self.call(|s| s.list(prefix, after, limit))
+        })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call(
-            "postgres",
-            "apply",
-            || {
-                trace::namespace_of(
-                    batch
-                        .ops()
-                        .first()
-                        .map_or(&[][..], |op| op.key().segments()),
-                )
-            },
-            || {
-                batch.validate()?;
-                self.call(|s| s.apply(batch))
-            },
-        )
+        trace::store_call("postgres", "apply", batch, || {
+            batch.validate()?;
+            self.call(|s| s.apply(batch))
+        })
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call(
-            "postgres",
-            "quarantine",
-            || trace::namespace_of(key.segments()),
-            || self.call(|s| s.quarantine(key)),
-        )
+        trace::store_call("postgres", "quarantine", key, || {
+            self.call(|s| s.quarantine(key))
+        })
     }
 }
 
