@@ -179,6 +179,7 @@ pub mod ledger;
 mod limits;
 pub mod lock;
 pub mod pipeline;
+pub mod pool;
 mod process;
 pub mod record;
 mod resolve;

@@ -15,7 +15,13 @@
 //! Readers see the old content or the new, never a mix; a crash at any point leaves
 //! the old content or the new (and possibly a temp file, which [`AtomicWriter::sweep`] removes).
 
+#[cfg(feature = "async")]
+mod async_face;
 mod sweep;
+
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use async_face::AsyncAtomicWriter;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -136,11 +136,10 @@ pub(crate) const TARGET_WITHOUT_FILE_NAME: IoStep =
 pub(crate) const COMMIT: IoStep = step(IoAction::Other, "commit");
 pub(crate) const COMMIT_GROUP: IoStep = step(IoAction::Other, "commit group");
 pub(crate) const COMPACT_JOURNAL: IoStep = step(IoAction::Other, "compact journal");
-pub(crate) const START_KEEP_ALIVE_THREAD: IoStep = step(IoAction::Other, "start keep-alive thread");
 
 /// Every step above.
 #[cfg(test)]
-const ALL: [IoStep; 80] = [
+const ALL: [IoStep; 79] = [
     OPEN_ARTIFACT,
     OPEN_COMPACTION_LOCK,
     OPEN_JOURNAL,
@@ -220,7 +219,6 @@ const ALL: [IoStep; 80] = [
     COMMIT,
     COMMIT_GROUP,
     COMPACT_JOURNAL,
-    START_KEEP_ALIVE_THREAD,
 ];
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -36,6 +37,30 @@ struct Subscriber {
     /// Set when the subscriber must read the store before it trusts its live
     /// feed again: its buffer was full, or a write's outcome is unknown.
     overflowed: Arc<AtomicBool>,
+    /// The waker of an async subscriber waiting for its feed; woken after
+    /// each send, and when the feed closes.
+    waker: Arc<WakerSlot>,
+}
+
+/// Where an async subscriber leaves its waker for the hub.
+#[derive(Debug, Default)]
+pub(super) struct WakerSlot(Mutex<Option<Waker>>);
+
+impl WakerSlot {
+    #[cfg(feature = "async")]
+    pub(super) fn register(&self, waker: &Waker) {
+        let mut slot = self.0.lock();
+        match slot.as_mut() {
+            Some(known) => known.clone_from(waker),
+            None => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.0.lock().take() {
+            waker.wake();
+        }
+    }
 }
 
 /// What a subscriber's live feed carries.
@@ -71,11 +96,13 @@ impl Hub {
                         // full, it is not waiting, and sees the flag once it
                         // has taken what is there.
                         let _ = subscriber.sender.try_send(Feed::CatchUp);
+                        subscriber.waker.wake();
                         return true;
                     }
                     Err(TrySendError::Disconnected(_)) => return false,
                 }
             }
+            subscriber.waker.wake();
             true
         });
         if subscribers.is_empty() {
@@ -97,24 +124,22 @@ impl Hub {
         subscribers.retain(|subscriber| {
             subscriber.overflowed.store(true, Ordering::Release);
             // A full feed wakes its subscriber anyway, which then sees the flag.
-            !matches!(
-                subscriber.sender.try_send(Feed::CatchUp),
-                Err(TrySendError::Disconnected(_))
-            )
+            let sent = subscriber.sender.try_send(Feed::CatchUp);
+            subscriber.waker.wake();
+            !matches!(sent, Err(TrySendError::Disconnected(_)))
         });
         if subscribers.is_empty() {
             all.remove(job_id);
         }
     }
 
-    pub(super) fn add(
-        &self,
-        job_id: &str,
-        buffer: usize,
-    ) -> (u64, Receiver<Feed>, Arc<AtomicBool>) {
+    /// Registers a subscriber of `job_id`; the feed it gets holds at most
+    /// `buffer` entries.
+    pub(super) fn add(&self, job_id: &str, buffer: usize) -> LiveFeed {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::sync_channel(buffer);
         let overflowed = Arc::new(AtomicBool::new(false));
+        let waker = Arc::new(WakerSlot::default());
         self.subscribers
             .lock()
             .entry(job_id.to_owned())
@@ -123,17 +148,29 @@ impl Hub {
                 id,
                 sender,
                 overflowed: Arc::clone(&overflowed),
+                waker: Arc::clone(&waker),
             });
-        (id, receiver, overflowed)
+        LiveFeed {
+            id,
+            receiver,
+            overflowed,
+            #[cfg(feature = "async")]
+            waker,
+        }
     }
 
     /// Forgets every subscriber of a deleted job: their channels disconnect, and
     /// each finds out from the store that the job is gone.
     pub(super) fn close(&self, job_id: &str) {
-        self.subscribers.lock().remove(job_id);
+        let removed = self.subscribers.lock().remove(job_id);
+        for subscriber in removed.into_iter().flatten() {
+            let waker = Arc::clone(&subscriber.waker);
+            drop(subscriber); // disconnects its feed before it is woken
+            waker.wake();
+        }
     }
 
-    fn remove(&self, job_id: &str, id: u64) {
+    pub(super) fn remove(&self, job_id: &str, id: u64) {
         let mut all = self.subscribers.lock();
         if let Some(subscribers) = all.get_mut(job_id) {
             subscribers.retain(|s| s.id != id);
@@ -144,25 +181,78 @@ impl Hub {
     }
 }
 
+/// One subscriber's end of the hub: what both faces of a subscription
+/// ([`Subscription`] and the async event stream) read their live events from.
+#[derive(Debug)]
+pub(super) struct LiveFeed {
+    pub(super) id: u64,
+    pub(super) receiver: Receiver<Feed>,
+    overflowed: Arc<AtomicBool>,
+    #[cfg(feature = "async")]
+    pub(super) waker: Arc<WakerSlot>,
+}
+
+/// What [`LiveFeed::drain`] found besides events.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Drained {
+    /// The feed is open; it may be empty.
+    Open,
+    /// The hub closed the feed: the job was deleted or purged, and only the
+    /// store can tell what is left of it.
+    Closed,
+}
+
+impl LiveFeed {
+    /// Hands every entry the feed holds to `cursor`, without waiting.
+    pub(super) fn drain(&self, cursor: &mut Cursor) -> Drained {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(Feed::Event(event)) => cursor.offer(event),
+                // The flag it came with makes the next step read the store.
+                Ok(Feed::CatchUp) => {}
+                Err(TryRecvError::Empty) => return Drained::Open,
+                Err(TryRecvError::Disconnected) => return Drained::Closed,
+            }
+        }
+    }
+
+    /// Whether the subscriber owes itself a read of the store (its buffer
+    /// overflowed, or a write's outcome is unknown); clears the debt, which
+    /// [`owe_read`](LiveFeed::owe_read) restores if the read fails.
+    pub(super) fn take_owed_read(&self) -> bool {
+        self.overflowed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a read of the store is owed, without clearing it.
+    #[cfg(feature = "async")]
+    pub(super) fn owes_read(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn owe_read(&self) {
+        self.overflowed.store(true, Ordering::Release);
+    }
+}
+
 /// Events in order from a sequence number on, without gaps or duplicates: the
 /// part both [`Subscription`] and [`Follower`] share.
 #[derive(Debug)]
-struct Cursor {
-    job_id: String,
+pub(super) struct Cursor {
+    pub(super) job_id: String,
     /// The sequence number of the next event to deliver.
     next_seq: u64,
     /// Events read or received ahead of `next_seq`.
-    ahead: BTreeMap<u64, Event>,
+    pub(super) ahead: BTreeMap<u64, Event>,
     /// The sequence number of the last event delivered, if it was terminal: the
     /// stream ends there unless the job moved on (a manual retry after `error`).
     terminal: Option<u64>,
     /// The job's next sequence number as of the last read of the store.
     known_next_seq: u64,
-    finished: bool,
+    pub(super) finished: bool,
 }
 
 impl Cursor {
-    fn new(job_id: &str, after: u64) -> Self {
+    pub(super) fn new(job_id: &str, after: u64) -> Self {
         Cursor {
             job_id: job_id.to_owned(),
             next_seq: after.saturating_add(1),
@@ -174,14 +264,14 @@ impl Cursor {
     }
 
     /// Keeps `event` if it is not delivered yet.
-    fn offer(&mut self, event: Event) {
+    pub(super) fn offer(&mut self, event: Event) {
         if event.seq >= self.next_seq {
             self.ahead.insert(event.seq, event);
         }
     }
 
     /// The next event in order, if it is at hand.
-    fn take(&mut self) -> Option<Event> {
+    pub(super) fn take(&mut self) -> Option<Event> {
         if self.finished {
             return None;
         }
@@ -194,7 +284,7 @@ impl Cursor {
 
     /// Whether the last delivered event was terminal and nothing is known to
     /// follow it: only the store can say whether the stream ended.
-    fn needs_settling(&self) -> bool {
+    pub(super) fn needs_settling(&self) -> bool {
         !self.finished && self.terminal.is_some() && self.ahead.is_empty()
     }
 
@@ -207,15 +297,22 @@ impl Cursor {
         }
     }
 
+    /// Whether the live feed alone cannot carry the stream on: an event is
+    /// missing before one at hand, or only the store can say whether the
+    /// terminal event delivered last ends it.
+    pub(super) fn is_stale(&self) -> bool {
+        self.has_gap() || self.needs_settling()
+    }
+
     /// Whether an event ahead of the next one is waiting: the next one is
     /// committed, and the store has it.
-    fn has_gap(&self) -> bool {
+    pub(super) fn has_gap(&self) -> bool {
         !self.finished && !self.ahead.is_empty() && !self.ahead.contains_key(&self.next_seq)
     }
 
     /// Reads what the store has from `next_seq` on. Events the bound dropped are
     /// skipped: the sequence numbers jump, visibly.
-    fn catch_up<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
+    pub(super) fn catch_up<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
         let page = jobs.events_since(&self.job_id, self.next_seq - 1)?;
         if page.dropped > 0 {
             self.next_seq += page.dropped;
@@ -239,7 +336,7 @@ impl Cursor {
     /// the stream goes on from there, and ends at once if that event ends it.
     /// Called right after a [`catch_up`](Cursor::catch_up), which learned the
     /// job's next sequence number.
-    fn resume<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
+    pub(super) fn resume<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
         if self.ahead.is_empty() && self.next_seq > self.known_next_seq {
             self.next_seq = self.known_next_seq.max(1);
         }
@@ -288,9 +385,7 @@ pub enum NextEvent {
 #[derive(Debug)]
 pub struct Subscription<S: Store> {
     jobs: JobState<S>,
-    id: u64,
-    receiver: Receiver<Feed>,
-    overflowed: Arc<AtomicBool>,
+    feed: LiveFeed,
     cursor: Cursor,
     replayed: bool,
 }
@@ -351,9 +446,10 @@ impl<S: Store> Subscription<S> {
             let received = match deadline {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    self.receiver.recv_timeout(left)
+                    self.feed.receiver.recv_timeout(left)
                 }
                 None => self
+                    .feed
                     .receiver
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
@@ -383,7 +479,7 @@ impl<S: Store> Subscription<S> {
             if let Some(event) = self.step()? {
                 return Ok(Some(event));
             }
-            match self.receiver.try_recv() {
+            match self.feed.receiver.try_recv() {
                 Ok(Feed::Event(event)) => self.cursor.offer(event),
                 // The flag it came with makes the next step read the store.
                 Ok(Feed::CatchUp) => {}
@@ -404,18 +500,14 @@ impl<S: Store> Subscription<S> {
     /// event ends the stream depends on what follows it, and an event that
     /// follows (`requeued` after `error`) may already be waiting there.
     fn step(&mut self) -> Result<Option<Event>> {
-        while let Ok(feed) = self.receiver.try_recv() {
-            if let Feed::Event(event) = feed {
-                self.cursor.offer(event);
-            }
-        }
-        let overflowed = self.overflowed.swap(false, Ordering::AcqRel);
-        let stale = overflowed || self.cursor.has_gap() || self.cursor.needs_settling();
-        if !self.replayed || stale {
+        // A closed feed is seen by the wait, which reads the store then.
+        self.feed.drain(&mut self.cursor);
+        let owed = self.feed.take_owed_read();
+        if !self.replayed || owed || self.cursor.is_stale() {
             if let Err(e) = self.cursor.catch_up(&self.jobs) {
                 // Still owed a read of the store: the next call tries again.
-                if overflowed {
-                    self.overflowed.store(true, Ordering::Release);
+                if owed {
+                    self.feed.owe_read();
                 }
                 return Err(e);
             }
@@ -427,7 +519,7 @@ impl<S: Store> Subscription<S> {
 
 impl<S: Store> Drop for Subscription<S> {
     fn drop(&mut self) {
-        self.jobs.hub.remove(&self.cursor.job_id, self.id);
+        self.jobs.hub.remove(&self.cursor.job_id, self.feed.id);
     }
 }
 
@@ -530,12 +622,9 @@ impl<S: Store> JobState<S> {
     pub fn subscribe(&self, id: &str, after: u64) -> Result<Subscription<S>> {
         // Register before reading the store, so that nothing appended in between
         // is missed; duplicates are dropped by sequence number.
-        let (sub_id, receiver, overflowed) = self.hub.add(id, self.subscriber_buffer);
         let mut subscription = Subscription {
             jobs: self.clone(),
-            id: sub_id,
-            receiver,
-            overflowed,
+            feed: self.hub.add(id, self.subscriber_buffer),
             cursor: Cursor::new(id, after),
             replayed: false,
         };

@@ -13,10 +13,14 @@
 //! For staged work with artifacts and retries, [`Pipeline`](crate::Pipeline)
 //! drives a `JobState` for you.
 
+#[cfg(feature = "async")]
+mod async_face;
 mod events;
 mod live;
 mod maintenance;
 mod record;
+#[cfg(feature = "async")]
+mod stream;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests;
@@ -27,10 +31,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use async_face::AsyncJobState;
 pub use events::EventPage;
 pub use live::{Follower, NextEvent, Subscription};
 pub use maintenance::{PurgeCounts, RecoveryAction};
 pub use record::{ClientError, ClientJob, Event, EventWindow, Job, JobError, JobStatus};
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use stream::{AsyncFollower, AsyncSubscription};
 pub use transitions::FailureKind;
 
 /// The old name of [`Claim`].

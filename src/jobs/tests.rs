@@ -114,7 +114,7 @@ fn jobs() -> Jobs {
 fn running(jobs: &Jobs) -> (Claim, Receiver<Feed>) {
     let job = jobs.create(NewJob::new("export")).unwrap();
     let claim = jobs.start(&job.id, None).unwrap();
-    let (_, live, _) = jobs.hub.add(&job.id, 64);
+    let live = jobs.hub.add(&job.id, 64).receiver;
     (claim, live)
 }
 

@@ -11,11 +11,16 @@
 //! [`begin_refund`](JobLedger::begin_refund)) and the list of what is
 //! [`pending`](JobLedger::pending) after a restart.
 
+#[cfg(feature = "async")]
+mod async_face;
 mod reservation;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use async_face::AsyncJobLedger;
 pub use reservation::{ChargeRequest, Reservation, ReservationState};
 
 use self::reservation::StoredReservation;

@@ -101,6 +101,30 @@ impl<S: Store> LockGuard<S> {
         }
     }
 
+    /// The lock this guard holds, for the async face's calls on its behalf.
+    #[cfg(feature = "async")]
+    pub(super) fn lock(&self) -> &JobLock<S> {
+        &self.lock
+    }
+
+    /// Hands the duty to release the lock to a new guard, which is returned;
+    /// this one is disarmed. `None` if this one had no such duty any more.
+    /// For the async face, which moves the duty onto the pool.
+    #[cfg(feature = "async")]
+    pub(super) fn take_armed(&mut self) -> Option<LockGuard<S>> {
+        if !std::mem::replace(&mut self.armed, false) {
+            return None;
+        }
+        Some(LockGuard::new(self.lock.clone(), self.record.clone()))
+    }
+
+    /// Keeps `record` as the renewal that landed for this guard, as
+    /// [`renew`](LockGuard::renew) does.
+    #[cfg(feature = "async")]
+    pub(super) fn renewed(&mut self, record: LockRecord) {
+        self.record = record;
+    }
+
     /// The lock record as of the acquire or the last renewal through this guard.
     pub fn record(&self) -> &LockRecord {
         &self.record
@@ -141,14 +165,13 @@ impl<S: Store> LockGuard<S> {
         Ok(renewal)
     }
 
-    /// Renews the lease from a background thread every `every` (by the lock's
+    /// Renews the lease in the background every `every` (by the lock's
     /// clock) to `ttl` from then, until stopped or the lease is lost. See
     /// [`KeepAlive`].
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless
-    /// `0 < every < ttl`; [`Error::Io`](crate::Error::Io) if the thread cannot be
-    /// started.
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless two
+    /// periods and the lock's skew margin are shorter than `ttl`.
     pub fn keep_alive(&self, ttl: Duration, every: Duration) -> Result<KeepAlive>
     where
         S: 'static,

@@ -1,15 +1,24 @@
-//! Renewing a lease from a background thread.
+//! Renewing a lease in the background, for both faces of a lock guard.
+//!
+//! The renewals and the watch are two async loops, written once: they wait on
+//! the lock's clock without holding a thread, run on the crate's task thread,
+//! and make each renewal on a thread of the crate's [pool](crate::pool). The
+//! holder reads their events blocking ([`KeepAlive::next_event`]) or awaiting
+//! (`AsyncKeepAlive::next_event`, feature `async`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::task::Waker;
+#[cfg(feature = "async")]
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::guard::{LockHandle, LostLease, Renewal};
 use super::{JobLock, LockRecord, positive_ms};
-use crate::error::steps;
 use crate::error::{Error, Result};
+use crate::pool;
 use crate::store::Store;
 use crate::trace::report;
 
@@ -31,8 +40,8 @@ pub enum KeepAliveEvent {
     Expired,
 }
 
-/// Renews a lease every period from a background thread, and tells the holder
-/// when the lease is lost.
+/// Renews a lease every period in the background, and tells the holder when
+/// the lease is lost.
 ///
 /// Renewals are scheduled from the last renewal's time on the lock's clock, so a
 /// test that advances a [`ManualClock`](crate::ManualClock) drives them without
@@ -49,7 +58,12 @@ pub enum KeepAliveEvent {
 ///
 /// [`stop`](KeepAlive::stop) (or dropping it) never waits for a renewal in
 /// progress: no renewal starts after it returns, and the outcome of one that
-/// had started is not reported. The threads end at their next wake-up.
+/// had started is not reported. Its loops end at their next wake-up.
+///
+/// It holds no thread of its own: its loops wait on the lock's clock and run
+/// on the crate's task thread, and each renewal runs on a thread of the
+/// crate's [pool](crate::pool) (see there). So a renewal that hangs on the
+/// store holds a thread of the pool, never the watch.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -72,43 +86,92 @@ pub enum KeepAliveEvent {
 /// ```
 #[derive(Debug)]
 pub struct KeepAlive {
-    state: Arc<Mutex<State>>,
-    events: Receiver<KeepAliveEvent>,
+    shared: Arc<Shared>,
 }
 
-/// What the renewer, the watch and the holder share. Events are sent with it
-/// locked, so that nothing follows `Lost` or `Expired`.
+/// What the renewer, the watch and the holder share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when an event is queued or the keep-alive ends.
+    changed: Condvar,
+}
+
+/// Events are queued with the state locked, so that nothing follows `Lost`
+/// or `Expired`.
 #[derive(Debug)]
 struct State {
-    /// Set by [`KeepAlive::stop`]: no renewal starts, no event is sent.
+    /// Set by [`KeepAlive::stop`]: no renewal starts, no event is queued.
     stopped: bool,
-    /// `Lost` or `Expired` was sent.
+    /// `Lost` or `Expired` was queued.
     done: bool,
     /// When the last confirmed renewal (or the acquire) ends the lease.
     expires_ms: u64,
-    /// The only sender of the events: dropped when the keep-alive stops or
-    /// ends, so that `next_event` returns `None` then, whichever thread is
-    /// still asleep.
-    events: Option<Sender<KeepAliveEvent>>,
+    /// Events not yet taken by the holder.
+    events: VecDeque<KeepAliveEvent>,
+    /// The waker of a holder awaiting the next event.
+    waker: Option<Waker>,
 }
 
 impl State {
+    /// No renewal starts and no event is queued any more.
     fn over(&self) -> bool {
         self.stopped || self.done
     }
+}
 
-    /// Sends `event`; after `Lost` or `Expired`, ends the keep-alive.
-    fn send(&mut self, event: KeepAliveEvent) {
-        let last = matches!(event, KeepAliveEvent::Lost(_) | KeepAliveEvent::Expired);
-        let delivered = self
-            .events
-            .as_ref()
-            .is_some_and(|events| events.send(event).is_ok());
-        if last || !delivered {
-            // Nobody listens any more, or nothing follows.
-            self.done = true;
-            self.events = None;
+impl Shared {
+    fn new(expires_ms: u64) -> Self {
+        Shared {
+            state: Mutex::new(State {
+                stopped: false,
+                done: false,
+                expires_ms,
+                events: VecDeque::new(),
+                waker: None,
+            }),
+            changed: Condvar::new(),
         }
+    }
+
+    /// Queues `event` (the state locked by the caller); after `Lost` or
+    /// `Expired`, ends the keep-alive.
+    fn send(&self, mut state: parking_lot::MutexGuard<'_, State>, event: KeepAliveEvent) {
+        if matches!(event, KeepAliveEvent::Lost(_) | KeepAliveEvent::Expired) {
+            state.done = true;
+        }
+        state.events.push_back(event);
+        self.notify(state);
+    }
+
+    /// Wakes the holder, blocking or awaiting, after a change of the state.
+    fn notify(&self, mut state: parking_lot::MutexGuard<'_, State>) {
+        let waker = state.waker.take();
+        drop(state);
+        self.changed.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn stop(&self) {
+        let mut state = self.state.lock();
+        state.stopped = true;
+        self.notify(state);
+    }
+
+    /// The next event if there is one, `None` if none will come, or a wait.
+    #[cfg(feature = "async")]
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<KeepAliveEvent>> {
+        let mut state = self.state.lock();
+        if let Some(event) = state.events.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if state.over() {
+            return Poll::Ready(None);
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -132,18 +195,12 @@ impl KeepAlive {
                 skew = Duration::from_millis(lock.skew_ms),
             )));
         }
-        let (sender, events) = mpsc::channel();
-        let state = Arc::new(Mutex::new(State {
-            stopped: false,
-            done: false,
-            expires_ms: record.expires_ms,
-            events: Some(sender),
-        }));
+        let shared = Arc::new(Shared::new(record.expires_ms));
         let watch = Watch {
             clock: Arc::clone(&lock.clock),
             margin_ms,
             every_ms,
-            state: Arc::clone(&state),
+            shared: Arc::clone(&shared),
         };
         let renewer = Renewer {
             lock,
@@ -151,48 +208,50 @@ impl KeepAlive {
             ttl,
             every_ms,
             next_ms: record.renewed_ms.saturating_add(every_ms),
-            state: Arc::clone(&state),
+            shared: Arc::clone(&shared),
         };
-        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(run)
-                .map(drop)
-                .map_err(|e| Error::io(steps::START_KEEP_ALIVE_THREAD, "", e))
-        };
-        spawn("jobsafe-keep-alive", Box::new(move || renewer.run()))?;
-        if let Err(e) = spawn("jobsafe-lease-watch", Box::new(move || watch.run())) {
-            let mut state = state.lock();
-            state.stopped = true;
-            state.events = None;
-            return Err(e);
-        }
-        Ok(KeepAlive { state, events })
+        pool::spawn(renewer.run());
+        pool::spawn(watch.run());
+        Ok(KeepAlive { shared })
     }
 
     /// Waits for the next event; `None` once the keep-alive has stopped and every
     /// event was taken.
     pub fn next_event(&self) -> Option<KeepAliveEvent> {
-        self.events.recv().ok()
+        let mut state = self.shared.state.lock();
+        loop {
+            if let Some(event) = state.events.pop_front() {
+                return Some(event);
+            }
+            if state.over() {
+                return None;
+            }
+            self.shared.changed.wait(&mut state);
+        }
+    }
+
+    /// The next event without blocking the caller's thread; `None` once the
+    /// keep-alive has stopped and every event was taken.
+    #[cfg(feature = "async")]
+    pub(super) fn poll_next_event(&self, cx: &mut Context<'_>) -> Poll<Option<KeepAliveEvent>> {
+        self.shared.poll_next(cx)
     }
 
     /// The events that happened so far, without waiting.
     pub fn events(&self) -> Vec<KeepAliveEvent> {
-        self.events.try_iter().collect()
+        self.shared.state.lock().events.drain(..).collect()
     }
 
     /// Stops renewing (dropping the keep-alive does too), without waiting for a
     /// renewal in progress. No renewal starts after this returns and no event
-    /// is sent: [`next_event`](KeepAlive::next_event) returns the events sent
-    /// before, then `None`. The threads end at their next wake-up.
+    /// is queued: [`next_event`](KeepAlive::next_event) returns the events
+    /// queued before, then `None`. Its loops end at their next wake-up.
     ///
     /// Releasing the lock right after is safe: a renewal still in flight
     /// writes only over the holder's own record (a compare-and-set on its
     /// version), so it cannot bring a released lock back.
     pub fn stop(&self) {
-        let mut state = self.state.lock();
-        state.stopped = true;
-        state.events = None;
+        self.shared.stop();
     }
 }
 
@@ -208,21 +267,22 @@ struct Renewer<S> {
     ttl: Duration,
     every_ms: u64,
     next_ms: u64,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
 
-impl<S: Store> Renewer<S> {
-    fn run(mut self) {
+impl<S: Store + 'static> Renewer<S> {
+    async fn run(mut self) {
         loop {
-            self.lock.clock.sleep_until(self.next_ms);
-            if self.state.lock().over() {
+            self.lock.clock.sleep_until_async(self.next_ms).await;
+            if self.shared.state.lock().over() {
                 return;
             }
-            // Unlocked while the store works: `stop` and the watch never wait
-            // for a renewal that hangs.
-            let renewal = self.lock.renew(&self.handle, self.ttl);
+            // On the pool, with nothing locked: `stop` and the watch never
+            // wait for a renewal that hangs.
+            let (lock, handle, ttl) = (self.lock.clone(), self.handle.clone(), self.ttl);
+            let renewal = pool::run(move || lock.renew(&handle, ttl)).await;
             let now = self.lock.clock.now_ms();
-            let mut state = self.state.lock();
+            let mut state = self.shared.state.lock();
             if state.over() {
                 return;
             }
@@ -261,8 +321,12 @@ impl<S: Store> Renewer<S> {
                     KeepAliveEvent::Failed(e)
                 }
             };
-            state.send(event);
-            if state.over() {
+            let last = !matches!(
+                event,
+                KeepAliveEvent::Renewed(_) | KeepAliveEvent::Failed(_)
+            );
+            self.shared.send(state, event);
+            if last {
                 return;
             }
         }
@@ -274,25 +338,25 @@ impl<S: Store> Renewer<S> {
 struct Watch {
     clock: crate::clock::SharedClock,
     margin_ms: u64,
-    /// The watch wakes at least this often, so that once stopped its thread
+    /// The watch wakes at least this often, so that once stopped its loop
     /// ends within a period, as the renewer's does, not a lease later.
     every_ms: u64,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
 
 impl Watch {
-    fn run(self) {
+    async fn run(self) {
         loop {
             let due_ms = {
-                let state = self.state.lock();
+                let state = self.shared.state.lock();
                 if state.over() {
                     return;
                 }
                 state.expires_ms.saturating_sub(self.margin_ms)
             };
             let wake_ms = self.clock.now_ms().saturating_add(self.every_ms);
-            self.clock.sleep_until(due_ms.min(wake_ms));
-            let mut state = self.state.lock();
+            self.clock.sleep_until_async(due_ms.min(wake_ms)).await;
+            let state = self.shared.state.lock();
             if state.over() {
                 return;
             }
@@ -303,7 +367,7 @@ impl Watch {
                     expires_ms = state.expires_ms,
                     "lease expiring with no confirmed renewal: stop the work it guards"
                 );
-                state.send(KeepAliveEvent::Expired);
+                self.shared.send(state, KeepAliveEvent::Expired);
                 return;
             }
         }

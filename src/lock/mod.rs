@@ -9,6 +9,8 @@
 //! resources the lock protects use to refuse a holder whose lease has passed
 //! on. [`KeepAlive`] renews a lease in the background.
 
+#[cfg(feature = "async")]
+mod async_face;
 mod guard;
 mod keep_alive;
 mod record;
@@ -16,6 +18,9 @@ mod record;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use async_face::{AsyncAcquire, AsyncJobLock, AsyncKeepAlive, AsyncLockGuard};
 pub use guard::{Acquire, LockGuard, LockHandle, LostLease, Release, Renewal};
 pub use keep_alive::{KeepAlive, KeepAliveEvent};
 pub use record::{LockRecord, LockRequest};
@@ -161,6 +166,61 @@ pub struct JobLock<S> {
     namespace: Arc<Prefix>,
     skew_ms: u64,
     resolve_within: Duration,
+}
+
+/// The waiting of [`JobLock::acquire_within`], written once for both of its
+/// faces: after each attempt that found the lock held, it says until when to
+/// wait before the next one, or that the wait is over.
+#[derive(Debug)]
+pub(super) struct WaitForLock {
+    started_ms: u64,
+    deadline_ms: u64,
+    backoff_ms: u64,
+}
+
+impl WaitForLock {
+    pub(super) fn new(now_ms: u64, wait: Duration) -> Self {
+        WaitForLock {
+            started_ms: now_ms,
+            deadline_ms: now_ms.saturating_add(millis(wait)),
+            backoff_ms: FIRST_BACKOFF_MS,
+        }
+    }
+
+    /// After an attempt that found `holder` at `key`: the time to sleep until
+    /// before the next attempt (`None`: try again at once), jittered and
+    /// growing, never past the holder's expiry or the deadline.
+    ///
+    /// # Errors
+    /// [`Error::LockTimeout`] naming the holder once the deadline has passed.
+    pub(super) fn after_held<S: Store>(
+        &mut self,
+        lock: &JobLock<S>,
+        key: &Key,
+        holder: &LockRecord,
+    ) -> Result<Option<u64>> {
+        let now = lock.clock.now_ms();
+        if now >= self.deadline_ms {
+            if lock.is_taken_over_at(holder, now) {
+                // The lease ended while we looked: one more attempt decides.
+                return Ok(None);
+            }
+            return Err(Error::LockTimeout {
+                key: key.clone(),
+                holder: holder.holder(),
+                expires_ms: holder.expires_ms,
+                waited_ms: now - self.started_ms,
+            });
+        }
+        let pause = fastrand::u64(self.backoff_ms / 2..=self.backoff_ms);
+        let takeover = holder.expires_ms.saturating_add(lock.skew_ms);
+        self.backoff_ms = (self.backoff_ms * 2).min(MAX_BACKOFF_MS);
+        Ok(Some(
+            now.saturating_add(pause)
+                .min(takeover)
+                .min(self.deadline_ms),
+        ))
+    }
 }
 
 impl<S> Clone for JobLock<S> {
@@ -429,32 +489,15 @@ impl<S: Store> JobLock<S> {
         request: &LockRequest,
         wait: Duration,
     ) -> Result<LockGuard<S>> {
-        let started = self.clock.now_ms();
-        let deadline = started.saturating_add(millis(wait));
-        let mut backoff = FIRST_BACKOFF_MS;
+        let mut waiting = WaitForLock::new(self.clock.now_ms(), wait);
         loop {
             let holder = match self.acquire(key, ttl, request)? {
                 Acquire::Acquired(guard) => return Ok(guard),
                 Acquire::Held(holder) => holder,
             };
-            let now = self.clock.now_ms();
-            if now >= deadline && !self.is_taken_over_at(&holder, now) {
-                return Err(Error::LockTimeout {
-                    key: key.clone(),
-                    holder: holder.holder(),
-                    expires_ms: holder.expires_ms,
-                    waited_ms: now - started,
-                });
+            if let Some(until_ms) = waiting.after_held(self, key, &holder)? {
+                self.clock.sleep_until(until_ms);
             }
-            if now >= deadline {
-                // The lease ended while we looked: one more attempt decides.
-                continue;
-            }
-            let pause = fastrand::u64(backoff / 2..=backoff);
-            let takeover = holder.expires_ms.saturating_add(self.skew_ms);
-            self.clock
-                .sleep_until(now.saturating_add(pause).min(takeover).min(deadline));
-            backoff = (backoff * 2).min(MAX_BACKOFF_MS);
         }
     }
 

@@ -361,6 +361,119 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(keys)
     }
+
+    /// [`get`](Store::get) without blocking the caller's thread: the call
+    /// runs on the crate's [pool](crate::pool), and the future holds no
+    /// thread while it waits for it. Dropping the future before the call
+    /// began withdraws it.
+    ///
+    /// The `*_async` methods are provided for every store that is `Clone`
+    /// (each of the crate's stores is, cheaply, and so is an `Arc` of any
+    /// store): the future owns a clone, so it may outlive the borrow.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::{Expect, Key, MemStore, Store};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> jobsafe::Result<()> {
+    /// let store = Arc::new(MemStore::new());
+    /// let key = Key::new(["greeting"])?;
+    /// store.put_async(&key, b"hello".to_vec(), Expect::Absent).await?;
+    /// let entry = store.get_async(&key).await?.expect("just written");
+    /// assert_eq!(entry.value, b"hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`get`](Store::get).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn get_async(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let (store, key) = (self.clone(), key.clone());
+        crate::pool::run(move || store.get(&key))
+    }
+
+    /// [`put`](Store::put) without blocking the caller's thread, as
+    /// [`get_async`](Store::get_async) runs [`get`](Store::get).
+    ///
+    /// # Errors
+    /// As [`put`](Store::put).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn put_async(
+        &self,
+        key: &Key,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> impl Future<Output = Result<Version>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let (store, key) = (self.clone(), key.clone());
+        crate::pool::run(move || store.put(&key, &value, expect))
+    }
+
+    /// [`delete`](Store::delete) without blocking the caller's thread, as
+    /// [`get_async`](Store::get_async) runs [`get`](Store::get).
+    ///
+    /// # Errors
+    /// As [`delete`](Store::delete).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn delete_async(
+        &self,
+        key: &Key,
+        expect: Expect,
+    ) -> impl Future<Output = Result<bool>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let (store, key) = (self.clone(), key.clone());
+        crate::pool::run(move || store.delete(&key, expect))
+    }
+
+    /// [`list`](Store::list) without blocking the caller's thread, as
+    /// [`get_async`](Store::get_async) runs [`get`](Store::get).
+    ///
+    /// # Errors
+    /// As [`list`](Store::list).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn list_async(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> impl Future<Output = Result<ListPage>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let (store, prefix, after) = (self.clone(), prefix.clone(), after.cloned());
+        crate::pool::run(move || store.list(&prefix, after.as_ref(), limit))
+    }
+
+    /// [`apply`](Store::apply) without blocking the caller's thread, as
+    /// [`get_async`](Store::get_async) runs [`get`](Store::get).
+    ///
+    /// # Errors
+    /// As [`apply`](Store::apply).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    fn apply_async(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<Vec<Applied>>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let store = self.clone();
+        crate::pool::run(move || store.apply(&batch))
+    }
 }
 
 /// The page size of jobsafe's own scans ([`Store::list_all`], the managers'

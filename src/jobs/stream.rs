@@ -1,0 +1,289 @@
+//! The async face of live events: [`AsyncSubscription`] and [`AsyncFollower`],
+//! `Stream`s that hold no thread while they wait.
+//!
+//! They deliver what their blocking twins deliver ([`Subscription`](super::Subscription),
+//! [`Follower`](super::Follower)), from the same [`Cursor`]: the stored events
+//! first, then live ones, each once and in order, ending after the terminal
+//! event. Only the waiting differs. A subscription waits on its waker, which
+//! the hub wakes after each send (the hub is the one watcher of its
+//! `JobState`, and fans out to every subscriber); a follower waits on its
+//! clock's timer. Reads of the store run on the crate's [pool](crate::pool).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+
+use super::live::{Cursor, Drained, LiveFeed};
+use super::{Event, JobState};
+use crate::clock::millis;
+use crate::error::Result;
+use crate::pool::{self, Blocking};
+use crate::store::Store;
+
+/// A read of the store on the pool: the cursor travels with it and comes back.
+type Reading = Blocking<(Cursor, Result<()>)>;
+
+/// Reads what the store has for `cursor`'s job on the pool; with `resume`,
+/// also learns where a resumed stream stands (see `Cursor::resume`).
+fn read<S: Store + 'static>(jobs: &JobState<S>, mut cursor: Cursor, resume: bool) -> Reading {
+    let jobs = jobs.clone();
+    pool::run(move || {
+        let mut outcome = cursor.catch_up(&jobs);
+        if resume && outcome.is_ok() {
+            outcome = cursor.resume(&jobs);
+        }
+        (cursor, outcome)
+    })
+}
+
+/// A job's events as a `Stream`, live from this process: the async face of
+/// [`Subscription`](super::Subscription), from
+/// [`AsyncJobState::subscribe`](super::AsyncJobState::subscribe).
+///
+/// It yields the stored events after the chosen sequence number, then live
+/// ones as they are appended through the same `JobState` (or a clone), each
+/// once and in order, and ends after the job's terminal event. While it waits
+/// it holds no thread: ten thousand streams waiting cost ten thousand small
+/// buffers, not threads. Writers never wait for it; one that falls behind its
+/// buffer catches up from the store.
+///
+/// An item is an error when a read of the store fails (after an overflow, or
+/// when a write's outcome is unknown): the stream stays usable and still owes
+/// itself that read, so polling again retries it. Dropping it unsubscribes.
+pub struct AsyncSubscription<S: Store> {
+    jobs: JobState<S>,
+    job_id: String,
+    feed: LiveFeed,
+    /// `None` while a read of the store holds it.
+    cursor: Option<Cursor>,
+    reading: Option<Reading>,
+    /// The read under way was owed after an overflow: owed again if it fails.
+    reading_owed: bool,
+    /// The hub closed the feed: once the store has been read, what the cursor
+    /// holds is all there is.
+    closed: bool,
+}
+
+impl<S: Store + 'static> AsyncSubscription<S> {
+    pub(super) async fn start(jobs: JobState<S>, id: &str, after: u64) -> Result<Self> {
+        // Registered before the store is read, so that nothing appended in
+        // between is missed; duplicates are dropped by sequence number.
+        let feed = jobs.hub.add(id, jobs.subscriber_buffer);
+        let mut subscription = AsyncSubscription {
+            jobs,
+            job_id: id.to_owned(),
+            feed,
+            cursor: None,
+            reading: None,
+            reading_owed: false,
+            closed: false,
+        };
+        let (cursor, outcome) = read(&subscription.jobs, Cursor::new(id, after), true).await;
+        subscription.cursor = Some(cursor);
+        outcome?;
+        Ok(subscription)
+    }
+
+    /// The next event; `None` after the terminal event. The `Stream`'s
+    /// `poll_next`, as an `async fn`.
+    ///
+    /// # Errors
+    /// As [`Subscription::next_event`](super::Subscription::next_event).
+    pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .transpose()
+    }
+
+    /// Whether the terminal event was delivered.
+    pub fn is_finished(&self) -> bool {
+        self.cursor.as_ref().is_some_and(|cursor| cursor.finished)
+    }
+}
+
+impl<S: Store + 'static> Stream for AsyncSubscription<S> {
+    type Item = Result<Event>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(reading) = this.reading.as_mut() {
+                let Poll::Ready((cursor, outcome)) = Pin::new(reading).poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.reading = None;
+                this.cursor = Some(cursor);
+                if let Err(e) = outcome {
+                    if std::mem::take(&mut this.reading_owed) {
+                        this.feed.owe_read();
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let Some(cursor) = this.cursor.as_mut() else {
+                return Poll::Ready(None); // unreachable: a cursor is out only while read
+            };
+            let drained = this.feed.drain(cursor);
+            let owed = this.feed.take_owed_read();
+            if owed || cursor.is_stale() {
+                this.start_reading(owed);
+                continue;
+            }
+            if let Some(event) = cursor.take() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if cursor.finished {
+                return Poll::Ready(None);
+            }
+            if drained == Drained::Closed {
+                if this.closed {
+                    // Read since the feed closed, and nothing came: the job
+                    // was deleted or purged. The store had the last word.
+                    cursor.finished = true;
+                    return Poll::Ready(None);
+                }
+                this.closed = true;
+                this.start_reading(false);
+                continue;
+            }
+            // Registered before a last look, so that a send after it wakes us.
+            this.feed.waker.register(cx.waker());
+            let drained = this.feed.drain(cursor);
+            if drained == Drained::Closed || !cursor.ahead.is_empty() || this.feed.owes_read() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+impl<S: Store + 'static> AsyncSubscription<S> {
+    fn start_reading(&mut self, owed: bool) {
+        if let Some(cursor) = self.cursor.take() {
+            self.reading_owed = owed;
+            self.reading = Some(read(&self.jobs, cursor, false));
+        }
+    }
+}
+
+impl<S: Store> Drop for AsyncSubscription<S> {
+    fn drop(&mut self) {
+        self.jobs.hub.remove(&self.job_id, self.feed.id);
+    }
+}
+
+impl<S: Store> fmt::Debug for AsyncSubscription<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSubscription")
+            .field("cursor", &self.cursor)
+            .field("reading", &self.reading.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A job's events as a `Stream`, read by watching the store: the async face
+/// of [`Follower`](super::Follower), for events written by another process,
+/// from [`AsyncJobState::follow`](super::AsyncJobState::follow). The same
+/// events, once each and in order, as a subscription gets.
+///
+/// Between reads it waits `poll_every` on the job state's clock, holding no
+/// thread; the reads run on the crate's pool.
+pub struct AsyncFollower<S: Store> {
+    jobs: JobState<S>,
+    cursor: Option<Cursor>,
+    poll_every: Duration,
+    reading: Option<Reading>,
+    pause: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<S: Store + 'static> AsyncFollower<S> {
+    pub(super) async fn start(
+        jobs: JobState<S>,
+        id: &str,
+        after: u64,
+        poll_every: Duration,
+    ) -> Result<Self> {
+        let (cursor, outcome) = read(&jobs, Cursor::new(id, after), true).await;
+        outcome?;
+        Ok(AsyncFollower {
+            jobs,
+            cursor: Some(cursor),
+            poll_every,
+            reading: None,
+            pause: None,
+        })
+    }
+
+    /// The next event; `None` after the terminal event. The `Stream`'s
+    /// `poll_next`, as an `async fn`.
+    ///
+    /// # Errors
+    /// As [`Follower::poll`](super::Follower::poll).
+    pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .transpose()
+    }
+
+    /// Whether the terminal event was delivered.
+    pub fn is_finished(&self) -> bool {
+        self.cursor.as_ref().is_some_and(|cursor| cursor.finished)
+    }
+}
+
+impl<S: Store + 'static> Stream for AsyncFollower<S> {
+    type Item = Result<Event>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = this.pause.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.pause = None;
+                if let Some(cursor) = this.cursor.take() {
+                    this.reading = Some(read(&this.jobs, cursor, false));
+                }
+            }
+            if let Some(reading) = this.reading.as_mut() {
+                let Poll::Ready((cursor, outcome)) = Pin::new(reading).poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.reading = None;
+                this.cursor = Some(cursor);
+                if let Err(e) = outcome {
+                    // The next poll reads again after a pause.
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let Some(cursor) = this.cursor.as_mut() else {
+                return Poll::Ready(None); // unreachable: a cursor is out only while read
+            };
+            if let Some(event) = cursor.take() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if cursor.finished {
+                return Poll::Ready(None);
+            }
+            let clock = std::sync::Arc::clone(&this.jobs.clock);
+            let deadline = clock.now_ms().saturating_add(millis(this.poll_every));
+            this.pause = Some(Box::pin(
+                async move { clock.sleep_until_async(deadline).await },
+            ));
+        }
+    }
+}
+
+impl<S: Store> fmt::Debug for AsyncFollower<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncFollower")
+            .field("cursor", &self.cursor)
+            .field("poll_every", &self.poll_every)
+            .finish_non_exhaustive()
+    }
+}

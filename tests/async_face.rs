@@ -1,0 +1,398 @@
+//! The async face (feature `async`): every part's async methods complete on a
+//! runtime whose one thread the store never gets, event streams hold no
+//! thread while they wait, and they deliver what their blocking twins do.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use jobsafe::atomic::AsyncAtomicWriter;
+use jobsafe::jobs::{AsyncJobState, JobError, JobFilter, JobState, NewJob, RecoveryAction};
+use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reserve};
+use jobsafe::lock::{
+    AsyncAcquire, AsyncJobLock, KeepAliveEvent, LockRequest, LostLease, Release, Renewal,
+};
+use jobsafe::store::{Applied, Batch, ListPage, Quarantined};
+use jobsafe::{
+    AtomicWriter, Entry, Error, Expect, JobLedger, JobLock, Key, ManualClock, MemStore, Prefix,
+    Result, Store, Version,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+const START_MS: u64 = 1_700_000_000_000;
+const TTL: Duration = Duration::from_secs(60);
+/// Only a stuck test waits this long: every wait below ends in milliseconds.
+const STUCK: Duration = Duration::from_secs(60);
+
+/// A store whose every call waits until a task of the test's runtime lets it
+/// through. On a current-thread runtime, a call made on the runtime's thread
+/// could never be let through: the test would hang (and fail at `STUCK`).
+#[derive(Clone, Debug)]
+struct Gated {
+    inner: Arc<MemStore>,
+    gate: UnboundedSender<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Gated {
+    /// The store, and the task that lets its calls through, to spawn on the
+    /// runtime under test.
+    fn new() -> (Gated, impl Future<Output = ()>) {
+        let (gate, mut requests): (_, UnboundedReceiver<std::sync::mpsc::SyncSender<()>>) =
+            unbounded_channel();
+        let keeper = async move {
+            while let Some(pass) = requests.recv().await {
+                let _ = pass.send(());
+            }
+        };
+        let store = Gated {
+            inner: Arc::new(MemStore::new()),
+            gate,
+        };
+        (store, keeper)
+    }
+
+    /// Returns once the keeper let the call through. Made on the runtime's
+    /// own thread, it never could: it panics after `STUCK` instead of
+    /// hanging the test.
+    fn wait_for_the_runtime(&self) {
+        let (pass, passed) = std::sync::mpsc::sync_channel(1);
+        self.gate.send(pass).expect("the keeper runs");
+        passed
+            .recv_timeout(STUCK)
+            .expect("a store call was made on the runtime's only thread");
+    }
+}
+
+impl Store for Gated {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.wait_for_the_runtime();
+        self.inner.get(key)
+    }
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.wait_for_the_runtime();
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.wait_for_the_runtime();
+        self.inner.delete(key, expect)
+    }
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.wait_for_the_runtime();
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.wait_for_the_runtime();
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.wait_for_the_runtime();
+        self.inner.quarantine(key)
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `test` on a current-thread runtime beside the keeper of `Gated`'s
+/// gate, failing if it is stuck.
+fn on_one_thread<F: Future<Output = ()>>(keeper: impl Future<Output = ()> + 'static, test: F) {
+    let runtime = current_thread();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        tokio::task::spawn_local(keeper);
+        tokio::time::timeout(STUCK, test)
+            .await
+            .expect("an async call blocked the runtime's only thread");
+    });
+}
+
+fn key(text: &str) -> Key {
+    Key::new(text.split('/')).unwrap()
+}
+
+#[test]
+fn store_calls_complete_while_the_store_waits_for_the_runtime() {
+    let (store, keeper) = Gated::new();
+    on_one_thread(keeper, async move {
+        let k = key("a/b");
+        let version = store
+            .put_async(&k, b"1".to_vec(), Expect::Absent)
+            .await
+            .unwrap();
+        assert_eq!(store.get_async(&k).await.unwrap().unwrap().version, version);
+        let page = store
+            .list_async(&Prefix::new(["a"]).unwrap(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.keys, vec![k.clone()]);
+        let batch = Batch::new().put(&key("a/c"), b"2".to_vec(), Expect::Absent);
+        assert_eq!(store.apply_async(batch).await.unwrap().len(), 1);
+        assert!(store.delete_async(&k, Expect::Any).await.unwrap());
+    });
+}
+
+#[test]
+fn job_state_calls_and_streams_complete_while_the_store_waits_for_the_runtime() {
+    let (store, keeper) = Gated::new();
+    let clock = ManualClock::new(START_MS);
+    on_one_thread(keeper, async move {
+        let jobs = AsyncJobState::new(JobState::new(store, Arc::new(clock.clone())));
+        let job = jobs
+            .create(NewJob::new("export").owner("acct-1"))
+            .await
+            .unwrap();
+        let mut stream = jobs.subscribe(&job.id, 0).await.unwrap();
+        let mut follower = jobs
+            .follow(&job.id, 0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let worker = jobs.start(&job.id, None).await.unwrap();
+        jobs.set_stage(&worker, "render").await.unwrap();
+        jobs.progress(&worker, "half way").await.unwrap();
+        jobs.heartbeat(&worker).await.unwrap();
+        jobs.append_event(&worker, "page", serde_json::json!({"n": 1}))
+            .await
+            .unwrap();
+        jobs.complete(&worker, serde_json::json!({"pages": 1}))
+            .await
+            .unwrap();
+        let kinds: Vec<String> = stream
+            .by_ref()
+            .map(|event| event.unwrap().kind)
+            .collect()
+            .await;
+        assert_eq!(kinds, ["started", "stage", "progress", "page", "done"]);
+        assert!(stream.is_finished());
+        // The follower read the store before these events: it sees them at
+        // its next read, a poll interval of the clock later.
+        clock.set_auto_advance(true);
+        let mut followed = Vec::new();
+        while let Some(event) = follower.next_event().await.unwrap() {
+            followed.push(event.kind);
+        }
+        assert_eq!(followed, kinds);
+        clock.set_auto_advance(false);
+
+        assert_eq!(jobs.get(&job.id).await.unwrap().unwrap().id, job.id);
+        assert!(jobs.client_view(&job.id).await.unwrap().is_some());
+        assert_eq!(jobs.list(&JobFilter::new()).await.unwrap().jobs.len(), 1);
+        assert_eq!(jobs.events_since(&job.id, 0).await.unwrap().events.len(), 5);
+        let failing = jobs.create(NewJob::new("export")).await.unwrap();
+        let worker = jobs.start(&failing.id, None).await.unwrap();
+        jobs.fail(
+            &worker,
+            JobError::new("no luck"),
+            jobsafe::jobs::FailureKind::Permanent,
+        )
+        .await
+        .unwrap();
+        jobs.retry(&failing.id).await.unwrap();
+        jobs.cancel(&failing.id).await.unwrap();
+        let stale = jobs.create(NewJob::new("export")).await.unwrap();
+        jobs.start(&stale.id, None).await.unwrap();
+        clock.advance(Duration::from_secs(3600));
+        let recovered = jobs
+            .recover(Duration::from_secs(60), RecoveryAction::Requeue)
+            .await
+            .unwrap();
+        assert_eq!(recovered.len(), 1);
+        assert!(jobs.delete(&job.id).await.unwrap());
+        jobs.purge(Duration::ZERO, Duration::ZERO).await.unwrap();
+    });
+}
+
+#[test]
+fn ledger_calls_complete_while_the_store_waits_for_the_runtime() {
+    let (store, keeper) = Gated::new();
+    let clock = ManualClock::new(START_MS);
+    on_one_thread(keeper, async move {
+        let ledger = AsyncJobLedger::new(JobLedger::new(store, Arc::new(clock.clone())));
+        let request = ChargeRequest::new().fingerprint("f1");
+        assert!(matches!(
+            ledger.reserve("acct", "job-1", &request).await.unwrap(),
+            Reserve::New(_)
+        ));
+        assert!(matches!(
+            ledger.reserve("acct", "job-1", &request).await.unwrap(),
+            Reserve::Existing(_)
+        ));
+        let Reserve::New(pending) = ledger
+            .reserve_pending("acct", "job-2", &request)
+            .await
+            .unwrap()
+        else {
+            panic!("a new job id")
+        };
+        assert!(ledger.confirm_charge(&pending).await.unwrap().is_some());
+        let Reserve::New(cancelled) = ledger
+            .reserve_pending("acct", "job-3", &request)
+            .await
+            .unwrap()
+        else {
+            panic!("a new job id")
+        };
+        assert!(ledger.cancel_charge(&cancelled).await.unwrap());
+        ledger
+            .reserve_with("acct", "job-4", &request, |_| Ok::<_, Error>(Vec::new()))
+            .await
+            .unwrap();
+        assert!(ledger.refund("acct", "job-1").await.unwrap().is_some());
+        assert!(
+            ledger
+                .refund_with("acct", "job-4", |_| Ok::<_, Error>(Vec::new()))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let begun = ledger.begin_refund("acct", "job-2").await.unwrap().unwrap();
+        assert!(ledger.abandon_refund(&begun).await.unwrap().is_some());
+        let begun = ledger.begin_refund("acct", "job-2").await.unwrap().unwrap();
+        assert!(ledger.complete_refund(&begun).await.unwrap());
+        ledger.reserve("acct", "job-5", &request).await.unwrap();
+        let shown = ledger.lookup("acct", "job-5").await.unwrap().unwrap();
+        assert!(ledger.begin_refund_of(&shown).await.unwrap().is_some());
+        assert_eq!(ledger.pending().await.unwrap().reservations.len(), 1);
+        assert_eq!(
+            ledger.list(Some("acct")).await.unwrap().reservations.len(),
+            1
+        );
+        ledger.reserve("acct", "job-6", &request).await.unwrap();
+        let shown = ledger.lookup("acct", "job-6").await.unwrap().unwrap();
+        assert!(ledger.refund_reservation(&shown).await.unwrap());
+        ledger.reserve("acct", "job-7", &request).await.unwrap();
+        let shown = ledger.lookup("acct", "job-7").await.unwrap().unwrap();
+        assert!(
+            ledger
+                .refund_reservation_with(&shown, |_| Ok::<_, Error>(Vec::new()))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        clock.advance(Duration::from_secs(365 * 24 * 3600));
+        ledger.purge_expired(Duration::ZERO).await.unwrap();
+    });
+}
+
+#[test]
+fn lock_calls_waits_and_keep_alives_complete_while_the_store_waits_for_the_runtime() {
+    let (store, keeper) = Gated::new();
+    let clock = ManualClock::new(START_MS);
+    on_one_thread(keeper, async move {
+        let locks = AsyncJobLock::new(JobLock::new(store, Arc::new(clock.clone())));
+        let k = key("reindex/shop-1");
+        let AsyncAcquire::Acquired(mut first) =
+            locks.acquire(&k, TTL, &LockRequest::new()).await.unwrap()
+        else {
+            panic!("free")
+        };
+        assert!(matches!(
+            first.renew(TTL).await.unwrap(),
+            Renewal::Renewed(_)
+        ));
+        assert!(locks.peek(&k).await.unwrap().is_some());
+        assert_eq!(
+            locks
+                .list(&Prefix::new(["reindex"]).unwrap())
+                .await
+                .unwrap()
+                .locks
+                .len(),
+            1
+        );
+
+        // A waiter sleeps on the clock, holding no thread, until the lease ends.
+        let waiter = {
+            let (locks, k) = (locks.clone(), k.clone());
+            tokio::task::spawn_local(async move {
+                locks
+                    .acquire_within(&k, TTL, &LockRequest::new(), Duration::from_secs(600))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        // Whether the waiter sleeps already or is still at its first attempt,
+        // the lease is over when it looks next.
+        clock.advance(TTL * 2);
+        let second = waiter.await.unwrap().unwrap();
+        assert_ne!(second.token(), first.token());
+
+        // The keep-alive of the new holder renews on the clock and reports
+        // the lease lost once an operator frees the lock.
+        let keep_alive = second.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+        clock.advance(Duration::from_secs(20));
+        let event = keep_alive.next_event().await;
+        assert!(
+            matches!(event, Some(KeepAliveEvent::Renewed(_))),
+            "{event:?}"
+        );
+        locks.force_release(&k).await.unwrap();
+        clock.advance(Duration::from_secs(20));
+        assert!(matches!(
+            keep_alive.next_event().await,
+            Some(KeepAliveEvent::Lost(LostLease::Gone))
+        ));
+        assert!(keep_alive.next_event().await.is_none());
+        assert_eq!(second.release().await.unwrap(), Release::AlreadyGone);
+        drop(first.into_handle());
+
+        // A handle released from elsewhere; an expired lock purged.
+        let AsyncAcquire::Acquired(third) =
+            locks.acquire(&k, TTL, &LockRequest::new()).await.unwrap()
+        else {
+            panic!("free")
+        };
+        assert_eq!(
+            locks.release(&third.into_handle()).await.unwrap(),
+            Release::Released
+        );
+        let AsyncAcquire::Acquired(fourth) =
+            locks.acquire(&k, TTL, &LockRequest::new()).await.unwrap()
+        else {
+            panic!("free")
+        };
+        drop(fourth.into_handle());
+        clock.advance(TTL * 2);
+        let purged = locks
+            .purge(&Prefix::new(["reindex"]).unwrap(), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(purged.locks.len(), 1);
+    });
+}
+
+#[test]
+fn a_dropped_async_guard_releases_its_lock_off_the_runtime_thread() {
+    let (store, keeper) = Gated::new();
+    let clock = ManualClock::new(START_MS);
+    on_one_thread(keeper, async move {
+        let locks = AsyncJobLock::new(JobLock::new(store, Arc::new(clock)));
+        let k = key("reindex/shop-2");
+        let AsyncAcquire::Acquired(guard) =
+            locks.acquire(&k, TTL, &LockRequest::new()).await.unwrap()
+        else {
+            panic!("free")
+        };
+        // Its release is a store call: made here, it would wait for the
+        // runtime forever.
+        drop(guard);
+        while locks.peek(&k).await.unwrap().is_some() {
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
+#[test]
+fn an_atomic_write_completes_on_a_runtime_of_one_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("state.json");
+    current_thread().block_on(async {
+        let writer = AsyncAtomicWriter::new(AtomicWriter::new());
+        writer.write(&target, b"{\"v\":1}".to_vec()).await.unwrap();
+    });
+    assert_eq!(std::fs::read(&target).unwrap(), b"{\"v\":1}");
+}
