@@ -4,6 +4,14 @@
 //! once; a server killed mid-job and restarted finishes the job; a second
 //! `POST /index` gets 409 naming the holder; clients never see internal errors.
 //!
+//! And as a hostile client would try it: only bearer tokens of the tokens file
+//! get in, and a job is seen only by its account; unfinished jobs per account
+//! and open event streams are capped; a half-sent request is closed after the
+//! header timeout; headers that are not printable ASCII are refused; no error
+//! answer shows the store's key layout (every client of these tests checks
+//! every error answer for it); a planted `relay.lock` link and an unsafe state
+//! directory stop the relay.
+//!
 //! The jobs' stages wait for gate files (`--gate`) that the tests create, so
 //! every step waits on state the server shows, never on time. Each test prints
 //! one `relay_server:` line with what it saw.
@@ -12,12 +20,19 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use jobsafe::jobs::Job;
 use serde_json::Value;
 
-use self::common::relay::{Relay, Res, SseEvent, wait_until};
+use self::common::relay::{
+    INTERNAL_KEY_TEXTS, Relay, Res, SseEvent, relay_binary, token_of, wait_until, write_tokens,
+};
 
 const STAGES: [&str; 3] = ["fetch", "process", "store"];
 
@@ -42,17 +57,18 @@ fn duplicate_requests_charge_once() -> Res {
     let dir = tempfile::tempdir()?;
     let relay = Relay::start(
         &dir.path().join("state"),
+        &["lic:dup"],
         &["--stage-ms", "0", "--credits", "5"],
         false,
     )?;
-    let account = ("X-Account", "lic:dup");
+    let client = relay.client("lic:dup");
     let body = r#"{"kind":"transcribe"}"#;
 
     // A client retries one request three times.
     let mut ids = HashSet::new();
     let mut charged = Vec::new();
     for _ in 0..3 {
-        let (status, answer) = relay.post("/jobs", &[account, ("Idempotency-Key", "k-1")], body)?;
+        let (status, answer) = client.post("/jobs", &[("Idempotency-Key", "k-1")], body)?;
         assert_eq!(status, 202, "{answer}");
         ids.insert(job_id(&answer));
         charged.push(answer["charged"].as_bool().unwrap());
@@ -63,7 +79,7 @@ fn duplicate_requests_charge_once() -> Res {
     // Eight duplicates at once, with the other header.
     let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| relay.post("/jobs", &[account, ("X-Job-Id", "k-2")], body)))
+            .map(|_| scope.spawn(|| client.post("/jobs", &[("X-Job-Id", "k-2")], body)))
             .collect();
         calls
             .into_iter()
@@ -75,12 +91,12 @@ fn duplicate_requests_charge_once() -> Res {
     assert_eq!(ids.len(), 1, "{answers:?}");
     let charges = answers.iter().filter(|(_, a)| a["charged"] == true).count();
     assert_eq!(charges, 1, "{answers:?}");
-    assert_eq!(relay.credits("lic:dup")?, 3);
+    assert_eq!(client.credits("lic:dup")?, 3);
 
     // The same key for another request is refused, and charges nothing.
-    let (status, _) = relay.post(
+    let (status, _) = client.post(
         "/jobs",
-        &[account, ("Idempotency-Key", "k-1")],
+        &[("Idempotency-Key", "k-1")],
         r#"{"kind":"other"}"#,
     )?;
     assert_eq!(status, 422);
@@ -89,25 +105,25 @@ fn duplicate_requests_charge_once() -> Res {
     let too_long = "k".repeat(Job::MAX_KIND_LEN + 1);
     for (key, kind) in [("k-empty", ""), ("k-long", too_long.as_str())] {
         let body = serde_json::json!({ "kind": kind }).to_string();
-        let (status, _) = relay.post("/jobs", &[account, ("Idempotency-Key", key)], &body)?;
+        let (status, _) = client.post("/jobs", &[("Idempotency-Key", key)], &body)?;
         assert_eq!(status, 400, "kind of {} bytes", kind.len());
     }
-    assert_eq!(relay.credits("lic:dup")?, 3);
+    assert_eq!(client.credits("lic:dup")?, 3);
 
     // Spend the rest; the next new job is refused, a retry is still free.
     for key in ["k-3", "k-4", "k-5"] {
-        let (status, _) = relay.post("/jobs", &[account, ("Idempotency-Key", key)], body)?;
+        let (status, _) = client.post("/jobs", &[("Idempotency-Key", key)], body)?;
         assert_eq!(status, 202);
     }
-    assert_eq!(relay.credits("lic:dup")?, 0);
-    let (status, _) = relay.post("/jobs", &[account, ("Idempotency-Key", "k-6")], body)?;
+    assert_eq!(client.credits("lic:dup")?, 0);
+    let (status, _) = client.post("/jobs", &[("Idempotency-Key", "k-6")], body)?;
     assert_eq!(status, 402);
-    let (status, answer) = relay.post("/jobs", &[account, ("Idempotency-Key", "k-1")], body)?;
+    let (status, answer) = client.post("/jobs", &[("Idempotency-Key", "k-1")], body)?;
     assert_eq!((status, answer["charged"].as_bool()), (202, Some(false)));
 
     // Every charged job runs to the end.
     let id = ids.into_iter().next().unwrap();
-    let job = relay.wait_for_job(&id, |job| job["status"] == "complete")?;
+    let job = client.wait_for_job(&id, |job| job["status"] == "complete")?;
     assert_eq!(job["stages_done"], serde_json::json!(STAGES));
     let summary = serde_json::json!({ "title": "AN EPISODE ABOUT DURABLE", "words": 6 });
     assert_eq!(job["result"], summary);
@@ -119,12 +135,18 @@ fn duplicate_requests_charge_once() -> Res {
 fn an_sse_client_that_reconnects_with_last_event_id_gets_every_event_once() -> Res {
     let dir = tempfile::tempdir()?;
     let (gates, gate_arg) = gated(dir.path());
-    let relay = Relay::start(&dir.path().join("state"), &["--gate", &gate_arg], false)?;
-    let (_, answer) = relay.post("/jobs", &[("Idempotency-Key", "sse-1")], "{}")?;
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:sse"],
+        &["--gate", &gate_arg],
+        false,
+    )?;
+    let client = relay.client("lic:sse");
+    let (_, answer) = client.post("/jobs", &[("Idempotency-Key", "sse-1")], "{}")?;
     let id = job_id(&answer);
 
     // The first connection reads until the job waits in its first stage.
-    let mut first = relay.events(&id, None)?;
+    let mut first = client.events(&id, None)?;
     let mut seen: Vec<SseEvent> = Vec::new();
     while let Some(event) = first.next_event()? {
         let waiting = event.kind == "stage" && event.data["stage"] == "fetch";
@@ -139,10 +161,10 @@ fn an_sse_client_that_reconnects_with_last_event_id_gets_every_event_once() -> R
     // While it is away, two stages pass.
     open_gate(&gates, &id, "fetch");
     open_gate(&gates, &id, "process");
-    relay.wait_for_job(&id, |job| job["stage"] == "store")?;
+    client.wait_for_job(&id, |job| job["stage"] == "store")?;
 
     // It comes back: what it missed is replayed, then the rest comes live.
-    let mut second = relay.events(&id, Some(last_seen))?;
+    let mut second = client.events(&id, Some(last_seen))?;
     let mut replayed = Vec::new();
     while let Some(event) = second.next_event()? {
         let waiting = event.kind == "stage" && event.data["stage"] == "store";
@@ -162,11 +184,11 @@ fn an_sse_client_that_reconnects_with_last_event_id_gets_every_event_once() -> R
     assert_eq!(ids, expected, "every event once, in order, no gap");
     assert_eq!(seen.last().unwrap().kind, "done");
     // The same events as one uninterrupted stream from the start.
-    let whole = relay.events(&id, None)?.rest()?;
+    let whole = client.events(&id, None)?.rest()?;
     assert_eq!(seen, whole);
 
     // A client that saw `done` and reconnects gets nothing more, and an end.
-    let after_done = relay.events(&id, Some(*ids.last().unwrap()))?.rest()?;
+    let after_done = client.events(&id, Some(*ids.last().unwrap()))?.rest()?;
     assert!(after_done.is_empty(), "{after_done:?}");
     println!(
         "relay_server: SSE reconnect after event {last_seen}: {replayed_count} replayed, {} events in all, each once",
@@ -189,14 +211,14 @@ fn a_job_survives_its_server_being_killed_and_restarted() -> Res {
             "--credits",
             "10",
         ];
-        let headers = [("Idempotency-Key", "restart-1"), ("X-Account", "lic:r")];
+        let headers = [("Idempotency-Key", "restart-1")];
 
         let body = r#"{"input":"welcome to the show about crash safety"}"#;
-        let first = Relay::start(&state, &options, false)?;
-        let (_, answer) = first.post("/jobs", &headers, body)?;
+        let first = Relay::start(&state, &["lic:r"], &options, false)?;
+        let (_, answer) = first.client("lic:r").post("/jobs", &headers, body)?;
         let id = job_id(&answer);
         open_gate(&gates, &id, "fetch");
-        first.wait_for_job(&id, |job| {
+        first.client("lic:r").wait_for_job(&id, |job| {
             job["stage"] == "process" && job["stages_done"] == serde_json::json!(["fetch"])
         })?;
         first.kill(); // mid-job: in its second stage
@@ -204,7 +226,8 @@ fn a_job_survives_its_server_being_killed_and_restarted() -> Res {
         for stage in ["process", "store"] {
             open_gate(&gates, &id, stage);
         }
-        let second = Relay::start(&state, &options, false)?;
+        let second = Relay::start(&state, &["lic:r"], &options, false)?;
+        let second = second.client("lic:r");
         // The client, polling the same id, gets the final state.
         let job = second.wait_for_job(&id, |job| job["status"] == "complete")?;
         assert_eq!(job["stages_done"], serde_json::json!(STAGES));
@@ -245,31 +268,37 @@ fn a_job_survives_its_server_being_killed_and_restarted() -> Res {
 fn a_second_index_request_gets_409_naming_the_holder() -> Res {
     let dir = tempfile::tempdir()?;
     let (gates, gate_arg) = gated(dir.path());
-    let relay = Relay::start(&dir.path().join("state"), &["--gate", &gate_arg], false)?;
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:i"],
+        &["--gate", &gate_arg],
+        false,
+    )?;
+    let client = relay.client("lic:i");
     let vault = r#"{"resource":"vault-1"}"#;
-    let alice = [("X-Account", "lic:i"), ("X-Actor", "alice")];
-    let bob = [("X-Account", "lic:i"), ("X-Actor", "bob")];
+    let alice = [("X-Actor", "alice")];
+    let bob = [("X-Actor", "bob")];
 
-    let (status, started) = relay.post("/index", &alice, vault)?;
+    let (status, started) = client.post("/index", &alice, vault)?;
     assert_eq!(status, 202, "{started}");
     let holder_job = job_id(&started);
 
-    let (status, refused) = relay.post("/index", &bob, vault)?;
+    let (status, refused) = client.post("/index", &bob, vault)?;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["holder"]["job_id"], holder_job.as_str());
     assert_eq!(refused["holder"]["actor"], "alice");
 
     // The lock is per resource.
-    let (status, other) = relay.post("/index", &bob, r#"{"resource":"vault-2"}"#)?;
+    let (status, other) = client.post("/index", &bob, r#"{"resource":"vault-2"}"#)?;
     assert_eq!(status, 202, "{other}");
 
     // Once the holder's job ends, its lock is released and a new one starts.
     for stage in STAGES {
         open_gate(&gates, &holder_job, stage);
     }
-    relay.wait_for_job(&holder_job, |job| job["status"] == "complete")?;
+    client.wait_for_job(&holder_job, |job| job["status"] == "complete")?;
     let started_again = wait_until("the index lock's release", || {
-        let (status, answer) = relay.post("/index", &bob, vault)?;
+        let (status, answer) = client.post("/index", &bob, vault)?;
         match status {
             202 => Ok(Some(answer)),
             // Released just after the job's final write.
@@ -287,20 +316,22 @@ fn a_failed_job_shows_clients_no_internal_error_and_refunds_its_credit() -> Res 
     let dir = tempfile::tempdir()?;
     let relay = Relay::start(
         &dir.path().join("state"),
+        &["lic:f"],
         &["--stage-ms", "0", "--credits", "3"],
         false,
     )?;
-    let headers = [("Idempotency-Key", "fail-1"), ("X-Account", "lic:f")];
-    let (_, answer) = relay.post("/jobs", &headers, r#"{"fail_at":"process"}"#)?;
+    let client = relay.client("lic:f");
+    let headers = [("Idempotency-Key", "fail-1")];
+    let (_, answer) = client.post("/jobs", &headers, r#"{"fail_at":"process"}"#)?;
     let id = job_id(&answer);
-    let job = relay.wait_for_job(&id, |job| job["status"] == "failed")?;
+    let job = client.wait_for_job(&id, |job| job["status"] == "failed")?;
     assert_eq!(
         job["error"]["message"],
         "the upstream service could not do this job"
     );
     assert_eq!(job["error"]["code"], "upstream_failed");
 
-    let events = relay.events(&id, None)?.rest()?;
+    let events = client.events(&id, None)?.rest()?;
     let last = events.last().unwrap();
     assert_eq!(last.kind, "error");
     // The internal message names a host: nothing a client gets may contain it.
@@ -315,9 +346,9 @@ fn a_failed_job_shows_clients_no_internal_error_and_refunds_its_credit() -> Res 
 
     // The credit comes back once the job failed; the key is then new again.
     wait_until("the refund", || {
-        Ok((relay.credits("lic:f")? == 3).then_some(()))
+        Ok((client.credits("lic:f")? == 3).then_some(()))
     })?;
-    let (status, retried) = relay.post("/jobs", &headers, r#"{"fail_at":"process"}"#)?;
+    let (status, retried) = client.post("/jobs", &headers, r#"{"fail_at":"process"}"#)?;
     assert_eq!(status, 202);
     assert_eq!(retried["charged"], true);
     assert_ne!(job_id(&retried), id);
@@ -341,5 +372,562 @@ fn the_relay_explains_its_options_on_help_and_names_an_unknown_one() -> Res {
     assert!(!out.status.success());
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("unknown option --bogus"), "{error}");
+    Ok(())
+}
+
+/// Starts the relay with `args` and returns what it printed on stderr, once it
+/// exited; fails if it exited successfully or started listening.
+fn start_expecting_refusal(args: &[&std::ffi::OsStr]) -> Res<String> {
+    let mut process = Command::new(relay_binary(false)?)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Its stdout closes when it exits; a relay that starts says so first.
+    let stdout = BufReader::new(process.stdout.take().ok_or("no stdout")?);
+    for line in stdout.lines() {
+        if line?.starts_with("listening on ") {
+            let _ = process.kill();
+            let _ = process.wait();
+            return Err(format!("the relay started with {args:?}").into());
+        }
+    }
+    let output = process.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        return Err(format!("the relay exited successfully with {args:?}: {stderr}").into());
+    }
+    Ok(stderr)
+}
+
+#[test]
+fn only_known_tokens_get_in_and_a_job_is_seen_only_by_its_account() -> Res {
+    let dir = tempfile::tempdir()?;
+    let (_gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:a", "lic:b"],
+        &["--gate", &gate_arg, "--credits", "5"],
+        false,
+    )?;
+    let (a, b) = (relay.client("lic:a"), relay.client("lic:b"));
+
+    // The account is the token's: X-Account is not read.
+    let (status, answer) = a.post(
+        "/jobs",
+        &[("Idempotency-Key", "own-1"), ("X-Account", "lic:b")],
+        "{}",
+    )?;
+    assert_eq!(status, 202, "{answer}");
+    let id = job_id(&answer);
+    assert_eq!((a.credits("lic:a")?, b.credits("lic:b")?), (4, 5));
+    assert_eq!(a.job(&id)?["id"], id.as_str());
+
+    // Another account gets what it would for a job that does not exist.
+    let (status, theirs) = b.get(&format!("/jobs/{id}"))?;
+    let (_, nobodys) = b.get(&format!("/jobs/{}", uuid::Uuid::now_v7()))?;
+    assert_eq!((status, &theirs), (404, &nobodys));
+    let refused = b
+        .open_events(&id, None, &[])?
+        .err()
+        .map(|(status, _, _)| status);
+    assert_eq!(refused, Some(404));
+    let (status, _) = b.get("/accounts/lic:a")?;
+    assert_eq!(status, 404, "another account's balance");
+
+    // No token, a token of no account in the file, an account name as the
+    // token, another scheme: 401 asking for a bearer token, nothing charged.
+    let invented = token_of("lic:invented");
+    let bearer = format!("Bearer {}", token_of("lic:a"));
+    let anonymous = relay.client_with_token(None);
+    let attempts: [(&str, Option<&str>); 5] = [
+        ("no Authorization", None),
+        ("an unknown token", Some(&invented)),
+        ("an account name", Some("lic:a")),
+        ("a Basic scheme", None),
+        ("a token without its scheme", None),
+    ];
+    let basic = format!("Basic {}", token_of("lic:a"));
+    let bare = token_of("lic:a");
+    for (what, token) in attempts {
+        let client = relay.client_with_token(token);
+        let header: Vec<(&str, &str)> = match what {
+            "a Basic scheme" => vec![("Authorization", basic.as_str())],
+            "a token without its scheme" => vec![("Authorization", bare.as_str())],
+            _ => vec![],
+        };
+        for (method, path) in [("POST", "/jobs".to_owned()), ("GET", format!("/jobs/{id}"))] {
+            let (status, headers, _) = client.send(method, &path, &header, "{}")?;
+            assert_eq!(status, 401, "{what}: {method} {path}");
+            let challenge = headers.get("www-authenticate").map(|v| v.to_str().unwrap());
+            assert_eq!(challenge, Some("Bearer"), "{what}");
+        }
+    }
+    let (status, _, _) = anonymous.send("GET", "/accounts/lic:invented", &[], "")?;
+    assert_eq!(status, 401);
+    // The scheme's name is case-insensitive, as HTTP says.
+    let lower = bearer.replacen("Bearer", "bearer", 1);
+    let (status, _, _) = anonymous.send(
+        "GET",
+        &format!("/jobs/{id}"),
+        &[("Authorization", &lower)],
+        "",
+    )?;
+    assert_eq!(status, 200);
+    assert_eq!((a.credits("lic:a")?, b.credits("lic:b")?), (4, 5));
+    println!(
+        "relay_server: tokens: another account's job and balance 404; no, unknown or malformed token 401 with WWW-Authenticate: Bearer; X-Account ignored"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_account_at_its_cap_of_unfinished_jobs_gets_429_until_one_ends() -> Res {
+    let dir = tempfile::tempdir()?;
+    let (gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:q", "lic:other"],
+        &["--gate", &gate_arg, "--credits", "10", "--max-queued", "2"],
+        false,
+    )?;
+    let (q, other) = (relay.client("lic:q"), relay.client("lic:other"));
+    let post = |key: &str| q.post("/jobs", &[("Idempotency-Key", key)], "{}");
+
+    let (_, first) = post("q-1")?;
+    let first = job_id(&first);
+    assert_eq!(post("q-2")?.0, 202);
+    let (status, refused) = post("q-3")?;
+    assert_eq!(status, 429, "{refused}");
+    let (status, _) = q.post("/index", &[], r#"{"resource":"r"}"#)?;
+    assert_eq!(status, 429, "an index job counts too");
+    assert_eq!(q.credits("lic:q")?, 8, "a refused job costs nothing");
+
+    // A retry of a charged request is never refused: it finds its job.
+    let (status, retried) = post("q-1")?;
+    assert_eq!((status, job_id(&retried)), (202, first.clone()));
+    // The cap is per account.
+    let (status, _) = other.post("/jobs", &[("Idempotency-Key", "q-1")], "{}")?;
+    assert_eq!(status, 202);
+
+    // Once a job ends, its slot is free again.
+    for stage in STAGES {
+        open_gate(&gates, &first, stage);
+    }
+    q.wait_for_job(&first, |job| job["status"] == "complete")?;
+    wait_until("a free slot", || {
+        let (status, answer) = post("q-3")?;
+        match status {
+            202 => Ok(Some(())),
+            429 => Ok(None), // settled just after the job's final write
+            _ => Err(format!("{status} {answer}").into()),
+        }
+    })?;
+    assert_eq!(q.credits("lic:q")?, 7);
+    println!(
+        "relay_server: --max-queued 2: third job 429 with nothing charged, a retry still 202, free again once one ended"
+    );
+    Ok(())
+}
+
+#[test]
+fn event_streams_beyond_the_cap_get_503_and_a_closed_one_frees_its_slot() -> Res {
+    let dir = tempfile::tempdir()?;
+    let (_gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:s"],
+        &["--gate", &gate_arg, "--max-streams", "2"],
+        false,
+    )?;
+    let client = relay.client("lic:s");
+    // Its gates stay shut: the job and its streams never end.
+    let (_, answer) = client.post("/jobs", &[], "{}")?;
+    let id = job_id(&answer);
+
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = client.events(&id, None)?;
+        assert!(
+            stream.next_event()?.is_some(),
+            "a stream that serves events"
+        );
+        open.push(stream);
+    }
+    let Err((status, headers, _)) = client.open_events(&id, None, &[])? else {
+        panic!("a third stream was opened beyond --max-streams 2");
+    };
+    assert_eq!(status, 503);
+    let retry_after = headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        retry_after
+            .as_deref()
+            .is_some_and(|s| s.parse::<u64>().is_ok()),
+        "{retry_after:?}"
+    );
+
+    // A client goes away: its slot is freed, and a new stream is served.
+    drop(open.pop());
+    let mut refusals = 0;
+    let mut third = wait_until("a free stream slot", || {
+        match client.open_events(&id, None, &[])? {
+            Ok(stream) => Ok(Some(stream)),
+            Err((503, _, _)) => {
+                refusals += 1;
+                Ok(None)
+            }
+            Err((status, _, answer)) => Err(format!("{status} {answer}").into()),
+        }
+    })?;
+    assert!(third.next_event()?.is_some());
+    println!(
+        "relay_server: --max-streams 2: third stream 503 with Retry-After {}; served once one closed ({refusals} more 503s meanwhile)",
+        retry_after.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Reads from `stream` until the server closes it, within `bound`: what it
+/// sent, or an error if it kept the connection open.
+fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Res<String> {
+    stream.set_read_timeout(Some(bound))?;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&received).into_owned()),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(String::from_utf8_lossy(&received).into_owned());
+            }
+            Err(e) => return Err(format!("the connection stayed open for {bound:?}: {e}").into()),
+        }
+    }
+}
+
+#[test]
+fn a_half_sent_request_is_closed_after_the_header_timeout_while_others_are_served() -> Res {
+    const CONNECTIONS: usize = 4;
+    let bound = Duration::from_secs(10);
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:t"],
+        &[
+            "--stage-ms",
+            "0",
+            "--header-timeout-ms",
+            "1000",
+            "--body-timeout-ms",
+            "1000",
+            "--max-connections",
+            &CONNECTIONS.to_string(),
+        ],
+        false,
+    )?;
+    let addr = relay.base.strip_prefix("http://").unwrap().to_owned();
+
+    // As many clients as the relay takes connections send half a request line
+    // and then nothing.
+    let started = Instant::now();
+    let mut half_sent = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(&addr)?;
+        stream.write_all(b"GET /accounts/lic:t HT")?;
+        half_sent.push(stream);
+    }
+    // A new client is served all the same.
+    let client = relay.client("lic:t");
+    assert_eq!(client.credits("lic:t")?, 100);
+    // Each half-sent one is closed after the timeout, without an answer.
+    for stream in &mut half_sent {
+        let received = read_until_closed(stream, bound)?;
+        assert!(
+            received.is_empty() || received.starts_with("HTTP/1.1 408"),
+            "{received:?}"
+        );
+    }
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "{closed_after:?}"
+    );
+
+    // A kept-alive connection that idles after its answer is closed too.
+    let mut idle = TcpStream::connect(&addr)?;
+    let authorization = format!("Bearer {}", token_of("lic:t"));
+    write!(
+        idle,
+        "GET /accounts/lic:t HTTP/1.1\r\nHost: relay\r\nAuthorization: {authorization}\r\n\r\n"
+    )?;
+    let answered = read_until_closed(&mut idle, bound)?;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered:?}");
+
+    // A body that stops coming gets 408 after the body timeout.
+    let mut slow = TcpStream::connect(&addr)?;
+    write!(
+        slow,
+        "POST /jobs HTTP/1.1\r\nHost: relay\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"input\":"
+    )?;
+    let answered = read_until_closed(&mut slow, bound)?;
+    assert!(answered.starts_with("HTTP/1.1 408"), "{answered:?}");
+    assert_eq!(client.credits("lic:t")?, 100, "nothing charged");
+    println!(
+        "relay_server: header timeout 1 s: {CONNECTIONS} half-sent requests closed after {:.1} s while a new client was served; idle keep-alive closed; stalled body 408",
+        closed_after.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn headers_the_relay_reads_are_refused_unless_printable_ascii_of_bounded_length() -> Res {
+    let dir = tempfile::tempdir()?;
+    let (_gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:h"],
+        &["--gate", &gate_arg, "--credits", "5"],
+        false,
+    )?;
+    let client = relay.client("lic:h");
+    let (_, answer) = client.post("/jobs", &[("Idempotency-Key", "h-0")], "{}")?;
+    let events = format!("/jobs/{}/events", job_id(&answer));
+    let long_key = "k".repeat(129);
+    let long_actor = "a".repeat(65);
+    let cases = [
+        ("POST", "/jobs", "Idempotency-Key", "clé-1"),
+        ("POST", "/jobs", "Idempotency-Key", long_key.as_str()),
+        ("POST", "/jobs", "Idempotency-Key", ""),
+        ("POST", "/jobs", "X-Job-Id", "clé-2"),
+        ("POST", "/index", "X-Actor", "zoë"),
+        ("POST", "/index", "X-Actor", long_actor.as_str()),
+        ("GET", events.as_str(), "Last-Event-ID", "٣"),
+        ("GET", events.as_str(), "Last-Event-ID", "three"),
+    ];
+    for (method, path, name, value) in cases {
+        // Sent twice: a retry must not be charged either.
+        for _ in 0..2 {
+            let (status, _, answer) = client.send(method, path, &[(name, value)], "{}")?;
+            assert_eq!(status, 400, "{name}: {value:?}: {answer}");
+            let message = answer["error"].as_str().unwrap();
+            assert!(message.contains(name), "{message}");
+        }
+    }
+    // Two values of one header: which one counts is ambiguous.
+    let (status, _, _) = client.send(
+        "POST",
+        "/jobs",
+        &[("Idempotency-Key", "h-1"), ("Idempotency-Key", "h-2")],
+        "{}",
+    )?;
+    assert_eq!(status, 400);
+    // The token's header itself, sent as raw bytes: the HTTP client refuses
+    // to send it.
+    let addr = relay.base.strip_prefix("http://").unwrap();
+    let mut raw = TcpStream::connect(addr)?;
+    raw.write_all(
+        "POST /jobs HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer tökén-of-lic:h\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+            .as_bytes(),
+    )?;
+    let answer = read_until_closed(&mut raw, Duration::from_secs(60))?;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid Authorization header"), "{answer}");
+    assert_eq!(
+        client.credits("lic:h")?,
+        4,
+        "only the first job was charged"
+    );
+    println!(
+        "relay_server: {} invalid Idempotency-Key, X-Job-Id, X-Actor, Last-Event-ID and Authorization headers: 400 naming the header, nothing charged",
+        cases.len() + 2
+    );
+    Ok(())
+}
+
+#[test]
+fn no_error_answer_shows_the_stores_key_layout() -> Res {
+    let dir = tempfile::tempdir()?;
+    let (_gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:k"],
+        &["--gate", &gate_arg, "--credits", "3", "--max-queued", "2"],
+        false,
+    )?;
+    // Every answer below is checked by the client for the key layout.
+    let client = relay.client("lic:k");
+    let long = |n: usize| "x".repeat(n);
+    let mut seen = Vec::new();
+    let mut expect = |status: u16, got: (u16, Value)| {
+        assert_eq!(got.0, status, "{}", got.1);
+        let text = got.1.to_string();
+        for internal in INTERNAL_KEY_TEXTS {
+            assert!(!text.contains(internal), "{text}");
+        }
+        seen.push(status);
+    };
+    for path in [
+        "/jobs/%00",
+        "/jobs/not-a-job",
+        "/jobs/%00/events",
+        "/accounts/%00",
+    ] {
+        expect(404, client.get(path)?);
+    }
+    let json = |value: Value| value.to_string();
+    let key = |k: &str| [("Idempotency-Key", k.to_owned())];
+    let post = |key: &[(&str, String)], body: &str| {
+        let headers: Vec<(&str, &str)> = key.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        client.post("/jobs", &headers, body)
+    };
+    expect(400, post(&key(&long(2000)), "{}")?);
+    expect(
+        400,
+        post(
+            &key("k-1"),
+            &json(serde_json::json!({ "kind": long(2000) })),
+        )?,
+    );
+    expect(
+        400,
+        post(
+            &key("k-1"),
+            &json(serde_json::json!({ "input": long(20 << 10) })),
+        )?,
+    );
+    expect(
+        400,
+        post(
+            &key("k-1"),
+            &json(serde_json::json!({ "fail_at": long(2000) })),
+        )?,
+    );
+    expect(400, post(&key("k-1"), "{not json")?);
+    expect(
+        413,
+        post(
+            &key("k-1"),
+            &json(serde_json::json!({ "input": long(70 << 10) })),
+        )?,
+    );
+    expect(
+        400,
+        client.post(
+            "/index",
+            &[],
+            &json(serde_json::json!({ "resource": long(2000) })),
+        )?,
+    );
+    expect(
+        400,
+        client.post("/index", &[("X-Actor", &long(2000))], "{}")?,
+    );
+    expect(202, post(&key("k-1"), "{}")?);
+    expect(422, post(&key("k-1"), r#"{"kind":"other"}"#)?);
+    expect(202, post(&key("k-2"), "{}")?);
+    expect(429, post(&key("k-3"), "{}")?);
+    println!(
+        "relay_server: {} error answers (404, 400, 413, 422, 429) to hostile requests, none showing the store's keys",
+        seen.iter().filter(|status| **status >= 400).count()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_planted_lock_link_and_an_unsafe_state_directory_stop_the_relay() -> Res {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &["lic:l"])?;
+    let private_dir = |name: &str| -> Res<std::path::PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        Ok(path)
+    };
+    let start = |state: &Path| {
+        start_expecting_refusal(&[
+            "--tokens".as_ref(),
+            tokens.as_os_str(),
+            "--store".as_ref(),
+            state.as_os_str(),
+        ])
+    };
+
+    // Another user's link to a file of theirs, where the relay takes its lock.
+    let target = dir.path().join("precious");
+    std::fs::write(&target, b"keep me")?;
+    let before = std::fs::metadata(&target)?;
+    let state = private_dir("planted")?;
+    std::os::unix::fs::symlink(&target, state.join("relay.lock"))?;
+    let error = start(&state)?;
+    assert!(
+        error.contains("relay.lock") && error.contains("symbolic link"),
+        "{error}"
+    );
+    let after = std::fs::metadata(&target)?;
+    assert_eq!(std::fs::read(&target)?, b"keep me");
+    assert_eq!(
+        (after.modified()?, after.permissions().mode()),
+        (before.modified()?, before.permissions().mode())
+    );
+
+    // The state directory itself a link.
+    let real = private_dir("real")?;
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link)?;
+    let error = start(&link)?;
+    assert!(error.contains("symbolic link"), "{error}");
+    assert!(
+        !real.join("store").exists(),
+        "nothing made through the link"
+    );
+
+    // Writable by other users.
+    let shared = private_dir("shared")?;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777))?;
+    let error = start(&shared)?;
+    assert!(error.contains("writable by other users"), "{error}");
+    assert!(!shared.join("relay.lock").exists());
+    println!(
+        "relay_server: planted relay.lock link refused, its target untouched; a linked or world-writable state directory refused"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_relay_needs_a_well_formed_tokens_file() -> Res {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let error = start_expecting_refusal(&["--store".as_ref(), state.as_os_str()])?;
+    assert!(error.contains("--tokens"), "{error}");
+
+    let good = format!("lic:a {}", token_of("lic:a"));
+    let cases = [
+        (format!("# accounts\n{good}\nlic:b\n"), "line 3"),
+        ("lic:a short\n".to_owned(), "line 1"),
+        (format!("{good}\n\n{good}\n"), "line 3"),
+        (format!("{good}\nlic:b {}\n", token_of("lic:a")), "line 2"),
+        ("# no accounts\n".to_owned(), "no accounts"),
+    ];
+    let tokens = dir.path().join("tokens");
+    for (text, expected) in &cases {
+        std::fs::write(&tokens, text)?;
+        let error = start_expecting_refusal(&[
+            "--tokens".as_ref(),
+            tokens.as_os_str(),
+            "--store".as_ref(),
+            state.as_os_str(),
+        ])?;
+        assert!(error.contains(expected), "{text:?}: {error}");
+    }
+    println!(
+        "relay_server: no --tokens, and {} malformed tokens files, each refused naming the line",
+        cases.len()
+    );
     Ok(())
 }

@@ -68,11 +68,15 @@ fn main() -> BenchResult {
         }
     );
 
+    // Thread t acts for account lic:t.
+    let accounts: Vec<String> = (0..threads).map(|t| format!("lic:{t}")).collect();
+    let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
     let mut results: Vec<(&str, Vec<(&str, Load)>)> = Vec::new();
     for backend in BACKENDS {
         let state = run.path().join(backend);
         let relay = Relay::start(
             &state,
+            &accounts,
             &[
                 "--backend",
                 backend,
@@ -80,18 +84,21 @@ fn main() -> BenchResult {
                 "0",
                 "--credits",
                 "1000000000",
+                // Jobs are created faster than they run: no cap on them.
+                "--max-queued",
+                "1000000000",
             ],
             true,
         )
         .map_err(|e| e.to_string())?;
+        let clients: Vec<_> = accounts.iter().map(|a| relay.client(a)).collect();
         let mut loads = Vec::new();
         // Thread t creates jobs t-0 .. t-(ops-1) for its own account.
         let (created, ids) = load(threads, ops, |t, i| {
             let key = format!("{t}-{i}");
-            let account = format!("lic:{t}");
-            let (status, answer) = relay.post(
+            let (status, answer) = clients[t].post(
                 "/jobs",
-                &[("Idempotency-Key", &key), ("X-Account", &account)],
+                &[("Idempotency-Key", &key)],
                 r#"{"kind":"transcribe"}"#,
             )?;
             check(status == 202 && answer["charged"] == true, || {
@@ -102,10 +109,9 @@ fn main() -> BenchResult {
         loads.push(("POST /jobs (new key)", created));
         let (retried, _) = load(threads, ops, |t, i| {
             let key = format!("{t}-{i}");
-            let account = format!("lic:{t}");
-            let (status, answer) = relay.post(
+            let (status, answer) = clients[t].post(
                 "/jobs",
-                &[("Idempotency-Key", &key), ("X-Account", &account)],
+                &[("Idempotency-Key", &key)],
                 r#"{"kind":"transcribe"}"#,
             )?;
             check(status == 202 && answer["charged"] == false, || {
@@ -116,13 +122,14 @@ fn main() -> BenchResult {
         loads.push(("POST /jobs (retry)", retried));
         let (polled, _) = load(threads, ops, |t, i| {
             let id = &ids[t][(i * 7 + t) % ids[t].len()];
-            let (status, job) = relay.get(&format!("/jobs/{id}"))?;
+            let (status, job) = clients[t].get(&format!("/jobs/{id}"))?;
             check(status == 200 && job["id"] == id.as_str(), || {
                 format!("GET /jobs/{id}: {status} {job}")
             })?;
             Ok(String::new())
         })?;
         loads.push(("GET /jobs/{id}", polled));
+        drop(clients);
         relay.kill();
         results.push((backend, loads));
     }

@@ -2,23 +2,58 @@
 //! runtime's blocking pool ([`blocking`]), never on its worker threads: an
 //! fsync may take milliseconds, and a worker thread that waits for one stalls
 //! every other request scheduled on it.
+//!
+//! Each request passes, in order: [`authenticate`] (the bearer token names
+//! the account; 401 otherwise), [`read_body`] (the whole body, within a size
+//! cap and a timeout), then its handler. Every header a handler reads is
+//! checked first ([`read_header`]): present but not printable ASCII, or too
+//! long, is a 400 naming the header. No error text of the store reaches a
+//! client: [`ApiError`] answers with messages written here and logs the rest.
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use jobsafe::jobs::{Event, NextEvent, Subscription};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::relay::{IndexStart, JobRequest, Relay, RelayError};
+use crate::relay::{IndexStart, JobRequest, Relay, RelayError, Shared};
+use crate::server::{self, ConnectionLimits};
+use crate::tokens::Tokens;
+
+/// How long the thread that feeds an event stream waits for the job's next
+/// event before it looks whether the client went away: the longest a closed
+/// stream keeps its slot.
+const CLIENT_GONE_CHECK: Duration = Duration::from_secs(1);
+
+/// The `Retry-After` of a 503 for too many open event streams, in seconds.
+const STREAMS_RETRY_AFTER_SECS: u32 = 5;
+
+/// The bounds on what clients may ask of the relay.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Event streams open at once, over all accounts.
+    pub(crate) max_streams: usize,
+    /// Largest request body.
+    pub(crate) max_body_bytes: usize,
+    /// How long a client has to send a request's body, once its head is read.
+    pub(crate) body_timeout: Duration,
+    /// Open connections and their header timeout.
+    pub(crate) connections: ConnectionLimits,
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -26,53 +61,187 @@ struct App {
     relay: Relay,
     /// Ids of jobs for the workers to run.
     queue: Sender<String>,
+    tokens: Arc<Tokens>,
+    /// One permit per event stream that may be open.
+    streams: Arc<Semaphore>,
+    limits: Limits,
 }
+
+/// The account a request's bearer token names, set by [`authenticate`].
+#[derive(Clone, Debug)]
+struct Caller(String);
+
+/// A request header the relay reads, and how long it may be.
+#[derive(Clone, Copy, Debug)]
+struct HeaderRule {
+    name: &'static str,
+    max_len: usize,
+}
+
+const AUTHORIZATION: HeaderRule = HeaderRule {
+    name: "Authorization",
+    // "Bearer " and the longest token, with room for extra spaces.
+    max_len: 512,
+};
+const IDEMPOTENCY_KEY: HeaderRule = HeaderRule {
+    name: "Idempotency-Key",
+    max_len: 128,
+};
+const JOB_KEY: HeaderRule = HeaderRule {
+    name: "X-Job-Id",
+    max_len: 128,
+};
+const ACTOR: HeaderRule = HeaderRule {
+    name: "X-Actor",
+    max_len: 64,
+};
+const LAST_EVENT_ID: HeaderRule = HeaderRule {
+    name: "Last-Event-ID",
+    max_len: 20, // u64::MAX has 20 digits
+};
 
 /// Serves the relay on `listen` until the process ends. Prints the bound
 /// address first (`listening on http://ADDR`), for whoever picked port 0.
 pub(crate) async fn serve(
     relay: Relay,
     queue: Sender<String>,
+    tokens: Tokens,
     listen: &str,
+    limits: Limits,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let router = Router::new()
+    let app = App {
+        relay,
+        queue,
+        tokens: Arc::new(tokens),
+        streams: Arc::new(Semaphore::new(limits.max_streams)),
+        limits,
+    };
+    let connections = app.limits.connections.clone();
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    server::serve(listener, router(app), &connections).await?;
+    Ok(())
+}
+
+/// The routes, behind authentication and then body reading (the layer added
+/// last runs first): no body is read for a client without a valid token.
+fn router(app: App) -> Router {
+    Router::new()
         .route("/jobs", post(create_job))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/events", get(job_events))
         .route("/accounts/{account}", get(account))
         .route("/index", post(start_index))
-        .with_state(App { relay, queue });
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!("listening on http://{}", listener.local_addr()?);
-    std::io::stdout().flush()?;
-    axum::serve(listener, router).await?;
-    Ok(())
+        .layer(middleware::from_fn_with_state(app.clone(), read_body))
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .with_state(app)
 }
 
-/// A failed request, as the client sees it: a status and a safe message.
-/// Internal details go to the log only.
+/// A failed request, as the client sees it: a status and a message written
+/// here. Internal details go to the log only.
 enum ApiError {
     Relay(RelayError),
     NotFound(&'static str),
-    BadBody(String),
+    BadRequest(String),
+    /// A header is present but not printable ASCII, or too long.
+    InvalidHeader(HeaderRule),
+    /// No valid bearer token.
+    Unauthorized,
+    BodyTooLarge,
+    BodyTimedOut,
+    BodyUnreadable,
+    TooManyStreams,
     Panicked,
+}
+
+impl ApiError {
+    /// The status and the message the client gets.
+    fn status_and_message(&self) -> (StatusCode, String) {
+        let status = |code| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match self {
+            ApiError::Relay(e) => {
+                let (code, message) = e.client_message();
+                (status(code), message.to_owned())
+            }
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, (*what).to_owned()),
+            ApiError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+            ApiError::InvalidHeader(rule) => (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid {} header: one value of 1 to {} printable ASCII characters",
+                    rule.name, rule.max_len
+                ),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "a valid token is required: Authorization: Bearer TOKEN".to_owned(),
+            ),
+            ApiError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large".to_owned(),
+            ),
+            ApiError::BodyTimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time".to_owned(),
+            ),
+            ApiError::BodyUnreadable => (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read".to_owned(),
+            ),
+            ApiError::TooManyStreams => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many open event streams: try again later, or poll the job".to_owned(),
+            ),
+            ApiError::Panicked => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".to_owned(),
+            ),
+        }
+    }
+
+    /// Logs what the client is not told.
+    fn log(&self) {
+        match self {
+            ApiError::Relay(RelayError::Internal(e)) => eprintln!("relay: request failed: {e}"),
+            ApiError::Relay(RelayError::Refused(e)) => eprintln!("relay: request refused: {e}"),
+            ApiError::Relay(RelayError::OtherJob) => {
+                eprintln!("relay: request failed: a reservation belongs to another job");
+            }
+            ApiError::Panicked => eprintln!("relay: a request's store call panicked"),
+            _ => {}
+        }
+    }
+
+    /// The headers the answer needs besides its status.
+    fn extra_header(&self) -> Option<(header::HeaderName, HeaderValue)> {
+        match self {
+            ApiError::Unauthorized => {
+                Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
+            }
+            ApiError::TooManyStreams => Some((
+                header::RETRY_AFTER,
+                HeaderValue::from(STREAMS_RETRY_AFTER_SECS),
+            )),
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request.
+            ApiError::BodyTooLarge | ApiError::BodyTimedOut | ApiError::BodyUnreadable => {
+                Some((header::CONNECTION, HeaderValue::from_static("close")))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match &self {
-            ApiError::Relay(e) => {
-                if let RelayError::Internal(inner) = e {
-                    eprintln!("relay: request failed: {inner}");
-                }
-                e.client_message()
-            }
-            ApiError::NotFound(what) => (404, *what),
-            ApiError::BadBody(why) => (400, why.as_str()),
-            ApiError::Panicked => (500, "internal error"),
-        };
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(json!({ "error": message }))).into_response()
+        self.log();
+        let (status, message) = self.status_and_message();
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if let Some((name, value)) = self.extra_header() {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 
@@ -86,14 +255,76 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+/// The header `rule` names, if present: refused unless it is given once, as
+/// 1 to `rule.max_len` printable ASCII characters. A header the relay cannot
+/// read as sent is an error, never taken for absent: an idempotency key
+/// ignored that way would charge every retry again.
+fn read_header<'a>(headers: &'a HeaderMap, rule: &HeaderRule) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(rule.name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let printable = bytes.iter().all(|b| *b == b' ' || b.is_ascii_graphic());
+    let fits = (1..=rule.max_len).contains(&bytes.len());
+    match value.to_str() {
+        Ok(text) if printable && fits && values.next().is_none() => Ok(Some(text)),
+        _ => Err(ApiError::InvalidHeader(*rule)),
+    }
 }
 
-fn account_of(headers: &HeaderMap) -> String {
-    header_text(headers, "x-account")
-        .unwrap_or("anonymous")
-        .to_owned()
+/// Lets the request through if its bearer token names an account, which the
+/// handlers then act for; 401 otherwise.
+async fn authenticate(
+    State(app): State<App>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let caller = caller_of(&app.tokens, request.headers())?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// The account of the `Authorization: Bearer TOKEN` header.
+fn caller_of(tokens: &Tokens, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let authorization = read_header(headers, &AUTHORIZATION)?.ok_or(ApiError::Unauthorized)?;
+    let token = bearer_token(authorization).ok_or(ApiError::Unauthorized)?;
+    let account = tokens.account_of(token).ok_or(ApiError::Unauthorized)?;
+    Ok(Caller(account.to_owned()))
+}
+
+/// The token of an `Authorization` value of the Bearer scheme (its name in
+/// any case, as HTTP allows).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// Reads the whole request body before the handler runs, within the size cap
+/// (413 beyond it) and the body timeout (408): a client that sends a body
+/// slowly, or too much of one, is answered instead of holding a connection
+/// and memory.
+async fn read_body(
+    State(app): State<App>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let limited = Limited::new(body, app.limits.max_body_bytes);
+    let collected = tokio::time::timeout(app.limits.body_timeout, limited.collect())
+        .await
+        .map_err(|_| ApiError::BodyTimedOut)?
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiError::BodyTooLarge
+            } else {
+                ApiError::BodyUnreadable
+            }
+        })?;
+    let request = Request::from_parts(parts, Body::from(collected.to_bytes()));
+    Ok(next.run(request).await)
 }
 
 /// The JSON body, `{}` if empty.
@@ -101,26 +332,32 @@ fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadBody(format!("the body is not JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 /// `POST /jobs`: 202 with the job's id at once; the work runs in the
 /// background. Retries with the same idempotency key get the same job, free.
 async fn create_job(
     State(app): State<App>,
+    Extension(Caller(account)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // Both headers are checked, whichever is used.
+    let idempotency_key = read_header(&headers, &IDEMPOTENCY_KEY)?;
+    let job_key = read_header(&headers, &JOB_KEY)?;
+    let key = idempotency_key.or(job_key).map(str::to_owned);
     let parsed = json_body(&body)?;
     let text = |field: &str| parsed.get(field).and_then(Value::as_str).map(str::to_owned);
     let kind = text("kind").unwrap_or_else(|| "summarize".to_owned());
     let fail_at = text("fail_at");
     let input = text("input");
-    let account = account_of(&headers);
-    let key = header_text(&headers, "idempotency-key")
-        .or_else(|| header_text(&headers, "x-job-id"))
-        .map(str::to_owned);
     let relay = app.relay.clone();
     let created = blocking(move || {
         relay.create_job(&JobRequest {
@@ -153,10 +390,15 @@ async fn create_job(
         .into_response())
 }
 
-/// `GET /jobs/{id}`: the client view (no internal error text, no metadata).
-async fn job(State(app): State<App>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /jobs/{id}`: the client view (no internal error text, no metadata),
+/// for the account that created the job only.
+async fn job(
+    State(app): State<App>,
+    Extension(Caller(account)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let relay = app.relay.clone();
-    match blocking(move || relay.client_view(&id)).await? {
+    match blocking(move || relay.client_view(&account, &id)).await? {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::NotFound("no such job")),
     }
@@ -170,48 +412,38 @@ struct After {
 /// `GET /jobs/{id}/events`: the job's events as SSE, each with its sequence
 /// number as `id:`, from after `Last-Event-ID` (or `?after=N`, or the start),
 /// stored ones first and then live, each once; the stream ends after the
-/// terminal event.
+/// terminal event. For the account that created the job only.
 ///
-/// A blocking-pool thread follows the job and hands events to the response.
-/// When the client goes away, that thread stops at the job's next event (or
-/// its end): a job stalled forever keeps one thread per abandoned stream.
+/// Each open stream holds one of `--max-streams` slots (503 when none is
+/// free) and a blocking-pool thread that follows the job and hands events to
+/// the response. That thread ends, freeing the slot, when the job ends or
+/// within [`CLIENT_GONE_CHECK`] of the client going away.
 async fn job_events(
     State(app): State<App>,
+    Extension(Caller(account)): Extension<Caller>,
     Path(id): Path<String>,
     Query(query): Query<After>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let after = match header_text(&headers, "last-event-id") {
+    let after = match read_header(&headers, &LAST_EVENT_ID)? {
         Some(last) => last
             .trim()
             .parse::<u64>()
-            .map_err(|_| ApiError::BadBody("Last-Event-ID is not an event id".to_owned()))?,
+            .map_err(|_| ApiError::InvalidHeader(LAST_EVENT_ID))?,
         None => query.after.unwrap_or(0),
     };
+    let slot = Arc::clone(&app.streams)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyStreams)?;
     let relay = app.relay.clone();
-    let Some(mut subscription) = blocking(move || relay.subscribe(&id, after)).await? else {
+    let Some(subscription) = blocking(move || relay.subscribe(&account, &id, after)).await? else {
         return Err(ApiError::NotFound("no such job"));
     };
     let (events, mut received) = tokio::sync::mpsc::channel(64);
-    tokio::task::spawn_blocking(move || {
-        loop {
-            match subscription.next_event() {
-                Ok(Some(event)) => {
-                    if events.blocking_send(event).is_err() {
-                        return; // the client went away
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    eprintln!("relay: event stream stopped: {e}");
-                    return;
-                }
-            }
-        }
-    });
+    tokio::task::spawn_blocking(move || forward_events(subscription, &events, slot));
     let stream = futures_util::stream::poll_fn(move |cx| {
         received.poll_recv(cx).map(|event| {
-            event.map(|event: jobsafe::jobs::Event| {
+            event.map(|event: Event| {
                 Ok::<_, Infallible>(
                     SseEvent::default()
                         .id(event.seq.to_string())
@@ -226,14 +458,47 @@ async fn job_events(
         .into_response())
 }
 
-/// `GET /accounts/{account}`: the credits it has left.
+/// Hands `subscription`'s events to `events` until the job's last one, or
+/// until the stream's client went away; then frees the stream's `slot`.
+fn forward_events(
+    mut subscription: Subscription<Arc<Shared>>,
+    events: &tokio::sync::mpsc::Sender<Event>,
+    slot: OwnedSemaphorePermit,
+) {
+    loop {
+        match subscription.next_event_timeout(CLIENT_GONE_CHECK) {
+            Ok(NextEvent::Event(event)) => {
+                if events.blocking_send(event).is_err() {
+                    break; // the client went away
+                }
+            }
+            Ok(NextEvent::TimedOut) => {
+                if events.is_closed() {
+                    break;
+                }
+            }
+            Ok(_) => break, // finished
+            Err(e) => {
+                eprintln!("relay: event stream stopped: {e}");
+                break;
+            }
+        }
+    }
+    drop(slot);
+}
+
+/// `GET /accounts/{account}`: the credits the caller's own account has left;
+/// 404 for any other account.
 async fn account(
     State(app): State<App>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(account): Path<String>,
 ) -> Result<Response, ApiError> {
+    if account != caller {
+        return Err(ApiError::NotFound("no such account"));
+    }
     let relay = app.relay.clone();
-    let name = account.clone();
-    let credits = blocking(move || relay.balance(&name)).await?;
+    let credits = blocking(move || relay.balance(&caller)).await?;
     Ok(Json(json!({ "account": account, "credits": credits })).into_response())
 }
 
@@ -241,18 +506,18 @@ async fn account(
 /// answers 409 with the holder while one runs.
 async fn start_index(
     State(app): State<App>,
+    Extension(Caller(account)): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let actor = read_header(&headers, &ACTOR)?
+        .unwrap_or(&account)
+        .to_owned();
     let parsed = json_body(&body)?;
     let resource = parsed
         .get("resource")
         .and_then(Value::as_str)
         .unwrap_or("default")
-        .to_owned();
-    let account = account_of(&headers);
-    let actor = header_text(&headers, "x-actor")
-        .unwrap_or(&account)
         .to_owned();
     let relay = app.relay.clone();
     let started = blocking(move || relay.start_index(&account, &resource, &actor)).await?;

@@ -5,7 +5,12 @@
 //! the credit reservations ([`JobLedger`]) with each account's balance, changed
 //! in the same atomic batch as the reservation or refund it pays for, and the
 //! index locks ([`JobLock`]).
+//!
+//! Every job belongs to the account that created it: only that account sees
+//! it. Each account may have a bounded number of unfinished jobs
+//! ([`QueuedJobs`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +19,10 @@ use jobsafe::ledger::{ChargeRequest, Reservation, Reserve};
 use jobsafe::lock::{Acquire, LockHandle, LockRecord, LockRequest};
 use jobsafe::store::BatchOp;
 use jobsafe::{Error, Expect, JobLedger, JobLock, Key, Pipeline, Store};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+
+use crate::work::STAGES;
 
 /// What the relay keeps everything in.
 pub(crate) type Shared = Arc<dyn Store>;
@@ -37,6 +45,13 @@ pub(crate) mod meta {
     pub(crate) const JOB: &str = "job";
 }
 
+/// Longest text a job summarizes (the body field `input`). Checked before the
+/// charge, so that a job too large to record never costs a credit.
+pub(crate) const MAX_INPUT_LEN: usize = 16 << 10;
+
+/// Longest resource name of `POST /index`.
+pub(crate) const MAX_RESOURCE_LEN: usize = 128;
+
 /// Why a request could not be served. Only [`RelayError::client_message`] ever
 /// reaches a client.
 #[derive(Debug)]
@@ -45,8 +60,14 @@ pub(crate) enum RelayError {
     NoCredits,
     /// The idempotency key was used before for a different request.
     KeyReused,
-    /// The request names something invalid (an empty account, say).
+    /// The account has as many unfinished jobs as it may have.
+    TooManyQueued,
+    /// The request is invalid, as this message (written here, never taken
+    /// from a store error) tells the client.
     BadRequest(String),
+    /// The store refused what the request asked for (a key or a record too
+    /// large, say). Its text names internal keys: for the log only.
+    Refused(Error),
     /// A reservation belongs to another job than the one being refunded.
     OtherJob,
     /// The store or the disk failed: details for the log only.
@@ -58,11 +79,24 @@ impl From<Error> for RelayError {
         match e {
             Error::FingerprintMismatch { .. } => RelayError::KeyReused,
             Error::InvalidKey { .. } | Error::InvalidArgument(_) | Error::TooLarge { .. } => {
-                RelayError::BadRequest(e.to_string())
+                RelayError::Refused(e)
             }
             e => RelayError::Internal(e),
         }
     }
+}
+
+/// What the relay is configured with.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Each account's starting credits.
+    pub(crate) credits: u64,
+    /// The index lock's lease.
+    pub(crate) index_ttl: Duration,
+    /// A job runner's lease.
+    pub(crate) lease: Duration,
+    /// How many unfinished jobs an account may have.
+    pub(crate) max_queued: usize,
 }
 
 /// A new or deduplicated job.
@@ -117,27 +151,21 @@ pub(crate) struct Relay {
     pipeline: Pipeline<Shared>,
     ledger: JobLedger<Shared>,
     locks: JobLock<Shared>,
-    credits: u64,
-    index_ttl: Duration,
+    queued: Arc<QueuedJobs>,
+    settings: Settings,
 }
 
 impl Relay {
-    /// The relay over `store`, whose jobs `pipeline` runs; each account starts
-    /// with `credits`.
-    pub(crate) fn new(
-        store: Shared,
-        pipeline: Pipeline<Shared>,
-        credits: u64,
-        index_ttl: Duration,
-    ) -> Self {
+    /// The relay over `store`, whose jobs `pipeline` runs.
+    pub(crate) fn new(store: Shared, pipeline: Pipeline<Shared>, settings: Settings) -> Self {
         let clock = Arc::new(jobsafe::SystemClock);
         Relay {
             ledger: JobLedger::new(Arc::clone(&store), clock.clone()),
             locks: JobLock::new(Arc::clone(&store), clock),
             store,
             pipeline,
-            credits,
-            index_ttl,
+            queued: Arc::default(),
+            settings,
         }
     }
 
@@ -154,25 +182,32 @@ impl Relay {
     /// does not exist yet, and the client's retry (or a concurrent duplicate)
     /// creates it under the same id. Of two creators one wins; the other finds
     /// the job there.
+    ///
+    /// A new job takes one of the account's queued-job slots in the same step
+    /// that charges it ([`RelayError::TooManyQueued`] beyond the cap, with
+    /// nothing charged); a retry of a charged request is never refused by the
+    /// cap, it only finds its job.
     pub(crate) fn create_job(&self, request: &JobRequest<'_>) -> Result<Created, RelayError> {
         // Refused before the charge: a job that cannot be created must not
         // cost a credit.
-        if request.kind.is_empty() || request.kind.len() > Job::MAX_KIND_LEN {
-            return Err(RelayError::BadRequest(format!(
-                "a job kind is 1 to {} bytes long",
-                Job::MAX_KIND_LEN
-            )));
-        }
+        check_job_request(request)?;
         let fresh = uuid::Uuid::now_v7().to_string();
         let key = request.key.unwrap_or(&fresh);
         let charge = ChargeRequest::new()
             .meta(meta::BACKEND, request.kind)
             .fingerprint(format!("sha256:{:x}", Sha256::digest(request.body)))
             .meta(meta::JOB, fresh.as_str());
+        // Runs once per attempt at a new reservation, never for a retry of
+        // one; the slot is taken once, for job `fresh`.
+        let mut slot = None;
         let outcome = self
             .ledger
             .reserve_with(request.account, key, &charge, |_| {
-                self.debit(request.account)
+                let debit = self.debit(request.account)?;
+                if slot.is_none() {
+                    slot = Some(self.take_queued_slot(request.account, &fresh)?);
+                }
+                Ok::<_, RelayError>(debit)
             })?;
         let (reservation, charged) = match outcome {
             Reserve::New(r) => (r, true),
@@ -202,6 +237,15 @@ impl Relay {
             Err(e) if e.is_conflict() => false, // a duplicate created it first
             Err(e) => return Err(e.into()),
         };
+        // The job exists now and counts until it finishes: created by this
+        // request (its slot stays taken), or by a duplicate or an earlier
+        // request that died before creating it (counted here).
+        self.queued.add(request.account, &job_id);
+        if job_id == fresh
+            && let Some(slot) = slot
+        {
+            slot.keep();
+        }
         Ok(Created {
             job_id,
             charged,
@@ -209,21 +253,38 @@ impl Relay {
         })
     }
 
-    /// What a client may see of job `id`.
-    pub(crate) fn client_view(&self, id: &str) -> Result<Option<ClientJob>, RelayError> {
-        Ok(self.pipeline.jobs().client_view(id)?)
+    /// What `account` may see of job `id`; `None` if there is no such job or
+    /// it belongs to another account (the same answer, so that a client
+    /// learns nothing of other accounts' job ids).
+    pub(crate) fn client_view(
+        &self,
+        account: &str,
+        id: &str,
+    ) -> Result<Option<ClientJob>, RelayError> {
+        Ok(self.owned_job(account, id)?.map(|job| job.client_view()))
+    }
+
+    /// Job `id` if it belongs to `account`. Job ids are UUIDs this relay
+    /// made: anything else names no job, and never reaches the store.
+    fn owned_job(&self, account: &str, id: &str) -> Result<Option<Job>, RelayError> {
+        if uuid::Uuid::try_parse(id).is_err() {
+            return Ok(None);
+        }
+        let job = self.pipeline.jobs().get(id)?;
+        Ok(job.filter(|job| job.owner.as_deref() == Some(account)))
     }
 
     /// Job `id`'s events after sequence number `after`, then live ones, ending
-    /// after its terminal event; `None` if there is no such job. A sequence
-    /// number beyond the job's last event counts as its last.
+    /// after its terminal event; `None` if there is no such job of `account`.
+    /// A sequence number beyond the job's last event counts as its last.
     pub(crate) fn subscribe(
         &self,
+        account: &str,
         id: &str,
         after: u64,
     ) -> Result<Option<Subscription<Arc<Shared>>>, RelayError> {
         let jobs = self.pipeline.jobs();
-        let Some(job) = jobs.get(id)? else {
+        let Some(job) = self.owned_job(account, id)? else {
             return Ok(None);
         };
         let last = job.events.next_seq.saturating_sub(1);
@@ -249,12 +310,21 @@ impl Relay {
         resource: &str,
         actor: &str,
     ) -> Result<IndexStart, RelayError> {
+        if resource.is_empty() || resource.len() > MAX_RESOURCE_LEN {
+            return Err(RelayError::BadRequest(format!(
+                "a resource is 1 to {MAX_RESOURCE_LEN} bytes long"
+            )));
+        }
         let key = Key::new(["index", account, resource])?;
         let job_id = uuid::Uuid::now_v7().to_string();
+        let slot = self.take_queued_slot(account, &job_id)?;
         let request = LockRequest::new()
             .actor(actor)
             .meta(meta::JOB, job_id.as_str());
-        let guard = match self.locks.acquire(&key, self.index_ttl, &request)? {
+        let guard = match self
+            .locks
+            .acquire(&key, self.settings.index_ttl, &request)?
+        {
             Acquire::Held(holder) => return Ok(IndexStart::Held(Box::new(holder))),
             Acquire::Acquired(guard) => guard,
         };
@@ -269,13 +339,17 @@ impl Relay {
             .meta(meta::ACCOUNT, account)
             .meta(
                 meta::INDEX_LOCK,
-                serde_json::to_value(&handle)
-                    .map_err(|e| RelayError::BadRequest(format!("lock handle: {e}")))?,
+                serde_json::to_value(&handle).map_err(|e| {
+                    RelayError::Internal(Error::InvalidArgument(format!(
+                        "the index lock's handle cannot be encoded: {e}"
+                    )))
+                })?,
             );
         if let Err(e) = self.pipeline.enqueue(&job_id, new) {
             let _ = self.locks.release(&handle);
             return Err(e.into());
         }
+        slot.keep();
         Ok(IndexStart::Started {
             job_id,
             token,
@@ -290,6 +364,9 @@ impl Relay {
     pub(crate) fn settle(&self, job: &Job) -> Result<(), RelayError> {
         if !job.status.is_finished() {
             return Ok(());
+        }
+        if let Some(account) = account_of(job) {
+            self.queued.remove(account, &job.id);
         }
         if let Some(handle) = job.metadata.get(meta::INDEX_LOCK) {
             // Release only our own lock: never another job's.
@@ -344,9 +421,18 @@ impl Relay {
             // or after requeueing it, left the lock on a queued job too.
             let subject = Pipeline::<Shared>::subject_of(&job);
             self.pipeline.locks().force_release(&Key::new([subject])?)?;
+            if let Some(account) = account_of(&job) {
+                self.queued.add(account, &job.id);
+            }
             unfinished.push(job.id);
         }
         Ok(unfinished)
+    }
+
+    /// Counts job `id` as one of `account`'s unfinished jobs, unless the
+    /// account has as many as it may have.
+    fn take_queued_slot(&self, account: &str, id: &str) -> Result<QueuedSlot, RelayError> {
+        QueuedJobs::take(&self.queued, account, id, self.settings.max_queued)
     }
 
     fn debit(&self, account: &str) -> Result<Vec<BatchOp>, RelayError> {
@@ -366,7 +452,7 @@ impl Relay {
     /// precondition that guards a change of it.
     fn read_balance(&self, key: &Key) -> Result<(u64, Expect), RelayError> {
         match self.store.get(key)? {
-            None => Ok((self.credits, Expect::Absent)),
+            None => Ok((self.settings.credits, Expect::Absent)),
             Some(entry) => {
                 let left = std::str::from_utf8(&entry.value)
                     .ok()
@@ -388,10 +474,46 @@ impl RelayError {
         match self {
             RelayError::NoCredits => (402, "no credits left"),
             RelayError::KeyReused => (422, "this idempotency key was used for a different request"),
+            RelayError::TooManyQueued => (429, "too many unfinished jobs: wait for one to end"),
             RelayError::BadRequest(why) => (400, why),
+            RelayError::Refused(_) => (400, "invalid request"),
             RelayError::OtherJob | RelayError::Internal(_) => (500, "internal error"),
         }
     }
+}
+
+/// Refuses a job request that could not be recorded as a job, before anything
+/// is charged for it.
+fn check_job_request(request: &JobRequest<'_>) -> Result<(), RelayError> {
+    if request.kind.is_empty() || request.kind.len() > Job::MAX_KIND_LEN {
+        return Err(RelayError::BadRequest(format!(
+            "a job kind is 1 to {} bytes long",
+            Job::MAX_KIND_LEN
+        )));
+    }
+    if request
+        .input
+        .is_some_and(|input| input.len() > MAX_INPUT_LEN)
+    {
+        return Err(RelayError::BadRequest(format!(
+            "input is at most {MAX_INPUT_LEN} bytes long"
+        )));
+    }
+    if request
+        .fail_at
+        .is_some_and(|stage| !STAGES.contains(&stage))
+    {
+        return Err(RelayError::BadRequest(format!(
+            "fail_at names no stage (one of {})",
+            STAGES.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The account job `job` was created by.
+fn account_of(job: &Job) -> Option<&str> {
+    job.metadata.get(meta::ACCOUNT).and_then(|v| v.as_str())
 }
 
 fn balance_key(account: &str) -> Result<Key, Error> {
@@ -414,5 +536,82 @@ fn job_of(reservation: &Reservation) -> Result<String, RelayError> {
             "reservation {} of {} names no job",
             reservation.job_id, reservation.account
         )))),
+    }
+}
+
+/// Each account's unfinished jobs, for the cap on them: counted from the store
+/// at start ([`Relay::recover`]), added to as jobs are created and taken from
+/// as they finish ([`Relay::settle`]). Sets of ids, so that counting a job
+/// twice (a retry, a run settled again) changes nothing.
+#[derive(Debug, Default)]
+struct QueuedJobs {
+    by_account: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl QueuedJobs {
+    /// Counts job `id` for `account` if the account has fewer than `cap`
+    /// jobs counted. The count is given back when the returned slot drops,
+    /// unless it is [kept](QueuedSlot::keep).
+    fn take(
+        this: &Arc<QueuedJobs>,
+        account: &str,
+        id: &str,
+        cap: usize,
+    ) -> Result<QueuedSlot, RelayError> {
+        let mut by_account = this.by_account.lock();
+        let jobs = by_account.entry(account.to_owned()).or_default();
+        if jobs.len() >= cap && !jobs.contains(id) {
+            return Err(RelayError::TooManyQueued);
+        }
+        jobs.insert(id.to_owned());
+        Ok(QueuedSlot {
+            jobs: Arc::clone(this),
+            account: account.to_owned(),
+            id: Some(id.to_owned()),
+        })
+    }
+
+    /// Counts job `id` for `account`, whatever the cap: the job exists.
+    fn add(&self, account: &str, id: &str) {
+        let mut by_account = self.by_account.lock();
+        let jobs = by_account.entry(account.to_owned()).or_default();
+        jobs.insert(id.to_owned());
+    }
+
+    /// Stops counting job `id` of `account`.
+    fn remove(&self, account: &str, id: &str) {
+        let mut by_account = self.by_account.lock();
+        if let Some(jobs) = by_account.get_mut(account) {
+            jobs.remove(id);
+            if jobs.is_empty() {
+                by_account.remove(account);
+            }
+        }
+    }
+}
+
+/// A job counted against its account's cap before it exists: given back on
+/// drop (the request failed) unless kept (the job was created).
+#[derive(Debug)]
+struct QueuedSlot {
+    jobs: Arc<QueuedJobs>,
+    account: String,
+    /// The job counted; `None` once kept.
+    id: Option<String>,
+}
+
+impl QueuedSlot {
+    /// Keeps the job counted: it exists now, and [`Relay::settle`] stops
+    /// counting it when it finishes.
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for QueuedSlot {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.jobs.remove(&self.account, id);
+        }
     }
 }

@@ -12,6 +12,10 @@
 //!
 //! Waits are bounded ([`WAIT_BOUND`]) only so that a hung server fails instead
 //! of hanging; no result depends on timing.
+//!
+//! The relay starts with a tokens file of the accounts a test names, each with
+//! the token [`token_of`] gives it; a [`Client`] acts for one account (or none)
+//! and fails on any error answer that shows an internal key.
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read};
@@ -107,6 +111,32 @@ pub fn example_binary(name: &str, release: bool) -> Res<PathBuf> {
     Err(format!("cargo built {name} but reported no executable").into())
 }
 
+/// Texts of the store's internal key layout, which no answer to a client may
+/// contain (a JSON body shows a NUL as `\u0000`).
+pub const INTERNAL_KEY_TEXTS: [&str; 6] = [
+    "\0",
+    "\\u0000",
+    "ledger/",
+    "pipeline/",
+    "jobs/job",
+    "credits/",
+];
+
+/// The token the test harness gives `account` in the relay's tokens file.
+pub fn token_of(account: &str) -> String {
+    format!("test-token-of-{account}")
+}
+
+/// Writes a tokens file for `accounts` at `path`.
+pub fn write_tokens(path: &Path, accounts: &[&str]) -> Res {
+    let lines: String = accounts
+        .iter()
+        .map(|account| format!("{account} {}\n", token_of(account)))
+        .collect();
+    std::fs::write(path, lines)?;
+    Ok(())
+}
+
 /// A running relay server.
 pub struct Relay {
     process: Child,
@@ -117,13 +147,18 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts the relay on state directory `state` (on a free loopback port),
-    /// with `options` (`--gate DIR`, `--stage-ms N`, ...), and waits until it
+    /// Starts the relay on state directory `state` (on a free loopback port)
+    /// for `accounts` (their tokens file is written beside `state`), with
+    /// `options` (`--gate DIR`, `--stage-ms N`, ...), and waits until it
     /// listens.
-    pub fn start(state: &Path, options: &[&str], release: bool) -> Res<Relay> {
+    pub fn start(state: &Path, accounts: &[&str], options: &[&str], release: bool) -> Res<Relay> {
+        let tokens = state.with_extension("tokens");
+        write_tokens(&tokens, accounts)?;
         let mut process = Command::new(relay_binary(release)?)
             .arg("--store")
             .arg(state)
+            .arg("--tokens")
+            .arg(&tokens)
             .args(["--listen", "127.0.0.1:0"])
             .args(options)
             .stdin(Stdio::null())
@@ -180,29 +215,82 @@ impl Relay {
         format!("relay server {what}; its stderr:\n{stderr}")
     }
 
+    /// A client acting for `account`, with the token the harness gave it.
+    pub fn client(&self, account: &str) -> Client<'_> {
+        self.client_with_token(Some(&token_of(account)))
+    }
+
+    /// A client sending `token` as its bearer token, or no `Authorization`
+    /// header at all.
+    pub fn client_with_token(&self, token: Option<&str>) -> Client<'_> {
+        Client {
+            relay: self,
+            authorization: token.map(|token| format!("Bearer {token}")),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Never leave a server running after a test, passed or failed.
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// A client of a [`Relay`], acting for the account of its token.
+pub struct Client<'a> {
+    relay: &'a Relay,
+    /// The `Authorization` header's value, if it sends one.
+    authorization: Option<String>,
+}
+
+impl Client<'_> {
     /// `POST path` with `headers` and a JSON `body`: the status and the JSON
     /// answer.
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Res<(u16, Value)> {
-        let mut request = self.agent.post(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let mut response = request.content_type("application/json").send(body)?;
-        let status = response.status().as_u16();
-        Ok((
-            status,
-            serde_json::from_str(&response.body_mut().read_to_string()?)?,
-        ))
+        let (status, _, answer) = self.send("POST", path, headers, body)?;
+        Ok((status, answer))
     }
 
     /// `GET path`: the status and the JSON answer.
     pub fn get(&self, path: &str) -> Res<(u16, Value)> {
-        let mut response = self.agent.get(format!("{}{path}", self.base)).call()?;
+        let (status, _, answer) = self.send("GET", path, &[], "")?;
+        Ok((status, answer))
+    }
+
+    /// `method path` with `headers` and `body`: the status, the response's
+    /// headers and its JSON answer (`null` if empty). Fails on an error answer
+    /// that shows an internal key.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Res<(u16, ureq::http::HeaderMap, Value)> {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.relay.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if method == "POST" {
+            request = request.header("Content-Type", "application/json");
+        }
+        let mut response = self.relay.agent.run(request.body(body.to_owned())?)?;
         let status = response.status().as_u16();
-        Ok((
-            status,
-            serde_json::from_str(&response.body_mut().read_to_string()?)?,
-        ))
+        let text = response.body_mut().read_to_string()?;
+        check_no_internal_keys(status, &text)?;
+        let answer = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|e| format!("{status} {text:?}: {e}"))?
+        };
+        Ok((status, response.headers().clone(), answer))
     }
 
     /// The job `id` as its client sees it (`GET /jobs/{id}`).
@@ -224,35 +312,71 @@ impl Relay {
         .map_err(|e| format!("{e}; last seen {last}").into())
     }
 
-    /// The credits `account` has left.
+    /// The credits `account` has left, as this client is told
+    /// (`GET /accounts/{account}`).
     pub fn credits(&self, account: &str) -> Res<u64> {
-        let (_, answer) = self.get(&format!("/accounts/{account}"))?;
+        let (status, answer) = self.get(&format!("/accounts/{account}"))?;
         answer["credits"]
             .as_u64()
-            .ok_or_else(|| format!("no credits in {answer}").into())
+            .ok_or_else(|| format!("no credits in {status} {answer}").into())
     }
 
     /// Opens job `id`'s event stream, resuming after `last_event_id` if given.
     pub fn events(&self, id: &str, last_event_id: Option<u64>) -> Res<SseStream> {
-        let mut request = self.agent.get(format!("{}/jobs/{id}/events", self.base));
+        match self.open_events(id, last_event_id, &[])? {
+            Ok(stream) => Ok(stream),
+            Err((status, _, answer)) => {
+                Err(format!("GET /jobs/{id}/events: {status} {answer}").into())
+            }
+        }
+    }
+
+    /// Opens job `id`'s event stream with `headers`: the stream, or the
+    /// status, headers and JSON answer that refused it.
+    pub fn open_events(
+        &self,
+        id: &str,
+        last_event_id: Option<u64>,
+        headers: &[(&str, &str)],
+    ) -> Res<Result<SseStream, (u16, ureq::http::HeaderMap, Value)>> {
+        let mut request = self
+            .relay
+            .agent
+            .get(format!("{}/jobs/{id}/events", self.relay.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
         if let Some(last) = last_event_id {
             request = request.header("Last-Event-ID", last.to_string());
         }
-        let response = request.call()?;
-        if response.status() != 200 {
-            return Err(format!("GET /jobs/{id}/events: {}", response.status()).into());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        Ok(SseStream {
+        let mut response = request.call()?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let text = response.body_mut().read_to_string()?;
+            check_no_internal_keys(status, &text)?;
+            let answer = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return Ok(Err((status, response.headers().clone(), answer)));
+        }
+        Ok(Ok(SseStream {
             lines: Box::new(BufReader::new(response.into_body().into_reader())),
-        })
+        }))
     }
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // Never leave a server running after a test, passed or failed.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+/// Fails if an error answer shows an internal key.
+pub fn check_no_internal_keys(status: u16, answer: &str) -> Res {
+    if status < 400 {
+        return Ok(());
+    }
+    match INTERNAL_KEY_TEXTS
+        .iter()
+        .find(|text| answer.contains(*text))
+    {
+        Some(text) => Err(format!("a {status} answer shows {text:?}: {answer}").into()),
+        None => Ok(()),
     }
 }
 
