@@ -790,7 +790,7 @@ fn a_subscriber_that_saw_the_terminal_event_is_told_the_stream_ended() {
 }
 
 #[test]
-fn a_resume_point_past_the_last_event_is_taken_as_the_last_event() {
+fn a_resume_point_past_the_last_event_ends_a_finished_stream_and_is_refused_on_a_running_job() {
     // An SSE client reconnects with a Last-Event-ID the job never reached (made
     // up, or kept from an earlier job of the same id).
     let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
@@ -798,19 +798,21 @@ fn a_resume_point_past_the_last_event_is_taken_as_the_last_event() {
     let worker = jobs.start(&job.id, None).unwrap();
     jobs.append_event(&worker, "e", json!(1)).unwrap();
 
-    // A running job: the stream waits, then goes on with the next event,
-    // which a client past the end must not miss.
-    let mut subscription = jobs.subscribe(&job.id, 1_000).unwrap();
-    let mut follower = jobs
-        .follow(&job.id, 1_000, Duration::from_millis(10))
-        .unwrap();
-    assert!(!subscription.is_finished());
-    assert!(subscription.try_next_event().unwrap().is_none());
-    assert!(follower.poll().unwrap().is_empty());
-    jobs.append_event(&worker, "e", json!(2)).unwrap();
-    let next = subscription.next_event().unwrap().unwrap();
-    assert_eq!(next.data, json!(2));
-    assert_eq!(follower.poll().unwrap(), [next]);
+    // A running job: the client cannot have seen those events, and going on
+    // from the last one would hide what it missed. Refused, naming the job.
+    for refused in [
+        jobs.subscribe(&job.id, 1_000).map(drop),
+        jobs.follow(&job.id, 1_000, Duration::from_millis(10))
+            .map(drop),
+    ] {
+        let err = refused.expect_err("past the end of a running job");
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains(&job.id), "{err}");
+        assert!(err.to_string().contains("1000"), "{err}");
+    }
+    // Its last event itself is a fine resume point.
+    let last = jobs.get(&job.id).unwrap().unwrap().events.next_seq - 1;
+    assert!(!jobs.subscribe(&job.id, last).unwrap().is_finished());
 
     // A finished job: the stream is over at once, for both.
     let done = jobs.complete(&worker, json!("ok")).unwrap();
@@ -823,6 +825,18 @@ fn a_resume_point_past_the_last_event_is_taken_as_the_last_event() {
         .unwrap();
     assert!(follower.poll().unwrap().is_empty());
     assert!(follower.next_event().unwrap().is_none());
+
+    // A job retried after its error goes on: refused again.
+    let failing = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&failing.id, None).unwrap();
+    jobs.fail(
+        &worker,
+        jobsafe::jobs::JobError::new("no"),
+        jobsafe::jobs::FailureKind::Permanent,
+    )
+    .unwrap();
+    jobs.retry(&failing.id).unwrap();
+    assert!(jobs.subscribe(&failing.id, 1_000).is_err());
 }
 
 #[test]

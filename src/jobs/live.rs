@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use super::{Event, JobState};
 use crate::clock::millis;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::Store;
 
 /// The live subscribers of every job of one [`JobState`] (and its clones).
@@ -332,17 +332,28 @@ impl Cursor {
     /// on.
     ///
     /// A resume point past the job's last event (an id the client made up, or
-    /// kept from an earlier job of the same id) is taken as the last event:
-    /// the stream goes on from there, and ends at once if that event ends it.
-    /// Called right after a [`catch_up`](Cursor::catch_up), which learned the
-    /// job's next sequence number.
+    /// kept from an earlier job of the same id) is taken as the last event if
+    /// that event ends the stream, which then ends at once. Past the last
+    /// event of a job that goes on, it is refused: the client cannot have
+    /// seen those events, and going on from the last one would hide the
+    /// events it missed. Called right after a [`catch_up`](Cursor::catch_up),
+    /// which learned the job's next sequence number.
     pub(super) fn resume<S: Store>(&mut self, jobs: &JobState<S>) -> Result<()> {
-        if self.ahead.is_empty() && self.next_seq > self.known_next_seq {
+        let asked = self.next_seq - 1;
+        let past_the_end = self.ahead.is_empty() && self.next_seq > self.known_next_seq;
+        if past_the_end {
             self.next_seq = self.known_next_seq.max(1);
         }
         let after = self.next_seq - 1;
+        let job_id = self.job_id.clone();
+        let refuse = move || {
+            Error::InvalidArgument(format!(
+                "resume point {asked} is past the last event ({after}) of job {job_id}, \
+                 which goes on: resume from an event the job has"
+            ))
+        };
         if after == 0 || !self.ahead.is_empty() || self.terminal.is_some() {
-            return Ok(());
+            return if past_the_end { Err(refuse()) } else { Ok(()) };
         }
         let page = jobs.events_since(&self.job_id, after - 1)?;
         // An event the bound dropped is not known to be terminal: the stream
@@ -355,6 +366,9 @@ impl Cursor {
             self.terminal = Some(after);
             self.known_next_seq = page.next_seq;
             self.settle(page.next_seq);
+        }
+        if past_the_end && !self.finished {
+            return Err(refuse());
         }
         Ok(())
     }
@@ -609,8 +623,8 @@ impl<S: Store> JobState<S> {
     /// start): the stored ones first, then live ones as they are appended in this
     /// process. Resuming after the job's terminal event (a client that saw
     /// `done` and reconnects) gives a stream that is already finished. An
-    /// `after` past the job's last event is taken as its last event: the
-    /// stream goes on from there, and is already finished if the job is.
+    /// `after` past the job's last event gives a finished stream if that
+    /// event ends the job's stream, and is refused otherwise.
     ///
     /// Live events come from appends made through this `JobState` or its clones:
     /// give every part of a process the same one. Appends made by another
@@ -618,7 +632,10 @@ impl<S: Store> JobState<S> {
     /// [`follow`](JobState::follow) for those.
     ///
     /// # Errors
-    /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
+    /// [`Error::JobNotFound`](crate::Error::JobNotFound);
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an
+    /// `after` past the last event of a job whose stream goes on (an SSE
+    /// server answers 400: the client starts again from 0); store errors.
     pub fn subscribe(&self, id: &str, after: u64) -> Result<Subscription<S>> {
         // Register before reading the store, so that nothing appended in between
         // is missed; duplicates are dropped by sequence number.
@@ -640,7 +657,7 @@ impl<S: Store> JobState<S> {
     /// the last event included.
     ///
     /// # Errors
-    /// [`Error::JobNotFound`](crate::Error::JobNotFound); store errors.
+    /// As [`subscribe`](JobState::subscribe).
     pub fn follow(&self, id: &str, after: u64, poll_every: Duration) -> Result<Follower<S>> {
         let mut follower = Follower {
             jobs: self.clone(),
