@@ -396,3 +396,168 @@ fn an_atomic_write_completes_on_a_runtime_of_one_thread() {
     });
     assert_eq!(std::fs::read(&target).unwrap(), b"{\"v\":1}");
 }
+
+/// The number of threads of this process.
+fn threads() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("Threads:"))
+        .unwrap();
+    line["Threads:".len()..].trim().parse().unwrap()
+}
+
+#[test]
+fn waiting_streams_hold_no_thread_and_each_gets_every_event() {
+    const STREAMS: usize = 2_000;
+    let runtime = current_thread();
+    runtime.block_on(async {
+        let jobs = AsyncJobState::new(JobState::new(
+            MemStore::new(),
+            Arc::new(ManualClock::new(START_MS)),
+        ));
+        let job = jobs.create(NewJob::new("export")).await.unwrap();
+        let worker = jobs.start(&job.id, None).await.unwrap();
+        // Warm the pool up to what a burst of calls starts.
+        let before = threads();
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            streams.push(jobs.subscribe(&job.id, 0).await.unwrap());
+        }
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|stream| tokio::spawn(stream.map(|event| event.unwrap().kind).collect::<Vec<_>>()))
+            .collect();
+        tokio::task::yield_now().await;
+        // Every stream waits now: none may have cost a thread.
+        let waiting = threads();
+        assert!(
+            waiting < before + 16,
+            "{STREAMS} waiting streams took {} threads",
+            waiting - before
+        );
+        jobs.append_event(&worker, "page", serde_json::json!(1))
+            .await
+            .unwrap();
+        jobs.complete(&worker, serde_json::json!("ok"))
+            .await
+            .unwrap();
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), ["started", "page", "done"]);
+        }
+    });
+}
+
+#[test]
+fn a_stream_that_fell_behind_its_buffer_catches_up_from_the_store() {
+    current_thread().block_on(async {
+        let jobs = AsyncJobState::new(
+            JobState::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)))
+                .subscriber_buffer(2)
+                .build()
+                .unwrap(),
+        );
+        let job = jobs.create(NewJob::new("export")).await.unwrap();
+        let worker = jobs.start(&job.id, None).await.unwrap();
+        let stream = jobs.subscribe(&job.id, 0).await.unwrap();
+        // Ten events while nobody reads: the buffer of two overflows.
+        for n in 0..10 {
+            jobs.append_event(&worker, "page", serde_json::json!(n))
+                .await
+                .unwrap();
+        }
+        jobs.complete(&worker, serde_json::json!("ok"))
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = stream.map(|event| event.unwrap().seq).collect().await;
+        let first = seqs[0];
+        assert_eq!(
+            seqs,
+            (first..first + 12).collect::<Vec<_>>(),
+            "every event once, in order"
+        );
+    });
+}
+
+#[test]
+fn events_appended_through_the_blocking_face_reach_async_streams() {
+    current_thread().block_on(async {
+        let blocking = JobState::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));
+        let jobs = AsyncJobState::new(blocking.clone());
+        let job = blocking.create(NewJob::new("export")).unwrap();
+        let mut stream = jobs.subscribe(&job.id, 0).await.unwrap();
+        let writer = std::thread::spawn(move || {
+            let worker = blocking.start(&job.id, None).unwrap();
+            blocking.complete(&worker, serde_json::json!("ok")).unwrap();
+        });
+        let mut kinds = Vec::new();
+        while let Some(event) = stream.next_event().await.unwrap() {
+            kinds.push(event.kind);
+        }
+        writer.join().unwrap();
+        assert_eq!(kinds, ["started", "done"]);
+    });
+}
+
+#[test]
+fn deleting_a_job_ends_its_streams() {
+    current_thread().block_on(async {
+        let jobs = AsyncJobState::new(JobState::new(
+            MemStore::new(),
+            Arc::new(ManualClock::new(START_MS)),
+        ));
+        // A queued job: it has no event yet, and may be deleted.
+        let job = jobs.create(NewJob::new("export")).await.unwrap();
+        let mut stream = jobs.subscribe(&job.id, 0).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut items = Vec::new();
+            while let Some(item) = stream.next().await {
+                items.push(item.map(|event| event.kind));
+            }
+            items
+        });
+        tokio::task::yield_now().await;
+        assert!(jobs.delete(&job.id).await.unwrap());
+        // The store says the job is gone, once; then the stream ends.
+        let items = reader.await.unwrap();
+        assert!(
+            matches!(items.as_slice(), [Err(Error::JobNotFound { .. })]),
+            "{items:?}"
+        );
+    });
+}
+
+#[test]
+fn a_follower_stream_sees_what_another_instance_wrote_a_poll_later() {
+    let clock = ManualClock::new(START_MS);
+    let store = Arc::new(MemStore::new());
+    // Two job states over one store, as two processes would have: their
+    // hubs do not know each other, only the store connects them.
+    let here = AsyncJobState::new(JobState::new(Arc::clone(&store), Arc::new(clock.clone())));
+    let there = JobState::new(store, Arc::new(clock.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let job = there.create(NewJob::new("export")).unwrap();
+        let poll = Duration::from_secs(5);
+        let mut follower = here.follow(&job.id, 0, poll).await.unwrap();
+        let worker = there.start(&job.id, None).unwrap();
+        let reader = tokio::spawn(async move {
+            let mut kinds = Vec::new();
+            while let Some(event) = follower.next_event().await.unwrap() {
+                kinds.push(event.kind);
+            }
+            kinds
+        });
+        there.complete(&worker, serde_json::json!("ok")).unwrap();
+        // Only the clock moves the follower: each advance is one poll interval.
+        while !reader.is_finished() {
+            clock.advance(poll);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reader.await.unwrap(), ["started", "done"]);
+    });
+}
