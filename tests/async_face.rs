@@ -561,3 +561,85 @@ fn a_follower_stream_sees_what_another_instance_wrote_a_poll_later() {
         assert_eq!(reader.await.unwrap(), ["started", "done"]);
     });
 }
+
+#[test]
+fn pipeline_calls_complete_while_the_store_waits_for_the_runtime() {
+    use jobsafe::Pipeline;
+    use jobsafe::pipeline::{AsyncPipeline, RunOutcome};
+
+    let (store, keeper) = Gated::new();
+    let clock = ManualClock::new(START_MS);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    on_one_thread(keeper, async move {
+        let pipeline = AsyncPipeline::new(
+            Pipeline::builder(store, Arc::new(clock.clone()), &root)
+                .stage("transcribe", |ctx| {
+                    ctx.write("transcript.txt", b"hello")?;
+                    Ok(())
+                })
+                .stage("draft", |ctx| {
+                    let text = ctx.read("transcript.txt")?;
+                    ctx.write("draft.md", &text.to_ascii_uppercase())?;
+                    Ok(())
+                })
+                .build()
+                .unwrap(),
+        );
+        let job = pipeline
+            .enqueue("session-1", NewJob::new("episode"))
+            .await
+            .unwrap();
+        let events = pipeline.jobs().subscribe(&job.id, 0).await.unwrap();
+        let report = pipeline.run_job(&job.id).await.unwrap();
+        assert!(
+            matches!(report.outcome, RunOutcome::Completed),
+            "{report:?}"
+        );
+        let kinds: Vec<String> = events.map(|event| event.unwrap().kind).collect().await;
+        assert_eq!(kinds.first().map(String::as_str), Some("started"));
+        assert_eq!(kinds.last().map(String::as_str), Some("done"));
+        assert!(
+            pipeline
+                .checkpoint(&job.id, "draft")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            std::fs::read(pipeline.blocking().job_dir(&job.id).join("draft.md")).unwrap(),
+            b"HELLO"
+        );
+
+        let second = pipeline
+            .enqueue("session-2", NewJob::new("episode"))
+            .await
+            .unwrap();
+        let pass = pipeline.run_pass().await.unwrap();
+        assert_eq!(
+            pass.count(|outcome| matches!(outcome, RunOutcome::Completed)),
+            1
+        );
+        // The run released its subject's lock.
+        assert!(
+            pipeline
+                .locks()
+                .peek(&key("session-2"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let third = pipeline
+            .enqueue("session-3", NewJob::new("episode"))
+            .await
+            .unwrap();
+        pipeline.cancel(&third.id).await.unwrap();
+        assert!(
+            pipeline.retry(&third.id).await.is_err(),
+            "a cancelled job is not retried"
+        );
+        pipeline.delete(&second.id).await.unwrap();
+        pipeline.purge().await.unwrap();
+    });
+}

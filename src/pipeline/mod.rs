@@ -14,6 +14,8 @@
 //! it drives a [`JobState`], a `JobLock` and, if given, a
 //! [`JobLedger`].
 
+#[cfg(feature = "async")]
+mod async_face;
 mod checkpoint;
 mod cleanup;
 mod commit;
@@ -33,6 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use async_face::AsyncPipeline;
 pub use checkpoint::{Artifact, Checkpoint};
 pub use cleanup::{Deletion, PurgePolicy, PurgeReport};
 pub use error::{ErrorClass, StageError, classify_io};
