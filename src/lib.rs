@@ -104,25 +104,48 @@
 //!   them.
 //! - [`Durability::AtomicOnly`] gives up power-loss safety for speed; it exists for
 //!   caches, tests and benchmarks.
-//! - The parts block the calling thread on I/O and waits. In an async service,
-//!   call them from a blocking thread (`tokio::task::spawn_blocking`); see
-//!   [Async](#async).
+//! - The blocking face blocks the calling thread on I/O and waits, as
+//!   `std::fs` does, also on an async runtime's thread (it never panics
+//!   there). Async services use the async face instead (feature `async`; see
+//!   [Async](#async)).
+//! - A pipeline's stages are blocking functions; an async face runs them on
+//!   the crate's pool, a thread each while they run.
 //!
 //! # Async
 //!
-//! Each part's logic is written once; its async face will sit beside the
-//! blocking one under these names, so that adding it breaks nothing:
+//! With the feature `async`, each part has an async face beside its blocking
+//! one, for services on any async runtime (tokio, async-std, smol: nothing
+//! here needs one in particular):
 //!
+//! - Each part has an async handle type named with the prefix `Async` in the
+//!   part's own module: `jobs::AsyncJobState`, `lock::AsyncJobLock`,
+//!   `ledger::AsyncJobLedger`, `pipeline::AsyncPipeline`,
+//!   `atomic::AsyncAtomicWriter`. It is made from the blocking one (`new`
+//!   or `From`) and shares its state; its methods keep the blocking names
+//!   and are `async fn`s; `blocking()` gives the blocking face back.
 //! - Traits carry both faces. An awaitable method is named after its blocking
-//!   twin with the suffix `_async` and has a provided default:
-//!   [`Clock::sleep_until_async`] (which [`ManualClock::advance`] wakes) and
-//!   [`Clock::sleep_async`] exist now; `Store::get_async` and its siblings
-//!   follow the same rule.
-//! - Each part gets an async handle type named with the prefix `Async`
-//!   (`AsyncJobState`, `AsyncJobLock`, `AsyncJobLedger`, `AsyncPipeline`,
-//!   `AsyncAtomicWriter`) in the part's own module, made from the blocking one
-//!   and sharing its state, whose methods keep the blocking names and are
-//!   `async fn`s.
+//!   twin with the suffix `_async`: [`Clock::sleep_until_async`] (which
+//!   [`ManualClock::advance`] wakes), [`Clock::sleep_async`], and
+//!   `Store::get_async` and its siblings for stores that are `Clone` (each
+//!   of the crate's stores is, and so is an `Arc` of any store).
+//! - **One logic, two faces.** An async method runs its blocking twin on a
+//!   thread of the crate's own bounded pool ([`pool`], which says why not the
+//!   runtime's blocking pool), so every decision (fencing, take-overs, reading
+//!   back a write whose outcome was unknown) is written once. Where the logic
+//!   waits, the wait is written once too and each face only sleeps its own
+//!   way: a lock's backoff is one step that says until when to wait, which
+//!   the blocking face sleeps and the async face awaits.
+//! - **Waiting holds no thread.** An event subscription is a
+//!   `futures_core::Stream` ([`jobs::AsyncSubscription`]) woken by the job
+//!   state's hub, the one watcher that fans each event out to every
+//!   subscriber; a follower waits on its clock's timer between reads; a lock
+//!   waits on the clock between attempts; a keep-alive's loops, for both
+//!   faces, are polled by one task thread of the crate and renew on the pool.
+//! - **Cancellation.** Dropping an async call's future before its work began
+//!   withdraws it; once begun, the work runs to its end on the pool (a write
+//!   cannot be stopped halfway), with the outcome a crash of the caller would
+//!   leave. A dropped async lock guard releases its lock on the pool, never on
+//!   the caller's thread.
 //!
 //! # Cargo features
 //!
@@ -132,6 +155,8 @@
 //!   [`store`]). Brings in the `tokio-postgres` client and `tokio`: each
 //!   `PgStore` call drives its connection on the calling thread (on a runtime
 //!   of the connection's own), whatever runtime (if any) the caller is on.
+//! - `async` (off by default): the async face of every part (see
+//!   [Async](#async)) and the `Stream`s of events. Brings in `futures-core`.
 //! - `testing` (off by default): [`testing`], test support for multi-process and
 //!   fault-injection tests (a clock in a file, I/O layers that count or fail
 //!   operations). [`ManualClock`] needs no feature.

@@ -632,8 +632,8 @@ impl<S: Store> JobState<S> {
     /// [`follow`](JobState::follow) for those.
     ///
     /// # Errors
-    /// [`Error::JobNotFound`](crate::Error::JobNotFound);
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an
+    /// [`Error::JobNotFound`];
+    /// [`Error::InvalidArgument`] for an
     /// `after` past the last event of a job whose stream goes on (an SSE
     /// server answers 400: the client starts again from 0); store errors.
     pub fn subscribe(&self, id: &str, after: u64) -> Result<Subscription<S>> {
