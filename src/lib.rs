@@ -108,8 +108,9 @@
 //!   `std::fs` does, also on an async runtime's thread (it never panics
 //!   there). Async services use the async face instead (feature `async`; see
 //!   [Async](#async)).
-//! - A pipeline's stages are blocking functions; an async face runs them on
-//!   the crate's pool, a thread each while they run.
+//! - A pipeline stage, blocking or `async`, holds a thread of the crate's
+//!   pool while it runs (an async one parks it while it waits): the stage
+//!   borrows its context from the run, which lives on that thread.
 //!
 //! # Async
 //!

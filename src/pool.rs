@@ -266,6 +266,29 @@ impl Tasks {
     }
 }
 
+/// Polls `future` to its end on this thread, parking it while the future
+/// waits: for an async stage, which runs on a thread of the pool.
+#[cfg(feature = "async")]
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+        // A wake-up between the poll and the park leaves a token that ends
+        // this park at once; a spurious return only polls once more.
+        thread::park();
+    }
+}
+
 /// The future of [`run`].
 #[must_use = "work on the pool is withdrawn if its future is dropped before it begins"]
 pub(crate) struct Blocking<T: Send + 'static> {
@@ -426,6 +449,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
+    /// Polls `future` to its end on this thread, as `pool::block_on` does
+    /// (which only the feature `async` builds).
     fn block_on<F: Future>(future: F) -> F::Output {
         struct Unpark(thread::Thread);
         impl Wake for Unpark {

@@ -643,3 +643,164 @@ fn pipeline_calls_complete_while_the_store_waits_for_the_runtime() {
         pipeline.purge().await.unwrap();
     });
 }
+
+#[test]
+fn an_async_stage_runs_inside_the_callers_runtime() {
+    use jobsafe::Pipeline;
+    use jobsafe::pipeline::{AsyncPipeline, RunOutcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    // One thread: the stage's timer and channel are driven only while this
+    // thread waits for the run, as a server's main thread does.
+    current_thread().block_on(async move {
+        let (tell, told) = tokio::sync::oneshot::channel::<&'static str>();
+        let told = Arc::new(parking_lot::Mutex::new(Some(told)));
+        let pipeline = AsyncPipeline::new(
+            Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)), &root)
+                .async_stage("fetch", async move |ctx| {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let told = told.lock().take().expect("one run");
+                    let page = told.await.expect("the test answers");
+                    ctx.write("page.html", page.as_bytes())?;
+                    Ok(())
+                })
+                .stage("parse", |ctx| {
+                    let page = ctx.read("page.html")?;
+                    ctx.write("title.txt", &page[..5])?;
+                    Ok(())
+                })
+                .build()
+                .unwrap(),
+        );
+        let job = pipeline
+            .enqueue("site-1", NewJob::new("crawl"))
+            .await
+            .unwrap();
+        tokio::spawn(async move { tell.send("hello world") });
+        let report = pipeline.run_job(&job.id).await.unwrap();
+        assert!(
+            matches!(report.outcome, RunOutcome::Completed),
+            "{report:?}"
+        );
+        let dir = pipeline.blocking().job_dir(&job.id);
+        assert_eq!(std::fs::read(dir.join("title.txt")).unwrap(), b"hello");
+    });
+}
+
+#[test]
+fn a_dropped_run_abandons_its_async_stage_and_the_next_run_takes_over() {
+    use jobsafe::Pipeline;
+    use jobsafe::jobs::JobStatus;
+    use jobsafe::pipeline::{AsyncPipeline, RunOutcome, StageAction};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let test = async move {
+        // The first run's stage writes half its output, then waits for an
+        // answer that never comes; the second run's gets it at once.
+        let (reached, mut waiting) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (noticed, mut notices) = tokio::sync::mpsc::unbounded_channel::<StageAction>();
+        let pipeline = AsyncPipeline::new(
+            Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)), &root)
+                .async_stage("fetch", {
+                    let runs = Arc::clone(&runs);
+                    async move |ctx| {
+                        ctx.write("partial.html", b"<html>")?;
+                        if runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                            let _ = reached.send(());
+                            std::future::pending::<()>().await;
+                        }
+                        ctx.write("page.html", b"<html></html>")?;
+                        Ok(())
+                    }
+                })
+                .on_stage(move |notice| {
+                    let _ = noticed.send(notice.action);
+                })
+                .build()
+                .unwrap(),
+        );
+        let job = pipeline
+            .enqueue("site-1", NewJob::new("crawl"))
+            .await
+            .unwrap();
+        {
+            let run = pipeline.run_job(&job.id);
+            tokio::pin!(run);
+            tokio::select! {
+                report = &mut run => panic!("the run ended: {report:?}"),
+                _ = waiting.recv() => {}
+            }
+            // The service shuts down: the run's future is dropped.
+        }
+        while notices.recv().await != Some(StageAction::Interrupted) {}
+        // The lock is released after the run's last step, on the pool.
+        let subject = key("site-1");
+        while pipeline.locks().peek(&subject).await.unwrap().is_some() {
+            tokio::task::yield_now().await;
+        }
+        let left = pipeline.jobs().get(&job.id).await.unwrap().unwrap();
+        assert_eq!(left.status, JobStatus::Running, "left for the next run");
+        let job_dir = pipeline.blocking().job_dir(&job.id);
+        assert!(!job_dir.join("partial.html").exists(), "what it wrote went");
+        assert!(
+            pipeline
+                .checkpoint(&job.id, "fetch")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // The next run takes it over at once, with no lease to wait out.
+        let report = pipeline.run_job(&job.id).await.unwrap();
+        assert!(
+            matches!(report.outcome, RunOutcome::Completed),
+            "{report:?}"
+        );
+        assert_eq!(
+            std::fs::read(job_dir.join("page.html")).unwrap(),
+            b"<html></html>"
+        );
+    };
+    current_thread().block_on(async {
+        tokio::time::timeout(STUCK, test)
+            .await
+            .expect("the dropped run was never abandoned");
+    });
+}
+
+#[test]
+fn the_blocking_face_runs_an_async_stage_that_needs_no_runtime() {
+    use jobsafe::Pipeline;
+    use jobsafe::pipeline::RunOutcome;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A channel needs no runtime: the stage waits for another thread's answer.
+    let (tell, told) = tokio::sync::oneshot::channel::<&'static str>();
+    let told = Arc::new(parking_lot::Mutex::new(Some(told)));
+    let pipeline = Pipeline::builder(
+        MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        dir.path(),
+    )
+    .async_stage("wait", async move |ctx| {
+        let told = told.lock().take().expect("one run");
+        let answer = told.await.expect("the thread answers");
+        ctx.write("answer.txt", answer.as_bytes())?;
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let job = pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    let answering = std::thread::spawn(move || tell.send("42"));
+    let report = pipeline.run_job(&job.id).unwrap();
+    answering.join().unwrap().unwrap();
+    assert!(
+        matches!(report.outcome, RunOutcome::Completed),
+        "{report:?}"
+    );
+    let answer = std::fs::read(pipeline.job_dir(&job.id).join("answer.txt")).unwrap();
+    assert_eq!(answer, b"42");
+}

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::body::Abandon;
 use super::{Checkpoint, Deletion, PassReport, Pipeline, PurgeReport, RunReport};
 use crate::error::Result;
 use crate::jobs::{AsyncJobState, Job, NewJob};
@@ -22,10 +23,16 @@ use crate::vfs::{StdVfs, Vfs};
 /// crate's background loops meanwhile, and the job's events reach
 /// [`jobs`](AsyncPipeline::jobs)' streams as they are appended.
 ///
-/// Dropping a run's future does not stop the run once it began: it goes on
-/// to its end on the pool, as a blocking run would in a thread nobody joins.
-/// To stop one, [`cancel`](AsyncPipeline::cancel) its job: the run stops at
-/// its next stage boundary.
+/// Stages may be `async fn`s ([`PipelineBuilder::async_stage`](super::PipelineBuilder::async_stage)):
+/// a run enters the caller's tokio runtime on its pool thread, so they use the
+/// runtime's I/O and timers.
+///
+/// Dropping a run's future (a service shutting down, say) stops the run at
+/// its next stage boundary, or at once inside an async stage's wait, whose
+/// future is dropped: the job is left for the next run to take over at once
+/// ([`RunOutcome::Abandoned`](super::RunOutcome::Abandoned)). A blocking
+/// stage under way runs to its end first. To stop a job for good,
+/// [`cancel`](AsyncPipeline::cancel) it.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -89,6 +96,27 @@ impl<S: Store + 'static, V: Vfs> AsyncPipeline<S, V> {
         AsyncJobLock::new(self.pipeline.locks().clone())
     }
 
+    /// Runs `run` on the pool, inside the caller's tokio runtime if it has
+    /// one (for async stages), with a signal set when this future is dropped
+    /// (see [`RunOutcome::Abandoned`](super::RunOutcome::Abandoned)).
+    async fn run_stages<T: Send + 'static>(
+        &self,
+        run: impl FnOnce(&Pipeline<S, V>, &Abandon) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pipeline = self.pipeline.clone();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let signal = Arc::new(Abandon::default());
+        let mut abandon = AbandonOnDrop(Some(Arc::clone(&signal)));
+        let outcome = pool::run(move || {
+            let _inside = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            run(&pipeline, &signal)
+        })
+        .await;
+        // Done: there is nobody left to abandon.
+        abandon.0 = None;
+        outcome
+    }
+
     /// Runs `call` on the pool with a handle of the pipeline.
     async fn run<T: Send + 'static>(
         &self,
@@ -108,21 +136,27 @@ impl<S: Store + 'static, V: Vfs> AsyncPipeline<S, V> {
             .await
     }
 
-    /// [`Pipeline::run_job`], on the pool.
+    /// [`Pipeline::run_job`], on the pool. Dropping this future stops the
+    /// run at its next stage boundary, or at once if an async stage waits
+    /// (see [`RunOutcome::Abandoned`](super::RunOutcome::Abandoned)).
     ///
     /// # Errors
     /// As [`Pipeline::run_job`].
     pub async fn run_job(&self, id: &str) -> Result<RunReport> {
         let id = id.to_owned();
-        self.run(move |pipeline| pipeline.run_job(&id)).await
+        self.run_stages(move |pipeline, abandon| pipeline.run_job_unless(&id, abandon))
+            .await
     }
 
-    /// [`Pipeline::run_pass`], on the pool.
+    /// [`Pipeline::run_pass`], on the pool. Dropping this future stops the
+    /// pass: the run under way stops as a dropped
+    /// [`run_job`](AsyncPipeline::run_job) does, and no other job starts.
     ///
     /// # Errors
     /// As [`Pipeline::run_pass`].
     pub async fn run_pass(&self) -> Result<PassReport> {
-        self.run(|pipeline| pipeline.run_pass()).await
+        self.run_stages(|pipeline, abandon| pipeline.run_pass_unless(abandon))
+            .await
     }
 
     /// [`Pipeline::checkpoint`].
@@ -168,6 +202,19 @@ impl<S: Store + 'static, V: Vfs> AsyncPipeline<S, V> {
     /// As [`Pipeline::purge`].
     pub async fn purge(&self) -> Result<PurgeReport> {
         self.run(|pipeline| pipeline.purge()).await
+    }
+}
+
+/// Sets its signal when dropped: the run's future went away before the run
+/// ended.
+/// `None` once the run ended.
+struct AbandonOnDrop(Option<Arc<Abandon>>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(signal) = self.0.take() {
+            signal.set();
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "async")]
 mod async_face;
+mod body;
 mod checkpoint;
 mod cleanup;
 mod commit;
@@ -74,7 +75,6 @@ impl Pipeline<()> {
     pub const RESERVATION_JOB_FIELD: &'static str = "job";
 }
 
-type StageFn = dyn Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync;
 type ResultFn = dyn Fn(&StageContext<'_>) -> Result<serde_json::Value, StageError> + Send + Sync;
 type Observer = dyn Fn(&StageNotice<'_>) + Send + Sync;
 /// What the pipeline does with the ledger it was given: purge its expired
@@ -114,7 +114,7 @@ impl<L: Store> LedgerLink for JobLedger<L> {
 
 struct Stage {
     name: String,
-    run: Box<StageFn>,
+    run: body::StageBody,
 }
 
 /// Resumable staged jobs: named stages run in order against a job of
@@ -377,7 +377,76 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     ) -> Self {
         self.stages.push(Stage {
             name: name.into(),
-            run: Box::new(run),
+            run: body::StageBody::Blocking(Box::new(run)),
+        });
+        self
+    }
+
+    /// Adds a stage named `name` whose body is an `async fn` (a stage that
+    /// calls HTTP services, say), run after the stages added before it. It
+    /// gets the same context and the same guarantees as a blocking stage.
+    ///
+    /// Its future is polled on the thread that runs the stage, a thread of
+    /// the crate's [pool](crate::pool) in an [`AsyncPipeline`] run, which
+    /// enters the caller's tokio runtime there first: the stage may use the
+    /// runtime's I/O and timers (a current-thread runtime drives them only
+    /// while its own thread waits in `block_on`, as a server's does). A run
+    /// of the blocking face polls it on the caller's thread, with whatever
+    /// runtime that thread has entered. The context's writes and reads block
+    /// that thread briefly, as they do in a blocking stage; the future need
+    /// not be `Send`.
+    ///
+    /// If the run's caller goes away (its `AsyncPipeline` future is dropped)
+    /// while the stage waits, the stage's future is dropped: the artifacts it
+    /// wrote are removed, nothing is recorded, the subject's lock is released
+    /// and the job is left running, for the next run to take over at once
+    /// ([`RunOutcome::Abandoned`]), as it would take over from a runner that
+    /// crashed there.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use jobsafe::jobs::NewJob;
+    /// use jobsafe::pipeline::{AsyncPipeline, RunOutcome, StageContext, StageError};
+    /// use jobsafe::{ManualClock, MemStore, Pipeline};
+    ///
+    /// async fn fetch(ctx: &mut StageContext<'_>) -> Result<(), StageError> {
+    ///     // An HTTP call, say; here a timer of the runtime.
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///     ctx.write("page.html", b"<html></html>")?;
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let pipeline = AsyncPipeline::new(
+    ///     Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(0)), dir.path())
+    ///         .async_stage("fetch", fetch)
+    ///         .build()?,
+    /// );
+    /// let job = pipeline.enqueue("site-1", NewJob::new("crawl")).await?;
+    /// let report = pipeline.run_job(&job.id).await?;
+    /// assert!(matches!(report.outcome, RunOutcome::Completed));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub fn async_stage<F>(mut self, name: impl Into<String>, run: F) -> Self
+    where
+        F: for<'c, 'a> AsyncFn(&'c mut StageContext<'a>) -> Result<(), StageError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let run = Arc::new(run);
+        let body: Box<body::AsyncStageFn> = Box::new(move |ctx| {
+            let run = Arc::clone(&run);
+            Box::pin(async move { run(ctx).await })
+        });
+        self.stages.push(Stage {
+            name: name.into(),
+            run: body::StageBody::Async(body),
         });
         self
     }

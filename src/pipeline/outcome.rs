@@ -116,6 +116,18 @@ pub enum RunOutcome {
     },
     /// There is no such job.
     NotFound,
+    /// Whoever awaited the run went away (an [`AsyncPipeline`](super::AsyncPipeline)
+    /// run's future was dropped, by a service shutting down, say): the run
+    /// stopped at its next stage boundary, or inside an async stage's wait,
+    /// whose future was dropped. The stage's artifacts were removed, nothing
+    /// was recorded, the subject's lock was released, and the job is left
+    /// running, for the next run to take over at once, as it takes over from
+    /// a runner that crashed. Nobody sees this report but a
+    /// [`StageNotice`](super::StageNotice) observer.
+    Abandoned {
+        /// The stage that was under way, if any.
+        stage: Option<String>,
+    },
 }
 
 /// The report of one [`Pipeline::run_job`](crate::Pipeline::run_job).
@@ -162,4 +174,6 @@ pub(crate) enum Stop {
     NotRunning(JobStatus),
     Cancelled,
     Deleted,
+    /// Whoever awaited the run went away.
+    Abandoned,
 }

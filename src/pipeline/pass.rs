@@ -71,6 +71,13 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// Store and I/O errors that concern no one job: listing the jobs, the
     /// purge schedule, the purge.
     pub fn run_pass(&self) -> Result<PassReport> {
+        self.run_pass_unless(&super::body::Abandon::never())
+    }
+
+    /// [`run_pass`](Pipeline::run_pass), which runs no further job once
+    /// `abandon` is set, and whose run under way stops as
+    /// [`RunOutcome::Abandoned`].
+    pub(crate) fn run_pass_unless(&self, abandon: &super::body::Abandon) -> Result<PassReport> {
         let mut report = PassReport::default();
         report.deletions = self.finish_deletions(&mut report.errors)?;
         if self.claim_purge()? {
@@ -85,8 +92,11 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                 JobStatus::Running => true,
                 _ => false,
             };
+            if abandon.is_set() {
+                break;
+            }
             if due {
-                match self.run_job(&job.id) {
+                match self.run_job_unless(&job.id, abandon) {
                     Ok(run) => report.runs.push(run),
                     Err(e) => report.errors.push((job.id, e)),
                 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::body::Abandon;
 use super::checkpoint::{Artifact, Checkpoint, Verdict};
 use super::error::StageError;
 use super::inputs::{Mismatch, Recorded, read_recorded, read_unrecorded};
@@ -37,6 +38,12 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// Store and I/O errors; [`Error::Corrupt`] for an unreadable job record;
     /// [`Error::UnsupportedSchema`] for a record written by a newer version.
     pub fn run_job(&self, id: &str) -> Result<RunReport> {
+        self.run_job_unless(id, &Abandon::never())
+    }
+
+    /// [`run_job`](Pipeline::run_job), which stops as
+    /// [`RunOutcome::Abandoned`] once `abandon` is set.
+    pub(crate) fn run_job_unless(&self, id: &str, abandon: &Abandon) -> Result<RunReport> {
         let mut report = RunReport {
             job_id: id.to_owned(),
             subject: None,
@@ -61,7 +68,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                 return Ok(report);
             }
         };
-        let outcome = self.run_leased(id, &subject, &lease, &mut report);
+        let outcome = self.run_leased(id, &subject, &lease, abandon, &mut report);
         lease.release();
         report.outcome = outcome?;
         Ok(report)
@@ -110,6 +117,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         id: &str,
         subject: &str,
         lease: &Lease<std::sync::Arc<S>>,
+        abandon: &Abandon,
         report: &mut RunReport,
     ) -> Result<RunOutcome> {
         // Decided again under the lock: another runner may have finished it.
@@ -153,6 +161,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             pipeline: self,
             worker: &worker,
             lease,
+            abandon,
             subject,
             job_rel,
             subject_rel,
@@ -179,6 +188,8 @@ pub(super) struct RunCtx<'r, S: Store + 'static, V: Vfs> {
     pub(super) pipeline: &'r Pipeline<S, V>,
     pub(super) worker: &'r Claim,
     pub(super) lease: &'r Lease<std::sync::Arc<S>>,
+    /// Set when whoever awaits the run went away.
+    pub(super) abandon: &'r Abandon,
     pub(super) subject: &'r str,
     pub(super) job_rel: PathBuf,
     pub(super) subject_rel: PathBuf,
@@ -368,7 +379,7 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             stop: None,
             mismatch: OnceCell::new(),
         };
-        let result = catch_unwind(AssertUnwindSafe(|| (stage.run)(&mut ctx)));
+        let result = catch_unwind(AssertUnwindSafe(|| stage.run.run(&mut ctx, self.abandon)));
         let written = std::mem::take(&mut ctx.written);
         if let Some(reason) = ctx.stop.take() {
             // A write or progress report was refused as stale: whatever the
@@ -377,6 +388,16 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             let stop = self.check_between()?.unwrap_or(Stop::Superseded(reason));
             return self.stop(stop, Some(&stage.name), &written).map(Err);
         }
+        let result = match result {
+            Ok(Some(returned)) => Ok(returned),
+            Ok(None) => {
+                self.interrupted(&stage.name, "the run's caller went away", report);
+                return self
+                    .stop(Stop::Abandoned, Some(&stage.name), &written)
+                    .map(Err);
+            }
+            Err(panic) => Err(panic),
+        };
         let error = match (ctx.mismatch.take(), result) {
             // Whatever it made of the refused read, it did not have its input:
             // nothing it did is recorded.
@@ -422,6 +443,9 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     /// longer owns the job or its lease is told so first: it must not touch
     /// any file.
     pub(super) fn check_between(&self) -> Result<Option<Stop>> {
+        if self.abandon.is_set() {
+            return Ok(Some(Stop::Abandoned));
+        }
         let job = self.pipeline.inner.jobs.get(self.id())?;
         if let Some(reason) = job.as_ref().and_then(|job| self.ownership(job)) {
             return Ok(Some(Stop::Superseded(reason)));
@@ -493,6 +517,11 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                 self.remove_artifacts(partial)?;
                 self.pipeline.remove_job(self.id())?;
                 Ok(RunOutcome::Deleted)
+            }
+            // Still ours: what the stage wrote is not recorded, and goes.
+            Stop::Abandoned => {
+                self.remove_artifacts(partial)?;
+                Ok(RunOutcome::Abandoned { stage })
             }
         }
     }

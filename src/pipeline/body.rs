@@ -1,0 +1,107 @@
+//! A stage's body, blocking or async, and the signal that abandons a run
+//! whose caller went away.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "async")]
+use std::task::{Poll, Waker};
+
+#[cfg(feature = "async")]
+use parking_lot::Mutex;
+
+use super::error::StageError;
+use super::stage::StageContext;
+
+/// A blocking stage.
+pub(super) type StageFn = dyn Fn(&mut StageContext<'_>) -> Result<(), StageError> + Send + Sync;
+
+/// An async stage, its future boxed. The future need not be `Send`: it is
+/// polled to its end on the one thread that runs the stage.
+#[cfg(feature = "async")]
+pub(super) type AsyncStageFn = dyn for<'c, 'a> Fn(
+        &'c mut StageContext<'a>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StageError>> + 'c>>
+    + Send
+    + Sync;
+
+/// What a stage runs.
+pub(super) enum StageBody {
+    Blocking(Box<StageFn>),
+    #[cfg(feature = "async")]
+    Async(Box<AsyncStageFn>),
+}
+
+impl StageBody {
+    /// Runs the stage on this thread; `None` if the run was abandoned while an
+    /// async stage waited (its future is dropped then, as a task's is).
+    ///
+    /// An async stage's future is polled here, with the thread parked while
+    /// it waits. The caller of an async run enters its tokio runtime on this
+    /// thread first (see `AsyncPipeline`), so the stage may use the runtime's
+    /// I/O and timers.
+    #[cfg_attr(not(feature = "async"), allow(unused_variables))]
+    pub(super) fn run(
+        &self,
+        ctx: &mut StageContext<'_>,
+        abandon: &Abandon,
+    ) -> Option<Result<(), StageError>> {
+        match self {
+            StageBody::Blocking(run) => Some(run(ctx)),
+            #[cfg(feature = "async")]
+            StageBody::Async(run) => {
+                let mut stage = run(ctx);
+                crate::pool::block_on(std::future::poll_fn(|cx| {
+                    if let Poll::Ready(done) = stage.as_mut().poll(cx) {
+                        return Poll::Ready(Some(done));
+                    }
+                    if abandon.wait(cx.waker()) {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                }))
+            }
+        }
+    }
+}
+
+/// Set when whoever awaits a run went away (its future was dropped): the run
+/// stops at its next stage boundary, or at once inside an async stage's wait,
+/// and leaves the job as a runner that stopped there would (see
+/// [`RunOutcome::Abandoned`](super::RunOutcome::Abandoned)).
+#[derive(Debug, Default)]
+pub(crate) struct Abandon {
+    abandoned: AtomicBool,
+    #[cfg(feature = "async")]
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Abandon {
+    /// A signal nobody sets: for the blocking face's runs.
+    pub(crate) fn never() -> Arc<Abandon> {
+        Arc::new(Abandon::default())
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// Sets the signal and wakes the stage waiting on it.
+    #[cfg(feature = "async")]
+    pub(crate) fn set(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        if let Some(waker) = self.waker.lock().take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the signal is set; if not, `waker` is woken when it is.
+    #[cfg(feature = "async")]
+    fn wait(&self, waker: &Waker) -> bool {
+        if self.is_set() {
+            return true;
+        }
+        *self.waker.lock() = Some(waker.clone());
+        // Set between the look and the registration: its wake found nothing.
+        self.is_set()
+    }
+}
