@@ -12,12 +12,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+#[cfg(feature = "async")]
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::inbox::{self, Inbox, Nothing, Outbox, Refused};
 use super::{Event, JobState};
 use crate::clock::millis;
 use crate::error::{Error, Result};
@@ -33,34 +34,10 @@ pub(super) struct Hub {
 #[derive(Debug)]
 struct Subscriber {
     id: u64,
-    sender: SyncSender<Feed>,
+    outbox: Outbox,
     /// Set when the subscriber must read the store before it trusts its live
     /// feed again: its buffer was full, or a write's outcome is unknown.
     overflowed: Arc<AtomicBool>,
-    /// The waker of an async subscriber waiting for its feed; woken after
-    /// each send, and when the feed closes.
-    waker: Arc<WakerSlot>,
-}
-
-/// Where an async subscriber leaves its waker for the hub.
-#[derive(Debug, Default)]
-pub(super) struct WakerSlot(Mutex<Option<Waker>>);
-
-impl WakerSlot {
-    #[cfg(feature = "async")]
-    pub(super) fn register(&self, waker: &Waker) {
-        let mut slot = self.0.lock();
-        match slot.as_mut() {
-            Some(known) => known.clone_from(waker),
-            None => *slot = Some(waker.clone()),
-        }
-    }
-
-    fn wake(&self) {
-        if let Some(waker) = self.0.lock().take() {
-            waker.wake();
-        }
-    }
 }
 
 /// What a subscriber's live feed carries.
@@ -86,23 +63,21 @@ impl Hub {
         };
         subscribers.retain(|subscriber| {
             for event in events {
-                match subscriber.sender.try_send(Feed::Event(event.clone())) {
+                match subscriber.outbox.try_send(Feed::Event(event.clone())) {
                     Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
+                    Err(Refused::Full) => {
                         subscriber.overflowed.store(true, Ordering::Release);
                         // If the subscriber emptied its feed between the full
                         // send and the flag, it may be waiting on an empty
                         // feed with the flag unseen: this wakes it. Still
                         // full, it is not waiting, and sees the flag once it
                         // has taken what is there.
-                        let _ = subscriber.sender.try_send(Feed::CatchUp);
-                        subscriber.waker.wake();
+                        let _ = subscriber.outbox.try_send(Feed::CatchUp);
                         return true;
                     }
-                    Err(TrySendError::Disconnected(_)) => return false,
+                    Err(Refused::Gone) => return false,
                 }
             }
-            subscriber.waker.wake();
             true
         });
         if subscribers.is_empty() {
@@ -124,9 +99,7 @@ impl Hub {
         subscribers.retain(|subscriber| {
             subscriber.overflowed.store(true, Ordering::Release);
             // A full feed wakes its subscriber anyway, which then sees the flag.
-            let sent = subscriber.sender.try_send(Feed::CatchUp);
-            subscriber.waker.wake();
-            !matches!(sent, Err(TrySendError::Disconnected(_)))
+            subscriber.outbox.try_send(Feed::CatchUp) != Err(Refused::Gone)
         });
         if subscribers.is_empty() {
             all.remove(job_id);
@@ -137,37 +110,30 @@ impl Hub {
     /// `buffer` entries.
     pub(super) fn add(&self, job_id: &str, buffer: usize) -> LiveFeed {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::sync_channel(buffer);
+        let (outbox, inbox) = inbox::inbox(buffer);
         let overflowed = Arc::new(AtomicBool::new(false));
-        let waker = Arc::new(WakerSlot::default());
         self.subscribers
             .lock()
             .entry(job_id.to_owned())
             .or_default()
             .push(Subscriber {
                 id,
-                sender,
+                outbox,
                 overflowed: Arc::clone(&overflowed),
-                waker: Arc::clone(&waker),
             });
         LiveFeed {
             id,
-            receiver,
+            inbox,
             overflowed,
-            #[cfg(feature = "async")]
-            waker,
         }
     }
 
     /// Forgets every subscriber of a deleted job: their channels disconnect, and
     /// each finds out from the store that the job is gone.
     pub(super) fn close(&self, job_id: &str) {
+        // Dropped outside the lock: each drop wakes its subscriber.
         let removed = self.subscribers.lock().remove(job_id);
-        for subscriber in removed.into_iter().flatten() {
-            let waker = Arc::clone(&subscriber.waker);
-            drop(subscriber); // disconnects its feed before it is woken
-            waker.wake();
-        }
+        drop(removed);
     }
 
     pub(super) fn remove(&self, job_id: &str, id: u64) {
@@ -186,10 +152,8 @@ impl Hub {
 #[derive(Debug)]
 pub(super) struct LiveFeed {
     pub(super) id: u64,
-    pub(super) receiver: Receiver<Feed>,
+    pub(super) inbox: Inbox,
     overflowed: Arc<AtomicBool>,
-    #[cfg(feature = "async")]
-    pub(super) waker: Arc<WakerSlot>,
 }
 
 /// What [`LiveFeed::drain`] found besides events.
@@ -205,13 +169,24 @@ pub(super) enum Drained {
 impl LiveFeed {
     /// Hands every entry the feed holds to `cursor`, without waiting.
     pub(super) fn drain(&self, cursor: &mut Cursor) -> Drained {
+        Self::hand_over(cursor, || self.inbox.try_recv())
+    }
+
+    /// As [`drain`](LiveFeed::drain), and leaves `waker` to be woken when
+    /// the feed gets more (or closes), if it found it open and empty.
+    #[cfg(feature = "async")]
+    pub(super) fn drain_or_wake(&self, cursor: &mut Cursor, waker: &Waker) -> Drained {
+        Self::hand_over(cursor, || self.inbox.recv_or_wake(waker))
+    }
+
+    fn hand_over(cursor: &mut Cursor, mut next: impl FnMut() -> Result<Feed, Nothing>) -> Drained {
         loop {
-            match self.receiver.try_recv() {
+            match next() {
                 Ok(Feed::Event(event)) => cursor.offer(event),
                 // The flag it came with makes the next step read the store.
                 Ok(Feed::CatchUp) => {}
-                Err(TryRecvError::Empty) => return Drained::Open,
-                Err(TryRecvError::Disconnected) => return Drained::Closed,
+                Err(Nothing::Closed) => return Drained::Closed,
+                Err(Nothing::Empty | Nothing::TimedOut) => return Drained::Open,
             }
         }
     }
@@ -457,24 +432,13 @@ impl<S: Store> Subscription<S> {
             if self.cursor.finished {
                 return Ok(NextEvent::Finished);
             }
-            let received = match deadline {
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    self.feed.receiver.recv_timeout(left)
-                }
-                None => self
-                    .feed
-                    .receiver
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match received {
+            match self.feed.inbox.recv_until(deadline) {
                 Ok(Feed::Event(event)) => self.cursor.offer(event),
                 // The flag it came with makes the next step read the store.
                 Ok(Feed::CatchUp) => {}
-                Err(RecvTimeoutError::Timeout) => return Ok(NextEvent::TimedOut),
+                Err(Nothing::TimedOut | Nothing::Empty) => return Ok(NextEvent::TimedOut),
                 // The job was deleted or purged: the store says so.
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(Nothing::Closed) => {
                     self.cursor.catch_up(&self.jobs)?;
                     if self.cursor.ahead.is_empty() {
                         return Ok(NextEvent::Finished);
@@ -493,11 +457,11 @@ impl<S: Store> Subscription<S> {
             if let Some(event) = self.step()? {
                 return Ok(Some(event));
             }
-            match self.feed.receiver.try_recv() {
+            match self.feed.inbox.try_recv() {
                 Ok(Feed::Event(event)) => self.cursor.offer(event),
                 // The flag it came with makes the next step read the store.
                 Ok(Feed::CatchUp) => {}
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(None),
+                Err(Nothing::Empty | Nothing::Closed | Nothing::TimedOut) => return Ok(None),
             }
         }
     }

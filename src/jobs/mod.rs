@@ -16,6 +16,7 @@
 #[cfg(feature = "async")]
 mod async_face;
 mod events;
+mod inbox;
 mod live;
 mod maintenance;
 mod record;

@@ -150,9 +150,9 @@ impl<S: Store + 'static> Stream for AsyncSubscription<S> {
                 this.start_reading(false);
                 continue;
             }
-            // Registered before a last look, so that a send after it wakes us.
-            this.feed.waker.register(cx.waker());
-            let drained = this.feed.drain(cursor);
+            // Looks once more, leaving the waker if there is nothing, under the
+            // feed's lock: a send after it wakes us.
+            let drained = this.feed.drain_or_wake(cursor, cx.waker());
             if drained == Drained::Closed || !cursor.ahead.is_empty() || this.feed.owes_read() {
                 continue;
             }

@@ -3,7 +3,6 @@
 //! writes in the same batch as a job.
 
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 
 use parking_lot::Mutex;
 use serde_json::json;
@@ -111,16 +110,17 @@ fn jobs() -> Jobs {
 }
 
 /// A running job, and a receiver of what the hub hands its subscribers.
-fn running(jobs: &Jobs) -> (Claim, Receiver<Feed>) {
+fn running(jobs: &Jobs) -> (Claim, super::live::LiveFeed) {
     let job = jobs.create(NewJob::new("export")).unwrap();
     let claim = jobs.start(&job.id, None).unwrap();
-    let live = jobs.hub.add(&job.id, 64).receiver;
+    let live = jobs.hub.add(&job.id, 64);
     (claim, live)
 }
 
 /// The events handed over (not the requests to read the store).
-fn handed(live: &Receiver<Feed>) -> Vec<u64> {
-    live.try_iter()
+fn handed(live: &super::live::LiveFeed) -> Vec<u64> {
+    live.inbox
+        .try_iter()
         .filter_map(|feed| match feed {
             Feed::Event(event) => Some(event.seq),
             Feed::CatchUp => None,
