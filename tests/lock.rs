@@ -1461,3 +1461,32 @@ fn lock_metadata_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
         drop(guard);
     }
 }
+
+#[test]
+fn a_bounded_wait_for_a_keep_alive_event_ends_with_what_it_found() {
+    use jobsafe::lock::KeepAliveWait;
+
+    let clock = ManualClock::new(START_MS);
+    let locks = JobLock::new(MemStore::new(), Arc::new(clock.clone()));
+    let guard = acquired(
+        locks
+            .acquire(&vault("a"), TTL, &LockRequest::new())
+            .unwrap(),
+    );
+    let keep_alive = guard.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+    // The clock has not moved: the wait ends empty, and the keep-alive runs on.
+    assert!(matches!(
+        keep_alive.next_event_timeout(Duration::from_millis(5)),
+        KeepAliveWait::TimedOut
+    ));
+    clock.advance(Duration::from_secs(20));
+    assert!(matches!(
+        keep_alive.next_event_timeout(Duration::from_secs(60)),
+        KeepAliveWait::Event(KeepAliveEvent::Renewed(_))
+    ));
+    keep_alive.stop();
+    assert!(matches!(
+        keep_alive.next_event_timeout(Duration::from_secs(60)),
+        KeepAliveWait::Stopped
+    ));
+}

@@ -40,6 +40,22 @@ pub enum KeepAliveEvent {
     Expired,
 }
 
+/// What a bounded wait for a keep-alive's next event found: from
+/// [`KeepAlive::next_event_timeout`].
+#[derive(Debug)]
+#[non_exhaustive]
+// Returned by value once per wait and matched at once: a box would cost an
+// allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum KeepAliveWait {
+    /// The next event.
+    Event(KeepAliveEvent),
+    /// The keep-alive has stopped and every event was taken.
+    Stopped,
+    /// No event came within the wait; the keep-alive runs on.
+    TimedOut,
+}
+
 /// Renews a lease every period in the background, and tells the holder when
 /// the lease is lost.
 ///
@@ -218,15 +234,60 @@ impl KeepAlive {
     /// Waits for the next event; `None` once the keep-alive has stopped and every
     /// event was taken.
     pub fn next_event(&self) -> Option<KeepAliveEvent> {
+        match self.wait(None) {
+            KeepAliveWait::Event(event) => Some(event),
+            // A wait without a deadline does not time out.
+            KeepAliveWait::Stopped | KeepAliveWait::TimedOut => None,
+        }
+    }
+
+    /// Waits at most `timeout` (in real time) for the next event, for a
+    /// worker that does its work between looks.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use jobsafe::{JobLock, Key, ManualClock, MemStore};
+    /// use jobsafe::lock::{Acquire, KeepAliveWait, LockRequest};
+    ///
+    /// let locks = JobLock::new(MemStore::new(), Arc::new(ManualClock::new(0)));
+    /// let key = Key::new(["reindex"])?;
+    /// let Acquire::Acquired(guard) = locks.acquire(&key, Duration::from_secs(30), &LockRequest::new())? else {
+    ///     unreachable!()
+    /// };
+    /// let keep_alive = guard.keep_alive(Duration::from_secs(30), Duration::from_secs(10))?;
+    /// // The clock has not moved: no renewal yet.
+    /// assert!(matches!(keep_alive.next_event_timeout(Duration::ZERO), KeepAliveWait::TimedOut));
+    /// # Ok::<(), jobsafe::Error>(())
+    /// ```
+    pub fn next_event_timeout(&self, timeout: Duration) -> KeepAliveWait {
+        // A timeout too long to add is no deadline.
+        self.wait(std::time::Instant::now().checked_add(timeout))
+    }
+
+    fn wait(&self, deadline: Option<std::time::Instant>) -> KeepAliveWait {
         let mut state = self.shared.state.lock();
         loop {
             if let Some(event) = state.events.pop_front() {
-                return Some(event);
+                return KeepAliveWait::Event(event);
             }
             if state.over() {
-                return None;
+                return KeepAliveWait::Stopped;
             }
-            self.shared.changed.wait(&mut state);
+            match deadline {
+                None => self.shared.changed.wait(&mut state),
+                Some(deadline) => {
+                    if self
+                        .shared
+                        .changed
+                        .wait_until(&mut state, deadline)
+                        .timed_out()
+                        && state.events.is_empty()
+                        && !state.over()
+                    {
+                        return KeepAliveWait::TimedOut;
+                    }
+                }
+            }
         }
     }
 

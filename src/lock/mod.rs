@@ -22,7 +22,7 @@ use std::time::Duration;
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use async_face::{AsyncAcquire, AsyncJobLock, AsyncKeepAlive, AsyncLockGuard};
 pub use guard::{Acquire, LockGuard, LockHandle, LostLease, Release, Renewal};
-pub use keep_alive::{KeepAlive, KeepAliveEvent};
+pub use keep_alive::{KeepAlive, KeepAliveEvent, KeepAliveWait};
 pub use record::{LockRecord, LockRequest};
 
 pub use crate::process::{ProcessIdentity, ProcessLiveness};
