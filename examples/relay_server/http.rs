@@ -291,14 +291,23 @@ fn read_header<'a>(headers: &'a HeaderMap, rule: &HeaderRule) -> Result<Option<&
 
 /// Lets the request through if its bearer token names an account, which the
 /// handlers then act for; 401 otherwise.
-async fn authenticate(
-    State(app): State<App>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let caller = caller_of(&app.tokens, request.headers())?;
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+///
+/// A refused request's body is never read, so its connection cannot carry
+/// another request: the answer says `Connection: close`, or a client that
+/// reuses the connection would write its next request into a closed socket.
+async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    match caller_of(&app.tokens, request.headers()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => {
+            let mut response = refused.into_response();
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+            response
+        }
+    }
 }
 
 /// The account of the `Authorization: Bearer TOKEN` header.
