@@ -28,7 +28,7 @@
 //! |---|---|
 //! | `POST /jobs` (headers `Idempotency-Key` or `X-Job-Id`; JSON body `{"kind", "input", "fail_at"}`, all optional) | 202 `{"job_id", "charged"}`; 402 without credits; 422 for a key reused with another body; 429 when the account has `--max-queued` unfinished jobs |
 //! | `GET /jobs/{id}` | 200 with the client view of the job; 404, also for another account's job |
-//! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error`; 404 as above; 503 with `Retry-After` when `--max-streams` streams are open |
+//! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error` (or when the relay stops); past the last event, a stream that ends at once for a finished job and 400 for one that goes on; 404 as above; 503 with `Retry-After` when `--max-streams` streams are open |
 //! | `GET /accounts/{account}` | 200 `{"account", "credits"}` for the caller's own account; 404 for any other |
 //! | `POST /index` (header `X-Actor`; JSON body `{"resource"}`) | 202 `{"job_id"}`; 409 `{"holder"}` while a re-index of it runs; 429 as `POST /jobs` |
 //! | any request | 401 with `WWW-Authenticate: Bearer` without a valid token; 400 naming a header the relay reads that is not 1 to its limit of printable ASCII characters; 408 for a body not sent within `--body-timeout-ms`; 413 for a body over 64 KiB |
