@@ -12,6 +12,12 @@
 //! every error answer for it); a planted `relay.lock` link and an unsafe state
 //! directory stop the relay.
 //!
+//! And as a service under load and at its end: two hundred open event streams
+//! hold no thread each, and status and create requests go on beside them with
+//! small pools; a resume point past a job's last event ends a finished job's
+//! stream at once and is refused for a running job; SIGTERM ends every open
+//! stream cleanly and exits 0.
+//!
 //! The jobs' stages wait for gate files (`--gate`) that the tests create, so
 //! every step waits on state the server shows, never on time. Each test prints
 //! one `relay_server:` line with what it saw.
@@ -364,7 +370,15 @@ fn the_relay_explains_its_options_on_help_and_names_an_unknown_one() -> Res {
         assert!(out.status.success(), "{flag}: {out:?}");
         let usage = String::from_utf8(out.stdout)?;
         assert!(usage.starts_with("usage: relay_server"), "{usage}");
-        for option in ["--store", "--backend", "--listen", "--gate", "--lease-ms"] {
+        for option in [
+            "--store",
+            "--backend",
+            "--listen",
+            "--gate",
+            "--lease-ms",
+            "--pool-threads",
+            "--max-blocking-threads",
+        ] {
             assert!(usage.contains(option), "{flag} does not mention {option}");
         }
     }
@@ -372,6 +386,16 @@ fn the_relay_explains_its_options_on_help_and_names_an_unknown_one() -> Res {
     assert!(!out.status.success());
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("unknown option --bogus"), "{error}");
+    // jobsafe's pool needs two threads: one is refused before anything starts.
+    let out = std::process::Command::new(&relay)
+        .args(["--pool-threads", "1"])
+        .output()?;
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("--pool-threads must be at least 2"),
+        "{error}"
+    );
     Ok(())
 }
 
@@ -928,6 +952,242 @@ fn the_relay_needs_a_well_formed_tokens_file() -> Res {
     println!(
         "relay_server: no --tokens, and {} malformed tokens files, each refused naming the line",
         cases.len()
+    );
+    Ok(())
+}
+
+/// The number of threads of process `pid`, from `/proc`.
+fn thread_count(pid: u32) -> Res<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let threads = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .ok_or("no Threads: line in /proc/PID/status")?;
+    Ok(threads.trim().parse()?)
+}
+
+/// Runs `request`, failing if it takes `bound` or more: how long it took.
+fn within(bound: Duration, what: &str, request: impl FnOnce() -> Res) -> Res<Duration> {
+    let started = Instant::now();
+    request()?;
+    let took = started.elapsed();
+    if took >= bound {
+        return Err(format!("{what} took {took:?}").into());
+    }
+    Ok(took)
+}
+
+#[test]
+fn two_hundred_open_event_streams_hold_no_thread_each_and_requests_go_on() -> Res {
+    const STREAMS: usize = 200;
+    const JOBS: usize = 4;
+    // Only a stuck server misses it.
+    let bound = Duration::from_secs(10);
+    let dir = tempfile::tempdir()?;
+    let (gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:p"],
+        &[
+            "--gate",
+            &gate_arg,
+            "--workers",
+            &JOBS.to_string(),
+            "--pool-threads",
+            "2",
+            "--max-blocking-threads",
+            "8",
+            "--max-streams",
+            "256",
+            "--max-connections",
+            "512",
+            "--max-queued",
+            "64",
+        ],
+        false,
+    )?;
+    let client = relay.client("lic:p");
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        let (status, answer) = client.post("/jobs", &[], "{}")?;
+        assert_eq!(status, 202, "{answer}");
+        ids.push(job_id(&answer));
+    }
+    // Every job waits in its first stage: its streams wait for it.
+    for id in &ids {
+        client.wait_for_job(id, |job| job["stage"] == "fetch")?;
+    }
+    let mut streams = Vec::new();
+    for n in 0..STREAMS {
+        let mut stream = client.events(&ids[n % JOBS], None)?;
+        assert!(stream.next_event()?.is_some(), "stream {n} is served");
+        streams.push(stream);
+    }
+    let mut threads = thread_count(relay.pid())?;
+
+    // Beside them, status and create requests are answered.
+    let mut slowest_status = Duration::ZERO;
+    let mut slowest_create = Duration::ZERO;
+    for round in 0..5 {
+        for id in &ids[..JOBS] {
+            let took = within(bound, "GET /jobs/{id}", || {
+                let job = client.job(id)?;
+                assert_eq!(job["status"], "running", "{job}");
+                Ok(())
+            })?;
+            slowest_status = slowest_status.max(took);
+        }
+        let took = within(bound, "POST /jobs", || {
+            let (status, answer) = client.post("/jobs", &[], "{}")?;
+            assert_eq!(status, 202, "round {round}: {answer}");
+            ids.push(job_id(&answer));
+            Ok(())
+        })?;
+        slowest_create = slowest_create.max(took);
+    }
+    threads = threads.max(thread_count(relay.pid())?);
+    assert!(
+        threads < 64,
+        "{threads} threads with {STREAMS} streams open: a thread per stream?"
+    );
+
+    // The jobs move on: every stream ends after its job's terminal event.
+    for stage in STAGES {
+        std::fs::write(gates.join(stage), b"")?;
+    }
+    for (n, stream) in streams.iter_mut().enumerate() {
+        let rest = stream.rest()?;
+        let last = rest.last().map(|event| event.kind.as_str());
+        assert_eq!(last, Some("done"), "stream {n}: {rest:?}");
+    }
+    for id in &ids {
+        client.wait_for_job(id, |job| job["status"] == "complete")?;
+    }
+    println!(
+        "relay_server: {STREAMS} SSE streams open on {JOBS} jobs with --pool-threads 2 --max-blocking-threads 8: {threads} threads in the relay; slowest status {} ms, slowest create {} ms; every stream ended after done",
+        slowest_status.as_millis(),
+        slowest_create.as_millis()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_resume_point_past_the_last_event_ends_a_finished_stream_and_is_refused_for_a_running_job()
+-> Res {
+    let dir = tempfile::tempdir()?;
+    let (gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:e"],
+        &["--gate", &gate_arg],
+        false,
+    )?;
+    let client = relay.client("lic:e");
+    let (_, finished) = client.post("/jobs", &[], "{}")?;
+    let finished = job_id(&finished);
+    for stage in STAGES {
+        open_gate(&gates, &finished, stage);
+    }
+    client.wait_for_job(&finished, |job| job["status"] == "complete")?;
+    let (_, running) = client.post("/jobs", &[], "{}")?;
+    let running = job_id(&running);
+    client.wait_for_job(&running, |job| job["stage"] == "fetch")?;
+
+    // A finished job: 200, and the stream ends at once with no event.
+    let last = client.events(&finished, None)?.rest()?.last().unwrap().id;
+    for after in [last + 1, 1000] {
+        let events = client.events(&finished, Some(after))?.rest()?;
+        assert!(events.is_empty(), "after {after}: {events:?}");
+    }
+    let (status, _, body) = client.send(
+        "GET",
+        &format!("/jobs/{finished}/events?after=1000"),
+        &[],
+        "",
+    )?;
+    assert_eq!((status, body), (200, Value::Null), "?after=1000");
+
+    // A running job: 400, with a message that names nothing of the store
+    // (the client checks every error answer for its key layout).
+    let Err((status, _, refused)) = client.open_events(&running, Some(1000), &[])? else {
+        panic!("a stream resumed past the last event of a running job");
+    };
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["error"].as_str().unwrap().to_owned();
+    assert!(!message.contains(&running), "{message}");
+    let (status, _, _) = client.send(
+        "GET",
+        &format!("/jobs/{running}/events?after=1000"),
+        &[],
+        "",
+    )?;
+    assert_eq!(status, 400, "?after=1000");
+    // From an event it has, the running job's stream goes on as before.
+    let mut resumed = client.events(&running, Some(1))?;
+    assert_eq!(resumed.next_event()?.map(|event| event.id), Some(2));
+    println!(
+        "relay_server: resume past the last event: finished job 200 with no events (Last-Event-ID {}, 1000, ?after=1000); running job 400 {message:?}",
+        last + 1
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_ends_every_open_event_stream_cleanly_and_exits_0() -> Res {
+    const STREAMS: usize = 3;
+    let bound = Duration::from_secs(10);
+    let dir = tempfile::tempdir()?;
+    let (gates, gate_arg) = gated(dir.path());
+    let state = dir.path().join("state");
+    let options = ["--gate", gate_arg.as_str()];
+    let mut relay = Relay::start(&state, &["lic:z"], &options, false)?;
+    let client = relay.client("lic:z");
+    let (_, answer) = client.post("/jobs", &[], "{}")?;
+    let id = job_id(&answer);
+    client.wait_for_job(&id, |job| job["stage"] == "fetch")?;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut stream = client.events(&id, None)?;
+        // Read up to the event of the stage the job waits in: nothing more
+        // is due until the relay stops.
+        while let Some(event) = stream.next_event()? {
+            if event.kind == "stage" && event.data["stage"] == "fetch" {
+                break;
+            }
+        }
+        streams.push(stream);
+    }
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(relay.pid())?).ok_or("no pid")?;
+    let signalled = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    // Each response ends as a response does: a read of its end, not an
+    // error (a reset, or a body cut short).
+    for (n, stream) in streams.iter_mut().enumerate() {
+        let rest = stream
+            .rest()
+            .map_err(|e| format!("stream {n} did not end cleanly: {e}"))?;
+        assert!(rest.is_empty(), "stream {n}: {rest:?}");
+    }
+    let ended_after = signalled.elapsed();
+    let exit = relay.wait_for_exit(bound)?;
+    let exited_after = signalled.elapsed();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(exited_after < bound, "{exited_after:?}");
+
+    // The job it left in its first stage resumes at the next start.
+    for stage in STAGES {
+        open_gate(&gates, &id, stage);
+    }
+    let again = Relay::start(&state, &["lic:z"], &options, false)?;
+    let job = again
+        .client("lic:z")
+        .wait_for_job(&id, |job| job["status"] == "complete")?;
+    assert_eq!(job["stages_done"], serde_json::json!(STAGES));
+    println!(
+        "relay_server: SIGTERM with {STREAMS} event streams open: each ended cleanly after {} ms, exit 0 after {} ms; its job completed after a restart",
+        ended_after.as_millis(),
+        exited_after.as_millis()
     );
     Ok(())
 }

@@ -1,7 +1,10 @@
-//! The HTTP face of the relay (axum on tokio). Every store call runs on the
-//! runtime's blocking pool ([`blocking`]), never on its worker threads: an
-//! fsync may take milliseconds, and a worker thread that waits for one stalls
-//! every other request scheduled on it.
+//! The HTTP face of the relay (axum on tokio). Every store call goes through
+//! jobsafe's async face, which runs it on jobsafe's bounded pool: never on the
+//! runtime's worker threads (an fsync may take milliseconds, and a worker
+//! thread that waits for one stalls every other request scheduled on it), and
+//! never on the runtime's blocking pool, which grows a thread per waiting
+//! call. A request that waits for the store, and an event stream that waits
+//! for its job's next event, hold no thread at all.
 //!
 //! Each request passes, in order: [`authenticate`] (the bearer token names
 //! the account; 401 otherwise), [`read_body`] (the whole body, within a size
@@ -11,6 +14,7 @@
 //! client: [`ApiError`] answers with messages written here and logs the rest.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -24,20 +28,16 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use jobsafe::jobs::{Event, NextEvent, Subscription};
+use jobsafe::jobs::Event;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::relay::{IndexStart, JobRequest, Relay, RelayError, Shared};
-use crate::server::{self, ConnectionLimits};
+use crate::relay::{Events, IndexStart, JobRequest, Relay, RelayError};
+use crate::server::{self, ConnectionLimits, Shutdown};
 use crate::tokens::Tokens;
-
-/// How long the thread that feeds an event stream waits for the job's next
-/// event before it looks whether the client went away: the longest a closed
-/// stream keeps its slot.
-const CLIENT_GONE_CHECK: Duration = Duration::from_secs(1);
 
 /// The `Retry-After` of a 503 for too many open event streams, in seconds.
 const STREAMS_RETRY_AFTER_SECS: u32 = 5;
@@ -65,6 +65,8 @@ struct App {
     /// One permit per event stream that may be open.
     streams: Arc<Semaphore>,
     limits: Limits,
+    /// Tells event streams to end when the relay stops.
+    shutdown: Shutdown,
 }
 
 /// The account a request's bearer token names, set by [`authenticate`].
@@ -100,27 +102,36 @@ const LAST_EVENT_ID: HeaderRule = HeaderRule {
     max_len: 20, // u64::MAX has 20 digits
 };
 
-/// Serves the relay on `listen` until the process ends. Prints the bound
-/// address first (`listening on http://ADDR`), for whoever picked port 0.
+/// Serves the relay on `listen` until `stop` completes, then stops as
+/// [`server::serve`] says: open event streams end, in-flight requests finish.
+/// Prints the bound address first (`listening on http://ADDR`), for whoever
+/// picked port 0.
 pub(crate) async fn serve(
     relay: Relay,
     queue: Sender<String>,
     tokens: Tokens,
     listen: &str,
     limits: Limits,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let (shutdown, trigger) = Shutdown::new();
     let app = App {
         relay,
         queue,
         tokens: Arc::new(tokens),
         streams: Arc::new(Semaphore::new(limits.max_streams)),
         limits,
+        shutdown: shutdown.clone(),
     };
     let connections = app.limits.connections.clone();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    server::serve(listener, router(app), &connections).await?;
+    tokio::spawn(async move {
+        stop.await;
+        trigger.stop();
+    });
+    server::serve(listener, router(app), &connections, shutdown).await?;
     Ok(())
 }
 
@@ -208,7 +219,7 @@ impl ApiError {
             ApiError::Relay(RelayError::OtherJob) => {
                 eprintln!("relay: request failed: a reservation belongs to another job");
             }
-            ApiError::Panicked => eprintln!("relay: a request's store call panicked"),
+            ApiError::Panicked => eprintln!("relay: a request's work panicked"),
             _ => {}
         }
     }
@@ -245,11 +256,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Runs `work` (store calls) on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, RelayError> + Send + 'static,
+/// Runs a request's work on the relay (its store calls awaited on jobsafe's
+/// pool) as a task of its own, so that it runs to its end even if the client
+/// goes away meanwhile: a request dropped between two of its writes would
+/// leave a charge without its job, or an index lock without its job, until a
+/// retry or the lock's lease. A panic in it is a 500, not a dropped
+/// connection.
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, RelayError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(work).await {
+    match tokio::spawn(work).await {
         Ok(result) => result.map_err(ApiError::Relay),
         Err(_) => Err(ApiError::Panicked),
     }
@@ -275,14 +291,23 @@ fn read_header<'a>(headers: &'a HeaderMap, rule: &HeaderRule) -> Result<Option<&
 
 /// Lets the request through if its bearer token names an account, which the
 /// handlers then act for; 401 otherwise.
-async fn authenticate(
-    State(app): State<App>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let caller = caller_of(&app.tokens, request.headers())?;
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+///
+/// A refused request's body is never read, so its connection cannot carry
+/// another request: the answer says `Connection: close`, or a client that
+/// reuses the connection would write its next request into a closed socket.
+async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    match caller_of(&app.tokens, request.headers()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => {
+            let mut response = refused.into_response();
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+            response
+        }
+    }
 }
 
 /// The account of the `Authorization: Bearer TOKEN` header.
@@ -359,15 +384,16 @@ async fn create_job(
     let fail_at = text("fail_at");
     let input = text("input");
     let relay = app.relay.clone();
-    let created = blocking(move || {
-        relay.create_job(&JobRequest {
+    let created = to_completion(async move {
+        let request = JobRequest {
             account: &account,
             key: key.as_deref(),
             kind: &kind,
             body: &body,
             fail_at: fail_at.as_deref(),
             input: input.as_deref(),
-        })
+        };
+        relay.create_job(&request).await
     })
     .await?;
     if created.enqueue {
@@ -398,7 +424,7 @@ async fn job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let relay = app.relay.clone();
-    match blocking(move || relay.client_view(&account, &id)).await? {
+    match to_completion(async move { relay.client_view(&account, &id).await }).await? {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::NotFound("no such job")),
     }
@@ -412,12 +438,14 @@ struct After {
 /// `GET /jobs/{id}/events`: the job's events as SSE, each with its sequence
 /// number as `id:`, from after `Last-Event-ID` (or `?after=N`, or the start),
 /// stored ones first and then live, each once; the stream ends after the
-/// terminal event. For the account that created the job only.
+/// terminal event, and when the relay stops. For the account that created the
+/// job only. A resume point past the last event ends the stream at once if
+/// the job's stream has ended, and is a 400 while the job goes on.
 ///
 /// Each open stream holds one of `--max-streams` slots (503 when none is
-/// free) and a blocking-pool thread that follows the job and hands events to
-/// the response. That thread ends, freeing the slot, when the job ends or
-/// within [`CLIENT_GONE_CHECK`] of the client going away.
+/// free), and no thread: it waits for the job's next event as a future. The
+/// slot is freed when the stream is dropped, which is as soon as the stream
+/// ends or its client goes away.
 async fn job_events(
     State(app): State<App>,
     Extension(Caller(account)): Extension<Caller>,
@@ -436,55 +464,42 @@ async fn job_events(
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
     let relay = app.relay.clone();
-    let Some(subscription) = blocking(move || relay.subscribe(&account, &id, after)).await? else {
+    let subscribed = to_completion(async move { relay.subscribe(&account, &id, after).await });
+    let Some(events) = subscribed.await? else {
         return Err(ApiError::NotFound("no such job"));
     };
-    let (events, mut received) = tokio::sync::mpsc::channel(64);
-    tokio::task::spawn_blocking(move || forward_events(subscription, &events, slot));
-    let stream = futures_util::stream::poll_fn(move |cx| {
-        received.poll_recv(cx).map(|event| {
-            event.map(|event: Event| {
-                Ok::<_, Infallible>(
-                    SseEvent::default()
-                        .id(event.seq.to_string())
-                        .event(event.kind)
-                        .data(event.data.to_string()),
-                )
-            })
-        })
-    });
+    let stream = sse_events(events, slot).take_until(app.shutdown.stopped());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-/// Hands `subscription`'s events to `events` until the job's last one, or
-/// until the stream's client went away; then frees the stream's `slot`.
-fn forward_events(
-    mut subscription: Subscription<Arc<Shared>>,
-    events: &tokio::sync::mpsc::Sender<Event>,
+/// `events` as SSE events, holding `slot` until the stream is dropped. A
+/// failed read of the store ends the stream: the client reconnects with the
+/// last id it got, and the read is tried again then.
+fn sse_events(
+    events: Events,
     slot: OwnedSemaphorePermit,
-) {
-    loop {
-        match subscription.next_event_timeout(CLIENT_GONE_CHECK) {
-            Ok(NextEvent::Event(event)) => {
-                if events.blocking_send(event).is_err() {
-                    break; // the client went away
-                }
-            }
-            Ok(NextEvent::TimedOut) => {
-                if events.is_closed() {
-                    break;
-                }
-            }
-            Ok(_) => break, // finished
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    futures_util::stream::unfold((events, slot), |(mut events, slot)| async move {
+        match events.next_event().await {
+            Ok(Some(event)) => Some((Ok(sse_event(&event)), (events, slot))),
+            Ok(None) => None,
             Err(e) => {
                 eprintln!("relay: event stream stopped: {e}");
-                break;
+                None
             }
         }
-    }
-    drop(slot);
+    })
+}
+
+/// Job event `event` as an SSE event: its sequence number as `id:`, its
+/// kind as `event:`, its data as JSON.
+fn sse_event(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(&event.kind)
+        .data(event.data.to_string())
 }
 
 /// `GET /accounts/{account}`: the credits the caller's own account has left;
@@ -498,7 +513,7 @@ async fn account(
         return Err(ApiError::NotFound("no such account"));
     }
     let relay = app.relay.clone();
-    let credits = blocking(move || relay.balance(&caller)).await?;
+    let credits = to_completion(async move { relay.balance(&caller).await }).await?;
     Ok(Json(json!({ "account": account, "credits": credits })).into_response())
 }
 
@@ -520,7 +535,8 @@ async fn start_index(
         .unwrap_or("default")
         .to_owned();
     let relay = app.relay.clone();
-    let started = blocking(move || relay.start_index(&account, &resource, &actor)).await?;
+    let started =
+        to_completion(async move { relay.start_index(&account, &resource, &actor).await }).await?;
     match started {
         IndexStart::Started {
             job_id,

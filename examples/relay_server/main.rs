@@ -5,6 +5,13 @@
 //! of one resource runs once at a time; and a restart loses nothing: unfinished
 //! jobs resume where they stopped.
 //!
+//! Requests and event streams are served through jobsafe's async face: a
+//! store call runs on jobsafe's bounded pool of threads (`--pool-threads`),
+//! and a request or an event stream that waits holds no thread, so a thousand
+//! open streams cost a thousand small buffers, not a thousand threads. The
+//! jobs themselves run on worker threads of their own (`--workers`), through
+//! the blocking pipeline.
+//!
 //! ```text
 //! cargo run --example relay_server -- --tokens TOKENS_FILE [--store STATE_DIR] [--listen 127.0.0.1:8080]
 //! ```
@@ -21,7 +28,7 @@
 //! |---|---|
 //! | `POST /jobs` (headers `Idempotency-Key` or `X-Job-Id`; JSON body `{"kind", "input", "fail_at"}`, all optional) | 202 `{"job_id", "charged"}`; 402 without credits; 422 for a key reused with another body; 429 when the account has `--max-queued` unfinished jobs |
 //! | `GET /jobs/{id}` | 200 with the client view of the job; 404, also for another account's job |
-//! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error`; 404 as above; 503 with `Retry-After` when `--max-streams` streams are open |
+//! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error` (or when the relay stops); past the last event, a stream that ends at once for a finished job and 400 for one that goes on; 404 as above; 503 with `Retry-After` when `--max-streams` streams are open |
 //! | `GET /accounts/{account}` | 200 `{"account", "credits"}` for the caller's own account; 404 for any other |
 //! | `POST /index` (header `X-Actor`; JSON body `{"resource"}`) | 202 `{"job_id"}`; 409 `{"holder"}` while a re-index of it runs; 429 as `POST /jobs` |
 //! | any request | 401 with `WWW-Authenticate: Bearer` without a valid token; 400 naming a header the relay reads that is not 1 to its limit of printable ASCII characters; 408 for a body not sent within `--body-timeout-ms`; 413 for a body over 64 KiB |
@@ -45,7 +52,18 @@
 //! N` (open event streams, default 64), `--max-connections N` (default 256),
 //! `--header-timeout-ms N` (to send a request's head, and how long a
 //! kept-alive connection may idle; default 10 s), `--body-timeout-ms N` (to
-//! send a request's body, default 30 s).
+//! send a request's body, default 30 s), `--pool-threads N` (jobsafe's pool,
+//! which runs every store call of the requests and streams: see
+//! `jobsafe::pool`; at least 2, default 64), `--max-blocking-threads N` (the
+//! tokio runtime's blocking pool, which the relay itself does not use; default
+//! 16).
+//!
+//! On SIGTERM or Ctrl-C the relay stops: it stops accepting connections, ends
+//! every open event stream (each client sees its response end, and may
+//! reconnect with `Last-Event-ID` to another instance or after the restart),
+//! lets in-flight requests finish for up to 5 s, and exits 0. The workers stop
+//! taking jobs; a job a worker is running is left where it is, and the next
+//! start resumes it, as after a crash.
 
 mod http;
 mod relay;
@@ -59,6 +77,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobsafe::{DirStore, LogStore};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::http::Limits;
 use crate::relay::{Relay, Settings, Shared};
@@ -73,6 +92,7 @@ usage: relay_server --tokens FILE [--store DIR] [--backend log|dir] [--listen AD
                     [--index-ttl-ms N] [--lease-ms N] [--max-queued N]
                     [--max-streams N] [--max-connections N]
                     [--header-timeout-ms N] [--body-timeout-ms N]
+                    [--pool-threads N] [--max-blocking-threads N]
 
 An HTTP relay running background jobs with jobsafe: POST /jobs, GET /jobs/{id},
 GET /jobs/{id}/events (SSE), GET /accounts/{account}, POST /index. Every request
@@ -101,15 +121,25 @@ jobs it creates.
   --header-timeout-ms N  time to send a request's head, and the longest a kept-alive
                          connection may idle (default 10 s)
   --body-timeout-ms N    time to send a request's body (default 30 s; 408 after)
+  --pool-threads N       threads of jobsafe's pool, which runs the store calls of every
+                         request and event stream (at least 2, default 64); a
+                         request or stream waiting for one holds no thread
+  --max-blocking-threads N
+                         threads of the tokio runtime's blocking pool, which the
+                         relay does not use itself (default 16)
   -h, --help             print this and exit
+
+SIGTERM or Ctrl-C stops the relay: open event streams end, in-flight requests
+finish (up to 5 s), and it exits 0. A job being run is resumed at the next start.
 ";
 
 /// The largest request body: a job's input is at most 16 KiB.
 const MAX_BODY_BYTES: usize = 64 << 10;
 
-/// Blocking-pool threads for store calls, besides one per open event stream:
-/// streams can never take every thread that requests need.
-const STORE_CALL_THREADS: usize = 64;
+/// The tokio runtime's blocking pool, unless `--max-blocking-threads` says
+/// otherwise. Store calls run on jobsafe's pool, not there: the runtime needs
+/// few, for what it does on them itself.
+const MAX_BLOCKING_THREADS: usize = 16;
 
 /// What the command line asks for.
 enum Command {
@@ -127,6 +157,9 @@ struct Options {
     pace: Pace,
     settings: Settings,
     limits: Limits,
+    /// jobsafe's pool bound; its own default if not given.
+    pool_threads: Option<usize>,
+    max_blocking_threads: usize,
 }
 
 impl Options {
@@ -177,6 +210,8 @@ impl Options {
             "--max-connections" => self.limits.connections.max_connections = cap()?,
             "--header-timeout-ms" => self.limits.connections.header_timeout = millis()?,
             "--body-timeout-ms" => self.limits.body_timeout = millis()?,
+            "--pool-threads" => self.pool_threads = Some(pool_bound(cap()?)?),
+            "--max-blocking-threads" => self.max_blocking_threads = cap()?,
             _ => return Err(format!("unknown option {flag} (see --help)")),
         }
         Ok(())
@@ -207,8 +242,22 @@ impl Default for Options {
                     max_connections: 256,
                 },
             },
+            pool_threads: None,
+            max_blocking_threads: MAX_BLOCKING_THREADS,
         }
     }
+}
+
+/// `threads` as the bound of jobsafe's pool, refused below its minimum: with
+/// one thread, a store call that waits for another could never see it run.
+fn pool_bound(threads: usize) -> Result<usize, String> {
+    if threads < jobsafe::pool::MIN_THREADS {
+        return Err(format!(
+            "--pool-threads must be at least {}",
+            jobsafe::pool::MIN_THREADS
+        ));
+    }
+    Ok(threads)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -250,27 +299,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let unfinished = relay
         .recover()
         .map_err(|e| format!("recovering unfinished jobs: {e:?}"))?;
-    let queue = work::start(relay.clone(), options.workers)?;
+    if let Some(threads) = options.pool_threads {
+        jobsafe::pool::set_max_threads(threads)?;
+    }
+    let workers = work::start(relay.clone(), options.workers)?;
     println!("{} account(s); state in {}", tokens.len(), state.display());
     println!("resuming {} unfinished job(s)", unfinished.len());
     for id in unfinished {
-        queue.send(id)?;
+        workers.queue().send(id)?;
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(
-            options
-                .limits
-                .max_streams
-                .saturating_add(STORE_CALL_THREADS),
-        )
+        .max_blocking_threads(options.max_blocking_threads)
         .build()?;
+    let queue = workers.queue();
+    let stop = async move {
+        stop_signal().await;
+        println!("stopping");
+        workers.stop_claiming();
+    };
     runtime.block_on(http::serve(
         relay,
         queue,
         tokens,
         &options.listen,
         options.limits,
-    ))
+        stop,
+    ))?;
+    println!("stopped");
+    Ok(())
+}
+
+/// Completes on the first SIGTERM or Ctrl-C (SIGINT). If a handler cannot be
+/// installed, the relay runs on without it: it can still be killed, and the
+/// next start resumes its jobs.
+async fn stop_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            eprintln!("relay: cannot handle Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(e) => {
+                eprintln!("relay: cannot handle SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }

@@ -1,5 +1,11 @@
-//! The relay's state and what its requests do, as blocking calls on the store:
-//! the HTTP layer runs each of them on the runtime's blocking pool.
+//! The relay's state and what its requests do.
+//!
+//! Requests go through the async face of each manager ([`AsyncJobState`],
+//! [`AsyncJobLedger`], [`AsyncJobLock`]): their store calls run on jobsafe's
+//! bounded pool, and a request that waits for one holds no thread. The worker
+//! threads, which run the blocking pipeline, settle finished jobs through the
+//! blocking face of the same managers ([`Relay::settle`]), and startup
+//! recovers through it before the runtime starts ([`Relay::recover`]).
 //!
 //! One store holds everything: the jobs and their checkpoints (a [`Pipeline`]),
 //! the credit reservations ([`JobLedger`]) with each account's balance, changed
@@ -14,10 +20,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::jobs::{ClientJob, Job, JobStatus, NewJob, Subscription};
-use jobsafe::ledger::{ChargeRequest, Reservation, Reserve};
-use jobsafe::lock::{Acquire, LockHandle, LockRecord, LockRequest};
-use jobsafe::store::BatchOp;
+use jobsafe::jobs::{AsyncJobState, AsyncSubscription, ClientJob, Job, JobStatus, NewJob};
+use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reservation, Reserve};
+use jobsafe::lock::{AsyncAcquire, AsyncJobLock, LockHandle, LockRecord, LockRequest};
+use jobsafe::store::{BatchOp, Entry};
 use jobsafe::{Error, Expect, JobLedger, JobLock, Key, Pipeline, Store};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -26,6 +32,12 @@ use crate::work::STAGES;
 
 /// What the relay keeps everything in.
 pub(crate) type Shared = Arc<dyn Store>;
+
+/// The job records, as the pipeline holds them.
+type Jobs = AsyncJobState<Arc<Shared>>;
+
+/// A job's events as the HTTP layer streams them.
+pub(crate) type Events = AsyncSubscription<Arc<Shared>>;
 
 /// Job metadata fields the relay writes (operators see them; clients do not).
 pub(crate) mod meta {
@@ -72,6 +84,9 @@ pub(crate) enum RelayError {
     OtherJob,
     /// The store or the disk failed: details for the log only.
     Internal(Error),
+    /// An event stream was asked to resume after an event the job does not
+    /// have yet, while the job goes on: the client cannot have seen it.
+    ResumePastLastEvent,
 }
 
 impl From<Error> for RelayError {
@@ -148,9 +163,13 @@ pub(crate) struct JobRequest<'a> {
 #[derive(Clone)]
 pub(crate) struct Relay {
     store: Shared,
+    /// Runs the jobs, on the worker threads.
     pipeline: Pipeline<Shared>,
-    ledger: JobLedger<Shared>,
-    locks: JobLock<Shared>,
+    /// The pipeline's job records, for requests: the same records and the
+    /// same live events, since the two faces share one state.
+    jobs: Jobs,
+    ledger: AsyncJobLedger<Shared>,
+    locks: AsyncJobLock<Shared>,
     queued: Arc<QueuedJobs>,
     settings: Settings,
 }
@@ -160,8 +179,9 @@ impl Relay {
     pub(crate) fn new(store: Shared, pipeline: Pipeline<Shared>, settings: Settings) -> Self {
         let clock = Arc::new(jobsafe::SystemClock);
         Relay {
-            ledger: JobLedger::new(Arc::clone(&store), clock.clone()),
-            locks: JobLock::new(Arc::clone(&store), clock),
+            ledger: AsyncJobLedger::new(JobLedger::new(Arc::clone(&store), clock.clone())),
+            locks: AsyncJobLock::new(JobLock::new(Arc::clone(&store), clock)),
+            jobs: AsyncJobState::new(pipeline.jobs().clone()),
             store,
             pipeline,
             queued: Arc::default(),
@@ -187,7 +207,7 @@ impl Relay {
     /// that charges it ([`RelayError::TooManyQueued`] beyond the cap, with
     /// nothing charged); a retry of a charged request is never refused by the
     /// cap, it only finds its job.
-    pub(crate) fn create_job(&self, request: &JobRequest<'_>) -> Result<Created, RelayError> {
+    pub(crate) async fn create_job(&self, request: &JobRequest<'_>) -> Result<Created, RelayError> {
         // Refused before the charge: a job that cannot be created must not
         // cost a credit.
         check_job_request(request)?;
@@ -197,24 +217,18 @@ impl Relay {
             .meta(meta::BACKEND, request.kind)
             .fingerprint(format!("sha256:{:x}", Sha256::digest(request.body)))
             .meta(meta::JOB, fresh.as_str());
-        // Runs once per attempt at a new reservation, never for a retry of
-        // one; the slot is taken once, for job `fresh`.
-        let mut slot = None;
+        let slot = Arc::new(Mutex::new(None));
+        let debit = self.debit_and_count(request.account, &fresh, &slot);
         let outcome = self
             .ledger
-            .reserve_with(request.account, key, &charge, |_| {
-                let debit = self.debit(request.account)?;
-                if slot.is_none() {
-                    slot = Some(self.take_queued_slot(request.account, &fresh)?);
-                }
-                Ok::<_, RelayError>(debit)
-            })?;
+            .reserve_with(request.account, key, &charge, debit)
+            .await?;
         let (reservation, charged) = match outcome {
             Reserve::New(r) => (r, true),
             Reserve::Existing(r) | Reserve::InFlight(r) => (r, false),
         };
         let job_id = job_of(&reservation)?;
-        if self.pipeline.jobs().get(&job_id)?.is_some() {
+        if self.jobs.get(&job_id).await?.is_some() {
             return Ok(Created {
                 job_id,
                 charged,
@@ -232,7 +246,7 @@ impl Relay {
         if let Some(input) = request.input {
             new = new.meta(meta::INPUT, input);
         }
-        let enqueue = match self.pipeline.enqueue(&job_id, new) {
+        let enqueue = match self.enqueue(&job_id, new).await {
             Ok(_) => true,
             Err(e) if e.is_conflict() => false, // a duplicate created it first
             Err(e) => return Err(e.into()),
@@ -241,6 +255,7 @@ impl Relay {
         // request (its slot stays taken), or by a duplicate or an earlier
         // request that died before creating it (counted here).
         self.queued.add(request.account, &job_id);
+        let slot = slot.lock().take();
         if job_id == fresh
             && let Some(slot) = slot
         {
@@ -253,58 +268,97 @@ impl Relay {
         })
     }
 
+    /// The effect of a new reservation for job `fresh` of `account`: the
+    /// debit of one credit, and one of the account's queued-job slots, put in
+    /// `slot`. It runs on jobsafe's pool, once per attempt at a new
+    /// reservation and never for a retry of one; the slot is taken once.
+    fn debit_and_count(
+        &self,
+        account: &str,
+        fresh: &str,
+        slot: &Arc<Mutex<Option<QueuedSlot>>>,
+    ) -> impl FnMut(&Reservation) -> Result<Vec<BatchOp>, RelayError> + Send + 'static {
+        let (relay, account, fresh) = (self.clone(), account.to_owned(), fresh.to_owned());
+        let slot = Arc::clone(slot);
+        move |_| {
+            let debit = relay.debit(&account)?;
+            let mut slot = slot.lock();
+            if slot.is_none() {
+                *slot = Some(relay.take_queued_slot(&account, &fresh)?);
+            }
+            Ok(debit)
+        }
+    }
+
+    /// Creates job `new` as [`Pipeline::enqueue`] does, through the async
+    /// face: its subject is its own id, a UUID made here and so a valid key.
+    async fn enqueue(&self, job_id: &str, new: NewJob) -> jobsafe::Result<Job> {
+        let subject = Pipeline::SUBJECT_FIELD;
+        self.jobs.create(new.meta(subject, job_id)).await
+    }
+
     /// What `account` may see of job `id`; `None` if there is no such job or
     /// it belongs to another account (the same answer, so that a client
     /// learns nothing of other accounts' job ids).
-    pub(crate) fn client_view(
+    pub(crate) async fn client_view(
         &self,
         account: &str,
         id: &str,
     ) -> Result<Option<ClientJob>, RelayError> {
-        Ok(self.owned_job(account, id)?.map(|job| job.client_view()))
+        Ok(self
+            .owned_job(account, id)
+            .await?
+            .map(|job| job.client_view()))
     }
 
     /// Job `id` if it belongs to `account`. Job ids are UUIDs this relay
     /// made: anything else names no job, and never reaches the store.
-    fn owned_job(&self, account: &str, id: &str) -> Result<Option<Job>, RelayError> {
+    async fn owned_job(&self, account: &str, id: &str) -> Result<Option<Job>, RelayError> {
         if uuid::Uuid::try_parse(id).is_err() {
             return Ok(None);
         }
-        let job = self.pipeline.jobs().get(id)?;
+        let job = self.jobs.get(id).await?;
         Ok(job.filter(|job| job.owner.as_deref() == Some(account)))
     }
 
     /// Job `id`'s events after sequence number `after`, then live ones, ending
     /// after its terminal event; `None` if there is no such job of `account`.
-    /// A sequence number beyond the job's last event counts as its last.
-    pub(crate) fn subscribe(
+    /// The stream holds no thread while it waits for the job.
+    ///
+    /// An `after` past the job's last event gives a stream that ends at once
+    /// if the job's stream has ended, and is refused
+    /// ([`RelayError::ResumePastLastEvent`]) if the job goes on: the client
+    /// cannot have seen such an event, and going on from the job's last one
+    /// would hide what it missed.
+    pub(crate) async fn subscribe(
         &self,
         account: &str,
         id: &str,
         after: u64,
-    ) -> Result<Option<Subscription<Arc<Shared>>>, RelayError> {
-        let jobs = self.pipeline.jobs();
-        let Some(job) = self.owned_job(account, id)? else {
+    ) -> Result<Option<Events>, RelayError> {
+        if self.owned_job(account, id).await?.is_none() {
             return Ok(None);
-        };
-        let last = job.events.next_seq.saturating_sub(1);
-        match jobs.subscribe(id, after.min(last)) {
-            Ok(subscription) => Ok(Some(subscription)),
+        }
+        match self.jobs.subscribe(id, after).await {
+            Ok(events) => Ok(Some(events)),
             Err(Error::JobNotFound { .. }) => Ok(None), // purged meanwhile
+            // The one refusal `subscribe` documents for a job that exists.
+            Err(Error::InvalidArgument(_)) => Err(RelayError::ResumePastLastEvent),
             Err(e) => Err(e.into()),
         }
     }
 
     /// The credits `account` has left.
-    pub(crate) fn balance(&self, account: &str) -> Result<u64, RelayError> {
+    pub(crate) async fn balance(&self, account: &str) -> Result<u64, RelayError> {
         let key = balance_key(account)?;
-        Ok(self.read_balance(&key)?.0)
+        let entry = self.store.get_async(&key).await?;
+        Ok(self.parse_balance(&key, entry)?.0)
     }
 
     /// Starts an index job on `resource` of `account`, unless one holds its
     /// lock: then the holder's record comes back (the 409 case), from the same
     /// compare-and-set that would have taken the lock.
-    pub(crate) fn start_index(
+    pub(crate) async fn start_index(
         &self,
         account: &str,
         resource: &str,
@@ -323,10 +377,11 @@ impl Relay {
             .meta(meta::JOB, job_id.as_str());
         let guard = match self
             .locks
-            .acquire(&key, self.settings.index_ttl, &request)?
+            .acquire(&key, self.settings.index_ttl, &request)
+            .await?
         {
-            Acquire::Held(holder) => return Ok(IndexStart::Held(Box::new(holder))),
-            Acquire::Acquired(guard) => guard,
+            AsyncAcquire::Held(holder) => return Ok(IndexStart::Held(Box::new(holder))),
+            AsyncAcquire::Acquired(guard) => guard,
         };
         let token = guard.token().get();
         let expires_ms = guard.record().expires_ms;
@@ -337,16 +392,9 @@ impl Relay {
             .id(job_id.as_str())
             .owner(account)
             .meta(meta::ACCOUNT, account)
-            .meta(
-                meta::INDEX_LOCK,
-                serde_json::to_value(&handle).map_err(|e| {
-                    RelayError::Internal(Error::InvalidArgument(format!(
-                        "the index lock's handle cannot be encoded: {e}"
-                    )))
-                })?,
-            );
-        if let Err(e) = self.pipeline.enqueue(&job_id, new) {
-            let _ = self.locks.release(&handle);
+            .meta(meta::INDEX_LOCK, encode_handle(&handle)?);
+        if let Err(e) = self.enqueue(&job_id, new).await {
+            let _ = self.locks.release(&handle).await;
             return Err(e.into());
         }
         slot.keep();
@@ -360,7 +408,8 @@ impl Relay {
     /// What a job's end requires: a failed job's credit goes back to its
     /// account, and an index job's lock is released. Both are idempotent, so
     /// this runs after every run and again at startup for every finished job,
-    /// in case the process died in between.
+    /// in case the process died in between. Blocking: for the worker threads
+    /// and startup.
     pub(crate) fn settle(&self, job: &Job) -> Result<(), RelayError> {
         if !job.status.is_finished() {
             return Ok(());
@@ -371,7 +420,7 @@ impl Relay {
         if let Some(handle) = job.metadata.get(meta::INDEX_LOCK) {
             // Release only our own lock: never another job's.
             if let Ok(handle) = serde_json::from_value::<LockHandle>(handle.clone()) {
-                self.locks.release(&handle)?;
+                self.locks.blocking().release(&handle)?;
             }
         }
         if job.status == JobStatus::Failed {
@@ -389,12 +438,15 @@ impl Relay {
         let (Some(account), Some(key)) = (text(meta::ACCOUNT), text(meta::CHARGE_KEY)) else {
             return Ok(());
         };
-        let refunded = self.ledger.refund_with(account, key, |reservation| {
-            if job_of(reservation)? != job.id {
-                return Err(RelayError::OtherJob);
-            }
-            self.credit(account)
-        });
+        let refunded = self
+            .ledger
+            .blocking()
+            .refund_with(account, key, |reservation| {
+                if job_of(reservation)? != job.id {
+                    return Err(RelayError::OtherJob);
+                }
+                self.credit(account)
+            });
         match refunded {
             Ok(_) | Err(RelayError::OtherJob) => Ok(()),
             Err(e) => Err(e),
@@ -405,7 +457,8 @@ impl Relay {
     /// died), after settling every finished one. This process is the store's
     /// only user (the state directory is locked), so every subject lock an
     /// unfinished job's runner held belongs to a dead process: it is freed, and
-    /// the job resumes at once instead of a lease later.
+    /// the job resumes at once instead of a lease later. Blocking: it runs
+    /// before the relay serves anything.
     pub(crate) fn recover(&self) -> Result<Vec<String>, RelayError> {
         let mut unfinished = Vec::new();
         let all = self.pipeline.jobs().list(&Default::default())?;
@@ -449,9 +502,16 @@ impl Relay {
     }
 
     /// The balance at `key` (the starting grant while absent), and the
-    /// precondition that guards a change of it.
+    /// precondition that guards a change of it. Blocking: for the ledger's
+    /// effects, which run on jobsafe's pool.
     fn read_balance(&self, key: &Key) -> Result<(u64, Expect), RelayError> {
-        match self.store.get(key)? {
+        let entry = self.store.get(key)?;
+        self.parse_balance(key, entry)
+    }
+
+    /// The balance `entry` holds at `key`, as [`Relay::read_balance`] reads it.
+    fn parse_balance(&self, key: &Key, entry: Option<Entry>) -> Result<(u64, Expect), RelayError> {
+        match entry {
             None => Ok((self.settings.credits, Expect::Absent)),
             Some(entry) => {
                 let left = std::str::from_utf8(&entry.value)
@@ -477,6 +537,11 @@ impl RelayError {
             RelayError::TooManyQueued => (429, "too many unfinished jobs: wait for one to end"),
             RelayError::BadRequest(why) => (400, why),
             RelayError::Refused(_) => (400, "invalid request"),
+            RelayError::ResumePastLastEvent => (
+                400,
+                "the stream cannot resume after an event the job does not have yet: \
+                 reconnect from an id it sent, or from the start",
+            ),
             RelayError::OtherJob | RelayError::Internal(_) => (500, "internal error"),
         }
     }
@@ -526,6 +591,15 @@ fn put_balance(key: Key, left: u64, expect: Expect) -> BatchOp {
         value: left.to_string().into_bytes(),
         expect,
     }
+}
+
+/// `handle` as job metadata, for [`Relay::settle`] to release the lock with.
+fn encode_handle(handle: &LockHandle) -> Result<serde_json::Value, RelayError> {
+    serde_json::to_value(handle).map_err(|e| {
+        RelayError::Internal(Error::InvalidArgument(format!(
+            "the index lock's handle cannot be encoded: {e}"
+        )))
+    })
 }
 
 /// The job a reservation paid for.

@@ -8,6 +8,7 @@
 //! what a client sees of a failure: the client message, never the internal one.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,16 +123,37 @@ fn work(stage: &str, ctx: &mut StageContext<'_>) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Starts `count` worker threads that run the jobs whose ids are sent on the
-/// returned queue. Long-running work stays on threads of its own, off the
-/// HTTP runtime.
-pub(crate) fn start(relay: Relay, count: usize) -> std::io::Result<Sender<String>> {
+/// The worker threads: they run the jobs whose ids are sent on their queue.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    queue: Sender<String>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Workers {
+    /// Where to send the id of a job to run.
+    pub(crate) fn queue(&self) -> Sender<String> {
+        self.queue.clone()
+    }
+
+    /// Stops taking jobs off the queue: what is left there, and a job a
+    /// worker is running, resume at the next start, as after a crash.
+    pub(crate) fn stop_claiming(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts `count` worker threads. Long-running work stays on threads of its
+/// own, running the blocking pipeline, off the HTTP runtime.
+pub(crate) fn start(relay: Relay, count: usize) -> std::io::Result<Workers> {
     let (queue, ids) = mpsc::channel::<String>();
     let ids = Arc::new(Mutex::new(ids));
+    let stopping = Arc::new(AtomicBool::new(false));
     for n in 0..count.max(1) {
         let relay = relay.clone();
         let queue = queue.clone();
         let ids = Arc::clone(&ids);
+        let stopping = Arc::clone(&stopping);
         std::thread::Builder::new()
             .name(format!("relay-worker-{n}"))
             .spawn(move || {
@@ -139,13 +161,14 @@ pub(crate) fn start(relay: Relay, count: usize) -> std::io::Result<Sender<String
                     // The lock is held only while waiting for the next id.
                     let next = ids.lock().map(|ids| ids.recv());
                     match next {
+                        Ok(Ok(_)) if stopping.load(Ordering::SeqCst) => return,
                         Ok(Ok(id)) => run(&relay, &queue, &id),
                         _ => return,
                     }
                 }
             })?;
     }
-    Ok(queue)
+    Ok(Workers { queue, stopping })
 }
 
 /// Runs job `id`, settles it if it ended (refund, lock release), and sends it

@@ -20,7 +20,7 @@
 use std::error::Error;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -201,6 +201,26 @@ impl Relay {
     pub fn kill(mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Waits for the server to exit on its own, at most `bound`: its exit
+    /// status, or an error with its stderr if it is still running then.
+    pub fn wait_for_exit(&mut self, bound: Duration) -> Res<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.process.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > bound {
+                return Err(self.failure(&format!("still ran {bound:?} later")).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// What went wrong, with everything the server printed to stderr.
