@@ -139,7 +139,8 @@
 //! - **Waiting holds no thread.** An event subscription is a
 //!   `futures_core::Stream` ([`jobs::AsyncSubscription`]) woken by the job
 //!   state's hub, the one watcher that fans each event out to every
-//!   subscriber; a follower waits on its clock's timer between reads; a lock
+//!   subscriber; followers of other processes' events share one poll loop
+//!   per job state, which reads each followed job once per interval; a lock
 //!   waits on the clock between attempts; a keep-alive's loops, for both
 //!   faces, are polled by one task thread of the crate and renew on the pool.
 //! - **Cancellation.** Dropping an async call's future before its work began

@@ -804,3 +804,109 @@ fn the_blocking_face_runs_an_async_stage_that_needs_no_runtime() {
     let answer = std::fs::read(pipeline.job_dir(&job.id).join("answer.txt")).unwrap();
     assert_eq!(answer, b"42");
 }
+
+/// A store that counts its reads.
+#[derive(Debug, Default)]
+struct CountingReads {
+    inner: MemStore,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for CountingReads {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key)
+    }
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.inner.delete(key, expect)
+    }
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.inner.quarantine(key)
+    }
+}
+
+#[test]
+fn followers_of_a_job_share_one_read_per_poll_interval() {
+    const FOLLOWERS: usize = 50;
+    const PERIODS: usize = 10;
+    let clock = ManualClock::new(START_MS);
+    let store = Arc::new(CountingReads::default());
+    let here = AsyncJobState::new(JobState::new(Arc::clone(&store), Arc::new(clock.clone())));
+    let there = JobState::new(Arc::clone(&store), Arc::new(clock.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let test = async {
+        let job = there.create(NewJob::new("export")).unwrap();
+        let worker = there.start(&job.id, None).unwrap();
+        let poll = Duration::from_secs(5);
+        let (ready, mut all_ready) = tokio::sync::mpsc::unbounded_channel();
+        let mut readers = Vec::new();
+        for _ in 0..FOLLOWERS {
+            let mut follower = here.follow(&job.id, 0, poll).await.unwrap();
+            let ready = ready.clone();
+            readers.push(tokio::spawn(async move {
+                // The stored event first, then wait for the next.
+                let mut kinds = vec![follower.next_event().await.unwrap().unwrap().kind];
+                let _ = ready.send(());
+                while let Some(event) = follower.next_event().await.unwrap() {
+                    kinds.push(event.kind);
+                }
+                kinds
+            }));
+        }
+        for _ in 0..FOLLOWERS {
+            all_ready.recv().await.unwrap();
+        }
+        // Nothing moves: each period, one read of the job, not one per
+        // follower. Each advance of the clock ends at most one wait of the
+        // loop (it may have started its wait before or after the advance).
+        let gets = || store.gets.load(std::sync::atomic::Ordering::SeqCst);
+        let before = gets();
+        let mut advances = 0;
+        while gets() - before < PERIODS {
+            clock.advance(poll);
+            advances += 1;
+            // Time for the loop's read (on other threads) to land, so that
+            // advances stay close to reads; correctness does not hang on it.
+            let seen = gets();
+            for _ in 0..1_000 {
+                if gets() > seen {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        let reads = gets() - before;
+        assert!(
+            reads <= advances + 1,
+            "{FOLLOWERS} followers made {reads} reads in {advances} poll intervals"
+        );
+        there.complete(&worker, serde_json::json!("ok")).unwrap();
+        let mut finished = 0;
+        while finished < FOLLOWERS {
+            clock.advance(poll);
+            tokio::task::yield_now().await;
+            finished = readers.iter().filter(|reader| reader.is_finished()).count();
+        }
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), ["started", "done"]);
+        }
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(STUCK, test)
+            .await
+            .expect("the followers' loop stopped reading");
+    });
+}

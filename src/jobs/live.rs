@@ -29,6 +29,9 @@ use crate::store::Store;
 pub(super) struct Hub {
     subscribers: Mutex<HashMap<String, Vec<Subscriber>>>,
     next_id: AtomicU64,
+    /// The one poll loop of the async followers.
+    #[cfg(feature = "async")]
+    pub(super) watch: super::watch::Watch,
 }
 
 #[derive(Debug)]
@@ -270,6 +273,12 @@ impl Cursor {
         if self.terminal.is_some_and(|seq| seq + 1 >= next_seq) && self.ahead.is_empty() {
             self.finished = true;
         }
+    }
+
+    /// The job's next sequence number as of the last read of the store.
+    #[cfg(feature = "async")]
+    pub(super) fn known_next_seq(&self) -> u64 {
+        self.known_next_seq
     }
 
     /// Whether the live feed alone cannot carry the stream on: an event is

@@ -26,6 +26,8 @@ mod stream;
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests;
 mod transitions;
+#[cfg(feature = "async")]
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,8 +6,9 @@
 //! first, then live ones, each once and in order, ending after the terminal
 //! event. Only the waiting differs. A subscription waits on its waker, which
 //! the hub wakes after each send (the hub is the one watcher of its
-//! `JobState`, and fans out to every subscriber); a follower waits on its
-//! clock's timer. Reads of the store run on the crate's [pool](crate::pool).
+//! `JobState`, and fans out to every subscriber); a follower waits for the
+//! job state's one poll loop (`watch`) to see its job move. Reads of the
+//! store run on the crate's [pool](crate::pool).
 
 use std::fmt;
 use std::future::Future;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use futures_core::Stream;
 
 use super::live::{Cursor, Drained, LiveFeed};
+use super::watch::Ticket;
 use super::{Event, JobState};
-use crate::clock::millis;
 use crate::error::Result;
 use crate::pool::{self, Blocking};
 use crate::store::Store;
@@ -190,14 +191,19 @@ impl<S: Store> fmt::Debug for AsyncSubscription<S> {
 /// from [`AsyncJobState::follow`](super::AsyncJobState::follow). The same
 /// events, once each and in order, as a subscription gets.
 ///
-/// Between reads it waits `poll_every` on the job state's clock, holding no
-/// thread; the reads run on the crate's pool.
+/// It holds no thread while it waits, and costs the store nothing of its
+/// own: one poll loop per job state reads the record of each followed job
+/// once every `poll_every` (the shortest its followers ask for), however many
+/// follow it, and wakes the followers of the jobs that moved, which then read
+/// their new events.
 pub struct AsyncFollower<S: Store> {
     jobs: JobState<S>,
     cursor: Option<Cursor>,
     poll_every: Duration,
     reading: Option<Reading>,
-    pause: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ticket: Ticket,
+    /// Registered with the watch, and not woken since.
+    waiting: bool,
 }
 
 impl<S: Store + 'static> AsyncFollower<S> {
@@ -209,12 +215,14 @@ impl<S: Store + 'static> AsyncFollower<S> {
     ) -> Result<Self> {
         let (cursor, outcome) = read(&jobs, Cursor::new(id, after), true).await;
         outcome?;
+        let ticket = jobs.hub.watch.ticket(id);
         Ok(AsyncFollower {
             jobs,
             cursor: Some(cursor),
             poll_every,
             reading: None,
-            pause: None,
+            ticket,
+            waiting: false,
         })
     }
 
@@ -241,11 +249,23 @@ impl<S: Store + 'static> Stream for AsyncFollower<S> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Event>>> {
         let this = self.get_mut();
         loop {
-            if let Some(pause) = this.pause.as_mut() {
-                if pause.as_mut().poll(cx).is_pending() {
+            if this.waiting {
+                let Some(cursor) = this.cursor.as_ref() else {
+                    return Poll::Ready(None); // unreachable: no read while waiting
+                };
+                if this.jobs.hub.watch.is_waiting(&this.ticket) {
+                    // Not woken by the watch: keep waiting, with this waker.
+                    let known = cursor.known_next_seq();
+                    this.jobs.hub.watch.wait(
+                        &this.jobs,
+                        &this.ticket,
+                        known,
+                        this.poll_every,
+                        cx.waker(),
+                    );
                     return Poll::Pending;
                 }
-                this.pause = None;
+                this.waiting = false;
                 if let Some(cursor) = this.cursor.take() {
                     this.reading = Some(read(&this.jobs, cursor, false));
                 }
@@ -257,7 +277,7 @@ impl<S: Store + 'static> Stream for AsyncFollower<S> {
                 this.reading = None;
                 this.cursor = Some(cursor);
                 if let Err(e) = outcome {
-                    // The next poll reads again after a pause.
+                    // The next poll waits for the watch again.
                     return Poll::Ready(Some(Err(e)));
                 }
             }
@@ -270,12 +290,19 @@ impl<S: Store + 'static> Stream for AsyncFollower<S> {
             if cursor.finished {
                 return Poll::Ready(None);
             }
-            let clock = std::sync::Arc::clone(&this.jobs.clock);
-            let deadline = clock.now_ms().saturating_add(millis(this.poll_every));
-            this.pause = Some(Box::pin(
-                async move { clock.sleep_until_async(deadline).await },
-            ));
+            let known = cursor.known_next_seq();
+            this.jobs
+                .hub
+                .watch
+                .wait(&this.jobs, &this.ticket, known, this.poll_every, cx.waker());
+            this.waiting = true;
         }
+    }
+}
+
+impl<S: Store> Drop for AsyncFollower<S> {
+    fn drop(&mut self) {
+        self.jobs.hub.watch.forget(&self.ticket);
     }
 }
 

@@ -1,0 +1,180 @@
+//! One poll loop per job state for every [`AsyncFollower`](super::AsyncFollower)
+//! of the process: each period it reads the record of each followed job once,
+//! whatever the number of its followers, and wakes the followers of the jobs
+//! that moved. A follower then reads its events itself.
+//!
+//! The loop runs on the crate's task thread, waits on the job state's clock,
+//! and reads on the crate's pool; it ends when nobody follows, and starts
+//! again with the next follower.
+
+use std::collections::HashMap;
+use std::task::Waker;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::JobState;
+use crate::clock::millis;
+use crate::pool;
+use crate::store::Store;
+
+/// The followers waiting on one job state's store.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The followed jobs, by id.
+    jobs: HashMap<String, Followed>,
+    /// Whether a loop runs.
+    looping: bool,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Followed {
+    /// The waiting followers: each wants to hear of a next sequence number
+    /// past the one it knows.
+    waiting: Vec<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    id: u64,
+    known_next_seq: u64,
+    poll_every: Duration,
+    waker: Waker,
+}
+
+/// A follower's place in the watch: forgotten when dropped.
+#[derive(Debug)]
+pub(super) struct Ticket {
+    id: u64,
+    job_id: String,
+}
+
+impl Watch {
+    /// A ticket for a follower of `job_id`.
+    pub(super) fn ticket(&self, job_id: &str) -> Ticket {
+        let mut state = self.state.lock();
+        state.next_id += 1;
+        Ticket {
+            id: state.next_id,
+            job_id: job_id.to_owned(),
+        }
+    }
+
+    /// Waits, woken through `waker`, until the job of `ticket` has a next
+    /// sequence number past `known_next_seq` (or its record cannot be read:
+    /// the follower finds out why). Starts the loop if none runs.
+    pub(super) fn wait<S: Store + 'static>(
+        &self,
+        jobs: &JobState<S>,
+        ticket: &Ticket,
+        known_next_seq: u64,
+        poll_every: Duration,
+        waker: &Waker,
+    ) {
+        let mut state = self.state.lock();
+        let followed = state
+            .jobs
+            .entry(ticket.job_id.clone())
+            .or_insert_with(|| Followed {
+                waiting: Vec::new(),
+            });
+        followed.waiting.retain(|waiting| waiting.id != ticket.id);
+        followed.waiting.push(Waiting {
+            id: ticket.id,
+            known_next_seq,
+            poll_every,
+            waker: waker.clone(),
+        });
+        if !state.looping {
+            state.looping = true;
+            pool::spawn(watch(jobs.clone()));
+        }
+    }
+
+    /// Whether the follower of `ticket` still waits: not woken since it
+    /// last called [`wait`](Watch::wait).
+    pub(super) fn is_waiting(&self, ticket: &Ticket) -> bool {
+        let state = self.state.lock();
+        state
+            .jobs
+            .get(&ticket.job_id)
+            .is_some_and(|followed| followed.waiting.iter().any(|w| w.id == ticket.id))
+    }
+
+    /// Forgets a follower that went away.
+    pub(super) fn forget(&self, ticket: &Ticket) {
+        let mut state = self.state.lock();
+        if let Some(followed) = state.jobs.get_mut(&ticket.job_id) {
+            followed.waiting.retain(|waiting| waiting.id != ticket.id);
+            if followed.waiting.is_empty() {
+                state.jobs.remove(&ticket.job_id);
+            }
+        }
+    }
+
+    /// The jobs to read this period, and the period: the shortest any
+    /// follower asked for. `None` when nobody follows: the loop ends.
+    fn due(&self) -> Option<(Vec<String>, Duration)> {
+        let mut state = self.state.lock();
+        let every = state
+            .jobs
+            .values()
+            .flat_map(|followed| followed.waiting.iter().map(|w| w.poll_every))
+            .min();
+        let Some(every) = every else {
+            state.looping = false;
+            return None;
+        };
+        Some((state.jobs.keys().cloned().collect(), every))
+    }
+
+    /// Wakes the followers of `job_id` that do not know `next_seq` yet; all
+    /// of them if the job's record could not be read (`None`).
+    fn moved(&self, job_id: &str, next_seq: Option<u64>) {
+        let mut woken = Vec::new();
+        {
+            let mut state = self.state.lock();
+            let Some(followed) = state.jobs.get_mut(job_id) else {
+                return;
+            };
+            followed.waiting.retain(|waiting| {
+                let behind = next_seq.is_none_or(|next| next > waiting.known_next_seq);
+                if behind {
+                    woken.push(waiting.waker.clone());
+                }
+                !behind
+            });
+            if followed.waiting.is_empty() {
+                state.jobs.remove(job_id);
+            }
+        }
+        for waker in woken {
+            waker.wake();
+        }
+    }
+}
+
+/// The loop: every period, one read of each followed job.
+async fn watch<S: Store + 'static>(jobs: JobState<S>) {
+    loop {
+        let Some((followed, every)) = jobs.hub.watch.due() else {
+            return;
+        };
+        let due = jobs.clock.now_ms().saturating_add(millis(every));
+        jobs.clock.sleep_until_async(due).await;
+        for job_id in followed {
+            let reader = jobs.clone();
+            let id = job_id.clone();
+            let next_seq = pool::run(move || reader.get(&id)).await;
+            // Unreadable or gone: its followers read it and report why.
+            let next_seq = next_seq.ok().flatten().map(|job| job.events.next_seq);
+            jobs.hub.watch.moved(&job_id, next_seq);
+        }
+    }
+}
