@@ -23,7 +23,10 @@
 //! [`KeepAlive`](crate::lock::KeepAlive) in the process are polled by one
 //! more thread, which never does their blocking work itself: a renewal that
 //! hangs on the store holds a thread of the pool, never the watch that
-//! reports the lease expiring.
+//! reports the lease expiring. A renewal never queues behind other work
+//! either: with no idle thread, it gets a thread of its own beyond the bound,
+//! so that pipeline stages holding every thread cannot starve the leases
+//! they run under.
 //!
 //! **Cancellation.** Dropping the future of an async call before its work
 //! began withdraws the work: nothing is read or written. Once the work has
@@ -89,14 +92,44 @@ pub fn max_threads() -> usize {
 /// Runs `work` on a thread of the pool; the future completes with its result.
 /// A panic in `work` is resumed where the future is awaited, as if the work
 /// had run there.
+// Only the async face runs work that may queue; without it, only renewals run.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) fn run<T, F>(work: F) -> Blocking<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    run_as(work, Urgency::Queued)
+}
+
+/// As [`run`], for work that must not wait behind the pool's other work: a
+/// keep-alive's renewal, which loses its lease if it waits out a long stage.
+/// With no idle thread to take it at once, it gets a thread of its own,
+/// beyond the bound.
+pub(crate) fn run_urgent<T, F>(work: F) -> Blocking<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    run_as(work, Urgency::Urgent)
+}
+
+/// Whether work may wait for a thread of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+enum Urgency {
+    Queued,
+    Urgent,
+}
+
+fn run_as<T, F>(work: F, urgency: Urgency) -> Blocking<T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
     let slot = Arc::new(Mutex::new(Slot::Waiting(None)));
     let filled = Arc::clone(&slot);
-    Pool::get().submit(Box::new(move || {
+    let work: Work = Box::new(move || {
         if matches!(*filled.lock(), Slot::Abandoned) {
             return;
         }
@@ -105,7 +138,11 @@ where
         if let Slot::Waiting(Some(waker)) = previous {
             waker.wake();
         }
-    }));
+    });
+    match urgency {
+        Urgency::Queued => Pool::get().submit(work),
+        Urgency::Urgent => Pool::get().submit_urgent(work),
+    }
     Blocking { slot }
 }
 
@@ -409,6 +446,39 @@ impl Pool {
         self.work_queued.notify_one();
     }
 
+    /// Hands `work` to an idle thread ahead of the queue, or, with none idle,
+    /// to a thread of its own beyond the bound.
+    fn submit_urgent(&'static self, work: Work) {
+        let mut state = self.state.lock();
+        if state.idle > state.queue.len() {
+            state.queue.push_front(work);
+            drop(state);
+            self.work_queued.notify_one();
+            return;
+        }
+        drop(state);
+        // Handed back if the thread cannot start: then it waits its turn.
+        let (handed, returned) = std::sync::mpsc::sync_channel::<Work>(1);
+        let spawned = thread::Builder::new()
+            .name("jobsafe-urgent".to_owned())
+            .spawn(move || {
+                if let Ok(work) = returned.recv() {
+                    work();
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = handed.send(work);
+            }
+            Err(_) => {
+                let mut state = self.state.lock();
+                state.queue.push_front(work);
+                drop(state);
+                self.work_queued.notify_one();
+            }
+        }
+    }
+
     /// A thread's life: take work until none comes for [`IDLE_TIMEOUT`], or
     /// the pool has more threads than its bound.
     fn work(&self) {
@@ -485,8 +555,13 @@ mod tests {
         assert_eq!(block_on(run(|| 7)), 7);
     }
 
+    /// Held by the tests that occupy every thread of the bound: two at once
+    /// would each wait for threads the other holds.
+    static WHOLE_POOL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn work_whose_future_is_dropped_before_it_began_never_runs() {
+        let _whole_pool = WHOLE_POOL.lock();
         // Occupy every thread the bound allows, so that the next work queues.
         let bound = max_threads();
         let (release, held) = mpsc::channel::<()>();
@@ -525,6 +600,39 @@ mod tests {
         block_on(run(|| ()));
         assert_eq!(ran.load(Ordering::SeqCst), 0);
         assert!(threads() <= bound);
+    }
+
+    #[test]
+    fn urgent_work_runs_while_every_thread_of_the_bound_is_busy() {
+        let _whole_pool = WHOLE_POOL.lock();
+        let bound = max_threads();
+        let (release, held) = mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let (started, all_started) = mpsc::channel();
+        let blockers: Vec<_> = (0..bound)
+            .map(|_| {
+                let (held, started) = (Arc::clone(&held), started.clone());
+                run(move || {
+                    let _ = started.send(());
+                    let _ = held.lock().recv();
+                })
+            })
+            .collect();
+        let waiting: Vec<_> = blockers
+            .into_iter()
+            .map(|blocker| thread::spawn(move || block_on(blocker)))
+            .collect();
+        for _ in 0..bound {
+            all_started.recv().expect("a blocker started");
+        }
+        // Every thread the bound allows is held: queued work would wait.
+        assert_eq!(block_on(run_urgent(|| 7)), 7);
+        for _ in 0..bound {
+            release.send(()).expect("a blocker waits");
+        }
+        for waiter in waiting {
+            waiter.join().expect("blocker done");
+        }
     }
 
     #[test]

@@ -341,7 +341,9 @@ impl<S: Store + 'static> Renewer<S> {
             // On the pool, with nothing locked: `stop` and the watch never
             // wait for a renewal that hangs.
             let (lock, handle, ttl) = (self.lock.clone(), self.handle.clone(), self.ttl);
-            let renewal = pool::run(move || lock.renew(&handle, ttl)).await;
+            // Urgent: a renewal that waited behind long work (the stages of
+            // pipeline runs, say) would lose the lease it keeps.
+            let renewal = pool::run_urgent(move || lock.renew(&handle, ttl)).await;
             let now = self.lock.clock.now_ms();
             let mut state = self.shared.state.lock();
             if state.over() {
