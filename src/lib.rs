@@ -213,6 +213,10 @@ mod resolve;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod trace;
+#[cfg(not(feature = "tracing"))]
 mod trace;
 pub mod vfs;
 
