@@ -5,9 +5,10 @@
 //! compiles to nothing; with it and no subscriber listening, each costs a
 //! check of a static flag.
 //!
-//! Targets are the module paths (`jobsafe::store::log`, `jobsafe::lock`, ...),
-//! so a filter such as `jobsafe=info,jobsafe::store=debug` picks what to see.
-//! The crate documentation's "Cargo features" section lists every field.
+//! Targets are `jobsafe::store` for store calls, `jobsafe::pipeline` for
+//! stage runs, and the module paths for the rest (`jobsafe::lock`, ...), so a
+//! filter such as `jobsafe=info,jobsafe::store=debug` picks what to see. The
+//! crate documentation's "Cargo features" section lists every field.
 //!
 //! # Identifiers
 //!
