@@ -625,7 +625,9 @@ impl StageRun {
             let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let failure = FAILURE.with(|failure| failure.borrow_mut().take().flatten());
             let mut end = StageEnd::of(ran, artifacts);
-            if let Some(failure) = &failure {
+            // Only where the failure was recorded: a runner that found itself
+            // superseded while recording it ends as that.
+            if let Some(failure) = failure.as_ref().filter(|_| end.outcome == "failed") {
                 end.class = Some(failure.class);
                 end.message = Some(&failure.message);
             }
