@@ -188,13 +188,14 @@
 //!     `stage`, `attempt` (a retry is a new span with a higher one) and
 //!     `job` (*id*), ending with an event `stage ended`: `outcome` (`done`,
 //!     `failed`, `cancelled`, `deleted`, `lease lost`, `superseded`, `not
-//!     running`, or `error` when the store or the disk failed), `micros`;
-//!     for `done`, `artifacts` (how many it recorded); for `failed`, `then`
-//!     (`retry` at `retry_at_ms`, after `failures` consecutive transient
-//!     failures, or `failed for good`), `class` (`transient`, `permanent`,
-//!     `transient, retries exhausted`), `code` (the error's code, as is)
-//!     and `error` (*id*); for `not running`, `status`. `info` for `done`,
-//!     `cancelled`, `deleted`, `not running`; `warn` otherwise. The making
+//!     running`, `abandoned` (an async run's caller went away), or `error`
+//!     when the store or the disk failed), `micros`; for `done`,
+//!     `artifacts` (how many it recorded); for `failed`, `then` (`retry` at
+//!     `retry_at_ms`, after `failures` consecutive transient failures, or
+//!     `failed for good`), `class` (`transient`, `permanent`, `transient,
+//!     retries exhausted`), `code` (the error's code, as is) and `error`
+//!     (*id*); for `not running`, `status`. `info` for `done`, `cancelled`,
+//!     `deleted`, `not running`, `abandoned`; `warn` otherwise. The making
 //!     of a job's result, where there is one, is a span `result` ending the
 //!     same way.
 //!   - Locks (targets under `jobsafe::lock`): `debug` events `lock acquired`

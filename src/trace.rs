@@ -735,6 +735,10 @@ impl<'a> StageEnd<'a> {
                 outcome: "superseded",
                 ..StageEnd::default()
             },
+            RunOutcome::Abandoned { .. } => StageEnd {
+                outcome: "abandoned",
+                ..StageEnd::default()
+            },
             RunOutcome::NotRunning { status, .. } => StageEnd {
                 outcome: "not running",
                 status: Some(*status),
