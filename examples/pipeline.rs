@@ -17,6 +17,16 @@
 //! holds an earlier run's state is resumed, and the run says so).
 //! `JOBSAFE_DEMO_STAGE_MS` sets how long each stage works (default 200), to
 //! leave time for an interruption.
+//!
+//! With the feature `tracing`, `JOBSAFE_TRACE` prints jobsafe's spans and
+//! events to stderr, filtered by a list of `target=level` and `level`
+//! directives: `info` shows a `stage` span for each stage run, ending with
+//! its outcome; `info,jobsafe::store=debug` adds every store call in it.
+//! Job ids show as fingerprints (see `jobsafe::trace`).
+//!
+//! ```text
+//! JOBSAFE_TRACE=info cargo run --features tracing --example pipeline
+//! ```
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +55,7 @@ const INPUTS: [(&str, &str, &str); 3] = [
 const BUSY_ONCE: &str = "episode-2";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    trace_if_asked()?;
     let (work, chosen) = match std::env::args().nth(1) {
         Some(dir) => (PathBuf::from(dir), true),
         None => (fresh_work_dir()?, false),
@@ -246,6 +257,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             work.display()
         );
     }
+    Ok(())
+}
+
+/// Prints jobsafe's spans and events to stderr if `JOBSAFE_TRACE` holds a
+/// filter, as the module documentation says.
+fn trace_if_asked() -> Result<(), Box<dyn std::error::Error>> {
+    let Ok(filter) = std::env::var("JOBSAFE_TRACE") else {
+        return Ok(());
+    };
+    #[cfg(feature = "tracing")]
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let filter: tracing_subscriber::filter::Targets = filter.parse()?;
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .try_init()?;
+    }
+    #[cfg(not(feature = "tracing"))]
+    eprintln!("JOBSAFE_TRACE={filter} is ignored: run with `--features tracing`");
     Ok(())
 }
 

@@ -163,21 +163,55 @@
 //!   fault-injection tests (a clock in a file, I/O layers that count or fail
 //!   operations). [`ManualClock`] needs no feature.
 //! - `tracing` (off by default): spans and events through the [`tracing`
-//!   crate](https://docs.rs/tracing), for operators. Each store call is a
-//!   `debug` span `store` (`backend`, `operation`, `namespace`: the key's first
-//!   segment) ending with a `debug` event that gives its `outcome` (`ok`,
-//!   `conflict`, `transient`, `ambiguous`, `failed`) and `micros`. Events:
-//!   a lock acquired or released, a lease renewed (`debug`); a lease lost, a
-//!   renewal failed, a lease expiring unrenewed (`warn`, from the
-//!   keep-alive); a reservation made, moved (confirmed, say) or removed (a
-//!   refund) (`debug`), or made and read back after its write failed
-//!   (`info`); a job written (`debug`, with its `operation` and `status`), or
-//!   read back after its write failed (`info`); a stage done (`debug`, with
-//!   its count of `artifacts`); a stage failed (`warn`, with the `stage`, the
-//!   count of `failures`, `then`: retried at a time, or permanent, and the
-//!   `error`).
-//!   Targets are module paths (`jobsafe::store::log`, `jobsafe::lock`, ...).
-//!   Without a subscriber that listens, each costs a check of a static flag.
+//!   crate](https://docs.rs/tracing), for operators. Without a subscriber
+//!   that listens, each costs a check of a static flag. Fields that would
+//!   carry a value the application supplied (marked *id* below: job ids,
+//!   accounts, lock and record keys, attempt ids, a stage's error message)
+//!   carry its fingerprint, `h:` and 16 hex digits, unless
+//!   `trace::show_identifiers(true)` turns the values on (see the `trace`
+//!   module for why, and `trace::fingerprint` to find a known id's events).
+//!   Errors in fields (`error`) name what failed, a key by its fingerprint,
+//!   without paths or free text, unless identifiers are shown.
+//!   - Store calls (target `jobsafe::store`): a `debug` span `store` with
+//!     `backend` (`log`, `dir`, `mem`, `postgres`), `operation` (`get`,
+//!     `put`, `delete`, `list`, `apply`, `quarantine`) and `namespace` (the
+//!     key's first segment, shown as is: `jobs`, `locks`, or the name an
+//!     application chose), ending with a `debug` event `store call`:
+//!     `outcome` (`ok`, `conflict`, `transient`, `ambiguous`, `failed`),
+//!     `error`, `micros`, and `flushes`: the fsyncs and fdatasyncs the call
+//!     made, counted where the standard vfs makes them (`dir`, `log`; `mem`
+//!     says 0; `postgres` omits it: its flushes are the server's). `log`
+//!     adds `group`: `led` (its thread flushed for a group commit), `joined`
+//!     (it waited for another writer's flush, counted in `flushes`) or
+//!     `none` (a read).
+//!   - Stage runs (target `jobsafe::pipeline`): an `info` span `stage` with
+//!     `stage`, `attempt` (a retry is a new span with a higher one) and
+//!     `job` (*id*), ending with an event `stage ended`: `outcome` (`done`,
+//!     `failed`, `cancelled`, `deleted`, `lease lost`, `superseded`, `not
+//!     running`, `abandoned` (an async run's caller went away), or `error`
+//!     when the store or the disk failed), `micros`; for `done`,
+//!     `artifacts` (how many it recorded); for `failed`, `then` (`retry` at
+//!     `retry_at_ms`, after `failures` consecutive transient failures, or
+//!     `failed for good`), `class` (`transient`, `permanent`, `transient,
+//!     retries exhausted`), `code` (the error's code, as is) and `error`
+//!     (*id*); for `not running`, `status`. `info` for `done`, `cancelled`,
+//!     `deleted`, `not running`, `abandoned`; `warn` otherwise. The making
+//!     of a job's result, where there is one, is a span `result` ending the
+//!     same way.
+//!   - Locks (targets under `jobsafe::lock`): `debug` events `lock acquired`
+//!     (`key` *id*, `job_id` *id*, `token`), `lock released` and `lease
+//!     renewed` (`key`, `job_id`, `expires_ms`); `warn` events from the
+//!     keep-alive: `lease lost` (`key`, `job_id`, `token`), `lease renewal
+//!     failed` (`key`, `job_id`, `error`), `lease expiring` (`expires_ms`).
+//!   - Ledger (target `jobsafe::ledger`): `debug` events `reservation made`
+//!     (`account` *id*, `job_id` *id*, `attempt` *id*), `reservation moved`
+//!     (`account`, `job_id`, `operation`, `state`) and `reservation removed`
+//!     (a refund: `account`, `job_id`, `operation`); `info` when a write was
+//!     read back as landed after it failed (with `error`).
+//!   - Jobs (targets under `jobsafe::jobs`): a `debug` event `job written`
+//!     (`job_id` *id*, `operation`, `status`); `info` when a write was read
+//!     back as landed after it failed (`job_id`, `operation`, `write` *id*,
+//!     `error`).
 //! - `cli` (off by default): the `jobsafe` operator tool, which lists and
 //!   repairs the locks, jobs and ledger reservations of a `log:`, `dir:` or
 //!   (with `postgres`) `postgres://` store through the API above; see
@@ -213,6 +247,10 @@ mod resolve;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod trace;
+#[cfg(not(feature = "tracing"))]
 mod trace;
 pub mod vfs;
 

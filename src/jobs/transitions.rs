@@ -484,10 +484,10 @@ impl<S: Store> JobState<S> {
                     Ok(Outcome::Landed(written)) => {
                         report!(
                             info,
-                            job_id = id,
+                            job_id = %crate::trace::private(id),
                             operation,
-                            write = %write,
-                            error = %error,
+                            write = %crate::trace::private(write),
+                            error = %crate::trace::error(&error),
                             "job write failed and was read back as landed"
                         );
                         self.hub.publish(id, &written.events);
@@ -554,7 +554,7 @@ impl<S: Store> JobState<S> {
                 Ok(events) => {
                     report!(
                         debug,
-                        job_id = id,
+                        job_id = %crate::trace::private(id),
                         operation,
                         status = ?job.status,
                         "job written"

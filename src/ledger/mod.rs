@@ -928,7 +928,13 @@ impl<S: Store> JobLedger<S> {
             match written {
                 Ok(version) => {
                     reservation.version = version;
-                    report!(debug, %key, attempt = %attempt, "reservation made");
+                    report!(
+                        debug,
+                        account = %crate::trace::private(account),
+                        job_id = %crate::trace::private(job_id),
+                        attempt = %crate::trace::private(&attempt),
+                        "reservation made"
+                    );
                     return Ok(Reserve::New(reservation));
                 }
                 // Lost a race (on the reservation or the caller's keys): decide
@@ -941,9 +947,10 @@ impl<S: Store> JobLedger<S> {
                         let reservation = stored.to_reservation(account, job_id, version);
                         report!(
                             info,
-                            %key,
-                            attempt = %attempt,
-                            error = %e,
+                            account = %crate::trace::private(account),
+                            job_id = %crate::trace::private(job_id),
+                            attempt = %crate::trace::private(&attempt),
+                            error = %crate::trace::error(&e),
                             "reservation made; its write failed and was read back as landed"
                         );
                         return Ok(Reserve::New(reservation));
@@ -1081,13 +1088,26 @@ impl<S: Store> JobLedger<S> {
             };
             match written {
                 Ok(Some(version)) => {
-                    report!(debug, %key, operation, state = ?stored.state, "reservation moved");
+                    report!(
+                        debug,
+                        account = %crate::trace::private(account),
+                        job_id = %crate::trace::private(job_id),
+                        operation,
+                        state = ?stored.state,
+                        "reservation moved"
+                    );
                     return Ok(Moved::Changed(Box::new(
                         stored.to_reservation(account, job_id, version),
                     )));
                 }
                 Ok(None) => {
-                    report!(debug, %key, operation, "reservation removed");
+                    report!(
+                        debug,
+                        account = %crate::trace::private(account),
+                        job_id = %crate::trace::private(job_id),
+                        operation,
+                        "reservation removed"
+                    );
                     return Ok(Moved::Removed(Box::new(current)));
                 }
                 Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,

@@ -355,8 +355,8 @@ impl<S: Store + 'static> Renewer<S> {
                     self.next_ms = record.renewed_ms.saturating_add(self.every_ms);
                     report!(
                         debug,
-                        key = %record.key,
-                        job_id = %record.job_id,
+                        key = %crate::trace::private(&record.key),
+                        job_id = %crate::trace::private(&record.job_id),
                         expires_ms = record.expires_ms,
                         "lease renewed"
                     );
@@ -365,8 +365,8 @@ impl<S: Store + 'static> Renewer<S> {
                 Ok(Renewal::Lost(lost)) => {
                     report!(
                         warn,
-                        key = %self.handle.key,
-                        job_id = %self.handle.job_id,
+                        key = %crate::trace::private(&self.handle.key),
+                        job_id = %crate::trace::private(&self.handle.job_id),
                         token = self.handle.token.get(),
                         "lease lost: the lock is no longer this holder's"
                     );
@@ -375,9 +375,9 @@ impl<S: Store + 'static> Renewer<S> {
                 Err(e) => {
                     report!(
                         warn,
-                        key = %self.handle.key,
-                        job_id = %self.handle.job_id,
-                        error = %e,
+                        key = %crate::trace::private(&self.handle.key),
+                        job_id = %crate::trace::private(&self.handle.job_id),
+                        error = %crate::trace::error(&e),
                         "lease renewal failed; the keep-alive tries again"
                     );
                     self.next_ms = now.saturating_add(self.every_ms);

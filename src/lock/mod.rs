@@ -430,8 +430,8 @@ impl<S: Store> JobLock<S> {
                     let record = stored.into_record(key.clone(), version);
                     report!(
                         debug,
-                        key = %record.key,
-                        job_id = %record.job_id,
+                        key = %crate::trace::private(&record.key),
+                        job_id = %crate::trace::private(&record.job_id),
                         token = record.token.get(),
                         "lock acquired"
                     );
@@ -598,7 +598,12 @@ impl<S: Store> JobLock<S> {
             .delete(&stored_key, Expect::Version(record.version))
         {
             Ok(_) => {
-                report!(debug, key = %record.key, job_id = %record.job_id, "lock released");
+                report!(
+                    debug,
+                    key = %crate::trace::private(&record.key),
+                    job_id = %crate::trace::private(&record.job_id),
+                    "lock released"
+                );
                 Ok(Release::Released)
             }
             Err(e) if e.is_conflict() => self.release_stored(&stored_key, &handle, &deadline),

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::jobs::{FailureKind, JobError};
 use crate::record::{self as codec, Extra, Record};
 use crate::store::{BatchOp, Expect, Store};
-use crate::trace::report;
+use crate::trace;
 use crate::vfs::Vfs;
 
 /// A job's pipeline state besides its record: consecutive transient failures.
@@ -50,7 +50,13 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         let transient = error.is_transient() && failures < inner.retry.failures_allowed();
         let requested = error.requested_delay();
         let exhausted = error.is_transient() && !transient;
+        let class = match (error.is_transient(), exhausted) {
+            (false, _) => "permanent",
+            (true, false) => "transient",
+            (true, true) => "transient, retries exhausted",
+        };
         let original = error.into_job_error();
+        trace::stage_failed(class, original.internal_message());
         let mut internal = format!("stage {stage}: {}", original.internal_message());
         if exhausted {
             internal.push_str(&format!(" (gave up after {failures} transient failures)"));
@@ -92,16 +98,6 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         if self.lease.lost().is_none() {
             self.remove_artifacts(partial)?;
         }
-        // `then` is `Transient { retry_at_ms }` (retried then) or `Permanent`.
-        report!(
-            warn,
-            job_id = self.id(),
-            stage,
-            failures,
-            then = ?failure,
-            error = %job_error.internal_message(),
-            "stage failed"
-        );
         Ok(match failure {
             FailureKind::Transient { retry_at_ms } => RunOutcome::RetryScheduled {
                 stage: stage.to_owned(),

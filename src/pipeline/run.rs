@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{Claim, Job, JobStatus};
 use crate::lock::{Acquire, LockRecord, LockRequest};
 use crate::store::{BatchOp, Expect, Store};
-use crate::trace::report;
+use crate::trace::StageRun;
 use crate::vfs::Vfs;
 
 impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
@@ -269,15 +269,11 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                 }
             };
             self.notice(&stage.name, StageAction::Started, stale.as_deref());
-            match self.run_stage(stage, &previous_chain, &recorded, report)? {
+            let run = StageRun::start(&stage.name, self.worker.attempt, self.id());
+            let ran = self.run_stage(stage, &previous_chain, &recorded, report);
+            run.end(&ran, |checkpoint| Some(checkpoint.artifacts.len()));
+            match ran? {
                 Ok(checkpoint) => {
-                    report!(
-                        debug,
-                        job_id = self.id(),
-                        stage = %stage.name,
-                        artifacts = checkpoint.artifacts.len(),
-                        "stage done"
-                    );
                     recorded.add(&stage.name, &checkpoint.artifacts);
                     previous_chain = checkpoint.chain;
                 }
@@ -287,7 +283,15 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         if let Some(stop) = self.check_between()? {
             return self.stop(stop, None, &[]);
         }
-        let result = match self.result(&recorded)? {
+        // A span of its own only where there is a result to make.
+        let last = inner.stages.last().map_or("", |s| s.name.as_str());
+        let run = (inner.result.as_ref())
+            .map(|_| StageRun::start_result(last, self.worker.attempt, self.id()));
+        let made = self.result(&recorded);
+        if let Some(run) = run {
+            run.end(&made, |_| None);
+        }
+        let result = match made? {
             Ok(result) => result,
             Err(outcome) => return Ok(outcome),
         };

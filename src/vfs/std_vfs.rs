@@ -91,7 +91,9 @@ impl Vfs for StdVfs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_all()
+        let dir = File::open(path)?;
+        crate::trace::flushed();
+        dir.sync_all()
     }
 
     fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
@@ -218,10 +220,12 @@ impl VfsFile for File {
     }
 
     fn sync_all(&self) -> io::Result<()> {
+        crate::trace::flushed();
         File::sync_all(self)
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        crate::trace::flushed();
         File::sync_data(self)
     }
 

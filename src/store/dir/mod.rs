@@ -635,7 +635,7 @@ impl<V: Vfs> DirStore<V> {
 
 impl<V: Vfs> Store for DirStore<V> {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call("dir", "get", key, || {
+        trace::store_call(trace::Backend::DIR, "get", key, || {
             self.with_stripes(&[self.stripe(key)], false, |_| {
                 Ok(self.read_record(key)?.map(|r| Entry {
                     value: r.value,
@@ -646,7 +646,7 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call("dir", "put", key, || {
+        trace::store_call(trace::Backend::DIR, "put", key, || {
             Entry::check_value(key, value)?;
             self.check_writable()?;
             self.with_stripes(&[self.stripe(key)], true, |_| {
@@ -661,7 +661,7 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call("dir", "delete", key, || {
+        trace::store_call(trace::Backend::DIR, "delete", key, || {
             self.check_writable()?;
             let stripe = self.stripe(key);
             self.with_stripes(&[stripe], true, |_| {
@@ -683,7 +683,7 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call("dir", "list", prefix, || {
+        trace::store_call(trace::Backend::DIR, "list", prefix, || {
             check_limit(limit)?;
             // All stripes shared: no write is in flight while the tree is walked, so a
             // page never shows part of a batch, and no rename in a directory being
@@ -700,7 +700,7 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call("dir", "apply", batch, || {
+        trace::store_call(trace::Backend::DIR, "apply", batch, || {
             batch.validate()?;
             let journal_len = journal::max_len(batch);
             if journal_len > MAX_BATCH_BYTES {
@@ -778,7 +778,7 @@ impl<V: Vfs> Store for DirStore<V> {
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call("dir", "quarantine", key, || {
+        trace::store_call(trace::Backend::DIR, "quarantine", key, || {
             self.check_writable()?;
             let stripe = self.stripe(key);
             self.with_stripes(&[stripe], true, |_| {

@@ -20,7 +20,9 @@ pub(crate) struct GroupCommit<Req, Res> {
 #[derive(Debug)]
 struct Queue<Req, Res> {
     pending: Vec<Waiting<Req>>,
-    done: HashMap<u64, Res>,
+    /// Each committed request's result, with the flushes its group made
+    /// (counted only for tracing: see `trace::flushes_so_far`).
+    done: HashMap<u64, (Res, u32)>,
     next_ticket: u64,
     /// Whether a writer is leading a group now.
     leading: bool,
@@ -76,7 +78,8 @@ impl<Req, Res> GroupCommit<Req, Res> {
         });
         if queue.leading {
             loop {
-                if let Some(result) = queue.done.remove(&ticket) {
+                if let Some((result, flushes)) = queue.done.remove(&ticket) {
+                    crate::trace::joined_group(flushes);
                     return result;
                 }
                 if queue.handoff == Some(ticket) {
@@ -104,13 +107,20 @@ impl<Req, Res> GroupCommit<Req, Res> {
             leader: ticket,
             abandoned: &abandoned,
             results: None,
+            flushes: 0,
         };
+        crate::trace::led_group();
+        let flushed_before = crate::trace::flushes_so_far();
         let results = commit(requests);
+        lead.flushes = crate::trace::flushes_so_far().saturating_sub(flushed_before);
         lead.results = Some(results);
         drop(lead);
 
         let mut queue = self.queue.lock();
-        queue.done.remove(&ticket).unwrap_or_else(&abandoned)
+        queue
+            .done
+            .remove(&ticket)
+            .map_or_else(&abandoned, |(result, _)| result)
     }
 }
 
@@ -123,6 +133,8 @@ struct Lead<'a, Req, Res, A: Fn() -> Res> {
     leader: u64,
     abandoned: &'a A,
     results: Option<Vec<Res>>,
+    /// The flushes the commit made, for the tracing of the group's calls.
+    flushes: u32,
 }
 
 impl<Req, Res, A: Fn() -> Res> Drop for Lead<'_, Req, Res, A> {
@@ -133,7 +145,7 @@ impl<Req, Res, A: Fn() -> Res> Drop for Lead<'_, Req, Res, A> {
             let mut results = self.results.take().unwrap_or_default().into_iter();
             for (ticket, thread) in self.waiters.drain(..) {
                 let result = results.next().unwrap_or_else(self.abandoned);
-                queue.done.insert(ticket, result);
+                queue.done.insert(ticket, (result, self.flushes));
                 if ticket != self.leader {
                     wake.push(thread);
                 }

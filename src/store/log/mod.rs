@@ -831,14 +831,14 @@ fn key_file(key: &Key) -> Vec<u8> {
 
 impl<V: Vfs> Store for LogStore<V> {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call("log", "get", key, || {
+        trace::store_call(trace::Backend::LOG, "get", key, || {
             let index = self.shared.fresh_index()?;
             Ok(index.get(&pack(key.segments())).cloned())
         })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call("log", "put", key, || {
+        trace::store_call(trace::Backend::LOG, "put", key, || {
             // Before the copy below.
             Entry::check_value(key, value)?;
             let op = BatchOp::Put {
@@ -854,7 +854,7 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call("log", "delete", key, || {
+        trace::store_call(trace::Backend::LOG, "delete", key, || {
             let op = BatchOp::Delete {
                 key: key.clone(),
                 expect,
@@ -867,14 +867,14 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call("log", "list", prefix, || {
+        trace::store_call(trace::Backend::LOG, "list", prefix, || {
             check_limit(limit)?;
             self.shared.fresh_index()?.list(prefix, after, limit)
         })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call("log", "apply", batch, || {
+        trace::store_call(trace::Backend::LOG, "apply", batch, || {
             batch.validate()?;
             // Checked before the copy a commit takes.
             check_size(batch.ops())?;
@@ -883,7 +883,7 @@ impl<V: Vfs> Store for LogStore<V> {
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call("log", "quarantine", key, || {
+        trace::store_call(trace::Backend::LOG, "quarantine", key, || {
             // The delete below would be refused: write no copy beside a live record.
             if self.is_poisoned() {
                 return Err(self.shared.poisoned_error());

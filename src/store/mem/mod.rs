@@ -72,20 +72,20 @@ impl MemStore {
 
 impl Store for MemStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call("mem", "get", key, || {
+        trace::store_call(trace::Backend::MEM, "get", key, || {
             Ok(self.state.read().get(key).cloned())
         })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call("mem", "put", key, || {
+        trace::store_call(trace::Backend::MEM, "put", key, || {
             Entry::check_value(key, value)?;
             self.state.write().put(key, value.to_vec(), expect)
         })
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call("mem", "delete", key, || {
+        trace::store_call(trace::Backend::MEM, "delete", key, || {
             let mut state = self.state.write();
             expect.check(key, state.current(key))?;
             Ok(state.remove(key).is_some())
@@ -93,7 +93,7 @@ impl Store for MemStore {
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call("mem", "list", prefix, || {
+        trace::store_call(trace::Backend::MEM, "list", prefix, || {
             check_limit(limit)?;
             let mut state = self.state.read();
             if !state.is_settled() {
@@ -127,7 +127,7 @@ impl Store for MemStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call("mem", "apply", batch, || {
+        trace::store_call(trace::Backend::MEM, "apply", batch, || {
             batch.validate()?;
             let mut state = self.state.write();
             for op in batch.ops() {
@@ -150,7 +150,7 @@ impl Store for MemStore {
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call("mem", "quarantine", key, || {
+        trace::store_call(trace::Backend::MEM, "quarantine", key, || {
             let mut state = self.state.write();
             let Some(entry) = state.remove(key) else {
                 return Ok(None);

@@ -752,11 +752,13 @@ impl PgStore {
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        trace::store_call("postgres", "get", key, || self.call(|s| s.get(key)))
+        trace::store_call(trace::Backend::POSTGRES, "get", key, || {
+            self.call(|s| s.get(key))
+        })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        trace::store_call("postgres", "put", key, || {
+        trace::store_call(trace::Backend::POSTGRES, "put", key, || {
             // Checked here, not left to the server: a value it cannot take (over
             // 1 GB) makes it drop the connection, which looks transient.
             Entry::check_value(key, value)?;
@@ -765,27 +767,27 @@ impl Store for PgStore {
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        trace::store_call("postgres", "delete", key, || {
+        trace::store_call(trace::Backend::POSTGRES, "delete", key, || {
             self.call(|s| s.delete(key, expect))
         })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        trace::store_call("postgres", "list", prefix, || {
+        trace::store_call(trace::Backend::POSTGRES, "list", prefix, || {
             check_limit(limit)?;
             self.call(|s| s.list(prefix, after, limit))
         })
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        trace::store_call("postgres", "apply", batch, || {
+        trace::store_call(trace::Backend::POSTGRES, "apply", batch, || {
             batch.validate()?;
             self.call(|s| s.apply(batch))
         })
     }
 
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        trace::store_call("postgres", "quarantine", key, || {
+        trace::store_call(trace::Backend::POSTGRES, "quarantine", key, || {
             self.call(|s| s.quarantine(key))
         })
     }
