@@ -28,6 +28,9 @@
 //! so that pipeline stages holding every thread cannot starve the leases
 //! they run under.
 //!
+//! If the system cannot start a single thread, work runs on the calling
+//! thread rather than never.
+//!
 //! **Cancellation.** Dropping the future of an async call before its work
 //! began withdraws the work: nothing is read or written. Once the work has
 //! begun it runs to its end (a thread cannot be stopped halfway through a
@@ -298,15 +301,24 @@ impl Tasks {
                     self.woken.wait(&mut ready);
                 }
             };
-            task.poll_once();
+            // A panic in dropping a finished task must not end the one
+            // thread that polls every keep-alive of the process.
+            let _ = catch_unwind(AssertUnwindSafe(|| task.poll_once()));
         }
     }
 }
 
 /// Polls `future` to its end on this thread, parking it while the future
 /// waits: for an async stage, which runs on a thread of the pool.
+///
+/// On a thread of the pool, the thread leaves the pool's bound while it
+/// waits: a stage that waits (on an HTTP call, say) is no work, and must not
+/// hold a place that the calls it awaits (the store calls of the async face)
+/// need. The pool may start another thread in its place; the thread counts
+/// again once the stage ends, and the pool shrinks back as threads idle.
 #[cfg(feature = "async")]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let _outside = OutsideBound::enter();
     struct Unpark(thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -323,6 +335,38 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         // A wake-up between the poll and the park leaves a token that ends
         // this park at once; a spurious return only polls once more.
         thread::park();
+    }
+}
+
+thread_local! {
+    /// Whether this thread is one of the pool's.
+    static IS_POOL_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A pool thread outside the bound while it lives (see [`block_on`]); on
+/// other threads, nothing.
+#[cfg(feature = "async")]
+struct OutsideBound {
+    left: bool,
+}
+
+#[cfg(feature = "async")]
+impl OutsideBound {
+    fn enter() -> Self {
+        if !IS_POOL_THREAD.with(std::cell::Cell::get) {
+            return OutsideBound { left: false };
+        }
+        Pool::get().leave_bound();
+        OutsideBound { left: true }
+    }
+}
+
+#[cfg(feature = "async")]
+impl Drop for OutsideBound {
+    fn drop(&mut self) {
+        if self.left {
+            Pool::get().state.lock().threads += 1;
+        }
     }
 }
 
@@ -446,6 +490,22 @@ impl Pool {
         self.work_queued.notify_one();
     }
 
+    /// Counts this thread out of the bound while it waits in an async stage,
+    /// and starts a thread in its place if work is queued.
+    #[cfg(feature = "async")]
+    fn leave_bound(&'static self) {
+        let mut state = self.state.lock();
+        state.threads -= 1;
+        if state.queue.len() > state.idle && state.threads < state.max {
+            let spawned = thread::Builder::new()
+                .name("jobsafe-pool".to_owned())
+                .spawn(|| Pool::get().work());
+            if spawned.is_ok() {
+                state.threads += 1;
+            }
+        }
+    }
+
     /// Hands `work` to an idle thread ahead of the queue, or, with none idle,
     /// to a thread of its own beyond the bound.
     fn submit_urgent(&'static self, work: Work) {
@@ -482,11 +542,15 @@ impl Pool {
     /// A thread's life: take work until none comes for [`IDLE_TIMEOUT`], or
     /// the pool has more threads than its bound.
     fn work(&self) {
+        IS_POOL_THREAD.with(|is| is.set(true));
         let mut state = self.state.lock();
         loop {
             if let Some(work) = state.queue.pop_front() {
                 drop(state);
-                work();
+                // Work catches its own panics; this catches one in dropping
+                // what it captured, which must not take the thread's place
+                // in the count with it.
+                let _ = catch_unwind(AssertUnwindSafe(work));
                 state = self.state.lock();
                 continue;
             }

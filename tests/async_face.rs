@@ -323,7 +323,7 @@ fn lock_calls_waits_and_keep_alives_complete_while_the_store_waits_for_the_runti
 
         // The keep-alive of the new holder renews on the clock and reports
         // the lease lost once an operator frees the lock.
-        let keep_alive = second.keep_alive(TTL, Duration::from_secs(20)).unwrap();
+        let mut keep_alive = second.keep_alive(TTL, Duration::from_secs(20)).unwrap();
         clock.advance(Duration::from_secs(20));
         let event = keep_alive.next_event().await;
         assert!(
@@ -908,5 +908,77 @@ fn followers_of_a_job_share_one_read_per_poll_interval() {
         tokio::time::timeout(STUCK, test)
             .await
             .expect("the followers' loop stopped reading");
+    });
+}
+
+#[test]
+fn an_abandoned_run_that_was_superseded_leaves_the_successors_files_alone() {
+    use jobsafe::Pipeline;
+    use jobsafe::lock::LockRequest;
+    use jobsafe::pipeline::{AsyncPipeline, StageAction};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let test = async move {
+        let (reached, mut waiting) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (noticed, mut notices) = tokio::sync::mpsc::unbounded_channel::<StageAction>();
+        let pipeline = AsyncPipeline::new(
+            Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)), &root)
+                .async_stage("fetch", async move |ctx| {
+                    ctx.write("page.html", b"first runner")?;
+                    let _ = reached.send(());
+                    std::future::pending::<()>().await;
+                    Ok(())
+                })
+                .on_stage(move |notice| {
+                    let _ = noticed.send(notice.action);
+                })
+                .build()
+                .unwrap(),
+        );
+        let job = pipeline
+            .enqueue("site-1", NewJob::new("crawl"))
+            .await
+            .unwrap();
+        let page = pipeline.blocking().job_dir(&job.id).join("page.html");
+        {
+            let run = pipeline.run_job(&job.id);
+            tokio::pin!(run);
+            tokio::select! {
+                report = &mut run => panic!("the run ended: {report:?}"),
+                _ = waiting.recv() => {}
+            }
+            // Meanwhile the first runner stalled: an operator freed its lock,
+            // and a second runner took the job over and rewrote the page.
+            let locks = pipeline.locks();
+            let subject = key("site-1");
+            locks.force_release(&subject).await.unwrap();
+            let AsyncAcquire::Acquired(lease) = locks
+                .acquire(&subject, TTL, &LockRequest::new())
+                .await
+                .unwrap()
+            else {
+                panic!("freed")
+            };
+            pipeline
+                .jobs()
+                .start(&job.id, Some(lease.token()))
+                .await
+                .unwrap();
+            std::fs::write(&page, b"second runner").unwrap();
+            drop(lease.into_handle());
+            // Then the first runner's service shuts down.
+        }
+        while notices.recv().await != Some(StageAction::Interrupted) {}
+        // The first run found the job no longer its own: it removed nothing.
+        for _ in 0..1_000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(std::fs::read(&page).unwrap(), b"second runner");
+    };
+    current_thread().block_on(async {
+        tokio::time::timeout(STUCK, test)
+            .await
+            .expect("the dropped run was never abandoned");
     });
 }

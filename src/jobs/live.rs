@@ -128,6 +128,7 @@ impl Hub {
             id,
             inbox,
             overflowed,
+            buffer,
         }
     }
 
@@ -157,6 +158,8 @@ pub(super) struct LiveFeed {
     pub(super) id: u64,
     pub(super) inbox: Inbox,
     overflowed: Arc<AtomicBool>,
+    /// The bound of the inbox, and of what a drain moves into the cursor.
+    buffer: usize,
 }
 
 /// What [`LiveFeed::drain`] found besides events.
@@ -171,19 +174,31 @@ pub(super) enum Drained {
 
 impl LiveFeed {
     /// Hands every entry the feed holds to `cursor`, without waiting.
+    ///
+    /// It stops once the cursor holds as many events ahead as the buffer
+    /// does: a subscriber that reads slower than events come then leaves them
+    /// in its inbox, which fills, and catches up from the store instead of
+    /// holding every event in memory.
     pub(super) fn drain(&self, cursor: &mut Cursor) -> Drained {
-        Self::hand_over(cursor, || self.inbox.try_recv())
+        self.hand_over(cursor, || self.inbox.try_recv())
     }
 
     /// As [`drain`](LiveFeed::drain), and leaves `waker` to be woken when
     /// the feed gets more (or closes), if it found it open and empty.
     #[cfg(feature = "async")]
     pub(super) fn drain_or_wake(&self, cursor: &mut Cursor, waker: &Waker) -> Drained {
-        Self::hand_over(cursor, || self.inbox.recv_or_wake(waker))
+        self.hand_over(cursor, || self.inbox.recv_or_wake(waker))
     }
 
-    fn hand_over(cursor: &mut Cursor, mut next: impl FnMut() -> Result<Feed, Nothing>) -> Drained {
+    fn hand_over(
+        &self,
+        cursor: &mut Cursor,
+        mut next: impl FnMut() -> Result<Feed, Nothing>,
+    ) -> Drained {
         loop {
+            if cursor.ahead.len() >= self.buffer {
+                return Drained::Open;
+            }
             match next() {
                 Ok(Feed::Event(event)) => cursor.offer(event),
                 // The flag it came with makes the next step read the store.
@@ -630,8 +645,11 @@ impl<S: Store> JobState<S> {
     /// the last event included.
     ///
     /// # Errors
-    /// As [`subscribe`](JobState::subscribe).
+    /// As [`subscribe`](JobState::subscribe), and
+    /// [`Error::InvalidArgument`] for a `poll_every` of zero, which would
+    /// read the store without pause.
     pub fn follow(&self, id: &str, after: u64, poll_every: Duration) -> Result<Follower<S>> {
+        check_poll_interval(poll_every)?;
         let mut follower = Follower {
             jobs: self.clone(),
             cursor: Cursor::new(id, after),
@@ -641,4 +659,15 @@ impl<S: Store> JobState<S> {
         follower.cursor.resume(self)?;
         Ok(follower)
     }
+}
+
+/// Refuses a follower's poll interval of zero: it would read the store
+/// without pause.
+pub(super) fn check_poll_interval(poll_every: Duration) -> Result<()> {
+    if poll_every.is_zero() {
+        return Err(Error::InvalidArgument(
+            "a follower's poll interval must be longer than zero".to_owned(),
+        ));
+    }
+    Ok(())
 }

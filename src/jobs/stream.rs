@@ -64,9 +64,11 @@ pub struct AsyncSubscription<S: Store> {
     reading: Option<Reading>,
     /// The read under way was owed after an overflow: owed again if it fails.
     reading_owed: bool,
-    /// The hub closed the feed: once the store has been read, what the cursor
-    /// holds is all there is.
+    /// The hub closed the feed, and the store has been read since (or said
+    /// the job is gone): what the cursor holds is all there is.
     closed: bool,
+    /// The read under way is the one after the feed closed.
+    reading_after_close: bool,
 }
 
 impl<S: Store + 'static> AsyncSubscription<S> {
@@ -82,6 +84,7 @@ impl<S: Store + 'static> AsyncSubscription<S> {
             reading: None,
             reading_owed: false,
             closed: false,
+            reading_after_close: false,
         };
         let (cursor, outcome) = read(&subscription.jobs, Cursor::new(id, after), true).await;
         subscription.cursor = Some(cursor);
@@ -118,6 +121,12 @@ impl<S: Store + 'static> Stream for AsyncSubscription<S> {
                 };
                 this.reading = None;
                 this.cursor = Some(cursor);
+                let after_close = std::mem::take(&mut this.reading_after_close);
+                // The store had its last word after the feed closed, unless
+                // it could not answer: then the next poll asks again.
+                if after_close && settles(&outcome) {
+                    this.closed = true;
+                }
                 if let Err(e) = outcome {
                     if std::mem::take(&mut this.reading_owed) {
                         this.feed.owe_read();
@@ -147,8 +156,8 @@ impl<S: Store + 'static> Stream for AsyncSubscription<S> {
                     cursor.finished = true;
                     return Poll::Ready(None);
                 }
-                this.closed = true;
                 this.start_reading(false);
+                this.reading_after_close = true;
                 continue;
             }
             // Looks once more, leaving the waker if there is nothing, under the
@@ -213,6 +222,7 @@ impl<S: Store + 'static> AsyncFollower<S> {
         after: u64,
         poll_every: Duration,
     ) -> Result<Self> {
+        super::live::check_poll_interval(poll_every)?;
         let (cursor, outcome) = read(&jobs, Cursor::new(id, after), true).await;
         outcome?;
         let ticket = jobs.hub.watch.ticket(id);
@@ -312,5 +322,14 @@ impl<S: Store> fmt::Debug for AsyncFollower<S> {
             .field("cursor", &self.cursor)
             .field("poll_every", &self.poll_every)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether a read's outcome settles what a closed feed left open: it
+/// succeeded, or the job is gone.
+fn settles(outcome: &Result<()>) -> bool {
+    match outcome {
+        Ok(()) => true,
+        Err(e) => matches!(e, crate::Error::JobNotFound { .. }),
     }
 }

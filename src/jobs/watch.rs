@@ -30,6 +30,10 @@ struct State {
     jobs: HashMap<String, Followed>,
     /// Whether a loop runs.
     looping: bool,
+    /// A job or a shorter period was added since the loop last looked.
+    changed: bool,
+    /// The loop's waker while it sleeps.
+    loop_waker: Option<Waker>,
     next_id: u64,
 }
 
@@ -78,6 +82,19 @@ impl Watch {
         waker: &Waker,
     ) {
         let mut state = self.state.lock();
+        let shortest = state
+            .jobs
+            .values()
+            .flat_map(|followed| followed.waiting.iter().map(|w| w.poll_every))
+            .min();
+        let new_job = !state.jobs.contains_key(&ticket.job_id);
+        if new_job || shortest.is_some_and(|shortest| poll_every < shortest) {
+            // The loop's sleep was worked out without this: it looks again.
+            state.changed = true;
+            if let Some(waker) = state.loop_waker.take() {
+                waker.wake();
+            }
+        }
         let followed = state
             .jobs
             .entry(ticket.job_id.clone())
@@ -91,8 +108,10 @@ impl Watch {
             poll_every,
             waker: waker.clone(),
         });
-        if !state.looping {
-            state.looping = true;
+        let start = !std::mem::replace(&mut state.looping, true);
+        // The loop takes this lock: started with it released.
+        drop(state);
+        if start {
             pool::spawn(watch(jobs.clone()));
         }
     }
@@ -105,6 +124,17 @@ impl Watch {
             .jobs
             .get(&ticket.job_id)
             .is_some_and(|followed| followed.waiting.iter().any(|w| w.id == ticket.id))
+    }
+
+    /// Whether a job or a shorter period came since the last call; if not,
+    /// the loop's `waker` is woken when one does.
+    fn take_change(&self, waker: &Waker) -> bool {
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.changed) {
+            return true;
+        }
+        state.loop_waker = Some(waker.clone());
+        false
     }
 
     /// Forgets a follower that went away.
@@ -162,19 +192,71 @@ impl Watch {
 
 /// The loop: every period, one read of each followed job.
 async fn watch<S: Store + 'static>(jobs: JobState<S>) {
+    let mut running = Running {
+        watch: &jobs.hub.watch,
+        ended: false,
+    };
+    let mut last_read_ms = jobs.clock.now_ms();
     loop {
         let Some((followed, every)) = jobs.hub.watch.due() else {
+            running.ended = true;
             return;
         };
-        let due = jobs.clock.now_ms().saturating_add(millis(every));
-        jobs.clock.sleep_until_async(due).await;
+        let due = last_read_ms.saturating_add(millis(every));
+        let mut sleep = jobs.clock.sleep_until_async(due);
+        let changed = std::future::poll_fn(|cx| {
+            if std::pin::Pin::new(&mut sleep).poll(cx).is_ready() {
+                return std::task::Poll::Ready(false);
+            }
+            if jobs.hub.watch.take_change(cx.waker()) {
+                return std::task::Poll::Ready(true);
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        if changed {
+            // A new job or a shorter period: the sleep is worked out again.
+            continue;
+        }
+        last_read_ms = jobs.clock.now_ms();
         for job_id in followed {
             let reader = jobs.clone();
             let id = job_id.clone();
-            let next_seq = pool::run(move || reader.get(&id)).await;
+            // A store that panics is taken as one that cannot be read.
+            let read = pool::run(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.get(&id)))
+            })
+            .await;
             // Unreadable or gone: its followers read it and report why.
-            let next_seq = next_seq.ok().flatten().map(|job| job.events.next_seq);
+            let next_seq = match read {
+                Ok(Ok(Some(job))) => Some(job.events.next_seq),
+                _ => None,
+            };
             jobs.hub.watch.moved(&job_id, next_seq);
+        }
+    }
+}
+
+/// Marks the loop ended if it ends otherwise than by finding nobody to
+/// follow (a panic), and wakes every follower: each registers again, which
+/// starts a new loop.
+struct Running<'w> {
+    watch: &'w Watch,
+    ended: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let waiting = {
+            let mut state = self.watch.state.lock();
+            state.looping = false;
+            std::mem::take(&mut state.jobs)
+        };
+        for waiting in waiting.into_values().flat_map(|followed| followed.waiting) {
+            waiting.waker.wake();
         }
     }
 }

@@ -306,8 +306,9 @@ pub struct AsyncKeepAlive {
 
 impl AsyncKeepAlive {
     /// The next event; `None` once the keep-alive has stopped and every event
-    /// was taken.
-    pub async fn next_event(&self) -> Option<KeepAliveEvent> {
+    /// was taken. One task at a time waits for it (`&mut self`): the events
+    /// are the holder's, who hands them on if others need them.
+    pub async fn next_event(&mut self) -> Option<KeepAliveEvent> {
         std::future::poll_fn(|cx| self.inner.poll_next_event(cx)).await
     }
 

@@ -51,6 +51,12 @@ impl StageBody {
             StageBody::Async(run) => {
                 let mut stage = run(ctx);
                 crate::pool::block_on(std::future::poll_fn(|cx| {
+                    // Looked at before the stage is polled: once its caller
+                    // went away, the runtime it uses may be shutting down,
+                    // and what the stage would make of that is no result.
+                    if abandon.is_set() {
+                        return Poll::Ready(None);
+                    }
                     if let Poll::Ready(done) = stage.as_mut().poll(cx) {
                         return Poll::Ready(Some(done));
                     }

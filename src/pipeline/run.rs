@@ -393,12 +393,22 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             return self.stop(stop, Some(&stage.name), &written).map(Err);
         }
         let result = match result {
-            Ok(Some(returned)) => Ok(returned),
-            Ok(None) => {
+            // Whatever an async stage made of its caller going away (an error
+            // or a panic from a runtime shutting down, or no result), the run
+            // was abandoned: it is not the stage's failure.
+            Ok(None | Some(Err(_))) | Err(_) if self.abandon.is_set() => {
                 self.interrupted(&stage.name, "the run's caller went away", report);
-                return self
-                    .stop(Stop::Abandoned, Some(&stage.name), &written)
-                    .map(Err);
+                // Decided on what the store says: a run that is no longer
+                // ours leaves every file to whoever has the job now.
+                let stop = self.check_between()?.unwrap_or(Stop::Abandoned);
+                return self.stop(stop, Some(&stage.name), &written).map(Err);
+            }
+            Ok(Some(returned)) => Ok(returned),
+            // Only an abandoned async stage gives no result.
+            Ok(None) => {
+                self.interrupted(&stage.name, "the stage gave no result", report);
+                let stop = self.check_between()?.unwrap_or(Stop::Abandoned);
+                return self.stop(stop, Some(&stage.name), &written).map(Err);
             }
             Err(panic) => Err(panic),
         };
@@ -447,9 +457,6 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     /// longer owns the job or its lease is told so first: it must not touch
     /// any file.
     pub(super) fn check_between(&self) -> Result<Option<Stop>> {
-        if self.abandon.is_set() {
-            return Ok(Some(Stop::Abandoned));
-        }
         let job = self.pipeline.inner.jobs.get(self.id())?;
         if let Some(reason) = job.as_ref().and_then(|job| self.ownership(job)) {
             return Ok(Some(Stop::Superseded(reason)));
@@ -461,6 +468,10 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
             return Ok(Some(Stop::Deleted));
         };
         Ok(match job.status {
+            // Still ours: stopped only if whoever awaits the run went away.
+            // Checked last, so that a run that is no longer ours leaves
+            // every file to whoever has the job now.
+            JobStatus::Running if self.abandon.is_set() => Some(Stop::Abandoned),
             JobStatus::Running => None,
             JobStatus::Cancelled => {
                 let deleting = self.pipeline.deleting_key(self.id())?;

@@ -364,8 +364,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// [`get`](Store::get) without blocking the caller's thread: the call
     /// runs on the crate's [pool](crate::pool), and the future holds no
-    /// thread while it waits for it. Dropping the future before the call
-    /// began withdraws it.
+    /// thread while it waits for it. Like an `async fn`, the future does
+    /// nothing until first polled; dropping it before the call began
+    /// withdraws the call.
     ///
     /// The `*_async` methods are provided for every store that is `Clone`
     /// (each of the crate's stores is, cheaply, and so is an `Arc` of any
@@ -395,7 +396,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         Self: Clone + 'static,
     {
         let (store, key) = (self.clone(), key.clone());
-        crate::pool::run(move || store.get(&key))
+        async move { crate::pool::run(move || store.get(&key)).await }
     }
 
     /// [`put`](Store::put) without blocking the caller's thread, as
@@ -415,7 +416,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         Self: Clone + 'static,
     {
         let (store, key) = (self.clone(), key.clone());
-        crate::pool::run(move || store.put(&key, &value, expect))
+        async move { crate::pool::run(move || store.put(&key, &value, expect)).await }
     }
 
     /// [`delete`](Store::delete) without blocking the caller's thread, as
@@ -434,7 +435,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         Self: Clone + 'static,
     {
         let (store, key) = (self.clone(), key.clone());
-        crate::pool::run(move || store.delete(&key, expect))
+        async move { crate::pool::run(move || store.delete(&key, expect)).await }
     }
 
     /// [`list`](Store::list) without blocking the caller's thread, as
@@ -454,7 +455,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         Self: Clone + 'static,
     {
         let (store, prefix, after) = (self.clone(), prefix.clone(), after.cloned());
-        crate::pool::run(move || store.list(&prefix, after.as_ref(), limit))
+        async move { crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await }
     }
 
     /// [`apply`](Store::apply) without blocking the caller's thread, as
@@ -472,7 +473,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         Self: Clone + 'static,
     {
         let store = self.clone();
-        crate::pool::run(move || store.apply(&batch))
+        async move { crate::pool::run(move || store.apply(&batch)).await }
     }
 }
 
