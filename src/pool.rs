@@ -83,7 +83,19 @@ pub fn set_max_threads(max: usize) -> Result<()> {
             "jobsafe's pool needs at least {MIN_THREADS} threads, not {max}"
         )));
     }
-    Pool::get().state.lock().max = max;
+    let pool = Pool::get();
+    let mut state = pool.state.lock();
+    state.max = max;
+    // Work already queued behind the old bound starts now.
+    while state.queue.len() > state.idle && state.threads < state.max {
+        let spawned = thread::Builder::new()
+            .name("jobsafe-pool".to_owned())
+            .spawn(|| Pool::get().work());
+        if spawned.is_err() {
+            break;
+        }
+        state.threads += 1;
+    }
     Ok(())
 }
 

@@ -260,19 +260,8 @@ impl<S: Store + 'static> Stream for AsyncFollower<S> {
         let this = self.get_mut();
         loop {
             if this.waiting {
-                let Some(cursor) = this.cursor.as_ref() else {
-                    return Poll::Ready(None); // unreachable: no read while waiting
-                };
-                if this.jobs.hub.watch.is_waiting(&this.ticket) {
-                    // Not woken by the watch: keep waiting, with this waker.
-                    let known = cursor.known_next_seq();
-                    this.jobs.hub.watch.wait(
-                        &this.jobs,
-                        &this.ticket,
-                        known,
-                        this.poll_every,
-                        cx.waker(),
-                    );
+                if this.jobs.hub.watch.still_waiting(&this.ticket, cx.waker()) {
+                    // Not woken by the watch: it wakes this waker.
                     return Poll::Pending;
                 }
                 this.waiting = false;

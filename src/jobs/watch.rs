@@ -116,14 +116,22 @@ impl Watch {
         }
     }
 
-    /// Whether the follower of `ticket` still waits: not woken since it
-    /// last called [`wait`](Watch::wait).
-    pub(super) fn is_waiting(&self, ticket: &Ticket) -> bool {
-        let state = self.state.lock();
-        state
-            .jobs
-            .get(&ticket.job_id)
-            .is_some_and(|followed| followed.waiting.iter().any(|w| w.id == ticket.id))
+    /// Whether the follower of `ticket` still waits (not woken since it
+    /// last called [`wait`](Watch::wait)); if so, it is woken through
+    /// `waker` from now on. One look under the lock, so that a wake-up
+    /// between a look and a new registration cannot be lost.
+    pub(super) fn still_waiting(&self, ticket: &Ticket, waker: &Waker) -> bool {
+        let mut state = self.state.lock();
+        let Some(followed) = state.jobs.get_mut(&ticket.job_id) else {
+            return false;
+        };
+        match followed.waiting.iter_mut().find(|w| w.id == ticket.id) {
+            Some(waiting) => {
+                waiting.waker.clone_from(waker);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether a job or a shorter period came since the last call; if not,
