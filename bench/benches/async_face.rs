@@ -39,6 +39,7 @@
 //! | `JOBSAFE_ASYNC_SECTIONS` | `idle,streams,overhead` |
 //! | `JOBSAFE_ASYNC_CELL_SECS` | `1.0`: seconds per overhead cell and round |
 //! | `JOBSAFE_ASYNC_ROUNDS` | `3`: overhead rounds, the faces taking turns |
+//! | `JOBSAFE_ASYNC_OPS` | `get,put,reserve_new,reserve_dup`: the overhead section's operations |
 //! | `JOBSAFE_ASYNC_STREAM_SECS` | `30`: seconds of appending per streams run |
 //! | `JOBSAFE_ASYNC_RATE` | `1000`: events per second, in all |
 //! | `JOBSAFE_ASYNC_JOBS` | `100`: jobs the events are spread over |

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::overhead::Op;
 use crate::common::{BenchResult, Config};
 
 /// The store the stream sections run on.
@@ -64,6 +65,8 @@ pub(crate) struct Options {
     pub(crate) cell: Duration,
     /// Rounds of the overhead section, the faces taking turns.
     pub(crate) rounds: usize,
+    /// The operations of the overhead section.
+    pub(crate) ops: Vec<Op>,
     /// How long the appenders run in the stream latency section.
     pub(crate) stream: Duration,
     /// Events appended per second in all, spread evenly over the jobs.
@@ -96,6 +99,7 @@ impl Options {
             smoke,
             cell: secs("JOBSAFE_ASYNC_CELL_SECS", 1.0, 0.02)?,
             rounds: positive("JOBSAFE_ASYNC_ROUNDS")?.unwrap_or(if smoke { 1 } else { 3 }),
+            ops: ops("JOBSAFE_ASYNC_OPS")?.unwrap_or_else(|| Op::ALL.to_vec()),
             stream: secs("JOBSAFE_ASYNC_STREAM_SECS", 30.0, 1.0)?,
             rate: positive("JOBSAFE_ASYNC_RATE")?.map_or(Ok(1_000), u32::try_from)?,
             jobs: positive("JOBSAFE_ASYNC_JOBS")?.unwrap_or(100),
@@ -127,6 +131,27 @@ where
             .map(Some)
             .map_err(|e| format!("{name}={text:?}: {e}").into()),
     }
+}
+
+/// A comma-separated list of operations, each by its name.
+fn ops(name: &str) -> BenchResult<Option<Vec<Op>>> {
+    let Ok(list) = env::var(name) else {
+        return Ok(None);
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            Op::ALL
+                .into_iter()
+                .find(|op| op.name() == item)
+                .ok_or_else(|| {
+                    let known: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
+                    format!("{name}: unknown {item:?}; known: {}", known.join(",")).into()
+                })
+        })
+        .collect::<BenchResult<Vec<_>>>()
+        .map(Some)
 }
 
 fn positive(name: &str) -> BenchResult<Option<usize>> {

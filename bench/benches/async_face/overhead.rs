@@ -53,7 +53,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::Get, Op::Put, Op::ReserveNew, Op::ReserveDup];
+    pub(crate) const ALL: [Op; 4] = [Op::Get, Op::Put, Op::ReserveNew, Op::ReserveDup];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -132,7 +132,7 @@ pub(crate) fn measure(rt: &Runtime, options: &Options, run: &mut RunDir) -> Benc
     };
     let mut rows: Vec<Row> = Vec::new();
     for round in 0..options.rounds {
-        for op in Op::ALL {
+        for &op in &options.ops {
             for concurrency in CONCURRENCY {
                 let faces = if round % 2 == 0 {
                     [Face::Sync, Face::Async]
