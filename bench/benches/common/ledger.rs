@@ -178,7 +178,7 @@ pub(crate) struct StoreLedger<S> {
 }
 
 /// The request every jobsafe reserve passes.
-fn request() -> ChargeRequest {
+pub(crate) fn request() -> ChargeRequest {
     ChargeRequest::new()
         .meta("backend", BACKEND)
         .meta("tier", TIER)
@@ -267,7 +267,13 @@ impl<S: Store> StoreLedger<S> {
 }
 
 fn reserve_in<S: Store>(ledger: &JobLedger<S>, job: &Job) -> BenchResult<Outcome> {
-    match ledger.reserve(&job.account, &job.job_id, &request())? {
+    outcome(ledger.reserve(&job.account, &job.job_id, &request())?)
+}
+
+/// What a jobsafe reserve found; a pending side effect is an error, since no
+/// bench reserves with one.
+pub(crate) fn outcome(reserve: Reserve) -> BenchResult<Outcome> {
+    match reserve {
         Reserve::New(_) => Ok(Outcome::New),
         Reserve::Existing(_) => Ok(Outcome::Existing),
         Reserve::InFlight(r) => Err(format!("{}: a side effect is pending", r.job_id).into()),

@@ -31,6 +31,7 @@ pub(crate) mod pipeline;
 pub(crate) mod raw;
 pub(crate) mod report;
 pub(crate) mod sqlite;
+pub(crate) mod targets;
 
 use std::env;
 use std::error::Error;

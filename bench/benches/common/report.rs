@@ -221,7 +221,7 @@ pub(crate) fn ratios(ratios: &[Ratio], all: &[Measurement]) -> BenchResult<Table
 }
 
 /// The median of a non-empty list.
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();

@@ -1,81 +1,9 @@
 //! The targets, as ratios of figures from this run, each reported
 //! met, MISSED, or not measured (when the options left out what it needs).
 
-use std::fmt::Write as _;
-
-use crate::common::report::Table;
+pub(crate) use crate::common::targets::{Bound, Target, markdown};
 use crate::compare::cell::{Bench, Impl};
 use crate::compare::run::Row;
-
-/// One target: a ratio and the bound it must meet.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    pub(crate) name: String,
-    /// The ratio measured, if both sides were.
-    pub(crate) value: Option<f64>,
-    pub(crate) bound: Bound,
-}
-
-/// Which side of its bound a ratio must be on.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Bound {
-    AtLeast(f64),
-    AtMost(f64),
-}
-
-impl Target {
-    pub(crate) fn new(name: impl Into<String>, value: Option<f64>, bound: Bound) -> Self {
-        Target {
-            name: name.into(),
-            value,
-            bound,
-        }
-    }
-
-    fn verdict(&self) -> &'static str {
-        match (self.value, self.bound) {
-            (None, _) => "not measured",
-            (Some(v), Bound::AtLeast(b)) if v >= b => "met",
-            (Some(v), Bound::AtMost(b)) if v <= b => "met",
-            _ => "MISSED",
-        }
-    }
-
-    pub(crate) fn json(&self) -> String {
-        let (op, bound) = match self.bound {
-            Bound::AtLeast(b) => (">=", b),
-            Bound::AtMost(b) => ("<=", b),
-        };
-        serde_json::json!({
-            "target": self.name,
-            "value": self.value,
-            "bound": format!("{op} {bound}"),
-            "verdict": self.verdict(),
-        })
-        .to_string()
-    }
-}
-
-/// The targets as a markdown table.
-pub(crate) fn markdown(targets: &[Target]) -> Table {
-    let mut table = Table::new(["target", "measured", "bound", "verdict"]);
-    for target in targets {
-        let mut bound = String::new();
-        let _ = match target.bound {
-            Bound::AtLeast(b) => write!(bound, ">= {b}x"),
-            Bound::AtMost(b) => write!(bound, "<= {b}x"),
-        };
-        table.row([
-            target.name.clone(),
-            target
-                .value
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x")),
-            bound,
-            target.verdict().to_owned(),
-        ]);
-    }
-    table
-}
 
 fn ops(rows: &[Row], bench: Bench, imp: Impl, threads: usize) -> Option<f64> {
     rows.iter()
