@@ -18,7 +18,7 @@
 //! Waiting never does: a lock's backoff, a keep-alive's period, a
 //! subscription's wait for the next event and a follower's poll interval are
 //! timers and wakers, and a call queued behind a busy pool waits as a future.
-//! Threads start when work queues and no thread is idle, up to the bound, and
+//! Threads start when work queues and no thread is free, up to the bound, and
 //! end after [`IDLE_TIMEOUT`] without work. The background loops of every
 //! [`KeepAlive`](crate::lock::KeepAlive) in the process are polled by one
 //! more thread, which never does their blocking work itself: a renewal that
@@ -87,7 +87,7 @@ pub fn set_max_threads(max: usize) -> Result<()> {
     let mut state = pool.state.lock();
     state.max = max;
     // Work already queued behind the old bound starts now.
-    while state.queue.len() > state.idle && state.threads < state.max {
+    while state.queue.len() > state.free() && state.threads < state.max {
         let spawned = thread::Builder::new()
             .name("jobsafe-pool".to_owned())
             .spawn(|| Pool::get().work());
@@ -146,12 +146,16 @@ where
     let filled = Arc::clone(&slot);
     let work: Work = Box::new(move || {
         if matches!(*filled.lock(), Slot::Abandoned) {
-            return;
+            return None;
         }
         let outcome = catch_unwind(AssertUnwindSafe(work));
         let previous = std::mem::replace(&mut *filled.lock(), Slot::Done(outcome));
-        if let Slot::Waiting(Some(waker)) = previous {
-            waker.wake();
+        // Woken by the thread once it counts as free again: a caller that
+        // submits its next call at once finds it free, and no thread starts
+        // for nothing.
+        match previous {
+            Slot::Waiting(waker) => waker,
+            _ => None,
         }
     });
     match urgency {
@@ -168,6 +172,7 @@ pub(crate) fn detach(work: impl FnOnce() + Send + 'static) {
     Pool::get().submit(Box::new(move || {
         // A panic ends only this work, as it would end a thread of its own.
         let _ = catch_unwind(AssertUnwindSafe(work));
+        None
     }));
 }
 
@@ -377,7 +382,9 @@ impl OutsideBound {
 impl Drop for OutsideBound {
     fn drop(&mut self) {
         if self.left {
-            Pool::get().state.lock().threads += 1;
+            let mut state = Pool::get().state.lock();
+            state.threads += 1;
+            state.busy += 1;
         }
     }
 }
@@ -447,7 +454,9 @@ impl<T: Send + 'static> fmt::Debug for Blocking<T> {
     }
 }
 
-type Work = Box<dyn FnOnce() + Send>;
+/// Work for a thread of the pool; it returns the waker of whoever awaits
+/// its result, for the thread to wake once it counts as free.
+type Work = Box<dyn FnOnce() -> Option<Waker> + Send>;
 
 struct Pool {
     state: Mutex<State>,
@@ -457,8 +466,18 @@ struct Pool {
 struct State {
     queue: VecDeque<Work>,
     threads: usize,
-    idle: usize,
+    /// Threads doing work now; the others wait for work or are about to
+    /// take the next.
+    busy: usize,
     max: usize,
+}
+
+impl State {
+    /// Threads that take the next queued work without being started: those
+    /// waiting for work, and those about to look for it.
+    fn free(&self) -> usize {
+        self.threads.saturating_sub(self.busy)
+    }
 }
 
 impl Pool {
@@ -468,7 +487,7 @@ impl Pool {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 threads: 0,
-                idle: 0,
+                busy: 0,
                 max: DEFAULT_MAX_THREADS,
             }),
             work_queued: Condvar::new(),
@@ -478,9 +497,9 @@ impl Pool {
     fn submit(&'static self, work: Work) {
         let mut state = self.state.lock();
         state.queue.push_back(work);
-        // Each idle thread takes one piece of work; start one more only for
-        // work no idle thread will take.
-        if state.queue.len() > state.idle && state.threads < state.max {
+        // Each free thread takes one piece of work; start one more only for
+        // work no free thread will take.
+        if state.queue.len() > state.free() && state.threads < state.max {
             match thread::Builder::new()
                 .name("jobsafe-pool".to_owned())
                 .spawn(|| Pool::get().work())
@@ -491,8 +510,8 @@ impl Pool {
                 Err(_) if state.threads == 0 => {
                     let work = state.queue.pop_back();
                     drop(state);
-                    if let Some(work) = work {
-                        work();
+                    if let Some(waker) = work.and_then(|work| work()) {
+                        waker.wake();
                     }
                     return;
                 }
@@ -507,8 +526,10 @@ impl Pool {
     #[cfg(feature = "async")]
     fn leave_bound(&'static self) {
         let mut state = self.state.lock();
+        // Out of the count, and not busy as far as the pool knows.
         state.threads -= 1;
-        if state.queue.len() > state.idle && state.threads < state.max {
+        state.busy -= 1;
+        if state.queue.len() > state.free() && state.threads < state.max {
             let spawned = thread::Builder::new()
                 .name("jobsafe-pool".to_owned())
                 .spawn(|| Pool::get().work());
@@ -518,11 +539,11 @@ impl Pool {
         }
     }
 
-    /// Hands `work` to an idle thread ahead of the queue, or, with none idle,
+    /// Hands `work` to a free thread ahead of the queue, or, with none free,
     /// to a thread of its own beyond the bound.
     fn submit_urgent(&'static self, work: Work) {
         let mut state = self.state.lock();
-        if state.idle > state.queue.len() {
+        if state.free() > state.queue.len() {
             state.queue.push_front(work);
             drop(state);
             self.work_queued.notify_one();
@@ -534,8 +555,8 @@ impl Pool {
         let spawned = thread::Builder::new()
             .name("jobsafe-urgent".to_owned())
             .spawn(move || {
-                if let Ok(work) = returned.recv() {
-                    work();
+                if let Some(waker) = returned.recv().ok().and_then(|work| work()) {
+                    waker.wake();
                 }
             });
         match spawned {
@@ -558,23 +579,29 @@ impl Pool {
         let mut state = self.state.lock();
         loop {
             if let Some(work) = state.queue.pop_front() {
+                state.busy += 1;
                 drop(state);
                 // Work catches its own panics; this catches one in dropping
                 // what it captured, which must not take the thread's place
                 // in the count with it.
-                let _ = catch_unwind(AssertUnwindSafe(work));
+                let waker = catch_unwind(AssertUnwindSafe(work)).ok().flatten();
                 state = self.state.lock();
+                state.busy -= 1;
+                if let Some(waker) = waker {
+                    // Free first, then the caller hears: see `run_as`.
+                    drop(state);
+                    waker.wake();
+                    state = self.state.lock();
+                }
                 continue;
             }
             if state.threads > state.max {
                 break;
             }
-            state.idle += 1;
             let timed_out = self
                 .work_queued
                 .wait_for(&mut state, IDLE_TIMEOUT)
                 .timed_out();
-            state.idle -= 1;
             if timed_out && state.queue.is_empty() {
                 break;
             }
@@ -617,6 +644,7 @@ mod tests {
 
     #[test]
     fn work_runs_on_another_thread_and_its_result_comes_back() {
+        let _whole_pool = WHOLE_POOL.lock();
         let caller = thread::current().id();
         let ran_on = block_on(run(|| thread::current().id()));
         assert_ne!(ran_on, caller);
@@ -625,14 +653,16 @@ mod tests {
 
     #[test]
     fn a_panic_in_the_work_is_resumed_where_it_is_awaited() {
+        let _whole_pool = WHOLE_POOL.lock();
         let caught = catch_unwind(|| block_on(run(|| -> u8 { panic!("in the work") })));
         assert!(caught.is_err());
         // The pool survives it.
         assert_eq!(block_on(run(|| 7)), 7);
     }
 
-    /// Held by the tests that occupy every thread of the bound: two at once
-    /// would each wait for threads the other holds.
+    /// Held by the tests of the pool's threads: two that occupy every thread
+    /// of the bound at once would each wait for threads the other holds,
+    /// and one that counts threads must not see another's.
     static WHOLE_POOL: Mutex<()> = Mutex::new(());
 
     #[test]
@@ -709,6 +739,19 @@ mod tests {
         for waiter in waiting {
             waiter.join().expect("blocker done");
         }
+    }
+
+    #[test]
+    fn calls_made_one_after_another_start_no_more_threads() {
+        let _whole_pool = WHOLE_POOL.lock();
+        block_on(run(|| ()));
+        let before = threads();
+        for _ in 0..200 {
+            block_on(run(|| ()));
+        }
+        // The thread that answered a call is free before its caller hears:
+        // the next call finds it so.
+        assert_eq!(threads(), before);
     }
 
     #[test]
