@@ -24,17 +24,21 @@
 //! [`show_identifiers`] turns the values on, for the whole process.
 //!
 //! ```
+//! # #[cfg(feature = "tracing")] {
 //! // A service whose logs may hold its users' ids:
 //! jobsafe::trace::show_identifiers(true);
 //! assert!(jobsafe::trace::identifiers_shown());
+//! # }
 //! ```
 //!
 //! To find a job's events without turning them on, look for its fingerprint:
 //!
 //! ```
+//! # #[cfg(feature = "tracing")] {
 //! let fingerprint = jobsafe::trace::fingerprint("episode-1");
 //! assert!(fingerprint.starts_with("h:"));
 //! assert_eq!(fingerprint.len(), 18);
+//! # }
 //! ```
 
 #[cfg(feature = "tracing")]
