@@ -982,3 +982,109 @@ fn an_abandoned_run_that_was_superseded_leaves_the_successors_files_alone() {
             .expect("the dropped run was never abandoned");
     });
 }
+
+#[test]
+fn an_async_wait_for_a_held_lock_ends_with_the_holder_named() {
+    let clock = ManualClock::new(START_MS);
+    // Every sleep on the clock ends at once, the clock moved to its end.
+    clock.set_auto_advance(true);
+    current_thread().block_on(async move {
+        let locks = AsyncJobLock::new(JobLock::new(MemStore::new(), Arc::new(clock)));
+        let k = key("reindex/shop-3");
+        let request = LockRequest::new().actor("first");
+        let AsyncAcquire::Acquired(_held) = locks.acquire(&k, TTL * 10, &request).await.unwrap()
+        else {
+            panic!("free")
+        };
+        let err = locks
+            .acquire_within(&k, TTL, &LockRequest::new(), Duration::from_secs(30))
+            .await
+            .expect_err("held for longer than the wait");
+        assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
+        assert!(err.to_string().contains("first"), "{err}");
+    });
+}
+
+#[test]
+fn a_release_whose_future_is_dropped_unpolled_still_releases() {
+    current_thread().block_on(async {
+        let locks = AsyncJobLock::new(JobLock::new(
+            MemStore::new(),
+            Arc::new(ManualClock::new(START_MS)),
+        ));
+        let k = key("reindex/shop-4");
+        let AsyncAcquire::Acquired(guard) =
+            locks.acquire(&k, TTL, &LockRequest::new()).await.unwrap()
+        else {
+            panic!("free")
+        };
+        // A select! that took another branch drops the release unpolled: the
+        // guard it holds releases on the pool as a dropped guard does.
+        drop(guard.release());
+        let released = async {
+            while locks.peek(&k).await.unwrap().is_some() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(STUCK, released)
+            .await
+            .expect("the lock was never released");
+    });
+}
+
+#[test]
+fn a_dropped_pass_starts_no_further_job() {
+    use jobsafe::Pipeline;
+    use jobsafe::jobs::JobStatus;
+    use jobsafe::pipeline::{AsyncPipeline, StageAction};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let test = async move {
+        let (reached, mut waiting) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (noticed, mut notices) = tokio::sync::mpsc::unbounded_channel::<StageAction>();
+        let pipeline = AsyncPipeline::new(
+            Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)), &root)
+                .async_stage("fetch", async move |_ctx| {
+                    let _ = reached.send(());
+                    std::future::pending::<()>().await;
+                    Ok(())
+                })
+                .on_stage(move |notice| {
+                    let _ = noticed.send(notice.action);
+                })
+                .build()
+                .unwrap(),
+        );
+        let first = pipeline.enqueue("a", NewJob::new("crawl")).await.unwrap();
+        let second = pipeline.enqueue("b", NewJob::new("crawl")).await.unwrap();
+        {
+            let pass = pipeline.run_pass();
+            tokio::pin!(pass);
+            tokio::select! {
+                report = &mut pass => panic!("the pass ended: {report:?}"),
+                _ = waiting.recv() => {}
+            }
+        }
+        while notices.recv().await != Some(StageAction::Interrupted) {}
+        // The pass stops with the run under way: of the two jobs, one was
+        // started and left running for the next pass; the other never was.
+        let subjects = [key("a"), key("b")];
+        for subject in &subjects {
+            while pipeline.locks().peek(subject).await.unwrap().is_some() {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut statuses = Vec::new();
+        for job in [&first, &second] {
+            statuses.push(pipeline.jobs().get(&job.id).await.unwrap().unwrap().status);
+        }
+        statuses.sort_by_key(|status| status.as_str());
+        assert_eq!(statuses, [JobStatus::Queued, JobStatus::Running]);
+    };
+    current_thread().block_on(async {
+        tokio::time::timeout(STUCK, test)
+            .await
+            .expect("the dropped pass was never abandoned");
+    });
+}
