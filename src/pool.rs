@@ -336,6 +336,12 @@ impl Tasks {
 #[cfg(feature = "async")]
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let _outside = OutsideBound::enter();
+    park_until_ready(future)
+}
+
+/// Polls `future` on this thread, parked between polls until woken.
+#[cfg(any(feature = "async", test))]
+fn park_until_ready<F: Future>(future: F) -> F::Output {
     struct Unpark(thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {
@@ -622,25 +628,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
-    /// Polls `future` to its end on this thread, as `pool::block_on` does
-    /// (which only the feature `async` builds).
-    fn block_on<F: Future>(future: F) -> F::Output {
-        struct Unpark(thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = std::pin::pin!(future);
-        loop {
-            if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
-                return value;
-            }
-            thread::park();
-        }
-    }
+    use super::park_until_ready as block_on;
 
     #[test]
     fn work_runs_on_another_thread_and_its_result_comes_back() {

@@ -341,9 +341,19 @@ impl<S: Store + 'static> Renewer<S> {
             // On the pool, with nothing locked: `stop` and the watch never
             // wait for a renewal that hangs.
             let (lock, handle, ttl) = (self.lock.clone(), self.handle.clone(), self.ttl);
+            let shared = Arc::clone(&self.shared);
             // Urgent: a renewal that waited behind long work (the stages of
-            // pipeline runs, say) would lose the lease it keeps.
-            let renewal = pool::run_urgent(move || lock.renew(&handle, ttl)).await;
+            // pipeline runs, say) would lose the lease it keeps. Looked at
+            // again where it starts, so that none starts after `stop`.
+            let renewal = pool::run_urgent(move || {
+                // Unlocked before the store is called.
+                let stopped = shared.state.lock().over();
+                (!stopped).then(|| lock.renew(&handle, ttl))
+            })
+            .await;
+            let Some(renewal) = renewal else {
+                return;
+            };
             let now = self.lock.clock.now_ms();
             let mut state = self.shared.state.lock();
             if state.over() {
