@@ -149,6 +149,7 @@ if [[ $# -gt 0 ]]; then
 fi
 cargo test --features postgres --test pg_store
 cargo test --features postgres --test pg_waits
+cargo test --features postgres --test pg_async
 cargo test --features postgres --test pg_restart -- --nocapture
 cargo test --features postgres --test conformance --test model \
     --test ambiguity_lock --test ambiguity_jobs --test ambiguity_ledger \

@@ -453,45 +453,100 @@ pub(crate) fn store_call<T>(
 ) -> Result<T> {
     #[cfg(feature = "tracing")]
     {
-        let span = tracing::debug_span!(
-            target: "jobsafe::store",
-            "store",
-            backend = backend.name,
-            operation,
-            namespace = tracing::field::Empty
-        );
+        let span = store_span(backend, operation, subject);
         if span.is_disabled() {
             return call();
         }
-        span.record("namespace", subject.namespace());
         let _entered = span.enter();
         let started = std::time::Instant::now();
         let (result, flushes) = counting_flushes(call);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let (outcome, failure) = match &result {
-            Ok(_) => ("ok", None),
-            Err(e) => (outcome_of(e), Some(tracing::field::display(error(e)))),
-        };
-        let count = (backend.flushes != FlushReport::Unknown).then_some(flushes.count);
-        let role = match flushes.group {
-            Some(Group::Led) => "led",
-            Some(Group::Joined) => "joined",
-            None => "none",
-        };
-        let group = (backend.flushes == FlushReport::Grouped).then_some(role);
-        tracing::debug!(
-            target: "jobsafe::store",
-            micros,
-            outcome,
-            error = failure,
-            flushes = count,
-            group,
-            "store call"
-        );
+        store_call_ended(backend, &result, started, flushes);
         result
     }
     #[cfg(not(feature = "tracing"))]
     call()
+}
+
+/// [`store_call`] for a call of the async face made as a future, for a
+/// backend whose flushes happen elsewhere (a database server's): its span is
+/// entered each time the future is polled, and its event has no `flushes`.
+#[cfg(all(feature = "async", feature = "postgres"))]
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) async fn store_call_async<T>(
+    backend: Backend,
+    operation: &'static str,
+    subject: &impl Namespaced,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    #[cfg(feature = "tracing")]
+    {
+        use tracing::Instrument;
+
+        let span = store_span(backend, operation, subject);
+        if span.is_disabled() {
+            return call.await;
+        }
+        let started = std::time::Instant::now();
+        let result = call.instrument(span.clone()).await;
+        let _entered = span.enter();
+        store_call_ended(backend, &result, started, Flushes::default());
+        result
+    }
+    #[cfg(not(feature = "tracing"))]
+    call.await
+}
+
+/// The `store` span of a call, its namespace worked out only when a
+/// subscriber listens.
+#[cfg(feature = "tracing")]
+fn store_span(
+    backend: Backend,
+    operation: &'static str,
+    subject: &impl Namespaced,
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        target: "jobsafe::store",
+        "store",
+        backend = backend.name,
+        operation,
+        namespace = tracing::field::Empty
+    );
+    if !span.is_disabled() {
+        span.record("namespace", subject.namespace());
+    }
+    span
+}
+
+/// The event that ends a store call, inside its span: outcome, duration and,
+/// where the backend can say, flushes.
+#[cfg(feature = "tracing")]
+fn store_call_ended<T>(
+    backend: Backend,
+    result: &Result<T>,
+    started: std::time::Instant,
+    flushes: Flushes,
+) {
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let (outcome, failure) = match result {
+        Ok(_) => ("ok", None),
+        Err(e) => (outcome_of(e), Some(tracing::field::display(error(e)))),
+    };
+    let count = (backend.flushes != FlushReport::Unknown).then_some(flushes.count);
+    let role = match flushes.group {
+        Some(Group::Led) => "led",
+        Some(Group::Joined) => "joined",
+        None => "none",
+    };
+    let group = (backend.flushes == FlushReport::Grouped).then_some(role);
+    tracing::debug!(
+        target: "jobsafe::store",
+        micros,
+        outcome,
+        error = failure,
+        flushes = count,
+        group,
+        "store call"
+    );
 }
 
 /// The class of a store call's failure, as a field an operator can count by.
@@ -529,6 +584,13 @@ impl Namespaced for Key {
 impl Namespaced for Prefix {
     fn namespace(&self) -> &str {
         first(self.segments())
+    }
+}
+
+/// Its subject's, or none.
+impl<T: Namespaced> Namespaced for Option<T> {
+    fn namespace(&self) -> &str {
+        self.as_ref().map_or("", Namespaced::namespace)
     }
 }
 

@@ -154,6 +154,112 @@ impl Harness for Pg {
     }
 }
 
+/// `PgStore`'s async face, each call made through `get_async`, `put_async`,
+/// ... on a runtime of the harness's and waited for by the calling thread (the
+/// clauses call from several threads at once). Quarantine has no async form.
+#[cfg(feature = "postgres")]
+#[derive(Clone, Debug)]
+struct ThroughAsync {
+    store: jobsafe::PgStore,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+#[cfg(feature = "postgres")]
+impl jobsafe::Store for ThroughAsync {
+    fn get(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::Entry>> {
+        self.runtime.block_on(self.store.get_async(key))
+    }
+
+    fn put(
+        &self,
+        key: &Key,
+        value: &[u8],
+        expect: jobsafe::Expect,
+    ) -> jobsafe::Result<jobsafe::Version> {
+        self.runtime
+            .block_on(self.store.put_async(key, value.to_vec(), expect))
+    }
+
+    fn delete(&self, key: &Key, expect: jobsafe::Expect) -> jobsafe::Result<bool> {
+        self.runtime.block_on(self.store.delete_async(key, expect))
+    }
+
+    fn list(
+        &self,
+        prefix: &jobsafe::Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> jobsafe::Result<jobsafe::store::ListPage> {
+        self.runtime
+            .block_on(self.store.list_async(prefix, after, limit))
+    }
+
+    fn apply(&self, batch: &jobsafe::Batch) -> jobsafe::Result<Vec<jobsafe::store::Applied>> {
+        self.runtime.block_on(self.store.apply_async(batch.clone()))
+    }
+
+    fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<jobsafe::store::Quarantined>> {
+        self.store.quarantine(key)
+    }
+}
+
+/// [`Pg`]'s stores, called through their async face.
+#[cfg(feature = "postgres")]
+struct PgAsync {
+    pg: Pg,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+#[cfg(feature = "postgres")]
+impl Default for PgAsync {
+    #[allow(clippy::panic, reason = "a harness without its runtime cannot run a clause")]
+    fn default() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("start a runtime: {e}"));
+        PgAsync {
+            pg: Pg::default(),
+            runtime: Arc::new(runtime),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl PgAsync {
+    fn through(&self, store: jobsafe::PgStore) -> ThroughAsync {
+        ThroughAsync {
+            store,
+            runtime: self.runtime.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Harness for PgAsync {
+    type Store = ThroughAsync;
+
+    fn fresh(&mut self) -> jobsafe::Result<ThroughAsync> {
+        let store = self.pg.fresh()?;
+        Ok(self.through(store))
+    }
+
+    fn reopen(&mut self, store: ThroughAsync) -> jobsafe::Result<Option<ThroughAsync>> {
+        let reopened = self.pg.reopen(store.store)?;
+        Ok(reopened.map(|store| self.through(store)))
+    }
+
+    fn open_another(&mut self, store: &ThroughAsync) -> jobsafe::Result<Option<ThroughAsync>> {
+        let another = self.pg.open_another(&store.store)?;
+        Ok(another.map(|store| self.through(store)))
+    }
+
+    fn corrupt(&mut self, store: &ThroughAsync, key: &Key) -> jobsafe::Result<bool> {
+        self.pg.corrupt(&store.store, key)
+    }
+}
+
 // One test per clause and backend. MemStore keeps nothing across a reopen and
 // cannot be damaged; a LogStore has no single record to damage (see `Log`); the
 // durable backends must run every other clause.
@@ -170,6 +276,8 @@ jobsafe::conformance_suite!(
 );
 #[cfg(feature = "postgres")]
 jobsafe::conformance_suite!(pg, Pg::default(), may_skip: []);
+#[cfg(feature = "postgres")]
+jobsafe::conformance_suite!(pg_async, PgAsync::default(), may_skip: []);
 
 #[test]
 fn mem_store_skips_only_what_it_cannot_do() {

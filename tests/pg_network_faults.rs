@@ -45,7 +45,6 @@ mod common;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,35 +208,9 @@ impl Store for Recording {
 // ---------------------------------------------------------------------------
 // Reaching the server, directly or through a proxy.
 
-fn server_addr() -> SocketAddr {
-    let config: tokio_postgres::Config = pg::url().parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(_) => panic!("this test needs a server on TCP"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    (host.as_str(), port)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap()
-}
-
-/// A URL that reaches the server through the proxy on `port`.
-fn through(port: u16) -> String {
-    let config: tokio_postgres::Config = pg::url().parse().unwrap();
-    let password = String::from_utf8(config.get_password().unwrap_or_default().to_vec()).unwrap();
-    format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={}",
-        config.get_user().unwrap_or("postgres"),
-        password,
-        config.get_dbname().unwrap_or("postgres"),
-    )
-}
-
 /// A workload store: call deadline [`STORE_CALL`], short session bounds.
 fn workload_store(port: u16, schema: &str) -> PgStore {
-    PgStore::builder(&through(port))
+    PgStore::builder(&pg::url_through(port))
         .schema(schema)
         .pool_size(u32::try_from(THREADS + 1).unwrap())
         .durability(Durability::AtomicOnly)
@@ -258,7 +231,7 @@ fn workload_store(port: u16, schema: &str) -> PgStore {
 fn socket_store(port: u16, schema: &str) -> PgStore {
     let slow = std::env::var("JOBSAFE_NET_FAULT_SLOW_SOCKETS").is_ok_and(|v| v == "1");
     let scale = if slow { 60 } else { 1 };
-    PgStore::builder(&through(port))
+    PgStore::builder(&pg::url_through(port))
         .schema(schema)
         .pool_size(2)
         .durability(Durability::AtomicOnly)
@@ -429,7 +402,7 @@ fn network_faults_leave_no_ghost_no_double_charge_and_no_late_call() {
         )
         .unwrap();
 
-    let upstream = server_addr();
+    let upstream = pg::server_addr();
     let proxies: BTreeMap<&str, Proxy> = ["lock", "ledger", "jobs"]
         .into_iter()
         .map(|w| (w, Proxy::start(upstream)))
@@ -1152,8 +1125,8 @@ fn an_acquire_whose_fence_failed_is_not_reported_as_not_landed() {
     }
     let mut schemas = Schemas::default();
     let schema = schemas.fresh();
-    let proxy = Proxy::start(server_addr());
-    let store = PgStore::builder(&through(proxy.addr().port()))
+    let proxy = Proxy::start(pg::server_addr());
+    let store = PgStore::builder(&pg::url_through(proxy.addr().port()))
         .schema(&schema)
         .pool_size(1)
         .call_timeout(D)
@@ -1224,8 +1197,8 @@ fn a_reserve_whose_fence_failed_is_not_reported_as_not_landed() {
     }
     let mut schemas = Schemas::default();
     let schema = schemas.fresh();
-    let proxy = Proxy::start(server_addr());
-    let store = PgStore::builder(&through(proxy.addr().port()))
+    let proxy = Proxy::start(pg::server_addr());
+    let store = PgStore::builder(&pg::url_through(proxy.addr().port()))
         .schema(&schema)
         .pool_size(1)
         .call_timeout(D)

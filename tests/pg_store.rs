@@ -394,23 +394,12 @@ fn a_store_whose_tables_are_gone_does_not_open() {
     );
 }
 
-/// `url` with an `application_name` the test can find its sessions by.
-fn named(url: &str, app: &str) -> String {
-    if !url.contains("://") {
-        format!("{url} application_name={app}")
-    } else if url.contains('?') {
-        format!("{url}&application_name={app}")
-    } else {
-        format!("{url}?application_name={app}")
-    }
-}
-
 #[test]
 fn a_connection_the_server_closed_while_idle_is_never_used() {
     let mut schemas = Schemas::default();
     let schema = schemas.fresh();
     let app = format!("jobsafe-idle-{schema}");
-    let store = PgStore::builder(&named(&pg::url(), &app))
+    let store = PgStore::builder(&pg::named(&pg::url(), &app))
         .schema(&schema)
         .open()
         .unwrap();
@@ -442,7 +431,7 @@ fn a_batch_that_fails_leaves_no_transaction_open() {
     let mut schemas = Schemas::default();
     let schema = schemas.fresh();
     let app = format!("jobsafe-batch-{schema}");
-    let store = PgStore::builder(&named(&pg::url(), &app))
+    let store = PgStore::builder(&pg::named(&pg::url(), &app))
         .schema(&schema)
         .open()
         .unwrap();

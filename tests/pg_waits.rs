@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use common::error_chain;
@@ -24,31 +23,9 @@ use jobsafe::{Batch, Expect, Key, PgStore, Store};
 /// long a call took.
 const MARGIN: Duration = Duration::from_secs(10);
 
-/// The server's address and a URL that reaches it through `proxy` instead.
+/// A URL that reaches the server through `proxy` instead.
 fn through(proxy: &Proxy) -> String {
-    let config: tokio_postgres::Config = pg::url().parse().unwrap();
-    let password = String::from_utf8(config.get_password().unwrap_or_default().to_vec()).unwrap();
-    format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={}",
-        proxy.addr().port(),
-        config.get_user().unwrap_or("postgres"),
-        password,
-        config.get_dbname().unwrap_or("postgres"),
-    )
-}
-
-fn server_addr() -> SocketAddr {
-    let config: tokio_postgres::Config = pg::url().parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        tokio_postgres::config::Host::Unix(_) => panic!("these tests need a server on TCP"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    (host.as_str(), port)
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap()
+    pg::url_through(proxy.addr().port())
 }
 
 /// A builder for `schema` through `url`, with one connection, so that the
@@ -61,7 +38,7 @@ fn builder(url: &str, schema: &str) -> PgStoreBuilder {
 fn a_put_through_a_silent_network_fails_transiently_within_the_deadline() {
     let mut schemas = Schemas::default();
     let schema = schemas.fresh();
-    let proxy = Proxy::start(server_addr());
+    let proxy = Proxy::start(pg::server_addr());
     let deadline = Duration::from_secs(2);
     let store = builder(&through(&proxy), &schema)
         .call_timeout(deadline)
@@ -99,7 +76,7 @@ fn a_batch_cut_off_after_its_first_statement_has_its_locks_released_by_the_serve
     let (first, second) = (Key::new(["a"]).unwrap(), Key::new(["b"]).unwrap());
     direct.put(&first, b"before", Expect::Absent).unwrap();
 
-    let proxy = Proxy::start(server_addr());
+    let proxy = Proxy::start(pg::server_addr());
     let idle = Duration::from_secs(1);
     let cut = builder(&through(&proxy), &schema)
         .call_timeout(Duration::from_secs(2))
@@ -242,7 +219,7 @@ fn a_call_past_its_deadline_leaves_no_statement_waiting_on_the_server() {
 fn a_write_cut_off_unanswered_cannot_land_after_its_error() {
     let mut schemas = Schemas::default();
     let schema = schemas.fresh();
-    let proxy = Proxy::start(server_addr());
+    let proxy = Proxy::start(pg::server_addr());
     let store = builder(&through(&proxy), &schema)
         .call_timeout(Duration::from_secs(2))
         .open()

@@ -371,6 +371,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The `*_async` methods are provided for every store that is `Clone`
     /// (each of the crate's stores is, cheaply, and so is an `Arc` of any
     /// store): the future owns a clone, so it may outlive the borrow.
+    /// A store whose client is asynchronous overrides them to make its calls
+    /// natively, holding no thread at all: `PgStore` does (through an `Arc`,
+    /// the provided methods run; `PgStore` itself is as cheap to clone).
     ///
     /// ```
     /// use std::sync::Arc;

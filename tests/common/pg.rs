@@ -2,6 +2,8 @@
 //! `JOBSAFE_PG_URL`. Each test works in schemas of its own, so tests run in
 //! parallel, and drops them when it ends.
 
+use std::net::{SocketAddr, ToSocketAddrs};
+
 use jobsafe::{Durability, PgStore};
 
 /// The variable naming the server.
@@ -182,4 +184,42 @@ pub fn schema_of(store: &PgStore) -> String {
 /// A key as the store's `key` column holds it: segments joined by NUL.
 pub fn packed(key: &jobsafe::Key) -> Vec<u8> {
     key.segments().join("\0").into_bytes()
+}
+
+/// The server's address, for a proxy in front of it.
+pub fn server_addr() -> SocketAddr {
+    let config: tokio_postgres::Config = url().parse().unwrap_or_else(|e| panic!("{URL_VAR}: {e}"));
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(_) => panic!("this test needs a server on TCP"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("{URL_VAR}: {host}:{port} does not resolve"))
+}
+
+/// A URL that reaches the server through a proxy on loopback `port`.
+pub fn url_through(port: u16) -> String {
+    let config: tokio_postgres::Config = url().parse().unwrap_or_else(|e| panic!("{URL_VAR}: {e}"));
+    let password = String::from_utf8_lossy(config.get_password().unwrap_or_default()).into_owned();
+    format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname={}",
+        config.get_user().unwrap_or("postgres"),
+        password,
+        config.get_dbname().unwrap_or("postgres"),
+    )
+}
+
+/// `url` with an `application_name` a test can find its sessions by.
+pub fn named(url: &str, app: &str) -> String {
+    if !url.contains("://") {
+        format!("{url} application_name={app}")
+    } else if url.contains('?') {
+        format!("{url}&application_name={app}")
+    } else {
+        format!("{url}?application_name={app}")
+    }
 }

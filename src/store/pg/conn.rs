@@ -138,7 +138,7 @@ impl Connector {
 
     /// A connection of the pool's with the store's statements, at the pool's
     /// `generation`. Blocks, as [`linked`](Connector::linked).
-    pub(crate) fn connect(&self, generation: u64, call: &CallBound) -> Result<Conn> {
+    pub(crate) fn connect(&self, generation: u64, call: &CallBound) -> Result<Conn<Driver>> {
         let linked = self.linked(Some(call))?;
         self.prepare(linked, generation, Some(call))
     }
@@ -150,7 +150,7 @@ impl Connector {
         linked: Linked,
         generation: u64,
         call: Option<&CallBound>,
-    ) -> Result<Conn> {
+    ) -> Result<Conn<Driver>> {
         let Linked { client, driver } = linked;
         let ready = async {
             let statements = Statements::prepare(&client, &self.sql).await?;
@@ -165,7 +165,47 @@ impl Connector {
         Ok(Conn {
             link: Link { client, statements },
             session,
-            driver,
+            engine: driver,
+            tls: self.transport.tls(),
+            background: self.background.clone(),
+            cancel_within: self.within,
+            busy: false,
+            generation,
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+impl Connector {
+    /// A connection of the pool's with the store's statements, for the async
+    /// face: its bytes moved by a task of the runtime this runs on, so that no
+    /// thread waits for its answers. Made within [`within`](Connector::within)
+    /// and what is left of `call`'s deadline, as
+    /// [`connect`](Connector::connect).
+    #[cfg(feature = "async")]
+    pub(crate) async fn connect_spawned(
+        &self,
+        generation: u64,
+        call: &CallBound,
+    ) -> Result<Conn<IoTask>> {
+        let bound = self.bound(Some(call));
+        let Bare { client, _io: io } = tokio::time::timeout(bound.within, self.bare())
+            .await
+            .map_err(|_| bound.passed("connect", "a connection"))??;
+        let ready = async {
+            let statements = Statements::prepare(&client, &self.sql).await?;
+            let session = Session::of(&client).await?;
+            Ok::<_, tokio_postgres::Error>((statements, session))
+        };
+        let bound = self.bound(Some(call));
+        let (statements, session) = tokio::time::timeout(bound.within, ready)
+            .await
+            .map_err(|_| bound.passed("prepare statements", "the answer"))?
+            .map_err(|e| db_error("prepare statements", &self.server, e))?;
+        Ok(Conn {
+            link: Link { client, statements },
+            session,
+            engine: io,
             tls: self.transport.tls(),
             background: self.background.clone(),
             cancel_within: self.within,
@@ -351,9 +391,10 @@ pub(crate) struct Bare {
     _io: IoTask,
 }
 
-/// The task that moves a bare connection's bytes. Dropped, it is aborted,
-/// which closes the socket at once, whatever is in flight.
-struct IoTask(Option<JoinHandle<()>>);
+/// The task that moves a connection's bytes, for a bare connection or one of
+/// the async face's. Dropped, it is aborted, which closes the socket at once,
+/// whatever is in flight.
+pub(crate) struct IoTask(Option<JoinHandle<()>>);
 
 impl Drop for IoTask {
     fn drop(&mut self) {
@@ -363,7 +404,9 @@ impl Drop for IoTask {
     }
 }
 
-/// A store's connection with its prepared statements.
+/// A store's connection with its prepared statements, and what moves its
+/// bytes: a [`Driver`] that the thread holding it drives (the blocking face),
+/// or an [`IoTask`] on a runtime (the async face).
 ///
 /// While it serves a request it is `busy`; a busy connection that is dropped was
 /// abandoned midway (its caller's deadline passed), so its session may still be
@@ -373,11 +416,12 @@ impl Drop for IoTask {
 /// without waiting for an answer that may never come. A connection dropped
 /// while idle is closed too; the server ends its session on seeing the socket
 /// close.
-pub(crate) struct Conn {
+pub(crate) struct Conn<E> {
     pub(crate) link: Link,
     /// The server session behind the connection.
     pub(crate) session: Session,
-    pub(crate) driver: Driver,
+    /// Moves the connection's bytes; the socket closes as it is dropped.
+    pub(crate) engine: E,
     /// The connector its cancel request is made with, as the connection was.
     tls: Tls,
     background: Handle,
@@ -389,7 +433,7 @@ pub(crate) struct Conn {
     pub(crate) idle_since: Instant,
 }
 
-impl Drop for Conn {
+impl<E> Drop for Conn<E> {
     fn drop(&mut self) {
         if !self.busy {
             return;
@@ -405,7 +449,7 @@ impl Drop for Conn {
         self.background.spawn(async move {
             let _ = tokio::time::timeout(within, cancel.cancel_query(tls)).await;
         });
-        // The socket closes as `driver` is dropped.
+        // The socket closes as `engine` is dropped.
     }
 }
 

@@ -6,6 +6,8 @@
 //! driving it on the calling thread until the answer arrives (see
 //! [`conn::Driver`]).
 
+#[cfg(feature = "async")]
+mod async_face;
 mod clock;
 mod conn;
 mod failure;
@@ -22,6 +24,8 @@ mod tls;
 mod transport;
 
 use std::fmt;
+#[cfg(feature = "async")]
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,11 +106,28 @@ use crate::trace;
 ///   current (a worker, `block_on`, and `spawn_blocking` too, which tokio does
 ///   not let a library tell apart), the call runs on a short-lived thread of
 ///   its own while that thread waits. That costs a thread start per call. In
-///   async code, call the store from `tokio::task::spawn_blocking` (as for
-///   `std::fs`), so that no worker is blocked; the async face this crate
-///   plans removes the thread start. One background thread, started on first
-///   use for the process, sends the cancel requests of abandoned calls and
-///   ends the sessions of unanswered writes.
+///   async code, use the async face instead (below). One background thread,
+///   started on first use for the process, sends the cancel requests of
+///   abandoned calls and ends the sessions of unanswered writes.
+/// - **The async face** (feature `async`: [`get_async`](Store::get_async),
+///   [`put_async`](Store::put_async), ...) is native: each call is a task of
+///   the runtime it is awaited on, on connections whose bytes that runtime's
+///   tasks move, so a call holds no thread while it waits for a connection or
+///   an answer (the provided `*_async` of other stores hold a thread of the
+///   crate's [pool](crate::pool) for the call). The runtime must have I/O and
+///   time enabled, as `#[tokio::main]` does; awaited outside any tokio
+///   runtime, a call runs on the background thread's. Its bounds, its fence
+///   and its errors are the blocking face's. Both faces share the pool's
+///   [`pool_size`](PgStoreBuilder::pool_size), but not connections: when
+///   every slot is taken, a call of one face closes an idle connection of the
+///   other's for its slot only if none of its own face's is busy (one that
+///   is will soon be free). A connection belongs to the runtime that made it
+///   and is replaced at its next check-out once that runtime has shut down.
+///   Once begun, an async call runs to its end, within its deadline, even if
+///   its future is dropped: a write that lost its answer is still fenced.
+///   The managers' async handles ([`AsyncJobState`](crate::jobs::AsyncJobState),
+///   ...) call the blocking face on the crate's pool: their logic is written
+///   once, for both faces.
 /// - **Migrations** are versioned in `jobsafe_schema` and run on open, only
 ///   when one is due: `open` first reads the recorded version and checks that
 ///   the tables exist, taking no lock. A due migration runs in one transaction
@@ -631,7 +652,7 @@ impl Shared {
         let until = later(Instant::now(), self.deadline);
         let conn = self.check_out(step, until)?;
         let left = until.saturating_duration_since(Instant::now());
-        match conn.driver.run_for(left, work(&conn.link)) {
+        match conn.engine.run_for(left, work(&conn.link)) {
             Some(result) => {
                 conn.release();
                 result
@@ -657,8 +678,8 @@ impl Shared {
         let mut conn = self.check_out(step, answer_by)?;
         let session = conn.session.clone();
         let left = answer_by.saturating_duration_since(Instant::now());
-        let Conn { link, driver, .. } = &mut *conn;
-        let answer = driver.run_for(left, work(link));
+        let Conn { link, engine, .. } = &mut *conn;
+        let answer = engine.run_for(left, work(link));
         let error = match answer {
             Some(result) => {
                 // An error the server sent ended the write's transaction; one
@@ -790,6 +811,66 @@ impl Store for PgStore {
         trace::store_call(trace::Backend::POSTGRES, "quarantine", key, || {
             self.call(|s| s.quarantine(key))
         })
+    }
+
+    // The async face, native: each call a task of the caller's runtime, on
+    // connections that runtime drives (see `async_face`).
+
+    #[cfg(feature = "async")]
+    fn get_async(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        self.native_get(key)
+    }
+
+    #[cfg(feature = "async")]
+    fn put_async(
+        &self,
+        key: &Key,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> impl Future<Output = Result<Version>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        self.native_put(key, value, expect)
+    }
+
+    #[cfg(feature = "async")]
+    fn delete_async(
+        &self,
+        key: &Key,
+        expect: Expect,
+    ) -> impl Future<Output = Result<bool>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        self.native_delete(key, expect)
+    }
+
+    #[cfg(feature = "async")]
+    fn list_async(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> impl Future<Output = Result<ListPage>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        self.native_list(prefix, after, limit)
+    }
+
+    #[cfg(feature = "async")]
+    fn apply_async(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<Vec<Applied>>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        self.native_apply(batch)
     }
 }
 

@@ -12,6 +12,12 @@
 //! A connection goes back to the pool only through [`Pooled::release`], once its
 //! request has finished. One dropped midway is closed (see [`Conn`]), so that no
 //! later request inherits a session in an unknown state.
+//!
+//! The blocking and the async face share the `size` slots, but not
+//! connections: a blocking call's connection is driven by its own thread, an
+//! async call's by a task of a runtime (see [`Conn`]). A call that finds every
+//! slot taken and an idle connection of the other face's closes that one and
+//! makes its own, so that neither face can starve the other.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::conn::{CallBound, Conn, Connector, later};
+use super::conn::{CallBound, Conn, Connector, Driver, IoTask, later};
 use crate::error::{Error, Result};
 
 /// A connection unused this long is closed.
@@ -41,24 +47,113 @@ struct Inner {
     /// How many are open or being made: each connection checked out holds one
     /// of the `size` slots, each idle one too.
     slots: Mutex<Slots>,
-    /// Signalled when a slot frees or a connection goes back idle.
+    /// Signalled when a slot frees or a connection goes back idle, for the
+    /// blocking face's calls waiting for one.
     freed: Condvar,
+    /// The same, for the async face's.
+    #[cfg(feature = "async")]
+    freed_async: tokio::sync::Notify,
     /// How long a check-out waits for a free slot (making a connection is
     /// bounded by the connector).
     wait: Duration,
     generation: AtomicU64,
 }
 
-struct Slots {
+pub(crate) struct Slots {
     /// Connections checked out, or being made.
     busy: usize,
-    /// Connections not in use, the most recently used last.
-    idle: Vec<Conn>,
+    /// How many of those are the async face's.
+    busy_spawned: usize,
+    /// The blocking face's connections not in use, the most recently used
+    /// last.
+    idle: Vec<Conn<Driver>>,
+    /// The async face's.
+    idle_spawned: Vec<Conn<IoTask>>,
+}
+
+impl Slots {
+    fn open(&self) -> usize {
+        self.busy + self.idle.len() + self.idle_spawned.len()
+    }
+
+    /// The busy connections of `E`'s face.
+    fn busy_of<E: Engine>(&self) -> usize {
+        if E::SPAWNED {
+            self.busy_spawned
+        } else {
+            self.busy - self.busy_spawned
+        }
+    }
+
+    fn take<E: Engine>(&mut self) {
+        self.busy += 1;
+        if E::SPAWNED {
+            self.busy_spawned += 1;
+        }
+    }
+
+    fn free(&mut self, spawned: bool) {
+        self.busy -= 1;
+        if spawned {
+            self.busy_spawned -= 1;
+        }
+    }
+}
+
+/// What moves a pooled connection's bytes: which face's connection it is, and
+/// so which idle list it waits in.
+pub(crate) trait Engine: Sized {
+    /// Whether it is the async face's.
+    const SPAWNED: bool;
+
+    fn idle(slots: &mut Slots) -> &mut Vec<Conn<Self>>;
+
+    /// Takes the other face's least recently used idle connection, to close
+    /// for its slot.
+    fn evict_other(slots: &mut Slots) -> Option<Evicted>;
+}
+
+impl Engine for Driver {
+    const SPAWNED: bool = false;
+
+    fn idle(slots: &mut Slots) -> &mut Vec<Conn<Self>> {
+        &mut slots.idle
+    }
+
+    fn evict_other(slots: &mut Slots) -> Option<Evicted> {
+        (!slots.idle_spawned.is_empty()).then(|| Evicted::Spawned(slots.idle_spawned.remove(0)))
+    }
+}
+
+impl Engine for IoTask {
+    const SPAWNED: bool = true;
+
+    fn idle(slots: &mut Slots) -> &mut Vec<Conn<Self>> {
+        &mut slots.idle_spawned
+    }
+
+    fn evict_other(slots: &mut Slots) -> Option<Evicted> {
+        (!slots.idle.is_empty()).then(|| Evicted::Driven(slots.idle.remove(0)))
+    }
+}
+
+/// An idle connection taken out to be closed, outside the pool's lock.
+#[allow(dead_code, reason = "held only to be dropped")]
+pub(crate) enum Evicted {
+    Driven(Conn<Driver>),
+    Spawned(Conn<IoTask>),
+}
+
+/// What a wait for a slot found: an idle connection, or a free slot (taken,
+/// with perhaps the other face's connection that held it, to close).
+enum Taken<E> {
+    Idle(Conn<E>),
+    Free(Option<Evicted>),
 }
 
 /// A connection checked out of the pool, with its slot.
-pub(crate) struct Pooled {
-    conn: Conn,
+pub(crate) struct Pooled<E: Engine = Driver> {
+    conn: Conn<E>,
     // Dropped after `conn`: the slot frees once the connection is closed.
     slot: Slot,
 }
@@ -68,6 +163,19 @@ pub(crate) struct Pooled {
 struct Slot {
     pool: Arc<Inner>,
     held: bool,
+    /// Whether the async face holds it.
+    spawned: bool,
+}
+
+impl Slot {
+    /// The slot [`Inner::try_take`] took for `E`'s face.
+    fn taken<E: Engine>(pool: &Arc<Inner>) -> Slot {
+        Slot {
+            pool: pool.clone(),
+            held: true,
+            spawned: E::SPAWNED,
+        }
+    }
 }
 
 impl Pool {
@@ -77,7 +185,7 @@ impl Pool {
         connector: Connector,
         size: usize,
         wait: Duration,
-        first: Option<Conn>,
+        first: Option<Conn<Driver>>,
     ) -> Pool {
         let background = connector.background.clone();
         let inner = Arc::new(Inner {
@@ -85,9 +193,13 @@ impl Pool {
             size: size.max(1),
             slots: Mutex::new(Slots {
                 busy: 0,
+                busy_spawned: 0,
                 idle: first.into_iter().collect(),
+                idle_spawned: Vec::new(),
             }),
             freed: Condvar::new(),
+            #[cfg(feature = "async")]
+            freed_async: tokio::sync::Notify::new(),
             wait,
             generation: AtomicU64::new(0),
         });
@@ -106,27 +218,28 @@ impl Pool {
         let inner = &self.inner;
         let now = inner.generation.load(Ordering::SeqCst);
         loop {
-            let Some(idle) = self.take_slot(call)? else {
-                break;
+            let idle = match self.take_slot(call)? {
+                Taken::Idle(idle) => idle,
+                Taken::Free(evicted) => {
+                    drop(evicted);
+                    break;
+                }
             };
             // `take_slot` counted it busy: from here it is ours, and the slot
             // frees when the `Pooled` is dropped (a dead one is closed as it
             // is, idle, without a cancel).
             let mut pooled = Pooled {
                 conn: idle,
-                slot: Slot {
-                    pool: inner.clone(),
-                    held: true,
-                },
+                slot: Slot::taken::<Driver>(inner),
             };
-            pooled.driver.catch_up();
+            pooled.engine.catch_up();
             if pooled.link.client.is_closed() {
                 continue;
             }
             if pooled.generation != now {
                 let conn = &pooled.conn;
                 let alive = conn
-                    .driver
+                    .engine
                     .run_for(call.left(), conn.link.client.check_connection());
                 if !matches!(alive, Some(Ok(()))) {
                     continue;
@@ -138,49 +251,152 @@ impl Pool {
         }
         // A free slot is ours, counted busy; it frees if making the
         // connection fails.
-        let slot = Slot {
-            pool: inner.clone(),
-            held: true,
-        };
+        let slot = Slot::taken::<Driver>(inner);
         let mut conn = inner.connector.connect(now, call)?;
         conn.busy = true;
         Ok(Pooled { conn, slot })
     }
 
-    /// Waits for an idle connection (`Some`, taken) or a free slot (`None`,
-    /// taken), counting either as busy.
-    fn take_slot(&self, call: &CallBound) -> Result<Option<Conn>> {
+    /// Waits for an idle connection or a free slot, and takes it, counting
+    /// it busy.
+    fn take_slot(&self, call: &CallBound) -> Result<Taken<Driver>> {
         let inner = &self.inner;
         let wait_ends = later(Instant::now(), inner.wait);
         let until = call.until.min(wait_ends);
         let mut slots = inner.slots.lock();
         loop {
-            if let Some(conn) = slots.idle.pop() {
-                slots.busy += 1;
-                return Ok(Some(conn));
-            }
-            if slots.busy + slots.idle.len() < inner.size {
-                slots.busy += 1;
-                return Ok(None);
+            if let Some(taken) = inner.try_take(&mut slots) {
+                return Ok(taken);
             }
             if inner.freed.wait_until(&mut slots, until).timed_out() {
                 break;
             }
         }
         drop(slots);
-        if call.until <= wait_ends {
-            return Err(call.passed(&inner.connector.server));
+        Err(inner.no_slot(call, wait_ends))
+    }
+}
+
+impl Inner {
+    /// An idle connection of `E`'s face, or a free slot, taken and counted
+    /// busy: `None` if there is none to take now.
+    ///
+    /// With every slot open, a connection of the other face's that sits idle
+    /// is closed for its slot only if none of `E`'s face is busy: one that is
+    /// will soon come back, and a connection is dearer to make (a login, the
+    /// statements prepared) than to wait for. So neither face can starve the
+    /// other, and faces used side by side do not close each other's
+    /// connections call after call.
+    fn try_take<E: Engine>(&self, slots: &mut Slots) -> Option<Taken<E>> {
+        if let Some(conn) = E::idle(slots).pop() {
+            slots.take::<E>();
+            return Some(Taken::Idle(conn));
         }
-        Err(Error::Database {
+        if slots.open() < self.size {
+            slots.take::<E>();
+            return Some(Taken::Free(None));
+        }
+        if slots.busy_of::<E>() > 0 {
+            return None;
+        }
+        let evicted = E::evict_other(slots)?;
+        slots.take::<E>();
+        Some(Taken::Free(Some(evicted)))
+    }
+
+    /// The error of a call that found no slot free by `until` (its deadline)
+    /// or by `wait_ends` (the pool's wait).
+    fn no_slot(&self, call: &CallBound, wait_ends: Instant) -> Error {
+        if call.until <= wait_ends {
+            return call.passed(&self.connector.server);
+        }
+        Error::Database {
             step: "connect",
-            server: inner.connector.server.clone(),
+            server: self.connector.server.clone(),
             transient: true,
             source: format!(
                 "every connection of the pool stayed in use for {:?}",
-                inner.wait
+                self.wait
             )
             .into(),
-        })
+        }
+    }
+
+    /// Tells a call of each face waiting for a slot that one may be free.
+    fn notify_freed(&self) {
+        self.freed.notify_one();
+        #[cfg(feature = "async")]
+        self.freed_async.notify_one();
+    }
+}
+
+#[cfg(feature = "async")]
+impl Pool {
+    /// [`get`](Pool::get) for the async face: a working connection whose bytes
+    /// a task moves, made on the runtime this runs on if none is idle. Waits
+    /// for a slot without holding a thread.
+    ///
+    /// # Errors
+    /// As [`get`](Pool::get).
+    pub(crate) async fn get_spawned(&self, call: &CallBound) -> Result<Pooled<IoTask>> {
+        let inner = &self.inner;
+        let now = inner.generation.load(Ordering::SeqCst);
+        loop {
+            let idle = match self.take_slot_spawned(call).await? {
+                Taken::Idle(idle) => idle,
+                Taken::Free(evicted) => {
+                    drop(evicted);
+                    break;
+                }
+            };
+            let mut pooled = Pooled {
+                conn: idle,
+                slot: Slot::taken::<IoTask>(inner),
+            };
+            // Its task has taken in whatever arrived while it sat unused: a
+            // connection the server closed reads as closed already.
+            if pooled.link.client.is_closed() {
+                continue;
+            }
+            if pooled.generation != now {
+                let alive =
+                    tokio::time::timeout(call.left(), pooled.link.client.check_connection());
+                if !matches!(alive.await, Ok(Ok(()))) {
+                    continue;
+                }
+                pooled.generation = now;
+            }
+            pooled.busy = true;
+            return Ok(pooled);
+        }
+        let slot = Slot::taken::<IoTask>(inner);
+        let mut conn = inner.connector.connect_spawned(now, call).await?;
+        conn.busy = true;
+        Ok(Pooled { conn, slot })
+    }
+
+    /// [`take_slot`](Pool::take_slot), waiting as a future.
+    async fn take_slot_spawned(&self, call: &CallBound) -> Result<Taken<IoTask>> {
+        let inner = &self.inner;
+        let wait_ends = later(Instant::now(), inner.wait);
+        let until = call.until.min(wait_ends);
+        loop {
+            let freed = inner.freed_async.notified();
+            let mut freed = std::pin::pin!(freed);
+            {
+                let mut slots = inner.slots.lock();
+                if let Some(taken) = inner.try_take(&mut slots) {
+                    return Ok(taken);
+                }
+                // Registered before the lock is let go: a slot freed from
+                // here on wakes this call.
+                freed.as_mut().enable();
+            }
+            let deadline = tokio::time::Instant::from_std(until);
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(inner.no_slot(call, wait_ends));
+            }
+        }
     }
 }
 
@@ -191,7 +407,7 @@ impl Pool {
     }
 }
 
-impl Pooled {
+impl<E: Engine> Pooled<E> {
     /// Puts the connection back in the pool once its request has finished,
     /// unless it turned out dead: then it is dropped, and every connection made
     /// before it is checked on its next use.
@@ -206,33 +422,33 @@ impl Pooled {
         }
         conn.idle_since = Instant::now();
         let mut slots = slot.pool.slots.lock();
-        slots.busy -= 1;
-        slots.idle.push(conn);
+        slots.free(slot.spawned);
+        E::idle(&mut slots).push(conn);
         slot.held = false;
         drop(slots);
-        slot.pool.freed.notify_one();
+        slot.pool.notify_freed();
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.held {
-            self.pool.slots.lock().busy -= 1;
-            self.pool.freed.notify_one();
+            self.pool.slots.lock().free(self.spawned);
+            self.pool.notify_freed();
         }
     }
 }
 
-impl Deref for Pooled {
-    type Target = Conn;
+impl<E: Engine> Deref for Pooled<E> {
+    type Target = Conn<E>;
 
-    fn deref(&self) -> &Conn {
+    fn deref(&self) -> &Conn<E> {
         &self.conn
     }
 }
 
-impl DerefMut for Pooled {
-    fn deref_mut(&mut self) -> &mut Conn {
+impl<E: Engine> DerefMut for Pooled<E> {
+    fn deref_mut(&mut self) -> &mut Conn<E> {
         &mut self.conn
     }
 }
@@ -245,19 +461,24 @@ async fn reap(pool: Weak<Inner>) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let stale: Vec<Conn> = {
+        let (stale, stale_spawned) = {
             let mut slots = pool.slots.lock();
-            let (stale, fresh) = std::mem::take(&mut slots.idle)
-                .into_iter()
-                .partition(|c| c.idle_since.elapsed() >= IDLE_FOR);
-            slots.idle = fresh;
-            stale
+            (stale_of(&mut slots.idle), stale_of(&mut slots.idle_spawned))
         };
         // Closed outside the lock; their slots are free now.
-        let closed = stale.len();
-        drop(stale);
+        let closed = stale.len() + stale_spawned.len();
+        drop((stale, stale_spawned));
         for _ in 0..closed {
-            pool.freed.notify_one();
+            pool.notify_freed();
         }
     }
+}
+
+/// Takes the connections unused for [`IDLE_FOR`] out of `idle`.
+fn stale_of<E>(idle: &mut Vec<Conn<E>>) -> Vec<Conn<E>> {
+    let (stale, fresh) = std::mem::take(idle)
+        .into_iter()
+        .partition(|c| c.idle_since.elapsed() >= IDLE_FOR);
+    *idle = fresh;
+    stale
 }
