@@ -212,7 +212,10 @@ struct PgAsync {
 
 #[cfg(feature = "postgres")]
 impl Default for PgAsync {
-    #[allow(clippy::panic, reason = "a harness without its runtime cannot run a clause")]
+    #[allow(
+        clippy::panic,
+        reason = "a harness without its runtime cannot run a clause"
+    )]
     fn default() -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

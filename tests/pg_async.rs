@@ -172,6 +172,66 @@ async fn a_call_waiting_on_the_server_holds_no_thread_of_a_current_thread_runtim
     );
 }
 
+/// Calls of many tasks run at once, one per connection up to the pool's
+/// size: with every row held by another session, every connection's session
+/// waits on the server at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_many_tasks_use_every_connection_at_once() {
+    let mut schemas = Schemas::default();
+    let app = format!(
+        "jobsafe-par-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let store = store_named(&mut schemas, &app, 4);
+    let keys: Vec<Key> = (0..8)
+        .map(|i| Key::new(["many", &i.to_string()]).unwrap())
+        .collect();
+    for key in &keys {
+        store
+            .put_async(key, b"one".to_vec(), Expect::Absent)
+            .await
+            .unwrap();
+    }
+
+    let holder = direct().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {} FOR UPDATE",
+            store.table()
+        ))
+        .await
+        .unwrap();
+    let writes: Vec<_> = keys
+        .iter()
+        .map(|key| tokio::spawn(store.put_async(key, b"two".to_vec(), Expect::Any)))
+        .collect();
+    let observer = direct().await;
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < MARGIN,
+            "{waiting} of the pool's 4 connections waited at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+}
+
 /// A write whose future is dropped while the server works on it runs to its
 /// end: it lands once the row is free, as a blocking call would have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,8 @@ impl Slots {
 pub(crate) trait Engine: Sized {
     /// Whether it is the async face's.
     const SPAWNED: bool;
+    /// The other face's.
+    type Other: Engine;
 
     fn idle(slots: &mut Slots) -> &mut Vec<Conn<Self>>;
 
@@ -115,6 +117,7 @@ pub(crate) trait Engine: Sized {
 
 impl Engine for Driver {
     const SPAWNED: bool = false;
+    type Other = IoTask;
 
     fn idle(slots: &mut Slots) -> &mut Vec<Conn<Self>> {
         &mut slots.idle
@@ -127,6 +130,7 @@ impl Engine for Driver {
 
 impl Engine for IoTask {
     const SPAWNED: bool = true;
+    type Other = Driver;
 
     fn idle(slots: &mut Slots) -> &mut Vec<Conn<Self>> {
         &mut slots.idle_spawned
@@ -282,10 +286,14 @@ impl Inner {
     /// busy: `None` if there is none to take now.
     ///
     /// With every slot open, a connection of the other face's that sits idle
-    /// is closed for its slot only if none of `E`'s face is busy: one that is
-    /// will soon come back, and a connection is dearer to make (a login, the
-    /// statements prepared) than to wait for. So neither face can starve the
-    /// other, and faces used side by side do not close each other's
+    /// is closed for its slot when it is surplus: the other face has none
+    /// busy, or more than one idle (a spare for its next call is kept), so
+    /// that a store used mostly from one face ends up with its connections
+    /// of that face. It is closed too when `E`'s face has none busy (nothing
+    /// of its own will come back). Otherwise the call waits for one of its
+    /// own face's to come back, which is cheaper than making a connection (a
+    /// login, the statements prepared): so neither face can starve the
+    /// other, and faces busy side by side do not close each other's
     /// connections call after call.
     fn try_take<E: Engine>(&self, slots: &mut Slots) -> Option<Taken<E>> {
         if let Some(conn) = E::idle(slots).pop() {
@@ -296,7 +304,8 @@ impl Inner {
             slots.take::<E>();
             return Some(Taken::Free(None));
         }
-        if slots.busy_of::<E>() > 0 {
+        let surplus = slots.busy_of::<E::Other>() == 0 || E::Other::idle(slots).len() > 1;
+        if slots.busy_of::<E>() > 0 && !surplus {
             return None;
         }
         let evicted = E::evict_other(slots)?;
