@@ -1,7 +1,7 @@
 //! What the async face (feature `async`) costs, in one run on one disk (a
 //! directory under `target/`), on a tokio runtime of two worker threads.
 //!
-//! `cargo bench -p jobsafe-bench --bench async_face` runs three sections:
+//! `cargo bench -p jobsafe-bench --bench async_face` runs these sections:
 //!
 //! 1. `idle`: the threads of the process (`Threads:` in `/proc/self/status`,
 //!    and how many of them are jobsafe's pool) and the heap bytes per
@@ -29,6 +29,14 @@
 //!    thread and back), never inline on the runtime's threads, where a read
 //!    that met a slow disk would stall every task of that worker.
 //!
+//! 4. `pg` (with `--features postgres`, against the server `JOBSAFE_PG_URL`
+//!    names): `PgStore`'s `get` and durable `put` through the blocking API
+//!    from 1 and 16 threads and through its native async face from 1 and 16
+//!    tasks, with the same pool size. Target: at 16, the async face's
+//!    throughput at least the blocking API's. `bash .ci/postgres.sh cargo
+//!    bench -p jobsafe-bench --features postgres --bench async_face` starts
+//!    a server on loopback.
+//!
 //! It prints a table per section, the targets met or MISSED, and one JSON
 //! object per target.
 //!
@@ -36,7 +44,7 @@
 //!
 //! | variable | default |
 //! |---|---|
-//! | `JOBSAFE_ASYNC_SECTIONS` | `idle,streams,overhead` |
+//! | `JOBSAFE_ASYNC_SECTIONS` | `idle,streams,overhead,pg` |
 //! | `JOBSAFE_ASYNC_CELL_SECS` | `1.0`: seconds per overhead cell and round |
 //! | `JOBSAFE_ASYNC_ROUNDS` | `3`: overhead rounds, the faces taking turns |
 //! | `JOBSAFE_ASYNC_OPS` | `get,put,reserve_new,reserve_dup`: the overhead section's operations |
@@ -86,7 +94,7 @@ fn main() -> BenchResult {
     let sections = sections()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
-        .enable_time()
+        .enable_all()
         .build()?;
     let mut run = RunDir::create("async_face")?;
     println!(
@@ -149,6 +157,25 @@ fn main() -> BenchResult {
         goals.extend(overhead::targets(&rows));
         figures.extend(overhead::figures(&rows));
     }
+    #[cfg(feature = "postgres")]
+    if sections.contains(&"pg") && crate::common::pg::url().is_some() {
+        use self::async_face::pg;
+        let rows = pg::measure(&rt, &options)?;
+        println!(
+            "## PgStore: Durability::Full, {} connections for either face, {} round(s) of \
+             {:.2} s per cell\n\n\
+             Sync: the blocking API from N threads, each driving its connection; async: \
+             the async face from N tasks, each call a task of the runtime on connections \
+             the runtime drives. async / sync is the median of the rounds' ratios of \
+             throughput.\n\n{}",
+            pg::POOL,
+            options.rounds,
+            options.cell.as_secs_f64(),
+            pg::markdown(&rows)
+        );
+        goals.extend(pg::targets(&rows));
+        figures.extend(pg::figures(&rows));
+    }
 
     println!("## Targets\n\n{}", targets::markdown(&goals));
     for goal in &goals {
@@ -163,7 +190,9 @@ fn main() -> BenchResult {
     Ok(())
 }
 
-const SECTIONS: [&str; 3] = ["idle", "streams", "overhead"];
+/// Every section; `pg` runs only in a build with the feature `postgres`,
+/// with `JOBSAFE_PG_URL` set.
+const SECTIONS: [&str; 4] = ["idle", "streams", "overhead", "pg"];
 
 /// The sections `JOBSAFE_ASYNC_SECTIONS` names, or all.
 fn sections() -> BenchResult<Vec<&'static str>> {

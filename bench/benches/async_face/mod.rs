@@ -1,13 +1,16 @@
 //! The parts of `cargo bench -p jobsafe-bench --bench async_face`: what to run
 //! ([`options`]), the async face's overhead on store calls and reserves
 //! ([`overhead`]), the latency of event streams ([`streams`]), the threads
-//! and memory of waiting streams ([`idle`]), and the allocator that counts
-//! that memory ([`alloc`]).
+//! and memory of waiting streams ([`idle`]), `PgStore`'s async face against
+//! its blocking API ([`pg`], with the feature `postgres`), and the allocator
+//! that counts that memory ([`alloc`]).
 
 pub(crate) mod alloc;
 pub(crate) mod idle;
 pub(crate) mod options;
 pub(crate) mod overhead;
+#[cfg(feature = "postgres")]
+pub(crate) mod pg;
 pub(crate) mod streams;
 
 use std::path::Path;

@@ -26,6 +26,14 @@ pub(crate) fn url() -> Option<String> {
 
 /// A store in a new schema.
 pub(crate) fn store(durability: Durability) -> BenchResult<PgStore> {
+    store_with_pool(durability, DEFAULT_POOL)
+}
+
+/// `PgStoreBuilder`'s default pool size.
+const DEFAULT_POOL: u32 = 8;
+
+/// A store in a new schema, with at most `pool_size` connections.
+pub(crate) fn store_with_pool(durability: Durability, pool_size: u32) -> BenchResult<PgStore> {
     let url = std::env::var(URL_VAR)?;
     let schema = format!(
         "{SCHEMA_PREFIX}{}",
@@ -34,6 +42,7 @@ pub(crate) fn store(durability: Durability) -> BenchResult<PgStore> {
     Ok(PgStore::builder(&url)
         .schema(&schema)
         .durability(durability)
+        .pool_size(pool_size)
         .open()?)
 }
 
