@@ -11,16 +11,26 @@
 //! Figures are for one machine and one disk at one time: compare the columns of
 //! one run, not runs.
 //!
+//! Then, on a server of its own whose jobs do not move (every stage waits for
+//! a gate file), it opens 1,000 SSE event streams (`GET /jobs/{id}/events`) and
+//! reports the server's threads, resident memory and descriptors with and
+//! without them, the p50/p99 of status polls and job creation made while they
+//! are open against the same with none, how fast an event reaches its stream,
+//! and whether the server is back to where it was once they close (see `sse`).
+//!
 //! `cargo bench -p jobsafe-bench --bench relay_load` (it builds the example with
 //! `cargo build -p jobsafe --example relay_server --release` first, a no-op when
 //! it is up to date); `JOBSAFE_BENCH_SMOKE=1` for a seconds-long check;
 //! `JOBSAFE_BENCH_OPS=N` requests per client thread and operation;
-//! `JOBSAFE_BENCH_THREADS=N` client threads (default 8).
+//! `JOBSAFE_BENCH_THREADS=N` client threads (default 8). The SSE section opens
+//! 20 streams in a smoke run.
 
 mod common;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/common/relay.rs"]
 mod relay;
+#[path = "relay_load/sse.rs"]
+mod sse;
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -167,6 +177,7 @@ fn main() -> BenchResult {
             );
         }
     }
+    sse::run(&config, &run, threads, ops)?;
     run.remove()
 }
 
