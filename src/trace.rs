@@ -445,26 +445,42 @@ impl Backend {
 /// The namespace is only worked out, and flushes only counted, when a
 /// subscriber listens.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+#[inline(always)]
 pub(crate) fn store_call<T>(
     backend: Backend,
     operation: &'static str,
     subject: &impl Namespaced,
     call: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    // With no subscriber listening at `debug`, all a call costs is one load
+    // of the global level filter, inlined into the store's method: not even
+    // a disabled span is made.
     #[cfg(feature = "tracing")]
-    {
-        let span = store_span(backend, operation, subject);
-        if span.is_disabled() {
-            return call();
-        }
-        let _entered = span.enter();
-        let started = std::time::Instant::now();
-        let (result, flushes) = counting_flushes(call);
-        store_call_ended(backend, &result, started, flushes);
-        result
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        return store_call_traced(backend, operation, subject, call);
     }
-    #[cfg(not(feature = "tracing"))]
     call()
+}
+
+/// [`store_call`] with a subscriber listening: kept out of line, so that the
+/// untraced path stays small.
+#[cfg(feature = "tracing")]
+#[inline(never)]
+fn store_call_traced<T>(
+    backend: Backend,
+    operation: &'static str,
+    subject: &impl Namespaced,
+    call: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let span = store_span(backend, operation, subject);
+    if span.is_disabled() {
+        return call();
+    }
+    let _entered = span.enter();
+    let started = std::time::Instant::now();
+    let (result, flushes) = counting_flushes(call);
+    store_call_ended(backend, &result, started, flushes);
+    result
 }
 
 /// [`store_call`] for a call of the async face made as a future, for a
@@ -482,6 +498,9 @@ pub(crate) async fn store_call_async<T>(
     {
         use tracing::Instrument;
 
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return call.await;
+        }
         let span = store_span(backend, operation, subject);
         if span.is_disabled() {
             return call.await;
