@@ -491,7 +491,7 @@ fn store_call_traced<T>(
 pub(crate) async fn store_call_async<T>(
     backend: Backend,
     operation: &'static str,
-    subject: &impl Namespaced,
+    subject: impl Namespaced,
     call: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     #[cfg(feature = "tracing")]
@@ -501,7 +501,7 @@ pub(crate) async fn store_call_async<T>(
         if !tracing::level_enabled!(tracing::Level::DEBUG) {
             return call.await;
         }
-        let span = store_span(backend, operation, subject);
+        let span = store_span(backend, operation, &subject);
         if span.is_disabled() {
             return call.await;
         }
@@ -513,6 +513,20 @@ pub(crate) async fn store_call_async<T>(
     }
     #[cfg(not(feature = "tracing"))]
     call.await
+}
+
+/// `future` under the span current where this is called, wherever it is
+/// polled: a task spawned for a call stays under its caller's span.
+#[cfg(all(feature = "async", feature = "postgres"))]
+pub(crate) fn in_current_span<F: std::future::Future>(
+    future: F,
+) -> impl std::future::Future<Output = F::Output> {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::Instrument::in_current_span(future)
+    }
+    #[cfg(not(feature = "tracing"))]
+    future
 }
 
 /// The `store` span of a call, its namespace worked out only when a

@@ -9,10 +9,15 @@
 //! The bounds, the pool's slots and the fence of an unanswered write are the
 //! same as the blocking face's.
 //!
-//! **Where a call runs.** Each call is a task of the runtime it is awaited on
-//! (of the process's own runtime if it is awaited outside any tokio runtime),
-//! and the connections it makes belong to that runtime. A connection whose
-//! runtime shut down reads as closed and is replaced at its next check-out.
+//! **Where a call runs.** Each call is a task of the multi-threaded tokio
+//! runtime it is awaited on, and the connections it makes belong to that
+//! runtime: their bytes move while any of its workers is free, whoever the
+//! caller. A connection whose runtime shut down reads as closed and is
+//! replaced at its next check-out. A current-thread runtime runs its tasks
+//! only while a thread is inside its `block_on`, which could leave a
+//! connection, and the pool slot it holds, stalled between two calls: calls
+//! awaited on one, or outside any tokio runtime, run on the process's own
+//! runtime instead.
 //!
 //! **Cancellation.** A call's future dropped before it was first polled sends
 //! nothing. Once begun, the call runs to its end, within its deadline, even if
@@ -24,7 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::conn::{CallBound, Conn, IoTask, Link, later};
 use super::failure::{deadline_passed, unfenced};
@@ -114,12 +119,16 @@ impl Shared {
 }
 
 impl PgStore {
-    /// Runs `call` as a task of the runtime this future is polled on (of the
-    /// process's runtime outside any), and waits for its answer. The task
-    /// runs to its end even if this future is dropped (see the module docs).
+    /// Runs `call` as a task of the runtime this future is polled on if it
+    /// is multi-threaded (of the process's runtime otherwise: see the module
+    /// docs), under the caller's current span, and waits for its answer. The
+    /// task runs to its end even if this future is dropped. A `write` whose
+    /// task ended without an answer (its runtime shut down) may have been
+    /// sent: its error says it may still land.
     fn spawned<T, F>(
         &self,
         operation: &'static str,
+        kind: Kind,
         subject: impl trace::Namespaced + Send + Sync + 'static,
         call: impl FnOnce(Arc<Shared>) -> F + Send + 'static,
     ) -> impl Future<Output = Result<T>> + Send + 'static
@@ -129,19 +138,21 @@ impl PgStore {
     {
         let shared = self.shared.clone();
         async move {
-            let runtime = Handle::try_current().unwrap_or_else(|_| shared.background.clone());
+            let runtime = match Handle::try_current() {
+                Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => current,
+                _ => shared.background.clone(),
+            };
             let server = shared.server.clone();
-            let task = runtime.spawn(async move {
-                let traced = trace::store_call_async(
-                    trace::Backend::POSTGRES,
-                    operation,
-                    &subject,
-                    call(shared),
-                );
-                traced.await
-            });
-            task.await
-                .unwrap_or_else(|ended| Err(task_ended(&server, ended)))
+            let traced =
+                trace::store_call_async(trace::Backend::POSTGRES, operation, subject, call(shared));
+            let task = runtime.spawn(trace::in_current_span(traced));
+            task.await.unwrap_or_else(|ended| {
+                let error = task_ended(&server, ended);
+                Err(match kind {
+                    Kind::Read => error,
+                    Kind::Write => unfenced(error),
+                })
+            })
         }
     }
 
@@ -151,7 +162,7 @@ impl PgStore {
         key: &Key,
     ) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static {
         let key = key.clone();
-        self.spawned("get", key.clone(), move |s| async move {
+        self.spawned("get", Kind::Read, key.clone(), move |s| async move {
             s.read_spawned("get", async |link| ops::get(link, &s.ctx(), &key).await)
                 .await
         })
@@ -166,7 +177,7 @@ impl PgStore {
         let key = key.clone();
         // Checked before anything is sent, as the blocking face does.
         let valid = Entry::check_value(&key, &value);
-        let call = self.spawned("put", key.clone(), move |s| async move {
+        let call = self.spawned("put", Kind::Write, key.clone(), move |s| async move {
             s.write_spawned("put", async |link| {
                 ops::put(link, &s.ctx(), &key, &value, expect).await
             })
@@ -184,7 +195,7 @@ impl PgStore {
         expect: Expect,
     ) -> impl Future<Output = Result<bool>> + Send + 'static {
         let key = key.clone();
-        self.spawned("delete", key.clone(), move |s| async move {
+        self.spawned("delete", Kind::Write, key.clone(), move |s| async move {
             s.write_spawned("delete", async |link| {
                 ops::delete(link, &s.ctx(), &key, expect).await
             })
@@ -200,7 +211,7 @@ impl PgStore {
     ) -> impl Future<Output = Result<ListPage>> + Send + 'static {
         let (prefix, after) = (prefix.clone(), after.cloned());
         let valid = check_limit(limit);
-        let call = self.spawned("list", prefix.clone(), move |s| async move {
+        let call = self.spawned("list", Kind::Read, prefix.clone(), move |s| async move {
             s.read_spawned("list", async |link| {
                 ops::list(link, &s.sql, &s.ctx(), &prefix, after.as_ref(), limit).await
             })
@@ -219,7 +230,7 @@ impl PgStore {
         let valid = batch.validate();
         // Named by its first key's namespace, as the blocking face names it.
         let subject = batch.ops().first().map(|op| op.key().clone());
-        let call = self.spawned("apply", subject, move |s| async move {
+        let call = self.spawned("apply", Kind::Write, subject, move |s| async move {
             s.write_spawned("apply batch", async |link| {
                 ops::apply(link, &s.ctx(), &batch).await
             })
@@ -230,6 +241,14 @@ impl PgStore {
             call.await
         }
     }
+}
+
+/// Whether a call may change the store: a write that lost its answer may
+/// still land.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Read,
+    Write,
 }
 
 /// The error of a call whose task ended without an answer: its runtime shut

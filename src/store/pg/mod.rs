@@ -111,13 +111,17 @@ use crate::trace;
 ///   abandoned calls and ends the sessions of unanswered writes.
 /// - **The async face** (feature `async`: [`get_async`](Store::get_async),
 ///   [`put_async`](Store::put_async), ...) is native: each call is a task of
-///   the runtime it is awaited on, on connections whose bytes that runtime's
-///   tasks move, so a call holds no thread while it waits for a connection or
-///   an answer (the provided `*_async` of other stores hold a thread of the
-///   crate's [pool](crate::pool) for the call). The runtime must have I/O and
-///   time enabled, as `#[tokio::main]` does; awaited outside any tokio
-///   runtime, a call runs on the background thread's. Its bounds, its fence
-///   and its errors are the blocking face's. Both faces share the pool's
+///   the multi-threaded runtime it is awaited on, on connections whose bytes
+///   that runtime's tasks move, so a call holds no thread while it waits for
+///   a connection or an answer (the provided `*_async` of other stores hold a
+///   thread of the crate's [pool](crate::pool) for the call). The runtime
+///   must have I/O and time enabled, as `#[tokio::main]` does. Awaited on a
+///   current-thread runtime (which runs tasks only inside its `block_on`, so
+///   that a connection of its own could stall between calls) or outside any
+///   tokio runtime, a call runs on the background thread's runtime. Its
+///   bounds, its fence and its errors are the blocking face's; a write whose
+///   task ended unanswered (its runtime shut down under it) says that it may
+///   still land. Both faces share the pool's
 ///   [`pool_size`](PgStoreBuilder::pool_size), but not connections: when
 ///   every slot is taken, a call of one face closes an idle connection of the
 ///   other's for its slot only if none of its own face's is busy (one that

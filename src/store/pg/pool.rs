@@ -64,6 +64,9 @@ pub(crate) struct Slots {
     busy: usize,
     /// How many of those are the async face's.
     busy_spawned: usize,
+    /// Calls of each face waiting for a slot: the blocking face's, the async
+    /// face's.
+    waiting: [usize; 2],
     /// The blocking face's connections not in use, the most recently used
     /// last.
     idle: Vec<Conn<Driver>>,
@@ -83,6 +86,11 @@ impl Slots {
         } else {
             self.busy - self.busy_spawned
         }
+    }
+
+    /// The calls of `E`'s face waiting for a slot.
+    fn waiting_of<E: Engine>(&mut self) -> &mut usize {
+        &mut self.waiting[usize::from(E::SPAWNED)]
     }
 
     fn take<E: Engine>(&mut self) {
@@ -198,6 +206,7 @@ impl Pool {
             slots: Mutex::new(Slots {
                 busy: 0,
                 busy_spawned: 0,
+                waiting: [0, 0],
                 idle: first.into_iter().collect(),
                 idle_spawned: Vec::new(),
             }),
@@ -221,12 +230,14 @@ impl Pool {
     pub(crate) fn get(&self, call: &CallBound) -> Result<Pooled> {
         let inner = &self.inner;
         let now = inner.generation.load(Ordering::SeqCst);
-        loop {
+        let slot = loop {
             let idle = match self.take_slot(call)? {
                 Taken::Idle(idle) => idle,
                 Taken::Free(evicted) => {
+                    // Guarded before anything else can fail.
+                    let slot = Slot::taken::<Driver>(inner);
                     drop(evicted);
-                    break;
+                    break slot;
                 }
             };
             // `take_slot` counted it busy: from here it is ours, and the slot
@@ -252,10 +263,9 @@ impl Pool {
             }
             pooled.busy = true;
             return Ok(pooled);
-        }
+        };
         // A free slot is ours, counted busy; it frees if making the
         // connection fails.
-        let slot = Slot::taken::<Driver>(inner);
         let mut conn = inner.connector.connect(now, call)?;
         conn.busy = true;
         Ok(Pooled { conn, slot })
@@ -272,7 +282,10 @@ impl Pool {
             if let Some(taken) = inner.try_take(&mut slots) {
                 return Ok(taken);
             }
-            if inner.freed.wait_until(&mut slots, until).timed_out() {
+            *slots.waiting_of::<Driver>() += 1;
+            let timed_out = inner.freed.wait_until(&mut slots, until).timed_out();
+            *slots.waiting_of::<Driver>() -= 1;
+            if timed_out {
                 break;
             }
         }
@@ -286,15 +299,15 @@ impl Inner {
     /// busy: `None` if there is none to take now.
     ///
     /// With every slot open, a connection of the other face's that sits idle
-    /// is closed for its slot when it is surplus: the other face has none
-    /// busy, or more than one idle (a spare for its next call is kept), so
-    /// that a store used mostly from one face ends up with its connections
-    /// of that face. It is closed too when `E`'s face has none busy (nothing
-    /// of its own will come back). Otherwise the call waits for one of its
-    /// own face's to come back, which is cheaper than making a connection (a
-    /// login, the statements prepared): so neither face can starve the
-    /// other, and faces busy side by side do not close each other's
-    /// connections call after call.
+    /// is closed for its slot when it is surplus: no call of the other face
+    /// waits for it, and that face has none busy, or more than one idle (a
+    /// spare for its next call is kept). So a store used mostly from one face
+    /// ends up with its connections of that face. It is closed too when
+    /// `E`'s face has none busy: nothing of its own would come back, and
+    /// waiting could starve it. Otherwise the call waits for one of its own
+    /// face's to come back, which is cheaper than making a connection (a
+    /// login, the statements prepared), and faces busy side by side do not
+    /// close each other's connections call after call.
     fn try_take<E: Engine>(&self, slots: &mut Slots) -> Option<Taken<E>> {
         if let Some(conn) = E::idle(slots).pop() {
             slots.take::<E>();
@@ -304,7 +317,8 @@ impl Inner {
             slots.take::<E>();
             return Some(Taken::Free(None));
         }
-        let surplus = slots.busy_of::<E::Other>() == 0 || E::Other::idle(slots).len() > 1;
+        let surplus = *slots.waiting_of::<E::Other>() == 0
+            && (slots.busy_of::<E::Other>() == 0 || E::Other::idle(slots).len() > 1);
         if slots.busy_of::<E>() > 0 && !surplus {
             return None;
         }
@@ -350,12 +364,13 @@ impl Pool {
     pub(crate) async fn get_spawned(&self, call: &CallBound) -> Result<Pooled<IoTask>> {
         let inner = &self.inner;
         let now = inner.generation.load(Ordering::SeqCst);
-        loop {
+        let slot = loop {
             let idle = match self.take_slot_spawned(call).await? {
                 Taken::Idle(idle) => idle,
                 Taken::Free(evicted) => {
+                    let slot = Slot::taken::<IoTask>(inner);
                     drop(evicted);
-                    break;
+                    break slot;
                 }
             };
             let mut pooled = Pooled {
@@ -377,8 +392,7 @@ impl Pool {
             }
             pooled.busy = true;
             return Ok(pooled);
-        }
-        let slot = Slot::taken::<IoTask>(inner);
+        };
         let mut conn = inner.connector.connect_spawned(now, call).await?;
         conn.busy = true;
         Ok(Pooled { conn, slot })
@@ -400,7 +414,10 @@ impl Pool {
                 // Registered before the lock is let go: a slot freed from
                 // here on wakes this call.
                 freed.as_mut().enable();
+                *slots.waiting_of::<IoTask>() += 1;
             }
+            // Counted out however the wait ends, this future dropped included.
+            let _counted = WaitingGuard::<IoTask>::new(inner);
             let deadline = tokio::time::Instant::from_std(until);
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(inner.no_slot(call, wait_ends));
@@ -459,6 +476,31 @@ impl<E: Engine> Deref for Pooled<E> {
 impl<E: Engine> DerefMut for Pooled<E> {
     fn deref_mut(&mut self) -> &mut Conn<E> {
         &mut self.conn
+    }
+}
+
+/// Counts a call of `E`'s face out of the waiters when dropped.
+#[cfg(feature = "async")]
+struct WaitingGuard<'a, E: Engine> {
+    pool: &'a Inner,
+    face: std::marker::PhantomData<E>,
+}
+
+#[cfg(feature = "async")]
+impl<'a, E: Engine> WaitingGuard<'a, E> {
+    /// For a call already counted in.
+    fn new(pool: &'a Inner) -> Self {
+        WaitingGuard {
+            pool,
+            face: std::marker::PhantomData,
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<E: Engine> Drop for WaitingGuard<'_, E> {
+    fn drop(&mut self) {
+        *self.pool.slots.lock().waiting_of::<E>() -= 1;
     }
 }
 
