@@ -688,6 +688,111 @@ fn an_async_stage_runs_inside_the_callers_runtime() {
     });
 }
 
+/// A store that counts its calls, and those made where a tokio runtime is
+/// current.
+#[derive(Debug, Default)]
+struct RuntimeSeen {
+    inner: MemStore,
+    calls: std::sync::atomic::AtomicUsize,
+    in_runtime: std::sync::atomic::AtomicUsize,
+}
+
+impl RuntimeSeen {
+    fn seen(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.in_runtime.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+impl Store for RuntimeSeen {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.seen();
+        self.inner.get(key)
+    }
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.seen();
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.seen();
+        self.inner.delete(key, expect)
+    }
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.seen();
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.seen();
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.seen();
+        self.inner.quarantine(key)
+    }
+}
+
+/// An async stage is polled inside the caller's runtime, but the run's own
+/// store calls (lease, job record, checkpoints, a blocking stage's context)
+/// are made outside it: inside, each blocking `PgStore` call would need a
+/// thread of its own.
+#[test]
+fn a_runs_own_store_calls_are_made_outside_the_callers_runtime() {
+    use jobsafe::Pipeline;
+    use jobsafe::pipeline::{AsyncPipeline, RunOutcome};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let store = Arc::new(RuntimeSeen::default());
+    let stage_saw_runtime = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw = Arc::clone(&stage_saw_runtime);
+    let pipeline = AsyncPipeline::new(
+        Pipeline::builder(
+            Arc::clone(&store),
+            Arc::new(ManualClock::new(START_MS)),
+            &root,
+        )
+        // The context's calls inside an async stage (a write's fence reads
+        // the job) are made inside the runtime: this stage makes none, the
+        // next one does.
+        .async_stage("wait", async move |_ctx| {
+            saw.store(tokio::runtime::Handle::try_current().is_ok(), SeqCst);
+            tokio::task::yield_now().await;
+            Ok(())
+        })
+        .stage("write", |ctx| {
+            ctx.write("page.html", b"hello")?;
+            Ok(())
+        })
+        .build()
+        .unwrap(),
+    );
+    current_thread().block_on(async move {
+        let job = pipeline
+            .enqueue("site-1", NewJob::new("crawl"))
+            .await
+            .unwrap();
+        let report = pipeline.run_job(&job.id).await.unwrap();
+        assert!(
+            matches!(report.outcome, RunOutcome::Completed),
+            "{report:?}"
+        );
+    });
+    assert!(
+        stage_saw_runtime.load(SeqCst),
+        "the stage ran outside the runtime"
+    );
+    assert!(store.calls.load(SeqCst) > 0, "the run made no store call");
+    assert_eq!(
+        store.in_runtime.load(SeqCst),
+        0,
+        "store calls made inside the caller's runtime"
+    );
+}
+
 #[test]
 fn a_dropped_run_abandons_its_async_stage_and_the_next_run_takes_over() {
     use jobsafe::Pipeline;

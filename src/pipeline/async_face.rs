@@ -24,8 +24,9 @@ use crate::vfs::{StdVfs, Vfs};
 /// [`jobs`](AsyncPipeline::jobs)' streams as they are appended.
 ///
 /// Stages may be `async fn`s ([`PipelineBuilder::async_stage`](super::PipelineBuilder::async_stage)):
-/// a run enters the caller's tokio runtime on its pool thread, so they use the
-/// runtime's I/O and timers.
+/// their futures are polled on the run's pool thread inside the caller's tokio
+/// runtime, so they use the runtime's I/O and timers. The run's own store
+/// calls are made outside it.
 ///
 /// Dropping a run's future (a service shutting down, say) stops the run at
 /// its next stage boundary, or at once inside an async stage's wait, whose
@@ -96,22 +97,17 @@ impl<S: Store + 'static, V: Vfs> AsyncPipeline<S, V> {
         AsyncJobLock::new(self.pipeline.locks().clone())
     }
 
-    /// Runs `run` on the pool, inside the caller's tokio runtime if it has
-    /// one (for async stages), with a signal set when this future is dropped
-    /// (see [`RunOutcome::Abandoned`](super::RunOutcome::Abandoned)).
+    /// Runs `run` on the pool, its async stages polled inside the caller's
+    /// tokio runtime if it has one, with a signal set when this future is
+    /// dropped (see [`RunOutcome::Abandoned`](super::RunOutcome::Abandoned)).
     async fn run_stages<T: Send + 'static>(
         &self,
         run: impl FnOnce(&Pipeline<S, V>, &Abandon) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let pipeline = self.pipeline.clone();
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        let signal = Arc::new(Abandon::default());
+        let signal = Abandon::in_runtime(tokio::runtime::Handle::try_current().ok());
         let mut abandon = AbandonOnDrop(Some(Arc::clone(&signal)));
-        let outcome = pool::run(move || {
-            let _inside = runtime.as_ref().map(tokio::runtime::Handle::enter);
-            run(&pipeline, &signal)
-        })
-        .await;
+        let outcome = pool::run(move || run(&pipeline, &signal)).await;
         // Done: there is nobody left to abandon.
         abandon.0 = None;
         outcome

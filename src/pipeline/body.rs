@@ -36,9 +36,11 @@ impl StageBody {
     /// async stage waited (its future is dropped then, as a task's is).
     ///
     /// An async stage's future is polled here, with the thread parked while
-    /// it waits. The caller of an async run enters its tokio runtime on this
-    /// thread first (see `AsyncPipeline`), so the stage may use the runtime's
-    /// I/O and timers.
+    /// it waits. Each poll runs inside the tokio runtime of the run's caller,
+    /// if it had one (see `AsyncPipeline`), so that the stage may use the
+    /// runtime's I/O and timers; the run's own store calls, before and after,
+    /// run outside it (a blocking `PgStore` call inside a runtime costs a
+    /// thread of its own).
     #[cfg_attr(not(feature = "async"), allow(unused_variables))]
     pub(super) fn run(
         &self,
@@ -57,7 +59,11 @@ impl StageBody {
                     if abandon.is_set() {
                         return Poll::Ready(None);
                     }
-                    if let Poll::Ready(done) = stage.as_mut().poll(cx) {
+                    let polled = {
+                        let _inside = abandon.runtime.as_ref().map(tokio::runtime::Handle::enter);
+                        stage.as_mut().poll(cx)
+                    };
+                    if let Poll::Ready(done) = polled {
                         return Poll::Ready(Some(done));
                     }
                     if abandon.wait(cx.waker()) {
@@ -79,12 +85,26 @@ pub(crate) struct Abandon {
     abandoned: AtomicBool,
     #[cfg(feature = "async")]
     waker: Mutex<Option<Waker>>,
+    /// The tokio runtime of the run's caller, entered while an async stage is
+    /// polled.
+    #[cfg(feature = "async")]
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Abandon {
     /// A signal nobody sets: for the blocking face's runs.
     pub(crate) fn never() -> Arc<Abandon> {
         Arc::new(Abandon::default())
+    }
+
+    /// A signal for a run of the async face, whose async stages are polled
+    /// inside `runtime`.
+    #[cfg(feature = "async")]
+    pub(crate) fn in_runtime(runtime: Option<tokio::runtime::Handle>) -> Arc<Abandon> {
+        Arc::new(Abandon {
+            runtime,
+            ..Abandon::default()
+        })
     }
 
     pub(crate) fn is_set(&self) -> bool {

@@ -387,14 +387,16 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     /// gets the same context and the same guarantees as a blocking stage.
     ///
     /// Its future is polled on the thread that runs the stage, a thread of
-    /// the crate's [pool](crate::pool) in an [`AsyncPipeline`] run, which
-    /// enters the caller's tokio runtime there first: the stage may use the
+    /// the crate's [pool](crate::pool) in an [`AsyncPipeline`] run, inside the
+    /// caller's tokio runtime while it is polled: the stage may use the
     /// runtime's I/O and timers (a current-thread runtime drives them only
     /// while its own thread waits in `block_on`, as a server's does). A run
     /// of the blocking face polls it on the caller's thread, with whatever
     /// runtime that thread has entered. The context's writes and reads block
-    /// that thread briefly, as they do in a blocking stage; the future need
-    /// not be `Send`.
+    /// that thread briefly, as they do in a blocking stage, and are made
+    /// inside the runtime (on a `PgStore`, each blocking call made inside a
+    /// runtime runs on a thread of its own); the run's other store calls are
+    /// made outside it. The future need not be `Send`.
     ///
     /// If the run's caller goes away (its `AsyncPipeline` future is dropped)
     /// while the stage waits, the stage's future is dropped: the artifacts it
