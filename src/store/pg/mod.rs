@@ -104,9 +104,13 @@ use crate::trace;
 ///   does. It may be called from any thread, a thread of your own tokio runtime
 ///   included, where it never panics: on a thread where a tokio runtime is
 ///   current (a worker, `block_on`, and `spawn_blocking` too, which tokio does
-///   not let a library tell apart), the call runs on a short-lived thread of
-///   its own while that thread waits. That costs a thread start per call. In
-///   async code, use the async face instead (below). One background thread,
+///   not let a library tell apart), driving another runtime is forbidden:
+///   there the call is made by the async face (below) on the background
+///   thread's runtime while that thread waits, or, in a build without the
+///   feature `async`, on a short-lived thread of its own, which costs a
+///   thread start per call (`get`, `put`, `delete`, `list` and `apply`; a
+///   quarantine and a reading of the server's clock always do). In async
+///   code, use the async face, which blocks nothing. One background thread,
 ///   started on first use for the process, sends the cancel requests of
 ///   abandoned calls and ends the sessions of unanswered writes.
 /// - **The async face** (feature `async`: [`get_async`](Store::get_async),
@@ -773,16 +777,48 @@ impl PgStore {
         let shared = &*self.shared;
         runtime::off_runtime(&shared.server, || work(shared))
     }
+
+    /// A call of the blocking face made on a thread where a tokio runtime is
+    /// current: made by the async face (`native`) on the store's background
+    /// runtime while this thread waits, so that it costs no thread of its own
+    /// (see [`runtime::off_runtime`] for what it would cost). `None` on other
+    /// threads, which drive their connection themselves, and on the
+    /// background runtime's own thread, which must not wait for itself.
+    #[cfg(feature = "async")]
+    fn on_runtime<T, F>(&self, native: impl FnOnce() -> F) -> Option<Result<T>>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        Handle::try_current().ok()?;
+        if std::thread::current().name() == Some(runtime::THREAD_NAME) {
+            return None;
+        }
+        let shared = &*self.shared;
+        Some(runtime::block_on(
+            &shared.background,
+            &shared.server,
+            native(),
+        ))
+    }
 }
 
 impl Store for PgStore {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        #[cfg(feature = "async")]
+        if let Some(routed) = self.on_runtime(|| self.native_get(key)) {
+            return routed;
+        }
         trace::store_call(trace::Backend::POSTGRES, "get", key, || {
             self.call(|s| s.get(key))
         })
     }
 
     fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        #[cfg(feature = "async")]
+        if let Some(routed) = self.on_runtime(|| self.native_put(key, value.to_vec(), expect)) {
+            return routed;
+        }
         trace::store_call(trace::Backend::POSTGRES, "put", key, || {
             // Checked here, not left to the server: a value it cannot take (over
             // 1 GB) makes it drop the connection, which looks transient.
@@ -792,12 +828,20 @@ impl Store for PgStore {
     }
 
     fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        #[cfg(feature = "async")]
+        if let Some(routed) = self.on_runtime(|| self.native_delete(key, expect)) {
+            return routed;
+        }
         trace::store_call(trace::Backend::POSTGRES, "delete", key, || {
             self.call(|s| s.delete(key, expect))
         })
     }
 
     fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        #[cfg(feature = "async")]
+        if let Some(routed) = self.on_runtime(|| self.native_list(prefix, after, limit)) {
+            return routed;
+        }
         trace::store_call(trace::Backend::POSTGRES, "list", prefix, || {
             check_limit(limit)?;
             self.call(|s| s.list(prefix, after, limit))
@@ -805,6 +849,10 @@ impl Store for PgStore {
     }
 
     fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        #[cfg(feature = "async")]
+        if let Some(routed) = self.on_runtime(|| self.native_apply(batch.clone())) {
+            return routed;
+        }
         trace::store_call(trace::Backend::POSTGRES, "apply", batch, || {
             batch.validate()?;
             self.call(|s| s.apply(batch))

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
+/// The name of the runtime's thread.
+pub(crate) const THREAD_NAME: &str = "jobsafe-pg";
+
 /// The process's runtime, started on first use.
 ///
 /// # Errors
@@ -33,7 +36,7 @@ pub(crate) fn handle(server: &str) -> Result<Handle> {
     }
     let started = Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("jobsafe-pg")
+        .thread_name(THREAD_NAME)
         .enable_io()
         .enable_time()
         .build()
