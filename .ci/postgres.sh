@@ -150,6 +150,8 @@ fi
 cargo test --features postgres --test pg_store
 cargo test --features postgres --test pg_waits
 cargo test --features postgres --test pg_async
+# A PgStore call of the async face, traced under its caller's span.
+cargo test --features postgres --test tracing -- pgstore
 cargo test --features postgres --test pg_restart -- --nocapture
 cargo test --features postgres --test conformance --test model \
     --test ambiguity_lock --test ambiguity_jobs --test ambiguity_ledger \

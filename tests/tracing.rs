@@ -13,6 +13,9 @@
 #![cfg(feature = "tracing")]
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+#[cfg(feature = "postgres")]
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,7 +38,7 @@ use tracing::{Event, Metadata, Subscriber};
 const START_MS: u64 = 1_700_000_000_000;
 
 /// A span or an event: its name (a span's) or message (an event's), its
-/// level, its fields as text, and (an event's) the span it happened in.
+/// level, its fields as text, and the span it happened in (a span's parent).
 #[derive(Clone, Debug)]
 struct Seen {
     what: String,
@@ -55,6 +58,8 @@ impl Seen {
 struct Capture {
     next_id: AtomicU64,
     spans: Mutex<BTreeMap<u64, Seen>>,
+    /// Each span's metadata, for `current_span` (what `Span::current` asks).
+    metadata: Mutex<BTreeMap<u64, &'static Metadata<'static>>>,
     events: Mutex<Vec<Seen>>,
 }
 
@@ -79,14 +84,31 @@ impl Subscriber for Capture {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut fields = BTreeMap::new();
         span.record(&mut Fields(&mut fields));
+        let parent = match span.parent() {
+            Some(parent) => Some(parent.into_u64()),
+            None if span.is_contextual() => {
+                ENTERED.with(|entered| entered.borrow().last().copied())
+            }
+            None => None,
+        };
         let seen = Seen {
             what: span.metadata().name().to_owned(),
             level: *span.metadata().level(),
             fields,
-            span: None,
+            span: parent,
         };
         self.spans.lock().unwrap().insert(id, seen);
+        self.metadata.lock().unwrap().insert(id, span.metadata());
         Id::from_u64(id)
+    }
+
+    fn current_span(&self) -> tracing_core::span::Current {
+        let entered = ENTERED.with(|entered| entered.borrow().last().copied());
+        let metadata = entered.and_then(|id| Some((id, *self.metadata.lock().unwrap().get(&id)?)));
+        match metadata {
+            Some((id, metadata)) => tracing_core::span::Current::new(Id::from_u64(id), metadata),
+            None => tracing_core::span::Current::none(),
+        }
     }
 
     fn record(&self, span: &Id, values: &Record<'_>) {
@@ -163,6 +185,9 @@ impl Subscriber for Forward {
     }
     fn exit(&self, span: &Id) {
         self.0.exit(span)
+    }
+    fn current_span(&self) -> tracing_core::span::Current {
+        self.0.current_span()
     }
 }
 
@@ -267,6 +292,48 @@ fn each_store_call_is_a_span_that_ends_with_its_outcome() {
     // A memory store flushes nothing, and says so.
     assert_eq!(ours[0].field("flushes"), Some("0"));
     assert!(!events_with("outcome", "ok").is_empty());
+}
+
+/// A call of `PgStore`'s async face runs as a task of its own, and its span
+/// sits under the span of the code that awaited it.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_pgstore_async_call_is_a_store_span_under_the_callers_span() {
+    use tracing::Instrument;
+
+    let _turn = serial();
+    let mark = mark();
+    let mut schemas = common::pg::Schemas::default();
+    let store = schemas.fast_store();
+    let key = Key::new(["traced-pg", "k"]).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(
+            store
+                .put_async(&key, b"one".to_vec(), Expect::Absent)
+                .instrument(tracing::info_span!("handler")),
+        )
+        .unwrap();
+    runtime.shutdown_background();
+
+    let ends = store_call_ends(mark, "postgres", "put");
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].field("outcome"), Some("ok"));
+    // The flushes are the server's: not reported.
+    assert_eq!(ends[0].field("flushes"), None);
+    let (spans, _) = since(mark);
+    let store_span = ends[0].span.and_then(|id| spans.get(&id)).unwrap();
+    assert_eq!(store_span.field("namespace"), Some("traced-pg"));
+    let parent = store_span.span.and_then(|id| spans.get(&id));
+    assert_eq!(
+        parent.map(|p| p.what.as_str()),
+        Some("handler"),
+        "{store_span:?}"
+    );
 }
 
 #[test]
