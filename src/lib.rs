@@ -135,7 +135,11 @@
 //!   back a write whose outcome was unknown) is written once. Where the logic
 //!   waits, the wait is written once too and each face only sleeps its own
 //!   way: a lock's backoff is one step that says until when to wait, which
-//!   the blocking face sleeps and the async face awaits.
+//!   the blocking face sleeps and the async face awaits. Two stores go
+//!   further for their own calls: `PgStore`'s `*_async` methods are native
+//!   (tasks of the caller's runtime on connections it drives), and a
+//!   `LogStore`'s async writes join its group commit as futures, one pool
+//!   thread flushing for a whole group of them.
 //! - **Waiting holds no thread.** An event subscription is a
 //!   `futures_core::Stream` ([`jobs::AsyncSubscription`]) woken by the job
 //!   state's hub, the one watcher that fans each event out to every

@@ -430,6 +430,10 @@ impl Backend {
     pub(crate) const MEM: Backend = Backend::new("mem", FlushReport::Counted);
     #[cfg(feature = "postgres")]
     pub(crate) const POSTGRES: Backend = Backend::new("postgres", FlushReport::Unknown);
+    /// `LogStore`'s async writes: the flushes are made by the pool thread that
+    /// leads their group, and are not counted for them.
+    #[cfg(feature = "async")]
+    pub(crate) const LOG_ASYNC: Backend = Backend::new("log", FlushReport::Unknown);
 
     const fn new(name: &'static str, flushes: FlushReport) -> Backend {
         Backend { name, flushes }
@@ -484,9 +488,10 @@ fn store_call_traced<T>(
 }
 
 /// [`store_call`] for a call of the async face made as a future, for a
-/// backend whose flushes happen elsewhere (a database server's): its span is
-/// entered each time the future is polled, and its event has no `flushes`.
-#[cfg(all(feature = "async", feature = "postgres"))]
+/// backend whose flushes happen elsewhere (a database server's, a pool
+/// thread's): its span is entered each time the future is polled, and its
+/// event has no `flushes`.
+#[cfg(feature = "async")]
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) async fn store_call_async<T>(
     backend: Backend,

@@ -1193,3 +1193,64 @@ fn a_dropped_pass_starts_no_further_job() {
             .expect("the dropped pass was never abandoned");
     });
 }
+
+/// A `LogStore`'s async writes join its group commit as futures and are
+/// flushed by a thread of the pool, never by the runtime's: on a runtime of
+/// one thread, sixteen tasks' writes share flushes, which could not happen if
+/// that thread flushed each write as it came (all sixteen are queued before
+/// any result can come back).
+#[test]
+fn log_store_async_writes_share_flushes_made_off_the_runtime_thread() {
+    use jobsafe::testing::Counting;
+    use jobsafe::vfs::StdVfs;
+
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let vfs = Counting::new(StdVfs);
+    let store = jobsafe::LogStore::builder(dir.path().join("store"))
+        .vfs(vfs.clone())
+        .open()
+        .unwrap();
+    let before = vfs.counts().syncs();
+    current_thread().block_on(async {
+        for round in 0..ROUNDS {
+            let writes: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let key = key(&format!("r{round}-t{t}"));
+                        let version = store
+                            .put_async(&key, vec![1; 64], Expect::Absent)
+                            .await
+                            .unwrap();
+                        // A delete and a batch through the same path.
+                        let batch = Batch::new().put(&key, vec![2; 64], Expect::Version(version));
+                        store.apply_async(batch).await.unwrap();
+                        assert!(store.delete_async(&key, Expect::Any).await.unwrap());
+                    })
+                })
+                .collect();
+            for write in writes {
+                write.await.unwrap();
+            }
+        }
+    });
+    let writes = (TASKS * ROUNDS * 3) as u64;
+    let flushes = vfs.counts().syncs() - before;
+    assert!(flushes > 0, "no write was flushed");
+    assert!(
+        flushes < writes,
+        "{flushes} flushes for {writes} writes: none were shared"
+    );
+    for round in 0..ROUNDS {
+        for t in 0..TASKS {
+            assert!(
+                store
+                    .get(&key(&format!("r{round}-t{t}")))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+}

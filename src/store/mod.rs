@@ -374,6 +374,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A store whose client is asynchronous overrides them to make its calls
     /// natively, holding no thread at all: `PgStore` does (through an `Arc`,
     /// the provided methods run; `PgStore` itself is as cheap to clone).
+    /// `LogStore`'s `put_async`, `delete_async` and `apply_async` join its
+    /// group commit as futures: the flush runs on one pool thread for the
+    /// whole group, and each caller's task is woken with its result.
     ///
     /// ```
     /// use std::sync::Arc;

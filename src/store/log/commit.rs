@@ -2,9 +2,18 @@
 //! the requests before it, all appended as one frame, made durable by one flush.
 
 use std::collections::HashMap;
+#[cfg(feature = "async")]
+use std::future::Future;
 use std::path::Path;
+#[cfg(feature = "async")]
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+#[cfg(feature = "async")]
+use std::task::{Context, Poll};
 
+#[cfg(feature = "async")]
+use super::compact;
 use super::frame::{FrameBuilder, LogOp};
 use super::{Access, Flock, Packed, Shared};
 use crate::error::steps;
@@ -15,18 +24,41 @@ use crate::vfs::Vfs;
 
 impl<V: Vfs> Shared<V> {
     /// Commits `ops` as one transaction, in the next group.
-    pub(super) fn commit(&self, ops: Vec<BatchOp>) -> Result<Vec<Applied>> {
+    pub(super) fn commit(self: &Arc<Self>, ops: Vec<BatchOp>) -> Result<Vec<Applied>> {
         self.group.submit(
             ops,
             |group| self.commit_group(group),
+            || self.leader_panicked(),
             || {
-                Err(Error::Io {
-                    step: steps::COMMIT_GROUP,
-                    path: self.journal_path.clone(),
-                    source: std::io::Error::other("the writer leading this commit panicked"),
-                })
+                // Only when the lead passes to an async writer.
+                #[cfg(feature = "async")]
+                self.start_leader();
             },
         )
+    }
+
+    /// The result of a request whose group's leader panicked.
+    fn leader_panicked(&self) -> Result<Vec<Applied>> {
+        Err(Error::Io {
+            step: steps::COMMIT_GROUP,
+            path: self.journal_path.clone(),
+            source: std::io::Error::other("the writer leading this commit panicked"),
+        })
+    }
+
+    /// Starts a leader on a thread of the crate's pool, for queued requests
+    /// of the async face, which cannot lead (see `group`).
+    #[cfg(feature = "async")]
+    fn start_leader(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        crate::pool::detach(move || {
+            shared.group.lead_queued(
+                &|group| shared.commit_group(group),
+                &|| shared.leader_panicked(),
+                &|| shared.start_leader(),
+            );
+            compact::maybe_start(&shared);
+        });
     }
 
     /// Commits a group of requests, usually with one append and one flush: each
@@ -228,6 +260,72 @@ fn replicate<T>(error: Error, n: usize, path: &Path) -> Vec<Result<T>> {
         results.push(Err(error));
     }
     results
+}
+
+/// A commit of the async face: `ops` queued in the next group as a future,
+/// committed by a leader on another thread (see `group`), never on the
+/// thread that polls it. Dropped before its group was taken, it withdraws
+/// the request; dropped after, the commit happens and its result is dropped.
+#[cfg(feature = "async")]
+pub(super) struct Committing<V: Vfs> {
+    shared: Arc<Shared<V>>,
+    state: CommitState,
+}
+
+#[cfg(feature = "async")]
+enum CommitState {
+    New(Vec<BatchOp>),
+    Queued(u64),
+    Done,
+}
+
+#[cfg(feature = "async")]
+impl<V: Vfs> Committing<V> {
+    pub(super) fn new(shared: Arc<Shared<V>>, ops: Vec<BatchOp>) -> Self {
+        Committing {
+            shared,
+            state: CommitState::New(ops),
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<V: Vfs> Future for Committing<V> {
+    type Output = Result<Vec<Applied>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match std::mem::replace(&mut this.state, CommitState::Done) {
+            CommitState::New(ops) => {
+                let (ticket, start_leader) = this.shared.group.enqueue(ops, cx.waker().clone());
+                this.state = CommitState::Queued(ticket);
+                if start_leader {
+                    this.shared.start_leader();
+                }
+                Poll::Pending
+            }
+            CommitState::Queued(ticket) => match this.shared.group.poll_done(ticket, cx.waker()) {
+                // The leader looked for a compaction to start after the group.
+                Some(result) => Poll::Ready(result),
+                None => {
+                    this.state = CommitState::Queued(ticket);
+                    Poll::Pending
+                }
+            },
+            CommitState::Done => Poll::Ready(Err(Error::InvalidArgument(
+                "a commit's future was polled after it completed".to_owned(),
+            ))),
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<V: Vfs> Drop for Committing<V> {
+    fn drop(&mut self) {
+        if let CommitState::Queued(ticket) = self.state {
+            self.shared.group.forget(ticket);
+        }
+    }
 }
 
 #[cfg(test)]

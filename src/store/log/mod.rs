@@ -66,6 +66,17 @@ const FIRST_SEQ: u64 = 1;
 /// the writers that arrive queue, and the next flush carries all of them; a
 /// lone writer never waits for company. Reads are served from memory.
 ///
+/// With the feature `async`, [`put_async`](Store::put_async),
+/// [`delete_async`](Store::delete_async) and [`apply_async`](Store::apply_async)
+/// join the same group commit as futures: they never flush on the thread
+/// that polls them; a thread of the crate's [pool](crate::pool) leads their
+/// group and wakes each caller's task with its result. A future dropped
+/// before its group was taken withdraws its write; dropped after, the write
+/// happens. Their `tracing` span reports no `flushes` (the pool thread made
+/// them). Unlike [`put`](Store::put), a precondition that already fails is
+/// found by the commit rather than by a read first, which would be file I/O
+/// on the caller's thread.
+///
 /// # Design
 ///
 /// ```text
@@ -926,6 +937,94 @@ impl<V: Vfs> Store for LogStore<V> {
     /// promise.
     fn is_machine_local(&self) -> bool {
         true
+    }
+
+    // The async face's writes join the group commit as futures: one thread
+    // of the crate's pool flushes for a whole group of them, and wakes each
+    // caller's task (see `group`). Reads keep the provided methods (the pool).
+
+    #[cfg(feature = "async")]
+    fn put_async(
+        &self,
+        key: &Key,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> impl Future<Output = Result<Version>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let valid = Entry::check_value(key, &value);
+        let op = BatchOp::Put {
+            key: key.clone(),
+            value,
+            expect,
+        };
+        let committing = self.commit_async(vec![op]);
+        let path = self.shared.journal_path.clone();
+        trace::store_call_async(trace::Backend::LOG_ASYNC, "put", key.clone(), async move {
+            valid?;
+            match committing?.await?.first() {
+                Some(Applied::Put(version)) => Ok(*version),
+                _ => Err(unexpected(&path)),
+            }
+        })
+    }
+
+    #[cfg(feature = "async")]
+    fn delete_async(
+        &self,
+        key: &Key,
+        expect: Expect,
+    ) -> impl Future<Output = Result<bool>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let op = BatchOp::Delete {
+            key: key.clone(),
+            expect,
+        };
+        let committing = self.commit_async(vec![op]);
+        let path = self.shared.journal_path.clone();
+        trace::store_call_async(
+            trace::Backend::LOG_ASYNC,
+            "delete",
+            key.clone(),
+            async move {
+                match committing?.await?.first() {
+                    Some(Applied::Deleted(existed)) => Ok(*existed),
+                    _ => Err(unexpected(&path)),
+                }
+            },
+        )
+    }
+
+    #[cfg(feature = "async")]
+    fn apply_async(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<Vec<Applied>>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let valid = batch.validate();
+        let subject = batch.ops().first().map(|op| op.key().clone());
+        let committing = self.commit_async(batch.ops().to_vec());
+        trace::store_call_async(trace::Backend::LOG_ASYNC, "apply", subject, async move {
+            valid?;
+            committing?.await
+        })
+    }
+}
+
+#[cfg(feature = "async")]
+impl<V: Vfs> LogStore<V> {
+    /// `ops` as a commit of the async face, checked for size first. Unlike
+    /// the blocking face's, a precondition that already fails is found by
+    /// the commit itself, not by a read before it: a read is file I/O, and
+    /// the async face does none on the caller's thread.
+    fn commit_async(&self, ops: Vec<BatchOp>) -> Result<commit::Committing<V>> {
+        check_size(&ops)?;
+        Ok(commit::Committing::new(Arc::clone(&self.shared), ops))
     }
 }
 
