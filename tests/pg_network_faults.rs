@@ -1000,6 +1000,10 @@ fn ledger_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
         let job_id = ledger_job(rng.u32(0..LEDGER_JOBS));
         let attempt: AttemptId = format!("{name}-{n}").parse().unwrap();
         let request = ChargeRequest::new().attempt(attempt.clone());
+        // After an ambiguous try, a plain error of the next says only that
+        // the next did nothing: the first may still have landed (or land
+        // later, if its session could not be ended), under the same attempt.
+        let mut was_ambiguous = false;
         for tries in 1..=2 {
             let (result, _, _) = stats.call("reserve", || {
                 ledger.reserve_with(ACCOUNT, &job_id, &request, |_| {
@@ -1021,8 +1025,11 @@ fn ledger_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
                 }
                 // Once more with the same attempt: it is recognised if it
                 // landed.
-                Err(e) if e.is_ambiguous() && tries < 2 => continue,
-                Err(e) if !e.is_ambiguous() => {
+                Err(e) if e.is_ambiguous() && tries < 2 => {
+                    was_ambiguous = true;
+                    continue;
+                }
+                Err(e) if !e.is_ambiguous() && !was_ambiguous => {
                     child::report(&format!("reserve-failed {attempt}"));
                 }
                 _ => {}
@@ -1052,14 +1059,22 @@ fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
         // error: it is recognised if it landed.
         let created: AttemptId = format!("{id}-create").parse().unwrap();
         let mut made = false;
+        // As for reserves: a plain error after an ambiguous try is the
+        // second try's alone.
+        let mut was_ambiguous = false;
         for tries in 1..=2 {
             let (result, _, _) = stats.call("create", || {
                 jobs.create(NewJob::new("net").id(&id).attempt(created.clone()))
             });
             match result {
                 Ok(_) => made = true,
-                Err(e) if e.is_ambiguous() && tries < 2 => continue,
-                Err(e) if !e.is_ambiguous() => child::report(&format!("create-failed {id}")),
+                Err(e) if e.is_ambiguous() && tries < 2 => {
+                    was_ambiguous = true;
+                    continue;
+                }
+                Err(e) if !e.is_ambiguous() && !was_ambiguous => {
+                    child::report(&format!("create-failed {id}"));
+                }
                 Err(_) => {}
             }
             break;
@@ -1069,6 +1084,7 @@ fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
         }
         let started: AttemptId = format!("{id}-start").parse().unwrap();
         let mut claim = None;
+        let mut was_ambiguous = false;
         for tries in 1..=2 {
             let (result, _, _) = stats.call("start", || jobs.start_attempt(&id, None, &started));
             match result {
@@ -1078,8 +1094,13 @@ fn jobs_worker(store: Recording, name: &str, stop: &AtomicBool) -> Stats {
                     }
                     claim = Some(c);
                 }
-                Err(e) if e.is_ambiguous() && tries < 2 => continue,
-                Err(e) if !e.is_ambiguous() => child::report(&format!("start-failed {id}")),
+                Err(e) if e.is_ambiguous() && tries < 2 => {
+                    was_ambiguous = true;
+                    continue;
+                }
+                Err(e) if !e.is_ambiguous() && !was_ambiguous => {
+                    child::report(&format!("start-failed {id}"));
+                }
                 Err(_) => {}
             }
             break;
