@@ -176,6 +176,18 @@ pub(crate) fn detach(work: impl FnOnce() + Send + 'static) {
     }));
 }
 
+/// [`detach`] for work that must not wait behind the pool's queue: it goes
+/// ahead of it, or gets a thread of its own beyond the bound (as
+/// [`run_urgent`]). For a group commit's leader, which threads of the pool
+/// may be waiting for.
+#[cfg(feature = "async")]
+pub(crate) fn detach_urgent(work: impl FnOnce() + Send + 'static) {
+    Pool::get().submit_urgent(Box::new(move || {
+        let _ = catch_unwind(AssertUnwindSafe(work));
+        None
+    }));
+}
+
 /// Polls `future` to its end on the crate's task thread, holding no thread
 /// while it waits: each wake-up queues one more poll. For the crate's own
 /// background loops (a keep-alive's renewals and its watch). Their polls

@@ -47,11 +47,13 @@ impl<V: Vfs> Shared<V> {
     }
 
     /// Starts a leader on a thread of the crate's pool, for queued requests
-    /// of the async face, which cannot lead (see `group`).
+    /// of the async face, which cannot lead (see `group`). Urgent: ahead of
+    /// the pool's queue, or on a thread beyond its bound, since threads of
+    /// the pool may themselves be waiting for a group commit.
     #[cfg(feature = "async")]
     fn start_leader(self: &Arc<Self>) {
         let shared = Arc::clone(self);
-        crate::pool::detach(move || {
+        crate::pool::detach_urgent(move || {
             shared.group.lead_queued(
                 &|group| shared.commit_group(group),
                 &|| shared.leader_panicked(),

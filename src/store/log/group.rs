@@ -8,10 +8,12 @@
 //! group grows only with the writers that queued while the previous flush ran.
 //!
 //! A writer of the async face queues its request as a future and never leads:
-//! a runtime's thread must not wait for a flush. When the lead would pass to
-//! one, or when one queues and nobody leads, a thread of the crate's pool
-//! leads instead (the caller's `lead_on`), so that one thread flushes for all
-//! the async writers of a group, and each is woken as a task.
+//! a runtime's thread must not wait for a flush. The lead passes to the
+//! oldest blocked writer queued, whatever async writers are queued before it;
+//! when only async writers are queued, or one queues and nobody leads, a
+//! thread of the crate's pool leads instead (the caller's `lead_on`), so that
+//! one thread flushes for all the async writers of a group, and each is woken
+//! as a task.
 
 use std::collections::HashMap;
 #[cfg(feature = "async")]
@@ -301,20 +303,28 @@ impl<Req, Res> Drop for Lead<'_, Req, Res> {
                 };
                 wake.push(waiter);
             }
-            match queue.pending.first() {
-                Some(Waiting {
-                    ticket,
-                    waiter: Waiter::Thread(thread),
-                    ..
-                }) => {
-                    let thread = thread.clone();
-                    queue.handoff = Some(*ticket);
+            // The lead passes to the oldest blocked writer queued, which
+            // leads the async writers queued before it too; only when every
+            // queued writer is async is a leader started on another thread
+            // (so a leader never waits for a thread that a queued writer
+            // holds).
+            // (Without the async face every queued writer is blocked.)
+            #[cfg_attr(not(feature = "async"), allow(clippy::unnecessary_find_map))]
+            let blocked = queue
+                .pending
+                .iter()
+                .find_map(|waiting| match &waiting.waiter {
+                    Waiter::Thread(thread) => Some((waiting.ticket, thread.clone())),
+                    #[cfg(feature = "async")]
+                    Waiter::Task(_) => None,
+                });
+            match blocked {
+                Some((next, thread)) => {
+                    queue.handoff = Some(next);
                     wake.push(Waiter::Thread(thread));
                 }
-                // An async writer cannot lead: `leading` stays set for the
-                // leader started below.
-                #[cfg(feature = "async")]
-                Some(_) => start_leader = true,
+                // `leading` stays set for the leader started below.
+                None if !queue.pending.is_empty() => start_leader = true,
                 None => queue.leading = false,
             }
         }
@@ -527,6 +537,71 @@ mod tests {
             "a result kept for nobody"
         );
         assert!(!queue.leading);
+    }
+
+    /// The lead passes to a blocked writer queued behind an async one: no
+    /// leader is started on another thread, which a saturated pool (its
+    /// threads the blocked writers) could never run.
+    #[cfg(feature = "async")]
+    #[test]
+    fn a_blocked_writer_queued_behind_an_async_one_takes_the_lead() {
+        let group = Arc::new(GroupCommit::<u64, u64>::default());
+        let started_elsewhere = AtomicUsize::new(0);
+        let async_ticket = std::sync::OnceLock::new();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let blocked = std::thread::scope(|scope| {
+            let blocked = std::sync::OnceLock::new();
+            let result = group.submit(
+                1,
+                |reqs| {
+                    if first.swap(false, Ordering::SeqCst) {
+                        // While this group commits, an async writer queues,
+                        // then a blocked one.
+                        let (ticket, start) = group.enqueue(2, std::task::Waker::noop().clone());
+                        assert!(!start, "a leader is leading");
+                        async_ticket.set(ticket).unwrap();
+                        let other = Arc::clone(&group);
+                        let spawned = scope.spawn(move || {
+                            other.submit(
+                                3,
+                                |reqs| reqs.iter().map(|r| r * 10).collect(),
+                                || 0,
+                                || panic!("a leader started elsewhere"),
+                            )
+                        });
+                        assert!(blocked.set(spawned).is_ok());
+                        while group.queue.lock().pending.len() < 2 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    reqs.iter().map(|r| r * 10).collect()
+                },
+                || 0,
+                || {
+                    // Counted, and run, so that a regression fails the test
+                    // rather than hanging it.
+                    started_elsewhere.fetch_add(1, Ordering::SeqCst);
+                    let group = Arc::clone(&group);
+                    std::thread::spawn(move || {
+                        group.lead_queued(
+                            &|reqs| reqs.iter().map(|r| r * 10).collect(),
+                            &|| 0,
+                            &|| {},
+                        );
+                    });
+                },
+            );
+            assert_eq!(result, 10);
+            blocked.into_inner().unwrap().join().unwrap()
+        });
+        assert_eq!(blocked, 30);
+        assert_eq!(started_elsewhere.load(Ordering::SeqCst), 0);
+        let waker = std::task::Waker::noop().clone();
+        assert_eq!(
+            group.poll_done(*async_ticket.get().unwrap(), &waker),
+            Some(20)
+        );
+        assert!(!group.queue.lock().leading);
     }
 
     #[test]
