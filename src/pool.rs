@@ -3,9 +3,13 @@
 //!
 //! Every `async fn` of the async face (feature `async`: `AsyncJobState`,
 //! `AsyncJobLedger`, `AsyncJobLock`, `AsyncAtomicWriter`, the stores'
-//! `*_async` methods) does its file and network I/O on a thread of this pool,
-//! and waits for the result without holding a thread of the caller's runtime.
-//! It works on any async runtime: nothing here needs one.
+//! `*_async` methods) does its blocking file and network I/O on a thread of
+//! this pool, and waits for the result without holding a thread of the
+//! caller's runtime. It works on any async runtime: nothing here needs one.
+//! Two stores' own calls go further: `PgStore`'s are tasks of the caller's
+//! runtime on connections it drives, and a `LogStore`'s async writes join
+//! its group commit as futures, one thread of this pool flushing for a whole
+//! group of them.
 //!
 //! **Why a pool of its own**, not the runtime's blocking pool
 //! (`tokio::task::spawn_blocking`): that pool is shared with everything else

@@ -24,10 +24,12 @@
 //!    through the async face from 1 and 16 tasks, on a `LogStore` at
 //!    `Durability::Full`; ops/s, flushes per operation, and the ratio async
 //!    / sync. Target: durable writes through the async face within 1.1x of
-//!    the blocking API's throughput. Reads have none: by design every call of
-//!    the async face, reads included, runs on jobsafe's pool (a hop to a pool
-//!    thread and back), never inline on the runtime's threads, where a read
-//!    that met a slow disk would stall every task of that worker.
+//!    the blocking API's throughput. Reads have none: by design every read
+//!    of the async face runs on jobsafe's pool (a hop to a pool thread and
+//!    back), never inline on the runtime's threads, where a read that met a
+//!    slow disk would stall every task of that worker. `put` joins the
+//!    store's group commit as a future; a reserve runs the ledger's blocking
+//!    logic on the pool.
 //!
 //! 4. `pg` (with `--features postgres`, against the server `JOBSAFE_PG_URL`
 //!    names): `PgStore`'s `get` and durable `put` through the blocking API
