@@ -561,8 +561,9 @@ impl Pool {
         }
     }
 
-    /// Hands `work` to a free thread ahead of the queue, or, with none free,
-    /// to a thread of its own beyond the bound.
+    /// Hands `work` to a free thread ahead of the queue; with none free, to a
+    /// new thread of the pool while it is under its bound, or to a thread of
+    /// its own beyond the bound.
     fn submit_urgent(&'static self, work: Work) {
         let mut state = self.state.lock();
         if state.free() > state.queue.len() {
@@ -570,6 +571,19 @@ impl Pool {
             drop(state);
             self.work_queued.notify_one();
             return;
+        }
+        if state.threads < state.max {
+            let spawned = thread::Builder::new()
+                .name("jobsafe-pool".to_owned())
+                .spawn(|| Pool::get().work());
+            if spawned.is_ok() {
+                // The new thread takes the front of the queue, this.
+                state.threads += 1;
+                state.queue.push_front(work);
+                drop(state);
+                self.work_queued.notify_one();
+                return;
+            }
         }
         drop(state);
         // Handed back if the thread cannot start: then it waits its turn.
@@ -587,6 +601,15 @@ impl Pool {
             }
             Err(_) => {
                 let mut state = self.state.lock();
+                // No thread could start. If none runs either, nothing would
+                // ever take the work: do it here rather than never.
+                if state.threads == 0 {
+                    drop(state);
+                    if let Some(waker) = work() {
+                        waker.wake();
+                    }
+                    return;
+                }
                 state.queue.push_front(work);
                 drop(state);
                 self.work_queued.notify_one();

@@ -50,16 +50,33 @@ impl<V: Vfs> Shared<V> {
     /// of the async face, which cannot lead (see `group`). Urgent: ahead of
     /// the pool's queue, or on a thread beyond its bound, since threads of
     /// the pool may themselves be waiting for a group commit.
+    ///
+    /// The leader leads on, on its thread, for as long as the lead would pass
+    /// to another async writer: one thread for a run of groups, not one
+    /// started per group. If its commit panics, the lead goes to a leader
+    /// started afresh, since this one's work ends with the panic.
     #[cfg(feature = "async")]
     fn start_leader(self: &Arc<Self>) {
         let shared = Arc::clone(self);
         crate::pool::detach_urgent(move || {
-            shared.group.lead_queued(
-                &|group| shared.commit_group(group),
-                &|| shared.leader_panicked(),
-                &|| shared.start_leader(),
-            );
-            compact::maybe_start(&shared);
+            loop {
+                let again = std::cell::Cell::new(false);
+                shared.group.lead_queued(
+                    &|group| shared.commit_group(group),
+                    &|| shared.leader_panicked(),
+                    &|| {
+                        if std::thread::panicking() {
+                            shared.start_leader();
+                        } else {
+                            again.set(true);
+                        }
+                    },
+                );
+                compact::maybe_start(&shared);
+                if !again.get() {
+                    return;
+                }
+            }
         });
     }
 

@@ -212,12 +212,17 @@ impl<Req, Res> GroupCommit<Req, Res> {
         if let Some((result, _flushes)) = queue.done.remove(&ticket) {
             return Some(result);
         }
-        match queue.pending.iter_mut().find(|w| w.ticket == ticket) {
-            Some(waiting) => waiting.waiter = Waiter::Task(waker.clone()),
-            None => {
-                queue.wakers.insert(ticket, waker.clone());
-            }
-        }
+        let replaced = match queue.pending.iter_mut().find(|w| w.ticket == ticket) {
+            Some(waiting) => Some(std::mem::replace(
+                &mut waiting.waiter,
+                Waiter::Task(waker.clone()),
+            )),
+            None => queue.wakers.insert(ticket, waker.clone()).map(Waiter::Task),
+        };
+        // A waker is dropped outside the lock: dropping it runs the
+        // executor's code, which may drop a future that locks it again.
+        drop(queue);
+        drop(replaced);
         None
     }
 
@@ -226,16 +231,21 @@ impl<Req, Res> GroupCommit<Req, Res> {
     /// committed and its result dropped.
     pub(crate) fn forget(&self, ticket: u64) {
         let mut queue = self.queue.lock();
-        queue.wakers.remove(&ticket);
-        if let Some(at) = queue.pending.iter().position(|w| w.ticket == ticket) {
-            let withdrawn = queue.pending.remove(at);
-            drop(queue);
-            drop(withdrawn);
-            return;
-        }
-        if queue.done.remove(&ticket).is_none() {
-            queue.dropped.insert(ticket);
-        }
+        // Dropped outside the lock, as in `poll_done`.
+        let waker = queue.wakers.remove(&ticket);
+        let queued = queue.pending.iter().position(|w| w.ticket == ticket);
+        let withdrawn = queued.map(|at| queue.pending.remove(at));
+        let done = if withdrawn.is_none() {
+            let done = queue.done.remove(&ticket);
+            if done.is_none() {
+                queue.dropped.insert(ticket);
+            }
+            done
+        } else {
+            None
+        };
+        drop(queue);
+        drop((waker, withdrawn, done));
     }
 
     /// Leads the queued requests, on a thread that was started to (see
@@ -279,9 +289,12 @@ impl<Req, Res> Drop for Lead<'_, Req, Res> {
         let mut wake = Vec::with_capacity(self.waiters.len());
         #[cfg_attr(not(feature = "async"), allow(unused_mut))]
         let mut start_leader = false;
-        // Results nobody waits for any more, dropped outside the lock.
+        // Results nobody waits for any more, and wakers replaced by newer
+        // ones, dropped outside the lock.
         #[cfg_attr(not(feature = "async"), allow(unused_mut))]
         let mut unwanted: Vec<Res> = Vec::new();
+        #[cfg_attr(not(feature = "async"), allow(unused_mut))]
+        let mut stale: Vec<Waiter> = Vec::new();
         {
             let mut queue = self.commit.queue.lock();
             let mut results = self.results.take().unwrap_or_default().into_iter();
@@ -290,6 +303,7 @@ impl<Req, Res> Drop for Lead<'_, Req, Res> {
                 #[cfg(feature = "async")]
                 if queue.dropped.remove(&ticket) {
                     unwanted.push(result);
+                    stale.push(waiter);
                     continue;
                 }
                 queue.done.insert(ticket, (result, self.flushes));
@@ -298,7 +312,10 @@ impl<Req, Res> Drop for Lead<'_, Req, Res> {
                 }
                 #[cfg(feature = "async")]
                 let waiter = match queue.wakers.remove(&ticket) {
-                    Some(latest) => Waiter::Task(latest),
+                    Some(latest) => {
+                        stale.push(waiter);
+                        Waiter::Task(latest)
+                    }
                     None => waiter,
                 };
                 wake.push(waiter);
@@ -329,6 +346,7 @@ impl<Req, Res> Drop for Lead<'_, Req, Res> {
             }
         }
         drop(unwanted);
+        drop(stale);
         // Woken after the lock is released, so that they do not wake into it.
         for waiter in wake {
             waiter.wake();
