@@ -54,25 +54,46 @@ async fn direct() -> tokio_postgres::Client {
 /// Waits until one of the store's sessions (named `app`) waits for a lock on
 /// the server.
 async fn until_waiting_for_a_lock(observer: &tokio_postgres::Client, app: &str) {
+    until_sessions_wait(observer, app, 1).await;
+}
+
+/// Waits until at least `count` of the store's sessions (named `app`) wait
+/// for a lock on the server at once.
+async fn until_sessions_wait(observer: &tokio_postgres::Client, app: &str, count: i64) {
     let started = Instant::now();
     loop {
-        let row = observer
+        let waiting: i64 = observer
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
                  WHERE application_name = $1 AND wait_event_type = 'Lock'",
                 &[&app],
             )
             .await
-            .unwrap();
-        if row.get::<_, i64>(0) > 0 {
+            .unwrap()
+            .get(0);
+        if waiting >= count {
             return;
         }
         assert!(
             started.elapsed() < MARGIN,
-            "no session of the store waited for the lock"
+            "{waiting} of the store's sessions waited for a lock at once, not {count}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A transaction of the test's own, on the runtime this runs on, holding
+/// every row of `store`'s table until it commits.
+async fn hold_rows(store: &PgStore) -> tokio_postgres::Client {
+    let holder = direct().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {} FOR UPDATE",
+            store.table()
+        ))
+        .await
+        .unwrap();
+    holder
 }
 
 /// Waits until the server has at most `most` sessions open for `app` (a
@@ -164,14 +185,7 @@ async fn a_call_waiting_on_the_server_holds_no_thread_of_a_current_thread_runtim
         .await
         .unwrap();
 
-    let holder = direct().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM {} FOR UPDATE",
-            store.table()
-        ))
-        .await
-        .unwrap();
+    let holder = hold_rows(&store).await;
     let write = tokio::spawn(store.put_async(&key, b"two".to_vec(), Expect::Any));
     let observer = direct().await;
     until_waiting_for_a_lock(&observer, &app).await;
@@ -213,39 +227,14 @@ async fn calls_of_many_tasks_use_every_connection_at_once() {
             .unwrap();
     }
 
-    let holder = direct().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM {} FOR UPDATE",
-            store.table()
-        ))
-        .await
-        .unwrap();
+    let holder = hold_rows(&store).await;
     let writes: Vec<_> = keys
         .iter()
         .map(|key| tokio::spawn(store.put_async(key, b"two".to_vec(), Expect::Any)))
         .collect();
     let observer = direct().await;
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                &[&app],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 4 {
-            break;
-        }
-        assert!(
-            started.elapsed() < MARGIN,
-            "{waiting} of the pool's 4 connections waited at once"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Every one of the pool's 4 connections (the store has no more).
+    until_sessions_wait(&observer, &app, 4).await;
     holder.batch_execute("COMMIT").await.unwrap();
     for write in writes {
         write.await.unwrap().unwrap();
@@ -268,14 +257,7 @@ async fn a_write_whose_future_is_dropped_midway_runs_to_its_end() {
         .await
         .unwrap();
 
-    let holder = direct().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM {} FOR UPDATE",
-            store.table()
-        ))
-        .await
-        .unwrap();
+    let holder = hold_rows(&store).await;
     let observer = direct().await;
     tokio::select! {
         written = store.put_async(&key, b"two".to_vec(), Expect::Version(v1)) => {
