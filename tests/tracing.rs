@@ -296,31 +296,48 @@ fn each_store_call_is_a_span_that_ends_with_its_outcome() {
 
 /// A `LogStore`'s async write is a `store` span like a blocking one's, whose
 /// end reports no `flushes`: the pool thread that led its group made them.
+/// The same through an `Arc` or a `Box`: they reach the store's own async
+/// writes, not the pool (whose blocking write would report its flushes).
 #[test]
 fn a_logstore_async_write_is_a_store_span_without_flushes() {
     let _turn = serial();
-    let mark = mark();
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path().join("store")).unwrap();
-    let key = Key::new(["traced-log-async", "k"]).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime
-        .block_on(store.put_async(&key, b"one".to_vec(), Expect::Absent))
-        .unwrap();
+    let shared = Arc::new(store.clone());
+    let boxed = Box::new(store.clone());
+    type Write<'a> = &'a dyn Fn(Key) -> jobsafe::Result<jobsafe::Version>;
+    let writes: [(&str, Write<'_>); 3] = [
+        ("store", &|key| {
+            runtime.block_on(store.put_async(&key, b"one".to_vec(), Expect::Absent))
+        }),
+        ("arc", &|key| {
+            runtime.block_on(shared.put_async(&key, b"one".to_vec(), Expect::Absent))
+        }),
+        ("box", &|key| {
+            runtime.block_on(boxed.put_async(&key, b"one".to_vec(), Expect::Absent))
+        }),
+    ];
+    for (through, write) in writes {
+        let mark = mark();
+        let namespace = format!("traced-log-async-{through}");
+        let key = Key::new([namespace.as_str(), "k"]).unwrap();
+        write(key).unwrap();
 
-    let ends = store_call_ends(mark, "log", "put");
-    let ours: Vec<&Seen> = ends
-        .iter()
-        .filter(|end| end.field("outcome") == Some("ok"))
-        .collect();
-    assert_eq!(ours.len(), 1, "{ends:?}");
-    assert_eq!(ours[0].field("flushes"), None);
-    let (spans, _) = since(mark);
-    let span = ours[0].span.and_then(|id| spans.get(&id)).unwrap();
-    assert_eq!(span.field("namespace"), Some("traced-log-async"));
+        let ends = store_call_ends(mark, "log", "put");
+        let ours: Vec<&Seen> = ends
+            .iter()
+            .filter(|end| end.field("outcome") == Some("ok"))
+            .collect();
+        assert_eq!(ours.len(), 1, "through {through}: {ends:?}");
+        assert_eq!(ours[0].field("flushes"), None, "through {through}");
+        let (spans, _) = since(mark);
+        let span = ours[0].span.and_then(|id| spans.get(&id)).unwrap();
+        assert_eq!(span.field("namespace"), Some(namespace.as_str()));
+    }
 }
 
 /// A call of `PgStore`'s async face runs as a task of its own, and its span

@@ -16,6 +16,9 @@ mod batch;
 pub(crate) mod dir;
 pub(crate) mod log;
 pub(crate) mod mem;
+#[cfg(feature = "async")]
+#[doc(hidden)]
+pub mod native;
 pub(crate) mod packed;
 #[cfg(feature = "postgres")]
 pub(crate) mod pg;
@@ -362,6 +365,15 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok(keys)
     }
 
+    /// The store's native async calls, for `Arc<Self>` and the other
+    /// forwarding impls to reach (see [`get_async`](Store::get_async)):
+    /// `Some(self)` in a store that overrides the `*_async` methods.
+    #[cfg(feature = "async")]
+    #[doc(hidden)]
+    fn native_async(&self) -> Option<&dyn native::NativeAsync> {
+        None
+    }
+
     /// [`get`](Store::get) without blocking the caller's thread: the call
     /// runs on the crate's [pool](crate::pool), and the future holds no
     /// thread while it waits for it. Like an `async fn`, the future does
@@ -372,11 +384,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// (each of the crate's stores is, cheaply, and so is an `Arc` of any
     /// store): the future owns a clone, so it may outlive the borrow.
     /// A store whose client is asynchronous overrides them to make its calls
-    /// natively, holding no thread at all: `PgStore` does (through an `Arc`,
-    /// the provided methods run; `PgStore` itself is as cheap to clone).
+    /// natively, holding no thread at all: `PgStore` does.
     /// `LogStore`'s `put_async`, `delete_async` and `apply_async` join its
     /// group commit as futures: the flush runs on one pool thread for the
     /// whole group, and each caller's task is woken with its result.
+    /// `Arc<S>`, `Box<S>` and `&'static S` make the native calls of the
+    /// crate's stores they hold too, so sharing a store through an `Arc`
+    /// costs nothing here; a store of your own that overrides these methods
+    /// is reached natively through them by returning `Some(self)` from the
+    /// hidden method `native_async`, as the crate's stores do.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -517,6 +533,109 @@ macro_rules! forward_store {
             }
             fn is_machine_local(&self) -> bool {
                 (**self).is_machine_local()
+            }
+
+            // The held store's native calls where it has them, else the
+            // pool, as the provided methods would (see `native`).
+
+            #[cfg(feature = "async")]
+            fn native_async(&self) -> Option<&dyn native::NativeAsync> {
+                (**self).native_async()
+            }
+            #[cfg(feature = "async")]
+            fn get_async(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static
+            where
+                Self: Clone + 'static,
+            {
+                let native = self.native_async().map(|store| store.get(key));
+                let (store, key) = (self.clone(), key.clone());
+                async move {
+                    match native {
+                        Some(call) => call.await,
+                        None => crate::pool::run(move || store.get(&key)).await,
+                    }
+                }
+            }
+            #[cfg(feature = "async")]
+            fn put_async(
+                &self,
+                key: &Key,
+                value: Vec<u8>,
+                expect: Expect,
+            ) -> impl Future<Output = Result<Version>> + Send + 'static
+            where
+                Self: Clone + 'static,
+            {
+                let store = self.clone();
+                let (key, native) = match self.native_async() {
+                    Some(native) => (key.clone(), Ok(native.put(key, value, expect))),
+                    None => (key.clone(), Err(value)),
+                };
+                async move {
+                    match native {
+                        Ok(call) => call.await,
+                        Err(value) => crate::pool::run(move || store.put(&key, &value, expect)).await,
+                    }
+                }
+            }
+            #[cfg(feature = "async")]
+            fn delete_async(
+                &self,
+                key: &Key,
+                expect: Expect,
+            ) -> impl Future<Output = Result<bool>> + Send + 'static
+            where
+                Self: Clone + 'static,
+            {
+                let native = self.native_async().map(|store| store.delete(key, expect));
+                let (store, key) = (self.clone(), key.clone());
+                async move {
+                    match native {
+                        Some(call) => call.await,
+                        None => crate::pool::run(move || store.delete(&key, expect)).await,
+                    }
+                }
+            }
+            #[cfg(feature = "async")]
+            fn list_async(
+                &self,
+                prefix: &Prefix,
+                after: Option<&Key>,
+                limit: usize,
+            ) -> impl Future<Output = Result<ListPage>> + Send + 'static
+            where
+                Self: Clone + 'static,
+            {
+                let native = self.native_async().map(|store| store.list(prefix, after, limit));
+                let (store, prefix, after) = (self.clone(), prefix.clone(), after.cloned());
+                async move {
+                    match native {
+                        Some(call) => call.await,
+                        None => {
+                            crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await
+                        }
+                    }
+                }
+            }
+            #[cfg(feature = "async")]
+            fn apply_async(
+                &self,
+                batch: Batch,
+            ) -> impl Future<Output = Result<Vec<Applied>>> + Send + 'static
+            where
+                Self: Clone + 'static,
+            {
+                let store = self.clone();
+                let native = match self.native_async() {
+                    Some(native) => Ok(native.apply(batch)),
+                    None => Err(batch),
+                };
+                async move {
+                    match native {
+                        Ok(call) => call.await,
+                        Err(batch) => crate::pool::run(move || store.apply(&batch)).await,
+                    }
+                }
             }
         }
     )*};

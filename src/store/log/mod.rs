@@ -944,6 +944,11 @@ impl<V: Vfs> Store for LogStore<V> {
     // caller's task (see `group`). Reads keep the provided methods (the pool).
 
     #[cfg(feature = "async")]
+    fn native_async(&self) -> Option<&dyn crate::store::native::NativeAsync> {
+        Some(self)
+    }
+
+    #[cfg(feature = "async")]
     fn put_async(
         &self,
         key: &Key,

@@ -869,6 +869,11 @@ impl Store for PgStore {
     // connections that runtime drives (see `async_face`).
 
     #[cfg(feature = "async")]
+    fn native_async(&self) -> Option<&dyn crate::store::native::NativeAsync> {
+        Some(self)
+    }
+
+    #[cfg(feature = "async")]
     fn get_async(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static
     where
         Self: Clone + 'static,
