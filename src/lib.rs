@@ -129,17 +129,23 @@
 //!   [`ManualClock::advance`] wakes), [`Clock::sleep_async`], and
 //!   `Store::get_async` and its siblings for stores that are `Clone` (each
 //!   of the crate's stores is, and so is an `Arc` of any store).
-//! - **One logic, two faces.** An async method runs its blocking twin on a
-//!   thread of the crate's own bounded pool ([`pool`], which says why not the
-//!   runtime's blocking pool), so every decision (fencing, take-overs, reading
-//!   back a write whose outcome was unknown) is written once. Where the logic
-//!   waits, the wait is written once too and each face only sleeps its own
-//!   way: a lock's backoff is one step that says until when to wait, which
-//!   the blocking face sleeps and the async face awaits. Two stores go
-//!   further for their own calls: `PgStore`'s `*_async` methods are native
-//!   (tasks of the caller's runtime on connections it drives), and a
-//!   `LogStore`'s async writes join its group commit as futures, one pool
-//!   thread flushing for a whole group of them.
+//! - **One logic, two faces.** A call's decisions and waits are written
+//!   once. `AsyncJobLedger`'s calls run the very body of their blocking
+//!   twins, an `async fn` generic over how it reaches the store and the
+//!   clock: the blocking face makes each store call at once and sleeps the
+//!   thread, the async face awaits the store's own async calls and the
+//!   clock's timers, so it holds no thread at all. The other parts' async
+//!   methods run their blocking twin on a thread of the crate's own bounded
+//!   pool ([`pool`], which says why not the runtime's blocking pool), so
+//!   every decision (fencing, take-overs, reading back a write whose outcome
+//!   was unknown) is written once there too. Where the logic waits, the wait
+//!   is written once and each face only sleeps its own way: a lock's backoff
+//!   is one step that says until when to wait, which the blocking face
+//!   sleeps and the async face awaits. Two stores' own calls are native:
+//!   `PgStore`'s `*_async` methods are tasks of the caller's runtime on
+//!   connections it drives, and a `LogStore`'s async writes join its group
+//!   commit as futures, one pool thread flushing for a whole group of them;
+//!   an `Arc` of either reaches them too.
 //! - **Waiting holds no thread.** An event subscription is a
 //!   `futures_core::Stream` ([`jobs::AsyncSubscription`]) woken by the job
 //!   state's hub, the one watcher that fans each event out to every
@@ -238,6 +244,7 @@ pub mod atomic;
 mod attempt;
 mod clock;
 pub mod conformance;
+mod drive;
 mod durability;
 mod error;
 mod fencing;

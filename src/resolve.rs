@@ -11,10 +11,13 @@
 //! the re-read) cannot overwrite what was decided since: its precondition no
 //! longer holds.
 
+use std::future::{Future, ready};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::attempt::AttemptId;
 use crate::clock::{SharedClock, millis};
+use crate::drive::{self, Blocking, Wait};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -34,20 +37,22 @@ const FIRST_PAUSE_MS: u64 = 10;
 const MAX_PAUSE_MS: u64 = 500;
 
 /// The deadline of one manager call, by which it must know how its write went.
-pub(crate) struct Deadline<'a> {
-    clock: &'a SharedClock,
+pub(crate) struct Deadline {
+    clock: SharedClock,
     at_ms: u64,
-    writes: std::cell::Cell<u32>,
+    /// Atomic only so that an async call's future, which holds the deadline
+    /// across its awaits, is `Send`: one call uses it at a time.
+    writes: AtomicU32,
 }
 
-impl<'a> Deadline<'a> {
+impl Deadline {
     /// A deadline `within` from now, for a call that starts now.
-    pub(crate) fn starting_now(clock: &'a SharedClock, within: Duration) -> Self {
+    pub(crate) fn starting_now(clock: &SharedClock, within: Duration) -> Self {
         let at_ms = clock.now_ms().saturating_add(millis(within));
         Deadline {
-            clock,
+            clock: std::sync::Arc::clone(clock),
             at_ms,
-            writes: std::cell::Cell::new(1),
+            writes: AtomicU32::new(1),
         }
     }
 
@@ -55,8 +60,7 @@ impl<'a> Deadline<'a> {
     /// that may have hidden it) writes again: at most [`WRITE_TRIES`] writes,
     /// all before the deadline.
     pub(crate) fn may_write_again(&self) -> bool {
-        let writes = self.writes.get();
-        self.writes.set(writes + 1);
+        let writes = self.writes.fetch_add(1, Ordering::Relaxed);
         writes < WRITE_TRIES && self.clock.now_ms() < self.at_ms
     }
 
@@ -65,16 +69,26 @@ impl<'a> Deadline<'a> {
     /// tries it sleeps on the clock with a growing pause, never past the
     /// deadline. Reads at least once, even past the deadline.
     pub(crate) fn reread<T>(&self, mut read: impl FnMut() -> Result<T>) -> Result<T> {
+        drive::blocking(self.reread_driven(Blocking, || ready(read())))
+    }
+
+    /// [`reread`](Deadline::reread), each read and each pause made through
+    /// `drive`.
+    pub(crate) async fn reread_driven<T, F: Future<Output = Result<T>>>(
+        &self,
+        drive: impl Wait,
+        mut read: impl FnMut() -> F,
+    ) -> Result<T> {
         let mut pause = FIRST_PAUSE_MS;
         loop {
-            match read() {
+            match read().await {
                 Err(e) if e.is_transient() => {
                     let now = self.clock.now_ms();
                     if now >= self.at_ms {
                         return Err(e);
                     }
-                    self.clock
-                        .sleep_until(now.saturating_add(pause).min(self.at_ms));
+                    let until = now.saturating_add(pause).min(self.at_ms);
+                    drive.sleep_until(&self.clock, until).await;
                     pause = (pause * 2).min(MAX_PAUSE_MS);
                 }
                 done => return done,

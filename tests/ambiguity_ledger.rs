@@ -13,6 +13,9 @@
 //! case the balance in the store underneath is the start minus the number of
 //! reservations there, so money is never charged twice nor lost.
 //!
+//! Every call runs through both faces: the blocking one and `AsyncJobLedger`,
+//! whose store calls and waits are futures (the same body, driven apart).
+//!
 //! Time is a `ManualClock` whose sleeps pass at once, so the re-reads reach
 //! their deadline without waiting. The PgStore cases need the feature
 //! `postgres` and a server (`bash .ci/postgres.sh` runs them).
@@ -20,13 +23,14 @@
 
 mod common;
 
-use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::ambiguous_store::{
     AmbiguousStore, Bench, EVERY_WRITE, Fault, RESOLVE_WITHIN, on_dir, on_log, on_mem,
 };
 use common::credits::{balance_key, read_number};
-use jobsafe::ledger::{ChargeRequest, Reservation, ReservationState, Reserve};
+use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reservation, ReservationState, Reserve};
 use jobsafe::store::BatchOp;
 use jobsafe::{AttemptId, Error, Expect, JobLedger, Key, Prefix, Store};
 
@@ -178,22 +182,70 @@ impl Reserving {
         }
     }
 
-    /// Reserves `job_id`, counting the calls of the charge ops in `charges`.
+    /// Reserves `job_id` through `face`, counting the calls of the charge
+    /// ops in `charges`.
     fn call(
         self,
+        face: Face,
         ledger: &Ledger,
         job_id: &str,
         request: &ChargeRequest,
-        charges: &Cell<u32>,
+        charges: &Arc<AtomicU32>,
     ) -> jobsafe::Result<Reserve> {
-        let store = ledger.store();
+        let charge = || {
+            let (store, charges) = (ledger.store().clone(), Arc::clone(charges));
+            move |_: &Reservation| {
+                charges.fetch_add(1, Ordering::SeqCst);
+                book(&store, -1)
+            }
+        };
         match self {
-            Reserving::Plain => ledger.reserve(PLAIN, job_id, request),
-            Reserving::WithCharge => ledger.reserve_with(PAID, job_id, request, |_| {
-                charges.set(charges.get() + 1);
-                book(store, -1)
-            }),
-            Reserving::Pending => ledger.reserve_pending(EXTERNAL, job_id, request),
+            Reserving::Plain => through(
+                face,
+                ledger,
+                |ledger| ledger.reserve(PLAIN, job_id, request),
+                async |ledger| ledger.reserve(PLAIN, job_id, request).await,
+            ),
+            Reserving::WithCharge => through(
+                face,
+                ledger,
+                |ledger| ledger.reserve_with(PAID, job_id, request, charge()),
+                async |ledger| ledger.reserve_with(PAID, job_id, request, charge()).await,
+            ),
+            Reserving::Pending => through(
+                face,
+                ledger,
+                |ledger| ledger.reserve_pending(EXTERNAL, job_id, request),
+                async |ledger| ledger.reserve_pending(EXTERNAL, job_id, request).await,
+            ),
+        }
+    }
+}
+
+/// Which face of the ledger a call is made through.
+#[derive(Clone, Copy, Debug)]
+enum Face {
+    Blocking,
+    Async,
+}
+
+/// A call made through `face`: `blocking` on the ledger, or `in_async` on
+/// its async face, awaited on a runtime of its own.
+fn through<T>(
+    face: Face,
+    ledger: &Ledger,
+    blocking: impl FnOnce(&Ledger) -> T,
+    in_async: impl AsyncFnOnce(&AsyncJobLedger<AmbiguousStore>) -> T,
+) -> T {
+    match face {
+        Face::Blocking => blocking(ledger),
+        Face::Async => {
+            let ledger = AsyncJobLedger::new(ledger.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(in_async(&ledger))
         }
     }
 }
@@ -201,16 +253,18 @@ impl Reserving {
 /// A reserve in each case: it returns its own reservation as new, writes
 /// again when it knows it did not land, and after an ambiguous error a repeat
 /// with the attempt id gets the reservation it made, uncharged again.
-fn reserve_cases(bench: &Bench, ledger: &Ledger, how: Reserving) {
+fn reserve_cases(bench: &Bench, ledger: &Ledger, how: Reserving, face: Face) {
     let name = bench.name;
     let account = how.account();
     for (n, fault) in FAULTS.into_iter().enumerate() {
-        let job = format!("reserve-{how:?}-{n}");
-        let case = format!("{how:?} under {fault:?}");
+        let job = format!("reserve-{how:?}-{face:?}-{n}");
+        let case = format!("{how:?} through the {face:?} face under {fault:?}");
         let request = ChargeRequest::new().meta("case", case.clone());
-        let charges = Cell::new(0);
+        let charges = Arc::new(AtomicU32::new(0));
         let before = bench.store.injected();
-        let result = under(bench, fault, || how.call(ledger, &job, &request, &charges));
+        let result = under(bench, fault, || {
+            how.call(face, ledger, &job, &request, &charges)
+        });
         assert!(bench.store.injected() > before, "{name}: {case}: injected");
         match fault {
             (Fault::CommitThenFail | Fault::FailWithoutCommit, 1) => {
@@ -225,7 +279,7 @@ fn reserve_cases(bench: &Bench, ledger: &Ledger, how: Reserving) {
                 );
                 // A retry by another request is free, or waits for the
                 // external charge.
-                let retry = how.call(ledger, &job, &ChargeRequest::new(), &charges);
+                let retry = how.call(face, ledger, &job, &ChargeRequest::new(), &charges);
                 match (how, retry.unwrap()) {
                     (Reserving::Pending, Reserve::InFlight(r))
                     | (Reserving::Plain | Reserving::WithCharge, Reserve::Existing(r)) => {
@@ -251,12 +305,19 @@ fn reserve_cases(bench: &Bench, ledger: &Ledger, how: Reserving) {
                 assert_conserved(bench, &case);
                 // The repeat with the attempt id is the first call: its own
                 // reservation, new, and nothing charged again.
-                let charged = charges.get();
+                let charged = charges.load(Ordering::SeqCst);
                 let repeat = request.clone().attempt(attempt.clone());
-                let again = new(bench, how.call(ledger, &job, &repeat, &charges).unwrap());
+                let again = new(
+                    bench,
+                    how.call(face, ledger, &job, &repeat, &charges).unwrap(),
+                );
                 assert_eq!(again.version.get(), stored.version, "{name}: {case}");
                 assert_eq!(again.attempt.as_ref(), Some(&attempt), "{name}: {case}");
-                assert_eq!(charges.get(), charged, "{name}: {case}: charged again");
+                assert_eq!(
+                    charges.load(Ordering::SeqCst),
+                    charged,
+                    "{name}: {case}: charged again"
+                );
             }
             (Fault::CommitThenFail, _) => unreachable!(),
         }
@@ -269,7 +330,7 @@ fn reserve_cases(bench: &Bench, ledger: &Ledger, how: Reserving) {
                 (Fault::FailWithoutCommit, _) => 3,
                 _ => 1,
             };
-            assert_eq!(charges.get(), expected, "{name}: {case}");
+            assert_eq!(charges.load(Ordering::SeqCst), expected, "{name}: {case}");
         }
         assert_conserved(bench, &case);
     }
@@ -283,7 +344,7 @@ struct Change<'a> {
     prepare: &'a dyn Fn(&str) -> Reservation,
     /// The change: the reservation it left or removed, `None` if it did not
     /// act.
-    call: &'a dyn Fn(&Reservation) -> jobsafe::Result<Option<Reservation>>,
+    call: &'a dyn Fn(Face, &Reservation) -> jobsafe::Result<Option<Reservation>>,
     /// The state it leaves: `None` if it removes the reservation.
     after: Option<ReservationState>,
     /// Whether a repeat after it landed still says it acted.
@@ -293,17 +354,17 @@ struct Change<'a> {
 /// A change of a reservation in each case: its own write is its outcome; a
 /// write known not to have landed leaves the reservation as it was; an
 /// ambiguous one is found landed by a repeat.
-fn change_cases(bench: &Bench, change: &Change<'_>) {
+fn change_cases(bench: &Bench, change: &Change<'_>, face: Face) {
     let name = bench.name;
     let account = change.account;
     for (n, fault) in FAULTS.into_iter().enumerate() {
-        let job = format!("{}-{n}", change.what.replace(' ', "-"));
-        let case = format!("{} under {fault:?}", change.what);
+        let job = format!("{}-{face:?}-{n}", change.what.replace(' ', "-"));
+        let case = format!("{} through the {face:?} face under {fault:?}", change.what);
         let reservation = (change.prepare)(&job);
         let before = in_store(bench, account, &job);
         assert!(before.is_some(), "{name}: {case}: prepared");
         let injected = bench.store.injected();
-        let result = under(bench, fault, || (change.call)(&reservation));
+        let result = under(bench, fault, || (change.call)(face, &reservation));
         assert!(
             bench.store.injected() > injected,
             "{name}: {case}: injected"
@@ -344,7 +405,7 @@ fn change_cases(bench: &Bench, change: &Change<'_>) {
                 }
                 assert_conserved(bench, &case);
                 // Repeated, the change finds itself done.
-                let again = (change.call)(&reservation).unwrap();
+                let again = (change.call)(face, &reservation).unwrap();
                 assert_eq!(again.is_some(), change.repeat_acts, "{name}: {case}");
                 assert_eq!(in_store(bench, account, &job), stored, "{name}: {case}");
             }
@@ -371,8 +432,10 @@ fn ledger_cases(bench: &Bench) {
         .unwrap();
     let store = ledger.store();
 
-    for how in [Reserving::Plain, Reserving::WithCharge, Reserving::Pending] {
-        reserve_cases(bench, ledger, how);
+    for face in [Face::Blocking, Face::Async] {
+        for how in [Reserving::Plain, Reserving::WithCharge, Reserving::Pending] {
+            reserve_cases(bench, ledger, how, face);
+        }
     }
 
     let charged = |job: &str| {
@@ -397,7 +460,14 @@ fn ledger_cases(bench: &Bench) {
             what: "confirm charge",
             account: EXTERNAL,
             prepare: &pending,
-            call: &|r| ledger.confirm_charge(r),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.confirm_charge(r),
+                    async |a| a.confirm_charge(r).await,
+                )
+            },
             after: Some(ReservationState::Charged),
             repeat_acts: true,
         },
@@ -405,7 +475,15 @@ fn ledger_cases(bench: &Bench) {
             what: "cancel charge",
             account: EXTERNAL,
             prepare: &pending,
-            call: &|r| ledger.cancel_charge(r).map(|done| removed(r, done)),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.cancel_charge(r),
+                    async |a| a.cancel_charge(r).await,
+                )
+                .map(|done| removed(r, done))
+            },
             after: None,
             repeat_acts: false,
         },
@@ -413,7 +491,14 @@ fn ledger_cases(bench: &Bench) {
             what: "refund",
             account: PLAIN,
             prepare: &charged,
-            call: &|r| ledger.refund(&r.account, &r.job_id),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.refund(&r.account, &r.job_id),
+                    async |a| a.refund(&r.account, &r.job_id).await,
+                )
+            },
             after: None,
             repeat_acts: false,
         },
@@ -421,7 +506,19 @@ fn ledger_cases(bench: &Bench) {
             what: "refund with",
             account: PAID,
             prepare: &paid,
-            call: &|r| ledger.refund_with(&r.account, &r.job_id, |_| book(store, 1)),
+            call: &|face, r| {
+                let credit = |_: &Reservation| book(store, 1);
+                let owned = store.clone();
+                through(
+                    face,
+                    ledger,
+                    |l| l.refund_with(&r.account, &r.job_id, credit),
+                    async |a| {
+                        let credit = move |_: &Reservation| book(&owned, 1);
+                        a.refund_with(&r.account, &r.job_id, credit).await
+                    },
+                )
+            },
             after: None,
             repeat_acts: false,
         },
@@ -429,7 +526,15 @@ fn ledger_cases(bench: &Bench) {
             what: "refund reservation",
             account: PLAIN,
             prepare: &charged,
-            call: &|r| ledger.refund_reservation(r).map(|done| removed(r, done)),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.refund_reservation(r),
+                    async |a| a.refund_reservation(r).await,
+                )
+                .map(|done| removed(r, done))
+            },
             after: None,
             repeat_acts: false,
         },
@@ -437,7 +542,19 @@ fn ledger_cases(bench: &Bench) {
             what: "refund reservation with",
             account: PAID,
             prepare: &paid,
-            call: &|r| ledger.refund_reservation_with(r, |_| book(store, 1)),
+            call: &|face, r| {
+                let credit = |_: &Reservation| book(store, 1);
+                let owned = store.clone();
+                through(
+                    face,
+                    ledger,
+                    |l| l.refund_reservation_with(r, credit),
+                    async |a| {
+                        let credit = move |_: &Reservation| book(&owned, 1);
+                        a.refund_reservation_with(r, credit).await
+                    },
+                )
+            },
             after: None,
             repeat_acts: false,
         },
@@ -445,7 +562,14 @@ fn ledger_cases(bench: &Bench) {
             what: "begin refund",
             account: PLAIN,
             prepare: &charged,
-            call: &|r| ledger.begin_refund(&r.account, &r.job_id),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.begin_refund(&r.account, &r.job_id),
+                    async |a| a.begin_refund(&r.account, &r.job_id).await,
+                )
+            },
             after: Some(ReservationState::RefundPending),
             repeat_acts: false,
         },
@@ -453,7 +577,14 @@ fn ledger_cases(bench: &Bench) {
             what: "begin refund of",
             account: PLAIN,
             prepare: &charged,
-            call: &|r| ledger.begin_refund_of(r),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.begin_refund_of(r),
+                    async |a| a.begin_refund_of(r).await,
+                )
+            },
             after: Some(ReservationState::RefundPending),
             repeat_acts: false,
         },
@@ -461,7 +592,15 @@ fn ledger_cases(bench: &Bench) {
             what: "complete refund",
             account: PLAIN,
             prepare: &refunding,
-            call: &|r| ledger.complete_refund(r).map(|done| removed(r, done)),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.complete_refund(r),
+                    async |a| a.complete_refund(r).await,
+                )
+                .map(|done| removed(r, done))
+            },
             after: None,
             repeat_acts: false,
         },
@@ -469,13 +608,22 @@ fn ledger_cases(bench: &Bench) {
             what: "abandon refund",
             account: PLAIN,
             prepare: &refunding,
-            call: &|r| ledger.abandon_refund(r),
+            call: &|face, r| {
+                through(
+                    face,
+                    ledger,
+                    |l| l.abandon_refund(r),
+                    async |a| a.abandon_refund(r).await,
+                )
+            },
             after: Some(ReservationState::Charged),
             repeat_acts: false,
         },
     ];
-    for change in &changes {
-        change_cases(bench, change);
+    for face in [Face::Blocking, Face::Async] {
+        for change in &changes {
+            change_cases(bench, change, face);
+        }
     }
 
     assert_conserved(bench, "at the end");

@@ -1,8 +1,16 @@
 //! [`AsyncJobLedger`]: the async face of [`JobLedger`].
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ChargeRequest, JobLedger, LedgerList, Reservation, Reserve};
+use parking_lot::Mutex;
+
+use super::{
+    ChargeRequest, Insert, JobLedger, LedgerList, Reservation, ReservationState, Reserve, no_ops,
+};
+use crate::drive::Async;
 use crate::error::{Error, Result};
 use crate::pool;
 use crate::store::{BatchOp, Store};
@@ -11,11 +19,25 @@ use crate::store::{BatchOp, Store};
 /// guarantees, and methods of the same names that are `async fn`s and never
 /// block the caller's thread.
 ///
-/// Each method runs its blocking twin on the crate's [pool](crate::pool), so
-/// the logic (fingerprints, the one charge per job id, reading back a write
-/// whose outcome was unknown) is written once. The `effect` closures of
-/// [`reserve_with`](AsyncJobLedger::reserve_with) and its siblings run there
-/// too: they may read the store, as their blocking twins' do.
+/// Each reserve, refund, confirmation and lookup runs the same body as its
+/// blocking twin, with each store call made through the store's own async
+/// calls and each wait on the clock a timer: the fingerprints, the one charge
+/// per job id and the reading back of a write whose outcome was lost are
+/// written once, and no thread is held while the call waits. On a `LogStore`
+/// the write joins the group commit; on a `PgStore` each call is a task of
+/// the caller's runtime. The `effect` closures of
+/// [`reserve_with`](AsyncJobLedger::reserve_with) and its siblings run on the
+/// crate's [pool](crate::pool): they may read the store, as their blocking
+/// twins' do. The listings ([`list`](AsyncJobLedger::list),
+/// [`pending`](AsyncJobLedger::pending),
+/// [`purge_expired`](AsyncJobLedger::purge_expired)) run their blocking
+/// twins on the pool.
+///
+/// Dropping a call's future part-way leaves its write made or not, as an
+/// interrupted call does: repeat a reserve with the same
+/// [`ChargeRequest::attempt`] to learn which, never charging twice, and a
+/// change with the reservation it was given (it finds itself done, as after
+/// an [ambiguous](Error::is_ambiguous) error).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -75,9 +97,13 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
         job_id: &str,
         request: &ChargeRequest,
     ) -> Result<Reserve> {
-        let (account, job_id, request) = (account.to_owned(), job_id.to_owned(), request.clone());
-        self.run(move |ledger| ledger.reserve(&account, &job_id, &request))
-            .await
+        let insert = Insert {
+            account,
+            job_id,
+            request,
+            state: ReservationState::Charged,
+        };
+        sendable(self.ledger.insert_driven(Async, insert, no_ops)).await
     }
 
     /// [`JobLedger::reserve_with`]; `effect` runs on the pool.
@@ -91,9 +117,13 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
         request: &ChargeRequest,
         effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E> + Send + 'static,
     ) -> Result<Reserve, E> {
-        let (account, job_id, request) = (account.to_owned(), job_id.to_owned(), request.clone());
-        self.run(move |ledger| ledger.reserve_with(&account, &job_id, &request, effect))
-            .await
+        let insert = Insert {
+            account,
+            job_id,
+            request,
+            state: ReservationState::Charged,
+        };
+        sendable(self.ledger.insert_driven(Async, insert, on_pool(effect))).await
     }
 
     /// [`JobLedger::reserve_pending`].
@@ -106,9 +136,13 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
         job_id: &str,
         request: &ChargeRequest,
     ) -> Result<Reserve> {
-        let (account, job_id, request) = (account.to_owned(), job_id.to_owned(), request.clone());
-        self.run(move |ledger| ledger.reserve_pending(&account, &job_id, &request))
-            .await
+        let insert = Insert {
+            account,
+            job_id,
+            request,
+            state: ReservationState::ChargePending,
+        };
+        sendable(self.ledger.insert_driven(Async, insert, no_ops)).await
     }
 
     /// [`JobLedger::confirm_charge`].
@@ -116,9 +150,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::confirm_charge`].
     pub async fn confirm_charge(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.confirm_charge(&reservation))
-            .await
+        sendable(self.ledger.confirm_charge_driven(Async, reservation)).await
     }
 
     /// [`JobLedger::cancel_charge`].
@@ -126,9 +158,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::cancel_charge`].
     pub async fn cancel_charge(&self, reservation: &Reservation) -> Result<bool> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.cancel_charge(&reservation))
-            .await
+        sendable(self.ledger.cancel_charge_driven(Async, reservation)).await
     }
 
     /// [`JobLedger::refund`].
@@ -136,9 +166,10 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::refund`].
     pub async fn refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
-        let (account, job_id) = (account.to_owned(), job_id.to_owned());
-        self.run(move |ledger| ledger.refund(&account, &job_id))
-            .await
+        let refund = self
+            .ledger
+            .refund_with_driven(Async, account, job_id, no_ops);
+        sendable(refund).await
     }
 
     /// [`JobLedger::refund_with`]; `effect` runs on the pool.
@@ -151,9 +182,12 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
         job_id: &str,
         effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E> + Send + 'static,
     ) -> Result<Option<Reservation>, E> {
-        let (account, job_id) = (account.to_owned(), job_id.to_owned());
-        self.run(move |ledger| ledger.refund_with(&account, &job_id, effect))
-            .await
+        let effect = on_pool(effect);
+        sendable(
+            self.ledger
+                .refund_with_driven(Async, account, job_id, effect),
+        )
+        .await
     }
 
     /// [`JobLedger::refund_reservation`].
@@ -161,9 +195,10 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::refund_reservation`].
     pub async fn refund_reservation(&self, reservation: &Reservation) -> Result<bool> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.refund_reservation(&reservation))
-            .await
+        let refund = self
+            .ledger
+            .refund_reservation_with_driven(Async, reservation, no_ops);
+        Ok(sendable(refund).await?.is_some())
     }
 
     /// [`JobLedger::refund_reservation_with`]; `effect` runs on the pool.
@@ -175,9 +210,11 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
         reservation: &Reservation,
         effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E> + Send + 'static,
     ) -> Result<Option<Reservation>, E> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.refund_reservation_with(&reservation, effect))
-            .await
+        let effect = on_pool(effect);
+        let refund = self
+            .ledger
+            .refund_reservation_with_driven(Async, reservation, effect);
+        sendable(refund).await
     }
 
     /// [`JobLedger::begin_refund`].
@@ -185,9 +222,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::begin_refund`].
     pub async fn begin_refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
-        let (account, job_id) = (account.to_owned(), job_id.to_owned());
-        self.run(move |ledger| ledger.begin_refund(&account, &job_id))
-            .await
+        sendable(self.ledger.begin_refund_driven(Async, account, job_id)).await
     }
 
     /// [`JobLedger::begin_refund_of`].
@@ -195,9 +230,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::begin_refund_of`].
     pub async fn begin_refund_of(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.begin_refund_of(&reservation))
-            .await
+        sendable(self.ledger.begin_refund_of_driven(Async, reservation)).await
     }
 
     /// [`JobLedger::complete_refund`].
@@ -205,9 +238,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::complete_refund`].
     pub async fn complete_refund(&self, reservation: &Reservation) -> Result<bool> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.complete_refund(&reservation))
-            .await
+        sendable(self.ledger.complete_refund_driven(Async, reservation)).await
     }
 
     /// [`JobLedger::abandon_refund`].
@@ -215,9 +246,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::abandon_refund`].
     pub async fn abandon_refund(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let reservation = reservation.clone();
-        self.run(move |ledger| ledger.abandon_refund(&reservation))
-            .await
+        sendable(self.ledger.abandon_refund_driven(Async, reservation)).await
     }
 
     /// [`JobLedger::lookup`].
@@ -225,9 +254,7 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// # Errors
     /// As [`JobLedger::lookup`].
     pub async fn lookup(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
-        let (account, job_id) = (account.to_owned(), job_id.to_owned());
-        self.run(move |ledger| ledger.lookup(&account, &job_id))
-            .await
+        sendable(self.ledger.lookup_driven(Async, account, job_id)).await
     }
 
     /// [`JobLedger::list`].
@@ -254,6 +281,32 @@ impl<S: Store + 'static> AsyncJobLedger<S> {
     /// As [`JobLedger::purge_expired`].
     pub async fn purge_expired(&self, retain: Duration) -> Result<usize> {
         self.run(move |ledger| ledger.purge_expired(retain)).await
+    }
+}
+
+/// `body`, boxed as the `Send` future it is.
+///
+/// Proven `Send` here, where the store type is a parameter known to be
+/// `'static`: proven in the caller's `async` block instead, the compiler
+/// erases the lifetime of a `dyn Store` inside the future's type and can no
+/// longer see that it is `'static`, and refuses to send it (an `Arc<dyn
+/// Store>` ledger could then not be used in a spawned task).
+fn sendable<'a, T>(
+    body: impl Future<Output = T> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(body)
+}
+
+/// `effect`, made a side effect of the async face: each call runs on the
+/// crate's pool, since it may read the store (see
+/// [`reserve_with`](AsyncJobLedger::reserve_with)).
+fn on_pool<E: Send + 'static>(
+    effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E> + Send + 'static,
+) -> impl FnMut(&Reservation) -> pool::Blocking<Result<Vec<BatchOp>, E>> {
+    let effect = Arc::new(Mutex::new(effect));
+    move |reservation: &Reservation| {
+        let (effect, reservation) = (Arc::clone(&effect), reservation.clone());
+        pool::run(move || (effect.lock())(&reservation))
     }
 }
 

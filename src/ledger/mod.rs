@@ -15,6 +15,7 @@
 mod async_face;
 mod reservation;
 
+use std::future::{Future, ready};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,12 @@ pub use reservation::{ChargeRequest, Reservation, ReservationState};
 use self::reservation::StoredReservation;
 use crate::attempt::AttemptId;
 use crate::clock::{SharedClock, millis};
+use crate::drive::{self, Blocking, Drive};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
 use crate::resolve::{self, Deadline, may_have_landed};
-use crate::store::{Applied, Batch, BatchOp, Expect, SCAN_PAGE, Store, Version};
+use crate::store::{Applied, Batch, BatchOp, Entry, Expect, SCAN_PAGE, Store, Version};
 use crate::trace::report;
 
 /// How often a write is retried after losing a compare-and-set race before the
@@ -442,10 +444,22 @@ impl<S: Store> JobLedger<S> {
     /// and stayed unreachable until the deadline; store errors: a transient
     /// one only when the write is known not to have landed.
     pub fn confirm_charge(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let moved = self.transition("confirm charge", reservation, |state| match state {
+        drive::blocking(self.confirm_charge_driven(Blocking, reservation))
+    }
+
+    /// The body of [`confirm_charge`](JobLedger::confirm_charge), for both faces.
+    pub(super) async fn confirm_charge_driven(
+        &self,
+        drive: impl Drive<S>,
+        reservation: &Reservation,
+    ) -> Result<Option<Reservation>> {
+        let decide = |state| match state {
             ReservationState::ChargePending => Transition::To(ReservationState::Charged),
             _ => Transition::Keep,
-        })?;
+        };
+        let moved = self
+            .transition(drive, "confirm charge", reservation, decide)
+            .await?;
         Ok(match moved {
             Moved::Changed(now) | Moved::Unchanged(now) => Some(*now),
             Moved::Removed(_) | Moved::Gone => None,
@@ -468,10 +482,22 @@ impl<S: Store> JobLedger<S> {
     /// and stayed unreachable until the deadline; store errors: a transient
     /// one only when the delete is known not to have landed.
     pub fn cancel_charge(&self, reservation: &Reservation) -> Result<bool> {
-        let moved = self.transition("cancel charge", reservation, |state| match state {
+        drive::blocking(self.cancel_charge_driven(Blocking, reservation))
+    }
+
+    /// The body of [`cancel_charge`](JobLedger::cancel_charge), for both faces.
+    pub(super) async fn cancel_charge_driven(
+        &self,
+        drive: impl Drive<S>,
+        reservation: &Reservation,
+    ) -> Result<bool> {
+        let decide = |state| match state {
             ReservationState::ChargePending => Transition::Remove,
             _ => Transition::Keep,
-        })?;
+        };
+        let moved = self
+            .transition(drive, "cancel charge", reservation, decide)
+            .await?;
         Ok(matches!(moved, Moved::Removed(_)))
     }
 
@@ -528,13 +554,29 @@ impl<S: Store> JobLedger<S> {
         &self,
         account: &str,
         job_id: &str,
-        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Option<Reservation>, E> {
+        let effect = |reservation: &Reservation| ready(effect(reservation));
+        drive::blocking(self.refund_with_driven(Blocking, account, job_id, effect))
+    }
+
+    /// The body of [`refund_with`](JobLedger::refund_with), for both faces.
+    pub(super) async fn refund_with_driven<E, F>(
+        &self,
+        drive: impl Drive<S>,
+        account: &str,
+        job_id: &str,
+        effect: impl FnMut(&Reservation) -> F,
+    ) -> Result<Option<Reservation>, E>
+    where
+        E: From<Error>,
+        F: Future<Output = Result<Vec<BatchOp>, E>>,
+    {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
-        let Some(current) = self.refundable_now(account, job_id)? else {
+        let Some(current) = self.refundable_now(drive, account, job_id).await? else {
             return Ok(None);
         };
-        self.refund_of(&current, effect, &deadline)
+        self.refund_of(drive, &current, effect, &deadline).await
     }
 
     /// Refunds `reservation` if it is still the stored one (same
@@ -588,30 +630,55 @@ impl<S: Store> JobLedger<S> {
     pub fn refund_reservation_with<E: From<Error>>(
         &self,
         reservation: &Reservation,
-        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
+        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Option<Reservation>, E> {
+        let effect = |reservation: &Reservation| ready(effect(reservation));
+        drive::blocking(self.refund_reservation_with_driven(Blocking, reservation, effect))
+    }
+
+    /// The body of
+    /// [`refund_reservation_with`](JobLedger::refund_reservation_with), for
+    /// both faces.
+    pub(super) async fn refund_reservation_with_driven<E, F>(
+        &self,
+        drive: impl Drive<S>,
+        reservation: &Reservation,
+        effect: impl FnMut(&Reservation) -> F,
+    ) -> Result<Option<Reservation>, E>
+    where
+        E: From<Error>,
+        F: Future<Output = Result<Vec<BatchOp>, E>>,
+    {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
-        self.refund_of(reservation, effect, &deadline)
+        self.refund_of(drive, reservation, effect, &deadline).await
     }
 
     /// Refunds `reservation` if it is still the stored one and charged,
     /// applying `effect`'s operations in the same batch.
-    fn refund_of<E: From<Error>>(
+    async fn refund_of<E, F>(
         &self,
+        drive: impl Drive<S>,
         reservation: &Reservation,
-        effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
-        deadline: &Deadline<'_>,
-    ) -> Result<Option<Reservation>, E> {
-        let moved = self.transition_with(
-            "refund",
-            reservation,
-            |state| match state {
-                ReservationState::Charged => Transition::Remove,
-                _ => Transition::Keep,
-            },
-            effect,
-            deadline,
-        )?;
+        effect: impl FnMut(&Reservation) -> F,
+        deadline: &Deadline,
+    ) -> Result<Option<Reservation>, E>
+    where
+        E: From<Error>,
+        F: Future<Output = Result<Vec<BatchOp>, E>>,
+    {
+        let moved = self
+            .transition_with(
+                drive,
+                "refund",
+                reservation,
+                |state| match state {
+                    ReservationState::Charged => Transition::Remove,
+                    _ => Transition::Keep,
+                },
+                effect,
+                deadline,
+            )
+            .await?;
         Ok(match moved {
             Moved::Removed(removed) => Some(*removed),
             Moved::Changed(_) | Moved::Unchanged(_) | Moved::Gone => None,
@@ -639,11 +706,21 @@ impl<S: Store> JobLedger<S> {
     /// # Errors
     /// As [`refund`](JobLedger::refund) ([`Error::Ambiguous`] included).
     pub fn begin_refund(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        drive::blocking(self.begin_refund_driven(Blocking, account, job_id))
+    }
+
+    /// The body of [`begin_refund`](JobLedger::begin_refund), for both faces.
+    pub(super) async fn begin_refund_driven(
+        &self,
+        drive: impl Drive<S>,
+        account: &str,
+        job_id: &str,
+    ) -> Result<Option<Reservation>> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
-        let Some(current) = self.refundable_now(account, job_id)? else {
+        let Some(current) = self.refundable_now(drive, account, job_id).await? else {
             return Ok(None);
         };
-        self.begin_refund_within(&current, &deadline)
+        self.begin_refund_within(drive, &current, &deadline).await
     }
 
     /// Starts an external refund of `reservation`, as
@@ -662,23 +739,36 @@ impl<S: Store> JobLedger<S> {
     /// errors: a transient one only when the write is known not to have
     /// landed.
     pub fn begin_refund_of(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
+        drive::blocking(self.begin_refund_of_driven(Blocking, reservation))
+    }
+
+    /// The body of [`begin_refund_of`](JobLedger::begin_refund_of), for both
+    /// faces.
+    pub(super) async fn begin_refund_of_driven(
+        &self,
+        drive: impl Drive<S>,
+        reservation: &Reservation,
+    ) -> Result<Option<Reservation>> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
-        self.begin_refund_within(reservation, &deadline)
+        self.begin_refund_within(drive, reservation, &deadline)
+            .await
     }
 
     /// Starts an external refund of `reservation`, resolving a write that may
     /// have landed by `deadline`.
-    fn begin_refund_within(
+    async fn begin_refund_within(
         &self,
+        drive: impl Drive<S>,
         reservation: &Reservation,
-        deadline: &Deadline<'_>,
+        deadline: &Deadline,
     ) -> Result<Option<Reservation>> {
         let decide = |state| match state {
             ReservationState::Charged => Transition::To(ReservationState::RefundPending),
             _ => Transition::Keep,
         };
-        let no_ops = |_: &Reservation| Ok::<_, Error>(Vec::new());
-        let moved = self.transition_with("begin refund", reservation, decide, no_ops, deadline)?;
+        let moved = self
+            .transition_with(drive, "begin refund", reservation, decide, no_ops, deadline)
+            .await?;
         Ok(match moved {
             Moved::Changed(now) => Some(*now),
             Moved::Unchanged(_) | Moved::Removed(_) | Moved::Gone => None,
@@ -702,10 +792,23 @@ impl<S: Store> JobLedger<S> {
     /// and stayed unreachable until the deadline; store errors: a transient
     /// one only when the delete is known not to have landed.
     pub fn complete_refund(&self, reservation: &Reservation) -> Result<bool> {
-        let moved = self.transition("complete refund", reservation, |state| match state {
+        drive::blocking(self.complete_refund_driven(Blocking, reservation))
+    }
+
+    /// The body of [`complete_refund`](JobLedger::complete_refund), for both
+    /// faces.
+    pub(super) async fn complete_refund_driven(
+        &self,
+        drive: impl Drive<S>,
+        reservation: &Reservation,
+    ) -> Result<bool> {
+        let decide = |state| match state {
             ReservationState::RefundPending => Transition::Remove,
             _ => Transition::Keep,
-        })?;
+        };
+        let moved = self
+            .transition(drive, "complete refund", reservation, decide)
+            .await?;
         Ok(matches!(moved, Moved::Removed(_)))
     }
 
@@ -748,10 +851,23 @@ impl<S: Store> JobLedger<S> {
     /// errors: a transient one only when the write is known not to have
     /// landed.
     pub fn abandon_refund(&self, reservation: &Reservation) -> Result<Option<Reservation>> {
-        let moved = self.transition("abandon refund", reservation, |state| match state {
+        drive::blocking(self.abandon_refund_driven(Blocking, reservation))
+    }
+
+    /// The body of [`abandon_refund`](JobLedger::abandon_refund), for both
+    /// faces.
+    pub(super) async fn abandon_refund_driven(
+        &self,
+        drive: impl Drive<S>,
+        reservation: &Reservation,
+    ) -> Result<Option<Reservation>> {
+        let decide = |state| match state {
             ReservationState::RefundPending => Transition::To(ReservationState::Charged),
             _ => Transition::Keep,
-        })?;
+        };
+        let moved = self
+            .transition(drive, "abandon refund", reservation, decide)
+            .await?;
         Ok(match moved {
             Moved::Changed(now) => Some(*now),
             Moved::Unchanged(_) | Moved::Removed(_) | Moved::Gone => None,
@@ -760,9 +876,14 @@ impl<S: Store> JobLedger<S> {
 
     /// The reservation of (`account`, `job_id`) if it can be refunded now: `None`
     /// if there is none or its refund is under way.
-    fn refundable_now(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+    async fn refundable_now(
+        &self,
+        drive: impl Drive<S>,
+        account: &str,
+        job_id: &str,
+    ) -> Result<Option<Reservation>> {
         let key = self.key(account, job_id)?;
-        let Some((stored, version)) = self.read(&key)? else {
+        let Some((stored, version)) = self.read_driven(drive, &key).await? else {
             return Ok(None);
         };
         if !refundable(&key, stored.state)? {
@@ -777,10 +898,19 @@ impl<S: Store> JobLedger<S> {
     /// # Errors
     /// [`Error::InvalidKey`]; [`Error::Corrupt`]; store errors.
     pub fn lookup(&self, account: &str, job_id: &str) -> Result<Option<Reservation>> {
+        drive::blocking(self.lookup_driven(Blocking, account, job_id))
+    }
+
+    /// The body of [`lookup`](JobLedger::lookup), for both faces.
+    pub(super) async fn lookup_driven(
+        &self,
+        drive: impl Drive<S>,
+        account: &str,
+        job_id: &str,
+    ) -> Result<Option<Reservation>> {
         let key = self.key(account, job_id)?;
-        Ok(self
-            .read(&key)?
-            .map(|(stored, version)| stored.to_reservation(account, job_id, version)))
+        let found = self.read_driven(drive, &key).await?;
+        Ok(found.map(|(stored, version)| stored.to_reservation(account, job_id, version)))
     }
 
     /// Every reservation (of `account`, if given), for administration. Changes
@@ -893,6 +1023,38 @@ impl<S: Store> JobLedger<S> {
         state: ReservationState,
         mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
     ) -> Result<Reserve, E> {
+        let insert = Insert {
+            account,
+            job_id,
+            request,
+            state,
+        };
+        drive::blocking(
+            self.insert_driven(Blocking, insert, |reservation: &Reservation| {
+                ready(effect(reservation))
+            }),
+        )
+    }
+
+    /// The body of every reserve, for both faces (see [`drive`]): reads what
+    /// is stored, decides, and writes the reservation with `effect`'s
+    /// operations, retrying lost races and reading back a write whose
+    /// outcome was lost.
+    pub(super) async fn insert_driven<
+        E: From<Error>,
+        F: Future<Output = Result<Vec<BatchOp>, E>>,
+    >(
+        &self,
+        drive: impl Drive<S>,
+        insert: Insert<'_>,
+        mut effect: impl FnMut(&Reservation) -> F,
+    ) -> Result<Reserve, E> {
+        let Insert {
+            account,
+            job_id,
+            request,
+            state,
+        } = insert;
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let key = self.key(account, job_id)?;
         request.check(&key)?;
@@ -901,7 +1063,8 @@ impl<S: Store> JobLedger<S> {
         loop {
             tries += 1;
             let now = self.clock.now_ms();
-            let expect = match self.find(&key, account, job_id, request, &attempt, now)? {
+            let found = self.read_driven(drive, &key).await?;
+            let expect = match find(found, &key, account, job_id, request, &attempt, now)? {
                 // This call, repeated: its reserve had landed.
                 Found::Own(own) => return Ok(Reserve::New(*own)),
                 Found::Live(existing) if existing.state.is_pending() => {
@@ -913,13 +1076,14 @@ impl<S: Store> JobLedger<S> {
             let stored = StoredReservation::new(request, &attempt, now, self.ttl_ms, state);
             let bytes = codec::encode(&key, &stored)?;
             let mut reservation = stored.to_reservation(account, job_id, Version::new(0));
-            let ops = effect(&reservation)?;
+            let ops = effect(&reservation).await?;
             let written = if ops.is_empty() {
-                self.store.put(&key, &bytes, expect)
+                drive.put(&self.store, &key, bytes, expect).await
             } else {
                 let batch = with_ops(Batch::new().put(&key, bytes, expect), ops);
-                self.store
-                    .apply(&batch)
+                drive
+                    .apply(&self.store, batch)
+                    .await
                     .map(|applied| match applied.first() {
                         Some(Applied::Put(version)) => *version,
                         _ => Version::new(0),
@@ -940,87 +1104,59 @@ impl<S: Store> JobLedger<S> {
                 // Lost a race (on the reservation or the caller's keys): decide
                 // again on what is there now.
                 Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
-                Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&key)) {
-                    // Ours, whatever happened to the reply: the caller's
-                    // operations landed with it, in the same batch.
-                    Ok(Some((stored, version))) if stored.was_made_by(&attempt) => {
-                        let reservation = stored.to_reservation(account, job_id, version);
-                        report!(
-                            info,
-                            account = %crate::trace::private(account),
-                            job_id = %crate::trace::private(job_id),
-                            attempt = %crate::trace::private(&attempt),
-                            error = %crate::trace::error(&e),
-                            "reservation made; its write failed and was read back as landed"
-                        );
-                        return Ok(Reserve::New(reservation));
-                    }
-                    // Unchanged: ours did not land, nor did its operations.
-                    // Deciding and writing again fences it off, should it
-                    // still arrive.
-                    Ok(found) if is_unchanged(found.as_ref(), expect) => {
-                        if !deadline.may_write_again() {
-                            return Err(resolve::not_landed("reserve", &key, &attempt, e).into());
+                Err(e) if may_have_landed(&e) => {
+                    let reread = deadline.reread_driven(drive, || self.read_driven(drive, &key));
+                    match reread.await {
+                        // Ours, whatever happened to the reply: the caller's
+                        // operations landed with it, in the same batch.
+                        Ok(Some((stored, version))) if stored.was_made_by(&attempt) => {
+                            let reservation = stored.to_reservation(account, job_id, version);
+                            report!(
+                                info,
+                                account = %crate::trace::private(account),
+                                job_id = %crate::trace::private(job_id),
+                                attempt = %crate::trace::private(&attempt),
+                                error = %crate::trace::error(&e),
+                                "reservation made; its write failed and was read back as landed"
+                            );
+                            return Ok(Reserve::New(reservation));
+                        }
+                        // Unchanged: ours did not land, nor did its operations.
+                        // Deciding and writing again fences it off, should it
+                        // still arrive.
+                        Ok(found) if is_unchanged(found.as_ref(), expect) => {
+                            if !deadline.may_write_again() {
+                                let error = resolve::not_landed("reserve", &key, &attempt, e);
+                                return Err(error.into());
+                            }
+                        }
+                        // Changed by another: decide again on what is there.
+                        Ok(_) => {}
+                        Err(reread) => {
+                            let ambiguous =
+                                resolve::ambiguous("reserve", &key, &attempt, e, reread);
+                            return Err(ambiguous.into());
                         }
                     }
-                    // Changed by another: decide again on what is there.
-                    Ok(_) => {}
-                    Err(reread) => {
-                        let ambiguous = resolve::ambiguous("reserve", &key, &attempt, e, reread);
-                        return Err(ambiguous.into());
-                    }
-                },
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    fn find(
-        &self,
-        key: &Key,
-        account: &str,
-        job_id: &str,
-        request: &ChargeRequest,
-        attempt: &AttemptId,
-        now: u64,
-    ) -> Result<Found> {
-        let Some((stored, version)) = self.read(key)? else {
-            return Ok(Found::Vacant(Expect::Absent));
-        };
-        // The reservation this attempt made stays its own, expired or not:
-        // a repeated call never charges again.
-        let own = stored.was_made_by(attempt);
-        let existing = stored.to_reservation(account, job_id, version);
-        if !own && existing.is_expired_at(now) {
-            return Ok(Found::Vacant(Expect::Version(version)));
-        }
-        if let (Some(stored_fp), Some(requested)) = (&existing.fingerprint, &request.fingerprint)
-            && stored_fp != requested
-        {
-            return Err(Error::FingerprintMismatch {
-                key: key.clone(),
-                requested: requested.clone(),
-                stored: Box::new(existing),
-            });
-        }
-        if own {
-            return Ok(Found::Own(Box::new(existing)));
-        }
-        Ok(Found::Live(Box::new(existing)))
-    }
-
     /// Moves `reservation` (if it is still the stored one, by id) as `decide`
     /// says, retrying lost races; `operation` names the call in an ambiguous
     /// error.
-    fn transition(
+    async fn transition(
         &self,
+        drive: impl Drive<S>,
         operation: &'static str,
         reservation: &Reservation,
         decide: impl Fn(ReservationState) -> Transition,
     ) -> Result<Moved> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
-        let no_ops = |_: &Reservation| Ok::<_, Error>(Vec::new());
-        self.transition_with(operation, reservation, decide, no_ops, &deadline)
+        self.transition_with(drive, operation, reservation, decide, no_ops, &deadline)
+            .await
     }
 
     /// [`transition`](JobLedger::transition), applying the operations `effect`
@@ -1035,21 +1171,26 @@ impl<S: Store> JobLedger<S> {
     /// as not removed; a concurrent removal in that moment counts as this
     /// call's too (its operations, if any, landed with the other call's
     /// delete, so the caller's keys changed once).
-    fn transition_with<E: From<Error>>(
+    async fn transition_with<E, F>(
         &self,
+        drive: impl Drive<S>,
         operation: &'static str,
         reservation: &Reservation,
         decide: impl Fn(ReservationState) -> Transition,
-        mut effect: impl FnMut(&Reservation) -> Result<Vec<BatchOp>, E>,
-        deadline: &Deadline<'_>,
-    ) -> Result<Moved, E> {
+        mut effect: impl FnMut(&Reservation) -> F,
+        deadline: &Deadline,
+    ) -> Result<Moved, E>
+    where
+        E: From<Error>,
+        F: Future<Output = Result<Vec<BatchOp>, E>>,
+    {
         let (account, job_id) = (&reservation.account, &reservation.job_id);
         let key = self.key(account, job_id)?;
         let write = AttemptId::new();
         let mut tries = 0;
         loop {
             tries += 1;
-            let Some((mut stored, version)) = self.read(&key)? else {
+            let Some((mut stored, version)) = self.read_driven(drive, &key).await? else {
                 return Ok(Moved::Gone);
             };
             if stored.id != reservation.id {
@@ -1061,7 +1202,7 @@ impl<S: Store> JobLedger<S> {
                 Transition::Remove => None,
                 Transition::To(state) => Some(state),
             };
-            let ops = effect(&current)?;
+            let ops = effect(&current).await?;
             let expect = Expect::Version(version);
             let written = match new_state {
                 Some(state) => {
@@ -1069,21 +1210,24 @@ impl<S: Store> JobLedger<S> {
                     stored.write = Some(write.clone());
                     let bytes = codec::encode(&key, &stored)?;
                     if ops.is_empty() {
-                        self.store.put(&key, &bytes, expect).map(Some)
+                        drive.put(&self.store, &key, bytes, expect).await.map(Some)
                     } else {
                         let batch = with_ops(Batch::new().put(&key, bytes, expect), ops);
-                        self.store
-                            .apply(&batch)
+                        drive
+                            .apply(&self.store, batch)
+                            .await
                             .map(|applied| match applied.first() {
                                 Some(Applied::Put(version)) => Some(*version),
                                 _ => Some(Version::new(0)),
                             })
                     }
                 }
-                None if ops.is_empty() => self.store.delete(&key, expect).map(|_| None),
+                None if ops.is_empty() => {
+                    drive.delete(&self.store, &key, expect).await.map(|_| None)
+                }
                 None => {
                     let batch = with_ops(Batch::new().delete(&key, expect), ops);
-                    self.store.apply(&batch).map(|_| None)
+                    drive.apply(&self.store, batch).await.map(|_| None)
                 }
             };
             match written {
@@ -1111,7 +1255,10 @@ impl<S: Store> JobLedger<S> {
                     return Ok(Moved::Removed(Box::new(current)));
                 }
                 Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
-                Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&key)) {
+                Err(e) if may_have_landed(&e) => match deadline
+                    .reread_driven(drive, || self.read_driven(drive, &key))
+                    .await
+                {
                     // Ours, whatever happened to the reply.
                     Ok(Some((stored, version)))
                         if new_state.is_some() && stored.was_written_by(&write) =>
@@ -1148,14 +1295,73 @@ impl<S: Store> JobLedger<S> {
     }
 
     fn read(&self, key: &Key) -> Result<Option<(StoredReservation, Version)>> {
-        match self.store.get(key)? {
-            None => Ok(None),
-            Some(entry) => {
-                let stored: StoredReservation = codec::decode(key, &entry.value)?;
-                Ok(Some((stored.lift_legacy_fields(), entry.version)))
-            }
+        decode(key, self.store.get(key)?)
+    }
+
+    /// [`read`](JobLedger::read), through `drive`.
+    async fn read_driven(
+        &self,
+        drive: impl Drive<S>,
+        key: &Key,
+    ) -> Result<Option<(StoredReservation, Version)>> {
+        decode(key, drive.get(&self.store, key).await?)
+    }
+}
+
+/// The reservation in `entry`, read at `key`.
+fn decode(key: &Key, entry: Option<Entry>) -> Result<Option<(StoredReservation, Version)>> {
+    match entry {
+        None => Ok(None),
+        Some(entry) => {
+            let stored: StoredReservation = codec::decode(key, &entry.value)?;
+            Ok(Some((stored.lift_legacy_fields(), entry.version)))
         }
     }
+}
+
+/// What a reserve of (`account`, `job_id`) by `attempt` finds in `found`,
+/// the record at `key` read `now`.
+fn find(
+    found: Option<(StoredReservation, Version)>,
+    key: &Key,
+    account: &str,
+    job_id: &str,
+    request: &ChargeRequest,
+    attempt: &AttemptId,
+    now: u64,
+) -> Result<Found> {
+    let Some((stored, version)) = found else {
+        return Ok(Found::Vacant(Expect::Absent));
+    };
+    // The reservation this attempt made stays its own, expired or not:
+    // a repeated call never charges again.
+    let own = stored.was_made_by(attempt);
+    let existing = stored.to_reservation(account, job_id, version);
+    if !own && existing.is_expired_at(now) {
+        return Ok(Found::Vacant(Expect::Version(version)));
+    }
+    if let (Some(stored_fp), Some(requested)) = (&existing.fingerprint, &request.fingerprint)
+        && stored_fp != requested
+    {
+        return Err(Error::FingerprintMismatch {
+            key: key.clone(),
+            requested: requested.clone(),
+            stored: Box::new(existing),
+        });
+    }
+    if own {
+        return Ok(Found::Own(Box::new(existing)));
+    }
+    Ok(Found::Live(Box::new(existing)))
+}
+
+/// What a reserve asks for, beyond its side effects.
+pub(super) struct Insert<'a> {
+    pub(super) account: &'a str,
+    pub(super) job_id: &'a str,
+    pub(super) request: &'a ChargeRequest,
+    /// The state of a new reservation.
+    pub(super) state: ReservationState,
 }
 
 /// What [`JobLedger::transition`] does with a reservation in a given state.
@@ -1185,6 +1391,11 @@ fn is_unchanged(found: Option<&(StoredReservation, Version)>, expect: Expect) ->
         (Some((_, version)), Expect::Version(expected)) => *version == expected,
         _ => false,
     }
+}
+
+/// The side effect of a call that has none.
+pub(super) fn no_ops(_: &Reservation) -> std::future::Ready<Result<Vec<BatchOp>>> {
+    ready(Ok(Vec::new()))
 }
 
 /// `batch` followed by the caller's `ops`.

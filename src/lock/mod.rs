@@ -618,7 +618,7 @@ impl<S: Store> JobLock<S> {
         &self,
         stored_key: &Key,
         holder: &LockHandle,
-        deadline: &Deadline<'_>,
+        deadline: &Deadline,
     ) -> Result<Release> {
         loop {
             let Some((stored, version)) = self.read(stored_key)? else {
@@ -649,7 +649,7 @@ impl<S: Store> JobLock<S> {
         holder: &LockHandle,
         version: Version,
         error: Error,
-        deadline: &Deadline<'_>,
+        deadline: &Deadline,
     ) -> Result<Release> {
         match deadline.reread(|| self.read(stored_key)) {
             Ok(None) => Ok(Release::Released),

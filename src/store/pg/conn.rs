@@ -97,7 +97,7 @@ impl Connector {
                     "connect",
                     &self.server,
                     self.within,
-                    "a connection",
+                    "connection",
                 ));
             }
         };
@@ -130,7 +130,7 @@ impl Connector {
         let bound = self.bound(call);
         let (client, io) = match driver.run_for(bound.within, self.link()) {
             Some(made) => made?,
-            None => return Err(bound.passed("connect", "a connection")),
+            None => return Err(bound.passed("connect", "connection")),
         };
         driver.attach(io);
         Ok(Linked { client, driver })
@@ -191,7 +191,7 @@ impl Connector {
         let bound = self.bound(Some(call));
         let Bare { client, _io: io } = tokio::time::timeout(bound.within, self.bare())
             .await
-            .map_err(|_| bound.passed("connect", "a connection"))??;
+            .map_err(|_| bound.passed("connect", "connection"))??;
         let ready = async {
             let statements = Statements::prepare(&client, &self.sql).await?;
             let session = Session::of(&client).await?;
