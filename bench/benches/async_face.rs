@@ -28,8 +28,8 @@
 //!    of the async face runs on jobsafe's pool (a hop to a pool thread and
 //!    back), never inline on the runtime's threads, where a read that met a
 //!    slow disk would stall every task of that worker. `put` joins the
-//!    store's group commit as a future; a reserve runs the ledger's blocking
-//!    logic on the pool.
+//!    store's group commit as a future, and so does a new reserve's write:
+//!    the ledger's body runs on the caller's task, its read on the pool.
 //!
 //! 4. `pg` (with `--features postgres`, against the server `JOBSAFE_PG_URL`
 //!    names): `PgStore`'s `get` and durable `put` through the blocking API
