@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attempt::AttemptId;
 use crate::fencing::FencingToken;
-use crate::record::{Extra, Metadata, Record};
+use crate::record::{Extra, Metadata, Record, record_deserialize};
 use crate::store::Version;
 
 pub(crate) const MAX_PROGRESS_LEN: usize = Job::MAX_PROGRESS_LEN;
@@ -164,7 +164,9 @@ pub struct EventWindow {
 }
 
 /// A durable job record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// `Deserialize` is written by `record_deserialize!`, as derive with
+// `#[serde(flatten)] extra` would read it, without flatten's buffering.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Job {
     /// The job's id.
@@ -244,6 +246,67 @@ pub struct Job {
 
 fn zero_version() -> Version {
     Version::new(0)
+}
+
+// `version` is skipped, so a member of that name is unknown and kept in
+// `extra`, as with the derive.
+record_deserialize! {
+    Job, "struct Job",
+    required [
+        id = "id",
+        kind = "kind",
+        status = "status",
+        attempt = "attempt",
+        created_ms = "created_ms",
+        updated_ms = "updated_ms",
+    ],
+    defaulted [
+        owner = "owner",
+        stage = "stage",
+        stages_done = "stages_done",
+        progress = "progress",
+        result = "result",
+        error = "error",
+        metadata = "metadata",
+        started_ms = "started_ms",
+        completed_ms = "completed_ms",
+        retry_at_ms = "retry_at_ms",
+        heartbeat_ms = "heartbeat_ms",
+        fencing = "fencing",
+        events = "events",
+        write = "write",
+        created_by = "created_by",
+        started_by = "started_by",
+        started_seq = "started_seq",
+    ],
+    unknown keep(extra),
+    build Job {
+        id,
+        kind,
+        owner,
+        status,
+        stage,
+        stages_done,
+        attempt,
+        progress,
+        result,
+        error,
+        metadata,
+        created_ms,
+        started_ms,
+        updated_ms,
+        completed_ms,
+        retry_at_ms,
+        heartbeat_ms,
+        fencing,
+        events,
+        write,
+        created_by,
+        started_by,
+        started_seq,
+        extra,
+        version: zero_version(),
+    },
 }
 
 impl Record for Job {
@@ -427,13 +490,32 @@ impl Event {
 /// may hide its success, and whose job record has moved on since, whether
 /// the event at the sequence number it wrote is its own. It stays out of
 /// [`Event`], which clients see.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// `Deserialize` reads [`Event`]'s fields by name, as the flattened derive did,
+/// ignoring unknown ones.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct StoredEvent {
     #[serde(flatten)]
     pub(crate) event: Event,
     /// Absent in events written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) write: Option<AttemptId>,
+}
+
+record_deserialize! {
+    StoredEvent, "struct StoredEvent",
+    required [seq = "seq", kind = "type", data = "data", time_ms = "time_ms"],
+    defaulted [write = "write"],
+    unknown ignore,
+    build StoredEvent {
+        event: Event {
+            seq,
+            kind,
+            data,
+            time_ms,
+        },
+        write,
+    },
 }
 
 impl Record for StoredEvent {
@@ -453,4 +535,46 @@ pub(crate) fn bounded(mut text: String, max: usize) -> String {
         text.truncate(cut);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::record::same_as_before::{arrange, before, now, rearrangement};
+
+    /// `StoredEvent` as derive read it, flattening `Event`.
+    #[derive(Serialize, Deserialize)]
+    struct DerivedEvent {
+        #[serde(flatten)]
+        event: Event,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        write: Option<AttemptId>,
+    }
+
+    const NAMES: &[&str] = &["seq", "type", "kind", "data", "time_ms", "write"];
+
+    proptest! {
+        #[test]
+        fn events_decode_as_the_derived_type_did(change in rearrangement(NAMES)) {
+            let stored = StoredEvent {
+                event: Event {
+                    seq: 3,
+                    kind: "progress".into(),
+                    data: serde_json::json!({"message": "half way", "n": [1, 2.5]}),
+                    time_ms: 1_767_225_600_000,
+                },
+                write: Some(AttemptId::new()),
+            };
+            let key = crate::key::Key::new(["jobs", "event", "j", "3"]).unwrap();
+            let record = serde_json::from_slice(&crate::record::encode(&key, &stored).unwrap()).unwrap();
+            let bytes = arrange(&record, &change);
+            // See `Outcome::without_reason`.
+            prop_assert_eq!(
+                now::<StoredEvent>(&bytes).without_reason(),
+                before::<DerivedEvent>(StoredEvent::SCHEMA, &bytes).without_reason()
+            );
+        }
+    }
 }

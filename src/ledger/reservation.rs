@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::attempt::AttemptId;
 use crate::key::Key;
 use crate::limits;
-use crate::record::{Extra, Metadata, Record};
+use crate::record::{Extra, Metadata, Record, record_deserialize};
 use crate::store::Version;
 
 /// What a caller tells the ledger about a charge: the caller's own metadata,
@@ -240,7 +240,10 @@ impl Reservation {
 /// as fields of their own. They are not fields here: they land in `extra` as
 /// unknown fields do, and [`StoredReservation::lift_legacy_fields`] moves them
 /// into the metadata, so a rewrite keeps them there.
-#[derive(Clone, Serialize, Deserialize)]
+///
+/// `Deserialize` is written by `record_deserialize!`, as derive with
+/// `#[serde(flatten)] extra` would read it, without flatten's buffering.
+#[derive(Clone, Serialize)]
 pub(super) struct StoredReservation {
     pub(super) id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,6 +265,24 @@ pub(super) struct StoredReservation {
     pub(super) write: Option<AttemptId>,
     #[serde(flatten)]
     pub(super) extra: Extra,
+}
+
+record_deserialize! {
+    StoredReservation, "struct StoredReservation",
+    required [id = "id", charged_ms = "charged_ms", expires_ms = "expires_ms", state = "state"],
+    defaulted [fingerprint = "fingerprint", metadata = "metadata", attempt = "attempt", write = "write"],
+    unknown keep(extra),
+    build StoredReservation {
+        id,
+        fingerprint,
+        metadata,
+        charged_ms,
+        expires_ms,
+        state,
+        attempt,
+        write,
+        extra,
+    },
 }
 
 impl Record for StoredReservation {
@@ -333,5 +354,85 @@ impl StoredReservation {
             version,
             attempt: self.attempt.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::record::same_as_before::{arrange, before, now, rearrangement};
+
+    /// `StoredReservation` as derive read it, with `#[serde(flatten)] extra`.
+    #[derive(Serialize, Deserialize)]
+    struct Derived {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+        metadata: Metadata,
+        charged_ms: u64,
+        expires_ms: u64,
+        state: ReservationState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<AttemptId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        write: Option<AttemptId>,
+        #[serde(flatten)]
+        extra: Extra,
+    }
+
+    const NAMES: &[&str] = &[
+        "id",
+        "fingerprint",
+        "metadata",
+        "charged_ms",
+        "expires_ms",
+        "state",
+        "attempt",
+        "write",
+        "backend",
+        "tier",
+    ];
+
+    fn valid() -> serde_json::Map<String, serde_json::Value> {
+        let request = ChargeRequest::new()
+            .meta("backend", "deepgram")
+            .meta("minutes", 42)
+            .fingerprint("sha256:9f");
+        let stored = StoredReservation::new(
+            &request,
+            &AttemptId::new(),
+            1_767_225_600_000,
+            86_400_000,
+            ReservationState::ChargePending,
+        );
+        let key = Key::new(["ledger", "lic:abc", "job-1"]).unwrap();
+        serde_json::from_slice(&crate::record::encode(&key, &stored).unwrap()).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn decodes_as_the_derived_type_did(change in rearrangement(NAMES)) {
+            let bytes = arrange(&valid(), &change);
+            prop_assert_eq!(
+                now::<StoredReservation>(&bytes),
+                before::<Derived>(StoredReservation::SCHEMA, &bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn legacy_fields_still_land_in_extra_and_are_lifted() {
+        let key = Key::new(["ledger", "lic:abc", "job-1"]).unwrap();
+        let bytes = br#"{"backend":"deepgram","charged_ms":1,"expires_ms":2,"id":"r","metadata":{"tier":"pro"},"schema":1,"state":"charged","tier":"free","future":true}"#;
+        let stored: StoredReservation = crate::record::decode(&key, bytes).unwrap();
+        assert_eq!(stored.extra.len(), 3, "{:?}", stored.extra);
+        let lifted = stored.lift_legacy_fields();
+        assert_eq!(lifted.metadata["backend"], "deepgram");
+        assert_eq!(lifted.metadata["tier"], "pro");
+        assert_eq!(lifted.extra.keys().collect::<Vec<_>>(), ["future"]);
     }
 }

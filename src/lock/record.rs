@@ -1,13 +1,13 @@
 //! What a lock record holds, on disk and in memory.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::attempt::AttemptId;
 use crate::fencing::FencingToken;
 use crate::key::Key;
 use crate::limits;
 use crate::process::{ProcessIdentity, ProcessLiveness};
-use crate::record::{Extra, Metadata, Record};
+use crate::record::{Extra, Metadata, Record, record_deserialize};
 use crate::store::Version;
 
 /// Who asks for a lock, and what they mean to do with it.
@@ -188,7 +188,10 @@ impl LockRecord {
 /// The stored form. The fencing token is the store version of the acquiring
 /// write, which that write cannot contain; it is recorded from the first renewal
 /// on, and until then read from the entry's version.
-#[derive(Serialize, Deserialize)]
+///
+/// `Deserialize` is written by `record_deserialize!`, as derive with
+/// `#[serde(flatten)] extra` would read it, without flatten's buffering.
+#[derive(Serialize)]
 pub(super) struct StoredLock {
     pub(super) job_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +214,36 @@ pub(super) struct StoredLock {
     pub(super) write: Option<AttemptId>,
     #[serde(flatten)]
     pub(super) extra: Extra,
+}
+
+record_deserialize! {
+    StoredLock, "struct StoredLock",
+    required [
+        job_id = "job_id",
+        started_ms = "started_ms",
+        renewed_ms = "renewed_ms",
+        expires_ms = "expires_ms",
+    ],
+    defaulted [
+        token = "token",
+        actor = "actor",
+        metadata = "metadata",
+        process = "process",
+        write = "write",
+    ],
+    unknown keep(extra),
+    build StoredLock {
+        job_id,
+        token,
+        actor,
+        metadata,
+        started_ms,
+        renewed_ms,
+        expires_ms,
+        process,
+        write,
+        extra,
+    },
 }
 
 impl Record for StoredLock {
@@ -257,11 +290,37 @@ impl StoredLock {
 /// when it renews (unknown fields are kept), so the process it names is the
 /// holder only while its `renewed_ms` is the record's: the process that renewed
 /// since is not known.
-#[derive(Serialize, Deserialize)]
+///
+/// `Deserialize` reads [`ProcessIdentity`]'s fields by name, as the flattened
+/// derive did (its `time_ns` defaulted), ignoring unknown ones.
+#[derive(Serialize)]
 pub(super) struct StoredProcess {
     #[serde(flatten)]
     identity: ProcessIdentity,
     renewed_ms: u64,
+}
+
+record_deserialize! {
+    StoredProcess, "struct StoredProcess",
+    required [
+        pid = "pid",
+        start_ticks = "start_ticks",
+        boot_id = "boot_id",
+        pid_ns = "pid_ns",
+        renewed_ms = "renewed_ms",
+    ],
+    defaulted [time_ns = "time_ns"],
+    unknown ignore,
+    build StoredProcess {
+        identity: ProcessIdentity {
+            pid,
+            start_ticks,
+            boot_id,
+            pid_ns,
+            time_ns,
+        },
+        renewed_ms,
+    },
 }
 
 impl StoredProcess {
@@ -271,5 +330,115 @@ impl StoredProcess {
             identity,
             renewed_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::record::same_as_before::{arrange, before, now, rearrangement};
+
+    /// `StoredLock` as derive read it, with `#[serde(flatten)] extra`.
+    #[derive(Serialize, Deserialize)]
+    struct Derived {
+        job_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<FencingToken>,
+        #[serde(default)]
+        actor: Option<String>,
+        #[serde(default)]
+        metadata: Metadata,
+        started_ms: u64,
+        renewed_ms: u64,
+        expires_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        process: Option<DerivedProcess>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        write: Option<AttemptId>,
+        #[serde(flatten)]
+        extra: Extra,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "StoredProcess")]
+    struct DerivedProcess {
+        #[serde(flatten)]
+        identity: ProcessIdentity,
+        renewed_ms: u64,
+    }
+
+    const NAMES: &[&str] = &[
+        "job_id",
+        "token",
+        "actor",
+        "metadata",
+        "started_ms",
+        "renewed_ms",
+        "expires_ms",
+        "process",
+        "write",
+    ];
+
+    fn valid(with_process: bool) -> serde_json::Map<String, serde_json::Value> {
+        let process = with_process.then(|| ProcessIdentity {
+            pid: 4242,
+            start_ticks: 1_234_567,
+            boot_id: "8f6c".into(),
+            pid_ns: 4_026_531_836,
+            time_ns: Some(4_026_531_834),
+        });
+        let stored = StoredLock {
+            job_id: "job-42".into(),
+            token: Some(FencingToken::new(17)),
+            actor: Some("user:alice".into()),
+            metadata: Metadata::from_iter([("chunks".to_owned(), 12.into())]),
+            started_ms: 1,
+            renewed_ms: 2,
+            expires_ms: 3,
+            process: StoredProcess::of(process, 2),
+            write: Some(AttemptId::new()),
+            extra: Extra::new(),
+        };
+        let key = Key::new(["locks", "vault", "lic:abc"]).unwrap();
+        serde_json::from_slice(&crate::record::encode(&key, &stored).unwrap()).unwrap()
+    }
+
+    /// A process member rearranged as a record is.
+    fn process_member() -> impl Strategy<Value = serde_json::Value> {
+        const PROCESS: &[&str] = &[
+            "pid",
+            "start_ticks",
+            "boot_id",
+            "pid_ns",
+            "time_ns",
+            "renewed_ms",
+        ];
+        rearrangement(PROCESS).prop_map(|change| {
+            let process = valid(true)["process"].as_object().unwrap().clone();
+            serde_json::from_slice(&arrange(&process, &change)).unwrap()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn decodes_as_the_derived_type_did(
+            change in rearrangement(NAMES),
+            with_process in any::<bool>(),
+            process in proptest::option::of(process_member()),
+        ) {
+            let mut record = valid(with_process);
+            if let Some(process) = process {
+                record.insert("process".into(), process);
+            }
+            let bytes = arrange(&record, &change);
+            // The process flattened its identity: see `Outcome::without_reason`.
+            prop_assert_eq!(
+                now::<StoredLock>(&bytes).without_reason(),
+                before::<Derived>(StoredLock::SCHEMA, &bytes).without_reason()
+            );
+        }
     }
 }

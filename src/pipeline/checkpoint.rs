@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::inputs::read_recorded;
 use crate::error::Result;
 use crate::fencing::FencingToken;
-use crate::record::{Extra, Record};
+use crate::record::{Extra, Record, record_deserialize};
 use crate::vfs::Vfs;
 
 /// One file a stage wrote.
@@ -46,7 +46,9 @@ impl Artifact {
 /// What a finished stage recorded: its artifacts and who wrote them. Stored in
 /// the same atomic batch as the job record's change, so only the runner that
 /// owns the job can record one.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// `Deserialize` is written by `record_deserialize!`, as derive with
+// `#[serde(flatten)] extra` would read it, without flatten's buffering.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Checkpoint {
     /// The job.
@@ -66,6 +68,32 @@ pub struct Checkpoint {
     pub chain: String,
     #[serde(flatten)]
     pub(crate) extra: Extra,
+}
+
+// `token` has no `#[serde(default)]`, but derive reads a missing `Option` as
+// `None` too.
+record_deserialize! {
+    Checkpoint, "struct Checkpoint",
+    required [
+        job_id = "job_id",
+        stage = "stage",
+        attempt = "attempt",
+        recorded_ms = "recorded_ms",
+        artifacts = "artifacts",
+        chain = "chain",
+    ],
+    defaulted [token = "token"],
+    unknown keep(extra),
+    build Checkpoint {
+        job_id,
+        stage,
+        attempt,
+        token,
+        recorded_ms,
+        artifacts,
+        chain,
+        extra,
+    },
 }
 
 impl Record for Checkpoint {

@@ -2,7 +2,7 @@
 //! with a backoff, or failed, with the count of consecutive transient failures
 //! kept beside the job.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::checkpoint::Artifact;
 use super::error::StageError;
@@ -10,17 +10,29 @@ use super::outcome::RunOutcome;
 use super::run::RunCtx;
 use crate::error::Result;
 use crate::jobs::{FailureKind, JobError};
-use crate::record::{self as codec, Extra, Record};
+use crate::record::{self as codec, Extra, Record, record_deserialize};
 use crate::store::{BatchOp, Expect, Store};
 use crate::trace;
 use crate::vfs::Vfs;
 
 /// A job's pipeline state besides its record: consecutive transient failures.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Read by `record_deserialize!`, as derive with `#[serde(flatten)] extra`.
+#[derive(Clone, Debug, Default, Serialize)]
 pub(super) struct RunState {
     pub(super) transient_failures: u32,
     #[serde(flatten)]
     pub(super) extra: Extra,
+}
+
+record_deserialize! {
+    RunState, "struct RunState",
+    required [transient_failures = "transient_failures"],
+    defaulted [],
+    unknown keep(extra),
+    build RunState {
+        transient_failures,
+        extra,
+    },
 }
 
 impl Record for RunState {

@@ -1,7 +1,7 @@
 //! A runner pass: what a scheduled invocation does — finish pending deletions,
 //! purge when it is time, and run every due job.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::Pipeline;
 use super::cleanup::PurgeReport;
@@ -9,7 +9,7 @@ use super::outcome::{RunOutcome, RunReport};
 use crate::error::{Error, Result};
 use crate::jobs::{JobFilter, JobStatus};
 use crate::key::Key;
-use crate::record::{self as codec, Extra, Record};
+use crate::record::{self as codec, Extra, Record, record_deserialize};
 use crate::store::{Expect, Store};
 use crate::vfs::Vfs;
 
@@ -40,12 +40,24 @@ impl PassReport {
     }
 }
 
-/// When the scheduled purge last ran, shared by every process.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// When the scheduled purge last ran, shared by every process. Read by
+/// `record_deserialize!`, as derive with `#[serde(flatten)] extra`.
+#[derive(Clone, Debug, Default, Serialize)]
 struct PurgeSchedule {
     last_ms: u64,
     #[serde(flatten)]
     extra: Extra,
+}
+
+record_deserialize! {
+    PurgeSchedule, "struct PurgeSchedule",
+    required [last_ms = "last_ms"],
+    defaulted [],
+    unknown keep(extra),
+    build PurgeSchedule {
+        last_ms,
+        extra,
+    },
 }
 
 impl Record for PurgeSchedule {
