@@ -813,3 +813,340 @@ proptest! {
         check_checkpoint_bytes(&key, &bytes)?;
     }
 }
+
+// ---------------------------------------------------------------------------------
+// The record decoder against the one it replaced
+// ---------------------------------------------------------------------------------
+//
+// `record::decode` reads the bytes straight into the record type. It replaced a
+// decoding that read the whole object into a `serde_json::Value`, took the
+// schema out, then read the rest into the type as `#[derive(Deserialize)]` with
+// `#[serde(flatten)] extra` reads it. That decoding is kept here, with the public
+// record types as they derived `Deserialize` then, and both must agree on every
+// input: the same record (compared as its JSON), or the same error.
+
+/// What a decoding gave: the record as JSON, or its error.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Read(serde_json::Value),
+    Corrupt(String),
+    Unsupported(u32),
+}
+
+/// The decoding `record::decode` replaced, into `Old`.
+fn decoded_before<Old>(schema: u32, bytes: &[u8]) -> Outcome
+where
+    Old: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let mut value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(e) => return Outcome::Corrupt(format!("not JSON: {e}")),
+    };
+    let Some(object) = value.as_object_mut() else {
+        return Outcome::Corrupt("not a JSON object".to_owned());
+    };
+    let Some(found) = object
+        .remove(record::SCHEMA_FIELD)
+        .and_then(|v| v.as_u64())
+        .and_then(|v| u32::try_from(v).ok())
+    else {
+        return Outcome::Corrupt("missing or invalid \"schema\" field".to_owned());
+    };
+    if found > schema {
+        return Outcome::Unsupported(found);
+    }
+    match serde_json::from_value::<Old>(value) {
+        Ok(old) => Outcome::Read(serde_json::to_value(old).unwrap()),
+        Err(e) => Outcome::Corrupt(format!("bad fields: {e}")),
+    }
+}
+
+/// What `record::decode` gives; its errors must name `key`.
+fn decoded_now<R: Record>(key: &Key, bytes: &[u8]) -> Result<Outcome, TestCaseError> {
+    Ok(match record::decode::<R>(key, bytes) {
+        Ok(record) => Outcome::Read(serde_json::to_value(record).unwrap()),
+        Err(Error::Corrupt {
+            key: k,
+            path: None,
+            reason,
+        }) if k == *key => Outcome::Corrupt(reason),
+        Err(Error::UnsupportedSchema { key: k, found, .. }) if k == *key => {
+            Outcome::Unsupported(found)
+        }
+        Err(e) => return Err(TestCaseError::fail(format!("not about the record: {e}"))),
+    })
+}
+
+/// `Job` as it derived `Deserialize`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobBefore {
+    id: String,
+    kind: String,
+    #[serde(default)]
+    owner: Option<String>,
+    status: jobsafe::jobs::JobStatus,
+    #[serde(default)]
+    stage: Option<String>,
+    #[serde(default)]
+    stages_done: Vec<String>,
+    attempt: u32,
+    #[serde(default)]
+    progress: Option<String>,
+    #[serde(default)]
+    result: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<jobsafe::jobs::JobError>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+    created_ms: u64,
+    #[serde(default)]
+    started_ms: Option<u64>,
+    updated_ms: u64,
+    #[serde(default)]
+    completed_ms: Option<u64>,
+    #[serde(default)]
+    retry_at_ms: Option<u64>,
+    #[serde(default)]
+    heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    fencing: Option<jobsafe::FencingToken>,
+    #[serde(default)]
+    events: jobsafe::jobs::EventWindow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write: Option<jobsafe::AttemptId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_by: Option<jobsafe::AttemptId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_by: Option<jobsafe::AttemptId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_seq: Option<u64>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+const JOB_FIELDS: &[&str] = &[
+    "id",
+    "kind",
+    "owner",
+    "status",
+    "stage",
+    "stages_done",
+    "attempt",
+    "progress",
+    "result",
+    "error",
+    "metadata",
+    "created_ms",
+    "started_ms",
+    "updated_ms",
+    "completed_ms",
+    "retry_at_ms",
+    "heartbeat_ms",
+    "fencing",
+    "events",
+    "write",
+    "created_by",
+    "started_by",
+    "started_seq",
+    "version",
+];
+
+/// `Checkpoint` as it derived `Deserialize`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointBefore {
+    job_id: String,
+    stage: String,
+    attempt: u32,
+    token: Option<jobsafe::FencingToken>,
+    recorded_ms: u64,
+    artifacts: Vec<jobsafe::pipeline::Artifact>,
+    chain: String,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+const CHECKPOINT_FIELDS: &[&str] = &[
+    "job_id",
+    "stage",
+    "attempt",
+    "token",
+    "recorded_ms",
+    "artifacts",
+    "chain",
+];
+
+/// A JSON value of any shape, small.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        // Quarters: written and read back exactly (serde_json does not round-trip
+        // every float without its `float_roundtrip` feature, and need not here).
+        (-4_000_000i32..4_000_000).prop_map(|n| serde_json::Value::from(f64::from(n) / 4.0)),
+        "[a-z\"\\\\é ]{0,6}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A valid record's members changed: members added under any name (unknown
+/// ones, the record's own, the schema), one repeated, and all written in
+/// another order (the schema anywhere among them).
+#[derive(Clone, Debug)]
+struct Rearrangement {
+    added: Vec<(String, serde_json::Value)>,
+    repeated: Option<(usize, Option<serde_json::Value>)>,
+    order: Vec<u32>,
+}
+
+fn rearrangement(names: &'static [&'static str]) -> impl Strategy<Value = Rearrangement> {
+    let name = prop_oneof![
+        4 => "[a-z_]{1,10}",
+        2 => proptest::sample::select(names).prop_map(str::to_owned),
+        1 => Just(record::SCHEMA_FIELD.to_owned()),
+    ];
+    (
+        proptest::collection::vec((name, json_value()), 0..5),
+        proptest::option::weighted(0.2, (any::<usize>(), proptest::option::of(json_value()))),
+        proptest::collection::vec(any::<u32>(), 48),
+    )
+        .prop_map(|(added, repeated, order)| Rearrangement {
+            added,
+            repeated,
+            order,
+        })
+}
+
+fn arrange(valid: &[u8], change: &Rearrangement) -> Vec<u8> {
+    let record: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(valid).unwrap();
+    let mut members: Vec<(String, serde_json::Value)> = record.into_iter().collect();
+    for (name, value) in &change.added {
+        match members.iter_mut().find(|(k, _)| k == name) {
+            Some(member) => member.1 = value.clone(),
+            None => members.push((name.clone(), value.clone())),
+        }
+    }
+    if let Some((at, value)) = &change.repeated {
+        let (name, old) = members[at % members.len()].clone();
+        members.push((name, value.clone().unwrap_or(old)));
+    }
+    let mut ranked: Vec<(u32, usize, String)> = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            let rank = change.order.get(i).copied().unwrap_or(0);
+            (
+                rank,
+                i,
+                format!("{}:{v}", serde_json::to_string(&k).unwrap()),
+            )
+        })
+        .collect();
+    ranked.sort();
+    let members: Vec<String> = ranked.into_iter().map(|(_, _, m)| m).collect();
+    format!("{{{}}}", members.join(",")).into_bytes()
+}
+
+/// The job record of [`fixture`], with its error and fencing set too.
+fn job_record_bytes() -> (Key, Vec<u8>) {
+    static MADE: std::sync::OnceLock<(Key, Vec<u8>)> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let f = fixture();
+        let mut record: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&f.store.get(&f.job_key).unwrap().unwrap().value).unwrap();
+        record.insert(
+            "error".into(),
+            json!({"client": "try again", "internal": "disk full", "code": "E1"}),
+        );
+        record.insert("result".into(), json!({"words": 12, "ratio": 0.5}));
+        (f.job_key, serde_json::to_vec(&record).unwrap())
+    })
+    .clone()
+}
+
+fn check_job_as_before(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (key, _) = job_record_bytes();
+    prop_assert_eq!(
+        decoded_now::<Job>(&key, bytes)?,
+        decoded_before::<JobBefore>(Job::SCHEMA, bytes)
+    );
+    Ok(())
+}
+
+fn check_checkpoint_as_before(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (key, _) = checkpoint_bytes();
+    prop_assert_eq!(
+        decoded_now::<Checkpoint>(&key, bytes)?,
+        decoded_before::<CheckpointBefore>(Checkpoint::SCHEMA, bytes)
+    );
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn job_records_with_members_added_or_rearranged_decode_as_before(
+        change in rearrangement(JOB_FIELDS),
+    ) {
+        let (_, valid) = job_record_bytes();
+        check_job_as_before(&arrange(&valid, &change))?;
+    }
+
+    #[test]
+    fn job_records_mutated_or_arbitrary_decode_as_before(
+        change in rearrangement(JOB_FIELDS),
+        m in mutations(),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let (_, valid) = job_record_bytes();
+        let bytes = if use_arbitrary { arbitrary } else { mutate(&arrange(&valid, &change), &m) };
+        check_job_as_before(&bytes)?;
+    }
+
+    #[test]
+    fn unknown_job_members_survive_a_rewrite(
+        added in proptest::collection::btree_map("x_[a-z]{1,6}", json_value(), 1..4),
+        order in proptest::collection::vec(any::<u32>(), 48),
+    ) {
+        let (key, valid) = job_record_bytes();
+        let change = Rearrangement {
+            added: added.clone().into_iter().collect(),
+            repeated: None,
+            order,
+        };
+        let job: Job = record::decode(&key, &arrange(&valid, &change)).unwrap();
+        let rewritten: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&record::encode(&key, &job).unwrap()).unwrap();
+        for (name, value) in &added {
+            prop_assert_eq!(rewritten.get(name), Some(value));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(fs_config())]
+
+    #[test]
+    fn checkpoints_rearranged_mutated_or_arbitrary_decode_as_before(
+        change in rearrangement(CHECKPOINT_FIELDS),
+        m in proptest::option::of(mutations()),
+        arbitrary in arbitrary_bytes(),
+        use_arbitrary in any::<bool>(),
+    ) {
+        let (_, valid) = checkpoint_bytes();
+        let arranged = arrange(&valid, &change);
+        let bytes = match (use_arbitrary, m) {
+            (true, _) => arbitrary,
+            (false, Some(m)) => mutate(&arranged, &m),
+            (false, None) => arranged,
+        };
+        check_checkpoint_as_before(&bytes)?;
+    }
+}
