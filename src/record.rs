@@ -675,6 +675,12 @@ mod direct_tests {
         extra: Extra,
     }
 
+    /// A user's type keeping unknown fields with flatten is read directly
+    /// too, through its derived `Deserialize`.
+    impl Record for DerivedLease {
+        const SCHEMA: u32 = 2;
+    }
+
     const NAMES: &[&str] = &["holder", "renewals", "note"];
 
     fn key() -> Key {
@@ -796,13 +802,15 @@ mod direct_tests {
                 bytes.truncate(cut % (bytes.len() + 1));
             }
             prop_assert_eq!(now::<Lease>(&bytes), before::<DerivedLease>(2, &bytes));
+            prop_assert_eq!(now::<DerivedLease>(&bytes), before::<DerivedLease>(2, &bytes));
         }
 
         #[test]
         fn decodes_arbitrary_bytes_as_before(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let outcome = now::<Lease>(&bytes);
             prop_assert!(!matches!(outcome, Outcome::Read(_)));
-            prop_assert_eq!(outcome, before::<DerivedLease>(2, &bytes));
+            prop_assert_eq!(&outcome, &before::<DerivedLease>(2, &bytes));
+            prop_assert_eq!(&outcome, &now::<DerivedLease>(&bytes));
         }
     }
 }
