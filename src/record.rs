@@ -320,8 +320,12 @@ impl<'de> Deserialize<'de> for FieldName<'de> {
 
 /// Implements `Deserialize` for a record type read from a map of its fields by
 /// name, as `#[derive(Deserialize)]` with `#[serde(flatten)] extra: Extra` does
-/// (unknown members kept, `unknown keep(extra)`, or skipped, `unknown ignore`)
-/// without buffering every member first as flatten does.
+/// (unknown members kept, `unknown keep(extra)`, or skipped, `unknown ignore`),
+/// without flatten's buffering: a flattened derive holds each member it does not
+/// match (and every member of a flattened struct, such as a lock's process
+/// identity or a stored event's event) as serde's intermediate content, then
+/// reads it a second time. Most of what [`decode`] saves is the `Value`; this
+/// saves most where a struct was flattened (a lock's process).
 ///
 /// `required` fields fail with "missing field" when absent, `defaulted` ones
 /// take `Default::default()` (an `Option` without `#[serde(default)]` is one of
