@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{FileInfo, Vfs, VfsFile};
 
 /// Wraps a [`Vfs`] and counts the operations that cost a disk round trip or a
-/// metadata update. Clones share their counters.
+/// metadata update, and the reads, looks at metadata and locks that a cheap
+/// path should not make. Clones share their counters.
 ///
 /// ```
 /// use jobsafe::testing::Counting;
@@ -39,6 +40,9 @@ struct Counters {
     creates: AtomicU64,
     removes: AtomicU64,
     writes: AtomicU64,
+    reads: AtomicU64,
+    stats: AtomicU64,
+    locks: AtomicU64,
 }
 
 /// A snapshot of [`Counting`]'s counters.
@@ -57,6 +61,14 @@ pub struct OpCounts {
     pub removes: u64,
     /// `write_all` calls.
     pub writes: u64,
+    /// Reads of files: `read_at` and `read_to_end` calls.
+    pub reads: u64,
+    /// Looks at a path's or a file's metadata: `metadata`, `inode`, a file's
+    /// `size`.
+    pub stats: u64,
+    /// Advisory locks taken or tried, exclusive or shared (unlocks are not
+    /// counted).
+    pub locks: u64,
 }
 
 impl OpCounts {
@@ -86,6 +98,9 @@ impl<V: Vfs> Counting<V> {
             creates: get(&c.creates),
             removes: get(&c.removes),
             writes: get(&c.writes),
+            reads: get(&c.reads),
+            stats: get(&c.stats),
+            locks: get(&c.locks),
         }
     }
 
@@ -165,10 +180,12 @@ impl<V: Vfs> Vfs for Counting<V> {
     }
 
     fn metadata(&self, path: &Path) -> io::Result<FileInfo> {
+        Self::bump(&self.counters.stats);
         self.inner.metadata(path)
     }
 
     fn inode(&self, path: &Path) -> io::Result<u64> {
+        Self::bump(&self.counters.stats);
         self.inner.inode(path)
     }
 
@@ -191,10 +208,12 @@ impl<F: VfsFile> VfsFile for CountingFile<F> {
     }
 
     fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.inner.read_to_end(buf)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.inner.read_at(buf, offset)
     }
 
@@ -204,6 +223,7 @@ impl<F: VfsFile> VfsFile for CountingFile<F> {
     }
 
     fn size(&self) -> io::Result<u64> {
+        self.counters.stats.fetch_add(1, Ordering::Relaxed);
         self.inner.size()
     }
 
@@ -218,15 +238,23 @@ impl<F: VfsFile> VfsFile for CountingFile<F> {
     }
 
     fn lock(&self) -> io::Result<()> {
+        self.counters.locks.fetch_add(1, Ordering::Relaxed);
         self.inner.lock()
     }
 
     fn lock_shared(&self) -> io::Result<()> {
+        self.counters.locks.fetch_add(1, Ordering::Relaxed);
         self.inner.lock_shared()
     }
 
     fn try_lock(&self) -> io::Result<bool> {
+        self.counters.locks.fetch_add(1, Ordering::Relaxed);
         self.inner.try_lock()
+    }
+
+    fn try_lock_shared(&self) -> io::Result<bool> {
+        self.counters.locks.fetch_add(1, Ordering::Relaxed);
+        self.inner.try_lock_shared()
     }
 
     fn unlock(&self) -> io::Result<()> {

@@ -656,6 +656,11 @@ impl<F: VfsFile> VfsFile for FaultyFile<F> {
         self.inner.try_lock()
     }
 
+    fn try_lock_shared(&self) -> io::Result<bool> {
+        self.pass(OpKind::Lock)?;
+        self.inner.try_lock_shared()
+    }
+
     fn unlock(&self) -> io::Result<()> {
         self.pass(OpKind::Lock)?;
         self.inner.unlock()

@@ -320,6 +320,18 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// `false` if it is held elsewhere.
     fn try_lock(&self) -> io::Result<bool>;
 
+    /// Takes a shared advisory lock if nobody holds an exclusive one, without
+    /// waiting (`flock(LOCK_SH | LOCK_NB)`); `false` if one is held elsewhere.
+    ///
+    /// The default waits for the lock ([`lock_shared`](VfsFile::lock_shared))
+    /// and returns `true`: a layer that can try without waiting should
+    /// override it, and a layer that wraps another should forward it, or a
+    /// shared [`LogStore`](crate::LogStore) open waits for as long as another
+    /// handle holds the store exclusively instead of failing at once.
+    fn try_lock_shared(&self) -> io::Result<bool> {
+        self.lock_shared().map(|()| true)
+    }
+
     /// Releases the lock. Closing the file releases it too.
     fn unlock(&self) -> io::Result<()>;
 }

@@ -245,6 +245,14 @@ impl VfsFile for File {
         }
     }
 
+    fn try_lock_shared(&self) -> io::Result<bool> {
+        match File::try_lock_shared(self) {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     fn unlock(&self) -> io::Result<()> {
         File::unlock(self)
     }

@@ -850,6 +850,10 @@ impl VfsFile for SimFile {
         Ok(self.take(true))
     }
 
+    fn try_lock_shared(&self) -> io::Result<bool> {
+        Ok(self.take(false))
+    }
+
     fn unlock(&self) -> io::Result<()> {
         let mut fs = self.vfs.shared.fs.lock();
         if let Some(state) = fs.locks.get_mut(&self.ino) {
