@@ -130,6 +130,21 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A store could not be opened because another handle has it: with
+    /// `exclusive`, this open asked for the store alone
+    /// ([`LogStoreBuilder::exclusive`](crate::store::LogStoreBuilder::exclusive))
+    /// while another handle, in this process or another, had it open; without,
+    /// another handle holds it exclusively. Nothing was waited for: the other
+    /// handle keeps the store until it is dropped (or its process ends), so
+    /// this is not [transient](Error::is_transient).
+    #[error("{}", fmt_in_use(.path, *.exclusive))]
+    StoreInUse {
+        /// The store's root.
+        path: PathBuf,
+        /// Whether this open asked for exclusive access.
+        exclusive: bool,
+    },
+
     /// A value could not be encoded to or decoded from its record format.
     #[error("cannot {action} record for {key}")]
     Codec {
@@ -329,6 +344,22 @@ pub enum Error {
     },
 }
 
+fn fmt_in_use(path: &std::path::Path, exclusive: bool) -> String {
+    if exclusive {
+        format!(
+            "store at {} is open in another handle (of this process or another): \
+             it cannot be opened exclusively until every other handle is closed",
+            path.display()
+        )
+    } else {
+        format!(
+            "store at {} is held exclusively by another handle (of this process or another): \
+             it cannot be opened until that handle is closed",
+            path.display()
+        )
+    }
+}
+
 fn fmt_current(current: &Option<Version>) -> String {
     match current {
         Some(v) => format!("version {}", v.get()),
@@ -408,6 +439,13 @@ impl Error {
     /// Something to be stored was over its size limit; nothing was written.
     pub fn is_too_large(&self) -> bool {
         matches!(self, Error::TooLarge { .. })
+    }
+
+    /// The store could not be opened because another handle has it
+    /// ([`Error::StoreInUse`]): another handle holds it exclusively, or this
+    /// open asked for it exclusively while another handle had it open.
+    pub fn is_store_in_use(&self) -> bool {
+        matches!(self, Error::StoreInUse { .. })
     }
 
     /// The store refuses writes after a failed fsync.

@@ -227,6 +227,11 @@ fn redacted(e: &crate::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         ),
         E::AlreadyExists { .. } => f.write_str("the file already exists"),
         E::Poisoned { .. } => f.write_str("store poisoned by an earlier failed fsync"),
+        E::StoreInUse { exclusive, .. } => f.write_str(if *exclusive {
+            "store open in another handle: cannot open it exclusively"
+        } else {
+            "store held exclusively by another handle"
+        }),
         E::Codec { action, key, .. } => write!(f, "cannot {action} record for {}", private(key)),
         E::UnsupportedSchema {
             key,

@@ -379,7 +379,11 @@ fn processes_and_threads_creating_one_store_at_once_all_open_it() {
             .filter(|name| name != "compact.lock")
             .collect();
         names.sort();
-        assert_eq!(names, ["jobsafe-logstore", "journal", "lock"], "{n}");
+        assert_eq!(
+            names,
+            ["handle.lock", "jobsafe-logstore", "journal", "lock"],
+            "{n}"
+        );
     }
 }
 

@@ -13,6 +13,7 @@ pub(crate) const OPEN_ARTIFACT: IoStep = step(IoAction::Open, "open artifact");
 pub(crate) const OPEN_COMPACTION_LOCK: IoStep = step(IoAction::Open, "open compaction lock");
 pub(crate) const OPEN_JOURNAL: IoStep = step(IoAction::Open, "open journal");
 pub(crate) const OPEN_LOCK_FILE: IoStep = step(IoAction::Open, "open lock file");
+pub(crate) const OPEN_HANDLE_LOCK: IoStep = step(IoAction::Open, "open handle lock file");
 pub(crate) const OPEN_STRIPE_LOCK: IoStep = step(IoAction::Open, "open stripe lock");
 pub(crate) const OPEN_STORE_NOT_CREATED: IoStep =
     step(IoAction::Open, "open store (creating it was not asked for)");
@@ -127,6 +128,7 @@ pub(crate) const STAT_TEMP_FILE: IoStep = step(IoAction::Inspect, "stat temp fil
 pub(crate) const LOCK_COMPACTION: IoStep = step(IoAction::Lock, "lock compaction");
 pub(crate) const LOCK_STORE: IoStep = step(IoAction::Lock, "lock store");
 pub(crate) const LOCK_STORE_SHARED: IoStep = step(IoAction::Lock, "lock store (shared)");
+pub(crate) const LOCK_STORE_HANDLE: IoStep = step(IoAction::Lock, "lock store handle");
 pub(crate) const LOCK_STRIPE: IoStep = step(IoAction::Lock, "lock stripe");
 pub(crate) const LOCK_STRIPE_SHARED: IoStep = step(IoAction::Lock, "lock stripe (shared)");
 
@@ -139,11 +141,12 @@ pub(crate) const COMPACT_JOURNAL: IoStep = step(IoAction::Other, "compact journa
 
 /// Every step above.
 #[cfg(test)]
-const ALL: [IoStep; 79] = [
+const ALL: [IoStep; 81] = [
     OPEN_ARTIFACT,
     OPEN_COMPACTION_LOCK,
     OPEN_JOURNAL,
     OPEN_LOCK_FILE,
+    OPEN_HANDLE_LOCK,
     OPEN_STRIPE_LOCK,
     OPEN_STORE_NOT_CREATED,
     OPEN_STORE_WITHOUT_MARKER,
@@ -213,6 +216,7 @@ const ALL: [IoStep; 79] = [
     LOCK_COMPACTION,
     LOCK_STORE,
     LOCK_STORE_SHARED,
+    LOCK_STORE_HANDLE,
     LOCK_STRIPE,
     LOCK_STRIPE_SHARED,
     TARGET_WITHOUT_FILE_NAME,

@@ -88,10 +88,21 @@ impl<V: Vfs> Shared<V> {
             return (0..requests).map(|_| Err(self.poisoned_error())).collect();
         }
         let mut journal = self.journal.lock();
-        let prepared = Flock::exclusive(&self.lock_file, &self.lock_path()).and_then(|flock| {
-            self.catch_up(&mut journal, Access::Exclusive)
-                .map(|()| flock)
-        });
+        let prepared = match self.lock_file() {
+            Some(lock_file) => Flock::exclusive(lock_file, &self.lock_path()).and_then(|flock| {
+                self.catch_up(&mut journal, Access::Exclusive)
+                    .map(|()| Some(flock))
+            }),
+            // Exclusive mode: nobody else writes, so there is nothing to read
+            // back, unless an append of this handle failed part way.
+            None if self.tail_unsettled.load(Ordering::SeqCst) => {
+                self.catch_up(&mut journal, Access::Exclusive).map(|()| {
+                    self.tail_unsettled.store(false, Ordering::SeqCst);
+                    None
+                })
+            }
+            None => Ok(None),
+        };
         let _flock = match prepared {
             Ok(flock) => flock,
             Err(e) => return replicate(e, requests, &self.journal_path),
@@ -109,6 +120,9 @@ impl<V: Vfs> Shared<V> {
             self.probe.lock().at = journal.end + frame.len() as u64;
             if let Err(failure) = journal.append(&frame, self.sync) {
                 self.probe.lock().at = journal.end;
+                if self.is_exclusive() {
+                    self.tail_unsettled.store(true, Ordering::SeqCst);
+                }
                 if failure.poisons() {
                     self.poisoned.store(true, Ordering::SeqCst);
                 }

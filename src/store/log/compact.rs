@@ -164,7 +164,11 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
     // 1. Where the journal ends now.
     let (old, mark) = {
         let mut journal = shared.journal.lock();
-        let _flock = Flock::shared(&shared.lock_file, &shared.lock_path())?;
+        // No flock in exclusive mode: this handle holds it exclusively.
+        let _flock = shared
+            .lock_file()
+            .map(|file| Flock::shared(file, &shared.lock_path()))
+            .transpose()?;
         shared.catch_up(&mut journal, Access::Shared)?;
         (Mark::of(&journal), journal.end)
     };
@@ -195,7 +199,10 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
 
     // 3. The frames appended meanwhile, then the switch.
     let mut journal = shared.journal.lock();
-    let _flock = Flock::exclusive(&shared.lock_file, &shared.lock_path())?;
+    let _flock = shared
+        .lock_file()
+        .map(|file| Flock::exclusive(file, &shared.lock_path()))
+        .transpose()?;
     let switched = (|| {
         shared.catch_up(&mut journal, Access::Exclusive)?;
         if journal.inode != old.inode {

@@ -45,6 +45,7 @@ const MAX_MARKER_LEN: usize = 256;
 const JOURNAL: &str = "journal";
 const LOCK: &str = "lock";
 const COMPACT_LOCK: &str = "compact.lock";
+const HANDLE_LOCK: &str = "handle.lock";
 /// Journal files being written (new stores, compactions) start with this.
 const NEW_JOURNAL_PREFIX: &str = "journal.new-";
 const QUARANTINE: &str = "quarantine";
@@ -85,6 +86,8 @@ const FIRST_SEQ: u64 = 1;
 ///   journal            file header, frames, then zeros (preallocated space)
 ///   lock               flock: writers exclusive, readers catching up shared
 ///   compact.lock       flock: one compaction at a time
+///   handle.lock        flock for each handle's lifetime: shared, or
+///                      exclusive for an exclusive handle
 ///   quarantine/        records moved aside by `quarantine`: each value in
 ///                      `v<version>-<id>.record`, and its key beside it in
 ///                      `v<version>-<id>.key` (its segments as a JSON array,
@@ -111,6 +114,51 @@ const FIRST_SEQ: u64 = 1;
 ///   ([`LogStoreBuilder::compact_when`]), or on [`compact`](LogStore::compact).
 ///
 /// The on-disk format is described in `docs/format.md` in the repository.
+///
+/// # Exclusive mode
+///
+/// A store is shared by default: any number of handles, in any number of
+/// processes, and each read first checks that nobody wrote since (a `statx` of
+/// the journal and a 28-byte read where the next frame would start), each
+/// commit takes the `lock` file's flock and reads what others appended.
+/// [`LogStoreBuilder::exclusive`] trades that for a store that one handle has
+/// to itself, the usual case of a service that owns its store: reads are
+/// answered from memory without a system call (and the async face's
+/// [`get_async`](Store::get_async) and [`list_async`](Store::list_async)
+/// without a thread of the pool), commits and compactions take no flock.
+/// Nothing else can open the store meanwhile, the `jobsafe` operator tool
+/// included: stop the service to use the tool on its store, or give the
+/// service the operations it needs.
+///
+/// - **Who has the store.** Every handle holds a flock on `handle.lock` for
+///   its whole life: a shared one, or an exclusive one for an exclusive
+///   handle. Opens only *try* it, so they never wait: an exclusive open
+///   fails at once with [`Error::StoreInUse`] while any other handle is open,
+///   and a shared open while an exclusive one is. A separate file keeps this
+///   apart from the `lock` file, which shared writers flock for the moment of
+///   a commit: a shared open still waits for a commit in progress, as it
+///   always did, instead of mistaking it for an exclusive handle. Flocks of
+///   two opens of one file conflict inside one process as across processes,
+///   so a second [`LogStore::open`] in the same process is refused too
+///   (share the first handle by cloning it).
+/// - **Nobody else writes.** An exclusive handle also holds the `lock` file's
+///   flock for its life, so a process of an older release of this crate,
+///   which knows nothing of `handle.lock`, cannot commit beside it either.
+///   That flock is never taken or released per operation: the file lives
+///   inside the handle's locking mode, which the commit, compaction and read
+///   paths match on, and no `Flock` guard (whose drop would unlock it) can be
+///   made of it. The handle keeps the store until its last clone is dropped
+///   and what it still runs has ended (a background compaction, an async
+///   write committing on a thread of the pool), or until its process ends.
+/// - **Crashes.** Exclusive mode writes the journal exactly as the shared
+///   mode does, frame after durable frame; it only skips looking for other
+///   writers. The kernel releases a process's flocks when it dies, however
+///   it dies, so a crashed exclusive handle leaves no lock behind, and the
+///   next open recovers the journal's tail as after any crash (zeroing a torn
+///   frame under the `lock` flock). An append of its own that failed part way
+///   (a full disk) is read back and zeroed before its next commit, as a
+///   shared writer's catch-up would. `tests/power_loss.rs` runs its crash
+///   states with an exclusive handle too.
 ///
 /// # Guarantees
 ///
@@ -226,6 +274,11 @@ struct Shared<V: Vfs> {
     //    - `last_compaction_error` is taken alone (the background compaction
     //      thread) or under 3 (`stats`).
     //
+    // Before all of them, `open` tries (never waits for) the flock on
+    // `handle.lock`, held by every handle for its lifetime; an exclusive
+    // handle then tries the flock on `lock_file` and keeps it for its
+    // lifetime too, and so never takes 4 afterwards (see `Locking`).
+    //
     // One place takes two of them the other way round: while `open` holds the
     // flock on `lock_file` exclusively, `compact::sweep_abandoned` takes the
     // flock on `compact.lock`. It only tries (`try_lock`) and never waits, so
@@ -234,9 +287,11 @@ struct Shared<V: Vfs> {
     //
     // `poisoned`, `compacting`, `compact_retry_at` and `compactions` are
     // atomics, not locks: they are read and written under any of the above.
-    /// The `lock` file, flocked by writers (exclusive) and by readers catching up
-    /// (shared).
-    lock_file: V::File,
+    /// `handle.lock`, flocked for as long as this handle lives: shared, or
+    /// exclusive in exclusive mode. Only its close releases it.
+    _handle_lock: V::File,
+    /// Whether other handles may write, and with it the `lock` file.
+    locking: Locking<V::File>,
     journal: Mutex<Journal<V::File>>,
     index: RwLock<Index>,
     probe: Mutex<Probe<V::File>>,
@@ -256,6 +311,11 @@ struct Shared<V: Vfs> {
     compact_retry_at: AtomicU64,
     compactions: AtomicU64,
     last_compaction_error: Mutex<Option<String>>,
+    /// In exclusive mode: an append failed without poisoning, and part of
+    /// its frame may lie at the journal's end. In shared mode the next
+    /// commit's catch-up finds and clears it; in exclusive mode, which does
+    /// not catch up, the next commit clears it because of this flag.
+    tail_unsettled: AtomicBool,
 }
 
 /// What a reader checks to know whether its index is current: the journal's
@@ -265,6 +325,29 @@ struct Probe<F> {
     inode: u64,
     at: u64,
     file: Arc<F>,
+}
+
+/// How a handle shares the store, and so which locks it takes and which
+/// checks it makes.
+///
+/// The `lock` file lives inside it so that no path can flock it in exclusive
+/// mode: a flock belongs to the open file description, and the unlock that
+/// ends a commit's `Flock` would release the lock held for the handle's
+/// lifetime along with it.
+#[derive(Debug)]
+enum Locking<F> {
+    /// Other handles may write. `lock_file` is flocked by writers
+    /// (exclusive) and by readers catching up (shared); reads check first
+    /// whether anything was written.
+    Shared { lock_file: F },
+    /// This handle holds `handle.lock` and the `lock` file exclusively until
+    /// it is dropped: nobody else writes, so reads check nothing, and commits
+    /// and compactions take no flock and read nothing back.
+    Exclusive {
+        /// The `lock` file, flocked exclusively at open, never unlocked: its
+        /// close releases it.
+        _lock_file: F,
+    },
 }
 
 /// When to compact in the background.
@@ -294,6 +377,7 @@ pub struct LogStoreBuilder<V: Vfs = StdVfs> {
     durability: Durability,
     create: bool,
     policy: CompactPolicy,
+    exclusive: bool,
 }
 
 impl LogStore<StdVfs> {
@@ -329,6 +413,7 @@ impl LogStore<StdVfs> {
                 min_bytes: 64 << 20,
                 dead_ratio: 0.5,
             },
+            exclusive: false,
         }
     }
 }
@@ -342,6 +427,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
             durability: self.durability,
             create: self.create,
             policy: self.policy,
+            exclusive: self.exclusive,
         }
     }
 
@@ -379,21 +465,95 @@ impl<V: Vfs> LogStoreBuilder<V> {
         self
     }
 
+    /// Whether this handle has the store to itself, for as long as it (or a
+    /// clone of it) lives. Default: `false`, the store is shared with other
+    /// handles and processes.
+    ///
+    /// With `true`, no other handle can open the store meanwhile, in this
+    /// process or another (the `jobsafe` operator tool included), and in
+    /// exchange this one never checks for their writes: a read
+    /// ([`get`](Store::get), [`list`](Store::list), [`LogStore::stats`]) is
+    /// answered from memory without a system call, and
+    /// [`get_async`](Store::get_async) and
+    /// [`list_async`](Store::list_async) without a thread of the pool; a
+    /// commit and a compaction take no file lock. Choose it when one process
+    /// owns the store: the usual service. It is as crash-safe as the shared
+    /// mode (see [`LogStore`], *Exclusive mode*).
+    ///
+    /// Opening fails at once with [`Error::StoreInUse`] (exclusive: `true`)
+    /// if another handle has the store open, and every later open of the
+    /// store, shared or exclusive, fails at once with [`Error::StoreInUse`]
+    /// until the last clone of this handle is dropped and whatever it still
+    /// runs (a background compaction, an async write committing on a thread
+    /// of the pool) has ended, or its process ends.
+    ///
+    /// ```
+    /// use jobsafe::{Expect, Key, LogStore, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = LogStore::builder(dir.path()).exclusive(true).open()?;
+    /// let key = Key::new(["jobs", "1"])?;
+    /// store.put(&key, b"queued", Expect::Absent)?;
+    ///
+    /// // Nobody else may open it meanwhile, not even this process.
+    /// let err = LogStore::open(dir.path()).unwrap_err();
+    /// assert!(err.is_store_in_use(), "{err}");
+    ///
+    /// drop(store);
+    /// let store = LogStore::open(dir.path())?;
+    /// assert_eq!(store.get(&key)?.unwrap().value, b"queued");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
     /// Opens the store, reading the whole journal into memory.
     ///
     /// # Errors
-    /// As [`LogStore::open`].
+    /// As [`LogStore::open`], and [`Error::StoreInUse`] if another handle
+    /// holds the store exclusively, or if this one asks for it
+    /// ([`exclusive`](LogStoreBuilder::exclusive)) while another has it open.
     pub fn open(self) -> Result<LogStore<V>> {
         let writer = AtomicWriter::with_vfs(self.vfs).with_durability(self.durability);
         let root = crate::store::resolve_root(writer.vfs(), &self.root)?;
         prepare_root(&writer, &root, self.create)?;
         let vfs = writer.vfs();
+        // First, and only tried: an open never waits behind a handle that
+        // keeps the store for its lifetime (see "Exclusive mode").
+        let handle_path = root.join(HANDLE_LOCK);
+        let handle_lock =
+            crate::store::open_own_file(vfs, &handle_path, 0o600, steps::OPEN_HANDLE_LOCK)?;
+        let took = if self.exclusive {
+            handle_lock.try_lock()
+        } else {
+            handle_lock.try_lock_shared()
+        };
+        let in_use = || Error::StoreInUse {
+            path: root.clone(),
+            exclusive: self.exclusive,
+        };
+        if !took.at(steps::LOCK_STORE_HANDLE, &handle_path)? {
+            return Err(in_use());
+        }
         let lock_path = root.join(LOCK);
         let lock_file = crate::store::open_own_file(vfs, &lock_path, 0o600, steps::OPEN_LOCK_FILE)?;
         let journal_path = root.join(JOURNAL);
         let sync = self.durability == Durability::Full;
 
-        let flock = Flock::exclusive(&lock_file, &lock_path)?;
+        // Exclusive mode keeps the `lock` file's flock until `lock_file` is
+        // closed: never through a `Flock`, whose drop would unlock it. Any
+        // handle of this release that could hold it holds `handle.lock` too,
+        // so only a process of an older release, mid-commit, is refused here.
+        let flock = if self.exclusive {
+            if !lock_file.try_lock().at(steps::LOCK_STORE, &lock_path)? {
+                return Err(in_use());
+            }
+            None
+        } else {
+            Some(Flock::exclusive(&lock_file, &lock_path)?)
+        };
         if vfs
             .metadata(&journal_path)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
@@ -429,6 +589,13 @@ impl<V: Vfs> LogStoreBuilder<V> {
         // Created or flushed above, under the lock no compaction renames without.
         let named = if sync { journal.inode } else { 0 };
         drop(flock);
+        let locking = if self.exclusive {
+            Locking::Exclusive {
+                _lock_file: lock_file,
+            }
+        } else {
+            Locking::Shared { lock_file }
+        };
 
         Ok(LogStore {
             shared: Arc::new(Shared {
@@ -436,7 +603,8 @@ impl<V: Vfs> LogStoreBuilder<V> {
                 journal_path,
                 writer,
                 sync,
-                lock_file,
+                _handle_lock: handle_lock,
+                locking,
                 journal: Mutex::new(journal),
                 index: RwLock::new(index),
                 probe: Mutex::new(probe),
@@ -449,6 +617,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
                 compact_retry_at: AtomicU64::new(0),
                 compactions: AtomicU64::new(0),
                 last_compaction_error: Mutex::new(None),
+                tail_unsettled: AtomicBool::new(false),
             }),
         })
     }
@@ -583,7 +752,7 @@ fn check_only_ours<V: Vfs>(vfs: &V, root: &Path) -> Result<()> {
         .iter()
         .map(|name| name.to_string_lossy())
         .filter(|name| {
-            ![MARKER, LOCK, COMPACT_LOCK, JOURNAL, QUARANTINE].contains(&name.as_ref())
+            ![MARKER, LOCK, COMPACT_LOCK, HANDLE_LOCK, JOURNAL, QUARANTINE].contains(&name.as_ref())
                 && !name.starts_with(NEW_JOURNAL_PREFIX)
                 && !crate::atomic::is_temp_name(name)
         })
@@ -612,7 +781,7 @@ fn check_creation_only<V: Vfs>(vfs: &V, root: &Path, journal: &Path) -> Result<(
         .iter()
         .map(|name| name.to_string_lossy())
         .filter(|name| {
-            ![MARKER, LOCK, COMPACT_LOCK].contains(&name.as_ref())
+            ![MARKER, LOCK, COMPACT_LOCK, HANDLE_LOCK].contains(&name.as_ref())
                 && !name.starts_with(NEW_JOURNAL_PREFIX)
                 && !crate::atomic::is_temp_name(name)
         })
@@ -727,12 +896,32 @@ impl<V: Vfs> Shared<V> {
 
     /// The index, after catching up with other processes if they wrote.
     fn fresh_index(&self) -> Result<RwLockReadGuard<'_, Index>> {
-        if !self.is_current()? {
-            let mut journal = self.journal.lock();
-            let _flock = Flock::shared(&self.lock_file, &self.lock_path())?;
-            self.catch_up(&mut journal, Access::Shared)?;
+        match &self.locking {
+            Locking::Shared { lock_file } => {
+                if !self.is_current()? {
+                    let mut journal = self.journal.lock();
+                    let _flock = Flock::shared(lock_file, &self.lock_path())?;
+                    self.catch_up(&mut journal, Access::Shared)?;
+                }
+            }
+            // Nobody else writes: the index is current, and nothing is read.
+            Locking::Exclusive { .. } => {}
         }
         Ok(self.index.read())
+    }
+
+    /// The `lock` file to flock for a commit or a compaction; `None` in
+    /// exclusive mode, where this handle holds it for its lifetime.
+    fn lock_file(&self) -> Option<&V::File> {
+        match &self.locking {
+            Locking::Shared { lock_file } => Some(lock_file),
+            Locking::Exclusive { .. } => None,
+        }
+    }
+
+    /// Whether this handle has the store to itself.
+    fn is_exclusive(&self) -> bool {
+        matches!(self.locking, Locking::Exclusive { .. })
     }
 
     /// Whether no other process appended a frame or replaced the journal since
@@ -941,7 +1130,58 @@ impl<V: Vfs> Store for LogStore<V> {
 
     // The async face's writes join the group commit as futures: one thread
     // of the crate's pool flushes for a whole group of them, and wakes each
-    // caller's task (see `group`). Reads keep the provided methods (the pool).
+    // caller's task (see `group`). Reads go through the pool as the provided
+    // methods do, since checking for other processes' writes is file I/O,
+    // except in exclusive mode, where they are answered inline.
+
+    #[cfg(feature = "async")]
+    fn get_async(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let read = if self.shared.is_exclusive() {
+            // Invariant relied on: in exclusive mode a read makes no system
+            // call (`fresh_index` checks nothing, and every value is held in
+            // the index, in memory), so it cannot block the polling thread.
+            // A change that moved values out of memory would have to send
+            // this to the pool again.
+            Read::Done(self.get(key))
+        } else {
+            Read::Pool(self.clone(), key.clone())
+        };
+        async move {
+            match read {
+                Read::Done(result) => result,
+                Read::Pool(store, key) => crate::pool::run(move || store.get(&key)).await,
+            }
+        }
+    }
+
+    #[cfg(feature = "async")]
+    fn list_async(
+        &self,
+        prefix: &Prefix,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> impl Future<Output = Result<ListPage>> + Send + 'static
+    where
+        Self: Clone + 'static,
+    {
+        let read = if self.shared.is_exclusive() {
+            // In memory, without a system call: see `get_async`.
+            Read::Done(self.list(prefix, after, limit))
+        } else {
+            Read::Pool(self.clone(), (prefix.clone(), after.cloned()))
+        };
+        async move {
+            match read {
+                Read::Done(result) => result,
+                Read::Pool(store, (prefix, after)) => {
+                    crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await
+                }
+            }
+        }
+    }
 
     #[cfg(feature = "async")]
     fn native_async(&self) -> Option<&dyn crate::store::native::NativeAsync> {
@@ -1019,6 +1259,14 @@ impl<V: Vfs> Store for LogStore<V> {
             committing?.await
         })
     }
+}
+
+/// A read of the async face: answered already (exclusive mode), or to be
+/// made on a thread of the pool with what it needs.
+#[cfg(feature = "async")]
+enum Read<T, S, A> {
+    Done(Result<T>),
+    Pool(S, A),
 }
 
 #[cfg(feature = "async")]
