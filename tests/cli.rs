@@ -2023,3 +2023,25 @@ fn jobs_list_without_pipeline_on_a_pipeline_store_says_where_the_jobs_are() {
     assert_eq!(found.json_lines().len(), 1);
     assert!(!found.stderr.contains("hint"), "{}", found.stderr);
 }
+
+/// A store that a service holds in exclusive mode cannot be opened by the
+/// tool: it says so, naming the store, and changes nothing.
+#[test]
+fn a_store_held_exclusively_is_reported_not_waited_for() {
+    let fx = Fixture::empty(Backend::Log);
+    let service = LogStore::builder(&fx.root).exclusive(true).open().unwrap();
+    let run = fx.run(&["locks", "list"]).expect(1);
+    assert!(
+        run.stderr.contains("is held exclusively by another handle"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("must be stopped first"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&fx.url()), "{}", run.stderr);
+    drop(service);
+    fx.run(&["locks", "list"]).expect(0);
+}

@@ -318,6 +318,12 @@ const WORKLOADS: &[Workload] = &[
         recover: Some(log_store_recover),
     },
     Workload {
+        name: "log_store_exclusive",
+        run: log_store_exclusive_run,
+        check: log_store_exclusive_check,
+        recover: Some(log_store_exclusive_recover),
+    },
+    Workload {
         name: "log_store_growth",
         run: log_store_growth_run,
         check: log_store_check,
@@ -719,6 +725,51 @@ fn log_store_growth_run(vfs: &SimVfs, rec: &Recorder) {
         put("big", &big);
     }
     put("g/1", b"small after");
+}
+
+const EXCLUSIVE_LOG_ROOT: &str = "/data/log_store_exclusive";
+
+fn open_exclusive_log(vfs: &SimVfs, create: bool) -> jobsafe::Result<LogStore<SimVfs>> {
+    LogStore::builder(EXCLUSIVE_LOG_ROOT)
+        .vfs(vfs.clone())
+        .create(create)
+        .exclusive(true)
+        .no_background_compaction()
+        .open()
+}
+
+/// The common operations and a compaction through one handle in exclusive
+/// mode, which checks for no other writer and takes no flock per commit: its
+/// crash states must be those of the shared mode, and its recovery the same.
+/// The store is reopened in exclusive mode after the crash: a dead process's
+/// flocks are gone with it.
+fn log_store_exclusive_run(vfs: &SimVfs, rec: &Recorder) {
+    let store = open_exclusive_log(vfs, true).unwrap();
+    assert!(open_log_at(vfs, EXCLUSIVE_LOG_ROOT, false).is_err());
+    store_ops(&store, rec);
+    let start = rec.start();
+    let done = store.compact().unwrap();
+    rec.ack(start, vec![]);
+    assert!(done.records > 0, "{done:?}");
+    put_acked(&store, rec, "x/1", b"after the compaction");
+    let start = rec.start();
+    assert!(store.delete(&key("x/1"), Expect::Any).unwrap());
+    rec.ack(start, vec![("x/1", Effect::Absent)]);
+    put_acked(&store, rec, "x/2", b"last");
+}
+
+fn log_store_exclusive_recover(vfs: &SimVfs) -> Result<(), String> {
+    open_exclusive_log(vfs, true)
+        .map(drop)
+        .map_err(|e| format!("reopen: {e}"))
+}
+
+fn log_store_exclusive_check(vfs: &SimVfs, expected: &Expected) -> Result<usize, String> {
+    let store = open_exclusive_log(vfs, !expected.created).map_err(|e| format!("reopen: {e}"))?;
+    let checked = check_store(&store, vfs, expected)?;
+    drop(store);
+    check_closed(vfs)?;
+    Ok(checked)
 }
 
 fn log_store_recover(vfs: &SimVfs) -> Result<(), String> {
@@ -1210,6 +1261,11 @@ fn dir_store_survives_every_crash_state() {
 #[test]
 fn log_store_survives_every_crash_state() {
     run_workload("log_store");
+}
+
+#[test]
+fn exclusive_log_store_survives_every_crash_state() {
+    run_workload("log_store_exclusive");
 }
 
 #[test]

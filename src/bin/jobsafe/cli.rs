@@ -25,7 +25,8 @@ The tool never creates a DirStore or LogStore. A PgStore's tables are created or
 migrated on open, as the service does (--pg-schema and --pg-table name them). The
 tool reads and changes records through the jobsafe library, so it is safe to run
 beside the service: every change is a compare-and-set against the record as just
-read, so no concurrent change is overwritten unseen.
+read, so no concurrent change is overwritten unseen. A LogStore that a service
+opened in exclusive mode cannot be opened by anyone else: stop the service first.
 
 Each record family lives under a key namespace the service chose; the tool uses the
 library's defaults (locks, jobs, ledger) unless --namespace says otherwise.

@@ -120,7 +120,19 @@ impl StoreUrl {
                         .create(false)
                         .no_background_compaction()
                         .open()
-                        .map_err(|e| Failure::library(format!("open store {name}"), &e))?,
+                        .map_err(|e| {
+                            // A service that owns the store in exclusive mode
+                            // keeps every other process out, this tool included.
+                            let context = if e.is_store_in_use() {
+                                format!(
+                                    "open store {name} (a service holding it in exclusive \
+                                     mode must be stopped first)"
+                                )
+                            } else {
+                                format!("open store {name}")
+                            };
+                            Failure::library(context, &e)
+                        })?,
                 )
             }
             StoreUrl::Postgres(url) => open_postgres(url, pg, &name)?,
