@@ -298,3 +298,31 @@ fn exclusive_async_reads_are_ready_at_the_first_poll() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
 }
+
+/// The flocks an exclusive handle holds for its lifetime outlive its
+/// commits, reads and compactions: none of them takes or releases a flock on
+/// the `lock` file, which would release the lifetime lock with it.
+#[test]
+fn the_lifetime_locks_outlive_commits_and_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = exclusive(&root).unwrap();
+    let held_elsewhere = |name: &str| {
+        let file = std::fs::File::open(root.join(name)).unwrap();
+        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    };
+    for i in 0..3 {
+        store
+            .put(&key(&format!("k/{i}")), b"v", Expect::Any)
+            .unwrap();
+        store.delete(&key("k/0"), Expect::Any).unwrap();
+        store.get(&key("k/1")).unwrap();
+        store.stats().unwrap();
+        store.compact().unwrap();
+        assert!(held_elsewhere("lock"), "after round {i}");
+        assert!(held_elsewhere("handle.lock"), "after round {i}");
+    }
+    drop(store);
+    assert!(!held_elsewhere("lock"));
+    assert!(!held_elsewhere("handle.lock"));
+}
