@@ -18,18 +18,21 @@
 //!    10 per job at most 5x p99 with one. The store is a `LogStore` at
 //!    `Durability::AtomicOnly` by default: what is measured is delivery, not
 //!    the disk's flush (`JOBSAFE_ASYNC_STORE=log_full` flushes each append).
-//! 3. `overhead`: `get`, durable `put` (a 256-byte value under a new key),
-//!    ledger reserves of new job ids (one durable insert) and of reserved
-//!    ones (a read), each through the blocking API from 1 and 16 threads and
-//!    through the async face from 1 and 16 tasks, on a `LogStore` at
-//!    `Durability::Full`; ops/s, flushes per operation, and the ratio async
-//!    / sync. Target: durable writes through the async face within 1.1x of
-//!    the blocking API's throughput. Reads have none: by design every read
-//!    of the async face runs on jobsafe's pool (a hop to a pool thread and
-//!    back), never inline on the runtime's threads, where a read that met a
-//!    slow disk would stall every task of that worker. `put` joins the
-//!    store's group commit as a future, and so does a new reserve's write:
-//!    the ledger's body runs on the caller's task, its read on the pool.
+//! 3. `overhead`: `get`, `get_exclusive` (the same read of a `LogStore`
+//!    opened in exclusive mode), durable `put` (a 256-byte value under a new
+//!    key), ledger reserves of new job ids (one durable insert) and of
+//!    reserved ones (a read), each through the blocking API from 1 and 16
+//!    threads and through the async face from 1 and 16 tasks, on a
+//!    `LogStore` at `Durability::Full`; ops/s, flushes per operation, and the
+//!    ratio async / sync. Target: durable writes through the async face
+//!    within 1.1x of the blocking API's throughput. Reads have none: a read
+//!    of a shared store's async face runs on jobsafe's pool (a hop to a pool
+//!    thread and back), never inline on the runtime's threads, since it may
+//!    read the journal, and a read that met a slow disk would stall every
+//!    task of that worker; an exclusive store's touches no disk and is
+//!    answered inline. `put` joins the store's group commit as a future, and
+//!    so does a new reserve's write: the ledger's body runs on the caller's
+//!    task, its read on the pool (inline on an exclusive store).
 //!
 //! 4. `pg` (with `--features postgres`, against the server `JOBSAFE_PG_URL`
 //!    names): `PgStore`'s `get` and durable `put` through the blocking API
@@ -49,7 +52,7 @@
 //! | `JOBSAFE_ASYNC_SECTIONS` | `idle,streams,overhead,pg` |
 //! | `JOBSAFE_ASYNC_CELL_SECS` | `1.0`: seconds per overhead cell and round |
 //! | `JOBSAFE_ASYNC_ROUNDS` | `3`: overhead rounds, the faces taking turns |
-//! | `JOBSAFE_ASYNC_OPS` | `get,put,reserve_new,reserve_dup`: the overhead section's operations |
+//! | `JOBSAFE_ASYNC_OPS` | `get,get_exclusive,put,reserve_new,reserve_dup`: the overhead section's operations |
 //! | `JOBSAFE_ASYNC_STREAM_SECS` | `30`: seconds of appending per streams run |
 //! | `JOBSAFE_ASYNC_RATE` | `1000`: events per second, in all |
 //! | `JOBSAFE_ASYNC_JOBS` | `100`: jobs the events are spread over |
@@ -149,9 +152,10 @@ fn main() -> BenchResult {
             "## Overhead: LogStore, Durability::Full, {} round(s) of {:.2} s per cell\n\n\
              Sync: the blocking API from N threads; async: the async face from N tasks. \
              async / sync is the median of the rounds' ratios of throughput.\n\n{}\n\
-             Reads (get, reserve_dup) have no target: like every call of the async face \
-             they run on jobsafe's pool, a hop to a pool thread and back, never inline on \
-             the runtime's threads.\n",
+             Reads (get, get_exclusive, reserve_dup) have no target: a shared store's \
+             run on jobsafe's pool, a hop to a pool thread and back, never inline on the \
+             runtime's threads; an exclusive store's get touches no disk and is answered \
+             inline.\n",
             options.rounds,
             options.cell.as_secs_f64(),
             overhead::markdown(&rows)

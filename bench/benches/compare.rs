@@ -12,7 +12,9 @@
 //!      job through create → start → three stages → complete: six durable
 //!      writes), `put` (a 256-byte value under a new key) and `get`.
 //!    - Implementations: jobsafe's components over `memstore`, `dirstore` and
-//!      `logstore` (`Durability::Full`); SQLite in WAL mode at
+//!      `logstore` (`Durability::Full`), and for `get` only `logstore_excl`,
+//!      the same store opened in exclusive mode (no check for other
+//!      processes' writes before a read); SQLite in WAL mode at
 //!      `synchronous=FULL` (`sqlite_full`) and `NORMAL` (`sqlite_normal`, which
 //!      survives a process crash but not a power loss), one connection per
 //!      thread, with the SQL of `common::sqlite` and `common::ledger` (a
@@ -69,7 +71,7 @@
 //! |---|---|---|
 //! | `JOBSAFE_COMPARE_SECTIONS` | `--sections` | `table,flat,reopen,compaction` |
 //! | `JOBSAFE_COMPARE_BENCHES` | `--benches` | `reserve_new,reserve_dup,lock_cycle,lifecycle,put,get` |
-//! | `JOBSAFE_COMPARE_IMPLS` | `--impls` | all ten, and `pgstore` where it can run |
+//! | `JOBSAFE_COMPARE_IMPLS` | `--impls` | all eleven, and `pgstore` where it can run |
 //! | `JOBSAFE_COMPARE_THREADS` | `--threads` | `1,4,16` |
 //! | `JOBSAFE_COMPARE_SECS` | `--secs` | `1.0` seconds per cell |
 //! | `JOBSAFE_COMPARE_PRELOAD` | `--preload` | `1000` records per cell |

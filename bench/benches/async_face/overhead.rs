@@ -44,6 +44,9 @@ const WRITE_SLOWDOWN: f64 = 1.1;
 pub(crate) enum Op {
     /// A read of one of the preloaded values.
     Get,
+    /// The same read, of a store opened in exclusive mode: no check for
+    /// other processes' writes, and no pool behind the async face.
+    GetExclusive,
     /// A durable insert of a 256-byte value under a new key.
     Put,
     /// A ledger reserve of a new job id: one durable insert.
@@ -53,11 +56,18 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    pub(crate) const ALL: [Op; 4] = [Op::Get, Op::Put, Op::ReserveNew, Op::ReserveDup];
+    pub(crate) const ALL: [Op; 5] = [
+        Op::Get,
+        Op::GetExclusive,
+        Op::Put,
+        Op::ReserveNew,
+        Op::ReserveDup,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Get => "get",
+            Op::GetExclusive => "get_exclusive",
             Op::Put => "put",
             Op::ReserveNew => "reserve_new",
             Op::ReserveDup => "reserve_dup",
@@ -142,7 +152,8 @@ pub(crate) fn measure(rt: &Runtime, options: &Options, run: &mut RunDir) -> Benc
                 let mut timed = [Sum::default(), Sum::default()];
                 for face in faces {
                     let label = format!("{}-{concurrency}-{face:?}-r{round}", op.name());
-                    let subject = Arc::new(Subject::open(&run.fresh(&label)?, preload)?);
+                    let exclusive = op == Op::GetExclusive;
+                    let subject = Arc::new(Subject::open(&run.fresh(&label)?, preload, exclusive)?);
                     let cell = Cell {
                         op,
                         concurrency,
@@ -198,11 +209,15 @@ struct Subject {
 }
 
 impl Subject {
-    /// A `LogStore` in `dir` at `Durability::Full` (the default), its flushes
-    /// counted, holding `preload` values and `preload` reservations.
-    fn open(dir: &Path, preload: usize) -> BenchResult<Self> {
+    /// A `LogStore` in `dir` at `Durability::Full` (the default), in
+    /// exclusive mode if `exclusive`, its flushes counted, holding `preload`
+    /// values and `preload` reservations.
+    fn open(dir: &Path, preload: usize, exclusive: bool) -> BenchResult<Self> {
         let vfs = Counting::new(StdVfs);
-        let store = LogStore::builder(dir).vfs(vfs.clone()).open()?;
+        let store = LogStore::builder(dir)
+            .vfs(vfs.clone())
+            .exclusive(exclusive)
+            .open()?;
         let ledger = JobLedger::new(store.clone(), Arc::new(SystemClock));
         let keys = (0..preload)
             .map(|k| Key::new(["bench", &format!("pre-{k:07}")]))
@@ -264,7 +279,9 @@ impl Subject {
     /// The blocking API's call for `op`, by worker `w`, its `i`-th; checked.
     fn sync_op(&self, op: Op, w: Worker, i: u64) -> BenchResult {
         match op {
-            Op::Get => self.check_read(self.store.get(self.preloaded_key(w, i))?),
+            Op::Get | Op::GetExclusive => {
+                self.check_read(self.store.get(self.preloaded_key(w, i))?)
+            }
             Op::Put => {
                 self.store
                     .put(&w.fresh_key(i)?, &self.value, Expect::Absent)?;
@@ -278,7 +295,9 @@ impl Subject {
     /// The async face's call for `op`: the twin of [`sync_op`](Self::sync_op).
     async fn async_op(&self, op: Op, w: Worker, i: u64) -> BenchResult {
         match op {
-            Op::Get => self.check_read(self.store.get_async(self.preloaded_key(w, i)).await?),
+            Op::Get | Op::GetExclusive => {
+                self.check_read(self.store.get_async(self.preloaded_key(w, i)).await?)
+            }
             Op::Put => {
                 let key = w.fresh_key(i)?;
                 self.store

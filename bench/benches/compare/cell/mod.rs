@@ -80,6 +80,9 @@ pub(crate) enum Impl {
     DirStore,
     /// jobsafe's components over `LogStore` at `Durability::Full`.
     LogStore,
+    /// The same, the store opened in exclusive mode (reads check for no other
+    /// process's writes); `get` only, the operation the mode changes most.
+    LogStoreExclusive,
     /// SQLite, WAL, `synchronous=FULL`, one connection per thread.
     SqliteFull,
     /// SQLite, WAL, `synchronous=NORMAL`: commits survive a process crash, not
@@ -101,10 +104,11 @@ pub(crate) enum Impl {
 }
 
 impl Impl {
-    pub(crate) const ALL: [Impl; 11] = [
+    pub(crate) const ALL: [Impl; 12] = [
         Impl::MemStore,
         Impl::DirStore,
         Impl::LogStore,
+        Impl::LogStoreExclusive,
         Impl::SqliteFull,
         Impl::SqliteNormal,
         Impl::NaiveJson,
@@ -120,6 +124,7 @@ impl Impl {
             Impl::MemStore => "memstore",
             Impl::DirStore => "dirstore",
             Impl::LogStore => "logstore",
+            Impl::LogStoreExclusive => "logstore_excl",
             Impl::SqliteFull => "sqlite_full",
             Impl::SqliteNormal => "sqlite_normal",
             Impl::NaiveJson => "naive_json",
@@ -151,6 +156,7 @@ impl Impl {
             _ if self.is_raw() => bench == Bench::Put,
             // One JSON file holds records, not leases.
             Impl::NaiveJson => bench != Bench::LockCycle,
+            Impl::LogStoreExclusive => bench == Bench::Get,
             // The server's columns: the operations services share between machines.
             Impl::PgStore => matches!(
                 bench,
@@ -213,7 +219,9 @@ pub(crate) fn prepare(imp: Impl, setup: Setup, dir: &Path) -> BenchResult<Option
         return Ok(None);
     }
     let cell = match imp {
-        Impl::MemStore | Impl::DirStore | Impl::LogStore => jobsafe::prepare(imp, setup, dir)?,
+        Impl::MemStore | Impl::DirStore | Impl::LogStore | Impl::LogStoreExclusive => {
+            jobsafe::prepare(imp, setup, dir)?
+        }
         #[cfg(feature = "postgres")]
         Impl::PgStore => pg::prepare(setup, dir)?,
         _ => others::prepare(imp, setup, dir)?,
