@@ -112,20 +112,9 @@ impl Harness for Log {
 
     fn reopen(&mut self, store: LogStore) -> jobsafe::Result<Option<LogStore>> {
         let root = store.root().to_path_buf();
+        // An exclusive store is released when its last clone's drop returns.
         drop(store);
-        // An exclusive store is released once nothing holds it: after an
-        // async write, the pool thread that committed it lets go of it just
-        // after it woke the caller. Waited for, never guessed; the bound only
-        // turns a store that is never released into a failure.
-        let bound = std::time::Instant::now() + common::child::WAIT_BOUND;
-        loop {
-            match self.open(&root) {
-                Err(e) if e.is_store_in_use() && std::time::Instant::now() < bound => {
-                    std::thread::yield_now();
-                }
-                opened => return opened.map(Some),
-            }
-        }
+        self.open(&root).map(Some)
     }
 
     fn open_another(&mut self, store: &LogStore) -> jobsafe::Result<Option<LogStore>> {

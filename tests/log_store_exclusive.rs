@@ -326,3 +326,45 @@ fn the_lifetime_locks_outlive_commits_and_compactions() {
     assert!(!held_elsewhere("lock"));
     assert!(!held_elsewhere("handle.lock"));
 }
+
+/// Dropping the last clone waits for what the handle runs on other threads
+/// (the pool thread leading its async writes' group commit, a background
+/// compaction): once it returns, the store opens again, every time.
+#[cfg(feature = "async")]
+#[test]
+fn the_store_is_free_once_the_last_clone_is_dropped_after_async_writes_and_compactions() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut compactions = 0;
+    for round in 0..30u8 {
+        let store = LogStore::builder(&root)
+            .exclusive(true)
+            // Small enough that the rounds' overwrites start compactions.
+            .compact_when(8 << 10, 0.1)
+            .open()
+            .unwrap();
+        compactions += store.stats().unwrap().generation;
+        let keys: Vec<_> = (0..16).map(|i| key(&format!("k/{i}"))).collect();
+        let writes: Vec<_> = keys
+            .iter()
+            .map(|k| store.put_async(k, vec![round; 512], Expect::Any))
+            .collect();
+        rt.block_on(async {
+            let tasks: Vec<_> = writes.into_iter().map(tokio::spawn).collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+        });
+        drop(store);
+        let reopened = exclusive(&root).unwrap();
+        assert_eq!(
+            reopened.get(&key("k/15")).unwrap().unwrap().value,
+            vec![round; 512]
+        );
+    }
+    assert!(compactions > 0, "no round started a compaction");
+}

@@ -57,8 +57,9 @@ impl<V: Vfs> Shared<V> {
     /// started afresh, since this one's work ends with the panic.
     #[cfg(feature = "async")]
     fn start_leader(self: &Arc<Self>) {
-        let shared = Arc::clone(self);
+        let held = super::InBackground::new(self);
         crate::pool::detach_urgent(move || {
+            let shared = held.shared();
             loop {
                 let again = std::cell::Cell::new(false);
                 shared.group.lead_queued(
@@ -72,7 +73,7 @@ impl<V: Vfs> Shared<V> {
                         }
                     },
                 );
-                compact::maybe_start(&shared);
+                compact::maybe_start(shared);
                 if !again.get() {
                     return;
                 }

@@ -112,11 +112,12 @@ pub(super) fn maybe_start<V: Vfs>(shared: &Arc<Shared<V>>) {
     if dead <= policy.dead_ratio || shared.compacting.swap(true, Ordering::SeqCst) {
         return;
     }
-    let background = shared.clone();
+    let held = super::InBackground::new(shared);
     let spawned = std::thread::Builder::new()
         .name("jobsafe-compact".to_owned())
         .spawn(move || {
-            let outcome = run(&background, Wait::No);
+            let background = held.shared();
+            let outcome = run(background, Wait::No);
             let busy = matches!(&outcome, Err(Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::WouldBlock);
             if outcome.is_err() {

@@ -147,9 +147,10 @@ const FIRST_SEQ: u64 = 1;
 ///   That flock is never taken or released per operation: the file lives
 ///   inside the handle's locking mode, which the commit, compaction and read
 ///   paths match on, and no `Flock` guard (whose drop would unlock it) can be
-///   made of it. The handle keeps the store until its last clone is dropped
-///   and what it still runs has ended (a background compaction, an async
-///   write committing on a thread of the pool), or until its process ends.
+///   made of it. The handle keeps the store until its last clone is dropped,
+///   a drop that first waits for what the handle still runs on other threads
+///   (a background compaction, an async write committing on a thread of the
+///   pool), or until its process ends.
 /// - **Crashes.** Exclusive mode writes the journal exactly as the shared
 ///   mode does, frame after durable frame; it only skips looking for other
 ///   writers. The kernel releases a process's flocks when it dies, however
@@ -223,12 +224,86 @@ const FIRST_SEQ: u64 = 1;
 #[derive(Debug)]
 pub struct LogStore<V: Vfs = StdVfs> {
     shared: Arc<Shared<V>>,
+    /// Shared by this handle's clones and nothing else: dropped with the last.
+    _last: Arc<LastClone<V>>,
 }
 
 impl<V: Vfs> Clone for LogStore<V> {
     fn clone(&self) -> Self {
         LogStore {
             shared: self.shared.clone(),
+            _last: self._last.clone(),
+        }
+    }
+}
+
+/// Dropped with the last clone of a handle. In exclusive mode, it waits for
+/// the work the handle still runs on other threads (a background compaction,
+/// a group commit led on a thread of the pool), so that the store is released
+/// by the time the last clone's drop returns, and a new open right after it
+/// succeeds (unless the caller still holds a future of the async face, which
+/// holds the store).
+#[derive(Debug)]
+struct LastClone<V: Vfs> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V: Vfs> Drop for LastClone<V> {
+    fn drop(&mut self) {
+        if self.shared.is_exclusive() {
+            self.shared.background.wait_idle();
+        }
+    }
+}
+
+/// How many pieces of work hold the store on other threads.
+#[derive(Debug, Default)]
+struct Background {
+    running: Mutex<usize>,
+    idle: parking_lot::Condvar,
+}
+
+impl Background {
+    /// Waits until no work holds the store. Never called from such work.
+    fn wait_idle(&self) {
+        let mut running = self.running.lock();
+        while *running > 0 {
+            self.idle.wait(&mut running);
+        }
+    }
+}
+
+/// The store as a piece of work on another thread holds it: dropped, it lets
+/// go of the store first, then counts the work as done.
+struct InBackground<V: Vfs> {
+    shared: Option<Arc<Shared<V>>>,
+    count: Arc<Background>,
+}
+
+impl<V: Vfs> InBackground<V> {
+    fn new(shared: &Arc<Shared<V>>) -> Self {
+        let count = Arc::clone(&shared.background);
+        *count.running.lock() += 1;
+        InBackground {
+            shared: Some(Arc::clone(shared)),
+            count,
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared<V>> {
+        self.shared
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only by drop"))
+    }
+}
+
+impl<V: Vfs> Drop for InBackground<V> {
+    fn drop(&mut self) {
+        drop(self.shared.take());
+        let mut running = self.count.running.lock();
+        *running -= 1;
+        if *running == 0 {
+            self.count.idle.notify_all();
         }
     }
 }
@@ -289,7 +364,7 @@ struct Shared<V: Vfs> {
     // atomics, not locks: they are read and written under any of the above.
     /// `handle.lock`, flocked for as long as this handle lives: shared, or
     /// exclusive in exclusive mode. Only its close releases it.
-    _handle_lock: V::File,
+    handle_lock: V::File,
     /// Whether other handles may write, and with it the `lock` file.
     locking: Locking<V::File>,
     journal: Mutex<Journal<V::File>>,
@@ -316,6 +391,23 @@ struct Shared<V: Vfs> {
     /// commit's catch-up finds and clears it; in exclusive mode, which does
     /// not catch up, the next commit clears it because of this flag.
     tail_unsettled: AtomicBool,
+    /// Work holding the store on other threads (see `InBackground`). Its
+    /// mutex is a leaf, taken with no other lock held.
+    background: Arc<Background>,
+}
+
+impl<V: Vfs> Drop for Shared<V> {
+    /// Unlocks the lifetime flocks rather than leave them to the close: a
+    /// flock belongs to the open file description, which a process forked
+    /// meanwhile (to run another program: the copy is closed only at its
+    /// exec) shares, and an unlock releases it for every copy. The `lock`
+    /// file first: an open that finds `handle.lock` free must find it free.
+    fn drop(&mut self) {
+        if let Locking::Exclusive { lock_file } = &self.locking {
+            let _ = lock_file.unlock();
+        }
+        let _ = self.handle_lock.unlock();
+    }
 }
 
 /// What a reader checks to know whether its index is current: the journal's
@@ -344,9 +436,9 @@ enum Locking<F> {
     /// it is dropped: nobody else writes, so reads check nothing, and commits
     /// and compactions take no flock and read nothing back.
     Exclusive {
-        /// The `lock` file, flocked exclusively at open, never unlocked: its
-        /// close releases it.
-        _lock_file: F,
+        /// The `lock` file, flocked exclusively at open, unlocked only when
+        /// the handle is dropped (`Shared`'s drop).
+        lock_file: F,
     },
 }
 
@@ -483,9 +575,12 @@ impl<V: Vfs> LogStoreBuilder<V> {
     /// Opening fails at once with [`Error::StoreInUse`] (exclusive: `true`)
     /// if another handle has the store open, and every later open of the
     /// store, shared or exclusive, fails at once with [`Error::StoreInUse`]
-    /// until the last clone of this handle is dropped and whatever it still
-    /// runs (a background compaction, an async write committing on a thread
-    /// of the pool) has ended, or its process ends.
+    /// until the last clone of this handle is dropped, or its process ends.
+    /// Dropping the last clone waits for what the handle still runs on other
+    /// threads (a background compaction, a group commit of async writes led
+    /// on a thread of the pool), so that the store is free once the drop
+    /// returns; a future of its async face that the caller still holds keeps
+    /// the store until it is dropped too.
     ///
     /// ```
     /// use jobsafe::{Expect, Key, LogStore, Store};
@@ -590,35 +685,38 @@ impl<V: Vfs> LogStoreBuilder<V> {
         let named = if sync { journal.inode } else { 0 };
         drop(flock);
         let locking = if self.exclusive {
-            Locking::Exclusive {
-                _lock_file: lock_file,
-            }
+            Locking::Exclusive { lock_file }
         } else {
             Locking::Shared { lock_file }
         };
 
+        let shared = Arc::new(Shared {
+            root,
+            journal_path,
+            writer,
+            sync,
+            handle_lock,
+            locking,
+            journal: Mutex::new(journal),
+            index: RwLock::new(index),
+            probe: Mutex::new(probe),
+            group: GroupCommit::default(),
+            poisoned: AtomicBool::new(false),
+            named: AtomicU64::new(named),
+            quarantine_named: AtomicBool::new(false),
+            policy: self.policy,
+            compacting: AtomicBool::new(false),
+            compact_retry_at: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            last_compaction_error: Mutex::new(None),
+            tail_unsettled: AtomicBool::new(false),
+            background: Arc::default(),
+        });
         Ok(LogStore {
-            shared: Arc::new(Shared {
-                root,
-                journal_path,
-                writer,
-                sync,
-                _handle_lock: handle_lock,
-                locking,
-                journal: Mutex::new(journal),
-                index: RwLock::new(index),
-                probe: Mutex::new(probe),
-                group: GroupCommit::default(),
-                poisoned: AtomicBool::new(false),
-                named: AtomicU64::new(named),
-                quarantine_named: AtomicBool::new(false),
-                policy: self.policy,
-                compacting: AtomicBool::new(false),
-                compact_retry_at: AtomicU64::new(0),
-                compactions: AtomicU64::new(0),
-                last_compaction_error: Mutex::new(None),
-                tail_unsettled: AtomicBool::new(false),
+            _last: Arc::new(LastClone {
+                shared: Arc::clone(&shared),
             }),
+            shared,
         })
     }
 }
