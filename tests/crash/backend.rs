@@ -1,4 +1,6 @@
-//! The two embedded stores every part runs on.
+//! The embedded stores every part runs on: `DirStore`, and `LogStore` shared
+//! and in exclusive mode (each child the store's only handle; the parent
+//! opens it only once the child is dead, its flocks gone with it).
 
 use std::fmt;
 use std::path::Path;
@@ -16,15 +18,17 @@ pub const UNSYNCED_VAR: &str = "JOBSAFE_CRASH_UNSYNCED";
 pub enum Backend {
     Dir,
     Log,
+    LogExclusive,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Dir, Backend::Log];
+    pub const ALL: [Backend; 3] = [Backend::Dir, Backend::Log, Backend::LogExclusive];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Dir => "dir",
             Backend::Log => "log",
+            Backend::LogExclusive => "log_exclusive",
         }
     }
 
@@ -38,17 +42,28 @@ impl Backend {
     pub fn open(self, root: &Path) -> jobsafe::Result<Arc<dyn Store>> {
         Ok(match self {
             Backend::Dir => Arc::new(DirStore::builder(root).durability(durability()).open()?),
-            Backend::Log => Arc::new(open_log(root)?),
+            Backend::Log => Arc::new(open_log(root, false)?),
+            Backend::LogExclusive => Arc::new(open_log(root, true)?),
         })
+    }
+
+    /// Whether it is a `LogStore` (shared or exclusive), and which.
+    pub fn log_mode(self) -> Option<bool> {
+        match self {
+            Backend::Dir => None,
+            Backend::Log => Some(false),
+            Backend::LogExclusive => Some(true),
+        }
     }
 }
 
 /// Opens the `LogStore` at `root` as [`Backend::open`] does, for a caller that
 /// compacts it.
-pub fn open_log(root: &Path) -> jobsafe::Result<LogStore> {
+pub fn open_log(root: &Path, exclusive: bool) -> jobsafe::Result<LogStore> {
     LogStore::builder(root)
         .durability(durability())
         .compact_when(32 << 10, 0.05)
+        .exclusive(exclusive)
         .open()
 }
 

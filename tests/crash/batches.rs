@@ -141,7 +141,7 @@ impl Model for Batches {
     /// compaction finished before its stop varies, so this is not checked).
     fn extra(&self) -> String {
         match self.backend {
-            Backend::Log => LogStore::open(&self.root)
+            Backend::Log | Backend::LogExclusive => LogStore::open(&self.root)
                 .and_then(|store| store.stats())
                 .map_or_else(
                     |e| format!("compactions=unknown ({e})"),
@@ -170,9 +170,9 @@ fn read_sum(store: &dyn Store) -> jobsafe::Result<Option<(u64, Version)>> {
 /// Child: applies batches until stopped, reporting `begin <id>` before each and
 /// `ack <id>` after each `Ok`.
 pub fn work(backend: Backend, root: &std::path::Path, ctx: &ChildContext) -> Outcome {
-    let log = match backend {
-        Backend::Log => Some(Arc::new(backend::open_log(root)?)),
-        Backend::Dir => None,
+    let log = match backend.log_mode() {
+        Some(exclusive) => Some(Arc::new(backend::open_log(root, exclusive)?)),
+        None => None,
     };
     let store: Arc<dyn Store> = match &log {
         Some(log) => log.clone(),
