@@ -1,8 +1,8 @@
 //! The crash suite: every part of the crate, killed with SIGKILL while it
 //! writes, again and again, with its invariants checked after every kill.
 //!
-//! Parts (each on a `DirStore` and on a `LogStore`; see the modules of
-//! `tests/crash/` for what each checks):
+//! Parts (each on a `DirStore`, a `LogStore` and a `LogStore` in exclusive mode;
+//! see the modules of `tests/crash/` for what each checks):
 //! - `store`: multi-key batches stay whole, and every acknowledged one stays;
 //! - `lock`: `JobLock` holders killed mid-acquire, mid-renewal or mid-release;
 //!   their locks are taken over at expiry with greater fencing tokens;
