@@ -131,10 +131,12 @@
 //!   of the crate's stores is, and so is an `Arc` of any store).
 //! - **One logic, two faces.** A call's decisions and waits are written
 //!   once. `AsyncJobLedger`'s calls run the very body of their blocking
-//!   twins, an `async fn` generic over how it reaches the store and the
-//!   clock: the blocking face makes each store call at once and sleeps the
-//!   thread, the async face awaits the store's own async calls and the
-//!   clock's timers, so it holds no thread at all. The other parts' async
+//!   twins (but for the listings), an `async fn` generic over how it reaches
+//!   the store and the clock: the blocking face makes each store call at
+//!   once and sleeps the thread, the async face awaits the store's own async
+//!   calls and the clock's timers, so it holds no thread while it waits
+//!   (a store whose calls run on the pool holds one for each call, and the
+//!   `effect` closures run there). The other parts' async
 //!   methods run their blocking twin on a thread of the crate's own bounded
 //!   pool ([`pool`], which says why not the runtime's blocking pool), so
 //!   every decision (fencing, take-overs, reading back a write whose outcome
@@ -154,10 +156,12 @@
 //!   waits on the clock between attempts; a keep-alive's loops, for both
 //!   faces, are polled by one task thread of the crate and renew on the pool.
 //! - **Cancellation.** Dropping an async call's future before its work began
-//!   withdraws it; once begun, the work runs to its end on the pool (a write
-//!   cannot be stopped halfway), with the outcome a crash of the caller would
-//!   leave. A dropped async lock guard releases its lock on the pool, never on
-//!   the caller's thread.
+//!   withdraws it. Once begun, a store call runs to its end (a write cannot
+//!   be stopped halfway), on the pool or, for `PgStore`, as a task of its
+//!   own; a ledger call stops at its next store call or wait. Either way the
+//!   outcome is the one a crash of the caller would leave, which the parts'
+//!   ambiguity handling covers. A dropped async lock guard releases its lock
+//!   on the pool, never on the caller's thread.
 //!
 //! # Cargo features
 //!

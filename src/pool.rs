@@ -36,10 +36,12 @@
 //! thread rather than never.
 //!
 //! **Cancellation.** Dropping the future of an async call before its work
-//! began withdraws the work: nothing is read or written. Once the work has
-//! begun it runs to its end (a thread cannot be stopped halfway through a
-//! write), and its outcome is the store's as after any interrupted call: the
-//! write landed or not, and the parts' ambiguity handling applies.
+//! began withdraws the work: nothing is read or written. Once a piece of
+//! work has begun it runs to its end (a thread cannot be stopped halfway
+//! through a write), and its outcome is the store's as after any interrupted
+//! call: the write landed or not, and the parts' ambiguity handling applies.
+//! A call made of several pieces (an `AsyncJobLedger` call: a read, then a
+//! write) stops between them.
 
 use std::collections::VecDeque;
 use std::fmt;

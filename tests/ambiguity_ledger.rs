@@ -14,7 +14,8 @@
 //! reservations there, so money is never charged twice nor lost.
 //!
 //! Every call runs through both faces: the blocking one and `AsyncJobLedger`,
-//! whose store calls and waits are futures (the same body, driven apart).
+//! which drives the same body with futures (this test store's provided
+//! `*_async` calls, on the pool, and the clock's async sleeps).
 //!
 //! Time is a `ManualClock` whose sleeps pass at once, so the re-reads reach
 //! their deadline without waiting. The PgStore cases need the feature

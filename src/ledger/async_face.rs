@@ -33,11 +33,21 @@ use crate::store::{BatchOp, Store};
 /// [`purge_expired`](AsyncJobLedger::purge_expired)) run their blocking
 /// twins on the pool.
 ///
-/// Dropping a call's future part-way leaves its write made or not, as an
-/// interrupted call does: repeat a reserve with the same
-/// [`ChargeRequest::attempt`] to learn which, never charging twice, and a
-/// change with the reservation it was given (it finds itself done, as after
-/// an [ambiguous](Error::is_ambiguous) error).
+/// **Cancellation.** A call stops at its next store call or wait once its
+/// future is dropped, as a caller that crashed there would: a write it
+/// already made may stand, and it no longer reads back or writes again a
+/// write whose reply was lost. What to do after a dropped call is what to do
+/// after an [ambiguous](Error::is_ambiguous) error:
+/// - a reserve: repeat it with the same [`ChargeRequest::attempt`], which
+///   gets the reservation it made as [`Reserve::New`] and never charges
+///   twice. Set the attempt before the first call (from the client's
+///   idempotency key, say): a dropped call returns no error to take it from;
+/// - a change (a confirmation, a refund and its steps): a repeat may report
+///   that there was nothing to do, since the dropped call's write may have
+///   done it; [`lookup`](AsyncJobLedger::lookup) and
+///   [`pending`](AsyncJobLedger::pending) tell what is stored, and a refund
+///   left [`RefundPending`](super::ReservationState::RefundPending) is found
+///   there, as after a crash.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -387,12 +387,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// natively, holding no thread at all: `PgStore` does.
     /// `LogStore`'s `put_async`, `delete_async` and `apply_async` join its
     /// group commit as futures: the flush runs on one pool thread for the
-    /// whole group, and each caller's task is woken with its result.
-    /// `Arc<S>`, `Box<S>` and `&'static S` make the native calls of the
-    /// crate's stores they hold too, so sharing a store through an `Arc`
-    /// costs nothing here; a store of your own that overrides these methods
-    /// is reached natively through them by returning `Some(self)` from the
-    /// hidden method `native_async`, as the crate's stores do.
+    /// whole group, and each caller's task is woken with its result; its
+    /// reads are answered on the polling thread in exclusive mode (they
+    /// touch no disk there), on the pool otherwise. `Arc<S>`, `Box<S>` and
+    /// `&'static S` make the native calls of the crate's stores they hold
+    /// too, so sharing a store through an `Arc` costs one boxed future per
+    /// call, not a thread. A store of your own that overrides these methods
+    /// is reached through them the same way if it returns `Some(self)` from
+    /// the hidden method `native_async` (never another store: the forwarding
+    /// impls would then skip its own methods), as the crate's stores do.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -547,12 +550,14 @@ macro_rules! forward_store {
             where
                 Self: Clone + 'static,
             {
-                let native = self.native_async().map(|store| store.get(key));
-                let (store, key) = (self.clone(), key.clone());
+                let route = match self.native_async() {
+                    Some(native) => Ok(native.get(key)),
+                    None => Err((self.clone(), key.clone())),
+                };
                 async move {
-                    match native {
-                        Some(call) => call.await,
-                        None => crate::pool::run(move || store.get(&key)).await,
+                    match route {
+                        Ok(call) => call.await,
+                        Err((store, key)) => crate::pool::run(move || store.get(&key)).await,
                     }
                 }
             }
@@ -566,15 +571,16 @@ macro_rules! forward_store {
             where
                 Self: Clone + 'static,
             {
-                let store = self.clone();
-                let (key, native) = match self.native_async() {
-                    Some(native) => (key.clone(), Ok(native.put(key, value, expect))),
-                    None => (key.clone(), Err(value)),
+                let route = match self.native_async() {
+                    Some(native) => Ok(native.put(key, value, expect)),
+                    None => Err((self.clone(), key.clone(), value)),
                 };
                 async move {
-                    match native {
+                    match route {
                         Ok(call) => call.await,
-                        Err(value) => crate::pool::run(move || store.put(&key, &value, expect)).await,
+                        Err((store, key, value)) => {
+                            crate::pool::run(move || store.put(&key, &value, expect)).await
+                        }
                     }
                 }
             }
@@ -587,12 +593,14 @@ macro_rules! forward_store {
             where
                 Self: Clone + 'static,
             {
-                let native = self.native_async().map(|store| store.delete(key, expect));
-                let (store, key) = (self.clone(), key.clone());
+                let route = match self.native_async() {
+                    Some(native) => Ok(native.delete(key, expect)),
+                    None => Err((self.clone(), key.clone())),
+                };
                 async move {
-                    match native {
-                        Some(call) => call.await,
-                        None => crate::pool::run(move || store.delete(&key, expect)).await,
+                    match route {
+                        Ok(call) => call.await,
+                        Err((store, key)) => crate::pool::run(move || store.delete(&key, expect)).await,
                     }
                 }
             }
@@ -606,12 +614,14 @@ macro_rules! forward_store {
             where
                 Self: Clone + 'static,
             {
-                let native = self.native_async().map(|store| store.list(prefix, after, limit));
-                let (store, prefix, after) = (self.clone(), prefix.clone(), after.cloned());
+                let route = match self.native_async() {
+                    Some(native) => Ok(native.list(prefix, after, limit)),
+                    None => Err((self.clone(), prefix.clone(), after.cloned())),
+                };
                 async move {
-                    match native {
-                        Some(call) => call.await,
-                        None => {
+                    match route {
+                        Ok(call) => call.await,
+                        Err((store, prefix, after)) => {
                             crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await
                         }
                     }
@@ -625,15 +635,14 @@ macro_rules! forward_store {
             where
                 Self: Clone + 'static,
             {
-                let store = self.clone();
-                let native = match self.native_async() {
+                let route = match self.native_async() {
                     Some(native) => Ok(native.apply(batch)),
-                    None => Err(batch),
+                    None => Err((self.clone(), batch)),
                 };
                 async move {
-                    match native {
+                    match route {
                         Ok(call) => call.await,
-                        Err(batch) => crate::pool::run(move || store.apply(&batch)).await,
+                        Err((store, batch)) => crate::pool::run(move || store.apply(&batch)).await,
                     }
                 }
             }

@@ -1237,20 +1237,17 @@ impl<V: Vfs> Store for LogStore<V> {
     where
         Self: Clone + 'static,
     {
-        let read = if self.shared.is_exclusive() {
-            // Invariant relied on: in exclusive mode a read makes no system
-            // call (`fresh_index` checks nothing, and every value is held in
-            // the index, in memory), so it cannot block the polling thread.
-            // A change that moved values out of memory would have to send
-            // this to the pool again.
-            Read::Done(self.get(key))
-        } else {
-            Read::Pool(self.clone(), key.clone())
-        };
+        let (store, key) = (self.clone(), key.clone());
         async move {
-            match read {
-                Read::Done(result) => result,
-                Read::Pool(store, key) => crate::pool::run(move || store.get(&key)).await,
+            if store.shared.is_exclusive() {
+                // Invariant relied on: in exclusive mode a read makes no
+                // system call (`fresh_index` checks nothing, and every value
+                // is held in the index, in memory), so it cannot block the
+                // polling thread. A change that moved values out of memory
+                // would have to send this to the pool again.
+                store.get(&key)
+            } else {
+                crate::pool::run(move || store.get(&key)).await
             }
         }
     }
@@ -1265,18 +1262,13 @@ impl<V: Vfs> Store for LogStore<V> {
     where
         Self: Clone + 'static,
     {
-        let read = if self.shared.is_exclusive() {
-            // In memory, without a system call: see `get_async`.
-            Read::Done(self.list(prefix, after, limit))
-        } else {
-            Read::Pool(self.clone(), (prefix.clone(), after.cloned()))
-        };
+        let (store, prefix, after) = (self.clone(), prefix.clone(), after.cloned());
         async move {
-            match read {
-                Read::Done(result) => result,
-                Read::Pool(store, (prefix, after)) => {
-                    crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await
-                }
+            if store.shared.is_exclusive() {
+                // In memory, without a system call: see `get_async`.
+                store.list(&prefix, after.as_ref(), limit)
+            } else {
+                crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await
             }
         }
     }
@@ -1357,14 +1349,6 @@ impl<V: Vfs> Store for LogStore<V> {
             committing?.await
         })
     }
-}
-
-/// A read of the async face: answered already (exclusive mode), or to be
-/// made on a thread of the pool with what it needs.
-#[cfg(feature = "async")]
-enum Read<T, S, A> {
-    Done(Result<T>),
-    Pool(S, A),
 }
 
 #[cfg(feature = "async")]
