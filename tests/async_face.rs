@@ -1254,3 +1254,101 @@ fn log_store_async_writes_share_flushes_made_off_the_runtime_thread() {
         }
     }
 }
+
+/// A store whose puts wait, once started, until the test releases them.
+#[derive(Clone, Debug, Default)]
+struct HeldPuts {
+    inner: Arc<MemStore>,
+    started: Arc<tokio::sync::Notify>,
+    /// Whether puts may go on, and how many finished.
+    state: Arc<(parking_lot::Mutex<(bool, usize)>, parking_lot::Condvar)>,
+}
+
+impl HeldPuts {
+    fn release(&self) {
+        let (state, changed) = &*self.state;
+        state.lock().0 = true;
+        changed.notify_all();
+    }
+
+    fn wait_for_puts(&self, done: usize) {
+        let (state, changed) = &*self.state;
+        let mut state = state.lock();
+        while state.1 < done {
+            assert!(
+                !changed.wait_for(&mut state, STUCK).timed_out(),
+                "a released put never finished"
+            );
+        }
+    }
+}
+
+impl Store for HeldPuts {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.inner.get(key)
+    }
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.started.notify_one();
+        let (state, changed) = &*self.state;
+        let mut held = state.lock();
+        while !held.0 {
+            assert!(
+                !changed.wait_for(&mut held, STUCK).timed_out(),
+                "a held put was never released"
+            );
+        }
+        drop(held);
+        let written = self.inner.put(key, value, expect);
+        state.lock().1 += 1;
+        changed.notify_all();
+        written
+    }
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.inner.delete(key, expect)
+    }
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.inner.quarantine(key)
+    }
+}
+
+/// A reserve whose future is dropped while its write is under way leaves
+/// that write to land, as a caller that crashed there would; the repeat
+/// with the request's attempt id gets the reservation it made as new, and
+/// another request finds it charged.
+#[test]
+fn a_reserve_dropped_during_its_write_is_found_again_by_its_attempt() {
+    let store = HeldPuts::default();
+    let clock = ManualClock::new(START_MS);
+    let ledger = AsyncJobLedger::new(JobLedger::new(store.clone(), Arc::new(clock)));
+    let attempt = jobsafe::AttemptId::new();
+    let request = ChargeRequest::new().attempt(attempt.clone());
+    let runtime = current_thread();
+    runtime.block_on(async {
+        tokio::select! {
+            _ = ledger.reserve("acct", "job-1", &request) => panic!("its write is held"),
+            () = store.started.notified() => {}
+        }
+    });
+    // The call is dropped; its write, begun on the pool, goes on.
+    store.release();
+    store.wait_for_puts(1);
+    runtime.block_on(async {
+        match ledger.reserve("acct", "job-1", &request).await.unwrap() {
+            Reserve::New(made) => assert_eq!(made.attempt, Some(attempt)),
+            other => panic!("the repeat got {other:?}"),
+        }
+        let other = ledger
+            .reserve("acct", "job-1", &ChargeRequest::new())
+            .await
+            .unwrap();
+        assert!(matches!(other, Reserve::Existing(_)), "{other:?}");
+    });
+    let (state, _) = &*store.state;
+    assert_eq!(state.lock().1, 1, "one write in all");
+}
