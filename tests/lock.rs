@@ -1490,3 +1490,35 @@ fn a_bounded_wait_for_a_keep_alive_event_ends_with_what_it_found() {
         KeepAliveWait::Stopped
     ));
 }
+
+/// A stopped keep-alive lets go of the lock's store at once, not at its next
+/// renewal (which a clock that stands still never brings): the store is
+/// dropped once its last user is, so an exclusive `LogStore` can be opened
+/// again right after.
+#[test]
+fn a_stopped_keep_alive_lets_go_of_the_store() {
+    let store = Arc::new(MemStore::new());
+    let clock = ManualClock::new(0);
+    let locks = JobLock::new(Arc::clone(&store), Arc::new(clock));
+    let guard = acquired(
+        locks
+            .acquire(&vault("kept"), Duration::from_secs(60), &LockRequest::new())
+            .unwrap(),
+    );
+    let keep_alive = guard
+        .keep_alive(Duration::from_secs(60), Duration::from_secs(10))
+        .unwrap();
+    drop(keep_alive);
+    guard.release().unwrap();
+    drop(locks);
+    // Only a renewer that waits for its next period holds the store past
+    // this bound: the clock never moves.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the stopped keep-alive still holds the store"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

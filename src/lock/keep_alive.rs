@@ -8,9 +8,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::Waker;
 #[cfg(feature = "async")]
-use std::task::{Context, Poll};
+use std::task::Context;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -127,6 +127,11 @@ struct State {
     events: VecDeque<KeepAliveEvent>,
     /// The waker of a holder awaiting the next event.
     waker: Option<Waker>,
+    /// The waker of the renewer while it sleeps until its next renewal:
+    /// woken when the keep-alive ends, so that the renewer returns at once
+    /// and lets go of the lock (and the store) it holds, rather than at its
+    /// next period, which a clock that stands still never brings.
+    renewer: Option<Waker>,
 }
 
 impl State {
@@ -145,6 +150,7 @@ impl Shared {
                 expires_ms,
                 events: VecDeque::new(),
                 waker: None,
+                renewer: None,
             }),
             changed: Condvar::new(),
         }
@@ -163,9 +169,14 @@ impl Shared {
     /// Wakes the holder, blocking or awaiting, after a change of the state.
     fn notify(&self, mut state: parking_lot::MutexGuard<'_, State>) {
         let waker = state.waker.take();
+        let renewer = if state.over() {
+            state.renewer.take()
+        } else {
+            None
+        };
         drop(state);
         self.changed.notify_all();
-        if let Some(waker) = waker {
+        for waker in [waker, renewer].into_iter().flatten() {
             waker.wake();
         }
     }
@@ -306,7 +317,9 @@ impl KeepAlive {
     /// Stops renewing (dropping the keep-alive does too), without waiting for a
     /// renewal in progress. No renewal starts after this returns and no event
     /// is queued: [`next_event`](KeepAlive::next_event) returns the events
-    /// queued before, then `None`. Its loops end at their next wake-up.
+    /// queued before, then `None`. The renewing loop ends at once, with its
+    /// hold on the lock's store, unless a renewal is in flight (it ends
+    /// with it); the watch ends at its next wake-up.
     ///
     /// Releasing the lock right after is safe: a renewal still in flight
     /// writes only over the holder's own record (a compare-and-set on its
@@ -334,8 +347,7 @@ struct Renewer<S> {
 impl<S: Store + 'static> Renewer<S> {
     async fn run(mut self) {
         loop {
-            self.lock.clock.sleep_until_async(self.next_ms).await;
-            if self.shared.state.lock().over() {
+            if !self.sleep_unless_over().await {
                 return;
             }
             // On the pool, with nothing locked: `stop` and the watch never
@@ -403,6 +415,25 @@ impl<S: Store + 'static> Renewer<S> {
                 return;
             }
         }
+    }
+}
+
+impl<S> Renewer<S> {
+    /// Sleeps until the next renewal is due; `false` as soon as the
+    /// keep-alive is over instead.
+    async fn sleep_unless_over(&self) -> bool {
+        let mut due = std::pin::pin!(self.lock.clock.sleep_until_async(self.next_ms));
+        std::future::poll_fn(|cx| {
+            {
+                let mut state = self.shared.state.lock();
+                if state.over() {
+                    return Poll::Ready(false);
+                }
+                state.renewer = Some(cx.waker().clone());
+            }
+            due.as_mut().poll(cx).map(|()| true)
+        })
+        .await
     }
 }
 
