@@ -26,6 +26,9 @@
 //! - [`Pipeline`] ([`pipeline`]): staged jobs whose finished stages are never
 //!   redone and whose artifacts are never half written, with retries, one runner
 //!   per subject, cancellation and purge. It drives the parts below for you.
+//! - [`schedule::Scheduler`] ([`schedule`]): recurring jobs, each run created
+//!   once across every instance that ticks, with a policy for runs missed
+//!   during downtime.
 //! - [`JobLock`] ([`lock`]): one job at a time per resource, as a lease that a
 //!   crashed holder cannot keep, with a [`FencingToken`] per holder.
 //! - [`JobLedger`] ([`ledger`]): charge a job id once however often it is retried,
@@ -262,6 +265,7 @@ pub mod pool;
 mod process;
 pub mod record;
 mod resolve;
+pub mod schedule;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

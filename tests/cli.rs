@@ -25,8 +25,8 @@ use jobsafe::ledger::{ChargeRequest, ReservationState};
 use jobsafe::lock::{Acquire, LockRequest};
 use jobsafe::pipeline::{PipelineRecords, StageError};
 use jobsafe::{
-    AtomicWriter, Clock, DirStore, JobLedger, JobLock, JobState, Key, LogStore, ManualClock,
-    Pipeline, Prefix, Store, SystemClock,
+    AtomicWriter, Clock, DirStore, Expect, JobLedger, JobLock, JobState, Key, LogStore,
+    ManualClock, Pipeline, Prefix, Store, SystemClock,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -1210,6 +1210,91 @@ fn ledger_settle_records_what_happened_to_a_side_effect_in_flight() {
 // ---------------------------------------------------------------------------------
 // Sweep
 // ---------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------
+// Schedules
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn schedules_list_shows_each_schedule_with_its_next_due_time_and_last_run() {
+    use jobsafe::schedule::{CatchUp, Every, Schedule, Scheduler};
+    for backend in BACKENDS {
+        let fx = Fixture::empty(backend);
+        fx.run(&["schedules", "list"]).expect(OK);
+        let clock = Arc::new(ManualClock::new(fx.now - 2 * HOUR));
+        let scheduler = Scheduler::new(fx.jobs(), clock.clone())
+            .schedule(
+                Schedule::new(
+                    "hourly",
+                    Every::interval(Duration::from_secs(3600)).unwrap(),
+                    NewJob::new("report"),
+                )
+                .unwrap()
+                .catch_up(CatchUp::All),
+            )
+            .unwrap()
+            .schedule(
+                Schedule::new(
+                    "nightly",
+                    Every::cron("0 0 0 1 1 * 2099").unwrap(),
+                    NewJob::new("rollup"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert!(scheduler.tick().failed.is_empty());
+        clock.set(fx.now);
+        let tick = scheduler.tick();
+        assert_eq!(tick.created.len(), 2, "{:?}", tick.created);
+        let last = &tick.created[1].job_id;
+
+        let table = fx.run(&["schedules", "list"]).expect(OK);
+        let rows = rows(&table.stdout);
+        assert_eq!(
+            rows[0],
+            [
+                "SCHEDULE", "EVERY", "CATCH-UP", "NEXT DUE", "LAST JOB", "RUNS", "SKIPPED"
+            ]
+        );
+        assert_eq!(rows[1][..3], ["hourly", "every 3600000 ms", "all"]);
+        assert_eq!(rows[1][4..], [last.as_str(), "2", "0"]);
+        assert_eq!(rows[2][..3], ["nightly", "cron 0 0 0 1 1 * 2099", "one"]);
+
+        let listed = fx
+            .run(&["--json", "schedules", "list"])
+            .expect(OK)
+            .json_lines();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0]["name"], "hourly");
+        assert_eq!(listed[0]["runs"], 2);
+        assert_eq!(listed[0]["last_job"], last.as_str());
+        assert_eq!(listed[0]["next_due_ms"], tick.created[1].due_ms + HOUR);
+
+        // Another namespace holds none of them.
+        let other = fx
+            .run(&["schedules", "list", "--namespace", "tenant/schedules"])
+            .expect(OK);
+        assert_eq!(other.stdout.trim(), "no schedules");
+    }
+}
+
+#[test]
+fn schedules_list_reports_a_damaged_record_and_lists_the_rest() {
+    for backend in BACKENDS {
+        let fx = Fixture::empty(backend);
+        let store = fx.store();
+        let key = key("schedules/schedule/broken");
+        store.put(&key, b"{\"schema\":1,", Expect::Absent).unwrap();
+        let run = fx.run(&["schedules", "list"]).expect(ERROR);
+        assert_eq!(run.stdout.trim(), "no schedules");
+        assert!(
+            run.stderr
+                .contains("unreadable record schedules/schedule/broken"),
+            "{}",
+            run.stderr
+        );
+    }
+}
 
 /// The temp file of an atomic write whose process "crashed", `age_ms` old.
 fn leftover(dir: &Path, target: &str, age_ms: u64) -> PathBuf {

@@ -7,7 +7,7 @@ use jobsafe::{Prefix, SharedClock, SystemClock};
 
 use crate::exit::{EXIT_CODES_HELP, Failure, Outcome};
 use crate::store_url::{Opened, PgNames, StoreUrl};
-use crate::{jobs, ledger, locks, sweep};
+use crate::{jobs, ledger, locks, schedules, sweep};
 
 const ABOUT: &str = "Inspect and repair the locks, jobs and ledger reservations in a jobsafe store";
 
@@ -15,7 +15,7 @@ const LONG_ABOUT: &str = "\
 Inspect and repair the locks, jobs and ledger reservations that a service keeps in a
 jobsafe store: release a stuck lock, retry or cancel a job, refund a reservation,
 settle a charge left in flight, purge old jobs, sweep temp files left by crashed
-writers, follow a job live.
+writers, follow a job live, list recurring schedules.
 
 The store is named by --store or the JOBSAFE_STORE variable:
   log:PATH        a LogStore directory, jobsafe's default store (log://PATH is the same)
@@ -29,7 +29,7 @@ read, so no concurrent change is overwritten unseen. A LogStore that a service
 opened in exclusive mode cannot be opened by anyone else: stop the service first.
 
 Each record family lives under a key namespace the service chose; the tool uses the
-library's defaults (locks, jobs, ledger) unless --namespace says otherwise.
+library's defaults (locks, jobs, ledger, schedules) unless --namespace says otherwise.
 --pipeline selects a Pipeline's jobs or subject locks instead (under pipeline/jobs
 and pipeline/locks, or --pipeline=PREFIX for another namespace). Keys are written
 as the tool prints them: segments joined by '/', with %2F for a '/' inside a
@@ -95,6 +95,8 @@ enum Command {
     Jobs(jobs::Args),
     /// Idempotency ledger reservations (JobLedger): list, show, refund.
     Ledger(ledger::Args),
+    /// Recurring schedules (schedule::Scheduler): list.
+    Schedules(schedules::Args),
     /// Remove temp files left in a directory by crashed atomic writers.
     ///
     /// Lists the temp files (`.NAME.RANDOM.jobsafe-tmp`) that atomic writes left
@@ -158,6 +160,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Locks(args) => locks::run(&ctx, args),
         Command::Jobs(args) => jobs::run(&ctx, args),
         Command::Ledger(args) => ledger::run(&ctx, args),
+        Command::Schedules(args) => schedules::run(&ctx, args),
         Command::Sweep(args) => sweep::run(&ctx, args),
     }
 }

@@ -25,6 +25,7 @@ mod jobs;
 mod ledger;
 mod locks;
 mod safe_text;
+mod schedules;
 mod store_url;
 mod sweep;
 
