@@ -358,8 +358,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 /// Polls `future` on this thread, parked between polls until woken.
-#[cfg(any(feature = "async", test))]
-fn park_until_ready<F: Future>(future: F) -> F::Output {
+pub(crate) fn park_until_ready<F: Future>(future: F) -> F::Output {
     struct Unpark(thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {

@@ -112,9 +112,9 @@ impl Abandon {
     }
 
     /// Sets the signal and wakes the stage waiting on it.
-    #[cfg(feature = "async")]
     pub(crate) fn set(&self) {
         self.abandoned.store(true, Ordering::Release);
+        #[cfg(feature = "async")]
         if let Some(waker) = self.waker.lock().take() {
             waker.wake();
         }

@@ -40,6 +40,14 @@ impl PassReport {
     }
 }
 
+/// The jobs due now, and when the next queued one comes due.
+#[derive(Debug, Default)]
+pub(super) struct Due {
+    pub(super) jobs: Vec<crate::jobs::Job>,
+    /// The earliest retry time of a queued job not due yet.
+    pub(super) next_retry_ms: Option<u64>,
+}
+
 /// When the scheduled purge last ran, shared by every process. Read by
 /// `record_deserialize!`, as derive with `#[serde(flatten)] extra`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -91,30 +99,51 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// [`RunOutcome::Abandoned`].
     pub(crate) fn run_pass_unless(&self, abandon: &super::body::Abandon) -> Result<PassReport> {
         let mut report = PassReport::default();
+        self.maintain(&mut report)?;
+        let due = self.due_jobs(&mut report)?;
+        for job in due.jobs {
+            if abandon.is_set() {
+                break;
+            }
+            match self.run_job_unless(&job.id, abandon) {
+                Ok(run) => report.runs.push(run),
+                Err(e) => report.errors.push((job.id, e)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// What a pass does besides running jobs: completes deletions that waited
+    /// for a busy subject, and purges if it is time.
+    pub(super) fn maintain(&self, report: &mut PassReport) -> Result<()> {
         report.deletions = self.finish_deletions(&mut report.errors)?;
         if self.claim_purge()? {
             report.purged = Some(self.purge()?);
         }
+        Ok(())
+    }
+
+    /// The jobs due now, in id order: queued ones past their retry time, and
+    /// running ones (to take over if their runner's lease ended). Unreadable
+    /// records go to `report`.
+    pub(super) fn due_jobs(&self, report: &mut PassReport) -> Result<Due> {
         let now = self.inner.clock.now_ms();
         let list = self.inner.jobs.list(&JobFilter::default())?;
         report.unreadable = list.unreadable;
+        let mut due = Due::default();
         for job in list.jobs {
-            let due = match job.status {
-                JobStatus::Queued => job.retry_at_ms.is_none_or(|at| now >= at),
-                JobStatus::Running => true,
-                _ => false,
-            };
-            if abandon.is_set() {
-                break;
-            }
-            if due {
-                match self.run_job_unless(&job.id, abandon) {
-                    Ok(run) => report.runs.push(run),
-                    Err(e) => report.errors.push((job.id, e)),
-                }
+            match job.status {
+                JobStatus::Queued => match job.retry_at_ms {
+                    Some(at) if now < at => {
+                        due.next_retry_ms = Some(due.next_retry_ms.map_or(at, |t| t.min(at)));
+                    }
+                    _ => due.jobs.push(job),
+                },
+                JobStatus::Running => due.jobs.push(job),
+                _ => {}
             }
         }
-        Ok(report)
+        Ok(due)
     }
 
     /// Whether this pass is the one to purge now: a compare-and-set on the

@@ -1,0 +1,523 @@
+//! [`Runner`]: a pipeline's due jobs run as they come due, a bounded number
+//! at once, until a graceful stop.
+//!
+//! The runner is one loop, written once as a future: the blocking face
+//! ([`Runner::run`]) parks its thread between events, the async face
+//! ([`Runner::run_async`]) awaits them. Its waits hold no thread: runs go to
+//! the crate's pool, and the loop waits on whichever comes first of a run
+//! ending, a wake-up (an enqueue or a retry through this pipeline or a clone
+//! of it), the clock reaching the next due time, and a stop.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::body::Abandon;
+use super::pass::{Due, PassReport};
+use super::wake::Signal;
+use super::{Pipeline, RunOutcome, RunReport};
+use crate::clock::{ClockSleep, SharedClock, millis};
+use crate::error::{Error, Result};
+use crate::pool;
+use crate::store::Store;
+use crate::vfs::{StdVfs, Vfs};
+
+/// Most errors a [`RunnerReport`] keeps of each kind: the latest ones.
+const KEPT_ERRORS: usize = 32;
+
+/// Runs a [`Pipeline`]'s due jobs as they come due, up to a number at once,
+/// until [stopped](RunnerStop::stop) gracefully.
+///
+/// - **Due jobs** are those [`run_pass`](Pipeline::run_pass) runs: queued ones
+///   past their retry time, and running ones whose runner's lease ended. The
+///   runner also does a pass's upkeep (deletions that waited for a busy
+///   subject, the scheduled purge) at each look.
+/// - **At most [`concurrency`](Runner::concurrency) runs at once**, and never
+///   two of one subject (the subject's lock guarantees that across processes
+///   too; the runner does not even try).
+/// - **Woken at once** by [`Pipeline::enqueue`] and [`Pipeline::retry`]
+///   through this pipeline or any clone of it (an [`AsyncPipeline`](super::AsyncPipeline)
+///   over it included), by a run ending, and by the clock reaching the next
+///   retry time or the end of a busy subject's lease. Work that another
+///   process queues is found by a look every
+///   [`poll_every`](Runner::poll_every) (default 10 s).
+/// - **A graceful stop** ([`RunnerStop::stop`]) starts no further run, lets
+///   the runs under way finish for up to a grace period, then abandons the
+///   others: each stops at its next stage boundary (at once inside an async
+///   stage's wait; a blocking stage under way runs to its end first),
+///   removes what the stage under way wrote, releases its subject's lock
+///   and leaves its job running, so that another instance takes the job over
+///   at once instead of waiting out the lease
+///   ([`RunOutcome::Abandoned`]). A process that exits without stopping its
+///   runner leaves its jobs to be taken over when their leases end.
+///
+/// Each look lists every job record, as `run_pass` does: it suits thousands
+/// of jobs, not millions.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use jobsafe::jobs::{JobStatus, NewJob};
+/// use jobsafe::pipeline::Runner;
+/// use jobsafe::{ManualClock, MemStore, Pipeline};
+///
+/// let dir = tempfile::tempdir()?;
+/// let pipeline = Pipeline::builder(MemStore::new(), Arc::new(ManualClock::new(0)), dir.path())
+///     .stage("transcribe", |ctx| Ok(ctx.write("transcript.txt", b"hello").map(drop)?))
+///     .build()?;
+/// let runner = Runner::new(pipeline.clone()).concurrency(4);
+/// let stop = runner.stopper();
+/// let service = std::thread::spawn(move || runner.run());
+///
+/// // Enqueued: the runner wakes and runs it.
+/// let job = pipeline.enqueue("session-1", NewJob::new("episode"))?;
+/// let mut events = pipeline.jobs().subscribe(&job.id, 0)?;
+/// while !events.is_finished() {
+///     events.next_event()?;
+/// }
+/// assert_eq!(pipeline.jobs().get(&job.id)?.unwrap().status, JobStatus::Complete);
+///
+/// // On SIGTERM, say: runs under way get up to 30 s to finish.
+/// stop.stop(Duration::from_secs(30));
+/// let report = service.join().unwrap();
+/// assert_eq!(report.completed, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Runner<S, V: Vfs = StdVfs> {
+    pipeline: Pipeline<S, V>,
+    concurrency: usize,
+    poll_every: Duration,
+    stop: Arc<StopState>,
+    on_run: Option<Box<RunObserver>>,
+}
+
+type RunObserver = dyn Fn(&RunReport) + Send + Sync;
+
+impl<S, V: Vfs> std::fmt::Debug for Runner<S, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("pipeline", &self.pipeline)
+            .field("concurrency", &self.concurrency)
+            .field("poll_every", &self.poll_every)
+            .field("on_run", &self.on_run.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct StopState {
+    signal: Signal,
+    /// When the runs under way must have ended, by the pipeline's clock,
+    /// once a stop was asked for.
+    deadline_ms: Mutex<Option<u64>>,
+    clock: SharedClock,
+}
+
+impl StopState {
+    fn deadline_ms(&self) -> Option<u64> {
+        *self.deadline_ms.lock()
+    }
+}
+
+/// Stops a [`Runner`] gracefully, from any thread or task; from
+/// [`Runner::stopper`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RunnerStop {
+    state: Arc<StopState>,
+}
+
+impl RunnerStop {
+    /// Asks the runner to stop: it starts no further run, lets the runs under
+    /// way finish for up to `grace` (by the pipeline's clock), then abandons
+    /// the others (see [`Runner`]), and its `run` returns once every run has
+    /// ended. A second call may shorten the grace period, never lengthen it;
+    /// `Duration::ZERO` abandons every run at once.
+    pub fn stop(&self, grace: Duration) {
+        let deadline = self.state.clock.now_ms().saturating_add(millis(grace));
+        {
+            let mut asked = self.state.deadline_ms.lock();
+            *asked = Some(asked.map_or(deadline, |before| before.min(deadline)));
+        }
+        self.state.signal.raise();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.state.deadline_ms().is_some()
+    }
+}
+
+/// What a [`Runner`] did, from its start to its stop.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RunnerReport {
+    /// Runs that ended, whatever their outcome (a job found busy or not due
+    /// counts too).
+    pub runs: u64,
+    /// Runs that completed their job.
+    pub completed: u64,
+    /// Jobs whose run the stop abandoned: left running, their subject's lock
+    /// released, for another instance to take over at once.
+    pub abandoned: Vec<String>,
+    /// Runs that ended in an error (a store or disk failure), by job id: the
+    /// latest 32. The job is tried again at the next look.
+    pub errors: Vec<(String, Error)>,
+    /// Looks that failed as a whole (listing the jobs, a deletion, the
+    /// purge): the latest 32. The runner tries again at its next look.
+    pub look_errors: Vec<Error>,
+    /// How many errors there were in all, runs' and looks'.
+    pub error_count: u64,
+}
+
+impl RunnerReport {
+    fn job_error(&mut self, id: String, error: Error) {
+        self.error_count += 1;
+        if self.errors.len() == KEPT_ERRORS {
+            self.errors.remove(0);
+        }
+        self.errors.push((id, error));
+    }
+
+    fn look_error(&mut self, error: Error) {
+        self.error_count += 1;
+        if self.look_errors.len() == KEPT_ERRORS {
+            self.look_errors.remove(0);
+        }
+        self.look_errors.push(error);
+    }
+}
+
+/// A run under way.
+struct InFlight {
+    id: String,
+    subject: String,
+    abandon: Arc<Abandon>,
+    run: pool::Blocking<Result<RunReport>>,
+}
+
+/// What the loop waits for.
+enum Event {
+    Ended(usize, Result<RunReport>),
+    Woken(u64),
+    Stop(u64),
+    Time,
+}
+
+impl<S: Store + 'static, V: Vfs> Runner<S, V> {
+    /// How often a runner looks for work queued by other processes unless
+    /// [`poll_every`](Runner::poll_every) says otherwise.
+    pub const DEFAULT_POLL_EVERY: Duration = Duration::from_secs(10);
+
+    /// A runner of `pipeline`'s jobs, one at a time, looking every 10 s.
+    pub fn new(pipeline: Pipeline<S, V>) -> Self {
+        let stop = Arc::new(StopState {
+            signal: Signal::default(),
+            deadline_ms: Mutex::new(None),
+            clock: Arc::clone(&pipeline.inner.clock),
+        });
+        Runner {
+            pipeline,
+            concurrency: 1,
+            poll_every: Self::DEFAULT_POLL_EVERY,
+            stop,
+            on_run: None,
+        }
+    }
+
+    /// Calls `observer` with the report of each run as it ends, on the
+    /// runner's thread (or task): to log outcomes, or count them. Keep it
+    /// short: the runner starts nothing while it runs. The pipeline's
+    /// [`on_stage`](super::PipelineBuilder::on_stage) observer sees each
+    /// stage.
+    #[must_use]
+    pub fn on_run(mut self, observer: impl Fn(&RunReport) + Send + Sync + 'static) -> Self {
+        self.on_run = Some(Box::new(observer));
+        self
+    }
+
+    /// Runs up to `runs` jobs at once (at least 1). Each run holds a thread
+    /// of the crate's [pool](crate::pool) while a blocking stage works; size
+    /// the pool for it.
+    #[must_use]
+    pub fn concurrency(mut self, runs: usize) -> Self {
+        self.concurrency = runs.max(1);
+        self
+    }
+
+    /// Looks for work queued by other processes every `every` (at least
+    /// 1 ms), by the pipeline's clock. Enqueues through this process wake the
+    /// runner at once whatever this is.
+    #[must_use]
+    pub fn poll_every(mut self, every: Duration) -> Self {
+        self.poll_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A handle that stops this runner gracefully.
+    pub fn stopper(&self) -> RunnerStop {
+        RunnerStop {
+            state: Arc::clone(&self.stop),
+        }
+    }
+
+    /// Runs due jobs on this thread's behalf until stopped, parking the
+    /// thread between events; the runs themselves go to the crate's pool.
+    /// Async stages are polled outside any runtime: a service with a tokio
+    /// runtime uses [`run_async`](Runner::run_async).
+    ///
+    /// Errors of runs and looks do not stop it: they go to the report, and
+    /// the job or the look is tried again later.
+    pub fn run(&self) -> RunnerReport {
+        pool::park_until_ready(self.drive(Arc::default))
+    }
+
+    /// [`run`](Runner::run) as a future, which holds no thread while it
+    /// waits; async stages are polled inside the caller's tokio runtime.
+    /// Dropping it abandons the runs under way at once, as a stop with no
+    /// grace would, but without waiting for them to end.
+    #[cfg(feature = "async")]
+    pub async fn run_async(&self) -> RunnerReport {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        self.drive(move || Abandon::in_runtime(runtime.clone()))
+            .await
+    }
+
+    /// The loop; `abandon` makes each run's abandon signal.
+    async fn drive(&self, abandon: impl Fn() -> Arc<Abandon>) -> RunnerReport {
+        let clock = Arc::clone(&self.pipeline.inner.clock);
+        let wake = &self.pipeline.inner.wake;
+        let mut report = RunnerReport::default();
+        let mut running = Running(Vec::new());
+        // Jobs not to try before a time: busy elsewhere, or whose run failed.
+        let mut not_before: HashMap<String, u64> = HashMap::new();
+        let mut woken = wake.generation();
+        let mut stop_seen = self.stop.signal.generation();
+        let mut look_now = true;
+        let mut next_look_ms = 0;
+        while !self.stopper().is_stopped() {
+            let now = clock.now_ms();
+            if look_now || now >= next_look_ms {
+                look_now = false;
+                next_look_ms = match self.look(&mut report).await {
+                    Some(due) => self.start_due(due, now, &mut running, &mut not_before, &abandon),
+                    None => u64::MAX,
+                }
+                .min(now.saturating_add(millis(self.poll_every)));
+            }
+            let mut sleep = clock.sleep_until_async(next_look_ms);
+            match running
+                .next_event(
+                    Some((wake, woken)),
+                    (&self.stop.signal, stop_seen),
+                    &mut sleep,
+                )
+                .await
+            {
+                Event::Ended(at, ended) => {
+                    let run = running.0.swap_remove(at);
+                    self.record(run, ended, clock.now_ms(), &mut report, &mut not_before);
+                    look_now = true;
+                }
+                Event::Woken(generation) => {
+                    woken = generation;
+                    look_now = true;
+                }
+                Event::Stop(generation) => stop_seen = generation,
+                Event::Time => {}
+            }
+        }
+        self.drain(running, &mut report, &mut not_before).await;
+        report
+    }
+
+    /// Upkeep, then the due jobs, on the pool; `None` if the look failed.
+    async fn look(&self, report: &mut RunnerReport) -> Option<Due> {
+        let pipeline = self.pipeline.clone();
+        let looked = pool::run(move || {
+            let mut pass = PassReport::default();
+            pipeline.maintain(&mut pass)?;
+            let due = pipeline.due_jobs(&mut pass)?;
+            Ok::<_, Error>((pass, due))
+        })
+        .await;
+        match looked {
+            Ok((pass, due)) => {
+                for (id, error) in pass.errors {
+                    report.job_error(id, error);
+                }
+                Some(due)
+            }
+            Err(error) => {
+                report.look_error(error);
+                None
+            }
+        }
+    }
+
+    /// Starts the due jobs there is room for; returns when to look next,
+    /// at the latest.
+    fn start_due(
+        &self,
+        due: Due,
+        now: u64,
+        running: &mut Running,
+        not_before: &mut HashMap<String, u64>,
+        abandon: &impl Fn() -> Arc<Abandon>,
+    ) -> u64 {
+        let mut next = due.next_retry_ms.unwrap_or(u64::MAX);
+        let listed: HashSet<&str> = due.jobs.iter().map(|job| job.id.as_str()).collect();
+        not_before.retain(|id, at| *at > now && listed.contains(id.as_str()));
+        for job in &due.jobs {
+            if running.0.len() >= self.concurrency {
+                break;
+            }
+            if let Some(&at) = not_before.get(&job.id) {
+                next = next.min(at);
+                continue;
+            }
+            let subject = Pipeline::<S, V>::subject_of(job);
+            if running
+                .0
+                .iter()
+                .any(|run| run.id == job.id || run.subject == subject)
+            {
+                // Looked at again when that run ends.
+                continue;
+            }
+            let signal = abandon();
+            let (pipeline, id, run_signal) =
+                (self.pipeline.clone(), job.id.clone(), Arc::clone(&signal));
+            running.0.push(InFlight {
+                id: job.id.clone(),
+                subject: subject.to_owned(),
+                abandon: signal,
+                run: pool::run(move || pipeline.run_job_unless(&id, &run_signal)),
+            });
+        }
+        next
+    }
+
+    /// Counts a run that ended, and decides when its job may be tried again.
+    fn record(
+        &self,
+        run: InFlight,
+        ended: Result<RunReport>,
+        now: u64,
+        report: &mut RunnerReport,
+        not_before: &mut HashMap<String, u64>,
+    ) {
+        let retry_in = now.saturating_add(millis(self.poll_every));
+        match ended {
+            Ok(ended) => {
+                if let Some(observer) = &self.on_run {
+                    observer(&ended);
+                }
+                report.runs += 1;
+                match ended.outcome {
+                    RunOutcome::Completed => report.completed += 1,
+                    // Held by a runner elsewhere: tried again when its lease
+                    // ends, or at the next poll if that comes first.
+                    RunOutcome::Busy { holder } => {
+                        not_before.insert(
+                            run.id,
+                            holder.expires_ms.clamp(now.saturating_add(1), retry_in),
+                        );
+                    }
+                    RunOutcome::Abandoned { .. } => report.abandoned.push(run.id),
+                    _ => {}
+                }
+            }
+            Err(error) => {
+                not_before.insert(run.id.clone(), retry_in);
+                report.job_error(run.id, error);
+            }
+        }
+    }
+
+    /// After a stop: waits for the runs under way until the grace period
+    /// ends, then abandons those left and waits for them to stop.
+    async fn drain(
+        &self,
+        mut running: Running,
+        report: &mut RunnerReport,
+        not_before: &mut HashMap<String, u64>,
+    ) {
+        let clock = Arc::clone(&self.pipeline.inner.clock);
+        let mut stop_seen = self.stop.signal.generation();
+        let mut abandoned = false;
+        while !running.0.is_empty() {
+            let until = if abandoned {
+                u64::MAX
+            } else {
+                self.stop.deadline_ms().unwrap_or(0)
+            };
+            if !abandoned && clock.now_ms() >= until {
+                for run in &running.0 {
+                    run.abandon.set();
+                }
+                abandoned = true;
+                continue;
+            }
+            let mut sleep = clock.sleep_until_async(until);
+            match running
+                .next_event(None, (&self.stop.signal, stop_seen), &mut sleep)
+                .await
+            {
+                Event::Ended(at, ended) => {
+                    let run = running.0.swap_remove(at);
+                    self.record(run, ended, clock.now_ms(), report, not_before);
+                }
+                Event::Stop(generation) => stop_seen = generation,
+                Event::Woken(_) | Event::Time => {}
+            }
+        }
+    }
+}
+
+/// The runs under way.
+struct Running(Vec<InFlight>);
+
+impl Running {
+    /// Whichever comes first: a run ending, a wake-up after `wake`'s seen
+    /// generation (if given), a stop signal, or `sleep`'s end.
+    fn next_event<'a>(
+        &'a mut self,
+        wake: Option<(&'a Signal, u64)>,
+        stop: (&'a Signal, u64),
+        sleep: &'a mut ClockSleep<'_>,
+    ) -> impl Future<Output = Event> + 'a {
+        std::future::poll_fn(move |cx| {
+            for (at, run) in self.0.iter_mut().enumerate() {
+                if let Poll::Ready(ended) = Pin::new(&mut run.run).poll(cx) {
+                    return Poll::Ready(Event::Ended(at, ended));
+                }
+            }
+            if let Poll::Ready(generation) = stop.0.poll_changed(stop.1, cx) {
+                return Poll::Ready(Event::Stop(generation));
+            }
+            if let Some((wake, seen)) = wake
+                && let Poll::Ready(generation) = wake.poll_changed(seen, cx)
+            {
+                return Poll::Ready(Event::Woken(generation));
+            }
+            if Pin::new(&mut *sleep).poll(cx).is_ready() {
+                return Poll::Ready(Event::Time);
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// Dropping the loop (a dropped `run_async`) abandons its runs at once.
+impl Drop for Running {
+    fn drop(&mut self) {
+        for run in &self.0 {
+            run.abandon.set();
+        }
+    }
+}

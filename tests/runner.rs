@@ -1,0 +1,464 @@
+//! The pipeline `Runner`: woken at once by an enqueue or a retry in this
+//! process, by the clock at a retry time and at the end of a busy subject's
+//! lease; never more runs than its concurrency, never two of one subject;
+//! a graceful stop that lets runs finish within the grace period and hands
+//! the others over at once. Time is a `ManualClock`: the waits here are for
+//! events, each bounded only so that a stuck runner fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::hooked_store::{HookedStore, StoreOp};
+use jobsafe::jobs::{Job, JobStatus, NewJob};
+use jobsafe::lock::{Acquire, LockRequest};
+use jobsafe::pipeline::{RetryPolicy, RunOutcome, Runner, RunnerReport, RunnerStop, StageError};
+use jobsafe::{Key, ManualClock, Pipeline, Store};
+use tempfile::TempDir;
+
+const START_MS: u64 = 1_700_000_000_000;
+/// Longer than any test moves the clock: only a release frees a subject.
+const LEASE: Duration = Duration::from_secs(600);
+/// Long enough that no poll happens in a test: every run comes from a wake.
+const POLL: Duration = Duration::from_secs(3600);
+/// How long a test waits for an event before it calls the runner stuck.
+const STUCK: Duration = Duration::from_secs(60);
+
+type Pipe = Pipeline<Arc<dyn Store>>;
+
+/// A stage that reports each entry, then waits for its gate (if closed).
+#[derive(Default)]
+struct Gate {
+    closed: AtomicBool,
+    entered: Mutex<Option<Sender<String>>>,
+    opened: (Mutex<bool>, std::sync::Condvar),
+    inside: AtomicUsize,
+    most_inside: AtomicUsize,
+    /// What the next stage run fails with.
+    fail_next: Mutex<Option<StageError>>,
+}
+
+impl Gate {
+    fn close(&self) -> Receiver<String> {
+        self.closed.store(true, Ordering::SeqCst);
+        *self.opened.0.lock().unwrap() = false;
+        let (tx, rx) = mpsc::channel();
+        *self.entered.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    fn open(&self) {
+        *self.opened.0.lock().unwrap() = true;
+        self.opened.1.notify_all();
+    }
+
+    fn pass(&self, job: &str) -> Result<(), StageError> {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_inside.fetch_max(now, Ordering::SeqCst);
+        if let Some(tx) = &*self.entered.lock().unwrap() {
+            let _ = tx.send(job.to_owned());
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            let opened = self.opened.0.lock().unwrap();
+            let (opened, waited) = self
+                .opened
+                .1
+                .wait_timeout_while(opened, STUCK, |o| !*o)
+                .unwrap();
+            assert!(
+                !waited.timed_out() || *opened,
+                "the test never opened the gate"
+            );
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        match self.fail_next.lock().unwrap().take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Bench {
+    _dir: TempDir,
+    hooked: Arc<HookedStore>,
+    store: Arc<dyn Store>,
+    clock: ManualClock,
+    gate: Arc<Gate>,
+    pipeline: Pipe,
+}
+
+fn bench() -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    let hooked = Arc::new(HookedStore::default());
+    let store: Arc<dyn Store> = hooked.clone();
+    let clock = ManualClock::new(START_MS);
+    let gate = Arc::new(Gate::default());
+    let pipeline = pipeline_on(&store, &clock, &gate, dir.path());
+    Bench {
+        _dir: dir,
+        hooked,
+        store,
+        clock,
+        gate,
+        pipeline,
+    }
+}
+
+fn pipeline_on(
+    store: &Arc<dyn Store>,
+    clock: &ManualClock,
+    gate: &Arc<Gate>,
+    root: &std::path::Path,
+) -> Pipe {
+    let gate = Arc::clone(gate);
+    Pipeline::builder(Arc::clone(store), Arc::new(clock.clone()), root)
+        .lease(LEASE)
+        .retry_policy(RetryPolicy::default().max_failures(5))
+        .stage("work", move |ctx| {
+            gate.pass(ctx.job_id())?;
+            ctx.write("out.txt", b"done")?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+}
+
+struct Started {
+    stop: RunnerStop,
+    report: Receiver<RunnerReport>,
+}
+
+fn start(runner: Runner<Arc<dyn Store>>) -> Started {
+    let stop = runner.stopper();
+    let (tx, report) = mpsc::channel();
+    std::thread::spawn(move || tx.send(runner.run()).unwrap());
+    Started { stop, report }
+}
+
+impl Started {
+    fn stop(self, grace: Duration) -> RunnerReport {
+        self.stop.stop(grace);
+        self.join()
+    }
+
+    /// The runner's report, once it returns.
+    fn join(self) -> RunnerReport {
+        self.report
+            .recv_timeout(STUCK)
+            .expect("the runner did not return after its stop")
+    }
+}
+
+/// Waits until job `id` reaches `status`, following its events.
+fn wait_for(pipeline: &Pipe, id: &str, status: JobStatus) {
+    let (tx, rx) = mpsc::channel();
+    let (jobs, id_owned) = (pipeline.jobs().clone(), id.to_owned());
+    std::thread::spawn(move || {
+        let mut events = jobs.subscribe(&id_owned, 0).unwrap();
+        loop {
+            let job = jobs.get(&id_owned).unwrap().unwrap();
+            if job.status == status {
+                let _ = tx.send(());
+                return;
+            }
+            if events.is_finished() {
+                return;
+            }
+            events.next_event().unwrap();
+        }
+    });
+    rx.recv_timeout(STUCK)
+        .unwrap_or_else(|_| panic!("job {id} never became {status:?}"));
+}
+
+impl Bench {
+    /// Tells when the runner lists the jobs for a look while job `id` (once
+    /// set) is as `found` wants: after that, what becomes due reaches the
+    /// runner only by a wake-up or its clock. With `fail`, that listing
+    /// fails, so that the look finds nothing.
+    fn look_while(
+        &self,
+        id: &Arc<Mutex<Option<String>>>,
+        found: impl Fn(&Job) -> bool + Send + Sync + 'static,
+        fail: bool,
+    ) -> Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(Some(tx));
+        let jobs = self.pipeline.jobs().clone();
+        let id = Arc::clone(id);
+        self.hooked.on_op(move |op| {
+            let listing_jobs = matches!(op, StoreOp::List(prefix)
+                if prefix.segments().iter().any(|s| s == "job"));
+            let Some(id) = id.lock().unwrap().clone().filter(|_| listing_jobs) else {
+                return Ok(());
+            };
+            if !jobs.get(&id).unwrap().is_some_and(|job| found(&job)) {
+                return Ok(());
+            }
+            let Some(tx) = tx.lock().unwrap().take() else {
+                return Ok(());
+            };
+            let _ = tx.send(());
+            if fail {
+                return Err(jobsafe::Error::InvalidArgument(
+                    "the test failed this listing".into(),
+                ));
+            }
+            Ok(())
+        });
+        rx
+    }
+}
+
+#[test]
+fn an_enqueue_wakes_the_runner_at_once() {
+    let b = bench();
+    let runner = start(Runner::new(b.pipeline.clone()).poll_every(POLL));
+    for subject in ["s1", "s2", "s3"] {
+        let job = b.pipeline.enqueue(subject, NewJob::new("k")).unwrap();
+        wait_for(&b.pipeline, &job.id, JobStatus::Complete);
+    }
+    let report = runner.stop(Duration::ZERO);
+    assert_eq!(report.completed, 3);
+    assert!(report.abandoned.is_empty() && report.errors.is_empty());
+}
+
+/// Waits for an event of `kind` of job `id`.
+fn wait_for_event(pipeline: &Pipe, id: &str, kind: &'static str) {
+    let (tx, rx) = mpsc::channel();
+    let (jobs, id_owned) = (pipeline.jobs().clone(), id.to_owned());
+    std::thread::spawn(move || {
+        let mut events = jobs.subscribe(&id_owned, 0).unwrap();
+        while let Some(event) = events.next_event().unwrap() {
+            if event.kind == kind {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    rx.recv_timeout(STUCK)
+        .unwrap_or_else(|_| panic!("job {id} never had a {kind:?} event"));
+}
+
+#[test]
+fn a_retry_time_is_kept_by_the_clock() {
+    let b = bench();
+    *b.gate.fail_next.lock().unwrap() = Some(StageError::transient("the service was down"));
+    let id = Arc::default();
+    let looked = b.look_while(&id, |job| job.retry_at_ms.is_some(), false);
+    let runner = start(Runner::new(b.pipeline.clone()).poll_every(POLL));
+    let job = b.pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    *id.lock().unwrap() = Some(job.id.clone());
+    wait_for_event(&b.pipeline, &job.id, "retry");
+    // A look after the failed run finds the job waiting for its retry.
+    looked
+        .recv_timeout(STUCK)
+        .expect("the runner never looked again");
+    let queued = b.pipeline.jobs().get(&job.id).unwrap().unwrap();
+    // The runner sleeps until the retry time, not until its next poll.
+    b.clock.set(queued.retry_at_ms.expect("a retry time"));
+    wait_for(&b.pipeline, &job.id, JobStatus::Complete);
+    let report = runner.stop(Duration::ZERO);
+    assert_eq!(report.completed, 1);
+}
+
+#[test]
+fn a_retry_by_hand_wakes_the_runner() {
+    let b = bench();
+    *b.gate.fail_next.lock().unwrap() = Some(StageError::permanent("bad input"));
+    // The look after the failed run fails: the runner then waits for its
+    // next poll, an hour away, unless something wakes it.
+    let id = Arc::default();
+    let looked = b.look_while(&id, |job| job.status == JobStatus::Failed, true);
+    let runner = start(Runner::new(b.pipeline.clone()).poll_every(POLL));
+    let job = b.pipeline.enqueue("t", NewJob::new("k")).unwrap();
+    *id.lock().unwrap() = Some(job.id.clone());
+    looked
+        .recv_timeout(STUCK)
+        .expect("the runner never looked again");
+    b.pipeline.retry(&job.id).unwrap();
+    wait_for(&b.pipeline, &job.id, JobStatus::Complete);
+    let report = runner.stop(Duration::ZERO);
+    assert_eq!(report.completed, 1);
+    assert_eq!(report.look_errors.len(), 1, "{:?}", report.look_errors);
+}
+
+#[test]
+fn no_more_runs_than_the_concurrency_and_never_two_of_one_subject() {
+    let b = bench();
+    let entered = b.gate.close();
+    // Queued before the runner starts: its first look finds them all due.
+    let mut jobs = Vec::new();
+    for subject in ["a", "a", "b", "c", "d"] {
+        jobs.push(b.pipeline.enqueue(subject, NewJob::new("k")).unwrap().id);
+    }
+    let runner = start(
+        Runner::new(b.pipeline.clone())
+            .poll_every(POLL)
+            .concurrency(2),
+    );
+    // The first two slots go to the first job of `a` and to `b`: the second
+    // job of `a` waits for the first rather than find its subject busy.
+    let mut first = vec![
+        entered.recv_timeout(STUCK).unwrap(),
+        entered.recv_timeout(STUCK).unwrap(),
+    ];
+    first.sort();
+    let mut expected = vec![jobs[0].clone(), jobs[2].clone()];
+    expected.sort();
+    assert_eq!(first, expected);
+    // No third run comes in while both slots are taken. (A wait that can
+    // only miss a third run that comes late, never fail a good runner.)
+    assert!(entered.recv_timeout(Duration::from_millis(200)).is_err());
+    b.gate.open();
+    for id in &jobs {
+        wait_for(&b.pipeline, id, JobStatus::Complete);
+    }
+    assert_eq!(b.gate.most_inside.load(Ordering::SeqCst), 2);
+    let report = runner.stop(Duration::ZERO);
+    assert_eq!(report.completed, 5);
+    assert_eq!(report.runs, 5, "a run found its subject busy: {report:?}");
+}
+
+#[test]
+fn a_subject_busy_elsewhere_is_tried_again_when_its_lease_ends() {
+    let b = bench();
+    // A runner of another process holds the subject, and dies.
+    let key = Key::new(["s"]).unwrap();
+    let held = match b
+        .pipeline
+        .locks()
+        .acquire(&key, Duration::from_secs(90), &LockRequest::new())
+        .unwrap()
+    {
+        Acquire::Acquired(guard) => guard.into_handle(),
+        Acquire::Held(_) => panic!("free"),
+    };
+    let (busy_tx, busy) = mpsc::channel();
+    let busy_tx = Mutex::new(busy_tx);
+    let runner = start(
+        Runner::new(b.pipeline.clone())
+            .poll_every(POLL)
+            .on_run(move |run| {
+                if matches!(run.outcome, RunOutcome::Busy { .. }) {
+                    let _ = busy_tx.lock().unwrap().send(run.job_id.clone());
+                }
+            }),
+    );
+    let job = b.pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    // Woken by the enqueue, the runner finds the subject busy; the next try
+    // is at the lease's end, well before the next poll.
+    assert_eq!(busy.recv_timeout(STUCK).unwrap(), job.id);
+    let expires = b.pipeline.locks().peek(&key).unwrap().unwrap().expires_ms;
+    drop(held);
+    b.clock.set(expires + 1);
+    wait_for(&b.pipeline, &job.id, JobStatus::Complete);
+    let report = runner.stop(Duration::ZERO);
+    assert_eq!(report.completed, 1);
+}
+
+#[test]
+fn a_stop_lets_a_run_finish_within_the_grace_period_and_starts_nothing_more() {
+    let b = bench();
+    let entered = b.gate.close();
+    let runner = start(Runner::new(b.pipeline.clone()).poll_every(POLL));
+    let job = b.pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    assert_eq!(entered.recv_timeout(STUCK).unwrap(), job.id);
+    runner.stop.stop(Duration::from_secs(30));
+    // Enqueued after the stop: not started.
+    let late = b.pipeline.enqueue("t", NewJob::new("k")).unwrap();
+    b.clock.advance(Duration::from_secs(29));
+    b.gate.open();
+    let report = runner.join();
+    assert_eq!(report.completed, 1);
+    assert!(report.abandoned.is_empty());
+    let jobs = b.pipeline.jobs();
+    assert_eq!(
+        jobs.get(&job.id).unwrap().unwrap().status,
+        JobStatus::Complete
+    );
+    assert_eq!(
+        jobs.get(&late.id).unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+}
+
+#[test]
+fn past_the_grace_period_a_run_is_handed_over_at_once() {
+    let b = bench();
+    // An async stage that waits for ever: only abandoning it ends the run.
+    let waits = Arc::new(AtomicBool::new(true));
+    let (entered_tx, entered) = mpsc::channel();
+    let pipeline: Pipe = {
+        let waits = Arc::clone(&waits);
+        let entered_tx = Mutex::new(entered_tx);
+        Pipeline::builder(
+            Arc::clone(&b.store),
+            Arc::new(b.clock.clone()),
+            b._dir.path(),
+        )
+        .lease(LEASE)
+        .async_stage("call", async move |ctx| {
+            let _ = entered_tx.lock().unwrap().send(ctx.job_id().to_owned());
+            if waits.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap()
+    };
+    let runner = start(Runner::new(pipeline.clone()).poll_every(POLL));
+    let job = pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    assert_eq!(entered.recv_timeout(STUCK).unwrap(), job.id);
+    runner.stop.stop(Duration::from_secs(30));
+    b.clock.advance(Duration::from_secs(31));
+    let report = runner.join();
+    assert_eq!(report.abandoned, std::slice::from_ref(&job.id));
+    assert_eq!(report.completed, 0);
+    // Left running, its subject free: another instance takes it over now,
+    // ten minutes before the lease would have ended.
+    assert_eq!(
+        pipeline.jobs().get(&job.id).unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    waits.store(false, Ordering::SeqCst);
+    let taken = pipeline.run_job(&job.id).unwrap();
+    assert!(
+        matches!(taken.outcome, RunOutcome::Completed),
+        "{:?}",
+        taken.outcome
+    );
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn the_async_face_runs_the_same_loop_without_a_thread_of_its_own() {
+    let b = bench();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runner = Runner::new(b.pipeline.clone()).poll_every(POLL);
+    let stop = runner.stopper();
+    let pipeline = b.pipeline.clone();
+    let report = runtime.block_on(async move {
+        let running = tokio::spawn(async move { runner.run_async().await });
+        let job = jobsafe::pipeline::AsyncPipeline::new(pipeline.clone())
+            .enqueue("s", NewJob::new("k"))
+            .await
+            .unwrap();
+        let jobs = jobsafe::jobs::AsyncJobState::new(pipeline.jobs().clone());
+        let mut stream = jobs.subscribe(&job.id, 0).await.unwrap();
+        while let Some(event) = futures_util::StreamExt::next(&mut stream).await {
+            event.unwrap();
+        }
+        stop.stop(Duration::ZERO);
+        running.await.unwrap()
+    });
+    assert_eq!(report.completed, 1);
+}
