@@ -462,3 +462,72 @@ fn the_async_face_runs_the_same_loop_without_a_thread_of_its_own() {
     });
     assert_eq!(report.completed, 1);
 }
+
+#[test]
+fn schedules_run_as_they_come_due_once_whichever_instance_looks() {
+    use jobsafe::schedule::{CatchUp, Every, Schedule};
+    let b = bench();
+    let every_minute = || {
+        Schedule::new(
+            "rollup",
+            Every::interval(Duration::from_secs(60)).unwrap(),
+            NewJob::new("rollup"),
+        )
+        .unwrap()
+        .catch_up(CatchUp::All)
+    };
+    // Two instances over one store, each with the schedule.
+    let second = pipeline_on(&b.store, &b.clock, &b.gate, b._dir.path());
+    let (ran_tx, ran) = mpsc::channel();
+    let ran_tx = Arc::new(Mutex::new(ran_tx));
+    let runner_of = |pipeline: &Pipe| {
+        let ran_tx = Arc::clone(&ran_tx);
+        Runner::new(pipeline.clone())
+            .poll_every(POLL)
+            .on_run(move |run| {
+                if matches!(run.outcome, RunOutcome::Completed) {
+                    let _ = ran_tx.lock().unwrap().send(run.job_id.clone());
+                }
+            })
+            .schedule(every_minute())
+            .unwrap()
+    };
+    let runners = [start(runner_of(&b.pipeline)), start(runner_of(&second))];
+    // The first look stores the schedule's start: its first run is due at
+    // the next whole minute, and the runners sleep until then.
+    let namespace = jobsafe::Prefix::new(["pipeline", "schedules"]).unwrap();
+    for _ in 0..STUCK.as_millis() {
+        if !jobsafe::schedule::list(&*b.store, &namespace)
+            .unwrap()
+            .schedules
+            .is_empty()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let first_due = (START_MS / 60_000 + 1) * 60_000;
+    let state = &jobsafe::schedule::list(&*b.store, &namespace)
+        .unwrap()
+        .schedules[0];
+    assert_eq!(state.next_due_ms, first_due);
+    let mut done = Vec::new();
+    for minute in 0..3 {
+        b.clock.set(first_due + minute * 60_000);
+        done.push(ran.recv_timeout(STUCK).expect("the run was not made"));
+    }
+    assert_eq!(
+        done,
+        (0..3)
+            .map(|m| format!("rollup@{}", first_due + m * 60_000))
+            .collect::<Vec<_>>()
+    );
+    let job = b.pipeline.jobs().get(&done[0]).unwrap().unwrap();
+    assert_eq!(job.metadata["subject"], "rollup");
+    let mut completed = 0;
+    for runner in runners {
+        completed += runner.stop(Duration::ZERO).completed;
+    }
+    assert_eq!(completed, 3, "a run was made twice");
+    assert!(ran.try_recv().is_err());
+}

@@ -259,6 +259,11 @@ impl NewJob {
         self.metadata.insert(name.into(), value.into());
         self
     }
+
+    /// Whether a metadata field `name` was added.
+    pub(crate) fn has_meta(&self, name: &str) -> bool {
+        self.metadata.contains_key(name)
+    }
 }
 
 /// A worker's claim on one attempt of a job, from [`JobState::start`]. Pass it

@@ -24,6 +24,7 @@ use super::{Pipeline, RunOutcome, RunReport};
 use crate::clock::{ClockSleep, SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::pool;
+use crate::schedule::{Schedule, Scheduler};
 use crate::store::Store;
 use crate::vfs::{StdVfs, Vfs};
 
@@ -94,6 +95,8 @@ pub struct Runner<S, V: Vfs = StdVfs> {
     poll_every: Duration,
     stop: Arc<StopState>,
     on_run: Option<Box<RunObserver>>,
+    /// Recurring jobs, made at each look.
+    schedules: Option<Scheduler<Arc<S>>>,
 }
 
 type RunObserver = dyn Fn(&RunReport) + Send + Sync;
@@ -105,6 +108,7 @@ impl<S, V: Vfs> std::fmt::Debug for Runner<S, V> {
             .field("concurrency", &self.concurrency)
             .field("poll_every", &self.poll_every)
             .field("on_run", &self.on_run.is_some())
+            .field("schedules", &self.schedules.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -226,7 +230,40 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
             poll_every: Self::DEFAULT_POLL_EVERY,
             stop,
             on_run: None,
+            schedules: None,
         }
+    }
+
+    /// Makes the runs of `schedule` as they come due (see
+    /// [`schedule`](crate::schedule)): at each look, the runner ticks its
+    /// schedules before it lists the due jobs, and wakes at their next due
+    /// time. Each run's job is a job of this pipeline; its subject is the
+    /// schedule's name unless the schedule's job sets
+    /// [`Pipeline::SUBJECT_FIELD`], so that a run never overlaps the one
+    /// before it. The schedules' state is kept under the pipeline's namespace,
+    /// in `schedules` (`jobsafe schedules list --namespace pipeline/schedules`
+    /// for the default namespace). Every instance's runner may have the same
+    /// schedules: each run is made once.
+    ///
+    /// # Errors
+    /// As [`Scheduler::schedule`].
+    pub fn schedule(mut self, schedule: Schedule) -> Result<Self> {
+        let scheduler = match self.schedules.take() {
+            Some(scheduler) => scheduler,
+            None => {
+                let namespace =
+                    super::records::sub_namespace(&self.pipeline.inner.namespace, "schedules")?;
+                Scheduler::new(
+                    self.pipeline.inner.jobs.clone(),
+                    Arc::clone(&self.pipeline.inner.clock),
+                )
+                .namespace(namespace)?
+            }
+        };
+        let name = schedule.name().to_owned();
+        let schedule = schedule.in_subject(super::SUBJECT_FIELD, &name);
+        self.schedules = Some(scheduler.schedule(schedule)?);
+        Ok(self)
     }
 
     /// Calls `observer` with the report of each run as it ends, on the
@@ -335,20 +372,31 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         report
     }
 
-    /// Upkeep, then the due jobs, on the pool; `None` if the look failed.
+    /// Upkeep, the schedules' due runs, then the due jobs, on the pool;
+    /// `None` if the look failed.
     async fn look(&self, report: &mut RunnerReport) -> Option<Due> {
         let pipeline = self.pipeline.clone();
+        let schedules = self.schedules.clone();
         let looked = pool::run(move || {
             let mut pass = PassReport::default();
             pipeline.maintain(&mut pass)?;
+            let tick = schedules.map(|scheduler| scheduler.tick());
             let due = pipeline.due_jobs(&mut pass)?;
-            Ok::<_, Error>((pass, due))
+            Ok::<_, Error>((pass, tick, due))
         })
         .await;
         match looked {
-            Ok((pass, due)) => {
+            Ok((pass, tick, mut due)) => {
                 for (id, error) in pass.errors {
                     report.job_error(id, error);
+                }
+                if let Some(tick) = tick {
+                    for (_, error) in tick.failed {
+                        report.look_error(error);
+                    }
+                    if let Some(next) = tick.next_due_ms {
+                        due.next_retry_ms = Some(due.next_retry_ms.map_or(next, |t| t.min(next)));
+                    }
                 }
                 Some(due)
             }

@@ -180,6 +180,15 @@ impl Schedule {
         &self.name
     }
 
+    /// This schedule with its runs' jobs in `subject` unless its job says
+    /// otherwise: a pipeline runs one job of a subject at a time.
+    pub(crate) fn in_subject(mut self, field: &str, subject: &str) -> Self {
+        if !self.job.has_meta(field) {
+            self.job = self.job.meta(field, subject);
+        }
+        self
+    }
+
     /// The id of the job of the run due at `due_ms`.
     pub fn job_id(&self, due_ms: u64) -> String {
         format!("{}@{due_ms}", self.name)
