@@ -275,6 +275,7 @@ pub mod trace;
 #[cfg(not(feature = "tracing"))]
 mod trace;
 pub mod vfs;
+mod wake;
 
 pub use atomic::{AtomicWriter, write_atomic};
 pub use attempt::AttemptId;

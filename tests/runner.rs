@@ -222,8 +222,13 @@ fn an_enqueue_wakes_the_runner_at_once() {
         let job = b.pipeline.enqueue(subject, NewJob::new("k")).unwrap();
         wait_for(&b.pipeline, &job.id, JobStatus::Complete);
     }
+    // A job made through the job records (as a service that creates its
+    // jobs with their own ids does) wakes it too.
+    let new = NewJob::new("k").meta(Pipeline::SUBJECT_FIELD, "s4");
+    let job = b.pipeline.jobs().create(new).unwrap();
+    wait_for(&b.pipeline, &job.id, JobStatus::Complete);
     let report = runner.stop(Duration::ZERO);
-    assert_eq!(report.completed, 3);
+    assert_eq!(report.completed, 4);
     assert!(report.abandoned.is_empty() && report.errors.is_empty());
 }
 
@@ -530,4 +535,42 @@ fn schedules_run_as_they_come_due_once_whichever_instance_looks() {
     }
     assert_eq!(completed, 3, "a run was made twice");
     assert!(ran.try_recv().is_err());
+}
+
+/// Runs take threads of their own: with the crate's pool at its smallest,
+/// more stages than it has threads work at once, and store calls of the
+/// async face are still answered meanwhile.
+#[test]
+fn runs_hold_no_thread_of_the_crates_pool() {
+    let b = bench();
+    let entered = b.gate.close();
+    jobsafe::pool::set_max_threads(jobsafe::pool::MIN_THREADS).unwrap();
+    let subjects = ["a", "b", "c", "d"];
+    let mut ids: Vec<String> = subjects
+        .iter()
+        .map(|s| b.pipeline.enqueue(s, NewJob::new("k")).unwrap().id)
+        .collect();
+    let runner = start(
+        Runner::new(b.pipeline.clone())
+            .poll_every(POLL)
+            .concurrency(4),
+    );
+    let mut inside: Vec<String> = (0..4)
+        .map(|_| entered.recv_timeout(STUCK).unwrap())
+        .collect();
+    inside.sort();
+    ids.sort();
+    assert_eq!(inside, ids);
+    let jobs = jobsafe::jobs::AsyncJobState::new(b.pipeline.jobs().clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let job = runtime.block_on(jobs.get(&ids[0])).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Running);
+    b.gate.open();
+    for id in &ids {
+        wait_for(&b.pipeline, id, JobStatus::Complete);
+    }
+    jobsafe::pool::set_max_threads(jobsafe::pool::DEFAULT_MAX_THREADS).unwrap();
+    assert_eq!(runner.stop(Duration::ZERO).completed, 4);
 }

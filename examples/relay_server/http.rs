@@ -17,7 +17,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -59,8 +58,6 @@ pub(crate) struct Limits {
 #[derive(Clone)]
 struct App {
     relay: Relay,
-    /// Ids of jobs for the workers to run.
-    queue: Sender<String>,
     tokens: Arc<Tokens>,
     /// One permit per event stream that may be open.
     streams: Arc<Semaphore>,
@@ -108,7 +105,6 @@ const LAST_EVENT_ID: HeaderRule = HeaderRule {
 /// picked port 0.
 pub(crate) async fn serve(
     relay: Relay,
-    queue: Sender<String>,
     tokens: Tokens,
     listen: &str,
     limits: Limits,
@@ -117,7 +113,6 @@ pub(crate) async fn serve(
     let (shutdown, trigger) = Shutdown::new();
     let app = App {
         relay,
-        queue,
         tokens: Arc::new(tokens),
         streams: Arc::new(Semaphore::new(limits.max_streams)),
         limits,
@@ -396,11 +391,7 @@ async fn create_job(
         relay.create_job(&request).await
     })
     .await?;
-    if created.enqueue {
-        // The workers outlive every request; a send fails only at shutdown, and
-        // the next start resumes the job.
-        let _ = app.queue.send(created.job_id.clone());
-    }
+    // A job created now wakes the pipeline's runner: nothing to send.
     let location = format!("/jobs/{}", created.job_id);
     let body = json!({
         "job_id": created.job_id,
@@ -543,7 +534,6 @@ async fn start_index(
             token,
             expires_ms,
         } => {
-            let _ = app.queue.send(job_id.clone());
             let location = format!("/jobs/{job_id}");
             let body = json!({
                 "job_id": job_id,

@@ -9,8 +9,8 @@
 //! store call runs on jobsafe's bounded pool of threads (`--pool-threads`),
 //! and a request or an event stream that waits holds no thread, so a thousand
 //! open streams cost a thousand small buffers, not a thousand threads. The
-//! jobs themselves run on worker threads of their own (`--workers`), through
-//! the blocking pipeline.
+//! jobs themselves run through the pipeline's `Runner` (`--workers` at once),
+//! which a new job wakes at once.
 //!
 //! ```text
 //! cargo run --example relay_server -- --tokens TOKENS_FILE [--store STATE_DIR] [--listen 127.0.0.1:8080]
@@ -56,14 +56,17 @@
 //! which runs every store call of the requests and streams: see
 //! `jobsafe::pool`; at least 2, default 64), `--max-blocking-threads N` (the
 //! tokio runtime's blocking pool, which the relay itself does not use; default
-//! 16).
+//! 16), `--stop-grace-ms N` (see below, default 5 s).
 //!
 //! On SIGTERM or Ctrl-C the relay stops: it stops accepting connections, ends
 //! every open event stream (each client sees its response end, and may
 //! reconnect with `Last-Event-ID` to another instance or after the restart),
-//! lets in-flight requests finish for up to 5 s, and exits 0. The workers stop
-//! taking jobs; a job a worker is running is left where it is, and the next
-//! start resumes it, as after a crash.
+//! lets in-flight requests finish for up to 5 s, and exits 0. The runner
+//! starts no further job (`RunnerStop::stop`): a job whose stage ends within
+//! the grace period (`--stop-grace-ms`, default 5 s) ends that stage, is
+//! recorded and handed over with its lock released, for another instance to
+//! take over at once; one still in a stage when the relay exits is resumed by
+//! the next start, as after a crash.
 
 mod http;
 mod relay;
@@ -74,7 +77,7 @@ mod work;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobsafe::{DirStore, LogStore};
 use tokio::signal::unix::{SignalKind, signal};
@@ -93,6 +96,7 @@ usage: relay_server --tokens FILE [--store DIR] [--backend log|dir] [--listen AD
                     [--max-streams N] [--max-connections N]
                     [--header-timeout-ms N] [--body-timeout-ms N]
                     [--pool-threads N] [--max-blocking-threads N]
+                    [--stop-grace-ms N]
 
 An HTTP relay running background jobs with jobsafe: POST /jobs, GET /jobs/{id},
 GET /jobs/{id}/events (SSE), GET /accounts/{account}, POST /index. Every request
@@ -109,7 +113,7 @@ jobs it creates.
                          refused if a symbolic link or writable by other users
   --backend log|dir      LogStore (default) or DirStore
   --listen ADDR          address to listen on (default 127.0.0.1:8080; port 0 picks one)
-  --workers N            job runner threads (default 4)
+  --workers N            jobs run at once (default 4)
   --stage-ms N           how long each of a job's three stages works (default 500)
   --gate DIR             stages wait for a file in DIR instead of sleeping
   --credits N            each account's starting credits (default 100)
@@ -127,10 +131,14 @@ jobs it creates.
   --max-blocking-threads N
                          threads of the tokio runtime's blocking pool, which the
                          relay does not use itself (default 16)
+  --stop-grace-ms N      on SIGTERM, how long a job's stage under way may take to
+                         end (default 5 s)
   -h, --help             print this and exit
 
 SIGTERM or Ctrl-C stops the relay: open event streams end, in-flight requests
-finish (up to 5 s), and it exits 0. A job being run is resumed at the next start.
+finish (up to 5 s), no job starts, a job's stage under way may end within the
+grace period (its job is then handed over, its lock released), and it exits 0.
+A job still in a stage is resumed at the next start.
 ";
 
 /// The largest request body: a job's input is at most 16 KiB.
@@ -160,6 +168,8 @@ struct Options {
     /// jobsafe's pool bound; its own default if not given.
     pool_threads: Option<usize>,
     max_blocking_threads: usize,
+    /// On SIGTERM, how long runs under way may go on.
+    stop_grace: Duration,
 }
 
 impl Options {
@@ -212,6 +222,7 @@ impl Options {
             "--body-timeout-ms" => self.limits.body_timeout = millis()?,
             "--pool-threads" => self.pool_threads = Some(pool_bound(cap()?)?),
             "--max-blocking-threads" => self.max_blocking_threads = cap()?,
+            "--stop-grace-ms" => self.stop_grace = millis()?,
             _ => return Err(format!("unknown option {flag} (see --help)")),
         }
         Ok(())
@@ -244,6 +255,7 @@ impl Default for Options {
             },
             pool_threads: None,
             max_blocking_threads: MAX_BLOCKING_THREADS,
+            stop_grace: Duration::from_secs(5),
         }
     }
 }
@@ -302,32 +314,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(threads) = options.pool_threads {
         jobsafe::pool::set_max_threads(threads)?;
     }
-    let workers = work::start(relay.clone(), options.workers)?;
+    // The runner's first look finds the unfinished jobs, and resumes them.
+    let runner = work::runner(relay.clone(), options.workers);
+    let stop_runner = runner.stopper();
+    let (report_tx, report) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("relay-runner".to_owned())
+        .spawn(move || report_tx.send(runner.run()))?;
     println!("{} account(s); state in {}", tokens.len(), state.display());
     println!("resuming {} unfinished job(s)", unfinished.len());
-    for id in unfinished {
-        workers.queue().send(id)?;
-    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(options.max_blocking_threads)
         .build()?;
-    let queue = workers.queue();
-    let stop = async move {
-        stop_signal().await;
-        println!("stopping");
-        workers.stop_claiming();
+    let grace = options.stop_grace;
+    let stopped_at = Arc::new(std::sync::Mutex::new(None));
+    let stop = {
+        let stopped_at = Arc::clone(&stopped_at);
+        async move {
+            stop_signal().await;
+            println!("stopping");
+            stop_runner.stop(grace);
+            *stopped_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
     };
     runtime.block_on(http::serve(
         relay,
-        queue,
         tokens,
         &options.listen,
         options.limits,
         stop,
     ))?;
-    println!("stopped");
+    // A stage still under way when the grace period ends cannot be stopped
+    // from outside: the relay exits without it, and the next start resumes
+    // its job.
+    let since_stop = stopped_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(Duration::ZERO, |at| at.elapsed());
+    let wait = (grace + Duration::from_secs(1)).saturating_sub(since_stop);
+    match report.recv_timeout(wait) {
+        Ok(report) => println!(
+            "stopped: {} job(s) completed, {} handed over",
+            report.completed,
+            report.abandoned.len()
+        ),
+        Err(_) => println!("stopped, with a stage under way"),
+    }
     Ok(())
 }
 

@@ -121,8 +121,6 @@ pub(crate) struct Created {
     pub(crate) job_id: String,
     /// Whether this request charged a credit (`false`: a retry of a charged one).
     pub(crate) charged: bool,
-    /// Whether the caller must hand the job to a worker (it was created now).
-    pub(crate) enqueue: bool,
 }
 
 /// The outcome of `POST /index`.
@@ -163,7 +161,7 @@ pub(crate) struct JobRequest<'a> {
 #[derive(Clone)]
 pub(crate) struct Relay {
     store: Shared,
-    /// Runs the jobs, on the worker threads.
+    /// Runs the jobs, through its `Runner`.
     pipeline: Pipeline<Shared>,
     /// The pipeline's job records, for requests: the same records and the
     /// same live events, since the two faces share one state.
@@ -229,11 +227,7 @@ impl Relay {
         };
         let job_id = job_of(&reservation)?;
         if self.jobs.get(&job_id).await?.is_some() {
-            return Ok(Created {
-                job_id,
-                charged,
-                enqueue: false,
-            });
+            return Ok(Created { job_id, charged });
         }
         let mut new = NewJob::new(request.kind)
             .id(job_id.as_str())
@@ -246,11 +240,11 @@ impl Relay {
         if let Some(input) = request.input {
             new = new.meta(meta::INPUT, input);
         }
-        let enqueue = match self.enqueue(&job_id, new).await {
-            Ok(_) => true,
-            Err(e) if e.is_conflict() => false, // a duplicate created it first
+        match self.enqueue(&job_id, new).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {} // a duplicate created it first
             Err(e) => return Err(e.into()),
-        };
+        }
         // The job exists now and counts until it finishes: created by this
         // request (its slot stays taken), or by a duplicate or an earlier
         // request that died before creating it (counted here).
@@ -261,11 +255,7 @@ impl Relay {
         {
             slot.keep();
         }
-        Ok(Created {
-            job_id,
-            charged,
-            enqueue,
-        })
+        Ok(Created { job_id, charged })
     }
 
     /// The effect of a new reservation for job `fresh` of `account`: the
@@ -292,6 +282,7 @@ impl Relay {
 
     /// Creates job `new` as [`Pipeline::enqueue`] does, through the async
     /// face: its subject is its own id, a UUID made here and so a valid key.
+    /// Created through the pipeline's job records, it wakes the runner.
     async fn enqueue(&self, job_id: &str, new: NewJob) -> jobsafe::Result<Job> {
         let subject = Pipeline::SUBJECT_FIELD;
         self.jobs.create(new.meta(subject, job_id)).await
@@ -408,7 +399,7 @@ impl Relay {
     /// What a job's end requires: a failed job's credit goes back to its
     /// account, and an index job's lock is released. Both are idempotent, so
     /// this runs after every run and again at startup for every finished job,
-    /// in case the process died in between. Blocking: for the worker threads
+    /// in case the process died in between. Blocking: for the runner's thread
     /// and startup.
     pub(crate) fn settle(&self, job: &Job) -> Result<(), RelayError> {
         if !job.status.is_finished() {

@@ -1,4 +1,4 @@
-//! The jobs' work, simulated, and the threads that run it.
+//! The jobs' work, simulated, and the runner that runs it.
 //!
 //! A job goes through three stages: fetch its input, transcribe it, summarize
 //! it. Each waits as the pace says, then writes an artifact through the
@@ -8,13 +8,11 @@
 //! what a client sees of a failure: the client message, never the internal one.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::pipeline::{RunOutcome, StageContext, StageError};
-use jobsafe::{Clock, Pipeline, SystemClock};
+use jobsafe::pipeline::{Runner, StageContext, StageError};
+use jobsafe::{Pipeline, SystemClock};
 use serde_json::json;
 
 use crate::relay::{Relay, Shared, meta};
@@ -123,71 +121,19 @@ fn work(stage: &str, ctx: &mut StageContext<'_>) -> Result<(), StageError> {
     Ok(())
 }
 
-/// The worker threads: they run the jobs whose ids are sent on their queue.
-#[derive(Debug)]
-pub(crate) struct Workers {
-    queue: Sender<String>,
-    stopping: Arc<AtomicBool>,
+/// The runner of the relay's jobs, `concurrency` at once: woken by every job
+/// the requests create, it settles each job whose run ended it (a failed
+/// job's refund, an index job's lock).
+pub(crate) fn runner(relay: Relay, concurrency: usize) -> Runner<Shared> {
+    Runner::new(relay.pipeline().clone())
+        .concurrency(concurrency)
+        .on_run(move |run| settle(&relay, &run.job_id))
 }
 
-impl Workers {
-    /// Where to send the id of a job to run.
-    pub(crate) fn queue(&self) -> Sender<String> {
-        self.queue.clone()
-    }
-
-    /// Stops taking jobs off the queue: what is left there, and a job a
-    /// worker is running, resume at the next start, as after a crash.
-    pub(crate) fn stop_claiming(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Starts `count` worker threads. Long-running work stays on threads of its
-/// own, running the blocking pipeline, off the HTTP runtime.
-pub(crate) fn start(relay: Relay, count: usize) -> std::io::Result<Workers> {
-    let (queue, ids) = mpsc::channel::<String>();
-    let ids = Arc::new(Mutex::new(ids));
-    let stopping = Arc::new(AtomicBool::new(false));
-    for n in 0..count.max(1) {
-        let relay = relay.clone();
-        let queue = queue.clone();
-        let ids = Arc::clone(&ids);
-        let stopping = Arc::clone(&stopping);
-        std::thread::Builder::new()
-            .name(format!("relay-worker-{n}"))
-            .spawn(move || {
-                loop {
-                    // The lock is held only while waiting for the next id.
-                    let next = ids.lock().map(|ids| ids.recv());
-                    match next {
-                        Ok(Ok(_)) if stopping.load(Ordering::SeqCst) => return,
-                        Ok(Ok(id)) => run(&relay, &queue, &id),
-                        _ => return,
-                    }
-                }
-            })?;
-    }
-    Ok(Workers { queue, stopping })
-}
-
-/// Runs job `id`, settles it if it ended (refund, lock release), and sends it
-/// again when it is due again.
-fn run(relay: &Relay, queue: &Sender<String>, id: &str) {
-    let pipeline = relay.pipeline();
-    match pipeline.run_job(id) {
-        Ok(report) => match report.outcome {
-            RunOutcome::RetryScheduled { retry_at_ms, .. } => later(queue, id, retry_at_ms),
-            RunOutcome::Busy { holder } => later(queue, id, holder.expires_ms),
-            _ => {}
-        },
-        Err(e) => {
-            // Left running; its lease ends, then it is taken over.
-            eprintln!("relay: job {id} stopped on an error and will be resumed: {e}");
-            later(queue, id, SystemClock.now_ms().saturating_add(1_000));
-        }
-    }
-    let settled = match pipeline.jobs().get(id) {
+/// Settles job `id` if its run ended it. A failure is reported and left for
+/// the next start, which settles every finished job again.
+fn settle(relay: &Relay, id: &str) {
+    let settled = match relay.pipeline().jobs().get(id) {
         Ok(Some(job)) => relay.settle(&job),
         Ok(None) => Ok(()),
         Err(e) => Err(e.into()),
@@ -197,14 +143,4 @@ fn run(relay: &Relay, queue: &Sender<String>, id: &str) {
             "relay: job {id} ended but could not be settled (retried at the next start): {e:?}"
         );
     }
-}
-
-/// Sends `id` on `queue` at `at_ms`.
-fn later(queue: &Sender<String>, id: &str, at_ms: u64) {
-    let queue = queue.clone();
-    let id = id.to_owned();
-    std::thread::spawn(move || {
-        SystemClock.sleep_until(at_ms);
-        let _ = queue.send(id);
-    });
 }

@@ -32,6 +32,9 @@ pub(super) struct Hub {
     /// The one poll loop of the async followers.
     #[cfg(feature = "async")]
     pub(super) watch: super::watch::Watch,
+    /// Raised whenever a job is created or queued again through this
+    /// `JobState` or a clone: a runner's wake-up.
+    pub(super) queued: crate::wake::Signal,
 }
 
 #[derive(Debug)]

@@ -597,6 +597,7 @@ impl<S: Store> JobState<S> {
             let conflict = match self.store.put(&key, &bytes, Expect::Absent) {
                 Ok(version) => {
                     job.version = version;
+                    self.hub.queued.raise();
                     return Ok(job);
                 }
                 Err(e) if e.is_conflict() => Some(e),
@@ -625,6 +626,7 @@ impl<S: Store> JobState<S> {
             };
             match current {
                 Some((current, _)) if current.created_by.as_ref() == Some(&attempt) => {
+                    self.hub.queued.raise();
                     return Ok(current);
                 }
                 // Another create's: ours did not land, and no longer can.

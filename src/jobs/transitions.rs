@@ -46,6 +46,19 @@ pub enum FailureKind {
 }
 
 impl<S: Store> JobState<S> {
+    /// Wakes the runners of this process if `job` is queued now: created, or
+    /// put back to wait for a retry.
+    fn queued_if(&self, job: &Job) {
+        if job.status == JobStatus::Queued {
+            self.hub.queued.raise();
+        }
+    }
+
+    /// What [`queued_if`](Self::queued_if) raises, for a runner to wait on.
+    pub(crate) fn queued_signal(&self) -> &crate::wake::Signal {
+        &self.hub.queued
+    }
+
     /// Starts a new attempt of a queued job (whose retry time, if any, has come),
     /// and returns the worker's claim on it. The claim's
     /// [`started_seq`](Claim::started_seq) is the sequence number of the
@@ -491,6 +504,7 @@ impl<S: Store> JobState<S> {
                             "job write failed and was read back as landed"
                         );
                         self.hub.publish(id, &written.events);
+                        self.queued_if(&written.job);
                         return Ok(written);
                     }
                     Ok(Outcome::NotLanded(job, version)) => {
@@ -560,6 +574,7 @@ impl<S: Store> JobState<S> {
                         "job written"
                     );
                     self.hub.publish(id, &events);
+                    self.queued_if(&job);
                     return Ok(Written {
                         start: Start::of(&job),
                         job,

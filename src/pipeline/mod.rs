@@ -32,7 +32,6 @@ mod retry;
 mod run;
 mod runner;
 mod stage;
-mod wake;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -271,9 +270,6 @@ struct Inner<S, V: Vfs> {
     actor: String,
     /// Artifact directories this handle knows to be durable.
     known: crate::vfs::KnownDurable,
-    /// Raised by whatever may make a job due (an enqueue, a retry), for the
-    /// runners of this pipeline and its clones.
-    wake: wake::Signal,
 }
 
 impl<S, V: Vfs> Clone for Pipeline<S, V> {
@@ -693,7 +689,6 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                 observer: self.observer,
                 actor: self.actor,
                 known: crate::vfs::KnownDurable::default(),
-                wake: wake::Signal::default(),
             }),
         })
     }
@@ -741,10 +736,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// a valid key segment.
     pub fn enqueue(&self, subject: &str, new: NewJob) -> Result<Job> {
         Key::new([subject])?;
-        let job = self.inner.jobs.create(new.meta(SUBJECT_FIELD, subject));
-        // Also after an error: an ambiguous create may have landed.
-        self.inner.wake.raise();
-        job
+        self.inner.jobs.create(new.meta(SUBJECT_FIELD, subject))
     }
 
     /// The subject of `job`: its [`Pipeline::SUBJECT_FIELD`] metadata, or its id for a job
@@ -777,9 +769,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// # Errors
     /// As [`JobState::retry`].
     pub fn retry(&self, id: &str) -> Result<Job> {
-        let job = records::retry(&self.inner.jobs, &self.inner.namespace, id);
-        self.inner.wake.raise();
-        job
+        records::retry(&self.inner.jobs, &self.inner.namespace, id)
     }
 
     /// Cancels job `id` ([`JobState::cancel`]). A running job stops at its next

@@ -19,7 +19,6 @@ use parking_lot::Mutex;
 
 use super::body::Abandon;
 use super::pass::{Due, PassReport};
-use super::wake::Signal;
 use super::{Pipeline, RunOutcome, RunReport};
 use crate::clock::{ClockSleep, SharedClock, millis};
 use crate::error::{Error, Result};
@@ -27,6 +26,7 @@ use crate::pool;
 use crate::schedule::{Schedule, Scheduler};
 use crate::store::Store;
 use crate::vfs::{StdVfs, Vfs};
+use crate::wake::Signal;
 
 /// Most errors a [`RunnerReport`] keeps of each kind: the latest ones.
 const KEPT_ERRORS: usize = 32;
@@ -41,11 +41,13 @@ const KEPT_ERRORS: usize = 32;
 /// - **At most [`concurrency`](Runner::concurrency) runs at once**, and never
 ///   two of one subject (the subject's lock guarantees that across processes
 ///   too; the runner does not even try).
-/// - **Woken at once** by [`Pipeline::enqueue`] and [`Pipeline::retry`]
-///   through this pipeline or any clone of it (an [`AsyncPipeline`](super::AsyncPipeline)
-///   over it included), by a run ending, and by the clock reaching the next
-///   retry time or the end of a busy subject's lease. Work that another
-///   process queues is found by a look every
+/// - **Woken at once** when a job is created or queued again through the
+///   pipeline's [`JobState`](crate::JobState) in this process (its
+///   [`jobs`](Pipeline::jobs) and every clone of it: [`Pipeline::enqueue`],
+///   [`Pipeline::retry`], a create through `jobs()`, a recovery that requeues,
+///   an [`AsyncPipeline`](super::AsyncPipeline) over it), by a run ending, and
+///   by the clock reaching the next retry time or the end of a busy subject's
+///   lease. Work that another process queues is found by a look every
 ///   [`poll_every`](Runner::poll_every) (default 10 s).
 /// - **A graceful stop** ([`RunnerStop::stop`]) starts no further run, lets
 ///   the runs under way finish for up to a grace period, then abandons the
@@ -201,7 +203,79 @@ struct InFlight {
     id: String,
     subject: String,
     abandon: Arc<Abandon>,
-    run: pool::Blocking<Result<RunReport>>,
+    run: OwnThread<Result<RunReport>>,
+}
+
+/// The result of work on a thread of its own, as a future.
+///
+/// Runs take threads of their own, not the crate's pool: a stage may work
+/// for minutes, and the pool's threads are there for store calls, which
+/// the requests of the same service need meanwhile.
+struct OwnThread<T> {
+    slot: Arc<Mutex<OwnSlot<T>>>,
+}
+
+/// The work's result once it ended (its panic, if it panicked), and whom to
+/// wake then.
+type OwnSlot<T> = (Option<std::thread::Result<T>>, Option<std::task::Waker>);
+
+impl<T: Send + 'static> OwnThread<T> {
+    /// Starts `work` on a new thread; if no thread can start, on the
+    /// crate's pool rather than not at all.
+    fn spawn(name: &str, work: impl FnOnce() -> T + Send + 'static) -> Self {
+        let slot: Arc<Mutex<OwnSlot<T>>> = Arc::new(Mutex::new((None, None)));
+        let done = Arc::clone(&slot);
+        let run = move || {
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let waker = {
+                let mut slot = done.lock();
+                slot.0 = Some(ended);
+                slot.1.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        };
+        // Handed back by a thread that could not start, to run on the pool.
+        let work = Arc::new(Mutex::new(Some(run)));
+        let on_thread = Arc::clone(&work);
+        let spawned = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                if let Some(run) = on_thread.lock().take() {
+                    run();
+                }
+            });
+        if spawned.is_err() {
+            pool::detach(move || {
+                if let Some(run) = work.lock().take() {
+                    run();
+                }
+            });
+        }
+        OwnThread { slot }
+    }
+}
+
+impl<T> Future for OwnThread<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<T> {
+        let mut slot = self.slot.lock();
+        match slot.0.take() {
+            Some(Ok(value)) => Poll::Ready(value),
+            // As a run awaited through the pool: the panic goes on where it
+            // is awaited. (A stage's panic is caught by the run itself.)
+            Some(Err(panic)) => {
+                drop(slot);
+                std::panic::resume_unwind(panic)
+            }
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// What the loop waits for.
@@ -277,9 +351,10 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         self
     }
 
-    /// Runs up to `runs` jobs at once (at least 1). Each run holds a thread
-    /// of the crate's [pool](crate::pool) while a blocking stage works; size
-    /// the pool for it.
+    /// Runs up to `runs` jobs at once (at least 1). Each run has a thread of
+    /// its own, started for it: never one of the crate's
+    /// [pool](crate::pool), whose threads the service's store calls need
+    /// while stages work.
     #[must_use]
     pub fn concurrency(mut self, runs: usize) -> Self {
         self.concurrency = runs.max(1);
@@ -287,8 +362,8 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
     }
 
     /// Looks for work queued by other processes every `every` (at least
-    /// 1 ms), by the pipeline's clock. Enqueues through this process wake the
-    /// runner at once whatever this is.
+    /// 1 ms), by the pipeline's clock. Jobs queued through this process wake
+    /// the runner at once whatever this is.
     #[must_use]
     pub fn poll_every(mut self, every: Duration) -> Self {
         self.poll_every = every.max(Duration::from_millis(1));
@@ -327,7 +402,7 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
     /// The loop; `abandon` makes each run's abandon signal.
     async fn drive(&self, abandon: impl Fn() -> Arc<Abandon>) -> RunnerReport {
         let clock = Arc::clone(&self.pipeline.inner.clock);
-        let wake = &self.pipeline.inner.wake;
+        let wake = self.pipeline.inner.jobs.queued_signal();
         let mut report = RunnerReport::default();
         let mut running = Running(Vec::new());
         // Jobs not to try before a time: busy elsewhere, or whose run failed.
@@ -444,7 +519,9 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                 id: job.id.clone(),
                 subject: subject.to_owned(),
                 abandon: signal,
-                run: pool::run(move || pipeline.run_job_unless(&id, &run_signal)),
+                run: OwnThread::spawn("jobsafe-runner", move || {
+                    pipeline.run_job_unless(&id, &run_signal)
+                }),
             });
         }
         next

@@ -1,5 +1,6 @@
 //! A signal that says "look again": raised by whatever may have made work
-//! due in this process (an enqueue, a retry, a stop), awaited by a runner.
+//! due in this process (a job created or queued again, a stop), awaited by a
+//! runner.
 //!
 //! It carries no data. Each raise bumps a generation, so a waiter that
 //! looked at generation `g` and then waits for a change after `g` cannot miss
