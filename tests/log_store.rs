@@ -698,3 +698,66 @@ fn a_quarantined_record_keeps_its_key_beside_it() {
     assert_eq!(Key::new(segments).unwrap(), key);
     assert!(store.get(&key).unwrap().is_none());
 }
+
+/// Waits, with a bound only a broken store misses, for `changes` to count
+/// past `seen`.
+#[cfg(target_os = "linux")]
+fn told_after(changes: &jobsafe::store::Changes, seen: u64) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let changes = changes.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _ = tx.send(runtime.block_on(changes.changed(seen)));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the write of another handle was never told"))
+}
+
+/// Another handle's writes (another process's, in a service) are told to a
+/// watcher of a prefix above them, once the kernel reports the journal
+/// changed; so is a journal another handle replaced by compacting it.
+#[cfg(target_os = "linux")]
+#[test]
+fn writes_of_another_handle_are_told_to_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let service = LogStore::open(&root).unwrap();
+    let other = LogStore::open(&root).unwrap();
+    let changes = service
+        .changes_by_others(&Prefix::new(["jobs"]).unwrap())
+        .expect("a shared LogStore tells on Linux");
+    let seen = changes.seen();
+    other
+        .put(&key("jobs/1"), b"queued", Expect::Absent)
+        .unwrap();
+    let seen = told_after(&changes, seen);
+    // Told after the frames were read: the watcher finds the write at once.
+    assert_eq!(
+        service.get(&key("jobs/1")).unwrap().unwrap().value,
+        b"queued"
+    );
+    for n in 0..50 {
+        other
+            .put(&key(&format!("locks/{n}")), b"x", Expect::Any)
+            .unwrap();
+    }
+    other.compact().unwrap();
+    other
+        .put(&key("jobs/2"), b"queued", Expect::Absent)
+        .unwrap();
+    told_after(&changes, seen);
+    assert!(service.get(&key("jobs/2")).unwrap().is_some());
+}
+
+/// In exclusive mode nobody else writes: nothing to tell.
+#[test]
+fn an_exclusive_log_store_has_no_other_writers_to_tell_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path().join("store"))
+        .exclusive(true)
+        .open()
+        .unwrap();
+    assert!(store.changes_by_others(&Prefix::all()).is_none());
+}

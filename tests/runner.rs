@@ -574,3 +574,48 @@ fn runs_hold_no_thread_of_the_crates_pool() {
     jobsafe::pool::set_max_threads(jobsafe::pool::DEFAULT_MAX_THREADS).unwrap();
     assert_eq!(runner.stop(Duration::ZERO).completed, 4);
 }
+
+/// A job another process queues in a shared `LogStore` wakes the runner as
+/// soon as the kernel reports the journal changed: the poll is an hour away
+/// and the clock never moves. (Another handle of the store stands for the
+/// other process here; `processes_...` below uses a real one.)
+#[cfg(target_os = "linux")]
+#[test]
+fn a_job_queued_through_another_handle_of_a_log_store_wakes_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let gate = Arc::new(Gate::default());
+    let open = || -> Arc<dyn Store> {
+        Arc::new(jobsafe::LogStore::open(dir.path().join("store")).unwrap())
+    };
+    let (mine, theirs) = (open(), open());
+    let root = dir.path().join("artifacts");
+    let pipeline = pipeline_on(&mine, &clock, &gate, &root);
+    let other = pipeline_on(&theirs, &clock, &gate, &root);
+    // Completions are told by the runner itself: a read of the test through
+    // the runner's handle would catch up with the other's writes, and wake
+    // the runner without the kernel's help.
+    let (done_tx, done) = mpsc::channel();
+    let done_tx = Mutex::new(done_tx);
+    let runner = start(
+        Runner::new(pipeline.clone())
+            .poll_every(POLL)
+            .on_run(move |run| {
+                if matches!(run.outcome, RunOutcome::Completed) {
+                    let _ = done_tx.lock().unwrap().send(run.job_id.clone());
+                }
+            }),
+    );
+    for subject in ["a", "b"] {
+        // Let the runner finish its look and go to sleep first. (A runner
+        // slower than this only makes the test pass without the wake-up,
+        // never fail.)
+        std::thread::sleep(Duration::from_millis(200));
+        let job = other.enqueue(subject, NewJob::new("k")).unwrap();
+        assert_eq!(
+            done.recv_timeout(STUCK).expect("the runner never woke"),
+            job.id
+        );
+    }
+    assert_eq!(runner.stop(Duration::ZERO).completed, 2);
+}

@@ -765,7 +765,7 @@ impl<S: Store> JobState<S> {
         }
     }
 
-    fn records_prefix(&self) -> Result<Prefix> {
+    pub(crate) fn records_prefix(&self) -> Result<Prefix> {
         let mut segments = self.namespace.segments().to_vec();
         segments.push("job".to_owned());
         Prefix::new(segments)

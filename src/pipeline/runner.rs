@@ -24,7 +24,7 @@ use crate::clock::{ClockSleep, SharedClock, millis};
 use crate::error::{Error, Result};
 use crate::pool;
 use crate::schedule::{Schedule, Scheduler};
-use crate::store::Store;
+use crate::store::{Changes, Store};
 use crate::vfs::{StdVfs, Vfs};
 use crate::wake::Signal;
 
@@ -47,8 +47,10 @@ const KEPT_ERRORS: usize = 32;
 ///   [`Pipeline::retry`], a create through `jobs()`, a recovery that requeues,
 ///   an [`AsyncPipeline`](super::AsyncPipeline) over it), by a run ending, and
 ///   by the clock reaching the next retry time or the end of a busy subject's
-///   lease. Work that another process queues is found by a look every
-///   [`poll_every`](Runner::poll_every) (default 10 s).
+///   lease. Work that another process queues wakes it as soon as the store
+///   tells ([`Store::changes_by_others`]: a shared [`LogStore`](crate::LogStore)
+///   on Linux), and is found anyway by a look every
+///   [`poll_every`](Runner::poll_every) (default 10 s), the safety net.
 /// - **A graceful stop** ([`RunnerStop::stop`]) starts no further run, lets
 ///   the runs under way finish for up to a grace period, then abandons the
 ///   others: each stops at its next stage boundary (at once inside an async
@@ -281,9 +283,19 @@ impl<T> Future for OwnThread<T> {
 /// What the loop waits for.
 enum Event {
     Ended(usize, Result<RunReport>),
+    /// A job queued in this process.
     Woken(u64),
+    /// Other processes changed job records.
+    Others(u64),
     Stop(u64),
     Time,
+}
+
+/// The signals the loop waits on, each with the generation it has seen.
+struct Wakes<'a> {
+    queued: Option<(&'a Signal, u64)>,
+    others: Option<(&'a Signal, u64)>,
+    stop: (&'a Signal, u64),
 }
 
 impl<S: Store + 'static, V: Vfs> Runner<S, V> {
@@ -403,6 +415,10 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
     async fn drive(&self, abandon: impl Fn() -> Arc<Abandon>) -> RunnerReport {
         let clock = Arc::clone(&self.pipeline.inner.clock);
         let wake = self.pipeline.inner.jobs.queued_signal();
+        // Jobs that other processes queue, where the store can tell.
+        let others = (self.pipeline.inner.jobs.records_prefix().ok())
+            .and_then(|prefix| self.pipeline.inner.store.changes_by_others(&prefix));
+        let mut others_seen = others.as_ref().map_or(0, Changes::seen);
         let mut report = RunnerReport::default();
         let mut running = Running(Vec::new());
         // Jobs not to try before a time: busy elsewhere, or whose run failed.
@@ -422,14 +438,12 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                 .min(now.saturating_add(millis(self.poll_every)));
             }
             let mut sleep = clock.sleep_until_async(next_look_ms);
-            match running
-                .next_event(
-                    Some((wake, woken)),
-                    (&self.stop.signal, stop_seen),
-                    &mut sleep,
-                )
-                .await
-            {
+            let wakes = Wakes {
+                queued: Some((wake, woken)),
+                others: others.as_ref().map(|o| (o.signal(), others_seen)),
+                stop: (&self.stop.signal, stop_seen),
+            };
+            match running.next_event(wakes, &mut sleep).await {
                 Event::Ended(at, ended) => {
                     let run = running.0.swap_remove(at);
                     self.record(run, ended, clock.now_ms(), &mut report, &mut not_before);
@@ -437,6 +451,10 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                 }
                 Event::Woken(generation) => {
                     woken = generation;
+                    look_now = true;
+                }
+                Event::Others(generation) => {
+                    others_seen = generation;
                     look_now = true;
                 }
                 Event::Stop(generation) => stop_seen = generation,
@@ -589,16 +607,18 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                 continue;
             }
             let mut sleep = clock.sleep_until_async(until);
-            match running
-                .next_event(None, (&self.stop.signal, stop_seen), &mut sleep)
-                .await
-            {
+            let wakes = Wakes {
+                queued: None,
+                others: None,
+                stop: (&self.stop.signal, stop_seen),
+            };
+            match running.next_event(wakes, &mut sleep).await {
                 Event::Ended(at, ended) => {
                     let run = running.0.swap_remove(at);
                     self.record(run, ended, clock.now_ms(), report, not_before);
                 }
                 Event::Stop(generation) => stop_seen = generation,
-                Event::Woken(_) | Event::Time => {}
+                Event::Woken(_) | Event::Others(_) | Event::Time => {}
             }
         }
     }
@@ -608,12 +628,11 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
 struct Running(Vec<InFlight>);
 
 impl Running {
-    /// Whichever comes first: a run ending, a wake-up after `wake`'s seen
-    /// generation (if given), a stop signal, or `sleep`'s end.
+    /// Whichever comes first: a run ending, a signal of `wakes` past the
+    /// generation seen, or `sleep`'s end.
     fn next_event<'a>(
         &'a mut self,
-        wake: Option<(&'a Signal, u64)>,
-        stop: (&'a Signal, u64),
+        wakes: Wakes<'a>,
         sleep: &'a mut ClockSleep<'_>,
     ) -> impl Future<Output = Event> + 'a {
         std::future::poll_fn(move |cx| {
@@ -622,13 +641,19 @@ impl Running {
                     return Poll::Ready(Event::Ended(at, ended));
                 }
             }
-            if let Poll::Ready(generation) = stop.0.poll_changed(stop.1, cx) {
+            let (stop, seen) = wakes.stop;
+            if let Poll::Ready(generation) = stop.poll_changed(seen, cx) {
                 return Poll::Ready(Event::Stop(generation));
             }
-            if let Some((wake, seen)) = wake
-                && let Poll::Ready(generation) = wake.poll_changed(seen, cx)
+            if let Some((queued, seen)) = wakes.queued
+                && let Poll::Ready(generation) = queued.poll_changed(seen, cx)
             {
                 return Poll::Ready(Event::Woken(generation));
+            }
+            if let Some((others, seen)) = wakes.others
+                && let Poll::Ready(generation) = others.poll_changed(seen, cx)
+            {
+                return Poll::Ready(Event::Others(generation));
             }
             if Pin::new(&mut *sleep).poll(cx).is_ready() {
                 return Poll::Ready(Event::Time);

@@ -13,6 +13,7 @@
 //! backend of your own implements [`Store`] and runs it too.
 
 mod batch;
+mod changes;
 pub(crate) mod dir;
 pub(crate) mod log;
 pub(crate) mod mem;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use batch::{Applied, Batch, BatchOp};
+pub use changes::Changes;
 pub use dir::{DirStore, DirStoreBuilder};
 pub use log::{Compaction, LogStats, LogStore, LogStoreBuilder};
 pub use mem::MemStore;
@@ -351,6 +353,24 @@ pub trait Store: Send + Sync + fmt::Debug {
         false
     }
 
+    /// Tells when records under `prefix` may have been changed by another
+    /// writer than this handle (another process, another machine, another
+    /// handle opened on the same store), so that a reader looks again
+    /// instead of polling; `None` (the default) if this store cannot tell,
+    /// and readers poll. The writes made through this handle are not told:
+    /// whoever makes them knows (jobsafe's parts tell each other in-process).
+    /// The notifications are hints (see [`Changes`]): they may come without
+    /// a change, and several changes may come as one.
+    ///
+    /// [`LogStore`] in shared mode on Linux tells as soon as the kernel
+    /// reports the journal changed (inotify) and this process has read the
+    /// new frames; in exclusive mode nobody else writes. [`MemStore`] has no
+    /// other writer. [`DirStore`] and `PgStore` cannot tell yet: `None`.
+    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+        let _ = prefix;
+        None
+    }
+
     /// Every key under `prefix`, in key order, read with one
     /// [`scan`](Store::scan) in pages of 1024 keys. To go through many keys
     /// without holding them all, iterate a scan instead.
@@ -536,6 +556,9 @@ macro_rules! forward_store {
             }
             fn is_machine_local(&self) -> bool {
                 (**self).is_machine_local()
+            }
+            fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+                (**self).changes_by_others(prefix)
             }
 
             // The held store's native calls where it has them, else the

@@ -102,6 +102,16 @@ pub(crate) enum LogOp {
     Floor(Version),
 }
 
+impl LogOp {
+    /// The packed key it writes, if it writes one.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        match self {
+            LogOp::Put { key, .. } | LogOp::Delete { key } => Some(&key[..]),
+            LogOp::Floor(_) => None,
+        }
+    }
+}
+
 /// Builds a frame's payload transaction by transaction, leaving room for the
 /// header, which [`finish`](FrameBuilder::finish) fills in.
 #[derive(Debug)]

@@ -7,6 +7,7 @@ mod frame;
 mod group;
 mod index;
 mod journal;
+mod notify;
 mod replay;
 
 use std::path::{Path, PathBuf};
@@ -32,8 +33,8 @@ use crate::trace;
 /// A key as the index and the journal hold it: [packed](crate::store::packed).
 type Packed = Box<[u8]>;
 use crate::store::{
-    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
-    is_torn, read_own_file,
+    Applied, Batch, BatchOp, Changes, Entry, Expect, ListPage, Quarantined, Store, Version,
+    check_limit, is_torn, read_own_file,
 };
 use crate::vfs::{StdVfs, Vfs, VfsFile};
 
@@ -394,6 +395,11 @@ struct Shared<V: Vfs> {
     /// Work holding the store on other threads (see `InBackground`). Its
     /// mutex is a leaf, taken with no other lock held.
     background: Arc<Background>,
+    /// Who watches which keys (`Store::changes`). Its mutex is a leaf, taken
+    /// with no other lock held.
+    changes: crate::store::changes::ChangeFeed,
+    /// Whether a thread watches the journal for other processes' writes.
+    watching: AtomicBool,
 }
 
 impl<V: Vfs> Drop for Shared<V> {
@@ -711,6 +717,8 @@ impl<V: Vfs> LogStoreBuilder<V> {
             last_compaction_error: Mutex::new(None),
             tail_unsettled: AtomicBool::new(false),
             background: Arc::default(),
+            changes: Default::default(),
+            watching: AtomicBool::new(false),
         });
         Ok(LogStore {
             _last: Arc::new(LastClone {
@@ -1050,10 +1058,20 @@ impl<V: Vfs> Shared<V> {
             let (fresh, index, stop) = load(vfs, path)?;
             *journal = fresh;
             *self.index.write() = index;
+            // Replaced: what changed in between is not known.
+            self.changes.changed_all();
             stop
         } else if frame_starts_at(&*journal.file, journal.end, path)? {
-            let mut index = self.index.write();
-            read_into(journal, &mut index, path)?
+            let mut touched = self.changes.is_watched().then(Vec::new);
+            let stop = {
+                let mut index = self.index.write();
+                read_into(journal, &mut index, path, touched.as_mut())?
+            };
+            if let Some(touched) = touched {
+                self.changes
+                    .changed_packed(touched.iter().map(Vec::as_slice));
+            }
+            stop
         } else {
             // Nothing was appended: readers keep the index meanwhile.
             Stop::End
@@ -1224,6 +1242,20 @@ impl<V: Vfs> Store for LogStore<V> {
     /// promise.
     fn is_machine_local(&self) -> bool {
         true
+    }
+
+    /// In shared mode on Linux: tells of other writers' frames once a thread
+    /// of this process, woken by the kernel (inotify) when the store's
+    /// directory changes, has read them into this handle's index (or of
+    /// every change, when another process replaced the journal). `None` in
+    /// exclusive mode, where nobody else writes, and elsewhere than on Linux.
+    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+        if self.shared.is_exclusive() || !cfg!(target_os = "linux") {
+            return None;
+        }
+        let changes = self.shared.changes.watch(prefix);
+        notify::watch_journal(&self.shared);
+        Some(changes)
     }
 
     // The async face's writes join the group commit as futures: one thread

@@ -36,7 +36,7 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, In
         allocated,
     };
     let mut index = Index::default();
-    let stop = read_into(&mut journal, &mut index, path)?;
+    let stop = read_into(&mut journal, &mut index, path, None)?;
     if stop == Stop::End {
         check_no_frame_after_zeros(&journal, path)?;
     }
@@ -70,10 +70,14 @@ pub(super) fn read_into<F: VfsFile>(
     journal: &mut Journal<F>,
     index: &mut Index,
     path: &Path,
+    mut touched: Option<&mut Vec<Vec<u8>>>,
 ) -> Result<Stop> {
     let read = journal
         .read_new(|payload| {
             for op in decode_payload(payload)?.into_iter().flatten() {
+                if let Some(touched) = touched.as_deref_mut() {
+                    touched.extend(op.key().map(<[u8]>::to_vec));
+                }
                 index.apply(op);
             }
             Ok(())
