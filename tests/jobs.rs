@@ -1158,3 +1158,61 @@ fn a_stage_name_at_its_limit_is_stored_and_one_byte_more_writes_nothing() {
         assert_eq!(snapshot(jobs.store()), before, "{name}");
     }
 }
+
+/// Another process's appends (another handle of a shared `LogStore` stands
+/// for it) reach a subscription as soon as the kernel reports the journal
+/// changed: every event once, in order, ending after the terminal one; and
+/// an async follower whose poll never comes (the clock does not move) gets
+/// them the same way.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_subscription_hears_the_events_another_process_appends() {
+    use jobsafe::LogStore;
+    use jobsafe::jobs::{AsyncJobState, NextEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let here = JobState::new(LogStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    let there = JobState::new(LogStore::open(&root).unwrap(), Arc::new(clock.clone()));
+    let job = there.create(NewJob::new("export")).unwrap();
+    let mut subscription = here.subscribe(&job.id, 0).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let follower = {
+        let jobs = AsyncJobState::new(here.clone());
+        let id = job.id.clone();
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let mut stream = jobs
+                    .follow(&id, 0, Duration::from_secs(3600))
+                    .await
+                    .unwrap();
+                let mut kinds = Vec::new();
+                while let Some(event) = futures_util::StreamExt::next(&mut stream).await {
+                    kinds.push(event.unwrap().kind);
+                }
+                kinds
+            })
+        })
+    };
+    let worker = there.start(&job.id, None).unwrap();
+    there.progress(&worker, "half way").unwrap();
+    there.complete(&worker, json!({"pages": 3})).unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        match subscription
+            .next_event_timeout(Duration::from_secs(60))
+            .unwrap()
+        {
+            NextEvent::Event(event) => kinds.push(event.kind),
+            NextEvent::Finished => break,
+            _ => panic!("the other process's events never came: {kinds:?}"),
+        }
+    }
+    let expected = there.events_since(&job.id, 0).unwrap().events;
+    let expected: Vec<String> = expected.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, expected);
+    assert_eq!(kinds.last().map(String::as_str), Some("done"));
+    assert_eq!(follower.join().unwrap(), expected);
+}

@@ -35,6 +35,10 @@ pub(super) struct Hub {
     /// Raised whenever a job is created or queued again through this
     /// `JobState` or a clone: a runner's wake-up.
     pub(super) queued: crate::wake::Signal,
+    /// Whether a task tells the subscribers of other writers' changes.
+    others_watched: AtomicBool,
+    /// Raised when a subscriber goes: that task ends with the last one.
+    left: crate::wake::Signal,
 }
 
 #[derive(Debug)]
@@ -141,16 +145,83 @@ impl Hub {
         // Dropped outside the lock: each drop wakes its subscriber.
         let removed = self.subscribers.lock().remove(job_id);
         drop(removed);
+        self.left.raise();
     }
 
     pub(super) fn remove(&self, job_id: &str, id: u64) {
-        let mut all = self.subscribers.lock();
-        if let Some(subscribers) = all.get_mut(job_id) {
-            subscribers.retain(|s| s.id != id);
-            if subscribers.is_empty() {
-                all.remove(job_id);
+        {
+            let mut all = self.subscribers.lock();
+            if let Some(subscribers) = all.get_mut(job_id) {
+                subscribers.retain(|s| s.id != id);
+                if subscribers.is_empty() {
+                    all.remove(job_id);
+                }
             }
         }
+        self.left.raise();
+    }
+
+    /// The jobs that have subscribers now.
+    fn subscribed_jobs(&self) -> Vec<String> {
+        self.subscribers.lock().keys().cloned().collect()
+    }
+}
+
+impl<S: Store> JobState<S> {
+    /// Starts, unless one runs, the task that tells this job state's
+    /// subscribers of other writers' changes (another process's appends to
+    /// a job's events), where the store can tell: each subscriber of a job
+    /// then reads its events from the store, as after an overflow. It ends
+    /// when the last subscriber goes.
+    pub(super) fn watch_others(&self) {
+        let hub = &self.hub;
+        if hub.others_watched.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let changes = self
+            .records_prefix()
+            .ok()
+            .and_then(|prefix| self.store.changes_by_others(&prefix));
+        let Some(changes) = changes else {
+            hub.others_watched.store(false, Ordering::Release);
+            return;
+        };
+        let hub = Arc::clone(hub);
+        crate::pool::spawn(async move {
+            let mut seen = changes.seen();
+            let mut left = hub.left.generation();
+            loop {
+                if hub.subscribed_jobs().is_empty() {
+                    hub.others_watched.store(false, Ordering::Release);
+                    // One that came just now found the flag set: go on for it.
+                    if hub.subscribed_jobs().is_empty()
+                        || hub.others_watched.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                }
+                let woke = std::future::poll_fn(|cx| {
+                    if let std::task::Poll::Ready(now) = changes.signal().poll_changed(seen, cx) {
+                        return std::task::Poll::Ready((Some(now), None));
+                    }
+                    if let std::task::Poll::Ready(now) = hub.left.poll_changed(left, cx) {
+                        return std::task::Poll::Ready((None, Some(now)));
+                    }
+                    std::task::Poll::Pending
+                })
+                .await;
+                match woke {
+                    (Some(now), _) => {
+                        seen = now;
+                        for job_id in hub.subscribed_jobs() {
+                            hub.nudge(&job_id);
+                        }
+                    }
+                    (_, Some(now)) => left = now,
+                    _ => {}
+                }
+            }
+        });
     }
 }
 
@@ -617,10 +688,14 @@ impl<S: Store> JobState<S> {
     /// `after` past the job's last event gives a finished stream if that
     /// event ends the job's stream, and is refused otherwise.
     ///
-    /// Live events come from appends made through this `JobState` or its clones:
-    /// give every part of a process the same one. Appends made by another
-    /// instance or process reach it only through the store: use
-    /// [`follow`](JobState::follow) for those.
+    /// Live events come from appends made through this `JobState` or its clones
+    /// (give every part of a process the same one), and from other writers'
+    /// appends where the store tells of them
+    /// ([`Store::changes_by_others`]: a
+    /// shared `LogStore` on Linux), which the subscription then reads from
+    /// the store, in order, with no gap or duplicate. Where the store cannot
+    /// tell, another process's appends reach it only at its next own
+    /// catch-up: use [`follow`](JobState::follow) for those.
     ///
     /// # Errors
     /// [`Error::JobNotFound`];
@@ -636,6 +711,7 @@ impl<S: Store> JobState<S> {
             cursor: Cursor::new(id, after),
             replayed: false,
         };
+        self.watch_others();
         subscription.cursor.catch_up(self)?;
         subscription.cursor.resume(self)?;
         subscription.replayed = true;

@@ -76,6 +76,7 @@ impl<S: Store + 'static> AsyncSubscription<S> {
         // Registered before the store is read, so that nothing appended in
         // between is missed; duplicates are dropped by sequence number.
         let feed = jobs.hub.add(id, jobs.subscriber_buffer);
+        jobs.watch_others();
         let mut subscription = AsyncSubscription {
             jobs,
             job_id: id.to_owned(),

@@ -5,7 +5,9 @@
 //!
 //! The loop runs on the crate's task thread, waits on the job state's clock,
 //! and reads on the crate's pool; it ends when nobody follows, and starts
-//! again with the next follower.
+//! again with the next follower. Where the store tells of other processes'
+//! writes ([`Store::changes_by_others`]), the loop reads as soon as it is
+//! told, and the period is only the safety net.
 
 use std::collections::HashMap;
 use std::task::Waker;
@@ -205,6 +207,10 @@ async fn watch<S: Store + 'static>(jobs: JobState<S>) {
         ended: false,
     };
     let mut last_read_ms = jobs.clock.now_ms();
+    // Other processes' writes, where the store tells of them: read at once
+    // rather than at the end of the period.
+    let others = (jobs.records_prefix().ok()).and_then(|p| jobs.store.changes_by_others(&p));
+    let mut others_seen = others.as_ref().map_or(0, crate::store::Changes::seen);
     loop {
         let Some((followed, every)) = jobs.hub.watch.due() else {
             running.ended = true;
@@ -212,19 +218,26 @@ async fn watch<S: Store + 'static>(jobs: JobState<S>) {
         };
         let due = last_read_ms.saturating_add(millis(every));
         let mut sleep = jobs.clock.sleep_until_async(due);
-        let changed = std::future::poll_fn(|cx| {
+        let woke = std::future::poll_fn(|cx| {
             if std::pin::Pin::new(&mut sleep).poll(cx).is_ready() {
-                return std::task::Poll::Ready(false);
+                return std::task::Poll::Ready(Woke::Period);
+            }
+            if let Some(others) = &others
+                && let std::task::Poll::Ready(seen) = others.signal().poll_changed(others_seen, cx)
+            {
+                return std::task::Poll::Ready(Woke::Others(seen));
             }
             if jobs.hub.watch.take_change(cx.waker()) {
-                return std::task::Poll::Ready(true);
+                return std::task::Poll::Ready(Woke::Followers);
             }
             std::task::Poll::Pending
         })
         .await;
-        if changed {
+        match woke {
+            Woke::Period => {}
+            Woke::Others(seen) => others_seen = seen,
             // A new job or a shorter period: the sleep is worked out again.
-            continue;
+            Woke::Followers => continue,
         }
         last_read_ms = jobs.clock.now_ms();
         for job_id in followed {
@@ -243,6 +256,16 @@ async fn watch<S: Store + 'static>(jobs: JobState<S>) {
             jobs.hub.watch.moved(&job_id, next_seq);
         }
     }
+}
+
+/// What ended the loop's wait.
+enum Woke {
+    /// The period: time to read the followed jobs.
+    Period,
+    /// Other processes wrote job records: read them now.
+    Others(u64),
+    /// A follower came, or asked for a shorter period.
+    Followers,
 }
 
 /// Marks the loop ended if it ends otherwise than by finding nobody to
