@@ -1179,11 +1179,12 @@ fn a_subscription_hears_the_events_another_process_appends() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let follower = {
+    let (followed_tx, followed) = std::sync::mpsc::channel();
+    {
         let jobs = AsyncJobState::new(here.clone());
         let id = job.id.clone();
         std::thread::spawn(move || {
-            runtime.block_on(async move {
+            let kinds = runtime.block_on(async move {
                 let mut stream = jobs
                     .follow(&id, 0, Duration::from_secs(3600))
                     .await
@@ -1193,9 +1194,10 @@ fn a_subscription_hears_the_events_another_process_appends() {
                     kinds.push(event.unwrap().kind);
                 }
                 kinds
-            })
-        })
-    };
+            });
+            let _ = followed_tx.send(kinds);
+        });
+    }
     let worker = there.start(&job.id, None).unwrap();
     there.progress(&worker, "half way").unwrap();
     there.complete(&worker, json!({"pages": 3})).unwrap();
@@ -1214,5 +1216,8 @@ fn a_subscription_hears_the_events_another_process_appends() {
     let expected: Vec<String> = expected.into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, expected);
     assert_eq!(kinds.last().map(String::as_str), Some("done"));
-    assert_eq!(follower.join().unwrap(), expected);
+    let followed = followed
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the follower never heard the other process"));
+    assert_eq!(followed, expected);
 }

@@ -348,9 +348,9 @@ fn a_subject_busy_elsewhere_is_tried_again_when_its_lease_ends() {
     let runner = start(
         Runner::new(b.pipeline.clone())
             .poll_every(POLL)
-            .on_run(move |run| {
-                if matches!(run.outcome, RunOutcome::Busy { .. }) {
-                    let _ = busy_tx.lock().unwrap().send(run.job_id.clone());
+            .on_run(move |id, run| {
+                if matches!(run, Ok(run) if matches!(run.outcome, RunOutcome::Busy { .. })) {
+                    let _ = busy_tx.lock().unwrap().send(id.to_owned());
                 }
             }),
     );
@@ -489,9 +489,9 @@ fn schedules_run_as_they_come_due_once_whichever_instance_looks() {
         let ran_tx = Arc::clone(&ran_tx);
         Runner::new(pipeline.clone())
             .poll_every(POLL)
-            .on_run(move |run| {
-                if matches!(run.outcome, RunOutcome::Completed) {
-                    let _ = ran_tx.lock().unwrap().send(run.job_id.clone());
+            .on_run(move |id, run| {
+                if matches!(run, Ok(run) if matches!(run.outcome, RunOutcome::Completed)) {
+                    let _ = ran_tx.lock().unwrap().send(id.to_owned());
                 }
             })
             .schedule(every_minute())
@@ -571,14 +571,13 @@ fn runs_hold_no_thread_of_the_crates_pool() {
     for id in &ids {
         wait_for(&b.pipeline, id, JobStatus::Complete);
     }
-    jobsafe::pool::set_max_threads(jobsafe::pool::DEFAULT_MAX_THREADS).unwrap();
     assert_eq!(runner.stop(Duration::ZERO).completed, 4);
 }
 
 /// A job another process queues in a shared `LogStore` wakes the runner as
 /// soon as the kernel reports the journal changed: the poll is an hour away
 /// and the clock never moves. (Another handle of the store stands for the
-/// other process here; `processes_...` below uses a real one.)
+/// other process here.)
 #[cfg(target_os = "linux")]
 #[test]
 fn a_job_queued_through_another_handle_of_a_log_store_wakes_the_runner() {
@@ -600,9 +599,9 @@ fn a_job_queued_through_another_handle_of_a_log_store_wakes_the_runner() {
     let runner = start(
         Runner::new(pipeline.clone())
             .poll_every(POLL)
-            .on_run(move |run| {
-                if matches!(run.outcome, RunOutcome::Completed) {
-                    let _ = done_tx.lock().unwrap().send(run.job_id.clone());
+            .on_run(move |id, run| {
+                if matches!(run, Ok(run) if matches!(run.outcome, RunOutcome::Completed)) {
+                    let _ = done_tx.lock().unwrap().send(id.to_owned());
                 }
             }),
     );
@@ -618,4 +617,25 @@ fn a_job_queued_through_another_handle_of_a_log_store_wakes_the_runner() {
         );
     }
     assert_eq!(runner.stop(Duration::ZERO).completed, 2);
+}
+
+/// A second stop may shorten the grace period: here to nothing, which
+/// abandons the run at once though the first stop gave it ten minutes.
+#[test]
+fn a_second_stop_shortens_the_grace_period() {
+    let b = bench();
+    let entered = b.gate.close();
+    let runner = start(Runner::new(b.pipeline.clone()).poll_every(POLL));
+    let job = b.pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    assert_eq!(entered.recv_timeout(STUCK).unwrap(), job.id);
+    runner.stop.stop(Duration::from_secs(600));
+    runner.stop.stop(Duration::ZERO);
+    // A blocking stage runs to its end: the run stops at the boundary after.
+    b.gate.open();
+    let report = runner.join();
+    assert_eq!(report.abandoned, std::slice::from_ref(&job.id));
+    assert_eq!(
+        b.pipeline.jobs().get(&job.id).unwrap().unwrap().status,
+        JobStatus::Running
+    );
 }

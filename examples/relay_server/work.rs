@@ -123,11 +123,18 @@ fn work(stage: &str, ctx: &mut StageContext<'_>) -> Result<(), StageError> {
 
 /// The runner of the relay's jobs, `concurrency` at once: woken by every job
 /// the requests create, it settles each job whose run ended it (a failed
-/// job's refund, an index job's lock).
+/// job's refund, an index job's lock) on the runner's own thread (it runs
+/// blocking, off the HTTP runtime), and logs the runs that stopped on an
+/// error (the job is taken over later).
 pub(crate) fn runner(relay: Relay, concurrency: usize) -> Runner<Shared> {
     Runner::new(relay.pipeline().clone())
         .concurrency(concurrency)
-        .on_run(move |run| settle(&relay, &run.job_id))
+        .on_run(move |id, run| {
+            if let Err(e) = run {
+                eprintln!("relay: job {id} stopped on an error and will be resumed: {e}");
+            }
+            settle(&relay, id);
+        })
 }
 
 /// Settles job `id` if its run ended it. A failure is reported and left for

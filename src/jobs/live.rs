@@ -186,10 +186,12 @@ impl<S: Store> JobState<S> {
             hub.others_watched.store(false, Ordering::Release);
             return;
         };
+        // Counted now, before the caller reads the store: a change between
+        // that read and the task's first poll is waited for, not missed.
+        let mut seen = changes.seen();
+        let mut left = hub.left.generation();
         let hub = Arc::clone(hub);
         crate::pool::spawn(async move {
-            let mut seen = changes.seen();
-            let mut left = hub.left.generation();
             loop {
                 if hub.subscribed_jobs().is_empty() {
                     hub.others_watched.store(false, Ordering::Release);

@@ -211,33 +211,44 @@ async fn watch<S: Store + 'static>(jobs: JobState<S>) {
     // rather than at the end of the period.
     let others = (jobs.records_prefix().ok()).and_then(|p| jobs.store.changes_by_others(&p));
     let mut others_seen = others.as_ref().map_or(0, crate::store::Changes::seen);
+    // Set when a follower came: its jobs are read at once.
+    let mut read_now = false;
     loop {
         let Some((followed, every)) = jobs.hub.watch.due() else {
             running.ended = true;
             return;
         };
-        let due = last_read_ms.saturating_add(millis(every));
-        let mut sleep = jobs.clock.sleep_until_async(due);
-        let woke = std::future::poll_fn(|cx| {
-            if std::pin::Pin::new(&mut sleep).poll(cx).is_ready() {
-                return std::task::Poll::Ready(Woke::Period);
+        if !std::mem::take(&mut read_now) {
+            let due = last_read_ms.saturating_add(millis(every));
+            let mut sleep = jobs.clock.sleep_until_async(due);
+            let woke = std::future::poll_fn(|cx| {
+                if std::pin::Pin::new(&mut sleep).poll(cx).is_ready() {
+                    return std::task::Poll::Ready(Woke::Period);
+                }
+                if let Some(others) = &others
+                    && let std::task::Poll::Ready(seen) =
+                        others.signal().poll_changed(others_seen, cx)
+                {
+                    return std::task::Poll::Ready(Woke::Others(seen));
+                }
+                if jobs.hub.watch.take_change(cx.waker()) {
+                    return std::task::Poll::Ready(Woke::Followers);
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Period => {}
+                Woke::Others(seen) => others_seen = seen,
+                // A new follower (or a shorter period): the jobs are listed
+                // again and read at once, since another process may have
+                // written between the follower's own read and its
+                // registration. The read wakes only the followers behind.
+                Woke::Followers => {
+                    read_now = true;
+                    continue;
+                }
             }
-            if let Some(others) = &others
-                && let std::task::Poll::Ready(seen) = others.signal().poll_changed(others_seen, cx)
-            {
-                return std::task::Poll::Ready(Woke::Others(seen));
-            }
-            if jobs.hub.watch.take_change(cx.waker()) {
-                return std::task::Poll::Ready(Woke::Followers);
-            }
-            std::task::Poll::Pending
-        })
-        .await;
-        match woke {
-            Woke::Period => {}
-            Woke::Others(seen) => others_seen = seen,
-            // A new job or a shorter period: the sleep is worked out again.
-            Woke::Followers => continue,
         }
         last_read_ms = jobs.clock.now_ms();
         for job_id in followed {

@@ -3,10 +3,11 @@
 //!
 //! The runner is one loop, written once as a future: the blocking face
 //! ([`Runner::run`]) parks its thread between events, the async face
-//! ([`Runner::run_async`]) awaits them. Its waits hold no thread: runs go to
-//! the crate's pool, and the loop waits on whichever comes first of a run
-//! ending, a wake-up (an enqueue or a retry through this pipeline or a clone
-//! of it), the clock reaching the next due time, and a stop.
+//! ([`Runner::run_async`]) awaits them. Its waits hold no thread: each run
+//! has a thread of its own, its looks go to the crate's pool, and the loop
+//! waits on whichever comes first of a run ending, a job queued in this
+//! process, another process's change to the job records (where the store
+//! tells), the clock reaching the next due time, and a stop.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -103,7 +104,7 @@ pub struct Runner<S, V: Vfs = StdVfs> {
     schedules: Option<Scheduler<Arc<S>>>,
 }
 
-type RunObserver = dyn Fn(&RunReport) + Send + Sync;
+type RunObserver = dyn Fn(&str, std::result::Result<&RunReport, &Error>) + Send + Sync;
 
 impl<S, V: Vfs> std::fmt::Debug for Runner<S, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,7 +174,7 @@ pub struct RunnerReport {
     /// released, for another instance to take over at once.
     pub abandoned: Vec<String>,
     /// Runs that ended in an error (a store or disk failure), by job id: the
-    /// latest 32. The job is tried again at the next look.
+    /// latest 32. The job is tried again after [`Runner::poll_every`].
     pub errors: Vec<(String, Error)>,
     /// Looks that failed as a whole (listing the jobs, a deletion, the
     /// purge): the latest 32. The runner tries again at its next look.
@@ -352,13 +353,19 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         Ok(self)
     }
 
-    /// Calls `observer` with the report of each run as it ends, on the
-    /// runner's thread (or task): to log outcomes, or count them. Keep it
-    /// short: the runner starts nothing while it runs. The pipeline's
+    /// Calls `observer` with the job's id and how each run ended, its report
+    /// or the error that stopped it (a store or disk failure: the job is
+    /// left for a later run), on the runner's thread (or task): to log
+    /// outcomes, count them, or settle what a job's end requires. Keep it
+    /// short, and on an async runner free of blocking calls: the runner
+    /// starts nothing while it runs. The pipeline's
     /// [`on_stage`](super::PipelineBuilder::on_stage) observer sees each
     /// stage.
     #[must_use]
-    pub fn on_run(mut self, observer: impl Fn(&RunReport) + Send + Sync + 'static) -> Self {
+    pub fn on_run(
+        mut self,
+        observer: impl Fn(&str, std::result::Result<&RunReport, &Error>) + Send + Sync + 'static,
+    ) -> Self {
         self.on_run = Some(Box::new(observer));
         self
     }
@@ -390,12 +397,14 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
     }
 
     /// Runs due jobs on this thread's behalf until stopped, parking the
-    /// thread between events; the runs themselves go to the crate's pool.
+    /// thread between events; each run has a thread of its own.
     /// Async stages are polled outside any runtime: a service with a tokio
     /// runtime uses [`run_async`](Runner::run_async).
     ///
     /// Errors of runs and looks do not stop it: they go to the report, and
-    /// the job or the look is tried again later.
+    /// the job or the look is tried again later. A panic outside a stage
+    /// (a stage's own is caught by the run) is resumed here, as an awaited
+    /// run of [`AsyncPipeline`](super::AsyncPipeline) resumes it.
     pub fn run(&self) -> RunnerReport {
         pool::park_until_ready(self.drive(Arc::default))
     }
@@ -427,11 +436,16 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         let mut stop_seen = self.stop.signal.generation();
         let mut look_now = true;
         let mut next_look_ms = 0;
-        while !self.stopper().is_stopped() {
+        while self.stop.deadline_ms().is_none() {
             let now = clock.now_ms();
             if look_now || now >= next_look_ms {
                 look_now = false;
-                next_look_ms = match self.look(&mut report).await {
+                let looked = self.look(&mut report).await;
+                // A stop that came during the look starts nothing.
+                if self.stop.deadline_ms().is_some() {
+                    break;
+                }
+                next_look_ms = match looked {
                     Some(due) => self.start_due(due, now, &mut running, &mut not_before, &abandon),
                     None => u64::MAX,
                 }
@@ -555,11 +569,11 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         not_before: &mut HashMap<String, u64>,
     ) {
         let retry_in = now.saturating_add(millis(self.poll_every));
+        if let Some(observer) = &self.on_run {
+            observer(&run.id, ended.as_ref());
+        }
         match ended {
             Ok(ended) => {
-                if let Some(observer) = &self.on_run {
-                    observer(&ended);
-                }
                 report.runs += 1;
                 match ended.outcome {
                     RunOutcome::Completed => report.completed += 1,

@@ -322,7 +322,11 @@ impl<S: Store> Scheduler<S> {
     /// A schedule seen for the first time starts at its first due time after
     /// now. A schedule whose [`Every`] changed since its state was stored
     /// starts again at the first due time after now (and after its last run);
-    /// a changed [`CatchUp`] applies from this tick.
+    /// a changed [`CatchUp`] applies from this tick. While instances with
+    /// different definitions of one schedule tick (a rolling deploy), each
+    /// starts it again for its own, and no run is made until they agree:
+    /// change a schedule's definition under a new name to keep it running
+    /// through a deploy.
     ///
     /// Never fails as a whole: a schedule whose record cannot be read or
     /// written, or whose runs cannot be created, is reported in

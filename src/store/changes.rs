@@ -71,11 +71,24 @@ impl Changes {
 }
 
 /// A store's watchers, by prefix.
+///
+/// A store notes what changed while it holds its own locks
+/// ([`note_packed`](ChangeFeed::note_packed), [`note_all`](ChangeFeed::note_all)),
+/// and tells the watchers ([`tell`](ChangeFeed::tell)) once it has let go of
+/// them: telling wakes tasks, whose code must never run under a store's lock.
 #[derive(Debug, Default)]
 pub(crate) struct ChangeFeed {
     watchers: Mutex<Vec<Watcher>>,
     /// How many watchers may be alive: writers skip collecting keys at 0.
     watched: AtomicUsize,
+    /// What was noted and not told yet. A leaf mutex.
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    all: bool,
+    keys: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -99,9 +112,44 @@ impl ChangeFeed {
     }
 
     /// Whether anyone may be watching: if not, a writer need not say what
-    /// it changed.
+    /// it changed. May say so for a while after the last watch was dropped;
+    /// [`prune`](ChangeFeed::prune) knows.
     pub(crate) fn is_watched(&self) -> bool {
         self.watched.load(Ordering::Acquire) > 0
+    }
+
+    /// Forgets dropped watches; whether any is left.
+    pub(crate) fn prune(&self) -> bool {
+        let mut watchers = self.watchers.lock();
+        watchers.retain(|w| w.signal.strong_count() > 0);
+        self.watched.store(watchers.len(), Ordering::Release);
+        !watchers.is_empty()
+    }
+
+    /// Notes that the packed `keys` changed, to [`tell`](ChangeFeed::tell)
+    /// later: callable under a store's locks.
+    pub(crate) fn note_packed(&self, keys: Vec<Vec<u8>>) {
+        if !keys.is_empty() {
+            self.pending.lock().keys.extend(keys);
+        }
+    }
+
+    /// Notes that anything may have changed, to [`tell`](ChangeFeed::tell)
+    /// later: callable under a store's locks.
+    pub(crate) fn note_all(&self) {
+        if self.is_watched() {
+            self.pending.lock().all = true;
+        }
+    }
+
+    /// Tells the watchers what was noted. Never called under a store's locks.
+    pub(crate) fn tell(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        if pending.all {
+            self.changed_all();
+        } else if !pending.keys.is_empty() {
+            self.changed_packed(pending.keys.iter().map(Vec::as_slice));
+        }
     }
 
     /// Tells the watchers of every prefix that one of the packed `keys` is

@@ -60,11 +60,16 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Outcome {
                         state.name.clone(),
                         state.every.clone(),
                         state.catch_up.clone(),
-                        format!(
-                            "{} ({})",
-                            output::time(state.next_due_ms),
-                            output::relative(state.next_due_ms, now)
-                        ),
+                        // No due time left (a cron expression's last year passed).
+                        if state.next_due_ms == u64::MAX {
+                            "never".to_owned()
+                        } else {
+                            format!(
+                                "{} ({})",
+                                output::time(state.next_due_ms),
+                                output::relative(state.next_due_ms, now)
+                            )
+                        },
                         output::or_dash(state.last_job.as_deref()),
                         state.runs.to_string(),
                         state.skipped.to_string(),

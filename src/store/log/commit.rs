@@ -25,6 +25,14 @@ use crate::vfs::Vfs;
 impl<V: Vfs> Shared<V> {
     /// Commits `ops` as one transaction, in the next group.
     pub(super) fn commit(self: &Arc<Self>, ops: Vec<BatchOp>) -> Result<Vec<Applied>> {
+        let committed = self.commit_in_group(ops);
+        // What the group's catch-up found of other writers, told now that
+        // the lead and the store's locks are let go.
+        self.changes.tell();
+        committed
+    }
+
+    fn commit_in_group(self: &Arc<Self>, ops: Vec<BatchOp>) -> Result<Vec<Applied>> {
         self.group.submit(
             ops,
             |group| self.commit_group(group),
@@ -73,6 +81,7 @@ impl<V: Vfs> Shared<V> {
                         }
                     },
                 );
+                shared.changes.tell();
                 compact::maybe_start(shared);
                 if !again.get() {
                     return;

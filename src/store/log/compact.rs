@@ -118,6 +118,7 @@ pub(super) fn maybe_start<V: Vfs>(shared: &Arc<Shared<V>>) {
         .spawn(move || {
             let background = held.shared();
             let outcome = run(background, Wait::No);
+            background.changes.tell();
             let busy = matches!(&outcome, Err(Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::WouldBlock);
             if outcome.is_err() {

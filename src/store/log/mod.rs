@@ -395,8 +395,9 @@ struct Shared<V: Vfs> {
     /// Work holding the store on other threads (see `InBackground`). Its
     /// mutex is a leaf, taken with no other lock held.
     background: Arc<Background>,
-    /// Who watches which keys (`Store::changes`). Its mutex is a leaf, taken
-    /// with no other lock held.
+    /// Who watches which keys (`Store::changes_by_others`). Its mutexes are
+    /// leaves; what a catch-up under 3 and 4 finds is noted there, and told
+    /// (which wakes tasks) only once no lock of this list is held.
     changes: crate::store::changes::ChangeFeed,
     /// Whether a thread watches the journal for other processes' writes.
     watching: AtomicBool,
@@ -792,7 +793,9 @@ impl<V: Vfs> LogStore<V> {
     /// [`Error::Io`] naming the file; [`Error::Poisoned`]; [`Error::CorruptFile`]
     /// if the journal is damaged.
     pub fn compact(&self) -> Result<Compaction> {
-        compact::run(&self.shared, compact::Wait::Yes)
+        let compacted = compact::run(&self.shared, compact::Wait::Yes);
+        self.shared.changes.tell();
+        compacted
     }
 }
 
@@ -1005,9 +1008,12 @@ impl<V: Vfs> Shared<V> {
         match &self.locking {
             Locking::Shared { lock_file } => {
                 if !self.is_current()? {
-                    let mut journal = self.journal.lock();
-                    let _flock = Flock::shared(lock_file, &self.lock_path())?;
-                    self.catch_up(&mut journal, Access::Shared)?;
+                    {
+                        let mut journal = self.journal.lock();
+                        let _flock = Flock::shared(lock_file, &self.lock_path())?;
+                        self.catch_up(&mut journal, Access::Shared)?;
+                    }
+                    self.changes.tell();
                 }
             }
             // Nobody else writes: the index is current, and nothing is read.
@@ -1058,8 +1064,9 @@ impl<V: Vfs> Shared<V> {
             let (fresh, index, stop) = load(vfs, path)?;
             *journal = fresh;
             *self.index.write() = index;
-            // Replaced: what changed in between is not known.
-            self.changes.changed_all();
+            // Replaced: what changed in between is not known. Told once
+            // the caller has let go of the store's locks.
+            self.changes.note_all();
             stop
         } else if frame_starts_at(&*journal.file, journal.end, path)? {
             let mut touched = self.changes.is_watched().then(Vec::new);
@@ -1068,8 +1075,7 @@ impl<V: Vfs> Shared<V> {
                 read_into(journal, &mut index, path, touched.as_mut())?
             };
             if let Some(touched) = touched {
-                self.changes
-                    .changed_packed(touched.iter().map(Vec::as_slice));
+                self.changes.note_packed(touched);
             }
             stop
         } else {
@@ -1248,14 +1254,17 @@ impl<V: Vfs> Store for LogStore<V> {
     /// of this process, woken by the kernel (inotify) when the store's
     /// directory changes, has read them into this handle's index (or of
     /// every change, when another process replaced the journal). `None` in
-    /// exclusive mode, where nobody else writes, and elsewhere than on Linux.
+    /// exclusive mode, where nobody else writes, elsewhere than on Linux, and
+    /// when the kernel refuses a watch (its inotify limits reached).
     fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
-        if self.shared.is_exclusive() || !cfg!(target_os = "linux") {
+        if self.shared.is_exclusive() {
             return None;
         }
+        // Registered first: a write after the watch is set up is told.
         let changes = self.shared.changes.watch(prefix);
-        notify::watch_journal(&self.shared);
-        Some(changes)
+        // Without a watching thread (no inotify here, or none to be had) the
+        // store cannot tell.
+        notify::watch_journal(&self.shared).then_some(changes)
     }
 
     // The async face's writes join the group commit as futures: one thread

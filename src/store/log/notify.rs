@@ -1,5 +1,5 @@
 //! Other processes' writes, told to this process's watchers
-//! (`Store::changes`).
+//! (`Store::changes_by_others`).
 //!
 //! One thread per store handle that is watched waits for the kernel to
 //! report that the store's directory changed (inotify: an append to the
@@ -8,11 +8,10 @@
 //! new frames wrote (or every watcher after a replaced journal). Its own
 //! process's appends wake it too; their catch-up finds nothing to read.
 //!
-//! The thread holds the store weakly. It wakes at least every second to
-//! see whether the store or its watchers are gone, and ends then: it never
-//! keeps a store open, and costs nothing once nobody watches. Elsewhere
-//! than on Linux there is no such thread: watchers hear of this process's
-//! writes only, and poll for the others'.
+//! The thread holds the store weakly, and strongly only while it reads. It
+//! wakes at least every second to see whether the store or its watchers are
+//! gone, and ends then, within a second of the last watch's drop. Elsewhere
+//! than on Linux there is no such thread, and the store cannot tell.
 
 use std::sync::Arc;
 #[cfg(target_os = "linux")]
@@ -21,11 +20,13 @@ use std::sync::atomic::Ordering;
 use super::Shared;
 use crate::vfs::Vfs;
 
-/// Starts the thread that watches `shared`'s journal, unless one runs.
+/// Starts the thread that watches `shared`'s journal, unless one runs;
+/// whether one runs now. (The flag's handshake with the thread's end is
+/// sequentially consistent: each side stores, then loads the other's.)
 #[cfg(target_os = "linux")]
-pub(super) fn watch_journal<V: Vfs>(shared: &Arc<Shared<V>>) {
-    if shared.watching.swap(true, Ordering::AcqRel) {
-        return;
+pub(super) fn watch_journal<V: Vfs>(shared: &Arc<Shared<V>>) -> bool {
+    if shared.watching.swap(true, Ordering::SeqCst) {
+        return true;
     }
     // Set up before the caller returns: a write right after is reported.
     let inotify = match linux::Inotify::on(&shared.root) {
@@ -39,8 +40,8 @@ pub(super) fn watch_journal<V: Vfs>(shared: &Arc<Shared<V>>) {
                 "cannot watch the store's directory: other processes' writes \
                  are found only by polling"
             );
-            shared.watching.store(false, Ordering::Release);
-            return;
+            shared.watching.store(false, Ordering::SeqCst);
+            return false;
         }
     };
     let weak = Arc::downgrade(shared);
@@ -52,12 +53,11 @@ pub(super) fn watch_journal<V: Vfs>(shared: &Arc<Shared<V>>) {
                 let Some(shared) = weak.upgrade() else {
                     return;
                 };
-                if !shared.changes.is_watched() {
-                    shared.watching.store(false, Ordering::Release);
+                if !shared.changes.prune() {
+                    shared.watching.store(false, Ordering::SeqCst);
                     // A watch that came just now found the flag set and
                     // started no thread: this one goes on for it.
-                    if !shared.changes.is_watched() || shared.watching.swap(true, Ordering::AcqRel)
-                    {
+                    if !shared.changes.prune() || shared.watching.swap(true, Ordering::SeqCst) {
                         return;
                     }
                 }
@@ -68,12 +68,16 @@ pub(super) fn watch_journal<V: Vfs>(shared: &Arc<Shared<V>>) {
             }
         });
     if started.is_err() {
-        shared.watching.store(false, Ordering::Release);
+        shared.watching.store(false, Ordering::SeqCst);
+        return false;
     }
+    true
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn watch_journal<V: Vfs>(_shared: &Arc<Shared<V>>) {}
+pub(super) fn watch_journal<V: Vfs>(_shared: &Arc<Shared<V>>) -> bool {
+    false
+}
 
 #[cfg(target_os = "linux")]
 mod linux {
