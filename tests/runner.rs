@@ -639,3 +639,22 @@ fn a_second_stop_shortens_the_grace_period() {
         JobStatus::Running
     );
 }
+
+/// Upkeep that keeps failing (here the scan of deletions waiting for a busy
+/// subject) holds up no job: it is reported, and the jobs run.
+#[test]
+fn a_failing_upkeep_holds_up_no_job() {
+    let b = bench();
+    b.hooked.on_op(|op| match op {
+        StoreOp::List(prefix) if prefix.segments().iter().any(|s| s == "deleting") => Err(
+            jobsafe::Error::InvalidArgument("the test fails the deletions' scan".into()),
+        ),
+        _ => Ok(()),
+    });
+    let runner = start(Runner::new(b.pipeline.clone()).poll_every(POLL));
+    let job = b.pipeline.enqueue("s", NewJob::new("k")).unwrap();
+    wait_for(&b.pipeline, &job.id, JobStatus::Complete);
+    let report = runner.stop(Duration::ZERO);
+    assert_eq!(report.completed, 1);
+    assert!(!report.look_errors.is_empty());
+}

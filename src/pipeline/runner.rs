@@ -176,8 +176,9 @@ pub struct RunnerReport {
     /// Runs that ended in an error (a store or disk failure), by job id: the
     /// latest 32. The job is tried again after [`Runner::poll_every`].
     pub errors: Vec<(String, Error)>,
-    /// Looks that failed as a whole (listing the jobs, a deletion, the
-    /// purge): the latest 32. The runner tries again at its next look.
+    /// Failures of a look's parts (listing the jobs, the upkeep of deletions
+    /// and purge, a schedule): the latest 32. A failed upkeep or schedule
+    /// holds up no job; a failed listing is tried again at the next poll.
     pub look_errors: Vec<Error>,
     /// How many errors there were in all, runs' and looks'.
     pub error_count: u64,
@@ -480,30 +481,37 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
     }
 
     /// Upkeep, the schedules' due runs, then the due jobs, on the pool;
-    /// `None` if the look failed.
+    /// `None` if the jobs could not be listed.
     async fn look(&self, report: &mut RunnerReport) -> Option<Due> {
         let pipeline = self.pipeline.clone();
         let schedules = self.schedules.clone();
         let looked = pool::run(move || {
             let mut pass = PassReport::default();
-            pipeline.maintain(&mut pass)?;
+            // Upkeep that fails (a purge, say) holds up no job.
+            let upkeep = pipeline.maintain(&mut pass).err();
             let tick = schedules.map(|scheduler| scheduler.tick());
-            let due = pipeline.due_jobs(&mut pass)?;
-            Ok::<_, Error>((pass, tick, due))
+            let due = pipeline.due_jobs(&mut pass);
+            (pass, upkeep, tick, due)
         })
         .await;
-        match looked {
-            Ok((pass, tick, mut due)) => {
-                for (id, error) in pass.errors {
-                    report.job_error(id, error);
-                }
-                if let Some(tick) = tick {
-                    for (_, error) in tick.failed {
-                        report.look_error(error);
-                    }
-                    if let Some(next) = tick.next_due_ms {
-                        due.next_retry_ms = Some(due.next_retry_ms.map_or(next, |t| t.min(next)));
-                    }
+        let (pass, upkeep, tick, due) = looked;
+        for (id, error) in pass.errors {
+            report.job_error(id, error);
+        }
+        if let Some(error) = upkeep {
+            report.look_error(error);
+        }
+        let mut next_schedule = None;
+        if let Some(tick) = tick {
+            for (_, error) in tick.failed {
+                report.look_error(error);
+            }
+            next_schedule = tick.next_due_ms;
+        }
+        match due {
+            Ok(mut due) => {
+                if let Some(next) = next_schedule {
+                    due.next_retry_ms = Some(due.next_retry_ms.map_or(next, |t| t.min(next)));
                 }
                 Some(due)
             }
