@@ -101,14 +101,22 @@ fn stores_opened_at_once_migrate_the_tables_once() {
     for store in &stores {
         assert_eq!(store.get(&key).unwrap().unwrap().value, b"one table");
     }
-    let applied: i64 = pg::client()
+    let row = pg::client()
         .query_one(
-            &format!("SELECT count(*) FROM \"{schema}\".jobsafe_schema WHERE store_table = 'jobsafe_records'"),
+            &format!(
+                "SELECT count(*), count(DISTINCT version), max(version)
+                 FROM \"{schema}\".jobsafe_schema WHERE store_table = 'jobsafe_records'"
+            ),
             &[],
         )
-        .unwrap()
-        .get(0);
-    assert_eq!(applied, 1, "each migration is recorded once");
+        .unwrap();
+    let (applied, versions, latest): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(latest, 2, "the current schema version");
+    assert_eq!(
+        (applied, versions),
+        (2, 2),
+        "each migration is recorded once"
+    );
 }
 
 #[test]

@@ -79,6 +79,20 @@ impl Connector {
     /// not made within [`within`](Connector::within) (the server or the
     /// network silent).
     async fn link(&self) -> Result<(Client, Io)> {
+        let (client, connection) = self.open().await?;
+        // It ends when the connection fails or the server closes it (the
+        // client then reads as closed), or when its client is dropped while it
+        // is driven.
+        let io: Io = Box::pin(async move {
+            let _ = connection.await;
+        });
+        Ok((client, io))
+    }
+
+    /// A new connection and the connection object itself, whose messages
+    /// (notifications included) whoever drives it reads; made within
+    /// [`within`](Connector::within), as [`link`](Connector::link).
+    pub(crate) async fn open(&self) -> Result<(Client, RawConnection)> {
         let attempts = async {
             match self.config.connect(self.transport.tls()).await {
                 // `prefer`, as libpq: a handshake refused, then in clear.
@@ -101,13 +115,7 @@ impl Connector {
                 ));
             }
         };
-        // It ends when the connection fails or the server closes it (the
-        // client then reads as closed), or when its client is dropped while it
-        // is driven.
-        let io: Io = Box::pin(async move {
-            let _ = connection.await;
-        });
-        Ok((client, io))
+        Ok((client, connection))
     }
 
     /// A connection without the store's statements, its bytes moved by a task
@@ -275,6 +283,13 @@ impl CallBound {
         deadline_passed(self.step, server, self.deadline)
     }
 }
+
+/// A connection as the client makes it: the object that moves its bytes and
+/// hands out what the server sends unasked.
+pub(crate) type RawConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <Tls as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
 
 /// The future that moves a connection's bytes.
 type Io = Pin<Box<dyn Future<Output = ()> + Send>>;

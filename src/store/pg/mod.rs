@@ -12,6 +12,7 @@ mod clock;
 mod conn;
 mod failure;
 mod fence;
+mod listen;
 mod ops;
 mod pool;
 mod runtime;
@@ -35,6 +36,7 @@ pub use self::clock::PgClock;
 use self::conn::{CallBound, Conn, Connector, Link, Linked, Session, later, server_name};
 pub(crate) use self::failure::may_land_later;
 use self::failure::{deadline_passed, unfenced};
+use self::listen::Listener;
 use self::ops::Ctx;
 use self::pool::{Pool, Pooled};
 use self::session::Limits;
@@ -43,7 +45,7 @@ use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{
-    Applied, Batch, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
+    Applied, Batch, Changes, Entry, Expect, ListPage, Quarantined, Store, Version, check_limit,
 };
 use crate::trace;
 
@@ -145,6 +147,38 @@ use crate::trace;
 ///   idempotent, and safe when many processes start at once.
 ///
 /// [`tokio-postgres`]: https://docs.rs/tokio-postgres
+///
+/// # Change notifications
+///
+/// Every row written, changed or deleted notifies the table's channel
+/// (`NOTIFY`, from a trigger of schema version 2) as its transaction
+/// commits, whoever writes it: this store's sessions, other machines', or an
+/// application's own transaction; a rollback notifies nothing. The payload
+/// names the writing handle (each handle's sessions log in with a
+/// `jobsafe.writer` setting of their own) and the key, so that each handle
+/// is told only of others' writes, and only watchers of a prefix above the
+/// key are told (a key longer than 3000 bytes is named by its start, and
+/// every watcher is told). The channel is `jobsafe:<schema>.<table>`, or
+/// `jobsafe:` and a digest of the two when that is longer than 63 bytes.
+///
+/// [`changes_by_others`](Store::changes_by_others) listens on a connection
+/// of its own, outside the pool and not counted in
+/// [`pool_size`](PgStoreBuilder::pool_size), opened by a task of the
+/// process's background thread once a handle is first watched and closed
+/// within a second of the last watch's drop. Each time it starts listening,
+/// after a lost connection too, it tells every watcher, since what changed
+/// while nobody listened is unknown. A connection that cannot be made is
+/// tried again after 1 s, doubling to 30 s, and the first failure is
+/// reported as a `tracing` warning: meanwhile other writers' changes are
+/// found only by polling (a [`Runner`](crate::pipeline::Runner)'s
+/// `poll_every`, a follower's period). A silent connection is found by its
+/// TCP keepalives, and by a query every
+/// [`listen_check`](PgStoreBuilder::listen_check). Behind a proxy that
+/// pools connections by transaction, which cannot keep a `LISTEN`, turn it
+/// off with [`listen(false)`](PgStoreBuilder::listen).
+///
+/// Notifications cost the writers: a trigger runs for each row, and the
+/// server serializes the commits of transactions that notify on one queue.
 ///
 /// # Guarantees
 ///
@@ -262,6 +296,8 @@ struct Shared {
     background: Handle,
     /// The bound on each call, from its start to its answer.
     deadline: Duration,
+    /// Hears other writers (`changes_by_others`); `None` if turned off.
+    listener: Option<Arc<Listener>>,
 }
 
 impl fmt::Debug for PgStore {
@@ -339,6 +375,8 @@ pub struct PgStoreBuilder {
     pool_size: u32,
     limits: Limits,
     durability: Durability,
+    listen: bool,
+    listen_check: Duration,
 }
 
 impl fmt::Debug for PgStoreBuilder {
@@ -357,6 +395,8 @@ impl fmt::Debug for PgStoreBuilder {
             .field("pool_size", &self.pool_size)
             .field("limits", &self.limits)
             .field("durability", &self.durability)
+            .field("listen", &self.listen)
+            .field("listen_check", &self.listen_check)
             .finish()
     }
 }
@@ -385,6 +425,8 @@ impl PgStore {
             pool_size: 8,
             limits: Limits::DEFAULT,
             durability: Durability::Full,
+            listen: true,
+            listen_check: Duration::from_secs(30),
         }
     }
 
@@ -525,6 +567,28 @@ impl PgStoreBuilder {
         self
     }
 
+    /// Whether the store listens for other writers' changes
+    /// ([`Store::changes_by_others`], through `LISTEN`/`NOTIFY` on a
+    /// connection of its own, outside the pool). Default: `true`. Turn it
+    /// off behind a proxy that pools connections by transaction (PgBouncer
+    /// in `transaction` mode), which cannot keep a `LISTEN`: then
+    /// `changes_by_others` answers `None`, and runners and subscriptions
+    /// poll. Writes notify either way (see [`PgStore`], "Change
+    /// notifications").
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// How often the listening connection is asked a query, to find a
+    /// connection that went silent where the TCP keepalives cannot (a proxy
+    /// that keeps the socket open but forwards nothing). Default: 30 s; at
+    /// least 1 s.
+    pub fn listen_check(mut self, every: Duration) -> Self {
+        self.listen_check = every.max(Duration::from_secs(1));
+        self
+    }
+
     /// Connects, creates or migrates the tables if a migration is due, checks
     /// that they are there and usable, and returns the store.
     ///
@@ -562,6 +626,11 @@ impl PgStoreBuilder {
             })?;
         let limits = self.limits;
         limits.apply(&mut config, self.durability);
+        // Names this handle's sessions to the trigger that notifies of
+        // writes, so that its listener can tell its own writes from others'.
+        let writer = uuid::Uuid::new_v4().simple().to_string();
+        let options = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!("{options} -c jobsafe.writer={writer}"));
         let transport = transport::choose(&conn.ssl, &mut config)?;
         if config.get_application_name().is_none() {
             config.application_name("jobsafe");
@@ -604,6 +673,15 @@ impl PgStoreBuilder {
             limits.connect,
             Some(first),
         );
+        let listener = self.listen.then(|| {
+            Arc::new(Listener::new(
+                pool.clone(),
+                background.clone(),
+                &names,
+                writer,
+                self.listen_check,
+            ))
+        });
         Ok(PgStore {
             shared: Arc::new(Shared {
                 pool,
@@ -612,6 +690,7 @@ impl PgStoreBuilder {
                 names,
                 background,
                 deadline: limits.call,
+                listener,
             }),
         })
     }
@@ -863,6 +942,17 @@ impl Store for PgStore {
         trace::store_call(trace::Backend::POSTGRES, "quarantine", key, || {
             self.call(|s| s.quarantine(key))
         })
+    }
+
+    /// Tells of every write another writer committed under `prefix`: another
+    /// process or machine, another handle opened on the same table, or an
+    /// application's own session. Heard on a connection of the store's own
+    /// through `LISTEN`/`NOTIFY` (see [`PgStore`], "Change notifications"),
+    /// as soon as the server delivers it. `None` if
+    /// [`listen`](PgStoreBuilder::listen) is off.
+    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+        let listener = self.shared.listener.as_ref()?;
+        Some(listener.watch(prefix))
     }
 
     // The async face, native: each call a task of the caller's runtime, on

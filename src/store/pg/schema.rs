@@ -77,6 +77,8 @@ struct Found {
     version: i32,
     /// The store's objects that do not exist, as `schema.name`.
     missing: Vec<String>,
+    /// Whether the records table has the trigger that notifies of writes.
+    notifies: bool,
 }
 
 impl Found {
@@ -108,9 +110,24 @@ impl Found {
                 self.missing.join(", "),
             )));
         }
+        if self.version >= NOTIFY_VERSION && !self.notifies {
+            return Err(refuse(format!(
+                "{} records schema version {} for table {}, but its trigger {} does not \
+                 exist (dropped, or a partial restore), so other processes would never \
+                 hear of its writes: delete the row of version {NOTIFY_VERSION} for this \
+                 table from {0}, and the next open makes the trigger again",
+                names.migrations_shown(),
+                self.version,
+                names.shown(),
+                names.notify_trigger(),
+            )));
+        }
         Ok(())
     }
 }
+
+/// The schema version that made the trigger notifying of writes.
+const NOTIFY_VERSION: i32 = 2;
 
 /// Reads the recorded version and which objects exist, taking no lock.
 async fn read(client: &Client, names: &Names, server: &str) -> Result<Found> {
@@ -119,12 +136,15 @@ async fn read(client: &Client, names: &Names, server: &str) -> Result<Found> {
     let exists = client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,
-                    to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL",
+                    to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL,
+                    EXISTS (SELECT 1 FROM pg_trigger
+                            WHERE tgrelid = to_regclass($2) AND tgname = $5)",
             &[
                 &names.migrations(),
                 &objects[0].0,
                 &objects[1].0,
                 &objects[2].0,
+                &names.notify_trigger(),
             ],
         )
         .await
@@ -151,7 +171,12 @@ async fn read(client: &Client, names: &Names, server: &str) -> Result<Found> {
             missing.push(shown.clone());
         }
     }
-    Ok(Found { version, missing })
+    let notifies = exists.try_get::<_, bool>(objects.len() + 1).map_err(db)?;
+    Ok(Found {
+        version,
+        missing,
+        notifies,
+    })
 }
 
 /// Checks that this login may do what the store does with its tables, so that

@@ -26,6 +26,10 @@ pub(crate) const NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) *
 /// and then by the whole key is ordering by the key.
 const ORDER_PREFIX: usize = 1024;
 
+/// How many leading bytes of a key a notification names: its payload must
+/// stay under the server's 8000 bytes, and hex doubles them.
+pub(crate) const NOTIFIED_KEY_BYTES: usize = 3000;
+
 /// The row's checksum, computed by the server: version, key length, key, value.
 fn sum(row: &str) -> String {
     format!(
@@ -103,6 +107,26 @@ impl Names {
         format!("{}.jobsafe_schema", self.schema)
     }
 
+    /// The channel every write to the records table notifies on (see
+    /// `listen`): `jobsafe:schema.table`, or, when that is longer than the
+    /// server's 63-byte names, `jobsafe:` and the first 16 hex digits of the
+    /// SHA-256 of `schema.table`. Plain text: schema and table names hold
+    /// only lowercase letters, digits and `_`.
+    pub(crate) fn channel(&self) -> String {
+        let readable = format!("jobsafe:{}", self.shown());
+        if readable.len() <= 63 {
+            return readable;
+        }
+        let digest = Sha256::digest(self.shown().as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("jobsafe:{hex}")
+    }
+
+    /// The name of the trigger that notifies (and of its function).
+    pub(crate) fn notify_trigger(&self) -> String {
+        format!("{}_notify", self.table)
+    }
+
     /// The objects the migrations make, each quoted and as messages show it.
     pub(crate) fn objects(&self) -> [(String, String); 3] {
         [
@@ -117,8 +141,9 @@ impl Names {
     pub(crate) fn migrations_sql(&self) -> Vec<String> {
         let (t, q, s) = (self.records(), self.quarantine(), self.versions());
         let order = format!("\"{}_order\"", self.table);
-        vec![format!(
-            "CREATE SEQUENCE {s} AS bigint;
+        vec![
+            format!(
+                "CREATE SEQUENCE {s} AS bigint;
              CREATE TABLE {t} (
                  id bytea PRIMARY KEY,
                  key bytea NOT NULL,
@@ -135,7 +160,41 @@ impl Names {
                  sum bytea NOT NULL,
                  moved_at timestamptz NOT NULL DEFAULT now()
              );"
-        )]
+            ),
+            self.notify_migration(),
+        ]
+    }
+
+    /// Schema version 2: every row written, changed or deleted notifies the
+    /// store's [channel](Names::channel) once its transaction commits (a
+    /// transaction that rolls back notifies nothing), whoever writes it: a
+    /// store's session, or an application's own transaction. The payload is
+    /// the writer (the `jobsafe.writer` setting a store's sessions log in
+    /// with; empty for any other session), a space, then `k` and the packed
+    /// key in hex, or `p` and its first [`NOTIFIED_KEY_BYTES`] in hex for a
+    /// longer key (a payload must stay under 8000 bytes).
+    fn notify_migration(&self) -> String {
+        let t = self.records();
+        let trigger = self.notify_trigger();
+        let function = format!("\"{}\".\"{trigger}\"", self.schema);
+        let channel = self.channel();
+        let most = NOTIFIED_KEY_BYTES;
+        format!(
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $notify$
+             DECLARE
+                 k bytea := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
+             BEGIN
+                 PERFORM pg_notify('{channel}',
+                     coalesce(current_setting('jobsafe.writer', true), '') || ' ' ||
+                     CASE WHEN length(k) > {most}
+                          THEN 'p' || encode(substring(k FROM 1 FOR {most}), 'hex')
+                          ELSE 'k' || encode(k, 'hex') END);
+                 RETURN NULL;
+             END
+             $notify$;
+             CREATE OR REPLACE TRIGGER \"{trigger}\" AFTER INSERT OR UPDATE OR DELETE ON {t}
+                 FOR EACH ROW EXECUTE FUNCTION {function}();"
+        )
     }
 }
 
