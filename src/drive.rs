@@ -58,7 +58,7 @@ pub(crate) trait Drive<S: Store + ?Sized>: Wait {
 
 /// How a body waits on its clock: the part of a [`Drive`] that needs no
 /// store.
-pub(crate) trait Wait: Copy + Send + Sync + 'static {
+pub(crate) trait Wait: Copy + Send + Sync {
     /// Waits until `clock` reads `deadline_ms`.
     fn sleep_until(
         self,

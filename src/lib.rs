@@ -276,6 +276,8 @@ pub mod trace;
 mod trace;
 pub mod vfs;
 mod wake;
+#[cfg(feature = "postgres")]
+mod within;
 
 pub use atomic::{AtomicWriter, write_atomic};
 pub use attempt::AttemptId;

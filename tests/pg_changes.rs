@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::error_chain;
 use common::pg::{self, Schemas};
+use common::proxy::Proxy;
 use jobsafe::jobs::{JobState, NewJob, NextEvent};
 use jobsafe::pipeline::{RunOutcome, Runner};
 use jobsafe::store::Changes;
@@ -54,16 +55,22 @@ fn told(changes: &Changes, seen: u64) -> u64 {
         .unwrap_or_else(|_| panic!("no notification came past {seen}"))
 }
 
-/// Waits until the count reaches `target`; the count then, which is more if
-/// more notifications came in one go.
-fn told_until(changes: &Changes, target: u64) -> u64 {
-    loop {
-        let now = changes.seen();
-        if now >= target {
-            return now;
-        }
-        told(changes, now);
-    }
+/// Watches the prefix of `segments` on `store`, whose listener listens
+/// already: told from its registration on.
+fn watch(store: &PgStore, segments: &[&str]) -> Changes {
+    store.changes_by_others(&prefix(segments)).unwrap()
+}
+
+/// Writes a marker through `writer` and waits until `marker` (a watch of
+/// `marker` on the other handle) is told of it. Notifications arrive in
+/// commit order on one connection, so then every write committed before it
+/// has been told, or never will be: the counts are final.
+fn settle(writer: &PgStore, marker: &Changes) {
+    let seen = marker.seen();
+    writer
+        .put(&key(&["marker", "job", "m"]), b"{}", Expect::Any)
+        .unwrap();
+    told(marker, seen);
 }
 
 /// Watches `prefix` on `store` and waits until its listener listens (its
@@ -81,42 +88,54 @@ fn another_handles_writes_are_told_and_its_own_are_not() {
     let mut schemas = Schemas::default();
     let (mine, theirs) = two_handles(&mut schemas);
     let (jobs, seen) = listening(&mine, &prefix(&["jobs"]));
-    // The listener listens already: a watch is told from its registration.
-    let one_job = mine.changes_by_others(&prefix(&["jobs", "7"])).unwrap();
+    let marker = watch(&mine, &["marker"]);
+    let one_job = watch(&mine, &["jobs", "event", "7"]);
     let one_seen = one_job.seen();
 
     theirs
-        .put(&key(&["jobs", "1"]), b"{}", Expect::Any)
+        .put(&key(&["jobs", "job", "1"]), b"{}", Expect::Any)
         .unwrap();
-    assert_eq!(told(&jobs, seen), seen + 1);
+    settle(&theirs, &marker);
+    assert_eq!(jobs.seen(), seen + 1);
 
-    // Notifications arrive in commit order on one connection: once the last
-    // write below is told, every one before it was heard, or never will be.
-    mine.put(&key(&["jobs", "2"]), b"{}", Expect::Any).unwrap();
+    mine.put(&key(&["jobs", "job", "2"]), b"{}", Expect::Any)
+        .unwrap();
     theirs
         .put(&key(&["locks", "x"]), b"{}", Expect::Any)
         .unwrap();
-    theirs.put(&key(&["jobs7"]), b"{}", Expect::Any).unwrap();
-    theirs.delete(&key(&["jobs", "1"]), Expect::Any).unwrap();
-    let now = told(&jobs, seen + 1);
+    theirs
+        .put(&key(&["jobs7", "job", "1"]), b"{}", Expect::Any)
+        .unwrap();
+    theirs
+        .delete(&key(&["jobs", "job", "1"]), Expect::Any)
+        .unwrap();
+    settle(&theirs, &marker);
     // Exactly the delete: not this handle's own put, not `locks`, and not
-    // `jobs7`, which is no key under `jobs`.
-    assert_eq!(now, seen + 2);
-    assert_eq!(one_job.seen(), one_seen, "a write outside jobs/7 was told");
+    // `jobs7/job/1`, which is no key under `jobs`.
+    assert_eq!(jobs.seen(), seen + 2);
+    assert_eq!(
+        one_job.seen(),
+        one_seen,
+        "a write outside jobs/event/7 was told"
+    );
 
     theirs
-        .put(&key(&["jobs", "7", "event"]), b"{}", Expect::Any)
+        .put(&key(&["jobs", "event", "7", "1"]), b"{}", Expect::Any)
         .unwrap();
-    assert_eq!(told(&one_job, one_seen), one_seen + 1);
-    // Under `jobs` too.
-    assert_eq!(told_until(&jobs, seen + 3), seen + 3);
+    settle(&theirs, &marker);
+    assert_eq!(one_job.seen(), one_seen + 1);
+    assert_eq!(jobs.seen(), seen + 3, "jobs/event/7/1 is under jobs too");
+
     // A clone of a handle is the same handle: its writes are its own.
     let again = mine.clone();
-    again.put(&key(&["jobs", "3"]), b"{}", Expect::Any).unwrap();
-    theirs
-        .put(&key(&["jobs", "4"]), b"{}", Expect::Any)
+    again
+        .put(&key(&["jobs", "job", "3"]), b"{}", Expect::Any)
         .unwrap();
-    assert_eq!(told(&jobs, seen + 3), seen + 4);
+    theirs
+        .put(&key(&["jobs", "job", "4"]), b"{}", Expect::Any)
+        .unwrap();
+    settle(&theirs, &marker);
+    assert_eq!(jobs.seen(), seen + 4);
 }
 
 #[test]
@@ -124,24 +143,25 @@ fn batches_quarantines_and_other_sessions_are_told_and_rollbacks_are_not() {
     let mut schemas = Schemas::default();
     let (mine, theirs) = two_handles(&mut schemas);
     let (jobs, seen) = listening(&mine, &prefix(&["jobs"]));
+    let marker = watch(&mine, &["marker"]);
 
     // One notification per row.
     let batch = jobsafe::Batch::new()
-        .put(&key(&["jobs", "a"]), b"{}".to_vec(), Expect::Absent)
-        .put(&key(&["jobs", "b"]), b"{}".to_vec(), Expect::Absent);
+        .put(&key(&["jobs", "job", "a"]), b"{}".to_vec(), Expect::Absent)
+        .put(&key(&["jobs", "job", "b"]), b"{}".to_vec(), Expect::Absent);
     theirs.apply(&batch).unwrap();
     // A batch that fails rolls back, and notifies nothing.
     let failing = jobsafe::Batch::new()
-        .put(&key(&["jobs", "c"]), b"{}".to_vec(), Expect::Absent)
-        .put(&key(&["jobs", "a"]), b"{}".to_vec(), Expect::Absent);
+        .put(&key(&["jobs", "job", "c"]), b"{}".to_vec(), Expect::Absent)
+        .put(&key(&["jobs", "job", "a"]), b"{}".to_vec(), Expect::Absent);
     assert!(theirs.apply(&failing).is_err());
-    assert!(theirs.get(&key(&["jobs", "c"])).unwrap().is_none());
+    assert!(theirs.get(&key(&["jobs", "job", "c"])).unwrap().is_none());
     theirs
-        .quarantine(&key(&["jobs", "b"]))
+        .quarantine(&key(&["jobs", "job", "b"]))
         .unwrap()
         .expect("the row was there");
-    // Told in commit order: once the quarantine is, so was all before it.
-    assert_eq!(told_until(&jobs, seen + 3), seen + 3);
+    settle(&theirs, &marker);
+    assert_eq!(jobs.seen(), seen + 3);
 
     // An application's own session, with no writer name: told.
     let table = mine.table();
@@ -150,11 +170,37 @@ fn batches_quarantines_and_other_sessions_are_told_and_rollbacks_are_not() {
     let deleted = client
         .execute(
             &format!("DELETE FROM \"{schema}\".\"{records}\" WHERE key = $1"),
-            &[&pg::packed(&key(&["jobs", "a"]))],
+            &[&pg::packed(&key(&["jobs", "job", "a"]))],
         )
         .unwrap();
     assert_eq!(deleted, 1);
-    assert_eq!(told(&jobs, seen + 3), seen + 4);
+    settle(&theirs, &marker);
+    assert_eq!(jobs.seen(), seen + 4);
+}
+
+#[test]
+fn only_the_records_and_events_of_jobs_notify() {
+    let mut schemas = Schemas::default();
+    let (mine, theirs) = two_handles(&mut schemas);
+    let (locks, seen) = listening(&mine, &prefix(&["locks"]));
+    let marker = watch(&mine, &["marker"]);
+    // A lock's or a reservation's write notifies nobody, so that it keeps
+    // its group commit (see `PgStore`, "Change notifications").
+    theirs
+        .put(&key(&["locks", "x"]), b"{}", Expect::Any)
+        .unwrap();
+    theirs
+        .put(&key(&["locks", "jobs", "x"]), b"{}", Expect::Any)
+        .unwrap();
+    // A key with a `job` or an `event` segment does, wherever it is.
+    theirs
+        .put(&key(&["locks", "event", "x"]), b"{}", Expect::Any)
+        .unwrap();
+    theirs
+        .put(&key(&["locks", "y", "job"]), b"{}", Expect::Any)
+        .unwrap();
+    settle(&theirs, &marker);
+    assert_eq!(locks.seen(), seen + 2);
 }
 
 #[test]
@@ -162,12 +208,14 @@ fn a_key_too_long_to_name_tells_every_watcher() {
     let mut schemas = Schemas::default();
     let (mine, theirs) = two_handles(&mut schemas);
     let (locks, seen) = listening(&mine, &prefix(&["locks"]));
+    let marker = watch(&mine, &["marker"]);
     let long = "x".repeat(Key::MAX_SEGMENT_LEN);
-    let segments = ["jobs", long.as_str(), long.as_str(), long.as_str()];
+    let segments = ["jobs", "job", long.as_str(), long.as_str(), long.as_str()];
     theirs.put(&key(&segments), b"{}", Expect::Any).unwrap();
     // The notification names the key's start only: watchers of any prefix
     // are told, as the key may be under theirs.
-    assert_eq!(told(&locks, seen), seen + 1);
+    settle(&theirs, &marker);
+    assert_eq!(locks.seen(), seen + 1);
 }
 
 #[test]
@@ -188,9 +236,38 @@ fn the_listener_listens_again_after_its_session_is_ended() {
     // Listening again tells every watcher: what changed meanwhile is unknown.
     let again = told(&jobs, seen);
     theirs
-        .put(&key(&["jobs", "1"]), b"{}", Expect::Any)
+        .put(&key(&["jobs", "job", "1"]), b"{}", Expect::Any)
         .unwrap();
     assert_eq!(told(&jobs, again), again + 1);
+}
+
+#[test]
+fn a_listening_connection_gone_silent_is_given_up_at_its_check() {
+    let mut schemas = Schemas::default();
+    let proxy = Proxy::start(pg::server_addr());
+    let store = PgStore::builder(&pg::url_through(proxy.addr().port()))
+        .schema(&schemas.fresh())
+        .connect_timeout(Duration::from_secs(1))
+        .listen_check(Duration::from_secs(1))
+        .open()
+        .unwrap();
+    let (_jobs, _) = listening(&store, &prefix(&["jobs"]));
+    let before: Vec<u16> = proxy.connections().iter().map(|(port, _)| *port).collect();
+    // A partition: the socket stays open, nothing arrives, and nothing the
+    // listener sends is answered, so only its check can tell.
+    proxy.silence();
+    let tried_again = (0..600).any(|_| {
+        let now = proxy.connections();
+        let new = now.iter().any(|(port, _)| !before.contains(port));
+        if !new {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        new
+    });
+    assert!(
+        tried_again,
+        "the listener never gave its silent connection up"
+    );
 }
 
 #[test]
@@ -214,6 +291,7 @@ fn a_table_from_before_notifications_gets_its_trigger_and_a_lost_one_is_refused(
     client
         .batch_execute(&format!(
             "DROP TRIGGER jobsafe_records_notify ON \"{schema}\".jobsafe_records;
+             DROP TRIGGER jobsafe_records_notify_delete ON \"{schema}\".jobsafe_records;
              DROP FUNCTION \"{schema}\".jobsafe_records_notify();
              DELETE FROM \"{schema}\".jobsafe_schema WHERE version = 2;"
         ))
@@ -221,7 +299,7 @@ fn a_table_from_before_notifications_gets_its_trigger_and_a_lost_one_is_refused(
     let (mine, theirs) = (pg::open(&schema), pg::open(&schema));
     let (jobs, seen) = listening(&mine, &prefix(&["jobs"]));
     theirs
-        .put(&key(&["jobs", "1"]), b"{}", Expect::Any)
+        .put(&key(&["jobs", "job", "1"]), b"{}", Expect::Any)
         .unwrap();
     assert_eq!(told(&jobs, seen), seen + 1);
 
@@ -229,7 +307,7 @@ fn a_table_from_before_notifications_gets_its_trigger_and_a_lost_one_is_refused(
     // rather than leaving every listener deaf.
     client
         .batch_execute(&format!(
-            "DROP TRIGGER jobsafe_records_notify ON \"{schema}\".jobsafe_records"
+            "DROP TRIGGER jobsafe_records_notify_delete ON \"{schema}\".jobsafe_records"
         ))
         .unwrap();
     let err = PgStore::builder(&pg::url())

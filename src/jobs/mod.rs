@@ -64,6 +64,7 @@ pub type Recovery = RecoveryAction;
 use self::live::Hub;
 use crate::attempt::AttemptId;
 use crate::clock::SharedClock;
+use crate::drive::{self, Blocking, Drive};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
@@ -548,6 +549,12 @@ impl<S: Store> JobState<S> {
     /// unreachable until the deadline; store errors: a transient one only
     /// when the write is known not to have landed.
     pub fn create(&self, new: NewJob) -> Result<Job> {
+        drive::blocking(self.create_driven(Blocking, new))
+    }
+
+    /// The body of [`create`](JobState::create), for every way of running it
+    /// (see [`drive`]).
+    pub(crate) async fn create_driven(&self, drive: impl Drive<S>, new: NewJob) -> Result<Job> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         if new.kind.is_empty() {
             return Err(Error::InvalidArgument("a job needs a kind".to_owned()));
@@ -594,7 +601,8 @@ impl<S: Store> JobState<S> {
         // The last failure that may hide a landed write.
         let mut unsettled: Option<Error> = None;
         loop {
-            let conflict = match self.store.put(&key, &bytes, Expect::Absent) {
+            let put = drive.put(&self.store, &key, bytes.clone(), Expect::Absent);
+            let conflict = match put.await {
                 Ok(version) => {
                     job.version = version;
                     self.hub.queued.raise();
@@ -610,8 +618,12 @@ impl<S: Store> JobState<S> {
             // Taken, or maybe written: by whom? After a failure, a conflict
             // may be this call's own earlier write, landed late.
             let read = match unsettled {
-                None => self.read(&job.id),
-                Some(_) => deadline.reread(|| self.read(&job.id)),
+                None => self.read_driven(drive, &job.id).await,
+                Some(_) => {
+                    deadline
+                        .reread_driven(drive, || self.read_driven(drive, &job.id))
+                        .await
+                }
             };
             let current = match read {
                 Ok(current) => current,
@@ -777,8 +789,13 @@ impl<S: Store> JobState<S> {
     }
 
     fn read(&self, id: &str) -> Result<Option<(Job, Version)>> {
+        drive::blocking(self.read_driven(Blocking, id))
+    }
+
+    /// [`read`](JobState::read), through `drive`.
+    async fn read_driven(&self, drive: impl Drive<S>, id: &str) -> Result<Option<(Job, Version)>> {
         let key = self.record_key(id)?;
-        match self.store.get(&key)? {
+        match drive.get(&self.store, &key).await? {
             None => Ok(None),
             Some(entry) => {
                 let mut job: Job = codec::decode(&key, &entry.value)?;

@@ -1040,7 +1040,7 @@ impl<S: Store> JobLedger<S> {
     /// is stored, decides, and writes the reservation with `effect`'s
     /// operations, retrying lost races and reading back a write whose
     /// outcome was lost.
-    pub(super) async fn insert_driven<
+    pub(crate) async fn insert_driven<
         E: From<Error>,
         F: Future<Output = Result<Vec<BatchOp>, E>>,
     >(
@@ -1356,12 +1356,12 @@ fn find(
 }
 
 /// What a reserve asks for, beyond its side effects.
-pub(super) struct Insert<'a> {
-    pub(super) account: &'a str,
-    pub(super) job_id: &'a str,
-    pub(super) request: &'a ChargeRequest,
+pub(crate) struct Insert<'a> {
+    pub(crate) account: &'a str,
+    pub(crate) job_id: &'a str,
+    pub(crate) request: &'a ChargeRequest,
     /// The state of a new reservation.
-    pub(super) state: ReservationState,
+    pub(crate) state: ReservationState,
 }
 
 /// What [`JobLedger::transition`] does with a reservation in a given state.
@@ -1394,7 +1394,7 @@ fn is_unchanged(found: Option<&(StoredReservation, Version)>, expect: Expect) ->
 }
 
 /// The side effect of a call that has none.
-pub(super) fn no_ops(_: &Reservation) -> std::future::Ready<Result<Vec<BatchOp>>> {
+pub(crate) fn no_ops(_: &Reservation) -> std::future::Ready<Result<Vec<BatchOp>>> {
     ready(Ok(Vec::new()))
 }
 

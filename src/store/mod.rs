@@ -365,9 +365,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// [`LogStore`] in shared mode on Linux tells as soon as the kernel
     /// reports the journal changed (inotify) and this process has read the
     /// new frames; in exclusive mode nobody else writes. [`MemStore`] has no
-    /// other writer. `PgStore` tells of every other writer's commits through
-    /// `LISTEN`/`NOTIFY`, on every machine. [`DirStore`] cannot tell yet:
-    /// `None`.
+    /// other writer. `PgStore` tells, through `LISTEN`/`NOTIFY` on every
+    /// machine, of other writers' commits to the records and events of jobs
+    /// only (what runners and subscriptions wait for). [`DirStore`] cannot
+    /// tell yet: `None`.
     fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
         let _ = prefix;
         None

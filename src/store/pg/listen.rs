@@ -271,17 +271,19 @@ async fn run(weak: Weak<Listener>) {
                         "listening again for other processes' writes"
                     );
                 }
-                failures = 0;
                 // What changed while nobody listened is unknown.
                 listener.feed.changed_all();
                 drop(listener);
-                if let Some(ended) = serve(&weak, &client, connection, check).await {
-                    let Some(listener) = weak.upgrade() else {
-                        return;
-                    };
-                    report_loss(&listener, &ended, 1);
-                    failures = 1;
-                }
+                // `None`: nobody watches, and the task has said it ends (a
+                // watch from now on starts another), or the handle is gone.
+                let ended = serve(&weak, &client, connection, check).await;
+                let (Some(ended), Some(listener)) = (ended, weak.upgrade()) else {
+                    return;
+                };
+                // Reported as the first failure of a new streak; the next
+                // attempt comes at once.
+                failures = 1;
+                report_loss(&listener, &ended, failures);
             }
             Err(e) => {
                 failures = failures.saturating_add(1);

@@ -23,6 +23,7 @@ mod ssl_options;
 #[cfg(feature = "postgres-tls")]
 mod tls;
 mod transport;
+mod within;
 
 use std::fmt;
 #[cfg(feature = "async")]
@@ -37,10 +38,13 @@ use self::conn::{CallBound, Conn, Connector, Link, Linked, Session, later, serve
 pub(crate) use self::failure::may_land_later;
 use self::failure::{deadline_passed, unfenced};
 use self::listen::Listener;
+#[cfg(feature = "async")]
+pub(crate) use self::ops::Async as AsyncClient;
 use self::ops::Ctx;
 use self::pool::{Pool, Pooled};
 use self::session::Limits;
 use self::sql::{Names, Sql};
+pub(crate) use self::within::BlockingClient;
 use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
@@ -150,16 +154,25 @@ use crate::trace;
 ///
 /// # Change notifications
 ///
-/// Every row written, changed or deleted notifies the table's channel
-/// (`NOTIFY`, from a trigger of schema version 2) as its transaction
-/// commits, whoever writes it: this store's sessions, other machines', or an
-/// application's own transaction; a rollback notifies nothing. The payload
-/// names the writing handle (each handle's sessions log in with a
-/// `jobsafe.writer` setting of their own) and the key, so that each handle
-/// is told only of others' writes, and only watchers of a prefix above the
-/// key are told (a key longer than 3000 bytes is named by its start, and
-/// every watcher is told). The channel is `jobsafe:<schema>.<table>`, or
-/// `jobsafe:` and a digest of the two when that is longer than 63 bytes.
+/// Every row of a job's record or event (a key with a segment `job` or
+/// `event`: `<namespace>/job/<id>`, `<namespace>/event/<id>/<seq>`)
+/// written, changed or deleted notifies the table's channel (`NOTIFY`, from
+/// triggers of schema version 2) as its transaction commits, whoever writes
+/// it: this store's sessions, other machines', or an application's own
+/// transaction; a rollback notifies nothing. The payload names the writing
+/// handle (each handle's sessions log in with a `jobsafe.writer` setting of
+/// their own) and the key, so that each handle is told only of others'
+/// writes, and only watchers of a prefix above the key are told (a key
+/// longer than 3000 bytes is named by its start, and every watcher is
+/// told). The channel is `jobsafe:<schema>.<table>`, or `jobsafe:` and a
+/// digest of the two when that is longer than 63 bytes.
+///
+/// Other rows (locks, reservations, schedules, your own records) notify
+/// nobody, and [`changes_by_others`](Store::changes_by_others) does not tell
+/// of them: the server serializes the commits of transactions that notify
+/// (each holds a database-wide lock through its commit's flush), which would
+/// cost every write its group commit. A key of another kind that happens to
+/// have a `job` or `event` segment notifies too, needlessly.
 ///
 /// [`changes_by_others`](Store::changes_by_others) listens on a connection
 /// of its own, outside the pool and not counted in
@@ -177,8 +190,58 @@ use crate::trace;
 /// pools connections by transaction, which cannot keep a `LISTEN`, turn it
 /// off with [`listen(false)`](PgStoreBuilder::listen).
 ///
-/// Notifications cost the writers: a trigger runs for each row, and the
-/// server serializes the commits of transactions that notify on one queue.
+/// Notifications cost the writers of jobs: a trigger runs for each such row,
+/// and their commits are serialized with each other.
+///
+/// # Transactions of your own
+///
+/// A job created, or a charge reserved, in the same commit as your own rows,
+/// so that neither exists without the other:
+/// [`JobState::create_in`](crate::JobState::create_in),
+/// [`Pipeline::enqueue_in`](crate::Pipeline::enqueue_in) and
+/// [`JobLedger::reserve_in`](crate::JobLedger::reserve_in) (and
+/// `reserve_pending_in`), on managers over a `PgStore` or an `Arc` of one.
+///
+/// They run the managers' own bodies (the same decisions, checks and records
+/// as [`JobState::create`](crate::JobState::create) and
+/// [`JobLedger::reserve`](crate::JobLedger::reserve)), with each store call
+/// made on the application's transaction instead of a connection of the
+/// store's pool. What that changes:
+///
+/// - **Nothing is visible before the application commits**, and nothing is
+///   kept if it rolls back. Other processes hear of the new records at the
+///   commit, through the table's notifications (see "Change notifications"
+///   above): a [`Runner`](crate::pipeline::Runner) on any machine
+///   wakes for a job created this way once it is committed.
+/// - **The application's transaction holds jobsafe's row locks until it
+///   ends**: the records written, and the advisory lock each writer of a key
+///   takes. Another writer of the same job or reservation (a second request
+///   with the same id, a worker) waits for the commit or the rollback, up to
+///   its own `lock_timeout`. Keep such transactions short.
+/// - **Bounds are the application's session's**: the store's call
+///   deadline and timeouts do not apply to the application's connection.
+/// - **An error from the server** (a lock or statement timeout, a lost
+///   connection) aborts the application's transaction, as any failed
+///   statement does: roll it back, and repeat the whole transaction. A
+///   refused write that is jobsafe's decision (an id taken by another job, a
+///   reservation with another fingerprint) is an error that leaves the
+///   transaction usable: jobsafe checks its preconditions in its statements
+///   and in a savepoint, never by a failing statement.
+/// - **Whether the commit landed** is the application's to learn, as for its
+///   own rows. A create or reserve repeated with the same
+///   [`attempt`](crate::jobs::NewJob::attempt) id after a lost commit finds
+///   its own record (and answers as it did), or writes it then.
+///
+/// The blocking methods take any [`postgres::GenericClient`] (a
+/// `postgres::Transaction`, on a thread where no tokio runtime is current,
+/// as that client requires); the async ones, on
+/// [`AsyncJobState`](crate::jobs::AsyncJobState),
+/// [`AsyncPipeline`](crate::pipeline::AsyncPipeline) and
+/// [`AsyncJobLedger`](crate::ledger::AsyncJobLedger), any
+/// [`tokio_postgres::GenericClient`] (a `tokio_postgres::Transaction`), and
+/// hold no thread while they wait. Given a client outside a transaction, each
+/// statement commits on its own; a reserve's batch then fails (a savepoint
+/// needs a transaction) with nothing written. sqlx is not supported.
 ///
 /// # Guarantees
 ///
@@ -944,9 +1007,11 @@ impl Store for PgStore {
         })
     }
 
-    /// Tells of every write another writer committed under `prefix`: another
-    /// process or machine, another handle opened on the same table, or an
-    /// application's own session. Heard on a connection of the store's own
+    /// Tells of every write of a job's record or event that another writer
+    /// committed under `prefix`: another process or machine, another handle
+    /// opened on the same table, or an application's own session; other
+    /// records are not told (see [`PgStore`], "Change notifications"). Heard
+    /// on a connection of the store's own
     /// through `LISTEN`/`NOTIFY` (see [`PgStore`], "Change notifications"),
     /// as soon as the server delivers it. `None` if
     /// [`listen`](PgStoreBuilder::listen) is off.

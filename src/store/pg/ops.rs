@@ -2,8 +2,10 @@
 //! sends and how it reads the answer. Checking a connection out, bounding the
 //! call and the blocking API are the caller's (see the module above).
 
-use tokio_postgres::GenericClient;
-use tokio_postgres::types::Type;
+use std::future::Future;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Row as DbRow, ToStatement};
 
 use super::conn::{Link, Statements};
 use super::failure::db_error;
@@ -69,6 +71,83 @@ impl Row {
     }
 }
 
+/// Where an operation sends its statements: a connection of the pool's, or an
+/// application's open transaction on either client (see `within`).
+pub(crate) trait Exec: Sync {
+    /// Runs `statement` with `params`; its rows.
+    fn query<'a>(
+        &'a self,
+        statement: &'a (dyn ToStatement + Sync + Send),
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = std::result::Result<Vec<DbRow>, tokio_postgres::Error>> + Send + 'a;
+
+    /// Runs `sql`, one or more statements without parameters.
+    fn batch_execute<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> impl Future<Output = std::result::Result<(), tokio_postgres::Error>> + Send + 'a;
+}
+
+/// A client of the asynchronous client, or one of its transactions.
+pub(crate) struct Async<'c, C>(pub(crate) &'c C);
+
+impl<C: GenericClient + Sync> Exec for Async<'_, C> {
+    fn query<'a>(
+        &'a self,
+        statement: &'a (dyn ToStatement + Sync + Send),
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = std::result::Result<Vec<DbRow>, tokio_postgres::Error>> + Send + 'a
+    {
+        self.0.query(statement, params)
+    }
+
+    fn batch_execute<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> impl Future<Output = std::result::Result<(), tokio_postgres::Error>> + Send + 'a {
+        self.0.batch_execute(sql)
+    }
+}
+
+/// The statements of the single-key operations: prepared on a pooled
+/// connection, or as text on an application's transaction.
+pub(crate) struct Stmts<'a> {
+    get: &'a (dyn ToStatement + Sync + Send),
+    insert: &'a (dyn ToStatement + Sync + Send),
+    upsert: &'a (dyn ToStatement + Sync + Send),
+    update: &'a (dyn ToStatement + Sync + Send),
+    delete_any: &'a (dyn ToStatement + Sync + Send),
+    delete_version: &'a (dyn ToStatement + Sync + Send),
+}
+
+impl Statements {
+    /// The prepared statements, to run on their connection.
+    pub(crate) fn stmts(&self) -> Stmts<'_> {
+        Stmts {
+            get: &self.get,
+            insert: &self.insert,
+            upsert: &self.upsert,
+            update: &self.update,
+            delete_any: &self.delete_any,
+            delete_version: &self.delete_version,
+        }
+    }
+}
+
+impl Sql {
+    /// The statements as text, to run on any connection of the database.
+    pub(crate) fn stmts(&self) -> Stmts<'_> {
+        Stmts {
+            get: &self.get,
+            insert: &self.insert,
+            upsert: &self.upsert,
+            update: &self.update,
+            delete_any: &self.delete_any,
+            delete_version: &self.delete_version,
+        }
+    }
+}
+
 /// A version as the database holds it; one that no row can have maps to -1, which
 /// matches nothing.
 fn db_version(v: Version) -> i64 {
@@ -77,7 +156,17 @@ fn db_version(v: Version) -> i64 {
 
 /// The key's record, its checksum checked.
 pub(crate) async fn get(conn: &Link, ctx: &Ctx<'_>, key: &Key) -> Result<Option<Entry>> {
-    read(&conn.client, &conn.statements, ctx, key, &Row::of(key)).await
+    get_on(&Async(&conn.client), &conn.statements.stmts(), ctx, key).await
+}
+
+/// [`get`], on any [`Exec`].
+pub(crate) async fn get_on(
+    c: &impl Exec,
+    st: &Stmts<'_>,
+    ctx: &Ctx<'_>,
+    key: &Key,
+) -> Result<Option<Entry>> {
+    read(c, st, ctx, key, &Row::of(key)).await
 }
 
 /// Writes the key's record if `expect` holds; returns its new version.
@@ -88,12 +177,27 @@ pub(crate) async fn put(
     value: &[u8],
     expect: Expect,
 ) -> Result<Version> {
-    put_op(&conn.client, &conn.statements, ctx, key, value, expect).await
+    put_op(
+        &Async(&conn.client),
+        &conn.statements.stmts(),
+        ctx,
+        key,
+        value,
+        expect,
+    )
+    .await
 }
 
 /// Deletes the key's record if `expect` holds; returns whether there was one.
 pub(crate) async fn delete(conn: &Link, ctx: &Ctx<'_>, key: &Key, expect: Expect) -> Result<bool> {
-    delete_op(&conn.client, &conn.statements, ctx, key, expect).await
+    delete_op(
+        &Async(&conn.client),
+        &conn.statements.stmts(),
+        ctx,
+        key,
+        expect,
+    )
+    .await
 }
 
 /// Up to `limit` keys under `prefix` after `after`, in key order.
@@ -149,34 +253,11 @@ pub(crate) async fn list(
 
 /// Applies the batch in one transaction, all or nothing.
 pub(crate) async fn apply(conn: &mut Link, ctx: &Ctx<'_>, batch: &Batch) -> Result<Vec<Applied>> {
-    let ops = batch.ops();
-    // Rows are locked in key order, so that two batches never wait for each
-    // other in a cycle.
-    let mut order: Vec<(Vec<u8>, usize)> = ops
-        .iter()
-        .enumerate()
-        .map(|(i, op)| (pack(op.key().segments()), i))
-        .collect();
-    order.sort();
     let Link {
         client, statements, ..
     } = conn;
     let tx = client.transaction().await.map_err(ctx.db("begin batch"))?;
-    let written = async {
-        let mut applied = vec![Applied::Deleted(false); ops.len()];
-        for (_, i) in &order {
-            applied[*i] = match &ops[*i] {
-                BatchOp::Put { key, value, expect } => {
-                    Applied::Put(put_op(&tx, statements, ctx, key, value, *expect).await?)
-                }
-                BatchOp::Delete { key, expect } => {
-                    Applied::Deleted(delete_op(&tx, statements, ctx, key, *expect).await?)
-                }
-            };
-        }
-        Ok(applied)
-    }
-    .await;
+    let written = apply_ops(&Async(&tx), &statements.stmts(), ctx, batch).await;
     match written {
         Ok(applied) => {
             tx.commit().await.map_err(ctx.db("commit batch"))?;
@@ -192,6 +273,37 @@ pub(crate) async fn apply(conn: &mut Link, ctx: &Ctx<'_>, batch: &Batch) -> Resu
             Err(e)
         }
     }
+}
+
+/// Writes the batch's operations on `c`, inside a transaction (or savepoint)
+/// that the caller opened and ends: all of them, or the first error.
+pub(crate) async fn apply_ops(
+    c: &impl Exec,
+    st: &Stmts<'_>,
+    ctx: &Ctx<'_>,
+    batch: &Batch,
+) -> Result<Vec<Applied>> {
+    let ops = batch.ops();
+    // Rows are locked in key order, so that two batches never wait for each
+    // other in a cycle.
+    let mut order: Vec<(Vec<u8>, usize)> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| (pack(op.key().segments()), i))
+        .collect();
+    order.sort();
+    let mut applied = vec![Applied::Deleted(false); ops.len()];
+    for (_, i) in &order {
+        applied[*i] = match &ops[*i] {
+            BatchOp::Put { key, value, expect } => {
+                Applied::Put(put_op(c, st, ctx, key, value, *expect).await?)
+            }
+            BatchOp::Delete { key, expect } => {
+                Applied::Deleted(delete_op(c, st, ctx, key, *expect).await?)
+            }
+        };
+    }
+    Ok(applied)
 }
 
 /// Moves the key's row, whatever it holds, to the quarantine table.
@@ -239,13 +351,13 @@ pub(crate) async fn now_ms(conn: &Link, ctx: &Ctx<'_>) -> Result<u64> {
 
 /// The key's record, its checksum checked.
 async fn read(
-    c: &impl GenericClient,
-    st: &Statements,
+    c: &impl Exec,
+    st: &Stmts<'_>,
     ctx: &Ctx<'_>,
     key: &Key,
     row: &Row,
 ) -> Result<Option<Entry>> {
-    let rows = c.query(&st.get, &[&row.id]).await.map_err(ctx.db("get"))?;
+    let rows = c.query(st.get, &[&row.id]).await.map_err(ctx.db("get"))?;
     let Some(found) = rows.first() else {
         return Ok(None);
     };
@@ -289,9 +401,9 @@ fn written(rows: &[tokio_postgres::Row], ctx: &Ctx<'_>, key: &Key) -> Result<Opt
         .map_err(|_| ctx.corrupt(key, &format!("version {version} is not positive")))
 }
 
-async fn put_op(
-    c: &impl GenericClient,
-    st: &Statements,
+pub(crate) async fn put_op(
+    c: &impl Exec,
+    st: &Stmts<'_>,
     ctx: &Ctx<'_>,
     key: &Key,
     value: &[u8],
@@ -301,15 +413,15 @@ async fn put_op(
     for _ in 0..RETRIES {
         let rows = match expect {
             Expect::Any => {
-                c.query(&st.upsert, &[&row.id, &row.packed, &value, &row.lock])
+                c.query(st.upsert, &[&row.id, &row.packed, &value, &row.lock])
                     .await
             }
             Expect::Absent => {
-                c.query(&st.insert, &[&row.id, &row.packed, &value, &row.lock])
+                c.query(st.insert, &[&row.id, &row.packed, &value, &row.lock])
                     .await
             }
             Expect::Version(v) => {
-                c.query(&st.update, &[&row.id, &value, &db_version(v), &row.lock])
+                c.query(st.update, &[&row.id, &value, &db_version(v), &row.lock])
                     .await
             }
         }
@@ -325,9 +437,9 @@ async fn put_op(
     Err(contended("put", ctx, key))
 }
 
-async fn delete_op(
-    c: &impl GenericClient,
-    st: &Statements,
+pub(crate) async fn delete_op(
+    c: &impl Exec,
+    st: &Stmts<'_>,
     ctx: &Ctx<'_>,
     key: &Key,
     expect: Expect,
@@ -340,11 +452,8 @@ async fn delete_op(
                 expect.check(key, current)?;
                 return Ok(false);
             }
-            Expect::Any => c.query(&st.delete_any, &[&row.id]).await,
-            Expect::Version(v) => {
-                c.query(&st.delete_version, &[&row.id, &db_version(v)])
-                    .await
-            }
+            Expect::Any => c.query(st.delete_any, &[&row.id]).await,
+            Expect::Version(v) => c.query(st.delete_version, &[&row.id, &db_version(v)]).await,
         }
         .map_err(ctx.db("delete"))?;
         if !rows.is_empty() {

@@ -77,7 +77,7 @@ struct Found {
     version: i32,
     /// The store's objects that do not exist, as `schema.name`.
     missing: Vec<String>,
-    /// Whether the records table has the trigger that notifies of writes.
+    /// Whether the records table has the triggers that notify of writes.
     notifies: bool,
 }
 
@@ -112,10 +112,10 @@ impl Found {
         }
         if self.version >= NOTIFY_VERSION && !self.notifies {
             return Err(refuse(format!(
-                "{} records schema version {} for table {}, but its trigger {} does not \
-                 exist (dropped, or a partial restore), so other processes would never \
-                 hear of its writes: delete the row of version {NOTIFY_VERSION} for this \
-                 table from {0}, and the next open makes the trigger again",
+                "{} records schema version {} for table {}, but its triggers {} and {3}_delete \
+                 do not both exist (dropped, or a partial restore), so other processes would \
+                 never hear of its writes: delete the row of version {NOTIFY_VERSION} for this \
+                 table from {0}, and the next open makes them again",
                 names.migrations_shown(),
                 self.version,
                 names.shown(),
@@ -137,8 +137,9 @@ async fn read(client: &Client, names: &Names, server: &str) -> Result<Found> {
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,
                     to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL,
-                    EXISTS (SELECT 1 FROM pg_trigger
-                            WHERE tgrelid = to_regclass($2) AND tgname = $5)",
+                    (SELECT count(*) FROM pg_trigger
+                     WHERE tgrelid = to_regclass($2)
+                       AND tgname::text IN ($5::text, $5::text || '_delete')) = 2",
             &[
                 &names.migrations(),
                 &objects[0].0,

@@ -26,6 +26,12 @@ pub(crate) const NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) *
 /// and then by the whole key is ordering by the key.
 const ORDER_PREFIX: usize = 1024;
 
+/// The key segments whose rows notify (see `Names::notify_migration`): those
+/// of a job's record (`<namespace>/job/<id>`) and of its events
+/// (`<namespace>/event/<id>/<seq>`), which runners and subscriptions wait
+/// for. A key of another kind with such a segment notifies too, needlessly.
+pub(crate) const NOTIFIED_SEGMENTS: [&str; 2] = ["job", "event"];
+
 /// How many leading bytes of a key a notification names: its payload must
 /// stay under the server's 8000 bytes, and hex doubles them.
 pub(crate) const NOTIFIED_KEY_BYTES: usize = 3000;
@@ -165,20 +171,39 @@ impl Names {
         ]
     }
 
-    /// Schema version 2: every row written, changed or deleted notifies the
-    /// store's [channel](Names::channel) once its transaction commits (a
-    /// transaction that rolls back notifies nothing), whoever writes it: a
-    /// store's session, or an application's own transaction. The payload is
-    /// the writer (the `jobsafe.writer` setting a store's sessions log in
-    /// with; empty for any other session), a space, then `k` and the packed
-    /// key in hex, or `p` and its first [`NOTIFIED_KEY_BYTES`] in hex for a
-    /// longer key (a payload must stay under 8000 bytes).
+    /// Schema version 2: every row of a job's record or event (a key with a
+    /// segment `job` or `event`, see [`NOTIFIED_SEGMENTS`]) written, changed
+    /// or deleted notifies the store's [channel](Names::channel) once its
+    /// transaction commits (a transaction that rolls back notifies nothing),
+    /// whoever writes it: a store's session, or an application's own
+    /// transaction. The payload is the writer (the `jobsafe.writer` setting a
+    /// store's sessions log in with; empty for any other session), a space,
+    /// then `k` and the packed key in hex, or `p` and its first
+    /// [`NOTIFIED_KEY_BYTES`] in hex for a longer key (a payload must stay
+    /// under 8000 bytes).
+    ///
+    /// Other rows notify nobody: the server serializes the commits of
+    /// transactions that notify (each holds a database-wide lock through its
+    /// commit's flush), which would cost every lock and ledger write its
+    /// group commit. The trigger's `WHEN` keeps the function from even being
+    /// called for them.
     fn notify_migration(&self) -> String {
         let t = self.records();
         let trigger = self.notify_trigger();
         let function = format!("\"{}\".\"{trigger}\"", self.schema);
         let channel = self.channel();
         let most = NOTIFIED_KEY_BYTES;
+        let notified = |row: &str| {
+            let key = format!("('\\x00'::bytea || {row}.key || '\\x00'::bytea)");
+            NOTIFIED_SEGMENTS
+                .iter()
+                .map(|segment| {
+                    let hex: String = segment.bytes().map(|b| format!("{b:02x}")).collect();
+                    format!("position('\\x00{hex}00'::bytea IN {key}) > 0")
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        };
         format!(
             "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $notify$
              DECLARE
@@ -192,8 +217,12 @@ impl Names {
                  RETURN NULL;
              END
              $notify$;
-             CREATE OR REPLACE TRIGGER \"{trigger}\" AFTER INSERT OR UPDATE OR DELETE ON {t}
-                 FOR EACH ROW EXECUTE FUNCTION {function}();"
+             CREATE OR REPLACE TRIGGER \"{trigger}\" AFTER INSERT OR UPDATE ON {t}
+                 FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {function}();
+             CREATE OR REPLACE TRIGGER \"{trigger}_delete\" AFTER DELETE ON {t}
+                 FOR EACH ROW WHEN ({}) EXECUTE FUNCTION {function}();",
+            notified("NEW"),
+            notified("OLD"),
         )
     }
 }

@@ -160,7 +160,7 @@ impl Impl {
             // The server's columns: the operations services share between machines.
             Impl::PgStore => matches!(
                 bench,
-                Bench::ReserveNew | Bench::ReserveDup | Bench::LockCycle
+                Bench::ReserveNew | Bench::ReserveDup | Bench::LockCycle | Bench::Lifecycle
             ),
             _ => true,
         }

@@ -1,0 +1,327 @@
+//! jobsafe's writes inside an application's own transaction, on both
+//! PostgreSQL clients (`JobState::create_in`, `JobLedger::reserve_in` and
+//! their async twins): they land with the application's commit and never
+//! without it, hold their row locks until it, leave the transaction usable
+//! after a refused write, and wake a runner on another handle once
+//! committed.
+#![cfg(all(feature = "postgres", feature = "async"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::pg::{self, Schemas};
+use jobsafe::jobs::{AsyncJobState, JobStatus, NewJob};
+use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reserve};
+use jobsafe::pipeline::{RunOutcome, Runner};
+use jobsafe::{Error, JobLedger, JobState, ManualClock, PgStore, Pipeline};
+
+/// How long a test waits for what it expects before it calls it lost.
+const LOST: Duration = Duration::from_secs(60);
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(1_700_000_000_000))
+}
+
+/// A store in a new schema, and a table of the application's in it.
+fn store_and_table(schemas: &mut Schemas) -> (PgStore, String) {
+    let schema = schemas.fresh();
+    let store = pg::open(&schema);
+    let table = format!("\"{schema}\".exports");
+    pg::client()
+        .batch_execute(&format!("CREATE TABLE {table} (id text PRIMARY KEY)"))
+        .unwrap();
+    (store, table)
+}
+
+/// The application's blocking connection.
+fn blocking_client() -> postgres::Client {
+    postgres::Client::connect(&pg::url(), postgres::NoTls).unwrap()
+}
+
+fn exports(table: &str) -> i64 {
+    pg::client()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn a_job_created_in_a_transaction_exists_with_its_commit_and_never_without_it() {
+    let mut schemas = Schemas::default();
+    let (store, table) = store_and_table(&mut schemas);
+    let jobs = JobState::new(store.clone(), clock());
+    // Another process's view: its own handle.
+    let elsewhere = JobState::new(pg::open(&pg::schema_of(&store)), clock());
+    let mut db = blocking_client();
+
+    let mut tx = db.transaction().unwrap();
+    tx.execute(&format!("INSERT INTO {table} VALUES ('exp-1')"), &[])
+        .unwrap();
+    let job = jobs
+        .create_in(&mut tx, NewJob::new("export").id("exp-1"))
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert!(
+        elsewhere.get("exp-1").unwrap().is_none(),
+        "seen before commit"
+    );
+    tx.rollback().unwrap();
+    assert!(
+        elsewhere.get("exp-1").unwrap().is_none(),
+        "kept after rollback"
+    );
+    assert_eq!(exports(&table), 0);
+
+    let mut tx = db.transaction().unwrap();
+    tx.execute(&format!("INSERT INTO {table} VALUES ('exp-1')"), &[])
+        .unwrap();
+    let job = jobs
+        .create_in(&mut tx, NewJob::new("export").id("exp-1"))
+        .unwrap();
+    tx.commit().unwrap();
+    let stored = elsewhere.get("exp-1").unwrap().expect("committed");
+    assert_eq!(stored.version, job.version);
+    assert_eq!(exports(&table), 1);
+    // A create repeated with its attempt id after a commit whose answer was
+    // lost finds its own job, in a transaction or not.
+    let attempt = jobsafe::AttemptId::new();
+    let new = || NewJob::new("export").id("exp-2").attempt(attempt.clone());
+    let mut tx = db.transaction().unwrap();
+    let first = jobs.create_in(&mut tx, new()).unwrap();
+    tx.commit().unwrap();
+    let mut tx = db.transaction().unwrap();
+    let again = jobs.create_in(&mut tx, new()).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(again.version, first.version);
+    assert_eq!(jobs.create(new()).unwrap().version, first.version);
+    // The job is an ordinary one from then on.
+    let worker = elsewhere.start("exp-1", None).unwrap();
+    elsewhere.complete(&worker, serde_json::json!({})).unwrap();
+}
+
+#[test]
+fn a_refused_create_leaves_the_transaction_usable() {
+    let mut schemas = Schemas::default();
+    let (store, table) = store_and_table(&mut schemas);
+    let jobs = JobState::new(store, clock());
+    jobs.create(NewJob::new("export").id("taken")).unwrap();
+    let mut db = blocking_client();
+    let mut tx = db.transaction().unwrap();
+    let err = jobs
+        .create_in(&mut tx, NewJob::new("export").id("taken"))
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    // The application goes on in the same transaction.
+    tx.execute(&format!("INSERT INTO {table} VALUES ('other')"), &[])
+        .unwrap();
+    jobs.create_in(&mut tx, NewJob::new("export").id("free"))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(exports(&table), 1);
+    assert!(jobs.get("free").unwrap().is_some());
+}
+
+#[test]
+fn a_reservation_in_a_transaction_commits_or_rolls_back_with_it() {
+    let mut schemas = Schemas::default();
+    let (store, _) = store_and_table(&mut schemas);
+    let ledger = JobLedger::new(store, clock());
+    let request = ChargeRequest::new().fingerprint("export:vault-1");
+    let mut db = blocking_client();
+
+    let mut tx = db.transaction().unwrap();
+    let reserved = ledger
+        .reserve_in(&mut tx, "acct-9", "job-42", &request)
+        .unwrap();
+    assert!(matches!(reserved, Reserve::New(_)), "{reserved:?}");
+    tx.rollback().unwrap();
+    assert!(ledger.lookup("acct-9", "job-42").unwrap().is_none());
+
+    let mut tx = db.transaction().unwrap();
+    let reserved = ledger
+        .reserve_in(&mut tx, "acct-9", "job-42", &request)
+        .unwrap();
+    assert!(matches!(reserved, Reserve::New(_)), "{reserved:?}");
+    tx.commit().unwrap();
+    assert!(ledger.lookup("acct-9", "job-42").unwrap().is_some());
+    // A retry, in a transaction or not, is told it is one.
+    let mut tx = db.transaction().unwrap();
+    let again = ledger
+        .reserve_in(&mut tx, "acct-9", "job-42", &request)
+        .unwrap();
+    assert!(matches!(again, Reserve::Existing(_)), "{again:?}");
+    // Another request reusing the id is refused, and the transaction goes on.
+    let other = ChargeRequest::new().fingerprint("export:vault-2");
+    let err = ledger
+        .reserve_in(&mut tx, "acct-9", "job-42", &other)
+        .unwrap_err();
+    assert!(matches!(err, Error::FingerprintMismatch { .. }), "{err}");
+    let pending = ledger
+        .reserve_pending_in(&mut tx, "acct-9", "job-43", &request)
+        .unwrap();
+    assert!(matches!(pending, Reserve::New(_)), "{pending:?}");
+    tx.commit().unwrap();
+    let stored = ledger.lookup("acct-9", "job-43").unwrap().unwrap();
+    assert!(stored.state.is_pending(), "{stored:?}");
+}
+
+#[test]
+fn the_transaction_holds_the_jobs_row_until_it_ends() {
+    let mut schemas = Schemas::default();
+    let (store, _) = store_and_table(&mut schemas);
+    let jobs = JobState::new(store.clone(), clock());
+    let schema = pg::schema_of(&store);
+    let mut db = blocking_client();
+    let mut tx = db.transaction().unwrap();
+    jobs.create_in(&mut tx, NewJob::new("export").id("exp-1"))
+        .unwrap();
+    // Another process creates the same id meanwhile: it waits for the
+    // application's transaction...
+    let (done_tx, done) = mpsc::channel();
+    let racer = {
+        let url = pg::named(&pg::url(), "racer");
+        std::thread::spawn(move || {
+            let other = PgStore::builder(&url).schema(&schema).open().unwrap();
+            let jobs = JobState::new(other, clock());
+            done_tx
+                .send(jobs.create(NewJob::new("export").id("exp-1")))
+                .unwrap();
+        })
+    };
+    let mut watcher = pg::client();
+    let waiting = (0..600).any(|_| {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'racer' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap();
+        let waiting = row.get::<_, i64>(0) == 1;
+        if !waiting {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        waiting
+    });
+    assert!(waiting, "the other create never waited for the row");
+    assert!(done.try_recv().is_err(), "the other create did not wait");
+    // ...and, once it commits, finds the id taken.
+    tx.commit().unwrap();
+    let raced = done
+        .recv_timeout(LOST)
+        .expect("the other create never ended");
+    let err = raced.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    racer.join().unwrap();
+}
+
+#[test]
+fn the_async_client_creates_and_reserves_in_its_transaction() {
+    let mut schemas = Schemas::default();
+    let (store, table) = store_and_table(&mut schemas);
+    let jobs = AsyncJobState::new(JobState::new(store.clone(), clock()));
+    let ledger = AsyncJobLedger::new(JobLedger::new(store.clone(), clock()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = pg::url();
+    let (job, committed) = runtime.block_on(async {
+        let (mut db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+
+        let tx = db.transaction().await.unwrap();
+        jobs.create_in(&tx, NewJob::new("export").id("exp-1"))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+
+        let tx = db.transaction().await.unwrap();
+        tx.execute(&format!("INSERT INTO {table} VALUES ('exp-2')"), &[])
+            .await
+            .unwrap();
+        let request = ChargeRequest::new().fingerprint("export:2");
+        let reserved = ledger
+            .reserve_in(&tx, "acct-9", "exp-2", &request)
+            .await
+            .unwrap();
+        assert!(matches!(reserved, Reserve::New(_)), "{reserved:?}");
+        let job = jobs
+            .create_in(&tx, NewJob::new("export").id("exp-2"))
+            .await
+            .unwrap();
+        let taken = jobs
+            .create_in(&tx, NewJob::new("export").id("exp-2"))
+            .await
+            .unwrap_err();
+        assert!(taken.is_conflict(), "{taken}");
+        let pending = ledger
+            .reserve_pending_in(&tx, "acct-9", "exp-3", &request)
+            .await
+            .unwrap();
+        assert!(matches!(pending, Reserve::New(_)), "{pending:?}");
+        tx.commit().await.unwrap();
+        (job, jobs.get("exp-2").await.unwrap())
+    });
+    assert!(jobs.blocking().get("exp-1").unwrap().is_none());
+    assert_eq!(committed.map(|j| j.version), Some(job.version));
+    assert_eq!(exports(&table), 1);
+    let ledger = ledger.blocking();
+    assert!(ledger.lookup("acct-9", "exp-2").unwrap().is_some());
+    assert!(ledger.lookup("acct-9", "exp-3").unwrap().is_some());
+}
+
+#[test]
+fn a_job_created_in_a_transaction_wakes_a_runner_on_another_handle_at_its_commit() {
+    let mut schemas = Schemas::default();
+    let (store, table) = store_and_table(&mut schemas);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let pipeline = |store: PgStore| {
+        Pipeline::builder(store, Arc::new(clock.clone()), dir.path())
+            .stage("work", |ctx| {
+                ctx.write("out.txt", b"done")?;
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let runner_side = pipeline(pg::open(&pg::schema_of(&store)));
+    let service_side = pipeline(store);
+    let (done_tx, done) = mpsc::channel();
+    let done_tx = Mutex::new(done_tx);
+    // No poll within the test: only the commit's notification can wake it.
+    let runner = Runner::new(runner_side)
+        .poll_every(Duration::from_secs(3600))
+        .on_run(move |id, run| {
+            if matches!(run, Ok(run) if matches!(run.outcome, RunOutcome::Completed)) {
+                let _ = done_tx.lock().unwrap().send(id.to_owned());
+            }
+        });
+    let stop = runner.stopper();
+    let running = std::thread::spawn(move || runner.run());
+    // Let the runner finish its first look. (A runner slower than this only
+    // makes the test pass without the wake-up, never fail.)
+    std::thread::sleep(Duration::from_millis(200));
+    let mut db = blocking_client();
+    let mut tx = db.transaction().unwrap();
+    tx.execute(&format!("INSERT INTO {table} VALUES ('exp-1')"), &[])
+        .unwrap();
+    let job = service_side
+        .enqueue_in(&mut tx, "vault-1", NewJob::new("export"))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        done.recv_timeout(LOST).expect("the runner never woke"),
+        job.id
+    );
+    stop.stop(Duration::ZERO);
+    assert_eq!(running.join().unwrap().completed, 1);
+}
