@@ -156,5 +156,5 @@ cargo test --features postgres --test tracing -- pgstore
 cargo test --features postgres --test pg_restart -- --nocapture
 cargo test --features postgres --test conformance --test model \
     --test ambiguity_lock --test ambiguity_jobs --test ambiguity_ledger \
-    --test lock_multiprocess --test ledger_multiprocess --test schedule -- pg
+    --test lock_multiprocess --test ledger_multiprocess --test schedule --test pipeline_shared -- pg
 cargo test --features postgres-tls --test pg_tls -- --nocapture

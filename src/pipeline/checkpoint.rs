@@ -34,6 +34,21 @@ impl Artifact {
     /// Longest artifact name, in bytes.
     pub const MAX_NAME_LEN: usize = 200;
 
+    /// The record of `bytes` written at `path` (relative to the artifact
+    /// root): for an [`ArtifactStorage`](super::ArtifactStorage) of your
+    /// own, and its tests.
+    ///
+    /// ```
+    /// use jobsafe::pipeline::Artifact;
+    ///
+    /// let artifact = Artifact::of_bytes("jobs/j-1/out.txt", b"done");
+    /// assert_eq!(artifact.len, 4);
+    /// assert_eq!(artifact.sha256.len(), 64);
+    /// ```
+    pub fn of_bytes(path: impl Into<PathBuf>, bytes: &[u8]) -> Self {
+        Artifact::of(path.into(), bytes)
+    }
+
     pub(crate) fn of(path: PathBuf, bytes: &[u8]) -> Self {
         Artifact {
             path,
@@ -110,6 +125,13 @@ pub(crate) enum Verdict {
 }
 
 impl Checkpoint {
+    /// Whether this checkpoint follows `previous_chain`, the chain of the
+    /// stage before it as this run found it: if not, an earlier stage's
+    /// artifacts changed, and this one's are stale whatever they hold.
+    pub(crate) fn chain_follows(&self, previous_chain: &str) -> bool {
+        chain_digest(previous_chain, &self.stage, &self.artifacts) == self.chain
+    }
+
     /// Checks every artifact under `root`, read as a stage would read it (see
     /// [`read_recorded`]), and the chain from the previous stage.
     pub(crate) fn verify<V: Vfs>(
@@ -118,8 +140,7 @@ impl Checkpoint {
         root: &Path,
         previous_chain: &str,
     ) -> Result<Verdict> {
-        let expected = chain_digest(previous_chain, &self.stage, &self.artifacts);
-        if expected != self.chain {
+        if !self.chain_follows(previous_chain) {
             return Ok(Verdict::Stale(
                 "an earlier stage's artifacts changed".to_owned(),
             ));

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Pipeline, paths};
@@ -115,6 +115,11 @@ pub struct PurgeReport {
     /// Temp files of crashed writers removed, in the artifact directories and
     /// in the store (see [`Store::sweep_temp_files`]).
     pub temp_files: usize,
+    /// Copies of artifacts removed from the
+    /// [shared storage](super::PipelineBuilder::shared_artifacts), with the
+    /// directories of their jobs and subjects (and orphans: copies of jobs
+    /// that no longer exist, parts of interrupted uploads).
+    pub shared_artifacts: usize,
     /// Jobs due for purge but kept because a live reservation of the
     /// pipeline's ledger names them (see
     /// [`PipelineBuilder::ledger`](super::PipelineBuilder::ledger)). Not
@@ -137,6 +142,7 @@ impl PurgeReport {
             + self.reservations
             + self.locks
             + self.temp_files
+            + self.shared_artifacts
     }
 }
 
@@ -185,6 +191,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     pub(crate) fn remove_job(&self, id: &str) -> Result<usize> {
         let inner = &self.inner;
         let dirs = remove_dir_all(inner.writer.vfs(), &inner.root, &self.job_dir(id))?;
+        let copies = self.remove_shared(&job_rel(id))?;
         let mut batch = Batch::new();
         let checkpoints = inner.store.list_all(&self.prefix(&["checkpoint", id])?)?;
         for key in &checkpoints {
@@ -194,7 +201,16 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         inner.store.apply(&batch)?;
         inner.jobs.delete(id)?;
         inner.store.delete(&self.deleting_key(id)?, Expect::Any)?;
-        Ok(dirs + checkpoints.len())
+        Ok(dirs + copies + checkpoints.len())
+    }
+
+    /// Removes the shared copies under `dir` (relative to the artifact root),
+    /// if there is a shared storage; how many.
+    fn remove_shared(&self, dir: &Path) -> Result<usize> {
+        match &self.inner.shared {
+            Some(shared) => shared.remove_dir(dir),
+            None => Ok(0),
+        }
     }
 
     /// Completes the deletions marked by [`delete`](Pipeline::delete) whose
@@ -364,6 +380,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         };
         report.checkpoints += checkpoints;
         report.artifact_dirs += remove_dir_all(inner.writer.vfs(), &inner.root, &self.job_dir(id))?;
+        report.shared_artifacts += self.remove_shared(&job_rel(id))?;
         Ok(true)
     }
 
@@ -388,6 +405,27 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
                 report.artifact_dirs += remove_dir_all(vfs, &inner.root, &dir)?;
+                report.shared_artifacts +=
+                    self.remove_shared(&Path::new(paths::JOBS_DIR).join(&name))?;
+            }
+        }
+        // Copies of jobs this machine never ran, whose removal was
+        // interrupted elsewhere. Only a plain directory name says which job
+        // it was, and that job is looked up again: one created since the
+        // listing keeps its copies. (A hashed name stays until its job's
+        // purge.)
+        if let Some(shared) = &inner.shared {
+            let top = Path::new(paths::JOBS_DIR);
+            for name in shared.dirs(top)? {
+                if kept.contains(&name) || name.starts_with('~') {
+                    continue;
+                }
+                match inner.jobs.get(&name) {
+                    Ok(None) => report.shared_artifacts += shared.remove_dir(&top.join(&name))?,
+                    Ok(Some(_)) => {}
+                    Err(e) if e.is_corrupt() => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         // A job's checkpoints are next to each other in key order: the last
@@ -442,7 +480,11 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         }
         let vfs = self.inner.writer.vfs();
         let top = self.inner.root.join(paths::SUBJECTS_DIR);
-        let names: BTreeSet<String> = list_dir(vfs, &top)?.into_iter().collect();
+        let mut names: BTreeSet<String> = list_dir(vfs, &top)?.into_iter().collect();
+        // Those with copies only, from machines that purge no more.
+        if let Some(shared) = &self.inner.shared {
+            names.extend(shared.dirs(Path::new(paths::SUBJECTS_DIR))?);
+        }
         let mut candidates = BTreeMap::new();
         for name in names.iter().filter(|n| !n.starts_with('~')) {
             candidates.insert(name.clone(), name.clone());
@@ -468,13 +510,18 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             };
             let removed = match self.subjects_in_use() {
                 Ok(Some(in_use)) if !in_use.contains(&subject) => {
-                    remove_dir_all(vfs, &self.inner.root, &top.join(&name))
+                    remove_dir_all(vfs, &self.inner.root, &top.join(&name)).and_then(|dirs| {
+                        let rel = Path::new(paths::SUBJECTS_DIR).join(&name);
+                        Ok((dirs, self.remove_shared(&rel)?))
+                    })
                 }
-                Ok(_) => Ok(0),
+                Ok(_) => Ok((0, 0)),
                 Err(e) => Err(e),
             };
             lease.release();
-            report.subject_dirs += removed?;
+            let (dirs, copies) = removed?;
+            report.subject_dirs += dirs;
+            report.shared_artifacts += copies;
         }
         Ok(())
     }
@@ -570,4 +617,9 @@ fn remove_tree<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
         Err(e) if gone(&e) => Ok(true),
         Err(e) => Err(Error::io(steps::REMOVE_DIRECTORY, dir, e)),
     }
+}
+
+/// The directory of job `id`, relative to the artifact root.
+fn job_rel(id: &str) -> PathBuf {
+    Path::new(paths::JOBS_DIR).join(paths::dir_name(id))
 }

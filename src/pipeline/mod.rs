@@ -31,6 +31,7 @@ mod records;
 mod retry;
 mod run;
 mod runner;
+mod shared;
 mod stage;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub use pass::PassReport;
 pub use records::PipelineRecords;
 pub use retry::RetryPolicy;
 pub use runner::{Runner, RunnerReport, RunnerStop};
+pub use shared::{ArtifactStorage, StoreArtifacts};
 pub use stage::StageContext;
 
 use crate::atomic::AtomicWriter;
@@ -268,6 +270,8 @@ struct Inner<S, V: Vfs> {
     ledger: Option<Box<dyn LedgerLink>>,
     observer: Option<Box<Observer>>,
     actor: String,
+    /// Where every artifact is copied for the other instances, if anywhere.
+    shared: Option<Arc<dyn ArtifactStorage>>,
     /// Artifact directories this handle knows to be durable.
     known: crate::vfs::KnownDurable,
 }
@@ -316,6 +320,7 @@ pub struct PipelineBuilder<S, V: Vfs = StdVfs> {
     ledger: Option<Box<dyn LedgerLink>>,
     observer: Option<Box<Observer>>,
     actor: String,
+    shared: Option<Arc<dyn ArtifactStorage>>,
 }
 
 // By hand: the store, the stage bodies and the callbacks are not `Debug`.
@@ -366,6 +371,7 @@ impl<S: Store + 'static> Pipeline<S> {
             ledger: None,
             observer: None,
             actor: "pipeline-runner".to_owned(),
+            shared: None,
         }
     }
 }
@@ -581,6 +587,25 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
         self
     }
 
+    /// Copies every artifact a stage writes to `storage` too, where the
+    /// pipeline's instances on other machines find it: a job taken over on
+    /// another machine then skips the stages that finished on the first,
+    /// their artifacts fetched from `storage` (checked against the
+    /// checkpoint's length and SHA-256) into the local directory, instead of
+    /// running them again. Without it (the default) artifacts are in the
+    /// local directory only: enough when every instance shares it (one
+    /// machine, or a shared filesystem).
+    ///
+    /// A copy is made as the artifact is written, and the write fails if the
+    /// copy does (the stage then fails, transiently if the storage's error
+    /// is); [`purge`](Pipeline::purge) and [`delete`](Pipeline::delete)
+    /// remove the copies with the directories (see [`ArtifactStorage`],
+    /// [`StoreArtifacts`]).
+    pub fn shared_artifacts(mut self, storage: impl ArtifactStorage + 'static) -> Self {
+        self.shared = Some(Arc::new(storage));
+        self
+    }
+
     /// Writes artifacts with `writer` (its durability, mode and I/O layer) instead
     /// of a default [`AtomicWriter`]. Its no-clobber setting is ignored: a stage
     /// that runs again replaces its artifacts.
@@ -602,6 +627,7 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
             ledger: self.ledger,
             observer: self.observer,
             actor: self.actor,
+            shared: self.shared,
         }
     }
 
@@ -688,6 +714,7 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                 ledger: self.ledger,
                 observer: self.observer,
                 actor: self.actor,
+                shared: self.shared,
                 known: crate::vfs::KnownDurable::default(),
             }),
         })

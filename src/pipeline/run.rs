@@ -14,6 +14,7 @@ use super::error::StageError;
 use super::inputs::{Mismatch, Recorded, read_recorded, read_unrecorded};
 use super::lease::Lease;
 use super::outcome::{RunOutcome, RunReport, StageAction, Stop};
+use super::shared::ArtifactStorage;
 use super::stage::{StageContext, StageIo};
 use super::{Pipeline, Stage, paths};
 use crate::error::steps;
@@ -240,12 +241,32 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                 Ok(None) => None,
                 Err(unreadable) => Some(format!("its checkpoint was unreadable: {unreadable}")),
                 Ok(Some(checkpoint)) => {
-                    match checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain)? {
+                    let mut verdict =
+                        checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain)?;
+                    let mut fetched = 0;
+                    if let (Verdict::Stale(_), Some(shared)) = (&verdict, &inner.shared)
+                        && checkpoint.chain_follows(&previous_chain)
+                    {
+                        fetched = self.restore(shared.as_ref(), &checkpoint)?;
+                        if fetched > 0 {
+                            verdict = checkpoint.verify(
+                                inner.writer.vfs(),
+                                &inner.root,
+                                &previous_chain,
+                            )?;
+                        }
+                    }
+                    match verdict {
                         Verdict::Valid => {
+                            let reason = if fetched > 0 {
+                                "checkpoint verified, artifacts fetched from the shared storage"
+                            } else {
+                                "checkpoint verified"
+                            };
                             let skipped = inner.jobs.append_event_with(
                                 self.worker,
                                 "stage_skipped",
-                                json!({ "stage": stage.name, "reason": "checkpoint verified" }),
+                                json!({ "stage": stage.name, "reason": reason, "fetched": fetched }),
                                 &[],
                             );
                             if let Err(e) = skipped {
@@ -584,10 +605,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
     }
 }
 
-impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
-    fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact> {
+impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
+    /// Writes `bytes` at `rel` in the local artifact directory, atomically,
+    /// refused (with nothing written) once the runner lost the job.
+    fn write_local(&self, rel: &Path, bytes: &[u8]) -> Result<()> {
         let inner = &self.pipeline.inner;
-        let target = inner.root.join(&rel);
+        let target = inner.root.join(rel);
         // Before anything touches the disk: a stale runner must not recreate
         // the directory of a job deleted after it lost the lease.
         self.fence(&target)?;
@@ -607,7 +630,45 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         // removes its temp file.
         self.fence(&target)?;
         pending.commit()?;
-        Ok(Artifact::of(rel, bytes))
+        Ok(())
+    }
+
+    /// Fetches from the shared storage, into the local directory, every
+    /// artifact of `checkpoint` that is missing or different there and whose
+    /// copy has the recorded length and SHA-256; how many. What does not
+    /// verify is left, and the checkpoint then does not verify either.
+    fn restore(&self, shared: &dyn ArtifactStorage, checkpoint: &Checkpoint) -> Result<usize> {
+        let inner = &self.pipeline.inner;
+        let mut restored = 0;
+        for artifact in &checkpoint.artifacts {
+            match read_recorded(inner.writer.vfs(), &inner.root, artifact, false)? {
+                Ok(_) | Err(Mismatch::BadPath) => continue,
+                Err(_) => {}
+            }
+            let Some(bytes) = shared.fetch(artifact)? else {
+                continue;
+            };
+            if Artifact::of(artifact.path.clone(), &bytes) != *artifact {
+                continue;
+            }
+            self.write_local(&artifact.path, &bytes)?;
+            restored += 1;
+        }
+        Ok(restored)
+    }
+}
+
+impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
+    fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact> {
+        self.write_local(&rel, bytes)?;
+        let artifact = Artifact::of(rel, bytes);
+        if let Some(shared) = &self.pipeline.inner.shared {
+            // Not for a runner that lost the job meanwhile: the copy would
+            // replace the one of the runner that holds it now.
+            self.fence(&self.pipeline.inner.root.join(&artifact.path))?;
+            shared.store(&artifact, bytes)?;
+        }
+        Ok(artifact)
     }
 
     fn read_recorded(&self, recorded: &Artifact) -> Result<std::result::Result<Vec<u8>, Mismatch>> {
