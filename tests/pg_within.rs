@@ -17,7 +17,7 @@ use common::pg::{self, Schemas};
 use jobsafe::jobs::{AsyncJobState, JobStatus, NewJob};
 use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reserve};
 use jobsafe::pipeline::{RunOutcome, Runner};
-use jobsafe::{Error, JobLedger, JobState, ManualClock, PgStore, Pipeline};
+use jobsafe::{Error, JobLedger, JobState, ManualClock, PgStore, Pipeline, Store};
 
 /// How long a test waits for what it expects before it calls it lost.
 const LOST: Duration = Duration::from_secs(60);
@@ -35,6 +35,21 @@ fn store_and_table(schemas: &mut Schemas) -> (PgStore, String) {
         .batch_execute(&format!("CREATE TABLE {table} (id text PRIMARY KEY)"))
         .unwrap();
     (store, table)
+}
+
+/// Watches the jobs of `store` and waits until its listener listens.
+fn listening(store: &PgStore) -> jobsafe::store::Changes {
+    let changes = store
+        .changes_by_others(&jobsafe::Prefix::all())
+        .expect("a PgStore listens by default");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(LOST, changes.changed(0)).await })
+        .expect("the listener never listened");
+    changes
 }
 
 /// The application's blocking connection.
@@ -220,6 +235,37 @@ fn the_transaction_holds_the_jobs_row_until_it_ends() {
 }
 
 #[test]
+fn a_server_error_in_the_transaction_is_final_not_transient_nor_ambiguous() {
+    let mut schemas = Schemas::default();
+    let (store, _) = store_and_table(&mut schemas);
+    let jobs = JobState::new(store, clock());
+    let (mut first, mut second) = (blocking_client(), blocking_client());
+    let mut holding = first.transaction().unwrap();
+    jobs.create_in(&mut holding, NewJob::new("export").id("exp-1"))
+        .unwrap();
+    // Another transaction wants the same row, and gives up waiting: the
+    // server aborts it. Neither repeating the call nor reading back can
+    // help there, so the error says so at once.
+    let mut waiting = second.transaction().unwrap();
+    waiting
+        .batch_execute("SET LOCAL lock_timeout = '50ms'")
+        .unwrap();
+    let err = jobs
+        .create_in(&mut waiting, NewJob::new("export").id("exp-1"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Database { .. }), "{err:?}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(!err.is_ambiguous(), "{err}");
+    let chain = common::error_chain(&err);
+    assert!(chain.contains("roll it back"), "{chain}");
+    // The server's reason: 55P03, lock not available.
+    assert!(chain.contains("55P03"), "{chain}");
+    waiting.rollback().unwrap();
+    holding.commit().unwrap();
+    assert!(jobs.get("exp-1").unwrap().is_some());
+}
+
+#[test]
 fn the_async_client_creates_and_reserves_in_its_transaction() {
     let mut schemas = Schemas::default();
     let (store, table) = store_and_table(&mut schemas);
@@ -293,7 +339,12 @@ fn a_job_created_in_a_transaction_wakes_a_runner_on_another_handle_at_its_commit
             .build()
             .unwrap()
     };
-    let runner_side = pipeline(pg::open(&pg::schema_of(&store)));
+    let runner_store = pg::open(&pg::schema_of(&store));
+    // The runner's handle listens before the runner starts, so that the
+    // listener's first word (which tells every watcher) cannot be what wakes
+    // it for the job below.
+    let _listening = listening(&runner_store);
+    let runner_side = pipeline(runner_store);
     let service_side = pipeline(store);
     let (done_tx, done) = mpsc::channel();
     let done_tx = Mutex::new(done_tx);

@@ -366,7 +366,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// reports the journal changed (inotify) and this process has read the
     /// new frames; in exclusive mode nobody else writes. [`MemStore`] has no
     /// other writer. `PgStore` tells, through `LISTEN`/`NOTIFY` on every
-    /// machine, of other writers' commits to the records and events of jobs
+    /// machine, of other writers' commits to the records of jobs
     /// only (what runners and subscriptions wait for). [`DirStore`] cannot
     /// tell yet: `None`.
     fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {

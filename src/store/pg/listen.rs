@@ -1,9 +1,9 @@
 //! Other writers' changes, told to a handle's watchers
 //! (`Store::changes_by_others`) through PostgreSQL's `LISTEN`/`NOTIFY`.
 //!
-//! Every row written, changed or deleted notifies the store's channel from a
-//! trigger once its transaction commits (see [`Names::channel`] and schema
-//! version 2). The payload names the writing handle, by the
+//! Every row of a job's record written, changed or deleted notifies the
+//! store's channel from a trigger once its transaction commits (see
+//! [`Names::channel`] and schema version 2). The payload names the writing handle, by the
 //! `jobsafe.writer` setting each of a handle's sessions logs in with, and
 //! the key. A handle hears every writer but itself: its own writes are not
 //! told, as the [`Store`](crate::Store) contract says.
@@ -264,6 +264,7 @@ async fn run(weak: Weak<Listener>) {
         let check = listener.check;
         match listener.listen().await {
             Ok((client, connection)) => {
+                let since = std::time::Instant::now();
                 if failures > 0 {
                     crate::trace::report!(
                         info,
@@ -280,24 +281,38 @@ async fn run(weak: Weak<Listener>) {
                 let (Some(ended), Some(listener)) = (ended, weak.upgrade()) else {
                     return;
                 };
-                // Reported as the first failure of a new streak; the next
-                // attempt comes at once.
-                failures = 1;
+                // A connection that lasted is a new streak, tried again at
+                // once; one lost sooner (a proxy or the server ending idle
+                // sessions) goes on with the streak and its pauses, and is
+                // not reported again.
+                if since.elapsed() >= check {
+                    failures = 0;
+                }
+                failures = failures.saturating_add(1);
                 report_loss(&listener, &ended, failures);
+                drop(listener);
+                if failures > 1 && !pause_while_watched(&weak, backoff(failures)).await {
+                    return;
+                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 report_loss(&listener, &e, failures);
                 drop(listener);
-                let pause = Duration::from_secs(1)
-                    .saturating_mul(1 << failures.min(6).saturating_sub(1))
-                    .min(MOST_BACKOFF);
-                if !pause_while_watched(&weak, pause).await {
+                if !pause_while_watched(&weak, backoff(failures)).await {
                     return;
                 }
             }
         }
     }
+}
+
+/// The pause after the `failures`th failure in a row: 1 s, doubling to
+/// [`MOST_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1)
+        .saturating_mul(1 << failures.clamp(1, 6).saturating_sub(1))
+        .min(MOST_BACKOFF)
 }
 
 /// Reports the first failure of a streak.

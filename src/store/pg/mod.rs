@@ -154,9 +154,9 @@ use crate::trace;
 ///
 /// # Change notifications
 ///
-/// Every row of a job's record or event (a key with a segment `job` or
-/// `event`: `<namespace>/job/<id>`, `<namespace>/event/<id>/<seq>`)
-/// written, changed or deleted notifies the table's channel (`NOTIFY`, from
+/// Every row of a job's record (a key with a segment `job`:
+/// `<namespace>/job/<id>`; a job's every change, an event appended included,
+/// rewrites its record) written, changed or deleted notifies the table's channel (`NOTIFY`, from
 /// triggers of schema version 2) as its transaction commits, whoever writes
 /// it: this store's sessions, other machines', or an application's own
 /// transaction; a rollback notifies nothing. The payload names the writing
@@ -172,17 +172,19 @@ use crate::trace;
 /// of them: the server serializes the commits of transactions that notify
 /// (each holds a database-wide lock through its commit's flush), which would
 /// cost every write its group commit. A key of another kind that happens to
-/// have a `job` or `event` segment notifies too, needlessly.
+/// have a `job` segment notifies too, needlessly.
 ///
 /// [`changes_by_others`](Store::changes_by_others) listens on a connection
 /// of its own, outside the pool and not counted in
 /// [`pool_size`](PgStoreBuilder::pool_size), opened by a task of the
-/// process's background thread once a handle is first watched and closed
-/// within a second of the last watch's drop. Each time it starts listening,
+/// process's background thread once a handle is first watched, and closed
+/// within a second of the last watch's drop (or once a check under way is
+/// answered). Each time it starts listening,
 /// after a lost connection too, it tells every watcher, since what changed
 /// while nobody listened is unknown. A connection that cannot be made is
-/// tried again after 1 s, doubling to 30 s, and the first failure is
-/// reported as a `tracing` warning: meanwhile other writers' changes are
+/// tried again after 1 s, doubling to 30 s (as is one lost again before a
+/// check period passed), and the first failure of a streak is reported as a
+/// `tracing` warning: meanwhile other writers' changes are
 /// found only by polling (a [`Runner`](crate::pipeline::Runner)'s
 /// `poll_every`, a follower's period). A silent connection is found by its
 /// TCP keepalives, and by a query every
@@ -191,7 +193,12 @@ use crate::trace;
 /// off with [`listen(false)`](PgStoreBuilder::listen).
 ///
 /// Notifications cost the writers of jobs: a trigger runs for each such row,
-/// and their commits are serialized with each other.
+/// and their commits are serialized with each other. And they depend on the
+/// server's notification queue: if it fills (8 GB by default, when a
+/// session somewhere in the cluster listens and stops reading), every
+/// transaction that writes a job fails at its commit until it drains.
+/// Writers in `session_replication_role = replica` (logical replication's
+/// apply workers, some bulk loaders) fire no triggers, and notify nobody.
 ///
 /// # Transactions of your own
 ///
@@ -211,8 +218,10 @@ use crate::trace;
 /// - **Nothing is visible before the application commits**, and nothing is
 ///   kept if it rolls back. Other processes hear of the new records at the
 ///   commit, through the table's notifications (see "Change notifications"
-///   above): a [`Runner`](crate::pipeline::Runner) on any machine
-///   wakes for a job created this way once it is committed.
+///   above): a [`Runner`](crate::pipeline::Runner) on any machine, this
+///   process's included, wakes for a job created this way once it is
+///   committed (with [`listen(false)`](PgStoreBuilder::listen), at its next
+///   poll).
 /// - **The application's transaction holds jobsafe's row locks until it
 ///   ends**: the records written, and the advisory lock each writer of a key
 ///   takes. Another writer of the same job or reservation (a second request
@@ -220,9 +229,17 @@ use crate::trace;
 ///   its own `lock_timeout`. Keep such transactions short.
 /// - **Bounds are the application's session's**: the store's call
 ///   deadline and timeouts do not apply to the application's connection.
+/// - **Run the transaction at `READ COMMITTED`**, PostgreSQL's default, as
+///   the store's own sessions do: jobsafe's statements rely on it. At
+///   `REPEATABLE READ` or `SERIALIZABLE`, a concurrent writer of the same
+///   record makes a statement fail with a serialization error (SQLSTATE
+///   40001), an error from the server as below.
 /// - **An error from the server** (a lock or statement timeout, a lost
-///   connection) aborts the application's transaction, as any failed
-///   statement does: roll it back, and repeat the whole transaction. A
+///   connection, a serialization failure) aborts the application's
+///   transaction, as any failed statement does. It is returned as an
+///   [`Error::Database`] that is not transient, whatever its cause: the
+///   call cannot be repeated in that transaction. Roll it back, and repeat
+///   the whole transaction. A
 ///   refused write that is jobsafe's decision (an id taken by another job, a
 ///   reservation with another fingerprint) is an error that leaves the
 ///   transaction usable: jobsafe checks its preconditions in its statements
@@ -240,8 +257,9 @@ use crate::trace;
 /// [`AsyncJobLedger`](crate::ledger::AsyncJobLedger), any
 /// [`tokio_postgres::GenericClient`] (a `tokio_postgres::Transaction`), and
 /// hold no thread while they wait. Given a client outside a transaction, each
-/// statement commits on its own; a reserve's batch then fails (a savepoint
-/// needs a transaction) with nothing written. sqlx is not supported.
+/// statement commits on its own, as the store's own calls would: the job or
+/// reservation is written at once, with none of the above. sqlx is not
+/// supported.
 ///
 /// # Guarantees
 ///
@@ -1007,7 +1025,7 @@ impl Store for PgStore {
         })
     }
 
-    /// Tells of every write of a job's record or event that another writer
+    /// Tells of every write of a job's record that another writer
     /// committed under `prefix`: another process or machine, another handle
     /// opened on the same table, or an application's own session; other
     /// records are not told (see [`PgStore`], "Change notifications"). Heard

@@ -77,7 +77,8 @@ struct Found {
     version: i32,
     /// The store's objects that do not exist, as `schema.name`.
     missing: Vec<String>,
-    /// Whether the records table has the triggers that notify of writes.
+    /// Whether the records table has the triggers that notify of writes,
+    /// enabled.
     notifies: bool,
 }
 
@@ -113,9 +114,10 @@ impl Found {
         if self.version >= NOTIFY_VERSION && !self.notifies {
             return Err(refuse(format!(
                 "{} records schema version {} for table {}, but its triggers {} and {3}_delete \
-                 do not both exist (dropped, or a partial restore), so other processes would \
-                 never hear of its writes: delete the row of version {NOTIFY_VERSION} for this \
-                 table from {0}, and the next open makes them again",
+                 are not both there and enabled (dropped, disabled, or a partial restore), so \
+                 other processes would never hear of its writes: enable them, or delete the \
+                 row of version {NOTIFY_VERSION} for this table from {0}, and the next open \
+                 makes them again",
                 names.migrations_shown(),
                 self.version,
                 names.shown(),
@@ -138,7 +140,7 @@ async fn read(client: &Client, names: &Names, server: &str) -> Result<Found> {
             "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,
                     to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL,
                     (SELECT count(*) FROM pg_trigger
-                     WHERE tgrelid = to_regclass($2)
+                     WHERE tgrelid = to_regclass($2) AND tgenabled <> 'D'
                        AND tgname::text IN ($5::text, $5::text || '_delete')) = 2",
             &[
                 &names.migrations(),

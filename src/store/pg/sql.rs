@@ -26,11 +26,12 @@ pub(crate) const NOW_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) *
 /// and then by the whole key is ordering by the key.
 const ORDER_PREFIX: usize = 1024;
 
-/// The key segments whose rows notify (see `Names::notify_migration`): those
-/// of a job's record (`<namespace>/job/<id>`) and of its events
-/// (`<namespace>/event/<id>/<seq>`), which runners and subscriptions wait
-/// for. A key of another kind with such a segment notifies too, needlessly.
-pub(crate) const NOTIFIED_SEGMENTS: [&str; 2] = ["job", "event"];
+/// The key segment whose rows notify (see `Names::notify_migration`): that of
+/// a job's record (`<namespace>/job/<id>`), which runners and subscriptions
+/// watch. Every change of a job, an event appended included, rewrites its
+/// record in the same commit, so the events' own rows need not notify. A key
+/// of another kind with such a segment notifies too, needlessly.
+pub(crate) const NOTIFIED_SEGMENT: &str = "job";
 
 /// How many leading bytes of a key a notification names: its payload must
 /// stay under the server's 8000 bytes, and hex doubles them.
@@ -113,7 +114,7 @@ impl Names {
         format!("{}.jobsafe_schema", self.schema)
     }
 
-    /// The channel every write to the records table notifies on (see
+    /// The channel that writes of jobs' records notify on (see
     /// `listen`): `jobsafe:schema.table`, or, when that is longer than the
     /// server's 63-byte names, `jobsafe:` and the first 16 hex digits of the
     /// SHA-256 of `schema.table`. Plain text: schema and table names hold
@@ -171,9 +172,8 @@ impl Names {
         ]
     }
 
-    /// Schema version 2: every row of a job's record or event (a key with a
-    /// segment `job` or `event`, see [`NOTIFIED_SEGMENTS`]) written, changed
-    /// or deleted notifies the store's [channel](Names::channel) once its
+    /// Schema version 2: every row of a job's record (a key with a segment
+    /// `job`, see [`NOTIFIED_SEGMENT`]) written, changed or deleted notifies the store's [channel](Names::channel) once its
     /// transaction commits (a transaction that rolls back notifies nothing),
     /// whoever writes it: a store's session, or an application's own
     /// transaction. The payload is the writer (the `jobsafe.writer` setting a
@@ -193,16 +193,17 @@ impl Names {
         let function = format!("\"{}\".\"{trigger}\"", self.schema);
         let channel = self.channel();
         let most = NOTIFIED_KEY_BYTES;
+        // The segment between NULs, in a key with a NUL added at each end.
+        // Written with `decode`, whose meaning no string setting changes.
         let notified = |row: &str| {
-            let key = format!("('\\x00'::bytea || {row}.key || '\\x00'::bytea)");
-            NOTIFIED_SEGMENTS
-                .iter()
-                .map(|segment| {
-                    let hex: String = segment.bytes().map(|b| format!("{b:02x}")).collect();
-                    format!("position('\\x00{hex}00'::bytea IN {key}) > 0")
-                })
-                .collect::<Vec<_>>()
-                .join(" OR ")
+            let hex: String = NOTIFIED_SEGMENT
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!(
+                "position(decode('00{hex}00', 'hex') IN \
+                 decode('00', 'hex') || {row}.key || decode('00', 'hex')) > 0"
+            )
         };
         format!(
             "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $notify$

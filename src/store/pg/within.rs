@@ -21,7 +21,7 @@ use super::PgStore;
 use super::ops::{self, Exec};
 use crate::clock::SharedClock;
 use crate::drive::{Drive, Wait};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::store::{Applied, Batch, Entry, Expect, Store, Version};
 
@@ -85,11 +85,42 @@ impl PgStore {
     }
 }
 
+/// An error of a statement on the application's transaction. The server
+/// aborted the transaction (or its connection is gone), so no call can be
+/// repeated or read back in it: never transient, so that the managers'
+/// bodies neither retry nor re-read, and the application rolls back and
+/// repeats the whole transaction. jobsafe's own refusals (a conflict, say)
+/// pass as they are.
+fn aborted(error: Error) -> Error {
+    match error {
+        Error::Database {
+            step,
+            server,
+            transient: true,
+            source,
+        } => Error::Database {
+            step,
+            server,
+            transient: false,
+            source: format!(
+                "{source} (on the application's transaction, which the server aborted: \
+                 roll it back, and repeat the whole transaction)"
+            )
+            .into(),
+        },
+        other => other,
+    }
+}
+
 /// The savepoint a batch runs in.
 const SAVEPOINT: &str = "jobsafe_batch";
 
 impl<'t, E: Exec, W: Wait> InTransaction<'t, E, W> {
     async fn apply(self, batch: Batch) -> Result<Vec<Applied>> {
+        self.apply_in_savepoint(batch).await.map_err(aborted)
+    }
+
+    async fn apply_in_savepoint(self, batch: Batch) -> Result<Vec<Applied>> {
         batch.validate()?;
         let shared = &self.store.shared;
         let ctx = shared.ctx();
@@ -120,7 +151,9 @@ impl<'t, S: Store + ?Sized, E: Exec, W: Wait> Drive<S> for InTransaction<'t, E, 
     fn get(self, _: &Arc<S>, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send {
         async move {
             let shared = &self.store.shared;
-            ops::get_on(self.exec, &shared.sql.stmts(), &shared.ctx(), key).await
+            ops::get_on(self.exec, &shared.sql.stmts(), &shared.ctx(), key)
+                .await
+                .map_err(aborted)
         }
     }
 
@@ -143,6 +176,7 @@ impl<'t, S: Store + ?Sized, E: Exec, W: Wait> Drive<S> for InTransaction<'t, E, 
                 expect,
             )
             .await
+            .map_err(aborted)
         }
     }
 
@@ -154,7 +188,9 @@ impl<'t, S: Store + ?Sized, E: Exec, W: Wait> Drive<S> for InTransaction<'t, E, 
     ) -> impl Future<Output = Result<bool>> + Send {
         async move {
             let shared = &self.store.shared;
-            ops::delete_op(self.exec, &shared.sql.stmts(), &shared.ctx(), key, expect).await
+            ops::delete_op(self.exec, &shared.sql.stmts(), &shared.ctx(), key, expect)
+                .await
+                .map_err(aborted)
         }
     }
 
