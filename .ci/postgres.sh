@@ -151,6 +151,7 @@ cargo test --features postgres --test pg_store
 cargo test --features postgres --test pg_waits
 cargo test --features postgres --test pg_async
 cargo test --features postgres,async --test pg_changes --test pg_within
+cargo test --features postgres --test pg_relay -- --nocapture
 # A PgStore call of the async face, traced under its caller's span.
 cargo test --features postgres --test tracing -- pgstore
 cargo test --features postgres --test pg_restart -- --nocapture

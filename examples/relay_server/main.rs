@@ -56,7 +56,19 @@
 //! which runs every store call of the requests and streams: see
 //! `jobsafe::pool`; at least 2, default 64), `--max-blocking-threads N` (the
 //! tokio runtime's blocking pool, which the relay itself does not use; default
-//! 16), `--stop-grace-ms N` (see below, default 5 s).
+//! 16), `--stop-grace-ms N` (see below, default 5 s), `--postgres URL` and
+//! `--postgres-schema NAME` (see below), `--clock-file FILE` (a test's
+//! clock, shared by its relays; a build with the feature `testing`).
+//!
+//! With `--postgres URL` (a build with the feature `postgres`), the records
+//! are in PostgreSQL, and several relays, each with a state directory of its
+//! own, serve one set of accounts and jobs: a job created through one is
+//! streamed through another as it runs (the store tells each relay of the
+//! others' writes), a relay that dies leaves its jobs to the others once
+//! their leases end, and one that stops hands them over at once. The
+//! artifacts of finished stages are copied into the database, so the relay
+//! that takes a job over skips them. The per-account cap on queued jobs
+//! (`--max-queued`) counts the jobs this relay accepted.
 //!
 //! On SIGTERM or Ctrl-C the relay stops: it stops accepting connections, ends
 //! every open event stream (each client sees its response end, and may
@@ -75,11 +87,11 @@ mod state_dir;
 mod tokens;
 mod work;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobsafe::{DirStore, LogStore};
+use jobsafe::{DirStore, LogStore, SharedClock};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::http::Limits;
@@ -90,13 +102,14 @@ use crate::work::Pace;
 
 /// What `--help` prints.
 const USAGE: &str = "\
-usage: relay_server --tokens FILE [--store DIR] [--backend log|dir] [--listen ADDR]
+usage: relay_server --tokens FILE [--store DIR] [--backend log|dir] [--postgres URL]
+                    [--listen ADDR]
                     [--workers N] [--stage-ms N | --gate DIR] [--credits N]
                     [--index-ttl-ms N] [--lease-ms N] [--max-queued N]
                     [--max-streams N] [--max-connections N]
                     [--header-timeout-ms N] [--body-timeout-ms N]
                     [--pool-threads N] [--max-blocking-threads N]
-                    [--stop-grace-ms N]
+                    [--stop-grace-ms N] [--clock-file FILE]
 
 An HTTP relay running background jobs with jobsafe: POST /jobs, GET /jobs/{id},
 GET /jobs/{id}/events (SSE), GET /accounts/{account}, POST /index. Every request
@@ -133,6 +146,14 @@ jobs it creates.
                          relay does not use itself (default 16)
   --stop-grace-ms N      on SIGTERM, how long a job's stage under way may take to
                          end (default 5 s)
+  --postgres URL         keep the records in PostgreSQL (a build with the feature
+                         `postgres`), so that several relays, each with a state
+                         directory of its own, serve one set of jobs: each sees the
+                         others' jobs and events at once, and takes over their jobs
+                         with the artifacts of their finished stages
+  --postgres-schema NAME the schema of the records in that database (default public)
+  --clock-file FILE      read time from FILE (a build with the feature `testing`):
+                         a test's clock, shared by its relays
   -h, --help             print this and exit
 
 SIGTERM or Ctrl-C stops the relay: open event streams end, in-flight requests
@@ -170,6 +191,12 @@ struct Options {
     max_blocking_threads: usize,
     /// On SIGTERM, how long runs under way may go on.
     stop_grace: Duration,
+    /// The PostgreSQL database of the records, shared with other relays.
+    postgres: Option<String>,
+    /// The schema of the records there.
+    postgres_schema: String,
+    /// A test's clock.
+    clock_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -223,6 +250,9 @@ impl Options {
             "--pool-threads" => self.pool_threads = Some(pool_bound(cap()?)?),
             "--max-blocking-threads" => self.max_blocking_threads = cap()?,
             "--stop-grace-ms" => self.stop_grace = millis()?,
+            "--postgres" => self.postgres = Some(value),
+            "--postgres-schema" => self.postgres_schema = value,
+            "--clock-file" => self.clock_file = Some(PathBuf::from(&value)),
             _ => return Err(format!("unknown option {flag} (see --help)")),
         }
         Ok(())
@@ -243,6 +273,7 @@ impl Default for Options {
                 index_ttl: Duration::from_secs(16 * 60),
                 lease: Duration::from_secs(30),
                 max_queued: 16,
+                shared_by_relays: false,
             },
             limits: Limits {
                 max_streams: 64,
@@ -256,6 +287,9 @@ impl Default for Options {
             pool_threads: None,
             max_blocking_threads: MAX_BLOCKING_THREADS,
             stop_grace: Duration::from_secs(5),
+            postgres: None,
+            postgres_schema: "public".to_owned(),
+            clock_file: None,
         }
     }
 }
@@ -297,17 +331,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _lock = state_dir::lock(&state)?;
 
     let root = state.join("store");
-    let store: Shared = match options.backend.as_str() {
-        "dir" => Arc::new(DirStore::open(&root)?),
-        _ => Arc::new(LogStore::open(&root)?),
+    let (store, shared_by_relays): (Shared, bool) = match &options.postgres {
+        Some(url) => (open_postgres(url, &options.postgres_schema)?, true),
+        None if options.backend == "dir" => (Arc::new(DirStore::open(&root)?), false),
+        None => (Arc::new(LogStore::open(&root)?), false),
     };
+    let clock = open_clock(options.clock_file.as_deref())?;
     let pipeline = work::pipeline(
         Arc::clone(&store),
         state.join("artifacts"),
         options.pace.clone(),
         options.settings.lease,
+        Arc::clone(&clock),
+        shared_by_relays,
     )?;
-    let relay = Relay::new(store, pipeline, options.settings.clone());
+    let settings = Settings {
+        shared_by_relays,
+        ..options.settings.clone()
+    };
+    let relay = Relay::new(store, pipeline, settings, clock);
     let unfinished = relay
         .recover()
         .map_err(|e| format!("recovering unfinished jobs: {e:?}"))?;
@@ -363,6 +405,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => println!("stopped, with a stage under way"),
     }
     Ok(())
+}
+
+/// The PostgreSQL store at `url`.
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str, schema: &str) -> Result<Shared, Box<dyn std::error::Error>> {
+    Ok(Arc::new(
+        jobsafe::PgStore::builder(url).schema(schema).open()?,
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_url: &str, _schema: &str) -> Result<Shared, Box<dyn std::error::Error>> {
+    Err(
+        "--postgres needs a relay built with the feature `postgres` \
+         (cargo run --features postgres --example relay_server)"
+            .into(),
+    )
+}
+
+/// The relay's clock: the system's, or a test's shared through `file`.
+#[cfg(feature = "testing")]
+fn open_clock(file: Option<&Path>) -> Result<SharedClock, Box<dyn std::error::Error>> {
+    Ok(match file {
+        Some(file) => Arc::new(jobsafe::testing::FileClock::open(file)),
+        None => Arc::new(jobsafe::SystemClock),
+    })
+}
+
+#[cfg(not(feature = "testing"))]
+fn open_clock(file: Option<&Path>) -> Result<SharedClock, Box<dyn std::error::Error>> {
+    match file {
+        Some(_) => Err("--clock-file needs a relay built with the feature `testing`".into()),
+        None => Ok(Arc::new(jobsafe::SystemClock)),
+    }
 }
 
 /// Completes on the first SIGTERM or Ctrl-C (SIGINT). If a handler cannot be

@@ -24,7 +24,7 @@ use jobsafe::jobs::{AsyncJobState, AsyncSubscription, ClientJob, Job, JobStatus,
 use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reservation, Reserve};
 use jobsafe::lock::{AsyncAcquire, AsyncJobLock, LockHandle, LockRecord, LockRequest};
 use jobsafe::store::{BatchOp, Entry};
-use jobsafe::{Error, Expect, JobLedger, JobLock, Key, Pipeline, Store};
+use jobsafe::{Error, Expect, JobLedger, JobLock, Key, Pipeline, SharedClock, Store};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
@@ -112,6 +112,9 @@ pub(crate) struct Settings {
     pub(crate) lease: Duration,
     /// How many unfinished jobs an account may have.
     pub(crate) max_queued: usize,
+    /// Whether other relays serve the same store (PostgreSQL): their jobs'
+    /// locks are theirs, not left by a crash of this one.
+    pub(crate) shared_by_relays: bool,
 }
 
 /// A new or deduplicated job.
@@ -174,8 +177,12 @@ pub(crate) struct Relay {
 
 impl Relay {
     /// The relay over `store`, whose jobs `pipeline` runs.
-    pub(crate) fn new(store: Shared, pipeline: Pipeline<Shared>, settings: Settings) -> Self {
-        let clock = Arc::new(jobsafe::SystemClock);
+    pub(crate) fn new(
+        store: Shared,
+        pipeline: Pipeline<Shared>,
+        settings: Settings,
+        clock: SharedClock,
+    ) -> Self {
         Relay {
             ledger: AsyncJobLedger::new(JobLedger::new(Arc::clone(&store), clock.clone())),
             locks: AsyncJobLock::new(JobLock::new(Arc::clone(&store), clock)),
@@ -462,9 +469,13 @@ impl Relay {
                 continue;
             }
             // A runner that died between taking the lock and starting the job,
-            // or after requeueing it, left the lock on a queued job too.
-            let subject = Pipeline::<Shared>::subject_of(&job);
-            self.pipeline.locks().force_release(&Key::new([subject])?)?;
+            // or after requeueing it, left the lock on a queued job too. Not
+            // where other relays run jobs of the same store: the lock may be
+            // theirs, and their leases end by themselves.
+            if !self.settings.shared_by_relays {
+                let subject = Pipeline::<Shared>::subject_of(&job);
+                self.pipeline.locks().force_release(&Key::new([subject])?)?;
+            }
             if let Some(account) = account_of(&job) {
                 self.queued.add(account, &job.id);
             }

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobsafe::pipeline::{Runner, StageContext, StageError};
-use jobsafe::{Pipeline, SystemClock};
+use jobsafe::pipeline::{Runner, StageContext, StageError, StoreArtifacts};
+use jobsafe::{Pipeline, SharedClock};
 use serde_json::json;
 
 use crate::relay::{Relay, Shared, meta};
@@ -55,11 +55,18 @@ pub(crate) fn pipeline(
     artifacts: PathBuf,
     pace: Pace,
     lease: Duration,
+    clock: SharedClock,
+    shared_by_relays: bool,
 ) -> jobsafe::Result<Pipeline<Shared>> {
     let actor = format!("relay pid {}", std::process::id());
-    let mut builder = Pipeline::builder(store, Arc::new(SystemClock), artifacts)
+    let mut builder = Pipeline::builder(Arc::clone(&store), clock, artifacts)
         .lease(lease)
         .actor(actor);
+    if shared_by_relays {
+        // The relay that takes a job over finds the artifacts of its
+        // finished stages there, not on the disk of the relay that ran them.
+        builder = builder.shared_artifacts(StoreArtifacts::new(store));
+    }
     for stage in STAGES {
         let pace = pace.clone();
         builder = builder.stage(stage, move |ctx| {

@@ -69,8 +69,22 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                 return Ok(report);
             }
         };
-        let outcome = self.run_leased(id, &subject, &lease, abandon, &mut report);
+        let mut claim = None;
+        let outcome = self.run_leased(id, &subject, &lease, abandon, &mut report, &mut claim);
         lease.release();
+        if let (Ok(RunOutcome::Abandoned { stage }), Some(claim)) = (&outcome, &claim) {
+            // Says so on the job, after the release: the event rewrites the
+            // job's record, which wakes the runners of other processes and
+            // machines (their stores tell of it). One that found the subject
+            // busy would otherwise wait for the lease to end. Best effort: a
+            // runner that took the job over meanwhile makes it stale.
+            let _ = self.inner.jobs.append_event_with(
+                claim,
+                "handed_over",
+                json!({ "stage": stage, "actor": self.inner.actor }),
+                &[],
+            );
+        }
         report.outcome = outcome?;
         Ok(report)
     }
@@ -120,6 +134,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         lease: &Lease<std::sync::Arc<S>>,
         abandon: &Abandon,
         report: &mut RunReport,
+        claim: &mut Option<Claim>,
     ) -> Result<RunOutcome> {
         // Decided again under the lock: another runner may have finished it.
         let Some(job) = self.inner.jobs.get(id)? else {
@@ -167,7 +182,9 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             job_rel,
             subject_rel,
         };
-        run.stages(report)
+        let outcome = run.stages(report);
+        *claim = Some(worker);
+        outcome
     }
 
     /// Removes temp files at least `min_age` old from `dir`; a missing directory

@@ -433,7 +433,7 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         let mut report = RunnerReport::default();
         let mut running = Running(Vec::new());
         // Jobs not to try before a time: busy elsewhere, or whose run failed.
-        let mut not_before: HashMap<String, u64> = HashMap::new();
+        let mut not_before = NotBefore::default();
         let mut woken = wake.generation();
         let mut stop_seen = self.stop.signal.generation();
         let mut look_now = true;
@@ -467,10 +467,14 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                 }
                 Event::Woken(generation) => {
                     woken = generation;
+                    not_before.forget_busy();
                     look_now = true;
                 }
                 Event::Others(generation) => {
                     others_seen = generation;
+                    // Perhaps a runner elsewhere handed a busy job over:
+                    // it is tried again at once, not when the lease ends.
+                    not_before.forget_busy();
                     look_now = true;
                 }
                 Event::Stop(generation) => stop_seen = generation,
@@ -530,17 +534,17 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         due: Due,
         now: u64,
         running: &mut Running,
-        not_before: &mut HashMap<String, u64>,
+        not_before: &mut NotBefore,
         abandon: &impl Fn() -> Arc<Abandon>,
     ) -> u64 {
         let mut next = due.next_retry_ms.unwrap_or(u64::MAX);
         let listed: HashSet<&str> = due.jobs.iter().map(|job| job.id.as_str()).collect();
-        not_before.retain(|id, at| *at > now && listed.contains(id.as_str()));
+        not_before.retain(now, &listed);
         for job in &due.jobs {
             if running.0.len() >= self.concurrency {
                 break;
             }
-            if let Some(&at) = not_before.get(&job.id) {
+            if let Some(at) = not_before.get(&job.id) {
                 next = next.min(at);
                 continue;
             }
@@ -575,7 +579,7 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         ended: Result<RunReport>,
         now: u64,
         report: &mut RunnerReport,
-        not_before: &mut HashMap<String, u64>,
+        not_before: &mut NotBefore,
     ) {
         let retry_in = now.saturating_add(millis(self.poll_every));
         if let Some(observer) = &self.on_run {
@@ -589,17 +593,15 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                     // Held by a runner elsewhere: tried again when its lease
                     // ends, or at the next poll if that comes first.
                     RunOutcome::Busy { holder } => {
-                        not_before.insert(
-                            run.id,
-                            holder.expires_ms.clamp(now.saturating_add(1), retry_in),
-                        );
+                        let at = holder.expires_ms.clamp(now.saturating_add(1), retry_in);
+                        not_before.busy.insert(run.id, at);
                     }
                     RunOutcome::Abandoned { .. } => report.abandoned.push(run.id),
                     _ => {}
                 }
             }
             Err(error) => {
-                not_before.insert(run.id.clone(), retry_in);
+                not_before.failed.insert(run.id.clone(), retry_in);
                 report.job_error(run.id, error);
             }
         }
@@ -611,7 +613,7 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         &self,
         mut running: Running,
         report: &mut RunnerReport,
-        not_before: &mut HashMap<String, u64>,
+        not_before: &mut NotBefore,
     ) {
         let clock = Arc::clone(&self.pipeline.inner.clock);
         let mut stop_seen = self.stop.signal.generation();
@@ -692,5 +694,35 @@ impl Drop for Running {
         for run in &self.0 {
             run.abandon.set();
         }
+    }
+}
+
+/// The jobs a runner does not try before a time.
+#[derive(Debug, Default)]
+struct NotBefore {
+    /// Held by a runner elsewhere: until its lease ends (or the next poll).
+    /// Forgotten when another writer's change may be its handover.
+    busy: HashMap<String, u64>,
+    /// Whose run failed with an error: until the next poll.
+    failed: HashMap<String, u64>,
+}
+
+impl NotBefore {
+    fn get(&self, id: &str) -> Option<u64> {
+        match (self.busy.get(id), self.failed.get(id)) {
+            (Some(&a), Some(&b)) => Some(a.max(b)),
+            (a, b) => a.or(b).copied(),
+        }
+    }
+
+    /// Keeps what is still ahead of `now`, for jobs still `listed`.
+    fn retain(&mut self, now: u64, listed: &HashSet<&str>) {
+        for times in [&mut self.busy, &mut self.failed] {
+            times.retain(|id, at| *at > now && listed.contains(id.as_str()));
+        }
+    }
+
+    fn forget_busy(&mut self) {
+        self.busy.clear();
     }
 }
