@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use common::hooked_store::{HookedStore, StoreOp};
 use jobsafe::jobs::NewJob;
-use jobsafe::pipeline::{PurgePolicy, RunOutcome, StageError, StoreArtifacts};
+use jobsafe::pipeline::{
+    Artifact, ArtifactStorage, PurgePolicy, RunOutcome, StageError, StoreArtifacts,
+};
 use jobsafe::{Error, Expect, Key, ManualClock, MemStore, Pipeline, Prefix, Store};
 use tempfile::TempDir;
 
@@ -49,6 +51,7 @@ fn machine(
     clock: &ManualClock,
     script: &Arc<Script>,
     shared: bool,
+    storage: Option<FailingFetch>,
 ) -> Machine {
     let dir = tempfile::tempdir().unwrap();
     let (fetch, render) = (Arc::clone(script), Arc::clone(script));
@@ -74,6 +77,9 @@ fn machine(
         });
     if shared {
         builder = builder.shared_artifacts(StoreArtifacts::new(Arc::clone(store)));
+    }
+    if let Some(storage) = storage {
+        builder = builder.shared_artifacts(storage);
     }
     Machine {
         pipeline: builder.build().unwrap(),
@@ -105,8 +111,8 @@ fn takes_over(store: Arc<dyn Store>) {
     let clock = ManualClock::new(START_MS);
     let script = Arc::new(Script::default());
     let (a, b) = (
-        machine(&store, &clock, &script, true),
-        machine(&store, &clock, &script, true),
+        machine(&store, &clock, &script, true, None),
+        machine(&store, &clock, &script, true, None),
     );
     let id = started_on(&a, &clock, &script);
     let pass = b.pipeline.run_pass().unwrap();
@@ -140,8 +146,8 @@ fn without_shared_artifacts_the_other_machine_runs_the_stage_again() {
     let clock = ManualClock::new(START_MS);
     let script = Arc::new(Script::default());
     let (a, b) = (
-        machine(&store, &clock, &script, false),
-        machine(&store, &clock, &script, false),
+        machine(&store, &clock, &script, false, None),
+        machine(&store, &clock, &script, false, None),
     );
     started_on(&a, &clock, &script);
     let pass = b.pipeline.run_pass().unwrap();
@@ -187,8 +193,8 @@ fn a_damaged_or_torn_copy_is_never_used_and_the_stage_runs_again() {
         let clock = ManualClock::new(START_MS);
         let script = Arc::new(Script::default());
         let (a, b) = (
-            machine(&store, &clock, &script, true),
-            machine(&store, &clock, &script, true),
+            machine(&store, &clock, &script, true, None),
+            machine(&store, &clock, &script, true, None),
         );
         let id = started_on(&a, &clock, &script);
         apply(&store);
@@ -208,8 +214,8 @@ fn an_upload_cut_off_before_its_manifest_fails_the_write_and_leaves_nothing_used
     let clock = ManualClock::new(START_MS);
     let script = Arc::new(Script::default());
     let (a, b) = (
-        machine(&store, &clock, &script, true),
-        machine(&store, &clock, &script, true),
+        machine(&store, &clock, &script, true, None),
+        machine(&store, &clock, &script, true, None),
     );
     // The store goes away as the first copy's manifest is written, after
     // its chunks.
@@ -263,8 +269,8 @@ fn purge_and_delete_remove_the_copies() {
     let clock = ManualClock::new(START_MS);
     let script = Arc::new(Script::default());
     let (a, b) = (
-        machine(&store, &clock, &script, true),
-        machine(&store, &clock, &script, true),
+        machine(&store, &clock, &script, true, None),
+        machine(&store, &clock, &script, true, None),
     );
     let id = started_on(&a, &clock, &script);
     assert_eq!(
@@ -274,8 +280,8 @@ fn purge_and_delete_remove_the_copies() {
     // Copies of a job whose removal was cut off on a machine that is gone.
     let ghost = StoreArtifacts::new(Arc::clone(&store));
     let orphan_page = page();
-    let orphan = jobsafe::pipeline::Artifact::of_bytes("jobs/ghost/page.bin", &orphan_page);
-    jobsafe::pipeline::ArtifactStorage::store(&ghost, &orphan, &orphan_page).unwrap();
+    let orphan = Artifact::of_bytes("jobs/ghost/page.bin", &orphan_page);
+    ghost.store(&orphan, &orphan_page).unwrap();
 
     let report = b.pipeline.purge().unwrap();
     assert_eq!(report.jobs.total(), 1, "{report:?}");
@@ -306,4 +312,46 @@ fn purge_and_delete_remove_the_copies() {
 fn pg_a_job_taken_over_on_another_machine_skips_the_stages_that_finished() {
     let mut schemas = common::pg::Schemas::default();
     takes_over(Arc::new(schemas.store()));
+}
+
+/// A storage whose copies are stored, but cannot be fetched: unreachable.
+#[derive(Debug)]
+struct FailingFetch(StoreArtifacts<Arc<dyn Store>>);
+
+impl ArtifactStorage for FailingFetch {
+    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
+        self.0.store(artifact, bytes)
+    }
+
+    fn fetch(&self, _: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
+        Err(Error::Database {
+            step: "get",
+            server: "test".to_owned(),
+            transient: true,
+            source: "the storage is unreachable".into(),
+        })
+    }
+
+    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
+        self.0.remove_dir(dir)
+    }
+
+    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
+        self.0.dirs(top)
+    }
+}
+
+#[test]
+fn a_copy_that_cannot_be_fetched_makes_the_stage_run_again() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let clock = ManualClock::new(START_MS);
+    let script = Arc::new(Script::default());
+    let a = machine(&store, &clock, &script, true, None);
+    let failing = FailingFetch(StoreArtifacts::new(Arc::clone(&store)));
+    let b = machine(&store, &clock, &script, false, Some(failing));
+    started_on(&a, &clock, &script);
+    // Not stuck on the fetch: the stage runs again, as without a copy.
+    let pass = b.pipeline.run_pass().unwrap();
+    assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+    assert_eq!(script.fetches.load(Ordering::SeqCst), 2);
 }

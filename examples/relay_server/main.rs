@@ -68,7 +68,10 @@
 //! their leases end, and one that stops hands them over at once. The
 //! artifacts of finished stages are copied into the database, so the relay
 //! that takes a job over skips them. The per-account cap on queued jobs
-//! (`--max-queued`) counts the jobs this relay accepted.
+//! (`--max-queued`) is kept by each relay in memory: it counts the jobs this
+//! relay accepted, and the unfinished ones it found at its start, until it
+//! sees them end; a job another relay finishes stays counted here until
+//! this relay restarts.
 //!
 //! On SIGTERM or Ctrl-C the relay stops: it stops accepting connections, ends
 //! every open event stream (each client sees its response end, and may

@@ -452,11 +452,14 @@ impl Relay {
     }
 
     /// The jobs left unfinished (queued, or running when the last process
-    /// died), after settling every finished one. This process is the store's
-    /// only user (the state directory is locked), so every subject lock an
-    /// unfinished job's runner held belongs to a dead process: it is freed, and
-    /// the job resumes at once instead of a lease later. Blocking: it runs
-    /// before the relay serves anything.
+    /// died), after settling every finished one. On a store of its own this
+    /// process is the store's only user (the state directory is locked), so
+    /// every subject lock an unfinished job's runner held belongs to a dead
+    /// process: it is freed, and the job resumes at once instead of a lease
+    /// later. On a store shared by relays (PostgreSQL) the locks may be live
+    /// relays', and are left to their leases; every relay's unfinished jobs
+    /// then count against the accounts' caps here. Blocking: it runs before
+    /// the relay serves anything.
     pub(crate) fn recover(&self) -> Result<Vec<String>, RelayError> {
         let mut unfinished = Vec::new();
         let all = self.pipeline.jobs().list(&Default::default())?;

@@ -405,15 +405,13 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             let age = now.duration_since(info.modified).unwrap_or(Duration::ZERO);
             if info.kind == FileKind::Dir && age >= inner.purge.temp_files_older_than {
                 report.artifact_dirs += remove_dir_all(vfs, &inner.root, &dir)?;
-                report.shared_artifacts +=
-                    self.remove_shared(&Path::new(paths::JOBS_DIR).join(&name))?;
             }
         }
-        // Copies of jobs this machine never ran, whose removal was
-        // interrupted elsewhere. Only a plain directory name says which job
-        // it was, and that job is looked up again: one created since the
-        // listing keeps its copies. (A hashed name stays until its job's
-        // purge.)
+        // Copies of jobs that no longer exist, whose removal was interrupted
+        // (here or elsewhere). Only a plain directory name says which job it
+        // was, and that job is looked up again: one created since the
+        // listing keeps its copies. (The copies of a job with a hashed
+        // directory name stay if its removal was interrupted.)
         if let Some(shared) = &inner.shared {
             let top = Path::new(paths::JOBS_DIR);
             for name in shared.dirs(top)? {

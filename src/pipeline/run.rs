@@ -264,7 +264,16 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                     if let (Verdict::Stale(_), Some(shared)) = (&verdict, &inner.shared)
                         && checkpoint.chain_follows(&previous_chain)
                     {
-                        fetched = self.restore(shared.as_ref(), &checkpoint)?;
+                        fetched = match self.restore(shared.as_ref(), &checkpoint) {
+                            Ok(fetched) => fetched,
+                            Err(e) if e.is_stale_token() || e.is_stale_worker() => {
+                                return self.refused(e, None, &[]);
+                            }
+                            // Not fetched (the storage unreachable, the path
+                            // taken by something else): the stage runs again,
+                            // and its own failures go by the retry policy.
+                            Err(_) => 0,
+                        };
                         if fetched > 0 {
                             verdict = checkpoint.verify(
                                 inner.writer.vfs(),
@@ -659,7 +668,9 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
         let mut restored = 0;
         for artifact in &checkpoint.artifacts {
             match read_recorded(inner.writer.vfs(), &inner.root, artifact, false)? {
-                Ok(_) | Err(Mismatch::BadPath) => continue,
+                // A directory or a link in its place is never replaced: the
+                // stage runs again, and meets it as a run would.
+                Ok(_) | Err(Mismatch::BadPath | Mismatch::NotRegular) => continue,
                 Err(_) => {}
             }
             let Some(bytes) = shared.fetch(artifact)? else {
@@ -680,10 +691,18 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         self.write_local(&rel, bytes)?;
         let artifact = Artifact::of(rel, bytes);
         if let Some(shared) = &self.pipeline.inner.shared {
+            let target = self.pipeline.inner.root.join(&artifact.path);
             // Not for a runner that lost the job meanwhile: the copy would
-            // replace the one of the runner that holds it now.
-            self.fence(&self.pipeline.inner.root.join(&artifact.path))?;
-            shared.store(&artifact, bytes)?;
+            // replace the one of the runner that holds it now. A copy that
+            // fails fails the write, and the file goes too: it counts as not
+            // written.
+            let copied = self
+                .fence(&target)
+                .and_then(|()| shared.store(&artifact, bytes));
+            if let Err(e) = copied {
+                let _ = self.pipeline.inner.writer.vfs().remove_file(&target);
+                return Err(e);
+            }
         }
         Ok(artifact)
     }

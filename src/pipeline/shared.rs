@@ -10,6 +10,7 @@
 //! skipped. What does not verify is never written back, whatever the storage
 //! returned: the stage runs again.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Component, Path};
 
@@ -30,9 +31,12 @@ use crate::store::{Batch, Expect, SCAN_PAGE, Store};
 /// plain name.
 ///
 /// # Contract
-/// - [`store`](ArtifactStorage::store) replaces what the path held. A reader
-///   sees the old copy or the new one, whole, never a part: a crash midway
-///   leaves the old copy (or nothing) for [`fetch`](ArtifactStorage::fetch).
+/// - [`store`](ArtifactStorage::store) replaces what the path held. A crash
+///   midway leaves the old copy (or nothing) for
+///   [`fetch`](ArtifactStorage::fetch). Two stores of one path at once (a
+///   runner that lost its job and does not know it yet, beside the one that
+///   holds it) may leave either copy, or none whole: what `fetch` then
+///   returns does not verify, and the stage runs again.
 /// - `fetch` may return anything it likes for a damaged copy: the pipeline
 ///   checks the length and SHA-256 of what it gets, and uses nothing else.
 /// - [`remove_dir`](ArtifactStorage::remove_dir) removes every copy under a
@@ -49,7 +53,8 @@ pub trait ArtifactStorage: Send + Sync + fmt::Debug {
     /// there is none, or one of another length or digest (or torn).
     ///
     /// # Errors
-    /// The storage's (a transient one ends the run as a transient failure).
+    /// The storage's. The pipeline then runs the stage again rather than
+    /// skip it, as when there is no copy.
     fn fetch(&self, artifact: &Artifact) -> Result<Option<Vec<u8>>>;
 
     /// Removes every copy under `dir` (`jobs/<job dir>` or
@@ -196,17 +201,30 @@ impl<S: Store> ArtifactStorage for StoreArtifacts<S> {
             Error::InvalidArgument(format!("the manifest of an artifact does not encode: {e}"))
         })?;
         // Last: until now, readers see the old upload, whole.
-        self.store
-            .put(&self.key("file", &artifact.path, &[])?, &value, Expect::Any)?;
-        // The older uploads of the path (and parts of interrupted ones).
-        let own = self.prefix("chunk", &artifact.path.join(&upload))?;
-        self.delete_under(&self.prefix("chunk", &artifact.path)?, Some(&own))?;
+        let manifest_key = self.key("file", &artifact.path, &[])?;
+        self.store.put(&manifest_key, &value, Expect::Any)?;
+        // The older uploads of the path (and parts of interrupted ones), but
+        // the one the manifest names now (another writer's, if it came
+        // after). Best effort: the copy is whole already, and what is left
+        // goes with the next store of the path, or the purge.
+        let named = match self.store.get(&manifest_key) {
+            Ok(Some(entry)) => serde_json::from_slice::<Manifest>(&entry.value)
+                .map(|m| m.upload)
+                .unwrap_or(upload),
+            _ => return Ok(()),
+        };
+        let keep = self.prefix("chunk", &artifact.path.join(&named))?;
+        let _ = self.delete_under(&self.prefix("chunk", &artifact.path)?, Some(&keep));
         Ok(())
     }
 
     fn fetch(&self, artifact: &Artifact) -> Result<Option<Vec<u8>>> {
-        let Some(entry) = self.store.get(&self.key("file", &artifact.path, &[])?)? else {
-            return Ok(None);
+        let entry = match self.store.get(&self.key("file", &artifact.path, &[])?) {
+            Ok(Some(entry)) => entry,
+            // A damaged manifest names nothing to fetch.
+            Ok(None) => return Ok(None),
+            Err(e) if e.is_corrupt() => return Ok(None),
+            Err(e) => return Err(e),
         };
         let Ok(manifest) = serde_json::from_slice::<Manifest>(&entry.value) else {
             return Ok(None);
@@ -241,23 +259,19 @@ impl<S: Store> ArtifactStorage for StoreArtifacts<S> {
     }
 
     fn dirs(&self, top: &Path) -> Result<Vec<String>> {
-        let mut found: Vec<String> = Vec::new();
+        let mut found = BTreeSet::new();
         for kind in ["file", "chunk"] {
             let prefix = self.prefix(kind, top)?;
             let depth = prefix.segments().len();
             for page in self.store.scan(&prefix, SCAN_PAGE) {
                 for key in page? {
-                    if let Some(dir) = key.segments().get(depth)
-                        && found.last() != Some(dir)
-                        && !found.contains(dir)
-                    {
-                        found.push(dir.clone());
+                    if let Some(dir) = key.segments().get(depth) {
+                        found.insert(dir.clone());
                     }
                 }
             }
         }
-        found.sort();
-        Ok(found)
+        Ok(found.into_iter().collect())
     }
 }
 
