@@ -83,20 +83,69 @@ impl Ground {
     }
 }
 
-/// Reads `stream` until an event that `stop` accepts (included).
-fn read_until(
-    stream: &mut SseStream,
-    seen: &mut Vec<SseEvent>,
-    stop: impl Fn(&SseEvent) -> bool,
-) -> Res {
-    while let Some(event) = stream.next_event()? {
-        let last = stop(&event);
-        seen.push(event);
-        if last {
-            return Ok(());
+/// The events of an SSE stream, read on a thread of their own so that a
+/// stream that stalls fails the test with what the relay says, instead of
+/// hanging in a read.
+struct Events {
+    events: std::sync::mpsc::Receiver<Res<Option<SseEvent>>>,
+}
+
+impl Events {
+    fn of(mut stream: SseStream) -> Events {
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            loop {
+                let next = stream.next_event();
+                let end = !matches!(next, Ok(Some(_)));
+                if tx.send(next).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Events { events }
+    }
+
+    /// The next event; `None` at the end of the stream.
+    fn next(&self) -> Res<Option<SseEvent>> {
+        match self.events.recv_timeout(STALL) {
+            Ok(next) => next,
+            Err(_) => Err(format!("no event for {STALL:?}").into()),
         }
     }
-    Err(format!("the stream ended before the event waited for: {seen:?}").into())
+}
+
+/// How long a stream may stay silent before the test says where it stalled.
+const STALL: Duration = Duration::from_secs(90);
+
+/// Reads `events` until one that `stop` accepts (included); on a stall, the
+/// error says what `relay` holds of the job and printed.
+fn read_until(
+    events: &Events,
+    seen: &mut Vec<SseEvent>,
+    relay: &mut Relay,
+    id: &str,
+    stop: impl Fn(&SseEvent) -> bool,
+) -> Res {
+    loop {
+        match events.next() {
+            Ok(Some(event)) => {
+                let last = stop(&event);
+                seen.push(event);
+                if last {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Err(format!("the stream ended early: {seen:?}").into()),
+            Err(e) => {
+                let job = relay.client(ACCOUNT).job(id).map(|j| j.to_string());
+                let events: Vec<String> = (seen.iter())
+                    .map(|e| format!("{} {} {}", e.id, e.kind, e.data))
+                    .collect();
+                let said = relay.failure("stalled");
+                return Err(format!("{e}; events {events:?}; job {job:?}; {said}").into());
+            }
+        }
+    }
 }
 
 fn is_stage(event: &SseEvent, stage: &str) -> bool {
@@ -124,6 +173,17 @@ fn ran(seen: &[SseEvent], stage: &str) -> usize {
         .count()
 }
 
+/// Reads `events` to their end.
+fn rest(events: &Events, seen: &mut Vec<SseEvent>, relay: &mut Relay, id: &str) -> Res {
+    loop {
+        match events.next() {
+            Ok(Some(event)) => seen.push(event),
+            Ok(None) => return Ok(()),
+            Err(_) => return read_until(events, seen, relay, id, |_| false),
+        }
+    }
+}
+
 #[test]
 fn pg_a_job_of_a_killed_relay_is_finished_by_the_other_without_running_a_finished_stage_again()
 -> Res {
@@ -137,22 +197,29 @@ fn pg_a_job_of_a_killed_relay_is_finished_by_the_other_without_running_a_finishe
     // A runs it; B starts once it does, and streams it.
     a.client(ACCOUNT)
         .wait_for_job(&id, |job| job["stage"] == "fetch")?;
-    let b = ground.relay("b", 60_000, 5_000)?;
-    let mut stream = b.client(ACCOUNT).events(&id, None)?;
+    let mut b = ground.relay("b", 60_000, 5_000)?;
+    let events = Events::of(b.client(ACCOUNT).events(&id, None)?);
     let mut seen = Vec::new();
-    read_until(&mut stream, &mut seen, |e| is_stage(e, "fetch"))?;
+    read_until(&events, &mut seen, &mut b, &id, |e| is_stage(e, "fetch"))?;
     open_gate(&gates, &id, "fetch");
-    read_until(&mut stream, &mut seen, |e| is_stage(e, "process"))?;
+    read_until(&events, &mut seen, &mut b, &id, |e| is_stage(e, "process"))?;
 
     // A dies in its second stage; its lease ends by the clock.
     a.kill();
     ground.clock.advance(Duration::from_secs(61))?;
     // B takes the job over: the first stage verifies with the artifacts it
-    // fetches from the database, and is skipped.
-    read_until(&mut stream, &mut seen, |e| e.kind == "stage_skipped")?;
+    // fetches from the database, and is skipped (or, wrongly, runs again).
+    read_until(&events, &mut seen, &mut b, &id, |e| {
+        e.kind == "stage_skipped" || (e.kind == "progress" && e.data["message"] == "fetch done")
+    })?;
+    assert_eq!(
+        seen.last().map(|e| e.kind.as_str()),
+        Some("stage_skipped"),
+        "fetch ran again after the takeover: {seen:?}"
+    );
     open_gate(&gates, &id, "process");
     open_gate(&gates, &id, "store");
-    seen.extend(stream.rest()?);
+    rest(&events, &mut seen, &mut b, &id)?;
     assert_whole(&seen);
     assert_eq!(ran(&seen, "fetch"), 1, "fetch ran again: {seen:?}");
     let skipped = seen.iter().find(|e| e.kind == "stage_skipped").unwrap();
@@ -180,10 +247,10 @@ fn pg_a_relay_stopped_with_sigterm_hands_its_job_over_at_once() -> Res {
     let id = answer["job_id"].as_str().unwrap().to_owned();
     a.client(ACCOUNT)
         .wait_for_job(&id, |job| job["stage"] == "fetch")?;
-    let b = ground.relay("b", lease_ms, grace_ms)?;
-    let mut stream = b.client(ACCOUNT).events(&id, None)?;
+    let mut b = ground.relay("b", lease_ms, grace_ms)?;
+    let events = Events::of(b.client(ACCOUNT).events(&id, None)?);
     let mut seen = Vec::new();
-    read_until(&mut stream, &mut seen, |e| is_stage(e, "fetch"))?;
+    read_until(&events, &mut seen, &mut b, &id, |e| is_stage(e, "fetch"))?;
 
     // SIGTERM while the first stage works: A starts nothing new, and its run
     // goes on within the grace period: the stage ends and is recorded, the
@@ -191,21 +258,20 @@ fn pg_a_relay_stopped_with_sigterm_hands_its_job_over_at_once() -> Res {
     let pid = rustix::process::Pid::from_raw(i32::try_from(a.pid())?).ok_or("no pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
     open_gate(&gates, &id, "fetch");
-    read_until(&mut stream, &mut seen, |e| is_stage(e, "process"))?;
+    read_until(&events, &mut seen, &mut b, &id, |e| is_stage(e, "process"))?;
     // The grace period ends by the clock, far before the lease: the run is
-    // abandoned at the end of its stage under way, what that stage wrote is
-    // dropped, and the job handed over.
+    // abandoned at the end of its stage under way, and the job handed over.
     ground
         .clock
         .advance(Duration::from_millis(grace_ms + 1_000))?;
     open_gate(&gates, &id, "process");
-    read_until(&mut stream, &mut seen, |e| e.kind == "handed_over")?;
+    read_until(&events, &mut seen, &mut b, &id, |e| e.kind == "handed_over")?;
     let status = a.wait_for_exit(Duration::from_secs(120))?;
     assert!(status.success(), "{status:?}");
     // B, woken by the handover, runs the rest: fetch is skipped with its
     // artifacts from the database.
     open_gate(&gates, &id, "store");
-    seen.extend(stream.rest()?);
+    rest(&events, &mut seen, &mut b, &id)?;
     assert_whole(&seen);
     assert_eq!(ran(&seen, "fetch"), 1, "fetch ran again: {seen:?}");
     assert!(

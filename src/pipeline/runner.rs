@@ -592,9 +592,15 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                     RunOutcome::Completed => report.completed += 1,
                     // Held by a runner elsewhere: tried again when its lease
                     // ends, or at the next poll if that comes first.
+                    // A lease that has ended by now (the clock moved while
+                    // the run looked) is tried again at once: waiting for
+                    // the clock to move once more could be waiting for ever
+                    // on a clock that only moves when told.
                     RunOutcome::Busy { holder } => {
-                        let at = holder.expires_ms.clamp(now.saturating_add(1), retry_in);
-                        not_before.busy.insert(run.id, at);
+                        let at = self.pipeline.inner.locks.takeover_ms(&holder);
+                        if at > now {
+                            not_before.busy.insert(run.id, at.min(retry_in));
+                        }
                     }
                     RunOutcome::Abandoned { .. } => report.abandoned.push(run.id),
                     _ => {}
