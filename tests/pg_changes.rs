@@ -279,6 +279,42 @@ fn a_listening_connection_gone_silent_is_given_up_at_its_check() {
 }
 
 #[test]
+fn the_listening_session_ends_when_nobody_watches_any_more() {
+    let mut schemas = Schemas::default();
+    let (mine, _theirs) = two_handles(&mut schemas);
+    let schema = pg::schema_of(&mine);
+    let mut client = pg::client();
+    let mut listening_sessions = || -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE query LIKE 'LISTEN %' AND query LIKE '%' || $1 || '%'",
+                &[&schema],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let (jobs, _) = listening(&mine, &prefix(&["jobs"]));
+    let other = watch(&mine, &["locks"]);
+    // One connection for every watch of the handle.
+    assert_eq!(listening_sessions(), 1);
+    drop(jobs);
+    drop(other);
+    // Gone within a second of the last drop; waited for up to a minute.
+    let ended = (0..600).any(|_| {
+        let gone = listening_sessions() == 0;
+        if !gone {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        gone
+    });
+    assert!(ended, "the listening session outlived its watches");
+    // A new watch listens again.
+    let (_again, _) = listening(&mine, &prefix(&["jobs"]));
+    assert_eq!(listening_sessions(), 1);
+}
+
+#[test]
 fn a_store_that_does_not_listen_cannot_tell() {
     let mut schemas = Schemas::default();
     let store = PgStore::builder(&pg::url())

@@ -182,6 +182,31 @@ fn a_reservation_in_a_transaction_commits_or_rolls_back_with_it() {
     tx.commit().unwrap();
     let stored = ledger.lookup("acct-9", "job-43").unwrap().unwrap();
     assert!(stored.state.is_pending(), "{stored:?}");
+
+    // A reserve repeated with its attempt id after a commit whose answer was
+    // lost finds its own reservation: `New` again, not `Existing`, so the
+    // caller charges once and knows it.
+    let attempt = jobsafe::AttemptId::new();
+    let own = ChargeRequest::new()
+        .fingerprint("export:vault-9")
+        .attempt(attempt.clone());
+    let mut tx = db.transaction().unwrap();
+    let Reserve::New(first) = ledger
+        .reserve_in(&mut tx, "acct-9", "job-44", &own)
+        .unwrap()
+    else {
+        panic!("not new");
+    };
+    tx.commit().unwrap();
+    let mut tx = db.transaction().unwrap();
+    let again = ledger
+        .reserve_in(&mut tx, "acct-9", "job-44", &own)
+        .unwrap();
+    tx.commit().unwrap();
+    assert!(
+        matches!(&again, Reserve::New(r) if r.id == first.id),
+        "{again:?}"
+    );
 }
 
 #[test]
