@@ -191,8 +191,9 @@ impl Bench {
         let jobs = self.pipeline.jobs().clone();
         let id = Arc::clone(id);
         self.hooked.on_op(move |op| {
+            // A look lists the index of open jobs (or, building it, every job).
             let listing_jobs = matches!(op, StoreOp::List(prefix)
-                if prefix.segments().iter().any(|s| s == "job"));
+                if prefix.segments().iter().any(|s| s == "open" || s == "job"));
             let Some(id) = id.lock().unwrap().clone().filter(|_| listing_jobs) else {
                 return Ok(());
             };

@@ -117,6 +117,14 @@ impl<S: Store + 'static> AsyncJobState<S> {
         self.run(move |jobs| jobs.list(&filter)).await
     }
 
+    /// [`JobState::list_open`].
+    ///
+    /// # Errors
+    /// As [`JobState::list_open`].
+    pub async fn list_open(&self) -> Result<JobList> {
+        self.run(move |jobs| jobs.list_open()).await
+    }
+
     /// [`JobState::delete`].
     ///
     /// # Errors

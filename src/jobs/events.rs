@@ -90,6 +90,7 @@ impl<S: Store> JobState<S> {
         new_events: Vec<NewEvent>,
         extra: &[BatchOp],
         write: &AttemptId,
+        was_open: bool,
     ) -> Result<Vec<Event>> {
         let now = job.updated_ms;
         let window = job.events;
@@ -136,6 +137,9 @@ impl<S: Store> JobState<S> {
         for op in extra {
             batch.push(op.clone());
         }
+        if let Some(entry) = self.open_entry_op(&job.id, was_open, !job.status.is_finished())? {
+            batch.push(entry);
+        }
         let bytes = codec::encode(&record_key, &*job)?;
         let applied = if batch.is_empty() {
             vec![Applied::Put(self.store.put(
@@ -174,6 +178,9 @@ impl<S: Store> JobState<S> {
         let mut batch = Batch::new().delete(&self.record_key(&job.id)?, Expect::Version(version));
         for key in self.store.list_all(&self.events_prefix(&job.id)?)? {
             batch = batch.delete(&key, Expect::Any);
+        }
+        if let Some(entry) = self.open_entry_op(&job.id, !job.status.is_finished(), false)? {
+            batch.push(entry);
         }
         for op in extra {
             batch.push(op.clone());

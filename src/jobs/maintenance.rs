@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Job, JobError, JobFilter, JobState, JobStatus};
+use super::{Job, JobError, JobState, JobStatus};
 use crate::error::Result;
 use crate::store::Store;
 
@@ -96,7 +96,9 @@ impl PurgeCounts {
 impl<S: Store> JobState<S> {
     /// Finds running jobs whose worker showed no sign of life (start, progress,
     /// event or heartbeat) for `stale_after`, and requeues or fails them as
-    /// `action` says. Returns the jobs as recovered.
+    /// `action` says. Returns the jobs as recovered. It finds them through
+    /// the index of open jobs ([`list_open`](JobState::list_open), which
+    /// builds the index on a store that has none).
     ///
     /// # Errors
     /// As [`recover_where`](JobState::recover_where).
@@ -128,13 +130,10 @@ impl<S: Store> JobState<S> {
         action: RecoveryAction,
         abandoned: impl Fn(&Job) -> bool,
     ) -> Result<Vec<Job>> {
-        let running = JobFilter {
-            status: Some(JobStatus::Running),
-            ..JobFilter::default()
-        };
         let mut recovered = Vec::new();
-        for job in self.list(&running)?.jobs {
-            if !abandoned(&job) {
+        // Through the index of open jobs: the running ones are among them.
+        for job in self.list_open()?.jobs {
+            if job.status != JobStatus::Running || !abandoned(&job) {
                 continue;
             }
             let attempt = job.attempt;
@@ -197,7 +196,7 @@ impl<S: Store> JobState<S> {
             // An unreadable record is left, with its events.
             let Ok(job) = read else { return Ok(()) };
             if !job.is_due_for_purge(now, finished_for, queued_for) {
-                return Ok(());
+                return self.ensure_open_entry(&job);
             }
             match self.remove_with_events(&job, job.version, &[]) {
                 Ok(()) => self.hub.close(&job.id),

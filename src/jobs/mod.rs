@@ -19,6 +19,7 @@ mod events;
 mod inbox;
 mod live;
 mod maintenance;
+mod open;
 mod record;
 #[cfg(feature = "async")]
 mod stream;
@@ -30,6 +31,7 @@ mod transitions;
 mod watch;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,7 +73,7 @@ use crate::key::{Key, Prefix};
 use crate::limits;
 use crate::record::{self as codec, Extra, Metadata};
 use crate::resolve::{self, Deadline, may_have_landed};
-use crate::store::{BatchOp, Expect, SCAN_PAGE, Store, Version};
+use crate::store::{Applied, Batch, BatchOp, Expect, SCAN_PAGE, Store, Version};
 
 /// Durable job records: what a request handler creates and returns the id of at
 /// once, what a worker moves through its stages, and what clients poll or stream.
@@ -163,6 +165,9 @@ pub struct JobState<S> {
     subscriber_buffer: usize,
     resolve_within: Duration,
     hub: Arc<Hub>,
+    /// Whether this handle has seen the index of open jobs built (see
+    /// `open`): shared by its clones.
+    open_index_built: Arc<AtomicBool>,
 }
 
 impl<S> Clone for JobState<S> {
@@ -175,6 +180,7 @@ impl<S> Clone for JobState<S> {
             subscriber_buffer: self.subscriber_buffer,
             resolve_within: self.resolve_within,
             hub: Arc::clone(&self.hub),
+            open_index_built: Arc::clone(&self.open_index_built),
         }
     }
 }
@@ -426,7 +432,9 @@ pub struct JobStateBuilder<S> {
 }
 
 impl<S: Store> JobStateBuilder<S> {
-    /// Keeps jobs under `namespace`. Default: `jobs`.
+    /// Keeps jobs under `namespace`. Default: `jobs`. The manager owns the
+    /// segments `job`, `event`, `open` and `index` below it: give another
+    /// manager a namespace beside it, not below one of those.
     pub fn namespace(mut self, namespace: Prefix) -> Self {
         self.namespace = namespace;
         self
@@ -492,6 +500,7 @@ impl<S: Store> JobStateBuilder<S> {
             resolve_within: self.resolve_within,
             // Subscribers are per namespace: job ids may repeat across namespaces.
             hub: Arc::new(Hub::default()),
+            open_index_built: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -508,6 +517,7 @@ impl<S: Store> JobState<S> {
             subscriber_buffer: JobState::DEFAULT_SUBSCRIBER_BUFFER,
             resolve_within: JobState::DEFAULT_RESOLVE_WITHIN,
             hub: Arc::new(Hub::default()),
+            open_index_built: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -598,13 +608,20 @@ impl<S: Store> JobState<S> {
             version: Version::new(0),
         };
         let bytes = codec::encode(&key, &job)?;
+        // The record, and its entry in the index of open jobs.
+        let mut create = Batch::new().put(&key, bytes, Expect::Absent);
+        if let Some(entry) = self.open_entry_op(&job.id, false, true)? {
+            create.push(entry);
+        }
         // The last failure that may hide a landed write.
         let mut unsettled: Option<Error> = None;
         loop {
-            let put = drive.put(&self.store, &key, bytes.clone(), Expect::Absent);
+            let put = drive.apply(&self.store, create.clone());
             let conflict = match put.await {
-                Ok(version) => {
-                    job.version = version;
+                Ok(applied) => {
+                    if let Some(Applied::Put(version)) = applied.first() {
+                        job.version = *version;
+                    }
                     self.hub.queued.raise();
                     return Ok(job);
                 }

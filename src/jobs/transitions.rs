@@ -551,6 +551,7 @@ impl<S: Store> JobState<S> {
                 });
             }
             let now = self.clock.now_ms();
+            let was_open = !job.status.is_finished();
             let events = match change(&mut job, now)? {
                 Step::Write(events) => events,
                 Step::Already => {
@@ -564,7 +565,7 @@ impl<S: Store> JobState<S> {
             job.updated_ms = now;
             let first_seq = job.events.next_seq;
             let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
-            match self.commit(&mut job, version, events, extra, write) {
+            match self.commit(&mut job, version, events, extra, write, was_open) {
                 Ok(events) => {
                     report!(
                         debug,

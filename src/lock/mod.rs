@@ -799,17 +799,17 @@ impl<S: Store> JobLock<S> {
         Ok(())
     }
 
-    /// Whether an acquire at `now` takes the lock from `holder`: its lease has
-    /// ended, or its process has provably exited on a store where process ids
-    /// mean something.
     /// When `holder`'s lock may be taken over by time: its lease's end plus
     /// the skew margin.
     pub(crate) fn takeover_ms(&self, holder: &LockRecord) -> u64 {
         holder.expires_ms.saturating_add(self.skew_ms)
     }
 
+    /// Whether an acquire at `now` takes the lock from `holder`: its lease has
+    /// ended, or its process has provably exited on a store where process ids
+    /// mean something.
     fn is_taken_over_at(&self, holder: &LockRecord, now: u64) -> bool {
-        now >= holder.expires_ms.saturating_add(self.skew_ms)
+        now >= self.takeover_ms(holder)
             || (self.store.is_machine_local() && holder.holder_liveness() == ProcessLiveness::Dead)
     }
 

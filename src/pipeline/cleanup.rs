@@ -309,6 +309,8 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
                     return Ok(());
                 }
             };
+            // The safety net of the index of open jobs, for every job kept.
+            inner.jobs.ensure_open_entry(&job)?;
             if !job.is_due_for_purge(now, policy.finished_for, policy.queued_for) {
                 kept.insert(paths::dir_name(&job.id));
                 return Ok(());

@@ -7,7 +7,7 @@ use super::Pipeline;
 use super::cleanup::PurgeReport;
 use super::outcome::{RunOutcome, RunReport};
 use crate::error::{Error, Result};
-use crate::jobs::{JobFilter, JobStatus};
+use crate::jobs::JobStatus;
 use crate::key::Key;
 use crate::record::{self as codec, Extra, Record, record_deserialize};
 use crate::store::{Expect, Store};
@@ -85,7 +85,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// it is in [`PassReport::errors`] and the other jobs run. Unreadable job
     /// records are in [`PassReport::unreadable`].
     ///
-    /// This reads every job record; it suits thousands of jobs, not millions.
+    /// It finds the jobs through the index of open jobs
+    /// ([`JobState::list_open`](crate::JobState::list_open)): a pass reads
+    /// the queued and running jobs' records, however many settled jobs the
+    /// store keeps.
     ///
     /// # Errors
     /// Store and I/O errors that concern no one job: listing the jobs, the
@@ -128,7 +131,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// records go to `report`.
     pub(super) fn due_jobs(&self, report: &mut PassReport) -> Result<Due> {
         let now = self.inner.clock.now_ms();
-        let list = self.inner.jobs.list(&JobFilter::default())?;
+        let list = self.inner.jobs.list_open()?;
         report.unreadable = list.unreadable;
         let mut due = Due::default();
         for job in list.jobs {

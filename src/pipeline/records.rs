@@ -138,9 +138,11 @@ impl<S: Store> PipelineRecords<S> {
         let mut counts = PurgeCounts::default();
         self.jobs.for_each_job(|read| {
             let Ok(job) = read else { return Ok(()) };
-            if job.is_due_for_purge(now, finished_for, queued_for)
-                && delete_job_records(&self.jobs, &self.namespace, &job.id, job.version)?.is_some()
-            {
+            if !job.is_due_for_purge(now, finished_for, queued_for) {
+                // The safety net of the index of open jobs.
+                return self.jobs.ensure_open_entry(&job);
+            }
+            if delete_job_records(&self.jobs, &self.namespace, &job.id, job.version)?.is_some() {
                 counts.add(job.status);
             }
             Ok(())

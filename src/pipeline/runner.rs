@@ -63,8 +63,10 @@ const KEPT_ERRORS: usize = 32;
 ///   ([`RunOutcome::Abandoned`]). A process that exits without stopping its
 ///   runner leaves its jobs to be taken over when their leases end.
 ///
-/// Each look lists every job record, as `run_pass` does: it suits thousands
-/// of jobs, not millions.
+/// Each look finds the due jobs as `run_pass` does, through the index of open
+/// jobs ([`JobState::list_open`](crate::JobState::list_open)): it reads the
+/// queued and running jobs' records, however many settled jobs the store
+/// keeps.
 ///
 /// ```
 /// use std::sync::Arc;

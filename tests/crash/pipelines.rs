@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::child::{self, Child};
-use jobsafe::jobs::{JobStatus, NewJob};
+use jobsafe::jobs::{JobFilter, JobStatus, NewJob};
 use jobsafe::pipeline::{PurgePolicy, StageAction, StageContext, StageError};
 use jobsafe::{ManualClock, Pipeline, Prefix, Store};
 
@@ -212,6 +212,7 @@ fn kill_runners(test: &str, backend: Backend, budget: Budget, figures: &mut Figu
         {
             mid_stage += 1;
         }
+        check_open_index(&pipeline, iteration, &mut violations);
         for job in &jobs {
             for stage in pipeline.stage_names() {
                 let key = (job.clone(), stage.to_owned());
@@ -335,6 +336,34 @@ fn verify_job(pipeline: &Pipe, job: &str, violations: &mut Vec<String>) {
     let temps = crate::common::temp_files_under(&pipeline.job_dir(job)).unwrap();
     if !temps.is_empty() {
         violations.push(format!("{job}: temp files left: {temps:?}"));
+    }
+}
+
+/// The index of open jobs holds an entry for each queued or running job
+/// and for no other, wherever the kill cut a write: each entry is written
+/// in the same batch as its record.
+fn check_open_index(pipeline: &Pipe, iteration: u64, violations: &mut Vec<String>) {
+    let jobs = pipeline.jobs();
+    let open: BTreeSet<String> = jobs
+        .list(&JobFilter::default())
+        .unwrap()
+        .jobs
+        .into_iter()
+        .filter(|job| !job.status.is_finished())
+        .map(|job| job.id)
+        .collect();
+    // The pipeline's jobs are under `pipeline/jobs`.
+    let entries: BTreeSet<String> = jobs
+        .store()
+        .list_all(&Prefix::new(["pipeline", "jobs", "open"]).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter_map(|key| key.segments().last().cloned())
+        .collect();
+    if open != entries {
+        violations.push(format!(
+            "iteration {iteration}: open jobs {open:?}, entries of the index {entries:?}"
+        ));
     }
 }
 
