@@ -307,6 +307,29 @@ fn purge_and_delete_remove_the_copies() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+#[test]
+fn names_planted_in_the_store_never_lead_a_purge_out_of_its_directories() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let clock = ManualClock::new(START_MS);
+    let script = Arc::new(Script::default());
+    let a = machine(&store, &clock, &script, true, None);
+    let id = started_on(&a, &clock, &script);
+    let local = a.pipeline.job_dir(&id).join("page.bin");
+    let subject = a.pipeline.subject_dir("vault-1").join("transcript.txt");
+    assert!(local.exists() && subject.exists());
+    // Copies no pipeline wrote, under directory names that are not names.
+    for dir in ["..", ".", "~"] {
+        for top in ["jobs", "subjects"] {
+            let key = Key::new(["artifacts", "file", top, dir, "x"]).unwrap();
+            store.put(&key, b"{}", Expect::Any).unwrap();
+        }
+    }
+    let report = a.pipeline.purge().unwrap();
+    assert_eq!(report.shared_artifacts, 0, "{report:?}");
+    assert!(local.exists(), "the job's own file was removed");
+    assert!(subject.exists(), "the subject's own file was removed");
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn pg_a_job_taken_over_on_another_machine_skips_the_stages_that_finished() {

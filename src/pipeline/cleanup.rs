@@ -417,7 +417,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         if let Some(shared) = &inner.shared {
             let top = Path::new(paths::JOBS_DIR);
             for name in shared.dirs(top)? {
-                if kept.contains(&name) || name.starts_with('~') {
+                // Only a name the pipeline makes of an id is one: whatever
+                // else the storage lists (`..`, a name with a separator, put
+                // there by hand or by an attacker) is never joined to a path.
+                if kept.contains(&name) || paths::dir_name(&name) != name {
                     continue;
                 }
                 match inner.jobs.get(&name) {
@@ -483,7 +486,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let mut names: BTreeSet<String> = list_dir(vfs, &top)?.into_iter().collect();
         // Those with copies only, from machines that purge no more.
         if let Some(shared) = &self.inner.shared {
-            names.extend(shared.dirs(Path::new(paths::SUBJECTS_DIR))?);
+            // Plain names only, as made of a subject: what else the storage
+            // lists is never joined to a path (see the jobs' copies above).
+            let listed = shared.dirs(Path::new(paths::SUBJECTS_DIR))?;
+            names.extend(listed.into_iter().filter(|n| paths::dir_name(n) == *n));
         }
         let mut candidates = BTreeMap::new();
         for name in names.iter().filter(|n| !n.starts_with('~')) {
