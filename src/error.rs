@@ -299,6 +299,27 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    /// A request to object storage failed or went unanswered
+    /// ([`ObjectStoreArtifacts`](crate::pipeline::ObjectStoreArtifacts),
+    /// feature `object-store`). Transient when it may pass if repeated: the
+    /// client's own retries gave up (a refused or reset connection, a server
+    /// error), or no answer came within the request timeout. A denied
+    /// permission, a missing credential or an operation the store does not
+    /// support is not. A copy whose request failed transiently may still
+    /// have landed whole.
+    #[error("{step}: object {location}")]
+    ObjectStore {
+        /// What was being done (`"store artifact"`, `"fetch artifact"`, ...).
+        step: &'static str,
+        /// The store and the object, as `AmazonS3(bucket)/prefix/jobs/j-1/out.txt`.
+        location: String,
+        /// Whether retrying later, unchanged, may succeed.
+        transient: bool,
+        /// The client's error, or what went unanswered.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
     /// A manager's write failed in a way that may hide its success (the store
     /// was unreachable: the commit may have happened and only its reply been
     /// lost), and re-reading the record to learn which did not succeed before
@@ -456,7 +477,8 @@ impl Error {
     /// Worth retrying later without changing the request: I/O errors that
     /// describe a moment rather than the request, and a database server that
     /// could not be reached or dropped the connection ([`Error::Database`] with
-    /// `transient`), and a manager call whose outcome stayed unknown
+    /// `transient`), object storage whose client gave up or went unanswered
+    /// ([`Error::ObjectStore`] with `transient`), and a manager call whose outcome stayed unknown
     /// ([`Error::Ambiguous`]: repeat it with the same attempt id). A conflict is not: the same compare-and-set would fail
     /// again, so re-read and decide anew. Corruption, poisoning and invalid input
     /// (a value over its size limit included) are not.
@@ -491,6 +513,7 @@ impl Error {
                 transient::of_error(source) == transient::Transience::Transient
             }
             Error::Database { transient, .. } => *transient,
+            Error::ObjectStore { transient, .. } => *transient,
             Error::Ambiguous { .. } => true,
             _ => false,
         }

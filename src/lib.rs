@@ -176,6 +176,10 @@
 //!   of the connection's own), whatever runtime (if any) the caller is on.
 //! - `async` (off by default): the async face of every part (see
 //!   [Async](#async)) and the `Stream`s of events. Brings in `futures-core`.
+//! - `object-store` (off by default): `pipeline::ObjectStoreArtifacts`, a
+//!   pipeline's shared artifacts in S3, Google Cloud Storage or Azure through
+//!   the `object_store` crate (whose `aws`, `gcp` or `azure` feature the
+//!   application turns on). Brings in `object_store` and `tokio`.
 //! - `testing` (off by default): [`testing`], test support for multi-process and
 //!   fault-injection tests (a clock in a file, I/O layers that count or fail
 //!   operations). [`ManualClock`] needs no feature.
@@ -249,6 +253,8 @@
 
 pub mod atomic;
 mod attempt;
+#[cfg(any(feature = "postgres", feature = "object-store"))]
+mod background;
 mod clock;
 pub mod conformance;
 mod drive;

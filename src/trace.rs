@@ -274,6 +274,10 @@ fn redacted(e: &crate::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         E::Database {
             step, transient, ..
         } => write!(f, "{step}: database server (transient: {transient})"),
+        // The object's path holds the job's and subject's directory names.
+        E::ObjectStore {
+            step, transient, ..
+        } => write!(f, "{step}: object storage (transient: {transient})"),
         E::Ambiguous {
             operation,
             key,

@@ -24,6 +24,8 @@ mod error;
 mod failure;
 mod inputs;
 mod lease;
+#[cfg(feature = "object-store")]
+mod objects;
 mod outcome;
 mod pass;
 mod paths;
@@ -44,6 +46,9 @@ pub use async_face::AsyncPipeline;
 pub use checkpoint::{Artifact, Checkpoint};
 pub use cleanup::{Deletion, PurgePolicy, PurgeReport};
 pub use error::{ErrorClass, StageError, classify_io};
+#[cfg(feature = "object-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
+pub use objects::ObjectStoreArtifacts;
 pub use outcome::{RunOutcome, RunReport, StageAction, StageNotice};
 pub use pass::PassReport;
 pub use records::PipelineRecords;
@@ -600,7 +605,8 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     /// copy does (the stage then fails, transiently if the storage's error
     /// is); [`purge`](Pipeline::purge) and [`delete`](Pipeline::delete)
     /// remove the copies with the directories (see [`ArtifactStorage`],
-    /// [`StoreArtifacts`]).
+    /// [`StoreArtifacts`] for a [`Store`], and `ObjectStoreArtifacts` for
+    /// object storage with the feature `object-store`).
     pub fn shared_artifacts(mut self, storage: impl ArtifactStorage + 'static) -> Self {
         self.shared = Some(Arc::new(storage));
         self

@@ -276,7 +276,7 @@ impl<S: Store> ArtifactStorage for StoreArtifacts<S> {
 }
 
 /// The parts of a relative artifact path, each a plain name.
-fn parts(path: &Path) -> Result<Vec<String>> {
+pub(super) fn parts(path: &Path) -> Result<Vec<String>> {
     path.components()
         .map(|component| match component {
             Component::Normal(part) => part.to_str().map(str::to_owned),

@@ -951,7 +951,7 @@ impl PgStore {
         F: Future<Output = Result<T>> + Send + 'static,
     {
         Handle::try_current().ok()?;
-        if std::thread::current().name() == Some(runtime::THREAD_NAME) {
+        if runtime::is_current_thread() {
             return None;
         }
         let shared = &*self.shared;

@@ -13,42 +13,31 @@
 //! the fences' connections.
 
 use std::future::Future;
-use std::sync::mpsc;
 
-use parking_lot::Mutex;
-use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::runtime::Handle;
 
+use crate::background::{self, Background};
 use crate::error::{Error, Result};
 
-static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+static RUNTIME: Background = Background::new("jobsafe-pg", 1);
 
-/// The name of the runtime's thread.
-pub(crate) const THREAD_NAME: &str = "jobsafe-pg";
+/// Whether this is the runtime's own thread, which must not wait for it.
+#[cfg(feature = "async")]
+pub(crate) fn is_current_thread() -> bool {
+    RUNTIME.is_current_thread()
+}
 
 /// The process's runtime, started on first use.
 ///
 /// # Errors
 /// [`Error::Database`] (transient) if its thread cannot be started.
 pub(crate) fn handle(server: &str) -> Result<Handle> {
-    let mut runtime = RUNTIME.lock();
-    if let Some(runtime) = runtime.as_ref() {
-        return Ok(runtime.handle().clone());
-    }
-    let started = Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(THREAD_NAME)
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::Database {
-            step: "start the client's runtime",
-            server: server.to_owned(),
-            transient: true,
-            source: Box::new(e),
-        })?;
-    let handle = started.handle().clone();
-    *runtime = Some(started);
-    Ok(handle)
+    RUNTIME.handle().map_err(|e| Error::Database {
+        step: "start the client's runtime",
+        server: server.to_owned(),
+        transient: true,
+        source: Box::new(e),
+    })
 }
 
 /// Runs `work` on the runtime and blocks this thread until it is done, on any
@@ -64,13 +53,7 @@ pub(crate) fn block_on<T: Send + 'static>(
     server: &str,
     work: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    handle.spawn(async move {
-        // The caller is blocked on the other end until this arrives; it cannot
-        // have gone away, and if it had, nobody would want the answer.
-        let _ = tx.send(work.await);
-    });
-    rx.recv().unwrap_or_else(|_| {
+    background::block_on(handle, work).unwrap_or_else(|| {
         Err(Error::Database {
             step: "wait for the client's runtime",
             server: server.to_owned(),
