@@ -583,11 +583,25 @@ fn runs_hold_no_thread_of_the_crates_pool() {
 #[test]
 fn a_job_queued_through_another_handle_of_a_log_store_wakes_the_runner() {
     let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    another_handles_job_wakes_the_runner(&|| Arc::new(jobsafe::LogStore::open(&root).unwrap()));
+}
+
+/// The same on a `DirStore`: the kernel reports the record file renamed
+/// into place.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_job_queued_through_another_handle_of_a_dir_store_wakes_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    another_handles_job_wakes_the_runner(&|| Arc::new(jobsafe::DirStore::open(&root).unwrap()));
+}
+
+#[cfg(target_os = "linux")]
+fn another_handles_job_wakes_the_runner(open: &dyn Fn() -> Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let gate = Arc::new(Gate::default());
-    let open = || -> Arc<dyn Store> {
-        Arc::new(jobsafe::LogStore::open(dir.path().join("store")).unwrap())
-    };
     let (mine, theirs) = (open(), open());
     let root = dir.path().join("artifacts");
     let pipeline = pipeline_on(&mine, &clock, &gate, &root);

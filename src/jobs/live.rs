@@ -694,7 +694,7 @@ impl<S: Store> JobState<S> {
     /// (give every part of a process the same one), and from other writers'
     /// appends where the store tells of them
     /// ([`Store::changes_by_others`]: a
-    /// shared `LogStore` on Linux), which the subscription then reads from
+    /// shared `LogStore` and a `DirStore` on Linux, `PgStore` everywhere), which the subscription then reads from
     /// the store, in order, with no gap or duplicate. Where the store cannot
     /// tell, another process's appends reach it only at its next own
     /// catch-up: use [`follow`](JobState::follow) for those.

@@ -50,7 +50,8 @@ const KEPT_ERRORS: usize = 32;
 ///   by the clock reaching the next retry time or the end of a busy subject's
 ///   lease. Work that another process queues wakes it as soon as the store
 ///   tells ([`Store::changes_by_others`]: a shared [`LogStore`](crate::LogStore)
-///   on Linux, and `PgStore` on every machine, through `LISTEN`/`NOTIFY`),
+///   and a [`DirStore`](crate::DirStore) on Linux, and `PgStore` on every
+///   machine, through `LISTEN`/`NOTIFY`),
 ///   and is found anyway by a look every
 ///   [`poll_every`](Runner::poll_every) (default 10 s), the safety net.
 /// - **A graceful stop** ([`RunnerStop::stop`]) starts no further run, lets

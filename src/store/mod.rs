@@ -367,8 +367,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// new frames; in exclusive mode nobody else writes. [`MemStore`] has no
     /// other writer. `PgStore` tells, through `LISTEN`/`NOTIFY` on every
     /// machine, of other writers' commits to the records of jobs
-    /// only (what runners and subscriptions wait for). [`DirStore`] cannot
-    /// tell yet: `None`.
+    /// only (what runners and subscriptions wait for). [`DirStore`] on Linux
+    /// tells as soon as the kernel reports the record file renamed into
+    /// place or removed (inotify on the directories of the prefix).
     fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
         let _ = prefix;
         None

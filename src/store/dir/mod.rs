@@ -4,6 +4,7 @@ mod journal;
 mod layout;
 mod list;
 mod naming;
+mod notify;
 mod record_file;
 mod scan;
 mod stripes;
@@ -24,11 +25,11 @@ use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, Prefix};
 use crate::store::{
-    Applied, Batch, BatchOp, Entry, Expect, ListPage, Quarantined, Scan, Store, Version,
+    Applied, Batch, BatchOp, Changes, Entry, Expect, ListPage, Quarantined, Scan, Store, Version,
     check_limit, open_own_regular_file, read_own_bytes, read_own_file,
 };
 use crate::trace;
-use crate::vfs::{KnownDurable, StdVfs, Vfs};
+use crate::vfs::{FileKind, KnownDurable, StdVfs, Vfs};
 
 /// A [`Store`] keeping one file per key under a directory: simple, inspectable, and
 /// safe across threads, processes and crashes.
@@ -66,6 +67,11 @@ use crate::vfs::{KnownDurable, StdVfs, Vfs};
 /// - Key segments are encoded to file names that are never `.`/`..`, never hidden,
 ///   free of `/`, `\` and NUL, distinct on case-insensitive filesystems, and
 ///   shortened with a SHA-256 when long.
+/// - On Linux, [`changes_by_others`](Store::changes_by_others) tells of other
+///   processes' (and other handles') changes under a prefix from the kernel's
+///   reports of record files renamed into place or removed there (inotify,
+///   one thread per watched handle), so that a runner or a subscription on a
+///   `DirStore` wakes at once rather than at its next poll.
 ///
 /// The on-disk format is described in `docs/format.md` in the repository.
 ///
@@ -134,6 +140,11 @@ use crate::vfs::{KnownDurable, StdVfs, Vfs};
 /// - A record whose version cannot be read when it is moved aside is assumed to
 ///   have been updated fewer than 2³² times; beyond that its key could, once
 ///   re-created, repeat a version it had before.
+/// - [`changes_by_others`](Store::changes_by_others) watches each directory
+///   from `data/` down to the prefix's and every directory below it, one
+///   inotify watch each: where the kernel's limit of watches
+///   (`fs.inotify.max_user_watches`) is reached it answers `None`, with a
+///   warning, and runners and subscriptions poll.
 /// - A [`list`](Store::list) page walks again the directories between the
 ///   prefix and its cursor, reading and sorting each whole: paging through the
 ///   n keys of one directory costs n / page reads of n names. Read many keys
@@ -171,6 +182,8 @@ struct Inner<V: Vfs> {
     poisoned: AtomicBool,
     /// Directories under `data/` this handle knows to be durable.
     known: KnownDurable,
+    /// Who watches for other writers' changes (`Store::changes_by_others`).
+    notices: Arc<notify::Notices>,
 }
 
 /// Options for opening a [`DirStore`].
@@ -292,6 +305,7 @@ impl<V: Vfs> DirStoreBuilder<V> {
                 writer,
                 poisoned: AtomicBool::new(false),
                 known: KnownDurable::default(),
+                notices: Arc::default(),
             }),
         };
         store.recover_all()?;
@@ -555,6 +569,7 @@ impl<V: Vfs> DirStore<V> {
                 .ensure_parent(self.writer(), known, key)
                 .and_then(|path| {
                     let mut pending = self.writer().begin(path)?;
+                    self.inner.notices.note_own_write(pending.temp_path());
                     // From here the temp file keeps every directory on the
                     // way from being pruned: the ones made durable are the
                     // ones the record lands in.
@@ -824,6 +839,43 @@ impl<V: Vfs> Store for DirStore<V> {
     /// promise; use a store shared by design (PostgreSQL) across machines.
     fn is_machine_local(&self) -> bool {
         true
+    }
+
+    /// On Linux: tells of other writers' changes to records under `prefix`
+    /// as soon as a thread of this process, woken by the kernel (inotify),
+    /// has read the report of the record file's rename or removal; a
+    /// directory created on the way or below tells every watcher. `None`
+    /// elsewhere than on Linux, and when the kernel refuses a watch (its
+    /// inotify limits reached).
+    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+        let subdirs = || -> notify::ListSubdirs {
+            // Weak: the watching thread must not keep the store open.
+            let inner = Arc::downgrade(&self.inner);
+            Arc::new(move |dir: &Path| {
+                let Some(inner) = inner.upgrade() else {
+                    return Ok(Vec::new());
+                };
+                let vfs = inner.writer.vfs();
+                let mut dirs = Vec::new();
+                for name in vfs.read_dir(dir)? {
+                    if !name
+                        .to_str()
+                        .is_some_and(|n| n.ends_with(naming::DIR_SUFFIX))
+                    {
+                        continue;
+                    }
+                    match vfs.metadata(&dir.join(&name)) {
+                        Ok(info) if info.kind == FileKind::Dir => dirs.push(name),
+                        Ok(_) => {}
+                        // Removed since the listing: nothing to watch.
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(dirs)
+            })
+        };
+        notify::watch(&self.inner.notices, &self.layout().data, subdirs, prefix)
     }
 }
 
