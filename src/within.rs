@@ -4,12 +4,14 @@
 //! [`in_transaction`](PgStore::in_transaction) driver.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::drive::{self, Blocking};
 use crate::error::Result;
 use crate::jobs::{Job, JobState, NewJob};
 use crate::key::Key;
 use crate::ledger::{ChargeRequest, Insert, JobLedger, ReservationState, Reserve, no_ops};
+use crate::lock::{Acquire, AcquireIn, JobLock, LockInTransaction, LockRequest};
 use crate::pipeline::Pipeline;
 use crate::store::PgStore;
 use crate::store::pg::BlockingClient;
@@ -131,6 +133,62 @@ impl JobLedger<$store> {
     }
 }
 
+impl JobLock<$store> {
+    /// [`acquire`](JobLock::acquire), inside the application's transaction
+    /// `tx`: the lock is the caller's once `tx` commits, and nobody's if it
+    /// rolls back. What it returns is not a guard yet: call
+    /// [`committed`](LockInTransaction::committed) after the commit for the
+    /// guard that renews and releases the lock (on the store's own
+    /// connections, where the lock is visible only from the commit on). Until
+    /// `tx` ends it holds the lock's row: another acquire of the same key
+    /// waits for it (see [`PgStore`], "Transactions of your own").
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use jobsafe::lock::{AcquireIn, LockRequest};
+    /// use jobsafe::{JobLock, Key, PgStore, SystemClock};
+    ///
+    /// let url = "postgres://app:secret@db.internal/app";
+    /// let locks = JobLock::new(PgStore::open(url)?, Arc::new(SystemClock));
+    /// let mut db = postgres::Client::connect(url, postgres::NoTls)?;
+    /// let mut tx = db.transaction()?;
+    /// let key = Key::new(["vault", "vault-1"])?;
+    /// let request = LockRequest::new().actor("export-7");
+    /// match locks.acquire_in(&mut tx, &key, Duration::from_secs(300), &request)? {
+    ///     AcquireIn::Acquired(pending) => {
+    ///         tx.execute("UPDATE vaults SET exporting = true WHERE id = $1", &[&"vault-1"])?;
+    ///         tx.commit()?; // The flag and the lock, together.
+    ///         let guard = pending.committed();
+    ///         // ... export, then:
+    ///         guard.release()?;
+    ///     }
+    ///     AcquireIn::Held(holder) => println!("busy until {}", holder.expires_ms),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`acquire`](JobLock::acquire), but never [`Error::Ambiguous`](crate::Error::Ambiguous):
+    /// a server error aborts `tx` and is final (roll back and repeat the
+    /// whole transaction).
+    pub fn acquire_in(
+        &self,
+        tx: &mut (impl postgres::GenericClient + Send),
+        key: &Key,
+        ttl: Duration,
+        request: &LockRequest,
+    ) -> Result<AcquireIn<$store>> {
+        let client = BlockingClient::new(tx);
+        let store: &PgStore = self.store();
+        let drive = store.in_transaction(&client, Blocking);
+        Ok(match drive::blocking(self.acquire_driven(drive, key, ttl, request))? {
+            Acquire::Acquired(guard) => AcquireIn::Acquired(LockInTransaction::new(guard)),
+            Acquire::Held(holder) => AcquireIn::Held(holder),
+        })
+    }
+}
+
     )*};
 }
 
@@ -163,7 +221,9 @@ mod async_face {
     use crate::error::Result;
     use crate::jobs::{AsyncJobState, Job, NewJob};
     use crate::ledger::{AsyncJobLedger, ChargeRequest, Insert, ReservationState, Reserve, no_ops};
+    use crate::lock::{Acquire, AcquireIn, AsyncJobLock, LockInTransaction, LockRequest};
     use std::sync::Arc;
+    use std::time::Duration;
 
     use crate::key::Key;
     use crate::pipeline::{AsyncPipeline, Pipeline};
@@ -263,6 +323,32 @@ mod async_face {
                 state,
             };
             ledger.insert_driven(drive, insert, no_ops).await
+        }
+    }
+
+    impl AsyncJobLock<$store> {
+        /// [`JobLock::acquire_in`](crate::JobLock::acquire_in), on a transaction of the async client
+        /// (`tokio_postgres`); after the commit,
+        /// [`committed_async`](LockInTransaction::committed_async) gives the
+        /// async guard.
+        ///
+        /// # Errors
+        /// As [`JobLock::acquire_in`](crate::JobLock::acquire_in).
+        pub async fn acquire_in(
+            &self,
+            tx: &(impl tokio_postgres::GenericClient + Sync),
+            key: &Key,
+            ttl: Duration,
+            request: &LockRequest,
+        ) -> Result<AcquireIn<$store>> {
+            let lock = self.blocking();
+            let client = AsyncClient(tx);
+            let store: &PgStore = lock.store();
+            let drive = store.in_transaction(&client, Async);
+            Ok(match lock.acquire_driven(drive, key, ttl, request).await? {
+                Acquire::Acquired(guard) => AcquireIn::Acquired(LockInTransaction::new(guard)),
+                Acquire::Held(holder) => AcquireIn::Held(holder),
+            })
         }
     }
         )*};

@@ -1,7 +1,7 @@
 //! jobsafe's writes inside an application's own transaction, on both
-//! PostgreSQL clients (`JobState::create_in`, `JobLedger::reserve_in` and
-//! their async twins): they land with the application's commit and never
-//! without it, hold their row locks until it, leave the transaction usable
+//! PostgreSQL clients (`JobState::create_in`, `JobLedger::reserve_in`,
+//! `JobLock::acquire_in` and their async twins): they land with the
+//! application's commit and never without it, hold their row locks until it, leave the transaction usable
 //! after a refused write, and wake a runner on another handle once
 //! committed.
 #![cfg(all(feature = "postgres", feature = "async"))]
@@ -16,8 +16,9 @@ use std::time::Duration;
 use common::pg::{self, Schemas};
 use jobsafe::jobs::{AsyncJobState, JobStatus, NewJob};
 use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reserve};
+use jobsafe::lock::{Acquire, AcquireIn, AsyncAcquire, LockRequest, Release, Renewal};
 use jobsafe::pipeline::{RunOutcome, Runner};
-use jobsafe::{Error, JobLedger, JobState, ManualClock, PgStore, Pipeline, Store};
+use jobsafe::{Error, JobLedger, JobLock, JobState, Key, ManualClock, PgStore, Pipeline, Store};
 
 /// How long a test waits for what it expects before it calls it lost.
 const LOST: Duration = Duration::from_secs(60);
@@ -260,6 +261,149 @@ fn the_transaction_holds_the_jobs_row_until_it_ends() {
 }
 
 #[test]
+fn a_lock_taken_in_a_transaction_is_held_from_its_commit_and_never_without_it() {
+    let mut schemas = Schemas::default();
+    let (store, table) = store_and_table(&mut schemas);
+    let locks = JobLock::new(store.clone(), clock());
+    // Another process's view: its own handle.
+    let elsewhere = JobLock::new(pg::open(&pg::schema_of(&store)), clock());
+    let key = Key::new(["vault", "vault-1"]).unwrap();
+    let lease = Duration::from_secs(300);
+    let mut db = blocking_client();
+
+    let mut tx = db.transaction().unwrap();
+    let request = LockRequest::new().actor("export-1");
+    let AcquireIn::Acquired(rolled_back) =
+        locks.acquire_in(&mut tx, &key, lease, &request).unwrap()
+    else {
+        panic!("the lock was free");
+    };
+    assert!(
+        elsewhere.peek(&key).unwrap().is_none(),
+        "seen before the commit"
+    );
+    tx.rollback().unwrap();
+    assert!(
+        elsewhere.peek(&key).unwrap().is_none(),
+        "kept after a rollback"
+    );
+    drop(rolled_back);
+
+    let mut tx = db.transaction().unwrap();
+    let AcquireIn::Acquired(pending) = locks.acquire_in(&mut tx, &key, lease, &request).unwrap()
+    else {
+        panic!("the lock was free");
+    };
+    tx.execute(&format!("INSERT INTO {table} VALUES ('exp-1')"), &[])
+        .unwrap();
+    tx.commit().unwrap();
+    let held = elsewhere.peek(&key).unwrap().expect("the committed lock");
+    assert_eq!(held.job_id, pending.record().job_id);
+    assert_eq!(held.token, pending.handle().token);
+    let other = LockRequest::new().actor("export-2");
+    assert!(matches!(
+        elsewhere.acquire(&key, lease, &other).unwrap(),
+        Acquire::Held(_)
+    ));
+
+    // Found held inside a transaction: an answer, and the transaction goes on.
+    let mut tx = db.transaction().unwrap();
+    let found = elsewhere.acquire_in(&mut tx, &key, lease, &other).unwrap();
+    assert!(
+        matches!(&found, AcquireIn::Held(holder) if holder.job_id == held.job_id),
+        "{found:?}"
+    );
+    tx.execute(&format!("INSERT INTO {table} VALUES ('exp-2')"), &[])
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(exports(&table), 2);
+
+    // The guard made after the commit renews and releases it.
+    let mut guard = pending.committed();
+    assert!(matches!(guard.renew(lease).unwrap(), Renewal::Renewed(_)));
+    assert_eq!(guard.release().unwrap(), Release::Released);
+    assert!(elsewhere.peek(&key).unwrap().is_none());
+
+    // An acquire repeated with its attempt id after a commit whose answer
+    // was lost finds its own lock.
+    let attempt = jobsafe::AttemptId::new();
+    let own = LockRequest::new().attempt(attempt.clone());
+    let mut tx = db.transaction().unwrap();
+    let AcquireIn::Acquired(first) = locks.acquire_in(&mut tx, &key, lease, &own).unwrap() else {
+        panic!("the lock was free");
+    };
+    tx.commit().unwrap();
+    let mut tx = db.transaction().unwrap();
+    let again = locks.acquire_in(&mut tx, &key, lease, &own).unwrap();
+    tx.commit().unwrap();
+    assert!(
+        matches!(&again, AcquireIn::Acquired(p) if p.handle() == first.handle()),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn the_transaction_holds_the_locks_row_until_it_ends() {
+    let mut schemas = Schemas::default();
+    let (store, _) = store_and_table(&mut schemas);
+    let locks = JobLock::new(store.clone(), clock());
+    let schema = pg::schema_of(&store);
+    let key = Key::new(["vault", "vault-1"]).unwrap();
+    let lease = Duration::from_secs(300);
+    let mut db = blocking_client();
+    let mut tx = db.transaction().unwrap();
+    let AcquireIn::Acquired(pending) = locks
+        .acquire_in(&mut tx, &key, lease, &LockRequest::new())
+        .unwrap()
+    else {
+        panic!("the lock was free");
+    };
+    // Another process acquires meanwhile: it waits for the application's
+    // transaction...
+    let (done_tx, done) = mpsc::channel();
+    let racer = {
+        let url = pg::named(&pg::url(), "lock-racer");
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let other = PgStore::builder(&url).schema(&schema).open().unwrap();
+            let locks = JobLock::new(other, clock());
+            let acquired = locks
+                .acquire(&key, lease, &LockRequest::new())
+                .map(|a| match a {
+                    Acquire::Acquired(guard) => Err(guard.into_handle()),
+                    Acquire::Held(holder) => Ok(holder),
+                });
+            done_tx.send(acquired).unwrap();
+        })
+    };
+    let mut watcher = pg::client();
+    let waiting = (0..600).any(|_| {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'lock-racer' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap();
+        let waiting = row.get::<_, i64>(0) == 1;
+        if !waiting {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        waiting
+    });
+    assert!(waiting, "the other acquire never waited for the row");
+    assert!(done.try_recv().is_err(), "the other acquire did not wait");
+    // ...and, once it commits, finds the lock held by the transaction's.
+    tx.commit().unwrap();
+    let raced = done
+        .recv_timeout(LOST)
+        .expect("the other acquire never ended");
+    let holder = raced.unwrap().expect("the other acquire took a held lock");
+    assert_eq!(holder.job_id, pending.record().job_id);
+    racer.join().unwrap();
+}
+
+#[test]
 fn a_server_error_in_the_transaction_is_final_not_transient_nor_ambiguous() {
     let mut schemas = Schemas::default();
     let (store, _) = store_and_table(&mut schemas);
@@ -291,11 +435,12 @@ fn a_server_error_in_the_transaction_is_final_not_transient_nor_ambiguous() {
 }
 
 #[test]
-fn the_async_client_creates_and_reserves_in_its_transaction() {
+fn the_async_client_creates_reserves_and_locks_in_its_transaction() {
     let mut schemas = Schemas::default();
     let (store, table) = store_and_table(&mut schemas);
     let jobs = AsyncJobState::new(JobState::new(store.clone(), clock()));
     let ledger = AsyncJobLedger::new(JobLedger::new(store.clone(), clock()));
+    let locks = jobsafe::lock::AsyncJobLock::new(JobLock::new(store.clone(), clock()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -338,7 +483,28 @@ fn the_async_client_creates_and_reserves_in_its_transaction() {
             .await
             .unwrap();
         assert!(matches!(pending, Reserve::New(_)), "{pending:?}");
+        let key = Key::new(["vault", "vault-2"]).unwrap();
+        let lease = Duration::from_secs(300);
+        let AcquireIn::Acquired(taken) = locks
+            .acquire_in(&tx, &key, lease, &LockRequest::new())
+            .await
+            .unwrap()
+        else {
+            panic!("the lock was free");
+        };
+        assert!(
+            locks.peek(&key).await.unwrap().is_none(),
+            "seen before the commit"
+        );
         tx.commit().await.unwrap();
+        let held = locks
+            .acquire(&key, lease, &LockRequest::new())
+            .await
+            .unwrap();
+        assert!(matches!(held, AsyncAcquire::Held(_)), "{held:?}");
+        let guard = taken.committed_async();
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+        assert!(locks.peek(&key).await.unwrap().is_none());
         (job, jobs.get("exp-2").await.unwrap())
     });
     assert!(jobs.blocking().get("exp-1").unwrap().is_none());

@@ -209,7 +209,7 @@ pub struct AsyncLockGuard<S: Store + 'static> {
 }
 
 impl<S: Store + 'static> AsyncLockGuard<S> {
-    fn new(guard: LockGuard<S>) -> Self {
+    pub(super) fn new(guard: LockGuard<S>) -> Self {
         AsyncLockGuard { guard }
     }
 

@@ -101,8 +101,16 @@ impl<S: Store> LockGuard<S> {
         }
     }
 
-    /// The lock this guard holds, for the async face's calls on its behalf.
-    #[cfg(feature = "async")]
+    /// Its record, with no duty to release the lock any more.
+    #[cfg(feature = "postgres")]
+    pub(super) fn into_record(mut self) -> LockRecord {
+        self.armed = false;
+        self.record.clone()
+    }
+
+    /// The lock this guard holds, for the async face's calls on its behalf
+    /// and a guard made again after a transaction's commit.
+    #[cfg(any(feature = "async", feature = "postgres"))]
     pub(super) fn lock(&self) -> &JobLock<S> {
         &self.lock
     }

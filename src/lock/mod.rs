@@ -12,6 +12,8 @@
 #[cfg(feature = "async")]
 mod async_face;
 mod guard;
+#[cfg(feature = "postgres")]
+mod in_transaction;
 mod keep_alive;
 mod record;
 
@@ -22,6 +24,9 @@ use std::time::Duration;
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use async_face::{AsyncAcquire, AsyncJobLock, AsyncKeepAlive, AsyncLockGuard};
 pub use guard::{Acquire, LockGuard, LockHandle, LostLease, Release, Renewal};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use in_transaction::{AcquireIn, LockInTransaction};
 pub use keep_alive::{KeepAlive, KeepAliveEvent, KeepAliveWait};
 pub use record::{LockRecord, LockRequest};
 
@@ -30,6 +35,7 @@ pub use crate::process::{ProcessIdentity, ProcessLiveness};
 use self::record::{StoredLock, StoredProcess};
 use crate::attempt::AttemptId;
 use crate::clock::{SharedClock, millis};
+use crate::drive::{self, Blocking, Drive};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
@@ -391,6 +397,18 @@ impl<S: Store> JobLock<S> {
     /// and stayed unreachable until the deadline; store errors: a transient
     /// one only when the write is known not to have landed.
     pub fn acquire(&self, key: &Key, ttl: Duration, request: &LockRequest) -> Result<Acquire<S>> {
+        drive::blocking(self.acquire_driven(Blocking, key, ttl, request))
+    }
+
+    /// [`acquire`](JobLock::acquire)'s body, each store call and each pause
+    /// made through `drive`.
+    pub(crate) async fn acquire_driven(
+        &self,
+        drive: impl Drive<S>,
+        key: &Key,
+        ttl: Duration,
+        request: &LockRequest,
+    ) -> Result<Acquire<S>> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(key)?;
@@ -398,7 +416,7 @@ impl<S: Store> JobLock<S> {
         let attempt = request.attempt_id().cloned().unwrap_or_default();
         loop {
             let now = self.clock.now_ms();
-            let expect = match self.read(&stored_key)? {
+            let expect = match self.read_driven(drive, &stored_key).await? {
                 None => Expect::Absent,
                 Some((stored, version)) => {
                     let holder = stored.into_record(key.clone(), version);
@@ -425,7 +443,7 @@ impl<S: Store> JobLock<S> {
                 extra: codec::Extra::new(),
             };
             let bytes = codec::encode(&stored_key, &stored)?;
-            match self.store.put(&stored_key, &bytes, expect) {
+            match drive.put(&self.store, &stored_key, bytes, expect).await {
                 Ok(version) => {
                     let record = stored.into_record(key.clone(), version);
                     report!(
@@ -441,7 +459,10 @@ impl<S: Store> JobLock<S> {
                 // decide again on what is there now.
                 Err(e) if e.is_conflict() => continue,
                 Err(e) if may_have_landed(&e) => {
-                    match deadline.reread(|| self.read(&stored_key)) {
+                    let reread = deadline
+                        .reread_driven(drive, || self.read_driven(drive, &stored_key))
+                        .await;
+                    match reread {
                         // Ours, whatever happened to the reply: decide on it
                         // as on any record (it is ours, or its lease is over).
                         Ok(Some((stored, _))) if stored.job_id == attempt.as_str() => continue,
@@ -851,7 +872,15 @@ impl<S: Store> JobLock<S> {
     }
 
     fn read(&self, stored_key: &Key) -> Result<Option<(StoredLock, Version)>> {
-        match self.store.get(stored_key)? {
+        drive::blocking(self.read_driven(Blocking, stored_key))
+    }
+
+    async fn read_driven(
+        &self,
+        drive: impl Drive<S>,
+        stored_key: &Key,
+    ) -> Result<Option<(StoredLock, Version)>> {
+        match drive.get(&self.store, stored_key).await? {
             None => Ok(None),
             Some(entry) => {
                 let stored: StoredLock = codec::decode(stored_key, &entry.value)?;

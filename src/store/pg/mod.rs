@@ -202,16 +202,18 @@ use crate::trace;
 ///
 /// # Transactions of your own
 ///
-/// A job created, or a charge reserved, in the same commit as your own rows,
-/// so that neither exists without the other:
+/// A job created, a charge reserved or a lock taken in the same commit as
+/// your own rows, so that neither exists without the other:
 /// [`JobState::create_in`](crate::JobState::create_in),
-/// [`Pipeline::enqueue_in`](crate::Pipeline::enqueue_in) and
+/// [`Pipeline::enqueue_in`](crate::Pipeline::enqueue_in),
 /// [`JobLedger::reserve_in`](crate::JobLedger::reserve_in) (and
-/// `reserve_pending_in`), on managers over a `PgStore` or an `Arc` of one.
+/// `reserve_pending_in`) and [`JobLock::acquire_in`](crate::JobLock::acquire_in),
+/// on managers over a `PgStore` or an `Arc` of one.
 ///
 /// They run the managers' own bodies (the same decisions, checks and records
-/// as [`JobState::create`](crate::JobState::create) and
-/// [`JobLedger::reserve`](crate::JobLedger::reserve)), with each store call
+/// as [`JobState::create`](crate::JobState::create),
+/// [`JobLedger::reserve`](crate::JobLedger::reserve) and
+/// [`JobLock::acquire`](crate::JobLock::acquire)), with each store call
 /// made on the application's transaction instead of a connection of the
 /// store's pool. What that changes:
 ///
@@ -242,19 +244,25 @@ use crate::trace;
 ///   the whole transaction. A
 ///   refused write that is jobsafe's decision (an id taken by another job, a
 ///   reservation with another fingerprint) is an error that leaves the
-///   transaction usable: jobsafe checks its preconditions in its statements
+///   transaction usable (a lock found held is an answer, not an error, and
+///   leaves it usable too): jobsafe checks its preconditions in its statements
 ///   and in a savepoint, never by a failing statement.
 /// - **Whether the commit landed** is the application's to learn, as for its
-///   own rows. A create or reserve repeated with the same
+///   own rows. A create, reserve or acquire repeated with the same
 ///   [`attempt`](crate::jobs::NewJob::attempt) id after a lost commit finds
 ///   its own record (and answers as it did), or writes it then.
+/// - **A lock is the caller's only from the commit on**: `acquire_in` gives
+///   a [`LockInTransaction`](crate::lock::LockInTransaction), not a guard;
+///   after the commit, its `committed` gives the guard, whose renewals and
+///   release run on the store's own connections.
 ///
 /// The blocking methods take any [`postgres::GenericClient`] (a
 /// `postgres::Transaction`, on a thread where no tokio runtime is current,
 /// as that client requires); the async ones, on
 /// [`AsyncJobState`](crate::jobs::AsyncJobState),
-/// [`AsyncPipeline`](crate::pipeline::AsyncPipeline) and
-/// [`AsyncJobLedger`](crate::ledger::AsyncJobLedger), any
+/// [`AsyncPipeline`](crate::pipeline::AsyncPipeline),
+/// [`AsyncJobLedger`](crate::ledger::AsyncJobLedger) and
+/// [`AsyncJobLock`](crate::lock::AsyncJobLock), any
 /// [`tokio_postgres::GenericClient`] (a `tokio_postgres::Transaction`), and
 /// hold no thread while they wait. Given a client outside a transaction, each
 /// statement commits on its own, as the store's own calls would: the job or
