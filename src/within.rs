@@ -140,8 +140,11 @@ impl JobLock<$store> {
     /// [`committed`](LockInTransaction::committed) after the commit for the
     /// guard that renews and releases the lock (on the store's own
     /// connections, where the lock is visible only from the commit on). Until
-    /// `tx` ends it holds the lock's row: another acquire of the same key
-    /// waits for it (see [`PgStore`], "Transactions of your own").
+    /// `tx` ends it holds the lock's row: another acquire, renewal or release
+    /// of the same key waits for it (see [`PgStore`], "Transactions of your
+    /// own"), so do not release, or drop, another guard of the same key on
+    /// the same thread before `tx` ends. The lease counts from this call,
+    /// not from the commit (see [`LockInTransaction`]).
     ///
     /// ```no_run
     /// use std::sync::Arc;

@@ -264,9 +264,10 @@ fn the_transaction_holds_the_jobs_row_until_it_ends() {
 fn a_lock_taken_in_a_transaction_is_held_from_its_commit_and_never_without_it() {
     let mut schemas = Schemas::default();
     let (store, table) = store_and_table(&mut schemas);
-    let locks = JobLock::new(store.clone(), clock());
+    let clock = clock();
+    let locks = JobLock::new(store.clone(), clock.clone());
     // Another process's view: its own handle.
-    let elsewhere = JobLock::new(pg::open(&pg::schema_of(&store)), clock());
+    let elsewhere = JobLock::new(pg::open(&pg::schema_of(&store)), clock.clone());
     let key = Key::new(["vault", "vault-1"]).unwrap();
     let lease = Duration::from_secs(300);
     let mut db = blocking_client();
@@ -287,7 +288,10 @@ fn a_lock_taken_in_a_transaction_is_held_from_its_commit_and_never_without_it() 
         elsewhere.peek(&key).unwrap().is_none(),
         "kept after a rollback"
     );
-    drop(rolled_back);
+    // Made a guard all the same, it holds nothing.
+    let mut ghost = rolled_back.committed();
+    assert!(matches!(ghost.renew(lease).unwrap(), Renewal::Lost(_)));
+    assert_eq!(ghost.release().unwrap(), Release::AlreadyGone);
 
     let mut tx = db.transaction().unwrap();
     let AcquireIn::Acquired(pending) = locks.acquire_in(&mut tx, &key, lease, &request).unwrap()
@@ -340,6 +344,30 @@ fn a_lock_taken_in_a_transaction_is_held_from_its_commit_and_never_without_it() 
         matches!(&again, AcquireIn::Acquired(p) if p.handle() == first.handle()),
         "{again:?}"
     );
+
+    // A lease that has ended is taken over inside the transaction, with
+    // the commit, and never without it.
+    clock.advance(lease + Duration::from_secs(1));
+    let late = LockRequest::new().actor("export-3");
+    let mut tx = db.transaction().unwrap();
+    let AcquireIn::Acquired(_) = locks.acquire_in(&mut tx, &key, lease, &late).unwrap() else {
+        panic!("the lease had ended");
+    };
+    tx.rollback().unwrap();
+    let kept = elsewhere.peek(&key).unwrap().unwrap();
+    assert_eq!(
+        kept.job_id,
+        first.record().job_id,
+        "taken over without a commit"
+    );
+    let mut tx = db.transaction().unwrap();
+    let AcquireIn::Acquired(taken) = locks.acquire_in(&mut tx, &key, lease, &late).unwrap() else {
+        panic!("the lease had ended");
+    };
+    tx.commit().unwrap();
+    let now = elsewhere.peek(&key).unwrap().unwrap();
+    assert_eq!(now.job_id, taken.record().job_id);
+    assert!(now.token > first.record().token, "{now:?}");
 }
 
 #[test]

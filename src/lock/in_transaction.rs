@@ -25,7 +25,14 @@ pub enum AcquireIn<S: Store> {
 /// the lock is not visible until the commit, so a guard's release (or the
 /// release of a guard dropped early) would find nothing to release, and the
 /// lock would stay held until its lease ends. After a rollback there is no
-/// lock: drop it.
+/// lock: drop it. Dropped after the commit instead, it leaves the lock held
+/// until its lease ends, or until a release through its
+/// [`handle`](LockInTransaction::handle).
+///
+/// The lease counts from the acquire, not from the commit: a transaction
+/// that outlasts the lease commits a lock that another may take over at
+/// once. Keep such transactions short, and look at the guard's
+/// [`remaining`](LockGuard::remaining) (or renew it) before relying on it.
 #[derive(Debug)]
 #[must_use = "after the commit, `committed` gives the guard that releases the lock"]
 pub struct LockInTransaction<S: Store> {

@@ -144,7 +144,11 @@ use crate::vfs::{FileKind, KnownDurable, StdVfs, Vfs};
 ///   from `data/` down to the prefix's and every directory below it, one
 ///   inotify watch each: where the kernel's limit of watches
 ///   (`fs.inotify.max_user_watches`) is reached it answers `None`, with a
-///   warning, and runners and subscriptions poll.
+///   warning, and runners and subscriptions poll; reached later, by a
+///   directory made since, every watcher is told every second until the
+///   directory can be watched (a poll of a second, in effect). Watches are
+///   kept until the last watcher of the handle is gone, even of prefixes
+///   nobody watches any more.
 /// - A [`list`](Store::list) page walks again the directories between the
 ///   prefix and its cursor, reading and sorting each whole: paging through the
 ///   n keys of one directory costs n / page reads of n names. Read many keys
@@ -472,14 +476,16 @@ impl<V: Vfs> DirStore<V> {
         };
         self.check_writable()?;
         let changes = journal::decode(&path, &bytes)?;
-        self.watch(self.apply_changes(&changes))?;
+        // Another writer's batch (or this handle's, cut off): its changes
+        // are told to this handle's watchers as another's would be.
+        self.watch(self.apply_changes(&changes, Origin::Recovered))?;
         self.watch(self.remove_journal(&path))
     }
 
-    fn apply_changes(&self, changes: &[Change]) -> Result<()> {
+    fn apply_changes(&self, changes: &[Change], origin: Origin) -> Result<()> {
         for change in changes {
             match change {
-                Change::Put { key, file } => self.write_record_file(key, file)?,
+                Change::Put { key, file } => self.write_record_file(key, file, origin)?,
                 Change::Delete { key } => {
                     self.remove_record_file(key)?;
                 }
@@ -556,7 +562,7 @@ impl<V: Vfs> DirStore<V> {
         Ok(Some(record))
     }
 
-    fn write_record_file(&self, key: &Key, bytes: &[u8]) -> Result<()> {
+    fn write_record_file(&self, key: &Key, bytes: &[u8], origin: Origin) -> Result<()> {
         // A delete of another key may remove the (then empty) directory between our
         // creating it and our temp file landing in it, or before we flush its
         // parent, and a sweep may claim a hashed directory we were still
@@ -569,7 +575,9 @@ impl<V: Vfs> DirStore<V> {
                 .ensure_parent(self.writer(), known, key)
                 .and_then(|path| {
                     let mut pending = self.writer().begin(path)?;
-                    self.inner.notices.note_own_write(pending.temp_path());
+                    if origin == Origin::OwnCall {
+                        self.inner.notices.note_own_write(pending.temp_path());
+                    }
                     // From here the temp file keeps every directory on the
                     // way from being pruned: the ones made durable are the
                     // ones the record lands in.
@@ -669,7 +677,7 @@ impl<V: Vfs> Store for DirStore<V> {
                 expect.check(key, current.as_ref().map(|r| r.version))?;
                 let version = self.next_version(key, current.as_ref())?;
                 let bytes = record_file::encode(key, version, value);
-                self.watch(self.write_record_file(key, &bytes))?;
+                self.watch(self.write_record_file(key, &bytes, Origin::OwnCall))?;
                 Ok(version)
             })
         })
@@ -777,7 +785,7 @@ impl<V: Vfs> Store for DirStore<V> {
                 // and whoever next takes these stripes completes it. The caller must
                 // learn that, or a retry would apply the batch twice.
                 let completed = self
-                    .watch(self.apply_changes(&changes))
+                    .watch(self.apply_changes(&changes, Origin::OwnCall))
                     .and_then(|()| self.watch(self.remove_journal(&journal_path)));
                 completed.map_err(|e| Error::BatchPending {
                     journal: journal_path.clone(),
@@ -877,6 +885,17 @@ impl<V: Vfs> Store for DirStore<V> {
         };
         notify::watch(&self.inner.notices, &self.layout().data, subdirs, prefix)
     }
+}
+
+/// Whose change a record write carries out, for the watchers of other
+/// writers' changes (`Store::changes_by_others`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A call made through this handle: its caller knows.
+    OwnCall,
+    /// A batch found pending and completed: whoever began it may be another
+    /// process, and nobody here knows.
+    Recovered,
 }
 
 /// A missing file, or a missing or non-directory parent on the way to it.

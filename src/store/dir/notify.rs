@@ -16,18 +16,25 @@
 //! below the prefix's directory. A directory that appears on the way or in
 //! the tree is watched as soon as its report is read, and every watcher is
 //! told then: a record may have landed in it before its watch was set.
-//! When the kernel's queue overflows, every watcher is told as well.
+//! When the kernel's queue overflows, every watcher is told as well. A
+//! directory that cannot be watched when it appears (the kernel's limit of
+//! watches reached, say) makes the thread tell every watcher at each
+//! wake-up, at least every second, until it can be: a missed change would
+//! strand a runner until its poll, a needless look costs a read.
 //!
-//! The writes made through this handle are not told (whoever makes them
-//! knows): while anyone watches, a write notes the name of its temp file
-//! (random) before renaming it, and the thread recognizes the rename's
-//! report by it. This handle's deletes and quarantines are told: they are
-//! rare, and a notification may come without a change.
+//! The writes made through this handle's calls are not told (whoever makes
+//! them knows): while anyone watches, such a write notes the name of its
+//! temp file (random) before renaming it, and the thread recognizes the
+//! rename's report by it. The completion of a batch found pending (another
+//! process's, most likely) is not this handle's call: it is told. This
+//! handle's deletes and quarantines are told too: they are rare, and a
+//! notification may come without a change.
 //!
 //! The thread holds the store's notices weakly. It wakes at least every
 //! second to see whether the store or its watchers are gone, and ends then,
-//! within a second of the last watch's drop. Elsewhere than on Linux there
-//! is no such thread, and the store cannot tell.
+//! within a second of the last watch's drop; however it ends, the next
+//! watch starts another. Elsewhere than on Linux there is no such thread,
+//! and the store cannot tell.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -348,16 +355,23 @@ mod linux {
 
         /// Watches every directory from `data/` down to `prefix`'s, and the
         /// tree below it; those that do not exist yet are watched when
-        /// their parent reports them.
+        /// their parent reports them. A directory that cannot be watched
+        /// or listed does not stop the others: the first such error is
+        /// returned once all were tried.
         fn arm(&self, table: &mut Table, prefix: &[String]) -> std::io::Result<()> {
+            let mut failed = None;
             let mut path = self.data.clone();
             for (depth, segment) in prefix.iter().enumerate() {
-                if !self.add(table, &path, Some(prefix[..depth].to_vec()))? {
-                    return Ok(());
+                match self.add(table, &path, Some(prefix[..depth].to_vec())) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    // The next one on the way is not watched if it comes.
+                    Err(e) => return Err(e),
                 }
                 path.push(format!("{}{DIR_SUFFIX}", naming::encode(segment)));
             }
-            self.add_tree(table, &path, Some(prefix.to_vec()), 0)
+            self.add_tree(table, &path, Some(prefix.to_vec()), 0, &mut failed);
+            failed.map_or(Ok(()), Err)
         }
 
         fn add_tree(
@@ -366,22 +380,26 @@ mod linux {
             dir: &Path,
             segments: DirSegments,
             depth: usize,
-        ) -> std::io::Result<()> {
-            if !self.add(table, dir, segments.clone())? || depth >= MAX_DEPTH {
-                return Ok(());
+            failed: &mut Option<std::io::Error>,
+        ) {
+            match self.add(table, dir, segments.clone()) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    return;
+                }
             }
-            // A directory's link count is 2 plus its subdirectories on the
-            // filesystems that keep it (ext4, xfs): 2 means none, and a
-            // directory of a million records is not listed. Others report
-            // 1. (A hint only, so read without the `Vfs`, as the watches
-            // themselves are set.)
-            if rustix::fs::lstat(dir).is_ok_and(|stat| stat.st_nlink == 2) {
-                return Ok(());
+            if depth >= MAX_DEPTH || has_no_subdirectories(dir) {
+                return;
             }
             let names = match (self.subdirs)(dir) {
                 Ok(names) => names,
-                Err(e) if is_gone(&e) => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) if is_gone(&e) => return,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    return;
+                }
             };
             for name in names {
                 let Some(stem) = name
@@ -398,9 +416,8 @@ mod linux {
                     s.push(naming::decode(stem)?);
                     Some(s)
                 });
-                self.add_tree(table, &dir.join(&name), child, depth + 1)?;
+                self.add_tree(table, &dir.join(&name), child, depth + 1, failed);
             }
-            Ok(())
         }
 
         /// Watches `dir`; `false` if it is not there (its parent's watch
@@ -427,9 +444,18 @@ mod linux {
             }
         }
 
-        fn run(&self, notices: &Weak<Notices>) {
+        fn run(self: Arc<Self>, notices: &Weak<Notices>) {
+            // However the thread ends (a panic of a `Vfs` included), the
+            // next watch starts a new one rather than count on this one.
+            let _vacate = Vacate {
+                notices: notices.clone(),
+                watcher: Arc::downgrade(&self),
+            };
             let mut own = OwnRenames::default();
             let mut buf = vec![MaybeUninit::<u8>::uninit(); 16 * 1024];
+            // Some directory could not be watched: every watcher is told at
+            // each wake-up (at least every second), until all are watched.
+            let mut degraded = false;
             loop {
                 let reports = self.wait(&mut buf);
                 let Some(notices) = notices.upgrade() else {
@@ -444,10 +470,14 @@ mod linux {
                         return;
                     }
                 }
-                if reports.is_empty() {
+                if reports.is_empty() && !degraded {
                     continue;
                 }
-                let mut told = Told::default();
+                let mut told = Told {
+                    rearm: degraded,
+                    all: degraded,
+                    ..Told::default()
+                };
                 {
                     let mut table = self.table.lock();
                     let mut own_writes = notices.own_writes.lock();
@@ -467,10 +497,13 @@ mod linux {
                     }
                     drop(own_writes);
                     if told.rearm {
+                        let was_degraded = std::mem::replace(&mut degraded, false);
                         for prefix in table.prefixes.clone() {
-                            // Best-effort: whatever is missed now is found
-                            // by the next directory's report, or by a poll.
-                            if self.arm(&mut table, &prefix).is_err() {
+                            if let Err(e) = self.arm(&mut table, &prefix) {
+                                if !was_degraded {
+                                    super::cannot_watch(&self.data, &e);
+                                }
+                                degraded = true;
                                 told.all = true;
                             }
                         }
@@ -516,6 +549,40 @@ mod linux {
             }
             reports
         }
+    }
+
+    /// Empties the slot of the watcher whose thread ends, unless another
+    /// took its place.
+    struct Vacate {
+        notices: Weak<Notices>,
+        watcher: Weak<Watcher>,
+    }
+
+    impl Drop for Vacate {
+        fn drop(&mut self) {
+            if let Some(notices) = self.notices.upgrade() {
+                let mut slot = notices.watcher.lock();
+                if slot
+                    .as_ref()
+                    .is_some_and(|w| std::ptr::eq(Arc::as_ptr(w), self.watcher.as_ptr()))
+                {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    /// Whether `dir` certainly has no subdirectory: its link count is 2 on
+    /// a filesystem that counts a directory's subdirectories in it (ext2/3/4,
+    /// XFS, tmpfs, F2FS), so that a directory of a million records is not
+    /// listed. Elsewhere (btrfs reports 1, some network and FUSE filesystems
+    /// a constant) it is listed. A hint read without the `Vfs`, as the
+    /// watches themselves are set.
+    fn has_no_subdirectories(dir: &Path) -> bool {
+        const COUNTING: [i128; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010];
+        let counts = rustix::fs::statfs(dir)
+            .is_ok_and(|fs| COUNTING.contains(&(i128::from(fs.f_type) & 0xFFFF_FFFF)));
+        counts && rustix::fs::lstat(dir).is_ok_and(|stat| stat.st_nlink == 2)
     }
 
     fn report_of(event: &inotify::Event<'_>) -> Report {
