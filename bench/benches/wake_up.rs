@@ -18,7 +18,8 @@
 //!   target: the difference at p99 (below) at most 2 ms;
 //! - across processes on one machine: the runner in a child process (this
 //!   bench run again), on a `LogStore` that both open, woken through
-//!   [`Store::changes_by_others`] (inotify); target at most 20 ms;
+//!   [`Store::changes_by_others`] (inotify); target at most 20 ms; and the
+//!   same on a `DirStore` (inotify on its record directory);
 //! - across machines: the runner in a child process with a `PgStore` handle
 //!   of its own, woken through `LISTEN`/`NOTIFY` (with the feature
 //!   `postgres` and a server); target at most 20 ms.
@@ -84,7 +85,7 @@ use self::common::{BenchResult, Config, RunDir};
 /// Set in a child's environment to its role: [`ROLE_WAKE`] or
 /// [`ROLE_FAILOVER`].
 const ROLE_VAR: &str = "JOBSAFE_WAKE_UP_ROLE";
-/// The child's store: `log:<directory>` or `pg:<schema>`.
+/// The child's store: `log:<directory>`, `dir:<directory>` or `pg:<schema>`.
 const STORE_VAR: &str = "JOBSAFE_WAKE_UP_STORE";
 /// The child's artifact directory.
 const ARTIFACTS_VAR: &str = "JOBSAFE_WAKE_UP_ARTIFACTS";
@@ -161,6 +162,18 @@ fn main() -> BenchResult {
         20.0,
     )?);
 
+    let dir = run.fresh("dir-processes")?;
+    let store = Arc::new(jobsafe::DirStore::open(dir.join("store"))?);
+    let spec = StoreSpec::Dir(dir.join("store"));
+    wakes.push(wake_across(
+        "across processes, DirStore",
+        store,
+        &spec,
+        &dir,
+        jobs,
+        20.0,
+    )?);
+
     let dir = run.fresh("log-failover")?;
     let store = Arc::new(LogStore::open(dir.join("store"))?);
     let spec = StoreSpec::Log(dir.join("store"));
@@ -226,6 +239,7 @@ fn main() -> BenchResult {
 #[derive(Clone, Debug)]
 enum StoreSpec {
     Log(PathBuf),
+    Dir(PathBuf),
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Pg(String),
 }
@@ -234,6 +248,7 @@ impl StoreSpec {
     fn to_env(&self) -> String {
         match self {
             StoreSpec::Log(dir) => format!("log:{}", dir.display()),
+            StoreSpec::Dir(dir) => format!("dir:{}", dir.display()),
             StoreSpec::Pg(schema) => format!("pg:{schema}"),
         }
     }
@@ -851,6 +866,9 @@ fn child(role: &str) -> BenchResult {
     let spec = std::env::var(STORE_VAR)?;
     if let Some(dir) = spec.strip_prefix("log:") {
         return child_on(role, LogStore::open(dir)?);
+    }
+    if let Some(dir) = spec.strip_prefix("dir:") {
+        return child_on(role, jobsafe::DirStore::open(dir)?);
     }
     #[cfg(feature = "postgres")]
     if let Some(schema) = spec.strip_prefix("pg:") {
