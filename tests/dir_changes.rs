@@ -16,31 +16,16 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::child::{self, Child};
-use common::key;
+use common::{key, told_after};
 use jobsafe::store::Changes;
 use jobsafe::testing::{Fault, Faulty, OpKind};
 use jobsafe::vfs::StdVfs;
 use jobsafe::{Batch, DirStore, Error, Expect, Prefix, Store};
 
 const TEST: &str = "writes_of_another_process_are_told_to_watchers";
-
-/// Waits for a notification after `seen`; the new count.
-fn told_after(changes: &Changes, seen: u64) -> u64 {
-    let (tx, rx) = mpsc::channel();
-    let changes = changes.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let _ = tx.send(runtime.block_on(changes.changed(seen)));
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the other writer's change was never told"))
-}
 
 fn watch(store: &DirStore, prefix: &[&str]) -> Changes {
     store

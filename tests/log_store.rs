@@ -699,22 +699,6 @@ fn a_quarantined_record_keeps_its_key_beside_it() {
     assert!(store.get(&key).unwrap().is_none());
 }
 
-/// Waits, with a bound only a broken store misses, for `changes` to count
-/// past `seen`.
-#[cfg(target_os = "linux")]
-fn told_after(changes: &jobsafe::store::Changes, seen: u64) -> u64 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let changes = changes.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let _ = tx.send(runtime.block_on(changes.changed(seen)));
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("the write of another handle was never told"))
-}
-
 /// Another handle's writes (another process's, in a service) are told to a
 /// watcher of a prefix above them, once the kernel reports the journal
 /// changed; so is a journal another handle replaced by compacting it.
@@ -732,7 +716,7 @@ fn writes_of_another_handle_are_told_to_watchers() {
     other
         .put(&key("jobs/1"), b"queued", Expect::Absent)
         .unwrap();
-    let seen = told_after(&changes, seen);
+    let seen = common::told_after(&changes, seen);
     // Told after the frames were read: the watcher finds the write at once.
     assert_eq!(
         service.get(&key("jobs/1")).unwrap().unwrap().value,
@@ -746,11 +730,11 @@ fn writes_of_another_handle_are_told_to_watchers() {
     // A compaction replaces the journal: every watcher is told, though only
     // keys it does not watch were written.
     other.compact().unwrap();
-    let seen = told_after(&changes, seen);
+    let seen = common::told_after(&changes, seen);
     other
         .put(&key("jobs/2"), b"queued", Expect::Absent)
         .unwrap();
-    told_after(&changes, seen);
+    common::told_after(&changes, seen);
     assert!(service.get(&key("jobs/2")).unwrap().is_some());
 }
 

@@ -566,16 +566,30 @@ fn started_on(a: &Machine, clock: &ManualClock, script: &Script) -> String {
     job.id
 }
 
+/// Two machines on one store, sharing `bucket`'s copies, and a job
+/// [`started_on`] the first: the second is to take it over.
+struct TakeOver {
+    a: Machine,
+    b: Machine,
+    script: Arc<Script>,
+    id: String,
+}
+
+fn take_over(bucket: &Bucket) -> TakeOver {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let clock = ManualClock::new(START_MS);
+    let script = Arc::new(Script::default());
+    let a = machine(&store, &clock, &script, bucket.artifacts());
+    let b = machine(&store, &clock, &script, bucket.artifacts());
+    let id = started_on(&a, &clock, &script);
+    TakeOver { a, b, script, id }
+}
+
 #[test]
 fn a_job_taken_over_on_another_machine_skips_the_stage_that_finished() {
     for bucket in buckets() {
         let name = bucket.name;
-        let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let clock = ManualClock::new(START_MS);
-        let script = Arc::new(Script::default());
-        let a = machine(&store, &clock, &script, bucket.artifacts());
-        let b = machine(&store, &clock, &script, bucket.artifacts());
-        let id = started_on(&a, &clock, &script);
+        let TakeOver { b, script, id, .. } = take_over(&bucket);
         let pass = b.pipeline.run_pass().unwrap();
         assert_eq!(pass.runs[0].outcome, RunOutcome::Completed, "{name}");
         assert_eq!(pass.runs[0].skipped(), ["fetch"], "{name}");
@@ -595,12 +609,7 @@ fn a_job_taken_over_on_another_machine_skips_the_stage_that_finished() {
 fn a_damaged_copy_is_never_used_and_the_stage_runs_again() {
     for bucket in buckets() {
         let name = bucket.name;
-        let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let clock = ManualClock::new(START_MS);
-        let script = Arc::new(Script::default());
-        let a = machine(&store, &clock, &script, bucket.artifacts());
-        let b = machine(&store, &clock, &script, bucket.artifacts());
-        let id = started_on(&a, &clock, &script);
+        let TakeOver { a, b, script, id } = take_over(&bucket);
         // The page's copy replaced by other bytes of its length.
         let dir = a.pipeline.job_dir(&id);
         let job_dir = dir.file_name().unwrap().to_str().unwrap();
@@ -620,12 +629,7 @@ fn a_damaged_copy_is_never_used_and_the_stage_runs_again() {
 fn purge_removes_the_copies_of_a_job_and_orphans() {
     for bucket in buckets() {
         let name = bucket.name;
-        let store: Arc<dyn Store> = Arc::new(MemStore::new());
-        let clock = ManualClock::new(START_MS);
-        let script = Arc::new(Script::default());
-        let a = machine(&store, &clock, &script, bucket.artifacts());
-        let b = machine(&store, &clock, &script, bucket.artifacts());
-        started_on(&a, &clock, &script);
+        let TakeOver { b, .. } = take_over(&bucket);
         assert_eq!(
             b.pipeline.run_pass().unwrap().runs[0].outcome,
             RunOutcome::Completed,

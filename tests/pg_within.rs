@@ -53,6 +53,26 @@ fn listening(store: &PgStore) -> jobsafe::store::Changes {
     changes
 }
 
+/// Whether the session named `application_name` comes to wait for a lock
+/// (a row the application's transaction holds) within a minute.
+fn waits_for_a_lock(application_name: &str) -> bool {
+    let mut watcher = pg::client();
+    (0..600).any(|_| {
+        let row = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&application_name],
+            )
+            .unwrap();
+        let waiting = row.get::<_, i64>(0) == 1;
+        if !waiting {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        waiting
+    })
+}
+
 /// The application's blocking connection.
 fn blocking_client() -> postgres::Client {
     postgres::Client::connect(&pg::url(), postgres::NoTls).unwrap()
@@ -233,21 +253,7 @@ fn the_transaction_holds_the_jobs_row_until_it_ends() {
                 .unwrap();
         })
     };
-    let mut watcher = pg::client();
-    let waiting = (0..600).any(|_| {
-        let row = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = 'racer' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .unwrap();
-        let waiting = row.get::<_, i64>(0) == 1;
-        if !waiting {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        waiting
-    });
+    let waiting = waits_for_a_lock("racer");
     assert!(waiting, "the other create never waited for the row");
     assert!(done.try_recv().is_err(), "the other create did not wait");
     // ...and, once it commits, finds the id taken.
@@ -404,21 +410,7 @@ fn the_transaction_holds_the_locks_row_until_it_ends() {
             done_tx.send(acquired).unwrap();
         })
     };
-    let mut watcher = pg::client();
-    let waiting = (0..600).any(|_| {
-        let row = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = 'lock-racer' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .unwrap();
-        let waiting = row.get::<_, i64>(0) == 1;
-        if !waiting {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        waiting
-    });
+    let waiting = waits_for_a_lock("lock-racer");
     assert!(waiting, "the other acquire never waited for the row");
     assert!(done.try_recv().is_err(), "the other acquire did not wait");
     // ...and, once it commits, finds the lock held by the transaction's.

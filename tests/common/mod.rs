@@ -214,3 +214,25 @@ pub(crate) fn run_under_umask(umask: &str, test: &str, dir: &Path) -> io::Result
     );
     Ok(())
 }
+
+/// Waits, with a bound only a broken store misses, for `changes` to count
+/// past `seen` (a notification of another writer's change); the new count.
+pub fn told_after(changes: &jobsafe::store::Changes, seen: u64) -> u64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let changes = changes.clone();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+            return;
+        };
+        let _ = tx.send(runtime.block_on(changes.changed(seen)));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(count) => count,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("another writer's change was never told")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("no runtime could be made to wait for the notification")
+        }
+    }
+}
