@@ -152,7 +152,9 @@ impl<V: Vfs> Shared<V> {
                 index.apply(op);
             }
             drop(index);
-            self.probe.lock().at = journal.end;
+            let mut probe = self.probe.lock();
+            probe.at = journal.end;
+            probe.noticed = false;
         }
         results
     }

@@ -219,6 +219,9 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         }
         new.copy_tail(&journal, mark, &old)?;
         new.flush_tail(shared.sync)?;
+        if !shared.is_exclusive() {
+            notify_readers(shared, &mut journal)?;
+        }
         install(vfs, &new.path, &shared.journal_path, false)?;
         if shared.sync {
             let synced = vfs.sync_dir(&shared.root);
@@ -253,11 +256,13 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         end,
         next_seq,
         allocated,
+        noticed: false,
     };
     *shared.probe.lock() = Probe {
         inode,
         at: end,
         file: journal.file.clone(),
+        noticed: false,
     };
     if shared.sync {
         shared.named.store(inode, Ordering::SeqCst);
@@ -269,6 +274,23 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         bytes_after: end,
         generation: header.generation,
     })
+}
+
+/// Appends a compaction's notice to the old journal (the caller holds the
+/// journal mutex and the `lock` flock, and renames the new journal next):
+/// other processes' readers look only at the place of the next frame, and
+/// this frame there sends them to catch up, and so to find the journal
+/// replaced. Not flushed: only live processes read it, from the page cache,
+/// and a restart that finds it (the rename lost) reads an empty frame.
+fn notify_readers<V: Vfs>(shared: &Shared<V>, journal: &mut Journal<V::File>) -> Result<()> {
+    let notice = FrameBuilder::notice(journal.header.journal_id, journal.next_seq);
+    // This handle's own readers know: the frame is not another process's.
+    shared.probe.lock().at = journal.end + notice.len() as u64;
+    let appended = journal.append(&notice, false);
+    shared.probe.lock().at = journal.end;
+    appended.map_err(|failure| Error::io(failure.step, &shared.journal_path, failure.source))?;
+    journal.noticed = true;
+    Ok(())
 }
 
 /// The journal a compaction started from.

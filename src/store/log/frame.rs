@@ -187,6 +187,12 @@ impl FrameBuilder {
         self.buf
     }
 
+    /// A compaction's notice: a frame with no transaction, appended to the
+    /// old journal just before a new one is renamed over it.
+    pub(crate) fn notice(journal_id: u64, seq: u64) -> Vec<u8> {
+        FrameBuilder::new().finish(journal_id, seq)
+    }
+
     /// Re-frames a payload read from another journal (compaction copies the
     /// frames written while it ran).
     pub(crate) fn reframe(payload: &[u8], journal_id: u64, seq: u64) -> Vec<u8> {
@@ -287,6 +293,13 @@ pub(crate) fn check_payload(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> 
 /// The sequence number a header claims, without validating it.
 pub(crate) fn claimed_seq(header: &[u8; FRAME_HEADER_LEN]) -> u64 {
     u64_at(header, 16)
+}
+
+/// Whether a checksummed payload is a compaction's notice
+/// ([`FrameBuilder::notice`]): no transaction at all. No other frame is
+/// empty: a group that changes nothing writes no frame.
+pub(crate) fn is_notice(payload: &[u8]) -> bool {
+    payload == 0u32.to_le_bytes()
 }
 
 /// Decodes a checksummed payload into its transactions.

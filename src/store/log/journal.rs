@@ -37,6 +37,11 @@ pub(crate) struct Journal<F> {
     pub next_seq: u64,
     /// Bytes of the file that exist (zero-filled beyond `end`).
     pub allocated: u64,
+    /// Whether the last frame read or written is a compaction's notice (an
+    /// empty frame, see [`frame::is_notice`]): a new journal may be renamed
+    /// over this one at any moment, so readers check the journal's name too
+    /// until a later frame comes or they find it replaced.
+    pub noticed: bool,
 }
 
 /// An append that failed, and at which step.
@@ -123,6 +128,7 @@ impl<F: VfsFile> Journal<F> {
         }
         self.end = new_end;
         self.next_seq += 1;
+        self.noticed = false;
         Ok(())
     }
 

@@ -109,8 +109,10 @@ const FIRST_SEQ: u64 = 1;
 ///   catch up under a shared lock if so.
 /// - **Compaction** writes the live records to a new journal beside the old one
 ///   while writers go on, then, under the lock, copies the frames appended
-///   meanwhile and renames it into place. Other processes see that the journal's
-///   inode changed and reload it; none reads a replaced journal. It runs in the
+///   meanwhile and renames it into place. Just before the rename it appends an
+///   empty frame (a notice) to the old journal, where the other processes'
+///   readers look for the next frame: they catch up, find the journal's inode
+///   changed and reload it; none reads a replaced journal. It runs in the
 ///   background when the journal holds mostly dead records
 ///   ([`LogStoreBuilder::compact_when`]), or on [`compact`](LogStore::compact).
 ///
@@ -119,9 +121,10 @@ const FIRST_SEQ: u64 = 1;
 /// # Exclusive mode
 ///
 /// A store is shared by default: any number of handles, in any number of
-/// processes, and each read first checks that nobody wrote since (a `statx` of
-/// the journal and a 28-byte read where the next frame would start), each
-/// commit takes the `lock` file's flock and reads what others appended.
+/// processes, and each read first checks that nobody wrote since (one 28-byte
+/// positioned read where the next frame would start, and a `statx` of the
+/// journal only after a compaction's notice), each commit takes the `lock`
+/// file's flock and reads what others appended.
 /// [`LogStoreBuilder::exclusive`] trades that for a store that one handle has
 /// to itself, the usual case of a service that owns its store: reads are
 /// answered from memory without a system call (and the async face's
@@ -417,13 +420,16 @@ impl<V: Vfs> Drop for Shared<V> {
     }
 }
 
-/// What a reader checks to know whether its index is current: the journal's
-/// inode, and the offset where the next frame would start.
+/// What a reader checks to know whether its index is current: the offset
+/// where the next frame would start in the journal it read, and, after a
+/// compaction's notice, the journal's inode.
 #[derive(Debug)]
 struct Probe<F> {
     inode: u64,
     at: u64,
     file: Arc<F>,
+    /// The last frame read is a compaction's notice ([`Journal::noticed`]).
+    noticed: bool,
 }
 
 /// How a handle shares the store, and so which locks it takes and which
@@ -687,6 +693,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
             inode: journal.inode,
             at: journal.end,
             file: journal.file.clone(),
+            noticed: journal.noticed,
         };
         // Created or flushed above, under the lock no compaction renames without.
         let named = if sync { journal.inode } else { 0 };
@@ -1037,19 +1044,27 @@ impl<V: Vfs> Shared<V> {
     }
 
     /// Whether no other process appended a frame or replaced the journal since
-    /// this one last looked: the journal path still names the same inode, and
-    /// the place of the next frame holds no frame start.
+    /// this one last looked: the place of the next frame in the journal it
+    /// read holds no frame start. One positioned read, and no `statx`: a
+    /// compaction appends a notice (an empty frame) to the old journal before
+    /// it renames the new one over it, so a reader of the old journal finds
+    /// that frame first, and catching up finds the journal replaced. Only a
+    /// reader whose last frame read is that notice checks the journal's
+    /// inode, since the rename may come after it read the notice.
     fn is_current(&self) -> Result<bool> {
-        let (inode, at, file) = {
+        let (inode, at, file, noticed) = {
             let probe = self.probe.lock();
-            (probe.inode, probe.at, probe.file.clone())
+            (probe.inode, probe.at, probe.file.clone(), probe.noticed)
         };
-        let vfs = self.writer.vfs();
-        let now = vfs
-            .inode(&self.journal_path)
-            .at(steps::STAT_JOURNAL, &self.journal_path)?;
-        if now != inode {
-            return Ok(false);
+        if noticed {
+            let now = self
+                .writer
+                .vfs()
+                .inode(&self.journal_path)
+                .at(steps::STAT_JOURNAL, &self.journal_path)?;
+            if now != inode {
+                return Ok(false);
+            }
         }
         Ok(!frame_starts_at(&*file, at, &self.journal_path)?)
     }
@@ -1100,6 +1115,7 @@ impl<V: Vfs> Shared<V> {
             inode: journal.inode,
             at: journal.end,
             file: journal.file.clone(),
+            noticed: journal.noticed,
         };
         Ok(())
     }

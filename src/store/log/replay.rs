@@ -34,6 +34,7 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, In
         end: frame::FILE_HEADER_LEN,
         next_seq: FIRST_SEQ,
         allocated,
+        noticed: false,
     };
     let mut index = Index::default();
     let stop = read_into(&mut journal, &mut index, path, None)?;
@@ -72,8 +73,10 @@ pub(super) fn read_into<F: VfsFile>(
     path: &Path,
     mut touched: Option<&mut Vec<Vec<u8>>>,
 ) -> Result<Stop> {
+    let mut last_noticed = None;
     let read = journal
         .read_new(|payload| {
+            last_noticed = Some(frame::is_notice(payload));
             for op in decode_payload(payload)?.into_iter().flatten() {
                 if let Some(touched) = touched.as_deref_mut() {
                     touched.extend(op.key().map(<[u8]>::to_vec));
@@ -83,6 +86,9 @@ pub(super) fn read_into<F: VfsFile>(
             Ok(())
         })
         .at(steps::READ_JOURNAL, path)?;
+    if let Some(noticed) = last_noticed {
+        journal.noticed = noticed;
+    }
     read.map_err(|(offset, reason)| Error::CorruptFile {
         path: path.to_path_buf(),
         reason: format!("frame at byte {offset} passed its checksum but does not decode: {reason}"),
