@@ -237,6 +237,35 @@ fn a_reader_that_read_a_compactions_notice_finds_the_journal_replaced_after_it()
     assert_eq!(reader.get(&key("k/x")).unwrap().unwrap().value, b"2");
 }
 
+/// A compaction that fails after its rename (the directory's flush fails,
+/// which poisons the handle) leaves the compacting handle reading the
+/// journal that is now in place, not the one it wrote its notice into.
+#[test]
+fn a_compaction_that_fails_after_its_rename_leaves_its_handle_reading_the_new_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let vfs = Faulty::new(StdVfs);
+    let compactor = LogStore::builder(&root)
+        .vfs(vfs.clone())
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    let writer = LogStore::open(&root).unwrap();
+    compactor.put(&key("k/x"), b"1", Expect::Absent).unwrap();
+    let before = fs::metadata(journal_of(&root)).unwrap().ino();
+    vfs.arm(Fault::from_nth(1).only([OpKind::DirSync]));
+    compactor.compact().unwrap_err();
+    vfs.disarm();
+    let after = fs::metadata(journal_of(&root)).unwrap().ino();
+    assert_ne!(
+        before, after,
+        "the rename did not happen: the case is not tested"
+    );
+    writer.put(&key("k/x"), b"2", Expect::Any).unwrap();
+    assert_eq!(compactor.get(&key("k/x")).unwrap().unwrap().value, b"2");
+}
+
 #[test]
 fn a_directory_that_is_not_a_log_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();

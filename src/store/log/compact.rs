@@ -280,15 +280,32 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
 /// journal mutex and the `lock` flock, and renames the new journal next):
 /// other processes' readers look only at the place of the next frame, and
 /// this frame there sends them to catch up, and so to find the journal
-/// replaced. Not flushed: only live processes read it, from the page cache,
-/// and a restart that finds it (the rename lost) reads an empty frame.
+/// replaced.
+///
+/// Flushed as every frame is: if the rename fails, writers go on appending
+/// to this journal, and a frame is written only after the one before it is
+/// durable (a lost notice before an intact frame would read as damage in
+/// the middle). This handle's own probe marks the notice read, so that its
+/// reads compare the journal's inode if the compaction fails after its
+/// rename.
 fn notify_readers<V: Vfs>(shared: &Shared<V>, journal: &mut Journal<V::File>) -> Result<()> {
     let notice = FrameBuilder::notice(journal.header.journal_id, journal.next_seq);
     // This handle's own readers know: the frame is not another process's.
     shared.probe.lock().at = journal.end + notice.len() as u64;
-    let appended = journal.append(&notice, false);
-    shared.probe.lock().at = journal.end;
-    appended.map_err(|failure| Error::io(failure.step, &shared.journal_path, failure.source))?;
+    let appended = journal.append(&notice, shared.sync);
+    let mut probe = shared.probe.lock();
+    probe.at = journal.end;
+    if let Err(failure) = appended {
+        if failure.poisons() {
+            shared.poisoned.store(true, Ordering::SeqCst);
+        }
+        return Err(Error::io(
+            failure.step,
+            &shared.journal_path,
+            failure.source,
+        ));
+    }
+    probe.noticed = true;
     journal.noticed = true;
     Ok(())
 }

@@ -16,19 +16,10 @@ use crate::vfs::{Vfs, VfsFile};
 /// Opens the journal at `path` and reads it whole into a fresh index; returns
 /// why reading stopped too.
 pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index, Stop)> {
-    // The inode is read before the open and after it: the same, it is the
-    // opened file's, since a journal renamed over is never renamed back. A
-    // compaction's rename in between would otherwise leave this handle the
-    // old file with the new one's inode, and a reader that never finds the
-    // journal replaced.
-    let (file, inode) = loop {
-        let before = vfs.inode(path).at(steps::STAT_JOURNAL, path)?;
-        let file = crate::store::open_own_file(vfs, path, 0o600, steps::OPEN_JOURNAL)?;
-        let after = vfs.inode(path).at(steps::STAT_JOURNAL, path)?;
-        if before == after {
-            break (file, after);
-        }
-    };
+    // Callers hold the `lock` flock, without which no compaction renames a
+    // journal into place: the inode read after the open is the opened file's.
+    let file = crate::store::open_own_file(vfs, path, 0o600, steps::OPEN_JOURNAL)?;
+    let inode = vfs.inode(path).at(steps::STAT_JOURNAL, path)?;
     let mut head = [0u8; frame::FILE_HEADER_LEN as usize];
     let n = file
         .read_at(&mut head, 0)
