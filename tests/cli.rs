@@ -586,6 +586,65 @@ fn locks_of_another_namespace_are_found_with_namespace() {
     assert_eq!(listed[0]["key"], "session-1");
 }
 
+/// A job retried with the tool wakes the runner of a service that has the
+/// store open, at once: the runner's poll is an hour away, and its clock
+/// never moves. On both stores, which tell of other processes' writes.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_retry_with_the_tool_wakes_a_running_runner() {
+    use jobsafe::pipeline::{RunOutcome, Runner};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for backend in BACKENDS {
+        let fx = Fixture::empty(backend);
+        let artifacts = tempfile::tempdir().unwrap();
+        let failing = Arc::new(AtomicBool::new(true));
+        let stage_fails = Arc::clone(&failing);
+        let pipeline = Pipeline::builder(fx.store(), fx.clock(), artifacts.path())
+            .stage("export", move |_| {
+                if stage_fails.swap(false, Ordering::SeqCst) {
+                    return Err(StageError::permanent("the volume is full"));
+                }
+                Ok(())
+            })
+            .build()
+            .unwrap();
+        let (ended_tx, ended) = mpsc::channel();
+        let ended_tx = std::sync::Mutex::new(ended_tx);
+        let runner = Runner::new(pipeline.clone())
+            .poll_every(Duration::from_secs(3600))
+            .on_run(move |id, run| {
+                let outcome = match run {
+                    Ok(report) => match report.outcome {
+                        RunOutcome::Completed => "completed",
+                        RunOutcome::Failed { .. } => "failed",
+                        _ => "other",
+                    },
+                    Err(_) => "error",
+                };
+                let _ = ended_tx.lock().unwrap().send((id.to_owned(), outcome));
+            });
+        let stop = runner.stopper();
+        let running = std::thread::spawn(move || runner.run());
+        let job = pipeline
+            .enqueue("session-1", NewJob::new("episode"))
+            .unwrap();
+        let first = ended
+            .recv_timeout(WAIT_BOUND)
+            .expect("the first run never ended");
+        assert_eq!(first, (job.id.clone(), "failed"), "{backend:?}");
+
+        fx.run(&["jobs", "retry", &job.id, "--pipeline"]).expect(OK);
+        let second = ended
+            .recv_timeout(WAIT_BOUND)
+            .expect("the retry never woke the runner");
+        assert_eq!(second, (job.id.clone(), "completed"), "{backend:?}");
+        stop.stop(Duration::ZERO);
+        let report = running.join().unwrap();
+        assert_eq!(report.completed, 1, "{backend:?}");
+        assert!(!failing.load(Ordering::SeqCst));
+    }
+}
+
 #[test]
 fn a_pipelines_jobs_and_locks_are_found_with_pipeline_and_changed_its_way() {
     let fx = Fixture::empty(Backend::Log);
