@@ -454,6 +454,40 @@ fn a_server_error_in_the_transaction_is_final_not_transient_nor_ambiguous() {
     assert!(jobs.get("exp-1").unwrap().is_some());
 }
 
+/// The same for a lock: an acquire that gives up waiting for the row another
+/// transaction holds is a final error, never transient nor ambiguous.
+#[test]
+fn a_lock_acquire_that_times_out_in_the_transaction_is_final() {
+    let mut schemas = Schemas::default();
+    let (store, _) = store_and_table(&mut schemas);
+    let locks = JobLock::new(store, clock());
+    let key = Key::new(["vault", "vault-1"]).unwrap();
+    let lease = Duration::from_secs(300);
+    let (mut first, mut second) = (blocking_client(), blocking_client());
+    let mut holding = first.transaction().unwrap();
+    let AcquireIn::Acquired(held) = locks
+        .acquire_in(&mut holding, &key, lease, &LockRequest::new())
+        .unwrap()
+    else {
+        panic!("the lock was free");
+    };
+    let mut waiting = second.transaction().unwrap();
+    waiting
+        .batch_execute("SET LOCAL lock_timeout = '50ms'")
+        .unwrap();
+    let err = locks
+        .acquire_in(&mut waiting, &key, lease, &LockRequest::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::Database { .. }), "{err:?}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(!err.is_ambiguous(), "{err}");
+    assert!(common::error_chain(&err).contains("55P03"), "{err}");
+    waiting.rollback().unwrap();
+    holding.commit().unwrap();
+    let stored = locks.peek(&key).unwrap().unwrap();
+    assert_eq!(stored.job_id, held.record().job_id);
+}
+
 #[test]
 fn the_async_client_creates_reserves_and_locks_in_its_transaction() {
     let mut schemas = Schemas::default();
