@@ -116,6 +116,44 @@ fn a_damaged_frame_before_an_intact_one_is_reported_and_kept() {
     assert_eq!(fs::read(&path).unwrap(), bytes);
 }
 
+/// Values are read from the journal, checked against the checksum their
+/// frame had: bytes damaged under a running handle (a sector lost after the
+/// open) are reported with the journal's path and the value's place, never
+/// served, and the other records are still served.
+#[test]
+fn a_value_damaged_on_disk_after_the_open_is_reported_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = LogStore::builder(&root).value_cache(0).open().unwrap();
+    let damaged = b"a value the disk will lose".as_slice();
+    store.put(&key("k/lost"), damaged, Expect::Absent).unwrap();
+    store.put(&key("k/kept"), b"kept", Expect::Absent).unwrap();
+    assert_eq!(store.get(&key("k/lost")).unwrap().unwrap().value, damaged);
+
+    let path = journal_of(&root);
+    let bytes = fs::read(&path).unwrap();
+    let at = bytes
+        .windows(damaged.len())
+        .position(|w| w == damaged)
+        .unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 4], at as u64 + 2).unwrap();
+
+    let err = store.get(&key("k/lost")).unwrap_err();
+    let Error::CorruptFile {
+        path: reported,
+        reason,
+    } = &err
+    else {
+        panic!("expected CorruptFile, got {err:?}");
+    };
+    assert_eq!(reported, &path.canonicalize().unwrap());
+    assert!(reason.contains("checksum"), "{reason}");
+    assert!(reason.contains(&format!("byte {at}")), "{reason}");
+    assert!(!err.is_transient(), "{err}");
+    assert_eq!(store.get(&key("k/kept")).unwrap().unwrap().value, b"kept");
+}
+
 #[test]
 fn compaction_keeps_every_record_and_never_reuses_a_version() {
     let dir = tempfile::tempdir().unwrap();

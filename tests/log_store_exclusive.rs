@@ -1,8 +1,8 @@
 //! `LogStore`'s exclusive mode: one handle has the store to itself. Other
 //! opens, in this process or another, fail at once with `Error::StoreInUse`
 //! while it lives and succeed once it is gone (dropped, or its process
-//! killed); its reads make no system call, its commits take no lock, and its
-//! async reads complete without the pool. The `Store` contract is checked by
+//! killed); its reads of cached values make no system call, its commits take
+//! no lock, and its async reads of cached values complete without the pool. The `Store` contract is checked by
 //! `tests/conformance.rs` (`log_exclusive`) and crashes by
 //! `tests/power_loss.rs` (`log_store_exclusive`).
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -203,6 +203,7 @@ fn read_a_lot(store: &LogStore<Counting<StdVfs>>) {
     }
 }
 
+/// The values were just written, so they are in the cache.
 #[test]
 fn exclusive_reads_make_no_system_call_where_shared_ones_check_for_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,9 +276,10 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// An async read of an exclusive handle is answered from memory by the first
-/// poll: it never waits for a thread of the pool (whose answer would come to
-/// a later poll, through the waker), and needs no runtime.
+/// An async read of an exclusive handle, of a value in the cache or of an
+/// absent key, is answered from memory by the first poll: it never waits for
+/// a thread of the pool (whose answer would come to a later poll, through the
+/// waker), and needs no runtime.
 #[cfg(feature = "async")]
 #[test]
 fn exclusive_async_reads_are_ready_at_the_first_poll() {
@@ -302,6 +304,66 @@ fn exclusive_async_reads_are_ready_at_the_first_poll() {
         .expect("ready at once")
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+/// Without the cache, a read costs one positioned read of the journal, and
+/// a shared handle's one more to check for other writers; an absent key none
+/// beyond that check.
+#[test]
+fn a_value_not_in_the_cache_costs_one_positioned_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for exclusive in [true, false] {
+        let vfs = Counting::new(StdVfs);
+        let store = LogStore::builder(dir.path().join(exclusive.to_string()))
+            .vfs(vfs.clone())
+            .exclusive(exclusive)
+            .value_cache(0)
+            .open()
+            .unwrap();
+        for i in 0..10 {
+            let k = key(&format!("k/{i}"));
+            store.put(&k, b"value", Expect::Absent).unwrap();
+        }
+        let reads = cost(&vfs, || {
+            for i in 0..READS {
+                let k = key(&format!("k/{}", i % 10));
+                assert_eq!(store.get(&k).unwrap().unwrap().value, b"value");
+                assert!(store.get(&key("absent/1")).unwrap().is_none());
+            }
+        });
+        let checks = if exclusive { 0 } else { 2 * READS as u64 };
+        assert_eq!(
+            (reads.reads, reads.stats, reads.locks),
+            (READS as u64 + checks, 0, 0),
+            "exclusive {exclusive}: {reads:?}"
+        );
+    }
+}
+
+/// An async read of a value the cache does not hold goes to the pool, even
+/// in exclusive mode: it is file I/O.
+#[cfg(feature = "async")]
+#[test]
+fn an_exclusive_async_read_of_a_value_not_cached_goes_to_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path().join("store"))
+        .exclusive(true)
+        .value_cache(0)
+        .open()
+        .unwrap();
+    store.put(&key("k/1"), b"one", Expect::Absent).unwrap();
+    assert!(poll_once(store.get_async(&key("k/1"))).is_none());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let got = runtime.block_on(store.get_async(&key("k/1")));
+    assert_eq!(got.unwrap().unwrap().value, b"one");
+    assert!(
+        poll_once(store.get_async(&key("k/2")))
+            .expect("an absent key is answered at once")
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// The flocks an exclusive handle holds for its lifetime outlive its

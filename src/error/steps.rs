@@ -39,6 +39,7 @@ pub(crate) const READ_CLOCK_FILE: IoStep = step(IoAction::Read, "read clock file
 pub(crate) const READ_FORMAT_MARKER: IoStep = step(IoAction::Read, "read format marker");
 pub(crate) const READ_JOURNAL: IoStep = step(IoAction::Read, "read journal");
 pub(crate) const READ_JOURNAL_HEADER: IoStep = step(IoAction::Read, "read journal header");
+pub(crate) const READ_JOURNAL_VALUE: IoStep = step(IoAction::Read, "read value from journal");
 pub(crate) const READ_RECORD: IoStep = step(IoAction::Read, "read record");
 // Only PgStore's TLS reads one, behind the feature `postgres-tls`.
 #[cfg_attr(not(feature = "postgres-tls"), allow(dead_code))]
@@ -141,7 +142,7 @@ pub(crate) const COMPACT_JOURNAL: IoStep = step(IoAction::Other, "compact journa
 
 /// Every step above.
 #[cfg(test)]
-const ALL: [IoStep; 81] = [
+const ALL: [IoStep; 82] = [
     OPEN_ARTIFACT,
     OPEN_COMPACTION_LOCK,
     OPEN_JOURNAL,
@@ -162,6 +163,7 @@ const ALL: [IoStep; 81] = [
     READ_FORMAT_MARKER,
     READ_JOURNAL,
     READ_JOURNAL_HEADER,
+    READ_JOURNAL_VALUE,
     READ_RECORD,
     READ_SSL_ROOT_CERT,
     READ_SEGMENT_FILE,

@@ -1,13 +1,20 @@
-//! Reopening a LogStore: opening reads the whole journal into memory, so it
+//! Reopening a LogStore: opening reads the whole journal into its index, so it
 //! must cost little more than reading the files. A store of `records` live
 //! records is written untimed (through a handle at `Durability::AtomicOnly`,
 //! then a system-wide `sync`); then a child process (this bench run again with
-//! [`CHILD_VAR`] set) reads the store's files sequentially and opens the store,
-//! both cold (the files dropped from the page cache first, with GNU `dd`'s
-//! `iflag=nocache`, as after a reboot) and warm (as after a process restart),
-//! and reports the times and the growth of its resident memory over the open.
-//! A child of its own, so that its memory figure is not blurred by what the
-//! rest of the run allocated and freed.
+//! [`CHILD_VAR`] set) measures:
+//!
+//! 1. memory: the growth of its resident memory over an open and a get of
+//!    every key, with the value cache at its default size, per record. First,
+//!    in a process that allocated nothing before, so that the figure is not
+//!    blurred by memory freed earlier and reused;
+//! 2. the store's files read with `read(2)` into one buffer that holds them
+//!    all (a copy of the files, the baseline), and into one 1 MiB buffer
+//!    reused (reported beside it), and the store opened: cold (the files
+//!    dropped from the page cache first, with GNU `dd`'s `iflag=nocache`, as
+//!    after a reboot) and warm (as after a process restart).
+//!
+//! The store runs without memory maps, so resident memory is all it takes.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -19,6 +26,7 @@ use jobsafe::{Batch, Durability, Expect, Key, LogStore};
 use serde::{Deserialize, Serialize};
 
 use crate::common::kv::value;
+use crate::common::targets::Unit;
 use crate::common::{BenchResult, RunDir, sync_all};
 use crate::compare::targets::{Bound, Target};
 
@@ -34,23 +42,39 @@ const TRIES: usize = 3;
 pub(crate) struct Reopen {
     pub(crate) records: usize,
     pub(crate) file_bytes: u64,
-    /// Reading every file of the store, start to end, from the disk.
+    /// Reading every file of the store, start to end, from the disk, into
+    /// one buffer that holds them all.
     pub(crate) cold_read_secs: f64,
     pub(crate) cold_open_secs: f64,
     /// The same from the page cache.
     pub(crate) read_secs: f64,
+    /// The same into one 1 MiB buffer, reused.
+    pub(crate) read_reused_secs: f64,
     pub(crate) open_secs: f64,
-    /// Growth of resident memory over the first open, per live record.
+    /// Growth of resident memory over the first open and a get of every key,
+    /// per live record.
     pub(crate) rss_bytes_per_record: f64,
+    /// Length of a record's key, packed, as the store holds it.
+    pub(crate) key_len: usize,
 }
 
 impl Reopen {
-    /// Open against read, from the disk and from the page cache.
-    pub(crate) fn targets(&self) -> [Target; 2] {
+    /// Open against read, from the disk and from the page cache, and memory.
+    pub(crate) fn targets(&self) -> [Target; 3] {
         [
             Target::new(
                 format!(
-                    "reopen cold: open / sequential read, {} records",
+                    "memory per record: resident bytes, values of {} bytes, keys of {}",
+                    crate::common::kv::VALUE_LEN,
+                    self.key_len
+                ),
+                Some(self.rss_bytes_per_record),
+                Bound::AtMost(120.0 + self.key_len as f64),
+            )
+            .in_unit(Unit::Bytes),
+            Target::new(
+                format!(
+                    "reopen cold: open / read into one buffer, {} records",
                     self.records
                 ),
                 Some(self.cold_open_secs / self.cold_read_secs),
@@ -58,7 +82,7 @@ impl Reopen {
             ),
             Target::new(
                 format!(
-                    "reopen warm: open / sequential read, {} records",
+                    "reopen warm: open / read into one buffer, {} records",
                     self.records
                 ),
                 Some(self.open_secs / self.read_secs),
@@ -106,11 +130,7 @@ fn fill(dir: &Path, records: usize) -> BenchResult {
     while k < records {
         let mut batch = Batch::new();
         for i in k..(k + FILL_BATCH).min(records) {
-            batch = batch.put(
-                &Key::new(["bench", &format!("rec-{i:09}")])?,
-                value.clone(),
-                Expect::Absent,
-            );
+            batch = batch.put(&record_key(i)?, value.clone(), Expect::Absent);
         }
         k += batch.len();
         jobsafe::Store::apply(&store, &batch)?;
@@ -122,34 +142,33 @@ fn fill(dir: &Path, records: usize) -> BenchResult {
 
 /// The child's part: measures the store in `dir` and prints one JSON line.
 pub(crate) fn child(dir: &Path) -> BenchResult {
+    let (records, rss_bytes_per_record) = memory(dir)?;
+    let file_bytes = file_bytes(dir)?;
     drop_cache(dir)?;
     let start = Instant::now();
-    let file_bytes = read_files(dir)?;
+    read_files(dir, Buffer::Whole(file_bytes))?;
     let cold_read_secs = start.elapsed().as_secs_f64();
     drop_cache(dir)?;
     let start = Instant::now();
     drop(LogStore::builder(dir).no_background_compaction().open()?);
     let cold_open_secs = start.elapsed().as_secs_f64();
-    read_files(dir)?; // warms the page cache
-    let mut read_secs = f64::INFINITY;
-    for _ in 0..TRIES {
-        let start = Instant::now();
-        read_files(dir)?;
-        read_secs = read_secs.min(start.elapsed().as_secs_f64());
-    }
+    let fastest = |buffer: Buffer| -> BenchResult<f64> {
+        let mut secs = f64::INFINITY;
+        for _ in 0..TRIES {
+            let start = Instant::now();
+            read_files(dir, buffer)?;
+            secs = secs.min(start.elapsed().as_secs_f64());
+        }
+        Ok(secs)
+    };
+    let read_secs = fastest(Buffer::Whole(file_bytes))?;
+    let read_reused_secs = fastest(Buffer::Reused)?;
     let mut open_secs = f64::INFINITY;
-    let mut rss_bytes_per_record = 0.0;
-    let mut records = 0;
-    for attempt in 0..TRIES {
-        let rss_before = rss_bytes()?;
+    for _ in 0..TRIES {
         let start = Instant::now();
         let store = LogStore::builder(dir).no_background_compaction().open()?;
         open_secs = open_secs.min(start.elapsed().as_secs_f64());
-        if attempt == 0 {
-            records = store.stats()?.records;
-            let grown = rss_bytes()?.saturating_sub(rss_before);
-            rss_bytes_per_record = grown as f64 / records.max(1) as f64;
-        }
+        drop(store);
     }
     let reopen = Reopen {
         records,
@@ -157,8 +176,10 @@ pub(crate) fn child(dir: &Path) -> BenchResult {
         cold_read_secs,
         cold_open_secs,
         read_secs,
+        read_reused_secs,
         open_secs,
         rss_bytes_per_record,
+        key_len: packed_len(&record_key(0)?),
     };
     println!("{}", serde_json::to_string(&reopen)?);
     Ok(())
@@ -188,10 +209,62 @@ fn drop_cache(dir: &Path) -> BenchResult {
     Ok(())
 }
 
-/// Reads every regular file of `dir` start to end; returns the bytes read.
-fn read_files(dir: &Path) -> BenchResult<u64> {
-    let mut buf = vec![0; 1 << 20];
+/// Opens the store and gets every key once; returns the records and the growth
+/// of resident memory per record.
+fn memory(dir: &Path) -> BenchResult<(usize, f64)> {
+    let rss_before = rss_bytes()?;
+    let store = LogStore::builder(dir).no_background_compaction().open()?;
+    let records = store.stats()?.records;
+    for i in 0..records {
+        if jobsafe::Store::get(&store, &record_key(i)?)?.is_none() {
+            return Err(format!("record {i} is missing").into());
+        }
+    }
+    let grown = rss_bytes()?.saturating_sub(rss_before);
+    drop(store);
+    Ok((records, grown as f64 / records.max(1) as f64))
+}
+
+/// The key of record `i`.
+fn record_key(i: usize) -> BenchResult<Key> {
+    Ok(Key::new(["bench", &format!("rec-{i:09}")])?)
+}
+
+/// The length of `key` as the store holds it: its segments joined by a zero
+/// byte.
+fn packed_len(key: &Key) -> usize {
+    let segments = key.segments();
+    segments.iter().map(String::len).sum::<usize>() + segments.len() - 1
+}
+
+/// What the files are read into.
+#[derive(Clone, Copy)]
+enum Buffer {
+    /// One buffer of this many bytes, that holds every file: a copy of them.
+    Whole(u64),
+    /// One 1 MiB buffer, read into again and again.
+    Reused,
+}
+
+/// The bytes of every regular file of `dir`.
+fn file_bytes(dir: &Path) -> BenchResult<u64> {
     let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Reads every regular file of `dir` start to end with `read(2)`.
+fn read_files(dir: &Path, buffer: Buffer) -> BenchResult {
+    let mut buf = match buffer {
+        Buffer::Whole(bytes) => vec![0; usize::try_from(bytes)?],
+        Buffer::Reused => vec![0; 1 << 20],
+    };
+    let mut at = 0;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         if !entry.file_type()?.is_file() {
@@ -199,14 +272,21 @@ fn read_files(dir: &Path) -> BenchResult<u64> {
         }
         let mut file = File::open(entry.path())?;
         loop {
-            let n = file.read(&mut buf)?;
+            let into = match buffer {
+                Buffer::Whole(_) => &mut buf[at..],
+                Buffer::Reused => &mut buf[..],
+            };
+            let n = file.read(into)?;
             if n == 0 {
                 break;
             }
-            total += n as u64;
+            if let Buffer::Whole(_) = buffer {
+                at += n;
+            }
         }
     }
-    Ok(total)
+    std::hint::black_box(&buf);
+    Ok(())
 }
 
 /// The process's resident memory, from `/proc/self/status` (`VmRSS`).

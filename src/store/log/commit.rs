@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 
 #[cfg(feature = "async")]
 use super::compact;
-use super::frame::{FrameBuilder, LogOp};
+use super::frame::FrameBuilder;
+use super::index::Slot;
 use super::{Access, Flock, Packed, Shared};
 use crate::error::steps;
 use crate::error::{Error, Result};
@@ -127,6 +128,7 @@ impl<V: Vfs> Shared<V> {
         }) = parts.next()
         {
             let frame = frame.finish(journal.header.journal_id, journal.next_seq);
+            let frame_at = journal.end;
             self.probe.lock().at = journal.end + frame.len() as u64;
             if let Err(failure) = journal.append(&frame, self.sync) {
                 self.probe.lock().at = journal.end;
@@ -148,8 +150,15 @@ impl<V: Vfs> Shared<V> {
                 return results;
             }
             let mut index = self.index.write();
-            for op in changes {
-                index.apply(op);
+            for change in changes {
+                match change {
+                    Change::Put { key, slot, value } => {
+                        let slot = slot.moved(frame_at);
+                        index.cache().insert(slot.at, value);
+                        index.put(key, slot);
+                    }
+                    Change::Delete { key } => index.delete(&key),
+                }
             }
             drop(index);
             let mut probe = self.probe.lock();
@@ -218,20 +227,17 @@ impl<V: Vfs> Shared<V> {
                     BatchOp::Put { value, .. } => {
                         last_version += 1;
                         let version = Version::new(last_version);
-                        part.frame.put(&key, version, &value);
+                        let at = part.frame.put(&key, version, &value);
                         overlay.insert(key.clone(), Some(version));
-                        part.changes.push(LogOp::Put {
-                            key,
-                            version,
-                            value,
-                        });
+                        let slot = Slot::of(version, at as u64, &value);
+                        part.changes.push(Change::Put { key, slot, value });
                         applied.push(Applied::Put(version));
                     }
                     BatchOp::Delete { .. } => {
                         let existed = current(&key, &overlay).is_some();
                         if existed {
                             part.frame.delete(&key);
-                            part.changes.push(LogOp::Delete { key: key.clone() });
+                            part.changes.push(Change::Delete { key: key.clone() });
                         }
                         overlay.insert(key, None);
                         applied.push(Applied::Deleted(existed));
@@ -261,7 +267,21 @@ const FRAME_TARGET: usize = 64 << 20;
 struct FramePart {
     frame: FrameBuilder,
     requests: Vec<usize>,
-    changes: Vec<LogOp>,
+    changes: Vec<Change>,
+}
+
+/// What a frame changes in the index once it is written.
+enum Change {
+    /// The slot's offset is counted from the start of the frame. The value
+    /// goes to the cache: what was just written is likely read soon.
+    Put {
+        key: Packed,
+        slot: Slot,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Packed,
+    },
 }
 
 impl Default for FramePart {

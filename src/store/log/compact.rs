@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::frame::{FILE_HEADER_LEN, FileHeader, FrameBuilder, LogOp, decode_payload};
-use super::index::Index;
+use super::Packed;
+use super::frame::{FILE_HEADER_LEN, FRAME_HEADER_LEN, FileHeader, FrameBuilder, decode_ops};
+use super::index::{self, ApplyOp, Index, Loader, Slot};
 use super::journal::{self, Journal, PREALLOCATE};
 use super::{Access, COMPACT_LOCK, FIRST_SEQ, Flock, NEW_JOURNAL_PREFIX, Probe, Shared};
 use crate::atomic::AtomicWriter;
@@ -175,11 +176,12 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         (Mark::of(&journal), journal.end)
     };
 
-    // 2. The live records up to `mark`, in a new file.
+    // 2. The live records up to `mark`, in a new file, and the index of it.
     let snapshot = replay(&old, mark, &shared.journal_path)?;
+    let records = snapshot.len();
     let (new_path, new_file) = new_journal_file(vfs, root)?;
     let mut new = NewJournal {
-        file: new_file,
+        file: Arc::new(new_file),
         path: new_path,
         header: FileHeader {
             journal_id: fastrand::u64(..),
@@ -190,14 +192,15 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         allocated: 0,
     };
     let written = new
-        .write_snapshot(&snapshot)
-        .and_then(|()| new.preallocate(shared.sync));
-    let records = snapshot.len();
-    drop(snapshot);
-    if let Err(e) = written {
-        new.abandon(vfs);
-        return Err(e);
-    }
+        .write_snapshot(snapshot, &shared.journal_path, shared.value_cache)
+        .and_then(|index| new.preallocate(shared.sync).map(|()| index));
+    let mut new_index = match written {
+        Ok(index) => index,
+        Err(e) => {
+            new.abandon(vfs);
+            return Err(e);
+        }
+    };
 
     // 3. The frames appended meanwhile, then the switch.
     let mut journal = shared.journal.lock();
@@ -217,7 +220,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         if shared.poisoned.load(Ordering::SeqCst) {
             return Err(shared.poisoned_error());
         }
-        new.copy_tail(&journal, mark, &old)?;
+        new.copy_tail(&journal, mark, &old, &mut new_index)?;
         new.flush_tail(shared.sync)?;
         if !shared.is_exclusive() {
             notify_readers(shared, &mut journal)?;
@@ -249,8 +252,10 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         allocated,
         ..
     } = new;
+    // The index of the new journal: the same records, read from the new file.
+    *shared.index.write() = new_index;
     *journal = Journal {
-        file: Arc::new(file),
+        file,
         header,
         inode,
         end,
@@ -330,24 +335,25 @@ impl<F> Mark<F> {
 }
 
 /// The state of the journal up to `mark`, read afresh from the file.
-fn replay<F: VfsFile>(old: &Mark<F>, mark: u64, path: &Path) -> Result<Index> {
-    let mut index = Index::default();
+fn replay<F: VfsFile>(old: &Mark<F>, mark: u64, path: &Path) -> Result<Index<F>> {
+    // Read once, in key order, to be copied: no cache.
+    let mut loader = Loader::new(old.file.clone(), 0);
     let scanned = journal::scan(
         &*old.file,
         &old.header,
         FILE_HEADER_LEN,
         mark,
         FIRST_SEQ,
-        |payload| {
-            for op in decode_payload(payload)?.into_iter().flatten() {
-                index.apply(op);
+        |payload_at, payload| {
+            for op in decode_ops(payload)? {
+                loader.apply_op(op, payload_at);
             }
             Ok(())
         },
     )
     .at(steps::READ_JOURNAL, path)?;
     match scanned {
-        Ok(end) if end.end == mark => Ok(index),
+        Ok(end) if end.end == mark => Ok(loader.finish()),
         Ok(end) => Err(Error::CorruptFile {
             path: path.to_path_buf(),
             reason: format!(
@@ -364,7 +370,7 @@ fn replay<F: VfsFile>(old: &Mark<F>, mark: u64, path: &Path) -> Result<Index> {
 
 /// The new journal being written.
 struct NewJournal<F> {
-    file: F,
+    file: Arc<F>,
     path: PathBuf,
     header: FileHeader,
     end: u64,
@@ -382,31 +388,70 @@ impl<F: VfsFile> NewJournal<F> {
         Ok(())
     }
 
-    /// The header, the version floor and every live record.
-    fn write_snapshot(&mut self, snapshot: &Index) -> Result<()> {
+    /// The header, the version floor and every live record, with values read
+    /// from the old journal (at `old_path`) and checked; returns the index of
+    /// what it wrote.
+    fn write_snapshot<G: VfsFile>(
+        &mut self,
+        snapshot: Index<G>,
+        old_path: &Path,
+        cache_bytes: usize,
+    ) -> Result<Index<F>> {
         self.file
             .write_all_at(&self.header.encode(), 0)
             .at(steps::WRITE_NEW_JOURNAL, &self.path)?;
+        let mut loader = Loader::new(self.file.clone(), cache_bytes);
+        let floor = crate::Version::new(snapshot.last_version);
+        loader.floor(floor);
         let mut frame = FrameBuilder::new();
-        frame.push(&LogOp::Floor(crate::Version::new(snapshot.last_version)));
-        for (key, entry) in snapshot.iter() {
+        frame.floor(floor);
+        // The records of the frame being built, their slots counted from
+        // its start.
+        let mut in_frame: Vec<(Packed, Slot)> = Vec::new();
+        let old_file = snapshot.file().clone();
+        let mut values = ValueReader::new(&*old_file, old_path);
+        for (key, slot) in snapshot.into_records() {
             if frame.payload_len() >= SNAPSHOT_FRAME {
                 let full = std::mem::replace(&mut frame, FrameBuilder::new());
-                let bytes = full.finish(self.header.journal_id, self.next_seq);
-                self.write_frame(&bytes)?;
+                self.write_records(full, &mut in_frame, &mut loader)?;
             }
-            frame.put(key, entry.version, &entry.value);
+            let at = frame.put(&key, slot.version, values.read(slot)?);
+            in_frame.push((
+                key,
+                Slot {
+                    at: at as u64,
+                    ..slot
+                },
+            ));
         }
-        let bytes = frame.finish(self.header.journal_id, self.next_seq);
-        self.write_frame(&bytes)
+        self.write_records(frame, &mut in_frame, &mut loader)?;
+        Ok(loader.finish())
     }
 
-    /// Copies the frames the old journal got after `mark`, renumbered.
+    /// Writes a frame of the snapshot and hands its records to the index.
+    fn write_records(
+        &mut self,
+        frame: FrameBuilder,
+        records: &mut Vec<(Packed, Slot)>,
+        loader: &mut Loader<F>,
+    ) -> Result<()> {
+        let frame_at = self.end;
+        let bytes = frame.finish(self.header.journal_id, self.next_seq);
+        self.write_frame(&bytes)?;
+        for (key, slot) in records.drain(..) {
+            loader.put(key, slot.moved(frame_at));
+        }
+        Ok(())
+    }
+
+    /// Copies the frames the old journal got after `mark`, renumbered, and
+    /// applies them to the new journal's `index`.
     fn copy_tail<G: VfsFile>(
         &mut self,
         journal: &Journal<G>,
         mark: u64,
         old: &Mark<G>,
+        index: &mut Index<F>,
     ) -> Result<()> {
         let mut payloads = Vec::new();
         let scanned = journal::scan(
@@ -415,7 +460,7 @@ impl<F: VfsFile> NewJournal<F> {
             mark,
             journal.end,
             old.next_seq,
-            |payload| {
+            |_, payload| {
                 payloads.push(payload.to_vec());
                 Ok(())
             },
@@ -428,8 +473,16 @@ impl<F: VfsFile> NewJournal<F> {
             });
         }
         for payload in payloads {
+            let ops = decode_ops(&payload).map_err(|reason| Error::CorruptFile {
+                path: self.path.clone(),
+                reason: format!("a frame written after byte {mark} does not decode: {reason}"),
+            })?;
+            let payload_at = self.end + FRAME_HEADER_LEN as u64;
             let frame = FrameBuilder::reframe(&payload, self.header.journal_id, self.next_seq);
             self.write_frame(&frame)?;
+            for op in ops {
+                index.apply_op(op, payload_at);
+            }
         }
         Ok(())
     }
@@ -466,5 +519,56 @@ impl<F: VfsFile> NewJournal<F> {
     fn abandon<V: Vfs>(&self, vfs: &V) {
         // Left behind, the next open removes it.
         let _ = vfs.remove_file(&self.path);
+    }
+}
+
+/// Reads the values of a snapshot from the old journal: a window of it at a
+/// time while they come in file order (a journal written in key order, as a
+/// compacted one is), one value at a time otherwise.
+struct ValueReader<'a, G> {
+    file: &'a G,
+    path: &'a Path,
+    window: Vec<u8>,
+    /// Where the window starts in the file.
+    start: u64,
+}
+
+/// Bytes read at a time while values come in file order.
+const VALUE_WINDOW: usize = 1 << 20;
+
+impl<'a, G: VfsFile> ValueReader<'a, G> {
+    fn new(file: &'a G, path: &'a Path) -> Self {
+        ValueReader {
+            file,
+            path,
+            window: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The value at `slot`, checked against its checksum.
+    fn read(&mut self, slot: Slot) -> Result<&[u8]> {
+        let window_end = self.start + self.window.len() as u64;
+        let end = slot.at + u64::from(slot.len);
+        if slot.at < self.start || end > window_end {
+            let in_order = slot.at >= self.start && slot.at < window_end + VALUE_WINDOW as u64;
+            let len = if in_order {
+                (slot.len as usize).max(VALUE_WINDOW)
+            } else {
+                slot.len as usize
+            };
+            self.window.resize(len, 0);
+            let n = self
+                .file
+                .read_at(&mut self.window, slot.at)
+                .at(steps::READ_JOURNAL_VALUE, self.path)?;
+            self.window.truncate(n);
+            self.start = slot.at;
+        }
+        let from = (slot.at - self.start) as usize;
+        let to = (from + slot.len as usize).min(self.window.len());
+        let value = &self.window[from..to];
+        index::check_value(slot, value, self.path)?;
+        Ok(value)
     }
 }

@@ -22,6 +22,7 @@
 //! One frame is one group commit: every transaction in it became durable with
 //! one `fdatasync`, and the next frame was written only after that returned.
 
+#[cfg(test)]
 use super::Packed;
 use crate::store::Version;
 
@@ -86,7 +87,9 @@ impl FileHeader {
     }
 }
 
-/// One change recorded in the journal.
+/// One change recorded in the journal, with its value copied: what the tests
+/// compare decoded frames with.
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum LogOp {
     Put {
@@ -97,19 +100,7 @@ pub(crate) enum LogOp {
     Delete {
         key: Packed,
     },
-    /// Versions up to this one were handed out: the next is higher, even if no
-    /// record carries it any more.
     Floor(Version),
-}
-
-impl LogOp {
-    /// The packed key it writes, if it writes one.
-    pub(crate) fn key(&self) -> Option<&[u8]> {
-        match self {
-            LogOp::Put { key, .. } | LogOp::Delete { key } => Some(&key[..]),
-            LogOp::Floor(_) => None,
-        }
-    }
 }
 
 /// Builds a frame's payload transaction by transaction, leaving room for the
@@ -146,24 +137,14 @@ impl FrameBuilder {
         self.txns += 1;
     }
 
-    /// Appends `op` to the open transaction (opening one if none is).
-    pub(crate) fn push(&mut self, op: &LogOp) {
-        match op {
-            LogOp::Put {
-                key,
-                version,
-                value,
-            } => self.put(key, *version, value),
-            LogOp::Delete { key } => self.delete(key),
-            LogOp::Floor(version) => self.floor(*version),
-        }
-    }
-
-    pub(crate) fn put(&mut self, key: &[u8], version: Version, value: &[u8]) {
+    /// Appends a put; returns where its value starts, counted from the start
+    /// of the frame (its header included), for the index to point at.
+    pub(crate) fn put(&mut self, key: &[u8], version: Version, value: &[u8]) -> usize {
         self.op_header(OP_PUT);
         self.buf.extend_from_slice(&version.get().to_le_bytes());
         self.bytes(key);
         self.bytes(value);
+        self.buf.len() - value.len()
     }
 
     pub(crate) fn delete(&mut self, key: &[u8]) {
@@ -302,43 +283,80 @@ pub(crate) fn is_notice(payload: &[u8]) -> bool {
     payload == 0u32.to_le_bytes()
 }
 
-/// Decodes a checksummed payload into its transactions.
+/// One op of a checksummed payload, borrowed from it: what reading a journal
+/// into the index needs, without a copy of the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpRef<'a> {
+    Put {
+        key: &'a [u8],
+        version: Version,
+        value: &'a [u8],
+        /// Where the value starts in the payload.
+        value_at: usize,
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    /// Versions up to this one were handed out: the next is higher, even if no
+    /// record carries it any more.
+    Floor(Version),
+}
+
+impl OpRef<'_> {
+    /// The packed key it writes, if it writes one.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        match self {
+            OpRef::Put { key, .. } | OpRef::Delete { key } => Some(key),
+            OpRef::Floor(_) => None,
+        }
+    }
+}
+
+/// Every op of a checksummed payload, in order, borrowed from it: all of them
+/// or, if the payload does not decode, none, so that a frame is applied whole
+/// or not at all.
 ///
 /// A payload that passed its checksum but does not decode was written wrong or
 /// damaged in a way the checksum missed: the caller reports it as corruption.
-pub(crate) fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<LogOp>>, String> {
+pub(crate) fn decode_ops(payload: &[u8]) -> Result<Vec<OpRef<'_>>, String> {
+    let mut ops = Vec::new();
+    read_payload(payload, |_, op| ops.push(op))?;
+    Ok(ops)
+}
+
+/// Calls `each` with every op of `payload` and the number of its transaction.
+fn read_payload<'a>(payload: &'a [u8], mut each: impl FnMut(u32, OpRef<'a>)) -> Result<(), String> {
     let mut reader = Reader {
         bytes: payload,
         at: 0,
     };
     let txn_count = reader.u32()?;
-    let mut txns = Vec::with_capacity(txn_count.min(1024) as usize);
-    for _ in 0..txn_count {
+    for txn in 0..txn_count {
         let op_count = reader.u32()?;
-        let mut ops = Vec::with_capacity(op_count.min(1024) as usize);
         for _ in 0..op_count {
-            ops.push(match reader.u8()? {
+            let op = match reader.u8()? {
                 OP_PUT => {
                     let version = Version::new(reader.u64()?);
                     let key = reader.key()?;
-                    let value = reader.bytes()?.to_vec();
-                    LogOp::Put {
+                    let value = reader.bytes()?;
+                    OpRef::Put {
                         key,
                         version,
                         value,
+                        value_at: reader.at - value.len(),
                     }
                 }
-                OP_DELETE => LogOp::Delete { key: reader.key()? },
-                OP_FLOOR => LogOp::Floor(Version::new(reader.u64()?)),
+                OP_DELETE => OpRef::Delete { key: reader.key()? },
+                OP_FLOOR => OpRef::Floor(Version::new(reader.u64()?)),
                 tag => {
                     return Err(format!(
                         "unknown op tag {tag} at payload byte {}",
                         reader.at - 1
                     ));
                 }
-            });
+            };
+            each(txn, op);
         }
-        txns.push(ops);
     }
     if reader.at != payload.len() {
         return Err(format!(
@@ -346,6 +364,33 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<LogOp>>, String> 
             payload.len() - reader.at
         ));
     }
+    Ok(())
+}
+
+/// Decodes a checksummed payload into its transactions, with copies of the
+/// values (see [`decode_ops`]).
+#[cfg(test)]
+pub(crate) fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<LogOp>>, String> {
+    let mut txns: Vec<Vec<LogOp>> = Vec::new();
+    read_payload(payload, |txn, op| {
+        while txns.len() <= txn as usize {
+            txns.push(Vec::new());
+        }
+        txns[txn as usize].push(match op {
+            OpRef::Put {
+                key,
+                version,
+                value,
+                ..
+            } => LogOp::Put {
+                key: key.into(),
+                version,
+                value: value.to_vec(),
+            },
+            OpRef::Delete { key } => LogOp::Delete { key: key.into() },
+            OpRef::Floor(version) => LogOp::Floor(version),
+        });
+    })?;
     Ok(txns)
 }
 
@@ -383,13 +428,13 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
-    fn key(&mut self) -> Result<Packed, String> {
+    fn key(&mut self) -> Result<&'a [u8], String> {
         let at = self.at;
         let key = self.bytes()?;
         if key.is_empty() || std::str::from_utf8(key).is_err() {
             return Err(format!("invalid key at payload byte {at}"));
         }
-        Ok(key.into())
+        Ok(key)
     }
 }
 

@@ -78,13 +78,14 @@ pub(crate) struct ScanEnd {
 
 impl<F: VfsFile> Journal<F> {
     /// Reads the frames after `self.end` in order, calling `each` with every
-    /// valid payload, and moves `end` and `next_seq` past them.
+    /// valid payload and the offset where it starts, and moves `end` and
+    /// `next_seq` past them.
     ///
     /// An `Err` from `each` (a payload that passed its checksum but does not
     /// decode) stops reading and is returned with the frame's offset.
     pub(crate) fn read_new(
         &mut self,
-        each: impl FnMut(&[u8]) -> Result<(), String>,
+        each: impl FnMut(u64, &[u8]) -> Result<(), String>,
     ) -> io::Result<Result<Stop, (u64, String)>> {
         let scanned = scan(
             &*self.file,
@@ -259,7 +260,7 @@ pub(crate) fn scan<F: VfsFile + ?Sized>(
     from: u64,
     until: u64,
     first_seq: u64,
-    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
 ) -> io::Result<Result<ScanEnd, (ScanEnd, u64, String)>> {
     let mut window = Window::new(file);
     let mut at = from.max(FILE_HEADER_LEN);
@@ -308,7 +309,7 @@ pub(crate) fn scan<F: VfsFile + ?Sized>(
         if !check_payload(&header_bytes, payload) {
             return Ok(Ok(stop(at, seq, bad(at, "frame checksum mismatch"))));
         }
-        if let Err(reason) = each(payload) {
+        if let Err(reason) = each(payload_at, payload) {
             return Ok(Err((stop(at, seq, Stop::End), at, reason)));
         }
         at = payload_at + payload_len as u64;
@@ -456,7 +457,7 @@ mod tests {
             bytes,
             largest_read: AtomicUsize::new(0),
         };
-        let end = scan(&file, &header, 0, u64::MAX, FIRST_SEQ, |_| Ok(()))
+        let end = scan(&file, &header, 0, u64::MAX, FIRST_SEQ, |_, _| Ok(()))
             .unwrap()
             .unwrap();
         assert!(

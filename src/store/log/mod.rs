@@ -1,6 +1,7 @@
-//! The fast embedded store: an append-only journal with an in-memory index and
-//! group commit.
+//! The fast embedded store: an append-only journal with an in-memory index of
+//! keys, values read from the journal, and group commit.
 
+mod cache;
 mod commit;
 mod compact;
 mod frame;
@@ -57,16 +58,22 @@ const FIRST_SEQ: u64 = 1;
 /// default embedded store, for one machine and any number of processes.
 ///
 /// Pick [`DirStore`](crate::DirStore) instead to read and repair records with a
-/// shell, or to hold more records than fit in memory: a `LogStore` keeps every
-/// live record (key and value) in memory and reads its whole journal when it
-/// opens.
+/// shell, or to hold more keys than fit in memory: a `LogStore` keeps every
+/// live record's key and version in memory, with where its value lies in the
+/// journal, and reads its whole journal when it opens.
 ///
 /// Every write appends one checksummed frame to the journal and returns once an
 /// `fdatasync` made it durable: about one flush per write, into space the file
 /// already has, so no flush waits for a file's length or a directory.
 /// Concurrent writers share flushes (**group commit**): while one flush runs,
 /// the writers that arrive queue, and the next flush carries all of them; a
-/// lone writer never waits for company. Reads are served from memory.
+/// lone writer never waits for company.
+///
+/// A read finds the key in memory and reads its value from the journal with
+/// one positioned read (from the page cache, usually), checked against the
+/// checksum its frame had, unless the value is in the handle's cache of the
+/// values it read or wrote lately ([`LogStoreBuilder::value_cache`]): bytes
+/// damaged on disk since they were read are reported, never served.
 ///
 /// With the feature `async`, [`put_async`](Store::put_async),
 /// [`delete_async`](Store::delete_async) and [`apply_async`](Store::apply_async)
@@ -126,7 +133,8 @@ const FIRST_SEQ: u64 = 1;
 /// journal only after a compaction's notice), each commit takes the `lock`
 /// file's flock and reads what others appended.
 /// [`LogStoreBuilder::exclusive`] trades that for a store that one handle has
-/// to itself, the usual case of a service that owns its store: reads are
+/// to itself, the usual case of a service that owns its store: reads check
+/// nothing, so a list, or a get of an absent key or of a cached value, is
 /// answered from memory without a system call (and the async face's
 /// [`get_async`](Store::get_async) and [`list_async`](Store::list_async)
 /// without a thread of the pool), commits and compactions take no flock.
@@ -201,15 +209,17 @@ const FIRST_SEQ: u64 = 1;
 ///
 /// # Limitations
 ///
-/// - Every live record is held in memory (keys and values), as the price of
-///   reads that never touch the disk; reopening reads the whole journal.
+/// - Every live record's key is held in memory, with about 70 bytes more for
+///   its version, the place of its value and the index's tree; reopening
+///   reads the whole journal and checks every frame's checksum.
 /// - Corruption is found per frame, not per record. A damaged frame followed by
 ///   intact ones makes [`open`](LogStore::open) (and, in a process that has the
 ///   store open, every write) fail with [`Error::CorruptFile`] naming the byte
 ///   offset, and nothing is truncated: the operator keeps a copy of the journal
 ///   and restores it, or cuts it at that offset to keep the frames before it.
-/// - Compaction rebuilds the live records from the journal beside the index: it
-///   needs as much memory again as the live data while it runs.
+/// - Compaction rebuilds the index of the live records from the journal
+///   beside the one in use: it needs as much memory again as the index while
+///   it runs.
 ///
 /// ```
 /// use jobsafe::{Expect, Key, LogStore, Prefix, Store};
@@ -372,7 +382,7 @@ struct Shared<V: Vfs> {
     /// Whether other handles may write, and with it the `lock` file.
     locking: Locking<V::File>,
     journal: Mutex<Journal<V::File>>,
-    index: RwLock<Index>,
+    index: RwLock<Index<V::File>>,
     probe: Mutex<Probe<V::File>>,
     group: GroupCommit<Vec<BatchOp>, Result<Vec<Applied>>>,
     poisoned: AtomicBool,
@@ -384,6 +394,8 @@ struct Shared<V: Vfs> {
     /// durable (it is never removed).
     quarantine_named: AtomicBool,
     policy: CompactPolicy,
+    /// Bytes of values each index caches.
+    value_cache: usize,
     compacting: AtomicBool,
     /// Journal bytes below which no background compaction is tried again, after
     /// one that did not run (another process was compacting) or failed.
@@ -483,6 +495,7 @@ pub struct LogStoreBuilder<V: Vfs = StdVfs> {
     create: bool,
     policy: CompactPolicy,
     exclusive: bool,
+    value_cache: usize,
 }
 
 impl LogStore<StdVfs> {
@@ -519,6 +532,7 @@ impl LogStore<StdVfs> {
                 dead_ratio: 0.5,
             },
             exclusive: false,
+            value_cache: LogStoreBuilder::<StdVfs>::DEFAULT_VALUE_CACHE,
         }
     }
 }
@@ -533,7 +547,38 @@ impl<V: Vfs> LogStoreBuilder<V> {
             create: self.create,
             policy: self.policy,
             exclusive: self.exclusive,
+            value_cache: self.value_cache,
         }
+    }
+
+    /// The size of the value cache unless [`value_cache`](Self::value_cache)
+    /// sets another: 8 MiB.
+    pub const DEFAULT_VALUE_CACHE: usize = 8 << 20;
+
+    /// How many bytes of values a handle keeps in memory: the values it read
+    /// or wrote lately. Default: [`DEFAULT_VALUE_CACHE`](Self::DEFAULT_VALUE_CACHE).
+    ///
+    /// The index holds every record's key and version, and where its value
+    /// lies in the journal; a [`get`](Store::get) of a value not in the cache
+    /// reads it from the journal file (usually from the operating system's
+    /// page cache) and checks it against the checksum its frame had. So
+    /// memory grows with the number of records and their keys, not with the
+    /// bytes of their values. 0 caches nothing; a value larger than a
+    /// hundred and twenty-eighth of the cache is never cached.
+    ///
+    /// ```
+    /// use jobsafe::{Expect, Key, LogStore, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = LogStore::builder(dir.path()).value_cache(64 << 20).open()?;
+    /// let key = Key::new(["jobs", "1"])?;
+    /// store.put(&key, b"queued", Expect::Absent)?;
+    /// assert_eq!(store.get(&key)?.unwrap().value, b"queued");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn value_cache(mut self, bytes: usize) -> Self {
+        self.value_cache = bytes;
+        self
     }
 
     /// What a write survives once it returns. Default: [`Durability::Full`].
@@ -576,11 +621,12 @@ impl<V: Vfs> LogStoreBuilder<V> {
     ///
     /// With `true`, no other handle can open the store meanwhile, in this
     /// process or another (the `jobsafe` operator tool included), and in
-    /// exchange this one never checks for their writes: a read
-    /// ([`get`](Store::get), [`list`](Store::list), [`LogStore::stats`]) is
-    /// answered from memory without a system call, and
-    /// [`get_async`](Store::get_async) and
-    /// [`list_async`](Store::list_async) without a thread of the pool; a
+    /// exchange this one never checks for their writes: a
+    /// [`list`](Store::list), a [`LogStore::stats`], and a
+    /// [`get`](Store::get) of an absent key or of a value in the cache
+    /// ([`value_cache`](Self::value_cache)) are answered from memory
+    /// without a system call, and [`get_async`](Store::get_async) and
+    /// [`list_async`](Store::list_async) then without a thread of the pool; a
     /// commit and a compaction take no file lock. Choose it when one process
     /// owns the store: the usual service. It is as crash-safe as the shared
     /// mode (see [`LogStore`], *Exclusive mode*).
@@ -617,7 +663,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
         self
     }
 
-    /// Opens the store, reading the whole journal into memory.
+    /// Opens the store, reading the whole journal into its index.
     ///
     /// # Errors
     /// As [`LogStore::open`], and [`Error::StoreInUse`] if another handle
@@ -678,7 +724,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
                 .at(steps::FSYNC_STORE_DIRECTORY, &root)?;
         }
         compact::sweep_abandoned(&writer, &root)?;
-        let (mut journal, index, stop) = load(vfs, &journal_path)?;
+        let (mut journal, index, stop) = load(vfs, &journal_path, self.value_cache)?;
         // A failed flush here fails the open: no handle is left to poison.
         let unused = AtomicBool::new(false);
         settle_tail(
@@ -719,6 +765,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
             named: AtomicU64::new(named),
             quarantine_named: AtomicBool::new(false),
             policy: self.policy,
+            value_cache: self.value_cache,
             compacting: AtomicBool::new(false),
             compact_retry_at: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
@@ -1011,7 +1058,7 @@ impl<V: Vfs> Shared<V> {
     }
 
     /// The index, after catching up with other processes if they wrote.
-    fn fresh_index(&self) -> Result<RwLockReadGuard<'_, Index>> {
+    fn fresh_index(&self) -> Result<RwLockReadGuard<'_, Index<V::File>>> {
         match &self.locking {
             Locking::Shared { lock_file } => {
                 if !self.is_current()? {
@@ -1076,7 +1123,7 @@ impl<V: Vfs> Shared<V> {
         let path = &self.journal_path;
         let inode = vfs.inode(path).at(steps::STAT_JOURNAL, path)?;
         let stop = if inode != journal.inode {
-            let (fresh, index, stop) = load(vfs, path)?;
+            let (fresh, index, stop) = load(vfs, path, self.value_cache)?;
             *journal = fresh;
             *self.index.write() = index;
             // Replaced: what changed in between is not known. Told once
@@ -1087,7 +1134,7 @@ impl<V: Vfs> Shared<V> {
             let mut touched = self.changes.is_watched().then(Vec::new);
             let stop = {
                 let mut index = self.index.write();
-                read_into(journal, &mut index, path, touched.as_mut())?
+                read_into(journal, &mut *index, path, touched.as_mut())?
             };
             if let Some(touched) = touched {
                 self.changes.note_packed(touched);
@@ -1145,7 +1192,7 @@ impl<V: Vfs> LogStore<V> {
         if ops.iter().all(|op| op.expect() == Expect::Any) {
             return Ok(());
         }
-        let check = |index: &Index| {
+        let check = |index: &Index<V::File>| {
             ops.iter().try_for_each(|op| {
                 op.expect()
                     .check(op.key(), index.current(&pack(op.key().segments())))
@@ -1167,11 +1214,54 @@ fn key_file(key: &Key) -> Vec<u8> {
     line
 }
 
+/// Where a key's value is, as the index says.
+enum Lookup<F> {
+    Absent,
+    Cached(Entry),
+    /// To be read from the journal file; read into `cache` too.
+    OnDisk {
+        file: Arc<F>,
+        cache: Arc<cache::ValueCache>,
+        slot: index::Slot,
+    },
+}
+
+fn lookup<F: VfsFile>(index: &Index<F>, key: &Key) -> Lookup<F> {
+    let Some(slot) = index.get(&pack(key.segments())) else {
+        return Lookup::Absent;
+    };
+    match index.cache().get(slot.at) {
+        Some(value) => Lookup::Cached(Entry::new(value, slot.version)),
+        None => Lookup::OnDisk {
+            file: index.file().clone(),
+            cache: index.cache().clone(),
+            slot,
+        },
+    }
+}
+
+impl<F: VfsFile> Lookup<F> {
+    /// The entry, read from the journal (at `path`) if it must be. Called
+    /// without the index's lock: writers do not wait for the disk, and the
+    /// file stays open however the index changes meanwhile.
+    fn read(self, path: &Path) -> Result<Option<Entry>> {
+        match self {
+            Lookup::Absent => Ok(None),
+            Lookup::Cached(entry) => Ok(Some(entry)),
+            Lookup::OnDisk { file, cache, slot } => {
+                let value = index::read_value(&*file, slot, path)?;
+                cache.insert(slot.at, value.as_slice());
+                Ok(Some(Entry::new(value, slot.version)))
+            }
+        }
+    }
+}
+
 impl<V: Vfs> Store for LogStore<V> {
     fn get(&self, key: &Key) -> Result<Option<Entry>> {
         trace::store_call(trace::Backend::LOG, "get", key, || {
-            let index = self.shared.fresh_index()?;
-            Ok(index.get(&pack(key.segments())).cloned())
+            let found = lookup(&*self.shared.fresh_index()?, key);
+            found.read(&self.shared.journal_path)
         })
     }
 
@@ -1285,9 +1375,9 @@ impl<V: Vfs> Store for LogStore<V> {
 
     // The async face's writes join the group commit as futures: one thread
     // of the crate's pool flushes for a whole group of them, and wakes each
-    // caller's task (see `group`). Reads go through the pool as the provided
-    // methods do, since checking for other processes' writes is file I/O,
-    // except in exclusive mode, where they are answered inline.
+    // caller's task (see `group`). A get goes through the pool as the
+    // provided methods do, since its value is read from the journal file. A
+    // list reads only the index: in exclusive mode it is answered inline.
 
     #[cfg(feature = "async")]
     fn get_async(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>>> + Send + 'static
@@ -1297,15 +1387,18 @@ impl<V: Vfs> Store for LogStore<V> {
         let (store, key) = (self.clone(), key.clone());
         async move {
             if store.shared.is_exclusive() {
-                // Invariant relied on: in exclusive mode a read makes no
-                // system call (`fresh_index` checks nothing, and every value
-                // is held in the index, in memory), so it cannot block the
-                // polling thread. A change that moved values out of memory
-                // would have to send this to the pool again.
-                store.get(&key)
-            } else {
-                crate::pool::run(move || store.get(&key)).await
+                // Invariant relied on: in exclusive mode, a key absent from
+                // the index or a value in the cache is answered without a
+                // system call (`fresh_index` checks nothing), so it cannot
+                // block the polling thread. Only a value read from the
+                // journal goes to the pool.
+                match lookup(&store.shared.index.read(), &key) {
+                    Lookup::Absent => return Ok(None),
+                    Lookup::Cached(entry) => return Ok(Some(entry)),
+                    Lookup::OnDisk { .. } => {}
+                }
             }
+            crate::pool::run(move || store.get(&key)).await
         }
     }
 
@@ -1322,7 +1415,10 @@ impl<V: Vfs> Store for LogStore<V> {
         let (store, prefix, after) = (self.clone(), prefix.clone(), after.cloned());
         async move {
             if store.shared.is_exclusive() {
-                // In memory, without a system call: see `get_async`.
+                // Invariant relied on: in exclusive mode a list makes no
+                // system call (`fresh_index` checks nothing, and keys are held
+                // in the index, in memory), so it cannot block the polling
+                // thread.
                 store.list(&prefix, after.as_ref(), limit)
             } else {
                 crate::pool::run(move || store.list(&prefix, after.as_ref(), limit)).await

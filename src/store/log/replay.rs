@@ -6,16 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::FIRST_SEQ;
-use super::frame::{self, FileHeader, decode_payload};
-use super::index::Index;
+use super::frame::{self, FileHeader, decode_ops};
+use super::index::{ApplyOp, Index, Loader};
 use super::journal::{Journal, Stop};
 use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{Vfs, VfsFile};
 
+/// A journal opened, its index, and why reading it stopped.
+pub(super) type Loaded<F> = (Journal<F>, Index<F>, Stop);
+
 /// Opens the journal at `path` and reads it whole into a fresh index; returns
 /// why reading stopped too.
-pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, Index, Stop)> {
+/// The index caches values up to about `cache_bytes`.
+pub(super) fn load<V: Vfs>(vfs: &V, path: &Path, cache_bytes: usize) -> Result<Loaded<V::File>> {
     // Callers hold the `lock` flock, without which no compaction renames a
     // journal into place: the inode read after the open is the opened file's.
     let file = crate::store::open_own_file(vfs, path, 0o600, steps::OPEN_JOURNAL)?;
@@ -38,12 +42,12 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path) -> Result<(Journal<V::File>, In
         allocated,
         noticed: false,
     };
-    let mut index = Index::default();
-    let stop = read_into(&mut journal, &mut index, path, None)?;
+    let mut loader = Loader::new(journal.file.clone(), cache_bytes);
+    let stop = read_into(&mut journal, &mut loader, path, None)?;
     if stop == Stop::End {
         check_no_frame_after_zeros(&journal, path)?;
     }
-    Ok((journal, index, stop))
+    Ok((journal, loader.finish(), stop))
 }
 
 /// Reading stopped at zeros, where the journal's preallocated space begins, or
@@ -71,19 +75,19 @@ fn check_no_frame_after_zeros<F: VfsFile>(journal: &Journal<F>, path: &Path) -> 
 /// stopped.
 pub(super) fn read_into<F: VfsFile>(
     journal: &mut Journal<F>,
-    index: &mut Index,
+    index: &mut impl ApplyOp,
     path: &Path,
     mut touched: Option<&mut Vec<Vec<u8>>>,
 ) -> Result<Stop> {
     let mut last_noticed = None;
     let read = journal
-        .read_new(|payload| {
+        .read_new(|payload_at, payload| {
             last_noticed = Some(frame::is_notice(payload));
-            for op in decode_payload(payload)?.into_iter().flatten() {
+            for op in decode_ops(payload)? {
                 if let Some(touched) = touched.as_deref_mut() {
                     touched.extend(op.key().map(<[u8]>::to_vec));
                 }
-                index.apply(op);
+                index.apply_op(op, payload_at);
             }
             Ok(())
         })
