@@ -75,6 +75,7 @@
 //! | `JOBSAFE_COMPARE_THREADS` | `--threads` | `1,4,16` |
 //! | `JOBSAFE_COMPARE_SECS` | `--secs` | `1.0` seconds per cell |
 //! | `JOBSAFE_COMPARE_PRELOAD` | `--preload` | `1000` records per cell |
+//! | `JOBSAFE_COMPARE_GET_RECORDS` | `--get_records` | `1000000` records per `get` cell of the embedded stores and SQLite (the others keep `preload`), each get of a key drawn uniformly at random: far more than a LogStore handle's value cache holds |
 //! | `JOBSAFE_COMPARE_ROUNDS` | `--rounds` | `1`: rounds of each table cell, the implementations taking turns (forwards, then backwards); a row sums its rounds |
 //! | `JOBSAFE_COMPARE_SMALL` | `--small` | `1000`: the small flatness ledger |
 //! | `JOBSAFE_COMPARE_RECORDS` | `--records` | `1000000`: the large size of `flat`, `reopen`, `compaction` |

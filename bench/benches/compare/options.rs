@@ -51,6 +51,9 @@ pub(crate) struct Options {
     pub(crate) length: Length,
     /// Records in each main-table cell before timing.
     pub(crate) preload: usize,
+    /// Records in each `get` cell before timing: more than a LogStore
+    /// handle's value cache holds, so that gets read the disk's files.
+    pub(crate) get_records: usize,
     /// Times each main-table cell runs, the implementations of a bench taking
     /// turns in alternating order, so that a disk that slows down or speeds up
     /// during the run weighs on all of them alike.
@@ -86,6 +89,7 @@ impl Options {
                 min_ops: if smoke { 2 } else { 1 },
             },
             preload: if smoke { 20 } else { 1_000 },
+            get_records: if smoke { 20 } else { 1_000_000 },
             rounds: 1,
             small: if smoke { 100 } else { 1_000 },
             records: if smoke { 2_000 } else { 1_000_000 },
@@ -143,6 +147,7 @@ impl Options {
                 _ => return Err(format!("secs must be a positive number, not {value:?}").into()),
             },
             "preload" => self.preload = positive(name, value)?,
+            "get_records" => self.get_records = positive(name, value)?,
             "rounds" => self.rounds = positive(name, value)?,
             "small" => self.small = positive(name, value)?,
             "records" => self.records = positive(name, value)?,
@@ -162,8 +167,17 @@ impl Options {
 
 /// Option names, as arguments (`--threads 1,4`) and in variables
 /// (`JOBSAFE_COMPARE_THREADS=1,4`).
-const NAMES: [&str; 9] = [
-    "sections", "benches", "impls", "threads", "secs", "preload", "rounds", "small", "records",
+const NAMES: [&str; 10] = [
+    "sections",
+    "benches",
+    "impls",
+    "threads",
+    "secs",
+    "preload",
+    "get_records",
+    "rounds",
+    "small",
+    "records",
 ];
 
 fn positive(name: &str, value: &str) -> BenchResult<usize> {

@@ -5,7 +5,7 @@
 
 use crate::common::report::Table;
 use crate::common::{BenchResult, RunDir};
-use crate::compare::cell::{self, Impl, Setup};
+use crate::compare::cell::{self, Bench, Impl, Setup};
 use crate::compare::options::Options;
 use crate::compare::run::{self, Row};
 
@@ -27,7 +27,11 @@ pub(crate) fn measure(options: &Options, run_dir: &mut RunDir) -> BenchResult<Ve
                     let setup = Setup {
                         bench,
                         threads,
-                        preload: options.preload,
+                        preload: if bench == Bench::Get && imp.reads_many() {
+                            options.get_records
+                        } else {
+                            options.preload
+                        },
                     };
                     let dir = run_dir.fresh(&format!("{imp}-{bench}-t{threads}-r{round}"))?;
                     let Some(cell) = cell::prepare(imp, setup, &dir).map_err(|e| {

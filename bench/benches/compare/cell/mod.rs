@@ -104,6 +104,23 @@ pub(crate) enum Impl {
 }
 
 impl Impl {
+    /// Whether its `get` cells read from [`get_records`] records: the
+    /// embedded stores and SQLite. The others keep `preload`: a million
+    /// files, a rewrite of a file that holds a million records, or a server
+    /// loaded with them would cost more than the cell measures.
+    ///
+    /// [`get_records`]: crate::compare::options::Options::get_records
+    pub(crate) fn reads_many(self) -> bool {
+        matches!(
+            self,
+            Impl::MemStore
+                | Impl::LogStore
+                | Impl::LogStoreExclusive
+                | Impl::SqliteFull
+                | Impl::SqliteNormal
+        )
+    }
+
     pub(crate) const ALL: [Impl; 12] = [
         Impl::MemStore,
         Impl::DirStore,

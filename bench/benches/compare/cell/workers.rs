@@ -143,7 +143,6 @@ pub(super) fn kv(
 ) -> BenchResult<Cell> {
     let preloaded = Arc::new(preloaded);
     let value = Arc::new(kv::value('p'));
-    let threads = setup.threads as u64;
     let mut workers = Vec::with_capacity(engines.len());
     for (t, mut engine) in engines.into_iter().enumerate() {
         if let Some(first) = preloaded.first()
@@ -154,13 +153,17 @@ pub(super) fn kv(
         let preloaded = Arc::clone(&preloaded);
         let value = Arc::clone(&value);
         let worker: Worker = match setup.bench {
-            Bench::Get => Box::new(move |i: u64| {
-                let key = &preloaded[((t as u64 + i * threads) % preloaded.len() as u64) as usize];
-                match engine.get(key)? {
-                    Some(read) if read == *value => Ok(()),
-                    _ => Err(format!("{key} does not read back as written").into()),
-                }
-            }),
+            Bench::Get => {
+                // Uniformly random keys, a stream of its own per thread.
+                let mut random = fastrand::Rng::with_seed(t as u64);
+                Box::new(move |_: u64| {
+                    let key = &preloaded[random.usize(..preloaded.len())];
+                    match engine.get(key)? {
+                        Some(read) if read == *value => Ok(()),
+                        _ => Err(format!("{key} does not read back as written").into()),
+                    }
+                })
+            }
             Bench::Lifecycle => {
                 kv::lifecycle(&mut *engine, &format!("job-warm-{t:02}"))?;
                 Box::new(move |i: u64| {
