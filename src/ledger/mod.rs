@@ -1058,13 +1058,18 @@ impl<S: Store> JobLedger<S> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let key = self.key(account, job_id)?;
         request.check(&key)?;
-        let attempt = request.attempt.clone().unwrap_or_default();
+        // The caller's attempt, or one drawn when this call first writes:
+        // until then no stored reservation can be this call's own, and a
+        // duplicate, the usual retry, draws none (a random id costs a
+        // system call).
+        let mut attempt = request.attempt.clone();
         let mut tries = 0;
         loop {
             tries += 1;
             let now = self.clock.now_ms();
             let found = self.read_driven(drive, &key).await?;
-            let expect = match find(found, &key, account, job_id, request, &attempt, now)? {
+            let ours = attempt.as_ref();
+            let expect = match find(found, &key, account, job_id, request, ours, now)? {
                 // This call, repeated: its reserve had landed.
                 Found::Own(own) => return Ok(Reserve::New(*own)),
                 Found::Live(existing) if existing.state.is_pending() => {
@@ -1073,7 +1078,8 @@ impl<S: Store> JobLedger<S> {
                 Found::Live(existing) => return Ok(Reserve::Existing(*existing)),
                 Found::Vacant(expect) => expect,
             };
-            let stored = StoredReservation::new(request, &attempt, now, self.ttl_ms, state);
+            let attempt = &*attempt.get_or_insert_with(AttemptId::new);
+            let stored = StoredReservation::new(request, attempt, now, self.ttl_ms, state);
             let bytes = codec::encode(&key, &stored)?;
             let mut reservation = stored.to_reservation(account, job_id, Version::new(0));
             let ops = effect(&reservation).await?;
@@ -1096,7 +1102,7 @@ impl<S: Store> JobLedger<S> {
                         debug,
                         account = %crate::trace::private(account),
                         job_id = %crate::trace::private(job_id),
-                        attempt = %crate::trace::private(&attempt),
+                        attempt = %crate::trace::private(attempt),
                         "reservation made"
                     );
                     return Ok(Reserve::New(reservation));
@@ -1109,13 +1115,13 @@ impl<S: Store> JobLedger<S> {
                     match reread.await {
                         // Ours, whatever happened to the reply: the caller's
                         // operations landed with it, in the same batch.
-                        Ok(Some((stored, version))) if stored.was_made_by(&attempt) => {
+                        Ok(Some((stored, version))) if stored.was_made_by(attempt) => {
                             let reservation = stored.to_reservation(account, job_id, version);
                             report!(
                                 info,
                                 account = %crate::trace::private(account),
                                 job_id = %crate::trace::private(job_id),
-                                attempt = %crate::trace::private(&attempt),
+                                attempt = %crate::trace::private(attempt),
                                 error = %crate::trace::error(&e),
                                 "reservation made; its write failed and was read back as landed"
                             );
@@ -1126,15 +1132,14 @@ impl<S: Store> JobLedger<S> {
                         // still arrive.
                         Ok(found) if is_unchanged(found.as_ref(), expect) => {
                             if !deadline.may_write_again() {
-                                let error = resolve::not_landed("reserve", &key, &attempt, e);
+                                let error = resolve::not_landed("reserve", &key, attempt, e);
                                 return Err(error.into());
                             }
                         }
                         // Changed by another: decide again on what is there.
                         Ok(_) => {}
                         Err(reread) => {
-                            let ambiguous =
-                                resolve::ambiguous("reserve", &key, &attempt, e, reread);
+                            let ambiguous = resolve::ambiguous("reserve", &key, attempt, e, reread);
                             return Err(ambiguous.into());
                         }
                     }
@@ -1327,7 +1332,7 @@ fn find(
     account: &str,
     job_id: &str,
     request: &ChargeRequest,
-    attempt: &AttemptId,
+    attempt: Option<&AttemptId>,
     now: u64,
 ) -> Result<Found> {
     let Some((stored, version)) = found else {
@@ -1335,7 +1340,7 @@ fn find(
     };
     // The reservation this attempt made stays its own, expired or not:
     // a repeated call never charges again.
-    let own = stored.was_made_by(attempt);
+    let own = attempt.is_some_and(|attempt| stored.was_made_by(attempt));
     let existing = stored.to_reservation(account, job_id, version);
     if !own && existing.is_expired_at(now) {
         return Ok(Found::Vacant(Expect::Version(version)));
