@@ -13,7 +13,7 @@
 //!   ([`store`] compares them):
 //!   - [`LogStore`], **the default**: one machine, any number of processes. One
 //!     journal; a write costs one `fdatasync`, shared by concurrent writers. Every
-//!     live record is held in memory.
+//!     live key is held in memory; values are read from the journal.
 //!   - [`DirStore`]: one machine, when you want to read and repair records with a
 //!     shell, or hold more records than fit in memory. One file per key; two
 //!     flushes per write.

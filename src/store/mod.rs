@@ -4,7 +4,7 @@
 //!
 //! | backend | pick it when | cost of a durable write | memory |
 //! |---|---|---|---|
-//! | [`LogStore`] | one machine, any number of processes: **the default** | one `fdatasync`, shared by concurrent writers (group commit) | every live record in memory |
+//! | [`LogStore`] | one machine, any number of processes: **the default** | one `fdatasync`, shared by concurrent writers (group commit) | every live key, and a cache of values (values are read from the journal) |
 //! | [`DirStore`] | one machine, and you want to inspect or repair records with a shell, or hold more records than fit in memory | two flushes (file, directory) per write | none per record |
 //! | `PgStore` (feature `postgres`) | several machines share jobs, locks and charges | one round trip and PostgreSQL's commit | the server's |
 //! | [`MemStore`] | tests, or a service that needs no durability | none: nothing survives the process | every record |
@@ -100,8 +100,8 @@ impl Entry {
     /// Why 16 MiB: a store keeps *small records* (job records, leases,
     /// reservations, checkpoints; kilobytes), and the bounds on what the parts
     /// store keep theirs far below it (a job's result is at most 1 MiB). Large
-    /// values cost every backend more than their size: `LogStore` holds every
-    /// live value in memory and delays the writers that share a group commit
+    /// values cost every backend more than their size: `LogStore` reads each
+    /// whole from its journal and delays the writers that share a group commit
     /// with one, `DirStore` and `PgStore` read and send each whole. 16 MiB is
     /// large enough that no record of jobsafe's, nor any reasonable record of
     /// yours, comes near it, and small enough that writing one, flush
@@ -411,9 +411,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// natively, holding no thread at all: `PgStore` does.
     /// `LogStore`'s `put_async`, `delete_async` and `apply_async` join its
     /// group commit as futures: the flush runs on one pool thread for the
-    /// whole group, and each caller's task is woken with its result; its
-    /// reads are answered on the polling thread in exclusive mode (they
-    /// touch no disk there), on the pool otherwise. `Arc<S>`, `Box<S>` and
+    /// whole group, and each caller's task is woken with its result; in
+    /// exclusive mode its lists, and its gets of an absent key or of a value
+    /// in its cache, are answered on the polling thread (they touch no disk
+    /// there), every other read on the pool. `Arc<S>`, `Box<S>` and
     /// `&'static S` make the native calls of the crate's stores they hold
     /// too, so sharing a store through an `Arc` costs one boxed future per
     /// call, not a thread. A store of your own that overrides these methods

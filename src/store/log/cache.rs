@@ -137,7 +137,10 @@ impl Hasher for OffsetHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let product = (n ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // The low bits of a product depend on the low bits of `n` alone;
+        // the table picks buckets by them, so fold the high bits in.
+        self.0 = product ^ (product >> 32);
     }
 }
 

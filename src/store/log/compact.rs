@@ -202,7 +202,10 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         }
     };
 
-    // 3. The frames appended meanwhile, then the switch.
+    // 3. The frames appended meanwhile, then the switch. The index it
+    // replaces is freed once the locks below are released (declared before
+    // them, it is dropped after them): freeing a large tree takes a while.
+    let _retired: Index<V::File>;
     let mut journal = shared.journal.lock();
     let _flock = shared
         .lock_file()
@@ -222,6 +225,10 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         }
         new.copy_tail(&journal, mark, &old, &mut new_index)?;
         new.flush_tail(shared.sync)?;
+        // Read before the rename, which keeps it, so that nothing can fail
+        // between the rename and the switch of this handle to the new file
+        // but the directory's flush, which poisons.
+        let inode = vfs.inode(&new.path).at(steps::STAT_JOURNAL, &new.path)?;
         if !shared.is_exclusive() {
             notify_readers(shared, &mut journal)?;
         }
@@ -234,16 +241,16 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
                 return Err(Error::io(steps::FSYNC_STORE_DIRECTORY, &shared.root, e));
             }
         }
-        Ok(())
+        Ok(inode)
     })();
-    if let Err(e) = switched {
-        new.abandon(vfs);
-        return Err(e);
-    }
+    let inode = match switched {
+        Ok(inode) => inode,
+        Err(e) => {
+            new.abandon(vfs);
+            return Err(e);
+        }
+    };
     let bytes_before = journal.end;
-    let inode = vfs
-        .inode(&shared.journal_path)
-        .at(steps::STAT_JOURNAL, &shared.journal_path)?;
     let NewJournal {
         file,
         header,
@@ -253,7 +260,7 @@ pub(super) fn run<V: Vfs>(shared: &Shared<V>, wait: Wait) -> Result<Compaction> 
         ..
     } = new;
     // The index of the new journal: the same records, read from the new file.
-    *shared.index.write() = new_index;
+    _retired = std::mem::replace(&mut *shared.index.write(), new_index);
     *journal = Journal {
         file,
         header,

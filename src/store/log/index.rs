@@ -278,7 +278,7 @@ impl<F: VfsFile> Loader<F> {
         self.index
     }
 
-    /// Gathers a put of records given in key order, as a compaction writes them.
+    /// Gathers a put: of a frame read, or of a record a compaction wrote.
     pub(crate) fn put(&mut self, key: Packed, slot: Slot) {
         self.index.floor(slot.version);
         self.gather(key, Some(slot));

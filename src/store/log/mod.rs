@@ -362,6 +362,9 @@ struct Shared<V: Vfs> {
     //      last under 3 and 4 (`catch_up`, `commit_group`, `compact::run`).
     //    - `last_compaction_error` is taken alone (the background compaction
     //      thread) or under 3 (`stats`).
+    // 6. The mutex of a shard of an index's value cache (`cache`): taken
+    //    alone (a get that read its value from the file) or under `index`
+    //    (`lookup`, `commit_group`), and never holds another lock itself.
     //
     // Before all of them, `open` tries (never waits for) the flock on
     // `handle.lock`, held by every handle for its lifetime; an exclusive
