@@ -81,7 +81,8 @@ pub(crate) enum Impl {
     /// jobsafe's components over `LogStore` at `Durability::Full`.
     LogStore,
     /// The same, the store opened in exclusive mode (reads check for no other
-    /// process's writes); `get` only, the operation the mode changes most.
+    /// process's writes, commits take no file lock); `get` and `put` only,
+    /// the operations the mode changes most.
     LogStoreExclusive,
     /// SQLite, WAL, `synchronous=FULL`, one connection per thread.
     SqliteFull,
@@ -173,7 +174,7 @@ impl Impl {
             _ if self.is_raw() => bench == Bench::Put,
             // One JSON file holds records, not leases.
             Impl::NaiveJson => bench != Bench::LockCycle,
-            Impl::LogStoreExclusive => bench == Bench::Get,
+            Impl::LogStoreExclusive => matches!(bench, Bench::Get | Bench::Put),
             // The server's columns: the operations services share between machines.
             Impl::PgStore => matches!(
                 bench,
