@@ -473,14 +473,47 @@ fn parent_dir(path: &Path) -> PathBuf {
 /// `.{name}.{16 hex}.jobsafe-tmp`, with `name` shortened so the whole stays within
 /// the 255-byte name limit of common filesystems.
 fn temp_name(name: &str) -> String {
+    temp_name_of(name, fastrand::u64(..), std::process::id())
+}
+
+/// The temp name drawn as `random` by process `pid`. The process id is mixed
+/// into the random bits: a process forked without exec inherits its parent's
+/// random generator and would draw the same names, which `DirStore`'s
+/// watcher, telling its handle's own renames by their temp names, would
+/// take for its own.
+fn temp_name_of(name: &str, random: u64, pid: u32) -> String {
     const MAX_NAME_PART: usize = 200;
     let mut cut = name.len().min(MAX_NAME_PART);
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!(".{}.{:016x}{TEMP_SUFFIX}", &name[..cut], fastrand::u64(..))
+    let token = random ^ (u64::from(pid) << 32);
+    format!(".{}.{token:016x}{TEMP_SUFFIX}", &name[..cut])
 }
 
 pub(crate) fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parent and a child forked from it draw the same random bits; their
+    /// temp names differ all the same, and stay temp names.
+    #[test]
+    fn processes_drawing_the_same_random_bits_get_different_temp_names() {
+        let random = 0x0123_4567_89ab_cdef;
+        let parent = temp_name_of("state.json", random, 4_000);
+        let child = temp_name_of("state.json", random, 4_001);
+        assert_ne!(parent, child);
+        for name in [&parent, &child] {
+            assert!(is_temp_name(name), "{name}");
+            assert!(name.starts_with(".state.json."), "{name}");
+        }
+        let long = "é".repeat(200);
+        let name = temp_name_of(&long, random, 1);
+        assert!(name.len() <= 255, "{} bytes", name.len());
+        assert!(is_temp_name(&name));
+    }
 }
