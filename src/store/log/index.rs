@@ -71,9 +71,27 @@ impl Slot {
 /// What reading a journal does with each op: the live index applies it at
 /// once, a [`Loader`] gathers ops to build the index in bulk.
 pub(crate) trait ApplyOp {
+    fn apply_put(&mut self, key: Packed, slot: Slot);
+    fn apply_delete(&mut self, key: &[u8]);
+    fn apply_floor(&mut self, version: Version);
+
     /// Applies `op`, read from a frame whose payload starts at byte
     /// `payload_at` of the journal.
-    fn apply_op(&mut self, op: OpRef<'_>, payload_at: u64);
+    fn apply_op(&mut self, op: OpRef<'_>, payload_at: u64) {
+        match op {
+            OpRef::Put {
+                key,
+                version,
+                value,
+                value_at,
+            } => {
+                let slot = Slot::of(version, payload_at + value_at as u64, value);
+                self.apply_put(key.into(), slot);
+            }
+            OpRef::Delete { key } => self.apply_delete(key),
+            OpRef::Floor(version) => self.apply_floor(version),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -178,20 +196,16 @@ impl<F: VfsFile> Index<F> {
 }
 
 impl<F: VfsFile> ApplyOp for Index<F> {
-    fn apply_op(&mut self, op: OpRef<'_>, payload_at: u64) {
-        match op {
-            OpRef::Put {
-                key,
-                version,
-                value,
-                value_at,
-            } => self.put(
-                key.into(),
-                Slot::of(version, payload_at + value_at as u64, value),
-            ),
-            OpRef::Delete { key } => self.delete(key),
-            OpRef::Floor(version) => self.floor(version),
-        }
+    fn apply_put(&mut self, key: Packed, slot: Slot) {
+        self.put(key, slot);
+    }
+
+    fn apply_delete(&mut self, key: &[u8]) {
+        self.delete(key);
+    }
+
+    fn apply_floor(&mut self, version: Version) {
+        self.floor(version);
     }
 }
 
@@ -339,22 +353,16 @@ impl<F: VfsFile> Loader<F> {
 }
 
 impl<F: VfsFile> ApplyOp for Loader<F> {
-    fn apply_op(&mut self, op: OpRef<'_>, payload_at: u64) {
-        match op {
-            OpRef::Put {
-                key,
-                version,
-                value,
-                value_at,
-            } => {
-                self.put(
-                    key.into(),
-                    Slot::of(version, payload_at + value_at as u64, value),
-                );
-            }
-            OpRef::Delete { key } => self.gather(key.into(), None),
-            OpRef::Floor(version) => self.index.floor(version),
-        }
+    fn apply_put(&mut self, key: Packed, slot: Slot) {
+        self.put(key, slot);
+    }
+
+    fn apply_delete(&mut self, key: &[u8]) {
+        self.gather(key.into(), None);
+    }
+
+    fn apply_floor(&mut self, version: Version) {
+        self.floor(version);
     }
 }
 
