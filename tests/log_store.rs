@@ -154,6 +154,68 @@ fn a_value_damaged_on_disk_after_the_open_is_reported_never_served() {
     assert_eq!(store.get(&key("k/kept")).unwrap().unwrap().value, b"kept");
 }
 
+/// `tests/fixtures/logstore-0.1` is a store written by jobsafe 0.1.0: puts
+/// of `fixture/k1`..`k5`, an overwrite of `k2`, a delete of `k3`, then a
+/// batch putting `b1` and `b2` and deleting `k4`. The journal is cut at the
+/// end of its last frame (0.1 wrote 4 MiB of zeros after it, which read as
+/// its end as the end of the file does). It opens as it was, takes new
+/// writes, and a compaction rewrites it into a journal that opens again.
+#[test]
+fn a_store_written_by_0_1_is_read_written_and_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    fs::create_dir(&root).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/logstore-0.1");
+    for name in ["jobsafe-logstore", "journal"] {
+        fs::copy(fixture.join(name), root.join(name)).unwrap();
+        let mut permissions = fs::metadata(root.join(name)).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+        fs::set_permissions(root.join(name), permissions).unwrap();
+    }
+    let fixture_key = |name: &str| Key::new(["fixture", name]).unwrap();
+    let mut expected: BTreeMap<String, Vec<u8>> = [
+        ("b1", "batch one"),
+        ("b2", "batch two"),
+        ("k1", "value 1, written by 0.1"),
+        ("k2", "value 2, overwritten by 0.1"),
+        ("k5", "value 5, written by 0.1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+    .collect();
+    let read = |store: &LogStore| -> BTreeMap<String, Vec<u8>> {
+        common::contents(store, &Prefix::new(["fixture"]).unwrap())
+            .into_iter()
+            .map(|(key, value)| (key.segments()[1].clone(), value))
+            .collect()
+    };
+
+    let store = LogStore::open(&root).unwrap();
+    assert_eq!(read(&store), expected);
+    let version = store.get(&fixture_key("k2")).unwrap().unwrap().version;
+    store
+        .put(
+            &fixture_key("k2"),
+            b"written by this release",
+            Expect::Version(version),
+        )
+        .unwrap();
+    expected.insert("k2".to_owned(), b"written by this release".to_vec());
+    let compaction = store.compact().unwrap();
+    assert_eq!((compaction.records, compaction.generation), (5, 1));
+    assert_eq!(read(&store), expected);
+    drop(store);
+
+    let store = LogStore::open(&root).unwrap();
+    assert_eq!(read(&store), expected);
+    assert_eq!(store.stats().unwrap().generation, 1);
+    // Versions go on from the highest 0.1 handed out.
+    let newer = store
+        .put(&fixture_key("k6"), b"six", Expect::Absent)
+        .unwrap();
+    assert!(newer > version, "{newer:?} after {version:?}");
+}
+
 #[test]
 fn compaction_keeps_every_record_and_never_reuses_a_version() {
     let dir = tempfile::tempdir().unwrap();
