@@ -216,6 +216,55 @@ fn a_store_written_by_0_1_is_read_written_and_compacted() {
     assert!(newer > version, "{newer:?} after {version:?}");
 }
 
+/// A handle whose journal another handle compacted reloads it; an index as
+/// large as this one is freed on a thread of its own meanwhile. The handle
+/// serves the new journal's records, and its writes land in it.
+#[test]
+fn a_handle_reloads_a_large_journal_another_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let reader = LogStore::builder(&root)
+        .durability(jobsafe::Durability::AtomicOnly)
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    let records = 70_000;
+    for first in (0..records).step_by(1_000) {
+        let mut batch = Batch::new();
+        for i in first..first + 1_000 {
+            batch = batch.put(
+                &key(&format!("k/{i:06}")),
+                b"first".to_vec(),
+                Expect::Absent,
+            );
+        }
+        reader.apply(&batch).unwrap();
+    }
+    let compactor = LogStore::builder(&root)
+        .durability(jobsafe::Durability::AtomicOnly)
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    compactor
+        .put(&key("k/000007"), b"second", Expect::Any)
+        .unwrap();
+    compactor.delete(&key("k/000008"), Expect::Any).unwrap();
+    assert_eq!(compactor.compact().unwrap().records, records - 1);
+
+    assert_eq!(
+        reader.get(&key("k/000007")).unwrap().unwrap().value,
+        b"second"
+    );
+    assert!(reader.get(&key("k/000008")).unwrap().is_none());
+    assert_eq!(reader.stats().unwrap().generation, 1);
+    reader.put(&key("k/000009"), b"third", Expect::Any).unwrap();
+    assert_eq!(
+        compactor.get(&key("k/000009")).unwrap().unwrap().value,
+        b"third"
+    );
+    assert_eq!(contents(&compactor).len(), records - 1);
+}
+
 #[test]
 fn compaction_keeps_every_record_and_never_reuses_a_version() {
     let dir = tempfile::tempdir().unwrap();

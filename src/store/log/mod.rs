@@ -1128,7 +1128,8 @@ impl<V: Vfs> Shared<V> {
         let stop = if inode != journal.inode {
             let (fresh, index, stop) = load(vfs, path, self.value_cache)?;
             *journal = fresh;
-            *self.index.write() = index;
+            let old = std::mem::replace(&mut *self.index.write(), index);
+            free_elsewhere(old);
             // Replaced: what changed in between is not known. Told once
             // the caller has let go of the store's locks.
             self.changes.note_all();
@@ -1207,6 +1208,25 @@ impl<V: Vfs> LogStore<V> {
         check(&*self.shared.fresh_index()?)
     }
 }
+
+/// Frees `index` on a thread of its own, so that the caller, who holds the
+/// store's locks, does not make every reader and writer wait while a large
+/// tree is freed; inline if no thread can be had. The index holds its
+/// journal file open until then, which nothing else needs any more.
+fn free_elsewhere<F: VfsFile + 'static>(index: Index<F>) {
+    if index.len() < FREE_ELSEWHERE_FROM {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("jobsafe-free".to_owned())
+        .spawn(move || drop(index));
+    // A spawn that failed dropped the closure, and the index with it.
+    drop(spawned);
+}
+
+/// Records below which an index is freed where it is replaced: a thread
+/// costs more than freeing a small tree.
+const FREE_ELSEWHERE_FROM: usize = 1 << 16;
 
 /// What a quarantined record's `.key` file holds: the key's segments as a JSON
 /// array on one line (a segment's line breaks and other control characters
