@@ -21,10 +21,27 @@ use jobsafe::{Batch, Entry, Error, Expect, Key, LogStore, Prefix, Store};
 
 /// Every record under `k/`, by key name.
 fn contents(store: &impl Store) -> BTreeMap<String, Vec<u8>> {
-    common::contents(store, &Prefix::new(["k"]).unwrap())
+    contents_under(store, "k")
+}
+
+/// Every record under `top/`, by the key's second segment.
+fn contents_under(store: &impl Store, top: &str) -> BTreeMap<String, Vec<u8>> {
+    common::contents(store, &Prefix::new([top]).unwrap())
         .into_iter()
         .map(|(key, value)| (key.segments()[1].clone(), value))
         .collect()
+}
+
+/// A handle at `root` whose system calls `vfs` can fail, compacting only
+/// when asked.
+fn faulty_compactor(root: &Path) -> (LogStore<Faulty<StdVfs>>, Faulty<StdVfs>) {
+    let vfs = Faulty::new(StdVfs);
+    let store = LogStore::builder(root)
+        .vfs(vfs.clone())
+        .no_background_compaction()
+        .open()
+        .unwrap();
+    (store, vfs)
 }
 
 fn journal_of(root: &Path) -> PathBuf {
@@ -183,12 +200,7 @@ fn a_store_written_by_0_1_is_read_written_and_compacted() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
     .collect();
-    let read = |store: &LogStore| -> BTreeMap<String, Vec<u8>> {
-        common::contents(store, &Prefix::new(["fixture"]).unwrap())
-            .into_iter()
-            .map(|(key, value)| (key.segments()[1].clone(), value))
-            .collect()
-    };
+    let read = |store: &LogStore| contents_under(store, "fixture");
 
     let store = LogStore::open(&root).unwrap();
     assert_eq!(read(&store), expected);
@@ -216,9 +228,10 @@ fn a_store_written_by_0_1_is_read_written_and_compacted() {
     assert!(newer > version, "{newer:?} after {version:?}");
 }
 
-/// A handle whose journal another handle compacted reloads it; an index as
-/// large as this one is freed on a thread of its own meanwhile. The handle
-/// serves the new journal's records, and its writes land in it.
+/// A handle whose journal another handle compacted reloads it, by the path
+/// that frees an index this large on a thread of its own (the thread itself
+/// is not observed here): the handle serves the new journal's records, and
+/// its writes land in it.
 #[test]
 fn a_handle_reloads_a_large_journal_another_compacted() {
     let dir = tempfile::tempdir().unwrap();
@@ -353,12 +366,7 @@ fn another_handle_sees_writes_and_compactions() {
 fn a_reader_that_read_a_compactions_notice_finds_the_journal_replaced_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let vfs = Faulty::new(StdVfs);
-    let compactor = LogStore::builder(&root)
-        .vfs(vfs.clone())
-        .no_background_compaction()
-        .open()
-        .unwrap();
+    let (compactor, vfs) = faulty_compactor(&root);
     let reader = LogStore::open(&root).unwrap();
     compactor.put(&key("k/x"), b"1", Expect::Absent).unwrap();
     assert_eq!(reader.get(&key("k/x")).unwrap().unwrap().value, b"1");
@@ -394,12 +402,7 @@ fn a_compaction_that_fails_after_its_rename_leaves_its_handle_reading_the_new_jo
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let vfs = Faulty::new(StdVfs);
-    let compactor = LogStore::builder(&root)
-        .vfs(vfs.clone())
-        .no_background_compaction()
-        .open()
-        .unwrap();
+    let (compactor, vfs) = faulty_compactor(&root);
     let writer = LogStore::open(&root).unwrap();
     compactor.put(&key("k/x"), b"1", Expect::Absent).unwrap();
     let before = fs::metadata(journal_of(&root)).unwrap().ino();

@@ -63,7 +63,8 @@ impl ValueCache {
     }
 
     /// Caches `value`, found at offset `at`, unless it is too large for the
-    /// cache to be worth it (more than an eighth of a shard).
+    /// cache to be worth it: with [`ENTRY_OVERHEAD`] it would take more than
+    /// an eighth of a shard (a hundred and twenty-eighth of the cache).
     pub(crate) fn insert(&self, at: u64, value: impl Into<Box<[u8]>> + AsRef<[u8]>) {
         let Some(shard) = self.shard(at) else {
             return;
@@ -169,6 +170,18 @@ mod tests {
         }
         assert_eq!(cache.get(9_999 * 100), Some(vec![9_999u64 as u8; 100]));
         assert_eq!(cache.get(1), None);
+    }
+
+    /// The bound on a value is exact: an eighth of a shard, overhead
+    /// included.
+    #[test]
+    fn a_value_is_cached_up_to_an_eighth_of_a_shard() {
+        let cache = ValueCache::new(SHARDS * 8 * 1024);
+        let largest = 1024 - ENTRY_OVERHEAD;
+        cache.insert(1, vec![1; largest]);
+        cache.insert(2, vec![2; largest + 1]);
+        assert_eq!(cache.get(1), Some(vec![1; largest]));
+        assert_eq!(cache.get(2), None);
     }
 
     #[test]

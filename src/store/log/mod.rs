@@ -566,8 +566,9 @@ impl<V: Vfs> LogStoreBuilder<V> {
     /// reads it from the journal file (usually from the operating system's
     /// page cache) and checks it against the checksum its frame had. So
     /// memory grows with the number of records and their keys, not with the
-    /// bytes of their values. 0 caches nothing; a value larger than a
-    /// hundred and twenty-eighth of the cache is never cached.
+    /// bytes of their values. 0 caches nothing; a value that, with 64 bytes
+    /// of bookkeeping, would take more than a hundred and twenty-eighth of
+    /// the cache is never cached (64 KiB less 64 bytes, at the default).
     ///
     /// ```
     /// use jobsafe::{Expect, Key, LogStore, Store};
