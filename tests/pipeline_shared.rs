@@ -38,6 +38,8 @@ struct Script {
     fetches: AtomicUsize,
     /// `render` fails once, transiently: the machine "went away" there.
     fail_render: AtomicBool,
+    /// `fetch` fails once, transiently, before it writes anything.
+    fail_fetch: AtomicBool,
 }
 
 /// One machine: a pipeline with its own artifact directory.
@@ -51,7 +53,7 @@ fn machine(
     clock: &ManualClock,
     script: &Arc<Script>,
     shared: bool,
-    storage: Option<FailingFetch>,
+    storage: Option<Box<dyn ArtifactStorage>>,
 ) -> Machine {
     let dir = tempfile::tempdir().unwrap();
     let (fetch, render) = (Arc::clone(script), Arc::clone(script));
@@ -59,6 +61,9 @@ fn machine(
         .purge_policy(PurgePolicy::default().finished_for(Duration::ZERO))
         .stage("fetch", move |ctx| {
             fetch.fetches.fetch_add(1, Ordering::SeqCst);
+            if fetch.fail_fetch.swap(false, Ordering::SeqCst) {
+                return Err(StageError::transient("the origin went away"));
+            }
             ctx.write("page.bin", &page())?;
             ctx.write_shared("transcript.txt", b"said and done")?;
             Ok(())
@@ -79,7 +84,7 @@ fn machine(
         builder = builder.shared_artifacts(StoreArtifacts::new(Arc::clone(store)));
     }
     if let Some(storage) = storage {
-        builder = builder.shared_artifacts(storage);
+        builder = builder.shared_artifacts(Shared(storage));
     }
     Machine {
         pipeline: builder.build().unwrap(),
@@ -371,10 +376,88 @@ fn a_copy_that_cannot_be_fetched_makes_the_stage_run_again() {
     let script = Arc::new(Script::default());
     let a = machine(&store, &clock, &script, true, None);
     let failing = FailingFetch(StoreArtifacts::new(Arc::clone(&store)));
-    let b = machine(&store, &clock, &script, false, Some(failing));
+    let b = machine(&store, &clock, &script, false, Some(Box::new(failing)));
     started_on(&a, &clock, &script);
     // Not stuck on the fetch: the stage runs again, as without a copy.
     let pass = b.pipeline.run_pass().unwrap();
     assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
     assert_eq!(script.fetches.load(Ordering::SeqCst), 2);
+}
+
+/// A storage passed to the pipeline as a box: any of the test's storages.
+#[derive(Debug)]
+struct Shared(Box<dyn ArtifactStorage>);
+
+impl ArtifactStorage for Shared {
+    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
+        self.0.store(artifact, bytes)
+    }
+
+    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
+        self.0.fetch(artifact)
+    }
+
+    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
+        self.0.remove_dir(dir)
+    }
+
+    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
+        self.0.dirs(top)
+    }
+}
+
+/// A storage that hands out a damaged copy, of the recorded length, as if
+/// it were the recorded one: what the trait allows a storage to do.
+#[derive(Debug)]
+struct DamagingFetch(StoreArtifacts<Arc<dyn Store>>);
+
+impl ArtifactStorage for DamagingFetch {
+    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
+        self.0.store(artifact, bytes)
+    }
+
+    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
+        Ok(self.0.fetch(artifact)?.map(|mut bytes| {
+            if let Some(byte) = bytes.last_mut() {
+                *byte ^= 1;
+            }
+            bytes
+        }))
+    }
+
+    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
+        self.0.remove_dir(dir)
+    }
+
+    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
+        self.0.dirs(top)
+    }
+}
+
+#[test]
+fn a_damaged_copy_a_storage_hands_out_is_never_used() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let clock = ManualClock::new(START_MS);
+    let script = Arc::new(Script::default());
+    let a = machine(&store, &clock, &script, true, None);
+    let damaging = DamagingFetch(StoreArtifacts::new(Arc::clone(&store)));
+    let b = machine(&store, &clock, &script, false, Some(Box::new(damaging)));
+    let id = started_on(&a, &clock, &script);
+    let local = b.pipeline.job_dir(&id).join("page.bin");
+    // The pipeline checks what the storage hands it before it writes it
+    // into the job's directory: the stage runs again, and when that run
+    // fails before it writes, the damaged bytes are nowhere.
+    script.fail_fetch.store(true, Ordering::SeqCst);
+    let pass = b.pipeline.run_pass().unwrap();
+    let RunOutcome::RetryScheduled { retry_at_ms, .. } = pass.runs[0].outcome else {
+        panic!("{:?}", pass.runs[0].outcome);
+    };
+    assert_eq!(script.fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(read(&local), None, "damaged bytes were written");
+    clock.set(retry_at_ms);
+    let pass = b.pipeline.run_pass().unwrap();
+    assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
+    assert_eq!(pass.runs[0].skipped(), Vec::<String>::new());
+    assert_eq!(script.fetches.load(Ordering::SeqCst), 3);
+    assert_eq!(read(&local), Some(page()));
 }
