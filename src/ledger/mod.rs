@@ -889,7 +889,7 @@ impl<S: Store> JobLedger<S> {
         if !refundable(&key, stored.state)? {
             return Ok(None);
         }
-        Ok(Some(stored.to_reservation(account, job_id, version)))
+        Ok(Some(stored.into_reservation(account, job_id, version)))
     }
 
     /// The reservation of (`account`, `job_id`) as stored, expired or not
@@ -910,7 +910,7 @@ impl<S: Store> JobLedger<S> {
     ) -> Result<Option<Reservation>> {
         let key = self.key(account, job_id)?;
         let found = self.read_driven(drive, &key).await?;
-        Ok(found.map(|(stored, version)| stored.to_reservation(account, job_id, version)))
+        Ok(found.map(|(stored, version)| stored.into_reservation(account, job_id, version)))
     }
 
     /// Every reservation (of `account`, if given), for administration. Changes
@@ -1341,7 +1341,7 @@ fn find(
     // The reservation this attempt made stays its own, expired or not:
     // a repeated call never charges again.
     let own = attempt.is_some_and(|attempt| stored.was_made_by(attempt));
-    let existing = stored.to_reservation(account, job_id, version);
+    let existing = stored.into_reservation(account, job_id, version);
     if !own && existing.is_expired_at(now) {
         return Ok(Found::Vacant(Expect::Version(version)));
     }

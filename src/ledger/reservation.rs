@@ -336,6 +336,28 @@ impl StoredReservation {
         self
     }
 
+    /// The reservation as [`to_reservation`](Self::to_reservation) makes it,
+    /// its fields moved rather than copied.
+    pub(super) fn into_reservation(
+        self,
+        account: &str,
+        job_id: &str,
+        version: Version,
+    ) -> Reservation {
+        Reservation {
+            account: account.to_owned(),
+            job_id: job_id.to_owned(),
+            id: self.id,
+            fingerprint: self.fingerprint,
+            metadata: self.metadata,
+            charged_ms: self.charged_ms,
+            expires_ms: self.expires_ms,
+            state: self.state,
+            version,
+            attempt: self.attempt,
+        }
+    }
+
     pub(super) fn to_reservation(
         &self,
         account: &str,
