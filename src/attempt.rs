@@ -93,14 +93,15 @@ fn check(text: &str) -> Result<()> {
             text.len()
         )));
     }
-    if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(Error::InvalidArgument(format!(
-            "an attempt id must be printable ASCII without spaces, got {:?} in {:?}",
-            bad,
-            text.escape_debug().to_string()
-        )));
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
     }
-    Ok(())
+    let bad = text.chars().find(|c| !c.is_ascii_graphic());
+    Err(Error::InvalidArgument(format!(
+        "an attempt id must be printable ASCII without spaces, got {:?} in {:?}",
+        bad.unwrap_or_default(),
+        text.escape_debug().to_string()
+    )))
 }
 
 impl From<AttemptId> for String {
