@@ -480,6 +480,39 @@ fn a_stream_that_fell_behind_its_buffer_catches_up_from_the_store() {
 }
 
 #[test]
+fn a_stream_that_fell_behind_the_bound_still_ends_after_the_terminal_event() {
+    current_thread().block_on(async {
+        let jobs = AsyncJobState::new(
+            JobState::builder(MemStore::new(), Arc::new(ManualClock::new(START_MS)))
+                .max_events(2)
+                .subscriber_buffer(1)
+                .build()
+                .unwrap(),
+        );
+        let job = jobs.create(NewJob::new("export")).await.unwrap();
+        let worker = jobs.start(&job.id, None).await.unwrap();
+        let mut stream = jobs.subscribe(&job.id, 1).await.unwrap();
+        // The buffer of one holds event 2 and overflows; the store keeps
+        // only the last two events, 11 and 12, so 2 is passed over.
+        for n in 0..10 {
+            jobs.append_event(&worker, "page", serde_json::json!(n))
+                .await
+                .unwrap();
+        }
+        jobs.complete(&worker, serde_json::json!("ok"))
+            .await
+            .unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            seqs.push(stream.next_event().await.unwrap().unwrap().seq);
+        }
+        assert_eq!(seqs, [11, 12]);
+        assert!(stream.is_finished(), "the stream did not end after `done`");
+        assert!(stream.next_event().await.unwrap().is_none());
+    });
+}
+
+#[test]
 fn events_appended_through_the_blocking_face_reach_async_streams() {
     current_thread().block_on(async {
         let blocking = JobState::new(MemStore::new(), Arc::new(ManualClock::new(START_MS)));

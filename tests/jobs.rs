@@ -442,6 +442,31 @@ fn a_slow_subscriber_catches_up_from_the_store_without_blocking_writers() {
 }
 
 #[test]
+fn a_subscriber_that_fell_behind_the_bound_still_ends_after_the_terminal_event() {
+    let jobs = JobState::builder(MemStore::new(), Arc::new(ManualClock::new(0)))
+        .max_events(2)
+        .subscriber_buffer(1)
+        .build()
+        .unwrap();
+    let job = jobs.create(NewJob::new("k")).unwrap();
+    let worker = jobs.start(&job.id, None).unwrap();
+    let mut slow = jobs.subscribe(&job.id, 1).unwrap();
+    // The buffer of one holds event 2 and overflows; the store keeps only
+    // the last two events, 11 and 12, so 2 is passed over by the jump.
+    for i in 0..10 {
+        jobs.append_event(&worker, "e", json!(i)).unwrap();
+    }
+    jobs.complete(&worker, json!(null)).unwrap();
+    let mut seqs = Vec::new();
+    while let Some(event) = slow.try_next_event().unwrap() {
+        seqs.push(event.seq);
+    }
+    assert_eq!(seqs, [11, 12]);
+    assert!(slow.is_finished(), "the stream did not end after `done`");
+    assert_eq!(slow.next_event().unwrap(), None);
+}
+
+#[test]
 fn a_panicking_subscriber_does_not_affect_the_others() {
     let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(0)));
     let job = jobs.create(NewJob::new("k")).unwrap();

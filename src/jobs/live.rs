@@ -391,6 +391,10 @@ impl Cursor {
         let page = jobs.events_since(&self.job_id, self.next_seq - 1)?;
         if page.dropped > 0 {
             self.next_seq += page.dropped;
+            // Events held ahead that the jump passed are dropped too: kept,
+            // they would stand for a gap forever, and the stream would
+            // never settle after its terminal event.
+            self.ahead = self.ahead.split_off(&self.next_seq);
         }
         for event in page.events {
             self.offer(event);
