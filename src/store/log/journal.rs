@@ -332,6 +332,12 @@ fn is_zeros(bytes: &[u8]) -> bool {
 
 /// The offset of an intact frame of this journal with a sequence number of at
 /// least `min_seq`, searching every byte offset from `from` on.
+///
+/// Each window of the file is read once, and each place its bytes spell a
+/// frame's magic is checked through a second window: a value full of the
+/// magic costs one check per occurrence, never a read of a window each. A
+/// candidate may not claim more than the file holds: checked before anything
+/// is read for it.
 fn later_intact_frame<F: VfsFile + ?Sized>(
     file: &F,
     header: &FileHeader,
@@ -341,6 +347,7 @@ fn later_intact_frame<F: VfsFile + ?Sized>(
     const MAGIC: &[u8; 4] = b"JSFR";
     let len = file.size()?;
     let mut window = Window::new(file);
+    let mut checker = Window::new(file);
     let mut at = from;
     while at + FRAME_HEADER_LEN as u64 <= len {
         let chunk = window.read(at, READ_WINDOW)?;
@@ -353,31 +360,51 @@ fn later_intact_frame<F: VfsFile + ?Sized>(
             at += chunk.len() as u64;
             continue;
         }
-        let chunk = chunk.to_vec();
-        let Some(hit) = chunk.windows(MAGIC.len()).position(|w| w == MAGIC) else {
-            // Keep the last bytes: a magic may straddle two windows.
-            at += (chunk.len().saturating_sub(MAGIC.len() - 1)).max(1) as u64;
-            continue;
-        };
-        let candidate = at + hit as u64;
-        if let Ok(header_bytes) =
-            <[u8; FRAME_HEADER_LEN]>::try_from(window.read(candidate, FRAME_HEADER_LEN)?)
-        {
-            let seq = claimed_seq(&header_bytes);
-            if seq >= min_seq
-                && let HeaderRead::Frame { payload_len, .. } =
-                    frame::read_header(&header_bytes, header.journal_id, seq)
-            {
-                let payload_at = candidate + FRAME_HEADER_LEN as u64;
-                let payload = window.read(payload_at, payload_len)?;
-                if payload.len() == payload_len && check_payload(&header_bytes, payload) {
-                    return Ok(Some(candidate));
-                }
+        let hits = chunk
+            .windows(MAGIC.len())
+            .enumerate()
+            .filter(|(_, w)| *w == MAGIC)
+            .map(|(hit, _)| at + hit as u64);
+        for candidate in hits {
+            if is_intact_frame(&mut checker, len, header, candidate, min_seq)? {
+                return Ok(Some(candidate));
             }
         }
-        at = candidate + 1;
+        // The last bytes are read again: a magic may straddle two windows.
+        at += (chunk.len().saturating_sub(MAGIC.len() - 1)).max(1) as u64;
     }
     Ok(None)
+}
+
+/// Whether an intact frame of this journal, with a sequence number of at
+/// least `min_seq`, starts at `candidate` in a file of `len` bytes.
+fn is_intact_frame<F: VfsFile + ?Sized>(
+    window: &mut Window<'_, F>,
+    len: u64,
+    header: &FileHeader,
+    candidate: u64,
+    min_seq: u64,
+) -> io::Result<bool> {
+    let Ok(header_bytes) =
+        <[u8; FRAME_HEADER_LEN]>::try_from(window.read(candidate, FRAME_HEADER_LEN)?)
+    else {
+        return Ok(false);
+    };
+    let seq = claimed_seq(&header_bytes);
+    if seq < min_seq {
+        return Ok(false);
+    }
+    let HeaderRead::Frame { payload_len, .. } =
+        frame::read_header(&header_bytes, header.journal_id, seq)
+    else {
+        return Ok(false);
+    };
+    let payload_at = candidate + FRAME_HEADER_LEN as u64;
+    if payload_at.saturating_add(payload_len as u64) > len {
+        return Ok(false);
+    }
+    let payload = window.read(payload_at, payload_len)?;
+    Ok(payload.len() == payload_len && check_payload(&header_bytes, payload))
 }
 
 #[cfg(test)]
@@ -387,12 +414,23 @@ mod tests {
 
     use super::*;
     use crate::store::log::FIRST_SEQ;
+    use crate::store::log::frame::FrameBuilder;
 
     /// A journal in memory that remembers the largest read asked of it.
     #[derive(Debug, Default)]
     struct Recorded {
         bytes: Vec<u8>,
         largest_read: AtomicUsize,
+        bytes_read: AtomicUsize,
+    }
+
+    impl Recorded {
+        fn of(bytes: Vec<u8>) -> Self {
+            Recorded {
+                bytes,
+                ..Recorded::default()
+            }
+        }
     }
 
     impl VfsFile for Recorded {
@@ -408,6 +446,7 @@ mod tests {
             self.largest_read.fetch_max(buf.len(), Ordering::Relaxed);
             let from = (offset as usize).min(self.bytes.len());
             let n = buf.len().min(self.bytes.len() - from);
+            self.bytes_read.fetch_add(n, Ordering::Relaxed);
             buf[..n].copy_from_slice(&self.bytes[from..from + n]);
             Ok(n)
         }
@@ -453,10 +492,7 @@ mod tests {
         frame[16..24].copy_from_slice(&FIRST_SEQ.to_le_bytes());
         bytes.extend_from_slice(&frame);
         bytes.resize(4 << 20, 0);
-        let file = Recorded {
-            bytes,
-            largest_read: AtomicUsize::new(0),
-        };
+        let file = Recorded::of(bytes);
         let end = scan(&file, &header, 0, u64::MAX, FIRST_SEQ, |_, _| Ok(()))
             .unwrap()
             .unwrap();
@@ -467,5 +503,70 @@ mod tests {
             end.stop
         );
         assert!(file.largest_read.load(Ordering::Relaxed) <= 4 << 20);
+    }
+
+    const HEADER: FileHeader = FileHeader {
+        journal_id: 7,
+        generation: 0,
+    };
+
+    /// A journal holding one frame, a put of `value`, with its last `torn`
+    /// bytes zeroed, then zeros.
+    fn torn_journal(value: &[u8], torn: usize) -> Vec<u8> {
+        let mut frame = FrameBuilder::new();
+        frame.begin();
+        frame.put(b"k", crate::store::Version::new(1), value);
+        let frame = frame.finish(HEADER.journal_id, FIRST_SEQ);
+        let mut bytes = HEADER.encode().to_vec();
+        bytes.extend_from_slice(&frame[..frame.len() - torn]);
+        bytes.resize(bytes.len() + torn + (1 << 20), 0);
+        bytes
+    }
+
+    /// Regression: each place a torn frame's bytes spelled the frame magic
+    /// cost a read of a whole window, so a value full of it took minutes.
+    #[test]
+    fn a_torn_value_full_of_frame_magic_is_searched_in_one_pass() {
+        let value = b"JSFR".repeat(16 << 10);
+        let file = Recorded::of(torn_journal(&value, 100));
+        let later = later_intact_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
+        assert_eq!(later.unwrap(), None);
+        let read = file.bytes_read.load(Ordering::Relaxed);
+        assert!(read <= 3 * file.bytes.len(), "{read} bytes read");
+    }
+
+    /// Regression: a header after a torn frame claiming a payload of a
+    /// gigabyte made the search allocate a gigabyte.
+    #[test]
+    fn a_later_header_claiming_more_than_the_file_holds_is_not_read() {
+        let mut bytes = torn_journal(b"value", 4);
+        let mut later = [0u8; FRAME_HEADER_LEN];
+        later[..4].copy_from_slice(b"JSFR");
+        later[4..8].copy_from_slice(&((1u32 << 30) - 1).to_le_bytes());
+        later[8..16].copy_from_slice(&HEADER.journal_id.to_le_bytes());
+        later[16..24].copy_from_slice(&(FIRST_SEQ + 1).to_le_bytes());
+        let at = 4096;
+        bytes[at..at + FRAME_HEADER_LEN].copy_from_slice(&later);
+        let file = Recorded::of(bytes);
+        let found = later_intact_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
+        assert_eq!(found.unwrap(), None);
+        let largest = file.largest_read.load(Ordering::Relaxed);
+        assert!(largest <= file.bytes.len(), "a read of {largest} bytes");
+    }
+
+    /// The search still finds an intact frame after a torn one, past a run
+    /// of magics in between.
+    #[test]
+    fn an_intact_frame_after_a_torn_one_is_found_past_magics() {
+        let mut bytes = torn_journal(&b"JSFR".repeat(1000), 10);
+        let mut frame = FrameBuilder::new();
+        frame.begin();
+        frame.put(b"k", crate::store::Version::new(2), b"JSFRJSFR");
+        let frame = frame.finish(HEADER.journal_id, FIRST_SEQ + 1);
+        let at = 300_001;
+        bytes[at..at + frame.len()].copy_from_slice(&frame);
+        let file = Recorded::of(bytes);
+        let found = later_intact_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
+        assert_eq!(found.unwrap(), Some(at as u64));
     }
 }
