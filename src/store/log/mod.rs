@@ -137,7 +137,8 @@ const FIRST_SEQ: u64 = 1;
 /// nothing, so a list, or a get of an absent key or of a cached value, is
 /// answered from memory without a system call (and the async face's
 /// [`get_async`](Store::get_async) and [`list_async`](Store::list_async)
-/// without a thread of the pool), commits and compactions take no flock.
+/// without a thread of the pool), commits take no flock, and compactions only
+/// `compact.lock`'s.
 /// Nothing else can open the store meanwhile, the `jobsafe` operator tool
 /// included: stop the service to use the tool on its store, or give the
 /// service the operations it needs.
@@ -461,8 +462,8 @@ enum Locking<F> {
     /// whether anything was written.
     Shared { lock_file: F },
     /// This handle holds `handle.lock` and the `lock` file exclusively until
-    /// it is dropped: nobody else writes, so reads check nothing, and commits
-    /// and compactions take no flock and read nothing back.
+    /// it is dropped: nobody else writes, so reads check nothing, commits take
+    /// no flock, and neither commits nor compactions read anything back.
     Exclusive {
         /// The `lock` file, flocked exclusively at open, unlocked only when
         /// the handle is dropped (`Shared`'s drop).
@@ -631,7 +632,7 @@ impl<V: Vfs> LogStoreBuilder<V> {
     /// ([`value_cache`](Self::value_cache)) are answered from memory
     /// without a system call, and [`get_async`](Store::get_async) and
     /// [`list_async`](Store::list_async) then without a thread of the pool; a
-    /// commit and a compaction take no file lock. Choose it when one process
+    /// commit takes no file lock (a compaction only `compact.lock`'s). Choose it when one process
     /// owns the store: the usual service. It is as crash-safe as the shared
     /// mode (see [`LogStore`], *Exclusive mode*).
     ///
