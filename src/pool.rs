@@ -155,7 +155,17 @@ where
             return None;
         }
         let outcome = catch_unwind(AssertUnwindSafe(work));
-        let previous = std::mem::replace(&mut *filled.lock(), Slot::Done(outcome));
+        let mut slot = filled.lock();
+        if matches!(*slot, Slot::Abandoned) {
+            // The future was dropped while the work ran. Its result is
+            // dropped here, on the pool: stored, it could be dropped on the
+            // caller's thread, whose handle of the slot may outlive this
+            // one, and its drop may do I/O (a lock guard releases its lock).
+            drop(slot);
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(outcome)));
+            return None;
+        }
+        let previous = std::mem::replace(&mut *slot, Slot::Done(outcome));
         // Woken by the thread once it counts as free again: a caller that
         // submits its next call at once finds it free, and no thread starts
         // for nothing.
@@ -686,6 +696,55 @@ mod tests {
         assert!(caught.is_err());
         // The pool survives it.
         assert_eq!(block_on(run(|| 7)), 7);
+    }
+
+    /// The result of work whose future was dropped while it ran is dropped on
+    /// the pool, even when the future's side of the slot is let go last.
+    #[test]
+    fn the_result_of_work_abandoned_while_it_ran_is_dropped_on_the_pool() {
+        let _whole_pool = WHOLE_POOL.lock();
+        /// Tells on which thread it was dropped.
+        struct Told(mpsc::Sender<thread::ThreadId>);
+        impl Drop for Told {
+            fn drop(&mut self) {
+                let _ = self.0.send(thread::current().id());
+            }
+        }
+        let (told, dropped_on) = mpsc::channel();
+        let (started, work_started) = mpsc::channel();
+        let (finish, may_finish) = mpsc::channel::<()>();
+        let (finishing, work_finishing) = mpsc::channel();
+        let future = run(move || {
+            let _ = started.send(());
+            let _ = may_finish.recv();
+            let _ = finishing.send(());
+            Told(told)
+        });
+        // The caller's side of the slot, held past the future's drop: the
+        // window in which a dropped future's `Arc` outlives the work's.
+        let callers_side = Arc::clone(&future.slot);
+        work_started.recv().expect("the work started");
+        drop(future);
+        finish.send(()).expect("the work waits");
+        work_finishing.recv().expect("the work finishes");
+        // Until the work stored its result or dropped it.
+        let on = loop {
+            if let Ok(on) = dropped_on.try_recv() {
+                break Some(on);
+            }
+            if matches!(*callers_side.lock(), Slot::Done(_)) {
+                break None;
+            }
+            thread::yield_now();
+        };
+        drop(callers_side);
+        let on = on.or_else(|| dropped_on.try_recv().ok());
+        assert_ne!(
+            on,
+            Some(thread::current().id()),
+            "dropped on the caller's thread"
+        );
+        assert!(on.is_some(), "never dropped");
     }
 
     /// Held by the tests of the pool's threads: two that occupy every thread
