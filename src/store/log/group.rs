@@ -291,15 +291,21 @@ impl<Req, Res> Drop for Lead<'_, Req, Res> {
         let mut start_leader = false;
         // Results nobody waits for any more, and wakers replaced by newer
         // ones, dropped outside the lock.
-        #[cfg_attr(not(feature = "async"), allow(unused_mut))]
         let mut unwanted: Vec<Res> = Vec::new();
         #[cfg_attr(not(feature = "async"), allow(unused_mut))]
         let mut stale: Vec<Waiter> = Vec::new();
         {
             let mut queue = self.commit.queue.lock();
+            // No results: `commit` panicked, and the leader is unwinding.
+            let panicked = self.results.is_none();
             let mut results = self.results.take().unwrap_or_default().into_iter();
             for (ticket, waiter) in self.waiters.drain(..) {
                 let result = results.next().unwrap_or_else(self.abandoned);
+                // An unwinding leader never comes for its own result.
+                if panicked && Some(ticket) == self.leader {
+                    unwanted.push(result);
+                    continue;
+                }
                 #[cfg(feature = "async")]
                 if queue.dropped.remove(&ticket) {
                     unwanted.push(result);
@@ -629,6 +635,8 @@ mod tests {
             group.submit(1, |_| panic!("commit failed"), || None, || {})
         }));
         assert!(panicked.is_err());
+        // Nobody is left waiting for a result, the leader's own included.
+        assert!(group.queue.lock().done.is_empty());
         assert_eq!(
             group.submit(
                 2,
