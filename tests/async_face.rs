@@ -13,7 +13,7 @@ use jobsafe::ledger::{AsyncJobLedger, ChargeRequest, Reserve};
 use jobsafe::lock::{
     AsyncAcquire, AsyncJobLock, KeepAliveEvent, LockRequest, LostLease, Release, Renewal,
 };
-use jobsafe::store::{Applied, Batch, ListPage, Quarantined};
+use jobsafe::store::{Applied, Batch, Changes, ListPage, Quarantined};
 use jobsafe::{
     AtomicWriter, Entry, Error, Expect, JobLedger, JobLock, Key, ManualClock, MemStore, Prefix,
     Result, Store, Version,
@@ -1384,4 +1384,69 @@ fn a_reserve_dropped_during_its_write_is_found_again_by_its_attempt() {
     });
     let (state, _) = &*store.state;
     assert_eq!(state.lock().1, 1, "one write in all");
+}
+
+/// A store whose watch of other writers' changes notes the thread that set
+/// it up (a `DirStore`'s lists and watches directories).
+#[derive(Debug, Default)]
+struct WatchSetUpOn {
+    inner: MemStore,
+    threads: std::sync::Mutex<Vec<Option<String>>>,
+}
+
+impl Store for WatchSetUpOn {
+    fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        self.inner.get(key)
+    }
+    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
+        self.inner.put(key, value, expect)
+    }
+    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        self.inner.delete(key, expect)
+    }
+    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
+        self.inner.list(prefix, after, limit)
+    }
+    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
+        self.inner.apply(batch)
+    }
+    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
+        self.inner.quarantine(key)
+    }
+    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.threads.lock().unwrap().push(thread);
+        self.inner.changes_by_others(prefix)
+    }
+}
+
+/// Neither a subscription nor a follower sets up the store's watch on the
+/// thread that polls it: the runtime's, or the one that polls the crate's
+/// own loops.
+#[test]
+fn the_store_watch_is_set_up_on_the_pool() {
+    let store = Arc::new(WatchSetUpOn::default());
+    let jobs = AsyncJobState::new(JobState::new(
+        Arc::clone(&store),
+        Arc::new(ManualClock::new(START_MS)),
+    ));
+    current_thread().block_on(async {
+        let job = jobs.create(NewJob::new("export")).await.unwrap();
+        let worker = jobs.start(&job.id, None).await.unwrap();
+        let mut stream = jobs.subscribe(&job.id, 0).await.unwrap();
+        let mut follower = jobs
+            .follow(&job.id, 0, Duration::from_secs(5))
+            .await
+            .unwrap();
+        jobs.complete(&worker, serde_json::json!("ok"))
+            .await
+            .unwrap();
+        while stream.next_event().await.unwrap().is_some() {}
+        while follower.next_event().await.unwrap().is_some() {}
+    });
+    let threads = store.threads.lock().unwrap().clone();
+    assert!(threads.len() >= 2, "{threads:?}");
+    for thread in threads {
+        assert_eq!(thread.as_deref(), Some("jobsafe-pool"));
+    }
 }

@@ -161,6 +161,13 @@ impl Hub {
         self.left.raise();
     }
 
+    /// Whether the task that tells of other writers' changes runs (or is
+    /// being started).
+    #[cfg(feature = "async")]
+    pub(super) fn others_are_watched(&self) -> bool {
+        self.others_watched.load(Ordering::Acquire)
+    }
+
     /// The jobs that have subscribers now.
     fn subscribed_jobs(&self) -> Vec<String> {
         self.subscribers.lock().keys().cloned().collect()

@@ -76,7 +76,13 @@ impl<S: Store + 'static> AsyncSubscription<S> {
         // Registered before the store is read, so that nothing appended in
         // between is missed; duplicates are dropped by sequence number.
         let feed = jobs.hub.add(id, jobs.subscriber_buffer);
-        jobs.watch_others();
+        // Setting up the store's watch may list and watch directories (a
+        // `DirStore`'s): on the pool, not on the thread that polls. Once it
+        // runs, later subscribers find it and go to the pool for nothing.
+        if !jobs.hub.others_are_watched() {
+            let watching = jobs.clone();
+            crate::pool::run(move || watching.watch_others()).await;
+        }
         let mut subscription = AsyncSubscription {
             jobs,
             job_id: id.to_owned(),

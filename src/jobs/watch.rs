@@ -209,7 +209,13 @@ async fn watch<S: Store + 'static>(jobs: JobState<S>) {
     let mut last_read_ms = jobs.clock.now_ms();
     // Other processes' writes, where the store tells of them: read at once
     // rather than at the end of the period.
-    let others = (jobs.records_prefix().ok()).and_then(|p| jobs.store.changes_by_others(&p));
+    // Set up on the pool: it may list and watch directories (a
+    // `DirStore`'s), and this thread polls every loop of the crate.
+    let watching = jobs.clone();
+    let others = crate::pool::run(move || {
+        (watching.records_prefix().ok()).and_then(|p| watching.store.changes_by_others(&p))
+    })
+    .await;
     let mut others_seen = others.as_ref().map_or(0, crate::store::Changes::seen);
     // Set when a follower came: its jobs are read at once.
     let mut read_now = false;
