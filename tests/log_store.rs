@@ -103,6 +103,31 @@ fn a_torn_last_frame_is_dropped_at_every_byte_offset() {
     }
 }
 
+/// Two damaged frames: the later one is not intact, but its header names
+/// this journal and a later sequence number, which no torn write leaves.
+#[test]
+fn a_damaged_frame_before_a_damaged_later_one_is_reported_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let (last_start, last_end) = five_frames(&root);
+    let path = journal_of(&root);
+    let mut bytes = fs::read(&path).unwrap();
+    // A byte in the payload of the frame before the last one, and one in the
+    // last one's.
+    bytes[last_start as usize - 3] ^= 0x40;
+    bytes[last_end as usize - 3] ^= 0x40;
+    fs::write(&path, &bytes).unwrap();
+
+    let err = LogStore::open(&root).unwrap_err();
+    let Error::CorruptFile { reason, .. } = &err else {
+        panic!("expected CorruptFile, got {err:?}");
+    };
+    assert!(reason.contains("damaged in the middle"), "{reason}");
+    assert!(reason.contains(&format!("byte {last_start}")), "{reason}");
+    // Nothing was cut off or rewritten.
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+}
+
 #[test]
 fn a_damaged_frame_before_an_intact_one_is_reported_and_kept() {
     let dir = tempfile::tempdir().unwrap();

@@ -191,12 +191,15 @@ impl<F: VfsFile> Journal<F> {
         Ok(())
     }
 
-    /// Looks past a bad frame at `self.end` for an intact frame that was written
-    /// after it. There is none after a torn write, since a frame is written only
+    /// Looks past a bad frame at `self.end` for a frame that was written after
+    /// it. There is none after a torn write, since a frame is written only
     /// once the one before it is durable; there is one if the bad frame was
-    /// damaged after it was written. Returns the later frame's offset.
-    pub(crate) fn later_intact_frame(&self) -> io::Result<Option<u64>> {
-        later_intact_frame(&*self.file, &self.header, self.end + 1, self.next_seq)
+    /// damaged after it was written. Returns the later frame's offset, and
+    /// whether it is intact: a header naming this journal and a later
+    /// sequence number is evidence enough, even if its own frame is damaged
+    /// too.
+    pub(crate) fn later_frame(&self) -> io::Result<Option<(u64, Later)>> {
+        later_frame(&*self.file, &self.header, self.end + 1, self.next_seq)
     }
 }
 
@@ -330,24 +333,37 @@ fn is_zeros(bytes: &[u8]) -> bool {
     ZEROS.get(..bytes.len()) == Some(bytes)
 }
 
-/// The offset of an intact frame of this journal with a sequence number of at
-/// least `min_seq`, searching every byte offset from `from` on.
+/// What [`Journal::later_frame`] found after a bad frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Later {
+    /// A whole frame that passes its checksum.
+    Intact,
+    /// Only a header naming this journal and a later sequence number; the
+    /// frame itself does not check.
+    Header,
+}
+
+/// The first frame of this journal with a sequence number of at least
+/// `min_seq`, searching every byte offset from `from` on: the first intact
+/// one if there is any, else the first header naming this journal and such
+/// a sequence number.
 ///
 /// Each window of the file is read once, and each place its bytes spell a
 /// frame's magic is checked through a second window: a value full of the
 /// magic costs one check per occurrence, never a read of a window each. A
 /// candidate may not claim more than the file holds: checked before anything
 /// is read for it.
-fn later_intact_frame<F: VfsFile + ?Sized>(
+fn later_frame<F: VfsFile + ?Sized>(
     file: &F,
     header: &FileHeader,
     from: u64,
     min_seq: u64,
-) -> io::Result<Option<u64>> {
+) -> io::Result<Option<(u64, Later)>> {
     const MAGIC: &[u8; 4] = b"JSFR";
     let len = file.size()?;
     let mut window = Window::new(file);
     let mut checker = Window::new(file);
+    let mut first_header = None;
     let mut at = from;
     while at + FRAME_HEADER_LEN as u64 <= len {
         let chunk = window.read(at, READ_WINDOW)?;
@@ -366,45 +382,60 @@ fn later_intact_frame<F: VfsFile + ?Sized>(
             .filter(|(_, w)| *w == MAGIC)
             .map(|(hit, _)| at + hit as u64);
         for candidate in hits {
-            if is_intact_frame(&mut checker, len, header, candidate, min_seq)? {
-                return Ok(Some(candidate));
+            match frame_at(&mut checker, len, header, candidate, min_seq)? {
+                Some(Later::Intact) => return Ok(Some((candidate, Later::Intact))),
+                Some(Later::Header) => {
+                    first_header.get_or_insert(candidate);
+                }
+                None => {}
             }
         }
         // The last bytes are read again: a magic may straddle two windows.
         at += (chunk.len().saturating_sub(MAGIC.len() - 1)).max(1) as u64;
     }
-    Ok(None)
+    Ok(first_header.map(|at| (at, Later::Header)))
 }
 
-/// Whether an intact frame of this journal, with a sequence number of at
-/// least `min_seq`, starts at `candidate` in a file of `len` bytes.
-fn is_intact_frame<F: VfsFile + ?Sized>(
+/// What starts at `candidate`, in a file of `len` bytes: a frame of this
+/// journal with a sequence number of at least `min_seq`, intact or only its
+/// header, or neither.
+fn frame_at<F: VfsFile + ?Sized>(
     window: &mut Window<'_, F>,
     len: u64,
     header: &FileHeader,
     candidate: u64,
     min_seq: u64,
-) -> io::Result<bool> {
+) -> io::Result<Option<Later>> {
     let Ok(header_bytes) =
         <[u8; FRAME_HEADER_LEN]>::try_from(window.read(candidate, FRAME_HEADER_LEN)?)
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let seq = claimed_seq(&header_bytes);
-    if seq < min_seq {
-        return Ok(false);
+    if seq < min_seq || header_bytes[8..16] != header.journal_id.to_le_bytes() {
+        return Ok(None);
     }
+    // The magic and the journal match: a header of this journal, whatever its
+    // length and payload say. Evidence of a frame written after the bad one
+    // only with a later sequence number than the bad frame's own (`min_seq`,
+    // which a torn frame's bytes may repeat).
+    let header_only = (seq > min_seq).then_some(Later::Header);
     let HeaderRead::Frame { payload_len, .. } =
         frame::read_header(&header_bytes, header.journal_id, seq)
     else {
-        return Ok(false);
+        return Ok(header_only);
     };
     let payload_at = candidate + FRAME_HEADER_LEN as u64;
     if payload_at.saturating_add(payload_len as u64) > len {
-        return Ok(false);
+        return Ok(header_only);
     }
     let payload = window.read(payload_at, payload_len)?;
-    Ok(payload.len() == payload_len && check_payload(&header_bytes, payload))
+    let intact = payload.len() == payload_len && check_payload(&header_bytes, payload);
+    Ok(if intact {
+        Some(Later::Intact)
+    } else {
+        header_only
+    })
 }
 
 #[cfg(test)]
@@ -529,7 +560,7 @@ mod tests {
     fn a_torn_value_full_of_frame_magic_is_searched_in_one_pass() {
         let value = b"JSFR".repeat(16 << 10);
         let file = Recorded::of(torn_journal(&value, 100));
-        let later = later_intact_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
+        let later = later_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
         assert_eq!(later.unwrap(), None);
         let read = file.bytes_read.load(Ordering::Relaxed);
         assert!(read <= 3 * file.bytes.len(), "{read} bytes read");
@@ -538,7 +569,7 @@ mod tests {
     /// Regression: a header after a torn frame claiming a payload of a
     /// gigabyte made the search allocate a gigabyte.
     #[test]
-    fn a_later_header_claiming_more_than_the_file_holds_is_not_read() {
+    fn a_later_header_claiming_more_than_the_file_holds_counts_but_is_not_read() {
         let mut bytes = torn_journal(b"value", 4);
         let mut later = [0u8; FRAME_HEADER_LEN];
         later[..4].copy_from_slice(b"JSFR");
@@ -548,8 +579,8 @@ mod tests {
         let at = 4096;
         bytes[at..at + FRAME_HEADER_LEN].copy_from_slice(&later);
         let file = Recorded::of(bytes);
-        let found = later_intact_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
-        assert_eq!(found.unwrap(), None);
+        let found = later_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
+        assert_eq!(found.unwrap(), Some((at as u64, Later::Header)));
         let largest = file.largest_read.load(Ordering::Relaxed);
         assert!(largest <= file.bytes.len(), "a read of {largest} bytes");
     }
@@ -566,7 +597,7 @@ mod tests {
         let at = 300_001;
         bytes[at..at + frame.len()].copy_from_slice(&frame);
         let file = Recorded::of(bytes);
-        let found = later_intact_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
-        assert_eq!(found.unwrap(), Some(at as u64));
+        let found = later_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
+        assert_eq!(found.unwrap(), Some((at as u64, Later::Intact)));
     }
 }

@@ -106,9 +106,10 @@ const FIRST_SEQ: u64 = 1;
 ///   and its checksum covers its length, journal id and sequence number. Opening
 ///   reads frames until the zeros; a frame that does not check (a write torn by
 ///   a crash, never acknowledged) ends the journal, and the next writer zeros
-///   it. A damaged frame *followed by an intact one* cannot be a torn write: it
-///   is reported as [`Error::CorruptFile`] naming the offset, and nothing after
-///   it is dropped or overwritten.
+///   it. A damaged frame *followed by an intact one*, or by the header of a
+///   frame written after it, cannot be a torn write: it is reported as
+///   [`Error::CorruptFile`] naming the offset, and nothing after it is dropped
+///   or overwritten.
 /// - **Processes.** Writers take the `lock` file exclusively, read what other
 ///   processes appended since they last looked, decide every precondition, then
 ///   append: compare-and-set holds across processes. Readers check (without
@@ -214,7 +215,7 @@ const FIRST_SEQ: u64 = 1;
 ///   its version, the place of its value and the index's tree; reopening
 ///   reads the whole journal and checks every frame's checksum.
 /// - Corruption is found per frame, not per record. A damaged frame followed by
-///   intact ones makes [`open`](LogStore::open) (and, in a process that has the
+///   later ones makes [`open`](LogStore::open) (and, in a process that has the
 ///   store open, every write) fail with [`Error::CorruptFile`] naming the byte
 ///   offset, and nothing is truncated: the operator keeps a copy of the journal
 ///   and restores it, or cuts it at that offset to keep the frames before it.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::FIRST_SEQ;
 use super::frame::{self, FileHeader, decode_ops};
 use super::index::{ApplyOp, Index, Loader};
-use super::journal::{Journal, Stop};
+use super::journal::{Journal, Later, Stop};
 use crate::error::steps;
 use crate::error::{Error, IoContext, Result};
 use crate::vfs::{Vfs, VfsFile};
@@ -58,16 +58,26 @@ pub(super) fn load<V: Vfs>(vfs: &V, path: &Path, cache_bytes: usize) -> Result<L
 /// Reads the rest of the file once, so it runs when a journal is loaded (open,
 /// or a reload after a compaction), not on every catch-up.
 fn check_no_frame_after_zeros<F: VfsFile>(journal: &Journal<F>, path: &Path) -> Result<()> {
-    match journal.later_intact_frame().at(steps::SCAN_JOURNAL, path)? {
+    match journal.later_frame().at(steps::SCAN_JOURNAL, path)? {
         None => Ok(()),
-        Some(later) => Err(Error::CorruptFile {
+        Some((later, found)) => Err(Error::CorruptFile {
             path: path.to_path_buf(),
             reason: format!(
-                "the frame at byte {} is zeros, but the frame at byte {later}, written after \
-                 it, is intact: the journal is damaged in the middle",
-                journal.end
+                "the frame at byte {} is zeros, but {}: the journal is damaged in the middle",
+                journal.end,
+                written_after(later, found)
             ),
         }),
+    }
+}
+
+/// What was found written after a bad frame, for the report.
+fn written_after(at: u64, found: Later) -> String {
+    match found {
+        Later::Intact => format!("the frame at byte {at}, written after it, is intact"),
+        Later::Header => {
+            format!("the header at byte {at} names a frame written after it (itself damaged too)")
+        }
     }
 }
 
@@ -126,12 +136,13 @@ pub(super) fn settle_tail<F: VfsFile>(
     if access == Access::Shared {
         return Ok(());
     }
-    if let Some(later) = journal.later_intact_frame().at(steps::SCAN_JOURNAL, path)? {
+    if let Some((later, found)) = journal.later_frame().at(steps::SCAN_JOURNAL, path)? {
         return Err(Error::CorruptFile {
             path: path.to_path_buf(),
             reason: format!(
-                "frame at byte {offset} is damaged ({reason}) but the frame at byte {later}, \
-                 written after it, is intact: the journal is damaged in the middle"
+                "frame at byte {offset} is damaged ({reason}) but {}: the journal is damaged \
+                 in the middle",
+                written_after(later, found)
             ),
         });
     }
