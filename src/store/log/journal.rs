@@ -343,10 +343,10 @@ pub(crate) enum Later {
     Header,
 }
 
-/// The first frame of this journal with a sequence number of at least
-/// `min_seq`, searching every byte offset from `from` on: the first intact
-/// one if there is any, else the first header naming this journal and such
-/// a sequence number.
+/// The first frame of this journal after `from`, searching every byte offset:
+/// the first intact one with a sequence number of at least `min_seq` if there
+/// is any, else the first header naming this journal and a sequence number
+/// above `min_seq` (the bad frame's own, which its bytes may repeat).
 ///
 /// Each window of the file is read once, and each place its bytes spell a
 /// frame's magic is checked through a second window: a value full of the
