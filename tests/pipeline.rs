@@ -2610,6 +2610,39 @@ fn a_shared_file_another_job_of_the_subject_wrote_is_read_as_it_is() {
     );
 }
 
+/// A file far larger than memory (sparse: it costs no disk) fails the read
+/// with an error naming it; allocating its length would abort the process.
+#[test]
+fn a_shared_file_larger_than_memory_fails_the_read_not_the_process() {
+    let root = tempfile::tempdir().unwrap();
+    let (told, read) = mpsc::channel();
+    let pipeline = Pipeline::builder(
+        jobsafe::MemStore::new(),
+        Arc::new(ManualClock::new(START_MS)),
+        root.path(),
+    )
+    .stage("work", move |ctx| {
+        let _ = told.send(ctx.read_shared("input.bin").map(|bytes| bytes.len()));
+        Ok(())
+    })
+    .build()
+    .unwrap();
+    let dir = pipeline.subject_dir("session-1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::fs::File::create(dir.join("input.bin")).unwrap();
+    file.set_len(1 << 42).unwrap();
+    drop(file);
+    let job = pipeline.enqueue("session-1", NewJob::new("k")).unwrap();
+    pipeline.run_job(&job.id).unwrap();
+    let err = read.recv().unwrap().unwrap_err();
+    assert!(err.to_string().contains("input.bin"), "{err}");
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(
+        cause.is_some_and(|cause| cause.contains("more than this process can hold")),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn a_result_over_its_limit_fails_the_job_for_good_naming_the_limit() {
     let over = Job::MAX_RESULT_LEN + 1;

@@ -124,10 +124,11 @@ pub(crate) fn read_recorded<V: Vfs>(
         }));
     }
     let mut hasher = Sha256::new();
-    let mut bytes = Vec::new();
-    if keep {
-        bytes.reserve(usize::try_from(found).unwrap_or(0));
-    }
+    let mut bytes = if keep {
+        buffer_for(found, &path)?
+    } else {
+        Vec::new()
+    };
     let read = read_at_most(&file, artifact.len.saturating_add(1), |chunk| {
         hasher.update(chunk);
         if keep {
@@ -163,10 +164,37 @@ pub(crate) fn read_unrecorded<V: Vfs>(vfs: &V, root: &Path, rel: &Path) -> Resul
         Opened::NotRegular => return Err(crate::store::not_followed(&path, "an artifact")),
     };
     let len = file.size().at(steps::INSPECT_ARTIFACT, &path)?;
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut bytes = buffer_for(len, &path)?;
     read_at_most(&file, len, |chunk| bytes.extend_from_slice(chunk))
         .at(steps::READ_ARTIFACT, &path)?;
     Ok(bytes)
+}
+
+/// Room for the `len` bytes of the file at `path`, or an error naming it if
+/// the memory cannot be had: a file may be of any length (a sparse one costs
+/// no disk), and a failed allocation would abort the process, not fail the
+/// call.
+fn buffer_for(len: u64, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let room = usize::try_from(len)
+        .map_err(|_| ())
+        .and_then(|len| bytes.try_reserve_exact(len).map_err(|_| ()));
+    if room.is_err() {
+        let too_large = io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("the file is {len} bytes long, more than this process can hold in memory"),
+        );
+        return Err(Error::io(steps::READ_ARTIFACT, path, too_large));
+    }
+    Ok(bytes)
+}
+
+/// The room to make at first for a copy that says it is `len` bytes long,
+/// before any of its bytes arrived: at most 64 MiB, so that a length a record
+/// claims costs memory only as the bytes come.
+pub(crate) fn first_capacity(len: u64) -> usize {
+    const AT_MOST: usize = 64 << 20;
+    usize::try_from(len).unwrap_or(AT_MOST).min(AT_MOST)
 }
 
 /// What [`open`] found.

@@ -371,7 +371,7 @@ impl ArtifactStorage for ObjectStoreArtifacts {
             // The body as it arrives: each wait for its next bytes bound,
             // not the whole download, whatever the copy's length.
             let mut body = found.into_stream();
-            let mut bytes = Vec::with_capacity(usize::try_from(recorded.len).unwrap_or(0));
+            let mut bytes = Vec::with_capacity(super::inputs::first_capacity(recorded.len));
             while let Some(chunk) = within(
                 timeout,
                 "fetch artifact body",

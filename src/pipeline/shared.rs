@@ -232,7 +232,7 @@ impl<S: Store> ArtifactStorage for StoreArtifacts<S> {
         if manifest.len != artifact.len || manifest.sha256 != artifact.sha256 {
             return Ok(None);
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(manifest.len).unwrap_or(0));
+        let mut bytes = Vec::with_capacity(super::inputs::first_capacity(manifest.len));
         for index in 0..manifest.chunks {
             let key = self.key(
                 "chunk",
