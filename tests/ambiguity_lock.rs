@@ -182,3 +182,36 @@ fn lock_writes_learn_their_outcome_on_log() {
 fn lock_writes_learn_their_outcome_on_pg() {
     lock_cases(&common::ambiguous_store::on_pg());
 }
+
+/// An acquire whose write landed, its reply lost, read back as its own: the
+/// call returns its guard at once. It read the record again before, and a
+/// failure of that read came out as a plain transient error, though the
+/// lock was held in the caller's name.
+#[test]
+fn an_acquire_read_back_as_its_own_returns_its_guard_without_another_read() {
+    use std::sync::Arc;
+
+    use common::scripted_store::{Act, ScriptedStore};
+    use jobsafe::ManualClock;
+
+    let clock = ManualClock::new(1_000_000);
+    clock.set_auto_advance(true);
+    // 0: the first read, 1: the put (reply lost), 2: the read back (ours),
+    // 3: any read after it fails.
+    let store = Arc::new(ScriptedStore::new(vec![
+        (1, Act::CommitThenFail),
+        (3, Act::Fail),
+    ]));
+    let locks = JobLock::builder(Arc::clone(&store), Arc::new(clock))
+        .resolve_within(RESOLVE_WITHIN)
+        .build()
+        .unwrap();
+    let acquired = locks.acquire(&key("vault"), TTL, &LockRequest::new());
+    let log = store.log.lock().clone();
+    let Ok(Acquire::Acquired(guard)) = acquired else {
+        panic!("{acquired:?}, after {log:?}");
+    };
+    // The first read, the put and the read back: nothing after.
+    assert_eq!(log.len(), 3, "{log:?}");
+    drop(guard);
+}

@@ -463,9 +463,17 @@ impl<S: Store> JobLock<S> {
                         .reread_driven(drive, || self.read_driven(drive, &stored_key))
                         .await;
                     match reread {
-                        // Ours, whatever happened to the reply: decide on it
-                        // as on any record (it is ours, or its lease is over).
-                        Ok(Some((stored, _))) if stored.job_id == attempt.as_str() => continue,
+                        // Ours, whatever happened to the reply: held, unless
+                        // its lease is over already, when the caller decides
+                        // again. Not read once more: a failure of that read
+                        // would hide that the caller holds the lock.
+                        Ok(Some((stored, version))) if stored.job_id == attempt.as_str() => {
+                            let ours = stored.into_record(key.clone(), version);
+                            if !self.is_taken_over_at(&ours, self.clock.now_ms()) {
+                                return Ok(Acquire::Acquired(LockGuard::new(self.clone(), ours)));
+                            }
+                            continue;
+                        }
                         // Not there, or another's: ours did not land, or was
                         // taken over already, and the caller holds nothing.
                         // Deciding and writing again fences the failed write

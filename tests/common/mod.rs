@@ -17,6 +17,7 @@ pub mod power_loss;
 #[cfg(feature = "postgres")]
 pub mod proxy;
 pub mod relay;
+pub mod scripted_store;
 
 use std::fs;
 use std::io;
