@@ -1816,6 +1816,31 @@ fn a_runner_pass_purges_on_its_schedule_and_reports_it() {
     assert_eq!(purged, 1);
 }
 
+/// The purge schedule keeps fields a newer version of the crate wrote when a
+/// pass moves it on, as every other record does.
+#[test]
+fn a_pass_that_purges_keeps_unknown_fields_of_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(jobsafe::MemStore::new());
+    let pipeline = Pipeline::builder(
+        Arc::clone(&store),
+        Arc::new(ManualClock::new(START_MS)),
+        dir.path(),
+    )
+    .stage("only", |_| Ok(()))
+    .purge_every(Duration::from_secs(60))
+    .build()
+    .unwrap();
+    let key = Key::new(["pipeline", "purge"]).unwrap();
+    let written = br#"{"schema":1,"last_ms":0,"added_later":{"x":1}}"#;
+    store.put(&key, written, jobsafe::Expect::Absent).unwrap();
+    assert!(pipeline.run_pass().unwrap().purged.is_some());
+    let after: serde_json::Value =
+        serde_json::from_slice(&store.get(&key).unwrap().unwrap().value).unwrap();
+    assert_eq!(after["last_ms"], START_MS);
+    assert_eq!(after["added_later"], serde_json::json!({"x": 1}), "{after}");
+}
+
 #[test]
 fn invalid_pipelines_and_artifact_names_are_refused() {
     let clock = Arc::new(ManualClock::new(0));

@@ -157,20 +157,22 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         };
         let key = self.key(&["purge"])?;
         let now = self.inner.clock.now_ms();
-        let (last, expect) = match self.inner.store.get(&key)? {
-            None => (None, Expect::Absent),
+        let (last, extra, expect) = match self.inner.store.get(&key)? {
+            None => (None, Extra::new(), Expect::Absent),
             Some(entry) => {
                 let schedule: PurgeSchedule = codec::decode(&key, &entry.value)?;
-                (Some(schedule.last_ms), Expect::Version(entry.version))
+                let version = Expect::Version(entry.version);
+                (Some(schedule.last_ms), schedule.extra, version)
             }
         };
         let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         if last.is_some_and(|last| now < last.saturating_add(every_ms)) {
             return Ok(false);
         }
+        // Fields a newer version of the crate added are kept.
         let schedule = PurgeSchedule {
             last_ms: now,
-            extra: Extra::new(),
+            extra,
         };
         match self
             .inner
