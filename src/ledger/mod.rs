@@ -521,7 +521,13 @@ impl<S: Store> JobLedger<S> {
     /// A concurrent refund of the same reservation in that moment is counted
     /// as this call's too (see "A store failure that may hide success" above):
     /// where crediting twice matters, credit in the same batch with
-    /// [`refund_with`](JobLedger::refund_with). After an
+    /// [`refund_with`](JobLedger::refund_with). So is, for a reservation whose
+    /// TTL has passed, a new reserve of the job id that replaced it, or
+    /// [`purge_expired`](JobLedger::purge_expired) removing it, in that
+    /// moment: the delete cannot be told from them, and the call reports a
+    /// refund that did not happen (with `refund_with`, `effect`'s operations
+    /// did not land either). Refund a reservation before its TTL passes, or
+    /// check the balance after such a refund. After an
     /// [ambiguous](Error::is_ambiguous) error, [`lookup`](JobLedger::lookup)
     /// tells: the reservation still there was not refunded.
     ///
@@ -543,9 +549,12 @@ impl<S: Store> JobLedger<S> {
     ///
     /// A batch that fails in a way that may hide its success is read back as
     /// by [`refund`](JobLedger::refund). The delete and `effect`'s operations
-    /// land together or not at all, so the balance changes exactly once per
+    /// land together or not at all, so the balance changes at most once per
     /// removed reservation whatever the call reports: a batch that did not
-    /// land is decided and written again (calling `effect` again).
+    /// land is decided and written again (calling `effect` again). It changes
+    /// once unless the reservation's TTL had passed and a new reserve or a
+    /// purge removed it in the moment the call could not see (see
+    /// [`refund`](JobLedger::refund)).
     ///
     /// # Errors
     /// As [`refund`](JobLedger::refund) ([`Error::Ambiguous`] included), and
