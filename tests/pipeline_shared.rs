@@ -461,3 +461,73 @@ fn a_damaged_copy_a_storage_hands_out_is_never_used() {
     assert_eq!(script.fetches.load(Ordering::SeqCst), 3);
     assert_eq!(read(&local), Some(page()));
 }
+
+/// A storage whose every store fails once `failing` is set: unreachable.
+#[derive(Debug)]
+struct FailingStore {
+    inner: StoreArtifacts<Arc<dyn Store>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl ArtifactStorage for FailingStore {
+    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::Database {
+                step: "put",
+                server: "test".to_owned(),
+                transient: true,
+                source: "the storage is unreachable".into(),
+            });
+        }
+        self.inner.store(artifact, bytes)
+    }
+
+    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
+        self.inner.fetch(artifact)
+    }
+
+    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
+        self.inner.remove_dir(dir)
+    }
+
+    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
+        self.inner.dirs(top)
+    }
+}
+
+/// A write whose copy to the shared storage fails leaves the local file as
+/// it was: in a subject's directory, another job's verified artifact.
+#[test]
+fn a_write_whose_copy_fails_leaves_the_local_file_as_it_was() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let clock = ManualClock::new(START_MS);
+    let failing = Arc::new(AtomicBool::new(false));
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::builder(Arc::clone(&store), Arc::new(clock), dir.path())
+        .shared_artifacts(FailingStore {
+            inner: StoreArtifacts::new(Arc::clone(&store)),
+            failing: Arc::clone(&failing),
+        })
+        .stage("transcribe", |ctx| {
+            let text = ctx.job().kind.clone();
+            ctx.write_shared("transcript.txt", text.as_bytes())?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let first = pipeline.enqueue("vault-1", NewJob::new("first")).unwrap();
+    let report = pipeline.run_job(&first.id).unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    let transcript = pipeline.subject_dir("vault-1").join("transcript.txt");
+    assert_eq!(read(&transcript), Some(b"first".to_vec()));
+
+    failing.store(true, Ordering::SeqCst);
+    let second = pipeline.enqueue("vault-1", NewJob::new("second")).unwrap();
+    let report = pipeline.run_job(&second.id).unwrap();
+    assert!(
+        matches!(report.outcome, RunOutcome::RetryScheduled { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(read(&transcript), Some(b"first".to_vec()));
+}

@@ -601,9 +601,10 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     /// local directory only: enough when every instance shares it (one
     /// machine, or a shared filesystem).
     ///
-    /// A copy is made as the artifact is written, and the write fails if the
-    /// copy does (the stage then fails, transiently if the storage's error
-    /// is); [`purge`](Pipeline::purge) and [`delete`](Pipeline::delete)
+    /// A copy is made as the artifact is written, before the local file is
+    /// replaced, and the write fails if the copy does, with the local file as
+    /// it was (the stage then fails, transiently if the storage's error is);
+    /// [`purge`](Pipeline::purge) and [`delete`](Pipeline::delete)
     /// remove the copies with the directories (see [`ArtifactStorage`],
     /// [`StoreArtifacts`] for a [`Store`], and `ObjectStoreArtifacts` for
     /// object storage with the feature `object-store`).

@@ -688,22 +688,18 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
 
 impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
     fn write(&self, rel: PathBuf, bytes: &[u8]) -> Result<Artifact> {
-        self.write_local(&rel, bytes)?;
         let artifact = Artifact::of(rel, bytes);
         if let Some(shared) = &self.pipeline.inner.shared {
+            // The copy first: one that fails fails the write with the local
+            // file as it was (another job's verified artifact, in a subject's
+            // directory), and nothing is removed to undo it. Not for a runner
+            // that lost the job meanwhile: the copy would replace the one of
+            // the runner that holds it now.
             let target = self.pipeline.inner.root.join(&artifact.path);
-            // Not for a runner that lost the job meanwhile: the copy would
-            // replace the one of the runner that holds it now. A copy that
-            // fails fails the write, and the file goes too: it counts as not
-            // written.
-            let copied = self
-                .fence(&target)
-                .and_then(|()| shared.store(&artifact, bytes));
-            if let Err(e) = copied {
-                let _ = self.pipeline.inner.writer.vfs().remove_file(&target);
-                return Err(e);
-            }
+            self.fence(&target)?;
+            shared.store(&artifact, bytes)?;
         }
+        self.write_local(&artifact.path, bytes)?;
         Ok(artifact)
     }
 
