@@ -1656,6 +1656,37 @@ fn purge_keeps_the_files_of_a_job_whose_record_cannot_be_read() {
     }
 }
 
+/// A file and a link someone left among the job and subject directories
+/// never stop a purge: among the jobs' they are left alone, among the
+/// subjects' they go as any orphan does, and nothing is followed.
+#[test]
+fn purge_runs_past_files_and_links_among_the_directories() {
+    let h = harness_on(
+        Arc::new(jobsafe::MemStore::new()),
+        None,
+        real_now_ms(),
+        |b| b,
+    );
+    let old = enqueue(&h, "session-1");
+    h.pipeline.run_job(&old).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), b"keep").unwrap();
+    for top in ["jobs", "subjects"] {
+        std::fs::write(h.root.join(top).join("README"), b"notes").unwrap();
+        std::os::unix::fs::symlink(outside.path(), h.root.join(top).join("elsewhere")).unwrap();
+    }
+    h.clock.advance(Duration::from_secs(8 * 86_400));
+    for round in ["first", "second"] {
+        let report = h.pipeline.purge().unwrap();
+        if round == "first" {
+            assert_eq!(report.jobs.complete, 1, "{report:?}");
+        }
+        assert!(h.root.join("jobs/README").exists(), "{round} purge");
+        assert!(h.root.join("jobs/elsewhere").exists(), "{round} purge");
+    }
+    assert!(outside.path().join("precious").exists());
+}
+
 #[test]
 fn purge_removes_a_subjects_shared_files_once_no_job_of_it_remains() {
     let h = mem_harness();

@@ -355,7 +355,15 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         for top in [paths::JOBS_DIR, paths::SUBJECTS_DIR] {
             let top = inner.root.join(top);
             for name in list_dir(inner.writer.vfs(), &top)? {
-                report.temp_files += self.sweep(&top.join(name), policy.temp_files_older_than)?;
+                let dir = top.join(name);
+                match self.sweep(&dir, policy.temp_files_older_than) {
+                    Ok(swept) => report.temp_files += swept,
+                    // A file or a link someone left among the directories is
+                    // not the pipeline's: left alone, and no reason to stop
+                    // every purge from then on.
+                    Err(e) if e.is_corrupt() => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         report.temp_files += inner
