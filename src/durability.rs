@@ -23,6 +23,9 @@ pub enum Durability {
     ///
     /// Creating a store is flushed all the same (its format marker, its first
     /// journal, its directories: once, and rare): a power loss may lose writes,
-    /// never the store, which opens again.
+    /// never the store, which opens again. A `DirStore` batch's journal that a
+    /// power loss left empty or cut short is removed by the next open or
+    /// writer of the store with this setting, its batch lost (a store opened
+    /// with [`Full`](Durability::Full) reports it as damage instead).
     AtomicOnly,
 }
