@@ -1131,3 +1131,38 @@ fn a_record_reached_through_a_planted_directory_symlink_is_never_read() -> TestR
     assert_eq!(fs::read(&outside_record)?, before);
     Ok(())
 }
+
+/// A `DirStore` or a `LogStore` created below a symlinked directory (the
+/// user's path, above the root: `/var/run`, say) is created in the directory
+/// the link names; only links inside the root are refused.
+#[test]
+fn stores_are_created_below_a_symlinked_directory() -> TestResult {
+    use jobsafe::vfs::Vfs;
+
+    let dir = tempdir()?;
+    let real = dir.path().join("real");
+    fs::create_dir(&real)?;
+    let link = dir.path().join("link");
+    symlink(&real, &link)?;
+
+    StdVfs.create_dir_all_durable(&link.join("a/b"))?;
+    assert!(real.join("a/b").is_dir());
+    let key = Key::new(["jobs", "a"])?;
+    let store = DirStore::builder(link.join("dir-store"))
+        .create(true)
+        .open()?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let log = LogStore::builder(link.join("log-store"))
+        .create(true)
+        .open()?;
+    log.put(&key, b"1", Expect::Absent)?;
+    assert!(real.join("dir-store").is_dir() && real.join("log-store").is_dir());
+    // A link to nothing is still no directory.
+    let dangling = dir.path().join("dangling");
+    symlink(dir.path().join("missing"), &dangling)?;
+    let err = StdVfs
+        .create_dir_all_durable(&dangling.join("a"))
+        .unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    Ok(())
+}

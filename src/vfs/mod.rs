@@ -206,6 +206,11 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
     /// creating the next, so only the last one's entry can still be pending.
     /// Directories that existed before any such call are the caller's.
     ///
+    /// The first directory found existing may be a symlink to a directory
+    /// (`/var/run`, a data disk mounted elsewhere): it is followed, as
+    /// `std::fs::create_dir_all` does. The directories the call creates are
+    /// real ones.
+    ///
     /// Cost: one directory flush per directory created, plus one. A call on a
     /// directory that exists costs one flush of its parent.
     fn create_dir_all_durable(&self, path: &Path) -> io::Result<()> {
@@ -215,6 +220,7 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
         let found = loop {
             match self.metadata(at) {
                 Ok(info) if info.kind == FileKind::Dir => break Some(at),
+                Ok(_) if resolves_to_dir(self, at)? => break Some(at),
                 Ok(_) => return Err(not_a_directory(at)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -247,6 +253,16 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `path`, found to be no directory itself, is a symlink to one.
+fn resolves_to_dir<V: Vfs + ?Sized>(vfs: &V, path: &Path) -> io::Result<bool> {
+    match vfs.canonicalize(path) {
+        Ok(real) => Ok(vfs.metadata(&real)?.kind == FileKind::Dir),
+        // A link to nothing.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
