@@ -1371,6 +1371,29 @@ fn leftover(dir: &Path, target: &str, age_ms: u64) -> PathBuf {
     temp
 }
 
+/// A command that only reads removes nothing: a `DirStore`'s old temp files,
+/// which an open would sweep, stay for `sweep` to ask about.
+#[test]
+fn a_reading_command_leaves_a_dir_stores_temp_files() {
+    let fx = Fixture::empty(Backend::Dir);
+    let store = DirStore::builder(&fx.root)
+        .sweep_at_open(None)
+        .open()
+        .unwrap();
+    // A record of the application's own, beside which a writer died.
+    let key = Key::new(["app", "settings"]).unwrap();
+    store.put(&key, b"{}", Expect::Absent).unwrap();
+    let record_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    drop(store);
+    let stale = leftover(&record_dir, "settings.rec", 2 * DAY);
+    fx.run(&["locks", "list"]).expect(OK);
+    assert!(
+        stale.exists(),
+        "a reading command removed {}",
+        stale.display()
+    );
+}
+
 #[test]
 fn sweep_lists_asks_and_removes_only_stale_temp_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -107,8 +107,13 @@ impl StoreUrl {
             StoreUrl::Dir(path) => {
                 missing_dir(path)?;
                 Arc::new(
+                    // No sweep at open: the tool removes nothing unasked (its
+                    // `sweep` command asks). A batch left pending is still
+                    // completed, as every open of the store does: it was
+                    // durable, and the store reads it as applied.
                     DirStore::builder(path)
                         .create(false)
+                        .sweep_at_open(None)
                         .open()
                         .map_err(|e| Failure::library(format!("open store {name}"), &e))?,
                 )

@@ -85,8 +85,9 @@ use crate::vfs::{FileKind, KnownDurable, StdVfs, Vfs};
 /// pending (completing it would be a write): they return `Poisoned` too.
 /// Directories are created with mode `0o700` and files with `0o600`, whatever
 /// the umask. A symlink (or a file) found where a directory of the store belongs
-/// is [`Error::CorruptFile`] naming it: reads, puts, deletes, quarantines and
-/// listings never follow it out of the store (a sweep skips it).
+/// is never followed out of the store: puts, quarantines and listings report
+/// it as [`Error::CorruptFile`] naming it, a sweep skips it, and a get or a
+/// delete of a key below it finds no record there (absent, or `false`).
 ///
 /// Reads are as careful as writes. The store reads only regular files of its
 /// own, opened without following a symlink and without waiting
