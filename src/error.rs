@@ -333,6 +333,10 @@ pub enum Error {
     /// [`JobState::start_attempt`](crate::JobState::start_attempt), a
     /// [`NewJob::attempt`](crate::jobs::NewJob::attempt)): it is recognised as
     /// the same call, and returns what the first one did if it landed.
+    /// A call that takes no attempt (a lock's renew or release, a ledger's
+    /// confirm, cancel or refund) is safe to repeat as it was: it reads what
+    /// is stored and does only what is left to do; the id it carries names
+    /// the lost write, for logs, and is not for reuse.
     /// Transient: the store may answer later.
     #[error(
         "{operation} on {key} may or may not have taken effect (attempt {attempt}): \

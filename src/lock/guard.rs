@@ -155,6 +155,11 @@ impl<S: Store> LockGuard<S> {
 
     /// How long the lease has left by the lock's clock, minus the skew margin:
     /// stop protected work when this reaches zero and the lease was not renewed.
+    ///
+    /// Read from the clock alone, not the store: after the clock jumped
+    /// forward (and another took the lock over) and back, it shows time left
+    /// though the lock is another's. A renewal tells for sure, and writes
+    /// fenced by [`token`](LockGuard::token) are refused all the same.
     pub fn remaining(&self) -> Duration {
         let now = self.lock.clock.now_ms();
         let end = self.record.expires_ms.saturating_sub(self.lock.skew_ms);

@@ -87,7 +87,12 @@ const FIRST_BACKOFF_MS: u64 = 20;
 /// Time comes from the injected [`Clock`](crate::Clock). A lease ends exactly at
 /// its expiry time, plus the [`skew_margin`](JobLockBuilder::skew_margin) when holders on
 /// other machines read other clocks. A clock that jumps forward ends leases early
-/// (fencing keeps that safe); one that jumps back makes them last longer.
+/// (fencing keeps that safe); one that jumps back makes them last longer. A
+/// holder's [`LockGuard::remaining`] is read from the clock alone: after a jump
+/// forward that let another take the lock over, and one back, the old guard
+/// shows time left too. What keeps two holders apart is the store: the old
+/// guard's renewals and releases are refused, and so is every write fenced by
+/// its token.
 ///
 /// # Dead holders
 ///
