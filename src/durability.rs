@@ -22,10 +22,14 @@ pub enum Durability {
     /// measure everything but the disk.
     ///
     /// Creating a store is flushed all the same (its format marker, its first
-    /// journal, its directories: once, and rare): a power loss may lose writes,
-    /// never the store, which opens again. A `DirStore` batch's journal that a
-    /// power loss left empty or cut short is removed by the next open or
-    /// writer of the store with this setting, its batch lost (a store opened
-    /// with [`Full`](Durability::Full) reports it as damage instead).
+    /// journal, its directories: once, and rare), so a power loss never loses
+    /// the store itself. It can leave it needing a hand before it opens again,
+    /// though: what was written unflushed may land out of order, and a store
+    /// cannot tell that from damage. A `DirStore` batch journal left empty or
+    /// cut short, or a `LogStore` frame lost before a later one that landed,
+    /// is reported by the next open as [`Error::CorruptFile`](crate::Error)
+    /// naming the file (and the offset); remove the batch journal, or cut the
+    /// journal at that offset, and the store opens with the writes before
+    /// it.
     AtomicOnly,
 }

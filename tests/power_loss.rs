@@ -949,11 +949,6 @@ fn relaxed_creation_run(vfs: &SimVfs, rec: &Recorder) {
     rec.ack(start, vec![(DIR_CREATED, Effect::Absent)]);
     log.put(&key("r/1"), b"relaxed", Expect::Absent).unwrap();
     dir.put(&key("r/1"), b"relaxed", Expect::Absent).unwrap();
-    // A batch goes through a journal, which is not flushed either.
-    let batch = Batch::new()
-        .put(&key("r/2"), b"batched".to_vec(), Expect::Absent)
-        .put(&key("r/3"), b"batched".to_vec(), Expect::Absent);
-    dir.apply(&batch).unwrap();
 }
 
 /// Each store opens (without being created again once its creation returned)

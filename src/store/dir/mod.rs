@@ -476,25 +476,7 @@ impl<V: Vfs> DirStore<V> {
             return Ok(());
         };
         self.check_writable()?;
-        let changes = match journal::decode(&path, &bytes) {
-            Ok(changes) => changes,
-            // Unflushed, a journal's name can outlive a power loss with none
-            // or part of its bytes (see `Durability::AtomicOnly`): its batch
-            // is lost, as any unflushed write may be, and the journal goes so
-            // that the store opens again. Flushed, it is whole unless the
-            // disk damaged it: reported.
-            Err(e)
-                if e.is_corrupt() && self.writer().durability_level() == Durability::AtomicOnly =>
-            {
-                crate::trace::report!(
-                    warn,
-                    path = %path.display(),
-                    "an undecodable batch journal of a store without flushes removed"
-                );
-                return self.watch(self.remove_journal(&path));
-            }
-            Err(e) => return Err(e),
-        };
+        let changes = journal::decode(&path, &bytes)?;
         // Another writer's batch (or this handle's, cut off): its changes
         // are told to this handle's watchers as another's would be.
         self.watch(self.apply_changes(&changes, Origin::Recovered))?;
