@@ -356,14 +356,16 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             let top = inner.root.join(top);
             for name in list_dir(inner.writer.vfs(), &top)? {
                 let dir = top.join(name);
-                match self.sweep(&dir, policy.temp_files_older_than) {
-                    Ok(swept) => report.temp_files += swept,
-                    // A file or a link someone left among the directories is
-                    // not the pipeline's: left alone, and no reason to stop
-                    // every purge from then on.
-                    Err(e) if e.is_corrupt() => {}
-                    Err(e) => return Err(e),
+                // A file or a link someone left among the directories is not
+                // the pipeline's: left alone, and no reason to stop every
+                // purge from then on. (What is wrong inside a directory is
+                // still reported.)
+                match inner.writer.vfs().metadata(&dir) {
+                    Ok(info) if info.kind != FileKind::Dir => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    _ => {}
                 }
+                report.temp_files += self.sweep(&dir, policy.temp_files_older_than)?;
             }
         }
         report.temp_files += inner

@@ -171,9 +171,11 @@ pub(crate) fn read_unrecorded<V: Vfs>(vfs: &V, root: &Path, rel: &Path) -> Resul
 }
 
 /// Room for the `len` bytes of the file at `path`, or an error naming it if
-/// the memory cannot be had: a file may be of any length (a sparse one costs
+/// the allocator refuses it: a file may be of any length (a sparse one costs
 /// no disk), and a failed allocation would abort the process, not fail the
-/// call.
+/// call. Permanent (`FileTooLarge`): the file will not fit on a retry either.
+/// Where the system promises memory it does not have (overcommit), a file
+/// just under what it promises is still read until the system runs out.
 fn buffer_for(len: u64, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     let room = usize::try_from(len)
@@ -181,7 +183,7 @@ fn buffer_for(len: u64, path: &Path) -> Result<Vec<u8>> {
         .and_then(|len| bytes.try_reserve_exact(len).map_err(|_| ()));
     if room.is_err() {
         let too_large = io::Error::new(
-            io::ErrorKind::OutOfMemory,
+            io::ErrorKind::FileTooLarge,
             format!("the file is {len} bytes long, more than this process can hold in memory"),
         );
         return Err(Error::io(steps::READ_ARTIFACT, path, too_large));

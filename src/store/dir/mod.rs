@@ -86,8 +86,10 @@ use crate::vfs::{FileKind, KnownDurable, StdVfs, Vfs};
 /// Directories are created with mode `0o700` and files with `0o600`, whatever
 /// the umask. A symlink (or a file) found where a directory of the store belongs
 /// is never followed out of the store: puts, quarantines and listings report
-/// it as [`Error::CorruptFile`] naming it, a sweep skips it, and a get or a
-/// delete of a key below it finds no record there (absent, or `false`).
+/// it as [`Error::CorruptFile`] naming it, and so do a get or a delete that
+/// find a record through it; a get or a delete of a key below a file or a
+/// link to nothing finds no record there (absent, or `false`); a sweep skips
+/// it.
 ///
 /// Reads are as careful as writes. The store reads only regular files of its
 /// own, opened without following a symlink and without waiting
