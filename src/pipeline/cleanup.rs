@@ -602,37 +602,11 @@ fn remove_dir_all<V: Vfs>(vfs: &V, root: &Path, dir: &Path) -> Result<usize> {
     Ok(1)
 }
 
-/// Removes the tree at `dir`, depth first; `false` if it was not there.
-/// Entries that vanish meanwhile (another purge) are not errors.
+/// Removes the tree at `dir`, depth first, never following a link in it
+/// (see [`Vfs::remove_tree`]); `false` if it was not there.
 fn remove_tree<V: Vfs>(vfs: &V, dir: &Path) -> Result<bool> {
-    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
-    let names = match vfs.read_dir(dir) {
-        Ok(names) => names,
-        Err(e) if gone(&e) => return Ok(false),
-        Err(e) => return Err(Error::io(steps::READ_DIRECTORY, dir, e)),
-    };
-    for name in names {
-        let path = dir.join(name);
-        let info = match vfs.metadata(&path) {
-            Ok(info) => info,
-            Err(e) if gone(&e) => continue,
-            Err(e) => return Err(Error::io(steps::STAT, path, e)),
-        };
-        if info.kind == FileKind::Dir {
-            remove_tree(vfs, &path)?;
-        } else {
-            match vfs.remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if gone(&e) => {}
-                Err(e) => return Err(Error::io(steps::REMOVE_FILE, path, e)),
-            }
-        }
-    }
-    match vfs.remove_dir(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if gone(&e) => Ok(true),
-        Err(e) => Err(Error::io(steps::REMOVE_DIRECTORY, dir, e)),
-    }
+    vfs.remove_tree(dir)
+        .map_err(|e| Error::io(steps::REMOVE_DIRECTORY, dir, e))
 }
 
 /// The directory of job `id`, relative to the artifact root.

@@ -184,6 +184,21 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
         Ok(buf)
     }
 
+    /// Removes the directory `path` and everything in it, depth first, never
+    /// following a symlink: one inside is removed itself, as a file is.
+    /// `false` if nothing was there. Entries that vanish meanwhile (another
+    /// remover) are not errors.
+    ///
+    /// The default walks by path, through this trait's other methods, so
+    /// that a wrapper's faults and counts apply to each step. [`StdVfs`]
+    /// walks by directory descriptor on Linux (`openat` with `O_NOFOLLOW`,
+    /// `unlinkat`): a directory swapped for a symlink while it runs is never
+    /// followed out of the tree, and one found in `path`'s place is removed
+    /// itself.
+    fn remove_tree(&self, path: &Path) -> io::Result<bool> {
+        remove_tree_by_path(self, path)
+    }
+
     /// Creates a directory and its missing parents, and makes it durable: once
     /// this returns, `path` and every directory the call created survive a power
     /// loss.
@@ -253,6 +268,41 @@ pub trait Vfs: Send + Sync + fmt::Debug + 'static {
             }
         }
         Ok(())
+    }
+}
+
+/// [`Vfs::remove_tree`] by path: `path` is taken to be a directory, and each
+/// entry is looked at without following links before it is removed.
+fn remove_tree_by_path<V: Vfs + ?Sized>(vfs: &V, path: &Path) -> io::Result<bool> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let naming =
+        |at: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", at.display()));
+    let names = match vfs.read_dir(path) {
+        Ok(names) => names,
+        Err(e) if gone(&e) => return Ok(false),
+        Err(e) => return Err(naming(path, e)),
+    };
+    for name in names {
+        let entry = path.join(name);
+        let kind = match vfs.metadata(&entry) {
+            Ok(info) => info.kind,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(naming(&entry, e)),
+        };
+        if kind == FileKind::Dir {
+            remove_tree_by_path(vfs, &entry)?;
+        } else {
+            match vfs.remove_file(&entry) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(naming(&entry, e)),
+            }
+        }
+    }
+    match vfs.remove_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if gone(&e) => Ok(true),
+        Err(e) => Err(naming(path, e)),
     }
 }
 

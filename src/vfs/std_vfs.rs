@@ -120,6 +120,78 @@ impl Vfs for StdVfs {
         }
         Ok(fs::symlink_metadata(path)?.ino())
     }
+
+    #[cfg(target_os = "linux")]
+    fn remove_tree(&self, path: &Path) -> io::Result<bool> {
+        use rustix::fs::{Mode, OFlags};
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            // `/`, `..` or empty: nothing this removes by name.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} names no entry of a directory", path.display()),
+            ));
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let parent = match rustix::fs::open(parent, flags, Mode::empty()) {
+            Ok(parent) => parent,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        remove_at(&parent, Path::new(name))
+    }
+}
+
+/// Removes the entry `name` of the directory `parent`: a directory with
+/// everything in it, reached only through descriptors opened without
+/// following a link, or anything else by itself. `false` if it was not there.
+#[cfg(target_os = "linux")]
+fn remove_at<P: rustix::path::Arg + Copy>(
+    parent: &std::os::fd::OwnedFd,
+    name: P,
+) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    use rustix::io::Errno;
+    let flags =
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let dir = match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+        Ok(dir) => dir,
+        Err(Errno::NOENT) => return Ok(false),
+        // A symlink, a file or anything but a directory: removed itself.
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            return match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(true),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let entry_name = entry.file_name();
+        if entry_name != c"." && entry_name != c".." {
+            names.push(entry_name.to_owned());
+        }
+    }
+    for entry_name in &names {
+        match rustix::fs::unlinkat(&dir, entry_name.as_c_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            // A directory (Linux says `EISDIR`, POSIX allows `EPERM`).
+            Err(Errno::ISDIR | Errno::PERM) => {
+                remove_at(&dir, entry_name.as_c_str())?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `statx` of `path` (relative to `dirfd`; empty for `dirfd` itself) asking for
@@ -409,5 +481,55 @@ mod tests {
         let created = dir.path().join("created");
         assert!(StdVfs.open_or_create(&created, 0o600).is_ok());
         assert!(StdVfs.open_or_create(&created, 0o600).is_ok());
+    }
+
+    /// A tree with files, empty directories and links inside, with a
+    /// directory outside that the links name.
+    fn tree_beside_outside() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("deep")).unwrap();
+        fs::write(outside.join("deep/precious"), b"keep").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("a/b/empty")).unwrap();
+        fs::write(tree.join("a/b/file"), b"x").unwrap();
+        fs::write(tree.join("top"), b"y").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/to-outside")).unwrap();
+        std::os::unix::fs::symlink(outside.join("deep/precious"), tree.join("to-file")).unwrap();
+        (dir, tree, outside)
+    }
+
+    #[test]
+    fn remove_tree_removes_everything_below_and_never_what_a_link_names() {
+        let (_dir, tree, outside) = tree_beside_outside();
+        assert!(StdVfs.remove_tree(&tree).unwrap());
+        assert!(!tree.exists() && fs::symlink_metadata(&tree).is_err());
+        assert_eq!(fs::read(outside.join("deep/precious")).unwrap(), b"keep");
+        assert!(
+            !StdVfs.remove_tree(&tree).unwrap(),
+            "nothing left to remove"
+        );
+    }
+
+    /// What a directory swapped for a link while a walk by path runs would
+    /// make it follow: a link in the tree's own place. Removed itself, never
+    /// walked through.
+    #[test]
+    fn remove_tree_of_a_link_removes_the_link_only() {
+        let (dir, _tree, outside) = tree_beside_outside();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        assert!(StdVfs.remove_tree(&link).unwrap());
+        assert!(fs::symlink_metadata(&link).is_err());
+        assert_eq!(fs::read(outside.join("deep/precious")).unwrap(), b"keep");
+    }
+
+    /// The walk by path, which wrappers get, removes the same.
+    #[test]
+    fn remove_tree_by_path_removes_the_same_tree() {
+        let (_dir, tree, outside) = tree_beside_outside();
+        assert!(super::super::remove_tree_by_path(&StdVfs, &tree).unwrap());
+        assert!(!tree.exists());
+        assert_eq!(fs::read(outside.join("deep/precious")).unwrap(), b"keep");
     }
 }
