@@ -254,7 +254,7 @@ fn a_store_written_by_0_1_is_read_written_and_compacted() {
 }
 
 /// A handle whose journal another handle compacted reloads it, by the path
-/// that frees an index this large on a thread of its own (the thread itself
+/// that frees an index this large on a thread of the pool (the thread itself
 /// is not observed here): the handle serves the new journal's records, and
 /// its writes land in it.
 #[test]

@@ -336,8 +336,8 @@ impl StoredReservation {
         self
     }
 
-    /// The reservation as [`to_reservation`](Self::to_reservation) makes it,
-    /// its fields moved rather than copied.
+    /// The reservation this record stores, of (`account`, `job_id`) at
+    /// `version`, its fields moved into it.
     pub(super) fn into_reservation(
         self,
         account: &str,
@@ -358,24 +358,14 @@ impl StoredReservation {
         }
     }
 
+    /// As [`into_reservation`](Self::into_reservation), the record kept.
     pub(super) fn to_reservation(
         &self,
         account: &str,
         job_id: &str,
         version: Version,
     ) -> Reservation {
-        Reservation {
-            account: account.to_owned(),
-            job_id: job_id.to_owned(),
-            id: self.id.clone(),
-            fingerprint: self.fingerprint.clone(),
-            metadata: self.metadata.clone(),
-            charged_ms: self.charged_ms,
-            expires_ms: self.expires_ms,
-            state: self.state,
-            version,
-            attempt: self.attempt.clone(),
-        }
+        self.clone().into_reservation(account, job_id, version)
     }
 }
 

@@ -1212,23 +1212,18 @@ impl<V: Vfs> LogStore<V> {
     }
 }
 
-/// Frees `index` on a thread of its own, so that the caller, who holds the
-/// store's locks, does not make every reader and writer wait while a large
-/// tree is freed; inline if no thread can be had. The index holds its
-/// journal file open until then, which nothing else needs any more.
+/// Frees `index` on a thread of the crate's pool, so that the caller, who
+/// holds the store's locks, does not make every reader and writer wait while
+/// a large tree is freed. The index holds its journal file open until then,
+/// which nothing else needs any more.
 fn free_elsewhere<F: VfsFile + 'static>(index: Index<F>) {
-    if index.len() < FREE_ELSEWHERE_FROM {
-        return;
+    if index.len() >= FREE_ELSEWHERE_FROM {
+        crate::pool::detach(move || drop(index));
     }
-    let spawned = std::thread::Builder::new()
-        .name("jobsafe-free".to_owned())
-        .spawn(move || drop(index));
-    // A spawn that failed dropped the closure, and the index with it.
-    drop(spawned);
 }
 
-/// Records below which an index is freed where it is replaced: a thread
-/// costs more than freeing a small tree.
+/// Records below which an index is freed where it is replaced: handing it to
+/// the pool costs more than freeing a small tree.
 const FREE_ELSEWHERE_FROM: usize = 1 << 16;
 
 /// What a quarantined record's `.key` file holds: the key's segments as a JSON
