@@ -722,12 +722,14 @@ fn an_async_stage_runs_inside_the_callers_runtime() {
 }
 
 /// A store that counts its calls, and those made where a tokio runtime is
-/// current.
+/// current, and notes the thread that set up each watch of other writers'
+/// changes (a `DirStore`'s lists and watches directories).
 #[derive(Debug, Default)]
 struct RuntimeSeen {
     inner: MemStore,
     calls: std::sync::atomic::AtomicUsize,
     in_runtime: std::sync::atomic::AtomicUsize,
+    watches_set_up_on: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 impl RuntimeSeen {
@@ -764,6 +766,11 @@ impl Store for RuntimeSeen {
     fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
         self.seen();
         self.inner.quarantine(key)
+    }
+    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.watches_set_up_on.lock().unwrap().push(thread);
+        self.inner.changes_by_others(prefix)
     }
 }
 
@@ -1386,46 +1393,12 @@ fn a_reserve_dropped_during_its_write_is_found_again_by_its_attempt() {
     assert_eq!(state.lock().1, 1, "one write in all");
 }
 
-/// A store whose watch of other writers' changes notes the thread that set
-/// it up (a `DirStore`'s lists and watches directories).
-#[derive(Debug, Default)]
-struct WatchSetUpOn {
-    inner: MemStore,
-    threads: std::sync::Mutex<Vec<Option<String>>>,
-}
-
-impl Store for WatchSetUpOn {
-    fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key)
-    }
-    fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-        self.inner.put(key, value, expect)
-    }
-    fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-        self.inner.delete(key, expect)
-    }
-    fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-        self.inner.list(prefix, after, limit)
-    }
-    fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-        self.inner.apply(batch)
-    }
-    fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-        self.inner.quarantine(key)
-    }
-    fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
-        let thread = std::thread::current().name().map(str::to_owned);
-        self.threads.lock().unwrap().push(thread);
-        self.inner.changes_by_others(prefix)
-    }
-}
-
 /// Neither a subscription nor a follower sets up the store's watch on the
 /// thread that polls it: the runtime's, or the one that polls the crate's
 /// own loops.
 #[test]
 fn the_store_watch_is_set_up_on_the_pool() {
-    let store = Arc::new(WatchSetUpOn::default());
+    let store = Arc::new(RuntimeSeen::default());
     let jobs = AsyncJobState::new(JobState::new(
         Arc::clone(&store),
         Arc::new(ManualClock::new(START_MS)),
@@ -1444,7 +1417,7 @@ fn the_store_watch_is_set_up_on_the_pool() {
         while stream.next_event().await.unwrap().is_some() {}
         while follower.next_event().await.unwrap().is_some() {}
     });
-    let threads = store.threads.lock().unwrap().clone();
+    let threads = store.watches_set_up_on.lock().unwrap().clone();
     assert!(threads.len() >= 2, "{threads:?}");
     for thread in threads {
         assert_eq!(thread.as_deref(), Some("jobsafe-pool"));

@@ -53,7 +53,7 @@ fn machine(
     clock: &ManualClock,
     script: &Arc<Script>,
     shared: bool,
-    storage: Option<Box<dyn ArtifactStorage>>,
+    storage: Option<FaultyStorage>,
 ) -> Machine {
     let dir = tempfile::tempdir().unwrap();
     let (fetch, render) = (Arc::clone(script), Arc::clone(script));
@@ -84,7 +84,7 @@ fn machine(
         builder = builder.shared_artifacts(StoreArtifacts::new(Arc::clone(store)));
     }
     if let Some(storage) = storage {
-        builder = builder.shared_artifacts(Shared(storage));
+        builder = builder.shared_artifacts(storage);
     }
     Machine {
         pipeline: builder.build().unwrap(),
@@ -342,30 +342,73 @@ fn pg_a_job_taken_over_on_another_machine_skips_the_stages_that_finished() {
     takes_over(Arc::new(schemas.store()));
 }
 
-/// A storage whose copies are stored, but cannot be fetched: unreachable.
-#[derive(Debug)]
-struct FailingFetch(StoreArtifacts<Arc<dyn Store>>);
+/// What [`FaultyStorage::fetch`] hands out.
+#[derive(Clone, Copy, Debug)]
+enum Fetch {
+    /// The copy as stored.
+    AsStored,
+    /// An error: the storage is unreachable.
+    Fails,
+    /// The copy with a bit flipped, of the recorded length, as if it were
+    /// the recorded one: what the trait allows a storage to do.
+    Damaged,
+}
 
-impl ArtifactStorage for FailingFetch {
+/// Copies kept in the store, fetched as `fetch` says, and stored only
+/// while `store_fails` is not set (an unreachable storage otherwise).
+#[derive(Debug)]
+struct FaultyStorage {
+    inner: StoreArtifacts<Arc<dyn Store>>,
+    fetch: Fetch,
+    store_fails: Arc<AtomicBool>,
+}
+
+impl FaultyStorage {
+    fn new(store: &Arc<dyn Store>, fetch: Fetch) -> Self {
+        FaultyStorage {
+            inner: StoreArtifacts::new(Arc::clone(store)),
+            fetch,
+            store_fails: Arc::default(),
+        }
+    }
+}
+
+fn unreachable_storage(step: &'static str) -> Error {
+    Error::Database {
+        step,
+        server: "test".to_owned(),
+        transient: true,
+        source: "the storage is unreachable".into(),
+    }
+}
+
+impl ArtifactStorage for FaultyStorage {
     fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
-        self.0.store(artifact, bytes)
+        if self.store_fails.load(Ordering::SeqCst) {
+            return Err(unreachable_storage("put"));
+        }
+        self.inner.store(artifact, bytes)
     }
 
-    fn fetch(&self, _: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
-        Err(Error::Database {
-            step: "get",
-            server: "test".to_owned(),
-            transient: true,
-            source: "the storage is unreachable".into(),
-        })
+    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
+        match self.fetch {
+            Fetch::AsStored => self.inner.fetch(artifact),
+            Fetch::Fails => Err(unreachable_storage("get")),
+            Fetch::Damaged => Ok(self.inner.fetch(artifact)?.map(|mut bytes| {
+                if let Some(byte) = bytes.last_mut() {
+                    *byte ^= 1;
+                }
+                bytes
+            })),
+        }
     }
 
     fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
-        self.0.remove_dir(dir)
+        self.inner.remove_dir(dir)
     }
 
     fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
-        self.0.dirs(top)
+        self.inner.dirs(top)
     }
 }
 
@@ -375,63 +418,13 @@ fn a_copy_that_cannot_be_fetched_makes_the_stage_run_again() {
     let clock = ManualClock::new(START_MS);
     let script = Arc::new(Script::default());
     let a = machine(&store, &clock, &script, true, None);
-    let failing = FailingFetch(StoreArtifacts::new(Arc::clone(&store)));
-    let b = machine(&store, &clock, &script, false, Some(Box::new(failing)));
+    let failing = FaultyStorage::new(&store, Fetch::Fails);
+    let b = machine(&store, &clock, &script, false, Some(failing));
     started_on(&a, &clock, &script);
     // Not stuck on the fetch: the stage runs again, as without a copy.
     let pass = b.pipeline.run_pass().unwrap();
     assert_eq!(pass.runs[0].outcome, RunOutcome::Completed);
     assert_eq!(script.fetches.load(Ordering::SeqCst), 2);
-}
-
-/// A storage passed to the pipeline as a box: any of the test's storages.
-#[derive(Debug)]
-struct Shared(Box<dyn ArtifactStorage>);
-
-impl ArtifactStorage for Shared {
-    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
-        self.0.store(artifact, bytes)
-    }
-
-    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
-        self.0.fetch(artifact)
-    }
-
-    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
-        self.0.remove_dir(dir)
-    }
-
-    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
-        self.0.dirs(top)
-    }
-}
-
-/// A storage that hands out a damaged copy, of the recorded length, as if
-/// it were the recorded one: what the trait allows a storage to do.
-#[derive(Debug)]
-struct DamagingFetch(StoreArtifacts<Arc<dyn Store>>);
-
-impl ArtifactStorage for DamagingFetch {
-    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
-        self.0.store(artifact, bytes)
-    }
-
-    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
-        Ok(self.0.fetch(artifact)?.map(|mut bytes| {
-            if let Some(byte) = bytes.last_mut() {
-                *byte ^= 1;
-            }
-            bytes
-        }))
-    }
-
-    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
-        self.0.remove_dir(dir)
-    }
-
-    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
-        self.0.dirs(top)
-    }
 }
 
 #[test]
@@ -440,8 +433,8 @@ fn a_damaged_copy_a_storage_hands_out_is_never_used() {
     let clock = ManualClock::new(START_MS);
     let script = Arc::new(Script::default());
     let a = machine(&store, &clock, &script, true, None);
-    let damaging = DamagingFetch(StoreArtifacts::new(Arc::clone(&store)));
-    let b = machine(&store, &clock, &script, false, Some(Box::new(damaging)));
+    let damaging = FaultyStorage::new(&store, Fetch::Damaged);
+    let b = machine(&store, &clock, &script, false, Some(damaging));
     let id = started_on(&a, &clock, &script);
     let local = b.pipeline.job_dir(&id).join("page.bin");
     // The pipeline checks what the storage hands it before it writes it
@@ -462,52 +455,17 @@ fn a_damaged_copy_a_storage_hands_out_is_never_used() {
     assert_eq!(read(&local), Some(page()));
 }
 
-/// A storage whose every store fails once `failing` is set: unreachable.
-#[derive(Debug)]
-struct FailingStore {
-    inner: StoreArtifacts<Arc<dyn Store>>,
-    failing: Arc<AtomicBool>,
-}
-
-impl ArtifactStorage for FailingStore {
-    fn store(&self, artifact: &Artifact, bytes: &[u8]) -> jobsafe::Result<()> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(Error::Database {
-                step: "put",
-                server: "test".to_owned(),
-                transient: true,
-                source: "the storage is unreachable".into(),
-            });
-        }
-        self.inner.store(artifact, bytes)
-    }
-
-    fn fetch(&self, artifact: &Artifact) -> jobsafe::Result<Option<Vec<u8>>> {
-        self.inner.fetch(artifact)
-    }
-
-    fn remove_dir(&self, dir: &Path) -> jobsafe::Result<usize> {
-        self.inner.remove_dir(dir)
-    }
-
-    fn dirs(&self, top: &Path) -> jobsafe::Result<Vec<String>> {
-        self.inner.dirs(top)
-    }
-}
-
 /// A write whose copy to the shared storage fails leaves the local file as
 /// it was: in a subject's directory, another job's verified artifact.
 #[test]
 fn a_write_whose_copy_fails_leaves_the_local_file_as_it_was() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let clock = ManualClock::new(START_MS);
-    let failing = Arc::new(AtomicBool::new(false));
+    let storage = FaultyStorage::new(&store, Fetch::AsStored);
+    let failing = Arc::clone(&storage.store_fails);
     let dir = tempfile::tempdir().unwrap();
     let pipeline = Pipeline::builder(Arc::clone(&store), Arc::new(clock), dir.path())
-        .shared_artifacts(FailingStore {
-            inner: StoreArtifacts::new(Arc::clone(&store)),
-            failing: Arc::clone(&failing),
-        })
+        .shared_artifacts(storage)
         .stage("transcribe", |ctx| {
             let text = ctx.job().kind.clone();
             ctx.write_shared("transcript.txt", text.as_bytes())?;
