@@ -20,6 +20,7 @@ use crate::clock::{SharedClock, millis};
 use crate::drive::{self, Blocking, Wait};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::store::Expect;
 
 /// How long a manager call keeps re-reading, by default.
 pub(crate) const DEFAULT_RESOLVE_WITHIN: Duration = Duration::from_secs(10);
@@ -123,27 +124,99 @@ pub(crate) fn ambiguous(
     }
 }
 
-/// The error of a call that gives up on a write read back as not landed:
-/// `error` itself, unless the store said the write may still land (it could
-/// not make sure the write's session was over, see
-/// [`PgStore`](crate::PgStore)): then the outcome is open, and the error is
-/// ambiguous, with the attempt id to repeat the call with.
-pub(crate) fn not_landed(
-    operation: &'static str,
-    key: &Key,
-    attempt: &AttemptId,
-    error: Error,
-) -> Error {
-    if !may_land_later(&error) {
-        return error;
+/// A write of one call that failed in a way the store said may still land
+/// later, with the precondition it was made on: [`PgStore`](crate::PgStore)
+/// says so of a write whose session it could not make sure is over.
+///
+/// While what is stored still meets that precondition, the write can land,
+/// so the call's outcome is open whatever else ends it: a later write that
+/// failed plainly, a read that failed, a write that was refused. Once a read
+/// shows a state the precondition does not meet, the write can never land
+/// (every manager write is a compare-and-set, and versions never repeat), and
+/// the call's own later errors say what happened.
+#[derive(Default)]
+pub(crate) struct LateWrite {
+    /// The failed write's precondition, and a copy of its error.
+    open: Option<(Expect, Error)>,
+}
+
+impl LateWrite {
+    /// Notes a write made on `expect` that failed with `error`, if the store
+    /// said it may still land.
+    pub(crate) fn failed(&mut self, error: &Error, expect: Expect) {
+        // Only a database error says so; it is copied in words.
+        if let Error::Database {
+            step,
+            server,
+            transient,
+            source,
+        } = error
+            && may_land_later(error)
+        {
+            let copy = Error::Database {
+                step,
+                server: server.clone(),
+                transient: *transient,
+                source: source.to_string().into(),
+            };
+            self.open = Some((expect, copy));
+        }
     }
-    Error::Ambiguous {
-        operation,
-        key: key.clone(),
-        attempt: attempt.clone(),
-        reread: "the write was not there, but the store could not rule out that it lands later"
-            .to_owned(),
-        source: Box::new(error),
+
+    /// Notes what is stored now, as the precondition a write on it would
+    /// take: a write made on anything else can no longer land.
+    pub(crate) fn stored(&mut self, now: Expect) {
+        if self.open.as_ref().is_some_and(|(expect, _)| *expect != now) {
+            self.open = None;
+        }
+    }
+
+    /// Whether a failed write may still land.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The error to end the call with: `error` itself, or, while a failed
+    /// write may still land, an ambiguous error with `attempt`, the id that
+    /// write carried, and `error` as its cause.
+    pub(crate) fn end(
+        &self,
+        operation: &'static str,
+        key: &Key,
+        attempt: &AttemptId,
+        error: Error,
+    ) -> Error {
+        match &self.open {
+            Some((_, late)) if !error.is_ambiguous() => Error::Ambiguous {
+                operation,
+                key: key.clone(),
+                attempt: attempt.clone(),
+                reread: format!(
+                    "an earlier write of this call failed ({late}), and nothing read since \
+                     rules out that it lands later"
+                ),
+                source: Box::new(error),
+            },
+            _ => error,
+        }
+    }
+
+    /// For a call that, deciding again, finds nothing left to write: `None`
+    /// if that is its outcome, or the ambiguous error to end it with while
+    /// its failed write may still land.
+    pub(crate) fn nothing_to_write(
+        self,
+        operation: &'static str,
+        key: &Key,
+        attempt: &AttemptId,
+    ) -> Option<Error> {
+        self.open.map(|(_, late)| Error::Ambiguous {
+            operation,
+            key: key.clone(),
+            attempt: attempt.clone(),
+            reread: "the call needs no write now, but its earlier write may still land".to_owned(),
+            source: Box::new(late),
+        })
     }
 }
 

@@ -72,7 +72,7 @@ use crate::fencing::FencingToken;
 use crate::key::{Key, Prefix};
 use crate::limits;
 use crate::record::{self as codec, Extra, Metadata};
-use crate::resolve::{self, Deadline, may_have_landed};
+use crate::resolve::{self, Deadline, LateWrite, may_have_landed};
 use crate::store::{Applied, Batch, BatchOp, Expect, SCAN_PAGE, Store, Version};
 
 /// Durable job records: what a request handler creates and returns the id of at
@@ -615,6 +615,8 @@ impl<S: Store> JobState<S> {
         }
         // The last failure that may hide a landed write.
         let mut unsettled: Option<Error> = None;
+        let mut late = LateWrite::default();
+        let end = |late: &LateWrite, error: Error| late.end("create job", &key, &attempt, error);
         loop {
             let put = drive.apply(&self.store, create.clone());
             let conflict = match put.await {
@@ -627,10 +629,11 @@ impl<S: Store> JobState<S> {
                 }
                 Err(e) if e.is_conflict() => Some(e),
                 Err(e) if may_have_landed(&e) => {
+                    late.failed(&e, Expect::Absent);
                     unsettled = Some(e);
                     None
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(end(&late, e)),
             };
             // Taken, or maybe written: by whom? After a failure, a conflict
             // may be this call's own earlier write, landed late.
@@ -649,7 +652,7 @@ impl<S: Store> JobState<S> {
                         Some(error) => {
                             resolve::ambiguous("create job", &key, &attempt, error, reread)
                         }
-                        None => reread,
+                        None => end(&late, reread),
                     });
                 }
             };
@@ -672,7 +675,7 @@ impl<S: Store> JobState<S> {
                 // off, should it still arrive.
                 None => {
                     if let Some(error) = unsettled.take_if(|_| !deadline.may_write_again()) {
-                        return Err(resolve::not_landed("create job", &key, &attempt, error));
+                        return Err(end(&late, error));
                     }
                 }
             }

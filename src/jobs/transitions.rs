@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::key::Key;
 use crate::limits;
-use crate::resolve::{self, Deadline, may_have_landed};
-use crate::store::{BatchOp, Store, Version};
+use crate::resolve::{Deadline, LateWrite, may_have_landed};
+use crate::store::{BatchOp, Expect, Store, Version};
 use crate::trace::report;
 
 /// How an attempt failed.
@@ -490,9 +490,19 @@ impl<S: Store> JobState<S> {
         let mut just_failed = false;
         // The record version at which an event key was found taken.
         let mut event_taken: Option<(Key, Version)> = None;
+        let mut late = LateWrite::default();
+        let end = |late: &LateWrite, error: Error| {
+            let error = late.end(operation, &record_key, write, error);
+            if error.is_ambiguous() {
+                // It may land later; if it does, `nudge` cannot tell (see
+                // there).
+                self.hub.nudge(id);
+            }
+            error
+        };
         loop {
             let (mut job, version) = match unsettled.take() {
-                None => self.read_required(id)?,
+                None => self.read_required(id).map_err(|e| end(&late, e))?,
                 Some(error) => match deadline.reread(|| self.outcome(id, write, &sent)) {
                     Ok(Outcome::Landed(written)) => {
                         report!(
@@ -508,14 +518,9 @@ impl<S: Store> JobState<S> {
                         return Ok(written);
                     }
                     Ok(Outcome::NotLanded(job, version)) => {
+                        late.stored(Expect::Version(version));
                         if std::mem::take(&mut just_failed) && !deadline.may_write_again() {
-                            let error = resolve::not_landed(operation, &record_key, write, error);
-                            if error.is_ambiguous() {
-                                // It may have landed by now; if it lands
-                                // later, `nudge` cannot tell (see there).
-                                self.hub.nudge(id);
-                            }
-                            return Err(error);
+                            return Err(end(&late, error));
                         }
                         unsettled = Some(error);
                         (job, version)
@@ -550,9 +555,10 @@ impl<S: Store> JobState<S> {
                     ),
                 });
             }
+            late.stored(Expect::Version(version));
             let now = self.clock.now_ms();
             let was_open = !job.status.is_finished();
-            let events = match change(&mut job, now)? {
+            let events = match change(&mut job, now).map_err(|e| end(&late, e))? {
                 Step::Write(events) => events,
                 Step::Already => {
                     return Ok(Written {
@@ -589,6 +595,7 @@ impl<S: Store> JobState<S> {
                 // the store is damaged (checked once the record is read).
                 Err(Error::Conflict { key, .. }) => event_taken = Some((key, version)),
                 Err(e) if may_have_landed(&e) => {
+                    late.failed(&e, Expect::Version(version));
                     sent.push(Sent {
                         version,
                         first_seq,
@@ -598,7 +605,7 @@ impl<S: Store> JobState<S> {
                     unsettled = Some(e);
                     just_failed = true;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(end(&late, e)),
             }
         }
     }

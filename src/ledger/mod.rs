@@ -31,7 +31,7 @@ use crate::drive::{self, Blocking, Drive};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::resolve::{self, Deadline, may_have_landed};
+use crate::resolve::{self, Deadline, LateWrite, may_have_landed};
 use crate::store::{Applied, Batch, BatchOp, Entry, Expect, SCAN_PAGE, Store, Version};
 use crate::trace::report;
 
@@ -1072,13 +1072,22 @@ impl<S: Store> JobLedger<S> {
         // duplicate, the usual retry, draws none (a random id costs a
         // system call).
         let mut attempt = request.attempt.clone();
+        let mut late = LateWrite::default();
+        // How the call ends on `error`: ambiguous while a write of its own
+        // may still land.
+        let end = |late: &LateWrite, attempt: Option<&AttemptId>, error: Error| match attempt {
+            Some(attempt) => late.end("reserve", &key, attempt, error),
+            None => error,
+        };
         let mut tries = 0;
         loop {
             tries += 1;
             let now = self.clock.now_ms();
-            let found = self.read_driven(drive, &key).await?;
             let ours = attempt.as_ref();
-            let expect = match find(found, &key, account, job_id, request, ours, now)? {
+            let found = self.read_driven(drive, &key).await;
+            let found =
+                found.and_then(|found| find(found, &key, account, job_id, request, ours, now));
+            let expect = match found.map_err(|e| end(&late, ours, e))? {
                 // This call, repeated: its reserve had landed.
                 Found::Own(own) => return Ok(Reserve::New(*own)),
                 Found::Live(existing) if existing.state.is_pending() => {
@@ -1087,6 +1096,7 @@ impl<S: Store> JobLedger<S> {
                 Found::Live(existing) => return Ok(Reserve::Existing(*existing)),
                 Found::Vacant(expect) => expect,
             };
+            late.stored(expect);
             let attempt = &*attempt.get_or_insert_with(AttemptId::new);
             let stored = StoredReservation::new(request, attempt, now, self.ttl_ms, state);
             let bytes = codec::encode(&key, &stored)?;
@@ -1120,6 +1130,7 @@ impl<S: Store> JobLedger<S> {
                 // again on what is there now.
                 Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
                 Err(e) if may_have_landed(&e) => {
+                    late.failed(&e, expect);
                     let reread = deadline.reread_driven(drive, || self.read_driven(drive, &key));
                     match reread.await {
                         // Ours, whatever happened to the reply: the caller's
@@ -1141,8 +1152,7 @@ impl<S: Store> JobLedger<S> {
                         // still arrive.
                         Ok(found) if is_unchanged(found.as_ref(), expect) => {
                             if !deadline.may_write_again() {
-                                let error = resolve::not_landed("reserve", &key, attempt, e);
-                                return Err(error.into());
+                                return Err(end(&late, Some(attempt), e).into());
                             }
                         }
                         // Changed by another: decide again on what is there.
@@ -1153,7 +1163,7 @@ impl<S: Store> JobLedger<S> {
                         }
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(end(&late, Some(attempt), e).into()),
             }
         }
     }
@@ -1201,23 +1211,46 @@ impl<S: Store> JobLedger<S> {
         let (account, job_id) = (&reservation.account, &reservation.job_id);
         let key = self.key(account, job_id)?;
         let write = AttemptId::new();
+        let mut late = LateWrite::default();
+        let end = |late: &LateWrite, error: Error| late.end(operation, &key, &write, error);
+        // A delete of this call that may still land, and what it removes:
+        // if the reservation is gone, counted as removed by this call, as
+        // after a re-read below.
+        let mut removing: Option<Reservation> = None;
+        let gone = |removing: Option<Reservation>| match removing {
+            Some(removed) => Moved::Removed(Box::new(removed)),
+            None => Moved::Gone,
+        };
         let mut tries = 0;
         loop {
             tries += 1;
-            let Some((mut stored, version)) = self.read_driven(drive, &key).await? else {
-                return Ok(Moved::Gone);
+            let found = self.read_driven(drive, &key).await;
+            let Some((mut stored, version)) = found.map_err(|e| end(&late, e))? else {
+                return Ok(gone(removing));
             };
             if stored.id != reservation.id {
-                return Ok(Moved::Gone); // replaced by a later reservation
+                // Replaced by a later reservation.
+                return Ok(gone(removing));
+            }
+            let expect = Expect::Version(version);
+            late.stored(expect);
+            if !late.is_open() {
+                removing = None;
             }
             let current = stored.to_reservation(account, job_id, version);
             let new_state = match decide(stored.state) {
-                Transition::Keep => return Ok(Moved::Unchanged(Box::new(current))),
+                // Nothing to do now, but a write decided before may still
+                // land on this very version.
+                Transition::Keep => {
+                    return match late.nothing_to_write(operation, &key, &write) {
+                        Some(open) => Err(open.into()),
+                        None => Ok(Moved::Unchanged(Box::new(current))),
+                    };
+                }
                 Transition::Remove => None,
                 Transition::To(state) => Some(state),
             };
             let ops = effect(&current).await?;
-            let expect = Expect::Version(version);
             let written = match new_state {
                 Some(state) => {
                     stored.state = state;
@@ -1269,41 +1302,45 @@ impl<S: Store> JobLedger<S> {
                     return Ok(Moved::Removed(Box::new(current)));
                 }
                 Err(e) if e.is_conflict() && tries < MAX_ATTEMPTS => continue,
-                Err(e) if may_have_landed(&e) => match deadline
-                    .reread_driven(drive, || self.read_driven(drive, &key))
-                    .await
-                {
-                    // Ours, whatever happened to the reply.
-                    Ok(Some((stored, version)))
-                        if new_state.is_some() && stored.was_written_by(&write) =>
-                    {
-                        let now = stored.to_reservation(account, job_id, version);
-                        return Ok(Moved::Changed(Box::new(now)));
+                Err(e) if may_have_landed(&e) => {
+                    late.failed(&e, expect);
+                    if new_state.is_none() && late.is_open() {
+                        removing = Some(current.clone());
                     }
-                    // Gone after a delete (or replaced by a later
-                    // reservation, which could be made only once it was
-                    // gone): counted as removed by this call.
-                    Ok(found)
-                        if new_state.is_none()
-                            && found.as_ref().is_none_or(|(s, _)| s.id != reservation.id) =>
-                    {
-                        return Ok(Moved::Removed(Box::new(current)));
-                    }
-                    // Unchanged: ours did not land. Deciding and writing again
-                    // fences it off, should it still arrive.
-                    Ok(found) if is_unchanged(found.as_ref(), expect) => {
-                        if !deadline.may_write_again() {
-                            return Err(resolve::not_landed(operation, &key, &write, e).into());
+                    let reread = deadline.reread_driven(drive, || self.read_driven(drive, &key));
+                    match reread.await {
+                        // Ours, whatever happened to the reply.
+                        Ok(Some((stored, version)))
+                            if new_state.is_some() && stored.was_written_by(&write) =>
+                        {
+                            let now = stored.to_reservation(account, job_id, version);
+                            return Ok(Moved::Changed(Box::new(now)));
+                        }
+                        // Gone after a delete (or replaced by a later
+                        // reservation, which could be made only once it was
+                        // gone): counted as removed by this call.
+                        Ok(found)
+                            if new_state.is_none()
+                                && found.as_ref().is_none_or(|(s, _)| s.id != reservation.id) =>
+                        {
+                            return Ok(Moved::Removed(Box::new(current)));
+                        }
+                        // Unchanged: ours did not land. Deciding and writing again
+                        // fences it off, should it still arrive.
+                        Ok(found) if is_unchanged(found.as_ref(), expect) => {
+                            if !deadline.may_write_again() {
+                                return Err(end(&late, e).into());
+                            }
+                        }
+                        // Changed by another: decide again on what is there.
+                        Ok(_) => {}
+                        Err(reread) => {
+                            let ambiguous = resolve::ambiguous(operation, &key, &write, e, reread);
+                            return Err(ambiguous.into());
                         }
                     }
-                    // Changed by another: decide again on what is there.
-                    Ok(_) => {}
-                    Err(reread) => {
-                        let ambiguous = resolve::ambiguous(operation, &key, &write, e, reread);
-                        return Err(ambiguous.into());
-                    }
-                },
-                Err(e) => return Err(e.into()),
+                }
+                Err(e) => return Err(end(&late, e).into()),
             }
         }
     }

@@ -39,7 +39,7 @@ use crate::drive::{self, Blocking, Drive};
 use crate::error::{Error, Result};
 use crate::key::{Key, Prefix};
 use crate::record as codec;
-use crate::resolve::{self, Deadline, may_have_landed};
+use crate::resolve::{self, Deadline, LateWrite, may_have_landed};
 use crate::store::{Expect, Quarantined, SCAN_PAGE, Store, Version};
 use crate::trace::report;
 
@@ -419,22 +419,34 @@ impl<S: Store> JobLock<S> {
         let stored_key = self.stored_key(key)?;
         request.check(&stored_key)?;
         let attempt = request.attempt_id().cloned().unwrap_or_default();
+        let mut late = LateWrite::default();
+        let end =
+            |late: &LateWrite, error: Error| late.end("acquire lock", &stored_key, &attempt, error);
         loop {
             let now = self.clock.now_ms();
-            let expect = match self.read_driven(drive, &stored_key).await? {
+            let found = self.read_driven(drive, &stored_key).await;
+            let expect = match found.map_err(|e| end(&late, e))? {
                 None => Expect::Absent,
                 Some((stored, version)) => {
+                    late.stored(Expect::Version(version));
                     let holder = stored.into_record(key.clone(), version);
                     if !self.is_taken_over_at(&holder, now) {
                         if holder.job_id == attempt.as_str() {
                             // This call, repeated: its acquire had landed.
                             return Ok(Acquire::Acquired(LockGuard::new(self.clone(), holder)));
                         }
-                        return Ok(Acquire::Held(holder));
+                        // Held, but if by the very record a failed write of
+                        // this call was made on (the clock went back), that
+                        // write may still land.
+                        return match late.nothing_to_write("acquire lock", &stored_key, &attempt) {
+                            Some(open) => Err(open),
+                            None => Ok(Acquire::Held(holder)),
+                        };
                     }
                     Expect::Version(version)
                 }
             };
+            late.stored(expect);
             let stored = StoredLock {
                 job_id: attempt.to_string(),
                 token: None,
@@ -464,6 +476,7 @@ impl<S: Store> JobLock<S> {
                 // decide again on what is there now.
                 Err(e) if e.is_conflict() => continue,
                 Err(e) if may_have_landed(&e) => {
+                    late.failed(&e, expect);
                     let reread = deadline
                         .reread_driven(drive, || self.read_driven(drive, &stored_key))
                         .await;
@@ -484,14 +497,7 @@ impl<S: Store> JobLock<S> {
                         // Deciding and writing again fences the failed write
                         // off, should it still arrive.
                         Ok(_) if deadline.may_write_again() => continue,
-                        Ok(_) => {
-                            return Err(resolve::not_landed(
-                                "acquire lock",
-                                &stored_key,
-                                &attempt,
-                                e,
-                            ));
-                        }
+                        Ok(_) => return Err(end(&late, e)),
                         Err(reread) => {
                             return Err(resolve::ambiguous(
                                 "acquire lock",
@@ -503,7 +509,7 @@ impl<S: Store> JobLock<S> {
                         }
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(end(&late, e)),
             }
         }
     }
@@ -555,10 +561,15 @@ impl<S: Store> JobLock<S> {
         let ttl_ms = self.lease_ms(ttl)?;
         let stored_key = self.stored_key(&holder.key)?;
         let write = AttemptId::new();
+        let mut late = LateWrite::default();
+        let end =
+            |late: &LateWrite, error: Error| late.end("renew lock", &stored_key, &write, error);
         loop {
-            let Some((mut stored, version)) = self.read(&stored_key)? else {
+            let found = self.read(&stored_key).map_err(|e| end(&late, e))?;
+            let Some((mut stored, version)) = found else {
                 return Ok(Renewal::Lost(LostLease::Gone));
             };
+            late.stored(Expect::Version(version));
             if !stored.is_held_by(holder, version) {
                 let current = stored.into_record(holder.key.clone(), version);
                 return Ok(Renewal::Lost(LostLease::TakenOver(current)));
@@ -579,28 +590,33 @@ impl<S: Store> JobLock<S> {
                     return Ok(Renewal::Renewed(record));
                 }
                 Err(e) if e.is_conflict() => continue,
-                Err(e) if may_have_landed(&e) => match deadline.reread(|| self.read(&stored_key)) {
-                    Ok(Some((stored, version))) if stored.was_written_by(&write) => {
-                        let record = stored.into_record(holder.key.clone(), version);
-                        return Ok(Renewal::Renewed(record));
+                Err(e) if may_have_landed(&e) => {
+                    late.failed(&e, Expect::Version(version));
+                    match deadline.reread(|| self.read(&stored_key)) {
+                        Ok(Some((stored, version))) if stored.was_written_by(&write) => {
+                            let record = stored.into_record(holder.key.clone(), version);
+                            return Ok(Renewal::Renewed(record));
+                        }
+                        // Unchanged: the renewal did not land.
+                        Ok(Some((_, now_at)))
+                            if now_at == version && !deadline.may_write_again() =>
+                        {
+                            return Err(end(&late, e));
+                        }
+                        // Not landed, or changed by another: decide again.
+                        Ok(_) => continue,
+                        Err(reread) => {
+                            return Err(resolve::ambiguous(
+                                "renew lock",
+                                &stored_key,
+                                &write,
+                                e,
+                                reread,
+                            ));
+                        }
                     }
-                    // Unchanged: the renewal did not land.
-                    Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => {
-                        return Err(resolve::not_landed("renew lock", &stored_key, &write, e));
-                    }
-                    // Not landed, or changed by another: decide again.
-                    Ok(_) => continue,
-                    Err(reread) => {
-                        return Err(resolve::ambiguous(
-                            "renew lock",
-                            &stored_key,
-                            &write,
-                            e,
-                            reread,
-                        ));
-                    }
-                },
-                Err(e) => return Err(e),
+                }
+                Err(e) => return Err(end(&late, e)),
             }
         }
     }
@@ -612,7 +628,8 @@ impl<S: Store> JobLock<S> {
     /// As [`acquire`](JobLock::acquire).
     pub fn release(&self, holder: &LockHandle) -> Result<Release> {
         let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
-        self.release_stored(&self.stored_key(&holder.key)?, holder, &deadline)
+        let mut late = LateWrite::default();
+        self.release_stored(&self.stored_key(&holder.key)?, holder, &deadline, &mut late)
     }
 
     /// Releases the lock whose holder last wrote `record` (by acquiring or
@@ -640,24 +657,48 @@ impl<S: Store> JobLock<S> {
                 );
                 Ok(Release::Released)
             }
-            Err(e) if e.is_conflict() => self.release_stored(&stored_key, &handle, &deadline),
+            Err(e) if e.is_conflict() => {
+                self.release_stored(&stored_key, &handle, &deadline, &mut LateWrite::default())
+            }
             Err(e) if may_have_landed(&e) => {
-                self.resolve_release(&stored_key, &handle, record.version, e, &deadline)
+                let mut late = LateWrite::default();
+                self.resolve_release(
+                    &stored_key,
+                    &handle,
+                    record.version,
+                    e,
+                    &deadline,
+                    &mut late,
+                )
             }
             Err(e) => Err(e),
         }
     }
 
+    /// Releases the lock at `stored_key` if `holder` still holds it. `late`
+    /// is a delete of this call that may still land, if one failed so.
     fn release_stored(
         &self,
         stored_key: &Key,
         holder: &LockHandle,
         deadline: &Deadline,
+        late: &mut LateWrite,
     ) -> Result<Release> {
+        let end = |late: &LateWrite, error: Error| {
+            late.end("release lock", stored_key, &AttemptId::new(), error)
+        };
         loop {
-            let Some((stored, version)) = self.read(stored_key)? else {
-                return Ok(Release::AlreadyGone);
+            let found = self.read(stored_key).map_err(|e| end(late, e))?;
+            let Some((stored, version)) = found else {
+                // Gone: by this call's own delete, landed late, if one may
+                // have (counted as this call's, as after a re-read).
+                return Ok(if late.is_open() {
+                    Release::Released
+                } else {
+                    Release::AlreadyGone
+                });
             };
+            late.stored(Expect::Version(version));
             if !stored.is_held_by(holder, version) {
                 let current = stored.into_record(holder.key.clone(), version);
                 return Ok(Release::OwnedByAnother(current));
@@ -666,9 +707,9 @@ impl<S: Store> JobLock<S> {
                 Ok(_) => return Ok(Release::Released),
                 Err(e) if e.is_conflict() => continue,
                 Err(e) if may_have_landed(&e) => {
-                    return self.resolve_release(stored_key, holder, version, e, deadline);
+                    return self.resolve_release(stored_key, holder, version, e, deadline, late);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(end(late, e)),
             }
         }
     }
@@ -684,13 +725,15 @@ impl<S: Store> JobLock<S> {
         version: Version,
         error: Error,
         deadline: &Deadline,
+        late: &mut LateWrite,
     ) -> Result<Release> {
+        late.failed(&error, Expect::Version(version));
         match deadline.reread(|| self.read(stored_key)) {
             Ok(None) => Ok(Release::Released),
-            Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => Err(
-                resolve::not_landed("release lock", stored_key, &AttemptId::new(), error),
-            ),
-            Ok(Some(_)) => self.release_stored(stored_key, holder, deadline),
+            Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => {
+                Err(late.end("release lock", stored_key, &AttemptId::new(), error))
+            }
+            Ok(Some(_)) => self.release_stored(stored_key, holder, deadline, late),
             Err(reread) => Err(resolve::ambiguous(
                 "release lock",
                 stored_key,
@@ -856,7 +899,7 @@ impl<S: Store> JobLock<S> {
         }
     }
 
-    fn stored_key(&self, key: &Key) -> Result<Key> {
+    pub(crate) fn stored_key(&self, key: &Key) -> Result<Key> {
         let segments = self.namespace.segments().iter().chain(key.segments());
         Key::new(segments.cloned())
     }

@@ -12,6 +12,8 @@ mod clock;
 mod conn;
 mod failure;
 mod fence;
+#[cfg(test)]
+mod late_writes;
 mod listen;
 mod ops;
 mod pool;
@@ -433,8 +435,11 @@ impl fmt::Debug for PgStore {
 /// never will, so a re-read tells which. A write's call stays within
 /// `call_timeout`: the write gets half of it to be answered, the rest is kept
 /// for ending its session. If the session cannot be ended (the
-/// server unreachable), the error says that the write may still land. A
-/// failure the server reported needs none of this: its transaction is over.
+/// server unreachable), the error says that the write may still land, and a
+/// manager's call that made it (a reserve, an acquire, a job write) ends in
+/// [`Error::Ambiguous`](crate::Error::Ambiguous), whatever fails after it,
+/// unless a read shows a state the write can no longer land on. A failure the
+/// server reported needs none of this: its transaction is over.
 ///
 /// ```no_run
 /// use std::time::Duration;
