@@ -159,7 +159,39 @@ fn lock_cases(bench: &Bench) {
     assert_eq!(guard.release().unwrap(), Release::Released, "{name}");
     assert_eq!(lock_in_store(bench, "a5"), None, "{name}");
 
-    assert!(bench.store.injected() >= 9, "{name}: faults were injected");
+    // Force release, the reply lost: the record it removed.
+    let Acquire::Acquired(guard) = locks.acquire(&key("a6"), TTL, &request).unwrap() else {
+        panic!("{name}: free")
+    };
+    let holder = guard.into_handle();
+    bench.store.fail_writes(Fault::CommitThenFail, 0, 1);
+    let removed = locks.force_release(&key("a6")).unwrap();
+    assert_eq!(removed.map(|r| r.job_id), Some(holder.job_id), "{name}");
+    assert_eq!(lock_in_store(bench, "a6"), None, "{name}");
+
+    // Force release, the request lost once: deleted again.
+    let Acquire::Acquired(guard) = locks.acquire(&key("a7"), TTL, &request).unwrap() else {
+        panic!("{name}: free")
+    };
+    let _holder = guard.into_handle();
+    bench.store.fail_writes(Fault::FailWithoutCommit, 0, 1);
+    assert!(locks.force_release(&key("a7")).unwrap().is_some(), "{name}");
+    assert_eq!(lock_in_store(bench, "a7"), None, "{name}");
+
+    // Force release, the store gone after the delete: unknown.
+    let Acquire::Acquired(guard) = locks.acquire(&key("a8"), TTL, &request).unwrap() else {
+        panic!("{name}: free")
+    };
+    let _holder = guard.into_handle();
+    bench
+        .store
+        .fail_writes(Fault::CommitThenFailAndReadsFail, 0, 1);
+    let e = locks.force_release(&key("a8")).unwrap_err();
+    bench.store.heal();
+    assert!(e.is_ambiguous(), "{name}: {e}");
+    assert_eq!(lock_in_store(bench, "a8"), None, "{name}");
+
+    assert!(bench.store.injected() >= 12, "{name}: faults were injected");
 }
 
 #[test]

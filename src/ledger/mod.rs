@@ -996,7 +996,10 @@ impl<S: Store> JobLedger<S> {
     /// longer be refunded: keep `retain` longer than any refund may come late.
     ///
     /// # Errors
-    /// As [`list`](JobLedger::list).
+    /// As [`list`](JobLedger::list). A purge stopped by an error may have
+    /// removed some reservations, the one it was deleting among them (its
+    /// reply may be what was lost): run it again, it removes only what is
+    /// left.
     pub fn purge_expired(&self, retain: Duration) -> Result<usize> {
         let now = self.clock.now_ms();
         let retain_ms = millis(retain);

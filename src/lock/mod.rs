@@ -748,19 +748,51 @@ impl<S: Store> JobLock<S> {
     /// record removed (`None` if there was none). Fencing tokens stay monotonic:
     /// the next acquire still gets a greater one.
     ///
+    /// A delete that fails in a way that may hide its success is read back,
+    /// as by [`release`](JobLock::release): the lock gone counts as removed
+    /// by this call, and the record it removed is returned.
+    ///
     /// # Errors
     /// As [`acquire`](JobLock::acquire); a malformed record is an error here too,
     /// use [`quarantine`](JobLock::quarantine) for it.
     pub fn force_release(&self, key: &Key) -> Result<Option<LockRecord>> {
+        let deadline = Deadline::starting_now(&self.clock, self.resolve_within);
         let stored_key = self.stored_key(key)?;
+        let write = AttemptId::new();
+        let mut late = LateWrite::default();
+        // The record a delete of this call that may still land removes.
+        let mut removing: Option<LockRecord> = None;
+        let end = |late: &LateWrite, error: Error| {
+            late.end("force release lock", &stored_key, &write, error)
+        };
         loop {
-            let Some((stored, version)) = self.read(&stored_key)? else {
-                return Ok(None);
+            let found = self.read(&stored_key).map_err(|e| end(&late, e))?;
+            let Some((stored, version)) = found else {
+                return Ok(removing.filter(|_| late.is_open()));
             };
-            match self.store.delete(&stored_key, Expect::Version(version)) {
-                Ok(_) => return Ok(Some(stored.into_record(key.clone(), version))),
+            late.stored(Expect::Version(version));
+            let record = stored.into_record(key.clone(), version);
+            let e = match self.store.delete(&stored_key, Expect::Version(version)) {
+                Ok(_) => return Ok(Some(record)),
                 Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e),
+                Err(e) if may_have_landed(&e) => e,
+                Err(e) => return Err(end(&late, e)),
+            };
+            late.failed(&e, Expect::Version(version));
+            match deadline.reread(|| self.read(&stored_key)) {
+                // Gone: by this delete, or by another in that moment,
+                // counted as this call's.
+                Ok(None) => return Ok(Some(record)),
+                Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => {
+                    return Err(end(&late, e));
+                }
+                // Not landed, or changed since: decide again.
+                Ok(_) => removing = Some(record),
+                Err(reread) => {
+                    let error =
+                        resolve::ambiguous("force release lock", &stored_key, &write, e, reread);
+                    return Err(error);
+                }
             }
         }
     }
@@ -811,7 +843,9 @@ impl<S: Store> JobLock<S> {
     /// left in place and reported.
     ///
     /// # Errors
-    /// As [`list`](JobLock::list).
+    /// As [`list`](JobLock::list). A purge stopped by an error may have removed
+    /// some locks, the one it was deleting among them (its reply may be what
+    /// was lost): run it again, it removes only what is left.
     pub fn purge(&self, prefix: &Prefix, expired_for: Duration) -> Result<LockList> {
         let now = self.clock.now_ms();
         let mut purged = LockList::default();
