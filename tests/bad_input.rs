@@ -301,9 +301,13 @@ fn foreign_file_names_in_a_dirstore_are_not_keys_and_break_nothing() -> TestResu
     let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
     let data = jobs_dir.parent().unwrap().to_path_buf();
     // Names the encoder never produces: upper case, bad or non-canonical escapes,
-    // dots, no suffix, another suffix, and bytes that are not UTF-8.
+    // an escaped NUL, a plain name too long to be left unhashed, dots, no
+    // suffix, another suffix, and bytes that are not UTF-8.
+    let long = format!("{}.r", "b".repeat(200));
     let foreign = [
         "README",
+        "b%00.r",
+        &long,
         "A.r",
         "%41.r",
         "%2e.r",
@@ -323,9 +327,18 @@ fn foreign_file_names_in_a_dirstore_are_not_keys_and_break_nothing() -> TestResu
         fs::create_dir(dir.join("UPPER.d"))?;
         fs::create_dir(dir.join("%zz.d"))?;
     }
+    // A tree deeper than any key, under a name the encoder does produce.
+    let mut deep = jobs_dir.clone();
+    for _ in 0..Key::MAX_SEGMENTS {
+        deep.push("x.d");
+    }
+    fs::create_dir_all(&deep)?;
+    fs::write(deep.join("y.r"), b"not a record")?;
 
     assert_eq!(store.list_all(&Prefix::all())?, vec![key.clone()]);
     assert_eq!(store.list_all(&Prefix::new(["jobs"])?)?, vec![key.clone()]);
+    let pages: Vec<Vec<Key>> = store.scan(&Prefix::all(), 10).collect::<Result<_, _>>()?;
+    assert_eq!(pages.concat(), vec![key.clone()]);
     assert_eq!(store.get(&key)?.unwrap().value, b"1");
     store.put(&Key::new(["jobs", "b"])?, b"2", Expect::Absent)?;
     store.delete(&key, Expect::Any)?;
@@ -337,6 +350,43 @@ fn foreign_file_names_in_a_dirstore_are_not_keys_and_break_nothing() -> TestResu
     assert_eq!(fs::read(jobs_dir.join("README"))?, b"not a record");
     drop(store);
     DirStore::open(dir.path().join("store"))?;
+    Ok(())
+}
+
+/// What a compaction leaves is removed at open; a directory of that name is
+/// no compaction's and is left, and the store opens.
+#[test]
+fn a_directory_named_like_a_compactions_journal_does_not_stop_an_open() -> TestResult {
+    let dir = tempdir()?;
+    let key = Key::new(["jobs", "a"])?;
+    LogStore::open(dir.path())?.put(&key, b"1", Expect::Absent)?;
+    fs::create_dir(dir.path().join("journal.new-x"))?;
+    let store = LogStore::open(dir.path())?;
+    assert_eq!(store.get(&key)?.unwrap().value, b"1");
+    assert!(dir.path().join("journal.new-x").is_dir());
+    Ok(())
+}
+
+/// A leftover temp directory is claimed and removed with whatever is in it,
+/// so that one holding something unexpected does not fail every sweep.
+#[test]
+fn a_dirstore_sweep_removes_a_leftover_temp_directory_whatever_it_holds() -> TestResult {
+    let dir = tempdir()?;
+    let store = DirStore::open(dir.path().join("store"))?;
+    let key = Key::new(["jobs", "a"])?;
+    store.put(&key, b"1", Expect::Absent)?;
+    let jobs_dir = store.path_of(&key).parent().unwrap().to_path_buf();
+    let temp = jobs_dir.join(".dir-0123456789abcdef.jobsafe-tmp");
+    fs::create_dir_all(temp.join("sub"))?;
+    fs::write(temp.join("sub").join("file"), b"x")?;
+    let clock = jobsafe::SystemClock;
+    assert_eq!(store.sweep_temp_files(Duration::ZERO, &clock)?, 1);
+    assert_eq!(store.sweep_temp_files(Duration::ZERO, &clock)?, 0);
+    let left: Vec<_> = fs::read_dir(&jobs_dir)?
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(store.get(&key)?.unwrap().value, b"1");
     Ok(())
 }
 

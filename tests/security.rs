@@ -685,6 +685,46 @@ fn a_symlink_planted_at_a_job_directory_is_never_written_through() -> TestResult
     Ok(())
 }
 
+/// A link in a job directory's place fails the job's attempts like a stage's
+/// transient error, so that the retry policy ends the job: it used to stay
+/// running, started again by every pass, with no failure counted.
+#[test]
+fn a_symlink_planted_at_a_job_directory_fails_the_job_in_the_end() -> TestResult {
+    let p = Planted::new();
+    let clock = Arc::new(jobsafe::ManualClock::new(1_700_000_000_000));
+    let pipeline = jobsafe::Pipeline::builder(MemStore::new(), clock.clone(), &p.root)
+        .stage("work", |ctx| {
+            ctx.write("out.txt", b"artifact")?;
+            Ok(())
+        })
+        .build()?;
+    let job = pipeline.enqueue("s", jobsafe::jobs::NewJob::new("k"))?;
+    let job_dir = pipeline.job_dir(&job.id);
+    fs::create_dir_all(job_dir.parent().unwrap())?;
+    symlink(&p.outside, &job_dir)?;
+
+    let mut passes = 0;
+    let record = loop {
+        passes += 1;
+        pipeline.run_pass()?;
+        let record = pipeline.jobs().get(&job.id)?.unwrap();
+        if record.status.is_finished() || passes == 50 {
+            break record;
+        }
+        // Past any backoff.
+        clock.advance(Duration::from_secs(24 * 3600));
+    };
+    assert_eq!(
+        record.status,
+        jobsafe::jobs::JobStatus::Failed,
+        "after {passes} passes"
+    );
+    let internal = record.error.unwrap().internal_message().to_owned();
+    assert!(internal.contains(&*job_dir.to_string_lossy()), "{internal}");
+    assert_eq!(p.outside_contents(), vec![]);
+    Ok(())
+}
+
 #[test]
 fn a_symlink_planted_above_a_job_directory_is_never_written_through() -> TestResult {
     let p = Planted::new();

@@ -89,7 +89,6 @@ pub(crate) const REMOVE_JOURNAL: IoStep = step(IoAction::Remove, "remove journal
 pub(crate) const REMOVE_PARTIAL_ARTIFACT: IoStep =
     step(IoAction::Remove, "remove partial artifact");
 pub(crate) const REMOVE_RECORD: IoStep = step(IoAction::Remove, "remove record");
-pub(crate) const REMOVE_SEGMENT_FILE: IoStep = step(IoAction::Remove, "remove segment file");
 pub(crate) const REMOVE_TEMP_DIRECTORY: IoStep = step(IoAction::Remove, "remove temp directory");
 pub(crate) const REMOVE_TEMP_FILE: IoStep = step(IoAction::Remove, "remove temp file");
 
@@ -142,7 +141,7 @@ pub(crate) const COMPACT_JOURNAL: IoStep = step(IoAction::Other, "compact journa
 
 /// Every step above.
 #[cfg(test)]
-const ALL: [IoStep; 82] = [
+const ALL: [IoStep; 81] = [
     OPEN_ARTIFACT,
     OPEN_COMPACTION_LOCK,
     OPEN_JOURNAL,
@@ -195,7 +194,6 @@ const ALL: [IoStep; 82] = [
     REMOVE_JOURNAL,
     REMOVE_PARTIAL_ARTIFACT,
     REMOVE_RECORD,
-    REMOVE_SEGMENT_FILE,
     REMOVE_TEMP_DIRECTORY,
     REMOVE_TEMP_FILE,
     LIST_STORE_DIRECTORY,

@@ -209,7 +209,12 @@ struct Stage {
 /// Directories are created with mode `0o700`. A symlink (or a file) found
 /// below the artifact root where a directory belongs is
 /// [`Error::CorruptFile`] naming it: writes, sweeps
-/// and removals never follow it out (the root itself may be a symlink).
+/// and removals never follow it out (the root itself may be a symlink). A
+/// run that meets one in the job's or subject's directory, or cannot read
+/// or clean up its artifacts there (the disk failing), fails its attempt as
+/// a stage's transient error would, with the error in the job's internal
+/// message: it counts against the [`RetryPolicy`], so a damage that stays
+/// ends in a failed job, not in a job every pass starts again.
 ///
 /// # Limitations
 ///

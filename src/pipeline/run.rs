@@ -170,9 +170,10 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         let subject_rel = PathBuf::from(paths::SUBJECTS_DIR).join(paths::dir_name(subject));
         // Temp files of a runner that crashed here; we hold the subject, so no
         // live runner writes in these directories.
-        for rel in [&job_rel, &subject_rel] {
-            self.sweep(&self.inner.root.join(rel), Duration::ZERO)?;
-        }
+        let swept = [&job_rel, &subject_rel].into_iter().try_for_each(|rel| {
+            self.sweep(&self.inner.root.join(rel), Duration::ZERO)
+                .map(|_| ())
+        });
         let run = RunCtx {
             pipeline: self,
             worker: &worker,
@@ -182,7 +183,17 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
             job_rel,
             subject_rel,
         };
-        let outcome = run.stages(report);
+        // Damage below the artifact root (a link planted in place of a
+        // directory) or a disk that fails fails the attempt like a stage's
+        // transient error: it counts, backs off, and ends in a failed job,
+        // never a job left running for every pass to start again.
+        let outcome = match swept {
+            Err(e) => {
+                let stage = job.stage.clone().unwrap_or_default();
+                run.fail(&stage, &[], artifacts_unusable(&e))
+            }
+            Ok(()) => run.stages(report),
+        };
         *claim = Some(worker);
         outcome
     }
@@ -258,8 +269,12 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                 Ok(None) => None,
                 Err(unreadable) => Some(format!("its checkpoint was unreadable: {unreadable}")),
                 Ok(Some(checkpoint)) => {
-                    let mut verdict =
-                        checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain)?;
+                    let verified =
+                        checkpoint.verify(inner.writer.vfs(), &inner.root, &previous_chain);
+                    let mut verdict = match verified {
+                        Ok(verdict) => verdict,
+                        Err(e) => return self.fail(&stage.name, &[], artifacts_unusable(&e)),
+                    };
                     let mut fetched = 0;
                     if let (Verdict::Stale(_), Some(shared)) = (&verdict, &inner.shared)
                         && checkpoint.chain_follows(&previous_chain)
@@ -275,11 +290,17 @@ impl<S: Store + 'static, V: Vfs> RunCtx<'_, S, V> {
                             Err(_) => 0,
                         };
                         if fetched > 0 {
-                            verdict = checkpoint.verify(
+                            let root = &inner.root;
+                            verdict = match checkpoint.verify(
                                 inner.writer.vfs(),
-                                &inner.root,
+                                root,
                                 &previous_chain,
-                            )?;
+                            ) {
+                                Ok(verdict) => verdict,
+                                Err(e) => {
+                                    return self.fail(&stage.name, &[], artifacts_unusable(&e));
+                                }
+                            };
                         }
                     }
                     match verdict {
@@ -724,4 +745,12 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
     fn root(&self) -> &Path {
         &self.pipeline.inner.root
     }
+}
+
+/// The stage error of an attempt that cannot use the job's artifact
+/// directories (damaged, or the disk failing): transient, so that it counts
+/// against the retry policy and backs off like any stage's.
+fn artifacts_unusable(error: &Error) -> StageError {
+    StageError::transient("the job's artifacts could not be read or cleaned up")
+        .internal(error.to_string())
 }

@@ -390,17 +390,11 @@ pub(super) fn sweep_temp_dirs<V: Vfs>(
                 Err(e) => return Err(Error::io(steps::CLAIM_TEMP_DIRECTORY, path, e)),
             }
         };
-        // The temp file of an unfinished `.segment` write, then the file itself.
-        writer.sweep(&path, Duration::ZERO, clock)?;
-        let segment = path.join(SEGMENT_FILE);
-        match vfs.remove_file(&segment) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(steps::REMOVE_SEGMENT_FILE, segment, e)),
-        }
-        match vfs.remove_dir(&path) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Claimed under a name no writer knows: whatever is in it goes, and
+        // no link in it is followed.
+        match vfs.remove_tree(&path) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
             Err(e) => return Err(Error::io(steps::REMOVE_TEMP_DIRECTORY, path, e)),
         }
     }

@@ -90,7 +90,11 @@ impl<V: Vfs> Walker<'_, V> {
             if emit && slot.record {
                 self.keys.push(Key::new(path.iter().cloned())?);
             }
-            if descend && let Some(sub) = slot.dir {
+            // A directory at the deepest key holds no key of the store.
+            if descend
+                && path.len() < Key::MAX_SEGMENTS
+                && let Some(sub) = slot.dir
+            {
                 self.walk(&sub, path)?;
             }
             path.pop();
@@ -138,7 +142,8 @@ pub(super) fn read_entries<V: Vfs>(vfs: &V, dir: &Path) -> Result<Entries> {
 
 fn record_segment<V: Vfs>(vfs: &V, stem: &str, file: &Path) -> Result<Option<String>> {
     if !naming::is_hashed(stem) {
-        return Ok(naming::decode(stem));
+        // Only a name the encoder makes: a longer one is hashed, never plain.
+        return Ok(naming::decode(stem).filter(|s| naming::encode(s) == stem));
     }
     // The name is a hash: the record's header holds its key.
     let Some(bytes) = read_own_file(vfs, file, record_file::MAX_LEN, steps::READ_RECORD)? else {
@@ -162,7 +167,7 @@ fn record_segment<V: Vfs>(vfs: &V, stem: &str, file: &Path) -> Result<Option<Str
 
 fn dir_segment<V: Vfs>(vfs: &V, stem: &str, dir: &Path) -> Result<Option<String>> {
     if !naming::is_hashed(stem) {
-        return Ok(naming::decode(stem));
+        return Ok(naming::decode(stem).filter(|s| naming::encode(s) == stem));
     }
     let file = dir.join(SEGMENT_FILE);
     let Some(bytes) = read_own_file(vfs, &file, Key::MAX_SEGMENT_LEN, steps::READ_SEGMENT_FILE)?

@@ -99,7 +99,8 @@ pub(super) fn decode(stem: &str) -> Option<String> {
                 }
                 let b = u8::from_str_radix(hex, 16).ok()?;
                 // Canonical only: a byte that is kept or case-escaped is never %-escaped.
-                if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                // NUL is in no segment: no key's name holds `%00`.
+                if b == 0 || b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
                     return None;
                 }
                 out.push(b);

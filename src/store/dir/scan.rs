@@ -116,8 +116,10 @@ impl<V: Vfs> Walk<'_, V> {
                         page.push(Key::new(self.path.iter().cloned())?);
                     }
                     match slot.dir {
-                        Some(dir) => self.pending = Some(dir),
-                        None => {
+                        Some(dir) if self.path.len() < Key::MAX_SEGMENTS => {
+                            self.pending = Some(dir)
+                        }
+                        _ => {
                             self.path.pop();
                         }
                     }

@@ -91,8 +91,17 @@ pub(super) fn sweep_abandoned<V: Vfs>(writer: &AtomicWriter<V>, root: &Path) -> 
     for name in vfs.read_dir(root).at(steps::LIST_STORE_DIRECTORY, root)? {
         if name.to_string_lossy().starts_with(NEW_JOURNAL_PREFIX) {
             let path = root.join(&name);
-            vfs.remove_file(&path)
-                .at(steps::REMOVE_ABANDONED_JOURNAL, &path)?;
+            match vfs.remove_file(&path) {
+                Ok(()) => {}
+                // Not a compaction's file (a directory someone made): not
+                // ours to remove, and no reason to refuse the open.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory
+                    ) => {}
+                Err(e) => return Err(Error::io(steps::REMOVE_ABANDONED_JOURNAL, path, e)),
+            }
         }
     }
     Ok(())
