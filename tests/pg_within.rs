@@ -569,6 +569,73 @@ fn the_async_client_creates_reserves_and_locks_in_its_transaction() {
     assert!(ledger.lookup("acct-9", "exp-3").unwrap().is_some());
 }
 
+/// An async create dropped between its batch's statements (a caller's
+/// timeout, a cancelled request) undoes what the batch wrote: the
+/// application's commit keeps neither the job's record nor its entry in the
+/// index of open jobs, never one without the other, and the transaction
+/// stays usable.
+#[test]
+fn an_async_create_dropped_midway_leaves_none_of_its_batch_in_the_transaction() {
+    let mut schemas = Schemas::default();
+    let (store, table) = store_and_table(&mut schemas);
+    let jobs = AsyncJobState::new(JobState::new(store.clone(), clock()));
+    // The index of open jobs is built (on an empty store), so that
+    // `list_open` answers from it from now on.
+    assert!(jobs.blocking().list_open().unwrap().jobs.is_empty());
+
+    // Another session holds the advisory lock that every writer of the
+    // job's record takes first: the record's insert waits for it, in flight.
+    let record = Key::new(["jobs", "job", "exp-1"]).unwrap();
+    let lock_id = "('x' || left(encode(sha256($1::bytea), 'hex'), 16))::bit(64)::bigint";
+    let mut blocker = pg::client();
+    blocker
+        .query(
+            &format!("SELECT pg_advisory_lock({lock_id})"),
+            &[&pg::packed(&record)],
+        )
+        .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = "create-in-dropped";
+    let url = pg::named(&pg::url(), app);
+    runtime.block_on(async {
+        let (mut db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let tx = db.transaction().await.unwrap();
+        tx.execute(&format!("INSERT INTO {table} VALUES ('exp-1')"), &[])
+            .await
+            .unwrap();
+        let waiting = tokio::task::spawn_blocking(move || waits_for_a_lock(app));
+        tokio::select! {
+            created = jobs.create_in(&tx, NewJob::new("export").id("exp-1")) => {
+                panic!("the create was to wait for the record's lock: {created:?}");
+            }
+            waiting = waiting => assert!(waiting.unwrap(), "the create never waited"),
+        }
+        // The create's future is dropped: the application gives up on the
+        // job, lets the record's insert through, and commits its own row.
+        blocker
+            .query(
+                &format!("SELECT pg_advisory_unlock({lock_id})"),
+                &[&pg::packed(&record)],
+            )
+            .unwrap();
+        tx.commit().await.unwrap();
+    });
+
+    assert_eq!(exports(&table), 1, "the application's own row");
+    assert!(jobs.blocking().get("exp-1").unwrap().is_none());
+    let entry = Key::new(["jobs", "open", "exp-1"]).unwrap();
+    assert!(store.get(&entry).unwrap().is_none());
+    assert!(jobs.blocking().list_open().unwrap().jobs.is_empty());
+}
+
 #[test]
 fn a_job_created_in_a_transaction_wakes_a_runner_on_another_handle_at_its_commit() {
     let mut schemas = Schemas::default();

@@ -257,6 +257,14 @@ use crate::trace;
 ///   a [`LockInTransaction`](crate::lock::LockInTransaction), not a guard;
 ///   after the commit, its `committed` gives the guard, whose renewals and
 ///   release run on the store's own connections.
+/// - **An async call dropped before it completes** (a timeout around it, a
+///   cancelled request) leaves no half of a batch: a job's record and its
+///   entry in the index of open jobs are written in a savepoint, which is
+///   rolled back, after the statement in flight, if the call's future is
+///   dropped between them. A single statement in flight when the future is
+///   dropped still runs, so the call's write may or may not be in the
+///   transaction: roll it back, or repeat the call in it with the same
+///   attempt id, which finds its own record.
 ///
 /// The blocking methods take any [`postgres::GenericClient`] (a
 /// `postgres::Transaction`, on a thread where no tokio runtime is current,

@@ -112,8 +112,51 @@ fn aborted(error: Error) -> Error {
     }
 }
 
-/// The savepoint a batch runs in.
-const SAVEPOINT: &str = "jobsafe_batch";
+/// Opens the savepoint a batch runs in.
+const BEGIN_BATCH: &str = "SAVEPOINT jobsafe_batch";
+/// Ends a batch whose statements all succeeded.
+const END_BATCH: &str = "RELEASE SAVEPOINT jobsafe_batch";
+/// Undoes what a batch wrote before it failed or was abandoned; the
+/// application's own writes stay.
+const UNDO_BATCH: &str = "ROLLBACK TO SAVEPOINT jobsafe_batch; RELEASE SAVEPOINT jobsafe_batch";
+
+/// A batch under way in its savepoint: dropped before it is
+/// [`finish`](Unfinished::finish)ed, it undoes the batch.
+///
+/// An async call's future can be dropped between two of the batch's
+/// statements (a caller's timeout, a request cancelled). The statement in
+/// flight still runs on the server, and without this the ones before it
+/// would stay in the application's transaction, which its commit would
+/// keep: half a batch, say a job record without its entry in the index of
+/// open jobs.
+struct Unfinished<'t, E: Exec> {
+    exec: &'t E,
+    armed: bool,
+}
+
+impl<E: Exec> Unfinished<'_, E> {
+    /// The batch ends by its own last statement, sent next.
+    fn finish(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<E: Exec> Drop for Unfinished<'_, E> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // The client queues a request when its future is first polled, and
+        // its connection runs the requests in order, after the one in flight,
+        // whether or not anyone waits for the answer. The blocking client
+        // runs it when it is called.
+        let undo = self.exec.batch_execute(UNDO_BATCH);
+        let mut undo = std::pin::pin!(undo);
+        let _ = undo
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    }
+}
 
 impl<'t, E: Exec, W: Wait> InTransaction<'t, E, W> {
     async fn apply(self, batch: Batch) -> Result<Vec<Applied>> {
@@ -126,18 +169,22 @@ impl<'t, E: Exec, W: Wait> InTransaction<'t, E, W> {
         let ctx = shared.ctx();
         let db = |step| ctx.db(step);
         self.exec
-            .batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))
+            .batch_execute(BEGIN_BATCH)
             .await
             .map_err(db("begin batch"))?;
-        let written = ops::apply_ops(self.exec, &shared.sql.stmts(), &ctx, &batch).await;
-        let end = match written {
-            Ok(_) => format!("RELEASE SAVEPOINT {SAVEPOINT}"),
-            // Undoes what the batch wrote before its failure; the
-            // application's own writes stay.
-            Err(_) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
+        let unfinished = Unfinished {
+            exec: self.exec,
+            armed: true,
         };
+        let written = ops::apply_ops(self.exec, &shared.sql.stmts(), &ctx, &batch).await;
+        let end = if written.is_ok() {
+            END_BATCH
+        } else {
+            UNDO_BATCH
+        };
+        unfinished.finish();
         self.exec
-            .batch_execute(&end)
+            .batch_execute(end)
             .await
             .map_err(db("end batch"))?;
         written
