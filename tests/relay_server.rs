@@ -615,6 +615,89 @@ fn event_streams_beyond_the_cap_get_503_and_a_closed_one_frees_its_slot() -> Res
     Ok(())
 }
 
+/// One account cannot take every stream slot: beyond its own cap it gets
+/// 429, and another account still opens streams on its own jobs.
+#[test]
+fn an_account_at_its_cap_of_event_streams_gets_429_and_others_are_served() -> Res {
+    let dir = tempfile::tempdir()?;
+    let (_gates, gate_arg) = gated(dir.path());
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:greedy", "lic:other"],
+        &[
+            "--gate",
+            &gate_arg,
+            "--max-streams",
+            "4",
+            "--max-streams-per-account",
+            "2",
+        ],
+        false,
+    )?;
+    let greedy = relay.client("lic:greedy");
+    let other = relay.client("lic:other");
+    // Their gates stay shut: the jobs and their streams never end.
+    let greedy_job = job_id(&greedy.post("/jobs", &[], "{}")?.1);
+    let other_job = job_id(&other.post("/jobs", &[], "{}")?.1);
+
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = greedy.events(&greedy_job, None)?;
+        assert!(stream.next_event()?.is_some());
+        open.push(stream);
+    }
+    let Err((status, headers, answer)) = greedy.open_events(&greedy_job, None, &[])? else {
+        panic!("a third stream of one account was opened beyond its cap of 2");
+    };
+    assert_eq!(status, 429, "{answer}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert!(answer["error"].is_string(), "{answer}");
+    let mut theirs = other.events(&other_job, None)?;
+    assert!(theirs.next_event()?.is_some());
+    // A stream closed gives its account's slot back.
+    drop(open.pop());
+    let mut again = wait_until("the account's slot back", || {
+        match greedy.open_events(&greedy_job, None, &[])? {
+            Ok(stream) => Ok(Some(stream)),
+            Err((429, _, _)) => Ok(None),
+            Err((status, _, answer)) => Err(format!("{status} {answer}").into()),
+        }
+    })?;
+    assert!(again.next_event()?.is_some());
+    println!(
+        "relay_server: --max-streams-per-account 2: a third stream of one account 429, another account served"
+    );
+    Ok(())
+}
+
+/// Requests axum itself would refuse in plain text get the relay's own JSON
+/// error answers.
+#[test]
+fn malformed_paths_and_queries_get_json_errors() -> Res {
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:j"],
+        &["--stage-ms", "0"],
+        false,
+    )?;
+    let client = relay.client("lic:j");
+    let id = job_id(&client.post("/jobs", &[], "{}")?.1);
+    for path in [
+        format!("/jobs/{id}/events?after=-1"),
+        format!("/jobs/{id}/events?after=x"),
+        "/jobs/%ff%fe".to_owned(),
+        "/jobs/%ff/events".to_owned(),
+        "/accounts/%ff".to_owned(),
+    ] {
+        let (status, answer) = client.get(&path)?;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{path}: {answer}");
+    }
+    println!("relay_server: malformed paths and queries: 400 with a JSON error each");
+    Ok(())
+}
+
 /// Reads from `stream` until the server closes it, within `bound`: what it
 /// sent, or an error if it kept the connection open.
 fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> Res<String> {
@@ -703,6 +786,65 @@ fn a_half_sent_request_is_closed_after_the_header_timeout_while_others_are_serve
     println!(
         "relay_server: header timeout 1 s: {CONNECTIONS} half-sent requests closed after {:.1} s while a new client was served; idle keep-alive closed; stalled body 408",
         closed_after.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A client that sends requests and never reads the answers fills the
+/// socket's buffers, and the relay's writes wait: without a bound, each such
+/// connection is held for ever, and a few lock every other client out.
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_write_timeout_while_others_are_served() -> Res {
+    const CONNECTIONS: usize = 2;
+    let bound = Duration::from_secs(10);
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start(
+        &dir.path().join("state"),
+        &["lic:a", "lic:b"],
+        &[
+            "--stage-ms",
+            "0",
+            "--write-timeout-ms",
+            "1000",
+            "--max-connections",
+            &CONNECTIONS.to_string(),
+        ],
+        false,
+    )?;
+    let addr = relay.base.strip_prefix("http://").unwrap().to_owned();
+    let request = format!(
+        "GET /accounts/lic:a HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {}\r\n\r\n",
+        token_of("lic:a")
+    )
+    .repeat(64);
+
+    // As many clients as the relay takes connections pipeline requests and
+    // read nothing, until the relay stops reading them (its answers wait) or
+    // closes the connection.
+    let mut stalled = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut stream = TcpStream::connect(&addr)?;
+        rustix::net::sockopt::set_socket_recv_buffer_size(&stream, 4096)?;
+        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        let mut sent = 0usize;
+        while let Ok(n) = stream.write(request.as_bytes()) {
+            sent += n;
+        }
+        assert!(sent > request.len(), "the relay read {sent} bytes only");
+        stalled.push(stream);
+    }
+    // A new client is served all the same: the stalled ones were closed.
+    let client = relay.client("lic:b");
+    let took = within(bound, "a request beside stalled clients", || {
+        assert_eq!(client.credits("lic:b")?, 100);
+        Ok(())
+    })?;
+    for stream in &mut stalled {
+        read_until_closed(stream, bound)?;
+    }
+    println!(
+        "relay_server: write timeout 1 s: {CONNECTIONS} clients that stopped reading closed; another served after {:.1} s",
+        took.as_secs_f64()
     );
     Ok(())
 }
@@ -949,8 +1091,35 @@ fn the_relay_needs_a_well_formed_tokens_file() -> Res {
         ])?;
         assert!(error.contains(expected), "{text:?}: {error}");
     }
+    // A file another user could have written, and a FIFO, which is refused
+    // without waiting for a writer.
+    std::fs::write(&tokens, format!("{good}\n"))?;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o666))?;
+    let error = start_expecting_refusal(&[
+        "--tokens".as_ref(),
+        tokens.as_os_str(),
+        "--store".as_ref(),
+        state.as_os_str(),
+    ])?;
+    assert!(error.contains("writable by other users"), "{error}");
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )?;
+    let error = start_expecting_refusal(&[
+        "--tokens".as_ref(),
+        fifo.as_os_str(),
+        "--store".as_ref(),
+        state.as_os_str(),
+    ])?;
+    assert!(error.contains("not a regular file"), "{error}");
     println!(
-        "relay_server: no --tokens, and {} malformed tokens files, each refused naming the line",
+        "relay_server: no --tokens, {} malformed tokens files, each refused naming the line, \
+         a world-writable one and a FIFO refused",
         cases.len()
     );
     Ok(())
@@ -998,6 +1167,8 @@ fn two_hundred_open_event_streams_hold_no_thread_each_and_requests_go_on() -> Re
             "--max-blocking-threads",
             "8",
             "--max-streams",
+            "256",
+            "--max-streams-per-account",
             "256",
             "--max-connections",
             "512",

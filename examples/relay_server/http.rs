@@ -13,6 +13,7 @@
 //! long, is a 400 naming the header. No error text of the store reaches a
 //! client: [`ApiError`] answers with messages written here and logs the rest.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -41,11 +43,21 @@ use crate::tokens::Tokens;
 /// The `Retry-After` of a 503 for too many open event streams, in seconds.
 const STREAMS_RETRY_AFTER_SECS: u32 = 5;
 
+/// How often an idle event stream sends a comment. Besides keeping proxies
+/// from closing it, the write is how the relay learns that a client went
+/// away without closing (hyper looks for a close only while it has nothing
+/// of the client's left to read): a stream slot outlives its client by about
+/// two of these at most.
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// The bounds on what clients may ask of the relay.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     /// Event streams open at once, over all accounts.
     pub(crate) max_streams: usize,
+    /// Event streams one account may have open at once: less than
+    /// `max_streams`, so that one account cannot take every slot.
+    pub(crate) max_streams_per_account: usize,
     /// Largest request body.
     pub(crate) max_body_bytes: usize,
     /// How long a client has to send a request's body, once its head is read.
@@ -61,6 +73,8 @@ struct App {
     tokens: Arc<Tokens>,
     /// One permit per event stream that may be open.
     streams: Arc<Semaphore>,
+    /// The event streams each account has open.
+    streams_by_account: Arc<StreamsByAccount>,
     limits: Limits,
     /// Tells event streams to end when the relay stops.
     shutdown: Shutdown,
@@ -115,6 +129,7 @@ pub(crate) async fn serve(
         relay,
         tokens: Arc::new(tokens),
         streams: Arc::new(Semaphore::new(limits.max_streams)),
+        streams_by_account: Arc::default(),
         limits,
         shutdown: shutdown.clone(),
     };
@@ -158,6 +173,8 @@ enum ApiError {
     BodyTimedOut,
     BodyUnreadable,
     TooManyStreams,
+    /// The caller's account has as many streams open as it may.
+    TooManyAccountStreams,
     Panicked,
 }
 
@@ -199,6 +216,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many open event streams: try again later, or poll the job".to_owned(),
             ),
+            ApiError::TooManyAccountStreams => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "your account has too many open event streams: close one, or poll the job"
+                    .to_owned(),
+            ),
             ApiError::Panicked => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error".to_owned(),
@@ -225,7 +247,7 @@ impl ApiError {
             ApiError::Unauthorized => {
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
             }
-            ApiError::TooManyStreams => Some((
+            ApiError::TooManyStreams | ApiError::TooManyAccountStreams => Some((
                 header::RETRY_AFTER,
                 HeaderValue::from(STREAMS_RETRY_AFTER_SECS),
             )),
@@ -412,8 +434,9 @@ async fn create_job(
 async fn job(
     State(app): State<App>,
     Extension(Caller(account)): Extension<Caller>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let id = path_segment(id)?;
     let relay = app.relay.clone();
     match to_completion(async move { relay.client_view(&account, &id).await }).await? {
         Some(view) => Ok(Json(view).into_response()),
@@ -426,6 +449,14 @@ struct After {
     after: Option<u64>,
 }
 
+/// The path's parameter, or a 400 in the relay's own form (axum's answer
+/// would be plain text) when it is not UTF-8 once decoded.
+fn path_segment(extracted: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    extracted
+        .map(|Path(segment)| segment)
+        .map_err(|_| ApiError::BadRequest("the path is not valid: UTF-8 once decoded".into()))
+}
+
 /// `GET /jobs/{id}/events`: the job's events as SSE, each with its sequence
 /// number as `id:`, from after `Last-Event-ID` (or `?after=N`, or the start),
 /// stored ones first and then live, each once; the stream ends after the
@@ -434,16 +465,21 @@ struct After {
 /// the job's stream has ended, and is a 400 while the job goes on.
 ///
 /// Each open stream holds one of `--max-streams` slots (503 when none is
-/// free), and no thread: it waits for the job's next event as a future. The
-/// slot is freed when the stream is dropped, which is as soon as the stream
-/// ends or its client goes away.
+/// free) and one of its account's `--max-streams-per-account` (429 when
+/// none is free), and no thread: it waits for the job's next event as a
+/// future. The slots are freed when the stream is dropped, which is as soon
+/// as the stream ends or its client goes away (seen at the next write, a
+/// keep-alive comment every [`STREAM_KEEP_ALIVE`] at the latest).
 async fn job_events(
     State(app): State<App>,
     Extension(Caller(account)): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(query): Query<After>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<After>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let id = path_segment(id)?;
+    let Query(query) = query
+        .map_err(|_| ApiError::BadRequest("after: a whole number of events, at least 0".into()))?;
     let after = match read_header(&headers, &LAST_EVENT_ID)? {
         Some(last) => last
             .trim()
@@ -451,9 +487,16 @@ async fn job_events(
             .map_err(|_| ApiError::InvalidHeader(LAST_EVENT_ID))?,
         None => query.after.unwrap_or(0),
     };
+    let own = StreamsByAccount::open(
+        &app.streams_by_account,
+        &account,
+        app.limits.max_streams_per_account,
+    )
+    .ok_or(ApiError::TooManyAccountStreams)?;
     let slot = Arc::clone(&app.streams)
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyStreams)?;
+    let slot = (slot, own);
     let relay = app.relay.clone();
     let subscribed = to_completion(async move { relay.subscribe(&account, &id, after).await });
     let Some(events) = subscribed.await? else {
@@ -461,7 +504,7 @@ async fn job_events(
     };
     let stream = sse_events(events, slot).take_until(app.shutdown.stopped());
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
         .into_response())
 }
 
@@ -470,7 +513,7 @@ async fn job_events(
 /// last id it got, and the read is tried again then.
 fn sse_events(
     events: Events,
-    slot: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, AccountStream),
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
     futures_util::stream::unfold((events, slot), |(mut events, slot)| async move {
         match events.next_event().await {
@@ -498,8 +541,9 @@ fn sse_event(event: &Event) -> SseEvent {
 async fn account(
     State(app): State<App>,
     Extension(Caller(caller)): Extension<Caller>,
-    Path(account): Path<String>,
+    account: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let account = path_segment(account)?;
     if account != caller {
         return Err(ApiError::NotFound("no such account"));
     }
@@ -559,6 +603,47 @@ async fn start_index(
                 },
             });
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
+    }
+}
+
+/// The event streams each account has open, so that one account cannot take
+/// every one of `--max-streams` and lock the others out of their own jobs'
+/// streams.
+#[derive(Debug, Default)]
+struct StreamsByAccount(parking_lot::Mutex<HashMap<String, usize>>);
+
+/// One open stream of an account, counted until dropped.
+#[derive(Debug)]
+struct AccountStream {
+    counts: Arc<StreamsByAccount>,
+    account: String,
+}
+
+impl StreamsByAccount {
+    /// Counts a stream of `account`, unless it has `cap` open.
+    fn open(this: &Arc<Self>, account: &str, cap: usize) -> Option<AccountStream> {
+        let mut counts = this.0.lock();
+        let open = counts.entry(account.to_owned()).or_default();
+        if *open >= cap {
+            return None;
+        }
+        *open += 1;
+        Some(AccountStream {
+            counts: Arc::clone(this),
+            account: account.to_owned(),
+        })
+    }
+}
+
+impl Drop for AccountStream {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock();
+        if let Some(open) = counts.get_mut(&self.account) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.account);
+            }
         }
     }
 }

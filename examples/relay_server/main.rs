@@ -28,10 +28,10 @@
 //! |---|---|
 //! | `POST /jobs` (headers `Idempotency-Key` or `X-Job-Id`; JSON body `{"kind", "input", "fail_at"}`, all optional) | 202 `{"job_id", "charged"}`; 402 without credits; 422 for a key reused with another body; 429 when the account has `--max-queued` unfinished jobs |
 //! | `GET /jobs/{id}` | 200 with the client view of the job; 404, also for another account's job |
-//! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error` (or when the relay stops); past the last event, a stream that ends at once for a finished job and 400 for one that goes on; 404 as above; 503 with `Retry-After` when `--max-streams` streams are open |
+//! | `GET /jobs/{id}/events` (header `Last-Event-ID` or `?after=N`) | an SSE stream, one `id:` per event, ending after `done` or `error` (or when the relay stops); past the last event, a stream that ends at once for a finished job and 400 for one that goes on; 404 as above; 503 with `Retry-After` when `--max-streams` streams are open, 429 with `Retry-After` when the caller's account has `--max-streams-per-account` open |
 //! | `GET /accounts/{account}` | 200 `{"account", "credits"}` for the caller's own account; 404 for any other |
-//! | `POST /index` (header `X-Actor`; JSON body `{"resource"}`) | 202 `{"job_id"}`; 409 `{"holder"}` while a re-index of it runs; 429 as `POST /jobs` |
-//! | any request | 401 with `WWW-Authenticate: Bearer` without a valid token; 400 naming a header the relay reads that is not 1 to its limit of printable ASCII characters; 408 for a body not sent within `--body-timeout-ms`; 413 for a body over 64 KiB |
+//! | `POST /index` (header `X-Actor`; JSON body `{"resource"}`) | 202 `{"job_id"}`, not charged (a re-index is the service's upkeep, and one per resource runs at a time); 409 `{"holder"}` while a re-index of it runs; 429 as `POST /jobs`, whose cap it counts against |
+//! | any request | 401 with `WWW-Authenticate: Bearer` without a valid token; 400 naming a header the relay reads that is not 1 to its limit of printable ASCII characters; 408 for a body not sent within `--body-timeout-ms`; 413 for a body over 64 KiB; 431 for a request head over 16 KiB; a client that reads nothing of an answer for `--write-timeout-ms` is disconnected |
 //!
 //! Error answers are `{"error": MESSAGE}` with messages written for clients:
 //! store errors, which name internal keys, go to stderr only. `X-Account` is
@@ -49,10 +49,13 @@
 //! starting credits, default 100), `--index-ttl-ms N` (the index lock's lease,
 //! default 16 minutes), `--lease-ms N` (a job runner's lease, default 30 s),
 //! `--max-queued N` (unfinished jobs per account, default 16), `--max-streams
-//! N` (open event streams, default 64), `--max-connections N` (default 256),
+//! N` (open event streams, default 64), `--max-streams-per-account N` (open
+//! event streams of one account, default 16), `--max-connections N` (default 256),
 //! `--header-timeout-ms N` (to send a request's head, and how long a
 //! kept-alive connection may idle; default 10 s), `--body-timeout-ms N` (to
-//! send a request's body, default 30 s), `--pool-threads N` (jobsafe's pool,
+//! send a request's body, default 30 s), `--write-timeout-ms N` (the longest
+//! an answer may wait for its client to read it; default 30 s),
+//! `--pool-threads N` (jobsafe's pool,
 //! which runs every store call of the requests and streams: see
 //! `jobsafe::pool`; at least 2, default 64), `--max-blocking-threads N` (the
 //! tokio runtime's blocking pool, which the relay itself does not use; default
@@ -89,6 +92,7 @@ mod server;
 mod state_dir;
 mod tokens;
 mod work;
+mod write_stall;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,9 +113,10 @@ usage: relay_server --tokens FILE [--store DIR] [--backend log|dir] [--postgres 
                     [--listen ADDR]
                     [--workers N] [--stage-ms N | --gate DIR] [--credits N]
                     [--index-ttl-ms N] [--lease-ms N] [--max-queued N]
-                    [--max-streams N] [--max-connections N]
+                    [--max-streams N] [--max-streams-per-account N]
+                    [--max-connections N]
                     [--header-timeout-ms N] [--body-timeout-ms N]
-                    [--pool-threads N] [--max-blocking-threads N]
+                    [--write-timeout-ms N] [--pool-threads N] [--max-blocking-threads N]
                     [--stop-grace-ms N] [--clock-file FILE]
 
 An HTTP relay running background jobs with jobsafe: POST /jobs, GET /jobs/{id},
@@ -137,10 +142,15 @@ jobs it creates.
   --lease-ms N           a job runner's lease (default 30 s)
   --max-queued N         unfinished jobs an account may have (default 16; 429 beyond)
   --max-streams N        event streams open at once (default 64; 503 beyond)
+  --max-streams-per-account N
+                         event streams one account may have open at once
+                         (default 16; 429 beyond)
   --max-connections N    connections open at once (default 256; more wait)
   --header-timeout-ms N  time to send a request's head, and the longest a kept-alive
                          connection may idle (default 10 s)
   --body-timeout-ms N    time to send a request's body (default 30 s; 408 after)
+  --write-timeout-ms N   the longest an answer may wait for the client to read it
+                         (default 30 s; the connection is closed after)
   --pool-threads N       threads of jobsafe's pool, which runs the store calls of every
                          request and event stream (at least 2, default 64); a
                          request or stream waiting for one holds no thread
@@ -247,9 +257,11 @@ impl Options {
             "--lease-ms" => self.settings.lease = millis()?,
             "--max-queued" => self.settings.max_queued = cap()?,
             "--max-streams" => self.limits.max_streams = cap()?,
+            "--max-streams-per-account" => self.limits.max_streams_per_account = cap()?,
             "--max-connections" => self.limits.connections.max_connections = cap()?,
             "--header-timeout-ms" => self.limits.connections.header_timeout = millis()?,
             "--body-timeout-ms" => self.limits.body_timeout = millis()?,
+            "--write-timeout-ms" => self.limits.connections.write_timeout = millis()?,
             "--pool-threads" => self.pool_threads = Some(pool_bound(cap()?)?),
             "--max-blocking-threads" => self.max_blocking_threads = cap()?,
             "--stop-grace-ms" => self.stop_grace = millis()?,
@@ -280,11 +292,13 @@ impl Default for Options {
             },
             limits: Limits {
                 max_streams: 64,
+                max_streams_per_account: 16,
                 max_body_bytes: MAX_BODY_BYTES,
                 body_timeout: Duration::from_secs(30),
                 connections: ConnectionLimits {
                     header_timeout: Duration::from_secs(10),
                     max_connections: 256,
+                    write_timeout: Duration::from_secs(30),
                 },
             },
             pool_threads: None,

@@ -262,6 +262,15 @@ impl Relay {
         {
             slot.keep();
         }
+        // A runner may have run the job to its end already, and `settle`
+        // stopped counting it before it was counted here: it would count for
+        // ever. `settle` runs only once the job's end is stored, so a job
+        // read as finished now was settled, or is about to be.
+        if let Some(job) = self.jobs.get(&job_id).await?
+            && job.status.is_finished()
+        {
+            self.queued.remove(request.account, &job_id);
+        }
         Ok(Created { job_id, charged })
     }
 

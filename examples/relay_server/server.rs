@@ -1,6 +1,8 @@
 //! Accepting connections and serving HTTP/1 on them, with the bounds that
-//! `axum::serve` does not offer: a cap on open connections and a timeout on
-//! each request's head; and stopping cleanly ([`Shutdown`]).
+//! `axum::serve` does not offer: a cap on open connections, a timeout on
+//! each request's head, a bound on its size, and a bound on how long an
+//! answer may wait for its client to read it; and stopping cleanly
+//! ([`Shutdown`]).
 //!
 //! Without the bounds, a client that opens connections and sends half a
 //! request on each holds them open forever, until the process runs out of
@@ -16,6 +18,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::write_stall::WriteStall;
+
+/// The most a connection buffers of a request's head (431 beyond): ample
+/// for the headers the relay reads, each at most a few hundred bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long to wait after a failed `accept` (out of file descriptors, say)
 /// before the next one, instead of spinning on the same error.
@@ -78,6 +86,9 @@ pub(crate) struct ConnectionLimits {
     pub(crate) header_timeout: Duration,
     /// How many connections may be open at once.
     pub(crate) max_connections: usize,
+    /// The longest a write may wait for the client to read (see
+    /// [`WriteStall`]).
+    pub(crate) write_timeout: Duration,
 }
 
 /// Serves `router` on the connections `listener` accepts, until `shutdown`.
@@ -96,7 +107,10 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        // A request's head is read into this buffer: hyper's default lets
+        // one header of some 400 KB through.
+        .max_buf_size(MAX_HEAD_BYTES);
     let stopped = shutdown.stopped();
     tokio::pin!(stopped);
     loop {
@@ -108,6 +122,7 @@ pub(crate) async fn serve(
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
+        let stream = WriteStall::new(stream, limits.write_timeout);
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -14,6 +14,8 @@
 //! right, nor which account it belongs to.
 
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -24,6 +26,9 @@ pub(crate) const MAX_ACCOUNT_LEN: usize = 64;
 pub(crate) const MIN_TOKEN_LEN: usize = 16;
 /// Longest token.
 pub(crate) const MAX_TOKEN_LEN: usize = 256;
+
+/// Largest tokens file: some ten thousand accounts.
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// A token's SHA-256 digest.
 type Digest32 = [u8; 32];
@@ -47,11 +52,57 @@ impl std::error::Error for TokensError {}
 
 impl Tokens {
     /// Reads and checks the tokens file at `path`.
+    ///
+    /// The file decides who gets in, so one that another user could have
+    /// written is refused: it must be a regular file, belong to this user or
+    /// to root (a secret mounted by the system), and not be writable by group
+    /// or others. A link to such a file is followed (secrets are often
+    /// mounted through links). One readable by others is taken, with a
+    /// warning.
     pub(crate) fn load(path: &Path) -> Result<Tokens, TokensError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TokensError(format!("reading tokens file {}: {e}", path.display())))?;
-        Tokens::parse(&text)
-            .map_err(|e| TokensError(format!("tokens file {}: {e}", path.display())))
+        let refused = |why: String| TokensError(format!("tokens file {}: {why}", path.display()));
+        // Without blocking: a FIFO planted there would wait for a writer.
+        let mut file = std::fs::File::options()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| refused(format!("cannot be opened: {e}")))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| refused(format!("cannot be read: {e}")))?;
+        if !metadata.is_file() {
+            return Err(refused("not a regular file".to_owned()));
+        }
+        let user = rustix::process::getuid().as_raw();
+        if metadata.uid() != user && metadata.uid() != 0 {
+            return Err(refused(format!(
+                "belongs to user {}, neither this user ({user}) nor root: another user could \
+                 have written it",
+                metadata.uid()
+            )));
+        }
+        let mode = metadata.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(refused(format!(
+                "writable by other users (mode {mode:o}): `chmod go-w` it"
+            )));
+        }
+        if mode & 0o044 != 0 {
+            eprintln!(
+                "relay: warning: tokens file {} is readable by other users (mode {mode:o}): \
+                 `chmod go-r` it",
+                path.display()
+            );
+        }
+        let mut text = String::new();
+        (&mut file)
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| refused(format!("cannot be read: {e}")))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(refused(format!("larger than {MAX_FILE_BYTES} bytes")));
+        }
+        Tokens::parse(&text).map_err(refused)
     }
 
     /// Parses the text of a tokens file; an error names the offending line.

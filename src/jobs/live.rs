@@ -148,6 +148,12 @@ impl Hub {
         self.left.raise();
     }
 
+    /// How many subscribers are registered, over every job.
+    #[cfg(test)]
+    pub(super) fn subscriber_count(&self) -> usize {
+        self.subscribers.lock().values().map(Vec::len).sum()
+    }
+
     pub(super) fn remove(&self, job_id: &str, id: u64) {
         {
             let mut all = self.subscribers.lock();

@@ -75,14 +75,9 @@ impl<S: Store + 'static> AsyncSubscription<S> {
     pub(super) async fn start(jobs: JobState<S>, id: &str, after: u64) -> Result<Self> {
         // Registered before the store is read, so that nothing appended in
         // between is missed; duplicates are dropped by sequence number.
+        // The subscription owns the feed from here: this future dropped at
+        // any await below unsubscribes it.
         let feed = jobs.hub.add(id, jobs.subscriber_buffer);
-        // Setting up the store's watch may list and watch directories (a
-        // `DirStore`'s): on the pool, not on the thread that polls. Once it
-        // runs, later subscribers find it and go to the pool for nothing.
-        if !jobs.hub.others_are_watched() {
-            let watching = jobs.clone();
-            crate::pool::run(move || watching.watch_others()).await;
-        }
         let mut subscription = AsyncSubscription {
             jobs,
             job_id: id.to_owned(),
@@ -93,6 +88,13 @@ impl<S: Store + 'static> AsyncSubscription<S> {
             closed: false,
             reading_after_close: false,
         };
+        // Setting up the store's watch may list and watch directories (a
+        // `DirStore`'s): on the pool, not on the thread that polls. Once it
+        // runs, later subscribers find it and go to the pool for nothing.
+        if !subscription.jobs.hub.others_are_watched() {
+            let watching = subscription.jobs.clone();
+            crate::pool::run(move || watching.watch_others()).await;
+        }
         let (cursor, outcome) = read(&subscription.jobs, Cursor::new(id, after), true).await;
         subscription.cursor = Some(cursor);
         outcome?;

@@ -238,3 +238,29 @@ fn the_extra_operations_of_a_write_land_exactly_when_it_does() {
         }
     }
 }
+
+/// A subscribe whose future is dropped while it waits (here for the pool,
+/// setting up the store's watch) leaves no subscriber behind: the hub would
+/// otherwise keep its feed until the job's next event, for ever if none
+/// comes.
+#[cfg(feature = "async")]
+#[test]
+fn an_async_subscribe_dropped_while_it_waits_leaves_no_subscriber() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let jobs = jobs();
+    let job = jobs.create(NewJob::new("export")).unwrap();
+    let mut subscribe = Box::pin(super::stream::AsyncSubscription::start(
+        jobs.clone(),
+        &job.id,
+        0,
+    ));
+    let polled = subscribe
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()));
+    assert!(matches!(polled, Poll::Pending), "it waits for the pool");
+    assert_eq!(jobs.hub.subscriber_count(), 1, "subscribed first");
+    drop(subscribe);
+    assert_eq!(jobs.hub.subscriber_count(), 0);
+}

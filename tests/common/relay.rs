@@ -134,6 +134,8 @@ pub fn write_tokens(path: &Path, accounts: &[&str]) -> Res {
         .map(|account| format!("{account} {}\n", token_of(account)))
         .collect();
     std::fs::write(path, lines)?;
+    // Readable by this user only, as the relay asks of a tokens file.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(())
 }
 

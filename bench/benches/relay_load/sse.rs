@@ -167,6 +167,8 @@ fn start(state: &Path, gate: &Path, accounts: &[&str], streams: usize) -> Res<Re
             &workers,
             "--max-streams",
             &max_streams,
+            "--max-streams-per-account",
+            &max_streams,
             "--max-connections",
             &max_connections,
             "--credits",
