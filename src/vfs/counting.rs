@@ -227,6 +227,16 @@ impl<F: VfsFile> VfsFile for CountingFile<F> {
         self.inner.size()
     }
 
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.counters.stats.fetch_add(1, Ordering::Relaxed);
+        self.inner.next_data(offset)
+    }
+
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        self.counters.stats.fetch_add(1, Ordering::Relaxed);
+        self.inner.next_hole(offset)
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         self.counters.file_syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.sync_all()

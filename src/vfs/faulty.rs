@@ -631,6 +631,16 @@ impl<F: VfsFile> VfsFile for FaultyFile<F> {
         self.inner.size()
     }
 
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        self.pass(OpKind::Read)?;
+        self.inner.next_data(offset)
+    }
+
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        self.pass(OpKind::Read)?;
+        self.inner.next_hole(offset)
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         self.pass(OpKind::FileSync)?;
         self.inner.sync_all()

@@ -364,6 +364,26 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// no timestamp where the system allows.
     fn size(&self) -> io::Result<u64>;
 
+    /// Where data begins at or after `offset`, past any hole of a sparse
+    /// file (`lseek(SEEK_DATA)`); `None` if nothing but holes follows. Holes
+    /// read as zeros: a reader that looks for what is not zero skips them
+    /// without reading them. The file's position is kept.
+    ///
+    /// The default knows of no holes and returns `Some(offset)`. A layer
+    /// that wraps another should forward it (with
+    /// [`next_hole`](VfsFile::next_hole)), or a reader reads the holes.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
+
+    /// Where the next hole begins at or after `offset`
+    /// (`lseek(SEEK_HOLE)`); the end of the file counts as one. The file's
+    /// position is kept. The default knows of no holes: the file's size.
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        let _ = offset;
+        self.size()
+    }
+
     /// Flushes data and metadata to stable storage (`fsync`). `#[track_caller]`,
     /// as [`Vfs::sync_dir`].
     #[track_caller]

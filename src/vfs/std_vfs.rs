@@ -291,6 +291,26 @@ impl VfsFile for File {
         Ok(self.metadata()?.len())
     }
 
+    #[cfg(target_os = "linux")]
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match seek_keeping_position(self, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => Ok(Some(at)),
+            // Nothing but holes from `offset` to the end.
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn next_hole(&self, offset: u64) -> io::Result<u64> {
+        match seek_keeping_position(self, rustix::fs::SeekFrom::Hole(offset)) {
+            Ok(at) => Ok(at),
+            // At or past the end.
+            Err(rustix::io::Errno::NXIO) => self.size(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn sync_all(&self) -> io::Result<()> {
         crate::trace::flushed();
         File::sync_all(self)
@@ -353,6 +373,17 @@ fn open_own_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
         return Err(super::not_a_regular_file());
     }
     Ok(file)
+}
+
+/// Seeks `file` as `to` says and puts its position back: where `to` leads.
+/// A file of the crate's is read and written at offsets, but a caller's
+/// file handed to a [`Vfs`] may rely on its position.
+#[cfg(target_os = "linux")]
+fn seek_keeping_position(file: &File, to: rustix::fs::SeekFrom) -> rustix::io::Result<u64> {
+    let position = rustix::fs::seek(file, rustix::fs::SeekFrom::Current(0))?;
+    let found = rustix::fs::seek(file, to);
+    rustix::fs::seek(file, rustix::fs::SeekFrom::Start(position))?;
+    found
 }
 
 #[cfg(test)]

@@ -181,7 +181,7 @@ impl<F: VfsFile> Journal<F> {
             .size()
             .map_err(failed(steps::CLEAR_TORN_JOURNAL_TAIL))?
             .max(self.allocated);
-        write_zeros(&*self.file, self.end, len).map_err(failed(steps::CLEAR_TORN_JOURNAL_TAIL))?;
+        zero_data(&*self.file, self.end, len).map_err(failed(steps::CLEAR_TORN_JOURNAL_TAIL))?;
         if sync {
             self.file
                 .sync_data()
@@ -201,6 +201,37 @@ impl<F: VfsFile> Journal<F> {
     pub(crate) fn later_frame(&self) -> io::Result<Option<(u64, Later)>> {
         later_frame(&*self.file, &self.header, self.end + 1, self.next_seq)
     }
+}
+
+/// Writes zeros over `[from, to)`, leaving the holes of a sparse file, which
+/// read as zeros already: a file of a huge length (made so on purpose, say)
+/// costs a few seeks, not writes over its whole length. Past the file's end,
+/// the zeros extend it.
+fn zero_data<F: VfsFile + ?Sized>(file: &F, from: u64, to: u64) -> io::Result<()> {
+    let size = file.size()?;
+    let mut at = from;
+    while at < to.min(size) {
+        let Some(data) = file.next_data(at)? else {
+            break;
+        };
+        let data = data.max(at);
+        if data >= to.min(size) {
+            break;
+        }
+        // A layer that knows of no holes calls the whole rest data.
+        let hole = file.next_hole(data)?;
+        let until = if hole > data {
+            hole.min(to)
+        } else {
+            to.min(size)
+        };
+        write_zeros(file, data, until)?;
+        at = until;
+    }
+    if to > size {
+        write_zeros(file, from.max(size), to)?;
+    }
+    Ok(())
 }
 
 /// Writes zeros over `[from, to)`.
@@ -374,6 +405,11 @@ fn later_frame<F: VfsFile + ?Sized>(
         }
         if is_zeros(chunk) {
             at += chunk.len() as u64;
+            // A sparse file's holes read as zeros too: past them unread.
+            match file.next_data(at)? {
+                Some(data) => at = at.max(data),
+                None => break,
+            }
             continue;
         }
         let hits = chunk
@@ -599,5 +635,33 @@ mod tests {
         let file = Recorded::of(bytes);
         let found = later_frame(&file, &HEADER, FILE_HEADER_LEN + 1, FIRST_SEQ);
         assert_eq!(found.unwrap(), Some((at as u64, Later::Intact)));
+    }
+
+    /// Clearing a tail writes zeros over what holds data only: a sparse file
+    /// a tebibyte long costs a few writes, and the bytes found in it are
+    /// zero afterwards.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn zeroing_a_sparse_tail_writes_over_its_data_only() {
+        use std::io::{Read, Seek, SeekFrom};
+
+        let mut file = tempfile::tempfile().unwrap();
+        let far = 1u64 << 39;
+        VfsFile::write_all_at(&file, b"torn", 100).unwrap();
+        VfsFile::write_all_at(&file, b"left", far).unwrap();
+        file.set_len(1 << 40).unwrap();
+        zero_data(&file, 0, 1 << 40).unwrap();
+        for at in [100, far] {
+            let mut bytes = [1u8; 4];
+            VfsFile::read_at(&file, &mut bytes, at).unwrap();
+            assert_eq!(bytes, [0; 4], "at {at}");
+        }
+        assert_eq!(VfsFile::size(&file).unwrap(), 1 << 40);
+        // The position is where it was.
+        assert_eq!(file.stream_position().unwrap(), 0);
+        let mut first = [1u8; 4];
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_exact(&mut first).unwrap();
+        assert_eq!(first, [0; 4]);
     }
 }
