@@ -1423,3 +1423,41 @@ fn the_store_watch_is_set_up_on_the_pool() {
         assert_eq!(thread.as_deref(), Some("jobsafe-pool"));
     }
 }
+
+/// A job deleted by another process ends its subscribers' streams after one
+/// error, as a deletion in this process does: the stream used to fail at
+/// every poll, reading the store each time, without end.
+#[test]
+fn a_stream_of_a_job_another_process_deletes_ends_after_one_error() {
+    async fn items_after_delete(elsewhere: bool) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let here = JobState::new(jobsafe::LogStore::open(dir.path()).unwrap(), clock.clone());
+        // Another process's handle on the same files.
+        let there = JobState::new(jobsafe::LogStore::open(dir.path()).unwrap(), clock);
+        let job = here.create(NewJob::new("k")).unwrap();
+        let mut events = AsyncJobState::new(here.clone())
+            .subscribe(&job.id, job.events.next_seq - 1)
+            .await
+            .unwrap();
+        let deleter = if elsewhere { &there } else { &here };
+        assert!(deleter.delete(&job.id).unwrap());
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            match events.next_event().await {
+                Ok(None) => {
+                    seen.push("ended".to_owned());
+                    break;
+                }
+                Ok(Some(event)) => seen.push(format!("event {}", event.kind)),
+                Err(e) if e.to_string().contains("no job") => seen.push("no job".to_owned()),
+                Err(e) => seen.push(format!("error: {e}")),
+            }
+        }
+        seen
+    }
+    current_thread().block_on(async {
+        assert_eq!(items_after_delete(false).await, ["no job", "ended"]);
+        assert_eq!(items_after_delete(true).await, ["no job", "ended"]);
+    });
+}

@@ -1246,3 +1246,61 @@ fn a_subscription_hears_the_events_another_process_appends() {
         .unwrap_or_else(|_| panic!("the follower never heard the other process"));
     assert_eq!(followed, expected);
 }
+
+/// A record whose attempt count is at its end (made by hand) is refused as
+/// corrupt by `start`, naming its key; the count used to overflow (a panic
+/// in a debug build, a count back at zero in a release one).
+#[test]
+fn a_start_of_a_job_whose_attempt_count_is_at_its_end_is_refused_as_corrupt() {
+    let store = Arc::new(MemStore::new());
+    let jobs = JobState::new(Arc::clone(&store), Arc::new(ManualClock::new(1_000)));
+    jobs.create(NewJob::new("export").id("j1")).unwrap();
+    let key = Key::new(["jobs", "job", "j1"]).unwrap();
+    let entry = store.get(&key).unwrap().unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+    record["attempt"] = json!(u32::MAX);
+    let bytes = serde_json::to_vec(&record).unwrap();
+    store.put(&key, &bytes, jobsafe::Expect::Any).unwrap();
+
+    let e = jobs.start("j1", None).unwrap_err();
+    assert!(e.is_corrupt(), "{e}");
+    assert!(e.to_string().contains("jobs/job/j1"), "{e}");
+    let job = jobs.get("j1").unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(job.attempt, u32::MAX);
+}
+
+/// The names of the stages a job finished are bounded, so that a worker
+/// that sets a stage per item of a long loop cannot grow the record (which
+/// every write rewrites) without end.
+#[test]
+fn the_stages_a_job_finished_are_bounded() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(1_000)));
+    let job = jobs.create(NewJob::new("export")).unwrap();
+    let claim = jobs.start(&job.id, None).unwrap();
+    let name = "s".repeat(Job::MAX_STAGE_LEN);
+    let fit = Job::MAX_STAGES_DONE_LEN / Job::MAX_STAGE_LEN;
+    // One more than fit: the first call finishes no stage.
+    for _ in 0..=fit {
+        jobs.set_stage(&claim, &name).unwrap();
+    }
+    let e = jobs.set_stage(&claim, &name).unwrap_err();
+    assert!(e.is_too_large(), "{e}");
+    let job = jobs.get(&job.id).unwrap().unwrap();
+    assert_eq!(job.stages_done.len(), fit);
+    // The job still ends.
+    jobs.complete(&claim, json!({})).unwrap();
+}
+
+/// A follower's poll interval under the clocks' resolution of 1 ms would
+/// be a pause of none: refused, as zero is.
+#[test]
+fn a_follower_poll_interval_under_a_millisecond_is_refused() {
+    let jobs = JobState::new(MemStore::new(), Arc::new(ManualClock::new(1_000)));
+    let job = jobs.create(NewJob::new("export")).unwrap();
+    for every in [Duration::ZERO, Duration::from_micros(900)] {
+        let e = jobs.follow(&job.id, 0, every).map(drop).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{every:?}: {e}");
+    }
+    jobs.follow(&job.id, 0, Duration::from_millis(1)).unwrap();
+}

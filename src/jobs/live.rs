@@ -744,8 +744,8 @@ impl<S: Store> JobState<S> {
     ///
     /// # Errors
     /// As [`subscribe`](JobState::subscribe), and
-    /// [`Error::InvalidArgument`] for a `poll_every` of zero, which would
-    /// read the store without pause.
+    /// [`Error::InvalidArgument`] for a `poll_every` under 1 ms, the clocks'
+    /// resolution, which would read the store without pause.
     pub fn follow(&self, id: &str, after: u64, poll_every: Duration) -> Result<Follower<S>> {
         check_poll_interval(poll_every)?;
         let mut follower = Follower {
@@ -759,13 +759,15 @@ impl<S: Store> JobState<S> {
     }
 }
 
-/// Refuses a follower's poll interval of zero: it would read the store
-/// without pause.
+/// Refuses a follower's poll interval under the clocks' resolution of 1 ms:
+/// it would read the store without pause.
 pub(super) fn check_poll_interval(poll_every: Duration) -> Result<()> {
-    if poll_every.is_zero() {
-        return Err(Error::InvalidArgument(
-            "a follower's poll interval must be longer than zero".to_owned(),
-        ));
+    // Clocks count whole milliseconds: a shorter pause is none at all.
+    if poll_every < Duration::from_millis(1) {
+        return Err(Error::InvalidArgument(format!(
+            "a follower's poll interval must be at least 1 ms, the clock's resolution \
+             (a shorter one would read the store without pause): {poll_every:?}"
+        )));
     }
     Ok(())
 }

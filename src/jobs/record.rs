@@ -350,6 +350,16 @@ impl Job {
     /// [`JobState::set_stage`](crate::JobState::set_stage).
     pub const MAX_STAGE_LEN: usize = crate::Key::MAX_SEGMENT_LEN;
 
+    /// Most bytes of stage names in [`stages_done`](Job::stages_done): 64
+    /// KiB, room for 64 stages of the longest names, and for thousands of
+    /// short ones. Every write rewrites the whole record, so a list that grew
+    /// without bound (a stage per item of a long loop) would make each write
+    /// slower than the last. A [`set_stage`](crate::JobState::set_stage)
+    /// that would pass it is refused ([`Error::TooLarge`](crate::Error::TooLarge));
+    /// a stage that starts again from the first ([`Pipeline`](crate::Pipeline)
+    /// reruns) clears the list.
+    pub const MAX_STAGES_DONE_LEN: usize = 64 * 1024;
+
     /// The sequence number of the newest event in the job's log, or `None` if it
     /// has none yet. On the job a transition returns, this is the number of the
     /// event that transition appended (the record and the event are written in

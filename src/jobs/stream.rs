@@ -137,7 +137,16 @@ impl<S: Store + 'static> Stream for AsyncSubscription<S> {
                     this.closed = true;
                 }
                 if let Err(e) = outcome {
-                    if std::mem::take(&mut this.reading_owed) {
+                    let owed = std::mem::take(&mut this.reading_owed);
+                    if matches!(e, crate::Error::JobNotFound { .. }) {
+                        // Deleted, here or by another process: the store's
+                        // last word, as after a closed feed. Owed again, the
+                        // read would fail at every poll, without end.
+                        this.closed = true;
+                        if let Some(cursor) = this.cursor.as_mut() {
+                            cursor.finished = true;
+                        }
+                    } else if owed {
                         this.feed.owe_read();
                     }
                     return Poll::Ready(Some(Err(e)));

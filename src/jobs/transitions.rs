@@ -124,6 +124,7 @@ impl<S: Store> JobState<S> {
         token: Option<FencingToken>,
         attempt: &AttemptId,
     ) -> Result<Claim> {
+        let record_key = self.record_key(id)?;
         let written = self.write_job(id, "start job", attempt, &[], |job, now| {
             if job.status == JobStatus::Running
                 && job.started_by.as_ref() == Some(attempt)
@@ -148,8 +149,19 @@ impl<S: Store> JobState<S> {
             if !(startable || takeover) {
                 return Err(invalid(job, "start"));
             }
+            // A count at its end can only be disk content made by hand.
+            let Some(next) = job.attempt.checked_add(1) else {
+                return Err(Error::Corrupt {
+                    key: record_key.clone(),
+                    path: None,
+                    reason: format!(
+                        "job {} counts {} attempts already, the most a job can have",
+                        job.id, job.attempt
+                    ),
+                });
+            };
             job.status = JobStatus::Running;
-            job.attempt += 1;
+            job.attempt = next;
             job.started_ms = Some(now);
             job.heartbeat_ms = Some(now);
             job.retry_at_ms = None;
@@ -205,9 +217,19 @@ impl<S: Store> JobState<S> {
                 job.stage = None;
                 job.stages_done.clear();
             }
-            if let Some(done) = job.stage.replace(stage.to_owned()) {
+            if let Some(done) = job.stage.take() {
+                let size = job.stages_done.iter().map(String::len).sum::<usize>() + done.len();
+                if size > Job::MAX_STAGES_DONE_LEN {
+                    return Err(Error::TooLarge {
+                        what: "job stages done",
+                        key: Some(key.clone()),
+                        size,
+                        limit: Job::MAX_STAGES_DONE_LEN,
+                    });
+                }
                 job.stages_done.push(done);
             }
+            job.stage = Some(stage.to_owned());
             Ok(vec![event("stage", json!({ "stage": stage }))])
         })
     }
