@@ -1304,3 +1304,21 @@ fn a_follower_poll_interval_under_a_millisecond_is_refused() {
     }
     jobs.follow(&job.id, 0, Duration::from_millis(1)).unwrap();
 }
+
+/// A bound on kept events wider than a record may count is refused when the
+/// job state is built, not found out when a job's record is read as
+/// damaged after 2^24 events; so is a bound of 0.
+#[test]
+fn a_bound_on_kept_events_must_fit_what_a_record_may_count() {
+    let build = |max_events| {
+        JobState::builder(MemStore::new(), Arc::new(ManualClock::new(1_000)))
+            .max_events(max_events)
+            .build()
+            .map(drop)
+    };
+    for refused in [0, JobState::MAX_EVENTS_KEPT + 1, u64::MAX] {
+        let e = build(refused).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{refused}: {e}");
+    }
+    build(JobState::MAX_EVENTS_KEPT).unwrap();
+}

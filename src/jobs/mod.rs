@@ -397,6 +397,12 @@ impl JobState<()> {
     /// older ones are dropped.
     pub const DEFAULT_MAX_EVENTS: u64 = 1000;
 
+    /// The most events a job can keep ([`JobStateBuilder::max_events`]):
+    /// 2^24. A record whose window of events is wider is taken as damaged
+    /// when read, so that a damaged count cannot make a read walk billions
+    /// of event keys.
+    pub const MAX_EVENTS_KEPT: u64 = MAX_EVENT_SPAN;
+
     /// Live events buffered per subscriber unless
     /// [`JobStateBuilder::subscriber_buffer`] says otherwise; past it the
     /// subscriber catches up from the store.
@@ -442,7 +448,7 @@ impl<S: Store> JobStateBuilder<S> {
 
     /// Keeps at most `max_events` events per job; older ones are dropped as new
     /// ones come, and counted in [`EventWindow::dropped`]. Default:
-    /// [`JobState::DEFAULT_MAX_EVENTS`].
+    /// [`JobState::DEFAULT_MAX_EVENTS`]; at most [`JobState::MAX_EVENTS_KEPT`].
     pub fn max_events(mut self, max_events: u64) -> Self {
         self.max_events = max_events;
         self
@@ -476,13 +482,22 @@ impl<S: Store> JobStateBuilder<S> {
     /// The job records' manager.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `max_events` or `subscriber_buffer` is 0;
+    /// [`Error::InvalidArgument`] if `max_events` or `subscriber_buffer` is
+    /// 0, or `max_events` is over [`JobState::MAX_EVENTS_KEPT`];
     /// [`Error::InvalidKey`] if the namespace leaves no room for a job's keys.
     pub fn build(self) -> Result<JobState<S>> {
         if self.max_events == 0 {
             return Err(Error::InvalidArgument(
                 "max_events must be at least 1: a job keeps at least its last event".to_owned(),
             ));
+        }
+        if self.max_events > JobState::MAX_EVENTS_KEPT {
+            return Err(Error::InvalidArgument(format!(
+                "max_events is {}, over the most a job can keep, {}: a record counting a \
+                 wider window of events is taken as damaged when read",
+                self.max_events,
+                JobState::MAX_EVENTS_KEPT
+            )));
         }
         if self.subscriber_buffer == 0 {
             return Err(Error::InvalidArgument(

@@ -91,7 +91,11 @@ impl Vfs for StdVfs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        let dir = File::open(path)?;
+        // Only a directory: a FIFO swapped in for one would block the open.
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(directory_open_flags())
+            .open(path)?;
         crate::trace::flushed();
         dir.sync_all()
     }
@@ -375,6 +379,20 @@ fn open_own_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
     Ok(file)
 }
 
+/// The flags of an open of a directory to flush: on Linux, `O_DIRECTORY`,
+/// which fails on anything else without opening it, and `O_NONBLOCK`
+/// besides.
+fn directory_open_flags() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        (rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NONBLOCK).bits() as i32
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
 /// Seeks `file` as `to` says and puts its position back: where `to` leads.
 /// A file of the crate's is read and written at offsets, but a caller's
 /// file handed to a [`Vfs`] may rely on its position.
@@ -389,6 +407,32 @@ fn seek_keeping_position(file: &File, to: rustix::fs::SeekFrom) -> rustix::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO where a directory to flush was is refused without waiting for
+    /// a writer; a directory, and a link to one, are flushed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_directory_flush_refuses_a_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = StdVfs.sync_dir(&fifo).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::NOTDIR.raw_os_error())
+        );
+        StdVfs.sync_dir(dir.path()).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        StdVfs.sync_dir(&link).unwrap();
+    }
 
     #[test]
     fn a_create_whose_mode_cannot_be_set_leaves_no_file_behind() {
