@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::hooked_store::{HookedStore, StoreOp};
 use jobsafe::jobs::{Job, JobStatus, NewJob};
@@ -672,4 +672,181 @@ fn a_failing_upkeep_holds_up_no_job() {
     let report = runner.stop(Duration::ZERO);
     assert_eq!(report.completed, 1);
     assert!(!report.look_errors.is_empty());
+}
+
+/// A subject freed by a runner in another process wakes a runner that found
+/// it busy. No store tells other processes of a lock's release, only of a
+/// job's records; the release lands a moment after the holder's last write
+/// (which does wake the runner, to find the subject still held). A runner
+/// that finds the holder's job ended tries again after a short pause, not
+/// at its next poll, an hour away here.
+#[test]
+fn a_subject_freed_by_another_process_is_taken_up_after_a_short_pause() {
+    use std::sync::Condvar;
+
+    use jobsafe::store::{Applied, Changes, ListPage, Quarantined};
+    use jobsafe::{Batch, Entry, Expect, LogStore, Prefix, Version};
+
+    /// Another process's handle, whose writes of the subject lock wait
+    /// while `hold` is set.
+    #[derive(Debug)]
+    struct HoldRelease {
+        inner: LogStore,
+        hold: Mutex<bool>,
+        freed: Condvar,
+    }
+
+    impl HoldRelease {
+        fn before_write(&self, key: &Key) {
+            let segments = key.segments();
+            if segments.iter().any(|s| s == "locks") && segments.last().is_some_and(|s| s == "s") {
+                let mut hold = self.hold.lock().unwrap();
+                while *hold {
+                    hold = self.freed.wait(hold).unwrap();
+                }
+            }
+        }
+
+        fn set_hold(&self, on: bool) {
+            *self.hold.lock().unwrap() = on;
+            self.freed.notify_all();
+        }
+    }
+
+    impl Store for HoldRelease {
+        fn get(&self, key: &Key) -> jobsafe::Result<Option<Entry>> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &Key, value: &[u8], expect: Expect) -> jobsafe::Result<Version> {
+            self.before_write(key);
+            self.inner.put(key, value, expect)
+        }
+        fn delete(&self, key: &Key, expect: Expect) -> jobsafe::Result<bool> {
+            self.before_write(key);
+            self.inner.delete(key, expect)
+        }
+        fn list(
+            &self,
+            prefix: &Prefix,
+            after: Option<&Key>,
+            limit: usize,
+        ) -> jobsafe::Result<ListPage> {
+            self.inner.list(prefix, after, limit)
+        }
+        fn apply(&self, batch: &Batch) -> jobsafe::Result<Vec<Applied>> {
+            for op in batch.ops() {
+                self.before_write(op.key());
+            }
+            self.inner.apply(batch)
+        }
+        fn quarantine(&self, key: &Key) -> jobsafe::Result<Option<Quarantined>> {
+            self.inner.quarantine(key)
+        }
+        fn changes_by_others(&self, prefix: &Prefix) -> Option<Changes> {
+            self.inner.changes_by_others(prefix)
+        }
+    }
+
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("store");
+    let artifacts = dir.path().join("artifacts");
+    let clock = ManualClock::new(START_MS);
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let pipeline_on = |store: Arc<dyn Store>| {
+        let gate = Arc::clone(&gate);
+        Pipeline::builder(store, Arc::new(clock.clone()), &artifacts)
+            .lease(LEASE)
+            .stage("work", move |ctx| {
+                let (open, opened) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+                drop(open);
+                ctx.write("out.txt", b"done")?;
+                Ok(())
+            })
+            .build()
+            .unwrap()
+    };
+    let mine: Arc<dyn Store> = Arc::new(LogStore::open(&root).unwrap());
+    let theirs = Arc::new(HoldRelease {
+        inner: LogStore::open(&root).unwrap(),
+        hold: Mutex::new(false),
+        freed: Condvar::new(),
+    });
+    let pipeline = pipeline_on(mine);
+    let other = pipeline_on(Arc::clone(&theirs) as Arc<dyn Store>);
+
+    // The other process runs job 1 of subject `s`, held inside its stage.
+    let first = other.enqueue("s", NewJob::new("k")).unwrap();
+    let running = {
+        let (other, id) = (other.clone(), first.id.clone());
+        std::thread::spawn(move || other.run_job(&id).unwrap())
+    };
+    let started = Instant::now();
+    while other.jobs().get(&first.id).unwrap().unwrap().status != JobStatus::Running {
+        assert!(started.elapsed() < STUCK, "job 1 never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // This process's runner, which polls once an hour.
+    let (runs, ran) = mpsc::channel::<(String, String)>();
+    let runs = Mutex::new(runs);
+    let runner = Runner::new(pipeline.clone())
+        .poll_every(POLL)
+        .on_run(move |id, run| {
+            let what = match run.map(|r| &r.outcome) {
+                Ok(RunOutcome::Busy { .. }) => "busy".to_owned(),
+                Ok(RunOutcome::Completed) => "completed".to_owned(),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("error {e}"),
+            };
+            let _ = runs.lock().unwrap().send((id.to_owned(), what));
+        });
+    let stop = runner.stopper();
+    let service = std::thread::spawn(move || runner.run());
+    let next_run_of = |id: &str| loop {
+        let (ran_id, what) = ran.recv_timeout(STUCK).expect("no run");
+        if ran_id == id {
+            break what;
+        }
+    };
+
+    // Job 2 of the same subject, queued elsewhere: found busy.
+    let second = other.enqueue("s", NewJob::new("k")).unwrap();
+    assert_eq!(next_run_of(&second.id), "busy");
+    // Job 1 completes, and its release waits: the completion wakes the
+    // runner, which finds the subject still held by a job that has ended.
+    theirs.set_hold(true);
+    {
+        let (open, opened) = &*gate;
+        *open.lock().unwrap() = true;
+        opened.notify_all();
+    }
+    assert_eq!(next_run_of(&second.id), "busy");
+    theirs.set_hold(false);
+    running.join().unwrap();
+    assert!(
+        pipeline
+            .locks()
+            .peek(&Key::new(["s"]).unwrap())
+            .unwrap()
+            .is_none()
+    );
+
+    // A second on the clock later (far from the next poll and from the
+    // lease's end), job 2 runs. A try that began before the release landed
+    // may still find the subject held: a second more for it.
+    let mut busy = 0;
+    loop {
+        clock.advance(Duration::from_secs(1));
+        match next_run_of(&second.id).as_str() {
+            "completed" => break,
+            "busy" if busy < 5 => busy += 1,
+            other => panic!("job 2: {other} after {busy} more busy runs"),
+        }
+    }
+    stop.stop(Duration::ZERO);
+    service.join().unwrap();
 }

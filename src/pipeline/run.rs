@@ -89,6 +89,21 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
         Ok(report)
     }
 
+    /// Whether the job that holds a subject, by its lock's `holder` record,
+    /// has ended its run: its record no longer says running (or is gone), so
+    /// its runner is releasing the subject, unless it died in between. A
+    /// read that fails says no.
+    pub(crate) fn holder_has_ended(&self, holder: &LockRecord) -> bool {
+        let Some(id) = holder.metadata.get("job").and_then(|id| id.as_str()) else {
+            return false;
+        };
+        match self.inner.jobs.get(id) {
+            Ok(Some(job)) => job.status != JobStatus::Running,
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
     fn not_due(&self, job: &Job) -> Option<RunOutcome> {
         let now = self.inner.clock.now_ms();
         let due = match job.status {

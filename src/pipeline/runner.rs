@@ -32,6 +32,11 @@ use crate::wake::Signal;
 /// Most errors a [`RunnerReport`] keeps of each kind: the latest ones.
 const KEPT_ERRORS: usize = 32;
 
+/// The first pause before a job whose subject was busy is tried again, when
+/// the job holding the subject had already ended (see [`Ran`]); each try
+/// that finds it still held doubles it, up to the poll interval.
+const HANDOVER_FIRST_PAUSE_MS: u64 = 10;
+
 /// Runs a [`Pipeline`]'s due jobs as they come due, up to a number at once,
 /// until [stopped](RunnerStop::stop) gracefully.
 ///
@@ -53,7 +58,13 @@ const KEPT_ERRORS: usize = 32;
 ///   and a [`DirStore`](crate::DirStore) on Linux, and `PgStore` on every
 ///   machine, through `LISTEN`/`NOTIFY`),
 ///   and is found anyway by a look every
-///   [`poll_every`](Runner::poll_every) (default 10 s), the safety net.
+///   [`poll_every`](Runner::poll_every) (default 10 s), the safety net. A
+///   subject that a runner elsewhere frees is not told of (no store tells of
+///   a lock's release), but the job holding it is: a job found busy while
+///   its subject's holder has already ended its job is tried again after
+///   10 ms by the clock, then 20, 40 and so on while the subject stays
+///   held (its runner may have died before releasing it), up to the poll
+///   interval.
 /// - **A graceful stop** ([`RunnerStop::stop`]) starts no further run, lets
 ///   the runs under way finish for up to a grace period, then abandons the
 ///   others: each stops at its next stage boundary (at once inside an async
@@ -211,7 +222,17 @@ struct InFlight {
     id: String,
     subject: String,
     abandon: Arc<Abandon>,
-    run: OwnThread<Result<RunReport>>,
+    run: OwnThread<Ran>,
+}
+
+/// A run's result, and whether, finding the subject busy, it found the job
+/// that holds the subject ended already (its record no longer running):
+/// that job's runner releases the subject right after its last write, but
+/// no store tells other processes of a lock's release, only of a job's
+/// records. So the job is tried again shortly, not at the next poll.
+struct Ran {
+    ended: Result<RunReport>,
+    holder_ended: bool,
 }
 
 /// The result of work on a thread of its own, as a future.
@@ -288,7 +309,7 @@ impl<T> Future for OwnThread<T> {
 
 /// What the loop waits for.
 enum Event {
-    Ended(usize, Result<RunReport>),
+    Ended(usize, Ran),
     /// A job queued in this process.
     Woken(u64),
     /// Other processes changed job records.
@@ -568,7 +589,18 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                 subject: subject.to_owned(),
                 abandon: signal,
                 run: OwnThread::spawn("jobsafe-runner", move || {
-                    pipeline.run_job_unless(&id, &run_signal)
+                    let ended = pipeline.run_job_unless(&id, &run_signal);
+                    let holder_ended = match &ended {
+                        Ok(RunReport {
+                            outcome: RunOutcome::Busy { holder },
+                            ..
+                        }) => pipeline.holder_has_ended(holder),
+                        _ => false,
+                    };
+                    Ran {
+                        ended,
+                        holder_ended,
+                    }
                 }),
             });
         }
@@ -579,12 +611,19 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
     fn record(
         &self,
         run: InFlight,
-        ended: Result<RunReport>,
+        ran: Ran,
         now: u64,
         report: &mut RunnerReport,
         not_before: &mut NotBefore,
     ) {
+        let Ran {
+            ended,
+            holder_ended,
+        } = ran;
         let retry_in = now.saturating_add(millis(self.poll_every));
+        if !holder_ended {
+            not_before.handovers.remove(&run.id);
+        }
         if let Some(observer) = &self.on_run {
             observer(&run.id, ended.as_ref());
         }
@@ -599,10 +638,23 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
                     // the run looked) is tried again at once: waiting for
                     // the clock to move once more could be waiting for ever
                     // on a clock that only moves when told.
+                    //
+                    // A holder whose job has ended releases the subject in
+                    // a moment: tried again after a short pause, doubled
+                    // at each try that finds it still held (its runner may
+                    // have died between its last write and the release).
                     RunOutcome::Busy { holder } => {
                         let at = self.pipeline.inner.locks.takeover_ms(&holder);
+                        let mut retry_at = at.min(retry_in);
+                        if holder_ended {
+                            let tries = not_before.handovers.entry(run.id.clone()).or_default();
+                            let pause =
+                                HANDOVER_FIRST_PAUSE_MS.saturating_mul(1u64 << (*tries).min(32));
+                            *tries = tries.saturating_add(1);
+                            retry_at = retry_at.min(now.saturating_add(pause));
+                        }
                         if at > now {
-                            not_before.busy.insert(run.id, at.min(retry_in));
+                            not_before.busy.insert(run.id, retry_at);
                         }
                     }
                     RunOutcome::Abandoned { .. } => report.abandoned.push(run.id),
@@ -714,6 +766,9 @@ struct NotBefore {
     busy: HashMap<String, u64>,
     /// Whose run failed with an error: until the next poll.
     failed: HashMap<String, u64>,
+    /// Jobs whose subject's holder had ended its job, and how many tries
+    /// found it still holding the subject.
+    handovers: HashMap<String, u32>,
 }
 
 impl NotBefore {
@@ -729,6 +784,7 @@ impl NotBefore {
         for times in [&mut self.busy, &mut self.failed] {
             times.retain(|id, at| *at > now && listed.contains(id.as_str()));
         }
+        self.handovers.retain(|id, _| listed.contains(id.as_str()));
     }
 
     fn forget_busy(&mut self) {
