@@ -92,7 +92,10 @@
 //!   power loss.
 //! - Writes are linearizable per key across threads and processes.
 //! - A record that cannot be decoded is an [`Error::Corrupt`] naming the key and
-//!   file: never treated as absent, never overwritten, never dropped.
+//!   file: never treated as absent, never overwritten, never dropped. One
+//!   exception, which no log can avoid: damage to the very last frame of a
+//!   [`LogStore`]'s journal looks exactly like a write torn by a crash, and
+//!   is repaired as one (that write is lost); see [`LogStore`], "Crashes".
 //! - After a failed flush, a store refuses further writes ([`Error::Poisoned`]).
 //! - Sizes are bounded: a store value by [`Entry::MAX_VALUE_LEN`] (16 MiB), and
 //!   each field a client fills by a constant on its type

@@ -100,6 +100,18 @@ impl<S: Store> JobState<S> {
     /// the index of open jobs ([`list_open`](JobState::list_open), which
     /// builds the index on a store that has none).
     ///
+    /// Nothing else moves the job of a worker that died: call this
+    /// periodically (every `stale_after` or so), not only when a process
+    /// starts, since a worker that died just before the restart is not yet
+    /// stale then, and its job would stay running, its clients waiting for
+    /// ever. And have workers show a sign of life
+    /// ([`heartbeat`](JobState::heartbeat), [`progress`](JobState::progress))
+    /// more often than `stale_after`: a live worker silent for longer is
+    /// recovered too, and its work then runs twice (its own later writes are
+    /// refused: its claim is stale). A [`Pipeline`](crate::Pipeline)'s
+    /// [`Runner`](crate::pipeline::Runner) does all this with its subject
+    /// leases.
+    ///
     /// # Errors
     /// As [`recover_where`](JobState::recover_where).
     pub fn recover(&self, stale_after: Duration, action: RecoveryAction) -> Result<Vec<Job>> {

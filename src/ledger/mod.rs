@@ -81,6 +81,12 @@ pub struct LedgerList {
 /// to exactly one caller, after which the job id counts as new. After the TTL
 /// (one hour by default) the same job id is new again.
 ///
+/// So a retry that comes after the TTL is charged again. Where the job id
+/// also names a job that can outlive the TTL (a long job, or a finished one
+/// whose client retries its request), look for the job first: a job already
+/// there answers the retry, uncharged (see the README's service example).
+/// Or keep the reservations longer: [`ttl`](JobLedgerBuilder::ttl).
+///
 /// # Side effects exactly once
 ///
 /// The ledger only records; the charge itself is the caller's. Two patterns make

@@ -109,7 +109,11 @@ const FIRST_SEQ: u64 = 1;
 ///   it. A damaged frame *followed by an intact one*, or by the header of a
 ///   frame written after it, cannot be a torn write: it is reported as
 ///   [`Error::CorruptFile`] naming the offset, and nothing after it is dropped
-///   or overwritten.
+///   or overwritten. Damage to the *last* frame (a bit flipped on the disk
+///   after it was acknowledged) cannot be told from a torn write, and is
+///   repaired as one: that one write is lost, without an error. A disk that
+///   damages what it stored needs a checksumming filesystem or replication
+///   below the store.
 /// - **Processes.** Writers take the `lock` file exclusively, read what other
 ///   processes appended since they last looked, decide every precondition, then
 ///   append: compare-and-set holds across processes. Readers check (without
