@@ -322,6 +322,20 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
+/// Refuses an empty namespace for `component`, whose keys would then begin
+/// with what its caller supplies (an account, a lock's own key): a store
+/// call's trace names a key's first segment as its namespace, and would show
+/// that in clear.
+pub(crate) fn check_named_namespace(namespace: &Prefix, component: &str) -> Result<()> {
+    if namespace.segments().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{component} needs a namespace of at least one segment: its keys would otherwise \
+             begin with what callers supply"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1417,8 +1417,30 @@ fn the_store_watch_is_set_up_on_the_pool() {
         while stream.next_event().await.unwrap().is_some() {}
         while follower.next_event().await.unwrap().is_some() {}
     });
+    // And a runner's, for the jobs other processes queue.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = jobsafe::Pipeline::builder(
+        Arc::clone(&store),
+        Arc::new(ManualClock::new(START_MS)),
+        dir.path(),
+    )
+    .stage("s", |_| Ok(()))
+    .build()
+    .unwrap();
+    let runner = jobsafe::pipeline::Runner::new(pipeline);
+    let stop = runner.stopper();
+    current_thread().block_on(async {
+        let run = runner.run_async();
+        tokio::pin!(run);
+        let waker = std::task::Waker::noop();
+        let _ = run
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        stop.stop(Duration::ZERO);
+        run.await;
+    });
     let threads = store.watches_set_up_on.lock().unwrap().clone();
-    assert!(threads.len() >= 2, "{threads:?}");
+    assert!(threads.len() >= 3, "{threads:?}");
     for thread in threads {
         assert_eq!(thread.as_deref(), Some("jobsafe-pool"));
     }
@@ -1460,4 +1482,44 @@ fn a_stream_of_a_job_another_process_deletes_ends_after_one_error() {
         assert_eq!(items_after_delete(false).await, ["no job", "ended"]);
         assert_eq!(items_after_delete(true).await, ["no job", "ended"]);
     });
+}
+
+/// The last follower of a job state dropped ends its poll loop at once, and
+/// with it the loop's hold on the store: an exclusive store can be opened
+/// again. The loop used to wait for its next period first (an hour here, for
+/// ever on a clock that stands still).
+#[test]
+fn the_last_follower_dropped_ends_the_poll_loop_and_its_hold_on_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let store = jobsafe::LogStore::builder(&path)
+            .exclusive(true)
+            .open()
+            .unwrap();
+        let jobs = AsyncJobState::new(JobState::new(store, Arc::new(ManualClock::new(START_MS))));
+        current_thread().block_on(async {
+            let job = jobs.create(NewJob::new("export")).await.unwrap();
+            let mut follower = jobs
+                .follow(&job.id, 0, Duration::from_secs(3600))
+                .await
+                .unwrap();
+            // Waiting on the poll loop, with nothing to read.
+            let waiting = tokio::time::timeout(Duration::from_millis(50), follower.next_event());
+            assert!(waiting.await.is_err(), "nothing to read");
+            drop(follower);
+        });
+    }
+    // Only a loop that never ends misses this bound.
+    let started = std::time::Instant::now();
+    loop {
+        match jobsafe::LogStore::builder(&path).exclusive(true).open() {
+            Ok(_) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                assert!(e.is_store_in_use(), "{e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("still held 30 s after the last follower went: {e}"),
+        }
+    }
 }

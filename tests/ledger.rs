@@ -805,3 +805,30 @@ fn reservation_metadata_at_its_limit_is_stored_and_one_byte_more_writes_nothing(
         assert_eq!(snapshot(ledger.store()), before, "{name}");
     }
 }
+
+/// A ledger's or a lock manager's keys without a namespace would begin with
+/// what callers supply (an account, a lock's own key), which a store call's
+/// trace names as the namespace, in clear: an empty namespace is refused.
+#[test]
+fn a_ledger_and_a_lock_manager_need_a_namespace() {
+    let clock = || Arc::new(jobsafe::ManualClock::new(0));
+    let ledger = JobLedger::builder(MemStore::new(), clock())
+        .namespace(jobsafe::Prefix::all())
+        .build();
+    assert!(matches!(
+        ledger.map(drop),
+        Err(jobsafe::Error::InvalidArgument(_))
+    ));
+    let locks = jobsafe::JobLock::builder(MemStore::new(), clock())
+        .namespace(jobsafe::Prefix::all())
+        .build();
+    assert!(matches!(
+        locks.map(drop),
+        Err(jobsafe::Error::InvalidArgument(_))
+    ));
+    let named = jobsafe::Prefix::new(["credits"]).unwrap();
+    JobLedger::builder(MemStore::new(), clock())
+        .namespace(named)
+        .build()
+        .unwrap();
+}

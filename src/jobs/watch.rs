@@ -156,6 +156,18 @@ impl Watch {
                 state.jobs.remove(&ticket.job_id);
             }
         }
+        // The last follower gone: the loop ends now, not at its next period
+        // (with it go its hold on the store and its watch of other writers).
+        let waker = if state.jobs.is_empty() {
+            state.changed = true;
+            state.loop_waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// The jobs to read this period, and the period: the shortest any

@@ -256,7 +256,8 @@ impl<S: Store> JobLedgerBuilder<S> {
         self
     }
 
-    /// Keeps the reservations under `namespace`. Default: `ledger`.
+    /// Keeps the reservations under `namespace`, of at least one segment.
+    /// Default: `ledger`.
     pub fn namespace(mut self, namespace: Prefix) -> Self {
         self.namespace = namespace;
         self
@@ -284,8 +285,9 @@ impl<S: Store> JobLedgerBuilder<S> {
     ///
     /// # Errors
     /// [`Error::InvalidKey`] if the namespace leaves no room for a reservation's
-    /// key (account and job id).
+    /// key (account and job id); [`Error::InvalidArgument`] if it is empty.
     pub fn build(self) -> Result<JobLedger<S>> {
+        crate::key::check_named_namespace(&self.namespace, "JobLedger")?;
         self.namespace.check_room(2, "JobLedger")?;
         Ok(JobLedger {
             store: Arc::new(self.store),

@@ -289,7 +289,8 @@ impl JobLock<()> {
 impl<S: Store> JobLockBuilder<S> {
     /// Keeps the lock records under `namespace`, so that several lock families
     /// (or other components) share one store without colliding. The namespace
-    /// plus a lock key must fit in [`Key::MAX_SEGMENTS`]. Default: `locks`.
+    /// plus a lock key must fit in [`Key::MAX_SEGMENTS`]; it has at least one
+    /// segment. Default: `locks`.
     pub fn namespace(mut self, namespace: Prefix) -> Self {
         self.namespace = namespace;
         self
@@ -325,8 +326,10 @@ impl<S: Store> JobLockBuilder<S> {
     /// The lock manager.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`] if the namespace leaves no room for a lock key.
+    /// [`Error::InvalidKey`] if the namespace leaves no room for a lock key;
+    /// [`Error::InvalidArgument`] if it is empty.
     pub fn build(self) -> Result<JobLock<S>> {
+        crate::key::check_named_namespace(&self.namespace, "JobLock")?;
         self.namespace.check_room(1, "JobLock")?;
         Ok(JobLock {
             store: Arc::new(self.store),

@@ -451,8 +451,13 @@ impl<S: Store + 'static, V: Vfs> Runner<S, V> {
         let clock = Arc::clone(&self.pipeline.inner.clock);
         let wake = self.pipeline.inner.jobs.queued_signal();
         // Jobs that other processes queue, where the store can tell.
-        let others = (self.pipeline.inner.jobs.records_prefix().ok())
-            .and_then(|prefix| self.pipeline.inner.store.changes_by_others(&prefix));
+        // Set up on the pool: a DirStore's lists and watches directories.
+        let watching = self.pipeline.inner.jobs.clone();
+        let others = pool::run(move || {
+            (watching.records_prefix().ok())
+                .and_then(|prefix| watching.store().changes_by_others(&prefix))
+        })
+        .await;
         let mut others_seen = others.as_ref().map_or(0, Changes::seen);
         let mut report = RunnerReport::default();
         let mut running = Running(Vec::new());
