@@ -124,20 +124,24 @@ pub(crate) fn ambiguous(
     }
 }
 
-/// A write of one call that failed in a way the store said may still land
-/// later, with the precondition it was made on: [`PgStore`](crate::PgStore)
+/// The writes of one call that failed in a way the store said may still land
+/// later, each with the precondition it was made on: [`PgStore`](crate::PgStore)
 /// says so of a write whose session it could not make sure is over.
 ///
-/// While what is stored still meets that precondition, the write can land,
-/// so the call's outcome is open whatever else ends it: a later write that
-/// failed plainly, a read that failed, a write that was refused. Once a read
-/// shows a state the precondition does not meet, the write can never land
-/// (every manager write is a compare-and-set, and versions never repeat), and
-/// the call's own later errors say what happened.
+/// While what is stored could still meet one of those preconditions, that
+/// write can land, so the call's outcome is open whatever else ends it: a
+/// later write that failed plainly, a read that failed, a write that was
+/// refused, or an answer that needs no write (the lock found held, the
+/// reservation found made by another). A write made on a version can never
+/// land once a read shows another, since versions never repeat. A write made
+/// on absence can land whenever the key is absent again (deleted after it was
+/// seen taken): nothing a call reads rules it out, and the call ends
+/// ambiguous, with the attempt id that write carried, so that a repeat finds
+/// it if it lands.
 #[derive(Default)]
 pub(crate) struct LateWrite {
-    /// The failed write's precondition, and a copy of its error.
-    open: Option<(Expect, Error)>,
+    /// The failed writes' preconditions, and copies of their errors.
+    open: Vec<(Expect, Error)>,
 }
 
 impl LateWrite {
@@ -145,35 +149,21 @@ impl LateWrite {
     /// said it may still land.
     pub(crate) fn failed(&mut self, error: &Error, expect: Expect) {
         // Only a database error says so; it is copied in words.
-        if let Error::Database {
-            step,
-            server,
-            transient,
-            source,
-        } = error
-            && may_land_later(error)
-        {
-            let copy = Error::Database {
-                step,
-                server: server.clone(),
-                transient: *transient,
-                source: source.to_string().into(),
-            };
-            self.open = Some((expect, copy));
+        if may_land_later(error) {
+            self.open.push((expect, copy_of(error)));
         }
     }
 
     /// Notes what is stored now, as the precondition a write on it would
-    /// take: a write made on anything else can no longer land.
+    /// take: a write made on another version can no longer land.
     pub(crate) fn stored(&mut self, now: Expect) {
-        if self.open.as_ref().is_some_and(|(expect, _)| *expect != now) {
-            self.open = None;
-        }
+        self.open
+            .retain(|(expect, _)| *expect == now || *expect == Expect::Absent);
     }
 
     /// Whether a failed write may still land.
     pub(crate) fn is_open(&self) -> bool {
-        self.open.is_some()
+        !self.open.is_empty()
     }
 
     /// The error to end the call with: `error` itself, or, while a failed
@@ -186,7 +176,7 @@ impl LateWrite {
         attempt: &AttemptId,
         error: Error,
     ) -> Error {
-        match &self.open {
+        match self.open.first() {
             Some((_, late)) if !error.is_ambiguous() => Error::Ambiguous {
                 operation,
                 key: key.clone(),
@@ -201,22 +191,40 @@ impl LateWrite {
         }
     }
 
-    /// For a call that, deciding again, finds nothing left to write: `None`
-    /// if that is its outcome, or the ambiguous error to end it with while
-    /// its failed write may still land.
+    /// For a call that, deciding again, has an answer that needs no write of
+    /// its own: `None` if that answer is its outcome, or the ambiguous error
+    /// to end it with while a failed write may still land.
     pub(crate) fn nothing_to_write(
-        self,
+        &self,
         operation: &'static str,
         key: &Key,
         attempt: &AttemptId,
     ) -> Option<Error> {
-        self.open.map(|(_, late)| Error::Ambiguous {
+        self.open.first().map(|(_, late)| Error::Ambiguous {
             operation,
             key: key.clone(),
             attempt: attempt.clone(),
             reread: "the call needs no write now, but its earlier write may still land".to_owned(),
-            source: Box::new(late),
+            source: Box::new(copy_of(late)),
         })
+    }
+}
+
+/// A copy of a database error noted by [`LateWrite::failed`].
+fn copy_of(error: &Error) -> Error {
+    match error {
+        Error::Database {
+            step,
+            server,
+            transient,
+            source,
+        } => Error::Database {
+            step,
+            server: server.clone(),
+            transient: *transient,
+            source: source.to_string().into(),
+        },
+        other => Error::InvalidArgument(other.to_string()),
     }
 }
 

@@ -2751,3 +2751,29 @@ fn a_runner_actor_over_the_lock_actor_limit_is_refused_when_building() {
     .build();
     assert!(at_limit.is_ok());
 }
+
+/// Stage names longer in all than a job records as done are refused when
+/// the pipeline is built: every run would fail at the same stage.
+#[test]
+fn stage_names_longer_in_all_than_a_job_records_are_refused() {
+    let build = |stages: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = jobsafe::Pipeline::builder(
+            jobsafe::MemStore::new(),
+            Arc::new(ManualClock::new(0)),
+            dir.path(),
+        );
+        for i in 0..stages {
+            let name = format!(
+                "{i:04}{}",
+                "s".repeat(jobsafe::jobs::Job::MAX_STAGE_LEN - 4)
+            );
+            builder = builder.stage(&name, |_| Ok(()));
+        }
+        builder.build().map(drop)
+    };
+    let fit = jobsafe::jobs::Job::MAX_STAGES_DONE_LEN / jobsafe::jobs::Job::MAX_STAGE_LEN;
+    build(fit).unwrap();
+    let e = build(fit + 1).unwrap_err();
+    assert!(matches!(e, jobsafe::Error::InvalidArgument(_)), "{e}");
+}

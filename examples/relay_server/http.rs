@@ -45,9 +45,11 @@ const STREAMS_RETRY_AFTER_SECS: u32 = 5;
 
 /// How often an idle event stream sends a comment. Besides keeping proxies
 /// from closing it, the write is how the relay learns that a client went
-/// away without closing (hyper looks for a close only while it has nothing
-/// of the client's left to read): a stream slot outlives its client by about
-/// two of these at most.
+/// away (hyper looks for a close only while it has nothing of the client's
+/// left to read): the slot of a client that closed is freed within about two
+/// of these. One whose machine vanished without closing is noticed only
+/// when the kernel gives up on the connection, or when the comments fill
+/// its send buffer and `--write-timeout-ms` passes.
 const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// The bounds on what clients may ask of the relay.
@@ -55,8 +57,8 @@ const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(5);
 pub(crate) struct Limits {
     /// Event streams open at once, over all accounts.
     pub(crate) max_streams: usize,
-    /// Event streams one account may have open at once: less than
-    /// `max_streams`, so that one account cannot take every slot.
+    /// Event streams one account may have open at once. Below `max_streams`,
+    /// one account cannot take every slot.
     pub(crate) max_streams_per_account: usize,
     /// Largest request body.
     pub(crate) max_body_bytes: usize,

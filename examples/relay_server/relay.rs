@@ -266,10 +266,14 @@ impl Relay {
         // stopped counting it before it was counted here: it would count for
         // ever. `settle` runs only once the job's end is stored, so a job
         // read as finished now was settled, or is about to be.
-        if let Some(job) = self.jobs.get(&job_id).await?
-            && job.status.is_finished()
-        {
-            self.queued.remove(request.account, &job_id);
+        // Bookkeeping only: a failed read must not fail a request that
+        // charged and made its job.
+        match self.jobs.get(&job_id).await {
+            Ok(Some(job)) if job.status.is_finished() => {
+                self.queued.remove(request.account, &job_id);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("relay: reading job {job_id} back after counting it: {e}"),
         }
         Ok(Created { job_id, charged })
     }

@@ -676,13 +676,18 @@ impl<S: Store> JobState<S> {
                     self.hub.queued.raise();
                     return Ok(current);
                 }
-                // Another create's: ours did not land, and no longer can.
+                // Another create's: ours did not land, and lands only if
+                // this job is deleted and a failed write of ours may still
+                // land (then the outcome is open).
                 Some((_, version)) => {
-                    return Err(conflict.unwrap_or_else(|| Error::Conflict {
-                        key: key.clone(),
-                        expected: Expect::Absent.to_string(),
-                        current: Some(version),
-                    }));
+                    return Err(end(
+                        &late,
+                        conflict.unwrap_or_else(|| Error::Conflict {
+                            key: key.clone(),
+                            expected: Expect::Absent.to_string(),
+                            current: Some(version),
+                        }),
+                    ));
                 }
                 // Created and deleted since the conflict: create it again.
                 None if conflict.is_some() => {}

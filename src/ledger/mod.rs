@@ -1101,6 +1101,14 @@ impl<S: Store> JobLedger<S> {
             let expect = match found.map_err(|e| end(&late, ours, e))? {
                 // This call, repeated: its reserve had landed.
                 Found::Own(own) => return Ok(Reserve::New(*own)),
+                // Another's, but a failed write of this call made on absence
+                // lands if it is ever deleted.
+                Found::Live(_)
+                    if let Some(open) =
+                        ours.and_then(|ours| late.nothing_to_write("reserve", &key, ours)) =>
+                {
+                    return Err(open.into());
+                }
                 Found::Live(existing) if existing.state.is_pending() => {
                     return Ok(Reserve::InFlight(*existing));
                 }
@@ -1110,9 +1118,17 @@ impl<S: Store> JobLedger<S> {
             late.stored(expect);
             let attempt = &*attempt.get_or_insert_with(AttemptId::new);
             let stored = StoredReservation::new(request, attempt, now, self.ttl_ms, state);
-            let bytes = codec::encode(&key, &stored)?;
+            let bytes = codec::encode(&key, &stored).map_err(|e| end(&late, Some(attempt), e))?;
             let mut reservation = stored.to_reservation(account, job_id, Version::new(0));
-            let ops = effect(&reservation).await?;
+            // The caller's error, unless a failed write of this call (with
+            // the operations of an earlier try) may still land.
+            let ops = match effect(&reservation).await {
+                Ok(ops) => ops,
+                Err(e) => match late.nothing_to_write("reserve", &key, attempt) {
+                    Some(open) => return Err(open.into()),
+                    None => return Err(e),
+                },
+            };
             let written = if ops.is_empty() {
                 drive.put(&self.store, &key, bytes, expect).await
             } else {
@@ -1261,12 +1277,20 @@ impl<S: Store> JobLedger<S> {
                 Transition::Remove => None,
                 Transition::To(state) => Some(state),
             };
-            let ops = effect(&current).await?;
+            // The caller's error, unless a failed write of this call (with
+            // the operations of an earlier try) may still land.
+            let ops = match effect(&current).await {
+                Ok(ops) => ops,
+                Err(e) => match late.nothing_to_write(operation, &key, &write) {
+                    Some(open) => return Err(open.into()),
+                    None => return Err(e),
+                },
+            };
             let written = match new_state {
                 Some(state) => {
                     stored.state = state;
                     stored.write = Some(write.clone());
-                    let bytes = codec::encode(&key, &stored)?;
+                    let bytes = codec::encode(&key, &stored).map_err(|e| end(&late, e))?;
                     if ops.is_empty() {
                         drive.put(&self.store, &key, bytes, expect).await.map(Some)
                     } else {

@@ -438,9 +438,10 @@ impl<S: Store> JobLock<S> {
                             // This call, repeated: its acquire had landed.
                             return Ok(Acquire::Acquired(LockGuard::new(self.clone(), holder)));
                         }
-                        // Held, but if by the very record a failed write of
-                        // this call was made on (the clock went back), that
-                        // write may still land.
+                        // Held, but a failed write of this call may still
+                        // land: one made on absence, once the holder
+                        // releases, or one made on this very record (the
+                        // clock went back).
                         return match late.nothing_to_write("acquire lock", &stored_key, &attempt) {
                             Some(open) => Err(open),
                             None => Ok(Acquire::Held(holder)),
@@ -763,16 +764,27 @@ impl<S: Store> JobLock<S> {
         let stored_key = self.stored_key(key)?;
         let write = AttemptId::new();
         let mut late = LateWrite::default();
-        // The record a delete of this call that may still land removes.
-        let mut removing: Option<LockRecord> = None;
+        // The lock this call set out to remove, once a delete of it failed
+        // in a way that may hide its success and it was found there after.
+        let mut targeted: Option<LockRecord> = None;
         let end = |late: &LateWrite, error: Error| {
             late.end("force release lock", &stored_key, &write, error)
         };
         loop {
             let found = self.read(&stored_key).map_err(|e| end(&late, e))?;
             let Some((stored, version)) = found else {
-                return Ok(removing.filter(|_| late.is_open()));
+                // Gone: by a delete of this call, or by another in that
+                // moment, counted as this call's.
+                return Ok(targeted);
             };
+            if let Some(target) = &targeted
+                && !stored.is_held_by(&target.handle(), version)
+            {
+                // Another holder since: the lock this call set out to
+                // remove is gone (counted as this call's, as above), and
+                // the newcomer's is left alone.
+                return Ok(targeted);
+            }
             late.stored(Expect::Version(version));
             let record = stored.into_record(key.clone(), version);
             let e = match self.store.delete(&stored_key, Expect::Version(version)) {
@@ -783,14 +795,12 @@ impl<S: Store> JobLock<S> {
             };
             late.failed(&e, Expect::Version(version));
             match deadline.reread(|| self.read(&stored_key)) {
-                // Gone: by this delete, or by another in that moment,
-                // counted as this call's.
                 Ok(None) => return Ok(Some(record)),
                 Ok(Some((_, now_at))) if now_at == version && !deadline.may_write_again() => {
                     return Err(end(&late, e));
                 }
                 // Not landed, or changed since: decide again.
-                Ok(_) => removing = Some(record),
+                Ok(_) => targeted = Some(record),
                 Err(reread) => {
                     let error =
                         resolve::ambiguous("force release lock", &stored_key, &write, e, reread);

@@ -647,7 +647,9 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] without stages, for an empty or repeated stage
-    /// name, a lease under 3 ms or not longer than the skew margin, or a renewal
+    /// name, stage names longer in all than a job records
+    /// ([`Job::MAX_STAGES_DONE_LEN`](crate::jobs::Job::MAX_STAGES_DONE_LEN)),
+    /// a lease under 3 ms or not longer than the skew margin, or a renewal
     /// period not shorter than the lease less the skew margin; [`Error::InvalidKey`]
     /// if the namespace is too long; [`Error::TooLarge`] for an
     /// [`actor`](PipelineBuilder::actor) longer than its bound.
@@ -665,6 +667,15 @@ impl<S: Store + 'static, V: Vfs> PipelineBuilder<S, V> {
                 )));
             }
             Key::new([stage.name.as_str()])?;
+        }
+        // Every stage but the last is recorded as done on the job in turn.
+        let names: usize = self.stages.iter().map(|stage| stage.name.len()).sum();
+        if names > crate::jobs::Job::MAX_STAGES_DONE_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "the stage names are {names} bytes in all, more than a job records as done \
+                 ({} bytes): every run would fail at the same stage",
+                crate::jobs::Job::MAX_STAGES_DONE_LEN
+            )));
         }
         if self.lease < Duration::from_millis(3) {
             return Err(Error::InvalidArgument(format!(

@@ -369,9 +369,11 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// read as zeros: a reader that looks for what is not zero skips them
     /// without reading them. The file's position is kept.
     ///
-    /// The default knows of no holes and returns `Some(offset)`. A layer
-    /// that wraps another should forward it (with
-    /// [`next_hole`](VfsFile::next_hole)), or a reader reads the holes.
+    /// The default knows of no holes and returns `Some(offset)`, as should a
+    /// layer whose filesystem cannot tell (an error stops the reader, it
+    /// never means "unsupported"). A layer that wraps another should forward
+    /// it (with [`next_hole`](VfsFile::next_hole)), or a reader reads the
+    /// holes.
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
     }

@@ -301,6 +301,8 @@ impl VfsFile for File {
             Ok(at) => Ok(Some(at)),
             // Nothing but holes from `offset` to the end.
             Err(rustix::io::Errno::NXIO) => Ok(None),
+            // A filesystem that cannot tell: no holes.
+            Err(e) if cannot_seek_holes(e) => Ok(Some(offset)),
             Err(e) => Err(e.into()),
         }
     }
@@ -311,6 +313,7 @@ impl VfsFile for File {
             Ok(at) => Ok(at),
             // At or past the end.
             Err(rustix::io::Errno::NXIO) => self.size(),
+            Err(e) if cannot_seek_holes(e) => self.size(),
             Err(e) => Err(e.into()),
         }
     }
@@ -391,6 +394,14 @@ fn directory_open_flags() -> i32 {
     {
         0
     }
+}
+
+/// Whether `lseek(SEEK_DATA/SEEK_HOLE)` failed because the filesystem (a
+/// FUSE or network one, say) does not support it.
+#[cfg(target_os = "linux")]
+fn cannot_seek_holes(errno: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS, Errno::SPIPE].contains(&errno)
 }
 
 /// Seeks `file` as `to` says and puts its position back: where `to` leads.

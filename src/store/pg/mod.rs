@@ -264,7 +264,11 @@ use crate::trace;
 ///   dropped between them. A single statement in flight when the future is
 ///   dropped still runs, so the call's write may or may not be in the
 ///   transaction: roll it back, or repeat the call in it with the same
-///   attempt id, which finds its own record.
+///   attempt id, which finds its own record. Run nothing else on the
+///   transaction while a jobsafe call on it is under way (a `select!` of
+///   two futures on one transaction, say): the rollback of a dropped
+///   call's savepoint undoes whatever ran inside it, your statements
+///   included.
 ///
 /// The blocking methods take any [`postgres::GenericClient`] (a
 /// `postgres::Transaction`, on a thread where no tokio runtime is current,
@@ -445,8 +449,10 @@ impl fmt::Debug for PgStore {
 /// for ending its session. If the session cannot be ended (the
 /// server unreachable), the error says that the write may still land, and a
 /// manager's call that made it (a reserve, an acquire, a job write) ends in
-/// [`Error::Ambiguous`](crate::Error::Ambiguous), whatever fails after it,
-/// unless a read shows a state the write can no longer land on. A failure the
+/// [`Error::Ambiguous`](crate::Error::Ambiguous), whatever fails or is found
+/// after it, unless a read shows a state the write can no longer land on: a
+/// write made on a version cannot once the record moved past it, but one
+/// made on absence can whenever the key is absent again. A failure the
 /// server reported needs none of this: its transaction is over.
 ///
 /// ```no_run
