@@ -1098,17 +1098,20 @@ impl<S: Store> JobLedger<S> {
             let found = self.read_driven(drive, &key).await;
             let found =
                 found.and_then(|found| find(found, &key, account, job_id, request, ours, now));
-            let expect = match found.map_err(|e| end(&late, ours, e))? {
-                // This call, repeated: its reserve had landed.
-                Found::Own(own) => return Ok(Reserve::New(*own)),
-                // Another's, but a failed write of this call made on absence
-                // lands if it is ever deleted.
-                Found::Live(_)
-                    if let Some(open) =
-                        ours.and_then(|ours| late.nothing_to_write("reserve", &key, ours)) =>
+            let found = found.map_err(|e| end(&late, ours, e))?;
+            if let Found::Live(existing) = &found {
+                // Another's, but a failed write of this call made on
+                // absence lands if it is ever deleted.
+                late.stored(Expect::Version(existing.version));
+                if let Some(ours) = ours
+                    && let Some(open) = late.nothing_to_write("reserve", &key, ours)
                 {
                     return Err(open.into());
                 }
+            }
+            let expect = match found {
+                // This call, repeated: its reserve had landed.
+                Found::Own(own) => return Ok(Reserve::New(*own)),
                 Found::Live(existing) if existing.state.is_pending() => {
                     return Ok(Reserve::InFlight(*existing));
                 }
