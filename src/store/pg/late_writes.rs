@@ -28,14 +28,28 @@ enum Act {
     Late,
     /// Not applied; failed transiently.
     Lost,
+    /// Applied, then failed transiently: the reply lost.
+    LostReply,
 }
 
+/// Another actor's step, run during the next scripted write, once that write
+/// is held back or applied and before its failure is returned.
+type Meanwhile = Box<dyn FnOnce() + Send>;
+
 /// A store in memory whose next writes fail as scripted; reads pass.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Script {
-    inner: MemStore,
+    /// Shared, so that other actors can use the store directly.
+    inner: Arc<MemStore>,
     plan: Mutex<Vec<Act>>,
     late: Mutex<Vec<Batch>>,
+    meanwhile: Mutex<Option<Meanwhile>>,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script").finish_non_exhaustive()
+    }
 }
 
 fn lost() -> Error {
@@ -52,6 +66,11 @@ impl Script {
         *self.plan.lock() = acts.iter().rev().copied().collect();
     }
 
+    /// Runs `step` during the next scripted write (see [`Meanwhile`]).
+    fn meanwhile(&self, step: impl FnOnce() + Send + 'static) {
+        *self.meanwhile.lock() = Some(Box::new(step));
+    }
+
     /// Lands the writes held back, each by its own precondition, as the
     /// server would run them now.
     fn land_late(&self) {
@@ -65,14 +84,25 @@ impl Script {
         batch: impl FnOnce() -> Batch,
         write: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        match self.plan.lock().pop() {
-            None => write(),
-            Some(Act::Lost) => Err(lost()),
-            Some(Act::Late) => {
+        let Some(act) = self.plan.lock().pop() else {
+            return write();
+        };
+        let failed = match act {
+            Act::Lost => lost(),
+            Act::Late => {
                 self.late.lock().push(batch());
-                Err(unfenced(lost()))
+                unfenced(lost())
             }
+            Act::LostReply => {
+                write()?;
+                lost()
+            }
+        };
+        let step = self.meanwhile.lock().take();
+        if let Some(step) = step {
+            step();
         }
+        Err(failed)
     }
 }
 
@@ -273,83 +303,37 @@ fn a_late_write_stays_open_until_a_read_shows_another_state() {
 #[test]
 fn an_acquire_whose_write_on_absence_may_land_later_is_ambiguous_though_another_holds_the_lock() {
     use crate::lock::Release;
-    // B acquires while A's write is held back as late.
-    struct Racy {
-        inner: Arc<MemStore>,
-        late: Mutex<Vec<Batch>>,
-        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-    impl std::fmt::Debug for Racy {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("Racy")
-        }
-    }
-    impl Store for Racy {
-        fn get(&self, key: &Key) -> Result<Option<Entry>> {
-            self.inner.get(key)
-        }
-        fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-            let hook = self.hook.lock().take();
-            match hook {
-                Some(hook) => {
-                    self.late
-                        .lock()
-                        .push(Batch::new().put(key, value.to_vec(), expect));
-                    hook();
-                    Err(unfenced(lost()))
-                }
-                None => self.inner.put(key, value, expect),
-            }
-        }
-        fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-            self.inner.delete(key, expect)
-        }
-        fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-            self.inner.list(prefix, after, limit)
-        }
-        fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-            self.inner.apply(batch)
-        }
-        fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-            self.inner.quarantine(key)
-        }
-    }
-    let inner = Arc::new(MemStore::default());
-    let locks_b = JobLock::builder(Arc::clone(&inner), clock())
-        .build()
-        .unwrap();
-    let store = Arc::new(Racy {
-        inner: Arc::clone(&inner),
-        late: Mutex::new(Vec::new()),
-        hook: Mutex::new(None),
-    });
+
+    let store = Arc::new(Script::default());
     let locks_a = JobLock::builder(Arc::clone(&store), clock())
         .resolve_within(Duration::from_secs(5))
         .build()
         .unwrap();
+    let locks_b = JobLock::builder(Arc::clone(&store.inner), clock())
+        .build()
+        .unwrap();
     let key = Key::new(["index"]).unwrap();
     let ttl = Duration::from_secs(60);
-    let b_guard: Arc<Mutex<Option<_>>> = Arc::default();
-    let b_slot = Arc::clone(&b_guard);
-    let (lb, kb) = (locks_b.clone(), key.clone());
-    *store.hook.lock() = Some(Box::new(move || {
-        let Acquire::Acquired(g) = lb.acquire(&kb, ttl, &LockRequest::new()).unwrap() else {
-            panic!("B: free");
+    // B acquires while A's write is held back.
+    let b_handle: Arc<Mutex<Option<crate::lock::LockHandle>>> = Arc::default();
+    let (slot, locks, lock_key) = (Arc::clone(&b_handle), locks_b.clone(), key.clone());
+    store.meanwhile(move || {
+        let Acquire::Acquired(guard) = locks.acquire(&lock_key, ttl, &LockRequest::new()).unwrap()
+        else {
+            panic!("B: the lock was free");
         };
-        *b_slot.lock() = Some(g.into_handle());
-    }));
+        *slot.lock() = Some(guard.into_handle());
+    });
+    store.fail_next(&[Act::Late]);
     let request = LockRequest::new().attempt(attempt("a-1"));
     // B holds the lock now, but A's write lands as soon as B releases it:
     // A is not told "held", but that its outcome is open.
     let e = locks_a.acquire(&key, ttl, &request).map(drop).unwrap_err();
     assert!(e.is_ambiguous(), "{e}");
     assert_eq!(e.attempt_id(), Some(&attempt("a-1")));
-    let b = b_guard.lock().take().unwrap();
+    let b = b_handle.lock().take().unwrap();
     assert_eq!(locks_b.release(&b).unwrap(), Release::Released);
-    let late: Vec<Batch> = store.late.lock().drain(..).collect();
-    for batch in late {
-        inner.apply(&batch).unwrap();
-    }
+    store.land_late();
     // It landed, and A's repeat with its attempt id finds it its own.
     assert!(matches!(
         locks_a.acquire(&key, ttl, &request).unwrap(),
@@ -391,73 +375,32 @@ fn a_reserve_whose_effect_fails_after_a_write_that_may_land_later_is_ambiguous()
 /// is left alone.
 #[test]
 fn a_force_release_whose_reply_was_lost_leaves_the_next_holder_alone() {
-    struct LostReply {
-        inner: Arc<MemStore>,
-        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-    impl std::fmt::Debug for LostReply {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("LostReply")
-        }
-    }
-    impl Store for LostReply {
-        fn get(&self, key: &Key) -> Result<Option<Entry>> {
-            self.inner.get(key)
-        }
-        fn put(&self, key: &Key, value: &[u8], expect: Expect) -> Result<Version> {
-            self.inner.put(key, value, expect)
-        }
-        fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
-            let hook = self.hook.lock().take();
-            let done = self.inner.delete(key, expect);
-            match hook {
-                Some(hook) => {
-                    done?;
-                    hook();
-                    Err(lost())
-                }
-                None => done,
-            }
-        }
-        fn list(&self, prefix: &Prefix, after: Option<&Key>, limit: usize) -> Result<ListPage> {
-            self.inner.list(prefix, after, limit)
-        }
-        fn apply(&self, batch: &Batch) -> Result<Vec<Applied>> {
-            self.inner.apply(batch)
-        }
-        fn quarantine(&self, key: &Key) -> Result<Option<Quarantined>> {
-            self.inner.quarantine(key)
-        }
-    }
-    let inner = Arc::new(MemStore::default());
-    let waiter = JobLock::builder(Arc::clone(&inner), clock())
+    let store = Arc::new(Script::default());
+    let admin = JobLock::builder(Arc::clone(&store), clock())
         .build()
         .unwrap();
-    let store = Arc::new(LostReply {
-        inner: Arc::clone(&inner),
-        hook: Mutex::new(None),
-    });
-    let admin = JobLock::builder(Arc::clone(&store), clock())
+    let waiter = JobLock::builder(Arc::clone(&store.inner), clock())
         .build()
         .unwrap();
     let key = Key::new(["index"]).unwrap();
     let ttl = Duration::from_secs(60);
     let Acquire::Acquired(stuck) = admin.acquire(&key, ttl, &LockRequest::new()).unwrap() else {
-        panic!()
+        panic!("the lock was free");
     };
     let stuck = stuck.into_handle();
-    let got: Arc<Mutex<Option<String>>> = Arc::default();
-    let (w, k, g) = (waiter.clone(), key.clone(), Arc::clone(&got));
-    *store.hook.lock() = Some(Box::new(move || {
-        let Acquire::Acquired(guard) = w.acquire(&k, ttl, &LockRequest::new()).unwrap() else {
-            panic!("free");
+    // The waiter takes the lock the lost-reply delete freed.
+    let waiter_job: Arc<Mutex<Option<String>>> = Arc::default();
+    let (slot, locks, lock_key) = (Arc::clone(&waiter_job), waiter.clone(), key.clone());
+    store.meanwhile(move || {
+        let Acquire::Acquired(guard) = locks.acquire(&lock_key, ttl, &LockRequest::new()).unwrap()
+        else {
+            panic!("the waiter: the lock was free");
         };
-        *g.lock() = Some(guard.into_handle().job_id.clone());
-        // (guard handle kept as the waiter's: it believes it holds the lock)
-    }));
+        *slot.lock() = Some(guard.into_handle().job_id);
+    });
+    store.fail_next(&[Act::LostReply]);
     let removed = admin.force_release(&key).unwrap().unwrap();
-    let waiter_job = got.lock().clone().unwrap();
     assert_eq!(removed.job_id, stuck.job_id);
     let held = waiter.peek(&key).unwrap().expect("the waiter's lock stays");
-    assert_eq!(held.job_id, waiter_job);
+    assert_eq!(Some(held.job_id), waiter_job.lock().take());
 }
