@@ -903,13 +903,25 @@ fn headers_the_relay_reads_are_refused_unless_printable_ascii_of_bounded_length(
     let answer = read_until_closed(&mut raw, Duration::from_secs(60))?;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("invalid Authorization header"), "{answer}");
+    // A request head over 16 KiB (one header the relay does not even read)
+    // is refused before any handler runs.
+    let mut huge = TcpStream::connect(addr)?;
+    write!(
+        huge,
+        "POST /jobs HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {}\r\nX-Padding: {}\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+        token_of("lic:h"),
+        "p".repeat(20 * 1024)
+    )?;
+    let answer = read_until_closed(&mut huge, Duration::from_secs(60))?;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(
         client.credits("lic:h")?,
         4,
         "only the first job was charged"
     );
     println!(
-        "relay_server: {} invalid Idempotency-Key, X-Job-Id, X-Actor, Last-Event-ID and Authorization headers: 400 naming the header, nothing charged",
+        "relay_server: {} invalid Idempotency-Key, X-Job-Id, X-Actor, Last-Event-ID and Authorization headers: 400 naming the header, a 20 KiB head 431, nothing charged",
         cases.len() + 2
     );
     Ok(())

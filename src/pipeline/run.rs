@@ -94,7 +94,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     /// its runner is releasing the subject, unless it died in between. A
     /// read that fails says no.
     pub(crate) fn holder_has_ended(&self, holder: &LockRecord) -> bool {
-        let Some(id) = holder.metadata.get("job").and_then(|id| id.as_str()) else {
+        let Some(id) = holder.metadata.get(HOLDER_JOB).and_then(|id| id.as_str()) else {
             return false;
         };
         match self.inner.jobs.get(id) {
@@ -125,7 +125,7 @@ impl<S: Store + 'static, V: Vfs> Pipeline<S, V> {
     ) -> Result<std::result::Result<Lease<std::sync::Arc<S>>, LockRecord>> {
         let request = LockRequest::new()
             .actor(self.inner.actor.clone())
-            .meta("job", id);
+            .meta(HOLDER_JOB, id);
         let key = Self::subject_lock_key(subject)?;
         let guard = match self.inner.locks.acquire(&key, self.inner.lease, &request)? {
             Acquire::Acquired(guard) => guard,
@@ -761,6 +761,9 @@ impl<S: Store + 'static, V: Vfs> StageIo for RunCtx<'_, S, V> {
         &self.pipeline.inner.root
     }
 }
+
+/// The metadata field of a subject's lock that names the job holding it.
+const HOLDER_JOB: &str = "job";
 
 /// The stage error of an attempt that cannot use the job's artifact
 /// directories (damaged, or the disk failing): transient, so that it counts
